@@ -1,0 +1,91 @@
+"""SMTP AUTH (PLAIN, LOGIN) against a file of scrypt password hashes.
+
+The file has one ``user:hash`` line per account; ``tlsmta hash-password``
+makes the hash.  Hashing is deliberately slow, so checks run in a thread.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+
+import attrs
+
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
+
+
+class AuthFileError(ValueError):
+    """The users file cannot be used; the message names the line."""
+
+
+def hash_password(password: str, salt: bytes | None = None) -> str:
+    """``scrypt$N$r$p$salt$hash`` (base64 parts)."""
+    salt = salt if salt is not None else os.urandom(16)
+    digest = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, dklen=32)
+    b64 = lambda b: base64.b64encode(b).decode("ascii")  # noqa: E731
+    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${b64(salt)}${b64(digest)}"
+
+
+def check_password(password: str, stored: str) -> bool:
+    """Constant-time check of ``password`` against a stored hash."""
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+        if scheme != "scrypt":
+            return False
+        want = base64.b64decode(digest)
+        got = hashlib.scrypt(
+            password.encode("utf-8"), salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p), dklen=len(want)
+        )
+    except (ValueError, binascii.Error):
+        return False
+    return hmac.compare_digest(got, want)
+
+
+@attrs.frozen
+class UserDB:
+    """Accounts loaded from a users file."""
+
+    users: dict[str, str]
+
+    @classmethod
+    def load(cls, path: str) -> UserDB:
+        users = {}
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                line = line.strip()
+                if not line or line.startswith("#"):
+                    continue
+                name, sep, stored = line.partition(":")
+                if not sep or not name or not stored.startswith("scrypt$"):
+                    raise AuthFileError(f"{path}:{number}: expected 'user:scrypt$...'")
+                users[name] = stored
+        return cls(users)
+
+    def check(self, user: str, password: str) -> bool:
+        stored = self.users.get(user)
+        if stored is None:
+            check_password(password, hash_password("decoy"))  # same cost for unknown users
+            return False
+        return check_password(password, stored)
+
+
+def decode_plain(response: bytes) -> tuple[str, str] | None:
+    """RFC 4616 ``[authzid] NUL authcid NUL passwd`` -> (user, password)."""
+    try:
+        raw = base64.b64decode(response, validate=True)
+        authzid, user, password = raw.decode("utf-8").split("\0")
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        return None
+    if authzid and authzid != user:
+        return None  # no proxy authorization
+    return user, password
+
+
+def decode_b64_text(response: bytes) -> str | None:
+    try:
+        return base64.b64decode(response, validate=True).decode("utf-8")
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        return None

@@ -1,0 +1,248 @@
+"""Pure TLS decisions: no I/O, no reactor, no OpenSSL objects.
+
+Given the ``tls_verify`` mode, what chain verification found, the names a
+certificate presents and the names wanted, :func:`decide` returns a
+:class:`Verdict`.  Everything the verify callbacks in :mod:`tlsmta.tls`
+conclude is concluded here, so it is tested exhaustively without sockets.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping, Sequence
+
+import attrs
+import idna
+from service_identity.hazmat import (
+    DNS_ID,
+    DNSPattern,
+    VerificationError,
+    verify_service_identity,
+)
+
+
+class VerifyMode(enum.Enum):
+    """The four ``tls_verify`` words."""
+
+    NO = "no"
+    CA = "ca"
+    HOST = "host"
+    OPTIONAL = "optional"
+
+    @property
+    def checks_chain(self) -> bool:
+        return self is not VerifyMode.NO
+
+    @property
+    def checks_names(self) -> bool:
+        return self in (VerifyMode.HOST, VerifyMode.OPTIONAL)
+
+    @property
+    def enforcing(self) -> bool:
+        """A failed check fails the delivery (or the client, inbound)."""
+        return self in (VerifyMode.CA, VerifyMode.HOST)
+
+
+class Outcome(enum.Enum):
+    """What verification concluded."""
+
+    VERIFIED = "verified"
+    UNCHECKED = "unchecked"  # tls_verify = no: nothing was asked of the certificate
+    SOFTFAIL = "softfail"
+    FAILED = "failed"
+
+    @property
+    def word(self) -> str:
+        """The log's ``verified`` field: yes, no or softfail."""
+        return {"verified": "yes", "softfail": "softfail"}.get(self.value, "no")
+
+
+TLS_ENHANCED_CODE = "4.7.5"
+STARTTLS_MISSING_CODE = "4.7.6"
+
+
+@attrs.frozen
+class Verdict:
+    """The result of certificate verification for one TLS session."""
+
+    outcome: Outcome
+    reason: str = ""
+    matched_name: str | None = None
+
+    @property
+    def fatal(self) -> bool:
+        return self.outcome is Outcome.FAILED
+
+    @property
+    def verified(self) -> bool:
+        return self.outcome is Outcome.VERIFIED
+
+    @property
+    def enhanced_code(self) -> str | None:
+        return TLS_ENHANCED_CODE if self.outcome in (Outcome.FAILED, Outcome.SOFTFAIL) else None
+
+    @property
+    def status_text(self) -> str:
+        """``4.7.5 <reason>`` for failures, as the log and DSNs carry it."""
+        return f"{self.enhanced_code} {self.reason}" if self.enhanced_code else self.reason
+
+
+@attrs.frozen
+class ChainError:
+    """One X.509 verification error reported by OpenSSL at a chain depth."""
+
+    depth: int
+    errno: int
+    text: str
+
+
+# X509_V_ERR_* codes that mean "no path to a trust anchor", as opposed to a
+# certificate that is trusted but unusable (expired, revoked, wrong purpose).
+UNTRUSTED_ERRNOS = frozenset({2, 18, 19, 20, 21, 27, 28, 29, 30, 31})
+
+
+@attrs.frozen
+class ChainResult:
+    """What the verify callback saw, depth by depth.
+
+    ``hook_answers`` holds the verify hook's answer at each depth where it was
+    called; an answer replaces the built-in result at that depth (DESIGN.md:
+    the hook's answer decides).  ``hook_error`` is set when the hook raised.
+    """
+
+    errors: tuple[ChainError, ...] = ()
+    hook_answers: Mapping[int, bool] = attrs.field(factory=dict)
+    hook_error: str | None = None
+
+
+@attrs.frozen
+class PresentedNames:
+    """Names a certificate offers: subjectAltName dNSNames and subject CNs."""
+
+    dns_names: tuple[str, ...] = ()
+    common_names: tuple[str, ...] = ()
+
+    @property
+    def for_matching(self) -> tuple[str, ...]:
+        """RFC 6125: the CN counts only when there is no dNSName."""
+        return self.dns_names if self.dns_names else self.common_names
+
+
+def normalize_name(name: str) -> str | None:
+    """A reference or presented DNS name in lower-case A-label form.
+
+    Returns None for a name that is not a valid host name (such names
+    never match anything).
+    """
+    name = name.strip().rstrip(".")
+    if not name:
+        return None
+    try:
+        return idna.encode(name, uts46=True).decode("ascii").lower()
+    except (idna.IDNAError, UnicodeError):
+        # Wildcard patterns are not valid IDNA; keep them as plain ASCII.
+        if name.isascii():
+            return name.lower()
+        return None
+
+
+def match_names(presented: PresentedNames, wanted: Iterable[str]) -> str | None:
+    """The first wanted name the certificate is valid for, or None.
+
+    Matching follows RFC 6125 through service_identity: one leading
+    wildcard label, no partial-label wildcards, IDNA A-labels,
+    case-insensitive, trailing dots ignored.
+    """
+    patterns = []
+    for raw in presented.for_matching:
+        name = normalize_name(raw)
+        if name is None:
+            continue
+        try:
+            patterns.append(DNSPattern.from_bytes(name.encode("ascii")))
+        except Exception:  # service_identity rejects malformed patterns; they match nothing
+            continue
+    if not patterns:
+        return None
+    for want in wanted:
+        norm = normalize_name(want)
+        if norm is None:
+            continue
+        try:
+            verify_service_identity(patterns, obligatory_ids=[DNS_ID(norm)], optional_ids=[])
+        except (VerificationError, ValueError):
+            continue
+        return norm
+    return None
+
+
+def describe_wanted(wanted: Sequence[str]) -> str:
+    return " or ".join(wanted) if wanted else "(no name wanted)"
+
+
+def chain_failure(chain: ChainResult) -> str | None:
+    """The reason the chain is not acceptable, or None."""
+    if chain.hook_error is not None:
+        return f"verify hook failed: {chain.hook_error}"
+    rejected_by_hook = sorted(d for d, ok in chain.hook_answers.items() if not ok)
+    for error in chain.errors:
+        if chain.hook_answers.get(error.depth) is True:
+            continue  # the hook accepted this depth despite the error
+        detail = f"{error.text} (depth {error.depth})"
+        if error.errno in UNTRUSTED_ERRNOS:
+            return f"certificate not signed by a trusted CA: {detail}"
+        return f"certificate verification failed: {detail}"
+    if rejected_by_hook and rejected_by_hook[0] != 0:
+        return f"certificate rejected by verify hook (depth {rejected_by_hook[0]})"
+    return None
+
+
+def decide(
+    mode: VerifyMode,
+    chain: ChainResult,
+    presented: PresentedNames | None,
+    wanted: Sequence[str],
+) -> Verdict:
+    """The verification verdict for one TLS session.
+
+    ``presented`` is None when the peer sent no certificate.  ``wanted`` are
+    the names that satisfy a ``host`` check (recipient domain and MX host
+    outbound; EHLO name and reverse DNS name inbound).
+    """
+    if mode is VerifyMode.NO:
+        return Verdict(Outcome.UNCHECKED)
+
+    def fail(reason: str) -> Verdict:
+        return Verdict(Outcome.SOFTFAIL if mode is VerifyMode.OPTIONAL else Outcome.FAILED, reason)
+
+    reason = chain_failure(chain)
+    if reason is not None:
+        return fail(reason)
+    if presented is None:
+        return fail("no certificate presented")
+    leaf_hook = chain.hook_answers.get(0)
+    if not mode.checks_names:
+        if leaf_hook is False:
+            return fail("certificate rejected by verify hook (depth 0)")
+        return Verdict(Outcome.VERIFIED)
+    matched = match_names(presented, wanted)
+    if leaf_hook is not None:
+        # At depth 0 the hook saw the name check's result and its answer decides.
+        if not leaf_hook:
+            return fail("certificate rejected by verify hook (depth 0)")
+        return Verdict(Outcome.VERIFIED, matched_name=matched)
+    if matched is None:
+        return fail(f"certificate name does not match {describe_wanted(wanted)}")
+    return Verdict(Outcome.VERIFIED, matched_name=matched)
+
+
+def depth_ok(mode: VerifyMode, chain_ok: bool, depth: int, presented: PresentedNames | None, wanted: Sequence[str]) -> bool:
+    """The built-in answer at one depth, as the verify hook is shown it.
+
+    At depth 0 under ``host``/``optional`` it includes the name check.
+    """
+    if not chain_ok:
+        return False
+    if depth == 0 and mode.checks_names:
+        return presented is not None and match_names(presented, wanted) is not None
+    return True

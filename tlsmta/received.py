@@ -1,0 +1,58 @@
+"""The ``Received:`` trace header (RFC 5321 4.4), sans I/O."""
+
+from __future__ import annotations
+
+import re
+from email.utils import format_datetime
+from datetime import datetime
+
+import attrs
+
+_UNSAFE = re.compile(r"[^\x21-\x7e]")
+
+
+def _clean(text: str, limit: int = 255) -> str:
+    """Client-supplied text as a header-safe token (no spaces, controls, CR/LF)."""
+    return _UNSAFE.sub("?", text)[:limit] or "?"
+
+
+@attrs.frozen
+class TraceFacts:
+    """Facts of one received transaction that go into the header."""
+
+    helo: str
+    peer_ip: str
+    by_host: str
+    message_id: str
+    when: datetime
+    esmtp: bool = True
+    tls_protocol: str | None = None
+    tls_cipher: str | None = None
+    authenticated: bool = False
+    client_cert: str | None = None  # e.g. 'verified "CN=x" issuer "CN=ca"'
+    recipient: str | None = None  # only when there is exactly one
+
+
+def protocol_keyword(facts: TraceFacts) -> str:
+    """RFC 3848 WITH keyword: SMTP, ESMTP, ESMTPS, ESMTPA, ESMTPSA."""
+    if not facts.esmtp:
+        return "SMTP"
+    return "ESMTP" + ("S" if facts.tls_protocol else "") + ("A" if facts.authenticated else "")
+
+
+def received_header(facts: TraceFacts) -> bytes:
+    """A folded ``Received:`` header line ending in CRLF."""
+    lines = [f"Received: from {_clean(facts.helo)} ([{_clean(facts.peer_ip, 64)}])"]
+    if facts.tls_protocol:
+        tls = f"(using {_clean(facts.tls_protocol, 32)} with cipher {_clean(facts.tls_cipher or 'unknown', 64)}"
+        lines.append(f"\t{tls};")
+        lines.append(f"\tclient certificate: {_header_text(facts.client_cert or 'none')})")
+    lines.append(f"\tby {facts.by_host} (tlsmta) with {protocol_keyword(facts)} id {facts.message_id}")
+    if facts.recipient:
+        lines.append(f"\tfor <{_header_text(facts.recipient)}>")
+    lines[-1] += f"; {format_datetime(facts.when)}"
+    return ("\r\n".join(lines) + "\r\n").encode("utf-8")
+
+
+def _header_text(text: str) -> str:
+    return re.sub(r"[\x00-\x1f\x7f()\\]", "?", text)[:300]

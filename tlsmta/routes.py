@@ -1,0 +1,75 @@
+"""Where accepted mail goes: the ``route`` option, parsed.
+
+``mx`` (the default), ``smtp:HOST[:PORT]`` (a smarthost; ``[v6addr]:PORT``
+for IPv6), ``maildir:PATH`` and ``discard``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import attrs
+
+
+class RouteError(ValueError):
+    """A route string that does not parse."""
+
+
+@attrs.frozen
+class Route:
+    """A parsed route; ``kind`` is one of mx, smtp, maildir, discard."""
+
+    kind: str
+    host: str | None = None
+    port: int | None = None
+    path: str | None = None
+
+    @property
+    def is_local(self) -> bool:
+        """Delivered inside this process, without an SMTP hop."""
+        return self.kind in ("maildir", "discard")
+
+    def __str__(self) -> str:
+        if self.kind == "smtp":
+            host = f"[{self.host}]" if self.host and ":" in self.host else self.host
+            return f"smtp:{host}" + (f":{self.port}" if self.port else "")
+        if self.kind == "maildir":
+            return f"maildir:{self.path}"
+        return self.kind
+
+
+def parse_route(spec: str) -> Route:
+    """Parse a route string; raise RouteError with an operator-facing reason."""
+    kind, sep, rest = spec.partition(":")
+    kind = kind.strip().lower()
+    if kind in ("mx", "discard"):
+        if sep:
+            raise RouteError(f"route {kind!r} takes no argument (got {spec!r})")
+        return Route(kind)
+    if kind == "maildir":
+        if not rest:
+            raise RouteError("maildir route needs a path: 'maildir:/var/mail/dev'")
+        return Route("maildir", path=os.path.abspath(rest))
+    if kind == "smtp":
+        host, port = _host_port(rest, spec)
+        return Route("smtp", host=host, port=port)
+    raise RouteError(f"unknown route {spec!r} (expected mx, smtp:HOST[:PORT], maildir:PATH or discard)")
+
+
+def _host_port(rest: str, spec: str) -> tuple[str, int | None]:
+    if rest.startswith("["):
+        host, bracket, tail = rest[1:].partition("]")
+        if not bracket:
+            raise RouteError(f"unclosed '[' in {spec!r}")
+        port_text = tail[1:] if tail.startswith(":") else tail
+        if tail and not tail.startswith(":"):
+            raise RouteError(f"unexpected {tail!r} after ']' in {spec!r}")
+    else:
+        host, _, port_text = rest.partition(":")
+    if not host:
+        raise RouteError(f"smtp route needs a host: 'smtp:relay.example.net:587' (got {spec!r})")
+    if not port_text:
+        return host, None
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise RouteError(f"bad port {port_text!r} in {spec!r}")
+    return host, int(port_text)

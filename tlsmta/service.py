@@ -1,0 +1,153 @@
+"""Wiring: a MultiService of listeners over one store, built from a Config."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import attrs
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+
+from tlsmta import tls
+from tlsmta.auth import UserDB
+from tlsmta.config import Config, ListenerConfig
+from tlsmta.devcert import ensure_dev_certificate
+from tlsmta.diskio import DiskIO
+from tlsmta.hooks import Hooks, load_hooks
+from tlsmta.inbound import InboundFactory, ListenerRuntime
+from tlsmta.maildir import LocalSink
+from tlsmta.routes import parse_route
+from tlsmta.store import MessageSink
+
+log = Logger(namespace="tlsmta.service")
+
+
+def effective_hostname(config: Config) -> str:
+    return config.hostname or socket.getfqdn()
+
+
+def with_maildir(config: Config, path: str) -> Config:
+    """``config`` with its global route replaced by ``maildir:path`` (``--maildir``)."""
+    options = {**config.global_options, "route": parse_route(f"maildir:{path}")}
+    return attrs.evolve(config, global_options=options)
+
+
+def listener_tls(listener: ListenerConfig, config: Config, hostname: str) -> tls.ServerTLS | None:
+    """The server TLS creator for a listener, generating the dev certificate if asked."""
+    if listener.tls == "no":
+        return None
+    cert, key = listener.tls_certificate, listener.tls_key
+    if cert == "auto":
+        names = list(dict.fromkeys([hostname, "localhost", "127.0.0.1", "::1"]))
+        generated = ensure_dev_certificate(config.state_dir, names)
+        cert, key = generated.cert_path, generated.key_path
+        log.info("dev certificate {cert}, signed by the dev CA {ca}", cert=cert, ca=generated.ca_path)
+    assert cert is not None and key is not None
+    ctx = tls.server_context(
+        cert,
+        key,
+        listener.tls_protocols,
+        listener.tls_ciphers,
+        listener.tlsv13_ciphersuites,
+        listener.tls_client_ca,
+        session_id=f"tlsmta-{listener.name}".encode(),
+    )
+    return tls.ServerTLS(ctx)
+
+
+class ListenerService(Service):
+    """Listens on one endpoint; ``ready`` fires with the listening port."""
+
+    def __init__(self, reactor: Any, listener: ListenerConfig, factory: Any):
+        self.reactor = reactor
+        self.listener = listener
+        self.factory = factory
+        self.port: IListeningPort | None = None
+        self.ready: Deferred[IListeningPort] = Deferred()
+        self.setName(listener.name)
+
+    def startService(self) -> None:
+        super().startService()
+        failure: list[Failure] = []
+        endpoint = serverFromString(self.reactor, self.listener.endpoint)
+        d = endpoint.listen(self.factory)
+        d.addCallbacks(self._listening, failure.append)
+        if failure:  # TCP listens synchronously: refuse to start on e.g. EADDRINUSE
+            failure[0].raiseException()
+
+    def _listening(self, port: IListeningPort) -> None:
+        self.port = port
+        address = port.getHost()
+        log.info(
+            "listening on {host}:{port} ({name}, tls={tls})",
+            host=getattr(address, "host", address),
+            port=getattr(address, "port", ""),
+            name=self.listener.name,
+            tls=self.listener.tls,
+        )
+        self.ready.callback(port)
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        if self.port is not None:
+            port, self.port = self.port, None
+            return port.stopListening()
+        return None
+
+
+class DiskService(Service):
+    """Owns the disk thread pool's lifetime."""
+
+    def __init__(self, disk: DiskIO):
+        self.disk = disk
+
+    def startService(self) -> None:
+        super().startService()
+        self.disk.start()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.disk.stop()
+
+
+class TlsmtaService(MultiService):
+    """The whole MTA for one configuration."""
+
+    def __init__(self, config: Config, reactor: Any):
+        super().__init__()
+        self.config = config
+        self.reactor = reactor
+        self.hostname = effective_hostname(config)
+        self.disk = DiskIO(reactor)
+        DiskService(self.disk).setServiceParent(self)
+        self.sink: MessageSink = LocalSink(self.disk)
+        self.hooks: Hooks = load_hooks(config.hooks)
+        self.listeners: dict[str, ListenerService] = {}
+        for listener in config.listeners:
+            factory = InboundFactory(self._runtime(listener))
+            wrapped: Any = factory
+            if listener.tls == "implicit":
+                assert factory.runtime.tls is not None
+                wrapped = TLSMemoryBIOFactory(factory.runtime.tls, False, factory)
+            service = ListenerService(reactor, listener, wrapped)
+            service.setServiceParent(self)
+            self.listeners[listener.name] = service
+
+    def _runtime(self, listener: ListenerConfig) -> ListenerRuntime:
+        return ListenerRuntime(
+            listener=listener,
+            config=self.config,
+            hostname=self.hostname,
+            sink=self.sink,
+            tls=listener_tls(listener, self.config, self.hostname),
+            users=UserDB.load(listener.auth_users_file) if listener.auth_users_file else None,
+            hooks=self.hooks,
+            run_in_thread=lambda fn, *a: deferToThreadPool(self.reactor, self.reactor.getThreadPool(), fn, *a),
+        )

@@ -1,0 +1,375 @@
+"""pyOpenSSL plumbing: contexts, per-connection verify callbacks, name facts.
+
+Decisions are not made here; :mod:`tlsmta.policy` makes them.  This module
+turns OpenSSL's callback stream into a :class:`policy.ChainResult`, calls the
+verify hooks, and fails closed when anything inside a callback raises.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+from OpenSSL import SSL, crypto
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IOpenSSLServerConnectionCreator,
+)
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from tlsmta import policy
+from tlsmta.policy import ChainError, ChainResult, PresentedNames, VerifyMode
+
+log = Logger(namespace="tlsmta.tls")
+
+
+class KeyPairError(ValueError):
+    """A certificate or key that cannot be used; ``key`` names the config key."""
+
+    def __init__(self, key: str, message: str):
+        self.key = key
+        super().__init__(message)
+
+
+def load_keypair(cert_path: str, key_path: str) -> None:
+    """Check that a PEM certificate chain and its key load and match."""
+    ctx = SSL.Context(SSL.TLS_METHOD)
+    try:
+        ctx.use_certificate_chain_file(cert_path)
+    except (SSL.Error, OSError) as e:
+        raise KeyPairError("tls_certificate", f"cannot load certificate {cert_path!r}: {_ssl_text(e)}") from None
+    try:
+        ctx.use_privatekey_file(key_path)
+    except (SSL.Error, OSError) as e:
+        raise KeyPairError("tls_key", f"cannot load key {key_path!r}: {_ssl_text(e)}") from None
+    try:
+        ctx.check_privatekey()
+    except SSL.Error:
+        raise KeyPairError("tls_key", f"key {key_path!r} does not match certificate {cert_path!r}") from None
+
+
+def _ssl_text(error: Exception) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    if isinstance(error, SSL.Error) and error.args and isinstance(error.args[0], list) and error.args[0]:
+        return ", ".join(str(item[-1]) for item in error.args[0])
+    return str(error) or type(error).__name__
+
+
+def verify_error_text(errno: int) -> str:
+    """OpenSSL's text for an X509_V_ERR code."""
+    try:
+        from OpenSSL._util import ffi, lib  # no public API for this string
+
+        return ffi.string(lib.X509_verify_cert_error_string(errno)).decode("ascii", "replace")
+    except Exception:
+        return f"X.509 verify error {errno}"
+
+
+# -- contexts ------------------------------------------------------------------
+
+_VERSION_CONSTANTS = {
+    "TLSv1.0": (SSL.TLS1_VERSION, SSL.OP_NO_TLSv1),
+    "TLSv1.1": (SSL.TLS1_1_VERSION, SSL.OP_NO_TLSv1_1),
+    "TLSv1.2": (SSL.TLS1_2_VERSION, SSL.OP_NO_TLSv1_2),
+    "TLSv1.3": (SSL.TLS1_3_VERSION, SSL.OP_NO_TLSv1_3),
+}
+_VERSION_ORDER = ("TLSv1.0", "TLSv1.1", "TLSv1.2", "TLSv1.3")
+
+
+def apply_protocols(ctx: SSL.Context, allowed: frozenset[str]) -> None:
+    """Restrict ``ctx`` to exactly the ``allowed`` TLS versions."""
+    present = [v for v in _VERSION_ORDER if v in allowed]
+    ctx.set_min_proto_version(_VERSION_CONSTANTS[present[0]][0])
+    ctx.set_max_proto_version(_VERSION_CONSTANTS[present[-1]][0])
+    if present[0] == "TLSv1.0" or present[0] == "TLSv1.1":
+        # OpenSSL's default security level refuses these even when the
+        # version range allows them; an operator who asked for them gets them.
+        ctx.set_cipher_list(b"DEFAULT:@SECLEVEL=0")
+    for version in _VERSION_ORDER:
+        if present[0] < version < present[-1] and version not in allowed:
+            ctx.set_options(_VERSION_CONSTANTS[version][1])
+
+
+def _base_context(method: int, protocols: frozenset[str], ciphers: str | None, tls13: str | None) -> SSL.Context:
+    ctx = SSL.Context(method)
+    ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION)
+    apply_protocols(ctx, protocols)
+    if ciphers:
+        ctx.set_cipher_list(ciphers.encode("ascii"))
+    if tls13:
+        ctx.set_tls13_ciphersuites(tls13.encode("ascii"))
+    return ctx
+
+
+def load_trust(ctx: SSL.Context, ca: str | None) -> None:
+    """Trust anchors from a PEM file or a hashed directory; None: system store."""
+    if ca is None:
+        ctx.set_default_verify_paths()
+    elif os.path.isdir(ca):
+        ctx.load_verify_locations(None, ca)
+    else:
+        ctx.load_verify_locations(ca)
+
+
+def server_context(
+    cert_path: str,
+    key_path: str,
+    protocols: frozenset[str],
+    ciphers: str | None = None,
+    tls13: str | None = None,
+    client_ca: str | None = None,
+    session_id: bytes = b"tlsmta",
+) -> SSL.Context:
+    """An SSL.Context for a listener (STARTTLS or implicit TLS)."""
+    ctx = _base_context(SSL.TLS_SERVER_METHOD, protocols, ciphers, tls13)
+    ctx.use_certificate_chain_file(cert_path)
+    ctx.use_privatekey_file(key_path)
+    ctx.check_privatekey()
+    # Needed for session resumption when client certificates are requested.
+    ctx.set_session_id(session_id[:32])
+    if client_ca is not None:
+        load_trust(ctx, client_ca)
+        if os.path.isfile(client_ca):
+            ctx.set_client_ca_list([_openssl_name(c) for c in _pem_certs(client_ca)])
+    return ctx
+
+
+def client_context(
+    protocols: frozenset[str],
+    ciphers: str | None = None,
+    tls13: str | None = None,
+    ca: str | None = None,
+    cert_path: str | None = None,
+    key_path: str | None = None,
+) -> SSL.Context:
+    """An SSL.Context for outbound STARTTLS with the resolved options."""
+    ctx = _base_context(SSL.TLS_CLIENT_METHOD, protocols, ciphers, tls13)
+    load_trust(ctx, ca)
+    if cert_path and key_path:
+        ctx.use_certificate_chain_file(cert_path)
+        ctx.use_privatekey_file(key_path)
+    return ctx
+
+
+def _pem_certs(path: str) -> list[x509.Certificate]:
+    with open(path, "rb") as f:
+        return x509.load_pem_x509_certificates(f.read())
+
+
+def _openssl_name(cert: x509.Certificate) -> crypto.X509Name:
+    return crypto.X509.from_cryptography(cert).get_subject()
+
+
+# -- certificate facts ---------------------------------------------------------
+
+
+def presented_names(cert: x509.Certificate) -> PresentedNames:
+    """The dNSNames and subject CNs of a certificate."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        dns_names = tuple(san.get_values_for_type(x509.DNSName))
+    except x509.ExtensionNotFound:
+        dns_names = ()
+    cns = tuple(
+        str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    )
+    return PresentedNames(dns_names=dns_names, common_names=cns)
+
+
+def describe_name(name: x509.Name) -> str:
+    try:
+        return name.rfc4514_string()
+    except Exception:  # exotic attribute encodings: still log something useful
+        return repr(name)
+
+
+@attrs.frozen
+class SessionFacts:
+    """What a TLS session turned out to be, for logs and Received: headers."""
+
+    protocol: str
+    cipher: str
+    peer_subject: str | None = None
+    peer_issuer: str | None = None
+
+    @classmethod
+    def from_connection(cls, conn: SSL.Connection) -> SessionFacts:
+        cert = conn.get_peer_certificate()
+        subject = issuer = None
+        if cert is not None:
+            c = cert.to_cryptography()
+            subject, issuer = describe_name(c.subject), describe_name(c.issuer)
+        return cls(
+            protocol=conn.get_protocol_version_name() or "unknown",
+            cipher=conn.get_cipher_name() or "unknown",
+            peer_subject=subject,
+            peer_issuer=issuer,
+        )
+
+
+# -- verification of one session -----------------------------------------------
+
+VerifyHook = Callable[..., Any]
+
+
+@attrs.frozen
+class HookContext:
+    """What a verify hook is told about the session (the ``ctx`` argument)."""
+
+    direction: str  # "inbound" or "outbound"
+    domain: str | None = None
+    mx_host: str | None = None
+    binding: str | None = None
+    message_id: str | None = None
+    peer: str | None = None
+    listener: str | None = None
+
+
+class CertificateCheck:
+    """Verification state of one TLS session, fed by OpenSSL's callback.
+
+    ``enforce_in_handshake``: return 0 to OpenSSL when the verdict is fatal
+    (outbound ``ca``/``host``).  Inbound keeps the handshake going and
+    answers 530 at MAIL instead, which a client can report sensibly.
+
+    ``wanted`` names are known before the handshake outbound (domain, MX);
+    inbound they arrive later (EHLO name), so :meth:`verdict` takes them.
+    """
+
+    def __init__(
+        self,
+        mode: VerifyMode,
+        wanted: Sequence[str] = (),
+        hook: VerifyHook | None = None,
+        hook_context: HookContext | None = None,
+        enforce_in_handshake: bool = False,
+        names_in_handshake: bool = True,
+    ):
+        self.mode = mode
+        self.wanted = tuple(wanted)
+        self.hook = hook
+        self.hook_context = hook_context
+        self.enforce_in_handshake = enforce_in_handshake
+        self.names_in_handshake = names_in_handshake
+        self.errors: list[ChainError] = []
+        self.hook_answers: dict[int, bool] = {}
+        self.hook_error: str | None = None
+        self.leaf: x509.Certificate | None = None
+        self.internal_error: str | None = None
+
+    @property
+    def wants_certificate(self) -> bool:
+        """Whether to ask the peer for a certificate / check the one it sends."""
+        return self.mode.checks_chain or self.hook is not None
+
+    def install(self, conn: SSL.Connection) -> None:
+        """Set this session's verify callback on ``conn``."""
+        if self.wants_certificate:
+            conn.set_verify(SSL.VERIFY_PEER, self.callback)
+        else:
+            conn.set_verify(SSL.VERIFY_NONE)
+
+    def callback(self, conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
+        """pyOpenSSL's verify callback; never raises (an exception fails closed)."""
+        try:
+            return self._callback(conn, cert, errno, depth, bool(ok))
+        except Exception as e:
+            self.internal_error = f"{type(e).__name__}: {e}"
+            log.failure("verify callback failed; treating the certificate as bad")
+            return False
+
+    def _callback(self, conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: bool) -> bool:
+        if not ok:
+            self.errors.append(ChainError(depth, errno, verify_error_text(errno)))
+        presented = None
+        if depth == 0:
+            self.leaf = cert.to_cryptography()
+            presented = presented_names(self.leaf)
+        if self.hook is not None:
+            shown = ok
+            if self.names_in_handshake:
+                shown = policy.depth_ok(self.mode, ok, depth, presented, self.wanted)
+            self._call_hook(conn, cert, errno, depth, shown)
+        if not self.enforce_in_handshake or not self.mode.enforcing:
+            return True
+        if depth > 0:
+            return policy.chain_failure(self._chain_result()) is None
+        return not self.verdict().fatal
+
+    def _call_hook(self, conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: bool) -> None:
+        assert self.hook is not None
+        try:
+            answer = bool(self.hook(conn, cert, errno, depth, ok, self.hook_context))
+        except Exception as e:
+            self.hook_error = f"{type(e).__name__}: {e}"
+            log.failure("TLS verify hook raised; counting it as a verification failure")
+            return
+        self.hook_answers[depth] = self.hook_answers.get(depth, True) and answer
+
+    def _chain_result(self) -> ChainResult:
+        hook_error = self.hook_error or self.internal_error
+        return ChainResult(tuple(self.errors), dict(self.hook_answers), hook_error)
+
+    @property
+    def presented(self) -> PresentedNames | None:
+        return presented_names(self.leaf) if self.leaf is not None else None
+
+    def verdict(self, wanted: Sequence[str] | None = None) -> policy.Verdict:
+        """The policy verdict with what has been seen so far."""
+        names = self.wanted if wanted is None else tuple(wanted)
+        return policy.decide(self.mode, self._chain_result(), self.presented, names)
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+@attrs.define
+class ServerTLS:
+    """Creates server-side SSL connections for one listener.
+
+    The context is replaced on reload; connections already made keep theirs.
+    The protocol wrapped by TLS provides ``certificate_check``, its session's
+    :class:`CertificateCheck`.
+    """
+
+    context: SSL.Context
+    check: CertificateCheck | None = None
+
+    def bound_to(self, check: CertificateCheck | None) -> ServerTLS:
+        """A creator for one STARTTLS session, verifying with its ``check``."""
+        return ServerTLS(self.context, check)
+
+    def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        conn = SSL.Connection(self.context, None)
+        conn.set_app_data(tlsProtocol)
+        check = self.check
+        if check is None:  # implicit TLS: the session is the wrapped protocol
+            check = getattr(tlsProtocol.wrappedProtocol, "certificate_check", None)
+        if check is not None:
+            check.install(conn)
+        return conn
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+@attrs.define
+class ClientTLS:
+    """Creates the client-side SSL connection of one outbound session."""
+
+    context: SSL.Context
+    server_name: str | None
+    check: CertificateCheck
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        conn = SSL.Connection(self.context, None)
+        conn.set_app_data(tlsProtocol)
+        if self.server_name:
+            sni = policy.normalize_name(self.server_name)
+            if sni:
+                conn.set_tlsext_host_name(sni.encode("ascii"))
+        self.check.install(conn)
+        conn.set_connect_state()
+        return conn
