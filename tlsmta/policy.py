@@ -9,6 +9,7 @@ conclude is concluded here, so it is tested exhaustively without sockets.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Iterable, Mapping, Sequence
 
 import attrs
@@ -128,6 +129,9 @@ class PresentedNames:
         return self.dns_names if self.dns_names else self.common_names
 
 
+_ASCII_LABEL = re.compile(r"(?!xn--)[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
+
+
 def normalize_name(name: str) -> str | None:
     """A reference or presented DNS name in lower-case A-label form.
 
@@ -137,12 +141,18 @@ def normalize_name(name: str) -> str | None:
     name = name.strip().rstrip(".")
     if not name:
         return None
+    if name.startswith("*."):
+        # A wildcard pattern: '*' is not valid IDNA, the labels after it must be.
+        rest = normalize_name(name[2:])
+        return None if rest is None or rest.startswith("*") else "*." + rest
     try:
         return idna.encode(name, uts46=True).decode("ascii").lower()
     except (idna.IDNAError, UnicodeError):
-        # Wildcard patterns are not valid IDNA; keep them as plain ASCII.
-        if name.isascii():
-            return name.lower()
+        # Not IDNA2008, but an ASCII host name (e.g. with '_') may still be
+        # used; anything else (empty labels, spaces, bad hyphens) is garbage.
+        lowered = name.lower()
+        if all(_ASCII_LABEL.fullmatch(label) for label in lowered.split(".")):
+            return lowered
         return None
 
 
@@ -184,7 +194,8 @@ def chain_failure(chain: ChainResult) -> str | None:
     """The reason the chain is not acceptable, or None."""
     if chain.hook_error is not None:
         return f"verify hook failed: {chain.hook_error}"
-    rejected_by_hook = sorted(d for d, ok in chain.hook_answers.items() if not ok)
+    # Depth 0 is judged in decide(), together with the names.
+    rejected_by_hook = sorted(d for d, ok in chain.hook_answers.items() if not ok and d != 0)
     for error in chain.errors:
         if chain.hook_answers.get(error.depth) is True:
             continue  # the hook accepted this depth despite the error
@@ -192,7 +203,7 @@ def chain_failure(chain: ChainResult) -> str | None:
         if error.errno in UNTRUSTED_ERRNOS:
             return f"certificate not signed by a trusted CA: {detail}"
         return f"certificate verification failed: {detail}"
-    if rejected_by_hook and rejected_by_hook[0] != 0:
+    if rejected_by_hook:
         return f"certificate rejected by verify hook (depth {rejected_by_hook[0]})"
     return None
 

@@ -65,10 +65,11 @@ def listener_tls(listener: ListenerConfig, config: Config, hostname: str) -> tls
 class ListenerService(Service):
     """Listens on one endpoint; ``ready`` fires with the listening port."""
 
-    def __init__(self, reactor: Any, listener: ListenerConfig, factory: Any):
+    def __init__(self, reactor: Any, listener: ListenerConfig, factory: Any, inbound: InboundFactory):
         self.reactor = reactor
         self.listener = listener
-        self.factory = factory
+        self.factory = factory  # what listens: the inbound factory, maybe TLS-wrapped
+        self.inbound = inbound
         self.port: IListeningPort | None = None
         self.ready: Deferred[IListeningPort] = Deferred()
         self.setName(listener.name)
@@ -136,7 +137,7 @@ class TlsmtaService(MultiService):
             if listener.tls == "implicit":
                 assert factory.runtime.tls is not None
                 wrapped = TLSMemoryBIOFactory(factory.runtime.tls, False, factory)
-            service = ListenerService(reactor, listener, wrapped)
+            service = ListenerService(reactor, listener, wrapped, factory)
             service.setServiceParent(self)
             self.listeners[listener.name] = service
 

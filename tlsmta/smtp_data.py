@@ -35,6 +35,10 @@ BARE_CR = DataProblem(550, "5.5.2", "message contains a bare <CR>; lines must en
 LINE_TOO_LONG = DataProblem(550, "5.5.6", "message contains a line longer than {limit} octets")
 TOO_BIG = DataProblem(552, "5.3.4", "message size exceeds fixed limit of {limit} octets")
 
+# When a message has several problems the first in this order is reported,
+# so the reply does not depend on how the network split the message.
+_RANK = (BARE_LF, BARE_CR, LINE_TOO_LONG, TOO_BIG)
+
 
 @attrs.define
 class DataResult:
@@ -58,12 +62,15 @@ class DataReader:
         self.problem: DataProblem | None = None
         self.received = 0  # octets of message content seen
         self._carry = b""  # at most 2 bytes: a held-back CR, or "." / ".\r" at a line start
+        self._rank = len(_RANK)  # rank of self.problem
         self._at_line_start = True
         self._line_length = 0
         self._done = False
 
     def _fail(self, problem: DataProblem, limit: int | None = None) -> None:
-        if self.problem is None:
+        rank = _RANK.index(problem)
+        if rank < self._rank:
+            self._rank = rank
             if limit is not None:
                 problem = attrs.evolve(problem, text=problem.text.format(limit=limit))
             self.problem = problem

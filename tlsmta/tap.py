@@ -6,6 +6,7 @@ import os
 import sys
 from importlib import resources
 
+import attrs
 from twisted.application.service import IService
 from twisted.python import usage
 
@@ -28,6 +29,7 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "configuration file (TOML); default: the dev relay"],
         ["maildir", "m", None, "deliver everything into this Maildir (overrides route)"],
+        ["listen", "l", None, "endpoint for the only listener, e.g. tcp:2526 (tcp:0 picks a free port)"],
     ]
 
 
@@ -45,4 +47,10 @@ def makeService(options: Options) -> IService:
         raise SystemExit(78)  # EX_CONFIG
     if options["maildir"]:
         config = with_maildir(config, os.path.abspath(options["maildir"]))
+    if options["listen"]:
+        if len(config.listeners) != 1:
+            sys.stderr.write(f"tlsmta: --listen needs exactly one [[listener]] in {path}\n")
+            raise SystemExit(64)  # EX_USAGE
+        listener = attrs.evolve(config.listeners[0], endpoint=options["listen"])
+        config = attrs.evolve(config, listeners=(listener,))
     return TlsmtaService(config, reactor)

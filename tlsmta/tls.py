@@ -136,7 +136,7 @@ def server_context(
     if client_ca is not None:
         load_trust(ctx, client_ca)
         if os.path.isfile(client_ca):
-            ctx.set_client_ca_list([_openssl_name(c) for c in _pem_certs(client_ca)])
+            ctx.load_client_ca(client_ca.encode())  # the CA names sent in CertificateRequest
     return ctx
 
 
@@ -155,15 +155,6 @@ def client_context(
         ctx.use_certificate_chain_file(cert_path)
         ctx.use_privatekey_file(key_path)
     return ctx
-
-
-def _pem_certs(path: str) -> list[x509.Certificate]:
-    with open(path, "rb") as f:
-        return x509.load_pem_x509_certificates(f.read())
-
-
-def _openssl_name(cert: x509.Certificate) -> crypto.X509Name:
-    return crypto.X509.from_cryptography(cert).get_subject()
 
 
 # -- certificate facts ---------------------------------------------------------
@@ -200,11 +191,10 @@ class SessionFacts:
 
     @classmethod
     def from_connection(cls, conn: SSL.Connection) -> SessionFacts:
-        cert = conn.get_peer_certificate()
+        cert = conn.get_peer_certificate(as_cryptography=True)
         subject = issuer = None
         if cert is not None:
-            c = cert.to_cryptography()
-            subject, issuer = describe_name(c.subject), describe_name(c.issuer)
+            subject, issuer = describe_name(cert.subject), describe_name(cert.issuer)
         return cls(
             protocol=conn.get_protocol_version_name() or "unknown",
             cipher=conn.get_cipher_name() or "unknown",

@@ -1,0 +1,101 @@
+"""Shared fixtures: a test PKI made with trustme, written to PEM files.
+
+``pki.good`` is valid for localhost, 127.0.0.1 and mx.example.test and
+chains to ``pki.ca_pem``; the others each break one thing.
+"""
+
+from __future__ import annotations
+
+import datetime
+import pathlib
+
+import attrs
+import pytest
+import trustme
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+
+@attrs.frozen
+class Pair:
+    """A certificate chain file and its key file."""
+
+    cert: str
+    key: str
+
+
+@attrs.frozen
+class PKI:
+    ca: trustme.CA
+    ca_pem: str
+    other_ca_pem: str
+    good: Pair
+    expired: Pair
+    wrong_name: Pair
+    untrusted: Pair
+    self_signed: Pair
+    client: Pair  # client certificate for client.example.test, from ca
+    client_untrusted: Pair
+    client_expired: Pair
+
+
+def _write_leaf(directory: pathlib.Path, name: str, leaf: trustme.LeafCert) -> Pair:
+    cert = directory / f"{name}.pem"
+    key = directory / f"{name}.key"
+    cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+    key.write_bytes(leaf.private_key_pem.bytes())
+    return Pair(str(cert), str(key))
+
+
+def _self_signed(directory: pathlib.Path, hostname: str) -> Pair:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "self-signed.pem", directory / "self-signed.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return Pair(str(cert_path), str(key_path))
+
+
+SERVER_NAMES = ("localhost", "127.0.0.1", "mx.example.test")
+CLIENT_NAME = "client.example.test"
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
+    directory = tmp_path_factory.mktemp("pki")
+    ca, other = trustme.CA(), trustme.CA()
+    ca.cert_pem.write_to_path(str(directory / "ca.pem"))
+    other.cert_pem.write_to_path(str(directory / "other-ca.pem"))
+    past = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=30)
+    long_ago = past - datetime.timedelta(days=60)
+    return PKI(
+        ca=ca,
+        ca_pem=str(directory / "ca.pem"),
+        other_ca_pem=str(directory / "other-ca.pem"),
+        good=_write_leaf(directory, "good", ca.issue_cert(*SERVER_NAMES)),
+        expired=_write_leaf(directory, "expired", ca.issue_cert(*SERVER_NAMES, not_before=long_ago, not_after=past)),
+        wrong_name=_write_leaf(directory, "wrong-name", ca.issue_cert("other.example.net")),
+        untrusted=_write_leaf(directory, "untrusted", other.issue_cert(*SERVER_NAMES)),
+        self_signed=_self_signed(directory, "localhost"),
+        client=_write_leaf(directory, "client", ca.issue_cert(CLIENT_NAME)),
+        client_untrusted=_write_leaf(directory, "client-untrusted", other.issue_cert(CLIENT_NAME)),
+        client_expired=_write_leaf(
+            directory, "client-expired", ca.issue_cert(CLIENT_NAME, not_before=long_ago, not_after=past)
+        ),
+    )

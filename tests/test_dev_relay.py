@@ -1,0 +1,140 @@
+"""The dev test relay as a newcomer runs it: `twistd -n tlsmta` with no config."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+
+from e2e import client_context, maildir_messages, send_smtplib
+from tlsmta import config as configuration
+from tlsmta.tap import dev_relay_path
+
+TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+START_TIMEOUT = 30
+
+
+class DevRelay:
+    """A twistd process with the embedded default config, on a free port."""
+
+    def __init__(self, cwd: str, *extra: str):
+        self.log_lines: list[str] = []
+        self.proc = subprocess.Popen(
+            [TWISTD, "-n", "--pidfile=", "tlsmta", "--listen", "tcp:0:interface=127.0.0.1", *extra],
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.port = self._wait_for_port()
+
+    def _wait_for_port(self) -> int:
+        deadline = time.monotonic() + START_TIMEOUT
+        assert self.proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            self.log_lines.append(line)
+            match = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+            if match:
+                return int(match.group(1))
+        self.stop()
+        raise AssertionError("dev relay did not start:\n" + "".join(self.log_lines))
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        out, _ = self.proc.communicate(timeout=START_TIMEOUT)
+        self.log_lines.append(out or "")
+        return "".join(self.log_lines)
+
+
+def test_embedded_default_is_the_etc_file() -> None:
+    """etc/dev-relay.toml is the file the package runs with no --config, and it is valid."""
+    assert os.path.samefile(os.path.join(REPO, "etc", "dev-relay.toml"), dev_relay_path())
+    config = configuration.load(dev_relay_path())
+    [listener] = config.listeners
+    assert listener.endpoint == "tcp:2525:interface=127.0.0.1"
+    assert listener.tls == "starttls" and listener.tls_certificate == "auto"
+
+
+def test_no_config_relay_accepts_starttls_mail_into_maildir(tmp_path: Any) -> None:
+    """With no config: STARTTLS with a generated certificate (ECDSA P-256, from the dev CA), any recipient, ./maildir."""
+    relay = DevRelay(str(tmp_path))
+    try:
+        ca = tmp_path / ".tlsmta" / "dev-ca.pem"
+        ctx = client_context(str(ca))  # verifies the chain and the name "localhost"
+        import smtplib
+
+        client = smtplib.SMTP("localhost", relay.port, timeout=20)
+        client.starttls(context=ctx)
+        assert client.sock.version() == "TLSv1.3"
+        cert = client.sock.getpeercert()
+        client.quit()
+        send_smtplib(relay.port, rcpts=("anyone@anywhere.example",), starttls=client_context(str(ca)))
+    finally:
+        log = relay.stop()
+    # twistd re-raises SIGTERM after a clean shutdown (systemd counts that as success).
+    assert relay.proc.returncode in (0, -signal.SIGTERM), log
+    assert "Server Shut Down." in log
+    assert ("commonName", "localhost") in [pair for rdn in cert["subject"] for pair in rdn]
+    [msg] = maildir_messages(str(tmp_path / "maildir"))
+    assert msg["Delivered-To"] == "anyone@anywhere.example"
+    assert re.search(r"received msgid=\S+ .*code=250 .*tls=tls protocol=TLSv1\.3", log), log
+
+
+def test_generated_key_is_ecdsa_p256_and_reused(tmp_path: Any) -> None:
+    """The generated key is ECDSA P-256 and a restart reuses the same certificate."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    DevRelay(str(tmp_path)).stop()
+    pem = (tmp_path / ".tlsmta" / "dev-cert.pem").read_bytes()
+    first = x509.load_pem_x509_certificates(pem)[0]
+    key = first.public_key()
+    assert isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name == "secp256r1"
+    DevRelay(str(tmp_path)).stop()
+    again = x509.load_pem_x509_certificates((tmp_path / ".tlsmta" / "dev-cert.pem").read_bytes())[0]
+    assert again.serial_number == first.serial_number
+
+
+def test_maildir_option_overrides_route(tmp_path: Any) -> None:
+    """--maildir PATH stores there instead of ./maildir."""
+    target = tmp_path / "elsewhere"
+    relay = DevRelay(str(tmp_path), "--maildir", str(target))
+    try:
+        send_smtplib(relay.port)
+    finally:
+        relay.stop()
+    assert len(maildir_messages(str(target))) == 1
+    assert not (tmp_path / "maildir").exists()
+
+
+@pytest.mark.parametrize(
+    "toml, expected",
+    [
+        ('[global]\ntls_verify = "maybe"\n', "[global] tls_verify: must be one of no, ca, host, optional"),
+        ("[[listener]]\nendpoint = 'tcp:0'\ntls = 'starttls'\n", "[listener.0] tls_certificate: is required"),
+    ],
+)
+def test_bad_config_refuses_to_start(tmp_path: Any, toml: str, expected: str) -> None:
+    """A malformed config: twistd exits non-zero and names file, table and key; nothing listens."""
+    path = tmp_path / "bad.toml"
+    path.write_text(toml)
+    proc = subprocess.run(
+        [TWISTD, "-n", "--pidfile=", "tlsmta", "--config", str(path)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=START_TIMEOUT,
+    )
+    assert proc.returncode != 0
+    assert f"{path}: {expected}" in proc.stderr + proc.stdout

@@ -1,0 +1,360 @@
+"""The inbound server over real loopback sockets, with real TLS and real clients."""
+
+from __future__ import annotations
+
+import os
+import smtplib
+import socket
+import ssl
+from typing import Any
+
+import pytest
+import pytest_twisted
+
+import verify_hooks
+from conftest import CLIENT_NAME
+from e2e import (
+    HOSTNAME,
+    client_context,
+    eventually,
+    in_thread,
+    maildir_messages,
+    run_process,
+    send_smtplib,
+    start_relay,
+)
+from tlsmta.testing import dev_listener
+
+
+def tls_listener(pki: Any, **overrides: Any) -> dict[str, Any]:
+    return dev_listener(tls="starttls", tls_certificate=pki.good.cert, tls_key=pki.good.key, **overrides)
+
+
+@pytest_twisted.ensureDeferred
+async def test_smtplib_plain_stores_readable_maildir_message(tmp_path: Any) -> None:
+    """smtplib without TLS: the message lands in Maildir new/ and mailbox.Maildir reads it."""
+    relay = await start_relay(tmp_path)
+    try:
+        refused = await in_thread(send_smtplib, relay.port, rcpts=("a@example.com", "b@example.org"))
+    finally:
+        await relay.stop()
+    assert refused == {}
+    [msg] = maildir_messages(str(tmp_path / "maildir"))
+    assert msg["Subject"] == "hello"
+    assert msg["Return-Path"] == "<app@client.test>"
+    assert msg.get_all("Delivered-To") == ["a@example.com", "b@example.org"]
+    assert "with ESMTP id" in msg["Received"]
+    assert msg.get_payload() == "Hello from smtplib.\n"
+    assert os.listdir(tmp_path / "maildir" / "tmp") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_smtplib_starttls_verifies_and_records_tls(tmp_path: Any, pki: Any) -> None:
+    """smtplib with STARTTLS, verifying the server against the test CA; Received: names the protocol."""
+    relay = await start_relay(tmp_path, [tls_listener(pki)])
+    try:
+        await in_thread(send_smtplib, relay.port, starttls=client_context(pki.ca_pem))
+    finally:
+        await relay.stop()
+    [msg] = maildir_messages(str(tmp_path / "maildir"))
+    received = " ".join(msg["Received"].split())
+    assert "using TLSv1.3 with cipher" in received
+    assert "with ESMTPS id" in received
+    assert "client certificate: not requested" in received
+
+
+@pytest_twisted.ensureDeferred
+async def test_implicit_tls_listener(tmp_path: Any, pki: Any) -> None:
+    """A tls = implicit listener (port 465 style) speaks TLS from the first byte."""
+    listener = dev_listener(tls="implicit", tls_certificate=pki.good.cert, tls_key=pki.good.key)
+    relay = await start_relay(tmp_path, [listener])
+    try:
+        await in_thread(send_smtplib, relay.port, implicit=client_context(pki.ca_pem))
+    finally:
+        await relay.stop()
+    [msg] = maildir_messages(str(tmp_path / "maildir"))
+    assert "with ESMTPS" in msg["Received"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_swaks_plain_and_starttls(tmp_path: Any, pki: Any) -> None:
+    """swaks (a client no one here wrote) delivers with and without STARTTLS."""
+    relay = await start_relay(tmp_path, [tls_listener(pki)])
+    try:
+        base = ["swaks", "--server", f"127.0.0.1:{relay.port}", "--from", "s@client.test", "--helo", "client.test"]
+        plain = await run_process(*base, "--to", "plain@example.com")
+        tls = await run_process(*base, "--to", "tls@example.com", "--tls", "--tls-verify", "--tls-ca-path", pki.ca_pem)
+    finally:
+        await relay.stop()
+    assert plain[0] == 0, plain[1] + plain[2]
+    assert tls[0] == 0, tls[1] + tls[2]
+    assert "TLS started with cipher TLSv1.3" in tls[1] + tls[2]
+    recipients = sorted(m["Delivered-To"] for m in maildir_messages(str(tmp_path / "maildir")))
+    assert recipients == ["plain@example.com", "tls@example.com"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_openssl_s_client_sees_the_served_chain(tmp_path: Any, pki: Any) -> None:
+    """openssl s_client -starttls smtp verifies the served certificate against the CA."""
+    relay = await start_relay(tmp_path, [tls_listener(pki)])
+    try:
+        code, out, err = await run_process(
+            "openssl", "s_client", "-starttls", "smtp", "-connect", f"127.0.0.1:{relay.port}",
+            "-CAfile", pki.ca_pem, "-verify_hostname", "mx.example.test", "-brief",
+            stdin=b"QUIT\r\n",
+        )
+    finally:
+        await relay.stop()
+    text = out + err
+    assert "Verification: OK" in text, text
+    assert "Protocol version: TLSv1.3" in text
+
+
+@pytest_twisted.ensureDeferred
+async def test_protocol_floor_refuses_old_tls(tmp_path: Any, pki: Any) -> None:
+    """With tls_protocols excluding TLS 1.2, a TLS 1.2-only client's handshake fails."""
+    relay = await start_relay(tmp_path, [tls_listener(pki, tls_protocols="+ALL:-TLSv1.0:-TLSv1.1:-TLSv1.2")])
+    ctx = client_context(pki.ca_pem)
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        with pytest.raises(ssl.SSLError):
+            await in_thread(send_smtplib, relay.port, starttls=ctx)
+        await in_thread(send_smtplib, relay.port, starttls=client_context(pki.ca_pem))
+    finally:
+        await relay.stop()
+    assert len(maildir_messages(str(tmp_path / "maildir"))) == 1
+
+
+def _raw_starttls_injection(port: int, ca: str) -> list[str]:
+    """Pipeline MAIL/RCPT after STARTTLS in the same packet, then talk inside TLS."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    f = sock.makefile("rb")
+    f.readline()
+    sock.sendall(b"EHLO client.test\r\n")
+    while f.readline()[3:4] == b"-":
+        pass
+    sock.sendall(b"STARTTLS\r\nMAIL FROM:<evil@attacker.test>\r\nRCPT TO:<x@example.com>\r\n")
+    assert f.readline().startswith(b"220")
+    tls = client_context(ca).wrap_socket(sock, server_hostname="mx.example.test")
+    tf = tls.makefile("rb")
+    tls.sendall(b"RCPT TO:<x@example.com>\r\nNOOP\r\nQUIT\r\n")
+    replies = [tf.readline().decode().strip() for _ in range(3)]
+    tls.close()
+    return replies
+
+
+@pytest_twisted.ensureDeferred
+async def test_starttls_injection_over_real_tls(tmp_path: Any, pki: Any) -> None:
+    """Commands pipelined before the handshake are not executed inside TLS (no MAIL in effect)."""
+    relay = await start_relay(tmp_path, [tls_listener(pki)])
+    try:
+        replies = await in_thread(_raw_starttls_injection, relay.port, pki.ca_pem)
+    finally:
+        await relay.stop()
+    assert replies[0].startswith("503 5.5.1")  # RCPT: no MAIL, the injected one was discarded
+    assert replies[1].startswith("250") and replies[2].startswith("221")
+
+
+# -- client certificates (listener tls_verify) ---------------------------------------
+
+
+def _verify_listener(pki: Any, mode: str, **extra: Any) -> dict[str, Any]:
+    return tls_listener(pki, tls_verify=mode, tls_client_ca=pki.ca_pem, relay_networks=[], **extra)
+
+
+async def _try_mail(port: int, pki: Any, cert: Any, ehlo: str = CLIENT_NAME, rcpt: str = "u@local.test") -> Any:
+    try:
+        return await in_thread(
+            send_smtplib, port, rcpts=(rcpt,), starttls=client_context(pki.ca_pem, cert), ehlo=ehlo
+        )
+    except smtplib.SMTPSenderRefused as e:
+        return e.smtp_code, e.smtp_error.decode()
+    except smtplib.SMTPRecipientsRefused as e:
+        return next(iter(e.recipients.values()))[0], "rcpt"
+
+
+CLIENT_CASES = [
+    # mode, which client certificate, EHLO name, expected: "ok" or the MAIL reply code
+    ("ca", "client", CLIENT_NAME, "ok"),
+    ("ca", "client", "wrong.example.test", "ok"),  # ca does not check names
+    ("ca", "client_untrusted", CLIENT_NAME, 530),
+    ("ca", "client_expired", CLIENT_NAME, 530),
+    ("ca", None, CLIENT_NAME, 530),
+    ("host", "client", CLIENT_NAME, "ok"),
+    ("host", "client", "wrong.example.test", 530),
+    ("host", "client_untrusted", CLIENT_NAME, 530),
+    ("optional", "client_untrusted", CLIENT_NAME, "ok"),
+    ("optional", None, CLIENT_NAME, "ok"),
+    ("no", "client_untrusted", CLIENT_NAME, "ok"),
+]
+
+
+@pytest.mark.parametrize("mode, which, ehlo, expected", CLIENT_CASES)
+@pytest_twisted.ensureDeferred
+async def test_client_certificate_modes(tmp_path: Any, pki: Any, mode: str, which: str | None, ehlo: str, expected: Any) -> None:
+    """Listener tls_verify: ca/host refuse MAIL with 530 unless the client certificate verifies."""
+    listener = _verify_listener(pki, mode, local_domains=["local.test"])
+    if mode == "no":
+        listener.pop("tls_client_ca")
+    relay = await start_relay(tmp_path, [listener])
+    try:
+        result = await _try_mail(relay.port, pki, getattr(pki, which) if which else None, ehlo)
+    finally:
+        await relay.stop()
+    if expected == "ok":
+        assert result == {}
+        [msg] = maildir_messages(str(tmp_path / "maildir"))
+        words = " ".join(msg["Received"].split())
+        if mode == "optional":
+            assert "client certificate: softfail" in words or "client certificate: none" in words
+    else:
+        code, text = result
+        assert code == expected and "5.7.0" in text
+
+
+@pytest_twisted.ensureDeferred
+async def test_verified_client_certificate_may_relay(tmp_path: Any, pki: Any) -> None:
+    """With tls_verified_peer_can_relay, a verified client certificate relays; otherwise 554 5.7.1."""
+    allowed = await start_relay(tmp_path / "a", [_verify_listener(pki, "optional", tls_verified_peer_can_relay=True)])
+    try:
+        ok = await _try_mail(allowed.port, pki, pki.client, rcpt="far@remote.test")
+        refused = await _try_mail(allowed.port, pki, pki.client_untrusted, rcpt="far@remote.test")
+    finally:
+        await allowed.stop()
+    denied = await start_relay(tmp_path / "b", [_verify_listener(pki, "optional")])
+    try:
+        not_enabled = await _try_mail(denied.port, pki, pki.client, rcpt="far@remote.test")
+    finally:
+        await denied.stop()
+    assert ok == {}
+    assert refused == (554, "rcpt")
+    assert not_enabled == (554, "rcpt")
+
+
+@pytest.mark.parametrize("hook, expected", [("record_and_accept", "ok"), ("reject", 530), ("explode", 530)])
+@pytest_twisted.ensureDeferred
+async def test_inbound_verify_hook_decides(tmp_path: Any, pki: Any, hook: str, expected: Any) -> None:
+    """inbound_tls_verify_callback's answer decides; a hook that raises counts as failure."""
+    verify_hooks.calls.clear()
+    listener = _verify_listener(pki, "ca", local_domains=["local.test"])
+    relay = await start_relay(tmp_path, [listener], hooks={"inbound_tls_verify_callback": f"verify_hooks:{hook}"})
+    try:
+        # An untrusted certificate: the hook is shown ok=False at depth 0 and its answer decides.
+        result = await _try_mail(relay.port, pki, pki.client_untrusted)
+    finally:
+        await relay.stop()
+    if expected == "ok":
+        assert result == {}
+        assert any(depth == 0 and not ok for depth, _, ok, _ in verify_hooks.calls)
+        assert verify_hooks.calls[0][3].direction == "inbound"
+    else:
+        assert result[0] == expected
+
+
+@pytest_twisted.ensureDeferred
+async def test_hook_called_even_when_listener_verify_is_no(tmp_path: Any, pki: Any) -> None:
+    """With tls_verify = no and a hook, the client certificate is requested and the hook called."""
+    verify_hooks.calls.clear()
+    hooks = {"inbound_tls_verify_callback": "verify_hooks:record_and_accept"}
+    relay = await start_relay(tmp_path, [tls_listener(pki)], hooks=hooks)
+    try:
+        result = await _try_mail(relay.port, pki, pki.client, rcpt="u@example.com")
+    finally:
+        await relay.stop()
+    assert result == {}
+    assert [c[0] for c in verify_hooks.calls][-1] == 0
+
+
+# -- storage -------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_sessions_share_directory_fsyncs(tmp_path: Any) -> None:
+    """30 clients at once: every message stored, with fewer directory fsyncs than messages."""
+    relay = await start_relay(tmp_path)
+    try:
+        from twisted.internet.defer import gatherResults
+
+        sends = [in_thread(send_smtplib, relay.port, rcpts=(f"r{i}@example.com",)) for i in range(30)]
+        await gatherResults(sends)
+        syncer = relay.service.disk._dir_syncs[str(tmp_path / "maildir" / "new")]
+    finally:
+        await relay.stop()
+    assert len(maildir_messages(str(tmp_path / "maildir"))) == 30
+    assert 1 <= syncer.flushes <= 30
+
+
+def _send_then_vanish(port: int, size: int) -> None:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    f = sock.makefile("rb")
+    f.readline()
+    sock.sendall(b"HELO c.test\r\nMAIL FROM:<a@c.test>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n")
+    for _ in range(4):
+        f.readline()
+    line = b"x" * 998 + b"\r\n"
+    sock.sendall(line * (size // len(line)))
+    sock.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_vanishing_mid_data_leaves_nothing(tmp_path: Any) -> None:
+    """A client that disconnects in the middle of a 2 MB DATA leaves no file in new/ or tmp/."""
+    relay = await start_relay(tmp_path)
+    try:
+        await in_thread(_send_then_vanish, relay.port, 2 * 1024 * 1024)
+        tmp_dir = tmp_path / "maildir" / "tmp"
+        await eventually(lambda: not relay.service.listeners["test"].inbound.sessions)
+        await eventually(lambda: os.listdir(tmp_dir) == [])
+        # The server still serves others.
+        await in_thread(send_smtplib, relay.port)
+    finally:
+        await relay.stop()
+    assert len(maildir_messages(str(tmp_path / "maildir"))) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_unwritable_maildir_gives_451(tmp_path: Any) -> None:
+    """A Maildir that cannot be created answers 451 4.3.0, never 250."""
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    relay = await start_relay(tmp_path, route=f"maildir:{blocker / 'maildir'}")
+    try:
+        with pytest.raises(smtplib.SMTPDataError) as e:
+            await in_thread(send_smtplib, relay.port)
+    finally:
+        await relay.stop()
+    assert e.value.smtp_code == 451
+    assert b"4.3.0" in e.value.smtp_error
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Any):
+    """A 512 KiB tmpfs (root only, as in CI): a disk that fills up."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    import subprocess
+
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+@pytest_twisted.ensureDeferred
+async def test_full_disk_gives_452_and_keeps_nothing_half_written(tmp_path: Any, small_tmpfs: Any) -> None:
+    """A message larger than the free space is 452 4.3.1; nothing stays in new/ or tmp/; small mail still works."""
+    maildir = small_tmpfs / "maildir"
+    relay = await start_relay(tmp_path, route=f"maildir:{maildir}")
+    big = "Subject: big\r\n\r\n" + ("y" * 998 + "\r\n") * 1100  # ~1.1 MB > 512 KiB
+    try:
+        with pytest.raises(smtplib.SMTPDataError) as e:
+            await in_thread(send_smtplib, relay.port, body=big)
+        await eventually(lambda: os.listdir(maildir / "tmp") == [])
+        await in_thread(send_smtplib, relay.port)
+    finally:
+        await relay.stop()
+    assert e.value.smtp_code == 452 and b"4.3.1" in e.value.smtp_error
+    assert len(os.listdir(maildir / "new")) == 1
