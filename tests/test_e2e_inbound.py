@@ -358,3 +358,40 @@ async def test_full_disk_gives_452_and_keeps_nothing_half_written(tmp_path: Any,
         await relay.stop()
     assert e.value.smtp_code == 452 and b"4.3.1" in e.value.smtp_error
     assert len(os.listdir(maildir / "new")) == 1
+
+
+def _garbage_after_starttls(port: int) -> bytes:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    f = sock.makefile("rb")
+    f.readline()
+    sock.sendall(b"EHLO c.test\r\n")
+    while f.readline()[3:4] == b"-":
+        pass
+    sock.sendall(b"STARTTLS\r\n")
+    f.readline()
+    sock.sendall(b"this is not a TLS ClientHello\r\n" * 10)
+    rest = sock.recv(4096)  # an alert or nothing, then EOF
+    sock.close()
+    return rest
+
+
+def _plaintext_to_implicit_tls(port: int) -> None:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\n")
+    sock.recv(4096)
+    sock.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_garbage_drops_only_that_client(tmp_path: Any, pki: Any) -> None:
+    """Garbage instead of a handshake (STARTTLS or implicit) closes that session; others are served."""
+    implicit = dev_listener(name="smtps", tls="implicit", tls_certificate=pki.good.cert, tls_key=pki.good.key)
+    relay = await start_relay(tmp_path, [tls_listener(pki), implicit])
+    try:
+        await in_thread(_garbage_after_starttls, relay.ports["test"])
+        await in_thread(_plaintext_to_implicit_tls, relay.ports["smtps"])
+        await in_thread(send_smtplib, relay.ports["test"], starttls=client_context(pki.ca_pem))
+        await in_thread(send_smtplib, relay.ports["smtps"], implicit=client_context(pki.ca_pem))
+    finally:
+        await relay.stop()
+    assert len(maildir_messages(str(tmp_path / "maildir"))) == 2

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -470,7 +471,11 @@ class _Validator:
             except ValueError as e:
                 self.problem(label, None, str(e))
                 continue
+            if key in out:
+                self.problem(label, None, f"names the same domain as another table: {key!r}")
+                continue
             out[key] = self.options(self.table(body, label), label, DELIVERY_OPTIONS)
+            _check_pairs(self, out[key], label)
         return out
 
 
@@ -524,6 +529,7 @@ def from_dict(raw: Mapping[str, Any], path: str = "<config>") -> Config:
             options=v.options(body, label, DELIVERY_OPTIONS, skip=("domain",)),
             domains=v.domain_tables(body.get("domain"), label + "."),
         )
+        _check_pairs(v, bindings[name].options, label)
 
     groups = {}
     seen_in_group: dict[str, str] = {}
@@ -547,6 +553,7 @@ def from_dict(raw: Mapping[str, Any], path: str = "<config>") -> Config:
             domains=v.domain_tables(body.get("domain"), label + "."),
             bindings=members,
         )
+        _check_pairs(v, groups[name].options, label)
 
     listeners = _listeners(v, raw.get("listener"))
 
@@ -556,9 +563,7 @@ def from_dict(raw: Mapping[str, Any], path: str = "<config>") -> Config:
     dns = _dns(v, raw.get("dns"))
     rules = _binding_rules(v, raw.get("binding_rule"), bindings)
 
-    _check_pairs(v, global_options, "global")
-    for name, table in domains.items():
-        _check_pairs(v, table, f'domain."{name}"')
+    _check_pairs(v, global_options, "global")  # domain scopes: checked in domain_tables
 
     if v.problems:
         raise ConfigError(v.problems)
@@ -623,15 +628,16 @@ def _listeners(v: _Validator, raw: Any) -> list[ListenerConfig]:
             if cert is None:
                 v.problem(label, "tls_certificate", f"is required when tls = {values['tls']!r} (or 'auto')")
             elif cert != "auto":
+                try:
+                    _readable_file(cert)
+                except ValueError as e:
+                    v.problem(label, "tls_certificate", str(e))
+                    cert = None
                 if values["tls_key"] is None:
-                    v.problem(label, "tls_key", "is required with tls_certificate")
-                else:
-                    try:
-                        _readable_file(cert)
-                    except ValueError as e:
-                        v.problem(label, "tls_certificate", str(e))
-                    else:
-                        _check_keypair(v, label, cert, values["tls_key"])
+                    if "tls_key" not in body:  # when set but unusable, that is reported already
+                        v.problem(label, "tls_key", "is required with tls_certificate")
+                elif cert is not None:
+                    _check_keypair(v, label, cert, values["tls_key"])
         if values["tls_verify"] != "no" and values["tls_client_ca"] is None:
             v.problem(label, "tls_client_ca", f"is required when tls_verify = {values['tls_verify']!r}")
         if values["tls_verify"] != "no" and values["tls"] == "no":
@@ -655,11 +661,23 @@ def _dns(v: _Validator, raw: Any) -> dict[str, dict[str, tuple[str, ...]]]:
         table = {}
         for name, answers in v.table(body, f"dns.{kind}").items():
             try:
-                table[normalize_domain(name) if kind != "ptr" else name] = _str_list(answers)
+                table[_dns_owner(name) if kind != "ptr" else name] = _str_list(answers)
             except ValueError as e:
                 v.problem(f"dns.{kind}", name, str(e))
         out[kind] = table
     return out
+
+
+def _dns_owner(name: str) -> str:
+    """A [dns] key: a domain, after any leading service labels (``_25._tcp``, ``_mta-sts``)."""
+    labels = name.strip().rstrip(".").split(".")
+    service = []
+    while len(labels) > 1 and labels[0].startswith("_"):
+        label = labels.pop(0).lower()
+        if not re.fullmatch(r"_[a-z0-9-]+", label):
+            raise ValueError(f"{name!r} is not a valid DNS name")
+        service.append(label)
+    return ".".join([*service, normalize_domain(".".join(labels))])
 
 
 def _binding_rules(v: _Validator, raw: Any, bindings: Mapping[str, ScopeTable]) -> tuple[BindingRule, ...]:

@@ -26,6 +26,7 @@ from datetime import datetime
 from typing import Any
 
 import attrs
+from OpenSSL import SSL
 from twisted.internet import protocol
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IHandshakeListener
@@ -55,7 +56,7 @@ from tlsmta.smtp_commands import (
 )
 from tlsmta.smtp_data import DataReader
 from tlsmta.store import Envelope, MessageSink, MessageWriter, Recipient, StoreError, Throttle
-from tlsmta.tls import CertificateCheck, HookContext, ServerTLS, SessionFacts
+from tlsmta.tls import CertificateCheck, HookContext, ServerTLS, SessionFacts, ssl_error_text
 
 log = Logger(namespace="tlsmta.inbound")
 
@@ -164,6 +165,8 @@ class InboundSMTP(smtp.ESMTP):
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self.setTimeout(None)
+        if self.tls_active and self.tls_facts is None and reason is not None and reason.check(SSL.Error):
+            events.emit("tls_failed", listener=self.runtime.listener.name, peer=self.peer_ip, reason=ssl_error_text(reason.value))
         if self._writer is not None and self.state is State.DATA:
             self._writer.abort()
             received = self._reader.received if self._reader else 0

@@ -8,11 +8,13 @@ from datetime import datetime
 
 import attrs
 
-_UNSAFE = re.compile(r"[^\x21-\x7e]")
+# Besides spaces and controls, "(", ")" and "\\" go: they would open or close
+# a comment (RFC 5322 3.2.2) and let a HELO swallow the "([ip])" that follows.
+_UNSAFE = re.compile(r"[^\x21-\x7e]|[()\\]")
 
 
 def _clean(text: str, limit: int = 255) -> str:
-    """Client-supplied text as a header-safe token (no spaces, controls, CR/LF)."""
+    """Client-supplied text as a header-safe token (no spaces, controls, CR/LF, comment delimiters)."""
     return _UNSAFE.sub("?", text)[:limit] or "?"
 
 

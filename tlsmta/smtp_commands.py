@@ -155,7 +155,8 @@ def mail_params(params: dict[str, str | None], max_size: int) -> MailParams:
     smtputf8 = False
     for key, value in params.items():
         if key == "SIZE":
-            if value is None or not value.isdigit() or len(value) > 20:
+            # ASCII digits only: str.isdigit() also admits "²", which int() refuses.
+            if value is None or not (value.isascii() and value.isdigit()) or len(value) > 20:
                 raise Reject(501, "5.5.4 SIZE needs a number")
             size = int(value)
             if size > max_size:

@@ -13,6 +13,7 @@ from typing import Any
 
 import attrs
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL, crypto
 from twisted.internet.interfaces import (
@@ -42,18 +43,23 @@ def load_keypair(cert_path: str, key_path: str) -> None:
     try:
         ctx.use_certificate_chain_file(cert_path)
     except (SSL.Error, OSError) as e:
-        raise KeyPairError("tls_certificate", f"cannot load certificate {cert_path!r}: {_ssl_text(e)}") from None
+        raise KeyPairError("tls_certificate", f"cannot load certificate {cert_path!r}: {ssl_error_text(e)}") from None
+    try:
+        with open(key_path, "rb") as f:
+            serialization.load_pem_private_key(f.read(), password=None)
+    except OSError as e:
+        raise KeyPairError("tls_key", f"cannot read key {key_path!r}: {e.strerror}") from None
+    except (ValueError, TypeError) as e:
+        raise KeyPairError("tls_key", f"cannot load key {key_path!r}: {e}") from None
     try:
         ctx.use_privatekey_file(key_path)
-    except (SSL.Error, OSError) as e:
-        raise KeyPairError("tls_key", f"cannot load key {key_path!r}: {_ssl_text(e)}") from None
-    try:
         ctx.check_privatekey()
     except SSL.Error:
         raise KeyPairError("tls_key", f"key {key_path!r} does not match certificate {cert_path!r}") from None
 
 
-def _ssl_text(error: Exception) -> str:
+def ssl_error_text(error: BaseException) -> str:
+    """OpenSSL's error queue as one line (for logs and 4.7.5 reasons)."""
     if isinstance(error, OSError) and error.strerror:
         return error.strerror
     if isinstance(error, SSL.Error) and error.args and isinstance(error.args[0], list) and error.args[0]:
