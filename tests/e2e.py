@@ -25,6 +25,7 @@ async def start_relay(
     tmp_path: Any,
     listeners: list[dict[str, Any]] | None = None,
     hooks: dict[str, str] | None = None,
+    dns: dict[str, Any] | None = None,
     **global_opts: Any,
 ) -> RunningRelay:
     """A relay storing into tmp_path/maildir, on free loopback ports."""
@@ -37,6 +38,7 @@ async def start_relay(
         },
         "listener": listeners or [dev_listener()],
         "hooks": hooks or {},
+        "dns": dns or {},
     }
     return await RunningRelay(build_config(raw)).start()
 

@@ -395,3 +395,20 @@ async def test_tls_garbage_drops_only_that_client(tmp_path: Any, pki: Any) -> No
     finally:
         await relay.stop()
     assert len(maildir_messages(str(tmp_path / "maildir"))) == 2
+
+
+@pytest.mark.parametrize("forward, expected", [("127.0.0.1", "ok"), ("127.0.0.9", 530)])
+@pytest_twisted.ensureDeferred
+async def test_client_name_checked_against_reverse_dns(tmp_path: Any, pki: Any, forward: str, expected: Any) -> None:
+    """host: a client whose EHLO name does not match passes if its forward-confirmed PTR name does."""
+    dns = {"ptr": {"127.0.0.1": [CLIENT_NAME]}, "hosts": {CLIENT_NAME: [forward]}}
+    listener = _verify_listener(pki, "host", local_domains=["local.test"])
+    relay = await start_relay(tmp_path, [listener], dns=dns)
+    try:
+        result = await _try_mail(relay.port, pki, pki.client, ehlo="unrelated.example.test")
+    finally:
+        await relay.stop()
+    if expected == "ok":
+        assert result == {}
+    else:
+        assert result[0] == 530 and "certificate name does not match unrelated.example.test" in result[1]

@@ -39,6 +39,7 @@ from tlsmta import log as events
 from tlsmta.acceptance import ClientStanding, check_client_certificate, check_recipient
 from tlsmta.auth import UserDB, decode_b64_text, decode_plain
 from tlsmta.config import Config, ListenerConfig, normalize_domain, resolve, select_binding
+from tlsmta.dns import Resolver
 from tlsmta.hooks import Hooks
 from tlsmta.ids import new_message_id
 from tlsmta.policy import Verdict, VerifyMode
@@ -83,6 +84,7 @@ class ListenerRuntime:
     tls: ServerTLS | None = None
     users: UserDB | None = None
     hooks: Hooks = attrs.field(factory=Hooks)
+    resolver: Resolver | None = None  # reverse DNS for client-certificate name checks
     run_in_thread: Callable[..., Deferred[Any]] | None = None  # for password checks
 
     @property
@@ -113,6 +115,8 @@ class InboundSMTP(smtp.ESMTP):
         self._processing = False
         self._paused_for: set[str] = set()
         self._auth_step: Callable[[bytes], Deferred[None] | None] | None = None
+        self._reverse_lookup: Deferred[list[str]] | None = None
+        self.reverse_names: list[str] | None = None
         self._reset_session()
 
     # -- session state ---------------------------------------------------------
@@ -142,11 +146,25 @@ class InboundSMTP(smtp.ESMTP):
         )
 
     def client_verdict(self) -> Verdict | None:
-        """Client-certificate verdict against the EHLO name (None: not asked)."""
+        """Client-certificate verdict against the EHLO name and the
+        forward-confirmed reverse DNS names (None: no certificate asked for)."""
         check = self.certificate_check
         if check is None or not self.tls_active or not check.wants_certificate:
             return None
-        return check.verdict(wanted=[self.helo] if self.helo else [])
+        wanted = ([self.helo] if self.helo else []) + (self.reverse_names or [])
+        return check.verdict(wanted=wanted)
+
+    def _start_reverse_lookup(self) -> None:
+        """Names are checked at MAIL; look the client's reverse name up meanwhile."""
+        check, resolver = self.certificate_check, self.runtime.resolver
+        if resolver is None or check is None or check.leaf is None or not check.mode.checks_names:
+            return
+
+        def got(names: list[str]) -> list[str]:
+            self.reverse_names = names
+            return names
+
+        self._reverse_lookup = resolver.verified_ptr(self.peer_ip).addCallback(got)
 
     # -- connection ------------------------------------------------------------
 
@@ -185,6 +203,7 @@ class InboundSMTP(smtp.ESMTP):
 
     def handshakeCompleted(self) -> None:
         self.tls_facts = SessionFacts.from_connection(self.transport.getHandle())
+        self._start_reverse_lookup()
 
     def reply(self, code: int, text: str | list[str]) -> None:
         """Send a (possibly multi-line) reply in one write."""
@@ -432,7 +451,15 @@ class InboundSMTP(smtp.ESMTP):
             cert_verified=verdict is not None and verdict.verified,
         )
 
-    def do_MAIL(self, arg: bytes) -> None:
+    def do_MAIL(self, arg: bytes) -> Deferred[None] | None:
+        if self._reverse_lookup is not None and self.reverse_names is None:
+            waiter: Deferred[None] = Deferred()
+            self._reverse_lookup.addBoth(lambda result: (waiter.callback(None), result)[1])
+            return waiter.addCallback(lambda _: self._mail(arg))
+        self._mail(arg)
+        return None
+
+    def _mail(self, arg: bytes) -> None:
         if self.helo is None:
             raise Reject(503, "5.5.1 Error: send HELO/EHLO first")
         if self.sender is not None:

@@ -64,12 +64,15 @@ def _host_port(rest: str, spec: str) -> tuple[str, int | None]:
         port_text = tail[1:] if tail.startswith(":") else tail
         if tail and not tail.startswith(":"):
             raise RouteError(f"unexpected {tail!r} after ']' in {spec!r}")
+        colon = bool(tail)
     else:
-        host, _, port_text = rest.partition(":")
+        host, colon_text, port_text = rest.partition(":")
+        colon = bool(colon_text)
     if not host:
         raise RouteError(f"smtp route needs a host: 'smtp:relay.example.net:587' (got {spec!r})")
-    if not port_text:
+    if not colon:
         return host, None
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    # isdigit() alone admits '²' and fullwidth digits: ASCII digits only.
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
         raise RouteError(f"bad port {port_text!r} in {spec!r}")
     return host, int(port_text)

@@ -20,6 +20,7 @@ from tlsmta.auth import UserDB
 from tlsmta.config import Config, ListenerConfig
 from tlsmta.devcert import ensure_dev_certificate
 from tlsmta.diskio import DiskIO
+from tlsmta.dns import Resolver
 from tlsmta.hooks import Hooks, load_hooks
 from tlsmta.inbound import InboundFactory, ListenerRuntime
 from tlsmta.maildir import LocalSink
@@ -121,10 +122,11 @@ class DiskService(Service):
 class TlsmtaService(MultiService):
     """The whole MTA for one configuration."""
 
-    def __init__(self, config: Config, reactor: Any):
+    def __init__(self, config: Config, reactor: Any, dns_backend: Any = None):
         super().__init__()
         self.config = config
         self.reactor = reactor
+        self.resolver = Resolver(config.dns, dns_backend)
         self.hostname = effective_hostname(config)
         self.disk = DiskIO(reactor)
         DiskService(self.disk).setServiceParent(self)
@@ -150,5 +152,6 @@ class TlsmtaService(MultiService):
             tls=listener_tls(listener, self.config, self.hostname),
             users=UserDB.load(listener.auth_users_file) if listener.auth_users_file else None,
             hooks=self.hooks,
+            resolver=self.resolver,
             run_in_thread=lambda fn, *a: deferToThreadPool(self.reactor, self.reactor.getThreadPool(), fn, *a),
         )

@@ -122,14 +122,16 @@ class RunningRelay:
     ``ports`` maps listener names to the port numbers they got.
     """
 
-    def __init__(self, config: configuration.Config, reactor: Any = None):
+    def __init__(self, config: configuration.Config, reactor: Any = None, dns_backend: Any = None):
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
             reactor = default_reactor
+        from tlsmta.dns import OfflineBackend
         from tlsmta.service import TlsmtaService
 
-        self.service = TlsmtaService(config, reactor)
+        # Only [dns] pinned answers: a test never queries a real resolver.
+        self.service = TlsmtaService(config, reactor, dns_backend or OfflineBackend())
         self.ports: dict[str, int] = {}
 
     @property

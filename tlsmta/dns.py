@@ -1,0 +1,190 @@
+"""DNS lookups through twisted.names, with the ``[dns]`` table's pinned answers.
+
+Pinned answers are consulted first and nothing else in tlsmta knows a name
+was pinned; names not pinned go to the real resolver.  Failures come back
+as :class:`DNSPermanent` (NXDOMAIN, null MX: bounce) or
+:class:`DNSTransient` (SERVFAIL, timeout: retry later).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.names import dns, error
+from twisted.names.common import ResolverBase
+from twisted.python.failure import Failure
+
+LOOKUP_TIMEOUT = (2, 4)  # seconds per retry, as twisted.names takes them
+
+
+class DNSError(Exception):
+    """A lookup that did not give a usable answer."""
+
+    permanent = False
+
+
+class DNSPermanent(DNSError):
+    permanent = True
+
+
+class DNSTransient(DNSError):
+    pass
+
+
+@attrs.frozen
+class MXHost:
+    preference: int
+    host: str
+    implicit: bool = False  # no MX record: the domain itself (RFC 5321 5.1)
+
+
+def order_mx(records: Sequence[tuple[int, str]], rng: Callable[[Sequence[Any]], None] = random.shuffle) -> list[MXHost]:
+    """RFC 5321 5.1: by preference, random order among equal preferences."""
+    groups: dict[int, list[str]] = {}
+    for pref, host in records:
+        groups.setdefault(pref, []).append(host)
+    out = []
+    for pref in sorted(groups):
+        hosts = groups[pref]
+        rng(hosts)
+        out += [MXHost(pref, h) for h in hosts]
+    return out
+
+
+def _classify(failure: Failure, what: str) -> Failure:
+    if failure.check(error.DNSNameError):
+        return Failure(DNSPermanent(f"{what}: no such domain"))
+    if failure.check(error.DNSServerError, error.DNSQueryTimeoutError, error.TimeoutError, error.DNSQueryRefusedError):
+        return Failure(DNSTransient(f"{what}: {failure.getErrorMessage() or type(failure.value).__name__}"))
+    if failure.check(DNSError):
+        return failure
+    return Failure(DNSTransient(f"{what}: {failure.getErrorMessage() or type(failure.value).__name__}"))
+
+
+def _names(records: Sequence[Any], rtype: int) -> list[Any]:
+    return [r.payload for r in records if r.type == rtype]
+
+
+class Resolver:
+    """MX, address, PTR and TXT lookups for tlsmta."""
+
+    def __init__(self, pinned: Mapping[str, Mapping[str, tuple[str, ...]]], backend: Any = None):
+        self.pinned = pinned
+        if backend is None:
+            from twisted.names import client
+
+            backend = client.createResolver()
+        self.backend = backend
+
+    def _pin(self, table: str, name: str) -> tuple[str, ...] | None:
+        return self.pinned.get(table, {}).get(name.lower().rstrip("."))
+
+    def mx(self, domain: str) -> Deferred[list[MXHost]]:
+        """Where mail for ``domain`` goes, in delivery order.
+
+        A null MX (RFC 7505) is DNSPermanent; no MX record falls back to
+        the domain's own addresses.
+        """
+        pinned = self._pin("mx", domain)
+        if pinned is not None:
+            return self._checked_mx([(10 * (i + 1), h) for i, h in enumerate(pinned)], domain)
+        d = self.backend.lookupMailExchange(domain, timeout=LOOKUP_TIMEOUT)
+
+        def got(result: tuple[list[Any], list[Any], list[Any]]) -> Any:
+            answers = [(p.preference, str(p.name)) for p in _names(result[0], dns.MX)]
+            if not answers:
+                return self._implicit_mx(domain)
+            return self._checked_mx(answers, domain)
+
+        return d.addCallbacks(got, lambda f: _classify(f, f"MX lookup for {domain}"))
+
+    def _checked_mx(self, records: list[tuple[int, str]], domain: str) -> Any:
+        if len(records) == 1 and records[0][1].rstrip(".") == "":
+            return fail(DNSPermanent(f"{domain} does not accept mail (null MX)"))
+        return succeed(order_mx([(p, h.rstrip(".")) for p, h in records if h.rstrip(".")]))
+
+    def _implicit_mx(self, domain: str) -> Deferred[list[MXHost]]:
+        def have(addresses: list[str]) -> list[MXHost]:
+            if not addresses:
+                raise DNSPermanent(f"{domain} has no MX and no address records")
+            return [MXHost(0, domain, implicit=True)]
+
+        return self.addresses(domain).addCallback(have)
+
+    def addresses(self, host: str) -> Deferred[list[str]]:
+        """A and AAAA addresses of ``host`` (IPv4 first); an IP literal is itself."""
+        try:
+            return succeed([str(ipaddress.ip_address(host.strip("[]")))])
+        except ValueError:
+            pass
+        pinned = self._pin("hosts", host)
+        if pinned is not None:
+            return succeed(list(pinned))
+        queries = [
+            self.backend.lookupAddress(host, timeout=LOOKUP_TIMEOUT),
+            self.backend.lookupIPV6Address(host, timeout=LOOKUP_TIMEOUT),
+        ]
+
+        def combine(results: list[tuple[bool, Any]]) -> list[str]:
+            found: list[str] = []
+            failures = []
+            for ok, value in results:
+                if ok:
+                    found += [p.dottedQuad() if hasattr(p, "dottedQuad") else _ipv6(p) for p in
+                              _names(value[0], dns.A) + _names(value[0], dns.AAAA)]
+                else:
+                    failures.append(value)
+            if found or not failures:
+                return found
+            raise _classify(failures[0], f"address lookup for {host}").value
+
+        return DeferredList(queries, consumeErrors=True).addCallback(combine)
+
+    def ptr(self, ip: str) -> Deferred[list[str]]:
+        """Reverse names of ``ip`` (not forward-confirmed; see :meth:`verified_ptr`)."""
+        pinned = self._pin("ptr", ip)
+        if pinned is not None:
+            return succeed([n.rstrip(".").lower() for n in pinned])
+        name = ipaddress.ip_address(ip).reverse_pointer
+        d = self.backend.lookupPointer(name, timeout=LOOKUP_TIMEOUT)
+        return d.addCallbacks(
+            lambda r: [str(p.name).rstrip(".").lower() for p in _names(r[0], dns.PTR)],
+            lambda f: _classify(f, f"PTR lookup for {ip}"),
+        )
+
+    def verified_ptr(self, ip: str) -> Deferred[list[str]]:
+        """Reverse names whose forward lookup includes ``ip`` (never fails: [] instead)."""
+
+        def confirm(names: list[str]) -> Deferred[list[str]]:
+            checks = [self.addresses(n).addCallback(lambda addrs, n=n: n if ip in addrs else None) for n in names[:5]]
+            return DeferredList(checks, consumeErrors=True).addCallback(
+                lambda results: [n for ok, n in results if ok and n]
+            )
+
+        return self.ptr(ip).addCallback(confirm).addErrback(lambda _: [])
+
+    def txt(self, name: str) -> Deferred[list[str]]:
+        pinned = self._pin("txt", name)
+        if pinned is not None:
+            return succeed(list(pinned))
+        d = self.backend.lookupText(name, timeout=LOOKUP_TIMEOUT)
+        return d.addCallbacks(
+            lambda r: [b"".join(p.data).decode("utf-8", "replace") for p in _names(r[0], dns.TXT)],
+            lambda f: _classify(f, f"TXT lookup for {name}"),
+        )
+
+
+def _ipv6(payload: Any) -> str:
+    return str(ipaddress.IPv6Address(payload.address))
+
+
+class OfflineBackend(ResolverBase):
+    """A twisted.names resolver that knows no names: tests never leave the machine."""
+
+    def _lookup(self, name: bytes, cls: int, type: int, timeout: Any) -> Deferred[Any]:
+        return fail(error.DNSNameError(name))
