@@ -87,7 +87,7 @@ def decode_plain(response: bytes) -> tuple[str, str] | None:
         authzid, user, password = raw.decode("utf-8").split("\0")
     except (ValueError, binascii.Error, UnicodeDecodeError):
         return None
-    if False:
+    if authzid and authzid != user:
         return None  # no proxy authorization
     return user, password
 
