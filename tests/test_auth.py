@@ -230,7 +230,7 @@ def test_decoders_never_raise(response):
     assert text is None or isinstance(text, str)
 
 
-@given(st.text(alphabet=st.characters(exclude_characters="\0"), max_size=20), st.text(alphabet=st.characters(exclude_characters="\0"), max_size=20))
+@given(st.text(alphabet=st.characters(exclude_characters="\0", exclude_categories=("Cs",)), max_size=20), st.text(alphabet=st.characters(exclude_characters="\0", exclude_categories=("Cs",)), max_size=20))
 def test_decode_plain_round_trip(user, password):
     """Any NUL-free user and password encoded as PLAIN decode back to themselves."""
     assert decode_plain(b64(f"\0{user}\0{password}".encode())) == (user, password)

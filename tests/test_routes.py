@@ -1,0 +1,154 @@
+"""Unit tests for tlsmta.routes: parsing the ``route`` option."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tlsmta.routes import Route, RouteError, parse_route
+
+SUBMISSION_PORT = 587
+LAB_PORT = 2525
+HIGHEST_PORT = 65535
+
+
+@pytest.mark.parametrize("spec", ["mx", "MX", " mx"])
+def test_mx(spec: str) -> None:
+    """'mx' (any case) is MX routing, an SMTP hop."""
+    route = parse_route(spec)
+    assert route == Route("mx")
+    assert not route.is_local
+    assert str(route) == "mx"
+
+
+def test_discard() -> None:
+    """'discard' drops mail locally."""
+    route = parse_route("discard")
+    assert route == Route("discard")
+    assert route.is_local
+    assert str(route) == "discard"
+
+
+def test_maildir_absolute() -> None:
+    """maildir:PATH keeps an absolute path and is delivered locally."""
+    route = parse_route("maildir:/var/mail/dev")
+    assert route == Route("maildir", path="/var/mail/dev")
+    assert route.is_local
+    assert str(route) == "maildir:/var/mail/dev"
+
+
+def test_maildir_relative_becomes_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A relative maildir path is made absolute against the current directory at parse time."""
+    monkeypatch.chdir(tmp_path)
+    route = parse_route("maildir:maildir")
+    assert route.kind == "maildir"
+    assert os.path.isabs(route.path)
+    assert route.path == str(tmp_path / "maildir")
+
+
+def test_maildir_path_may_contain_colons() -> None:
+    """Everything after 'maildir:' is the path, colons included."""
+    assert parse_route("maildir:/srv/a:b").path == "/srv/a:b"
+
+
+def test_smtp_host() -> None:
+    """smtp:HOST is a smarthost on the default port (port left unset)."""
+    route = parse_route("smtp:relay.example.net")
+    assert route == Route("smtp", host="relay.example.net", port=None)
+    assert not route.is_local
+    assert str(route) == "smtp:relay.example.net"
+
+
+def test_smtp_host_port() -> None:
+    """smtp:HOST:PORT sets the smarthost's port."""
+    route = parse_route(f"smtp:relay.example.net:{SUBMISSION_PORT}")
+    assert route == Route("smtp", host="relay.example.net", port=SUBMISSION_PORT)
+    assert str(route) == f"smtp:relay.example.net:{SUBMISSION_PORT}"
+
+
+def test_smtp_ipv6_with_port() -> None:
+    """smtp:[v6addr]:PORT: brackets delimit an IPv6 address and are not part of the host."""
+    route = parse_route(f"smtp:[::1]:{LAB_PORT}")
+    assert route == Route("smtp", host="::1", port=LAB_PORT)
+    assert str(route) == f"smtp:[::1]:{LAB_PORT}"
+
+
+def test_smtp_ipv6_without_port() -> None:
+    """smtp:[v6addr] without a port is accepted."""
+    route = parse_route("smtp:[2001:db8::25]")
+    assert route == Route("smtp", host="2001:db8::25", port=None)
+    assert str(route) == "smtp:[2001:db8::25]"
+
+
+def test_smtp_ipv4() -> None:
+    """An IPv4 smarthost needs no brackets."""
+    assert parse_route("smtp:192.0.2.25:25") == Route("smtp", host="192.0.2.25", port=25)
+
+
+@pytest.mark.parametrize("port", [1, HIGHEST_PORT])
+def test_smtp_port_bounds(port: int) -> None:
+    """Ports 1 and 65535 are the valid extremes."""
+    assert parse_route(f"smtp:relay.example:{port}").port == port
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "mx",
+        "discard",
+        "maildir:/var/mail/dev",
+        "smtp:relay.example.net",
+        "smtp:relay.example.net:587",
+        "smtp:[::1]:2525",
+        "smtp:[::1]",
+    ],
+)
+def test_str_round_trips(spec: str) -> None:
+    """str() of a parsed route parses back to the same route (what `tlsmta policy` prints)."""
+    route = parse_route(spec)
+    assert str(route) == spec
+    assert parse_route(str(route)) == route
+
+
+@pytest.mark.parametrize(
+    ("spec", "fragment"),
+    [
+        ("smtp:", "smtp route needs a host"),
+        ("smtp::25", "smtp route needs a host"),
+        ("smtp:[]:25", "smtp route needs a host"),
+        ("smtp:host:99999", "bad port '99999'"),
+        (f"smtp:host:{HIGHEST_PORT + 1}", f"bad port '{HIGHEST_PORT + 1}'"),
+        ("smtp:host:0", "bad port '0'"),
+        ("smtp:host:-1", "bad port '-1'"),
+        ("smtp:host:smtp", "bad port 'smtp'"),
+        ("smtp:host:25:26", "bad port '25:26'"),
+        ("smtp:host:", "bad port ''"),
+        ("smtp:[::1]:", "bad port ''"),
+        ("smtp:host:²", "bad port '²'"),
+        ("smtp:host:２５", "bad port '２５'"),
+        ("smtp:[::1", "unclosed '['"),
+        ("smtp:[::1]2525", "unexpected '2525' after ']'"),
+        ("maildir:", "maildir route needs a path"),
+        ("maildir", "maildir route needs a path"),
+        ("mx:foo", "route 'mx' takes no argument"),
+        ("mx:", "route 'mx' takes no argument"),
+        ("discard:all", "route 'discard' takes no argument"),
+        ("lmtp:/run/lmtp", "unknown route 'lmtp:/run/lmtp'"),
+        ("", "unknown route ''"),
+        ("relay.example.net", "unknown route 'relay.example.net'"),
+    ],
+)
+def test_bad_routes(spec: str, fragment: str) -> None:
+    """Malformed routes raise RouteError (a ValueError) with a reason an operator can act on."""
+    with pytest.raises(RouteError) as info:
+        parse_route(spec)
+    assert isinstance(info.value, ValueError)
+    assert fragment in str(info.value)
+
+
+def test_unknown_route_lists_the_choices() -> None:
+    """The error for an unknown kind says which kinds exist."""
+    with pytest.raises(RouteError, match=r"expected mx, smtp:HOST\[:PORT\], maildir:PATH or discard"):
+        parse_route("uucp:host")
