@@ -234,3 +234,22 @@ def test_decoders_never_raise(response):
 def test_decode_plain_round_trip(user, password):
     """Any NUL-free user and password encoded as PLAIN decode back to themselves."""
     assert decode_plain(b64(f"\0{user}\0{password}".encode())) == (user, password)
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        "scrypt$16384$8$1$c2FsdA==",  # too few parts
+        "scrypt$-16384$8$1$c2FsdA==$" + "A" * 44,  # negative cost
+        "scrypt$1000$8$1$c2FsdA==$" + "A" * 44,  # N not a power of two
+        "scrypt$16384$8$99999$c2FsdA==$" + "A" * 44,  # p that would make every check take minutes
+        "scrypt$16384$8$1$!!!$" + "A" * 44,  # salt not base64
+    ],
+)
+def test_users_file_with_damaged_hash_refused_at_load(tmp_path, stored):
+    """A damaged or absurd hash is an error when the users file loads, not a silent never-match."""
+    path = tmp_path / "users"
+    path.write_text(f"alice:{stored}\n")
+    with pytest.raises(AuthFileError) as info:
+        UserDB.load(str(path))
+    assert f"{path}:1:" in str(info.value)

@@ -117,6 +117,13 @@ def test_with_keyword(esmtp, tls, auth, word):
     assert f" with {word} id " in unfold(text(facts))
 
 
+@pytest.mark.parametrize("tls, auth, word", [(None, False, "UTF8SMTP"), ("TLSv1.3", False, "UTF8SMTPS"), ("TLSv1.3", True, "UTF8SMTPSA")])
+def test_with_keyword_smtputf8(tls, auth, word):
+    """With SMTPUTF8 the WITH keyword is RFC 6531's UTF8SMTP family."""
+    facts = attrs.evolve(BASE, tls_protocol=tls, tls_cipher="X" if tls else None, authenticated=auth, smtputf8=True)
+    assert protocol_keyword(facts) == word
+
+
 def test_for_clause_with_one_recipient():
     """'for <rcpt>' appears when the transaction had one recipient, before the date."""
     facts = attrs.evolve(BASE, recipient="user@example.com")

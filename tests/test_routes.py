@@ -152,3 +152,10 @@ def test_unknown_route_lists_the_choices() -> None:
     """The error for an unknown kind says which kinds exist."""
     with pytest.raises(RouteError, match=r"expected mx, smtp:HOST\[:PORT\], maildir:PATH or discard"):
         parse_route("uucp:host")
+
+
+@pytest.mark.parametrize("spec", ["smtp:relay example", "smtp:bad..name", "smtp:-x.example", "smtp:a/b"])
+def test_smarthost_must_be_a_host(spec):
+    """A smarthost that is neither a host name nor an IP address is refused."""
+    with pytest.raises(RouteError):
+        parse_route(spec)

@@ -52,6 +52,20 @@ def _decoy_hash() -> str:
     return hash_password("decoy")
 
 
+def well_formed_hash(stored: str) -> bool:
+    """A hash check_password can use, with sane cost parameters (no DoS by users file)."""
+    parts = stored.split("$")
+    if len(parts) != 6 or parts[0] != "scrypt" or not all(p.isascii() and p.isdigit() for p in parts[1:4]):
+        return False
+    n, r, p = (int(x) for x in parts[1:4])
+    if not (1 < n <= 2**20 and n & (n - 1) == 0 and 1 <= r <= 32 and 1 <= p <= 16):
+        return False
+    try:
+        return bool(base64.b64decode(parts[4], validate=True)) and len(base64.b64decode(parts[5], validate=True)) >= 16
+    except binascii.Error:
+        return False
+
+
 @attrs.frozen
 class UserDB:
     """Accounts loaded from a users file."""
@@ -67,8 +81,8 @@ class UserDB:
                 if not line or line.startswith("#"):
                     continue
                 name, sep, stored = line.partition(":")
-                if not sep or not name or not stored.startswith("scrypt$"):
-                    raise AuthFileError(f"{path}:{number}: expected 'user:scrypt$...'")
+                if not sep or not name or not well_formed_hash(stored):
+                    raise AuthFileError(f"{path}:{number}: expected 'user:scrypt$N$r$p$salt$hash' (tlsmta hash-password)")
                 users[name] = stored
         return cls(users)
 

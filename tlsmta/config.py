@@ -638,6 +638,13 @@ def _listeners(v: _Validator, raw: Any) -> list[ListenerConfig]:
                         v.problem(label, "tls_key", "is required with tls_certificate")
                 elif cert is not None:
                     _check_keypair(v, label, cert, values["tls_key"])
+        if values["auth_users_file"] is not None:
+            from tlsmta.auth import AuthFileError, UserDB
+
+            try:
+                UserDB.load(values["auth_users_file"])
+            except (AuthFileError, OSError, UnicodeDecodeError) as e:
+                v.problem(label, "auth_users_file", str(e))
         if values["tls_verify"] != "no" and values["tls_client_ca"] is None:
             v.problem(label, "tls_client_ca", f"is required when tls_verify = {values['tls_verify']!r}")
         if values["tls_verify"] != "no" and values["tls"] == "no":

@@ -655,6 +655,7 @@ class InboundSMTP(smtp.ESMTP):
             authenticated=self.authenticated_as is not None,
             client_cert=self._client_cert_words(),
             recipient=envelope.recipients[0].address if len(envelope.recipients) == 1 else None,
+            smtputf8=envelope.smtputf8,
         )
 
     def _log_transaction(self, envelope: Envelope | None, size: int, text: str, code: int | None = None) -> None:

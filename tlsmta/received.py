@@ -33,13 +33,15 @@ class TraceFacts:
     authenticated: bool = False
     client_cert: str | None = None  # e.g. 'verified "CN=x" issuer "CN=ca"'
     recipient: str | None = None  # only when there is exactly one
+    smtputf8: bool = False
 
 
 def protocol_keyword(facts: TraceFacts) -> str:
-    """RFC 3848 WITH keyword: SMTP, ESMTP, ESMTPS, ESMTPA, ESMTPSA."""
+    """WITH keyword: SMTP, ESMTP[S][A] (RFC 3848), UTF8SMTP[S][A] with SMTPUTF8 (RFC 6531)."""
     if not facts.esmtp:
         return "SMTP"
-    return "ESMTP" + ("S" if facts.tls_protocol else "") + ("A" if facts.authenticated else "")
+    base = "UTF8SMTP" if facts.smtputf8 else "ESMTP"
+    return base + ("S" if facts.tls_protocol else "") + ("A" if facts.authenticated else "")
 
 
 def received_header(facts: TraceFacts) -> bytes:

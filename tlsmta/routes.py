@@ -6,9 +6,12 @@ for IPv6), ``maildir:PATH`` and ``discard``.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 
 import attrs
+import idna
 
 
 class RouteError(ValueError):
@@ -70,9 +73,27 @@ def _host_port(rest: str, spec: str) -> tuple[str, int | None]:
         colon = bool(colon_text)
     if not host:
         raise RouteError(f"smtp route needs a host: 'smtp:relay.example.net:587' (got {spec!r})")
+    if not _valid_host(host):
+        raise RouteError(f"{host!r} is not a host name or IP address in {spec!r}")
     if not colon:
         return host, None
     # isdigit() alone admits '²' and fullwidth digits: ASCII digits only.
     if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
         raise RouteError(f"bad port {port_text!r} in {spec!r}")
     return host, int(port_text)
+
+
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)\Z")
+
+
+def _valid_host(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    try:
+        ascii_host = idna.encode(host.rstrip("."), uts46=True).decode("ascii")
+    except idna.IDNAError:
+        ascii_host = host.rstrip(".")
+    return all(_LABEL.match(label) for label in ascii_host.split("."))
