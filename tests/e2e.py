@@ -37,6 +37,7 @@ async def start_relay(
             **global_opts,
         },
         "listener": listeners or [dev_listener()],
+        "spool": {"path": str(tmp_path / "spool")},
         "hooks": hooks or {},
         "dns": dns or {},
     }

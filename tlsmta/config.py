@@ -93,6 +93,11 @@ def _str_list(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _path(value: Any) -> str:
+    """A directory path; relative paths are taken from the directory tlsmta starts in."""
+    return os.path.abspath(_str(value))
+
+
 def _readable_file(value: Any) -> str:
     path = _str(value)
     if not os.path.isfile(path):
@@ -241,7 +246,7 @@ DELIVERY_OPTIONS: dict[str, Option] = {
 
 GLOBAL_ONLY_OPTIONS: dict[str, Option] = {
     "hostname": Option(_str, None, "banner and EHLO name; default: this host's FQDN"),
-    "state_dir": Option(_str, "/var/lib/tlsmta", "certificates generated at first start"),
+    "state_dir": Option(_path, "/var/lib/tlsmta", "certificates generated at first start"),
 }
 
 HOOK_OPTIONS: dict[str, Option] = {
@@ -276,7 +281,7 @@ LISTENER_OPTIONS: dict[str, Option] = {
 }
 
 SPOOL_OPTIONS: dict[str, Option] = {
-    "path": Option(_str, "/var/spool/tlsmta"),
+    "path": Option(_path, "/var/spool/tlsmta"),
 }
 
 
@@ -290,6 +295,7 @@ def _retry_schedule(value: Any) -> tuple[int, ...]:
 QUEUE_OPTIONS: dict[str, Option] = {
     "retry_schedule": Option(_retry_schedule, (60, 300, 900, 1800, 3600), "seconds; the last repeats"),
     "max_queue_lifetime": Option(_int(60), 5 * 24 * 3600, "seconds before a bounce"),
+    "max_connections": Option(_int(1), 200, "outbound connections in all"),
 }
 
 BINDING_RULE_OPTIONS: dict[str, Option] = {

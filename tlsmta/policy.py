@@ -257,3 +257,56 @@ def depth_ok(mode: VerifyMode, chain_ok: bool, depth: int, presented: PresentedN
     if depth == 0 and mode.checks_names:
         return presented is not None and match_names(presented, wanted) is not None
     return True
+
+
+# -- outbound STARTTLS decisions -------------------------------------------------------
+
+
+class TLSAction(enum.Enum):
+    """What an outbound session does about TLS next."""
+
+    STARTTLS = "starttls"
+    PLAIN = "plain"  # carry on (or reconnect) without TLS
+
+
+@attrs.frozen
+class TLSFailure:
+    """A TLS outcome that defers the delivery (transient, 4.7.x)."""
+
+    status: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.reason}"
+
+
+def starttls_decision(tls: str, advertised: bool) -> TLSAction | TLSFailure:
+    """After EHLO: ``tls`` is no, ifavailable or required."""
+    if tls == "no":
+        return TLSAction.PLAIN
+    if advertised:
+        return TLSAction.STARTTLS
+    if tls == "required":
+        return TLSFailure(STARTTLS_MISSING_CODE, "STARTTLS required but not advertised")
+    return TLSAction.PLAIN
+
+
+def starttls_refused(tls: str, fallback: bool, reply: str) -> TLSAction | TLSFailure:
+    """The server answered STARTTLS with an error (e.g. 454)."""
+    if tls == "ifavailable" and fallback:
+        return TLSAction.PLAIN
+    return TLSFailure(TLS_ENHANCED_CODE, f"TLS negotiation failed: STARTTLS refused: {reply}")
+
+
+def handshake_failed(tls: str, fallback: bool, verdict: Verdict | None, reason: str) -> TLSAction | TLSFailure:
+    """The handshake did not complete.
+
+    ``verdict`` is the certificate verdict when our verification aborted
+    the handshake: that is never retried in plain text (anyone able to
+    present a bad certificate could otherwise force clear text).
+    """
+    if verdict is not None and verdict.fatal:
+        return TLSFailure(TLS_ENHANCED_CODE, verdict.reason)
+    if tls == "ifavailable" and fallback:
+        return TLSAction.PLAIN
+    return TLSFailure(TLS_ENHANCED_CODE, f"TLS negotiation failed: {reason}")

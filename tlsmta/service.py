@@ -17,14 +17,18 @@ from twisted.python.failure import Failure
 
 from tlsmta import tls
 from tlsmta.auth import UserDB
-from tlsmta.config import Config, ListenerConfig
+from tlsmta.config import Config, ListenerConfig, resolve
+from tlsmta.delivery import Deliverer, OutboundPool
 from tlsmta.devcert import ensure_dev_certificate
 from tlsmta.diskio import DiskIO
 from tlsmta.dns import Resolver
 from tlsmta.hooks import Hooks, load_hooks
 from tlsmta.inbound import InboundFactory, ListenerRuntime
+from tlsmta.intake import Intake
 from tlsmta.maildir import LocalSink
+from tlsmta.queue import Queue
 from tlsmta.routes import parse_route
+from tlsmta.spool import Spool
 from tlsmta.store import MessageSink
 
 log = Logger(namespace="tlsmta.service")
@@ -119,6 +123,25 @@ class DiskService(Service):
         self.disk.stop()
 
 
+class QueueService(Service):
+    """Creates the spool, loads the queue at start, stops scheduling at stop."""
+
+    def __init__(self, spool: Spool, queue: Queue):
+        self.spool = spool
+        self.queue = queue
+        self.loaded: Deferred[None] | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self.spool.ensure()  # a spool that cannot be created stops the start, with the path in the error
+        self.loaded = self.queue.start()
+        self.loaded.addErrback(lambda f: log.failure("loading the queue failed", f))
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.queue.stop()
+
+
 class TlsmtaService(MultiService):
     """The whole MTA for one configuration."""
 
@@ -130,8 +153,24 @@ class TlsmtaService(MultiService):
         self.hostname = effective_hostname(config)
         self.disk = DiskIO(reactor)
         DiskService(self.disk).setServiceParent(self)
-        self.sink: MessageSink = LocalSink(self.disk)
         self.hooks: Hooks = load_hooks(config.hooks)
+        local = LocalSink(self.disk)
+        self.spool = Spool(config.spool["path"], self.disk)
+        self.pool = OutboundPool(
+            reactor, self.resolver, self.spool, self.disk, self.hostname, self.hooks, config.queue["max_connections"]
+        )
+        deliverer = Deliverer(self.pool, local, self.spool, self.disk, lambda domain, binding: resolve(config, domain, binding))
+        self.queue = Queue(
+            self.spool,
+            deliverer.deliver,
+            reactor,
+            self.hostname,
+            config.queue["retry_schedule"],
+            config.queue["max_queue_lifetime"],
+            route_for=lambda domain: resolve(config, domain)["route"].value,
+        )
+        QueueService(self.spool, self.queue).setServiceParent(self)
+        self.sink: MessageSink = Intake(local, self.spool, self.queue)
         self.listeners: dict[str, ListenerService] = {}
         for listener in config.listeners:
             factory = InboundFactory(self._runtime(listener))

@@ -258,6 +258,7 @@ class CertificateCheck:
         self.hook_error: str | None = None
         self.leaf: x509.Certificate | None = None
         self.internal_error: str | None = None
+        self.seen_certificate = False  # the callback ran: a certificate was received
 
     @property
     def wants_certificate(self) -> bool:
@@ -273,6 +274,7 @@ class CertificateCheck:
 
     def callback(self, conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
         """pyOpenSSL's verify callback; never raises (an exception fails closed)."""
+        self.seen_certificate = True
         try:
             return self._callback(conn, cert, errno, depth, bool(ok))
         except Exception as e:

@@ -1,0 +1,609 @@
+"""Delivery attempts: one job is one message's recipients at one destination.
+
+:class:`Deliverer` takes jobs from the queue and returns per-recipient
+results.  Local routes (maildir, discard) are handled here; SMTP routes
+(mx, smtp:HOST) go to a :class:`Destination`, which resolves where to
+connect, keeps at most ``max_connections`` sessions, and lets each
+session carry up to ``max_messages_per_connection`` jobs.  The outbound
+TLS policy is applied per session, exactly as DESIGN.md says:
+
+- ``tls = required`` without STARTTLS is 4.7.6, a failed handshake 4.7.5;
+- ``ifavailable`` falls back to plain text after a failed handshake (a new
+  connection) or a 454 (same connection) when ``tls_ifavailable_fallback``,
+  but never after a certificate that failed ``ca``/``host``;
+- the certificate verdict comes from :mod:`tlsmta.policy`.
+
+Every job produces one ``delivery`` log event with its TLS facts.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import os
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+
+from tlsmta import log as events
+from tlsmta import policy, tls
+from tlsmta.client_codec import Reply, parse_ehlo
+from tlsmta.config import Resolved
+from tlsmta.diskio import DiskIO
+from tlsmta.dns import DNSError, Resolver
+from tlsmta.hooks import Hooks
+from tlsmta.maildir import LocalSink, crlf_to_lf
+from tlsmta.outbound import DATA_START_TIMEOUT, ConnectionBroken, OutboundSMTP
+from tlsmta.policy import TLSAction, TLSFailure, VerifyMode
+from tlsmta.routes import Route
+from tlsmta.spool import BOUNCED, DELIVERED, PENDING, QueuedMessage, RecipientState, Spool
+
+log = Logger(namespace="tlsmta.delivery")
+
+CONNECT_TIMEOUT = 30
+BODY_CHUNK = 256 * 1024
+MAX_ADDRESSES_PER_HOST = 4
+
+
+@attrs.frozen
+class DeliveryJob:
+    """One message's pending recipients that share a destination."""
+
+    message: QueuedMessage
+    recipients: tuple[RecipientState, ...]
+    route: Route
+    domain: str
+    binding: str
+
+
+@attrs.frozen
+class RecipientResult:
+    """The outcome of one recipient in one attempt."""
+
+    address: str
+    status: str  # DELIVERED, PENDING (deferred) or BOUNCED
+    reply: str  # "250 2.0.0 Ok", "451 4.7.5 certificate ...", ...
+    remote: str = ""  # the host that answered, if any
+
+
+def outcome_of(code: int) -> str:
+    """2xx delivered, 5xx bounced, anything else deferred."""
+    if 200 <= code < 300:
+        return DELIVERED
+    if 500 <= code < 600:
+        return BOUNCED
+    return PENDING
+
+
+def results_for(job: DeliveryJob, code: int, text: str, remote: str = "") -> list[RecipientResult]:
+    """The same outcome for every recipient of the job."""
+    return [RecipientResult(r.address, outcome_of(code), f"{code} {text}", remote) for r in job.recipients]
+
+
+@attrs.frozen
+class TLSOptions:
+    """The outbound TLS options of one destination (after hook overrides)."""
+
+    tls: str
+    verify: VerifyMode
+    ca: str | None
+    certificate: str | None
+    key: str | None
+    fallback: bool
+    protocols: frozenset[str]
+    ciphers: str | None
+    tls13: str | None
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> TLSOptions:
+        return cls(
+            tls=options["tls"],
+            verify=VerifyMode(options["tls_verify"]),
+            ca=options["tls_ca"],
+            certificate=options["tls_certificate"],
+            key=options["tls_key"],
+            fallback=options["tls_ifavailable_fallback"],
+            protocols=options["tls_protocols"],
+            ciphers=options["tls_ciphers"],
+            tls13=options["tlsv13_ciphersuites"],
+        )
+
+    def describe(self) -> str:
+        return f"tls={self.tls} tls_verify={self.verify.value}"
+
+
+class _Step(enum.Enum):
+    """How a session attempt ended, for the host loop."""
+
+    DONE = "done"  # no more jobs for this destination right now
+    RETRY_PLAIN = "retry-plain"  # handshake failed; reconnect to the same host without TLS
+    NEXT_HOST = "next-host"  # this host failed; try the next one
+
+
+@attrs.define
+class Attempt:
+    """What one connection to one host concluded, for the log and the next step."""
+
+    mx: str
+    ip: str
+    port: int
+    tls: dict[str, Any] = attrs.field(factory=lambda: {"tls": "none"})
+    failure: str | None = None  # "451 4.7.5 ..." when the session failed before a transaction
+
+
+class Destination:
+    """Sessions to one (route, domain, binding, TLS options)."""
+
+    def __init__(self, pool: OutboundPool, route: Route, domain: str, binding: str, options: Mapping[str, Any], tls_options: TLSOptions):
+        self.pool = pool
+        self.route = route
+        self.domain = domain
+        self.binding = binding
+        self.options = options
+        self.tls_options = tls_options
+        self.jobs: deque[tuple[DeliveryJob, Deferred[list[RecipientResult]]]] = deque()
+        self.sessions = 0
+
+    def submit(self, job: DeliveryJob) -> Deferred[list[RecipientResult]]:
+        d: Deferred[list[RecipientResult]] = Deferred()
+        self.jobs.append((job, d))
+        self.pool.wake(self)
+        return d
+
+    def wants_session(self) -> bool:
+        return bool(self.jobs) and self.sessions < self.options["max_connections"] and self.sessions < len(self.jobs)
+
+    def take(self) -> tuple[DeliveryJob, Deferred[list[RecipientResult]]] | None:
+        return self.jobs.popleft() if self.jobs else None
+
+    # -- one session task: find a host, deliver as many jobs as allowed -----------------
+
+    async def run_session(self) -> None:
+        try:
+            await self._run_session()
+        except Exception:
+            log.failure("delivery session failed")
+            self._fail_queued(451, "4.3.0 internal error during delivery")
+
+    async def _run_session(self) -> None:
+        try:
+            hosts = await self._hosts()
+        except DNSError as e:
+            status = "5.1.2" if e.permanent else "4.4.3"
+            if "null MX" in str(e):
+                status = "5.1.10"
+            self._fail_queued(556 if status == "5.1.10" else (550 if e.permanent else 451), f"{status} {e}")
+            return
+        last: Attempt | None = None
+        for mx, ip, port in hosts:
+            plain_only = False
+            while self.jobs:
+                attempt = Attempt(mx, ip, port)
+                step = await self._one_connection(attempt, plain_only)
+                last = attempt
+                if step is _Step.RETRY_PLAIN and not plain_only:
+                    plain_only = True
+                    continue
+                if step is _Step.DONE:
+                    if not self.jobs:
+                        return
+                    continue  # max messages reached: a new connection to the same host
+                break  # NEXT_HOST
+            if not self.jobs:
+                return
+        failure = last.failure if last and last.failure else "451 4.4.1 no usable mail host"
+        code, _, text = failure.partition(" ")
+        self._fail_queued(int(code), text, last)
+
+    async def _hosts(self) -> list[tuple[str, str, int]]:
+        """(name, address, port) to try, in order."""
+        resolver = self.pool.resolver
+        if self.route.kind == "smtp":
+            assert self.route.host is not None
+            names = [self.route.host]
+            port = self.route.port or self.options["smtp_port"]
+        else:
+            names = [mx.host for mx in await resolver.mx(self.domain)]
+            port = self.options["smtp_port"]
+        out = []
+        last_error: DNSError | None = None
+        for name in names:
+            try:
+                addresses = await resolver.addresses(name)
+            except DNSError as e:
+                last_error = e
+                continue
+            out += [(name, ip, port) for ip in addresses[:MAX_ADDRESSES_PER_HOST]]
+        if not out:
+            if last_error is not None and not last_error.permanent:
+                raise last_error
+            from tlsmta.dns import DNSPermanent
+
+            raise DNSPermanent(f"no address for any mail host of {self.domain}")
+        return out
+
+    def _fail_queued(self, code: int, text: str, attempt: Attempt | None = None) -> None:
+        while self.jobs:
+            job, d = self.jobs.popleft()
+            results = results_for(job, code, text, attempt.mx if attempt else "")
+            self.pool.log_job(job, self, attempt, results)
+            d.callback(results)
+
+    async def _one_connection(self, attempt: Attempt, plain_only: bool) -> _Step:
+        try:
+            proto = await self.pool.connect(attempt.ip, attempt.port, self.options["source_address"])
+        except Exception as e:
+            attempt.failure = f"451 4.4.1 connect to {attempt.mx}[{attempt.ip}]:{attempt.port}: {_connect_error(e)}"
+            return _Step.NEXT_HOST
+        try:
+            step, caps = await self._greet(proto, attempt, plain_only)
+            if step is not None:
+                proto.abort()
+                return step
+            await self._transactions(proto, attempt, caps)
+            proto.quit()
+            return _Step.DONE
+        except ConnectionBroken as e:
+            attempt.failure = attempt.failure or f"451 4.4.2 {attempt.mx}[{attempt.ip}]: {e.reason}"
+            proto.abort()
+            return _Step.NEXT_HOST
+
+    async def _greet(self, proto: OutboundSMTP, attempt: Attempt, plain_only: bool) -> tuple[_Step | None, dict[str, str]]:
+        """Banner, EHLO and STARTTLS per policy; (a step to take instead, capabilities)."""
+        banner = await proto.banner
+        if banner.code != 220:
+            attempt.failure = _as_deferral(banner, attempt)
+            return _Step.NEXT_HOST, {}
+        ehlo_name = self.options["ehlo_hostname"] or self.pool.hostname
+        caps = await self._ehlo(proto, ehlo_name)
+        if caps is None:
+            attempt.failure = f"451 4.5.0 {attempt.mx} refused EHLO and HELO"
+            return _Step.NEXT_HOST, {}
+        opts = self.tls_options
+        # plain_only: the handshake failed on this host a moment ago and fallback is allowed.
+        decision = policy.starttls_decision(opts.tls, "STARTTLS" in caps and not plain_only)
+        if isinstance(decision, TLSFailure):
+            attempt.failure = f"451 {decision}"
+            return _Step.NEXT_HOST, {}
+        if decision is TLSAction.PLAIN:
+            return None, caps
+        reply = await proto.command("STARTTLS")
+        if reply.code != 220:
+            refused = policy.starttls_refused(opts.tls, opts.fallback, str(reply))
+            if isinstance(refused, TLSFailure):
+                attempt.failure = f"451 {refused}"
+                return _Step.NEXT_HOST, {}
+            return None, caps  # carry on in plain text on this connection
+        check = self.pool.certificate_check(self, attempt)
+        proto.start_tls(self.pool.client_tls(opts, attempt.mx, check))
+        try:
+            caps = await self._ehlo(proto, ehlo_name)
+        except ConnectionBroken as e:
+            verdict = check.verdict() if check.seen_certificate else None
+            outcome = policy.handshake_failed(opts.tls, opts.fallback, verdict, e.reason)
+            attempt.tls = self._tls_fields(proto, check)
+            if isinstance(outcome, TLSFailure):
+                attempt.failure = f"451 {outcome}"
+                return _Step.NEXT_HOST, {}
+            return _Step.RETRY_PLAIN, {}
+        if caps is None:
+            attempt.failure = f"451 4.5.0 {attempt.mx} refused EHLO after STARTTLS"
+            return _Step.NEXT_HOST, {}
+        attempt.tls = self._tls_fields(proto, check)
+        verdict = check.verdict()
+        if verdict.fatal:  # a hook may accept in the callback and still fail here; never send
+            attempt.failure = f"451 {verdict.status_text}"
+            return _Step.NEXT_HOST, {}
+        return None, caps
+
+    async def _ehlo(self, proto: OutboundSMTP, name: str) -> dict[str, str] | None:
+        reply = await proto.command(f"EHLO {name}")
+        if reply.code == 250:
+            return parse_ehlo(reply)
+        reply = await proto.command(f"HELO {name}")
+        return {} if reply.code == 250 else None
+
+    def _tls_fields(self, proto: OutboundSMTP, check: tls.CertificateCheck) -> dict[str, Any]:
+        facts = proto.tls_facts
+        verdict = check.verdict()
+        fields: dict[str, Any] = {
+            "tls": "tls" if facts else "none",
+            "protocol": facts.protocol if facts else None,
+            "cipher": facts.cipher if facts else None,
+            "tls_verify": self.tls_options.verify.value,
+            "verified": verdict.outcome.word,
+            "reason": verdict.reason,
+            "subject": facts.peer_subject if facts else None,
+            "issuer": facts.peer_issuer if facts else None,
+        }
+        if verdict.outcome is policy.Outcome.SOFTFAIL:
+            fields["softfail"] = verdict.reason
+        return fields
+
+    async def _transactions(self, proto: OutboundSMTP, attempt: Attempt, caps: dict[str, str]) -> None:
+        sent = 0
+        while sent < self.options["max_messages_per_connection"]:
+            item = self.take()
+            if item is None:
+                return
+            job, d = item
+            try:
+                results = await self.pool.transaction(proto, job, caps, attempt)
+            except ConnectionBroken as e:
+                results = results_for(job, 451, f"4.4.2 {attempt.mx}[{attempt.ip}]: {e.reason}", attempt.mx)
+                self.pool.log_job(job, self, attempt, results)
+                d.callback(results)
+                raise
+            self.pool.log_job(job, self, attempt, results)
+            d.callback(results)
+            sent += 1
+
+
+def _as_deferral(reply: Reply, attempt: Attempt) -> str:
+    """A failure before any transaction defers (the next MX may do better)."""
+    status = reply.enhanced or "4.4.0"
+    return f"451 {'4' + status[1:]} {attempt.mx} said: {reply}"
+
+
+def _connect_error(e: BaseException) -> str:
+    return str(e).strip() or type(e).__name__
+
+
+class _OneConnection(Factory):
+    """Hands one prepared protocol to one connection, without log noise."""
+
+    noisy = False
+
+    def __init__(self, proto: OutboundSMTP):
+        self.proto = proto
+
+    def buildProtocol(self, addr: Any) -> OutboundSMTP:
+        return self.proto
+
+
+class OutboundPool:
+    """All SMTP destinations; global connection limit; TLS contexts and sessions cached."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        resolver: Resolver,
+        spool: Spool,
+        disk: DiskIO,
+        hostname: str,
+        hooks: Hooks,
+        max_connections: int,
+    ):
+        self.reactor = reactor
+        self.resolver = resolver
+        self.spool = spool
+        self.disk = disk
+        self.hostname = hostname
+        self.hooks = hooks
+        self.max_connections = max_connections
+        self.active = 0
+        self.destinations: dict[Any, Destination] = {}
+        self._contexts: dict[Any, Any] = {}
+        self._waiting: deque[Destination] = deque()
+
+    # -- jobs ---------------------------------------------------------------------------
+
+    def submit(self, job: DeliveryJob, options: Mapping[str, Resolved]) -> Deferred[list[RecipientResult]]:
+        values = {name: item.value for name, item in options.items()}
+        values = self._apply_parameter_hook(job, values)
+        tls_options = TLSOptions.from_options(values)
+        key = (job.route, job.domain, job.binding, tls_options)
+        dest = self.destinations.get(key)
+        if dest is None:
+            dest = self.destinations[key] = Destination(self, job.route, job.domain, job.binding, values, tls_options)
+        return dest.submit(job)
+
+    def _apply_parameter_hook(self, job: DeliveryJob, values: dict[str, Any]) -> dict[str, Any]:
+        hook = self.hooks.outbound_tls_parameters
+        if hook is None:
+            return values
+        try:
+            overrides = hook(job.message, job.domain, job.binding)
+        except Exception:
+            log.failure("outbound_tls_parameters hook raised; using the configured options")
+            return values
+        allowed = {"tls", "tls_verify", "tls_ca", "tls_certificate", "tls_key", "tls_ciphers"}
+        for name, value in (overrides or {}).items():
+            if name in allowed:
+                values[name] = value
+            else:
+                log.warn("outbound_tls_parameters returned unknown option {name}", name=name)
+        return values
+
+    def wake(self, dest: Destination) -> None:
+        while dest.wants_session():
+            if self.active >= self.max_connections:
+                if dest not in self._waiting:
+                    self._waiting.append(dest)
+                return
+            self._start(dest)
+
+    def _start(self, dest: Destination) -> None:
+        self.active += 1
+        dest.sessions += 1
+
+        def finished(_: Any) -> None:
+            self.active -= 1
+            dest.sessions -= 1
+            self.wake(dest)
+            while self._waiting and self.active < self.max_connections:
+                self.wake(self._waiting.popleft())
+
+        ensureDeferred(dest.run_session()).addBoth(finished)
+
+    # -- connections ----------------------------------------------------------------------
+
+    async def connect(self, ip: str, port: int, source: str | None) -> OutboundSMTP:
+        bind = (source, 0) if source else None
+        version = ipaddress.ip_address(ip).version
+        endpoint_class = TCP6ClientEndpoint if version == 6 else TCP4ClientEndpoint
+        endpoint = endpoint_class(self.reactor, ip, port, timeout=CONNECT_TIMEOUT, bindAddress=bind)
+        return await endpoint.connect(_OneConnection(OutboundSMTP(self.reactor)))
+
+    def certificate_check(self, dest: Destination, attempt: Attempt) -> tls.CertificateCheck:
+        opts = dest.tls_options
+        hook = self.hooks.outbound_tls_verify_callback if opts.verify is not VerifyMode.NO else None
+        first = dest.jobs[0][0].message.id if dest.jobs else None
+        return tls.CertificateCheck(
+            opts.verify,
+            wanted=(dest.domain, attempt.mx),
+            hook=hook,
+            hook_context=tls.HookContext("outbound", dest.domain, attempt.mx, dest.binding, first, attempt.ip),
+            enforce_in_handshake=True,
+        )
+
+    def client_tls(self, opts: TLSOptions, server_name: str, check: tls.CertificateCheck) -> tls.ClientTLS:
+        key = (opts.protocols, opts.ciphers, opts.tls13, opts.ca, opts.certificate, opts.key)
+        ctx = self._contexts.get(key)
+        if ctx is None:
+            ctx = self._contexts[key] = tls.client_context(
+                opts.protocols, opts.ciphers, opts.tls13, opts.ca, opts.certificate, opts.key
+            )
+        return tls.ClientTLS(ctx, server_name, check)
+
+    # -- one transaction ------------------------------------------------------------------
+
+    async def transaction(self, proto: OutboundSMTP, job: DeliveryJob, caps: dict[str, str], attempt: Attempt) -> list[RecipientResult]:
+        message = job.message
+        remote = attempt.mx
+        limit = caps.get("SIZE", "")
+        if limit.isdigit() and int(limit) and message.size > int(limit):
+            return results_for(job, 552, f"5.3.4 message size {message.size} exceeds {remote}'s limit {limit}", remote)
+        if message.smtputf8 and "SMTPUTF8" not in caps:
+            return results_for(job, 553, f"5.6.7 {remote} does not support SMTPUTF8", remote)
+        params = []
+        if "SIZE" in caps:
+            params.append(f"SIZE={message.size}")
+        if message.body_type == "8BITMIME" and "8BITMIME" in caps:
+            params.append("BODY=8BITMIME")
+        if message.smtputf8:
+            params.append("SMTPUTF8")
+        mail_line = " ".join([f"MAIL FROM:<{message.sender}>"] + params)
+        rcpt_lines = [f"RCPT TO:<{r.address}>" for r in job.recipients]
+        if "PIPELINING" in caps:
+            waits = [proto.command(mail_line)] + [proto.command(line) for line in rcpt_lines]
+            replies = [await w for w in waits]
+        else:
+            replies = [await proto.command(mail_line)]
+            if replies[0].positive:
+                replies += [await proto.command(line) for line in rcpt_lines]
+        mail_reply = replies[0]
+        if not mail_reply.positive:
+            await self._reset(proto)
+            return results_for(job, mail_reply.code, mail_reply.text, remote)
+        rcpt_replies = dict(zip([r.address for r in job.recipients], replies[1:]))
+        accepted = [r for r in job.recipients if rcpt_replies[r.address].positive]
+        results = {
+            r.address: RecipientResult(r.address, outcome_of(rcpt_replies[r.address].code), str(rcpt_replies[r.address]), remote)
+            for r in job.recipients
+            if r not in accepted
+        }
+        if accepted:
+            data_reply = await proto.command("DATA", timeout=DATA_START_TIMEOUT)
+            if data_reply.code != 354:
+                final = data_reply
+                await self._reset(proto)
+            else:
+                final = await proto.send_body(self._body_chunks(message.id))
+            for r in accepted:
+                results[r.address] = RecipientResult(r.address, outcome_of(final.code), str(final), remote)
+        else:
+            await self._reset(proto)
+        return [results[r.address] for r in job.recipients]
+
+    async def _reset(self, proto: OutboundSMTP) -> None:
+        await proto.command("RSET")
+
+    async def _body_chunks(self, message_id: str) -> AsyncIterator[bytes]:
+        path = self.spool.body_path(message_id)
+        fd = await self.disk.run(os.open, path, os.O_RDONLY)
+        try:
+            while True:
+                chunk = await self.disk.run(os.read, fd, BODY_CHUNK)
+                if not chunk:
+                    return
+                yield chunk
+        finally:
+            self.disk.run(os.close, fd)
+
+    # -- logging ----------------------------------------------------------------------------
+
+    def log_job(self, job: DeliveryJob, dest: Destination, attempt: Attempt | None, results: list[RecipientResult]) -> None:
+        counts = {s: sum(1 for r in results if r.status == s) for s in (DELIVERED, PENDING, BOUNCED)}
+        worst = next((r for r in results if r.status != DELIVERED), results[0])
+        code, _, text = worst.reply.partition(" ")
+        tls_fields = dict(attempt.tls) if attempt else {"tls": "none"}
+        tls_fields.setdefault("tls_verify", dest.tls_options.verify.value)
+        tls_fields.pop("softfail", None)
+        events.emit(
+            "delivery",
+            msgid=job.message.id,
+            domain=job.domain,
+            route=str(job.route),
+            mx=attempt.mx if attempt else None,
+            ip=attempt.ip if attempt else None,
+            binding=job.binding,
+            result="delivered" if counts[DELIVERED] == len(results) else ("bounced" if counts[BOUNCED] == len(results) else "deferred"),
+            delivered=counts[DELIVERED],
+            deferred=counts[PENDING],
+            bounced=counts[BOUNCED],
+            code=code,
+            text=text,
+            attempt=job.message.attempts + 1,
+            **tls_fields,
+        )
+
+
+class Deliverer:
+    """Delivers a job by its route: locally, or through the outbound pool."""
+
+    def __init__(self, pool: OutboundPool, local: LocalSink, spool: Spool, disk: DiskIO, options_for: Callable[[str, str], Mapping[str, Resolved]]):
+        self.pool = pool
+        self.local = local
+        self.spool = spool
+        self.disk = disk
+        self.options_for = options_for
+
+    def deliver(self, job: DeliveryJob) -> Deferred[list[RecipientResult]]:
+        if job.route.kind == "discard":
+            return succeed(results_for(job, 250, "2.0.0 discarded"))
+        if job.route.kind == "maildir":
+            return ensureDeferred(self._maildir(job))
+        return self.pool.submit(job, self.options_for(job.domain, job.binding))
+
+    async def _maildir(self, job: DeliveryJob) -> list[RecipientResult]:
+        files = self.local.maildir_files(job.message.sender, [(r.address, r.route) for r in job.recipients])
+        body = self.spool.body_path(job.message.id)
+
+        def copy() -> None:
+            carry = b""
+            with open(body, "rb") as f:
+                while chunk := f.read(BODY_CHUNK):
+                    chunk = carry + chunk
+                    carry = b"\r" if chunk.endswith(b"\r") else b""  # a CRLF split between reads
+                    for target in files:
+                        target.append(crlf_to_lf(chunk[: len(chunk) - len(carry)]))
+            for target in files:
+                target.append(carry)
+                target.finish()
+
+        try:
+            await self.disk.run(copy)
+            for target in files:
+                await self.disk.sync_directory(target.directories[0])
+        except OSError as e:
+            for target in files:
+                target.discard()
+            return results_for(job, 451, f"4.3.0 Maildir delivery failed: {e.strerror}")
+        return results_for(job, 250, "2.0.0 delivered to Maildir")

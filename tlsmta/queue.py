@@ -1,0 +1,246 @@
+"""The queue: which spooled message is tried when, and what follows each attempt.
+
+Pure scheduling decisions (:func:`retry_delay`, :func:`group_jobs`) are
+separate from the :class:`Queue`, which holds the in-memory index of the
+spool, runs due messages through a deliver function, records
+per-recipient results durably, retries with backoff, and bounces (RFC
+3464 DSN to the sender, never for a null sender) on 5xx or expiry.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
+from twisted.logger import Logger
+
+from tlsmta import log as events
+from tlsmta.delivery import DeliveryJob, RecipientResult
+from tlsmta.dsn import build_dsn, original_headers
+from tlsmta.ids import new_message_id
+from tlsmta.routes import Route, parse_route
+from tlsmta.spool import BOUNCED, DELIVERED, PENDING, QueuedMessage, RecipientState, Spool
+
+log = Logger(namespace="tlsmta.queue")
+
+
+def retry_delay(attempts: int, schedule: Sequence[int]) -> int:
+    """Seconds before the next attempt after ``attempts`` attempts; the last step repeats."""
+    return schedule[min(max(attempts, 1), len(schedule)) - 1]
+
+
+def group_jobs(message: QueuedMessage) -> list[DeliveryJob]:
+    """One job per (route, domain, binding) among the pending recipients."""
+    groups: dict[tuple[Any, ...], list[RecipientState]] = {}
+    for rcpt in message.pending:
+        domain = rcpt.domain if rcpt.route.kind in ("mx", "smtp") else ""
+        groups.setdefault((rcpt.route, domain, rcpt.binding), []).append(rcpt)
+    return [DeliveryJob(message, tuple(rcpts), route, domain, binding) for (route, domain, binding), rcpts in groups.items()]
+
+
+class Queue:
+    """In-memory index of the spool plus the retry scheduler."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        deliver: Callable[[DeliveryJob], Deferred[list[RecipientResult]]],
+        clock: Any,
+        hostname: str,
+        retry_schedule: Sequence[int],
+        max_lifetime: int,
+        route_for: Callable[[str], Route] = lambda domain: parse_route("mx"),
+        now: Callable[[], float] | None = None,
+    ):
+        self.spool = spool
+        self.deliver = deliver
+        self.clock = clock
+        self.hostname = hostname
+        self.retry_schedule = tuple(retry_schedule)
+        self.max_lifetime = max_lifetime
+        self.route_for = route_for  # where a DSN to a sender's domain goes
+        self.now = now or clock.seconds
+        self.messages: dict[str, QueuedMessage] = {}
+        self.in_flight: set[str] = set()
+        self._heap: list[tuple[float, int, str]] = []
+        self._seq = itertools.count()
+        self._timer: Any = None
+        self._running = False
+        self.idle: list[Deferred[None]] = []  # fired whenever nothing is due or in flight (tests, drain)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> Deferred[None]:
+        """Scan the spool (in the disk thread, in batches) and start delivering."""
+        self._running = True
+        return ensureDeferred(self._load())
+
+    async def _load(self) -> None:
+        scan = await self.spool.disk.run(lambda: iter(self.spool.scan_blocking()))
+        while True:
+            batch = await self.spool.disk.run(next, scan, None)
+            if batch is None:
+                break
+            if isinstance(batch, tuple):
+                path, reason = batch
+                log.error("unreadable spool record {path}: {reason}", path=path, reason=reason)
+                continue
+            for message in batch:
+                self.add(message, due=message.next_attempt)
+        events.emit("queue_loaded", messages=len(self.messages))
+
+    def stop(self) -> None:
+        self._running = False
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    # -- scheduling ------------------------------------------------------------------------
+
+    def add(self, message: QueuedMessage, due: float | None = None) -> None:
+        """Track a message that is durable in the spool; try it at ``due`` (default now)."""
+        self.messages[message.id] = message
+        message.next_attempt = self.now() if due is None else due
+        heapq.heappush(self._heap, (message.next_attempt, next(self._seq), message.id))
+        self._arm()
+
+    def flush(self, message_id: str | None = None, domain: str | None = None) -> int:
+        """Make messages due now (all, one, or those with pending recipients at ``domain``)."""
+        count = 0
+        for message in list(self.messages.values()):
+            if message_id is not None and message.id != message_id:
+                continue
+            if domain is not None and not any(r.domain == domain for r in message.pending):
+                continue
+            if message.id in self.in_flight:
+                continue
+            message.next_attempt = self.now()
+            heapq.heappush(self._heap, (message.next_attempt, next(self._seq), message.id))
+            count += 1
+        self._arm()
+        return count
+
+    def _arm(self) -> None:
+        if not self._running or not self._heap:
+            return
+        due = max(0.0, self._heap[0][0] - self.now())
+        if self._timer is not None and self._timer.active():
+            if self._timer.getTime() <= self.clock.seconds() + due:
+                return
+            self._timer.cancel()
+        self._timer = self.clock.callLater(due, self._run_due)
+
+    def _run_due(self) -> None:
+        self._timer = None
+        now = self.now()
+        while self._heap and self._heap[0][0] <= now:
+            due, _, message_id = heapq.heappop(self._heap)
+            message = self.messages.get(message_id)
+            if message is None or message_id in self.in_flight or message.next_attempt != due:
+                continue  # finished, already running, or rescheduled (a stale heap entry)
+            self._attempt(message)
+        self._arm()
+        self._check_idle()
+
+    def _attempt(self, message: QueuedMessage) -> None:
+        jobs = group_jobs(message)
+        self.in_flight.add(message.id)
+        attempts = [self.deliver(job) for job in jobs]
+        d = DeferredList(attempts, consumeErrors=True)
+        d.addCallback(lambda results: ensureDeferred(self._attempt_done(message, jobs, results)))
+        d.addErrback(lambda f: log.failure("recording a delivery attempt failed", f))
+        d.addBoth(lambda _: self._settled(message.id))
+
+    def _settled(self, message_id: str) -> None:
+        self.in_flight.discard(message_id)
+        self._check_idle()
+
+    def _check_idle(self) -> None:
+        if self.in_flight or (self._heap and self._heap[0][0] <= self.now()):
+            return
+        waiters, self.idle = self.idle, []
+        for d in waiters:
+            d.callback(None)
+
+    # -- after an attempt ------------------------------------------------------------------
+
+    async def _attempt_done(self, message: QueuedMessage, jobs: list[DeliveryJob], outcomes: list[tuple[bool, Any]]) -> None:
+        by_address = {r.address: r for r in message.recipients}
+        newly_bounced = []
+        for job, (ok, value) in zip(jobs, outcomes):
+            if not ok:
+                log.failure("delivery job failed", value)
+                value = [RecipientResult(r.address, PENDING, "451 4.3.0 internal error") for r in job.recipients]
+            for result in value:
+                rcpt = by_address[result.address]
+                rcpt.status = result.status
+                rcpt.last = result.reply + (f" (from {result.remote})" if result.remote else "")
+                if result.status == BOUNCED:
+                    newly_bounced.append(rcpt)
+        message.attempts += 1
+        now = self.now()
+        expired = now - message.received_at >= self.max_lifetime
+        if expired:
+            for rcpt in message.pending:
+                rcpt.status = BOUNCED
+                rcpt.last = rcpt.last or "451 4.4.7 message expired in the queue"
+                newly_bounced.append(rcpt)
+        if newly_bounced:
+            await self._bounce(message, newly_bounced, expired)
+        if not message.pending:
+            await self.spool.disk.run(self.spool.remove_blocking, message.id)
+            del self.messages[message.id]
+            events.emit("queue_done", msgid=message.id, attempts=message.attempts,
+                        delivered=sum(r.status == DELIVERED for r in message.recipients),
+                        bounced=sum(r.status == BOUNCED for r in message.recipients))
+            return
+        message.next_attempt = now + retry_delay(message.attempts, self.retry_schedule)
+        await self.spool.disk.run(self.spool.save_blocking, message)
+        heapq.heappush(self._heap, (message.next_attempt, next(self._seq), message.id))
+        self._arm()
+
+    async def _bounce(self, message: QueuedMessage, failed: list[RecipientState], expired: bool) -> None:
+        """Send a DSN for ``failed``; none for a bounce (no bounce loops)."""
+        if message.is_bounce:
+            events.emit("bounce_dropped", msgid=message.id, rcpts=len(failed), reason="null sender")
+        else:
+            head = await self.spool.disk.run(self._read_head, message.id)
+            dsn_id = new_message_id()
+            now = datetime.now(timezone.utc)
+            data = build_dsn(
+                reporting_mta=self.hostname,
+                message_id=message.id,
+                sender=message.sender,
+                arrival=datetime.fromtimestamp(message.received_at, timezone.utc),
+                failed=failed,
+                headers=original_headers(head),
+                now=now,
+                expired=expired,
+            )
+            sender_domain = message.sender.rpartition("@")[2].lower()
+            route = self.route_for(sender_domain)
+            dsn = QueuedMessage(
+                id=dsn_id,
+                sender="",
+                recipients=[RecipientState(message.sender, route, "default")],
+                received_at=now.timestamp(),
+                listener="dsn",
+            )
+            await self.spool.disk.run(self.spool.store_blocking, dsn, data)
+            self.add(dsn)
+            events.emit("bounce", msgid=message.id, dsn=dsn_id, to=message.sender, rcpts=len(failed))
+
+    def _read_head(self, message_id: str) -> bytes:
+        with open(self.spool.body_path(message_id), "rb") as f:
+            return f.read(128 * 1024)
+
+    def wait_idle(self) -> Deferred[None]:
+        """Fires when nothing is due now and no attempt is running."""
+        d: Deferred[None] = Deferred()
+        self.idle.append(d)
+        self._check_idle()
+        return d

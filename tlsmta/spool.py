@@ -1,0 +1,274 @@
+"""The durable spool: one body file and one metadata record per message.
+
+Layout under ``[spool] path``::
+
+    tmp/ID.eml, tmp/ID.json    being written
+    q/ID.eml                   the message as received (CRLF, Received: first)
+    q/ID.json                  envelope and per-recipient state
+
+A message exists once ``q/ID.json`` does.  Commit order: body fsync,
+metadata fsync, rename body, rename metadata, fsync ``q/`` (shared between
+concurrent messages); only then is 250 sent.  Updates rewrite the
+metadata through ``tmp/`` and a rename.  At start, ``q/*.json`` is the
+queue; a body without metadata was never acknowledged and is removed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import attrs
+
+from tlsmta.diskio import DiskIO
+from tlsmta.filewriter import StreamingWriter, write_all
+from tlsmta.routes import Route, parse_route
+from tlsmta.store import NO_THROTTLE, Envelope, Throttle
+
+FORMAT = 1
+
+PENDING, DELIVERED, BOUNCED = "pending", "delivered", "bounced"
+
+
+@attrs.define(slots=True)
+class RecipientState:
+    """Where one recipient's copy stands."""
+
+    address: str
+    route: Route
+    binding: str = "default"
+    status: str = PENDING
+    last: str = ""  # the latest result, e.g. "451 4.7.5 certificate name does not match ..."
+
+    @property
+    def domain(self) -> str:
+        return self.address.rpartition("@")[2].lower()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"a": self.address, "r": str(self.route), "b": self.binding, "s": self.status, "l": self.last}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RecipientState:
+        return cls(data["a"], parse_route(data["r"]), data["b"], data["s"], data["l"])
+
+
+@attrs.define(slots=True)
+class QueuedMessage:
+    """A message in the spool, as the queue tracks it."""
+
+    id: str
+    sender: str
+    recipients: list[RecipientState]
+    received_at: float
+    size: int = 0
+    attempts: int = 0
+    next_attempt: float = 0.0
+    smtputf8: bool = False
+    body_type: str = "7BIT"
+    helo: str = ""
+    peer: str = ""
+    listener: str = ""
+    tls: dict[str, Any] = attrs.field(factory=dict)
+
+    @property
+    def pending(self) -> list[RecipientState]:
+        return [r for r in self.recipients if r.status == PENDING]
+
+    @property
+    def is_bounce(self) -> bool:
+        return self.sender == ""
+
+    def to_json(self) -> bytes:
+        data = {
+            "v": FORMAT,
+            "id": self.id,
+            "sender": self.sender,
+            "rcpts": [r.to_json() for r in self.recipients],
+            "received_at": self.received_at,
+            "size": self.size,
+            "attempts": self.attempts,
+            "next_attempt": self.next_attempt,
+            "smtputf8": self.smtputf8,
+            "body": self.body_type,
+            "helo": self.helo,
+            "peer": self.peer,
+            "listener": self.listener,
+            "tls": self.tls,
+        }
+        return json.dumps(data, separators=(",", ":")).encode("utf-8")
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> QueuedMessage:
+        data = json.loads(raw)
+        if data.get("v") != FORMAT:
+            raise ValueError(f"unknown spool format {data.get('v')!r}")
+        return cls(
+            id=data["id"],
+            sender=data["sender"],
+            recipients=[RecipientState.from_json(r) for r in data["rcpts"]],
+            received_at=data["received_at"],
+            size=data["size"],
+            attempts=data["attempts"],
+            next_attempt=data["next_attempt"],
+            smtputf8=data["smtputf8"],
+            body_type=data["body"],
+            helo=data["helo"],
+            peer=data["peer"],
+            listener=data["listener"],
+            tls=data["tls"],
+        )
+
+    @classmethod
+    def from_envelope(cls, envelope: Envelope) -> QueuedMessage:
+        return cls(
+            id=envelope.message_id,
+            sender=envelope.sender,
+            recipients=[RecipientState(r.address, r.route, r.binding) for r in envelope.recipients],
+            received_at=envelope.received_at.timestamp(),
+            next_attempt=envelope.received_at.timestamp(),
+            smtputf8=envelope.smtputf8,
+            body_type=envelope.body_type,
+            helo=envelope.helo,
+            peer=envelope.peer,
+            listener=envelope.listener,
+            tls=dict(envelope.tls),
+        )
+
+
+def _write_file(path: str, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class SpoolFile:
+    """The body and metadata of one new message (a FileTarget; disk thread)."""
+
+    def __init__(self, spool: Spool, message: QueuedMessage):
+        self.spool = spool
+        self.message = message
+        self.tmp_body = os.path.join(spool.tmp_dir, message.id + ".eml")
+        self.tmp_meta = os.path.join(spool.tmp_dir, message.id + ".json")
+        self.fd: int | None = None
+
+    @property
+    def directories(self) -> Sequence[str]:
+        return (self.spool.queue_dir,)
+
+    def append(self, data: bytes) -> None:
+        if self.fd is None:
+            self.fd = os.open(self.tmp_body, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        write_all(self.fd, data)
+        self.message.size += len(data)
+
+    def finish(self) -> None:
+        if self.fd is None:
+            self.append(b"")
+        assert self.fd is not None
+        os.fsync(self.fd)
+        os.close(self.fd)
+        self.fd = None
+        _write_file(self.tmp_meta, self.message.to_json())
+        os.rename(self.tmp_body, self.spool.body_path(self.message.id))
+        os.rename(self.tmp_meta, self.spool.meta_path(self.message.id))
+
+    def discard(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        for path in (self.tmp_body, self.tmp_meta):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+
+class Spool:
+    """The spool directory; blocking methods are meant for the disk thread."""
+
+    def __init__(self, path: str, disk: DiskIO):
+        self.path = path
+        self.disk = disk
+        self.tmp_dir = os.path.join(path, "tmp")
+        self.queue_dir = os.path.join(path, "q")
+
+    def ensure(self) -> None:
+        for d in (self.tmp_dir, self.queue_dir):
+            os.makedirs(d, mode=0o700, exist_ok=True)
+
+    def body_path(self, message_id: str) -> str:
+        return os.path.join(self.queue_dir, message_id + ".eml")
+
+    def meta_path(self, message_id: str) -> str:
+        return os.path.join(self.queue_dir, message_id + ".json")
+
+    def writer(self, message: QueuedMessage, throttle: Throttle = NO_THROTTLE) -> tuple[StreamingWriter, SpoolFile]:
+        """A writer for a new message; ``message.size`` is filled in as it is written."""
+        target = SpoolFile(self, message)
+        return StreamingWriter(self.disk, [target], throttle), target
+
+    # -- blocking operations (disk thread) -----------------------------------------
+
+    def store_blocking(self, message: QueuedMessage, data: bytes) -> None:
+        """Write a whole message at once (DSNs); durable on return, directory included."""
+        target = SpoolFile(self, message)
+        try:
+            target.append(data)
+            target.finish()
+        except BaseException:
+            target.discard()
+            raise
+        from tlsmta.diskio import fsync_directory
+
+        fsync_directory(self.queue_dir)
+
+    def save_blocking(self, message: QueuedMessage) -> None:
+        """Rewrite the metadata after a delivery attempt."""
+        tmp = os.path.join(self.tmp_dir, message.id + ".json.upd")
+        _write_file(tmp, message.to_json())
+        os.replace(tmp, self.meta_path(message.id))
+
+    def remove_blocking(self, message_id: str) -> None:
+        """Forget a finished message: metadata first, so a crash leaves a body the scan removes."""
+        for path in (self.meta_path(message_id), self.body_path(message_id)):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+    def read_body_blocking(self, message_id: str) -> bytes:
+        with open(self.body_path(message_id), "rb") as f:
+            return f.read()
+
+    def scan_blocking(self, batch: int = 2000) -> Iterator[list[QueuedMessage] | tuple[str, str]]:
+        """Yield lists of queued messages; yields ``(path, reason)`` for unreadable records.
+
+        Clears tmp/ (nothing there was acknowledged) and bodies without metadata.
+        """
+        self.ensure()
+        for name in os.listdir(self.tmp_dir):
+            os.unlink(os.path.join(self.tmp_dir, name))
+        names = os.listdir(self.queue_dir)
+        metas = {n[:-5] for n in names if n.endswith(".json")}
+        for name in names:
+            if name.endswith(".eml") and name[:-4] not in metas:
+                os.unlink(os.path.join(self.queue_dir, name))
+        out: list[QueuedMessage] = []
+        for message_id in metas:
+            path = self.meta_path(message_id)
+            try:
+                with open(path, "rb") as f:
+                    out.append(QueuedMessage.from_json(f.read()))
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                yield (path, str(e))
+                continue
+            if len(out) >= batch:
+                yield out
+                out = []
+        if out:
+            yield out
