@@ -61,18 +61,29 @@ class ReplyParser:
         self._code: int | None = None
 
     def feed(self, data: bytes) -> list[Reply]:
-        self._buffer += data
+        """Add ``data`` and return every reply it completes."""
+        self.push(data)
         replies = []
+        while (reply := self.pop()) is not None:
+            replies.append(reply)
+        return replies
+
+    def push(self, data: bytes) -> None:
+        self._buffer += data
+
+    def pop(self) -> Reply | None:
+        """The next complete reply, or None.  One at a time, so that a caller
+        reacting to a reply (STARTTLS's 220) can discard what follows it."""
         while True:
             end = self._buffer.find(b"\n")
             if end < 0:
                 if len(self._buffer) > MAX_REPLY_LINE:
                     raise ReplyError("reply line too long")
-                return replies
+                return None
             raw, self._buffer = self._buffer[:end], self._buffer[end + 1 :]
             reply = self._line(raw.rstrip(b"\r")[:MAX_REPLY_LINE])
             if reply is not None:
-                replies.append(reply)
+                return reply
 
     def discard_buffered(self) -> bytes:
         """Drop bytes received but not yet parsed (after 220 to STARTTLS: injection defence)."""

@@ -702,6 +702,7 @@ class InboundFactory(protocol.ServerFactory):
         self.runtime = runtime
         self.clock = clock
         self.sessions: set[InboundSMTP] = set()
+        self.connections_total = 0  # sessions admitted since start
 
     def buildProtocol(self, addr: Any) -> InboundSMTP:
         return InboundSMTP(self.runtime, self, self.clock)
@@ -710,6 +711,7 @@ class InboundFactory(protocol.ServerFactory):
         if len(self.sessions) >= self.runtime.listener.max_connections:
             return False
         self.sessions.add(session)
+        self.connections_total += 1
         return True
 
     def release(self, session: InboundSMTP) -> None:

@@ -73,19 +73,22 @@ class OutboundSMTP(smtp.ESMTPSender):
         self._expect(self.banner, GREETING_TIMEOUT)
 
     def dataReceived(self, data: bytes) -> None:
-        try:
-            replies = self._parser.feed(data)
-        except ReplyError as e:
-            self._break(f"protocol error: {e}")
-            return
-        for reply in replies:
+        self._parser.push(data)
+        while self._closed is None:
+            try:
+                reply = self._parser.pop()
+            except ReplyError as e:
+                self._break(f"protocol error: {e}")
+                return
+            if reply is None:
+                return
             if not self._waiters:
                 self._break(f"unexpected reply: {reply}")
                 return
             waiter, timer = self._waiters.popleft()
             if timer.active():
                 timer.cancel()
-            waiter.callback(reply)
+            waiter.callback(reply)  # may start TLS, which discards what is still buffered
 
     def connectionLost(self, reason: Failure = net_error.ConnectionDone()) -> None:
         if self._closed is None:

@@ -1,0 +1,158 @@
+"""A lab for outbound tests: a sending tlsmta, receiving servers, captured log events.
+
+The sender routes ``example.test`` (MX ``mx.example.test``) to 127.0.0.1 on
+the receiver's port through pinned DNS.  Receivers are real tlsmta
+inbound listeners with the certificate under test, or a scripted server
+for misbehaviour tlsmta itself would never show (454, a broken handshake).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.protocol import Factory
+from twisted.protocols.basic import LineReceiver
+
+from e2e import in_thread, send_smtplib
+from tlsmta.testing import RunningRelay, build_config, dev_listener
+
+DOMAIN = "example.test"
+MX = "mx.example.test"
+
+
+def sender_config(tmp_path: Any, port: int, ca: str | None, domains: dict[str, Any] | None = None, **global_opts: Any):
+    raw = {
+        "global": {
+            "hostname": "sender.test",
+            "state_dir": str(tmp_path / "sender-state"),
+            "route": "mx",
+            "smtp_port": port,
+            **({"tls_ca": ca} if ca else {}),
+            **global_opts,
+        },
+        "spool": {"path": str(tmp_path / "sender-spool")},
+        "queue": {"retry_schedule": [3600]},
+        "dns": {
+            "mx": {DOMAIN: [MX], "other.example.net": [MX]},
+            "hosts": {MX: ["127.0.0.1"]},
+        },
+        "domain": domains or {},
+        "listener": [dev_listener(name="submit")],
+    }
+    return build_config(raw)
+
+
+async def start_sender(tmp_path: Any, port: int, ca: str | None, domains: dict[str, Any] | None = None, hooks: dict[str, str] | None = None, **opts: Any) -> RunningRelay:
+    config = sender_config(tmp_path, port, ca, domains, **opts)
+    if hooks:
+        import attrs
+
+        config = attrs.evolve(config, hooks=hooks)
+    return await RunningRelay(config).start()
+
+
+async def start_receiver(tmp_path: Any, pair: Any = None, name: str = "receiver", **listener: Any) -> RunningRelay:
+    """A tlsmta accepting everything into tmp_path/<name>-maildir, STARTTLS with ``pair`` if given."""
+    table = dev_listener(name=name, **listener)
+    if pair is not None:
+        table.update(tls="starttls", tls_certificate=pair.cert, tls_key=pair.key)
+    raw = {
+        "global": {"hostname": MX, "state_dir": str(tmp_path / f"{name}-state"), "route": f"maildir:{tmp_path / (name + '-maildir')}"},
+        "spool": {"path": str(tmp_path / f"{name}-spool")},
+        "listener": [table],
+    }
+    return await RunningRelay(build_config(raw)).start()
+
+
+async def submit_and_settle(relay: RunningRelay, rcpts: tuple[str, ...] = (f"user@{DOMAIN}",), **kwargs: Any) -> None:
+    """Hand a message to the sending relay and wait until its queue has nothing due."""
+    await in_thread(send_smtplib, relay.port, rcpts=rcpts, **kwargs)
+    await relay.service.queue.wait_idle()
+
+
+def deliveries(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for e in events if e["tlsmta_event"] == "delivery"]
+
+
+# -- a scripted receiver for behaviour a correct server never shows ---------------------------
+
+
+class ScriptedSMTP(LineReceiver):
+    """An SMTP server whose STARTTLS misbehaves as ``factory.mode`` says:
+
+    ``454``: refuses STARTTLS; ``broken``: says 220 then sends junk instead of
+    a handshake; ``inject``: says 220 and pipelines a fake reply after it;
+    ``none``: does not advertise STARTTLS.
+    """
+
+    delimiter = b"\r\n"
+    MAX_LENGTH = 1024 * 1024
+
+    def connectionMade(self) -> None:
+        self.factory.connections += 1
+        self.in_data = False
+        self.lines: list[bytes] = []
+        self.sendLine(b"220 scripted.test ESMTP")
+
+    def lineReceived(self, line: bytes) -> None:
+        if self.in_data:
+            if line == b".":
+                self.in_data = False
+                self.factory.messages.append(b"\r\n".join(self.lines) + b"\r\n")
+                self.lines = []
+                self.sendLine(b"250 2.0.0 stored")
+            else:
+                self.lines.append(line[1:] if line.startswith(b".") else line)
+            return
+        verb = line[:4].upper()
+        self.factory.commands.append(line)
+        if verb == b"EHLO":
+            starttls = [] if self.factory.mode == "none" else [b"250-STARTTLS"]
+            for reply in [b"250-scripted.test", b"250-PIPELINING", *starttls, b"250 8BITMIME"]:
+                self.sendLine(reply)
+        elif verb == b"STAR":
+            self.factory.starttls += 1
+            if self.factory.mode == "454":
+                self.sendLine(b"454 4.7.0 TLS not available due to temporary reason")
+            elif self.factory.mode == "inject":
+                self.transport.write(b"220 2.0.0 go ahead\r\n250 injected\r\n")
+                self.setRawMode()  # what follows is the client's ClientHello
+            else:
+                self.sendLine(b"220 2.0.0 go ahead")
+                self.transport.write(b"this is not a TLS ServerHello\r\n" * 4)
+                self.transport.loseConnection()
+        elif verb == b"DATA":
+            self.in_data = True
+            self.sendLine(b"354 go ahead")
+        elif verb == b"QUIT":
+            self.sendLine(b"221 bye")
+            self.transport.loseConnection()
+        else:
+            self.sendLine(b"250 2.0.0 ok")
+
+
+    def rawDataReceived(self, data: bytes) -> None:
+        self.factory.raw.append(data)
+        self.transport.loseConnection()  # cannot speak TLS
+
+
+class ScriptedFactory(Factory):
+    protocol = ScriptedSMTP
+    noisy = False
+
+    def __init__(self, mode: str):
+        self.mode = mode
+        self.connections = 0
+        self.starttls = 0
+        self.messages: list[bytes] = []
+        self.commands: list[bytes] = []
+        self.raw: list[bytes] = []
+
+
+async def start_scripted(mode: str) -> tuple[ScriptedFactory, Any]:
+    factory = ScriptedFactory(mode)
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+    return factory, port
+

@@ -1,0 +1,359 @@
+"""Outbound delivery over loopback: every tls × tls_verify × certificate outcome, fallbacks, hooks."""
+
+from __future__ import annotations
+
+import email
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.logger import globalLogPublisher
+
+from e2e import maildir_messages
+from outbound_lab import (
+    DOMAIN,
+    MX,
+    deliveries,
+    start_receiver,
+    start_scripted,
+    start_sender,
+    submit_and_settle,
+)
+
+
+@pytest.fixture
+def events():
+    """tlsmta's structured log events emitted during the test."""
+    captured: list[dict[str, Any]] = []
+
+    def observer(event: dict[str, Any]) -> None:
+        if "tlsmta_event" in event:
+            captured.append(event)
+
+    globalLogPublisher.addObserver(observer)
+    yield captured
+    globalLogPublisher.removeObserver(observer)
+
+
+BAD = ("expired", "untrusted", "self_signed")
+
+
+def expected(cert: str, verify: str) -> tuple[str, str, str]:
+    """(result, verified, reason fragment) DESIGN.md prescribes."""
+    if verify == "no":
+        return "delivered", "no", ""
+    if cert == "good":
+        return "delivered", "yes", ""
+    if cert == "wrong_name":
+        if verify == "ca":
+            return "delivered", "yes", ""
+        if verify == "host":
+            return "deferred", "no", f"4.7.5 certificate name does not match {DOMAIN} or {MX}"
+        return "delivered", "softfail", "certificate name does not match"
+    reason = "certificate verification failed: certificate has expired" if cert == "expired" else "certificate not signed by a trusted CA"
+    if verify == "optional":
+        return "delivered", "softfail", reason
+    return "deferred", "no", reason
+
+
+MATRIX = [
+    (cert, verify, tls)
+    for cert in ("good", "expired", "wrong_name", "untrusted", "self_signed")
+    for verify in ("no", "ca", "host", "optional")
+    for tls in ("ifavailable", "required")
+]
+
+
+@pytest.mark.parametrize("cert, verify, tls", MATRIX)
+@pytest_twisted.ensureDeferred
+async def test_tls_verify_matrix(tmp_path: Any, pki: Any, events: list, cert: str, verify: str, tls: str) -> None:
+    """Each certificate × tls_verify × tls: delivered, deferred 4.7.5, or delivered with a soft-fail logged.
+
+    A certificate that fails ca/host is never retried in plain text, even with ifavailable.
+    """
+    receiver = await start_receiver(tmp_path, getattr(pki, cert))
+    sender = await start_sender(tmp_path, receiver.port, pki.ca_pem, tls=tls, tls_verify=verify)
+    try:
+        await submit_and_settle(sender)
+    finally:
+        await sender.stop()
+        await receiver.stop()
+    result, verified, reason = expected(cert, verify)
+    [event] = deliveries(events)
+    assert (event["result"], event["verified"], event["tls_verify"]) == (result, verified, verify)
+    assert reason in f"{event['code']} {event['text']} {event['reason']}"
+    stored = maildir_messages(str(tmp_path / "receiver-maildir"))
+    if result == "delivered":
+        assert event["tls"] == "tls" and event["protocol"] == "TLSv1.3"
+        assert len(stored) == 1
+        assert "CN=" in event["issuer"] or "O=trustme" in event["issuer"] or event["issuer"]
+    else:
+        assert event["code"] == "451"
+        assert stored == []  # and no plain-text retry happened
+        assert receiver.service.listeners["receiver"].inbound.connections_total == 1
+        [message] = sender.service.queue.messages.values()
+        assert message.recipients[0].last.startswith("451 4.7.5")
+
+
+@pytest_twisted.ensureDeferred
+async def test_host_name_matched_via_recipient_domain(tmp_path: Any, pki: Any, events: list) -> None:
+    """host: a certificate naming the recipient domain (not the MX) verifies."""
+    receiver = await start_receiver(tmp_path, pki.wrong_name)  # names other.example.net
+    sender = await start_sender(tmp_path, receiver.port, pki.ca_pem, tls="required", tls_verify="host")
+    try:
+        await submit_and_settle(sender, rcpts=("user@other.example.net",))
+    finally:
+        await sender.stop()
+        await receiver.stop()
+    [event] = deliveries(events)
+    assert (event["result"], event["verified"]) == ("delivered", "yes")
+
+
+@pytest.mark.parametrize("tls, result", [("ifavailable", "delivered"), ("required", "deferred")])
+@pytest_twisted.ensureDeferred
+async def test_server_without_starttls(tmp_path: Any, pki: Any, events: list, tls: str, result: str) -> None:
+    """No STARTTLS: ifavailable delivers in plain text; required defers 4.7.6."""
+    receiver = await start_receiver(tmp_path, None)
+    sender = await start_sender(tmp_path, receiver.port, pki.ca_pem, tls=tls, tls_verify="host")
+    try:
+        await submit_and_settle(sender)
+    finally:
+        await sender.stop()
+        await receiver.stop()
+    [event] = deliveries(events)
+    assert event["result"] == result and event["tls"] == "none"
+    if result == "deferred":
+        assert f"{event['code']} {event['text']}" == "451 4.7.6 STARTTLS required but not advertised"
+
+
+@pytest.mark.parametrize(
+    "tls, fallback, result, text",
+    [
+        ("ifavailable", True, "delivered", "2.0.0 stored"),
+        ("ifavailable", False, "deferred", "4.7.5 TLS negotiation failed"),
+        ("required", True, "deferred", "4.7.5 TLS negotiation failed"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_broken_handshake(tmp_path: Any, pki: Any, events: list, tls: str, fallback: bool, result: str, text: str) -> None:
+    """A handshake that fails for non-certificate reasons: fallback reconnects once in plain text; otherwise 4.7.5."""
+    factory, port = await start_scripted("broken")
+    sender = await start_sender(
+        tmp_path, port.getHost().port, pki.ca_pem, tls=tls, tls_verify="optional", tls_ifavailable_fallback=fallback
+    )
+    try:
+        await submit_and_settle(sender)
+    finally:
+        await sender.stop()
+        await port.stopListening()
+    [event] = deliveries(events)
+    assert event["result"] == result, {k: event.get(k) for k in ("code", "text", "tls", "reason")}
+    assert text in event["text"]
+    if result == "delivered":
+        assert factory.starttls == 1 and factory.connections == 2  # one failed handshake, one plain session
+        assert event["tls"] == "none" and len(factory.messages) == 1
+    else:
+        assert factory.connections == 1 and factory.messages == []  # no loop, no plain text
+
+
+@pytest.mark.parametrize(
+    "tls, fallback, result",
+    [("ifavailable", True, "delivered"), ("ifavailable", False, "deferred"), ("required", True, "deferred")],
+)
+@pytest_twisted.ensureDeferred
+async def test_454_to_starttls(tmp_path: Any, pki: Any, events: list, tls: str, fallback: bool, result: str) -> None:
+    """454 to STARTTLS: with ifavailable + fallback carry on in plain text on the same connection (stock Twisted quits)."""
+    factory, port = await start_scripted("454")
+    sender = await start_sender(tmp_path, port.getHost().port, pki.ca_pem, tls=tls, tls_ifavailable_fallback=fallback)
+    try:
+        await submit_and_settle(sender)
+    finally:
+        await sender.stop()
+        await port.stopListening()
+    [event] = deliveries(events)
+    assert event["result"] == result
+    if result == "delivered":
+        assert factory.connections == 1 and len(factory.messages) == 1
+    else:
+        assert "4.7.5 TLS negotiation failed: STARTTLS refused: 454" in event["text"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_starttls_reply_injection_is_discarded(tmp_path: Any, pki: Any, events: list) -> None:
+    """A server that pipelines a reply after its 220 does not get it read as the answer inside TLS."""
+    factory, port = await start_scripted("inject")
+    sender = await start_sender(tmp_path, port.getHost().port, pki.ca_pem, tls="required", tls_verify="no")
+    try:
+        await submit_and_settle(sender)
+    finally:
+        await sender.stop()
+        await port.stopListening()
+    [event] = deliveries(events)
+    # The client went on to the handshake (a ClientHello arrived) instead of taking
+    # "250 injected" as an answer; the scripted server cannot do TLS, so 4.7.5.
+    assert factory.raw and factory.raw[0][:1] == b"\x16"
+    assert event["result"] == "deferred" and "4.7.5 TLS negotiation failed" in event["text"]
+    assert factory.messages == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_outbound_verify_hook_decides(tmp_path: Any, pki: Any, events: list) -> None:
+    """outbound_tls_verify_callback accepting an untrusted chain makes ca succeed; it is told the MX and domain."""
+    import verify_hooks
+
+    verify_hooks.calls.clear()
+    receiver = await start_receiver(tmp_path, pki.untrusted)
+    sender = await start_sender(
+        tmp_path, receiver.port, pki.ca_pem, tls="required", tls_verify="ca",
+        hooks={"outbound_tls_verify_callback": "verify_hooks:record_and_accept"},
+    )
+    try:
+        await submit_and_settle(sender)
+    finally:
+        await sender.stop()
+        await receiver.stop()
+    [event] = deliveries(events)
+    assert event["result"] == "delivered" and event["verified"] == "yes"
+    ctx = verify_hooks.calls[0][3]
+    assert (ctx.direction, ctx.domain, ctx.mx_host) == ("outbound", DOMAIN, MX)
+
+
+@pytest_twisted.ensureDeferred
+async def test_verify_hook_not_called_when_verify_is_no(tmp_path: Any, pki: Any, events: list) -> None:
+    """With tls_verify = no the outbound verify hook is not called."""
+    import verify_hooks
+
+    verify_hooks.calls.clear()
+    receiver = await start_receiver(tmp_path, pki.untrusted)
+    sender = await start_sender(
+        tmp_path, receiver.port, pki.ca_pem, tls="required", tls_verify="no",
+        hooks={"outbound_tls_verify_callback": "verify_hooks:reject"},
+    )
+    try:
+        await submit_and_settle(sender)
+    finally:
+        await sender.stop()
+        await receiver.stop()
+    assert deliveries(events)[0]["result"] == "delivered"
+    assert verify_hooks.calls == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_domain_scope_overrides_global(tmp_path: Any, pki: Any, events: list) -> None:
+    """[domain."example.test"] tls_verify = host beats global optional: a wrong name is deferred, not soft-failed."""
+    receiver = await start_receiver(tmp_path, pki.wrong_name)
+    sender = await start_sender(
+        tmp_path, receiver.port, pki.ca_pem, domains={DOMAIN: {"tls_verify": "host"}}, tls="ifavailable", tls_verify="optional"
+    )
+    try:
+        await submit_and_settle(sender)
+    finally:
+        await sender.stop()
+        await receiver.stop()
+    [event] = deliveries(events)
+    assert (event["result"], event["tls_verify"]) == ("deferred", "host")
+
+
+@pytest_twisted.ensureDeferred
+async def test_connection_reuse(tmp_path: Any, pki: Any, events: list) -> None:
+    """Messages queued together for one destination share sessions (max_connections=2 → at most 2 connections)."""
+    from e2e import in_thread, send_smtplib
+    from twisted.internet.defer import gatherResults
+
+    receiver = await start_receiver(tmp_path, pki.good)
+    sender = await start_sender(
+        tmp_path, receiver.port, pki.ca_pem, tls="required", tls_verify="host", max_connections=2,
+        smtp_port=receiver.port,
+    )
+    try:
+        sender.service.queue.stop()  # hold delivery while the batch arrives
+        await gatherResults([in_thread(send_smtplib, sender.port, rcpts=(f"u{i}@{DOMAIN}",)) for i in range(12)])
+        sender.service.queue._running = True
+        sender.service.queue.flush()
+        await sender.service.queue.wait_idle()
+    finally:
+        await sender.stop()
+        await receiver.stop()
+    assert [e["result"] for e in deliveries(events)] == ["delivered"] * 12
+    assert receiver.service.listeners["receiver"].inbound.connections_total <= 2
+    assert len(maildir_messages(str(tmp_path / "receiver-maildir"))) == 12
+
+
+@pytest_twisted.ensureDeferred
+async def test_several_recipients_one_transaction(tmp_path: Any, pki: Any, events: list) -> None:
+    """Recipients of one domain go in one transaction: one stored copy with both Delivered-To."""
+    receiver = await start_receiver(tmp_path, pki.good)
+    sender = await start_sender(tmp_path, receiver.port, pki.ca_pem, tls="required", tls_verify="host")
+    try:
+        await submit_and_settle(sender, rcpts=(f"a@{DOMAIN}", f"b@{DOMAIN}"))
+    finally:
+        await sender.stop()
+        await receiver.stop()
+    [msg] = maildir_messages(str(tmp_path / "receiver-maildir"))
+    assert msg.get_all("Delivered-To") == [f"a@{DOMAIN}", f"b@{DOMAIN}"]
+    assert deliveries(events)[0]["delivered"] == 2
+
+
+BODY_LINES = [".", "..", ".x", "", "a.", ". leading", "x" * 900]
+
+
+@pytest_twisted.ensureDeferred
+async def test_dot_stuffing_round_trip(tmp_path: Any, pki: Any) -> None:
+    """Lines starting with dots, at the start and across 256 KiB chunk boundaries, arrive unchanged (one message)."""
+    receiver = await start_receiver(tmp_path, pki.good)
+    sender = await start_sender(tmp_path, receiver.port, pki.ca_pem, tls="required", tls_verify="host")
+    lines = [".first line is a dot"] + BODY_LINES * 600  # about 600 KB: several chunks
+    body = "Subject: dots\r\n\r\n" + "\r\n".join(lines) + "\r\n"
+    try:
+        await submit_and_settle(sender, body=body)
+    finally:
+        await sender.stop()
+        await receiver.stop()
+    [msg] = maildir_messages(str(tmp_path / "receiver-maildir"))
+    assert msg.get_payload() == "\n".join(lines) + "\n"
+
+
+@pytest_twisted.ensureDeferred
+async def test_rejected_recipient_bounces_with_dsn(tmp_path: Any, pki: Any, events: list) -> None:
+    """A 5xx to RCPT bounces: an RFC 3464 DSN goes to the sender (routed here to a Maildir)."""
+    receiver = await start_receiver(tmp_path, pki.good, relay_networks=[], local_domains=["elsewhere.test"])
+    sender = await start_sender(
+        tmp_path, receiver.port, pki.ca_pem, tls="required", tls_verify="host",
+        domains={"client.test": {"route": f"maildir:{tmp_path / 'bounces'}"}},
+    )
+    try:
+        await submit_and_settle(sender)
+        await sender.service.queue.wait_idle()
+    finally:
+        await sender.stop()
+        await receiver.stop()
+    assert deliveries(events)[0]["result"] == "bounced"
+    [dsn] = maildir_messages(str(tmp_path / "bounces"))
+    assert dsn["Return-Path"] == "<>"
+    assert dsn.get_content_type() == "multipart/report"
+    status = [p for p in dsn.walk() if p.get_content_type() == "message/delivery-status"][0]
+    text = status.as_string()
+    assert f"Final-Recipient: rfc822; user@{DOMAIN}" in text and "Status: 5.7.1" in text
+    assert sender.service.queue.messages == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_null_mx_and_nxdomain_bounce(tmp_path: Any, pki: Any, events: list) -> None:
+    """RFC 7505 null MX bounces 5.1.10; a domain that does not exist bounces 5.1.2."""
+    from tlsmta.testing import RunningRelay
+    import attrs
+
+    from outbound_lab import sender_config
+
+    config = sender_config(tmp_path, 25, pki.ca_pem)
+    config = attrs.evolve(config, dns={**config.dns, "mx": {**config.dns["mx"], "nullmx.test": (".",)}})
+    sender = await RunningRelay(config).start()
+    try:
+        await submit_and_settle(sender, rcpts=("a@nullmx.test", "b@nowhere.test"), sender="")  # a bounce itself
+    finally:
+        await sender.stop()
+    by_domain = {e["domain"]: e for e in deliveries(events)}
+    assert by_domain["nullmx.test"]["text"].startswith("5.1.10")
+    assert by_domain["nowhere.test"]["text"].startswith("5.1.2")
+    assert {e["result"] for e in by_domain.values()} == {"bounced"}
+    assert not any(e["tlsmta_event"] == "bounce" for e in events)  # null sender: no DSN
