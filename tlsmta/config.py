@@ -8,6 +8,7 @@ each problem names the file, the table and the key.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import re
@@ -171,8 +172,9 @@ def _networks(value: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network
     return tuple(nets)
 
 
+@functools.lru_cache(maxsize=8192)
 def normalize_domain(name: str) -> str:
-    """Lower-case IDNA A-label form without a trailing dot.
+    """Lower-case IDNA A-label form without a trailing dot (cached: IDNA is slow).
 
     Address literals (``[192.0.2.1]``) are kept as they are, lower-cased.
     """
@@ -355,6 +357,14 @@ class BindingRule:
 
 
 @attrs.frozen
+class Resolved:
+    """One effective option and the scope that set it."""
+
+    value: Any
+    scope: str
+
+
+@attrs.frozen
 class Config:
     """A validated configuration."""
 
@@ -371,6 +381,8 @@ class Config:
     hooks: Mapping[str, str]
     dns: Mapping[str, Mapping[str, tuple[str, ...]]]
     binding_rules: tuple[BindingRule, ...]
+    # resolve() results; not an init field, so attrs.evolve() starts a fresh one.
+    _resolved: dict[tuple[str, str], dict[str, Resolved]] = attrs.field(init=False, factory=dict, eq=False, repr=False)
 
     def group_of(self, binding: str) -> str | None:
         """The binding group that lists ``binding``, if any."""
@@ -383,22 +395,18 @@ class Config:
 # -- scope resolution ----------------------------------------------------------
 
 
-@attrs.frozen
-class Resolved:
-    """One effective option and the scope that set it."""
-
-    value: Any
-    scope: str
-
-
 def resolve(config: Config, domain: str, binding: str = "default") -> dict[str, Resolved]:
-    """Effective delivery options for a message to ``domain`` via ``binding``.
+    """Effective delivery options for a message to ``domain`` via ``binding``
+    (cached per config; treat the result as read-only).
 
     Each option comes from the first scope that sets it, in DESIGN.md order:
     binding.B.domain.D, binding_group.G.domain.D, binding.B, binding_group.G,
     domain.D, global, built-in default.
     """
     domain = normalize_domain(domain)
+    cached = config._resolved.get((domain, binding))
+    if cached is not None:
+        return cached
     group = config.group_of(binding)
     empty: Mapping[str, Any] = {}
     btable = config.bindings.get(binding)
@@ -419,6 +427,8 @@ def resolve(config: Config, domain: str, binding: str = "default") -> dict[str, 
                 break
         else:
             result[name] = Resolved(option.default, "default")
+    if len(config._resolved) < 100_000:  # bounded: domains come from the network
+        config._resolved[(domain, binding)] = result
     return result
 
 

@@ -7,6 +7,7 @@ text format is a grep-friendly line.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from twisted.logger import Logger
@@ -14,12 +15,17 @@ from twisted.logger import Logger
 _log = Logger(namespace="tlsmta")
 
 
+_NEEDS_QUOTES = re.compile(r'[\s"=\\]|[^\x20-\x7e]')
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
+
+
 def _quote(value: Any) -> str:
     text = "-" if value is None or value == "" else str(value)
-    if any(c in text for c in ' "=\\') or not text.isprintable():
-        text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
-    return text
+    if _NEEDS_QUOTES.search(text) is None:
+        return text
+    text = text.replace("\\", "\\\\").replace('"', '\\"')
+    text = _UNPRINTABLE.sub(lambda m: "".join(f"\\x{b:02x}" for b in m.group().encode("utf-8")), text)
+    return f'"{text}"'
 
 
 def kv_line(event: str, fields: dict[str, Any]) -> str:
@@ -29,6 +35,5 @@ def kv_line(event: str, fields: dict[str, Any]) -> str:
 
 def emit(event: str, **fields: Any) -> None:
     """Log one structured event (e.g. ``received``, ``delivery``)."""
-    line = kv_line(event, fields)
-    # Braces in values must not be read as format fields by twisted.logger.
-    _log.info(line.replace("{", "{{").replace("}", "}}"), tlsmta_event=event, **fields)
+    # The text line is pre-formatted once; observers substitute a single field.
+    _log.info("{tlsmta_line}", tlsmta_line=kv_line(event, fields), tlsmta_event=event, **fields)

@@ -7,6 +7,7 @@ Lines are stored with LF endings, as Maildir readers expect.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import socket
@@ -28,11 +29,15 @@ def ensure_maildir(path: str) -> None:
         os.makedirs(os.path.join(path, sub), mode=0o700, exist_ok=True)
 
 
+@functools.lru_cache(maxsize=1)
+def _host() -> str:
+    return socket.gethostname().replace("/", "\\057").replace(":", "\\072")
+
+
 def unique_name() -> str:
     """A Maildir file name: ``<sec>.M<usec>P<pid>Q<n>.<host>``."""
     now = time.time()
-    host = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
-    return f"{int(now)}.M{int(now % 1 * 1e6):06d}P{os.getpid()}Q{next(_counter)}.{host}"
+    return f"{int(now)}.M{int(now % 1 * 1e6):06d}P{os.getpid()}Q{next(_counter)}.{_host()}"
 
 
 def local_headers(sender: str, recipients: Sequence[str]) -> bytes:

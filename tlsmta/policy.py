@@ -9,6 +9,7 @@ conclude is concluded here, so it is tested exhaustively without sockets.
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -132,6 +133,7 @@ class PresentedNames:
 _ASCII_LABEL = re.compile(r"(?!xn--)[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
 
 
+@functools.lru_cache(maxsize=8192)
 def normalize_name(name: str) -> str | None:
     """A reference or presented DNS name in lower-case A-label form.
 

@@ -67,6 +67,17 @@ def listener_tls(listener: ListenerConfig, config: Config, hostname: str) -> tls
     return tls.ServerTLS(ctx)
 
 
+LISTEN_BACKLOG = 1024  # Twisted's default of 50 drops connections in bursts
+
+
+def with_default_backlog(endpoint: str) -> str:
+    """Add ``backlog=1024`` to a TCP endpoint string that does not set one."""
+    kind = endpoint.removeprefix("haproxy:").split(":", 1)[0]
+    if kind in ("tcp", "tcp6") and "backlog=" not in endpoint:
+        return f"{endpoint}:backlog={LISTEN_BACKLOG}"
+    return endpoint
+
+
 class ListenerService(Service):
     """Listens on one endpoint; ``ready`` fires with the listening port."""
 
@@ -82,7 +93,7 @@ class ListenerService(Service):
     def startService(self) -> None:
         super().startService()
         failure: list[Failure] = []
-        endpoint = serverFromString(self.reactor, self.listener.endpoint)
+        endpoint = serverFromString(self.reactor, with_default_backlog(self.listener.endpoint))
         d = endpoint.listen(self.factory)
         d.addCallbacks(self._listening, failure.append)
         if failure:  # TCP listens synchronously: refuse to start on e.g. EADDRINUSE

@@ -75,8 +75,21 @@ class DataReader:
                 problem = attrs.evolve(problem, text=problem.text.format(limit=limit))
             self.problem = problem
 
-    def _check_segment(self, segment: bytes) -> None:
-        """A piece of one line, without its CRLF."""
+    def _check_lines(self, region: bytes) -> None:
+        """Checks for whole lines (``region`` ends with CRLF or is empty), in bulk."""
+        crlf = region.count(b"\r\n")
+        if region.count(b"\n") != crlf:
+            self._fail(BARE_LF)
+        if region.count(b"\r") != crlf:
+            self._fail(BARE_CR)
+        lines = region.split(b"\r\n")
+        # The first line continues whatever partial line came before.
+        longest = max(self._line_length + len(lines[0]), max(map(len, lines)))
+        if longest > self.max_line_length:
+            self._fail(LINE_TOO_LONG, self.max_line_length)
+
+    def _check_partial(self, segment: bytes) -> None:
+        """Checks for the start of a line whose CRLF has not arrived yet."""
         if b"\n" in segment:
             self._fail(BARE_LF)
         if b"\r" in segment:
@@ -86,44 +99,56 @@ class DataReader:
             self._fail(LINE_TOO_LONG, self.max_line_length)
 
     def feed(self, data: bytes) -> DataResult:
-        """Consume ``data``; return message bytes (CRLF line endings, unstuffed)."""
+        """Consume ``data``; return message bytes (CRLF line endings, unstuffed).
+
+        Works on whole buffers with bytes methods (find, count, split,
+        replace) rather than line by line: DATA is the hot path.
+        """
         if self._done:
             raise RuntimeError("DataReader fed after end of data")
         buf = self._carry + data if self._carry else data
         self._carry = b""
-        out: list[bytes] = []
-        i, n = 0, len(buf)
-        while i < n:
-            if self._at_line_start:
-                if buf.startswith(END_MARK, i):
-                    self._done = True
-                    return self._result(out, ended=True, rest=buf[i + 3 :])
-                if buf[i] == 0x2E:  # "."
-                    if n - i < 3 and END_MARK.startswith(buf[i:]):
-                        self._carry = buf[i:]  # cannot tell yet: end mark or stuffed line
-                        break
-                    i += 1  # transparency: drop the leading dot (RFC 5321 4.5.2)
-                    self._line_length += 1
-                    self.received += 1
-            self._at_line_start = False
-            j = buf.find(b"\r\n", i)
-            if j < 0:
-                end = n - 1 if buf.endswith(b"\r") else n
-                if end < n:
-                    self._carry = b"\r"  # may be the first half of a CRLF
-                segment = buf[i:end]
-                self._check_segment(segment)
-                self.received += len(segment)
-                out.append(segment)
-                break
-            segment = buf[i:j]
-            self._check_segment(segment)
-            self.received += len(segment) + 2
-            out.append(buf[i : j + 2])
+        if self._at_line_start and buf.startswith(END_MARK):
+            self._done = True
+            return self._result([], ended=True, rest=buf[3:])
+        end = buf.find(b"\r\n.\r\n")
+        if end >= 0:
+            lines, tail, rest = buf[: end + 2], b"", buf[end + 5 :]
+        else:
+            split = buf.rfind(b"\r\n") + 2  # 1 when there is no CRLF: then all of it is tail
+            split = 0 if split == 1 else split
+            lines, tail, rest = buf[:split], buf[split:], b""
+        out = []
+        if lines:
+            self._check_lines(lines)
+            self.received += len(lines)
+            if self._at_line_start and lines.startswith(b"."):
+                lines = lines[1:]  # transparency: drop a line's leading dot (RFC 5321 4.5.2)
+            out.append(lines.replace(b"\r\n.", b"\r\n"))
             self._line_length = 0
             self._at_line_start = True
-            i = j + 2
+        if end >= 0:
+            self._done = True
+            return self._result(out, ended=True, rest=rest)
+        if tail:
+            out.append(self._partial(tail))
         return self._result(out)
+
+    def _partial(self, tail: bytes) -> bytes:
+        """The unterminated last line of a read: hold back what may start an end mark or a CRLF."""
+        if self._at_line_start and tail.startswith(b"."):
+            if len(tail) < 3 and END_MARK.startswith(tail):
+                self._carry = tail  # "." or ".\r": end of data or a stuffed line, cannot tell yet
+                return b""
+            tail = tail[1:]
+            self._line_length += 1
+            self.received += 1
+        self._at_line_start = False
+        if tail.endswith(b"\r"):
+            self._carry, tail = b"\r", tail[:-1]  # may be the first half of a CRLF
+        self._check_partial(tail)
+        self.received += len(tail)
+        return tail
 
     def _result(self, out: list[bytes], ended: bool = False, rest: bytes = b"") -> DataResult:
         if self.received > self.max_size:
