@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
 from twisted.names import dns, error
 from twisted.names.common import ResolverBase
 from twisted.python.failure import Failure
@@ -166,7 +166,7 @@ class Resolver:
                 lambda results: [n for ok, n in results if ok and n]
             )
 
-        return self.ptr(ip).addCallback(confirm).addErrback(lambda _: [])
+        return maybeDeferred(self.ptr, ip).addCallback(confirm).addErrback(lambda _: [])  # ptr() raises for a non-IP
 
     def txt(self, name: str) -> Deferred[list[str]]:
         pinned = self._pin("txt", name)

@@ -39,7 +39,8 @@ def build_dsn(
     expired: bool = False,
 ) -> bytes:
     """A bounce for ``failed`` recipients, addressed to ``sender`` (never called for a null sender)."""
-    boundary = f"{message_id}/{secrets.token_hex(8)}/{reporting_mta}"
+    # RFC 2046 5.1.1: at most 70 characters; the random part first so a cut keeps it.
+    boundary = f"{secrets.token_hex(8)}/{message_id}/{reporting_mta}"[:70]
     default = "4.4.7" if expired else "5.0.0"
     human = [
         f"This is the mail system at host {reporting_mta}.",

@@ -90,7 +90,8 @@ class Queue:
                 log.error("unreadable spool record {path}: {reason}", path=path, reason=reason)
                 continue
             for message in batch:
-                self.add(message, due=message.next_attempt)
+                if message.id not in self.messages:  # already added live (intake) while the scan ran
+                    self.add(message, due=message.next_attempt)
         events.emit("queue_loaded", messages=len(self.messages))
 
     def stop(self) -> None:
@@ -210,7 +211,7 @@ class Queue:
         else:
             head = await self.spool.disk.run(self._read_head, message.id)
             dsn_id = new_message_id()
-            now = datetime.now(timezone.utc)
+            now = datetime.fromtimestamp(self.now(), timezone.utc)  # the queue's clock, as expiry uses
             data = build_dsn(
                 reporting_mta=self.hostname,
                 message_id=message.id,

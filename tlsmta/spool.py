@@ -102,6 +102,8 @@ class QueuedMessage:
     @classmethod
     def from_json(cls, raw: bytes) -> QueuedMessage:
         data = json.loads(raw)
+        if not isinstance(data, dict):
+            raise ValueError("spool record is not a JSON object")
         if data.get("v") != FORMAT:
             raise ValueError(f"unknown spool format {data.get('v')!r}")
         return cls(

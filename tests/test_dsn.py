@@ -1,0 +1,215 @@
+"""Unit tests for :mod:`tlsmta.dsn`: RFC 3464 bounces, read back with the email package.
+
+The DSN bytes are parsed with ``email.policy.default`` the way a mail
+client would read them, so the tests check what a reader sees rather than
+the exact text build_dsn writes.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from datetime import datetime, timezone
+
+import pytest
+
+from tlsmta import dsn
+from tlsmta.dsn import MAX_RETURNED_HEADERS, build_dsn, original_headers
+from tlsmta.routes import parse_route
+from tlsmta.spool import BOUNCED, RecipientState
+
+ARRIVAL = datetime(2025, 3, 1, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2025, 3, 6, 12, 0, tzinfo=timezone.utc)
+HEADERS = (
+    b"Received: from client.example.org by mx.example.net\r\n"
+    b"From: Alice <alice@example.org>\r\n"
+    b"To: bob@example.com\r\n"
+    b"Subject: quarterly numbers\r\n"
+    b"Message-ID: <orig-1@example.org>\r\n"
+)
+BODY = HEADERS + b"\r\nDear Bob,\r\nthe numbers.\r\n"
+
+
+def rcpt(address: str, last: str) -> RecipientState:
+    return RecipientState(address, parse_route("mx"), status=BOUNCED, last=last)
+
+
+def make(failed, expired=False, sender="alice@example.org", reporting_mta="mx.example.net", headers=HEADERS) -> bytes:
+    return build_dsn(
+        reporting_mta=reporting_mta,
+        message_id="0123456789abc0000a0001.node",
+        sender=sender,
+        arrival=ARRIVAL,
+        failed=failed,
+        headers=headers,
+        now=NOW,
+        expired=expired,
+    )
+
+
+def parse(data: bytes):
+    return email.message_from_bytes(data, policy=email.policy.default)
+
+
+def status_part(message):
+    """(per-message fields, [per-recipient field blocks]) of the message/delivery-status part."""
+    part = message.get_payload()[1]
+    assert part.get_content_type() == "message/delivery-status"
+    blocks = part.get_payload()
+    return blocks[0], blocks[1:]
+
+
+# -- structure -----------------------------------------------------------------------------
+
+
+def test_dsn_is_multipart_report_with_three_parts():
+    """The DSN is multipart/report; report-type=delivery-status with the human text,
+    the machine-readable status and the original headers, in that order."""
+    message = parse(make([rcpt("bob@example.com", "550 5.1.1 no such user")]))
+    assert message.get_content_type() == "multipart/report"
+    assert message.get_param("report-type") == "delivery-status"
+    assert message["MIME-Version"] == "1.0"
+    parts = message.get_payload()
+    assert [p.get_content_type() for p in parts] == ["text/plain", "message/delivery-status", "text/rfc822-headers"]
+    assert not message.defects
+    assert all(not p.defects for p in parts)
+
+
+def test_dsn_addressed_to_original_sender_from_mailer_daemon():
+    """To: is the envelope sender of the failed message; From: is the reporting MTA's MAILER-DAEMON."""
+    message = parse(make([rcpt("bob@example.com", "550 5.1.1 no such user")]))
+    assert message["To"].addresses[0].addr_spec == "alice@example.org"
+    assert message["From"].addresses[0].addr_spec == "MAILER-DAEMON@mx.example.net"
+    assert message["Auto-Submitted"] == "auto-replied"
+    assert message["Subject"]
+    assert message["Date"].datetime == NOW
+    assert message["Message-ID"].endswith("@mx.example.net>")
+
+
+def test_per_message_fields():
+    """The status part names the reporting MTA (dns; host) and the arrival date."""
+    per_message, _ = status_part(parse(make([rcpt("bob@example.com", "550 5.1.1 no such user")])))
+    assert per_message["Reporting-MTA"] == "dns; mx.example.net"
+    assert email.utils.parsedate_to_datetime(per_message["Arrival-Date"]) == ARRIVAL
+
+
+def test_one_status_block_per_failed_recipient():
+    """Each failed recipient gets Final-Recipient, Action: failed, its own Status and Diagnostic-Code."""
+    failed = [
+        rcpt("bob@example.com", "550 5.1.1 no such user"),
+        rcpt("carol@example.net", "554 5.7.1 relay denied (from mx.example.net)"),
+    ]
+    message = parse(make(failed))
+    _, blocks = status_part(message)
+    assert [b["Final-Recipient"] for b in blocks] == ["rfc822; bob@example.com", "rfc822; carol@example.net"]
+    assert [b["Action"] for b in blocks] == ["failed", "failed"]
+    assert [b["Status"] for b in blocks] == ["5.1.1", "5.7.1"]
+    assert [b["Diagnostic-Code"] for b in blocks] == [
+        "smtp; 550 5.1.1 no such user",
+        "smtp; 554 5.7.1 relay denied (from mx.example.net)",
+    ]
+    human = message.get_payload()[0].get_content()
+    assert "bob@example.com" in human and "carol@example.net" in human
+    assert "no such user" in human
+
+
+@pytest.mark.parametrize(
+    "last, expired, status",
+    [
+        ("550 5.1.1 no such user", False, "5.1.1"),
+        ("552 5.3.4 message too big", False, "5.3.4"),
+        ("550 no enhanced code here", False, "5.0.0"),
+        ("451 4.4.1 connection timed out", True, "4.4.1"),
+        ("451 4.7.5 certificate name does not match mx.example.com", True, "4.7.5"),
+        ("421 service not available", True, "4.4.7"),
+        ("", True, "4.4.7"),
+        ("", False, "5.0.0"),
+    ],
+)
+def test_status_taken_from_stored_result(last, expired, status):
+    """Status is the enhanced code of the stored last result; without one it is 5.0.0
+    for a rejection and 4.4.7 for an expiry."""
+    _, [block] = status_part(parse(make([rcpt("bob@example.com", last)], expired=expired)))
+    assert block["Status"] == status
+    assert block["Action"] == "failed"
+    if last:
+        assert block["Diagnostic-Code"] == f"smtp; {last}"
+    else:
+        assert block["Diagnostic-Code"] is None
+
+
+def test_expiry_is_explained():
+    """An expiry DSN says the message stayed in the queue too long; a rejection does not."""
+    expired = parse(make([rcpt("bob@example.com", "451 4.4.1 timeout")], expired=True))
+    rejected = parse(make([rcpt("bob@example.com", "550 5.1.1 no such user")]))
+    assert "too long" in expired.get_payload()[0].get_content()
+    assert "too long" not in rejected.get_payload()[0].get_content()
+
+
+def test_original_headers_part():
+    """The text/rfc822-headers part holds the original header section, unchanged."""
+    part = parse(make([rcpt("bob@example.com", "550 5.1.1 x")])).get_payload()[2]
+    assert part.get_payload(decode=True) == HEADERS
+
+
+def test_all_lines_end_in_crlf():
+    """Every line of the DSN ends with CRLF: no bare CR or LF anywhere."""
+    data = make([rcpt("bob@example.com", "550 5.1.1 no such user"), rcpt("c@example.net", "")], expired=True)
+    assert data.endswith(b"\r\n")
+    stripped = data.replace(b"\r\n", b"")
+    assert b"\r" not in stripped and b"\n" not in stripped
+
+
+def test_boundary_is_valid_and_not_in_content():
+    """The MIME boundary is at most 70 characters (RFC 2046 5.1.1), even with a long host name,
+    and does not occur in the returned headers."""
+    long_host = "outbound-relay-01.mail-cluster-eu-west.examplecorporation.example.com"
+    data = make([rcpt("bob@example.com", "550 5.1.1 x")], reporting_mta=long_host)
+    message = parse(data)
+    boundary = message.get_boundary()
+    assert 1 <= len(boundary) <= 70
+    assert not boundary.endswith(" ")
+    assert boundary.encode() not in HEADERS
+    assert len(message.get_payload()) == 3
+
+
+def test_two_dsns_have_different_boundaries_and_ids():
+    """Boundary and Message-ID are unique per DSN, even for the same failed message."""
+    one = parse(make([rcpt("bob@example.com", "550 5.1.1 x")]))
+    two = parse(make([rcpt("bob@example.com", "550 5.1.1 x")]))
+    assert one.get_boundary() != two.get_boundary()
+    assert one["Message-ID"] != two["Message-ID"]
+
+
+def test_original_headers_not_ending_in_crlf_are_terminated():
+    """Header bytes cut mid-line still give a well-formed part ending in CRLF."""
+    data = make([rcpt("bob@example.com", "550 5.1.1 x")], headers=b"Subject: cut he")
+    part = parse(data).get_payload()[2]
+    assert part.get_payload(decode=True) == b"Subject: cut he\r\n"
+
+
+# -- original_headers ---------------------------------------------------------------------------
+
+
+def test_original_headers_stop_at_blank_line():
+    """Only the header section is returned, with its final CRLF, not the body."""
+    assert original_headers(BODY) == HEADERS
+
+
+def test_original_headers_without_body():
+    """A message with no blank line is all headers."""
+    assert original_headers(HEADERS) == HEADERS
+
+
+def test_original_headers_cut_at_limit():
+    """A huge header section is cut to MAX_RETURNED_HEADERS octets."""
+    huge = b"".join(b"X-Filler-%06d: %s\r\n" % (i, b"y" * 60) for i in range(MAX_RETURNED_HEADERS // 60 + 10))
+    out = original_headers(huge + b"\r\nbody\r\n")
+    assert len(huge) > MAX_RETURNED_HEADERS
+    assert out == huge[:MAX_RETURNED_HEADERS]
+
+
+def test_original_headers_limit_constant_is_used(monkeypatch):
+    """The cut follows the module's MAX_RETURNED_HEADERS (a named limit, not a magic number)."""
+    monkeypatch.setattr(dsn, "MAX_RETURNED_HEADERS", 10)
+    assert original_headers(BODY) == HEADERS[:10]

@@ -1,0 +1,344 @@
+"""Unit tests for :mod:`tlsmta.spool`: the on-disk format and the blocking operations.
+
+The blocking methods run directly in the test (no disk thread) against a
+real directory under ``tmp_path``; the ``disk`` they are given is never
+used by them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+
+import pytest
+
+from tlsmta import spool as spool_module
+from tlsmta.routes import parse_route
+from tlsmta.spool import BOUNCED, DELIVERED, FORMAT, PENDING, QueuedMessage, RecipientState, Spool
+from tlsmta.store import Envelope, Recipient
+
+BODY = b"Received: from a by b\r\nSubject: hi\r\n\r\nhello\r\n"
+
+
+class UnusedDisk:
+    """A DiskIO stand-in that fails the test if the blocking methods use it."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"blocking spool method used disk.{name}")
+
+
+@pytest.fixture
+def spool(tmp_path) -> Spool:
+    s = Spool(str(tmp_path / "spool"), UnusedDisk())
+    s.ensure()
+    return s
+
+
+def message(message_id: str = "m1", **overrides) -> QueuedMessage:
+    fields = dict(
+        id=message_id,
+        sender="alice@example.org",
+        recipients=[
+            RecipientState("bob@example.com", parse_route("mx")),
+            RecipientState("carol@Example.NET", parse_route("smtp:[2001:db8::25]:2525"), "out1", DELIVERED,
+                           "250 2.0.0 ok"),
+            RecipientState("dave@local.test", parse_route("maildir:/var/mail/dev"), status=BOUNCED,
+                           last="550 5.1.1 no such user (from mx.local.test)"),
+            RecipientState("eve@example.com", parse_route("discard")),
+        ],
+        received_at=1_700_000_000.25,
+        size=len(BODY),
+        attempts=3,
+        next_attempt=1_700_000_900.5,
+        smtputf8=True,
+        body_type="8BITMIME",
+        helo="client.example.org",
+        peer="192.0.2.7",
+        listener="mx",
+        tls={"protocol": "TLSv1.3", "cipher": "TLS_AES_256_GCM_SHA384", "verified": False},
+    )
+    fields.update(overrides)
+    return QueuedMessage(**fields)
+
+
+def listing(directory: str) -> set[str]:
+    return set(os.listdir(directory))
+
+
+def scan_all(spool: Spool, batch: int = 2000):
+    """(messages by id, [(path, reason)], [batch sizes]) from a full scan."""
+    messages, bad, sizes = {}, [], []
+    for item in spool.scan_blocking(batch):
+        if isinstance(item, tuple):
+            bad.append(item)
+        else:
+            sizes.append(len(item))
+            messages.update((m.id, m) for m in item)
+    return messages, bad, sizes
+
+
+# -- QueuedMessage JSON ---------------------------------------------------------------------
+
+
+def test_json_round_trip_keeps_every_field():
+    """to_json/from_json give back an equal message: envelope, routes, per-recipient state, TLS facts."""
+    original = message()
+    copy = QueuedMessage.from_json(original.to_json())
+    assert copy == original
+    assert copy is not original
+    assert [str(r.route) for r in copy.recipients] == ["mx", "smtp:[2001:db8::25]:2525", "maildir:/var/mail/dev",
+                                                      "discard"]
+
+
+def test_json_is_versioned():
+    """The record carries the format version."""
+    assert json.loads(message().to_json())["v"] == FORMAT
+
+
+@pytest.mark.parametrize("version", [None, 0, FORMAT + 1, "1"])
+def test_unknown_format_version_rejected(version):
+    """A record of another (or no) format version is refused with ValueError, not misread."""
+    data = json.loads(message().to_json())
+    if version is None:
+        del data["v"]
+    else:
+        data["v"] = version
+    with pytest.raises(ValueError):
+        QueuedMessage.from_json(json.dumps(data).encode())
+
+
+@pytest.mark.parametrize("raw", [b"[]", b"null", b"42", b'"text"'])
+def test_json_that_is_not_an_object_rejected(raw):
+    """Valid JSON that is not an object is refused with ValueError (so a scan can report it)."""
+    with pytest.raises(ValueError):
+        QueuedMessage.from_json(raw)
+
+
+def test_pending_and_is_bounce():
+    """pending lists only recipients still to do; a null sender marks a bounce."""
+    m = message()
+    assert [r.address for r in m.pending] == ["bob@example.com", "eve@example.com"]
+    assert not m.is_bounce
+    assert message(sender="").is_bounce
+    assert m.recipients[1].domain == "example.net"
+
+
+def test_from_envelope():
+    """A new message starts pending for every recipient, due at its arrival time."""
+    when = datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    envelope = Envelope(
+        message_id="abc.node", sender="a@example.org",
+        recipients=(Recipient("b@example.com", parse_route("mx")), Recipient("c@local.test", parse_route("discard"), "out1")),
+        received_at=when, helo="h", peer="192.0.2.1", listener="mx", smtputf8=True, body_type="8BITMIME",
+        tls={"protocol": "TLSv1.3"},
+    )
+    m = QueuedMessage.from_envelope(envelope)
+    assert m.id == "abc.node" and m.sender == "a@example.org"
+    assert [(r.address, str(r.route), r.binding, r.status) for r in m.recipients] == [
+        ("b@example.com", "mx", "default", PENDING), ("c@local.test", "discard", "out1", PENDING)]
+    assert m.received_at == m.next_attempt == when.timestamp()
+    assert m.attempts == 0
+    assert (m.helo, m.peer, m.listener, m.smtputf8, m.body_type, m.tls) == (
+        "h", "192.0.2.1", "mx", True, "8BITMIME", {"protocol": "TLSv1.3"})
+
+
+# -- SpoolFile ----------------------------------------------------------------------------------
+
+
+def test_spool_file_appears_in_queue_only_after_finish(spool):
+    """While a message is written it lives in tmp/; q/ sees it only after finish()."""
+    m = message(size=0)
+    target = spool.writer(m)[1]
+    target.append(BODY[:10])
+    target.append(BODY[10:])
+    assert listing(spool.queue_dir) == set()
+    assert "m1.eml" in listing(spool.tmp_dir)
+    target.finish()
+    assert listing(spool.queue_dir) == {"m1.eml", "m1.json"}
+    assert listing(spool.tmp_dir) == set()
+    assert spool.read_body_blocking("m1") == BODY
+    assert m.size == len(BODY)
+    with open(spool.meta_path("m1"), "rb") as f:
+        assert QueuedMessage.from_json(f.read()) == m
+
+
+def test_finish_never_shows_metadata_without_body(spool, monkeypatch):
+    """At every rename during finish(), each q/ID.json has its q/ID.eml (meta implies body)."""
+    real_rename = os.rename
+    renames = []
+
+    def checked_rename(src, dst):
+        real_rename(src, dst)
+        renames.append(os.path.basename(dst))
+        for name in os.listdir(spool.queue_dir):
+            if name.endswith(".json"):
+                assert os.path.exists(os.path.join(spool.queue_dir, name[:-5] + ".eml")), renames
+
+    monkeypatch.setattr(spool_module.os, "rename", checked_rename)
+    target = spool.writer(message())[1]
+    target.append(BODY)
+    target.finish()
+    assert renames == ["m1.eml", "m1.json"]
+
+
+def test_failed_metadata_rename_leaves_no_queued_message(spool, monkeypatch):
+    """If finish() dies before the metadata is in q/, the message is not queued: a scan drops the body."""
+    real_rename = os.rename
+
+    def failing_rename(src, dst):
+        if dst.endswith(".json"):
+            raise OSError(28, "No space left on device")
+        real_rename(src, dst)
+
+    target = spool.writer(message())[1]
+    target.append(BODY)
+    monkeypatch.setattr(spool_module.os, "rename", failing_rename)
+    with pytest.raises(OSError):
+        target.finish()
+    monkeypatch.undo()
+    target.discard()
+    messages, bad, _ = scan_all(spool)
+    assert messages == {} and bad == []
+    assert listing(spool.queue_dir) == set()
+
+
+def test_finish_without_data_stores_empty_body(spool):
+    """A message finished without any append still gets a (empty) body file."""
+    target = spool.writer(message(size=0))[1]
+    target.finish()
+    assert spool.read_body_blocking("m1") == b""
+
+
+def test_discard_leaves_nothing(spool):
+    """discard() removes the partial body and nothing reaches q/."""
+    target = spool.writer(message())[1]
+    target.append(BODY)
+    target.discard()
+    target.discard()  # twice is harmless
+    assert listing(spool.tmp_dir) == set()
+    assert listing(spool.queue_dir) == set()
+
+
+# -- store, save, remove --------------------------------------------------------------------
+
+
+def test_store_blocking_is_complete_on_return(spool):
+    """store_blocking writes body and metadata into q/ and leaves tmp/ empty."""
+    m = message("dsn1", size=0)
+    spool.store_blocking(m, BODY)
+    assert listing(spool.queue_dir) == {"dsn1.eml", "dsn1.json"}
+    assert listing(spool.tmp_dir) == set()
+    assert spool.read_body_blocking("dsn1") == BODY
+    assert m.size == len(BODY)
+
+
+def test_store_blocking_failure_cleans_up(spool, monkeypatch):
+    """If storing fails, the error propagates and no partial files remain."""
+
+    def no_fsync(fd):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(spool_module.os, "fsync", no_fsync)
+    with pytest.raises(OSError):
+        spool.store_blocking(message("dsn1"), BODY)
+    monkeypatch.undo()
+    assert listing(spool.tmp_dir) == set()
+    assert listing(spool.queue_dir) == set()
+
+
+def test_save_blocking_rewrites_metadata(spool):
+    """save_blocking replaces the record with the message's new state; no temp file is left."""
+    m = message(attempts=0)
+    spool.store_blocking(m, BODY)
+    m.attempts = 1
+    m.next_attempt = 1_700_000_060.0
+    m.recipients[0].last = "451 4.7.5 certificate name does not match mx.example.com"
+    spool.save_blocking(m)
+    with open(spool.meta_path(m.id), "rb") as f:
+        saved = QueuedMessage.from_json(f.read())
+    assert saved == m
+    assert saved.attempts == 1 and saved.next_attempt == 1_700_000_060.0
+    assert listing(spool.tmp_dir) == set()
+    assert spool.read_body_blocking(m.id) == BODY
+
+
+def test_remove_blocking(spool):
+    """remove_blocking deletes body and metadata and tolerates files already gone."""
+    spool.store_blocking(message(), BODY)
+    spool.store_blocking(message("m2"), BODY)
+    spool.remove_blocking("m1")
+    assert listing(spool.queue_dir) == {"m2.eml", "m2.json"}
+    spool.remove_blocking("m1")
+    os.unlink(spool.body_path("m2"))
+    spool.remove_blocking("m2")
+    assert listing(spool.queue_dir) == set()
+
+
+# -- scan -------------------------------------------------------------------------------------------
+
+
+def test_scan_creates_missing_directories(tmp_path):
+    """Scanning a spool that does not exist yet creates it and finds nothing."""
+    s = Spool(str(tmp_path / "new"), UnusedDisk())
+    assert list(s.scan_blocking()) == []
+    assert os.path.isdir(s.tmp_dir) and os.path.isdir(s.queue_dir)
+
+
+def test_scan_finds_stored_messages(spool):
+    """Every stored message comes back from a scan, equal to what was stored."""
+    stored = {f"m{i}": message(f"m{i}", attempts=i) for i in range(5)}
+    for m in stored.values():
+        spool.store_blocking(m, BODY)
+    messages, bad, _ = scan_all(spool)
+    assert messages == stored
+    assert bad == []
+
+
+def test_scan_clears_tmp_and_orphan_bodies(spool):
+    """tmp/ (never acknowledged) is emptied and a body without metadata is removed; queued messages stay."""
+    spool.store_blocking(message("kept"), BODY)
+    half = spool.writer(message("half"))[1]
+    half.append(BODY)  # a crash while receiving: only tmp/half.eml exists
+    os.close(half.fd)
+    half.fd = None
+    with open(os.path.join(spool.tmp_dir, "kept.json.upd"), "wb") as f:
+        f.write(b"{")
+    with open(spool.body_path("orphan"), "wb") as f:
+        f.write(BODY)
+    messages, bad, _ = scan_all(spool)
+    assert set(messages) == {"kept"}
+    assert bad == []
+    assert listing(spool.tmp_dir) == set()
+    assert listing(spool.queue_dir) == {"kept.eml", "kept.json"}
+
+
+def test_scan_yields_batches(spool):
+    """Messages come in lists of at most ``batch``, covering all of them once."""
+    for i in range(7):
+        spool.store_blocking(message(f"m{i}"), BODY)
+    messages, _, sizes = scan_all(spool, batch=3)
+    assert sorted(sizes) == [1, 3, 3]
+    assert len(messages) == 7
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"{not json", b"", b"\xff\xfe", b"[]", b'{"v": 99}', b'{"v": 1, "id": "x"}',
+     b'{"v": 1, "id": "x", "sender": "", "rcpts": [{"a": "b@c", "r": "bogus:route", "b": "d", "s": "pending", "l": ""}],'
+     b' "received_at": 0, "size": 0, "attempts": 0, "next_attempt": 0, "smtputf8": false, "body": "7BIT",'
+     b' "helo": "", "peer": "", "listener": "", "tls": {}}'],
+)
+def test_scan_reports_corrupt_records_and_continues(spool, raw):
+    """An unreadable record is reported as (path, reason) and the other messages still load."""
+    spool.store_blocking(message("good"), BODY)
+    with open(spool.meta_path("bad"), "wb") as f:
+        f.write(raw)
+    with open(spool.body_path("bad"), "wb") as f:
+        f.write(BODY)
+    messages, bad, _ = scan_all(spool)
+    assert set(messages) == {"good"}
+    assert len(bad) == 1
+    path, reason = bad[0]
+    assert path == spool.meta_path("bad")
+    assert isinstance(reason, str)
