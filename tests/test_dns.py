@@ -396,3 +396,13 @@ def test_verified_ptr_of_non_ip_peer_is_empty(peer):
     """A peer that is not an IP address (UNIX socket, unknown) has no verified names; the
     lookup still returns a Deferred of [] rather than raising."""
     assert success(Resolver({}, NoBackend()).verified_ptr(peer)) == []
+
+
+def test_verified_ptr_accepts_ipv4_mapped_peer():
+    """A dual-stack listener sees ::ffff:192.0.2.7; its PTR and forward lookup use the IPv4 form."""
+    from tlsmta.dns import OfflineBackend, Resolver
+
+    resolver = Resolver({"ptr": {"192.0.2.7": ("client.test",)}, "hosts": {"client.test": ("192.0.2.7",)}}, OfflineBackend())
+    out = []
+    resolver.verified_ptr("::ffff:192.0.2.7").addCallback(out.append)
+    assert out == [["client.test"]]

@@ -67,14 +67,15 @@ def listing(directory: str) -> set[str]:
 
 
 def scan_all(spool: Spool, batch: int = 2000):
-    """(messages by id, [(path, reason)], [batch sizes]) from a full scan."""
+    """(messages by id, [(path, reason)], [batch sizes]) from a start-up scan: prepare, then load in batches."""
+    ids = spool.prepare_blocking()
     messages, bad, sizes = {}, [], []
-    for item in spool.scan_blocking(batch):
-        if isinstance(item, tuple):
-            bad.append(item)
-        else:
-            sizes.append(len(item))
-            messages.update((m.id, m) for m in item)
+    for first in range(0, len(ids), batch):
+        loaded, problems = spool.load_blocking(ids[first : first + batch])
+        bad += problems
+        if loaded:
+            sizes.append(len(loaded))
+        messages.update((m.id, m) for m in loaded)
     return messages, bad, sizes
 
 
@@ -281,7 +282,7 @@ def test_remove_blocking(spool):
 def test_scan_creates_missing_directories(tmp_path):
     """Scanning a spool that does not exist yet creates it and finds nothing."""
     s = Spool(str(tmp_path / "new"), UnusedDisk())
-    assert list(s.scan_blocking()) == []
+    assert s.prepare_blocking() == []
     assert os.path.isdir(s.tmp_dir) and os.path.isdir(s.queue_dir)
 
 
@@ -342,3 +343,12 @@ def test_scan_reports_corrupt_records_and_continues(spool, raw):
     path, reason = bad[0]
     assert path == spool.meta_path("bad")
     assert isinstance(reason, str)
+
+
+def test_prepare_leaves_directories_in_tmp_alone(spool):
+    """A stray directory in tmp/ does not stop the start-up cleanup."""
+    os.mkdir(os.path.join(spool.tmp_dir, "stray"))
+    with open(os.path.join(spool.tmp_dir, "half.eml"), "wb") as f:
+        f.write(b"never acknowledged")
+    assert spool.prepare_blocking() == []
+    assert os.listdir(spool.tmp_dir) == ["stray"]

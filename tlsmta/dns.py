@@ -161,12 +161,16 @@ class Resolver:
         """Reverse names whose forward lookup includes ``ip`` (never fails: [] instead)."""
 
         def confirm(names: list[str]) -> Deferred[list[str]]:
-            checks = [self.addresses(n).addCallback(lambda addrs, n=n: n if ip in addrs else None) for n in names[:5]]
+            peer = canonical_ip(ip)
+            checks = [
+                self.addresses(n).addCallback(lambda addrs, n=n: n if peer in {canonical_ip(a) for a in addrs} else None)
+                for n in names[:5]
+            ]
             return DeferredList(checks, consumeErrors=True).addCallback(
                 lambda results: [n for ok, n in results if ok and n]
             )
 
-        return maybeDeferred(self.ptr, ip).addCallback(confirm).addErrback(lambda _: [])  # ptr() raises for a non-IP
+        return maybeDeferred(self.ptr, canonical_ip(ip)).addCallback(confirm).addErrback(lambda _: [])  # ptr() raises for a non-IP
 
     def txt(self, name: str) -> Deferred[list[str]]:
         pinned = self._pin("txt", name)
@@ -177,6 +181,18 @@ class Resolver:
             lambda r: [b"".join(p.data).decode("utf-8", "replace") for p in _names(r[0], dns.TXT)],
             lambda f: _classify(f, f"TXT lookup for {name}"),
         )
+
+
+def canonical_ip(text: str) -> str:
+    """An address in canonical form; IPv4-mapped IPv6 (dual-stack peers) as IPv4.
+    Text that is not an address comes back unchanged."""
+    try:
+        ip = ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        return text
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
 
 
 def _ipv6(payload: Any) -> str:

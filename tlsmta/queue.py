@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, maybeDeferred
 from twisted.logger import Logger
 
 from tlsmta import log as events
@@ -26,6 +26,8 @@ from tlsmta.routes import Route, parse_route
 from tlsmta.spool import BOUNCED, DELIVERED, PENDING, QueuedMessage, RecipientState, Spool
 
 log = Logger(namespace="tlsmta.queue")
+
+LOAD_BATCH = 2000  # records read per disk-thread call at start
 
 
 def retry_delay(attempts: int, schedule: Sequence[int]) -> int:
@@ -74,23 +76,20 @@ class Queue:
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    def start(self) -> Deferred[None]:
-        """Scan the spool (in the disk thread, in batches) and start delivering."""
+    def start(self, message_ids: Sequence[str] = ()) -> Deferred[None]:
+        """Load the queued ``message_ids`` (from Spool.prepare_blocking) in the
+        disk thread, in batches, and deliver as they come in."""
         self._running = True
-        return ensureDeferred(self._load())
+        return ensureDeferred(self._load(list(message_ids)))
 
-    async def _load(self) -> None:
-        scan = await self.spool.disk.run(lambda: iter(self.spool.scan_blocking()))
-        while True:
-            batch = await self.spool.disk.run(next, scan, None)
-            if batch is None:
-                break
-            if isinstance(batch, tuple):
-                path, reason = batch
-                log.error("unreadable spool record {path}: {reason}", path=path, reason=reason)
-                continue
-            for message in batch:
-                if message.id not in self.messages:  # already added live (intake) while the scan ran
+    async def _load(self, message_ids: list[str]) -> None:
+        for first in range(0, len(message_ids), LOAD_BATCH):
+            batch = message_ids[first : first + LOAD_BATCH]
+            messages, problems = await self.spool.disk.run(self.spool.load_blocking, batch)
+            for path, reason in problems:
+                log.error("unreadable spool record {path} moved to corrupt/: {reason}", path=path, reason=reason)
+            for message in messages:
+                if message.id not in self.messages:
                     self.add(message, due=message.next_attempt)
         events.emit("queue_loaded", messages=len(self.messages))
 
@@ -150,11 +149,20 @@ class Queue:
     def _attempt(self, message: QueuedMessage) -> None:
         jobs = group_jobs(message)
         self.in_flight.add(message.id)
-        attempts = [self.deliver(job) for job in jobs]
+        attempts = [maybeDeferred(self.deliver, job) for job in jobs]
         d = DeferredList(attempts, consumeErrors=True)
         d.addCallback(lambda results: ensureDeferred(self._attempt_done(message, jobs, results)))
-        d.addErrback(lambda f: log.failure("recording a delivery attempt failed", f))
+        d.addErrback(self._record_failed, message)
         d.addBoth(lambda _: self._settled(message.id))
+
+    def _record_failed(self, failure: Any, message: QueuedMessage) -> None:
+        """Recording the outcome failed (disk full, body gone): keep the message
+        scheduled in memory so it is retried, rather than forgotten until a restart."""
+        log.failure("recording a delivery attempt of {msgid} failed; retrying later", failure, msgid=message.id)
+        if message.id in self.messages:
+            message.next_attempt = self.now() + retry_delay(max(message.attempts, 1), self.retry_schedule)
+            heapq.heappush(self._heap, (message.next_attempt, next(self._seq), message.id))
+            self._arm()
 
     def _settled(self, message_id: str) -> None:
         self.in_flight.discard(message_id)

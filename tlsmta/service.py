@@ -144,8 +144,11 @@ class QueueService(Service):
 
     def startService(self) -> None:
         super().startService()
-        self.spool.ensure()  # a spool that cannot be created stops the start, with the path in the error
-        self.loaded = self.queue.start()
+        # Synchronous, before any listener starts: cleaning tmp/ while a session
+        # writes there would lose a message.  A spool that cannot be created
+        # stops the start, with the path in the error.
+        queued = self.spool.prepare_blocking()
+        self.loaded = self.queue.start(queued)
         self.loaded.addErrback(lambda f: log.failure("loading the queue failed", f))
 
     def stopService(self) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -247,30 +247,41 @@ class Spool:
         with open(self.body_path(message_id), "rb") as f:
             return f.read()
 
-    def scan_blocking(self, batch: int = 2000) -> Iterator[list[QueuedMessage] | tuple[str, str]]:
-        """Yield lists of queued messages; yields ``(path, reason)`` for unreadable records.
-
-        Clears tmp/ (nothing there was acknowledged) and bodies without metadata.
-        """
+    def prepare_blocking(self) -> list[str]:
+        """At start, before any listener accepts mail: create the directories,
+        clear tmp/ (nothing there was acknowledged), remove bodies without
+        metadata (never acknowledged either), and list the queued ids."""
         self.ensure()
         for name in os.listdir(self.tmp_dir):
-            os.unlink(os.path.join(self.tmp_dir, name))
+            path = os.path.join(self.tmp_dir, name)
+            if os.path.isfile(path):
+                os.unlink(path)
         names = os.listdir(self.queue_dir)
-        metas = {n[:-5] for n in names if n.endswith(".json")}
+        metas = [n[:-5] for n in names if n.endswith(".json")]
+        known = set(metas)
         for name in names:
-            if name.endswith(".eml") and name[:-4] not in metas:
+            if name.endswith(".eml") and name[:-4] not in known:
                 os.unlink(os.path.join(self.queue_dir, name))
-        out: list[QueuedMessage] = []
-        for message_id in metas:
+        return metas
+
+    def load_blocking(self, message_ids: Sequence[str]) -> tuple[list[QueuedMessage], list[tuple[str, str]]]:
+        """Read metadata records; unreadable ones are moved to corrupt/ and reported."""
+        messages, problems = [], []
+        for message_id in message_ids:
             path = self.meta_path(message_id)
             try:
                 with open(path, "rb") as f:
-                    out.append(QueuedMessage.from_json(f.read()))
-            except (OSError, ValueError, KeyError, TypeError) as e:
-                yield (path, str(e))
+                    messages.append(QueuedMessage.from_json(f.read()))
+            except FileNotFoundError:
                 continue
-            if len(out) >= batch:
-                yield out
-                out = []
-        if out:
-            yield out
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                problems.append((path, str(e)))
+                self._quarantine(message_id)
+        return messages, problems
+
+    def _quarantine(self, message_id: str) -> None:
+        corrupt = os.path.join(self.path, "corrupt")
+        os.makedirs(corrupt, mode=0o700, exist_ok=True)
+        for path in (self.meta_path(message_id), self.body_path(message_id)):
+            if os.path.exists(path):
+                os.replace(path, os.path.join(corrupt, os.path.basename(path)))
