@@ -1,0 +1,142 @@
+"""tlsmta against real Postfix: delivering into it, into smtp-sink, and receiving from it.
+
+Each Postfix runs privately (own config, queue and log directory) on a
+loopback port; mounting queues and running postfix(1) needs root, as CI has.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import tempfile
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.logger import globalLogPublisher
+
+from e2e import eventually, in_thread, maildir_messages, send_smtplib
+from outbound_lab import DOMAIN, deliveries, start_receiver, start_sender, submit_and_settle
+from postfix_lab import PrivatePostfix, free_port
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="a private Postfix instance needs root (CI runs as root)")
+
+
+@pytest.fixture
+def events():
+    captured: list[dict[str, Any]] = []
+
+    def observer(event: dict[str, Any]) -> None:
+        if "tlsmta_event" in event:
+            captured.append(event)
+
+    globalLogPublisher.addObserver(observer)
+    yield captured
+    globalLogPublisher.removeObserver(observer)
+
+
+@pytest.fixture
+def postfix_receiver(pki: Any):
+    """A Postfix offering STARTTLS with the good certificate; it holds what it accepts."""
+    pf = PrivatePostfix(
+        {
+            "smtpd_tls_security_level": "may",
+            "smtpd_tls_cert_file": "$queue_directory/../cert.pem",
+            "smtpd_tls_key_file": "$queue_directory/../key.pem",
+            "smtpd_tls_loglevel": "1",
+            "smtpd_client_restrictions": "check_client_access static:HOLD",
+            "smtpd_tls_received_header": "yes",
+        },
+        files={"cert.pem": pki.good.cert, "key.pem": pki.good.key},
+    )
+    pf.start()
+    yield pf
+    pf.remove()
+
+
+@pytest.mark.parametrize("verify", ["no", "ca", "host", "optional"])
+@pytest_twisted.ensureDeferred
+async def test_tlsmta_delivers_into_postfix_with_verification(tmp_path: Any, pki: Any, events: list, postfix_receiver: PrivatePostfix, verify: str) -> None:
+    """tls = required with each tls_verify mode against real Postfix: delivered over TLS, verified as the mode says."""
+    sender = await start_sender(tmp_path, postfix_receiver.port, pki.ca_pem, tls="required", tls_verify=verify)
+    try:
+        await submit_and_settle(sender)
+    finally:
+        await sender.stop()
+    [event] = deliveries(events)
+    assert event["result"] == "delivered", event
+    assert event["tls"] == "tls" and event["verified"] == ("no" if verify == "no" else "yes")
+    log = await in_thread(postfix_receiver.wait_for_log, "TLS connection established from")
+    assert "from=<app@client.test>" in log
+    assert len(postfix_receiver.queue_files()) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_dot_lines_reach_smtp_sink_intact(tmp_path: Any, pki: Any, events: list) -> None:
+    """Postfix's smtp-sink receives a body full of dot lines exactly as sent (dot-stuffing both ways)."""
+    port = free_port()
+    sink_dir = tempfile.mkdtemp(prefix="tlsmta-sink-")  # smtp-sink writes as the postfix user
+    os.chmod(sink_dir, 0o755)
+    shutil.chown(sink_dir, "postfix", "postfix")
+    dump = pathlib.Path(sink_dir) / "dump"
+    sink = subprocess.Popen(
+        ["/usr/sbin/smtp-sink", "-u", "postfix", "-D", str(dump), f"127.0.0.1:{port}", "10"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        await eventually(lambda: _listening(port))
+        sender = await start_sender(tmp_path, port, None, tls="no")
+        body = "Subject: dots\r\n\r\n.\r\n..\r\n.leading dot\r\nend\r\n"
+        try:
+            await submit_and_settle(sender, body=body)
+        finally:
+            await sender.stop()
+        await eventually(lambda: dump.exists() and b"end" in dump.read_bytes())
+        content = dump.read_bytes()
+    finally:
+        sink.send_signal(signal.SIGTERM)
+        sink.wait(timeout=10)
+        shutil.rmtree(sink_dir, ignore_errors=True)
+    assert deliveries(events)[0]["result"] == "delivered"
+    assert b"\n.\n..\n.leading dot\nend\n" in content.replace(b"\r\n", b"\n")
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest_twisted.ensureDeferred
+async def test_postfix_relays_into_tlsmta_with_verified_tls(tmp_path: Any, pki: Any) -> None:
+    """Real Postfix relays to tlsmta with smtp_tls_security_level = secure against tlsmta's certificate."""
+    receiver = await start_receiver(tmp_path, pki.good)
+    pf = PrivatePostfix(
+        {
+            "relayhost": f"[localhost]:{receiver.port}",
+            "smtp_tls_security_level": "secure",
+            "smtp_tls_secure_cert_match": "nexthop",
+            "smtp_tls_CAfile": "$queue_directory/../ca.pem",
+            "smtp_tls_loglevel": "1",
+        },
+        files={"ca.pem": pki.ca_pem},
+    )
+    await in_thread(pf.start)
+    try:
+        await in_thread(send_smtplib, pf.port, rcpts=(f"someone@{DOMAIN}",))
+        await eventually(lambda: len(maildir_messages(str(tmp_path / "receiver-maildir"))) == 1, timeout=60)
+        log = pf.log()
+    finally:
+        await in_thread(pf.remove)
+        await receiver.stop()
+    assert "Verified TLS connection established to localhost" in log
+    assert "status=sent" in log
+    [msg] = maildir_messages(str(tmp_path / "receiver-maildir"))
+    assert "with ESMTPS" in " ".join(msg["Received"].split())
