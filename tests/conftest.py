@@ -7,7 +7,9 @@ chains to ``pki.ca_pem``; the others each break one thing.
 from __future__ import annotations
 
 import datetime
+import os
 import pathlib
+import subprocess
 
 import attrs
 import pytest
@@ -99,3 +101,19 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
             directory, "client-expired", ca.issue_cert(CLIENT_NAME, not_before=long_ago, not_after=past)
         ),
     )
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Any):
+    """A 512 KiB tmpfs (root only, as in CI): a disk that fills up."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+

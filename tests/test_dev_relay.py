@@ -6,55 +6,21 @@ import os
 import re
 import signal
 import subprocess
-import sys
-import time
 from typing import Any
 
 import pytest
 
 from e2e import client_context, maildir_messages, send_smtplib
+from processes import START_TIMEOUT, TWISTD, TlsmtaProcess
 from tlsmta import config as configuration
 from tlsmta.tap import dev_relay_path
 
-TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-START_TIMEOUT = 30
 
 
-class DevRelay:
-    """A twistd process with the embedded default config, on a free port."""
-
-    def __init__(self, cwd: str, *extra: str):
-        self.log_lines: list[str] = []
-        self.proc = subprocess.Popen(
-            [TWISTD, "-n", "--pidfile=", "tlsmta", "--listen", "tcp:0:interface=127.0.0.1", *extra],
-            cwd=cwd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.port = self._wait_for_port()
-
-    def _wait_for_port(self) -> int:
-        deadline = time.monotonic() + START_TIMEOUT
-        assert self.proc.stdout is not None
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            self.log_lines.append(line)
-            match = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
-            if match:
-                return int(match.group(1))
-        self.stop()
-        raise AssertionError("dev relay did not start:\n" + "".join(self.log_lines))
-
-    def stop(self) -> str:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        out, _ = self.proc.communicate(timeout=START_TIMEOUT)
-        self.log_lines.append(out or "")
-        return "".join(self.log_lines)
+def DevRelay(cwd: str, *extra: str) -> TlsmtaProcess:
+    """The embedded default config, on a free port."""
+    return TlsmtaProcess(cwd, "--listen", "tcp:0:interface=127.0.0.1", *extra)
 
 
 def test_embedded_default_is_the_etc_file() -> None:

@@ -327,22 +327,6 @@ async def test_unwritable_maildir_gives_451(tmp_path: Any) -> None:
     assert b"4.3.0" in e.value.smtp_error
 
 
-@pytest.fixture
-def small_tmpfs(tmp_path: Any):
-    """A 512 KiB tmpfs (root only, as in CI): a disk that fills up."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    import subprocess
-
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)], check=True)
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
-
-
 @pytest_twisted.ensureDeferred
 async def test_full_disk_gives_452_and_keeps_nothing_half_written(tmp_path: Any, small_tmpfs: Any) -> None:
     """A message larger than the free space is 452 4.3.1; nothing stays in new/ or tmp/; small mail still works."""

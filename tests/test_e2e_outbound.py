@@ -357,3 +357,37 @@ async def test_null_mx_and_nxdomain_bounce(tmp_path: Any, pki: Any, events: list
     assert by_domain["nowhere.test"]["text"].startswith("5.1.2")
     assert {e["result"] for e in by_domain.values()} == {"bounced"}
     assert not any(e["tlsmta_event"] == "bounce" for e in events)  # null sender: no DSN
+
+
+@pytest_twisted.ensureDeferred
+async def test_full_spool_disk_gives_452_and_recovers(tmp_path: Any, pki: Any, small_tmpfs: Any) -> None:
+    """A spool on a full disk answers 452 4.3.1, keeps nothing half-written, and takes mail again once there is room."""
+    import os
+    import smtplib
+
+    from e2e import in_thread, send_smtplib
+    from tlsmta.testing import RunningRelay
+    import attrs
+
+    from outbound_lab import sender_config
+
+    config = sender_config(tmp_path, 25, pki.ca_pem)
+    config = attrs.evolve(config, spool={"path": str(small_tmpfs / "spool")})
+    relay = await RunningRelay(config).start()
+    relay.service.queue.stop()  # keep what is accepted in the spool
+    filler = small_tmpfs / "filler"
+    try:
+        filler.write_bytes(b"x" * (512 * 1024 - 64 * 1024))  # leave ~64 KiB
+        with pytest.raises(smtplib.SMTPDataError) as e:
+            await in_thread(send_smtplib, relay.port, body="Subject: big\r\n\r\n" + ("y" * 998 + "\r\n") * 200)
+        assert e.value.smtp_code == 452 and b"4.3.1" in e.value.smtp_error
+        spool = small_tmpfs / "spool"
+        assert os.listdir(spool / "q") == []
+        from e2e import eventually
+
+        await eventually(lambda: os.listdir(spool / "tmp") == [])
+        filler.unlink()
+        await in_thread(send_smtplib, relay.port)  # room again: accepted
+        assert len([n for n in os.listdir(spool / "q") if n.endswith(".json")]) == 1
+    finally:
+        await relay.stop()
