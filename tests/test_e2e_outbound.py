@@ -391,3 +391,77 @@ async def test_full_spool_disk_gives_452_and_recovers(tmp_path: Any, pki: Any, s
         assert len([n for n in os.listdir(spool / "q") if n.endswith(".json")]) == 1
     finally:
         await relay.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_parameters_hook_overrides_per_message(tmp_path: Any, pki: Any, events: list) -> None:
+    """outbound_tls_parameters may relax tls_verify for one message: an untrusted certificate is then delivered."""
+    import verify_hooks
+
+    verify_hooks.calls.clear()
+    receiver = await start_receiver(tmp_path, pki.untrusted)
+    sender = await start_sender(
+        tmp_path, receiver.port, pki.ca_pem, tls="required", tls_verify="host",
+        hooks={"outbound_tls_parameters": "verify_hooks:tls_parameters_relaxed"},
+    )
+    try:
+        await submit_and_settle(sender)
+    finally:
+        await sender.stop()
+        await receiver.stop()
+    [event] = deliveries(events)
+    assert (event["result"], event["tls_verify"]) == ("delivered", "no")
+    assert verify_hooks.calls[0][3][1:] == (DOMAIN, "default")
+
+
+@pytest.mark.parametrize("selector", ["rule", "hook"])
+@pytest_twisted.ensureDeferred
+async def test_binding_source_address_and_ehlo_name(tmp_path: Any, pki: Any, events: list, selector: str) -> None:
+    """A binding chosen by [[binding_rule]] or the outbound_binding hook sets the source address and EHLO name."""
+    import attrs
+
+    from tlsmta.config import BindingRule, ScopeTable
+
+    receiver = await start_receiver(tmp_path, pki.good)
+    sender = await start_sender(tmp_path, receiver.port, pki.ca_pem, tls="required", tls_verify="host")
+    await sender.stop()
+    config = sender.service.config
+    config = attrs.evolve(
+        config,
+        bindings={"out1": ScopeTable(options={"source_address": "127.0.0.2", "ehlo_hostname": "out1.sender.test"})},
+        binding_rules=(BindingRule("out1", recipient_domain=frozenset({DOMAIN})),) if selector == "rule" else (),
+        hooks={"outbound_binding": "verify_hooks:binding_out1"} if selector == "hook" else {},
+    )
+    from tlsmta.testing import RunningRelay
+
+    sender = await RunningRelay(config).start()
+    try:
+        await submit_and_settle(sender)
+    finally:
+        await sender.stop()
+        await receiver.stop()
+    [event] = deliveries(events)
+    assert (event["result"], event["binding"]) == ("delivered", "out1")
+    [msg] = maildir_messages(str(tmp_path / "receiver-maildir"))
+    assert msg["Received"].startswith("from out1.sender.test ([127.0.0.2])")
+
+
+@pytest_twisted.ensureDeferred
+async def test_next_mx_when_the_first_is_down(tmp_path: Any, pki: Any, events: list) -> None:
+    """MX hosts are tried in preference order: the first refuses connections, the second takes the mail."""
+    import attrs
+
+    from outbound_lab import sender_config
+    from tlsmta.testing import RunningRelay
+
+    receiver = await start_receiver(tmp_path, pki.good)
+    config = sender_config(tmp_path, receiver.port, pki.ca_pem, tls="required", tls_verify="host")
+    dns = {"mx": {DOMAIN: ("down.example.test", MX)}, "hosts": {"down.example.test": ("127.0.0.3",), MX: ("127.0.0.1",)}}
+    sender = await RunningRelay(attrs.evolve(config, dns=dns)).start()
+    try:
+        await submit_and_settle(sender)
+    finally:
+        await sender.stop()
+        await receiver.stop()
+    [event] = deliveries(events)
+    assert (event["result"], event["mx"]) == ("delivered", MX)

@@ -20,3 +20,14 @@ def reject(conn: Any, cert: Any, errno: int, depth: int, ok: bool, ctx: Any) -> 
 
 def explode(conn: Any, cert: Any, errno: int, depth: int, ok: bool, ctx: Any) -> bool:
     raise RuntimeError("hook bug")
+
+
+def tls_parameters_relaxed(message: Any, domain: str, binding: str) -> dict[str, Any] | None:
+    """outbound_tls_parameters: no verification for example.test."""
+    calls.append((0, 0, True, (message.id, domain, binding)))
+    return {"tls_verify": "no"} if domain == "example.test" else None
+
+
+def binding_out1(sender: str, recipient: str, listener: str) -> str | None:
+    """outbound_binding: everything for example.test leaves through out1."""
+    return "out1" if recipient.endswith("@example.test") else None

@@ -496,12 +496,28 @@ class InboundSMTP(smtp.ESMTP):
                 events.emit("rcpt_rejected", peer=self.peer_ip, sender=self.sender, rcpt=address, reason="relay denied")
                 raise
         config = self.runtime.config
-        binding = select_binding(config, listener.name, _domain_key(_domain_of(self.sender)), domain)
+        binding = self._binding_for(address, domain)
         route = resolve(config, domain, binding)["route"].value
         if not self.runtime.sink.accepts(route):
             raise Reject(451, f"4.3.2 Error: cannot deliver to route {route} yet")
         self.recipients.append(Recipient(address, route, binding))
         self.reply(250, "2.1.5 Ok")
+
+    def _binding_for(self, address: str, domain: str) -> str:
+        """The outbound_binding hook's choice, else the first matching [[binding_rule]], else default."""
+        config, listener = self.runtime.config, self.runtime.listener
+        hook = self.runtime.hooks.outbound_binding
+        if hook is not None:
+            try:
+                chosen = hook(self.sender, address, listener.name)
+            except Exception:
+                log.failure("outbound_binding hook raised; using binding rules")
+                chosen = None
+            if chosen:
+                if chosen == "default" or chosen in config.bindings:
+                    return str(chosen)
+                log.warn("outbound_binding hook chose unknown binding {binding}", binding=chosen)
+        return select_binding(config, listener.name, _domain_key(_domain_of(self.sender or "")), domain)
 
     def do_DATA(self, arg: bytes) -> None:
         if arg:
