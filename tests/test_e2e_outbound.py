@@ -465,3 +465,40 @@ async def test_next_mx_when_the_first_is_down(tmp_path: Any, pki: Any, events: l
         await receiver.stop()
     [event] = deliveries(events)
     assert (event["result"], event["mx"]) == ("delivered", MX)
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_session_resumed_with_its_verdict(tmp_path: Any, pki: Any, events: list) -> None:
+    """A second session to the same MX resumes the first TLS session and keeps its host verdict."""
+    receiver = await start_receiver(tmp_path, pki.good)
+    sender = await start_sender(tmp_path, receiver.port, pki.ca_pem, tls="required", tls_verify="host")
+    try:
+        await submit_and_settle(sender)
+        await submit_and_settle(sender)
+    finally:
+        await sender.stop()
+        await receiver.stop()
+    first, second = deliveries(events)
+    assert (first["resumed"], first["verified"]) == ("no", "yes")
+    assert (second["resumed"], second["verified"], second["result"]) == ("yes", "yes", "delivered")
+    assert second["subject"] is None or second["subject"] == first["subject"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_session_not_shared_across_policies(tmp_path: Any, pki: Any, events: list) -> None:
+    """A session made under tls_verify = no is never resumed for a domain that needs host: that one still fails."""
+    receiver = await start_receiver(tmp_path, pki.untrusted)
+    sender = await start_sender(
+        tmp_path, receiver.port, pki.ca_pem, tls="required", tls_verify="no",
+        domains={"other.example.net": {"tls_verify": "host"}},
+    )
+    try:
+        await submit_and_settle(sender)
+        await submit_and_settle(sender, rcpts=("user@other.example.net",))
+    finally:
+        await sender.stop()
+        await receiver.stop()
+    relaxed, strict = deliveries(events)
+    assert relaxed["result"] == "delivered"
+    assert (strict["result"], strict["resumed"]) == ("deferred", "no")
+    assert "certificate not signed by a trusted CA" in strict["text"]

@@ -49,6 +49,7 @@ log = Logger(namespace="tlsmta.delivery")
 CONNECT_TIMEOUT = 30
 BODY_CHUNK = 256 * 1024
 MAX_ADDRESSES_PER_HOST = 4
+MAX_TLS_SESSIONS = 10_000
 
 
 @attrs.frozen
@@ -135,6 +136,7 @@ class Attempt:
     port: int
     tls: dict[str, Any] = attrs.field(factory=lambda: {"tls": "none"})
     failure: str | None = None  # "451 4.7.5 ..." when the session failed before a transaction
+    check: tls.CertificateCheck | None = None  # set once TLS is up and acceptable
 
 
 class Destination:
@@ -247,6 +249,7 @@ class Destination:
                 proto.abort()
                 return step
             await self._transactions(proto, attempt, caps)
+            self.pool.remember_tls_session(self, attempt, proto)
             proto.quit()
             return _Step.DONE
         except ConnectionBroken as e:
@@ -281,7 +284,8 @@ class Destination:
                 return _Step.NEXT_HOST, {}
             return None, caps  # carry on in plain text on this connection
         check = self.pool.certificate_check(self, attempt)
-        proto.start_tls(self.pool.client_tls(opts, attempt.mx, check))
+        resumable = self.pool.tls_session(self, attempt, check)
+        proto.start_tls(self.pool.client_tls(opts, attempt.mx, check, resumable[0] if resumable else None))
         try:
             caps = await self._ehlo(proto, ehlo_name)
         except ConnectionBroken as e:
@@ -295,11 +299,14 @@ class Destination:
         if caps is None:
             attempt.failure = f"451 4.5.0 {attempt.mx} refused EHLO after STARTTLS"
             return _Step.NEXT_HOST, {}
+        if resumable is not None and not check.seen_certificate:
+            check.resumed_verdict = resumable[1]  # no certificate shown: the offered session was resumed
         attempt.tls = self._tls_fields(proto, check)
         verdict = check.verdict()
         if verdict.fatal:  # a hook may accept in the callback and still fail here; never send
             attempt.failure = f"451 {verdict.status_text}"
             return _Step.NEXT_HOST, {}
+        attempt.check = check
         return None, caps
 
     async def _ehlo(self, proto: OutboundSMTP, name: str) -> dict[str, str] | None:
@@ -321,6 +328,7 @@ class Destination:
             "reason": verdict.reason,
             "subject": facts.peer_subject if facts else None,
             "issuer": facts.peer_issuer if facts else None,
+            "resumed": "yes" if check.resumed_verdict is not None else "no",
         }
         if verdict.outcome is policy.Outcome.SOFTFAIL:
             fields["softfail"] = verdict.reason
@@ -390,6 +398,7 @@ class OutboundPool:
         self.active = 0
         self.destinations: dict[Any, Destination] = {}
         self._contexts: dict[Any, Any] = {}
+        self._tls_sessions: dict[tuple[Any, ...], tuple[Any, policy.Verdict]] = {}
         self._waiting: deque[Destination] = deque()
 
     # -- jobs ---------------------------------------------------------------------------
@@ -463,14 +472,37 @@ class OutboundPool:
             enforce_in_handshake=True,
         )
 
-    def client_tls(self, opts: TLSOptions, server_name: str, check: tls.CertificateCheck) -> tls.ClientTLS:
+    def client_tls(self, opts: TLSOptions, server_name: str, check: tls.CertificateCheck, session: Any = None) -> tls.ClientTLS:
         key = (opts.protocols, opts.ciphers, opts.tls13, opts.ca, opts.certificate, opts.key)
         ctx = self._contexts.get(key)
         if ctx is None:
             ctx = self._contexts[key] = tls.client_context(
                 opts.protocols, opts.ciphers, opts.tls13, opts.ca, opts.certificate, opts.key
             )
-        return tls.ClientTLS(ctx, server_name, check)
+        return tls.ClientTLS(ctx, server_name, check, session)
+
+    # TLS session resumption: a session is reused only for the same address, names
+    # and TLS options (so under the same verification policy), and never when a
+    # verify hook is configured (a resumed handshake would not show it a certificate).
+
+    def _session_key(self, dest: Destination, attempt: Attempt) -> tuple[Any, ...]:
+        return (attempt.ip, attempt.port, attempt.mx, dest.domain, dest.tls_options)
+
+    def tls_session(self, dest: Destination, attempt: Attempt, check: tls.CertificateCheck) -> tuple[Any, policy.Verdict] | None:
+        if check.hook is not None:
+            return None
+        return self._tls_sessions.get(self._session_key(dest, attempt))
+
+    def remember_tls_session(self, dest: Destination, attempt: Attempt, proto: OutboundSMTP) -> None:
+        check = attempt.check
+        if check is None or check.hook is not None or proto.tls_facts is None:
+            return
+        session = proto.transport.getHandle().get_session()
+        if session is None:
+            return
+        if len(self._tls_sessions) >= MAX_TLS_SESSIONS:
+            self._tls_sessions.pop(next(iter(self._tls_sessions)))
+        self._tls_sessions[self._session_key(dest, attempt)] = (session, check.verdict())
 
     # -- one transaction ------------------------------------------------------------------
 

@@ -259,6 +259,9 @@ class CertificateCheck:
         self.leaf: x509.Certificate | None = None
         self.internal_error: str | None = None
         self.seen_certificate = False  # the callback ran: a certificate was received
+        # A resumed session shows no certificate; it carries the verdict of the
+        # full handshake it came from (cached under the same policy and names).
+        self.resumed_verdict: policy.Verdict | None = None
 
     @property
     def wants_certificate(self) -> bool:
@@ -320,6 +323,8 @@ class CertificateCheck:
 
     def verdict(self, wanted: Sequence[str] | None = None) -> policy.Verdict:
         """The policy verdict with what has been seen so far."""
+        if self.resumed_verdict is not None:
+            return self.resumed_verdict
         names = self.wanted if wanted is None else tuple(wanted)
         return policy.decide(self.mode, self._chain_result(), self.presented, names)
 
@@ -360,10 +365,13 @@ class ClientTLS:
     context: SSL.Context
     server_name: str | None
     check: CertificateCheck
+    session: SSL.Session | None = None  # offered for resumption
 
     def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         conn = SSL.Connection(self.context, None)
         conn.set_app_data(tlsProtocol)
+        if self.session is not None:
+            conn.set_session(self.session)
         if self.server_name:
             sni = policy.normalize_name(self.server_name)
             if sni:
