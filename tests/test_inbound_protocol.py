@@ -349,3 +349,12 @@ def test_client_certificate_required_without_tls_is_530(pki) -> None:
     s.new_replies()
     s.ehlo()
     assert s.send("MAIL FROM:<a@client.test>\r\n") == ["530 5.7.0 Must issue a STARTTLS command first"]
+
+
+@pytest.mark.timeout(10)
+def test_partial_command_line_waits_for_the_rest(session: Session) -> None:
+    """A command split across reads (no CRLF yet) is held, not spun on: the rest completes it."""
+    session.new_replies()
+    assert session.send(b"NO") == []
+    assert session.send(b"OP\r\nEHLO client.te") == ["250 2.0.0 Ok"]
+    assert session.codes(b"st\r\n") == [250]

@@ -239,14 +239,15 @@ class InboundSMTP(smtp.ESMTP):
             while self._inbuf and not self._busy and self.state is not State.CLOSED:
                 if self.state is State.DATA:
                     self._data_input()
-                else:
-                    self._command_input()
+                elif not self._command_input():
+                    break  # an incomplete line: wait for more bytes
         finally:
             self._processing = False
         if not self._busy:
             self._resume("backlog")
 
-    def _command_input(self) -> None:
+    def _command_input(self) -> bool:
+        """Handle one command line; False when no complete line is buffered yet."""
         newline = self._inbuf.find(b"\n")
         if newline < 0:
             if len(self._inbuf) > LONGEST_COMMAND:
@@ -254,20 +255,20 @@ class InboundSMTP(smtp.ESMTP):
                     self._error(500, "5.5.2 Error: line too long")
                 self._discarding_line = True
                 self._inbuf = b""
-            return
+            return False
         line, self._inbuf = self._inbuf[:newline], self._inbuf[newline + 1 :]
         if self._discarding_line:
             self._discarding_line = False  # the tail of a line already answered
-            return
+            return True
         if line.endswith(b"\r"):
             line = line[:-1]
         if self.state is State.AUTH:
             self._run(self._auth_line, line)
-            return
-        if len(line) + 2 > line_limit(line[:4]):
+        elif len(line) + 2 > line_limit(line[:4]):
             self._error(500, "5.5.2 Error: line too long")
-            return
-        self._run(self._dispatch, line)
+        else:
+            self._run(self._dispatch, line)
+        return True
 
     def _run(self, fn: Callable[[bytes], Deferred[None] | None], line: bytes) -> None:
         """Run a handler; a Deferred it returns holds input until it fires."""
