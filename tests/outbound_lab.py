@@ -13,7 +13,10 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.protocol import Factory
+from OpenSSL import SSL
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.protocols.basic import LineReceiver
+from zope.interface import implementer
 
 from e2e import in_thread, send_smtplib
 from tlsmta.testing import RunningRelay, build_config, dev_listener
@@ -156,3 +159,32 @@ async def start_scripted(mode: str) -> tuple[ScriptedFactory, Any]:
     port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
     return factory, port
 
+
+
+# -- an active attacker on the MX's address: anonymous TLS, no certificate -----------------
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class AnonymousTLS:
+    """TLS 1.2 with an anonymous (aNULL) suite: a full handshake that shows no certificate."""
+
+    def __init__(self) -> None:
+        self.ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+        self.ctx.set_max_proto_version(SSL.TLS1_2_VERSION)
+        self.ctx.set_cipher_list(b"aNULL:@SECLEVEL=0")
+
+    def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        conn = SSL.Connection(self.ctx, None)
+        conn.set_app_data(tlsProtocol)
+        return conn
+
+
+class AnonymousMitm(ScriptedSMTP):
+    """Answers STARTTLS with an anonymous handshake and accepts whatever follows."""
+
+    def lineReceived(self, line: bytes) -> None:
+        if not self.in_data and line[:8].upper() == b"STARTTLS":
+            self.sendLine(b"220 2.0.0 go ahead")
+            self.transport.startTLS(AnonymousTLS())
+            return
+        super().lineReceived(line)

@@ -502,3 +502,35 @@ async def test_tls_session_not_shared_across_policies(tmp_path: Any, pki: Any, e
     assert relaxed["result"] == "delivered"
     assert (strict["result"], strict["resumed"]) == ("deferred", "no")
     assert "certificate not signed by a trusted CA" in strict["text"]
+
+
+@pytest.mark.parametrize("ciphers", [None, "HIGH", "ALL:@SECLEVEL=0"])
+@pytest_twisted.ensureDeferred
+async def test_anonymous_tls_mitm_never_inherits_a_cached_verdict(tmp_path: Any, pki: Any, events: list, ciphers: str | None) -> None:
+    """After a verified delivery caches a session, an attacker on the same address offering an
+    anonymous (no certificate) handshake gets nothing: it is not a resumption, whatever tls_ciphers says."""
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import TCP4ServerEndpoint
+
+    from outbound_lab import AnonymousMitm, ScriptedFactory
+
+    receiver = await start_receiver(tmp_path, pki.good)
+    port = receiver.port
+    extra = {"tls_ciphers": ciphers} if ciphers else {}
+    sender = await start_sender(tmp_path, port, pki.ca_pem, tls="required", tls_verify="host", **extra)
+    mitm = ScriptedFactory("mitm")
+    mitm.protocol = AnonymousMitm
+    listening = None
+    try:
+        await submit_and_settle(sender)  # the genuine MX: verified, session cached
+        await receiver.stop()
+        listening = await TCP4ServerEndpoint(reactor, port, interface="127.0.0.1").listen(mitm)
+        await submit_and_settle(sender, body="Subject: secret\r\n\r\nconfidential\r\n")
+    finally:
+        await sender.stop()
+        if listening is not None:
+            await listening.stopListening()
+    genuine, attacked = deliveries(events)
+    assert genuine["result"] == "delivered"
+    assert attacked["result"] == "deferred" and attacked["resumed"] == "no"
+    assert mitm.messages == []

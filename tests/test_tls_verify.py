@@ -194,3 +194,65 @@ def test_load_keypair_reports_mismatch(pki: Any) -> None:
     with pytest.raises(tls.KeyPairError) as e:
         tls.load_keypair(pki.good.cert, pki.wrong_name.key)
     assert e.value.key == "tls_key" and "does not match" in str(e.value)
+
+
+def _weak_chain(directory: Any) -> tuple[str, str, str]:
+    """A CA and an RSA-1024 leaf for mx.example.test (below OpenSSL's default security level)."""
+    import datetime
+
+    from cryptography import x509 as cx509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = rsa.generate_private_key(65537, 2048)
+    ca_name = cx509.Name([cx509.NameAttribute(NameOID.COMMON_NAME, "Weak Test CA")])
+    ca = (
+        cx509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+        .serial_number(1).not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(cx509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = rsa.generate_private_key(65537, 1024)
+    leaf = (
+        cx509.CertificateBuilder().subject_name(cx509.Name([cx509.NameAttribute(NameOID.COMMON_NAME, MX)]))
+        .issuer_name(ca_name).public_key(key.public_key()).serial_number(2)
+        .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(cx509.SubjectAlternativeName([cx509.DNSName(MX)]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = [str(directory / n) for n in ("weak-ca.pem", "weak.pem", "weak.key")]
+    for path, data in zip(paths, [
+        ca.public_bytes(serialization.Encoding.PEM),
+        leaf.public_bytes(serialization.Encoding.PEM),
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+    ]):
+        with open(path, "wb") as f:
+            f.write(data)
+    return tuple(paths)  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("protocols", ["+ALL", "+ALL:-TLSv1.0:-TLSv1.1"])
+def test_weak_key_fails_host_whatever_the_protocol_list(tmp_path: Any, protocols: str) -> None:
+    """Allowing TLS 1.0/1.1 does not lower OpenSSL's security level: an RSA-1024 leaf still fails host."""
+    ca, cert, key = _weak_chain(tmp_path)
+    server_ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+    server_ctx.set_cipher_list(b"DEFAULT:@SECLEVEL=0")  # the server is willing; the client must refuse
+    server_ctx.use_certificate_chain_file(cert)
+    server_ctx.use_privatekey_file(key)
+    server = SSL.Connection(server_ctx, None)
+    server.set_accept_state()
+    check = outbound_check("host")
+    client = tls.ClientTLS(tls.client_context(parse_protocols(protocols), ca=ca), MX, check).clientConnectionForTLS(_TLSProtocolStub())
+    with pytest.raises(SSL.Error):
+        for _ in range(10):
+            for conn in (client, server):
+                try:
+                    conn.do_handshake()
+                except SSL.WantReadError:
+                    pass
+            _pump(client, server)
+            _pump(server, client)
+    verdict = check.verdict()
+    assert verdict.fatal and "key too weak" in verdict.reason

@@ -299,8 +299,11 @@ class Destination:
         if caps is None:
             attempt.failure = f"451 4.5.0 {attempt.mx} refused EHLO after STARTTLS"
             return _Step.NEXT_HOST, {}
-        if resumable is not None and not check.seen_certificate:
-            check.resumed_verdict = resumable[1]  # no certificate shown: the offered session was resumed
+        if resumable is not None and proto.tls_facts is not None and proto.tls_facts.resumed:
+            # OpenSSL resumed the one session we offered: the peer proved it holds
+            # that session's secret, so the full handshake's verdict carries over.
+            # (Merely seeing no certificate proves nothing: anonymous suites show none.)
+            check.resumed_verdict = resumable[1]
         attempt.tls = self._tls_fields(proto, check)
         verdict = check.verdict()
         if verdict.fatal:  # a hook may accept in the callback and still fail here; never send

@@ -93,10 +93,10 @@ def apply_protocols(ctx: SSL.Context, allowed: frozenset[str]) -> None:
     present = [v for v in _VERSION_ORDER if v in allowed]
     ctx.set_min_proto_version(_VERSION_CONSTANTS[present[0]][0])
     ctx.set_max_proto_version(_VERSION_CONSTANTS[present[-1]][0])
-    if present[0] == "TLSv1.0" or present[0] == "TLSv1.1":
-        # OpenSSL's default security level refuses these even when the
-        # version range allows them; an operator who asked for them gets them.
-        ctx.set_cipher_list(b"DEFAULT:@SECLEVEL=0")
+    # The security level is never lowered here: OpenSSL's default level keeps
+    # TLS 1.0/1.1, anonymous suites and weak keys out even when the version
+    # range allows them.  An operator who really needs them lowers it through
+    # tls_ciphers (e.g. "DEFAULT:@SECLEVEL=0"), knowingly.
     for version in _VERSION_ORDER:
         if present[0] < version < present[-1] and version not in allowed:
             ctx.set_options(_VERSION_CONSTANTS[version][1])
@@ -155,6 +155,8 @@ def client_context(
     key_path: str | None = None,
 ) -> SSL.Context:
     """An SSL.Context for outbound STARTTLS with the resolved options."""
+    # Anonymous and null suites have no certificate to verify: never offer them.
+    ciphers = f"{ciphers}:!aNULL:!eNULL" if ciphers else None
     ctx = _base_context(SSL.TLS_CLIENT_METHOD, protocols, ciphers, tls13)
     load_trust(ctx, ca)
     if cert_path and key_path:
@@ -186,6 +188,13 @@ def describe_name(name: x509.Name) -> str:
         return repr(name)
 
 
+def session_reused(conn: SSL.Connection) -> bool:
+    """Whether the handshake resumed a session (no public pyOpenSSL API for it)."""
+    from OpenSSL._util import lib
+
+    return bool(lib.SSL_session_reused(conn._ssl))
+
+
 @attrs.frozen
 class SessionFacts:
     """What a TLS session turned out to be, for logs and Received: headers."""
@@ -194,6 +203,7 @@ class SessionFacts:
     cipher: str
     peer_subject: str | None = None
     peer_issuer: str | None = None
+    resumed: bool = False
 
     @classmethod
     def from_connection(cls, conn: SSL.Connection) -> SessionFacts:
@@ -206,6 +216,7 @@ class SessionFacts:
             cipher=conn.get_cipher_name() or "unknown",
             peer_subject=subject,
             peer_issuer=issuer,
+            resumed=session_reused(conn),
         )
 
 
