@@ -130,3 +130,24 @@ def test_send_body_stuffs_every_line(chunks: list[bytes]) -> None:
     assert b"\r\r\n" not in sent
     lines = sent[:-5].split(b"\r\n")
     assert all(not line.startswith(b".") or line.startswith(b"..") for line in lines if line)
+
+
+def test_server_that_stops_reading_during_data_times_out() -> None:
+    """Once the transport pauses us (the server stopped reading), DATA_BLOCK_TIMEOUT ends the session."""
+    from twisted.internet.defer import ensureDeferred
+
+    from tlsmta.outbound import DATA_BLOCK_TIMEOUT
+
+    proto, transport, clock = connected()
+    proto.dataReceived(b"220 mx\r\n")
+
+    async def body():
+        yield b"first\r\n"
+        proto.pauseProducing()  # as the transport does when its buffer is full
+        yield b"second\r\n"
+
+    final = results(ensureDeferred(proto.send_body(body())))
+    clock.advance(DATA_BLOCK_TIMEOUT - 1)
+    assert final == []
+    clock.advance(2)
+    assert isinstance(final[0].value, ConnectionBroken) and "sending data" in final[0].value.reason

@@ -143,11 +143,22 @@ class OutboundSMTP(smtp.ESMTPSender):
                     raise ConnectionBroken(self._closed)
                 self.transport.write(stuffer.feed(chunk))
                 if self._writable is not None:
-                    await self._writable
+                    await self._wait_writable()
         finally:
             if self._closed is None:
                 self.transport.unregisterProducer()
         return await self.command(stuffer.finish()[:-2], timeout=DATA_END_TIMEOUT)
+
+    async def _wait_writable(self) -> None:
+        """Wait for the server to take our data; a server that stops reading times out."""
+        writable = self._writable
+        assert writable is not None
+        timer = self.clock.callLater(DATA_BLOCK_TIMEOUT, self._break, f"timeout after {DATA_BLOCK_TIMEOUT}s sending data")
+        try:
+            await writable
+        finally:
+            if timer.active():
+                timer.cancel()
 
     def quit(self) -> None:
         """QUIT and close without waiting long for the answer."""
@@ -181,6 +192,8 @@ class OutboundSMTP(smtp.ESMTPSender):
         if self._closed is None:
             self._closed = reason
         self._fail_all(ConnectionBroken(reason))
+        if self._writable is not None and not self._writable.called:
+            self._writable.errback(ConnectionBroken(reason))
         self.transport.abortConnection()
 
     def _fail_all(self, error: ConnectionBroken) -> None:
