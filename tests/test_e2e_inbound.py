@@ -27,7 +27,7 @@ from tlsmta.testing import dev_listener
 
 
 def tls_listener(pki: Any, **overrides: Any) -> dict[str, Any]:
-    return dev_listener(tls="starttls", tls_certificate=pki.good.cert, tls_key=pki.good.key, **overrides)
+    return dev_listener(**{"tls": "starttls", "tls_certificate": pki.good.cert, "tls_key": pki.good.key, **overrides})
 
 
 @pytest_twisted.ensureDeferred
@@ -396,3 +396,75 @@ async def test_client_name_checked_against_reverse_dns(tmp_path: Any, pki: Any, 
         assert result == {}
     else:
         assert result[0] == 530 and "certificate name does not match unrelated.example.test" in result[1]
+
+
+def _flood_without_reading(port: int, seconds: float) -> int:
+    """Pipeline NOOPs and never read the replies; return how much the server took before it stopped reading."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.settimeout(seconds)
+    sent = 0
+    chunk = b"NOOP\r\n" * 1000
+    try:
+        while sent < 64 * 1024 * 1024:
+            sent += sock.send(chunk)
+    except (socket.timeout, OSError):
+        pass
+    sock.close()
+    return sent
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_that_never_reads_cannot_grow_server_memory(tmp_path: Any) -> None:
+    """A client pipelining commands without reading replies is throttled: the server stops reading it."""
+    relay = await start_relay(tmp_path)
+    try:
+        sent = await in_thread(_flood_without_reading, relay.port, 3.0)
+        [session] = list(relay.service.listeners["test"].inbound.sessions) or [None]
+        buffered = len(session._inbuf) if session else 0
+        unsent = len(session.transport.dataBuffer) + session.transport._tempDataLen if session else 0
+    finally:
+        await relay.stop()
+    assert sent < 8 * 1024 * 1024  # the client was blocked long before 64 MiB
+    assert buffered <= 2 * 64 * 1024 and unsent < 2 * 1024 * 1024
+
+
+def _stall_handshake(port: int, implicit: bool, seconds: float) -> bool:
+    """Start a handshake and go silent; True when the server closed the connection within ``seconds``."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=seconds)
+    if not implicit:
+        f = sock.makefile("rb")
+        f.readline()
+        sock.sendall(b"EHLO c.test\r\n")
+        while f.readline()[3:4] == b"-":
+            pass
+        sock.sendall(b"STARTTLS\r\n")
+        f.readline()
+    sock.sendall(b"\x16\x03\x01")  # the first bytes of a ClientHello, then nothing
+    try:
+        while sock.recv(4096):
+            pass
+        return True
+    except ConnectionResetError:
+        return True  # aborted by the server: closed too
+    except socket.timeout:
+        return False
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+@pytest_twisted.ensureDeferred
+async def test_stalled_handshake_is_cut_off(tmp_path: Any, pki: Any, monkeypatch: Any, implicit: bool) -> None:
+    """A client that stalls the TLS handshake is disconnected after idle_timeout (plus the close grace)."""
+    import tlsmta.inbound
+
+    monkeypatch.setattr(tlsmta.inbound, "CLOSE_GRACE", 0.5)
+    listener = tls_listener(pki, idle_timeout=1, tls="implicit" if implicit else "starttls")
+    relay = await start_relay(tmp_path, [listener])
+    try:
+        closed = await in_thread(_stall_handshake, relay.port, implicit, 10)
+    finally:
+        await relay.stop()
+    assert closed

@@ -358,3 +358,32 @@ def test_partial_command_line_waits_for_the_rest(session: Session) -> None:
     assert session.send(b"NO") == []
     assert session.send(b"OP\r\nEHLO client.te") == ["250 2.0.0 Ok"]
     assert session.codes(b"st\r\n") == [250]
+
+
+def test_connection_limit_per_client_address() -> None:
+    """max_connections_per_ip refuses a client's extra sessions with 421; relay_networks are exempt."""
+    rt = runtime(listener={"max_connections_per_ip": 2, "relay_networks": ["10.9.0.0/16"]})
+    factory = InboundFactory(rt)
+    sessions = [Session(rt, peer="192.0.2.7", factory=factory) for _ in range(3)]
+    assert [s.new_replies()[0][:3] for s in sessions] == ["220", "220", "421"]
+    assert "too many connections from your address" in sessions[2].transport.value().decode()
+    other = Session(rt, peer="192.0.2.8", factory=factory)
+    assert other.new_replies()[0].startswith("220")
+    trusted = [Session(rt, peer="10.9.0.1", factory=factory) for _ in range(3)]
+    assert all(s.new_replies()[0].startswith("220") for s in trusted)
+    sessions[0].proto.connectionLost(None)
+    again = Session(rt, peer="192.0.2.7", factory=factory)
+    assert again.new_replies()[0].startswith("220")
+
+
+def test_replies_not_read_stop_command_processing() -> None:
+    """When the transport says its reply buffer is full, pipelined commands wait (bounded) until it drains."""
+    s = Session(runtime())
+    s.new_replies()
+    producer = s.transport.producer
+    assert producer is not None  # registered at connect
+    producer.pauseProducing()
+    assert s.send(b"NOOP\r\n" * 100) == []
+    assert len(s.proto._inbuf) == 600
+    producer.resumeProducing()
+    assert s.codes(b"") == [250] * 100

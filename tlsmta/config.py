@@ -277,6 +277,7 @@ LISTENER_OPTIONS: dict[str, Option] = {
     "max_message_size": Option(_int(1024), 50 * 1024 * 1024),
     "max_recipients": Option(_int(1), 1000),
     "max_connections": Option(_int(1), 1000),
+    "max_connections_per_ip": Option(_int(1), 50, "per client address; relay_networks exempt"),
     "max_line_length": Option(_int(78, 1024 * 1024), 998, "octets, CRLF excluded"),
     "idle_timeout": Option(_int(1), 300, "seconds without a command"),
     "data_timeout": Option(_int(1), 600, "seconds without DATA bytes"),
@@ -332,6 +333,7 @@ class ListenerConfig:
     max_message_size: int
     max_recipients: int
     max_connections: int
+    max_connections_per_ip: int
     max_line_length: int
     idle_timeout: int
     data_timeout: int

@@ -29,14 +29,14 @@ import attrs
 from OpenSSL import SSL
 from twisted.internet import protocol
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from twisted.logger import Logger
 from twisted.mail import smtp
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from tlsmta import log as events
-from tlsmta.acceptance import ClientStanding, check_client_certificate, check_recipient
+from tlsmta.acceptance import ClientStanding, check_client_certificate, check_recipient, in_networks
 from tlsmta.auth import UserDB, decode_b64_text, decode_plain
 from tlsmta.config import Config, ListenerConfig, normalize_domain, resolve, select_binding
 from tlsmta.dns import Resolver
@@ -62,6 +62,7 @@ from tlsmta.tls import CertificateCheck, HookContext, ServerTLS, SessionFacts, s
 log = Logger(namespace="tlsmta.inbound")
 
 HARD_ERROR_LIMIT = 20  # like Postfix's smtpd_hard_error_limit
+CLOSE_GRACE = 10  # seconds a closing connection may take to flush before it is aborted
 BACKLOG_LIMIT = 64 * 1024  # pipelined bytes held while a command is in progress
 LONGEST_COMMAND = COMMAND_LINE_LIMIT + PARAMETER_ALLOWANCE
 
@@ -114,6 +115,8 @@ class InboundSMTP(smtp.ESMTP):
         self._busy = False
         self._processing = False
         self._paused_for: set[str] = set()
+        self._abort_timer: Any = None
+        self._replies_blocked = False  # the transport holds too many unsent replies
         self._auth_step: Callable[[bytes], Deferred[None] | None] | None = None
         self._reverse_lookup: Deferred[list[str]] | None = None
         self.reverse_names: list[str] | None = None
@@ -173,16 +176,28 @@ class InboundSMTP(smtp.ESMTP):
         self.peer_ip = getattr(peer, "host", str(peer))
         if self.certificate_check is not None and self.certificate_check.hook_context is not None:
             self.certificate_check.hook_context = attrs.evolve(self.certificate_check.hook_context, peer=self.peer_ip)
-        if self.factory is not None and not self.factory.admit(self):
-            self.reply(421, f"4.7.0 {self.hostname} too many connections, try again later")
-            self.state = State.CLOSED
-            self.transport.loseConnection()
+        refusal = self.factory.admit(self) if self.factory is not None else None
+        if refusal is not None:
+            self.reply(421, f"4.7.0 {self.hostname} {refusal}, try again later")
+            self.close()
             return
+        # Stop reading commands while our replies pile up unread (a client that never reads).
+        self.transport.registerProducer(_ReplyBackpressure(self), True)
         self.reply(220, f"{self.hostname} ESMTP tlsmta")
         self.setTimeout(self.runtime.listener.idle_timeout)
 
+    def close(self) -> None:
+        """Close after what was written is sent, but never wait for the peer forever:
+        a client that stops reading, or stalls a TLS handshake, is cut off after CLOSE_GRACE."""
+        self.state = State.CLOSED
+        self.transport.loseConnection()
+        if self._abort_timer is None:
+            self._abort_timer = self.callLater(CLOSE_GRACE, self.transport.abortConnection)
+
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self.setTimeout(None)
+        if self._abort_timer is not None and self._abort_timer.active():
+            self._abort_timer.cancel()
         if self.tls_active and self.tls_facts is None and reason is not None and reason.check(SSL.Error):
             events.emit("tls_failed", listener=self.runtime.listener.name, peer=self.peer_ip, reason=ssl_error_text(reason.value))
         if self._writer is not None and self.state is State.DATA:
@@ -198,8 +213,7 @@ class InboundSMTP(smtp.ESMTP):
         if self._writer is not None and self.state is State.DATA:
             self._writer.abort()
             self._writer = None
-        self.state = State.CLOSED
-        self.transport.loseConnection()
+        self.close()
 
     def handshakeCompleted(self) -> None:
         self.tls_facts = SessionFacts.from_connection(self.transport.getHandle())
@@ -216,8 +230,7 @@ class InboundSMTP(smtp.ESMTP):
         self.errors += 1
         if self.errors >= HARD_ERROR_LIMIT:
             self.reply(421, f"4.7.0 {self.hostname} Error: too many errors")
-            self.state = State.CLOSED
-            self.transport.loseConnection()
+            self.close()
             return
         self.reply(code, text)
 
@@ -228,7 +241,7 @@ class InboundSMTP(smtp.ESMTP):
             return
         self.resetTimeout()
         self._inbuf = self._inbuf + data if self._inbuf else data
-        if self._busy and len(self._inbuf) > BACKLOG_LIMIT:
+        if (self._busy or self._replies_blocked) and len(self._inbuf) > BACKLOG_LIMIT:
             self._pause("backlog")
         if not self._processing:
             self._process()
@@ -236,14 +249,14 @@ class InboundSMTP(smtp.ESMTP):
     def _process(self) -> None:
         self._processing = True
         try:
-            while self._inbuf and not self._busy and self.state is not State.CLOSED:
+            while self._inbuf and not self._busy and self.state is not State.CLOSED and not self._replies_blocked:
                 if self.state is State.DATA:
                     self._data_input()
                 elif not self._command_input():
                     break  # an incomplete line: wait for more bytes
         finally:
             self._processing = False
-        if not self._busy:
+        if not self._busy and not self._replies_blocked:
             self._resume("backlog")
 
     def _command_input(self) -> bool:
@@ -293,6 +306,11 @@ class InboundSMTP(smtp.ESMTP):
     def _unbusy(self, _: Any) -> None:
         self._busy = False
         if self.state is not State.CLOSED and not self._processing:
+            self._process()
+
+    def _continue(self) -> None:
+        """Resume work on buffered input (after the client read our replies)."""
+        if not self._busy and not self._processing and self.state is not State.CLOSED:
             self._process()
 
     def _pause(self, reason: str) -> None:
@@ -572,8 +590,7 @@ class InboundSMTP(smtp.ESMTP):
 
     def do_QUIT(self, arg: bytes) -> None:
         self.reply(221, "2.0.0 Bye")
-        self.state = State.CLOSED
-        self.transport.loseConnection()
+        self.close()
 
     _COMMANDS: dict[str, Callable[[InboundSMTP, bytes], Deferred[None] | None]] = {
         "EHLO": do_EHLO,
@@ -710,6 +727,27 @@ def _domain_key(domain: str) -> str:
         return domain.lower()
 
 
+@implementer(IPushProducer)
+class _ReplyBackpressure:
+    """Registered with the transport, which pauses it when unsent replies exceed its buffer."""
+
+    def __init__(self, session: InboundSMTP):
+        self.session = session
+
+    def pauseProducing(self) -> None:
+        # Only stop handling commands: pausing the socket here would also stall
+        # a TLS handshake, which pauses producers while it waits for the peer.
+        # Input then piles up to BACKLOG_LIMIT, and reading stops there.
+        self.session._replies_blocked = True
+
+    def resumeProducing(self) -> None:
+        self.session._replies_blocked = False
+        self.session._continue()
+
+    def stopProducing(self) -> None:
+        pass
+
+
 class InboundFactory(protocol.ServerFactory):
     """Builds sessions for one listener and enforces its connection limit."""
 
@@ -720,16 +758,30 @@ class InboundFactory(protocol.ServerFactory):
         self.clock = clock
         self.sessions: set[InboundSMTP] = set()
         self.connections_total = 0  # sessions admitted since start
+        self.per_ip: dict[str, int] = {}
 
     def buildProtocol(self, addr: Any) -> InboundSMTP:
         return InboundSMTP(self.runtime, self, self.clock)
 
-    def admit(self, session: InboundSMTP) -> bool:
-        if len(self.sessions) >= self.runtime.listener.max_connections:
-            return False
+    def admit(self, session: InboundSMTP) -> str | None:
+        """None to admit the session, else why it is refused."""
+        listener = self.runtime.listener
+        if len(self.sessions) >= listener.max_connections:
+            return "too many connections"
+        ip = session.peer_ip
+        exempt = in_networks(ip, listener.relay_networks)
+        if not exempt and self.per_ip.get(ip, 0) >= listener.max_connections_per_ip:
+            return "too many connections from your address"
         self.sessions.add(session)
+        self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
         self.connections_total += 1
-        return True
+        return None
 
     def release(self, session: InboundSMTP) -> None:
-        self.sessions.discard(session)
+        if session in self.sessions:
+            self.sessions.discard(session)
+            left = self.per_ip.get(session.peer_ip, 1) - 1
+            if left:
+                self.per_ip[session.peer_ip] = left
+            else:
+                self.per_ip.pop(session.peer_ip, None)
