@@ -534,3 +534,55 @@ async def test_anonymous_tls_mitm_never_inherits_a_cached_verdict(tmp_path: Any,
     assert genuine["result"] == "delivered"
     assert attacked["result"] == "deferred" and attacked["resumed"] == "no"
     assert mitm.messages == []
+
+
+@pytest.mark.parametrize("variant", ["local_domain_left_at_mx", "attacker_mx_to_loopback"])
+@pytest_twisted.ensureDeferred
+async def test_mx_pointing_back_at_us_bounces_instead_of_looping(tmp_path: Any, events: list, variant: str) -> None:
+    """An MX that is our own listener (a misrouted local domain, or an attacker's MX of 127.0.0.1)
+    bounces 5.4.6 "loops back to myself" after one acceptance, instead of circulating."""
+    from e2e import in_thread, send_smtplib
+    from postfix_lab import free_port
+    from tlsmta.testing import RunningRelay, build_config, dev_listener
+
+    port = free_port()
+    domain = "loop.test" if variant == "local_domain_left_at_mx" else "evil.test"
+    if variant == "local_domain_left_at_mx":
+        listener = dev_listener(endpoint=f"tcp:{port}:interface=127.0.0.1", local_domains=[domain], relay_networks=[])
+    else:
+        listener = dev_listener(endpoint=f"tcp:{port}:interface=127.0.0.1")
+    raw = {
+        "global": {"hostname": "mx.ours.test", "state_dir": str(tmp_path / "state"), "smtp_port": port},
+        "spool": {"path": str(tmp_path / "spool")},
+        "dns": {"mx": {domain: [f"mx.{domain}"]}, "hosts": {f"mx.{domain}": ["127.0.0.1"]}},
+        "listener": [listener],
+    }
+    relay = await RunningRelay(build_config(raw)).start()
+    try:
+        await in_thread(send_smtplib, port, sender="", rcpts=(f"user@{domain}",))
+        await relay.service.queue.wait_idle()
+    finally:
+        await relay.stop()
+    accepted = [e for e in events if e["tlsmta_event"] == "received" and e["code"] == 250]
+    [delivery] = deliveries(events)
+    assert len(accepted) == 1
+    assert delivery["result"] == "bounced" and delivery["text"] == f"5.4.6 mail for {domain} loops back to myself"
+
+
+@pytest_twisted.ensureDeferred
+async def test_too_many_hops_refused(tmp_path: Any) -> None:
+    """A message that already carries more than max_hops Received: headers is refused 554 5.4.6."""
+    import smtplib
+
+    from e2e import in_thread, send_smtplib, start_relay
+
+    relay = await start_relay(tmp_path, max_hops=5)
+    headers = "".join(f"Received: from hop{i}.test by hop{i + 1}.test; Wed, 25 Nov 2026 18:00:00 +0000\r\n" for i in range(6))
+    try:
+        with pytest.raises(smtplib.SMTPDataError) as e:
+            await in_thread(send_smtplib, relay.port, body=headers + "Subject: loop\r\n\r\nhi\r\n")
+        ok = await in_thread(send_smtplib, relay.port, body=headers[: headers.index("Received", 10)] * 5 + "Subject: ok\r\n\r\nhi\r\n")
+    finally:
+        await relay.stop()
+    assert e.value.smtp_code == 554 and b"5.4.6" in e.value.smtp_error
+    assert ok == {}

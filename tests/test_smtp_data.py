@@ -538,3 +538,30 @@ def test_problem_does_not_depend_on_segmentation():
     assert whole.problem == BARE_LF
     for cut in range(1, len(wire)):
         assert run([wire[:cut], wire[cut:]], max_line_length=5, max_size=10).problem == BARE_LF, cut
+
+
+@given(st.lists(st.integers(min_value=1, max_value=40), min_size=1, max_size=20))
+@settings(max_examples=80, deadline=None)
+def test_hop_counter_counts_header_received_lines_whatever_the_chunks(cuts):
+    """HopCounter counts Received: header lines only (not in the body), however the message is split."""
+    from tlsmta.smtp_data import HopCounter
+
+    message = (
+        b"Received: from a\r\n\tby b\r\nRECEIVED: x\r\nSubject: Received: not a header\r\n"
+        b"received:y\r\n\r\nReceived: in the body\r\n"
+    )
+    counter, position = HopCounter(), 0
+    for cut in cuts:
+        counter.feed(message[position : position + cut])
+        position += cut
+    counter.feed(message[position:])
+    assert counter.hops == 3 and counter.done
+
+
+def test_hop_counter_no_headers():
+    """A message starting with a blank line has no headers and no hops."""
+    from tlsmta.smtp_data import HopCounter
+
+    counter = HopCounter()
+    counter.feed(b"\r\nReceived: body\r\n")
+    assert (counter.hops, counter.done) == (0, True)

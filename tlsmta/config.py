@@ -249,6 +249,7 @@ DELIVERY_OPTIONS: dict[str, Option] = {
 GLOBAL_ONLY_OPTIONS: dict[str, Option] = {
     "hostname": Option(_str, None, "banner and EHLO name; default: this host's FQDN"),
     "state_dir": Option(_path, "/var/lib/tlsmta", "certificates generated at first start"),
+    "max_hops": Option(_int(1), 50, "Received: headers before a message is refused as a loop"),
 }
 
 HOOK_OPTIONS: dict[str, Option] = {
@@ -373,6 +374,7 @@ class Config:
     path: str
     hostname: str | None
     state_dir: str
+    max_hops: int
     global_options: Mapping[str, Any]
     domains: Mapping[str, Mapping[str, Any]]
     bindings: Mapping[str, ScopeTable]
@@ -536,6 +538,7 @@ def from_dict(raw: Mapping[str, Any], path: str = "<config>") -> Config:
     global_options = v.options(glob, "global", {**DELIVERY_OPTIONS, **GLOBAL_ONLY_OPTIONS})
     hostname = global_options.pop("hostname", None)
     state_dir = global_options.pop("state_dir", GLOBAL_ONLY_OPTIONS["state_dir"].default)
+    max_hops = global_options.pop("max_hops", GLOBAL_ONLY_OPTIONS["max_hops"].default)
 
     domains = v.domain_tables(raw.get("domain"), "")
 
@@ -589,6 +592,7 @@ def from_dict(raw: Mapping[str, Any], path: str = "<config>") -> Config:
         path=path,
         hostname=hostname,
         state_dir=state_dir,
+        max_hops=max_hops,
         global_options=global_options,
         domains=domains,
         bindings=bindings,

@@ -36,7 +36,7 @@ from tlsmta import policy, tls
 from tlsmta.client_codec import Reply, parse_ehlo
 from tlsmta.config import Resolved
 from tlsmta.diskio import DiskIO
-from tlsmta.dns import DNSError, Resolver
+from tlsmta.dns import DNSError, DNSPermanent, Resolver
 from tlsmta.hooks import Hooks
 from tlsmta.maildir import LocalSink, crlf_to_lf
 from tlsmta.outbound import DATA_START_TIMEOUT, ConnectionBroken, OutboundSMTP
@@ -177,10 +177,9 @@ class Destination:
         try:
             hosts = await self._hosts()
         except DNSError as e:
-            status = "5.1.2" if e.permanent else "4.4.3"
-            if "null MX" in str(e):
-                status = "5.1.10"
-            self._fail_queued(556 if status == "5.1.10" else (550 if e.permanent else 451), f"{status} {e}")
+            status = e.status or ("5.1.2" if e.permanent else "4.4.3")
+            code = 556 if status == "5.1.10" else (550 if e.permanent else 451)
+            self._fail_queued(code, f"{status} {e}")
             return
         last: Attempt | None = None
         for mx, ip, port in hosts:
@@ -225,10 +224,11 @@ class Destination:
         if not out:
             if last_error is not None and not last_error.permanent:
                 raise last_error
-            from tlsmta.dns import DNSPermanent
-
             raise DNSPermanent(f"no address for any mail host of {self.domain}")
-        return out
+        others = [host for host in out if not self.pool.is_self(host[1], host[2])]
+        if not others:
+            raise DNSPermanent(f"mail for {self.domain} loops back to myself", status="5.4.6")
+        return others
 
     def _fail_queued(self, code: int, text: str, attempt: Attempt | None = None) -> None:
         while self.jobs:
@@ -402,6 +402,8 @@ class OutboundPool:
         self.destinations: dict[Any, Destination] = {}
         self._contexts: dict[Any, Any] = {}
         self._tls_sessions: dict[tuple[Any, ...], tuple[Any, policy.Verdict]] = {}
+        # Whether (ip, port) is one of our own listeners: the service sets it.
+        self.is_self: Callable[[str, int], bool] = lambda ip, port: False
         self._waiting: deque[Destination] = deque()
 
     # -- jobs ---------------------------------------------------------------------------

@@ -23,9 +23,13 @@ LOOKUP_TIMEOUT = (2, 4)  # seconds per retry, as twisted.names takes them
 
 
 class DNSError(Exception):
-    """A lookup that did not give a usable answer."""
+    """A lookup that did not give a usable answer; ``status`` overrides the default 5.1.2/4.4.3."""
 
     permanent = False
+
+    def __init__(self, message: str, status: str | None = None):
+        super().__init__(message)
+        self.status = status
 
 
 class DNSPermanent(DNSError):
@@ -105,7 +109,7 @@ class Resolver:
 
     def _checked_mx(self, records: list[tuple[int, str]], domain: str) -> Any:
         if len(records) == 1 and records[0][1].rstrip(".") == "":
-            return fail(DNSPermanent(f"{domain} does not accept mail (null MX)"))
+            return fail(DNSPermanent(f"{domain} does not accept mail (null MX)", status="5.1.10"))
         return succeed(order_mx([(p, h.rstrip(".")) for p, h in records if h.rstrip(".")]))
 
     def _implicit_mx(self, domain: str) -> Deferred[list[MXHost]]:

@@ -55,7 +55,7 @@ from tlsmta.smtp_commands import (
     rcpt_params,
     split_command,
 )
-from tlsmta.smtp_data import DataReader
+from tlsmta.smtp_data import TOO_MANY_HOPS, DataReader, HopCounter
 from tlsmta.store import Envelope, MessageSink, MessageWriter, Recipient, StoreError, Throttle
 from tlsmta.tls import CertificateCheck, HookContext, ServerTLS, SessionFacts, ssl_error_text
 
@@ -135,6 +135,7 @@ class InboundSMTP(smtp.ESMTP):
         self.mail_params = MailParams()
         self.recipients: list[Recipient] = []
         self._reader: DataReader | None = None
+        self._hops = HopCounter()
         self._writer: MessageWriter | None = None
         self._envelope: Envelope | None = None
 
@@ -615,6 +616,7 @@ class InboundSMTP(smtp.ESMTP):
         result = self._reader.feed(self._inbuf)
         self._inbuf = result.rest
         if result.body:
+            self._hops.feed(result.body)
             self._writer.write(result.body)
         if result.ended:
             self.state = State.COMMAND
@@ -624,10 +626,14 @@ class InboundSMTP(smtp.ESMTP):
     def _end_of_data(self) -> Deferred[None] | None:
         reader, writer, envelope = self._reader, self._writer, self._envelope
         assert reader is not None and writer is not None and envelope is not None
+        hops = self._hops.hops
         self._reset_transaction()
-        if reader.problem is not None:
+        problem = reader.problem
+        if problem is None and hops > self.runtime.config.max_hops:
+            problem = attrs.evolve(TOO_MANY_HOPS, text=TOO_MANY_HOPS.text.format(hops=hops))
+        if problem is not None:
             writer.abort()
-            code, text = reader.problem.reply
+            code, text = problem.reply
             self._log_transaction(envelope, reader.received, text, code)
             self._error(code, text)
             return None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import socket
 from typing import Any
 
@@ -21,7 +23,7 @@ from tlsmta.config import Config, ListenerConfig, resolve
 from tlsmta.delivery import Deliverer, OutboundPool
 from tlsmta.devcert import ensure_dev_certificate
 from tlsmta.diskio import DiskIO
-from tlsmta.dns import Resolver
+from tlsmta.dns import Resolver, canonical_ip
 from tlsmta.hooks import Hooks, load_hooks
 from tlsmta.inbound import InboundFactory, ListenerRuntime
 from tlsmta.intake import Intake
@@ -32,6 +34,25 @@ from tlsmta.spool import Spool
 from tlsmta.store import MessageSink
 
 log = Logger(namespace="tlsmta.service")
+
+
+@functools.lru_cache(maxsize=1)
+def local_addresses() -> frozenset[str]:
+    """This host's addresses, as far as its own name resolves (for loop detection)."""
+    found = set()
+    try:
+        for info in socket.getaddrinfo(socket.gethostname(), None):
+            found.add(canonical_ip(str(info[4][0])))
+    except OSError:
+        pass
+    return frozenset(found)
+
+
+def _loopback(ip: str) -> bool:
+    try:
+        return ipaddress.ip_address(canonical_ip(ip)).is_loopback
+    except ValueError:
+        return False
 
 
 def effective_hostname(config: Config) -> str:
@@ -183,6 +204,7 @@ class TlsmtaService(MultiService):
             config.queue["max_queue_lifetime"],
             route_for=lambda domain: resolve(config, domain)["route"].value,
         )
+        self.pool.is_self = self.is_own_address
         QueueService(self.spool, self.queue).setServiceParent(self)
         self.sink: MessageSink = Intake(local, self.spool, self.queue)
         self.listeners: dict[str, ListenerService] = {}
@@ -195,6 +217,19 @@ class TlsmtaService(MultiService):
             service = ListenerService(reactor, listener, wrapped, factory)
             service.setServiceParent(self)
             self.listeners[listener.name] = service
+
+    def is_own_address(self, ip: str, port: int) -> bool:
+        """Whether delivering to ip:port would reach one of our own listeners (a mail loop)."""
+        for service in self.listeners.values():
+            if service.port is None:
+                continue
+            host = service.port.getHost()
+            if getattr(host, "port", None) != port:
+                continue
+            bound = getattr(host, "host", "")
+            if bound == ip or (bound in ("0.0.0.0", "::", "") and (ip in local_addresses() or _loopback(ip))):
+                return True
+        return False
 
     def _runtime(self, listener: ListenerConfig) -> ListenerRuntime:
         return ListenerRuntime(

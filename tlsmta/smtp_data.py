@@ -155,3 +155,42 @@ class DataReader:
             self._fail(TOO_BIG, self.max_size)
         body = b"" if self.problem is not None else b"".join(out)
         return DataResult(body, ended, rest)
+
+
+TOO_MANY_HOPS = DataProblem(554, "5.4.6", "too many Received: headers ({hops}); mail loop?")
+
+
+class HopCounter:
+    """Counts ``Received:`` lines in a message's header section, streaming.
+
+    Fed the unstuffed CRLF message as it arrives; keeps at most a few bytes
+    of the current line (its start is all that matters) and stops at the
+    blank line that ends the headers.
+    """
+
+    _KEEP = 16
+
+    def __init__(self) -> None:
+        self.hops = 0
+        self.done = False
+        self._tail = b""
+
+    def feed(self, data: bytes) -> None:
+        if self.done or not data:
+            return
+        text = self._tail + data
+        end = text.find(b"\r\n\r\n")
+        if end >= 0:
+            text = text[: end + 4]  # the body is none of our business
+        *complete, partial = text.split(b"\r\n")
+        for index, line in enumerate(complete):
+            if not line:  # the blank line: the headers end here
+                self._count(complete[:index])
+                self.done = True
+                return
+        self._count(complete)
+        # Only a line's start matters; keep a CR that may pair with the next read's LF.
+        self._tail = partial[: self._KEEP] + (b"\r" if partial.endswith(b"\r") and len(partial) > self._KEEP else b"")
+
+    def _count(self, lines: list[bytes]) -> None:
+        self.hops += sum(1 for line in lines if line[:9].lower() == b"received:")
