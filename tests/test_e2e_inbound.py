@@ -468,3 +468,42 @@ async def test_stalled_handshake_is_cut_off(tmp_path: Any, pki: Any, monkeypatch
     finally:
         await relay.stop()
     assert closed
+
+
+def _two_sessions(port: int, ca: str, cert: Any, version: ssl.TLSVersion) -> list[tuple[bool, str]]:
+    """Two STARTTLS sessions, the second offering the first's TLS session; (resumed, MAIL reply) each."""
+    ctx = client_context(ca, cert)
+    ctx.maximum_version = version
+    out, session = [], None
+    for _ in range(2):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        f = sock.makefile("rb")
+        f.readline()
+        sock.sendall(b"EHLO client.example.test\r\n")
+        while f.readline()[3:4] == b"-":
+            pass
+        sock.sendall(b"STARTTLS\r\n")
+        f.readline()
+        tls = ctx.wrap_socket(sock, server_hostname="mx.example.test", session=session)
+        tf = tls.makefile("rb")
+        tls.sendall(b"EHLO client.example.test\r\nMAIL FROM:<a@client.test>\r\nQUIT\r\n")
+        while tf.readline()[3:4] == b"-":
+            pass
+        mail = tf.readline().decode().strip()
+        out.append((tls.session_reused, mail))
+        session = tls.session
+        tls.close()
+    return out
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+@pytest_twisted.ensureDeferred
+async def test_listener_checking_client_certificates_does_not_resume_sessions(tmp_path: Any, pki: Any, version: Any) -> None:
+    """A client that caches TLS sessions gets a full handshake (and its certificate checked) every time, not a 530."""
+    relay = await start_relay(tmp_path, [_verify_listener(pki, "ca", local_domains=["local.test"])])
+    try:
+        sessions = await in_thread(_two_sessions, relay.port, pki.ca_pem, pki.client, version)
+    finally:
+        await relay.stop()
+    assert [resumed for resumed, _ in sessions] == [False, False]
+    assert all(reply.startswith("250") for _, reply in sessions)

@@ -645,3 +645,44 @@ def test_failure_to_record_an_attempt_keeps_the_message_scheduled(tmp_path, monk
     monkeypatch.undo()
     h.clock.advance(SCHEDULE[0])
     assert len(h.deliver.attempts_of("m1")) == 2
+
+
+@pytest.mark.parametrize("cause", ["disk_full_on_dsn", "sender_domain_not_idna"])
+def test_bounce_is_not_lost_when_the_dsn_cannot_be_stored_at_first(tmp_path, cause):
+    """If the DSN cannot be written (disk full), the recipient stays pending and the bounce happens later;
+    a sender domain the route lookup rejects still gets its DSN (routed by MX)."""
+    import errno
+
+    from tlsmta.config import normalize_domain
+
+    deliver = FakeDeliver({"bob@example.com": NO_USER})
+    sender = "alice@example.org"
+    route_for = None
+    if cause == "sender_domain_not_idna":
+        sender = "alice@ab--cd.example"  # passes MAIL FROM's syntax, not IDNA
+        route_for = lambda domain: (normalize_domain(domain), parse_route("mx"))[1]  # noqa: E731 as the service's resolve()
+    h = Harness(tmp_path, deliver=deliver, route_for=route_for)
+    h.start()
+    failures = []
+    if cause == "disk_full_on_dsn":
+        real = h.spool.store_blocking
+
+        def full_once(message, data):
+            if message.sender == "" and not failures:
+                failures.append(message.id)
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real(message, data)
+
+        h.spool.store_blocking = full_once
+    h.submit(new_message("m1", ["bob@example.com"], sender=sender))
+    h.clock.advance(0)
+    def dsn_jobs():
+        return [job for job in h.deliver.jobs if job.message.is_bounce]
+
+    if cause == "disk_full_on_dsn":
+        assert "m1" in h.queue.messages and dsn_jobs() == []  # not finished silently
+        h.clock.advance(SCHEDULE[0])
+    h.clock.advance(0)
+    assert "m1" not in h.queue.messages
+    [job] = dsn_jobs()
+    assert job.recipients[0].address == sender

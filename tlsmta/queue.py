@@ -199,7 +199,14 @@ class Queue:
                 rcpt.last = rcpt.last or "451 4.4.7 message expired in the queue"
                 newly_bounced.append(rcpt)
         if newly_bounced:
-            await self._bounce(message, newly_bounced, expired)
+            try:
+                await self._bounce(message, newly_bounced, expired)
+            except Exception:
+                # The DSN is not stored (disk full...): keep those recipients pending
+                # so the bounce is tried again, rather than finishing silently.
+                for rcpt in newly_bounced:
+                    rcpt.status = PENDING
+                log.failure("could not store the DSN for {msgid}; will try again", msgid=message.id)
         if not message.pending:
             await self.spool.disk.run(self.spool.remove_blocking, message.id)
             del self.messages[message.id]
@@ -231,7 +238,10 @@ class Queue:
                 expired=expired,
             )
             sender_domain = message.sender.rpartition("@")[2].lower()
-            route = self.route_for(sender_domain)
+            try:
+                route = self.route_for(sender_domain)
+            except ValueError:  # a sender domain that passed MAIL's syntax but not IDNA
+                route = parse_route("mx")
             dsn = QueuedMessage(
                 id=dsn_id,
                 sender="",

@@ -65,7 +65,7 @@ def with_maildir(config: Config, path: str) -> Config:
     return attrs.evolve(config, global_options=options)
 
 
-def listener_tls(listener: ListenerConfig, config: Config, hostname: str) -> tls.ServerTLS | None:
+def listener_tls(listener: ListenerConfig, config: Config, hostname: str, hooks: Hooks | None = None) -> tls.ServerTLS | None:
     """The server TLS creator for a listener, generating the dev certificate if asked."""
     if listener.tls == "no":
         return None
@@ -84,6 +84,7 @@ def listener_tls(listener: ListenerConfig, config: Config, hostname: str) -> tls
         listener.tlsv13_ciphersuites,
         listener.tls_client_ca,
         session_id=f"tlsmta-{listener.name}".encode(),
+        resumption=listener.tls_verify == "no" and not (hooks and hooks.inbound_tls_verify_callback),
     )
     return tls.ServerTLS(ctx)
 
@@ -237,7 +238,7 @@ class TlsmtaService(MultiService):
             config=self.config,
             hostname=self.hostname,
             sink=self.sink,
-            tls=listener_tls(listener, self.config, self.hostname),
+            tls=listener_tls(listener, self.config, self.hostname, self.hooks),
             users=UserDB.load(listener.auth_users_file) if listener.auth_users_file else None,
             hooks=self.hooks,
             resolver=self.resolver,

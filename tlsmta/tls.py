@@ -131,14 +131,23 @@ def server_context(
     tls13: str | None = None,
     client_ca: str | None = None,
     session_id: bytes = b"tlsmta",
+    resumption: bool = True,
 ) -> SSL.Context:
-    """An SSL.Context for a listener (STARTTLS or implicit TLS)."""
+    """An SSL.Context for a listener (STARTTLS or implicit TLS).
+
+    ``resumption=False`` for listeners that check client certificates: a
+    resumed session shows no certificate, so the check would fail (530) for
+    every client that caches sessions.
+    """
     ctx = _base_context(SSL.TLS_SERVER_METHOD, protocols, ciphers, tls13)
     ctx.use_certificate_chain_file(cert_path)
     ctx.use_privatekey_file(key_path)
     ctx.check_privatekey()
-    # Needed for session resumption when client certificates are requested.
     ctx.set_session_id(session_id[:32])
+    if not resumption:
+        ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+        # Without the server-side cache, TLS 1.3's stateful tickets (OP_NO_TICKET) cannot resume either.
+        ctx.set_options(SSL.OP_NO_TICKET)
     if client_ca is not None:
         load_trust(ctx, client_ca)
         if os.path.isfile(client_ca):
