@@ -334,3 +334,12 @@ def test_output_has_no_bare_line_endings(body):
     for line in lines[:-1]:
         assert b"\r" not in line and b"\n" not in line
         assert line != b"."
+
+
+def test_reply_control_characters_are_neutralised():
+    """A bare CR (or other control character) in a server's reply cannot forge lines in our logs or DSNs."""
+    from tlsmta.client_codec import ReplyParser
+
+    [reply] = ReplyParser().feed(b"550 5.1.1 no such user\rFinal-Recipient: rfc822; ceo@victim.example\x00\r\n")
+    assert "\r" not in reply.text and "\x00" not in reply.text
+    assert reply.text == "5.1.1 no such user?Final-Recipient: rfc822; ceo@victim.example?"

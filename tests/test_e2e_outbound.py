@@ -586,3 +586,37 @@ async def test_too_many_hops_refused(tmp_path: Any) -> None:
         await relay.stop()
     assert e.value.smtp_code == 554 and b"5.4.6" in e.value.smtp_error
     assert ok == {}
+
+
+@pytest.mark.parametrize("hook", ["tls_parameters_bad_value", "tls_parameters_raises"])
+@pytest_twisted.ensureDeferred
+async def test_bad_tls_parameters_hook_defers(tmp_path: Any, pki: Any, events: list, hook: str) -> None:
+    """An outbound_tls_parameters hook that raises or returns an invalid value defers the message
+    (it is never sent with guessed, possibly weaker, settings)."""
+    receiver = await start_receiver(tmp_path, None)  # no STARTTLS at all
+    sender = await start_sender(
+        tmp_path, receiver.port, pki.ca_pem, tls="ifavailable", hooks={"outbound_tls_parameters": f"verify_hooks:{hook}"},
+    )
+    try:
+        await submit_and_settle(sender)
+    finally:
+        await sender.stop()
+        await receiver.stop()
+    [event] = deliveries(events)
+    assert event["result"] == "deferred" and event["text"].startswith("4.3.0 outbound_tls_parameters hook")
+    assert maildir_messages(str(tmp_path / "receiver-maildir")) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_idle_destinations_are_forgotten(tmp_path: Any, pki: Any, events: list) -> None:
+    """Once a destination has no jobs and no sessions, the pool no longer keeps it."""
+    receiver = await start_receiver(tmp_path, pki.good)
+    sender = await start_sender(tmp_path, receiver.port, pki.ca_pem, tls="required", tls_verify="host")
+    try:
+        await submit_and_settle(sender)
+        destinations = dict(sender.service.pool.destinations)
+    finally:
+        await sender.stop()
+        await receiver.stop()
+    assert deliveries(events)[0]["result"] == "delivered"
+    assert destinations == {}

@@ -387,3 +387,10 @@ def test_replies_not_read_stop_command_processing() -> None:
     assert len(s.proto._inbuf) == 600
     producer.resumeProducing()
     assert s.codes(b"") == [250] * 100
+
+
+def test_recipient_domain_that_fails_idna_is_501(session: Session) -> None:
+    """A domain that passes the address syntax but not IDNA is refused 501 5.1.3; the session goes on."""
+    session.new_replies()
+    session.ehlo()
+    assert session.codes("MAIL FROM:<a@client.test>\r\nRCPT TO:<u@ab--cd.example>\r\nNOOP\r\n") == [250, 501, 250]

@@ -31,3 +31,12 @@ def tls_parameters_relaxed(message: Any, domain: str, binding: str) -> dict[str,
 def binding_out1(sender: str, recipient: str, listener: str) -> str | None:
     """outbound_binding: everything for example.test leaves through out1."""
     return "out1" if recipient.endswith("@example.test") else None
+
+
+def tls_parameters_bad_value(message: Any, domain: str, binding: str) -> dict[str, Any]:
+    """outbound_tls_parameters returning a value the config would refuse."""
+    return {"tls": True}
+
+
+def tls_parameters_raises(message: Any, domain: str, binding: str) -> dict[str, Any]:
+    raise RuntimeError("hook bug")

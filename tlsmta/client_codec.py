@@ -46,6 +46,7 @@ class Reply:
 
 
 _ENHANCED = re.compile(r"([245]\.\d{1,3}\.\d{1,3})\b")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class ReplyError(Exception):
@@ -97,7 +98,9 @@ class ReplyParser:
         if self._code is not None and code != self._code:
             raise ReplyError("multi-line reply changed its code")
         self._code = code
-        self._lines.append(raw[4:].decode("utf-8", "replace"))
+        # A bare CR or other control character from the server must not reach our logs
+        # or DSNs, where it could forge lines; it becomes "?".
+        self._lines.append(_CONTROL.sub("?", raw[4:].decode("utf-8", "replace")))
         if len(self._lines) > MAX_REPLY_LINES:
             raise ReplyError("reply has too many lines")
         if raw[3:4] == b"-":

@@ -34,7 +34,7 @@ from twisted.logger import Logger
 from tlsmta import log as events
 from tlsmta import policy, tls
 from tlsmta.client_codec import Reply, parse_ehlo
-from tlsmta.config import Resolved
+from tlsmta.config import DELIVERY_OPTIONS, Resolved
 from tlsmta.diskio import DiskIO
 from tlsmta.dns import DNSError, DNSPermanent, Resolver
 from tlsmta.hooks import Hooks
@@ -50,6 +50,13 @@ CONNECT_TIMEOUT = 30
 BODY_CHUNK = 256 * 1024
 MAX_ADDRESSES_PER_HOST = 4
 MAX_TLS_SESSIONS = 10_000
+
+
+class HookFailure(Exception):
+    """A delivery hook raised or returned something unusable: the job is deferred."""
+
+
+HOOK_OVERRIDABLE = frozenset({"tls", "tls_verify", "tls_ca", "tls_certificate", "tls_key", "tls_ciphers"})
 
 
 @attrs.frozen
@@ -151,6 +158,7 @@ class Destination:
         self.tls_options = tls_options
         self.jobs: deque[tuple[DeliveryJob, Deferred[list[RecipientResult]]]] = deque()
         self.sessions = 0
+        self.key: Any = None  # the pool's key for this destination
 
     def submit(self, job: DeliveryJob) -> Deferred[list[RecipientResult]]:
         d: Deferred[list[RecipientResult]] = Deferred()
@@ -410,29 +418,42 @@ class OutboundPool:
 
     def submit(self, job: DeliveryJob, options: Mapping[str, Resolved]) -> Deferred[list[RecipientResult]]:
         values = {name: item.value for name, item in options.items()}
-        values = self._apply_parameter_hook(job, values)
+        try:
+            values = self._apply_parameter_hook(job, values)
+        except HookFailure as e:
+            # Never guess weaker settings for a message whose hook failed: defer it.
+            results = results_for(job, 451, f"4.3.0 {e}")
+            self.log_job(job, None, None, results)
+            return succeed(results)
         tls_options = TLSOptions.from_options(values)
         key = (job.route, job.domain, job.binding, tls_options)
         dest = self.destinations.get(key)
         if dest is None:
             dest = self.destinations[key] = Destination(self, job.route, job.domain, job.binding, values, tls_options)
+            dest.key = key
         return dest.submit(job)
 
     def _apply_parameter_hook(self, job: DeliveryJob, values: dict[str, Any]) -> dict[str, Any]:
+        """Per-message overrides from outbound_tls_parameters, checked like config values."""
         hook = self.hooks.outbound_tls_parameters
         if hook is None:
             return values
         try:
             overrides = hook(job.message, job.domain, job.binding)
-        except Exception:
-            log.failure("outbound_tls_parameters hook raised; using the configured options")
+        except Exception as e:
+            log.failure("outbound_tls_parameters hook raised")
+            raise HookFailure(f"outbound_tls_parameters hook failed: {type(e).__name__}") from None
+        if overrides is None:
             return values
-        allowed = {"tls", "tls_verify", "tls_ca", "tls_certificate", "tls_key", "tls_ciphers"}
-        for name, value in (overrides or {}).items():
-            if name in allowed:
-                values[name] = value
-            else:
-                log.warn("outbound_tls_parameters returned unknown option {name}", name=name)
+        if not isinstance(overrides, Mapping):
+            raise HookFailure("outbound_tls_parameters hook returned something other than a dict")
+        for name, value in overrides.items():
+            if name not in HOOK_OVERRIDABLE:
+                raise HookFailure(f"outbound_tls_parameters hook returned unknown option {name!r}")
+            try:
+                values[name] = DELIVERY_OPTIONS[name].check(value)
+            except ValueError as e:
+                raise HookFailure(f"outbound_tls_parameters hook returned a bad {name}: {e}") from None
         return values
 
     def wake(self, dest: Destination) -> None:
@@ -451,6 +472,8 @@ class OutboundPool:
             self.active -= 1
             dest.sessions -= 1
             self.wake(dest)
+            if not dest.jobs and not dest.sessions:
+                self.destinations.pop(dest.key, None)  # forget idle destinations (bounded memory)
             while self._waiting and self.active < self.max_connections:
                 self.wake(self._waiting.popleft())
 
@@ -576,12 +599,13 @@ class OutboundPool:
 
     # -- logging ----------------------------------------------------------------------------
 
-    def log_job(self, job: DeliveryJob, dest: Destination, attempt: Attempt | None, results: list[RecipientResult]) -> None:
+    def log_job(self, job: DeliveryJob, dest: Destination | None, attempt: Attempt | None, results: list[RecipientResult]) -> None:
         counts = {s: sum(1 for r in results if r.status == s) for s in (DELIVERED, PENDING, BOUNCED)}
         worst = next((r for r in results if r.status != DELIVERED), results[0])
         code, _, text = worst.reply.partition(" ")
         tls_fields = dict(attempt.tls) if attempt else {"tls": "none"}
-        tls_fields.setdefault("tls_verify", dest.tls_options.verify.value)
+        if dest is not None:
+            tls_fields.setdefault("tls_verify", dest.tls_options.verify.value)
         tls_fields.pop("softfail", None)
         events.emit(
             "delivery",

@@ -291,6 +291,10 @@ class InboundSMTP(smtp.ESMTP):
         except Reject as r:
             self._error(r.code, r.text)
             return
+        except Exception:
+            log.failure("command handler failed")
+            self.reply(451, "4.3.0 Error: internal error, try again later")
+            return
         if d is None:
             return
         self._busy = True
@@ -505,7 +509,7 @@ class InboundSMTP(smtp.ESMTP):
         if path.address == "postmaster":  # RFC 5321 4.5.1: always accepted, local
             address, domain, local = f"postmaster@{self.hostname}", normalize_domain(self.hostname), True
         else:
-            address, domain, local = path.address, _domain_key(path.domain), False
+            address, domain, local = path.address, _recipient_domain(path.domain), False
         if not local:
             try:
                 check_recipient(
@@ -723,6 +727,14 @@ class InboundSMTP(smtp.ESMTP):
 
 def _domain_of(address: str) -> str:
     return address.rpartition("@")[2] if "@" in address else ""
+
+
+def _recipient_domain(domain: str) -> str:
+    """The normalized domain of a recipient; one that is not a valid IDNA name is refused."""
+    try:
+        return normalize_domain(domain)
+    except ValueError:
+        raise Reject(501, "5.1.3 bad recipient domain") from None
 
 
 def _domain_key(domain: str) -> str:
