@@ -248,18 +248,21 @@ def test_store_blocking_failure_cleans_up(spool, monkeypatch):
     assert listing(spool.queue_dir) == set()
 
 
-def test_save_blocking_rewrites_metadata(spool):
-    """save_blocking replaces the record with the message's new state; no temp file is left."""
+def test_save_blocking_records_state_and_leaves_the_record(spool):
+    """save_blocking writes ID.state (what a restart loads over the record); ID.json stays as received."""
     m = message(attempts=0)
     spool.store_blocking(m, BODY)
+    with open(spool.meta_path(m.id), "rb") as f:
+        received = f.read()
     m.attempts = 1
     m.next_attempt = 1_700_000_060.0
     m.recipients[0].last = "451 4.7.5 certificate name does not match mx.example.com"
     spool.save_blocking(m)
     with open(spool.meta_path(m.id), "rb") as f:
-        saved = QueuedMessage.from_json(f.read())
-    assert saved == m
-    assert saved.attempts == 1 and saved.next_attempt == 1_700_000_060.0
+        assert f.read() == received
+    [loaded], problems = spool.load_blocking([m.id])
+    assert loaded == m and problems == []
+    assert loaded.attempts == 1 and loaded.next_attempt == 1_700_000_060.0
     assert listing(spool.tmp_dir) == set()
     assert spool.read_body_blocking(m.id) == BODY
 
@@ -352,3 +355,23 @@ def test_prepare_leaves_directories_in_tmp_alone(spool):
         f.write(b"never acknowledged")
     assert spool.prepare_blocking() == []
     assert os.listdir(spool.tmp_dir) == ["stray"]
+
+
+@pytest.mark.parametrize("torn", [b"", b'{"id": "x"', b'{"id":"other","attempts":1,"next_attempt":0,"rcpts":[]}'])
+def test_torn_state_is_ignored_never_loses_the_message(spool, torn):
+    """A state file torn by a crash (empty, cut, not ours) is ignored: the message loads as received."""
+    m = message(attempts=0)
+    spool.store_blocking(m, BODY)
+    with open(spool.state_path(m.id), "wb") as f:
+        f.write(torn)
+    [loaded], problems = spool.load_blocking([m.id])
+    assert loaded.id == m.id and loaded.attempts == 0
+    assert problems and problems[0][1].startswith("ignored:")
+
+
+def test_state_without_record_removed_at_start(spool):
+    """A state file whose record is gone (finished message, crash mid-removal) is removed at start."""
+    with open(spool.state_path("gone"), "wb") as f:
+        f.write(b"{}")
+    assert spool.prepare_blocking() == []
+    assert listing(spool.queue_dir) == set()

@@ -167,7 +167,11 @@ class Destination:
         return d
 
     def wants_session(self) -> bool:
-        return bool(self.jobs) and self.sessions < self.options["max_connections"] and self.sessions < len(self.jobs)
+        """Another session pays off when jobs outnumber what the open ones will soon take
+        (each starts with a connection and a handshake, and may find the queue drained)."""
+        if not self.jobs or self.sessions >= self.options["max_connections"]:
+            return False
+        return self.sessions == 0 or len(self.jobs) > 2 * self.sessions
 
     def take(self) -> tuple[DeliveryJob, Deferred[list[RecipientResult]]] | None:
         return self.jobs.popleft() if self.jobs else None
@@ -551,26 +555,34 @@ class OutboundPool:
             params.append("SMTPUTF8")
         mail_line = " ".join([f"MAIL FROM:<{message.sender}>"] + params)
         rcpt_lines = [f"RCPT TO:<{r.address}>" for r in job.recipients]
+        data_reply: Reply | None = None
         if "PIPELINING" in caps:
+            # RFC 2920: MAIL, every RCPT and DATA in one flight, one round trip.
             waits = [proto.command(mail_line)] + [proto.command(line) for line in rcpt_lines]
+            waits.append(proto.command("DATA", timeout=DATA_START_TIMEOUT))
             replies = [await w for w in waits]
+            data_reply = replies.pop()
         else:
             replies = [await proto.command(mail_line)]
             if replies[0].positive:
                 replies += [await proto.command(line) for line in rcpt_lines]
         mail_reply = replies[0]
-        if not mail_reply.positive:
-            await self._reset(proto)
-            return results_for(job, mail_reply.code, mail_reply.text, remote)
         rcpt_replies = dict(zip([r.address for r in job.recipients], replies[1:]))
-        accepted = [r for r in job.recipients if rcpt_replies[r.address].positive]
+        accepted = [r for r in job.recipients if mail_reply.positive and rcpt_replies[r.address].positive]
+        if not accepted:
+            if data_reply is not None and data_reply.code == 354:
+                await proto.command(".", timeout=DATA_START_TIMEOUT)  # a server that said 354 anyway: end it empty
+            await self._reset(proto)
+            if not mail_reply.positive:
+                return results_for(job, mail_reply.code, mail_reply.text, remote)
         results = {
             r.address: RecipientResult(r.address, outcome_of(rcpt_replies[r.address].code), str(rcpt_replies[r.address]), remote)
             for r in job.recipients
             if r not in accepted
         }
         if accepted:
-            data_reply = await proto.command("DATA", timeout=DATA_START_TIMEOUT)
+            if data_reply is None:
+                data_reply = await proto.command("DATA", timeout=DATA_START_TIMEOUT)
             if data_reply.code != 354:
                 final = data_reply
                 await self._reset(proto)
@@ -578,8 +590,6 @@ class OutboundPool:
                 final = await proto.send_body(self._body_chunks(message.id))
             for r in accepted:
                 results[r.address] = RecipientResult(r.address, outcome_of(final.code), str(final), remote)
-        else:
-            await self._reset(proto)
         return [results[r.address] for r in job.recipients]
 
     async def _reset(self, proto: OutboundSMTP) -> None:

@@ -42,6 +42,7 @@ from tlsmta.config import Config, ListenerConfig, normalize_domain, resolve, sel
 from tlsmta.dns import Resolver
 from tlsmta.hooks import Hooks
 from tlsmta.ids import new_message_id
+from tlsmta.outbound import set_no_delay
 from tlsmta.policy import Verdict, VerifyMode
 from tlsmta.received import TraceFacts, received_header
 from tlsmta.smtp_commands import (
@@ -184,6 +185,7 @@ class InboundSMTP(smtp.ESMTP):
             return
         # Stop reading commands while our replies pile up unread (a client that never reads).
         self.transport.registerProducer(_ReplyBackpressure(self), True)
+        set_no_delay(self.transport)  # replies are small writes; never hold one for an ACK
         self.reply(220, f"{self.hostname} ESMTP tlsmta")
         self.setTimeout(self.runtime.listener.idle_timeout)
 

@@ -4,13 +4,18 @@ Layout under ``[spool] path``::
 
     tmp/ID.eml, tmp/ID.json    being written
     q/ID.eml                   the message as received (CRLF, Received: first)
-    q/ID.json                  envelope and per-recipient state
+    q/ID.json                  envelope and recipients as received: written once
+    q/ID.state                 progress since (attempts, next attempt, per-recipient results)
 
 A message exists once ``q/ID.json`` does.  Commit order: body fsync,
 metadata fsync, rename body, rename metadata, fsync ``q/`` (shared between
-concurrent messages); only then is 250 sent.  Updates rewrite the
-metadata through ``tmp/`` and a rename.  At start, ``q/*.json`` is the
-queue; a body without metadata was never acknowledged and is removed.
+concurrent messages); only then is 250 sent.  ``ID.json`` is never
+rewritten, so nothing acknowledged can be lost to a torn update.
+``ID.state`` is rewritten after each attempt through ``tmp/`` and a rename
+without fsync: after a crash it may be older than the truth (or unreadable,
+then ignored), which costs at most a duplicate delivery, never a loss, and
+spares a disk flush per deferral.  At start, ``q/*.json`` is the queue; a
+body or state without metadata was never acknowledged and is removed.
 """
 
 from __future__ import annotations
@@ -98,6 +103,29 @@ class QueuedMessage:
             "tls": self.tls,
         }
         return json.dumps(data, separators=(",", ":")).encode("utf-8")
+
+    def state_json(self) -> bytes:
+        """Progress since receipt: what ``ID.state`` holds."""
+        data = {
+            "id": self.id,
+            "attempts": self.attempts,
+            "next_attempt": self.next_attempt,
+            "rcpts": [[r.status, r.last] for r in self.recipients],
+        }
+        return json.dumps(data, separators=(",", ":")).encode("utf-8")
+
+    def apply_state(self, raw: bytes) -> None:
+        """Overlay a state record (from ``state_json``) on the received record."""
+        data = json.loads(raw)
+        if not isinstance(data, dict) or data.get("id") != self.id or len(data["rcpts"]) != len(self.recipients):
+            raise ValueError("state record does not belong to this message")
+        statuses = [(str(status), str(last)) for status, last in data["rcpts"]]
+        if any(status not in (PENDING, DELIVERED, BOUNCED) for status, _ in statuses):
+            raise ValueError("unknown recipient status")
+        self.attempts = int(data["attempts"])
+        self.next_attempt = float(data["next_attempt"])
+        for rcpt, (status, last) in zip(self.recipients, statuses):
+            rcpt.status, rcpt.last = status, last
 
     @classmethod
     def from_json(cls, raw: bytes) -> QueuedMessage:
@@ -229,15 +257,19 @@ class Spool:
 
         fsync_directory(self.queue_dir)
 
+    def state_path(self, message_id: str) -> str:
+        return os.path.join(self.queue_dir, message_id + ".state")
+
     def save_blocking(self, message: QueuedMessage) -> None:
-        """Rewrite the metadata after a delivery attempt."""
-        tmp = os.path.join(self.tmp_dir, message.id + ".json.upd")
-        _write_file(tmp, message.to_json())
-        os.replace(tmp, self.meta_path(message.id))
+        """Record progress after a delivery attempt (best effort: see the module docstring)."""
+        tmp = os.path.join(self.tmp_dir, message.id + ".state")
+        with open(tmp, "wb") as f:
+            f.write(message.state_json())
+        os.replace(tmp, self.state_path(message.id))
 
     def remove_blocking(self, message_id: str) -> None:
-        """Forget a finished message: metadata first, so a crash leaves a body the scan removes."""
-        for path in (self.meta_path(message_id), self.body_path(message_id)):
+        """Forget a finished message: metadata first, so a crash leaves files the scan removes."""
+        for path in (self.meta_path(message_id), self.state_path(message_id), self.body_path(message_id)):
             try:
                 os.unlink(path)
             except FileNotFoundError:
@@ -260,7 +292,8 @@ class Spool:
         metas = [n[:-5] for n in names if n.endswith(".json")]
         known = set(metas)
         for name in names:
-            if name.endswith(".eml") and name[:-4] not in known:
+            stem, dot, ext = name.rpartition(".")
+            if dot and ext in ("eml", "state") and stem not in known:
                 os.unlink(os.path.join(self.queue_dir, name))
         return metas
 
@@ -271,17 +304,27 @@ class Spool:
             path = self.meta_path(message_id)
             try:
                 with open(path, "rb") as f:
-                    messages.append(QueuedMessage.from_json(f.read()))
+                    message = QueuedMessage.from_json(f.read())
             except FileNotFoundError:
                 continue
             except (OSError, ValueError, KeyError, TypeError) as e:
                 problems.append((path, str(e)))
                 self._quarantine(message_id)
+                continue
+            try:
+                with open(self.state_path(message_id), "rb") as f:
+                    message.apply_state(f.read())
+            except FileNotFoundError:
+                pass
+            except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+                # Torn by a crash: start again from the received state (a duplicate at worst).
+                problems.append((self.state_path(message_id), f"ignored: {e}"))
+            messages.append(message)
         return messages, problems
 
     def _quarantine(self, message_id: str) -> None:
         corrupt = os.path.join(self.path, "corrupt")
         os.makedirs(corrupt, mode=0o700, exist_ok=True)
-        for path in (self.meta_path(message_id), self.body_path(message_id)):
+        for path in (self.meta_path(message_id), self.state_path(message_id), self.body_path(message_id)):
             if os.path.exists(path):
                 os.replace(path, os.path.join(corrupt, os.path.basename(path)))
