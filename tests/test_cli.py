@@ -56,6 +56,8 @@ def policy_lines(out: str) -> dict[str, tuple[str, str]]:
     assert lines[0].startswith("# effective outbound options for domain ")
     table = {}
     for line in lines[1:]:
+        if not line:
+            break  # the description in words follows the table
         setting, marker, scope = line.partition(" # from ")
         assert marker, f"line without a scope: {line!r}"
         name, equals, value = setting.partition(" = ")
@@ -231,3 +233,18 @@ def test_policy_bad_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     out, err = capsys.readouterr()
     assert out == ""
     assert err.startswith(f"{path}: [global] tls: must be one of no, ifavailable, required")
+
+
+
+def test_policy_says_in_words_what_will_happen(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """After the table, tlsmta policy says what happens, naming the CA file, the domain and the --mx host."""
+    ca = tmp_path / "ca.pem"
+    ca.write_text("")
+    path = tmp_path / "c.toml"
+    path.write_text(f'[domain."example.com"]\ntls = "required"\ntls_verify = "host"\ntls_ca = "{ca}"\n')
+    assert main(["policy", str(path), "example.com", "--mx", "mx1.example.com"]) == EX_OK
+    out = capsys.readouterr().out
+    assert "STARTTLS required: not advertised defers with 4.7.6; a failed handshake defers with 4.7.5." in out
+    assert f"The certificate must chain to {ca} and name example.com or mx1.example.com" in out
+    assert main(["policy", str(path), "example.org"]) == EX_OK
+    assert "No STARTTLS: the mail goes in plain text." in capsys.readouterr().out

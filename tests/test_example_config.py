@@ -27,6 +27,8 @@ def test_example_mentions_every_option() -> None:
         configuration.QUEUE_OPTIONS,
         configuration.HOOK_OPTIONS,
         configuration.BINDING_RULE_OPTIONS,
+        configuration.METRICS_OPTIONS,
+        configuration.CONTROL_OPTIONS,
     ]
     missing = [name for table in tables for name in table if not re.search(rf"^#? ?{name} =", text, re.M)]
     assert missing == []

@@ -1,15 +1,29 @@
-"""The ``tlsmta`` command: check-config, policy, hash-password."""
+"""The ``tlsmta`` command: check-config, policy, probe, queue, hash-password.
+
+Errors are one line on stderr; exit codes follow sysexits(3) where one fits.
+"""
 
 from __future__ import annotations
 
 import argparse
 import getpass
+import json
+import os
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from tlsmta import config as configuration
 
-EX_OK, EX_USAGE, EX_DATAERR, EX_CONFIG = 0, 64, 65, 78  # sysexits.h
+EX_OK, EX_USAGE, EX_DATAERR, EX_NOHOST, EX_UNAVAILABLE = 0, 64, 65, 68, 69
+EX_SOFTWARE, EX_TEMPFAIL, EX_CONFIG = 70, 75, 78
+DEFAULT_CONFIG = "/etc/tlsmta/tlsmta.toml"
+
+
+def fail(command: str, message: str, code: int) -> int:
+    print(f"tlsmta {command}: {message}", file=sys.stderr)
+    return code
 
 
 def _load(path: str) -> configuration.Config | None:
@@ -21,6 +35,9 @@ def _load(path: str) -> configuration.Config | None:
         return None
 
 
+# -- check-config ---------------------------------------------------------------------------
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args.file)
     if config is None:
@@ -29,24 +46,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return EX_OK
 
 
-def cmd_policy(args: argparse.Namespace) -> int:
-    config = _load(args.file)
-    if config is None:
-        return EX_CONFIG
-    try:
-        domain = configuration.normalize_domain(args.domain)
-    except ValueError as e:
-        print(f"tlsmta policy: {e}", file=sys.stderr)
-        return EX_DATAERR
-    if args.binding != "default" and args.binding not in config.bindings:
-        print(f"tlsmta policy: binding {args.binding!r} is not defined in {args.file}", file=sys.stderr)
-        return EX_DATAERR
-    resolved = configuration.resolve(config, domain, args.binding)
-    print(f"# effective outbound options for domain {domain} via binding {args.binding}")
-    width = max(len(name) for name in resolved)
-    for name, item in resolved.items():
-        print(f"{name:<{width}} = {_show(item.value):<40} # from {item.scope}")
-    return EX_OK
+# -- policy ---------------------------------------------------------------------------------
 
 
 def _show(value: object) -> str:
@@ -59,15 +59,255 @@ def _show(value: object) -> str:
     return str(value)
 
 
+def describe_policy(options: Mapping[str, Any], domain: str, mx: str | None) -> list[str]:
+    """What will happen, in words, for mail to ``domain`` under these options."""
+    route = options["route"]
+    if route.kind == "maildir":
+        return [f"Delivered locally into the Maildir {route.path}; no SMTP, no TLS."]
+    if route.kind == "discard":
+        return ["Discarded (accepted and dropped)."]
+    where = f"the smarthost {route.host}" if route.kind == "smtp" else f"the MX hosts of {domain}"
+    port = route.port if route.kind == "smtp" and route.port else options["smtp_port"]
+    lines = [f"Sent over SMTP to {where}, port {port}."]
+    tls_mode, verify = options["tls"], options["tls_verify"]
+    if tls_mode == "no":
+        lines.append("No STARTTLS: the mail goes in plain text.")
+        return lines
+    if tls_mode == "required":
+        lines.append("STARTTLS required: not advertised defers with 4.7.6; a failed handshake defers with 4.7.5.")
+    else:
+        fallback = options["tls_ifavailable_fallback"]
+        lines.append(
+            "STARTTLS when advertised, plain text otherwise; "
+            + ("a handshake that fails for other reasons than the certificate is retried in plain text at once."
+               if fallback else "a failed handshake defers with 4.7.5.")
+        )
+    anchors = options["tls_ca"] or "the system trust store"
+    target = mx or "the MX host connected to"
+    if verify == "no":
+        lines.append("The certificate is not checked.")
+    elif verify == "ca":
+        lines.append(f"The certificate must chain to {anchors}; otherwise the delivery defers with 4.7.5 (never retried in plain text).")
+    elif verify == "host":
+        lines.append(
+            f"The certificate must chain to {anchors} and name {domain} or {target}; "
+            "otherwise the delivery defers with 4.7.5 (never retried in plain text)."
+        )
+    else:
+        lines.append(
+            f"The certificate is checked as for host (chain to {anchors}, name {domain} or {target}), "
+            "but a failure is only logged as a soft-fail and the mail is delivered over the encrypted session."
+        )
+    return lines
+
+
+def cmd_policy(args: argparse.Namespace) -> int:
+    config = _load(args.file)
+    if config is None:
+        return EX_CONFIG
+    try:
+        domain = configuration.normalize_domain(args.domain)
+    except ValueError as e:
+        return fail("policy", str(e), EX_DATAERR)
+    if args.binding != "default" and args.binding not in config.bindings:
+        return fail("policy", f"binding {args.binding!r} is not defined in {args.file}", EX_DATAERR)
+    resolved = configuration.resolve(config, domain, args.binding)
+    print(f"# effective outbound options for domain {domain} via binding {args.binding}" + (f", MX {args.mx}" if args.mx else ""))
+    width = max(len(name) for name in resolved)
+    for name, item in resolved.items():
+        print(f"{name:<{width}} = {_show(item.value):<40} # from {item.scope}")
+    print()
+    for line in describe_policy({k: v.value for k, v in resolved.items()}, domain, args.mx):
+        print(line)
+    return EX_OK
+
+
+# -- probe ----------------------------------------------------------------------------------
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from twisted.internet.task import react
+
+    from tlsmta.dns import Resolver
+    from tlsmta.policy import VerifyMode
+    from tlsmta.probe import configured_outcome, format_result, run_probe
+
+    if args.config:
+        config = _load(args.config)
+        if config is None:
+            return EX_CONFIG
+    else:
+        config = configuration.from_dict({}, "<defaults>")
+    try:
+        domain = configuration.normalize_domain(args.domain)
+    except ValueError as e:
+        return fail("probe", str(e), EX_DATAERR)
+    options = {k: v.value for k, v in configuration.resolve(config, domain, args.binding).items()}
+    if args.tls_verify:
+        options["tls_verify"] = args.tls_verify
+    if args.tls:
+        options["tls"] = args.tls
+    verify = VerifyMode(options["tls_verify"])
+    outcome: dict[str, int] = {}
+
+    async def main(reactor: Any) -> None:
+        resolver = Resolver(config.dns)
+        ehlo = options["ehlo_hostname"] or config.hostname or "tlsmta-probe.invalid"
+        results, dns_problem = await run_probe(reactor, resolver, domain, options, args.port, args.mx, ehlo)
+        if dns_problem:
+            print(f"{domain}: {dns_problem}")
+            outcome["code"] = EX_NOHOST
+            return
+        for result in results:
+            print("\n".join(format_result(result, options["tls"], verify)))
+            print()
+        reachable = [r for r in results if r.banner]
+        if not reachable:
+            outcome["code"] = EX_UNAVAILABLE
+            return
+        ok, what = configured_outcome(reachable[0], options["tls"], verify)
+        print(f"verdict for {domain} (tls={options['tls']}, tls_verify={verify.value}): {what}")
+        outcome["code"] = EX_OK if ok else EX_TEMPFAIL
+
+    try:
+        react(main)
+    except SystemExit as e:
+        if e.code not in (0, None):
+            return EX_SOFTWARE
+    return outcome.get("code", EX_SOFTWARE)
+
+
+# -- queue ----------------------------------------------------------------------------------
+
+
+def _socket_path(args: argparse.Namespace) -> str | None:
+    if args.socket:
+        return str(args.socket)
+    config = _load(args.config)
+    return None if config is None else str(config.control["socket"])
+
+
+def _when(timestamp: float | None) -> str:
+    return "-" if not timestamp else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
+
+
+def print_queue(messages: list[dict[str, Any]]) -> None:
+    if not messages:
+        print("queue is empty")
+        return
+    print(f"{'ID':<34} {'SIZE':>9}  {'ARRIVED':<19}  {'TRIES':>5}  {'NEXT TRY':<19}  SENDER")
+    for m in messages:
+        flag = "*" if m.get("in_flight") else " "
+        print(
+            f"{m['id']:<33}{flag} {m['size']:>9}  {_when(m['received_at']):<19}  {m['attempts']:>5}  "
+            f"{_when(m['next_attempt']):<19}  <{m['sender']}>"
+        )
+        for r in m["recipients"]:
+            if r["status"] == "pending":
+                print(f"    {r['address']}" + (f"  ({r['last']})" if r["last"] else ""))
+    print(f"-- {len(messages)} message(s); * = delivery in progress")
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    from tlsmta.control import ControlClient, ControlError, DaemonUnavailable
+
+    path = _socket_path(args)
+    if path is None:
+        return EX_CONFIG
+    client = ControlClient(path)
+    action = args.action
+    try:
+        if action == "list":
+            result = client.request("queue.list", domain=args.domain)
+        elif action == "show":
+            result = client.request("queue.show", id=args.id)
+        elif action == "flush":
+            result = client.request("queue.flush", id=args.id, domain=args.domain)
+        else:
+            result = client.request(f"queue.{action}", id=args.id)
+    except DaemonUnavailable as e:
+        if action in ("list", "show") and not args.socket:
+            return _offline(args, action)
+        return fail("queue", str(e), EX_UNAVAILABLE)
+    except ControlError as e:
+        return fail("queue", str(e), EX_DATAERR if "no queued message" in str(e) else EX_TEMPFAIL)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    elif action == "list":
+        print_queue(result)
+    elif action == "show":
+        print_message(result)
+    elif action == "flush":
+        print(f"{result} message(s) due now")
+    else:
+        print(f"{result}: {'deleted' if action == 'delete' else 'returned to sender'}")
+    return EX_OK
+
+
+def print_message(m: dict[str, Any]) -> None:
+    print(f"id:        {m['id']}")
+    print(f"sender:    <{m['sender']}>")
+    print(f"received:  {_when(m['received_at'])} from {m.get('helo') or '-'} [{m.get('peer') or '-'}]")
+    tls = m.get("tls") or {}
+    if tls.get("tls") == "tls":
+        print(f"tls in:    {tls.get('protocol')} {tls.get('cipher')} (client certificate verified: {tls.get('verified')})")
+    print(f"size:      {m['size']}   attempts: {m['attempts']}   next: {_when(m['next_attempt'])}")
+    for r in m["recipients"]:
+        print(f"  {r['status']:<9} {r['address']}  route={r['route']} binding={r['binding']}" + (f"\n            {r['last']}" if r["last"] else ""))
+    if m.get("headers"):
+        print("\n" + m["headers"])
+
+
+def _offline(args: argparse.Namespace, action: str) -> int:
+    """The daemon is not running: read the spool directly (read-only)."""
+    from tlsmta.control import describe, read_headers
+    from tlsmta.spool import Spool
+
+    config = _load(args.config)
+    if config is None:
+        return EX_CONFIG
+    spool = Spool(config.spool["path"], disk=None)  # type: ignore[arg-type]
+    try:
+        ids = [n[:-5] for n in os.listdir(spool.queue_dir) if n.endswith(".json")]
+    except OSError as e:
+        return fail("queue", f"cannot read the spool {spool.queue_dir}: {e.strerror}", EX_UNAVAILABLE)
+    messages, _ = spool.load_blocking(ids)
+    print("(tlsmta is not running: read from the spool)", file=sys.stderr)
+    if action == "list":
+        listed = [describe(m) for m in sorted(messages, key=lambda m: m.received_at)]
+        if args.domain:
+            listed = [m for m in listed if any(r["address"].endswith("@" + args.domain) for r in m["recipients"])]
+        if args.json:
+            print(json.dumps(listed, indent=2))
+        else:
+            print_queue(listed)
+        return EX_OK
+    match = [m for m in messages if m.id == args.id]
+    if not match:
+        return fail("queue", f"no queued message {args.id}", EX_DATAERR)
+    info = describe(match[0])
+    info["headers"] = read_headers(spool.body_path(args.id))
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print_message(info)
+    return EX_OK
+
+
+# -- hash-password --------------------------------------------------------------------------
+
+
 def cmd_hash_password(args: argparse.Namespace) -> int:
     from tlsmta.auth import hash_password
 
     password = sys.stdin.readline().rstrip("\n") if not sys.stdin.isatty() else getpass.getpass()
     if not password:
-        print("tlsmta hash-password: empty password", file=sys.stderr)
-        return EX_DATAERR
+        return fail("hash-password", "empty password", EX_DATAERR)
     print(f"{args.user}:{hash_password(password)}")
     return EX_OK
+
+
+# -- parser ---------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,11 +318,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.set_defaults(func=cmd_check_config)
 
-    p = sub.add_parser("policy", help="effective outbound options for a domain, with their scopes")
+    p = sub.add_parser("policy", help="effective outbound options for a domain, with their scopes, in words")
     p.add_argument("file")
     p.add_argument("domain")
     p.add_argument("--binding", default="default")
+    p.add_argument("--mx", help="the MX host the description should name")
     p.set_defaults(func=cmd_policy)
+
+    p = sub.add_parser("probe", help="connect to a domain's MX hosts and show their TLS and each tls_verify verdict")
+    p.add_argument("domain")
+    p.add_argument("--config", help="use this configuration's options, [dns] and trust anchors")
+    p.add_argument("--binding", default="default")
+    p.add_argument("--port", type=int, help="SMTP port (default: the configured smtp_port, 25)")
+    p.add_argument("--mx", help="probe this host instead of looking up MX records")
+    p.add_argument("--tls", choices=["no", "ifavailable", "required"], help="judge with this tls instead of the configured one")
+    p.add_argument("--tls-verify", choices=["no", "ca", "host", "optional"], help="judge with this mode")
+    p.set_defaults(func=cmd_probe)
+
+    p = sub.add_parser("queue", help="look at and act on a running instance's queue")
+    p.add_argument("--config", default=DEFAULT_CONFIG, help=f"where the control socket and spool are (default {DEFAULT_CONFIG})")
+    p.add_argument("--socket", help="the control socket, overriding the configuration")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    qsub = p.add_subparsers(dest="action", required=True)
+    q = qsub.add_parser("list", help="queued messages (Postfix's mailq)")
+    q.add_argument("--domain")
+    q = qsub.add_parser("show", help="one message: envelope, per-recipient state, headers")
+    q.add_argument("id")
+    q = qsub.add_parser("flush", help="try now: everything, one message, or one domain")
+    q.add_argument("id", nargs="?")
+    q.add_argument("--domain")
+    q = qsub.add_parser("delete", help="remove a message without a bounce")
+    q.add_argument("id")
+    q = qsub.add_parser("bounce", help="return a message to its sender now (DSN)")
+    q.add_argument("id")
+    p.set_defaults(func=cmd_queue)
 
     p = sub.add_parser("hash-password", help="print a users-file line (password from stdin or prompt)")
     p.add_argument("user")

@@ -302,6 +302,15 @@ QUEUE_OPTIONS: dict[str, Option] = {
     "max_connections": Option(_int(1), 200, "outbound connections in all"),
 }
 
+METRICS_OPTIONS: dict[str, Option] = {
+    "endpoint": Option(_str, None, "Twisted endpoint serving /metrics, e.g. tcp:9125:interface=127.0.0.1"),
+}
+
+CONTROL_OPTIONS: dict[str, Option] = {
+    "socket": Option(_path, None, "UNIX socket for `tlsmta queue`; default: state_dir/control.sock"),
+    "shutdown_grace": Option(_int(0), 30, "seconds sessions and deliveries may finish after SIGTERM"),
+}
+
 BINDING_RULE_OPTIONS: dict[str, Option] = {
     "binding": Option(_str),
     "listener": Option(_str),
@@ -385,6 +394,8 @@ class Config:
     hooks: Mapping[str, str]
     dns: Mapping[str, Mapping[str, tuple[str, ...]]]
     binding_rules: tuple[BindingRule, ...]
+    metrics: Mapping[str, Any] = attrs.field(factory=lambda: {"endpoint": None})
+    control: Mapping[str, Any] = attrs.field(factory=lambda: {"socket": None, "shutdown_grace": 30})
     # resolve() results; not an init field, so attrs.evolve() starts a fresh one.
     _resolved: dict[tuple[str, str], dict[str, Resolved]] = attrs.field(init=False, factory=dict, eq=False, repr=False)
 
@@ -524,6 +535,8 @@ _TOP_LEVEL = {
     "hooks",
     "dns",
     "binding_rule",
+    "metrics",
+    "control",
 }
 
 
@@ -581,6 +594,10 @@ def from_dict(raw: Mapping[str, Any], path: str = "<config>") -> Config:
     spool = v.with_defaults(v.options(v.table(raw.get("spool"), "spool"), "spool", SPOOL_OPTIONS), SPOOL_OPTIONS)
     queue = v.with_defaults(v.options(v.table(raw.get("queue"), "queue"), "queue", QUEUE_OPTIONS), QUEUE_OPTIONS)
     hooks = v.options(v.table(raw.get("hooks"), "hooks"), "hooks", HOOK_OPTIONS)
+    metrics = v.with_defaults(v.options(v.table(raw.get("metrics"), "metrics"), "metrics", METRICS_OPTIONS), METRICS_OPTIONS)
+    control = v.with_defaults(v.options(v.table(raw.get("control"), "control"), "control", CONTROL_OPTIONS), CONTROL_OPTIONS)
+    if control["socket"] is None:
+        control["socket"] = os.path.join(state_dir, "control.sock")
     dns = _dns(v, raw.get("dns"))
     rules = _binding_rules(v, raw.get("binding_rule"), bindings)
 
@@ -603,6 +620,8 @@ def from_dict(raw: Mapping[str, Any], path: str = "<config>") -> Config:
         hooks=hooks,
         dns=dns,
         binding_rules=rules,
+        metrics=metrics,
+        control=control,
     )
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import os
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
@@ -414,6 +415,7 @@ class OutboundPool:
         self.destinations: dict[Any, Destination] = {}
         self._contexts: dict[Any, Any] = {}
         self._tls_sessions: dict[tuple[Any, ...], tuple[Any, policy.Verdict]] = {}
+        self.connections: set[OutboundSMTP] = set()
         # Whether (ip, port) is one of our own listeners: the service sets it.
         self.is_self: Callable[[str, int], bool] = lambda ip, port: False
         self._waiting: deque[Destination] = deque()
@@ -490,7 +492,23 @@ class OutboundPool:
         version = ipaddress.ip_address(ip).version
         endpoint_class = TCP6ClientEndpoint if version == 6 else TCP4ClientEndpoint
         endpoint = endpoint_class(self.reactor, ip, port, timeout=CONNECT_TIMEOUT, bindAddress=bind)
-        return await endpoint.connect(_OneConnection(OutboundSMTP(self.reactor)))
+        proto = await endpoint.connect(_OneConnection(OutboundSMTP(self.reactor)))
+        self.connections.add(proto)
+        proto.closed.addBoth(lambda _: self.connections.discard(proto))
+        return proto
+
+    def abort_all(self) -> None:
+        """Cut every outbound connection (shutdown after the grace period)."""
+        for proto in list(self.connections):
+            proto.abort()
+
+    def reconfigure(self, hooks: Hooks, max_connections: int) -> None:
+        """After a reload: new hooks and limits; contexts and TLS sessions are rebuilt on demand
+        (CA files and client certificates may have changed)."""
+        self.hooks = hooks
+        self.max_connections = max_connections
+        self._contexts.clear()
+        self._tls_sessions.clear()
 
     def certificate_check(self, dest: Destination, attempt: Attempt) -> tls.CertificateCheck:
         opts = dest.tls_options
@@ -632,6 +650,7 @@ class OutboundPool:
             code=code,
             text=text,
             attempt=job.message.attempts + 1,
+            delay=round(max(0.0, time.time() - job.message.received_at), 3),
             **tls_fields,
         )
 

@@ -118,6 +118,7 @@ class InboundSMTP(smtp.ESMTP):
         self._paused_for: set[str] = set()
         self._abort_timer: Any = None
         self._replies_blocked = False  # the transport holds too many unsent replies
+        self._client_verify_counted = False
         self._auth_step: Callable[[bytes], Deferred[None] | None] | None = None
         self._reverse_lookup: Deferred[list[str]] | None = None
         self.reverse_names: list[str] | None = None
@@ -220,6 +221,7 @@ class InboundSMTP(smtp.ESMTP):
 
     def handshakeCompleted(self) -> None:
         self.tls_facts = SessionFacts.from_connection(self.transport.getHandle())
+        events.emit("tls_inbound", quiet=True, listener=self.runtime.listener.name, protocol=self.tls_facts.protocol)
         self._start_reverse_lookup()
 
     def reply(self, code: int, text: str | list[str]) -> None:
@@ -491,7 +493,11 @@ class InboundSMTP(smtp.ESMTP):
         if self.sender is not None:
             raise Reject(503, "5.5.1 Error: nested MAIL command")
         listener = self.runtime.listener
-        check_client_certificate(VerifyMode(listener.tls_verify), self.tls_active, self.client_verdict())
+        verdict = self.client_verdict()
+        if verdict is not None and not self._client_verify_counted:
+            self._client_verify_counted = True
+            events.emit("client_verify", quiet=True, tls_verify=listener.tls_verify, verified=verdict.outcome.word)
+        check_client_certificate(VerifyMode(listener.tls_verify), self.tls_active, verdict)
         path = parse_path(arg, "FROM", allow_null=True)
         if path.params and not self.esmtp:
             raise Reject(555, "5.5.4 MAIL parameters need EHLO")
@@ -795,6 +801,7 @@ class InboundFactory(protocol.ServerFactory):
         self.sessions.add(session)
         self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
         self.connections_total += 1
+        events.emit("session", quiet=True, listener=listener.name, peer=ip)
         return None
 
     def release(self, session: InboundSMTP) -> None:

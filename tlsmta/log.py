@@ -8,6 +8,7 @@ text format is a grep-friendly line.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from twisted.logger import Logger
@@ -33,7 +34,64 @@ def kv_line(event: str, fields: dict[str, Any]) -> str:
     return " ".join([event] + [f"{k}={_quote(v)}" for k, v in fields.items()])
 
 
-def emit(event: str, **fields: Any) -> None:
-    """Log one structured event (e.g. ``received``, ``delivery``)."""
-    # The text line is pre-formatted once; observers substitute a single field.
-    _log.info("{tlsmta_line}", tlsmta_line=kv_line(event, fields), tlsmta_event=event, **fields)
+EventSink = Callable[[str, dict[str, Any]], None]
+_sinks: list[EventSink] = []
+
+
+def add_sink(sink: EventSink) -> None:
+    """Also hand every event to ``sink`` (metrics), logged or not."""
+    _sinks.append(sink)
+
+
+def remove_sink(sink: EventSink) -> None:
+    if sink in _sinks:
+        _sinks.remove(sink)
+
+
+def emit(event: str, quiet: bool = False, **fields: Any) -> None:
+    """One structured event (e.g. ``received``, ``delivery``): to the sinks, and
+    to the log unless ``quiet`` (events that only feed metrics)."""
+    for sink in list(_sinks):
+        try:
+            sink(event, fields)
+        except Exception:
+            _log.failure("event sink failed on {event}", event=event)
+    if not quiet:
+        # The text line is pre-formatted once; observers substitute a single field.
+        _log.info("{tlsmta_line}", tlsmta_line=kv_line(event, fields), tlsmta_event=event, **fields)
+
+
+def _json_default(value: Any) -> str:
+    return str(value)
+
+
+def json_observer(out: Any = None) -> Callable[[dict[str, Any]], None]:
+    """A twisted.logger observer writing one JSON object per line (``--log-format json``).
+
+    tlsmta's events keep their fields (``event``, ``msgid``, ``tls``, ...);
+    anything else is ``{"time", "level", "namespace", "text"}``.
+    """
+    import json
+    import sys
+
+    from twisted.logger import formatEvent
+
+    stream = out if out is not None else sys.stdout
+
+    def observe(event: dict[str, Any]) -> None:
+        record: dict[str, Any] = {
+            "time": event.get("log_time"),
+            "level": getattr(event.get("log_level"), "name", None),
+            "namespace": event.get("log_namespace"),
+        }
+        if "tlsmta_event" in event:
+            record["event"] = event["tlsmta_event"]
+            record.update((k, v) for k, v in event.items() if not k.startswith("log_") and not k.startswith("tlsmta_"))
+        else:
+            record["text"] = formatEvent(event)
+            if event.get("log_failure") is not None:
+                record["traceback"] = event["log_failure"].getTraceback()
+        stream.write(json.dumps(record, default=_json_default) + "\n")
+        stream.flush()
+
+    return observe

@@ -63,6 +63,7 @@ class OutboundSMTP(smtp.ESMTPSender):
         self._waiters: deque[tuple[Deferred[Reply], Any]] = deque()
         self._closed: str | None = None
         self.banner: Deferred[Reply] = Deferred()
+        self.closed: Deferred[None] = Deferred()  # fires when the connection is gone
         self.tls_facts: SessionFacts | None = None
         self.tls_creator: ClientTLS | None = None
         self._writable: Deferred[None] | None = None
@@ -98,6 +99,8 @@ class OutboundSMTP(smtp.ESMTPSender):
             if reason.check(SSL.Error):
                 self._closed = ssl_error_text(reason.value)
                 self._fail_all(ConnectionBroken(self._closed, ssl_failure=True))
+                if not self.closed.called:
+                    self.closed.callback(None)
                 return
             self._closed = "connection closed by server" if reason.check(net_error.ConnectionDone) else (
                 reason.getErrorMessage() or "connection lost"
@@ -105,6 +108,8 @@ class OutboundSMTP(smtp.ESMTPSender):
         self._fail_all(ConnectionBroken(self._closed))
         if self._writable is not None and not self._writable.called:
             self._writable.errback(ConnectionBroken(self._closed))
+        if not self.closed.called:
+            self.closed.callback(None)
 
     def handshakeCompleted(self) -> None:
         self.tls_facts = SessionFacts.from_connection(self.transport.getHandle())

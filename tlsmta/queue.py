@@ -30,6 +30,10 @@ log = Logger(namespace="tlsmta.queue")
 LOAD_BATCH = 2000  # records read per disk-thread call at start
 
 
+class QueueError(Exception):
+    """An administrative request that cannot be done (unknown id, in flight)."""
+
+
 def retry_delay(attempts: int, schedule: Sequence[int]) -> int:
     """Seconds before the next attempt after ``attempts`` attempts; the last step repeats."""
     return schedule[min(max(attempts, 1), len(schedule)) - 1]
@@ -123,6 +127,49 @@ class Queue:
             count += 1
         self._arm()
         return count
+
+    # -- administration (tlsmta queue ...) ---------------------------------------------------
+
+    def _idle_message(self, message_id: str) -> QueuedMessage:
+        message = self.messages.get(message_id)
+        if message is None:
+            raise QueueError(f"no queued message {message_id}")
+        if message_id in self.in_flight:
+            raise QueueError(f"{message_id}: a delivery attempt is in progress; try again in a moment")
+        return message
+
+    async def delete(self, message_id: str) -> None:
+        """Remove a message without telling anyone (the operator's call)."""
+        self._idle_message(message_id)
+        del self.messages[message_id]
+        await self.spool.disk.run(self.spool.remove_blocking, message_id)
+        events.emit("queue_deleted", msgid=message_id)
+
+    async def bounce(self, message_id: str) -> None:
+        """Return a message to its sender now: a DSN for every pending recipient, then remove it."""
+        message = self._idle_message(message_id)
+        failed = message.pending
+        for rcpt in failed:
+            rcpt.status = BOUNCED
+            rcpt.last = "550 5.0.0 returned to sender by the postmaster"
+        self.in_flight.add(message_id)
+        try:
+            await self._bounce(message, failed, expired=False)
+        except BaseException:
+            for rcpt in failed:
+                rcpt.status = PENDING
+            raise
+        finally:
+            self.in_flight.discard(message_id)
+        del self.messages[message_id]
+        await self.spool.disk.run(self.spool.remove_blocking, message_id)
+        events.emit("queue_bounced", msgid=message_id, rcpts=len(failed))
+
+    def stats(self) -> tuple[int, float | None]:
+        """(messages queued, receipt time of the oldest) for metrics."""
+        if not self.messages:
+            return 0, None
+        return len(self.messages), min(m.received_at for m in self.messages.values())
 
     def _arm(self) -> None:
         if not self._running or not self._heap:

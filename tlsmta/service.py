@@ -5,29 +5,36 @@ from __future__ import annotations
 import functools
 import ipaddress
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import attrs
+from OpenSSL import SSL
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, maybeDeferred
+from twisted.internet.endpoints import UNIXServerEndpoint, serverFromString
 from twisted.internet.interfaces import IListeningPort
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
+from tlsmta import config as configuration
+from tlsmta import log as events
 from tlsmta import tls
-from tlsmta.auth import UserDB
+from tlsmta.auth import AuthFileError, UserDB
 from tlsmta.config import Config, ListenerConfig, resolve
 from tlsmta.delivery import Deliverer, OutboundPool
 from tlsmta.devcert import ensure_dev_certificate
 from tlsmta.diskio import DiskIO
+from tlsmta.control import ControlFactory, prepare_socket_path
 from tlsmta.dns import Resolver, canonical_ip
-from tlsmta.hooks import Hooks, load_hooks
+from tlsmta.hooks import HookError, Hooks, load_hooks
 from tlsmta.inbound import InboundFactory, ListenerRuntime
 from tlsmta.intake import Intake
 from tlsmta.maildir import LocalSink
+from tlsmta.metrics import Metrics, metrics_site
 from tlsmta.queue import Queue
 from tlsmta.routes import parse_route
 from tlsmta.spool import Spool
@@ -178,11 +185,76 @@ class QueueService(Service):
         self.queue.stop()
 
 
-class TlsmtaService(MultiService):
-    """The whole MTA for one configuration."""
+class ControlService(Service):
+    """The control socket `tlsmta queue ...` talks to."""
 
-    def __init__(self, config: Config, reactor: Any, dns_backend: Any = None):
+    def __init__(self, reactor: Any, path: str, factory: ControlFactory):
+        self.reactor = reactor
+        self.path = path
+        self.factory = factory
+        self.port: IListeningPort | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        prepare_socket_path(self.path)
+        failure: list[Failure] = []
+        endpoint = UNIXServerEndpoint(self.reactor, self.path, mode=0o600)
+        endpoint.listen(self.factory).addCallbacks(self._listening, failure.append)
+        if failure:
+            failure[0].raiseException()
+
+    def _listening(self, port: IListeningPort) -> None:
+        self.port = port
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        if self.port is None:
+            return None
+        port, self.port = self.port, None
+        return port.stopListening()
+
+
+class MetricsService(Service):
+    """Prometheus /metrics on the opt-in endpoint, fed by the structured events."""
+
+    def __init__(self, reactor: Any, endpoint: str, metrics: Metrics):
+        self.reactor = reactor
+        self.endpoint = endpoint
+        self.metrics = metrics
+        self.port: IListeningPort | None = None
+        self.ready: Deferred[IListeningPort] = Deferred()
+
+    def startService(self) -> None:
+        super().startService()
+        events.add_sink(self.metrics.handle)
+        failure: list[Failure] = []
+        d = serverFromString(self.reactor, self.endpoint).listen(metrics_site(self.metrics))
+        d.addCallbacks(self._listening, failure.append)
+        if failure:
+            failure[0].raiseException()
+
+    def _listening(self, port: IListeningPort) -> None:
+        self.port = port
+        self.ready.callback(port)
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        events.remove_sink(self.metrics.handle)
+        if self.port is None:
+            return None
+        port, self.port = self.port, None
+        return port.stopListening()
+
+
+ConfigAdjust = Callable[[Config], Config]
+
+
+class TlsmtaService(MultiService):
+    """The whole MTA for one configuration; ``reload`` swaps in a new one."""
+
+    def __init__(self, config: Config, reactor: Any, dns_backend: Any = None, adjust: ConfigAdjust | None = None):
         super().__init__()
+        self.adjust: ConfigAdjust = adjust or (lambda c: c)  # command-line overrides, kept across reloads
         self.config = config
         self.reactor = reactor
         self.resolver = Resolver(config.dns, dns_backend)
@@ -195,7 +267,8 @@ class TlsmtaService(MultiService):
         self.pool = OutboundPool(
             reactor, self.resolver, self.spool, self.disk, self.hostname, self.hooks, config.queue["max_connections"]
         )
-        deliverer = Deliverer(self.pool, local, self.spool, self.disk, lambda domain, binding: resolve(config, domain, binding))
+        # Lookups go through self.config at call time, so a reload takes effect at once.
+        deliverer = Deliverer(self.pool, local, self.spool, self.disk, lambda domain, binding: resolve(self.config, domain, binding))
         self.queue = Queue(
             self.spool,
             deliverer.deliver,
@@ -203,14 +276,14 @@ class TlsmtaService(MultiService):
             self.hostname,
             config.queue["retry_schedule"],
             config.queue["max_queue_lifetime"],
-            route_for=lambda domain: resolve(config, domain)["route"].value,
+            route_for=lambda domain: resolve(self.config, domain)["route"].value,
         )
         self.pool.is_self = self.is_own_address
         QueueService(self.spool, self.queue).setServiceParent(self)
         self.sink: MessageSink = Intake(local, self.spool, self.queue)
         self.listeners: dict[str, ListenerService] = {}
         for listener in config.listeners:
-            factory = InboundFactory(self._runtime(listener))
+            factory = InboundFactory(self._runtime(listener, config, self.hooks))
             wrapped: Any = factory
             if listener.tls == "implicit":
                 assert factory.runtime.tls is not None
@@ -218,6 +291,12 @@ class TlsmtaService(MultiService):
             service = ListenerService(reactor, listener, wrapped, factory)
             service.setServiceParent(self)
             self.listeners[listener.name] = service
+        self.metrics: MetricsService | None = None
+        if config.metrics["endpoint"]:
+            self.metrics = MetricsService(reactor, config.metrics["endpoint"], Metrics(self.queue.stats))
+            self.metrics.setServiceParent(self)
+        self.control = ControlService(reactor, config.control["socket"], ControlFactory(self.queue, self.reload))
+        self.control.setServiceParent(self)
 
     def is_own_address(self, ip: str, port: int) -> bool:
         """Whether delivering to ip:port would reach one of our own listeners (a mail loop)."""
@@ -232,15 +311,102 @@ class TlsmtaService(MultiService):
                 return True
         return False
 
-    def _runtime(self, listener: ListenerConfig) -> ListenerRuntime:
+    def _runtime(self, listener: ListenerConfig, config: Config, hooks: Hooks, tls_creator: tls.ServerTLS | None = None) -> ListenerRuntime:
+        server_tls = listener_tls(listener, config, self.hostname, hooks)
+        if tls_creator is not None and server_tls is not None:
+            # Keep the creator object (an implicit-TLS factory holds it); swap its context.
+            tls_creator.context = server_tls.context
+            server_tls = tls_creator
         return ListenerRuntime(
             listener=listener,
-            config=self.config,
+            config=config,
             hostname=self.hostname,
             sink=self.sink,
-            tls=listener_tls(listener, self.config, self.hostname, self.hooks),
+            tls=server_tls,
             users=UserDB.load(listener.auth_users_file) if listener.auth_users_file else None,
-            hooks=self.hooks,
+            hooks=hooks,
             resolver=self.resolver,
             run_in_thread=lambda fn, *a: deferToThreadPool(self.reactor, self.reactor.getThreadPool(), fn, *a),
         )
+
+    # -- SIGHUP -------------------------------------------------------------------------
+
+    def reload(self) -> list[str]:
+        """Re-read the configuration file and certificates.
+
+        New sessions and deliveries use the new settings; sessions in flight
+        keep theirs.  A configuration that does not validate, or a
+        certificate that does not load, is refused as a whole: the running
+        one stays.  Returns the problems (empty when the reload took).
+        """
+        try:
+            new = self.adjust(configuration.load(self.config.path))
+            hooks = load_hooks(new.hooks)
+            prepared = {}
+            for listener in new.listeners:
+                current = self.listeners.get(listener.name)
+                if current is None or current.listener.endpoint != listener.endpoint or current.listener.tls != listener.tls:
+                    log.warn("listener {name}: new or changed endpoint/tls needs a restart; not applied", name=listener.name)
+                    continue
+                prepared[listener.name] = listener_tls(listener, new, self.hostname, hooks), listener
+        except configuration.ConfigError as e:
+            problems = [str(p) for p in e.problems]
+        except (HookError, tls.KeyPairError, SSL.Error, OSError, AuthFileError) as e:
+            problems = [f"{self.config.path}: {e}"]
+        else:
+            self._apply(new, hooks, prepared)
+            events.emit("reload", result="ok", config=new.path)
+            return []
+        for problem in problems:
+            log.error("reload refused, keeping the running configuration: {problem}", problem=problem)
+        events.emit("reload", result="refused", config=self.config.path, problems=len(problems))
+        return problems
+
+    def _apply(self, new: Config, hooks: Hooks, prepared: dict[str, Any]) -> None:
+        self.config = new
+        self.hooks = hooks
+        self.resolver.pinned = new.dns
+        self.pool.reconfigure(hooks, new.queue["max_connections"])
+        self.queue.retry_schedule = tuple(new.queue["retry_schedule"])
+        self.queue.max_lifetime = new.queue["max_queue_lifetime"]
+        for name, (server_tls, listener) in prepared.items():
+            service = self.listeners[name]
+            old = service.inbound.runtime
+            if old.tls is not None and server_tls is not None:
+                old.tls.context = server_tls.context  # same creator object, new certificate
+                server_tls = old.tls
+            service.listener = listener
+            service.inbound.runtime = attrs.evolve(
+                old,
+                listener=listener,
+                config=new,
+                tls=server_tls,
+                users=UserDB.load(listener.auth_users_file) if listener.auth_users_file else None,
+                hooks=hooks,
+            )
+
+    # -- SIGTERM ------------------------------------------------------------------------
+
+    def stopService(self) -> Deferred[None]:
+        return ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        """Stop accepting, let sessions and deliveries finish for shutdown_grace seconds,
+        cut what remains, leave the queue on disk."""
+        grace = self.config.control["shutdown_grace"]
+        await DeferredList([maybeDeferred(s.stopService) for s in self.listeners.values()])
+        self.queue.stop()
+        deadline = self.reactor.seconds() + grace
+        while self._busy() and self.reactor.seconds() < deadline:
+            await deferLater(self.reactor, 0.05, lambda: None)
+        for service in self.listeners.values():
+            for session in list(service.inbound.sessions):
+                session.transport.abortConnection()
+        self.pool.abort_all()
+        settle = self.reactor.seconds() + 5
+        while self.queue.in_flight and self.reactor.seconds() < settle:
+            await deferLater(self.reactor, 0.05, lambda: None)  # aborted attempts record their results
+        await super().stopService()
+
+    def _busy(self) -> bool:
+        return bool(self.queue.in_flight) or any(service.inbound.sessions for service in self.listeners.values())

@@ -1,10 +1,12 @@
-"""``twistd tlsmta``: options and service construction."""
+"""``twistd tlsmta``: options, service construction and process signals."""
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from importlib import resources
+from typing import Any
 
 import attrs
 from twisted.application.service import IService
@@ -13,6 +15,7 @@ from twisted.python import usage
 from tlsmta import config as configuration
 
 DEV_RELAY = "dev-relay.toml"
+EX_USAGE, EX_CONFIG = 64, 78  # sysexits.h
 
 
 def dev_relay_path() -> str:
@@ -21,22 +24,51 @@ def dev_relay_path() -> str:
 
 
 class Options(usage.Options):
-    synopsis = "[--config FILE] [--maildir PATH]"
+    synopsis = "[--config FILE] [--maildir PATH] [--listen ENDPOINT] [--log-format text|json]"
     longdesc = (
         "Run tlsmta. With no --config it runs the embedded dev test relay: "
-        "127.0.0.1:2525 with STARTTLS, storing every message in ./maildir."
+        "127.0.0.1:2525 with STARTTLS, storing every message in ./maildir. "
+        "SIGHUP reloads the configuration and certificates; SIGTERM stops "
+        "accepting, lets sessions finish ([control] shutdown_grace) and exits 0."
     )
     optParameters = [
         ["config", "c", None, "configuration file (TOML); default: the dev relay"],
         ["maildir", "m", None, "deliver everything into this Maildir (overrides route)"],
         ["listen", "l", None, "endpoint for the only listener, e.g. tcp:2526 (tcp:0 picks a free port)"],
+        ["log-format", None, "text", "text (key=value lines) or json (one object per line on stdout)"],
     ]
+
+    def postOptions(self) -> None:
+        if self["log-format"] not in ("text", "json"):
+            raise usage.UsageError("--log-format must be text or json")
+        if self["log-format"] == "json" and self.parent is not None:
+            # twistd builds its log observer from its own --logger option, before
+            # makeService runs: set it while options are still being parsed.
+            self.parent["logger"] = "tlsmta.log.json_observer"
+
+
+def command_line_adjust(options: Options, path: str) -> Any:
+    """The overrides --maildir and --listen make, as a function (re-applied on reload)."""
+    from tlsmta.service import with_maildir
+
+    def adjust(config: configuration.Config) -> configuration.Config:
+        if options["maildir"]:
+            config = with_maildir(config, os.path.abspath(options["maildir"]))
+        if options["listen"]:
+            if len(config.listeners) != 1:
+                sys.stderr.write(f"tlsmta: --listen needs exactly one [[listener]] in {path}\n")
+                raise SystemExit(EX_USAGE)
+            listener = attrs.evolve(config.listeners[0], endpoint=options["listen"])
+            config = attrs.evolve(config, listeners=(listener,))
+        return config
+
+    return adjust
 
 
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
-    from tlsmta.service import TlsmtaService, with_maildir
+    from tlsmta.service import TlsmtaService
 
     path = options["config"] or dev_relay_path()
     try:
@@ -44,13 +76,26 @@ def makeService(options: Options) -> IService:
     except configuration.ConfigError as e:
         # twistd prints a traceback for exceptions; an operator wants the problems.
         sys.stderr.write(f"tlsmta: configuration refused:\n{e}\n")
-        raise SystemExit(78)  # EX_CONFIG
-    if options["maildir"]:
-        config = with_maildir(config, os.path.abspath(options["maildir"]))
-    if options["listen"]:
-        if len(config.listeners) != 1:
-            sys.stderr.write(f"tlsmta: --listen needs exactly one [[listener]] in {path}\n")
-            raise SystemExit(64)  # EX_USAGE
-        listener = attrs.evolve(config.listeners[0], endpoint=options["listen"])
-        config = attrs.evolve(config, listeners=(listener,))
-    return TlsmtaService(config, reactor)
+        raise SystemExit(EX_CONFIG)
+    adjust = command_line_adjust(options, path)
+    service = TlsmtaService(adjust(config), reactor, adjust=adjust)
+    reactor.callWhenRunning(install_signal_handlers, reactor, service)
+    return service
+
+
+def install_signal_handlers(reactor: Any, service: Any) -> None:
+    """SIGHUP reloads; SIGTERM stops gracefully and lets twistd exit 0.
+
+    Installed once the reactor runs, after its own handlers: Twisted's
+    SIGTERM handler records the signal so that twistd re-raises it at exit
+    (status 143); an operator and systemd expect a clean stop to exit 0.
+    """
+
+    def hup(signum: int, frame: Any) -> None:
+        reactor.callFromThread(service.reload)
+
+    def term(signum: int, frame: Any) -> None:
+        reactor.callFromThread(reactor.stop)
+
+    signal.signal(signal.SIGHUP, hup)
+    signal.signal(signal.SIGTERM, term)
