@@ -248,3 +248,18 @@ def test_policy_says_in_words_what_will_happen(tmp_path: Path, capsys: pytest.Ca
     assert f"The certificate must chain to {ca} and name example.com or mx1.example.com" in out
     assert main(["policy", str(path), "example.org"]) == EX_OK
     assert "No STARTTLS: the mail goes in plain text." in capsys.readouterr().out
+
+
+def test_hash_password_line_loads_and_checks(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """tlsmta hash-password prints a users-file line that UserDB loads and that checks the password."""
+    import io
+
+    from tlsmta.auth import UserDB
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("s3cret\n"))
+    assert main(["hash-password", "alice"]) == EX_OK
+    line = capsys.readouterr().out.strip()
+    users = tmp_path / "users"
+    users.write_text(line + "\n")
+    db = UserDB.load(str(users))
+    assert db.check("alice", "s3cret") and not db.check("alice", "wrong")
