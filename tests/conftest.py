@@ -10,6 +10,7 @@ import datetime
 import os
 import pathlib
 import subprocess
+from typing import Any
 
 import attrs
 import pytest
@@ -117,3 +118,19 @@ def small_tmpfs(tmp_path: Any):
         subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
+
+
+@pytest.fixture
+def events() -> Any:
+    """tlsmta's structured log events emitted during the test (dicts with ``tlsmta_event``)."""
+    from twisted.logger import globalLogPublisher
+
+    captured: list[dict[str, Any]] = []
+
+    def observer(event: dict[str, Any]) -> None:
+        if "tlsmta_event" in event:
+            captured.append(event)
+
+    globalLogPublisher.addObserver(observer)
+    yield captured
+    globalLogPublisher.removeObserver(observer)

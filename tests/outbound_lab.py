@@ -75,6 +75,22 @@ async def submit_and_settle(relay: RunningRelay, rcpts: tuple[str, ...] = (f"use
     await relay.service.queue.wait_idle()
 
 
+async def deliver_once(
+    tmp_path: Any, pair: Any, ca: str | None, rcpts: tuple[str, ...] = (f"user@{DOMAIN}",), body: str | None = None,
+    receiver: dict[str, Any] | None = None, **sender_opts: Any,
+) -> RunningRelay:
+    """A receiver with ``pair`` (None: no STARTTLS), a sender with ``sender_opts``, one message through;
+    both stopped on return.  Returns the receiver (for its counters and Maildir)."""
+    rx = await start_receiver(tmp_path, pair, **(receiver or {}))
+    sender = await start_sender(tmp_path, rx.port, ca, **sender_opts)
+    try:
+        await submit_and_settle(sender, rcpts=rcpts, **({"body": body} if body else {}))
+    finally:
+        await sender.stop()
+        await rx.stop()
+    return rx
+
+
 def deliveries(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [e for e in events if e["tlsmta_event"] == "delivery"]
 

@@ -14,7 +14,6 @@ import pytest_twisted
 import verify_hooks
 from conftest import CLIENT_NAME
 from e2e import (
-    HOSTNAME,
     client_context,
     eventually,
     in_thread,

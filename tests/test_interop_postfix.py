@@ -16,26 +16,12 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.logger import globalLogPublisher
 
 from e2e import eventually, in_thread, maildir_messages, send_smtplib
 from outbound_lab import DOMAIN, deliveries, start_receiver, start_sender, submit_and_settle
 from postfix_lab import PrivatePostfix, free_port
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="a private Postfix instance needs root (CI runs as root)")
-
-
-@pytest.fixture
-def events():
-    captured: list[dict[str, Any]] = []
-
-    def observer(event: dict[str, Any]) -> None:
-        if "tlsmta_event" in event:
-            captured.append(event)
-
-    globalLogPublisher.addObserver(observer)
-    yield captured
-    globalLogPublisher.removeObserver(observer)
 
 
 @pytest.fixture

@@ -304,8 +304,8 @@ def test_scan_clears_tmp_and_orphan_bodies(spool):
     spool.store_blocking(message("kept"), BODY)
     half = spool.writer(message("half"))[1]
     half.append(BODY)  # a crash while receiving: only tmp/half.eml exists
-    os.close(half.fd)
-    half.fd = None
+    os.close(half.body.fd)
+    half.body.fd = None
     with open(os.path.join(spool.tmp_dir, "kept.json.upd"), "wb") as f:
         f.write(b"{")
     with open(spool.body_path("orphan"), "wb") as f:

@@ -19,7 +19,6 @@ Every job produces one ``delivery`` log event with its TLS facts.
 from __future__ import annotations
 
 import enum
-import ipaddress
 import os
 import time
 from collections import deque
@@ -28,8 +27,6 @@ from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
-from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from tlsmta import log as events
@@ -40,7 +37,7 @@ from tlsmta.diskio import DiskIO
 from tlsmta.dns import DNSError, DNSPermanent, Resolver
 from tlsmta.hooks import Hooks
 from tlsmta.maildir import LocalSink, crlf_to_lf
-from tlsmta.outbound import DATA_START_TIMEOUT, ConnectionBroken, OutboundSMTP
+from tlsmta.outbound import DATA_START_TIMEOUT, ConnectionBroken, OutboundSMTP, connect
 from tlsmta.policy import TLSAction, TLSFailure, VerifyMode
 from tlsmta.routes import Route
 from tlsmta.spool import BOUNCED, DELIVERED, PENDING, QueuedMessage, RecipientState, Spool
@@ -379,18 +376,6 @@ def _connect_error(e: BaseException) -> str:
     return str(e).strip() or type(e).__name__
 
 
-class _OneConnection(Factory):
-    """Hands one prepared protocol to one connection, without log noise."""
-
-    noisy = False
-
-    def __init__(self, proto: OutboundSMTP):
-        self.proto = proto
-
-    def buildProtocol(self, addr: Any) -> OutboundSMTP:
-        return self.proto
-
-
 class OutboundPool:
     """All SMTP destinations; global connection limit; TLS contexts and sessions cached."""
 
@@ -488,11 +473,7 @@ class OutboundPool:
     # -- connections ----------------------------------------------------------------------
 
     async def connect(self, ip: str, port: int, source: str | None) -> OutboundSMTP:
-        bind = (source, 0) if source else None
-        version = ipaddress.ip_address(ip).version
-        endpoint_class = TCP6ClientEndpoint if version == 6 else TCP4ClientEndpoint
-        endpoint = endpoint_class(self.reactor, ip, port, timeout=CONNECT_TIMEOUT, bindAddress=bind)
-        proto = await endpoint.connect(_OneConnection(OutboundSMTP(self.reactor)))
+        proto = await connect(self.reactor, ip, port, source, CONNECT_TIMEOUT)
         self.connections.add(proto)
         proto.closed.addBoth(lambda _: self.connections.discard(proto))
         return proto

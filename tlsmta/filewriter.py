@@ -51,6 +51,42 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
+class TempFile:
+    """A file written in a temporary place, then fsynced and closed (disk thread).
+
+    Created on the first append (with ``prefix`` first), exclusively, mode 0600.
+    """
+
+    def __init__(self, path: str, prefix: bytes = b""):
+        self.path = path
+        self.prefix = prefix
+        self.fd: int | None = None
+
+    def append(self, data: bytes) -> None:
+        if self.fd is None:
+            self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            write_all(self.fd, self.prefix)
+        write_all(self.fd, data)
+
+    def sync_and_close(self) -> None:
+        """Make the content durable (the caller renames it into place afterwards)."""
+        if self.fd is None:
+            self.append(b"")
+        assert self.fd is not None
+        os.fsync(self.fd)
+        os.close(self.fd)
+        self.fd = None
+
+    def discard(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
 def translate(error: BaseException) -> StoreError:
     """The SMTP reply a storage failure deserves (never 250)."""
     if isinstance(error, StoreError):

@@ -16,7 +16,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from tlsmta.diskio import DiskIO
-from tlsmta.filewriter import StreamingWriter, write_all
+from tlsmta.filewriter import StreamingWriter, TempFile
 from tlsmta.routes import Route
 from tlsmta.store import NO_THROTTLE, Envelope, Throttle
 
@@ -55,39 +55,23 @@ class MaildirFile:
 
     def __init__(self, maildir: str, prefix: bytes):
         self.maildir = maildir
-        self.prefix = prefix
         name = unique_name()
-        self.tmp_path = os.path.join(maildir, "tmp", name)
+        self.file = TempFile(os.path.join(maildir, "tmp", name), prefix)
         self.new_path = os.path.join(maildir, "new", name)
-        self.fd: int | None = None
 
     @property
     def directories(self) -> Sequence[str]:
         return (os.path.join(self.maildir, "new"),)
 
     def append(self, data: bytes) -> None:
-        if self.fd is None:
-            self.fd = os.open(self.tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            write_all(self.fd, self.prefix)
-        write_all(self.fd, data)
+        self.file.append(data)
 
     def finish(self) -> None:
-        if self.fd is None:
-            self.append(b"")
-        assert self.fd is not None
-        os.fsync(self.fd)
-        os.close(self.fd)
-        self.fd = None
-        os.rename(self.tmp_path, self.new_path)
+        self.file.sync_and_close()
+        os.rename(self.file.path, self.new_path)
 
     def discard(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-        try:
-            os.unlink(self.tmp_path)
-        except FileNotFoundError:
-            pass
+        self.file.discard()
 
 
 class LocalSink:

@@ -18,6 +18,7 @@ Every wait has a timeout; a lost connection fails every pending wait.
 
 from __future__ import annotations
 
+import ipaddress
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
@@ -25,7 +26,9 @@ from typing import Any
 from OpenSSL import SSL
 from twisted.internet import error as net_error
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer
+from twisted.internet.protocol import Factory
 from twisted.mail import smtp
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -210,6 +213,26 @@ class OutboundSMTP(smtp.ESMTPSender):
             if timer.active():
                 timer.cancel()
             waiter.errback(error)
+
+
+class _OneConnection(Factory):
+    """Hands one prepared protocol to one connection, without log noise."""
+
+    noisy = False
+
+    def __init__(self, proto: OutboundSMTP):
+        self.proto = proto
+
+    def buildProtocol(self, addr: Any) -> OutboundSMTP:
+        return self.proto
+
+
+async def connect(reactor: Any, ip: str, port: int, source: str | None = None, timeout: float = 30) -> OutboundSMTP:
+    """An OutboundSMTP connected to ip:port (from ``source`` if given)."""
+    bind = (source, 0) if source else None
+    endpoint_class = TCP6ClientEndpoint if ipaddress.ip_address(ip).version == 6 else TCP4ClientEndpoint
+    endpoint = endpoint_class(reactor, ip, port, timeout=timeout, bindAddress=bind)
+    return await endpoint.connect(_OneConnection(OutboundSMTP(reactor)))
 
 
 def set_no_delay(transport: Any) -> None:

@@ -8,19 +8,16 @@ each mode.  Nothing is sent: the session ends with QUIT after STARTTLS.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 from typing import Any
 
 import attrs
 from cryptography import x509
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
-from twisted.internet.protocol import Factory
 
 from tlsmta import policy, tls
 from tlsmta.client_codec import parse_ehlo
 from tlsmta.dns import DNSError, Resolver
-from tlsmta.outbound import ConnectionBroken, OutboundSMTP
+from tlsmta.outbound import ConnectionBroken, connect
 from tlsmta.policy import VerifyMode
 
 MODES = (VerifyMode.NO, VerifyMode.CA, VerifyMode.HOST, VerifyMode.OPTIONAL)
@@ -42,22 +39,11 @@ class ProbeResult:
     verdicts: dict[VerifyMode, policy.Verdict] = attrs.field(factory=dict)
 
 
-class _One(Factory):
-    noisy = False
-
-    def __init__(self, proto: OutboundSMTP):
-        self.proto = proto
-
-    def buildProtocol(self, addr: Any) -> OutboundSMTP:
-        return self.proto
-
-
 async def probe_address(reactor: Any, mx: str, ip: str, port: int, domain: str, options: Mapping[str, Any], ehlo: str) -> ProbeResult:
     """One connection: banner, EHLO, STARTTLS and a recorded handshake."""
     result = ProbeResult(mx, ip, port)
-    endpoint_class = TCP6ClientEndpoint if ipaddress.ip_address(ip).version == 6 else TCP4ClientEndpoint
     try:
-        proto = await endpoint_class(reactor, ip, port, timeout=CONNECT_TIMEOUT).connect(_One(OutboundSMTP(reactor)))
+        proto = await connect(reactor, ip, port, timeout=CONNECT_TIMEOUT)
     except Exception as e:
         result.error = f"connect failed: {str(e).strip() or type(e).__name__}"
         return result

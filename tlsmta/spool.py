@@ -28,7 +28,7 @@ from typing import Any
 import attrs
 
 from tlsmta.diskio import DiskIO
-from tlsmta.filewriter import StreamingWriter, write_all
+from tlsmta.filewriter import StreamingWriter, TempFile, write_all
 from tlsmta.routes import Route, parse_route
 from tlsmta.store import NO_THROTTLE, Envelope, Throttle
 
@@ -182,40 +182,29 @@ class SpoolFile:
     def __init__(self, spool: Spool, message: QueuedMessage):
         self.spool = spool
         self.message = message
-        self.tmp_body = os.path.join(spool.tmp_dir, message.id + ".eml")
+        self.body = TempFile(os.path.join(spool.tmp_dir, message.id + ".eml"))
         self.tmp_meta = os.path.join(spool.tmp_dir, message.id + ".json")
-        self.fd: int | None = None
 
     @property
     def directories(self) -> Sequence[str]:
         return (self.spool.queue_dir,)
 
     def append(self, data: bytes) -> None:
-        if self.fd is None:
-            self.fd = os.open(self.tmp_body, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        write_all(self.fd, data)
+        self.body.append(data)
         self.message.size += len(data)
 
     def finish(self) -> None:
-        if self.fd is None:
-            self.append(b"")
-        assert self.fd is not None
-        os.fsync(self.fd)
-        os.close(self.fd)
-        self.fd = None
+        self.body.sync_and_close()
         _write_file(self.tmp_meta, self.message.to_json())
-        os.rename(self.tmp_body, self.spool.body_path(self.message.id))
+        os.rename(self.body.path, self.spool.body_path(self.message.id))
         os.rename(self.tmp_meta, self.spool.meta_path(self.message.id))
 
     def discard(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-        for path in (self.tmp_body, self.tmp_meta):
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+        self.body.discard()
+        try:
+            os.unlink(self.tmp_meta)
+        except FileNotFoundError:
+            pass
 
 
 class Spool:
