@@ -103,7 +103,9 @@ class ScriptedSMTP(LineReceiver):
 
     ``454``: refuses STARTTLS; ``broken``: says 220 then sends junk instead of
     a handshake; ``inject``: says 220 and pipelines a fake reply after it;
-    ``none``: does not advertise STARTTLS.
+    ``stall``: says 220 and then nothing (a handshake that never completes);
+    ``none``: does not advertise STARTTLS; ``reset``: drops the connection in
+    the middle of DATA.
     """
 
     delimiter = b"\r\n"
@@ -138,6 +140,10 @@ class ScriptedSMTP(LineReceiver):
             elif self.factory.mode == "inject":
                 self.transport.write(b"220 2.0.0 go ahead\r\n250 injected\r\n")
                 self.setRawMode()  # what follows is the client's ClientHello
+            elif self.factory.mode == "stall":
+                self.sendLine(b"220 2.0.0 go ahead")
+                self.setRawMode()
+                self.stalled = True
             else:
                 self.sendLine(b"220 2.0.0 go ahead")
                 self.transport.write(b"this is not a TLS ServerHello\r\n" * 4)
@@ -145,6 +151,8 @@ class ScriptedSMTP(LineReceiver):
         elif verb == b"DATA":
             self.in_data = True
             self.sendLine(b"354 go ahead")
+            if self.factory.mode == "reset":
+                self.transport.abortConnection()
         elif verb == b"QUIT":
             self.sendLine(b"221 bye")
             self.transport.loseConnection()
@@ -154,7 +162,8 @@ class ScriptedSMTP(LineReceiver):
 
     def rawDataReceived(self, data: bytes) -> None:
         self.factory.raw.append(data)
-        self.transport.loseConnection()  # cannot speak TLS
+        if not getattr(self, "stalled", False):
+            self.transport.loseConnection()  # cannot speak TLS
 
 
 class ScriptedFactory(Factory):

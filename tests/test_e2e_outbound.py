@@ -541,3 +541,72 @@ async def test_idle_destinations_are_forgotten(tmp_path: Any, pki: Any, events: 
         await receiver.stop()
     assert deliveries(events)[0]["result"] == "delivered"
     assert destinations == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_stalled_handshake_times_out_while_others_are_delivered(tmp_path: Any, pki: Any, events: list, monkeypatch: Any) -> None:
+    """An MX that says 220 to STARTTLS and then stalls is given up after STARTTLS_TIMEOUT (4.7.5 / 4.4.2),
+    while mail for another destination is delivered in the meantime."""
+    import tlsmta.outbound
+
+    monkeypatch.setattr(tlsmta.outbound, "STARTTLS_TIMEOUT", 1)
+    stalling, stall_port = await start_scripted("stall")
+    receiver = await start_receiver(tmp_path, pki.good)
+    sender = await start_sender(
+        tmp_path, stall_port.getHost().port, pki.ca_pem, tls="required", tls_verify="host",
+        domains={"other.example.net": {"smtp_port": receiver.port}},
+    )
+    try:
+        from e2e import in_thread, send_smtplib
+
+        await in_thread(send_smtplib, sender.port, rcpts=(f"user@{DOMAIN}",))
+        await in_thread(send_smtplib, sender.port, rcpts=("user@other.example.net",))
+        await sender.service.queue.wait_idle()
+    finally:
+        await sender.stop()
+        await receiver.stop()
+        await stall_port.stopListening()
+    by_domain = {e["domain"]: e for e in deliveries(events)}
+    assert by_domain["other.example.net"]["result"] == "delivered"
+    stalled = by_domain[DOMAIN]
+    assert stalled["result"] == "deferred" and "timeout" in stalled["text"]
+    assert stalling.raw  # it did get our ClientHello
+
+
+@pytest_twisted.ensureDeferred
+async def test_reset_during_data_defers_and_keeps_the_message(tmp_path: Any, pki: Any, events: list) -> None:
+    """A peer that resets the connection in the middle of DATA: deferred 4.4.2, the message stays queued."""
+    factory, port = await start_scripted("reset")
+    sender = await start_sender(tmp_path, port.getHost().port, pki.ca_pem, tls="no")
+    try:
+        await submit_and_settle(sender)
+        queued = list(sender.service.queue.messages.values())
+    finally:
+        await sender.stop()
+        await port.stopListening()
+    [event] = deliveries(events)
+    assert event["result"] == "deferred" and event["text"].startswith("4.4.2")
+    assert len(queued) == 1 and queued[0].pending
+
+
+@pytest_twisted.ensureDeferred
+async def test_dns_timeout_defers_transiently(tmp_path: Any, pki: Any, events: list) -> None:
+    """An MX lookup that times out defers (4.4.3), never bounces."""
+    from twisted.internet.defer import fail
+    from twisted.names import error
+    from twisted.names.common import ResolverBase
+
+    from outbound_lab import sender_config
+    from tlsmta.testing import RunningRelay
+
+    class TimingOut(ResolverBase):
+        def _lookup(self, name: bytes, cls: int, type: int, timeout: Any) -> Any:
+            return fail(error.DNSQueryTimeoutError(name))
+
+    sender = await RunningRelay(sender_config(tmp_path, 25, pki.ca_pem), dns_backend=TimingOut()).start()
+    try:
+        await submit_and_settle(sender, rcpts=("user@unpinned.test",))
+    finally:
+        await sender.stop()
+    [event] = deliveries(events)
+    assert event["result"] == "deferred" and event["text"].startswith("4.4.3")

@@ -30,14 +30,14 @@ from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.logger import Logger
 
 from tlsmta import log as events
-from tlsmta import policy, tls
+from tlsmta import outbound, policy, tls
 from tlsmta.client_codec import Reply, parse_ehlo
 from tlsmta.config import DELIVERY_OPTIONS, Resolved
 from tlsmta.diskio import DiskIO
 from tlsmta.dns import DNSError, DNSPermanent, Resolver
 from tlsmta.hooks import Hooks
 from tlsmta.maildir import LocalSink, crlf_to_lf
-from tlsmta.outbound import DATA_START_TIMEOUT, ConnectionBroken, OutboundSMTP, connect
+from tlsmta.outbound import COMMAND_TIMEOUT, DATA_START_TIMEOUT, ConnectionBroken, OutboundSMTP, connect
 from tlsmta.policy import TLSAction, TLSFailure, VerifyMode
 from tlsmta.routes import Route
 from tlsmta.spool import BOUNCED, DELIVERED, PENDING, QueuedMessage, RecipientState, Spool
@@ -297,7 +297,8 @@ class Destination:
         resumable = self.pool.tls_session(self, attempt, check)
         proto.start_tls(self.pool.client_tls(opts, attempt.mx, check, resumable[0] if resumable else None))
         try:
-            caps = await self._ehlo(proto, ehlo_name)
+            # The handshake happens before this EHLO is answered: a stalled one times out here.
+            caps = await self._ehlo(proto, ehlo_name, timeout=outbound.STARTTLS_TIMEOUT)
         except ConnectionBroken as e:
             verdict = check.verdict() if check.seen_certificate else None
             outcome = policy.handshake_failed(opts.tls, opts.fallback, verdict, e.reason)
@@ -322,8 +323,8 @@ class Destination:
         attempt.check = check
         return None, caps
 
-    async def _ehlo(self, proto: OutboundSMTP, name: str) -> dict[str, str] | None:
-        reply = await proto.command(f"EHLO {name}")
+    async def _ehlo(self, proto: OutboundSMTP, name: str, timeout: float = COMMAND_TIMEOUT) -> dict[str, str] | None:
+        reply = await proto.command(f"EHLO {name}", timeout=timeout)
         if reply.code == 250:
             return parse_ehlo(reply)
         reply = await proto.command(f"HELO {name}")

@@ -42,6 +42,7 @@ COMMAND_TIMEOUT = 300
 DATA_START_TIMEOUT = 120
 DATA_BLOCK_TIMEOUT = 180
 DATA_END_TIMEOUT = 600
+STARTTLS_TIMEOUT = 300  # handshake plus the EHLO after it (Postfix: smtp_starttls_timeout)
 
 
 class ConnectionBroken(Exception):
