@@ -126,3 +126,84 @@ async def test_postfix_relays_into_tlsmta_with_verified_tls(tmp_path: Any, pki: 
     assert "status=sent" in log
     [msg] = maildir_messages(str(tmp_path / "receiver-maildir"))
     assert "with ESMTPS" in " ".join(msg["Received"].split())
+
+
+@pytest_twisted.ensureDeferred
+async def test_postfix_relays_only_for_tlsmtas_client_certificate(tmp_path: Any, pki: Any, events: list) -> None:
+    """Postfix asks for client certificates and relays only for trusted ones (permit_tls_all_clientcerts):
+    tlsmta with tls_certificate relays; without one it is refused 554 and bounces."""
+    pf = PrivatePostfix(
+        {
+            "mynetworks": "192.0.2.0/24",  # not 127.0.0.1: only a certificate may relay
+            "smtpd_tls_security_level": "may",
+            "smtpd_tls_cert_file": "$queue_directory/../cert.pem",
+            "smtpd_tls_key_file": "$queue_directory/../key.pem",
+            "smtpd_tls_CAfile": "$queue_directory/../ca.pem",
+            "smtpd_tls_ask_ccert": "yes",
+            "smtpd_tls_loglevel": "1",
+            "smtpd_relay_restrictions": "permit_mynetworks, permit_tls_all_clientcerts, reject_unauth_destination",
+            "smtpd_client_restrictions": "check_client_access static:HOLD",
+        },
+        files={"cert.pem": pki.good.cert, "key.pem": pki.good.key, "ca.pem": pki.ca_pem},
+    )
+    await in_thread(pf.start)
+    try:
+        with_cert = await start_sender(
+            tmp_path / "a", pf.port, pki.ca_pem, tls="required", tls_verify="host",
+            tls_certificate=pki.client.cert, tls_key=pki.client.key,
+        )
+        try:
+            await submit_and_settle(with_cert)
+        finally:
+            await with_cert.stop()
+        without = await start_sender(tmp_path / "b", pf.port, pki.ca_pem, tls="required", tls_verify="host")
+        try:
+            await submit_and_settle(without, sender="")
+        finally:
+            await without.stop()
+        log = pf.log()
+        held = len(pf.queue_files())
+    finally:
+        await in_thread(pf.remove)
+    relayed, refused = deliveries(events)
+    assert relayed["result"] == "delivered", relayed
+    assert refused["result"] == "bounced" and "Relay access denied" in refused["text"]
+    assert held == 1
+    assert "Trusted TLS connection established from" in log or "client certificate" in log.lower()
+
+
+SMUGGLING = [b"\n.\n", b"\n.\r\n", b"\r\n.\n", b"\r.\r", b"\r.\r\n", b"\r\n.\r"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_smuggling_bodies_reach_postfix_as_one_message_each(tmp_path: Any, pki: Any, events: list, postfix_receiver: PrivatePostfix) -> None:
+    """Bodies holding every fake end-of-data variant followed by a smuggled transaction (as a local
+    injection could produce) each arrive at Postfix as exactly one message: no second message appears."""
+    import time
+
+    from tlsmta.ids import new_message_id
+    from tlsmta.routes import parse_route
+    from tlsmta.spool import QueuedMessage, RecipientState
+
+    sender = await start_sender(tmp_path, postfix_receiver.port, pki.ca_pem, tls="required", tls_verify="host")
+    smuggled = b"MAIL FROM:<evil@attacker.test>\r\nRCPT TO:<victim@example.test>\r\nDATA\r\nspoofed\r\n.\r\n"
+    try:
+        for fake_end in SMUGGLING:
+            message = QueuedMessage(
+                id=new_message_id(), sender="app@client.test",
+                recipients=[RecipientState(f"user@{DOMAIN}", parse_route("mx"))], received_at=time.time(),
+            )
+            body = b"Subject: smuggling\r\n\r\nbefore" + fake_end + smuggled + b"after\r\n"
+            await sender.service.disk.run(sender.service.spool.store_blocking, message, body)
+            sender.service.queue.add(message)
+        await sender.service.queue.wait_idle()
+    finally:
+        await sender.stop()
+    assert [e["result"] for e in deliveries(events)] == ["delivered"] * len(SMUGGLING)
+    files = postfix_receiver.queue_files()
+    assert len(files) == len(SMUGGLING)  # one message per body, nothing smuggled
+    for path in files:  # the would-be transaction arrived as text inside the one message
+        with open(path, "rb") as f:
+            content = f.read()
+        assert b"MAIL FROM:<evil@attacker.test>" in content and b"after" in content
+    assert "from=<evil@attacker.test>" not in postfix_receiver.log()
