@@ -506,3 +506,47 @@ async def test_listener_checking_client_certificates_does_not_resume_sessions(tm
         await relay.stop()
     assert [resumed for resumed, _ in sessions] == [False, False]
     assert all(reply.startswith("250") for _, reply in sessions)
+
+
+def _smuggle(port: int, fake_end: bytes, pipelined: bool) -> list[bytes]:
+    """A transaction whose body holds a fake end of data and a second transaction; every reply line."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    f = sock.makefile("rb")
+    f.readline()
+    body = b"Subject: s\r\n\r\nhi" + fake_end + b"MAIL FROM:<evil@attacker.test>\r\nRCPT TO:<victim@example.com>\r\nDATA\r\nspoofed\r\n.\r\n"
+    head = [b"EHLO c.test\r\n", b"MAIL FROM:<a@c.test>\r\n", b"RCPT TO:<b@example.com>\r\n", b"DATA\r\n"]
+    replies = []
+    if pipelined:
+        sock.sendall(b"".join(head) + body + b"QUIT\r\n")
+    else:
+        for line in head:
+            sock.sendall(line)
+            reply = f.readline()
+            while reply[3:4] == b"-":
+                reply = f.readline()
+            replies.append(reply)
+        for piece in (body[:7], body[7:20], body[20:], b"QUIT\r\n"):
+            sock.sendall(piece)
+    while True:
+        reply = f.readline()
+        if not reply:
+            break
+        if reply[3:4] != b"-":
+            replies.append(reply)
+    sock.close()
+    return replies
+
+
+@pytest.mark.parametrize("pipelined", [True, False])
+@pytest.mark.parametrize("fake_end", [b"\n.\n", b"\n.\r\n", b"\r\n.\n", b"\r.\r", b"\r.\r\n"])
+@pytest_twisted.ensureDeferred
+async def test_smuggling_over_real_sockets(tmp_path: Any, fake_end: bytes, pipelined: bool) -> None:
+    """Every fake end-of-data variant, pipelined or not: one 550 for the whole thing, no second message."""
+    relay = await start_relay(tmp_path)
+    try:
+        replies = await in_thread(_smuggle, relay.port, fake_end, pipelined)
+    finally:
+        await relay.stop()
+    codes = [r[:3] for r in replies]
+    assert codes == [b"250", b"250", b"250", b"354", b"550", b"221"], replies
+    assert maildir_messages(str(tmp_path / "maildir")) == []
