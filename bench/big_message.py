@@ -192,6 +192,11 @@ def run(port: int, pid: int, maildir: Path, total: int, interval: float, limit_m
 
     ok = code == 250 and growth < limit_mib * 1024
     created = sorted(new_files(maildir) - before_files)
+    # one machine-readable line (bench/compare.sh reads it; the content check follows)
+    print(
+        f"RESULT big_message bytes={sent} reply={code} rss_before_kb={idle['VmRSS']} peak_kb={peak}"
+        f" growth_kb={growth} rss_after_kb={after['VmRSS']} new_files={len(created)}"
+    )
     if len(created) != 1:
         print(f"maildir/new: expected 1 new file, found {len(created)}")
         return False

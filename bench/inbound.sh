@@ -1,16 +1,35 @@
 #!/usr/bin/env bash
 # Durable inbound accept rate: tlsmta (Maildir, fsync on) vs a private
-# Postfix (accepting into its queue), in one run, with Postfix's
-# smtp-source: MESSAGES messages of SIZE bytes over SESSIONS parallel
-# sessions, a new TCP connection per message (smtp-source's default: it
-# disconnects after each message unless given -d).  Plain SMTP only:
-# smtp-source has no STARTTLS support, and no other load tool on the
-# machine speaks it (swaks is one process per message).
+# Postfix (accepting into its queue), in one run, with the same load for
+# both: MESSAGES messages of SIZE bytes over SESSIONS parallel sessions, a
+# new TCP connection per message.  The load generators (LOADS):
+#
+#   smtp-source  Postfix's smtp-source (its default: it disconnects after
+#                each message unless given -d); plain SMTP, no STARTTLS
+#   plain        the C load generator in lib/tls_smtp.c (`tls_smtp load
+#                -P`), plain SMTP, MAIL/RCPT/DATA pipelined; it also
+#                measures every message's latency from the final "." to the
+#                250 (p50/p99 are printed)
+#   starttls     the same with STARTTLS on every connection (a full TLS
+#                handshake, certificate chain and name verified; both
+#                servers serve the same ECDSA P-256 certificate, made with
+#                trustme, for mx.inbound.bench), latency too
+#   starttls-resumed   the same, offering the previous TLS session
+#
+# With a C load the generator is compiled into the temp dir (cc,
+# libssl-dev) and both servers get the certificate: tlsmta's listener
+# tls_certificate/tls_key, Postfix smtpd_tls_security_level = may with
+# smtpd_tls_cert_file/key_file (lib/postfix.sh).  Without one, tlsmta
+# uses tls_certificate = "auto" and Postfix has no TLS (as before).
 #
 #   bash bench/inbound.sh
+#   LOADS="smtp-source plain starttls" bash bench/inbound.sh
 #
 # Environment (all optional):
 #   MESSAGES=2000 SIZE=4096 SESSIONS=20   the load
+#   LOADS=smtp-source   load generators, see above, run in this order in
+#                   every round
+#   PER_CONN=1      messages per connection for the C loads
 #   ROUNDS=3        pairs of measurements (same instances; who goes first
 #                   alternates); the mean is reported too
 #   PF_MODE=hold    how Postfix keeps the mail (hold|defer, see lib/postfix.sh)
@@ -33,6 +52,20 @@ SESSIONS=${SESSIONS:-20}
 ROUNDS=${ROUNDS:-3}
 SMTP_SOURCE=${SMTP_SOURCE:-/usr/sbin/smtp-source}
 LOAD_TIMEOUT=${LOAD_TIMEOUT:-900}
+LOADS=${LOADS:-smtp-source}
+PER_CONN=${PER_CONN:-1}
+CERT_NAME=mx.inbound.bench
+C_LOADS=0
+for load in $LOADS; do
+    case $load in
+    smtp-source) ;;
+    plain | starttls | starttls-resumed) C_LOADS=1 ;;
+    *)
+        echo "unknown load $load (smtp-source, plain, starttls, starttls-resumed)" >&2
+        exit 2
+        ;;
+    esac
+done
 
 # shellcheck source=lib/postfix.sh
 source "$HERE/lib/postfix.sh"
@@ -45,6 +78,12 @@ source "$HERE/lib/postfix.sh"
     echo "$SMTP_SOURCE missing (apt-get install postfix)" >&2
     exit 1
 }
+if ((C_LOADS)); then
+    command -v cc >/dev/null && [[ -r /usr/include/openssl/ssl.h ]] || {
+        echo "the C load generator needs cc and the OpenSSL headers (apt-get install gcc libssl-dev)" >&2
+        exit 1
+    }
+fi
 
 TMP=$(mktemp -d /tmp/tlsmta-bench-inbound.XXXXXX)
 chmod 0755 "$TMP"
@@ -83,6 +122,9 @@ free_port() {
 
 now() { date +%s.%N; }
 calc() { awk "BEGIN { printf \"%.6f\", $1 }"; }
+kv() { # kv KEY LINE: the value of key=value in LINE
+    sed -n "s/.*[ ^]$1=\([^ ]*\).*/\1/p" <<<" $2"
+}
 
 # cpu seconds (user+system) of a PID (all threads), and of its main thread
 # (the reactor) alone
@@ -103,25 +145,44 @@ machine_jiffies() {
     awk '/^cpu / { idle = $5 + $6; total = 0; for (i = 2; i <= NF; i++) total += $i; print total - idle, total }' /proc/stat
 }
 
-# run_load PORT LABEL: sets LOAD_RESULT to "elapsed_seconds machine_busy_percent
-# listen_overflows" (100% busy = all CPUs); fails if smtp-source did.
-# smtp-source runs in the background and is waited for, so a signal is
+# run_load PORT LABEL LOAD ROUND: sets LOAD_RESULT to "elapsed_seconds
+# machine_busy_percent listen_overflows" (100% busy = all CPUs); fails if
+# the load generator did.  A C load also leaves its per-message latencies
+# (ms) in $TMP/lat-LABEL-LOAD-ROUND.txt and its summary line in LOAD_LINE.
+# The generator runs in the background and is waited for, so a signal is
 # handled at once (the EXIT trap stops it by its PID).
 LOAD_PID=
 LOAD_RESULT=
+LOAD_LINE=
 run_load() {
-    local port=$1 label=$2 t0 t1 j0 j1 o0 o1
+    local port=$1 label=$2 load=$3 round=$4 t0 t1 j0 j1 o0 o1 out
+    local cmd
+    out=$TMP/load-$label-$load-$round.out
+    case $load in
+    smtp-source)
+        cmd=("$SMTP_SOURCE" -4 -s "$SESSIONS" -m "$MESSAGES" -l "$SIZE"
+            -M bench-client.local -f sender@bench-client.local -t rcpt@remote.example "127.0.0.1:$port")
+        ;;
+    *)
+        cmd=("$TMP/tls_smtp" load -t "127.0.0.1:$port" -s "$SESSIONS" -m "$MESSAGES" -r "$PER_CONN" -z "$SIZE"
+            -H bench-client.local -F sender@bench-client.local -T rcpt@remote.example
+            -L "$TMP/lat-$label-$load-$round.txt")
+        case $load in
+        plain) cmd+=(-P) ;;
+        starttls) cmd+=(-C "$TMP/ca.pem" -N "$CERT_NAME") ;;
+        starttls-resumed) cmd+=(-C "$TMP/ca.pem" -N "$CERT_NAME" -R) ;;
+        esac
+        ;;
+    esac
     o0=$(listen_overflows)
     j0=$(machine_jiffies)
     t0=$(now)
-    timeout "$LOAD_TIMEOUT" "$SMTP_SOURCE" -4 -s "$SESSIONS" -m "$MESSAGES" -l "$SIZE" \
-        -M bench-client.local -f sender@bench-client.local -t rcpt@remote.example \
-        "127.0.0.1:$port" >"$TMP/smtp-source-$label.out" 2>&1 &
+    timeout "$LOAD_TIMEOUT" "${cmd[@]}" >"$out" 2>&1 &
     LOAD_PID=$!
     if ! wait "$LOAD_PID"; then
         LOAD_PID=
-        echo "smtp-source against $label failed:" >&2
-        tail -n 20 "$TMP/smtp-source-$label.out" >&2
+        echo "$load against $label failed:" >&2
+        tail -n 20 "$out" >&2
         return 1
     fi
     LOAD_PID=
@@ -129,7 +190,43 @@ run_load() {
     j1=$(machine_jiffies)
     o1=$(listen_overflows)
     LOAD_RESULT="$(calc "$t1 - $t0") $(echo "$j0 $j1" | awk '{ printf "%.0f", ($3 - $1) / ($4 - $2) * 100 }') $((o1 - o0))"
+    LOAD_LINE=$(grep '^load ' "$out" || true)
 }
+
+# lat_summary FILE...: "p50 p90 p99 max mean" in ms over all the latencies
+# in the files (nearest rank), or "- - - - -"
+lat_summary() {
+    local files=() f
+    for f in "$@"; do [[ -s $f ]] && files+=("$f"); done
+    if ((${#files[@]} == 0)); then
+        echo "- - - - -"
+        return
+    fi
+    sort -n "${files[@]}" | awk '{ v[NR] = $1; s += $1 }
+        function pct(p,  k) { k = int(p * NR + 0.999999999); if (k < 1) k = 1; if (k > NR) k = NR; return v[k] }
+        END { printf "%.2f %.2f %.2f %.2f %.2f", pct(0.50), pct(0.90), pct(0.99), v[NR], s / NR }'
+}
+
+# ---------------------------------------------------------------- certificate + C load generator
+TLS_LISTENER='tls_certificate = "auto"'
+if ((C_LOADS)); then
+    cc -O2 -Wall -o "$TMP/tls_smtp" "$HERE/lib/tls_smtp.c" -lssl -lcrypto -lpthread
+    "$VENV/bin/python" - "$TMP" "$CERT_NAME" <<'PYEOF'
+import sys, trustme
+tmp, name = sys.argv[1], sys.argv[2]
+ca = trustme.CA()  # ECDSA P-256, as trustme makes by default
+ca.cert_pem.write_to_path(f"{tmp}/ca.pem")
+leaf = ca.issue_cert(name, "127.0.0.1")
+with open(f"{tmp}/server-chain.pem", "wb") as f:
+    for blob in leaf.cert_chain_pems:
+        f.write(blob.bytes())
+leaf.private_key_pem.write_to_path(f"{tmp}/server-key.pem")
+PYEOF
+    chmod 0644 "$TMP/ca.pem" "$TMP/server-chain.pem"
+    chmod 0600 "$TMP/server-key.pem"
+    TLS_LISTENER="tls_certificate = \"$TMP/server-chain.pem\"
+tls_key = \"$TMP/server-key.pem\""
+fi
 
 # ---------------------------------------------------------------- tlsmta
 TPORT=$(free_port)
@@ -144,7 +241,7 @@ route = "maildir:$TMP/tlsmta/maildir"
 name = "bench"
 endpoint = "tcp:$TPORT:interface=127.0.0.1${ENDPOINT_OPTIONS:+:$ENDPOINT_OPTIONS}"
 tls = "starttls"
-tls_certificate = "auto"
+$TLS_LISTENER
 relay_networks = ["127.0.0.0/8"]
 max_connections = 20000
 EOF
@@ -161,48 +258,71 @@ grep -q "listening on" "$TLOG" || { echo "tlsmta did not start:" >&2; cat "$TLOG
 
 # ---------------------------------------------------------------- postfix
 PPORT=$(free_port)
-pf_create "$TMP/postfix" "$PPORT" >/dev/null
+if ((C_LOADS)); then
+    pf_create "$TMP/postfix" "$PPORT" "$TMP/server-chain.pem" "$TMP/server-key.pem" >/dev/null
+else
+    pf_create "$TMP/postfix" "$PPORT" >/dev/null
+fi
 pf_start "$TMP/postfix"
 
 echo "tlsmta-bench inbound: $MESSAGES messages x $SIZE bytes, $SESSIONS sessions," \
-    "new connection per message, plain SMTP, loopback; Postfix mode: ${PF_MODE:-hold}"
+    "$( ((PER_CONN == 1)) && echo "new connection per message" || echo "$PER_CONN messages per connection (C loads)"), loopback;" \
+    "loads: $LOADS; Postfix mode: ${PF_MODE:-hold}$( ((C_LOADS)) && echo "; both offer STARTTLS with the same certificate")"
 echo "host: $(nproc) CPUs; $(uname -r); $(df -PT "$TMP" | awk 'NR==2 {print $2 " on " $1}')"
 
-results=()
+declare -A SUM_T SUM_P
+for load in $LOADS; do SUM_T[$load]=0 SUM_P[$load]=0; done
 for ((round = 1; round <= ROUNDS; round++)); do
-    cpu0=$(cpu_seconds "$TLSMTA_PID")
-    main0=$(main_thread_cpu_seconds "$TLSMTA_PID")
-    # alternate who goes first, so neither always runs on a warmer machine
-    if ((round % 2 == 0)); then
-        run_load "$PPORT" postfix
-        read -r t_postfix busy_postfix ovf_postfix <<<"$LOAD_RESULT"
+    for load in $LOADS; do
+        t_tlsmta= t_postfix= line_tlsmta= line_postfix=
         cpu0=$(cpu_seconds "$TLSMTA_PID")
         main0=$(main_thread_cpu_seconds "$TLSMTA_PID")
-    fi
-    run_load "$TPORT" tlsmta
-    read -r t_tlsmta busy_tlsmta ovf_tlsmta <<<"$LOAD_RESULT"
-    cpu1=$(cpu_seconds "$TLSMTA_PID")
-    main1=$(main_thread_cpu_seconds "$TLSMTA_PID")
-    if ((round % 2 == 1)); then
-        run_load "$PPORT" postfix
-        read -r t_postfix busy_postfix ovf_postfix <<<"$LOAD_RESULT"
-    fi
-    [[ -n $t_tlsmta && -n $t_postfix ]] || exit 1
-    r_tlsmta=$(calc "$MESSAGES / $t_tlsmta")
-    r_postfix=$(calc "$MESSAGES / $t_postfix")
-    ratio=$(calc "$r_tlsmta / $r_postfix")
-    cpu=$(calc "($cpu1 - $cpu0) / $t_tlsmta * 100")
-    main=$(calc "($main1 - $main0) / $t_tlsmta * 100")
-    per_msg=$(calc "($cpu1 - $cpu0) / $MESSAGES * 1000")
-    printf 'round %d: tlsmta  %6.1f msg/s (%.2f s; tlsmta CPU %.0f%% of a core, reactor thread %.0f%%, %.2f ms CPU/msg; machine %s%% busy; listen overflows %s)\n' \
-        "$round" "$r_tlsmta" "$t_tlsmta" "$cpu" "$main" "$per_msg" "$busy_tlsmta" "$ovf_tlsmta"
-    printf '         postfix %6.1f msg/s (%.2f s; machine %s%% busy; listen overflows %s)  ratio tlsmta/postfix %.2f\n' \
-        "$r_postfix" "$t_postfix" "$busy_postfix" "$ovf_postfix" "$ratio"
-    results+=("$r_tlsmta $r_postfix")
+        # alternate who goes first, so neither always runs on a warmer machine
+        if ((round % 2 == 0)); then
+            run_load "$PPORT" postfix "$load" "$round"
+            read -r t_postfix busy_postfix ovf_postfix <<<"$LOAD_RESULT"
+            line_postfix=$LOAD_LINE
+            cpu0=$(cpu_seconds "$TLSMTA_PID")
+            main0=$(main_thread_cpu_seconds "$TLSMTA_PID")
+        fi
+        run_load "$TPORT" tlsmta "$load" "$round"
+        read -r t_tlsmta busy_tlsmta ovf_tlsmta <<<"$LOAD_RESULT"
+        line_tlsmta=$LOAD_LINE
+        cpu1=$(cpu_seconds "$TLSMTA_PID")
+        main1=$(main_thread_cpu_seconds "$TLSMTA_PID")
+        if ((round % 2 == 1)); then
+            run_load "$PPORT" postfix "$load" "$round"
+            read -r t_postfix busy_postfix ovf_postfix <<<"$LOAD_RESULT"
+            line_postfix=$LOAD_LINE
+        fi
+        [[ -n $t_tlsmta && -n $t_postfix ]] || exit 1
+        r_tlsmta=$(calc "$MESSAGES / $t_tlsmta")
+        r_postfix=$(calc "$MESSAGES / $t_postfix")
+        ratio=$(calc "$r_tlsmta / $r_postfix")
+        cpu=$(calc "($cpu1 - $cpu0) / $t_tlsmta * 100")
+        main=$(calc "($main1 - $main0) / $t_tlsmta * 100")
+        per_msg=$(calc "($cpu1 - $cpu0) / $MESSAGES * 1000")
+        lat_t= lat_p=
+        if [[ -n $line_tlsmta ]]; then
+            lat_t=$(printf '; end of DATA -> 250 p50 %s ms, p99 %s ms' "$(kv lat_p50_ms "$line_tlsmta")" "$(kv lat_p99_ms "$line_tlsmta")")
+            lat_p=$(printf '; end of DATA -> 250 p50 %s ms, p99 %s ms' "$(kv lat_p50_ms "$line_postfix")" "$(kv lat_p99_ms "$line_postfix")")
+            if [[ $load == starttls* ]]; then
+                lat_t+=$(printf '; TLS handshakes %s, resumed %s' "$(kv handshakes "$line_tlsmta")" "$(kv resumed "$line_tlsmta")")
+                lat_p+=$(printf '; TLS handshakes %s, resumed %s' "$(kv handshakes "$line_postfix")" "$(kv resumed "$line_postfix")")
+            fi
+        fi
+        printf 'round %d %-16s tlsmta  %6.1f msg/s (%.2f s; tlsmta CPU %.0f%% of a core, reactor thread %.0f%%, %.2f ms CPU/msg; machine %s%% busy; listen overflows %s%s)\n' \
+            "$round" "$load:" "$r_tlsmta" "$t_tlsmta" "$cpu" "$main" "$per_msg" "$busy_tlsmta" "$ovf_tlsmta" "$lat_t"
+        printf '        %-16s postfix %6.1f msg/s (%.2f s; machine %s%% busy; listen overflows %s%s)  ratio tlsmta/postfix %.2f\n' \
+            "" "$r_postfix" "$t_postfix" "$busy_postfix" "$ovf_postfix" "$lat_p" "$ratio"
+        SUM_T[$load]=$(calc "${SUM_T[$load]} + $r_tlsmta")
+        SUM_P[$load]=$(calc "${SUM_P[$load]} + $r_postfix")
+    done
 done
 
 # ---------------------------------------------------------------- verify
-expected=$((MESSAGES * ROUNDS))
+n_loads=$(wc -w <<<"$LOADS")
+expected=$((MESSAGES * ROUNDS * n_loads))
 sleep 1 # let Postfix's cleanup/qmgr settle (250 was given after the fsync already)
 n_tlsmta=$(find "$TMP/tlsmta/maildir/new" -type f | wc -l)
 n_tmp=$(find "$TMP/tlsmta/maildir/tmp" -type f | wc -l)
@@ -227,10 +347,22 @@ fi
 sizes=$(find "$TMP/tlsmta/maildir/new" -type f -printf '%s\n' | sort -n | uniq -c | sort -rn | awk 'NR <= 3 { printf "%s x %s B; ", $1, $2 }')
 echo "tlsmta maildir file sizes (count size): $sizes"
 
-if ((ROUNDS > 1)); then
-    printf '%s\n' "${results[@]}" | awk '{ t += $1; p += $2; n++ }
-        END { printf "mean over %d rounds: tlsmta %.1f msg/s, postfix %.1f msg/s, ratio %.2f\n", n, t/n, p/n, t/p }'
-fi
+for load in $LOADS; do
+    r_t=$(calc "${SUM_T[$load]} / $ROUNDS")
+    r_p=$(calc "${SUM_P[$load]} / $ROUNDS")
+    read -r tp50 _ tp99 tmax _ <<<"$(lat_summary "$TMP"/lat-tlsmta-"$load"-*.txt)"
+    read -r pp50 _ pp99 pmax _ <<<"$(lat_summary "$TMP"/lat-postfix-"$load"-*.txt)"
+    printf 'mean over %d round(s), %-16s tlsmta %.1f msg/s, postfix %.1f msg/s, ratio %.2f' \
+        "$ROUNDS" "$load:" "$r_t" "$r_p" "$(calc "$r_t / $r_p")"
+    if [[ $tp50 != - ]]; then
+        printf '; end of DATA -> 250 over all rounds: tlsmta p50 %s ms p99 %s ms (max %s), postfix p50 %s ms p99 %s ms (max %s)' \
+            "$tp50" "$tp99" "$tmax" "$pp50" "$pp99" "$pmax"
+    fi
+    printf '\n'
+    # one machine-readable line per load (bench/compare.sh reads these)
+    printf 'RESULT inbound load=%s rounds=%d tlsmta=%.1f postfix=%.1f ratio=%.3f tlsmta_p50=%s tlsmta_p99=%s postfix_p50=%s postfix_p99=%s\n' \
+        "$load" "$ROUNDS" "$r_t" "$r_p" "$(calc "$r_t / $r_p")" "$tp50" "$tp99" "$pp50" "$pp99"
+done
 
 status=0
 if ((n_tlsmta != expected)); then

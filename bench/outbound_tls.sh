@@ -411,6 +411,11 @@ for mode in $MODES; do
         "$mode" "$(calc "${SUM_T[$mode]} / $ROUNDS")" "$(calc "${SUM_TS[$mode]} / $ROUNDS")" \
         "$(calc "${SUM_P[$mode]} / $ROUNDS")" "$(calc "${SUM_T[$mode]} / ${SUM_P[$mode]}")" \
         "$(calc "${SUM_TS[$mode]} / ${SUM_P[$mode]}")" "$target"
+    # one machine-readable line per mode (bench/compare.sh reads these)
+    printf 'RESULT outbound mode=%s rounds=%d tlsmta=%.1f tlsmta_from_start=%.1f postfix=%.1f ratio=%.3f ratio_from_start=%.3f\n' \
+        "$mode" "$ROUNDS" "$(calc "${SUM_T[$mode]} / $ROUNDS")" "$(calc "${SUM_TS[$mode]} / $ROUNDS")" \
+        "$(calc "${SUM_P[$mode]} / $ROUNDS")" "$(calc "${SUM_T[$mode]} / ${SUM_P[$mode]}")" \
+        "$(calc "${SUM_TS[$mode]} / ${SUM_P[$mode]}")"
 done
 sink_stats
 echo "sink totals: messages connections tls resumed errors = $SINK_STATS"

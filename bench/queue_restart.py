@@ -198,6 +198,10 @@ def main() -> int:
                   f" baseline; {r['delivery']} delivery attempts logged by then; tlsmta CPU {float(r['cpu']):.1f} s")
             first = float(r["start_to_first_delivery"])
             print(f"  first delivery attempt < 15 s: {'yes' if first < 15 else 'NO'} ({first:.2f} s)")
+            # one machine-readable line per run (bench/compare.sh reads these)
+            print(f"RESULT restart run={run} messages={args.messages} loaded={loaded} first_log={float(r['start_to_log']):.3f}"
+                  f" first_delivery={first:.3f} loaded_at={float(r['start_to_loaded']):.3f} rss_loaded_kb={rss0}"
+                  f" rss_2s_kb={rss2} hwm_kb={hwm2} baseline_kb={base_rss}")
             if loaded != args.messages:
                 print(f"  MISMATCH: queue_loaded says {loaded}, expected {args.messages}")
                 return 1
@@ -214,6 +218,8 @@ def main() -> int:
               f" RSS at queue_loaded {rss0 / 1024:.1f} MiB, 2 s later {rss2 / 1024:.1f} MiB (peak {hwm2 / 1024:.1f} MiB);"
               f" {(rss2 - base_rss) * 1024 / max(loaded, 1):.0f} bytes per queued message over the baseline;"
               f" {r['delivery']} delivery attempts; tlsmta CPU {float(r['cpu']):.1f} s")
+        print(f"RESULT restart run=load-only messages={args.messages} loaded={loaded} loaded_at={float(r['start_to_loaded']):.3f}"
+              f" rss_loaded_kb={rss0} rss_2s_kb={rss2} hwm_kb={hwm2} baseline_kb={base_rss}")
         return 0
     finally:
         runner.stop()

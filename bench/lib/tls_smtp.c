@@ -25,12 +25,20 @@
  *       (up to 40 ms), to show what a client loses to Nagle + delayed ACK.
  *
  *   tls_smtp load -t 127.0.0.1:PORT -C CA.pem -N NAME -s SESSIONS
- *                 -m MESSAGES -r PER_CONNECTION -z SIZE [-R]
+ *                 -m MESSAGES -r PER_CONNECTION -z SIZE [-R] [-P]
+ *                 [-F SENDER] [-T RECIPIENT] [-H EHLO_NAME] [-L FILE]
  *       SESSIONS threads deliver MESSAGES messages of SIZE bytes with
  *       STARTTLS, chain and name (NAME, also SNI) verified, up to
  *       PER_CONNECTION messages per connection; -R offers the last session
- *       (resumption).  Prints "load messages=.. seconds=.. rate=..
- *       handshakes=.. resumed=.. failures=..".
+ *       (resumption); -P plain SMTP, no STARTTLS (then -C/-N are not
+ *       needed).  Works against any SMTP server that offers PIPELINING
+ *       (MAIL, RCPT and DATA go in one flight; the body and the final dot
+ *       in one write).  Latency of every message: from just before the
+ *       write carrying the final "." to the moment its reply
+ *       (250) was read; -L FILE writes them, in ms, one per line.
+ *       Prints "load messages=.. seconds=.. rate=.. handshakes=..
+ *       resumed=.. failures=.. lat_p50_ms=.. lat_p90_ms=.. lat_p99_ms=..
+ *       lat_max_ms=.. lat_mean_ms=..".
  *
  * Build: cc -O2 -o tls_smtp tls_smtp.c -lssl -lcrypto -lpthread
  */
@@ -401,7 +409,11 @@ static SSL_CTX *load_ctx;
 static struct sockaddr_in load_addr;
 static const char *load_name = "mx.sink.bench";
 static long load_remaining, load_per_conn = 1, load_failures, load_handshakes, load_resumed, load_done;
-static int load_resume;
+static int load_resume, load_plain;
+static const char *load_from = "load@load.bench", *load_to = "user@sink.bench", *load_helo = "load.bench";
+static char load_envelope[1024], load_ehlo[300];
+static double *load_latency; /* seconds, one per delivered message (index: load_done before the increment) */
+static long load_latency_cap;
 static char *load_body;
 static size_t load_body_len;
 static SSL_SESSION *load_session;
@@ -447,41 +459,51 @@ static int one_connection(long n)
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     if (connect(c->fd, (struct sockaddr *)&load_addr, sizeof load_addr) < 0)
         goto out;
-    if (read_reply(c) != 220 || send_cmd(c, "EHLO load.bench\r\n", 250) < 0 ||
-        send_cmd(c, "STARTTLS\r\n", 220) < 0)
+    if (read_reply(c) != 220 || send_cmd(c, load_ehlo, 250) < 0)
         goto out;
-    c->ipos = c->ilen = 0;
-    c->ssl = SSL_new(load_ctx);
-    SSL_set_fd(c->ssl, c->fd);
-    SSL_set_tlsext_host_name(c->ssl, load_name);
-    SSL_set1_host(c->ssl, load_name);
-    if (load_resume) {
-        pthread_mutex_lock(&load_lock);
-        if (load_session)
-            SSL_set_session(c->ssl, load_session);
-        pthread_mutex_unlock(&load_lock);
+    if (!load_plain) {
+        if (send_cmd(c, "STARTTLS\r\n", 220) < 0)
+            goto out;
+        c->ipos = c->ilen = 0;
+        c->ssl = SSL_new(load_ctx);
+        SSL_set_fd(c->ssl, c->fd);
+        SSL_set_tlsext_host_name(c->ssl, load_name);
+        SSL_set1_host(c->ssl, load_name);
+        if (load_resume) {
+            pthread_mutex_lock(&load_lock);
+            if (load_session)
+                SSL_set_session(c->ssl, load_session);
+            pthread_mutex_unlock(&load_lock);
+        }
+        if (SSL_connect(c->ssl) != 1 || SSL_get_verify_result(c->ssl) != X509_V_OK) {
+            ERR_print_errors_fp(stderr);
+            goto out;
+        }
+        add(&load_handshakes, 1);
+        if (SSL_session_reused(c->ssl))
+            add(&load_resumed, 1);
+        if (send_cmd(c, load_ehlo, 250) < 0)
+            goto out;
     }
-    if (SSL_connect(c->ssl) != 1 || SSL_get_verify_result(c->ssl) != X509_V_OK) {
-        ERR_print_errors_fp(stderr);
-        goto out;
-    }
-    add(&load_handshakes, 1);
-    if (SSL_session_reused(c->ssl))
-        add(&load_resumed, 1);
-    if (send_cmd(c, "EHLO load.bench\r\n", 250) < 0)
-        goto out;
     for (long i = 0; i < n; i++) {
-        c_puts(c, "MAIL FROM:<load@load.bench> SIZE=4096\r\nRCPT TO:<user@sink.bench>\r\nDATA\r\n");
+        c_puts(c, load_envelope);
         if (c_flush(c) < 0 || read_reply(c) != 250 || read_reply(c) != 250 || read_reply(c) != 354)
             goto out;
-        if (c_write(c, load_body, load_body_len) < 0 || c_puts(c, ".\r\n") < 0 || c_flush(c) < 0 ||
-            read_reply(c) != 250)
+        if (c_write(c, load_body, load_body_len) < 0 || c_puts(c, ".\r\n") < 0)
             goto out;
-        add(&load_done, 1);
+        /* the clock starts before the write that carries the final dot (a
+           thread preempted inside write() would otherwise start it late) */
+        double t_dot = now();
+        if (c_flush(c) < 0 || read_reply(c) != 250)
+            goto out;
+        double t_reply = now();
+        long k = __atomic_fetch_add(&load_done, 1, __ATOMIC_RELAXED);
+        if (k < load_latency_cap)
+            load_latency[k] = t_reply - t_dot;
     }
     if (send_cmd(c, "QUIT\r\n", 221) < 0)
         goto out;
-    if (load_resume) {
+    if (load_resume && c->ssl) {
         SSL_SESSION *s = SSL_get1_session(c->ssl);
         if (s && SSL_SESSION_is_resumable(s)) {
             pthread_mutex_lock(&load_lock);
@@ -498,6 +520,25 @@ static int one_connection(long n)
 out:
     close_conn(c);
     return rc;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* nearest-rank percentile of a sorted array, in ms */
+static double percentile_ms(const double *v, long n, double p)
+{
+    if (n <= 0)
+        return 0;
+    long k = (long)(p * (double)n + 0.999999999) - 1;
+    if (k < 0)
+        k = 0;
+    if (k >= n)
+        k = n - 1;
+    return v[k] * 1000;
 }
 
 static void *load_worker(void *arg)
@@ -519,7 +560,8 @@ static int run_load(int argc, char **argv)
     const char *target = NULL, *ca = NULL;
     long sessions = 20, messages = 2000, size = 4096;
     int opt;
-    while ((opt = getopt(argc, argv, "t:C:N:s:m:r:z:R")) != -1) {
+    const char *latency_file = NULL;
+    while ((opt = getopt(argc, argv, "t:C:N:s:m:r:z:RPF:T:H:L:")) != -1) {
         switch (opt) {
         case 't': target = optarg; break;
         case 'C': ca = optarg; break;
@@ -529,29 +571,41 @@ static int run_load(int argc, char **argv)
         case 'r': load_per_conn = atol(optarg); break;
         case 'z': size = atol(optarg); break;
         case 'R': load_resume = 1; break;
+        case 'P': load_plain = 1; break;
+        case 'F': load_from = optarg; break;
+        case 'T': load_to = optarg; break;
+        case 'H': load_helo = optarg; break;
+        case 'L': latency_file = optarg; break;
         default: return 2;
         }
     }
-    if (!target || !ca || parse_hostport(target, &load_addr) < 0 || sessions < 1 || load_per_conn < 1 ||
-        size < 100) {
+    if (!target || (!ca && !load_plain) || parse_hostport(target, &load_addr) < 0 || sessions < 1 ||
+        load_per_conn < 1 || size < 300 || messages < 1) {
         fprintf(stderr, "usage: tls_smtp load -t 127.0.0.1:PORT -C CA.pem -N NAME -s SESSIONS -m MESSAGES "
-                        "-r PER_CONNECTION -z SIZE [-R]\n");
+                        "-r PER_CONNECTION -z SIZE [-R] [-P] [-F SENDER] [-T RCPT] [-H EHLO_NAME] [-L FILE]\n");
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
-    load_ctx = SSL_CTX_new(TLS_client_method());
-    SSL_CTX_set_min_proto_version(load_ctx, TLS1_2_VERSION);
-    if (SSL_CTX_load_verify_locations(load_ctx, ca, NULL) != 1) {
-        ERR_print_errors_fp(stderr);
-        return 1;
+    if (!load_plain) {
+        load_ctx = SSL_CTX_new(TLS_client_method());
+        SSL_CTX_set_min_proto_version(load_ctx, TLS1_2_VERSION);
+        if (SSL_CTX_load_verify_locations(load_ctx, ca, NULL) != 1) {
+            ERR_print_errors_fp(stderr);
+            return 1;
+        }
+        SSL_CTX_set_verify(load_ctx, SSL_VERIFY_PEER, NULL);
+        SSL_CTX_set_session_cache_mode(load_ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
     }
-    SSL_CTX_set_verify(load_ctx, SSL_VERIFY_PEER, NULL);
-    SSL_CTX_set_session_cache_mode(load_ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+    snprintf(load_envelope, sizeof load_envelope, "MAIL FROM:<%s> SIZE=%ld\r\nRCPT TO:<%s>\r\nDATA\r\n", load_from,
+             size, load_to);
+    snprintf(load_ehlo, sizeof load_ehlo, "EHLO %s\r\n", load_helo);
+    load_latency_cap = messages;
+    load_latency = calloc((size_t)messages, sizeof *load_latency);
 
     /* SIZE bytes: a few headers, then 76-character lines, CRLF throughout */
-    load_body = malloc((size_t)size + 80);
-    int off = snprintf(load_body, 200,
-                       "From: <load@load.bench>\r\nTo: <user@sink.bench>\r\nSubject: tls_smtp load\r\n\r\n");
+    load_body = malloc((size_t)size + 512);
+    int off = snprintf(load_body, 256, "From: <%.80s>\r\nTo: <%.80s>\r\nSubject: tls_smtp load\r\n\r\n", load_from,
+                       load_to);
     while (off < size) {
         for (int i = 0; i < 76; i++, off++)
             load_body[off] = (char)('a' + (off + i) % 26);
@@ -570,9 +624,28 @@ static int run_load(int argc, char **argv)
     for (long i = 0; i < sessions; i++)
         pthread_join(tids[i], NULL);
     double dt = now() - t0;
-    printf("load messages=%ld seconds=%.3f rate=%.1f handshakes=%ld resumed=%ld failures=%ld\n", get(&load_done),
-           dt, get(&load_done) / dt, get(&load_handshakes), get(&load_resumed), get(&load_failures));
-    return get(&load_done) == messages ? 0 : 1;
+    long done = get(&load_done), nlat = done < load_latency_cap ? done : load_latency_cap;
+    double sum = 0;
+    if (latency_file) {
+        FILE *f = fopen(latency_file, "w");
+        if (!f) {
+            perror(latency_file);
+            return 1;
+        }
+        for (long i = 0; i < nlat; i++)
+            fprintf(f, "%.3f\n", load_latency[i] * 1000);
+        fclose(f);
+    }
+    for (long i = 0; i < nlat; i++)
+        sum += load_latency[i];
+    qsort(load_latency, (size_t)nlat, sizeof *load_latency, cmp_double);
+    printf("load messages=%ld seconds=%.3f rate=%.1f handshakes=%ld resumed=%ld failures=%ld"
+           " lat_p50_ms=%.2f lat_p90_ms=%.2f lat_p99_ms=%.2f lat_max_ms=%.2f lat_mean_ms=%.2f\n",
+           done, dt, done / dt, get(&load_handshakes), get(&load_resumed), get(&load_failures),
+           percentile_ms(load_latency, nlat, 0.50), percentile_ms(load_latency, nlat, 0.90),
+           percentile_ms(load_latency, nlat, 0.99), nlat ? load_latency[nlat - 1] * 1000 : 0,
+           nlat ? sum / (double)nlat * 1000 : 0);
+    return done == messages ? 0 : 1;
 }
 
 int main(int argc, char **argv)
