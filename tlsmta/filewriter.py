@@ -51,6 +51,14 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
+def remove_if_present(path: str) -> None:
+    """unlink() that does not mind the file being gone already (cleanup paths)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
 class TempFile:
     """A file written in a temporary place, then fsynced and closed (disk thread).
 
@@ -81,10 +89,7 @@ class TempFile:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        remove_if_present(self.path)
 
 
 def translate(error: BaseException) -> StoreError:

@@ -28,7 +28,7 @@ from typing import Any
 import attrs
 
 from tlsmta.diskio import DiskIO
-from tlsmta.filewriter import StreamingWriter, TempFile, write_all
+from tlsmta.filewriter import StreamingWriter, TempFile, remove_if_present, write_all
 from tlsmta.routes import Route, parse_route
 from tlsmta.store import NO_THROTTLE, Envelope, Throttle
 
@@ -201,10 +201,7 @@ class SpoolFile:
 
     def discard(self) -> None:
         self.body.discard()
-        try:
-            os.unlink(self.tmp_meta)
-        except FileNotFoundError:
-            pass
+        remove_if_present(self.tmp_meta)
 
 
 class Spool:
@@ -259,10 +256,7 @@ class Spool:
     def remove_blocking(self, message_id: str) -> None:
         """Forget a finished message: metadata first, so a crash leaves files the scan removes."""
         for path in (self.meta_path(message_id), self.state_path(message_id), self.body_path(message_id)):
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+            remove_if_present(path)
 
     def read_body_blocking(self, message_id: str) -> bytes:
         with open(self.body_path(message_id), "rb") as f:
