@@ -49,6 +49,14 @@ def in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> Deferred[T]:
     return deferToThread(fn, *args, **kwargs)
 
 
+def read_reply(f: Any) -> bytes:
+    """The last line of one (possibly multi-line) SMTP reply from a socket file."""
+    line = f.readline()
+    while line[3:4] == b"-":
+        line = f.readline()
+    return line
+
+
 def maildir_messages(path: str) -> list[Any]:
     """Messages in the Maildir, read with the standard library's reader."""
     if not os.path.isdir(os.path.join(path, "new")):

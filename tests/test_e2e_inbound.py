@@ -18,6 +18,7 @@ from e2e import (
     eventually,
     in_thread,
     maildir_messages,
+    read_reply,
     run_process,
     send_smtplib,
     start_relay,
@@ -130,8 +131,7 @@ def _raw_starttls_injection(port: int, ca: str) -> list[str]:
     f = sock.makefile("rb")
     f.readline()
     sock.sendall(b"EHLO client.test\r\n")
-    while f.readline()[3:4] == b"-":
-        pass
+    read_reply(f)
     sock.sendall(b"STARTTLS\r\nMAIL FROM:<evil@attacker.test>\r\nRCPT TO:<x@example.com>\r\n")
     assert f.readline().startswith(b"220")
     tls = client_context(ca).wrap_socket(sock, server_hostname="mx.example.test")
@@ -348,8 +348,7 @@ def _garbage_after_starttls(port: int) -> bytes:
     f = sock.makefile("rb")
     f.readline()
     sock.sendall(b"EHLO c.test\r\n")
-    while f.readline()[3:4] == b"-":
-        pass
+    read_reply(f)
     sock.sendall(b"STARTTLS\r\n")
     f.readline()
     sock.sendall(b"this is not a TLS ClientHello\r\n" * 10)
@@ -436,8 +435,7 @@ def _stall_handshake(port: int, implicit: bool, seconds: float) -> bool:
         f = sock.makefile("rb")
         f.readline()
         sock.sendall(b"EHLO c.test\r\n")
-        while f.readline()[3:4] == b"-":
-            pass
+        read_reply(f)
         sock.sendall(b"STARTTLS\r\n")
         f.readline()
     sock.sendall(b"\x16\x03\x01")  # the first bytes of a ClientHello, then nothing
@@ -479,15 +477,13 @@ def _two_sessions(port: int, ca: str, cert: Any, version: ssl.TLSVersion) -> lis
         f = sock.makefile("rb")
         f.readline()
         sock.sendall(b"EHLO client.example.test\r\n")
-        while f.readline()[3:4] == b"-":
-            pass
+        read_reply(f)
         sock.sendall(b"STARTTLS\r\n")
         f.readline()
         tls = ctx.wrap_socket(sock, server_hostname="mx.example.test", session=session)
         tf = tls.makefile("rb")
         tls.sendall(b"EHLO client.example.test\r\nMAIL FROM:<a@client.test>\r\nQUIT\r\n")
-        while tf.readline()[3:4] == b"-":
-            pass
+        read_reply(tf)
         mail = tf.readline().decode().strip()
         out.append((tls.session_reused, mail))
         session = tls.session
@@ -521,9 +517,7 @@ def _smuggle(port: int, fake_end: bytes, pipelined: bool) -> list[bytes]:
     else:
         for line in head:
             sock.sendall(line)
-            reply = f.readline()
-            while reply[3:4] == b"-":
-                reply = f.readline()
+            reply = read_reply(f)
             replies.append(reply)
         for piece in (body[:7], body[7:20], body[20:], b"QUIT\r\n"):
             sock.sendall(piece)

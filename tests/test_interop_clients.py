@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 
-from e2e import in_thread, maildir_messages, run_process, start_relay
+from e2e import in_thread, maildir_messages, read_reply, run_process, start_relay
 from tlsmta.auth import hash_password
 from tlsmta.testing import dev_listener
 
@@ -89,9 +89,7 @@ def _smtp(port: int, lines: list[bytes]) -> list[bytes]:
     replies = [f.readline()]
     for line in lines:
         sock.sendall(line)
-        reply = f.readline()
-        while reply[3:4] == b"-":
-            reply = f.readline()
+        reply = read_reply(f)
         replies.append(reply)
     sock.close()
     return replies
