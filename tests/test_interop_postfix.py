@@ -118,7 +118,8 @@ async def test_postfix_relays_into_tlsmta_with_verified_tls(tmp_path: Any, pki: 
     try:
         await in_thread(send_smtplib, pf.port, rcpts=(f"someone@{DOMAIN}",))
         await eventually(lambda: len(maildir_messages(str(tmp_path / "receiver-maildir"))) == 1, timeout=60)
-        log = pf.log()
+        # Postfix logs status=sent only after our 250 reaches it, which can be after the Maildir write.
+        log = await in_thread(pf.wait_for_log, "status=sent", 30)
     finally:
         await in_thread(pf.remove)
         await receiver.stop()
