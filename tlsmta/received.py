@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from email.utils import format_datetime
 from datetime import datetime
@@ -16,6 +17,12 @@ _UNSAFE = re.compile(r"[^\x21-\x7e]|[()\\]")
 def _clean(text: str, limit: int = 255) -> str:
     """Client-supplied text as a header-safe token (no spaces, controls, CR/LF, comment delimiters)."""
     return _UNSAFE.sub("?", text)[:limit] or "?"
+
+
+@functools.lru_cache(maxsize=8)
+def _date(when: datetime) -> str:
+    """RFC 5322 date; one per second is enough, and formatting it shows in profiles."""
+    return format_datetime(when)
 
 
 @attrs.frozen
@@ -54,7 +61,7 @@ def received_header(facts: TraceFacts) -> bytes:
     lines.append(f"\tby {facts.by_host} (tlsmta) with {protocol_keyword(facts)} id {facts.message_id}")
     if facts.recipient:
         lines.append(f"\tfor <{_header_text(facts.recipient)}>")
-    lines[-1] += f"; {format_datetime(facts.when)}"
+    lines[-1] += f"; {_date(facts.when.replace(microsecond=0))}"
     return ("\r\n".join(lines) + "\r\n").encode("utf-8")
 
 

@@ -45,6 +45,14 @@ class Options(usage.Options):
             # twistd builds its log observer from its own --logger option, before
             # makeService runs: set it while options are still being parsed.
             self.parent["logger"] = "tlsmta.log.json_observer"
+        elif self.parent is not None and _logs_to_stdout(self.parent):
+            self.parent["logger"] = "tlsmta.log.text_observer"
+
+
+def _logs_to_stdout(twistd: Any) -> bool:
+    """twistd would log text to stdout (-n without a log file or syslog): the
+    same lines can come from tlsmta's cheaper observer."""
+    return bool(twistd.get("nodaemon")) and twistd.get("logfile") in (None, "-") and not twistd.get("syslog") and not twistd.get("logger")
 
 
 def command_line_adjust(options: Options, path: str) -> Any:

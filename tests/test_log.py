@@ -1,0 +1,57 @@
+"""Structured log lines: the key=value format and tlsmta's text observer."""
+
+from __future__ import annotations
+
+import io
+import time
+
+from twisted.logger import LogLevel, formatEventAsClassicLogText, globalLogPublisher
+
+from tlsmta import log
+
+
+def test_kv_line_quotes_what_would_break_a_grep() -> None:
+    line = log.kv_line("received", {"msgid": "abc", "text": 'a "b" c', "empty": "", "ctl": "x\ny"})
+    assert line == 'received msgid=abc text="a \\"b\\" c" empty=- ctl="x\\x0ay"'
+
+
+def _events_from_emit(**fields: object) -> list[dict]:
+    seen: list[dict] = []
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        log.emit("delivery", **fields)
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+    return [e for e in seen if e.get("tlsmta_event") == "delivery"]
+
+
+def test_text_observer_writes_what_twisteds_formatter_would() -> None:
+    [event] = _events_from_emit(msgid="m1", rcpt="a@b.test", text="250 2.0.0 ok")
+    out = io.StringIO()
+    log.text_observer(out)(event)
+    assert out.getvalue() == formatEventAsClassicLogText(event)
+    assert "delivery msgid=m1 rcpt=a@b.test" in out.getvalue()
+
+
+def test_text_observer_reuses_the_timestamp_within_a_second_only() -> None:
+    out = io.StringIO()
+    observe = log.text_observer(out)
+    [event] = _events_from_emit(msgid="m1")
+    base = int(time.time())
+    for when in (base + 0.1, base + 0.9, base + 1.2):
+        observe(dict(event, log_time=when))
+        assert out.getvalue().splitlines()[-1] == formatEventAsClassicLogText(dict(event, log_time=when)).rstrip("\n")
+
+
+def test_text_observer_leaves_other_events_to_twisted() -> None:
+    out = io.StringIO()
+    event = {
+        "log_format": "listening on {where}",
+        "where": "127.0.0.1:25\nsecond line",
+        "log_time": time.time(),
+        "log_level": LogLevel.info,
+        "log_namespace": "tlsmta.service",
+    }
+    log.text_observer(out)(event)
+    assert out.getvalue() == formatEventAsClassicLogText(event)
+    assert "\n\tsecond line" in out.getvalue()
