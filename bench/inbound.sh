@@ -37,6 +37,9 @@
 #   ENDPOINT_OPTIONS=backlog=1024   appended to tlsmta's listener endpoint
 #                   (Twisted's default listen backlog is 50)
 #   KEEP=1          keep the temp dir (logs, maildir) for inspection
+#   INSTANCES=1     tlsmta processes sharing the port (endpoint reuseport:,
+#                   each with its own state dir, one Maildir): DESIGN.md's
+#                   scaling by processes; rates, CPU and RSS are their sums
 #
 # Everything listens on 127.0.0.1 only; every process started here is
 # stopped by its PID and the temp dir removed on exit.
@@ -87,7 +90,8 @@ fi
 
 TMP=$(mktemp -d /tmp/tlsmta-bench-inbound.XXXXXX)
 chmod 0755 "$TMP"
-TLSMTA_PID=
+INSTANCES=${INSTANCES:-1}
+TLSMTA_PIDS=()
 cleanup() {
     local rc=$?
     set +e
@@ -95,12 +99,13 @@ cleanup() {
         kill -TERM "$LOAD_PID" 2>/dev/null # timeout(1) passes it on to smtp-source
         wait "$LOAD_PID" 2>/dev/null
     fi
-    if [[ -n $TLSMTA_PID ]] && kill -0 "$TLSMTA_PID" 2>/dev/null; then
-        kill -TERM "$TLSMTA_PID"
-        for _ in $(seq 100); do kill -0 "$TLSMTA_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -0 "$TLSMTA_PID" 2>/dev/null && kill -KILL "$TLSMTA_PID"
-        wait "$TLSMTA_PID" 2>/dev/null
-    fi
+    for pid in "${TLSMTA_PIDS[@]}"; do
+        kill -0 "$pid" 2>/dev/null || continue
+        kill -TERM "$pid"
+        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+        wait "$pid" 2>/dev/null
+    done
     pf_stop "$TMP/postfix"
     if [[ ${KEEP:-} == 1 ]]; then
         echo "kept $TMP"
@@ -126,13 +131,17 @@ kv() { # kv KEY LINE: the value of key=value in LINE
     sed -n "s/.*[ ^]$1=\([^ ]*\).*/\1/p" <<<" $2"
 }
 
-# cpu seconds (user+system) of a PID (all threads), and of its main thread
-# (the reactor) alone
+# cpu seconds (user+system) of the tlsmta processes (all threads), and of
+# their main threads (the reactors) alone
 cpu_seconds() {
-    awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); print ($12 + $13) / hz }' "/proc/$1/stat"
+    local files=()
+    for pid in "${TLSMTA_PIDS[@]}"; do files+=("/proc/$pid/stat"); done
+    awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); s += $12 + $13 } END { print s / hz }' "${files[@]}"
 }
 main_thread_cpu_seconds() {
-    awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); print ($12 + $13) / hz }' "/proc/$1/task/$1/stat"
+    local files=()
+    for pid in "${TLSMTA_PIDS[@]}"; do files+=("/proc/$pid/task/$pid/stat"); done
+    awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); s += $12 + $13 } END { print s / hz }' "${files[@]}"
 }
 
 # TcpExt ListenOverflows (whole machine): connections dropped on a full accept queue
@@ -230,31 +239,37 @@ fi
 
 # ---------------------------------------------------------------- tlsmta
 TPORT=$(free_port)
-mkdir -p "$TMP/tlsmta/state"
-cat >"$TMP/tlsmta/bench.toml" <<EOF
+KIND=tcp
+((INSTANCES > 1)) && KIND=reuseport
+for ((i = 1; i <= INSTANCES; i++)); do
+    mkdir -p "$TMP/tlsmta/state$i"
+    cat >"$TMP/tlsmta/bench$i.toml" <<EOF
 [global]
 hostname = "bench.local"
-state_dir = "$TMP/tlsmta/state"
+state_dir = "$TMP/tlsmta/state$i"
 route = "maildir:$TMP/tlsmta/maildir"
 
 [[listener]]
 name = "bench"
-endpoint = "tcp:$TPORT:interface=127.0.0.1${ENDPOINT_OPTIONS:+:$ENDPOINT_OPTIONS}"
+endpoint = "$KIND:$TPORT:interface=127.0.0.1${ENDPOINT_OPTIONS:+:$ENDPOINT_OPTIONS}"
 tls = "starttls"
 $TLS_LISTENER
 relay_networks = ["127.0.0.0/8"]
 max_connections = 20000
 EOF
-TLOG=$TMP/tlsmta/tlsmta.log
-bash -c "$RAISE_NOFILE"' exec "$@"' _ "$VENV/bin/twistd" -n --pidfile= tlsmta \
-    --config "$TMP/tlsmta/bench.toml" >"$TLOG" 2>&1 &
-TLSMTA_PID=$!
-for _ in $(seq 200); do
-    grep -q "listening on" "$TLOG" && break
-    kill -0 "$TLSMTA_PID" 2>/dev/null || { echo "tlsmta exited:" >&2; cat "$TLOG" >&2; exit 1; }
-    sleep 0.1
+    log=$TMP/tlsmta/tlsmta$i.log
+    bash -c "$RAISE_NOFILE"' exec "$@"' _ "$VENV/bin/twistd" -n --pidfile= tlsmta \
+        --config "$TMP/tlsmta/bench$i.toml" >"$log" 2>&1 &
+    pid=$!
+    TLSMTA_PIDS+=("$pid")
+    for _ in $(seq 200); do
+        grep -q "listening on" "$log" && break
+        kill -0 "$pid" 2>/dev/null || { echo "tlsmta exited:" >&2; cat "$log" >&2; exit 1; }
+        sleep 0.1
+    done
+    grep -q "listening on" "$log" || { echo "tlsmta did not start:" >&2; cat "$log" >&2; exit 1; }
 done
-grep -q "listening on" "$TLOG" || { echo "tlsmta did not start:" >&2; cat "$TLOG" >&2; exit 1; }
+tlsmta_logs() { cat "$TMP"/tlsmta/tlsmta*.log; }
 
 # ---------------------------------------------------------------- postfix
 PPORT=$(free_port)
@@ -268,28 +283,28 @@ pf_start "$TMP/postfix"
 echo "tlsmta-bench inbound: $MESSAGES messages x $SIZE bytes, $SESSIONS sessions," \
     "$( ((PER_CONN == 1)) && echo "new connection per message" || echo "$PER_CONN messages per connection (C loads)"), loopback;" \
     "loads: $LOADS; Postfix mode: ${PF_MODE:-hold}$( ((C_LOADS)) && echo "; both offer STARTTLS with the same certificate")"
-echo "host: $(nproc) CPUs; $(uname -r); $(df -PT "$TMP" | awk 'NR==2 {print $2 " on " $1}')"
+echo "host: $(nproc) CPUs; $(uname -r); $(df -PT "$TMP" | awk 'NR==2 {print $2 " on " $1}'); tlsmta processes: $INSTANCES"
 
 declare -A SUM_T SUM_P
 for load in $LOADS; do SUM_T[$load]=0 SUM_P[$load]=0; done
 for ((round = 1; round <= ROUNDS; round++)); do
     for load in $LOADS; do
         t_tlsmta= t_postfix= line_tlsmta= line_postfix=
-        cpu0=$(cpu_seconds "$TLSMTA_PID")
-        main0=$(main_thread_cpu_seconds "$TLSMTA_PID")
+        cpu0=$(cpu_seconds)
+        main0=$(main_thread_cpu_seconds)
         # alternate who goes first, so neither always runs on a warmer machine
         if ((round % 2 == 0)); then
             run_load "$PPORT" postfix "$load" "$round"
             read -r t_postfix busy_postfix ovf_postfix <<<"$LOAD_RESULT"
             line_postfix=$LOAD_LINE
-            cpu0=$(cpu_seconds "$TLSMTA_PID")
-            main0=$(main_thread_cpu_seconds "$TLSMTA_PID")
+            cpu0=$(cpu_seconds)
+            main0=$(main_thread_cpu_seconds)
         fi
         run_load "$TPORT" tlsmta "$load" "$round"
         read -r t_tlsmta busy_tlsmta ovf_tlsmta <<<"$LOAD_RESULT"
         line_tlsmta=$LOAD_LINE
-        cpu1=$(cpu_seconds "$TLSMTA_PID")
-        main1=$(main_thread_cpu_seconds "$TLSMTA_PID")
+        cpu1=$(cpu_seconds)
+        main1=$(main_thread_cpu_seconds)
         if ((round % 2 == 1)); then
             run_load "$PPORT" postfix "$load" "$round"
             read -r t_postfix busy_postfix ovf_postfix <<<"$LOAD_RESULT"
@@ -327,9 +342,10 @@ sleep 1 # let Postfix's cleanup/qmgr settle (250 was given after the fsync alrea
 n_tlsmta=$(find "$TMP/tlsmta/maildir/new" -type f | wc -l)
 n_tmp=$(find "$TMP/tlsmta/maildir/tmp" -type f | wc -l)
 n_postfix=$(pf_queue_count "$TMP/postfix")
-rss_kb=$(awk '/^VmRSS/ {print $2}' "/proc/$TLSMTA_PID/status")
-received=$(grep -c ' code=250 ' "$TLOG" || true)
-problems=$(grep -Eic 'traceback|unhandled|error|#critical|#error|#warn' "$TLOG" || true)
+rss_kb=0
+for pid in "${TLSMTA_PIDS[@]}"; do rss_kb=$((rss_kb + $(awk '/^VmRSS/ {print $2}' "/proc/$pid/status"))); done
+received=$(tlsmta_logs | grep -c ' code=250 ' || true)
+problems=$(tlsmta_logs | grep -Eic 'traceback|unhandled|error|#critical|#error|#warn' || true)
 pf_problems=$(grep -Eic ': (warning|fatal|panic|error):' "$TMP/postfix/maillog" || true)
 
 echo "verify: tlsmta maildir new/ $n_tlsmta files (tmp/ $n_tmp), $received 'code=250' log lines;" \
@@ -338,7 +354,7 @@ echo "tlsmta RSS after the load: $((rss_kb / 1024)) MiB; suspicious tlsmta log l
     "postfix warnings: $pf_problems"
 if ((problems > 0)); then
     echo "--- tlsmta log, suspicious lines (first 20):"
-    grep -Ei 'traceback|unhandled|error|#critical|#error|#warn' "$TLOG" | head -n 20 || true
+    tlsmta_logs | grep -Ei 'traceback|unhandled|error|#critical|#error|#warn' | head -n 20 || true
 fi
 if ((pf_problems > 0)); then
     echo "--- postfix maillog, warnings (first 10):"

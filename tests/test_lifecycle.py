@@ -233,3 +233,39 @@ def test_socket_activation(tmp_path: Any) -> None:
         log.close()
     assert "listening on" in (tmp_path / "activate.log").read_text()
 
+
+
+def test_processes_share_a_port_with_reuseport_and_one_drains(tmp_path: Any) -> None:
+    """DESIGN.md scaling: several processes on one port (endpoint reuseport:), each with its own
+    state dir and spool.  The kernel spreads connections over both; after one stops (drains),
+    the other takes every new connection and nothing is lost."""
+    holder = socket.socket()  # reserves the port: bound with SO_REUSEPORT, never listening
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    holder.bind(("127.0.0.1", 0))
+    port = holder.getsockname()[1]
+    procs = []
+    try:
+        for name in ("a", "b"):
+            (tmp_path / name).mkdir()
+            config = pathlib.Path(write_config(tmp_path / name, 'tls = "no"', route=f"maildir:{tmp_path}/maildir"))
+            config.write_text(config.read_text().replace("tcp:0:interface=127.0.0.1", f"reuseport:{port}:interface=127.0.0.1"))
+            procs.append(TlsmtaProcess(str(tmp_path / name), "--config", str(config)))
+        for _ in range(60):
+            send_smtplib(port)
+        both_running = [p.log().count(" code=250 ") for p in procs]
+        procs[0].stop()
+        for _ in range(10):
+            send_smtplib(port)
+        after_drain = procs[1].log().count(" code=250 ")
+    finally:
+        for p in procs:
+            p.stop()
+        holder.close()
+    from e2e import maildir_messages
+
+    messages = maildir_messages(str(tmp_path / "maildir"))
+    assert len(messages) == 70
+    ids = [m["Received"].split(" id ")[1].split()[0] for m in messages]
+    assert len(set(ids)) == 70  # ids stay unique across processes
+    assert all(n > 0 for n in both_running) and sum(both_running) == 60, both_running
+    assert after_drain == both_running[1] + 10

@@ -1,5 +1,8 @@
-"""twistd plugin: ``twistd -n tlsmta [--config FILE]``."""
+"""twistd plugin: ``twistd -n tlsmta [--config FILE]``; and the ``reuseport:`` endpoint type."""
 
 from twisted.application.service import ServiceMaker
 
+from tlsmta.reuseport import ReusePortParser
+
 tlsmta = ServiceMaker("tlsmta", "tlsmta.tap", "A mail transfer agent with serious TLS policy.", "tlsmta")
+reuseport = ReusePortParser()
