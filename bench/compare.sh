@@ -37,6 +37,7 @@
 #   MESSAGES=2000 SIZE=4096 SESSIONS=20   inbound and outbound load
 #   INBOUND_ROUNDS=3   INBOUND_LOADS="smtp-source plain starttls"
 #                      (also starttls-resumed, see bench/inbound.sh)
+#   INBOUND_INSTANCES=1  tlsmta processes sharing the port (reuseport:)
 #   OUTBOUND_ROUNDS=2  REUSE=100  SINK_MESSAGES (outbound_tls.sh's, 10000)
 #   IDLE_CONNECTIONS=10000  TLS_SESSIONS=2000  BIG_MIB=50
 #   RESTART_MESSAGES=100000  RESTART_RUNS=1
@@ -65,6 +66,7 @@ SIZE=${SIZE:-4096}
 SESSIONS=${SESSIONS:-20}
 INBOUND_ROUNDS=${INBOUND_ROUNDS:-3}
 INBOUND_LOADS=${INBOUND_LOADS:-smtp-source plain starttls}
+INBOUND_INSTANCES=${INBOUND_INSTANCES:-1}
 OUTBOUND_ROUNDS=${OUTBOUND_ROUNDS:-2}
 REUSE=${REUSE:-100}
 IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-10000}
@@ -176,7 +178,7 @@ if [[ -z ${SUMMARY_FROM:-} ]]; then
     } | tee "$LOGS/header.txt"
     echo "full output of every part: $LOGS$( ((OWN_LOGS)) && [[ ${KEEP:-} != 1 ]] && echo ' (removed at the end; LOG_DIR=... or KEEP=1 keeps it)')"
     : >"$LOGS/status.txt"
-    declare -p PARTS MESSAGES SIZE SESSIONS INBOUND_ROUNDS INBOUND_LOADS OUTBOUND_ROUNDS REUSE IDLE_CONNECTIONS \
+    declare -p PARTS MESSAGES SIZE SESSIONS INBOUND_ROUNDS INBOUND_LOADS INBOUND_INSTANCES OUTBOUND_ROUNDS REUSE IDLE_CONNECTIONS \
         TLS_SESSIONS BIG_MIB RESTART_MESSAGES RESTART_RUNS | sed 's/^declare -- //' >"$LOGS/settings.env"
 
     T_START=$(now)
@@ -184,7 +186,7 @@ if [[ -z ${SUMMARY_FROM:-} ]]; then
         case $part in
         inbound)
             run_part inbound env MESSAGES="$MESSAGES" SIZE="$SIZE" SESSIONS="$SESSIONS" ROUNDS="$INBOUND_ROUNDS" \
-                LOADS="$INBOUND_LOADS" PER_CONN=1 bash "$HERE/inbound.sh"
+                LOADS="$INBOUND_LOADS" INSTANCES="$INBOUND_INSTANCES" PER_CONN=1 bash "$HERE/inbound.sh"
             ;;
         outbound)
             run_part outbound env MESSAGES="$MESSAGES" SIZE="$SIZE" SESSIONS="$SESSIONS" ROUNDS="$OUTBOUND_ROUNDS" \
