@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 
-from e2e import maildir_messages
+from e2e import eventually, maildir_messages
 from outbound_lab import (
     DOMAIN,
     MX,
@@ -219,6 +219,30 @@ async def test_connection_reuse(tmp_path: Any, pki: Any, events: list) -> None:
     assert [e["result"] for e in deliveries(events)] == ["delivered"] * 12
     assert receiver.service.listeners["receiver"].inbound.connections_total <= 2
     assert len(maildir_messages(str(tmp_path / "receiver-maildir"))) == 12
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_connection_without_a_message(tmp_path: Any, pki: Any, events: list) -> None:
+    """A session claims its first message before it connects: with one message per connection,
+    the receiver sees exactly one connection per message, never one that finds the queue drained."""
+    from e2e import in_thread, send_smtplib
+    from twisted.internet.defer import gatherResults
+
+    receiver = await start_receiver(tmp_path, pki.good)
+    sender = await start_sender(
+        tmp_path, receiver.port, pki.ca_pem, tls="required", tls_verify="host", max_connections=4,
+        max_messages_per_connection=1, smtp_port=receiver.port,
+    )
+    try:
+        for wave in range(4):  # messages arrive while sessions are running
+            await gatherResults([in_thread(send_smtplib, sender.port, rcpts=(f"u{wave}-{i}@{DOMAIN}",)) for i in range(10)])
+        await eventually(lambda: len(deliveries(events)) == 40, timeout=60)
+        await sender.service.queue.wait_idle()
+    finally:
+        await sender.stop()
+        await receiver.stop()
+    assert [e["result"] for e in deliveries(events)] == ["delivered"] * 40
+    assert receiver.service.listeners["receiver"].inbound.connections_total == 40
 
 
 @pytest_twisted.ensureDeferred

@@ -248,17 +248,30 @@ class Destination:
             d.callback(results)
 
     async def _one_connection(self, attempt: Attempt, plain_only: bool) -> _Step:
+        # The first job is claimed before connecting, so that a session never pays for a
+        # connection and a handshake only to find that the other sessions took every job.
+        first = self.take()
+        if first is None:
+            return _Step.DONE
         try:
             proto = await self.pool.connect(attempt.ip, attempt.port, self.options["source_address"])
         except Exception as e:
+            self.jobs.appendleft(first)
             attempt.failure = f"451 4.4.1 connect to {attempt.mx}[{attempt.ip}]:{attempt.port}: {_connect_error(e)}"
             return _Step.NEXT_HOST
         try:
             step, caps = await self._greet(proto, attempt, plain_only)
             if step is not None:
+                self.jobs.appendleft(first)
                 proto.abort()
                 return step
-            await self._transactions(proto, attempt, caps)
+        except ConnectionBroken as e:
+            self.jobs.appendleft(first)
+            attempt.failure = attempt.failure or f"451 4.4.2 {attempt.mx}[{attempt.ip}]: {e.reason}"
+            proto.abort()
+            return _Step.NEXT_HOST
+        try:
+            await self._transactions(proto, attempt, caps, first)
             self.pool.remember_tls_session(self, attempt, proto)
             proto.quit()
             return _Step.DONE
@@ -348,13 +361,18 @@ class Destination:
             fields["softfail"] = verdict.reason
         return fields
 
-    async def _transactions(self, proto: OutboundSMTP, attempt: Attempt, caps: dict[str, str]) -> None:
+    async def _transactions(
+        self, proto: OutboundSMTP, attempt: Attempt, caps: dict[str, str], first: tuple[DeliveryJob, Deferred[list[RecipientResult]]]
+    ) -> None:
         sent = 0
+        item: tuple[DeliveryJob, Deferred[list[RecipientResult]]] | None = first
         while sent < self.options["max_messages_per_connection"]:
-            item = self.take()
+            if item is None:
+                item = self.take()
             if item is None:
                 return
             job, d = item
+            item = None
             try:
                 results = await self.pool.transaction(proto, job, caps, attempt)
             except ConnectionBroken as e:
