@@ -38,6 +38,7 @@
 #   INBOUND_ROUNDS=3   INBOUND_LOADS="smtp-source plain starttls"
 #                      (also starttls-resumed, see bench/inbound.sh)
 #   INBOUND_INSTANCES=1  tlsmta processes sharing the port (reuseport:)
+#   OUTBOUND_INSTANCES=1 tlsmta processes, each with its share of the queue
 #   OUTBOUND_ROUNDS=2  REUSE=100  SINK_MESSAGES (outbound_tls.sh's, 10000)
 #   IDLE_CONNECTIONS=10000  TLS_SESSIONS=2000  BIG_MIB=50
 #   RESTART_MESSAGES=100000  RESTART_RUNS=1
@@ -67,6 +68,7 @@ SESSIONS=${SESSIONS:-20}
 INBOUND_ROUNDS=${INBOUND_ROUNDS:-3}
 INBOUND_LOADS=${INBOUND_LOADS:-smtp-source plain starttls}
 INBOUND_INSTANCES=${INBOUND_INSTANCES:-1}
+OUTBOUND_INSTANCES=${OUTBOUND_INSTANCES:-1}
 OUTBOUND_ROUNDS=${OUTBOUND_ROUNDS:-2}
 REUSE=${REUSE:-100}
 IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-10000}
@@ -178,7 +180,7 @@ if [[ -z ${SUMMARY_FROM:-} ]]; then
     } | tee "$LOGS/header.txt"
     echo "full output of every part: $LOGS$( ((OWN_LOGS)) && [[ ${KEEP:-} != 1 ]] && echo ' (removed at the end; LOG_DIR=... or KEEP=1 keeps it)')"
     : >"$LOGS/status.txt"
-    declare -p PARTS MESSAGES SIZE SESSIONS INBOUND_ROUNDS INBOUND_LOADS INBOUND_INSTANCES OUTBOUND_ROUNDS REUSE IDLE_CONNECTIONS \
+    declare -p PARTS MESSAGES SIZE SESSIONS INBOUND_ROUNDS INBOUND_LOADS INBOUND_INSTANCES OUTBOUND_INSTANCES OUTBOUND_ROUNDS REUSE IDLE_CONNECTIONS \
         TLS_SESSIONS BIG_MIB RESTART_MESSAGES RESTART_RUNS | sed 's/^declare -- //' >"$LOGS/settings.env"
 
     T_START=$(now)
@@ -190,7 +192,7 @@ if [[ -z ${SUMMARY_FROM:-} ]]; then
             ;;
         outbound)
             run_part outbound env MESSAGES="$MESSAGES" SIZE="$SIZE" SESSIONS="$SESSIONS" ROUNDS="$OUTBOUND_ROUNDS" \
-                REUSE="$REUSE" MODES="reuse conn" bash "$HERE/outbound_tls.sh"
+                REUSE="$REUSE" MODES="reuse conn" INSTANCES="$OUTBOUND_INSTANCES" bash "$HERE/outbound_tls.sh"
             ;;
         idle)
             run_part idle python3 "$HERE/idle_connections.py" -n "$IDLE_CONNECTIONS"

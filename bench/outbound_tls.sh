@@ -39,6 +39,10 @@
 #   SINK_QUICKACK=1 start the sink with -q (TCP_QUICKACK after every read:
 #                   no delayed ACKs) -- a diagnostic, see bench/README.md
 #   PROFILE_DIR=DIR run tlsmta under cProfile, stats files into DIR
+#   INSTANCES=1     tlsmta processes, each with its own spool holding
+#                   MESSAGES/INSTANCES messages and SESSIONS/INSTANCES
+#                   connections (DESIGN.md's scaling by processes); timed
+#                   until the last one is done, CPU summed
 #   VENV=<repo>/.venv   KEEP=1 (keep the temp dir: logs, configs)
 #
 # Everything listens on 127.0.0.1 only; every load is bounded (message
@@ -55,6 +59,8 @@ SIZE=${SIZE:-4096}
 SESSIONS=${SESSIONS:-20}
 REUSE=${REUSE:-100}
 ROUNDS=${ROUNDS:-2}
+INSTANCES=${INSTANCES:-1}
+((MESSAGES % INSTANCES == 0)) || { echo "MESSAGES must be a multiple of INSTANCES" >&2; exit 2; }
 MODES=${MODES:-reuse conn}
 SINK_MESSAGES=${SINK_MESSAGES:-10000}
 LOAD_TIMEOUT=${LOAD_TIMEOUT:-600}
@@ -78,13 +84,15 @@ TMP=$(mktemp -d /tmp/tlsmta-bench-outbound.XXXXXX)
 chmod 0755 "$TMP" # the Postfix instances' unprivileged processes read ca.pem here
 SINK_PID=
 CHILD_PID=
+RUN_PIDS=()
 cleanup() {
     local rc=$?
     set +e
-    if [[ -n $CHILD_PID ]] && kill -0 "$CHILD_PID" 2>/dev/null; then
-        kill -TERM "$CHILD_PID" # tlsmta_run.py stops its tlsmta by PID; timeout(1) passes TERM on
-        wait "$CHILD_PID" 2>/dev/null
-    fi
+    for pid in $CHILD_PID "${RUN_PIDS[@]}"; do
+        kill -0 "$pid" 2>/dev/null || continue
+        kill -TERM "$pid" # tlsmta_run.py stops its tlsmta by PID; timeout(1) passes TERM on
+        wait "$pid" 2>/dev/null
+    done
     pf_stop "$TMP/pf-reuse"
     pf_stop "$TMP/pf-conn"
     if [[ -n $SINK_PID ]] && kill -0 "$SINK_PID" 2>/dev/null; then
@@ -173,7 +181,7 @@ sink_delta() {
 echo "tlsmta-bench outbound TLS: $MESSAGES messages x $SIZE bytes, tls=required tls_verify=host" \
     "(Postfix: smtp_tls_security_level=verify), sink 127.0.0.1:$SPORT${SINK_QUICKACK:+ (quick-ACK diagnostic)}"
 echo "host: $(nproc) CPUs; $(uname -r); $(df -PT "$TMP" | awk 'NR==2 {print $2 " on " $1}');" \
-    "$(openssl version | cut -d' ' -f1-2); postfix $(postconf -d -h mail_version 2>/dev/null)"
+    "$(openssl version | cut -d' ' -f1-2); postfix $(postconf -d -h mail_version 2>/dev/null); tlsmta processes: $INSTANCES"
 
 # ---------------------------------------------------------------- sink capacity
 if ((SINK_MESSAGES > 0)); then
@@ -297,12 +305,15 @@ run_postfix() {
 # ---------------------------------------------------------------- tlsmta
 # run_tlsmta MODE ROUND: sets RESULT="seconds_from_loaded rate seconds_from_start rate_from_start"
 run_tlsmta() {
-    local mode=$1 round=$2 dir=$TMP/tlsmta-$1-$2 per_conn
+    local mode=$1 round=$2 top=$TMP/tlsmta-$1-$2 per_conn dir i
     [[ $mode == reuse ]] && per_conn=$REUSE || per_conn=1
-    mkdir -p "$dir/state"
-    "$VENV/bin/python" "$HERE/lib/spool_fill.py" "$dir/spool" -n "$MESSAGES" --size "$SIZE" \
-        --rcpt user@sink.bench --sender bench@sender.bench 2>"$dir/fill.out"
-    cat >"$dir/bench.toml" <<EOF
+    local share=$((MESSAGES / INSTANCES)) sessions=$(((SESSIONS + INSTANCES - 1) / INSTANCES))
+    for ((i = 1; i <= INSTANCES; i++)); do
+        dir=$top/$i
+        mkdir -p "$dir/state"
+        "$VENV/bin/python" "$HERE/lib/spool_fill.py" "$dir/spool" -n "$share" --size "$SIZE" \
+            --rcpt user@sink.bench --sender bench@sender.bench 2>"$dir/fill.out"
+        cat >"$dir/bench.toml" <<EOF
 [global]
 hostname = "sender.bench"
 state_dir = "$dir/state"
@@ -311,7 +322,7 @@ tls = "required"
 tls_verify = "host"
 tls_ca = "$TMP/ca.pem"
 smtp_port = $SPORT
-max_connections = $SESSIONS
+max_connections = $sessions
 max_messages_per_connection = $per_conn
 
 [queue]
@@ -331,6 +342,7 @@ path = "$dir/spool"
 endpoint = "tcp:$(free_port):interface=127.0.0.1"
 tls = "no"
 EOF
+    done
     local profile=()
     if [[ -n ${PROFILE_DIR:-} ]]; then
         mkdir -p "$PROFILE_DIR"
@@ -342,21 +354,35 @@ EOF
     local s0=$SINK_STATS c0 c1 j0 j1
     c0=$(cpu_seconds "$SINK_PID")
     j0=$(machine_jiffies)
-    run_child "$VENV/bin/python" "$HERE/lib/tlsmta_run.py" --config "$dir/bench.toml" --log "$dir/tlsmta.log" \
-        --done "$MESSAGES" --timeout "$LOAD_TIMEOUT" "${profile[@]}" >"$dir/run.out" ||
-        die "tlsmta ($mode) run failed: $(cat "$dir/run.out"); log tail: $(tail -n 20 "$dir/tlsmta.log")"
+    RUN_PIDS=()
+    for ((i = 1; i <= INSTANCES; i++)); do
+        dir=$top/$i
+        ((i == 1)) || profile=()
+        "$VENV/bin/python" "$HERE/lib/tlsmta_run.py" --config "$dir/bench.toml" --log "$dir/tlsmta.log" \
+            --done "$share" --timeout "$LOAD_TIMEOUT" "${profile[@]}" >"$dir/run.out" &
+        RUN_PIDS+=($!)
+    done
+    for ((i = 1; i <= INSTANCES; i++)); do
+        dir=$top/$i
+        wait "${RUN_PIDS[i - 1]}" ||
+            die "tlsmta ($mode, instance $i) run failed: $(cat "$dir/run.out"); log tail: $(tail -n 20 "$dir/tlsmta.log")"
+    done
+    RUN_PIDS=()
     j1=$(machine_jiffies)
     c1=$(cpu_seconds "$SINK_PID")
     sink_stats
     local out d
-    out=$(cat "$dir/run.out")
+    # one line for all instances: counts and CPU summed, times the slowest instance's
+    out=$(cat "$top"/*/run.out | awk '{ for (i = 2; i <= NF; i++) { split($i, kv, "="); k = kv[1]; v = kv[2] + 0;
+            if (k ~ /^(start|loaded)_to_/) { if (v > x[k]) x[k] = v } else x[k] += v; if (!(k in seen)) { seen[k] = 1; order[++n] = k } } }
+          END { line = "tlsmta_run"; for (i = 1; i <= n; i++) line = line " " order[i] "=" x[order[i]]; print line }')
     d=$(sink_delta "$s0" "$SINK_STATS")
     read -r m conns tlsn resumed errs <<<"$d"
     local secs start_secs cpu left
     secs=$(kv loaded_to_done "$out")
     start_secs=$(kv start_to_done "$out")
     cpu=$(kv cpu "$out")
-    left=$(find "$dir/spool/q" -type f | wc -l)
+    left=$(find "$top"/*/spool/q -type f | wc -l)
     printf '  tlsmta  %-5s %7.1f msg/s  (%.2f s from queue_loaded to the %dth queue_done; %.2f s = %.1f msg/s from process start;' \
         "$mode" "$(calc "$MESSAGES / $secs")" "$secs" "$MESSAGES" "$start_secs" "$(calc "$MESSAGES / $start_secs")"
     printf ' sink got %d msgs over %d connections, %d TLS handshakes, %d resumed; log: %d delivery lines, %d verified=yes,' \
@@ -368,13 +394,13 @@ EOF
         "$(calc "($c1 - $c0) / $MESSAGES * 1000")" "$(busy_percent "$j0" "$j1")"
     (($(kv queue_done "$out") == MESSAGES && $(kv verified_yes "$out") == MESSAGES && $(kv deferred "$out") == 0 &&
         m == MESSAGES && left == 0)) ||
-        die "tlsmta ($mode) run did not deliver exactly $MESSAGES verified messages; see $dir"
-    if grep -Eqi 'traceback|unhandled|#critical|#error|#warn' "$dir/tlsmta.log"; then
+        die "tlsmta ($mode) run did not deliver exactly $MESSAGES verified messages; see $top"
+    if cat "$top"/*/tlsmta.log | grep -Eqi 'traceback|unhandled|#critical|#error|#warn'; then
         echo "  --- tlsmta log, suspicious lines (first 10):"
-        grep -Ei 'traceback|unhandled|#critical|#error|#warn' "$dir/tlsmta.log" | head -n 10 | cut -c1-300
+        cat "$top"/*/tlsmta.log | grep -Ei 'traceback|unhandled|#critical|#error|#warn' | head -n 10 | cut -c1-300
     fi
     RESULT="$secs $(calc "$MESSAGES / $secs") $start_secs $(calc "$MESSAGES / $start_secs")"
-    [[ ${KEEP:-} == 1 ]] || rm -rf "$dir/spool"
+    [[ ${KEEP:-} == 1 ]] || rm -rf "$top"/*/spool
 }
 
 # ---------------------------------------------------------------- rounds
