@@ -7,8 +7,8 @@ VENV ?= .venv
 BIN = $(VENV)/bin
 STAMP = $(VENV)/.installed-stamp
 # Debian packages the tests drive as real peers.
-SYSTEM_PACKAGES = postfix swaks openssl systemd
-SYSTEM_TOOLS = /usr/sbin/postfix /usr/sbin/smtp-source /usr/bin/swaks /usr/bin/openssl /usr/bin/systemd-analyze /usr/bin/systemd-socket-activate
+SYSTEM_PACKAGES = postfix swaks openssl systemd haproxy
+SYSTEM_TOOLS = /usr/sbin/postfix /usr/sbin/smtp-source /usr/bin/swaks /usr/bin/openssl /usr/bin/systemd-analyze /usr/bin/systemd-socket-activate /usr/sbin/haproxy
 
 .PHONY: run test venv system-deps
 

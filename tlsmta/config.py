@@ -272,6 +272,9 @@ LISTENER_OPTIONS: dict[str, Option] = {
     "tlsv13_ciphersuites": Option(_str, None),
     "local_domains": Option(_domains, frozenset()),
     "relay_networks": Option(_networks, ()),
+    "proxy_networks": Option(
+        _networks, _networks(["127.0.0.0/8", "::1/128"]), "haproxy: endpoints: who may send the PROXY header"
+    ),
     "tls_verified_peer_can_relay": Option(_bool, False),
     "require_tls_for_auth": Option(_bool, True),
     "auth_users_file": Option(_readable_file, None, "user:scrypt-hash lines"),
@@ -337,6 +340,7 @@ class ListenerConfig:
     tlsv13_ciphersuites: str | None
     local_domains: frozenset[str]
     relay_networks: tuple[Any, ...]
+    proxy_networks: tuple[Any, ...]
     tls_verified_peer_can_relay: bool
     require_tls_for_auth: bool
     auth_users_file: str | None

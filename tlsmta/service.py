@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 
 from tlsmta import config as configuration
 from tlsmta import log as events
-from tlsmta import tls
+from tlsmta import proxyheader, tls
 from tlsmta.auth import AuthFileError, UserDB
 from tlsmta.config import Config, ListenerConfig, resolve
 from tlsmta.delivery import Deliverer, OutboundPool
@@ -122,8 +122,9 @@ class ListenerService(Service):
     def startService(self) -> None:
         super().startService()
         failure: list[Failure] = []
-        endpoint = serverFromString(self.reactor, with_default_backlog(self.listener.endpoint))
-        d = endpoint.listen(self.factory)
+        d = proxyheader.listen(
+            self.reactor, with_default_backlog(self.listener.endpoint), self.factory, lambda: self.listener.proxy_networks
+        )
         d.addCallbacks(self._listening, failure.append)
         if failure:  # TCP listens synchronously: refuse to start on e.g. EADDRINUSE
             failure[0].raiseException()

@@ -1,0 +1,117 @@
+"""The PROXY protocol header (HAProxy), accepted only from trusted proxies.
+
+Twisted's ``haproxy:`` endpoint wrapper has two faults an MTA cannot ship
+with: it takes the header from anyone who can connect (so any client can
+claim an address in ``relay_networks``), and it starts the wrapped protocol
+before the header arrives, so the SMTP session sees the proxy's address,
+not the client's, for relay control, limits, logs and Received.  Here the
+header is taken only from ``proxy_networks``, and the SMTP session (banner,
+peer address, TLS for implicit listeners) starts only once the header has
+said who the client is.  No header within PROXY_HEADER_TIMEOUT, or a bad
+one, closes the connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from twisted.internet.interfaces import IListeningPort, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.protocols.haproxy._exceptions import InvalidProxyHeader
+from twisted.protocols.haproxy._v1parser import V1Parser
+from twisted.protocols.haproxy._v2parser import V2Parser
+from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper, HAProxyWrappingFactory
+from twisted.python.failure import Failure
+from zope.interface import directlyProvides, providedBy
+
+from tlsmta.acceptance import in_networks
+
+log = Logger(namespace="tlsmta.proxyheader")
+
+PREFIX = "haproxy:"
+PROXY_HEADER_TIMEOUT = 10.0  # seconds for the proxy to send the header after connecting
+
+
+class TrustedProxyProtocol(HAProxyProtocolWrapper):
+    factory: TrustedProxyFactory
+
+    def makeConnection(self, transport: Any) -> None:
+        # ProtocolWrapper.makeConnection, without starting the wrapped protocol yet.
+        directlyProvides(self, providedBy(transport))
+        Protocol.makeConnection(self, transport)
+        self.factory.registerProtocol(self)
+        self._started = False
+        proxy = transport.getPeer()
+        if not in_networks(getattr(proxy, "host", ""), self.factory.trusted()):
+            log.warn("PROXY listener: connection from {peer}, not in proxy_networks; closed", peer=getattr(proxy, "host", proxy))
+            transport.abortConnection()
+            return
+        self._header_timer = self.factory.reactor.callLater(PROXY_HEADER_TIMEOUT, self._no_header)
+
+    def _no_header(self) -> None:
+        log.warn("PROXY listener: no PROXY header within {seconds}s; closed", seconds=PROXY_HEADER_TIMEOUT)
+        self.transport.abortConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._started:
+            self.wrappedProtocol.dataReceived(data)
+            return
+        if self._parser is None:
+            if len(data) >= 16 and data[:12] == V2Parser.PREFIX and data[12] & 0xF0 == 0x20:
+                self._parser = V2Parser()
+            elif len(data) >= 8 and data[:5] == V1Parser.PROXYSTR:
+                self._parser = V1Parser()
+            else:
+                self._refuse("connection did not start with a PROXY header")
+                return
+        try:
+            self._proxyInfo, remaining = self._parser.feed(data)
+        except InvalidProxyHeader:
+            self._refuse("invalid PROXY header")
+            return
+        if self._proxyInfo is None:
+            return  # the header continues in the next segment
+        self._header_timer.cancel()
+        self._started = True
+        self.wrappedProtocol.makeConnection(self)
+        if remaining:
+            self.wrappedProtocol.dataReceived(remaining)
+
+    def _refuse(self, why: str) -> None:
+        log.warn("PROXY listener: {why}; closed", why=why)
+        self.transport.abortConnection()
+
+    def connectionLost(self, reason: Failure) -> None:
+        timer = getattr(self, "_header_timer", None)
+        if timer is not None and timer.active():
+            timer.cancel()
+        if getattr(self, "_started", False):
+            super().connectionLost(reason)
+        else:
+            self.factory.unregisterProtocol(self)
+
+
+class TrustedProxyFactory(HAProxyWrappingFactory):
+    protocol = TrustedProxyProtocol
+
+    def __init__(self, wrapped: Any, trusted: Callable[[], Iterable[Any]], reactor: IReactorTime):
+        super().__init__(wrapped)
+        self.trusted = trusted  # called per connection: a reload's new proxy_networks apply at once
+        self.reactor = reactor
+
+
+def listen(reactor: Any, endpoint: str, factory: Any, trusted: Callable[[], Iterable[Any]]) -> Any:
+    """``serverFromString(endpoint).listen(factory)``, with ``haproxy:`` endpoints
+    served by TrustedProxyFactory instead of Twisted's wrapper."""
+    from twisted.internet.endpoints import serverFromString
+
+    if endpoint.startswith(PREFIX):
+        inner = serverFromString(reactor, endpoint[len(PREFIX):])
+        return inner.listen(TrustedProxyFactory(factory, trusted, reactor))
+    d: Any = serverFromString(reactor, endpoint).listen(factory)
+    return d
+
+
+__all__ = ["IListeningPort", "TrustedProxyFactory", "listen"]
