@@ -20,7 +20,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def DevRelay(cwd: str, *extra: str) -> TlsmtaProcess:
     """The embedded default config, on a free port."""
-    return TlsmtaProcess(cwd, "--listen", "tcp:0:interface=127.0.0.1", *extra)
+    return TlsmtaProcess(cwd, "--listen", "tcp:0:interface=127.0.0.1", "--http", "tcp:0:interface=127.0.0.1", *extra)
 
 
 def test_embedded_default_is_the_etc_file() -> None:
@@ -30,6 +30,7 @@ def test_embedded_default_is_the_etc_file() -> None:
     [listener] = config.listeners
     assert listener.endpoint == "tcp:2525:interface=127.0.0.1"
     assert listener.tls == "starttls" and listener.tls_certificate == "auto"
+    assert config.http["endpoint"] == "tcp:8025:interface=127.0.0.1"  # the web page, loopback only
 
 
 def test_no_config_relay_accepts_starttls_mail_into_maildir(tmp_path: Any) -> None:
