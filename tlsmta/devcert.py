@@ -197,7 +197,8 @@ def lab_certificate(state_dir: str, mode: str, names: Sequence[str]) -> DevCerti
     ``good`` is the dev certificate.  The bad ones are made afresh under
     ``state_dir/lab/`` at each start (cheap: P-256), each broken in one way
     only: expired yesterday, named only ``wrong-name.invalid``, signed by
-    a second CA ("tlsmta untrusted dev CA", kept in ``lab/``), self-signed.
+    a second CA ("tlsmta untrusted dev CA", kept in ``lab/``, not sent in
+    the chain: "unable to get local issuer certificate"), self-signed.
     ``ca_path`` is always the dev CA: what a client is told to trust.
     """
     if mode not in CERTIFICATE_LAB_MODES:
@@ -224,8 +225,8 @@ def lab_certificate(state_dir: str, mode: str, names: Sequence[str]) -> DevCerti
     cert, key = _make_leaf(names, ca[0] if ca else None, ca[1] if ca else None, now, not_after)
     paths = DevCertificate(good.ca_path, os.path.join(lab, f"{mode}.pem"), os.path.join(lab, f"{mode}.key"))
     chain = cert.public_bytes(serialization.Encoding.PEM)
-    if ca is not None:
-        chain += ca[0].public_bytes(serialization.Encoding.PEM)
+    if ca is dev_ca:  # a full chain; the untrusted CA is left out, as a server with an unknown issuer does
+        chain += dev_ca[0].public_bytes(serialization.Encoding.PEM)
     _write(paths.key_path, _key_pem(key), 0o600)
     _write(paths.cert_path, chain, 0o644)
     return paths

@@ -36,7 +36,6 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import LoopingCall
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
@@ -160,10 +159,11 @@ class WebUI(Resource):
 
     isLeaf = True
 
-    def __init__(self, reactor: Any, mail: CapturedMail, state_dir: str, allowed_hosts: Iterable[str] = (),
-                 service: Any = None):
+    def __init__(self, reactor: Any, mail: CapturedMail, state_dir: str, run_blocking: Callable[..., Deferred[Any]],
+                 allowed_hosts: Iterable[str] = (), service: Any = None):
         super().__init__()
         self.reactor = reactor
+        self.run_blocking = run_blocking  # file reads off the reactor thread (the service's DiskIO)
         self.mail = mail
         self.state_dir = state_dir
         self.allowed_hosts = tuple(allowed_hosts)
@@ -174,7 +174,7 @@ class WebUI(Resource):
     # -- plumbing -------------------------------------------------------------------------
 
     def _blocking(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), fn, *args)
+        return self.run_blocking(fn, *args)
 
     def render(self, request: Request) -> Any:
         request.setHeader(b"x-content-type-options", b"nosniff")
@@ -416,5 +416,5 @@ def web_service(reactor: Any, config: Any, service: Any) -> WebService:
     maildir = web_maildir(config)
     if maildir is None:
         raise ConfigError([Problem(config.path, "http", "maildir", "is required when the global route is not maildir:PATH")])
-    web = WebUI(reactor, CapturedMail(maildir), config.state_dir, config.http.get("allowed_hosts") or (), service)
+    web = WebUI(reactor, CapturedMail(maildir), config.state_dir, service.disk.run, config.http.get("allowed_hosts") or (), service)
     return WebService(reactor, config.http["endpoint"], web)
