@@ -1,5 +1,5 @@
 // tlsmta dev relay page. Mail is untrusted: every string goes in with
-// textContent (never innerHTML); HTML bodies load into <iframe sandbox>
+// textContent, never parsed as markup; HTML bodies load into <iframe sandbox>
 // from an endpoint that adds Content-Security-Policy: sandbox.
 "use strict";
 
