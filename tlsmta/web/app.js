@@ -89,7 +89,7 @@ async function select(id) {
   $("view").hidden = false;
   $("v-subject").textContent = m.subject || "(no subject)";
   pairs($("v-summary"), [
-    ["From", m.from], ["To", m.to], ["Cc", m.cc || null],
+    ["From", m.from], ["To", m.to], ...(m.cc ? [["Cc", m.cc]] : []),
     ["Envelope", `${m.envelope.from || "<>"} → ${m.envelope.to.join(", ")}`],
     ["Received", `${when(m.received_at)} from ${m.receipt.helo || "?"} [${m.receipt.peer || "?"}]`],
     ["TLS", m.receipt.tls.used ? `${m.receipt.tls.protocol}, ${m.receipt.tls.cipher}` : "none: received in plain text",
