@@ -19,6 +19,8 @@ Routes (all JSON unless said otherwise):
 ``GET|DELETE /api/messages/ID``, ``GET /api/messages/ID/raw`` (text),
 ``GET /api/messages/ID/html`` (sandboxed HTML), ``GET /api/messages/ID/parts/N``
 (download), ``GET /api/events`` (Server-Sent Events: ``changed``),
+``POST /api/messages/ID/release`` (JSON ``{"smarthost": "HOST[:PORT]", "to": [...]}``:
+queued for that smarthost under the configured TLS policy, see :mod:`tlsmta.release`),
 ``GET /api/dev-ca.pem``, ``GET|PUT /api/tls-lab``, and the page at ``/``.
 """
 
@@ -44,7 +46,8 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from tlsmta import log as events
 from tlsmta.capture import CapturedMail, MessageNotFound
 from tlsmta.devcert import LAB_MODES, dev_ca_path
-from tlsmta.mailview import html_of, part_of
+from tlsmta.mailview import envelope_of, html_of, parse, part_of
+from tlsmta.release import ReleaseError, outgoing_body, release_message, smarthost_route
 
 log = Logger(namespace="tlsmta.webui")
 
@@ -195,6 +198,8 @@ class WebUI(Resource):
     def _failed(self, request: Request, failure: Failure) -> None:
         if failure.check(HTTPError):
             self._finish(request, json_reply({"error": failure.value.message}, failure.value.status))
+        elif failure.check(ReleaseError):
+            self._finish(request, json_reply({"error": str(failure.value)}, 400))
         elif failure.check(MessageNotFound):
             self._finish(request, json_reply({"error": "no such message"}, 404))
         else:
@@ -292,8 +297,36 @@ class WebUI(Resource):
         if len(rest) == 2 and rest[0] == "parts" and rest[1].isdigit() and method == "GET":
             return self._blocking(self._part, message_id, int(rest[1]))
         if rest == ["release"] and method == "POST":
-            raise HTTPError(501, "release is not implemented")
+            return self._release(message_id, self._json_body(request))
         raise HTTPError(404, "not found")
+
+    def _release(self, message_id: str, body: Any) -> Deferred[Reply]:
+        """Queue a copy for a smarthost; delivered under the configured TLS policy."""
+        service = self.service
+        if service is None:
+            raise HTTPError(404, "no queue to release into")
+        if not isinstance(body, dict):
+            raise HTTPError(400, 'send {"smarthost": "HOST[:PORT]", "to": [ADDRESS, ...] (optional)}')
+        route = smarthost_route(body.get("smarthost"))
+
+        def queue(found: tuple[bytes, float]) -> Deferred[Reply]:
+            data = found[0]
+            sender, recipients = envelope_of(parse(data))
+            message = release_message(sender, body.get("to") or recipients, route)
+            payload = outgoing_body(data)
+            if any(byte > 0x7F for byte in payload):
+                message.body_type = "8BITMIME"
+            message.smtputf8 = not all(a.isascii() for a in [sender, *(r.address for r in message.recipients)])
+
+            def stored(_: Any) -> Reply:
+                service.queue.add(message)
+                self.stream.changed("released")
+                return json_reply({"queued_as": message.id, "to": [r.address for r in message.recipients],
+                                   "route": str(route)}, 202)
+
+            return self._blocking(service.spool.store_blocking, message, payload).addCallback(stored)
+
+        return self._blocking(self.mail.raw, message_id).addCallback(queue)
 
     def _html(self, message_id: str) -> Reply:
         html = html_of(self.mail.raw(message_id)[0])

@@ -166,6 +166,16 @@ document.addEventListener("DOMContentLoaded", () => {
   $("delete").addEventListener("click", async () => {
     if (state.selected) { await api(`/api/messages/${encodeURIComponent(state.selected)}`, { method: "DELETE" }); showNothing(); loadList(); }
   });
+  $("release").addEventListener("click", async () => {
+    if (!state.selected) return;
+    const smarthost = prompt("Release to which smarthost? (HOST[:PORT]; the configured TLS policy applies)");
+    if (!smarthost) return;
+    const response = await fetch(`/api/messages/${encodeURIComponent(state.selected)}/release`, {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ smarthost }),
+    });
+    const answer = await response.json();
+    alert(response.ok ? `Queued as ${answer.queued_as} for ${answer.route}` : `Not released: ${answer.error}`);
+  });
   $("lab").addEventListener("change", async (event) => {
     const mode = event.target.value || null;
     await api("/api/tls-lab", { method: "PUT", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ mode }) });
