@@ -105,3 +105,22 @@ def test_bad_config_refuses_to_start(tmp_path: Any, toml: str, expected: str) ->
     )
     assert proc.returncode != 0
     assert f"{path}: {expected}" in proc.stderr + proc.stdout
+
+
+def test_no_config_relay_serves_the_page_and_prints_the_dev_ca(tmp_path: Any) -> None:
+    """The dev relay as `make run` starts it: the web API lists what arrived over SMTP, and the log carries the dev CA's PEM."""
+    import json
+    import urllib.request
+
+    relay = DevRelay(str(tmp_path))
+    try:
+        [http_port] = re.findall(r"web page and API on http://127\.0\.0\.1:(\d+)/", relay.log())
+        send_smtplib(relay.port, starttls=client_context(str(tmp_path / ".tlsmta" / "dev-ca.pem")))
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/api/messages", timeout=20) as response:
+            listing = json.load(response)
+    finally:
+        log = relay.stop()
+    [entry] = listing["messages"]
+    assert entry["subject"] == "hello" and entry["receipt"]["tls"]["protocol"] == "TLSv1.3"
+    pem = (tmp_path / ".tlsmta" / "dev-ca.pem").read_text().strip()
+    assert "\n\t".join(pem.splitlines()) in log  # twistd indents continuation lines with a tab

@@ -220,6 +220,8 @@ class _ReactorThread:
 
         from twisted.internet import reactor
 
+        if cls.thread is not None and not cls.thread.is_alive():
+            raise RuntimeError("the reactor thread was stopped; a Twisted reactor cannot start again")
         if cls.thread is None:
             if reactor.running:
                 raise RuntimeError(

@@ -187,6 +187,7 @@ class WebUI(Resource):
         if not host_allowed(host.decode("latin-1") if host else None, self.allowed_hosts):
             self._finish(request, json_reply({"error": "Host header is not a loopback name; see [http] allowed_hosts"}, 403))
             return NOT_DONE_YET
+        request.notifyFinish().addErrback(lambda _: setattr(request, "tlsmta_gone", True))  # the client left
         method = request.method.decode("ascii", "replace")
         path = [segment.decode("utf-8", "replace") for segment in request.postpath]
         if path and path[-1] == "" and len(path) > 1:
@@ -207,7 +208,7 @@ class WebUI(Resource):
             self._finish(request, json_reply({"error": "internal error"}, 500))
 
     def _finish(self, request: Request, reply: Reply | None) -> None:
-        if reply is None or request.finished or request._disconnected:
+        if reply is None or request.finished or getattr(request, "tlsmta_gone", False):
             return  # a stream, or the client left
         request.setResponseCode(reply.status)
         request.setHeader(b"content-type", reply.content_type.encode())
@@ -420,6 +421,9 @@ class WebService(Service):
     def _listening(self, port: IListeningPort) -> None:
         self.port = port
         address = port.getHost()
+        if not host_allowed(str(getattr(address, "host", ""))):
+            log.warn("the web page and API have no authentication and listen on {host}, not loopback",
+                     host=getattr(address, "host", address))
         log.info("web page and API on http://{host}:{port}/ (messages in {maildir})",
                  host=getattr(address, "host", address), port=getattr(address, "port", ""), maildir=self.web.mail.path)
         self.ready.callback(port)
