@@ -124,3 +124,16 @@ def test_no_config_relay_serves_the_page_and_prints_the_dev_ca(tmp_path: Any) ->
     assert entry["subject"] == "hello" and entry["receipt"]["tls"]["protocol"] == "TLSv1.3"
     pem = (tmp_path / ".tlsmta" / "dev-ca.pem").read_text().strip()
     assert "\n\t".join(pem.splitlines()) in log  # twistd indents continuation lines with a tab
+
+
+def test_http_option_without_a_maildir_refuses_to_start(tmp_path: Any) -> None:
+    """--http on a configuration with no Maildir to show: exit 78, naming [http] maildir; no traceback."""
+    path = tmp_path / "mx.toml"
+    path.write_text(f'[global]\nstate_dir = "{tmp_path / "state"}"\n[spool]\npath = "{tmp_path / "spool"}"\n')
+    proc = subprocess.run(
+        [TWISTD, "-n", "--pidfile=", "tlsmta", "--config", str(path), "--http", "tcp:0:interface=127.0.0.1"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=START_TIMEOUT,
+    )
+    assert proc.returncode == 78
+    assert f"{path}: [http] maildir: is required when the global route is not maildir:PATH" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout

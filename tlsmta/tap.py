@@ -88,7 +88,11 @@ def makeService(options: Options) -> IService:
         sys.stderr.write(f"tlsmta: configuration refused:\n{e}\n")
         raise SystemExit(EX_CONFIG)
     adjust = command_line_adjust(options, path)
-    service = TlsmtaService(adjust(config), reactor, adjust=adjust)
+    try:
+        service = TlsmtaService(adjust(config), reactor, adjust=adjust)
+    except configuration.ConfigError as e:  # e.g. --http with no Maildir to show
+        sys.stderr.write(f"tlsmta: configuration refused:\n{e}\n")
+        raise SystemExit(EX_CONFIG)
     reactor.callWhenRunning(install_signal_handlers, reactor, service)
     return service
 

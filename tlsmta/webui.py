@@ -152,9 +152,10 @@ class EventStream:
                 self.requests.discard(request)
 
     def on_event(self, event: str, fields: dict[str, Any]) -> None:
-        """An events sink: a stored message means the list changed (any thread may emit)."""
-        if event == "received" and fields.get("code") == 250:
-            self.reactor.callFromThread(self.changed, "received")
+        """An events sink: a message stored, or one the queue finished (a bounce or a mixed
+        message may have gone into the Maildir), means the list may have changed."""
+        if (event == "received" and fields.get("code") == 250) or event == "queue_done":
+            self.reactor.callFromThread(self.changed, "received" if event == "received" else "queued")
 
 
 class WebUI(Resource):
