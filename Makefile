@@ -1,14 +1,14 @@
 # Two entry points for a fresh machine (see README.md):
-#   make run   - create .venv and run the dev test relay on 127.0.0.1:2525
-#   make test  - create .venv, install the real peers (postfix, swaks, openssl, systemd tools), run the tests
+#   make run   - create .venv and run the dev test relay on 127.0.0.1:2525 (web page: http://127.0.0.1:8025/)
+#   make test  - create .venv, install the real peers (postfix, swaks, openssl, systemd tools, chromium), run the tests
 
 PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 STAMP = $(VENV)/.installed-stamp
-# Debian packages the tests drive as real peers.
-SYSTEM_PACKAGES = postfix swaks openssl systemd haproxy
-SYSTEM_TOOLS = /usr/sbin/postfix /usr/sbin/smtp-source /usr/bin/swaks /usr/bin/openssl /usr/bin/systemd-analyze /usr/bin/systemd-socket-activate /usr/sbin/haproxy
+# Debian packages the tests drive as real peers (chromium: the dev relay's web page).
+SYSTEM_PACKAGES = postfix swaks openssl systemd haproxy chromium
+SYSTEM_TOOLS = /usr/sbin/postfix /usr/sbin/smtp-source /usr/bin/swaks /usr/bin/openssl /usr/bin/systemd-analyze /usr/bin/systemd-socket-activate /usr/sbin/haproxy /usr/bin/chromium
 
 .PHONY: run test venv system-deps
 

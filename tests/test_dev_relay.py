@@ -20,7 +20,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def DevRelay(cwd: str, *extra: str) -> TlsmtaProcess:
     """The embedded default config, on a free port."""
-    return TlsmtaProcess(cwd, "--listen", "tcp:0:interface=127.0.0.1", *extra)
+    return TlsmtaProcess(cwd, "--listen", "tcp:0:interface=127.0.0.1", "--http", "tcp:0:interface=127.0.0.1", *extra)
 
 
 def test_embedded_default_is_the_etc_file() -> None:
@@ -30,6 +30,7 @@ def test_embedded_default_is_the_etc_file() -> None:
     [listener] = config.listeners
     assert listener.endpoint == "tcp:2525:interface=127.0.0.1"
     assert listener.tls == "starttls" and listener.tls_certificate == "auto"
+    assert config.http["endpoint"] == "tcp:8025:interface=127.0.0.1"  # the web page, loopback only
 
 
 def test_no_config_relay_accepts_starttls_mail_into_maildir(tmp_path: Any) -> None:
@@ -104,3 +105,35 @@ def test_bad_config_refuses_to_start(tmp_path: Any, toml: str, expected: str) ->
     )
     assert proc.returncode != 0
     assert f"{path}: {expected}" in proc.stderr + proc.stdout
+
+
+def test_no_config_relay_serves_the_page_and_prints_the_dev_ca(tmp_path: Any) -> None:
+    """The dev relay as `make run` starts it: the web API lists what arrived over SMTP, and the log carries the dev CA's PEM."""
+    import json
+    import urllib.request
+
+    relay = DevRelay(str(tmp_path))
+    try:
+        [http_port] = re.findall(r"web page and API on http://127\.0\.0\.1:(\d+)/", relay.log())
+        send_smtplib(relay.port, starttls=client_context(str(tmp_path / ".tlsmta" / "dev-ca.pem")))
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/api/messages", timeout=20) as response:
+            listing = json.load(response)
+    finally:
+        log = relay.stop()
+    [entry] = listing["messages"]
+    assert entry["subject"] == "hello" and entry["receipt"]["tls"]["protocol"] == "TLSv1.3"
+    pem = (tmp_path / ".tlsmta" / "dev-ca.pem").read_text().strip()
+    assert "\n\t".join(pem.splitlines()) in log  # twistd indents continuation lines with a tab
+
+
+def test_http_option_without_a_maildir_refuses_to_start(tmp_path: Any) -> None:
+    """--http on a configuration with no Maildir to show: exit 78, naming [http] maildir; no traceback."""
+    path = tmp_path / "mx.toml"
+    path.write_text(f'[global]\nstate_dir = "{tmp_path / "state"}"\n[spool]\npath = "{tmp_path / "spool"}"\n')
+    proc = subprocess.run(
+        [TWISTD, "-n", "--pidfile=", "tlsmta", "--config", str(path), "--http", "tcp:0:interface=127.0.0.1"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=START_TIMEOUT,
+    )
+    assert proc.returncode == 78
+    assert f"{path}: [http] maildir: is required when the global route is not maildir:PATH" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout

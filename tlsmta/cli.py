@@ -1,4 +1,4 @@
-"""The ``tlsmta`` command: check-config, policy, probe, queue, hash-password.
+"""The ``tlsmta`` command: check-config, policy, probe, queue, hash-password, dev-ca.
 
 Errors are one line on stderr; exit codes follow sysexits(3) where one fits.
 """
@@ -307,6 +307,28 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+# -- dev-ca ---------------------------------------------------------------------------------
+
+
+def cmd_dev_ca(args: argparse.Namespace) -> int:
+    from tlsmta.devcert import ensure_dev_ca
+    from tlsmta.tap import dev_relay_path
+
+    config = _load(args.config or dev_relay_path())
+    if config is None:
+        return EX_CONFIG
+    try:
+        path = ensure_dev_ca(config.state_dir)  # the relay reuses it at start
+        if args.pem:
+            with open(path, encoding="ascii") as f:
+                sys.stdout.write(f.read())
+        else:
+            print(path)
+    except OSError as e:
+        return fail("dev-ca", f"{config.state_dir}: {e.strerror}", EX_UNAVAILABLE)
+    return EX_OK
+
+
 # -- parser ---------------------------------------------------------------------------------
 
 
@@ -352,6 +374,11 @@ def build_parser() -> argparse.ArgumentParser:
     q = qsub.add_parser("bounce", help="return a message to its sender now (DSN)")
     q.add_argument("id")
     p.set_defaults(func=cmd_queue)
+
+    p = sub.add_parser("dev-ca", help="where the dev CA is (the PEM clients trust to verify the dev relay)")
+    p.add_argument("--config", help="the relay's configuration (default: the embedded dev relay, ./.tlsmta)")
+    p.add_argument("--pem", action="store_true", help="print the PEM instead of its path")
+    p.set_defaults(func=cmd_dev_ca)
 
     p = sub.add_parser("hash-password", help="print a users-file line (password from stdin or prompt)")
     p.add_argument("user")

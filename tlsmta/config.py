@@ -19,6 +19,7 @@ from typing import Any
 import attrs
 import idna
 
+from tlsmta.devcert import LAB_MODES
 from tlsmta.routes import Route, RouteError, parse_route
 
 # -- errors -----------------------------------------------------------------
@@ -285,6 +286,7 @@ LISTENER_OPTIONS: dict[str, Option] = {
     "max_line_length": Option(_int(78, 1024 * 1024), 998, "octets, CRLF excluded"),
     "idle_timeout": Option(_int(1), 300, "seconds without a command"),
     "data_timeout": Option(_int(1), 600, "seconds without DATA bytes"),
+    "tls_lab": Option(_enum(*LAB_MODES), None, "dev relay: serve a good or deliberately bad TLS peer"),
 }
 
 SPOOL_OPTIONS: dict[str, Option] = {
@@ -307,6 +309,12 @@ QUEUE_OPTIONS: dict[str, Option] = {
 
 METRICS_OPTIONS: dict[str, Option] = {
     "endpoint": Option(_str, None, "Twisted endpoint serving /metrics, e.g. tcp:9125:interface=127.0.0.1"),
+}
+
+HTTP_OPTIONS: dict[str, Option] = {
+    "endpoint": Option(_str, None, "Twisted endpoint for the dev relay's web page and JSON API (no auth: loopback only)"),
+    "maildir": Option(_path, None, "the Maildir the page shows; default: the global maildir: route"),
+    "allowed_hosts": Option(_str_list, (), "Host header names accepted besides loopback ones (DNS rebinding guard)"),
 }
 
 CONTROL_OPTIONS: dict[str, Option] = {
@@ -351,6 +359,7 @@ class ListenerConfig:
     max_line_length: int
     idle_timeout: int
     data_timeout: int
+    tls_lab: str | None = None
 
 
 @attrs.frozen
@@ -399,6 +408,7 @@ class Config:
     dns: Mapping[str, Mapping[str, tuple[str, ...]]]
     binding_rules: tuple[BindingRule, ...]
     metrics: Mapping[str, Any] = attrs.field(factory=lambda: {"endpoint": None})
+    http: Mapping[str, Any] = attrs.field(factory=lambda: dict.fromkeys(HTTP_OPTIONS) | {"allowed_hosts": ()})
     control: Mapping[str, Any] = attrs.field(factory=lambda: {"socket": None, "shutdown_grace": 30})
     # resolve() results; not an init field, so attrs.evolve() starts a fresh one.
     _resolved: dict[tuple[str, str], dict[str, Resolved]] = attrs.field(init=False, factory=dict, eq=False, repr=False)
@@ -541,6 +551,7 @@ _TOP_LEVEL = {
     "binding_rule",
     "metrics",
     "control",
+    "http",
 }
 
 
@@ -600,6 +611,10 @@ def from_dict(raw: Mapping[str, Any], path: str = "<config>") -> Config:
     hooks = v.options(v.table(raw.get("hooks"), "hooks"), "hooks", HOOK_OPTIONS)
     metrics = v.with_defaults(v.options(v.table(raw.get("metrics"), "metrics"), "metrics", METRICS_OPTIONS), METRICS_OPTIONS)
     control = v.with_defaults(v.options(v.table(raw.get("control"), "control"), "control", CONTROL_OPTIONS), CONTROL_OPTIONS)
+    http = v.with_defaults(v.options(v.table(raw.get("http"), "http"), "http", HTTP_OPTIONS), HTTP_OPTIONS)
+    route = global_options.get("route")
+    if http["endpoint"] and http["maildir"] is None and (route is None or route.kind != "maildir"):
+        v.problem("http", "maildir", "is required when the global route is not maildir:PATH")
     if control["socket"] is None:
         control["socket"] = os.path.join(state_dir, "control.sock")
     dns = _dns(v, raw.get("dns"))
@@ -626,6 +641,7 @@ def from_dict(raw: Mapping[str, Any], path: str = "<config>") -> Config:
         binding_rules=rules,
         metrics=metrics,
         control=control,
+        http=http,
     )
 
 
@@ -669,6 +685,13 @@ def _listeners(v: _Validator, raw: Any) -> list[ListenerConfig]:
         names.add(name)
         values["name"] = name
         cert = values["tls_certificate"]
+        lab = values["tls_lab"]
+        if lab is not None and values["tls"] == "no":
+            v.problem(label, "tls_lab", "needs tls = 'starttls' or 'implicit'")
+        if lab == "no-starttls" and values["tls"] == "implicit":
+            v.problem(label, "tls_lab", "'no-starttls' needs tls = 'starttls'")
+        if lab is not None and cert is None:
+            cert = values["tls_certificate"] = "auto"  # the lab serves dev CA certificates
         if values["tls"] != "no":
             if cert is None:
                 v.problem(label, "tls_certificate", f"is required when tls = {values['tls']!r} (or 'auto')")

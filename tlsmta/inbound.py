@@ -91,7 +91,7 @@ class ListenerRuntime:
 
     @property
     def offers_starttls(self) -> bool:
-        return self.tls is not None and self.listener.tls == "starttls"
+        return self.tls is not None and self.listener.tls == "starttls" and self.listener.tls_lab != "no-starttls"
 
 
 @implementer(IHandshakeListener)

@@ -39,6 +39,7 @@ from tlsmta.queue import Queue
 from tlsmta.routes import parse_route
 from tlsmta.spool import Spool
 from tlsmta.store import MessageSink
+from tlsmta.tlslab import dev_names, lab_server_tls, log_dev_ca
 
 log = Logger(namespace="tlsmta.service")
 
@@ -76,12 +77,14 @@ def listener_tls(listener: ListenerConfig, config: Config, hostname: str, hooks:
     """The server TLS creator for a listener, generating the dev certificate if asked."""
     if listener.tls == "no":
         return None
+    if listener.tls_lab is not None:
+        return lab_server_tls(listener, config, hostname)
     cert, key = listener.tls_certificate, listener.tls_key
     if cert == "auto":
-        names = list(dict.fromkeys([hostname, "localhost", "127.0.0.1", "::1"]))
-        generated = ensure_dev_certificate(config.state_dir, names)
+        generated = ensure_dev_certificate(config.state_dir, dev_names(hostname))
         cert, key = generated.cert_path, generated.key_path
         log.info("dev certificate {cert}, signed by the dev CA {ca}", cert=cert, ca=generated.ca_path)
+        log_dev_ca(config.state_dir)
     assert cert is not None and key is not None
     ctx = tls.server_context(
         cert,
@@ -296,6 +299,12 @@ class TlsmtaService(MultiService):
         if config.metrics["endpoint"]:
             self.metrics = MetricsService(reactor, config.metrics["endpoint"], Metrics(self.queue.stats))
             self.metrics.setServiceParent(self)
+        self.web: Any = None
+        if config.http["endpoint"]:
+            from tlsmta.webui import web_service
+
+            self.web = web_service(reactor, config, self)
+            self.web.setServiceParent(self)
         self.control = ControlService(reactor, config.control["socket"], ControlFactory(self.queue, self.reload))
         self.control.setServiceParent(self)
 

@@ -13,6 +13,7 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from tlsmta import config as configuration
+from tlsmta.devcert import LAB_MODES
 
 DEV_RELAY = "dev-relay.toml"
 EX_USAGE, EX_CONFIG = 64, 78  # sysexits.h
@@ -24,7 +25,7 @@ def dev_relay_path() -> str:
 
 
 class Options(usage.Options):
-    synopsis = "[--config FILE] [--maildir PATH] [--listen ENDPOINT] [--log-format text|json]"
+    synopsis = "[--config FILE] [--maildir PATH] [--listen ENDPOINT] [--log-format text|json] [--tls-lab MODE] [--http ENDPOINT]"
     longdesc = (
         "Run tlsmta. With no --config it runs the embedded dev test relay: "
         "127.0.0.1:2525 with STARTTLS, storing every message in ./maildir. "
@@ -36,11 +37,15 @@ class Options(usage.Options):
         ["maildir", "m", None, "deliver everything into this Maildir (overrides route)"],
         ["listen", "l", None, "endpoint for the only listener, e.g. tcp:2526 (tcp:0 picks a free port)"],
         ["log-format", None, "text", "text (key=value lines) or json (one object per line on stdout)"],
+        ["tls-lab", None, None, "TLS lab mode for every TLS listener: " + ", ".join(LAB_MODES)],
+        ["http", None, None, "endpoint for the web page and JSON API, e.g. tcp:8026:interface=127.0.0.1"],
     ]
 
     def postOptions(self) -> None:
         if self["log-format"] not in ("text", "json"):
             raise usage.UsageError("--log-format must be text or json")
+        if self["tls-lab"] is not None and self["tls-lab"] not in LAB_MODES:
+            raise usage.UsageError(f"--tls-lab must be one of {', '.join(LAB_MODES)}")
         if self["log-format"] == "json" and self.parent is not None:
             # twistd builds its log observer from its own --logger option, before
             # makeService runs: set it while options are still being parsed.
@@ -58,6 +63,7 @@ def _logs_to_stdout(twistd: Any) -> bool:
 def command_line_adjust(options: Options, path: str) -> Any:
     """The overrides --maildir and --listen make, as a function (re-applied on reload)."""
     from tlsmta.service import with_maildir
+    from tlsmta.tlslab import with_tls_lab
 
     def adjust(config: configuration.Config) -> configuration.Config:
         if options["maildir"]:
@@ -68,6 +74,10 @@ def command_line_adjust(options: Options, path: str) -> Any:
                 raise SystemExit(EX_USAGE)
             listener = attrs.evolve(config.listeners[0], endpoint=options["listen"])
             config = attrs.evolve(config, listeners=(listener,))
+        if options["tls-lab"]:
+            config = with_tls_lab(config, options["tls-lab"])
+        if options["http"]:
+            config = attrs.evolve(config, http={**config.http, "endpoint": options["http"]})
         return config
 
     return adjust
@@ -86,7 +96,11 @@ def makeService(options: Options) -> IService:
         sys.stderr.write(f"tlsmta: configuration refused:\n{e}\n")
         raise SystemExit(EX_CONFIG)
     adjust = command_line_adjust(options, path)
-    service = TlsmtaService(adjust(config), reactor, adjust=adjust)
+    try:
+        service = TlsmtaService(adjust(config), reactor, adjust=adjust)
+    except configuration.ConfigError as e:  # e.g. --http with no Maildir to show
+        sys.stderr.write(f"tlsmta: configuration refused:\n{e}\n")
+        raise SystemExit(EX_CONFIG)
     reactor.callWhenRunning(install_signal_handlers, reactor, service)
     return service
 

@@ -3,7 +3,9 @@
 - :class:`MemorySink`: a message store in memory, with control over commit.
 - :class:`FakeTLSTransport`: a StringTransport that records ``startTLS``.
 - :class:`RunningRelay`: a whole tlsmta service inside the test process,
-  listening on a free loopback port.
+  listening on a free loopback port (for tests that run a Twisted reactor).
+- :class:`Relay` and the pytest fixture ``tlsmta_relay``: the dev relay for
+  an application's (synchronous) test suite, like aiosmtpd's Controller.
 """
 
 from __future__ import annotations
@@ -133,6 +135,7 @@ class RunningRelay:
         # Only [dns] pinned answers: a test never queries a real resolver.
         self.service = TlsmtaService(config, reactor, dns_backend or OfflineBackend())
         self.ports: dict[str, int] = {}
+        self.http_port: int | None = None
 
     @property
     def port(self) -> int:
@@ -144,6 +147,8 @@ class RunningRelay:
         for name, listener in self.service.listeners.items():
             port = await listener.ready
             self.ports[name] = port.getHost().port
+        if self.service.web is not None:
+            self.http_port = (await self.service.web.ready).getHost().port
         return self
 
     async def stop(self) -> None:
@@ -151,3 +156,270 @@ class RunningRelay:
             for session in list(listener.inbound.sessions):
                 session.transport.abortConnection()
         await self.service.stopService()
+
+
+# -- the dev relay for an application's tests ------------------------------------------------
+
+
+@attrs.frozen
+class CapturedMessage:
+    """One message the relay received: the parsed message plus its envelope and TLS facts.
+
+    ``msg["Subject"]`` reads a header of :attr:`message` (an
+    ``email.message.EmailMessage``, ``policy.default``); :attr:`text` and
+    :attr:`html` are its bodies.
+    """
+
+    id: str
+    sender: str  # MAIL FROM ("" for the null sender)
+    recipients: tuple[str, ...]  # RCPT TO
+    message: Any  # email.message.EmailMessage
+    tls: Mapping[str, Any]  # {"used": bool, "protocol", "cipher", "client_certificate"}
+    raw: bytes
+
+    def __getitem__(self, header: str) -> Any:
+        return self.message[header]
+
+    @property
+    def subject(self) -> str:
+        return str(self.message.get("Subject", ""))
+
+    @property
+    def text(self) -> str | None:
+        body = self.message.get_body(("plain",))
+        return None if body is None else str(body.get_content())
+
+    @property
+    def html(self) -> str | None:
+        body = self.message.get_body(("html",))
+        return None if body is None else str(body.get_content())
+
+
+def _captured(message_id: str, data: bytes) -> CapturedMessage:
+    from tlsmta import mailview
+
+    message = mailview.parse(data)
+    sender, recipients = mailview.envelope_of(message)
+    receipt = mailview.parse_receipt(str(message.get("Received", "")))
+    return CapturedMessage(message_id, sender, tuple(recipients), message, receipt.as_json()["tls"], data)
+
+
+class _ReactorThread:
+    """Twisted's global reactor, run in a daemon thread for test suites that do not run it.
+
+    Started on first use and stopped at the end of the pytest session (the
+    plugin's ``pytest_unconfigure``) or by :func:`stop_reactor_thread`; a
+    reactor cannot be restarted, so it is shared by every Relay in the process.
+    """
+
+    thread: Any = None
+
+    @classmethod
+    def reactor(cls) -> Any:
+        import threading
+
+        from twisted.internet import reactor
+
+        if cls.thread is not None and not cls.thread.is_alive():
+            raise RuntimeError("the reactor thread was stopped; a Twisted reactor cannot start again")
+        if cls.thread is None:
+            if reactor.running:
+                raise RuntimeError(
+                    "the Twisted reactor already runs in this process (pytest-twisted?): "
+                    "use tlsmta.testing.RunningRelay from Twisted tests instead of Relay"
+                )
+            started = threading.Event()
+            reactor.callWhenRunning(started.set)
+            cls.thread = threading.Thread(
+                target=reactor.run, kwargs={"installSignalHandlers": False}, name="tlsmta-reactor", daemon=True
+            )
+            cls.thread.start()
+            if not started.wait(30):
+                raise RuntimeError("the Twisted reactor did not start")
+        return reactor
+
+    @classmethod
+    def stop(cls) -> None:
+        from twisted.internet import reactor
+
+        if cls.thread is not None and cls.thread.is_alive():
+            reactor.callFromThread(reactor.stop)
+            cls.thread.join(30)
+
+
+def stop_reactor_thread() -> None:
+    """Stop the reactor thread Relay started (once, at the very end: it cannot restart)."""
+    _ReactorThread.stop()
+
+
+class Relay:
+    """The dev relay in this process, for a synchronous test suite (like aiosmtpd's Controller).
+
+    It listens on a free port of 127.0.0.1, offers STARTTLS with a
+    certificate from its dev CA (``ca_pem``: trust it to verify), accepts
+    mail for any recipient and keeps every message in a Maildir under
+    ``directory``.  The relay's reactor runs in a background thread, so the
+    test talks to it with plain blocking code (smtplib, the application)::
+
+        with Relay(tmp_path) as relay:
+            send_welcome_mail(smtp_host=relay.host, smtp_port=relay.port)
+            msg = relay.wait_for(to="bob@example.org", timeout=5)
+            assert "Welcome" in msg["Subject"]
+
+    ``tls_lab``: serve a bad TLS peer (see :mod:`tlsmta.tlslab`);
+    ``tls=False``: no STARTTLS; ``http=True``: also serve the web page and
+    API (``http_port``).
+    """
+
+    host = "127.0.0.1"
+
+    def __init__(self, directory: Any, tls: bool = True, tls_lab: str | None = None, http: bool = False,
+                 hostname: str = "localhost"):
+        import os
+        import threading
+
+        directory = str(directory)
+        self.maildir = os.path.join(directory, "maildir")
+        self.state_dir = os.path.join(directory, "state")
+        listener = dev_listener(name="dev", tls="starttls" if tls else "no")
+        if tls:
+            listener["tls_certificate"] = "auto"
+        if tls_lab is not None:
+            listener["tls_lab"] = tls_lab
+        raw: dict[str, Any] = {
+            "global": {"hostname": hostname, "state_dir": self.state_dir, "route": f"maildir:{self.maildir}"},
+            "listener": [listener],
+            "spool": {"path": os.path.join(self.state_dir, "spool")},
+            "control": {"shutdown_grace": 0},
+        }
+        if http:
+            raw["http"] = {"endpoint": "tcp:0:interface=127.0.0.1"}
+        self.config = build_config(raw, f"<tlsmta.testing.Relay {directory}>")
+        self._running: RunningRelay | None = None
+        self._arrivals = threading.Condition()
+        self._arrived = 0
+
+    # -- life cycle --------------------------------------------------------------------------
+
+    def start(self) -> Relay:
+        """Start listening (blocks until the port is open)."""
+        from twisted.internet.defer import ensureDeferred
+        from twisted.internet.threads import blockingCallFromThread
+
+        from tlsmta import log as events
+
+        reactor = _ReactorThread.reactor()
+
+        def start() -> Any:
+            self._running = RunningRelay(self.config, reactor)
+            return ensureDeferred(self._running.start())
+
+        blockingCallFromThread(reactor, start)
+        events.add_sink(self._on_event)
+        return self
+
+    def stop(self) -> None:
+        """Stop listening and close sessions; the Maildir stays."""
+        from twisted.internet.defer import ensureDeferred
+        from twisted.internet.threads import blockingCallFromThread
+
+        from tlsmta import log as events
+
+        running, self._running = self._running, None
+        if running is None:
+            return
+        events.remove_sink(self._on_event)
+        blockingCallFromThread(_ReactorThread.reactor(), lambda: ensureDeferred(running.stop()))
+
+    def __enter__(self) -> Relay:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def _on_event(self, event: str, fields: dict[str, Any]) -> None:
+        if event == "received" and fields.get("code") == 250:
+            with self._arrivals:
+                self._arrived += 1
+                self._arrivals.notify_all()
+
+    # -- where it is --------------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        assert self._running is not None, "the relay is not started"
+        return self._running.port
+
+    @property
+    def http_port(self) -> int | None:
+        return self._running.http_port if self._running is not None else None
+
+    @property
+    def ca_pem(self) -> str:
+        """The dev CA's PEM file: trust it to verify the relay's certificate (name: localhost, 127.0.0.1)."""
+        from tlsmta.devcert import dev_ca_path
+
+        return dev_ca_path(self.state_dir)
+
+    # -- what it received ----------------------------------------------------------------------
+
+    @property
+    def messages(self) -> list[CapturedMessage]:
+        """Every message received so far, oldest first."""
+        from tlsmta.capture import CapturedMail, MessageNotFound
+
+        mail = CapturedMail(self.maildir)
+        found = []
+        for entry in reversed(mail.summaries()):
+            try:
+                found.append(_captured(entry["id"], mail.raw(entry["id"])[0]))
+            except MessageNotFound:
+                continue  # cleared meanwhile
+        return found
+
+    def wait_for(self, to: str | None = None, sender: str | None = None, subject: str | None = None,
+                 timeout: float = 5.0) -> CapturedMessage:
+        """The first message matching every given term (envelope recipient ``to``,
+        envelope ``sender``, substring of the Subject), waiting up to ``timeout``
+        seconds for it to arrive; AssertionError naming what did arrive otherwise."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._arrivals:
+                seen = self._arrived
+            messages = self.messages
+            for message in messages:
+                if _matches(message, to, sender, subject):
+                    return message
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                got = [(m.sender, m.recipients, m.subject) for m in messages] or "nothing"
+                raise AssertionError(
+                    f"no message to={to!r} sender={sender!r} subject={subject!r} within {timeout}s; received: {got}"
+                )
+            with self._arrivals:
+                self._arrivals.wait_for(lambda: self._arrived != seen, remaining)
+
+    def clear(self) -> None:
+        """Delete every captured message."""
+        from tlsmta.capture import CapturedMail
+
+        CapturedMail(self.maildir).clear()
+
+    def set_tls_lab(self, mode: str | None) -> None:
+        """Switch the listener's TLS lab mode (None: the good dev certificate) for new sessions."""
+        from twisted.internet.threads import blockingCallFromThread
+
+        from tlsmta.tlslab import switch_tls_lab
+
+        assert self._running is not None, "the relay is not started"
+        blockingCallFromThread(_ReactorThread.reactor(), switch_tls_lab, self._running.service, "dev", mode)
+
+
+def _matches(message: CapturedMessage, to: str | None, sender: str | None, subject: str | None) -> bool:
+    if to is not None and to.lower() not in (r.lower() for r in message.recipients):
+        return False
+    if sender is not None and sender.lower() != message.sender.lower():
+        return False
+    return subject is None or subject in message.subject

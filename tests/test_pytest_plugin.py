@@ -1,0 +1,115 @@
+"""The ``tlsmta_relay`` fixture, used the way an application's test suite uses it.
+
+An application project (written to a temporary directory) with plain,
+synchronous pytest tests that send mail with smtplib, run by pytest in a
+separate process without pytest-twisted: the plugin is found through its
+``pytest11`` entry point, as it would be after ``pip install tlsmta``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+APP = '''
+"""A tiny application that sends mail."""
+import smtplib
+import ssl
+from email.message import EmailMessage
+
+
+def send_welcome(host, port, to, ca=None):
+    message = EmailMessage()
+    message["From"] = "shop@example.com"
+    message["To"] = to
+    message["Subject"] = "Welcome"
+    message.set_content("Hello " + to.split("@")[0].title() + ", welcome aboard.")
+    with smtplib.SMTP(host, port, timeout=10) as client:
+        if ca is not None:
+            client.starttls(context=ssl.create_default_context(cafile=ca))
+        client.send_message(message)
+'''
+
+APP_TESTS = '''
+import ssl
+
+import pytest
+
+from app import send_welcome
+
+
+def test_welcome_is_sent_over_verified_tls(tlsmta_relay):
+    send_welcome("localhost", tlsmta_relay.port, "bob@example.org", ca=tlsmta_relay.ca_pem)
+    msg = tlsmta_relay.wait_for(to="bob@example.org", timeout=5)
+    assert msg["Subject"] == "Welcome"
+    assert msg.sender == "shop@example.com" and msg.recipients == ("bob@example.org",)
+    assert "Hello Bob" in msg.text
+    assert msg.tls["used"] and msg.tls["protocol"] == "TLSv1.3"
+    assert [m.subject for m in tlsmta_relay.messages] == ["Welcome"]
+    tlsmta_relay.clear()
+    assert tlsmta_relay.messages == []
+
+
+def test_each_test_gets_a_fresh_relay(tlsmta_relay):
+    assert tlsmta_relay.messages == []
+
+
+def test_wait_for_says_what_arrived_instead(tlsmta_relay):
+    send_welcome(tlsmta_relay.host, tlsmta_relay.port, "alice@example.net")
+    with pytest.raises(AssertionError, match=r"received: \\[\\('shop@example.com', \\('alice@example.net',\\), 'Welcome'\\)\\]"):
+        tlsmta_relay.wait_for(to="bob@example.org", timeout=0.5)
+    assert tlsmta_relay.wait_for(subject="Welcome").tls["used"] is False
+
+
+@pytest.mark.tlsmta_relay(tls_lab="expired")
+def test_app_refuses_an_expired_certificate(tlsmta_relay):
+    with pytest.raises(ssl.SSLCertVerificationError, match="certificate has expired"):
+        send_welcome("localhost", tlsmta_relay.port, "bob@example.org", ca=tlsmta_relay.ca_pem)
+    assert tlsmta_relay.messages == []
+
+
+@pytest.mark.tlsmta_relay(http=True)
+def test_web_page_is_there_when_asked_for(tlsmta_relay):
+    import json
+    import urllib.request
+
+    send_welcome(tlsmta_relay.host, tlsmta_relay.port, "bob@example.org")
+    tlsmta_relay.wait_for(to="bob@example.org")
+    with urllib.request.urlopen(f"http://127.0.0.1:{tlsmta_relay.http_port}/api/messages", timeout=10) as response:
+        assert json.load(response)["count"] == 1
+'''
+
+INI = """[pytest]
+filterwarnings =
+    error
+"""
+
+
+def test_application_suite_uses_the_fixture(tmp_path: Any) -> None:
+    """A synchronous application test suite passes using tlsmta_relay: wait_for, messages, clear,
+    TLS facts, a TLS lab marker, the web page; each test gets its own relay."""
+    (tmp_path / "app.py").write_text(APP)
+    (tmp_path / "test_app.py").write_text(APP_TESTS)
+    (tmp_path / "pytest.ini").write_text(INI)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:twisted", "-p", "no:cacheprovider", "-q", "-rA", "--timeout=60"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "5 passed" in out, out
+
+
+def test_a_failing_application_test_fails(tmp_path: Any) -> None:
+    """The fixture's assertion reaches the application's test report (wait_for on a mail never sent)."""
+    (tmp_path / "test_nothing.py").write_text(
+        "def test_expects_mail(tlsmta_relay):\n    tlsmta_relay.wait_for(to='bob@example.org', timeout=0.2)\n"
+    )
+    (tmp_path / "pytest.ini").write_text(INI)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:twisted", "-p", "no:cacheprovider", "-q"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 1
+    assert "AssertionError: no message to='bob@example.org' sender=None subject=None within 0.2s; received: nothing" in proc.stdout

@@ -1,0 +1,120 @@
+"""Releasing a captured message to a real smarthost, under the configured TLS policy."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import pytest_twisted
+
+from e2e import in_thread, maildir_messages
+from outbound_lab import deliveries, start_receiver
+from test_webui import get_json, send, web, welcome
+from tlsmta.release import ReleaseError, outgoing_body, release_message, smarthost_route
+from tlsmta.testing import RunningRelay, build_config, dev_listener
+
+SMARTHOST = "mx.example.test"
+
+
+def test_outgoing_body_drops_local_delivery_lines_and_restores_crlf() -> None:
+    """The released bytes are the message as received: no Return-Path/Delivered-To, CRLF line ends."""
+    stored = b"Return-Path: <a@x.test>\nDelivered-To: b@y.test\nReceived: from x\nSubject: hi\n\nbody\n"
+    assert outgoing_body(stored) == b"Received: from x\r\nSubject: hi\r\n\r\nbody\r\n"
+
+
+@pytest.mark.parametrize("smarthost", [None, "", 25, "bad host:25", "[127.0.0.1", "relay.example:99999"])
+def test_bad_smarthost_is_refused(smarthost: Any) -> None:
+    """The smarthost must be HOST[:PORT]."""
+    with pytest.raises(ReleaseError):
+        smarthost_route(smarthost)
+
+
+def test_release_needs_recipients() -> None:
+    route = smarthost_route("relay.example:587")
+    assert str(route) == "smtp:relay.example:587"
+    with pytest.raises(ReleaseError, match='"to" must be a non-empty list'):
+        release_message("a@x.test", [], route)
+    queued = release_message("a@x.test", ["b@y.test"], route)
+    assert [(r.address, r.route) for r in queued.recipients] == [("b@y.test", route)]
+
+
+async def dev_relay(tmp_path: Any, ca: str) -> RunningRelay:
+    """A dev relay with the web page whose outbound policy is tls = required, tls_verify = host."""
+    raw = {
+        "global": {"hostname": "localhost", "state_dir": str(tmp_path / "state"), "route": f"maildir:{tmp_path / 'maildir'}",
+                   "tls": "required", "tls_verify": "host", "tls_ca": ca},
+        "listener": [dev_listener(name="dev")],
+        "spool": {"path": str(tmp_path / "spool")},
+        "http": {"endpoint": "tcp:0:interface=127.0.0.1"},
+        "dns": {"hosts": {SMARTHOST: ["127.0.0.1"]}},  # a name the receiver's certificate has
+    }
+    return await RunningRelay(build_config(raw)).start()
+
+
+async def release(relay: RunningRelay, body: dict[str, Any]) -> tuple[int, Any]:
+    [entry] = (await in_thread(get_json, relay.http_port, "/api/messages"))["messages"]
+    status, _, answer = await in_thread(web, relay.http_port, "POST", f"/api/messages/{entry['id']}/release",
+                                        json.dumps(body).encode(), {"Content-Type": "application/json"})
+    return status, json.loads(answer)
+
+
+@pytest_twisted.ensureDeferred
+async def test_release_delivers_over_verified_tls(tmp_path: Any, pki: Any, events: list) -> None:
+    """POST release: the copy goes to the smarthost over STARTTLS, verified (tls_verify = host)."""
+    receiver = await start_receiver(tmp_path, pki.good)
+    relay = await dev_relay(tmp_path, pki.ca_pem)
+    try:
+        await in_thread(send, relay.port, welcome())
+        status, answer = await release(relay, {"smarthost": f"{SMARTHOST}:{receiver.port}", "to": ["carol@example.net"]})
+        assert status == 202 and answer["to"] == ["carol@example.net"]
+        assert answer["route"] == f"smtp:{SMARTHOST}:{receiver.port}"
+        await relay.service.queue.wait_idle()
+    finally:
+        await relay.stop()
+        await receiver.stop()
+    [event] = deliveries(events)
+    assert (event["result"], event["tls"], event["tls_verify"], event["verified"]) == ("delivered", "tls", "host", "yes")
+    [copy] = maildir_messages(str(tmp_path / "receiver-maildir"))
+    assert copy["Delivered-To"] == "carol@example.net" and copy["Return-Path"] == "<app@example.com>"
+    assert copy["Subject"] == "Welcome, Bob"
+    assert len(copy.get_all("Received")) == 2  # the dev relay's and the smarthost's; no stale Delivered-To
+    assert len(maildir_messages(str(tmp_path / "maildir"))) == 1  # the captured one stays
+
+
+@pytest_twisted.ensureDeferred
+async def test_release_obeys_the_tls_policy(tmp_path: Any, pki: Any, events: list) -> None:
+    """A smarthost whose certificate does not verify under the configured tls_ca gets nothing: 4.7.5, queued."""
+    receiver = await start_receiver(tmp_path, pki.good)
+    relay = await dev_relay(tmp_path, pki.other_ca_pem)
+    try:
+        await in_thread(send, relay.port, welcome())
+        status, _ = await release(relay, {"smarthost": f"{SMARTHOST}:{receiver.port}"})
+        assert status == 202
+        await relay.service.queue.wait_idle()
+        assert len(relay.service.queue.messages) == 1  # deferred, still queued
+    finally:
+        await relay.stop()
+        await receiver.stop()
+    [event] = deliveries(events)
+    assert (event["result"], event["code"], event["text"][:5]) == ("deferred", "451", "4.7.5")
+    assert maildir_messages(str(tmp_path / "receiver-maildir")) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_release_refuses_bad_requests(tmp_path: Any, pki: Any) -> None:
+    """A bad smarthost is 400, a missing JSON content type 415, an unknown message 404."""
+    relay = await dev_relay(tmp_path, pki.ca_pem)
+    try:
+        await in_thread(send, relay.port, welcome())
+        status, answer = await release(relay, {"smarthost": "bad host"})
+        assert status == 400 and "is not a host name" in answer["error"]
+        status, _, _ = await in_thread(web, relay.http_port, "POST", "/api/messages/none/release", b"{}",
+                                       {"Content-Type": "text/plain"})
+        assert status == 415
+        status, _, _ = await in_thread(web, relay.http_port, "POST", "/api/messages/none/release",
+                                       b'{"smarthost": "relay.example"}', {"Content-Type": "application/json"})
+        assert status == 404
+        assert relay.service.queue.messages == {}
+    finally:
+        await relay.stop()

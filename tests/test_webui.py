@@ -1,0 +1,355 @@
+"""The dev relay's JSON API and page, over real HTTP on loopback, after real SMTP."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import smtplib
+import ssl
+from email.message import EmailMessage
+from typing import Any
+
+import pytest
+import pytest_twisted
+
+from e2e import CLIENT_TIMEOUT, in_thread
+from tlsmta import mailview
+from tlsmta.devcert import dev_ca_path
+from tlsmta.received import TraceFacts, received_header
+from tlsmta.testing import RunningRelay, build_config, dev_listener
+from tlsmta.webui import host_allowed
+
+HTTP_ENDPOINT = "tcp:0:interface=127.0.0.1"
+
+
+def web(port: int, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None,
+        ) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP request; returns (status, lower-cased headers, body)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=CLIENT_TIMEOUT)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        conn.close()
+
+
+def get_json(port: int, path: str) -> Any:
+    status, headers, body = web(port, "GET", path)
+    assert status == 200, body
+    assert headers["content-type"] == "application/json; charset=utf-8"
+    return json.loads(body)
+
+
+def welcome(to: str = "bob@example.org", subject: str = "Welcome, Bob") -> EmailMessage:
+    m = EmailMessage()
+    m["From"] = "Shop <shop@example.com>"
+    m["To"] = to
+    m["Subject"] = subject
+    m.set_content("Hello Bob,\nwelcome aboard.\n")
+    m.add_alternative("<h1>Hello</h1><script>parent.document.title = 'pwned'</script>", subtype="html")
+    m.add_attachment(b"%PDF-1.4 invoice", maintype="application", subtype="pdf", filename="invoice.pdf")
+    return m
+
+
+def send(port: int, message: EmailMessage, sender: str = "app@example.com", ca: str | None = None) -> None:
+    client = smtplib.SMTP("localhost", port, timeout=CLIENT_TIMEOUT)
+    try:
+        if ca is not None:
+            client.starttls(context=ssl.create_default_context(cafile=ca))
+        client.send_message(message, from_addr=sender)
+        client.quit()
+    finally:
+        client.close()
+
+
+async def web_relay(tmp_path: Any, **http: Any) -> RunningRelay:
+    """A STARTTLS dev relay storing into tmp_path/maildir, with the web page on a free port."""
+    listener = dev_listener(name="dev", tls="starttls", tls_certificate="auto")
+    raw = {
+        "global": {"hostname": "localhost", "state_dir": str(tmp_path / "state"), "route": f"maildir:{tmp_path / 'maildir'}"},
+        "listener": [listener],
+        "spool": {"path": str(tmp_path / "spool")},
+        "http": {"endpoint": HTTP_ENDPOINT, **http},
+    }
+    return await RunningRelay(build_config(raw)).start()
+
+
+@pytest_twisted.async_yield_fixture
+async def relay(tmp_path: Any) -> Any:
+    running = await web_relay(tmp_path)
+    yield running
+    await running.stop()
+
+
+# -- pure pieces ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "host, ok",
+    [
+        ("127.0.0.1:8025", True), ("localhost:8025", True), ("LOCALHOST", True), ("app.localhost:8025", True),
+        ("[::1]:8025", True), ("127.1.2.3", True), ("localhost.", True),
+        ("evil.example:8025", False), ("192.0.2.1:8025", False), ("[2001:db8::1]:8025", False),
+        ("localhost.evil.example", False), ("", False), (None, False),
+    ],
+)
+def test_host_check_accepts_only_loopback_names(host: str | None, ok: bool) -> None:
+    """The DNS-rebinding guard: only loopback names and addresses pass."""
+    assert host_allowed(host) is ok
+
+
+def test_host_check_accepts_configured_names() -> None:
+    """[http] allowed_hosts adds names, case-insensitively."""
+    assert host_allowed("DevBox.internal:8025", ["devbox.internal"])
+    assert not host_allowed("other.internal:8025", ["devbox.internal"])
+
+
+def test_receipt_is_read_from_our_received_header() -> None:
+    """The TLS facts of receipt come back out of the Received: header tlsmta wrote."""
+    import datetime
+
+    facts = TraceFacts(helo="app.test", peer_ip="127.0.0.1", by_host="localhost", message_id="Q1",
+                       when=datetime.datetime.now(datetime.timezone.utc), tls_protocol="TLSv1.3",
+                       tls_cipher="TLS_AES_128_GCM_SHA256", client_cert='yes (CN=app): ok', recipient="bob@example.org")
+    header = received_header(facts).decode().split(":", 1)[1]
+    receipt = mailview.parse_receipt(header)
+    assert (receipt.helo, receipt.peer, receipt.protocol, receipt.message_id) == ("app.test", "127.0.0.1", "ESMTPS", "Q1")
+    assert (receipt.tls, receipt.tls_protocol, receipt.tls_cipher) == (True, "TLSv1.3", "TLS_AES_128_GCM_SHA256")
+    assert receipt.client_certificate == "yes ?CN=app?: ok"  # the header's comment-safe form
+    plain = mailview.parse_receipt(received_header(attrs_evolve(facts)).decode().split(":", 1)[1])
+    assert plain.protocol == "ESMTP" and not plain.tls and plain.tls_protocol is None
+    assert mailview.parse_receipt("from elsewhere by mx.example (Postfix)") == mailview.Receipt()
+
+
+def attrs_evolve(facts: TraceFacts) -> TraceFacts:
+    import attrs
+
+    return attrs.evolve(facts, tls_protocol=None, tls_cipher=None)
+
+
+def test_search_terms_are_substrings_of_their_fields() -> None:
+    """Search by recipient (envelope or header), sender, subject; every given term must match."""
+    entry = {"envelope": {"from": "app@example.com", "to": ["bob@example.org"]}, "from": "Shop <shop@example.com>",
+             "to": "Bob <bob@example.org>", "cc": "", "subject": "Your invoice"}
+    assert mailview.matches(entry, to="BOB@") and mailview.matches(entry, sender="shop@")
+    assert mailview.matches(entry, subject="invoice", to="example.org")
+    assert not mailview.matches(entry, subject="invoice", to="alice")
+    assert mailview.matches(entry, text="app@") and not mailview.matches(entry, text="nothing")
+
+
+# -- the API over HTTP ----------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_list_shows_envelope_headers_size_time_and_tls(relay: Any, tmp_path: Any) -> None:
+    """A message sent with STARTTLS is listed with its envelope, headers, size, time and TLS facts."""
+    await in_thread(send, relay.port, welcome(), "app@example.com", dev_ca_path(str(tmp_path / "state")))
+    listing = await in_thread(get_json, relay.http_port, "/api/messages")
+    assert listing["count"] == 1
+    [entry] = listing["messages"]
+    assert entry["envelope"] == {"from": "app@example.com", "to": ["bob@example.org"]}
+    assert entry["subject"] == "Welcome, Bob" and entry["from"] == "Shop <shop@example.com>"
+    assert entry["size"] == len((tmp_path / "maildir" / "new" / entry["id"]).read_bytes())
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", entry["received_at"])
+    assert entry["receipt"]["tls"] == {"used": True, "protocol": "TLSv1.3", "cipher": entry["receipt"]["tls"]["cipher"],
+                                       "client_certificate": "not requested"}
+    assert entry["receipt"]["tls"]["cipher"].startswith("TLS_")
+    assert entry["has_html"] and entry["attachments"] == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_plain_text_receipt_says_no_tls(relay: Any) -> None:
+    """Without STARTTLS the TLS facts say so."""
+    await in_thread(send, relay.port, welcome())
+    [entry] = (await in_thread(get_json, relay.http_port, "/api/messages"))["messages"]
+    assert entry["receipt"]["tls"]["used"] is False and entry["receipt"]["smtp"] == "ESMTP"
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_message_raw_parsed_parts_and_attachment(relay: Any) -> None:
+    """GET one message: headers, text, parts; raw source as text; the attachment as a download."""
+    await in_thread(send, relay.port, welcome())
+    [entry] = (await in_thread(get_json, relay.http_port, "/api/messages"))["messages"]
+    one = await in_thread(get_json, relay.http_port, f"/api/messages/{entry['id']}")
+    assert ["Subject", "Welcome, Bob"] in one["headers"] and ["Delivered-To", "bob@example.org"] in one["headers"]
+    assert one["text"] == "Hello Bob,\nwelcome aboard.\n"
+    types = [(p["content_type"], p["filename"], p["attachment"]) for p in one["parts"]]
+    assert types == [("text/plain", None, False), ("text/html", None, False), ("application/pdf", "invoice.pdf", True)]
+    status, headers, raw = await in_thread(web, relay.http_port, "GET", f"/api/messages/{entry['id']}/raw")
+    assert status == 200 and headers["content-type"] == "text/plain; charset=utf-8"
+    assert raw.startswith(b"Return-Path: <app@example.com>\n") and b"Subject: Welcome, Bob" in raw
+    pdf = next(p for p in one["parts"] if p["attachment"])
+    status, headers, data = await in_thread(web, relay.http_port, "GET", f"/api/messages/{entry['id']}/parts/{pdf['index']}")
+    assert status == 200 and data == b"%PDF-1.4 invoice"
+    assert headers["content-type"] == "application/octet-stream"
+    assert headers["content-disposition"] == "attachment; filename*=UTF-8''invoice.pdf"
+
+
+@pytest_twisted.ensureDeferred
+async def test_html_part_is_served_sandboxed(relay: Any) -> None:
+    """The HTML body comes with Content-Security-Policy: sandbox and no network sources."""
+    await in_thread(send, relay.port, welcome())
+    [entry] = (await in_thread(get_json, relay.http_port, "/api/messages"))["messages"]
+    status, headers, body = await in_thread(web, relay.http_port, "GET", f"/api/messages/{entry['id']}/html")
+    assert status == 200 and b"<h1>Hello</h1>" in body
+    assert headers["content-type"] == "text/html; charset=utf-8"
+    policy = [d.strip() for d in headers["content-security-policy"].split(";")]
+    assert policy[0] == "sandbox" and "default-src 'none'" in policy
+    assert "allow-scripts" not in headers["content-security-policy"]
+    assert headers["x-content-type-options"] == "nosniff"
+
+
+@pytest_twisted.ensureDeferred
+async def test_page_uses_a_sandboxed_iframe_and_no_innerhtml(relay: Any) -> None:
+    """The page: <iframe sandbox> with no allow-scripts/allow-same-origin, a strict CSP, and its
+    script never assigns innerHTML/outerHTML or calls insertAdjacentHTML/document.write."""
+    status, headers, page = await in_thread(web, relay.http_port, "GET", "/")
+    assert status == 200 and headers["content-type"] == "text/html; charset=utf-8"
+    [iframe] = re.findall(rb"<iframe[^>]*>", page)
+    assert re.search(rb'\ssandbox[\s>]', iframe) and b"allow-" not in iframe
+    assert "script-src 'self'" in headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in headers["content-security-policy"]
+    status, headers, script = await in_thread(web, relay.http_port, "GET", "/static/app.js")
+    assert status == 200 and headers["content-type"] == "text/javascript; charset=utf-8"
+    assert not re.search(rb"innerHTML|outerHTML|insertAdjacentHTML|document\.write", script)
+    assert b'setAttribute("sandbox", "")' in script
+
+
+@pytest_twisted.ensureDeferred
+async def test_search_by_recipient_sender_subject(relay: Any) -> None:
+    """?to= ?from= ?subject= narrow the list; all given terms must match."""
+    await in_thread(send, relay.port, welcome("bob@example.org", "Welcome, Bob"), "app@example.com")
+    await in_thread(send, relay.port, welcome("alice@example.net", "Your invoice"), "billing@example.com")
+
+    async def subjects(query: str) -> list[str]:
+        found = await in_thread(get_json, relay.http_port, f"/api/messages?{query}")
+        return sorted(m["subject"] for m in found["messages"])
+
+    assert await subjects("to=alice") == ["Your invoice"]
+    assert await subjects("from=app%40example.com") == ["Welcome, Bob"]
+    assert await subjects("subject=welcome") == ["Welcome, Bob"]
+    assert await subjects("to=example&subject=invoice") == ["Your invoice"]
+    assert await subjects("q=example") == ["Welcome, Bob", "Your invoice"]
+    assert await subjects("to=nobody") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete_one_and_all(relay: Any, tmp_path: Any) -> None:
+    """DELETE one removes its file; DELETE all empties the Maildir; unknown ids are 404."""
+    for n in range(3):
+        await in_thread(send, relay.port, welcome(subject=f"n{n}"))
+    first, *_ = (await in_thread(get_json, relay.http_port, "/api/messages"))["messages"]
+    status, _, body = await in_thread(web, relay.http_port, "DELETE", f"/api/messages/{first['id']}")
+    assert status == 200 and json.loads(body) == {"deleted": 1}
+    assert not (tmp_path / "maildir" / "new" / first["id"]).exists()
+    assert (await in_thread(get_json, relay.http_port, "/api/messages"))["count"] == 2
+    status, _, body = await in_thread(web, relay.http_port, "GET", f"/api/messages/{first['id']}")
+    assert status == 404 and json.loads(body) == {"error": "no such message"}
+    status, _, body = await in_thread(web, relay.http_port, "DELETE", "/api/messages")
+    assert status == 200 and json.loads(body) == {"deleted": 2}
+    assert list((tmp_path / "maildir" / "new").iterdir()) == []
+    status, _, _ = await in_thread(web, relay.http_port, "GET", "/api/messages/..%2F..%2Fstate%2Fdev-ca.key")
+    assert status == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_foreign_host_header_is_refused(relay: Any) -> None:
+    """DNS rebinding: a request naming another host gets 403 and no data, whatever the path."""
+    await in_thread(send, relay.port, welcome())
+    for path in ("/api/messages", "/", "/api/dev-ca.pem"):
+        status, headers, body = await in_thread(web, relay.http_port, "GET", path, None, {"Host": "rebind.evil.example"})
+        assert status == 403 and b"Welcome" not in body and b"CERTIFICATE" not in body
+        assert headers["content-type"] == "application/json; charset=utf-8"
+    status, _, _ = await in_thread(web, relay.http_port, "DELETE", "/api/messages", None, {"Host": "rebind.evil.example"})
+    assert status == 403
+    assert (await in_thread(get_json, relay.http_port, "/api/messages"))["count"] == 1
+    status, _, _ = await in_thread(web, relay.http_port, "GET", "/api/messages", None, {"Host": "localhost:8025"})
+    assert status == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_allowed_hosts_admits_a_configured_name(tmp_path: Any) -> None:
+    """[http] allowed_hosts lets a named host through."""
+    running = await web_relay(tmp_path, allowed_hosts=["devbox.internal"])
+    try:
+        status, _, _ = await in_thread(web, running.http_port, "GET", "/api/messages", None, {"Host": "devbox.internal:8025"})
+        assert status == 200
+    finally:
+        await running.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_dev_ca_download_is_the_dev_ca(relay: Any, tmp_path: Any) -> None:
+    """/api/dev-ca.pem is the state_dir's dev CA, as a download."""
+    status, headers, pem = await in_thread(web, relay.http_port, "GET", "/api/dev-ca.pem")
+    assert status == 200 and pem == (tmp_path / "state" / "dev-ca.pem").read_bytes()
+    assert headers["content-type"] == "application/x-pem-file"
+    assert headers["content-disposition"] == 'attachment; filename="tlsmta-dev-ca.pem"'
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_lab_switch_over_the_api(relay: Any, tmp_path: Any) -> None:
+    """PUT /api/tls-lab switches the STARTTLS listener; it needs a JSON body (no cross-site forms)."""
+    ca = dev_ca_path(str(tmp_path / "state"))
+    body = json.dumps({"mode": "expired"}).encode()
+    status, _, answer = await in_thread(web, relay.http_port, "PUT", "/api/tls-lab", body, {"Content-Type": "text/plain"})
+    assert status == 415
+    status, _, answer = await in_thread(web, relay.http_port, "PUT", "/api/tls-lab", body, {"Content-Type": "application/json"})
+    assert status == 200
+    state = json.loads(answer)
+    assert state["listeners"] == [{"name": "dev", "tls": "starttls", "tls_lab": "expired", "port": relay.port}]
+    with pytest.raises(ssl.SSLCertVerificationError, match="certificate has expired"):
+        await in_thread(send, relay.port, welcome(), "app@example.com", ca)
+    bad = json.dumps({"mode": "nonsense"}).encode()
+    status, _, answer = await in_thread(web, relay.http_port, "PUT", "/api/tls-lab", bad, {"Content-Type": "application/json"})
+    assert status == 400 and b"mode must be one of" in answer
+    off = json.dumps({"mode": None}).encode()
+    status, _, _ = await in_thread(web, relay.http_port, "PUT", "/api/tls-lab", off, {"Content-Type": "application/json"})
+    assert status == 200
+    await in_thread(send, relay.port, welcome(), "app@example.com", ca)
+
+
+@pytest_twisted.ensureDeferred
+async def test_events_stream_announces_new_mail(relay: Any) -> None:
+    """GET /api/events is a Server-Sent Events stream; a message received sends `event: changed`."""
+
+    def listen_then_send() -> list[str]:
+        conn = http.client.HTTPConnection("127.0.0.1", relay.http_port, timeout=CLIENT_TIMEOUT)
+        try:
+            conn.request("GET", "/api/events")
+            response = conn.getresponse()
+            assert response.status == 200
+            assert response.getheader("content-type") == "text/event-stream; charset=utf-8"
+            lines = []
+            while (line := response.fp.readline().decode().strip()) != "event: hello":
+                lines.append(line)
+            send(relay.port, welcome())
+            while (line := response.fp.readline().decode().strip()) != "event: changed":
+                lines.append(line)
+            lines.append(response.fp.readline().decode().strip())
+            return lines
+        finally:
+            conn.close()
+
+    lines = await in_thread(listen_then_send)
+    assert lines[-1] == 'data: {"why": "received"}'
+
+
+@pytest_twisted.ensureDeferred
+async def test_unknown_routes_and_methods(relay: Any) -> None:
+    """Unknown paths are 404, wrong methods 405, both as JSON."""
+    status, headers, _ = await in_thread(web, relay.http_port, "GET", "/api/nothing")
+    assert status == 404 and headers["content-type"].startswith("application/json")
+    status, _, _ = await in_thread(web, relay.http_port, "POST", "/api/messages", b"{}", {"Content-Type": "application/json"})
+    assert status == 405
+
+
+def test_http_endpoint_needs_a_maildir() -> None:
+    """[http] endpoint with a route that is not maildir: and no [http] maildir is a config error."""
+    from tlsmta import config as configuration
+
+    with pytest.raises(configuration.ConfigError) as caught:
+        build_config({"http": {"endpoint": HTTP_ENDPOINT}}, "web.toml")
+    assert "web.toml: [http] maildir: is required when the global route is not maildir:PATH" in str(caught.value)
