@@ -332,24 +332,6 @@ class STSResolver:
 # -- the HTTPS fetch (RFC 8461 3.3) ---------------------------------------------------------
 
 
-def _trust_root(ca: str | None) -> Any:
-    """``tls_ca`` (file or hashed directory) as a Twisted trust root; None: the system store."""
-    from twisted.internet.ssl import IOpenSSLTrustRoot, platformTrust
-    from zope.interface import implementer
-
-    if ca is None:
-        return platformTrust()
-
-    @implementer(IOpenSSLTrustRoot)
-    class _FromConfig:
-        def _addCACertsToContext(self, context: Any) -> None:
-            from tlsmta.tls import load_trust
-
-            load_trust(context, ca)
-
-    return _FromConfig()
-
-
 class _Collect:
     """Reads a response body up to ``limit`` bytes."""
 
@@ -411,15 +393,15 @@ class PolicyFetcher:
     async def _get(self, domain: str) -> str:
         import ipaddress
 
-        from OpenSSL import SSL
-        from service_identity import VerificationError
         from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
-        from twisted.internet.ssl import optionsForClientTLS
         from twisted.web.client import Agent, ResponseFailed, ResponseNeverReceived
         from twisted.web.iweb import IAgentEndpointFactory
         from zope.interface import implementer
 
+        from tlsmta import tls
+        from tlsmta.config import parse_protocols
         from tlsmta.dns import DNSError
+        from tlsmta.policy import VerifyMode
 
         host = f"mta-sts.{domain}"
         try:
@@ -429,7 +411,11 @@ class PolicyFetcher:
         if not addresses:
             raise STSError(f"{host} has no address", FETCH_ERROR)
         ip, port = addresses[0], self.port()
-        creator = optionsForClientTLS(host, trustRoot=_trust_root(self.ca_for(domain)))
+        # tlsmta's own verification, as for SMTP with tls_verify = host: the chain to
+        # the trust anchors and the name mta-sts.DOMAIN; a failure aborts the handshake.
+        check = tls.CertificateCheck(VerifyMode.HOST, wanted=(host,), enforce_in_handshake=True)
+        context = tls.client_context(parse_protocols("+TLSv1.2:+TLSv1.3"), ca=self.ca_for(domain))
+        creator = tls.ClientTLS(context, host, check)
         reactor = self.reactor
 
         @implementer(IAgentEndpointFactory)
@@ -444,10 +430,9 @@ class PolicyFetcher:
         try:
             response = await agent.request(b"GET", url)
         except (ResponseNeverReceived, ResponseFailed) as e:
-            reasons = getattr(e, "reasons", [])
-            if any(r.check(SSL.Error, VerificationError) for r in reasons):
-                raise STSError(f"HTTPS certificate of {host} not valid: {_reasons(reasons)}", WEBPKI_INVALID) from None
-            raise STSError(f"fetching {host}: {_reasons(reasons) or e}", FETCH_ERROR) from None
+            if check.seen_certificate and check.verdict().fatal:
+                raise STSError(f"HTTPS certificate of {host} not valid: {check.verdict().reason}", WEBPKI_INVALID) from None
+            raise STSError(f"fetching {host}: {_reasons(getattr(e, 'reasons', [])) or e}", FETCH_ERROR) from None
         except Exception as e:
             raise STSError(f"fetching {host}: {str(e).strip() or type(e).__name__}", FETCH_ERROR) from None
         if response.code != 200:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import os
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -34,6 +35,7 @@ from tlsmta.hooks import HookError, Hooks, load_hooks
 from tlsmta.inbound import InboundFactory, ListenerRuntime
 from tlsmta.intake import Intake
 from tlsmta.maildir import LocalSink
+from tlsmta.mtasts import PolicyFetcher, STSCache, STSResolver
 from tlsmta.metrics import Metrics, metrics_site
 from tlsmta.queue import Queue
 from tlsmta.routes import parse_route
@@ -257,7 +259,7 @@ class TlsmtaService(MultiService):
         self.adjust: ConfigAdjust = adjust or (lambda c: c)  # command-line overrides, kept across reloads
         self.config = config
         self.reactor = reactor
-        self.resolver = Resolver(config.dns, dns_backend)
+        self.resolver = Resolver(config.dns, dns_backend, reactor=reactor)
         self.hostname = effective_hostname(config)
         self.disk = DiskIO(reactor)
         DiskService(self.disk).setServiceParent(self)
@@ -279,6 +281,7 @@ class TlsmtaService(MultiService):
             route_for=lambda domain: resolve(self.config, domain)["route"].value,
         )
         self.pool.is_self = self.is_own_address
+        self.pool.sts = self._sts_resolver()
         QueueService(self.spool, self.queue).setServiceParent(self)
         self.sink: MessageSink = Intake(local, self.spool, self.queue)
         self.listeners: dict[str, ListenerService] = {}
@@ -297,6 +300,18 @@ class TlsmtaService(MultiService):
             self.metrics.setServiceParent(self)
         self.control = ControlService(reactor, config.control["socket"], ControlFactory(self.queue, self.reload))
         self.control.setServiceParent(self)
+
+    def _sts_resolver(self) -> STSResolver:
+        """MTA-STS discovery: TXT through our resolver, HTTPS fetches on the configured port
+        trusting the domain's tls_ca (or the system store), policies cached in state_dir/mta-sts."""
+        fetcher = PolicyFetcher(
+            self.reactor,
+            self.resolver.addresses,
+            port=lambda: self.config.global_option("mta_sts_https_port"),
+            ca_for=lambda domain: resolve(self.config, domain)["tls_ca"].value,
+        )
+        cache = STSCache(os.path.join(self.config.state_dir, "mta-sts"), run=self.disk.run)
+        return STSResolver(self.resolver.txt, fetcher, cache, now=self.reactor.seconds)
 
     def is_own_address(self, ip: str, port: int) -> bool:
         """Whether delivering to ip:port would reach one of our own listeners (a mail loop)."""
