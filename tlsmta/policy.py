@@ -22,6 +22,8 @@ from service_identity.hazmat import (
     verify_service_identity,
 )
 
+from tlsmta import tlsrpt  # the RFC 8460 result-type names
+
 
 class VerifyMode(enum.Enum):
     """The four ``tls_verify`` words."""
@@ -474,13 +476,12 @@ def requiretls_refused(req: Requirement, advertised: bool) -> TLSFailure | None:
 
 # -- TLS-RPT result types (RFC 8460 4.3) for what a session saw -------------------------------
 
-RPT_STARTTLS_NOT_SUPPORTED = "starttls-not-supported"
-RPT_CERT_HOST_MISMATCH = "certificate-host-mismatch"
-RPT_CERT_EXPIRED = "certificate-expired"
-RPT_CERT_NOT_TRUSTED = "certificate-not-trusted"
-RPT_VALIDATION_FAILURE = "validation-failure"
-RPT_TLSA_INVALID = "tlsa-invalid"
-RPT_DNSSEC_INVALID = "dnssec-invalid"
+RPT_STARTTLS_NOT_SUPPORTED = tlsrpt.STARTTLS_NOT_SUPPORTED
+RPT_CERT_HOST_MISMATCH = tlsrpt.CERTIFICATE_HOST_MISMATCH
+RPT_CERT_EXPIRED = tlsrpt.CERTIFICATE_EXPIRED
+RPT_CERT_NOT_TRUSTED = tlsrpt.CERTIFICATE_NOT_TRUSTED
+RPT_VALIDATION_FAILURE = tlsrpt.VALIDATION_FAILURE
+RPT_DNSSEC_INVALID = tlsrpt.DNSSEC_INVALID
 
 _EXPIRED_ERRNOS = frozenset({9, 10})  # X509_V_ERR_CERT_NOT_YET_VALID, X509_V_ERR_CERT_HAS_EXPIRED
 
