@@ -160,7 +160,7 @@ class MessageTLS:
 
     @classmethod
     def of(cls, message: QueuedMessage) -> MessageTLS:
-        return cls(bool(getattr(message, "requiretls", False)), bool(getattr(message, "tls_required_no", False)))
+        return cls(message.requiretls, message.tls_required_no)
 
 
 def reply_code(status: str) -> int:
@@ -222,6 +222,7 @@ class Destination:
         facts = await external.gather(
             self.pool.resolver, self.pool.sts, self.domain, self.route.kind,
             [(mx, port) for mx, _, port in hosts], self.options["mta_sts"], self.options["dane"],
+            need_mx_status=self.message_tls.requiretls,
         )
         self.pool.report_discovery(self, facts)
         last: Attempt | None = None

@@ -59,12 +59,14 @@ async def gather(
     mx_hosts: list[tuple[str, int]],
     use_sts: bool,
     use_dane: bool,
+    need_mx_status: bool = False,
 ) -> ExternalFacts:
-    """MTA-STS for ``domain`` and DANE for each (MX host, port)."""
+    """MTA-STS for ``domain`` and DANE for each (MX host, port); the MX RRset's DNSSEC
+    status also when ``need_mx_status`` (REQUIRETLS wants it, DANE or not)."""
     if route_kind != "mx" or domain.startswith("["):
         return ExternalFacts()
     sts_result = await sts.policy_for(domain) if (use_sts and sts is not None) else None
-    if not use_dane:
+    if not (use_dane or need_mx_status):
         return ExternalFacts(sts_result)
     mx_pinned = resolver.pinned_answer("mx", domain) is not None
     try:
@@ -74,7 +76,7 @@ async def gather(
         # counts as insecure (RFC 7672 2.2.1: DANE then does not apply).
         mx_secure = False
     tlsa: dict[str, MXTLSA] = {}
-    if mx_secure:
+    if mx_secure and use_dane:
         for host, port in dict.fromkeys(mx_hosts):
             if host in tlsa:
                 continue

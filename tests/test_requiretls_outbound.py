@@ -1,0 +1,153 @@
+"""REQUIRETLS (RFC 8689) outbound: verified TLS or a bounce, never a fallback; TLS-Required: No."""
+
+from __future__ import annotations
+
+import smtplib
+import ssl
+from typing import Any
+
+import pytest
+import pytest_twisted
+
+from e2e import client_context, in_thread, maildir_messages
+from outbound_lab import DOMAIN, deliveries, start_receiver, start_sender
+from postfix_lab import free_port
+from sts_lab import policy_text, start_policy_server, sts_dns
+
+BODY = "Subject: secret\r\n\r\nfor your eyes only\r\n"
+
+
+def send_requiretls(port: int, ca: str, body: str = BODY) -> None:
+    """Submit over verified STARTTLS with MAIL FROM ... REQUIRETLS."""
+    client = smtplib.SMTP("127.0.0.1", port, local_hostname="client.test", timeout=30)
+    try:
+        client.ehlo()
+        client.starttls(context=client_context(ca))
+        client.ehlo()
+        assert client.has_extn("requiretls")
+        client.sendmail("app@client.test", [f"user@{DOMAIN}"], body.encode(), mail_options=["REQUIRETLS"])
+    finally:
+        client.quit()
+
+
+async def through(tmp_path: Any, pki: Any, port: int, body: str = BODY, requiretls: bool = True, **opts: Any) -> Any:
+    """A sender with a STARTTLS submission listener; one message in, queue settled."""
+    listener = {"tls": "starttls", "tls_certificate": pki.good.cert, "tls_key": pki.good.key}
+    sender = await start_sender(tmp_path, port, pki.ca_pem, listener=listener, **opts)
+    try:
+        if requiretls:
+            await in_thread(send_requiretls, sender.port, pki.ca_pem, body)
+        else:
+            from e2e import send_smtplib
+
+            await in_thread(send_smtplib, sender.port, rcpts=(f"user@{DOMAIN}",), body=body)
+        await sender.service.queue.wait_idle()
+    finally:
+        await sender.stop()
+    return sender
+
+
+def outbound(events: list) -> dict[str, Any]:
+    [event] = [e for e in deliveries(events) if e["domain"] == DOMAIN]
+    return event
+
+
+@pytest_twisted.ensureDeferred
+async def test_requiretls_to_a_receiver_that_offers_it(tmp_path: Any, pki: Any, events: list) -> None:
+    """Verified TLS to a next hop advertising REQUIRETLS: delivered, MAIL FROM carried REQUIRETLS,
+    although the local policy is tls = no."""
+    rx = await start_receiver(tmp_path, pki.good)
+    try:
+        await through(tmp_path, pki, rx.port, tls="no")
+    finally:
+        await rx.stop()
+    event = outbound(events)
+    assert (event["result"], event["tls"], event["verified"], event["tls_policy"], event["requiretls"]) == (
+        "delivered", "tls", "yes", "requiretls", "yes")
+    [received] = [e for e in events if e["tlsmta_event"] == "received" and e["listener"] == "receiver"]
+    assert received["requiretls"] is True  # the next hop got MAIL FROM ... REQUIRETLS
+    assert len(maildir_messages(str(tmp_path / "receiver-maildir"))) == 1
+
+
+@pytest.fixture
+def aiosmtpd_tls(pki: Any):
+    """aiosmtpd with STARTTLS and a valid certificate: it does not offer REQUIRETLS."""
+    from aiosmtpd.controller import Controller
+
+    class Collect:
+        received: list[Any] = []
+
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            self.received.append(envelope)
+            return "250 2.0.0 stored"
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(pki.good.cert, pki.good.key)
+    handler = Collect()
+    handler.received = []
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port(), tls_context=context, server_hostname="mx.example.test")
+    controller.start()
+    yield controller, handler
+    controller.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_requiretls_to_a_receiver_without_it_bounces(tmp_path: Any, pki: Any, events: list, aiosmtpd_tls: Any) -> None:
+    """The next hop does not offer REQUIRETLS: bounced 5.7.30 with a DSN, nothing sent."""
+    controller, handler = aiosmtpd_tls
+    await through(tmp_path, pki, controller.port, tls="required", tls_verify="host")
+    event = outbound(events)
+    assert (event["result"], event["code"], event["text"][:6]) == ("bounced", "550", "5.7.30")
+    assert handler.received == []
+    assert [e["rcpts"] for e in events if e["tlsmta_event"] == "bounce"] == [1]
+
+
+@pytest.mark.parametrize("cert", ["wrong_name", "untrusted", None])
+@pytest_twisted.ensureDeferred
+async def test_requiretls_without_verified_tls_bounces(tmp_path: Any, pki: Any, events: list, cert: str | None) -> None:
+    """A certificate that does not verify, or no STARTTLS at all: bounced 5.7.10, never a
+    plain-text fallback, even with tls = ifavailable, tls_verify = optional and fallback on."""
+    rx = await start_receiver(tmp_path, getattr(pki, cert) if cert else None)
+    try:
+        await through(tmp_path, pki, rx.port, tls="ifavailable", tls_verify="optional", tls_ifavailable_fallback=True)
+    finally:
+        await rx.stop()
+    event = outbound(events)
+    assert (event["result"], event["code"], event["text"][:6]) == ("bounced", "550", "5.7.10")
+    assert "REQUIRETLS" in event["text"]
+    assert maildir_messages(str(tmp_path / "receiver-maildir")) == []
+    assert rx.service.listeners["receiver"].inbound.connections_total == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_required_no_relaxes_mta_sts(tmp_path: Any, pki: Any, events: list) -> None:
+    """TLS-Required: No: an MTA-STS enforce policy that excludes the MX is ignored, the mail goes
+    under the local options (here: plain text to a receiver without STARTTLS)."""
+    server = start_policy_server(pki.ca, policy_text("enforce", mx=("other.example.test",)))
+    rx = await start_receiver(tmp_path, None)
+    body = "Subject: not secret\r\nTLS-Required: No\r\n\r\nhello\r\n"
+    try:
+        await through(tmp_path, pki, rx.port, body=body, requiretls=False, tls="ifavailable",
+                      dns=sts_dns(), mta_sts_https_port=server.port)
+    finally:
+        await rx.stop()
+        await server.stop()
+    event = outbound(events)
+    assert (event["result"], event["tls"], event["tls_policy"], event["tls_required_no"]) == (
+        "delivered", "none", "local", "ignored mta-sts")
+    assert len(maildir_messages(str(tmp_path / "receiver-maildir"))) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_same_message_without_the_header_is_held_by_mta_sts(tmp_path: Any, pki: Any, events: list) -> None:
+    """The control case: without TLS-Required: No the enforce policy keeps the message back."""
+    server = start_policy_server(pki.ca, policy_text("enforce", mx=("other.example.test",)))
+    rx = await start_receiver(tmp_path, None)
+    try:
+        await through(tmp_path, pki, rx.port, requiretls=False, tls="ifavailable", dns=sts_dns(), mta_sts_https_port=server.port)
+    finally:
+        await rx.stop()
+        await server.stop()
+    event = outbound(events)
+    assert (event["result"], event["tls_policy"]) == ("deferred", "mta-sts-enforce")
+    assert maildir_messages(str(tmp_path / "receiver-maildir")) == []
