@@ -294,6 +294,45 @@ def _offline(args: argparse.Namespace, action: str) -> int:
     return EX_OK
 
 
+# -- tlsrpt ---------------------------------------------------------------------------------
+
+
+def cmd_tlsrpt(args: argparse.Namespace) -> int:
+    import datetime
+
+    from tlsmta.tlsrpt import TLSRPTStore
+    from tlsmta.tlsrpt_sender import store_directory
+
+    config = _load(args.config)
+    if config is None:
+        return EX_CONFIG
+    try:
+        day = datetime.date.fromisoformat(args.day) if args.day else datetime.datetime.now(datetime.timezone.utc).date()
+    except ValueError:
+        return fail("tlsrpt", f"--day must be YYYY-MM-DD (got {args.day!r})", EX_USAGE)
+    directory = store_directory(config.state_dir)
+    if not os.path.isdir(directory):
+        print(f"{day.isoformat()} (UTC): no TLS sessions recorded ({directory} does not exist)")
+        return EX_OK
+    aggregate = TLSRPTStore(directory).aggregate(day)
+    if not aggregate:
+        print(f"{day.isoformat()} (UTC): no TLS sessions recorded")
+        return EX_OK
+    print(f"TLS-RPT aggregate for {day.isoformat()} (UTC), from {directory}")
+    for domain in sorted(aggregate):
+        print(f"\n{domain}")
+        for stats in aggregate[domain]:
+            mx = f" mx {', '.join(stats.mx_hosts)}" if stats.mx_hosts else ""
+            print(f"  policy {stats.policy_type}{mx}: {stats.successes} successful, {stats.failures} failed")
+            for line in stats.policy_strings:
+                print(f"    | {line}")
+            for key, (count, reason) in sorted(stats.details.items(), key=lambda item: -item[1][0]):
+                where = " ".join(f"{label} {value}" for label, value in (
+                    ("mx", key.mx_host), ("from", key.sending_ip), ("to", key.receiving_ip)) if value)
+                print(f"    {count:>5} x {key.result_type}" + (f"  ({where})" if where else "") + (f": {reason}" if reason else ""))
+    return EX_OK
+
+
 # -- hash-password --------------------------------------------------------------------------
 
 
@@ -352,6 +391,14 @@ def build_parser() -> argparse.ArgumentParser:
     q = qsub.add_parser("bounce", help="return a message to its sender now (DSN)")
     q.add_argument("id")
     p.set_defaults(func=cmd_queue)
+
+    p = sub.add_parser("tlsrpt", help="TLS-RPT (RFC 8460): what has been recorded for the daily reports")
+    p.add_argument("--config", default=DEFAULT_CONFIG, help=f"where state_dir is (default {DEFAULT_CONFIG})")
+    tsub = p.add_subparsers(dest="action", required=True)
+    t = tsub.add_parser("show", help="a day's aggregate per domain and policy (default: today, UTC)")
+    t.add_argument("--day", help="YYYY-MM-DD (UTC)")
+    t.add_argument("--config", default=argparse.SUPPRESS, help="as above")
+    p.set_defaults(func=cmd_tlsrpt)
 
     p = sub.add_parser("hash-password", help="print a users-file line (password from stdin or prompt)")
     p.add_argument("user")

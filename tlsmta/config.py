@@ -253,6 +253,10 @@ GLOBAL_ONLY_OPTIONS: dict[str, Option] = {
     "state_dir": Option(_path, "/var/lib/tlsmta", "certificates generated at first start"),
     "max_hops": Option(_int(1), 50, "Received: headers before a message is refused as a loop"),
     "mta_sts_https_port": Option(_int(1, 65535), 443, "port of the MTA-STS policy servers (labs change it)"),
+    "tlsrpt_reports": Option(_bool, False, "send daily TLS-RPT reports (RFC 8460) to the domains that ask"),
+    "tlsrpt_organization": Option(_str, None, "organization-name in reports; default: hostname"),
+    "tlsrpt_contact": Option(_str, None, "contact-info in reports; default: postmaster@hostname"),
+    "tlsrpt_sender": Option(_str, None, "From and envelope sender of reports; default: noreply-tlsrpt@hostname"),
 }
 
 HOOK_OPTIONS: dict[str, Option] = {

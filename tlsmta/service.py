@@ -41,6 +41,7 @@ from tlsmta.queue import Queue
 from tlsmta.routes import parse_route
 from tlsmta.spool import Spool
 from tlsmta.store import MessageSink
+from tlsmta.tlsrpt_sender import TLSRPTService
 
 log = Logger(namespace="tlsmta.service")
 
@@ -300,6 +301,8 @@ class TlsmtaService(MultiService):
             self.metrics.setServiceParent(self)
         self.control = ControlService(reactor, config.control["socket"], ControlFactory(self.queue, self.reload))
         self.control.setServiceParent(self)
+        self.tlsrpt = TLSRPTService(self)
+        self.tlsrpt.setServiceParent(self)
 
     def _sts_resolver(self) -> STSResolver:
         """MTA-STS discovery: TXT through our resolver, HTTPS fetches on the configured port
