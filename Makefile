@@ -1,14 +1,15 @@
 # Two entry points for a fresh machine (see README.md):
 #   make run   - create .venv and run the dev test relay on 127.0.0.1:2525
-#   make test  - create .venv, install the real peers (postfix, swaks, openssl, systemd tools), run the tests
+#   make test  - create .venv, install the real peers (postfix, swaks, openssl, systemd tools,
+#                unbound + ldns for a DNSSEC-signed test zone), run the tests
 
 PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 STAMP = $(VENV)/.installed-stamp
 # Debian packages the tests drive as real peers.
-SYSTEM_PACKAGES = postfix swaks openssl systemd
-SYSTEM_TOOLS = /usr/sbin/postfix /usr/sbin/smtp-source /usr/bin/swaks /usr/bin/openssl /usr/bin/systemd-analyze /usr/bin/systemd-socket-activate
+SYSTEM_PACKAGES = postfix swaks openssl systemd unbound ldnsutils
+SYSTEM_TOOLS = /usr/sbin/postfix /usr/sbin/smtp-source /usr/bin/swaks /usr/bin/openssl /usr/bin/systemd-analyze /usr/bin/systemd-socket-activate /usr/sbin/unbound /usr/bin/ldns-signzone
 
 .PHONY: run test venv system-deps
 
