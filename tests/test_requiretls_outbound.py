@@ -151,3 +151,17 @@ async def test_same_message_without_the_header_is_held_by_mta_sts(tmp_path: Any,
     event = outbound(events)
     assert (event["result"], event["tls_policy"]) == ("deferred", "mta-sts-enforce")
     assert maildir_messages(str(tmp_path / "receiver-maildir")) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_requiretls_through_a_smarthost(tmp_path: Any, pki: Any, events: list) -> None:
+    """A smarthost named in the configuration is a validated next hop: REQUIRETLS goes through it
+    over TLS verified for the smarthost's name."""
+    rx = await start_receiver(tmp_path, pki.good)
+    try:
+        await through(tmp_path, pki, rx.port, route=f"smtp:mx.example.test:{rx.port}")
+    finally:
+        await rx.stop()
+    event = outbound(events)
+    assert (event["result"], event["verified"], event["tls_policy"]) == ("delivered", "yes", "requiretls")
+    assert len(maildir_messages(str(tmp_path / "receiver-maildir"))) == 1

@@ -9,7 +9,8 @@ job; this module only gathers them.
 A lab that pins a domain's MX in ``[dns.mx]`` has no signed zone for it:
 its MX hosts' TLSA records come from ``[dns.tlsa]`` only, never from the
 real resolver (so tests and labs never query the network for them).
-Smarthost routes (``smtp:HOST``) and local routes get no external policy.
+Smarthost routes (``smtp:HOST``) and local routes get no MTA-STS or DANE;
+a smarthost, named in our configuration, counts as a validated next hop.
 """
 
 from __future__ import annotations
@@ -63,6 +64,10 @@ async def gather(
 ) -> ExternalFacts:
     """MTA-STS for ``domain`` and DANE for each (MX host, port); the MX RRset's DNSSEC
     status also when ``need_mx_status`` (REQUIRETLS wants it, DANE or not)."""
+    if route_kind == "smtp":
+        # A smarthost's name comes from our own configuration, not from DNS: it
+        # counts as a validated next hop for REQUIRETLS (RFC 8689 4.2.1 step 1).
+        return ExternalFacts(mx_secure=True)
     if route_kind != "mx" or domain.startswith("["):
         return ExternalFacts()
     sts_result = await sts.policy_for(domain) if (use_sts and sts is not None) else None
