@@ -24,6 +24,7 @@ def test_no_sts_txt_record_is_no_policy() -> None:
     """Without a record starting v=STSv1 there is no policy (not an error)."""
     assert parse_txt([]) is None
     assert parse_txt(["v=spf1 -all", "V=STSv1; id=1"]) is None
+    assert parse_txt(["v=STSv10; id=1", "v=STSv1"]) is None  # neither begins with "v=STSv1;"
 
 
 @pytest.mark.parametrize(
@@ -31,9 +32,9 @@ def test_no_sts_txt_record_is_no_policy() -> None:
     [
         ["v=STSv1; id=1", "v=STSv1; id=2"],  # RFC 8461 3.1: more than one record
         ["v=STSv1;"],  # no id
+        ["v=STSv1; id=1", "v=STSv1 ; id=2"],
         ["v=STSv1; id=has-dash"],  # id is 1*32 alphanumerics
         ["v=STSv1; id=" + "a" * 33],
-        ["v=STSv10; id=1"],
         ["v=STSv1; id=1; bad field"],
     ],
 )

@@ -57,7 +57,8 @@ def parse_txt(records: list[str]) -> str | None:
     """The policy ``id`` from the ``_mta-sts`` TXT records, or None when there is no
     STS record.  Several ``v=STSv1`` records, or a malformed one, are STSError
     (RFC 8461 3.1: treated as if no record was found, but worth reporting)."""
-    sts = [r for r in records if r.startswith("v=STSv1")]
+    # RFC 8461 3.1: records not beginning with "v=STSv1;" are discarded.
+    sts = [r for r in records if re.match(r"v=STSv1[ \t]*;", r)]
     if not sts:
         return None
     if len(sts) > 1:
