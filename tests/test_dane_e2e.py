@@ -133,3 +133,38 @@ async def test_dane_opt_out(tmp_path: Any, pki: Any, events: list) -> None:
     await run(tmp_path, pki.good, [str(record)], tls="ifavailable", dane=False)
     [event] = deliveries(events)
     assert (event["result"], event["tls_policy"]) == ("delivered", "local")
+
+
+@pytest_twisted.ensureDeferred
+async def test_dane_sends_sni_for_the_mx_host(tmp_path: Any, pki: Any, events: list) -> None:
+    """RFC 7672 8.1: with DANE the client sends SNI naming the TLSA base domain (the MX host);
+    aiosmtpd's TLS context records what it got."""
+    import ssl
+
+    from aiosmtpd.controller import Controller
+
+    from postfix_lab import free_port
+
+    seen: list[str | None] = []
+
+    class Sink:
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            return "250 2.0.0 stored"
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(pki.good.cert, pki.good.key)
+    context.sni_callback = lambda sock, name, ctx: seen.append(name)
+    controller = Controller(Sink(), hostname="127.0.0.1", port=free_port(), tls_context=context, server_hostname=MX)
+    controller.start()
+    try:
+        dns = {"tlsa": {dane.tlsa_name(MX, controller.port): [str(dane.record_for(leaf_of(pki.good)))]}}
+        sender = await start_sender(tmp_path, controller.port, None, dns=dns, tls="no")
+        try:
+            await submit_and_settle(sender)
+        finally:
+            await sender.stop()
+    finally:
+        controller.stop()
+    [event] = deliveries(events)
+    assert (event["result"], event["tls_policy"]) == ("delivered", "dane")
+    assert seen == [MX]
