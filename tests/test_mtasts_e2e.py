@@ -185,3 +185,29 @@ async def test_opt_out(tmp_path: Any, pki: Any, events: list) -> None:
     [event] = deliveries(events)
     assert event["result"] == "delivered" and event["tls_policy"] == "local" and "mta_sts" not in event
     assert server.resource.requests == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_enforce_skips_unlisted_mx_for_a_listed_one(tmp_path: Any, pki: Any, events: list) -> None:
+    """enforce: of two MX hosts only the listed one is used (the first is skipped without a connection)."""
+    from conftest import Pair
+
+    leaf = pki.ca.issue_cert("mx2.example.test")
+    cert, key = tmp_path / "mx2.pem", tmp_path / "mx2.key"
+    cert.write_bytes(b"".join(b.bytes() for b in leaf.cert_chain_pems))
+    key.write_bytes(leaf.private_key_pem.bytes())
+    dns = sts_dns()
+    dns["mx"] = {"example.test": ["mx1.example.test", "mx2.example.test"]}
+    dns["hosts"].update({"mx1.example.test": ["127.0.0.1"], "mx2.example.test": ["127.0.0.1"]})
+    server = start_policy_server(pki.ca, policy_text("enforce", mx=("mx2.example.test",)))
+    rx = await start_receiver(tmp_path, Pair(str(cert), str(key)))
+    sender = await start_sender(tmp_path, rx.port, pki.ca_pem, dns=dns, mta_sts_https_port=server.port)
+    try:
+        await submit_and_settle(sender)
+    finally:
+        await sender.stop()
+        await rx.stop()
+        await server.stop()
+    [event] = deliveries(events)
+    assert (event["result"], event["mx"], event["verified"], event["tls_policy"]) == ("delivered", "mx2.example.test", "yes", "mta-sts-enforce")
+    assert rx.service.listeners["receiver"].inbound.connections_total == 1

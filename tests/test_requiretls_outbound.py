@@ -165,3 +165,25 @@ async def test_requiretls_through_a_smarthost(tmp_path: Any, pki: Any, events: l
     event = outbound(events)
     assert (event["result"], event["verified"], event["tls_policy"]) == ("delivered", "yes", "requiretls")
     assert len(maildir_messages(str(tmp_path / "receiver-maildir"))) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_requiretls_tries_the_next_mx(tmp_path: Any, pki: Any, events: list) -> None:
+    """RFC 8689 4.2.1: a host that fails the requirements is left for the next MX. Here both MX
+    names lead to one receiver whose certificate names only the second: delivered via mx2."""
+    from conftest import Pair
+
+    leaf = pki.ca.issue_cert("mx2.example.test")
+    cert, key = tmp_path / "mx2.pem", tmp_path / "mx2.key"
+    cert.write_bytes(b"".join(b.bytes() for b in leaf.cert_chain_pems))
+    key.write_bytes(leaf.private_key_pem.bytes())
+    rx = await start_receiver(tmp_path, Pair(str(cert), str(key)))
+    dns = {"mx": {DOMAIN: ["mx1.example.test", "mx2.example.test"]},
+           "hosts": {"mx1.example.test": ["127.0.0.1"], "mx2.example.test": ["127.0.0.1"]}}
+    try:
+        await through(tmp_path, pki, rx.port, dns=dns)
+    finally:
+        await rx.stop()
+    event = outbound(events)
+    assert (event["result"], event["mx"], event["verified"]) == ("delivered", "mx2.example.test", "yes")
+    assert rx.service.listeners["receiver"].inbound.connections_total == 2
