@@ -242,3 +242,17 @@ def test_concurrent_lookups_share_one_fetch(tmp_path: Any) -> None:
     gate.callback(POLICY)
     assert len(results) == 2 and results[0] is results[1]
     assert lab.fetches == 1
+
+
+def test_failed_fetch_is_not_retried_at_once(tmp_path: Any) -> None:
+    """A failed fetch is remembered for a few minutes (deliveries do not each wait for it);
+    after that, or with a new TXT id, the policy is fetched again."""
+    lab = Lab(tmp_path)
+    lab.policy_answer = STSError("timed out", mtasts.FETCH_ERROR)
+    assert lab.result().failure.result_type == mtasts.FETCH_ERROR
+    assert lab.result().failure.result_type == mtasts.FETCH_ERROR
+    assert lab.fetches == 1
+    lab.now += mtasts.FAILED_FETCH_TTL
+    lab.policy_answer = POLICY
+    assert lab.result().source == "fetched"
+    assert lab.fetches == 2

@@ -31,6 +31,7 @@ log = Logger(namespace="tlsmta.mtasts")
 MAX_AGE_LIMIT = 31_557_600  # RFC 8461 3.2: at most one year
 MAX_POLICY_SIZE = 64 * 1024  # RFC 8461 3.3: senders may limit the size; 64 KiB is generous
 FETCH_TIMEOUT = 30  # seconds for the whole HTTPS fetch (RFC 8461 3.3 suggests a short one)
+FAILED_FETCH_TTL = 300  # seconds a failed fetch is remembered, so each delivery does not wait for it again
 WELL_KNOWN = "/.well-known/mta-sts.txt"
 
 # TLS-RPT (RFC 8460 4.3) result types for what can go wrong here.
@@ -276,6 +277,8 @@ class STSResolver:
         self.cache = cache
         self.now = now
         self._inflight: dict[str, list[Deferred[STSResult]]] = {}
+        # domain -> (policy id, failure, when): a recent failed fetch for that id.
+        self._failed: dict[str, tuple[str, STSError, float]] = {}
 
     def policy_for(self, domain: str) -> Deferred[STSResult]:
         from twisted.internet.defer import ensureDeferred
@@ -321,11 +324,18 @@ class STSResolver:
             return keep(None, "none")
         if fresh is not None and fresh.id == policy_id:
             return STSResult(fresh, "cache")
+        recent = self._failed.get(domain)
+        if recent is not None and recent[0] == policy_id and now < recent[2] + FAILED_FETCH_TTL:
+            return keep(recent[1])
         try:
             policy = parse_policy(await self.fetch(domain), policy_id)
         except STSError as e:
             log.info("MTA-STS policy for {domain} not fetched: {error}", domain=domain, error=str(e))
+            if len(self._failed) > 10_000:
+                self._failed.clear()
+            self._failed[domain] = (policy_id, e, now)
             return keep(e)
+        self._failed.pop(domain, None)
         await self.cache.put(domain, CachedPolicy(policy, now))
         return STSResult(policy, "fetched")
 
