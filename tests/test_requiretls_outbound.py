@@ -187,3 +187,27 @@ async def test_requiretls_tries_the_next_mx(tmp_path: Any, pki: Any, events: lis
     event = outbound(events)
     assert (event["result"], event["mx"], event["verified"]) == ("delivered", "mx2.example.test", "yes")
     assert rx.service.listeners["receiver"].inbound.connections_total == 2
+
+
+def test_requiretls_mail_never_shares_a_destination_with_other_mail() -> None:
+    """Jobs for one domain split by what the message asks of TLS: a REQUIRETLS message, a
+    TLS-Required: No message and an ordinary one get three destinations (so three sessions)."""
+    from twisted.internet.task import Clock
+
+    from tlsmta import config as configuration
+    from tlsmta.delivery import DeliveryJob, MessageTLS, OutboundPool
+    from tlsmta.dns import OfflineBackend, Resolver
+    from tlsmta.hooks import load_hooks
+    from tlsmta.routes import parse_route
+    from tlsmta.spool import QueuedMessage, RecipientState
+
+    pool = OutboundPool(Clock(), Resolver({}, OfflineBackend()), None, None, "sender.test", load_hooks({}), max_connections=0)
+    options = configuration.resolve(configuration.from_dict({}), DOMAIN)
+    flags = [(True, False), (False, True), (False, False), (True, False)]
+    for i, (requiretls, no) in enumerate(flags):
+        rcpt = RecipientState(f"user@{DOMAIN}", parse_route("mx"))
+        message = QueuedMessage(f"m{i}", "a@client.test", [rcpt], 0.0, requiretls=requiretls, tls_required_no=no)
+        pool.submit(DeliveryJob(message, (rcpt,), parse_route("mx"), DOMAIN, "default"), options)
+    kinds = sorted((d.message_tls.requiretls, d.message_tls.tls_required_no, len(d.jobs)) for d in pool.destinations.values())
+    assert kinds == [(False, False, 1), (False, True, 1), (True, False, 2)]
+    assert MessageTLS.of(QueuedMessage("x", "", [], 0.0, requiretls=True)) == MessageTLS(True, False)
