@@ -74,3 +74,31 @@ async def test_unvalidated_answers_do_not_count(tmp_path: Any, pki: Any, events:
     [event] = deliveries(events)
     assert (event["result"], event["tls_policy"], event["tls"]) == ("delivered", "local", "tls")
     assert "dane" not in event
+
+
+@pytest_twisted.ensureDeferred
+async def test_insecure_mx_address_means_no_dane(tmp_path: Any, pki: Any, events: list) -> None:
+    """RFC 7672 2.2.2: the MX host's address comes through a CNAME into an unsigned zone, so it
+    does not validate: its (validated) TLSA record is not used and local rules apply."""
+    rx = await start_receiver(tmp_path, pki.good)
+    zone = SignedZone(str(tmp_path / "zone"), DOMAIN, [
+        f"@ IN MX 10 {MX}.", f"{MX}. IN CNAME mx.unsigned.test.", f"_{rx.port}._tcp.{MX}. IN TLSA 3 1 1 {'ab' * 32}",
+    ], unsigned={"unsigned.test": ["mx IN A 127.0.0.1"]}).start()
+    config = build_config({
+        "global": {"hostname": "sender.test", "state_dir": str(tmp_path / "sender-state"), "smtp_port": rx.port, "tls": "ifavailable"},
+        "spool": {"path": str(tmp_path / "sender-spool")},
+        "queue": {"retry_schedule": [3600]},
+        "listener": [dev_listener(name="submit")],
+    })
+    sender = RunningRelay(config, dns_backend=zone.twisted_backend())
+    sender.service.resolver.dnssec_nameservers = tuple(zone.nameservers)
+    await sender.start()
+    try:
+        await submit_and_settle(sender)
+    finally:
+        await sender.stop()
+        await rx.stop()
+        zone.stop()
+    [event] = deliveries(events)
+    assert (event["result"], event["tls_policy"], event["tls"]) == ("delivered", "local", "tls")
+    assert "dane" not in event

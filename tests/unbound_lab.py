@@ -22,8 +22,10 @@ READY = "start of service"
 class SignedZone:
     """unbound on 127.0.0.1:``port`` answering for ``origin`` from ``records`` (zone-file lines)."""
 
-    def __init__(self, directory: str, origin: str, records: list[str], trusted: bool = True):
+    def __init__(self, directory: str, origin: str, records: list[str], trusted: bool = True,
+                 unsigned: dict[str, list[str]] | None = None):
         self.directory = directory
+        self.unsigned = unsigned or {}  # more zones, served unsigned (insecure answers)
         self.trusted = trusted  # False: no trust anchor, so the answers are insecure (no AD bit)
         self.origin = origin
         self.records = records
@@ -45,6 +47,14 @@ class SignedZone:
             f.write(f"@ IN NS ns.{self.origin}.\nns IN A 127.0.0.1\n")
             f.write("\n".join(self.records) + "\n")
         self._run("ldns-signzone", zone, zsk, ksk)
+        extra = ""
+        for origin, records in self.unsigned.items():
+            path = os.path.join(self.directory, f"{origin}.zone")
+            with open(path, "w") as f:
+                f.write(f"$ORIGIN {origin}.\n$TTL 300\n@ IN SOA ns.{origin}. hostmaster.{origin}. 1 3600 600 86400 300\n")
+                f.write(f"@ IN NS ns.{origin}.\nns IN A 127.0.0.1\n" + "\n".join(records) + "\n")
+            extra += (f'auth-zone:\n  name: "{origin}"\n  zonefile: "{path}"\n'
+                      "  for-upstream: yes\n  for-downstream: no\n  fallback-enabled: no\n")
         conf = os.path.join(self.directory, "unbound.conf")
         with open(conf, "w") as f:
             f.write(f"""server:
@@ -70,7 +80,7 @@ auth-zone:
   for-upstream: yes
   for-downstream: no
   fallback-enabled: no
-""")
+""" + extra)
         self.process = subprocess.Popen(["unbound", "-d", "-c", conf], stderr=subprocess.PIPE, text=True)
         ready = threading.Event()
 

@@ -88,6 +88,16 @@ async def gather(
             if mx_pinned and resolver.pinned_answer("tlsa", dane.tlsa_name(host, port)) is None:
                 tlsa[host] = MXTLSA(DANEStatus.NONE)
                 continue
+            if not mx_pinned:
+                # RFC 7672 2.2.2: TLSA records are only used when the MX host's
+                # address records validate too.
+                try:
+                    if not await dane.is_secure(resolver, host, "A"):
+                        tlsa[host] = MXTLSA(DANEStatus.NONE)
+                        continue
+                except DNSError as e:
+                    tlsa[host] = MXTLSA(DANEStatus.FAILED, reason=str(e))
+                    continue
             tlsa[host] = await _tlsa(resolver, host, port)
     return ExternalFacts(sts_result, mx_secure, tlsa)
 
