@@ -42,6 +42,13 @@ class PolicyResource(Resource):
         self.code = 200
         self.location: bytes | None = None
         self.requests: list[bytes] = []
+        self.posts: list[tuple[bytes, bytes | None, bytes]] = []
+
+    def render_POST(self, request: Any) -> bytes:
+        """A TLS-RPT https: receiver: keeps (path, content-type, body), answers ``code``."""
+        self.posts.append((request.path, request.getHeader(b"content-type"), request.content.read()))
+        request.setResponseCode(self.code)
+        return b""
 
     def render_GET(self, request: Any) -> bytes:
         self.requests.append(request.path)

@@ -133,6 +133,36 @@ async def test_daily_report_is_mailed_once(tmp_path: Any, pki: Any, events: list
 
 
 @pytest_twisted.ensureDeferred
+async def test_daily_report_is_posted_to_https_rua(tmp_path: Any, pki: Any, events: list) -> None:
+    """An https: rua gets the gzipped JSON by POST (application/tlsrpt+gzip) over verified TLS;
+    a failed upload (HTTP 503) is tried again at the next check, and a day goes once."""
+    yesterday = today() - datetime.timedelta(days=1)
+    store(tmp_path).record(DOMAIN, yesterday, "no-policy-found", [], MX, True)
+    server = start_policy_server(pki.ca, "", name="reports.test")
+    server.resource.code = 503
+    opts: dict[str, Any] = dict(
+        dns={"txt": {f"_smtp._tls.{DOMAIN}": [f"v=TLSRPTv1; rua=https://reports.test:{server.port}/v1/tlsrpt"]},
+             "hosts": {"reports.test": ["127.0.0.1"]}},
+        tlsrpt_reports=True,
+    )
+    sender = await start_sender(tmp_path, 9, pki.ca_pem, **opts)
+    try:
+        assert await sender.service.tlsrpt.send_due() == 0  # 503: not done
+        server.resource.code = 200
+        assert await sender.service.tlsrpt.send_due() == 1
+        assert await sender.service.tlsrpt.send_due() == 0
+    finally:
+        await sender.stop()
+        await server.stop()
+    path, media, body = server.resource.posts[-1]
+    assert len(server.resource.posts) >= 2 and all(p[0] == b"/v1/tlsrpt" for p in server.resource.posts)
+    assert media == b"application/tlsrpt+gzip"
+    report = json.loads(gzip.decompress(body))
+    assert report["policies"][0]["policy"]["policy-type"] == "no-policy-found"
+    assert report["policies"][0]["summary"]["total-successful-session-count"] == 1
+
+
+@pytest_twisted.ensureDeferred
 async def test_no_reports_unless_enabled(tmp_path: Any) -> None:
     """tlsrpt_reports = false (the default): the hourly check sends nothing."""
     yesterday = today() - datetime.timedelta(days=1)

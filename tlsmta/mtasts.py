@@ -343,41 +343,6 @@ class STSResolver:
 # -- the HTTPS fetch (RFC 8461 3.3) ---------------------------------------------------------
 
 
-class _Collect:
-    """Reads a response body up to ``limit`` bytes."""
-
-    def __init__(self, limit: int):
-        from twisted.internet.protocol import Protocol
-
-        self.limit = limit
-        self.done: Deferred[bytes] = Deferred()
-        self.parts: list[bytes] = []
-        self.size = 0
-        collector = self
-
-        class _P(Protocol):
-            def dataReceived(self, data: bytes) -> None:
-                collector.size += len(data)
-                if collector.size > collector.limit:
-                    if not collector.done.called:
-                        collector.done.errback(STSError(f"policy larger than {collector.limit} bytes", POLICY_INVALID))
-                    self.transport.stopProducing()
-                    return
-                collector.parts.append(data)
-
-            def connectionLost(self, reason: Any) -> None:
-                from twisted.web.client import PotentialDataLoss, ResponseDone
-
-                if collector.done.called:
-                    return
-                if reason.check(ResponseDone, PotentialDataLoss):
-                    collector.done.callback(b"".join(collector.parts))
-                else:
-                    collector.done.errback(STSError(f"policy body cut short: {reason.getErrorMessage()}", FETCH_ERROR))
-
-        self.protocol = _P()
-
-
 class PolicyFetcher:
     """GET https://mta-sts.DOMAIN/.well-known/mta-sts.txt with RFC 8461's checks.
 
@@ -402,17 +367,8 @@ class PolicyFetcher:
         return ensureDeferred(self._get(domain))
 
     async def _get(self, domain: str) -> str:
-        import ipaddress
-
-        from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
-        from twisted.web.client import Agent, ResponseFailed, ResponseNeverReceived
-        from twisted.web.iweb import IAgentEndpointFactory
-        from zope.interface import implementer
-
-        from tlsmta import tls
-        from tlsmta.config import parse_protocols
+        from tlsmta import https
         from tlsmta.dns import DNSError
-        from tlsmta.policy import VerifyMode
 
         host = f"mta-sts.{domain}"
         try:
@@ -421,54 +377,31 @@ class PolicyFetcher:
             raise STSError(f"cannot resolve {host}: {e}", FETCH_ERROR) from None
         if not addresses:
             raise STSError(f"{host} has no address", FETCH_ERROR)
-        ip, port = addresses[0], self.port()
-        # tlsmta's own verification, as for SMTP with tls_verify = host: the chain to
-        # the trust anchors and the name mta-sts.DOMAIN; a failure aborts the handshake.
-        check = tls.CertificateCheck(VerifyMode.HOST, wanted=(host,), enforce_in_handshake=True)
-        context = tls.client_context(parse_protocols("+TLSv1.2:+TLSv1.3"), ca=self.ca_for(domain))
-        creator = tls.ClientTLS(context, host, check)
-        reactor = self.reactor
-
-        @implementer(IAgentEndpointFactory)
-        class _Endpoints:
-            def endpointForURI(self, uri: Any) -> Any:
-                cls = TCP6ClientEndpoint if ipaddress.ip_address(ip).version == 6 else TCP4ClientEndpoint
-                return wrapClientTLS(creator, cls(reactor, ip, port, timeout=FETCH_TIMEOUT))
-
-        agent = Agent.usingEndpointFactory(reactor, _Endpoints())
-        # Agent never follows redirects by itself (RFC 8461 3.3: they MUST NOT be followed).
-        url = f"https://{host}{WELL_KNOWN}".encode("ascii")
         try:
-            response = await agent.request(b"GET", url)
-        except (ResponseNeverReceived, ResponseFailed) as e:
-            if check.seen_certificate and check.verdict().fatal:
-                raise STSError(f"HTTPS certificate of {host} not valid: {check.verdict().reason}", WEBPKI_INVALID) from None
-            raise STSError(f"fetching {host}: {_reasons(getattr(e, 'reasons', [])) or e}", FETCH_ERROR) from None
-        except Exception as e:
-            raise STSError(f"fetching {host}: {str(e).strip() or type(e).__name__}", FETCH_ERROR) from None
-        if response.code != 200:
-            response.deliverBody(_Collect(0).protocol)  # discard
-            raise STSError(f"{host} answered HTTP {response.code} (only 200 is a policy)", FETCH_ERROR)
+            response = await https.request(self.reactor, b"GET", host, self.port(), WELL_KNOWN, addresses[0],
+                                           self.ca_for(domain), connect_timeout=FETCH_TIMEOUT)
+        except https.HTTPSFailure as e:
+            # RFC 8461 3.3: the certificate must be valid for mta-sts.DOMAIN (sts-webpki-invalid).
+            raise STSError(f"fetching the policy: {e}", WEBPKI_INVALID if e.certificate else FETCH_ERROR) from None
+        # Agent never follows redirects by itself (RFC 8461 3.3: they MUST NOT be followed).
+        problem = None
         media = (response.headers.getRawHeaders(b"content-type") or [b""])[0]
-        if media.split(b";")[0].strip().lower() != b"text/plain":
-            response.deliverBody(_Collect(0).protocol)
-            raise STSError(f"{host} sent Content-Type {media.decode('latin-1')!r}, not text/plain", POLICY_INVALID)
-        if response.length is not None and isinstance(response.length, int) and response.length > MAX_POLICY_SIZE:
-            response.deliverBody(_Collect(0).protocol)
-            raise STSError(f"policy larger than {MAX_POLICY_SIZE} bytes", POLICY_INVALID)
-        collect = _Collect(MAX_POLICY_SIZE)
-        response.deliverBody(collect.protocol)
-        body = await collect.done
+        if response.code != 200:
+            problem = STSError(f"{host} answered HTTP {response.code} (only 200 is a policy)", FETCH_ERROR)
+        elif media.split(b";")[0].strip().lower() != b"text/plain":
+            problem = STSError(f"{host} sent Content-Type {media.decode('latin-1')!r}, not text/plain", POLICY_INVALID)
+        try:
+            body = await https.read_body(response, 0 if problem else MAX_POLICY_SIZE)
+        except https.TooLarge:
+            raise problem or STSError(f"policy larger than {MAX_POLICY_SIZE} bytes", POLICY_INVALID) from None
+        except https.HTTPSFailure as e:
+            raise problem or STSError(f"fetching the policy: {e}", FETCH_ERROR) from None
+        if problem is not None:
+            raise problem
         try:
             return body.decode("utf-8")
         except UnicodeDecodeError:
             raise STSError("policy is not UTF-8 text", POLICY_INVALID) from None
-
-
-def _reasons(reasons: list[Any]) -> str:
-    from tlsmta.tls import ssl_error_text
-
-    return "; ".join(ssl_error_text(r.value) for r in reasons)
 
 
 def _timed_out(result: Any, timeout: float) -> Any:

@@ -311,10 +311,14 @@ class TlsmtaService(MultiService):
             self.reactor,
             self.resolver.addresses,
             port=lambda: self.config.global_option("mta_sts_https_port"),
-            ca_for=lambda domain: resolve(self.config, domain)["tls_ca"].value,
+            ca_for=self.config_tls_ca,
         )
         cache = STSCache(os.path.join(self.config.state_dir, "mta-sts"), run=self.disk.run)
         return STSResolver(self.resolver.txt, fetcher, cache, now=self.reactor.seconds)
+
+    def config_tls_ca(self, domain: str) -> str | None:
+        """The trust anchors configured for ``domain`` (its tls_ca), None for the system store."""
+        return resolve(self.config, domain)["tls_ca"].value
 
     def is_own_address(self, ip: str, port: int) -> bool:
         """Whether delivering to ip:port would reach one of our own listeners (a mail loop)."""
