@@ -190,3 +190,19 @@ def test_tlsrpt_show(tmp_path: Any, capsys: Any) -> None:
     assert cli.main(["tlsrpt", "show", "--config", str(config), "--day", "2001-01-01"]) == 0
     assert "no TLS sessions recorded" in capsys.readouterr().out
     assert cli.main(["tlsrpt", "show", "--config", str(config), "--day", "yesterday"]) == 64
+
+
+@pytest_twisted.ensureDeferred
+async def test_testing_mode_failures_are_reported(tmp_path: Any, pki: Any) -> None:
+    """MTA-STS testing: the message is delivered, and what enforce would have refused is a
+    failure in the report (RFC 8461 5: report, do not enforce)."""
+    server = start_policy_server(pki.ca, policy_text("testing"))
+    try:
+        await one(tmp_path, pki, pki.wrong_name, dns=sts_dns(), mta_sts_https_port=server.port, tls="ifavailable")
+    finally:
+        await server.stop()
+    assert len(maildir_messages(str(tmp_path / "receiver-maildir"))) == 1
+    [stats] = store(tmp_path).aggregate(today())[DOMAIN]
+    assert (stats.policy_type, stats.successes, stats.failures) == ("sts", 0, 1)
+    assert "mode: testing" in stats.policy_strings
+    assert [k.result_type for k in stats.details] == [tlsrpt.CERTIFICATE_HOST_MISMATCH]
