@@ -393,6 +393,7 @@ def _offline(args: argparse.Namespace, action: str) -> int:
 
 
 def cmd_tlsrpt(args: argparse.Namespace) -> int:
+    """`tlsmta tlsrpt show`: the recorded TLS results of one UTC day, per domain and policy."""
     import datetime
 
     from tlsmta.tlsrpt import TLSRPTStore

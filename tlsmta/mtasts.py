@@ -174,6 +174,8 @@ def mx_matches(pattern: str, host: str) -> bool:
 
 @attrs.frozen
 class CachedPolicy:
+    """A policy and when it was fetched (it expires ``max_age`` seconds later)."""
+
     policy: Policy
     fetched_at: float
 

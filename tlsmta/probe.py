@@ -13,13 +13,12 @@ each mode.  Nothing is sent: the session ends with QUIT after STARTTLS.
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Mapping
 from typing import Any
 
 import attrs
 from cryptography import x509
-
-import datetime
 
 from tlsmta import dane, external, mtasts, policy, tls
 from tlsmta.client_codec import parse_ehlo
@@ -150,6 +149,7 @@ def requirement(options: Mapping[str, Any], facts: ExternalFacts, mx: str, tls_m
 
 
 def dane_verdict(result: ProbeResult, facts: ExternalFacts) -> policy.Verdict | None:
+    """The DANE verdict on the chain the MX showed, when it has usable TLSA records."""
     records = facts.dane_for(result.mx).records
     if facts.dane_for(result.mx).status is not DANEStatus.USABLE or result.facts is None:
         return None

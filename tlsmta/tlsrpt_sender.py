@@ -42,6 +42,7 @@ KEEP_DAYS = 35  # recorded days kept on disk
 
 
 def store_directory(state_dir: str) -> str:
+    """Where the TLS-RPT store lives: ``state_dir/tlsrpt``."""
     return os.path.join(state_dir, "tlsrpt")
 
 
