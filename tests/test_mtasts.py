@@ -256,3 +256,28 @@ def test_failed_fetch_is_not_retried_at_once(tmp_path: Any) -> None:
     lab.policy_answer = POLICY
     assert lab.result().source == "fetched"
     assert lab.fetches == 2
+
+
+def test_options_are_validated() -> None:
+    """mta_sts/dane are per-domain booleans, mta_sts_https_port and tlsrpt_* global only;
+    bad values name the table and key."""
+    from tlsmta import config as configuration
+
+    config = configuration.from_dict({
+        "global": {"mta_sts_https_port": 8443, "tlsrpt_reports": True, "tlsrpt_contact": "ops@example.net"},
+        "domain": {"legacy.example": {"mta_sts": False, "dane": False}},
+    })
+    assert config.global_option("mta_sts_https_port") == 8443 and config.global_option("tlsrpt_reports") is True
+    resolved = configuration.resolve(config, "legacy.example")
+    assert (resolved["mta_sts"].value, resolved["mta_sts"].scope) == (False, 'domain."legacy.example"')
+    assert configuration.resolve(config, "other.example")["dane"].value is True
+    with pytest.raises(configuration.ConfigError) as e:
+        configuration.from_dict({
+            "global": {"mta_sts_https_port": 0, "tlsrpt_reports": "yes"},
+            "domain": {"x.example": {"mta_sts": "no", "mta_sts_https_port": 443}},
+        }, "t.toml")
+    text = str(e.value)
+    assert "t.toml: [global] mta_sts_https_port: must be at least 1" in text
+    assert "t.toml: [global] tlsrpt_reports: must be true or false" in text
+    assert 't.toml: [domain."x.example"] mta_sts: must be true or false' in text
+    assert 't.toml: [domain."x.example"] mta_sts_https_port: unknown option' in text
