@@ -52,3 +52,32 @@ async def test_probe_reports_sts_tlsa_and_dane(tmp_path: Any, pki: Any) -> None:
     no_dane = probe.requirement(options, probe.ExternalFacts(facts.sts, facts.mx_secure, {}), MX, "no", VerifyMode.NO)
     ok, what = probe.effective_outcome(result, no_dane, DOMAIN, facts)
     assert not ok and "4.7.5 certificate name does not match mx.example.test" in what
+
+
+@pytest_twisted.ensureDeferred
+async def test_probe_command_judges_by_the_effective_policy(tmp_path: Any, pki: Any) -> None:
+    """The real `tlsmta probe`: an enforce policy and a certificate for another name: it prints the
+    policy and exits 75 (would defer), although the configured tls_verify is no."""
+    import os
+    import sys
+
+    from e2e import run_process
+
+    rx = await start_receiver(tmp_path, pki.wrong_name)
+    server = start_policy_server(pki.ca, policy_text("enforce"))
+    config_file = tmp_path / "probe.toml"
+    config_file.write_text(
+        f'[global]\ntls = "ifavailable"\ntls_ca = "{pki.ca_pem}"\nsmtp_port = {rx.port}\nmta_sts_https_port = {server.port}\n'
+        f'[dns.mx]\n"{DOMAIN}" = ["{MX}"]\n[dns.hosts]\n"{MX}" = ["127.0.0.1"]\n"mta-sts.{DOMAIN}" = ["127.0.0.1"]\n'
+        f'[dns.txt]\n"_mta-sts.{DOMAIN}" = ["v=STSv1; id=7"]\n'
+    )
+    tlsmta = os.path.join(os.path.dirname(sys.executable), "tlsmta")
+    try:
+        code, out, err = await run_process(tlsmta, "probe", DOMAIN, "--config", str(config_file))
+    finally:
+        await server.stop()
+        await rx.stop()
+    assert f"MTA-STS for {DOMAIN}: MTA-STS mode enforce, mx {MX}, max_age 86400, id 7 (fetched)" in out, out + err
+    assert "MTA-STS:  enforce; this MX is listed in the policy" in out
+    assert "effective (mta-sts-enforce: tls=required, tls_verify=host): defer: 451 4.7.5 certificate name does not match mx.example.test" in out
+    assert code == 75
