@@ -1,14 +1,16 @@
 # Two entry points for a fresh machine (see README.md):
 #   make run   - create .venv and run the dev test relay on 127.0.0.1:2525 (web page: http://127.0.0.1:8025/)
-#   make test  - create .venv, install the real peers (postfix, swaks, openssl, systemd tools, chromium), run the tests
+#   make test  - create .venv, install the real peers (postfix, swaks, openssl, systemd tools, haproxy,
+#                chromium, unbound + ldns for a DNSSEC-signed test zone), run the tests
 
 PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 STAMP = $(VENV)/.installed-stamp
-# Debian packages the tests drive as real peers (chromium: the dev relay's web page).
-SYSTEM_PACKAGES = postfix swaks openssl systemd haproxy chromium
-SYSTEM_TOOLS = /usr/sbin/postfix /usr/sbin/smtp-source /usr/bin/swaks /usr/bin/openssl /usr/bin/systemd-analyze /usr/bin/systemd-socket-activate /usr/sbin/haproxy /usr/bin/chromium
+# Debian packages the tests drive as real peers (chromium: the dev relay's web page;
+# unbound + ldnsutils: a DNSSEC-signed test zone).
+SYSTEM_PACKAGES = postfix swaks openssl systemd haproxy chromium unbound ldnsutils
+SYSTEM_TOOLS = /usr/sbin/postfix /usr/sbin/smtp-source /usr/bin/swaks /usr/bin/openssl /usr/bin/systemd-analyze /usr/bin/systemd-socket-activate /usr/sbin/haproxy /usr/bin/chromium /usr/sbin/unbound /usr/bin/ldns-signzone
 
 .PHONY: run test venv system-deps
 

@@ -25,7 +25,8 @@ DOMAIN = "example.test"
 MX = "mx.example.test"
 
 
-def sender_config(tmp_path: Any, port: int, ca: str | None, domains: dict[str, Any] | None = None, **global_opts: Any):
+def sender_config(tmp_path: Any, port: int, ca: str | None, domains: dict[str, Any] | None = None, dns: dict[str, Any] | None = None,
+                  listener: dict[str, Any] | None = None, **global_opts: Any):
     raw = {
         "global": {
             "hostname": "sender.test",
@@ -37,18 +38,24 @@ def sender_config(tmp_path: Any, port: int, ca: str | None, domains: dict[str, A
         },
         "spool": {"path": str(tmp_path / "sender-spool")},
         "queue": {"retry_schedule": [3600]},
-        "dns": {
+        "dns": _merge_dns({
             "mx": {DOMAIN: [MX], "other.example.net": [MX]},
             "hosts": {MX: ["127.0.0.1"]},
-        },
+        }, dns or {}),
         "domain": domains or {},
-        "listener": [dev_listener(name="submit")],
+        "listener": [dev_listener(name="submit", **(listener or {}))],
     }
     return build_config(raw)
 
 
-async def start_sender(tmp_path: Any, port: int, ca: str | None, domains: dict[str, Any] | None = None, hooks: dict[str, str] | None = None, **opts: Any) -> RunningRelay:
-    config = sender_config(tmp_path, port, ca, domains, **opts)
+def _merge_dns(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``[dns]`` tables with extra pinned answers (extra wins per name)."""
+    return {table: {**base.get(table, {}), **extra.get(table, {})} for table in {*base, *extra}}
+
+
+async def start_sender(tmp_path: Any, port: int, ca: str | None, domains: dict[str, Any] | None = None, hooks: dict[str, str] | None = None,
+                       dns: dict[str, Any] | None = None, listener: dict[str, Any] | None = None, **opts: Any) -> RunningRelay:
+    config = sender_config(tmp_path, port, ca, domains, dns, listener, **opts)
     if hooks:
         import attrs
 

@@ -406,3 +406,58 @@ def test_verified_ptr_accepts_ipv4_mapped_peer():
     out = []
     resolver.verified_ptr("::ffff:192.0.2.7").addCallback(out.append)
     assert out == [["client.test"]]
+
+
+# -- DNSSEC status (dnspython side; the queries themselves are exercised in test_dane.py) ---------
+
+
+def test_pinned_answer_and_pinned_secure():
+    """pinned_answer reads a [dns] table by owner name; pinned_secure maps record types to tables."""
+    resolver = Resolver(
+        {"mx": {"example.test": ("mx1.example.test",)}, "hosts": {"mx1.example.test": ("127.0.0.1",)},
+         "tlsa": {"_25._tcp.mx1.example.test": ("3 1 1 " + "00" * 32,)}, "txt": {"_smtp._tls.example.test": ("v=TLSRPTv1",)}},
+        NoBackend(),
+    )
+    assert resolver.pinned_answer("tlsa", "_25._tcp.MX1.example.test.") == ("3 1 1 " + "00" * 32,)
+    assert resolver.pinned_answer("tlsa", "_25._tcp.mx2.example.test") is None
+    assert resolver.pinned_secure("example.test", "MX")
+    assert resolver.pinned_secure("mx1.example.test", "a") and resolver.pinned_secure("mx1.example.test", "AAAA")
+    assert resolver.pinned_secure("_25._tcp.mx1.example.test", "TLSA")
+    assert resolver.pinned_secure("_smtp._tls.example.test", "TXT")
+    assert not resolver.pinned_secure("mx1.example.test", "MX")
+    assert not resolver.pinned_secure("example.test", "SRV")
+
+
+@pytest.mark.parametrize(
+    "exception, words",
+    [
+        ("NoNameservers", "server failure"),
+        ("LifetimeTimeout", "timed out"),
+        ("NoResolverConfiguration", "no resolver configured"),
+        ("OSError", "unreachable"),
+    ],
+)
+def test_dnspython_failures_are_transient(exception, words):
+    """Every dnspython failure of a DNSSEC query is DNSTransient naming the query (retry later)."""
+    import dns.resolver
+
+    from tlsmta.dns import _classify_dnspython
+
+    made = {
+        "NoNameservers": lambda: dns.resolver.NoNameservers(),
+        "LifetimeTimeout": lambda: dns.resolver.LifetimeTimeout(timeout=6.0, errors=[]),
+        "NoResolverConfiguration": lambda: dns.resolver.NoResolverConfiguration(),
+        "OSError": lambda: OSError("network unreachable"),
+    }[exception]()
+    result = _classify_dnspython(Failure(made), "TLSA lookup for _25._tcp.mx.test")
+    assert result.check(DNSTransient)
+    assert str(result.value).startswith("TLSA lookup for _25._tcp.mx.test: ")
+    assert words in str(result.value)
+
+
+def test_dnspython_programming_errors_are_not_hidden():
+    """An exception that is not a DNS failure passes through unchanged (it is a bug to see)."""
+    from tlsmta.dns import _classify_dnspython
+
+    result = _classify_dnspython(Failure(KeyError("x")), "TLSA lookup")
+    assert result.check(KeyError)

@@ -157,6 +157,7 @@ async def test_metrics_count_tls_and_verification(tmp_path: Any, pki: Any) -> No
     assert _sample(text, "tlsmta_tls_handshakes_total", direction="outbound", protocol="TLSv1.3", result="ok") == 1
     assert _sample(text, "tlsmta_tls_verify_total", direction="outbound", mode="host", result="verified") == 1
     assert _sample(text, "tlsmta_delivery_latency_seconds_count") == 1
+    assert _sample(text, "tlsmta_tls_policy_total", policy="local", result="delivered") == 1
 
 
 @pytest_twisted.ensureDeferred

@@ -407,6 +407,19 @@ def test_dsn_uses_queue_clock(h):
     assert report["Date"].datetime == datetime.fromtimestamp(T0, timezone.utc)
 
 
+def test_dsn_of_a_requiretls_message_requires_tls_too(h):
+    """The DSN of a REQUIRETLS message carries REQUIRETLS itself (it quotes the headers),
+    durably; an ordinary message's DSN does not."""
+    h.deliver.outcomes.update({"bob@example.com": NO_USER, "carol@example.com": NO_USER, "alice@example.org": LATER})
+    h.submit(new_message("m1", ["bob@example.com"], requiretls=True))
+    h.submit(new_message("m2", ["carol@example.com"]))
+    h.clock.advance(0)
+    by_recipient = {parse(h.spool.read_body_blocking(d.id)).get_payload()[1].get_payload()[1]["Final-Recipient"]: d for d in h.dsns()}
+    assert by_recipient["rfc822; bob@example.com"].requiretls is True
+    assert h.on_disk()[by_recipient["rfc822; bob@example.com"].id].requiretls is True
+    assert by_recipient["rfc822; carol@example.com"].requiretls is False
+
+
 def test_null_sender_bounce_produces_no_dsn(h):
     """A bounce that bounces (null sender) is dropped: no DSN, nothing left queued."""
     h.deliver.outcomes["alice@example.org"] = NO_USER

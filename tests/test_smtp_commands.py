@@ -334,6 +334,27 @@ def test_smtputf8_with_value():
     assert r.code == 501
 
 
+def test_requiretls_inside_tls():
+    """REQUIRETLS (no value) inside TLS marks the transaction (RFC 8689 2); default is off."""
+    assert mail_params({"REQUIRETLS": None}, 100, tls_active=True).requiretls is True
+    assert mail_params({}, 100, tls_active=True).requiretls is False
+    path = mail(b"FROM:<a@example.com> REQUIRETLS SIZE=5")
+    assert mail_params(path.params, 100, tls_active=True) == MailParams(5, requiretls=True)
+
+
+def test_requiretls_outside_tls_is_530():
+    """REQUIRETLS on a session without TLS is 530 5.7.10 (it is not offered there)."""
+    r = rejected(mail_params, {"REQUIRETLS": None}, 100)
+    assert r.code == 530 and r.text.startswith("5.7.10") and "STARTTLS" in r.text
+
+
+def test_requiretls_with_value():
+    """REQUIRETLS takes no value: 501 5.5.4, inside TLS or not."""
+    for tls in (True, False):
+        r = rejected(mail_params, {"REQUIRETLS": "yes"}, 100, tls_active=tls)
+        assert r.code == 501 and r.text.startswith("5.5.4")
+
+
 @pytest.mark.parametrize("key", ["RET", "ENVID", "AUTH", "X-FOO", "BY"])
 def test_unknown_mail_param(key):
     """A MAIL parameter we do not implement is 555 naming it (RFC 5321 4.1.1.11)."""
@@ -354,7 +375,7 @@ def test_mail_params_raises_only_reject(params, limit):
     try:
         result = mail_params(params, limit)
     except Reject as r:
-        assert r.code in (501, 552, 555)
+        assert r.code in (501, 530, 552, 555)
     else:
         assert result.size is None or 0 <= result.size <= limit
 

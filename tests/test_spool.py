@@ -375,3 +375,86 @@ def test_state_without_record_removed_at_start(spool):
         f.write(b"{}")
     assert spool.prepare_blocking() == []
     assert listing(spool.queue_dir) == set()
+
+
+# -- RFC 8689: REQUIRETLS and TLS-Required: No -------------------------------------------------
+
+
+def test_requiretls_fields_round_trip():
+    """requiretls and tls_required_no are part of the record and survive to_json/from_json."""
+    for flags in ({"requiretls": True}, {"tls_required_no": True}, {"requiretls": True, "tls_required_no": True}):
+        original = message(**flags)
+        copy = QueuedMessage.from_json(original.to_json())
+        assert copy == original
+        assert (copy.requiretls, copy.tls_required_no) == (flags.get("requiretls", False),
+                                                          flags.get("tls_required_no", False))
+
+
+def test_old_record_without_requiretls_fields_loads():
+    """A record written before RFC 8689 support (no such keys) loads with both flags off."""
+    data = json.loads(message().to_json())
+    del data["requiretls"], data["tls_required_no"]
+    loaded = QueuedMessage.from_json(json.dumps(data).encode())
+    assert loaded.requiretls is False and loaded.tls_required_no is False
+    assert loaded == message()
+
+
+def test_from_envelope_lifts_requiretls_out_of_the_tls_facts():
+    """The inbound session passes REQUIRETLS in the facts of receipt; the record keeps it as its own field."""
+    when = datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    rcpts = (Recipient("b@example.com", parse_route("mx")),)
+    facts = {"tls": "tls", "protocol": "TLSv1.3", "requiretls": True}
+    m = QueuedMessage.from_envelope(Envelope("id1", "a@example.org", rcpts, when, tls=facts))
+    assert m.requiretls is True
+    assert m.tls == {"tls": "tls", "protocol": "TLSv1.3"}
+    assert facts["requiretls"] is True  # the envelope's own facts are left alone
+    plain = QueuedMessage.from_envelope(Envelope("id2", "a@example.org", rcpts, when, tls={"tls": "none"}))
+    assert plain.requiretls is False and plain.tls_required_no is False
+
+
+def stored_record(spool: Spool, chunks: list[bytes], **overrides) -> dict:
+    """Write a message in the given chunks through a SpoolFile; return its metadata as stored."""
+    m = message(size=0, **overrides)
+    target = spool.writer(m)[1]
+    for chunk in chunks:
+        target.append(chunk)
+    target.finish()
+    with open(spool.meta_path(m.id), "rb") as f:
+        return json.loads(f.read())
+
+
+@pytest.mark.parametrize(
+    "chunks, expected",
+    [
+        ([b"Received: x\r\nTLS-Required: No\r\nSubject: s\r\n\r\nbody\r\n"], True),
+        ([b"Received: x\r\ntls-required:   nO  \r\n\r\nbody\r\n"], True),
+        ([b"Received: x\r\nTLS-Required:\r\n No\r\n\r\nbody\r\n"], True),  # folded value
+        ([b"Received: x\r\nTLS-Requ", b"ired: N", b"o\r", b"\n\r\nbody\r\n"], True),  # split anywhere
+        ([b"Received: x\r\nSubject: s\r\nTLS-Required: No\r\n"], True),  # all header section, no body
+        ([b"Received: x\r\nSubject: s\r\n\r\nTLS-Required: No\r\n"], False),  # in the body
+        ([b"Received: x\r\nX-TLS-Required: No\r\n\r\n"], False),
+        ([b"Received: x\r\nTLS-Required: Nope\r\n\r\n"], False),
+        ([b"Received: x\r\nTLS-Required: No thanks\r\n\r\n"], False),
+        ([b"Received: x\r\nSubject: " + b"y" * 5000 + b"\r\nTLS-Required: No\r\n\r\n"], True),  # after a long field
+        ([b"Received: x\r\n\r\n"], False),
+    ],
+)
+def test_tls_required_no_detected_while_streaming(spool, chunks, expected):
+    """'TLS-Required: No' in the header section (any case, folded, split across writes) is
+    recorded in the metadata as tls_required_no; in the body or with another value it is not."""
+    record = stored_record(spool, chunks)
+    assert record["tls_required_no"] is expected
+    assert record["size"] == sum(map(len, chunks))
+
+
+def test_header_scan_keeps_memory_flat():
+    """A header line of 1 MiB fed in small pieces keeps the scanner's buffer bounded."""
+    from tlsmta.smtp_data import TLSRequiredScanner
+
+    scanner = TLSRequiredScanner()
+    scanner.feed(b"X-Long: ")
+    for _ in range(1024):
+        scanner.feed(b"z" * 1024)
+        assert len(scanner._partial) <= scanner.KEEP
+    scanner.feed(b"\r\nTLS-Required: No\r\n\r\n")
+    assert scanner.tls_required_no and scanner.done

@@ -101,6 +101,83 @@ def describe_policy(options: Mapping[str, Any], domain: str, mx: str | None) -> 
     return lines
 
 
+def describe_external(config: configuration.Config, options: Mapping[str, Any], domain: str, mx: str | None) -> list[str]:
+    """MTA-STS and DANE for ``domain`` (and ``mx``) from what is known offline: the policy
+    cache in state_dir and the [dns] pins; says so when only a live lookup could tell."""
+    import os.path
+
+    from tlsmta import dane, mtasts, policy
+
+    if options["route"].kind != "mx":
+        return ["MTA-STS and DANE: not applied (not an MX route)."]
+    lines = []
+    sts_state = None
+    pinned_txt = config.dns.get("txt", {}).get(f"_mta-sts.{domain}")
+    if not options["mta_sts"]:
+        lines.append("MTA-STS: opted out (mta_sts = false): any policy the domain publishes is ignored.")
+    else:
+        cache = mtasts.STSCache(os.path.join(config.state_dir, "mta-sts"))
+        cached = cache.read_blocking(domain)
+        if cached is not None:
+            p = cached.policy
+            state = "expired, refetched at the next delivery" if cached.expired(time.time()) else f"valid until {_when(cached.fetched_at + p.max_age)}"
+            lines.append(f"MTA-STS: cached policy id {p.id}, mode {p.mode}, mx {', '.join(p.mx) or '-'} ({state}).")
+            if not cached.expired(time.time()):
+                sts_state = policy.STSState(p.mode, p.matches(mx) if mx else True)
+                if mx and p.mode != "none":
+                    lines.append(f"  {mx} is {'listed' if sts_state.mx_matches else 'NOT listed'} in it.")
+        elif pinned_txt is not None:
+            lines.append(f"MTA-STS: no cached policy; [dns.txt] pins {pinned_txt!r}: the policy is fetched at the first delivery.")
+        else:
+            lines.append("MTA-STS: unknown offline (no cached policy in state_dir); `tlsmta probe` looks it up.")
+    dane_status = policy.DANEStatus.NONE
+    if not options["dane"]:
+        lines.append("DANE: opted out (dane = false).")
+    elif mx is None:
+        lines.append("DANE: per MX host; give --mx HOST to see its TLSA records.")
+    else:
+        name = dane.tlsa_name(mx, options["smtp_port"])
+        pinned = config.dns.get("tlsa", {}).get(name)
+        if pinned is not None:
+            try:
+                records = [dane.TLSARecord.parse(r) for r in pinned]
+            except ValueError as e:
+                lines.append(f"DANE: [dns.tlsa] {name} does not parse ({e}): that MX would not be used.")
+                dane_status = policy.DANEStatus.FAILED
+            else:
+                usable = [r for r in records if r.usable]
+                dane_status = policy.DANEStatus.USABLE if usable else policy.DANEStatus.UNUSABLE
+                lines.append(f"DANE: [dns.tlsa] {name} (pinned, counts as DNSSEC-secure): {', '.join(map(str, records))}"
+                             f" ({len(usable)} usable).")
+        elif domain in config.dns.get("mx", {}):
+            lines.append(f"DANE: none (the MX of {domain} is pinned and {name} is not).")
+        else:
+            lines.append(f"DANE: unknown offline (needs a DNSSEC-validated lookup of {name}); `tlsmta probe` does it.")
+    if mx:
+        req = policy.effective_requirement(
+            options["tls"], policy.VerifyMode(options["tls_verify"]), options["tls_ifavailable_fallback"],
+            sts=sts_state, dane=dane_status,
+        )
+        lines.append(f"For MX {mx}, as far as known: " + describe_requirement(req, domain, mx))
+    return lines
+
+
+def describe_requirement(req: Any, domain: str, mx: str) -> str:
+    """An effective requirement (policy.Requirement) in one sentence."""
+    if req.unusable is not None:
+        return f"{req.policy}: this MX is not used ({req.unusable})."
+    if req.dane:
+        return "dane: STARTTLS required, the certificate must match a usable TLSA record (DANE-EE/DANE-TA); no plain-text fallback."
+    if req.tls == "no":
+        return f"{req.policy}: plain text."
+    names = " or ".join(req.wanted(domain, mx))
+    check = {"no": "not checked", "ca": "must chain to the trust anchors",
+             "host": f"must chain to the trust anchors and name {names}",
+             "optional": f"checked for {names}, failures only logged"}[req.verify.value]
+    fallback = "plain-text fallback after a failed handshake" if req.tls == "ifavailable" and req.fallback else "no plain-text fallback"
+    return f"{req.policy}: STARTTLS {'required' if req.tls == 'required' else 'if offered'}, certificate {check}, {fallback}."
+
+
 def cmd_policy(args: argparse.Namespace) -> int:
     config = _load(args.file)
     if config is None:
@@ -117,7 +194,11 @@ def cmd_policy(args: argparse.Namespace) -> int:
     for name, item in resolved.items():
         print(f"{name:<{width}} = {_show(item.value):<40} # from {item.scope}")
     print()
-    for line in describe_policy({k: v.value for k, v in resolved.items()}, domain, args.mx):
+    values = {k: v.value for k, v in resolved.items()}
+    for line in describe_policy(values, domain, args.mx):
+        print(line)
+    print()
+    for line in describe_external(config, values, domain, args.mx):
         print(line)
     return EX_OK
 
@@ -130,7 +211,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
     from tlsmta.dns import Resolver
     from tlsmta.policy import VerifyMode
-    from tlsmta.probe import configured_outcome, format_result, run_probe
+    from tlsmta.probe import effective_outcome, format_external, format_policies, format_result, requirement, run_probe
 
     if args.config:
         config = _load(args.config)
@@ -153,20 +234,34 @@ def cmd_probe(args: argparse.Namespace) -> int:
     async def main(reactor: Any) -> None:
         resolver = Resolver(config.dns)
         ehlo = options["ehlo_hostname"] or config.hostname or "tlsmta-probe.invalid"
-        results, dns_problem = await run_probe(reactor, resolver, domain, options, args.port, args.mx, ehlo)
+        results, dns_problem, facts = await run_probe(
+            reactor, resolver, domain, options, args.port, args.mx, ehlo, https_port=config.global_option("mta_sts_https_port")
+        )
         if dns_problem:
             print(f"{domain}: {dns_problem}")
             outcome["code"] = EX_NOHOST
             return
+        print("\n".join(format_external(facts, domain)))
+        print()
+        judged = []
         for result in results:
-            print("\n".join(format_result(result, options["tls"], verify)))
+            req = requirement(options, facts, result.mx, options["tls"], verify)
+            print("\n".join(format_result(result, options["tls"], verify) + format_policies(result, facts, req, domain)))
             print()
-        reachable = [r for r in results if r.banner]
-        if not reachable:
-            outcome["code"] = EX_UNAVAILABLE
+            if result.banner or req.unusable is not None:
+                judged.append((result, req))
+        # The first MX that delivery would use: reachable, and not excluded by a policy.
+        usable = [(r, q) for r, q in judged if q.unusable is None]
+        if not usable:
+            if judged:
+                print(f"verdict for {domain}: {effective_outcome(judged[0][0], judged[0][1], domain, facts)[1]}")
+                outcome["code"] = EX_TEMPFAIL
+            else:
+                outcome["code"] = EX_UNAVAILABLE
             return
-        ok, what = configured_outcome(reachable[0], options["tls"], verify)
-        print(f"verdict for {domain} (tls={options['tls']}, tls_verify={verify.value}): {what}")
+        result, req = usable[0]
+        ok, what = effective_outcome(result, req, domain, facts)
+        print(f"verdict for {domain} (tls={options['tls']}, tls_verify={verify.value}, policy {req.policy}): {what}")
         outcome["code"] = EX_OK if ok else EX_TEMPFAIL
 
     try:
@@ -294,6 +389,46 @@ def _offline(args: argparse.Namespace, action: str) -> int:
     return EX_OK
 
 
+# -- tlsrpt ---------------------------------------------------------------------------------
+
+
+def cmd_tlsrpt(args: argparse.Namespace) -> int:
+    """`tlsmta tlsrpt show`: the recorded TLS results of one UTC day, per domain and policy."""
+    import datetime
+
+    from tlsmta.tlsrpt import TLSRPTStore
+    from tlsmta.tlsrpt_sender import store_directory
+
+    config = _load(args.config)
+    if config is None:
+        return EX_CONFIG
+    try:
+        day = datetime.date.fromisoformat(args.day) if args.day else datetime.datetime.now(datetime.timezone.utc).date()
+    except ValueError:
+        return fail("tlsrpt", f"--day must be YYYY-MM-DD (got {args.day!r})", EX_USAGE)
+    directory = store_directory(config.state_dir)
+    if not os.path.isdir(directory):
+        print(f"{day.isoformat()} (UTC): no TLS sessions recorded ({directory} does not exist)")
+        return EX_OK
+    aggregate = TLSRPTStore(directory).aggregate(day)
+    if not aggregate:
+        print(f"{day.isoformat()} (UTC): no TLS sessions recorded")
+        return EX_OK
+    print(f"TLS-RPT aggregate for {day.isoformat()} (UTC), from {directory}")
+    for domain in sorted(aggregate):
+        print(f"\n{domain}")
+        for stats in aggregate[domain]:
+            mx = f" mx {', '.join(stats.mx_hosts)}" if stats.mx_hosts else ""
+            print(f"  policy {stats.policy_type}{mx}: {stats.successes} successful, {stats.failures} failed")
+            for line in stats.policy_strings:
+                print(f"    | {line}")
+            for key, (count, reason) in sorted(stats.details.items(), key=lambda item: -item[1][0]):
+                where = " ".join(f"{label} {value}" for label, value in (
+                    ("mx", key.mx_host), ("from", key.sending_ip), ("to", key.receiving_ip)) if value)
+                print(f"    {count:>5} x {key.result_type}" + (f"  ({where})" if where else "") + (f": {reason}" if reason else ""))
+    return EX_OK
+
+
 # -- hash-password --------------------------------------------------------------------------
 
 
@@ -379,6 +514,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="the relay's configuration (default: the embedded dev relay, ./.tlsmta)")
     p.add_argument("--pem", action="store_true", help="print the PEM instead of its path")
     p.set_defaults(func=cmd_dev_ca)
+
+    p = sub.add_parser("tlsrpt", help="TLS-RPT (RFC 8460): what has been recorded for the daily reports")
+    p.add_argument("--config", default=DEFAULT_CONFIG, help=f"where state_dir is (default {DEFAULT_CONFIG})")
+    tsub = p.add_subparsers(dest="action", required=True)
+    t = tsub.add_parser("show", help="a day's aggregate per domain and policy (default: today, UTC)")
+    t.add_argument("--day", help="YYYY-MM-DD (UTC)")
+    t.add_argument("--config", default=argparse.SUPPRESS, help="as above")
+    p.set_defaults(func=cmd_tlsrpt)
 
     p = sub.add_parser("hash-password", help="print a users-file line (password from stdin or prompt)")
     p.add_argument("user")

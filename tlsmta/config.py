@@ -245,12 +245,19 @@ DELIVERY_OPTIONS: dict[str, Option] = {
     "max_messages_per_connection": Option(_int(1), 100, "messages per SMTP session"),
     "source_address": Option(_address, None, "local address to connect from"),
     "ehlo_hostname": Option(_str, None, "name sent in EHLO; default: global hostname"),
+    "mta_sts": Option(_bool, True, "apply the recipient domain's MTA-STS policy (RFC 8461); false opts out"),
+    "dane": Option(_bool, True, "apply DANE TLSA records of DNSSEC-signed MX hosts (RFC 7672); false opts out"),
 }
 
 GLOBAL_ONLY_OPTIONS: dict[str, Option] = {
     "hostname": Option(_str, None, "banner and EHLO name; default: this host's FQDN"),
     "state_dir": Option(_path, "/var/lib/tlsmta", "certificates generated at first start"),
     "max_hops": Option(_int(1), 50, "Received: headers before a message is refused as a loop"),
+    "mta_sts_https_port": Option(_int(1, 65535), 443, "port of the MTA-STS policy servers (labs change it)"),
+    "tlsrpt_reports": Option(_bool, False, "send daily TLS-RPT reports (RFC 8460) to the domains that ask"),
+    "tlsrpt_organization": Option(_str, None, "organization-name in reports; default: hostname"),
+    "tlsrpt_contact": Option(_str, None, "contact-info in reports; default: postmaster@hostname"),
+    "tlsrpt_sender": Option(_str, None, "From and envelope sender of reports; default: noreply-tlsrpt@hostname"),
 }
 
 HOOK_OPTIONS: dict[str, Option] = {
@@ -412,6 +419,10 @@ class Config:
     control: Mapping[str, Any] = attrs.field(factory=lambda: {"socket": None, "shutdown_grace": 30})
     # resolve() results; not an init field, so attrs.evolve() starts a fresh one.
     _resolved: dict[tuple[str, str], dict[str, Resolved]] = attrs.field(init=False, factory=dict, eq=False, repr=False)
+
+    def global_option(self, name: str) -> Any:
+        """A ``[global]`` option that is not resolved per domain (GLOBAL_ONLY_OPTIONS)."""
+        return self.global_options.get(name, GLOBAL_ONLY_OPTIONS[name].default)
 
     def group_of(self, binding: str) -> str | None:
         """The binding group that lists ``binding``, if any."""

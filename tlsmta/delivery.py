@@ -18,6 +18,7 @@ Every job produces one ``delivery`` log event with its TLS facts.
 
 from __future__ import annotations
 
+import datetime
 import enum
 import os
 import time
@@ -29,8 +30,8 @@ import attrs
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.logger import Logger
 
+from tlsmta import dane, external, outbound, policy, tls
 from tlsmta import log as events
-from tlsmta import outbound, policy, tls
 from tlsmta.client_codec import Reply, parse_ehlo
 from tlsmta.config import DELIVERY_OPTIONS, Resolved
 from tlsmta.diskio import DiskIO
@@ -38,7 +39,9 @@ from tlsmta.dns import DNSError, DNSPermanent, Resolver
 from tlsmta.hooks import Hooks
 from tlsmta.maildir import LocalSink, crlf_to_lf
 from tlsmta.outbound import COMMAND_TIMEOUT, DATA_START_TIMEOUT, ConnectionBroken, OutboundSMTP, connect
-from tlsmta.policy import TLSAction, TLSFailure, VerifyMode
+from tlsmta.external import ExternalFacts
+from tlsmta.mtasts import STSResolver
+from tlsmta.policy import DANEStatus, Requirement, TLSAction, TLSFailure, VerifyMode
 from tlsmta.routes import Route
 from tlsmta.spool import BOUNCED, DELIVERED, PENDING, QueuedMessage, RecipientState, Spool
 
@@ -142,13 +145,38 @@ class Attempt:
     tls: dict[str, Any] = attrs.field(factory=lambda: {"tls": "none"})
     failure: str | None = None  # "451 4.7.5 ..." when the session failed before a transaction
     check: tls.CertificateCheck | None = None  # set once TLS is up and acceptable
+    req: Requirement | None = None  # the effective TLS requirement for this MX
+    facts: ExternalFacts = attrs.field(factory=ExternalFacts)
+    # TLS-RPT: (success, RFC 8460 result type, reason); None when no TLS result to report.
+    rpt: tuple[bool, str | None, str] | None = None
+
+
+@attrs.frozen
+class MessageTLS:
+    """What a message itself asks of TLS (RFC 8689): REQUIRETLS, or TLS-Required: No."""
+
+    requiretls: bool = False
+    tls_required_no: bool = False
+
+    @classmethod
+    def of(cls, message: QueuedMessage) -> MessageTLS:
+        return cls(message.requiretls, message.tls_required_no)
+
+
+def reply_code(status: str) -> int:
+    """550 for a permanent (5.x.x) status, 451 otherwise."""
+    return 550 if status.startswith("5") else 451
 
 
 class Destination:
     """Sessions to one (route, domain, binding, TLS options)."""
 
-    def __init__(self, pool: OutboundPool, route: Route, domain: str, binding: str, options: Mapping[str, Any], tls_options: TLSOptions):
+    def __init__(
+        self, pool: OutboundPool, route: Route, domain: str, binding: str, options: Mapping[str, Any], tls_options: TLSOptions,
+        message_tls: MessageTLS = MessageTLS(),
+    ):
         self.pool = pool
+        self.message_tls = message_tls
         self.route = route
         self.domain = domain
         self.binding = binding
@@ -191,12 +219,28 @@ class Destination:
             code = 556 if status == "5.1.10" else (550 if e.permanent else 451)
             self._fail_queued(code, f"{status} {e}")
             return
+        facts = await external.gather(
+            self.pool.resolver, self.pool.sts, self.domain, self.route.kind,
+            [(mx, port) for mx, _, port in hosts], self.options["mta_sts"], self.options["dane"],
+            need_mx_status=self.message_tls.requiretls,
+        )
+        self.pool.report_discovery(self, facts)
         last: Attempt | None = None
         for mx, ip, port in hosts:
+            req = self.requirement(mx, facts)
             plain_only = False
             while self.jobs:
-                attempt = Attempt(mx, ip, port)
+                attempt = Attempt(mx, ip, port, req=req, facts=facts)
+                attempt.tls = {"tls": "none", **self._policy_fields(attempt)}
+                if req.unusable is not None:
+                    # Not this MX (MTA-STS does not list it, its TLSA lookup failed, ...): the next one.
+                    attempt.failure = f"{reply_code(req.unusable.status)} {req.unusable}"
+                    attempt.rpt = self._unusable_rpt(attempt)
+                    self.pool.report_attempt(self, attempt)
+                    last = attempt
+                    break
                 step = await self._one_connection(attempt, plain_only)
+                self.pool.report_attempt(self, attempt)
                 last = attempt
                 if step is _Step.RETRY_PLAIN and not plain_only:
                     plain_only = True
@@ -211,6 +255,47 @@ class Destination:
         failure = last.failure if last and last.failure else "451 4.4.1 no usable mail host"
         code, _, text = failure.partition(" ")
         self._fail_queued(int(code), text, last)
+
+    def requirement(self, mx: str, facts: ExternalFacts) -> Requirement:
+        """The strictest of the local options and what MTA-STS, DANE and the message ask, for ``mx``."""
+        opts = self.tls_options
+        return policy.effective_requirement(
+            opts.tls,
+            opts.verify,
+            opts.fallback,
+            sts=facts.sts_state(mx),
+            dane=facts.dane_for(mx).status,
+            requiretls=self.message_tls.requiretls,
+            tls_required_no=self.message_tls.tls_required_no,
+            mx_secure=facts.mx_secure,
+        )
+
+    def _policy_fields(self, attempt: Attempt) -> dict[str, Any]:
+        """Log fields naming the policy applied and the MTA-STS/DANE state."""
+        assert attempt.req is not None
+        fields = {"tls_policy": attempt.req.policy, **external.describe(attempt.facts, attempt.mx)}
+        if attempt.req.requiretls:
+            fields["requiretls"] = "yes"
+        if attempt.req.ignored:
+            fields["tls_required_no"] = "ignored " + ",".join(attempt.req.ignored)
+        return fields
+
+    def _unusable_rpt(self, attempt: Attempt) -> tuple[bool, str | None, str] | None:
+        assert attempt.req is not None and attempt.req.unusable is not None
+        if attempt.facts.dane_for(attempt.mx).status is DANEStatus.FAILED:
+            return False, policy.RPT_DNSSEC_INVALID, attempt.facts.dane_for(attempt.mx).reason
+        sts = attempt.facts.sts_state(attempt.mx)
+        if sts is not None and not sts.mx_matches:
+            return False, policy.RPT_VALIDATION_FAILURE, attempt.req.unusable.reason
+        return None
+
+    def _tls_failure(self, attempt: Attempt, failure: TLSFailure, result_type: str | None) -> None:
+        """Record a TLS failure under the attempt's requirement (REQUIRETLS: 5.7.10, a bounce)."""
+        assert attempt.req is not None
+        failure = attempt.req.failure(failure.status, failure.reason)
+        attempt.failure = f"{reply_code(failure.status)} {failure}"
+        if result_type is not None:
+            attempt.rpt = (False, result_type, failure.reason)
 
     async def _hosts(self) -> list[tuple[str, str, int]]:
         """(name, address, port) to try, in order."""
@@ -292,19 +377,24 @@ class Destination:
             attempt.failure = f"451 4.5.0 {attempt.mx} refused EHLO and HELO"
             return _Step.NEXT_HOST, {}
         opts = self.tls_options
+        req = attempt.req
+        assert req is not None
         # plain_only: the handshake failed on this host a moment ago and fallback is allowed.
-        decision = policy.starttls_decision(opts.tls, "STARTTLS" in caps and not plain_only)
+        decision = policy.starttls_decision(req.tls, "STARTTLS" in caps and not plain_only)
         if isinstance(decision, TLSFailure):
-            attempt.failure = f"451 {decision}"
+            self._tls_failure(attempt, decision, policy.RPT_STARTTLS_NOT_SUPPORTED)
             return _Step.NEXT_HOST, {}
         if decision is TLSAction.PLAIN:
+            if req.tls != "no" and not plain_only and "STARTTLS" not in caps:
+                attempt.rpt = (False, policy.RPT_STARTTLS_NOT_SUPPORTED, "STARTTLS not advertised")
             return None, caps
         reply = await proto.command("STARTTLS")
         if reply.code != 220:
-            refused = policy.starttls_refused(opts.tls, opts.fallback, str(reply))
+            refused = policy.starttls_refused(req.tls, req.fallback, str(reply))
             if isinstance(refused, TLSFailure):
-                attempt.failure = f"451 {refused}"
+                self._tls_failure(attempt, refused, policy.RPT_STARTTLS_NOT_SUPPORTED)
                 return _Step.NEXT_HOST, {}
+            attempt.rpt = (False, policy.RPT_STARTTLS_NOT_SUPPORTED, f"STARTTLS refused: {reply}")
             return None, caps  # carry on in plain text on this connection
         check = self.pool.certificate_check(self, attempt)
         resumable = self.pool.tls_session(self, attempt, check)
@@ -314,11 +404,16 @@ class Destination:
             caps = await self._ehlo(proto, ehlo_name, timeout=outbound.STARTTLS_TIMEOUT)
         except ConnectionBroken as e:
             verdict = check.verdict() if check.seen_certificate else None
-            outcome = policy.handshake_failed(opts.tls, opts.fallback, verdict, e.reason)
-            attempt.tls = self._tls_fields(proto, check)
+            outcome = policy.handshake_failed(req.tls, req.fallback, verdict, e.reason)
+            attempt.tls = self._tls_fields(proto, check, attempt)
+            rpt_type = (
+                policy.certificate_result_type(verdict, check.errors) if verdict is not None and verdict.fatal
+                else policy.RPT_VALIDATION_FAILURE
+            )
             if isinstance(outcome, TLSFailure):
-                attempt.failure = f"451 {outcome}"
+                self._tls_failure(attempt, outcome, rpt_type)
                 return _Step.NEXT_HOST, {}
+            attempt.rpt = (False, rpt_type, e.reason)
             return _Step.RETRY_PLAIN, {}
         if caps is None:
             attempt.failure = f"451 4.5.0 {attempt.mx} refused EHLO after STARTTLS"
@@ -328,13 +423,44 @@ class Destination:
             # that session's secret, so the full handshake's verdict carries over.
             # (Merely seeing no certificate proves nothing: anonymous suites show none.)
             check.resumed_verdict = resumable[1]
-        attempt.tls = self._tls_fields(proto, check)
+        elif req.dane:
+            check.external_verdict = self._dane_verdict(proto, attempt)
+        attempt.tls = self._tls_fields(proto, check, attempt)
         verdict = check.verdict()
         if verdict.fatal:  # a hook may accept in the callback and still fail here; never send
-            attempt.failure = f"451 {verdict.status_text}"
+            self._tls_failure(attempt, TLSFailure(policy.TLS_ENHANCED_CODE, verdict.reason),
+                              policy.certificate_result_type(verdict, check.errors))
+            return _Step.NEXT_HOST, {}
+        attempt.rpt = self._success_rpt(check, attempt)
+        if req.report_verify:
+            ok, _, why = attempt.rpt
+            attempt.tls["mta_sts_testing"] = "pass" if ok else f"fail: {why}"
+        refused = policy.requiretls_refused(req, "REQUIRETLS" in caps)
+        if refused is not None:
+            attempt.failure = f"{reply_code(refused.status)} {refused}"
             return _Step.NEXT_HOST, {}
         attempt.check = check
         return None, caps
+
+    def _dane_verdict(self, proto: OutboundSMTP, attempt: Attempt) -> policy.Verdict:
+        """RFC 7672: the presented chain against the MX host's usable TLSA records."""
+        chain = proto.transport.getHandle().get_peer_cert_chain(as_cryptography=True) or []
+        records = attempt.facts.dane_for(attempt.mx).records
+        now = datetime.datetime.fromtimestamp(self.pool.reactor.seconds(), datetime.timezone.utc)
+        return dane.verify_chain(records, chain, (attempt.mx,), now)
+
+    def _success_rpt(self, check: tls.CertificateCheck, attempt: Attempt) -> tuple[bool, str | None, str]:
+        """TLS is up and acceptable; under MTA-STS testing, whether enforce would have passed."""
+        assert attempt.req is not None
+        if not attempt.req.report_verify:
+            return True, None, ""
+        sts = attempt.facts.sts_state(attempt.mx)
+        if sts is not None and not sts.mx_matches:
+            return False, policy.RPT_VALIDATION_FAILURE, "MX host not listed in the MTA-STS policy"
+        shadow = policy.decide(VerifyMode.HOST, check.chain_result(), check.presented, (attempt.mx,))
+        if check.resumed_verdict is None and not shadow.verified:
+            return False, policy.certificate_result_type(shadow, check.errors), shadow.reason
+        return True, None, ""
 
     async def _ehlo(self, proto: OutboundSMTP, name: str, timeout: float = COMMAND_TIMEOUT) -> dict[str, str] | None:
         reply = await proto.command(f"EHLO {name}", timeout=timeout)
@@ -343,14 +469,16 @@ class Destination:
         reply = await proto.command(f"HELO {name}")
         return {} if reply.code == 250 else None
 
-    def _tls_fields(self, proto: OutboundSMTP, check: tls.CertificateCheck) -> dict[str, Any]:
+    def _tls_fields(self, proto: OutboundSMTP, check: tls.CertificateCheck, attempt: Attempt) -> dict[str, Any]:
         facts = proto.tls_facts
         verdict = check.verdict()
+        req = attempt.req
+        assert req is not None
         fields: dict[str, Any] = {
             "tls": "tls" if facts else "none",
             "protocol": facts.protocol if facts else None,
             "cipher": facts.cipher if facts else None,
-            "tls_verify": self.tls_options.verify.value,
+            "tls_verify": "dane" if req.dane else req.verify.value,
             "verified": verdict.outcome.word,
             "reason": verdict.reason,
             "subject": facts.peer_subject if facts else None,
@@ -359,6 +487,7 @@ class Destination:
         }
         if verdict.outcome is policy.Outcome.SOFTFAIL:
             fields["softfail"] = verdict.reason
+        fields.update(self._policy_fields(attempt))
         return fields
 
     async def _transactions(
@@ -423,6 +552,8 @@ class OutboundPool:
         # Whether (ip, port) is one of our own listeners: the service sets it.
         self.is_self: Callable[[str, int], bool] = lambda ip, port: False
         self._waiting: deque[Destination] = deque()
+        self.sts: STSResolver | None = None  # MTA-STS discovery; the service sets it
+        self.tlsrpt: Any = None  # a tlsrpt.TLSRPTStore recording each attempt's TLS result
 
     # -- jobs ---------------------------------------------------------------------------
 
@@ -436,10 +567,12 @@ class OutboundPool:
             self.log_job(job, None, None, results)
             return succeed(results)
         tls_options = TLSOptions.from_options(values)
-        key = (job.route, job.domain, job.binding, tls_options)
+        # A REQUIRETLS message never shares a session with mail that may use weaker TLS.
+        message_tls = MessageTLS.of(job.message)
+        key = (job.route, job.domain, job.binding, tls_options, message_tls)
         dest = self.destinations.get(key)
         if dest is None:
-            dest = self.destinations[key] = Destination(self, job.route, job.domain, job.binding, values, tls_options)
+            dest = self.destinations[key] = Destination(self, job.route, job.domain, job.binding, values, tls_options, message_tls)
             dest.key = key
         return dest.submit(job)
 
@@ -511,15 +644,18 @@ class OutboundPool:
         self._tls_sessions.clear()
 
     def certificate_check(self, dest: Destination, attempt: Attempt) -> tls.CertificateCheck:
-        opts = dest.tls_options
-        hook = self.hooks.outbound_tls_verify_callback if opts.verify is not VerifyMode.NO else None
+        req = attempt.req
+        assert req is not None
+        # Under DANE the TLSA records decide, after the handshake: no CA check, no hook.
+        hook = self.hooks.outbound_tls_verify_callback if req.verify is not VerifyMode.NO and not req.dane else None
         first = dest.jobs[0][0].message.id if dest.jobs else None
         return tls.CertificateCheck(
-            opts.verify,
-            wanted=(dest.domain, attempt.mx),
+            req.verify,
+            wanted=req.wanted(dest.domain, attempt.mx),
             hook=hook,
             hook_context=tls.HookContext("outbound", dest.domain, attempt.mx, dest.binding, first, attempt.ip),
             enforce_in_handshake=True,
+            record=req.dane or req.report_verify,
         )
 
     def client_tls(self, opts: TLSOptions, server_name: str, check: tls.CertificateCheck, session: Any = None) -> tls.ClientTLS:
@@ -536,7 +672,10 @@ class OutboundPool:
     # verify hook is configured (a resumed handshake would not show it a certificate).
 
     def _session_key(self, dest: Destination, attempt: Attempt) -> tuple[Any, ...]:
-        return (attempt.ip, attempt.port, attempt.mx, dest.domain, dest.tls_options)
+        # Keyed by the requirement and TLSA records too: a resumed session carries the
+        # verdict of a full handshake judged under exactly the same policy.
+        return (attempt.ip, attempt.port, attempt.mx, dest.domain, dest.tls_options, attempt.req,
+                attempt.facts.dane_for(attempt.mx).records)
 
     def tls_session(self, dest: Destination, attempt: Attempt, check: tls.CertificateCheck) -> tuple[Any, policy.Verdict] | None:
         if check.hook is not None:
@@ -571,6 +710,8 @@ class OutboundPool:
             params.append("BODY=8BITMIME")
         if message.smtputf8:
             params.append("SMTPUTF8")
+        if attempt.req is not None and attempt.req.requiretls:
+            params.append("REQUIRETLS")  # RFC 8689 4.2.1: the next hop carries the requirement on
         mail_line = " ".join([f"MAIL FROM:<{message.sender}>"] + params)
         rcpt_lines = [f"RCPT TO:<{r.address}>" for r in job.recipients]
         data_reply: Reply | None = None
@@ -624,6 +765,43 @@ class OutboundPool:
                 yield chunk
         finally:
             self.disk.run(os.close, fd)
+
+    # -- TLS-RPT ----------------------------------------------------------------------------
+
+    def report_discovery(self, dest: Destination, facts: ExternalFacts) -> None:
+        """An MTA-STS policy that could not be had is a failure in the domain's report."""
+        if self.tlsrpt is None or facts.sts is None or facts.sts.failure is None:
+            return
+        policy_doc = facts.sts.policy
+        self._record(
+            dest.domain, "sts", policy_doc.strings if policy_doc else [], None, False,
+            facts.sts.failure.result_type, None, None, str(facts.sts.failure),
+        )
+
+    def report_attempt(self, dest: Destination, attempt: Attempt) -> None:
+        """One session's TLS result, under the policy that applied (RFC 8460 4.4)."""
+        if self.tlsrpt is None or attempt.rpt is None or attempt.req is None:
+            return
+        success, result_type, reason = attempt.rpt
+        tlsa = attempt.facts.dane_for(attempt.mx)
+        sts = attempt.facts.sts.policy if attempt.facts.sts is not None else None
+        if tlsa.status in (DANEStatus.USABLE, DANEStatus.UNUSABLE) and "dane" not in attempt.req.ignored:
+            policy_type, strings = "tlsa", [str(r) for r in tlsa.records]
+        elif sts is not None and sts.mode != "none" and "mta-sts" not in attempt.req.ignored:
+            policy_type, strings = "sts", sts.strings
+        else:
+            policy_type, strings = "no-policy-found", []
+        self._record(dest.domain, policy_type, strings, attempt.mx, success, result_type,
+                     dest.options["source_address"], attempt.ip, reason or None)
+
+    def _record(self, domain: str, policy_type: str, strings: list[str], mx: str | None, success: bool,
+                result_type: str | None, sending_ip: str | None, receiving_ip: str | None, reason: str | None) -> None:
+        day = datetime.datetime.fromtimestamp(self.reactor.seconds(), datetime.timezone.utc).date()
+        try:
+            self.tlsrpt.record(domain, day, policy_type, strings, mx, success, result_type=result_type,
+                               sending_ip=sending_ip, receiving_ip=receiving_ip, reason=reason)
+        except Exception:
+            log.failure("recording a TLS-RPT result failed")  # best effort: never costs a delivery
 
     # -- logging ----------------------------------------------------------------------------
 

@@ -4,6 +4,12 @@ Pinned answers are consulted first and nothing else in tlsmta knows a name
 was pinned; names not pinned go to the real resolver.  Failures come back
 as :class:`DNSPermanent` (NXDOMAIN, null MX: bounce) or
 :class:`DNSTransient` (SERVFAIL, timeout: retry later).
+
+DNSSEC status (for DANE) is the one thing twisted.names cannot give: it has
+no TLSA type and does not expose the AD bit.  :meth:`Resolver.dnssec_query`
+asks the same system resolver through dnspython, with the DO bit set, in a
+thread of the reactor's pool, and trusts the AD bit of its answer (the
+validating resolver is expected to be local, as RFC 7672 1.3 assumes).
 """
 
 from __future__ import annotations
@@ -14,6 +20,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
+from dns import exception as _dnsexc
+from dns import flags as _dnsflags
+from dns import nameserver as _dnsnameserver
+from dns import rdatatype as _rdatatype
+from dns import resolver as _dnsresolver
+from twisted.internet import threads
 from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
 from twisted.names import dns, error
 from twisted.names.common import ResolverBase
@@ -74,19 +86,99 @@ def _names(records: Sequence[Any], rtype: int) -> list[Any]:
     return [r.payload for r in records if r.type == rtype]
 
 
-class Resolver:
-    """MX, address, PTR and TXT lookups for tlsmta."""
+@attrs.frozen
+class DNSSECAnswer:
+    """One RRset from the real resolver and whether it validated (AD bit).
 
-    def __init__(self, pinned: Mapping[str, Mapping[str, tuple[str, ...]]], backend: Any = None):
+    ``rdatas`` are dnspython rdata objects; empty for NXDOMAIN and NODATA
+    (then ``secure`` says whether the denial validated).
+    """
+
+    rdatas: tuple[Any, ...]
+    secure: bool
+
+
+# Pinned tables that stand for a record type, for :meth:`Resolver.pinned_secure`.
+_PIN_TABLES = {"MX": "mx", "A": "hosts", "AAAA": "hosts", "TXT": "txt", "TLSA": "tlsa", "PTR": "ptr"}
+
+
+class Resolver:
+    """MX, address, PTR and TXT lookups for tlsmta, and DNSSEC-aware queries.
+
+    ``dnssec_nameservers`` (``[(address, port), ...]``) sends the dnspython
+    queries there instead of to the servers in /etc/resolv.conf (tests and
+    labs); ``reactor`` supplies the thread pool those queries run in.
+    """
+
+    def __init__(
+        self,
+        pinned: Mapping[str, Mapping[str, tuple[str, ...]]],
+        backend: Any = None,
+        dnssec_nameservers: Sequence[tuple[str, int]] | None = None,
+        reactor: Any = None,
+    ):
         self.pinned = pinned
         if backend is None:
             from twisted.names import client
 
             backend = client.createResolver()
         self.backend = backend
+        self.dnssec_nameservers = tuple(dnssec_nameservers) if dnssec_nameservers else None
+        self._reactor = reactor
+        self._dnspython: _dnsresolver.Resolver | None = None
 
     def _pin(self, table: str, name: str) -> tuple[str, ...] | None:
         return self.pinned.get(table, {}).get(name.lower().rstrip("."))
+
+    def pinned_answer(self, table: str, name: str) -> tuple[str, ...] | None:
+        """The ``[dns.TABLE]`` answer pinned for ``name``, or None when not pinned."""
+        return self._pin(table, name)
+
+    def pinned_secure(self, name: str, rdtype: str) -> bool:
+        """Whether ``name``/``rdtype`` is pinned: pinned answers count as DNSSEC-validated."""
+        table = _PIN_TABLES.get(rdtype.upper())
+        return table is not None and self._pin(table, name) is not None
+
+    def dnssec_query(self, name: str, rdtype: str) -> Deferred[DNSSECAnswer]:
+        """Ask the real resolver for ``name``/``rdtype`` with DNSSEC OK; never pinned.
+
+        NXDOMAIN and NODATA give an empty answer; SERVFAIL, timeouts and a
+        missing resolver configuration are :class:`DNSTransient`.  Runs in a
+        thread so the reactor is never blocked.
+        """
+        reactor = self._reactor
+        if reactor is None:
+            from twisted.internet import reactor  # type: ignore[no-redef]
+        what = f"{rdtype} lookup for {name}"
+        d = threads.deferToThreadPool(reactor, reactor.getThreadPool(), self._dnssec_query_blocking, name, rdtype)
+        return d.addErrback(lambda f: _classify_dnspython(f, what))
+
+    def _dnssec_query_blocking(self, name: str, rdtype: str) -> DNSSECAnswer:
+        resolver = self._dnspython_resolver()
+        try:
+            answer = resolver.resolve(name, _rdatatype.from_text(rdtype), raise_on_no_answer=False, search=False)
+        except _dnsresolver.NXDOMAIN as e:
+            responses = list(e.responses().values())
+            return DNSSECAnswer((), bool(responses) and _authentic(responses[-1]))
+        rdatas = tuple(answer.rrset) if answer.rrset is not None else ()
+        return DNSSECAnswer(rdatas, _authentic(answer.response))
+
+    def _dnspython_resolver(self) -> _dnsresolver.Resolver:
+        # Built on first use: reading /etc/resolv.conf is only needed for DANE.
+        if self._dnspython is None:
+            if self.dnssec_nameservers is None:
+                resolver = _dnsresolver.Resolver(configure=True)
+            else:
+                resolver = _dnsresolver.Resolver(configure=False)
+                resolver.nameservers = [_dnsnameserver.Do53Nameserver(a, p) for a, p in self.dnssec_nameservers]
+            resolver.timeout = LOOKUP_TIMEOUT[0]
+            resolver.lifetime = float(sum(LOOKUP_TIMEOUT))
+            # DO asks for DNSSEC; AD in the query (RFC 6840 5.7) asks a
+            # validating resolver to report the status even without DO.
+            resolver.use_edns(0, _dnsflags.DO, 1232)
+            resolver.flags = _dnsflags.RD | _dnsflags.AD
+            self._dnspython = resolver
+        return self._dnspython
 
     def mx(self, domain: str) -> Deferred[list[MXHost]]:
         """Where mail for ``domain`` goes, in delivery order.
@@ -185,6 +277,25 @@ class Resolver:
             lambda r: [b"".join(p.data).decode("utf-8", "replace") for p in _names(r[0], dns.TXT)],
             lambda f: _classify(f, f"TXT lookup for {name}"),
         )
+
+
+def _authentic(response: Any) -> bool:
+    return response is not None and bool(response.flags & _dnsflags.AD)
+
+
+def _classify_dnspython(failure: Failure, what: str) -> Failure:
+    """dnspython's failures as tlsmta's: all of them are worth a retry."""
+    if failure.check(DNSError):
+        return failure
+    if failure.check(_dnsresolver.NoNameservers):
+        return Failure(DNSTransient(f"{what}: server failure"))
+    if failure.check(_dnsexc.Timeout):
+        return Failure(DNSTransient(f"{what}: timed out"))
+    if failure.check(_dnsresolver.NoResolverConfiguration):
+        return Failure(DNSTransient(f"{what}: no resolver configured"))
+    if failure.check(_dnsexc.DNSException, OSError):
+        return Failure(DNSTransient(f"{what}: {failure.getErrorMessage() or type(failure.value).__name__}"))
+    return failure  # a programming error: let it show
 
 
 def canonical_ip(text: str) -> str:

@@ -11,7 +11,8 @@ but its input handling is replaced, because each of these is a fault in it
   message at the end of DATA without leaving DATA mode or buffering lines
   (:mod:`tlsmta.smtp_data`);
 - an over-long command line is 500 and the session goes on;
-- EHLO advertises what is implemented, and MAIL parameters are enforced;
+- EHLO advertises what is implemented, and MAIL parameters are enforced
+  (REQUIRETLS, RFC 8689, only inside TLS);
 - 250 only after the message is durable; a storage failure is 4xx.
 
 Decisions live in pure modules (smtp_commands, smtp_data, acceptance,
@@ -354,6 +355,8 @@ class InboundSMTP(smtp.ESMTP):
         ]
         if self.runtime.offers_starttls and not self.tls_active:
             lines.append("STARTTLS")
+        if self.tls_active:
+            lines.append("REQUIRETLS")  # RFC 8689 2: offered only inside TLS
         if self._auth_offered():
             lines.append("AUTH PLAIN LOGIN")
         return lines
@@ -501,7 +504,7 @@ class InboundSMTP(smtp.ESMTP):
         path = parse_path(arg, "FROM", allow_null=True)
         if path.params and not self.esmtp:
             raise Reject(555, "5.5.4 MAIL parameters need EHLO")
-        params = mail_params(path.params, listener.max_message_size)
+        params = mail_params(path.params, listener.max_message_size, self.tls_active)
         self.sender = path.address
         self.mail_params = params
         self.reply(250, "2.1.0 Ok")
@@ -570,7 +573,7 @@ class InboundSMTP(smtp.ESMTP):
             listener=listener.name,
             smtputf8=self.mail_params.smtputf8,
             body_type=self.mail_params.body,
-            tls=self._tls_fields(),
+            tls=self._receipt_fields(),
         )
         try:
             writer = self.runtime.sink.open(envelope, Throttle(lambda: self._pause("disk"), lambda: self._resume("disk")))
@@ -692,6 +695,14 @@ class InboundSMTP(smtp.ESMTP):
             "subject": self.tls_facts.peer_subject,
             "issuer": self.tls_facts.peer_issuer,
         }
+        return fields
+
+    def _receipt_fields(self) -> dict[str, Any]:
+        """The TLS facts of receipt plus ``requiretls`` (RFC 8689) when the client asked for it;
+        the spool lifts ``requiretls`` into its own metadata field."""
+        fields = self._tls_fields()
+        if self.mail_params.requiretls:
+            fields["requiretls"] = True
         return fields
 
     def _trace_facts(self, envelope: Envelope) -> TraceFacts:

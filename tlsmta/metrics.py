@@ -49,6 +49,10 @@ class Metrics:
         self.verify = Counter(
             "tlsmta_tls_verify", "Certificate verification outcomes", ["direction", "mode", "result"], registry=r
         )
+        self.policies = Counter(
+            "tlsmta_tls_policy", "Delivery attempts by the TLS policy applied (local, mta-sts-*, dane, requiretls) and result",
+            ["policy", "result"], registry=r,
+        )
         self.latency = Histogram(
             "tlsmta_delivery_latency_seconds", "From receipt to delivery", buckets=LATENCY_BUCKETS, registry=r
         )
@@ -76,6 +80,8 @@ class Metrics:
         result = f.get("result") or "-"
         reason = "-" if result == "delivered" else reason_class(f.get("code"), f.get("text"))
         self.deliveries.labels(result, reason).inc()
+        if f.get("tls_policy"):
+            self.policies.labels(f["tls_policy"], result).inc()
         if f.get("tls") == "tls":
             self.handshakes.labels("outbound", f.get("protocol") or "-", "ok").inc()
         elif f.get("verified") in ("no", "softfail") and f.get("reason"):

@@ -22,6 +22,8 @@ from service_identity.hazmat import (
     verify_service_identity,
 )
 
+from tlsmta import tlsrpt  # the RFC 8460 result-type names
+
 
 class VerifyMode(enum.Enum):
     """The four ``tls_verify`` words."""
@@ -312,3 +314,186 @@ def handshake_failed(tls: str, fallback: bool, verdict: Verdict | None, reason: 
     if tls == "ifavailable" and fallback:
         return TLSAction.PLAIN
     return TLSFailure(TLS_ENHANCED_CODE, f"TLS negotiation failed: {reason}")
+
+
+# -- the strictest applicable policy for one MX ----------------------------------------------
+#
+# Local options (tls, tls_verify, fallback) are combined with what the recipient
+# side publishes (MTA-STS, DANE) and what the message asks for (REQUIRETLS, or
+# TLS-Required: No).  Each source can only make the session stricter, except
+# TLS-Required: No, which sets the recipient-side policies aside (RFC 8689 5).
+
+POLICY_LOCAL = "local"
+POLICY_STS_ENFORCE = "mta-sts-enforce"
+POLICY_STS_TESTING = "mta-sts-testing"
+POLICY_DANE = "dane"
+POLICY_REQUIRETLS = "requiretls"
+
+ENCRYPTION_NEEDED = "5.7.10"  # RFC 8689 4.2.1 / RFC 5248: TLS could not be had for a REQUIRETLS message
+REQUIRETLS_NEEDED = "5.7.30"  # RFC 8689 4.2.1: the next hop does not offer REQUIRETLS
+
+
+class DANEStatus(enum.Enum):
+    """What the TLSA lookup for one MX found (RFC 7672 2.2)."""
+
+    NONE = "none"  # not applicable: insecure MX or TLSA RRset, or no TLSA records
+    USABLE = "usable"  # secure, with at least one usable DANE-TA/DANE-EE record
+    UNUSABLE = "unusable"  # secure TLSA RRset, but no record we can use
+    FAILED = "failed"  # the lookup failed (SERVFAIL, bogus, timeout): this MX cannot be used
+
+
+@attrs.frozen
+class STSState:
+    """The recipient domain's MTA-STS policy as it applies to one MX."""
+
+    mode: str  # enforce, testing or none
+    mx_matches: bool
+
+
+class Names(enum.Enum):
+    """Which reference names a certificate must match."""
+
+    DOMAIN_OR_MX = "domain-or-mx"  # tls_verify = host: the recipient domain or the MX host
+    MX = "mx"  # MTA-STS and REQUIRETLS: the MX host name (RFC 8461 4.1, RFC 8689 4.2.1)
+
+
+@attrs.frozen
+class Requirement:
+    """What one session to one MX must achieve, and what follows a failure."""
+
+    policy: str  # the strongest policy applied, for the log and TLS-RPT
+    tls: str  # no, ifavailable, required
+    verify: VerifyMode
+    names: Names = Names.DOMAIN_OR_MX
+    dane: bool = False  # the certificate is judged by the TLSA records, not by CA and names
+    fallback: bool = True  # plain text after a failed handshake (only with tls = ifavailable)
+    requiretls: bool = False  # MAIL FROM ... REQUIRETLS; the next hop must offer REQUIRETLS
+    report_verify: bool = False  # MTA-STS testing: evaluate the enforce checks for reports only
+    unusable: TLSFailure | None = None  # this MX must not be used at all, and why
+    ignored: tuple[str, ...] = ()  # recipient-side policies set aside by TLS-Required: No
+
+    @property
+    def permanent(self) -> bool:
+        """A REQUIRETLS message bounces rather than waits or leaks (RFC 8689 4.2.1)."""
+        return self.requiretls
+
+    def wanted(self, domain: str, mx: str) -> tuple[str, ...]:
+        return (mx,) if self.names is Names.MX else (domain, mx)
+
+    def failure(self, status: str, reason: str) -> TLSFailure:
+        """A TLS failure under this requirement (REQUIRETLS turns it into 5.7.10)."""
+        if self.requiretls:
+            return TLSFailure(ENCRYPTION_NEEDED, f"REQUIRETLS: {reason}")
+        return TLSFailure(status, reason)
+
+
+def effective_requirement(
+    tls: str,
+    verify: VerifyMode,
+    fallback: bool,
+    *,
+    sts: STSState | None = None,
+    dane: DANEStatus = DANEStatus.NONE,
+    requiretls: bool = False,
+    tls_required_no: bool = False,
+    mx_secure: bool = False,
+) -> Requirement:
+    """The strictest of the local options and the external policies, for one MX.
+
+    - DANE (usable TLSA records, RFC 7672) wins over everything: STARTTLS
+      required, no plain-text fallback, the certificate judged by the TLSA
+      records instead of the CA and names (so MTA-STS is not applied, RFC
+      8461 2).  A secure TLSA RRset with no usable record still makes TLS
+      mandatory (unauthenticated, as Postfix does).  A failed TLSA lookup
+      makes the MX unusable.
+    - MTA-STS enforce: STARTTLS required, a CA-verified certificate for the
+      MX host name, no fallback; an MX outside the policy is unusable.
+      Testing: the local options, with the enforce checks evaluated for reports.
+    - REQUIRETLS: verified TLS (host check on the MX name, or DANE), the
+      next hop must offer REQUIRETLS, the MX must be DNSSEC-secure or
+      listed in an MTA-STS policy, and any failure bounces (5.7.x).
+    - TLS-Required: No (without REQUIRETLS): MTA-STS and DANE are ignored,
+      the local options apply.
+    """
+    if requiretls:
+        tls_required_no = False  # RFC 8689 5: the header is ignored when REQUIRETLS is set
+    ignored: tuple[str, ...] = ()
+    if tls_required_no:
+        ignored = tuple(
+            name for name, present in (("mta-sts", sts is not None and sts.mode != "none"), ("dane", dane is not DANEStatus.NONE)) if present
+        )
+        sts, dane = None, DANEStatus.NONE
+    if sts is not None and sts.mode == "none":
+        sts = None
+
+    if dane is DANEStatus.FAILED:
+        req = Requirement(POLICY_DANE, "required", verify, fallback=False, requiretls=requiretls)
+        return attrs.evolve(req, unusable=req.failure(TLS_ENHANCED_CODE, "dane: TLSA lookup failed; MX not usable"))
+    if dane is DANEStatus.USABLE:
+        return Requirement(POLICY_DANE, "required", VerifyMode.NO, dane=True, fallback=False, requiretls=requiretls)
+
+    req = Requirement(POLICY_LOCAL, tls, verify, fallback=fallback, ignored=ignored)
+    if dane is DANEStatus.UNUSABLE:
+        req = attrs.evolve(req, policy=POLICY_DANE, tls="required", fallback=False)
+    if sts is not None and sts.mode == "enforce":
+        req = attrs.evolve(
+            req,
+            policy=POLICY_STS_ENFORCE if req.policy == POLICY_LOCAL else req.policy,
+            tls="required",
+            verify=VerifyMode.HOST,  # optional and ca become an enforcing host check
+            names=Names.MX,
+            fallback=False,
+        )
+        if not sts.mx_matches:
+            req = attrs.evolve(req, unusable=TLSFailure(TLS_ENHANCED_CODE, "MX host not listed in the MTA-STS policy"))
+    elif sts is not None and sts.mode == "testing":
+        req = attrs.evolve(req, policy=POLICY_STS_TESTING if req.policy == POLICY_LOCAL else req.policy, report_verify=True)
+    if requiretls:
+        req = attrs.evolve(
+            req,
+            policy=POLICY_REQUIRETLS,
+            tls="required",
+            verify=VerifyMode.HOST,  # optional and ca become an enforcing host check
+            names=Names.MX,
+            fallback=False,
+            requiretls=True,
+            report_verify=False,
+        )
+        listed = sts is not None and sts.mx_matches
+        if req.unusable is not None:
+            req = attrs.evolve(req, unusable=req.failure(req.unusable.status, req.unusable.reason))
+        elif not (mx_secure or listed):
+            req = attrs.evolve(req, unusable=req.failure(ENCRYPTION_NEEDED, "MX host neither DNSSEC-validated nor listed in an MTA-STS policy"))
+    return req
+
+
+def requiretls_refused(req: Requirement, advertised: bool) -> TLSFailure | None:
+    """After the EHLO inside TLS: a REQUIRETLS message needs the extension there (RFC 8689 4.2.1 step 4)."""
+    if req.requiretls and not advertised:
+        return TLSFailure(REQUIRETLS_NEEDED, "REQUIRETLS: the server does not offer REQUIRETLS")
+    return None
+
+
+# -- TLS-RPT result types (RFC 8460 4.3) for what a session saw -------------------------------
+
+RPT_STARTTLS_NOT_SUPPORTED = tlsrpt.STARTTLS_NOT_SUPPORTED
+RPT_CERT_HOST_MISMATCH = tlsrpt.CERTIFICATE_HOST_MISMATCH
+RPT_CERT_EXPIRED = tlsrpt.CERTIFICATE_EXPIRED
+RPT_CERT_NOT_TRUSTED = tlsrpt.CERTIFICATE_NOT_TRUSTED
+RPT_VALIDATION_FAILURE = tlsrpt.VALIDATION_FAILURE
+RPT_DNSSEC_INVALID = tlsrpt.DNSSEC_INVALID
+
+_EXPIRED_ERRNOS = frozenset({9, 10})  # X509_V_ERR_CERT_NOT_YET_VALID, X509_V_ERR_CERT_HAS_EXPIRED
+
+
+def certificate_result_type(verdict: Verdict, errors: Sequence[ChainError]) -> str:
+    """The RFC 8460 failure type of a certificate verdict that did not pass."""
+    if verdict.reason.startswith("dane:"):
+        return RPT_VALIDATION_FAILURE
+    if any(e.errno in _EXPIRED_ERRNOS for e in errors):
+        return RPT_CERT_EXPIRED
+    if any(e.errno in UNTRUSTED_ERRNOS for e in errors):
+        return RPT_CERT_NOT_TRUSTED
+    if "name does not match" in verdict.reason:
+        return RPT_CERT_HOST_MISMATCH
+    return RPT_VALIDATION_FAILURE

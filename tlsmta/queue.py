@@ -295,6 +295,9 @@ class Queue:
                 recipients=[RecipientState(message.sender, route, "default")],
                 received_at=now.timestamp(),
                 listener="dsn",
+                # RFC 8689: what failed for a REQUIRETLS message (its headers among it)
+                # goes back only over the same verified TLS, never in the clear.
+                requiretls=message.requiretls,
             )
             await self.spool.disk.run(self.spool.store_blocking, dsn, data)
             self.add(dsn)

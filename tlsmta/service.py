@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import os
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -34,12 +35,14 @@ from tlsmta.hooks import HookError, Hooks, load_hooks
 from tlsmta.inbound import InboundFactory, ListenerRuntime
 from tlsmta.intake import Intake
 from tlsmta.maildir import LocalSink
+from tlsmta.mtasts import PolicyFetcher, STSCache, STSResolver
 from tlsmta.metrics import Metrics, metrics_site
 from tlsmta.queue import Queue
 from tlsmta.routes import parse_route
 from tlsmta.spool import Spool
 from tlsmta.store import MessageSink
 from tlsmta.tlslab import dev_names, lab_server_tls, log_dev_ca
+from tlsmta.tlsrpt_sender import TLSRPTService
 
 log = Logger(namespace="tlsmta.service")
 
@@ -261,7 +264,7 @@ class TlsmtaService(MultiService):
         self.adjust: ConfigAdjust = adjust or (lambda c: c)  # command-line overrides, kept across reloads
         self.config = config
         self.reactor = reactor
-        self.resolver = Resolver(config.dns, dns_backend)
+        self.resolver = Resolver(config.dns, dns_backend, reactor=reactor)
         self.hostname = effective_hostname(config)
         self.disk = DiskIO(reactor)
         DiskService(self.disk).setServiceParent(self)
@@ -283,6 +286,7 @@ class TlsmtaService(MultiService):
             route_for=lambda domain: resolve(self.config, domain)["route"].value,
         )
         self.pool.is_self = self.is_own_address
+        self.pool.sts = self._sts_resolver()
         QueueService(self.spool, self.queue).setServiceParent(self)
         self.sink: MessageSink = Intake(local, self.spool, self.queue)
         self.listeners: dict[str, ListenerService] = {}
@@ -307,6 +311,24 @@ class TlsmtaService(MultiService):
             self.web.setServiceParent(self)
         self.control = ControlService(reactor, config.control["socket"], ControlFactory(self.queue, self.reload))
         self.control.setServiceParent(self)
+        self.tlsrpt = TLSRPTService(self)
+        self.tlsrpt.setServiceParent(self)
+
+    def _sts_resolver(self) -> STSResolver:
+        """MTA-STS discovery: TXT through our resolver, HTTPS fetches on the configured port
+        trusting the domain's tls_ca (or the system store), policies cached in state_dir/mta-sts."""
+        fetcher = PolicyFetcher(
+            self.reactor,
+            self.resolver.addresses,
+            port=lambda: self.config.global_option("mta_sts_https_port"),
+            ca_for=self.config_tls_ca,
+        )
+        cache = STSCache(os.path.join(self.config.state_dir, "mta-sts"), run=self.disk.run)
+        return STSResolver(self.resolver.txt, fetcher, cache, now=self.reactor.seconds)
+
+    def config_tls_ca(self, domain: str) -> str | None:
+        """The trust anchors configured for ``domain`` (its tls_ca), None for the system store."""
+        return resolve(self.config, domain)["tls_ca"].value
 
     def is_own_address(self, ip: str, port: int) -> bool:
         """Whether delivering to ip:port would reach one of our own listeners (a mail loop)."""

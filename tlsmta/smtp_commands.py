@@ -146,13 +146,22 @@ class MailParams:
     size: int | None = None
     body: str = "7BIT"
     smtputf8: bool = False
+    requiretls: bool = False
 
 
-def mail_params(params: dict[str, str | None], max_size: int) -> MailParams:
-    """Validate MAIL parameters: SIZE (RFC 1870), BODY (RFC 6152), SMTPUTF8 (RFC 6531)."""
+# RFC 8689 defines no reply for REQUIRETLS outside TLS (it is advertised only
+# inside TLS); RFC 3207's 530 "issue STARTTLS first" with 5.7.10 "encryption
+# needed" (RFC 5248 registry) tells the client what to do.
+REQUIRETLS_NEEDS_TLS = (530, "5.7.10 REQUIRETLS needs a TLS session: issue STARTTLS first")
+
+
+def mail_params(params: dict[str, str | None], max_size: int, tls_active: bool = False) -> MailParams:
+    """Validate MAIL parameters: SIZE (RFC 1870), BODY (RFC 6152), SMTPUTF8 (RFC 6531),
+    REQUIRETLS (RFC 8689, only inside TLS)."""
     size = None
     body = "7BIT"
     smtputf8 = False
+    requiretls = False
     for key, value in params.items():
         if key == "SIZE":
             # ASCII digits only: str.isdigit() also admits "²", which int() refuses.
@@ -169,9 +178,15 @@ def mail_params(params: dict[str, str | None], max_size: int) -> MailParams:
             if value is not None:
                 raise Reject(501, "5.5.4 SMTPUTF8 takes no value")
             smtputf8 = True
+        elif key == "REQUIRETLS":
+            if value is not None:
+                raise Reject(501, "5.5.4 REQUIRETLS takes no value")
+            if not tls_active:
+                raise Reject(*REQUIRETLS_NEEDS_TLS)
+            requiretls = True
         else:
             raise Reject(555, f"5.5.4 unsupported MAIL parameter {key}")
-    return MailParams(size, body, smtputf8)
+    return MailParams(size, body, smtputf8, requiretls)
 
 
 def rcpt_params(params: dict[str, str | None]) -> None:

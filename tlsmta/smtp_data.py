@@ -194,3 +194,61 @@ class HopCounter:
 
     def _count(self, lines: list[bytes]) -> None:
         self.hops += sum(1 for line in lines if line[:9].lower() == b"received:")
+
+
+class TLSRequiredScanner:
+    """Finds ``TLS-Required: No`` (RFC 8689 3) in a message's header section, streaming.
+
+    Fed the CRLF message as it is stored; keeps at most :attr:`KEEP` bytes of
+    the current line and field (unfolded), and stops at the blank line that
+    ends the header section, so the body is never looked at.  The field name
+    is case-insensitive, and so is the value ``No`` (ABNF strings); anything
+    else in the value does not count.  Call :meth:`finish` at the end of the
+    message (a message that is all header section has no blank line).
+    """
+
+    KEEP = 64
+
+    def __init__(self) -> None:
+        self.tls_required_no = False
+        self.done = False
+        self._partial = b""
+        self._field: bytes | None = None
+
+    def feed(self, data: bytes) -> None:
+        if self.done or not data:
+            return
+        text = self._partial + data
+        ends = [i for i in (text.find(b"\n\r\n"), text.find(b"\n\n")) if i >= 0]
+        if ends:
+            text = text[: min(ends) + 3]  # up to the blank line; the body is none of our business
+        lines = text.split(b"\n")
+        self._partial = lines.pop()[: self.KEEP]
+        for line in lines:
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            if not line:
+                self._partial = b""
+                self.finish()
+                return
+            if line[:1] in (b" ", b"\t"):
+                if self._field is not None:  # a folded continuation of the field
+                    self._field = (self._field + line)[: self.KEEP]
+            else:
+                self._end_field()
+                self._field = line[: self.KEEP]
+
+    def finish(self) -> None:
+        """The header section is over: judge the field still open."""
+        if self._partial and not self.done:
+            self.feed(b"\n")
+        self._end_field()
+        self.done = True
+        self._partial = b""
+
+    def _end_field(self) -> None:
+        if self._field is not None:
+            name, colon, value = self._field.partition(b":")
+            if colon and name.strip().lower() == b"tls-required" and value.strip(b" \t").lower() == b"no":
+                self.tls_required_no = True
+        self._field = None

@@ -30,6 +30,7 @@ import attrs
 from tlsmta.diskio import DiskIO
 from tlsmta.filewriter import StreamingWriter, TempFile, remove_if_present, write_all
 from tlsmta.routes import Route, parse_route
+from tlsmta.smtp_data import TLSRequiredScanner
 from tlsmta.store import NO_THROTTLE, Envelope, Throttle
 
 FORMAT = 1
@@ -76,6 +77,10 @@ class QueuedMessage:
     peer: str = ""
     listener: str = ""
     tls: dict[str, Any] = attrs.field(factory=dict)
+    # RFC 8689: MAIL FROM ... REQUIRETLS, and a "TLS-Required: No" header
+    # field.  Both are recorded as received; REQUIRETLS wins when both are set.
+    requiretls: bool = False
+    tls_required_no: bool = False
 
     @property
     def pending(self) -> list[RecipientState]:
@@ -101,6 +106,8 @@ class QueuedMessage:
             "peer": self.peer,
             "listener": self.listener,
             "tls": self.tls,
+            "requiretls": self.requiretls,
+            "tls_required_no": self.tls_required_no,
         }
         return json.dumps(data, separators=(",", ":")).encode("utf-8")
 
@@ -148,10 +155,17 @@ class QueuedMessage:
             peer=data["peer"],
             listener=data["listener"],
             tls=data["tls"],
+            # Absent from records written before RFC 8689 support.
+            requiretls=bool(data.get("requiretls", False)),
+            tls_required_no=bool(data.get("tls_required_no", False)),
         )
 
     @classmethod
     def from_envelope(cls, envelope: Envelope) -> QueuedMessage:
+        """The record of a message being received; the inbound session passes
+        REQUIRETLS among the facts of receipt, and it gets its own field here."""
+        tls = dict(envelope.tls)
+        requiretls = bool(tls.pop("requiretls", False))
         return cls(
             id=envelope.message_id,
             sender=envelope.sender,
@@ -163,7 +177,8 @@ class QueuedMessage:
             helo=envelope.helo,
             peer=envelope.peer,
             listener=envelope.listener,
-            tls=dict(envelope.tls),
+            tls=tls,
+            requiretls=requiretls,
         )
 
 
@@ -177,13 +192,18 @@ def _write_file(path: str, data: bytes) -> None:
 
 
 class SpoolFile:
-    """The body and metadata of one new message (a FileTarget; disk thread)."""
+    """The body and metadata of one new message (a FileTarget; disk thread).
+
+    The header section is scanned for ``TLS-Required: No`` as it is written,
+    so the metadata written at :meth:`finish` records it without re-reading.
+    """
 
     def __init__(self, spool: Spool, message: QueuedMessage):
         self.spool = spool
         self.message = message
         self.body = TempFile(os.path.join(spool.tmp_dir, message.id + ".eml"))
         self.tmp_meta = os.path.join(spool.tmp_dir, message.id + ".json")
+        self.headers = TLSRequiredScanner()
 
     @property
     def directories(self) -> Sequence[str]:
@@ -192,8 +212,11 @@ class SpoolFile:
     def append(self, data: bytes) -> None:
         self.body.append(data)
         self.message.size += len(data)
+        self.headers.feed(data)
 
     def finish(self) -> None:
+        self.headers.finish()
+        self.message.tls_required_no = self.headers.tls_required_no
         self.body.sync_and_close()
         _write_file(self.tmp_meta, self.message.to_json())
         os.rename(self.body.path, self.spool.body_path(self.message.id))

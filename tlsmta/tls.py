@@ -266,8 +266,13 @@ class CertificateCheck:
         hook_context: HookContext | None = None,
         enforce_in_handshake: bool = False,
         names_in_handshake: bool = True,
+        record: bool = False,
     ):
         self.mode = mode
+        # record: ask for the certificate and note every chain error even under
+        # tls_verify = no, without failing anything (DANE judges the chain after
+        # the handshake; MTA-STS testing evaluates the enforce checks for reports).
+        self.record = record
         self.wanted = tuple(wanted)
         self.hook = hook
         self.hook_context = hook_context
@@ -282,11 +287,14 @@ class CertificateCheck:
         # A resumed session shows no certificate; it carries the verdict of the
         # full handshake it came from (cached under the same policy and names).
         self.resumed_verdict: policy.Verdict | None = None
+        # A verdict reached after the handshake by other means (DANE's TLSA match),
+        # replacing the CA and name checks.
+        self.external_verdict: policy.Verdict | None = None
 
     @property
     def wants_certificate(self) -> bool:
         """Whether to ask the peer for a certificate / check the one it sends."""
-        return self.mode.checks_chain or self.hook is not None
+        return self.mode.checks_chain or self.hook is not None or self.record
 
     def install(self, conn: SSL.Connection) -> None:
         """Set this session's verify callback on ``conn``."""
@@ -337,6 +345,10 @@ class CertificateCheck:
         hook_error = self.hook_error or self.internal_error
         return ChainResult(tuple(self.errors), dict(self.hook_answers), hook_error)
 
+    def chain_result(self) -> ChainResult:
+        """What the callback recorded, for verdicts under another mode (reports)."""
+        return self._chain_result()
+
     @property
     def presented(self) -> PresentedNames | None:
         return presented_names(self.leaf) if self.leaf is not None else None
@@ -345,6 +357,8 @@ class CertificateCheck:
         """The policy verdict with what has been seen so far."""
         if self.resumed_verdict is not None:
             return self.resumed_verdict
+        if self.external_verdict is not None:
+            return self.external_verdict
         names = self.wanted if wanted is None else tuple(wanted)
         return policy.decide(self.mode, self._chain_result(), self.presented, names)
 
