@@ -170,14 +170,19 @@ def _listening(port: int) -> bool:
         return False
 
 
+def run_session(sock: Any) -> list[bytes]:
+    """The banner and the last line of each SESSION command's reply."""
+    f = sock.makefile("rb")
+    replies = [read_reply(f)]
+    for command in SESSION:
+        sock.sendall(command)
+        replies.append(read_reply(f))
+    return replies
+
+
 def converse_from(source: str, port: int) -> list[bytes]:
     with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT, source_address=(source, 0)) as sock:
-        f = sock.makefile("rb")
-        replies = [read_reply(f)]
-        for command in SESSION:
-            sock.sendall(command)
-            replies.append(read_reply(f))
-        return replies
+        return run_session(sock)
 
 
 @pytest_twisted.ensureDeferred
@@ -213,12 +218,7 @@ async def test_implicit_tls_behind_the_header(tmp_path: Any, pki: Any) -> None:
                 raw.sendall(v2_header("198.51.100.9"))
                 ctx: ssl.SSLContext = client_context(pki.ca_pem)
                 with ctx.wrap_socket(raw, server_hostname="mx.example.test") as sock:
-                    f = sock.makefile("rb")
-                    replies = [read_reply(f)]
-                    for command in SESSION:
-                        sock.sendall(command)
-                        replies.append(read_reply(f))
-                    return replies
+                    return run_session(sock)
 
         replies = await in_thread(over_tls)
     finally:
