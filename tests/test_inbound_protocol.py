@@ -103,6 +103,20 @@ def test_recipients_answered_one_by_one_partial_acceptance() -> None:
     assert [r.address for r in stored.envelope.recipients] == ["y@local.test"]
 
 
+def test_repeated_recipient_is_kept_once(session: Session) -> None:
+    """RCPT for an address already given (domain in another case) is answered 250 and
+    kept once; another local part, even differing only in case, is another recipient."""
+    session.new_replies()
+    session.ehlo()
+    replies = session.send(
+        "MAIL FROM:<a@client.test>\r\nRCPT TO:<bob@example.com>\r\nRCPT TO:<bob@EXAMPLE.com>\r\n"
+        "RCPT TO:<Bob@example.com>\r\nDATA\r\nhi\r\n.\r\n"
+    )
+    assert [r[:9] for r in replies] == ["250 2.1.0", "250 2.1.5", "250 2.1.5", "250 2.1.5", "354 End d", "250 2.0.0"]
+    [stored] = session.sink.stored
+    assert [r.address for r in stored.envelope.recipients] == ["bob@example.com", "Bob@example.com"]
+
+
 def test_data_without_valid_recipient_is_554(session: Session) -> None:
     """DATA with no accepted recipient is refused."""
     session.new_replies()

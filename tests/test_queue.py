@@ -263,6 +263,16 @@ def test_delivered_message_leaves_memory_and_disk(h):
     assert h.clock.getDelayedCalls() == []
 
 
+def test_a_recipient_recorded_twice_is_delivered_once(h):
+    """A spool record naming one address twice (written before RCPT deduplication): one
+    delivery settles both entries; the message is done, not retried at every step."""
+    h.submit(new_message("m1", ["bob@example.com", "bob@example.com"]))
+    h.clock.advance(0)
+    assert h.queue.messages == {} and h.files() == set()
+    h.clock.advance(SCHEDULE[-1] * 3)
+    assert len(h.deliver.attempts_of("m1")) == 1
+
+
 # -- deferrals and retries ------------------------------------------------------------------------------
 
 

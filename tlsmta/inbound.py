@@ -137,6 +137,7 @@ class InboundSMTP(smtp.ESMTP):
         self.sender: str | None = None
         self.mail_params = MailParams()
         self.recipients: list[Recipient] = []
+        self._recipient_keys: set[tuple[str, str]] = set()
         self._reader: DataReader | None = None
         self._hops = HopCounter()
         self._writer: MessageWriter | None = None
@@ -535,7 +536,13 @@ class InboundSMTP(smtp.ESMTP):
         route = resolve(config, domain, binding)["route"].value
         if not self.runtime.sink.accepts(route):
             raise Reject(451, f"4.3.2 Error: cannot deliver to route {route} yet")
-        self.recipients.append(Recipient(address, route, binding))
+        # A repeated recipient is answered like the first and kept once (as Postfix does):
+        # the queue tracks each recipient's state, and two entries for one address would
+        # leave one pending for ever and the message delivered again at every retry.
+        key = (address.rpartition("@")[0], domain)
+        if key not in self._recipient_keys:
+            self._recipient_keys.add(key)
+            self.recipients.append(Recipient(address, route, binding))
         self.reply(250, "2.1.5 Ok")
 
     def _binding_for(self, address: str, domain: str) -> str:

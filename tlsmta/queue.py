@@ -225,18 +225,25 @@ class Queue:
     # -- after an attempt ------------------------------------------------------------------
 
     async def _attempt_done(self, message: QueuedMessage, jobs: list[DeliveryJob], outcomes: list[tuple[bool, Any]]) -> None:
-        by_address = {r.address: r for r in message.recipients}
+        # Every record of an address gets its result: spool records written before RCPT
+        # deduplication may hold one address twice, and a record left pending would be
+        # delivered again at every retry.
+        by_address: dict[str, list[RecipientState]] = {}
+        for r in message.recipients:
+            by_address.setdefault(r.address, []).append(r)
         newly_bounced = []
         for job, (ok, value) in zip(jobs, outcomes):
             if not ok:
                 log.failure("delivery job failed", value)
                 value = [RecipientResult(r.address, PENDING, "451 4.3.0 internal error") for r in job.recipients]
             for result in value:
-                rcpt = by_address[result.address]
-                rcpt.status = result.status
-                rcpt.last = result.reply + (f" (from {result.remote})" if result.remote else "")
-                if result.status == BOUNCED:
-                    newly_bounced.append(rcpt)
+                for rcpt in by_address[result.address]:
+                    if rcpt.status != PENDING:
+                        continue
+                    rcpt.status = result.status
+                    rcpt.last = result.reply + (f" (from {result.remote})" if result.remote else "")
+                    if result.status == BOUNCED:
+                        newly_bounced.append(rcpt)
         message.attempts += 1
         now = self.now()
         expired = now - message.received_at >= self.max_lifetime
