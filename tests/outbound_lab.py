@@ -112,7 +112,8 @@ class ScriptedSMTP(LineReceiver):
     a handshake; ``inject``: says 220 and pipelines a fake reply after it;
     ``stall``: says 220 and then nothing (a handshake that never completes);
     ``none``: does not advertise STARTTLS; ``reset``: drops the connection in
-    the middle of DATA.
+    the middle of DATA; ``odd-size``: no STARTTLS, and a SIZE whose "digits"
+    are not ASCII (``²``, which str.isdigit() accepts and int() refuses).
     """
 
     delimiter = b"\r\n"
@@ -137,8 +138,9 @@ class ScriptedSMTP(LineReceiver):
         verb = line[:4].upper()
         self.factory.commands.append(line)
         if verb == b"EHLO":
-            starttls = [] if self.factory.mode == "none" else [b"250-STARTTLS"]
-            for reply in [b"250-scripted.test", b"250-PIPELINING", *starttls, b"250 8BITMIME"]:
+            starttls = [] if self.factory.mode in ("none", "odd-size") else [b"250-STARTTLS"]
+            size = ["250-SIZE ²".encode()] if self.factory.mode == "odd-size" else []
+            for reply in [b"250-scripted.test", b"250-PIPELINING", *size, *starttls, b"250 8BITMIME"]:
                 self.sendLine(reply)
         elif verb == b"STAR":
             self.factory.starttls += 1

@@ -1120,3 +1120,39 @@ def test_route_option_parsed(tmp_path: Path) -> None:
     assert os.path.isabs(global_route.path)
     assert resolve(config, DOMAIN)["route"] == Resolved(parse_route("smtp:relay.example.net:587"), 'domain."example.com"')
     assert resolve(config, "example.org")["route"] == Resolved(global_route, "global")
+
+
+@pytest.mark.parametrize(
+    ("line", "key", "why"),
+    [
+        ('tls_ciphers = "ECDHE-RSA-AES256-GMC-SHA384"', "tls_ciphers", "matches no cipher OpenSSL knows"),
+        ('tlsv13_ciphersuites = "TLS_AES_256_GMC_SHA384"', "tlsv13_ciphersuites", "matches no TLS 1.3 ciphersuite"),
+    ],
+)
+def test_openssl_strings_that_match_nothing_are_refused(tmp_path: Path, line: str, key: str, why: str) -> None:
+    """A cipher typo is a config error, not a TLS failure on every later session."""
+    path = write(tmp_path, f'[domain."example.com"]\n{line}\n')
+    problem = only_problem(path)
+    assert_names(problem, path, 'domain."example.com"', key)
+    assert why in problem.why
+
+
+def test_ca_file_without_certificates_is_refused(tmp_path: Path) -> None:
+    empty = tmp_path / "ca.pem"
+    empty.write_text("not a certificate\n")
+    path = write(tmp_path, f'[global]\ntls_ca = "{empty}"\n')
+    problem = only_problem(path)
+    assert_names(problem, path, "global", "tls_ca")
+    assert "holds no PEM certificate" in problem.why
+
+
+def test_valid_openssl_strings_pass(tmp_path: Path) -> None:
+    import trustme
+
+    ca = tmp_path / "ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(ca))
+    path = write(
+        tmp_path,
+        f'[global]\ntls_ciphers = "ECDHE+AESGCM:!aNULL"\ntlsv13_ciphersuites = "TLS_AES_256_GCM_SHA384"\ntls_ca = "{ca}"\n',
+    )
+    assert load(path).global_options["tls_ciphers"] == "ECDHE+AESGCM:!aNULL"

@@ -173,6 +173,7 @@ async def test_outbound_verify_hook_decides(tmp_path: Any, pki: Any, events: lis
     assert event["result"] == "delivered" and event["verified"] == "yes"
     ctx = verify_hooks.calls[0][3]
     assert (ctx.direction, ctx.domain, ctx.mx_host) == ("outbound", DOMAIN, MX)
+    assert ctx.message_id == event["msgid"]  # the message this connection carries
 
 
 @pytest_twisted.ensureDeferred
@@ -243,6 +244,45 @@ async def test_no_connection_without_a_message(tmp_path: Any, pki: Any, events: 
         await receiver.stop()
     assert [e["result"] for e in deliveries(events)] == ["delivered"] * 40
     assert receiver.service.listeners["receiver"].inbound.connections_total == 40
+
+
+@pytest_twisted.ensureDeferred
+async def test_non_ascii_size_limit_is_ignored(tmp_path: Any, pki: Any, events: list) -> None:
+    """A SIZE keyword with a non-ASCII "number" (a hostile or broken server) is no limit;
+    it used to raise inside the transaction and leave the message in flight for ever."""
+    factory, port = await start_scripted("odd-size")
+    sender = await start_sender(tmp_path, port.getHost().port, pki.ca_pem, tls="no")
+    try:
+        await submit_and_settle(sender)
+    finally:
+        await sender.stop()
+        await port.stopListening()
+    [event] = deliveries(events)
+    assert event["result"] == "delivered" and len(factory.messages) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failing_transaction_defers_its_message_and_closes(tmp_path: Any, pki: Any, events: list, monkeypatch: Any) -> None:
+    """Whatever goes wrong inside a transaction, the message is settled (deferred 451 4.3.0,
+    retried later), not left in flight, and the connection is closed."""
+    from tlsmta.delivery import OutboundPool
+
+    async def broken(*args: Any) -> Any:
+        raise RuntimeError("a bug in the middle of a transaction")
+
+    monkeypatch.setattr(OutboundPool, "transaction", broken)
+    factory, port = await start_scripted("none")
+    sender = await start_sender(tmp_path, port.getHost().port, pki.ca_pem, tls="no")
+    try:
+        await submit_and_settle(sender)
+        queue = sender.service.queue
+        assert queue.in_flight == set() and len(queue.messages) == 1
+        await eventually(lambda: not sender.service.pool.connections, timeout=10)
+    finally:
+        await sender.stop()
+        await port.stopListening()
+    [event] = deliveries(events)
+    assert event["result"] == "deferred" and "4.3.0" in event["text"]
 
 
 @pytest_twisted.ensureDeferred

@@ -18,6 +18,7 @@ from typing import Any
 
 import attrs
 import idna
+from OpenSSL import SSL
 
 from tlsmta.devcert import LAB_MODES
 from tlsmta.routes import Route, RouteError, parse_route
@@ -120,7 +121,36 @@ def _ca_location(value: Any) -> str:
     path = _str(value)
     if not (os.path.isfile(path) or os.path.isdir(path)):
         raise ValueError(f"CA file or directory {path!r} does not exist")
+    if os.path.isfile(path):
+        try:
+            _scratch_context().load_verify_locations(path)
+        except SSL.Error:
+            raise ValueError(f"CA file {path!r} holds no PEM certificate") from None
     return path
+
+
+def _scratch_context() -> SSL.Context:
+    return SSL.Context(SSL.TLS_METHOD)
+
+
+# OpenSSL strings are tried on a scratch context now: a typo that matches no cipher
+# would otherwise pass check-config and fail every TLS session that uses it.
+def _cipher_list(value: Any) -> str:
+    text = _str(value)
+    try:
+        _scratch_context().set_cipher_list(text.encode("ascii"))
+    except (SSL.Error, UnicodeEncodeError):
+        raise ValueError(f"{text!r} matches no cipher OpenSSL knows") from None
+    return text
+
+
+def _tls13_suites(value: Any) -> str:
+    text = _str(value)
+    try:
+        _scratch_context().set_tls13_ciphersuites(text.encode("ascii"))
+    except (SSL.Error, UnicodeEncodeError):
+        raise ValueError(f"{text!r} matches no TLS 1.3 ciphersuite OpenSSL knows") from None
+    return text
 
 
 def _route(value: Any) -> Route:
@@ -237,8 +267,8 @@ DELIVERY_OPTIONS: dict[str, Option] = {
     "tls_key": Option(_file_or_none, None, "client key"),
     "tls_ifavailable_fallback": Option(_bool, True, "plain-text retry after a failed handshake"),
     "tls_protocols": Option(_protocols, parse_protocols("+ALL"), "allowed protocol versions"),
-    "tls_ciphers": Option(_str, None, "OpenSSL cipher list (TLS 1.2 and below)"),
-    "tlsv13_ciphersuites": Option(_str, None, "OpenSSL TLS 1.3 ciphersuites"),
+    "tls_ciphers": Option(_cipher_list, None, "OpenSSL cipher list (TLS 1.2 and below)"),
+    "tlsv13_ciphersuites": Option(_tls13_suites, None, "OpenSSL TLS 1.3 ciphersuites"),
     "route": Option(_route, parse_route("mx"), "where mail for the domain goes"),
     "smtp_port": Option(_int(1, 65535), 25, "port for MX and smarthost routes"),
     "max_connections": Option(_int(1), 20, "connections per destination"),
@@ -276,8 +306,8 @@ LISTENER_OPTIONS: dict[str, Option] = {
     "tls_client_ca": Option(_ca_location, None, "CAs for client certificates"),
     "tls_verify": Option(_enum("no", "ca", "host", "optional"), "no", "client certificates"),
     "tls_protocols": Option(_protocols, parse_protocols("+ALL:-TLSv1.0:-TLSv1.1")),
-    "tls_ciphers": Option(_str, None),
-    "tlsv13_ciphersuites": Option(_str, None),
+    "tls_ciphers": Option(_cipher_list, None),
+    "tlsv13_ciphersuites": Option(_tls13_suites, None),
     "local_domains": Option(_domains, frozenset()),
     "relay_networks": Option(_networks, ()),
     "proxy_networks": Option(

@@ -149,6 +149,7 @@ class Attempt:
     facts: ExternalFacts = attrs.field(factory=ExternalFacts)
     # TLS-RPT: (success, RFC 8460 result type, reason); None when no TLS result to report.
     rpt: tuple[bool, str | None, str] | None = None
+    message_id: str | None = None  # the first message this connection carries (the verify hook's ctx)
 
 
 @attrs.frozen
@@ -338,6 +339,7 @@ class Destination:
         first = self.take()
         if first is None:
             return _Step.DONE
+        attempt.message_id = first[0].message.id
         try:
             proto = await self.pool.connect(attempt.ip, attempt.port, self.options["source_address"])
         except Exception as e:
@@ -355,6 +357,10 @@ class Destination:
             attempt.failure = attempt.failure or f"451 4.4.2 {attempt.mx}[{attempt.ip}]: {e.reason}"
             proto.abort()
             return _Step.NEXT_HOST
+        except Exception:
+            self.jobs.appendleft(first)  # run_session defers it with the others
+            proto.abort()
+            raise
         try:
             await self._transactions(proto, attempt, caps, first)
             self.pool.remember_tls_session(self, attempt, proto)
@@ -364,6 +370,9 @@ class Destination:
             attempt.failure = attempt.failure or f"451 4.4.2 {attempt.mx}[{attempt.ip}]: {e.reason}"
             proto.abort()
             return _Step.NEXT_HOST
+        except Exception:
+            proto.abort()
+            raise
 
     async def _greet(self, proto: OutboundSMTP, attempt: Attempt, plain_only: bool) -> tuple[_Step | None, dict[str, str]]:
         """Banner, EHLO and STARTTLS per policy; (a step to take instead, capabilities)."""
@@ -509,6 +518,13 @@ class Destination:
                 self.pool.log_job(job, self, attempt, results)
                 d.callback(results)
                 raise
+            except Exception:
+                # A bug or a reply nobody foresaw: this job is settled (deferred) here, since the
+                # session's error handler only sees the jobs still queued; it must not stay in flight.
+                results = results_for(job, 451, "4.3.0 internal error during delivery", attempt.mx)
+                self.pool.log_job(job, self, attempt, results)
+                d.callback(results)
+                raise
             self.pool.log_job(job, self, attempt, results)
             d.callback(results)
             sent += 1
@@ -648,12 +664,11 @@ class OutboundPool:
         assert req is not None
         # Under DANE the TLSA records decide, after the handshake: no CA check, no hook.
         hook = self.hooks.outbound_tls_verify_callback if req.verify is not VerifyMode.NO and not req.dane else None
-        first = dest.jobs[0][0].message.id if dest.jobs else None
         return tls.CertificateCheck(
             req.verify,
             wanted=req.wanted(dest.domain, attempt.mx),
             hook=hook,
-            hook_context=tls.HookContext("outbound", dest.domain, attempt.mx, dest.binding, first, attempt.ip),
+            hook_context=tls.HookContext("outbound", dest.domain, attempt.mx, dest.binding, attempt.message_id, attempt.ip),
             enforce_in_handshake=True,
             record=req.dane or req.report_verify,
         )
@@ -699,7 +714,7 @@ class OutboundPool:
         message = job.message
         remote = attempt.mx
         limit = caps.get("SIZE", "")
-        if limit.isdigit() and int(limit) and message.size > int(limit):
+        if limit.isascii() and limit.isdigit() and int(limit) and message.size > int(limit):
             return results_for(job, 552, f"5.3.4 message size {message.size} exceeds {remote}'s limit {limit}", remote)
         if message.smtputf8 and "SMTPUTF8" not in caps:
             return results_for(job, 553, f"5.6.7 {remote} does not support SMTPUTF8", remote)
