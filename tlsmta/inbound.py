@@ -7,9 +7,10 @@ but its input handling is replaced, because each of these is a fault in it
 - bytes pipelined after STARTTLS are discarded, never run inside TLS;
 - STARTTLS resets the whole session; the client must EHLO again;
 - MAIL before HELO/EHLO is 503;
-- DATA ends only at CRLF.CRLF; bare CR/LF and over-long lines reject the
-  message at the end of DATA without leaving DATA mode or buffering lines
-  (:mod:`tlsmta.smtp_data`);
+- DATA ends only at CRLF.CRLF; bare CR/LF, over-long lines and a first
+  line starting with SP/HTAB (it would fold into our Received: header)
+  reject the message at the end of DATA without leaving DATA mode or
+  buffering lines (:mod:`tlsmta.smtp_data`);
 - an over-long command line is 500 and the session goes on;
 - EHLO advertises what is implemented, and MAIL parameters are enforced
   (REQUIRETLS, RFC 8689, only inside TLS);
