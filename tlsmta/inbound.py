@@ -150,7 +150,9 @@ class InboundSMTP(smtp.ESMTP):
             hook=self.runtime.hooks.inbound_tls_verify_callback,
             hook_context=HookContext(direction="inbound", listener=listener.name),
             enforce_in_handshake=False,  # refuse at MAIL with 530 instead
-            names_in_handshake=False,  # the EHLO name is not known yet
+            # The EHLO name is not known yet: the hook is shown the chain result
+            # only, so its depth-0 answer cannot override the name check (policy.decide).
+            names_in_handshake=False,
         )
 
     def client_verdict(self) -> Verdict | None:
