@@ -316,6 +316,17 @@ def test_binary_junk_keeps_session_alive(session: Session) -> None:
     assert session.codes("NOOP\r\n") == [250]
 
 
+@pytest.mark.parametrize("verb", ["HELO", "EHLO"])
+def test_greeting_with_control_characters_is_refused(session: Session, verb: str) -> None:
+    """A HELO/EHLO name with terminal escape sequences is 501 5.5.2 and not taken as the client's name."""
+    session.new_replies()
+    replies = session.send(f"{verb} evil\x1b]0;OWNED-TITLE\x07\x1b[2J\r\n")
+    assert len(replies) == 1 and replies[0].startswith("501 5.5.2 "), replies
+    assert session.proto.helo is None
+    assert session.codes("MAIL FROM:<a@client.test>\r\n") == [503]
+    assert session.codes(f"{verb} client.test\r\n")[-1] == 250
+
+
 def test_rset_noop_vrfy_quit(session: Session) -> None:
     """RSET clears the transaction, NOOP/VRFY answer, QUIT closes."""
     session.new_replies()

@@ -52,6 +52,7 @@ from tlsmta.smtp_commands import (
     PARAMETER_ALLOWANCE,
     MailParams,
     Reject,
+    greeting_name,
     line_limit,
     mail_params,
     parse_path,
@@ -370,10 +371,7 @@ class InboundSMTP(smtp.ESMTP):
         return self.tls_active or not self.runtime.listener.require_tls_for_auth
 
     def _greet(self, arg: bytes, esmtp: bool) -> None:
-        words = arg.split()
-        name = words[0].decode("utf-8", "replace") if words else ""
-        if not name:
-            raise Reject(501, f"5.5.4 Syntax: {'EHLO' if esmtp else 'HELO'} hostname")
+        name = greeting_name(arg, "EHLO" if esmtp else "HELO")
         self._reset_transaction()
         self.helo = name
         self.esmtp = esmtp
