@@ -263,3 +263,45 @@ def test_hash_password_line_loads_and_checks(tmp_path: Path, capsys: pytest.Capt
     users.write_text(line + "\n")
     db = UserDB.load(str(users))
     assert db.check("alice", "s3cret") and not db.check("alice", "wrong")
+
+
+# -- queue output: what a peer sent never reaches the terminal as control characters ----
+
+
+HOSTILE = "\x1b]52;c;ZWNobyBwd25lZA==\x07\x1b[2J\x1b[8m\x9b31m\x7f\u202e"
+
+
+def _no_controls(text: str) -> None:
+    for char in "\x1b\x07\x9b\x7f\r\u202e":
+        assert char not in text, repr(char)
+
+
+def test_queue_show_and_list_escape_peer_controls(capsys: pytest.CaptureFixture[str]) -> None:
+    """HELO, addresses, remote replies and header bytes are printed with C0/C1 controls, DEL, ESC
+    escaped (as \\x1b ...); UTF-8 text stays readable and header lines keep their layout."""
+    from tlsmta.cli import print_message, print_queue
+
+    message = {
+        "id": "q1", "sender": f"a{HOSTILE}@b.test", "received_at": 0, "size": 10, "attempts": 1,
+        "next_attempt": 0, "in_flight": False, "peer": "192.0.2.1", "helo": f"evil{HOSTILE}",
+        "tls": {"tls": "tls", "protocol": "TLSv1.3", "cipher": "X", "verified": "no"},
+        "recipients": [{"address": f"jörg{HOSTILE}@bücher.example", "route": "mx", "binding": "default",
+                        "status": "pending", "last": f"451 4.0.0 remote says {HOSTILE}"}],
+        "headers": f"Received: from x\r\n\tby y\r\nSubject: Grüße {HOSTILE}\r\nX-CR: a\rb",
+    }
+    print_message(message)
+    print_queue([message])
+    text = capsys.readouterr().out
+    _no_controls(text)
+    assert "evil\\x1b]52;c;ZWNobyBwd25lZA==\\x07\\x1b[2J" in text
+    assert "\\x9b31m\\x7f\\u202e" in text
+    assert "jörg\\x1b" in text and "@bücher.example" in text
+    assert "\nReceived: from x\n\tby y\nSubject: Grüße \\x1b" in text  # folding kept, CRLF shown as lines
+    assert "X-CR: a\\x0db" in text
+
+
+def test_printable_leaves_ordinary_text_alone() -> None:
+    from tlsmta.cli import printable
+
+    assert printable("Grüße, 日本語 <a@b.test> (ok)") == "Grüße, 日本語 <a@b.test> (ok)"
+    assert printable("a\nb\tc", keep="\n") == "a\nb\\x09c"

@@ -314,6 +314,10 @@ def test_server_reads_back_the_body(body, cuts):
     """What DotStuffer sends, read by the server's DataReader, is the body with every
     line ending made CRLF: no problem, DATA ends exactly at the end (a body line "."
     never ends DATA early) and nothing is left over."""
+    if body[:1] in (b" ", b"\t"):
+        # The server refuses a message whose first line is a continuation line
+        # (it would fold into our Received: header; see test_smtp_data).
+        body = b"X" + body
     wire = stuff(*split_at(body, cuts))
     reader, result = unstuff(wire)
     assert reader.problem is None

@@ -250,6 +250,29 @@ async def test_inbound_verify_hook_decides(tmp_path: Any, pki: Any, hook: str, e
         assert result[0] == expected
 
 
+@pytest.mark.parametrize("mode", ["host", "optional"])
+@pytest_twisted.ensureDeferred
+async def test_passthrough_inbound_hook_keeps_the_name_check(tmp_path: Any, pki: Any, mode: str) -> None:
+    """A pass-through inbound hook (returns ok) does not switch off the client-certificate name
+    check: it was shown the chain result only, so a trusted certificate for another name is
+    still refused (host: 530) or unverified (optional: no relay by certificate)."""
+    verify_hooks.calls.clear()
+    listener = _verify_listener(pki, mode, local_domains=["local.test"], tls_verified_peer_can_relay=True)
+    relay = await start_relay(tmp_path, [listener], hooks={"inbound_tls_verify_callback": "verify_hooks:passthrough"})
+    try:
+        wrong_name = await _try_mail(relay.port, pki, pki.client, ehlo="claimed-relay-client.test", rcpt="far@remote.test")
+        right_name = await _try_mail(relay.port, pki, pki.client, ehlo=CLIENT_NAME, rcpt="far@remote.test")
+    finally:
+        await relay.stop()
+    assert any(depth == 0 and ok for depth, _, ok, _ in verify_hooks.calls)  # the hook was called and passed
+    if mode == "host":
+        assert wrong_name != {}, "MAIL accepted: the hook switched the name check off"
+        assert wrong_name[0] == 530 and "certificate name does not match" in wrong_name[1], wrong_name
+    else:
+        assert wrong_name == (554, "rcpt")  # not verified, so no relay
+    assert right_name == {}
+
+
 @pytest_twisted.ensureDeferred
 async def test_hook_called_even_when_listener_verify_is_no(tmp_path: Any, pki: Any) -> None:
     """With tls_verify = no and a hook, the client certificate is requested and the hook called."""

@@ -180,6 +180,23 @@ def test_smuggled_end_of_data_never_starts_a_second_message(session: Session, fa
     assert session.proto.state is State.COMMAND
 
 
+@pytest.mark.parametrize("lead", [b"\t", b" ", b". "])
+def test_first_line_cannot_fold_into_our_received_header(session: Session, lead: bytes) -> None:
+    """A message whose first line starts with SP/HTAB would continue tlsmta's own Received:
+    header (e.g. a forged "with ESMTPSA" or client-certificate claim): 554 5.6.0, not stored,
+    and the session goes on."""
+    session.new_replies()
+    session.ehlo("attacker.test")
+    session.send("MAIL FROM:<a@attacker.test>\r\nRCPT TO:<bob@example.com>\r\nDATA\r\n")
+    forged = lead + b"by mx.example.com (tlsmta) with ESMTPSA id FORGED; client certificate: verified (CN=trusted)\r\n"
+    replies = session.send(forged + b"Subject: hi\r\n\r\nbody\r\n.\r\n")
+    assert len(replies) == 1 and replies[0].startswith("554 5.6.0 "), replies
+    assert session.sink.stored == []
+    assert len(session.sink.opened) == 1 and session.sink.opened[0].aborted
+    assert session.codes(transaction()) == [250, 250, 354, 250]  # the session goes on
+    assert len(session.sink.stored) == 1
+
+
 def test_long_line_in_data_rejected_without_leaving_data_mode(session: Session) -> None:
     """An over-long DATA line is refused at the end of DATA; what follows it is not read as commands."""
     rt = runtime(listener={"max_line_length": 1000})
@@ -311,6 +328,17 @@ def test_binary_junk_keeps_session_alive(session: Session) -> None:
     session.new_replies()
     session.send(bytes(range(256)) + b"\r\n")
     assert session.codes("NOOP\r\n") == [250]
+
+
+@pytest.mark.parametrize("verb", ["HELO", "EHLO"])
+def test_greeting_with_control_characters_is_refused(session: Session, verb: str) -> None:
+    """A HELO/EHLO name with terminal escape sequences is 501 5.5.2 and not taken as the client's name."""
+    session.new_replies()
+    replies = session.send(f"{verb} evil\x1b]0;OWNED-TITLE\x07\x1b[2J\r\n")
+    assert len(replies) == 1 and replies[0].startswith("501 5.5.2 "), replies
+    assert session.proto.helo is None
+    assert session.codes("MAIL FROM:<a@client.test>\r\n") == [503]
+    assert session.codes(f"{verb} client.test\r\n")[-1] == 250
 
 
 def test_rset_noop_vrfy_quit(session: Session) -> None:

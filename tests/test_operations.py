@@ -103,6 +103,54 @@ async def test_queue_commands_without_a_daemon(tmp_path: Any, capsys: Any) -> No
     assert code == EX_UNAVAILABLE and "no tlsmta daemon answers" in err
 
 
+def _send_hostile(port: int) -> list[bytes]:
+    """A client that tries escape sequences in HELO (refused) and in a header (stored as sent)."""
+    import socket
+
+    from e2e import CLIENT_TIMEOUT
+
+    with socket.create_connection(("127.0.0.1", port), timeout=CLIENT_TIMEOUT) as sock:
+        f = sock.makefile("rb")
+        f.readline()
+        replies = []
+        for line in (b"HELO evil\x1b]0;OWNED-TITLE\x07\x1b[2J\r\n", b"HELO client.test\r\n", b"MAIL FROM:<a@client.test>\r\n",
+                     f"RCPT TO:<user0@{DOMAIN}>\r\n".encode(), b"DATA\r\n",
+                     b"Subject: \x1b[8mhidden\x1b[0m \x1b]52;c;ZWNobyBwd25lZA==\x07\r\n\r\nhi\r\n.\r\n"):
+            sock.sendall(line)
+            replies.append(f.readline())
+        sock.sendall(b"QUIT\r\n")
+        f.readline()
+    return replies
+
+
+@pytest_twisted.ensureDeferred
+async def test_queue_show_does_not_pass_escape_sequences_to_the_terminal(tmp_path: Any, capsys: Any) -> None:
+    """A HELO with ESC sequences is 501; header bytes with them reach `queue show` (daemon and
+    offline) escaped as \\x1b, never as raw control characters."""
+    relay = await RunningRelay(build_config(relay_raw(tmp_path, free_port()))).start()
+    try:
+        replies = await in_thread(_send_hostile, relay.port)
+        assert replies[0].startswith(b"501 5.5.2 ") and replies[-1].startswith(b"250 "), replies
+        await relay.service.queue.wait_idle()
+        [queued] = relay.service.queue.messages
+        sock = relay.service.config.control["socket"]
+        code, shown, _ = await in_thread(cli, capsys, "queue", "--socket", sock, "show", queued)
+        assert code == EX_OK
+        code, listed, _ = await in_thread(cli, capsys, "queue", "--socket", sock, "list")
+        assert code == EX_OK
+    finally:
+        await relay.stop()
+    config_file = tmp_path / "tlsmta.toml"
+    config_file.write_text(f'[global]\nstate_dir = "{tmp_path / "state"}"\n[spool]\npath = "{tmp_path / "spool"}"\n')
+    code, offline, _ = await in_thread(cli, capsys, "queue", "--config", str(config_file), "show", queued)
+    assert code == EX_OK
+    for text in (shown, listed, offline):
+        assert "\x1b" not in text and "\x07" not in text and "\r" not in text
+    for text in (shown, offline):
+        assert "from client.test [127.0.0.1]" in text
+        assert "Subject: \\x1b[8mhidden\\x1b[0m \\x1b]52;c;ZWNobyBwd25lZA==\\x07" in text
+
+
 def _scrape(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
         return response.read().decode()

@@ -251,6 +251,32 @@ def test_leaf_hook_accept_overrides_name_mismatch(mode: VerifyMode) -> None:
     assert verdict.matched_name is None
 
 
+@pytest.mark.parametrize("mode", [VerifyMode.HOST, VerifyMode.OPTIONAL])
+def test_leaf_hook_not_shown_names_cannot_override_name_mismatch(mode: VerifyMode) -> None:
+    """Inbound the hook is shown a depth-0 result without the name check (the EHLO name comes
+    later): its 'accept' then does not switch the name check off (a pass-through hook would
+    otherwise turn host into ca), but still covers the chain it was shown."""
+    mismatch = PresentedNames(dns_names=("other.example",))
+    chain = ChainResult(hook_answers={LEAF: True}, hook_saw_names=False)
+    verdict = decide(mode, chain, mismatch, WANTED)
+    assert verdict.outcome is (Outcome.SOFTFAIL if mode is VerifyMode.OPTIONAL else Outcome.FAILED)
+    assert verdict.reason == NAME_MISMATCH_REASON
+    # With matching names it verifies, and a depth-0 chain error the hook accepted stays accepted.
+    matching = PresentedNames(dns_names=(MX_HOST,))
+    assert decide(mode, chain, matching, WANTED) == Verdict(Outcome.VERIFIED, matched_name=MX_HOST)
+    accepted_error = ChainResult(
+        errors=(error(LEAF, X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT, SELF_SIGNED_TEXT),),
+        hook_answers={LEAF: True},
+        hook_saw_names=False,
+    )
+    assert decide(mode, accepted_error, matching, WANTED).outcome is Outcome.VERIFIED
+    assert decide(mode, accepted_error, mismatch, WANTED).reason == NAME_MISMATCH_REASON
+    # A rejecting answer still rejects; under ca the names were never wanted.
+    rejected = decide(mode, ChainResult(hook_answers={LEAF: False}, hook_saw_names=False), matching, WANTED)
+    assert rejected.reason == "certificate rejected by verify hook (depth 0)"
+    assert decide(VerifyMode.CA, chain, mismatch, WANTED).outcome is Outcome.VERIFIED
+
+
 @pytest.mark.parametrize("mode", [VerifyMode.CA, VerifyMode.HOST, VerifyMode.OPTIONAL])
 def test_leaf_hook_reject_overrides_good_certificate(mode: VerifyMode) -> None:
     """A hook rejecting depth 0 fails a trusted, matching certificate (soft-fail under optional)."""

@@ -10,7 +10,8 @@ import pytest_twisted
 
 from e2e import in_thread, maildir_messages
 from outbound_lab import deliveries, start_receiver
-from test_webui import get_json, send, web, welcome
+from test_webui import CLIENT_TIMEOUT, get_json, send, web, welcome
+from tlsmta.mailview import envelope_of, summary
 from tlsmta.release import ReleaseError, outgoing_body, release_message, smarthost_route
 from tlsmta.testing import RunningRelay, build_config, dev_listener
 
@@ -37,6 +38,73 @@ def test_release_needs_recipients() -> None:
         release_message("a@x.test", [], route)
     queued = release_message("a@x.test", ["b@y.test"], route)
     assert [(r.address, r.route) for r in queued.recipients] == [("b@y.test", route)]
+
+
+# Local delivery writes Return-Path, then Delivered-To per recipient, then the message
+# as received, which starts with tlsmta's own Received: header; anything below is the author's.
+AUTHORED = (
+    b"Return-Path: <app@example.com>\nDelivered-To: bob@example.org\nDelivered-To: carol@example.net\n"
+    b"Received: from client.test ([127.0.0.1])\n\tby localhost (tlsmta) with ESMTP id X; Wed, 25 Nov 2026 21:00:00 +0000\n"
+    b"From: app@example.com\nDelivered-To: attacker@evil.test\nDelivered-To: x@evil.test\n\tRSET\n"
+    b"Subject: hi\n\nbody\n"
+)
+
+
+def test_envelope_is_only_the_leading_block_local_delivery_wrote() -> None:
+    """Delivered-To lines the message's author wrote (below our Received:) are not envelope recipients,
+    in the release default nor in the web page's envelope."""
+    assert envelope_of(AUTHORED) == ("app@example.com", ["bob@example.org", "carol@example.net"])
+    assert summary("k", AUTHORED, 0.0)["envelope"] == {"from": "app@example.com", "to": ["bob@example.org", "carol@example.net"]}
+    assert outgoing_body(AUTHORED).startswith(b"Received: from client.test ([127.0.0.1])\r\n")
+    # Raw bytes, not MIME-decoded: an encoded-word is an (odd but valid) local part, not a line break.
+    odd = b"Return-Path: <>\nDelivered-To: =?utf-8?q?a=0D=0ARSET?=@example.org\nReceived: x\n\nb\n"
+    assert envelope_of(odd) == ("", ["=?utf-8?q?a=0D=0ARSET?=@example.org"])
+
+
+def test_folded_local_line_is_kept_with_its_field() -> None:
+    """A continuation line (never written by local delivery) belongs to the field above it: it is not
+    released as the message's first line, and the address it makes is refused."""
+    stored = b"Return-Path: <a@x.test>\nDelivered-To: x@evil.test\n\tRSET\nReceived: from x\n\nbody\n"
+    sender, recipients = envelope_of(stored)
+    assert recipients == ["x@evil.test\tRSET"]
+    assert outgoing_body(stored) == b"Received: from x\r\n\r\nbody\r\n"
+    with pytest.raises(ReleaseError, match="not a valid recipient address"):
+        release_message(sender, recipients, smarthost_route("relay.example"), "the stored Delivered-To lines")
+
+
+@pytest.mark.parametrize(
+    "to",
+    [
+        ["x@evil.test\tRSET"],
+        ["x@evil.test\r\nRSET"],
+        ["x@evil.test RSET"],
+        ["ok@example.org", "a@b.test> NOTIFY=NEVER"],
+        ["a@b.test>"],
+        ["<a@b.test>"],
+        ["@relay.test:a@b.test"],  # a source route: not what was asked for
+        ["no-at-sign"],
+        ["postmaster"],
+        ["a@"],
+        ["a@-bad-.test"],
+        [""],
+        [None],
+        "a@b.test",  # not a list
+        {"a@b.test": 1},
+    ],
+)
+def test_release_refuses_addresses_inbound_would_refuse(to: Any) -> None:
+    """Every release recipient must pass the RCPT TO grammar inbound uses, exactly as given."""
+    with pytest.raises(ReleaseError) as raised:
+        release_message("a@x.test", to, smarthost_route("relay.example"))
+    assert '"to"' in str(raised.value)
+
+
+def test_release_accepts_rcpt_grammar_including_smtputf8() -> None:
+    route = smarthost_route("relay.example")
+    to = ["b@y.test", '"quoted local"@y.test', "jörg@bücher.example", "u@[192.0.2.1]"]
+    assert [r.address for r in release_message("", to, route).recipients] == to
+    with pytest.raises(ReleaseError, match="Return-Path"):
+        release_message("a@x.test\r\nRSET", ["b@y.test"], route)
 
 
 async def dev_relay(tmp_path: Any, ca: str) -> RunningRelay:
@@ -118,3 +186,43 @@ async def test_release_refuses_bad_requests(tmp_path: Any, pki: Any) -> None:
         assert relay.service.queue.messages == {}
     finally:
         await relay.stop()
+
+
+def _send_authored(port: int) -> None:
+    """A message whose author wrote Delivered-To headers, one of them folded."""
+    import smtplib
+
+    msg = (
+        "From: app@example.com\r\nTo: bob@example.org\r\nDelivered-To: attacker@evil.test\r\n"
+        "Delivered-To: x@evil.test\r\n\tRSET\r\nSubject: hi\r\n\r\nbody\r\n"
+    )
+    client = smtplib.SMTP("127.0.0.1", port, timeout=CLIENT_TIMEOUT)
+    try:
+        client.sendmail("app@example.com", ["bob@example.org"], msg)
+        client.quit()
+    finally:
+        client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_release_default_is_the_real_envelope_not_author_headers(tmp_path: Any, pki: Any) -> None:
+    """Release without "to" goes to the envelope recipients local delivery recorded, never to
+    Delivered-To addresses the author wrote; a bad address in the request is 400 and queues nothing."""
+    receiver = await start_receiver(tmp_path, pki.good)
+    relay = await dev_relay(tmp_path, pki.ca_pem)
+    try:
+        await in_thread(_send_authored, relay.port)
+        smarthost = f"{SMARTHOST}:{receiver.port}"
+        status, answer = await release(relay, {"smarthost": smarthost, "to": ["x@evil.test\tRSET"]})
+        assert status == 400 and "'x@evil.test\\tRSET' is not a valid recipient address" in answer["error"], answer
+        assert relay.service.queue.messages == {}
+        status, answer = await release(relay, {"smarthost": smarthost})
+        assert status == 202 and answer["to"] == ["bob@example.org"], answer
+        [queued] = relay.service.queue.messages.values()
+        assert [r.address for r in queued.recipients] == ["bob@example.org"]
+        await relay.service.queue.wait_idle()
+    finally:
+        await relay.stop()
+        await receiver.stop()
+    [copy] = maildir_messages(str(tmp_path / "receiver-maildir"))
+    assert copy.get_all("Delivered-To")[0] == "bob@example.org"  # the receiver's own local delivery line

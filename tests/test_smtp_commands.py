@@ -13,6 +13,7 @@ from tlsmta.smtp_commands import (
     MailParams,
     Path,
     Reject,
+    greeting_name,
     line_limit,
     mail_params,
     parse_params,
@@ -420,3 +421,17 @@ def test_line_limit_mail_rcpt(verb):
 def test_line_limit_others(verb):
     """Every other command line is limited to 512 octets including CRLF (RFC 5321 4.5.3.1.4)."""
     assert line_limit(verb) == COMMAND_LINE_LIMIT == 512
+
+
+@pytest.mark.parametrize("arg", [b"evil\x1b]0;x\x07", b"a\x00b", b"a\tb", b"ok.test \x1b[2J", b"a\x7f", b"a\xc2\x9b2J", b"a\rb"])
+def test_greeting_with_control_characters_is_501(arg):
+    """HELO/EHLO arguments with C0/C1 controls or DEL are refused (they would reach logs and terminals)."""
+    with pytest.raises(Reject) as raised:
+        greeting_name(arg, "EHLO")
+    assert raised.value.code == 501 and raised.value.text.startswith("5.5.2 ")
+
+
+@pytest.mark.parametrize("arg, name", [(b"client.test", "client.test"), (b"[192.0.2.1] extra", "[192.0.2.1]"),
+                                       ("bücher.example".encode(), "bücher.example")])
+def test_greeting_name(arg, name):
+    assert greeting_name(arg, "HELO") == name

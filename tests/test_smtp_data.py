@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tlsmta import smtp_data
-from tlsmta.smtp_data import BARE_CR, BARE_LF, LINE_TOO_LONG, TOO_BIG, DataProblem, DataReader
+from tlsmta.smtp_data import BARE_CR, BARE_LF, LINE_TOO_LONG, STARTS_FOLDED, TOO_BIG, DataProblem, DataReader
 
 BIG = 1 << 40  # a size or line cap that is never reached
 
@@ -74,7 +74,7 @@ def too_big(limit: int) -> DataProblem:
 
 # The order in which the reader ranks problems when a message has several:
 # the reply must not depend on how TCP happened to segment the message.
-RANK = (BARE_LF, BARE_CR, LINE_TOO_LONG, TOO_BIG)
+RANK = (BARE_LF, BARE_CR, LINE_TOO_LONG, TOO_BIG, STARTS_FOLDED)
 
 
 def model(wire: bytes, max_line_length: int = 998, max_size: int = BIG) -> Outcome:
@@ -105,9 +105,12 @@ def model(wire: bytes, max_line_length: int = 998, max_size: int = BIG) -> Outco
             problems.add(2)
     if len(content) > max_size:
         problems.add(3)
+    first = lines[0][1:] if lines[0].startswith(b".") else lines[0]
+    if first[:1] in (b" ", b"\t"):
+        problems.add(4)
     problem = None
     if problems:
-        problem = [BARE_LF, BARE_CR, too_long(max_line_length), too_big(max_size)][min(problems)]
+        problem = [BARE_LF, BARE_CR, too_long(max_line_length), too_big(max_size), STARTS_FOLDED][min(problems)]
     body = None
     if problem is None:
         body = b"\r\n".join(line[1:] if line.startswith(b".") else line for line in lines)
@@ -301,10 +304,51 @@ def test_stuffed_messages_round_trip(lines, tail, data):
     wire = stuff(lines) + tail
     points = data.draw(st.sets(st.integers(0, len(wire)), max_size=10))
     out = run(split_at(wire, points), max_line_length=31)
+    if lines and lines[0][:1] in (b" ", b"\t"):  # would continue our Received: header
+        assert out.problem == STARTS_FOLDED
+        assert out.ended and out.rest == tail
+        return
     assert out.problem is None
     assert out.ended
     assert out.body == b"".join(line + b"\r\n" for line in lines)
     assert out.rest == tail
+
+
+# -- a first line that would fold into our Received: header ---------------------------
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        b"\tby mx.example.com (tlsmta) with ESMTPSA id FORGED\r\nSubject: hi\r\n\r\nbody\r\n.\r\n",
+        b" client certificate: verified\r\n\r\n.\r\n",
+        b". x\r\nSubject: hi\r\n.\r\n",  # unstuffed, the first line is " x"
+        b" \r\n.\r\n",
+        b"\t\r\n.\r\n",
+    ],
+)
+def test_message_starting_with_sp_or_htab_is_refused(wire):
+    """A first line starting with SP/HTAB (a continuation line, RFC 5322 3.2.2) would fold into
+    our own Received: header: 554 5.6.0, whatever the chunking, and no body is handed out."""
+    assert STARTS_FOLDED.reply[0] == 554 and STARTS_FOLDED.status == "5.6.0"
+    for cut in range(len(wire) + 1):
+        out = run([wire[:cut], wire[cut:]])
+        assert out.problem == STARTS_FOLDED, cut
+        assert out.body is None and out.ended and out.rest == b""
+    assert run([wire[i : i + 1] for i in range(len(wire))]).problem == STARTS_FOLDED
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        b"Subject: hi\r\n\tfolded\r\n\r\n body\r\n.\r\n",  # continuations later on are fine
+        b"\r\n body\r\n.\r\n",  # no header section at all, body starts with a space
+        b"..x\r\n.\r\n",
+        b".\r\n",
+    ],
+)
+def test_continuation_lines_after_the_first_are_fine(wire):
+    assert run([wire]).problem is None
 
 
 # -- SMTP smuggling -----------------------------------------------------------------

@@ -13,6 +13,12 @@ def record_and_accept(conn: Any, cert: Any, errno: int, depth: int, ok: bool, ct
     return True
 
 
+def passthrough(conn: Any, cert: Any, errno: int, depth: int, ok: bool, ctx: Any) -> bool:
+    """Answer what the built-in check was: the hook adds no rule of its own."""
+    calls.append((depth, errno, ok, ctx))
+    return ok
+
+
 def reject(conn: Any, cert: Any, errno: int, depth: int, ok: bool, ctx: Any) -> bool:
     calls.append((depth, errno, ok, ctx))
     return False

@@ -1,6 +1,10 @@
 """The ``tlsmta`` command: check-config, policy, probe, queue, hash-password, dev-ca.
 
 Errors are one line on stderr; exit codes follow sysexits(3) where one fits.
+What a peer chose (HELO names, addresses, header bytes, remote replies, MTA-STS
+policies, certificate names) goes through :func:`printable` before it reaches the
+operator's terminal, so it cannot carry escape sequences (OSC 52 clipboard writes,
+screen clears, hidden text) there.
 """
 
 from __future__ import annotations
@@ -21,8 +25,33 @@ EX_SOFTWARE, EX_TEMPFAIL, EX_CONFIG = 70, 75, 78
 DEFAULT_CONFIG = "/etc/tlsmta/tlsmta.toml"
 
 
+def _escape(char: str) -> str:
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def printable(text: object, keep: str = "") -> str:
+    """``text`` safe for a terminal: every character that is not printable (C0 and C1
+    controls, ESC, DEL, Unicode format and line/paragraph separators) written as a
+    Python-style escape (``\\x1b``, ``\\x9b``, ``\\u202e``); printable text, UTF-8
+    included, stays as it is.  ``keep``: control characters left alone for layout."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c in keep else _escape(c) for c in text)
+
+
+def out(text: object = "") -> None:
+    """print() for lines that may hold peer-supplied text; newlines are kept as layout."""
+    print(printable(text, keep="\n"))
+
+
 def fail(command: str, message: str, code: int) -> int:
-    print(f"tlsmta {command}: {message}", file=sys.stderr)
+    print(f"tlsmta {command}: {printable(message)}", file=sys.stderr)
     return code
 
 
@@ -199,7 +228,7 @@ def cmd_policy(args: argparse.Namespace) -> int:
         print(line)
     print()
     for line in describe_external(config, values, domain, args.mx):
-        print(line)
+        out(line)
     return EX_OK
 
 
@@ -238,15 +267,15 @@ def cmd_probe(args: argparse.Namespace) -> int:
             reactor, resolver, domain, options, args.port, args.mx, ehlo, https_port=config.global_option("mta_sts_https_port")
         )
         if dns_problem:
-            print(f"{domain}: {dns_problem}")
+            out(f"{domain}: {dns_problem}")
             outcome["code"] = EX_NOHOST
             return
-        print("\n".join(format_external(facts, domain)))
+        out("\n".join(format_external(facts, domain)))
         print()
         judged = []
         for result in results:
             req = requirement(options, facts, result.mx, options["tls"], verify)
-            print("\n".join(format_result(result, options["tls"], verify) + format_policies(result, facts, req, domain)))
+            out("\n".join(format_result(result, options["tls"], verify) + format_policies(result, facts, req, domain)))
             print()
             if result.banner or req.unusable is not None:
                 judged.append((result, req))
@@ -254,14 +283,14 @@ def cmd_probe(args: argparse.Namespace) -> int:
         usable = [(r, q) for r, q in judged if q.unusable is None]
         if not usable:
             if judged:
-                print(f"verdict for {domain}: {effective_outcome(judged[0][0], judged[0][1], domain, facts)[1]}")
+                out(f"verdict for {domain}: {effective_outcome(judged[0][0], judged[0][1], domain, facts)[1]}")
                 outcome["code"] = EX_TEMPFAIL
             else:
                 outcome["code"] = EX_UNAVAILABLE
             return
         result, req = usable[0]
         ok, what = effective_outcome(result, req, domain, facts)
-        print(f"verdict for {domain} (tls={options['tls']}, tls_verify={verify.value}, policy {req.policy}): {what}")
+        out(f"verdict for {domain} (tls={options['tls']}, tls_verify={verify.value}, policy {req.policy}): {what}")
         outcome["code"] = EX_OK if ok else EX_TEMPFAIL
 
     try:
@@ -293,13 +322,13 @@ def print_queue(messages: list[dict[str, Any]]) -> None:
     print(f"{'ID':<34} {'SIZE':>9}  {'ARRIVED':<19}  {'TRIES':>5}  {'NEXT TRY':<19}  SENDER")
     for m in messages:
         flag = "*" if m.get("in_flight") else " "
-        print(
-            f"{m['id']:<33}{flag} {m['size']:>9}  {_when(m['received_at']):<19}  {m['attempts']:>5}  "
-            f"{_when(m['next_attempt']):<19}  <{m['sender']}>"
+        out(
+            f"{printable(m['id']):<33}{flag} {m['size']:>9}  {_when(m['received_at']):<19}  {m['attempts']:>5}  "
+            f"{_when(m['next_attempt']):<19}  <{printable(m['sender'])}>"
         )
         for r in m["recipients"]:
             if r["status"] == "pending":
-                print(f"    {r['address']}" + (f"  ({r['last']})" if r["last"] else ""))
+                out(f"    {printable(r['address'])}" + (f"  ({printable(r['last'])})" if r["last"] else ""))
     print(f"-- {len(messages)} message(s); * = delivery in progress")
 
 
@@ -340,17 +369,20 @@ def cmd_queue(args: argparse.Namespace) -> int:
 
 
 def print_message(m: dict[str, Any]) -> None:
-    print(f"id:        {m['id']}")
-    print(f"sender:    <{m['sender']}>")
-    print(f"received:  {_when(m['received_at'])} from {m.get('helo') or '-'} [{m.get('peer') or '-'}]")
+    p = printable  # every field below may hold what a peer sent
+    out(f"id:        {p(m['id'])}")
+    out(f"sender:    <{p(m['sender'])}>")
+    out(f"received:  {_when(m['received_at'])} from {p(m.get('helo') or '-')} [{p(m.get('peer') or '-')}]")
     tls = m.get("tls") or {}
     if tls.get("tls") == "tls":
-        print(f"tls in:    {tls.get('protocol')} {tls.get('cipher')} (client certificate verified: {tls.get('verified')})")
-    print(f"size:      {m['size']}   attempts: {m['attempts']}   next: {_when(m['next_attempt'])}")
+        out(f"tls in:    {p(tls.get('protocol'))} {p(tls.get('cipher'))} (client certificate verified: {p(tls.get('verified'))})")
+    out(f"size:      {m['size']}   attempts: {m['attempts']}   next: {_when(m['next_attempt'])}")
     for r in m["recipients"]:
-        print(f"  {r['status']:<9} {r['address']}  route={r['route']} binding={r['binding']}" + (f"\n            {r['last']}" if r["last"] else ""))
+        out(f"  {p(r['status']):<9} {p(r['address'])}  route={p(r['route'])} binding={p(r['binding'])}"
+            + (f"\n            {p(r['last'])}" if r["last"] else ""))
     if m.get("headers"):
-        print("\n" + m["headers"])
+        # Line ends and folding stay; every other control character is escaped.
+        print("\n" + printable(m["headers"].replace("\r\n", "\n"), keep="\n\t"))
 
 
 def _offline(args: argparse.Namespace, action: str) -> int:
@@ -416,16 +448,17 @@ def cmd_tlsrpt(args: argparse.Namespace) -> int:
         return EX_OK
     print(f"TLS-RPT aggregate for {day.isoformat()} (UTC), from {directory}")
     for domain in sorted(aggregate):
-        print(f"\n{domain}")
+        out(f"\n{printable(domain)}")
         for stats in aggregate[domain]:
-            mx = f" mx {', '.join(stats.mx_hosts)}" if stats.mx_hosts else ""
-            print(f"  policy {stats.policy_type}{mx}: {stats.successes} successful, {stats.failures} failed")
+            mx = f" mx {printable(', '.join(stats.mx_hosts))}" if stats.mx_hosts else ""
+            out(f"  policy {printable(stats.policy_type)}{mx}: {stats.successes} successful, {stats.failures} failed")
             for line in stats.policy_strings:
-                print(f"    | {line}")
+                out(f"    | {printable(line)}")
             for key, (count, reason) in sorted(stats.details.items(), key=lambda item: -item[1][0]):
                 where = " ".join(f"{label} {value}" for label, value in (
                     ("mx", key.mx_host), ("from", key.sending_ip), ("to", key.receiving_ip)) if value)
-                print(f"    {count:>5} x {key.result_type}" + (f"  ({where})" if where else "") + (f": {reason}" if reason else ""))
+                out(f"    {count:>5} x {printable(key.result_type)}" + (f"  ({printable(where)})" if where else "")
+                    + (f": {printable(reason)}" if reason else ""))
     return EX_OK
 
 

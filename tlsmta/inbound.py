@@ -7,9 +7,10 @@ but its input handling is replaced, because each of these is a fault in it
 - bytes pipelined after STARTTLS are discarded, never run inside TLS;
 - STARTTLS resets the whole session; the client must EHLO again;
 - MAIL before HELO/EHLO is 503;
-- DATA ends only at CRLF.CRLF; bare CR/LF and over-long lines reject the
-  message at the end of DATA without leaving DATA mode or buffering lines
-  (:mod:`tlsmta.smtp_data`);
+- DATA ends only at CRLF.CRLF; bare CR/LF, over-long lines and a first
+  line starting with SP/HTAB (it would fold into our Received: header)
+  reject the message at the end of DATA without leaving DATA mode or
+  buffering lines (:mod:`tlsmta.smtp_data`);
 - an over-long command line is 500 and the session goes on;
 - EHLO advertises what is implemented, and MAIL parameters are enforced
   (REQUIRETLS, RFC 8689, only inside TLS);
@@ -51,6 +52,7 @@ from tlsmta.smtp_commands import (
     PARAMETER_ALLOWANCE,
     MailParams,
     Reject,
+    greeting_name,
     line_limit,
     mail_params,
     parse_path,
@@ -150,7 +152,9 @@ class InboundSMTP(smtp.ESMTP):
             hook=self.runtime.hooks.inbound_tls_verify_callback,
             hook_context=HookContext(direction="inbound", listener=listener.name),
             enforce_in_handshake=False,  # refuse at MAIL with 530 instead
-            names_in_handshake=False,  # the EHLO name is not known yet
+            # The EHLO name is not known yet: the hook is shown the chain result
+            # only, so its depth-0 answer cannot override the name check (policy.decide).
+            names_in_handshake=False,
         )
 
     def client_verdict(self) -> Verdict | None:
@@ -368,10 +372,7 @@ class InboundSMTP(smtp.ESMTP):
         return self.tls_active or not self.runtime.listener.require_tls_for_auth
 
     def _greet(self, arg: bytes, esmtp: bool) -> None:
-        words = arg.split()
-        name = words[0].decode("utf-8", "replace") if words else ""
-        if not name:
-            raise Reject(501, f"5.5.4 Syntax: {'EHLO' if esmtp else 'HELO'} hostname")
+        name = greeting_name(arg, "EHLO" if esmtp else "HELO")
         self._reset_transaction()
         self.helo = name
         self.esmtp = esmtp

@@ -1,7 +1,8 @@
 """What the dev relay shows of a received message, sans I/O.
 
 Everything is read from the stored file itself: the envelope from the
-``Return-Path:`` and ``Delivered-To:`` lines the Maildir delivery adds, the
+``Return-Path:`` and ``Delivered-To:`` lines the Maildir delivery adds (only
+the leading block it writes, see :func:`local_envelope`), the
 TLS facts of receipt from tlsmta's own ``Received:`` header (the first one,
 written in the same durable write as the message).  So there is no sidecar
 to fall out of step, and a restart shows exactly what is on disk.
@@ -91,11 +92,57 @@ def parse(data: bytes) -> EmailMessage:
     return message
 
 
-def envelope_of(message: Message) -> tuple[str, list[str]]:
+@attrs.frozen
+class LocalEnvelope:
+    """The envelope as the Maildir delivery recorded it in front of the message."""
+
+    sender: str
+    recipients: tuple[str, ...]
+    end: int  # offset of the first byte after those lines: the message as received
+
+
+def local_envelope(data: bytes) -> LocalEnvelope:
+    """The ``Return-Path:`` / ``Delivered-To:`` lines :func:`tlsmta.maildir.local_headers`
+    wrote at the top of the file, read as raw bytes.
+
+    Only that leading block counts: it ends at the first other line, which is
+    tlsmta's own ``Received:`` header, so a ``Delivered-To:`` the message's
+    author wrote further down is never taken for an envelope recipient.  Values
+    are not MIME-decoded (an address is not an encoded-word).  Local delivery
+    never folds these lines; a continuation line is kept with its field so it
+    is neither lost nor released as the first header line, and the address it
+    makes is then refused wherever addresses are checked.
+    """
+    sender: str | None = None
+    recipients: list[str] = []
+    pos = 0
+    while pos < len(data):
+        newline = data.find(b"\n", pos)
+        line_end = len(data) if newline < 0 else newline + 1
+        line = data[pos:line_end].rstrip(b"\r\n")
+        name, colon, value = line.partition(b":")
+        name = name.lower()
+        text = value.decode("utf-8", "replace").strip(" \t")
+        if colon and name == b"return-path" and pos == 0:
+            sender = text.removeprefix("<").removesuffix(">")
+        elif colon and name == b"delivered-to":
+            recipients.append(text)
+        elif line[:1] in (b" ", b"\t") and pos > 0:
+            folded = line.decode("utf-8", "replace")
+            if recipients:
+                recipients[-1] += folded
+            elif sender is not None:
+                sender += folded
+        else:
+            break
+        pos = line_end
+    return LocalEnvelope(sender or "", tuple(recipients), pos)
+
+
+def envelope_of(data: bytes) -> tuple[str, list[str]]:
     """(sender, recipients) from the lines the Maildir delivery added."""
-    sender = str(message.get("Return-Path", "")).strip().removeprefix("<").removesuffix(">")
-    recipients = [str(v).strip() for v in message.get_all("Delivered-To", [])]
-    return sender, recipients
+    envelope = local_envelope(data)
+    return envelope.sender, list(envelope.recipients)
 
 
 def _text(value: Any) -> str:
@@ -152,11 +199,12 @@ def first_part(message: Message, content_type: str) -> tuple[int, Message] | Non
 def summary(message_key: str, data: bytes, stored_at: float) -> dict[str, Any]:
     """The list entry for one stored message (JSON-ready)."""
     message = parse(data)
-    return _summary(message_key, message, len(data), stored_at)
+    return _summary(message_key, message, data, stored_at)
 
 
-def _summary(key: str, message: EmailMessage, size: int, stored_at: float) -> dict[str, Any]:
-    sender, recipients = envelope_of(message)
+def _summary(key: str, message: EmailMessage, data: bytes, stored_at: float) -> dict[str, Any]:
+    sender, recipients = envelope_of(data)
+    size = len(data)
     receipt = parse_receipt(_text(message.get("Received")))
     when = receipt.when or datetime.datetime.fromtimestamp(stored_at, datetime.timezone.utc)
     attachments = [index for index, part in _leaves(message) if _is_attachment(part)]
@@ -181,7 +229,7 @@ def _summary(key: str, message: EmailMessage, size: int, stored_at: float) -> di
 def detail(message_key: str, data: bytes, stored_at: float) -> dict[str, Any]:
     """One message parsed: summary, every header, text, parts and attachments."""
     message = parse(data)
-    out = _summary(message_key, message, len(data), stored_at)
+    out = _summary(message_key, message, data, stored_at)
     out["headers"] = [[name, _text(value)] for name, value in message.items()]
     plain = first_part(message, "text/plain")
     out["text"] = _as_text(plain[1]) if plain else None

@@ -112,11 +112,18 @@ class ChainResult:
     ``hook_answers`` holds the verify hook's answer at each depth where it was
     called; an answer replaces the built-in result at that depth (DESIGN.md:
     the hook's answer decides).  ``hook_error`` is set when the hook raised.
+
+    ``hook_saw_names``: the hook's ``ok`` at depth 0 included the name check
+    (outbound, where the wanted names are known during the handshake).  When
+    it did not (inbound: the EHLO name arrives later), an accepting answer at
+    depth 0 covers only what the hook was shown, the chain, and the name
+    check still applies; a pass-through hook must not turn ``host`` into ``ca``.
     """
 
     errors: tuple[ChainError, ...] = ()
     hook_answers: Mapping[int, bool] = attrs.field(factory=dict)
     hook_error: str | None = None
+    hook_saw_names: bool = True
 
 
 @attrs.frozen
@@ -241,11 +248,12 @@ def decide(
             return fail("certificate rejected by verify hook (depth 0)")
         return Verdict(Outcome.VERIFIED)
     matched = match_names(presented, wanted)
-    if leaf_hook is not None:
+    if leaf_hook is False:
+        return fail("certificate rejected by verify hook (depth 0)")
+    if leaf_hook is True and chain.hook_saw_names:
         # At depth 0 the hook saw the name check's result and its answer decides.
-        if not leaf_hook:
-            return fail("certificate rejected by verify hook (depth 0)")
         return Verdict(Outcome.VERIFIED, matched_name=matched)
+    # No hook, or one that was not shown the name check: the names decide.
     if matched is None:
         return fail(f"certificate name does not match {describe_wanted(wanted)}")
     return Verdict(Outcome.VERIFIED, matched_name=matched)

@@ -45,6 +45,23 @@ def split_command(line: bytes) -> tuple[str, bytes]:
     return verb.decode("ascii").upper(), rest.strip()
 
 
+# C0 controls (TAB included), DEL and C1 controls: no place in a domain or an
+# address literal (RFC 5321 4.1.1.1), and the name ends up in logs, headers and
+# on the operator's terminal (`tlsmta queue show`).
+_GREETING_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def greeting_name(arg: bytes, verb: str) -> str:
+    """The client's name from a HELO/EHLO argument (the first word; more is tolerated)."""
+    words = arg.split()
+    name = words[0].decode("utf-8", "replace") if words else ""
+    if not name:
+        raise Reject(501, f"5.5.4 Syntax: {verb} hostname")
+    if _GREETING_CONTROLS.search(arg.decode("utf-8", "replace")):
+        raise Reject(501, f"5.5.2 Syntax: control characters are not allowed in {verb}")
+    return name
+
+
 @attrs.frozen
 class Path:
     """A parsed reverse-path or forward-path with its ESMTP parameters."""

@@ -8,6 +8,12 @@ limit, or a message over the size limit makes the message unacceptable;
 the reader then keeps scanning for the real end of data, so the client's
 later bytes are never read as commands (SMTP smuggling, and the stock
 Twisted fault of leaving DATA mode on a long line).
+
+A message whose first line starts with SP or HTAB is refused too: RFC 5322
+(2.2.3, 3.2.2) has no place for a continuation line before the first field,
+and since our ``Received:`` header is written directly before the client's
+bytes, such a line would be folded into our own trace header (letting a
+client append "with ESMTPSA" or a client-certificate claim to it).
 """
 
 from __future__ import annotations
@@ -34,10 +40,13 @@ BARE_LF = DataProblem(550, "5.5.2", "message contains a bare <LF>; lines must en
 BARE_CR = DataProblem(550, "5.5.2", "message contains a bare <CR>; lines must end with <CR><LF>")
 LINE_TOO_LONG = DataProblem(550, "5.5.6", "message contains a line longer than {limit} octets")
 TOO_BIG = DataProblem(552, "5.3.4", "message size exceeds fixed limit of {limit} octets")
+STARTS_FOLDED = DataProblem(
+    554, "5.6.0", "message starts with a continuation line (SP or HTAB before the first header field)"
+)
 
 # When a message has several problems the first in this order is reported,
 # so the reply does not depend on how the network split the message.
-_RANK = (BARE_LF, BARE_CR, LINE_TOO_LONG, TOO_BIG)
+_RANK = (BARE_LF, BARE_CR, LINE_TOO_LONG, TOO_BIG, STARTS_FOLDED)
 
 
 @attrs.define
@@ -66,6 +75,7 @@ class DataReader:
         self._at_line_start = True
         self._line_length = 0
         self._done = False
+        self._started = False  # the first octet of the (unstuffed) message has been looked at
 
     def _fail(self, problem: DataProblem, limit: int | None = None) -> None:
         rank = _RANK.index(problem)
@@ -153,6 +163,12 @@ class DataReader:
     def _result(self, out: list[bytes], ended: bool = False, rest: bytes = b"") -> DataResult:
         if self.received > self.max_size:
             self._fail(TOO_BIG, self.max_size)
+        if not self._started:
+            first = next((chunk[:1] for chunk in out if chunk), b"")
+            if first:
+                self._started = True
+                if first in (b" ", b"\t"):
+                    self._fail(STARTS_FOLDED)
         body = b"" if self.problem is not None else b"".join(out)
         return DataResult(body, ended, rest)
 

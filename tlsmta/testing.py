@@ -199,7 +199,7 @@ def _captured(message_id: str, data: bytes) -> CapturedMessage:
     from tlsmta import mailview
 
     message = mailview.parse(data)
-    sender, recipients = mailview.envelope_of(message)
+    sender, recipients = mailview.envelope_of(data)
     receipt = mailview.parse_receipt(str(message.get("Received", "")))
     return CapturedMessage(message_id, sender, tuple(recipients), message, receipt.as_json()["tls"], data)
 

@@ -343,7 +343,7 @@ class CertificateCheck:
 
     def _chain_result(self) -> ChainResult:
         hook_error = self.hook_error or self.internal_error
-        return ChainResult(tuple(self.errors), dict(self.hook_answers), hook_error)
+        return ChainResult(tuple(self.errors), dict(self.hook_answers), hook_error, hook_saw_names=self.names_in_handshake)
 
     def chain_result(self) -> ChainResult:
         """What the callback recorded, for verdicts under another mode (reports)."""

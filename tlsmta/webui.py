@@ -46,7 +46,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from tlsmta import log as events
 from tlsmta.capture import CapturedMail, MessageNotFound
 from tlsmta.devcert import LAB_MODES, dev_ca_path
-from tlsmta.mailview import envelope_of, html_of, parse, part_of
+from tlsmta.mailview import envelope_of, html_of, part_of
 from tlsmta.release import ReleaseError, outgoing_body, release_message, smarthost_route
 
 log = Logger(namespace="tlsmta.webui")
@@ -313,8 +313,11 @@ class WebUI(Resource):
 
         def queue(found: tuple[bytes, float]) -> Deferred[Reply]:
             data = found[0]
-            sender, recipients = envelope_of(parse(data))
-            message = release_message(sender, body.get("to") or recipients, route)
+            sender, recipients = envelope_of(data)
+            if body.get("to") is None:  # the envelope tlsmta's local delivery recorded
+                message = release_message(sender, recipients, route, "the stored Delivered-To lines")
+            else:
+                message = release_message(sender, body["to"], route)
             payload = outgoing_body(data)
             if any(byte > 0x7F for byte in payload):
                 message.body_type = "8BITMIME"
