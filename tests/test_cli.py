@@ -238,8 +238,10 @@ def test_policy_bad_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 
 def test_policy_says_in_words_what_will_happen(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """After the table, tlsmta policy says what happens, naming the CA file, the domain and the --mx host."""
+    import trustme
+
     ca = tmp_path / "ca.pem"
-    ca.write_text("")
+    trustme.CA().cert_pem.write_to_path(str(ca))  # a tls_ca file must hold a certificate
     path = tmp_path / "c.toml"
     path.write_text(f'[domain."example.com"]\ntls = "required"\ntls_verify = "host"\ntls_ca = "{ca}"\n')
     assert main(["policy", str(path), "example.com", "--mx", "mx1.example.com"]) == EX_OK

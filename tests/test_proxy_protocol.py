@@ -41,7 +41,11 @@ def v2_header(client: str, port: int = 40000) -> bytes:
 def converse(port: int, first: bytes, commands: list[bytes]) -> list[bytes]:
     """Send ``first`` (the header), then each command; the banner and every reply's last line.
     An empty list means the server closed without a banner."""
-    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+    try:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+    except ConnectionResetError:  # an untrusted proxy's connection is aborted at once
+        return []
+    with sock:
         f = sock.makefile("rb")
         try:
             sock.sendall(first)
