@@ -37,6 +37,18 @@ class TlsmtaProcess:
         self.stop()
         raise AssertionError("tlsmta did not start:\n" + self.log())
 
+    def wait_for_log(self, pattern: str) -> re.Match[str]:
+        """The first match of ``pattern`` in the log, waiting (bounded) for it to be written."""
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            match = re.search(pattern, self.log())
+            if match is not None:
+                return match
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"{pattern!r} not in the log:\n{self.log()}")
+
     def log(self) -> str:
         with open(self.log_path, errors="replace") as f:
             return f.read()

@@ -114,7 +114,8 @@ def test_no_config_relay_serves_the_page_and_prints_the_dev_ca(tmp_path: Any) ->
 
     relay = DevRelay(str(tmp_path))
     try:
-        [http_port] = re.findall(r"web page and API on http://127\.0\.0\.1:(\d+)/", relay.log())
+        # The web service may log its port a moment after the SMTP listener's.
+        http_port = relay.wait_for_log(r"web page and API on http://127\.0\.0\.1:(\d+)/").group(1)
         send_smtplib(relay.port, starttls=client_context(str(tmp_path / ".tlsmta" / "dev-ca.pem")))
         with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/api/messages", timeout=20) as response:
             listing = json.load(response)

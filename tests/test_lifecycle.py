@@ -98,16 +98,6 @@ class Prober:
         self.thread.join(timeout=30)
 
 
-def wait_for_log(proc: TlsmtaProcess, pattern: str, timeout: float = START_TIMEOUT) -> re.Match[str]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        match = re.search(pattern, proc.log())
-        if match:
-            return match
-        time.sleep(0.05)
-    raise AssertionError(f"{pattern!r} not in the log:\n{proc.log()}")
-
-
 def test_sighup_rotates_certificate_without_refusing_connections(tmp_path: Any, pki: Any) -> None:
     """Replace the certificate files, SIGHUP: openssl s_client sees the new one; no connection fails meanwhile;
     a broken config on the next SIGHUP is refused and the service keeps running."""
@@ -122,7 +112,7 @@ def test_sighup_rotates_certificate_without_refusing_connections(tmp_path: Any, 
             shutil.copy(pki.wrong_name.cert, cert)
             shutil.copy(pki.wrong_name.key, key)
             proc.proc.send_signal(signal.SIGHUP)
-            wait_for_log(proc, r"reload result=ok")
+            proc.wait_for_log(r"reload result=ok")
             time.sleep(0.3)  # keep probing a moment after the reload (not a synchronisation)
         assert served_certificate(proc.port) == first_pem(pki.wrong_name.cert)
         assert prober.failed == [] and prober.ok > 0
@@ -130,7 +120,7 @@ def test_sighup_rotates_certificate_without_refusing_connections(tmp_path: Any, 
         with open(config, "a") as f:
             f.write('\n[domain."x.test"]\ntls_verify = "maybe"\n')
         proc.proc.send_signal(signal.SIGHUP)
-        wait_for_log(proc, r"reload result=refused")
+        proc.wait_for_log(r"reload result=refused")
         assert "reload refused, keeping the running configuration" in proc.log()
         assert served_certificate(proc.port) == first_pem(pki.wrong_name.cert)
         send_smtplib(proc.port, starttls=client_context(None))
@@ -175,7 +165,7 @@ def test_json_log_format(tmp_path: Any) -> None:
     proc = TlsmtaProcess(str(tmp_path), "--config", config, "--log-format", "json")
     try:
         send_smtplib(proc.port)
-        wait_for_log(proc, r'"event": "received"')
+        proc.wait_for_log(r'"event": "received"')
     finally:
         log = proc.stop()
     records = [json.loads(line) for line in log.splitlines() if line.strip()]
