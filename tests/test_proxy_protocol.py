@@ -79,6 +79,24 @@ async def test_header_from_a_trusted_proxy_gives_the_client_address(tmp_path: An
 
 
 @pytest_twisted.ensureDeferred
+async def test_header_naming_no_client_gives_no_standing(tmp_path: Any) -> None:
+    """PROXY UNKNOWN (v1) and LOCAL (v2, health checks) name no client: the session is served,
+    but not with the proxy's own address, which relay_networks lists here."""
+    relay = await start_relay(tmp_path, [proxy_listener(relay_networks=["127.0.0.0/8"])])
+    local_v2 = b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x20, 0x00]) + b"\x00\x00"
+    try:
+        # (a bare "PROXY UNKNOWN" is refused by the parser; with the optional rest it is taken)
+        unknown = await in_thread(converse, relay.port, b"PROXY UNKNOWN 127.0.0.9 127.0.0.1 1 25\r\n", SESSION)
+        local = await in_thread(converse, relay.port, local_v2, SESSION)
+        proxied = await in_thread(converse, relay.port, v1_header("127.0.0.9"), SESSION)
+    finally:
+        await relay.stop()
+    assert unknown[0].startswith(b"220 ") and unknown[3].startswith(b"554 5.7.1"), unknown
+    assert local[0].startswith(b"220 ") and local[3].startswith(b"554 5.7.1"), local
+    assert proxied[3].startswith(b"250 "), proxied  # a named client in relay_networks still relays
+
+
+@pytest_twisted.ensureDeferred
 async def test_session_starts_only_after_the_header(tmp_path: Any) -> None:
     """A header split over two segments: no banner before it is complete; commands in the same
     segment as the header's end are served; the Received header and log carry the client address."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -32,6 +33,7 @@ log = Logger(namespace="tlsmta.proxyheader")
 
 PREFIX = "haproxy:"
 PROXY_HEADER_TIMEOUT = 10.0  # seconds for the proxy to send the header after connecting
+UNKNOWN_CLIENT = "unknown"  # the peer "address" when the header names no client
 
 
 class TrustedProxyProtocol(HAProxyProtocolWrapper):
@@ -78,6 +80,14 @@ class TrustedProxyProtocol(HAProxyProtocolWrapper):
         self.wrappedProtocol.makeConnection(self)
         if remaining:
             self.wrappedProtocol.dataReceived(remaining)
+
+    def getPeer(self) -> Any:
+        # LOCAL (v2, e.g. health checks) and UNKNOWN (v1) headers name no client.  Stock
+        # Twisted then answers with the proxy's own address, which relay_networks may well
+        # list; a session whose client is unknown must not inherit the proxy's standing.
+        if self._proxyInfo is not None and self._proxyInfo.source is None:
+            return IPv4Address("TCP", UNKNOWN_CLIENT, 0)
+        return super().getPeer()
 
     def _refuse(self, why: str) -> None:
         log.warn("PROXY listener: {why}; closed", why=why)
