@@ -288,6 +288,60 @@ def test_idle_timeout_gives_421() -> None:
     assert s.closed
 
 
+def test_trickled_bytes_do_not_extend_idle_timeout() -> None:
+    """idle_timeout restarts only when a complete command line arrives: a byte every 9 s
+    of a line that never ends does not hold the session past 30 s; whole lines do."""
+    s = Session(runtime(listener={"idle_timeout": 30}))
+    s.new_replies()
+    for _ in range(3):
+        s.clock.advance(9)
+        assert s.codes("NOOP\r\n") == [250]  # complete lines: each restarts the timer
+    for byte in b"NOO":
+        s.clock.advance(9)
+        s.send(bytes([byte]))
+    assert not s.closed  # 27 s since the last complete line
+    s.clock.advance(3)  # 30 s since it, though a byte came 3 s ago
+    assert s.new_replies() == [f"421 4.4.2 {HOSTNAME} Error: timeout exceeded"]
+    assert s.closed
+
+
+def test_session_timeout_ends_a_busy_session() -> None:
+    """A client sending a command within every idle_timeout is still cut off after
+    session_timeout: 421 4.4.2 and the connection closes."""
+    s = Session(runtime(listener={"idle_timeout": 30, "session_timeout": 100}))
+    s.new_replies()
+    s.ehlo()
+    for _ in range(4):
+        s.clock.advance(20)
+        assert s.codes("NOOP\r\n") == [250]
+    s.clock.advance(19)
+    assert not s.closed
+    s.clock.advance(1)
+    assert s.new_replies() == [f"421 4.4.2 {HOSTNAME} Error: session time limit exceeded"]
+    assert s.closed
+
+
+def test_session_timeout_lets_a_progressing_data_transfer_finish() -> None:
+    """session_timeout is checked between commands: a message still streaming when it passes
+    is received, stored and answered 250, and the session ends right after (pipelined
+    commands are not run)."""
+    s = Session(runtime(listener={"idle_timeout": 30, "data_timeout": 60, "session_timeout": 100}))
+    s.new_replies()
+    s.ehlo()
+    s.clock.advance(25)
+    assert s.codes("MAIL FROM:<a@client.test>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n") == [250, 250, 354]
+    for n in range(5):  # 25 s .. 125 s: past the session deadline, but each within data_timeout
+        s.send(f"line {n}\r\n")
+        s.clock.advance(20)
+    assert not s.closed
+    assert s.send(".\r\nNOOP\r\n") == [
+        f"250 2.0.0 Ok: queued as {s.sink.stored[0].envelope.message_id}",
+        f"421 4.4.2 {HOSTNAME} Error: session time limit exceeded",
+    ]
+    assert s.closed
+    assert s.sink.stored[0].data.endswith(b"line 0\r\nline 1\r\nline 2\r\nline 3\r\nline 4\r\n")
+
+
 def test_data_timeout_aborts_message() -> None:
     """A client stalling in DATA is dropped after data_timeout and nothing is stored."""
     s = Session(runtime(listener={"idle_timeout": 5, "data_timeout": 60}))
