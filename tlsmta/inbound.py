@@ -15,6 +15,8 @@ but its input handling is replaced, because each of these is a fault in it
 - EHLO advertises what is implemented, and MAIL parameters are enforced
   (REQUIRETLS, RFC 8689, only inside TLS);
 - 250 only after the message is durable; a storage failure is 4xx;
+- a failed AUTH is answered after a growing delay, and too many end the
+  session; passwords are checked in a thread, never on the reactor;
 - a client cannot hold a session by trickling bytes: ``idle_timeout``
   restarts only when a complete command line arrives (DATA restarts
   ``data_timeout`` on every read, as a big message streams for long), and
@@ -74,6 +76,12 @@ HARD_ERROR_LIMIT = 20  # like Postfix's smtpd_hard_error_limit
 CLOSE_GRACE = 10  # seconds a closing connection may take to flush before it is aborted
 BACKLOG_LIMIT = 64 * 1024  # pipelined bytes held while a command is in progress
 LONGEST_COMMAND = COMMAND_LINE_LIMIT + PARAMETER_ALLOWANCE
+# AUTH brute force: a failed AUTH is answered 535 only after a delay that doubles with
+# each failure on the connection (1, 2, 4 s ..., capped), and the AUTH_FAILURE_LIMIT-th
+# failure ends the session with 421 4.7.0 (what is pipelined behind it is not run).
+AUTH_FAILURE_DELAY = 1.0
+AUTH_FAILURE_DELAY_CAP = 8.0
+AUTH_FAILURE_LIMIT = 3
 
 
 class State(enum.Enum):
@@ -130,6 +138,8 @@ class InboundSMTP(smtp.ESMTP):
         self._replies_blocked = False  # the transport holds too many unsent replies
         self._client_verify_counted = False
         self._auth_step: Callable[[bytes], Deferred[None] | None] | None = None
+        self.auth_failures = 0  # on this connection; STARTTLS does not reset it
+        self._auth_delay: Any = None
         self._reverse_lookup: Deferred[list[str]] | None = None
         self.reverse_names: list[str] | None = None
         self._reset_session()
@@ -214,7 +224,7 @@ class InboundSMTP(smtp.ESMTP):
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self.setTimeout(None)
-        for timer in (self._abort_timer, self._session_timer):
+        for timer in (self._abort_timer, self._session_timer, self._auth_delay):
             if timer is not None and timer.active():
                 timer.cancel()
         if self.tls_active and self.tls_facts is None and reason is not None and reason.check(SSL.Error):
@@ -496,15 +506,35 @@ class InboundSMTP(smtp.ESMTP):
         run = self.runtime.run_in_thread
         d = run(users.check, user, password) if run else maybeDeferred(users.check, user, password)
 
-        def answer(ok: bool) -> None:
+        def answer(ok: bool) -> Deferred[None] | None:
             # The payload is never logged; the user name is.
             events.emit("auth", peer=self.peer_ip, user=user, result="ok" if ok else "failed")
             if not ok:
-                raise Reject(535, "5.7.8 Error: authentication failed")
+                return self._auth_failed()
             self.authenticated_as = user
             self.reply(235, "2.7.0 Authentication successful")
+            return None
 
         return d.addCallback(answer)
+
+    def _auth_failed(self) -> Deferred[None]:
+        """535 after a delay growing per failure (input waits meanwhile: the session is busy);
+        the AUTH_FAILURE_LIMIT-th failure also ends the session with 421 4.7.0."""
+        self.auth_failures += 1
+        delay = min(AUTH_FAILURE_DELAY * 2 ** (self.auth_failures - 1), AUTH_FAILURE_DELAY_CAP)
+        waited: Deferred[None] = Deferred()
+        # TimeoutMixin.callLater (the reactor's, unless a test clock replaced it) takes no arguments.
+        self._auth_delay = self.callLater(delay, lambda: waited.callback(None))
+
+        def answer(_: Any) -> None:
+            self._auth_delay = None
+            if self.auth_failures < AUTH_FAILURE_LIMIT:
+                raise Reject(535, "5.7.8 Error: authentication failed")
+            self.reply(535, "5.7.8 Error: authentication failed")
+            self.reply(421, f"4.7.0 {self.hostname} Error: too many authentication failures")
+            self.close()
+
+        return waited.addCallback(answer)
 
     def _standing(self) -> ClientStanding:
         verdict = self.client_verdict()
