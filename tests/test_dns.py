@@ -22,6 +22,7 @@ from tlsmta.dns import (
     MXHost,
     OfflineBackend,
     Resolver,
+    below_self,
     order_mx,
 )
 
@@ -159,6 +160,14 @@ def test_order_mx_equal_preferences_share_first_place():
     firsts = {order_mx([(10, "x"), (10, "y"), (10, "z"), (5, "w")], rng=rng.shuffle)[1].host for _ in range(200)}
     assert firsts == {"x", "y", "z"}
     assert all(order_mx([(10, "x"), (5, "w")], rng=rng.shuffle)[0].host == "w" for _ in range(20))
+
+
+def test_below_self_keeps_only_mx_preferred_over_us():
+    """RFC 5321 5.1: with us at preference 20, every MX at 20 or more goes (equal ones too)."""
+    mxs = [MXHost(10, "a1"), MXHost(10, "a2"), MXHost(20, "b1"), MXHost(20, "us"), MXHost(30, "c")]
+    assert below_self(mxs, lambda mx: mx.host == "us") == [MXHost(10, "a1"), MXHost(10, "a2")]
+    assert below_self(mxs, lambda mx: mx.host in ("us", "a2")) == []  # our lowest preference counts
+    assert below_self(mxs, lambda mx: False) == mxs
 
 
 # -- pinned answers ------------------------------------------------------------------------

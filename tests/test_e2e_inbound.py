@@ -567,3 +567,40 @@ async def test_smuggling_over_real_sockets(tmp_path: Any, fake_end: bytes, pipel
     codes = [r[:3] for r in replies]
     assert codes == [b"250", b"250", b"250", b"354", b"550", b"221"], replies
     assert maildir_messages(str(tmp_path / "maildir")) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_password_checks_run_off_the_reactor_thread(tmp_path: Any, monkeypatch: Any) -> None:
+    """scrypt is slow on purpose: the service checks AUTH passwords in its thread pool,
+    never on the reactor thread (which would stall every other session meanwhile);
+    a wrong password is answered 535 after AUTH_FAILURE_DELAY, on the real reactor too."""
+    import threading
+    import time
+
+    from tlsmta import inbound
+    from tlsmta.auth import UserDB, hash_password
+
+    monkeypatch.setattr(inbound, "AUTH_FAILURE_DELAY", 0.2)  # smtplib tries PLAIN, then LOGIN: two delays
+
+    users = tmp_path / "users"
+    users.write_text(f"alice:{hash_password('s3cret')}\n")
+    threads: list[threading.Thread] = []
+    check = UserDB.check
+
+    def recording(self: UserDB, user: str, password: str) -> bool:
+        threads.append(threading.current_thread())
+        return check(self, user, password)
+
+    monkeypatch.setattr(UserDB, "check", recording)
+    listener = dev_listener(auth_users_file=str(users), require_tls_for_auth=False, relay_networks=[])
+    relay = await start_relay(tmp_path, [listener])
+    try:
+        await in_thread(send_smtplib, relay.port, rcpts=("far@remote.test",), login=("alice", "s3cret"))
+        started = time.monotonic()
+        with pytest.raises(smtplib.SMTPAuthenticationError) as e:
+            await in_thread(send_smtplib, relay.port, rcpts=("far@remote.test",), login=("alice", "guess"))
+        elapsed = time.monotonic() - started
+    finally:
+        await relay.stop()
+    assert len(threads) >= 2 and all(t is not threading.main_thread() for t in threads)
+    assert e.value.smtp_code == 535 and elapsed >= 0.2  # the delay, on the real reactor

@@ -554,6 +554,55 @@ async def test_mx_pointing_back_at_us_bounces_instead_of_looping(tmp_path: Any, 
     assert delivery["result"] == "bounced" and delivery["text"] == f"5.4.6 mail for {domain} loops back to myself"
 
 
+@pytest.mark.parametrize("our_rank", [1, 2])
+@pytest_twisted.ensureDeferred
+async def test_backup_mx_never_hands_mail_to_a_less_preferred_mx(tmp_path: Any, events: list, our_rank: int) -> None:
+    """RFC 5321 5.1: when we are one of a domain's MXes (pinned mx1, mx2, mx3 = preference 10, 20, 30),
+    every MX at our preference or worse is dropped, not only our own address: a backup never
+    hands mail to a fellow backup (they could ping-pong it).  We are mx2: only mx1 may be tried
+    (it refuses connections, so the message is deferred and mx3 gets nothing).  We are mx1:
+    nothing is left, 5.4.6 "loops back to myself", and mx2 gets nothing."""
+    from e2e import in_thread, send_smtplib
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import TCP4ServerEndpoint
+    from outbound_lab import ScriptedFactory
+    from tlsmta.testing import RunningRelay, build_config, dev_listener
+
+    backup = ScriptedFactory("none")  # a plain SMTP server that takes any message
+    backup_ip = "127.0.0.3"
+    listening = await TCP4ServerEndpoint(reactor, 0, interface=backup_ip).listen(backup)
+    port = listening.getHost().port  # every MX listens on the same smtp_port, each on its own address
+    domain = "backups.test"
+    ips = {1: "127.0.0.2", 2: "127.0.0.2", 3: "127.0.0.2"}  # 127.0.0.2: nothing listens (refused)
+    ips[our_rank] = "127.0.0.1"
+    ips[our_rank + 1] = backup_ip
+    raw = {
+        "global": {"hostname": "mx.ours.test", "state_dir": str(tmp_path / "state"), "smtp_port": port},
+        "spool": {"path": str(tmp_path / "spool")},
+        "queue": {"retry_schedule": [3600]},
+        "dns": {
+            "mx": {domain: [f"mx1.{domain}", f"mx2.{domain}", f"mx3.{domain}"]},
+            "hosts": {f"mx{n}.{domain}": [ip] for n, ip in ips.items()},
+        },
+        "listener": [dev_listener(endpoint=f"tcp:{port}:interface=127.0.0.1")],
+    }
+    try:
+        relay = await RunningRelay(build_config(raw)).start()
+        try:
+            await in_thread(send_smtplib, port, sender="", rcpts=(f"user@{domain}",))
+            await relay.service.queue.wait_idle()
+        finally:
+            await relay.stop()
+    finally:
+        await listening.stopListening()
+    [delivery] = deliveries(events)
+    assert backup.connections == 0 and backup.messages == []
+    if our_rank == 2:
+        assert delivery["result"] == "deferred" and delivery["mx"] == f"mx1.{domain}", delivery
+    else:
+        assert delivery["result"] == "bounced" and delivery["text"] == f"5.4.6 mail for {domain} loops back to myself"
+
+
 @pytest_twisted.ensureDeferred
 async def test_too_many_hops_refused(tmp_path: Any) -> None:
     """A message that already carries more than max_hops Received: headers is refused 554 5.4.6."""

@@ -9,7 +9,8 @@ from twisted.internet.defer import succeed
 
 from inbound_harness import HOSTNAME, Session, runtime
 from tlsmta.auth import UserDB, hash_password
-from tlsmta.inbound import HARD_ERROR_LIMIT, InboundFactory, State
+from tlsmta import inbound
+from tlsmta.inbound import AUTH_FAILURE_DELAY, AUTH_FAILURE_DELAY_CAP, HARD_ERROR_LIMIT, InboundFactory, State
 from tlsmta.smtp_commands import COMMAND_LINE_LIMIT
 from tlsmta.store import StoreError
 from tlsmta.testing import MemorySink
@@ -288,6 +289,60 @@ def test_idle_timeout_gives_421() -> None:
     assert s.closed
 
 
+def test_trickled_bytes_do_not_extend_idle_timeout() -> None:
+    """idle_timeout restarts only when a complete command line arrives: a byte every 9 s
+    of a line that never ends does not hold the session past 30 s; whole lines do."""
+    s = Session(runtime(listener={"idle_timeout": 30}))
+    s.new_replies()
+    for _ in range(3):
+        s.clock.advance(9)
+        assert s.codes("NOOP\r\n") == [250]  # complete lines: each restarts the timer
+    for byte in b"NOO":
+        s.clock.advance(9)
+        s.send(bytes([byte]))
+    assert not s.closed  # 27 s since the last complete line
+    s.clock.advance(3)  # 30 s since it, though a byte came 3 s ago
+    assert s.new_replies() == [f"421 4.4.2 {HOSTNAME} Error: timeout exceeded"]
+    assert s.closed
+
+
+def test_session_timeout_ends_a_busy_session() -> None:
+    """A client sending a command within every idle_timeout is still cut off after
+    session_timeout: 421 4.4.2 and the connection closes."""
+    s = Session(runtime(listener={"idle_timeout": 30, "session_timeout": 100}))
+    s.new_replies()
+    s.ehlo()
+    for _ in range(4):
+        s.clock.advance(20)
+        assert s.codes("NOOP\r\n") == [250]
+    s.clock.advance(19)
+    assert not s.closed
+    s.clock.advance(1)
+    assert s.new_replies() == [f"421 4.4.2 {HOSTNAME} Error: session time limit exceeded"]
+    assert s.closed
+
+
+def test_session_timeout_lets_a_progressing_data_transfer_finish() -> None:
+    """session_timeout is checked between commands: a message still streaming when it passes
+    is received, stored and answered 250, and the session ends right after (pipelined
+    commands are not run)."""
+    s = Session(runtime(listener={"idle_timeout": 30, "data_timeout": 60, "session_timeout": 100}))
+    s.new_replies()
+    s.ehlo()
+    s.clock.advance(25)
+    assert s.codes("MAIL FROM:<a@client.test>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n") == [250, 250, 354]
+    for n in range(5):  # 25 s .. 125 s: past the session deadline, but each within data_timeout
+        s.send(f"line {n}\r\n")
+        s.clock.advance(20)
+    assert not s.closed
+    assert s.send(".\r\nNOOP\r\n") == [
+        f"250 2.0.0 Ok: queued as {s.sink.stored[0].envelope.message_id}",
+        f"421 4.4.2 {HOSTNAME} Error: session time limit exceeded",
+    ]
+    assert s.closed
+    assert s.sink.stored[0].data.endswith(b"line 0\r\nline 1\r\nline 2\r\nline 3\r\nline 4\r\n")
+
+
 def test_data_timeout_aborts_message() -> None:
     """A client stalling in DATA is dropped after data_timeout and nothing is stored."""
     s = Session(runtime(listener={"idle_timeout": 5, "data_timeout": 60}))
@@ -366,9 +421,78 @@ def test_auth_only_inside_tls_and_allows_relay(pki) -> None:
     s.send("STARTTLS\r\n")
     assert s.ehlo()[-1] == "250 AUTH PLAIN LOGIN"
     assert s.codes("MAIL FROM:<a@client.test>\r\nRCPT TO:<b@example.com>\r\nRSET\r\n") == [250, 554, 250]
-    assert s.codes("AUTH PLAIN AGFsaWNlAHdyb25n\r\n") == [535]  # alice / wrong
+    assert s.codes("AUTH PLAIN AGFsaWNlAHdyb25n\r\n") == []  # alice / wrong: answered after a delay
+    s.clock.advance(AUTH_FAILURE_DELAY)
+    assert [int(line[:3]) for line in s.new_replies()] == [535]
     assert s.codes("AUTH PLAIN AGFsaWNlAHMzY3JldA==\r\n") == [235]  # alice / s3cret
     assert s.codes("MAIL FROM:<a@client.test>\r\nRCPT TO:<b@example.com>\r\n") == [250, 250]
+
+
+def test_failed_auth_is_slowed_and_limited(pki) -> None:
+    """AUTH brute force: each 535 comes only after a delay that grows per failure on the
+    connection (1, 2, 4 s), input waits meanwhile, and the third failure ends the session
+    with 421 4.7.0: a pipelined fourth attempt (here the right password) is never checked.
+    The checks go through run_in_thread (the service's thread pool), not the reactor."""
+    rt = runtime(listener={"tls": "starttls"}, tls_pair=pki.good, users=_users())
+    checked = []
+
+    def in_thread(fn, *args):
+        checked.append(args[0])
+        return succeed(fn(*args))
+
+    rt.run_in_thread = in_thread
+    s = Session(rt)
+    s.new_replies()
+    s.send("STARTTLS\r\n")
+    s.ehlo()
+    wrong, right = "AUTH PLAIN AGFsaWNlAHdyb25n\r\n", "AUTH PLAIN AGFsaWNlAHMzY3JldA==\r\n"
+    for delay in (1, 2):
+        assert s.send(wrong + "NOOP\r\n") == []
+        s.clock.advance(delay - 0.01)
+        assert s.new_replies() == []
+        s.clock.advance(0.01)
+        assert [int(line[:3]) for line in s.new_replies()] == [535, 250]
+    assert s.send(wrong + right) == []
+    s.clock.advance(3.99)
+    assert s.new_replies() == [] and not s.closed
+    s.clock.advance(0.01)
+    assert s.new_replies() == [
+        "535 5.7.8 Error: authentication failed",
+        f"421 4.7.0 {HOSTNAME} Error: too many authentication failures",
+    ]
+    assert s.closed
+    assert checked == ["alice"] * 3 and s.proto.authenticated_as is None
+
+
+def test_auth_failure_delay_is_capped(pki, monkeypatch) -> None:
+    """The delay doubles per failure up to AUTH_FAILURE_DELAY_CAP."""
+    monkeypatch.setattr(inbound, "AUTH_FAILURE_LIMIT", 10)
+    rt = runtime(listener={"tls": "starttls"}, tls_pair=pki.good, users=_users())
+    rt.run_in_thread = lambda fn, *a: succeed(fn(*a))
+    s = Session(rt)
+    s.new_replies()
+    s.send("STARTTLS\r\n")
+    s.ehlo()
+    for delay in (1, 2, 4, 8, 8, 8):
+        assert s.send("AUTH PLAIN AGFsaWNlAHdyb25n\r\n") == []
+        s.clock.advance(delay - 0.01)
+        assert s.new_replies() == []
+        s.clock.advance(0.01)
+        assert [int(line[:3]) for line in s.new_replies()] == [535]
+    assert AUTH_FAILURE_DELAY_CAP == 8
+
+
+def test_auth_delay_cancelled_when_client_leaves(pki) -> None:
+    """A client that hangs up during the delay leaves no timer behind."""
+    rt = runtime(listener={"tls": "starttls"}, tls_pair=pki.good, users=_users())
+    rt.run_in_thread = lambda fn, *a: succeed(fn(*a))
+    s = Session(rt)
+    s.new_replies()
+    s.send("STARTTLS\r\n")
+    s.ehlo()
+    s.send("AUTH PLAIN AGFsaWNlAHdyb25n\r\n")
+    s.proto.connectionLost(None)
+    assert s.clock.getDelayedCalls() == []
 
 
 def test_auth_login_two_steps(pki) -> None:

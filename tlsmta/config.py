@@ -321,8 +321,11 @@ LISTENER_OPTIONS: dict[str, Option] = {
     "max_connections": Option(_int(1), 1000),
     "max_connections_per_ip": Option(_int(1), 50, "per client address; relay_networks exempt"),
     "max_line_length": Option(_int(78, 1024 * 1024), 998, "octets, CRLF excluded"),
-    "idle_timeout": Option(_int(1), 300, "seconds without a command"),
+    "idle_timeout": Option(_int(1), 300, "seconds to send a complete command line (trickled bytes do not extend it)"),
     "data_timeout": Option(_int(1), 600, "seconds without DATA bytes"),
+    "session_timeout": Option(
+        _int(1), 1800, "seconds a session may last; checked between commands, so a DATA transfer that keeps going finishes"
+    ),
     "tls_lab": Option(_enum(*LAB_MODES), None, "dev relay: serve a good or deliberately bad TLS peer"),
 }
 
@@ -396,6 +399,7 @@ class ListenerConfig:
     max_line_length: int
     idle_timeout: int
     data_timeout: int
+    session_timeout: int
     tls_lab: str | None = None
 
 

@@ -35,7 +35,7 @@ from tlsmta import log as events
 from tlsmta.client_codec import Reply, parse_ehlo
 from tlsmta.config import DELIVERY_OPTIONS, Resolved
 from tlsmta.diskio import DiskIO
-from tlsmta.dns import DNSError, DNSPermanent, Resolver
+from tlsmta.dns import DNSError, DNSPermanent, MXHost, Resolver, below_self
 from tlsmta.hooks import Hooks
 from tlsmta.maildir import LocalSink, crlf_to_lf
 from tlsmta.outbound import COMMAND_TIMEOUT, DATA_START_TIMEOUT, ConnectionBroken, OutboundSMTP, connect
@@ -299,24 +299,43 @@ class Destination:
             attempt.rpt = (False, result_type, failure.reason)
 
     async def _hosts(self) -> list[tuple[str, str, int]]:
-        """(name, address, port) to try, in order."""
+        """(name, address, port) to try, in order.
+
+        RFC 5321 5.1: if one of the domain's MX hosts is this MTA, every MX whose
+        preference is not better than ours is dropped, not only our own address
+        (two backup MXes would otherwise hand a message back and forth)."""
         resolver = self.pool.resolver
         if self.route.kind == "smtp":
             assert self.route.host is not None
-            names = [self.route.host]
+            mxs = [MXHost(0, self.route.host)]
             port = self.route.port or self.options["smtp_port"]
         else:
-            names = [mx.host for mx in await resolver.mx(self.domain)]
+            mxs = await resolver.mx(self.domain)
             port = self.options["smtp_port"]
+        found: dict[str, list[str] | DNSError] = {}
+        for mx in mxs:
+            if mx.host not in found:
+                try:
+                    found[mx.host] = await resolver.addresses(mx.host)
+                except DNSError as e:
+                    found[mx.host] = e
+
+        def ours(mx: MXHost) -> bool:
+            addresses = found[mx.host]
+            return not isinstance(addresses, DNSError) and any(self.pool.is_self(ip, port) for ip in addresses)
+
+        if self.route.kind != "smtp":
+            mxs = below_self(mxs, ours)
+            if not mxs:
+                raise DNSPermanent(f"mail for {self.domain} loops back to myself", status="5.4.6")
         out = []
         last_error: DNSError | None = None
-        for name in names:
-            try:
-                addresses = await resolver.addresses(name)
-            except DNSError as e:
-                last_error = e
+        for mx in mxs:
+            addresses = found[mx.host]
+            if isinstance(addresses, DNSError):
+                last_error = addresses
                 continue
-            out += [(name, ip, port) for ip in addresses[:MAX_ADDRESSES_PER_HOST]]
+            out += [(mx.host, ip, port) for ip in addresses[:MAX_ADDRESSES_PER_HOST]]
         if not out:
             if last_error is not None and not last_error.permanent:
                 raise last_error

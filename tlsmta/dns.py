@@ -72,6 +72,17 @@ def order_mx(records: Sequence[tuple[int, str]], rng: Callable[[Sequence[Any]], 
     return out
 
 
+def below_self(mxs: Sequence[MXHost], is_self: Callable[[MXHost], bool]) -> list[MXHost]:
+    """RFC 5321 5.1: when this MTA is one of the MX hosts, only those preferred over
+    it (a lower preference number than our lowest) may be tried; the others, us
+    included, would hand the mail back or to a fellow backup (a loop).  Empty:
+    there is nowhere to send it (the caller's 5.4.6)."""
+    own = [mx.preference for mx in mxs if is_self(mx)]
+    if not own:
+        return list(mxs)
+    return [mx for mx in mxs if mx.preference < min(own)]
+
+
 def _classify(failure: Failure, what: str) -> Failure:
     if failure.check(error.DNSNameError):
         return Failure(DNSPermanent(f"{what}: no such domain"))

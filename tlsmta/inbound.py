@@ -14,7 +14,14 @@ but its input handling is replaced, because each of these is a fault in it
 - an over-long command line is 500 and the session goes on;
 - EHLO advertises what is implemented, and MAIL parameters are enforced
   (REQUIRETLS, RFC 8689, only inside TLS);
-- 250 only after the message is durable; a storage failure is 4xx.
+- 250 only after the message is durable; a storage failure is 4xx;
+- a failed AUTH is answered after a growing delay, and too many end the
+  session; passwords are checked in a thread, never on the reactor;
+- a client cannot hold a session by trickling bytes: ``idle_timeout``
+  restarts only when a complete command line arrives (DATA restarts
+  ``data_timeout`` on every read, as a big message streams for long), and
+  ``session_timeout`` bounds the whole session; it is checked between
+  commands, so a DATA transfer in progress is finished and answered first.
 
 Decisions live in pure modules (smtp_commands, smtp_data, acceptance,
 policy); this class routes bytes and replies.
@@ -69,6 +76,12 @@ HARD_ERROR_LIMIT = 20  # like Postfix's smtpd_hard_error_limit
 CLOSE_GRACE = 10  # seconds a closing connection may take to flush before it is aborted
 BACKLOG_LIMIT = 64 * 1024  # pipelined bytes held while a command is in progress
 LONGEST_COMMAND = COMMAND_LINE_LIMIT + PARAMETER_ALLOWANCE
+# AUTH brute force: a failed AUTH is answered 535 only after a delay that doubles with
+# each failure on the connection (1, 2, 4 s ..., capped), and the AUTH_FAILURE_LIMIT-th
+# failure ends the session with 421 4.7.0 (what is pipelined behind it is not run).
+AUTH_FAILURE_DELAY = 1.0
+AUTH_FAILURE_DELAY_CAP = 8.0
+AUTH_FAILURE_LIMIT = 3
 
 
 class State(enum.Enum):
@@ -120,9 +133,13 @@ class InboundSMTP(smtp.ESMTP):
         self._processing = False
         self._paused_for: set[str] = set()
         self._abort_timer: Any = None
+        self._session_timer: Any = None
+        self._session_expired = False
         self._replies_blocked = False  # the transport holds too many unsent replies
         self._client_verify_counted = False
         self._auth_step: Callable[[bytes], Deferred[None] | None] | None = None
+        self.auth_failures = 0  # on this connection; STARTTLS does not reset it
+        self._auth_delay: Any = None
         self._reverse_lookup: Deferred[list[str]] | None = None
         self.reverse_names: list[str] | None = None
         self._reset_session()
@@ -195,6 +212,7 @@ class InboundSMTP(smtp.ESMTP):
         set_no_delay(self.transport)  # replies are small writes; never hold one for an ACK
         self.reply(220, f"{self.hostname} ESMTP tlsmta")
         self.setTimeout(self.runtime.listener.idle_timeout)
+        self._session_timer = self.callLater(self.runtime.listener.session_timeout, self._session_deadline)
 
     def close(self) -> None:
         """Close after what was written is sent, but never wait for the peer forever:
@@ -206,8 +224,9 @@ class InboundSMTP(smtp.ESMTP):
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self.setTimeout(None)
-        if self._abort_timer is not None and self._abort_timer.active():
-            self._abort_timer.cancel()
+        for timer in (self._abort_timer, self._session_timer, self._auth_delay):
+            if timer is not None and timer.active():
+                timer.cancel()
         if self.tls_active and self.tls_facts is None and reason is not None and reason.check(SSL.Error):
             events.emit("tls_failed", listener=self.runtime.listener.name, peer=self.peer_ip, reason=ssl_error_text(reason.value))
         if self._writer is not None and self.state is State.DATA:
@@ -224,6 +243,19 @@ class InboundSMTP(smtp.ESMTP):
             self._writer.abort()
             self._writer = None
         self.close()
+
+    def _session_deadline(self) -> None:
+        self._session_expired = True
+        self._end_if_expired()
+
+    def _end_if_expired(self) -> bool:
+        """Past session_timeout, end the session at the first point between commands
+        (not in DATA, not while a command is being answered); True if it ended now."""
+        if not self._session_expired or self._busy or self.state not in (State.COMMAND, State.AUTH):
+            return False
+        self.reply(421, f"4.4.2 {self.hostname} Error: session time limit exceeded")
+        self.close()
+        return True
 
     def handshakeCompleted(self) -> None:
         self.tls_facts = SessionFacts.from_connection(self.transport.getHandle())
@@ -250,7 +282,10 @@ class InboundSMTP(smtp.ESMTP):
     def dataReceived(self, data: bytes) -> None:
         if self.state is State.CLOSED:
             return
-        self.resetTimeout()
+        if self.state is State.DATA:
+            self.resetTimeout()  # data_timeout: a message streams for as long as it keeps coming
+        # Otherwise idle_timeout restarts only when a complete line arrives (_command_input):
+        # a client trickling a byte at a time cannot hold the session.
         self._inbuf = self._inbuf + data if self._inbuf else data
         if (self._busy or self._replies_blocked) and len(self._inbuf) > BACKLOG_LIMIT:
             self._pause("backlog")
@@ -263,10 +298,14 @@ class InboundSMTP(smtp.ESMTP):
             while self._inbuf and not self._busy and self.state is not State.CLOSED and not self._replies_blocked:
                 if self.state is State.DATA:
                     self._data_input()
+                elif self._end_if_expired():
+                    break
                 elif not self._command_input():
                     break  # an incomplete line: wait for more bytes
         finally:
             self._processing = False
+        if self._end_if_expired():
+            return
         if not self._busy and not self._replies_blocked:
             self._resume("backlog")
 
@@ -281,6 +320,7 @@ class InboundSMTP(smtp.ESMTP):
                 self._inbuf = b""
             return False
         line, self._inbuf = self._inbuf[:newline], self._inbuf[newline + 1 :]
+        self.resetTimeout()  # a complete line: the client gets idle_timeout for the next one
         if self._discarding_line:
             self._discarding_line = False  # the tail of a line already answered
             return True
@@ -321,7 +361,7 @@ class InboundSMTP(smtp.ESMTP):
     def _unbusy(self, _: Any) -> None:
         self._busy = False
         if self.state is not State.CLOSED and not self._processing:
-            self._process()
+            self._process()  # ends the session here if session_timeout passed meanwhile
 
     def _continue(self) -> None:
         """Resume work on buffered input (after the client read our replies)."""
@@ -466,15 +506,35 @@ class InboundSMTP(smtp.ESMTP):
         run = self.runtime.run_in_thread
         d = run(users.check, user, password) if run else maybeDeferred(users.check, user, password)
 
-        def answer(ok: bool) -> None:
+        def answer(ok: bool) -> Deferred[None] | None:
             # The payload is never logged; the user name is.
             events.emit("auth", peer=self.peer_ip, user=user, result="ok" if ok else "failed")
             if not ok:
-                raise Reject(535, "5.7.8 Error: authentication failed")
+                return self._auth_failed()
             self.authenticated_as = user
             self.reply(235, "2.7.0 Authentication successful")
+            return None
 
         return d.addCallback(answer)
+
+    def _auth_failed(self) -> Deferred[None]:
+        """535 after a delay growing per failure (input waits meanwhile: the session is busy);
+        the AUTH_FAILURE_LIMIT-th failure also ends the session with 421 4.7.0."""
+        self.auth_failures += 1
+        delay = min(AUTH_FAILURE_DELAY * 2 ** (self.auth_failures - 1), AUTH_FAILURE_DELAY_CAP)
+        waited: Deferred[None] = Deferred()
+        # TimeoutMixin.callLater (the reactor's, unless a test clock replaced it) takes no arguments.
+        self._auth_delay = self.callLater(delay, lambda: waited.callback(None))
+
+        def answer(_: Any) -> None:
+            self._auth_delay = None
+            if self.auth_failures < AUTH_FAILURE_LIMIT:
+                raise Reject(535, "5.7.8 Error: authentication failed")
+            self.reply(535, "5.7.8 Error: authentication failed")
+            self.reply(421, f"4.7.0 {self.hostname} Error: too many authentication failures")
+            self.close()
+
+        return waited.addCallback(answer)
 
     def _standing(self) -> ClientStanding:
         verdict = self.client_verdict()
