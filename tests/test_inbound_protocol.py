@@ -410,6 +410,17 @@ def _users() -> UserDB:
     return UserDB({"alice": hash_password("s3cret")})
 
 
+def _auth_session_in_tls(pki) -> Session:
+    """A session with users, past STARTTLS and EHLO; password checks run inline."""
+    rt = runtime(listener={"tls": "starttls"}, tls_pair=pki.good, users=_users())
+    rt.run_in_thread = lambda fn, *a: succeed(fn(*a))
+    s = Session(rt)
+    s.new_replies()
+    s.send("STARTTLS\r\n")
+    s.ehlo()
+    return s
+
+
 def test_auth_only_inside_tls_and_allows_relay(pki) -> None:
     """AUTH is not offered in clear text; inside TLS, PLAIN works and lets the client relay."""
     rt = runtime(listener={"tls": "starttls", "relay_networks": []}, tls_pair=pki.good, users=_users())
@@ -467,12 +478,7 @@ def test_failed_auth_is_slowed_and_limited(pki) -> None:
 def test_auth_failure_delay_is_capped(pki, monkeypatch) -> None:
     """The delay doubles per failure up to AUTH_FAILURE_DELAY_CAP."""
     monkeypatch.setattr(inbound, "AUTH_FAILURE_LIMIT", 10)
-    rt = runtime(listener={"tls": "starttls"}, tls_pair=pki.good, users=_users())
-    rt.run_in_thread = lambda fn, *a: succeed(fn(*a))
-    s = Session(rt)
-    s.new_replies()
-    s.send("STARTTLS\r\n")
-    s.ehlo()
+    s = _auth_session_in_tls(pki)
     for delay in (1, 2, 4, 8, 8, 8):
         assert s.send("AUTH PLAIN AGFsaWNlAHdyb25n\r\n") == []
         s.clock.advance(delay - 0.01)
@@ -484,12 +490,7 @@ def test_auth_failure_delay_is_capped(pki, monkeypatch) -> None:
 
 def test_auth_delay_cancelled_when_client_leaves(pki) -> None:
     """A client that hangs up during the delay leaves no timer behind."""
-    rt = runtime(listener={"tls": "starttls"}, tls_pair=pki.good, users=_users())
-    rt.run_in_thread = lambda fn, *a: succeed(fn(*a))
-    s = Session(rt)
-    s.new_replies()
-    s.send("STARTTLS\r\n")
-    s.ehlo()
+    s = _auth_session_in_tls(pki)
     s.send("AUTH PLAIN AGFsaWNlAHdyb25n\r\n")
     s.proto.connectionLost(None)
     assert s.clock.getDelayedCalls() == []
@@ -497,12 +498,7 @@ def test_auth_delay_cancelled_when_client_leaves(pki) -> None:
 
 def test_auth_login_two_steps(pki) -> None:
     """AUTH LOGIN asks for user and password in turn."""
-    rt = runtime(listener={"tls": "starttls"}, tls_pair=pki.good, users=_users())
-    rt.run_in_thread = lambda fn, *a: succeed(fn(*a))
-    s = Session(rt)
-    s.new_replies()
-    s.send("STARTTLS\r\n")
-    s.ehlo()
+    s = _auth_session_in_tls(pki)
     assert s.send("AUTH LOGIN\r\n") == ["334 VXNlcm5hbWU6"]
     assert s.send("YWxpY2U=\r\n") == ["334 UGFzc3dvcmQ6"]
     assert s.codes("czNjcmV0\r\n") == [235]
