@@ -246,3 +246,36 @@ async def test_implicit_tls_behind_the_header(tmp_path: Any, pki: Any) -> None:
     finally:
         await relay.stop()
     assert replies[0].startswith(b"220 ") and replies[3].startswith(b"250 "), replies
+
+
+@pytest.mark.parametrize("header", [v1_header("198.51.100.9"), v2_header("198.51.100.9")], ids=["v1", "v2"])
+def test_header_arriving_byte_by_byte(header: bytes) -> None:
+    """However the header is split into segments, the session starts after it, with the
+    header's client as its peer and the bytes after the header as its first input."""
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.protocol import Factory, Protocol
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+
+    class Recorder(Protocol):
+        def connectionMade(self) -> None:
+            self.peer = self.transport.getPeer()
+            self.received = b""
+
+        def dataReceived(self, data: bytes) -> None:
+            self.received += data
+
+    factory = proxyheader.TrustedProxyFactory(
+        Factory.forProtocol(Recorder), lambda: [ipaddress.ip_network("127.0.0.0/8")], Clock()
+    )
+    wrapper = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+    wrapper.makeConnection(transport)
+    stream = header + b"EHLO c.test\r\n"
+    for i in range(len(stream)):
+        wrapper.dataReceived(stream[i:i + 1])
+        if i < len(header) - 1:
+            assert not hasattr(wrapper.wrappedProtocol, "peer")  # not started before the header is whole
+    recorder = wrapper.wrappedProtocol
+    assert recorder.peer.host == "198.51.100.9" and recorder.received == b"EHLO c.test\r\n"
+    assert not transport.disconnecting

@@ -61,13 +61,15 @@ class TrustedProxyProtocol(HAProxyProtocolWrapper):
             self.wrappedProtocol.dataReceived(data)
             return
         if self._parser is None:
-            if len(data) >= 16 and data[:12] == V2Parser.PREFIX and data[12] & 0xF0 == 0x20:
-                self._parser = V2Parser()
-            elif len(data) >= 8 and data[:5] == V1Parser.PROXYSTR:
-                self._parser = V1Parser()
-            else:
+            # Unlike Twisted's wrapper, a header's first bytes may come in several segments.
+            data = self._head = getattr(self, "_head", b"") + data
+            parser = _parser_for(data)
+            if parser is None:
+                return  # not enough bytes yet to tell
+            if parser is False:
                 self._refuse("connection did not start with a PROXY header")
                 return
+            self._parser = parser
         try:
             self._proxyInfo, remaining = self._parser.feed(data)
         except InvalidProxyHeader:
@@ -101,6 +103,19 @@ class TrustedProxyProtocol(HAProxyProtocolWrapper):
             super().connectionLost(reason)
         else:
             self.factory.unregisterProtocol(self)
+
+
+def _parser_for(head: bytes) -> V1Parser | V2Parser | bool | None:
+    """The parser for a header starting with ``head``; None: undecided yet; False: not a header."""
+    if len(head) >= 13 and head[:12] == V2Parser.PREFIX:
+        if head[12] & 0xF0 != 0x20:
+            return False
+        return V2Parser() if len(head) >= 16 else None  # Twisted's parser wants the length field at once
+    if head.startswith(V1Parser.PROXYSTR):
+        return V1Parser()
+    if V2Parser.PREFIX.startswith(head[:12]) or V1Parser.PROXYSTR.startswith(head):
+        return None
+    return False
 
 
 class TrustedProxyFactory(HAProxyWrappingFactory):
