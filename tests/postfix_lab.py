@@ -165,12 +165,15 @@ class PrivatePostfix:
                 found += [os.path.join(root, name) for name in files]
         return found
 
-    def wait_for_log(self, text: str, timeout: float = 60) -> str:
-        """Wait (bounded) for ``text`` to appear in the log; return the log."""
+    def wait_for_log(self, text: str, timeout: float = 60, count: int = 1) -> str:
+        """Wait (bounded) for ``text`` to appear in the log (``count`` times); return the log.
+
+        Postfix's daemons log through postlogd (a datagram service), so a line can reach the
+        file some time after the SMTP reply that followed it: never read the log without this."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             log = self.log()
-            if text in log:
+            if log.count(text) >= count:
                 return log
             time.sleep(0.1)
-        raise AssertionError(f"{text!r} not in the Postfix log within {timeout}s:\n{self.log()}")
+        raise AssertionError(f"{text!r} not {count} time(s) in the Postfix log within {timeout}s:\n{self.log()}")
