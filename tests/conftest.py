@@ -9,16 +9,25 @@ from __future__ import annotations
 import datetime
 import os
 import pathlib
+import socket
 import subprocess
 from typing import Any
 
 import attrs
+import hypothesis
 import pytest
 import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+
+# Hypothesis fails an example that takes over 200 ms (its default deadline) as "Unreliable test
+# timings" when the replay is fast: a loaded CI machine pausing the process is enough.  Every
+# property here checks results, not speed (several already said deadline=None): none has one.
+hypothesis.settings.register_profile("tlsmta", deadline=None)
+hypothesis.settings.load_profile("tlsmta")
 
 
 @attrs.frozen
@@ -102,6 +111,28 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
             directory, "client-expired", ca.issue_cert(CLIENT_NAME, not_before=long_ago, not_after=past)
         ),
     )
+
+
+@pytest.fixture
+def dead_port() -> Any:
+    """A loopback port that refuses connections for the whole test (a smarthost or MX that is down).
+
+    It stays bound, never listening, until the test ends: a port merely found free and released
+    (bind, close) can be taken meanwhile by any other listener on the machine, and a "down"
+    smarthost would then answer."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield held.getsockname()[1]
+
+
+@pytest.fixture
+def reserved_port() -> Any:
+    """A loopback port held (bound with SO_REUSEPORT, never listening) for the whole test: it refuses
+    connections until a ``reuseport:PORT`` listener starts on it, and no one else can take it meanwhile."""
+    with socket.socket() as held:
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        held.bind(("127.0.0.1", 0))
+        yield held.getsockname()[1]
 
 
 @pytest.fixture

@@ -19,6 +19,9 @@ from tlsmta.testing import RunningRelay, build_config, dev_listener
 T = TypeVar("T")
 HOSTNAME = "mx.example.test"
 CLIENT_TIMEOUT = 20
+# aiosmtpd's Controller.start() gives its thread 5 s (default) to listen and answer a first
+# connection, and says "the system is too busy" past that: a loaded CI machine gets 30.
+AIOSMTPD_READY_TIMEOUT = 30
 
 
 async def start_relay(

@@ -101,8 +101,16 @@ class PrivatePostfix:
         for name, source in (files or {}).items():  # certificates and CAs, readable by Postfix
             shutil.copy(source, f"{self.dir}/{name}")
             os.chmod(f"{self.dir}/{name}", 0o644)
-        main = MAIN_CF.format(dir=self.dir)
-        main += "".join(f"{key} = {value}\n" for key, value in (settings or {}).items())
+        # A setting replaces the default line rather than following it: a repeated key makes every
+        # daemon warn "overriding earlier entry" at start, postlogd too, which sends its warning to
+        # its own socket; once other daemons' warnings have filled that queue, postlogd blocks on
+        # itself, every daemon then blocks on logging, and smtpd never answers (a hang, seen under load).
+        settings = dict(settings or {})
+        lines = []
+        for line in MAIN_CF.format(dir=self.dir).splitlines():
+            key = line.partition(" =")[0]
+            lines.append(f"{key} = {settings.pop(key)}" if key in settings else line)
+        main = "\n".join(lines) + "\n" + "".join(f"{key} = {value}\n" for key, value in settings.items())
         with open(f"{self.dir}/etc/main.cf", "w") as f:
             f.write(main)
         with open(f"{self.dir}/etc/master.cf", "w") as f:
@@ -165,12 +173,15 @@ class PrivatePostfix:
                 found += [os.path.join(root, name) for name in files]
         return found
 
-    def wait_for_log(self, text: str, timeout: float = 60) -> str:
-        """Wait (bounded) for ``text`` to appear in the log; return the log."""
+    def wait_for_log(self, text: str, timeout: float = 60, count: int = 1) -> str:
+        """Wait (bounded) for ``text`` to appear in the log (``count`` times); return the log.
+
+        Postfix's daemons log through postlogd (a datagram service), so a line can reach the
+        file some time after the SMTP reply that followed it: never read the log without this."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             log = self.log()
-            if text in log:
+            if log.count(text) >= count:
                 return log
             time.sleep(0.1)
-        raise AssertionError(f"{text!r} not in the Postfix log within {timeout}s:\n{self.log()}")
+        raise AssertionError(f"{text!r} not {count} time(s) in the Postfix log within {timeout}s:\n{self.log()}")

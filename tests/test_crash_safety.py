@@ -18,7 +18,6 @@ from typing import Any
 import pytest_twisted
 
 from e2e import eventually, in_thread, maildir_messages
-from postfix_lab import free_port
 from processes import TlsmtaProcess
 from tlsmta.testing import RunningRelay, build_config, dev_listener
 
@@ -76,8 +75,8 @@ class Load:
 
 
 @pytest_twisted.ensureDeferred
-async def test_kill_9_under_load_loses_nothing_acknowledged(tmp_path: Any) -> None:
-    smarthost_port = free_port()
+async def test_kill_9_under_load_loses_nothing_acknowledged(tmp_path: Any, reserved_port: int) -> None:
+    smarthost_port = reserved_port  # refuses connections (down) until the receiver listens on it
     config = tmp_path / "tlsmta.toml"
     config.write_text(config_text(tmp_path, smarthost_port))
     first = await in_thread(TlsmtaProcess, str(tmp_path), "--config", str(config))
@@ -94,7 +93,7 @@ async def test_kill_9_under_load_loses_nothing_acknowledged(tmp_path: Any) -> No
     receiver_raw = {
         "global": {"hostname": "smarthost.test", "state_dir": str(tmp_path / "rstate"), "route": f"maildir:{tmp_path / 'received'}"},
         "spool": {"path": str(tmp_path / "rspool")},
-        "listener": [dev_listener(endpoint=f"tcp:{smarthost_port}:interface=127.0.0.1")],
+        "listener": [dev_listener(endpoint=f"reuseport:{smarthost_port}:interface=127.0.0.1")],
     }
     receiver = await RunningRelay(build_config(receiver_raw)).start()
     second = await in_thread(TlsmtaProcess, str(tmp_path), "--config", str(config))

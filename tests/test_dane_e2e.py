@@ -143,6 +143,7 @@ async def test_dane_sends_sni_for_the_mx_host(tmp_path: Any, pki: Any, events: l
 
     from aiosmtpd.controller import Controller
 
+    from e2e import AIOSMTPD_READY_TIMEOUT
     from postfix_lab import free_port
 
     seen: list[str | None] = []
@@ -154,7 +155,8 @@ async def test_dane_sends_sni_for_the_mx_host(tmp_path: Any, pki: Any, events: l
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(pki.good.cert, pki.good.key)
     context.sni_callback = lambda sock, name, ctx: seen.append(name)
-    controller = Controller(Sink(), hostname="127.0.0.1", port=free_port(), tls_context=context, server_hostname=MX)
+    controller = Controller(Sink(), hostname="127.0.0.1", port=free_port(), tls_context=context, server_hostname=MX,
+        ready_timeout=AIOSMTPD_READY_TIMEOUT)
     controller.start()
     try:
         dns = {"tlsa": {dane.tlsa_name(MX, controller.port): [str(dane.record_for(leaf_of(pki.good)))]}}

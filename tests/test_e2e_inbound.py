@@ -481,7 +481,10 @@ async def test_stalled_handshake_is_cut_off(tmp_path: Any, pki: Any, monkeypatch
     import tlsmta.inbound
 
     monkeypatch.setattr(tlsmta.inbound, "CLOSE_GRACE", 0.5)
-    listener = tls_listener(pki, idle_timeout=1, tls="implicit" if implicit else "starttls")
+    # idle_timeout also bounds each step of the client's way to the handshake (banner, EHLO,
+    # STARTTLS): with 1 s, a loaded machine could cut the client off before it stalls anything.
+    # 3 s (+ the grace) is still well inside the client's 10 s.
+    listener = tls_listener(pki, idle_timeout=3, tls="implicit" if implicit else "starttls")
     relay = await start_relay(tmp_path, [listener])
     try:
         closed = await in_thread(_stall_handshake, relay.port, implicit, 10)

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 
+from e2e import AIOSMTPD_READY_TIMEOUT
 from outbound_lab import DOMAIN, deliveries, start_sender, submit_and_settle
 from postfix_lab import free_port
 
@@ -32,7 +33,8 @@ def aiosmtpd_server(pki: Any, request: Any):
     if request.param == "starttls":
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(pki.good.cert, pki.good.key)
-    controller = Controller(handler, hostname="127.0.0.1", port=free_port(), tls_context=context, server_hostname="mx.example.test")
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port(), tls_context=context, server_hostname="mx.example.test",
+        ready_timeout=AIOSMTPD_READY_TIMEOUT)
     controller.start()
     yield controller, handler, context is not None
     controller.stop()

@@ -55,8 +55,10 @@ async def test_tlsmta_delivers_into_postfix_with_verification(tmp_path: Any, pki
     [event] = deliveries(events)
     assert event["result"] == "delivered", event
     assert event["tls"] == "tls" and event["verified"] == ("no" if verify == "no" else "yes")
-    log = await in_thread(postfix_receiver.wait_for_log, "TLS connection established from")
-    assert "from=<app@client.test>" in log
+    # smtpd logs the handshake, then the transaction; each line reaches the file on its own.
+    await in_thread(postfix_receiver.wait_for_log, "TLS connection established from")
+    log = await in_thread(postfix_receiver.wait_for_log, "from=<app@client.test>")
+    assert "TLS connection established from" in log and "from=<app@client.test>" in log
     assert len(postfix_receiver.queue_files()) == 1
 
 
@@ -162,7 +164,8 @@ async def test_postfix_relays_only_for_tlsmtas_client_certificate(tmp_path: Any,
             await submit_and_settle(without, sender="")
         finally:
             await without.stop()
-        log = pf.log()
+        # postlogd may not have written the handshake lines yet: wait (bounded) for both sessions'.
+        log = await in_thread(pf.wait_for_log, "TLS connection established from", 60, 2)
         held = len(pf.queue_files())
     finally:
         await in_thread(pf.remove)
@@ -207,4 +210,6 @@ async def test_smuggling_bodies_reach_postfix_as_one_message_each(tmp_path: Any,
         with open(path, "rb") as f:
             content = f.read()
         assert b"MAIL FROM:<evil@attacker.test>" in content and b"after" in content
-    assert "from=<evil@attacker.test>" not in postfix_receiver.log()
+    # Only once Postfix has logged every transaction does the absence of the smuggled one mean anything.
+    log = await in_thread(postfix_receiver.wait_for_log, "from=<app@client.test>", 60, len(SMUGGLING))
+    assert "from=<evil@attacker.test>" not in log

@@ -128,10 +128,10 @@ def test_sighup_rotates_certificate_without_refusing_connections(tmp_path: Any, 
         proc.stop()
 
 
-def test_sigterm_lets_sessions_finish_and_exits_0(tmp_path: Any) -> None:
+def test_sigterm_lets_sessions_finish_and_exits_0(tmp_path: Any, dead_port: int) -> None:
     """SIGTERM: new connections are refused, a session in the middle of DATA finishes and gets 250,
     the process exits 0 and what was queued stays in the spool."""
-    config = write_config(tmp_path, 'tls = "no"', route=f"smtp:127.0.0.1:{free_port()}")
+    config = write_config(tmp_path, 'tls = "no"', route=f"smtp:127.0.0.1:{dead_port}")
     proc = TlsmtaProcess(str(tmp_path), "--config", config)
     session = smtplib.SMTP("127.0.0.1", proc.port, timeout=30)
     session.ehlo("client.test")

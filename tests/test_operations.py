@@ -11,7 +11,6 @@ import pytest_twisted
 
 from e2e import in_thread, maildir_messages, send_smtplib
 from outbound_lab import DOMAIN, start_receiver
-from postfix_lab import free_port
 from tlsmta.cli import EX_DATAERR, EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE, main
 from tlsmta.testing import RunningRelay, build_config, dev_listener
 
@@ -34,8 +33,8 @@ def cli(capsys: Any, *argv: str) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
-async def queued_relay(tmp_path: Any, count: int = 2, **extra: Any) -> RunningRelay:
-    relay = await RunningRelay(build_config(relay_raw(tmp_path, free_port(), **extra))).start()
+async def queued_relay(tmp_path: Any, dead_port: int, count: int = 2, **extra: Any) -> RunningRelay:
+    relay = await RunningRelay(build_config(relay_raw(tmp_path, dead_port, **extra))).start()
     for i in range(count):
         await in_thread(send_smtplib, relay.port, rcpts=(f"user{i}@{DOMAIN}",))
     await relay.service.queue.wait_idle()
@@ -43,9 +42,9 @@ async def queued_relay(tmp_path: Any, count: int = 2, **extra: Any) -> RunningRe
 
 
 @pytest_twisted.ensureDeferred
-async def test_queue_list_show_flush(tmp_path: Any, capsys: Any) -> None:
+async def test_queue_list_show_flush(tmp_path: Any, capsys: Any, dead_port: int) -> None:
     """queue list shows each deferred message with its recipient and reason; show adds headers; flush retries."""
-    relay = await queued_relay(tmp_path)
+    relay = await queued_relay(tmp_path, dead_port)
     sock = relay.service.config.control["socket"]
     try:
         code, out, _ = await in_thread(cli, capsys, "queue", "--socket", sock, "list")
@@ -68,9 +67,9 @@ async def test_queue_list_show_flush(tmp_path: Any, capsys: Any) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_queue_delete_and_bounce(tmp_path: Any, capsys: Any) -> None:
+async def test_queue_delete_and_bounce(tmp_path: Any, capsys: Any, dead_port: int) -> None:
     """delete removes a message silently; bounce returns it to the sender as a DSN; the spool follows."""
-    relay = await queued_relay(tmp_path)
+    relay = await queued_relay(tmp_path, dead_port)
     sock = relay.service.config.control["socket"]
     doomed, returned = sorted(relay.service.queue.messages)
     try:
@@ -88,9 +87,9 @@ async def test_queue_delete_and_bounce(tmp_path: Any, capsys: Any) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_queue_commands_without_a_daemon(tmp_path: Any, capsys: Any) -> None:
+async def test_queue_commands_without_a_daemon(tmp_path: Any, capsys: Any, dead_port: int) -> None:
     """With tlsmta stopped, list reads the spool (read-only); flush says the daemon is not running."""
-    relay = await queued_relay(tmp_path, count=1)
+    relay = await queued_relay(tmp_path, dead_port, count=1)
     await relay.stop()
     config_file = tmp_path / "tlsmta.toml"
     dead = relay.service.config.global_options["route"]
@@ -124,10 +123,10 @@ def _send_hostile(port: int) -> list[bytes]:
 
 
 @pytest_twisted.ensureDeferred
-async def test_queue_show_does_not_pass_escape_sequences_to_the_terminal(tmp_path: Any, capsys: Any) -> None:
+async def test_queue_show_does_not_pass_escape_sequences_to_the_terminal(tmp_path: Any, capsys: Any, dead_port: int) -> None:
     """A HELO with ESC sequences is 501; header bytes with them reach `queue show` (daemon and
     offline) escaped as \\x1b, never as raw control characters."""
-    relay = await RunningRelay(build_config(relay_raw(tmp_path, free_port()))).start()
+    relay = await RunningRelay(build_config(relay_raw(tmp_path, dead_port))).start()
     try:
         replies = await in_thread(_send_hostile, relay.port)
         assert replies[0].startswith(b"501 5.5.2 ") and replies[-1].startswith(b"250 "), replies
@@ -165,11 +164,11 @@ def _sample(text: str, name: str, **labels: str) -> float:
 
 
 @pytest_twisted.ensureDeferred
-async def test_prometheus_metrics(tmp_path: Any, pki: Any) -> None:
+async def test_prometheus_metrics(tmp_path: Any, pki: Any, dead_port: int) -> None:
     """The opt-in /metrics counts sessions, accepted/rejected messages, deferrals by reason class, queue size."""
     import smtplib
 
-    relay = await queued_relay(tmp_path, count=2, metrics={"endpoint": "tcp:0:interface=127.0.0.1"})
+    relay = await queued_relay(tmp_path, dead_port, count=2, metrics={"endpoint": "tcp:0:interface=127.0.0.1"})
     try:
         with pytest.raises(smtplib.SMTPDataError):
             await in_thread(send_smtplib, relay.port, body="Subject: x\r\n\r\nbare\nLF\r\n")

@@ -16,8 +16,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 
-from e2e import eventually, in_thread, maildir_messages, read_reply, start_relay
-from postfix_lab import free_port
+from e2e import in_thread, maildir_messages, read_reply, start_relay
 from tlsmta import proxyheader
 from tlsmta.testing import dev_listener
 
@@ -153,11 +152,19 @@ async def test_untrusted_proxy_and_missing_header_are_cut_off(tmp_path: Any, mon
 
 @pytest.fixture
 def haproxy(tmp_path: Any) -> Any:
-    """A real HAProxy on a free loopback port, sending PROXY v2 to ``backend`` (set before start)."""
+    """A real HAProxy on a loopback port, sending PROXY v2 to ``backend`` (set before start).
+
+    It listens on a socket made here and inherited (``bind fd@N``): no port found free and
+    released for another listener to take, and clients queue in its backlog until it accepts."""
     procs: list[subprocess.Popen] = []
+    sockets: list[socket.socket] = []
 
     def start(backend_port: int) -> int:
-        port = free_port()
+        listening = socket.socket()
+        sockets.append(listening)
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(64)
+        port = listening.getsockname()[1]
         config = tmp_path / "haproxy.cfg"
         config.write_text(
             f"""
@@ -169,27 +176,22 @@ defaults
     timeout client 30s
     timeout server 30s
 frontend smtp
-    bind 127.0.0.1:{port}
+    bind fd@{listening.fileno()}
     default_backend tlsmta
 backend tlsmta
     server t1 127.0.0.1:{backend_port} send-proxy-v2
 """
         )
-        procs.append(subprocess.Popen(["haproxy", "-db", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        procs.append(subprocess.Popen(["haproxy", "-db", "-f", str(config)], stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL, pass_fds=(listening.fileno(),)))
         return port
 
     yield start
     for proc in procs:
         proc.terminate()
         proc.wait(timeout=TIMEOUT)
-
-
-def _listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
+    for listening in sockets:
+        listening.close()
 
 
 def run_session(sock: Any) -> list[bytes]:
@@ -213,8 +215,7 @@ async def test_real_haproxy_in_front(tmp_path: Any, haproxy: Any) -> None:
     are told apart: only the one in relay_networks may relay."""
     relay = await start_relay(tmp_path, [proxy_listener(relay_networks=["127.0.0.2/32"])])
     try:
-        port = haproxy(relay.port)
-        await eventually(lambda: _listening(port), timeout=TIMEOUT)
+        port = haproxy(relay.port)  # already listening: clients wait in the backlog until HAProxy accepts
         allowed = await in_thread(converse_from, "127.0.0.2", port)
         refused = await in_thread(converse_from, "127.0.0.3", port)
     finally:

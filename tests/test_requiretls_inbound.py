@@ -12,7 +12,6 @@ import glob
 import json
 import os
 import smtplib
-import socket
 from typing import Any
 
 import pytest_twisted
@@ -116,13 +115,6 @@ def test_requiretls_and_other_parameters(pki: Any) -> None:
 # -- end to end ----------------------------------------------------------------------------------
 
 
-def closed_port() -> int:
-    """A loopback port nothing listens on: an MX that is down keeps mail in the spool."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def send(port: int, ca: str, body: bytes, options: list[str]) -> list[str]:
     """One message over STARTTLS with the given MAIL options; returns the EHLO keywords after STARTTLS."""
     with smtplib.SMTP("127.0.0.1", port, local_hostname="client.test", timeout=CLIENT_TIMEOUT) as client:
@@ -144,15 +136,15 @@ def spooled(tmp_path: Any) -> list[dict[str, Any]]:
 
 
 @pytest_twisted.ensureDeferred
-async def test_smtplib_requiretls_reaches_the_spool(tmp_path: Any, pki: Any) -> None:
+async def test_smtplib_requiretls_reaches_the_spool(tmp_path: Any, pki: Any, dead_port: int) -> None:
     """Over real STARTTLS, smtplib sees REQUIRETLS offered, sends MAIL FROM ... REQUIRETLS, and the
     spooled record says requiretls; a message with 'TLS-Required: No' (and no REQUIRETLS) is
     recorded as tls_required_no; both together are both recorded."""
     listener = dev_listener(tls="starttls", tls_certificate=pki.good.cert, tls_key=pki.good.key)
-    # A pinned (so DNSSEC-secure) MX that refuses connections: each delivery attempt is
+    # A pinned (so DNSSEC-secure) MX that refuses connections (dead_port): each delivery attempt is
     # deferred, never bounced, and the records stay in the spool to be read.
     dns = {"mx": {"example.com": ["mx1.example.com"]}, "hosts": {"mx1.example.com": ["127.0.0.1"]}}
-    relay = await start_relay(tmp_path, [listener], dns=dns, route="mx", smtp_port=closed_port())
+    relay = await start_relay(tmp_path, [listener], dns=dns, route="mx", smtp_port=dead_port)
     try:
         features = await in_thread(send, relay.port, pki.ca_pem, b"Subject: one\r\n\r\nsecret\r\n", ["REQUIRETLS"])
         assert "requiretls" in features

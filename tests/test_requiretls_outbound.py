@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 
-from e2e import client_context, in_thread, maildir_messages
+from e2e import AIOSMTPD_READY_TIMEOUT, client_context, in_thread, maildir_messages
 from outbound_lab import DOMAIN, deliveries, start_receiver, start_sender
 from postfix_lab import free_port
 from sts_lab import policy_text, start_policy_server, sts_dns
@@ -85,7 +85,8 @@ def aiosmtpd_tls(pki: Any):
     context.load_cert_chain(pki.good.cert, pki.good.key)
     handler = Collect()
     handler.received = []
-    controller = Controller(handler, hostname="127.0.0.1", port=free_port(), tls_context=context, server_hostname="mx.example.test")
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port(), tls_context=context, server_hostname="mx.example.test",
+        ready_timeout=AIOSMTPD_READY_TIMEOUT)
     controller.start()
     yield controller, handler
     controller.stop()

@@ -56,7 +56,9 @@ async def test_page_lists_shows_and_updates_live(tmp_path: Any) -> None:
                 )
                 seen["frame_isolated"] = browser.evaluate("document.querySelector('#v-html').contentDocument === null")
                 seen["title"] = browser.evaluate("document.title")
-                seen["attachments"] = browser.evaluate("document.querySelector('#v-attachments').textContent")
+                # select() fills the attachment list only after a further request (the raw view), so
+                # the TLS panel can be complete while the list is still empty: wait for it.
+                seen["attachments"] = browser.wait_for_text("#v-attachments", "invoice.pdf")
                 browser.screenshot(shot)
             return seen
 
