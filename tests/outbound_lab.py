@@ -194,6 +194,19 @@ async def start_scripted(mode: str) -> tuple[ScriptedFactory, Any]:
     return factory, port
 
 
+async def deliver_to_scripted(tmp_path: Any, mode: str, ca: str | None, **sender_opts: Any) -> ScriptedFactory:
+    """One message from a sender with ``sender_opts`` to a ScriptedSMTP in ``mode``;
+    both stopped on return.  Returns the scripted server's factory (its counters)."""
+    factory, port = await start_scripted(mode)
+    sender = await start_sender(tmp_path, port.getHost().port, ca, **sender_opts)
+    try:
+        await submit_and_settle(sender)
+    finally:
+        await sender.stop()
+        await port.stopListening()
+    return factory
+
+
 
 # -- an active attacker on the MX's address: anonymous TLS, no certificate -----------------
 

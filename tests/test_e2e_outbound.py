@@ -15,6 +15,7 @@ from outbound_lab import (
     start_receiver,
     start_scripted,
     deliver_once,
+    deliver_to_scripted,
     start_sender,
     submit_and_settle,
 )
@@ -103,15 +104,7 @@ async def test_server_without_starttls(tmp_path: Any, pki: Any, events: list, tl
 @pytest_twisted.ensureDeferred
 async def test_broken_handshake(tmp_path: Any, pki: Any, events: list, tls: str, fallback: bool, result: str, text: str) -> None:
     """A handshake that fails for non-certificate reasons: fallback reconnects once in plain text; otherwise 4.7.5."""
-    factory, port = await start_scripted("broken")
-    sender = await start_sender(
-        tmp_path, port.getHost().port, pki.ca_pem, tls=tls, tls_verify="optional", tls_ifavailable_fallback=fallback
-    )
-    try:
-        await submit_and_settle(sender)
-    finally:
-        await sender.stop()
-        await port.stopListening()
+    factory = await deliver_to_scripted(tmp_path, "broken", pki.ca_pem, tls=tls, tls_verify="optional", tls_ifavailable_fallback=fallback)
     [event] = deliveries(events)
     assert event["result"] == result, {k: event.get(k) for k in ("code", "text", "tls", "reason")}
     assert text in event["text"]
@@ -129,13 +122,7 @@ async def test_broken_handshake(tmp_path: Any, pki: Any, events: list, tls: str,
 @pytest_twisted.ensureDeferred
 async def test_454_to_starttls(tmp_path: Any, pki: Any, events: list, tls: str, fallback: bool, result: str) -> None:
     """454 to STARTTLS: with ifavailable + fallback carry on in plain text on the same connection (stock Twisted quits)."""
-    factory, port = await start_scripted("454")
-    sender = await start_sender(tmp_path, port.getHost().port, pki.ca_pem, tls=tls, tls_ifavailable_fallback=fallback)
-    try:
-        await submit_and_settle(sender)
-    finally:
-        await sender.stop()
-        await port.stopListening()
+    factory = await deliver_to_scripted(tmp_path, "454", pki.ca_pem, tls=tls, tls_ifavailable_fallback=fallback)
     [event] = deliveries(events)
     assert event["result"] == result
     if result == "delivered":
@@ -147,13 +134,7 @@ async def test_454_to_starttls(tmp_path: Any, pki: Any, events: list, tls: str, 
 @pytest_twisted.ensureDeferred
 async def test_starttls_reply_injection_is_discarded(tmp_path: Any, pki: Any, events: list) -> None:
     """A server that pipelines a reply after its 220 does not get it read as the answer inside TLS."""
-    factory, port = await start_scripted("inject")
-    sender = await start_sender(tmp_path, port.getHost().port, pki.ca_pem, tls="required", tls_verify="no")
-    try:
-        await submit_and_settle(sender)
-    finally:
-        await sender.stop()
-        await port.stopListening()
+    factory = await deliver_to_scripted(tmp_path, "inject", pki.ca_pem, tls="required", tls_verify="no")
     [event] = deliveries(events)
     # The client went on to the handshake (a ClientHello arrived) instead of taking
     # "250 injected" as an answer; the scripted server cannot do TLS, so 4.7.5.
@@ -250,13 +231,7 @@ async def test_no_connection_without_a_message(tmp_path: Any, pki: Any, events: 
 async def test_non_ascii_size_limit_is_ignored(tmp_path: Any, pki: Any, events: list) -> None:
     """A SIZE keyword with a non-ASCII "number" (a hostile or broken server) is no limit;
     it used to raise inside the transaction and leave the message in flight for ever."""
-    factory, port = await start_scripted("odd-size")
-    sender = await start_sender(tmp_path, port.getHost().port, pki.ca_pem, tls="no")
-    try:
-        await submit_and_settle(sender)
-    finally:
-        await sender.stop()
-        await port.stopListening()
+    factory = await deliver_to_scripted(tmp_path, "odd-size", pki.ca_pem, tls="no")
     [event] = deliveries(events)
     assert event["result"] == "delivered" and len(factory.messages) == 1
 
