@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.interfaces import IListeningPort, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.protocols.haproxy._exceptions import InvalidProxyHeader
@@ -45,21 +45,22 @@ class TrustedProxyProtocol(HAProxyProtocolWrapper):
         Protocol.makeConnection(self, transport)
         self.factory.registerProtocol(self)
         self._started = False
+        self._cut_off = False
         proxy = transport.getPeer()
         if not in_networks(getattr(proxy, "host", ""), self.factory.trusted()):
-            log.warn("PROXY listener: connection from {peer}, not in proxy_networks; closed", peer=getattr(proxy, "host", proxy))
-            transport.abortConnection()
+            self._refuse(f"connection from {getattr(proxy, 'host', proxy)}, not in proxy_networks")
             return
         self._header_timer = self.factory.reactor.callLater(PROXY_HEADER_TIMEOUT, self._no_header)
 
     def _no_header(self) -> None:
-        log.warn("PROXY listener: no PROXY header within {seconds}s; closed", seconds=PROXY_HEADER_TIMEOUT)
-        self.transport.abortConnection()
+        self._refuse(f"no PROXY header within {PROXY_HEADER_TIMEOUT}s")
 
     def dataReceived(self, data: bytes) -> None:
         if self._started:
             self.wrappedProtocol.dataReceived(data)
             return
+        if self._cut_off:
+            return  # bytes already read when the connection was refused start nothing
         if self._parser is None:
             # Unlike Twisted's wrapper, a header's first bytes may come in several segments.
             data = self._head = getattr(self, "_head", b"") + data
@@ -93,6 +94,7 @@ class TrustedProxyProtocol(HAProxyProtocolWrapper):
 
     def _refuse(self, why: str) -> None:
         log.warn("PROXY listener: {why}; closed", why=why)
+        self._cut_off = True
         self.transport.abortConnection()
 
     def connectionLost(self, reason: Failure) -> None:
@@ -138,5 +140,3 @@ def listen(reactor: Any, endpoint: str, factory: Any, trusted: Callable[[], Iter
     d: Any = serverFromString(reactor, endpoint).listen(factory)
     return d
 
-
-__all__ = ["IListeningPort", "TrustedProxyFactory", "listen"]
