@@ -13,6 +13,7 @@ import threading
 from typing import Any
 
 from tlsmta import mailview
+from tlsmta.filewriter import remove_if_present
 from tlsmta.maildir import ensure_maildir
 
 
@@ -101,14 +102,7 @@ class CapturedMail:
 
     def clear(self) -> int:
         """Delete every message; returns how many went."""
-        count = 0
-        for path in self._entries().values():
-            try:
-                os.unlink(path)
-                count += 1
-            except FileNotFoundError:
-                pass
-        return count
+        return sum(remove_if_present(path) for path in self._entries().values())
 
     def ensure(self) -> None:
         ensure_maildir(self.path)

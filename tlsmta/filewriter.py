@@ -51,12 +51,13 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def remove_if_present(path: str) -> None:
-    """unlink() that does not mind the file being gone already (cleanup paths)."""
+def remove_if_present(path: str) -> bool:
+    """unlink() that does not mind the file being gone already; whether it removed it."""
     try:
         os.unlink(path)
     except FileNotFoundError:
-        pass
+        return False
+    return True
 
 
 class TempFile:

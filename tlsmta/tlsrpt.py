@@ -23,6 +23,8 @@ from typing import Any
 
 import attrs
 
+from tlsmta.filewriter import remove_if_present
+
 # -- RFC 8460 4.3 result types and 4.4 policy types ------------------------------------------
 
 STARTTLS_NOT_SUPPORTED = "starttls-not-supported"
@@ -202,10 +204,7 @@ class TLSRPTStore:
         removed = [day for day in self.days() if day < cutoff]
         for day in removed:
             for suffix in ("jsonl", "sent"):
-                try:
-                    os.unlink(self._path(day, suffix))
-                except FileNotFoundError:
-                    pass
+                remove_if_present(self._path(day, suffix))
         return removed
 
 

@@ -35,6 +35,8 @@ import sys
 import time
 from pathlib import Path
 
+from tlsmta_proc import proc_status  # this directory: the same /proc reading as the other benchmarks
+
 ROOT = Path(__file__).resolve().parents[2]
 VENV = Path(os.environ.get("VENV", ROOT / ".venv"))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -46,17 +48,6 @@ def cpu_seconds(pid: int, thread: int | None = None) -> float:
     with open(path) as f:
         fields = f.read().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def status_kb(pid: int) -> dict[str, int]:
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            parts = value.split()
-            if len(parts) == 2 and parts[1] == "kB":
-                out[key] = int(parts[0])
-    return out
 
 
 class Run:
@@ -105,7 +96,7 @@ class Run:
                 if "loaded" in marks:
                     for settle in settles:
                         if settle not in rss and now >= marks["loaded"] + settle:
-                            rss[settle] = status_kb(pid)
+                            rss[settle] = proc_status(pid)
                 if self._finished(marks, counts, len(rss) == len(settles)):
                     break
                 if self.proc.poll() is not None:
