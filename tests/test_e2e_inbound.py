@@ -366,14 +366,19 @@ async def test_full_disk_gives_452_and_keeps_nothing_half_written(tmp_path: Any,
     assert len(os.listdir(maildir / "new")) == 1
 
 
-def _garbage_after_starttls(port: int) -> bytes:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+def _up_to_starttls(sock: socket.socket, ehlo: bytes = b"c.test") -> None:
+    """Banner, EHLO and STARTTLS in clear text; the next bytes on ``sock`` are TLS."""
     f = sock.makefile("rb")
     f.readline()
-    sock.sendall(b"EHLO c.test\r\n")
+    sock.sendall(b"EHLO " + ehlo + b"\r\n")
     read_reply(f)
     sock.sendall(b"STARTTLS\r\n")
     f.readline()
+
+
+def _garbage_after_starttls(port: int) -> bytes:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    _up_to_starttls(sock)
     sock.sendall(b"this is not a TLS ClientHello\r\n" * 10)
     rest = sock.recv(4096)  # an alert or nothing, then EOF
     sock.close()
@@ -455,12 +460,7 @@ def _stall_handshake(port: int, implicit: bool, seconds: float) -> bool:
     """Start a handshake and go silent; True when the server closed the connection within ``seconds``."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=seconds)
     if not implicit:
-        f = sock.makefile("rb")
-        f.readline()
-        sock.sendall(b"EHLO c.test\r\n")
-        read_reply(f)
-        sock.sendall(b"STARTTLS\r\n")
-        f.readline()
+        _up_to_starttls(sock)
     sock.sendall(b"\x16\x03\x01")  # the first bytes of a ClientHello, then nothing
     try:
         while sock.recv(4096):
@@ -500,12 +500,7 @@ def _two_sessions(port: int, ca: str, cert: Any, version: ssl.TLSVersion) -> lis
     out, session = [], None
     for _ in range(2):
         sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        f = sock.makefile("rb")
-        f.readline()
-        sock.sendall(b"EHLO client.example.test\r\n")
-        read_reply(f)
-        sock.sendall(b"STARTTLS\r\n")
-        f.readline()
+        _up_to_starttls(sock, b"client.example.test")
         tls = ctx.wrap_socket(sock, server_hostname="mx.example.test", session=session)
         tf = tls.makefile("rb")
         tls.sendall(b"EHLO client.example.test\r\nMAIL FROM:<a@client.test>\r\nQUIT\r\n")

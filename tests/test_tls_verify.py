@@ -66,6 +66,18 @@ def _pump(src: SSL.Connection, dst: SSL.Connection) -> None:
         dst.bio_write(data)
 
 
+def _handshake_in_memory(client: SSL.Connection, server: SSL.Connection) -> None:
+    """Drive both ends' handshakes over memory BIOs (an SSL.Error from either propagates)."""
+    for _ in range(10):
+        for conn in (client, server):
+            try:
+                conn.do_handshake()
+            except SSL.WantReadError:
+                pass
+        _pump(client, server)
+        _pump(server, client)
+
+
 def outbound_check(mode: str, wanted: tuple[str, ...] = ("example.com", MX), hook: Any = None) -> tls.CertificateCheck:
     return tls.CertificateCheck(
         VerifyMode(mode),
@@ -159,14 +171,7 @@ def test_session_facts_after_handshake(pki: Any) -> None:
     server = SSL.Connection(server_ctx, None)
     server.set_accept_state()
     client = tls.ClientTLS(tls.client_context(ALL, ca=pki.ca_pem), MX, check).clientConnectionForTLS(_TLSProtocolStub())
-    for _ in range(10):
-        for conn in (client, server):
-            try:
-                conn.do_handshake()
-            except SSL.WantReadError:
-                pass
-        _pump(client, server)
-        _pump(server, client)
+    _handshake_in_memory(client, server)
     facts = tls.SessionFacts.from_connection(client)
     assert facts.protocol == "TLSv1.3"
     assert facts.cipher.startswith("TLS_")
@@ -246,13 +251,6 @@ def test_weak_key_fails_host_whatever_the_protocol_list(tmp_path: Any, protocols
     check = outbound_check("host")
     client = tls.ClientTLS(tls.client_context(parse_protocols(protocols), ca=ca), MX, check).clientConnectionForTLS(_TLSProtocolStub())
     with pytest.raises(SSL.Error):
-        for _ in range(10):
-            for conn in (client, server):
-                try:
-                    conn.do_handshake()
-                except SSL.WantReadError:
-                    pass
-            _pump(client, server)
-            _pump(server, client)
+        _handshake_in_memory(client, server)
     verdict = check.verdict()
     assert verdict.fatal and "key too weak" in verdict.reason

@@ -16,7 +16,6 @@ from e2e import maildir_messages
 from outbound_lab import DOMAIN, MX, start_receiver, start_sender, submit_and_settle
 from sts_lab import policy_text, start_policy_server, sts_dns
 from tlsmta import cli, dane, tlsrpt
-from tlsmta.testing import RunningRelay
 from tlsmta.tlsrpt_sender import store_directory
 
 
