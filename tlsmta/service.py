@@ -19,7 +19,6 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
-from twisted.python.failure import Failure
 
 from tlsmta import config as configuration
 from tlsmta import log as events
@@ -37,6 +36,7 @@ from tlsmta.intake import Intake
 from tlsmta.maildir import LocalSink
 from tlsmta.mtasts import PolicyFetcher, STSCache, STSResolver
 from tlsmta.metrics import Metrics, metrics_site
+from tlsmta.portservice import PortService
 from tlsmta.queue import Queue
 from tlsmta.routes import parse_route
 from tlsmta.spool import Spool
@@ -113,7 +113,7 @@ def with_default_backlog(endpoint: str) -> str:
     return endpoint
 
 
-class ListenerService(Service):
+class ListenerService(PortService):
     """Listens on one endpoint; ``ready`` fires with the listening port."""
 
     def __init__(self, reactor: Any, listener: ListenerConfig, factory: Any, inbound: InboundFactory):
@@ -121,22 +121,17 @@ class ListenerService(Service):
         self.listener = listener
         self.factory = factory  # what listens: the inbound factory, maybe TLS-wrapped
         self.inbound = inbound
-        self.port: IListeningPort | None = None
         self.ready: Deferred[IListeningPort] = Deferred()
         self.setName(listener.name)
 
     def startService(self) -> None:
         super().startService()
-        failure: list[Failure] = []
-        d = proxyheader.listen(
+        self.listen_on(proxyheader.listen(
             self.reactor, with_default_backlog(self.listener.endpoint), self.factory, lambda: self.listener.proxy_networks
-        )
-        d.addCallbacks(self._listening, failure.append)
-        if failure:  # TCP listens synchronously: refuse to start on e.g. EADDRINUSE
-            failure[0].raiseException()
+        ))
 
-    def _listening(self, port: IListeningPort) -> None:
-        self.port = port
+    def listening(self, port: IListeningPort) -> None:
+        super().listening(port)
         address = port.getHost()
         log.info(
             "listening on {host}:{port} ({name}, tls={tls})",
@@ -146,13 +141,6 @@ class ListenerService(Service):
             tls=self.listener.tls,
         )
         self.ready.callback(port)
-
-    def stopService(self) -> Deferred[None] | None:
-        super().stopService()
-        if self.port is not None:
-            port, self.port = self.port, None
-            return port.stopListening()
-        return None
 
 
 class DiskService(Service):
@@ -192,65 +180,41 @@ class QueueService(Service):
         self.queue.stop()
 
 
-class ControlService(Service):
+class ControlService(PortService):
     """The control socket `tlsmta queue ...` talks to."""
 
     def __init__(self, reactor: Any, path: str, factory: ControlFactory):
         self.reactor = reactor
         self.path = path
         self.factory = factory
-        self.port: IListeningPort | None = None
 
     def startService(self) -> None:
         super().startService()
         prepare_socket_path(self.path)
-        failure: list[Failure] = []
-        endpoint = UNIXServerEndpoint(self.reactor, self.path, mode=0o600)
-        endpoint.listen(self.factory).addCallbacks(self._listening, failure.append)
-        if failure:
-            failure[0].raiseException()
-
-    def _listening(self, port: IListeningPort) -> None:
-        self.port = port
-
-    def stopService(self) -> Deferred[None] | None:
-        super().stopService()
-        if self.port is None:
-            return None
-        port, self.port = self.port, None
-        return port.stopListening()
+        self.listen_on(UNIXServerEndpoint(self.reactor, self.path, mode=0o600).listen(self.factory))
 
 
-class MetricsService(Service):
+class MetricsService(PortService):
     """Prometheus /metrics on the opt-in endpoint, fed by the structured events."""
 
     def __init__(self, reactor: Any, endpoint: str, metrics: Metrics):
         self.reactor = reactor
         self.endpoint = endpoint
         self.metrics = metrics
-        self.port: IListeningPort | None = None
         self.ready: Deferred[IListeningPort] = Deferred()
 
     def startService(self) -> None:
         super().startService()
         events.add_sink(self.metrics.handle)
-        failure: list[Failure] = []
-        d = serverFromString(self.reactor, self.endpoint).listen(metrics_site(self.metrics))
-        d.addCallbacks(self._listening, failure.append)
-        if failure:
-            failure[0].raiseException()
+        self.listen_on(serverFromString(self.reactor, self.endpoint).listen(metrics_site(self.metrics)))
 
-    def _listening(self, port: IListeningPort) -> None:
-        self.port = port
+    def listening(self, port: IListeningPort) -> None:
+        super().listening(port)
         self.ready.callback(port)
 
     def stopService(self) -> Deferred[None] | None:
-        super().stopService()
         events.remove_sink(self.metrics.handle)
-        if self.port is None:
-            return None
-        port, self.port = self.port, None
-        return port.stopListening()
+        return super().stopService()  # type: ignore[no-any-return]
 
 
 ConfigAdjust = Callable[[Config], Config]

@@ -33,7 +33,6 @@ from importlib import resources
 from typing import Any
 from urllib.parse import quote
 
-from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
@@ -47,6 +46,7 @@ from tlsmta import log as events
 from tlsmta.capture import CapturedMail, MessageNotFound
 from tlsmta.devcert import LAB_MODES, dev_ca_path
 from tlsmta.mailview import envelope_of, html_of, part_of
+from tlsmta.portservice import PortService
 from tlsmta.release import ReleaseError, outgoing_body, release_message, smarthost_route
 
 log = Logger(namespace="tlsmta.webui")
@@ -401,14 +401,13 @@ class _QuietSite(Site):
         pass
 
 
-class WebService(Service):
+class WebService(PortService):
     """The web page and API on the opt-in ``[http] endpoint``."""
 
     def __init__(self, reactor: Any, endpoint: str, web: WebUI):
         self.reactor = reactor
         self.endpoint = endpoint
         self.web = web
-        self.port: IListeningPort | None = None
         self.ready: Deferred[IListeningPort] = Deferred()
 
     def startService(self) -> None:
@@ -416,14 +415,11 @@ class WebService(Service):
         self.web.mail.ensure()
         events.add_sink(self.web.stream.on_event)
         self.web.stream.start()
-        failure: list[Failure] = []
         site = _QuietSite(self.web, reactor=self.reactor)
-        serverFromString(self.reactor, self.endpoint).listen(site).addCallbacks(self._listening, failure.append)
-        if failure:
-            failure[0].raiseException()
+        self.listen_on(serverFromString(self.reactor, self.endpoint).listen(site))
 
-    def _listening(self, port: IListeningPort) -> None:
-        self.port = port
+    def listening(self, port: IListeningPort) -> None:
+        super().listening(port)
         address = port.getHost()
         if not host_allowed(str(getattr(address, "host", ""))):
             log.warn("the web page and API have no authentication and listen on {host}, not loopback",
@@ -433,13 +429,9 @@ class WebService(Service):
         self.ready.callback(port)
 
     def stopService(self) -> Deferred[None] | None:
-        super().stopService()
         events.remove_sink(self.web.stream.on_event)
         self.web.stream.stop()
-        if self.port is None:
-            return None
-        port, self.port = self.port, None
-        return port.stopListening()
+        return super().stopService()  # type: ignore[no-any-return]
 
 
 def web_maildir(config: Any) -> str | None:
