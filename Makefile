@@ -7,19 +7,20 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 STAMP = $(VENV)/.installed-stamp
-# Debian packages the tests drive as real peers (chromium: the dev relay's web page;
-# unbound + ldnsutils: a DNSSEC-signed test zone).
-SYSTEM_PACKAGES = postfix swaks openssl systemd haproxy chromium unbound ldnsutils
-SYSTEM_TOOLS = /usr/sbin/postfix /usr/sbin/smtp-source /usr/bin/swaks /usr/bin/openssl /usr/bin/systemd-analyze /usr/bin/systemd-socket-activate /usr/sbin/haproxy /usr/bin/chromium /usr/sbin/unbound /usr/bin/ldns-signzone
+# Debian packages the tests drive as real peers, each named (never via Recommends):
+# swaks needs libnet-ssleay-perl for TLS; chromium: the dev relay's web page;
+# unbound + ldnsutils: a DNSSEC-signed test zone.
+SYSTEM_PACKAGES = postfix swaks libnet-ssleay-perl openssl systemd haproxy chromium unbound ldnsutils
 
-.PHONY: run test venv system-deps
+.PHONY: run test venv dist system-deps
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# compat mode puts the checkout on sys.path, so twistd finds twisted/plugins here.
-	$(BIN)/pip install -q -e '.[test]' --config-settings editable_mode=compat
-	$(BIN)/python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
+	# A plain editable install: setup.cfg's package_dir puts the checkout on sys.path,
+	# so twistd finds twisted/plugins/ here (checked from another directory).
+	$(BIN)/pip install -q -e '.[test]'
+	cd / && $(abspath $(BIN))/twistd tlsmta --help >/dev/null
 	touch $@
 
 venv: $(STAMP)
@@ -27,14 +28,21 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(BIN)/twistd -n --pidfile= tlsmta $(ARGS)
 
+# Every run: ask dpkg for each package by name and install the ones missing.
 system-deps:
-	@missing=; for tool in $(SYSTEM_TOOLS); do [ -x $$tool ] || missing=yes; done; \
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q '^install ok installed$$' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:" $$missing; \
 	  sudo=; [ "$$(id -u)" = 0 ] || sudo=sudo; \
 	  echo "postfix postfix/main_mailer_type select No configuration" | $$sudo debconf-set-selections; \
 	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES); \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+
+# A wheel in dist/ for `pip install dist/tlsmta-*.whl` on a machine without this checkout.
+dist: $(STAMP)
+	rm -rf dist && $(BIN)/pip wheel -q --no-deps -w dist .
 
 test: $(STAMP) system-deps
 	$(BIN)/pytest $(PYTEST_ARGS)

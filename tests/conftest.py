@@ -11,6 +11,8 @@ import os
 import pathlib
 import socket
 import subprocess
+import sys
+import tempfile
 from typing import Any
 
 import attrs
@@ -21,6 +23,33 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from guard import loopback_only
+
+# Before the reactor exists: twisted.internet._resolver binds getaddrinfo when first imported.
+assert "twisted.internet._resolver" not in sys.modules, "the loopback guard must be installed before Twisted's resolver"
+# Python processes the tests start (twistd, the tlsmta command) install it through sitecustomize;
+# every refusal, theirs and ours, lands in one file that each test's teardown reads.
+_GUARD_LOG = tempfile.NamedTemporaryFile(prefix="tlsmta-guard-", suffix=".log", delete=False).name
+os.environ[loopback_only.LOG_VARIABLE] = _GUARD_LOG
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pathlib.Path(__file__).parent / "guard"),
+                                                        os.environ.get("PYTHONPATH")]))
+loopback_only.install()
+
+
+def guard_refusals() -> list[str]:
+    with open(_GUARD_LOG) as log:
+        return log.read().splitlines()
+
+
+@pytest.fixture(autouse=True)
+def loopback_only_guard() -> Any:
+    """Fail a test that sent a packet off loopback or asked the system resolver (see guard/loopback_only.py)."""
+    before = len(guard_refusals())
+    yield
+    new = guard_refusals()[before:]
+    if new:
+        pytest.fail("\n".join(new), pytrace=False)
 
 
 # Hypothesis fails an example that takes over 200 ms (its default deadline) as "Unreliable test

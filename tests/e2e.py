@@ -6,7 +6,7 @@ import mailbox
 import os
 import smtplib
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from twisted.internet import reactor
@@ -116,13 +116,19 @@ async def eventually(check: Callable[[], bool], timeout: float = 10.0, step: flo
         waited += step
 
 
-async def run_process(*argv: str, stdin: bytes = b"", timeout: float = 60) -> tuple[int, str, str]:
-    """Run a real peer (swaks, openssl) in a thread; returns (exit code, stdout, stderr)."""
+async def run_process(
+    *argv: str, stdin: bytes = b"", timeout: float = 60, env: Mapping[str, str] | None = None
+) -> tuple[int, str, str]:
+    """Run a real peer (swaks, openssl) in a thread; returns (exit code, stdout, stderr).
+
+    ``env``: variables to add to (or replace in) this process's environment.
+    """
 
     def run() -> tuple[int, str, str]:
         import subprocess
 
-        proc = subprocess.run(argv, input=stdin, capture_output=True, timeout=timeout)
+        proc = subprocess.run(argv, input=stdin, capture_output=True, timeout=timeout,
+                              env=None if env is None else {**os.environ, **env})
         return proc.returncode, proc.stdout.decode("utf-8", "replace"), proc.stderr.decode("utf-8", "replace")
 
     return await in_thread(run)

@@ -907,6 +907,23 @@ def test_dns_service_owner_names(tmp_path: Path) -> None:
     assert config.dns["tlsa"] == {"_25._tcp.xn--bcher-kva.example": ("3 1 1 00",)}
 
 
+def test_dns_nameservers(tmp_path: Path) -> None:
+    """[dns] nameservers: IPv4 and IPv6, port 53 unless given; beside the pinned tables."""
+    path = write(tmp_path, '[dns]\nnameservers = ["127.0.0.1:5353", "::1", "[::1]:54", "192.0.2.53"]\n'
+                           '[dns.mx]\n"example.test" = ["mx.example.test"]\n')
+    config = load(path)
+    assert config.dns_nameservers == (("127.0.0.1", 5353), ("::1", 53), ("::1", 54), ("192.0.2.53", 53))
+    assert config.dns == {"mx": {"example.test": ("mx.example.test",)}}
+    assert load(write(tmp_path, "", "empty.toml")).dns_nameservers == ()
+
+
+@pytest.mark.parametrize("value", ['["ns.example.test"]', '["127.0.0.1:0"]', '["127.0.0.1:99999"]', '"127.0.0.1"', "[]"])
+def test_dns_bad_nameservers(tmp_path: Path, value: str) -> None:
+    """A nameserver that is not an IP address (with an optional port) names dns / nameservers."""
+    path = write(tmp_path, f"[dns]\nnameservers = {value}\n")
+    assert_names(only_problem(path), path, "dns", "nameservers")
+
+
 @pytest.mark.parametrize("name", ["_2 5._tcp.mx.example", "_25._tcp", "mx..example", "_25.__.mx.example"])
 def test_dns_bad_owner_name(tmp_path: Path, name: str) -> None:
     """A pinned DNS name that is not a DNS name is a problem naming the dns table and the name."""

@@ -405,7 +405,7 @@ def dns_server():
         factory = ADServer(zone, authentic)
         port = reactor.listenUDP(0, dns.DNSDatagramProtocol(factory), interface="127.0.0.1")
         ports.append(port)
-        resolver = Resolver({}, OfflineBackend(), dnssec_nameservers=[("127.0.0.1", port.getHost().port)])
+        resolver = Resolver({}, OfflineBackend(), nameservers=[("127.0.0.1", port.getHost().port)])
         return zone, resolver
 
     yield start
@@ -462,7 +462,7 @@ async def test_real_timeout_is_transient():
     silent = reactor.listenUDP(0, dns.DNSDatagramProtocol(None), interface="127.0.0.1")  # reads and ignores
     silent.protocol.datagramReceived = lambda data, addr: None
     try:
-        resolver = Resolver({}, OfflineBackend(), dnssec_nameservers=[("127.0.0.1", silent.getHost().port)])
+        resolver = Resolver({}, OfflineBackend(), nameservers=[("127.0.0.1", silent.getHost().port)])
         resolver._dnspython_resolver().lifetime = 0.3
         with pytest.raises(DNSTransient, match="timed out"):
             await dane.lookup_tlsa(resolver, "mx1.example.test")

@@ -28,7 +28,7 @@ async def deliver_via_unbound(tmp_path: Any, pair: Pair, tlsa: str, trusted: boo
         "listener": [dev_listener(name="submit")],
     })
     sender = RunningRelay(config, dns_backend=zone.twisted_backend())
-    sender.service.resolver.dnssec_nameservers = tuple(zone.nameservers)  # the validating resolver
+    sender.service.resolver.nameservers = tuple(zone.nameservers)  # the validating resolver
     await sender.start()
     try:
         await submit_and_settle(sender)
@@ -91,7 +91,7 @@ async def test_insecure_mx_address_means_no_dane(tmp_path: Any, pki: Any, events
         "listener": [dev_listener(name="submit")],
     })
     sender = RunningRelay(config, dns_backend=zone.twisted_backend())
-    sender.service.resolver.dnssec_nameservers = tuple(zone.nameservers)
+    sender.service.resolver.nameservers = tuple(zone.nameservers)
     await sender.start()
     try:
         await submit_and_settle(sender)

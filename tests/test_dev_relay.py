@@ -33,6 +33,17 @@ def test_embedded_default_is_the_etc_file() -> None:
     assert config.http["endpoint"] == "tcp:8025:interface=127.0.0.1"  # the web page, loopback only
 
 
+def test_twistd_finds_the_plugin_from_any_directory(tmp_path: Any) -> None:
+    """After the README's install (a plain `pip install -e .`), twistd lists tlsmta run from elsewhere,
+    and the plugin it loads is this checkout's twisted/plugins/tlsmta_plugin.py."""
+    listed = subprocess.run([TWISTD, "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=START_TIMEOUT)
+    assert re.search(r"^\s+tlsmta\s+A mail transfer agent", listed.stdout, re.M), listed.stdout + listed.stderr
+    python = os.path.join(os.path.dirname(TWISTD), "python")
+    where = subprocess.run([python, "-c", "import twisted.plugins.tlsmta_plugin as p; print(p.__file__)"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=START_TIMEOUT)
+    assert os.path.samefile(where.stdout.strip(), os.path.join(REPO, "twisted", "plugins", "tlsmta_plugin.py"))
+
+
 def test_no_config_relay_accepts_starttls_mail_into_maildir(tmp_path: Any) -> None:
     """With no config: STARTTLS with a generated certificate (ECDSA P-256, from the dev CA), any recipient, ./maildir."""
     relay = DevRelay(str(tmp_path))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 
 import pytest
+import pytest_twisted
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.names import dns, error
 from twisted.python.failure import Failure
@@ -470,3 +471,26 @@ def test_dnspython_programming_errors_are_not_hidden():
 
     result = _classify_dnspython(Failure(KeyError("x")), "TLSA lookup")
     assert result.check(KeyError)
+
+
+@pytest_twisted.ensureDeferred
+async def test_nameservers_answer_every_lookup() -> None:
+    """With [dns] nameservers, twisted.names and the DNSSEC queries both go to that server (here a real
+    zone server on loopback), never to /etc/resolv.conf's."""
+    from twisted.internet import reactor
+
+    from dns_lab import start_dns
+
+    zone = start_dns("example.test", {"example.test": [dns.Record_MX(10, b"mx1.example.test", ttl=60)],
+                                      "mx1.example.test": [dns.Record_A("127.0.0.9", ttl=60)]})
+    try:
+        resolver = Resolver({}, nameservers=[("127.0.0.1", zone.port)], reactor=reactor)
+        assert await resolver.mx("example.test") == [MXHost(10, "mx1.example.test")]
+        assert await resolver.addresses("mx1.example.test") == ["127.0.0.9"]
+        answer = await resolver.dnssec_query("_25._tcp.mx1.example.test", "TLSA")
+        assert answer.rdatas == () and not answer.secure  # NXDOMAIN from an unsigned zone
+        resolver.nameservers = [("127.0.0.1", zone.port)]  # a reload rebuilds both clients
+        assert await resolver.addresses("mx1.example.test") == ["127.0.0.9"]
+    finally:
+        zone.stop()
+    assert ("example.test", "MX") in zone.queries and ("_25._tcp.mx1.example.test", "52") in zone.queries

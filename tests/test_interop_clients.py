@@ -52,11 +52,15 @@ async def test_swaks_implicit_tls_auth_and_pipelining(tmp_path: Any, pki: Any) -
 @pytest_twisted.ensureDeferred
 async def test_posttls_finger_verifies_tlsmta(tmp_path: Any, pki: Any) -> None:
     """Postfix's posttls-finger at security level "secure" trusts tlsmta's chain for its name."""
+    # Its own main.cf, never the host's /etc/postfix (which a new machine does not have).
+    config_dir = tmp_path / "postfix-etc"
+    config_dir.mkdir()
+    (config_dir / "main.cf").write_text("compatibility_level = 3.6\n")
     relay = await start_relay(tmp_path, [tls_listener(pki)])
     try:
         code, out, err = await run_process(
             "posttls-finger", "-c", "-l", "secure", "-F", pki.ca_pem, "-P", "/nonexistent",
-            f"[127.0.0.1]:{relay.port}", "mx.example.test",
+            f"[127.0.0.1]:{relay.port}", "mx.example.test", env={"MAIL_CONFIG": str(config_dir)},
         )
     finally:
         await relay.stop()

@@ -216,11 +216,17 @@ async def test_probe_shows_each_verdict(tmp_path: Any, pki: Any) -> None:
 
     from e2e import run_process
 
+    from dns_lab import start_dns
+
     tlsmta = os.path.join(os.path.dirname(sys.executable), "tlsmta")
     receiver = await start_receiver(tmp_path, pki.wrong_name)
+    # MX and address pinned; what the probe asks besides (MTA-STS, TLS-RPT, TLSA) goes to a zone
+    # server the test runs, never to this machine's resolver.
+    zone = start_dns(DOMAIN)
     config_file = tmp_path / "probe.toml"
     config_file.write_text(
         f'[global]\ntls = "required"\ntls_ca = "{pki.ca_pem}"\nsmtp_port = {receiver.port}\n'
+        f'[dns]\nnameservers = ["{zone.nameserver}"]\n'
         f'[dns.mx]\n"{DOMAIN}" = ["mx.{DOMAIN}"]\n[dns.hosts]\n"mx.{DOMAIN}" = ["127.0.0.1"]\n'
     )
     try:
@@ -229,6 +235,8 @@ async def test_probe_shows_each_verdict(tmp_path: Any, pki: Any) -> None:
             runs[mode] = await run_process(tlsmta, "probe", DOMAIN, "--config", str(config_file), "--tls-verify", mode)
     finally:
         await receiver.stop()
+        zone.stop()
+    assert zone.queries.count((f"_mta-sts.{DOMAIN}", "TXT")) == 3  # one per run, answered here
     code, out, err = runs["host"]
     assert "TLS:      TLSv1.3" in out and "0 subject: " in out and "SANs:    other.example.net" in out, out + err
     assert "    no        not checked" in out and "    ca        pass" in out

@@ -261,7 +261,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     outcome: dict[str, int] = {}
 
     async def main(reactor: Any) -> None:
-        resolver = Resolver(config.dns)
+        resolver = Resolver(config.dns, nameservers=config.dns_nameservers)
         ehlo = options["ehlo_hostname"] or config.hostname or "tlsmta-probe.invalid"
         results, dns_problem, facts = await run_probe(
             reactor, resolver, domain, options, args.port, args.mx, ehlo, https_port=config.global_option("mta_sts_https_port")

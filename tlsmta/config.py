@@ -451,6 +451,8 @@ class Config:
     metrics: Mapping[str, Any] = attrs.field(factory=lambda: {"endpoint": None})
     http: Mapping[str, Any] = attrs.field(factory=lambda: dict.fromkeys(HTTP_OPTIONS) | {"allowed_hosts": ()})
     control: Mapping[str, Any] = attrs.field(factory=lambda: {"socket": None, "shutdown_grace": 30})
+    # [dns] nameservers: where every lookup goes; empty: the system's (/etc/resolv.conf).
+    dns_nameservers: tuple[tuple[str, int], ...] = ()
     # resolve() results; not an init field, so attrs.evolve() starts a fresh one.
     _resolved: dict[tuple[str, str], dict[str, Resolved]] = attrs.field(init=False, factory=dict, eq=False, repr=False)
 
@@ -662,7 +664,9 @@ def from_dict(raw: Mapping[str, Any], path: str = "<config>") -> Config:
         v.problem("http", "maildir", "is required when the global route is not maildir:PATH")
     if control["socket"] is None:
         control["socket"] = os.path.join(state_dir, "control.sock")
-    dns = _dns(v, raw.get("dns"))
+    dns_table = v.table(raw.get("dns"), "dns")
+    nameservers = _nameservers(v, dns_table.pop("nameservers", None))
+    dns = _dns(v, dns_table)
     rules = _binding_rules(v, raw.get("binding_rule"), bindings)
 
     _check_pairs(v, global_options, "global")  # domain scopes: checked in domain_tables
@@ -683,6 +687,7 @@ def from_dict(raw: Mapping[str, Any], path: str = "<config>") -> Config:
         queue=queue,
         hooks=hooks,
         dns=dns,
+        dns_nameservers=nameservers,
         binding_rules=rules,
         metrics=metrics,
         control=control,
@@ -786,6 +791,32 @@ def _dns(v: _Validator, raw: Any) -> dict[str, dict[str, tuple[str, ...]]]:
                 v.problem(f"dns.{kind}", name, str(e))
         out[kind] = table
     return out
+
+
+def _nameservers(v: _Validator, raw: Any) -> tuple[tuple[str, int], ...]:
+    """``[dns] nameservers``: ``"IP"``, ``"IP:PORT"`` or ``"[IPv6]:PORT"``; port 53 by default."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not raw or not all(isinstance(item, str) for item in raw):
+        v.problem("dns", "nameservers", 'must be a non-empty list of "IP" or "IP:PORT" strings')
+        return ()
+    servers = []
+    for item in raw:
+        match = re.fullmatch(r"\[([^]]+)\](?::(\d+))?|([^:]+)(?::(\d+))?|([0-9a-fA-F:]+)", item.strip())
+        host, port = None, "53"
+        if match:
+            host = match.group(1) or match.group(3) or match.group(5)
+            port = match.group(2) or match.group(4) or "53"
+        try:
+            ip = str(ipaddress.ip_address(host or ""))
+        except ValueError:
+            v.problem("dns", "nameservers", f"{item!r} is not an IP address (with an optional :PORT)")
+            continue
+        if not 0 < int(port) < 65536:
+            v.problem("dns", "nameservers", f"{item!r}: port must be 1-65535")
+            continue
+        servers.append((ip, int(port)))
+    return tuple(servers)
 
 
 def _dns_owner(name: str) -> str:

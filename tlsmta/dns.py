@@ -7,7 +7,7 @@ as :class:`DNSPermanent` (NXDOMAIN, null MX: bounce) or
 
 DNSSEC status (for DANE) is the one thing twisted.names cannot give: it has
 no TLSA type and does not expose the AD bit.  :meth:`Resolver.dnssec_query`
-asks the same system resolver through dnspython, with the DO bit set, in a
+asks the same resolver (``[dns] nameservers`` or the system's) through dnspython, with the DO bit set, in a
 thread of the reactor's pool, and trusts the AD bit of its answer (the
 validating resolver is expected to be local, as RFC 7672 1.3 assumes).
 """
@@ -116,27 +116,49 @@ _PIN_TABLES = {"MX": "mx", "A": "hosts", "AAAA": "hosts", "TXT": "txt", "TLSA": 
 class Resolver:
     """MX, address, PTR and TXT lookups for tlsmta, and DNSSEC-aware queries.
 
-    ``dnssec_nameservers`` (``[(address, port), ...]``) sends the dnspython
-    queries there instead of to the servers in /etc/resolv.conf (tests and
-    labs); ``reactor`` supplies the thread pool those queries run in.
+    ``nameservers`` (``[(address, port), ...]``, from ``[dns] nameservers``)
+    sends every query there; None sends them to the servers in
+    /etc/resolv.conf.  ``backend`` replaces the twisted.names resolver
+    (tests, labs); ``reactor`` supplies the thread pool DNSSEC queries run in.
     """
 
     def __init__(
         self,
         pinned: Mapping[str, Mapping[str, tuple[str, ...]]],
         backend: Any = None,
-        dnssec_nameservers: Sequence[tuple[str, int]] | None = None,
+        nameservers: Sequence[tuple[str, int]] | None = None,
         reactor: Any = None,
     ):
         self.pinned = pinned
-        if backend is None:
-            from twisted.names import client
-
-            backend = client.createResolver()
-        self.backend = backend
-        self.dnssec_nameservers = tuple(dnssec_nameservers) if dnssec_nameservers else None
+        self._given_backend = backend
         self._reactor = reactor
+        self.nameservers = nameservers
+
+    @property
+    def nameservers(self) -> tuple[tuple[str, int], ...] | None:
+        return self._nameservers
+
+    @nameservers.setter
+    def nameservers(self, servers: Sequence[tuple[str, int]] | None) -> None:
+        # Both resolvers are built on first use, so a reload can point them elsewhere.
+        self._nameservers = tuple(servers) if servers else None
+        self._backend: Any = self._given_backend
         self._dnspython: _dnsresolver.Resolver | None = None
+
+    @property
+    def backend(self) -> Any:
+        """The twisted.names resolver that answers what is not pinned."""
+        if self._backend is None:
+            from twisted.names import cache, client, resolve
+
+            extra = {} if self._reactor is None else {"reactor": self._reactor}
+            if self._nameservers is None:
+                self._backend = client.createResolver()  # /etc/resolv.conf and /etc/hosts
+            else:
+                self._backend = resolve.ResolverChain(
+                    [cache.CacheResolver(**extra), client.Resolver(servers=list(self._nameservers), **extra)]
+                )
+        return self._backend
 
     def _pin(self, table: str, name: str) -> tuple[str, ...] | None:
         return self.pinned.get(table, {}).get(name.lower().rstrip("."))
@@ -177,11 +199,11 @@ class Resolver:
     def _dnspython_resolver(self) -> _dnsresolver.Resolver:
         # Built on first use: reading /etc/resolv.conf is only needed for DANE.
         if self._dnspython is None:
-            if self.dnssec_nameservers is None:
+            if self._nameservers is None:
                 resolver = _dnsresolver.Resolver(configure=True)
             else:
                 resolver = _dnsresolver.Resolver(configure=False)
-                resolver.nameservers = [_dnsnameserver.Do53Nameserver(a, p) for a, p in self.dnssec_nameservers]
+                resolver.nameservers = [_dnsnameserver.Do53Nameserver(a, p) for a, p in self._nameservers]
             resolver.timeout = LOOKUP_TIMEOUT[0]
             resolver.lifetime = float(sum(LOOKUP_TIMEOUT))
             # DO asks for DNSSEC; AD in the query (RFC 6840 5.7) asks a

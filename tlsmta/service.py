@@ -228,7 +228,7 @@ class TlsmtaService(MultiService):
         self.adjust: ConfigAdjust = adjust or (lambda c: c)  # command-line overrides, kept across reloads
         self.config = config
         self.reactor = reactor
-        self.resolver = Resolver(config.dns, dns_backend, reactor=reactor)
+        self.resolver = Resolver(config.dns, dns_backend, nameservers=config.dns_nameservers, reactor=reactor)
         self.hostname = effective_hostname(config)
         self.disk = DiskIO(reactor)
         DiskService(self.disk).setServiceParent(self)
@@ -362,6 +362,8 @@ class TlsmtaService(MultiService):
         self.config = new
         self.hooks = hooks
         self.resolver.pinned = new.dns
+        if new.dns_nameservers != (self.resolver.nameservers or ()):
+            self.resolver.nameservers = new.dns_nameservers
         self.pool.reconfigure(hooks, new.queue["max_connections"])
         self.queue.retry_schedule = tuple(new.queue["retry_schedule"])
         self.queue.max_lifetime = new.queue["max_queue_lifetime"]
