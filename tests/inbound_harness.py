@@ -6,9 +6,9 @@ from typing import Any
 
 from twisted.internet.task import Clock
 
-from tlsmta import tls
-from tlsmta.config import parse_protocols
-from tlsmta.inbound import InboundFactory, InboundSMTP, ListenerRuntime
+from tlsmta.tls import contexts as tls
+from tlsmta.config.loader import parse_protocols
+from tlsmta.inbound.server import InboundFactory, InboundSMTP, ListenerRuntime
 from tlsmta.testing import FakeTLSTransport, MemorySink, build_config, dev_listener
 
 HOSTNAME = "mx.test"

@@ -19,8 +19,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from outbound_lab import DOMAIN, MX
-from tlsmta import tls
-from tlsmta.config import parse_protocols
+from tlsmta.tls import contexts as tls
+from tlsmta.config.loader import parse_protocols
 
 POLICY_HOST = f"mta-sts.{DOMAIN}"
 

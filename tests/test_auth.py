@@ -1,4 +1,4 @@
-"""Unit tests for :mod:`tlsmta.auth`: scrypt password hashes, the users file, SASL decoding."""
+"""Unit tests for :mod:`tlsmta.inbound.auth`: scrypt password hashes, the users file, SASL decoding."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tlsmta import auth
-from tlsmta.auth import (
+from tlsmta.inbound import auth
+from tlsmta.inbound.auth import (
     SCRYPT_N,
     SCRYPT_P,
     SCRYPT_R,

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import trustme
 
-from tlsmta.cli import EX_CONFIG, EX_DATAERR, EX_OK, EX_USAGE, main
-from tlsmta.config import DELIVERY_OPTIONS
+from tlsmta.app.cli import EX_CONFIG, EX_DATAERR, EX_OK, EX_USAGE, main
+from tlsmta.config.loader import DELIVERY_OPTIONS
 
 SYSEXITS = {"EX_OK": 0, "EX_USAGE": 64, "EX_DATAERR": 65, "EX_CONFIG": 78}
 
@@ -256,7 +256,7 @@ def test_hash_password_line_loads_and_checks(tmp_path: Path, capsys: pytest.Capt
     """tlsmta hash-password prints a users-file line that UserDB loads and that checks the password."""
     import io
 
-    from tlsmta.auth import UserDB
+    from tlsmta.inbound.auth import UserDB
 
     monkeypatch.setattr("sys.stdin", io.StringIO("s3cret\n"))
     assert main(["hash-password", "alice"]) == EX_OK
@@ -281,7 +281,7 @@ def _no_controls(text: str) -> None:
 def test_queue_show_and_list_escape_peer_controls(capsys: pytest.CaptureFixture[str]) -> None:
     """HELO, addresses, remote replies and header bytes are printed with C0/C1 controls, DEL, ESC
     escaped (as \\x1b ...); UTF-8 text stays readable and header lines keep their layout."""
-    from tlsmta.cli import print_message, print_queue
+    from tlsmta.app.cli import print_message, print_queue
 
     message = {
         "id": "q1", "sender": f"a{HOSTILE}@b.test", "received_at": 0, "size": 10, "attempts": 1,
@@ -303,7 +303,7 @@ def test_queue_show_and_list_escape_peer_controls(capsys: pytest.CaptureFixture[
 
 
 def test_printable_leaves_ordinary_text_alone() -> None:
-    from tlsmta.cli import printable
+    from tlsmta.app.cli import printable
 
     assert printable("Grüße, 日本語 <a@b.test> (ok)") == "Grüße, 日本語 <a@b.test> (ok)"
     assert printable("a\nb\tc", keep="\n") == "a\nb\\x09c"

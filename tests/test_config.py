@@ -16,8 +16,8 @@ import attrs
 import pytest
 import trustme
 
-from tlsmta import config as configuration
-from tlsmta.config import (
+from tlsmta.config import loader as configuration
+from tlsmta.config.loader import (
     DELIVERY_OPTIONS,
     LISTENER_OPTIONS,
     QUEUE_OPTIONS,
@@ -35,7 +35,7 @@ from tlsmta.config import (
     resolve,
     select_binding,
 )
-from tlsmta.routes import Route, parse_route
+from tlsmta.config.routes import Route, parse_route
 
 CONFIG_NAME = "tlsmta.toml"
 DOMAIN = "example.com"

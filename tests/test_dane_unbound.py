@@ -11,7 +11,7 @@ from cryptography import x509
 from conftest import Pair
 from e2e import maildir_messages
 from outbound_lab import DOMAIN, MX, deliveries, start_receiver, submit_and_settle
-from tlsmta import dane
+from tlsmta.discovery import dane
 from tlsmta.testing import RunningRelay, build_config, dev_listener
 from unbound_lab import SignedZone
 

@@ -12,8 +12,8 @@ import pytest
 
 from e2e import client_context, maildir_messages, send_smtplib
 from processes import START_TIMEOUT, TWISTD, TlsmtaProcess
-from tlsmta import config as configuration
-from tlsmta.tap import dev_relay_path
+from tlsmta.config import loader as configuration
+from tlsmta.app.tap import dev_relay_path
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -8,11 +8,11 @@ import pytest
 from twisted.internet.defer import succeed
 
 from inbound_harness import HOSTNAME, Session, runtime
-from tlsmta.auth import UserDB, hash_password
-from tlsmta import inbound
-from tlsmta.inbound import AUTH_FAILURE_DELAY, AUTH_FAILURE_DELAY_CAP, HARD_ERROR_LIMIT, InboundFactory, State
-from tlsmta.smtp_commands import COMMAND_LINE_LIMIT
-from tlsmta.store import StoreError
+from tlsmta.inbound.auth import UserDB, hash_password
+from tlsmta.inbound import server as inbound
+from tlsmta.inbound.server import AUTH_FAILURE_DELAY, AUTH_FAILURE_DELAY_CAP, HARD_ERROR_LIMIT, InboundFactory, State
+from tlsmta.smtp.commands import COMMAND_LINE_LIMIT
+from tlsmta.storage.interfaces import StoreError
 from tlsmta.testing import MemorySink
 
 MAX_SIZE = 10_000

@@ -7,7 +7,7 @@ import time
 
 from twisted.logger import LogLevel, formatEventAsClassicLogText, globalLogPublisher
 
-from tlsmta import log
+from tlsmta.reporting import events as log
 
 
 def test_kv_line_quotes_what_would_break_a_grep() -> None:

@@ -11,7 +11,7 @@ import pytest_twisted
 
 from e2e import in_thread, maildir_messages, send_smtplib
 from outbound_lab import DOMAIN, start_receiver
-from tlsmta.cli import EX_DATAERR, EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE, main
+from tlsmta.app.cli import EX_DATAERR, EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE, main
 from tlsmta.testing import RunningRelay, build_config, dev_listener
 
 
@@ -248,7 +248,7 @@ async def test_probe_shows_each_verdict(tmp_path: Any, pki: Any) -> None:
 @pytest_twisted.ensureDeferred
 async def test_reload_swaps_policy_and_refuses_a_bad_file(tmp_path: Any) -> None:
     """reload() takes a new file's policy for new deliveries; a broken file is refused and the old one kept."""
-    from tlsmta import config as configuration
+    from tlsmta.config import loader as configuration
 
     path = tmp_path / "tlsmta.toml"
     text = (

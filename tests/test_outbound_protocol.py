@@ -8,8 +8,8 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.mail import smtp
 
-from tlsmta.client_codec import Reply
-from tlsmta.outbound import COMMAND_TIMEOUT, ConnectionBroken, OutboundSMTP
+from tlsmta.smtp.client_codec import Reply
+from tlsmta.delivery.client import COMMAND_TIMEOUT, ConnectionBroken, OutboundSMTP
 from tlsmta.testing import FakeTLSTransport
 
 
@@ -136,7 +136,7 @@ def test_server_that_stops_reading_during_data_times_out() -> None:
     """Once the transport pauses us (the server stopped reading), DATA_BLOCK_TIMEOUT ends the session."""
     from twisted.internet.defer import ensureDeferred
 
-    from tlsmta.outbound import DATA_BLOCK_TIMEOUT
+    from tlsmta.delivery.client import DATA_BLOCK_TIMEOUT
 
     proto, transport, clock = connected()
     proto.dataReceived(b"220 mx\r\n")

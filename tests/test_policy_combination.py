@@ -7,8 +7,8 @@ import itertools
 
 import pytest
 
-from tlsmta import policy
-from tlsmta.policy import DANEStatus, Names, STSState, VerifyMode, effective_requirement
+from tlsmta.tls import policy
+from tlsmta.tls.policy import DANEStatus, Names, STSState, VerifyMode, effective_requirement
 
 TLS = ("no", "ifavailable", "required")
 MODES = tuple(VerifyMode)

@@ -10,10 +10,11 @@ from twisted.internet import reactor
 
 from outbound_lab import DOMAIN, MX, start_receiver
 from sts_lab import policy_text, start_policy_server, sts_dns
-from tlsmta import config as configuration
-from tlsmta import dane, probe
-from tlsmta.dns import OfflineBackend, Resolver
-from tlsmta.policy import VerifyMode
+from tlsmta.config import loader as configuration
+from tlsmta.app import probe
+from tlsmta.discovery import dane
+from tlsmta.discovery.resolver import OfflineBackend, Resolver
+from tlsmta.tls.policy import VerifyMode
 
 
 def leaf(path: str) -> x509.Certificate:

@@ -1,4 +1,4 @@
-"""Unit tests for :mod:`tlsmta.queue`: scheduling, retries, per-recipient results, bounces.
+"""Unit tests for :mod:`tlsmta.delivery.mailqueue`: scheduling, retries, per-recipient results, bounces.
 
 The queue runs on a :class:`twisted.internet.task.Clock`, against a real
 spool directory under ``tmp_path`` whose disk work runs synchronously
@@ -20,10 +20,10 @@ from hypothesis import strategies as st
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.task import Clock
 
-from tlsmta.delivery import RecipientResult
-from tlsmta.queue import Queue, group_jobs, retry_delay
-from tlsmta.routes import parse_route
-from tlsmta.spool import BOUNCED, DELIVERED, PENDING, QueuedMessage, RecipientState, Spool
+from tlsmta.delivery.pool import RecipientResult
+from tlsmta.delivery.mailqueue import Queue, group_jobs, retry_delay
+from tlsmta.config.routes import parse_route
+from tlsmta.storage.spool import BOUNCED, DELIVERED, PENDING, QueuedMessage, RecipientState, Spool
 
 T0 = 1_700_000_000.0
 SCHEDULE = (60, 300, 900)
@@ -673,7 +673,7 @@ def test_bounce_is_not_lost_when_the_dsn_cannot_be_stored_at_first(tmp_path, cau
     a sender domain the route lookup rejects still gets its DSN (routed by MX)."""
     import errno
 
-    from tlsmta.config import normalize_domain
+    from tlsmta.config.loader import normalize_domain
 
     deliver = FakeDeliver({"bob@example.com": NO_USER})
     sender = "alice@example.org"

@@ -195,12 +195,12 @@ def test_requiretls_mail_never_shares_a_destination_with_other_mail() -> None:
     TLS-Required: No message and an ordinary one get three destinations (so three sessions)."""
     from twisted.internet.task import Clock
 
-    from tlsmta import config as configuration
-    from tlsmta.delivery import DeliveryJob, MessageTLS, OutboundPool
-    from tlsmta.dns import OfflineBackend, Resolver
-    from tlsmta.hooks import load_hooks
-    from tlsmta.routes import parse_route
-    from tlsmta.spool import QueuedMessage, RecipientState
+    from tlsmta.config import loader as configuration
+    from tlsmta.delivery.pool import DeliveryJob, MessageTLS, OutboundPool
+    from tlsmta.discovery.resolver import OfflineBackend, Resolver
+    from tlsmta.tls.hooks import load_hooks
+    from tlsmta.config.routes import parse_route
+    from tlsmta.storage.spool import QueuedMessage, RecipientState
 
     pool = OutboundPool(Clock(), Resolver({}, OfflineBackend()), None, None, "sender.test", load_hooks({}), max_connections=0)
     options = configuration.resolve(configuration.from_dict({}), DOMAIN)

@@ -1,4 +1,4 @@
-"""Unit tests for :mod:`tlsmta.spool`: the on-disk format and the blocking operations.
+"""Unit tests for :mod:`tlsmta.storage.spool`: the on-disk format and the blocking operations.
 
 The blocking methods run directly in the test (no disk thread) against a
 real directory under ``tmp_path``; the ``disk`` they are given is never
@@ -13,10 +13,10 @@ from datetime import datetime, timezone
 
 import pytest
 
-from tlsmta import spool as spool_module
-from tlsmta.routes import parse_route
-from tlsmta.spool import BOUNCED, DELIVERED, FORMAT, PENDING, QueuedMessage, RecipientState, Spool
-from tlsmta.store import Envelope, Recipient
+from tlsmta.storage import spool as spool_module
+from tlsmta.config.routes import parse_route
+from tlsmta.storage.spool import BOUNCED, DELIVERED, FORMAT, PENDING, QueuedMessage, RecipientState, Spool
+from tlsmta.storage.interfaces import Envelope, Recipient
 
 BODY = b"Received: from a by b\r\nSubject: hi\r\n\r\nhello\r\n"
 
@@ -449,7 +449,7 @@ def test_tls_required_no_detected_while_streaming(spool, chunks, expected):
 
 def test_header_scan_keeps_memory_flat():
     """A header line of 1 MiB fed in small pieces keeps the scanner's buffer bounded."""
-    from tlsmta.smtp_data import TLSRequiredScanner
+    from tlsmta.smtp.data import TLSRequiredScanner
 
     scanner = TLSRequiredScanner()
     scanner.feed(b"X-Long: ")

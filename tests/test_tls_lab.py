@@ -22,10 +22,10 @@ from cryptography import x509
 
 from e2e import CLIENT_TIMEOUT, in_thread, run_process, start_relay
 from processes import TlsmtaProcess
-from tlsmta import config as configuration
-from tlsmta.devcert import CERTIFICATE_LAB_MODES, LAB_MODES, WRONG_NAME, dev_ca_path, lab_certificate
+from tlsmta.config import loader as configuration
+from tlsmta.devrelay.devcert import CERTIFICATE_LAB_MODES, LAB_MODES, WRONG_NAME, dev_ca_path, lab_certificate
 from tlsmta.testing import build_config, dev_listener
-from tlsmta.tlslab import LabError, switch_tls_lab
+from tlsmta.devrelay.tlslab import LabError, switch_tls_lab
 
 # mode -> (what openssl s_client reports, what smtplib raises: class and message part)
 EXPECTED: dict[str, tuple[str, type[Exception], str]] = {

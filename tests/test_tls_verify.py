@@ -8,9 +8,9 @@ import pytest
 from OpenSSL import SSL
 
 import verify_hooks
-from tlsmta import tls
-from tlsmta.config import parse_protocols
-from tlsmta.policy import Outcome, VerifyMode
+from tlsmta.tls import contexts as tls
+from tlsmta.config.loader import parse_protocols
+from tlsmta.tls.policy import Outcome, VerifyMode
 
 ALL = parse_protocols("+ALL")
 MX = "mx.example.test"

@@ -14,11 +14,11 @@ import pytest
 import pytest_twisted
 
 from e2e import CLIENT_TIMEOUT, in_thread
-from tlsmta import mailview
-from tlsmta.devcert import dev_ca_path
-from tlsmta.received import TraceFacts, received_header
+from tlsmta.devrelay import mailview
+from tlsmta.devrelay.devcert import dev_ca_path
+from tlsmta.inbound.received import TraceFacts, received_header
 from tlsmta.testing import RunningRelay, build_config, dev_listener
-from tlsmta.webui import host_allowed
+from tlsmta.devrelay.webui import host_allowed
 
 HTTP_ENDPOINT = "tcp:0:interface=127.0.0.1"
 
@@ -348,7 +348,7 @@ async def test_unknown_routes_and_methods(relay: Any) -> None:
 
 def test_http_endpoint_needs_a_maildir() -> None:
     """[http] endpoint with a route that is not maildir: and no [http] maildir is a config error."""
-    from tlsmta import config as configuration
+    from tlsmta.config import loader as configuration
 
     with pytest.raises(configuration.ConfigError) as caught:
         build_config({"http": {"endpoint": HTTP_ENDPOINT}}, "web.toml")

@@ -19,9 +19,9 @@ from twisted.internet.interfaces import ITLSTransport
 from twisted.internet.testing import StringTransport
 from zope.interface import implementer
 
-from tlsmta import config as configuration
-from tlsmta.routes import Route
-from tlsmta.store import NO_THROTTLE, Envelope, StoreError, Throttle
+from tlsmta.config import loader as configuration
+from tlsmta.config.routes import Route
+from tlsmta.storage.interfaces import NO_THROTTLE, Envelope, StoreError, Throttle
 
 
 @attrs.define
@@ -129,8 +129,8 @@ class RunningRelay:
             from twisted.internet import reactor as default_reactor
 
             reactor = default_reactor
-        from tlsmta.dns import OfflineBackend
-        from tlsmta.service import TlsmtaService
+        from tlsmta.app.service import TlsmtaService
+        from tlsmta.discovery.resolver import OfflineBackend
 
         # Only [dns] pinned answers: a test never queries a real resolver.
         self.service = TlsmtaService(config, reactor, dns_backend or OfflineBackend())
@@ -196,7 +196,7 @@ class CapturedMessage:
 
 
 def _captured(message_id: str, data: bytes) -> CapturedMessage:
-    from tlsmta import mailview
+    from tlsmta.devrelay import mailview
 
     message = mailview.parse(data)
     sender, recipients = mailview.envelope_of(data)
@@ -266,7 +266,7 @@ class Relay:
             msg = relay.wait_for(to="bob@example.org", timeout=5)
             assert "Welcome" in msg["Subject"]
 
-    ``tls_lab``: serve a bad TLS peer (see :mod:`tlsmta.tlslab`);
+    ``tls_lab``: serve a bad TLS peer (see :mod:`tlsmta.devrelay.tlslab`);
     ``tls=False``: no STARTTLS; ``http=True``: also serve the web page and
     API (``http_port``).
     """
@@ -306,7 +306,7 @@ class Relay:
         from twisted.internet.defer import ensureDeferred
         from twisted.internet.threads import blockingCallFromThread
 
-        from tlsmta import log as events
+        from tlsmta.reporting import events
 
         reactor = _ReactorThread.reactor()
 
@@ -323,7 +323,7 @@ class Relay:
         from twisted.internet.defer import ensureDeferred
         from twisted.internet.threads import blockingCallFromThread
 
-        from tlsmta import log as events
+        from tlsmta.reporting import events
 
         running, self._running = self._running, None
         if running is None:
@@ -357,7 +357,7 @@ class Relay:
     @property
     def ca_pem(self) -> str:
         """The dev CA's PEM file: trust it to verify the relay's certificate (name: localhost, 127.0.0.1)."""
-        from tlsmta.devcert import dev_ca_path
+        from tlsmta.devrelay.devcert import dev_ca_path
 
         return dev_ca_path(self.state_dir)
 
@@ -366,7 +366,7 @@ class Relay:
     @property
     def messages(self) -> list[CapturedMessage]:
         """Every message received so far, oldest first."""
-        from tlsmta.capture import CapturedMail, MessageNotFound
+        from tlsmta.devrelay.capture import CapturedMail, MessageNotFound
 
         mail = CapturedMail(self.maildir)
         found = []
@@ -403,7 +403,7 @@ class Relay:
 
     def clear(self) -> None:
         """Delete every captured message."""
-        from tlsmta.capture import CapturedMail
+        from tlsmta.devrelay.capture import CapturedMail
 
         CapturedMail(self.maildir).clear()
 
@@ -411,7 +411,7 @@ class Relay:
         """Switch the listener's TLS lab mode (None: the good dev certificate) for new sessions."""
         from twisted.internet.threads import blockingCallFromThread
 
-        from tlsmta.tlslab import switch_tls_lab
+        from tlsmta.devrelay.tlslab import switch_tls_lab
 
         assert self._running is not None, "the relay is not started"
         blockingCallFromThread(_ReactorThread.reactor(), switch_tls_lab, self._running.service, "dev", mode)

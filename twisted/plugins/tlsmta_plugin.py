@@ -2,7 +2,7 @@
 
 from twisted.application.service import ServiceMaker
 
-from tlsmta.reuseport import ReusePortParser
+from tlsmta.inbound.reuseport import ReusePortParser
 
-tlsmta = ServiceMaker("tlsmta", "tlsmta.tap", "A mail transfer agent with serious TLS policy.", "tlsmta")
+tlsmta = ServiceMaker("tlsmta", "tlsmta.app.tap", "A mail transfer agent with serious TLS policy.", "tlsmta")
 reuseport = ReusePortParser()

@@ -1,0 +1,123 @@
+"""``twistd tlsmta``: options, service construction and process signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from importlib import resources
+from typing import Any
+
+import attrs
+from twisted.application.service import IService
+from twisted.python import usage
+
+from tlsmta.config import loader as configuration
+from tlsmta.devrelay.devcert import LAB_MODES
+
+DEV_RELAY = "dev-relay.toml"
+EX_USAGE, EX_CONFIG = 64, 78  # sysexits.h
+
+
+def dev_relay_path() -> str:
+    """The embedded default configuration shipped in the package."""
+    return str(resources.files("tlsmta.devrelay").joinpath(DEV_RELAY))
+
+
+class Options(usage.Options):
+    synopsis = "[--config FILE] [--maildir PATH] [--listen ENDPOINT] [--log-format text|json] [--tls-lab MODE] [--http ENDPOINT]"
+    longdesc = (
+        "Run tlsmta. With no --config it runs the embedded dev test relay: "
+        "127.0.0.1:2525 with STARTTLS, storing every message in ./maildir. "
+        "SIGHUP reloads the configuration and certificates; SIGTERM stops "
+        "accepting, lets sessions finish ([control] shutdown_grace) and exits 0."
+    )
+    optParameters = [
+        ["config", "c", None, "configuration file (TOML); default: the dev relay"],
+        ["maildir", "m", None, "deliver everything into this Maildir (overrides route)"],
+        ["listen", "l", None, "endpoint for the only listener, e.g. tcp:2526 (tcp:0 picks a free port)"],
+        ["log-format", None, "text", "text (key=value lines) or json (one object per line on stdout)"],
+        ["tls-lab", None, None, "TLS lab mode for every TLS listener: " + ", ".join(LAB_MODES)],
+        ["http", None, None, "endpoint for the web page and JSON API, e.g. tcp:8026:interface=127.0.0.1"],
+    ]
+
+    def postOptions(self) -> None:
+        if self["log-format"] not in ("text", "json"):
+            raise usage.UsageError("--log-format must be text or json")
+        if self["tls-lab"] is not None and self["tls-lab"] not in LAB_MODES:
+            raise usage.UsageError(f"--tls-lab must be one of {', '.join(LAB_MODES)}")
+        if self["log-format"] == "json" and self.parent is not None:
+            # twistd builds its log observer from its own --logger option, before
+            # makeService runs: set it while options are still being parsed.
+            self.parent["logger"] = "tlsmta.reporting.events.json_observer"
+        elif self.parent is not None and _logs_to_stdout(self.parent):
+            self.parent["logger"] = "tlsmta.reporting.events.text_observer"
+
+
+def _logs_to_stdout(twistd: Any) -> bool:
+    """twistd would log text to stdout (-n without a log file or syslog): the
+    same lines can come from tlsmta's cheaper observer."""
+    return bool(twistd.get("nodaemon")) and twistd.get("logfile") in (None, "-") and not twistd.get("syslog") and not twistd.get("logger")
+
+
+def command_line_adjust(options: Options, path: str) -> Any:
+    """The overrides --maildir and --listen make, as a function (re-applied on reload)."""
+    from tlsmta.app.service import with_maildir
+    from tlsmta.devrelay.tlslab import with_tls_lab
+
+    def adjust(config: configuration.Config) -> configuration.Config:
+        if options["maildir"]:
+            config = with_maildir(config, os.path.abspath(options["maildir"]))
+        if options["listen"]:
+            if len(config.listeners) != 1:
+                sys.stderr.write(f"tlsmta: --listen needs exactly one [[listener]] in {path}\n")
+                raise SystemExit(EX_USAGE)
+            listener = attrs.evolve(config.listeners[0], endpoint=options["listen"])
+            config = attrs.evolve(config, listeners=(listener,))
+        if options["tls-lab"]:
+            config = with_tls_lab(config, options["tls-lab"])
+        if options["http"]:
+            config = attrs.evolve(config, http={**config.http, "endpoint": options["http"]})
+        return config
+
+    return adjust
+
+
+def makeService(options: Options) -> IService:
+    from twisted.internet import reactor
+
+    from tlsmta.app.service import TlsmtaService
+
+    path = options["config"] or dev_relay_path()
+    try:
+        config = configuration.load(path)
+    except configuration.ConfigError as e:
+        # twistd prints a traceback for exceptions; an operator wants the problems.
+        sys.stderr.write(f"tlsmta: configuration refused:\n{e}\n")
+        raise SystemExit(EX_CONFIG)
+    adjust = command_line_adjust(options, path)
+    try:
+        service = TlsmtaService(adjust(config), reactor, adjust=adjust)
+    except configuration.ConfigError as e:  # e.g. --http with no Maildir to show
+        sys.stderr.write(f"tlsmta: configuration refused:\n{e}\n")
+        raise SystemExit(EX_CONFIG)
+    reactor.callWhenRunning(install_signal_handlers, reactor, service)
+    return service
+
+
+def install_signal_handlers(reactor: Any, service: Any) -> None:
+    """SIGHUP reloads; SIGTERM stops gracefully and lets twistd exit 0.
+
+    Installed once the reactor runs, after its own handlers: Twisted's
+    SIGTERM handler records the signal so that twistd re-raises it at exit
+    (status 143); an operator and systemd expect a clean stop to exit 0.
+    """
+
+    def hup(signum: int, frame: Any) -> None:
+        reactor.callFromThread(service.reload)
+
+    def term(signum: int, frame: Any) -> None:
+        reactor.callFromThread(reactor.stop)
+
+    signal.signal(signal.SIGHUP, hup)
+    signal.signal(signal.SIGTERM, term)

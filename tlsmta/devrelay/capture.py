@@ -1,0 +1,108 @@
+"""The dev relay's captured messages: one Maildir, read and pruned (blocking I/O).
+
+Used from a thread by the web API and directly by :mod:`tlsmta.testing`.
+A message's id is its Maildir file name (without the ``:2,`` info suffix);
+ids are only ever matched against names found in the directory, so an id
+from a request never becomes a path.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+from tlsmta.devrelay import mailview
+from tlsmta.storage.filewriter import remove_if_present
+from tlsmta.storage.maildir import ensure_maildir
+
+
+class MessageNotFound(KeyError):
+    """No message with that id in the Maildir."""
+
+
+class CapturedMail:
+    """The messages in one Maildir (``new/`` and ``cur/``), newest first."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._summaries: dict[tuple[str, int, int], dict[str, Any]] = {}
+        self._lock = threading.Lock()  # the cache is shared by the web threads
+
+    def _entries(self) -> dict[str, str]:
+        """id -> path of every message file."""
+        found = {}
+        for sub in ("new", "cur"):
+            directory = os.path.join(self.path, sub)
+            try:
+                names = os.listdir(directory)
+            except FileNotFoundError:
+                continue
+            for name in names:
+                if not name.startswith("."):
+                    found[name.split(":", 1)[0]] = os.path.join(directory, name)
+        return found
+
+    def _path(self, message_id: str) -> str:
+        path = self._entries().get(message_id)
+        if path is None:
+            raise MessageNotFound(message_id)
+        return path
+
+    def summaries(self) -> list[dict[str, Any]]:
+        """Every message's list entry, newest first (parsed once per file, then cached)."""
+        out = []
+        seen = set()
+        for key, path in self._entries().items():
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                continue  # deleted meanwhile
+            cache_key = (key, st.st_mtime_ns, st.st_size)
+            seen.add(cache_key)
+            with self._lock:
+                entry = self._summaries.get(cache_key)
+            if entry is None:
+                try:
+                    with open(path, "rb") as f:
+                        entry = mailview.summary(key, f.read(), st.st_mtime)
+                except FileNotFoundError:
+                    continue
+                with self._lock:
+                    self._summaries[cache_key] = entry
+            out.append(entry)
+        with self._lock:
+            for stale in set(self._summaries) - seen:
+                del self._summaries[stale]
+        out.sort(key=lambda e: (e["received_ts"], e["id"]), reverse=True)
+        return out
+
+    def search(self, **terms: str | None) -> list[dict[str, Any]]:
+        """Entries matching every given term (see :func:`mailview.matches`)."""
+        return [entry for entry in self.summaries() if mailview.matches(entry, **terms)]
+
+    def raw(self, message_id: str) -> tuple[bytes, float]:
+        """The stored bytes and the file's mtime."""
+        path = self._path(message_id)
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+            return data, os.stat(path).st_mtime
+        except FileNotFoundError:
+            raise MessageNotFound(message_id) from None
+
+    def detail(self, message_id: str) -> dict[str, Any]:
+        return mailview.detail(message_id, *self.raw(message_id))
+
+    def delete(self, message_id: str) -> None:
+        try:
+            os.unlink(self._path(message_id))
+        except FileNotFoundError:
+            raise MessageNotFound(message_id) from None
+
+    def clear(self) -> int:
+        """Delete every message; returns how many went."""
+        return sum(remove_if_present(path) for path in self._entries().values())
+
+    def ensure(self) -> None:
+        ensure_maildir(self.path)

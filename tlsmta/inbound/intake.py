@@ -1,0 +1,60 @@
+"""Where the inbound server puts a message: Maildir directly, or the spool.
+
+A message whose recipients are all local (maildir/discard routes) is
+written straight into its Maildirs, one durable write.  Anything else goes
+into the spool and, once durable, into the queue, which also does the
+local part of a mixed message.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+
+from tlsmta.config.routes import Route
+from tlsmta.delivery.mailqueue import Queue
+from tlsmta.storage.filewriter import StreamingWriter
+from tlsmta.storage.interfaces import NO_THROTTLE, Envelope, Throttle
+from tlsmta.storage.maildir import LocalSink
+from tlsmta.storage.spool import QueuedMessage, Spool
+
+
+class SpooledWriter:
+    """A spool writer that hands the message to the queue once it is durable."""
+
+    def __init__(self, writer: StreamingWriter, message: QueuedMessage, queue: Queue):
+        self._writer = writer
+        self._message = message
+        self._queue = queue
+
+    def write(self, data: bytes) -> None:
+        self._writer.write(data)
+
+    def commit(self) -> Deferred[None]:
+        def queued(_: Any) -> None:
+            self._queue.add(self._message)
+
+        return self._writer.commit().addCallback(queued)
+
+    def abort(self) -> None:
+        self._writer.abort()
+
+
+class Intake:
+    """The inbound MessageSink of a full MTA."""
+
+    def __init__(self, local: LocalSink, spool: Spool, queue: Queue):
+        self.local = local
+        self.spool = spool
+        self.queue = queue
+
+    def accepts(self, route: Route) -> bool:
+        return True
+
+    def open(self, envelope: Envelope, throttle: Throttle = NO_THROTTLE) -> Any:
+        if all(r.route.is_local for r in envelope.recipients):
+            return self.local.open(envelope, throttle)
+        message = QueuedMessage.from_envelope(envelope)
+        writer, _ = self.spool.writer(message, throttle)
+        return SpooledWriter(writer, message, self.queue)

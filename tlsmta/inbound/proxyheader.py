@@ -1,0 +1,142 @@
+"""The PROXY protocol header (HAProxy), accepted only from trusted proxies.
+
+Twisted's ``haproxy:`` endpoint wrapper has two faults an MTA cannot ship
+with: it takes the header from anyone who can connect (so any client can
+claim an address in ``relay_networks``), and it starts the wrapped protocol
+before the header arrives, so the SMTP session sees the proxy's address,
+not the client's, for relay control, limits, logs and Received.  Here the
+header is taken only from ``proxy_networks``, and the SMTP session (banner,
+peer address, TLS for implicit listeners) starts only once the header has
+said who the client is.  No header within PROXY_HEADER_TIMEOUT, or a bad
+one, closes the connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.protocols.haproxy._exceptions import InvalidProxyHeader
+from twisted.protocols.haproxy._v1parser import V1Parser
+from twisted.protocols.haproxy._v2parser import V2Parser
+from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper, HAProxyWrappingFactory
+from twisted.python.failure import Failure
+from zope.interface import directlyProvides, providedBy
+
+from tlsmta.inbound.acceptance import in_networks
+
+log = Logger(namespace="tlsmta.proxyheader")
+
+PREFIX = "haproxy:"
+PROXY_HEADER_TIMEOUT = 10.0  # seconds for the proxy to send the header after connecting
+UNKNOWN_CLIENT = "unknown"  # the peer "address" when the header names no client
+
+
+class TrustedProxyProtocol(HAProxyProtocolWrapper):
+    factory: TrustedProxyFactory
+
+    def makeConnection(self, transport: Any) -> None:
+        # ProtocolWrapper.makeConnection, without starting the wrapped protocol yet.
+        directlyProvides(self, providedBy(transport))
+        Protocol.makeConnection(self, transport)
+        self.factory.registerProtocol(self)
+        self._started = False
+        self._cut_off = False
+        proxy = transport.getPeer()
+        if not in_networks(getattr(proxy, "host", ""), self.factory.trusted()):
+            self._refuse(f"connection from {getattr(proxy, 'host', proxy)}, not in proxy_networks")
+            return
+        self._header_timer = self.factory.reactor.callLater(PROXY_HEADER_TIMEOUT, self._no_header)
+
+    def _no_header(self) -> None:
+        self._refuse(f"no PROXY header within {PROXY_HEADER_TIMEOUT}s")
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._started:
+            self.wrappedProtocol.dataReceived(data)
+            return
+        if self._cut_off:
+            return  # bytes already read when the connection was refused start nothing
+        if self._parser is None:
+            # Unlike Twisted's wrapper, a header's first bytes may come in several segments.
+            data = self._head = getattr(self, "_head", b"") + data
+            parser = _parser_for(data)
+            if parser is None:
+                return  # not enough bytes yet to tell
+            if parser is False:
+                self._refuse("connection did not start with a PROXY header")
+                return
+            self._parser = parser
+        try:
+            self._proxyInfo, remaining = self._parser.feed(data)
+        except InvalidProxyHeader:
+            self._refuse("invalid PROXY header")
+            return
+        if self._proxyInfo is None:
+            return  # the header continues in the next segment
+        self._header_timer.cancel()
+        self._started = True
+        self.wrappedProtocol.makeConnection(self)
+        if remaining:
+            self.wrappedProtocol.dataReceived(remaining)
+
+    def getPeer(self) -> Any:
+        # LOCAL (v2, e.g. health checks) and UNKNOWN (v1) headers name no client.  Stock
+        # Twisted then answers with the proxy's own address, which relay_networks may well
+        # list; a session whose client is unknown must not inherit the proxy's standing.
+        if self._proxyInfo is not None and self._proxyInfo.source is None:
+            return IPv4Address("TCP", UNKNOWN_CLIENT, 0)
+        return super().getPeer()
+
+    def _refuse(self, why: str) -> None:
+        log.warn("PROXY listener: {why}; closed", why=why)
+        self._cut_off = True
+        self.transport.abortConnection()
+
+    def connectionLost(self, reason: Failure) -> None:
+        timer = getattr(self, "_header_timer", None)
+        if timer is not None and timer.active():
+            timer.cancel()
+        if getattr(self, "_started", False):
+            super().connectionLost(reason)
+        else:
+            self.factory.unregisterProtocol(self)
+
+
+def _parser_for(head: bytes) -> V1Parser | V2Parser | bool | None:
+    """The parser for a header starting with ``head``; None: undecided yet; False: not a header."""
+    if len(head) >= 13 and head[:12] == V2Parser.PREFIX:
+        if head[12] & 0xF0 != 0x20:
+            return False
+        return V2Parser() if len(head) >= 16 else None  # Twisted's parser wants the length field at once
+    if head.startswith(V1Parser.PROXYSTR):
+        return V1Parser()
+    if V2Parser.PREFIX.startswith(head[:12]) or V1Parser.PROXYSTR.startswith(head):
+        return None
+    return False
+
+
+class TrustedProxyFactory(HAProxyWrappingFactory):
+    protocol = TrustedProxyProtocol
+
+    def __init__(self, wrapped: Any, trusted: Callable[[], Iterable[Any]], reactor: IReactorTime):
+        super().__init__(wrapped)
+        self.trusted = trusted  # called per connection: a reload's new proxy_networks apply at once
+        self.reactor = reactor
+
+
+def listen(reactor: Any, endpoint: str, factory: Any, trusted: Callable[[], Iterable[Any]]) -> Any:
+    """``serverFromString(endpoint).listen(factory)``, with ``haproxy:`` endpoints
+    served by TrustedProxyFactory instead of Twisted's wrapper."""
+    from twisted.internet.endpoints import serverFromString
+
+    if endpoint.startswith(PREFIX):
+        inner = serverFromString(reactor, endpoint[len(PREFIX):])
+        return inner.listen(TrustedProxyFactory(factory, trusted, reactor))
+    d: Any = serverFromString(reactor, endpoint).listen(factory)
+    return d
+

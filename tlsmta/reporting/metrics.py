@@ -1,0 +1,131 @@
+"""Prometheus metrics, derived from the structured events tlsmta emits.
+
+Metrics are fed by the same events the log carries (see :mod:`tlsmta.reporting.events`),
+so the numbers and the log lines cannot disagree, and no module counts
+anything itself.  Queue gauges are read from the queue at scrape time.
+Served by twisted.web on the opt-in ``[metrics] endpoint``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.twisted import MetricsResource
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+LATENCY_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 24 * 3600, 5 * 24 * 3600)
+
+
+def reason_class(code: Any, text: Any) -> str:
+    """``4.7`` from ``451 4.7.5 ...``: the enhanced status class and subject, else the reply class."""
+    status = str(text or "").split(" ", 1)[0]
+    if len(status) >= 3 and status[0] in "245" and status[1] == "." and status[2].isdigit():
+        return status[:3]
+    return f"{str(code or '0')[:1]}xx"
+
+
+class Metrics:
+    """A registry of tlsmta's metrics and the event handler that updates them."""
+
+    def __init__(self, queue_stats: Callable[[], tuple[int, float | None]] | None = None):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.connections = Counter("tlsmta_connections", "Inbound SMTP sessions admitted", ["listener"], registry=r)
+        self.received = Counter(
+            "tlsmta_messages_received", "Inbound transactions by result", ["listener", "result", "reason"], registry=r
+        )
+        self.deliveries = Counter(
+            "tlsmta_deliveries", "Delivery attempts by result and reason class", ["result", "reason"], registry=r
+        )
+        self.handshakes = Counter(
+            "tlsmta_tls_handshakes", "TLS handshakes by direction, protocol and result", ["direction", "protocol", "result"],
+            registry=r,
+        )
+        self.verify = Counter(
+            "tlsmta_tls_verify", "Certificate verification outcomes", ["direction", "mode", "result"], registry=r
+        )
+        self.policies = Counter(
+            "tlsmta_tls_policy", "Delivery attempts by the TLS policy applied (local, mta-sts-*, dane, requiretls) and result",
+            ["policy", "result"], registry=r,
+        )
+        self.latency = Histogram(
+            "tlsmta_delivery_latency_seconds", "From receipt to delivery", buckets=LATENCY_BUCKETS, registry=r
+        )
+        if queue_stats is not None:
+            r.register(_QueueCollector(queue_stats))
+
+    def handle(self, event: str, fields: Mapping[str, Any]) -> None:
+        """Update the metrics for one structured event."""
+        handler = getattr(self, f"_on_{event}", None)
+        if handler is not None:
+            handler(fields)
+
+    def _on_session(self, f: Mapping[str, Any]) -> None:
+        self.connections.labels(f.get("listener") or "-").inc()
+
+    def _on_received(self, f: Mapping[str, Any]) -> None:
+        if f.get("code") is None:
+            return  # connection lost mid-DATA: no reply was given
+        ok = f.get("code") == 250
+        self.received.labels(
+            f.get("listener") or "-", "accepted" if ok else "rejected", "-" if ok else reason_class(f.get("code"), f.get("text"))
+        ).inc()
+
+    def _on_delivery(self, f: Mapping[str, Any]) -> None:
+        result = f.get("result") or "-"
+        reason = "-" if result == "delivered" else reason_class(f.get("code"), f.get("text"))
+        self.deliveries.labels(result, reason).inc()
+        if f.get("tls_policy"):
+            self.policies.labels(f["tls_policy"], result).inc()
+        if f.get("tls") == "tls":
+            self.handshakes.labels("outbound", f.get("protocol") or "-", "ok").inc()
+        elif f.get("verified") in ("no", "softfail") and f.get("reason"):
+            self.handshakes.labels("outbound", "-", "failed").inc()
+        mode = f.get("tls_verify")
+        if mode and (f.get("tls") == "tls" or f.get("reason")):
+            self.verify.labels("outbound", mode, _verify_result(mode, f.get("verified"))).inc()
+        if result == "delivered" and f.get("delay") is not None:
+            self.latency.observe(float(f["delay"]))
+
+    def _on_tls_inbound(self, f: Mapping[str, Any]) -> None:
+        self.handshakes.labels("inbound", f.get("protocol") or "-", "ok").inc()
+
+    def _on_tls_failed(self, f: Mapping[str, Any]) -> None:
+        self.handshakes.labels("inbound", "-", "failed").inc()
+
+    def _on_client_verify(self, f: Mapping[str, Any]) -> None:
+        mode = f.get("tls_verify") or "no"
+        self.verify.labels("inbound", mode, _verify_result(mode, f.get("verified"))).inc()
+
+
+def _verify_result(mode: str, verified: Any) -> str:
+    if mode == "no":
+        return "unchecked"
+    return {"yes": "verified", "softfail": "softfail"}.get(str(verified), "failed")
+
+
+class _QueueCollector:
+    """Queue size and oldest message age, read when Prometheus scrapes."""
+
+    def __init__(self, stats: Callable[[], tuple[int, float | None]]):
+        self.stats = stats
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        size, oldest = self.stats()
+        yield GaugeMetricFamily("tlsmta_queue_messages", "Messages in the queue", value=size)
+        age = 0.0 if oldest is None else max(0.0, time.time() - oldest)
+        yield GaugeMetricFamily("tlsmta_queue_oldest_age_seconds", "Age of the oldest queued message", value=age)
+
+
+def metrics_site(metrics: Metrics) -> Site:
+    """A twisted.web site serving /metrics."""
+    root = Resource()
+    root.putChild(b"metrics", MetricsResource(registry=metrics.registry))
+    site = Site(root)
+    site.noisy = False
+    return site

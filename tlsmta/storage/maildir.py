@@ -1,0 +1,104 @@
+"""Local delivery: Maildir (and discard), durable before 250.
+
+Each target Maildir gets the message in ``tmp/``, fsynced and renamed into
+``new/``, and ``new/`` is fsynced (shared between concurrent messages).
+Lines are stored with LF endings, as Maildir readers expect.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import os
+import socket
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+
+from tlsmta.config.routes import Route
+from tlsmta.storage.diskio import DiskIO
+from tlsmta.storage.filewriter import StreamingWriter, TempFile
+from tlsmta.storage.interfaces import NO_THROTTLE, Envelope, Throttle
+
+_counter = itertools.count()
+
+
+def ensure_maildir(path: str) -> None:
+    """Create ``path`` with tmp/, new/ and cur/ if missing."""
+    for sub in ("tmp", "new", "cur"):
+        os.makedirs(os.path.join(path, sub), mode=0o700, exist_ok=True)
+
+
+@functools.lru_cache(maxsize=1)
+def _host() -> str:
+    return socket.gethostname().replace("/", "\\057").replace(":", "\\072")
+
+
+def unique_name() -> str:
+    """A Maildir file name: ``<sec>.M<usec>P<pid>Q<n>.<host>``."""
+    now = time.time()
+    return f"{int(now)}.M{int(now % 1 * 1e6):06d}P{os.getpid()}Q{next(_counter)}.{_host()}"
+
+
+def local_headers(sender: str, recipients: Sequence[str]) -> bytes:
+    """Return-Path and Delivered-To, as a local delivery agent adds them."""
+    lines = [f"Return-Path: <{sender}>"] + [f"Delivered-To: {r}" for r in recipients]
+    return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+def crlf_to_lf(data: bytes) -> bytes:
+    return data.replace(b"\r\n", b"\n")
+
+
+class MaildirFile:
+    """One message file in one Maildir (a FileTarget; runs in the disk thread)."""
+
+    def __init__(self, maildir: str, prefix: bytes):
+        self.maildir = maildir
+        name = unique_name()
+        self.file = TempFile(os.path.join(maildir, "tmp", name), prefix)
+        self.new_path = os.path.join(maildir, "new", name)
+
+    @property
+    def directories(self) -> Sequence[str]:
+        return (os.path.join(self.maildir, "new"),)
+
+    def append(self, data: bytes) -> None:
+        self.file.append(data)
+
+    def finish(self) -> None:
+        self.file.sync_and_close()
+        os.rename(self.file.path, self.new_path)
+
+    def discard(self) -> None:
+        self.file.discard()
+
+
+class LocalSink:
+    """Accepts mail for ``maildir:`` and ``discard`` routes."""
+
+    def __init__(self, disk: DiskIO):
+        self.disk = disk
+        self._ready: set[str] = set()
+
+    def accepts(self, route: Route) -> bool:
+        return route.is_local
+
+    def maildir_files(self, sender: str, recipients: Sequence[tuple[str, Route]]) -> list[MaildirFile]:
+        """One new file per target Maildir, headed for these recipients."""
+        by_maildir: dict[str, list[str]] = defaultdict(list)
+        for address, route in recipients:
+            if route.kind == "maildir":
+                assert route.path is not None
+                by_maildir[route.path].append(address)
+        files = []
+        for path, rcpts in by_maildir.items():
+            if path not in self._ready:
+                ensure_maildir(path)  # once per path per process: a few mkdir calls
+                self._ready.add(path)
+            files.append(MaildirFile(path, local_headers(sender, rcpts)))
+        return files
+
+    def open(self, envelope: Envelope, throttle: Throttle = NO_THROTTLE) -> StreamingWriter:
+        files = self.maildir_files(envelope.sender, [(r.address, r.route) for r in envelope.recipients])
+        return StreamingWriter(self.disk, files, throttle, transform=crlf_to_lf)
