@@ -25,7 +25,7 @@ from processes import TlsmtaProcess
 from tlsmta.config import loader as configuration
 from tlsmta.devrelay.devcert import CERTIFICATE_LAB_MODES, LAB_MODES, WRONG_NAME, dev_ca_path, lab_certificate
 from tlsmta.testing import build_config, dev_listener
-from tlsmta.devrelay.tlslab import LabError, switch_tls_lab
+from tlsmta.devrelay.tlslab import LabError
 
 # mode -> (what openssl s_client reports, what smtplib raises: class and message part)
 EXPECTED: dict[str, tuple[str, type[Exception], str]] = {
@@ -119,20 +119,20 @@ async def test_no_starttls_is_not_advertised_and_refused(tmp_path: Any) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_switch_at_run_time_affects_new_sessions(tmp_path: Any) -> None:
-    """switch_tls_lab (what PUT /api/tls-lab and Relay.set_tls_lab use) changes what new sessions get, and back."""
+    """TlsmtaService.switch_tls_lab (what PUT /api/tls-lab and Relay.set_tls_lab use) changes what new sessions get, and back."""
     relay = await start_relay(tmp_path, [dev_listener(name="dev", tls="starttls", tls_certificate="auto")], hostname="localhost")
     try:
         ca = dev_ca_path(str(tmp_path / "state"))
         assert await in_thread(smtplib_starttls, relay.port, ca) == "TLSv1.3"
-        switch_tls_lab(relay.service, "dev", "self-signed")
+        relay.service.switch_tls_lab("dev", "self-signed")
         with pytest.raises(ssl.SSLCertVerificationError, match="self-signed certificate"):
             await in_thread(smtplib_starttls, relay.port, ca)
-        switch_tls_lab(relay.service, "dev", None)
+        relay.service.switch_tls_lab("dev", None)
         assert await in_thread(smtplib_starttls, relay.port, ca) == "TLSv1.3"
         with pytest.raises(LabError, match="unknown TLS lab mode"):
-            switch_tls_lab(relay.service, "dev", "broken")
+            relay.service.switch_tls_lab("dev", "broken")
         with pytest.raises(LabError, match="no listener named"):
-            switch_tls_lab(relay.service, "other", "good")
+            relay.service.switch_tls_lab("other", "good")
     finally:
         await relay.stop()
 

@@ -411,10 +411,8 @@ class Relay:
         """Switch the listener's TLS lab mode (None: the good dev certificate) for new sessions."""
         from twisted.internet.threads import blockingCallFromThread
 
-        from tlsmta.devrelay.tlslab import switch_tls_lab
-
         assert self._running is not None, "the relay is not started"
-        blockingCallFromThread(_ReactorThread.reactor(), switch_tls_lab, self._running.service, "dev", mode)
+        blockingCallFromThread(_ReactorThread.reactor(), self._running.service.switch_tls_lab, "dev", mode)
 
 
 def _matches(message: CapturedMessage, to: str | None, sender: str | None, subject: str | None) -> bool:

@@ -1,7 +1,6 @@
 """The whole program: service wiring (``service``), the twistd plugin's
 options (``tap``), the ``tlsmta`` command (``cli``), the control socket
-(``control``), ``tlsmta probe`` (``probe``) and the one way a service
-listens (``portservice``).
+(``control``) and ``tlsmta probe`` (``probe``).
 
 The top of the house: may import every other part; nothing imports it
 except ``tlsmta.testing``.

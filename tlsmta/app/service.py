@@ -21,27 +21,27 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from tlsmta.app.control import ControlFactory, prepare_socket_path
-from tlsmta.app.portservice import PortService
 from tlsmta.config import loader as configuration
 from tlsmta.config.loader import Config, ListenerConfig, resolve
 from tlsmta.config.routes import parse_route
 from tlsmta.delivery.mailqueue import Queue
 from tlsmta.delivery.pool import Deliverer, OutboundPool
 from tlsmta.devrelay.devcert import ensure_dev_certificate
-from tlsmta.devrelay.tlslab import dev_names, lab_server_tls, log_dev_ca
+from tlsmta.devrelay.tlslab import LabError, LabListener, dev_names, lab_listener, lab_server_tls, log_dev_ca
 from tlsmta.discovery.mtasts import PolicyFetcher, STSCache, STSResolver
 from tlsmta.discovery.resolver import Resolver, canonical_ip
 from tlsmta.inbound import proxyheader
 from tlsmta.inbound.auth import AuthFileError, UserDB
 from tlsmta.inbound.intake import Intake
 from tlsmta.inbound.server import InboundFactory, ListenerRuntime
+from tlsmta.network import PortService
 from tlsmta.reporting import events
 from tlsmta.reporting.metrics import Metrics, metrics_site
 from tlsmta.reporting.tlsrpt_sender import TLSRPTService
 from tlsmta.storage.diskio import DiskIO
 from tlsmta.storage.interfaces import MessageSink
 from tlsmta.storage.maildir import LocalSink
-from tlsmta.storage.spool import Spool
+from tlsmta.storage.spool import QueuedMessage, Spool
 from tlsmta.tls import contexts as tls
 from tlsmta.tls.hooks import HookError, Hooks, load_hooks
 
@@ -65,6 +65,15 @@ def _loopback(ip: str) -> bool:
         return ipaddress.ip_address(canonical_ip(ip)).is_loopback
     except ValueError:
         return False
+
+
+def _keep_creator(running: tls.ServerTLS | None, new: tls.ServerTLS | None) -> tls.ServerTLS | None:
+    """The running TLS creator with ``new``'s context: an implicit-TLS factory holds that
+    object, so a new certificate must go into it rather than replace it."""
+    if running is None or new is None:
+        return new
+    running.context = new.context
+    return running
 
 
 def effective_hostname(config: Config) -> str:
@@ -272,7 +281,7 @@ class TlsmtaService(MultiService):
         if config.http["endpoint"]:
             from tlsmta.devrelay.webui import web_service
 
-            self.web = web_service(reactor, config, self)
+            self.web = web_service(reactor, config, self, self.disk.run)
             self.web.setServiceParent(self)
         self.control = ControlService(reactor, config.control["socket"], ControlFactory(self.queue, self.reload))
         self.control.setServiceParent(self)
@@ -308,12 +317,8 @@ class TlsmtaService(MultiService):
                 return True
         return False
 
-    def _runtime(self, listener: ListenerConfig, config: Config, hooks: Hooks, tls_creator: tls.ServerTLS | None = None) -> ListenerRuntime:
+    def _runtime(self, listener: ListenerConfig, config: Config, hooks: Hooks) -> ListenerRuntime:
         server_tls = listener_tls(listener, config, self.hostname, hooks)
-        if tls_creator is not None and server_tls is not None:
-            # Keep the creator object (an implicit-TLS factory holds it); swap its context.
-            tls_creator.context = server_tls.context
-            server_tls = tls_creator
         return ListenerRuntime(
             listener=listener,
             config=config,
@@ -371,18 +376,51 @@ class TlsmtaService(MultiService):
         for name, (server_tls, listener) in prepared.items():
             service = self.listeners[name]
             old = service.inbound.runtime
-            if old.tls is not None and server_tls is not None:
-                old.tls.context = server_tls.context  # same creator object, new certificate
-                server_tls = old.tls
             service.listener = listener
             service.inbound.runtime = attrs.evolve(
                 old,
                 listener=listener,
                 config=new,
-                tls=server_tls,
+                tls=_keep_creator(old.tls, server_tls),
                 users=UserDB.load(listener.auth_users_file) if listener.auth_users_file else None,
                 hooks=hooks,
             )
+
+    # -- the dev relay's page (devrelay.webui.RelayHost) ---------------------------------
+
+    def lab_listeners(self) -> list[LabListener]:
+        """Each listener with its TLS setting, lab mode and bound port."""
+        out = []
+        for name, item in self.listeners.items():
+            address = item.port.getHost() if item.port is not None else None
+            out.append(LabListener(name, item.listener.tls, item.listener.tls_lab, getattr(address, "port", None)))
+        return out
+
+    def switch_tls_lab(self, name: str, mode: str | None) -> None:
+        """Change listener ``name`` to lab ``mode`` (None: off).
+
+        New sessions get the new certificate or behaviour; sessions in flight
+        keep theirs.  Lasts until the next reload re-reads the configuration.
+        """
+        listener_service = self.listeners.get(name)
+        if listener_service is None:
+            raise LabError(f"no listener named {name!r}")
+        configured = next((item for item in self.config.listeners if item.name == name), listener_service.listener)
+        new_listener = lab_listener(configured, mode)
+        server_tls = listener_tls(new_listener, self.config, self.hostname, self.hooks)
+        runtime = listener_service.inbound.runtime
+        listener_service.listener = new_listener
+        listener_service.inbound.runtime = attrs.evolve(
+            runtime, listener=new_listener, tls=_keep_creator(runtime.tls, server_tls)
+        )
+
+    def release(self, message: QueuedMessage, body: bytes) -> Deferred[None]:
+        """Store ``message`` durably in the spool, then queue it (the page's "Release")."""
+
+        def stored(_: object) -> None:
+            self.queue.add(message)
+
+        return self.disk.run(self.spool.store_blocking, message, body).addCallback(stored)
 
     # -- SIGTERM ------------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ from twisted.mail import smtp
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from tlsmta.network import set_no_delay
 from tlsmta.smtp.client_codec import DotStuffer, Reply, ReplyError, ReplyParser
 from tlsmta.tls.contexts import ClientTLS, SessionFacts, ssl_error_text
 
@@ -234,16 +235,6 @@ async def connect(reactor: Any, ip: str, port: int, source: str | None = None, t
     endpoint_class = TCP6ClientEndpoint if ipaddress.ip_address(ip).version == 6 else TCP4ClientEndpoint
     endpoint = endpoint_class(reactor, ip, port, timeout=timeout, bindAddress=bind)
     return await endpoint.connect(_OneConnection(OutboundSMTP(reactor)))
-
-
-def set_no_delay(transport: Any) -> None:
-    """TCP_NODELAY where the transport is TCP (not in tests' fake transports)."""
-    set_it = getattr(transport, "setTcpNoDelay", None)
-    if set_it is not None:
-        try:
-            set_it(True)
-        except OSError:
-            pass
 
 
 def _failed(error: Exception) -> Deferred[Reply]:

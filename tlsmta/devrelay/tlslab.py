@@ -15,8 +15,6 @@ a STARTTLS listener serves:
 
 from __future__ import annotations
 
-from typing import Any
-
 import attrs
 from OpenSSL import SSL
 from twisted.logger import Logger
@@ -103,36 +101,37 @@ def with_tls_lab(config: Config, mode: str) -> Config:
 
 def lab_applies(listener: ListenerConfig, mode: str | None) -> bool:
     """Whether ``mode`` makes sense on ``listener`` (a TLS listener; no-starttls only with STARTTLS)."""
-    if listener.tls == "no":
+    return lab_applies_to(listener.tls, mode)
+
+
+def lab_applies_to(tls_setting: str, mode: str | None) -> bool:
+    """:func:`lab_applies` for a listener's ``tls`` setting."""
+    if tls_setting == "no":
         return False
-    return mode != "no-starttls" or listener.tls == "starttls"
+    return mode != "no-starttls" or tls_setting == "starttls"
+
+
+@attrs.frozen
+class LabListener:
+    """A running listener as the TLS lab menu shows it."""
+
+    name: str
+    tls: str
+    tls_lab: str | None
+    port: int | None
 
 
 class LabError(Exception):
     """A run-time lab switch that cannot be made (the message says why)."""
 
 
-def switch_tls_lab(service: Any, name: str, mode: str | None) -> None:
-    """Change listener ``name`` of a running TlsmtaService to lab ``mode`` (None: off).
+def lab_listener(configured: ListenerConfig, mode: str | None) -> ListenerConfig:
+    """``configured`` (the listener as its file says) switched to lab ``mode`` (None: off).
 
-    New sessions get the new certificate or behaviour; sessions in flight
-    keep theirs.  Lasts until the next reload re-reads the configuration.
+    Starting from the configured listener means "off" restores its own certificate.
     """
-    from tlsmta.app.service import listener_tls
-
     if mode is not None and mode not in LAB_MODES:
         raise LabError(f"unknown TLS lab mode {mode!r} (one of {', '.join(LAB_MODES)})")
-    listener_service = service.listeners.get(name)
-    if listener_service is None:
-        raise LabError(f"no listener named {name!r}")
-    # Start from the configured listener, so "off" restores its own certificate.
-    configured = next((item for item in service.config.listeners if item.name == name), listener_service.listener)
     if not lab_applies(configured, mode):
-        raise LabError(f"listener {name!r} has tls = {configured.tls!r}: lab mode {mode!r} does not apply")
-    new_listener = attrs.evolve(configured, tls_lab=mode, tls_certificate="auto" if mode else configured.tls_certificate)
-    server_tls = listener_tls(new_listener, service.config, service.hostname, service.hooks)
-    runtime = listener_service.inbound.runtime
-    assert runtime.tls is not None and server_tls is not None
-    runtime.tls.context = server_tls.context  # same creator object: an implicit-TLS factory holds it
-    listener_service.listener = new_listener
-    listener_service.inbound.runtime = attrs.evolve(runtime, listener=new_listener)
+        raise LabError(f"listener {configured.name!r} has tls = {configured.tls!r}: lab mode {mode!r} does not apply")
+    return attrs.evolve(configured, tls_lab=mode, tls_certificate="auto" if mode else configured.tls_certificate)

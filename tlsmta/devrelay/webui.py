@@ -30,9 +30,10 @@ import ipaddress
 import json
 from collections.abc import Callable, Iterable
 from importlib import resources
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
+import attrs
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
@@ -42,12 +43,14 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from tlsmta.app.portservice import PortService
 from tlsmta.devrelay.capture import CapturedMail, MessageNotFound
 from tlsmta.devrelay.devcert import LAB_MODES, dev_ca_path
 from tlsmta.devrelay.mailview import envelope_of, html_of, part_of
 from tlsmta.devrelay.release import ReleaseError, outgoing_body, release_message, smarthost_route
+from tlsmta.devrelay.tlslab import LabError, LabListener, lab_applies_to
+from tlsmta.network import PortService
 from tlsmta.reporting import events
+from tlsmta.storage.spool import QueuedMessage
 
 log = Logger(namespace="tlsmta.webui")
 
@@ -158,20 +161,30 @@ class EventStream:
             self.reactor.callFromThread(self.changed, "received" if event == "received" else "queued")
 
 
+class RelayHost(Protocol):
+    """What the page needs of the running relay (``tlsmta.app.service.TlsmtaService`` is one)."""
+
+    def lab_listeners(self) -> list[LabListener]: ...
+
+    def switch_tls_lab(self, name: str, mode: str | None) -> None: ...
+
+    def release(self, message: QueuedMessage, body: bytes) -> Deferred[None]: ...
+
+
 class WebUI(Resource):
     """The whole site: the page, its static files and the API (one leaf resource)."""
 
     isLeaf = True
 
     def __init__(self, reactor: Any, mail: CapturedMail, state_dir: str, run_blocking: Callable[..., Deferred[Any]],
-                 allowed_hosts: Iterable[str] = (), service: Any = None):
+                 allowed_hosts: Iterable[str] = (), host: RelayHost | None = None):
         super().__init__()
         self.reactor = reactor
         self.run_blocking = run_blocking  # file reads off the reactor thread (the service's DiskIO)
         self.mail = mail
         self.state_dir = state_dir
         self.allowed_hosts = tuple(allowed_hosts)
-        self.service = service  # a TlsmtaService, for the TLS lab switch
+        self.host = host  # the running relay, for the TLS lab and Release; None: neither
         self.stream = EventStream(reactor)
         self.static = {name: resources.files("tlsmta.devrelay").joinpath("web", name).read_bytes() for name in STATIC}
 
@@ -304,8 +317,8 @@ class WebUI(Resource):
 
     def _release(self, message_id: str, body: Any) -> Deferred[Reply]:
         """Queue a copy for a smarthost; delivered under the configured TLS policy."""
-        service = self.service
-        if service is None:
+        host = self.host
+        if host is None:
             raise HTTPError(404, "no queue to release into")
         if not isinstance(body, dict):
             raise HTTPError(400, 'send {"smarthost": "HOST[:PORT]", "to": [ADDRESS, ...] (optional)}')
@@ -324,12 +337,11 @@ class WebUI(Resource):
             message.smtputf8 = not all(a.isascii() for a in [sender, *(r.address for r in message.recipients)])
 
             def stored(_: Any) -> Reply:
-                service.queue.add(message)
                 self.stream.changed("released")
                 return json_reply({"queued_as": message.id, "to": [r.address for r in message.recipients],
                                    "route": str(route)}, 202)
 
-            return self._blocking(service.spool.store_blocking, message, payload).addCallback(stored)
+            return host.release(message, payload).addCallback(stored)
 
         return self._blocking(self.mail.raw, message_id).addCallback(queue)
 
@@ -361,32 +373,23 @@ class WebUI(Resource):
     # -- TLS lab ----------------------------------------------------------------------------
 
     def _lab_state(self) -> dict[str, Any]:
-        listeners = []
-        if self.service is not None:
-            for name, item in self.service.listeners.items():
-                address = item.port.getHost() if item.port is not None else None
-                listeners.append({
-                    "name": name,
-                    "tls": item.listener.tls,
-                    "tls_lab": item.listener.tls_lab,
-                    "port": getattr(address, "port", None),
-                })
+        listeners = [attrs.asdict(item) for item in self.host.lab_listeners()] if self.host is not None else []
         return {"modes": list(LAB_MODES), "listeners": listeners}
 
     def _set_lab(self, body: Any) -> Reply:
-        from tlsmta.devrelay.tlslab import LabError, lab_applies, switch_tls_lab
-
-        if self.service is None:
+        if self.host is None:
             raise HTTPError(404, "no TLS lab here")
         if not isinstance(body, dict) or "mode" not in body:
             raise HTTPError(400, 'send {"mode": MODE or null, "listener": NAME (optional)}')
         mode, name = body["mode"], body.get("listener")
         if mode is not None and mode not in LAB_MODES:
             raise HTTPError(400, f"mode must be one of {', '.join(LAB_MODES)} or null")
-        names = [name] if name is not None else [n for n, s in self.service.listeners.items() if lab_applies(s.listener, mode)]
+        names = [name] if name is not None else [
+            item.name for item in self.host.lab_listeners() if lab_applies_to(item.tls, mode)
+        ]
         try:
             for listener in names:
-                switch_tls_lab(self.service, listener, mode)
+                self.host.switch_tls_lab(listener, mode)
         except LabError as e:
             raise HTTPError(400, str(e)) from None
         return json_reply(self._lab_state())
@@ -442,12 +445,12 @@ def web_maildir(config: Any) -> str | None:
     return route.path if route is not None and route.kind == "maildir" else None
 
 
-def web_service(reactor: Any, config: Any, service: Any) -> WebService:
+def web_service(reactor: Any, config: Any, host: RelayHost, run_blocking: Callable[..., Deferred[Any]]) -> WebService:
     """The WebService for ``config``'s ``[http]`` table (its endpoint must be set)."""
     from tlsmta.config.loader import ConfigError, Problem
 
     maildir = web_maildir(config)
     if maildir is None:
         raise ConfigError([Problem(config.path, "http", "maildir", "is required when the global route is not maildir:PATH")])
-    web = WebUI(reactor, CapturedMail(maildir), config.state_dir, service.disk.run, config.http.get("allowed_hosts") or (), service)
+    web = WebUI(reactor, CapturedMail(maildir), config.state_dir, run_blocking, config.http.get("allowed_hosts") or (), host)
     return WebService(reactor, config.http["endpoint"], web)

@@ -45,11 +45,11 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from tlsmta.config.loader import Config, ListenerConfig, normalize_domain, resolve, select_binding
-from tlsmta.delivery.client import set_no_delay
 from tlsmta.discovery.resolver import Resolver
 from tlsmta.inbound.acceptance import ClientStanding, check_client_certificate, check_recipient, in_networks
 from tlsmta.inbound.auth import UserDB, decode_b64_text, decode_plain
 from tlsmta.inbound.received import TraceFacts, received_header
+from tlsmta.network import set_no_delay
 from tlsmta.reporting import events
 from tlsmta.smtp.commands import (
     COMMAND_LINE_LIMIT,

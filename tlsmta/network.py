@@ -1,4 +1,9 @@
-"""A Service that owns one listening port (SMTP listeners, control socket, metrics, web page)."""
+"""Twisted network plumbing every shell shares: a Service that owns one
+listening port (SMTP listeners, control socket, metrics, web page), and
+TCP_NODELAY for SMTP's small writes.
+
+Imports nothing of tlsmta.
+"""
 
 from __future__ import annotations
 
@@ -37,3 +42,13 @@ class PortService(Service):
             return None
         port, self.port = self.port, None
         return port.stopListening()
+
+
+def set_no_delay(transport: Any) -> None:
+    """TCP_NODELAY where the transport is TCP (not in tests' fake transports)."""
+    set_it = getattr(transport, "setTcpNoDelay", None)
+    if set_it is not None:
+        try:
+            set_it(True)
+        except OSError:
+            pass
