@@ -169,6 +169,27 @@ async def test_release_obeys_the_tls_policy(tmp_path: Any, pki: Any, events: lis
     assert maildir_messages(str(tmp_path / "receiver-maildir")) == []
 
 
+@pytest.mark.parametrize("header", [True, False])
+@pytest_twisted.ensureDeferred
+async def test_release_carries_tls_required_no(tmp_path: Any, pki: Any, header: bool) -> None:
+    """A released copy of a message whose header section says 'TLS-Required: No' is queued with
+    that flag (scanned from the copy's bytes, as inbound scans arriving mail), and only then."""
+    receiver = await start_receiver(tmp_path, pki.good)
+    relay = await dev_relay(tmp_path, pki.other_ca_pem)  # the smarthost fails verification: it stays queued
+    message = welcome()
+    if header:
+        message["TLS-Required"] = "No"
+    try:
+        await in_thread(send, relay.port, message)
+        status, answer = await release(relay, {"smarthost": f"{SMARTHOST}:{receiver.port}"})
+        assert status == 202
+        await relay.service.queue.wait_idle()
+        assert relay.service.queue.messages[answer["queued_as"]].tls_required_no is header
+    finally:
+        await relay.stop()
+        await receiver.stop()
+
+
 @pytest_twisted.ensureDeferred
 async def test_release_refuses_bad_requests(tmp_path: Any, pki: Any) -> None:
     """A bad smarthost is 400, a missing JSON content type 415, an unknown message 404."""

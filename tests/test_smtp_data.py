@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from tlsmta.smtp import data as smtp_data
 from tlsmta.smtp.data import BARE_CR, BARE_LF, LINE_TOO_LONG, STARTS_FOLDED, TOO_BIG, DataProblem, DataReader
+from tlsmta.smtp.data import TLSRequiredScanner, says_tls_required_no
 
 BIG = 1 << 40  # a size or line cap that is never reached
 
@@ -609,3 +610,30 @@ def test_hop_counter_no_headers():
     counter = HopCounter()
     counter.feed(b"\r\nReceived: body\r\n")
     assert (counter.hops, counter.done) == (0, True)
+
+
+@pytest.mark.parametrize(
+    "chunks, expected",
+    [
+        ([b"Received: x\r\nTLS-Required: No\r\nSubject: s\r\n\r\nbody\r\n"], True),
+        ([b"Received: x\r\ntls-required:   nO  \r\n\r\nbody\r\n"], True),
+        ([b"Received: x\r\nTLS-Required:\r\n No\r\n\r\nbody\r\n"], True),  # folded value
+        ([b"Received: x\r\nTLS-Requ", b"ired: N", b"o\r", b"\n\r\nbody\r\n"], True),  # split anywhere
+        ([b"Received: x\r\nSubject: s\r\nTLS-Required: No\r\n"], True),  # all header section, no body
+        ([b"Received: x\r\nSubject: s\r\n\r\nTLS-Required: No\r\n"], False),  # in the body
+        ([b"Received: x\r\nX-TLS-Required: No\r\n\r\n"], False),
+        ([b"Received: x\r\nTLS-Required: Nope\r\n\r\n"], False),
+        ([b"Received: x\r\nTLS-Required: No thanks\r\n\r\n"], False),
+        ([b"Received: x\r\nSubject: " + b"y" * 5000 + b"\r\nTLS-Required: No\r\n\r\n"], True),  # after a long field
+        ([b"Received: x\r\n\r\n"], False),
+    ],
+)
+def test_tls_required_no_detected_while_streaming(chunks, expected):
+    """'TLS-Required: No' in the header section (any case, folded, split across writes) is
+    found, fed chunk by chunk as the inbound side feeds it; in the body or with another value it is not."""
+    scanner = TLSRequiredScanner()
+    for chunk in chunks:
+        scanner.feed(chunk)
+    scanner.finish()
+    assert scanner.tls_required_no is expected
+    assert says_tls_required_no(b"".join(chunks)) is expected

@@ -44,7 +44,7 @@ class MemoryWriter:
     def write(self, data: bytes) -> None:
         self.chunks.append(data)
 
-    def commit(self) -> Deferred[None]:
+    def commit(self, tls_required_no: bool = False) -> Deferred[None]:
         if self.sink.fail_with is not None:
             return fail(self.sink.fail_with)
         if self.sink.hold:

@@ -50,6 +50,7 @@ from tlsmta.devrelay.release import ReleaseError, outgoing_body, release_message
 from tlsmta.devrelay.tlslab import LabError, LabListener, lab_applies_to
 from tlsmta.network import PortService
 from tlsmta.reporting import events
+from tlsmta.smtp.data import says_tls_required_no
 from tlsmta.storage.spool import QueuedMessage
 
 log = Logger(namespace="tlsmta.webui")
@@ -332,6 +333,7 @@ class WebUI(Resource):
             else:
                 message = release_message(sender, body["to"], route)
             payload = outgoing_body(data)
+            message.tls_required_no = says_tls_required_no(payload)
             if any(byte > 0x7F for byte in payload):
                 message.body_type = "8BITMIME"
             message.smtputf8 = not all(a.isascii() for a in [sender, *(r.address for r in message.recipients)])

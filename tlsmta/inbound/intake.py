@@ -31,7 +31,10 @@ class SpooledWriter:
     def write(self, data: bytes) -> None:
         self._writer.write(data)
 
-    def commit(self) -> Deferred[None]:
+    def commit(self, tls_required_no: bool = False) -> Deferred[None]:
+        # Set before the disk thread writes the metadata, which commit() queues behind the body.
+        self._message.tls_required_no = tls_required_no
+
         def queued(_: Any) -> None:
             self._queue.add(self._message)
 

@@ -63,7 +63,7 @@ from tlsmta.smtp.commands import (
     rcpt_params,
     split_command,
 )
-from tlsmta.smtp.data import TOO_MANY_HOPS, DataReader, HopCounter
+from tlsmta.smtp.data import TOO_MANY_HOPS, DataReader, HopCounter, TLSRequiredScanner
 from tlsmta.storage.ids import new_message_id
 from tlsmta.storage.interfaces import Envelope, MessageSink, MessageWriter, Recipient, StoreError, Throttle
 from tlsmta.tls.contexts import CertificateCheck, HookContext, ServerTLS, SessionFacts, ssl_error_text
@@ -159,6 +159,7 @@ class InboundSMTP(smtp.ESMTP):
         self._recipient_keys: set[tuple[str, str]] = set()
         self._reader: DataReader | None = None
         self._hops = HopCounter()
+        self._tls_required = TLSRequiredScanner()
         self._writer: MessageWriter | None = None
         self._envelope: Envelope | None = None
 
@@ -700,6 +701,7 @@ class InboundSMTP(smtp.ESMTP):
         self._inbuf = result.rest
         if result.body:
             self._hops.feed(result.body)
+            self._tls_required.feed(result.body)
             self._writer.write(result.body)
         if result.ended:
             self.state = State.COMMAND
@@ -710,6 +712,8 @@ class InboundSMTP(smtp.ESMTP):
         reader, writer, envelope = self._reader, self._writer, self._envelope
         assert reader is not None and writer is not None and envelope is not None
         hops = self._hops.hops
+        self._tls_required.finish()
+        tls_required_no = self._tls_required.tls_required_no
         self._reset_transaction()
         problem = reader.problem
         if problem is None and hops > self.runtime.config.max_hops:
@@ -734,7 +738,7 @@ class InboundSMTP(smtp.ESMTP):
             self._log_transaction(envelope, reader.received, text, err.code)
             self.reply(err.code, text)
 
-        return writer.commit().addCallbacks(stored, failed)
+        return writer.commit(tls_required_no).addCallbacks(stored, failed)
 
     # -- facts for headers and logs -----------------------------------------------------
 

@@ -25,29 +25,25 @@ import attrs
 
 from tlsmta.storage.filewriter import remove_if_present
 
-# -- RFC 8460 4.3 result types and 4.4 policy types ------------------------------------------
-
-STARTTLS_NOT_SUPPORTED = "starttls-not-supported"
-CERTIFICATE_HOST_MISMATCH = "certificate-host-mismatch"
-CERTIFICATE_EXPIRED = "certificate-expired"
-CERTIFICATE_NOT_TRUSTED = "certificate-not-trusted"
-VALIDATION_FAILURE = "validation-failure"
-TLSA_INVALID = "tlsa-invalid"
-DNSSEC_INVALID = "dnssec-invalid"
-DANE_REQUIRED = "dane-required"
-STS_POLICY_FETCH_ERROR = "sts-policy-fetch-error"
-STS_POLICY_INVALID = "sts-policy-invalid"
-STS_WEBPKI_INVALID = "sts-webpki-invalid"
-RESULT_TYPES = frozenset({
-    STARTTLS_NOT_SUPPORTED, CERTIFICATE_HOST_MISMATCH, CERTIFICATE_EXPIRED, CERTIFICATE_NOT_TRUSTED,
-    VALIDATION_FAILURE, TLSA_INVALID, DNSSEC_INVALID, DANE_REQUIRED, STS_POLICY_FETCH_ERROR,
-    STS_POLICY_INVALID, STS_WEBPKI_INVALID,
-})
-
-POLICY_STS = "sts"
-POLICY_TLSA = "tlsa"
-POLICY_NONE = "no-policy-found"
-POLICY_TYPES = frozenset({POLICY_STS, POLICY_TLSA, POLICY_NONE})
+# RFC 8460's vocabulary lives beside the TLS verdicts that produce it; named here too.
+from tlsmta.tls.rpt_types import (  # noqa: F401
+    CERTIFICATE_EXPIRED,
+    CERTIFICATE_HOST_MISMATCH,
+    CERTIFICATE_NOT_TRUSTED,
+    DANE_REQUIRED,
+    DNSSEC_INVALID,
+    POLICY_NONE,
+    POLICY_STS,
+    POLICY_TLSA,
+    POLICY_TYPES,
+    RESULT_TYPES,
+    STARTTLS_NOT_SUPPORTED,
+    STS_POLICY_FETCH_ERROR,
+    STS_POLICY_INVALID,
+    STS_WEBPKI_INVALID,
+    TLSA_INVALID,
+    VALIDATION_FAILURE,
+)
 
 TXT_PREFIX = "_smtp._tls."  # RFC 8460 3: the record lives at _smtp._tls.DOMAIN
 

@@ -268,3 +268,11 @@ class TLSRequiredScanner:
             if colon and name.strip().lower() == b"tls-required" and value.strip(b" \t").lower() == b"no":
                 self.tls_required_no = True
         self._field = None
+
+
+def says_tls_required_no(message: bytes) -> bool:
+    """Whether a whole CRLF message's header section has ``TLS-Required: No``."""
+    scanner = TLSRequiredScanner()
+    scanner.feed(message)
+    scanner.finish()
+    return scanner.tls_required_no

@@ -79,8 +79,12 @@ class MessageWriter(Protocol):
 
     def write(self, data: bytes) -> None: ...
 
-    def commit(self) -> Deferred[None]:
-        """Fires once the message is durable; fails with StoreError otherwise."""
+    def commit(self, tls_required_no: bool = False) -> Deferred[None]:
+        """Fires once the message is durable; fails with StoreError otherwise.
+
+        ``tls_required_no``: the header section says ``TLS-Required: No``
+        (RFC 8689 5), as the inbound side found while the message arrived.
+        """
         ...
 
     def abort(self) -> None:

@@ -28,7 +28,6 @@ from typing import Any
 import attrs
 
 from tlsmta.config.routes import Route, parse_route
-from tlsmta.smtp.data import TLSRequiredScanner
 from tlsmta.storage.diskio import DiskIO
 from tlsmta.storage.filewriter import StreamingWriter, TempFile, remove_if_present, write_all
 from tlsmta.storage.interfaces import NO_THROTTLE, Envelope, Throttle
@@ -194,8 +193,8 @@ def _write_file(path: str, data: bytes) -> None:
 class SpoolFile:
     """The body and metadata of one new message (a FileTarget; disk thread).
 
-    The header section is scanned for ``TLS-Required: No`` as it is written,
-    so the metadata written at :meth:`finish` records it without re-reading.
+    The metadata written at :meth:`finish` is the message's as it stands
+    then (the inbound side sets ``tls_required_no`` before committing).
     """
 
     def __init__(self, spool: Spool, message: QueuedMessage):
@@ -203,7 +202,6 @@ class SpoolFile:
         self.message = message
         self.body = TempFile(os.path.join(spool.tmp_dir, message.id + ".eml"))
         self.tmp_meta = os.path.join(spool.tmp_dir, message.id + ".json")
-        self.headers = TLSRequiredScanner()
 
     @property
     def directories(self) -> Sequence[str]:
@@ -212,11 +210,8 @@ class SpoolFile:
     def append(self, data: bytes) -> None:
         self.body.append(data)
         self.message.size += len(data)
-        self.headers.feed(data)
 
     def finish(self) -> None:
-        self.headers.finish()
-        self.message.tls_required_no = self.headers.tls_required_no
         self.body.sync_and_close()
         _write_file(self.tmp_meta, self.message.to_json())
         os.rename(self.body.path, self.spool.body_path(self.message.id))

@@ -22,7 +22,7 @@ from service_identity.hazmat import (
     verify_service_identity,
 )
 
-from tlsmta.reporting import tlsrpt  # the RFC 8460 result-type names
+from tlsmta.tls import rpt_types
 
 
 class VerifyMode(enum.Enum):
@@ -484,12 +484,12 @@ def requiretls_refused(req: Requirement, advertised: bool) -> TLSFailure | None:
 
 # -- TLS-RPT result types (RFC 8460 4.3) for what a session saw -------------------------------
 
-RPT_STARTTLS_NOT_SUPPORTED = tlsrpt.STARTTLS_NOT_SUPPORTED
-RPT_CERT_HOST_MISMATCH = tlsrpt.CERTIFICATE_HOST_MISMATCH
-RPT_CERT_EXPIRED = tlsrpt.CERTIFICATE_EXPIRED
-RPT_CERT_NOT_TRUSTED = tlsrpt.CERTIFICATE_NOT_TRUSTED
-RPT_VALIDATION_FAILURE = tlsrpt.VALIDATION_FAILURE
-RPT_DNSSEC_INVALID = tlsrpt.DNSSEC_INVALID
+RPT_STARTTLS_NOT_SUPPORTED = rpt_types.STARTTLS_NOT_SUPPORTED
+RPT_CERT_HOST_MISMATCH = rpt_types.CERTIFICATE_HOST_MISMATCH
+RPT_CERT_EXPIRED = rpt_types.CERTIFICATE_EXPIRED
+RPT_CERT_NOT_TRUSTED = rpt_types.CERTIFICATE_NOT_TRUSTED
+RPT_VALIDATION_FAILURE = rpt_types.VALIDATION_FAILURE
+RPT_DNSSEC_INVALID = rpt_types.DNSSEC_INVALID
 
 _EXPIRED_ERRNOS = frozenset({9, 10})  # X509_V_ERR_CERT_NOT_YET_VALID, X509_V_ERR_CERT_HAS_EXPIRED
 
