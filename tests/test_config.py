@@ -28,14 +28,16 @@ from tlsmta.config.loader import (
     ConfigError,
     Problem,
     Resolved,
-    from_dict,
-    load,
     normalize_domain,
     parse_protocols,
     resolve,
     select_binding,
 )
 from tlsmta.config.routes import Route, parse_route
+
+# What tlsmta itself loads with: syntax and data, plus this machine's checks (OpenSSL, key pairs,
+# hooks, users files); tlsmta.config alone is syntax and data (test_syntax_only_loader).
+from tlsmta.app.preflight import from_dict, load
 
 CONFIG_NAME = "tlsmta.toml"
 DOMAIN = "example.com"
@@ -1173,3 +1175,16 @@ def test_valid_openssl_strings_pass(tmp_path: Path) -> None:
         f'[global]\ntls_ciphers = "ECDHE+AESGCM:!aNULL"\ntlsv13_ciphersuites = "TLS_AES_256_GCM_SHA384"\ntls_ca = "{ca}"\n',
     )
     assert load(path).global_options["tls_ciphers"] == "ECDHE+AESGCM:!aNULL"
+
+
+def test_syntax_only_loader_leaves_the_machine_checks_to_preflight(tmp_path: Path, pki: Pki) -> None:
+    """tlsmta.config checks syntax and data only; OpenSSL strings, key pairs and hooks are checked by
+    tlsmta.app.preflight, with the same file/table/key problem lines."""
+    path = write(tmp_path, f'[global]\ntls_ciphers = "NO-SUCH-CIPHER"\n'
+                           f'tls_certificate = {q(pki.cert)}\ntls_key = {q(pki.other_key)}\n'
+                           '[hooks]\noutbound_binding = "no_such_module_x:f"\n')
+    config = configuration.load(path)  # syntax only: nothing wrong
+    assert config.global_options["tls_ciphers"] == "NO-SUCH-CIPHER"
+    problems = problems_of(path)
+    assert [(p.table, p.key) for p in problems] == [
+        ("global", "tls_ciphers"), ("hooks", "outbound_binding"), ("global", "tls_key")]

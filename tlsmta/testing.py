@@ -19,6 +19,7 @@ from twisted.internet.interfaces import ITLSTransport
 from twisted.internet.testing import StringTransport
 from zope.interface import implementer
 
+from tlsmta.app import preflight
 from tlsmta.config import loader as configuration
 from tlsmta.config.routes import Route
 from tlsmta.storage.interfaces import NO_THROTTLE, Envelope, StoreError, Throttle
@@ -115,7 +116,7 @@ def dev_listener(**overrides: Any) -> dict[str, Any]:
 
 def build_config(raw: Mapping[str, Any], path: str = "<test>") -> configuration.Config:
     """Validate a config given as a dict (the TOML document's shape)."""
-    return configuration.from_dict(raw, path)
+    return preflight.from_dict(raw, path)
 
 
 class RunningRelay:

@@ -18,6 +18,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from tlsmta.app import preflight
 from tlsmta.config import loader as configuration
 
 EX_OK, EX_USAGE, EX_DATAERR, EX_NOHOST, EX_UNAVAILABLE = 0, 64, 65, 68, 69
@@ -57,7 +58,7 @@ def fail(command: str, message: str, code: int) -> int:
 
 def _load(path: str) -> configuration.Config | None:
     try:
-        return configuration.load(path)
+        return preflight.load(path)
     except configuration.ConfigError as e:
         for problem in e.problems:
             print(problem, file=sys.stderr)
@@ -255,7 +256,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
         if config is None:
             return EX_CONFIG
     else:
-        config = configuration.from_dict({}, "<defaults>")
+        config = preflight.from_dict({}, "<defaults>")
     try:
         domain = configuration.normalize_domain(args.domain)
     except ValueError as e:

@@ -20,6 +20,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
+from tlsmta.app import preflight
 from tlsmta.app.control import ControlFactory, prepare_socket_path
 from tlsmta.config import loader as configuration
 from tlsmta.config.loader import Config, ListenerConfig, resolve
@@ -342,7 +343,7 @@ class TlsmtaService(MultiService):
         one stays.  Returns the problems (empty when the reload took).
         """
         try:
-            new = self.adjust(configuration.load(self.config.path))
+            new = self.adjust(preflight.load(self.config.path))
             hooks = load_hooks(new.hooks)
             prepared = {}
             for listener in new.listeners:

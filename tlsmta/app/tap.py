@@ -12,6 +12,7 @@ import attrs
 from twisted.application.service import IService
 from twisted.python import usage
 
+from tlsmta.app import preflight
 from tlsmta.config import loader as configuration
 from tlsmta.devrelay.devcert import LAB_MODES
 
@@ -90,7 +91,7 @@ def makeService(options: Options) -> IService:
 
     path = options["config"] or dev_relay_path()
     try:
-        config = configuration.load(path)
+        config = preflight.load(path)
     except configuration.ConfigError as e:
         # twistd prints a traceback for exceptions; an operator wants the problems.
         sys.stderr.write(f"tlsmta: configuration refused:\n{e}\n")

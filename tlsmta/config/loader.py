@@ -14,14 +14,12 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import idna
-from OpenSSL import SSL
 
 from tlsmta.config.routes import Route, RouteError, parse_route
-from tlsmta.devrelay.devcert import LAB_MODES
 
 # -- errors -----------------------------------------------------------------
 
@@ -121,36 +119,7 @@ def _ca_location(value: Any) -> str:
     path = _str(value)
     if not (os.path.isfile(path) or os.path.isdir(path)):
         raise ValueError(f"CA file or directory {path!r} does not exist")
-    if os.path.isfile(path):
-        try:
-            _scratch_context().load_verify_locations(path)
-        except SSL.Error:
-            raise ValueError(f"CA file {path!r} holds no PEM certificate") from None
     return path
-
-
-def _scratch_context() -> SSL.Context:
-    return SSL.Context(SSL.TLS_METHOD)
-
-
-# OpenSSL strings are tried on a scratch context now: a typo that matches no cipher
-# would otherwise pass check-config and fail every TLS session that uses it.
-def _cipher_list(value: Any) -> str:
-    text = _str(value)
-    try:
-        _scratch_context().set_cipher_list(text.encode("ascii"))
-    except (SSL.Error, UnicodeEncodeError):
-        raise ValueError(f"{text!r} matches no cipher OpenSSL knows") from None
-    return text
-
-
-def _tls13_suites(value: Any) -> str:
-    text = _str(value)
-    try:
-        _scratch_context().set_tls13_ciphersuites(text.encode("ascii"))
-    except (SSL.Error, UnicodeEncodeError):
-        raise ValueError(f"{text!r} matches no TLS 1.3 ciphersuite OpenSSL knows") from None
-    return text
 
 
 def _route(value: Any) -> Route:
@@ -225,17 +194,63 @@ def _domains(value: Any) -> frozenset[str]:
 
 
 def _hook(value: Any) -> str:
-    from tlsmta.tls.hooks import HookError, load_hook
-
     spec = _str(value)
     module, sep, func = spec.partition(":")
     if not sep or not module or not func:
         raise ValueError(f"must look like 'package.module:function' (got {spec!r})")
-    try:
-        load_hook(spec)  # import now so a typo is a config error, not a runtime one
-    except HookError as e:
-        raise ValueError(str(e)) from None
     return spec
+
+
+class Environment(Protocol):
+    """The checks that need this machine: OpenSSL, key files, hook imports, users files.
+
+    Each returns why the value cannot be used, or None.  The loader asks them
+    where the option is validated, so their problems stand in file order
+    beside the syntax ones; ``tlsmta.app.preflight`` has the real checks.
+    """
+
+    def ca_file(self, path: str) -> str | None: ...
+
+    def cipher_list(self, text: str) -> str | None: ...
+
+    def tls13_suites(self, text: str) -> str | None: ...
+
+    def hook(self, spec: str) -> str | None: ...
+
+    def keypair(self, cert: str, key: str) -> tuple[str, str] | None:
+        """None, or the config key at fault (tls_certificate / tls_key) and why."""
+        ...
+
+    def users_file(self, path: str) -> str | None: ...
+
+
+class SyntaxOnly:
+    """An :class:`Environment` that finds nothing wrong: syntax and data checks only."""
+
+    def ca_file(self, path: str) -> str | None:
+        return None
+
+    def cipher_list(self, text: str) -> str | None:
+        return None
+
+    def tls13_suites(self, text: str) -> str | None:
+        return None
+
+    def hook(self, spec: str) -> str | None:
+        return None
+
+    def keypair(self, cert: str, key: str) -> tuple[str, str] | None:
+        return None
+
+    def users_file(self, path: str) -> str | None:
+        return None
+
+
+SYNTAX_ONLY = SyntaxOnly()
+
+# The dev relay's TLS lab modes (tlsmta.devrelay makes their certificates).
+CERTIFICATE_LAB_MODES = ("good", "expired", "wrong-name", "untrusted", "self-signed")
+LAB_MODES = (*CERTIFICATE_LAB_MODES, "handshake-fail", "no-starttls")
 
 
 def _address(value: Any) -> str:
@@ -255,6 +270,7 @@ class Option:
     check: Checker
     default: Any = None
     help: str = ""
+    environment: str | None = None  # the Environment method that checks the value on this machine
 
 
 # Options valid in every delivery scope (global, binding_group, binding,
@@ -262,13 +278,13 @@ class Option:
 DELIVERY_OPTIONS: dict[str, Option] = {
     "tls": Option(_enum("no", "ifavailable", "required"), "no", "use STARTTLS when sending"),
     "tls_verify": Option(_enum("no", "ca", "host", "optional"), "no", "check the server certificate"),
-    "tls_ca": Option(_ca_location, None, "trust anchors; default: system store"),
+    "tls_ca": Option(_ca_location, None, "trust anchors; default: system store", "ca_file"),
     "tls_certificate": Option(_file_or_none, None, "client certificate"),
     "tls_key": Option(_file_or_none, None, "client key"),
     "tls_ifavailable_fallback": Option(_bool, True, "plain-text retry after a failed handshake"),
     "tls_protocols": Option(_protocols, parse_protocols("+ALL"), "allowed protocol versions"),
-    "tls_ciphers": Option(_cipher_list, None, "OpenSSL cipher list (TLS 1.2 and below)"),
-    "tlsv13_ciphersuites": Option(_tls13_suites, None, "OpenSSL TLS 1.3 ciphersuites"),
+    "tls_ciphers": Option(_str, None, "OpenSSL cipher list (TLS 1.2 and below)", "cipher_list"),
+    "tlsv13_ciphersuites": Option(_str, None, "OpenSSL TLS 1.3 ciphersuites", "tls13_suites"),
     "route": Option(_route, parse_route("mx"), "where mail for the domain goes"),
     "smtp_port": Option(_int(1, 65535), 25, "port for MX and smarthost routes"),
     "max_connections": Option(_int(1), 20, "connections per destination"),
@@ -291,10 +307,10 @@ GLOBAL_ONLY_OPTIONS: dict[str, Option] = {
 }
 
 HOOK_OPTIONS: dict[str, Option] = {
-    "outbound_tls_verify_callback": Option(_hook),
-    "inbound_tls_verify_callback": Option(_hook),
-    "outbound_tls_parameters": Option(_hook),
-    "outbound_binding": Option(_hook),
+    "outbound_tls_verify_callback": Option(_hook, environment="hook"),
+    "inbound_tls_verify_callback": Option(_hook, environment="hook"),
+    "outbound_tls_parameters": Option(_hook, environment="hook"),
+    "outbound_binding": Option(_hook, environment="hook"),
 }
 
 LISTENER_OPTIONS: dict[str, Option] = {
@@ -303,11 +319,11 @@ LISTENER_OPTIONS: dict[str, Option] = {
     "tls": Option(_enum("no", "starttls", "implicit"), "starttls"),
     "tls_certificate": Option(_str, None, "PEM certificate chain, or 'auto'"),
     "tls_key": Option(_readable_file, None),
-    "tls_client_ca": Option(_ca_location, None, "CAs for client certificates"),
+    "tls_client_ca": Option(_ca_location, None, "CAs for client certificates", "ca_file"),
     "tls_verify": Option(_enum("no", "ca", "host", "optional"), "no", "client certificates"),
     "tls_protocols": Option(_protocols, parse_protocols("+ALL:-TLSv1.0:-TLSv1.1")),
-    "tls_ciphers": Option(_cipher_list, None),
-    "tlsv13_ciphersuites": Option(_tls13_suites, None),
+    "tls_ciphers": Option(_str, None, environment="cipher_list"),
+    "tlsv13_ciphersuites": Option(_str, None, environment="tls13_suites"),
     "local_domains": Option(_domains, frozenset()),
     "relay_networks": Option(_networks, ()),
     "proxy_networks": Option(
@@ -514,8 +530,9 @@ def resolve(config: Config, domain: str, binding: str = "default") -> dict[str, 
 class _Validator:
     """Walks the raw TOML document and collects problems."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, environment: Environment = SYNTAX_ONLY):
         self.path = path
+        self.environment = environment
         self.problems: list[Problem] = []
 
     def problem(self, table: str, key: str | None, why: str) -> None:
@@ -546,10 +563,24 @@ class _Validator:
                 self.problem(table, key, "unknown option")
                 continue
             try:
-                out[key] = option.check(value)
+                checked = option.check(value)
             except ValueError as e:
                 self.problem(table, key, str(e))
+                continue
+            why = self._on_this_machine(option, checked)
+            if why is not None:
+                self.problem(table, key, why)
+                continue
+            out[key] = checked
         return out
+
+    def _on_this_machine(self, option: Option, value: Any) -> str | None:
+        if option.environment is None or value is None:
+            return None
+        if option.environment == "ca_file" and not os.path.isfile(value):
+            return None  # a directory of hashed certificates is read as needed
+        check: Callable[[Any], str | None] = getattr(self.environment, option.environment)
+        return check(value)
 
     def with_defaults(self, values: Mapping[str, Any], allowed: Mapping[str, Option]) -> dict[str, Any]:
         return {k: values.get(k, o.default) for k, o in allowed.items()}
@@ -571,8 +602,12 @@ class _Validator:
         return out
 
 
-def load(path: str) -> Config:
-    """Read and validate ``path``; raise ConfigError listing every problem."""
+def load(path: str, environment: Environment = SYNTAX_ONLY) -> Config:
+    """Read and validate ``path``; raise ConfigError listing every problem.
+
+    ``environment`` adds the checks that need this machine (see
+    :class:`Environment`); without it, syntax and data only.
+    """
     try:
         with open(path, "rb") as f:
             raw = tomllib.load(f)
@@ -582,7 +617,7 @@ def load(path: str) -> Config:
         raise ConfigError([Problem(path, "", None, f"cannot read: {e.strerror}")]) from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError([Problem(path, "", None, f"not valid TOML: {e}")]) from None
-    return from_dict(raw, path)
+    return from_dict(raw, path, environment)
 
 
 _TOP_LEVEL = {
@@ -602,9 +637,9 @@ _TOP_LEVEL = {
 }
 
 
-def from_dict(raw: Mapping[str, Any], path: str = "<config>") -> Config:
+def from_dict(raw: Mapping[str, Any], path: str = "<config>", environment: Environment = SYNTAX_ONLY) -> Config:
     """Validate an already-parsed TOML document."""
-    v = _Validator(path)
+    v = _Validator(path, environment)
     for key in raw:
         if key not in _TOP_LEVEL:
             v.problem(key, None, "unknown table")
@@ -707,12 +742,9 @@ def _check_pairs(v: _Validator, table: Mapping[str, Any], label: str) -> None:
 
 
 def _check_keypair(v: _Validator, label: str, cert: str, key: str) -> None:
-    from tlsmta.tls.contexts import KeyPairError, load_keypair  # tls imports config's parse helpers
-
-    try:
-        load_keypair(cert, key)
-    except KeyPairError as e:
-        v.problem(label, e.key, str(e))
+    fault = v.environment.keypair(cert, key)
+    if fault is not None:
+        v.problem(label, *fault)
 
 
 def _listeners(v: _Validator, raw: Any) -> list[ListenerConfig]:
@@ -757,12 +789,9 @@ def _listeners(v: _Validator, raw: Any) -> list[ListenerConfig]:
                 elif cert is not None:
                     _check_keypair(v, label, cert, values["tls_key"])
         if values["auth_users_file"] is not None:
-            from tlsmta.inbound.auth import AuthFileError, UserDB
-
-            try:
-                UserDB.load(values["auth_users_file"])
-            except (AuthFileError, OSError, UnicodeDecodeError) as e:
-                v.problem(label, "auth_users_file", str(e))
+            why = v.environment.users_file(values["auth_users_file"])
+            if why is not None:
+                v.problem(label, "auth_users_file", why)
         if values["tls_verify"] != "no" and values["tls_client_ca"] is None:
             v.problem(label, "tls_client_ca", f"is required when tls_verify = {values['tls_verify']!r}")
         if values["tls_verify"] != "no" and values["tls"] == "no":

@@ -22,6 +22,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tlsmta.config.loader import CERTIFICATE_LAB_MODES, LAB_MODES  # noqa: F401 - validated by the config
+
 CA_LIFETIME = datetime.timedelta(days=3650)
 LEAF_LIFETIME = datetime.timedelta(days=397)
 RENEW_BEFORE = datetime.timedelta(days=30)
@@ -186,8 +188,7 @@ def ensure_dev_certificate(state_dir: str, names: Sequence[str]) -> DevCertifica
 
 # -- the TLS lab ----------------------------------------------------------------------
 
-CERTIFICATE_LAB_MODES = ("good", "expired", "wrong-name", "untrusted", "self-signed")
-LAB_MODES = (*CERTIFICATE_LAB_MODES, "handshake-fail", "no-starttls")
+
 WRONG_NAME = "wrong-name.invalid"  # a name no client connects to (RFC 6761 .invalid)
 
 

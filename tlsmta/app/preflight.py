@@ -1,0 +1,87 @@
+"""The configuration checks that need this machine, and loading with them.
+
+:mod:`tlsmta.config` is data and syntax; whether OpenSSL takes a cipher
+string, a CA file holds certificates, a key matches its certificate, a hook
+imports or a users file parses is asked here, through the loader's
+:class:`~tlsmta.config.loader.Environment`, so every problem still names its
+file, table and key in file order.  Everything that starts tlsmta or checks
+its configuration loads through :func:`load`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from OpenSSL import SSL
+
+from tlsmta.config import loader
+from tlsmta.config.loader import Config
+from tlsmta.inbound.auth import AuthFileError, UserDB
+from tlsmta.tls.contexts import KeyPairError, load_keypair
+from tlsmta.tls.hooks import HookError, load_hook
+
+
+def _scratch_context() -> SSL.Context:
+    return SSL.Context(SSL.TLS_METHOD)
+
+
+class HostEnvironment:
+    """:class:`~tlsmta.config.loader.Environment` on this machine's OpenSSL and files."""
+
+    def ca_file(self, path: str) -> str | None:
+        try:
+            _scratch_context().load_verify_locations(path)
+        except SSL.Error:
+            return f"CA file {path!r} holds no PEM certificate"
+        return None
+
+    # OpenSSL strings are tried on a scratch context now: a typo that matches no cipher
+    # would otherwise pass check-config and fail every TLS session that uses it.
+    def cipher_list(self, text: str) -> str | None:
+        try:
+            _scratch_context().set_cipher_list(text.encode("ascii"))
+        except (SSL.Error, UnicodeEncodeError):
+            return f"{text!r} matches no cipher OpenSSL knows"
+        return None
+
+    def tls13_suites(self, text: str) -> str | None:
+        try:
+            _scratch_context().set_tls13_ciphersuites(text.encode("ascii"))
+        except (SSL.Error, UnicodeEncodeError):
+            return f"{text!r} matches no TLS 1.3 ciphersuite OpenSSL knows"
+        return None
+
+    def hook(self, spec: str) -> str | None:
+        try:
+            load_hook(spec)  # import now so a typo is a config error, not a runtime one
+        except HookError as e:
+            return str(e)
+        return None
+
+    def keypair(self, cert: str, key: str) -> tuple[str, str] | None:
+        try:
+            load_keypair(cert, key)
+        except KeyPairError as e:
+            return e.key, str(e)
+        return None
+
+    def users_file(self, path: str) -> str | None:
+        try:
+            UserDB.load(path)
+        except (AuthFileError, OSError, UnicodeDecodeError) as e:
+            return str(e)
+        return None
+
+
+HOST = HostEnvironment()
+
+
+def load(path: str) -> Config:
+    """:func:`tlsmta.config.loader.load` with this machine's checks."""
+    return loader.load(path, HOST)
+
+
+def from_dict(raw: Mapping[str, Any], path: str = "<config>") -> Config:
+    """:func:`tlsmta.config.loader.from_dict` with this machine's checks."""
+    return loader.from_dict(raw, path, HOST)
