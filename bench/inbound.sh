@@ -38,7 +38,7 @@
 #                   (Twisted's default listen backlog is 50)
 #   KEEP=1          keep the temp dir (logs, maildir) for inspection
 #   INSTANCES=1     tlsmta processes sharing the port (endpoint reuseport:,
-#                   each with its own state dir, one Maildir): DESIGN.md's
+#                   each with its own state dir, one Maildir): docs/architecture.md's
 #                   scaling by processes; rates, CPU and RSS are their sums
 #
 # Everything listens on 127.0.0.1 only; every process started here is

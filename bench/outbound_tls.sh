@@ -41,7 +41,7 @@
 #   PROFILE_DIR=DIR run tlsmta under cProfile, stats files into DIR
 #   INSTANCES=1     tlsmta processes, each with its own spool holding
 #                   MESSAGES/INSTANCES messages and SESSIONS/INSTANCES
-#                   connections (DESIGN.md's scaling by processes); timed
+#                   connections (docs/architecture.md's scaling by processes); timed
 #                   until the last one is done, CPU summed
 #   VENV=<repo>/.venv   KEEP=1 (keep the temp dir: logs, configs)
 #

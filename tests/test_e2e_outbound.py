@@ -25,7 +25,7 @@ BAD = ("expired", "untrusted", "self_signed")
 
 
 def expected(cert: str, verify: str) -> tuple[str, str, str]:
-    """(result, verified, reason fragment) DESIGN.md prescribes."""
+    """(result, verified, reason fragment) the tls_verify semantics prescribe."""
     if verify == "no":
         return "delivered", "no", ""
     if cert == "good":

@@ -226,7 +226,7 @@ def test_socket_activation(tmp_path: Any) -> None:
 
 
 def test_processes_share_a_port_with_reuseport_and_one_drains(tmp_path: Any) -> None:
-    """DESIGN.md scaling: several processes on one port (endpoint reuseport:), each with its own
+    """Scaling out (docs/architecture.md): several processes on one port (endpoint reuseport:), each with its own
     state dir and spool.  The kernel spreads connections over both; after one stops (drains),
     the other takes every new connection and nothing is lost."""
     holder = socket.socket()  # reserves the port: bound with SO_REUSEPORT, never listening

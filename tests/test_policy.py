@@ -111,7 +111,7 @@ NAMES: dict[str, tuple[PresentedNames | None, str | None]] = {
 
 
 def expected_verdict(mode: VerifyMode, chain_reason: str | None, names_case: str) -> tuple[Outcome, str]:
-    """The verdict DESIGN.md prescribes, cell by cell, stated as a table lookup."""
+    """The verdict the tls_verify semantics prescribe, cell by cell, stated as a table lookup."""
     presented, matched = NAMES[names_case]
     if mode is VerifyMode.NO:
         return Outcome.UNCHECKED, ""
@@ -141,7 +141,7 @@ WORDS = {
 )
 def test_decide_matrix(mode: VerifyMode, chain_case: str, names_case: str) -> None:
     """Every tls_verify mode x chain outcome x name case gives the outcome,
-    fatality, log word and reason that DESIGN.md prescribes."""
+    fatality, log word and reason that the tls_verify semantics prescribe."""
     chain, chain_reason = CHAINS[chain_case]
     presented, matched = NAMES[names_case]
     outcome, reason = expected_verdict(mode, chain_reason, names_case)

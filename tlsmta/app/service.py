@@ -263,7 +263,7 @@ class TlsmtaService(MultiService):
         self.pool.is_self = self.is_own_address
         self.pool.sts = self._sts_resolver()
         QueueService(self.spool, self.queue).setServiceParent(self)
-        self.sink: MessageSink = Intake(local, self.spool, self.queue)
+        self.sink: MessageSink = Intake(local, self.spool, self.queue.add)
         self.listeners: dict[str, ListenerService] = {}
         for listener in config.listeners:
             factory = InboundFactory(self._runtime(listener, config, self.hooks))

@@ -491,7 +491,8 @@ def resolve(config: Config, domain: str, binding: str = "default") -> dict[str, 
     """Effective delivery options for a message to ``domain`` via ``binding``
     (cached per config; treat the result as read-only).
 
-    Each option comes from the first scope that sets it, in DESIGN.md order:
+    Each option comes from the first scope that sets it, in this order
+    (docs/architecture.md):
     binding.B.domain.D, binding_group.G.domain.D, binding.B, binding_group.G,
     domain.D, global, built-in default.
     """

@@ -1,8 +1,8 @@
 """The SMTP client connection: a subclass of twisted.mail.smtp.ESMTPSender.
 
 The stock sender drives one message through callbacks and has the faults
-listed in TWISTED-PITFALLS.md (dot-stuffing, CR CR LF, quitting on 454,
-no capabilities kept).  This subclass keeps the class for its identity
+shown in tests/test_stock_twisted_faults.py (dot-stuffing, CR CR LF,
+quitting on 454, no capabilities kept).  This subclass keeps the class for its identity
 and replaces the input and output handling with a small request/reply
 API that :mod:`tlsmta.delivery.pool` drives:
 

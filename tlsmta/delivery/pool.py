@@ -5,7 +5,7 @@ results.  Local routes (maildir, discard) are handled here; SMTP routes
 (mx, smtp:HOST) go to a :class:`Destination`, which resolves where to
 connect, keeps at most ``max_connections`` sessions, and lets each
 session carry up to ``max_messages_per_connection`` jobs.  The outbound
-TLS policy is applied per session, exactly as DESIGN.md says:
+TLS policy is applied per session (docs/architecture.md, TLS decisions):
 
 - ``tls = required`` without STARTTLS is 4.7.6, a failed handshake 4.7.5;
 - ``ifavailable`` falls back to plain text after a failed handshake (a new

@@ -2,18 +2,19 @@
 
 A message whose recipients are all local (maildir/discard routes) is
 written straight into its Maildirs, one durable write.  Anything else goes
-into the spool and, once durable, into the queue, which also does the
-local part of a mixed message.
+into the spool and, once durable, is handed to ``enqueue`` (the delivery
+queue's ``add``, which also does the local part of a mixed message).  The
+queue is not imported: receiving mail never loads the outbound stack.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
 
 from tlsmta.config.routes import Route
-from tlsmta.delivery.mailqueue import Queue
 from tlsmta.storage.filewriter import StreamingWriter
 from tlsmta.storage.interfaces import NO_THROTTLE, Envelope, Throttle
 from tlsmta.storage.maildir import LocalSink
@@ -23,10 +24,10 @@ from tlsmta.storage.spool import QueuedMessage, Spool
 class SpooledWriter:
     """A spool writer that hands the message to the queue once it is durable."""
 
-    def __init__(self, writer: StreamingWriter, message: QueuedMessage, queue: Queue):
+    def __init__(self, writer: StreamingWriter, message: QueuedMessage, enqueue: Callable[[QueuedMessage], None]):
         self._writer = writer
         self._message = message
-        self._queue = queue
+        self._enqueue = enqueue
 
     def write(self, data: bytes) -> None:
         self._writer.write(data)
@@ -36,7 +37,7 @@ class SpooledWriter:
         self._message.tls_required_no = tls_required_no
 
         def queued(_: Any) -> None:
-            self._queue.add(self._message)
+            self._enqueue(self._message)
 
         return self._writer.commit().addCallback(queued)
 
@@ -47,10 +48,10 @@ class SpooledWriter:
 class Intake:
     """The inbound MessageSink of a full MTA."""
 
-    def __init__(self, local: LocalSink, spool: Spool, queue: Queue):
+    def __init__(self, local: LocalSink, spool: Spool, enqueue: Callable[[QueuedMessage], None]):
         self.local = local
         self.spool = spool
-        self.queue = queue
+        self.enqueue = enqueue
 
     def accepts(self, route: Route) -> bool:
         return True
@@ -60,4 +61,4 @@ class Intake:
             return self.local.open(envelope, throttle)
         message = QueuedMessage.from_envelope(envelope)
         writer, _ = self.spool.writer(message, throttle)
-        return SpooledWriter(writer, message, self.queue)
+        return SpooledWriter(writer, message, self.enqueue)

@@ -1,6 +1,6 @@
 """A TCP server endpoint with SO_REUSEPORT: several tlsmta processes on one port.
 
-One tlsmta process is one reactor on one core (DESIGN.md, Scaling out).
+One tlsmta process is one reactor on one core (docs/architecture.md, Scaling out).
 With ``endpoint = "reuseport:25"`` in each of several processes (each
 with its own state_dir and spool), the kernel spreads new connections
 over them; stopping one (drain) leaves the others accepting.  The syntax

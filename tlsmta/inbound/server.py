@@ -2,7 +2,8 @@
 
 The stock class is kept for its identity (isinstance checks, TimeoutMixin)
 but its input handling is replaced, because each of these is a fault in it
-(see TWISTED-PITFALLS.md), fixed here and proved by tests:
+(each shown against the stock class in tests/test_stock_twisted_faults.py),
+fixed here and proved by tests:
 
 - bytes pipelined after STARTTLS are discarded, never run inside TLS;
 - STARTTLS resets the whole session; the client must EHLO again;
@@ -23,8 +24,8 @@ but its input handling is replaced, because each of these is a fault in it
   ``session_timeout`` bounds the whole session; it is checked between
   commands, so a DATA transfer in progress is finished and answered first.
 
-Decisions live in pure modules (smtp_commands, smtp_data, acceptance,
-policy); this class routes bytes and replies.
+Decisions live in pure modules (tlsmta.smtp, inbound.acceptance,
+tls.policy); this class routes bytes and replies.
 """
 
 from __future__ import annotations

@@ -110,8 +110,8 @@ class ChainResult:
     """What the verify callback saw, depth by depth.
 
     ``hook_answers`` holds the verify hook's answer at each depth where it was
-    called; an answer replaces the built-in result at that depth (DESIGN.md:
-    the hook's answer decides).  ``hook_error`` is set when the hook raised.
+    called; an answer replaces the built-in result at that depth (the hook's
+    answer decides).  ``hook_error`` is set when the hook raised.
 
     ``hook_saw_names``: the hook's ``ok`` at depth 0 included the name check
     (outbound, where the wanted names are known during the handshake).  When
