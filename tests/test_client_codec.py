@@ -29,6 +29,15 @@ from tlsmta.smtp.data import DataReader
 # -- helpers --------------------------------------------------------------------------
 
 
+def replies_in(parser: ReplyParser, data: bytes) -> list[Reply]:
+    """Every reply ``data`` completes, popped one at a time as the client does."""
+    parser.push(data)
+    replies = []
+    while (reply := parser.pop()) is not None:
+        replies.append(reply)
+    return replies
+
+
 def stuff(*chunks: bytes) -> bytes:
     """Everything a DotStuffer sends for ``chunks``, the end-of-data line included."""
     stuffer = DotStuffer()
@@ -81,7 +90,7 @@ cut_lists = st.lists(st.integers(min_value=0, max_value=10_000), max_size=8)
 
 def test_single_line_reply():
     """A one-line reply becomes one Reply with its code and text."""
-    replies = ReplyParser().feed(b"250 2.0.0 Ok: queued\r\n")
+    replies = replies_in(ReplyParser(), b"250 2.0.0 Ok: queued\r\n")
     assert replies == [Reply(250, ("2.0.0 Ok: queued",))]
     assert replies[0].text == "2.0.0 Ok: queued"
     assert str(replies[0]) == "250 2.0.0 Ok: queued"
@@ -90,7 +99,7 @@ def test_single_line_reply():
 def test_multi_line_reply_is_one_reply():
     """Continuation lines (code followed by '-') are gathered into one Reply."""
     data = b"250-mx.example.test hello\r\n250-PIPELINING\r\n250 SIZE 1000\r\n"
-    assert ReplyParser().feed(data) == [Reply(250, ("mx.example.test hello", "PIPELINING", "SIZE 1000"))]
+    assert replies_in(ReplyParser(), data) == [Reply(250, ("mx.example.test hello", "PIPELINING", "SIZE 1000"))]
 
 
 def test_reply_split_byte_by_byte():
@@ -99,28 +108,28 @@ def test_reply_split_byte_by_byte():
     parser = ReplyParser()
     replies = []
     for i in range(len(data)):
-        replies += parser.feed(data[i : i + 1])
-    assert replies == ReplyParser().feed(data)
+        replies += replies_in(parser, data[i : i + 1])
+    assert replies == replies_in(ReplyParser(), data)
     assert [r.code for r in replies] == [250, 354]
 
 
 def test_pipelined_replies_in_one_read():
     """Several replies in one read (PIPELINING) come back in order."""
-    replies = ReplyParser().feed(b"250 sender ok\r\n250 rcpt ok\r\n550 5.1.1 no such user\r\n354 go\r\n")
+    replies = replies_in(ReplyParser(), b"250 sender ok\r\n250 rcpt ok\r\n550 5.1.1 no such user\r\n354 go\r\n")
     assert [r.code for r in replies] == [250, 250, 550, 354]
 
 
 def test_partial_line_waits_for_its_end():
     """A line without its line ending yields nothing until the rest arrives."""
     parser = ReplyParser()
-    assert parser.feed(b"250 o") == []
-    assert parser.feed(b"k\r") == []
-    assert parser.feed(b"\n") == [Reply(250, ("ok",))]
+    assert replies_in(parser, b"250 o") == []
+    assert replies_in(parser, b"k\r") == []
+    assert replies_in(parser, b"\n") == [Reply(250, ("ok",))]
 
 
 def test_bare_lf_line_ending_and_code_only_line_accepted():
     """A reply ended by a bare LF is read, and a line that is only a code has empty text."""
-    assert ReplyParser().feed(b"250 ok\n221\r\n") == [Reply(250, ("ok",)), Reply(221, ("",))]
+    assert replies_in(ReplyParser(), b"250 ok\n221\r\n") == [Reply(250, ("ok",)), Reply(221, ("",))]
 
 
 @pytest.mark.parametrize(
@@ -130,27 +139,27 @@ def test_bare_lf_line_ending_and_code_only_line_accepted():
 def test_garbage_is_reply_error(garbage):
     """Bytes that are not an SMTP reply line raise ReplyError."""
     with pytest.raises(ReplyError):
-        ReplyParser().feed(garbage)
+        replies_in(ReplyParser(), garbage)
 
 
 def test_multi_line_reply_changing_code_is_error():
     """A continuation with a different code than the first line is not SMTP."""
     with pytest.raises(ReplyError):
-        ReplyParser().feed(b"250-one\r\n550 two\r\n")
+        replies_in(ReplyParser(), b"250-one\r\n550 two\r\n")
 
 
 def test_over_long_unterminated_line_is_error():
     """A line that grows beyond MAX_REPLY_LINE without a line end raises ReplyError
     (the parser does not buffer without bound); one byte less is still waited for."""
     parser = ReplyParser()
-    assert parser.feed(b"250 " + b"x" * (MAX_REPLY_LINE - 4)) == []
+    assert replies_in(parser, b"250 " + b"x" * (MAX_REPLY_LINE - 4)) == []
     with pytest.raises(ReplyError):
-        parser.feed(b"x")
+        replies_in(parser, b"x")
 
 
 def test_over_long_terminated_line_is_cut():
     """A long but complete line is cut to MAX_REPLY_LINE octets rather than kept whole."""
-    [reply] = ReplyParser().feed(b"250 " + b"y" * (3 * MAX_REPLY_LINE) + b"\r\n")
+    [reply] = replies_in(ReplyParser(), b"250 " + b"y" * (3 * MAX_REPLY_LINE) + b"\r\n")
     assert reply.code == 250
     assert len(reply.lines[0]) == MAX_REPLY_LINE - 4
 
@@ -159,16 +168,16 @@ def test_too_many_continuation_lines_is_error():
     """A reply with more than MAX_REPLY_LINES lines raises ReplyError."""
     data = b"250-x\r\n" * (MAX_REPLY_LINES + 1) + b"250 end\r\n"
     with pytest.raises(ReplyError):
-        ReplyParser().feed(data)
+        replies_in(ReplyParser(), data)
 
 
 def test_discard_buffered_drops_unparsed_bytes():
     """After a 220 to STARTTLS, bytes that came with it are dropped, never parsed later
     (the client-side STARTTLS injection defence)."""
     parser = ReplyParser()
-    assert parser.feed(b"220 2.0.0 ready for TLS\r\n250 injected") == [Reply(220, ("2.0.0 ready for TLS",))]
+    assert replies_in(parser, b"220 2.0.0 ready for TLS\r\n250 injected") == [Reply(220, ("2.0.0 ready for TLS",))]
     assert parser.discard_buffered() == b"250 injected"
-    assert parser.feed(b"250 real\r\n") == [Reply(250, ("real",))]
+    assert replies_in(parser, b"250 real\r\n") == [Reply(250, ("real",))]
     assert parser.discard_buffered() == b""
 
 
@@ -206,7 +215,7 @@ def test_positive_and_permanent(code, positive, permanent):
 
 def test_parse_ehlo():
     """EHLO keywords are upper-cased and mapped to their parameters; the greeting line is not a keyword."""
-    [reply] = ReplyParser().feed(
+    [reply] = replies_in(ReplyParser(), 
         b"250-mx.example.test greets you\r\n250-pipelining\r\n250-SIZE 10240000\r\n"
         b"250-AUTH PLAIN LOGIN\r\n250-\r\n250 STARTTLS\r\n"
     )
@@ -344,6 +353,6 @@ def test_reply_control_characters_are_neutralised():
     """A bare CR (or other control character) in a server's reply cannot forge lines in our logs or DSNs."""
     from tlsmta.smtp.client_codec import ReplyParser
 
-    [reply] = ReplyParser().feed(b"550 5.1.1 no such user\rFinal-Recipient: rfc822; ceo@victim.example\x00\r\n")
+    [reply] = replies_in(ReplyParser(), b"550 5.1.1 no such user\rFinal-Recipient: rfc822; ceo@victim.example\x00\r\n")
     assert "\r" not in reply.text and "\x00" not in reply.text
     assert reply.text == "5.1.1 no such user?Final-Recipient: rfc822; ceo@victim.example?"

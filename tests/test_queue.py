@@ -151,6 +151,12 @@ class Harness:
         return [m for m in self.queue.messages.values() if m.is_bounce]
 
 
+def body_of(spool: Spool, message_id: str) -> bytes:
+    """A spooled message's body, as the disk thread reads it for delivery."""
+    with open(spool.body_path(message_id), "rb") as f:
+        return f.read()
+
+
 def new_message(message_id, recipients, sender="alice@example.org", received_at=T0, **fields):
     return QueuedMessage(
         id=message_id,
@@ -376,7 +382,7 @@ def test_5xx_sends_dsn_to_sender(tmp_path):
     assert h.on_disk()[dsn.id] == dsn
     assert h.files() - {f"{dsn.id}.state"} == {f"{dsn.id}.eml", f"{dsn.id}.json"}
 
-    report = parse(h.spool.read_body_blocking(dsn.id))
+    report = parse(body_of(h.spool, dsn.id))
     assert report.get_content_type() == "multipart/report"
     assert report["To"].addresses[0].addr_spec == "alice@Example.ORG"
     block = report.get_payload()[1].get_payload()[1]
@@ -399,7 +405,7 @@ def test_dsn_only_for_bounced_recipients(h):
     h.submit(new_message("m1", ["bob@example.com", "carol@example.com"]))
     h.clock.advance(0)
     [dsn] = h.dsns()
-    report = parse(h.spool.read_body_blocking(dsn.id))
+    report = parse(body_of(h.spool, dsn.id))
     blocks = report.get_payload()[1].get_payload()[1:]
     assert [b["Final-Recipient"] for b in blocks] == ["rfc822; carol@example.com"]
     assert "m1" not in h.queue.messages
@@ -413,7 +419,7 @@ def test_dsn_uses_queue_clock(h):
     h.clock.advance(0)
     [dsn] = h.dsns()
     assert dsn.received_at == T0
-    report = parse(h.spool.read_body_blocking(dsn.id))
+    report = parse(body_of(h.spool, dsn.id))
     assert report["Date"].datetime == datetime.fromtimestamp(T0, timezone.utc)
 
 
@@ -424,7 +430,7 @@ def test_dsn_of_a_requiretls_message_requires_tls_too(h):
     h.submit(new_message("m1", ["bob@example.com"], requiretls=True))
     h.submit(new_message("m2", ["carol@example.com"]))
     h.clock.advance(0)
-    by_recipient = {parse(h.spool.read_body_blocking(d.id)).get_payload()[1].get_payload()[1]["Final-Recipient"]: d for d in h.dsns()}
+    by_recipient = {parse(body_of(h.spool, d.id)).get_payload()[1].get_payload()[1]["Final-Recipient"]: d for d in h.dsns()}
     assert by_recipient["rfc822; bob@example.com"].requiretls is True
     assert h.on_disk()[by_recipient["rfc822; bob@example.com"].id].requiretls is True
     assert by_recipient["rfc822; carol@example.com"].requiretls is False
@@ -456,7 +462,7 @@ def test_expiry_bounces_pending_with_last_reason(h):
     assert h.clock.seconds() - T0 - 900 < LIFETIME  # the first attempt after expiry, not later
     assert "m1" not in h.on_disk()
     [dsn] = h.dsns()
-    report = parse(h.spool.read_body_blocking(dsn.id))
+    report = parse(body_of(h.spool, dsn.id))
     block = report.get_payload()[1].get_payload()[1]
     assert block["Action"] == "failed"
     assert block["Status"] == "4.7.5"
@@ -472,7 +478,7 @@ def test_old_message_expires_at_first_attempt(h):
     h.clock.advance(0)
     assert "m1" not in h.queue.messages
     [dsn] = h.dsns()
-    block = parse(h.spool.read_body_blocking(dsn.id)).get_payload()[1].get_payload()[1]
+    block = parse(body_of(h.spool, dsn.id)).get_payload()[1].get_payload()[1]
     assert block["Status"] == "4.4.2"
 
 

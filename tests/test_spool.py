@@ -28,6 +28,12 @@ class UnusedDisk:
         raise AssertionError(f"blocking spool method used disk.{name}")
 
 
+def body_of(spool: Spool, message_id: str) -> bytes:
+    """A spooled message's body, as the disk thread reads it for delivery."""
+    with open(spool.body_path(message_id), "rb") as f:
+        return f.read()
+
+
 @pytest.fixture
 def spool(tmp_path) -> Spool:
     s = Spool(str(tmp_path / "spool"), UnusedDisk())
@@ -158,7 +164,7 @@ def test_spool_file_appears_in_queue_only_after_finish(spool):
     target.finish()
     assert listing(spool.queue_dir) == {"m1.eml", "m1.json"}
     assert listing(spool.tmp_dir) == set()
-    assert spool.read_body_blocking("m1") == BODY
+    assert body_of(spool, "m1") == BODY
     assert m.size == len(BODY)
     with open(spool.meta_path("m1"), "rb") as f:
         assert QueuedMessage.from_json(f.read()) == m
@@ -208,7 +214,7 @@ def test_finish_without_data_stores_empty_body(spool):
     """A message finished without any append still gets a (empty) body file."""
     target = spool.writer(message(size=0))[1]
     target.finish()
-    assert spool.read_body_blocking("m1") == b""
+    assert body_of(spool, "m1") == b""
 
 
 def test_discard_leaves_nothing(spool):
@@ -230,7 +236,7 @@ def test_store_blocking_is_complete_on_return(spool):
     spool.store_blocking(m, BODY)
     assert listing(spool.queue_dir) == {"dsn1.eml", "dsn1.json"}
     assert listing(spool.tmp_dir) == set()
-    assert spool.read_body_blocking("dsn1") == BODY
+    assert body_of(spool, "dsn1") == BODY
     assert m.size == len(BODY)
 
 
@@ -264,7 +270,7 @@ def test_save_blocking_records_state_and_leaves_the_record(spool):
     assert loaded == m and problems == []
     assert loaded.attempts == 1 and loaded.next_attempt == 1_700_000_060.0
     assert listing(spool.tmp_dir) == set()
-    assert spool.read_body_blocking(m.id) == BODY
+    assert body_of(spool, m.id) == BODY
 
 
 def test_remove_blocking(spool):

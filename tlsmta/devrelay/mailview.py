@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterator, Mapping
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
-from email.utils import getaddresses, parsedate_to_datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import attrs
@@ -147,13 +147,6 @@ def envelope_of(data: bytes) -> tuple[str, list[str]]:
 
 def _text(value: Any) -> str:
     return "" if value is None else str(value)
-
-
-def _addresses(message: Message, name: str) -> list[str]:
-    try:
-        return [addr for _, addr in getaddresses([_text(v) for v in message.get_all(name, [])]) if addr]
-    except (TypeError, ValueError, IndexError):
-        return []
 
 
 def _leaves(message: Message) -> Iterator[tuple[int, Message]]:

@@ -61,14 +61,6 @@ class ReplyParser:
         self._lines: list[str] = []
         self._code: int | None = None
 
-    def feed(self, data: bytes) -> list[Reply]:
-        """Add ``data`` and return every reply it completes."""
-        self.push(data)
-        replies = []
-        while (reply := self.pop()) is not None:
-            replies.append(reply)
-        return replies
-
     def push(self, data: bytes) -> None:
         self._buffer += data
 

@@ -276,10 +276,6 @@ class Spool:
         for path in (self.meta_path(message_id), self.state_path(message_id), self.body_path(message_id)):
             remove_if_present(path)
 
-    def read_body_blocking(self, message_id: str) -> bytes:
-        with open(self.body_path(message_id), "rb") as f:
-            return f.read()
-
     def prepare_blocking(self) -> list[str]:
         """At start, before any listener accepts mail: create the directories,
         clear tmp/ (nothing there was acknowledged), remove bodies without
