@@ -506,17 +506,8 @@ class Destination:
         verdict = check.verdict()
         req = attempt.req
         assert req is not None
-        fields: dict[str, Any] = {
-            "tls": "tls" if facts else "none",
-            "protocol": facts.protocol if facts else None,
-            "cipher": facts.cipher if facts else None,
-            "tls_verify": "dane" if req.dane else req.verify.value,
-            "verified": verdict.outcome.word,
-            "reason": verdict.reason,
-            "subject": facts.peer_subject if facts else None,
-            "issuer": facts.peer_issuer if facts else None,
-            "resumed": "yes" if check.resumed_verdict is not None else "no",
-        }
+        fields = tls.tls_log_fields(facts, "dane" if req.dane else req.verify.value, verdict.outcome.word, verdict.reason)
+        fields["resumed"] = "yes" if check.resumed_verdict is not None else "no"
         if verdict.outcome is policy.Outcome.SOFTFAIL:
             fields["softfail"] = verdict.reason
         fields.update(self._policy_fields(attempt))

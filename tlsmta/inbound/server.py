@@ -67,7 +67,7 @@ from tlsmta.smtp.commands import (
 from tlsmta.smtp.data import TOO_MANY_HOPS, DataReader, HopCounter, TLSRequiredScanner
 from tlsmta.storage.ids import new_message_id
 from tlsmta.storage.interfaces import Envelope, MessageSink, MessageWriter, Recipient, StoreError, Throttle
-from tlsmta.tls.contexts import CertificateCheck, HookContext, ServerTLS, SessionFacts, ssl_error_text
+from tlsmta.tls.contexts import CertificateCheck, HookContext, ServerTLS, SessionFacts, ssl_error_text, tls_log_fields
 from tlsmta.tls.hooks import Hooks
 from tlsmta.tls.policy import Verdict, VerifyMode
 
@@ -758,17 +758,8 @@ class InboundSMTP(smtp.ESMTP):
         if not self.tls_active or self.tls_facts is None:
             return {"tls": "none"}
         verdict = self.client_verdict()
-        fields: dict[str, Any] = {
-            "tls": "tls",
-            "protocol": self.tls_facts.protocol,
-            "cipher": self.tls_facts.cipher,
-            "tls_verify": self.runtime.listener.tls_verify,
-            "verified": verdict.outcome.word if verdict else "no",
-            "reason": verdict.reason if verdict else "",
-            "subject": self.tls_facts.peer_subject,
-            "issuer": self.tls_facts.peer_issuer,
-        }
-        return fields
+        return tls_log_fields(self.tls_facts, self.runtime.listener.tls_verify,
+                              verdict.outcome.word if verdict else "no", verdict.reason if verdict else "")
 
     def _receipt_fields(self) -> dict[str, Any]:
         """The TLS facts of receipt plus ``requiretls`` (RFC 8689) when the client asked for it;

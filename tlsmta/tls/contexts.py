@@ -229,6 +229,20 @@ class SessionFacts:
         )
 
 
+def tls_log_fields(facts: SessionFacts | None, tls_verify: str, verified: str, reason: str) -> dict[str, Any]:
+    """The TLS facts every ``received`` and ``delivery`` event carries (None where no TLS ran)."""
+    return {
+        "tls": "tls" if facts else "none",
+        "protocol": facts.protocol if facts else None,
+        "cipher": facts.cipher if facts else None,
+        "tls_verify": tls_verify,
+        "verified": verified,
+        "reason": reason,
+        "subject": facts.peer_subject if facts else None,
+        "issuer": facts.peer_issuer if facts else None,
+    }
+
+
 # -- verification of one session -----------------------------------------------
 
 VerifyHook = Callable[..., Any]
