@@ -26,6 +26,15 @@ def _scratch_context() -> SSL.Context:
     return SSL.Context(SSL.TLS_METHOD)
 
 
+def _unless_openssl_takes(setter: str, text: str, what: str) -> str | None:
+    """None when a scratch context's ``setter`` accepts ``text``, else why not."""
+    try:
+        getattr(_scratch_context(), setter)(text.encode("ascii"))
+    except (SSL.Error, UnicodeEncodeError):
+        return f"{text!r} matches no {what} OpenSSL knows"
+    return None
+
+
 class HostEnvironment:
     """:class:`~tlsmta.config.loader.Environment` on this machine's OpenSSL and files."""
 
@@ -39,18 +48,10 @@ class HostEnvironment:
     # OpenSSL strings are tried on a scratch context now: a typo that matches no cipher
     # would otherwise pass check-config and fail every TLS session that uses it.
     def cipher_list(self, text: str) -> str | None:
-        try:
-            _scratch_context().set_cipher_list(text.encode("ascii"))
-        except (SSL.Error, UnicodeEncodeError):
-            return f"{text!r} matches no cipher OpenSSL knows"
-        return None
+        return _unless_openssl_takes("set_cipher_list", text, "cipher")
 
     def tls13_suites(self, text: str) -> str | None:
-        try:
-            _scratch_context().set_tls13_ciphersuites(text.encode("ascii"))
-        except (SSL.Error, UnicodeEncodeError):
-            return f"{text!r} matches no TLS 1.3 ciphersuite OpenSSL knows"
-        return None
+        return _unless_openssl_takes("set_tls13_ciphersuites", text, "TLS 1.3 ciphersuite")
 
     def hook(self, spec: str) -> str | None:
         try:

@@ -2,7 +2,8 @@
 validation that names file, table and key, scope resolution per
 (binding, domain) (``loader``) and route strings (``routes``).
 
-The bottom of the house: imports nothing of tlsmta but itself (today
-``loader`` still reaches into tls, inbound.auth and devrelay for its
-environment checks; see docs/architecture.md).
+The bottom of the house: imports nothing of tlsmta but itself, and no
+OpenSSL.  The checks that need this machine (OpenSSL strings, key pairs,
+hooks, users files) are asked through ``loader.Environment``, which
+``tlsmta.app.preflight`` implements.
 """
