@@ -919,7 +919,7 @@ def test_dns_nameservers(tmp_path: Path) -> None:
     assert load(write(tmp_path, "", "empty.toml")).dns_nameservers == ()
 
 
-@pytest.mark.parametrize("value", ['["ns.example.test"]', '["127.0.0.1:0"]', '["127.0.0.1:99999"]', '"127.0.0.1"', "[]"])
+@pytest.mark.parametrize("value", ['["ns.example.test"]', '["127.0.0.1:0"]', '["127.0.0.1:"]', '["[::1]x"]', '["127.0.0.1:99999"]', '"127.0.0.1"', "[]"])
 def test_dns_bad_nameservers(tmp_path: Path, value: str) -> None:
     """A nameserver that is not an IP address (with an optional port) names dns / nameservers."""
     path = write(tmp_path, f"[dns]\nnameservers = {value}\n")

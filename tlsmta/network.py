@@ -51,4 +51,4 @@ def set_no_delay(transport: Any) -> None:
         try:
             set_it(True)
         except OSError:
-            pass
+            pass  # the socket is already gone (the peer left); nothing left to tune

@@ -10,6 +10,7 @@ its configuration loads through :func:`load`.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -39,6 +40,8 @@ class HostEnvironment:
     """:class:`~tlsmta.config.loader.Environment` on this machine's OpenSSL and files."""
 
     def ca_file(self, path: str) -> str | None:
+        if os.path.isdir(path):
+            return None  # a directory of hashed certificates is read as needed
         try:
             _scratch_context().load_verify_locations(path)
         except SSL.Error:

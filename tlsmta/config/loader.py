@@ -209,7 +209,9 @@ class Environment(Protocol):
     beside the syntax ones; ``tlsmta.app.preflight`` has the real checks.
     """
 
-    def ca_file(self, path: str) -> str | None: ...
+    def ca_file(self, path: str) -> str | None:
+        """A CA file or directory that exists; whether it holds certificates."""
+        ...
 
     def cipher_list(self, text: str) -> str | None: ...
 
@@ -578,8 +580,6 @@ class _Validator:
     def _on_this_machine(self, option: Option, value: Any) -> str | None:
         if option.environment is None or value is None:
             return None
-        if option.environment == "ca_file" and not os.path.isfile(value):
-            return None  # a directory of hashed certificates is read as needed
         check: Callable[[Any], str | None] = getattr(self.environment, option.environment)
         return check(value)
 
@@ -832,14 +832,19 @@ def _nameservers(v: _Validator, raw: Any) -> tuple[tuple[str, int], ...]:
         return ()
     servers = []
     for item in raw:
-        match = re.fullmatch(r"\[([^]]+)\](?::(\d+))?|([^:]+)(?::(\d+))?|([0-9a-fA-F:]+)", item.strip())
-        host, port = None, "53"
-        if match:
-            host = match.group(1) or match.group(3) or match.group(5)
-            port = match.group(2) or match.group(4) or "53"
+        text = item.strip()
+        if text.startswith("["):  # [IPv6] or [IPv6]:PORT
+            host, _, rest = text[1:].partition("]")
+            port = rest.removeprefix(":") if rest.startswith(":") else (rest or "53")
+        elif text.count(":") == 1:  # IPv4:PORT
+            host, _, port = text.partition(":")
+        else:  # a bare IPv4 or IPv6 address
+            host, port = text, "53"
         try:
-            ip = str(ipaddress.ip_address(host or ""))
+            ip = str(ipaddress.ip_address(host))
         except ValueError:
+            ip = ""
+        if not ip or not port.isdigit():
             v.problem("dns", "nameservers", f"{item!r} is not an IP address (with an optional :PORT)")
             continue
         if not 0 < int(port) < 65536:

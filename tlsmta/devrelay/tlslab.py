@@ -93,19 +93,15 @@ def with_tls_lab(config: Config, mode: str) -> Config:
     """``config`` with lab ``mode`` on every listener it applies to (``--tls-lab``)."""
     changed = []
     for item in config.listeners:
-        if lab_applies(item, mode):
+        if lab_applies(item.tls, mode):
             item = attrs.evolve(item, tls_lab=mode, tls_certificate="auto")
         changed.append(item)
     return attrs.evolve(config, listeners=tuple(changed))
 
 
-def lab_applies(listener: ListenerConfig, mode: str | None) -> bool:
-    """Whether ``mode`` makes sense on ``listener`` (a TLS listener; no-starttls only with STARTTLS)."""
-    return lab_applies_to(listener.tls, mode)
-
-
-def lab_applies_to(tls_setting: str, mode: str | None) -> bool:
-    """:func:`lab_applies` for a listener's ``tls`` setting."""
+def lab_applies(tls_setting: str, mode: str | None) -> bool:
+    """Whether ``mode`` makes sense on a listener with ``tls = tls_setting``
+    (a TLS listener; no-starttls only with STARTTLS)."""
     if tls_setting == "no":
         return False
     return mode != "no-starttls" or tls_setting == "starttls"
@@ -132,6 +128,6 @@ def lab_listener(configured: ListenerConfig, mode: str | None) -> ListenerConfig
     """
     if mode is not None and mode not in LAB_MODES:
         raise LabError(f"unknown TLS lab mode {mode!r} (one of {', '.join(LAB_MODES)})")
-    if not lab_applies(configured, mode):
+    if not lab_applies(configured.tls, mode):
         raise LabError(f"listener {configured.name!r} has tls = {configured.tls!r}: lab mode {mode!r} does not apply")
     return attrs.evolve(configured, tls_lab=mode, tls_certificate="auto" if mode else configured.tls_certificate)

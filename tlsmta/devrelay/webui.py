@@ -47,7 +47,7 @@ from tlsmta.devrelay.capture import CapturedMail, MessageNotFound
 from tlsmta.devrelay.devcert import LAB_MODES, dev_ca_path
 from tlsmta.devrelay.mailview import envelope_of, html_of, part_of
 from tlsmta.devrelay.release import ReleaseError, outgoing_body, release_message, smarthost_route
-from tlsmta.devrelay.tlslab import LabError, LabListener, lab_applies_to
+from tlsmta.devrelay.tlslab import LabError, LabListener, lab_applies
 from tlsmta.network import PortService
 from tlsmta.reporting import events
 from tlsmta.smtp.data import says_tls_required_no
@@ -387,7 +387,7 @@ class WebUI(Resource):
         if mode is not None and mode not in LAB_MODES:
             raise HTTPError(400, f"mode must be one of {', '.join(LAB_MODES)} or null")
         names = [name] if name is not None else [
-            item.name for item in self.host.lab_listeners() if lab_applies_to(item.tls, mode)
+            item.name for item in self.host.lab_listeners() if lab_applies(item.tls, mode)
         ]
         try:
             for listener in names:
