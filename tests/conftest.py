@@ -23,7 +23,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-
 from guard import loopback_only
 
 # Before the reactor exists: twisted.internet._resolver binds getaddrinfo when first imported.

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from e2e import in_thread, send_smtplib
+from OpenSSL import SSL
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.protocol import Factory
-from OpenSSL import SSL
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.internet.protocol import Factory
 from twisted.protocols.basic import LineReceiver
 from zope.interface import implementer
 
-from e2e import in_thread, send_smtplib
 from tlsmta.testing import RunningRelay, build_config, dev_listener
 
 DOMAIN = "example.test"

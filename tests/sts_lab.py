@@ -6,21 +6,20 @@ pinned ``[dns.hosts]`` for ``mta-sts.DOMAIN`` and ``mta_sts_https_port``.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from typing import Any
 
 import attrs
 import trustme
-import os
-import tempfile
-
+from outbound_lab import DOMAIN, MX
 from twisted.internet import reactor
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from outbound_lab import DOMAIN, MX
-from tlsmta.tls import contexts as tls
 from tlsmta.config.loader import parse_protocols
+from tlsmta.tls import contexts as tls
 
 POLICY_HOST = f"mta-sts.{DOMAIN}"
 

@@ -16,8 +16,8 @@ from tlsmta.inbound.acceptance import (
     in_networks,
     may_relay,
 )
-from tlsmta.tls.policy import Outcome, Verdict, VerifyMode
 from tlsmta.smtp.commands import Reject
+from tlsmta.tls.policy import Outcome, Verdict, VerifyMode
 
 LOCAL = frozenset({"example.com", "mail.example.com"})
 NETS = (ipaddress.ip_network("192.0.2.0/24"), ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("2001:db8::/32"), ipaddress.ip_network("::1/128"))

@@ -16,6 +16,9 @@ import attrs
 import pytest
 import trustme
 
+# What tlsmta itself loads with: syntax and data, plus this machine's checks (OpenSSL, key pairs,
+# hooks, users files); tlsmta.config alone is syntax and data (test_syntax_only_loader).
+from tlsmta.app.preflight import from_dict, load
 from tlsmta.config import loader as configuration
 from tlsmta.config.loader import (
     DELIVERY_OPTIONS,
@@ -34,10 +37,6 @@ from tlsmta.config.loader import (
     select_binding,
 )
 from tlsmta.config.routes import Route, parse_route
-
-# What tlsmta itself loads with: syntax and data, plus this machine's checks (OpenSSL, key pairs,
-# hooks, users files); tlsmta.config alone is syntax and data (test_syntax_only_loader).
-from tlsmta.app.preflight import from_dict, load
 
 CONFIG_NAME = "tlsmta.toml"
 DOMAIN = "example.com"

@@ -16,9 +16,9 @@ import time
 from typing import Any
 
 import pytest_twisted
-
 from e2e import eventually, in_thread, maildir_messages
 from processes import TlsmtaProcess
+
 from tlsmta.testing import RunningRelay, build_config, dev_listener
 
 CLIENTS = 6

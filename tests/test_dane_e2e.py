@@ -6,11 +6,11 @@ from typing import Any
 
 import pytest_twisted
 import trustme
-from cryptography import x509
-
 from conftest import Pair
+from cryptography import x509
 from e2e import maildir_messages
 from outbound_lab import MX, deliveries, start_receiver, start_sender, submit_and_settle
+
 from tlsmta.discovery import dane
 
 
@@ -142,7 +142,6 @@ async def test_dane_sends_sni_for_the_mx_host(tmp_path: Any, pki: Any, events: l
     import ssl
 
     from aiosmtpd.controller import Controller
-
     from e2e import AIOSMTPD_READY_TIMEOUT
     from postfix_lab import free_port
 

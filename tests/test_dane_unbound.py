@@ -6,14 +6,14 @@ from typing import Any
 
 import pytest_twisted
 import trustme
-from cryptography import x509
-
 from conftest import Pair
+from cryptography import x509
 from e2e import maildir_messages
 from outbound_lab import DOMAIN, MX, deliveries, start_receiver, submit_and_settle
+from unbound_lab import SignedZone
+
 from tlsmta.discovery import dane
 from tlsmta.testing import RunningRelay, build_config, dev_listener
-from unbound_lab import SignedZone
 
 
 async def deliver_via_unbound(tmp_path: Any, pair: Pair, tlsa: str, trusted: bool = True, **opts: Any) -> None:

@@ -9,11 +9,11 @@ import subprocess
 from typing import Any
 
 import pytest
-
 from e2e import client_context, maildir_messages, send_smtplib
 from processes import START_TIMEOUT, TWISTD, TlsmtaProcess
-from tlsmta.config import loader as configuration
+
 from tlsmta.app.tap import dev_relay_path
+from tlsmta.config import loader as configuration
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

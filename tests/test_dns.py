@@ -477,9 +477,8 @@ def test_dnspython_programming_errors_are_not_hidden():
 async def test_nameservers_answer_every_lookup() -> None:
     """With [dns] nameservers, twisted.names and the DNSSEC queries both go to that server (here a real
     zone server on loopback), never to /etc/resolv.conf's."""
-    from twisted.internet import reactor
-
     from dns_lab import start_dns
+    from twisted.internet import reactor
 
     zone = start_dns("example.test", {"example.test": [dns.Record_MX(10, b"mx1.example.test", ttl=60)],
                                       "mx1.example.test": [dns.Record_A("127.0.0.9", ttl=60)]})

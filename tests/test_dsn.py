@@ -13,9 +13,9 @@ from datetime import datetime, timezone
 
 import pytest
 
+from tlsmta.config.routes import parse_route
 from tlsmta.delivery import dsn
 from tlsmta.delivery.dsn import MAX_RETURNED_HEADERS, build_dsn, original_headers
-from tlsmta.config.routes import parse_route
 from tlsmta.storage.spool import BOUNCED, RecipientState
 
 ARRIVAL = datetime(2025, 3, 1, 12, 0, tzinfo=timezone.utc)

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-
 import verify_hooks
 from conftest import CLIENT_NAME
 from e2e import (
@@ -23,6 +22,7 @@ from e2e import (
     send_smtplib,
     start_relay,
 )
+
 from tlsmta.testing import dev_listener
 
 

@@ -6,20 +6,18 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-
 from e2e import eventually, maildir_messages
 from outbound_lab import (
     DOMAIN,
     MX,
+    deliver_once,
+    deliver_to_scripted,
     deliveries,
     start_receiver,
     start_scripted,
-    deliver_once,
-    deliver_to_scripted,
     start_sender,
     submit_and_settle,
 )
-
 
 BAD = ("expired", "untrusted", "self_signed")
 
@@ -309,10 +307,10 @@ async def test_rejected_recipient_bounces_with_dsn(tmp_path: Any, pki: Any, even
 @pytest_twisted.ensureDeferred
 async def test_null_mx_and_nxdomain_bounce(tmp_path: Any, pki: Any, events: list) -> None:
     """RFC 7505 null MX bounces 5.1.10; a domain that does not exist bounces 5.1.2."""
-    from tlsmta.testing import RunningRelay
     import attrs
-
     from outbound_lab import sender_config
+
+    from tlsmta.testing import RunningRelay
 
     config = sender_config(tmp_path, 25, pki.ca_pem)
     config = attrs.evolve(config, dns={**config.dns, "mx": {**config.dns["mx"], "nullmx.test": (".",)}})
@@ -334,11 +332,11 @@ async def test_full_spool_disk_gives_452_and_recovers(tmp_path: Any, pki: Any, s
     import os
     import smtplib
 
-    from e2e import in_thread, send_smtplib
-    from tlsmta.testing import RunningRelay
     import attrs
-
+    from e2e import in_thread, send_smtplib
     from outbound_lab import sender_config
+
+    from tlsmta.testing import RunningRelay
 
     config = sender_config(tmp_path, 25, pki.ca_pem)
     config = attrs.evolve(config, spool={"path": str(small_tmpfs / "spool")})
@@ -410,8 +408,8 @@ async def test_binding_source_address_and_ehlo_name(tmp_path: Any, pki: Any, eve
 async def test_next_mx_when_the_first_is_down(tmp_path: Any, pki: Any, events: list) -> None:
     """MX hosts are tried in preference order: the first refuses connections, the second takes the mail."""
     import attrs
-
     from outbound_lab import sender_config
+
     from tlsmta.testing import RunningRelay
 
     receiver = await start_receiver(tmp_path, pki.good)
@@ -469,10 +467,9 @@ async def test_tls_session_not_shared_across_policies(tmp_path: Any, pki: Any, e
 async def test_anonymous_tls_mitm_never_inherits_a_cached_verdict(tmp_path: Any, pki: Any, events: list, ciphers: str | None) -> None:
     """After a verified delivery caches a session, an attacker on the same address offering an
     anonymous (no certificate) handshake gets nothing: it is not a resumption, whatever tls_ciphers says."""
+    from outbound_lab import AnonymousMitm, ScriptedFactory
     from twisted.internet import reactor
     from twisted.internet.endpoints import TCP4ServerEndpoint
-
-    from outbound_lab import AnonymousMitm, ScriptedFactory
 
     receiver = await start_receiver(tmp_path, pki.good)
     port = receiver.port
@@ -503,6 +500,7 @@ async def test_mx_pointing_back_at_us_bounces_instead_of_looping(tmp_path: Any, 
     bounces 5.4.6 "loops back to myself" after one acceptance, instead of circulating."""
     from e2e import in_thread, send_smtplib
     from postfix_lab import free_port
+
     from tlsmta.testing import RunningRelay, build_config, dev_listener
 
     port = free_port()
@@ -538,9 +536,10 @@ async def test_backup_mx_never_hands_mail_to_a_less_preferred_mx(tmp_path: Any, 
     (it refuses connections, so the message is deferred and mx3 gets nothing).  We are mx1:
     nothing is left, 5.4.6 "loops back to myself", and mx2 gets nothing."""
     from e2e import in_thread, send_smtplib
+    from outbound_lab import ScriptedFactory
     from twisted.internet import reactor
     from twisted.internet.endpoints import TCP4ServerEndpoint
-    from outbound_lab import ScriptedFactory
+
     from tlsmta.testing import RunningRelay, build_config, dev_listener
 
     backup = ScriptedFactory("none")  # a plain SMTP server that takes any message
@@ -682,11 +681,11 @@ async def test_reset_during_data_defers_and_keeps_the_message(tmp_path: Any, pki
 @pytest_twisted.ensureDeferred
 async def test_dns_timeout_defers_transiently(tmp_path: Any, pki: Any, events: list) -> None:
     """An MX lookup that times out defers (4.4.3), never bounces."""
+    from outbound_lab import sender_config
     from twisted.internet.defer import fail
     from twisted.names import error
     from twisted.names.common import ResolverBase
 
-    from outbound_lab import sender_config
     from tlsmta.testing import RunningRelay
 
     class TimingOut(ResolverBase):

@@ -11,8 +11,8 @@ import re
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from inbound_harness import Session, runtime
+
 from tlsmta.testing import MemorySink
 
 REPLY = re.compile(rb"^[2-5]\d\d[ -]")

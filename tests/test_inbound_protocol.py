@@ -5,11 +5,11 @@ from __future__ import annotations
 import tracemalloc
 
 import pytest
+from inbound_harness import HOSTNAME, Session, runtime
 from twisted.internet.defer import succeed
 
-from inbound_harness import HOSTNAME, Session, runtime
-from tlsmta.inbound.auth import UserDB, hash_password
 from tlsmta.inbound import server as inbound
+from tlsmta.inbound.auth import UserDB, hash_password
 from tlsmta.inbound.server import AUTH_FAILURE_DELAY, AUTH_FAILURE_DELAY_CAP, HARD_ERROR_LIMIT, InboundFactory, State
 from tlsmta.smtp.commands import COMMAND_LINE_LIMIT
 from tlsmta.storage.interfaces import StoreError

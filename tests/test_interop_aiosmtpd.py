@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-
 from e2e import AIOSMTPD_READY_TIMEOUT
 from outbound_lab import DOMAIN, deliveries, start_sender, submit_and_settle
 from postfix_lab import free_port

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-
 from e2e import in_thread, maildir_messages, read_reply, run_process, start_relay
+
 from tlsmta.inbound.auth import hash_password
 from tlsmta.testing import dev_listener
 
@@ -117,8 +117,9 @@ async def test_open_relay_attempts_all_fail(tmp_path: Any, pki: Any) -> None:
             _smtp, relay.port,
             [b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 25\r\n", b"EHLO c.test\r\n", b"MAIL FROM:<a@c.test>\r\n", b"RCPT TO:<x@far.test>\r\n"],
         )
-        from e2e import client_context, send_smtplib
         import smtplib
+
+        from e2e import client_context, send_smtplib
 
         with pytest.raises(smtplib.SMTPRecipientsRefused) as untrusted:
             await in_thread(send_smtplib, relay.port, rcpts=("x@far.test",), starttls=client_context(pki.ca_pem, pki.client_untrusted))

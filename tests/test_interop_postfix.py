@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-
 from e2e import eventually, in_thread, maildir_messages, send_smtplib
 from outbound_lab import DOMAIN, deliveries, start_receiver, start_sender, submit_and_settle
 from postfix_lab import PrivatePostfix, free_port
@@ -185,8 +184,8 @@ async def test_smuggling_bodies_reach_postfix_as_one_message_each(tmp_path: Any,
     injection could produce) each arrive at Postfix as exactly one message: no second message appears."""
     import time
 
-    from tlsmta.storage.ids import new_message_id
     from tlsmta.config.routes import parse_route
+    from tlsmta.storage.ids import new_message_id
     from tlsmta.storage.spool import QueuedMessage, RecipientState
 
     sender = await start_sender(tmp_path, postfix_receiver.port, pki.ca_pem, tls="required", tls_verify="host")

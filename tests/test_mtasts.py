@@ -8,8 +8,8 @@ import pytest
 from twisted.internet.defer import Deferred, fail, succeed
 
 from tlsmta.discovery import mtasts
-from tlsmta.discovery.resolver import DNSPermanent, DNSTransient
 from tlsmta.discovery.mtasts import STSError, mx_matches, parse_policy, parse_txt
+from tlsmta.discovery.resolver import DNSPermanent, DNSTransient
 
 POLICY = "version: STSv1\r\nmode: enforce\r\nmx: mx1.example.test\r\nmx: *.example.net\r\nmax_age: 86400\r\n"
 

@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest_twisted
 import trustme
-
 from e2e import maildir_messages
 from outbound_lab import deliveries, start_receiver, start_sender, submit_and_settle
 from sts_lab import policy_text, start_policy_server, sts_dns
+
 from tlsmta.discovery import mtasts
 
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-
 from e2e import in_thread, maildir_messages, send_smtplib
 from outbound_lab import DOMAIN, start_receiver
+
 from tlsmta.app.cli import EX_DATAERR, EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE, main
 from tlsmta.testing import RunningRelay, build_config, dev_listener
 
@@ -187,8 +187,8 @@ async def test_prometheus_metrics(tmp_path: Any, pki: Any, dead_port: int) -> No
 @pytest_twisted.ensureDeferred
 async def test_metrics_count_tls_and_verification(tmp_path: Any, pki: Any) -> None:
     """Deliveries over verified TLS show up as outbound handshakes and verify outcomes, with latency."""
-    from outbound_lab import start_sender, submit_and_settle
     import attrs
+    from outbound_lab import start_sender, submit_and_settle
 
     receiver = await start_receiver(tmp_path, pki.good)
     sender = await start_sender(tmp_path, receiver.port, pki.ca_pem, tls="required", tls_verify="host")
@@ -214,9 +214,8 @@ async def test_probe_shows_each_verdict(tmp_path: Any, pki: Any) -> None:
     import os
     import sys
 
-    from e2e import run_process
-
     from dns_lab import start_dns
+    from e2e import run_process
 
     tlsmta = os.path.join(os.path.dirname(sys.executable), "tlsmta")
     receiver = await start_receiver(tmp_path, pki.wrong_name)

@@ -8,8 +8,8 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.mail import smtp
 
-from tlsmta.smtp.client_codec import Reply
 from tlsmta.delivery.client import COMMAND_TIMEOUT, ConnectionBroken, OutboundSMTP
+from tlsmta.smtp.client_codec import Reply
 from tlsmta.testing import FakeTLSTransport
 
 

@@ -6,12 +6,12 @@ from typing import Any
 
 import pytest_twisted
 from cryptography import x509
-from twisted.internet import reactor
-
 from outbound_lab import DOMAIN, MX, start_receiver
 from sts_lab import policy_text, start_policy_server, sts_dns
-from tlsmta.config import loader as configuration
+from twisted.internet import reactor
+
 from tlsmta.app import probe
+from tlsmta.config import loader as configuration
 from tlsmta.discovery import dane
 from tlsmta.discovery.resolver import OfflineBackend, Resolver
 from tlsmta.tls.policy import VerifyMode

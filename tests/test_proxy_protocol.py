@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-
 from e2e import in_thread, maildir_messages, read_reply, start_relay
+
 from tlsmta.inbound import proxyheader
 from tlsmta.testing import dev_listener
 

@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.task import Clock
 
-from tlsmta.delivery.pool import RecipientResult
-from tlsmta.delivery.mailqueue import Queue, group_jobs, retry_delay
 from tlsmta.config.routes import parse_route
+from tlsmta.delivery.mailqueue import Queue, group_jobs, retry_delay
+from tlsmta.delivery.pool import RecipientResult
 from tlsmta.storage.spool import BOUNCED, DELIVERED, PENDING, QueuedMessage, RecipientState, Spool
 
 T0 = 1_700_000_000.0

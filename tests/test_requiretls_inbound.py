@@ -15,9 +15,9 @@ import smtplib
 from typing import Any
 
 import pytest_twisted
-
 from e2e import CLIENT_TIMEOUT, client_context, in_thread, start_relay
 from inbound_harness import Session, runtime
+
 from tlsmta.testing import dev_listener
 
 

@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-
 from e2e import AIOSMTPD_READY_TIMEOUT, client_context, in_thread, maildir_messages
 from outbound_lab import DOMAIN, deliveries, start_receiver, start_sender
 from postfix_lab import free_port
@@ -196,11 +195,11 @@ def test_requiretls_mail_never_shares_a_destination_with_other_mail() -> None:
     from twisted.internet.task import Clock
 
     from tlsmta.config import loader as configuration
+    from tlsmta.config.routes import parse_route
     from tlsmta.delivery.pool import DeliveryJob, MessageTLS, OutboundPool
     from tlsmta.discovery.resolver import OfflineBackend, Resolver
-    from tlsmta.tls.hooks import load_hooks
-    from tlsmta.config.routes import parse_route
     from tlsmta.storage.spool import QueuedMessage, RecipientState
+    from tlsmta.tls.hooks import load_hooks
 
     pool = OutboundPool(Clock(), Resolver({}, OfflineBackend()), None, None, "sender.test", load_hooks({}), max_connections=0)
     options = configuration.resolve(configuration.from_dict({}), DOMAIN)

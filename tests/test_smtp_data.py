@@ -16,8 +16,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tlsmta.smtp import data as smtp_data
-from tlsmta.smtp.data import BARE_CR, BARE_LF, LINE_TOO_LONG, STARTS_FOLDED, TOO_BIG, DataProblem, DataReader
-from tlsmta.smtp.data import TLSRequiredScanner, says_tls_required_no
+from tlsmta.smtp.data import (
+    BARE_CR,
+    BARE_LF,
+    LINE_TOO_LONG,
+    STARTS_FOLDED,
+    TOO_BIG,
+    DataProblem,
+    DataReader,
+    TLSRequiredScanner,
+    says_tls_required_no,
+)
 
 BIG = 1 << 40  # a size or line cap that is never reached
 
@@ -331,7 +340,7 @@ def test_stuffed_messages_round_trip(lines, tail, data):
 def test_message_starting_with_sp_or_htab_is_refused(wire):
     """A first line starting with SP/HTAB (a continuation line, RFC 5322 3.2.2) would fold into
     our own Received: header: 554 5.6.0, whatever the chunking, and no body is handed out."""
-    assert STARTS_FOLDED.reply[0] == 554 and STARTS_FOLDED.status == "5.6.0"
+    assert STARTS_FOLDED.reply.code == 554 and STARTS_FOLDED.status == "5.6.0"
     for cut in range(len(wire) + 1):
         out = run([wire[:cut], wire[cut:]])
         assert out.problem == STARTS_FOLDED, cut
@@ -424,11 +433,11 @@ def test_bare_line_endings_are_flagged(wire, problem):
 
 def test_problem_constants_are_5xx():
     """The named problems carry permanent replies with enhanced codes (DESIGN: 554/550 5.5.x, 552)."""
-    assert BARE_LF.reply[0] == BARE_CR.reply[0] == 550
+    assert BARE_LF.reply.code == BARE_CR.reply.code == 550
     assert BARE_LF.status.startswith("5.5.") and BARE_CR.status.startswith("5.5.")
     assert LINE_TOO_LONG.code == 550 and LINE_TOO_LONG.status == "5.5.6"
     assert TOO_BIG.code == 552 and TOO_BIG.status == "5.3.4"
-    assert BARE_LF.reply == (550, f"{BARE_LF.status} {BARE_LF.text}")
+    assert str(BARE_LF.reply) == f"550 {BARE_LF.status} {BARE_LF.text}"
 
 
 # -- line length ----------------------------------------------------------------------
@@ -446,7 +455,7 @@ def test_line_at_limit_passes_one_more_fails(limit):
     assert result.ended and result.rest == b"QUIT\r\n"
     assert bad.problem == too_long(limit)
     assert bad.problem.code == LINE_TOO_LONG.code and bad.problem.status == LINE_TOO_LONG.status
-    assert str(limit) in bad.problem.reply[1]
+    assert str(limit) in bad.problem.reply.text
 
 
 def test_stuffing_dot_counts_towards_line_length():
@@ -554,7 +563,7 @@ def test_size_at_limit_passes_one_more_fails():
     result = bad.feed(wire + b".\r\nQUIT\r\n")
     assert result.ended and result.rest == b"QUIT\r\n"
     assert bad.problem == too_big(9)
-    assert bad.problem.reply[0] == TOO_BIG.code == 552
+    assert bad.problem.reply.code == TOO_BIG.code == 552
     assert result.body == b""
 
 

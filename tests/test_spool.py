@@ -13,10 +13,10 @@ from datetime import datetime, timezone
 
 import pytest
 
-from tlsmta.storage import spool as spool_module
 from tlsmta.config.routes import parse_route
-from tlsmta.storage.spool import BOUNCED, DELIVERED, FORMAT, PENDING, QueuedMessage, RecipientState, Spool
+from tlsmta.storage import spool as spool_module
 from tlsmta.storage.interfaces import Envelope, Recipient
+from tlsmta.storage.spool import BOUNCED, DELIVERED, FORMAT, PENDING, QueuedMessage, RecipientState, Spool
 
 BODY = b"Received: from a by b\r\nSubject: hi\r\n\r\nhello\r\n"
 

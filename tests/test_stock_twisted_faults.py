@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from inbound_harness import Session, runtime
 from twisted.internet.defer import succeed
 from twisted.mail import smtp
 from zope.interface import implementer
 
-from inbound_harness import Session, runtime
 from tlsmta.testing import FakeTLSTransport
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import verify_hooks
 from OpenSSL import SSL
 
-import verify_hooks
-from tlsmta.tls import contexts as tls
 from tlsmta.config.loader import parse_protocols
+from tlsmta.tls import contexts as tls
 from tlsmta.tls.policy import Outcome, VerifyMode
 
 ALL = parse_protocols("+ALL")

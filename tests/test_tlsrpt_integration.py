@@ -11,10 +11,10 @@ from typing import Any
 import pytest_twisted
 import trustme
 from cryptography import x509
-
 from e2e import maildir_messages
 from outbound_lab import DOMAIN, MX, start_receiver, start_sender, submit_and_settle
 from sts_lab import policy_text, start_policy_server, sts_dns
+
 from tlsmta.app import cli
 from tlsmta.discovery import dane
 from tlsmta.reporting import tlsrpt

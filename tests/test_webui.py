@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-
 from e2e import CLIENT_TIMEOUT, in_thread
+
 from tlsmta.devrelay import mailview
 from tlsmta.devrelay.devcert import dev_ca_path
+from tlsmta.devrelay.webui import host_allowed
 from tlsmta.inbound.received import TraceFacts, received_header
 from tlsmta.testing import RunningRelay, build_config, dev_listener
-from tlsmta.devrelay.webui import host_allowed
 
 HTTP_ENDPOINT = "tcp:0:interface=127.0.0.1"
 

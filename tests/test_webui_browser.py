@@ -12,7 +12,6 @@ import struct
 from typing import Any
 
 import pytest_twisted
-
 from browser import Chromium
 from e2e import in_thread
 from test_webui import send, web_relay, welcome

@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 
 from tlsmta.delivery.mailqueue import Queue, QueueError
+from tlsmta.errors import TlsmtaError
 from tlsmta.storage.spool import QueuedMessage
 
 log = Logger(namespace="tlsmta.control")
@@ -191,7 +192,7 @@ class ControlClient:
         return response.get("result")
 
 
-class ControlError(Exception):
+class ControlError(TlsmtaError):
     """The daemon refused or failed a request."""
 
 

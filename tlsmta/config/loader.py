@@ -20,6 +20,7 @@ import attrs
 import idna
 
 from tlsmta.config.routes import Route, RouteError, parse_route
+from tlsmta.errors import TlsmtaError
 
 # -- errors -----------------------------------------------------------------
 
@@ -40,7 +41,7 @@ class Problem:
         return f"{self.file}: {where}: {self.why}"
 
 
-class ConfigError(Exception):
+class ConfigError(TlsmtaError):
     """A configuration file is unusable; carries every problem found."""
 
     def __init__(self, problems: list[Problem]):

@@ -13,8 +13,10 @@ import re
 import attrs
 import idna
 
+from tlsmta.errors import TlsmtaError
 
-class RouteError(ValueError):
+
+class RouteError(TlsmtaError, ValueError):
     """A route string that does not parse."""
 
 

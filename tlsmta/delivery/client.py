@@ -33,6 +33,7 @@ from twisted.mail import smtp
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from tlsmta.errors import TlsmtaError
 from tlsmta.network import set_no_delay
 from tlsmta.smtp.client_codec import DotStuffer, Reply, ReplyError, ReplyParser
 from tlsmta.tls.contexts import ClientTLS, SessionFacts, ssl_error_text
@@ -46,7 +47,7 @@ DATA_END_TIMEOUT = 600
 STARTTLS_TIMEOUT = 300  # handshake plus the EHLO after it (Postfix: smtp_starttls_timeout)
 
 
-class ConnectionBroken(Exception):
+class ConnectionBroken(TlsmtaError):
     """The connection ended or misbehaved while a reply was awaited."""
 
     def __init__(self, reason: str, ssl_failure: bool = False):

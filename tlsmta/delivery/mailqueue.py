@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from tlsmta.config.routes import Route, parse_route
 from tlsmta.delivery.dsn import build_dsn, original_headers
 from tlsmta.delivery.pool import DeliveryJob, RecipientResult
+from tlsmta.errors import TlsmtaError
 from tlsmta.reporting import events
 from tlsmta.storage.ids import new_message_id
 from tlsmta.storage.spool import BOUNCED, DELIVERED, PENDING, QueuedMessage, RecipientState, Spool
@@ -30,7 +31,7 @@ log = Logger(namespace="tlsmta.queue")
 LOAD_BATCH = 2000  # records read per disk-thread call at start
 
 
-class QueueError(Exception):
+class QueueError(TlsmtaError):
     """An administrative request that cannot be done (unknown id, in flight)."""
 
 

@@ -39,6 +39,7 @@ from tlsmta.discovery import published as external
 from tlsmta.discovery.mtasts import STSResolver
 from tlsmta.discovery.published import ExternalFacts
 from tlsmta.discovery.resolver import DNSError, DNSPermanent, MXHost, Resolver, below_self
+from tlsmta.errors import TlsmtaError
 from tlsmta.reporting import events
 from tlsmta.smtp.client_codec import Reply, parse_ehlo
 from tlsmta.storage.diskio import DiskIO
@@ -57,7 +58,7 @@ MAX_ADDRESSES_PER_HOST = 4
 MAX_TLS_SESSIONS = 10_000
 
 
-class HookFailure(Exception):
+class HookFailure(TlsmtaError):
     """A delivery hook raised or returned something unusable: the job is deferred."""
 
 
@@ -168,11 +169,6 @@ class MessageTLS:
         return cls(message.requiretls, message.tls_required_no)
 
 
-def reply_code(status: str) -> int:
-    """550 for a permanent (5.x.x) status, 451 otherwise."""
-    return 550 if status.startswith("5") else 451
-
-
 class Destination:
     """Sessions to one (route, domain, binding, TLS options)."""
 
@@ -239,7 +235,7 @@ class Destination:
                 attempt.tls = {"tls": "none", **self._policy_fields(attempt)}
                 if req.unusable is not None:
                     # Not this MX (MTA-STS does not list it, its TLSA lookup failed, ...): the next one.
-                    attempt.failure = f"{reply_code(req.unusable.status)} {req.unusable}"
+                    attempt.failure = str(req.unusable.reply)
                     attempt.rpt = self._unusable_rpt(attempt)
                     self.pool.report_attempt(self, attempt)
                     last = attempt
@@ -298,7 +294,7 @@ class Destination:
         """Record a TLS failure under the attempt's requirement (REQUIRETLS: 5.7.10, a bounce)."""
         assert attempt.req is not None
         failure = attempt.req.failure(failure.status, failure.reason)
-        attempt.failure = f"{reply_code(failure.status)} {failure}"
+        attempt.failure = str(failure.reply)
         if result_type is not None:
             attempt.rpt = (False, result_type, failure.reason)
 
@@ -469,7 +465,7 @@ class Destination:
             attempt.tls["mta_sts_testing"] = "pass" if ok else f"fail: {why}"
         refused = policy.requiretls_refused(req, "REQUIRETLS" in caps)
         if refused is not None:
-            attempt.failure = f"{reply_code(refused.status)} {refused}"
+            attempt.failure = str(refused.reply)
             return _Step.NEXT_HOST, {}
         attempt.check = check
         return None, caps

@@ -13,11 +13,12 @@ import threading
 from typing import Any
 
 from tlsmta.devrelay import mailview
+from tlsmta.errors import TlsmtaError
 from tlsmta.storage.filewriter import remove_if_present
 from tlsmta.storage.maildir import ensure_maildir
 
 
-class MessageNotFound(KeyError):
+class MessageNotFound(TlsmtaError, KeyError):
     """No message with that id in the Maildir."""
 
 

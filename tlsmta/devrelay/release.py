@@ -16,12 +16,13 @@ import time
 
 from tlsmta.config.routes import Route, RouteError, parse_route
 from tlsmta.devrelay.mailview import local_envelope
+from tlsmta.errors import TlsmtaError
 from tlsmta.smtp.commands import Reject, parse_path
 from tlsmta.storage.ids import new_message_id
 from tlsmta.storage.spool import QueuedMessage, RecipientState
 
 
-class ReleaseError(ValueError):
+class ReleaseError(TlsmtaError, ValueError):
     """The release request cannot be made (the message says why)."""
 
 

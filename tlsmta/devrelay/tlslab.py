@@ -27,6 +27,7 @@ from tlsmta.devrelay.devcert import (
     ensure_dev_certificate,
     lab_certificate,
 )
+from tlsmta.errors import TlsmtaError
 from tlsmta.tls import contexts as tls
 
 log = Logger(namespace="tlsmta.tlslab")
@@ -117,7 +118,7 @@ class LabListener:
     port: int | None
 
 
-class LabError(Exception):
+class LabError(TlsmtaError):
     """A run-time lab switch that cannot be made (the message says why)."""
 
 

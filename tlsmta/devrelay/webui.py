@@ -48,6 +48,7 @@ from tlsmta.devrelay.devcert import LAB_MODES, dev_ca_path
 from tlsmta.devrelay.mailview import envelope_of, html_of, part_of
 from tlsmta.devrelay.release import ReleaseError, outgoing_body, release_message, smarthost_route
 from tlsmta.devrelay.tlslab import LabError, LabListener, lab_applies
+from tlsmta.errors import TlsmtaError
 from tlsmta.network import PortService
 from tlsmta.reporting import events
 from tlsmta.smtp.data import says_tls_required_no
@@ -94,7 +95,7 @@ def host_allowed(host: str | None, allowed: Iterable[str] = ()) -> bool:
         return False
 
 
-class HTTPError(Exception):
+class HTTPError(TlsmtaError):
     """An error answer: status and a message for the JSON body."""
 
     def __init__(self, status: int, message: str):

@@ -24,6 +24,7 @@ import attrs
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from tlsmta.errors import TlsmtaError
 from tlsmta.tls.policy import normalize_name
 
 log = Logger(namespace="tlsmta.mtasts")
@@ -40,7 +41,7 @@ POLICY_INVALID = "sts-policy-invalid"
 WEBPKI_INVALID = "sts-webpki-invalid"
 
 
-class STSError(Exception):
+class STSError(TlsmtaError):
     """No usable policy; ``result_type`` is the TLS-RPT failure type."""
 
     def __init__(self, message: str, result_type: str = POLICY_INVALID):

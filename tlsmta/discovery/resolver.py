@@ -31,10 +31,12 @@ from twisted.names import dns, error
 from twisted.names.common import ResolverBase
 from twisted.python.failure import Failure
 
+from tlsmta.errors import TlsmtaError
+
 LOOKUP_TIMEOUT = (2, 4)  # seconds per retry, as twisted.names takes them
 
 
-class DNSError(Exception):
+class DNSError(TlsmtaError):
     """A lookup that did not give a usable answer; ``status`` overrides the default 5.1.2/4.4.3."""
 
     permanent = False

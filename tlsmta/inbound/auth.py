@@ -15,10 +15,12 @@ import os
 
 import attrs
 
+from tlsmta.errors import TlsmtaError
+
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 
 
-class AuthFileError(ValueError):
+class AuthFileError(TlsmtaError, ValueError):
     """The users file cannot be used; the message names the line."""
 
 

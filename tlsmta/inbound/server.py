@@ -650,7 +650,7 @@ class InboundSMTP(smtp.ESMTP):
         except OSError as e:
             log.failure("cannot open a message for writing")
             err = StoreError.from_os_error(e)
-            raise Reject(err.code, f"{err.status} Error: {err.text}") from None
+            raise Reject(err.code, f"{err.reply.enhanced} Error: {err.reply.detail}") from None
         writer.write(received_header(self._trace_facts(envelope)))
         self._envelope, self._writer = envelope, writer
         self._reader = DataReader(listener.max_line_length, listener.max_message_size)
@@ -721,7 +721,7 @@ class InboundSMTP(smtp.ESMTP):
             problem = attrs.evolve(TOO_MANY_HOPS, text=TOO_MANY_HOPS.text.format(hops=hops))
         if problem is not None:
             writer.abort()
-            code, text = problem.reply
+            code, text = problem.reply.code, problem.reply.text
             self._log_transaction(envelope, reader.received, text, code)
             self._error(code, text)
             return None
@@ -735,7 +735,7 @@ class InboundSMTP(smtp.ESMTP):
             err = failure.value if failure.check(StoreError) else StoreError(451, "4.3.0", "temporary failure")
             if not failure.check(StoreError):
                 log.failure("storing a message failed", failure)
-            text = f"{err.status} Error: {err.text}"
+            text = f"{err.reply.enhanced} Error: {err.reply.detail}"
             self._log_transaction(envelope, reader.received, text, err.code)
             self.reply(err.code, text)
 

@@ -28,6 +28,7 @@ from twisted.logger import Logger
 
 from tlsmta.config.routes import Route
 from tlsmta.discovery.resolver import DNSError
+from tlsmta.errors import TlsmtaError
 from tlsmta.reporting import events, tlsrpt
 from tlsmta.storage.ids import new_message_id
 from tlsmta.storage.spool import QueuedMessage, RecipientState
@@ -45,7 +46,7 @@ def store_directory(state_dir: str) -> str:
     return os.path.join(state_dir, "tlsrpt")
 
 
-class ReportFailed(Exception):
+class ReportFailed(TlsmtaError):
     """One report could not be handed over (an https: upload failed)."""
 
 

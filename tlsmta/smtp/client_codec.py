@@ -10,46 +10,19 @@ from __future__ import annotations
 
 import re
 
-import attrs
+from tlsmta.errors import TlsmtaError
+from tlsmta.smtp.reply import Reply
+
+__all__ = ["Reply", "ReplyError", "ReplyParser", "DotStuffer", "parse_ehlo"]
 
 MAX_REPLY_LINE = 4096  # longer reply lines are cut (RFC 5321 allows 512)
 MAX_REPLY_LINES = 256
 
 
-@attrs.frozen
-class Reply:
-    """One complete (possibly multi-line) SMTP reply."""
-
-    code: int
-    lines: tuple[str, ...]
-
-    @property
-    def text(self) -> str:
-        return " ".join(self.lines)
-
-    @property
-    def enhanced(self) -> str | None:
-        """The RFC 3463 status code the reply carries, if any."""
-        match = _ENHANCED.match(self.lines[0]) if self.lines else None
-        return match.group(1) if match else None
-
-    def __str__(self) -> str:
-        return f"{self.code} {self.text}"
-
-    @property
-    def positive(self) -> bool:
-        return 200 <= self.code < 400
-
-    @property
-    def permanent(self) -> bool:
-        return 500 <= self.code < 600
-
-
-_ENHANCED = re.compile(r"([245]\.\d{1,3}\.\d{1,3})\b")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
-class ReplyError(Exception):
+class ReplyError(TlsmtaError):
     """The server's output is not SMTP."""
 
 

@@ -10,6 +10,8 @@ import re
 
 import attrs
 
+from tlsmta.smtp.reply import Reply, SMTPError
+
 # RFC 5321 4.5.3.1.4: 512 octets for a command line including CRLF.  MAIL
 # and RCPT may grow by the parameters of the extensions we advertise
 # (RFC 1869 allows up to 512 more per extension that adds parameters).
@@ -18,13 +20,11 @@ PARAMETER_ALLOWANCE = 512
 MAX_PATH_LENGTH = 256  # RFC 5321 4.5.3.1.3
 
 
-class Reject(Exception):
-    """A command that must be refused with ``code`` and ``text``."""
+class Reject(SMTPError):
+    """A command that must be refused with ``code`` and ``text`` (status code first)."""
 
     def __init__(self, code: int, text: str):
-        self.code = code
-        self.text = text
-        super().__init__(f"{code} {text}")
+        super().__init__(Reply(code, (text,)))
 
 
 def line_limit(verb: bytes) -> int:

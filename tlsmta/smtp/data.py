@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import attrs
 
+from tlsmta.smtp.reply import Reply
+
 END_MARK = b".\r\n"
 
 
@@ -32,8 +34,8 @@ class DataProblem:
     text: str
 
     @property
-    def reply(self) -> tuple[int, str]:
-        return self.code, f"{self.status} {self.text}"
+    def reply(self) -> Reply:
+        return Reply.of(self.code, self.status, self.text)
 
 
 BARE_LF = DataProblem(550, "5.5.2", "message contains a bare <LF>; lines must end with <CR><LF>")

@@ -16,6 +16,7 @@ import attrs
 from twisted.internet.defer import Deferred
 
 from tlsmta.config.routes import Route
+from tlsmta.smtp.reply import Reply, SMTPError
 
 
 @attrs.frozen
@@ -58,14 +59,11 @@ class Throttle:
 NO_THROTTLE = Throttle(lambda: None, lambda: None)
 
 
-class StoreError(Exception):
-    """Storing failed; ``code``/``status`` is the SMTP reply to give (never 250)."""
+class StoreError(SMTPError):
+    """Storing failed; ``reply`` is the SMTP answer to give (never 250)."""
 
     def __init__(self, code: int, status: str, text: str):
-        self.code = code
-        self.status = status
-        self.text = text
-        super().__init__(f"{code} {status} {text}")
+        super().__init__(Reply.of(code, status, text))
 
     @classmethod
     def from_os_error(cls, error: OSError) -> StoreError:

@@ -23,13 +23,14 @@ from twisted.internet.interfaces import (
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from tlsmta.errors import TlsmtaError
 from tlsmta.tls import policy
 from tlsmta.tls.policy import ChainError, ChainResult, PresentedNames, VerifyMode
 
 log = Logger(namespace="tlsmta.tls")
 
 
-class KeyPairError(ValueError):
+class KeyPairError(TlsmtaError, ValueError):
     """A certificate or key that cannot be used; ``key`` names the config key."""
 
     def __init__(self, key: str, message: str):

@@ -8,8 +8,10 @@ from typing import Any
 
 import attrs
 
+from tlsmta.errors import TlsmtaError
 
-class HookError(Exception):
+
+class HookError(TlsmtaError):
     """A hook named in the configuration cannot be loaded."""
 
 

@@ -30,13 +30,14 @@ from twisted.web.iweb import IAgentEndpointFactory, IResponse
 from zope.interface import implementer
 
 from tlsmta.config.loader import parse_protocols
+from tlsmta.errors import TlsmtaError
 from tlsmta.tls import contexts as tls
 from tlsmta.tls.policy import VerifyMode
 
 PROTOCOLS = parse_protocols("+TLSv1.2:+TLSv1.3")
 
 
-class HTTPSFailure(Exception):
+class HTTPSFailure(TlsmtaError):
     """The request did not get a response; ``certificate`` when the server's certificate failed."""
 
     def __init__(self, message: str, certificate: bool = False):
@@ -44,7 +45,7 @@ class HTTPSFailure(Exception):
         self.certificate = certificate
 
 
-class TooLarge(Exception):
+class TooLarge(TlsmtaError):
     """A response body over the limit."""
 
 

@@ -22,6 +22,7 @@ from service_identity.hazmat import (
     verify_service_identity,
 )
 
+from tlsmta.smtp.reply import Reply
 from tlsmta.tls import rpt_types
 
 
@@ -290,6 +291,11 @@ class TLSFailure:
 
     def __str__(self) -> str:
         return f"{self.status} {self.reason}"
+
+    @property
+    def reply(self) -> Reply:
+        """The deferral (451), or 550 for a permanent (5.x.x) status."""
+        return Reply.of(550 if self.status.startswith("5") else 451, self.status, self.reason)
 
 
 def starttls_decision(tls: str, advertised: bool) -> TLSAction | TLSFailure:
