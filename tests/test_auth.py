@@ -17,10 +17,9 @@ from tlsmta.inbound.auth import (
     AuthFileError,
     UserDB,
     check_password,
-    decode_b64_text,
-    decode_plain,
     hash_password,
 )
+from tlsmta.smtp.sasl import decode_b64_text, decode_plain
 
 
 @pytest.fixture(scope="module")

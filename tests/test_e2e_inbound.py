@@ -448,7 +448,7 @@ async def test_client_that_never_reads_cannot_grow_server_memory(tmp_path: Any) 
     try:
         sent = await in_thread(_flood_without_reading, relay.port, 3.0)
         [session] = list(relay.service.listeners["test"].inbound.sessions) or [None]
-        buffered = len(session._inbuf) if session else 0
+        buffered = session.session.buffered if session else 0
         unsent = len(session.transport.dataBuffer) + session.transport._tempDataLen if session else 0
     finally:
         await relay.stop()

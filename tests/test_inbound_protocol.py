@@ -8,10 +8,11 @@ import pytest
 from inbound_harness import HOSTNAME, Session, runtime
 from twisted.internet.defer import succeed
 
-from tlsmta.inbound import server as inbound
 from tlsmta.inbound.auth import UserDB, hash_password
-from tlsmta.inbound.server import AUTH_FAILURE_DELAY, AUTH_FAILURE_DELAY_CAP, HARD_ERROR_LIMIT, InboundFactory, State
+from tlsmta.inbound.server import AUTH_FAILURE_DELAY, AUTH_FAILURE_DELAY_CAP, InboundFactory
+from tlsmta.smtp import server_session
 from tlsmta.smtp.commands import COMMAND_LINE_LIMIT
+from tlsmta.smtp.server_session import HARD_ERROR_LIMIT, Phase
 from tlsmta.storage.interfaces import StoreError
 from tlsmta.testing import MemorySink
 
@@ -178,7 +179,7 @@ def test_smuggled_end_of_data_never_starts_a_second_message(session: Session, fa
     assert [r[:3] for r in replies] == ["250", "250", "354", "550"]
     assert replies[-1].startswith("550 5.5.2")
     assert session.sink.stored == []
-    assert session.proto.state is State.COMMAND
+    assert session.proto.state is Phase.COMMAND
 
 
 @pytest.mark.parametrize("lead", [b"\t", b" ", b". "])
@@ -207,7 +208,7 @@ def test_long_line_in_data_rejected_without_leaving_data_mode(session: Session) 
     s.send("MAIL FROM:<a@client.test>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n")
     replies = s.send(b"x" * 5000 + b"\r\nQUIT\r\nNOOP\r\n")
     assert replies == []  # nothing answered: still in DATA
-    assert s.proto.state is State.DATA
+    assert s.proto.state is Phase.DATA
     assert s.codes(".\r\n") == [550]
     assert not s.closed
     assert s.sink.stored == []
@@ -244,7 +245,7 @@ def test_unterminated_long_command_answered_once_and_discarded(session: Session)
     for _ in range(50):
         replies += session.send(b"z" * 4096)
     assert [r[:3] for r in replies] == ["500"]
-    assert len(session.proto._inbuf) == 0
+    assert session.proto.session.buffered == 0
     assert session.codes("rest of line\r\nNOOP\r\n") == [250]
 
 
@@ -285,6 +286,19 @@ def test_idle_timeout_gives_421() -> None:
     s.clock.advance(29)
     assert not s.closed
     s.clock.advance(2)
+    assert s.new_replies()[-1].startswith("421 4.4.2")
+    assert s.closed
+
+
+@pytest.mark.parametrize("limit", ["idle_timeout", "session_timeout"])
+def test_timeouts_close_a_session_whose_replies_are_held_back(limit: str) -> None:
+    """A transport that holds our replies (a client that stopped reading, or a stalled TLS
+    handshake, pauses the session) does not keep the session open past its time limits."""
+    s = Session(runtime(listener={"idle_timeout": 30, "session_timeout": 20} if limit == "session_timeout"
+                        else {"idle_timeout": 30}))
+    s.new_replies()
+    s.transport.producer.pauseProducing()
+    s.clock.advance(31)
     assert s.new_replies()[-1].startswith("421 4.4.2")
     assert s.closed
 
@@ -477,7 +491,7 @@ def test_failed_auth_is_slowed_and_limited(pki) -> None:
 
 def test_auth_failure_delay_is_capped(pki, monkeypatch) -> None:
     """The delay doubles per failure up to AUTH_FAILURE_DELAY_CAP."""
-    monkeypatch.setattr(inbound, "AUTH_FAILURE_LIMIT", 10)
+    monkeypatch.setattr(server_session, "AUTH_FAILURE_LIMIT", 10)
     s = _auth_session_in_tls(pki)
     for delay in (1, 2, 4, 8, 8, 8):
         assert s.send("AUTH PLAIN AGFsaWNlAHdyb25n\r\n") == []
@@ -546,7 +560,7 @@ def test_replies_not_read_stop_command_processing() -> None:
     assert producer is not None  # registered at connect
     producer.pauseProducing()
     assert s.send(b"NOOP\r\n" * 100) == []
-    assert len(s.proto._inbuf) == 600
+    assert s.proto.session.buffered == 600
     producer.resumeProducing()
     assert s.codes(b"") == [250] * 100
 

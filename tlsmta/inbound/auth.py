@@ -94,22 +94,3 @@ class UserDB:
             check_password(password, _decoy_hash())  # same cost for unknown users
             return False
         return check_password(password, stored)
-
-
-def decode_plain(response: bytes) -> tuple[str, str] | None:
-    """RFC 4616 ``[authzid] NUL authcid NUL passwd`` -> (user, password)."""
-    try:
-        raw = base64.b64decode(response, validate=True)
-        authzid, user, password = raw.decode("utf-8").split("\0")
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        return None
-    if authzid and authzid != user:
-        return None  # no proxy authorization
-    return user, password
-
-
-def decode_b64_text(response: bytes) -> str | None:
-    try:
-        return base64.b64decode(response, validate=True).decode("utf-8")
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        return None
