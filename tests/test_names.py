@@ -6,8 +6,12 @@ from typing import Any
 
 import pytest
 
+from tlsmta.config.routes import parse_route
 from tlsmta.errors import TlsmtaError
+from tlsmta.smtp.commands import Path
 from tlsmta.smtp.names import DomainNameError, domain_of, normalize_domain, normalized_domain_of
+from tlsmta.storage.interfaces import Recipient
+from tlsmta.storage.spool import RecipientState
 
 MAIL: dict[str, bool] = {}
 HOST = {"host": True}
@@ -87,3 +91,12 @@ def test_domain_of(address: str, domain: str, normalized: str) -> None:
     """The lower-cased part after the last "@", "" without one; normalised for looking scopes up."""
     assert domain_of(address) == domain
     assert normalized_domain_of(address) == normalized
+
+
+@pytest.mark.parametrize(("address", "domain", "normalized"), ADDRESSES)
+def test_every_address_type_has_the_same_domain(address: str, domain: str, normalized: str) -> None:
+    """A parsed path, an accepted recipient and a spooled recipient agree on an address's domain."""
+    route = parse_route("mx")
+    assert Path(address, {}).domain == domain
+    assert Recipient(address, route).domain == domain
+    assert RecipientState(address, route).domain == domain
