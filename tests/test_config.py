@@ -31,7 +31,6 @@ from tlsmta.config.loader import (
     ConfigError,
     Problem,
     Resolved,
-    normalize_domain,
     parse_protocols,
     resolve,
     select_binding,
@@ -492,17 +491,6 @@ def test_domain_keys_normalised_idna(written: str, asked: str) -> None:
     resolved = resolve(config, asked, BINDING)
     assert resolved["tls"] == Resolved("required", 'domain."xn--bcher-kva.example"')
     assert resolved["tls_verify"] == Resolved("ca", f'binding."{BINDING}".domain."xn--bcher-kva.example"')
-
-
-def test_normalize_domain() -> None:
-    """normalize_domain lower-cases, drops the trailing dot, converts to A-labels, keeps address literals."""
-    assert normalize_domain(" Example.COM. ") == "example.com"
-    assert normalize_domain("bücher.example") == "xn--bcher-kva.example"
-    assert normalize_domain("[192.0.2.1]") == "[192.0.2.1]"
-    assert normalize_domain("[IPv6:2001:DB8::1]") == "[ipv6:2001:db8::1]"
-    for bad in ("", ".", "exa mple.com", "a..b"):
-        with pytest.raises(ValueError):
-            normalize_domain(bad)
 
 
 def test_same_domain_written_twice_is_an_error(tmp_path: Path) -> None:

@@ -26,7 +26,6 @@ from tlsmta.tls.policy import (
     decide,
     depth_ok,
     match_names,
-    normalize_name,
 )
 
 # X509_V_ERR_* codes from OpenSSL's x509_vfy.h, with OpenSSL's own texts.
@@ -580,22 +579,6 @@ def test_underscore_host_names_match_exactly() -> None:
 def test_wanted_wildcard_is_not_a_reference_name() -> None:
     """A wildcard on the wanted side is never a valid reference identity."""
     assert match_names(dns("*.example.com"), ["*.example.com"]) is None
-
-
-@pytest.mark.parametrize(
-    ("raw", "expected"),
-    [
-        ("Example.COM.", "example.com"),
-        ("bücher.example", "xn--bcher-kva.example"),
-        ("*.Example.com", "*.example.com"),
-        ("*.bücher.example", "*.xn--bcher-kva.example"),
-        ("", None),
-        ("a..b", None),
-    ],
-)
-def test_normalize_name(raw: str, expected: str | None) -> None:
-    """Names become lower-case A-labels without a trailing dot; invalid ones become None."""
-    assert normalize_name(raw) == expected
 
 
 # -- properties -----------------------------------------------------------------------

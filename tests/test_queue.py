@@ -679,7 +679,7 @@ def test_bounce_is_not_lost_when_the_dsn_cannot_be_stored_at_first(tmp_path, cau
     a sender domain the route lookup rejects still gets its DSN (routed by MX)."""
     import errno
 
-    from tlsmta.config.loader import normalize_domain
+    from tlsmta.smtp.names import normalize_domain
 
     deliver = FakeDeliver({"bob@example.com": NO_USER})
     sender = "alice@example.org"

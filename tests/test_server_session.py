@@ -151,7 +151,7 @@ def test_rcpt_question_carries_the_address_and_postmaster_is_local() -> None:
     d = Driver()
     d.feed(b"EHLO c\r\nMAIL FROM:<a@b.test>\r\n")
     questions = [e for e in d.feed(b"RCPT TO:<x@Y.test>\r\nRCPT TO:<PostMaster>\r\n") if isinstance(e, RcptTo)]
-    assert questions == [RcptTo("x@Y.test", "Y.test", local=False), RcptTo("postmaster@mx.test", "mx.test", local=True)]
+    assert questions == [RcptTo("x@Y.test", "y.test", local=False), RcptTo("postmaster@mx.test", "mx.test", local=True)]
 
 
 def test_a_whole_message_in_one_read() -> None:

@@ -20,6 +20,7 @@ from typing import Any
 
 from tlsmta.app import preflight
 from tlsmta.config import loader as configuration
+from tlsmta.smtp.names import DomainNameError, normalize_domain
 
 EX_OK, EX_USAGE, EX_DATAERR, EX_NOHOST, EX_UNAVAILABLE = 0, 64, 65, 68, 69
 EX_SOFTWARE, EX_TEMPFAIL, EX_CONFIG = 70, 75, 78
@@ -214,8 +215,8 @@ def cmd_policy(args: argparse.Namespace) -> int:
     if config is None:
         return EX_CONFIG
     try:
-        domain = configuration.normalize_domain(args.domain)
-    except ValueError as e:
+        domain = normalize_domain(args.domain)
+    except DomainNameError as e:
         return fail("policy", str(e), EX_DATAERR)
     if args.binding != "default" and args.binding not in config.bindings:
         return fail("policy", f"binding {args.binding!r} is not defined in {args.file}", EX_DATAERR)
@@ -258,8 +259,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
     else:
         config = preflight.from_dict({}, "<defaults>")
     try:
-        domain = configuration.normalize_domain(args.domain)
-    except ValueError as e:
+        domain = normalize_domain(args.domain)
+    except DomainNameError as e:
         return fail("probe", str(e), EX_DATAERR)
     options = {k: v.value for k, v in configuration.resolve(config, domain, args.binding).items()}
     if args.tls_verify:

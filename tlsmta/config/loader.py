@@ -8,7 +8,6 @@ each problem names the file, the table and the key.
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import os
 import re
@@ -17,10 +16,10 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import attrs
-import idna
 
 from tlsmta.config.routes import Route, RouteError, parse_route
 from tlsmta.errors import TlsmtaError
+from tlsmta.smtp.names import normalize_domain
 
 # -- errors -----------------------------------------------------------------
 
@@ -171,23 +170,6 @@ def _networks(value: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network
         except ValueError:
             raise ValueError(f"{item!r} is not an IP network") from None
     return tuple(nets)
-
-
-@functools.lru_cache(maxsize=8192)
-def normalize_domain(name: str) -> str:
-    """Lower-case IDNA A-label form without a trailing dot (cached: IDNA is slow).
-
-    Address literals (``[192.0.2.1]``) are kept as they are, lower-cased.
-    """
-    name = name.strip().rstrip(".")
-    if not name:
-        raise ValueError("empty domain name")
-    if name.startswith("[") and name.endswith("]"):
-        return name.lower()
-    try:
-        return idna.encode(name, uts46=True).decode("ascii").lower()
-    except idna.IDNAError as e:
-        raise ValueError(f"{name!r} is not a valid domain name: {e}") from None
 
 
 def _domains(value: Any) -> frozenset[str]:

@@ -23,6 +23,7 @@ from tlsmta.delivery.dsn import build_dsn, original_headers
 from tlsmta.delivery.pool import DeliveryJob, RecipientResult
 from tlsmta.errors import TlsmtaError
 from tlsmta.reporting import events
+from tlsmta.smtp.names import domain_of
 from tlsmta.storage.ids import new_message_id
 from tlsmta.storage.spool import BOUNCED, DELIVERED, PENDING, QueuedMessage, RecipientState, Spool
 
@@ -292,7 +293,7 @@ class Queue:
                 now=now,
                 expired=expired,
             )
-            sender_domain = message.sender.rpartition("@")[2].lower()
+            sender_domain = domain_of(message.sender)
             try:
                 route = self.route_for(sender_domain)
             except ValueError:  # a sender domain that passed MAIL's syntax but not IDNA

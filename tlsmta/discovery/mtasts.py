@@ -25,7 +25,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from tlsmta.errors import TlsmtaError
-from tlsmta.tls.policy import normalize_name
+from tlsmta.smtp.names import DomainNameError, normalize_domain
 
 log = Logger(namespace="tlsmta.mtasts")
 
@@ -150,19 +150,23 @@ def parse_policy(text: str, policy_id: str = "") -> Policy:
 
 
 def _pattern(pattern: str) -> str | None:
-    wildcard = pattern.startswith("*.")
-    name = normalize_name(pattern[2:] if wildcard else pattern)
-    if name is None or name.startswith("*") or "." not in name and wildcard:
+    try:
+        name = normalize_domain(pattern, host=True, wildcard=True)
+    except DomainNameError:
         return None
-    return f"*.{name}" if wildcard else name
+    # A wildcard stands for one label under a domain of two labels or more: no "*.com".
+    return None if name.startswith("*.") and "." not in name[2:] else name
 
 
 def mx_matches(pattern: str, host: str) -> bool:
     """RFC 8461 4.1: an exact name, or ``*.example.com`` matching exactly one more
     leftmost label (``mx.example.com``, not ``example.com`` nor ``a.b.example.com``)."""
-    name = normalize_name(host)
     pat = _pattern(pattern)
-    if name is None or pat is None:
+    try:
+        name = normalize_domain(host, host=True)  # an MX host name, never a pattern
+    except DomainNameError:
+        return False
+    if pat is None:
         return False
     if pat.startswith("*."):
         label, dot, rest = name.partition(".")

@@ -47,7 +47,7 @@ from twisted.mail import smtp
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from tlsmta.config.loader import Config, ListenerConfig, normalize_domain, resolve, select_binding
+from tlsmta.config.loader import Config, ListenerConfig, resolve, select_binding
 from tlsmta.discovery.resolver import Resolver
 from tlsmta.inbound.acceptance import ClientStanding, check_client_certificate, check_recipient, in_networks
 from tlsmta.inbound.auth import UserDB
@@ -55,6 +55,7 @@ from tlsmta.inbound.received import TraceFacts, received_header
 from tlsmta.network import set_no_delay
 from tlsmta.reporting import events
 from tlsmta.smtp.commands import Reject
+from tlsmta.smtp.names import DomainNameError, normalize_domain, normalized_domain_of
 from tlsmta.smtp.reply import Reply
 from tlsmta.smtp.server_session import (
     CheckCredentials,
@@ -401,7 +402,7 @@ class InboundSMTP(smtp.ESMTP):
                 if chosen == "default" or chosen in config.bindings:
                     return str(chosen)
                 log.warn("outbound_binding hook chose unknown binding {binding}", binding=chosen)
-        return select_binding(config, listener.name, _domain_key(_domain_of(self.sender or "")), domain)
+        return select_binding(config, listener.name, normalized_domain_of(self.sender or ""), domain)
 
     def _open_message(self, question: OpenMessage) -> None:
         self._settle(question, self._open_writer)
@@ -565,24 +566,12 @@ def _refusal(error: StoreError) -> Reject:
     return Reject(error.code, f"{error.reply.enhanced} Error: {error.reply.detail}")
 
 
-def _domain_of(address: str) -> str:
-    return address.rpartition("@")[2] if "@" in address else ""
-
-
 def _recipient_domain(domain: str) -> str:
     """The normalized domain of a recipient; one that is not a valid IDNA name is refused."""
     try:
         return normalize_domain(domain)
-    except ValueError:
+    except DomainNameError:
         raise Reject(501, "5.1.3 bad recipient domain") from None
-
-
-def _domain_key(domain: str) -> str:
-    """Normalized recipient domain; address literals and junk stay as given."""
-    try:
-        return normalize_domain(domain)
-    except ValueError:
-        return domain.lower()
 
 
 @implementer(IPushProducer)

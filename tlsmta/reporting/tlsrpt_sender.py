@@ -30,6 +30,7 @@ from tlsmta.config.routes import Route
 from tlsmta.discovery.resolver import DNSError
 from tlsmta.errors import TlsmtaError
 from tlsmta.reporting import events, tlsrpt
+from tlsmta.smtp.names import domain_of
 from tlsmta.storage.ids import new_message_id
 from tlsmta.storage.spool import QueuedMessage, RecipientState
 
@@ -186,7 +187,7 @@ class TLSRPTService(Service):
             report, sender, address, domain, hostname, report["report-id"],
             datetime.datetime.fromtimestamp(now, datetime.timezone.utc),
         )
-        route: Route = owner.queue.route_for(address.rpartition("@")[2].lower())
+        route: Route = owner.queue.route_for(domain_of(address))
         message = QueuedMessage(
             id=new_message_id(),
             sender=sender,

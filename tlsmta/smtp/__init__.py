@@ -1,7 +1,8 @@
 """SMTP wire format, pure: command and parameter parsing, the DATA reader
-(dot-unstuffing, line limits, hop counting), and the client's reply parser
-and dot-stuffer.
+(dot-unstuffing, line limits, hop counting), the client's reply parser
+and dot-stuffer, and domain names in their one canonical form with the
+domain of an address (``names``).
 
-No I/O and no reactor.  May import only the standard library; nothing else
-of tlsmta.
+No I/O and no reactor.  May import only the standard library, attrs and
+idna; of tlsmta only ``tlsmta.errors``.
 """

@@ -10,6 +10,7 @@ import re
 
 import attrs
 
+from tlsmta.smtp.names import domain_of
 from tlsmta.smtp.reply import Reply, SMTPError
 
 # RFC 5321 4.5.3.1.4: 512 octets for a command line including CRLF.  MAIL
@@ -71,7 +72,7 @@ class Path:
 
     @property
     def domain(self) -> str:
-        return self.address.rpartition("@")[2].lower() if "@" in self.address else ""
+        return domain_of(self.address)
 
 
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"

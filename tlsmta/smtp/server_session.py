@@ -127,7 +127,7 @@ class RcptTo:
     """May mail go to this recipient? ``accept_recipient()`` with the shell's record, or refuse()."""
 
     address: str
-    domain: str  # as the client wrote it; the hostname for <postmaster>
+    domain: str  # of the address, not normalised yet; the hostname for <postmaster>
     local: bool  # <postmaster>: RFC 5321 4.5.1 says always accept, locally
 
 
@@ -516,7 +516,7 @@ class ServerSession:
             hostname = self.settings.hostname
             self._ask(RcptTo(f"postmaster@{hostname}", hostname, local=True))
         else:
-            self._ask(RcptTo(path.address, path.address.rpartition("@")[2], local=False))
+            self._ask(RcptTo(path.address, path.domain, local=False))
 
     def do_DATA(self, arg: bytes) -> None:
         if arg:

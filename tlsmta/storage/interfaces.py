@@ -16,6 +16,7 @@ import attrs
 from twisted.internet.defer import Deferred
 
 from tlsmta.config.routes import Route
+from tlsmta.smtp.names import domain_of
 from tlsmta.smtp.reply import Reply, SMTPError
 
 
@@ -29,7 +30,7 @@ class Recipient:
 
     @property
     def domain(self) -> str:
-        return self.address.rpartition("@")[2].lower()
+        return domain_of(self.address)
 
 
 @attrs.frozen

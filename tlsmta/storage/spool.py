@@ -28,6 +28,7 @@ from typing import Any
 import attrs
 
 from tlsmta.config.routes import Route, parse_route
+from tlsmta.smtp.names import domain_of
 from tlsmta.storage.diskio import DiskIO
 from tlsmta.storage.filewriter import StreamingWriter, TempFile, remove_if_present, write_all
 from tlsmta.storage.interfaces import NO_THROTTLE, Envelope, Throttle
@@ -49,7 +50,7 @@ class RecipientState:
 
     @property
     def domain(self) -> str:
-        return self.address.rpartition("@")[2].lower()
+        return domain_of(self.address)
 
     def to_json(self) -> dict[str, Any]:
         return {"a": self.address, "r": str(self.route), "b": self.binding, "s": self.status, "l": self.last}

@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from tlsmta.errors import TlsmtaError
+from tlsmta.smtp.names import DomainNameError, normalize_domain
 from tlsmta.tls import policy
 from tlsmta.tls.policy import ChainError, ChainResult, PresentedNames, VerifyMode
 
@@ -422,8 +423,11 @@ class ClientTLS:
         if self.session is not None:
             conn.set_session(self.session)
         if self.server_name:
-            sni = policy.normalize_name(self.server_name)
-            if sni:
+            try:
+                sni = normalize_domain(self.server_name, host=True)
+            except DomainNameError:  # no host name: nothing to ask for
+                pass
+            else:
                 conn.set_tlsext_host_name(sni.encode("ascii"))
         self.check.install(conn)
         conn.set_connect_state()

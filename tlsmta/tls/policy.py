@@ -9,12 +9,9 @@ conclude is concluded here, so it is tested exhaustively without sockets.
 from __future__ import annotations
 
 import enum
-import functools
-import re
 from collections.abc import Iterable, Mapping, Sequence
 
 import attrs
-import idna
 from service_identity.hazmat import (
     DNS_ID,
     DNSPattern,
@@ -22,6 +19,7 @@ from service_identity.hazmat import (
     verify_service_identity,
 )
 
+from tlsmta.smtp.names import DomainNameError, normalize_domain
 from tlsmta.smtp.reply import Reply
 from tlsmta.tls import rpt_types
 
@@ -140,34 +138,6 @@ class PresentedNames:
         return self.dns_names if self.dns_names else self.common_names
 
 
-_ASCII_LABEL = re.compile(r"(?!xn--)[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
-
-
-@functools.lru_cache(maxsize=8192)
-def normalize_name(name: str) -> str | None:
-    """A reference or presented DNS name in lower-case A-label form.
-
-    Returns None for a name that is not a valid host name (such names
-    never match anything).
-    """
-    name = name.strip().rstrip(".")
-    if not name:
-        return None
-    if name.startswith("*."):
-        # A wildcard pattern: '*' is not valid IDNA, the labels after it must be.
-        rest = normalize_name(name[2:])
-        return None if rest is None or rest.startswith("*") else "*." + rest
-    try:
-        return idna.encode(name, uts46=True).decode("ascii").lower()
-    except (idna.IDNAError, UnicodeError):
-        # Not IDNA2008, but an ASCII host name (e.g. with '_') may still be
-        # used; anything else (empty labels, spaces, bad hyphens) is garbage.
-        lowered = name.lower()
-        if all(_ASCII_LABEL.fullmatch(label) for label in lowered.split(".")):
-            return lowered
-        return None
-
-
 def match_names(presented: PresentedNames, wanted: Iterable[str]) -> str | None:
     """The first wanted name the certificate is valid for, or None.
 
@@ -177,18 +147,17 @@ def match_names(presented: PresentedNames, wanted: Iterable[str]) -> str | None:
     """
     patterns = []
     for raw in presented.for_matching:
-        name = normalize_name(raw)
-        if name is None:
-            continue
         try:
+            name = normalize_domain(raw, host=True, wildcard=True)
             patterns.append(DNSPattern.from_bytes(name.encode("ascii")))
-        except Exception:  # service_identity rejects malformed patterns; they match nothing
+        except Exception:  # no host name, or a pattern service_identity refuses: it matches nothing
             continue
     if not patterns:
         return None
     for want in wanted:
-        norm = normalize_name(want)
-        if norm is None:
+        try:
+            norm = normalize_domain(want, host=True)  # a reference name, never a pattern
+        except DomainNameError:
             continue
         try:
             verify_service_identity(patterns, obligatory_ids=[DNS_ID(norm)], optional_ids=[])
