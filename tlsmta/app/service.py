@@ -27,6 +27,7 @@ from tlsmta.config.loader import Config, ListenerConfig, resolve
 from tlsmta.config.routes import parse_route
 from tlsmta.delivery.mailqueue import Queue
 from tlsmta.delivery.pool import Deliverer, OutboundPool
+from tlsmta.devrelay.capture import captured_maildir
 from tlsmta.devrelay.devcert import ensure_dev_certificate
 from tlsmta.devrelay.tlslab import LabError, LabListener, dev_names, lab_listener, lab_server_tls, log_dev_ca
 from tlsmta.discovery.mtasts import PolicyFetcher, STSCache, STSResolver
@@ -244,7 +245,7 @@ class TlsmtaService(MultiService):
         self.disk = DiskIO(reactor)
         DiskService(self.disk).setServiceParent(self)
         self.hooks: Hooks = load_hooks(config.hooks)
-        local = LocalSink(self.disk)
+        local = LocalSink(self.disk, keeps_receipts=self.captures_into)
         self.spool = Spool(config.spool["path"], self.disk)
         self.pool = OutboundPool(
             reactor, self.resolver, self.spool, self.disk, self.hostname, self.hooks, config.queue["max_connections"]
@@ -300,6 +301,12 @@ class TlsmtaService(MultiService):
         )
         cache = STSCache(os.path.join(self.config.state_dir, "mta-sts"), run=self.disk.run)
         return STSResolver(self.resolver.txt, fetcher, cache, now=self.reactor.seconds)
+
+    def captures_into(self, maildir: str) -> bool:
+        """Whether ``maildir`` is the dev relay's captured mail, whose page (and
+        ``tlsmta.testing``) shows each message's facts of receipt."""
+        captured = captured_maildir(self.config)
+        return captured is not None and os.path.abspath(captured) == os.path.abspath(maildir)
 
     def config_tls_ca(self, domain: str) -> str | None:
         """The trust anchors configured for ``domain`` (its tls_ca), None for the system store."""
