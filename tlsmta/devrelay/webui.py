@@ -442,10 +442,7 @@ class WebService(PortService):
 
 def web_service(reactor: Any, config: Any, host: RelayHost, run_blocking: Callable[..., Deferred[Any]]) -> WebService:
     """The WebService for ``config``'s ``[http]`` table (its endpoint must be set)."""
-    from tlsmta.config.loader import ConfigError, Problem
-
     maildir = captured_maildir(config)
-    if maildir is None:
-        raise ConfigError([Problem(config.path, "http", "maildir", "is required when the global route is not maildir:PATH")])
+    assert maildir is not None, "the loader refuses [http] endpoint without a Maildir to show"
     web = WebUI(reactor, CapturedMail(maildir), config.state_dir, run_blocking, config.http.get("allowed_hosts") or (), host)
     return WebService(reactor, config.http["endpoint"], web)
