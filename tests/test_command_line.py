@@ -8,6 +8,7 @@ import pytest
 
 from tlsmta.app import tap
 from tlsmta.app.service import TlsmtaService
+from tlsmta.config.loader import with_overrides
 from tlsmta.inbound.auth import UserDB, hash_password
 
 HTTP = "tcp:0:interface=127.0.0.1"
@@ -41,6 +42,15 @@ def test_http_without_a_maildir_is_the_same_refusal_from_file_or_command_line(
         tap.makeService(options("--config", path, *argv))
     assert exit_.value.code == 78
     assert capsys.readouterr().err == f"tlsmta: configuration refused:\n{path}: {NO_MAILDIR}\n"
+
+
+def test_overrides_set_keys_over_the_files_tables() -> None:
+    """Override keys win over the file's, other keys stay, a missing table is made; a table the
+    file wrote as something else is left for the validator to report."""
+    raw = {"http": {"endpoint": "tcp:1", "allowed_hosts": ["a"]}, "global": "oops"}
+    merged = with_overrides(raw, {"http": {"endpoint": "tcp:2"}, "global": {"route": "mx"}, "spool": {"path": "/s"}})
+    assert merged == {"http": {"endpoint": "tcp:2", "allowed_hosts": ["a"]}, "global": "oops", "spool": {"path": "/s"}}
+    assert raw["http"]["endpoint"] == "tcp:1"  # the file's document is not changed
 
 
 def test_maildir_override_gives_http_its_maildir(tmp_path: Any) -> None:
