@@ -11,7 +11,7 @@ from e2e import in_thread, maildir_messages
 from outbound_lab import deliveries, start_receiver
 from test_webui import CLIENT_TIMEOUT, get_json, send, web, welcome
 
-from tlsmta.devrelay.mailview import envelope_of, summary
+from tlsmta.devrelay.mailview import Receipt, envelope_of, summary
 from tlsmta.devrelay.release import ReleaseError, outgoing_body, release_message, smarthost_route
 from tlsmta.testing import RunningRelay, build_config, dev_listener
 
@@ -54,7 +54,7 @@ def test_envelope_is_only_the_leading_block_local_delivery_wrote() -> None:
     """Delivered-To lines the message's author wrote (below our Received:) are not envelope recipients,
     in the release default nor in the web page's envelope."""
     assert envelope_of(AUTHORED) == ("app@example.com", ["bob@example.org", "carol@example.net"])
-    assert summary("k", AUTHORED, 0.0)["envelope"] == {"from": "app@example.com", "to": ["bob@example.org", "carol@example.net"]}
+    assert summary("k", AUTHORED, 0.0, Receipt())["envelope"] == {"from": "app@example.com", "to": ["bob@example.org", "carol@example.net"]}
     assert outgoing_body(AUTHORED).startswith(b"Received: from client.test ([127.0.0.1])\r\n")
     # Raw bytes, not MIME-decoded: an encoded-word is an (odd but valid) local part, not a line break.
     odd = b"Return-Path: <>\nDelivered-To: =?utf-8?q?a=0D=0ARSET?=@example.org\nReceived: x\n\nb\n"

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import datetime
 import http.client
 import json
+import os
 import re
 import smtplib
 import ssl
 from email.message import EmailMessage
 from typing import Any
 
+import attrs
 import pytest
 import pytest_twisted
 from e2e import CLIENT_TIMEOUT, in_thread
@@ -17,7 +20,8 @@ from e2e import CLIENT_TIMEOUT, in_thread
 from tlsmta.devrelay import mailview
 from tlsmta.devrelay.devcert import dev_ca_path
 from tlsmta.devrelay.webui import host_allowed
-from tlsmta.inbound.received import TraceFacts, received_header
+from tlsmta.storage.interfaces import Envelope
+from tlsmta.storage.receipts import RECEIPTS, receipt_path, receipt_record
 from tlsmta.testing import RunningRelay, build_config, dev_listener
 
 HTTP_ENDPOINT = "tcp:0:interface=127.0.0.1"
@@ -106,27 +110,42 @@ def test_host_check_accepts_configured_names() -> None:
     assert not host_allowed("other.internal:8025", ["devbox.internal"])
 
 
-def test_receipt_is_read_from_our_received_header() -> None:
-    """The TLS facts of receipt come back out of the Received: header tlsmta wrote."""
-    import datetime
+TLS_FACTS = {"tls": "tls", "protocol": "TLSv1.3", "cipher": "TLS_AES_128_GCM_SHA256", "tls_verify": "optional",
+             "verified": "yes", "reason": "", "subject": "CN=app", "issuer": "CN=ca"}
 
-    facts = TraceFacts(helo="app.test", peer_ip="127.0.0.1", by_host="localhost", message_id="Q1",
-                       when=datetime.datetime.now(datetime.timezone.utc), tls_protocol="TLSv1.3",
-                       tls_cipher="TLS_AES_128_GCM_SHA256", client_cert='yes (CN=app): ok', recipient="bob@example.org")
-    header = received_header(facts).decode().split(":", 1)[1]
-    receipt = mailview.parse_receipt(header)
-    assert (receipt.helo, receipt.peer, receipt.protocol, receipt.message_id) == ("app.test", "127.0.0.1", "ESMTPS", "Q1")
+
+def test_receipt_is_the_record_stored_with_the_message() -> None:
+    """The facts of receipt come back from the stored record as they were: envelope, TLS dict, time."""
+    when = datetime.datetime(2026, 1, 2, 3, 4, 5, 678, tzinfo=datetime.timezone.utc)
+    envelope = Envelope(message_id="Q1", sender="app@example.com", recipients=(), received_at=when, helo="app.test",
+                        peer="127.0.0.1", authenticated=True, tls=dict(TLS_FACTS))
+    receipt = mailview.receipt_of(json.loads(json.dumps(receipt_record(envelope))))
+    assert (receipt.helo, receipt.peer, receipt.protocol, receipt.message_id) == ("app.test", "127.0.0.1", "ESMTPSA", "Q1")
     assert (receipt.tls, receipt.tls_protocol, receipt.tls_cipher) == (True, "TLSv1.3", "TLS_AES_128_GCM_SHA256")
-    assert receipt.client_certificate == "yes ?CN=app?: ok"  # the header's comment-safe form
-    plain = mailview.parse_receipt(received_header(attrs_evolve(facts)).decode().split(":", 1)[1])
-    assert plain.protocol == "ESMTP" and not plain.tls and plain.tls_protocol is None
-    assert mailview.parse_receipt("from elsewhere by mx.example (Postfix)") == mailview.Receipt()
+    assert receipt.client_certificate == "yes (CN=app)" and receipt.when == when
+    plain = mailview.receipt_of(receipt_record(attrs.evolve(envelope, esmtp=False, authenticated=False, tls={"tls": "none"})))
+    assert plain.protocol == "SMTP" and plain.tls is False and (plain.tls_protocol, plain.client_certificate) == (None, None)
 
 
-def attrs_evolve(facts: TraceFacts) -> TraceFacts:
-    import attrs
+def test_no_stored_receipt_means_unknown_facts() -> None:
+    """A message stored without a receipt has unknown facts: not 'plain text', and not guessed from its headers."""
+    assert mailview.receipt_of(None) == mailview.Receipt()
+    assert mailview.Receipt().as_json() == {"helo": None, "peer": None, "smtp": None, "queue_id": None,
+                                            "tls": {"used": None, "protocol": None, "cipher": None, "client_certificate": None}}
 
-    return attrs.evolve(facts, tls_protocol=None, tls_cipher=None)
+
+@pytest.mark.parametrize(
+    "fields, words",
+    [
+        ({"tls_verify": "no", "subject": None}, "not requested"),
+        ({"tls_verify": "optional", "verified": "no", "subject": None}, "none"),
+        ({"tls_verify": "host", "verified": "no", "subject": "CN=x", "reason": "name mismatch"}, "no (CN=x): name mismatch"),
+        ({"tls_verify": "optional", "verified": "softfail", "subject": "CN=x", "reason": ""}, "softfail (CN=x)"),
+    ],
+)
+def test_client_certificate_words_from_the_tls_fields(fields: dict[str, Any], words: str) -> None:
+    """The client certificate line says what the received event's verdict fields say."""
+    assert mailview.client_certificate_words(fields) == words
 
 
 def test_search_terms_are_substrings_of_their_fields() -> None:
@@ -165,6 +184,48 @@ async def test_plain_text_receipt_says_no_tls(relay: Any) -> None:
     await in_thread(send, relay.port, welcome())
     [entry] = (await in_thread(get_json, relay.http_port, "/api/messages"))["messages"]
     assert entry["receipt"]["tls"]["used"] is False and entry["receipt"]["smtp"] == "ESMTP"
+
+
+@pytest_twisted.ensureDeferred
+async def test_message_stored_without_a_receipt_shows_unknown_facts(relay: Any, tmp_path: Any) -> None:
+    """A message in the Maildir with no receipt (stored before receipts were kept) still lists, with its
+    envelope and unknown facts of receipt, even though it carries a tlsmta Received: header."""
+    old = (b"Return-Path: <app@example.com>\nDelivered-To: bob@example.org\n"
+           b"Received: from app.test ([127.0.0.1])\n\t(using TLSv1.3 with cipher TLS_AES_128_GCM_SHA256;\n"
+           b"\tclient certificate: not requested)\n\tby localhost (tlsmta) with ESMTPS id Q1; Wed, 25 Nov 2026 21:00:00 +0000\n"
+           b"Subject: from before\n\nbody\n")
+    (tmp_path / "maildir" / "new" / "1700000000.M1P1Q1.host").write_bytes(old)
+    [entry] = (await in_thread(get_json, relay.http_port, "/api/messages"))["messages"]
+    assert entry["subject"] == "from before" and entry["envelope"] == {"from": "app@example.com", "to": ["bob@example.org"]}
+    assert entry["receipt"] == mailview.Receipt().as_json()
+    one = await in_thread(get_json, relay.http_port, f"/api/messages/{entry['id']}")
+    assert one["receipt"]["tls"]["used"] is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_only_the_captured_maildir_keeps_receipts(tmp_path: Any) -> None:
+    """The Maildir the page shows gets each message's receipt, durable with it; a mailbox on a
+    maildir: route of its own does not."""
+    raw = {
+        "global": {"hostname": "localhost", "state_dir": str(tmp_path / "state"), "route": f"maildir:{tmp_path / 'maildir'}"},
+        "domain": {"mailbox.test": {"route": f"maildir:{tmp_path / 'mailbox'}"}},
+        "listener": [dev_listener(name="dev")],
+        "spool": {"path": str(tmp_path / "spool")},
+        "http": {"endpoint": HTTP_ENDPOINT},
+    }
+    relay = await RunningRelay(build_config(raw)).start()
+    try:
+        await in_thread(send, relay.port, welcome(to="bob@example.org, carol@mailbox.test"))  # one message, two Maildirs
+        [captured] = os.listdir(tmp_path / "maildir" / "new")  # 250 came: message and receipt are in place
+        with open(receipt_path(str(tmp_path / "maildir"), captured)) as f:
+            record = json.load(f)
+        [entry] = (await in_thread(get_json, relay.http_port, "/api/messages"))["messages"]
+    finally:
+        await relay.stop()
+    assert record["queue_id"] == entry["receipt"]["queue_id"] and record["tls"] == {"tls": "none"}
+    assert (record["helo"], record["peer"], record["esmtp"]) == (entry["receipt"]["helo"], "127.0.0.1", True)
+    assert len(os.listdir(tmp_path / "mailbox" / "new")) == 1 and not (tmp_path / "mailbox" / RECEIPTS).exists()
+    assert not os.listdir(tmp_path / "maildir" / "tmp")  # no temporary receipt left behind
 
 
 @pytest_twisted.ensureDeferred
@@ -244,12 +305,14 @@ async def test_delete_one_and_all(relay: Any, tmp_path: Any) -> None:
     status, _, body = await in_thread(web, relay.http_port, "DELETE", f"/api/messages/{first['id']}")
     assert status == 200 and json.loads(body) == {"deleted": 1}
     assert not (tmp_path / "maildir" / "new" / first["id"]).exists()
+    assert not os.path.exists(receipt_path(str(tmp_path / "maildir"), first["id"]))  # its receipt went with it
     assert (await in_thread(get_json, relay.http_port, "/api/messages"))["count"] == 2
     status, _, body = await in_thread(web, relay.http_port, "GET", f"/api/messages/{first['id']}")
     assert status == 404 and json.loads(body) == {"error": "no such message"}
     status, _, body = await in_thread(web, relay.http_port, "DELETE", "/api/messages")
     assert status == 200 and json.loads(body) == {"deleted": 2}
     assert list((tmp_path / "maildir" / "new").iterdir()) == []
+    assert list((tmp_path / "maildir" / RECEIPTS).iterdir()) == []
     status, _, _ = await in_thread(web, relay.http_port, "GET", "/api/messages/..%2F..%2Fstate%2Fdev-ca.key")
     assert status == 404
 

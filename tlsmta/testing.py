@@ -196,13 +196,12 @@ class CapturedMessage:
         return None if body is None else str(body.get_content())
 
 
-def _captured(message_id: str, data: bytes) -> CapturedMessage:
+def _captured(message_id: str, data: bytes, tls: Mapping[str, Any]) -> CapturedMessage:
     from tlsmta.devrelay import mailview
 
     message = mailview.parse(data)
     sender, recipients = mailview.envelope_of(data)
-    receipt = mailview.parse_receipt(str(message.get("Received", "")))
-    return CapturedMessage(message_id, sender, tuple(recipients), message, receipt.as_json()["tls"], data)
+    return CapturedMessage(message_id, sender, tuple(recipients), message, tls, data)
 
 
 class _ReactorThread:
@@ -373,7 +372,7 @@ class Relay:
         found = []
         for entry in reversed(mail.summaries()):
             try:
-                found.append(_captured(entry["id"], mail.raw(entry["id"])[0]))
+                found.append(_captured(entry["id"], mail.raw(entry["id"])[0], entry["receipt"]["tls"]))
             except MessageNotFound:
                 continue  # cleared meanwhile
         return found

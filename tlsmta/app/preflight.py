@@ -5,7 +5,8 @@ string, a CA file holds certificates, a key matches its certificate, a hook
 imports or a users file parses is asked here, through the loader's
 :class:`~tlsmta.config.loader.Environment`, so every problem still names its
 file, table and key in file order.  Everything that starts tlsmta or checks
-its configuration loads through :func:`load`.
+its configuration loads through :func:`check` (or :func:`load`, its
+configuration alone); command-line overrides go in as keys of the file.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import attrs
 from OpenSSL import SSL
 
 from tlsmta.config import loader
-from tlsmta.config.loader import Config
+from tlsmta.config.loader import Config, Overrides
 from tlsmta.inbound.auth import AuthFileError, UserDB
 from tlsmta.tls.contexts import KeyPairError, load_keypair
 from tlsmta.tls.hooks import HookError, load_hook
@@ -37,7 +39,14 @@ def _unless_openssl_takes(setter: str, text: str, what: str) -> str | None:
 
 
 class HostEnvironment:
-    """:class:`~tlsmta.config.loader.Environment` on this machine's OpenSSL and files."""
+    """:class:`~tlsmta.config.loader.Environment` on this machine's OpenSSL and files.
+
+    One per load: it keeps the users files it read (``users``), so whoever
+    runs the configuration uses what was checked instead of reading them again.
+    """
+
+    def __init__(self) -> None:
+        self.users: dict[str, UserDB] = {}
 
     def ca_file(self, path: str) -> str | None:
         if os.path.isdir(path):
@@ -72,20 +81,32 @@ class HostEnvironment:
 
     def users_file(self, path: str) -> str | None:
         try:
-            UserDB.load(path)
+            self.users[path] = UserDB.load(path)
         except (AuthFileError, OSError, UnicodeDecodeError) as e:
             return str(e)
         return None
 
 
-HOST = HostEnvironment()
+@attrs.frozen
+class Checked:
+    """A configuration with what checking it loaded: each ``auth_users_file`` by path."""
+
+    config: Config
+    users: Mapping[str, UserDB]
 
 
-def load(path: str) -> Config:
+def check(path: str, overrides: Overrides | None = None) -> Checked:
+    """:func:`tlsmta.config.loader.load` with this machine's checks, keeping the users files read."""
+    environment = HostEnvironment()
+    config = loader.load(path, environment, overrides)
+    return Checked(config, environment.users)
+
+
+def load(path: str, overrides: Overrides | None = None) -> Config:
     """:func:`tlsmta.config.loader.load` with this machine's checks."""
-    return loader.load(path, HOST)
+    return check(path, overrides).config
 
 
 def from_dict(raw: Mapping[str, Any], path: str = "<config>") -> Config:
     """:func:`tlsmta.config.loader.from_dict` with this machine's checks."""
-    return loader.from_dict(raw, path, HOST)
+    return loader.from_dict(raw, path, HostEnvironment())

@@ -6,7 +6,7 @@ import functools
 import ipaddress
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -24,9 +24,9 @@ from tlsmta.app import preflight
 from tlsmta.app.control import ControlFactory, prepare_socket_path
 from tlsmta.config import loader as configuration
 from tlsmta.config.loader import Config, ListenerConfig, resolve
-from tlsmta.config.routes import parse_route
 from tlsmta.delivery.mailqueue import Queue
 from tlsmta.delivery.pool import Deliverer, OutboundPool
+from tlsmta.devrelay.capture import captured_maildir
 from tlsmta.devrelay.devcert import ensure_dev_certificate
 from tlsmta.devrelay.tlslab import LabError, LabListener, dev_names, lab_listener, lab_server_tls, log_dev_ca
 from tlsmta.discovery.mtasts import PolicyFetcher, STSCache, STSResolver
@@ -81,12 +81,6 @@ def effective_hostname(config: Config) -> str:
     return config.hostname or socket.getfqdn()
 
 
-def with_maildir(config: Config, path: str) -> Config:
-    """``config`` with its global route replaced by ``maildir:path`` (``--maildir``)."""
-    options = {**config.global_options, "route": parse_route(f"maildir:{path}")}
-    return attrs.evolve(config, global_options=options)
-
-
 def listener_tls(listener: ListenerConfig, config: Config, hostname: str, hooks: Hooks | None = None) -> tls.ServerTLS | None:
     """The server TLS creator for a listener, generating the dev certificate if asked."""
     if listener.tls == "no":
@@ -122,6 +116,15 @@ def with_default_backlog(endpoint: str) -> str:
     if kind in ("tcp", "tcp6") and "backlog=" not in endpoint:
         return f"{endpoint}:backlog={LISTEN_BACKLOG}"
     return endpoint
+
+
+def _user_db(listener: ListenerConfig, checked: Mapping[str, UserDB]) -> UserDB | None:
+    """The listener's AUTH accounts: as checking the configuration read them, else read now."""
+    path = listener.auth_users_file
+    if path is None:
+        return None
+    found = checked.get(path)
+    return found if found is not None else UserDB.load(path)
 
 
 class ListenerService(PortService):
@@ -228,15 +231,18 @@ class MetricsService(PortService):
         return super().stopService()  # type: ignore[no-any-return]
 
 
-ConfigAdjust = Callable[[Config], Config]
+ConfigReader = Callable[[str], preflight.Checked]  # path -> the checked configuration to run
 
 
 class TlsmtaService(MultiService):
     """The whole MTA for one configuration; ``reload`` swaps in a new one."""
 
-    def __init__(self, config: Config, reactor: Any, dns_backend: Any = None, adjust: ConfigAdjust | None = None):
+    def __init__(self, config: Config, reactor: Any, dns_backend: Any = None, read_config: ConfigReader = preflight.check,
+                 users: Mapping[str, UserDB] | None = None):
+        """``read_config``: how a reload reads the file (the command line's overrides included);
+        ``users``: the users files checking ``config`` loaded (others are read here)."""
         super().__init__()
-        self.adjust: ConfigAdjust = adjust or (lambda c: c)  # command-line overrides, kept across reloads
+        self.read_config = read_config
         self.config = config
         self.reactor = reactor
         self.resolver = Resolver(config.dns, dns_backend, nameservers=config.dns_nameservers, reactor=reactor)
@@ -244,7 +250,7 @@ class TlsmtaService(MultiService):
         self.disk = DiskIO(reactor)
         DiskService(self.disk).setServiceParent(self)
         self.hooks: Hooks = load_hooks(config.hooks)
-        local = LocalSink(self.disk)
+        local = LocalSink(self.disk, keeps_receipts=self.captures_into)
         self.spool = Spool(config.spool["path"], self.disk)
         self.pool = OutboundPool(
             reactor, self.resolver, self.spool, self.disk, self.hostname, self.hooks, config.queue["max_connections"]
@@ -266,7 +272,7 @@ class TlsmtaService(MultiService):
         self.sink: MessageSink = Intake(local, self.spool, self.queue.add)
         self.listeners: dict[str, ListenerService] = {}
         for listener in config.listeners:
-            factory = InboundFactory(self._runtime(listener, config, self.hooks))
+            factory = InboundFactory(self._runtime(listener, config, self.hooks, users or {}))
             wrapped: Any = factory
             if listener.tls == "implicit":
                 assert factory.runtime.tls is not None
@@ -301,6 +307,12 @@ class TlsmtaService(MultiService):
         cache = STSCache(os.path.join(self.config.state_dir, "mta-sts"), run=self.disk.run)
         return STSResolver(self.resolver.txt, fetcher, cache, now=self.reactor.seconds)
 
+    def captures_into(self, maildir: str) -> bool:
+        """Whether ``maildir`` is the dev relay's captured mail, whose page (and
+        ``tlsmta.testing``) shows each message's facts of receipt."""
+        captured = captured_maildir(self.config)
+        return captured is not None and os.path.abspath(captured) == os.path.abspath(maildir)
+
     def config_tls_ca(self, domain: str) -> str | None:
         """The trust anchors configured for ``domain`` (its tls_ca), None for the system store."""
         return resolve(self.config, domain)["tls_ca"].value
@@ -318,7 +330,7 @@ class TlsmtaService(MultiService):
                 return True
         return False
 
-    def _runtime(self, listener: ListenerConfig, config: Config, hooks: Hooks) -> ListenerRuntime:
+    def _runtime(self, listener: ListenerConfig, config: Config, hooks: Hooks, users: Mapping[str, UserDB]) -> ListenerRuntime:
         server_tls = listener_tls(listener, config, self.hostname, hooks)
         return ListenerRuntime(
             listener=listener,
@@ -326,7 +338,7 @@ class TlsmtaService(MultiService):
             hostname=self.hostname,
             sink=self.sink,
             tls=server_tls,
-            users=UserDB.load(listener.auth_users_file) if listener.auth_users_file else None,
+            users=_user_db(listener, users),
             hooks=hooks,
             resolver=self.resolver,
             run_in_thread=lambda fn, *a: deferToThreadPool(self.reactor, self.reactor.getThreadPool(), fn, *a),
@@ -343,7 +355,8 @@ class TlsmtaService(MultiService):
         one stays.  Returns the problems (empty when the reload took).
         """
         try:
-            new = self.adjust(preflight.load(self.config.path))
+            checked = self.read_config(self.config.path)
+            new = checked.config
             hooks = load_hooks(new.hooks)
             prepared = {}
             for listener in new.listeners:
@@ -357,7 +370,7 @@ class TlsmtaService(MultiService):
         except (HookError, tls.KeyPairError, SSL.Error, OSError, AuthFileError) as e:
             problems = [f"{self.config.path}: {e}"]
         else:
-            self._apply(new, hooks, prepared)
+            self._apply(new, hooks, prepared, checked.users)
             events.emit("reload", result="ok", config=new.path)
             return []
         for problem in problems:
@@ -365,7 +378,7 @@ class TlsmtaService(MultiService):
         events.emit("reload", result="refused", config=self.config.path, problems=len(problems))
         return problems
 
-    def _apply(self, new: Config, hooks: Hooks, prepared: dict[str, Any]) -> None:
+    def _apply(self, new: Config, hooks: Hooks, prepared: dict[str, Any], users: Mapping[str, UserDB]) -> None:
         self.config = new
         self.hooks = hooks
         self.resolver.pinned = new.dns
@@ -383,7 +396,7 @@ class TlsmtaService(MultiService):
                 listener=listener,
                 config=new,
                 tls=_keep_creator(old.tls, server_tls),
-                users=UserDB.load(listener.auth_users_file) if listener.auth_users_file else None,
+                users=_user_db(listener, users),
                 hooks=hooks,
             )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
@@ -61,14 +62,22 @@ def _logs_to_stdout(twistd: Any) -> bool:
     return bool(twistd.get("nodaemon")) and twistd.get("logfile") in (None, "-") and not twistd.get("syslog") and not twistd.get("logger")
 
 
+def command_line_overrides(options: Options) -> configuration.Overrides:
+    """--maildir and --http as keys of the raw configuration, so the loader checks them
+    with the file (a bad one is refused like a bad file)."""
+    overrides: dict[str, dict[str, Any]] = {}
+    if options["maildir"]:
+        overrides["global"] = {"route": f"maildir:{os.path.abspath(options['maildir'])}"}
+    if options["http"]:
+        overrides["http"] = {"endpoint": options["http"]}
+    return overrides
+
+
 def command_line_adjust(options: Options, path: str) -> Any:
-    """The overrides --maildir and --listen make, as a function (re-applied on reload)."""
-    from tlsmta.app.service import with_maildir
+    """The overrides --listen and --tls-lab make on a loaded configuration, as a function."""
     from tlsmta.devrelay.tlslab import with_tls_lab
 
     def adjust(config: configuration.Config) -> configuration.Config:
-        if options["maildir"]:
-            config = with_maildir(config, os.path.abspath(options["maildir"]))
         if options["listen"]:
             if len(config.listeners) != 1:
                 sys.stderr.write(f"tlsmta: --listen needs exactly one [[listener]] in {path}\n")
@@ -77,11 +86,21 @@ def command_line_adjust(options: Options, path: str) -> Any:
             config = attrs.evolve(config, listeners=(listener,))
         if options["tls-lab"]:
             config = with_tls_lab(config, options["tls-lab"])
-        if options["http"]:
-            config = attrs.evolve(config, http={**config.http, "endpoint": options["http"]})
         return config
 
     return adjust
+
+
+def command_line_reader(options: Options, path: str) -> Callable[[str], preflight.Checked]:
+    """How the configuration is read, at start and on every reload: the file with the command line's overrides."""
+    overrides = command_line_overrides(options)
+    adjust = command_line_adjust(options, path)
+
+    def read(config_path: str) -> preflight.Checked:
+        checked = preflight.check(config_path, overrides)
+        return attrs.evolve(checked, config=adjust(checked.config))
+
+    return read
 
 
 def makeService(options: Options) -> IService:
@@ -90,18 +109,14 @@ def makeService(options: Options) -> IService:
     from tlsmta.app.service import TlsmtaService
 
     path = options["config"] or dev_relay_path()
+    read = command_line_reader(options, path)
     try:
-        config = preflight.load(path)
+        checked = read(path)
     except configuration.ConfigError as e:
         # twistd prints a traceback for exceptions; an operator wants the problems.
         sys.stderr.write(f"tlsmta: configuration refused:\n{e}\n")
         raise SystemExit(EX_CONFIG)
-    adjust = command_line_adjust(options, path)
-    try:
-        service = TlsmtaService(adjust(config), reactor, adjust=adjust)
-    except configuration.ConfigError as e:  # e.g. --http with no Maildir to show
-        sys.stderr.write(f"tlsmta: configuration refused:\n{e}\n")
-        raise SystemExit(EX_CONFIG)
+    service = TlsmtaService(checked.config, reactor, read_config=read, users=checked.users)
     reactor.callWhenRunning(install_signal_handlers, reactor, service)
     return service
 

@@ -586,11 +586,27 @@ class _Validator:
         return out
 
 
-def load(path: str, environment: Environment = SYNTAX_ONLY) -> Config:
+Overrides = Mapping[str, Mapping[str, Any]]  # table -> keys set over the file's (the command line's)
+
+
+def with_overrides(raw: Mapping[str, Any], overrides: Overrides) -> dict[str, Any]:
+    """``raw`` with each override's keys set in its table, so they are validated like the file's own.
+
+    A table the file has in a shape other than a table stays as it is, to be reported."""
+    out = dict(raw)
+    for table, values in overrides.items():
+        current = raw.get(table, {})
+        out[table] = {**current, **values} if isinstance(current, dict) else current
+    return out
+
+
+def load(path: str, environment: Environment = SYNTAX_ONLY, overrides: Overrides | None = None) -> Config:
     """Read and validate ``path``; raise ConfigError listing every problem.
 
     ``environment`` adds the checks that need this machine (see
-    :class:`Environment`); without it, syntax and data only.
+    :class:`Environment`); without it, syntax and data only.  ``overrides``
+    (see :func:`with_overrides`) are checked as if the file said them; their
+    problems name the file.
     """
     try:
         with open(path, "rb") as f:
@@ -601,7 +617,7 @@ def load(path: str, environment: Environment = SYNTAX_ONLY) -> Config:
         raise ConfigError([Problem(path, "", None, f"cannot read: {e.strerror}")]) from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError([Problem(path, "", None, f"not valid TOML: {e}")]) from None
-    return from_dict(raw, path, environment)
+    return from_dict(with_overrides(raw, overrides or {}), path, environment)
 
 
 _TOP_LEVEL = {

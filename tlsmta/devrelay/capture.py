@@ -3,7 +3,8 @@
 Used from a thread by the web API and directly by :mod:`tlsmta.testing`.
 A message's id is its Maildir file name (without the ``:2,`` info suffix);
 ids are only ever matched against names found in the directory, so an id
-from a request never becomes a path.
+from a request never becomes a path.  Its facts of receipt are the record
+stored beside it (:mod:`tlsmta.storage.receipts`), which goes with it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from tlsmta.devrelay import mailview
 from tlsmta.errors import TlsmtaError
 from tlsmta.storage.filewriter import remove_if_present
 from tlsmta.storage.maildir import ensure_maildir
+from tlsmta.storage.receipts import read_receipt, receipt_path
 
 
 class MessageNotFound(TlsmtaError, KeyError):
@@ -66,7 +68,7 @@ class CapturedMail:
             if entry is None:
                 try:
                     with open(path, "rb") as f:
-                        entry = mailview.summary(key, f.read(), st.st_mtime)
+                        entry = mailview.summary(key, f.read(), st.st_mtime, self._receipt(key))
                 except FileNotFoundError:
                     continue
                 with self._lock:
@@ -92,18 +94,40 @@ class CapturedMail:
         except FileNotFoundError:
             raise MessageNotFound(message_id) from None
 
+    def _receipt(self, message_id: str) -> mailview.Receipt:
+        """How the message came in (all unknown when no receipt was stored with it).
+
+        Only for an id found in the directory (see the module docstring)."""
+        return mailview.receipt_of(read_receipt(self.path, message_id))
+
     def detail(self, message_id: str) -> dict[str, Any]:
-        return mailview.detail(message_id, *self.raw(message_id))
+        data, stored_at = self.raw(message_id)
+        return mailview.detail(message_id, data, stored_at, self._receipt(message_id))
 
     def delete(self, message_id: str) -> None:
         try:
             os.unlink(self._path(message_id))
         except FileNotFoundError:
             raise MessageNotFound(message_id) from None
+        remove_if_present(receipt_path(self.path, message_id))
 
     def clear(self) -> int:
-        """Delete every message; returns how many went."""
-        return sum(remove_if_present(path) for path in self._entries().values())
+        """Delete every message (with its receipt); returns how many went."""
+        count = 0
+        for message_id, path in self._entries().items():
+            if remove_if_present(path):
+                remove_if_present(receipt_path(self.path, message_id))
+                count += 1
+        return count
 
     def ensure(self) -> None:
         ensure_maildir(self.path)
+
+
+def captured_maildir(config: Any) -> str | None:
+    """The Maildir the dev relay captures into and its page shows: ``[http] maildir``,
+    else the global ``maildir:`` route (None: neither)."""
+    if config.http.get("maildir"):
+        return str(config.http["maildir"])
+    route = config.global_options.get("route")
+    return route.path if route is not None and route.kind == "maildir" else None

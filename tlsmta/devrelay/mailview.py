@@ -1,43 +1,38 @@
 """What the dev relay shows of a received message, sans I/O.
 
-Everything is read from the stored file itself: the envelope from the
-``Return-Path:`` and ``Delivered-To:`` lines the Maildir delivery adds (only
-the leading block it writes, see :func:`local_envelope`), the
-TLS facts of receipt from tlsmta's own ``Received:`` header (the first one,
-written in the same durable write as the message).  So there is no sidecar
-to fall out of step, and a restart shows exactly what is on disk.
+The envelope is read from the stored file itself: the ``Return-Path:`` and
+``Delivered-To:`` lines the Maildir delivery adds (only the leading block it
+writes, see :func:`local_envelope`).  The facts of receipt (HELO, peer, TLS)
+are the record stored beside the message (:mod:`tlsmta.storage.receipts`),
+written in the same durable write; a message without one shows them as
+unknown.
 """
 
 from __future__ import annotations
 
 import datetime
 import email.policy
-import re
 from collections.abc import Iterator, Mapping
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import attrs
 
-_PARSER = BytesParser(policy=email.policy.default)
+from tlsmta.inbound.received import with_keyword
 
-# Our Received: header (tlsmta.received), unfolded.
-_FROM = re.compile(r"^from (\S+) \(\[([^\]]*)\]\)")
-_TLS = re.compile(r"\(using (\S+) with cipher (\S+); client certificate: (.*?)\) by ")
-_BY = re.compile(r" by (\S+) \(tlsmta\) with (\S+) id (\S+)")
+_PARSER = BytesParser(policy=email.policy.default)
 
 
 @attrs.frozen
 class Receipt:
-    """How a message came in, as tlsmta's Received: header records it."""
+    """How a message came in; every field None when that is unknown (no stored receipt)."""
 
     helo: str | None = None
     peer: str | None = None
-    protocol: str | None = None  # e.g. ESMTPS
+    protocol: str | None = None  # the Received: header's WITH keyword, e.g. ESMTPS
     message_id: str | None = None  # tlsmta's queue id
-    tls: bool = False
+    tls: bool | None = None
     tls_protocol: str | None = None
     tls_cipher: str | None = None
     client_certificate: str | None = None  # "not requested", "none", "yes (CN=...)", ...
@@ -58,30 +53,41 @@ class Receipt:
         }
 
 
-def parse_receipt(received: str | None) -> Receipt:
-    """The facts in one of tlsmta's Received: headers (an empty Receipt for anyone else's)."""
-    if not received or "(tlsmta)" not in received:
+def client_certificate_words(tls: Mapping[str, Any]) -> str:
+    """What the client's certificate came to, from the ``received`` event's TLS fields
+    (as the inbound session words it in its Received: header)."""
+    subject = tls.get("subject")
+    if subject is None:
+        return "not requested" if tls.get("tls_verify", "no") == "no" else "none"
+    reason = tls.get("reason")
+    return f"{tls.get('verified')} ({subject})" + (f": {reason}" if reason else "")
+
+
+def _instant(text: Any) -> datetime.datetime | None:
+    try:
+        return datetime.datetime.fromisoformat(text) if isinstance(text, str) else None
+    except ValueError:
+        return None
+
+
+def receipt_of(record: Mapping[str, Any] | None) -> Receipt:
+    """The facts in a stored receipt (:func:`tlsmta.storage.receipts.receipt_record`);
+    all unknown without one."""
+    if record is None:
         return Receipt()
-    text = " ".join(str(received).split())
-    by = _BY.search(text)
-    origin = _FROM.search(text)
-    tls = _TLS.search(text)
-    when = None
-    if ";" in text:
-        try:
-            when = parsedate_to_datetime(text.rsplit(";", 1)[1].strip())
-        except (TypeError, ValueError):
-            when = None
+    tls = record.get("tls") or {}
+    used = tls.get("tls") == "tls"
     return Receipt(
-        helo=origin.group(1) if origin else None,
-        peer=origin.group(2) if origin else None,
-        protocol=by.group(2) if by else None,
-        message_id=by.group(3) if by else None,
-        tls=tls is not None,
-        tls_protocol=tls.group(1) if tls else None,
-        tls_cipher=tls.group(2) if tls else None,
-        client_certificate=tls.group(3) if tls else None,
-        when=when,
+        helo=record.get("helo") or None,
+        peer=record.get("peer") or None,
+        protocol=with_keyword(esmtp=bool(record.get("esmtp")), smtputf8=bool(record.get("smtputf8")), tls=used,
+                              authenticated=bool(record.get("authenticated"))),
+        message_id=record.get("queue_id"),
+        tls=used,
+        tls_protocol=tls.get("protocol") if used else None,
+        tls_cipher=tls.get("cipher") if used else None,
+        client_certificate=client_certificate_words(tls) if used else None,
+        when=_instant(record.get("received_at")),
     )
 
 
@@ -189,16 +195,15 @@ def first_part(message: Message, content_type: str) -> tuple[int, Message] | Non
     return None
 
 
-def summary(message_key: str, data: bytes, stored_at: float) -> dict[str, Any]:
+def summary(message_key: str, data: bytes, stored_at: float, receipt: Receipt) -> dict[str, Any]:
     """The list entry for one stored message (JSON-ready)."""
     message = parse(data)
-    return _summary(message_key, message, data, stored_at)
+    return _summary(message_key, message, data, stored_at, receipt)
 
 
-def _summary(key: str, message: EmailMessage, data: bytes, stored_at: float) -> dict[str, Any]:
+def _summary(key: str, message: EmailMessage, data: bytes, stored_at: float, receipt: Receipt) -> dict[str, Any]:
     sender, recipients = envelope_of(data)
     size = len(data)
-    receipt = parse_receipt(_text(message.get("Received")))
     when = receipt.when or datetime.datetime.fromtimestamp(stored_at, datetime.timezone.utc)
     attachments = [index for index, part in _leaves(message) if _is_attachment(part)]
     return {
@@ -211,7 +216,7 @@ def _summary(key: str, message: EmailMessage, data: bytes, stored_at: float) -> 
         "date": _text(message.get("Date")),
         "message_id": _text(message.get("Message-ID")),
         "size": size,
-        "received_at": when.astimezone(datetime.timezone.utc).isoformat(),
+        "received_at": when.astimezone(datetime.timezone.utc).replace(microsecond=0).isoformat(),
         "received_ts": stored_at,
         "receipt": receipt.as_json(),
         "has_html": first_part(message, "text/html") is not None,
@@ -219,10 +224,10 @@ def _summary(key: str, message: EmailMessage, data: bytes, stored_at: float) -> 
     }
 
 
-def detail(message_key: str, data: bytes, stored_at: float) -> dict[str, Any]:
+def detail(message_key: str, data: bytes, stored_at: float, receipt: Receipt) -> dict[str, Any]:
     """One message parsed: summary, every header, text, parts and attachments."""
     message = parse(data)
-    out = _summary(message_key, message, data, stored_at)
+    out = _summary(message_key, message, data, stored_at, receipt)
     out["headers"] = [[name, _text(value)] for name, value in message.items()]
     plain = first_part(message, "text/plain")
     out["text"] = _as_text(plain[1]) if plain else None

@@ -43,7 +43,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from tlsmta.devrelay.capture import CapturedMail, MessageNotFound
+from tlsmta.devrelay.capture import CapturedMail, MessageNotFound, captured_maildir
 from tlsmta.devrelay.devcert import LAB_MODES, dev_ca_path
 from tlsmta.devrelay.mailview import envelope_of, html_of, part_of
 from tlsmta.devrelay.release import ReleaseError, outgoing_body, release_message, smarthost_route
@@ -440,20 +440,9 @@ class WebService(PortService):
         return super().stopService()  # type: ignore[no-any-return]
 
 
-def web_maildir(config: Any) -> str | None:
-    """The Maildir the page shows: ``[http] maildir``, else the global maildir: route."""
-    if config.http.get("maildir"):
-        return str(config.http["maildir"])
-    route = config.global_options.get("route")
-    return route.path if route is not None and route.kind == "maildir" else None
-
-
 def web_service(reactor: Any, config: Any, host: RelayHost, run_blocking: Callable[..., Deferred[Any]]) -> WebService:
     """The WebService for ``config``'s ``[http]`` table (its endpoint must be set)."""
-    from tlsmta.config.loader import ConfigError, Problem
-
-    maildir = web_maildir(config)
-    if maildir is None:
-        raise ConfigError([Problem(config.path, "http", "maildir", "is required when the global route is not maildir:PATH")])
+    maildir = captured_maildir(config)
+    assert maildir is not None, "the loader refuses [http] endpoint without a Maildir to show"
     web = WebUI(reactor, CapturedMail(maildir), config.state_dir, run_blocking, config.http.get("allowed_hosts") or (), host)
     return WebService(reactor, config.http["endpoint"], web)

@@ -44,11 +44,17 @@ class TraceFacts:
 
 
 def protocol_keyword(facts: TraceFacts) -> str:
+    """WITH keyword of these facts (see :func:`with_keyword`)."""
+    return with_keyword(esmtp=facts.esmtp, smtputf8=facts.smtputf8, tls=bool(facts.tls_protocol),
+                        authenticated=facts.authenticated)
+
+
+def with_keyword(*, esmtp: bool, smtputf8: bool, tls: bool, authenticated: bool) -> str:
     """WITH keyword: SMTP, ESMTP[S][A] (RFC 3848), UTF8SMTP[S][A] with SMTPUTF8 (RFC 6531)."""
-    if not facts.esmtp:
+    if not esmtp:
         return "SMTP"
-    base = "UTF8SMTP" if facts.smtputf8 else "ESMTP"
-    return base + ("S" if facts.tls_protocol else "") + ("A" if facts.authenticated else "")
+    base = "UTF8SMTP" if smtputf8 else "ESMTP"
+    return base + ("S" if tls else "") + ("A" if authenticated else "")
 
 
 def received_header(facts: TraceFacts) -> bytes:

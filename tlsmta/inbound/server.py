@@ -420,6 +420,8 @@ class InboundSMTP(smtp.ESMTP):
             listener=listener.name,
             smtputf8=self.mail_params.smtputf8,
             body_type=self.mail_params.body,
+            esmtp=self.esmtp,
+            authenticated=self.authenticated_as is not None,
             tls=self._receipt_fields(),
         )
         try:

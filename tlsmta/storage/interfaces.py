@@ -46,6 +46,8 @@ class Envelope:
     listener: str = ""
     smtputf8: bool = False
     body_type: str = "7BIT"
+    esmtp: bool = True  # EHLO, not HELO
+    authenticated: bool = False  # the client used AUTH
     tls: dict[str, Any] = attrs.field(factory=dict)  # facts of receipt, for the queue and logs
 
 

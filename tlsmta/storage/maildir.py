@@ -13,12 +13,13 @@ import os
 import socket
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from tlsmta.config.routes import Route
 from tlsmta.storage.diskio import DiskIO
 from tlsmta.storage.filewriter import StreamingWriter, TempFile
 from tlsmta.storage.interfaces import NO_THROTTLE, Envelope, Throttle
+from tlsmta.storage.receipts import ReceiptFile, receipt_record
 
 _counter = itertools.count()
 
@@ -55,9 +56,9 @@ class MaildirFile:
 
     def __init__(self, maildir: str, prefix: bytes):
         self.maildir = maildir
-        name = unique_name()
-        self.file = TempFile(os.path.join(maildir, "tmp", name), prefix)
-        self.new_path = os.path.join(maildir, "new", name)
+        self.name = unique_name()
+        self.file = TempFile(os.path.join(maildir, "tmp", self.name), prefix)
+        self.new_path = os.path.join(maildir, "new", self.name)
 
     @property
     def directories(self) -> Sequence[str]:
@@ -75,10 +76,16 @@ class MaildirFile:
 
 
 class LocalSink:
-    """Accepts mail for ``maildir:`` and ``discard`` routes."""
+    """Accepts mail for ``maildir:`` and ``discard`` routes.
 
-    def __init__(self, disk: DiskIO):
+    ``keeps_receipts(path)``: whether messages received into that Maildir get
+    their facts of receipt beside them (:mod:`tlsmta.storage.receipts`); the
+    dev relay's captured mail does, a user's mailbox does not.
+    """
+
+    def __init__(self, disk: DiskIO, keeps_receipts: Callable[[str], bool] = lambda path: False):
         self.disk = disk
+        self.keeps_receipts = keeps_receipts
         self._ready: set[str] = set()
 
     def accepts(self, route: Route) -> bool:
@@ -101,4 +108,6 @@ class LocalSink:
 
     def open(self, envelope: Envelope, throttle: Throttle = NO_THROTTLE) -> StreamingWriter:
         files = self.maildir_files(envelope.sender, [(r.address, r.route) for r in envelope.recipients])
-        return StreamingWriter(self.disk, files, throttle, transform=crlf_to_lf)
+        # Receipts first: each is in place before its message becomes visible in new/.
+        receipts = [ReceiptFile(f.maildir, f.name, receipt_record(envelope)) for f in files if self.keeps_receipts(f.maildir)]
+        return StreamingWriter(self.disk, [*receipts, *files], throttle, transform=crlf_to_lf)

@@ -26,9 +26,14 @@ function when(iso) {
   return today ? date.toLocaleTimeString() : date.toLocaleString();
 }
 
+// used is null for a message stored without its facts of receipt: unknown, not plain text.
 function tlsWords(receipt) {
   const tls = receipt.tls;
-  return tls.used ? `${tls.protocol}` : "plain";
+  return tls.used === null ? "unknown" : tls.used ? `${tls.protocol}` : "plain";
+}
+
+function tlsClass(tls) {
+  return tls.used === null ? "unknown" : tls.used ? "ok" : "bad";
 }
 
 async function loadList() {
@@ -50,7 +55,7 @@ function renderList() {
       el("span", "subject", m.subject || "(no subject)"),
       el("span", "time", when(m.received_at)),
       el("span", "addr", `${m.envelope.from || "<>"} → ${m.envelope.to.join(", ")}`),
-      el("span", `badge ${m.receipt.tls.used ? "tls" : "plain"}`, tlsWords(m.receipt)),
+      el("span", `badge ${m.receipt.tls.used === null ? "unknown" : m.receipt.tls.used ? "tls" : "plain"}`, tlsWords(m.receipt)),
     );
     item.addEventListener("click", () => select(m.id));
     list.append(item);
@@ -92,13 +97,14 @@ async function select(id) {
     ["From", m.from], ["To", m.to], ...(m.cc ? [["Cc", m.cc]] : []),
     ["Envelope", `${m.envelope.from || "<>"} → ${m.envelope.to.join(", ")}`],
     ["Received", `${when(m.received_at)} from ${m.receipt.helo || "?"} [${m.receipt.peer || "?"}]`],
-    ["TLS", m.receipt.tls.used ? `${m.receipt.tls.protocol}, ${m.receipt.tls.cipher}` : "none: received in plain text",
-      m.receipt.tls.used ? "ok" : "bad"],
+    ["TLS", m.receipt.tls.used === null ? "unknown: no receipt stored with this message"
+      : m.receipt.tls.used ? `${m.receipt.tls.protocol}, ${m.receipt.tls.cipher}` : "none: received in plain text",
+      tlsClass(m.receipt.tls)],
     ["Size", `${m.size} bytes`],
   ]);
   const tls = m.receipt.tls;
   pairs($("v-tls"), [
-    ["TLS", tls.used ? "yes" : "no (plain text)", tls.used ? "ok" : "bad"],
+    ["TLS", tls.used === null ? "unknown" : tls.used ? "yes" : "no (plain text)", tlsClass(tls)],
     ["Protocol", tls.protocol], ["Cipher", tls.cipher],
     ["Client certificate", tls.client_certificate],
     ["SMTP", m.receipt.smtp], ["Queue id", m.receipt.queue_id],
