@@ -23,6 +23,7 @@ from tlsmta.delivery.dsn import build_dsn, original_headers
 from tlsmta.delivery.pool import DeliveryJob, RecipientResult
 from tlsmta.errors import TlsmtaError
 from tlsmta.reporting import events
+from tlsmta.smtp.reply import Reply
 from tlsmta.storage.ids import new_message_id
 from tlsmta.storage.spool import BOUNCED, DELIVERED, PENDING, QueuedMessage, RecipientState, Spool
 
@@ -151,8 +152,7 @@ class Queue:
         message = self._idle_message(message_id)
         failed = message.pending
         for rcpt in failed:
-            rcpt.status = BOUNCED
-            rcpt.last = "550 5.0.0 returned to sender by the postmaster"
+            rcpt.record(BOUNCED, Reply.of(550, "5.0.0", "returned to sender by the postmaster"))
         self.in_flight.add(message_id)
         try:
             await self._bounce(message, failed, expired=False)
@@ -236,13 +236,12 @@ class Queue:
         for job, (ok, value) in zip(jobs, outcomes):
             if not ok:
                 log.failure("delivery job failed", value)
-                value = [RecipientResult(r.address, PENDING, "451 4.3.0 internal error") for r in job.recipients]
+                value = [RecipientResult(r.address, PENDING, Reply.of(451, "4.3.0", "internal error")) for r in job.recipients]
             for result in value:
                 for rcpt in by_address[result.address]:
                     if rcpt.status != PENDING:
                         continue
-                    rcpt.status = result.status
-                    rcpt.last = result.reply + (f" (from {result.remote})" if result.remote else "")
+                    rcpt.record(result.status, result.reply, result.remote)
                     if result.status == BOUNCED:
                         newly_bounced.append(rcpt)
         message.attempts += 1
@@ -250,8 +249,8 @@ class Queue:
         expired = now - message.received_at >= self.max_lifetime
         if expired:
             for rcpt in message.pending:
-                rcpt.status = BOUNCED
-                rcpt.last = rcpt.last or "451 4.4.7 message expired in the queue"
+                expiry = rcpt.last_reply or Reply.of(451, "4.4.7", "message expired in the queue")
+                rcpt.record(BOUNCED, expiry, rcpt.remote)
                 newly_bounced.append(rcpt)
         if newly_bounced:
             try:

@@ -70,7 +70,8 @@ class RecipientState:
         self.status, self.last, self.remote = status, str(reply), remote
 
     def to_json(self) -> dict[str, Any]:
-        return {"a": self.address, "r": str(self.route), "b": self.binding, "s": self.status, "l": self.last, "f": self.remote}
+        return {"a": self.address, "r": str(self.route), "b": self.binding, "s": self.status, "l": self.last,
+                "f": self.remote}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RecipientState:
