@@ -714,3 +714,24 @@ def test_bounce_is_not_lost_when_the_dsn_cannot_be_stored_at_first(tmp_path, cau
     assert "m1" not in h.queue.messages
     [job] = dsn_jobs()
     assert job.recipients[0].address == sender
+
+
+# -- gauges ---------------------------------------------------------------------------------------
+
+
+def test_gauges_age_is_by_the_queues_clock(h):
+    """The oldest message's age (what the metrics collector reports) is the queue's clock
+    minus its receipt, not the machine's time; an empty queue is 0 messages of age 0."""
+    from tlsmta.reporting.metrics import Metrics
+
+    assert h.queue.gauges() == (0, 0.0)
+    h.deliver.outcomes["bob@example.com"] = LATER
+    h.submit(new_message("old", ["bob@example.com"], received_at=T0 - 100))
+    h.submit(new_message("new", ["bob@example.com"]))
+    h.clock.advance(30)
+    assert h.queue.gauges() == (2, 130.0)
+    registry = Metrics(h.queue.gauges).registry
+    assert registry.get_sample_value("tlsmta_queue_messages") == 2
+    assert registry.get_sample_value("tlsmta_queue_oldest_age_seconds") == 130.0
+    h.clock.advance(1000)
+    assert registry.get_sample_value("tlsmta_queue_oldest_age_seconds") == 1130.0

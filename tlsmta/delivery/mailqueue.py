@@ -167,10 +167,15 @@ class Queue:
         events.emit("queue_bounced", msgid=message_id, rcpts=len(failed))
 
     def stats(self) -> tuple[int, float | None]:
-        """(messages queued, receipt time of the oldest) for metrics."""
+        """(messages queued, receipt time of the oldest) for ``tlsmta status``."""
         if not self.messages:
             return 0, None
         return len(self.messages), min(m.received_at for m in self.messages.values())
+
+    def gauges(self) -> tuple[int, float]:
+        """(messages queued, seconds the oldest has waited) for metrics, by the queue's clock."""
+        size, oldest = self.stats()
+        return size, 0.0 if oldest is None else max(0.0, self.now() - oldest)
 
     def _arm(self) -> None:
         if not self._running or not self._heap:
