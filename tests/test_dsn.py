@@ -16,6 +16,7 @@ import pytest
 from tlsmta.config.routes import parse_route
 from tlsmta.delivery import dsn
 from tlsmta.delivery.dsn import MAX_RETURNED_HEADERS, build_dsn, original_headers
+from tlsmta.smtp.reply import Reply
 from tlsmta.storage.spool import BOUNCED, RecipientState
 
 ARRIVAL = datetime(2025, 3, 1, 12, 0, tzinfo=timezone.utc)
@@ -213,3 +214,101 @@ def test_original_headers_limit_constant_is_used(monkeypatch):
     """The cut follows the module's MAX_RETURNED_HEADERS (a named limit, not a magic number)."""
     monkeypatch.setattr(dsn, "MAX_RETURNED_HEADERS", 10)
     assert original_headers(BODY) == HEADERS[:10]
+
+
+# -- the reply as a value, long and non-ASCII replies ---------------------------------------------
+
+
+def settled(address: str, reply: Reply, remote: str = "") -> RecipientState:
+    state = RecipientState(address, parse_route("mx"))
+    state.record(BOUNCED, reply, remote)
+    return state
+
+
+def unfold(value: str) -> str:
+    return value.replace("\r\n", "")
+
+
+def test_status_remote_and_diagnostic_come_from_the_reply():
+    """Status is the Reply's enhanced code, Remote-MTA the host that gave it, and the
+    Diagnostic-Code the reply itself (naming that host, as the queue shows it)."""
+    failed = [settled("bob@example.com", Reply.of(554, "5.7.1", ["relay denied", "see policy"]), "mx.example.net"),
+              settled("carol@example.com", Reply.of(550, None, "mailbox unavailable"))]
+    _, [bob, carol] = status_part(parse(make(failed)))
+    assert bob["Status"] == "5.7.1"
+    assert bob["Remote-MTA"] == "dns; mx.example.net"
+    assert bob["Diagnostic-Code"] == "smtp; 554 5.7.1 relay denied 5.7.1 see policy (from mx.example.net)"
+    assert carol["Status"] == "5.0.0" and carol["Remote-MTA"] is None
+    assert carol["Diagnostic-Code"] == "smtp; 550 mailbox unavailable"
+
+
+@pytest.mark.parametrize("text", [
+    " ".join(f"word{i:04d}" for i in range(456))[:4096],  # a long reply of ordinary words
+    "z" * 4096,  # one word no folding can break
+])
+def test_a_4096_character_reply_makes_no_line_over_998_octets(text):
+    """RFC 5322 2.1.1: a remote reply of 4,096 characters still gives lines of at most 998
+    octets; the status field is folded and the human text carries the reply whole."""
+    assert len(text) == 4096
+    data = make([settled("bob@example.com", Reply.of(550, "5.7.1", text), "mx.example.com")])
+    assert max(len(line) for line in data.split(b"\r\n")) <= 998
+    message = parse(data)
+    assert not message.defects and all(not p.defects for p in message.get_payload())
+    _, [block] = status_part(message)
+    assert block["Status"] == "5.7.1"
+    if " " in text:  # folded at spaces only: unfolding gives the reply back exactly
+        assert unfold(block["Diagnostic-Code"]) == f"smtp; 550 5.7.1 {text} (from mx.example.com)"
+    assert text in message.get_payload()[0].get_content()
+
+
+def test_non_ascii_reply_text_survives():
+    """A UTF-8 reply reads back exactly in the human part (quoted-printable UTF-8), and as
+    RFC 6533 escapes in the US-ASCII status part: the DSN itself is 7-bit."""
+    text = "Postfach voll – 受信者のメールボックスは満杯です ✉"
+    data = make([settled("bob@example.com", Reply.of(552, "5.2.2", text))])
+    assert data.isascii()
+    message = parse(data)
+    human = message.get_payload()[0]
+    assert human["Content-Transfer-Encoding"] == "quoted-printable"
+    assert f"<bob@example.com>: 552 5.2.2 {text}" in human.get_content()
+    _, [block] = status_part(message)
+    assert unfold(block["Diagnostic-Code"]) == "smtp; 552 5.2.2 " + dsn.ascii_text(text)
+    assert "\\x{2013}" in unfold(block["Diagnostic-Code"])
+
+
+def test_utf8_recipient_and_sender():
+    """An SMTPUTF8 recipient is a utf-8 Final-Recipient (RFC 6533); an SMTPUTF8 sender is
+    still the DSN's To: address."""
+    data = make([settled("jörg@exämple.de", Reply.of(550, "5.1.1", "unknown"))], sender="zoë@example.org")
+    message = email.message_from_string(data.decode("utf-8"), policy=email.policy.default)  # RFC 6532 headers
+    assert message["To"].addresses[0].addr_spec == "zoë@example.org"
+    _, [block] = status_part(message)
+    assert block["Final-Recipient"] == "utf-8; j\\x{F6}rg@ex\\x{E4}mple.de"
+    assert "jörg@exämple.de" in message.get_payload()[0].get_content()
+
+
+def test_utf8_original_headers_return_exactly():
+    """Original headers that are not ASCII (an SMTPUTF8 message) go back quoted-printable, byte for byte."""
+    headers = "From: Zoë <zoë@example.org>\r\nSubject: Grüße\r\n".encode()
+    part = parse(make([rcpt("bob@example.com", "550 5.1.1 x")], headers=headers)).get_payload()[2]
+    assert part["Content-Transfer-Encoding"] == "quoted-printable"
+    assert part.get_payload(decode=True) == headers
+
+
+@pytest.mark.parametrize("value", [
+    "smtp; 550 5.1.1 no such user",
+    "smtp; " + " ".join(["alpha", "beta", "gamma"] * 40),
+    "smtp; 550 " + "q" * 3000 + " tail",
+])
+def test_fold_field_keeps_lines_short_and_breaks_only_at_spaces(value):
+    """Lines of 78 where the words allow, never over 998; a field that fits stays one line,
+    and one folded at spaces unfolds to the value."""
+    folded = dsn.fold_field("Diagnostic-Code", value)
+    lines = folded.split("\r\n")
+    assert all(len(line) <= 998 for line in lines)
+    assert all(line.startswith(" ") for line in lines[1:])
+    assert all(len(line) <= 78 for line in lines if len(line.split()) > 1 and "q" * 100 not in line)
+    if len(value) + len("Diagnostic-Code: ") <= 78:
+        assert folded == f"Diagnostic-Code: {value}"
+    if "q" * 100 not in value:
+        assert unfold(folded) == f"Diagnostic-Code: {value}"

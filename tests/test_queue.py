@@ -23,6 +23,7 @@ from twisted.internet.task import Clock
 from tlsmta.config.routes import parse_route
 from tlsmta.delivery.mailqueue import Queue, group_jobs, retry_delay
 from tlsmta.delivery.pool import RecipientResult
+from tlsmta.smtp.reply import Reply
 from tlsmta.storage.spool import BOUNCED, DELIVERED, PENDING, QueuedMessage, RecipientState, Spool
 
 T0 = 1_700_000_000.0
@@ -32,9 +33,9 @@ HOSTNAME = "mx.example.net"
 HEADERS = b"Received: from client.example.org by mx.example.net\r\nFrom: alice@example.org\r\nSubject: hello\r\n"
 BODY = HEADERS + b"\r\nbody text\r\n"
 
-OK = (DELIVERED, "250 2.0.0 ok")
-LATER = (PENDING, "451 4.7.5 certificate name does not match mx.example.com", "mx.example.com")
-NO_USER = (BOUNCED, "550 5.1.1 no such user", "mx.example.com")
+OK = (DELIVERED, Reply.parse("250 2.0.0 ok"))
+LATER = (PENDING, Reply.parse("451 4.7.5 certificate name does not match mx.example.com"), "mx.example.com")
+NO_USER = (BOUNCED, Reply.parse("550 5.1.1 no such user"), "mx.example.com")
 
 
 # -- fakes ------------------------------------------------------------------------------------
@@ -293,7 +294,8 @@ def test_4xx_reschedules_and_persists(h):
     saved = h.on_disk()["m1"]
     assert (saved.attempts, saved.next_attempt) == (1, T0 + 60)
     assert saved.recipients[0].status == PENDING
-    assert saved.recipients[0].last == "451 4.7.5 certificate name does not match mx.example.com (from mx.example.com)"
+    assert saved.recipients[0].last_shown == "451 4.7.5 certificate name does not match mx.example.com (from mx.example.com)"
+    assert saved.recipients[0].last_reply == LATER[1] and saved.recipients[0].remote == "mx.example.com"
     assert h.dsns() == []
 
     h.clock.advance(59)
@@ -473,7 +475,7 @@ def test_expiry_bounces_pending_with_last_reason(h):
 def test_old_message_expires_at_first_attempt(h):
     """A message already older than max_lifetime (e.g. found at start) is attempted once, and
     if that attempt does not deliver it, bounced with that attempt's reason."""
-    h.deliver.outcomes.update({"bob@example.com": (PENDING, "421 4.4.2 too busy"), "alice@example.org": LATER})
+    h.deliver.outcomes.update({"bob@example.com": (PENDING, Reply.parse("421 4.4.2 too busy")), "alice@example.org": LATER})
     h.submit(new_message("m1", ["bob@example.com"], received_at=T0 - LIFETIME))
     h.clock.advance(0)
     assert "m1" not in h.queue.messages
@@ -712,3 +714,24 @@ def test_bounce_is_not_lost_when_the_dsn_cannot_be_stored_at_first(tmp_path, cau
     assert "m1" not in h.queue.messages
     [job] = dsn_jobs()
     assert job.recipients[0].address == sender
+
+
+# -- gauges ---------------------------------------------------------------------------------------
+
+
+def test_gauges_age_is_by_the_queues_clock(h):
+    """The oldest message's age (what the metrics collector reports) is the queue's clock
+    minus its receipt, not the machine's time; an empty queue is 0 messages of age 0."""
+    from tlsmta.reporting.metrics import Metrics
+
+    assert h.queue.gauges() == (0, 0.0)
+    h.deliver.outcomes["bob@example.com"] = LATER
+    h.submit(new_message("old", ["bob@example.com"], received_at=T0 - 100))
+    h.submit(new_message("new", ["bob@example.com"]))
+    h.clock.advance(30)
+    assert h.queue.gauges() == (2, 130.0)
+    registry = Metrics(h.queue.gauges).registry
+    assert registry.get_sample_value("tlsmta_queue_messages") == 2
+    assert registry.get_sample_value("tlsmta_queue_oldest_age_seconds") == 130.0
+    h.clock.advance(1000)
+    assert registry.get_sample_value("tlsmta_queue_oldest_age_seconds") == 1130.0

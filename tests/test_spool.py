@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 import pytest
 
 from tlsmta.config.routes import parse_route
+from tlsmta.smtp.reply import Reply
 from tlsmta.storage import spool as spool_module
 from tlsmta.storage.interfaces import Envelope, Recipient
 from tlsmta.storage.spool import BOUNCED, DELIVERED, FORMAT, PENDING, QueuedMessage, RecipientState, Spool
@@ -450,3 +451,70 @@ def test_header_scan_keeps_memory_flat():
         assert len(scanner._partial) <= scanner.KEEP
     scanner.feed(b"\r\nTLS-Required: No\r\n\r\n")
     assert scanner.tls_required_no and scanner.done
+
+
+# -- the last result as a value ------------------------------------------------------------
+
+
+def test_last_result_is_a_reply_and_its_host_a_field_of_its_own(spool):
+    """record() keeps the Reply and the host that gave it apart; both survive a save and a load,
+    and the text people read still names the host."""
+    m = message(attempts=0)
+    spool.store_blocking(m, BODY)
+    reply = Reply.of(451, "4.7.5", "certificate name does not match mx.example.com")
+    m.recipients[0].record(PENDING, reply, "mx.example.com")
+    spool.save_blocking(m)
+    [loaded], problems = spool.load_blocking([m.id])
+    rcpt = loaded.recipients[0]
+    assert problems == []
+    assert rcpt.last_reply == reply and rcpt.last_reply.enhanced == "4.7.5"
+    assert rcpt.remote == "mx.example.com"
+    assert rcpt.last_shown == "451 4.7.5 certificate name does not match mx.example.com (from mx.example.com)"
+    assert loaded.recipients[3].last_reply is None and loaded.recipients[3].last_shown == ""
+
+
+def test_state_keeps_the_format_older_versions_read(spool):
+    """Per-recipient entries stay [status, last] pairs; the hosts are a separate key, which
+    a version that predates them ignores."""
+    m = message()
+    m.recipients[0].record(PENDING, Reply.of(451, "4.4.1", "timeout"), "mx.example.com")
+    state = json.loads(m.state_json())
+    assert state["rcpts"][0] == [PENDING, "451 4.4.1 timeout"]
+    assert all(len(entry) == 2 for entry in state["rcpts"])
+    assert state["remotes"] == ["mx.example.com", "", "", ""]
+
+
+def test_state_written_by_the_old_format_loads(spool):
+    """A state file from before the host had its own field (the host inside ``last``)
+    loads with the result text as it was."""
+    m = message(attempts=0)
+    spool.store_blocking(m, BODY)
+    old = {"id": m.id, "attempts": 2, "next_attempt": 1_700_000_300.0,
+           "rcpts": [[PENDING, "451 4.7.5 bad certificate (from mx.example.com)"], [DELIVERED, "250 2.0.0 ok"],
+                     [BOUNCED, "550 5.1.1 no such user (from mx.local.test)"], [PENDING, ""]]}
+    with open(spool.state_path(m.id), "w") as f:
+        json.dump(old, f)
+    [loaded], problems = spool.load_blocking([m.id])
+    assert problems == [] and loaded.attempts == 2
+    rcpt = loaded.recipients[0]
+    assert (rcpt.last, rcpt.remote) == ("451 4.7.5 bad certificate (from mx.example.com)", "")
+    assert rcpt.last_shown == "451 4.7.5 bad certificate (from mx.example.com)"
+    assert rcpt.last_reply.code == 451 and rcpt.last_reply.enhanced == "4.7.5"
+
+
+def test_state_with_hosts_for_other_recipients_is_refused(spool):
+    """A remotes list that does not match the recipients is a torn record, like a short rcpts list."""
+    m = message()
+    state = json.loads(m.state_json())
+    state["remotes"] = ["mx.example.com"]
+    with pytest.raises(ValueError):
+        m.apply_state(json.dumps(state).encode())
+
+
+def test_old_record_without_remote_host_loads():
+    """A received record from before the host field (no "f" key) loads with no host."""
+    data = json.loads(message().to_json())
+    for rcpt in data["rcpts"]:
+        del rcpt["f"]
+    loaded = QueuedMessage.from_json(json.dumps(data).encode())
+    assert loaded == message()

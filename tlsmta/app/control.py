@@ -40,7 +40,7 @@ def describe(message: QueuedMessage, in_flight: bool = False) -> dict[str, Any]:
         "next_attempt": message.next_attempt,
         "in_flight": in_flight,
         "recipients": [
-            {"address": r.address, "route": str(r.route), "binding": r.binding, "status": r.status, "last": r.last}
+            {"address": r.address, "route": str(r.route), "binding": r.binding, "status": r.status, "last": r.last_shown}
             for r in message.recipients
         ],
         "tls": message.tls,

@@ -282,7 +282,7 @@ class TlsmtaService(MultiService):
             self.listeners[listener.name] = service
         self.metrics: MetricsService | None = None
         if config.metrics["endpoint"]:
-            self.metrics = MetricsService(reactor, config.metrics["endpoint"], Metrics(self.queue.stats))
+            self.metrics = MetricsService(reactor, config.metrics["endpoint"], Metrics(self.queue.gauges))
             self.metrics.setServiceParent(self)
         self.web: Any = None
         if config.http["endpoint"]:

@@ -24,6 +24,7 @@ from tlsmta.delivery.pool import DeliveryJob, RecipientResult
 from tlsmta.errors import TlsmtaError
 from tlsmta.reporting import events
 from tlsmta.smtp.names import domain_of
+from tlsmta.smtp.reply import Reply
 from tlsmta.storage.ids import new_message_id
 from tlsmta.storage.spool import BOUNCED, DELIVERED, PENDING, QueuedMessage, RecipientState, Spool
 
@@ -152,8 +153,7 @@ class Queue:
         message = self._idle_message(message_id)
         failed = message.pending
         for rcpt in failed:
-            rcpt.status = BOUNCED
-            rcpt.last = "550 5.0.0 returned to sender by the postmaster"
+            rcpt.record(BOUNCED, Reply.of(550, "5.0.0", "returned to sender by the postmaster"))
         self.in_flight.add(message_id)
         try:
             await self._bounce(message, failed, expired=False)
@@ -168,10 +168,15 @@ class Queue:
         events.emit("queue_bounced", msgid=message_id, rcpts=len(failed))
 
     def stats(self) -> tuple[int, float | None]:
-        """(messages queued, receipt time of the oldest) for metrics."""
+        """(messages queued, receipt time of the oldest) for ``tlsmta status``."""
         if not self.messages:
             return 0, None
         return len(self.messages), min(m.received_at for m in self.messages.values())
+
+    def gauges(self) -> tuple[int, float]:
+        """(messages queued, seconds the oldest has waited) for metrics, by the queue's clock."""
+        size, oldest = self.stats()
+        return size, 0.0 if oldest is None else max(0.0, self.now() - oldest)
 
     def _arm(self) -> None:
         if not self._running or not self._heap:
@@ -237,13 +242,12 @@ class Queue:
         for job, (ok, value) in zip(jobs, outcomes):
             if not ok:
                 log.failure("delivery job failed", value)
-                value = [RecipientResult(r.address, PENDING, "451 4.3.0 internal error") for r in job.recipients]
+                value = [RecipientResult(r.address, PENDING, Reply.of(451, "4.3.0", "internal error")) for r in job.recipients]
             for result in value:
                 for rcpt in by_address[result.address]:
                     if rcpt.status != PENDING:
                         continue
-                    rcpt.status = result.status
-                    rcpt.last = result.reply + (f" (from {result.remote})" if result.remote else "")
+                    rcpt.record(result.status, result.reply, result.remote)
                     if result.status == BOUNCED:
                         newly_bounced.append(rcpt)
         message.attempts += 1
@@ -251,8 +255,8 @@ class Queue:
         expired = now - message.received_at >= self.max_lifetime
         if expired:
             for rcpt in message.pending:
-                rcpt.status = BOUNCED
-                rcpt.last = rcpt.last or "451 4.4.7 message expired in the queue"
+                expiry = rcpt.last_reply or Reply.of(451, "4.4.7", "message expired in the queue")
+                rcpt.record(BOUNCED, expiry, rcpt.remote)
                 newly_bounced.append(rcpt)
         if newly_bounced:
             try:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import datetime
 import enum
 import os
-import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
@@ -82,12 +81,13 @@ class RecipientResult:
 
     address: str
     status: str  # DELIVERED, PENDING (deferred) or BOUNCED
-    reply: str  # "250 2.0.0 Ok", "451 4.7.5 certificate ...", ...
+    reply: Reply  # what the remote host said, or our own verdict (451 4.7.5 certificate ...)
     remote: str = ""  # the host that answered, if any
 
 
-def outcome_of(code: int) -> str:
+def outcome_of(reply: Reply | int) -> str:
     """2xx delivered, 5xx bounced, anything else deferred."""
+    code = reply.code if isinstance(reply, Reply) else reply
     if 200 <= code < 300:
         return DELIVERED
     if 500 <= code < 600:
@@ -95,9 +95,9 @@ def outcome_of(code: int) -> str:
     return PENDING
 
 
-def results_for(job: DeliveryJob, code: int, text: str, remote: str = "") -> list[RecipientResult]:
+def results_for(job: DeliveryJob, reply: Reply, remote: str = "") -> list[RecipientResult]:
     """The same outcome for every recipient of the job."""
-    return [RecipientResult(r.address, outcome_of(code), f"{code} {text}", remote) for r in job.recipients]
+    return [RecipientResult(r.address, outcome_of(reply), reply, remote) for r in job.recipients]
 
 
 @attrs.frozen
@@ -348,7 +348,7 @@ class Destination:
     def _fail_queued(self, code: int, text: str, attempt: Attempt | None = None) -> None:
         while self.jobs:
             job, d = self.jobs.popleft()
-            results = results_for(job, code, text, attempt.mx if attempt else "")
+            results = results_for(job, Reply.of(code, None, text), attempt.mx if attempt else "")
             self.pool.log_job(job, self, attempt, results)
             d.callback(results)
 
@@ -524,14 +524,14 @@ class Destination:
             try:
                 results = await self.pool.transaction(proto, job, caps, attempt)
             except ConnectionBroken as e:
-                results = results_for(job, 451, f"4.4.2 {attempt.mx}[{attempt.ip}]: {e.reason}", attempt.mx)
+                results = results_for(job, Reply.of(451, "4.4.2", f"{attempt.mx}[{attempt.ip}]: {e.reason}"), attempt.mx)
                 self.pool.log_job(job, self, attempt, results)
                 d.callback(results)
                 raise
             except Exception:
                 # A bug or a reply nobody foresaw: this job is settled (deferred) here, since the
                 # session's error handler only sees the jobs still queued; it must not stay in flight.
-                results = results_for(job, 451, "4.3.0 internal error during delivery", attempt.mx)
+                results = results_for(job, Reply.of(451, "4.3.0", "internal error during delivery"), attempt.mx)
                 self.pool.log_job(job, self, attempt, results)
                 d.callback(results)
                 raise
@@ -589,7 +589,7 @@ class OutboundPool:
             values = self._apply_parameter_hook(job, values)
         except HookFailure as e:
             # Never guess weaker settings for a message whose hook failed: defer it.
-            results = results_for(job, 451, f"4.3.0 {e}")
+            results = results_for(job, Reply.of(451, "4.3.0", str(e)))
             self.log_job(job, None, None, results)
             return succeed(results)
         tls_options = TLSOptions.from_options(values)
@@ -725,9 +725,9 @@ class OutboundPool:
         remote = attempt.mx
         limit = caps.get("SIZE", "")
         if limit.isascii() and limit.isdigit() and int(limit) and message.size > int(limit):
-            return results_for(job, 552, f"5.3.4 message size {message.size} exceeds {remote}'s limit {limit}", remote)
+            return results_for(job, Reply.of(552, "5.3.4", f"message size {message.size} exceeds {remote}'s limit {limit}"), remote)
         if message.smtputf8 and "SMTPUTF8" not in caps:
-            return results_for(job, 553, f"5.6.7 {remote} does not support SMTPUTF8", remote)
+            return results_for(job, Reply.of(553, "5.6.7", f"{remote} does not support SMTPUTF8"), remote)
         params = []
         if "SIZE" in caps:
             params.append(f"SIZE={message.size}")
@@ -758,9 +758,9 @@ class OutboundPool:
                 await proto.command(".", timeout=DATA_START_TIMEOUT)  # a server that said 354 anyway: end it empty
             await self._reset(proto)
             if not mail_reply.positive:
-                return results_for(job, mail_reply.code, mail_reply.text, remote)
+                return results_for(job, mail_reply, remote)
         results = {
-            r.address: RecipientResult(r.address, outcome_of(rcpt_replies[r.address].code), str(rcpt_replies[r.address]), remote)
+            r.address: RecipientResult(r.address, outcome_of(rcpt_replies[r.address]), rcpt_replies[r.address], remote)
             for r in job.recipients
             if r not in accepted
         }
@@ -773,7 +773,7 @@ class OutboundPool:
             else:
                 final = await proto.send_body(self._body_chunks(message.id))
             for r in accepted:
-                results[r.address] = RecipientResult(r.address, outcome_of(final.code), str(final), remote)
+                results[r.address] = RecipientResult(r.address, outcome_of(final), final, remote)
         return [results[r.address] for r in job.recipients]
 
     async def _reset(self, proto: OutboundSMTP) -> None:
@@ -832,8 +832,7 @@ class OutboundPool:
 
     def log_job(self, job: DeliveryJob, dest: Destination | None, attempt: Attempt | None, results: list[RecipientResult]) -> None:
         counts = {s: sum(1 for r in results if r.status == s) for s in (DELIVERED, PENDING, BOUNCED)}
-        worst = next((r for r in results if r.status != DELIVERED), results[0])
-        code, _, text = worst.reply.partition(" ")
+        worst = next((r for r in results if r.status != DELIVERED), results[0]).reply
         tls_fields = dict(attempt.tls) if attempt else {"tls": "none"}
         if dest is not None:
             tls_fields.setdefault("tls_verify", dest.tls_options.verify.value)
@@ -850,10 +849,11 @@ class OutboundPool:
             delivered=counts[DELIVERED],
             deferred=counts[PENDING],
             bounced=counts[BOUNCED],
-            code=code,
-            text=text,
+            code=str(worst.code),
+            status=worst.enhanced,
+            text=worst.text,
             attempt=job.message.attempts + 1,
-            delay=round(max(0.0, time.time() - job.message.received_at), 3),
+            delay=round(max(0.0, self.reactor.seconds() - job.message.received_at), 3),
             **tls_fields,
         )
 
@@ -870,7 +870,7 @@ class Deliverer:
 
     def deliver(self, job: DeliveryJob) -> Deferred[list[RecipientResult]]:
         if job.route.kind == "discard":
-            return succeed(results_for(job, 250, "2.0.0 discarded"))
+            return succeed(results_for(job, Reply.of(250, "2.0.0", "discarded")))
         if job.route.kind == "maildir":
             return ensureDeferred(self._maildir(job))
         return self.pool.submit(job, self.options_for(job.domain, job.binding))
@@ -898,5 +898,5 @@ class Deliverer:
         except OSError as e:
             for target in files:
                 target.discard()
-            return results_for(job, 451, f"4.3.0 Maildir delivery failed: {e.strerror}")
-        return results_for(job, 250, "2.0.0 delivered to Maildir")
+            return results_for(job, Reply.of(451, "4.3.0", f"Maildir delivery failed: {e.strerror}"))
+        return results_for(job, Reply.of(250, "2.0.0", "delivered to Maildir"))

@@ -8,7 +8,6 @@ Served by twisted.web on the opt-in ``[metrics] endpoint``.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -32,7 +31,7 @@ def reason_class(code: Any, text: Any) -> str:
 class Metrics:
     """A registry of tlsmta's metrics and the event handler that updates them."""
 
-    def __init__(self, queue_stats: Callable[[], tuple[int, float | None]] | None = None):
+    def __init__(self, queue_gauges: Callable[[], tuple[int, float]] | None = None):
         self.registry = CollectorRegistry()
         r = self.registry
         self.connections = Counter("tlsmta_connections", "Inbound SMTP sessions admitted", ["listener"], registry=r)
@@ -56,8 +55,8 @@ class Metrics:
         self.latency = Histogram(
             "tlsmta_delivery_latency_seconds", "From receipt to delivery", buckets=LATENCY_BUCKETS, registry=r
         )
-        if queue_stats is not None:
-            r.register(_QueueCollector(queue_stats))
+        if queue_gauges is not None:
+            r.register(_QueueCollector(queue_gauges))
 
     def handle(self, event: str, fields: Mapping[str, Any]) -> None:
         """Update the metrics for one structured event."""
@@ -110,15 +109,15 @@ def _verify_result(mode: str, verified: Any) -> str:
 
 
 class _QueueCollector:
-    """Queue size and oldest message age, read when Prometheus scrapes."""
+    """Queue size and oldest message age, read when Prometheus scrapes; the age is
+    the queue's to tell, by the clock it runs on."""
 
-    def __init__(self, stats: Callable[[], tuple[int, float | None]]):
-        self.stats = stats
+    def __init__(self, gauges: Callable[[], tuple[int, float]]):
+        self.gauges = gauges
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
-        size, oldest = self.stats()
+        size, age = self.gauges()
         yield GaugeMetricFamily("tlsmta_queue_messages", "Messages in the queue", value=size)
-        age = 0.0 if oldest is None else max(0.0, time.time() - oldest)
         yield GaugeMetricFamily("tlsmta_queue_oldest_age_seconds", "Age of the oldest queued message", value=age)
 
 

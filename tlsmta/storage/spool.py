@@ -29,6 +29,7 @@ import attrs
 
 from tlsmta.config.routes import Route, parse_route
 from tlsmta.smtp.names import domain_of
+from tlsmta.smtp.reply import Reply
 from tlsmta.storage.diskio import DiskIO
 from tlsmta.storage.filewriter import StreamingWriter, TempFile, remove_if_present, write_all
 from tlsmta.storage.interfaces import NO_THROTTLE, Envelope, Throttle
@@ -46,18 +47,36 @@ class RecipientState:
     route: Route
     binding: str = "default"
     status: str = PENDING
-    last: str = ""  # the latest result, e.g. "451 4.7.5 certificate name does not match ..."
+    # The latest result as str(Reply), e.g. "451 4.7.5 certificate name does not match ...";
+    # records written before ``remote`` existed end in " (from HOST)" instead.
+    last: str = ""
+    remote: str = ""  # the host that gave the latest result, if one did
 
     @property
     def domain(self) -> str:
         return domain_of(self.address)
 
+    @property
+    def last_reply(self) -> Reply | None:
+        """The latest result as a value, None before the first attempt."""
+        return Reply.parse(self.last) if self.last else None
+
+    @property
+    def last_shown(self) -> str:
+        """The latest result as people read it (queue show, DSNs): ``550 5.1.1 no such user (from mx.example.com)``."""
+        return self.last + (f" (from {self.remote})" if self.remote else "")
+
+    def record(self, status: str, reply: Reply, remote: str = "") -> None:
+        """An attempt's outcome for this recipient."""
+        self.status, self.last, self.remote = status, str(reply), remote
+
     def to_json(self) -> dict[str, Any]:
-        return {"a": self.address, "r": str(self.route), "b": self.binding, "s": self.status, "l": self.last}
+        return {"a": self.address, "r": str(self.route), "b": self.binding, "s": self.status, "l": self.last,
+                "f": self.remote}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RecipientState:
-        return cls(data["a"], parse_route(data["r"]), data["b"], data["s"], data["l"])
+        return cls(data["a"], parse_route(data["r"]), data["b"], data["s"], data["l"], data.get("f", ""))
 
 
 @attrs.define(slots=True)
@@ -118,6 +137,9 @@ class QueuedMessage:
             "attempts": self.attempts,
             "next_attempt": self.next_attempt,
             "rcpts": [[r.status, r.last] for r in self.recipients],
+            # A key of its own, not a third list item: a state file from this version
+            # still loads in one that predates it (which ignores unknown keys).
+            "remotes": [r.remote for r in self.recipients],
         }
         return json.dumps(data, separators=(",", ":")).encode("utf-8")
 
@@ -129,10 +151,14 @@ class QueuedMessage:
         statuses = [(str(status), str(last)) for status, last in data["rcpts"]]
         if any(status not in (PENDING, DELIVERED, BOUNCED) for status, _ in statuses):
             raise ValueError("unknown recipient status")
+        # Absent from state written before the remote host had its own field.
+        remotes = [str(remote) for remote in data.get("remotes", [""] * len(self.recipients))]
+        if len(remotes) != len(self.recipients):
+            raise ValueError("state record does not belong to this message")
         self.attempts = int(data["attempts"])
         self.next_attempt = float(data["next_attempt"])
-        for rcpt, (status, last) in zip(self.recipients, statuses):
-            rcpt.status, rcpt.last = status, last
+        for rcpt, (status, last), remote in zip(self.recipients, statuses, remotes):
+            rcpt.status, rcpt.last, rcpt.remote = status, last, remote
 
     @classmethod
     def from_json(cls, raw: bytes) -> QueuedMessage:
