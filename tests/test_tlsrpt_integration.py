@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import gzip
 import json
+import threading
 from typing import Any
 
 import pytest_twisted
@@ -19,6 +20,7 @@ from tlsmta.app import cli
 from tlsmta.discovery import dane
 from tlsmta.reporting import tlsrpt
 from tlsmta.reporting.tlsrpt_sender import store_directory
+from tlsmta.storage import appender
 
 
 def today() -> datetime.date:
@@ -92,6 +94,22 @@ async def test_starttls_missing_is_recorded_without_policy(tmp_path: Any, pki: A
     [stats] = store(tmp_path).aggregate(today())[DOMAIN]
     assert (stats.policy_type, stats.failures) == ("no-policy-found", 1)
     assert [k.result_type for k in stats.details] == [tlsrpt.STARTTLS_NOT_SUPPORTED]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_service_records_in_its_disk_thread(tmp_path: Any, pki: Any, monkeypatch: Any) -> None:
+    """A session's result is appended by the disk thread, never the reactor's, and is there after a clean stop."""
+    opened_in: list[str] = []
+
+    def recording_open(path: str, *args: Any, **kwargs: Any) -> Any:
+        opened_in.append(threading.current_thread().name)
+        return open(path, *args, **kwargs)
+
+    monkeypatch.setattr(appender, "open", recording_open, raising=False)
+    await one(tmp_path, pki, None, tls="ifavailable")
+    [stats] = store(tmp_path).aggregate(today())[DOMAIN]
+    assert stats.failures == 1
+    assert opened_in and all(name.startswith("tlsmta-disk-") for name in opened_in), opened_in
 
 
 @pytest_twisted.ensureDeferred

@@ -897,6 +897,6 @@ class Deliverer:
                 await self.disk.sync_directory(target.directories[0])
         except OSError as e:
             for target in files:
-                target.discard()
+                await self.disk.run(target.discard)
             return results_for(job, Reply.of(451, "4.3.0", f"Maildir delivery failed: {e.strerror}"))
         return results_for(job, Reply.of(250, "2.0.0", "delivered to Maildir"))

@@ -17,17 +17,15 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IAddress, ILoggingContext, IProtocol, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-from twisted.protocols.haproxy._exceptions import InvalidProxyHeader
-from twisted.protocols.haproxy._v1parser import V1Parser
-from twisted.protocols.haproxy._v2parser import V2Parser
-from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper, HAProxyWrappingFactory
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, providedBy
 
 from tlsmta.inbound.acceptance import in_networks
+from tlsmta.inbound.haproxy_private import HeaderParser, InvalidProxyHeader, ProxyInfo, parser_for
 
 log = Logger(namespace="tlsmta.proxyheader")
 
@@ -36,8 +34,13 @@ PROXY_HEADER_TIMEOUT = 10.0  # seconds for the proxy to send the header after co
 UNKNOWN_CLIENT = "unknown"  # the peer "address" when the header names no client
 
 
-class TrustedProxyProtocol(HAProxyProtocolWrapper):
+class TrustedProxyProtocol(ProtocolWrapper):
     factory: TrustedProxyFactory
+
+    def __init__(self, factory: TrustedProxyFactory, wrappedProtocol: IProtocol):
+        super().__init__(factory, wrappedProtocol)
+        self._proxyInfo: ProxyInfo | None = None
+        self._parser: HeaderParser | None = None
 
     def makeConnection(self, transport: Any) -> None:
         # ProtocolWrapper.makeConnection, without starting the wrapped protocol yet.
@@ -64,7 +67,7 @@ class TrustedProxyProtocol(HAProxyProtocolWrapper):
         if self._parser is None:
             # Unlike Twisted's wrapper, a header's first bytes may come in several segments.
             data = self._head = getattr(self, "_head", b"") + data
-            parser = _parser_for(data)
+            parser = parser_for(data)
             if parser is None:
                 return  # not enough bytes yet to tell
             if parser is False:
@@ -84,13 +87,20 @@ class TrustedProxyProtocol(HAProxyProtocolWrapper):
         if remaining:
             self.wrappedProtocol.dataReceived(remaining)
 
-    def getPeer(self) -> Any:
+    def getPeer(self) -> IAddress:
+        if self._proxyInfo is None:
+            return self.transport.getPeer()
         # LOCAL (v2, e.g. health checks) and UNKNOWN (v1) headers name no client.  Stock
         # Twisted then answers with the proxy's own address, which relay_networks may well
         # list; a session whose client is unknown must not inherit the proxy's standing.
-        if self._proxyInfo is not None and self._proxyInfo.source is None:
+        if self._proxyInfo.source is None:
             return IPv4Address("TCP", UNKNOWN_CLIENT, 0)
-        return super().getPeer()
+        return self._proxyInfo.source
+
+    def getHost(self) -> IAddress:
+        if self._proxyInfo is not None and self._proxyInfo.destination is not None:
+            return self._proxyInfo.destination
+        return self.transport.getHost()
 
     def _refuse(self, why: str) -> None:
         log.warn("PROXY listener: {why}; closed", why=why)
@@ -107,26 +117,19 @@ class TrustedProxyProtocol(HAProxyProtocolWrapper):
             self.factory.unregisterProtocol(self)
 
 
-def _parser_for(head: bytes) -> V1Parser | V2Parser | bool | None:
-    """The parser for a header starting with ``head``; None: undecided yet; False: not a header."""
-    if len(head) >= 13 and head[:12] == V2Parser.PREFIX:
-        if head[12] & 0xF0 != 0x20:
-            return False
-        return V2Parser() if len(head) >= 16 else None  # Twisted's parser wants the length field at once
-    if head.startswith(V1Parser.PROXYSTR):
-        return V1Parser()
-    if V2Parser.PREFIX.startswith(head[:12]) or V1Parser.PROXYSTR.startswith(head):
-        return None
-    return False
-
-
-class TrustedProxyFactory(HAProxyWrappingFactory):
+class TrustedProxyFactory(WrappingFactory):
     protocol = TrustedProxyProtocol
 
     def __init__(self, wrapped: Any, trusted: Callable[[], Iterable[Any]], reactor: IReactorTime):
         super().__init__(wrapped)
         self.trusted = trusted  # called per connection: a reload's new proxy_networks apply at once
         self.reactor = reactor
+
+    def logPrefix(self) -> str:
+        # As Twisted's HAProxyWrappingFactory: the listener's log lines say PROXY is in use.
+        inner = self.wrappedFactory
+        prefix = inner.logPrefix() if ILoggingContext.providedBy(inner) else type(inner).__name__
+        return f"{prefix} (PROXY)"
 
 
 def listen(reactor: Any, endpoint: str, factory: Any, trusted: Callable[[], Iterable[Any]]) -> Any:

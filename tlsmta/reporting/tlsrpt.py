@@ -23,6 +23,7 @@ from typing import Any
 
 import attrs
 
+from tlsmta.storage.appender import LineAppender, Run
 from tlsmta.storage.filewriter import remove_if_present
 
 # RFC 8460's vocabulary lives beside the TLS verdicts that produce it; named here too.
@@ -89,11 +90,16 @@ class TLSRPTStore:
     report that misses the last few sessions before a crash is acceptable);
     ``DIR/YYYY-MM-DD.sent`` lists the domains whose report for that day went
     out (fsynced: a day is reported once, even across restarts).
+
+    With ``run`` (``DiskIO.run``) the outcomes are appended by the disk
+    thread, in recording order; the readers below first write what is still
+    pending, so they see every outcome recorded before they were called.
     """
 
-    def __init__(self, directory: str):
+    def __init__(self, directory: str, run: Run | None = None):
         self.directory = directory
         os.makedirs(directory, exist_ok=True)
+        self._appender = LineAppender(run)
 
     def _path(self, day: datetime.date, suffix: str) -> str:
         return os.path.join(self.directory, f"{day.isoformat()}.{suffix}")
@@ -111,7 +117,7 @@ class TLSRPTStore:
         receiving_ip: str | None = None,
         reason: str | None = None,
     ) -> None:
-        """Note one session's outcome (cheap: one appended line, no fsync)."""
+        """Note one session's outcome (cheap: one line handed to the appender, no fsync)."""
         if policy_type not in POLICY_TYPES:
             raise ValueError(f"unknown TLSRPT policy type {policy_type!r}")
         if not success and result_type not in RESULT_TYPES:
@@ -125,14 +131,14 @@ class TLSRPTStore:
         }
         if not success:
             line.update(result_type=result_type, sending_ip=sending_ip, receiving_ip=receiving_ip, reason=reason)
-        with open(self._path(day, "jsonl"), "a", encoding="utf-8") as f:
-            f.write(json.dumps(line, separators=(",", ":")) + "\n")
+        self._appender.append(self._path(day, "jsonl"), json.dumps(line, separators=(",", ":")) + "\n")
 
     def aggregate(self, day: datetime.date) -> dict[str, list[PolicyStats]]:
         """The day's sessions summed per domain and policy.
 
         Unreadable lines (a line cut short by a crash) are skipped.
         """
+        self._appender.write_pending()
         out: dict[str, dict[tuple[Any, ...], PolicyStats]] = {}
         try:
             f = open(self._path(day, "jsonl"), encoding="utf-8")
@@ -162,6 +168,7 @@ class TLSRPTStore:
 
     def days(self) -> list[datetime.date]:
         """Days with recorded outcomes, oldest first."""
+        self._appender.write_pending()
         found = []
         for name in os.listdir(self.directory):
             if name.endswith(".jsonl"):

@@ -64,7 +64,7 @@ class TLSRPTService(Service):
     def startService(self) -> None:
         super().startService()
         try:
-            self.store = tlsrpt.TLSRPTStore(store_directory(self.owner.config.state_dir))
+            self.store = tlsrpt.TLSRPTStore(store_directory(self.owner.config.state_dir), run=self.owner.disk.run)
         except OSError as e:
             log.error("TLS-RPT disabled: cannot create {path}: {error}", path=store_directory(self.owner.config.state_dir), error=e)
             return

@@ -52,27 +52,41 @@ def crlf_to_lf(data: bytes) -> bytes:
 
 
 class MaildirFile:
-    """One message file in one Maildir (a FileTarget; runs in the disk thread)."""
+    """One message file in one Maildir (a FileTarget; runs in the disk thread).
 
-    def __init__(self, maildir: str, prefix: bytes):
+    The Maildir is made (``prepare``) before the first write, in the disk
+    thread too: making one is filesystem work the reactor must not wait for.
+    """
+
+    def __init__(self, maildir: str, prefix: bytes, prepare: Callable[[str], None]):
         self.maildir = maildir
         self.name = unique_name()
         self.file = TempFile(os.path.join(maildir, "tmp", self.name), prefix)
         self.new_path = os.path.join(maildir, "new", self.name)
+        self._prepare = prepare
+        self._prepared = False
 
     @property
     def directories(self) -> Sequence[str]:
         return (os.path.join(self.maildir, "new"),)
 
+    def _ready(self) -> None:
+        if not self._prepared:
+            self._prepare(self.maildir)
+            self._prepared = True
+
     def append(self, data: bytes) -> None:
+        self._ready()
         self.file.append(data)
 
     def finish(self) -> None:
+        self._ready()
         self.file.sync_and_close()
         os.rename(self.file.path, self.new_path)
 
     def discard(self) -> None:
-        self.file.discard()
+        if self._prepared:  # otherwise nothing was written (and tmp/ may not even be there)
+            self.file.discard()
 
 
 class LocalSink:
@@ -98,16 +112,17 @@ class LocalSink:
             if route.kind == "maildir":
                 assert route.path is not None
                 by_maildir[route.path].append(address)
-        files = []
-        for path, rcpts in by_maildir.items():
-            if path not in self._ready:
-                ensure_maildir(path)  # once per path per process: a few mkdir calls
-                self._ready.add(path)
-            files.append(MaildirFile(path, local_headers(sender, rcpts)))
-        return files
+        return [MaildirFile(path, local_headers(sender, rcpts), self._prepare) for path, rcpts in by_maildir.items()]
+
+    def _prepare(self, path: str) -> None:
+        """ensure_maildir once per path per process (disk threads: two racing both make it, harmlessly)."""
+        if path not in self._ready:
+            ensure_maildir(path)
+            self._ready.add(path)
 
     def open(self, envelope: Envelope, throttle: Throttle = NO_THROTTLE) -> StreamingWriter:
         files = self.maildir_files(envelope.sender, [(r.address, r.route) for r in envelope.recipients])
         # Receipts first: each is in place before its message becomes visible in new/.
-        receipts = [ReceiptFile(f.maildir, f.name, receipt_record(envelope)) for f in files if self.keeps_receipts(f.maildir)]
+        receipts = [ReceiptFile(f.maildir, f.name, receipt_record(envelope), self._prepare)
+                    for f in files if self.keeps_receipts(f.maildir)]
         return StreamingWriter(self.disk, [*receipts, *files], throttle, transform=crlf_to_lf)

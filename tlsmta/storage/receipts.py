@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from tlsmta.storage.diskio import fsync_directory
@@ -77,7 +77,10 @@ class ReceiptFile:
     The message's bytes are not its business: ``append`` ignores them.
     """
 
-    def __init__(self, maildir: str, name: str, record: Mapping[str, Any]):
+    def __init__(self, maildir: str, name: str, record: Mapping[str, Any],
+                 prepare: Callable[[str], None] = lambda maildir: None):
+        self.maildir = maildir
+        self._prepare = prepare  # makes the Maildir (its tmp/ holds the receipt until it is renamed)
         self.directory = receipts_directory(maildir)
         self.path = receipt_path(maildir, name)
         self.file = TempFile(os.path.join(maildir, "tmp", name + ".receipt"), json.dumps(record).encode("utf-8"))
@@ -90,6 +93,7 @@ class ReceiptFile:
         pass
 
     def finish(self) -> None:
+        self._prepare(self.maildir)
         _ensure_directory(self.directory)
         self.file.sync_and_close()
         os.rename(self.file.path, self.path)

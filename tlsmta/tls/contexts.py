@@ -25,7 +25,7 @@ from zope.interface import implementer
 
 from tlsmta.errors import TlsmtaError
 from tlsmta.smtp.names import DomainNameError, normalize_domain
-from tlsmta.tls import policy
+from tlsmta.tls import openssl_private, policy
 from tlsmta.tls.policy import ChainError, ChainResult, PresentedNames, VerifyMode
 
 log = Logger(namespace="tlsmta.tls")
@@ -72,9 +72,7 @@ def ssl_error_text(error: BaseException) -> str:
 def verify_error_text(errno: int) -> str:
     """OpenSSL's text for an X509_V_ERR code."""
     try:
-        from OpenSSL._util import ffi, lib  # no public API for this string
-
-        return ffi.string(lib.X509_verify_cert_error_string(errno)).decode("ascii", "replace")
+        return openssl_private.verify_error_string(errno)
     except Exception:
         return f"X.509 verify error {errno}"
 
@@ -199,13 +197,6 @@ def describe_name(name: x509.Name) -> str:
         return repr(name)
 
 
-def session_reused(conn: SSL.Connection) -> bool:
-    """Whether the handshake resumed a session (no public pyOpenSSL API for it)."""
-    from OpenSSL._util import lib
-
-    return bool(lib.SSL_session_reused(conn._ssl))
-
-
 @attrs.frozen
 class SessionFacts:
     """What a TLS session turned out to be, for logs and Received: headers."""
@@ -227,7 +218,7 @@ class SessionFacts:
             cipher=conn.get_cipher_name() or "unknown",
             peer_subject=subject,
             peer_issuer=issuer,
-            resumed=session_reused(conn),
+            resumed=openssl_private.session_reused(conn),
         )
 
 

@@ -1,0 +1,130 @@
+"""Maildir work happens in the disk thread: making a Maildir on first use, and discarding a
+copy whose delivery failed, never on the reactor thread."""
+
+from __future__ import annotations
+
+import os
+import threading
+from datetime import datetime, timezone
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+
+from tlsmta.config.routes import parse_route
+from tlsmta.delivery.pool import DELIVERED, PENDING, Deliverer, DeliveryJob
+from tlsmta.storage import maildir
+from tlsmta.storage.diskio import DiskIO
+from tlsmta.storage.interfaces import Envelope, Recipient, StoreError
+from tlsmta.storage.maildir import LocalSink, MaildirFile
+from tlsmta.storage.spool import QueuedMessage, Spool
+
+
+@pytest.fixture
+def disk() -> Any:
+    disk = DiskIO(reactor, threads=2)
+    yield disk
+    disk.stop()
+
+
+@pytest.fixture
+def threads_of(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
+    """The thread names ensure_maildir and MaildirFile.discard ran in."""
+    seen: dict[str, list[str]] = {"ensure_maildir": [], "discard": []}
+    ensure, discard = maildir.ensure_maildir, MaildirFile.discard
+
+    def recording_ensure(path: str) -> None:
+        seen["ensure_maildir"].append(threading.current_thread().name)
+        ensure(path)
+
+    def recording_discard(self: MaildirFile) -> None:
+        seen["discard"].append(threading.current_thread().name)
+        discard(self)
+
+    monkeypatch.setattr(maildir, "ensure_maildir", recording_ensure)
+    monkeypatch.setattr(MaildirFile, "discard", recording_discard)
+    return seen
+
+
+def envelope(path: Any) -> Envelope:
+    route = parse_route(f"maildir:{path}")
+    return Envelope(message_id="m1.node", sender="a@example.org", recipients=(Recipient("b@local.test", route),),
+                    received_at=datetime(2026, 1, 2, tzinfo=timezone.utc))
+
+
+def in_disk_threads(names: list[str]) -> bool:
+    return bool(names) and all(name.startswith("tlsmta-disk-") for name in names)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_received_message_makes_its_maildir_in_the_disk_thread(
+    tmp_path: Any, disk: DiskIO, threads_of: dict[str, list[str]]
+) -> None:
+    box = tmp_path / "box"
+    sink = LocalSink(disk)
+    writer = sink.open(envelope(box))
+    assert not box.exists()  # opening the message touched no directory
+    writer.write(b"Subject: hi\r\n\r\nhello\r\n")
+    await writer.commit()
+    [name] = os.listdir(box / "new")
+    assert (box / "new" / name).read_bytes().endswith(b"Subject: hi\n\nhello\n")
+    second = sink.open(envelope(box))
+    second.write(b"Subject: again\r\n\r\n")
+    await second.commit()
+    assert len(os.listdir(box / "new")) == 2
+    assert in_disk_threads(threads_of["ensure_maildir"]) and len(threads_of["ensure_maildir"]) == 1, threads_of
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_maildir_that_cannot_be_made_fails_the_commit(tmp_path: Any, disk: DiskIO) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    writer = LocalSink(disk).open(envelope(blocker / "box"))
+    writer.write(b"Subject: hi\r\n\r\n")
+    with pytest.raises(StoreError) as e:
+        await writer.commit()
+    assert e.value.reply.code == 451 and e.value.reply.enhanced == "4.3.0"
+
+
+def test_discarding_a_file_never_written_touches_nothing(tmp_path: Any) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    MaildirFile(str(blocker / "box"), b"", maildir.ensure_maildir).discard()  # tmp/ cannot even exist: still no error
+
+
+def job_for(tmp_path: Any, box: Any) -> DeliveryJob:
+    message = QueuedMessage.from_envelope(envelope(box))
+    return DeliveryJob(message, tuple(message.recipients), parse_route(f"maildir:{box}"), "local.test", "default")
+
+
+@pytest_twisted.ensureDeferred
+async def test_queue_delivery_to_a_maildir_runs_in_the_disk_thread(
+    tmp_path: Any, disk: DiskIO, threads_of: dict[str, list[str]]
+) -> None:
+    spool = Spool(str(tmp_path / "spool"), disk)
+    spool.ensure()
+    box = tmp_path / "box"
+    job = job_for(tmp_path, box)
+    with open(spool.body_path(job.message.id), "wb") as f:
+        f.write(b"Subject: queued\r\n\r\nbody\r\n")
+    deliverer = Deliverer(None, LocalSink(disk), spool, disk, lambda domain, binding: {})  # type: ignore[arg-type]
+    [result] = await deliverer.deliver(job)
+    assert (result.status, str(result.reply)) == (DELIVERED, "250 2.0.0 delivered to Maildir")
+    assert len(os.listdir(box / "new")) == 1
+    assert in_disk_threads(threads_of["ensure_maildir"]), threads_of
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_queue_delivery_discards_in_the_disk_thread(
+    tmp_path: Any, disk: DiskIO, threads_of: dict[str, list[str]]
+) -> None:
+    spool = Spool(str(tmp_path / "spool"), disk)
+    spool.ensure()
+    box = tmp_path / "box"
+    job = job_for(tmp_path, box)  # no body in the spool: the copy fails
+    deliverer = Deliverer(None, LocalSink(disk), spool, disk, lambda domain, binding: {})  # type: ignore[arg-type]
+    [result] = await deliverer.deliver(job)
+    assert result.status == PENDING and str(result.reply).startswith("451 4.3.0 Maildir delivery failed")
+    assert in_disk_threads(threads_of["discard"]), threads_of
+    assert not box.exists() or os.listdir(box / "tmp") == []
