@@ -30,6 +30,9 @@ def job(*addresses: str) -> DeliveryJob:
     return DeliveryJob(message, rcpts, parse_route("mx"), "example.com", "default")
 
 
+BUS = events.EventBus()
+
+
 @pytest.fixture
 def delivery_events() -> Iterator[list[dict[str, Any]]]:
     seen: list[dict[str, Any]] = []
@@ -38,15 +41,16 @@ def delivery_events() -> Iterator[list[dict[str, Any]]]:
         if event == "delivery":
             seen.append(fields)
 
-    events.add_sink(sink)
+    BUS.add_sink(sink)
     yield seen
-    events.remove_sink(sink)
+    BUS.remove_sink(sink)
 
 
 def pool_at(now: float) -> OutboundPool:
     clock = Clock()
     clock.advance(now)
-    return OutboundPool(clock, Resolver({}, OfflineBackend()), None, None, "sender.test", load_hooks({}), max_connections=0)
+    return OutboundPool(clock, Resolver({}, OfflineBackend()), None, None, "sender.test", load_hooks({}), max_connections=0,
+                        events=BUS)
 
 
 @pytest.mark.parametrize("code, outcome", [(250, DELIVERED), (251, DELIVERED), (354, PENDING), (421, PENDING),

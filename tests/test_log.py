@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import time
 
+import pytest_twisted
+from e2e import in_thread, send_smtplib, start_relay
 from twisted.logger import LogLevel, formatEventAsClassicLogText, globalLogPublisher
 
 from tlsmta.reporting import events as log
@@ -19,7 +21,7 @@ def _events_from_emit(**fields: object) -> list[dict]:
     seen: list[dict] = []
     globalLogPublisher.addObserver(seen.append)
     try:
-        log.emit("delivery", **fields)
+        log.EventBus().emit("delivery", **fields)
     finally:
         globalLogPublisher.removeObserver(seen.append)
     return [e for e in seen if e.get("tlsmta_event") == "delivery"]
@@ -55,3 +57,31 @@ def test_text_observer_leaves_other_events_to_twisted() -> None:
     log.text_observer(out)(event)
     assert out.getvalue() == formatEventAsClassicLogText(event)
     assert "\n\tsecond line" in out.getvalue()
+
+
+def test_each_bus_hands_events_to_its_own_sinks_only() -> None:
+    one, two = log.EventBus(), log.EventBus()
+    seen_one: list[str] = []
+    seen_two: list[str] = []
+    one.add_sink(lambda event, fields: seen_one.append(event))
+    two.add_sink(lambda event, fields: seen_two.append(event))
+    one.emit("received", quiet=True, code=250)
+    assert seen_one == ["received"] and seen_two == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_relays_in_one_process_do_not_see_each_others_events(tmp_path) -> None:
+    """Each service has its own event bus: mail to one relay reaches only its sinks
+    (metrics, the web page's stream, a tlsmta.testing.Relay waiting for mail)."""
+    first = await start_relay(tmp_path / "one")
+    second = await start_relay(tmp_path / "two")
+    heard: dict[str, list[str]] = {"one": [], "two": []}
+    first.service.events.add_sink(lambda event, fields: heard["one"].append(event))
+    second.service.events.add_sink(lambda event, fields: heard["two"].append(event))
+    try:
+        await in_thread(send_smtplib, first.port)
+    finally:
+        await first.stop()
+        await second.stop()
+    assert "received" in heard["one"]
+    assert heard["two"] == []

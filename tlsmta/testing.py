@@ -306,7 +306,6 @@ class Relay:
         from twisted.internet.defer import ensureDeferred
         from twisted.internet.threads import blockingCallFromThread
 
-        from tlsmta.reporting import events
 
         reactor = _ReactorThread.reactor()
 
@@ -315,7 +314,8 @@ class Relay:
             return ensureDeferred(self._running.start())
 
         blockingCallFromThread(reactor, start)
-        events.add_sink(self._on_event)
+        assert self._running is not None
+        self._running.service.events.add_sink(self._on_event)
         return self
 
     def stop(self) -> None:
@@ -323,12 +323,11 @@ class Relay:
         from twisted.internet.defer import ensureDeferred
         from twisted.internet.threads import blockingCallFromThread
 
-        from tlsmta.reporting import events
 
         running, self._running = self._running, None
         if running is None:
             return
-        events.remove_sink(self._on_event)
+        running.service.events.remove_sink(self._on_event)
         blockingCallFromThread(_ReactorThread.reactor(), lambda: ensureDeferred(running.stop()))
 
     def __enter__(self) -> Relay:

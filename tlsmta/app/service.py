@@ -36,7 +36,7 @@ from tlsmta.inbound.auth import AuthFileError, UserDB
 from tlsmta.inbound.intake import Intake
 from tlsmta.inbound.server import InboundFactory, ListenerRuntime
 from tlsmta.network import PortService
-from tlsmta.reporting import events
+from tlsmta.reporting.events import EventBus
 from tlsmta.reporting.metrics import Metrics, metrics_site
 from tlsmta.reporting.tlsrpt_sender import TLSRPTService
 from tlsmta.storage.diskio import DiskIO
@@ -211,15 +211,16 @@ class ControlService(PortService):
 class MetricsService(PortService):
     """Prometheus /metrics on the opt-in endpoint, fed by the structured events."""
 
-    def __init__(self, reactor: Any, endpoint: str, metrics: Metrics):
+    def __init__(self, reactor: Any, endpoint: str, metrics: Metrics, events: EventBus):
         self.reactor = reactor
         self.endpoint = endpoint
         self.metrics = metrics
+        self.events = events
         self.ready: Deferred[IListeningPort] = Deferred()
 
     def startService(self) -> None:
         super().startService()
-        events.add_sink(self.metrics.handle)
+        self.events.add_sink(self.metrics.handle)
         self.listen_on(serverFromString(self.reactor, self.endpoint).listen(metrics_site(self.metrics)))
 
     def listening(self, port: IListeningPort) -> None:
@@ -227,7 +228,7 @@ class MetricsService(PortService):
         self.ready.callback(port)
 
     def stopService(self) -> Deferred[None] | None:
-        events.remove_sink(self.metrics.handle)
+        self.events.remove_sink(self.metrics.handle)
         return super().stopService()  # type: ignore[no-any-return]
 
 
@@ -245,6 +246,7 @@ class TlsmtaService(MultiService):
         self.read_config = read_config
         self.config = config
         self.reactor = reactor
+        self.events = EventBus()  # this service's log events and their sinks
         self.resolver = Resolver(config.dns, dns_backend, nameservers=config.dns_nameservers, reactor=reactor)
         self.hostname = effective_hostname(config)
         self.disk = DiskIO(reactor)
@@ -253,7 +255,8 @@ class TlsmtaService(MultiService):
         local = LocalSink(self.disk, keeps_receipts=self.captures_into)
         self.spool = Spool(config.spool["path"], self.disk)
         self.pool = OutboundPool(
-            reactor, self.resolver, self.spool, self.disk, self.hostname, self.hooks, config.queue["max_connections"]
+            reactor, self.resolver, self.spool, self.disk, self.hostname, self.hooks, config.queue["max_connections"],
+            events=self.events,
         )
         # Lookups go through self.config at call time, so a reload takes effect at once.
         deliverer = Deliverer(self.pool, local, self.spool, self.disk, lambda domain, binding: resolve(self.config, domain, binding))
@@ -265,6 +268,7 @@ class TlsmtaService(MultiService):
             config.queue["retry_schedule"],
             config.queue["max_queue_lifetime"],
             route_for=lambda domain: resolve(self.config, domain)["route"].value,
+            events=self.events,
         )
         self.pool.is_self = self.is_own_address
         self.pool.sts = self._sts_resolver()
@@ -282,7 +286,7 @@ class TlsmtaService(MultiService):
             self.listeners[listener.name] = service
         self.metrics: MetricsService | None = None
         if config.metrics["endpoint"]:
-            self.metrics = MetricsService(reactor, config.metrics["endpoint"], Metrics(self.queue.gauges))
+            self.metrics = MetricsService(reactor, config.metrics["endpoint"], Metrics(self.queue.gauges), self.events)
             self.metrics.setServiceParent(self)
         self.web: Any = None
         if config.http["endpoint"]:
@@ -342,6 +346,7 @@ class TlsmtaService(MultiService):
             hooks=hooks,
             resolver=self.resolver,
             run_in_thread=lambda fn, *a: deferToThreadPool(self.reactor, self.reactor.getThreadPool(), fn, *a),
+            events=self.events,
         )
 
     # -- SIGHUP -------------------------------------------------------------------------
@@ -371,11 +376,11 @@ class TlsmtaService(MultiService):
             problems = [f"{self.config.path}: {e}"]
         else:
             self._apply(new, hooks, prepared, checked.users)
-            events.emit("reload", result="ok", config=new.path)
+            self.events.emit("reload", result="ok", config=new.path)
             return []
         for problem in problems:
             log.error("reload refused, keeping the running configuration: {problem}", problem=problem)
-        events.emit("reload", result="refused", config=self.config.path, problems=len(problems))
+        self.events.emit("reload", result="refused", config=self.config.path, problems=len(problems))
         return problems
 
     def _apply(self, new: Config, hooks: Hooks, prepared: dict[str, Any], users: Mapping[str, UserDB]) -> None:

@@ -22,7 +22,7 @@ from tlsmta.config.routes import Route, parse_route
 from tlsmta.delivery.dsn import build_dsn, original_headers
 from tlsmta.delivery.pool import DeliveryJob, RecipientResult
 from tlsmta.errors import TlsmtaError
-from tlsmta.reporting import events
+from tlsmta.reporting.events import EventBus
 from tlsmta.smtp.names import domain_of
 from tlsmta.smtp.reply import Reply
 from tlsmta.storage.ids import new_message_id
@@ -64,7 +64,9 @@ class Queue:
         max_lifetime: int,
         route_for: Callable[[str], Route] = lambda domain: parse_route("mx"),
         now: Callable[[], float] | None = None,
+        events: EventBus | None = None,
     ):
+        self.events = events if events is not None else EventBus()
         self.spool = spool
         self.deliver = deliver
         self.clock = clock
@@ -98,7 +100,7 @@ class Queue:
             for message in messages:
                 if message.id not in self.messages:
                     self.add(message, due=message.next_attempt)
-        events.emit("queue_loaded", messages=len(self.messages))
+        self.events.emit("queue_loaded", messages=len(self.messages))
 
     def stop(self) -> None:
         self._running = False
@@ -146,7 +148,7 @@ class Queue:
         self._idle_message(message_id)
         del self.messages[message_id]
         await self.spool.disk.run(self.spool.remove_blocking, message_id)
-        events.emit("queue_deleted", msgid=message_id)
+        self.events.emit("queue_deleted", msgid=message_id)
 
     async def bounce(self, message_id: str) -> None:
         """Return a message to its sender now: a DSN for every pending recipient, then remove it."""
@@ -165,7 +167,7 @@ class Queue:
             self.in_flight.discard(message_id)
         del self.messages[message_id]
         await self.spool.disk.run(self.spool.remove_blocking, message_id)
-        events.emit("queue_bounced", msgid=message_id, rcpts=len(failed))
+        self.events.emit("queue_bounced", msgid=message_id, rcpts=len(failed))
 
     def stats(self) -> tuple[int, float | None]:
         """(messages queued, receipt time of the oldest) for ``tlsmta status``."""
@@ -270,7 +272,7 @@ class Queue:
         if not message.pending:
             await self.spool.disk.run(self.spool.remove_blocking, message.id)
             del self.messages[message.id]
-            events.emit("queue_done", msgid=message.id, attempts=message.attempts,
+            self.events.emit("queue_done", msgid=message.id, attempts=message.attempts,
                         delivered=sum(r.status == DELIVERED for r in message.recipients),
                         bounced=sum(r.status == BOUNCED for r in message.recipients))
             return
@@ -282,7 +284,7 @@ class Queue:
     async def _bounce(self, message: QueuedMessage, failed: list[RecipientState], expired: bool) -> None:
         """Send a DSN for ``failed``; none for a bounce (no bounce loops)."""
         if message.is_bounce:
-            events.emit("bounce_dropped", msgid=message.id, rcpts=len(failed), reason="null sender")
+            self.events.emit("bounce_dropped", msgid=message.id, rcpts=len(failed), reason="null sender")
         else:
             head = await self.spool.disk.run(self._read_head, message.id)
             dsn_id = new_message_id()
@@ -314,7 +316,7 @@ class Queue:
             )
             await self.spool.disk.run(self.spool.store_blocking, dsn, data)
             self.add(dsn)
-            events.emit("bounce", msgid=message.id, dsn=dsn_id, to=message.sender, rcpts=len(failed))
+            self.events.emit("bounce", msgid=message.id, dsn=dsn_id, to=message.sender, rcpts=len(failed))
 
     def _read_head(self, message_id: str) -> bytes:
         with open(self.spool.body_path(message_id), "rb") as f:

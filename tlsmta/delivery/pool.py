@@ -39,7 +39,7 @@ from tlsmta.discovery.mtasts import STSResolver
 from tlsmta.discovery.published import ExternalFacts
 from tlsmta.discovery.resolver import DNSError, DNSPermanent, MXHost, Resolver, below_self
 from tlsmta.errors import TlsmtaError
-from tlsmta.reporting import events
+from tlsmta.reporting.events import EventBus
 from tlsmta.smtp.client_codec import Reply, parse_ehlo
 from tlsmta.storage.diskio import DiskIO
 from tlsmta.storage.maildir import LocalSink, crlf_to_lf
@@ -562,7 +562,9 @@ class OutboundPool:
         hostname: str,
         hooks: Hooks,
         max_connections: int,
+        events: EventBus | None = None,
     ):
+        self.events = events if events is not None else EventBus()
         self.reactor = reactor
         self.resolver = resolver
         self.spool = spool
@@ -837,7 +839,7 @@ class OutboundPool:
         if dest is not None:
             tls_fields.setdefault("tls_verify", dest.tls_options.verify.value)
         tls_fields.pop("softfail", None)
-        events.emit(
+        self.events.emit(
             "delivery",
             msgid=job.message.id,
             domain=job.domain,

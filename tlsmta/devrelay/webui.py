@@ -50,7 +50,7 @@ from tlsmta.devrelay.release import ReleaseError, outgoing_body, release_message
 from tlsmta.devrelay.tlslab import LabError, LabListener, lab_applies
 from tlsmta.errors import TlsmtaError
 from tlsmta.network import PortService
-from tlsmta.reporting import events
+from tlsmta.reporting.events import EventBus
 from tlsmta.smtp.data import says_tls_required_no
 from tlsmta.storage.spool import QueuedMessage
 
@@ -171,6 +171,9 @@ class RelayHost(Protocol):
     def switch_tls_lab(self, name: str, mode: str | None) -> None: ...
 
     def release(self, message: QueuedMessage, body: bytes) -> Deferred[None]: ...
+
+    @property
+    def events(self) -> EventBus: ...  # the relay's events, for the page's live stream
 
 
 class WebUI(Resource):
@@ -419,7 +422,8 @@ class WebService(PortService):
     def startService(self) -> None:
         super().startService()
         self.web.mail.ensure()
-        events.add_sink(self.web.stream.on_event)
+        if self.web.host is not None:
+            self.web.host.events.add_sink(self.web.stream.on_event)
         self.web.stream.start()
         site = _QuietSite(self.web, reactor=self.reactor)
         self.listen_on(serverFromString(self.reactor, self.endpoint).listen(site))
@@ -435,7 +439,8 @@ class WebService(PortService):
         self.ready.callback(port)
 
     def stopService(self) -> Deferred[None] | None:
-        events.remove_sink(self.web.stream.on_event)
+        if self.web.host is not None:
+            self.web.host.events.remove_sink(self.web.stream.on_event)
         self.web.stream.stop()
         return super().stopService()  # type: ignore[no-any-return]
 

@@ -53,7 +53,7 @@ from tlsmta.inbound.acceptance import ClientStanding, check_client_certificate, 
 from tlsmta.inbound.auth import UserDB
 from tlsmta.inbound.received import TraceFacts, received_header
 from tlsmta.network import set_no_delay
-from tlsmta.reporting import events
+from tlsmta.reporting.events import EventBus
 from tlsmta.smtp.commands import Reject
 from tlsmta.smtp.names import DomainNameError, normalize_domain, normalized_domain_of
 from tlsmta.smtp.reply import Reply
@@ -104,6 +104,7 @@ class ListenerRuntime:
     hooks: Hooks = attrs.field(factory=Hooks)
     resolver: Resolver | None = None  # reverse DNS for client-certificate name checks
     run_in_thread: Callable[..., Deferred[Any]] | None = None  # for password checks
+    events: EventBus = attrs.field(factory=EventBus)  # the service's
 
     @property
     def offers_starttls(self) -> bool:
@@ -228,7 +229,7 @@ class InboundSMTP(smtp.ESMTP):
             if timer is not None and timer.active():
                 timer.cancel()
         if self.tls_active and self.tls_facts is None and reason is not None and reason.check(SSL.Error):
-            events.emit("tls_failed", listener=self.runtime.listener.name, peer=self.peer_ip, reason=ssl_error_text(reason.value))
+            self.runtime.events.emit("tls_failed", listener=self.runtime.listener.name, peer=self.peer_ip, reason=ssl_error_text(reason.value))
         if self._writer is not None and self.state is Phase.DATA:
             self._writer.abort()
             self._log_transaction(self._envelope, self.session.data_received, "connection lost during DATA")
@@ -250,7 +251,7 @@ class InboundSMTP(smtp.ESMTP):
 
     def handshakeCompleted(self) -> None:
         self.tls_facts = SessionFacts.from_connection(self.transport.getHandle())
-        events.emit("tls_inbound", quiet=True, listener=self.runtime.listener.name, protocol=self.tls_facts.protocol)
+        self.runtime.events.emit("tls_inbound", quiet=True, listener=self.runtime.listener.name, protocol=self.tls_facts.protocol)
         self._start_reverse_lookup()
 
     # -- input: the session decides, this class carries out ---------------------------
@@ -352,7 +353,7 @@ class InboundSMTP(smtp.ESMTP):
         verdict = self.client_verdict()
         if verdict is not None and not self._client_verify_counted:
             self._client_verify_counted = True
-            events.emit("client_verify", quiet=True, tls_verify=listener.tls_verify, verified=verdict.outcome.word)
+            self.runtime.events.emit("client_verify", quiet=True, tls_verify=listener.tls_verify, verified=verdict.outcome.word)
         check_client_certificate(VerifyMode(listener.tls_verify), self.tls_active, verdict)
         self.session.accept()
 
@@ -372,7 +373,7 @@ class InboundSMTP(smtp.ESMTP):
                     listener.tls_verified_peer_can_relay,
                 )
             except Reject:
-                events.emit("rcpt_rejected", peer=self.peer_ip, sender=self.sender, rcpt=address, reason="relay denied")
+                self.runtime.events.emit("rcpt_rejected", peer=self.peer_ip, sender=self.sender, rcpt=address, reason="relay denied")
                 raise
         binding = self._binding_for(address, domain)
         route = resolve(self.runtime.config, domain, binding)["route"].value
@@ -463,7 +464,7 @@ class InboundSMTP(smtp.ESMTP):
 
         def answer(ok: bool) -> None:
             # The payload is never logged; the user name is.
-            events.emit("auth", peer=self.peer_ip, user=question.user, result="ok" if ok else "failed")
+            self.runtime.events.emit("auth", peer=self.peer_ip, user=question.user, result="ok" if ok else "failed")
             if ok:
                 self._settle(question, lambda: self.session.credentials_accepted(question.user))
                 return
@@ -542,7 +543,7 @@ class InboundSMTP(smtp.ESMTP):
 
     def _log_transaction(self, envelope: Envelope | None, size: int, text: str, code: int | None = None) -> None:
         tls = envelope.tls if envelope is not None else self._tls_fields()
-        events.emit(
+        self.runtime.events.emit(
             "received",
             msgid=envelope.message_id if envelope else None,
             listener=self.runtime.listener.name,
@@ -624,7 +625,7 @@ class InboundFactory(protocol.ServerFactory):
         self.sessions.add(session)
         self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
         self.connections_total += 1
-        events.emit("session", quiet=True, listener=listener.name, peer=ip)
+        self.runtime.events.emit("session", quiet=True, listener=listener.name, peer=ip)
         return None
 
     def release(self, session: InboundSMTP) -> None:

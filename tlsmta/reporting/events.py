@@ -35,30 +35,35 @@ def kv_line(event: str, fields: dict[str, Any]) -> str:
 
 
 EventSink = Callable[[str, dict[str, Any]], None]
-_sinks: list[EventSink] = []
 
 
-def add_sink(sink: EventSink) -> None:
-    """Also hand every event to ``sink`` (metrics), logged or not."""
-    _sinks.append(sink)
+class EventBus:
+    """One service's events: to its sinks (metrics, the web page's stream, a test's
+    Relay) and to the log. Each service has its own, so two relays in one process
+    (two ``tlsmta.testing.Relay``s) never see each other's mail."""
 
+    def __init__(self) -> None:
+        self._sinks: list[EventSink] = []
 
-def remove_sink(sink: EventSink) -> None:
-    if sink in _sinks:
-        _sinks.remove(sink)
+    def add_sink(self, sink: EventSink) -> None:
+        """Also hand every event to ``sink``, logged or not."""
+        self._sinks.append(sink)
 
+    def remove_sink(self, sink: EventSink) -> None:
+        if sink in self._sinks:
+            self._sinks.remove(sink)
 
-def emit(event: str, quiet: bool = False, **fields: Any) -> None:
-    """One structured event (e.g. ``received``, ``delivery``): to the sinks, and
-    to the log unless ``quiet`` (events that only feed metrics)."""
-    for sink in list(_sinks):
-        try:
-            sink(event, fields)
-        except Exception:
-            _log.failure("event sink failed on {event}", event=event)
-    if not quiet:
-        # The text line is pre-formatted once; observers substitute a single field.
-        _log.info("{tlsmta_line}", tlsmta_line=kv_line(event, fields), tlsmta_event=event, **fields)
+    def emit(self, event: str, quiet: bool = False, **fields: Any) -> None:
+        """One structured event (e.g. ``received``, ``delivery``): to the sinks, and
+        to the log unless ``quiet`` (events that only feed metrics)."""
+        for sink in list(self._sinks):
+            try:
+                sink(event, fields)
+            except Exception:
+                _log.failure("event sink failed on {event}", event=event)
+        if not quiet:
+            # The text line is pre-formatted once; observers substitute a single field.
+            _log.info("{tlsmta_line}", tlsmta_line=kv_line(event, fields), tlsmta_event=event, **fields)
 
 
 def text_observer(out: Any = None) -> Callable[[dict[str, Any]], None]:

@@ -29,7 +29,7 @@ from twisted.logger import Logger
 from tlsmta.config.routes import Route
 from tlsmta.discovery.resolver import DNSError
 from tlsmta.errors import TlsmtaError
-from tlsmta.reporting import events, tlsrpt
+from tlsmta.reporting import tlsrpt
 from tlsmta.smtp.names import domain_of
 from tlsmta.storage.ids import new_message_id
 from tlsmta.storage.spool import QueuedMessage, RecipientState
@@ -176,7 +176,7 @@ class TLSRPTService(Service):
             raise ReportFailed(str(e).strip() or type(e).__name__) from None
         if not 200 <= response.code < 300:
             raise ReportFailed(f"HTTP {response.code}")
-        events.emit("tlsrpt_report", domain=domain, day=day.isoformat(), to=uri)
+        self.owner.events.emit("tlsrpt_report", domain=domain, day=day.isoformat(), to=uri)
 
     async def _queue_report(self, domain: str, day: datetime.date, report: dict[str, Any], address: str) -> None:
         owner = self.owner
@@ -198,4 +198,4 @@ class TLSRPTService(Service):
         )
         await owner.disk.run(owner.spool.store_blocking, message, data)
         owner.queue.add(message)
-        events.emit("tlsrpt_report", msgid=message.id, domain=domain, day=day.isoformat(), to=address)
+        self.owner.events.emit("tlsrpt_report", msgid=message.id, domain=domain, day=day.isoformat(), to=address)
