@@ -5,8 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from twisted.internet.defer import ensureDeferred, succeed
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.task import Clock
 from twisted.mail import smtp
+from twisted.protocols.basic import LineReceiver
+from twisted.test import iosim
+from zope.interface import implementer
 
 from tlsmta.delivery.client import COMMAND_TIMEOUT, ConnectionBroken, OutboundSMTP
 from tlsmta.smtp.client_codec import Reply
@@ -44,8 +50,6 @@ def results(d: Any) -> list[Any]:
 
 def test_pipelined_replies_matched_in_order() -> None:
     """Several commands in a row get their replies in order, multi-line replies joined."""
-    from twisted.internet.defer import ensureDeferred
-
     proto, transport, _ = connected()
     proto.dataReceived(b"220 mx ESMTP\r\n")
     assert transport.value() == b"EHLO me\r\n"
@@ -90,8 +94,6 @@ def test_stock_client_quits_on_454_while_ours_can_go_on() -> None:
     stock.dataReceived(b"454 4.7.0 TLS not available\r\n")
     assert transport.value() == b"QUIT\r\n"
 
-    from twisted.internet.defer import ensureDeferred
-
     proto, transport, _ = greeted(b"250-mx\r\n250 STARTTLS\r\n")
     reply = results(proto.starttls(object()))
     proto.dataReceived(b"454 4.7.0 TLS not available\r\n")
@@ -135,8 +137,6 @@ def test_reply_timeout() -> None:
 @pytest.mark.parametrize("chunks", [[b".a\r\nb"], [b"x\r\n", b".y\r\n"], [b"x\r", b"\n.", b"\r\n"]])
 def test_send_body_stuffs_every_line(chunks: list[bytes]) -> None:
     """send_body dot-stuffs the first line and lines split across chunks, then ends DATA."""
-    from twisted.internet.defer import ensureDeferred
-
     proto, transport, _ = greeted()
     final = results(ensureDeferred(proto.transaction("a@b", [], ["r@d"], lambda: chunks_of(chunks))))
     proto.dataReceived(b"250 ok\r\n")
@@ -154,8 +154,6 @@ def test_send_body_stuffs_every_line(chunks: list[bytes]) -> None:
 
 def test_server_that_stops_reading_during_data_times_out() -> None:
     """Once the transport pauses us (the server stopped reading), DATA_BLOCK_TIMEOUT ends the session."""
-    from twisted.internet.defer import ensureDeferred
-
     from tlsmta.delivery.client import DATA_BLOCK_TIMEOUT
 
     proto, transport, clock = greeted()
@@ -172,3 +170,116 @@ def test_server_that_stops_reading_during_data_times_out() -> None:
     assert final == []
     clock.advance(2)
     assert isinstance(final[0].value, ConnectionBroken) and "sending data" in final[0].value.reason
+
+
+# -- over an in-memory connection, through the injected endpoint factory -------------------------
+
+
+class ScriptedMX(LineReceiver):
+    """A small SMTP server: EHLO with PIPELINING, takes one message, answers QUIT."""
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+        self.in_data = False
+
+    def connectionMade(self) -> None:
+        self.sendLine(b"220 mx.test ESMTP")
+
+    def lineReceived(self, line: bytes) -> None:
+        self.lines.append(line)
+        if self.in_data:
+            if line == b".":
+                self.in_data = False
+                self.sendLine(b"250 2.0.0 queued as 1")
+            return
+        verb = line.split(b" ")[0].upper()
+        if verb == b"EHLO":
+            self.sendLine(b"250-mx.test\r\n250-PIPELINING\r\n250 SIZE 1000")
+        elif verb == b"RCPT" and b"<nobody@" in line:
+            self.sendLine(b"550 5.1.1 no such user")
+        elif verb == b"DATA":
+            self.in_data = True
+            self.sendLine(b"354 go ahead")
+        elif verb == b"QUIT":
+            self.sendLine(b"221 2.0.0 bye")
+            self.transport.loseConnection()
+        else:
+            self.sendLine(b"250 2.0.0 ok")
+
+
+class InMemory:
+    """An EndpointFactory whose connections are iosim pairs with a ScriptedMX; no sockets."""
+
+    def __init__(self) -> None:
+        self.pumps: list[iosim.IOPump] = []
+        self.servers: list[ScriptedMX] = []
+        self.asked: list[tuple[str, int, str | None, float]] = []
+
+    def __call__(self, ip: str, port: int, source: str | None, timeout: float) -> Any:
+        self.asked.append((ip, port, source, timeout))
+        factory = self
+
+        @implementer(IStreamClientEndpoint)
+        class Endpoint:
+            def connect(self, client_factory: Any) -> Any:
+                client, server = client_factory.buildProtocol(None), ScriptedMX()
+                factory.servers.append(server)
+                factory.pumps.append(iosim.connect(server, iosim.makeFakeServer(server), client, iosim.makeFakeClient(client),
+                                                   greet=False))
+                return succeed(client)
+
+        return Endpoint()
+
+    def flush(self) -> None:
+        for pump in self.pumps:
+            pump.flush()
+
+
+def test_delivery_over_an_in_memory_connection() -> None:
+    """Through the endpoint factory: greeting, one pipelined transaction with a refused recipient,
+    the body dot-stuffed, QUIT; what the server read and what the client concluded."""
+    from tlsmta.delivery.client import connect
+
+    endpoints, clock = InMemory(), Clock()
+    connected = results(ensureDeferred(connect(clock, endpoints, "192.0.2.7", 25, "client.test", source="192.0.2.1")))
+    assert endpoints.asked == [("192.0.2.7", 25, "192.0.2.1", 30)]
+    proto = connected[0]
+    greeting = results(proto.greeting())
+    endpoints.flush()
+    assert isinstance(greeting[0], Greeted) and "PIPELINING" in greeting[0].capabilities
+    done = results(ensureDeferred(proto.transaction(
+        "a@b.test", ["SIZE=20"], ["user@d.test", "nobody@d.test"], lambda: chunks_of([b".dot\r\n", b"end\r\n"])
+    )))
+    endpoints.flush()
+    [outcome] = done
+    assert [r.code for r in outcome.recipients] == [250, 550] and outcome.data == Reply(250, ("2.0.0 queued as 1",))
+    proto.quit()
+    endpoints.flush()
+    assert results(proto.closed) == [None]
+    assert endpoints.servers[0].lines == [
+        b"EHLO client.test", b"MAIL FROM:<a@b.test> SIZE=20", b"RCPT TO:<user@d.test>", b"RCPT TO:<nobody@d.test>",
+        b"DATA", b"..dot", b"end", b".", b"QUIT",
+    ]
+    assert clock.getDelayedCalls() == []  # every wait's timer is gone
+
+
+def test_probe_over_an_in_memory_connection() -> None:
+    """probe_address through the endpoint factory: the banner, no STARTTLS, and delivery's verdict on that."""
+    from tlsmta.app import probe
+    from tlsmta.tls.policy import VerifyMode
+
+    endpoints = InMemory()
+    result = results(ensureDeferred(probe.probe_address(Clock(), "mx.test", "192.0.2.7", 25, "d.test", {}, "probe.test", endpoints)))
+    endpoints.flush()
+    [probed] = result
+    assert probed.banner == "220 mx.test ESMTP" and not probed.starttls and probed.error is None
+    assert probe.configured_outcome(probed, "required", VerifyMode.HOST) == (False, "defer: 451 4.7.6 STARTTLS required but not advertised")
+    assert probe.configured_outcome(probed, "ifavailable", VerifyMode.HOST) == (True, "deliver in plain text (STARTTLS not offered)")
+    assert endpoints.servers[0].lines == [b"EHLO probe.test", b"QUIT"]
+
+
+@pytest.mark.parametrize("ip, endpoint_class", [("192.0.2.7", TCP4ClientEndpoint), ("2001:db8::7", TCP6ClientEndpoint)])
+def test_production_endpoints_are_tcp_by_address_family(ip: str, endpoint_class: type) -> None:
+    from tlsmta.delivery.client import tcp_endpoints
+
+    assert isinstance(tcp_endpoints(Clock())(ip, 25, None, 30), endpoint_class)
