@@ -1,8 +1,8 @@
 """The SMTP client connection: a thin twisted.mail.smtp.ESMTPSender shell.
 
 The stock sender drives one message through callbacks and has the faults
-shown in tests/test_outbound_protocol.py (dot-stuffing, CR CR LF, quitting
-on 454, no capabilities kept).  This subclass keeps the class for its
+shown in tests/test_client_codec.py and tests/test_outbound_protocol.py
+(dot-stuffing, CR CR LF, quitting on 454, no capabilities kept).  This subclass keeps the class for its
 identity; every protocol decision is :class:`tlsmta.smtp.client_session.ClientSession`'s.
 The shell feeds it the server's bytes, writes what it says, starts TLS when
 it says so (after it dropped what followed the 220: STARTTLS response
@@ -69,7 +69,7 @@ Outcome = (
 )
 
 # (ip, port, source address, connect timeout) -> the endpoint a connection is made through.
-EndpointFactory = Callable[[str, int, "str | None", float], IStreamClientEndpoint]
+EndpointFactory = Callable[[str, int, str | None, float], IStreamClientEndpoint]
 
 
 def _timeout(wait: Wait) -> float:

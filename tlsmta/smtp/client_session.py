@@ -37,7 +37,7 @@ from tlsmta.smtp.reply import Reply
 
 __all__ = [
     "BodyWanted", "ClientSession", "Closed", "Event", "Greeted", "GreetingRefused", "HelloRefused",
-    "SessionError", "Send", "StartTLS", "StartTLSRefused", "TransactionDone", "Wait",
+    "Pending", "SessionError", "Send", "StartTLS", "StartTLSRefused", "TransactionDone", "Wait",
 ]
 
 
