@@ -5,10 +5,12 @@ policy (fetched, not cached), the DNSSEC status of the MX set and each MX
 host's TLSA records, with the DANE verdict on the presented chain, and
 judges each MX under the effective (strictest applicable) requirement.
 
-Connects like a delivery would (MX order, SNI = MX name, the configured
-trust anchors), completes one handshake per MX while recording every
-chain error, then asks :func:`tlsmta.tls.policy.decide` for the verdict under
-each mode.  Nothing is sent: the session ends with QUIT after STARTTLS.
+Connects like a delivery would (MX order, the addresses delivery tries,
+SNI = MX name, the configured trust anchors, delivery's client session),
+completes one handshake per MX while recording every chain error, then asks
+:func:`tlsmta.tls.policy.decide` for the verdict under each mode.  What
+would happen is :func:`tlsmta.delivery.decisions.session_outcome`, the
+steps delivery takes.  Nothing is sent: the session ends with QUIT after STARTTLS.
 """
 
 from __future__ import annotations
@@ -20,15 +22,16 @@ from typing import Any
 import attrs
 from cryptography import x509
 
-from tlsmta.delivery.client import ConnectionBroken, connect
-from tlsmta.discovery import dane, mtasts
+from tlsmta.delivery import decisions
+from tlsmta.delivery.client import ConnectionBroken, EndpointFactory, connect, tcp_endpoints
+from tlsmta.discovery import mtasts
 from tlsmta.discovery import published as external
 from tlsmta.discovery.published import ExternalFacts
 from tlsmta.discovery.resolver import DNSError, Resolver
-from tlsmta.smtp.client_codec import parse_ehlo
+from tlsmta.smtp import client_session as session
 from tlsmta.tls import contexts as tls
 from tlsmta.tls import policy
-from tlsmta.tls.policy import DANEStatus, Requirement, VerifyMode
+from tlsmta.tls.policy import DANEStatus, Requirement, TLSAction, TLSFailure, VerifyMode
 
 MODES = (VerifyMode.NO, VerifyMode.CA, VerifyMode.HOST, VerifyMode.OPTIONAL)
 CONNECT_TIMEOUT = 15
@@ -44,6 +47,7 @@ class ProbeResult:
     error: str | None = None
     banner: str = ""
     starttls: bool = False
+    refused: session.Reply | None = None  # the answer to STARTTLS, when it was not 220
     facts: tls.SessionFacts | None = None
     chain: list[x509.Certificate] = attrs.field(factory=list)
     verdicts: dict[VerifyMode, policy.Verdict] = attrs.field(factory=dict)
@@ -52,34 +56,39 @@ class ProbeResult:
     requiretls: bool = False  # REQUIRETLS offered after STARTTLS
 
 
-async def probe_address(reactor: Any, mx: str, ip: str, port: int, domain: str, options: Mapping[str, Any], ehlo: str) -> ProbeResult:
-    """One connection: banner, EHLO, STARTTLS and a recorded handshake."""
+async def probe_address(reactor: Any, mx: str, ip: str, port: int, domain: str, options: Mapping[str, Any], ehlo: str,
+                        endpoints: EndpointFactory | None = None) -> ProbeResult:
+    """One connection: banner, EHLO, STARTTLS and a recorded handshake, through delivery's client session."""
     result = ProbeResult(mx, ip, port)
     try:
-        proto = await connect(reactor, ip, port, timeout=CONNECT_TIMEOUT)
+        proto = await connect(reactor, endpoints or tcp_endpoints(reactor), ip, port, ehlo, timeout=CONNECT_TIMEOUT)
     except Exception as e:
         result.error = f"connect failed: {str(e).strip() or type(e).__name__}"
         return result
     try:
-        banner = await proto.banner
-        result.banner = str(banner)
-        reply = await proto.command(f"EHLO {ehlo}")
-        caps = parse_ehlo(reply) if reply.code == 250 else {}
-        result.starttls = "STARTTLS" in caps
-        if not result.starttls:
+        greeting = await proto.greeting()
+        if proto.session.banner is not None:
+            result.banner = str(proto.session.banner)
+        if not isinstance(greeting, session.Greeted):
+            result.error = str(decisions.greeting_failure(greeting, mx))
             proto.quit()
             return result
-        reply = await proto.command("STARTTLS")
-        if reply.code != 220:
-            result.error = f"STARTTLS refused: {reply}"
+        result.starttls = "STARTTLS" in greeting.capabilities
+        if not result.starttls:
             proto.quit()
             return result
         # Record everything, decide nothing in the handshake: optional never aborts.
         check = tls.CertificateCheck(VerifyMode.OPTIONAL, wanted=(domain, mx), enforce_in_handshake=False)
         ctx = tls.client_context(options["tls_protocols"], options["tls_ciphers"], options["tlsv13_ciphersuites"], options["tls_ca"])
-        proto.start_tls(tls.ClientTLS(ctx, mx, check))
-        reply = await proto.command(f"EHLO {ehlo}")
-        result.requiretls = reply.code == 250 and "REQUIRETLS" in parse_ehlo(reply)
+        secured = await proto.starttls(tls.ClientTLS(ctx, mx, check))
+        if isinstance(secured, session.StartTLSRefused):
+            result.refused = secured.reply
+            result.error = f"STARTTLS refused: {secured.reply}"
+            proto.quit()
+            return result
+        if isinstance(secured, session.HelloRefused):
+            result.error = str(decisions.greeting_failure(secured, mx))
+        result.requiretls = isinstance(secured, session.Greeted) and "REQUIRETLS" in secured.capabilities
         result.facts = proto.tls_facts
         result.chain = proto.transport.getHandle().get_peer_cert_chain(as_cryptography=True) or []
         chain_result = policy.ChainResult(tuple(check.errors))
@@ -123,7 +132,7 @@ async def external_facts(reactor: Any, resolver: Resolver, domain: str, options:
 
 
 async def run_probe(reactor: Any, resolver: Resolver, domain: str, options: Mapping[str, Any], port: int | None, mx: str | None, ehlo: str,
-                    https_port: int = 443) -> tuple[list[ProbeResult], str | None, ExternalFacts]:
+                    https_port: int = 443, endpoints: EndpointFactory | None = None) -> tuple[list[ProbeResult], str | None, ExternalFacts]:
     """Probe every address of every MX; (results, DNS problem or None, recipient-side policies)."""
     try:
         names = await hosts_for(resolver, domain, mx, options["route"])
@@ -138,43 +147,57 @@ async def run_probe(reactor: Any, resolver: Resolver, domain: str, options: Mapp
         except DNSError as e:
             results.append(ProbeResult(name, "-", target_port, error=str(e)))
             continue
-        for ip in addresses[:4]:
-            results.append(await probe_address(reactor, name, ip, target_port, domain, options, ehlo))
+        for ip in decisions.addresses_to_try(addresses):
+            results.append(await probe_address(reactor, name, ip, target_port, domain, options, ehlo, endpoints))
     return results, None, facts
 
 
 def requirement(options: Mapping[str, Any], facts: ExternalFacts, mx: str, tls_mode: str, verify: VerifyMode) -> Requirement:
     """The effective requirement for ``mx`` (an ordinary message: no REQUIRETLS)."""
-    return policy.effective_requirement(
-        tls_mode, verify, options["tls_ifavailable_fallback"],
-        sts=facts.sts_state(mx), dane=facts.dane_for(mx).status, mx_secure=facts.mx_secure,
-    )
+    return decisions.requirement(tls_mode, verify, options["tls_ifavailable_fallback"], facts, mx)
 
 
 def dane_verdict(result: ProbeResult, facts: ExternalFacts) -> policy.Verdict | None:
     """The DANE verdict on the chain the MX showed, when it has usable TLSA records."""
-    records = facts.dane_for(result.mx).records
-    if facts.dane_for(result.mx).status is not DANEStatus.USABLE or result.facts is None:
+    if result.facts is None:
         return None
-    return dane.verify_chain(records, result.chain, (result.mx,), datetime.datetime.now(datetime.timezone.utc))
+    return decisions.dane_verdict(facts, result.mx, result.chain, datetime.datetime.now(datetime.timezone.utc))
 
 
 def effective_outcome(result: ProbeResult, req: Requirement, domain: str, facts: ExternalFacts) -> tuple[bool, str]:
     """(would deliver, what happens) under the effective requirement for this MX."""
     if req.unusable is not None:
         return False, f"defer: 451 {req.unusable} (this MX is not used)"
-    if req.tls == "no" or result.facts is None or not result.starttls:
-        return configured_outcome(result, req.tls, req.verify, req.fallback)
-    if req.dane:
-        verdict = dane_verdict(result, facts)
-        assert verdict is not None
-    else:
-        verdict = policy.decide(req.verify, result.chain_result or policy.ChainResult(), result.presented, req.wanted(domain, result.mx))
-    if verdict.fatal:
-        return False, f"defer: 451 {verdict.status_text} (never in plain text)"
+    verdict = None
+    if result.facts is not None:
+        verdict = dane_verdict(result, facts) if req.dane else policy.decide(
+            req.verify, result.chain_result or policy.ChainResult(), result.presented, req.wanted(domain, result.mx)
+        )
+    return _outcome(result, req, verdict, " (never in plain text)", " by DANE" if req.dane else "")
+
+
+def _outcome(result: ProbeResult, req: Requirement, verdict: policy.Verdict | None, fatal_note: str = "",
+             verified_by: str = "") -> tuple[bool, str]:
+    """(would deliver, what happens): delivery's decisions over what the probe saw."""
+    if result.error and result.facts is None and not result.starttls:
+        return False, f"defer: {result.error}"
+    handshake_error = result.error if result.facts is None and result.refused is None else None
+    outcome = decisions.session_outcome(
+        req, starttls_offered=result.starttls, refused=result.refused, handshake_error=handshake_error,
+        verdict=verdict, requiretls_offered=result.requiretls,
+    )
+    if isinstance(outcome, TLSFailure):
+        return False, f"defer: {outcome.reply}" + (fatal_note if verdict is not None else "")
+    if outcome is TLSAction.PLAIN:
+        if req.tls == "no":
+            return True, "deliver in plain text (tls = no)"
+        if not result.starttls:
+            return True, "deliver in plain text (STARTTLS not offered)"
+        return True, "deliver in plain text after the failed handshake (if tls_ifavailable_fallback)"
+    assert verdict is not None
     if verdict.outcome is policy.Outcome.SOFTFAIL:
         return True, f"deliver over TLS, soft-fail logged: {verdict.reason}"
-    return True, "deliver over TLS" + (", certificate verified" + (" by DANE" if req.dane else "") if verdict.verified else "")
+    return True, "deliver over TLS" + (", certificate verified" + verified_by if verdict.verified else "")
 
 
 def format_external(facts: ExternalFacts, domain: str) -> list[str]:
@@ -217,26 +240,8 @@ def format_policies(result: ProbeResult, facts: ExternalFacts, req: Requirement,
 
 def configured_outcome(result: ProbeResult, tls_mode: str, verify: VerifyMode, fallback: bool = True) -> tuple[bool, str]:
     """(would deliver, what happens) under the configured tls / tls_verify."""
-    if result.error and result.facts is None and not result.starttls:
-        return False, f"defer: {result.error}"
-    if tls_mode == "no":
-        return True, "deliver in plain text (tls = no)"
-    if not result.starttls:
-        if tls_mode == "required":
-            return False, "defer: 451 4.7.6 STARTTLS required but not advertised"
-        return True, "deliver in plain text (STARTTLS not offered)"
-    if result.facts is None:
-        if tls_mode == "required":
-            return False, f"defer: 451 4.7.5 TLS negotiation failed: {result.error}"
-        if not fallback:
-            return False, f"defer: 451 4.7.5 TLS negotiation failed: {result.error}"
-        return True, "deliver in plain text after the failed handshake (if tls_ifavailable_fallback)"
-    verdict = result.verdicts[verify]
-    if verdict.fatal:
-        return False, f"defer: 451 {verdict.status_text}"
-    if verdict.outcome is policy.Outcome.SOFTFAIL:
-        return True, f"deliver over TLS, soft-fail logged: {verdict.reason}"
-    return True, "deliver over TLS" + (", certificate verified" if verdict.verified else "")
+    local = Requirement(policy.POLICY_LOCAL, tls_mode, verify, fallback=fallback)
+    return _outcome(result, local, result.verdicts.get(verify))
 
 
 def format_certificate(depth: int, cert: x509.Certificate) -> list[str]:

@@ -1,33 +1,37 @@
-"""The SMTP client connection: a subclass of twisted.mail.smtp.ESMTPSender.
+"""The SMTP client connection: a thin twisted.mail.smtp.ESMTPSender shell.
 
 The stock sender drives one message through callbacks and has the faults
-shown in tests/test_stock_twisted_faults.py (dot-stuffing, CR CR LF,
-quitting on 454, no capabilities kept).  This subclass keeps the class for its identity
-and replaces the input and output handling with a small request/reply
-API that :mod:`tlsmta.delivery.pool` drives:
+shown in tests/test_client_codec.py and tests/test_outbound_protocol.py
+(dot-stuffing, CR CR LF, quitting on 454, no capabilities kept).  This subclass keeps the class for its
+identity; every protocol decision is :class:`tlsmta.smtp.client_session.ClientSession`'s.
+The shell feeds it the server's bytes, writes what it says, starts TLS when
+it says so (after it dropped what followed the 220: STARTTLS response
+injection), owns the timeouts and offers :mod:`tlsmta.delivery.pool` and
+:mod:`tlsmta.app.probe` one awaitable per step:
 
-- :meth:`command` sends one line and returns a Deferred for its reply;
-  several calls in a row pipeline;
-- :meth:`start_tls` discards anything the server sent after its 220
-  (STARTTLS response injection) and starts the handshake;
-- :meth:`send_body` streams a body through :class:`DotStuffer` with flow
-  control and returns the reply to the final dot.
+- :meth:`OutboundSMTP.greeting`: banner and EHLO (or HELO);
+- :meth:`starttls`: STARTTLS, the handshake and the EHLO inside TLS;
+- :meth:`transaction`: MAIL, RCPT and DATA (pipelined when offered), the
+  body streamed dot-stuffed with flow control, per-recipient replies;
+- :meth:`quit`, :meth:`abort`.
 
 Every wait has a timeout; a lost connection fails every pending wait.
+Connections are made through an :data:`EndpointFactory` (TCP from a source
+address in production; an in-memory pair in tests).
 """
 
 from __future__ import annotations
 
 import ipaddress
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from OpenSSL import SSL
 from twisted.internet import error as net_error
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
-from twisted.internet.interfaces import IHandshakeListener, IPushProducer
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.mail import smtp
 from twisted.python.failure import Failure
@@ -35,7 +39,8 @@ from zope.interface import implementer
 
 from tlsmta.errors import TlsmtaError
 from tlsmta.network import set_no_delay
-from tlsmta.smtp.client_codec import DotStuffer, Reply, ReplyError, ReplyParser
+from tlsmta.smtp import client_session as session
+from tlsmta.smtp.client_session import ClientSession, Event, Wait
 from tlsmta.tls.contexts import ClientTLS, SessionFacts, ssl_error_text
 
 # RFC 5321 4.5.3.2 minimum timeouts, in seconds.
@@ -45,6 +50,7 @@ DATA_START_TIMEOUT = 120
 DATA_BLOCK_TIMEOUT = 180
 DATA_END_TIMEOUT = 600
 STARTTLS_TIMEOUT = 300  # handshake plus the EHLO after it (Postfix: smtp_starttls_timeout)
+QUIT_TIMEOUT = 10
 
 
 class ConnectionBroken(TlsmtaError):
@@ -56,22 +62,43 @@ class ConnectionBroken(TlsmtaError):
         super().__init__(reason)
 
 
+# What the next step of a session waits for (the session's events that are not actions).
+Outcome = (
+    session.Greeted | session.GreetingRefused | session.HelloRefused | session.StartTLSRefused
+    | session.BodyWanted | session.TransactionDone
+)
+
+# (ip, port, source address, connect timeout) -> the endpoint a connection is made through.
+EndpointFactory = Callable[[str, int, str | None, float], IStreamClientEndpoint]
+
+
+def _timeout(wait: Wait) -> float:
+    # Read at each wait, so that a test may shorten one.
+    return {
+        Wait.GREETING: GREETING_TIMEOUT, Wait.COMMAND: COMMAND_TIMEOUT, Wait.TLS_HELLO: STARTTLS_TIMEOUT,
+        Wait.DATA_START: DATA_START_TIMEOUT, Wait.DATA_END: DATA_END_TIMEOUT, Wait.QUIT: QUIT_TIMEOUT,
+    }[wait]
+
+
 @implementer(IHandshakeListener, IPushProducer)
 class OutboundSMTP(smtp.ESMTPSender):
-    """One outbound SMTP connection."""
+    """One outbound SMTP connection, carrying out what its :class:`ClientSession` decides."""
 
-    def __init__(self, clock: Any):
+    def __init__(self, clock: Any, ehlo_name: str):
         # The stock constructor wants credentials and a context factory it would
         # build itself; we pass neither and never use its state machine.
         smtp.ESMTPSender.__init__(self, None, None, object(), b"tlsmta")
         self.clock = clock
-        self._parser = ReplyParser()
-        self._waiters: deque[tuple[Deferred[Reply], Any]] = deque()
+        self.session = ClientSession(ehlo_name)
+        self._outcomes: deque[Outcome] = deque()
+        self._waiter: Deferred[Outcome] | None = None
+        self._timer: Any = None
+        self._timed: session.Pending | None = None
         self._closed: str | None = None
-        self.banner: Deferred[Reply] = Deferred()
+        self._tls_creator: ClientTLS | None = None
+        self.tls_started = False  # the handshake began (after the 220 to STARTTLS)
         self.closed: Deferred[None] = Deferred()  # fires when the connection is gone
         self.tls_facts: SessionFacts | None = None
-        self.tls_creator: ClientTLS | None = None
         self._writable: Deferred[None] | None = None
 
     # -- connection events ---------------------------------------------------------
@@ -80,40 +107,22 @@ class OutboundSMTP(smtp.ESMTPSender):
         # Small writes (the final dot after a body record) must not wait for the
         # peer's delayed ACK: Nagle cost ~40 ms per message (measured).
         set_no_delay(self.transport)
-        self._expect(self.banner, GREETING_TIMEOUT)
+        self._arm()
 
     def dataReceived(self, data: bytes) -> None:
-        self._parser.push(data)
-        while self._closed is None:
-            try:
-                reply = self._parser.pop()
-            except ReplyError as e:
-                self._break(f"protocol error: {e}")
-                return
-            if reply is None:
-                return
-            if not self._waiters:
-                self._break(f"unexpected reply: {reply}")
-                return
-            waiter, timer = self._waiters.popleft()
-            if timer.active():
-                timer.cancel()
-            waiter.callback(reply)  # may start TLS, which discards what is still buffered
+        self._carry_out(self.session.receive_data(data))
 
     def connectionLost(self, reason: Failure = net_error.ConnectionDone()) -> None:
+        self.session.connection_lost()
+        ssl_failure = False
         if self._closed is None:
             if reason.check(SSL.Error):
-                self._closed = ssl_error_text(reason.value)
-                self._fail_all(ConnectionBroken(self._closed, ssl_failure=True))
-                if not self.closed.called:
-                    self.closed.callback(None)
-                return
-            self._closed = "connection closed by server" if reason.check(net_error.ConnectionDone) else (
-                reason.getErrorMessage() or "connection lost"
-            )
-        self._fail_all(ConnectionBroken(self._closed))
-        if self._writable is not None and not self._writable.called:
-            self._writable.errback(ConnectionBroken(self._closed))
+                self._closed, ssl_failure = ssl_error_text(reason.value), True
+            elif reason.check(net_error.ConnectionDone):
+                self._closed = "connection closed by server"
+            else:
+                self._closed = reason.getErrorMessage() or "connection lost"
+        self._fail(ConnectionBroken(self._closed, ssl_failure=ssl_failure))
         if not self.closed.called:
             self.closed.callback(None)
 
@@ -126,42 +135,105 @@ class OutboundSMTP(smtp.ESMTPSender):
     def lineReceived(self, line: bytes) -> None:  # pragma: no cover - guard
         raise AssertionError("OutboundSMTP does its own reply parsing")
 
-    # -- requests --------------------------------------------------------------------
+    # -- steps -----------------------------------------------------------------------
 
-    def _expect(self, d: Deferred[Reply], timeout: float) -> Deferred[Reply]:
-        timer = self.clock.callLater(timeout, self._break, f"timeout after {timeout}s waiting for a reply")
-        self._waiters.append((d, timer))
-        return d
+    def greeting(self) -> Deferred[Outcome]:
+        """Greeted, GreetingRefused or HelloRefused: the first step, taken by the session itself."""
+        return self._next()
 
-    def command(self, line: str | bytes, timeout: float = COMMAND_TIMEOUT) -> Deferred[Reply]:
-        """Send one command line; the Deferred fires with its reply."""
+    def starttls(self, creator: ClientTLS) -> Deferred[Outcome]:
+        """STARTTLS; on 220 the handshake with ``creator`` and EHLO inside TLS.
+        Greeted (tls), StartTLSRefused or HelloRefused; a failed handshake fails it."""
+        self._tls_creator = creator
+        return self._step(self.session.starttls)
+
+    async def transaction(self, sender: str, params: Sequence[str], recipients: Sequence[str],
+                          body: Callable[[], AsyncIterator[bytes]]) -> session.TransactionDone:
+        """One message; ``body`` is opened only when the server wants it."""
+        outcome = await self._step(lambda: self.session.mail(sender, params, recipients))
+        if isinstance(outcome, session.BodyWanted):
+            await self._send_body(body())
+            outcome = await self._step(self.session.end_body)
+        assert isinstance(outcome, session.TransactionDone)
+        return outcome
+
+    def quit(self) -> None:
+        """QUIT and close without waiting long for the answer."""
+        if self._closed is None:
+            self._carry_out(self.session.quit())
+
+    def abort(self) -> None:
+        if self._closed is None:
+            self._closed = "aborted"
+        self.transport.abortConnection()
+
+    def _step(self, start: Callable[[], list[Event]]) -> Deferred[Outcome]:
         if self._closed is not None:
             return _failed(ConnectionBroken(self._closed))
-        raw = line.encode("utf-8") if isinstance(line, str) else line
-        self.transport.write(raw + b"\r\n")
-        return self._expect(Deferred(), timeout)
+        waiting = self._next()
+        self._carry_out(start())
+        return waiting
 
-    def start_tls(self, creator: ClientTLS) -> None:
-        """After 220 to STARTTLS: drop anything already received, then handshake."""
-        self._parser.discard_buffered()
-        self.tls_creator = creator
-        self.transport.startTLS(creator)
+    def _next(self) -> Deferred[Outcome]:
+        d: Deferred[Outcome] = Deferred()
+        if self._outcomes:
+            d.callback(self._outcomes.popleft())
+        elif self._closed is not None:
+            d.errback(ConnectionBroken(self._closed))
+        else:
+            self._waiter = d
+        return d
 
-    async def send_body(self, chunks: AsyncIterator[bytes]) -> Reply:
-        """Stream the body, dot-stuffed, then the end-of-data line; return the final reply."""
-        stuffer = DotStuffer()
+    # -- carrying out the session's events -------------------------------------------------
+
+    def _carry_out(self, events: list[Event]) -> None:
+        for event in events:
+            if isinstance(event, session.Send):
+                self.transport.write(event.data)
+            elif isinstance(event, session.StartTLS):
+                assert self._tls_creator is not None
+                self.tls_started = True
+                self.transport.startTLS(self._tls_creator)
+            elif isinstance(event, session.Closed):
+                if event.error is not None:
+                    self._break(event.error)
+                    return
+                self.transport.loseConnection()
+            else:
+                self._outcomes.append(event)
+        self._arm()
+        if self._outcomes and self._waiter is not None:
+            waiter, self._waiter = self._waiter, None
+            waiter.callback(self._outcomes.popleft())  # the caller's next step may run from here
+
+    def _arm(self) -> None:
+        """One timer, for the reply the session waits for now."""
+        pending = self.session.awaiting
+        if pending is self._timed:
+            return
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timed, self._timer = pending, None
+        if pending is not None and self._closed is None:
+            timeout = _timeout(pending.wait)
+            self._timer = self.clock.callLater(timeout, self._break, f"timeout after {timeout}s waiting for a reply")
+
+    # -- the body, with flow control (IPushProducer, registered while sending it) ------------
+
+    async def _send_body(self, chunks: AsyncIterator[bytes]) -> None:
         self.transport.registerProducer(self, True)
         try:
             async for chunk in chunks:
                 if self._closed is not None:
                     raise ConnectionBroken(self._closed)
-                self.transport.write(stuffer.feed(chunk))
+                self.transport.write(self.session.body(chunk))
                 if self._writable is not None:
                     await self._wait_writable()
         finally:
             if self._closed is None:
                 self.transport.unregisterProducer()
-        return await self.command(stuffer.finish()[:-2], timeout=DATA_END_TIMEOUT)
+        if self._closed is not None:
+            raise ConnectionBroken(self._closed)
 
     async def _wait_writable(self) -> None:
         """Wait for the server to take our data; a server that stops reading times out."""
@@ -173,20 +245,6 @@ class OutboundSMTP(smtp.ESMTPSender):
         finally:
             if timer.active():
                 timer.cancel()
-
-    def quit(self) -> None:
-        """QUIT and close without waiting long for the answer."""
-        if self._closed is not None:
-            return
-        d = self.command("QUIT", timeout=10)
-        d.addBoth(lambda _: self.transport.loseConnection())
-
-    def abort(self) -> None:
-        if self._closed is None:
-            self._closed = "aborted"
-        self.transport.abortConnection()
-
-    # -- flow control (IPushProducer, registered while sending a body) -------------------
 
     def pauseProducing(self) -> None:
         if self._writable is None or self._writable.called:
@@ -205,17 +263,19 @@ class OutboundSMTP(smtp.ESMTPSender):
     def _break(self, reason: str) -> None:
         if self._closed is None:
             self._closed = reason
-        self._fail_all(ConnectionBroken(reason))
-        if self._writable is not None and not self._writable.called:
-            self._writable.errback(ConnectionBroken(reason))
+        self.session.connection_lost()
+        self._fail(ConnectionBroken(reason))
         self.transport.abortConnection()
 
-    def _fail_all(self, error: ConnectionBroken) -> None:
-        while self._waiters:
-            waiter, timer = self._waiters.popleft()
-            if timer.active():
-                timer.cancel()
+    def _fail(self, error: ConnectionBroken) -> None:
+        self._outcomes.clear()
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None:
             waiter.errback(error)
+        if self._writable is not None and not self._writable.called:
+            self._writable.errback(error)
 
 
 class _OneConnection(Factory):
@@ -230,16 +290,24 @@ class _OneConnection(Factory):
         return self.proto
 
 
-async def connect(reactor: Any, ip: str, port: int, source: str | None = None, timeout: float = 30) -> OutboundSMTP:
-    """An OutboundSMTP connected to ip:port (from ``source`` if given)."""
-    bind = (source, 0) if source else None
-    endpoint_class = TCP6ClientEndpoint if ipaddress.ip_address(ip).version == 6 else TCP4ClientEndpoint
-    endpoint = endpoint_class(reactor, ip, port, timeout=timeout, bindAddress=bind)
-    return await endpoint.connect(_OneConnection(OutboundSMTP(reactor)))
+def tcp_endpoints(reactor: Any) -> EndpointFactory:
+    """The production endpoints: TCP (v4 or v6 by the address), bound to the source address if given."""
+
+    def endpoint(ip: str, port: int, source: str | None, timeout: float) -> IStreamClientEndpoint:
+        bind = (source, 0) if source else None
+        endpoint_class = TCP6ClientEndpoint if ipaddress.ip_address(ip).version == 6 else TCP4ClientEndpoint
+        return endpoint_class(reactor, ip, port, timeout=timeout, bindAddress=bind)
+
+    return endpoint
 
 
-def _failed(error: Exception) -> Deferred[Reply]:
-    d: Deferred[Reply] = Deferred()
+async def connect(reactor: Any, endpoints: EndpointFactory, ip: str, port: int, ehlo_name: str,
+                  source: str | None = None, timeout: float = 30) -> OutboundSMTP:
+    """An OutboundSMTP connected to ip:port through ``endpoints`` (``reactor`` is its clock)."""
+    return await endpoints(ip, port, source, timeout).connect(_OneConnection(OutboundSMTP(reactor, ehlo_name)))
+
+
+def _failed(error: Exception) -> Deferred[Any]:
+    d: Deferred[Any] = Deferred()
     d.errback(error)
     return d
-

@@ -31,16 +31,16 @@ from twisted.logger import Logger
 
 from tlsmta.config.loader import DELIVERY_OPTIONS, Resolved
 from tlsmta.config.routes import Route
-from tlsmta.delivery import client as outbound
-from tlsmta.delivery.client import COMMAND_TIMEOUT, DATA_START_TIMEOUT, ConnectionBroken, OutboundSMTP, connect
-from tlsmta.discovery import dane
+from tlsmta.delivery import decisions
+from tlsmta.delivery.client import ConnectionBroken, EndpointFactory, OutboundSMTP, connect, tcp_endpoints
 from tlsmta.discovery import published as external
 from tlsmta.discovery.mtasts import STSResolver
 from tlsmta.discovery.published import ExternalFacts
 from tlsmta.discovery.resolver import DNSError, DNSPermanent, MXHost, Resolver, below_self
 from tlsmta.errors import TlsmtaError
 from tlsmta.reporting.events import EventBus
-from tlsmta.smtp.client_codec import Reply, parse_ehlo
+from tlsmta.smtp import client_session as session
+from tlsmta.smtp.reply import Reply
 from tlsmta.storage.diskio import DiskIO
 from tlsmta.storage.maildir import LocalSink, crlf_to_lf
 from tlsmta.storage.spool import BOUNCED, DELIVERED, PENDING, QueuedMessage, RecipientState, Spool
@@ -53,7 +53,6 @@ log = Logger(namespace="tlsmta.delivery")
 
 CONNECT_TIMEOUT = 30
 BODY_CHUNK = 256 * 1024
-MAX_ADDRESSES_PER_HOST = 4
 MAX_TLS_SESSIONS = 10_000
 
 
@@ -148,7 +147,7 @@ class Attempt:
     ip: str
     port: int
     tls: dict[str, Any] = attrs.field(factory=lambda: {"tls": "none"})
-    failure: str | None = None  # "451 4.7.5 ..." when the session failed before a transaction
+    failure: Reply | None = None  # the deferral (or bounce) when the session failed before a transaction
     check: tls.CertificateCheck | None = None  # set once TLS is up and acceptable
     req: Requirement | None = None  # the effective TLS requirement for this MX
     facts: ExternalFacts = attrs.field(factory=ExternalFacts)
@@ -210,7 +209,7 @@ class Destination:
             await self._run_session()
         except Exception:
             log.failure("delivery session failed")
-            self._fail_queued(451, "4.3.0 internal error during delivery")
+            self._fail_queued(Reply.of(451, "4.3.0", "internal error during delivery"))
 
     async def _run_session(self) -> None:
         try:
@@ -218,7 +217,7 @@ class Destination:
         except DNSError as e:
             status = e.status or ("5.1.2" if e.permanent else "4.4.3")
             code = 556 if status == "5.1.10" else (550 if e.permanent else 451)
-            self._fail_queued(code, f"{status} {e}")
+            self._fail_queued(Reply.of(code, status, str(e)))
             return
         facts = await external.gather(
             self.pool.resolver, self.pool.sts, self.domain, self.route.kind,
@@ -235,7 +234,7 @@ class Destination:
                 attempt.tls = {"tls": "none", **self._policy_fields(attempt)}
                 if req.unusable is not None:
                     # Not this MX (MTA-STS does not list it, its TLSA lookup failed, ...): the next one.
-                    attempt.failure = str(req.unusable.reply)
+                    attempt.failure = req.unusable.reply
                     attempt.rpt = self._unusable_rpt(attempt)
                     self.pool.report_attempt(self, attempt)
                     last = attempt
@@ -253,22 +252,15 @@ class Destination:
                 break  # NEXT_HOST
             if not self.jobs:
                 return
-        failure = last.failure if last and last.failure else "451 4.4.1 no usable mail host"
-        code, _, text = failure.partition(" ")
-        self._fail_queued(int(code), text, last)
+        failure = last.failure if last and last.failure else Reply.of(451, "4.4.1", "no usable mail host")
+        self._fail_queued(failure, last)
 
     def requirement(self, mx: str, facts: ExternalFacts) -> Requirement:
         """The strictest of the local options and what MTA-STS, DANE and the message ask, for ``mx``."""
         opts = self.tls_options
-        return policy.effective_requirement(
-            opts.tls,
-            opts.verify,
-            opts.fallback,
-            sts=facts.sts_state(mx),
-            dane=facts.dane_for(mx).status,
-            requiretls=self.message_tls.requiretls,
-            tls_required_no=self.message_tls.tls_required_no,
-            mx_secure=facts.mx_secure,
+        return decisions.requirement(
+            opts.tls, opts.verify, opts.fallback, facts, mx,
+            requiretls=self.message_tls.requiretls, tls_required_no=self.message_tls.tls_required_no,
         )
 
     def _policy_fields(self, attempt: Attempt) -> dict[str, Any]:
@@ -294,7 +286,7 @@ class Destination:
         """Record a TLS failure under the attempt's requirement (REQUIRETLS: 5.7.10, a bounce)."""
         assert attempt.req is not None
         failure = attempt.req.failure(failure.status, failure.reason)
-        attempt.failure = str(failure.reply)
+        attempt.failure = failure.reply
         if result_type is not None:
             attempt.rpt = (False, result_type, failure.reason)
 
@@ -335,7 +327,7 @@ class Destination:
             if isinstance(addresses, DNSError):
                 last_error = addresses
                 continue
-            out += [(mx.host, ip, port) for ip in addresses[:MAX_ADDRESSES_PER_HOST]]
+            out += [(mx.host, ip, port) for ip in decisions.addresses_to_try(addresses)]
         if not out:
             if last_error is not None and not last_error.permanent:
                 raise last_error
@@ -345,10 +337,10 @@ class Destination:
             raise DNSPermanent(f"mail for {self.domain} loops back to myself", status="5.4.6")
         return others
 
-    def _fail_queued(self, code: int, text: str, attempt: Attempt | None = None) -> None:
+    def _fail_queued(self, reply: Reply, attempt: Attempt | None = None) -> None:
         while self.jobs:
             job, d = self.jobs.popleft()
-            results = results_for(job, Reply.of(code, None, text), attempt.mx if attempt else "")
+            results = results_for(job, reply, attempt.mx if attempt else "")
             self.pool.log_job(job, self, attempt, results)
             d.callback(results)
 
@@ -360,10 +352,10 @@ class Destination:
             return _Step.DONE
         attempt.message_id = first[0].message.id
         try:
-            proto = await self.pool.connect(attempt.ip, attempt.port, self.options["source_address"])
+            proto = await self.pool.connect(attempt.ip, attempt.port, self._ehlo_name(), self.options["source_address"])
         except Exception as e:
             self.jobs.appendleft(first)
-            attempt.failure = f"451 4.4.1 connect to {attempt.mx}[{attempt.ip}]:{attempt.port}: {_connect_error(e)}"
+            attempt.failure = Reply.of(451, "4.4.1", f"connect to {attempt.mx}[{attempt.ip}]:{attempt.port}: {_connect_error(e)}")
             return _Step.NEXT_HOST
         try:
             step, caps = await self._greet(proto, attempt, plain_only)
@@ -373,7 +365,7 @@ class Destination:
                 return step
         except ConnectionBroken as e:
             self.jobs.appendleft(first)
-            attempt.failure = attempt.failure or f"451 4.4.2 {attempt.mx}[{attempt.ip}]: {e.reason}"
+            attempt.failure = attempt.failure or Reply.of(451, "4.4.2", f"{attempt.mx}[{attempt.ip}]: {e.reason}")
             proto.abort()
             return _Step.NEXT_HOST
         except Exception:
@@ -386,25 +378,23 @@ class Destination:
             proto.quit()
             return _Step.DONE
         except ConnectionBroken as e:
-            attempt.failure = attempt.failure or f"451 4.4.2 {attempt.mx}[{attempt.ip}]: {e.reason}"
+            attempt.failure = attempt.failure or Reply.of(451, "4.4.2", f"{attempt.mx}[{attempt.ip}]: {e.reason}")
             proto.abort()
             return _Step.NEXT_HOST
         except Exception:
             proto.abort()
             raise
 
+    def _ehlo_name(self) -> str:
+        return self.options["ehlo_hostname"] or self.pool.hostname
+
     async def _greet(self, proto: OutboundSMTP, attempt: Attempt, plain_only: bool) -> tuple[_Step | None, dict[str, str]]:
         """Banner, EHLO and STARTTLS per policy; (a step to take instead, capabilities)."""
-        banner = await proto.banner
-        if banner.code != 220:
-            attempt.failure = _as_deferral(banner, attempt)
+        greeting = await proto.greeting()
+        if not isinstance(greeting, session.Greeted):
+            attempt.failure = decisions.greeting_failure(greeting, attempt.mx)
             return _Step.NEXT_HOST, {}
-        ehlo_name = self.options["ehlo_hostname"] or self.pool.hostname
-        caps = await self._ehlo(proto, ehlo_name)
-        if caps is None:
-            attempt.failure = f"451 4.5.0 {attempt.mx} refused EHLO and HELO"
-            return _Step.NEXT_HOST, {}
-        opts = self.tls_options
+        caps = dict(greeting.capabilities)
         req = attempt.req
         assert req is not None
         # plain_only: the handshake failed on this host a moment ago and fallback is allowed.
@@ -416,21 +406,15 @@ class Destination:
             if req.tls != "no" and not plain_only and "STARTTLS" not in caps:
                 attempt.rpt = (False, policy.RPT_STARTTLS_NOT_SUPPORTED, "STARTTLS not advertised")
             return None, caps
-        reply = await proto.command("STARTTLS")
-        if reply.code != 220:
-            refused = policy.starttls_refused(req.tls, req.fallback, str(reply))
-            if isinstance(refused, TLSFailure):
-                self._tls_failure(attempt, refused, policy.RPT_STARTTLS_NOT_SUPPORTED)
-                return _Step.NEXT_HOST, {}
-            attempt.rpt = (False, policy.RPT_STARTTLS_NOT_SUPPORTED, f"STARTTLS refused: {reply}")
-            return None, caps  # carry on in plain text on this connection
         check = self.pool.certificate_check(self, attempt)
         resumable = self.pool.tls_session(self, attempt, check)
-        proto.start_tls(self.pool.client_tls(opts, attempt.mx, check, resumable[0] if resumable else None))
+        creator = self.pool.client_tls(self.tls_options, attempt.mx, check, resumable[0] if resumable else None)
         try:
-            # The handshake happens before this EHLO is answered: a stalled one times out here.
-            caps = await self._ehlo(proto, ehlo_name, timeout=outbound.STARTTLS_TIMEOUT)
+            # The handshake happens before the EHLO inside TLS is answered: a stalled one times out there.
+            secured = await proto.starttls(creator)
         except ConnectionBroken as e:
+            if not proto.tls_started:
+                raise  # lost before the 220: not a handshake failure
             verdict = check.verdict() if check.seen_certificate else None
             outcome = policy.handshake_failed(req.tls, req.fallback, verdict, e.reason)
             attempt.tls = self._tls_fields(proto, check, attempt)
@@ -443,9 +427,18 @@ class Destination:
                 return _Step.NEXT_HOST, {}
             attempt.rpt = (False, rpt_type, e.reason)
             return _Step.RETRY_PLAIN, {}
-        if caps is None:
-            attempt.failure = f"451 4.5.0 {attempt.mx} refused EHLO after STARTTLS"
+        if isinstance(secured, session.StartTLSRefused):
+            refused = policy.starttls_refused(req.tls, req.fallback, str(secured.reply))
+            if isinstance(refused, TLSFailure):
+                self._tls_failure(attempt, refused, policy.RPT_STARTTLS_NOT_SUPPORTED)
+                return _Step.NEXT_HOST, {}
+            attempt.rpt = (False, policy.RPT_STARTTLS_NOT_SUPPORTED, f"STARTTLS refused: {secured.reply}")
+            return None, caps  # carry on in plain text on this connection
+        if not isinstance(secured, session.Greeted):
+            assert isinstance(secured, session.HelloRefused)
+            attempt.failure = decisions.greeting_failure(secured, attempt.mx)
             return _Step.NEXT_HOST, {}
+        caps = dict(secured.capabilities)
         if resumable is not None and proto.tls_facts is not None and proto.tls_facts.resumed:
             # OpenSSL resumed the one session we offered: the peer proved it holds
             # that session's secret, so the full handshake's verdict carries over.
@@ -455,9 +448,9 @@ class Destination:
             check.external_verdict = self._dane_verdict(proto, attempt)
         attempt.tls = self._tls_fields(proto, check, attempt)
         verdict = check.verdict()
-        if verdict.fatal:  # a hook may accept in the callback and still fail here; never send
-            self._tls_failure(attempt, TLSFailure(policy.TLS_ENHANCED_CODE, verdict.reason),
-                              policy.certificate_result_type(verdict, check.errors))
+        failure = decisions.certificate_failure(verdict)
+        if failure is not None:
+            self._tls_failure(attempt, failure, policy.certificate_result_type(verdict, check.errors))
             return _Step.NEXT_HOST, {}
         attempt.rpt = self._success_rpt(check, attempt)
         if req.report_verify:
@@ -465,7 +458,7 @@ class Destination:
             attempt.tls["mta_sts_testing"] = "pass" if ok else f"fail: {why}"
         refused = policy.requiretls_refused(req, "REQUIRETLS" in caps)
         if refused is not None:
-            attempt.failure = str(refused.reply)
+            attempt.failure = refused.reply
             return _Step.NEXT_HOST, {}
         attempt.check = check
         return None, caps
@@ -473,9 +466,10 @@ class Destination:
     def _dane_verdict(self, proto: OutboundSMTP, attempt: Attempt) -> policy.Verdict:
         """RFC 7672: the presented chain against the MX host's usable TLSA records."""
         chain = proto.transport.getHandle().get_peer_cert_chain(as_cryptography=True) or []
-        records = attempt.facts.dane_for(attempt.mx).records
         now = datetime.datetime.fromtimestamp(self.pool.reactor.seconds(), datetime.timezone.utc)
-        return dane.verify_chain(records, chain, (attempt.mx,), now)
+        verdict = decisions.dane_verdict(attempt.facts, attempt.mx, chain, now)
+        assert verdict is not None  # req.dane: the MX has usable TLSA records
+        return verdict
 
     def _success_rpt(self, check: tls.CertificateCheck, attempt: Attempt) -> tuple[bool, str | None, str]:
         """TLS is up and acceptable; under MTA-STS testing, whether enforce would have passed."""
@@ -489,13 +483,6 @@ class Destination:
         if check.resumed_verdict is None and not shadow.verified:
             return False, policy.certificate_result_type(shadow, check.errors), shadow.reason
         return True, None, ""
-
-    async def _ehlo(self, proto: OutboundSMTP, name: str, timeout: float = COMMAND_TIMEOUT) -> dict[str, str] | None:
-        reply = await proto.command(f"EHLO {name}", timeout=timeout)
-        if reply.code == 250:
-            return parse_ehlo(reply)
-        reply = await proto.command(f"HELO {name}")
-        return {} if reply.code == 250 else None
 
     def _tls_fields(self, proto: OutboundSMTP, check: tls.CertificateCheck, attempt: Attempt) -> dict[str, Any]:
         facts = proto.tls_facts
@@ -540,12 +527,6 @@ class Destination:
             sent += 1
 
 
-def _as_deferral(reply: Reply, attempt: Attempt) -> str:
-    """A failure before any transaction defers (the next MX may do better)."""
-    status = reply.enhanced or "4.4.0"
-    return f"451 {'4' + status[1:]} {attempt.mx} said: {reply}"
-
-
 def _connect_error(e: BaseException) -> str:
     return str(e).strip() or type(e).__name__
 
@@ -563,9 +544,11 @@ class OutboundPool:
         hooks: Hooks,
         max_connections: int,
         events: EventBus | None = None,
+        endpoints: EndpointFactory | None = None,
     ):
         self.events = events if events is not None else EventBus()
         self.reactor = reactor
+        self.endpoints = endpoints or tcp_endpoints(reactor)
         self.resolver = resolver
         self.spool = spool
         self.disk = disk
@@ -652,8 +635,8 @@ class OutboundPool:
 
     # -- connections ----------------------------------------------------------------------
 
-    async def connect(self, ip: str, port: int, source: str | None) -> OutboundSMTP:
-        proto = await connect(self.reactor, ip, port, source, CONNECT_TIMEOUT)
+    async def connect(self, ip: str, port: int, ehlo_name: str, source: str | None) -> OutboundSMTP:
+        proto = await connect(self.reactor, self.endpoints, ip, port, ehlo_name, source, CONNECT_TIMEOUT)
         self.connections.add(proto)
         proto.closed.addBoth(lambda _: self.connections.discard(proto))
         return proto
@@ -725,61 +708,22 @@ class OutboundPool:
     async def transaction(self, proto: OutboundSMTP, job: DeliveryJob, caps: dict[str, str], attempt: Attempt) -> list[RecipientResult]:
         message = job.message
         remote = attempt.mx
-        limit = caps.get("SIZE", "")
-        if limit.isascii() and limit.isdigit() and int(limit) and message.size > int(limit):
-            return results_for(job, Reply.of(552, "5.3.4", f"message size {message.size} exceeds {remote}'s limit {limit}"), remote)
-        if message.smtputf8 and "SMTPUTF8" not in caps:
-            return results_for(job, Reply.of(553, "5.6.7", f"{remote} does not support SMTPUTF8"), remote)
-        params = []
-        if "SIZE" in caps:
-            params.append(f"SIZE={message.size}")
-        if message.body_type == "8BITMIME" and "8BITMIME" in caps:
-            params.append("BODY=8BITMIME")
-        if message.smtputf8:
-            params.append("SMTPUTF8")
-        if attempt.req is not None and attempt.req.requiretls:
-            params.append("REQUIRETLS")  # RFC 8689 4.2.1: the next hop carries the requirement on
-        mail_line = " ".join([f"MAIL FROM:<{message.sender}>"] + params)
-        rcpt_lines = [f"RCPT TO:<{r.address}>" for r in job.recipients]
-        data_reply: Reply | None = None
-        if "PIPELINING" in caps:
-            # RFC 2920: MAIL, every RCPT and DATA in one flight, one round trip.
-            waits = [proto.command(mail_line)] + [proto.command(line) for line in rcpt_lines]
-            waits.append(proto.command("DATA", timeout=DATA_START_TIMEOUT))
-            replies = [await w for w in waits]
-            data_reply = replies.pop()
-        else:
-            replies = [await proto.command(mail_line)]
-            if replies[0].positive:
-                replies += [await proto.command(line) for line in rcpt_lines]
-        mail_reply = replies[0]
-        rcpt_replies = dict(zip([r.address for r in job.recipients], replies[1:]))
-        accepted = [r for r in job.recipients if mail_reply.positive and rcpt_replies[r.address].positive]
-        if not accepted:
-            if data_reply is not None and data_reply.code == 354:
-                await proto.command(".", timeout=DATA_START_TIMEOUT)  # a server that said 354 anyway: end it empty
-            await self._reset(proto)
-            if not mail_reply.positive:
-                return results_for(job, mail_reply, remote)
-        results = {
-            r.address: RecipientResult(r.address, outcome_of(rcpt_replies[r.address]), rcpt_replies[r.address], remote)
-            for r in job.recipients
-            if r not in accepted
-        }
-        if accepted:
-            if data_reply is None:
-                data_reply = await proto.command("DATA", timeout=DATA_START_TIMEOUT)
-            if data_reply.code != 354:
-                final = data_reply
-                await self._reset(proto)
-            else:
-                final = await proto.send_body(self._body_chunks(message.id))
-            for r in accepted:
-                results[r.address] = RecipientResult(r.address, outcome_of(final), final, remote)
-        return [results[r.address] for r in job.recipients]
-
-    async def _reset(self, proto: OutboundSMTP) -> None:
-        await proto.command("RSET")
+        refusal = decisions.envelope_refusal(caps, message.size, message.smtputf8, remote)
+        if refusal is not None:
+            return results_for(job, refusal, remote)
+        requiretls = attempt.req is not None and attempt.req.requiretls
+        params = decisions.mail_parameters(caps, message.size, message.body_type, message.smtputf8, requiretls)
+        done = await proto.transaction(
+            message.sender, params, [r.address for r in job.recipients], lambda: self._body_chunks(message.id)
+        )
+        if not done.mail.positive:
+            return results_for(job, done.mail, remote)
+        results = []
+        for recipient, rcpt in zip(job.recipients, done.recipients):
+            # An accepted recipient has the message's final answer; a refused one its RCPT answer.
+            answer = done.data if rcpt.positive and done.data is not None else rcpt
+            results.append(RecipientResult(recipient.address, outcome_of(answer), answer, remote))
+        return results
 
     async def _body_chunks(self, message_id: str) -> AsyncIterator[bytes]:
         path = self.spool.body_path(message_id)

@@ -1,0 +1,264 @@
+"""The pure client session: server replies in, commands and outcomes out, no reactor."""
+
+from __future__ import annotations
+
+import pytest
+
+from tlsmta.smtp.client_session import (
+    BodyWanted,
+    ClientSession,
+    Closed,
+    Event,
+    Greeted,
+    GreetingRefused,
+    HelloRefused,
+    Send,
+    SessionError,
+    StartTLS,
+    StartTLSRefused,
+    TransactionDone,
+    Wait,
+)
+from tlsmta.smtp.reply import Reply
+
+PLAIN_EHLO = b"250-mx.test\r\n250 SIZE 1000\r\n"
+PIPELINING_EHLO = b"250-mx.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n"
+
+
+def sent(events: list[Event]) -> bytes:
+    return b"".join(e.data for e in events if isinstance(e, Send))
+
+
+def outcomes(events: list[Event]) -> list[Event]:
+    return [e for e in events if not isinstance(e, Send)]
+
+
+def greeted(ehlo: bytes = PLAIN_EHLO) -> ClientSession:
+    session = ClientSession("client.test")
+    assert sent(session.receive_data(b"220 mx.test ESMTP\r\n")) == b"EHLO client.test\r\n"
+    [event] = session.receive_data(ehlo)
+    assert isinstance(event, Greeted)
+    return session
+
+
+def run(session: ClientSession, replies: list[bytes]) -> tuple[bytes, list[Event]]:
+    """Feed each reply in its own read (the server answers what it has read); all that came out."""
+    events: list[Event] = []
+    for reply in replies:
+        events += session.receive_data(reply)
+    return sent(events), outcomes(events)
+
+
+# -- greeting ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "replies, commands, outcome",
+    [
+        ([b"220 mx\r\n", PLAIN_EHLO], b"EHLO c\r\n", Greeted(Reply(220, ("mx",)), Reply(250, ("mx.test", "SIZE 1000")), {"SIZE": "1000"})),
+        ([b"220 mx\r\n", b"502 no\r\n", b"250 hi\r\n"], b"EHLO c\r\nHELO c\r\n", Greeted(Reply(220, ("mx",)), Reply(250, ("hi",)), {})),
+        ([b"220 mx\r\n", b"502 no\r\n", b"550 go away\r\n"], b"EHLO c\r\nHELO c\r\n", HelloRefused(Reply(550, ("go away",)))),
+        ([b"554 5.3.2 busy\r\n"], b"", GreetingRefused(Reply(554, ("5.3.2 busy",)))),
+        ([b"421-mx\r\n421 4.3.2 shutting down\r\n"], b"", GreetingRefused(Reply(421, ("mx", "4.3.2 shutting down")))),
+    ],
+    ids=["ehlo", "helo-fallback", "hello-refused", "banner-5xx", "banner-4xx-multiline"],
+)
+def test_greeting(replies: list[bytes], commands: bytes, outcome: Event) -> None:
+    session = ClientSession("c")
+    assert session.awaiting is not None and session.awaiting.wait is Wait.GREETING
+    assert run(session, replies) == (commands, [outcome])
+
+
+def test_multiline_reply_split_across_reads() -> None:
+    """A multi-line EHLO reply arriving a few bytes at a time is one reply."""
+    session = ClientSession("c")
+    session.receive_data(b"220 mx\r\n")
+    events: list[Event] = []
+    for i in range(0, len(PIPELINING_EHLO), 5):
+        events += session.receive_data(PIPELINING_EHLO[i : i + 5])
+    [event] = events
+    assert isinstance(event, Greeted) and event.capabilities == {"PIPELINING": "", "8BITMIME": ""}
+
+
+# -- STARTTLS ---------------------------------------------------------------------------------
+
+
+def test_starttls_drops_what_follows_the_220() -> None:
+    """Bytes the server sent after its 220 are discarded: never read as an answer inside TLS."""
+    session = greeted(b"250-mx\r\n250 STARTTLS\r\n")
+    assert sent(session.starttls()) == b"STARTTLS\r\n"
+    events = session.receive_data(b"220 2.0.0 go ahead\r\n250-injected\r\n250 PIPELINING\r\n")
+    assert events == [StartTLS(b"250-injected\r\n250 PIPELINING\r\n"), Send(b"EHLO client.test\r\n")]
+    assert session.awaiting is not None and session.awaiting.wait is Wait.TLS_HELLO
+    [event] = session.receive_data(b"250-mx\r\n250 REQUIRETLS\r\n")
+    assert isinstance(event, Greeted) and event.tls and event.capabilities == {"REQUIRETLS": ""}
+    assert session.capabilities == {"REQUIRETLS": ""}  # nothing kept from before TLS
+
+
+@pytest.mark.parametrize("reply", [b"454 4.7.0 TLS not available\r\n", b"502 5.5.1 no\r\n"])
+def test_starttls_refused_goes_on_in_plain_text(reply: bytes) -> None:
+    """Unlike stock ESMTPClient, a refusal does not QUIT: the caller decides, the session is usable."""
+    session = greeted(b"250-mx\r\n250 STARTTLS\r\n")
+    session.starttls()
+    [event] = session.receive_data(reply)
+    assert isinstance(event, StartTLSRefused) and event.reply == Reply.parse(reply.decode().strip())
+    assert sent(session.mail("a@b", [], ["r@d"])) == b"MAIL FROM:<a@b>\r\n"
+
+
+def test_hello_refused_inside_tls() -> None:
+    session = greeted(b"250-mx\r\n250 STARTTLS\r\n")
+    session.starttls()
+    session.receive_data(b"220 go\r\n")
+    assert run(session, [b"554 no\r\n", b"554 still no\r\n"]) == (b"HELO client.test\r\n", [HelloRefused(Reply(554, ("still no",)), tls=True)])
+
+
+# -- transactions -----------------------------------------------------------------------------
+
+OK = b"250 2.0.0 ok\r\n"
+GO = b"354 go ahead\r\n"
+
+
+@pytest.mark.parametrize("pipelining", [False, True], ids=["lockstep", "pipelined"])
+@pytest.mark.parametrize(
+    "mail, rcpts, data, final, commands_after_data, done",
+    [
+        # Every step accepted: 354, the body, the final reply.
+        (OK, [OK, OK], GO, b"250 2.0.0 queued\r\n", b"", ("250", ["250", "250"], "250")),
+        # One recipient refused (5xx), one deferred (4xx): the accepted one gets the message.
+        (OK, [b"550 5.1.1 no such user\r\n", OK], GO, OK, b"", ("250", ["550", "250"], "250")),
+        (OK, [b"451 4.3.0 later\r\n", OK], GO, b"452 4.3.1 full\r\n", b"", ("250", ["451", "250"], "452")),
+        # DATA refused: RSET, and the DATA reply is the final one.
+        (OK, [OK], b"554 5.5.1 no valid recipients\r\n", None, b"RSET\r\n", ("250", ["250"], "554")),
+        # The final reply 5xx / 4xx.
+        (OK, [OK], GO, b"554 5.7.1 spam\r\n", b"", ("250", ["250"], "554")),
+    ],
+    ids=["all-accepted", "rcpt-5xx", "rcpt-4xx-final-4xx", "data-refused", "final-5xx"],
+)
+def test_transaction(pipelining: bool, mail: bytes, rcpts: list[bytes], data: bytes, final: bytes | None,
+                     commands_after_data: bytes, done: tuple[str, list[str], str]) -> None:
+    session = greeted(PIPELINING_EHLO if pipelining else PLAIN_EHLO)
+    recipients = [f"r{i}@d" for i in range(len(rcpts))]
+    commands = sent(session.mail("a@b", ["SIZE=10"], recipients))
+    rcpt_lines = b"".join(f"RCPT TO:<{r}>\r\n".encode() for r in recipients)
+    if pipelining:
+        assert commands == b"MAIL FROM:<a@b> SIZE=10\r\n" + rcpt_lines + b"DATA\r\n"
+        out, events = run(session, [mail + b"".join(rcpts) + data])
+    else:
+        assert commands == b"MAIL FROM:<a@b> SIZE=10\r\n"
+        out, events = run(session, [mail, *rcpts, data])
+        assert out.startswith(rcpt_lines + b"DATA\r\n")
+        out = out[len(rcpt_lines + b"DATA\r\n"):]
+    if final is None:
+        assert out == commands_after_data
+        out, more = run(session, [OK])  # the RSET reply
+        events += more
+    else:
+        assert events == [BodyWanted()] and out == b""
+        assert session.body(b".hidden\r\nline") == b"..hidden\r\nline"
+        end = session.end_body()
+        assert sent(end) == b"\r\n.\r\n"
+        assert session.awaiting is not None and session.awaiting.wait is Wait.DATA_END
+        out, more = run(session, [final])
+        events = more
+    [event] = events
+    assert isinstance(event, TransactionDone)
+    assert (str(event.mail.code), [str(r.code) for r in event.recipients], str(event.data.code if event.data else None)) == done
+    assert session.awaiting is None
+    assert sent(session.mail("a@b", [], ["again@d"])).startswith(b"MAIL FROM:<a@b>")  # ready for the next one
+
+
+def test_mail_refused_without_pipelining_sends_no_rcpt() -> None:
+    session = greeted()
+    session.mail("a@b", [], ["r@d", "s@d"])
+    out, events = run(session, [b"553 5.1.8 bad sender\r\n", OK])
+    assert out == b"RSET\r\n"
+    assert events == [TransactionDone(Reply(553, ("5.1.8 bad sender",)), (), None)]
+
+
+def test_mail_refused_pipelined_waits_for_every_reply() -> None:
+    """With pipelining every command was sent: each reply is read before RSET."""
+    session = greeted(PIPELINING_EHLO)
+    session.mail("a@b", [], ["r@d"])
+    out, events = run(session, [b"553 5.1.8 bad sender\r\n503 5.5.1 no MAIL\r\n554 5.5.1 no recipients\r\n", OK])
+    assert out == b"RSET\r\n"
+    [done] = events
+    assert isinstance(done, TransactionDone) and done.mail.code == 553 and [r.code for r in done.recipients] == [503]
+    assert done.data is None
+
+
+@pytest.mark.parametrize("pipelining", [False, True], ids=["lockstep", "pipelined"])
+def test_no_recipient_accepted(pipelining: bool) -> None:
+    """Nobody accepted: no DATA (lockstep), or an empty DATA ended (a pipelined server that said 354 anyway); RSET."""
+    session = greeted(PIPELINING_EHLO if pipelining else PLAIN_EHLO)
+    session.mail("a@b", [], ["r@d", "s@d"])
+    refused = [b"550 5.1.1 no\r\n", b"450 4.2.0 busy\r\n"]
+    if pipelining:
+        out, events = run(session, [OK + b"".join(refused) + GO, OK, OK])
+        assert out == b".\r\nRSET\r\n"
+    else:
+        out, events = run(session, [OK, *refused, OK])
+        assert out == b"RCPT TO:<r@d>\r\nRCPT TO:<s@d>\r\nRSET\r\n"
+    [done] = events
+    assert isinstance(done, TransactionDone) and [r.code for r in done.recipients] == [550, 450] and done.data is None
+
+
+def test_quit() -> None:
+    session = greeted()
+    assert sent(session.quit()) == b"QUIT\r\n"
+    assert session.awaiting is not None and session.awaiting.wait is Wait.QUIT
+    assert session.quit() == []
+    assert session.receive_data(b"221 bye\r\n") == [Closed()]
+    assert session.closed
+
+
+def test_quit_while_replies_are_pending_sends_nothing_more() -> None:
+    """QUIT during a transaction: the replies still due are read, but lead to no more commands."""
+    session = greeted()
+    session.mail("a@b", [], ["r@d"])
+    session.quit()
+    assert session.receive_data(OK + b"221 bye\r\n") == [Closed()]
+
+
+# -- a server that breaks the protocol ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"HTTP/1.1 400 Bad Request\r\n", "not an SMTP reply"),
+        (b"220 mx\r\n250 surprise\r\n", "unexpected reply"),  # answered before EHLO was sent
+        (b"220-mx\r\n230 other code\r\n", "changed its code"),
+        (b"220 " + b"x" * 5000, "too long"),
+    ],
+    ids=["garbage", "unsolicited", "code-change", "long-line"],
+)
+def test_protocol_errors_close_the_session(data: bytes, reason: str) -> None:
+    session = ClientSession("c")
+    events = session.receive_data(data)
+    closed = events[-1]
+    assert isinstance(closed, Closed) and closed.error is not None and reason in closed.error
+    assert session.closed and session.awaiting is None
+    assert session.receive_data(b"250 more\r\n") == []
+
+
+def test_reply_while_nothing_is_awaited() -> None:
+    session = greeted()
+    [closed] = session.receive_data(b"250 nobody asked\r\n")
+    assert isinstance(closed, Closed) and "unexpected reply: 250 nobody asked" in (closed.error or "")
+
+
+def test_lockstep_reply_sent_before_the_command_is_refused() -> None:
+    """Without pipelining, a RCPT reply in the same read as the MAIL reply was sent before RCPT went out."""
+    session = greeted()
+    session.mail("a@b", [], ["r@d"])
+    events = session.receive_data(OK + OK)
+    assert isinstance(events[-1], Closed) and "unexpected reply" in (events[-1].error or "")
+
+
+@pytest.mark.parametrize("step", ["starttls", "mail", "body", "end_body"])
+def test_steps_out_of_order_are_refused(step: str) -> None:
+    session = ClientSession("c")  # not greeted yet
+    call = {"starttls": session.starttls, "mail": lambda: session.mail("a@b", [], ["r@d"]),
+            "body": lambda: session.body(b"x"), "end_body": session.end_body}[step]
+    with pytest.raises(SessionError):
+        call()
