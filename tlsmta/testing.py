@@ -10,18 +10,21 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from typing import Any
 
 import attrs
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import ITLSTransport
+from twisted.internet.interfaces import IListeningPort, ITLSTransport
 from twisted.internet.testing import StringTransport
 from zope.interface import implementer
 
 from tlsmta.app import preflight
 from tlsmta.config import loader as configuration
 from tlsmta.config.routes import Route
+from tlsmta.network import IServiceReactor, installed_reactor
 from tlsmta.storage.interfaces import NO_THROTTLE, Envelope, StoreError, Throttle
 
 
@@ -96,10 +99,34 @@ class FakeTLSTransport(StringTransport):
         super().__init__(*args, **kwargs)
         self.tls_started_with: Any = None
         self.written_before_tls: bytes | None = None
+        self.tcp_no_delay = self.tcp_keep_alive = False
 
     def startTLS(self, contextFactory: Any, normal: bool = True) -> None:
         self.tls_started_with = contextFactory
         self.written_before_tls = self.value()
+
+    # The rest of ITCPTransport (ITLSTransport extends it): options are kept, nothing is sent.
+    def loseWriteConnection(self) -> None:
+        self.loseConnection()
+
+    def getTcpNoDelay(self) -> bool:
+        return self.tcp_no_delay
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        self.tcp_no_delay = enabled
+
+    def getTcpKeepAlive(self) -> bool:
+        return self.tcp_keep_alive
+
+    def setTcpKeepAlive(self, enabled: bool) -> None:
+        self.tcp_keep_alive = enabled
+
+
+def _port_number(port: IListeningPort) -> int:
+    address = port.getHost()
+    if not isinstance(address, (IPv4Address, IPv6Address)):
+        raise TypeError(f"not a TCP port: {address}")
+    return address.port
 
 
 def dev_listener(**overrides: Any) -> dict[str, Any]:
@@ -125,11 +152,9 @@ class RunningRelay:
     ``ports`` maps listener names to the port numbers they got.
     """
 
-    def __init__(self, config: configuration.Config, reactor: Any = None, dns_backend: Any = None):
+    def __init__(self, config: configuration.Config, reactor: IServiceReactor | None = None, dns_backend: Any = None):
         if reactor is None:
-            from twisted.internet import reactor as default_reactor
-
-            reactor = default_reactor
+            reactor = installed_reactor()
         from tlsmta.app.service import TlsmtaService
         from tlsmta.discovery.resolver import OfflineBackend
 
@@ -146,10 +171,9 @@ class RunningRelay:
     async def start(self) -> RunningRelay:
         self.service.startService()
         for name, listener in self.service.listeners.items():
-            port = await listener.ready
-            self.ports[name] = port.getHost().port
+            self.ports[name] = _port_number(await listener.ready)
         if self.service.web is not None:
-            self.http_port = (await self.service.web.ready).getHost().port
+            self.http_port = _port_number(await self.service.web.ready)
         return self
 
     async def stop(self) -> None:
@@ -212,13 +236,11 @@ class _ReactorThread:
     reactor cannot be restarted, so it is shared by every Relay in the process.
     """
 
-    thread: Any = None
+    thread: threading.Thread | None = None
 
     @classmethod
-    def reactor(cls) -> Any:
-        import threading
-
-        from twisted.internet import reactor
+    def reactor(cls) -> IServiceReactor:
+        reactor = installed_reactor()
 
         if cls.thread is not None and not cls.thread.is_alive():
             raise RuntimeError("the reactor thread was stopped; a Twisted reactor cannot start again")
@@ -240,8 +262,7 @@ class _ReactorThread:
 
     @classmethod
     def stop(cls) -> None:
-        from twisted.internet import reactor
-
+        reactor = installed_reactor()
         if cls.thread is not None and cls.thread.is_alive():
             reactor.callFromThread(reactor.stop)
             cls.thread.join(30)
@@ -309,11 +330,12 @@ class Relay:
 
         reactor = _ReactorThread.reactor()
 
-        def start() -> Any:
+        def start() -> Deferred[RunningRelay]:
             self._running = RunningRelay(self.config, reactor)
             return ensureDeferred(self._running.start())
 
-        blockingCallFromThread(reactor, start)
+        # Twisted's annotation (a callable returning _R or Deferred[_R]) cannot be solved by mypy.
+        blockingCallFromThread(reactor, start)  # type: ignore[arg-type]
         assert self._running is not None
         self._running.service.events.add_sink(self._on_event)
         return self
@@ -328,7 +350,8 @@ class Relay:
         if running is None:
             return
         running.service.events.remove_sink(self._on_event)
-        blockingCallFromThread(_ReactorThread.reactor(), lambda: ensureDeferred(running.stop()))
+        # Twisted's annotation (a callable returning _R or Deferred[_R]) cannot be solved by mypy.
+        blockingCallFromThread(_ReactorThread.reactor(), lambda: ensureDeferred(running.stop()))  # type: ignore[arg-type]
 
     def __enter__(self) -> Relay:
         return self.start()

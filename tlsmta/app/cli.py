@@ -20,6 +20,7 @@ from typing import Any
 
 from tlsmta.app import preflight
 from tlsmta.config import loader as configuration
+from tlsmta.network import IServiceReactor
 from tlsmta.smtp.names import DomainNameError, normalize_domain
 
 EX_OK, EX_USAGE, EX_DATAERR, EX_NOHOST, EX_UNAVAILABLE = 0, 64, 65, 68, 69
@@ -270,7 +271,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     verify = VerifyMode(options["tls_verify"])
     outcome: dict[str, int] = {}
 
-    async def main(reactor: Any) -> None:
+    async def main(reactor: IServiceReactor) -> None:
         resolver = Resolver(config.dns, nameservers=config.dns_nameservers)
         ehlo = options["ehlo_hostname"] or config.hostname or "tlsmta-probe.invalid"
         results, dns_problem, facts = await run_probe(

@@ -22,6 +22,7 @@ from twisted.protocols.basic import LineOnlyReceiver
 
 from tlsmta.delivery.mailqueue import Queue, QueueError
 from tlsmta.errors import TlsmtaError
+from tlsmta.network import StreamTransport
 from tlsmta.storage.spool import QueuedMessage
 
 log = Logger(namespace="tlsmta.control")
@@ -54,6 +55,8 @@ class ControlProtocol(LineOnlyReceiver):
 
     delimiter = b"\n"
     MAX_LENGTH = MAX_REQUEST
+    # Twisted's ITransport | None has neither the TCP/TLS/producer methods nor the connected state.
+    transport: StreamTransport  # type: ignore[assignment]
 
     def lineReceived(self, line: bytes) -> None:
         ensureDeferred(self._handle(line)).addBoth(self._answer)

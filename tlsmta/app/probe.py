@@ -28,7 +28,9 @@ from tlsmta.discovery import mtasts
 from tlsmta.discovery import published as external
 from tlsmta.discovery.published import ExternalFacts
 from tlsmta.discovery.resolver import DNSError, Resolver
+from tlsmta.network import IServiceReactor
 from tlsmta.smtp import client_session as session
+from tlsmta.smtp.reply import Reply
 from tlsmta.tls import contexts as tls
 from tlsmta.tls import policy
 from tlsmta.tls.policy import DANEStatus, Requirement, TLSAction, TLSFailure, VerifyMode
@@ -47,7 +49,7 @@ class ProbeResult:
     error: str | None = None
     banner: str = ""
     starttls: bool = False
-    refused: session.Reply | None = None  # the answer to STARTTLS, when it was not 220
+    refused: Reply | None = None  # the answer to STARTTLS, when it was not 220
     facts: tls.SessionFacts | None = None
     chain: list[x509.Certificate] = attrs.field(factory=list)
     verdicts: dict[VerifyMode, policy.Verdict] = attrs.field(factory=dict)
@@ -56,7 +58,7 @@ class ProbeResult:
     requiretls: bool = False  # REQUIRETLS offered after STARTTLS
 
 
-async def probe_address(reactor: Any, mx: str, ip: str, port: int, domain: str, options: Mapping[str, Any], ehlo: str,
+async def probe_address(reactor: IServiceReactor, mx: str, ip: str, port: int, domain: str, options: Mapping[str, Any], ehlo: str,
                         endpoints: EndpointFactory | None = None) -> ProbeResult:
     """One connection: banner, EHLO, STARTTLS and a recorded handshake, through delivery's client session."""
     result = ProbeResult(mx, ip, port)
@@ -90,7 +92,7 @@ async def probe_address(reactor: Any, mx: str, ip: str, port: int, domain: str, 
             result.error = str(decisions.greeting_failure(secured, mx))
         result.requiretls = isinstance(secured, session.Greeted) and "REQUIRETLS" in secured.capabilities
         result.facts = proto.tls_facts
-        result.chain = proto.transport.getHandle().get_peer_cert_chain(as_cryptography=True) or []
+        result.chain = tls.tls_connection(proto.transport).get_peer_cert_chain(as_cryptography=True) or []
         chain_result = policy.ChainResult(tuple(check.errors))
         result.chain_result, result.presented = chain_result, check.presented
         for mode in MODES:
@@ -123,7 +125,7 @@ class _NoDiskCache(mtasts.STSCache):
         return None
 
 
-async def external_facts(reactor: Any, resolver: Resolver, domain: str, options: Mapping[str, Any], names: list[str], port: int, https_port: int) -> ExternalFacts:
+async def external_facts(reactor: IServiceReactor, resolver: Resolver, domain: str, options: Mapping[str, Any], names: list[str], port: int, https_port: int) -> ExternalFacts:
     """MTA-STS (fetched now) and DANE (looked up now) for the MX hosts probed."""
     fetcher = mtasts.PolicyFetcher(reactor, resolver.addresses, port=lambda: https_port, ca_for=lambda d: options["tls_ca"])
     sts = mtasts.STSResolver(resolver.txt, fetcher, _NoDiskCache(), now=reactor.seconds)
@@ -131,7 +133,7 @@ async def external_facts(reactor: Any, resolver: Resolver, domain: str, options:
     return await external.gather(resolver, sts, domain, route_kind, [(n, port) for n in names], options["mta_sts"], options["dane"], need_mx_status=True)
 
 
-async def run_probe(reactor: Any, resolver: Resolver, domain: str, options: Mapping[str, Any], port: int | None, mx: str | None, ehlo: str,
+async def run_probe(reactor: IServiceReactor, resolver: Resolver, domain: str, options: Mapping[str, Any], port: int | None, mx: str | None, ehlo: str,
                     https_port: int = 443, endpoints: EndpointFactory | None = None) -> tuple[list[ProbeResult], str | None, ExternalFacts]:
     """Probe every address of every MX; (results, DNS problem or None, recipient-side policies)."""
     try:

@@ -35,7 +35,7 @@ from tlsmta.inbound import proxyheader
 from tlsmta.inbound.auth import AuthFileError, UserDB
 from tlsmta.inbound.intake import Intake
 from tlsmta.inbound.server import InboundFactory, ListenerRuntime
-from tlsmta.network import PortService
+from tlsmta.network import IServiceReactor, PortService
 from tlsmta.reporting.events import EventBus
 from tlsmta.reporting.metrics import Metrics, metrics_site
 from tlsmta.reporting.tlsrpt_sender import TLSRPTService
@@ -130,7 +130,7 @@ def _user_db(listener: ListenerConfig, checked: Mapping[str, UserDB]) -> UserDB 
 class ListenerService(PortService):
     """Listens on one endpoint; ``ready`` fires with the listening port."""
 
-    def __init__(self, reactor: Any, listener: ListenerConfig, factory: Any, inbound: InboundFactory):
+    def __init__(self, reactor: IServiceReactor, listener: ListenerConfig, factory: Any, inbound: InboundFactory):
         self.reactor = reactor
         self.listener = listener
         self.factory = factory  # what listens: the inbound factory, maybe TLS-wrapped
@@ -197,7 +197,7 @@ class QueueService(Service):
 class ControlService(PortService):
     """The control socket `tlsmta queue ...` talks to."""
 
-    def __init__(self, reactor: Any, path: str, factory: ControlFactory):
+    def __init__(self, reactor: IServiceReactor, path: str, factory: ControlFactory):
         self.reactor = reactor
         self.path = path
         self.factory = factory
@@ -211,7 +211,7 @@ class ControlService(PortService):
 class MetricsService(PortService):
     """Prometheus /metrics on the opt-in endpoint, fed by the structured events."""
 
-    def __init__(self, reactor: Any, endpoint: str, metrics: Metrics, events: EventBus):
+    def __init__(self, reactor: IServiceReactor, endpoint: str, metrics: Metrics, events: EventBus):
         self.reactor = reactor
         self.endpoint = endpoint
         self.metrics = metrics
@@ -229,7 +229,7 @@ class MetricsService(PortService):
 
     def stopService(self) -> Deferred[None] | None:
         self.events.remove_sink(self.metrics.handle)
-        return super().stopService()  # type: ignore[no-any-return]
+        return super().stopService()
 
 
 ConfigReader = Callable[[str], preflight.Checked]  # path -> the checked configuration to run
@@ -238,7 +238,7 @@ ConfigReader = Callable[[str], preflight.Checked]  # path -> the checked configu
 class TlsmtaService(MultiService):
     """The whole MTA for one configuration; ``reload`` swaps in a new one."""
 
-    def __init__(self, config: Config, reactor: Any, dns_backend: Any = None, read_config: ConfigReader = preflight.check,
+    def __init__(self, config: Config, reactor: IServiceReactor, dns_backend: Any = None, read_config: ConfigReader = preflight.check,
                  users: Mapping[str, UserDB] | None = None):
         """``read_config``: how a reload reads the file (the command line's overrides included);
         ``users``: the users files checking ``config`` loaded (others are read here)."""

@@ -7,7 +7,7 @@ import signal
 import sys
 from collections.abc import Callable
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from twisted.application.service import IService
@@ -16,6 +16,10 @@ from twisted.python import usage
 from tlsmta.app import preflight
 from tlsmta.config import loader as configuration
 from tlsmta.devrelay.devcert import LAB_MODES
+from tlsmta.network import IServiceReactor, installed_reactor
+
+if TYPE_CHECKING:
+    from tlsmta.app.service import TlsmtaService
 
 DEV_RELAY = "dev-relay.toml"
 EX_USAGE, EX_CONFIG = 64, 78  # sysexits.h
@@ -104,9 +108,9 @@ def command_line_reader(options: Options, path: str) -> Callable[[str], prefligh
 
 
 def makeService(options: Options) -> IService:
-    from twisted.internet import reactor
-
     from tlsmta.app.service import TlsmtaService
+
+    reactor = installed_reactor()
 
     path = options["config"] or dev_relay_path()
     read = command_line_reader(options, path)
@@ -121,7 +125,7 @@ def makeService(options: Options) -> IService:
     return service
 
 
-def install_signal_handlers(reactor: Any, service: Any) -> None:
+def install_signal_handlers(reactor: IServiceReactor, service: TlsmtaService) -> None:
     """SIGHUP reloads; SIGTERM stops gracefully and lets twistd exit 0.
 
     Installed once the reactor runs, after its own handlers: Twisted's

@@ -31,17 +31,24 @@ from OpenSSL import SSL
 from twisted.internet import error as net_error
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
-from twisted.internet.interfaces import IHandshakeListener, IPushProducer, IStreamClientEndpoint
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHandshakeListener,
+    IPushProducer,
+    IReactorTCP,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
+from twisted.internet.protocol import Factory, connectionDone
 from twisted.mail import smtp
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from tlsmta.errors import TlsmtaError
-from tlsmta.network import set_no_delay
+from tlsmta.network import StreamTransport, set_no_delay
 from tlsmta.smtp import client_session as session
 from tlsmta.smtp.client_session import ClientSession, Event, Wait
-from tlsmta.tls.contexts import ClientTLS, SessionFacts, ssl_error_text
+from tlsmta.tls.contexts import ClientTLS, SessionFacts, ssl_error_text, tls_connection
 
 # RFC 5321 4.5.3.2 minimum timeouts, in seconds.
 GREETING_TIMEOUT = 300
@@ -68,6 +75,9 @@ Outcome = (
     | session.BodyWanted | session.TransactionDone
 )
 
+# What the first step ends with.
+Greeting = session.Greeted | session.GreetingRefused | session.HelloRefused
+
 # (ip, port, source address, connect timeout) -> the endpoint a connection is made through.
 EndpointFactory = Callable[[str, int, str | None, float], IStreamClientEndpoint]
 
@@ -84,7 +94,10 @@ def _timeout(wait: Wait) -> float:
 class OutboundSMTP(smtp.ESMTPSender):
     """One outbound SMTP connection, carrying out what its :class:`ClientSession` decides."""
 
-    def __init__(self, clock: Any, ehlo_name: str):
+    # Twisted's ITransport | None has neither the TCP/TLS/producer methods nor the connected state.
+    transport: StreamTransport  # type: ignore[assignment]
+
+    def __init__(self, clock: IReactorTime, ehlo_name: str):
         # The stock constructor wants credentials and a context factory it would
         # build itself; we pass neither and never use its state machine.
         smtp.ESMTPSender.__init__(self, None, None, object(), b"tlsmta")
@@ -92,7 +105,7 @@ class OutboundSMTP(smtp.ESMTPSender):
         self.session = ClientSession(ehlo_name)
         self._outcomes: deque[Outcome] = deque()
         self._waiter: Deferred[Outcome] | None = None
-        self._timer: Any = None
+        self._timer: IDelayedCall | None = None
         self._timed: session.Pending | None = None
         self._closed: str | None = None
         self._tls_creator: ClientTLS | None = None
@@ -112,7 +125,7 @@ class OutboundSMTP(smtp.ESMTPSender):
     def dataReceived(self, data: bytes) -> None:
         self._carry_out(self.session.receive_data(data))
 
-    def connectionLost(self, reason: Failure = net_error.ConnectionDone()) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.session.connection_lost()
         ssl_failure = False
         if self._closed is None:
@@ -127,7 +140,7 @@ class OutboundSMTP(smtp.ESMTPSender):
             self.closed.callback(None)
 
     def handshakeCompleted(self) -> None:
-        self.tls_facts = SessionFacts.from_connection(self.transport.getHandle())
+        self.tls_facts = SessionFacts.from_connection(tls_connection(self.transport))
 
     def timeoutConnection(self) -> None:  # TimeoutMixin is not used; our waits time out
         self._break("timeout")
@@ -137,9 +150,9 @@ class OutboundSMTP(smtp.ESMTPSender):
 
     # -- steps -----------------------------------------------------------------------
 
-    def greeting(self) -> Deferred[Outcome]:
+    def greeting(self) -> Deferred[Greeting]:
         """Greeted, GreetingRefused or HelloRefused: the first step, taken by the session itself."""
-        return self._next()
+        return self._next().addCallback(_as_greeting)
 
     def starttls(self, creator: ClientTLS) -> Deferred[Outcome]:
         """STARTTLS; on 220 the handshake with ``creator`` and EHLO inside TLS.
@@ -290,7 +303,7 @@ class _OneConnection(Factory):
         return self.proto
 
 
-def tcp_endpoints(reactor: Any) -> EndpointFactory:
+def tcp_endpoints(reactor: IReactorTCP) -> EndpointFactory:
     """The production endpoints: TCP (v4 or v6 by the address), bound to the source address if given."""
 
     def endpoint(ip: str, port: int, source: str | None, timeout: float) -> IStreamClientEndpoint:
@@ -301,10 +314,17 @@ def tcp_endpoints(reactor: Any) -> EndpointFactory:
     return endpoint
 
 
-async def connect(reactor: Any, endpoints: EndpointFactory, ip: str, port: int, ehlo_name: str,
+async def connect(reactor: IReactorTime, endpoints: EndpointFactory, ip: str, port: int, ehlo_name: str,
                   source: str | None = None, timeout: float = 30) -> OutboundSMTP:
     """An OutboundSMTP connected to ip:port through ``endpoints`` (``reactor`` is its clock)."""
-    return await endpoints(ip, port, source, timeout).connect(_OneConnection(OutboundSMTP(reactor, ehlo_name)))
+    proto = OutboundSMTP(reactor, ehlo_name)
+    await endpoints(ip, port, source, timeout).connect(_OneConnection(proto))
+    return proto
+
+
+def _as_greeting(outcome: Outcome) -> Greeting:
+    assert isinstance(outcome, (session.Greeted, session.GreetingRefused, session.HelloRefused)), outcome
+    return outcome
 
 
 def _failed(error: Exception) -> Deferred[Any]:

@@ -92,13 +92,18 @@ def build_dsn(
     report["MIME-Version"] = "1.0"
     report.add_header("Content-Type", "multipart/report", report_type="delivery-status")
     report.preamble = "This is a MIME-encapsulated message."
-    report.attach(_human_part(reporting_mta, failed, expired, policy))
-    report.attach(_status_part(reporting_mta, message_id, arrival, failed, default, policy))
-    report.attach(_headers_part(headers, policy))
+    parts = (
+        _human_part(reporting_mta, failed, expired, policy),
+        _status_part(reporting_mta, message_id, arrival, failed, default, policy),
+        _headers_part(headers, policy),
+    )
+    for part in parts:
+        # typeshed's attach() takes the message's own class only; the email package's subparts are MIMEParts.
+        report.attach(part)  # type: ignore[arg-type]
     return report.as_bytes()
 
 
-def _human_part(reporting_mta: str, failed: Sequence[RecipientState], expired: bool, policy: EmailPolicy) -> MIMEPart:
+def _human_part(reporting_mta: str, failed: Sequence[RecipientState], expired: bool, policy: EmailPolicy[EmailMessage]) -> MIMEPart:
     lines = [
         f"This is the mail system at host {reporting_mta}.",
         "",
@@ -116,14 +121,14 @@ def _human_part(reporting_mta: str, failed: Sequence[RecipientState], expired: b
 
 def _status_part(
     reporting_mta: str, message_id: str, arrival: datetime, failed: Sequence[RecipientState], default: str,
-    policy: EmailPolicy,
+    policy: EmailPolicy[EmailMessage],
 ) -> MIMEPart:
     per_message = [
         ("Reporting-MTA", f"dns; {reporting_mta}"),
         ("X-Tlsmta-Queue-ID", message_id),
         ("Arrival-Date", format_datetime(arrival)),
     ]
-    blocks = [_fields_block(per_message, policy)]
+    blocks: list[Message | str] = [_fields_block(per_message, policy)]
     for rcpt in failed:
         # RFC 6533 3: an address that is not ASCII is of type utf-8, not rfc822.
         fields = [
@@ -142,13 +147,13 @@ def _status_part(
     return part
 
 
-def _fields_block(fields: list[tuple[str, str]], policy: EmailPolicy) -> Message:
+def _fields_block(fields: list[tuple[str, str]], policy: EmailPolicy[EmailMessage]) -> Message:
     """One block of delivery-status fields, folded here and kept so by the policy."""
     text = "".join(fold_field(name, ascii_text(value)) + "\r\n" for name, value in fields)
     return email.message_from_string(text, policy=policy)
 
 
-def _headers_part(headers: bytes, policy: EmailPolicy) -> MIMEPart:
+def _headers_part(headers: bytes, policy: EmailPolicy[EmailMessage]) -> MIMEPart:
     """The original header section; quoted-printable only when it is not plain 7-bit text
     (UTF-8 headers of an SMTPUTF8 message, a line longer than RFC 5322 allows)."""
     text = headers.rstrip(b"\r\n") + b"\r\n"

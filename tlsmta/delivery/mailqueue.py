@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, maybeDeferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from tlsmta.config.routes import Route, parse_route
@@ -58,7 +59,7 @@ class Queue:
         self,
         spool: Spool,
         deliver: Callable[[DeliveryJob], Deferred[list[RecipientResult]]],
-        clock: Any,
+        clock: IReactorTime,
         hostname: str,
         retry_schedule: Sequence[int],
         max_lifetime: int,

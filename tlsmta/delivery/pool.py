@@ -38,6 +38,7 @@ from tlsmta.discovery.mtasts import STSResolver
 from tlsmta.discovery.published import ExternalFacts
 from tlsmta.discovery.resolver import DNSError, DNSPermanent, MXHost, Resolver, below_self
 from tlsmta.errors import TlsmtaError
+from tlsmta.network import IServiceReactor
 from tlsmta.reporting.events import EventBus
 from tlsmta.smtp import client_session as session
 from tlsmta.smtp.reply import Reply
@@ -46,6 +47,7 @@ from tlsmta.storage.maildir import LocalSink, crlf_to_lf
 from tlsmta.storage.spool import BOUNCED, DELIVERED, PENDING, QueuedMessage, RecipientState, Spool
 from tlsmta.tls import contexts as tls
 from tlsmta.tls import policy
+from tlsmta.tls.contexts import CertificateCheck
 from tlsmta.tls.hooks import Hooks
 from tlsmta.tls.policy import DANEStatus, Requirement, TLSAction, TLSFailure, VerifyMode
 
@@ -148,7 +150,7 @@ class Attempt:
     port: int
     tls: dict[str, Any] = attrs.field(factory=lambda: {"tls": "none"})
     failure: Reply | None = None  # the deferral (or bounce) when the session failed before a transaction
-    check: tls.CertificateCheck | None = None  # set once TLS is up and acceptable
+    check: CertificateCheck | None = None  # set once TLS is up and acceptable
     req: Requirement | None = None  # the effective TLS requirement for this MX
     facts: ExternalFacts = attrs.field(factory=ExternalFacts)
     # TLS-RPT: (success, RFC 8460 result type, reason); None when no TLS result to report.
@@ -456,16 +458,16 @@ class Destination:
         if req.report_verify:
             ok, _, why = attempt.rpt
             attempt.tls["mta_sts_testing"] = "pass" if ok else f"fail: {why}"
-        refused = policy.requiretls_refused(req, "REQUIRETLS" in caps)
-        if refused is not None:
-            attempt.failure = refused.reply
+        requiretls_refusal = policy.requiretls_refused(req, "REQUIRETLS" in caps)
+        if requiretls_refusal is not None:
+            attempt.failure = requiretls_refusal.reply
             return _Step.NEXT_HOST, {}
         attempt.check = check
         return None, caps
 
     def _dane_verdict(self, proto: OutboundSMTP, attempt: Attempt) -> policy.Verdict:
         """RFC 7672: the presented chain against the MX host's usable TLSA records."""
-        chain = proto.transport.getHandle().get_peer_cert_chain(as_cryptography=True) or []
+        chain = tls.tls_connection(proto.transport).get_peer_cert_chain(as_cryptography=True) or []
         now = datetime.datetime.fromtimestamp(self.pool.reactor.seconds(), datetime.timezone.utc)
         verdict = decisions.dane_verdict(attempt.facts, attempt.mx, chain, now)
         assert verdict is not None  # req.dane: the MX has usable TLSA records
@@ -536,7 +538,7 @@ class OutboundPool:
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IServiceReactor,
         resolver: Resolver,
         spool: Spool,
         disk: DiskIO,
@@ -696,7 +698,7 @@ class OutboundPool:
         check = attempt.check
         if check is None or check.hook is not None or proto.tls_facts is None:
             return
-        session = proto.transport.getHandle().get_session()
+        session = tls.tls_connection(proto.transport).get_session()
         if session is None:
             return
         if len(self._tls_sessions) >= MAX_TLS_SESSIONS:

@@ -49,7 +49,7 @@ from tlsmta.devrelay.mailview import envelope_of, html_of, part_of
 from tlsmta.devrelay.release import ReleaseError, outgoing_body, release_message, smarthost_route
 from tlsmta.devrelay.tlslab import LabError, LabListener, lab_applies
 from tlsmta.errors import TlsmtaError
-from tlsmta.network import PortService
+from tlsmta.network import IServiceReactor, PortService
 from tlsmta.reporting.events import EventBus
 from tlsmta.smtp.data import says_tls_required_no
 from tlsmta.storage.spool import QueuedMessage
@@ -121,7 +121,7 @@ def json_reply(value: Any, status: int = 200) -> Reply:
 class EventStream:
     """Open Server-Sent Events responses; ``changed()`` tells every page to refetch."""
 
-    def __init__(self, reactor: Any):
+    def __init__(self, reactor: IServiceReactor):
         self.reactor = reactor
         self.requests: set[Request] = set()
         self._heartbeat = LoopingCall(self._send, b": ping\n\n")
@@ -135,7 +135,9 @@ class EventStream:
             self._heartbeat.stop()
         for request in list(self.requests):
             self.requests.discard(request)
-            request.channel.transport.loseConnection()  # a stream has no end of its own
+            transport = request.channel.transport
+            if transport is not None:  # a stream has no end of its own
+                transport.loseConnection()
 
     def add(self, request: Request) -> None:
         request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
@@ -181,7 +183,7 @@ class WebUI(Resource):
 
     isLeaf = True
 
-    def __init__(self, reactor: Any, mail: CapturedMail, state_dir: str, run_blocking: Callable[..., Deferred[Any]],
+    def __init__(self, reactor: IServiceReactor, mail: CapturedMail, state_dir: str, run_blocking: Callable[..., Deferred[Any]],
                  allowed_hosts: Iterable[str] = (), host: RelayHost | None = None):
         super().__init__()
         self.reactor = reactor
@@ -208,7 +210,7 @@ class WebUI(Resource):
             return NOT_DONE_YET
         request.notifyFinish().addErrback(lambda _: setattr(request, "tlsmta_gone", True))  # the client left
         method = request.method.decode("ascii", "replace")
-        path = [segment.decode("utf-8", "replace") for segment in request.postpath]
+        path = [segment.decode("utf-8", "replace") for segment in request.postpath or []]
         if path and path[-1] == "" and len(path) > 1:
             path = path[:-1]
         d = maybeDeferred(self._route, request, method, path)
@@ -291,7 +293,7 @@ class WebUI(Resource):
 
     def _list(self, request: Request) -> Deferred[Reply]:
         def arg(name: str) -> str | None:
-            values = request.args.get(name.encode())
+            values = request.args.get(name.encode()) if request.args else None
             return values[0].decode("utf-8", "replace") if values and values[0] else None
 
         terms = {"to": arg("to"), "sender": arg("from"), "subject": arg("subject"), "text": arg("q")}
@@ -406,14 +408,14 @@ class _QuietSite(Site):
 
     noisy = False
 
-    def log(self, request: Request) -> None:
+    def log(self, request: object) -> None:
         pass
 
 
 class WebService(PortService):
     """The web page and API on the opt-in ``[http] endpoint``."""
 
-    def __init__(self, reactor: Any, endpoint: str, web: WebUI):
+    def __init__(self, reactor: IServiceReactor, endpoint: str, web: WebUI):
         self.reactor = reactor
         self.endpoint = endpoint
         self.web = web
@@ -442,10 +444,10 @@ class WebService(PortService):
         if self.web.host is not None:
             self.web.host.events.remove_sink(self.web.stream.on_event)
         self.web.stream.stop()
-        return super().stopService()  # type: ignore[no-any-return]
+        return super().stopService()
 
 
-def web_service(reactor: Any, config: Any, host: RelayHost, run_blocking: Callable[..., Deferred[Any]]) -> WebService:
+def web_service(reactor: IServiceReactor, config: Any, host: RelayHost, run_blocking: Callable[..., Deferred[Any]]) -> WebService:
     """The WebService for ``config``'s ``[http]`` table (its endpoint must be set)."""
     maildir = captured_maildir(config)
     assert maildir is not None, "the loader refuses [http] endpoint without a Maildir to show"

@@ -13,13 +13,13 @@ import datetime
 import enum
 import hashlib
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 import attrs
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509 import verification
 from twisted.internet.defer import Deferred, fail, succeed
 
@@ -272,15 +272,17 @@ def _signed_by_key(spki: bytes, chain: Sequence[x509.Certificate]) -> x509.Certi
     return None
 
 
-def _signature_ok(key: Any, cert: x509.Certificate) -> bool:
+def _signature_ok(key: PublicKeyTypes, cert: x509.Certificate) -> bool:
     signature, tbs, params = cert.signature, cert.tbs_certificate_bytes, cert.signature_algorithm_parameters
+    hashed = cert.signature_hash_algorithm
     try:
-        if isinstance(key, rsa.RSAPublicKey):
-            key.verify(signature, tbs, params, cert.signature_hash_algorithm)
-        elif isinstance(key, ec.EllipticCurvePublicKey):
+        # A key that does not fit the certificate's signature algorithm did not sign it.
+        if isinstance(key, rsa.RSAPublicKey) and isinstance(params, (padding.PSS, padding.PKCS1v15)) and hashed:
+            key.verify(signature, tbs, params, hashed)
+        elif isinstance(key, ec.EllipticCurvePublicKey) and isinstance(params, ec.ECDSA):
             key.verify(signature, tbs, params)
-        elif isinstance(key, dsa.DSAPublicKey):
-            key.verify(signature, tbs, cert.signature_hash_algorithm)
+        elif isinstance(key, dsa.DSAPublicKey) and hashed:
+            key.verify(signature, tbs, hashed)
         elif isinstance(key, (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)):
             key.verify(signature, tbs)
         else:

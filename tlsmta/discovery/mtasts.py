@@ -25,6 +25,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from tlsmta.errors import TlsmtaError
+from tlsmta.network import IServiceReactor
 from tlsmta.smtp.names import DomainNameError, normalize_domain
 
 log = Logger(namespace="tlsmta.mtasts")
@@ -358,7 +359,7 @@ class PolicyFetcher:
     ``ca_for(domain)`` (the domain's ``tls_ca``) or the system store.
     """
 
-    def __init__(self, reactor: Any, addresses: Callable[[str], Deferred[list[str]]], port: Callable[[], int], ca_for: Callable[[str], str | None]):
+    def __init__(self, reactor: IServiceReactor, addresses: Callable[[str], Deferred[list[str]]], port: Callable[[], int], ca_for: Callable[[str], str | None]):
         self.reactor = reactor
         self.addresses = addresses
         self.port = port

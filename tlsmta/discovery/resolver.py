@@ -32,6 +32,7 @@ from twisted.names.common import ResolverBase
 from twisted.python.failure import Failure
 
 from tlsmta.errors import TlsmtaError
+from tlsmta.network import IServiceReactor, installed_reactor
 
 LOOKUP_TIMEOUT = (2, 4)  # seconds per retry, as twisted.names takes them
 
@@ -61,7 +62,7 @@ class MXHost:
     implicit: bool = False  # no MX record: the domain itself (RFC 5321 5.1)
 
 
-def order_mx(records: Sequence[tuple[int, str]], rng: Callable[[Sequence[Any]], None] = random.shuffle) -> list[MXHost]:
+def order_mx(records: Sequence[tuple[int, str]], rng: Callable[[list[str]], None] = random.shuffle) -> list[MXHost]:
     """RFC 5321 5.1: by preference, random order among equal preferences."""
     groups: dict[int, list[str]] = {}
     for pref, host in records:
@@ -129,7 +130,7 @@ class Resolver:
         pinned: Mapping[str, Mapping[str, tuple[str, ...]]],
         backend: Any = None,
         nameservers: Sequence[tuple[str, int]] | None = None,
-        reactor: Any = None,
+        reactor: IServiceReactor | None = None,
     ):
         self.pinned = pinned
         self._given_backend = backend
@@ -181,9 +182,7 @@ class Resolver:
         missing resolver configuration are :class:`DNSTransient`.  Runs in a
         thread so the reactor is never blocked.
         """
-        reactor = self._reactor
-        if reactor is None:
-            from twisted.internet import reactor  # type: ignore[no-redef]
+        reactor = self._reactor if self._reactor is not None else installed_reactor()
         what = f"{rdtype} lookup for {name}"
         d = threads.deferToThreadPool(reactor, reactor.getThreadPool(), self._dnssec_query_blocking, name, rdtype)
         return d.addErrback(lambda f: _classify_dnspython(f, what))
@@ -293,10 +292,11 @@ class Resolver:
 
         def confirm(names: list[str]) -> Deferred[list[str]]:
             peer = canonical_ip(ip)
-            checks = [
-                self.addresses(n).addCallback(lambda addrs, n=n: n if peer in {canonical_ip(a) for a in addrs} else None)
-                for n in names[:5]
-            ]
+
+            def confirmed(addrs: list[str], name: str) -> str | None:
+                return name if peer in {canonical_ip(a) for a in addrs} else None
+
+            checks = [self.addresses(n).addCallback(confirmed, n) for n in names[:5]]
             return DeferredList(checks, consumeErrors=True).addCallback(
                 lambda results: [n for ok, n in results if ok and n]
             )

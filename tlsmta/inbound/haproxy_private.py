@@ -23,6 +23,8 @@ Checked against Twisted 26.10.0.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from twisted.protocols.haproxy._exceptions import InvalidProxyHeader
 from twisted.protocols.haproxy._info import ProxyInfo
 from twisted.protocols.haproxy._v1parser import V1Parser
@@ -33,7 +35,7 @@ __all__ = ["HeaderParser", "InvalidProxyHeader", "ProxyInfo", "parser_for"]
 HeaderParser = V1Parser | V2Parser
 
 
-def parser_for(head: bytes) -> HeaderParser | bool | None:
+def parser_for(head: bytes) -> HeaderParser | Literal[False] | None:
     """The parser for a header starting with ``head``; None: undecided yet; False: not a header."""
     if len(head) >= 13 and head[:12] == V2Parser.PREFIX:
         if head[12] & 0xF0 != 0x20:

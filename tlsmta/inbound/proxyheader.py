@@ -18,7 +18,7 @@ from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IAddress, ILoggingContext, IProtocol, IReactorTime
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
@@ -26,6 +26,7 @@ from zope.interface import directlyProvides, providedBy
 
 from tlsmta.inbound.acceptance import in_networks
 from tlsmta.inbound.haproxy_private import HeaderParser, InvalidProxyHeader, ProxyInfo, parser_for
+from tlsmta.network import StreamTransport
 
 log = Logger(namespace="tlsmta.proxyheader")
 
@@ -36,6 +37,8 @@ UNKNOWN_CLIENT = "unknown"  # the peer "address" when the header names no client
 
 class TrustedProxyProtocol(ProtocolWrapper):
     factory: TrustedProxyFactory
+    # Twisted's ITransport | None has neither the TCP/TLS/producer methods nor the connected state.
+    transport: StreamTransport  # type: ignore[assignment]
 
     def __init__(self, factory: TrustedProxyFactory, wrappedProtocol: IProtocol):
         super().__init__(factory, wrappedProtocol)
@@ -83,7 +86,8 @@ class TrustedProxyProtocol(ProtocolWrapper):
             return  # the header continues in the next segment
         self._header_timer.cancel()
         self._started = True
-        self.wrappedProtocol.makeConnection(self)
+        # directlyProvides gave this wrapper its transport's interfaces (ITransport among them).
+        self.wrappedProtocol.makeConnection(self)  # type: ignore[arg-type]
         if remaining:
             self.wrappedProtocol.dataReceived(remaining)
 
@@ -107,7 +111,7 @@ class TrustedProxyProtocol(ProtocolWrapper):
         self._cut_off = True
         self.transport.abortConnection()
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         timer = getattr(self, "_header_timer", None)
         if timer is not None and timer.active():
             timer.cancel()
@@ -117,7 +121,7 @@ class TrustedProxyProtocol(ProtocolWrapper):
             self.factory.unregisterProtocol(self)
 
 
-class TrustedProxyFactory(WrappingFactory):
+class TrustedProxyFactory(WrappingFactory[TrustedProxyProtocol]):
     protocol = TrustedProxyProtocol
 
     def __init__(self, wrapped: Any, trusted: Callable[[], Iterable[Any]], reactor: IReactorTime):

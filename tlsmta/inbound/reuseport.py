@@ -14,7 +14,13 @@ import socket
 from typing import Any
 
 from twisted.internet.defer import Deferred, execute
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint, IStreamServerEndpointStringParser
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IReactorCore,
+    IReactorSocket,
+    IStreamServerEndpoint,
+    IStreamServerEndpointStringParser,
+)
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
@@ -23,7 +29,7 @@ DEFAULT_BACKLOG = 1024
 
 @implementer(IStreamServerEndpoint)
 class ReusePortEndpoint:
-    def __init__(self, reactor: Any, port: int, backlog: int = DEFAULT_BACKLOG, interface: str = ""):
+    def __init__(self, reactor: IReactorSocket, port: int, backlog: int = DEFAULT_BACKLOG, interface: str = ""):
         self.reactor = reactor
         self.port = port
         self.backlog = backlog
@@ -42,7 +48,7 @@ class ReusePortEndpoint:
             sock.listen(self.backlog)
             sock.setblocking(False)
             # adoptStreamPort dups the descriptor; ours is closed either way.
-            return self.reactor.adoptStreamPort(sock.fileno(), family, factory)  # type: ignore[no-any-return]
+            return self.reactor.adoptStreamPort(sock.fileno(), family, factory)
         finally:
             sock.close()
 
@@ -51,5 +57,8 @@ class ReusePortEndpoint:
 class ReusePortParser:
     prefix = "reuseport"
 
-    def parseStreamServer(self, reactor: Any, port: str, backlog: str = str(DEFAULT_BACKLOG), interface: str = "") -> ReusePortEndpoint:
-        return ReusePortEndpoint(reactor, int(port), int(backlog), interface)
+    # The interface declares (reactor, *args, **kwargs); a parser takes its own description's arguments.
+    def parseStreamServer(  # type: ignore[override]
+        self, reactor: IReactorCore, port: str, backlog: str = str(DEFAULT_BACKLOG), interface: str = ""
+    ) -> ReusePortEndpoint:
+        return ReusePortEndpoint(IReactorSocket(reactor), int(port), int(backlog), interface)

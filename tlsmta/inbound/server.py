@@ -39,7 +39,7 @@ from typing import Any
 
 import attrs
 from OpenSSL import SSL
-from twisted.internet import protocol, reactor
+from twisted.internet import protocol
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IPushProducer, IReactorTime
 from twisted.logger import Logger
@@ -52,7 +52,7 @@ from tlsmta.discovery.resolver import Resolver
 from tlsmta.inbound.acceptance import ClientStanding, check_client_certificate, check_recipient, in_networks
 from tlsmta.inbound.auth import UserDB
 from tlsmta.inbound.received import TraceFacts, received_header
-from tlsmta.network import set_no_delay
+from tlsmta.network import StreamTransport, installed_reactor, set_no_delay
 from tlsmta.reporting.events import EventBus
 from tlsmta.smtp.commands import Reject
 from tlsmta.smtp.names import DomainNameError, normalize_domain, normalized_domain_of
@@ -75,7 +75,15 @@ from tlsmta.smtp.server_session import (
 )
 from tlsmta.storage.ids import new_message_id
 from tlsmta.storage.interfaces import Envelope, MessageSink, MessageWriter, Recipient, StoreError, Throttle
-from tlsmta.tls.contexts import CertificateCheck, HookContext, ServerTLS, SessionFacts, ssl_error_text, tls_log_fields
+from tlsmta.tls.contexts import (
+    CertificateCheck,
+    HookContext,
+    ServerTLS,
+    SessionFacts,
+    ssl_error_text,
+    tls_connection,
+    tls_log_fields,
+)
 from tlsmta.tls.hooks import Hooks
 from tlsmta.tls.policy import Verdict, VerifyMode
 
@@ -129,12 +137,14 @@ class ListenerRuntime:
 class InboundSMTP(smtp.ESMTP):
     """One inbound SMTP session: a :class:`ServerSession` and the I/O it asks for."""
 
+    # Twisted's ITransport | None has neither the TCP/TLS/producer methods nor the connected state.
+    transport: StreamTransport  # type: ignore[assignment]
+
     def __init__(self, runtime: ListenerRuntime, factory: InboundFactory | None = None, clock: IReactorTime | None = None):
         super().__init__()
         self.runtime = runtime
         self.factory = factory
-        self.clock: IReactorTime = clock if clock is not None else reactor  # type: ignore[assignment]
-        self.callLater = self.clock.callLater  # TimeoutMixin's scheduler
+        self.clock = clock if clock is not None else installed_reactor()
         self.hostname = runtime.hostname
         self.session = ServerSession(runtime.session_settings())
         self.tls_facts: SessionFacts | None = None
@@ -151,6 +161,10 @@ class InboundSMTP(smtp.ESMTP):
         self._client_verify_counted = False
         self._reverse_lookup: Deferred[list[str]] | None = None
         self.reverse_names: list[str] | None = None
+
+    def callLater(self, period: float, func: Callable[[], object]) -> IDelayedCall:
+        """TimeoutMixin's scheduler (and ours), on this session's clock."""
+        return self.clock.callLater(period, func)
 
     # The session's state, as the log lines and headers need it.
     state = property(lambda self: self.session.phase)
@@ -250,7 +264,7 @@ class InboundSMTP(smtp.ESMTP):
         self._pump(closing=self.session.phase in (Phase.COMMAND, Phase.AUTH) and self.session.pending is None)
 
     def handshakeCompleted(self) -> None:
-        self.tls_facts = SessionFacts.from_connection(self.transport.getHandle())
+        self.tls_facts = SessionFacts.from_connection(tls_connection(self.transport))
         self.runtime.events.emit("tls_inbound", quiet=True, listener=self.runtime.listener.name, protocol=self.tls_facts.protocol)
         self._start_reverse_lookup()
 
@@ -344,7 +358,12 @@ class InboundSMTP(smtp.ESMTP):
 
     def _mail_allowed(self, question: MailAllowed) -> None:
         if self._reverse_lookup is not None and self.reverse_names is None:
-            self._reverse_lookup.addBoth(lambda result: (self._settle(question, self._check_client), result)[1])
+
+            def settle(result: list[str] | Failure) -> list[str] | Failure:
+                self._settle(question, self._check_client)
+                return result
+
+            self._reverse_lookup.addBoth(settle)
             return
         self._settle(question, self._check_client)
 
@@ -603,7 +622,7 @@ class InboundFactory(protocol.ServerFactory):
 
     noisy = False
 
-    def __init__(self, runtime: ListenerRuntime, clock: Any = None):
+    def __init__(self, runtime: ListenerRuntime, clock: IReactorTime | None = None):
         self.runtime = runtime
         self.clock = clock
         self.sessions: set[InboundSMTP] = set()

@@ -58,7 +58,7 @@ class TLSRPTService(Service):
         self.owner = owner  # the TlsmtaService: config, resolver, spool, queue, pool, reactor
         self.store: tlsrpt.TLSRPTStore | None = None
         self._loop: LoopingCall | None = None
-        self._running: Deferred[None] | None = None
+        self._running: Deferred[int] | None = None
         self._lock = DeferredLock()  # one report run at a time (timer and callers)
 
     def startService(self) -> None:

@@ -194,7 +194,7 @@ class ClientSession:
         self._received += 1
         self._parser.push(data)
         events: list[Event] = []
-        while self._state is not _State.CLOSED:
+        while not self.closed:  # a reply may close the session
             try:
                 reply = self._parser.pop()
             except ReplyError as e:

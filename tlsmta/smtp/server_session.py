@@ -305,7 +305,7 @@ class ServerSession:
 
     def _answer(self, kinds: tuple[type, ...]) -> Question:
         question = self.pending
-        if not isinstance(question, kinds):
+        if question is None or not isinstance(question, kinds):
             raise RuntimeError(f"no {' or '.join(k.__name__ for k in kinds)} question is open (open: {question!r})")
         self.pending = None
         return question

@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from tlsmta.errors import TlsmtaError
+from tlsmta.network import StreamTransport
 from tlsmta.smtp.names import DomainNameError, normalize_domain
 from tlsmta.tls import openssl_private, policy
 from tlsmta.tls.policy import ChainError, ChainResult, PresentedNames, VerifyMode
@@ -220,6 +221,14 @@ class SessionFacts:
             peer_issuer=issuer,
             resumed=openssl_private.session_reused(conn),
         )
+
+
+def tls_connection(transport: StreamTransport) -> SSL.Connection:
+    """The OpenSSL connection of a transport whose TLS handshake has begun."""
+    handle = transport.getHandle()
+    if not isinstance(handle, SSL.Connection):
+        raise TypeError(f"no TLS on this transport (its handle is {type(handle).__name__})")
+    return handle
 
 
 def tls_log_fields(facts: SessionFacts | None, tls_verify: str, verified: str, reason: str) -> dict[str, Any]:

@@ -19,7 +19,7 @@ def load_hook(spec: str) -> Callable[..., Any]:
     """Import ``package.module:function`` and return the callable."""
     module_name, _, attr_path = spec.partition(":")
     try:
-        target: Any = importlib.import_module(module_name)
+        target: object = importlib.import_module(module_name)
     except Exception as e:
         raise HookError(f"cannot import {module_name!r} for hook {spec!r}: {e}") from None
     for part in attr_path.split("."):

@@ -16,7 +16,8 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
 from twisted.web.client import (
     Agent,
     FileBodyProducer,
@@ -31,6 +32,7 @@ from zope.interface import implementer
 
 from tlsmta.config.loader import parse_protocols
 from tlsmta.errors import TlsmtaError
+from tlsmta.network import IServiceReactor, StreamTransport
 from tlsmta.tls import contexts as tls
 from tlsmta.tls.policy import VerifyMode
 
@@ -50,7 +52,7 @@ class TooLarge(TlsmtaError):
 
 
 async def request(
-    reactor: Any, method: bytes, host: str, port: int, path: str, ip: str, ca: str | None,
+    reactor: IServiceReactor, method: bytes, host: str, port: int, path: str, ip: str, ca: str | None,
     body: bytes | None = None, headers: dict[bytes, list[bytes]] | None = None, connect_timeout: float = 30,
 ) -> IResponse:
     """One request to ``https://host:port/path``, connecting to ``ip``."""
@@ -67,7 +69,9 @@ async def request(
     netloc = host if port == 443 else f"{host}:{port}"
     producer = FileBodyProducer(io.BytesIO(body)) if body is not None else None
     try:
-        return await agent.request(method, f"https://{netloc}{path}".encode("ascii"), Headers(headers or {}), producer)
+        url = f"https://{netloc}{path}".encode("ascii")
+        response: IResponse = await agent.request(method, url, Headers(headers or {}), producer)
+        return response
     except (ResponseNeverReceived, ResponseFailed) as e:
         if check.seen_certificate and check.verdict().fatal:
             raise HTTPSFailure(f"certificate of {host} not valid: {check.verdict().reason}", certificate=True) from None
@@ -83,6 +87,8 @@ def read_body(response: IResponse, limit: int) -> Deferred[bytes]:
     parts: list[bytes] = []
 
     class _Reader(Protocol):
+        # Twisted's ITransport | None has neither the TCP/TLS/producer methods nor the connected state.
+        transport: StreamTransport  # type: ignore[assignment]
         size = 0
 
         def dataReceived(self, data: bytes) -> None:
@@ -94,7 +100,7 @@ def read_body(response: IResponse, limit: int) -> Deferred[bytes]:
                 return
             parts.append(data)
 
-        def connectionLost(self, reason: Any) -> None:
+        def connectionLost(self, reason: Failure = connectionDone) -> None:
             if done.called:
                 return
             if reason.check(ResponseDone, PotentialDataLoss):
