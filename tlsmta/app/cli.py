@@ -20,6 +20,7 @@ from typing import Any
 
 from tlsmta.app import preflight
 from tlsmta.config import loader as configuration
+from tlsmta.config.tls_modes import OutboundTLS
 from tlsmta.network import IServiceReactor
 from tlsmta.smtp.names import DomainNameError, normalize_domain
 
@@ -102,10 +103,10 @@ def describe_policy(options: Mapping[str, Any], domain: str, mx: str | None) -> 
     port = route.port if route.kind == "smtp" and route.port else options["smtp_port"]
     lines = [f"Sent over SMTP to {where}, port {port}."]
     tls_mode, verify = options["tls"], options["tls_verify"]
-    if tls_mode == "no":
+    if tls_mode == OutboundTLS.NO:
         lines.append("No STARTTLS: the mail goes in plain text.")
         return lines
-    if tls_mode == "required":
+    if tls_mode == OutboundTLS.REQUIRED:
         lines.append("STARTTLS required: not advertised defers with 4.7.6; a failed handshake defers with 4.7.5.")
     else:
         fallback = options["tls_ifavailable_fallback"]
@@ -201,14 +202,14 @@ def describe_requirement(req: Any, domain: str, mx: str) -> str:
         return f"{req.policy}: this MX is not used ({req.unusable})."
     if req.dane:
         return "dane: STARTTLS required, the certificate must match a usable TLSA record (DANE-EE/DANE-TA); no plain-text fallback."
-    if req.tls == "no":
+    if req.tls is OutboundTLS.NO:
         return f"{req.policy}: plain text."
     names = " or ".join(req.wanted(domain, mx))
     check = {"no": "not checked", "ca": "must chain to the trust anchors",
              "host": f"must chain to the trust anchors and name {names}",
              "optional": f"checked for {names}, failures only logged"}[req.verify.value]
-    fallback = "plain-text fallback after a failed handshake" if req.tls == "ifavailable" and req.fallback else "no plain-text fallback"
-    return f"{req.policy}: STARTTLS {'required' if req.tls == 'required' else 'if offered'}, certificate {check}, {fallback}."
+    fallback = "plain-text fallback after a failed handshake" if req.tls is OutboundTLS.IFAVAILABLE and req.fallback else "no plain-text fallback"
+    return f"{req.policy}: STARTTLS {'required' if req.tls is OutboundTLS.REQUIRED else 'if offered'}, certificate {check}, {fallback}."
 
 
 def cmd_policy(args: argparse.Namespace) -> int:
@@ -267,7 +268,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     if args.tls_verify:
         options["tls_verify"] = args.tls_verify
     if args.tls:
-        options["tls"] = args.tls
+        options["tls"] = OutboundTLS(args.tls)
     verify = VerifyMode(options["tls_verify"])
     outcome: dict[str, int] = {}
 
@@ -532,7 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--binding", default="default")
     p.add_argument("--port", type=int, help="SMTP port (default: the configured smtp_port, 25)")
     p.add_argument("--mx", help="probe this host instead of looking up MX records")
-    p.add_argument("--tls", choices=["no", "ifavailable", "required"], help="judge with this tls instead of the configured one")
+    p.add_argument("--tls", choices=[mode.value for mode in OutboundTLS], help="judge with this tls instead of the configured one")
     p.add_argument("--tls-verify", choices=["no", "ca", "host", "optional"], help="judge with this mode")
     p.set_defaults(func=cmd_probe)
 

@@ -22,6 +22,7 @@ from typing import Any
 import attrs
 from cryptography import x509
 
+from tlsmta.config.tls_modes import OutboundTLS
 from tlsmta.delivery import decisions
 from tlsmta.delivery.client import ConnectionBroken, EndpointFactory, connect, tcp_endpoints
 from tlsmta.discovery import mtasts
@@ -154,7 +155,7 @@ async def run_probe(reactor: IServiceReactor, resolver: Resolver, domain: str, o
     return results, None, facts
 
 
-def requirement(options: Mapping[str, Any], facts: ExternalFacts, mx: str, tls_mode: str, verify: VerifyMode) -> Requirement:
+def requirement(options: Mapping[str, Any], facts: ExternalFacts, mx: str, tls_mode: OutboundTLS, verify: VerifyMode) -> Requirement:
     """The effective requirement for ``mx`` (an ordinary message: no REQUIRETLS)."""
     return decisions.requirement(tls_mode, verify, options["tls_ifavailable_fallback"], facts, mx)
 
@@ -191,7 +192,7 @@ def _outcome(result: ProbeResult, req: Requirement, verdict: policy.Verdict | No
     if isinstance(outcome, TLSFailure):
         return False, f"defer: {outcome.reply}" + (fatal_note if verdict is not None else "")
     if outcome is TLSAction.PLAIN:
-        if req.tls == "no":
+        if req.tls is OutboundTLS.NO:
             return True, "deliver in plain text (tls = no)"
         if not result.starttls:
             return True, "deliver in plain text (STARTTLS not offered)"
@@ -240,7 +241,7 @@ def format_policies(result: ProbeResult, facts: ExternalFacts, req: Requirement,
     return lines
 
 
-def configured_outcome(result: ProbeResult, tls_mode: str, verify: VerifyMode, fallback: bool = True) -> tuple[bool, str]:
+def configured_outcome(result: ProbeResult, tls_mode: OutboundTLS, verify: VerifyMode, fallback: bool = True) -> tuple[bool, str]:
     """(would deliver, what happens) under the configured tls / tls_verify."""
     local = Requirement(policy.POLICY_LOCAL, tls_mode, verify, fallback=fallback)
     return _outcome(result, local, result.verdicts.get(verify))
@@ -256,7 +257,7 @@ def format_certificate(depth: int, cert: x509.Certificate) -> list[str]:
     ]
 
 
-def format_result(result: ProbeResult, tls_mode: str, verify: VerifyMode) -> list[str]:
+def format_result(result: ProbeResult, tls_mode: OutboundTLS, verify: VerifyMode) -> list[str]:
     lines = [f"MX {result.mx} [{result.ip}]:{result.port}"]
     if result.banner:
         lines.append(f"  banner:   {result.banner}")

@@ -24,6 +24,7 @@ from tlsmta.app import preflight
 from tlsmta.app.control import ControlFactory, prepare_socket_path
 from tlsmta.config import loader as configuration
 from tlsmta.config.loader import Config, ListenerConfig, resolve
+from tlsmta.config.tls_modes import ListenerTLS
 from tlsmta.delivery.mailqueue import Queue
 from tlsmta.delivery.pool import Deliverer, OutboundPool
 from tlsmta.devrelay.capture import captured_maildir
@@ -83,7 +84,7 @@ def effective_hostname(config: Config) -> str:
 
 def listener_tls(listener: ListenerConfig, config: Config, hostname: str, hooks: Hooks | None = None) -> tls.ServerTLS | None:
     """The server TLS creator for a listener, generating the dev certificate if asked."""
-    if listener.tls == "no":
+    if listener.tls is ListenerTLS.NO:
         return None
     if listener.tls_lab is not None:
         return lab_server_tls(listener, config, hostname)
@@ -278,7 +279,7 @@ class TlsmtaService(MultiService):
         for listener in config.listeners:
             factory = InboundFactory(self._runtime(listener, config, self.hooks, users or {}))
             wrapped: Any = factory
-            if listener.tls == "implicit":
+            if listener.tls is ListenerTLS.IMPLICIT:
                 assert factory.runtime.tls is not None
                 wrapped = TLSMemoryBIOFactory(factory.runtime.tls, False, factory)
             service = ListenerService(reactor, listener, wrapped, factory)

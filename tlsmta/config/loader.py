@@ -8,16 +8,18 @@ each problem names the file, the table and the key.
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import attrs
 
 from tlsmta.config.routes import Route, RouteError, parse_route
+from tlsmta.config.tls_modes import ListenerTLS, OutboundTLS
 from tlsmta.errors import TlsmtaError
 from tlsmta.smtp.names import normalize_domain
 
@@ -53,6 +55,7 @@ class ConfigError(TlsmtaError):
 # raises ValueError with a message meant for the operator.
 
 Checker = Callable[[Any], Any]
+StrEnumT = TypeVar("StrEnumT", bound=enum.StrEnum)
 
 
 def _enum(*choices: str) -> Checker:
@@ -60,6 +63,16 @@ def _enum(*choices: str) -> Checker:
         if not isinstance(value, str) or value.lower() not in choices:
             raise ValueError(f"must be one of {', '.join(choices)} (got {value!r})")
         return value.lower()
+
+    return check
+
+
+def _enum_of(kind: type[StrEnumT]) -> Checker:
+    """A value of ``kind``, written as one of its words (any case)."""
+    check_word = _enum(*kind)
+
+    def check(value: Any) -> StrEnumT:
+        return kind(check_word(value))
 
     return check
 
@@ -261,7 +274,7 @@ class Option:
 # Options valid in every delivery scope (global, binding_group, binding,
 # domain and the nested domain scopes), resolved per (binding, domain).
 DELIVERY_OPTIONS: dict[str, Option] = {
-    "tls": Option(_enum("no", "ifavailable", "required"), "no", "use STARTTLS when sending"),
+    "tls": Option(_enum_of(OutboundTLS), OutboundTLS.NO, "use STARTTLS when sending"),
     "tls_verify": Option(_enum("no", "ca", "host", "optional"), "no", "check the server certificate"),
     "tls_ca": Option(_ca_location, None, "trust anchors; default: system store", "ca_file"),
     "tls_certificate": Option(_file_or_none, None, "client certificate"),
@@ -301,7 +314,7 @@ HOOK_OPTIONS: dict[str, Option] = {
 LISTENER_OPTIONS: dict[str, Option] = {
     "name": Option(_str, None, "used by binding_rule matches and in logs"),
     "endpoint": Option(_str, None, "Twisted server endpoint string"),
-    "tls": Option(_enum("no", "starttls", "implicit"), "starttls"),
+    "tls": Option(_enum_of(ListenerTLS), ListenerTLS.STARTTLS),
     "tls_certificate": Option(_str, None, "PEM certificate chain, or 'auto'"),
     "tls_key": Option(_readable_file, None),
     "tls_client_ca": Option(_ca_location, None, "CAs for client certificates", "ca_file"),
@@ -379,7 +392,7 @@ class ListenerConfig:
 
     name: str
     endpoint: str
-    tls: str
+    tls: ListenerTLS
     tls_certificate: str | None
     tls_key: str | None
     tls_client_ca: str | None
@@ -768,15 +781,15 @@ def _listeners(v: _Validator, raw: Any) -> list[ListenerConfig]:
         values["name"] = name
         cert = values["tls_certificate"]
         lab = values["tls_lab"]
-        if lab is not None and values["tls"] == "no":
+        if lab is not None and values["tls"] is ListenerTLS.NO:
             v.problem(label, "tls_lab", "needs tls = 'starttls' or 'implicit'")
-        if lab == "no-starttls" and values["tls"] == "implicit":
+        if lab == "no-starttls" and values["tls"] is ListenerTLS.IMPLICIT:
             v.problem(label, "tls_lab", "'no-starttls' needs tls = 'starttls'")
         if lab is not None and cert is None:
             cert = values["tls_certificate"] = "auto"  # the lab serves dev CA certificates
-        if values["tls"] != "no":
+        if values["tls"] is not ListenerTLS.NO:
             if cert is None:
-                v.problem(label, "tls_certificate", f"is required when tls = {values['tls']!r} (or 'auto')")
+                v.problem(label, "tls_certificate", f"is required when tls = {values['tls'].value!r} (or 'auto')")
             elif cert != "auto":
                 try:
                     _readable_file(cert)
@@ -794,7 +807,7 @@ def _listeners(v: _Validator, raw: Any) -> list[ListenerConfig]:
                 v.problem(label, "auth_users_file", why)
         if values["tls_verify"] != "no" and values["tls_client_ca"] is None:
             v.problem(label, "tls_client_ca", f"is required when tls_verify = {values['tls_verify']!r}")
-        if values["tls_verify"] != "no" and values["tls"] == "no":
+        if values["tls_verify"] != "no" and values["tls"] is ListenerTLS.NO:
             v.problem(label, "tls_verify", "needs tls = 'starttls' or 'implicit'")
         try:
             out.append(ListenerConfig(**values))

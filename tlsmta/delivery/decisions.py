@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 
 from cryptography import x509
 
+from tlsmta.config.tls_modes import OutboundTLS
 from tlsmta.discovery import dane
 from tlsmta.discovery.published import ExternalFacts
 from tlsmta.smtp.client_session import GreetingRefused, HelloRefused
@@ -37,7 +38,7 @@ def greeting_failure(refused: GreetingRefused | HelloRefused, mx: str) -> Reply:
     return Reply.of(451, "4" + status[1:], f"{mx} said: {refused.reply}")
 
 
-def requirement(tls: str, verify: VerifyMode, fallback: bool, facts: ExternalFacts, mx: str, *,
+def requirement(tls: OutboundTLS, verify: VerifyMode, fallback: bool, facts: ExternalFacts, mx: str, *,
                 requiretls: bool = False, tls_required_no: bool = False) -> Requirement:
     """The strictest of the local options and what MTA-STS, DANE and the message ask, for ``mx``."""
     return policy.effective_requirement(

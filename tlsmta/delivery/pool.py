@@ -31,6 +31,7 @@ from twisted.logger import Logger
 
 from tlsmta.config.loader import DELIVERY_OPTIONS, Resolved
 from tlsmta.config.routes import Route
+from tlsmta.config.tls_modes import OutboundTLS
 from tlsmta.delivery import decisions
 from tlsmta.delivery.client import ConnectionBroken, EndpointFactory, OutboundSMTP, connect, tcp_endpoints
 from tlsmta.discovery import published as external
@@ -105,7 +106,7 @@ def results_for(job: DeliveryJob, reply: Reply, remote: str = "") -> list[Recipi
 class TLSOptions:
     """The outbound TLS options of one destination (after hook overrides)."""
 
-    tls: str
+    tls: OutboundTLS
     verify: VerifyMode
     ca: str | None
     certificate: str | None
@@ -118,7 +119,7 @@ class TLSOptions:
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> TLSOptions:
         return cls(
-            tls=options["tls"],
+            tls=OutboundTLS(options["tls"]),
             verify=VerifyMode(options["tls_verify"]),
             ca=options["tls_ca"],
             certificate=options["tls_certificate"],
@@ -405,7 +406,7 @@ class Destination:
             self._tls_failure(attempt, decision, policy.RPT_STARTTLS_NOT_SUPPORTED)
             return _Step.NEXT_HOST, {}
         if decision is TLSAction.PLAIN:
-            if req.tls != "no" and not plain_only and "STARTTLS" not in caps:
+            if req.tls is not OutboundTLS.NO and not plain_only and "STARTTLS" not in caps:
                 attempt.rpt = (False, policy.RPT_STARTTLS_NOT_SUPPORTED, "STARTTLS not advertised")
             return None, caps
         check = self.pool.certificate_check(self, attempt)

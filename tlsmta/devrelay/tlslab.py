@@ -20,6 +20,7 @@ from OpenSSL import SSL
 from twisted.logger import Logger
 
 from tlsmta.config.loader import Config, ListenerConfig
+from tlsmta.config.tls_modes import ListenerTLS
 from tlsmta.devrelay.devcert import (
     CERTIFICATE_LAB_MODES,
     LAB_MODES,
@@ -100,12 +101,12 @@ def with_tls_lab(config: Config, mode: str) -> Config:
     return attrs.evolve(config, listeners=tuple(changed))
 
 
-def lab_applies(tls_setting: str, mode: str | None) -> bool:
+def lab_applies(tls_setting: ListenerTLS, mode: str | None) -> bool:
     """Whether ``mode`` makes sense on a listener with ``tls = tls_setting``
     (a TLS listener; no-starttls only with STARTTLS)."""
-    if tls_setting == "no":
+    if tls_setting == ListenerTLS.NO:
         return False
-    return mode != "no-starttls" or tls_setting == "starttls"
+    return mode != "no-starttls" or tls_setting == ListenerTLS.STARTTLS
 
 
 @attrs.frozen
@@ -113,7 +114,7 @@ class LabListener:
     """A running listener as the TLS lab menu shows it."""
 
     name: str
-    tls: str
+    tls: ListenerTLS
     tls_lab: str | None
     port: int | None
 

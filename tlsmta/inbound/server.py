@@ -48,6 +48,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from tlsmta.config.loader import Config, ListenerConfig, resolve, select_binding
+from tlsmta.config.tls_modes import ListenerTLS
 from tlsmta.discovery.resolver import Resolver
 from tlsmta.inbound.acceptance import ClientStanding, check_client_certificate, check_recipient, in_networks
 from tlsmta.inbound.auth import UserDB
@@ -116,7 +117,7 @@ class ListenerRuntime:
 
     @property
     def offers_starttls(self) -> bool:
-        return self.tls is not None and self.listener.tls == "starttls" and self.listener.tls_lab != "no-starttls"
+        return self.tls is not None and self.listener.tls is ListenerTLS.STARTTLS and self.listener.tls_lab != "no-starttls"
 
     def session_settings(self) -> ServerSettings:
         listener = self.listener
@@ -126,7 +127,7 @@ class ListenerRuntime:
             max_line_length=listener.max_line_length,
             max_recipients=listener.max_recipients,
             max_hops=self.config.max_hops,
-            implicit_tls=listener.tls == "implicit",
+            implicit_tls=listener.tls is ListenerTLS.IMPLICIT,
             offers_starttls=self.offers_starttls,
             auth_available=self.users is not None,
             auth_requires_tls=listener.require_tls_for_auth,

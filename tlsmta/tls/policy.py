@@ -19,6 +19,7 @@ from service_identity.hazmat import (
     verify_service_identity,
 )
 
+from tlsmta.config.tls_modes import OutboundTLS
 from tlsmta.smtp.names import DomainNameError, normalize_domain
 from tlsmta.smtp.reply import Reply
 from tlsmta.tls import rpt_types
@@ -267,25 +268,26 @@ class TLSFailure:
         return Reply.of(550 if self.status.startswith("5") else 451, self.status, self.reason)
 
 
-def starttls_decision(tls: str, advertised: bool) -> TLSAction | TLSFailure:
+# The tls arguments are compared with ==, so that the words themselves ("no", ...) work too.
+def starttls_decision(tls: OutboundTLS, advertised: bool) -> TLSAction | TLSFailure:
     """After EHLO: ``tls`` is no, ifavailable or required."""
-    if tls == "no":
+    if tls == OutboundTLS.NO:
         return TLSAction.PLAIN
     if advertised:
         return TLSAction.STARTTLS
-    if tls == "required":
+    if tls == OutboundTLS.REQUIRED:
         return TLSFailure(STARTTLS_MISSING_CODE, "STARTTLS required but not advertised")
     return TLSAction.PLAIN
 
 
-def starttls_refused(tls: str, fallback: bool, reply: str) -> TLSAction | TLSFailure:
+def starttls_refused(tls: OutboundTLS, fallback: bool, reply: str) -> TLSAction | TLSFailure:
     """The server answered STARTTLS with an error (e.g. 454)."""
-    if tls == "ifavailable" and fallback:
+    if tls == OutboundTLS.IFAVAILABLE and fallback:
         return TLSAction.PLAIN
     return TLSFailure(TLS_ENHANCED_CODE, f"TLS negotiation failed: STARTTLS refused: {reply}")
 
 
-def handshake_failed(tls: str, fallback: bool, verdict: Verdict | None, reason: str) -> TLSAction | TLSFailure:
+def handshake_failed(tls: OutboundTLS, fallback: bool, verdict: Verdict | None, reason: str) -> TLSAction | TLSFailure:
     """The handshake did not complete.
 
     ``verdict`` is the certificate verdict when our verification aborted
@@ -294,7 +296,7 @@ def handshake_failed(tls: str, fallback: bool, verdict: Verdict | None, reason: 
     """
     if verdict is not None and verdict.fatal:
         return TLSFailure(TLS_ENHANCED_CODE, verdict.reason)
-    if tls == "ifavailable" and fallback:
+    if tls == OutboundTLS.IFAVAILABLE and fallback:
         return TLSAction.PLAIN
     return TLSFailure(TLS_ENHANCED_CODE, f"TLS negotiation failed: {reason}")
 
@@ -345,7 +347,7 @@ class Requirement:
     """What one session to one MX must achieve, and what follows a failure."""
 
     policy: str  # the strongest policy applied, for the log and TLS-RPT
-    tls: str  # no, ifavailable, required
+    tls: OutboundTLS = attrs.field(converter=OutboundTLS)
     verify: VerifyMode
     names: Names = Names.DOMAIN_OR_MX
     dane: bool = False  # the certificate is judged by the TLSA records, not by CA and names
@@ -371,7 +373,7 @@ class Requirement:
 
 
 def effective_requirement(
-    tls: str,
+    tls: OutboundTLS,
     verify: VerifyMode,
     fallback: bool,
     *,
@@ -410,19 +412,19 @@ def effective_requirement(
         sts = None
 
     if dane is DANEStatus.FAILED:
-        req = Requirement(POLICY_DANE, "required", verify, fallback=False, requiretls=requiretls)
+        req = Requirement(POLICY_DANE, OutboundTLS.REQUIRED, verify, fallback=False, requiretls=requiretls)
         return attrs.evolve(req, unusable=req.failure(TLS_ENHANCED_CODE, "dane: TLSA lookup failed; MX not usable"))
     if dane is DANEStatus.USABLE:
-        return Requirement(POLICY_DANE, "required", VerifyMode.NO, dane=True, fallback=False, requiretls=requiretls)
+        return Requirement(POLICY_DANE, OutboundTLS.REQUIRED, VerifyMode.NO, dane=True, fallback=False, requiretls=requiretls)
 
     req = Requirement(POLICY_LOCAL, tls, verify, fallback=fallback, ignored=ignored)
     if dane is DANEStatus.UNUSABLE:
-        req = attrs.evolve(req, policy=POLICY_DANE, tls="required", fallback=False)
+        req = attrs.evolve(req, policy=POLICY_DANE, tls=OutboundTLS.REQUIRED, fallback=False)
     if sts is not None and sts.mode == "enforce":
         req = attrs.evolve(
             req,
             policy=POLICY_STS_ENFORCE if req.policy == POLICY_LOCAL else req.policy,
-            tls="required",
+            tls=OutboundTLS.REQUIRED,
             verify=VerifyMode.HOST,  # optional and ca become an enforcing host check
             names=Names.MX,
             fallback=False,
@@ -435,7 +437,7 @@ def effective_requirement(
         req = attrs.evolve(
             req,
             policy=POLICY_REQUIRETLS,
-            tls="required",
+            tls=OutboundTLS.REQUIRED,
             verify=VerifyMode.HOST,  # optional and ca become an enforcing host check
             names=Names.MX,
             fallback=False,

@@ -1,0 +1,26 @@
+"""The values of the ``tls`` options: outbound (global and delivery scopes) and per listener.
+
+Configuration values, so here where the loader makes them; ``tlsmta.tls.policy``
+decides with them.  Each is a ``StrEnum``: logs, ``tlsmta policy`` and JSON show
+the word from the file.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class OutboundTLS(enum.StrEnum):
+    """``tls`` when sending: STARTTLS never, when offered, or always."""
+
+    NO = "no"
+    IFAVAILABLE = "ifavailable"
+    REQUIRED = "required"
+
+
+class ListenerTLS(enum.StrEnum):
+    """``tls`` of a ``[[listener]]``: none, STARTTLS offered, or TLS from the first byte."""
+
+    NO = "no"
+    STARTTLS = "starttls"
+    IMPLICIT = "implicit"
