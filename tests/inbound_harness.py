@@ -6,10 +6,10 @@ from typing import Any
 
 from twisted.internet.task import Clock
 
-from tlsmta.config.loader import parse_protocols
-from tlsmta.inbound.server import InboundFactory, InboundSMTP, ListenerRuntime
+from tlsmta.config._loader import parse_protocols
+from tlsmta.inbound._server import InboundFactory, InboundSMTP, ListenerRuntime
 from tlsmta.testing import FakeTLSTransport, MemorySink, build_config, dev_listener
-from tlsmta.tls import contexts as tls
+from tlsmta.tls import _contexts as tls
 
 HOSTNAME = "mx.test"
 

@@ -18,8 +18,8 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from tlsmta.config.loader import parse_protocols
-from tlsmta.tls import contexts as tls
+from tlsmta.config._loader import parse_protocols
+from tlsmta.tls import _contexts as tls
 
 POLICY_HOST = f"mta-sts.{DOMAIN}"
 

@@ -1,4 +1,4 @@
-"""Unit tests for :mod:`tlsmta.inbound.acceptance`: relay control and the client-certificate MAIL gate."""
+"""Unit tests for :mod:`tlsmta.inbound._acceptance`: relay control and the client-certificate MAIL gate."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tlsmta.inbound.acceptance import (
+from tlsmta.inbound._acceptance import (
     RELAY_DENIED,
     ClientStanding,
     check_client_certificate,
@@ -16,8 +16,8 @@ from tlsmta.inbound.acceptance import (
     in_networks,
     may_relay,
 )
-from tlsmta.smtp.commands import Reject
-from tlsmta.tls.policy import Outcome, Verdict, VerifyMode
+from tlsmta.smtp._commands import Reject
+from tlsmta.tls._policy import Outcome, Verdict, VerifyMode
 
 LOCAL = frozenset({"example.com", "mail.example.com"})
 NETS = (ipaddress.ip_network("192.0.2.0/24"), ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("2001:db8::/32"), ipaddress.ip_network("::1/128"))

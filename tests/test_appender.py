@@ -13,10 +13,10 @@ import pytest
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, maybeDeferred
 
-from tlsmta.reporting.tlsrpt import TLSRPTStore
-from tlsmta.storage import appender
-from tlsmta.storage.appender import LineAppender
-from tlsmta.storage.diskio import DiskIO
+from tlsmta.reporting._tlsrpt import TLSRPTStore
+from tlsmta.storage import _appender as appender
+from tlsmta.storage._appender import LineAppender
+from tlsmta.storage._diskio import DiskIO
 
 DAY = datetime.date(2026, 11, 24)
 DOMAIN = "example.test"

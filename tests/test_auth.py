@@ -1,4 +1,4 @@
-"""Unit tests for :mod:`tlsmta.inbound.auth`: scrypt password hashes, the users file, SASL decoding."""
+"""Unit tests for :mod:`tlsmta.inbound._auth`: scrypt password hashes, the users file, SASL decoding."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tlsmta.inbound import auth
-from tlsmta.inbound.auth import (
+from tlsmta.inbound import _auth as auth
+from tlsmta.inbound._auth import (
     SCRYPT_N,
     SCRYPT_P,
     SCRYPT_R,
@@ -19,7 +19,7 @@ from tlsmta.inbound.auth import (
     check_password,
     hash_password,
 )
-from tlsmta.smtp.sasl import decode_b64_text, decode_plain
+from tlsmta.smtp._sasl import decode_b64_text, decode_plain
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 import trustme
 
 from tlsmta.app.cli import EX_CONFIG, EX_DATAERR, EX_OK, EX_USAGE, main
-from tlsmta.config.loader import DELIVERY_OPTIONS
+from tlsmta.config._loader import DELIVERY_OPTIONS
 
 SYSEXITS = {"EX_OK": 0, "EX_USAGE": 64, "EX_DATAERR": 65, "EX_CONFIG": 78}
 
@@ -256,7 +256,7 @@ def test_hash_password_line_loads_and_checks(tmp_path: Path, capsys: pytest.Capt
     """tlsmta hash-password prints a users-file line that UserDB loads and that checks the password."""
     import io
 
-    from tlsmta.inbound.auth import UserDB
+    from tlsmta.inbound._auth import UserDB
 
     monkeypatch.setattr("sys.stdin", io.StringIO("s3cret\n"))
     assert main(["hash-password", "alice"]) == EX_OK

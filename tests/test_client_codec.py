@@ -1,8 +1,8 @@
-"""Unit tests for :mod:`tlsmta.smtp.client_codec`: the SMTP client's wire format.
+"""Unit tests for :mod:`tlsmta.smtp._client_codec`: the SMTP client's wire format.
 
 No reactor, no sockets.  Replies are parsed from bytes; DATA bodies are
 dot-stuffed and then read back with the server-side
-:class:`tlsmta.smtp.data.DataReader`, so the two halves of the DATA
+:class:`tlsmta.smtp._data.DataReader`, so the two halves of the DATA
 transparency rule (RFC 5321 4.5.2) are checked against each other.
 """
 
@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.mail.smtp import SMTPClient
 
-from tlsmta.smtp.client_codec import (
+from tlsmta.smtp._client_codec import (
     MAX_REPLY_LINE,
     MAX_REPLY_LINES,
     DotStuffer,
@@ -24,7 +24,7 @@ from tlsmta.smtp.client_codec import (
     ReplyParser,
     parse_ehlo,
 )
-from tlsmta.smtp.data import DataReader
+from tlsmta.smtp._data import DataReader
 
 # -- helpers --------------------------------------------------------------------------
 
@@ -351,7 +351,7 @@ def test_output_has_no_bare_line_endings(body):
 
 def test_reply_control_characters_are_neutralised():
     """A bare CR (or other control character) in a server's reply cannot forge lines in our logs or DSNs."""
-    from tlsmta.smtp.client_codec import ReplyParser
+    from tlsmta.smtp._client_codec import ReplyParser
 
     [reply] = replies_in(ReplyParser(), b"550 5.1.1 no such user\rFinal-Recipient: rfc822; ceo@victim.example\x00\r\n")
     assert "\r" not in reply.text and "\x00" not in reply.text

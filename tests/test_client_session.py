@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tlsmta.smtp._reply import Reply
 from tlsmta.smtp.client_session import (
     BodyWanted,
     ClientSession,
@@ -19,7 +20,6 @@ from tlsmta.smtp.client_session import (
     TransactionDone,
     Wait,
 )
-from tlsmta.smtp.reply import Reply
 
 PLAIN_EHLO = b"250-mx.test\r\n250 SIZE 1000\r\n"
 PIPELINING_EHLO = b"250-mx.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n"

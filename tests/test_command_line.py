@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 
 from tlsmta.app import tap
-from tlsmta.app.service import TlsmtaService
-from tlsmta.config.loader import with_overrides
-from tlsmta.inbound.auth import UserDB, hash_password
+from tlsmta.app._service import TlsmtaService
+from tlsmta.config._loader import with_overrides
+from tlsmta.inbound._auth import UserDB, hash_password
 
 HTTP = "tcp:0:interface=127.0.0.1"
 NO_MAILDIR = "[http] maildir: is required when the global route is not maildir:PATH"

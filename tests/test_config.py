@@ -18,9 +18,9 @@ import trustme
 
 # What tlsmta itself loads with: syntax and data, plus this machine's checks (OpenSSL, key pairs,
 # hooks, users files); tlsmta.config alone is syntax and data (test_syntax_only_loader).
-from tlsmta.app.preflight import from_dict, load
-from tlsmta.config import loader as configuration
-from tlsmta.config.loader import (
+from tlsmta.app._preflight import from_dict, load
+from tlsmta.config import _loader as configuration
+from tlsmta.config._loader import (
     DELIVERY_OPTIONS,
     LISTENER_OPTIONS,
     QUEUE_OPTIONS,
@@ -35,7 +35,7 @@ from tlsmta.config.loader import (
     resolve,
     select_binding,
 )
-from tlsmta.config.routes import Route, parse_route
+from tlsmta.config._routes import Route, parse_route
 
 CONFIG_NAME = "tlsmta.toml"
 DOMAIN = "example.com"
@@ -1166,7 +1166,7 @@ def test_valid_openssl_strings_pass(tmp_path: Path) -> None:
 
 def test_syntax_only_loader_leaves_the_machine_checks_to_preflight(tmp_path: Path, pki: Pki) -> None:
     """tlsmta.config checks syntax and data only; OpenSSL strings, key pairs and hooks are checked by
-    tlsmta.app.preflight, with the same file/table/key problem lines."""
+    tlsmta.app._preflight, with the same file/table/key problem lines."""
     path = write(tmp_path, f'[global]\ntls_ciphers = "NO-SUCH-CIPHER"\n'
                            f'tls_certificate = {q(pki.cert)}\ntls_key = {q(pki.other_key)}\n'
                            '[hooks]\noutbound_binding = "no_such_module_x:f"\n')

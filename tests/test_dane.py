@@ -1,4 +1,4 @@
-"""Tests for :mod:`tlsmta.discovery.dane`: TLSA records, the DANE verdict, and the lookups.
+"""Tests for :mod:`tlsmta.discovery._dane`: TLSA records, the DANE verdict, and the lookups.
 
 The verdict tests are pure (certificates from trustme, no reactor).  The
 lookup tests use pinned answers and a real DNS server on loopback
@@ -21,10 +21,10 @@ from twisted.internet import defer, reactor
 from twisted.names import dns, error
 from twisted.names.server import DNSServerFactory
 
-from tlsmta.discovery import dane
-from tlsmta.discovery.dane import MatchingType, Selector, TLSAAnswer, TLSARecord, Usage, record_for, verify_chain
-from tlsmta.discovery.resolver import DNSTransient, OfflineBackend, Resolver
-from tlsmta.tls.policy import Outcome
+from tlsmta.discovery import _dane as dane
+from tlsmta.discovery._dane import MatchingType, Selector, TLSAAnswer, TLSARecord, Usage, record_for, verify_chain
+from tlsmta.discovery._resolver import DNSTransient, OfflineBackend, Resolver
+from tlsmta.tls._policy import Outcome
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
 MX = "mx.example.test"

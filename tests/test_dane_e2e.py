@@ -11,7 +11,7 @@ from cryptography import x509
 from e2e import maildir_messages
 from outbound_lab import MX, deliveries, start_receiver, start_sender, submit_and_settle
 
-from tlsmta.discovery import dane
+from tlsmta.discovery import _dane as dane
 
 
 def leaf_of(pair: Pair, index: int = 0) -> x509.Certificate:

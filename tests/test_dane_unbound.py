@@ -12,7 +12,7 @@ from e2e import maildir_messages
 from outbound_lab import DOMAIN, MX, deliveries, start_receiver, submit_and_settle
 from unbound_lab import SignedZone
 
-from tlsmta.discovery import dane
+from tlsmta.discovery import _dane as dane
 from tlsmta.testing import RunningRelay, build_config, dev_listener
 
 

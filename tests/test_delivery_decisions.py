@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from tlsmta.delivery import decisions
-from tlsmta.discovery.published import MXTLSA, ExternalFacts
+from tlsmta.delivery import _decisions as decisions
+from tlsmta.discovery._published import MXTLSA, ExternalFacts
+from tlsmta.smtp._reply import Reply
 from tlsmta.smtp.client_session import GreetingRefused, HelloRefused
-from tlsmta.smtp.reply import Reply
-from tlsmta.tls.policy import DANEStatus, Outcome, Requirement, TLSAction, TLSFailure, Verdict, VerifyMode
+from tlsmta.tls._policy import DANEStatus, Outcome, Requirement, TLSAction, TLSFailure, Verdict, VerifyMode
 
 
 def test_addresses_tried_per_host() -> None:

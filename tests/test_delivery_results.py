@@ -1,6 +1,6 @@
 """Per-recipient results of a delivery attempt: one Reply from the wire to the ``delivery`` event.
 
-:func:`tlsmta.delivery.pool.results_for` and :func:`outcome_of` are pure;
+:func:`tlsmta.delivery._pool.results_for` and :func:`outcome_of` are pure;
 ``OutboundPool.log_job`` runs on a :class:`twisted.internet.task.Clock` so the
 logged delay is the pool's clock, not the machine's.
 """
@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 from twisted.internet.task import Clock
 
-from tlsmta.config.routes import parse_route
-from tlsmta.delivery.pool import DeliveryJob, OutboundPool, RecipientResult, outcome_of, results_for
-from tlsmta.discovery.resolver import OfflineBackend, Resolver
-from tlsmta.reporting import events
-from tlsmta.smtp.reply import Reply
-from tlsmta.storage.spool import BOUNCED, DELIVERED, PENDING, QueuedMessage, RecipientState
-from tlsmta.tls.hooks import load_hooks
+from tlsmta.config._routes import parse_route
+from tlsmta.delivery._pool import DeliveryJob, OutboundPool, RecipientResult, outcome_of, results_for
+from tlsmta.discovery._resolver import OfflineBackend, Resolver
+from tlsmta.reporting import _events as events
+from tlsmta.smtp._reply import Reply
+from tlsmta.storage._spool import BOUNCED, DELIVERED, PENDING, QueuedMessage, RecipientState
+from tlsmta.tls._hooks import load_hooks
 
 RECEIVED = 1_700_000_000.0
 

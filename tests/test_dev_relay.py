@@ -13,7 +13,7 @@ from e2e import client_context, maildir_messages, send_smtplib
 from processes import START_TIMEOUT, TWISTD, TlsmtaProcess
 
 from tlsmta.app.tap import dev_relay_path
-from tlsmta.config import loader as configuration
+from tlsmta.config import _loader as configuration
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

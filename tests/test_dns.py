@@ -1,4 +1,4 @@
-"""Unit tests for :mod:`tlsmta.discovery.resolver`: pinned answers, MX ordering and failure classes.
+"""Unit tests for :mod:`tlsmta.discovery._resolver`: pinned answers, MX ordering and failure classes.
 
 No network: the real-resolver paths run against :class:`FakeBackend`, which
 answers with twisted.names records built here or fails with the
@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.names import dns, error
 from twisted.python.failure import Failure
 
-from tlsmta.discovery.resolver import (
+from tlsmta.discovery._resolver import (
     LOOKUP_TIMEOUT,
     DNSPermanent,
     DNSTransient,
@@ -410,7 +410,7 @@ def test_verified_ptr_of_non_ip_peer_is_empty(peer):
 
 def test_verified_ptr_accepts_ipv4_mapped_peer():
     """A dual-stack listener sees ::ffff:192.0.2.7; its PTR and forward lookup use the IPv4 form."""
-    from tlsmta.discovery.resolver import OfflineBackend, Resolver
+    from tlsmta.discovery._resolver import OfflineBackend, Resolver
 
     resolver = Resolver({"ptr": {"192.0.2.7": ("client.test",)}, "hosts": {"client.test": ("192.0.2.7",)}}, OfflineBackend())
     out = []
@@ -451,7 +451,7 @@ def test_dnspython_failures_are_transient(exception, words):
     """Every dnspython failure of a DNSSEC query is DNSTransient naming the query (retry later)."""
     import dns.resolver
 
-    from tlsmta.discovery.resolver import _classify_dnspython
+    from tlsmta.discovery._resolver import _classify_dnspython
 
     made = {
         "NoNameservers": lambda: dns.resolver.NoNameservers(),
@@ -467,7 +467,7 @@ def test_dnspython_failures_are_transient(exception, words):
 
 def test_dnspython_programming_errors_are_not_hidden():
     """An exception that is not a DNS failure passes through unchanged (it is a bug to see)."""
-    from tlsmta.discovery.resolver import _classify_dnspython
+    from tlsmta.discovery._resolver import _classify_dnspython
 
     result = _classify_dnspython(Failure(KeyError("x")), "TLSA lookup")
     assert result.check(KeyError)

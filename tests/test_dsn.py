@@ -1,4 +1,4 @@
-"""Unit tests for :mod:`tlsmta.delivery.dsn`: RFC 3464 bounces, read back with the email package.
+"""Unit tests for :mod:`tlsmta.delivery._dsn`: RFC 3464 bounces, read back with the email package.
 
 The DSN bytes are parsed with ``email.policy.default`` the way a mail
 client would read them, so the tests check what a reader sees rather than
@@ -13,11 +13,11 @@ from datetime import datetime, timezone
 
 import pytest
 
-from tlsmta.config.routes import parse_route
-from tlsmta.delivery import dsn
-from tlsmta.delivery.dsn import MAX_RETURNED_HEADERS, build_dsn, original_headers
-from tlsmta.smtp.reply import Reply
-from tlsmta.storage.spool import BOUNCED, RecipientState
+from tlsmta.config._routes import parse_route
+from tlsmta.delivery import _dsn as dsn
+from tlsmta.delivery._dsn import MAX_RETURNED_HEADERS, build_dsn, original_headers
+from tlsmta.smtp._reply import Reply
+from tlsmta.storage._spool import BOUNCED, RecipientState
 
 ARRIVAL = datetime(2025, 3, 1, 12, 0, tzinfo=timezone.utc)
 NOW = datetime(2025, 3, 6, 12, 0, tzinfo=timezone.utc)

@@ -478,9 +478,9 @@ def _stall_handshake(port: int, implicit: bool, seconds: float) -> bool:
 @pytest_twisted.ensureDeferred
 async def test_stalled_handshake_is_cut_off(tmp_path: Any, pki: Any, monkeypatch: Any, implicit: bool) -> None:
     """A client that stalls the TLS handshake is disconnected after idle_timeout (plus the close grace)."""
-    import tlsmta.inbound.server
+    import tlsmta.inbound._server
 
-    monkeypatch.setattr(tlsmta.inbound.server, "CLOSE_GRACE", 0.5)
+    monkeypatch.setattr(tlsmta.inbound._server, "CLOSE_GRACE", 0.5)
     # idle_timeout also bounds each step of the client's way to the handshake (banner, EHLO,
     # STARTTLS): with 1 s, a loaded machine could cut the client off before it stalls anything.
     # 3 s (+ the grace) is still well inside the client's 10 s.
@@ -575,8 +575,8 @@ async def test_password_checks_run_off_the_reactor_thread(tmp_path: Any, monkeyp
     import threading
     import time
 
-    from tlsmta.inbound import server as inbound
-    from tlsmta.inbound.auth import UserDB, hash_password
+    from tlsmta.inbound import _server as inbound
+    from tlsmta.inbound._auth import UserDB, hash_password
 
     monkeypatch.setattr(inbound, "AUTH_FAILURE_DELAY", 0.2)  # smtplib tries PLAIN, then LOGIN: two delays
 

@@ -238,7 +238,7 @@ async def test_non_ascii_size_limit_is_ignored(tmp_path: Any, pki: Any, events: 
 async def test_a_failing_transaction_defers_its_message_and_closes(tmp_path: Any, pki: Any, events: list, monkeypatch: Any) -> None:
     """Whatever goes wrong inside a transaction, the message is settled (deferred 451 4.3.0,
     retried later), not left in flight, and the connection is closed."""
-    from tlsmta.delivery.pool import OutboundPool
+    from tlsmta.delivery._pool import OutboundPool
 
     async def broken(*args: Any) -> Any:
         raise RuntimeError("a bug in the middle of a transaction")
@@ -378,7 +378,7 @@ async def test_binding_source_address_and_ehlo_name(tmp_path: Any, pki: Any, eve
     """A binding chosen by [[binding_rule]] or the outbound_binding hook sets the source address and EHLO name."""
     import attrs
 
-    from tlsmta.config.loader import BindingRule, ScopeTable
+    from tlsmta.config._loader import BindingRule, ScopeTable
 
     receiver = await start_receiver(tmp_path, pki.good)
     sender = await start_sender(tmp_path, receiver.port, pki.ca_pem, tls="required", tls_verify="host")
@@ -634,11 +634,11 @@ async def test_idle_destinations_are_forgotten(tmp_path: Any, pki: Any, events: 
 async def test_stalled_handshake_times_out_while_others_are_delivered(tmp_path: Any, pki: Any, events: list, monkeypatch: Any) -> None:
     """An MX that says 220 to STARTTLS and then stalls is given up after STARTTLS_TIMEOUT (4.7.5 / 4.4.2),
     while mail for another destination is delivered in the meantime."""
-    import tlsmta.delivery.client
+    import tlsmta.delivery._client
 
     # The timeout covers every session's handshake + EHLO, the good receiver's too: with 1 s, a
     # loaded machine pausing this process for a second would defer the good delivery as well.
-    monkeypatch.setattr(tlsmta.delivery.client, "STARTTLS_TIMEOUT", 5)
+    monkeypatch.setattr(tlsmta.delivery._client, "STARTTLS_TIMEOUT", 5)
     stalling, stall_port = await start_scripted("stall")
     receiver = await start_receiver(tmp_path, pki.good)
     sender = await start_sender(

@@ -6,7 +6,7 @@ import os
 import re
 from typing import Any
 
-from tlsmta.config import loader as configuration
+from tlsmta.config import _loader as configuration
 
 EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "etc", "tlsmta.toml")
 

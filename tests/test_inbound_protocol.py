@@ -8,12 +8,12 @@ import pytest
 from inbound_harness import HOSTNAME, Session, runtime
 from twisted.internet.defer import succeed
 
-from tlsmta.inbound.auth import UserDB, hash_password
-from tlsmta.inbound.server import AUTH_FAILURE_DELAY, AUTH_FAILURE_DELAY_CAP, InboundFactory
+from tlsmta.inbound._auth import UserDB, hash_password
+from tlsmta.inbound._server import AUTH_FAILURE_DELAY, AUTH_FAILURE_DELAY_CAP, InboundFactory
 from tlsmta.smtp import server_session
-from tlsmta.smtp.commands import COMMAND_LINE_LIMIT
+from tlsmta.smtp._commands import COMMAND_LINE_LIMIT
 from tlsmta.smtp.server_session import HARD_ERROR_LIMIT, Phase
-from tlsmta.storage.interfaces import StoreError
+from tlsmta.storage._interfaces import StoreError
 from tlsmta.testing import MemorySink
 
 MAX_SIZE = 10_000

@@ -10,7 +10,7 @@ import pytest
 import pytest_twisted
 from e2e import in_thread, maildir_messages, read_reply, run_process, start_relay
 
-from tlsmta.inbound.auth import hash_password
+from tlsmta.inbound._auth import hash_password
 from tlsmta.testing import dev_listener
 
 

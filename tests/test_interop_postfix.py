@@ -184,9 +184,9 @@ async def test_smuggling_bodies_reach_postfix_as_one_message_each(tmp_path: Any,
     injection could produce) each arrive at Postfix as exactly one message: no second message appears."""
     import time
 
-    from tlsmta.config.routes import parse_route
-    from tlsmta.storage.ids import new_message_id
-    from tlsmta.storage.spool import QueuedMessage, RecipientState
+    from tlsmta.config._routes import parse_route
+    from tlsmta.storage._ids import new_message_id
+    from tlsmta.storage._spool import QueuedMessage, RecipientState
 
     sender = await start_sender(tmp_path, postfix_receiver.port, pki.ca_pem, tls="required", tls_verify="host")
     smuggled = b"MAIL FROM:<evil@attacker.test>\r\nRCPT TO:<victim@example.test>\r\nDATA\r\nspoofed\r\n.\r\n"

@@ -9,7 +9,7 @@ import pytest_twisted
 from e2e import in_thread, send_smtplib, start_relay
 from twisted.logger import LogLevel, formatEventAsClassicLogText, globalLogPublisher
 
-from tlsmta.reporting import events as log
+from tlsmta.reporting import _events as log
 
 
 def test_kv_line_quotes_what_would_break_a_grep() -> None:

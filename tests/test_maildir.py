@@ -12,13 +12,13 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
-from tlsmta.config.routes import parse_route
-from tlsmta.delivery.pool import DELIVERED, PENDING, Deliverer, DeliveryJob
-from tlsmta.storage import maildir
-from tlsmta.storage.diskio import DiskIO
-from tlsmta.storage.interfaces import Envelope, Recipient, StoreError
-from tlsmta.storage.maildir import LocalSink, MaildirFile
-from tlsmta.storage.spool import QueuedMessage, Spool
+from tlsmta.config._routes import parse_route
+from tlsmta.delivery._pool import DELIVERED, PENDING, Deliverer, DeliveryJob
+from tlsmta.storage import _maildir as maildir
+from tlsmta.storage._diskio import DiskIO
+from tlsmta.storage._interfaces import Envelope, Recipient, StoreError
+from tlsmta.storage._maildir import LocalSink, MaildirFile
+from tlsmta.storage._spool import QueuedMessage, Spool
 
 
 @pytest.fixture

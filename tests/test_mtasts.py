@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 from twisted.internet.defer import Deferred, fail, succeed
 
-from tlsmta.discovery import mtasts
-from tlsmta.discovery.mtasts import STSError, mx_matches, parse_policy, parse_txt
-from tlsmta.discovery.resolver import DNSPermanent, DNSTransient
+from tlsmta.discovery import _mtasts as mtasts
+from tlsmta.discovery._mtasts import STSError, mx_matches, parse_policy, parse_txt
+from tlsmta.discovery._resolver import DNSPermanent, DNSTransient
 
 POLICY = "version: STSv1\r\nmode: enforce\r\nmx: mx1.example.test\r\nmx: *.example.net\r\nmax_age: 86400\r\n"
 
@@ -261,7 +261,7 @@ def test_failed_fetch_is_not_retried_at_once(tmp_path: Any) -> None:
 def test_options_are_validated() -> None:
     """mta_sts/dane are per-domain booleans, mta_sts_https_port and tlsrpt_* global only;
     bad values name the table and key."""
-    from tlsmta.config import loader as configuration
+    from tlsmta.config import _loader as configuration
 
     config = configuration.from_dict({
         "global": {"mta_sts_https_port": 8443, "tlsrpt_reports": True, "tlsrpt_contact": "ops@example.net"},

@@ -10,7 +10,7 @@ from e2e import maildir_messages
 from outbound_lab import deliveries, start_receiver, start_sender, submit_and_settle
 from sts_lab import policy_text, start_policy_server, sts_dns
 
-from tlsmta.discovery import mtasts
+from tlsmta.discovery import _mtasts as mtasts
 
 
 async def run(tmp_path: Any, pki: Any, pair: Any, body: str, ca: Any = None, policy_id: str = "1", server: Any = None, **opts: Any) -> tuple[Any, Any]:

@@ -1,4 +1,4 @@
-"""One canonical form for domain names and one answer to "the domain of this address" (tlsmta.smtp.names)."""
+"""One canonical form for domain names and one answer to "the domain of this address" (tlsmta.smtp._names)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ from typing import Any
 
 import pytest
 
-from tlsmta.config.routes import parse_route
+from tlsmta.config._routes import parse_route
 from tlsmta.errors import TlsmtaError
-from tlsmta.smtp.commands import Path
-from tlsmta.smtp.names import DomainNameError, domain_of, normalize_domain, normalized_domain_of
-from tlsmta.storage.interfaces import Recipient
-from tlsmta.storage.spool import RecipientState
+from tlsmta.smtp._commands import Path
+from tlsmta.smtp._names import DomainNameError, domain_of, normalize_domain, normalized_domain_of
+from tlsmta.storage._interfaces import Recipient
+from tlsmta.storage._spool import RecipientState
 
 MAIL: dict[str, bool] = {}
 HOST = {"host": True}

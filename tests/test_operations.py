@@ -247,7 +247,7 @@ async def test_probe_shows_each_verdict(tmp_path: Any, pki: Any) -> None:
 @pytest_twisted.ensureDeferred
 async def test_reload_swaps_policy_and_refuses_a_bad_file(tmp_path: Any) -> None:
     """reload() takes a new file's policy for new deliveries; a broken file is refused and the old one kept."""
-    from tlsmta.config import loader as configuration
+    from tlsmta.config import _loader as configuration
 
     path = tmp_path / "tlsmta.toml"
     text = (

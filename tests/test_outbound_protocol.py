@@ -14,8 +14,8 @@ from twisted.protocols.basic import LineReceiver
 from twisted.test import iosim
 from zope.interface import implementer
 
-from tlsmta.delivery.client import COMMAND_TIMEOUT, ConnectionBroken, OutboundSMTP
-from tlsmta.smtp.client_codec import Reply
+from tlsmta.delivery._client import COMMAND_TIMEOUT, ConnectionBroken, OutboundSMTP
+from tlsmta.smtp._client_codec import Reply
 from tlsmta.smtp.client_session import Greeted, StartTLSRefused, TransactionDone
 from tlsmta.testing import FakeTLSTransport
 
@@ -154,7 +154,7 @@ def test_send_body_stuffs_every_line(chunks: list[bytes]) -> None:
 
 def test_server_that_stops_reading_during_data_times_out() -> None:
     """Once the transport pauses us (the server stopped reading), DATA_BLOCK_TIMEOUT ends the session."""
-    from tlsmta.delivery.client import DATA_BLOCK_TIMEOUT
+    from tlsmta.delivery._client import DATA_BLOCK_TIMEOUT
 
     proto, transport, clock = greeted()
 
@@ -238,7 +238,7 @@ class InMemory:
 def test_delivery_over_an_in_memory_connection() -> None:
     """Through the endpoint factory: greeting, one pipelined transaction with a refused recipient,
     the body dot-stuffed, QUIT; what the server read and what the client concluded."""
-    from tlsmta.delivery.client import connect
+    from tlsmta.delivery._client import connect
 
     endpoints, clock = InMemory(), Clock()
     connected = results(ensureDeferred(connect(clock, endpoints, "192.0.2.7", 25, "client.test", source="192.0.2.1")))
@@ -265,8 +265,8 @@ def test_delivery_over_an_in_memory_connection() -> None:
 
 def test_probe_over_an_in_memory_connection() -> None:
     """probe_address through the endpoint factory: the banner, no STARTTLS, and delivery's verdict on that."""
-    from tlsmta.app import probe
-    from tlsmta.tls.policy import VerifyMode
+    from tlsmta.app import _probe as probe
+    from tlsmta.tls._policy import VerifyMode
 
     endpoints = InMemory()
     result = results(ensureDeferred(probe.probe_address(Clock(), "mx.test", "192.0.2.7", 25, "d.test", {}, "probe.test", endpoints)))
@@ -280,6 +280,6 @@ def test_probe_over_an_in_memory_connection() -> None:
 
 @pytest.mark.parametrize("ip, endpoint_class", [("192.0.2.7", TCP4ClientEndpoint), ("2001:db8::7", TCP6ClientEndpoint)])
 def test_production_endpoints_are_tcp_by_address_family(ip: str, endpoint_class: type) -> None:
-    from tlsmta.delivery.client import tcp_endpoints
+    from tlsmta.delivery._client import tcp_endpoints
 
     assert isinstance(tcp_endpoints(Clock())(ip, 25, None, 30), endpoint_class)

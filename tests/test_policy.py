@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tlsmta.tls.policy import (
+from tlsmta.tls._policy import (
     TLS_ENHANCED_CODE,
     UNTRUSTED_ERRNOS,
     ChainError,

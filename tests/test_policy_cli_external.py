@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from tlsmta.app import cli
-from tlsmta.discovery import mtasts
+from tlsmta.discovery import _mtasts as mtasts
 
 DANE_EE = "3 1 1 " + "ab" * 32
 

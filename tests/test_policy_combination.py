@@ -7,8 +7,8 @@ import itertools
 
 import pytest
 
-from tlsmta.tls import policy
-from tlsmta.tls.policy import DANEStatus, Names, STSState, VerifyMode, effective_requirement
+from tlsmta.tls import _policy as policy
+from tlsmta.tls._policy import DANEStatus, Names, STSState, VerifyMode, effective_requirement
 
 TLS = ("no", "ifavailable", "required")
 MODES = tuple(VerifyMode)

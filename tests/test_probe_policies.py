@@ -10,11 +10,11 @@ from outbound_lab import DOMAIN, MX, start_receiver
 from sts_lab import policy_text, start_policy_server, sts_dns
 from twisted.internet import reactor
 
-from tlsmta.app import probe
-from tlsmta.config import loader as configuration
-from tlsmta.discovery import dane
-from tlsmta.discovery.resolver import OfflineBackend, Resolver
-from tlsmta.tls.policy import VerifyMode
+from tlsmta.app import _probe as probe
+from tlsmta.config import _loader as configuration
+from tlsmta.discovery import _dane as dane
+from tlsmta.discovery._resolver import OfflineBackend, Resolver
+from tlsmta.tls._policy import VerifyMode
 
 
 def leaf(path: str) -> x509.Certificate:

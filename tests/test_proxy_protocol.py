@@ -17,7 +17,7 @@ import pytest
 import pytest_twisted
 from e2e import in_thread, maildir_messages, read_reply, start_relay
 
-from tlsmta.inbound import proxyheader
+from tlsmta.inbound import _proxyheader as proxyheader
 from tlsmta.testing import dev_listener
 
 TIMEOUT = 10

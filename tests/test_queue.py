@@ -1,4 +1,4 @@
-"""Unit tests for :mod:`tlsmta.delivery.mailqueue`: scheduling, retries, per-recipient results, bounces.
+"""Unit tests for :mod:`tlsmta.delivery._mailqueue`: scheduling, retries, per-recipient results, bounces.
 
 The queue runs on a :class:`twisted.internet.task.Clock`, against a real
 spool directory under ``tmp_path`` whose disk work runs synchronously
@@ -20,11 +20,11 @@ from hypothesis import strategies as st
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.task import Clock
 
-from tlsmta.config.routes import parse_route
-from tlsmta.delivery.mailqueue import Queue, group_jobs, retry_delay
-from tlsmta.delivery.pool import RecipientResult
-from tlsmta.smtp.reply import Reply
-from tlsmta.storage.spool import BOUNCED, DELIVERED, PENDING, QueuedMessage, RecipientState, Spool
+from tlsmta.config._routes import parse_route
+from tlsmta.delivery._mailqueue import Queue, group_jobs, retry_delay
+from tlsmta.delivery._pool import RecipientResult
+from tlsmta.smtp._reply import Reply
+from tlsmta.storage._spool import BOUNCED, DELIVERED, PENDING, QueuedMessage, RecipientState, Spool
 
 T0 = 1_700_000_000.0
 SCHEDULE = (60, 300, 900)
@@ -681,7 +681,7 @@ def test_bounce_is_not_lost_when_the_dsn_cannot_be_stored_at_first(tmp_path, cau
     a sender domain the route lookup rejects still gets its DSN (routed by MX)."""
     import errno
 
-    from tlsmta.smtp.names import normalize_domain
+    from tlsmta.smtp._names import normalize_domain
 
     deliver = FakeDeliver({"bob@example.com": NO_USER})
     sender = "alice@example.org"
@@ -722,7 +722,7 @@ def test_bounce_is_not_lost_when_the_dsn_cannot_be_stored_at_first(tmp_path, cau
 def test_gauges_age_is_by_the_queues_clock(h):
     """The oldest message's age (what the metrics collector reports) is the queue's clock
     minus its receipt, not the machine's time; an empty queue is 0 messages of age 0."""
-    from tlsmta.reporting.metrics import Metrics
+    from tlsmta.reporting._metrics import Metrics
 
     assert h.queue.gauges() == (0, 0.0)
     h.deliver.outcomes["bob@example.com"] = LATER

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from tlsmta.storage.maildir import ensure_maildir
-from tlsmta.storage.receipts import ReceiptFile, read_receipt, receipt_path
+from tlsmta.storage._maildir import ensure_maildir
+from tlsmta.storage._receipts import ReceiptFile, read_receipt, receipt_path
 
 RECORD = {"queue_id": "Q1", "helo": "app.test", "tls": {"tls": "none"}}
 

@@ -1,4 +1,4 @@
-"""Unit tests for :mod:`tlsmta.inbound.received`: the ``Received:`` trace header."""
+"""Unit tests for :mod:`tlsmta.inbound._received`: the ``Received:`` trace header."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tlsmta.inbound.received import TraceFacts, protocol_keyword, received_header
+from tlsmta.inbound._received import TraceFacts, protocol_keyword, received_header
 
 WHEN = datetime(2025, 11, 25, 18, 7, 3, tzinfo=timezone(timedelta(hours=1)))
 BASE = TraceFacts(

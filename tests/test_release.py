@@ -11,8 +11,8 @@ from e2e import in_thread, maildir_messages
 from outbound_lab import deliveries, start_receiver
 from test_webui import CLIENT_TIMEOUT, get_json, send, web, welcome
 
-from tlsmta.devrelay.mailview import Receipt, envelope_of, summary
-from tlsmta.devrelay.release import ReleaseError, outgoing_body, release_message, smarthost_route
+from tlsmta.devrelay._mailview import Receipt, envelope_of, summary
+from tlsmta.devrelay._release import ReleaseError, outgoing_body, release_message, smarthost_route
 from tlsmta.testing import RunningRelay, build_config, dev_listener
 
 SMARTHOST = "mx.example.test"

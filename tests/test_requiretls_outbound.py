@@ -194,12 +194,12 @@ def test_requiretls_mail_never_shares_a_destination_with_other_mail() -> None:
     TLS-Required: No message and an ordinary one get three destinations (so three sessions)."""
     from twisted.internet.task import Clock
 
-    from tlsmta.config import loader as configuration
-    from tlsmta.config.routes import parse_route
-    from tlsmta.delivery.pool import DeliveryJob, MessageTLS, OutboundPool
-    from tlsmta.discovery.resolver import OfflineBackend, Resolver
-    from tlsmta.storage.spool import QueuedMessage, RecipientState
-    from tlsmta.tls.hooks import load_hooks
+    from tlsmta.config import _loader as configuration
+    from tlsmta.config._routes import parse_route
+    from tlsmta.delivery._pool import DeliveryJob, MessageTLS, OutboundPool
+    from tlsmta.discovery._resolver import OfflineBackend, Resolver
+    from tlsmta.storage._spool import QueuedMessage, RecipientState
+    from tlsmta.tls._hooks import load_hooks
 
     pool = OutboundPool(Clock(), Resolver({}, OfflineBackend()), None, None, "sender.test", load_hooks({}), max_connections=0)
     options = configuration.resolve(configuration.from_dict({}), DOMAIN)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tlsmta.config.routes import Route, RouteError, parse_route
+from tlsmta.config._routes import Route, RouteError, parse_route
 
 SUBMISSION_PORT = 587
 LAB_PORT = 2525

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from tlsmta.smtp import server_session
-from tlsmta.smtp.reply import Reply
+from tlsmta.smtp._reply import Reply
 from tlsmta.smtp.server_session import (
     HARD_ERROR_LIMIT,
     CheckCredentials,

@@ -14,7 +14,7 @@ import pytest
 
 from tlsmta.smtp import client_session as client
 from tlsmta.smtp import server_session as server
-from tlsmta.smtp.reply import Reply
+from tlsmta.smtp._reply import Reply
 
 
 class Wire:

@@ -1,4 +1,4 @@
-"""Unit tests for :mod:`tlsmta.smtp.commands`: command-line parsing, sans I/O."""
+"""Unit tests for :mod:`tlsmta.smtp._commands`: command-line parsing, sans I/O."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tlsmta.smtp.commands import (
+from tlsmta.smtp._commands import (
     COMMAND_LINE_LIMIT,
     MAX_PATH_LENGTH,
     PARAMETER_ALLOWANCE,

@@ -1,4 +1,4 @@
-"""Unit tests for :mod:`tlsmta.smtp.data`: the sans-IO DATA reader.
+"""Unit tests for :mod:`tlsmta.smtp._data`: the sans-IO DATA reader.
 
 No reactor and no sockets: the reader is fed bytes and what it hands back
 is compared with an independent, deliberately naive model of RFC 5321
@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tlsmta.smtp import data as smtp_data
-from tlsmta.smtp.data import (
+from tlsmta.smtp import _data as smtp_data
+from tlsmta.smtp._data import (
     BARE_CR,
     BARE_LF,
     LINE_TOO_LONG,
@@ -598,7 +598,7 @@ def test_problem_does_not_depend_on_segmentation():
 @settings(max_examples=80, deadline=None)
 def test_hop_counter_counts_header_received_lines_whatever_the_chunks(cuts):
     """HopCounter counts Received: header lines only (not in the body), however the message is split."""
-    from tlsmta.smtp.data import HopCounter
+    from tlsmta.smtp._data import HopCounter
 
     message = (
         b"Received: from a\r\n\tby b\r\nRECEIVED: x\r\nSubject: Received: not a header\r\n"
@@ -614,7 +614,7 @@ def test_hop_counter_counts_header_received_lines_whatever_the_chunks(cuts):
 
 def test_hop_counter_no_headers():
     """A message starting with a blank line has no headers and no hops."""
-    from tlsmta.smtp.data import HopCounter
+    from tlsmta.smtp._data import HopCounter
 
     counter = HopCounter()
     counter.feed(b"\r\nReceived: body\r\n")

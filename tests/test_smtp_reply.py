@@ -3,11 +3,11 @@
 import pytest
 
 from tlsmta import errors
-from tlsmta.smtp.commands import Reject
-from tlsmta.smtp.data import BARE_LF
-from tlsmta.smtp.reply import Reply, SMTPError
-from tlsmta.storage.interfaces import StoreError
-from tlsmta.tls.policy import TLSFailure
+from tlsmta.smtp._commands import Reject
+from tlsmta.smtp._data import BARE_LF
+from tlsmta.smtp._reply import Reply, SMTPError
+from tlsmta.storage._interfaces import StoreError
+from tlsmta.tls._policy import TLSFailure
 
 
 @pytest.mark.parametrize(

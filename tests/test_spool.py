@@ -1,4 +1,4 @@
-"""Unit tests for :mod:`tlsmta.storage.spool`: the on-disk format and the blocking operations.
+"""Unit tests for :mod:`tlsmta.storage._spool`: the on-disk format and the blocking operations.
 
 The blocking methods run directly in the test (no disk thread) against a
 real directory under ``tmp_path``; the ``disk`` they are given is never
@@ -13,11 +13,11 @@ from datetime import datetime, timezone
 
 import pytest
 
-from tlsmta.config.routes import parse_route
-from tlsmta.smtp.reply import Reply
-from tlsmta.storage import spool as spool_module
-from tlsmta.storage.interfaces import Envelope, Recipient
-from tlsmta.storage.spool import BOUNCED, DELIVERED, FORMAT, PENDING, QueuedMessage, RecipientState, Spool
+from tlsmta.config._routes import parse_route
+from tlsmta.smtp._reply import Reply
+from tlsmta.storage import _spool as spool_module
+from tlsmta.storage._interfaces import Envelope, Recipient
+from tlsmta.storage._spool import BOUNCED, DELIVERED, FORMAT, PENDING, QueuedMessage, RecipientState, Spool
 
 BODY = b"Received: from a by b\r\nSubject: hi\r\n\r\nhello\r\n"
 
@@ -442,7 +442,7 @@ def test_metadata_records_the_message_as_written(spool, flag):
 
 def test_header_scan_keeps_memory_flat():
     """A header line of 1 MiB fed in small pieces keeps the scanner's buffer bounded."""
-    from tlsmta.smtp.data import TLSRequiredScanner
+    from tlsmta.smtp._data import TLSRequiredScanner
 
     scanner = TLSRequiredScanner()
     scanner.feed(b"X-Long: ")

@@ -22,9 +22,9 @@ from cryptography import x509
 from e2e import CLIENT_TIMEOUT, in_thread, run_process, start_relay
 from processes import TlsmtaProcess
 
-from tlsmta.config import loader as configuration
-from tlsmta.devrelay.devcert import CERTIFICATE_LAB_MODES, LAB_MODES, WRONG_NAME, dev_ca_path, lab_certificate
-from tlsmta.devrelay.tlslab import LabError
+from tlsmta.config import _loader as configuration
+from tlsmta.devrelay._devcert import CERTIFICATE_LAB_MODES, LAB_MODES, WRONG_NAME, dev_ca_path, lab_certificate
+from tlsmta.devrelay._tlslab import LabError
 from tlsmta.testing import build_config, dev_listener
 
 # mode -> (what openssl s_client reports, what smtplib raises: class and message part)

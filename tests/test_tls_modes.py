@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from tlsmta.config import loader as configuration
-from tlsmta.config.tls_modes import ListenerTLS, OutboundTLS
+from tlsmta.config import _loader as configuration
+from tlsmta.config._tls_modes import ListenerTLS, OutboundTLS
 from tlsmta.testing import build_config, dev_listener
-from tlsmta.tls.policy import Requirement, TLSAction, TLSFailure, VerifyMode, starttls_decision
+from tlsmta.tls._policy import Requirement, TLSAction, TLSFailure, VerifyMode, starttls_decision
 
 
 def test_the_outbound_option_is_an_outbound_tls() -> None:

@@ -8,9 +8,9 @@ import pytest
 import verify_hooks
 from OpenSSL import SSL
 
-from tlsmta.config.loader import parse_protocols
-from tlsmta.tls import contexts as tls
-from tlsmta.tls.policy import Outcome, VerifyMode
+from tlsmta.config._loader import parse_protocols
+from tlsmta.tls import _contexts as tls
+from tlsmta.tls._policy import Outcome, VerifyMode
 
 ALL = parse_protocols("+ALL")
 MX = "mx.example.test"

@@ -1,4 +1,4 @@
-"""Tests for :mod:`tlsmta.reporting.tlsrpt` (RFC 8460): the store, the JSON report, the TXT record, the email.
+"""Tests for :mod:`tlsmta.reporting._tlsrpt` (RFC 8460): the store, the JSON report, the TXT record, the email.
 
 All pure: files in tmp_path, no reactor.
 """
@@ -15,8 +15,8 @@ import re
 
 import pytest
 
-from tlsmta.reporting import tlsrpt
-from tlsmta.reporting.tlsrpt import TLSRPTStore, build_report, parse_tlsrpt_txt, report_email
+from tlsmta.reporting import _tlsrpt as tlsrpt
+from tlsmta.reporting._tlsrpt import TLSRPTStore, build_report, parse_tlsrpt_txt, report_email
 
 DAY = datetime.date(2026, 11, 24)
 DOMAIN = "example.test"

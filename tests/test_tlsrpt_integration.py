@@ -17,10 +17,10 @@ from outbound_lab import DOMAIN, MX, start_receiver, start_sender, submit_and_se
 from sts_lab import policy_text, start_policy_server, sts_dns
 
 from tlsmta.app import cli
-from tlsmta.discovery import dane
-from tlsmta.reporting import tlsrpt
-from tlsmta.reporting.tlsrpt_sender import store_directory
-from tlsmta.storage import appender
+from tlsmta.discovery import _dane as dane
+from tlsmta.reporting import _tlsrpt as tlsrpt
+from tlsmta.reporting._tlsrpt_sender import store_directory
+from tlsmta.storage import _appender as appender
 
 
 def today() -> datetime.date:

@@ -17,11 +17,11 @@ import pytest
 import pytest_twisted
 from e2e import CLIENT_TIMEOUT, in_thread
 
-from tlsmta.devrelay import mailview
-from tlsmta.devrelay.devcert import dev_ca_path
-from tlsmta.devrelay.webui import host_allowed
-from tlsmta.storage.interfaces import Envelope
-from tlsmta.storage.receipts import RECEIPTS, receipt_path, receipt_record
+from tlsmta.devrelay import _mailview as mailview
+from tlsmta.devrelay._devcert import dev_ca_path
+from tlsmta.devrelay._webui import host_allowed
+from tlsmta.storage._interfaces import Envelope
+from tlsmta.storage._receipts import RECEIPTS, receipt_path, receipt_record
 from tlsmta.testing import RunningRelay, build_config, dev_listener
 
 HTTP_ENDPOINT = "tcp:0:interface=127.0.0.1"
@@ -411,7 +411,7 @@ async def test_unknown_routes_and_methods(relay: Any) -> None:
 
 def test_http_endpoint_needs_a_maildir() -> None:
     """[http] endpoint with a route that is not maildir: and no [http] maildir is a config error."""
-    from tlsmta.config import loader as configuration
+    from tlsmta.config import _loader as configuration
 
     with pytest.raises(configuration.ConfigError) as caught:
         build_config({"http": {"endpoint": HTTP_ENDPOINT}}, "web.toml")

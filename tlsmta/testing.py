@@ -21,11 +21,10 @@ from twisted.internet.interfaces import IListeningPort, ITLSTransport
 from twisted.internet.testing import StringTransport
 from zope.interface import implementer
 
-from tlsmta.app import preflight
-from tlsmta.config import loader as configuration
-from tlsmta.config.routes import Route
+from tlsmta.app import from_dict
+from tlsmta.config import Config, Route
 from tlsmta.network import IServiceReactor, installed_reactor
-from tlsmta.storage.interfaces import NO_THROTTLE, Envelope, StoreError, Throttle
+from tlsmta.storage import NO_THROTTLE, Envelope, StoreError, Throttle
 
 
 @attrs.define
@@ -141,9 +140,9 @@ def dev_listener(**overrides: Any) -> dict[str, Any]:
     return table
 
 
-def build_config(raw: Mapping[str, Any], path: str = "<test>") -> configuration.Config:
+def build_config(raw: Mapping[str, Any], path: str = "<test>") -> Config:
     """Validate a config given as a dict (the TOML document's shape)."""
-    return preflight.from_dict(raw, path)
+    return from_dict(raw, path)
 
 
 class RunningRelay:
@@ -152,11 +151,11 @@ class RunningRelay:
     ``ports`` maps listener names to the port numbers they got.
     """
 
-    def __init__(self, config: configuration.Config, reactor: IServiceReactor | None = None, dns_backend: Any = None):
+    def __init__(self, config: Config, reactor: IServiceReactor | None = None, dns_backend: Any = None):
         if reactor is None:
             reactor = installed_reactor()
-        from tlsmta.app.service import TlsmtaService
-        from tlsmta.discovery.resolver import OfflineBackend
+        from tlsmta.app import TlsmtaService
+        from tlsmta.discovery import OfflineBackend
 
         # Only [dns] pinned answers: a test never queries a real resolver.
         self.service = TlsmtaService(config, reactor, dns_backend or OfflineBackend())
@@ -221,10 +220,10 @@ class CapturedMessage:
 
 
 def _captured(message_id: str, data: bytes, tls: Mapping[str, Any]) -> CapturedMessage:
-    from tlsmta.devrelay import mailview
+    from tlsmta.devrelay import envelope_of, parse_message
 
-    message = mailview.parse(data)
-    sender, recipients = mailview.envelope_of(data)
+    message = parse_message(data)
+    sender, recipients = envelope_of(data)
     return CapturedMessage(message_id, sender, tuple(recipients), message, tls, data)
 
 
@@ -379,7 +378,7 @@ class Relay:
     @property
     def ca_pem(self) -> str:
         """The dev CA's PEM file: trust it to verify the relay's certificate (name: localhost, 127.0.0.1)."""
-        from tlsmta.devrelay.devcert import dev_ca_path
+        from tlsmta.devrelay import dev_ca_path
 
         return dev_ca_path(self.state_dir)
 
@@ -388,7 +387,7 @@ class Relay:
     @property
     def messages(self) -> list[CapturedMessage]:
         """Every message received so far, oldest first."""
-        from tlsmta.devrelay.capture import CapturedMail, MessageNotFound
+        from tlsmta.devrelay import CapturedMail, MessageNotFound
 
         mail = CapturedMail(self.maildir)
         found = []
@@ -425,7 +424,7 @@ class Relay:
 
     def clear(self) -> None:
         """Delete every captured message."""
-        from tlsmta.devrelay.capture import CapturedMail
+        from tlsmta.devrelay import CapturedMail
 
         CapturedMail(self.maildir).clear()
 

@@ -11,7 +11,7 @@ and a body of exactly ``--size`` bytes (CRLF lines, headers first).
 
 The records are the spool's own format (``QueuedMessage.to_json()`` into
 ``q/ID.json``, the body into ``q/ID.eml``, ids from
-``tlsmta.storage.ids.new_message_id()``), but written without the per-message
+``tlsmta.storage._ids.new_message_id()``), but written without the per-message
 fsync + directory fsync of ``Spool.store_blocking()``: that costs three
 disk flushes per message (minutes for 100,000) and buys nothing offline.
 One ``sync()`` at the end makes the whole spool durable before tlsmta
@@ -32,9 +32,9 @@ import os
 import sys
 import time
 
-from tlsmta.storage.ids import new_message_id
-from tlsmta.config.routes import parse_route
-from tlsmta.storage.spool import QueuedMessage, RecipientState, Spool
+from tlsmta.config._routes import parse_route
+from tlsmta.storage._ids import new_message_id
+from tlsmta.storage._spool import QueuedMessage, RecipientState, Spool
 
 
 def make_body(size: int, sender: str, rcpt: str, n: int) -> bytes:

@@ -5,4 +5,17 @@ that need this machine (``preflight``).
 
 The top of the house: may import every other part; nothing imports it
 except ``tlsmta.testing``.
+
+This ``__init__`` is the part's API: other parts import only the names in
+``__all__``; the modules behind it are private (``_name.py``), except the
+two entry points ``tap`` (twistd's ServiceMaker) and ``cli`` (the ``tlsmta``
+console script).
 """
+
+from tlsmta.app._preflight import from_dict
+from tlsmta.app._service import TlsmtaService
+
+__all__ = [
+    "from_dict",
+    "TlsmtaService",
+]

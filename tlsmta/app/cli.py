@@ -18,11 +18,10 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tlsmta.app import preflight
-from tlsmta.config import loader as configuration
-from tlsmta.config.tls_modes import OutboundTLS
+from tlsmta.app import _preflight as preflight
+from tlsmta.config import Config, ConfigError, OutboundTLS, resolve
 from tlsmta.network import IServiceReactor
-from tlsmta.smtp.names import DomainNameError, normalize_domain
+from tlsmta.smtp import DomainNameError, normalize_domain
 
 EX_OK, EX_USAGE, EX_DATAERR, EX_NOHOST, EX_UNAVAILABLE = 0, 64, 65, 68, 69
 EX_SOFTWARE, EX_TEMPFAIL, EX_CONFIG = 70, 75, 78
@@ -59,10 +58,10 @@ def fail(command: str, message: str, code: int) -> int:
     return code
 
 
-def _load(path: str) -> configuration.Config | None:
+def _load(path: str) -> Config | None:
     try:
         return preflight.load(path)
-    except configuration.ConfigError as e:
+    except ConfigError as e:
         for problem in e.problems:
             print(problem, file=sys.stderr)
         return None
@@ -134,13 +133,13 @@ def describe_policy(options: Mapping[str, Any], domain: str, mx: str | None) -> 
     return lines
 
 
-def describe_external(config: configuration.Config, options: Mapping[str, Any], domain: str, mx: str | None) -> list[str]:
+def describe_external(config: Config, options: Mapping[str, Any], domain: str, mx: str | None) -> list[str]:
     """MTA-STS and DANE for ``domain`` (and ``mx``) from what is known offline: the policy
     cache in state_dir and the [dns] pins; says so when only a live lookup could tell."""
     import os.path
 
-    from tlsmta.discovery import dane, mtasts
-    from tlsmta.tls import policy
+    from tlsmta.discovery import STSCache, TLSARecord, tlsa_name
+    from tlsmta.tls import DANEStatus, STSState, VerifyMode, effective_requirement
 
     if options["route"].kind != "mx":
         return ["MTA-STS and DANE: not applied (not an MX route)."]
@@ -150,37 +149,37 @@ def describe_external(config: configuration.Config, options: Mapping[str, Any], 
     if not options["mta_sts"]:
         lines.append("MTA-STS: opted out (mta_sts = false): any policy the domain publishes is ignored.")
     else:
-        cache = mtasts.STSCache(os.path.join(config.state_dir, "mta-sts"))
+        cache = STSCache(os.path.join(config.state_dir, "mta-sts"))
         cached = cache.read_blocking(domain)
         if cached is not None:
             p = cached.policy
             state = "expired, refetched at the next delivery" if cached.expired(time.time()) else f"valid until {_when(cached.fetched_at + p.max_age)}"
             lines.append(f"MTA-STS: cached policy id {p.id}, mode {p.mode}, mx {', '.join(p.mx) or '-'} ({state}).")
             if not cached.expired(time.time()):
-                sts_state = policy.STSState(p.mode, p.matches(mx) if mx else True)
+                sts_state = STSState(p.mode, p.matches(mx) if mx else True)
                 if mx and p.mode != "none":
                     lines.append(f"  {mx} is {'listed' if sts_state.mx_matches else 'NOT listed'} in it.")
         elif pinned_txt is not None:
             lines.append(f"MTA-STS: no cached policy; [dns.txt] pins {pinned_txt!r}: the policy is fetched at the first delivery.")
         else:
             lines.append("MTA-STS: unknown offline (no cached policy in state_dir); `tlsmta probe` looks it up.")
-    dane_status = policy.DANEStatus.NONE
+    dane_status = DANEStatus.NONE
     if not options["dane"]:
         lines.append("DANE: opted out (dane = false).")
     elif mx is None:
         lines.append("DANE: per MX host; give --mx HOST to see its TLSA records.")
     else:
-        name = dane.tlsa_name(mx, options["smtp_port"])
+        name = tlsa_name(mx, options["smtp_port"])
         pinned = config.dns.get("tlsa", {}).get(name)
         if pinned is not None:
             try:
-                records = [dane.TLSARecord.parse(r) for r in pinned]
+                records = [TLSARecord.parse(r) for r in pinned]
             except ValueError as e:
                 lines.append(f"DANE: [dns.tlsa] {name} does not parse ({e}): that MX would not be used.")
-                dane_status = policy.DANEStatus.FAILED
+                dane_status = DANEStatus.FAILED
             else:
                 usable = [r for r in records if r.usable]
-                dane_status = policy.DANEStatus.USABLE if usable else policy.DANEStatus.UNUSABLE
+                dane_status = DANEStatus.USABLE if usable else DANEStatus.UNUSABLE
                 lines.append(f"DANE: [dns.tlsa] {name} (pinned, counts as DNSSEC-secure): {', '.join(map(str, records))}"
                              f" ({len(usable)} usable).")
         elif domain in config.dns.get("mx", {}):
@@ -188,8 +187,8 @@ def describe_external(config: configuration.Config, options: Mapping[str, Any], 
         else:
             lines.append(f"DANE: unknown offline (needs a DNSSEC-validated lookup of {name}); `tlsmta probe` does it.")
     if mx:
-        req = policy.effective_requirement(
-            options["tls"], policy.VerifyMode(options["tls_verify"]), options["tls_ifavailable_fallback"],
+        req = effective_requirement(
+            options["tls"], VerifyMode(options["tls_verify"]), options["tls_ifavailable_fallback"],
             sts=sts_state, dane=dane_status,
         )
         lines.append(f"For MX {mx}, as far as known: " + describe_requirement(req, domain, mx))
@@ -222,7 +221,7 @@ def cmd_policy(args: argparse.Namespace) -> int:
         return fail("policy", str(e), EX_DATAERR)
     if args.binding != "default" and args.binding not in config.bindings:
         return fail("policy", f"binding {args.binding!r} is not defined in {args.file}", EX_DATAERR)
-    resolved = configuration.resolve(config, domain, args.binding)
+    resolved = resolve(config, domain, args.binding)
     print(f"# effective outbound options for domain {domain} via binding {args.binding}" + (f", MX {args.mx}" if args.mx else ""))
     width = max(len(name) for name in resolved)
     for name, item in resolved.items():
@@ -243,7 +242,7 @@ def cmd_policy(args: argparse.Namespace) -> int:
 def cmd_probe(args: argparse.Namespace) -> int:
     from twisted.internet.task import react
 
-    from tlsmta.app.probe import (
+    from tlsmta.app._probe import (
         effective_outcome,
         format_external,
         format_policies,
@@ -251,8 +250,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
         requirement,
         run_probe,
     )
-    from tlsmta.discovery.resolver import Resolver
-    from tlsmta.tls.policy import VerifyMode
+    from tlsmta.discovery import Resolver
+    from tlsmta.tls import VerifyMode
 
     if args.config:
         config = _load(args.config)
@@ -264,7 +263,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
         domain = normalize_domain(args.domain)
     except DomainNameError as e:
         return fail("probe", str(e), EX_DATAERR)
-    options = {k: v.value for k, v in configuration.resolve(config, domain, args.binding).items()}
+    options = {k: v.value for k, v in resolve(config, domain, args.binding).items()}
     if args.tls_verify:
         options["tls_verify"] = args.tls_verify
     if args.tls:
@@ -345,7 +344,7 @@ def print_queue(messages: list[dict[str, Any]]) -> None:
 
 
 def cmd_queue(args: argparse.Namespace) -> int:
-    from tlsmta.app.control import ControlClient, ControlError, DaemonUnavailable
+    from tlsmta.app._control import ControlClient, ControlError, DaemonUnavailable
 
     path = _socket_path(args)
     if path is None:
@@ -399,8 +398,8 @@ def print_message(m: dict[str, Any]) -> None:
 
 def _offline(args: argparse.Namespace, action: str) -> int:
     """The daemon is not running: read the spool directly (read-only)."""
-    from tlsmta.app.control import describe, read_headers
-    from tlsmta.storage.spool import Spool
+    from tlsmta.app._control import describe, read_headers
+    from tlsmta.storage import Spool
 
     config = _load(args.config)
     if config is None:
@@ -440,8 +439,7 @@ def cmd_tlsrpt(args: argparse.Namespace) -> int:
     """`tlsmta tlsrpt show`: the recorded TLS results of one UTC day, per domain and policy."""
     import datetime
 
-    from tlsmta.reporting.tlsrpt import TLSRPTStore
-    from tlsmta.reporting.tlsrpt_sender import store_directory
+    from tlsmta.reporting import TLSRPTStore, store_directory
 
     config = _load(args.config)
     if config is None:
@@ -478,7 +476,7 @@ def cmd_tlsrpt(args: argparse.Namespace) -> int:
 
 
 def cmd_hash_password(args: argparse.Namespace) -> int:
-    from tlsmta.inbound.auth import hash_password
+    from tlsmta.inbound import hash_password
 
     password = sys.stdin.readline().rstrip("\n") if not sys.stdin.isatty() else getpass.getpass()
     if not password:
@@ -492,7 +490,7 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
 
 def cmd_dev_ca(args: argparse.Namespace) -> int:
     from tlsmta.app.tap import dev_relay_path
-    from tlsmta.devrelay.devcert import ensure_dev_ca
+    from tlsmta.devrelay import ensure_dev_ca
 
     config = _load(args.config or dev_relay_path())
     if config is None:

@@ -13,13 +13,13 @@ import attrs
 from twisted.application.service import IService
 from twisted.python import usage
 
-from tlsmta.app import preflight
-from tlsmta.config import loader as configuration
-from tlsmta.devrelay.devcert import LAB_MODES
+from tlsmta.app import _preflight as preflight
+from tlsmta.config import Config, ConfigError, Overrides
+from tlsmta.devrelay import LAB_MODES
 from tlsmta.network import IServiceReactor, installed_reactor
 
 if TYPE_CHECKING:
-    from tlsmta.app.service import TlsmtaService
+    from tlsmta.app._service import TlsmtaService
 
 DEV_RELAY = "dev-relay.toml"
 EX_USAGE, EX_CONFIG = 64, 78  # sysexits.h
@@ -55,9 +55,9 @@ class Options(usage.Options):
         if self["log-format"] == "json" and self.parent is not None:
             # twistd builds its log observer from its own --logger option, before
             # makeService runs: set it while options are still being parsed.
-            self.parent["logger"] = "tlsmta.reporting.events.json_observer"
+            self.parent["logger"] = "tlsmta.reporting.json_observer"
         elif self.parent is not None and _logs_to_stdout(self.parent):
-            self.parent["logger"] = "tlsmta.reporting.events.text_observer"
+            self.parent["logger"] = "tlsmta.reporting.text_observer"
 
 
 def _logs_to_stdout(twistd: Any) -> bool:
@@ -66,7 +66,7 @@ def _logs_to_stdout(twistd: Any) -> bool:
     return bool(twistd.get("nodaemon")) and twistd.get("logfile") in (None, "-") and not twistd.get("syslog") and not twistd.get("logger")
 
 
-def command_line_overrides(options: Options) -> configuration.Overrides:
+def command_line_overrides(options: Options) -> Overrides:
     """--maildir and --http as keys of the raw configuration, so the loader checks them
     with the file (a bad one is refused like a bad file)."""
     overrides: dict[str, dict[str, Any]] = {}
@@ -79,9 +79,9 @@ def command_line_overrides(options: Options) -> configuration.Overrides:
 
 def command_line_adjust(options: Options, path: str) -> Any:
     """The overrides --listen and --tls-lab make on a loaded configuration, as a function."""
-    from tlsmta.devrelay.tlslab import with_tls_lab
+    from tlsmta.devrelay import with_tls_lab
 
-    def adjust(config: configuration.Config) -> configuration.Config:
+    def adjust(config: Config) -> Config:
         if options["listen"]:
             if len(config.listeners) != 1:
                 sys.stderr.write(f"tlsmta: --listen needs exactly one [[listener]] in {path}\n")
@@ -108,7 +108,7 @@ def command_line_reader(options: Options, path: str) -> Callable[[str], prefligh
 
 
 def makeService(options: Options) -> IService:
-    from tlsmta.app.service import TlsmtaService
+    from tlsmta.app._service import TlsmtaService
 
     reactor = installed_reactor()
 
@@ -116,7 +116,7 @@ def makeService(options: Options) -> IService:
     read = command_line_reader(options, path)
     try:
         checked = read(path)
-    except configuration.ConfigError as e:
+    except ConfigError as e:
         # twistd prints a traceback for exceptions; an operator wants the problems.
         sys.stderr.write(f"tlsmta: configuration refused:\n{e}\n")
         raise SystemExit(EX_CONFIG)

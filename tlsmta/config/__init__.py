@@ -1,10 +1,53 @@
 """Configuration as data and syntax: the TOML loader with its option tables,
 validation that names file, table and key, scope resolution per
-(binding, domain) (``loader``) and route strings (``routes``).
+(binding, domain) (``loader``), route strings (``routes``) and the ``tls``
+option values as enums (``tls_modes``).
 
 The bottom of the house: imports nothing of tlsmta but itself, its errors
-and the domain names of ``tlsmta.smtp.names``, and no OpenSSL.  The checks
+and the domain names of ``tlsmta.smtp``, and no OpenSSL.  The checks
 that need this machine (OpenSSL strings, key pairs, hooks, users files) are
-asked through ``loader.Environment``, which ``tlsmta.app.preflight``
+asked through the loader's ``Environment``, which ``tlsmta.app``'s preflight
 implements.
+
+This ``__init__`` is the part's API: other parts import only the names in
+``__all__``; the modules behind it are private (``_name.py``).
 """
+
+from tlsmta.config._loader import (
+    CERTIFICATE_LAB_MODES,
+    DELIVERY_OPTIONS,
+    LAB_MODES,
+    Config,
+    ConfigError,
+    ListenerConfig,
+    Overrides,
+    Resolved,
+    from_dict,
+    load,
+    parse_protocols,
+    resolve,
+    select_binding,
+)
+from tlsmta.config._routes import Route, RouteError, parse_route
+from tlsmta.config._tls_modes import ListenerTLS, OutboundTLS
+
+__all__ = [
+    "CERTIFICATE_LAB_MODES",
+    "Config",
+    "ConfigError",
+    "DELIVERY_OPTIONS",
+    "from_dict",
+    "LAB_MODES",
+    "ListenerConfig",
+    "ListenerTLS",
+    "load",
+    "OutboundTLS",
+    "Overrides",
+    "parse_protocols",
+    "parse_route",
+    "resolve",
+    "Resolved",
+    "Route",
+    "RouteError",
+    "select_binding",
+]

@@ -1,7 +1,32 @@
 """Sending mail: the queue with its retry schedule (``mailqueue``), the
-per-destination pool and delivery jobs (``pool``), the ``ESMTPSender``
-shell (``client``) and delivery status notifications (``dsn``).
+per-destination pool and delivery jobs (``pool``), the choices about one MX
+that ``tlsmta probe`` shares with delivery (``decisions``), the
+``ESMTPSender`` shell (``client``) and delivery status notifications (``dsn``).
 
 May import smtp, tls, discovery, storage, reporting and config; never
 inbound, devrelay or app.
+
+This ``__init__`` is the part's API: other parts import only the names in
+``__all__``; the modules behind it are private (``_name.py``).
 """
+
+from tlsmta.delivery._client import ConnectionBroken, EndpointFactory, connect, tcp_endpoints
+from tlsmta.delivery._decisions import addresses_to_try, dane_verdict, greeting_failure, requirement, session_outcome
+from tlsmta.delivery._mailqueue import Queue, QueueError
+from tlsmta.delivery._pool import Deliverer, OutboundPool
+
+__all__ = [
+    "addresses_to_try",
+    "connect",
+    "ConnectionBroken",
+    "dane_verdict",
+    "Deliverer",
+    "EndpointFactory",
+    "greeting_failure",
+    "OutboundPool",
+    "Queue",
+    "QueueError",
+    "requirement",
+    "session_outcome",
+    "tcp_endpoints",
+]

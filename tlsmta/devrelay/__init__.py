@@ -4,4 +4,41 @@ TLS lab (``tlslab``), the dev CA and its certificates (``devcert``) and
 "Release" to a smarthost (``release``).
 
 May import storage, smtp, tls, reporting and config.
+
+This ``__init__`` is the part's API: other parts import only the names in
+``__all__``; the modules behind it are private (``_name.py``).
 """
+
+from tlsmta.devrelay._capture import CapturedMail, MessageNotFound, captured_maildir
+from tlsmta.devrelay._devcert import LAB_MODES, dev_ca_path, ensure_dev_ca, ensure_dev_certificate
+from tlsmta.devrelay._mailview import envelope_of, parse_message
+from tlsmta.devrelay._tlslab import (
+    LabError,
+    LabListener,
+    dev_names,
+    lab_listener,
+    lab_server_tls,
+    log_dev_ca,
+    with_tls_lab,
+)
+from tlsmta.devrelay._webui import web_service
+
+__all__ = [
+    "captured_maildir",
+    "CapturedMail",
+    "dev_ca_path",
+    "dev_names",
+    "ensure_dev_ca",
+    "ensure_dev_certificate",
+    "envelope_of",
+    "lab_listener",
+    "LAB_MODES",
+    "lab_server_tls",
+    "LabError",
+    "LabListener",
+    "log_dev_ca",
+    "MessageNotFound",
+    "parse_message",
+    "web_service",
+    "with_tls_lab",
+]

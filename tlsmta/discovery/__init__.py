@@ -4,4 +4,40 @@ lookups and chain checks (``dane``), and all of it gathered for one
 destination (``published``).
 
 May import ``tlsmta.tls`` and ``tlsmta.config``; never inbound, delivery or app.
+
+This ``__init__`` is the part's API: other parts import only the names in
+``__all__``; the modules behind it are private (``_name.py``).
 """
+
+from tlsmta.discovery._dane import TLSARecord, tlsa_name, verify_chain
+from tlsmta.discovery._mtasts import CachedPolicy, PolicyFetcher, STSCache, STSResolver
+from tlsmta.discovery._published import ExternalFacts, describe, gather
+from tlsmta.discovery._resolver import (
+    DNSError,
+    DNSPermanent,
+    MXHost,
+    OfflineBackend,
+    Resolver,
+    below_self,
+    canonical_ip,
+)
+
+__all__ = [
+    "below_self",
+    "CachedPolicy",
+    "canonical_ip",
+    "describe",
+    "DNSError",
+    "DNSPermanent",
+    "ExternalFacts",
+    "gather",
+    "MXHost",
+    "OfflineBackend",
+    "PolicyFetcher",
+    "Resolver",
+    "STSCache",
+    "STSResolver",
+    "tlsa_name",
+    "TLSARecord",
+    "verify_chain",
+]

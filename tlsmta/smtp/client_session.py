@@ -32,8 +32,8 @@ from collections.abc import Callable, Mapping, Sequence
 import attrs
 
 from tlsmta.errors import TlsmtaError
-from tlsmta.smtp.client_codec import DotStuffer, ReplyError, ReplyParser, parse_ehlo
-from tlsmta.smtp.reply import Reply
+from tlsmta.smtp._client_codec import DotStuffer, ReplyError, ReplyParser, parse_ehlo
+from tlsmta.smtp._reply import Reply
 
 __all__ = [
     "BodyWanted", "ClientSession", "Closed", "Event", "Greeted", "GreetingRefused", "HelloRefused",

@@ -30,7 +30,7 @@ from typing import Any
 
 import attrs
 
-from tlsmta.smtp.commands import (
+from tlsmta.smtp._commands import (
     COMMAND_LINE_LIMIT,
     PARAMETER_ALLOWANCE,
     MailParams,
@@ -42,9 +42,9 @@ from tlsmta.smtp.commands import (
     rcpt_params,
     split_command,
 )
-from tlsmta.smtp.data import TOO_MANY_HOPS, DataReader, HopCounter, TLSRequiredScanner
-from tlsmta.smtp.reply import Reply
-from tlsmta.smtp.sasl import decode_b64_text, decode_plain
+from tlsmta.smtp._data import TOO_MANY_HOPS, DataReader, HopCounter, TLSRequiredScanner
+from tlsmta.smtp._reply import Reply
+from tlsmta.smtp._sasl import decode_b64_text, decode_plain
 
 HARD_ERROR_LIMIT = 20  # like Postfix's smtpd_hard_error_limit
 LONGEST_COMMAND = COMMAND_LINE_LIMIT + PARAMETER_ALLOWANCE

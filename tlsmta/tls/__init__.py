@@ -1,8 +1,140 @@
-"""TLS: pyOpenSSL contexts and verify plumbing (``contexts``), the pure
+"""TLS: pyOpenSSL contexts and verify plumbing (``contexts``, with the OpenSSL
+names pyOpenSSL keeps private behind ``openssl_private``), the pure
 certificate verdicts and policy combination (``policy``), RFC 8460 result
 names (``rpt_types``), verify and parameter hooks (``hooks``), and a
 verified HTTPS client (``https``, for MTA-STS policies and TLS-RPT reports).
 
-May import ``tlsmta.config`` (option parsing helpers) and ``tlsmta.smtp``;
-``policy`` and ``rpt_types`` stay pure (no OpenSSL, no files, no reporting).
+May import ``tlsmta.config`` and ``tlsmta.smtp``; ``policy`` and
+``rpt_types`` stay pure (no OpenSSL, no files, no reporting).
+
+This ``__init__`` is the part's API: other parts import only the names in
+``__all__``; the modules behind it are private (``_name.py``).
 """
+
+from tlsmta.tls._contexts import (
+    CertificateCheck,
+    ClientTLS,
+    HookContext,
+    KeyPairError,
+    ServerTLS,
+    SessionFacts,
+    client_context,
+    describe_name,
+    load_keypair,
+    presented_names,
+    server_context,
+    ssl_error_text,
+    tls_connection,
+    tls_log_fields,
+)
+from tlsmta.tls._hooks import HookError, Hooks, load_hook, load_hooks
+from tlsmta.tls._https import HTTPSFailure, TooLarge, read_body, request
+from tlsmta.tls._policy import (
+    POLICY_LOCAL,
+    RPT_DNSSEC_INVALID,
+    RPT_STARTTLS_NOT_SUPPORTED,
+    RPT_VALIDATION_FAILURE,
+    TLS_ENHANCED_CODE,
+    ChainResult,
+    DANEStatus,
+    Outcome,
+    PresentedNames,
+    Requirement,
+    STSState,
+    TLSAction,
+    TLSFailure,
+    Verdict,
+    VerifyMode,
+    certificate_result_type,
+    decide,
+    describe_wanted,
+    effective_requirement,
+    handshake_failed,
+    match_names,
+    requiretls_refused,
+    starttls_decision,
+    starttls_refused,
+)
+from tlsmta.tls._rpt_types import (
+    CERTIFICATE_EXPIRED,
+    CERTIFICATE_HOST_MISMATCH,
+    CERTIFICATE_NOT_TRUSTED,
+    DANE_REQUIRED,
+    DNSSEC_INVALID,
+    POLICY_NONE,
+    POLICY_STS,
+    POLICY_TLSA,
+    POLICY_TYPES,
+    RESULT_TYPES,
+    STARTTLS_NOT_SUPPORTED,
+    STS_POLICY_FETCH_ERROR,
+    STS_POLICY_INVALID,
+    STS_WEBPKI_INVALID,
+    TLSA_INVALID,
+    VALIDATION_FAILURE,
+)
+
+__all__ = [
+    "CERTIFICATE_EXPIRED",
+    "CERTIFICATE_HOST_MISMATCH",
+    "CERTIFICATE_NOT_TRUSTED",
+    "certificate_result_type",
+    "CertificateCheck",
+    "ChainResult",
+    "client_context",
+    "ClientTLS",
+    "DANE_REQUIRED",
+    "DANEStatus",
+    "decide",
+    "describe_name",
+    "describe_wanted",
+    "DNSSEC_INVALID",
+    "effective_requirement",
+    "handshake_failed",
+    "HookContext",
+    "HookError",
+    "Hooks",
+    "HTTPSFailure",
+    "KeyPairError",
+    "load_hook",
+    "load_hooks",
+    "load_keypair",
+    "match_names",
+    "Outcome",
+    "POLICY_LOCAL",
+    "POLICY_NONE",
+    "POLICY_STS",
+    "POLICY_TLSA",
+    "POLICY_TYPES",
+    "presented_names",
+    "PresentedNames",
+    "read_body",
+    "request",
+    "Requirement",
+    "requiretls_refused",
+    "RESULT_TYPES",
+    "RPT_DNSSEC_INVALID",
+    "RPT_STARTTLS_NOT_SUPPORTED",
+    "RPT_VALIDATION_FAILURE",
+    "server_context",
+    "ServerTLS",
+    "SessionFacts",
+    "ssl_error_text",
+    "starttls_decision",
+    "STARTTLS_NOT_SUPPORTED",
+    "starttls_refused",
+    "STS_POLICY_FETCH_ERROR",
+    "STS_POLICY_INVALID",
+    "STS_WEBPKI_INVALID",
+    "STSState",
+    "tls_connection",
+    "TLS_ENHANCED_CODE",
+    "tls_log_fields",
+    "TLSA_INVALID",
+    "TLSAction",
+    "TLSFailure",
+    "TooLarge",
+    "VALIDATION_FAILURE",
+    "Verdict",
+    "VerifyMode",
+]

@@ -2,7 +2,7 @@
 
 from twisted.application.service import ServiceMaker
 
-from tlsmta.inbound.reuseport import ReusePortParser
+from tlsmta.inbound._reuseport import ReusePortParser
 
 tlsmta = ServiceMaker("tlsmta", "tlsmta.app.tap", "A mail transfer agent with serious TLS policy.", "tlsmta")
 reuseport = ReusePortParser()

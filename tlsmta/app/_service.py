@@ -1,0 +1,463 @@
+"""Wiring: a MultiService of listeners over one store, built from a Config."""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import os
+import socket
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+from OpenSSL import SSL
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, maybeDeferred
+from twisted.internet.endpoints import UNIXServerEndpoint, serverFromString
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+
+from tlsmta.app import _preflight as preflight
+from tlsmta.app._control import ControlFactory, prepare_socket_path
+from tlsmta.config import Config, ConfigError, ListenerConfig, ListenerTLS, resolve
+from tlsmta.delivery import Deliverer, OutboundPool, Queue
+from tlsmta.devrelay import (
+    LabError,
+    LabListener,
+    captured_maildir,
+    dev_names,
+    ensure_dev_certificate,
+    lab_listener,
+    lab_server_tls,
+    log_dev_ca,
+)
+from tlsmta.discovery import PolicyFetcher, Resolver, STSCache, STSResolver, canonical_ip
+from tlsmta.inbound import AuthFileError, InboundFactory, Intake, ListenerRuntime, UserDB, listen
+from tlsmta.network import IServiceReactor, PortService
+from tlsmta.reporting import EventBus, Metrics, TLSRPTService, metrics_site
+from tlsmta.storage import DiskIO, LocalSink, MessageSink, QueuedMessage, Spool
+from tlsmta.tls import HookError, Hooks, KeyPairError, ServerTLS, load_hooks, server_context
+
+log = Logger(namespace="tlsmta.service")
+
+
+@functools.lru_cache(maxsize=1)
+def local_addresses() -> frozenset[str]:
+    """This host's addresses, as far as its own name resolves (for loop detection)."""
+    found = set()
+    try:
+        for info in socket.getaddrinfo(socket.gethostname(), None):
+            found.add(canonical_ip(str(info[4][0])))
+    except OSError:
+        pass
+    return frozenset(found)
+
+
+def _loopback(ip: str) -> bool:
+    try:
+        return ipaddress.ip_address(canonical_ip(ip)).is_loopback
+    except ValueError:
+        return False
+
+
+def _keep_creator(running: ServerTLS | None, new: ServerTLS | None) -> ServerTLS | None:
+    """The running TLS creator with ``new``'s context: an implicit-TLS factory holds that
+    object, so a new certificate must go into it rather than replace it."""
+    if running is None or new is None:
+        return new
+    running.context = new.context
+    return running
+
+
+def effective_hostname(config: Config) -> str:
+    return config.hostname or socket.getfqdn()
+
+
+def listener_tls(listener: ListenerConfig, config: Config, hostname: str, hooks: Hooks | None = None) -> ServerTLS | None:
+    """The server TLS creator for a listener, generating the dev certificate if asked."""
+    if listener.tls is ListenerTLS.NO:
+        return None
+    if listener.tls_lab is not None:
+        return lab_server_tls(listener, config, hostname)
+    cert, key = listener.tls_certificate, listener.tls_key
+    if cert == "auto":
+        generated = ensure_dev_certificate(config.state_dir, dev_names(hostname))
+        cert, key = generated.cert_path, generated.key_path
+        log.info("dev certificate {cert}, signed by the dev CA {ca}", cert=cert, ca=generated.ca_path)
+        log_dev_ca(config.state_dir)
+    assert cert is not None and key is not None
+    ctx = server_context(
+        cert,
+        key,
+        listener.tls_protocols,
+        listener.tls_ciphers,
+        listener.tlsv13_ciphersuites,
+        listener.tls_client_ca,
+        session_id=f"tlsmta-{listener.name}".encode(),
+        resumption=listener.tls_verify == "no" and not (hooks and hooks.inbound_tls_verify_callback),
+    )
+    return ServerTLS(ctx)
+
+
+LISTEN_BACKLOG = 1024  # Twisted's default of 50 drops connections in bursts
+
+
+def with_default_backlog(endpoint: str) -> str:
+    """Add ``backlog=1024`` to a TCP endpoint string that does not set one."""
+    kind = endpoint.removeprefix("haproxy:").split(":", 1)[0]
+    if kind in ("tcp", "tcp6") and "backlog=" not in endpoint:
+        return f"{endpoint}:backlog={LISTEN_BACKLOG}"
+    return endpoint
+
+
+def _user_db(listener: ListenerConfig, checked: Mapping[str, UserDB]) -> UserDB | None:
+    """The listener's AUTH accounts: as checking the configuration read them, else read now."""
+    path = listener.auth_users_file
+    if path is None:
+        return None
+    found = checked.get(path)
+    return found if found is not None else UserDB.load(path)
+
+
+class ListenerService(PortService):
+    """Listens on one endpoint; ``ready`` fires with the listening port."""
+
+    def __init__(self, reactor: IServiceReactor, listener: ListenerConfig, factory: Any, inbound: InboundFactory):
+        self.reactor = reactor
+        self.listener = listener
+        self.factory = factory  # what listens: the inbound factory, maybe TLS-wrapped
+        self.inbound = inbound
+        self.ready: Deferred[IListeningPort] = Deferred()
+        self.setName(listener.name)
+
+    def startService(self) -> None:
+        super().startService()
+        self.listen_on(listen(
+            self.reactor, with_default_backlog(self.listener.endpoint), self.factory, lambda: self.listener.proxy_networks
+        ))
+
+    def listening(self, port: IListeningPort) -> None:
+        super().listening(port)
+        address = port.getHost()
+        log.info(
+            "listening on {host}:{port} ({name}, tls={tls})",
+            host=getattr(address, "host", address),
+            port=getattr(address, "port", ""),
+            name=self.listener.name,
+            tls=self.listener.tls,
+        )
+        self.ready.callback(port)
+
+
+class DiskService(Service):
+    """Owns the disk thread pool's lifetime."""
+
+    def __init__(self, disk: DiskIO):
+        self.disk = disk
+
+    def startService(self) -> None:
+        super().startService()
+        self.disk.start()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.disk.stop()
+
+
+class QueueService(Service):
+    """Creates the spool, loads the queue at start, stops scheduling at stop."""
+
+    def __init__(self, spool: Spool, queue: Queue):
+        self.spool = spool
+        self.queue = queue
+        self.loaded: Deferred[None] | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        # Synchronous, before any listener starts: cleaning tmp/ while a session
+        # writes there would lose a message.  A spool that cannot be created
+        # stops the start, with the path in the error.
+        queued = self.spool.prepare_blocking()
+        self.loaded = self.queue.start(queued)
+        self.loaded.addErrback(lambda f: log.failure("loading the queue failed", f))
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.queue.stop()
+
+
+class ControlService(PortService):
+    """The control socket `tlsmta queue ...` talks to."""
+
+    def __init__(self, reactor: IServiceReactor, path: str, factory: ControlFactory):
+        self.reactor = reactor
+        self.path = path
+        self.factory = factory
+
+    def startService(self) -> None:
+        super().startService()
+        prepare_socket_path(self.path)
+        self.listen_on(UNIXServerEndpoint(self.reactor, self.path, mode=0o600).listen(self.factory))
+
+
+class MetricsService(PortService):
+    """Prometheus /metrics on the opt-in endpoint, fed by the structured events."""
+
+    def __init__(self, reactor: IServiceReactor, endpoint: str, metrics: Metrics, events: EventBus):
+        self.reactor = reactor
+        self.endpoint = endpoint
+        self.metrics = metrics
+        self.events = events
+        self.ready: Deferred[IListeningPort] = Deferred()
+
+    def startService(self) -> None:
+        super().startService()
+        self.events.add_sink(self.metrics.handle)
+        self.listen_on(serverFromString(self.reactor, self.endpoint).listen(metrics_site(self.metrics)))
+
+    def listening(self, port: IListeningPort) -> None:
+        super().listening(port)
+        self.ready.callback(port)
+
+    def stopService(self) -> Deferred[None] | None:
+        self.events.remove_sink(self.metrics.handle)
+        return super().stopService()
+
+
+ConfigReader = Callable[[str], preflight.Checked]  # path -> the checked configuration to run
+
+
+class TlsmtaService(MultiService):
+    """The whole MTA for one configuration; ``reload`` swaps in a new one."""
+
+    def __init__(self, config: Config, reactor: IServiceReactor, dns_backend: Any = None, read_config: ConfigReader = preflight.check,
+                 users: Mapping[str, UserDB] | None = None):
+        """``read_config``: how a reload reads the file (the command line's overrides included);
+        ``users``: the users files checking ``config`` loaded (others are read here)."""
+        super().__init__()
+        self.read_config = read_config
+        self.config = config
+        self.reactor = reactor
+        self.events = EventBus()  # this service's log events and their sinks
+        self.resolver = Resolver(config.dns, dns_backend, nameservers=config.dns_nameservers, reactor=reactor)
+        self.hostname = effective_hostname(config)
+        self.disk = DiskIO(reactor)
+        DiskService(self.disk).setServiceParent(self)
+        self.hooks: Hooks = load_hooks(config.hooks)
+        local = LocalSink(self.disk, keeps_receipts=self.captures_into)
+        self.spool = Spool(config.spool["path"], self.disk)
+        self.pool = OutboundPool(
+            reactor, self.resolver, self.spool, self.disk, self.hostname, self.hooks, config.queue["max_connections"],
+            events=self.events,
+        )
+        # Lookups go through self.config at call time, so a reload takes effect at once.
+        deliverer = Deliverer(self.pool, local, self.spool, self.disk, lambda domain, binding: resolve(self.config, domain, binding))
+        self.queue = Queue(
+            self.spool,
+            deliverer.deliver,
+            reactor,
+            self.hostname,
+            config.queue["retry_schedule"],
+            config.queue["max_queue_lifetime"],
+            route_for=lambda domain: resolve(self.config, domain)["route"].value,
+            events=self.events,
+        )
+        self.pool.is_self = self.is_own_address
+        self.pool.sts = self._sts_resolver()
+        QueueService(self.spool, self.queue).setServiceParent(self)
+        self.sink: MessageSink = Intake(local, self.spool, self.queue.add)
+        self.listeners: dict[str, ListenerService] = {}
+        for listener in config.listeners:
+            factory = InboundFactory(self._runtime(listener, config, self.hooks, users or {}))
+            wrapped: Any = factory
+            if listener.tls is ListenerTLS.IMPLICIT:
+                assert factory.runtime.tls is not None
+                wrapped = TLSMemoryBIOFactory(factory.runtime.tls, False, factory)
+            service = ListenerService(reactor, listener, wrapped, factory)
+            service.setServiceParent(self)
+            self.listeners[listener.name] = service
+        self.metrics: MetricsService | None = None
+        if config.metrics["endpoint"]:
+            self.metrics = MetricsService(reactor, config.metrics["endpoint"], Metrics(self.queue.gauges), self.events)
+            self.metrics.setServiceParent(self)
+        self.web: Any = None
+        if config.http["endpoint"]:
+            from tlsmta.devrelay import web_service
+
+            self.web = web_service(reactor, config, self, self.disk.run)
+            self.web.setServiceParent(self)
+        self.control = ControlService(reactor, config.control["socket"], ControlFactory(self.queue, self.reload))
+        self.control.setServiceParent(self)
+        self.tlsrpt = TLSRPTService(self)
+        self.tlsrpt.setServiceParent(self)
+
+    def _sts_resolver(self) -> STSResolver:
+        """MTA-STS discovery: TXT through our resolver, HTTPS fetches on the configured port
+        trusting the domain's tls_ca (or the system store), policies cached in state_dir/mta-sts."""
+        fetcher = PolicyFetcher(
+            self.reactor,
+            self.resolver.addresses,
+            port=lambda: self.config.global_option("mta_sts_https_port"),
+            ca_for=self.config_tls_ca,
+        )
+        cache = STSCache(os.path.join(self.config.state_dir, "mta-sts"), run=self.disk.run)
+        return STSResolver(self.resolver.txt, fetcher, cache, now=self.reactor.seconds)
+
+    def captures_into(self, maildir: str) -> bool:
+        """Whether ``maildir`` is the dev relay's captured mail, whose page (and
+        ``tlsmta.testing``) shows each message's facts of receipt."""
+        captured = captured_maildir(self.config)
+        return captured is not None and os.path.abspath(captured) == os.path.abspath(maildir)
+
+    def config_tls_ca(self, domain: str) -> str | None:
+        """The trust anchors configured for ``domain`` (its tls_ca), None for the system store."""
+        return resolve(self.config, domain)["tls_ca"].value
+
+    def is_own_address(self, ip: str, port: int) -> bool:
+        """Whether delivering to ip:port would reach one of our own listeners (a mail loop)."""
+        for service in self.listeners.values():
+            if service.port is None:
+                continue
+            host = service.port.getHost()
+            if getattr(host, "port", None) != port:
+                continue
+            bound = getattr(host, "host", "")
+            if bound == ip or (bound in ("0.0.0.0", "::", "") and (ip in local_addresses() or _loopback(ip))):
+                return True
+        return False
+
+    def _runtime(self, listener: ListenerConfig, config: Config, hooks: Hooks, users: Mapping[str, UserDB]) -> ListenerRuntime:
+        server_tls = listener_tls(listener, config, self.hostname, hooks)
+        return ListenerRuntime(
+            listener=listener,
+            config=config,
+            hostname=self.hostname,
+            sink=self.sink,
+            tls=server_tls,
+            users=_user_db(listener, users),
+            hooks=hooks,
+            resolver=self.resolver,
+            run_in_thread=lambda fn, *a: deferToThreadPool(self.reactor, self.reactor.getThreadPool(), fn, *a),
+            events=self.events,
+        )
+
+    # -- SIGHUP -------------------------------------------------------------------------
+
+    def reload(self) -> list[str]:
+        """Re-read the configuration file and certificates.
+
+        New sessions and deliveries use the new settings; sessions in flight
+        keep theirs.  A configuration that does not validate, or a
+        certificate that does not load, is refused as a whole: the running
+        one stays.  Returns the problems (empty when the reload took).
+        """
+        try:
+            checked = self.read_config(self.config.path)
+            new = checked.config
+            hooks = load_hooks(new.hooks)
+            prepared = {}
+            for listener in new.listeners:
+                current = self.listeners.get(listener.name)
+                if current is None or current.listener.endpoint != listener.endpoint or current.listener.tls != listener.tls:
+                    log.warn("listener {name}: new or changed endpoint/tls needs a restart; not applied", name=listener.name)
+                    continue
+                prepared[listener.name] = listener_tls(listener, new, self.hostname, hooks), listener
+        except ConfigError as e:
+            problems = [str(p) for p in e.problems]
+        except (HookError, KeyPairError, SSL.Error, OSError, AuthFileError) as e:
+            problems = [f"{self.config.path}: {e}"]
+        else:
+            self._apply(new, hooks, prepared, checked.users)
+            self.events.emit("reload", result="ok", config=new.path)
+            return []
+        for problem in problems:
+            log.error("reload refused, keeping the running configuration: {problem}", problem=problem)
+        self.events.emit("reload", result="refused", config=self.config.path, problems=len(problems))
+        return problems
+
+    def _apply(self, new: Config, hooks: Hooks, prepared: dict[str, Any], users: Mapping[str, UserDB]) -> None:
+        self.config = new
+        self.hooks = hooks
+        self.resolver.pinned = new.dns
+        if new.dns_nameservers != (self.resolver.nameservers or ()):
+            self.resolver.nameservers = new.dns_nameservers
+        self.pool.reconfigure(hooks, new.queue["max_connections"])
+        self.queue.retry_schedule = tuple(new.queue["retry_schedule"])
+        self.queue.max_lifetime = new.queue["max_queue_lifetime"]
+        for name, (server_tls, listener) in prepared.items():
+            service = self.listeners[name]
+            old = service.inbound.runtime
+            service.listener = listener
+            service.inbound.runtime = attrs.evolve(
+                old,
+                listener=listener,
+                config=new,
+                tls=_keep_creator(old.tls, server_tls),
+                users=_user_db(listener, users),
+                hooks=hooks,
+            )
+
+    # -- the dev relay's page (devrelay.webui.RelayHost) ---------------------------------
+
+    def lab_listeners(self) -> list[LabListener]:
+        """Each listener with its TLS setting, lab mode and bound port."""
+        out = []
+        for name, item in self.listeners.items():
+            address = item.port.getHost() if item.port is not None else None
+            out.append(LabListener(name, item.listener.tls, item.listener.tls_lab, getattr(address, "port", None)))
+        return out
+
+    def switch_tls_lab(self, name: str, mode: str | None) -> None:
+        """Change listener ``name`` to lab ``mode`` (None: off).
+
+        New sessions get the new certificate or behaviour; sessions in flight
+        keep theirs.  Lasts until the next reload re-reads the configuration.
+        """
+        listener_service = self.listeners.get(name)
+        if listener_service is None:
+            raise LabError(f"no listener named {name!r}")
+        configured = next((item for item in self.config.listeners if item.name == name), listener_service.listener)
+        new_listener = lab_listener(configured, mode)
+        server_tls = listener_tls(new_listener, self.config, self.hostname, self.hooks)
+        runtime = listener_service.inbound.runtime
+        listener_service.listener = new_listener
+        listener_service.inbound.runtime = attrs.evolve(
+            runtime, listener=new_listener, tls=_keep_creator(runtime.tls, server_tls)
+        )
+
+    def release(self, message: QueuedMessage, body: bytes) -> Deferred[None]:
+        """Store ``message`` durably in the spool, then queue it (the page's "Release")."""
+
+        def stored(_: object) -> None:
+            self.queue.add(message)
+
+        return self.disk.run(self.spool.store_blocking, message, body).addCallback(stored)
+
+    # -- SIGTERM ------------------------------------------------------------------------
+
+    def stopService(self) -> Deferred[None]:
+        return ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        """Stop accepting, let sessions and deliveries finish for shutdown_grace seconds,
+        cut what remains, leave the queue on disk."""
+        grace = self.config.control["shutdown_grace"]
+        await DeferredList([maybeDeferred(s.stopService) for s in self.listeners.values()])
+        self.queue.stop()
+        deadline = self.reactor.seconds() + grace
+        while self._busy() and self.reactor.seconds() < deadline:
+            await deferLater(self.reactor, 0.05, lambda: None)
+        for service in self.listeners.values():
+            for session in list(service.inbound.sessions):
+                session.transport.abortConnection()
+        self.pool.abort_all()
+        settle = self.reactor.seconds() + 5
+        while self.queue.in_flight and self.reactor.seconds() < settle:
+            await deferLater(self.reactor, 0.05, lambda: None)  # aborted attempts record their results
+        await super().stopService()
+
+    def _busy(self) -> bool:
+        return bool(self.queue.in_flight) or any(service.inbound.sessions for service in self.listeners.values())

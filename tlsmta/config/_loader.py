@@ -1,0 +1,917 @@
+"""Configuration: TOML loading, validation and scope resolution.
+
+Everything here is pure apart from reading the file itself and checking
+that referenced certificate and CA files exist and load.  Validation
+collects every problem it finds so an operator fixes a file in one pass;
+each problem names the file, the table and the key.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, TypeVar
+
+import attrs
+
+from tlsmta.config._routes import Route, RouteError, parse_route
+from tlsmta.config._tls_modes import ListenerTLS, OutboundTLS
+from tlsmta.errors import TlsmtaError
+from tlsmta.smtp import normalize_domain
+
+# -- errors -----------------------------------------------------------------
+
+
+@attrs.frozen
+class Problem:
+    """One thing wrong with a configuration file."""
+
+    file: str
+    table: str
+    key: str | None
+    why: str
+
+    def __str__(self) -> str:
+        where = f"[{self.table}]" if self.table else "(top level)"
+        if self.key is not None:
+            where += f" {self.key}"
+        return f"{self.file}: {where}: {self.why}"
+
+
+class ConfigError(TlsmtaError):
+    """A configuration file is unusable; carries every problem found."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+# -- value checkers -----------------------------------------------------------
+# A checker takes the raw TOML value and returns the validated value or
+# raises ValueError with a message meant for the operator.
+
+Checker = Callable[[Any], Any]
+StrEnumT = TypeVar("StrEnumT", bound=enum.StrEnum)
+
+
+def _enum(*choices: str) -> Checker:
+    def check(value: Any) -> str:
+        if not isinstance(value, str) or value.lower() not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)} (got {value!r})")
+        return value.lower()
+
+    return check
+
+
+def _enum_of(kind: type[StrEnumT]) -> Checker:
+    """A value of ``kind``, written as one of its words (any case)."""
+    check_word = _enum(*kind)
+
+    def check(value: Any) -> StrEnumT:
+        return kind(check_word(value))
+
+    return check
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false (got {value!r})")
+    return value
+
+
+def _int(minimum: int = 0, maximum: int | None = None) -> Checker:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"must be an integer (got {value!r})")
+        if value < minimum or (maximum is not None and value > maximum):
+            upper = "" if maximum is None else f" and at most {maximum}"
+            raise ValueError(f"must be at least {minimum}{upper} (got {value})")
+        return value
+
+    return check
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"must be a non-empty string (got {value!r})")
+    return value
+
+
+def _str_list(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError(f"must be a list of non-empty strings (got {value!r})")
+    return tuple(value)
+
+
+def _path(value: Any) -> str:
+    """A directory path; relative paths are taken from the directory tlsmta starts in."""
+    return os.path.abspath(_str(value))
+
+
+def _readable_file(value: Any) -> str:
+    path = _str(value)
+    if not os.path.isfile(path):
+        raise ValueError(f"file {path!r} does not exist")
+    if not os.access(path, os.R_OK):
+        raise ValueError(f"file {path!r} is not readable")
+    return path
+
+
+def _file_or_none(value: Any) -> str | None:
+    """Certificate/key paths; the word ``none`` unsets an inherited one."""
+    if value == "none":
+        return None
+    return _readable_file(value)
+
+
+def _ca_location(value: Any) -> str:
+    path = _str(value)
+    if not (os.path.isfile(path) or os.path.isdir(path)):
+        raise ValueError(f"CA file or directory {path!r} does not exist")
+    return path
+
+
+def _route(value: Any) -> Route:
+    try:
+        return parse_route(_str(value))
+    except RouteError as e:
+        raise ValueError(str(e)) from None
+
+
+TLS_VERSIONS = ("TLSv1.0", "TLSv1.1", "TLSv1.2", "TLSv1.3")
+_PROTOCOL_NAMES = {
+    "ALL": TLS_VERSIONS,
+    "SSLv3": (),  # never supported; accepted so Momentum strings parse
+    "TLSv1": ("TLSv1.0",),
+    **{v: (v,) for v in TLS_VERSIONS},
+}
+
+
+def parse_protocols(spec: str) -> frozenset[str]:
+    """Parse a Momentum-style protocol list such as ``+ALL:-TLSv1.0``.
+
+    Returns the set of allowed TLS versions; terms apply left to right.
+    """
+    allowed: set[str] = set()
+    for term in spec.split(":"):
+        term = term.strip()
+        if not term:
+            continue
+        sign, name = (term[0], term[1:]) if term[0] in "+-" else ("+", term)
+        if name not in _PROTOCOL_NAMES:
+            raise ValueError(f"unknown protocol {name!r} in {spec!r}")
+        versions = set(_PROTOCOL_NAMES[name])
+        allowed = allowed | versions if sign == "+" else allowed - versions
+    if not allowed:
+        raise ValueError(f"{spec!r} allows no protocol version")
+    return frozenset(allowed)
+
+
+def _protocols(value: Any) -> frozenset[str]:
+    return parse_protocols(_str(value))
+
+
+def _networks(value: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    nets = []
+    for item in _str_list(value):
+        try:
+            nets.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP network") from None
+    return tuple(nets)
+
+
+def _domains(value: Any) -> frozenset[str]:
+    return frozenset(normalize_domain(d) for d in _str_list(value))
+
+
+def _hook(value: Any) -> str:
+    spec = _str(value)
+    module, sep, func = spec.partition(":")
+    if not sep or not module or not func:
+        raise ValueError(f"must look like 'package.module:function' (got {spec!r})")
+    return spec
+
+
+class Environment(Protocol):
+    """The checks that need this machine: OpenSSL, key files, hook imports, users files.
+
+    Each returns why the value cannot be used, or None.  The loader asks them
+    where the option is validated, so their problems stand in file order
+    beside the syntax ones; ``tlsmta.app.preflight`` has the real checks.
+    """
+
+    def ca_file(self, path: str) -> str | None:
+        """A CA file or directory that exists; whether it holds certificates."""
+        ...
+
+    def cipher_list(self, text: str) -> str | None: ...
+
+    def tls13_suites(self, text: str) -> str | None: ...
+
+    def hook(self, spec: str) -> str | None: ...
+
+    def keypair(self, cert: str, key: str) -> tuple[str, str] | None:
+        """None, or the config key at fault (tls_certificate / tls_key) and why."""
+        ...
+
+    def users_file(self, path: str) -> str | None: ...
+
+
+class SyntaxOnly:
+    """An :class:`Environment` that finds nothing wrong: syntax and data checks only."""
+
+    def ca_file(self, path: str) -> str | None:
+        return None
+
+    def cipher_list(self, text: str) -> str | None:
+        return None
+
+    def tls13_suites(self, text: str) -> str | None:
+        return None
+
+    def hook(self, spec: str) -> str | None:
+        return None
+
+    def keypair(self, cert: str, key: str) -> tuple[str, str] | None:
+        return None
+
+    def users_file(self, path: str) -> str | None:
+        return None
+
+
+SYNTAX_ONLY = SyntaxOnly()
+
+# The dev relay's TLS lab modes (tlsmta.devrelay makes their certificates).
+CERTIFICATE_LAB_MODES = ("good", "expired", "wrong-name", "untrusted", "self-signed")
+LAB_MODES = (*CERTIFICATE_LAB_MODES, "handshake-fail", "no-starttls")
+
+
+def _address(value: Any) -> str:
+    try:
+        return str(ipaddress.ip_address(_str(value)))
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address") from None
+
+
+# -- option tables -----------------------------------------------------------
+
+
+@attrs.frozen
+class Option:
+    """A configuration option: how to check it and its built-in default."""
+
+    check: Checker
+    default: Any = None
+    help: str = ""
+    environment: str | None = None  # the Environment method that checks the value on this machine
+
+
+# Options valid in every delivery scope (global, binding_group, binding,
+# domain and the nested domain scopes), resolved per (binding, domain).
+DELIVERY_OPTIONS: dict[str, Option] = {
+    "tls": Option(_enum_of(OutboundTLS), OutboundTLS.NO, "use STARTTLS when sending"),
+    "tls_verify": Option(_enum("no", "ca", "host", "optional"), "no", "check the server certificate"),
+    "tls_ca": Option(_ca_location, None, "trust anchors; default: system store", "ca_file"),
+    "tls_certificate": Option(_file_or_none, None, "client certificate"),
+    "tls_key": Option(_file_or_none, None, "client key"),
+    "tls_ifavailable_fallback": Option(_bool, True, "plain-text retry after a failed handshake"),
+    "tls_protocols": Option(_protocols, parse_protocols("+ALL"), "allowed protocol versions"),
+    "tls_ciphers": Option(_str, None, "OpenSSL cipher list (TLS 1.2 and below)", "cipher_list"),
+    "tlsv13_ciphersuites": Option(_str, None, "OpenSSL TLS 1.3 ciphersuites", "tls13_suites"),
+    "route": Option(_route, parse_route("mx"), "where mail for the domain goes"),
+    "smtp_port": Option(_int(1, 65535), 25, "port for MX and smarthost routes"),
+    "max_connections": Option(_int(1), 20, "connections per destination"),
+    "max_messages_per_connection": Option(_int(1), 100, "messages per SMTP session"),
+    "source_address": Option(_address, None, "local address to connect from"),
+    "ehlo_hostname": Option(_str, None, "name sent in EHLO; default: global hostname"),
+    "mta_sts": Option(_bool, True, "apply the recipient domain's MTA-STS policy (RFC 8461); false opts out"),
+    "dane": Option(_bool, True, "apply DANE TLSA records of DNSSEC-signed MX hosts (RFC 7672); false opts out"),
+}
+
+GLOBAL_ONLY_OPTIONS: dict[str, Option] = {
+    "hostname": Option(_str, None, "banner and EHLO name; default: this host's FQDN"),
+    "state_dir": Option(_path, "/var/lib/tlsmta", "certificates generated at first start"),
+    "max_hops": Option(_int(1), 50, "Received: headers before a message is refused as a loop"),
+    "mta_sts_https_port": Option(_int(1, 65535), 443, "port of the MTA-STS policy servers (labs change it)"),
+    "tlsrpt_reports": Option(_bool, False, "send daily TLS-RPT reports (RFC 8460) to the domains that ask"),
+    "tlsrpt_organization": Option(_str, None, "organization-name in reports; default: hostname"),
+    "tlsrpt_contact": Option(_str, None, "contact-info in reports; default: postmaster@hostname"),
+    "tlsrpt_sender": Option(_str, None, "From and envelope sender of reports; default: noreply-tlsrpt@hostname"),
+}
+
+HOOK_OPTIONS: dict[str, Option] = {
+    "outbound_tls_verify_callback": Option(_hook, environment="hook"),
+    "inbound_tls_verify_callback": Option(_hook, environment="hook"),
+    "outbound_tls_parameters": Option(_hook, environment="hook"),
+    "outbound_binding": Option(_hook, environment="hook"),
+}
+
+LISTENER_OPTIONS: dict[str, Option] = {
+    "name": Option(_str, None, "used by binding_rule matches and in logs"),
+    "endpoint": Option(_str, None, "Twisted server endpoint string"),
+    "tls": Option(_enum_of(ListenerTLS), ListenerTLS.STARTTLS),
+    "tls_certificate": Option(_str, None, "PEM certificate chain, or 'auto'"),
+    "tls_key": Option(_readable_file, None),
+    "tls_client_ca": Option(_ca_location, None, "CAs for client certificates", "ca_file"),
+    "tls_verify": Option(_enum("no", "ca", "host", "optional"), "no", "client certificates"),
+    "tls_protocols": Option(_protocols, parse_protocols("+ALL:-TLSv1.0:-TLSv1.1")),
+    "tls_ciphers": Option(_str, None, environment="cipher_list"),
+    "tlsv13_ciphersuites": Option(_str, None, environment="tls13_suites"),
+    "local_domains": Option(_domains, frozenset()),
+    "relay_networks": Option(_networks, ()),
+    "proxy_networks": Option(
+        _networks, _networks(["127.0.0.0/8", "::1/128"]), "haproxy: endpoints: who may send the PROXY header"
+    ),
+    "tls_verified_peer_can_relay": Option(_bool, False),
+    "require_tls_for_auth": Option(_bool, True),
+    "auth_users_file": Option(_readable_file, None, "user:scrypt-hash lines"),
+    "max_message_size": Option(_int(1024), 50 * 1024 * 1024),
+    "max_recipients": Option(_int(1), 1000),
+    "max_connections": Option(_int(1), 1000),
+    "max_connections_per_ip": Option(_int(1), 50, "per client address; relay_networks exempt"),
+    "max_line_length": Option(_int(78, 1024 * 1024), 998, "octets, CRLF excluded"),
+    "idle_timeout": Option(_int(1), 300, "seconds to send a complete command line (trickled bytes do not extend it)"),
+    "data_timeout": Option(_int(1), 600, "seconds without DATA bytes"),
+    "session_timeout": Option(
+        _int(1), 1800, "seconds a session may last; checked between commands, so a DATA transfer that keeps going finishes"
+    ),
+    "tls_lab": Option(_enum(*LAB_MODES), None, "dev relay: serve a good or deliberately bad TLS peer"),
+}
+
+SPOOL_OPTIONS: dict[str, Option] = {
+    "path": Option(_path, "/var/spool/tlsmta"),
+}
+
+
+
+def _retry_schedule(value: Any) -> tuple[int, ...]:
+    if not isinstance(value, list) or not value:
+        raise ValueError("must be a non-empty list of seconds")
+    return tuple(_int(1)(v) for v in value)
+
+
+QUEUE_OPTIONS: dict[str, Option] = {
+    "retry_schedule": Option(_retry_schedule, (60, 300, 900, 1800, 3600), "seconds; the last repeats"),
+    "max_queue_lifetime": Option(_int(60), 5 * 24 * 3600, "seconds before a bounce"),
+    "max_connections": Option(_int(1), 200, "outbound connections in all"),
+}
+
+METRICS_OPTIONS: dict[str, Option] = {
+    "endpoint": Option(_str, None, "Twisted endpoint serving /metrics, e.g. tcp:9125:interface=127.0.0.1"),
+}
+
+HTTP_OPTIONS: dict[str, Option] = {
+    "endpoint": Option(_str, None, "Twisted endpoint for the dev relay's web page and JSON API (no auth: loopback only)"),
+    "maildir": Option(_path, None, "the Maildir the page shows; default: the global maildir: route"),
+    "allowed_hosts": Option(_str_list, (), "Host header names accepted besides loopback ones (DNS rebinding guard)"),
+}
+
+CONTROL_OPTIONS: dict[str, Option] = {
+    "socket": Option(_path, None, "UNIX socket for `tlsmta queue`; default: state_dir/control.sock"),
+    "shutdown_grace": Option(_int(0), 30, "seconds sessions and deliveries may finish after SIGTERM"),
+}
+
+BINDING_RULE_OPTIONS: dict[str, Option] = {
+    "binding": Option(_str),
+    "listener": Option(_str),
+    "sender_domain": Option(_domains),
+    "recipient_domain": Option(_domains),
+}
+
+# -- the parsed configuration --------------------------------------------------
+
+
+@attrs.frozen
+class ListenerConfig:
+    """One ``[[listener]]``: where and how mail is received."""
+
+    name: str
+    endpoint: str
+    tls: ListenerTLS
+    tls_certificate: str | None
+    tls_key: str | None
+    tls_client_ca: str | None
+    tls_verify: str
+    tls_protocols: frozenset[str]
+    tls_ciphers: str | None
+    tlsv13_ciphersuites: str | None
+    local_domains: frozenset[str]
+    relay_networks: tuple[Any, ...]
+    proxy_networks: tuple[Any, ...]
+    tls_verified_peer_can_relay: bool
+    require_tls_for_auth: bool
+    auth_users_file: str | None
+    max_message_size: int
+    max_recipients: int
+    max_connections: int
+    max_connections_per_ip: int
+    max_line_length: int
+    idle_timeout: int
+    data_timeout: int
+    session_timeout: int
+    tls_lab: str | None = None
+
+
+@attrs.frozen
+class ScopeTable:
+    """Options set in one scope, plus the domain scopes nested in it."""
+
+    options: Mapping[str, Any]
+    domains: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
+    bindings: tuple[str, ...] = ()  # binding groups only
+
+
+@attrs.frozen
+class BindingRule:
+    """``[[binding_rule]]``: choose a binding by listener, sender, recipient."""
+
+    binding: str
+    listener: str | None = None
+    sender_domain: frozenset[str] | None = None
+    recipient_domain: frozenset[str] | None = None
+
+
+@attrs.frozen
+class Resolved:
+    """One effective option and the scope that set it."""
+
+    value: Any
+    scope: str
+
+
+@attrs.frozen
+class Config:
+    """A validated configuration."""
+
+    path: str
+    hostname: str | None
+    state_dir: str
+    max_hops: int
+    global_options: Mapping[str, Any]
+    domains: Mapping[str, Mapping[str, Any]]
+    bindings: Mapping[str, ScopeTable]
+    binding_groups: Mapping[str, ScopeTable]
+    listeners: tuple[ListenerConfig, ...]
+    spool: Mapping[str, Any]
+    queue: Mapping[str, Any]
+    hooks: Mapping[str, str]
+    dns: Mapping[str, Mapping[str, tuple[str, ...]]]
+    binding_rules: tuple[BindingRule, ...]
+    metrics: Mapping[str, Any] = attrs.field(factory=lambda: {"endpoint": None})
+    http: Mapping[str, Any] = attrs.field(factory=lambda: dict.fromkeys(HTTP_OPTIONS) | {"allowed_hosts": ()})
+    control: Mapping[str, Any] = attrs.field(factory=lambda: {"socket": None, "shutdown_grace": 30})
+    # [dns] nameservers: where every lookup goes; empty: the system's (/etc/resolv.conf).
+    dns_nameservers: tuple[tuple[str, int], ...] = ()
+    # resolve() results; not an init field, so attrs.evolve() starts a fresh one.
+    _resolved: dict[tuple[str, str], dict[str, Resolved]] = attrs.field(init=False, factory=dict, eq=False, repr=False)
+
+    def global_option(self, name: str) -> Any:
+        """A ``[global]`` option that is not resolved per domain (GLOBAL_ONLY_OPTIONS)."""
+        return self.global_options.get(name, GLOBAL_ONLY_OPTIONS[name].default)
+
+    def group_of(self, binding: str) -> str | None:
+        """The binding group that lists ``binding``, if any."""
+        for name, group in self.binding_groups.items():
+            if binding in group.bindings:
+                return name
+        return None
+
+
+# -- scope resolution ----------------------------------------------------------
+
+
+def resolve(config: Config, domain: str, binding: str = "default") -> dict[str, Resolved]:
+    """Effective delivery options for a message to ``domain`` via ``binding``
+    (cached per config; treat the result as read-only).
+
+    Each option comes from the first scope that sets it, in this order
+    (docs/architecture.md):
+    binding.B.domain.D, binding_group.G.domain.D, binding.B, binding_group.G,
+    domain.D, global, built-in default.
+    """
+    domain = normalize_domain(domain)
+    cached = config._resolved.get((domain, binding))
+    if cached is not None:
+        return cached
+    group = config.group_of(binding)
+    empty: Mapping[str, Any] = {}
+    btable = config.bindings.get(binding)
+    gtable = config.binding_groups.get(group) if group else None
+    chain: list[tuple[str, Mapping[str, Any]]] = [
+        (f'binding."{binding}".domain."{domain}"', btable.domains.get(domain, empty) if btable else empty),
+        (f'binding_group."{group}".domain."{domain}"', gtable.domains.get(domain, empty) if gtable else empty),
+        (f'binding."{binding}"', btable.options if btable else empty),
+        (f'binding_group."{group}"', gtable.options if gtable else empty),
+        (f'domain."{domain}"', config.domains.get(domain, empty)),
+        ("global", config.global_options),
+    ]
+    result = {}
+    for name, option in DELIVERY_OPTIONS.items():
+        for scope, table in chain:
+            if name in table:
+                result[name] = Resolved(table[name], scope)
+                break
+        else:
+            result[name] = Resolved(option.default, "default")
+    if len(config._resolved) < 100_000:  # bounded: domains come from the network
+        config._resolved[(domain, binding)] = result
+    return result
+
+
+# -- loading -------------------------------------------------------------------
+
+
+class _Validator:
+    """Walks the raw TOML document and collects problems."""
+
+    def __init__(self, path: str, environment: Environment = SYNTAX_ONLY):
+        self.path = path
+        self.environment = environment
+        self.problems: list[Problem] = []
+
+    def problem(self, table: str, key: str | None, why: str) -> None:
+        self.problems.append(Problem(self.path, table, key, why))
+
+    def table(self, raw: Any, table: str) -> dict[str, Any]:
+        if raw is None:
+            return {}
+        if not isinstance(raw, dict):
+            self.problem(table, None, "must be a table")
+            return {}
+        return raw
+
+    def options(
+        self,
+        raw: Mapping[str, Any],
+        table: str,
+        allowed: Mapping[str, Option],
+        skip: tuple[str, ...] = (),
+    ) -> dict[str, Any]:
+        """Check each key of ``raw`` against ``allowed``; unknown keys are problems."""
+        out = {}
+        for key, value in raw.items():
+            if key in skip:
+                continue
+            option = allowed.get(key)
+            if option is None:
+                self.problem(table, key, "unknown option")
+                continue
+            try:
+                checked = option.check(value)
+            except ValueError as e:
+                self.problem(table, key, str(e))
+                continue
+            why = self._on_this_machine(option, checked)
+            if why is not None:
+                self.problem(table, key, why)
+                continue
+            out[key] = checked
+        return out
+
+    def _on_this_machine(self, option: Option, value: Any) -> str | None:
+        if option.environment is None or value is None:
+            return None
+        check: Callable[[Any], str | None] = getattr(self.environment, option.environment)
+        return check(value)
+
+    def with_defaults(self, values: Mapping[str, Any], allowed: Mapping[str, Option]) -> dict[str, Any]:
+        return {k: values.get(k, o.default) for k, o in allowed.items()}
+
+    def domain_tables(self, raw: Any, parent: str) -> dict[str, dict[str, Any]]:
+        out = {}
+        for name, body in self.table(raw, parent + "domain").items():
+            label = f'{parent}domain."{name}"'
+            try:
+                key = normalize_domain(name)
+            except ValueError as e:
+                self.problem(label, None, str(e))
+                continue
+            if key in out:
+                self.problem(label, None, f"names the same domain as another table: {key!r}")
+                continue
+            out[key] = self.options(self.table(body, label), label, DELIVERY_OPTIONS)
+            _check_pairs(self, out[key], label)
+        return out
+
+
+Overrides = Mapping[str, Mapping[str, Any]]  # table -> keys set over the file's (the command line's)
+
+
+def with_overrides(raw: Mapping[str, Any], overrides: Overrides) -> dict[str, Any]:
+    """``raw`` with each override's keys set in its table, so they are validated like the file's own.
+
+    A table the file has in a shape other than a table stays as it is, to be reported."""
+    out = dict(raw)
+    for table, values in overrides.items():
+        current = raw.get(table, {})
+        out[table] = {**current, **values} if isinstance(current, dict) else current
+    return out
+
+
+def load(path: str, environment: Environment = SYNTAX_ONLY, overrides: Overrides | None = None) -> Config:
+    """Read and validate ``path``; raise ConfigError listing every problem.
+
+    ``environment`` adds the checks that need this machine (see
+    :class:`Environment`); without it, syntax and data only.  ``overrides``
+    (see :func:`with_overrides`) are checked as if the file said them; their
+    problems name the file.
+    """
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError([Problem(path, "", None, "file not found")]) from None
+    except OSError as e:
+        raise ConfigError([Problem(path, "", None, f"cannot read: {e.strerror}")]) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([Problem(path, "", None, f"not valid TOML: {e}")]) from None
+    return from_dict(with_overrides(raw, overrides or {}), path, environment)
+
+
+_TOP_LEVEL = {
+    "global",
+    "domain",
+    "binding",
+    "binding_group",
+    "listener",
+    "spool",
+    "queue",
+    "hooks",
+    "dns",
+    "binding_rule",
+    "metrics",
+    "control",
+    "http",
+}
+
+
+def from_dict(raw: Mapping[str, Any], path: str = "<config>", environment: Environment = SYNTAX_ONLY) -> Config:
+    """Validate an already-parsed TOML document."""
+    v = _Validator(path, environment)
+    for key in raw:
+        if key not in _TOP_LEVEL:
+            v.problem(key, None, "unknown table")
+
+    glob = v.table(raw.get("global"), "global")
+    global_options = v.options(glob, "global", {**DELIVERY_OPTIONS, **GLOBAL_ONLY_OPTIONS})
+    hostname = global_options.pop("hostname", None)
+    state_dir = global_options.pop("state_dir", GLOBAL_ONLY_OPTIONS["state_dir"].default)
+    max_hops = global_options.pop("max_hops", GLOBAL_ONLY_OPTIONS["max_hops"].default)
+
+    domains = v.domain_tables(raw.get("domain"), "")
+
+    bindings = {}
+    for name, body in v.table(raw.get("binding"), "binding").items():
+        label = f'binding."{name}"'
+        body = v.table(body, label)
+        bindings[name] = ScopeTable(
+            options=v.options(body, label, DELIVERY_OPTIONS, skip=("domain",)),
+            domains=v.domain_tables(body.get("domain"), label + "."),
+        )
+        _check_pairs(v, bindings[name].options, label)
+
+    groups = {}
+    seen_in_group: dict[str, str] = {}
+    for name, body in v.table(raw.get("binding_group"), "binding_group").items():
+        label = f'binding_group."{name}"'
+        body = v.table(body, label)
+        members: tuple[str, ...] = ()
+        if "bindings" in body:
+            try:
+                members = _str_list(body["bindings"])
+            except ValueError as e:
+                v.problem(label, "bindings", str(e))
+        for member in members:
+            if member not in bindings and member != "default":
+                v.problem(label, "bindings", f"binding {member!r} is not defined")
+            if member in seen_in_group:
+                v.problem(label, "bindings", f"binding {member!r} is already in group {seen_in_group[member]!r}")
+            seen_in_group[member] = name
+        groups[name] = ScopeTable(
+            options=v.options(body, label, DELIVERY_OPTIONS, skip=("domain", "bindings")),
+            domains=v.domain_tables(body.get("domain"), label + "."),
+            bindings=members,
+        )
+        _check_pairs(v, groups[name].options, label)
+
+    listeners = _listeners(v, raw.get("listener"))
+
+    spool = v.with_defaults(v.options(v.table(raw.get("spool"), "spool"), "spool", SPOOL_OPTIONS), SPOOL_OPTIONS)
+    queue = v.with_defaults(v.options(v.table(raw.get("queue"), "queue"), "queue", QUEUE_OPTIONS), QUEUE_OPTIONS)
+    hooks = v.options(v.table(raw.get("hooks"), "hooks"), "hooks", HOOK_OPTIONS)
+    metrics = v.with_defaults(v.options(v.table(raw.get("metrics"), "metrics"), "metrics", METRICS_OPTIONS), METRICS_OPTIONS)
+    control = v.with_defaults(v.options(v.table(raw.get("control"), "control"), "control", CONTROL_OPTIONS), CONTROL_OPTIONS)
+    http = v.with_defaults(v.options(v.table(raw.get("http"), "http"), "http", HTTP_OPTIONS), HTTP_OPTIONS)
+    route = global_options.get("route")
+    if http["endpoint"] and http["maildir"] is None and (route is None or route.kind != "maildir"):
+        v.problem("http", "maildir", "is required when the global route is not maildir:PATH")
+    if control["socket"] is None:
+        control["socket"] = os.path.join(state_dir, "control.sock")
+    dns_table = v.table(raw.get("dns"), "dns")
+    nameservers = _nameservers(v, dns_table.pop("nameservers", None))
+    dns = _dns(v, dns_table)
+    rules = _binding_rules(v, raw.get("binding_rule"), bindings)
+
+    _check_pairs(v, global_options, "global")  # domain scopes: checked in domain_tables
+
+    if v.problems:
+        raise ConfigError(v.problems)
+    return Config(
+        path=path,
+        hostname=hostname,
+        state_dir=state_dir,
+        max_hops=max_hops,
+        global_options=global_options,
+        domains=domains,
+        bindings=bindings,
+        binding_groups=groups,
+        listeners=tuple(listeners),
+        spool=spool,
+        queue=queue,
+        hooks=hooks,
+        dns=dns,
+        dns_nameservers=nameservers,
+        binding_rules=rules,
+        metrics=metrics,
+        control=control,
+        http=http,
+    )
+
+
+def _check_pairs(v: _Validator, table: Mapping[str, Any], label: str) -> None:
+    """A client certificate set in a scope needs its key there too, and they must match."""
+    cert, key = table.get("tls_certificate"), table.get("tls_key")
+    if ("tls_certificate" in table) != ("tls_key" in table):
+        missing = "tls_key" if "tls_certificate" in table else "tls_certificate"
+        v.problem(label, missing, "must be set together with " + ({"tls_key", "tls_certificate"} - {missing}).pop())
+        return
+    if cert and key:
+        _check_keypair(v, label, cert, key)
+
+
+def _check_keypair(v: _Validator, label: str, cert: str, key: str) -> None:
+    fault = v.environment.keypair(cert, key)
+    if fault is not None:
+        v.problem(label, *fault)
+
+
+def _listeners(v: _Validator, raw: Any) -> list[ListenerConfig]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        v.problem("listener", None, "must be an array of tables: [[listener]]")
+        return []
+    out = []
+    names: set[str] = set()
+    for index, body in enumerate(raw):
+        label = f"listener.{index}"
+        body = v.table(body, label)
+        values = v.with_defaults(v.options(body, label, LISTENER_OPTIONS), LISTENER_OPTIONS)
+        if not values["endpoint"]:
+            v.problem(label, "endpoint", "is required (e.g. 'tcp:25')")
+        name = values["name"] or f"listener{index}"
+        if name in names:
+            v.problem(label, "name", f"{name!r} is used by another listener")
+        names.add(name)
+        values["name"] = name
+        cert = values["tls_certificate"]
+        lab = values["tls_lab"]
+        if lab is not None and values["tls"] is ListenerTLS.NO:
+            v.problem(label, "tls_lab", "needs tls = 'starttls' or 'implicit'")
+        if lab == "no-starttls" and values["tls"] is ListenerTLS.IMPLICIT:
+            v.problem(label, "tls_lab", "'no-starttls' needs tls = 'starttls'")
+        if lab is not None and cert is None:
+            cert = values["tls_certificate"] = "auto"  # the lab serves dev CA certificates
+        if values["tls"] is not ListenerTLS.NO:
+            if cert is None:
+                v.problem(label, "tls_certificate", f"is required when tls = {values['tls'].value!r} (or 'auto')")
+            elif cert != "auto":
+                try:
+                    _readable_file(cert)
+                except ValueError as e:
+                    v.problem(label, "tls_certificate", str(e))
+                    cert = None
+                if values["tls_key"] is None:
+                    if "tls_key" not in body:  # when set but unusable, that is reported already
+                        v.problem(label, "tls_key", "is required with tls_certificate")
+                elif cert is not None:
+                    _check_keypair(v, label, cert, values["tls_key"])
+        if values["auth_users_file"] is not None:
+            why = v.environment.users_file(values["auth_users_file"])
+            if why is not None:
+                v.problem(label, "auth_users_file", why)
+        if values["tls_verify"] != "no" and values["tls_client_ca"] is None:
+            v.problem(label, "tls_client_ca", f"is required when tls_verify = {values['tls_verify']!r}")
+        if values["tls_verify"] != "no" and values["tls"] is ListenerTLS.NO:
+            v.problem(label, "tls_verify", "needs tls = 'starttls' or 'implicit'")
+        try:
+            out.append(ListenerConfig(**values))
+        except TypeError as e:  # only reachable through a programming error
+            v.problem(label, None, str(e))
+    return out
+
+
+_DNS_TABLES = ("mx", "hosts", "txt", "tlsa", "ptr")
+
+
+def _dns(v: _Validator, raw: Any) -> dict[str, dict[str, tuple[str, ...]]]:
+    out: dict[str, dict[str, tuple[str, ...]]] = {}
+    for kind, body in v.table(raw, "dns").items():
+        if kind not in _DNS_TABLES:
+            v.problem("dns", kind, f"unknown table (expected one of {', '.join(_DNS_TABLES)})")
+            continue
+        table = {}
+        for name, answers in v.table(body, f"dns.{kind}").items():
+            try:
+                table[_dns_owner(name) if kind != "ptr" else name] = _str_list(answers)
+            except ValueError as e:
+                v.problem(f"dns.{kind}", name, str(e))
+        out[kind] = table
+    return out
+
+
+def _nameservers(v: _Validator, raw: Any) -> tuple[tuple[str, int], ...]:
+    """``[dns] nameservers``: ``"IP"``, ``"IP:PORT"`` or ``"[IPv6]:PORT"``; port 53 by default."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not raw or not all(isinstance(item, str) for item in raw):
+        v.problem("dns", "nameservers", 'must be a non-empty list of "IP" or "IP:PORT" strings')
+        return ()
+    servers = []
+    for item in raw:
+        text = item.strip()
+        if text.startswith("["):  # [IPv6] or [IPv6]:PORT
+            host, _, rest = text[1:].partition("]")
+            port = rest.removeprefix(":") if rest.startswith(":") else (rest or "53")
+        elif text.count(":") == 1:  # IPv4:PORT
+            host, _, port = text.partition(":")
+        else:  # a bare IPv4 or IPv6 address
+            host, port = text, "53"
+        try:
+            ip = str(ipaddress.ip_address(host))
+        except ValueError:
+            ip = ""
+        if not ip or not port.isdigit():
+            v.problem("dns", "nameservers", f"{item!r} is not an IP address (with an optional :PORT)")
+            continue
+        if not 0 < int(port) < 65536:
+            v.problem("dns", "nameservers", f"{item!r}: port must be 1-65535")
+            continue
+        servers.append((ip, int(port)))
+    return tuple(servers)
+
+
+def _dns_owner(name: str) -> str:
+    """A [dns] key: a domain, after any leading service labels (``_25._tcp``, ``_mta-sts``)."""
+    labels = name.strip().rstrip(".").split(".")
+    service = []
+    while len(labels) > 1 and labels[0].startswith("_"):
+        label = labels.pop(0).lower()
+        if not re.fullmatch(r"_[a-z0-9-]+", label):
+            raise ValueError(f"{name!r} is not a valid DNS name")
+        service.append(label)
+    return ".".join([*service, normalize_domain(".".join(labels))])
+
+
+def _binding_rules(v: _Validator, raw: Any, bindings: Mapping[str, ScopeTable]) -> tuple[BindingRule, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        v.problem("binding_rule", None, "must be an array of tables: [[binding_rule]]")
+        return ()
+    out = []
+    for index, body in enumerate(raw):
+        label = f"binding_rule.{index}"
+        values = v.options(v.table(body, label), label, BINDING_RULE_OPTIONS)
+        target = values.get("binding")
+        if target is None:
+            v.problem(label, "binding", "is required")
+            continue
+        if target not in bindings and target != "default":
+            v.problem(label, "binding", f"binding {target!r} is not defined")
+        out.append(BindingRule(**values))
+    return tuple(out)
+
+
+def select_binding(
+    config: Config,
+    listener: str | None = None,
+    sender_domain: str | None = None,
+    recipient_domain: str | None = None,
+) -> str:
+    """The binding a message leaves through: the first matching
+    ``[[binding_rule]]``, else ``default``."""
+    for rule in config.binding_rules:
+        if rule.listener is not None and rule.listener != listener:
+            continue
+        if rule.sender_domain is not None and sender_domain not in rule.sender_domain:
+            continue
+        if rule.recipient_domain is not None and recipient_domain not in rule.recipient_domain:
+            continue
+        return rule.binding
+    return "default"

@@ -1,0 +1,884 @@
+"""Delivery attempts: one job is one message's recipients at one destination.
+
+:class:`Deliverer` takes jobs from the queue and returns per-recipient
+results.  Local routes (maildir, discard) are handled here; SMTP routes
+(mx, smtp:HOST) go to a :class:`Destination`, which resolves where to
+connect, keeps at most ``max_connections`` sessions, and lets each
+session carry up to ``max_messages_per_connection`` jobs.  The outbound
+TLS policy is applied per session (docs/architecture.md, TLS decisions):
+
+- ``tls = required`` without STARTTLS is 4.7.6, a failed handshake 4.7.5;
+- ``ifavailable`` falls back to plain text after a failed handshake (a new
+  connection) or a 454 (same connection) when ``tls_ifavailable_fallback``,
+  but never after a certificate that failed ``ca``/``host``;
+- the certificate verdict comes from :mod:`tlsmta.tls.policy`.
+
+Every job produces one ``delivery`` log event with its TLS facts.
+"""
+
+from __future__ import annotations
+
+import datetime
+import enum
+import os
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
+from twisted.logger import Logger
+
+from tlsmta.config import DELIVERY_OPTIONS, OutboundTLS, Resolved, Route
+from tlsmta.delivery import _decisions as decisions
+from tlsmta.delivery._client import ConnectionBroken, EndpointFactory, OutboundSMTP, connect, tcp_endpoints
+from tlsmta.discovery import (
+    DNSError,
+    DNSPermanent,
+    ExternalFacts,
+    MXHost,
+    Resolver,
+    STSResolver,
+    below_self,
+    describe,
+    gather,
+)
+from tlsmta.errors import TlsmtaError
+from tlsmta.network import IServiceReactor
+from tlsmta.reporting import EventBus
+from tlsmta.smtp import Reply
+from tlsmta.smtp.client_session import Greeted, HelloRefused, StartTLSRefused
+from tlsmta.storage import (
+    BOUNCED,
+    DELIVERED,
+    PENDING,
+    DiskIO,
+    LocalSink,
+    QueuedMessage,
+    RecipientState,
+    Spool,
+    crlf_to_lf,
+)
+from tlsmta.tls import (
+    RPT_DNSSEC_INVALID,
+    RPT_STARTTLS_NOT_SUPPORTED,
+    RPT_VALIDATION_FAILURE,
+    CertificateCheck,
+    ClientTLS,
+    DANEStatus,
+    HookContext,
+    Hooks,
+    Outcome,
+    Requirement,
+    TLSAction,
+    TLSFailure,
+    Verdict,
+    VerifyMode,
+    certificate_result_type,
+    client_context,
+    decide,
+    handshake_failed,
+    requiretls_refused,
+    starttls_decision,
+    starttls_refused,
+    tls_connection,
+    tls_log_fields,
+)
+
+log = Logger(namespace="tlsmta.delivery")
+
+CONNECT_TIMEOUT = 30
+BODY_CHUNK = 256 * 1024
+MAX_TLS_SESSIONS = 10_000
+
+
+class HookFailure(TlsmtaError):
+    """A delivery hook raised or returned something unusable: the job is deferred."""
+
+
+HOOK_OVERRIDABLE = frozenset({"tls", "tls_verify", "tls_ca", "tls_certificate", "tls_key", "tls_ciphers"})
+
+
+@attrs.frozen
+class DeliveryJob:
+    """One message's pending recipients that share a destination."""
+
+    message: QueuedMessage
+    recipients: tuple[RecipientState, ...]
+    route: Route
+    domain: str
+    binding: str
+
+
+@attrs.frozen
+class RecipientResult:
+    """The outcome of one recipient in one attempt."""
+
+    address: str
+    status: str  # DELIVERED, PENDING (deferred) or BOUNCED
+    reply: Reply  # what the remote host said, or our own verdict (451 4.7.5 certificate ...)
+    remote: str = ""  # the host that answered, if any
+
+
+def outcome_of(reply: Reply | int) -> str:
+    """2xx delivered, 5xx bounced, anything else deferred."""
+    code = reply.code if isinstance(reply, Reply) else reply
+    if 200 <= code < 300:
+        return DELIVERED
+    if 500 <= code < 600:
+        return BOUNCED
+    return PENDING
+
+
+def results_for(job: DeliveryJob, reply: Reply, remote: str = "") -> list[RecipientResult]:
+    """The same outcome for every recipient of the job."""
+    return [RecipientResult(r.address, outcome_of(reply), reply, remote) for r in job.recipients]
+
+
+@attrs.frozen
+class TLSOptions:
+    """The outbound TLS options of one destination (after hook overrides)."""
+
+    tls: OutboundTLS
+    verify: VerifyMode
+    ca: str | None
+    certificate: str | None
+    key: str | None
+    fallback: bool
+    protocols: frozenset[str]
+    ciphers: str | None
+    tls13: str | None
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> TLSOptions:
+        return cls(
+            tls=OutboundTLS(options["tls"]),
+            verify=VerifyMode(options["tls_verify"]),
+            ca=options["tls_ca"],
+            certificate=options["tls_certificate"],
+            key=options["tls_key"],
+            fallback=options["tls_ifavailable_fallback"],
+            protocols=options["tls_protocols"],
+            ciphers=options["tls_ciphers"],
+            tls13=options["tlsv13_ciphersuites"],
+        )
+
+    def describe(self) -> str:
+        return f"tls={self.tls} tls_verify={self.verify.value}"
+
+
+class _Step(enum.Enum):
+    """How a session attempt ended, for the host loop."""
+
+    DONE = "done"  # no more jobs for this destination right now
+    RETRY_PLAIN = "retry-plain"  # handshake failed; reconnect to the same host without TLS
+    NEXT_HOST = "next-host"  # this host failed; try the next one
+
+
+@attrs.define
+class Attempt:
+    """What one connection to one host concluded, for the log and the next step."""
+
+    mx: str
+    ip: str
+    port: int
+    tls: dict[str, Any] = attrs.field(factory=lambda: {"tls": "none"})
+    failure: Reply | None = None  # the deferral (or bounce) when the session failed before a transaction
+    check: CertificateCheck | None = None  # set once TLS is up and acceptable
+    req: Requirement | None = None  # the effective TLS requirement for this MX
+    facts: ExternalFacts = attrs.field(factory=ExternalFacts)
+    # TLS-RPT: (success, RFC 8460 result type, reason); None when no TLS result to report.
+    rpt: tuple[bool, str | None, str] | None = None
+    message_id: str | None = None  # the first message this connection carries (the verify hook's ctx)
+
+
+@attrs.frozen
+class MessageTLS:
+    """What a message itself asks of TLS (RFC 8689): REQUIRETLS, or TLS-Required: No."""
+
+    requiretls: bool = False
+    tls_required_no: bool = False
+
+    @classmethod
+    def of(cls, message: QueuedMessage) -> MessageTLS:
+        return cls(message.requiretls, message.tls_required_no)
+
+
+class Destination:
+    """Sessions to one (route, domain, binding, TLS options)."""
+
+    def __init__(
+        self, pool: OutboundPool, route: Route, domain: str, binding: str, options: Mapping[str, Any], tls_options: TLSOptions,
+        message_tls: MessageTLS = MessageTLS(),
+    ):
+        self.pool = pool
+        self.message_tls = message_tls
+        self.route = route
+        self.domain = domain
+        self.binding = binding
+        self.options = options
+        self.tls_options = tls_options
+        self.jobs: deque[tuple[DeliveryJob, Deferred[list[RecipientResult]]]] = deque()
+        self.sessions = 0
+        self.key: Any = None  # the pool's key for this destination
+
+    def submit(self, job: DeliveryJob) -> Deferred[list[RecipientResult]]:
+        d: Deferred[list[RecipientResult]] = Deferred()
+        self.jobs.append((job, d))
+        self.pool.wake(self)
+        return d
+
+    def wants_session(self) -> bool:
+        """Another session pays off when jobs outnumber what the open ones will soon take
+        (each starts with a connection and a handshake, and may find the queue drained)."""
+        if not self.jobs or self.sessions >= self.options["max_connections"]:
+            return False
+        return self.sessions == 0 or len(self.jobs) > 2 * self.sessions
+
+    def take(self) -> tuple[DeliveryJob, Deferred[list[RecipientResult]]] | None:
+        return self.jobs.popleft() if self.jobs else None
+
+    # -- one session task: find a host, deliver as many jobs as allowed -----------------
+
+    async def run_session(self) -> None:
+        try:
+            await self._run_session()
+        except Exception:
+            log.failure("delivery session failed")
+            self._fail_queued(Reply.of(451, "4.3.0", "internal error during delivery"))
+
+    async def _run_session(self) -> None:
+        try:
+            hosts = await self._hosts()
+        except DNSError as e:
+            status = e.status or ("5.1.2" if e.permanent else "4.4.3")
+            code = 556 if status == "5.1.10" else (550 if e.permanent else 451)
+            self._fail_queued(Reply.of(code, status, str(e)))
+            return
+        facts = await gather(
+            self.pool.resolver, self.pool.sts, self.domain, self.route.kind,
+            [(mx, port) for mx, _, port in hosts], self.options["mta_sts"], self.options["dane"],
+            need_mx_status=self.message_tls.requiretls,
+        )
+        self.pool.report_discovery(self, facts)
+        last: Attempt | None = None
+        for mx, ip, port in hosts:
+            req = self.requirement(mx, facts)
+            plain_only = False
+            while self.jobs:
+                attempt = Attempt(mx, ip, port, req=req, facts=facts)
+                attempt.tls = {"tls": "none", **self._policy_fields(attempt)}
+                if req.unusable is not None:
+                    # Not this MX (MTA-STS does not list it, its TLSA lookup failed, ...): the next one.
+                    attempt.failure = req.unusable.reply
+                    attempt.rpt = self._unusable_rpt(attempt)
+                    self.pool.report_attempt(self, attempt)
+                    last = attempt
+                    break
+                step = await self._one_connection(attempt, plain_only)
+                self.pool.report_attempt(self, attempt)
+                last = attempt
+                if step is _Step.RETRY_PLAIN and not plain_only:
+                    plain_only = True
+                    continue
+                if step is _Step.DONE:
+                    if not self.jobs:
+                        return
+                    continue  # max messages reached: a new connection to the same host
+                break  # NEXT_HOST
+            if not self.jobs:
+                return
+        failure = last.failure if last and last.failure else Reply.of(451, "4.4.1", "no usable mail host")
+        self._fail_queued(failure, last)
+
+    def requirement(self, mx: str, facts: ExternalFacts) -> Requirement:
+        """The strictest of the local options and what MTA-STS, DANE and the message ask, for ``mx``."""
+        opts = self.tls_options
+        return decisions.requirement(
+            opts.tls, opts.verify, opts.fallback, facts, mx,
+            requiretls=self.message_tls.requiretls, tls_required_no=self.message_tls.tls_required_no,
+        )
+
+    def _policy_fields(self, attempt: Attempt) -> dict[str, Any]:
+        """Log fields naming the policy applied and the MTA-STS/DANE state."""
+        assert attempt.req is not None
+        fields = {"tls_policy": attempt.req.policy, **describe(attempt.facts, attempt.mx)}
+        if attempt.req.requiretls:
+            fields["requiretls"] = "yes"
+        if attempt.req.ignored:
+            fields["tls_required_no"] = "ignored " + ",".join(attempt.req.ignored)
+        return fields
+
+    def _unusable_rpt(self, attempt: Attempt) -> tuple[bool, str | None, str] | None:
+        assert attempt.req is not None and attempt.req.unusable is not None
+        if attempt.facts.dane_for(attempt.mx).status is DANEStatus.FAILED:
+            return False, RPT_DNSSEC_INVALID, attempt.facts.dane_for(attempt.mx).reason
+        sts = attempt.facts.sts_state(attempt.mx)
+        if sts is not None and not sts.mx_matches:
+            return False, RPT_VALIDATION_FAILURE, attempt.req.unusable.reason
+        return None
+
+    def _tls_failure(self, attempt: Attempt, failure: TLSFailure, result_type: str | None) -> None:
+        """Record a TLS failure under the attempt's requirement (REQUIRETLS: 5.7.10, a bounce)."""
+        assert attempt.req is not None
+        failure = attempt.req.failure(failure.status, failure.reason)
+        attempt.failure = failure.reply
+        if result_type is not None:
+            attempt.rpt = (False, result_type, failure.reason)
+
+    async def _hosts(self) -> list[tuple[str, str, int]]:
+        """(name, address, port) to try, in order.
+
+        RFC 5321 5.1: if one of the domain's MX hosts is this MTA, every MX whose
+        preference is not better than ours is dropped, not only our own address
+        (two backup MXes would otherwise hand a message back and forth)."""
+        resolver = self.pool.resolver
+        if self.route.kind == "smtp":
+            assert self.route.host is not None
+            mxs = [MXHost(0, self.route.host)]
+            port = self.route.port or self.options["smtp_port"]
+        else:
+            mxs = await resolver.mx(self.domain)
+            port = self.options["smtp_port"]
+        found: dict[str, list[str] | DNSError] = {}
+        for mx in mxs:
+            if mx.host not in found:
+                try:
+                    found[mx.host] = await resolver.addresses(mx.host)
+                except DNSError as e:
+                    found[mx.host] = e
+
+        def ours(mx: MXHost) -> bool:
+            addresses = found[mx.host]
+            return not isinstance(addresses, DNSError) and any(self.pool.is_self(ip, port) for ip in addresses)
+
+        if self.route.kind != "smtp":
+            mxs = below_self(mxs, ours)
+            if not mxs:
+                raise DNSPermanent(f"mail for {self.domain} loops back to myself", status="5.4.6")
+        out = []
+        last_error: DNSError | None = None
+        for mx in mxs:
+            addresses = found[mx.host]
+            if isinstance(addresses, DNSError):
+                last_error = addresses
+                continue
+            out += [(mx.host, ip, port) for ip in decisions.addresses_to_try(addresses)]
+        if not out:
+            if last_error is not None and not last_error.permanent:
+                raise last_error
+            raise DNSPermanent(f"no address for any mail host of {self.domain}")
+        others = [host for host in out if not self.pool.is_self(host[1], host[2])]
+        if not others:
+            raise DNSPermanent(f"mail for {self.domain} loops back to myself", status="5.4.6")
+        return others
+
+    def _fail_queued(self, reply: Reply, attempt: Attempt | None = None) -> None:
+        while self.jobs:
+            job, d = self.jobs.popleft()
+            results = results_for(job, reply, attempt.mx if attempt else "")
+            self.pool.log_job(job, self, attempt, results)
+            d.callback(results)
+
+    async def _one_connection(self, attempt: Attempt, plain_only: bool) -> _Step:
+        # The first job is claimed before connecting, so that a session never pays for a
+        # connection and a handshake only to find that the other sessions took every job.
+        first = self.take()
+        if first is None:
+            return _Step.DONE
+        attempt.message_id = first[0].message.id
+        try:
+            proto = await self.pool.connect(attempt.ip, attempt.port, self._ehlo_name(), self.options["source_address"])
+        except Exception as e:
+            self.jobs.appendleft(first)
+            attempt.failure = Reply.of(451, "4.4.1", f"connect to {attempt.mx}[{attempt.ip}]:{attempt.port}: {_connect_error(e)}")
+            return _Step.NEXT_HOST
+        try:
+            step, caps = await self._greet(proto, attempt, plain_only)
+            if step is not None:
+                self.jobs.appendleft(first)
+                proto.abort()
+                return step
+        except ConnectionBroken as e:
+            self.jobs.appendleft(first)
+            attempt.failure = attempt.failure or Reply.of(451, "4.4.2", f"{attempt.mx}[{attempt.ip}]: {e.reason}")
+            proto.abort()
+            return _Step.NEXT_HOST
+        except Exception:
+            self.jobs.appendleft(first)  # run_session defers it with the others
+            proto.abort()
+            raise
+        try:
+            await self._transactions(proto, attempt, caps, first)
+            self.pool.remember_tls_session(self, attempt, proto)
+            proto.quit()
+            return _Step.DONE
+        except ConnectionBroken as e:
+            attempt.failure = attempt.failure or Reply.of(451, "4.4.2", f"{attempt.mx}[{attempt.ip}]: {e.reason}")
+            proto.abort()
+            return _Step.NEXT_HOST
+        except Exception:
+            proto.abort()
+            raise
+
+    def _ehlo_name(self) -> str:
+        return self.options["ehlo_hostname"] or self.pool.hostname
+
+    async def _greet(self, proto: OutboundSMTP, attempt: Attempt, plain_only: bool) -> tuple[_Step | None, dict[str, str]]:
+        """Banner, EHLO and STARTTLS per policy; (a step to take instead, capabilities)."""
+        greeting = await proto.greeting()
+        if not isinstance(greeting, Greeted):
+            attempt.failure = decisions.greeting_failure(greeting, attempt.mx)
+            return _Step.NEXT_HOST, {}
+        caps = dict(greeting.capabilities)
+        req = attempt.req
+        assert req is not None
+        # plain_only: the handshake failed on this host a moment ago and fallback is allowed.
+        decision = starttls_decision(req.tls, "STARTTLS" in caps and not plain_only)
+        if isinstance(decision, TLSFailure):
+            self._tls_failure(attempt, decision, RPT_STARTTLS_NOT_SUPPORTED)
+            return _Step.NEXT_HOST, {}
+        if decision is TLSAction.PLAIN:
+            if req.tls is not OutboundTLS.NO and not plain_only and "STARTTLS" not in caps:
+                attempt.rpt = (False, RPT_STARTTLS_NOT_SUPPORTED, "STARTTLS not advertised")
+            return None, caps
+        check = self.pool.certificate_check(self, attempt)
+        resumable = self.pool.tls_session(self, attempt, check)
+        creator = self.pool.client_tls(self.tls_options, attempt.mx, check, resumable[0] if resumable else None)
+        try:
+            # The handshake happens before the EHLO inside TLS is answered: a stalled one times out there.
+            secured = await proto.starttls(creator)
+        except ConnectionBroken as e:
+            if not proto.tls_started:
+                raise  # lost before the 220: not a handshake failure
+            verdict = check.verdict() if check.seen_certificate else None
+            outcome = handshake_failed(req.tls, req.fallback, verdict, e.reason)
+            attempt.tls = self._tls_fields(proto, check, attempt)
+            rpt_type = (
+                certificate_result_type(verdict, check.errors) if verdict is not None and verdict.fatal
+                else RPT_VALIDATION_FAILURE
+            )
+            if isinstance(outcome, TLSFailure):
+                self._tls_failure(attempt, outcome, rpt_type)
+                return _Step.NEXT_HOST, {}
+            attempt.rpt = (False, rpt_type, e.reason)
+            return _Step.RETRY_PLAIN, {}
+        if isinstance(secured, StartTLSRefused):
+            refused = starttls_refused(req.tls, req.fallback, str(secured.reply))
+            if isinstance(refused, TLSFailure):
+                self._tls_failure(attempt, refused, RPT_STARTTLS_NOT_SUPPORTED)
+                return _Step.NEXT_HOST, {}
+            attempt.rpt = (False, RPT_STARTTLS_NOT_SUPPORTED, f"STARTTLS refused: {secured.reply}")
+            return None, caps  # carry on in plain text on this connection
+        if not isinstance(secured, Greeted):
+            assert isinstance(secured, HelloRefused)
+            attempt.failure = decisions.greeting_failure(secured, attempt.mx)
+            return _Step.NEXT_HOST, {}
+        caps = dict(secured.capabilities)
+        if resumable is not None and proto.tls_facts is not None and proto.tls_facts.resumed:
+            # OpenSSL resumed the one session we offered: the peer proved it holds
+            # that session's secret, so the full handshake's verdict carries over.
+            # (Merely seeing no certificate proves nothing: anonymous suites show none.)
+            check.resumed_verdict = resumable[1]
+        elif req.dane:
+            check.external_verdict = self._dane_verdict(proto, attempt)
+        attempt.tls = self._tls_fields(proto, check, attempt)
+        verdict = check.verdict()
+        failure = decisions.certificate_failure(verdict)
+        if failure is not None:
+            self._tls_failure(attempt, failure, certificate_result_type(verdict, check.errors))
+            return _Step.NEXT_HOST, {}
+        attempt.rpt = self._success_rpt(check, attempt)
+        if req.report_verify:
+            ok, _, why = attempt.rpt
+            attempt.tls["mta_sts_testing"] = "pass" if ok else f"fail: {why}"
+        requiretls_refusal = requiretls_refused(req, "REQUIRETLS" in caps)
+        if requiretls_refusal is not None:
+            attempt.failure = requiretls_refusal.reply
+            return _Step.NEXT_HOST, {}
+        attempt.check = check
+        return None, caps
+
+    def _dane_verdict(self, proto: OutboundSMTP, attempt: Attempt) -> Verdict:
+        """RFC 7672: the presented chain against the MX host's usable TLSA records."""
+        chain = tls_connection(proto.transport).get_peer_cert_chain(as_cryptography=True) or []
+        now = datetime.datetime.fromtimestamp(self.pool.reactor.seconds(), datetime.timezone.utc)
+        verdict = decisions.dane_verdict(attempt.facts, attempt.mx, chain, now)
+        assert verdict is not None  # req.dane: the MX has usable TLSA records
+        return verdict
+
+    def _success_rpt(self, check: CertificateCheck, attempt: Attempt) -> tuple[bool, str | None, str]:
+        """TLS is up and acceptable; under MTA-STS testing, whether enforce would have passed."""
+        assert attempt.req is not None
+        if not attempt.req.report_verify:
+            return True, None, ""
+        sts = attempt.facts.sts_state(attempt.mx)
+        if sts is not None and not sts.mx_matches:
+            return False, RPT_VALIDATION_FAILURE, "MX host not listed in the MTA-STS policy"
+        shadow = decide(VerifyMode.HOST, check.chain_result(), check.presented, (attempt.mx,))
+        if check.resumed_verdict is None and not shadow.verified:
+            return False, certificate_result_type(shadow, check.errors), shadow.reason
+        return True, None, ""
+
+    def _tls_fields(self, proto: OutboundSMTP, check: CertificateCheck, attempt: Attempt) -> dict[str, Any]:
+        facts = proto.tls_facts
+        verdict = check.verdict()
+        req = attempt.req
+        assert req is not None
+        fields = tls_log_fields(facts, "dane" if req.dane else req.verify.value, verdict.outcome.word, verdict.reason)
+        fields["resumed"] = "yes" if check.resumed_verdict is not None else "no"
+        if verdict.outcome is Outcome.SOFTFAIL:
+            fields["softfail"] = verdict.reason
+        fields.update(self._policy_fields(attempt))
+        return fields
+
+    async def _transactions(
+        self, proto: OutboundSMTP, attempt: Attempt, caps: dict[str, str], first: tuple[DeliveryJob, Deferred[list[RecipientResult]]]
+    ) -> None:
+        sent = 0
+        item: tuple[DeliveryJob, Deferred[list[RecipientResult]]] | None = first
+        while sent < self.options["max_messages_per_connection"]:
+            if item is None:
+                item = self.take()
+            if item is None:
+                return
+            job, d = item
+            item = None
+            try:
+                results = await self.pool.transaction(proto, job, caps, attempt)
+            except ConnectionBroken as e:
+                results = results_for(job, Reply.of(451, "4.4.2", f"{attempt.mx}[{attempt.ip}]: {e.reason}"), attempt.mx)
+                self.pool.log_job(job, self, attempt, results)
+                d.callback(results)
+                raise
+            except Exception:
+                # A bug or a reply nobody foresaw: this job is settled (deferred) here, since the
+                # session's error handler only sees the jobs still queued; it must not stay in flight.
+                results = results_for(job, Reply.of(451, "4.3.0", "internal error during delivery"), attempt.mx)
+                self.pool.log_job(job, self, attempt, results)
+                d.callback(results)
+                raise
+            self.pool.log_job(job, self, attempt, results)
+            d.callback(results)
+            sent += 1
+
+
+def _connect_error(e: BaseException) -> str:
+    return str(e).strip() or type(e).__name__
+
+
+class OutboundPool:
+    """All SMTP destinations; global connection limit; TLS contexts and sessions cached."""
+
+    def __init__(
+        self,
+        reactor: IServiceReactor,
+        resolver: Resolver,
+        spool: Spool,
+        disk: DiskIO,
+        hostname: str,
+        hooks: Hooks,
+        max_connections: int,
+        events: EventBus | None = None,
+        endpoints: EndpointFactory | None = None,
+    ):
+        self.events = events if events is not None else EventBus()
+        self.reactor = reactor
+        self.endpoints = endpoints or tcp_endpoints(reactor)
+        self.resolver = resolver
+        self.spool = spool
+        self.disk = disk
+        self.hostname = hostname
+        self.hooks = hooks
+        self.max_connections = max_connections
+        self.active = 0
+        self.destinations: dict[Any, Destination] = {}
+        self._contexts: dict[Any, Any] = {}
+        self._tls_sessions: dict[tuple[Any, ...], tuple[Any, Verdict]] = {}
+        self.connections: set[OutboundSMTP] = set()
+        # Whether (ip, port) is one of our own listeners: the service sets it.
+        self.is_self: Callable[[str, int], bool] = lambda ip, port: False
+        self._waiting: deque[Destination] = deque()
+        self.sts: STSResolver | None = None  # MTA-STS discovery; the service sets it
+        self.tlsrpt: Any = None  # a tlsrpt.TLSRPTStore recording each attempt's TLS result
+
+    # -- jobs ---------------------------------------------------------------------------
+
+    def submit(self, job: DeliveryJob, options: Mapping[str, Resolved]) -> Deferred[list[RecipientResult]]:
+        values = {name: item.value for name, item in options.items()}
+        try:
+            values = self._apply_parameter_hook(job, values)
+        except HookFailure as e:
+            # Never guess weaker settings for a message whose hook failed: defer it.
+            results = results_for(job, Reply.of(451, "4.3.0", str(e)))
+            self.log_job(job, None, None, results)
+            return succeed(results)
+        tls_options = TLSOptions.from_options(values)
+        # A REQUIRETLS message never shares a session with mail that may use weaker TLS.
+        message_tls = MessageTLS.of(job.message)
+        key = (job.route, job.domain, job.binding, tls_options, message_tls)
+        dest = self.destinations.get(key)
+        if dest is None:
+            dest = self.destinations[key] = Destination(self, job.route, job.domain, job.binding, values, tls_options, message_tls)
+            dest.key = key
+        return dest.submit(job)
+
+    def _apply_parameter_hook(self, job: DeliveryJob, values: dict[str, Any]) -> dict[str, Any]:
+        """Per-message overrides from outbound_tls_parameters, checked like config values."""
+        hook = self.hooks.outbound_tls_parameters
+        if hook is None:
+            return values
+        try:
+            overrides = hook(job.message, job.domain, job.binding)
+        except Exception as e:
+            log.failure("outbound_tls_parameters hook raised")
+            raise HookFailure(f"outbound_tls_parameters hook failed: {type(e).__name__}") from None
+        if overrides is None:
+            return values
+        if not isinstance(overrides, Mapping):
+            raise HookFailure("outbound_tls_parameters hook returned something other than a dict")
+        for name, value in overrides.items():
+            if name not in HOOK_OVERRIDABLE:
+                raise HookFailure(f"outbound_tls_parameters hook returned unknown option {name!r}")
+            try:
+                values[name] = DELIVERY_OPTIONS[name].check(value)
+            except ValueError as e:
+                raise HookFailure(f"outbound_tls_parameters hook returned a bad {name}: {e}") from None
+        return values
+
+    def wake(self, dest: Destination) -> None:
+        while dest.wants_session():
+            if self.active >= self.max_connections:
+                if dest not in self._waiting:
+                    self._waiting.append(dest)
+                return
+            self._start(dest)
+
+    def _start(self, dest: Destination) -> None:
+        self.active += 1
+        dest.sessions += 1
+
+        def finished(_: Any) -> None:
+            self.active -= 1
+            dest.sessions -= 1
+            self.wake(dest)
+            if not dest.jobs and not dest.sessions:
+                self.destinations.pop(dest.key, None)  # forget idle destinations (bounded memory)
+            while self._waiting and self.active < self.max_connections:
+                self.wake(self._waiting.popleft())
+
+        ensureDeferred(dest.run_session()).addBoth(finished)
+
+    # -- connections ----------------------------------------------------------------------
+
+    async def connect(self, ip: str, port: int, ehlo_name: str, source: str | None) -> OutboundSMTP:
+        proto = await connect(self.reactor, self.endpoints, ip, port, ehlo_name, source, CONNECT_TIMEOUT)
+        self.connections.add(proto)
+        proto.closed.addBoth(lambda _: self.connections.discard(proto))
+        return proto
+
+    def abort_all(self) -> None:
+        """Cut every outbound connection (shutdown after the grace period)."""
+        for proto in list(self.connections):
+            proto.abort()
+
+    def reconfigure(self, hooks: Hooks, max_connections: int) -> None:
+        """After a reload: new hooks and limits; contexts and TLS sessions are rebuilt on demand
+        (CA files and client certificates may have changed)."""
+        self.hooks = hooks
+        self.max_connections = max_connections
+        self._contexts.clear()
+        self._tls_sessions.clear()
+
+    def certificate_check(self, dest: Destination, attempt: Attempt) -> CertificateCheck:
+        req = attempt.req
+        assert req is not None
+        # Under DANE the TLSA records decide, after the handshake: no CA check, no hook.
+        hook = self.hooks.outbound_tls_verify_callback if req.verify is not VerifyMode.NO and not req.dane else None
+        return CertificateCheck(
+            req.verify,
+            wanted=req.wanted(dest.domain, attempt.mx),
+            hook=hook,
+            hook_context=HookContext("outbound", dest.domain, attempt.mx, dest.binding, attempt.message_id, attempt.ip),
+            enforce_in_handshake=True,
+            record=req.dane or req.report_verify,
+        )
+
+    def client_tls(self, opts: TLSOptions, server_name: str, check: CertificateCheck, session: Any = None) -> ClientTLS:
+        key = (opts.protocols, opts.ciphers, opts.tls13, opts.ca, opts.certificate, opts.key)
+        ctx = self._contexts.get(key)
+        if ctx is None:
+            ctx = self._contexts[key] = client_context(
+                opts.protocols, opts.ciphers, opts.tls13, opts.ca, opts.certificate, opts.key
+            )
+        return ClientTLS(ctx, server_name, check, session)
+
+    # TLS session resumption: a session is reused only for the same address, names
+    # and TLS options (so under the same verification policy), and never when a
+    # verify hook is configured (a resumed handshake would not show it a certificate).
+
+    def _session_key(self, dest: Destination, attempt: Attempt) -> tuple[Any, ...]:
+        # Keyed by the requirement and TLSA records too: a resumed session carries the
+        # verdict of a full handshake judged under exactly the same policy.
+        return (attempt.ip, attempt.port, attempt.mx, dest.domain, dest.tls_options, attempt.req,
+                attempt.facts.dane_for(attempt.mx).records)
+
+    def tls_session(self, dest: Destination, attempt: Attempt, check: CertificateCheck) -> tuple[Any, Verdict] | None:
+        if check.hook is not None:
+            return None
+        return self._tls_sessions.get(self._session_key(dest, attempt))
+
+    def remember_tls_session(self, dest: Destination, attempt: Attempt, proto: OutboundSMTP) -> None:
+        check = attempt.check
+        if check is None or check.hook is not None or proto.tls_facts is None:
+            return
+        session = tls_connection(proto.transport).get_session()
+        if session is None:
+            return
+        if len(self._tls_sessions) >= MAX_TLS_SESSIONS:
+            self._tls_sessions.pop(next(iter(self._tls_sessions)))
+        self._tls_sessions[self._session_key(dest, attempt)] = (session, check.verdict())
+
+    # -- one transaction ------------------------------------------------------------------
+
+    async def transaction(self, proto: OutboundSMTP, job: DeliveryJob, caps: dict[str, str], attempt: Attempt) -> list[RecipientResult]:
+        message = job.message
+        remote = attempt.mx
+        refusal = decisions.envelope_refusal(caps, message.size, message.smtputf8, remote)
+        if refusal is not None:
+            return results_for(job, refusal, remote)
+        requiretls = attempt.req is not None and attempt.req.requiretls
+        params = decisions.mail_parameters(caps, message.size, message.body_type, message.smtputf8, requiretls)
+        done = await proto.transaction(
+            message.sender, params, [r.address for r in job.recipients], lambda: self._body_chunks(message.id)
+        )
+        if not done.mail.positive:
+            return results_for(job, done.mail, remote)
+        results = []
+        for recipient, rcpt in zip(job.recipients, done.recipients):
+            # An accepted recipient has the message's final answer; a refused one its RCPT answer.
+            answer = done.data if rcpt.positive and done.data is not None else rcpt
+            results.append(RecipientResult(recipient.address, outcome_of(answer), answer, remote))
+        return results
+
+    async def _body_chunks(self, message_id: str) -> AsyncIterator[bytes]:
+        path = self.spool.body_path(message_id)
+        fd = await self.disk.run(os.open, path, os.O_RDONLY)
+        try:
+            while True:
+                chunk = await self.disk.run(os.read, fd, BODY_CHUNK)
+                if not chunk:
+                    return
+                yield chunk
+        finally:
+            self.disk.run(os.close, fd)
+
+    # -- TLS-RPT ----------------------------------------------------------------------------
+
+    def report_discovery(self, dest: Destination, facts: ExternalFacts) -> None:
+        """An MTA-STS policy that could not be had is a failure in the domain's report."""
+        if self.tlsrpt is None or facts.sts is None or facts.sts.failure is None:
+            return
+        policy_doc = facts.sts.policy
+        self._record(
+            dest.domain, "sts", policy_doc.strings if policy_doc else [], None, False,
+            facts.sts.failure.result_type, None, None, str(facts.sts.failure),
+        )
+
+    def report_attempt(self, dest: Destination, attempt: Attempt) -> None:
+        """One session's TLS result, under the policy that applied (RFC 8460 4.4)."""
+        if self.tlsrpt is None or attempt.rpt is None or attempt.req is None:
+            return
+        success, result_type, reason = attempt.rpt
+        tlsa = attempt.facts.dane_for(attempt.mx)
+        sts = attempt.facts.sts.policy if attempt.facts.sts is not None else None
+        if tlsa.status in (DANEStatus.USABLE, DANEStatus.UNUSABLE) and "dane" not in attempt.req.ignored:
+            policy_type, strings = "tlsa", [str(r) for r in tlsa.records]
+        elif sts is not None and sts.mode != "none" and "mta-sts" not in attempt.req.ignored:
+            policy_type, strings = "sts", sts.strings
+        else:
+            policy_type, strings = "no-policy-found", []
+        self._record(dest.domain, policy_type, strings, attempt.mx, success, result_type,
+                     dest.options["source_address"], attempt.ip, reason or None)
+
+    def _record(self, domain: str, policy_type: str, strings: list[str], mx: str | None, success: bool,
+                result_type: str | None, sending_ip: str | None, receiving_ip: str | None, reason: str | None) -> None:
+        day = datetime.datetime.fromtimestamp(self.reactor.seconds(), datetime.timezone.utc).date()
+        try:
+            self.tlsrpt.record(domain, day, policy_type, strings, mx, success, result_type=result_type,
+                               sending_ip=sending_ip, receiving_ip=receiving_ip, reason=reason)
+        except Exception:
+            log.failure("recording a TLS-RPT result failed")  # best effort: never costs a delivery
+
+    # -- logging ----------------------------------------------------------------------------
+
+    def log_job(self, job: DeliveryJob, dest: Destination | None, attempt: Attempt | None, results: list[RecipientResult]) -> None:
+        counts = {s: sum(1 for r in results if r.status == s) for s in (DELIVERED, PENDING, BOUNCED)}
+        worst = next((r for r in results if r.status != DELIVERED), results[0]).reply
+        tls_fields = dict(attempt.tls) if attempt else {"tls": "none"}
+        if dest is not None:
+            tls_fields.setdefault("tls_verify", dest.tls_options.verify.value)
+        tls_fields.pop("softfail", None)
+        self.events.emit(
+            "delivery",
+            msgid=job.message.id,
+            domain=job.domain,
+            route=str(job.route),
+            mx=attempt.mx if attempt else None,
+            ip=attempt.ip if attempt else None,
+            binding=job.binding,
+            result="delivered" if counts[DELIVERED] == len(results) else ("bounced" if counts[BOUNCED] == len(results) else "deferred"),
+            delivered=counts[DELIVERED],
+            deferred=counts[PENDING],
+            bounced=counts[BOUNCED],
+            code=str(worst.code),
+            status=worst.enhanced,
+            text=worst.text,
+            attempt=job.message.attempts + 1,
+            delay=round(max(0.0, self.reactor.seconds() - job.message.received_at), 3),
+            **tls_fields,
+        )
+
+
+class Deliverer:
+    """Delivers a job by its route: locally, or through the outbound pool."""
+
+    def __init__(self, pool: OutboundPool, local: LocalSink, spool: Spool, disk: DiskIO, options_for: Callable[[str, str], Mapping[str, Resolved]]):
+        self.pool = pool
+        self.local = local
+        self.spool = spool
+        self.disk = disk
+        self.options_for = options_for
+
+    def deliver(self, job: DeliveryJob) -> Deferred[list[RecipientResult]]:
+        if job.route.kind == "discard":
+            return succeed(results_for(job, Reply.of(250, "2.0.0", "discarded")))
+        if job.route.kind == "maildir":
+            return ensureDeferred(self._maildir(job))
+        return self.pool.submit(job, self.options_for(job.domain, job.binding))
+
+    async def _maildir(self, job: DeliveryJob) -> list[RecipientResult]:
+        files = self.local.maildir_files(job.message.sender, [(r.address, r.route) for r in job.recipients])
+        body = self.spool.body_path(job.message.id)
+
+        def copy() -> None:
+            carry = b""
+            with open(body, "rb") as f:
+                while chunk := f.read(BODY_CHUNK):
+                    chunk = carry + chunk
+                    carry = b"\r" if chunk.endswith(b"\r") else b""  # a CRLF split between reads
+                    for target in files:
+                        target.append(crlf_to_lf(chunk[: len(chunk) - len(carry)]))
+            for target in files:
+                target.append(carry)
+                target.finish()
+
+        try:
+            await self.disk.run(copy)
+            for target in files:
+                await self.disk.sync_directory(target.directories[0])
+        except OSError as e:
+            for target in files:
+                await self.disk.run(target.discard)
+            return results_for(job, Reply.of(451, "4.3.0", f"Maildir delivery failed: {e.strerror}"))
+        return results_for(job, Reply.of(250, "2.0.0", "delivered to Maildir"))

@@ -1,0 +1,217 @@
+"""Streaming a received message into files, durably, off the reactor thread.
+
+Shared by the Maildir store and the spool.  A message is kept in memory
+until it passes SPILL_BYTES, then written out as it arrives, with
+back-pressure on the connection when the disk falls behind, so memory
+stays flat whatever the size.  ``commit`` writes what is left, lets each
+target fsync and rename its files, then fsyncs the target directories
+(shared between concurrent messages: group commit).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from tlsmta.storage._diskio import DiskIO
+from tlsmta.storage._interfaces import StoreError, Throttle
+
+log = Logger(namespace="tlsmta.filewriter")
+
+SPILL_BYTES = 256 * 1024  # keep this much in memory before writing it out
+HIGH_WATER = 2 * 1024 * 1024  # bytes queued for the disk before pausing the client
+LOW_WATER = 512 * 1024
+
+
+class FileTarget(Protocol):
+    """One place a message is written to.  Methods run in the disk thread."""
+
+    def append(self, data: bytes) -> None: ...
+
+    def finish(self) -> None:
+        """Make the content durable and visible (fsync, rename)."""
+
+    def discard(self) -> None:
+        """Remove whatever was written; nothing half-written may stay visible."""
+
+    @property
+    def directories(self) -> Sequence[str]:
+        """Directories whose fsync makes ``finish``'s renames durable."""
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def remove_if_present(path: str) -> bool:
+    """unlink() that does not mind the file being gone already; whether it removed it."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+class TempFile:
+    """A file written in a temporary place, then fsynced and closed (disk thread).
+
+    Created on the first append (with ``prefix`` first), exclusively, mode 0600.
+    """
+
+    def __init__(self, path: str, prefix: bytes = b""):
+        self.path = path
+        self.prefix = prefix
+        self.fd: int | None = None
+
+    def append(self, data: bytes) -> None:
+        if self.fd is None:
+            self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            write_all(self.fd, self.prefix)
+        write_all(self.fd, data)
+
+    def sync_and_close(self) -> None:
+        """Make the content durable (the caller renames it into place afterwards)."""
+        if self.fd is None:
+            self.append(b"")
+        assert self.fd is not None
+        os.fsync(self.fd)
+        os.close(self.fd)
+        self.fd = None
+
+    def discard(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        remove_if_present(self.path)
+
+
+def translate(error: BaseException) -> StoreError:
+    """The SMTP reply a storage failure deserves (never 250)."""
+    if isinstance(error, StoreError):
+        return error
+    if isinstance(error, OSError):
+        return StoreError.from_os_error(error)
+    return StoreError(451, "4.3.0", "temporary failure storing the message")
+
+
+class StreamingWriter:
+    """A MessageWriter over one or more FileTargets."""
+
+    def __init__(
+        self,
+        disk: DiskIO,
+        targets: Sequence[FileTarget],
+        throttle: Throttle,
+        transform: Callable[[bytes], bytes] | None = None,
+    ):
+        self._disk = disk
+        self._targets = list(targets)
+        self._throttle = throttle
+        self._transform = transform
+        self._buffer: list[bytes] = []
+        self._buffered = 0
+        self._in_flight = 0  # bytes handed to the disk thread, not yet written
+        self._paused = False
+        self._chain: Deferred[Any] = succeed(None)
+        self._error: BaseException | None = None
+        self._closed = False
+
+    def write(self, data: bytes) -> None:
+        if self._closed or not self._targets:
+            return
+        if self._transform is not None:
+            data = self._transform(data)
+        self._buffer.append(data)
+        self._buffered += len(data)
+        if self._buffered >= SPILL_BYTES:
+            self._spill()
+
+    def _take_buffer(self) -> bytes:
+        data = b"".join(self._buffer)
+        self._buffer.clear()
+        self._buffered = 0
+        return data
+
+    def _spill(self) -> None:
+        data = self._take_buffer()
+        self._in_flight += len(data)
+        if self._in_flight > HIGH_WATER and not self._paused:
+            self._paused = True
+            self._throttle.pause()
+        self._then(self._append_all, data)
+        self._chain.addBoth(self._drained, len(data))
+
+    def _drained(self, result: Any, size: int) -> Any:
+        self._in_flight -= size
+        if self._paused and self._in_flight < LOW_WATER:
+            self._paused = False
+            self._throttle.resume()
+        return result
+
+    def _then(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn`` in the disk pool after what is already queued; stop at the first error."""
+
+        def step(_: Any) -> Any:
+            if self._error is not None:
+                return None
+            return self._disk.run(fn, *args).addErrback(self._failed)
+
+        self._chain.addCallback(step)
+
+    def _failed(self, failure: Failure) -> None:
+        if self._error is None:
+            self._error = failure.value
+            log.failure("writing a message to disk failed", failure)
+
+    def _append_all(self, data: bytes) -> None:
+        for target in self._targets:
+            target.append(data)
+
+    def _finish_all(self, data: bytes) -> None:
+        for target in self._targets:
+            target.append(data)
+            target.finish()
+
+    def _discard_all(self) -> None:
+        for target in self._targets:
+            target.discard()
+
+    def commit(self, tls_required_no: bool = False) -> Deferred[None]:
+        self._closed = True  # tls_required_no: a file written here (a Maildir) has no use for it
+        if not self._targets:
+            return succeed(None)
+        self._then(self._finish_all, self._take_buffer())
+        self._chain.addCallback(self._sync_directories)
+        return self._chain
+
+    def _sync_directories(self, _: Any) -> Deferred[None]:
+        if self._error is not None:
+            error = self._error
+            self._disk.run(self._discard_all).addErrback(lambda f: log.failure("cleaning up failed", f))
+            raise translate(error)
+        dirs = sorted({d for t in self._targets for d in t.directories})
+        d = DeferredList([self._disk.sync_directory(p) for p in dirs], fireOnOneErrback=True, consumeErrors=True)
+
+        def unwrap(failure: Failure) -> None:
+            raise translate(failure.value.subFailure.value)
+
+        return d.addCallbacks(lambda _: None, unwrap)
+
+    def abort(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._buffer.clear()
+        self._chain.addBoth(lambda _: self._disk.run(self._discard_all))
+        self._chain.addErrback(lambda f: log.failure("discarding an aborted message failed", f))
+        if self._paused:
+            self._paused = False
+            self._throttle.resume()

@@ -1,0 +1,353 @@
+"""The durable spool: one body file and one metadata record per message.
+
+Layout under ``[spool] path``::
+
+    tmp/ID.eml, tmp/ID.json    being written
+    q/ID.eml                   the message as received (CRLF, Received: first)
+    q/ID.json                  envelope and recipients as received: written once
+    q/ID.state                 progress since (attempts, next attempt, per-recipient results)
+
+A message exists once ``q/ID.json`` does.  Commit order: body fsync,
+metadata fsync, rename body, rename metadata, fsync ``q/`` (shared between
+concurrent messages); only then is 250 sent.  ``ID.json`` is never
+rewritten, so nothing acknowledged can be lost to a torn update.
+``ID.state`` is rewritten after each attempt through ``tmp/`` and a rename
+without fsync: after a crash it may be older than the truth (or unreadable,
+then ignored), which costs at most a duplicate delivery, never a loss, and
+spares a disk flush per deferral.  At start, ``q/*.json`` is the queue; a
+body or state without metadata was never acknowledged and is removed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+
+from tlsmta.config import Route, parse_route
+from tlsmta.smtp import Reply, domain_of
+from tlsmta.storage._diskio import DiskIO
+from tlsmta.storage._filewriter import StreamingWriter, TempFile, remove_if_present, write_all
+from tlsmta.storage._interfaces import NO_THROTTLE, Envelope, Throttle
+
+FORMAT = 1
+
+PENDING, DELIVERED, BOUNCED = "pending", "delivered", "bounced"
+
+
+@attrs.define(slots=True)
+class RecipientState:
+    """Where one recipient's copy stands."""
+
+    address: str
+    route: Route
+    binding: str = "default"
+    status: str = PENDING
+    # The latest result as str(Reply), e.g. "451 4.7.5 certificate name does not match ...";
+    # records written before ``remote`` existed end in " (from HOST)" instead.
+    last: str = ""
+    remote: str = ""  # the host that gave the latest result, if one did
+
+    @property
+    def domain(self) -> str:
+        return domain_of(self.address)
+
+    @property
+    def last_reply(self) -> Reply | None:
+        """The latest result as a value, None before the first attempt."""
+        return Reply.parse(self.last) if self.last else None
+
+    @property
+    def last_shown(self) -> str:
+        """The latest result as people read it (queue show, DSNs): ``550 5.1.1 no such user (from mx.example.com)``."""
+        return self.last + (f" (from {self.remote})" if self.remote else "")
+
+    def record(self, status: str, reply: Reply, remote: str = "") -> None:
+        """An attempt's outcome for this recipient."""
+        self.status, self.last, self.remote = status, str(reply), remote
+
+    def to_json(self) -> dict[str, Any]:
+        return {"a": self.address, "r": str(self.route), "b": self.binding, "s": self.status, "l": self.last,
+                "f": self.remote}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RecipientState:
+        return cls(data["a"], parse_route(data["r"]), data["b"], data["s"], data["l"], data.get("f", ""))
+
+
+@attrs.define(slots=True)
+class QueuedMessage:
+    """A message in the spool, as the queue tracks it."""
+
+    id: str
+    sender: str
+    recipients: list[RecipientState]
+    received_at: float
+    size: int = 0
+    attempts: int = 0
+    next_attempt: float = 0.0
+    smtputf8: bool = False
+    body_type: str = "7BIT"
+    helo: str = ""
+    peer: str = ""
+    listener: str = ""
+    tls: dict[str, Any] = attrs.field(factory=dict)
+    # RFC 8689: MAIL FROM ... REQUIRETLS, and a "TLS-Required: No" header
+    # field.  Both are recorded as received; REQUIRETLS wins when both are set.
+    requiretls: bool = False
+    tls_required_no: bool = False
+
+    @property
+    def pending(self) -> list[RecipientState]:
+        return [r for r in self.recipients if r.status == PENDING]
+
+    @property
+    def is_bounce(self) -> bool:
+        return self.sender == ""
+
+    def to_json(self) -> bytes:
+        data = {
+            "v": FORMAT,
+            "id": self.id,
+            "sender": self.sender,
+            "rcpts": [r.to_json() for r in self.recipients],
+            "received_at": self.received_at,
+            "size": self.size,
+            "attempts": self.attempts,
+            "next_attempt": self.next_attempt,
+            "smtputf8": self.smtputf8,
+            "body": self.body_type,
+            "helo": self.helo,
+            "peer": self.peer,
+            "listener": self.listener,
+            "tls": self.tls,
+            "requiretls": self.requiretls,
+            "tls_required_no": self.tls_required_no,
+        }
+        return json.dumps(data, separators=(",", ":")).encode("utf-8")
+
+    def state_json(self) -> bytes:
+        """Progress since receipt: what ``ID.state`` holds."""
+        data = {
+            "id": self.id,
+            "attempts": self.attempts,
+            "next_attempt": self.next_attempt,
+            "rcpts": [[r.status, r.last] for r in self.recipients],
+            # A key of its own, not a third list item: a state file from this version
+            # still loads in one that predates it (which ignores unknown keys).
+            "remotes": [r.remote for r in self.recipients],
+        }
+        return json.dumps(data, separators=(",", ":")).encode("utf-8")
+
+    def apply_state(self, raw: bytes) -> None:
+        """Overlay a state record (from ``state_json``) on the received record."""
+        data = json.loads(raw)
+        if not isinstance(data, dict) or data.get("id") != self.id or len(data["rcpts"]) != len(self.recipients):
+            raise ValueError("state record does not belong to this message")
+        statuses = [(str(status), str(last)) for status, last in data["rcpts"]]
+        if any(status not in (PENDING, DELIVERED, BOUNCED) for status, _ in statuses):
+            raise ValueError("unknown recipient status")
+        # Absent from state written before the remote host had its own field.
+        remotes = [str(remote) for remote in data.get("remotes", [""] * len(self.recipients))]
+        if len(remotes) != len(self.recipients):
+            raise ValueError("state record does not belong to this message")
+        self.attempts = int(data["attempts"])
+        self.next_attempt = float(data["next_attempt"])
+        for rcpt, (status, last), remote in zip(self.recipients, statuses, remotes):
+            rcpt.status, rcpt.last, rcpt.remote = status, last, remote
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> QueuedMessage:
+        data = json.loads(raw)
+        if not isinstance(data, dict):
+            raise ValueError("spool record is not a JSON object")
+        if data.get("v") != FORMAT:
+            raise ValueError(f"unknown spool format {data.get('v')!r}")
+        return cls(
+            id=data["id"],
+            sender=data["sender"],
+            recipients=[RecipientState.from_json(r) for r in data["rcpts"]],
+            received_at=data["received_at"],
+            size=data["size"],
+            attempts=data["attempts"],
+            next_attempt=data["next_attempt"],
+            smtputf8=data["smtputf8"],
+            body_type=data["body"],
+            helo=data["helo"],
+            peer=data["peer"],
+            listener=data["listener"],
+            tls=data["tls"],
+            # Absent from records written before RFC 8689 support.
+            requiretls=bool(data.get("requiretls", False)),
+            tls_required_no=bool(data.get("tls_required_no", False)),
+        )
+
+    @classmethod
+    def from_envelope(cls, envelope: Envelope) -> QueuedMessage:
+        """The record of a message being received; the inbound session passes
+        REQUIRETLS among the facts of receipt, and it gets its own field here."""
+        tls = dict(envelope.tls)
+        requiretls = bool(tls.pop("requiretls", False))
+        return cls(
+            id=envelope.message_id,
+            sender=envelope.sender,
+            recipients=[RecipientState(r.address, r.route, r.binding) for r in envelope.recipients],
+            received_at=envelope.received_at.timestamp(),
+            next_attempt=envelope.received_at.timestamp(),
+            smtputf8=envelope.smtputf8,
+            body_type=envelope.body_type,
+            helo=envelope.helo,
+            peer=envelope.peer,
+            listener=envelope.listener,
+            tls=tls,
+            requiretls=requiretls,
+        )
+
+
+def _write_file(path: str, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class SpoolFile:
+    """The body and metadata of one new message (a FileTarget; disk thread).
+
+    The metadata written at :meth:`finish` is the message's as it stands
+    then (the inbound side sets ``tls_required_no`` before committing).
+    """
+
+    def __init__(self, spool: Spool, message: QueuedMessage):
+        self.spool = spool
+        self.message = message
+        self.body = TempFile(os.path.join(spool.tmp_dir, message.id + ".eml"))
+        self.tmp_meta = os.path.join(spool.tmp_dir, message.id + ".json")
+
+    @property
+    def directories(self) -> Sequence[str]:
+        return (self.spool.queue_dir,)
+
+    def append(self, data: bytes) -> None:
+        self.body.append(data)
+        self.message.size += len(data)
+
+    def finish(self) -> None:
+        self.body.sync_and_close()
+        _write_file(self.tmp_meta, self.message.to_json())
+        os.rename(self.body.path, self.spool.body_path(self.message.id))
+        os.rename(self.tmp_meta, self.spool.meta_path(self.message.id))
+
+    def discard(self) -> None:
+        self.body.discard()
+        remove_if_present(self.tmp_meta)
+
+
+class Spool:
+    """The spool directory; blocking methods are meant for the disk thread."""
+
+    def __init__(self, path: str, disk: DiskIO):
+        self.path = path
+        self.disk = disk
+        self.tmp_dir = os.path.join(path, "tmp")
+        self.queue_dir = os.path.join(path, "q")
+
+    def ensure(self) -> None:
+        for d in (self.tmp_dir, self.queue_dir):
+            os.makedirs(d, mode=0o700, exist_ok=True)
+
+    def body_path(self, message_id: str) -> str:
+        return os.path.join(self.queue_dir, message_id + ".eml")
+
+    def meta_path(self, message_id: str) -> str:
+        return os.path.join(self.queue_dir, message_id + ".json")
+
+    def writer(self, message: QueuedMessage, throttle: Throttle = NO_THROTTLE) -> tuple[StreamingWriter, SpoolFile]:
+        """A writer for a new message; ``message.size`` is filled in as it is written."""
+        target = SpoolFile(self, message)
+        return StreamingWriter(self.disk, [target], throttle), target
+
+    # -- blocking operations (disk thread) -----------------------------------------
+
+    def store_blocking(self, message: QueuedMessage, data: bytes) -> None:
+        """Write a whole message at once (DSNs); durable on return, directory included."""
+        target = SpoolFile(self, message)
+        try:
+            target.append(data)
+            target.finish()
+        except BaseException:
+            target.discard()
+            raise
+        from tlsmta.storage._diskio import fsync_directory
+
+        fsync_directory(self.queue_dir)
+
+    def state_path(self, message_id: str) -> str:
+        return os.path.join(self.queue_dir, message_id + ".state")
+
+    def save_blocking(self, message: QueuedMessage) -> None:
+        """Record progress after a delivery attempt (best effort: see the module docstring)."""
+        tmp = os.path.join(self.tmp_dir, message.id + ".state")
+        with open(tmp, "wb") as f:
+            f.write(message.state_json())
+        os.replace(tmp, self.state_path(message.id))
+
+    def remove_blocking(self, message_id: str) -> None:
+        """Forget a finished message: metadata first, so a crash leaves files the scan removes."""
+        for path in (self.meta_path(message_id), self.state_path(message_id), self.body_path(message_id)):
+            remove_if_present(path)
+
+    def prepare_blocking(self) -> list[str]:
+        """At start, before any listener accepts mail: create the directories,
+        clear tmp/ (nothing there was acknowledged), remove bodies without
+        metadata (never acknowledged either), and list the queued ids."""
+        self.ensure()
+        for name in os.listdir(self.tmp_dir):
+            path = os.path.join(self.tmp_dir, name)
+            if os.path.isfile(path):
+                os.unlink(path)
+        names = os.listdir(self.queue_dir)
+        metas = [n[:-5] for n in names if n.endswith(".json")]
+        known = set(metas)
+        for name in names:
+            stem, dot, ext = name.rpartition(".")
+            if dot and ext in ("eml", "state") and stem not in known:
+                os.unlink(os.path.join(self.queue_dir, name))
+        return metas
+
+    def load_blocking(self, message_ids: Sequence[str]) -> tuple[list[QueuedMessage], list[tuple[str, str]]]:
+        """Read metadata records; unreadable ones are moved to corrupt/ and reported."""
+        messages, problems = [], []
+        for message_id in message_ids:
+            path = self.meta_path(message_id)
+            try:
+                with open(path, "rb") as f:
+                    message = QueuedMessage.from_json(f.read())
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                problems.append((path, str(e)))
+                self._quarantine(message_id)
+                continue
+            try:
+                with open(self.state_path(message_id), "rb") as f:
+                    message.apply_state(f.read())
+            except FileNotFoundError:
+                pass
+            except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+                # Torn by a crash: start again from the received state (a duplicate at worst).
+                problems.append((self.state_path(message_id), f"ignored: {e}"))
+            messages.append(message)
+        return messages, problems
+
+    def _quarantine(self, message_id: str) -> None:
+        corrupt = os.path.join(self.path, "corrupt")
+        os.makedirs(corrupt, mode=0o700, exist_ok=True)
+        for path in (self.meta_path(message_id), self.state_path(message_id), self.body_path(message_id)):
+            if os.path.exists(path):
+                os.replace(path, os.path.join(corrupt, os.path.basename(path)))

@@ -1,0 +1,435 @@
+"""pyOpenSSL plumbing: contexts, per-connection verify callbacks, name facts.
+
+Decisions are not made here; :mod:`tlsmta.tls.policy` makes them.  This module
+turns OpenSSL's callback stream into a :class:`policy.ChainResult`, calls the
+verify hooks, and fails closed when anything inside a callback raises.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
+from OpenSSL import SSL, crypto
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IOpenSSLServerConnectionCreator,
+)
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from tlsmta.errors import TlsmtaError
+from tlsmta.network import StreamTransport
+from tlsmta.smtp import DomainNameError, normalize_domain
+from tlsmta.tls import _openssl_private as openssl_private
+from tlsmta.tls import _policy as policy
+from tlsmta.tls._policy import ChainError, ChainResult, PresentedNames, VerifyMode
+
+log = Logger(namespace="tlsmta.tls")
+
+
+class KeyPairError(TlsmtaError, ValueError):
+    """A certificate or key that cannot be used; ``key`` names the config key."""
+
+    def __init__(self, key: str, message: str):
+        self.key = key
+        super().__init__(message)
+
+
+def load_keypair(cert_path: str, key_path: str) -> None:
+    """Check that a PEM certificate chain and its key load and match."""
+    ctx = SSL.Context(SSL.TLS_METHOD)
+    try:
+        ctx.use_certificate_chain_file(cert_path)
+    except (SSL.Error, OSError) as e:
+        raise KeyPairError("tls_certificate", f"cannot load certificate {cert_path!r}: {ssl_error_text(e)}") from None
+    try:
+        with open(key_path, "rb") as f:
+            serialization.load_pem_private_key(f.read(), password=None)
+    except OSError as e:
+        raise KeyPairError("tls_key", f"cannot read key {key_path!r}: {e.strerror}") from None
+    except (ValueError, TypeError) as e:
+        raise KeyPairError("tls_key", f"cannot load key {key_path!r}: {e}") from None
+    try:
+        ctx.use_privatekey_file(key_path)
+        ctx.check_privatekey()
+    except SSL.Error:
+        raise KeyPairError("tls_key", f"key {key_path!r} does not match certificate {cert_path!r}") from None
+
+
+def ssl_error_text(error: BaseException) -> str:
+    """OpenSSL's error queue as one line (for logs and 4.7.5 reasons)."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    if isinstance(error, SSL.Error) and error.args and isinstance(error.args[0], list) and error.args[0]:
+        return ", ".join(str(item[-1]) for item in error.args[0])
+    return str(error) or type(error).__name__
+
+
+def verify_error_text(errno: int) -> str:
+    """OpenSSL's text for an X509_V_ERR code."""
+    try:
+        return openssl_private.verify_error_string(errno)
+    except Exception:
+        return f"X.509 verify error {errno}"
+
+
+# -- contexts ------------------------------------------------------------------
+
+_VERSION_CONSTANTS = {
+    "TLSv1.0": (SSL.TLS1_VERSION, SSL.OP_NO_TLSv1),
+    "TLSv1.1": (SSL.TLS1_1_VERSION, SSL.OP_NO_TLSv1_1),
+    "TLSv1.2": (SSL.TLS1_2_VERSION, SSL.OP_NO_TLSv1_2),
+    "TLSv1.3": (SSL.TLS1_3_VERSION, SSL.OP_NO_TLSv1_3),
+}
+_VERSION_ORDER = ("TLSv1.0", "TLSv1.1", "TLSv1.2", "TLSv1.3")
+
+
+def apply_protocols(ctx: SSL.Context, allowed: frozenset[str]) -> None:
+    """Restrict ``ctx`` to exactly the ``allowed`` TLS versions."""
+    present = [v for v in _VERSION_ORDER if v in allowed]
+    ctx.set_min_proto_version(_VERSION_CONSTANTS[present[0]][0])
+    ctx.set_max_proto_version(_VERSION_CONSTANTS[present[-1]][0])
+    # The security level is never lowered here: OpenSSL's default level keeps
+    # TLS 1.0/1.1, anonymous suites and weak keys out even when the version
+    # range allows them.  An operator who really needs them lowers it through
+    # tls_ciphers (e.g. "DEFAULT:@SECLEVEL=0"), knowingly.
+    for version in _VERSION_ORDER:
+        if present[0] < version < present[-1] and version not in allowed:
+            ctx.set_options(_VERSION_CONSTANTS[version][1])
+
+
+def _base_context(method: int, protocols: frozenset[str], ciphers: str | None, tls13: str | None) -> SSL.Context:
+    ctx = SSL.Context(method)
+    ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION)
+    apply_protocols(ctx, protocols)
+    if ciphers:
+        ctx.set_cipher_list(ciphers.encode("ascii"))
+    if tls13:
+        ctx.set_tls13_ciphersuites(tls13.encode("ascii"))
+    return ctx
+
+
+def load_trust(ctx: SSL.Context, ca: str | None) -> None:
+    """Trust anchors from a PEM file or a hashed directory; None: system store."""
+    if ca is None:
+        ctx.set_default_verify_paths()
+    elif os.path.isdir(ca):
+        ctx.load_verify_locations(None, ca)
+    else:
+        ctx.load_verify_locations(ca)
+
+
+def server_context(
+    cert_path: str,
+    key_path: str,
+    protocols: frozenset[str],
+    ciphers: str | None = None,
+    tls13: str | None = None,
+    client_ca: str | None = None,
+    session_id: bytes = b"tlsmta",
+    resumption: bool = True,
+) -> SSL.Context:
+    """An SSL.Context for a listener (STARTTLS or implicit TLS).
+
+    ``resumption=False`` for listeners that check client certificates: a
+    resumed session shows no certificate, so the check would fail (530) for
+    every client that caches sessions.
+    """
+    ctx = _base_context(SSL.TLS_SERVER_METHOD, protocols, ciphers, tls13)
+    ctx.use_certificate_chain_file(cert_path)
+    ctx.use_privatekey_file(key_path)
+    ctx.check_privatekey()
+    ctx.set_session_id(session_id[:32])
+    if not resumption:
+        ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+        # Without the server-side cache, TLS 1.3's stateful tickets (OP_NO_TICKET) cannot resume either.
+        ctx.set_options(SSL.OP_NO_TICKET)
+    if client_ca is not None:
+        load_trust(ctx, client_ca)
+        if os.path.isfile(client_ca):
+            ctx.load_client_ca(client_ca.encode())  # the CA names sent in CertificateRequest
+    return ctx
+
+
+def client_context(
+    protocols: frozenset[str],
+    ciphers: str | None = None,
+    tls13: str | None = None,
+    ca: str | None = None,
+    cert_path: str | None = None,
+    key_path: str | None = None,
+) -> SSL.Context:
+    """An SSL.Context for outbound STARTTLS with the resolved options."""
+    # Anonymous and null suites have no certificate to verify: never offer them.
+    ciphers = f"{ciphers}:!aNULL:!eNULL" if ciphers else None
+    ctx = _base_context(SSL.TLS_CLIENT_METHOD, protocols, ciphers, tls13)
+    load_trust(ctx, ca)
+    if cert_path and key_path:
+        ctx.use_certificate_chain_file(cert_path)
+        ctx.use_privatekey_file(key_path)
+    return ctx
+
+
+# -- certificate facts ---------------------------------------------------------
+
+
+def presented_names(cert: x509.Certificate) -> PresentedNames:
+    """The dNSNames and subject CNs of a certificate."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        dns_names = tuple(san.get_values_for_type(x509.DNSName))
+    except x509.ExtensionNotFound:
+        dns_names = ()
+    cns = tuple(
+        str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    )
+    return PresentedNames(dns_names=dns_names, common_names=cns)
+
+
+def describe_name(name: x509.Name) -> str:
+    try:
+        return name.rfc4514_string()
+    except Exception:  # exotic attribute encodings: still log something useful
+        return repr(name)
+
+
+@attrs.frozen
+class SessionFacts:
+    """What a TLS session turned out to be, for logs and Received: headers."""
+
+    protocol: str
+    cipher: str
+    peer_subject: str | None = None
+    peer_issuer: str | None = None
+    resumed: bool = False
+
+    @classmethod
+    def from_connection(cls, conn: SSL.Connection) -> SessionFacts:
+        cert = conn.get_peer_certificate(as_cryptography=True)
+        subject = issuer = None
+        if cert is not None:
+            subject, issuer = describe_name(cert.subject), describe_name(cert.issuer)
+        return cls(
+            protocol=conn.get_protocol_version_name() or "unknown",
+            cipher=conn.get_cipher_name() or "unknown",
+            peer_subject=subject,
+            peer_issuer=issuer,
+            resumed=openssl_private.session_reused(conn),
+        )
+
+
+def tls_connection(transport: StreamTransport) -> SSL.Connection:
+    """The OpenSSL connection of a transport whose TLS handshake has begun."""
+    handle = transport.getHandle()
+    if not isinstance(handle, SSL.Connection):
+        raise TypeError(f"no TLS on this transport (its handle is {type(handle).__name__})")
+    return handle
+
+
+def tls_log_fields(facts: SessionFacts | None, tls_verify: str, verified: str, reason: str) -> dict[str, Any]:
+    """The TLS facts every ``received`` and ``delivery`` event carries (None where no TLS ran)."""
+    return {
+        "tls": "tls" if facts else "none",
+        "protocol": facts.protocol if facts else None,
+        "cipher": facts.cipher if facts else None,
+        "tls_verify": tls_verify,
+        "verified": verified,
+        "reason": reason,
+        "subject": facts.peer_subject if facts else None,
+        "issuer": facts.peer_issuer if facts else None,
+    }
+
+
+# -- verification of one session -----------------------------------------------
+
+VerifyHook = Callable[..., Any]
+
+
+@attrs.frozen
+class HookContext:
+    """What a verify hook is told about the session (the ``ctx`` argument)."""
+
+    direction: str  # "inbound" or "outbound"
+    domain: str | None = None
+    mx_host: str | None = None
+    binding: str | None = None
+    message_id: str | None = None
+    peer: str | None = None
+    listener: str | None = None
+
+
+class CertificateCheck:
+    """Verification state of one TLS session, fed by OpenSSL's callback.
+
+    ``enforce_in_handshake``: return 0 to OpenSSL when the verdict is fatal
+    (outbound ``ca``/``host``).  Inbound keeps the handshake going and
+    answers 530 at MAIL instead, which a client can report sensibly.
+
+    ``wanted`` names are known before the handshake outbound (domain, MX);
+    inbound they arrive later (EHLO name), so :meth:`verdict` takes them.
+    """
+
+    def __init__(
+        self,
+        mode: VerifyMode,
+        wanted: Sequence[str] = (),
+        hook: VerifyHook | None = None,
+        hook_context: HookContext | None = None,
+        enforce_in_handshake: bool = False,
+        names_in_handshake: bool = True,
+        record: bool = False,
+    ):
+        self.mode = mode
+        # record: ask for the certificate and note every chain error even under
+        # tls_verify = no, without failing anything (DANE judges the chain after
+        # the handshake; MTA-STS testing evaluates the enforce checks for reports).
+        self.record = record
+        self.wanted = tuple(wanted)
+        self.hook = hook
+        self.hook_context = hook_context
+        self.enforce_in_handshake = enforce_in_handshake
+        self.names_in_handshake = names_in_handshake
+        self.errors: list[ChainError] = []
+        self.hook_answers: dict[int, bool] = {}
+        self.hook_error: str | None = None
+        self.leaf: x509.Certificate | None = None
+        self.internal_error: str | None = None
+        self.seen_certificate = False  # the callback ran: a certificate was received
+        # A resumed session shows no certificate; it carries the verdict of the
+        # full handshake it came from (cached under the same policy and names).
+        self.resumed_verdict: policy.Verdict | None = None
+        # A verdict reached after the handshake by other means (DANE's TLSA match),
+        # replacing the CA and name checks.
+        self.external_verdict: policy.Verdict | None = None
+
+    @property
+    def wants_certificate(self) -> bool:
+        """Whether to ask the peer for a certificate / check the one it sends."""
+        return self.mode.checks_chain or self.hook is not None or self.record
+
+    def install(self, conn: SSL.Connection) -> None:
+        """Set this session's verify callback on ``conn``."""
+        if self.wants_certificate:
+            conn.set_verify(SSL.VERIFY_PEER, self.callback)
+        else:
+            conn.set_verify(SSL.VERIFY_NONE)
+
+    def callback(self, conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
+        """pyOpenSSL's verify callback; never raises (an exception fails closed)."""
+        self.seen_certificate = True
+        try:
+            return self._callback(conn, cert, errno, depth, bool(ok))
+        except Exception as e:
+            self.internal_error = f"{type(e).__name__}: {e}"
+            log.failure("verify callback failed; treating the certificate as bad")
+            return False
+
+    def _callback(self, conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: bool) -> bool:
+        if not ok:
+            self.errors.append(ChainError(depth, errno, verify_error_text(errno)))
+        presented = None
+        if depth == 0:
+            self.leaf = cert.to_cryptography()
+            presented = presented_names(self.leaf)
+        if self.hook is not None:
+            shown = ok
+            if self.names_in_handshake:
+                shown = policy.depth_ok(self.mode, ok, depth, presented, self.wanted)
+            self._call_hook(conn, cert, errno, depth, shown)
+        if not self.enforce_in_handshake or not self.mode.enforcing:
+            return True
+        if depth > 0:
+            return policy.chain_failure(self._chain_result()) is None
+        return not self.verdict().fatal
+
+    def _call_hook(self, conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: bool) -> None:
+        assert self.hook is not None
+        try:
+            answer = bool(self.hook(conn, cert, errno, depth, ok, self.hook_context))
+        except Exception as e:
+            self.hook_error = f"{type(e).__name__}: {e}"
+            log.failure("TLS verify hook raised; counting it as a verification failure")
+            return
+        self.hook_answers[depth] = self.hook_answers.get(depth, True) and answer
+
+    def _chain_result(self) -> ChainResult:
+        hook_error = self.hook_error or self.internal_error
+        return ChainResult(tuple(self.errors), dict(self.hook_answers), hook_error, hook_saw_names=self.names_in_handshake)
+
+    def chain_result(self) -> ChainResult:
+        """What the callback recorded, for verdicts under another mode (reports)."""
+        return self._chain_result()
+
+    @property
+    def presented(self) -> PresentedNames | None:
+        return presented_names(self.leaf) if self.leaf is not None else None
+
+    def verdict(self, wanted: Sequence[str] | None = None) -> policy.Verdict:
+        """The policy verdict with what has been seen so far."""
+        if self.resumed_verdict is not None:
+            return self.resumed_verdict
+        if self.external_verdict is not None:
+            return self.external_verdict
+        names = self.wanted if wanted is None else tuple(wanted)
+        return policy.decide(self.mode, self._chain_result(), self.presented, names)
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+@attrs.define
+class ServerTLS:
+    """Creates server-side SSL connections for one listener.
+
+    The context is replaced on reload; connections already made keep theirs.
+    The protocol wrapped by TLS provides ``certificate_check``, its session's
+    :class:`CertificateCheck`.
+    """
+
+    context: SSL.Context
+    check: CertificateCheck | None = None
+
+    def bound_to(self, check: CertificateCheck | None) -> ServerTLS:
+        """A creator for one STARTTLS session, verifying with its ``check``."""
+        return ServerTLS(self.context, check)
+
+    def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        conn = SSL.Connection(self.context, None)
+        conn.set_app_data(tlsProtocol)
+        check = self.check
+        if check is None:  # implicit TLS: the session is the wrapped protocol
+            check = getattr(tlsProtocol.wrappedProtocol, "certificate_check", None)
+        if check is not None:
+            check.install(conn)
+        return conn
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+@attrs.define
+class ClientTLS:
+    """Creates the client-side SSL connection of one outbound session."""
+
+    context: SSL.Context
+    server_name: str | None
+    check: CertificateCheck
+    session: SSL.Session | None = None  # offered for resumption
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        conn = SSL.Connection(self.context, None)
+        conn.set_app_data(tlsProtocol)
+        if self.session is not None:
+            conn.set_session(self.session)
+        if self.server_name:
+            try:
+                sni = normalize_domain(self.server_name, host=True)
+            except DomainNameError:  # no host name: nothing to ask for
+                pass
+            else:
+                conn.set_tlsext_host_name(sni.encode("ascii"))
+        self.check.install(conn)
+        conn.set_connect_state()
+        return conn
