@@ -15,7 +15,7 @@ from typing import Any
 import attrs
 import pytest
 import pytest_twisted
-from e2e import CLIENT_TIMEOUT, in_thread
+from e2e import CLIENT_TIMEOUT, in_thread, start_relay
 
 from tlsmta.devrelay import _mailview as mailview
 from tlsmta.devrelay._devcert import dev_ca_path
@@ -226,6 +226,19 @@ async def test_only_the_captured_maildir_keeps_receipts(tmp_path: Any) -> None:
     assert (record["helo"], record["peer"], record["esmtp"]) == (entry["receipt"]["helo"], "127.0.0.1", True)
     assert len(os.listdir(tmp_path / "mailbox" / "new")) == 1 and not (tmp_path / "mailbox" / RECEIPTS).exists()
     assert not os.listdir(tmp_path / "maildir" / "tmp")  # no temporary receipt left behind
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_maildir_route_without_the_page_keeps_no_receipts(tmp_path: Any) -> None:
+    """An operator delivering to a global maildir: route (no [http]) gets the mail and nothing else:
+    receipts are for the page and tlsmta.testing, and each would cost a file and an fsync."""
+    relay = await start_relay(tmp_path)
+    try:
+        await in_thread(send, relay.port, welcome())
+    finally:
+        await relay.stop()
+    assert len(os.listdir(tmp_path / "maildir" / "new")) == 1
+    assert not (tmp_path / "maildir" / RECEIPTS).exists()
 
 
 @pytest_twisted.ensureDeferred

@@ -312,8 +312,10 @@ class Relay:
             "spool": {"path": os.path.join(self.state_dir, "spool")},
             "control": {"shutdown_grace": 0},
         }
+        # [http] maildir named: the relay keeps each message's facts of receipt (msg.tls).
+        raw["http"] = {"maildir": self.maildir}
         if http:
-            raw["http"] = {"endpoint": "tcp:0:interface=127.0.0.1"}
+            raw["http"]["endpoint"] = "tcp:0:interface=127.0.0.1"
         self.config = build_config(raw, f"<tlsmta.testing.Relay {directory}>")
         self._running: RunningRelay | None = None
         self._arrivals = threading.Condition()

@@ -308,7 +308,14 @@ class TlsmtaService(MultiService):
 
     def captures_into(self, maildir: str) -> bool:
         """Whether ``maildir`` is the dev relay's captured mail, whose page (and
-        ``tlsmta.testing``) shows each message's facts of receipt."""
+        ``tlsmta.testing``) shows each message's facts of receipt.
+
+        Only where something reads them: the page (``[http] endpoint``) or a
+        ``tlsmta.testing.Relay`` (which names ``[http] maildir``). An operator's
+        ``maildir:`` route gets no receipts: nothing would read or prune them, and
+        each would cost its own fsync before the 250."""
+        if not (self.config.http["endpoint"] or self.config.http["maildir"]):
+            return False
         captured = captured_maildir(self.config)
         return captured is not None and os.path.abspath(captured) == os.path.abspath(maildir)
 

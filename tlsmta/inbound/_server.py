@@ -331,7 +331,7 @@ class InboundSMTP(smtp.ESMTP):
     # -- events ------------------------------------------------------------------------
 
     def _send(self, event: Send) -> None:
-        self.transport.write(event.reply.wire())
+        self.transport.write(event.data)
 
     def _line_received(self, event: LineReceived) -> None:
         self.resetTimeout()  # a complete line: the client gets idle_timeout for the next one

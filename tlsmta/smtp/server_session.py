@@ -79,9 +79,13 @@ class ServerSettings:
 
 @attrs.frozen
 class Send:
-    """Write this reply."""
+    """Write this reply (``data``: its bytes on the wire, made once)."""
 
     reply: Reply
+    data: bytes = attrs.field(init=False, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "data", self.reply.wire())
 
 
 @attrs.frozen
@@ -112,6 +116,15 @@ class MessageRefused:
 @attrs.frozen
 class Close:
     """Close the connection after what was sent is flushed."""
+
+
+# The replies every transaction gives, made once: the hot path only appends them.
+_OK = Send(Reply.of(250, "2.0.0", "Ok"))
+_MAIL_OK = Send(Reply.of(250, "2.1.0", "Ok"))
+_RCPT_OK = Send(Reply.of(250, "2.1.5", "Ok"))
+_GO_AHEAD = Send(Reply.of(354, None, "End data with <CR><LF>.<CR><LF>"))
+_BYE = Send(Reply.of(221, "2.0.0", "Bye"))
+_LINE = LineReceived()
 
 
 # -- events: questions, each answered by the shell -------------------------------------------
@@ -257,7 +270,7 @@ class ServerSession:
         else:
             self._reader = DataReader(self.settings.max_line_length, self.settings.max_message_size)
             self.phase = Phase.DATA
-            self._send(354, None, "End data with <CR><LF>.<CR><LF>")
+            self._outbox.append(_GO_AHEAD)
 
     def accept_recipient(self, record: Any, domain: str) -> None:
         """Yes to RcptTo; ``record`` is what the shell keeps for it, ``domain`` its normalised domain.
@@ -270,7 +283,7 @@ class ServerSession:
         if key not in self._recipient_keys:
             self._recipient_keys.add(key)
             self.recipients.append(record)
-        self._send(250, "2.1.5", "Ok")
+        self._outbox.append(_RCPT_OK)
 
     def refuse(self, reply: Reply) -> None:
         """No to MailAllowed, RcptTo or OpenMessage; counts toward the hard error limit."""
@@ -326,7 +339,7 @@ class ServerSession:
                 self._buffer = b""
             return False
         line, self._buffer = self._buffer[:newline], self._buffer[newline + 1 :]
-        self._outbox.append(LineReceived())
+        self._outbox.append(_LINE)
         if self._discarding_line:
             self._discarding_line = False  # the tail of a line already answered
             return True
@@ -503,7 +516,7 @@ class ServerSession:
         params = mail_params(path.params, self.settings.max_message_size, self.tls_active)
         self.sender = path.address
         self.mail_params = params
-        self._send(250, "2.1.0", "Ok")
+        self._outbox.append(_MAIL_OK)
 
     def do_RCPT(self, arg: bytes) -> None:
         if self.sender is None:
@@ -529,10 +542,10 @@ class ServerSession:
 
     def do_RSET(self, arg: bytes) -> None:
         self._reset_transaction()
-        self._send(250, "2.0.0", "Ok")
+        self._outbox.append(_OK)
 
     def do_NOOP(self, arg: bytes) -> None:
-        self._send(250, "2.0.0", "Ok")
+        self._outbox.append(_OK)
 
     def do_VRFY(self, arg: bytes) -> None:
         self._send(252, "2.5.2", "Cannot VRFY user, but will accept message and attempt delivery")
@@ -544,7 +557,7 @@ class ServerSession:
         self._send(214, "2.0.0", "See RFC 5321")
 
     def do_QUIT(self, arg: bytes) -> None:
-        self._send(221, "2.0.0", "Bye")
+        self._outbox.append(_BYE)
         self._close()
 
     _COMMANDS = {
