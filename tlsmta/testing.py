@@ -21,7 +21,7 @@ from twisted.internet.interfaces import IListeningPort, ITLSTransport
 from twisted.internet.testing import StringTransport
 from zope.interface import implementer
 
-from tlsmta.app import from_dict
+from tlsmta.app import checked_config
 from tlsmta.config import Config, Route
 from tlsmta.network import IServiceReactor, installed_reactor
 from tlsmta.storage import NO_THROTTLE, Envelope, StoreError, Throttle
@@ -142,7 +142,7 @@ def dev_listener(**overrides: Any) -> dict[str, Any]:
 
 def build_config(raw: Mapping[str, Any], path: str = "<test>") -> Config:
     """Validate a config given as a dict (the TOML document's shape)."""
-    return from_dict(raw, path)
+    return checked_config(raw, path)
 
 
 class RunningRelay:

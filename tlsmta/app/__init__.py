@@ -12,10 +12,10 @@ two entry points ``tap`` (twistd's ServiceMaker) and ``cli`` (the ``tlsmta``
 console script).
 """
 
-from tlsmta.app._preflight import from_dict
+from tlsmta.app._preflight import from_dict as checked_config
 from tlsmta.app._service import TlsmtaService
 
 __all__ = [
-    "from_dict",
+    "checked_config",
     "TlsmtaService",
 ]

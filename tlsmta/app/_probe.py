@@ -42,7 +42,7 @@ from tlsmta.discovery import (
     Resolver,
     STSCache,
     STSResolver,
-    gather,
+    gather_facts,
 )
 from tlsmta.network import IServiceReactor
 from tlsmta.smtp import Reply
@@ -163,7 +163,7 @@ async def external_facts(reactor: IServiceReactor, resolver: Resolver, domain: s
     fetcher = PolicyFetcher(reactor, resolver.addresses, port=lambda: https_port, ca_for=lambda d: options["tls_ca"])
     sts = STSResolver(resolver.txt, fetcher, _NoDiskCache(), now=reactor.seconds)
     route_kind = options["route"].kind
-    return await gather(resolver, sts, domain, route_kind, [(n, port) for n in names], options["mta_sts"], options["dane"], need_mx_status=True)
+    return await gather_facts(resolver, sts, domain, route_kind, [(n, port) for n in names], options["mta_sts"], options["dane"], need_mx_status=True)
 
 
 async def run_probe(reactor: IServiceReactor, resolver: Resolver, domain: str, options: Mapping[str, Any], port: int | None, mx: str | None, ehlo: str,

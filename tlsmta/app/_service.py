@@ -35,7 +35,7 @@ from tlsmta.devrelay import (
     log_dev_ca,
 )
 from tlsmta.discovery import PolicyFetcher, Resolver, STSCache, STSResolver, canonical_ip
-from tlsmta.inbound import AuthFileError, InboundFactory, Intake, ListenerRuntime, UserDB, listen
+from tlsmta.inbound import AuthFileError, InboundFactory, Intake, ListenerRuntime, UserDB, listen_smtp
 from tlsmta.network import IServiceReactor, PortService
 from tlsmta.reporting import EventBus, Metrics, TLSRPTService, metrics_site
 from tlsmta.storage import DiskIO, LocalSink, MessageSink, QueuedMessage, Spool
@@ -135,7 +135,7 @@ class ListenerService(PortService):
 
     def startService(self) -> None:
         super().startService()
-        self.listen_on(listen(
+        self.listen_on(listen_smtp(
             self.reactor, with_default_backlog(self.listener.endpoint), self.factory, lambda: self.listener.proxy_networks
         ))
 

@@ -40,8 +40,8 @@ from tlsmta.discovery import (
     Resolver,
     STSResolver,
     below_self,
-    describe,
-    gather,
+    describe_facts,
+    gather_facts,
 )
 from tlsmta.errors import TlsmtaError
 from tlsmta.network import IServiceReactor
@@ -255,7 +255,7 @@ class Destination:
             code = 556 if status == "5.1.10" else (550 if e.permanent else 451)
             self._fail_queued(Reply.of(code, status, str(e)))
             return
-        facts = await gather(
+        facts = await gather_facts(
             self.pool.resolver, self.pool.sts, self.domain, self.route.kind,
             [(mx, port) for mx, _, port in hosts], self.options["mta_sts"], self.options["dane"],
             need_mx_status=self.message_tls.requiretls,
@@ -302,7 +302,7 @@ class Destination:
     def _policy_fields(self, attempt: Attempt) -> dict[str, Any]:
         """Log fields naming the policy applied and the MTA-STS/DANE state."""
         assert attempt.req is not None
-        fields = {"tls_policy": attempt.req.policy, **describe(attempt.facts, attempt.mx)}
+        fields = {"tls_policy": attempt.req.policy, **describe_facts(attempt.facts, attempt.mx)}
         if attempt.req.requiretls:
             fields["requiretls"] = "yes"
         if attempt.req.ignored:

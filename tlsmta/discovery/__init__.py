@@ -11,7 +11,7 @@ This ``__init__`` is the part's API: other parts import only the names in
 
 from tlsmta.discovery._dane import TLSARecord, tlsa_name, verify_chain
 from tlsmta.discovery._mtasts import CachedPolicy, PolicyFetcher, STSCache, STSResolver
-from tlsmta.discovery._published import ExternalFacts, describe, gather
+from tlsmta.discovery._published import ExternalFacts, describe_facts, gather_facts
 from tlsmta.discovery._resolver import (
     DNSError,
     DNSPermanent,
@@ -26,11 +26,11 @@ __all__ = [
     "below_self",
     "CachedPolicy",
     "canonical_ip",
-    "describe",
+    "describe_facts",
     "DNSError",
     "DNSPermanent",
     "ExternalFacts",
-    "gather",
+    "gather_facts",
     "MXHost",
     "OfflineBackend",
     "PolicyFetcher",

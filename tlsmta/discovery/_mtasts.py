@@ -376,7 +376,7 @@ class PolicyFetcher:
 
     async def _get(self, domain: str) -> str:
         from tlsmta.discovery._resolver import DNSError
-        from tlsmta.tls import HTTPSFailure, TooLarge, read_body, request
+        from tlsmta.tls import HTTPSFailure, TooLarge, https_request, read_body
 
         host = f"mta-sts.{domain}"
         try:
@@ -386,7 +386,7 @@ class PolicyFetcher:
         if not addresses:
             raise STSError(f"{host} has no address", FETCH_ERROR)
         try:
-            response = await request(self.reactor, b"GET", host, self.port(), WELL_KNOWN, addresses[0],
+            response = await https_request(self.reactor, b"GET", host, self.port(), WELL_KNOWN, addresses[0],
                                            self.ca_for(domain), connect_timeout=FETCH_TIMEOUT)
         except HTTPSFailure as e:
             # RFC 8461 3.3: the certificate must be valid for mta-sts.DOMAIN (sts-webpki-invalid).

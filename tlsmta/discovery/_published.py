@@ -52,7 +52,7 @@ class ExternalFacts:
         return self.tlsa.get(mx, MXTLSA(DANEStatus.NONE))
 
 
-async def gather(
+async def gather_facts(
     resolver: Resolver,
     sts: STSResolver | None,
     domain: str,
@@ -114,7 +114,7 @@ async def _tlsa(resolver: Resolver, host: str, port: int) -> MXTLSA:
     return MXTLSA(DANEStatus.UNUSABLE, answer.records)
 
 
-def describe(facts: ExternalFacts, mx: str) -> dict[str, Any]:
+def describe_facts(facts: ExternalFacts, mx: str) -> dict[str, Any]:
     """Log fields: the MTA-STS and DANE state for one MX."""
     fields: dict[str, Any] = {}
     if facts.sts is not None:

@@ -15,7 +15,7 @@ This ``__init__`` is the part's API: other parts import only the names in
 
 from tlsmta.inbound._auth import AuthFileError, UserDB, hash_password
 from tlsmta.inbound._intake import Intake
-from tlsmta.inbound._proxyheader import listen
+from tlsmta.inbound._proxyheader import listen_smtp
 from tlsmta.inbound._received import with_keyword
 from tlsmta.inbound._server import InboundFactory, ListenerRuntime
 
@@ -24,7 +24,7 @@ __all__ = [
     "hash_password",
     "InboundFactory",
     "Intake",
-    "listen",
+    "listen_smtp",
     "ListenerRuntime",
     "UserDB",
     "with_keyword",

@@ -136,7 +136,7 @@ class TrustedProxyFactory(WrappingFactory[TrustedProxyProtocol]):
         return f"{prefix} (PROXY)"
 
 
-def listen(reactor: Any, endpoint: str, factory: Any, trusted: Callable[[], Iterable[Any]]) -> Any:
+def listen_smtp(reactor: Any, endpoint: str, factory: Any, trusted: Callable[[], Iterable[Any]]) -> Any:
     """``serverFromString(endpoint).listen(factory)``, with ``haproxy:`` endpoints
     served by TrustedProxyFactory instead of Twisted's wrapper."""
     from twisted.internet.endpoints import serverFromString

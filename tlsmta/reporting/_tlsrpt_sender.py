@@ -151,7 +151,7 @@ class TLSRPTService(Service):
         """RFC 8460 5.2: POST the gzipped JSON, Content-Type application/tlsrpt+gzip; 2xx is success."""
         import urllib.parse
 
-        from tlsmta.tls import read_body, request
+        from tlsmta.tls import https_request, read_body
 
         url = urllib.parse.urlsplit(uri)
         host = (url.hostname or "").lower()
@@ -165,7 +165,7 @@ class TLSRPTService(Service):
         body = gzip.compress(json.dumps(report).encode("utf-8"), mtime=0)
         ca = self.owner.config_tls_ca(host)
         try:
-            d = ensureDeferred(request(
+            d = ensureDeferred(https_request(
                 self.owner.reactor, b"POST", host, port, (url.path or "/") + (f"?{url.query}" if url.query else ""),
                 addresses[0], ca, body=body, headers={b"content-type": [b"application/tlsrpt+gzip"]},
             ))

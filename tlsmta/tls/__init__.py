@@ -28,7 +28,7 @@ from tlsmta.tls._contexts import (
     tls_log_fields,
 )
 from tlsmta.tls._hooks import HookError, Hooks, load_hook, load_hooks
-from tlsmta.tls._https import HTTPSFailure, TooLarge, read_body, request
+from tlsmta.tls._https import HTTPSFailure, TooLarge, https_request, read_body
 from tlsmta.tls._policy import (
     POLICY_LOCAL,
     RPT_DNSSEC_INVALID,
@@ -108,8 +108,8 @@ __all__ = [
     "POLICY_TYPES",
     "presented_names",
     "PresentedNames",
+    "https_request",
     "read_body",
-    "request",
     "Requirement",
     "requiretls_refused",
     "RESULT_TYPES",

@@ -51,7 +51,7 @@ class TooLarge(TlsmtaError):
     """A response body over the limit."""
 
 
-async def request(
+async def https_request(
     reactor: IServiceReactor, method: bytes, host: str, port: int, path: str, ip: str, ca: str | None,
     body: bytes | None = None, headers: dict[bytes, list[bytes]] | None = None, connect_timeout: float = 30,
 ) -> IResponse:
