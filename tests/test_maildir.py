@@ -128,3 +128,35 @@ async def test_a_failed_queue_delivery_discards_in_the_disk_thread(
     assert result.status == PENDING and str(result.reply).startswith("451 4.3.0 Maildir delivery failed")
     assert in_disk_threads(threads_of["discard"]), threads_of
     assert not box.exists() or os.listdir(box / "tmp") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_queued_copy_into_the_captured_maildir_gets_its_receipt(tmp_path: Any, disk: DiskIO) -> None:
+    """A message with remote recipients too reaches the captured Maildir through the queue:
+    its copy there carries the facts of receipt like one stored at once (the page shows them)."""
+    from tlsmta.storage._receipts import read_receipt
+
+    spool = Spool(str(tmp_path / "spool"), disk)
+    spool.ensure()
+    box = tmp_path / "box"
+    job = job_for(tmp_path, box)
+    job.message.tls = {"tls": "TLSv1.3", "cipher": "TLS_AES_256_GCM_SHA384"}
+    job.message.authenticated = True
+    with open(spool.body_path(job.message.id), "wb") as f:
+        f.write(b"Subject: queued\r\n\r\nbody\r\n")
+    local = LocalSink(disk, keeps_receipts=lambda path: path == str(box))
+    [result] = await Deliverer(None, local, spool, disk, lambda domain, binding: {}).deliver(job)  # type: ignore[arg-type]
+    [name] = os.listdir(box / "new")
+    record = read_receipt(str(box), name)
+    assert result.status == DELIVERED and record is not None
+    assert (record["queue_id"], record["authenticated"], record["tls"]["tls"]) == ("m1.node", True, "TLSv1.3")
+    assert os.listdir(box / "tmp") == []
+
+
+def test_a_spool_record_keeps_how_the_client_greeted_and_whether_it_authenticated(tmp_path: Any) -> None:
+    message = QueuedMessage.from_envelope(envelope(tmp_path / "box"))
+    message.esmtp, message.authenticated = False, True
+    again = QueuedMessage.from_json(message.to_json())
+    assert (again.esmtp, again.authenticated) == (False, True)
+    older = message.to_json().replace(b',"esmtp":false,"authenticated":true', b"")  # a record from before
+    assert (QueuedMessage.from_json(older).esmtp, QueuedMessage.from_json(older).authenticated) == (True, False)

@@ -58,6 +58,7 @@ from tlsmta.storage import (
     RecipientState,
     Spool,
     crlf_to_lf,
+    queued_receipt_record,
 )
 from tlsmta.tls import (
     RPT_DNSSEC_INVALID,
@@ -858,7 +859,10 @@ class Deliverer:
         return self.pool.submit(job, self.options_for(job.domain, job.binding))
 
     async def _maildir(self, job: DeliveryJob) -> list[RecipientResult]:
-        files = self.local.maildir_files(job.message.sender, [(r.address, r.route) for r in job.recipients])
+        files = self.local.with_receipts(
+            self.local.maildir_files(job.message.sender, [(r.address, r.route) for r in job.recipients]),
+            queued_receipt_record(job.message),
+        )
         body = self.spool.body_path(job.message.id)
 
         def copy() -> None:

@@ -26,10 +26,11 @@ from tlsmta.storage._interfaces import (
     Throttle,
 )
 from tlsmta.storage._maildir import LocalSink, crlf_to_lf, ensure_maildir
-from tlsmta.storage._receipts import read_receipt, receipt_path
+from tlsmta.storage._receipts import queued_receipt_record, read_receipt, receipt_path
 from tlsmta.storage._spool import BOUNCED, DELIVERED, PENDING, QueuedMessage, RecipientState, Spool
 
 __all__ = [
+    "queued_receipt_record",
     "BOUNCED",
     "crlf_to_lf",
     "DELIVERED",

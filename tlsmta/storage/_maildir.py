@@ -13,11 +13,12 @@ import os
 import socket
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from tlsmta.config import Route
 from tlsmta.storage._diskio import DiskIO
-from tlsmta.storage._filewriter import StreamingWriter, TempFile
+from tlsmta.storage._filewriter import FileTarget, StreamingWriter, TempFile
 from tlsmta.storage._interfaces import NO_THROTTLE, Envelope, Throttle
 from tlsmta.storage._receipts import ReceiptFile, receipt_record
 
@@ -122,7 +123,11 @@ class LocalSink:
 
     def open(self, envelope: Envelope, throttle: Throttle = NO_THROTTLE) -> StreamingWriter:
         files = self.maildir_files(envelope.sender, [(r.address, r.route) for r in envelope.recipients])
-        # Receipts first: each is in place before its message becomes visible in new/.
-        receipts = [ReceiptFile(f.maildir, f.name, receipt_record(envelope), self._prepare)
-                    for f in files if self.keeps_receipts(f.maildir)]
-        return StreamingWriter(self.disk, [*receipts, *files], throttle, transform=crlf_to_lf)
+        return StreamingWriter(self.disk, self.with_receipts(files, receipt_record(envelope)), throttle, transform=crlf_to_lf)
+
+    def with_receipts(self, files: Sequence[MaildirFile], record: Mapping[str, Any]) -> list[FileTarget]:
+        """``files`` and, first, the receipt of each that lands in a Maildir keeping receipts:
+        each receipt is in place before its message becomes visible in new/."""
+        receipts: list[FileTarget] = [ReceiptFile(f.maildir, f.name, record, self._prepare)
+                                      for f in files if self.keeps_receipts(f.maildir)]
+        return [*receipts, *files]

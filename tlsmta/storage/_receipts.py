@@ -19,11 +19,13 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timezone
 from typing import Any
 
 from tlsmta.storage._diskio import fsync_directory
 from tlsmta.storage._filewriter import TempFile, remove_if_present
 from tlsmta.storage._interfaces import Envelope
+from tlsmta.storage._spool import QueuedMessage
 
 RECEIPTS = "tlsmta-receipts"
 
@@ -48,6 +50,23 @@ def receipt_record(envelope: Envelope) -> dict[str, Any]:
         "authenticated": envelope.authenticated,
         "smtputf8": envelope.smtputf8,
         "tls": dict(envelope.tls),
+    }
+
+
+def queued_receipt_record(message: QueuedMessage) -> dict[str, Any]:
+    """The same facts for a copy the queue delivers (a message that also had remote recipients)."""
+    tls = dict(message.tls)
+    if message.requiretls:
+        tls["requiretls"] = True
+    return {
+        "queue_id": message.id,
+        "received_at": datetime.fromtimestamp(message.received_at, timezone.utc).astimezone().isoformat(),
+        "helo": message.helo,
+        "peer": message.peer,
+        "esmtp": message.esmtp,
+        "authenticated": message.authenticated,
+        "smtputf8": message.smtputf8,
+        "tls": tls,
     }
 
 

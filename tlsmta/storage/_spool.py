@@ -95,6 +95,8 @@ class QueuedMessage:
     peer: str = ""
     listener: str = ""
     tls: dict[str, Any] = attrs.field(factory=dict)
+    esmtp: bool = True  # the client said EHLO (for the dev relay's receipt of a queued copy)
+    authenticated: bool = False  # the client used AUTH
     # RFC 8689: MAIL FROM ... REQUIRETLS, and a "TLS-Required: No" header
     # field.  Both are recorded as received; REQUIRETLS wins when both are set.
     requiretls: bool = False
@@ -124,6 +126,8 @@ class QueuedMessage:
             "peer": self.peer,
             "listener": self.listener,
             "tls": self.tls,
+            "esmtp": self.esmtp,
+            "authenticated": self.authenticated,
             "requiretls": self.requiretls,
             "tls_required_no": self.tls_required_no,
         }
@@ -180,6 +184,9 @@ class QueuedMessage:
             peer=data["peer"],
             listener=data["listener"],
             tls=data["tls"],
+            # Absent from records written before the dev relay kept receipts.
+            esmtp=bool(data.get("esmtp", True)),
+            authenticated=bool(data.get("authenticated", False)),
             # Absent from records written before RFC 8689 support.
             requiretls=bool(data.get("requiretls", False)),
             tls_required_no=bool(data.get("tls_required_no", False)),
@@ -203,6 +210,8 @@ class QueuedMessage:
             peer=envelope.peer,
             listener=envelope.listener,
             tls=tls,
+            esmtp=envelope.esmtp,
+            authenticated=envelope.authenticated,
             requiretls=requiretls,
         )
 
