@@ -493,3 +493,25 @@ async def test_nameservers_answer_every_lookup() -> None:
     finally:
         zone.stop()
     assert ("example.test", "MX") in zone.queries and ("_25._tcp.mx1.example.test", "52") in zone.queries
+
+
+@pytest_twisted.ensureDeferred
+async def test_lookups_do_not_depend_on_a_random_port_being_free(monkeypatch: pytest.MonkeyPatch) -> None:
+    """twisted.names picks each query's source port at random and retries when it is taken, leaking
+    a socket per failure; our client lets the kernel choose, so a taken port costs nothing."""
+    import socket
+
+    from dns_lab import start_dns
+    from twisted.internet import reactor
+    from twisted.names import dns as names_dns
+
+    taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    taken.bind(("0.0.0.0", 0))
+    monkeypatch.setattr(names_dns, "randomSource", lambda: taken.getsockname()[1])  # every pick collides
+    zone = start_dns("example.test", {"mx1.example.test": [dns.Record_A("127.0.0.9", ttl=60)]})
+    try:
+        resolver = Resolver({}, nameservers=[("127.0.0.1", zone.port)], reactor=reactor)
+        assert await resolver.addresses("mx1.example.test") == ["127.0.0.9"]
+    finally:
+        zone.stop()
+        taken.close()

@@ -7,8 +7,12 @@ second half of the test would fail the same way.
 
 from __future__ import annotations
 
+import gc
+import socket
+import warnings
 from typing import Any
 
+import pytest
 from inbound_harness import Session, runtime
 from twisted.internet.defer import succeed
 from twisted.mail import smtp
@@ -172,3 +176,23 @@ def test_unknown_mail_parameter_ignored() -> None:
     ours = _ours()
     ours.ehlo()
     assert ours.codes(b"MAIL FROM:<a@b.test> FOO=BAR\r\n") == [555]
+
+
+def test_udp_port_leaks_its_socket_when_bind_fails() -> None:
+    """A UDP port whose bind fails raises CannotListenError and drops its socket unclosed (closed
+    only by the garbage collector, with a ResourceWarning). twisted.names' client binds random
+    ports and retries on failure, so tlsmta's resolver lets the kernel choose (discovery._resolver)."""
+
+    from twisted.internet import error, protocol, reactor
+
+    taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    taken.bind(("127.0.0.1", 0))
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with pytest.raises(error.CannotListenError):
+                reactor.listenUDP(taken.getsockname()[1], protocol.DatagramProtocol(), interface="127.0.0.1")
+            gc.collect()
+    finally:
+        taken.close()
+    assert any(issubclass(w.category, ResourceWarning) and "unclosed <socket.socket" in str(w.message) for w in caught)

@@ -154,7 +154,7 @@ class Resolver:
         if self._backend is None:
             from twisted.names import cache, client, resolve
 
-            extra = {} if self._reactor is None else {"reactor": self._reactor}
+            extra = {"reactor": _KernelChosenPorts(self._reactor or installed_reactor())}
             if self._nameservers is None:
                 self._backend = client.createResolver()  # /etc/resolv.conf and /etc/hosts
             else:
@@ -312,6 +312,26 @@ class Resolver:
             lambda r: [b"".join(p.data).decode("utf-8", "replace") for p in _names(r[0], dns.TXT)],
             lambda f: _classify(f, f"TXT lookup for {name}"),
         )
+
+
+class _KernelChosenPorts:
+    """The reactor as twisted.names' client sees it, with one change: each query's UDP
+    socket binds port 0, so the kernel picks a free port (at random: Linux randomises
+    ephemeral ports, which is what source-port randomisation needs).
+
+    The stock client picks random ports itself and retries when one is taken, and
+    Twisted's UDP port leaks the socket of every failed bind (shown in
+    tests/test_stock_twisted_faults.py); the leaked sockets are closed only by the
+    garbage collector, with a ResourceWarning."""
+
+    def __init__(self, reactor: Any):
+        self._reactor = reactor
+
+    def listenUDP(self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192) -> Any:
+        return self._reactor.listenUDP(0, protocol, interface, maxPacketSize)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
 
 
 def _authentic(response: Any) -> bool:
