@@ -2,8 +2,8 @@
 
 Every error tlsmta raises on purpose derives from :class:`TlsmtaError`, so a
 caller can tell ours from a bug. Errors that stand for an SMTP answer derive
-from :class:`tlsmta.smtp.reply.SMTPError` and carry it as a
-:class:`~tlsmta.smtp.reply.Reply`.
+from :class:`tlsmta.smtp._reply.SMTPError` and carry it as a
+:class:`~tlsmta.smtp._reply.Reply`.
 
 Nothing here imports anything: every part may use it.
 """

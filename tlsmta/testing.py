@@ -286,7 +286,7 @@ class Relay:
             msg = relay.wait_for(to="bob@example.org", timeout=5)
             assert "Welcome" in msg["Subject"]
 
-    ``tls_lab``: serve a bad TLS peer (see :mod:`tlsmta.devrelay.tlslab`);
+    ``tls_lab``: serve a bad TLS peer (see :mod:`tlsmta.devrelay._tlslab`);
     ``tls=False``: no STARTTLS; ``http=True``: also serve the web page and
     API (``http_port``).
     """

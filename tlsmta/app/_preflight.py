@@ -3,7 +3,7 @@
 :mod:`tlsmta.config` is data and syntax; whether OpenSSL takes a cipher
 string, a CA file holds certificates, a key matches its certificate, a hook
 imports or a users file parses is asked here, through the loader's
-:class:`~tlsmta.config.loader.Environment`, so every problem still names its
+:class:`~tlsmta.config._loader.Environment`, so every problem still names its
 file, table and key in file order.  Everything that starts tlsmta or checks
 its configuration loads through :func:`check` (or :func:`load`, its
 configuration alone); command-line overrides go in as keys of the file.
@@ -39,7 +39,7 @@ def _unless_openssl_takes(setter: str, text: str, what: str) -> str | None:
 
 
 class HostEnvironment:
-    """:class:`~tlsmta.config.loader.Environment` on this machine's OpenSSL and files.
+    """:class:`~tlsmta.config._loader.Environment` on this machine's OpenSSL and files.
 
     One per load: it keeps the users files it read (``users``), so whoever
     runs the configuration uses what was checked instead of reading them again.
@@ -96,17 +96,17 @@ class Checked:
 
 
 def check(path: str, overrides: Overrides | None = None) -> Checked:
-    """:func:`tlsmta.config.loader.load` with this machine's checks, keeping the users files read."""
+    """:func:`tlsmta.config._loader.load` with this machine's checks, keeping the users files read."""
     environment = HostEnvironment()
     config = load_config(path, environment, overrides)
     return Checked(config, environment.users)
 
 
 def load(path: str, overrides: Overrides | None = None) -> Config:
-    """:func:`tlsmta.config.loader.load` with this machine's checks."""
+    """:func:`tlsmta.config._loader.load` with this machine's checks."""
     return check(path, overrides).config
 
 
 def from_dict(raw: Mapping[str, Any], path: str = "<config>") -> Config:
-    """:func:`tlsmta.config.loader.from_dict` with this machine's checks."""
+    """:func:`tlsmta.config._loader.from_dict` with this machine's checks."""
     return config_from_dict(raw, path, HostEnvironment())

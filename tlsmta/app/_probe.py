@@ -8,8 +8,8 @@ judges each MX under the effective (strictest applicable) requirement.
 Connects like a delivery would (MX order, the addresses delivery tries,
 SNI = MX name, the configured trust anchors, delivery's client session),
 completes one handshake per MX while recording every chain error, then asks
-:func:`tlsmta.tls.policy.decide` for the verdict under each mode.  What
-would happen is :func:`tlsmta.delivery.decisions.session_outcome`, the
+:func:`tlsmta.tls._policy.decide` for the verdict under each mode.  What
+would happen is :func:`tlsmta.delivery._decisions.session_outcome`, the
 steps delivery takes.  Nothing is sent: the session ends with QUIT after STARTTLS.
 """
 

@@ -202,7 +202,7 @@ class Environment(Protocol):
 
     Each returns why the value cannot be used, or None.  The loader asks them
     where the option is validated, so their problems stand in file order
-    beside the syntax ones; ``tlsmta.app.preflight`` has the real checks.
+    beside the syntax ones; ``tlsmta.app._preflight`` has the real checks.
     """
 
     def ca_file(self, path: str) -> str | None:

@@ -1,6 +1,6 @@
 """The values of the ``tls`` options: outbound (global and delivery scopes) and per listener.
 
-Configuration values, so here where the loader makes them; ``tlsmta.tls.policy``
+Configuration values, so here where the loader makes them; ``tlsmta.tls._policy``
 decides with them.  Each is a ``StrEnum``: logs, ``tlsmta policy`` and JSON show
 the word from the file.
 """

@@ -6,8 +6,8 @@ shown in tests/test_client_codec.py and tests/test_outbound_protocol.py
 identity; every protocol decision is :class:`tlsmta.smtp.client_session.ClientSession`'s.
 The shell feeds it the server's bytes, writes what it says, starts TLS when
 it says so (after it dropped what followed the 220: STARTTLS response
-injection), owns the timeouts and offers :mod:`tlsmta.delivery.pool` and
-:mod:`tlsmta.app.probe` one awaitable per step:
+injection), owns the timeouts and offers :mod:`tlsmta.delivery._pool` and
+:mod:`tlsmta.app._probe` one awaitable per step:
 
 - :meth:`OutboundSMTP.greeting`: banner and EHLO (or HELO);
 - :meth:`starttls`: STARTTLS, the handshake and the EHLO inside TLS;

@@ -82,7 +82,7 @@ def session_outcome(
     """What a session to one MX comes to, given what the server showed: a failure (under ``req``),
     PLAIN (deliver without TLS) or STARTTLS (deliver over TLS).  ``refused`` is a non-220 answer to
     STARTTLS, ``handshake_error`` a handshake that did not complete, ``verdict`` the certificate
-    verdict once it did.  Delivery takes these steps one at a time in :mod:`tlsmta.delivery.pool`."""
+    verdict once it did.  Delivery takes these steps one at a time in :mod:`tlsmta.delivery._pool`."""
     if req.unusable is not None:
         return req.unusable
     step = starttls_decision(req.tls, starttls_offered)

@@ -11,7 +11,7 @@ TLS policy is applied per session (docs/architecture.md, TLS decisions):
 - ``ifavailable`` falls back to plain text after a failed handshake (a new
   connection) or a 454 (same connection) when ``tls_ifavailable_fallback``,
   but never after a certificate that failed ``ca``/``host``;
-- the certificate verdict comes from :mod:`tlsmta.tls.policy`.
+- the certificate verdict comes from :mod:`tlsmta.tls._policy`.
 
 Every job produces one ``delivery`` log event with its TLS facts.
 """

@@ -4,7 +4,7 @@ Used from a thread by the web API and directly by :mod:`tlsmta.testing`.
 A message's id is its Maildir file name (without the ``:2,`` info suffix);
 ids are only ever matched against names found in the directory, so an id
 from a request never becomes a path.  Its facts of receipt are the record
-stored beside it (:mod:`tlsmta.storage.receipts`), which goes with it.
+stored beside it (:mod:`tlsmta.storage._receipts`), which goes with it.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 The envelope is read from the stored file itself: the ``Return-Path:`` and
 ``Delivered-To:`` lines the Maildir delivery adds (only the leading block it
 writes, see :func:`local_envelope`).  The facts of receipt (HELO, peer, TLS)
-are the record stored beside the message (:mod:`tlsmta.storage.receipts`),
+are the record stored beside the message (:mod:`tlsmta.storage._receipts`),
 written in the same durable write; a message without one shows them as
 unknown.
 """
@@ -71,7 +71,7 @@ def _instant(text: Any) -> datetime.datetime | None:
 
 
 def receipt_of(record: Mapping[str, Any] | None) -> Receipt:
-    """The facts in a stored receipt (:func:`tlsmta.storage.receipts.receipt_record`);
+    """The facts in a stored receipt (:func:`tlsmta.storage._receipts.receipt_record`);
     all unknown without one."""
     if record is None:
         return Receipt()
@@ -108,7 +108,7 @@ class LocalEnvelope:
 
 
 def local_envelope(data: bytes) -> LocalEnvelope:
-    """The ``Return-Path:`` / ``Delivered-To:`` lines :func:`tlsmta.storage.maildir.local_headers`
+    """The ``Return-Path:`` / ``Delivered-To:`` lines :func:`tlsmta.storage._maildir.local_headers`
     wrote at the top of the file, read as raw bytes.
 
     Only that leading block counts: it ends at the first other line, which is

@@ -20,7 +20,7 @@ Routes (all JSON unless said otherwise):
 ``GET /api/messages/ID/html`` (sandboxed HTML), ``GET /api/messages/ID/parts/N``
 (download), ``GET /api/events`` (Server-Sent Events: ``changed``),
 ``POST /api/messages/ID/release`` (JSON ``{"smarthost": "HOST[:PORT]", "to": [...]}``:
-queued for that smarthost under the configured TLS policy, see :mod:`tlsmta.devrelay.release`),
+queued for that smarthost under the configured TLS policy, see :mod:`tlsmta.devrelay._release`),
 ``GET /api/dev-ca.pem``, ``GET|PUT /api/tls-lab``, and the page at ``/``.
 """
 
@@ -166,7 +166,7 @@ class EventStream:
 
 
 class RelayHost(Protocol):
-    """What the page needs of the running relay (``tlsmta.app.service.TlsmtaService`` is one)."""
+    """What the page needs of the running relay (``tlsmta.app._service.TlsmtaService`` is one)."""
 
     def lab_listeners(self) -> list[LabListener]: ...
 

@@ -1,10 +1,10 @@
 """DANE for SMTP (RFC 7672, RFC 6698, RFC 7218): TLSA records and what they verify.
 
-The lookups go through :class:`tlsmta.discovery.resolver.Resolver` (pinned ``[dns.tlsa]``
+The lookups go through :class:`tlsmta.discovery._resolver.Resolver` (pinned ``[dns.tlsa]``
 answers count as DNSSEC-secure; real answers only with the AD bit).  The
 certificate check, :func:`verify_chain`, is pure: records, the chain the
 peer presented, the reference names and the time in, a
-:class:`tlsmta.tls.policy.Verdict` out.
+:class:`tlsmta.tls._policy.Verdict` out.
 """
 
 from __future__ import annotations

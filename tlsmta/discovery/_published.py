@@ -1,9 +1,9 @@
 """What the recipient side publishes about TLS, looked up for one destination.
 
 For a delivery over MX records: the domain's MTA-STS policy (through
-:class:`tlsmta.discovery.mtasts.STSResolver`), whether its MX RRset is DNSSEC-secure,
-and the TLSA records of each MX host (:mod:`tlsmta.discovery.dane`).  Turning these
-facts into a requirement is :func:`tlsmta.tls.policy.effective_requirement`'s
+:class:`tlsmta.discovery._mtasts.STSResolver`), whether its MX RRset is DNSSEC-secure,
+and the TLSA records of each MX host (:mod:`tlsmta.discovery._dane`).  Turning these
+facts into a requirement is :func:`tlsmta.tls._policy.effective_requirement`'s
 job; this module only gathers them.
 
 A lab that pins a domain's MX in ``[dns.mx]`` has no signed zone for it:

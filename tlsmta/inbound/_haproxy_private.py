@@ -3,7 +3,7 @@
 Twisted's only public haproxy API is ``proxyEndpoint``, which wraps an
 endpoint in the stock ``HAProxyWrappingFactory``: it believes any client and
 starts the wrapped protocol before the header arrives (see
-:mod:`tlsmta.inbound.proxyheader`), so it cannot be used.  The wrapper tlsmta
+:mod:`tlsmta.inbound._proxyheader`), so it cannot be used.  The wrapper tlsmta
 needs is built on the public ``twisted.protocols.policies.ProtocolWrapper``;
 only the parsing of the header (v1 text, v2 binary) is Twisted's, reached
 here and nowhere else (``tests/test_private_apis.py`` checks both).

@@ -12,7 +12,7 @@ this shell, and proved by tests:
 - DATA ends only at CRLF.CRLF; bare CR/LF, over-long lines and a first
   line starting with SP/HTAB (it would fold into our Received: header)
   reject the message at the end of DATA without leaving DATA mode or
-  buffering lines (:mod:`tlsmta.smtp.data`);
+  buffering lines (:mod:`tlsmta.smtp._data`);
 - an over-long command line is 500 and the session goes on;
 - EHLO advertises what is implemented, and MAIL parameters are enforced
   (REQUIRETLS, RFC 8689, only inside TLS);

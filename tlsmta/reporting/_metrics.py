@@ -1,6 +1,6 @@
 """Prometheus metrics, derived from the structured events tlsmta emits.
 
-Metrics are fed by the same events the log carries (see :mod:`tlsmta.reporting.events`),
+Metrics are fed by the same events the log carries (see :mod:`tlsmta.reporting._events`),
 so the numbers and the log lines cannot disagree, and no module counts
 anything itself.  Queue gauges are read from the queue at scrape time.
 Served by twisted.web on the opt-in ``[metrics] endpoint``.

@@ -94,7 +94,7 @@ class LocalSink:
     """Accepts mail for ``maildir:`` and ``discard`` routes.
 
     ``keeps_receipts(path)``: whether messages received into that Maildir get
-    their facts of receipt beside them (:mod:`tlsmta.storage.receipts`); the
+    their facts of receipt beside them (:mod:`tlsmta.storage._receipts`); the
     dev relay's captured mail does, a user's mailbox does not.
     """
 

@@ -8,8 +8,8 @@ has to be read back out of a ``Received:`` header.
 A receipt lives in ``MAILDIR/tlsmta-receipts/NAME.json``, NAME being the
 message's Maildir file name (without its ``:2,`` info).  The directory has
 no leading dot, so Maildir++ readers do not take it for a folder.  It is a
-:class:`~tlsmta.storage.filewriter.FileTarget` of the same
-:class:`~tlsmta.storage.filewriter.StreamingWriter` as the message: written
+:class:`~tlsmta.storage._filewriter.FileTarget` of the same
+:class:`~tlsmta.storage._filewriter.StreamingWriter` as the message: written
 in ``tmp/``, fsynced, renamed into place before the message itself is, and
 its directory fsynced before the client gets 250.
 """

@@ -1,6 +1,6 @@
 """pyOpenSSL plumbing: contexts, per-connection verify callbacks, name facts.
 
-Decisions are not made here; :mod:`tlsmta.tls.policy` makes them.  This module
+Decisions are not made here; :mod:`tlsmta.tls._policy` makes them.  This module
 turns OpenSSL's callback stream into a :class:`policy.ChainResult`, calls the
 verify hooks, and fails closed when anything inside a callback raises.
 """

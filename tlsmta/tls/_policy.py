@@ -2,7 +2,7 @@
 
 Given the ``tls_verify`` mode, what chain verification found, the names a
 certificate presents and the names wanted, :func:`decide` returns a
-:class:`Verdict`.  Everything the verify callbacks in :mod:`tlsmta.tls.contexts`
+:class:`Verdict`.  Everything the verify callbacks in :mod:`tlsmta.tls._contexts`
 conclude is concluded here, so it is tested exhaustively without sockets.
 """
 

@@ -1,6 +1,6 @@
 """RFC 8460 (TLS-RPT) vocabulary: the 4.3 result types and 4.4 policy types.
 
-Pure names, so the TLS verdicts (:mod:`tlsmta.tls.policy`) can say which
+Pure names, so the TLS verdicts (:mod:`tlsmta.tls._policy`) can say which
 result a session had without loading the report store.
 """
 
