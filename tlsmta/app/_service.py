@@ -38,7 +38,7 @@ from tlsmta.discovery import PolicyFetcher, Resolver, STSCache, STSResolver, can
 from tlsmta.inbound import AuthFileError, InboundFactory, Intake, ListenerRuntime, UserDB, listen_smtp
 from tlsmta.network import IServiceReactor, PortService
 from tlsmta.reporting import EventBus, Metrics, TLSRPTService, metrics_site
-from tlsmta.storage import DiskIO, LocalSink, MessageSink, QueuedMessage, Spool
+from tlsmta.storage import DirectoryLock, DiskIO, LocalSink, MessageSink, QueuedMessage, Spool
 from tlsmta.tls import HookError, Hooks, KeyPairError, ServerTLS, load_hooks, server_context
 
 log = Logger(namespace="tlsmta.service")
@@ -242,6 +242,7 @@ class TlsmtaService(MultiService):
         self.config = config
         self.reactor = reactor
         self.events = EventBus()  # this service's log events and their sinks
+        self.directory_locks: list[DirectoryLock] = []  # the spool's and state_dir's (twistd takes them)
         self.resolver = Resolver(config.dns, dns_backend, nameservers=config.dns_nameservers, reactor=reactor)
         self.hostname = effective_hostname(config)
         self.disk = DiskIO(reactor)

@@ -17,6 +17,7 @@ from tlsmta.app import _preflight as preflight
 from tlsmta.config import Config, ConfigError, Overrides
 from tlsmta.devrelay import LAB_MODES
 from tlsmta.network import IServiceReactor, installed_reactor
+from tlsmta.storage import DirectoryInUse, DirectoryLock
 
 if TYPE_CHECKING:
     from tlsmta.app._service import TlsmtaService
@@ -120,9 +121,31 @@ def makeService(options: Options) -> IService:
         # twistd prints a traceback for exceptions; an operator wants the problems.
         sys.stderr.write(f"tlsmta: configuration refused:\n{e}\n")
         raise SystemExit(EX_CONFIG)
+    locks = lock_directories(checked.config)
     service = TlsmtaService(checked.config, reactor, read_config=read, users=checked.users)
+    service.directory_locks = locks  # held for the life of the process
+    for lock in locks:
+        reactor.callWhenRunning(lock.write_pid)  # the PID after twistd's fork
     reactor.callWhenRunning(install_signal_handlers, reactor, service)
     return service
+
+
+def lock_directories(config: Config) -> list[DirectoryLock]:
+    """Lock the spool and the state directory before anything touches them: a second
+    instance on the same configuration exits 78 naming the process that has them."""
+    locks: list[DirectoryLock] = []
+    for table, key, directory in (("spool", "path", config.spool["path"]), ("global", "state_dir", config.state_dir)):
+        if any(os.path.samefile(lock.directory, directory) for lock in locks if os.path.exists(directory)):
+            continue
+        try:
+            locks.append(DirectoryLock.acquire(directory))
+        except DirectoryInUse as e:
+            sys.stderr.write(f"tlsmta: {config.path}: [{table}] {key}: {e}; not starting\n")
+            raise SystemExit(EX_CONFIG) from None
+        except OSError as e:
+            sys.stderr.write(f"tlsmta: {config.path}: [{table}] {key}: cannot use {directory}: {e.strerror}\n")
+            raise SystemExit(EX_CONFIG) from None
+    return locks
 
 
 def install_signal_handlers(reactor: IServiceReactor, service: TlsmtaService) -> None:

@@ -25,11 +25,14 @@ from tlsmta.storage._interfaces import (
     StoreError,
     Throttle,
 )
+from tlsmta.storage._lock import DirectoryInUse, DirectoryLock
 from tlsmta.storage._maildir import LocalSink, crlf_to_lf, ensure_maildir
 from tlsmta.storage._receipts import queued_receipt_record, read_receipt, receipt_path
 from tlsmta.storage._spool import BOUNCED, DELIVERED, PENDING, QueuedMessage, RecipientState, Spool
 
 __all__ = [
+    "DirectoryInUse",
+    "DirectoryLock",
     "queued_receipt_record",
     "BOUNCED",
     "crlf_to_lf",
