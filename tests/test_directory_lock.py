@@ -56,3 +56,20 @@ def test_a_spool_that_cannot_be_created_exits_78_naming_the_key(tmp_path: Any) -
     assert result.returncode == 78, result.stdout + result.stderr
     assert f"{config}: [spool] path: cannot use {blocker}/spool" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_a_spool_that_is_the_state_dir_is_locked_once(tmp_path: Any) -> None:
+    from tlsmta.app.tap import lock_directories
+    from tlsmta.testing import build_config, dev_listener
+
+    state = str(tmp_path / "state")
+    config = build_config({"global": {"hostname": "mx.test", "state_dir": state, "route": "discard"},
+                           "listener": [dev_listener()], "spool": {"path": state + "/"}})
+    locks = lock_directories(config)
+    try:
+        assert len(locks) == 1 and os.path.realpath(locks[0].directory) == os.path.realpath(state)
+        with pytest.raises(DirectoryInUse):
+            DirectoryLock.acquire(state)
+    finally:
+        for lock in locks:
+            lock.release()

@@ -135,8 +135,8 @@ def lock_directories(config: Config) -> list[DirectoryLock]:
     instance on the same configuration exits 78 naming the process that has them."""
     locks: list[DirectoryLock] = []
     for table, key, directory in (("spool", "path", config.spool["path"]), ("global", "state_dir", config.state_dir)):
-        if any(os.path.samefile(lock.directory, directory) for lock in locks if os.path.exists(directory)):
-            continue
+        if any(os.path.realpath(lock.directory) == os.path.realpath(directory) for lock in locks):
+            continue  # the spool is the state_dir itself: one lock (a second flock would refuse our own)
         try:
             locks.append(DirectoryLock.acquire(directory))
         except DirectoryInUse as e:

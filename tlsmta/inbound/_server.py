@@ -300,10 +300,6 @@ class InboundSMTP(smtp.ESMTP):
         if self.session.pending is None and not self._replies_blocked:
             self._resume("backlog")
 
-    def _continue(self) -> None:
-        """Resume work on buffered input (after the client read our replies)."""
-        self._pump()
-
     def _pause(self, reason: str) -> None:
         if not self._paused_for:
             self.transport.pauseProducing()
@@ -609,7 +605,7 @@ class _ReplyBackpressure:
 
     def resumeProducing(self) -> None:
         self.session._replies_blocked = False
-        self.session._continue()
+        self.session._pump()  # the input that waited meanwhile
 
     def stopProducing(self) -> None:
         pass

@@ -123,11 +123,16 @@ class LocalSink:
 
     def open(self, envelope: Envelope, throttle: Throttle = NO_THROTTLE) -> StreamingWriter:
         files = self.maildir_files(envelope.sender, [(r.address, r.route) for r in envelope.recipients])
-        return StreamingWriter(self.disk, self.with_receipts(files, receipt_record(envelope)), throttle, transform=crlf_to_lf)
+        return StreamingWriter(self.disk, self.with_receipts(files, lambda: receipt_record(envelope)), throttle,
+                               transform=crlf_to_lf)
 
-    def with_receipts(self, files: Sequence[MaildirFile], record: Mapping[str, Any]) -> list[FileTarget]:
+    def with_receipts(self, files: Sequence[MaildirFile], record: Callable[[], Mapping[str, Any]]) -> list[FileTarget]:
         """``files`` and, first, the receipt of each that lands in a Maildir keeping receipts:
-        each receipt is in place before its message becomes visible in new/."""
-        receipts: list[FileTarget] = [ReceiptFile(f.maildir, f.name, record, self._prepare)
-                                      for f in files if self.keeps_receipts(f.maildir)]
+        each receipt is in place before its message becomes visible in new/. ``record`` is
+        made only when one does (an operator's Maildir keeps none)."""
+        keeping = [f for f in files if self.keeps_receipts(f.maildir)]
+        if not keeping:
+            return list(files)
+        facts = record()
+        receipts: list[FileTarget] = [ReceiptFile(f.maildir, f.name, facts, self._prepare) for f in keeping]
         return [*receipts, *files]
