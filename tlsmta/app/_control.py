@@ -94,7 +94,8 @@ class ControlFactory(Factory):
     protocol = ControlProtocol
     noisy = False
 
-    def __init__(self, queue: Queue, reload: Callable[[], list[str]]):
+    def __init__(self, queue: Queue, reload: Callable[[], list[str]], running: Callable[[], dict[str, Any]] | None = None):
+        """``running``: what the daemon listens on and its start-time settings (``check-config --against-running``)."""
         self.queue = queue
         self.commands: dict[str, Callable[..., Awaitable[Any]]] = {
             "queue.list": self.queue_list,
@@ -106,6 +107,8 @@ class ControlFactory(Factory):
             "status": self.status,
         }
         self._reload = reload
+        if running is not None:
+            self.commands["running"] = self._running(running)
 
     async def queue_list(self, domain: str | None = None) -> list[dict[str, Any]]:
         messages = sorted(self.queue.messages.values(), key=lambda m: m.received_at)
@@ -137,6 +140,13 @@ class ControlFactory(Factory):
 
     async def reload(self) -> list[str]:
         return self._reload()
+
+    @staticmethod
+    def _running(running: Callable[[], dict[str, Any]]) -> Callable[[], Awaitable[dict[str, Any]]]:
+        async def command() -> dict[str, Any]:
+            return running()
+
+        return command
 
     async def status(self) -> dict[str, Any]:
         size, oldest = self.queue.stats()

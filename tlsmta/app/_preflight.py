@@ -2,7 +2,7 @@
 
 :mod:`tlsmta.config` is data and syntax; whether OpenSSL takes a cipher
 string, a CA file holds certificates, a key matches its certificate, a hook
-imports or a users file parses is asked here, through the loader's
+imports, a users file or an endpoint string parses is asked here, through the loader's
 :class:`~tlsmta.config._loader.Environment`, so every problem still names its
 file, table and key in file order.  Everything that starts tlsmta or checks
 its configuration loads through :func:`check` (or :func:`load`, its
@@ -18,6 +18,7 @@ from typing import Any
 import attrs
 from OpenSSL import SSL
 
+from tlsmta.app._endpoints import endpoint_problem
 from tlsmta.config import Config, Overrides
 from tlsmta.config import from_dict as config_from_dict
 from tlsmta.config import load as load_config
@@ -78,6 +79,9 @@ class HostEnvironment:
         except KeyPairError as e:
             return e.key, str(e)
         return None
+
+    def endpoint(self, text: str) -> str | None:
+        return endpoint_problem(text)
 
     def users_file(self, path: str) -> str | None:
         try:

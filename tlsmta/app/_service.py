@@ -7,6 +7,7 @@ import ipaddress
 import os
 import socket
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import attrs
@@ -22,6 +23,8 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from tlsmta.app import _preflight as preflight
 from tlsmta.app._control import ControlFactory, prepare_socket_path
+from tlsmta.app._endpoints import CannotListen, naming
+from tlsmta.app._reload_plan import Running, fixed_settings, keeping_fixed, plan, running_of, web_settings
 from tlsmta.config import Config, ConfigError, ListenerConfig, ListenerTLS, resolve
 from tlsmta.delivery import Deliverer, OutboundPool, Queue
 from tlsmta.devrelay import (
@@ -131,7 +134,7 @@ class ListenerService(PortService):
         self.factory = factory  # what listens: the inbound factory, maybe TLS-wrapped
         self.inbound = inbound
         self.ready: Deferred[IListeningPort] = Deferred()
-        self.setName(listener.name)
+        # No service name: a reload listens with the new service before the old one stops.
 
     def startService(self) -> None:
         super().startService()
@@ -149,7 +152,8 @@ class ListenerService(PortService):
             name=self.listener.name,
             tls=self.listener.tls,
         )
-        self.ready.callback(port)
+        if not self.ready.called:  # listening again after a reload could not move it
+            self.ready.callback(port)
 
 
 class DiskService(Service):
@@ -220,7 +224,8 @@ class MetricsService(PortService):
 
     def listening(self, port: IListeningPort) -> None:
         super().listening(port)
-        self.ready.callback(port)
+        if not self.ready.called:
+            self.ready.callback(port)
 
     def stopService(self) -> Deferred[None] | None:
         self.events.remove_sink(self.metrics.handle)
@@ -271,26 +276,28 @@ class TlsmtaService(MultiService):
         QueueService(self.spool, self.queue).setServiceParent(self)
         self.sink: MessageSink = Intake(local, self.spool, self.queue.add)
         self.listeners: dict[str, ListenerService] = {}
+        self.draining: list[InboundFactory] = []  # listeners a reload removed, whose sessions go on
         for listener in config.listeners:
-            factory = InboundFactory(self._runtime(listener, config, self.hooks, users or {}))
-            wrapped: Any = factory
-            if listener.tls is ListenerTLS.IMPLICIT:
-                assert factory.runtime.tls is not None
-                wrapped = TLSMemoryBIOFactory(factory.runtime.tls, False, factory)
-            service = ListenerService(reactor, listener, wrapped, factory)
+            tls = listener_tls(listener, config, self.hostname, self.hooks)
+            service = self._listener_service(listener, self._runtime(listener, config, self.hooks, users or {}, tls))
             service.setServiceParent(self)
             self.listeners[listener.name] = service
+        self.prometheus_metrics = Metrics(self.queue.gauges)
         self.metrics: MetricsService | None = None
         if config.metrics["endpoint"]:
-            self.metrics = MetricsService(reactor, config.metrics["endpoint"], Metrics(self.queue.gauges), self.events)
+            self.metrics = MetricsService(reactor, config.metrics["endpoint"], self.prometheus_metrics, self.events)
             self.metrics.setServiceParent(self)
         self.web: Any = None
+        self.web_settings = web_settings(config)  # what the running web page was built from
+        self._web_config = config
         if config.http["endpoint"]:
-            from tlsmta.devrelay import web_service
-
-            self.web = web_service(reactor, config, self, self.disk.run)
+            self.web = self._web_service(config)
             self.web.setServiceParent(self)
-        self.control = ControlService(reactor, config.control["socket"], ControlFactory(self.queue, self.reload))
+        self._reloads: Deferred[None] = Deferred()  # reloads adopt one after the other
+        self._reloads.callback(None)
+        self.control = ControlService(
+            reactor, config.control["socket"], ControlFactory(self.queue, self.reload, running=lambda: self.what_runs().to_json())
+        )
         self.control.setServiceParent(self)
         self.tlsrpt = TLSRPTService(self)
         self.tlsrpt.setServiceParent(self)
@@ -337,8 +344,9 @@ class TlsmtaService(MultiService):
                 return True
         return False
 
-    def _runtime(self, listener: ListenerConfig, config: Config, hooks: Hooks, users: Mapping[str, UserDB]) -> ListenerRuntime:
-        server_tls = listener_tls(listener, config, self.hostname, hooks)
+    def _runtime(
+        self, listener: ListenerConfig, config: Config, hooks: Hooks, users: Mapping[str, UserDB], server_tls: ServerTLS | None
+    ) -> ListenerRuntime:
         return ListenerRuntime(
             listener=listener,
             config=config,
@@ -352,6 +360,58 @@ class TlsmtaService(MultiService):
             events=self.events,
         )
 
+    def _listener_service(self, listener: ListenerConfig, runtime: ListenerRuntime) -> ListenerService:
+        factory = InboundFactory(runtime)
+        wrapped: Any = factory
+        if listener.tls is ListenerTLS.IMPLICIT:
+            assert runtime.tls is not None
+            wrapped = TLSMemoryBIOFactory(runtime.tls, False, factory)
+        return ListenerService(self.reactor, listener, wrapped, factory)
+
+    def _web_service(self, config: Config) -> Any:
+        from tlsmta.devrelay import web_service
+
+        return web_service(self.reactor, config, self, self.disk.run)
+
+    # -- start: a socket that cannot listen names its table and key ------------------------
+
+    def _naming(self, service: Any, web: bool = False) -> AbstractContextManager[None]:
+        """Where a child's listening socket is configured, for the error when it cannot listen."""
+        path = self.config.path
+        if isinstance(service, ListenerService):
+            return naming(path, f'listener."{service.listener.name}"', "endpoint", service.listener.endpoint)
+        if isinstance(service, MetricsService):
+            return naming(path, "metrics", "endpoint", service.endpoint)
+        if isinstance(service, ControlService):
+            return naming(path, "control", "socket", service.path)
+        if web:
+            return naming(path, "http", "endpoint", service.endpoint)
+        return nullcontext()
+
+    def startService(self) -> None:
+        """MultiService's start, each socket named in its error; what started stops again on one."""
+        Service.startService(self)
+        started: list[Any] = []
+        try:
+            for service in self:
+                started.append(service)
+                with self._naming(service, web=service is self.web):
+                    service.startService()
+        except CannotListen:
+            for service in reversed(started):
+                service.stopService()  # the disk thread and the queue's timers; ports close with the process
+            self.running = 0
+            raise
+
+    def what_runs(self) -> Running:
+        """What this daemon listens on and the settings fixed at its start (the control socket's ``running``)."""
+        return Running(
+            listeners={name: (item.listener.endpoint, str(item.listener.tls)) for name, item in self.listeners.items()},
+            metrics=self.metrics.endpoint if self.metrics is not None else None,
+            web=self.web_settings,
+            fixed=fixed_settings(self.config),
+        )
+
     # -- SIGHUP -------------------------------------------------------------------------
 
     def reload(self) -> list[str]:
@@ -361,30 +421,60 @@ class TlsmtaService(MultiService):
         keep theirs.  A configuration that does not validate, or a
         certificate that does not load, is refused as a whole: the running
         one stays.  Returns the problems (empty when the reload took).
+
+        Listeners added, removed or moved and a moved ``[metrics]`` or
+        ``[http]`` endpoint are applied (one after the other, reload after
+        reload); what only a restart changes keeps its running value, and the
+        ``reload`` event says ``result=partial`` with ``restart required: ...``.
         """
         try:
             checked = self.read_config(self.config.path)
             new = checked.config
             hooks = load_hooks(new.hooks)
-            prepared = {}
-            for listener in new.listeners:
-                current = self.listeners.get(listener.name)
-                if current is None or current.listener.endpoint != listener.endpoint or current.listener.tls != listener.tls:
-                    log.warn("listener {name}: new or changed endpoint/tls needs a restart; not applied", name=listener.name)
-                    continue
-                prepared[listener.name] = listener_tls(listener, new, self.hostname, hooks), listener
+            tls = {listener.name: listener_tls(listener, new, self.hostname, hooks) for listener in new.listeners}
         except ConfigError as e:
             problems = [str(p) for p in e.problems]
         except (HookError, KeyPairError, SSL.Error, OSError, AuthFileError) as e:
             problems = [f"{self.config.path}: {e}"]
         else:
-            self._apply(new, hooks, prepared, checked.users)
-            self.events.emit("reload", result="ok", config=new.path)
+            self._reloads.addCallback(lambda _: ensureDeferred(self._adopt(new, hooks, tls, checked.users)))
+            self._reloads.addErrback(lambda f: log.failure("applying the reloaded configuration failed", f))
             return []
         for problem in problems:
             log.error("reload refused, keeping the running configuration: {problem}", problem=problem)
         self.events.emit("reload", result="refused", config=self.config.path, problems=len(problems))
         return problems
+
+    async def _adopt(self, new: Config, hooks: Hooks, tls: Mapping[str, ServerTLS | None], users: Mapping[str, UserDB]) -> None:
+        """Take ``new``: settings at once, then the sockets that change; log one ``reload`` event."""
+        running, wanted = self.what_runs(), running_of(new)
+        changes = plan(running, wanted)
+        new = keeping_fixed(new, self.config)
+        relisten = set(changes.added) | set(changes.changed)
+        kept = {item.name: (tls[item.name], item) for item in new.listeners if item.name not in relisten}
+        self._apply(new, hooks, kept, users)
+        for name in changes.removed:
+            await self._retire(self.listeners.pop(name))
+        failed: list[str | None] = []
+        for listener in new.listeners:
+            if listener.name in relisten:
+                service = self._listener_service(listener, self._runtime(listener, new, hooks, users, tls[listener.name]))
+                failed.append(await self._move_listener(listener, service))
+        if changes.metrics:
+            failed.append(await self._move_metrics(new.metrics["endpoint"]))
+        if changes.web:
+            failed.append(await self._move_web(new))
+        not_applied = [f"restart required: {key}" for key in changes.restart_required]
+        not_applied += [problem for problem in failed if problem]
+        fields: dict[str, Any] = {"result": "partial" if not_applied else "ok", "config": new.path}
+        applied = changes.changes(running, wanted)
+        if applied:
+            fields["changed"] = "; ".join(applied)
+        if not_applied:
+            fields["not_applied"] = "; ".join(not_applied)
+            for line in not_applied:
+                log.warn("reload: {problem}", problem=line)
+        self.events.emit("reload", **fields)
 
     def _apply(self, new: Config, hooks: Hooks, prepared: dict[str, Any], users: Mapping[str, UserDB]) -> None:
         self.config = new
@@ -407,6 +497,74 @@ class TlsmtaService(MultiService):
                 users=_user_db(listener, users),
                 hooks=hooks,
             )
+
+    async def _swap(
+        self, old: PortService | None, new: PortService | None, again: Callable[[], PortService] | None = None, web: bool = False
+    ) -> tuple[PortService | None, str | None]:
+        """Listen with ``new``, then stop ``old`` (its sessions in flight go on).  When ``new``
+        cannot listen while ``old`` holds the address (the same port), ``old`` stops first; if
+        ``new`` still cannot, ``again()`` (a fresh service like ``old``) listens again.
+        Returns the service that listens now and what could not be done."""
+        failed = self._listen(new, web) if new is not None else None
+        if failed is None:
+            await self._retire(old)
+            return new, None
+        if old is None or again is None:
+            return old, failed
+        await self._retire(old)
+        assert new is not None
+        if self._listen(new, web) is None:
+            return new, None
+        back = again()
+        if self._listen(back, web) is not None:
+            return None, f"{failed}; the running one could not listen again: nothing listens there now"
+        return back, f"{failed}; kept the running one"
+
+    def _listen(self, service: PortService, web: bool = False) -> str | None:
+        """Add ``service`` and listen (when running); None, or why it cannot (it is removed then)."""
+        try:
+            with self._naming(service, web):
+                service.setServiceParent(self)
+        except CannotListen as e:
+            service.disownServiceParent()
+            return str(e)
+        return None
+
+    async def _retire(self, old: PortService | None) -> None:
+        """Stop listening with ``old``; a listener's sessions in flight finish (SIGTERM still cuts them)."""
+        if old is None:
+            return
+        if isinstance(old, ListenerService):
+            self.draining = [factory for factory in self.draining if factory.sessions]
+            self.draining.append(old.inbound)
+        if old.parent is not None:
+            await maybeDeferred(old.disownServiceParent)
+
+    async def _move_listener(self, listener: ListenerConfig, service: ListenerService) -> str | None:
+        old = self.listeners.get(listener.name)
+        again = (lambda: ListenerService(self.reactor, old.listener, old.factory, old.inbound)) if old else None
+        now, problem = await self._swap(old, service, again)
+        if isinstance(now, ListenerService):
+            self.listeners[listener.name] = now
+        else:
+            self.listeners.pop(listener.name, None)
+        return problem
+
+    async def _move_metrics(self, endpoint: str | None) -> str | None:
+        old = self.metrics
+        new = MetricsService(self.reactor, endpoint, self.prometheus_metrics, self.events) if endpoint else None
+        again = (lambda: MetricsService(self.reactor, old.endpoint, self.prometheus_metrics, self.events)) if old else None
+        now, problem = await self._swap(old, new, again)
+        self.metrics = now if isinstance(now, MetricsService) else None
+        return problem
+
+    async def _move_web(self, config: Config) -> str | None:
+        old, old_config = self.web, self._web_config
+        new = self._web_service(config) if config.http["endpoint"] else None
+        self.web, problem = await self._swap(old, new, (lambda: self._web_service(old_config)) if old else None, web=True)
+        if self.web is new:
+            self._web_config, self.web_settings = config, web_settings(config)
+        return problem
 
     # -- the dev relay's page (devrelay.webui.RelayHost) ---------------------------------
 
@@ -458,8 +616,8 @@ class TlsmtaService(MultiService):
         deadline = self.reactor.seconds() + grace
         while self._busy() and self.reactor.seconds() < deadline:
             await deferLater(self.reactor, 0.05, lambda: None)
-        for service in self.listeners.values():
-            for session in list(service.inbound.sessions):
+        for factory in self._inbound_factories():
+            for session in list(factory.sessions):
                 session.transport.abortConnection()
         self.pool.abort_all()
         settle = self.reactor.seconds() + 5
@@ -468,4 +626,7 @@ class TlsmtaService(MultiService):
         await super().stopService()
 
     def _busy(self) -> bool:
-        return bool(self.queue.in_flight) or any(service.inbound.sessions for service in self.listeners.values())
+        return bool(self.queue.in_flight) or any(factory.sessions for factory in self._inbound_factories())
+
+    def _inbound_factories(self) -> list[InboundFactory]:
+        return [service.inbound for service in self.listeners.values()] + self.draining

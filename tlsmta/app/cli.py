@@ -75,6 +75,25 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     if config is None:
         return EX_CONFIG
     print(f"{args.file}: ok ({len(config.listeners)} listener(s), {len(config.domains)} domain scope(s))")
+    if args.against_running:
+        return against_running(config, args.socket or config.control["socket"])
+    return EX_OK
+
+
+def against_running(config: Config, socket_path: str) -> int:
+    """What a reload of ``config`` would do to the daemon on ``socket_path``: one line per change."""
+    from tlsmta.app._control import ControlClient, ControlError
+    from tlsmta.app._reload_plan import Running, plan, running_of
+
+    try:
+        running = Running.from_json(ControlClient(socket_path).request("running"))
+    except ControlError as e:
+        return fail("check-config", str(e), EX_UNAVAILABLE)
+    wanted = running_of(config)
+    changes = plan(running, wanted)
+    lines = [f"reload applies: {line}" for line in changes.changes(running, wanted)] + changes.restarts(running, wanted)
+    for line in lines or ["reload applies: no listener, [metrics] or [http] change; settings as in the file"]:
+        out(line)
     return EX_OK
 
 
@@ -516,6 +535,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check-config", help="validate a configuration file")
     p.add_argument("file")
+    p.add_argument("--against-running", action="store_true",
+                   help="also say what a reload would change in the running daemon, and what needs a restart")
+    p.add_argument("--socket", help="the running daemon's control socket (default: the file's [control] socket)")
     p.set_defaults(func=cmd_check_config)
 
     p = sub.add_parser("policy", help="effective outbound options for a domain, with their scopes, in words")

@@ -10,10 +10,11 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 import attrs
-from twisted.application.service import IService
+from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
 from tlsmta.app import _preflight as preflight
+from tlsmta.app._endpoints import CannotListen
 from tlsmta.config import Config, ConfigError, Overrides
 from tlsmta.devrelay import LAB_MODES
 from tlsmta.network import IServiceReactor, installed_reactor
@@ -127,7 +128,22 @@ def makeService(options: Options) -> IService:
     for lock in locks:
         reactor.callWhenRunning(lock.write_pid)  # the PID after twistd's fork
     reactor.callWhenRunning(install_signal_handlers, reactor, service)
-    return service
+    root = ExitOnCannotListen()
+    service.setServiceParent(root)
+    return root
+
+
+class ExitOnCannotListen(MultiService):
+    """What twistd starts: a socket that cannot listen (a port in use, a systemd socket not
+    passed) is one line on stderr and exit 78, as a bad configuration is, not a traceback."""
+
+    def startService(self) -> None:
+        try:
+            super().startService()
+        except CannotListen as e:
+            # twistd sends sys.stderr to the log by now; the operator's terminal is the original.
+            (sys.__stderr__ or sys.stderr).write(f"tlsmta: {e}; not starting\n")
+            raise SystemExit(EX_CONFIG) from None
 
 
 def lock_directories(config: Config) -> list[DirectoryLock]:

@@ -18,6 +18,7 @@ from typing import Any, Protocol, TypeVar
 
 import attrs
 
+from tlsmta.config._endpoints import overlaps, port_problem, tcp_address
 from tlsmta.config._routes import Route, RouteError, parse_route
 from tlsmta.config._tls_modes import ListenerTLS, OutboundTLS
 from tlsmta.errors import TlsmtaError
@@ -221,6 +222,10 @@ class Environment(Protocol):
 
     def users_file(self, path: str) -> str | None: ...
 
+    def endpoint(self, text: str) -> str | None:
+        """A server endpoint string: whether tlsmta could listen with it (not whether the port is free)."""
+        ...
+
 
 class SyntaxOnly:
     """An :class:`Environment` that finds nothing wrong: syntax and data checks only."""
@@ -243,12 +248,24 @@ class SyntaxOnly:
     def users_file(self, path: str) -> str | None:
         return None
 
+    def endpoint(self, text: str) -> str | None:
+        return None
+
 
 SYNTAX_ONLY = SyntaxOnly()
 
 # The dev relay's TLS lab modes (tlsmta.devrelay makes their certificates).
 CERTIFICATE_LAB_MODES = ("good", "expired", "wrong-name", "untrusted", "self-signed")
 LAB_MODES = (*CERTIFICATE_LAB_MODES, "handshake-fail", "no-starttls")
+
+
+def _endpoint(value: Any) -> str:
+    """A server endpoint string; a TCP port is checked here, the rest by the Environment (Twisted's parser)."""
+    text = _str(value)
+    why = port_problem(text)
+    if why is not None:
+        raise ValueError(why)
+    return text
 
 
 def _address(value: Any) -> str:
@@ -313,7 +330,7 @@ HOOK_OPTIONS: dict[str, Option] = {
 
 LISTENER_OPTIONS: dict[str, Option] = {
     "name": Option(_str, None, "used by binding_rule matches and in logs"),
-    "endpoint": Option(_str, None, "Twisted server endpoint string"),
+    "endpoint": Option(_endpoint, None, "Twisted server endpoint string", "endpoint"),
     "tls": Option(_enum_of(ListenerTLS), ListenerTLS.STARTTLS),
     "tls_certificate": Option(_str, None, "PEM certificate chain, or 'auto'"),
     "tls_key": Option(_readable_file, None),
@@ -362,11 +379,13 @@ QUEUE_OPTIONS: dict[str, Option] = {
 }
 
 METRICS_OPTIONS: dict[str, Option] = {
-    "endpoint": Option(_str, None, "Twisted endpoint serving /metrics, e.g. tcp:9125:interface=127.0.0.1"),
+    "endpoint": Option(_endpoint, None, "Twisted endpoint serving /metrics, e.g. tcp:9125:interface=127.0.0.1", "endpoint"),
 }
 
 HTTP_OPTIONS: dict[str, Option] = {
-    "endpoint": Option(_str, None, "Twisted endpoint for the dev relay's web page and JSON API (no auth: loopback only)"),
+    "endpoint": Option(
+        _endpoint, None, "Twisted endpoint for the dev relay's web page and JSON API (no auth: loopback only)", "endpoint"
+    ),
     "maildir": Option(_path, None, "the Maildir the page shows; default: the global maildir: route"),
     "allowed_hosts": Option(_str_list, (), "Host header names accepted besides loopback ones (DNS rebinding guard)"),
 }
@@ -707,6 +726,7 @@ def from_dict(raw: Mapping[str, Any], path: str = "<config>", environment: Envir
     metrics = v.with_defaults(v.options(v.table(raw.get("metrics"), "metrics"), "metrics", METRICS_OPTIONS), METRICS_OPTIONS)
     control = v.with_defaults(v.options(v.table(raw.get("control"), "control"), "control", CONTROL_OPTIONS), CONTROL_OPTIONS)
     http = v.with_defaults(v.options(v.table(raw.get("http"), "http"), "http", HTTP_OPTIONS), HTTP_OPTIONS)
+    _one_socket_each(v, listeners, metrics["endpoint"], http["endpoint"])
     route = global_options.get("route")
     if http["endpoint"] and http["maildir"] is None and (route is None or route.kind != "maildir"):
         v.problem("http", "maildir", "is required when the global route is not maildir:PATH")
@@ -760,6 +780,31 @@ def _check_keypair(v: _Validator, label: str, cert: str, key: str) -> None:
         v.problem(label, *fault)
 
 
+def listener_label(index: int, body: Any, names: set[str]) -> str:
+    """How problems name a ``[[listener]]``: by its ``name`` as logs do, where it has its own
+    (``names``: those of the listeners before it); else by its place in the file."""
+    name = body.get("name") if isinstance(body, dict) else None
+    return f'listener."{name}"' if isinstance(name, str) and name and name not in names else f"listener.{index}"
+
+
+def _one_socket_each(v: _Validator, listeners: list[ListenerConfig], metrics: str | None, http: str | None) -> None:
+    """Two endpoints on one TCP port: the second would fail to bind at start."""
+    taken: list[tuple[tuple[int, str], str]] = []  # (address, who has it)
+    endpoints: list[tuple[str, str | None, str]] = [
+        (f'listener."{item.name}"', item.endpoint, f"listener {item.name!r}") for item in listeners
+    ]
+    endpoints += [("metrics", metrics, "[metrics]"), ("http", http, "[http]")]
+    for table, endpoint, who in endpoints:
+        address = tcp_address(endpoint) if endpoint else None
+        if address is None:
+            continue
+        holder = next((other for bound, other in taken if overlaps(bound, address)), None)
+        if holder is not None:
+            v.problem(table, "endpoint", f"{endpoint!r}: {holder} listens on port {address[0]} already")
+            continue
+        taken.append((address, who))
+
+
 def _listeners(v: _Validator, raw: Any) -> list[ListenerConfig]:
     if raw is None:
         return []
@@ -769,13 +814,14 @@ def _listeners(v: _Validator, raw: Any) -> list[ListenerConfig]:
     out = []
     names: set[str] = set()
     for index, body in enumerate(raw):
-        label = f"listener.{index}"
+        label = listener_label(index, body, names)
         body = v.table(body, label)
         values = v.with_defaults(v.options(body, label, LISTENER_OPTIONS), LISTENER_OPTIONS)
-        if not values["endpoint"]:
+        if "endpoint" not in body:  # when set but unusable, that is reported already
             v.problem(label, "endpoint", "is required (e.g. 'tcp:25')")
         name = values["name"] or f"listener{index}"
-        if name in names:
+        duplicate = name in names
+        if duplicate:
             v.problem(label, "name", f"{name!r} is used by another listener")
         names.add(name)
         values["name"] = name
@@ -809,6 +855,8 @@ def _listeners(v: _Validator, raw: Any) -> list[ListenerConfig]:
             v.problem(label, "tls_client_ca", f"is required when tls_verify = {values['tls_verify']!r}")
         if values["tls_verify"] != "no" and values["tls"] is ListenerTLS.NO:
             v.problem(label, "tls_verify", "needs tls = 'starttls' or 'implicit'")
+        if duplicate:
+            continue  # one problem for it: its endpoint is not compared with the others'
         try:
             out.append(ListenerConfig(**values))
         except TypeError as e:  # only reachable through a programming error
@@ -828,7 +876,10 @@ def _dns(v: _Validator, raw: Any) -> dict[str, dict[str, tuple[str, ...]]]:
         table = {}
         for name, answers in v.table(body, f"dns.{kind}").items():
             try:
-                table[_dns_owner(name) if kind != "ptr" else name] = _str_list(answers)
+                values = _str_list(answers)
+                if kind == "hosts":  # A/AAAA answers: an address, or every lookup of the name fails at run time
+                    values = tuple(_address(value) for value in values)
+                table[_dns_owner(name) if kind != "ptr" else name] = values
             except ValueError as e:
                 v.problem(f"dns.{kind}", name, str(e))
         out[kind] = table
