@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
+import sys
 import urllib.request
 from typing import Any
 
-import pytest
 import pytest_twisted
 from e2e import in_thread
 from postfix_lab import free_port
@@ -18,7 +19,7 @@ from tlsmta.app._reload_plan import Running, plan
 from tlsmta.config import _loader as configuration
 from tlsmta.testing import RunningRelay
 
-TLSMTA = [str(__import__("pathlib").Path(__import__("sys").executable).parent / "tlsmta")]
+TLSMTA = [os.path.join(os.path.dirname(sys.executable), "tlsmta")]
 
 
 def config_text(tmp_path: Any, listeners: dict[str, int], metrics: int | None, spool: str = "spool") -> str:
@@ -116,21 +117,41 @@ async def test_a_listener_that_cannot_move_keeps_its_old_port(tmp_path: Any) -> 
     try:
         path.write_text(config_text(tmp_path, {"mx": taken.getsockname()[1]}, None))
         assert relay.service.reload() == []
-        await relay.service._reloads
+        await relay.service.reloaded()
         assert events[-1]["result"] == "partial"
         assert "Address already in use; kept the running one" in events[-1]["not_applied"]
         assert (await in_thread(banner, port)).startswith(b"220 ")
 
         path.write_text(config_text(tmp_path, {"mx": port}, None).replace("interface=127.0.0.1", "interface=0.0.0.0"))
         assert relay.service.reload() == []
-        await relay.service._reloads
+        await relay.service.reloaded()
         assert events[-1]["result"] == "ok", events[-1]
         assert relay.service.listeners["mx"].listener.endpoint == f"tcp:{port}:interface=0.0.0.0"
         assert (await in_thread(banner, port)).startswith(b"220 ")
+        assert f"listener 'mx' moved from tcp:{port}:interface=127.0.0.1 tls=no" in events[-1]["changed"]
     finally:
         taken.close()
         await relay.stop()
 
 
-if __name__ == "__main__":
-    pytest.main([__file__])
+def web_status(port: int) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as response:
+        return int(response.status)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_web_page_moves_with_its_endpoint(tmp_path: Any) -> None:
+    before, after = free_port(), free_port()
+    path = tmp_path / "tlsmta.toml"
+    text = config_text(tmp_path, {"mx": 0}, None)
+    path.write_text(text + f'[http]\nendpoint = "tcp:{before}:interface=127.0.0.1"\n')
+    relay = await RunningRelay(configuration.load(str(path))).start()
+    try:
+        assert await in_thread(web_status, before) == 200
+        path.write_text(text + f'[http]\nendpoint = "tcp:{after}:interface=127.0.0.1"\n')
+        assert relay.service.reload() == []
+        await relay.service.reloaded()
+        assert await in_thread(web_status, after) == 200
+        assert await in_thread(refuses, before)
+    finally:
+        await relay.stop()

@@ -445,6 +445,17 @@ class TlsmtaService(MultiService):
         self.events.emit("reload", result="refused", config=self.config.path, problems=len(problems))
         return problems
 
+    def reloaded(self) -> Deferred[None]:
+        """Fires once the reloads asked for so far are applied (their sockets moved, their event logged)."""
+        done: Deferred[None] = Deferred()
+
+        def passed(result: object) -> object:
+            done.callback(None)
+            return result
+
+        self._reloads.addBoth(passed)
+        return done
+
     async def _adopt(self, new: Config, hooks: Hooks, tls: Mapping[str, ServerTLS | None], users: Mapping[str, UserDB]) -> None:
         """Take ``new``: settings at once, then the sockets that change; log one ``reload`` event."""
         running, wanted = self.what_runs(), running_of(new)
@@ -467,7 +478,8 @@ class TlsmtaService(MultiService):
         not_applied = [f"restart required: {key}" for key in changes.restart_required]
         not_applied += [problem for problem in failed if problem]
         fields: dict[str, Any] = {"result": "partial" if not_applied else "ok", "config": new.path}
-        applied = changes.changes(running, wanted)
+        after = self.what_runs()  # what did change: a socket that could not move is not in it
+        applied = plan(running, after).changes(running, after)
         if applied:
             fields["changed"] = "; ".join(applied)
         if not_applied:
