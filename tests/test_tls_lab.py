@@ -169,10 +169,10 @@ def test_lab_certificates_are_broken_in_one_way_each(tmp_path: Any) -> None:
     ],
 )
 def test_bad_tls_lab_config_names_table_and_key(listener: dict[str, Any], message: str) -> None:
-    """A tls_lab that cannot work is a config error naming [listener.N] tls_lab."""
+    """A tls_lab that cannot work is a config error naming the listener (by its name) and tls_lab."""
     with pytest.raises(configuration.ConfigError) as caught:
         build_config({"listener": [dev_listener(**listener)]}, "lab.toml")
-    assert f"lab.toml: [listener.0] {message}" in str(caught.value)
+    assert f'lab.toml: [listener."test"] {message}' in str(caught.value)
 
 
 def test_tls_lab_needs_no_certificate_file() -> None:
