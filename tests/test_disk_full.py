@@ -16,9 +16,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-
 from inbound_harness import Session, runtime
 from processes import TlsmtaProcess
+
 from tlsmta.smtp import server_session as server
 from tlsmta.storage import space_refusal
 
