@@ -2,27 +2,25 @@
 Postfix answers; so is MAIL when less than [spool] min_free is left, and a message that runs the disk
 full during DATA. Each refusal is one log line (no traceback) and leaves nothing behind.
 
-The real-process tests put the spool on a small tmpfs, so they need root (CI runs as root, CI=true,
-and there they must not be skipped); the harness tests use the real free space of tmp_path and a
-reserve no disk has, so they run everywhere."""
+The real-process tests put the spool on conftest's 512 KiB tmpfs, so they need root (CI runs as
+root); the harness tests use the real free space of tmp_path and a reserve no disk has, so they
+run everywhere."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import smtplib
-import subprocess
 from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from inbound_harness import Session, runtime
 from processes import TlsmtaProcess
 
 from tlsmta.smtp import server_session as server
 from tlsmta.storage import space_refusal
 
-MIB = 1024 * 1024
+KIB = 1024
 NO_DISK_HAS_THIS = 2**60
 
 
@@ -83,22 +81,6 @@ def test_mail_with_a_size_that_fits_is_accepted(tmp_path: Any) -> None:
 # -- a real tlsmta with its spool on a small tmpfs -----------------------------------------------
 
 
-@pytest.fixture
-def small_spool(tmp_path: Any) -> Iterator[str]:
-    """A 4 MiB tmpfs as the spool directory."""
-    if os.geteuid() != 0:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI runs as root: the tmpfs spool tests must run there")
-        pytest.skip("mounting a tmpfs needs root")
-    spool = tmp_path / "spool"
-    spool.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(spool)], check=True, timeout=30)
-    try:
-        yield str(spool)
-    finally:
-        subprocess.run(["umount", "-l", str(spool)], check=True, timeout=30)
-
-
 def _write_config(tmp_path: Any, spool: str, min_free: int) -> str:
     path = tmp_path / "tlsmta.toml"
     path.write_text(
@@ -131,24 +113,25 @@ def _running(tmp_path: Any, spool: str, min_free: int) -> Iterator[TlsmtaProcess
         proc.stop()
 
 
-def test_mail_with_a_size_the_tmpfs_cannot_take_is_452_in_one_log_line(tmp_path: Any, small_spool: str) -> None:
-    with _running(tmp_path, small_spool, min_free=MIB) as proc:
+def test_mail_with_a_size_the_tmpfs_cannot_take_is_452_in_one_log_line(tmp_path: Any, small_tmpfs: Any) -> None:
+    with _running(tmp_path, str(small_tmpfs), min_free=128 * KIB) as proc:
         with smtplib.SMTP("127.0.0.1", proc.port, timeout=30) as client:
             client.ehlo("client.test")
-            code, text = client.mail("a@client.test", [f"SIZE={3 * MIB + MIB // 2}"])
+            code, text = client.mail("a@client.test", [f"SIZE={400 * KIB}"])
             assert (code, text) == (452, b"4.3.1 Error: insufficient system storage")
             client.rset()
             assert client.mail("a@client.test", ["SIZE=1000"])[0] == 250
         line = proc.wait_for_log(r".*mail_refused .*").group(0)
-    assert "code=452" in line and f"size={3 * MIB + MIB // 2}" in line
+    assert "code=452" in line and f"size={400 * KIB}" in line
     assert "Traceback" not in proc.log()
 
 
-def test_a_message_that_fills_the_disk_during_data_is_452_and_leaves_nothing(tmp_path: Any, small_spool: str) -> None:
+def test_a_message_that_fills_the_disk_during_data_is_452_and_leaves_nothing(tmp_path: Any, small_tmpfs: Any) -> None:
     """No SIZE, no reserve: the writes hit ENOSPC; the client gets 452 4.3.1 at the end of DATA, the
     log has the received line and no traceback, and the spool holds no part of the message."""
-    body = b"Subject: big\r\n\r\n" + (b"x" * 76 + b"\r\n") * (6 * MIB // 78)
-    with _running(tmp_path, small_spool, min_free=0) as proc:
+    body = b"Subject: big\r\n\r\n" + (b"x" * 76 + b"\r\n") * (1024 * KIB // 78)
+    spool = str(small_tmpfs)
+    with _running(tmp_path, spool, min_free=0) as proc:
         with smtplib.SMTP("127.0.0.1", proc.port, timeout=60) as client:
             client.ehlo("client.test")
             client.mail("a@client.test")
@@ -156,7 +139,7 @@ def test_a_message_that_fills_the_disk_during_data_is_452_and_leaves_nothing(tmp
             assert client.data(body) == (452, b"4.3.1 Error: insufficient system storage")
             client.rset()
         proc.wait_for_log(r"received .*code=452")
-        leftovers = [os.path.join(d, n) for d, _, names in os.walk(small_spool) for n in names]
+        leftovers = [os.path.join(d, n) for d, _, names in os.walk(spool) for n in names]
     assert [p for p in leftovers if not p.endswith("tlsmta.lock")] == []
     assert "Traceback" not in proc.log()
 

@@ -339,13 +339,15 @@ async def test_full_spool_disk_gives_452_and_recovers(tmp_path: Any, pki: Any, s
     from tlsmta.testing import RunningRelay
 
     config = sender_config(tmp_path, 25, pki.ca_pem)
-    config = attrs.evolve(config, spool={"path": str(small_tmpfs / "spool")})
+    # min_free 0: no reserve on this 512 KiB disk, or the message sent once there is room is refused too
+    config = attrs.evolve(config, spool={"path": str(small_tmpfs / "spool"), "min_free": 0})
     relay = await RunningRelay(config).start()
     relay.service.queue.stop()  # keep what is accepted in the spool
     filler = small_tmpfs / "filler"
     try:
         filler.write_bytes(b"x" * (512 * 1024 - 64 * 1024))  # leave ~64 KiB
-        with pytest.raises(smtplib.SMTPDataError) as e:
+        # smtplib declares SIZE=, so the refusal comes at MAIL, as Postfix's (the end of DATA: test_disk_full.py)
+        with pytest.raises(smtplib.SMTPSenderRefused) as e:
             await in_thread(send_smtplib, relay.port, body="Subject: big\r\n\r\n" + ("y" * 998 + "\r\n") * 200)
         assert e.value.smtp_code == 452 and b"4.3.1" in e.value.smtp_error
         spool = small_tmpfs / "spool"
@@ -587,7 +589,8 @@ async def test_too_many_hops_refused(tmp_path: Any) -> None:
     relay = await start_relay(tmp_path, max_hops=5)
     headers = "".join(f"Received: from hop{i}.test by hop{i + 1}.test; Wed, 25 Nov 2026 18:00:00 +0000\r\n" for i in range(6))
     try:
-        with pytest.raises(smtplib.SMTPDataError) as e:
+        # smtplib declares SIZE=, so the refusal comes at MAIL, as Postfix's (the end of DATA: test_disk_full.py)
+        with pytest.raises(smtplib.SMTPSenderRefused) as e:
             await in_thread(send_smtplib, relay.port, body=headers + "Subject: loop\r\n\r\nhi\r\n")
         ok = await in_thread(send_smtplib, relay.port, body=headers[: headers.index("Received", 10)] * 5 + "Subject: ok\r\n\r\nhi\r\n")
     finally:
