@@ -1,7 +1,8 @@
 """The whole program: service wiring (``service``), the twistd plugin's
 options (``tap``), the ``tlsmta`` command (``cli``), the control socket
-(``control``), ``tlsmta probe`` (``probe``) and the configuration checks
-that need this machine (``preflight``).
+(``control``), ``tlsmta probe`` (``probe``), the configuration checks
+that need this machine (``preflight``) and the command's output into a pipe
+its reader closed (``pipe``).
 
 The top of the house: may import every other part; nothing imports it
 except ``tlsmta.testing``.

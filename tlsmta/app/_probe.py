@@ -22,7 +22,7 @@ from typing import Any
 import attrs
 from cryptography import x509
 
-from tlsmta.config import OutboundTLS
+from tlsmta.config import OutboundTLS, Route
 from tlsmta.delivery import (
     ConnectionBroken,
     EndpointFactory,
@@ -43,6 +43,7 @@ from tlsmta.discovery import (
     STSCache,
     STSResolver,
     gather_facts,
+    tlsa_name,
 )
 from tlsmta.network import IServiceReactor
 from tlsmta.smtp import Reply
@@ -235,8 +236,27 @@ def _outcome(result: ProbeResult, req: Requirement, verdict: Verdict | None, fat
     return True, "deliver over TLS" + (", certificate verified" + verified_by if verdict.verified else "")
 
 
-def format_external(facts: ExternalFacts, domain: str) -> list[str]:
-    """The domain-wide part: MTA-STS and the MX set's DNSSEC status."""
+def config_source(resolver: Resolver, domain: str, route: Route) -> str | None:
+    """Where the configuration decides the MX set, so DNSSEC did not: the ``smtp:`` route or a
+    ``[dns.mx]`` pin (delivery treats both as validated); None when DNS answers."""
+    if route.kind == "smtp":
+        return f"route {route}"
+    return "[dns.mx]" if resolver.pinned_answer("mx", domain) is not None else None
+
+
+def tlsa_source(resolver: Resolver, mx: str, port: int) -> str | None:
+    """``[dns.tlsa]`` when the configuration pins this MX's TLSA records."""
+    return "[dns.tlsa]" if resolver.pinned_answer("tlsa", tlsa_name(mx, port)) is not None else None
+
+
+def mx_set_status(facts: ExternalFacts, pinned_in: str | None) -> str:
+    if pinned_in is not None:
+        return f"pinned in config ({pinned_in}), not looked up in DNS; treated as validated"
+    return "DNSSEC-secure" if facts.mx_secure else "not DNSSEC-validated (DANE does not apply)"
+
+
+def format_external(facts: ExternalFacts, domain: str, pinned_in: str | None = None) -> list[str]:
+    """The domain-wide part: MTA-STS and the MX set's DNSSEC status (or the config that pins it)."""
     lines = []
     if facts.sts is not None:
         lines.append(f"MTA-STS for {domain}: {facts.sts.describe()}")
@@ -244,18 +264,21 @@ def format_external(facts: ExternalFacts, domain: str) -> list[str]:
             lines.append(f"  (a fresh fetch failed: {facts.sts.failure} [{facts.sts.failure.result_type}])")
     else:
         lines.append(f"MTA-STS for {domain}: not applied (mta_sts = false, or not an MX route)")
-    lines.append(f"MX set of {domain}: {'DNSSEC-secure' if facts.mx_secure else 'not DNSSEC-validated (DANE does not apply)'}")
+    lines.append(f"MX set of {domain}: {mx_set_status(facts, pinned_in)}")
     return lines
 
 
-def format_policies(result: ProbeResult, facts: ExternalFacts, req: Requirement, domain: str) -> list[str]:
-    """Per MX: the TLSA records, the DANE verdict, MTA-STS's view, the effective requirement and outcome."""
+def format_policies(result: ProbeResult, facts: ExternalFacts, req: Requirement, domain: str,
+                    tlsa_pinned_in: str | None = None) -> list[str]:
+    """Per MX: the TLSA records (and where they come from), the DANE verdict, MTA-STS's view,
+    the effective requirement and outcome."""
     tlsa = facts.dane_for(result.mx)
     lines = []
     if tlsa.status is DANEStatus.FAILED:
         lines.append(f"  TLSA:     lookup failed: {tlsa.reason}")
     elif tlsa.records:
-        lines.append(f"  TLSA ({'usable' if tlsa.status is DANEStatus.USABLE else 'none usable'}, DNSSEC-secure):")
+        source = f"pinned in config ({tlsa_pinned_in})" if tlsa_pinned_in else "DNSSEC-secure"
+        lines.append(f"  TLSA ({'usable' if tlsa.status is DANEStatus.USABLE else 'none usable'}, {source}):")
         lines += [f"    {r}" for r in tlsa.records]
         verdict = dane_verdict(result, facts)
         if verdict is not None:

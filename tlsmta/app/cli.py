@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tlsmta.app import _preflight as preflight
+from tlsmta.app._pipe import carried_over_react, until_reader_leaves
 from tlsmta.config import Config, ConfigError, OutboundTLS, resolve
 from tlsmta.network import IServiceReactor
 from tlsmta.smtp import DomainNameError, normalize_domain
@@ -262,12 +263,14 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from twisted.internet.task import react
 
     from tlsmta.app._probe import (
+        config_source,
         effective_outcome,
         format_external,
         format_policies,
         format_result,
         requirement,
         run_probe,
+        tlsa_source,
     )
     from tlsmta.discovery import Resolver
     from tlsmta.tls import VerifyMode
@@ -300,12 +303,13 @@ def cmd_probe(args: argparse.Namespace) -> int:
             out(f"{domain}: {dns_problem}")
             outcome["code"] = EX_NOHOST
             return
-        out("\n".join(format_external(facts, domain)))
+        out("\n".join(format_external(facts, domain, config_source(resolver, domain, options["route"]))))
         print()
         judged = []
         for result in results:
             req = requirement(options, facts, result.mx, options["tls"], verify)
-            out("\n".join(format_result(result, options["tls"], verify) + format_policies(result, facts, req, domain)))
+            tlsa_pinned_in = tlsa_source(resolver, result.mx, result.port)
+            out("\n".join(format_result(result, options["tls"], verify) + format_policies(result, facts, req, domain, tlsa_pinned_in)))
             print()
             if result.banner or req.unusable is not None:
                 judged.append((result, req))
@@ -323,9 +327,11 @@ def cmd_probe(args: argparse.Namespace) -> int:
         out(f"verdict for {domain} (tls={options['tls']}, tls_verify={verify.value}, policy {req.policy}): {what}")
         outcome["code"] = EX_OK if ok else EX_TEMPFAIL
 
+    guarded, raise_if_reader_left = carried_over_react(main)
     try:
-        react(main)
+        react(guarded)
     except SystemExit as e:
+        raise_if_reader_left()
         if e.code not in (0, None):
             return EX_SOFTWARE
     return outcome.get("code", EX_SOFTWARE)
@@ -600,7 +606,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:
         return EX_USAGE if e.code else EX_OK
-    return int(args.func(args))
+    return until_reader_leaves(lambda: int(args.func(args)))
 
 
 if __name__ == "__main__":

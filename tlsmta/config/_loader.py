@@ -362,6 +362,9 @@ LISTENER_OPTIONS: dict[str, Option] = {
 
 SPOOL_OPTIONS: dict[str, Option] = {
     "path": Option(_path, "/var/spool/tlsmta"),
+    "min_free": Option(
+        _int(0), 64 * 1024 * 1024, "bytes the spool's filesystem keeps free: MAIL is 452 4.3.1 when SIZE plus this is not free"
+    ),
 }
 
 

@@ -71,7 +71,17 @@ from tlsmta.smtp.server_session import (
     ServerSettings,
     StartTLS,
 )
-from tlsmta.storage import Envelope, MessageSink, MessageWriter, Recipient, StoreError, Throttle, new_message_id
+from tlsmta.storage import (
+    Envelope,
+    MessageSink,
+    MessageWriter,
+    Recipient,
+    StoreError,
+    Throttle,
+    free_bytes,
+    new_message_id,
+    space_refusal,
+)
 from tlsmta.tls import (
     CertificateCheck,
     HookContext,
@@ -354,21 +364,36 @@ class InboundSMTP(smtp.ESMTP):
         if self._reverse_lookup is not None and self.reverse_names is None:
 
             def settle(result: list[str] | Failure) -> list[str] | Failure:
-                self._settle(question, self._check_client)
+                self._settle(question, lambda: self._check_client(question))
                 return result
 
             self._reverse_lookup.addBoth(settle)
             return
-        self._settle(question, self._check_client)
+        self._settle(question, lambda: self._check_client(question))
 
-    def _check_client(self) -> None:
+    def _check_client(self, question: MailAllowed) -> None:
         listener = self.runtime.listener
         verdict = self.client_verdict()
         if verdict is not None and not self._client_verify_counted:
             self._client_verify_counted = True
             self.runtime.events.emit("client_verify", quiet=True, tls_verify=listener.tls_verify, verified=verdict.outcome.word)
         check_client_certificate(VerifyMode(listener.tls_verify), self.tls_active, verdict)
+        self._check_free_space(question.size)
         self.session.accept()
+
+    def _check_free_space(self, declared_size: int | None) -> None:
+        """452 4.3.1 at MAIL when the spool's filesystem cannot take the message and keep [spool] min_free."""
+        spool = self.runtime.config.spool
+        try:
+            free = free_bytes(spool["path"])
+        except OSError:
+            return  # not known (no spool here): writing the message gives the answer
+        refusal = space_refusal(declared_size, free, spool["min_free"])
+        if refusal is not None:
+            reject = _refusal(refusal)
+            self.runtime.events.emit("mail_refused", peer=self.peer_ip, size=declared_size, free=free,
+                                     min_free=spool["min_free"], code=reject.reply.code, text=reject.reply.text)
+            raise reject
 
     def _rcpt_to(self, question: RcptTo) -> None:
         self._settle(question, lambda: self._check_recipient(question))
@@ -441,7 +466,7 @@ class InboundSMTP(smtp.ESMTP):
         try:
             writer = self.runtime.sink.open(envelope, Throttle(lambda: self._pause("disk"), lambda: self._resume("disk")))
         except OSError as e:
-            log.failure("cannot open a message for writing")
+            log.error("cannot open a message for writing: {error}", error=e)
             raise _refusal(StoreError.from_os_error(e)) from None
         writer.write(received_header(self._trace_facts(envelope)))
         self._envelope, self._writer = envelope, writer

@@ -132,7 +132,12 @@ _LINE = LineReceived()
 
 @attrs.frozen
 class MailAllowed:
-    """May this client start a transaction (client certificate policy)? accept() or refuse()."""
+    """May this client start a transaction (client certificate policy, free storage)? accept() or refuse().
+
+    ``size``: what ``SIZE=`` declared, when the MAIL command parsed (its syntax error, if any,
+    is answered only after the shell accepted)."""
+
+    size: int | None = None
 
 
 @attrs.frozen
@@ -203,7 +208,7 @@ class ServerSession:
         self._reader: DataReader | None = None
         self._hops = HopCounter()
         self._tls_required = TLSRequiredScanner()
-        self._pending_mail: bytes = b""
+        self._pending_mail: tuple[str, MailParams] | Reject = Reject(503, "5.5.1 Error: need MAIL command")
 
     @property
     def buffered(self) -> int:
@@ -266,7 +271,7 @@ class ServerSession:
         """Yes to MailAllowed or OpenMessage."""
         question = self._answer((MailAllowed, OpenMessage))
         if isinstance(question, MailAllowed):
-            self._guarded(self._parse_mail)
+            self._guarded(self._start_transaction)
         else:
             self._reader = DataReader(self.settings.max_line_length, self.settings.max_message_size)
             self.phase = Phase.DATA
@@ -506,16 +511,23 @@ class ServerSession:
             raise Reject(503, "5.5.1 Error: send HELO/EHLO first")
         if self.sender is not None:
             raise Reject(503, "5.5.1 Error: nested MAIL command")
-        self._pending_mail = arg
-        self._ask(MailAllowed())  # the client-certificate policy speaks before the syntax
+        try:
+            self._pending_mail = self._parse_mail(arg)
+        except Reject as syntax_error:
+            self._pending_mail = syntax_error
+        size = None if isinstance(self._pending_mail, Reject) else self._pending_mail[1].size
+        self._ask(MailAllowed(size))  # the client-certificate policy speaks before the syntax
 
-    def _parse_mail(self) -> None:
-        path = parse_path(self._pending_mail, "FROM", allow_null=True)
+    def _parse_mail(self, arg: bytes) -> tuple[str, MailParams]:
+        path = parse_path(arg, "FROM", allow_null=True)
         if path.params and not self.esmtp:
             raise Reject(555, "5.5.4 MAIL parameters need EHLO")
-        params = mail_params(path.params, self.settings.max_message_size, self.tls_active)
-        self.sender = path.address
-        self.mail_params = params
+        return path.address, mail_params(path.params, self.settings.max_message_size, self.tls_active)
+
+    def _start_transaction(self) -> None:
+        if isinstance(self._pending_mail, Reject):
+            raise self._pending_mail
+        self.sender, self.mail_params = self._pending_mail
         self._outbox.append(_MAIL_OK)
 
     def do_RCPT(self, arg: bytes) -> None:

@@ -3,7 +3,8 @@ Maildir delivery, the streaming file writer with its fsync rules, the disk
 thread, ordered appends on it (``appender``), message ids, the
 message-store interfaces the inbound side writes to (``interfaces``), and
 the facts of receipt kept beside the dev relay's captured mail
-(``receipts``).
+(``receipts``), and whether the spool's filesystem has room for a message
+(``freespace``).
 
 May import config (routes) and smtp's values (replies, names); never SMTP
 parsing, inbound or delivery.
@@ -15,6 +16,7 @@ This ``__init__`` is the part's API: other parts import only the names in
 from tlsmta.storage._appender import LineAppender, Run
 from tlsmta.storage._diskio import DiskIO
 from tlsmta.storage._filewriter import StreamingWriter, remove_if_present
+from tlsmta.storage._freespace import free_bytes, space_refusal
 from tlsmta.storage._ids import new_message_id
 from tlsmta.storage._interfaces import (
     NO_THROTTLE,
@@ -39,6 +41,7 @@ __all__ = [
     "DELIVERED",
     "DiskIO",
     "ensure_maildir",
+    "free_bytes",
     "Envelope",
     "LineAppender",
     "LocalSink",
@@ -52,6 +55,7 @@ __all__ = [
     "receipt_path",
     "Recipient",
     "RecipientState",
+    "space_refusal",
     "remove_if_present",
     "Run",
     "Spool",

@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from tlsmta.storage._diskio import DiskIO
-from tlsmta.storage._interfaces import StoreError, Throttle
+from tlsmta.storage._interfaces import StoreError, Throttle, is_disk_full
 
 log = Logger(namespace="tlsmta.filewriter")
 
@@ -169,7 +169,8 @@ class StreamingWriter:
     def _failed(self, failure: Failure) -> None:
         if self._error is None:
             self._error = failure.value
-            log.failure("writing a message to disk failed", failure)
+            if not is_disk_full(failure.value):  # a full disk is the 452 in the received line, not a bug
+                log.failure("writing a message to disk failed", failure)
 
     def _append_all(self, data: bytes) -> None:
         for target in self._targets:

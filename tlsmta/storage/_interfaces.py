@@ -68,10 +68,19 @@ class StoreError(SMTPError):
         super().__init__(Reply.of(code, status, text))
 
     @classmethod
+    def insufficient_storage(cls) -> StoreError:
+        return cls(452, "4.3.1", "insufficient system storage")
+
+    @classmethod
     def from_os_error(cls, error: OSError) -> StoreError:
-        if error.errno in (errno.ENOSPC, errno.EDQUOT):
-            return cls(452, "4.3.1", "insufficient system storage")
+        if is_disk_full(error):
+            return cls.insufficient_storage()
         return cls(451, "4.3.0", "temporary failure storing the message")
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """The filesystem or the user's quota is full: an expected condition, not a bug."""
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 class MessageWriter(Protocol):

@@ -18,7 +18,7 @@ from typing import Any
 
 from tlsmta.config import Route
 from tlsmta.storage._diskio import DiskIO
-from tlsmta.storage._filewriter import FileTarget, StreamingWriter, TempFile
+from tlsmta.storage._filewriter import FileTarget, StreamingWriter, TempFile, remove_if_present
 from tlsmta.storage._interfaces import NO_THROTTLE, Envelope, Throttle
 from tlsmta.storage._receipts import ReceiptFile, receipt_record
 
@@ -88,6 +88,9 @@ class MaildirFile:
     def discard(self) -> None:
         if self._prepared:  # otherwise nothing was written (and tmp/ may not even be there)
             self.file.discard()
+            # Another target of the message failed after this one was renamed: the client is
+            # told 4xx and sends again, so this copy must go (a duplicate otherwise).
+            remove_if_present(self.new_path)
 
 
 class LocalSink:
