@@ -41,12 +41,22 @@ def retry_delay(attempts: int, schedule: Sequence[int]) -> int:
     return schedule[min(max(attempts, 1), len(schedule)) - 1]
 
 
-def group_jobs(message: QueuedMessage) -> list[DeliveryJob]:
-    """One job per (route, domain, binding) among the pending recipients."""
+Destination = Callable[[QueuedMessage, RecipientState], tuple[Route, str]]
+
+
+def as_received(message: QueuedMessage, rcpt: RecipientState) -> tuple[Route, str]:
+    """The route and binding recorded at arrival (a queue without a configuration to ask)."""
+    return rcpt.route, rcpt.binding
+
+
+def group_jobs(message: QueuedMessage, destination_for: Destination = as_received) -> list[DeliveryJob]:
+    """One job per (route, domain, binding) among the pending recipients, each
+    recipient's route and binding as ``destination_for`` says now."""
     groups: dict[tuple[Any, ...], list[RecipientState]] = {}
     for rcpt in message.pending:
-        domain = rcpt.domain if rcpt.route.kind in ("mx", "smtp") else ""
-        groups.setdefault((rcpt.route, domain, rcpt.binding), []).append(rcpt)
+        route, binding = destination_for(message, rcpt)
+        domain = rcpt.domain if route.kind in ("mx", "smtp") else ""
+        groups.setdefault((route, domain, binding), []).append(rcpt)
     return [DeliveryJob(message, tuple(rcpts), route, domain, binding) for (route, domain, binding), rcpts in groups.items()]
 
 
@@ -62,6 +72,7 @@ class Queue:
         retry_schedule: Sequence[int],
         max_lifetime: int,
         route_for: Callable[[str], Route] = lambda domain: parse_route("mx"),
+        destination_for: Destination = as_received,
         now: Callable[[], float] | None = None,
         events: EventBus | None = None,
     ):
@@ -73,6 +84,7 @@ class Queue:
         self.retry_schedule = tuple(retry_schedule)
         self.max_lifetime = max_lifetime
         self.route_for = route_for  # where a DSN to a sender's domain goes
+        self.destination_for = destination_for  # asked at each attempt: the running configuration's answer
         self.now = now or clock.seconds
         self.messages: dict[str, QueuedMessage] = {}
         self.in_flight: set[str] = set()
@@ -202,7 +214,7 @@ class Queue:
         self._check_idle()
 
     def _attempt(self, message: QueuedMessage) -> None:
-        jobs = group_jobs(message)
+        jobs = group_jobs(message, self.destination_for)
         self.in_flight.add(message.id)
         attempts = [maybeDeferred(self.deliver, job) for job in jobs]
         d = DeferredList(attempts, consumeErrors=True)

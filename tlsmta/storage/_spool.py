@@ -43,6 +43,8 @@ class RecipientState:
     """Where one recipient's copy stands."""
 
     address: str
+    # As resolved at arrival, kept for information (and for older versions, which need "r"):
+    # each delivery attempt resolves route and binding from the running configuration.
     route: Route
     binding: str = "default"
     status: str = PENDING

@@ -1,0 +1,85 @@
+"""Queued mail under an operator: routes resolved at each attempt, hold/release/requeue,
+many ids at once, the spool under its lock with the daemon stopped, a bounce that cannot
+store its DSN (in-process relays on real sockets, and the pure parts without a reactor)."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import pytest_twisted
+from e2e import in_thread, maildir_messages, send_smtplib
+from outbound_lab import DOMAIN, start_receiver
+
+from tlsmta.config import _loader as configuration
+from tlsmta.config import parse_route
+from tlsmta.delivery import destination_of
+from tlsmta.delivery._mailqueue import group_jobs
+from tlsmta.storage import QueuedMessage, RecipientState
+from tlsmta.testing import RunningRelay, build_config, dev_listener
+from tlsmta.tls import Hooks
+
+
+@pytest.fixture
+def second_dead_port() -> Iterator[int]:
+    """Another loopback port that refuses connections (bound, never listening) for the whole test."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield held.getsockname()[1]
+
+
+def relay_file(tmp_path: Any, domain_route: str, smtp_port: int, extra: str = "") -> str:
+    return (
+        f'[global]\nhostname = "ops.test"\nstate_dir = "{tmp_path / "state"}"\nsmtp_port = {smtp_port}\n'
+        f'[spool]\npath = "{tmp_path / "spool"}"\n[queue]\nretry_schedule = [3600]\n'
+        '[[listener]]\nname = "test"\nendpoint = "tcp:0:interface=127.0.0.1"\ntls = "no"\nrelay_networks = ["127.0.0.0/8"]\n'
+        f'[domain."{DOMAIN}"]\nroute = "{domain_route}"\n' + extra
+    )
+
+
+# -- routes fixed at arrival (issue 16) -----------------------------------------------------------
+
+
+def test_the_destination_comes_from_the_running_configuration_not_the_record() -> None:
+    """The spool record's route and binding are the arrival's; the attempt asks the configuration."""
+    config = build_config({
+        "domain": {DOMAIN: {"route": "smtp:new.example.net:2525"}},
+        "binding": {"out1": {"source_address": "127.0.0.1"}},
+        "binding_rule": [{"recipient_domain": [DOMAIN], "binding": "out1"}],
+        "listener": [dev_listener()],
+    })
+    rcpt = RecipientState(f"bob@{DOMAIN}", parse_route("smtp:old.example.net"), "default")
+    message = QueuedMessage(id="m", sender="a@client.test", recipients=[rcpt], received_at=0.0, listener="test")
+    assert destination_of(config, Hooks(), message, rcpt) == (parse_route("smtp:new.example.net:2525"), "out1")
+    [job] = group_jobs(message, lambda m, r: destination_of(config, Hooks(), m, r))
+    assert (str(job.route), job.binding, job.domain) == ("smtp:new.example.net:2525", "out1", DOMAIN)
+    # A DSN tlsmta wrote itself keeps the default binding; its route is still the configuration's.
+    dsn = QueuedMessage(id="d", sender="", recipients=[rcpt], received_at=0.0, listener="dsn")
+    assert destination_of(config, Hooks(), dsn, rcpt) == (parse_route("smtp:new.example.net:2525"), "default")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reloaded_route_applies_to_mail_already_queued(tmp_path: Any, dead_port: int, second_dead_port: int) -> None:
+    """A message deferred on the old route goes, after a reload and a flush, to the server the new
+    route names, not to the old route's host on the new global smtp_port."""
+    receiver = await start_receiver(tmp_path)
+    path = tmp_path / "tlsmta.toml"
+    path.write_text(relay_file(tmp_path, "smtp:127.0.0.1", dead_port))
+    relay = await RunningRelay(configuration.load(str(path))).start()
+    try:
+        await in_thread(send_smtplib, relay.port, rcpts=(f"user@{DOMAIN}",))
+        await relay.service.queue.wait_idle()
+        [queued] = relay.service.queue.messages.values()
+        assert queued.attempts == 1 and "4.4.1" in queued.recipients[0].last
+        path.write_text(relay_file(tmp_path, f"smtp:127.0.0.1:{receiver.port}", second_dead_port))
+        assert relay.service.reload() == []
+        assert relay.service.queue.flush() == 1
+        await relay.service.queue.wait_idle()
+        assert relay.service.queue.messages == {}
+    finally:
+        await relay.stop()
+        await receiver.stop()
+    [delivered] = maildir_messages(str(tmp_path / "receiver-maildir"))
+    assert delivered["Subject"] == "hello"
