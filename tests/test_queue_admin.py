@@ -4,6 +4,8 @@ store its DSN (in-process relays on real sockets, and the pure parts without a r
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -13,11 +15,13 @@ import pytest_twisted
 from e2e import in_thread, maildir_messages, send_smtplib
 from outbound_lab import DOMAIN, start_receiver
 
+from tlsmta.app.cli import EX_OK, EX_TEMPFAIL, main
 from tlsmta.config import _loader as configuration
 from tlsmta.config import parse_route
 from tlsmta.delivery import destination_of
 from tlsmta.delivery._mailqueue import group_jobs
 from tlsmta.storage import QueuedMessage, RecipientState
+from tlsmta.storage import _spool as spool_module
 from tlsmta.testing import RunningRelay, build_config, dev_listener
 from tlsmta.tls import Hooks
 
@@ -83,3 +87,69 @@ async def test_a_reloaded_route_applies_to_mail_already_queued(tmp_path: Any, de
         await receiver.stop()
     [delivered] = maildir_messages(str(tmp_path / "receiver-maildir"))
     assert delivered["Subject"] == "hello"
+
+
+# -- queue bounce ------------------------------------------------------------------------------------
+
+
+def queued_raw(tmp_path: Any, dead_port: int) -> dict[str, Any]:
+    """A relay whose smarthost is down, so what it accepts stays queued; DSNs to client.test go to a Maildir."""
+    return {
+        "global": {"hostname": "ops.test", "state_dir": str(tmp_path / "state"), "route": f"smtp:127.0.0.1:{dead_port}"},
+        "domain": {"client.test": {"route": f"maildir:{tmp_path / 'bounces'}"}},
+        "spool": {"path": str(tmp_path / "spool")},
+        "queue": {"retry_schedule": [3600]},
+        "listener": [dev_listener()],
+    }
+
+
+async def queued_relay(tmp_path: Any, dead_port: int, count: int = 1) -> RunningRelay:
+    relay = await RunningRelay(build_config(queued_raw(tmp_path, dead_port))).start()
+    for i in range(count):
+        await in_thread(send_smtplib, relay.port, rcpts=(f"user{i}@{DOMAIN}",))
+    await relay.service.queue.wait_idle()
+    return relay
+
+
+def cli(capsys: Any, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest_twisted.ensureDeferred
+async def test_bounce_on_a_full_disk_changes_nothing_and_says_why(
+    tmp_path: Any, capsys: Any, dead_port: int, monkeypatch: Any,
+) -> None:
+    """The DSN cannot be stored (ENOSPC injected where the spool writes a record): the command fails
+    naming the cause, the message stays queued as it was; once the disk has room the bounce goes
+    through and the DSN carries the last real failure with the postmaster's note."""
+    relay = await queued_relay(tmp_path, dead_port)
+    sock = relay.service.config.control["socket"]
+    [(message_id, message)] = relay.service.queue.messages.items()
+    before = [(r.status, r.last, r.remote) for r in message.recipients]
+    spool_before = sorted(p.name for p in (tmp_path / "spool" / "q").iterdir())
+
+    def disk_full(path: str, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+
+    try:
+        monkeypatch.setattr(spool_module, "_write_file", disk_full)
+        code, out, err = await in_thread(cli, capsys, "queue", "--socket", sock, "bounce", message_id)
+        assert code == EX_TEMPFAIL and out == ""
+        assert f"{message_id}: cannot store the DSN: No space left on device; the message stays queued" in err
+        assert relay.service.queue.messages == {message_id: message}
+        assert [(r.status, r.last, r.remote) for r in message.recipients] == before
+        assert sorted(p.name for p in (tmp_path / "spool" / "q").iterdir()) == spool_before
+        assert list((tmp_path / "spool" / "tmp").iterdir()) == []
+        monkeypatch.undo()
+        code, out, _ = await in_thread(cli, capsys, "queue", "--socket", sock, "bounce", message_id)
+        assert (code, out.strip()) == (EX_OK, f"{message_id}: returned to sender")
+        await relay.service.queue.wait_idle()
+    finally:
+        await relay.stop()
+    [dsn] = maildir_messages(str(tmp_path / "bounces"))
+    text = dsn.as_string()
+    assert "returned to sender by the postmaster" in text
+    assert before[0][1].startswith("451 4.4.1 connect to ")
+    assert "Diagnostic-Code: smtp; 451 4.4.1 connect to 127.0.0.1" in text and "Status: 4.4.1" in text

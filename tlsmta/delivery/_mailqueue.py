@@ -162,17 +162,26 @@ class Queue:
         self.events.emit("queue_deleted", msgid=message_id)
 
     async def bounce(self, message_id: str) -> None:
-        """Return a message to its sender now: a DSN for every pending recipient, then remove it."""
+        """Return a message to its sender now: a DSN for every pending recipient, then remove it.
+
+        A recipient keeps its last real failure (reply and host) as the DSN's reason; one never
+        tried is reported as returned by the postmaster.  The DSN is durable before the original
+        goes; when it cannot be stored (disk full) nothing changes and QueueError says why."""
         message = self._idle_message(message_id)
         failed = message.pending
+        before = [(r.status, r.last, r.remote) for r in failed]
         for rcpt in failed:
-            rcpt.record(BOUNCED, Reply.of(550, "5.0.0", "returned to sender by the postmaster"))
+            rcpt.status = BOUNCED
+            if not rcpt.last:
+                rcpt.record(BOUNCED, Reply.of(550, "5.0.0", "returned to sender by the postmaster"))
         self.in_flight.add(message_id)
         try:
-            await self._bounce(message, failed, expired=False)
-        except BaseException:
-            for rcpt in failed:
-                rcpt.status = PENDING
+            await self._bounce(message, failed, expired=False, returned=True)
+        except BaseException as e:
+            for rcpt, (status, last, remote) in zip(failed, before):
+                rcpt.status, rcpt.last, rcpt.remote = status, last, remote
+            if isinstance(e, OSError):
+                raise QueueError(f"{message_id}: cannot store the DSN: {e.strerror or e}; the message stays queued, unchanged") from e
             raise
         finally:
             self.in_flight.discard(message_id)
@@ -292,7 +301,7 @@ class Queue:
         heapq.heappush(self._heap, (message.next_attempt, next(self._seq), message.id))
         self._arm()
 
-    async def _bounce(self, message: QueuedMessage, failed: list[RecipientState], expired: bool) -> None:
+    async def _bounce(self, message: QueuedMessage, failed: list[RecipientState], expired: bool, returned: bool = False) -> None:
         """Send a DSN for ``failed``; none for a bounce (no bounce loops)."""
         if message.is_bounce:
             self.events.emit("bounce_dropped", msgid=message.id, rcpts=len(failed), reason="null sender")
@@ -309,6 +318,7 @@ class Queue:
                 headers=original_headers(head),
                 now=now,
                 expired=expired,
+                returned=returned,
             )
             sender_domain = domain_of(message.sender)
             try:
