@@ -5,6 +5,7 @@ store its DSN (in-process relays on real sockets, and the pure parts without a r
 from __future__ import annotations
 
 import errno
+import json
 import os
 import socket
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ import pytest_twisted
 from e2e import in_thread, maildir_messages, send_smtplib
 from outbound_lab import DOMAIN, start_receiver
 
-from tlsmta.app.cli import EX_OK, EX_TEMPFAIL, main
+from tlsmta.app.cli import EX_DATAERR, EX_OK, EX_TEMPFAIL, main
 from tlsmta.config import _loader as configuration
 from tlsmta.config import parse_route
 from tlsmta.delivery import destination_of
@@ -153,3 +154,28 @@ async def test_bounce_on_a_full_disk_changes_nothing_and_says_why(
     assert "returned to sender by the postmaster" in text
     assert before[0][1].startswith("451 4.4.1 connect to ")
     assert "Diagnostic-Code: smtp; 451 4.4.1 connect to 127.0.0.1" in text and "Status: 4.4.1" in text
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete_and_bounce_take_many_ids_and_options_after_the_subcommand(
+    tmp_path: Any, capsys: Any, dead_port: int,
+) -> None:
+    """`queue delete A B` deletes both; an unknown id among them is named and fails the command
+    without stopping the rest; --config and --json go after the subcommand too."""
+    relay = await queued_relay(tmp_path, dead_port, count=3)
+    sock = relay.service.config.control["socket"]
+    first, second, third = sorted(relay.service.queue.messages)
+    config_file = tmp_path / "tlsmta.toml"
+    config_file.write_text(f'[control]\nsocket = "{sock}"\n[global]\nstate_dir = "{tmp_path / "state"}"\n')
+    try:
+        code, out, err = await in_thread(cli, capsys, "queue", "delete", first, "nonexistent", second, "--config", str(config_file))
+        assert code == EX_DATAERR and out.splitlines() == [f"{first}: deleted", f"{second}: deleted"]
+        assert err.strip() == "tlsmta queue: no queued message nonexistent"
+        code, out, _ = await in_thread(cli, capsys, "queue", "list", "--config", str(config_file), "--json")
+        assert code == EX_OK and [m["id"] for m in json.loads(out)] == [third]
+        code, out, _ = await in_thread(cli, capsys, "queue", "bounce", third, "--socket", sock)
+        assert (code, out.strip()) == (EX_OK, f"{third}: returned to sender")
+        await relay.service.queue.wait_idle()
+    finally:
+        await relay.stop()
+    assert len(maildir_messages(str(tmp_path / "bounces"))) == 1

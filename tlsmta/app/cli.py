@@ -359,24 +359,44 @@ def cmd_queue(args: argparse.Namespace) -> int:
         elif action == "flush":
             result = client.request("queue.flush", id=args.id, domain=args.domain)
         else:
-            result = client.request(f"queue.{action}", id=args.id)
+            return _each(client, action, args.id)
     except DaemonUnavailable as e:
         if action in ("list", "show") and not args.socket:
             return _offline(args, action)
         return fail("queue", str(e), EX_UNAVAILABLE)
     except ControlError as e:
-        return fail("queue", str(e), EX_DATAERR if "no queued message" in str(e) else EX_TEMPFAIL)
+        return fail("queue", str(e), _control_exit(e))
     if args.json:
         print(json.dumps(result, indent=2))
     elif action == "list":
         print_queue(result)
     elif action == "show":
         print_message(result)
-    elif action == "flush":
-        print(f"{result} message(s) due now")
     else:
-        print(f"{result}: {'deleted' if action == 'delete' else 'returned to sender'}")
+        print(f"{result} message(s) due now")
     return EX_OK
+
+
+def _control_exit(e: Exception) -> int:
+    return EX_DATAERR if "no queued message" in str(e) else EX_TEMPFAIL
+
+
+def _each(client: Any, action: str, ids: Sequence[str]) -> int:
+    """delete or bounce each id in turn: one line per id, a refusal does not stop the rest;
+    the exit status is the first refusal's."""
+    from tlsmta.app._control import ControlError, DaemonUnavailable
+
+    done = "deleted" if action == "delete" else "returned to sender"
+    code = EX_OK
+    for message_id in ids:
+        try:
+            out(f"{client.request(f'queue.{action}', id=message_id)}: {done}")
+        except DaemonUnavailable as e:
+            return fail("queue", str(e), EX_UNAVAILABLE)
+        except ControlError as e:
+            code = code or _control_exit(e)
+            fail("queue", str(e), code)
+    return code
 
 
 def print_message(m: dict[str, Any]) -> None:
@@ -547,10 +567,14 @@ def build_parser() -> argparse.ArgumentParser:
     q = qsub.add_parser("flush", help="try now: everything, one message, or one domain")
     q.add_argument("id", nargs="?")
     q.add_argument("--domain")
-    q = qsub.add_parser("delete", help="remove a message without a bounce")
-    q.add_argument("id")
-    q = qsub.add_parser("bounce", help="return a message to its sender now (DSN)")
-    q.add_argument("id")
+    q = qsub.add_parser("delete", help="remove messages without a bounce")
+    q.add_argument("id", nargs="+")
+    q = qsub.add_parser("bounce", help="return messages to their senders now (DSN)")
+    q.add_argument("id", nargs="+")
+    for q in qsub.choices.values():  # `tlsmta queue list --config FILE` as well as `tlsmta queue --config FILE list`
+        q.add_argument("--config", default=argparse.SUPPRESS, help="as above")
+        q.add_argument("--socket", default=argparse.SUPPRESS, help="as above")
+        q.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="as above")
     p.set_defaults(func=cmd_queue)
 
     p = sub.add_parser("dev-ca", help="where the dev CA is (the PEM clients trust to verify the dev relay)")
