@@ -16,7 +16,8 @@ import pytest_twisted
 from e2e import in_thread, maildir_messages, send_smtplib
 from outbound_lab import DOMAIN, start_receiver
 
-from tlsmta.app.cli import EX_DATAERR, EX_OK, EX_TEMPFAIL, main
+from tlsmta.app._service import QueueService
+from tlsmta.app.cli import EX_DATAERR, EX_OK, EX_TEMPFAIL, EX_USAGE, main
 from tlsmta.config import _loader as configuration
 from tlsmta.config import parse_route
 from tlsmta.delivery import destination_of
@@ -179,3 +180,46 @@ async def test_delete_and_bounce_take_many_ids_and_options_after_the_subcommand(
     finally:
         await relay.stop()
     assert len(maildir_messages(str(tmp_path / "bounces"))) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_held_mail_is_not_tried_until_released_and_stays_held_across_a_restart(
+    tmp_path: Any, capsys: Any, dead_port: int,
+) -> None:
+    """hold by id: flush passes it by, `queue list` marks it `!`, a restart keeps it held;
+    release makes it due now; --domain and ALL select as well."""
+    raw = queued_raw(tmp_path, dead_port)
+    relay = await queued_relay(tmp_path, dead_port, count=2)
+    sock = relay.service.config.control["socket"]
+    held, other = sorted(relay.service.queue.messages)
+    try:
+        code, out, _ = await in_thread(cli, capsys, "queue", "--socket", sock, "hold", held)
+        assert (code, out.strip()) == (EX_OK, f"{held}: held")
+        assert relay.service.queue.flush() == 1
+        await relay.service.queue.wait_idle()
+        assert relay.service.queue.messages[held].attempts == 1 and relay.service.queue.messages[other].attempts == 2
+    finally:
+        await relay.stop()
+    relay = await RunningRelay(build_config(raw)).start()
+    try:
+        [loading] = [s for s in relay.service if isinstance(s, QueueService)]
+        await loading.loaded
+        await relay.service.queue.wait_idle()
+        queue = relay.service.queue
+        assert queue.messages[held].held and not queue.messages[other].held
+        code, out, _ = await in_thread(cli, capsys, "queue", "--socket", sock, "list")
+        assert f"{held:<33}!" in out and f"{other:<33} " in out
+        assert queue.flush() == 1 and queue.messages[held].attempts == 1
+        code, out, _ = await in_thread(cli, capsys, "queue", "--socket", sock, "release", held)
+        assert (code, out.strip()) == (EX_OK, f"{held}: released")
+        await queue.wait_idle()
+        assert queue.messages[held].attempts == 2 and not queue.messages[held].held
+        code, out, _ = await in_thread(cli, capsys, "queue", "--socket", sock, "hold", "--domain", DOMAIN)
+        assert code == EX_OK and sorted(out.split()) == sorted([f"{held}:", "held", f"{other}:", "held"])
+        code, out, _ = await in_thread(cli, capsys, "queue", "--socket", sock, "release", "ALL")
+        assert code == EX_OK and out.count("released") == 2
+        code, _, err = await in_thread(cli, capsys, "queue", "--socket", sock, "hold")
+        assert code == EX_USAGE and "name message ids, --domain DOMAIN or ALL" in err
+    finally:
+        await queue.wait_idle()
+        await relay.stop()

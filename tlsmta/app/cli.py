@@ -332,7 +332,7 @@ def print_queue(messages: list[dict[str, Any]]) -> None:
         return
     print(f"{'ID':<34} {'SIZE':>9}  {'ARRIVED':<19}  {'TRIES':>5}  {'NEXT TRY':<19}  SENDER")
     for m in messages:
-        flag = "*" if m.get("in_flight") else " "
+        flag = "*" if m.get("in_flight") else "!" if m.get("held") else " "
         out(
             f"{printable(m['id']):<33}{flag} {m['size']:>9}  {_when(m['received_at']):<19}  {m['attempts']:>5}  "
             f"{_when(m['next_attempt']):<19}  <{printable(m['sender'])}>"
@@ -340,7 +340,7 @@ def print_queue(messages: list[dict[str, Any]]) -> None:
         for r in m["recipients"]:
             if r["status"] == "pending":
                 out(f"    {printable(r['address'])}" + (f"  ({printable(r['last'])})" if r["last"] else ""))
-    print(f"-- {len(messages)} message(s); * = delivery in progress")
+    print(f"-- {len(messages)} message(s); * = delivery in progress, ! = held")
 
 
 def cmd_queue(args: argparse.Namespace) -> int:
@@ -358,6 +358,8 @@ def cmd_queue(args: argparse.Namespace) -> int:
             result = client.request("queue.show", id=args.id)
         elif action == "flush":
             result = client.request("queue.flush", id=args.id, domain=args.domain)
+        elif action in SELECTING:
+            return _selected(client, action, args)
         else:
             return _each(client, action, args.id)
     except DaemonUnavailable as e:
@@ -374,6 +376,23 @@ def cmd_queue(args: argparse.Namespace) -> int:
         print_message(result)
     else:
         print(f"{result} message(s) due now")
+    return EX_OK
+
+
+SELECTING = {"hold": "held", "release": "released", "requeue": "due now"}
+
+
+def _selected(client: Any, action: str, args: argparse.Namespace) -> int:
+    """hold, release, requeue: the ids named, --domain D, or ALL; one line per message."""
+    if bool(args.id) == bool(args.domain):
+        return fail("queue", f"{action}: name message ids, --domain DOMAIN or ALL", EX_USAGE)
+    everything = args.id == ["ALL"]
+    chosen = client.request(f"queue.{action}", ids=[] if everything else args.id, domain=args.domain, all=everything)
+    if args.json:
+        print(json.dumps(chosen, indent=2))
+    else:
+        for message_id in chosen:
+            out(f"{message_id}: {SELECTING[action]}")
     return EX_OK
 
 
@@ -407,7 +426,7 @@ def print_message(m: dict[str, Any]) -> None:
     tls = m.get("tls") or {}
     if tls.get("tls") == "tls":
         out(f"tls in:    {p(tls.get('protocol'))} {p(tls.get('cipher'))} (client certificate verified: {p(tls.get('verified'))})")
-    out(f"size:      {m['size']}   attempts: {m['attempts']}   next: {_when(m['next_attempt'])}")
+    out(f"size:      {m['size']}   attempts: {m['attempts']}   next: {'held' if m.get('held') else _when(m['next_attempt'])}")
     for r in m["recipients"]:
         out(f"  {p(r['status']):<9} {p(r['address'])}  route={p(r['route'])} binding={p(r['binding'])}"
             + (f"\n            {p(r['last'])}" if r["last"] else ""))
@@ -571,6 +590,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("id", nargs="+")
     q = qsub.add_parser("bounce", help="return messages to their senders now (DSN)")
     q.add_argument("id", nargs="+")
+    for name, what in (("hold", "keep messages from delivery until released (kept across restarts)"),
+                       ("release", "let held messages go (due now)"),
+                       ("requeue", "try messages now with routes and options resolved afresh")):
+        q = qsub.add_parser(name, help=f"{what}: IDs, --domain D, or ALL")
+        q.add_argument("id", nargs="*")
+        q.add_argument("--domain")
     for q in qsub.choices.values():  # `tlsmta queue list --config FILE` as well as `tlsmta queue --config FILE list`
         q.add_argument("--config", default=argparse.SUPPRESS, help="as above")
         q.add_argument("--socket", default=argparse.SUPPRESS, help="as above")

@@ -136,7 +136,7 @@ class Queue:
                 continue
             if domain is not None and not any(r.domain == domain for r in message.pending):
                 continue
-            if message.id in self.in_flight:
+            if message.id in self.in_flight or message.held:
                 continue
             message.next_attempt = self.now()
             heapq.heappush(self._heap, (message.next_attempt, next(self._seq), message.id))
@@ -189,6 +189,36 @@ class Queue:
         await self.spool.disk.run(self.spool.remove_blocking, message_id)
         self.events.emit("queue_bounced", msgid=message_id, rcpts=len(failed))
 
+    def select(self, ids: Sequence[str] = (), domain: str | None = None, everything: bool = False) -> list[str]:
+        """The ids an operator named: these ids (each must be queued), the messages with pending
+        recipients at ``domain``, or all of them."""
+        if everything:
+            return sorted(self.messages)
+        if domain is not None:
+            return sorted(m.id for m in self.messages.values() if any(r.domain == domain for r in m.pending))
+        for message_id in ids:
+            if message_id not in self.messages:
+                raise QueueError(f"no queued message {message_id}")
+        return list(ids)
+
+    async def hold(self, message_id: str, held: bool = True) -> None:
+        """Hold a message (never attempted, durably, until released) or release it (due now).
+        A hold during an attempt lets that attempt finish and stops the retries after it."""
+        message = self.messages.get(message_id)
+        if message is None:
+            raise QueueError(f"no queued message {message_id}")
+        if message.held == held:
+            return
+        message.held = held
+        try:
+            await self.spool.disk.run(self.spool.save_blocking, message, True)
+        except OSError as e:
+            message.held = not held
+            raise QueueError(f"{message_id}: cannot record the change: {e.strerror or e}; nothing changed") from e
+        self.events.emit("queue_held" if held else "queue_released", msgid=message_id)
+        if not held:
+            self.flush(message_id=message_id)
+
     def stats(self) -> tuple[int, float | None]:
         """(messages queued, receipt time of the oldest) for ``tlsmta status``."""
         if not self.messages:
@@ -216,8 +246,8 @@ class Queue:
         while self._heap and self._heap[0][0] <= now:
             due, _, message_id = heapq.heappop(self._heap)
             message = self.messages.get(message_id)
-            if message is None or message_id in self.in_flight or message.next_attempt != due:
-                continue  # finished, already running, or rescheduled (a stale heap entry)
+            if message is None or message_id in self.in_flight or message.next_attempt != due or message.held:
+                continue  # finished, already running, rescheduled (a stale heap entry), or held until released
             self._attempt(message)
         self._arm()
         self._check_idle()
