@@ -17,12 +17,12 @@ from e2e import in_thread, maildir_messages, send_smtplib
 from outbound_lab import DOMAIN, start_receiver
 
 from tlsmta.app._service import QueueService
-from tlsmta.app.cli import EX_DATAERR, EX_OK, EX_TEMPFAIL, EX_USAGE, main
+from tlsmta.app.cli import EX_DATAERR, EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE, EX_USAGE, main
 from tlsmta.config import _loader as configuration
 from tlsmta.config import parse_route
 from tlsmta.delivery import destination_of
 from tlsmta.delivery._mailqueue import group_jobs
-from tlsmta.storage import QueuedMessage, RecipientState
+from tlsmta.storage import DirectoryLock, QueuedMessage, RecipientState
 from tlsmta.storage import _spool as spool_module
 from tlsmta.testing import RunningRelay, build_config, dev_listener
 from tlsmta.tls import Hooks
@@ -222,4 +222,40 @@ async def test_held_mail_is_not_tried_until_released_and_stays_held_across_a_res
         assert code == EX_USAGE and "name message ids, --domain DOMAIN or ALL" in err
     finally:
         await queue.wait_idle()
+        await relay.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_with_the_daemon_stopped_delete_and_hold_work_on_the_spool_under_its_lock(
+    tmp_path: Any, capsys: Any, dead_port: int,
+) -> None:
+    """No daemon: hold and delete change the spool directly (a restart sees the hold); while another
+    process holds the spool lock they refuse, naming it; flush, requeue and bounce need the daemon."""
+    relay = await queued_relay(tmp_path, dead_port, count=2)
+    await relay.stop()
+    doomed, held = sorted(relay.service.queue.messages)
+    config_file = tmp_path / "tlsmta.toml"
+    config_file.write_text(f'[global]\nstate_dir = "{tmp_path / "state"}"\n[spool]\npath = "{tmp_path / "spool"}"\n')
+    conf = ("--config", str(config_file))
+    code, out, err = await in_thread(cli, capsys, "queue", "delete", doomed, *conf)
+    assert (code, out.strip()) == (EX_OK, f"{doomed}: deleted") and "not running" in err
+    code, out, _ = await in_thread(cli, capsys, "queue", "hold", "ALL", *conf)
+    assert (code, out.strip()) == (EX_OK, f"{held}: held")
+    code, _, err = await in_thread(cli, capsys, "queue", "delete", "nonexistent", *conf)
+    assert code == EX_DATAERR and "no queued message nonexistent; nothing changed" in err
+    for action in ("flush", "requeue ALL", "bounce " + held):
+        code, _, err = await in_thread(cli, capsys, "queue", *action.split(), *conf)
+        assert code == EX_UNAVAILABLE and f"{action.split()[0]} needs the running daemon" in err
+    other = DirectoryLock.acquire(str(tmp_path / "spool"))
+    try:
+        code, _, err = await in_thread(cli, capsys, "queue", "release", held, *conf)
+    finally:
+        other.release()
+    assert code == EX_TEMPFAIL and f"is in use by tlsmta PID {os.getpid()}" in err
+    relay = await RunningRelay(build_config(queued_raw(tmp_path, dead_port))).start()
+    try:
+        [loading] = [s for s in relay.service if isinstance(s, QueueService)]
+        await loading.loaded
+        assert list(relay.service.queue.messages) == [held] and relay.service.queue.messages[held].held
+    finally:
         await relay.stop()

@@ -363,9 +363,13 @@ def cmd_queue(args: argparse.Namespace) -> int:
         else:
             return _each(client, action, args.id)
     except DaemonUnavailable as e:
-        if action in ("list", "show") and not args.socket:
+        if args.socket:
+            return fail("queue", str(e), EX_UNAVAILABLE)
+        if action in ("list", "show"):
             return _offline(args, action)
-        return fail("queue", str(e), EX_UNAVAILABLE)
+        if action in ("delete", "hold", "release"):
+            return _change_offline(args, action)
+        return fail("queue", f"{e}; {action} needs the running daemon", EX_UNAVAILABLE)
     except ControlError as e:
         return fail("queue", str(e), _control_exit(e))
     if args.json:
@@ -410,8 +414,8 @@ def _each(client: Any, action: str, ids: Sequence[str]) -> int:
     for message_id in ids:
         try:
             out(f"{client.request(f'queue.{action}', id=message_id)}: {done}")
-        except DaemonUnavailable as e:
-            return fail("queue", str(e), EX_UNAVAILABLE)
+        except DaemonUnavailable:
+            raise
         except ControlError as e:
             code = code or _control_exit(e)
             fail("queue", str(e), code)
@@ -433,6 +437,31 @@ def print_message(m: dict[str, Any]) -> None:
     if m.get("headers"):
         # Line ends and folding stay; every other control character is escaped.
         print("\n" + printable(m["headers"].replace("\r\n", "\n"), keep="\n\t"))
+
+
+def _change_offline(args: argparse.Namespace, action: str) -> int:
+    """delete, hold, release with the daemon stopped: on the spool, under its lock."""
+    from tlsmta.app._queue_offline import OFFLINE, change_offline
+    from tlsmta.delivery import QueueError
+    from tlsmta.storage import DirectoryInUse
+
+    config = _load(args.config)
+    if config is None:
+        return EX_CONFIG
+    everything = args.id == ["ALL"]
+    path = config.spool["path"]
+    try:
+        done = change_offline(path, action, [] if everything else args.id, getattr(args, "domain", None), everything)
+    except DirectoryInUse as e:
+        return fail("queue", f"{e}, yet nothing answers on its control socket; try again", EX_TEMPFAIL)
+    except QueueError as e:
+        return fail("queue", f"{e}; nothing changed", EX_DATAERR)
+    except OSError as e:
+        return fail("queue", f"cannot change the spool {path}: {e.strerror or e}", EX_UNAVAILABLE)
+    print("(tlsmta is not running: changed the spool directly, under its lock)", file=sys.stderr)
+    for message_id in done:
+        out(f"{message_id}: {OFFLINE[action]}")
+    return EX_OK
 
 
 def _offline(args: argparse.Namespace, action: str) -> int:
