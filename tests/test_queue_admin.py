@@ -259,3 +259,11 @@ async def test_with_the_daemon_stopped_delete_and_hold_work_on_the_spool_under_i
         assert list(relay.service.queue.messages) == [held] and relay.service.queue.messages[held].held
     finally:
         await relay.stop()
+
+
+def test_a_release_to_a_smarthost_keeps_the_route_it_was_given() -> None:
+    """The dev relay's Release names its route per message: the configuration does not replace it."""
+    config = build_config({"domain": {DOMAIN: {"route": "smtp:new.example.net"}}, "listener": [dev_listener()]})
+    rcpt = RecipientState(f"bob@{DOMAIN}", parse_route("smtp:smarthost.test:2525"), "default")
+    message = QueuedMessage(id="m", sender="a@client.test", recipients=[rcpt], received_at=0.0, listener="release")
+    assert destination_of(config, Hooks(), message, rcpt) == (parse_route("smtp:smarthost.test:2525"), "default")

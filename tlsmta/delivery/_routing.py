@@ -17,10 +17,15 @@ from tlsmta.tls import Hooks
 # The listener names of mail tlsmta writes itself (DSNs, TLS-RPT reports): it leaves
 # through the default binding, as it did when it was made; no hook is asked about it.
 OWN_MAIL = frozenset({"dsn", "tlsrpt"})
+# Mail whose route was given for the message itself, not by the configuration: the dev
+# relay's Release to a smarthost goes where the operator said, whatever a reload changes.
+ROUTED_BY_HAND = frozenset({"release"})
 
 
 def destination_of(config: Config, hooks: Hooks, message: QueuedMessage, rcpt: RecipientState) -> tuple[Route, str]:
     """(route, binding) for ``rcpt`` by ``config``: the same choice RCPT made at arrival."""
+    if message.listener in ROUTED_BY_HAND:
+        return rcpt.route, rcpt.binding
     if message.listener in OWN_MAIL:
         binding = "default"
     else:
