@@ -40,6 +40,7 @@ def describe(message: QueuedMessage, in_flight: bool = False) -> dict[str, Any]:
         "attempts": message.attempts,
         "next_attempt": message.next_attempt,
         "in_flight": in_flight,
+        "held": message.held,
         "recipients": [
             {"address": r.address, "route": str(r.route), "binding": r.binding, "status": r.status, "last": r.last_shown}
             for r in message.recipients
@@ -103,6 +104,9 @@ class ControlFactory(Factory):
             "queue.flush": self.queue_flush,
             "queue.delete": self.queue_delete,
             "queue.bounce": self.queue_bounce,
+            "queue.hold": self.queue_hold,
+            "queue.release": self.queue_release,
+            "queue.requeue": self.queue_requeue,
             "reload": self.reload,
             "status": self.status,
         }
@@ -137,6 +141,25 @@ class ControlFactory(Factory):
     async def queue_bounce(self, id: str) -> str:
         await self.queue.bounce(id)
         return id
+
+    async def queue_hold(self, ids: list[str] | None = None, domain: str | None = None, all: bool = False) -> list[str]:
+        chosen = self.queue.select(ids or (), domain, all)
+        for message_id in chosen:
+            await self.queue.hold(message_id)
+        return chosen
+
+    async def queue_release(self, ids: list[str] | None = None, domain: str | None = None, all: bool = False) -> list[str]:
+        chosen = self.queue.select(ids or (), domain, all)
+        for message_id in chosen:
+            await self.queue.hold(message_id, held=False)
+        return chosen
+
+    async def queue_requeue(self, ids: list[str] | None = None, domain: str | None = None, all: bool = False) -> list[str]:
+        """Due now, routes and options resolved afresh (as every attempt does); held mail stays held."""
+        chosen = [i for i in self.queue.select(ids or (), domain, all) if not self.queue.messages[i].held]
+        for message_id in chosen:
+            self.queue.flush(message_id=message_id)
+        return chosen
 
     async def reload(self) -> list[str]:
         return self._reload()

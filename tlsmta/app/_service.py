@@ -26,7 +26,7 @@ from tlsmta.app._control import ControlFactory, prepare_socket_path
 from tlsmta.app._endpoints import CannotListen, naming
 from tlsmta.app._reload_plan import Running, fixed_settings, keeping_fixed, plan, running_of, web_settings
 from tlsmta.config import Config, ConfigError, ListenerConfig, ListenerTLS, resolve
-from tlsmta.delivery import Deliverer, OutboundPool, Queue
+from tlsmta.delivery import Deliverer, OutboundPool, Queue, destination_of
 from tlsmta.devrelay import (
     LabError,
     LabListener,
@@ -269,6 +269,7 @@ class TlsmtaService(MultiService):
             config.queue["retry_schedule"],
             config.queue["max_queue_lifetime"],
             route_for=lambda domain: resolve(self.config, domain)["route"].value,
+            destination_for=lambda message, rcpt: destination_of(self.config, self.hooks, message, rcpt),
             events=self.events,
         )
         self.pool.is_self = self.is_own_address

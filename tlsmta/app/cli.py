@@ -357,7 +357,7 @@ def print_queue(messages: list[dict[str, Any]]) -> None:
         return
     print(f"{'ID':<34} {'SIZE':>9}  {'ARRIVED':<19}  {'TRIES':>5}  {'NEXT TRY':<19}  SENDER")
     for m in messages:
-        flag = "*" if m.get("in_flight") else " "
+        flag = "*" if m.get("in_flight") else "!" if m.get("held") else " "
         out(
             f"{printable(m['id']):<33}{flag} {m['size']:>9}  {_when(m['received_at']):<19}  {m['attempts']:>5}  "
             f"{_when(m['next_attempt']):<19}  <{printable(m['sender'])}>"
@@ -365,7 +365,7 @@ def print_queue(messages: list[dict[str, Any]]) -> None:
         for r in m["recipients"]:
             if r["status"] == "pending":
                 out(f"    {printable(r['address'])}" + (f"  ({printable(r['last'])})" if r["last"] else ""))
-    print(f"-- {len(messages)} message(s); * = delivery in progress")
+    print(f"-- {len(messages)} message(s); * = delivery in progress, ! = held")
 
 
 def cmd_queue(args: argparse.Namespace) -> int:
@@ -383,25 +383,68 @@ def cmd_queue(args: argparse.Namespace) -> int:
             result = client.request("queue.show", id=args.id)
         elif action == "flush":
             result = client.request("queue.flush", id=args.id, domain=args.domain)
+        elif action in SELECTING:
+            return _selected(client, action, args)
         else:
-            result = client.request(f"queue.{action}", id=args.id)
+            return _each(client, action, args.id)
     except DaemonUnavailable as e:
-        if action in ("list", "show") and not args.socket:
+        if args.socket:
+            return fail("queue", str(e), EX_UNAVAILABLE)
+        if action in ("list", "show"):
             return _offline(args, action)
-        return fail("queue", str(e), EX_UNAVAILABLE)
+        if action in ("delete", "hold", "release"):
+            return _change_offline(args, action)
+        return fail("queue", f"{e}; {action} needs the running daemon", EX_UNAVAILABLE)
     except ControlError as e:
-        return fail("queue", str(e), EX_DATAERR if "no queued message" in str(e) else EX_TEMPFAIL)
+        return fail("queue", str(e), _control_exit(e))
     if args.json:
         print(json.dumps(result, indent=2))
     elif action == "list":
         print_queue(result)
     elif action == "show":
         print_message(result)
-    elif action == "flush":
-        print(f"{result} message(s) due now")
     else:
-        print(f"{result}: {'deleted' if action == 'delete' else 'returned to sender'}")
+        print(f"{result} message(s) due now")
     return EX_OK
+
+
+SELECTING = {"hold": "held", "release": "released", "requeue": "due now"}
+
+
+def _selected(client: Any, action: str, args: argparse.Namespace) -> int:
+    """hold, release, requeue: the ids named, --domain D, or ALL; one line per message."""
+    if bool(args.id) == bool(args.domain):
+        return fail("queue", f"{action}: name message ids, --domain DOMAIN or ALL", EX_USAGE)
+    everything = args.id == ["ALL"]
+    chosen = client.request(f"queue.{action}", ids=[] if everything else args.id, domain=args.domain, all=everything)
+    if args.json:
+        print(json.dumps(chosen, indent=2))
+    else:
+        for message_id in chosen:
+            out(f"{message_id}: {SELECTING[action]}")
+    return EX_OK
+
+
+def _control_exit(e: Exception) -> int:
+    return EX_DATAERR if "no queued message" in str(e) else EX_TEMPFAIL
+
+
+def _each(client: Any, action: str, ids: Sequence[str]) -> int:
+    """delete or bounce each id in turn: one line per id, a refusal does not stop the rest;
+    the exit status is the first refusal's."""
+    from tlsmta.app._control import ControlError, DaemonUnavailable
+
+    done = "deleted" if action == "delete" else "returned to sender"
+    code = EX_OK
+    for message_id in ids:
+        try:
+            out(f"{client.request(f'queue.{action}', id=message_id)}: {done}")
+        except DaemonUnavailable:
+            raise
+        except ControlError as e:
+            code = code or _control_exit(e)
+            fail("queue", str(e), code)
+    return code
 
 
 def print_message(m: dict[str, Any]) -> None:
@@ -412,13 +455,38 @@ def print_message(m: dict[str, Any]) -> None:
     tls = m.get("tls") or {}
     if tls.get("tls") == "tls":
         out(f"tls in:    {p(tls.get('protocol'))} {p(tls.get('cipher'))} (client certificate verified: {p(tls.get('verified'))})")
-    out(f"size:      {m['size']}   attempts: {m['attempts']}   next: {_when(m['next_attempt'])}")
+    out(f"size:      {m['size']}   attempts: {m['attempts']}   next: {'held' if m.get('held') else _when(m['next_attempt'])}")
     for r in m["recipients"]:
         out(f"  {p(r['status']):<9} {p(r['address'])}  route={p(r['route'])} binding={p(r['binding'])}"
             + (f"\n            {p(r['last'])}" if r["last"] else ""))
     if m.get("headers"):
         # Line ends and folding stay; every other control character is escaped.
         print("\n" + printable(m["headers"].replace("\r\n", "\n"), keep="\n\t"))
+
+
+def _change_offline(args: argparse.Namespace, action: str) -> int:
+    """delete, hold, release with the daemon stopped: on the spool, under its lock."""
+    from tlsmta.app._queue_offline import OFFLINE, change_offline
+    from tlsmta.delivery import QueueError
+    from tlsmta.storage import DirectoryInUse
+
+    config = _load(args.config)
+    if config is None:
+        return EX_CONFIG
+    everything = args.id == ["ALL"]
+    path = config.spool["path"]
+    try:
+        done = change_offline(path, action, [] if everything else args.id, getattr(args, "domain", None), everything)
+    except DirectoryInUse as e:
+        return fail("queue", f"{e}, yet nothing answers on its control socket; try again", EX_TEMPFAIL)
+    except QueueError as e:
+        return fail("queue", f"{e}; nothing changed", EX_DATAERR)
+    except OSError as e:
+        return fail("queue", f"cannot change the spool {path}: {e.strerror or e}", EX_UNAVAILABLE)
+    print("(tlsmta is not running: changed the spool directly, under its lock)", file=sys.stderr)
+    for message_id in done:
+        out(f"{message_id}: {OFFLINE[action]}")
+    return EX_OK
 
 
 def _offline(args: argparse.Namespace, action: str) -> int:
@@ -575,10 +643,20 @@ def build_parser() -> argparse.ArgumentParser:
     q = qsub.add_parser("flush", help="try now: everything, one message, or one domain")
     q.add_argument("id", nargs="?")
     q.add_argument("--domain")
-    q = qsub.add_parser("delete", help="remove a message without a bounce")
-    q.add_argument("id")
-    q = qsub.add_parser("bounce", help="return a message to its sender now (DSN)")
-    q.add_argument("id")
+    q = qsub.add_parser("delete", help="remove messages without a bounce")
+    q.add_argument("id", nargs="+")
+    q = qsub.add_parser("bounce", help="return messages to their senders now (DSN)")
+    q.add_argument("id", nargs="+")
+    for name, what in (("hold", "keep messages from delivery until released (kept across restarts)"),
+                       ("release", "let held messages go (due now)"),
+                       ("requeue", "try messages now with routes and options resolved afresh")):
+        q = qsub.add_parser(name, help=f"{what}: IDs, --domain D, or ALL")
+        q.add_argument("id", nargs="*")
+        q.add_argument("--domain")
+    for q in qsub.choices.values():  # `tlsmta queue list --config FILE` as well as `tlsmta queue --config FILE list`
+        q.add_argument("--config", default=argparse.SUPPRESS, help="as above")
+        q.add_argument("--socket", default=argparse.SUPPRESS, help="as above")
+        q.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="as above")
     p.set_defaults(func=cmd_queue)
 
     p = sub.add_parser("dev-ca", help="where the dev CA is (the PEM clients trust to verify the dev relay)")

@@ -14,6 +14,7 @@ from tlsmta.delivery._client import ConnectionBroken, EndpointFactory, connect, 
 from tlsmta.delivery._decisions import addresses_to_try, dane_verdict, greeting_failure, requirement, session_outcome
 from tlsmta.delivery._mailqueue import Queue, QueueError
 from tlsmta.delivery._pool import Deliverer, OutboundPool
+from tlsmta.delivery._routing import destination_of
 
 __all__ = [
     "addresses_to_try",
@@ -21,6 +22,7 @@ __all__ = [
     "ConnectionBroken",
     "dane_verdict",
     "Deliverer",
+    "destination_of",
     "EndpointFactory",
     "greeting_failure",
     "OutboundPool",

@@ -76,8 +76,10 @@ def build_dsn(
     headers: bytes,
     now: datetime,
     expired: bool = False,
+    returned: bool = False,
 ) -> bytes:
-    """A bounce for ``failed`` recipients, addressed to ``sender`` (never called for a null sender)."""
+    """A bounce for ``failed`` recipients, addressed to ``sender`` (never called for a null sender);
+    ``returned``: the postmaster returned it (``tlsmta queue bounce``)."""
     # An SMTPUTF8 sender's address can only be written as UTF-8 (RFC 6532).  The
     # delivery-status fields are folded by fold_field: the email package keeps them.
     policy = (email.policy.SMTP if sender.isascii() else email.policy.SMTPUTF8).clone(refold_source="none")
@@ -93,7 +95,7 @@ def build_dsn(
     report.add_header("Content-Type", "multipart/report", report_type="delivery-status")
     report.preamble = "This is a MIME-encapsulated message."
     parts = (
-        _human_part(reporting_mta, failed, expired, policy),
+        _human_part(reporting_mta, failed, expired, policy, returned),
         _status_part(reporting_mta, message_id, arrival, failed, default, policy),
         _headers_part(headers, policy),
     )
@@ -103,12 +105,14 @@ def build_dsn(
     return report.as_bytes()
 
 
-def _human_part(reporting_mta: str, failed: Sequence[RecipientState], expired: bool, policy: EmailPolicy[EmailMessage]) -> MIMEPart:
+def _human_part(reporting_mta: str, failed: Sequence[RecipientState], expired: bool, policy: EmailPolicy[EmailMessage],
+                returned: bool = False) -> MIMEPart:
     lines = [
         f"This is the mail system at host {reporting_mta}.",
         "",
         "I'm sorry to have to inform you that your message could not",
         "be delivered to one or more recipients." + (" It stayed in the queue too long." if expired else ""),
+        *(["It was returned to sender by the postmaster; the last attempt's result follows."] if returned else []),
         "",
         *(f"<{rcpt.address}>: {rcpt.last_shown or 'delivery failed'}" for rcpt in failed),
         "",

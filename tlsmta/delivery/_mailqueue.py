@@ -41,12 +41,22 @@ def retry_delay(attempts: int, schedule: Sequence[int]) -> int:
     return schedule[min(max(attempts, 1), len(schedule)) - 1]
 
 
-def group_jobs(message: QueuedMessage) -> list[DeliveryJob]:
-    """One job per (route, domain, binding) among the pending recipients."""
+Destination = Callable[[QueuedMessage, RecipientState], tuple[Route, str]]
+
+
+def as_received(message: QueuedMessage, rcpt: RecipientState) -> tuple[Route, str]:
+    """The route and binding recorded at arrival (a queue without a configuration to ask)."""
+    return rcpt.route, rcpt.binding
+
+
+def group_jobs(message: QueuedMessage, destination_for: Destination = as_received) -> list[DeliveryJob]:
+    """One job per (route, domain, binding) among the pending recipients, each
+    recipient's route and binding as ``destination_for`` says now."""
     groups: dict[tuple[Any, ...], list[RecipientState]] = {}
     for rcpt in message.pending:
-        domain = rcpt.domain if rcpt.route.kind in ("mx", "smtp") else ""
-        groups.setdefault((rcpt.route, domain, rcpt.binding), []).append(rcpt)
+        route, binding = destination_for(message, rcpt)
+        domain = rcpt.domain if route.kind in ("mx", "smtp") else ""
+        groups.setdefault((route, domain, binding), []).append(rcpt)
     return [DeliveryJob(message, tuple(rcpts), route, domain, binding) for (route, domain, binding), rcpts in groups.items()]
 
 
@@ -62,6 +72,7 @@ class Queue:
         retry_schedule: Sequence[int],
         max_lifetime: int,
         route_for: Callable[[str], Route] = lambda domain: parse_route("mx"),
+        destination_for: Destination = as_received,
         now: Callable[[], float] | None = None,
         events: EventBus | None = None,
     ):
@@ -73,6 +84,7 @@ class Queue:
         self.retry_schedule = tuple(retry_schedule)
         self.max_lifetime = max_lifetime
         self.route_for = route_for  # where a DSN to a sender's domain goes
+        self.destination_for = destination_for  # asked at each attempt: the running configuration's answer
         self.now = now or clock.seconds
         self.messages: dict[str, QueuedMessage] = {}
         self.in_flight: set[str] = set()
@@ -124,7 +136,7 @@ class Queue:
                 continue
             if domain is not None and not any(r.domain == domain for r in message.pending):
                 continue
-            if message.id in self.in_flight:
+            if message.id in self.in_flight or message.held:
                 continue
             message.next_attempt = self.now()
             heapq.heappush(self._heap, (message.next_attempt, next(self._seq), message.id))
@@ -150,23 +162,62 @@ class Queue:
         self.events.emit("queue_deleted", msgid=message_id)
 
     async def bounce(self, message_id: str) -> None:
-        """Return a message to its sender now: a DSN for every pending recipient, then remove it."""
+        """Return a message to its sender now: a DSN for every pending recipient, then remove it.
+
+        A recipient keeps its last real failure (reply and host) as the DSN's reason; one never
+        tried is reported as returned by the postmaster.  The DSN is durable before the original
+        goes; when it cannot be stored (disk full) nothing changes and QueueError says why."""
         message = self._idle_message(message_id)
         failed = message.pending
+        before = [(r.status, r.last, r.remote) for r in failed]
         for rcpt in failed:
-            rcpt.record(BOUNCED, Reply.of(550, "5.0.0", "returned to sender by the postmaster"))
+            rcpt.status = BOUNCED
+            if not rcpt.last:
+                rcpt.record(BOUNCED, Reply.of(550, "5.0.0", "returned to sender by the postmaster"))
         self.in_flight.add(message_id)
         try:
-            await self._bounce(message, failed, expired=False)
-        except BaseException:
-            for rcpt in failed:
-                rcpt.status = PENDING
+            await self._bounce(message, failed, expired=False, returned=True)
+        except BaseException as e:
+            for rcpt, (status, last, remote) in zip(failed, before):
+                rcpt.status, rcpt.last, rcpt.remote = status, last, remote
+            if isinstance(e, OSError):
+                raise QueueError(f"{message_id}: cannot store the DSN: {e.strerror or e}; the message stays queued, unchanged") from e
             raise
         finally:
             self.in_flight.discard(message_id)
         del self.messages[message_id]
         await self.spool.disk.run(self.spool.remove_blocking, message_id)
         self.events.emit("queue_bounced", msgid=message_id, rcpts=len(failed))
+
+    def select(self, ids: Sequence[str] = (), domain: str | None = None, everything: bool = False) -> list[str]:
+        """The ids an operator named: these ids (each must be queued), the messages with pending
+        recipients at ``domain``, or all of them."""
+        if everything:
+            return sorted(self.messages)
+        if domain is not None:
+            return sorted(m.id for m in self.messages.values() if any(r.domain == domain for r in m.pending))
+        for message_id in ids:
+            if message_id not in self.messages:
+                raise QueueError(f"no queued message {message_id}")
+        return list(ids)
+
+    async def hold(self, message_id: str, held: bool = True) -> None:
+        """Hold a message (never attempted, durably, until released) or release it (due now).
+        A hold during an attempt lets that attempt finish and stops the retries after it."""
+        message = self.messages.get(message_id)
+        if message is None:
+            raise QueueError(f"no queued message {message_id}")
+        if message.held == held:
+            return
+        message.held = held
+        try:
+            await self.spool.disk.run(self.spool.save_blocking, message, True)
+        except OSError as e:
+            message.held = not held
+            raise QueueError(f"{message_id}: cannot record the change: {e.strerror or e}; nothing changed") from e
+        self.events.emit("queue_held" if held else "queue_released", msgid=message_id)
+        if not held:
+            self.flush(message_id=message_id)
 
     def stats(self) -> tuple[int, float | None]:
         """(messages queued, receipt time of the oldest) for ``tlsmta status``."""
@@ -195,14 +246,14 @@ class Queue:
         while self._heap and self._heap[0][0] <= now:
             due, _, message_id = heapq.heappop(self._heap)
             message = self.messages.get(message_id)
-            if message is None or message_id in self.in_flight or message.next_attempt != due:
-                continue  # finished, already running, or rescheduled (a stale heap entry)
+            if message is None or message_id in self.in_flight or message.next_attempt != due or message.held:
+                continue  # finished, already running, rescheduled (a stale heap entry), or held until released
             self._attempt(message)
         self._arm()
         self._check_idle()
 
     def _attempt(self, message: QueuedMessage) -> None:
-        jobs = group_jobs(message)
+        jobs = group_jobs(message, self.destination_for)
         self.in_flight.add(message.id)
         attempts = [maybeDeferred(self.deliver, job) for job in jobs]
         d = DeferredList(attempts, consumeErrors=True)
@@ -280,7 +331,7 @@ class Queue:
         heapq.heappush(self._heap, (message.next_attempt, next(self._seq), message.id))
         self._arm()
 
-    async def _bounce(self, message: QueuedMessage, failed: list[RecipientState], expired: bool) -> None:
+    async def _bounce(self, message: QueuedMessage, failed: list[RecipientState], expired: bool, returned: bool = False) -> None:
         """Send a DSN for ``failed``; none for a bounce (no bounce loops)."""
         if message.is_bounce:
             self.events.emit("bounce_dropped", msgid=message.id, rcpts=len(failed), reason="null sender")
@@ -297,6 +348,7 @@ class Queue:
                 headers=original_headers(head),
                 now=now,
                 expired=expired,
+                returned=returned,
             )
             sender_domain = domain_of(message.sender)
             try:

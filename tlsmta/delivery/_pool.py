@@ -860,7 +860,7 @@ class Deliverer:
 
     async def _maildir(self, job: DeliveryJob) -> list[RecipientResult]:
         files = self.local.with_receipts(
-            self.local.maildir_files(job.message.sender, [(r.address, r.route) for r in job.recipients]),
+            self.local.maildir_files(job.message.sender, [(r.address, job.route) for r in job.recipients]),
             lambda: queued_receipt_record(job.message),
         )
         body = self.spool.body_path(job.message.id)

@@ -47,14 +47,14 @@ from twisted.mail import smtp
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from tlsmta.config import Config, ListenerConfig, ListenerTLS, resolve, select_binding
+from tlsmta.config import Config, ListenerConfig, ListenerTLS, resolve
 from tlsmta.discovery import Resolver
 from tlsmta.inbound._acceptance import ClientStanding, check_client_certificate, check_recipient, in_networks
 from tlsmta.inbound._auth import UserDB
 from tlsmta.inbound._received import TraceFacts, received_header
 from tlsmta.network import StreamTransport, installed_reactor, set_no_delay
 from tlsmta.reporting import EventBus
-from tlsmta.smtp import DomainNameError, Reject, Reply, normalize_domain, normalized_domain_of
+from tlsmta.smtp import DomainNameError, Reject, Reply, normalize_domain
 from tlsmta.smtp.server_session import (
     CheckCredentials,
     Close,
@@ -428,20 +428,7 @@ class InboundSMTP(smtp.ESMTP):
         )
 
     def _binding_for(self, address: str, domain: str) -> str:
-        """The outbound_binding hook's choice, else the first matching [[binding_rule]], else default."""
-        config, listener = self.runtime.config, self.runtime.listener
-        hook = self.runtime.hooks.outbound_binding
-        if hook is not None:
-            try:
-                chosen = hook(self.sender, address, listener.name)
-            except Exception:
-                log.failure("outbound_binding hook raised; using binding rules")
-                chosen = None
-            if chosen:
-                if chosen == "default" or chosen in config.bindings:
-                    return str(chosen)
-                log.warn("outbound_binding hook chose unknown binding {binding}", binding=chosen)
-        return select_binding(config, listener.name, normalized_domain_of(self.sender or ""), domain)
+        return self.runtime.hooks.choose_binding(self.runtime.config, self.sender or "", address, self.runtime.listener.name, domain)
 
     def _open_message(self, question: OpenMessage) -> None:
         self._settle(question, self._open_writer)

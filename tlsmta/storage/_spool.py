@@ -43,6 +43,8 @@ class RecipientState:
     """Where one recipient's copy stands."""
 
     address: str
+    # As resolved at arrival, kept for information (and for older versions, which need "r"):
+    # each delivery attempt resolves route and binding from the running configuration.
     route: Route
     binding: str = "default"
     status: str = PENDING
@@ -101,6 +103,7 @@ class QueuedMessage:
     # field.  Both are recorded as received; REQUIRETLS wins when both are set.
     requiretls: bool = False
     tls_required_no: bool = False
+    held: bool = False  # `tlsmta queue hold`: never attempted until released (kept in ID.state)
 
     @property
     def pending(self) -> list[RecipientState]:
@@ -143,6 +146,7 @@ class QueuedMessage:
             # A key of its own, not a third list item: a state file from this version
             # still loads in one that predates it (which ignores unknown keys).
             "remotes": [r.remote for r in self.recipients],
+            "held": self.held,
         }
         return json.dumps(data, separators=(",", ":")).encode("utf-8")
 
@@ -160,6 +164,7 @@ class QueuedMessage:
             raise ValueError("state record does not belong to this message")
         self.attempts = int(data["attempts"])
         self.next_attempt = float(data["next_attempt"])
+        self.held = bool(data.get("held", False))
         for rcpt, (status, last), remote in zip(self.recipients, statuses, remotes):
             rcpt.status, rcpt.last, rcpt.remote = status, last, remote
 
@@ -299,12 +304,19 @@ class Spool:
     def state_path(self, message_id: str) -> str:
         return os.path.join(self.queue_dir, message_id + ".state")
 
-    def save_blocking(self, message: QueuedMessage) -> None:
-        """Record progress after a delivery attempt (best effort: see the module docstring)."""
+    def save_blocking(self, message: QueuedMessage, durable: bool = False) -> None:
+        """Record progress after a delivery attempt (best effort: see the module docstring);
+        ``durable`` for an operator's hold or release, which a crash must not undo."""
         tmp = os.path.join(self.tmp_dir, message.id + ".state")
         with open(tmp, "wb") as f:
             f.write(message.state_json())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, self.state_path(message.id))
+        if durable:
+            from tlsmta.storage._diskio import fsync_directory
+
+            fsync_directory(self.queue_dir)
 
     def remove_blocking(self, message_id: str) -> None:
         """Forget a finished message: metadata first, so a crash leaves files the scan removes."""

@@ -7,8 +7,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
+from twisted.logger import Logger
 
+from tlsmta.config import Config, select_binding
 from tlsmta.errors import TlsmtaError
+from tlsmta.smtp import normalized_domain_of
+
+log = Logger(namespace="tlsmta.hooks")
 
 
 class HookError(TlsmtaError):
@@ -40,6 +45,22 @@ class Hooks:
     inbound_tls_verify_callback: Callable[..., Any] | None = None
     outbound_tls_parameters: Callable[..., Any] | None = None
     outbound_binding: Callable[..., Any] | None = None
+
+    def choose_binding(self, config: Config, sender: str, address: str, listener: str, domain: str) -> str:
+        """The binding mail to ``address`` leaves through: the outbound_binding hook's choice,
+        else the first matching [[binding_rule]], else default.  Asked at RCPT and again at
+        each delivery attempt, so a reload's rules and bindings apply to queued mail too."""
+        if self.outbound_binding is not None:
+            try:
+                chosen = self.outbound_binding(sender, address, listener)
+            except Exception:
+                log.failure("outbound_binding hook raised; using binding rules")
+                chosen = None
+            if chosen:
+                if chosen == "default" or chosen in config.bindings:
+                    return str(chosen)
+                log.warn("outbound_binding hook chose unknown binding {binding}", binding=chosen)
+        return select_binding(config, listener, normalized_domain_of(sender or ""), domain)
 
 
 def load_hooks(specs: Mapping[str, str]) -> Hooks:
