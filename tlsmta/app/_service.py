@@ -271,7 +271,10 @@ class TlsmtaService(MultiService):
             route_for=lambda domain: resolve(self.config, domain)["route"].value,
             destination_for=lambda message, rcpt: destination_of(self.config, self.hooks, message, rcpt),
             events=self.events,
+            soft_bounce=config.queue["soft_bounce"],
+            delay_warning=config.queue["delay_warning_time"],
         )
+        self.queue.on_flush = self.pool.backoff.forget
         self.pool.is_self = self.is_own_address
         self.pool.sts = self._sts_resolver()
         QueueService(self.spool, self.queue).setServiceParent(self)
@@ -498,6 +501,7 @@ class TlsmtaService(MultiService):
         self.pool.reconfigure(hooks, new.queue["max_connections"])
         self.queue.retry_schedule = tuple(new.queue["retry_schedule"])
         self.queue.max_lifetime = new.queue["max_queue_lifetime"]
+        self.queue.soft_bounce, self.queue.delay_warning = new.queue["soft_bounce"], new.queue["delay_warning_time"]
         for name, (server_tls, listener) in prepared.items():
             service = self.listeners[name]
             old = service.inbound.runtime

@@ -96,6 +96,33 @@ def _int(minimum: int = 0, maximum: int | None = None) -> Checker:
     return check
 
 
+_DURATION = re.compile(r"(\d+(?:\.\d*)?)\s*(s|m|h|d)?")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(off: bool = False) -> Checker:
+    """Seconds, as a number or Postfix-style ``"30s"``, ``"10m"``, ``"4h"``, ``"5d"``; more than zero,
+    or ``off``: zero (or ``"0h"``) turns the feature off (None)."""
+
+    def check(value: Any) -> float | None:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ValueError(f'must be seconds or a duration like "30s", "10m", "4h", "5d" (got {value!r})')
+        if isinstance(value, str):
+            match = _DURATION.fullmatch(value.strip().lower())
+            if match is None:
+                raise ValueError(f'must be seconds or a duration like "30s", "10m", "4h", "5d" (got {value!r})')
+            seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2) or "s"]
+        else:
+            seconds = float(value)
+        if seconds == 0 and off:
+            return None
+        if not seconds > 0 or seconds == float("inf"):
+            raise ValueError(f"must be more than zero{' (0 turns it off)' if off else ''} (got {value!r})")
+        return seconds
+
+    return check
+
+
 def _str(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"must be a non-empty string (got {value!r})")
@@ -308,6 +335,17 @@ DELIVERY_OPTIONS: dict[str, Option] = {
     "ehlo_hostname": Option(_str, None, "name sent in EHLO; default: global hostname"),
     "mta_sts": Option(_bool, True, "apply the recipient domain's MTA-STS policy (RFC 8461); false opts out"),
     "dane": Option(_bool, True, "apply DANE TLSA records of DNSSEC-signed MX hosts (RFC 7672); false opts out"),
+    # Outbound timeouts (Postfix smtp_*_timeout; RFC 5321 4.5.3.2 minimums as defaults).
+    "connect_timeout": Option(_duration(), 30.0, "TCP connect to a mail host"),
+    "greeting_timeout": Option(_duration(), 300.0, "the server's 220 banner"),
+    "command_timeout": Option(_duration(), 300.0, "the reply to EHLO, MAIL, RCPT and other commands"),
+    "data_timeout": Option(_duration(), 180.0, "the 354 to DATA, and the server taking each block of the body"),
+    "data_end_timeout": Option(_duration(), 600.0, "the reply to the final dot"),
+    # Per-destination back-off: after this many consecutive connection-level failures (no host
+    # answered usefully), attempts to the destination wait, doubling from min to max; a success resets.
+    "destination_backoff_after": Option(_int(0), 5, "consecutive connection failures before back-off; 0: never"),
+    "destination_backoff_min": Option(_duration(), 300.0, "first back-off delay"),
+    "destination_backoff_max": Option(_duration(), 3600.0, "longest back-off delay"),
 }
 
 GLOBAL_ONLY_OPTIONS: dict[str, Option] = {
@@ -379,6 +417,8 @@ QUEUE_OPTIONS: dict[str, Option] = {
     "retry_schedule": Option(_retry_schedule, (60, 300, 900, 1800, 3600), "seconds; the last repeats"),
     "max_queue_lifetime": Option(_int(60), 5 * 24 * 3600, "seconds before a bounce"),
     "max_connections": Option(_int(1), 200, "outbound connections in all"),
+    "delay_warning_time": Option(_duration(off=True), None, "warn the sender once after this long queued; default: never"),
+    "soft_bounce": Option(_bool, False, "keep permanent failures queued as deferred, send no bounce (maintenance)"),
 }
 
 METRICS_OPTIONS: dict[str, Option] = {

@@ -27,6 +27,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
+import attrs
 from OpenSSL import SSL
 from twisted.internet import error as net_error
 from twisted.internet.defer import Deferred
@@ -50,11 +51,10 @@ from tlsmta.smtp import client_session as session
 from tlsmta.smtp.client_session import ClientSession, Event, Wait
 from tlsmta.tls import ClientTLS, SessionFacts, ssl_error_text, tls_connection
 
-# RFC 5321 4.5.3.2 minimum timeouts, in seconds.
+# RFC 5321 4.5.3.2 minimum timeouts, in seconds: the defaults of the *_timeout delivery options.
 GREETING_TIMEOUT = 300
 COMMAND_TIMEOUT = 300
-DATA_START_TIMEOUT = 120
-DATA_BLOCK_TIMEOUT = 180
+DATA_BLOCK_TIMEOUT = 180  # also the wait for the 354 (RFC 5321: at least 2 minutes)
 DATA_END_TIMEOUT = 600
 STARTTLS_TIMEOUT = 300  # handshake plus the EHLO after it (Postfix: smtp_starttls_timeout)
 QUIT_TIMEOUT = 10
@@ -82,12 +82,27 @@ Greeting = session.Greeted | session.GreetingRefused | session.HelloRefused
 EndpointFactory = Callable[[str, int, str | None, float], IStreamClientEndpoint]
 
 
-def _timeout(wait: Wait) -> float:
-    # Read at each wait, so that a test may shorten one.
-    return {
-        Wait.GREETING: GREETING_TIMEOUT, Wait.COMMAND: COMMAND_TIMEOUT, Wait.TLS_HELLO: STARTTLS_TIMEOUT,
-        Wait.DATA_START: DATA_START_TIMEOUT, Wait.DATA_END: DATA_END_TIMEOUT, Wait.QUIT: QUIT_TIMEOUT,
-    }[wait]
+@attrs.frozen
+class Timeouts:
+    """Seconds each wait of one connection may take (the ``*_timeout`` delivery options)."""
+
+    greeting: float = GREETING_TIMEOUT
+    command: float = COMMAND_TIMEOUT
+    data: float = DATA_BLOCK_TIMEOUT  # the 354 to DATA, and each block of the body taken
+    data_end: float = DATA_END_TIMEOUT
+
+    def of(self, wait: Wait) -> float:
+        # STARTTLS and QUIT are read at each wait, so that a test may shorten one.
+        return {
+            Wait.GREETING: self.greeting, Wait.COMMAND: self.command, Wait.TLS_HELLO: STARTTLS_TIMEOUT,
+            Wait.DATA_START: self.data, Wait.DATA_END: self.data_end, Wait.QUIT: QUIT_TIMEOUT,
+        }[wait]
+
+
+_WAITING_FOR = {
+    Wait.GREETING: "the greeting", Wait.COMMAND: "a reply", Wait.TLS_HELLO: "the TLS handshake and EHLO",
+    Wait.DATA_START: "the reply to DATA", Wait.DATA_END: "the reply to the end of DATA", Wait.QUIT: "the reply to QUIT",
+}
 
 
 @implementer(IHandshakeListener, IPushProducer)
@@ -97,11 +112,12 @@ class OutboundSMTP(smtp.ESMTPSender):
     # Twisted's ITransport | None has neither the TCP/TLS/producer methods nor the connected state.
     transport: StreamTransport  # type: ignore[assignment]
 
-    def __init__(self, clock: IReactorTime, ehlo_name: str):
+    def __init__(self, clock: IReactorTime, ehlo_name: str, timeouts: Timeouts = Timeouts()):
         # The stock constructor wants credentials and a context factory it would
         # build itself; we pass neither and never use its state machine.
         smtp.ESMTPSender.__init__(self, None, None, object(), b"tlsmta")
         self.clock = clock
+        self.timeouts = timeouts
         self.session = ClientSession(ehlo_name)
         self._outcomes: deque[Outcome] = deque()
         self._waiter: Deferred[Outcome] | None = None
@@ -228,8 +244,10 @@ class OutboundSMTP(smtp.ESMTPSender):
             self._timer.cancel()
         self._timed, self._timer = pending, None
         if pending is not None and self._closed is None:
-            timeout = _timeout(pending.wait)
-            self._timer = self.clock.callLater(timeout, self._break, f"timeout after {timeout}s waiting for a reply")
+            timeout = self.timeouts.of(pending.wait)
+            self._timer = self.clock.callLater(
+                timeout, self._break, f"timeout after {timeout:g}s waiting for {_WAITING_FOR[pending.wait]}"
+            )
 
     # -- the body, with flow control (IPushProducer, registered while sending it) ------------
 
@@ -252,7 +270,8 @@ class OutboundSMTP(smtp.ESMTPSender):
         """Wait for the server to take our data; a server that stops reading times out."""
         writable = self._writable
         assert writable is not None
-        timer = self.clock.callLater(DATA_BLOCK_TIMEOUT, self._break, f"timeout after {DATA_BLOCK_TIMEOUT}s sending data")
+        timeout = self.timeouts.data
+        timer = self.clock.callLater(timeout, self._break, f"timeout after {timeout:g}s sending data")
         try:
             await writable
         finally:
@@ -315,9 +334,10 @@ def tcp_endpoints(reactor: IReactorTCP) -> EndpointFactory:
 
 
 async def connect(reactor: IReactorTime, endpoints: EndpointFactory, ip: str, port: int, ehlo_name: str,
-                  source: str | None = None, timeout: float = 30) -> OutboundSMTP:
-    """An OutboundSMTP connected to ip:port through ``endpoints`` (``reactor`` is its clock)."""
-    proto = OutboundSMTP(reactor, ehlo_name)
+                  source: str | None = None, timeout: float = 30, timeouts: Timeouts = Timeouts()) -> OutboundSMTP:
+    """An OutboundSMTP connected to ip:port through ``endpoints`` (``reactor`` is its clock) within
+    ``timeout`` seconds; ``timeouts``: the waits after that."""
+    proto = OutboundSMTP(reactor, ehlo_name, timeouts)
     await endpoints(ip, port, source, timeout).connect(_OneConnection(proto))
     return proto
 

@@ -10,6 +10,11 @@ other characters are written ``\\x{HHHH}`` as RFC 6533 does for addresses,
 and the fields are folded here, at spaces, rather than by the email
 package, which would turn a long word into RFC 2047 encoded-words that DSN
 parsers do not decode.
+
+Diagnostic-Code is typed ``smtp`` only for what a remote host replied, with
+that host as Remote-MTA; what tlsmta decided itself (a TLS policy failure, no
+MX, a DNS failure, a timeout) is typed ``X-tlsmta`` (an RFC 3464 x-type, as
+Postfix writes ``X-Postfix``) with its reason, and names no Remote-MTA.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from datetime import datetime
 from email.message import EmailMessage, Message, MIMEPart
 from email.policy import EmailPolicy
 from email.utils import format_datetime
+
+import attrs
 
 from tlsmta.storage import RecipientState
 
@@ -66,6 +73,19 @@ def dsn_status(rcpt: RecipientState, default: str) -> str:
     return status if status is not None and status[0] in "45" else default
 
 
+def diagnostic(rcpt: RecipientState) -> tuple[str | None, str | None]:
+    """(Remote-MTA, Diagnostic-Code) for a recipient's latest result: ``smtp;`` and the host
+    only for what that host replied; tlsmta's own verdict is ``X-tlsmta;`` with its reason."""
+    reply = rcpt.last_reply
+    if reply is None:
+        return None, None
+    if rcpt.ours:
+        at = f" (at {rcpt.remote})" if rcpt.remote else ""
+        return None, f"X-tlsmta; {reply.text or rcpt.last}{at}"
+    # A record from before ``ours`` existed is read as the remote's reply, as it was then reported.
+    return (f"dns; {rcpt.remote}" if rcpt.remote else None), f"smtp; {rcpt.last_shown}"
+
+
 def build_dsn(
     *,
     reporting_mta: str,
@@ -77,26 +97,36 @@ def build_dsn(
     now: datetime,
     expired: bool = False,
     returned: bool = False,
+    last_attempt: datetime | None = None,
+    delayed: bool = False,
+    retry_until: datetime | None = None,
 ) -> bytes:
     """A bounce for ``failed`` recipients, addressed to ``sender`` (never called for a null sender);
-    ``returned``: the postmaster returned it (``tlsmta queue bounce``)."""
+    ``returned``: the postmaster returned it (``tlsmta queue bounce``); ``last_attempt``: when the
+    latest attempt ended (None: never tried).  ``delayed``: a warning instead (Action: delayed,
+    RFC 3464 2.3.3) for recipients still queued, retried until ``retry_until``."""
     # An SMTPUTF8 sender's address can only be written as UTF-8 (RFC 6532).  The
     # delivery-status fields are folded by fold_field: the email package keeps them.
     policy = (email.policy.SMTP if sender.isascii() else email.policy.SMTPUTF8).clone(refold_source="none")
-    default = "4.4.7" if expired else "5.0.0"
+    default = "4.0.0" if delayed else ("4.4.7" if expired else "5.0.0")
     report = EmailMessage(policy=policy)
     report["From"] = f"Mail Delivery System <MAILER-DAEMON@{reporting_mta}>"
     report["To"] = f"<{sender}>"
-    report["Subject"] = "Undelivered Mail Returned to Sender"
+    report["Subject"] = "Delayed Mail (still being retried)" if delayed else "Undelivered Mail Returned to Sender"
     report["Date"] = format_datetime(now)
     report["Message-ID"] = f"<{message_id}.{secrets.token_hex(4)}@{reporting_mta}>"
     report["Auto-Submitted"] = "auto-replied"
     report["MIME-Version"] = "1.0"
     report.add_header("Content-Type", "multipart/report", report_type="delivery-status")
     report.preamble = "This is a MIME-encapsulated message."
+    human = (
+        _delay_part(reporting_mta, failed, arrival, now, retry_until, policy) if delayed
+        else _human_part(reporting_mta, failed, expired, policy, returned)
+    )
+    outcome = _Outcome("delayed" if delayed else "failed", default, last_attempt, retry_until)
     parts = (
-        _human_part(reporting_mta, failed, expired, policy, returned),
-        _status_part(reporting_mta, message_id, arrival, failed, default, policy),
+        human,
+        _status_part(reporting_mta, message_id, arrival, failed, outcome, policy),
         _headers_part(headers, policy),
     )
     for part in parts:
@@ -123,8 +153,39 @@ def _human_part(reporting_mta: str, failed: Sequence[RecipientState], expired: b
     return part
 
 
+def _delay_part(reporting_mta: str, delayed: Sequence[RecipientState], arrival: datetime, now: datetime,
+                retry_until: datetime | None, policy: EmailPolicy[EmailMessage]) -> MIMEPart:
+    hours = max(0, int((now - arrival).total_seconds() // 3600))
+    until = f" It will be retried until {format_datetime(retry_until)}." if retry_until is not None else ""
+    lines = [
+        f"This is the mail system at host {reporting_mta}.",
+        "",
+        "####################################################################",
+        "# THIS IS A WARNING ONLY.  YOU DO NOT NEED TO RESEND YOUR MESSAGE. #",
+        "####################################################################",
+        "",
+        f"Your message could not be delivered for more than {hours} hour(s).{until}",
+        "",
+        *(f"<{rcpt.address}>: {rcpt.last_shown or 'not yet delivered'}" for rcpt in delayed),
+        "",
+    ]
+    part = MIMEPart(policy=policy)
+    part.set_content("\n".join(lines), charset="utf-8", cte="quoted-printable")
+    return part
+
+
+@attrs.frozen
+class _Outcome:
+    """What every recipient block of one report says alike."""
+
+    action: str  # failed | delayed
+    default_status: str
+    last_attempt: datetime | None
+    retry_until: datetime | None
+
+
 def _status_part(
-    reporting_mta: str, message_id: str, arrival: datetime, failed: Sequence[RecipientState], default: str,
+    reporting_mta: str, message_id: str, arrival: datetime, failed: Sequence[RecipientState], outcome: _Outcome,
     policy: EmailPolicy[EmailMessage],
 ) -> MIMEPart:
     per_message = [
@@ -137,18 +198,28 @@ def _status_part(
         # RFC 6533 3: an address that is not ASCII is of type utf-8, not rfc822.
         fields = [
             ("Final-Recipient", f"{'rfc822' if rcpt.address.isascii() else 'utf-8'}; {rcpt.address}"),
-            ("Action", "failed"),
-            ("Status", dsn_status(rcpt, default)),
+            ("Action", outcome.action),
+            ("Status", _as_action(dsn_status(rcpt, outcome.default_status), outcome.action)),
         ]
-        if rcpt.remote:
-            fields.append(("Remote-MTA", f"dns; {rcpt.remote}"))
-        if rcpt.last:
-            fields.append(("Diagnostic-Code", f"smtp; {rcpt.last_shown}"))
+        remote_mta, diagnostic_code = diagnostic(rcpt)
+        if remote_mta is not None:
+            fields.append(("Remote-MTA", remote_mta))
+        if diagnostic_code is not None:
+            fields.append(("Diagnostic-Code", diagnostic_code))
+        if outcome.last_attempt is not None and rcpt.last:
+            fields.append(("Last-Attempt-Date", format_datetime(outcome.last_attempt)))
+        if outcome.retry_until is not None:
+            fields.append(("Will-Retry-Until", format_datetime(outcome.retry_until)))
         blocks.append(_fields_block(fields, policy))
     part = MIMEPart(policy=policy)
     part["Content-Type"] = "message/delivery-status"
     part.set_payload(blocks)
     return part
+
+
+def _as_action(status: str, action: str) -> str:
+    """A delayed recipient's status is temporary (4.x.x) even when soft_bounce kept a 5xx."""
+    return "4" + status[1:] if action == "delayed" and status.startswith("5") else status
 
 
 def _fields_block(fields: list[tuple[str, str]], policy: EmailPolicy[EmailMessage]) -> Message:

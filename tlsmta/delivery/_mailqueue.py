@@ -75,6 +75,8 @@ class Queue:
         destination_for: Destination = as_received,
         now: Callable[[], float] | None = None,
         events: EventBus | None = None,
+        soft_bounce: bool = False,
+        delay_warning: float | None = None,
     ):
         self.events = events if events is not None else EventBus()
         self.spool = spool
@@ -86,6 +88,8 @@ class Queue:
         self.route_for = route_for  # where a DSN to a sender's domain goes
         self.destination_for = destination_for  # asked at each attempt: the running configuration's answer
         self.now = now or clock.seconds
+        self.soft_bounce = soft_bounce  # [queue] soft_bounce: permanent failures stay queued, no DSN
+        self.delay_warning = delay_warning  # [queue] delay_warning_time in seconds; None: no warnings
         self.messages: dict[str, QueuedMessage] = {}
         self.in_flight: set[str] = set()
         self._heap: list[tuple[float, int, str]] = []
@@ -93,6 +97,7 @@ class Queue:
         self._timer: Any = None
         self._running = False
         self.idle: list[Deferred[None]] = []  # fired whenever nothing is due or in flight (tests, drain)
+        self.on_flush: Callable[[], None] = lambda: None  # the operator says "now": back-offs end (the service sets it)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -130,6 +135,7 @@ class Queue:
 
     def flush(self, message_id: str | None = None, domain: str | None = None) -> int:
         """Make messages due now (all, one, or those with pending recipients at ``domain``)."""
+        self.on_flush()
         count = 0
         for message in list(self.messages.values()):
             if message_id is not None and message.id != message_id:
@@ -173,7 +179,7 @@ class Queue:
         for rcpt in failed:
             rcpt.status = BOUNCED
             if not rcpt.last:
-                rcpt.record(BOUNCED, Reply.of(550, "5.0.0", "returned to sender by the postmaster"))
+                rcpt.record(BOUNCED, Reply.of(550, "5.0.0", "returned to sender by the postmaster"), ours=True)
         self.in_flight.add(message_id)
         try:
             await self._bounce(message, failed, expired=False, returned=True)
@@ -291,24 +297,32 @@ class Queue:
         for r in message.recipients:
             by_address.setdefault(r.address, []).append(r)
         newly_bounced = []
+        now = self.now()
+        not_before = now  # a backed-off destination's results say when it may be tried again
         for job, (ok, value) in zip(jobs, outcomes):
             if not ok:
                 log.failure("delivery job failed", value)
-                value = [RecipientResult(r.address, PENDING, Reply.of(451, "4.3.0", "internal error")) for r in job.recipients]
+                value = [RecipientResult(r.address, PENDING, Reply.of(451, "4.3.0", "internal error"), ours=True) for r in job.recipients]
             for result in value:
+                if result.retry_after is not None:
+                    not_before = max(not_before, result.retry_after)
                 for rcpt in by_address[result.address]:
                     if rcpt.status != PENDING:
                         continue
-                    rcpt.record(result.status, result.reply, result.remote)
-                    if result.status == BOUNCED:
+                    status = self._unless_soft_bounce(message, rcpt, result.status, str(result.reply))
+                    rcpt.record(status, result.reply, result.remote, result.ours)
+                    if status == BOUNCED:
                         newly_bounced.append(rcpt)
         message.attempts += 1
-        now = self.now()
+        message.last_attempt = now
         expired = now - message.received_at >= self.max_lifetime
         if expired:
             for rcpt in message.pending:
-                expiry = rcpt.last_reply or Reply.of(451, "4.4.7", "message expired in the queue")
-                rcpt.record(BOUNCED, expiry, rcpt.remote)
+                if self._unless_soft_bounce(message, rcpt, BOUNCED, f"expired: {rcpt.last}") == PENDING:
+                    continue
+                last = rcpt.last_reply
+                expiry = last or Reply.of(451, "4.4.7", "message expired in the queue")
+                rcpt.record(BOUNCED, expiry, rcpt.remote, rcpt.ours if last is not None else True)
                 newly_bounced.append(rcpt)
         if newly_bounced:
             try:
@@ -326,13 +340,38 @@ class Queue:
                         delivered=sum(r.status == DELIVERED for r in message.recipients),
                         bounced=sum(r.status == BOUNCED for r in message.recipients))
             return
-        message.next_attempt = now + retry_delay(message.attempts, self.retry_schedule)
+        await self._warn_if_delayed(message, now)
+        message.next_attempt = max(now + retry_delay(message.attempts, self.retry_schedule), not_before)
         await self.spool.disk.run(self.spool.save_blocking, message)
         heapq.heappush(self._heap, (message.next_attempt, next(self._seq), message.id))
         self._arm()
 
-    async def _bounce(self, message: QueuedMessage, failed: list[RecipientState], expired: bool, returned: bool = False) -> None:
-        """Send a DSN for ``failed``; none for a bounce (no bounce loops)."""
+    def _unless_soft_bounce(self, message: QueuedMessage, rcpt: RecipientState, status: str, reason: str) -> str:
+        """``status``, except that soft_bounce keeps a would-be bounce queued as deferred (as Postfix
+        does during maintenance), its reason recorded and said in the log."""
+        if status != BOUNCED or not self.soft_bounce:
+            return status
+        self.events.emit("soft_bounce", msgid=message.id, to=rcpt.address, result="deferred", reason=reason)
+        return PENDING
+
+    async def _warn_if_delayed(self, message: QueuedMessage, now: float) -> None:
+        """One delay warning per message (Postfix delay_warning_time), once its recipients still
+        pending have waited that long; recorded in the state saved next, so a restart does not repeat it."""
+        if self.delay_warning is None or message.delay_warned or message.is_bounce:
+            return
+        if now - message.received_at < self.delay_warning:
+            return
+        try:
+            await self._bounce(message, message.pending, expired=False, delayed=True)
+        except Exception:
+            log.failure("could not store the delay warning for {msgid}; will try again", msgid=message.id)
+            return
+        message.delay_warned = True
+
+    async def _bounce(self, message: QueuedMessage, failed: list[RecipientState], expired: bool, returned: bool = False,
+                      delayed: bool = False) -> None:
+        """Send a DSN for ``failed`` (``delayed``: a warning for recipients still queued);
+        none for a bounce (no bounce loops)."""
         if message.is_bounce:
             self.events.emit("bounce_dropped", msgid=message.id, rcpts=len(failed), reason="null sender")
         else:
@@ -349,6 +388,9 @@ class Queue:
                 now=now,
                 expired=expired,
                 returned=returned,
+                last_attempt=datetime.fromtimestamp(message.last_attempt, timezone.utc) if message.last_attempt else None,
+                delayed=delayed,
+                retry_until=datetime.fromtimestamp(message.received_at + self.max_lifetime, timezone.utc) if delayed else None,
             )
             sender_domain = domain_of(message.sender)
             try:
@@ -367,7 +409,8 @@ class Queue:
             )
             await self.spool.disk.run(self.spool.store_blocking, dsn, data)
             self.add(dsn)
-            self.events.emit("bounce", msgid=message.id, dsn=dsn_id, to=message.sender, rcpts=len(failed))
+            self.events.emit("delay_warning" if delayed else "bounce", msgid=message.id, dsn=dsn_id, to=message.sender,
+                             rcpts=len(failed))
 
     def _read_head(self, message_id: str) -> bytes:
         with open(self.spool.body_path(message_id), "rb") as f:

@@ -31,7 +31,9 @@ from twisted.logger import Logger
 
 from tlsmta.config import DELIVERY_OPTIONS, OutboundTLS, Resolved, Route
 from tlsmta.delivery import _decisions as decisions
-from tlsmta.delivery._client import ConnectionBroken, EndpointFactory, OutboundSMTP, connect, tcp_endpoints
+from tlsmta.delivery._backoff import BackedOff, Backoff, destination_key
+from tlsmta.delivery._client import ConnectionBroken, EndpointFactory, OutboundSMTP, Timeouts, connect, tcp_endpoints
+from tlsmta.delivery._outbound_options import backoff_policy, timeouts_of
 from tlsmta.discovery import (
     DNSError,
     DNSPermanent,
@@ -119,6 +121,8 @@ class RecipientResult:
     status: str  # DELIVERED, PENDING (deferred) or BOUNCED
     reply: Reply  # what the remote host said, or our own verdict (451 4.7.5 certificate ...)
     remote: str = ""  # the host that answered, if any
+    ours: bool = False  # tlsmta's own verdict at ``remote`` (TLS policy, timeout), not its reply
+    retry_after: float | None = None  # not before this time (the destination is backed off)
 
 
 def outcome_of(reply: Reply | int) -> str:
@@ -131,9 +135,9 @@ def outcome_of(reply: Reply | int) -> str:
     return PENDING
 
 
-def results_for(job: DeliveryJob, reply: Reply, remote: str = "") -> list[RecipientResult]:
-    """The same outcome for every recipient of the job."""
-    return [RecipientResult(r.address, outcome_of(reply), reply, remote) for r in job.recipients]
+def results_for(job: DeliveryJob, reply: Reply, remote: str = "", ours: bool = False) -> list[RecipientResult]:
+    """The same outcome for every recipient of the job (``ours``: tlsmta's verdict, not ``remote``'s reply)."""
+    return [RecipientResult(r.address, outcome_of(reply), reply, remote, ours) for r in job.recipients]
 
 
 @attrs.frozen
@@ -185,6 +189,8 @@ class Attempt:
     port: int
     tls: dict[str, Any] = attrs.field(factory=lambda: {"tls": "none"})
     failure: Reply | None = None  # the deferral (or bounce) when the session failed before a transaction
+    failure_ours: bool = True  # tlsmta decided ``failure``; False: it is the host's greeting or EHLO reply
+    unreachable: bool = False  # no usable connection (connect failed, lost before or during the greeting)
     check: CertificateCheck | None = None  # set once TLS is up and acceptable
     req: Requirement | None = None  # the effective TLS requirement for this MX
     facts: ExternalFacts = attrs.field(factory=ExternalFacts)
@@ -222,6 +228,7 @@ class Destination:
         self.jobs: deque[tuple[DeliveryJob, Deferred[list[RecipientResult]]]] = deque()
         self.sessions = 0
         self.key: Any = None  # the pool's key for this destination
+        self.backoff_key = destination_key(route, domain)
 
     def submit(self, job: DeliveryJob) -> Deferred[list[RecipientResult]]:
         d: Deferred[list[RecipientResult]] = Deferred()
@@ -290,6 +297,8 @@ class Destination:
             if not self.jobs:
                 return
         failure = last.failure if last and last.failure else Reply.of(451, "4.4.1", "no usable mail host")
+        if last is not None and last.unreachable and failure.code < 500:
+            self.pool.backoff.failed(self.backoff_key, self.pool.reactor.seconds(), backoff_policy(self.options), failure.text)
         self._fail_queued(failure, last)
 
     def requirement(self, mx: str, facts: ExternalFacts) -> Requirement:
@@ -377,7 +386,8 @@ class Destination:
     def _fail_queued(self, reply: Reply, attempt: Attempt | None = None) -> None:
         while self.jobs:
             job, d = self.jobs.popleft()
-            results = results_for(job, reply, attempt.mx if attempt else "")
+            ours = attempt.failure_ours if attempt is not None and reply is attempt.failure else True
+            results = results_for(job, reply, attempt.mx if attempt else "", ours)
             self.pool.log_job(job, self, attempt, results)
             d.callback(results)
 
@@ -389,10 +399,12 @@ class Destination:
             return _Step.DONE
         attempt.message_id = first[0].message.id
         try:
-            proto = await self.pool.connect(attempt.ip, attempt.port, self._ehlo_name(), self.options["source_address"])
+            proto = await self.pool.connect(attempt.ip, attempt.port, self._ehlo_name(), self.options["source_address"],
+                                            self.options["connect_timeout"], timeouts_of(self.options))
         except Exception as e:
             self.jobs.appendleft(first)
             attempt.failure = Reply.of(451, "4.4.1", f"connect to {attempt.mx}[{attempt.ip}]:{attempt.port}: {_connect_error(e)}")
+            attempt.unreachable = True
             return _Step.NEXT_HOST
         try:
             step, caps = await self._greet(proto, attempt, plain_only)
@@ -403,12 +415,14 @@ class Destination:
         except ConnectionBroken as e:
             self.jobs.appendleft(first)
             attempt.failure = attempt.failure or Reply.of(451, "4.4.2", f"{attempt.mx}[{attempt.ip}]: {e.reason}")
+            attempt.unreachable = not proto.tls_started
             proto.abort()
             return _Step.NEXT_HOST
         except Exception:
             self.jobs.appendleft(first)  # run_session defers it with the others
             proto.abort()
             raise
+        self.pool.backoff.succeeded(self.backoff_key)
         try:
             await self._transactions(proto, attempt, caps, first)
             self.pool.remember_tls_session(self, attempt, proto)
@@ -429,7 +443,7 @@ class Destination:
         """Banner, EHLO and STARTTLS per policy; (a step to take instead, capabilities)."""
         greeting = await proto.greeting()
         if not isinstance(greeting, Greeted):
-            attempt.failure = decisions.greeting_failure(greeting, attempt.mx)
+            attempt.failure, attempt.failure_ours = decisions.greeting_failure(greeting, attempt.mx), False
             return _Step.NEXT_HOST, {}
         caps = dict(greeting.capabilities)
         req = attempt.req
@@ -473,7 +487,7 @@ class Destination:
             return None, caps  # carry on in plain text on this connection
         if not isinstance(secured, Greeted):
             assert isinstance(secured, HelloRefused)
-            attempt.failure = decisions.greeting_failure(secured, attempt.mx)
+            attempt.failure, attempt.failure_ours = decisions.greeting_failure(secured, attempt.mx), False
             return _Step.NEXT_HOST, {}
         caps = dict(secured.capabilities)
         if resumable is not None and proto.tls_facts is not None and proto.tls_facts.resumed:
@@ -548,14 +562,14 @@ class Destination:
             try:
                 results = await self.pool.transaction(proto, job, caps, attempt)
             except ConnectionBroken as e:
-                results = results_for(job, Reply.of(451, "4.4.2", f"{attempt.mx}[{attempt.ip}]: {e.reason}"), attempt.mx)
+                results = results_for(job, Reply.of(451, "4.4.2", f"{attempt.mx}[{attempt.ip}]: {e.reason}"), attempt.mx, True)
                 self.pool.log_job(job, self, attempt, results)
                 d.callback(results)
                 raise
             except Exception:
                 # A bug or a reply nobody foresaw: this job is settled (deferred) here, since the
                 # session's error handler only sees the jobs still queued; it must not stay in flight.
-                results = results_for(job, Reply.of(451, "4.3.0", "internal error during delivery"), attempt.mx)
+                results = results_for(job, Reply.of(451, "4.3.0", "internal error during delivery"), attempt.mx, True)
                 self.pool.log_job(job, self, attempt, results)
                 d.callback(results)
                 raise
@@ -600,6 +614,7 @@ class OutboundPool:
         # Whether (ip, port) is one of our own listeners: the service sets it.
         self.is_self: Callable[[str, int], bool] = lambda ip, port: False
         self._waiting: deque[Destination] = deque()
+        self.backoff = Backoff()  # destinations that keep failing wait (destination_backoff_*)
         self.sts: STSResolver | None = None  # MTA-STS discovery; the service sets it
         self.tlsrpt: Any = None  # a tlsrpt.TLSRPTStore recording each attempt's TLS result
 
@@ -611,7 +626,12 @@ class OutboundPool:
             values = self._apply_parameter_hook(job, values)
         except HookFailure as e:
             # Never guess weaker settings for a message whose hook failed: defer it.
-            results = results_for(job, Reply.of(451, "4.3.0", str(e)))
+            results = results_for(job, Reply.of(451, "4.3.0", str(e)), ours=True)
+            self.log_job(job, None, None, results)
+            return succeed(results)
+        backed_off = self.backoff.waiting(destination_key(job.route, job.domain), self.reactor.seconds())
+        if backed_off is not None:
+            results = self._backed_off(job, backed_off)
             self.log_job(job, None, None, results)
             return succeed(results)
         tls_options = TLSOptions.from_options(values)
@@ -623,6 +643,14 @@ class OutboundPool:
             dest = self.destinations[key] = Destination(self, job.route, job.domain, job.binding, values, tls_options, message_tls)
             dest.key = key
         return dest.submit(job)
+
+    def _backed_off(self, job: DeliveryJob, backed_off: BackedOff) -> list[RecipientResult]:
+        """Deferred without a connection: the destination failed too often just now."""
+        when = datetime.datetime.fromtimestamp(backed_off.until, datetime.timezone.utc).strftime("%H:%M:%S UTC")
+        where = job.route.host if job.route.kind == "smtp" else job.domain
+        reply = Reply.of(451, "4.4.1", f"{where} backed off until {when} after {backed_off.failures} failed "
+                                       f"connections; last: {backed_off.reason}")
+        return [attrs.evolve(result, retry_after=backed_off.until) for result in results_for(job, reply, ours=True)]
 
     def _apply_parameter_hook(self, job: DeliveryJob, values: dict[str, Any]) -> dict[str, Any]:
         """Per-message overrides from outbound_tls_parameters, checked like config values."""
@@ -672,8 +700,9 @@ class OutboundPool:
 
     # -- connections ----------------------------------------------------------------------
 
-    async def connect(self, ip: str, port: int, ehlo_name: str, source: str | None) -> OutboundSMTP:
-        proto = await connect(self.reactor, self.endpoints, ip, port, ehlo_name, source, CONNECT_TIMEOUT)
+    async def connect(self, ip: str, port: int, ehlo_name: str, source: str | None, timeout: float = CONNECT_TIMEOUT,
+                      timeouts: Timeouts = Timeouts()) -> OutboundSMTP:
+        proto = await connect(self.reactor, self.endpoints, ip, port, ehlo_name, source, timeout, timeouts)
         self.connections.add(proto)
         proto.closed.addBoth(lambda _: self.connections.discard(proto))
         return proto
@@ -747,7 +776,7 @@ class OutboundPool:
         remote = attempt.mx
         refusal = decisions.envelope_refusal(caps, message.size, message.smtputf8, remote)
         if refusal is not None:
-            return results_for(job, refusal, remote)
+            return results_for(job, refusal, remote, ours=True)
         requiretls = attempt.req is not None and attempt.req.requiretls
         params = decisions.mail_parameters(caps, message.size, message.body_type, message.smtputf8, requiretls)
         done = await proto.transaction(
@@ -884,5 +913,5 @@ class Deliverer:
         except OSError as e:
             for target in files:
                 await self.disk.run(target.discard)
-            return results_for(job, Reply.of(451, "4.3.0", f"Maildir delivery failed: {e.strerror}"))
+            return results_for(job, Reply.of(451, "4.3.0", f"Maildir delivery failed: {e.strerror}"), ours=True)
         return results_for(job, Reply.of(250, "2.0.0", "delivered to Maildir"))

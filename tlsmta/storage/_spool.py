@@ -52,6 +52,9 @@ class RecipientState:
     # records written before ``remote`` existed end in " (from HOST)" instead.
     last: str = ""
     remote: str = ""  # the host that gave the latest result, if one did
+    # The latest result is tlsmta's own verdict while talking to ``remote`` (TLS policy, a
+    # timeout), not that host's reply: a DSN types it X-tlsmta, not smtp.
+    ours: bool = False
 
     @property
     def domain(self) -> str:
@@ -67,9 +70,9 @@ class RecipientState:
         """The latest result as people read it (queue show, DSNs): ``550 5.1.1 no such user (from mx.example.com)``."""
         return self.last + (f" (from {self.remote})" if self.remote else "")
 
-    def record(self, status: str, reply: Reply, remote: str = "") -> None:
+    def record(self, status: str, reply: Reply, remote: str = "", ours: bool = False) -> None:
         """An attempt's outcome for this recipient."""
-        self.status, self.last, self.remote = status, str(reply), remote
+        self.status, self.last, self.remote, self.ours = status, str(reply), remote, ours
 
     def to_json(self) -> dict[str, Any]:
         return {"a": self.address, "r": str(self.route), "b": self.binding, "s": self.status, "l": self.last,
@@ -104,6 +107,8 @@ class QueuedMessage:
     requiretls: bool = False
     tls_required_no: bool = False
     held: bool = False  # `tlsmta queue hold`: never attempted until released (kept in ID.state)
+    last_attempt: float = 0.0  # when the latest attempt ended (a DSN's Last-Attempt-Date); 0: never tried
+    delay_warned: bool = False  # the delay warning DSN went out ([queue] delay_warning_time): never again
 
     @property
     def pending(self) -> list[RecipientState]:
@@ -147,6 +152,9 @@ class QueuedMessage:
             # still loads in one that predates it (which ignores unknown keys).
             "remotes": [r.remote for r in self.recipients],
             "held": self.held,
+            "ours": [r.ours for r in self.recipients],
+            "last_attempt": self.last_attempt,
+            "delay_warned": self.delay_warned,
         }
         return json.dumps(data, separators=(",", ":")).encode("utf-8")
 
@@ -165,8 +173,14 @@ class QueuedMessage:
         self.attempts = int(data["attempts"])
         self.next_attempt = float(data["next_attempt"])
         self.held = bool(data.get("held", False))
-        for rcpt, (status, last), remote in zip(self.recipients, statuses, remotes):
-            rcpt.status, rcpt.last, rcpt.remote = status, last, remote
+        # Absent from state written before DSNs told tlsmta's verdicts from remote replies.
+        ours = [bool(flag) for flag in data.get("ours", [False] * len(self.recipients))]
+        if len(ours) != len(self.recipients):
+            raise ValueError("state record does not belong to this message")
+        self.last_attempt = float(data.get("last_attempt", 0.0))
+        self.delay_warned = bool(data.get("delay_warned", False))
+        for rcpt, (status, last), remote, own in zip(self.recipients, statuses, remotes, ours):
+            rcpt.status, rcpt.last, rcpt.remote, rcpt.ours = status, last, remote, own
 
     @classmethod
     def from_json(cls, raw: bytes) -> QueuedMessage:
