@@ -312,3 +312,37 @@ def test_fold_field_keeps_lines_short_and_breaks_only_at_spaces(value):
         assert folded == f"Diagnostic-Code: {value}"
     if "q" * 100 not in value:
         assert unfold(folded) == f"Diagnostic-Code: {value}"
+
+
+def ours(address: str, reply: Reply, remote: str = "") -> RecipientState:
+    state = RecipientState(address, parse_route("mx"))
+    state.record(BOUNCED, reply, remote, ours=True)
+    return state
+
+
+def test_tlsmta_verdicts_are_x_tlsmta_and_name_no_remote_mta():
+    """What tlsmta decided (no MX; a TLS policy failure at a host) is typed X-tlsmta with the
+    reason; Remote-MTA only ever names a host whose reply is reported."""
+    failed = [ours("bob@example.com", Reply.of(550, "5.1.2", "no MX for example.com")),
+              ours("carol@example.com", Reply.of(451, "4.7.5", "certificate expired"), "mx.example.com")]
+    _, [bob, carol] = status_part(parse(make(failed, expired=True)))
+    assert bob["Diagnostic-Code"] == "X-tlsmta; 5.1.2 no MX for example.com" and bob["Remote-MTA"] is None
+    assert carol["Diagnostic-Code"] == "X-tlsmta; 4.7.5 certificate expired (at mx.example.com)"
+    assert carol["Remote-MTA"] is None and carol["Status"] == "4.7.5"
+
+
+def test_last_attempt_date_and_a_delay_warning():
+    """Last-Attempt-Date is the given time; a delay warning says delayed, with a temporary
+    status even for a 5xx kept by soft_bounce, and Will-Retry-Until."""
+    from email.utils import parsedate_to_datetime
+
+    kept = settled("bob@example.com", Reply.of(550, "5.1.1", "no such user"), "mx.example.com")
+    data = build_dsn(reporting_mta="mx.example.net", message_id="q1", sender="alice@example.org", arrival=ARRIVAL,
+                     failed=[kept], headers=HEADERS, now=NOW, last_attempt=NOW, delayed=True, retry_until=NOW)
+    message = parse(data)
+    _, [block] = status_part(message)
+    assert message["Subject"] == "Delayed Mail (still being retried)"
+    assert (block["Action"], block["Status"]) == ("delayed", "4.1.1")
+    assert parsedate_to_datetime(block["Last-Attempt-Date"]) == NOW
+    assert parsedate_to_datetime(block["Will-Retry-Until"]) == NOW
+    assert not message.defects
