@@ -154,7 +154,8 @@ async def test_bounce_on_a_full_disk_changes_nothing_and_says_why(
     text = dsn.as_string()
     assert "returned to sender by the postmaster" in text
     assert before[0][1].startswith("451 4.4.1 connect to ")
-    assert "Diagnostic-Code: smtp; 451 4.4.1 connect to 127.0.0.1" in text and "Status: 4.4.1" in text
+    # A failed connect is tlsmta's own verdict (issue 16): typed X-tlsmta, not smtp.
+    assert "Diagnostic-Code: X-tlsmta; 4.4.1 connect to 127.0.0.1" in text and "Status: 4.4.1" in text
 
 
 @pytest_twisted.ensureDeferred

@@ -190,6 +190,7 @@ def test_backed_off_result_postpones_the_next_attempt(h):
     h.submit(new_message("m1", ["bob@example.com"]))
     h.clock.advance(0)
     assert h.queue.messages["m1"].next_attempt == T0 + 1234
+    assert h.on_disk()["m1"].next_attempt == T0 + 60  # a restart forgets the back-off: its own schedule
 
 
 def test_admin_bounce_of_an_untried_message_is_our_verdict(h):

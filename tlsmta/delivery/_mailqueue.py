@@ -341,8 +341,11 @@ class Queue:
                         bounced=sum(r.status == BOUNCED for r in message.recipients))
             return
         await self._warn_if_delayed(message, now)
-        message.next_attempt = max(now + retry_delay(message.attempts, self.retry_schedule), not_before)
+        # The spool keeps the message's own schedule: a back-off is the running process's
+        # knowledge of a destination, and a restart (the site may be back) forgets it.
+        message.next_attempt = now + retry_delay(message.attempts, self.retry_schedule)
         await self.spool.disk.run(self.spool.save_blocking, message)
+        message.next_attempt = max(message.next_attempt, not_before)
         heapq.heappush(self._heap, (message.next_attempt, next(self._seq), message.id))
         self._arm()
 
