@@ -32,6 +32,7 @@ from twisted.logger import Logger
 from tlsmta.config import DELIVERY_OPTIONS, OutboundTLS, Resolved, Route
 from tlsmta.delivery import _decisions as decisions
 from tlsmta.delivery._client import ConnectionBroken, EndpointFactory, OutboundSMTP, connect, tcp_endpoints
+from tlsmta.delivery._delivery_log import attempt_summary, recipient_lines, relay_of
 from tlsmta.discovery import (
     DNSError,
     DNSPermanent,
@@ -814,31 +815,30 @@ class OutboundPool:
     # -- logging ----------------------------------------------------------------------------
 
     def log_job(self, job: DeliveryJob, dest: Destination | None, attempt: Attempt | None, results: list[RecipientResult]) -> None:
-        counts = {s: sum(1 for r in results if r.status == s) for s in (DELIVERED, PENDING, BOUNCED)}
-        worst = next((r for r in results if r.status != DELIVERED), results[0]).reply
+        """A ``delivery`` line per recipient, and the quiet ``attempt`` event for the metrics."""
         tls_fields = dict(attempt.tls) if attempt else {"tls": "none"}
         if dest is not None:
             tls_fields.setdefault("tls_verify", dest.tls_options.verify.value)
         tls_fields.pop("softfail", None)
-        self.events.emit(
-            "delivery",
-            msgid=job.message.id,
-            domain=job.domain,
-            route=str(job.route),
-            mx=attempt.mx if attempt else None,
-            ip=attempt.ip if attempt else None,
-            binding=job.binding,
-            result="delivered" if counts[DELIVERED] == len(results) else ("bounced" if counts[BOUNCED] == len(results) else "deferred"),
-            delivered=counts[DELIVERED],
-            deferred=counts[PENDING],
-            bounced=counts[BOUNCED],
-            code=str(worst.code),
-            status=worst.enhanced,
-            text=worst.text,
-            attempt=job.message.attempts + 1,
-            delay=round(max(0.0, self.reactor.seconds() - job.message.received_at), 3),
+        head = {
+            "msgid": job.message.id,
+            "message_id": job.message.message_id_header or None,
+            "domain": job.domain,
+            "route": str(job.route),
+            "relay": relay_of(attempt.mx, attempt.ip, attempt.port) if attempt else None,
+            "mx": attempt.mx if attempt else None,
+            "ip": attempt.ip if attempt else None,
+            "port": attempt.port if attempt else None,
+            "binding": job.binding,
+        }
+        tail = {
+            "attempt": job.message.attempts + 1,
+            "delay": round(max(0.0, self.reactor.seconds() - job.message.received_at), 3),
             **tls_fields,
-        )
+        }
+        for line in recipient_lines(head, tail, results):
+            self.events.emit("delivery", **line)
+        self.events.emit("attempt", quiet=True, **attempt_summary(head, tail, results))
 
 
 class Deliverer:
