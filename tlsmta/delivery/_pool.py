@@ -814,8 +814,10 @@ class OutboundPool:
 
     # -- logging ----------------------------------------------------------------------------
 
-    def log_job(self, job: DeliveryJob, dest: Destination | None, attempt: Attempt | None, results: list[RecipientResult]) -> None:
-        """A ``delivery`` line per recipient, and the quiet ``attempt`` event for the metrics."""
+    def log_job(self, job: DeliveryJob, dest: Destination | None, attempt: Attempt | None, results: list[RecipientResult],
+                remote: bool = True) -> None:
+        """A ``delivery`` line per recipient, and for a ``remote`` attempt the quiet ``attempt``
+        event the metrics count (local deliveries were never in them)."""
         tls_fields = dict(attempt.tls) if attempt else {"tls": "none"}
         if dest is not None:
             tls_fields.setdefault("tls_verify", dest.tls_options.verify.value)
@@ -838,7 +840,8 @@ class OutboundPool:
         }
         for line in recipient_lines(head, tail, results):
             self.events.emit("delivery", **line)
-        self.events.emit("attempt", quiet=True, **attempt_summary(head, tail, results))
+        if remote:
+            self.events.emit("attempt", quiet=True, **attempt_summary(head, tail, results))
 
 
 class Deliverer:
@@ -853,10 +856,15 @@ class Deliverer:
 
     def deliver(self, job: DeliveryJob) -> Deferred[list[RecipientResult]]:
         if job.route.kind == "discard":
-            return succeed(results_for(job, Reply.of(250, "2.0.0", "discarded")))
+            return succeed(self._logged(job, results_for(job, Reply.of(250, "2.0.0", "discarded"))))
         if job.route.kind == "maildir":
-            return ensureDeferred(self._maildir(job))
+            return ensureDeferred(self._maildir(job)).addCallback(lambda results: self._logged(job, results))
         return self.pool.submit(job, self.options_for(job.domain, job.binding))
+
+    def _logged(self, job: DeliveryJob, results: list[RecipientResult]) -> list[RecipientResult]:
+        """A queued local delivery (a DSN, the local part of a mixed message) has its delivery lines too."""
+        self.pool.log_job(job, None, None, results, remote=False)
+        return results
 
     async def _maildir(self, job: DeliveryJob) -> list[RecipientResult]:
         files = self.local.with_receipts(

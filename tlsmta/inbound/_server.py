@@ -583,6 +583,7 @@ class InboundSMTP(smtp.ESMTP):
             message_id=message_id or None,
             listener=self.runtime.listener.name,
             peer=self.peer_ip,
+            peer_port=self.session_log.peer_port,
             helo=self.helo,
             sender=envelope.sender if envelope else self.sender,
             rcpts=len(envelope.recipients) if envelope else len(self.recipients),
