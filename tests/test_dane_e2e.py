@@ -64,7 +64,7 @@ async def test_dane_mismatch_defers_and_never_falls_back(tmp_path: Any, pki: Any
     record = dane.record_for(x509.load_pem_x509_certificate(other.cert_chain_pems[0].bytes()))
     rx = await run(tmp_path, pki.good, [str(record)], tls="ifavailable", tls_ifavailable_fallback=True, tls_ca=pki.ca_pem)
     [event] = deliveries(events)
-    assert (event["result"], event["code"], event["tls_policy"]) == ("deferred", "451", "dane")
+    assert (event["result"], event["code"], event["tls_policy"]) == ("deferred", 451, "dane")
     assert event["text"].startswith("4.7.5 dane: no TLSA record matched")
     assert rx.service.listeners["receiver"].inbound.connections_total == 1  # no plain-text retry
     assert stored(tmp_path) == []

@@ -93,6 +93,16 @@ def test_discarding_a_file_never_written_touches_nothing(tmp_path: Any) -> None:
     MaildirFile(str(blocker / "box"), b"", maildir.ensure_maildir).discard()  # tmp/ cannot even exist: still no error
 
 
+class LinesOnly:
+    """The pool as a Maildir delivery uses it: only for its delivery lines."""
+
+    def __init__(self) -> None:
+        self.logged: list[Any] = []
+
+    def log_job(self, job: DeliveryJob, dest: Any, attempt: Any, results: list[Any], remote: bool = True) -> None:
+        self.logged.append(results)
+
+
 def job_for(tmp_path: Any, box: Any) -> DeliveryJob:
     message = QueuedMessage.from_envelope(envelope(box))
     return DeliveryJob(message, tuple(message.recipients), parse_route(f"maildir:{box}"), "local.test", "default")
@@ -108,7 +118,7 @@ async def test_queue_delivery_to_a_maildir_runs_in_the_disk_thread(
     job = job_for(tmp_path, box)
     with open(spool.body_path(job.message.id), "wb") as f:
         f.write(b"Subject: queued\r\n\r\nbody\r\n")
-    deliverer = Deliverer(None, LocalSink(disk), spool, disk, lambda domain, binding: {})  # type: ignore[arg-type]
+    deliverer = Deliverer(LinesOnly(), LocalSink(disk), spool, disk, lambda domain, binding: {})  # type: ignore[arg-type]
     [result] = await deliverer.deliver(job)
     assert (result.status, str(result.reply)) == (DELIVERED, "250 2.0.0 delivered to Maildir")
     assert len(os.listdir(box / "new")) == 1
@@ -123,7 +133,7 @@ async def test_a_failed_queue_delivery_discards_in_the_disk_thread(
     spool.ensure()
     box = tmp_path / "box"
     job = job_for(tmp_path, box)  # no body in the spool: the copy fails
-    deliverer = Deliverer(None, LocalSink(disk), spool, disk, lambda domain, binding: {})  # type: ignore[arg-type]
+    deliverer = Deliverer(LinesOnly(), LocalSink(disk), spool, disk, lambda domain, binding: {})  # type: ignore[arg-type]
     [result] = await deliverer.deliver(job)
     assert result.status == PENDING and str(result.reply).startswith("451 4.3.0 Maildir delivery failed")
     assert in_disk_threads(threads_of["discard"]), threads_of
@@ -145,7 +155,7 @@ async def test_a_queued_copy_into_the_captured_maildir_gets_its_receipt(tmp_path
     with open(spool.body_path(job.message.id), "wb") as f:
         f.write(b"Subject: queued\r\n\r\nbody\r\n")
     local = LocalSink(disk, keeps_receipts=lambda path: path == str(box))
-    [result] = await Deliverer(None, local, spool, disk, lambda domain, binding: {}).deliver(job)  # type: ignore[arg-type]
+    [result] = await Deliverer(LinesOnly(), local, spool, disk, lambda domain, binding: {}).deliver(job)  # type: ignore[arg-type]
     [name] = os.listdir(box / "new")
     record = read_receipt(str(box), name)
     assert result.status == DELIVERED and record is not None

@@ -49,7 +49,7 @@ async def test_enforce_unlisted_mx_is_not_used(tmp_path: Any, pki: Any, events: 
     """enforce + an MX outside the policy: deferred 4.7.5, no connection at all."""
     rx, _ = await run(tmp_path, pki, pki.good, policy_text("enforce", mx=("other.example.test",)), tls="ifavailable")
     [event] = deliveries(events)
-    assert (event["result"], event["code"]) == ("deferred", "451")
+    assert (event["result"], event["code"]) == ("deferred", 451)
     assert event["text"].startswith("4.7.5 MX host not listed in the MTA-STS policy")
     assert rx.service.listeners["receiver"].inbound.connections_total == 0
     assert stored(tmp_path) == []
@@ -69,7 +69,7 @@ async def test_enforce_bad_certificate_never_plain(tmp_path: Any, pki: Any, even
     although the local policy is ifavailable with fallback and tls_verify = optional."""
     rx, _ = await run(tmp_path, pki, pki.wrong_name, policy_text("enforce"), tls="ifavailable", tls_verify="optional")
     [event] = deliveries(events)
-    assert (event["result"], event["code"], event["tls_policy"]) == ("deferred", "451", "mta-sts-enforce")
+    assert (event["result"], event["code"], event["tls_policy"]) == ("deferred", 451, "mta-sts-enforce")
     assert "4.7.5 certificate name does not match mx.example.test" in event["text"]
     assert rx.service.listeners["receiver"].inbound.connections_total == 1
     assert stored(tmp_path) == []

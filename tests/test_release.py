@@ -165,7 +165,7 @@ async def test_release_obeys_the_tls_policy(tmp_path: Any, pki: Any, events: lis
         await relay.stop()
         await receiver.stop()
     [event] = deliveries(events)
-    assert (event["result"], event["code"], event["text"][:5]) == ("deferred", "451", "4.7.5")
+    assert (event["result"], event["code"], event["text"][:5]) == ("deferred", 451, "4.7.5")
     assert maildir_messages(str(tmp_path / "receiver-maildir")) == []
 
 

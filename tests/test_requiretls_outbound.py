@@ -97,7 +97,7 @@ async def test_requiretls_to_a_receiver_without_it_bounces(tmp_path: Any, pki: A
     controller, handler = aiosmtpd_tls
     await through(tmp_path, pki, controller.port, tls="required", tls_verify="host")
     event = outbound(events)
-    assert (event["result"], event["code"], event["text"][:6]) == ("bounced", "550", "5.7.30")
+    assert (event["result"], event["code"], event["text"][:6]) == ("bounced", 550, "5.7.30")
     assert handler.received == []
     assert [e["rcpts"] for e in events if e["tlsmta_event"] == "bounce"] == [1]
 
@@ -113,7 +113,7 @@ async def test_requiretls_without_verified_tls_bounces(tmp_path: Any, pki: Any, 
     finally:
         await rx.stop()
     event = outbound(events)
-    assert (event["result"], event["code"], event["text"][:6]) == ("bounced", "550", "5.7.10")
+    assert (event["result"], event["code"], event["text"][:6]) == ("bounced", 550, "5.7.10")
     assert "REQUIRETLS" in event["text"]
     assert maildir_messages(str(tmp_path / "receiver-maildir")) == []
     assert rx.service.listeners["receiver"].inbound.connections_total == 1

@@ -24,6 +24,7 @@ from tlsmta.smtp._data import (
     TOO_BIG,
     DataProblem,
     DataReader,
+    MessageIdScanner,
     TLSRequiredScanner,
     says_tls_required_no,
 )
@@ -646,3 +647,27 @@ def test_tls_required_no_detected_while_streaming(chunks, expected):
     scanner.finish()
     assert scanner.tls_required_no is expected
     assert says_tls_required_no(b"".join(chunks)) is expected
+
+
+@pytest.mark.parametrize(
+    "chunks, expected",
+    [
+        ([b"Subject: s\r\nMessage-ID: <a.1@example.org>\r\n\r\nbody\r\n"], "<a.1@example.org>"),
+        ([b"message-id:\r\n  <folded@example.org>\r\n\r\n"], "<folded@example.org>"),  # folded, any case
+        ([b"Message-I", b"D: <spl", b"it@x>\r", b"\n\r\nbody"], "<split@x>"),  # split anywhere
+        ([b"Message-ID: <first@x>\r\nMessage-ID: <second@x>\r\n\r\n"], "<first@x>"),
+        ([b"Message-ID: <c@x> (a comment)\r\n\r\n"], "<c@x>"),
+        ([b"Message-ID: no-brackets@x\r\n\r\n"], "no-brackets@x"),
+        ([b"Subject: s\r\nMessage-ID: <last@x>"], "<last@x>"),  # all header section, no line end
+        ([b"Subject: s\r\n\r\nMessage-ID: <in-body@x>\r\n"], ""),
+        ([b"Resent-Message-ID: <r@x>\r\n\r\n"], ""),
+        ([b"Message-ID: <" + b"l" * 300 + b"@x>\r\n\r\n"], "<" + "l" * 300 + "@x>"),  # longer than 64
+    ],
+)
+def test_message_id_found_while_streaming(chunks, expected):
+    """The header section's first Message-ID (its <...>), for the log lines; never the body's."""
+    scanner = MessageIdScanner()
+    for chunk in chunks:
+        scanner.feed(chunk)
+    scanner.finish()
+    assert scanner.message_id == expected

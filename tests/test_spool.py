@@ -406,6 +406,15 @@ def test_old_record_without_requiretls_fields_loads():
     assert loaded == message()
 
 
+def test_message_id_header_round_trips_and_old_records_load_without_it():
+    """The Message-ID the log lines name is in the record; one written before it loads with none."""
+    original = message(message_id_header="<m@example.org>")
+    assert QueuedMessage.from_json(original.to_json()) == original
+    data = json.loads(message().to_json())
+    del data["message_id_header"]
+    assert QueuedMessage.from_json(json.dumps(data).encode()) == message()
+
+
 def test_from_envelope_lifts_requiretls_out_of_the_tls_facts():
     """The inbound session passes REQUIRETLS in the facts of receipt; the record keeps it as its own field."""
     when = datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc)

@@ -47,7 +47,7 @@ class MemoryWriter:
     def write(self, data: bytes) -> None:
         self.chunks.append(data)
 
-    def commit(self, tls_required_no: bool = False) -> Deferred[None]:
+    def commit(self, tls_required_no: bool = False, message_id_header: str = "") -> Deferred[None]:
         if self.sink.fail_with is not None:
             return fail(self.sink.fail_with)
         if self.sink.hold:

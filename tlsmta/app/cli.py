@@ -600,6 +600,15 @@ def cmd_dev_ca(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+# -- log ------------------------------------------------------------------------------------
+
+
+def cmd_log(args: argparse.Namespace) -> int:
+    from tlsmta.app._log_trace import run_trace
+
+    return run_trace(args.key, args.files, sys.stdout, sys.stderr)
+
+
 # -- parser ---------------------------------------------------------------------------------
 
 
@@ -671,6 +680,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--day", help="YYYY-MM-DD (UTC)")
     t.add_argument("--config", default=argparse.SUPPRESS, help="as above")
     p.set_defaults(func=cmd_tlsrpt)
+
+    p = sub.add_parser("log", help="read tlsmta's logs (text or JSON lines)")
+    lsub = p.add_subparsers(dest="action", required=True)
+    t = lsub.add_parser("trace", help="every line of one message's life: by queue id, Message-ID or address")
+    t.add_argument("key", metavar="ID|MESSAGE-ID|ADDRESS")
+    t.add_argument("files", nargs="*", metavar="FILE", help="log files, oldest first (.gz too); default: standard input")
+    p.set_defaults(func=cmd_log)
 
     p = sub.add_parser("hash-password", help="print a users-file line (password from stdin or prompt)")
     p.add_argument("user")

@@ -33,6 +33,7 @@ from tlsmta.config import DELIVERY_OPTIONS, OutboundTLS, Resolved, Route
 from tlsmta.delivery import _decisions as decisions
 from tlsmta.delivery._backoff import BackedOff, Backoff, destination_key
 from tlsmta.delivery._client import ConnectionBroken, EndpointFactory, OutboundSMTP, Timeouts, connect, tcp_endpoints
+from tlsmta.delivery._delivery_log import attempt_summary, recipient_lines, relay_of
 from tlsmta.delivery._outbound_options import backoff_policy, timeouts_of
 from tlsmta.discovery import (
     DNSError,
@@ -842,32 +843,34 @@ class OutboundPool:
 
     # -- logging ----------------------------------------------------------------------------
 
-    def log_job(self, job: DeliveryJob, dest: Destination | None, attempt: Attempt | None, results: list[RecipientResult]) -> None:
-        counts = {s: sum(1 for r in results if r.status == s) for s in (DELIVERED, PENDING, BOUNCED)}
-        worst = next((r for r in results if r.status != DELIVERED), results[0]).reply
+    def log_job(self, job: DeliveryJob, dest: Destination | None, attempt: Attempt | None, results: list[RecipientResult],
+                remote: bool = True) -> None:
+        """A ``delivery`` line per recipient, and for a ``remote`` attempt the quiet ``attempt``
+        event the metrics count (local deliveries were never in them)."""
         tls_fields = dict(attempt.tls) if attempt else {"tls": "none"}
         if dest is not None:
             tls_fields.setdefault("tls_verify", dest.tls_options.verify.value)
         tls_fields.pop("softfail", None)
-        self.events.emit(
-            "delivery",
-            msgid=job.message.id,
-            domain=job.domain,
-            route=str(job.route),
-            mx=attempt.mx if attempt else None,
-            ip=attempt.ip if attempt else None,
-            binding=job.binding,
-            result="delivered" if counts[DELIVERED] == len(results) else ("bounced" if counts[BOUNCED] == len(results) else "deferred"),
-            delivered=counts[DELIVERED],
-            deferred=counts[PENDING],
-            bounced=counts[BOUNCED],
-            code=str(worst.code),
-            status=worst.enhanced,
-            text=worst.text,
-            attempt=job.message.attempts + 1,
-            delay=round(max(0.0, self.reactor.seconds() - job.message.received_at), 3),
+        head = {
+            "msgid": job.message.id,
+            "message_id": job.message.message_id_header or None,
+            "domain": job.domain,
+            "route": str(job.route),
+            "relay": relay_of(attempt.mx, attempt.ip, attempt.port) if attempt else None,
+            "mx": attempt.mx if attempt else None,
+            "ip": attempt.ip if attempt else None,
+            "port": attempt.port if attempt else None,
+            "binding": job.binding,
+        }
+        tail = {
+            "attempt": job.message.attempts + 1,
+            "delay": round(max(0.0, self.reactor.seconds() - job.message.received_at), 3),
             **tls_fields,
-        )
+        }
+        for line in recipient_lines(head, tail, results):
+            self.events.emit("delivery", **line)
+        if remote:
+            self.events.emit("attempt", quiet=True, **attempt_summary(head, tail, results))
 
 
 class Deliverer:
@@ -882,10 +885,15 @@ class Deliverer:
 
     def deliver(self, job: DeliveryJob) -> Deferred[list[RecipientResult]]:
         if job.route.kind == "discard":
-            return succeed(results_for(job, Reply.of(250, "2.0.0", "discarded")))
+            return succeed(self._logged(job, results_for(job, Reply.of(250, "2.0.0", "discarded"))))
         if job.route.kind == "maildir":
-            return ensureDeferred(self._maildir(job))
+            return ensureDeferred(self._maildir(job)).addCallback(lambda results: self._logged(job, results))
         return self.pool.submit(job, self.options_for(job.domain, job.binding))
+
+    def _logged(self, job: DeliveryJob, results: list[RecipientResult]) -> list[RecipientResult]:
+        """A queued local delivery (a DSN, the local part of a mixed message) has its delivery lines too."""
+        self.pool.log_job(job, None, None, results, remote=False)
+        return results
 
     async def _maildir(self, job: DeliveryJob) -> list[RecipientResult]:
         files = self.local.with_receipts(

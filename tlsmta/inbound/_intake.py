@@ -29,9 +29,10 @@ class SpooledWriter:
     def write(self, data: bytes) -> None:
         self._writer.write(data)
 
-    def commit(self, tls_required_no: bool = False) -> Deferred[None]:
+    def commit(self, tls_required_no: bool = False, message_id_header: str = "") -> Deferred[None]:
         # Set before the disk thread writes the metadata, which commit() queues behind the body.
         self._message.tls_required_no = tls_required_no
+        self._message.message_id_header = message_id_header
 
         def queued(_: Any) -> None:
             self._enqueue(self._message)

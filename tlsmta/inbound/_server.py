@@ -52,6 +52,7 @@ from tlsmta.discovery import Resolver
 from tlsmta.inbound._acceptance import ClientStanding, check_client_certificate, check_recipient, in_networks
 from tlsmta.inbound._auth import UserDB
 from tlsmta.inbound._received import TraceFacts, received_header
+from tlsmta.inbound._session_log import SessionLog, port_of
 from tlsmta.network import StreamTransport, installed_reactor, set_no_delay
 from tlsmta.reporting import EventBus
 from tlsmta.smtp import DomainNameError, Reject, Reply, normalize_domain
@@ -169,6 +170,7 @@ class InboundSMTP(smtp.ESMTP):
         self._client_verify_counted = False
         self._reverse_lookup: Deferred[list[str]] | None = None
         self.reverse_names: list[str] | None = None
+        self.session_log = SessionLog(runtime.events, runtime.listener.name, self.clock.seconds())
 
     def callLater(self, period: float, func: Callable[[], object]) -> IDelayedCall:
         """TimeoutMixin's scheduler (and ours), on this session's clock."""
@@ -224,10 +226,12 @@ class InboundSMTP(smtp.ESMTP):
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()
         self.peer_ip = self.session.peer = getattr(peer, "host", str(peer))
+        self.session_log.connected(self.peer_ip, port_of(peer), port_of(self.transport.getHost()))
         if self.certificate_check is not None and self.certificate_check.hook_context is not None:
             self.certificate_check.hook_context = attrs.evolve(self.certificate_check.hook_context, peer=self.peer_ip)
         refusal = self.factory.admit(self) if self.factory is not None else None
         if refusal is not None:
+            self.session_log.refused = refusal
             self.session.refuse_connection(refusal)
             self._pump(closing=True)
             return
@@ -258,6 +262,7 @@ class InboundSMTP(smtp.ESMTP):
         self.session.connection_lost()
         if self.factory is not None:
             self.factory.release(self)
+        self.session_log.disconnected(self.clock.seconds(), self._tls_fields())
 
     def timeoutConnection(self) -> None:
         if self._writer is not None and self.state is Phase.DATA:
@@ -341,6 +346,7 @@ class InboundSMTP(smtp.ESMTP):
 
     def _line_received(self, event: LineReceived) -> None:
         self.resetTimeout()  # a complete line: the client gets idle_timeout for the next one
+        self.session_log.commands += 1
 
     def _start_tls(self, event: StartTLS) -> None:
         assert self.runtime.tls is not None
@@ -476,10 +482,12 @@ class InboundSMTP(smtp.ESMTP):
             return _refusal(err).reply
 
         def answer(reply: Reply) -> None:
-            self._log_transaction(envelope, question.size, reply.text, reply.code)
+            if reply.code == 250:
+                self.session_log.messages += 1
+            self._log_transaction(envelope, question.size, reply.text, reply.code, question.message_id)
             self._settle(question, lambda: self.session.finish_message(reply))
 
-        writer.commit(question.tls_required_no).addCallbacks(stored, failed).addCallback(answer)
+        writer.commit(question.tls_required_no, message_id_header=question.message_id).addCallbacks(stored, failed).addCallback(answer)
 
     def _check_credentials(self, question: CheckCredentials) -> None:
         users = self.runtime.users
@@ -566,13 +574,16 @@ class InboundSMTP(smtp.ESMTP):
             smtputf8=envelope.smtputf8,
         )
 
-    def _log_transaction(self, envelope: Envelope | None, size: int, text: str, code: int | None = None) -> None:
+    def _log_transaction(self, envelope: Envelope | None, size: int, text: str, code: int | None = None,
+                         message_id: str = "") -> None:
         tls = envelope.tls if envelope is not None else self._tls_fields()
         self.runtime.events.emit(
             "received",
             msgid=envelope.message_id if envelope else None,
+            message_id=message_id or None,
             listener=self.runtime.listener.name,
             peer=self.peer_ip,
+            peer_port=self.session_log.peer_port,
             helo=self.helo,
             sender=envelope.sender if envelope else self.sender,
             rcpts=len(envelope.recipients) if envelope else len(self.recipients),

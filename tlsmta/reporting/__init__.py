@@ -1,5 +1,6 @@
 """What tlsmta tells operators and peers: log events, one ``EventBus`` per
-service, and their text/JSON observers (``events``), Prometheus metrics
+service, and their text/JSON observers (``events``), one message followed
+through the logs (``trace``, for ``tlsmta log trace``), Prometheus metrics
 (``metrics``), the TLS-RPT store and report (``tlsrpt``) and its daily
 sender (``tlsrpt_sender``).
 
@@ -14,14 +15,18 @@ from tlsmta.reporting._events import EventBus, json_observer, text_observer
 from tlsmta.reporting._metrics import Metrics, metrics_site
 from tlsmta.reporting._tlsrpt import TLSRPTStore
 from tlsmta.reporting._tlsrpt_sender import TLSRPTService, store_directory
+from tlsmta.reporting._trace import LogRecord, parse_log_lines, trace_message
 
 __all__ = [
     "EventBus",
     "json_observer",
+    "LogRecord",
     "Metrics",
     "metrics_site",
+    "parse_log_lines",
     "store_directory",
     "text_observer",
     "TLSRPTService",
     "TLSRPTStore",
+    "trace_message",
 ]

@@ -7,6 +7,7 @@ text format is a grep-friendly line.
 
 from __future__ import annotations
 
+import datetime
 import re
 from collections.abc import Callable
 from typing import Any
@@ -63,7 +64,10 @@ class EventBus:
                 _log.failure("event sink failed on {event}", event=event)
         if not quiet:
             # The text line is pre-formatted once; observers substitute a single field.
-            _log.info("{tlsmta_line}", tlsmta_line=kv_line(event, fields), tlsmta_event=event, **fields)
+            # tlsmta_fields keeps the event's own fields apart from the keys Twisted's
+            # legacy-log bridge writes into the same dict (message, system, time, ...).
+            _log.info("{tlsmta_line}", tlsmta_line=kv_line(event, fields), tlsmta_event=event,
+                      tlsmta_fields=fields, **fields)
 
 
 def text_observer(out: Any = None) -> Callable[[dict[str, Any]], None]:
@@ -105,33 +109,49 @@ def _json_default(value: Any) -> str:
     return str(value)
 
 
-def json_observer(out: Any = None) -> Callable[[dict[str, Any]], None]:
-    """A twisted.logger observer writing one JSON object per line (``--log-format json``).
+def iso_time(seconds: float) -> str:
+    """ISO 8601 UTC with milliseconds: ``2026-12-03T12:00:00.123Z``."""
+    when = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
-    tlsmta's events keep their fields (``event``, ``msgid``, ``tls``, ...);
-    anything else is ``{"time", "level", "namespace", "text"}``.
+
+def json_record(event: dict[str, Any]) -> dict[str, Any]:
+    """One log event as the JSON object ``json_observer`` writes.
+
+    A tlsmta event is ``{"time", "level", "event"}`` and its own fields, nothing
+    Twisted adds (``message``, ``system``, ``format``, ``isError``, ``log_*``);
+    anything else is ``{"time", "level", "namespace", "text"}`` (and
+    ``traceback`` for a failure). Numbers stay numbers.
     """
+    from twisted.logger import formatEvent
+
+    when = event.get("log_time")
+    record: dict[str, Any] = {
+        "time": iso_time(when) if isinstance(when, (int, float)) else None,
+        "level": getattr(event.get("log_level"), "name", None),
+    }
+    fields = event.get("tlsmta_fields")
+    if "tlsmta_event" in event and isinstance(fields, dict):
+        record["event"] = event["tlsmta_event"]
+        record.update((k, v) for k, v in fields.items() if k not in record)
+        return record
+    record["namespace"] = event.get("log_namespace")
+    record["text"] = formatEvent(event)
+    if event.get("log_failure") is not None:
+        record["traceback"] = event["log_failure"].getTraceback()
+    return record
+
+
+def json_observer(out: Any = None) -> Callable[[dict[str, Any]], None]:
+    """A twisted.logger observer writing one JSON object per line (``--log-format json``):
+    :func:`json_record` of each event."""
     import json
     import sys
-
-    from twisted.logger import formatEvent
 
     stream = out if out is not None else sys.stdout
 
     def observe(event: dict[str, Any]) -> None:
-        record: dict[str, Any] = {
-            "time": event.get("log_time"),
-            "level": getattr(event.get("log_level"), "name", None),
-            "namespace": event.get("log_namespace"),
-        }
-        if "tlsmta_event" in event:
-            record["event"] = event["tlsmta_event"]
-            record.update((k, v) for k, v in event.items() if not k.startswith("log_") and not k.startswith("tlsmta_"))
-        else:
-            record["text"] = formatEvent(event)
-            if event.get("log_failure") is not None:
-                record["traceback"] = event["log_failure"].getTraceback()
-        stream.write(json.dumps(record, default=_json_default) + "\n")
+        stream.write(json.dumps(json_record(event), default=_json_default) + "\n")
         stream.flush()
 
     return observe

@@ -75,7 +75,8 @@ class Metrics:
             f.get("listener") or "-", "accepted" if ok else "rejected", "-" if ok else reason_class(f.get("code"), f.get("text"))
         ).inc()
 
-    def _on_delivery(self, f: Mapping[str, Any]) -> None:
+    def _on_attempt(self, f: Mapping[str, Any]) -> None:
+        # Per attempt (one session's TLS, its worst reply), not per recipient's delivery line.
         result = f.get("result") or "-"
         reason = "-" if result == "delivered" else reason_class(f.get("code"), f.get("text"))
         self.deliveries.labels(result, reason).inc()

@@ -42,7 +42,7 @@ from tlsmta.smtp._commands import (
     rcpt_params,
     split_command,
 )
-from tlsmta.smtp._data import TOO_MANY_HOPS, DataReader, HopCounter, TLSRequiredScanner
+from tlsmta.smtp._data import TOO_MANY_HOPS, DataReader, HopCounter, MessageIdScanner, TLSRequiredScanner
 from tlsmta.smtp._reply import Reply
 from tlsmta.smtp._sasl import decode_b64_text, decode_plain
 
@@ -160,6 +160,7 @@ class CommitMessage:
 
     size: int
     tls_required_no: bool
+    message_id: str = ""  # the header section's Message-ID (<...>), "" when none
 
 
 @attrs.frozen
@@ -208,6 +209,7 @@ class ServerSession:
         self._reader: DataReader | None = None
         self._hops = HopCounter()
         self._tls_required = TLSRequiredScanner()
+        self._message_id = MessageIdScanner()
         self._pending_mail: tuple[str, MailParams] | Reject = Reject(503, "5.5.1 Error: need MAIL command")
 
     @property
@@ -597,6 +599,7 @@ class ServerSession:
         if result.body:
             self._hops.feed(result.body)
             self._tls_required.feed(result.body)
+            self._message_id.feed(result.body)
             self._outbox.append(MessageData(result.body))
         if result.ended:
             self.phase = Phase.COMMAND
@@ -606,7 +609,8 @@ class ServerSession:
         reader, hops = self._reader, self._hops.hops
         assert reader is not None
         self._tls_required.finish()
-        tls_required_no = self._tls_required.tls_required_no
+        self._message_id.finish()
+        tls_required_no, message_id = self._tls_required.tls_required_no, self._message_id.message_id
         problem = reader.problem
         if problem is None and hops > self.settings.max_hops:
             problem = attrs.evolve(TOO_MANY_HOPS, text=TOO_MANY_HOPS.text.format(hops=hops))
@@ -615,4 +619,4 @@ class ServerSession:
             self._outbox.append(MessageRefused(problem.reply, reader.received))
             self._error(problem.reply)
             return
-        self._ask(CommitMessage(reader.received, tls_required_no))
+        self._ask(CommitMessage(reader.received, tls_required_no, message_id))

@@ -185,8 +185,8 @@ class StreamingWriter:
         for target in self._targets:
             target.discard()
 
-    def commit(self, tls_required_no: bool = False) -> Deferred[None]:
-        self._closed = True  # tls_required_no: a file written here (a Maildir) has no use for it
+    def commit(self, tls_required_no: bool = False, message_id_header: str = "") -> Deferred[None]:
+        self._closed = True  # the header facts: a file written here (a Maildir) has no use for them
         if not self._targets:
             return succeed(None)
         self._then(self._finish_all, self._take_buffer())

@@ -88,11 +88,12 @@ class MessageWriter(Protocol):
 
     def write(self, data: bytes) -> None: ...
 
-    def commit(self, tls_required_no: bool = False) -> Deferred[None]:
+    def commit(self, tls_required_no: bool = False, message_id_header: str = "") -> Deferred[None]:
         """Fires once the message is durable; fails with StoreError otherwise.
 
         ``tls_required_no``: the header section says ``TLS-Required: No``
-        (RFC 8689 5), as the inbound side found while the message arrived.
+        (RFC 8689 5), as the inbound side found while the message arrived;
+        ``message_id_header``: its ``Message-ID:`` (``<...>``, "" when none), for the log.
         """
         ...
 

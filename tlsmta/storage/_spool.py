@@ -106,6 +106,7 @@ class QueuedMessage:
     # field.  Both are recorded as received; REQUIRETLS wins when both are set.
     requiretls: bool = False
     tls_required_no: bool = False
+    message_id_header: str = ""  # the Message-ID header field's <...>, for the log lines; "" when none
     held: bool = False  # `tlsmta queue hold`: never attempted until released (kept in ID.state)
     last_attempt: float = 0.0  # when the latest attempt ended (a DSN's Last-Attempt-Date); 0: never tried
     delay_warned: bool = False  # the delay warning DSN went out ([queue] delay_warning_time): never again
@@ -138,6 +139,7 @@ class QueuedMessage:
             "authenticated": self.authenticated,
             "requiretls": self.requiretls,
             "tls_required_no": self.tls_required_no,
+            "message_id_header": self.message_id_header,
         }
         return json.dumps(data, separators=(",", ":")).encode("utf-8")
 
@@ -209,6 +211,8 @@ class QueuedMessage:
             # Absent from records written before RFC 8689 support.
             requiretls=bool(data.get("requiretls", False)),
             tls_required_no=bool(data.get("tls_required_no", False)),
+            # Absent from records written before the log named the Message-ID.
+            message_id_header=str(data.get("message_id_header", "")),
         )
 
     @classmethod

@@ -208,6 +208,7 @@ class SessionFacts:
     peer_subject: str | None = None
     peer_issuer: str | None = None
     resumed: bool = False
+    server_name: str | None = None  # SNI: what the client sent (inbound) or we sent (outbound)
 
     @classmethod
     def from_connection(cls, conn: SSL.Connection) -> SessionFacts:
@@ -221,7 +222,14 @@ class SessionFacts:
             peer_subject=subject,
             peer_issuer=issuer,
             resumed=openssl_private.session_reused(conn),
+            server_name=server_name(conn),
         )
+
+
+def server_name(conn: SSL.Connection) -> str | None:
+    """The SNI host name of the connection (None when none was sent)."""
+    name = conn.get_servername()
+    return name.decode("ascii", "replace") if name else None
 
 
 def tls_connection(transport: StreamTransport) -> SSL.Connection:
@@ -238,6 +246,7 @@ def tls_log_fields(facts: SessionFacts | None, tls_verify: str, verified: str, r
         "tls": "tls" if facts else "none",
         "protocol": facts.protocol if facts else None,
         "cipher": facts.cipher if facts else None,
+        "sni": facts.server_name if facts else None,
         "tls_verify": tls_verify,
         "verified": verified,
         "reason": reason,
