@@ -24,8 +24,7 @@ from tlsmta.smtp._data import (
     TOO_BIG,
     DataProblem,
     DataReader,
-    MessageIdScanner,
-    TLSRequiredScanner,
+    HeaderScanner,
     says_tls_required_no,
 )
 
@@ -641,7 +640,7 @@ def test_hop_counter_no_headers():
 def test_tls_required_no_detected_while_streaming(chunks, expected):
     """'TLS-Required: No' in the header section (any case, folded, split across writes) is
     found, fed chunk by chunk as the inbound side feeds it; in the body or with another value it is not."""
-    scanner = TLSRequiredScanner()
+    scanner = HeaderScanner()
     for chunk in chunks:
         scanner.feed(chunk)
     scanner.finish()
@@ -666,8 +665,19 @@ def test_tls_required_no_detected_while_streaming(chunks, expected):
 )
 def test_message_id_found_while_streaming(chunks, expected):
     """The header section's first Message-ID (its <...>), for the log lines; never the body's."""
-    scanner = MessageIdScanner()
+    scanner = HeaderScanner()
     for chunk in chunks:
         scanner.feed(chunk)
     scanner.finish()
     assert scanner.message_id == expected
+
+
+def test_one_header_walk_finds_both_facts():
+    """TLS-Required and Message-ID come from the same walk, in either order, split anywhere."""
+    message = b"Message-ID: <both@x>\r\nSubject: s\r\ntls-required: no\r\n\r\nMessage-ID: <body@x>\r\n"
+    for cut in range(1, len(message)):
+        scanner = HeaderScanner()
+        scanner.feed(message[:cut])
+        scanner.feed(message[cut:])
+        scanner.finish()
+        assert (scanner.tls_required_no, scanner.message_id) == (True, "<both@x>"), cut

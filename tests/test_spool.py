@@ -451,9 +451,9 @@ def test_metadata_records_the_message_as_written(spool, flag):
 
 def test_header_scan_keeps_memory_flat():
     """A header line of 1 MiB fed in small pieces keeps the scanner's buffer bounded."""
-    from tlsmta.smtp._data import TLSRequiredScanner
+    from tlsmta.smtp._data import HeaderScanner
 
-    scanner = TLSRequiredScanner()
+    scanner = HeaderScanner()
     scanner.feed(b"X-Long: ")
     for _ in range(1024):
         scanner.feed(b"z" * 1024)

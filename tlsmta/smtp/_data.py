@@ -216,19 +216,36 @@ class HopCounter:
         self.hops += sum(1 for line in lines if line[:9].lower() == b"received:")
 
 
-class _HeaderFieldScanner:
-    """Walks a message's header section field by field (unfolded), streaming.
+_MSG_ID = re.compile(r"<[^<>\s]*>")
 
-    Fed the CRLF message as it is stored; keeps at most :attr:`KEEP` bytes of
-    the current line and field, and stops at the blank line that ends the
-    header section, so the body is never looked at.  Each complete field goes
-    to :meth:`field` with its name lowercased.  Call :meth:`finish` at the end
-    of the message (a message that is all header section has no blank line).
+
+def message_id_of(value: bytes) -> str:
+    """The ``<...>`` of a Message-ID field's value (RFC 5322 3.6.4), or the first word
+    of a malformed one; "" when empty. Bytes that are not UTF-8 are replaced."""
+    text = value.decode("utf-8", "replace").strip()
+    found = _MSG_ID.search(text)
+    if found is not None:
+        return found.group()
+    return text.split()[0] if text else ""
+
+
+class HeaderScanner:
+    """The header facts tlsmta keeps, found in one streaming walk of the header section:
+    ``TLS-Required: No`` (RFC 8689 3; name and value case-insensitive, nothing else in the
+    value) and the first ``Message-ID`` (for the log lines).
+
+    Fed the CRLF message as it is stored, it goes field by field (unfolded),
+    keeps at most :attr:`KEEP` bytes of the current line and field, and stops
+    at the blank line that ends the header section, so the body is never
+    looked at.  Call :meth:`finish` at the end of the message (a message that
+    is all header section has no blank line).
     """
 
-    KEEP = 64
+    KEEP = 1000  # a field line's limit (RFC 5322 2.1.1): a Message-ID fits whole
 
     def __init__(self) -> None:
+        self.tls_required_no = False
+        self.message_id = ""
         self.done = False
         self._partial = b""
         self._field: bytes | None = None
@@ -268,59 +285,19 @@ class _HeaderFieldScanner:
         if self._field is not None:
             name, colon, value = self._field.partition(b":")
             if colon:
-                self.field(name.strip().lower(), value)
+                self._judge(name.strip().lower(), value)
         self._field = None
 
-    def field(self, name: bytes, value: bytes) -> None:
-        raise NotImplementedError
-
-
-class TLSRequiredScanner(_HeaderFieldScanner):
-    """Finds ``TLS-Required: No`` (RFC 8689 3) in a message's header section.
-
-    The field name is case-insensitive, and so is the value ``No`` (ABNF
-    strings); anything else in the value does not count.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.tls_required_no = False
-
-    def field(self, name: bytes, value: bytes) -> None:
+    def _judge(self, name: bytes, value: bytes) -> None:
         if name == b"tls-required" and value.strip(b" \t").lower() == b"no":
             self.tls_required_no = True
-
-
-_MSG_ID = re.compile(r"<[^<>\s]*>")
-
-
-def message_id_of(value: bytes) -> str:
-    """The ``<...>`` of a Message-ID field's value (RFC 5322 3.6.4), or the first word
-    of a malformed one; "" when empty. Bytes that are not UTF-8 are replaced."""
-    text = value.decode("utf-8", "replace").strip()
-    found = _MSG_ID.search(text)
-    if found is not None:
-        return found.group()
-    return text.split()[0] if text else ""
-
-
-class MessageIdScanner(_HeaderFieldScanner):
-    """Finds the first ``Message-ID:`` in a message's header section, for the log lines."""
-
-    KEEP = 1000  # a field line's limit (RFC 5322 2.1.1): a Message-ID fits whole
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.message_id = ""
-
-    def field(self, name: bytes, value: bytes) -> None:
-        if name == b"message-id" and not self.message_id:
+        elif name == b"message-id" and not self.message_id:
             self.message_id = message_id_of(value)
 
 
 def says_tls_required_no(message: bytes) -> bool:
     """Whether a whole CRLF message's header section has ``TLS-Required: No``."""
-    scanner = TLSRequiredScanner()
+    scanner = HeaderScanner()
     scanner.feed(message)
     scanner.finish()
     return scanner.tls_required_no

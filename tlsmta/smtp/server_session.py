@@ -42,7 +42,7 @@ from tlsmta.smtp._commands import (
     rcpt_params,
     split_command,
 )
-from tlsmta.smtp._data import TOO_MANY_HOPS, DataReader, HopCounter, MessageIdScanner, TLSRequiredScanner
+from tlsmta.smtp._data import TOO_MANY_HOPS, DataReader, HeaderScanner, HopCounter
 from tlsmta.smtp._reply import Reply
 from tlsmta.smtp._sasl import decode_b64_text, decode_plain
 
@@ -208,8 +208,7 @@ class ServerSession:
         self._recipient_keys: set[tuple[str, str]] = set()
         self._reader: DataReader | None = None
         self._hops = HopCounter()
-        self._tls_required = TLSRequiredScanner()
-        self._message_id = MessageIdScanner()
+        self._headers = HeaderScanner()
         self._pending_mail: tuple[str, MailParams] | Reject = Reject(503, "5.5.1 Error: need MAIL command")
 
     @property
@@ -598,8 +597,7 @@ class ServerSession:
         self._buffer = result.rest
         if result.body:
             self._hops.feed(result.body)
-            self._tls_required.feed(result.body)
-            self._message_id.feed(result.body)
+            self._headers.feed(result.body)
             self._outbox.append(MessageData(result.body))
         if result.ended:
             self.phase = Phase.COMMAND
@@ -608,9 +606,8 @@ class ServerSession:
     def _end_of_data(self) -> None:
         reader, hops = self._reader, self._hops.hops
         assert reader is not None
-        self._tls_required.finish()
-        self._message_id.finish()
-        tls_required_no, message_id = self._tls_required.tls_required_no, self._message_id.message_id
+        self._headers.finish()
+        tls_required_no, message_id = self._headers.tls_required_no, self._headers.message_id
         problem = reader.problem
         if problem is None and hops > self.settings.max_hops:
             problem = attrs.evolve(TOO_MANY_HOPS, text=TOO_MANY_HOPS.text.format(hops=hops))
