@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -66,31 +67,28 @@ def test_check_config_and_twistd_refuse_with_one_line(tmp_path: Any, listeners: 
     assert f"{path}: {expected}" in started.stderr and "Traceback" not in started.stdout + started.stderr
 
 
-def test_a_port_in_use_exits_78_naming_the_listener(tmp_path: Any) -> None:
-    taken = socket.socket()
-    taken.bind(("127.0.0.1", 0))
-    taken.listen()
-    port = taken.getsockname()[1]
-    try:
-        path = write(tmp_path, listener("mx", "tcp:0:interface=127.0.0.1") + listener("sub", f"tcp:{port}:interface=127.0.0.1"))
-        assert run(tmp_path, TLSMTA, "check-config", path).returncode == 0  # known only when listening
-        assert_one_line(twistd(tmp_path, path),
-                        f"tlsmta: {path}: [listener.\"sub\"] endpoint: cannot listen on 'tcp:{port}:interface=127.0.0.1': "
-                        "Address already in use; not starting")
-    finally:
-        taken.close()
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A loopback port another socket (the test's) listens on."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        yield taken.getsockname()[1]
 
 
-def test_a_metrics_port_in_use_exits_78_naming_metrics(tmp_path: Any) -> None:
-    taken = socket.socket()
-    taken.bind(("127.0.0.1", 0))
-    taken.listen()
-    port = taken.getsockname()[1]
-    try:
-        path = write(tmp_path, listener("mx", "tcp:0:interface=127.0.0.1"), f'[metrics]\nendpoint = "tcp:{port}:interface=127.0.0.1"\n')
-        assert_one_line(twistd(tmp_path, path), f"{path}: [metrics] endpoint: cannot listen on 'tcp:{port}:interface=127.0.0.1'")
-    finally:
-        taken.close()
+def test_a_port_in_use_exits_78_naming_the_listener(tmp_path: Any, taken_port: int) -> None:
+    port = taken_port
+    path = write(tmp_path, listener("mx", "tcp:0:interface=127.0.0.1") + listener("sub", f"tcp:{port}:interface=127.0.0.1"))
+    assert run(tmp_path, TLSMTA, "check-config", path).returncode == 0  # known only when listening
+    assert_one_line(twistd(tmp_path, path),
+                    f"tlsmta: {path}: [listener.\"sub\"] endpoint: cannot listen on 'tcp:{port}:interface=127.0.0.1': "
+                    "Address already in use; not starting")
+
+
+def test_a_metrics_port_in_use_exits_78_naming_metrics(tmp_path: Any, taken_port: int) -> None:
+    port = taken_port
+    path = write(tmp_path, listener("mx", "tcp:0:interface=127.0.0.1"), f'[metrics]\nendpoint = "tcp:{port}:interface=127.0.0.1"\n')
+    assert_one_line(twistd(tmp_path, path), f"{path}: [metrics] endpoint: cannot listen on 'tcp:{port}:interface=127.0.0.1'")
 
 
 def test_a_systemd_socket_not_passed_exits_78(tmp_path: Any) -> None:
