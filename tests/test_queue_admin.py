@@ -15,6 +15,7 @@ import pytest
 import pytest_twisted
 from e2e import in_thread, maildir_messages, send_smtplib
 from outbound_lab import DOMAIN, start_receiver
+from test_operations import relay_raw
 
 from tlsmta.app._service import QueueService
 from tlsmta.app.cli import EX_DATAERR, EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE, EX_USAGE, main
@@ -94,19 +95,8 @@ async def test_a_reloaded_route_applies_to_mail_already_queued(tmp_path: Any, de
 # -- queue bounce ------------------------------------------------------------------------------------
 
 
-def queued_raw(tmp_path: Any, dead_port: int) -> dict[str, Any]:
-    """A relay whose smarthost is down, so what it accepts stays queued; DSNs to client.test go to a Maildir."""
-    return {
-        "global": {"hostname": "ops.test", "state_dir": str(tmp_path / "state"), "route": f"smtp:127.0.0.1:{dead_port}"},
-        "domain": {"client.test": {"route": f"maildir:{tmp_path / 'bounces'}"}},
-        "spool": {"path": str(tmp_path / "spool")},
-        "queue": {"retry_schedule": [3600]},
-        "listener": [dev_listener()],
-    }
-
-
 async def queued_relay(tmp_path: Any, dead_port: int, count: int = 1) -> RunningRelay:
-    relay = await RunningRelay(build_config(queued_raw(tmp_path, dead_port))).start()
+    relay = await RunningRelay(build_config(relay_raw(tmp_path, dead_port))).start()
     for i in range(count):
         await in_thread(send_smtplib, relay.port, rcpts=(f"user{i}@{DOMAIN}",))
     await relay.service.queue.wait_idle()
@@ -189,7 +179,7 @@ async def test_held_mail_is_not_tried_until_released_and_stays_held_across_a_res
 ) -> None:
     """hold by id: flush passes it by, `queue list` marks it `!`, a restart keeps it held;
     release makes it due now; --domain and ALL select as well."""
-    raw = queued_raw(tmp_path, dead_port)
+    raw = relay_raw(tmp_path, dead_port)
     relay = await queued_relay(tmp_path, dead_port, count=2)
     sock = relay.service.config.control["socket"]
     held, other = sorted(relay.service.queue.messages)
@@ -253,7 +243,7 @@ async def test_with_the_daemon_stopped_delete_and_hold_work_on_the_spool_under_i
     finally:
         other.release()
     assert code == EX_TEMPFAIL and f"is in use by tlsmta PID {os.getpid()}" in err
-    relay = await RunningRelay(build_config(queued_raw(tmp_path, dead_port))).start()
+    relay = await RunningRelay(build_config(relay_raw(tmp_path, dead_port))).start()
     try:
         [loading] = [s for s in relay.service if isinstance(s, QueueService)]
         await loading.loaded
