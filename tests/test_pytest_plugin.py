@@ -69,6 +69,15 @@ def test_app_refuses_an_expired_certificate(tlsmta_relay):
     assert tlsmta_relay.messages == []
 
 
+@pytest.mark.tlsmta_relay(tag_rules=["welcome=subject:welcome"])
+def test_wait_for_a_tag(tlsmta_relay):
+    send_welcome(tlsmta_relay.host, tlsmta_relay.port, "bob+signup@example.org")
+    msg = tlsmta_relay.wait_for(tag="signup", timeout=5)
+    assert msg.tags == ("signup", "welcome") and tlsmta_relay.wait_for(tag="welcome").id == msg.id
+    with pytest.raises(AssertionError, match="tag='nothing' within"):
+        tlsmta_relay.wait_for(tag="nothing", timeout=0.2)
+
+
 @pytest.mark.tlsmta_relay(http=True)
 def test_web_page_is_there_when_asked_for(tlsmta_relay):
     import json
@@ -88,7 +97,7 @@ filterwarnings =
 
 def test_application_suite_uses_the_fixture(tmp_path: Any) -> None:
     """A synchronous application test suite passes using tlsmta_relay: wait_for, messages, clear,
-    TLS facts, a TLS lab marker, the web page; each test gets its own relay."""
+    TLS facts, a TLS lab marker, wait_for(tag=...), the web page; each test gets its own relay."""
     (tmp_path / "app.py").write_text(APP)
     (tmp_path / "test_app.py").write_text(APP_TESTS)
     (tmp_path / "pytest.ini").write_text(INI)
@@ -98,7 +107,7 @@ def test_application_suite_uses_the_fixture(tmp_path: Any) -> None:
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
-    assert "5 passed" in out, out
+    assert "6 passed" in out, out
 
 
 def test_a_failing_application_test_fails(tmp_path: Any) -> None:

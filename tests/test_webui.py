@@ -18,6 +18,7 @@ import pytest_twisted
 from e2e import CLIENT_TIMEOUT, in_thread, start_relay
 
 from tlsmta.devrelay import _mailview as mailview
+from tlsmta.devrelay import _search as search
 from tlsmta.devrelay._devcert import dev_ca_path
 from tlsmta.devrelay._webui import host_allowed
 from tlsmta.storage._interfaces import Envelope
@@ -149,13 +150,39 @@ def test_client_certificate_words_from_the_tls_fields(fields: dict[str, Any], wo
 
 
 def test_search_terms_are_substrings_of_their_fields() -> None:
-    """Search by recipient (envelope or header), sender, subject; every given term must match."""
+    """Search by recipient (envelope or header), sender, subject; every given term must match; the
+    free text (q) looks through the body too, each word anywhere."""
     entry = {"envelope": {"from": "app@example.com", "to": ["bob@example.org"]}, "from": "Shop <shop@example.com>",
-             "to": "Bob <bob@example.org>", "cc": "", "subject": "Your invoice"}
-    assert mailview.matches(entry, to="BOB@") and mailview.matches(entry, sender="shop@")
-    assert mailview.matches(entry, subject="invoice", to="example.org")
-    assert not mailview.matches(entry, subject="invoice", to="alice")
-    assert mailview.matches(entry, text="app@") and not mailview.matches(entry, text="nothing")
+             "to": "Bob <bob@example.org>", "cc": "", "subject": "Your invoice", "received_ts": 100.0,
+             "tags": ["billing"], "read": False}
+    words = search.search_text(entry, "Total due: 42 EUR\nPay by Friday")
+    assert search.matches(entry, words, to="BOB@") and search.matches(entry, words, sender="shop@")
+    assert search.matches(entry, words, subject="invoice", to="example.org")
+    assert not search.matches(entry, words, subject="invoice", to="alice")
+    assert search.matches(entry, words, text="app@") and not search.matches(entry, words, text="nothing")
+    assert search.matches(entry, words, text="friday  TOTAL") and not search.matches(entry, words, text="friday monday")
+    assert search.matches(entry, words, tag="Billing") and not search.matches(entry, words, tag="news")
+    assert search.matches(entry, words, since=100.0, until=101.0) and not search.matches(entry, words, since=100.5)
+    assert search.matches(entry, words, unread=True) and not search.matches(entry, words, unread=False)
+
+
+def test_automatic_tags_by_plus_address_and_rule() -> None:
+    """bob+signup@ is tagged signup; a (tag, field, text) rule tags when the field contains the text."""
+    entry = {"envelope": {"from": "billing@shop.example", "to": ["bob+Signup@example.org", "eve+bad tag@example.org"]},
+             "from": "Shop <billing@shop.example>", "to": "", "cc": "", "subject": "Your Invoice #7"}
+    words = search.search_text(entry, "see the attached PDF")
+    rules = [("invoice", "subject", "invoice"), ("shop", "from", "BILLING@"), ("pdf", "body", "pdf"), ("x", "to", "carol")]
+    assert search.auto_tags(entry, words, rules) == ("invoice", "pdf", "shop", "signup")
+
+
+def test_dates_in_list_filters() -> None:
+    """since/until take a day (until: through its end) or an ISO time, UTC unless said."""
+    day = datetime.datetime(2026, 12, 3, tzinfo=datetime.timezone.utc).timestamp()
+    assert search.parse_instant("2026-12-03") == day
+    assert search.parse_instant("2026-12-03", end_of_day=True) == day + 86400
+    assert search.parse_instant("2026-12-03T01:00:00+01:00") == day
+    with pytest.raises(ValueError):
+        search.parse_instant("yesterday")
 
 
 # -- the API over HTTP ----------------------------------------------------------------------------
@@ -170,7 +197,8 @@ async def test_list_shows_envelope_headers_size_time_and_tls(relay: Any, tmp_pat
     [entry] = listing["messages"]
     assert entry["envelope"] == {"from": "app@example.com", "to": ["bob@example.org"]}
     assert entry["subject"] == "Welcome, Bob" and entry["from"] == "Shop <shop@example.com>"
-    assert entry["size"] == len((tmp_path / "maildir" / "new" / entry["id"]).read_bytes())
+    [stored] = (tmp_path / "maildir" / "new").iterdir()
+    assert entry["size"] == len(mailview.as_received(stored.read_bytes()))
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", entry["received_at"])
     assert entry["receipt"]["tls"] == {"used": True, "protocol": "TLSv1.3", "cipher": entry["receipt"]["tls"]["cipher"],
                                        "client_certificate": "not requested"}
@@ -251,9 +279,6 @@ async def test_one_message_raw_parsed_parts_and_attachment(relay: Any) -> None:
     assert one["text"] == "Hello Bob,\nwelcome aboard.\n"
     types = [(p["content_type"], p["filename"], p["attachment"]) for p in one["parts"]]
     assert types == [("text/plain", None, False), ("text/html", None, False), ("application/pdf", "invoice.pdf", True)]
-    status, headers, raw = await in_thread(web, relay.http_port, "GET", f"/api/messages/{entry['id']}/raw")
-    assert status == 200 and headers["content-type"] == "text/plain; charset=utf-8"
-    assert raw.startswith(b"Return-Path: <app@example.com>\n") and b"Subject: Welcome, Bob" in raw
     pdf = next(p for p in one["parts"] if p["attachment"])
     status, headers, data = await in_thread(web, relay.http_port, "GET", f"/api/messages/{entry['id']}/parts/{pdf['index']}")
     assert status == 200 and data == b"%PDF-1.4 invoice"
@@ -315,10 +340,11 @@ async def test_delete_one_and_all(relay: Any, tmp_path: Any) -> None:
     for n in range(3):
         await in_thread(send, relay.port, welcome(subject=f"n{n}"))
     first, *_ = (await in_thread(get_json, relay.http_port, "/api/messages"))["messages"]
+    [first_file] = [p for p in (tmp_path / "maildir" / "new").iterdir() if first["id"].encode() in p.read_bytes()]
     status, _, body = await in_thread(web, relay.http_port, "DELETE", f"/api/messages/{first['id']}")
     assert status == 200 and json.loads(body) == {"deleted": 1}
-    assert not (tmp_path / "maildir" / "new" / first["id"]).exists()
-    assert not os.path.exists(receipt_path(str(tmp_path / "maildir"), first["id"]))  # its receipt went with it
+    assert not first_file.exists()
+    assert not os.path.exists(receipt_path(str(tmp_path / "maildir"), first_file.name))  # its receipt went with it
     assert (await in_thread(get_json, relay.http_port, "/api/messages"))["count"] == 2
     status, _, body = await in_thread(web, relay.http_port, "GET", f"/api/messages/{first['id']}")
     assert status == 404 and json.loads(body) == {"error": "no such message"}
@@ -389,7 +415,8 @@ async def test_tls_lab_switch_over_the_api(relay: Any, tmp_path: Any) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_events_stream_announces_new_mail(relay: Any) -> None:
-    """GET /api/events is a Server-Sent Events stream; a message received sends `event: changed`."""
+    """GET /api/events is a Server-Sent Events stream; a message received sends `event: changes` with
+    its list entry, so the page need not refetch the list."""
 
     def listen_then_send() -> list[str]:
         conn = http.client.HTTPConnection("127.0.0.1", relay.http_port, timeout=CLIENT_TIMEOUT)
@@ -402,7 +429,7 @@ async def test_events_stream_announces_new_mail(relay: Any) -> None:
             while (line := response.fp.readline().decode().strip()) != "event: hello":
                 lines.append(line)
             send(relay.port, welcome())
-            while (line := response.fp.readline().decode().strip()) != "event: changed":
+            while (line := response.fp.readline().decode().strip()) != "event: changes":
                 lines.append(line)
             lines.append(response.fp.readline().decode().strip())
             return lines
@@ -410,7 +437,11 @@ async def test_events_stream_announces_new_mail(relay: Any) -> None:
             conn.close()
 
     lines = await in_thread(listen_then_send)
-    assert lines[-1] == 'data: {"why": "received"}'
+    assert lines[-1].startswith("data: ")
+    changes = json.loads(lines[-1].removeprefix("data: "))
+    [entry] = changes["added"]
+    assert entry["subject"] == "Welcome, Bob" and entry["envelope"]["to"] == ["bob@example.org"]
+    assert changes["removed"] == [] and entry == (await in_thread(get_json, relay.http_port, "/api/messages"))["messages"][0]
 
 
 @pytest_twisted.ensureDeferred

@@ -135,6 +135,21 @@ def _str_list(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+_TAG_RULE = re.compile(r"([A-Za-z0-9][A-Za-z0-9._-]{0,63})=(subject|from|to|body):(.+)", re.S)
+
+
+def _tag_rules(value: Any) -> tuple[tuple[str, str, str], ...]:
+    """The dev relay's automatic tags: ``"invoice=subject:Invoice"`` tags a message
+    whose Subject contains "Invoice" (any case); as (tag, field, text) triples."""
+    rules = []
+    for rule in _str_list(value):
+        match = _TAG_RULE.fullmatch(rule)
+        if match is None:
+            raise ValueError(f'each rule must be "TAG=FIELD:TEXT", FIELD one of subject, from, to, body (got {rule!r})')
+        rules.append((match.group(1).lower(), match.group(2), match.group(3)))
+    return tuple(rules)
+
+
 def _path(value: Any) -> str:
     """A directory path; relative paths are taken from the directory tlsmta starts in."""
     return os.path.abspath(_str(value))
@@ -431,6 +446,8 @@ HTTP_OPTIONS: dict[str, Option] = {
     ),
     "maildir": Option(_path, None, "the Maildir the page shows; default: the global maildir: route"),
     "allowed_hosts": Option(_str_list, (), "Host header names accepted besides loopback ones (DNS rebinding guard)"),
+    "keep_messages": Option(_int(0), 1000, "the page's Maildir keeps the newest N messages, older ones are deleted; 0: all"),
+    "tag_rules": Option(_tag_rules, (), 'automatic tags, "TAG=FIELD:TEXT" (FIELD: subject, from, to or body)'),
 }
 
 CONTROL_OPTIONS: dict[str, Option] = {

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import email.policy
+import re
 from collections.abc import Iterator, Mapping
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
@@ -197,13 +198,14 @@ def first_part(message: Message, content_type: str) -> tuple[int, Message] | Non
 
 def summary(message_key: str, data: bytes, stored_at: float, receipt: Receipt) -> dict[str, Any]:
     """The list entry for one stored message (JSON-ready)."""
-    message = parse_message(data)
-    return _summary(message_key, message, data, stored_at, receipt)
+    return summary_of(message_key, parse_message(data), data, stored_at, receipt)
 
 
-def _summary(key: str, message: EmailMessage, data: bytes, stored_at: float, receipt: Receipt) -> dict[str, Any]:
+def summary_of(key: str, message: EmailMessage, data: bytes, stored_at: float, receipt: Receipt) -> dict[str, Any]:
+    """The list entry for one stored message (JSON-ready); ``data`` is the Maildir file,
+    ``message`` it parsed."""
     sender, recipients = envelope_of(data)
-    size = len(data)
+    size = len(as_received(data))
     when = receipt.when or datetime.datetime.fromtimestamp(stored_at, datetime.timezone.utc)
     attachments = [index for index, part in _leaves(message) if _is_attachment(part)]
     return {
@@ -227,7 +229,7 @@ def _summary(key: str, message: EmailMessage, data: bytes, stored_at: float, rec
 def detail(message_key: str, data: bytes, stored_at: float, receipt: Receipt) -> dict[str, Any]:
     """One message parsed: summary, every header, text, parts and attachments."""
     message = parse_message(data)
-    out = _summary(message_key, message, data, stored_at, receipt)
+    out = summary_of(message_key, message, data, stored_at, receipt)
     out["headers"] = [[name, _text(value)] for name, value in message.items()]
     plain = first_part(message, "text/plain")
     out["text"] = _as_text(plain[1]) if plain else None
@@ -263,17 +265,46 @@ def html_of(data: bytes) -> str | None:
     return _as_text(found[1]) if found else None
 
 
-def matches(entry: Mapping[str, Any], to: str | None = None, sender: str | None = None, subject: str | None = None,
-            text: str | None = None) -> bool:
-    """Search: each given term is a case-insensitive substring of its field(s)."""
+def body_text(message: Message) -> str:
+    """The text a search looks through: the text/plain body, else the HTML's text without its tags."""
+    plain = first_part(message, "text/plain")
+    if plain is not None:
+        return _as_text(plain[1])
+    html = first_part(message, "text/html")
+    return _TAG.sub(" ", _as_text(html[1])) if html is not None else ""
 
-    def has(term: str | None, *fields: str) -> bool:
-        return term is None or any(term.lower() in field.lower() for field in fields)
 
-    envelope = entry["envelope"]
-    return (
-        has(to, *envelope["to"], entry["to"], entry["cc"])
-        and has(sender, envelope["from"], entry["from"])
-        and has(subject, entry["subject"])
-        and has(text, entry["subject"], entry["from"], entry["to"], envelope["from"], *envelope["to"])
-    )
+_TAG = re.compile(r"<[^>]*>")
+
+
+def _own_received_end(data: bytes, start: int) -> int:
+    """Where the ``Received:`` field tlsmta's inbound side wrote at ``start`` ends (``start``: none there)."""
+    if not data[start:start + 9].lower() == b"received:":
+        return start
+    end = start
+    while True:
+        newline = data.find(b"\n", end)
+        if newline < 0:
+            return start
+        end = newline + 1
+        if data[end:end + 1] not in (b" ", b"\t"):
+            break
+    return end if b"(tlsmta)" in data[start:end] else start
+
+
+def as_received(data: bytes) -> bytes:
+    """The message as the client sent it, from its Maildir file: without the delivery's
+    Return-Path/Delivered-To lines and tlsmta's own ``Received:`` field, with CRLF line
+    ends again (the Maildir keeps LF; the DATA reader refused bare CR and LF)."""
+    body = data[_own_received_end(data, local_envelope(data).end):]
+    return body.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+def raw_text(received: bytes) -> str:
+    """The bytes as received, decoded for reading with the message's top-level charset
+    (UTF-8 when it names none or one Python does not know)."""
+    charset = parse_message(received).get_content_charset() or "utf-8"
+    try:
+        return received.decode(charset, "replace")
+    except LookupError:
+        return received.decode("utf-8", "replace")
