@@ -46,8 +46,8 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from tlsmta.devrelay._capture import CapturedMail, Changes, MessageNotFound, captured_maildir
 from tlsmta.devrelay._devcert import LAB_MODES, dev_ca_path
 from tlsmta.devrelay._mailview import envelope_of, html_of, part_of, raw_text
-from tlsmta.devrelay._search import TAG, parse_instant
 from tlsmta.devrelay._release import ReleaseError, outgoing_body, release_message, smarthost_route
+from tlsmta.devrelay._search import TAG, parse_instant
 from tlsmta.devrelay._tlslab import LabError, LabListener, lab_applies
 from tlsmta.errors import TlsmtaError
 from tlsmta.network import IServiceReactor, PortService
