@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import smtplib
+from email.message import EmailMessage
+from email.policy import SMTP
 from typing import Any
 
 import pytest
@@ -135,3 +137,21 @@ def test_keep_messages_and_tag_rules_are_checked_by_the_loader() -> None:
         build_config({"http": {"keep_messages": -1, "tag_rules": ["no rule"]}}, "dev.toml")
     assert "dev.toml: [http] keep_messages: must be at least 0" in str(caught.value)
     assert "dev.toml: [http] tag_rules: each rule must be \"TAG=FIELD:TEXT\"" in str(caught.value)
+
+
+@pytest_twisted.ensureDeferred
+async def test_html_view_inlines_cid_images_and_opens_links_in_a_new_tab(relay: Any) -> None:
+    """cid: references become data: URLs (the frame's CSP allows only those), the inline part is
+    not an attachment, and links get a new tab (<base target=_blank>) instead of replacing the mail."""
+    message = EmailMessage()
+    message["Subject"] = "logo"
+    message.set_content("text")
+    message.add_alternative('<a href="http://127.0.0.1/">home</a><img src="cid:logo@shop">', subtype="html")
+    message.get_payload()[1].add_related(b"GIF89a-logo", maintype="image", subtype="gif", cid="<logo@shop>")
+    queue_id = await in_thread(send_raw, relay.port, "app@example.com", ["bob@example.org"], message.as_bytes(policy=SMTP))
+    status, _, html = await in_thread(web, relay.http_port, "GET", f"/api/messages/{queue_id}/html")
+    assert status == 200 and html.startswith(b'<base target="_blank">')
+    assert b'<img src="data:image/gif;base64,R0lGODlhLWxvZ28=">' in html and b"cid:" not in html
+    one = await in_thread(get_json, relay.http_port, f"/api/messages/{queue_id}")
+    [gif] = [p for p in one["parts"] if p["content_type"] == "image/gif"]
+    assert gif["content_id"] == "logo@shop" and gif["attachment"] is False

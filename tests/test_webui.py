@@ -295,25 +295,26 @@ async def test_html_part_is_served_sandboxed(relay: Any) -> None:
     assert status == 200 and b"<h1>Hello</h1>" in body
     assert headers["content-type"] == "text/html; charset=utf-8"
     policy = [d.strip() for d in headers["content-security-policy"].split(";")]
-    assert policy[0] == "sandbox" and "default-src 'none'" in policy
+    assert policy[0] == "sandbox allow-popups allow-popups-to-escape-sandbox" and "default-src 'none'" in policy
     assert "allow-scripts" not in headers["content-security-policy"]
     assert headers["x-content-type-options"] == "nosniff"
 
 
 @pytest_twisted.ensureDeferred
 async def test_page_uses_a_sandboxed_iframe_and_no_innerhtml(relay: Any) -> None:
-    """The page: <iframe sandbox> with no allow-scripts/allow-same-origin, a strict CSP, and its
+    """The page: <iframe sandbox> with no allow-scripts/allow-same-origin (only popups, for links), a strict CSP, and its
     script never assigns innerHTML/outerHTML or calls insertAdjacentHTML/document.write."""
     status, headers, page = await in_thread(web, relay.http_port, "GET", "/")
     assert status == 200 and headers["content-type"] == "text/html; charset=utf-8"
     [iframe] = re.findall(rb"<iframe[^>]*>", page)
-    assert re.search(rb'\ssandbox[\s>]', iframe) and b"allow-" not in iframe
+    [tokens] = re.findall(rb'\ssandbox="([^"]*)"', iframe)
+    assert tokens.split() == [b"allow-popups", b"allow-popups-to-escape-sandbox"]
     assert "script-src 'self'" in headers["content-security-policy"]
     assert "frame-ancestors 'none'" in headers["content-security-policy"]
     status, headers, script = await in_thread(web, relay.http_port, "GET", "/static/app.js")
     assert status == 200 and headers["content-type"] == "text/javascript; charset=utf-8"
     assert not re.search(rb"innerHTML|outerHTML|insertAdjacentHTML|document\.write", script)
-    assert b'setAttribute("sandbox", "")' in script
+    assert b'setAttribute("sandbox", "allow-popups allow-popups-to-escape-sandbox")' in script
 
 
 @pytest_twisted.ensureDeferred

@@ -10,9 +10,11 @@ unknown.
 
 from __future__ import annotations
 
+import base64
 import datetime
 import email.policy
 import re
+import urllib.parse
 from collections.abc import Iterator, Mapping
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
@@ -169,10 +171,22 @@ def _filename(part: Message) -> str | None:
         return None
 
 
+def _content_id(part: Message) -> str | None:
+    value = part.get("Content-ID")
+    if value is None:
+        return None
+    return str(value).strip().removeprefix("<").removesuffix(">") or None
+
+
 def _is_attachment(part: Message) -> bool:
-    return part.get_content_disposition() == "attachment" or (
-        _filename(part) is not None and part.get_content_maintype() not in ("text", "multipart")
-    )
+    """A download: disposition attachment, or a named non-text part that is not an inline
+    part the HTML shows by its Content-ID (``<img src="cid:...">``)."""
+    disposition = part.get_content_disposition()
+    if disposition == "attachment":
+        return True
+    if _content_id(part) is not None:
+        return False
+    return _filename(part) is not None and part.get_content_maintype() not in ("text", "multipart")
 
 
 def _decoded(part: Message) -> bytes:
@@ -245,6 +259,8 @@ def detail(message_key: str, data: bytes, stored_at: float, receipt: Receipt) ->
                 "disposition": part.get_content_disposition(),
                 "size": len(_decoded(part)),
                 "attachment": _is_attachment(part),
+                "content_id": _content_id(part),
+                "thumbnail": part.get_content_type() in THUMBNAIL_TYPES,
             }
         )
     out["parts"] = parts
@@ -259,10 +275,28 @@ def part_of(data: bytes, index: int) -> tuple[Message, bytes] | None:
     return None
 
 
+THUMBNAIL_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})  # raster: no script, unlike SVG
+_CID = re.compile(r"""cid:([^"'\s)>]+)""", re.I)
+# Links open in a new tab (the frame's sandbox allows popups): the mail never replaces itself in the frame.
+_BASE = "<base target=\"_blank\">"
+
+
 def html_of(data: bytes) -> str | None:
-    """The message's HTML body as text, if it has one."""
-    found = first_part(parse_message(data), "text/html")
-    return _as_text(found[1]) if found else None
+    """The message's HTML body for the sandboxed view, if it has one: ``cid:`` references to its
+    own inline parts become ``data:`` URLs (the frame may load nothing else) and links open a new tab."""
+    message = parse_message(data)
+    found = first_part(message, "text/html")
+    if found is None:
+        return None
+    inline = {cid: part for _, part in _leaves(message) if (cid := _content_id(part)) is not None}
+
+    def data_url(match: re.Match[str]) -> str:
+        part = inline.get(urllib.parse.unquote(match.group(1)))
+        if part is None:
+            return match.group(0)
+        return f"data:{part.get_content_type()};base64,{base64.b64encode(_decoded(part)).decode('ascii')}"
+
+    return _BASE + _CID.sub(data_url, _as_text(found[1]))
 
 
 def body_text(message: Message) -> str:

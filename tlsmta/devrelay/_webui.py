@@ -45,7 +45,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from tlsmta.devrelay._capture import CapturedMail, Changes, MessageNotFound, captured_maildir
 from tlsmta.devrelay._devcert import LAB_MODES, dev_ca_path
-from tlsmta.devrelay._mailview import envelope_of, html_of, part_of, raw_text
+from tlsmta.devrelay._mailview import THUMBNAIL_TYPES, envelope_of, html_of, part_of, raw_text
 from tlsmta.devrelay._release import ReleaseError, outgoing_body, release_message, smarthost_route
 from tlsmta.devrelay._search import TAG, parse_instant
 from tlsmta.devrelay._tlslab import LabError, LabListener, lab_applies
@@ -69,7 +69,8 @@ PAGE_CSP = (
     "frame-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 # Mail HTML: no scripts, opaque origin, nothing fetched from the network (tracking pixels).
-MAIL_CSP = "sandbox; default-src 'none'; img-src data:; style-src 'unsafe-inline'; font-src data:"
+MAIL_CSP = ("sandbox allow-popups allow-popups-to-escape-sandbox; default-src 'none'; img-src data:; "
+            "style-src 'unsafe-inline'; font-src data:")
 
 
 def host_allowed(host: str | None, allowed: Iterable[str] = ()) -> bool:
@@ -411,6 +412,8 @@ class WebUI(Resource):
             return self._blocking(self._html, message_id)
         if len(rest) == 2 and rest[0] == "parts" and rest[1].isdigit() and method == "GET":
             return self._blocking(self._part, message_id, int(rest[1]))
+        if rest[2:] == ["thumbnail"] and rest[0] == "parts" and rest[1].isdigit() and method == "GET":
+            return self._blocking(self._thumbnail, message_id, int(rest[1]))
         if rest == ["release"] and method == "POST":
             return self._release(message_id, self._json_body(request))
         raise HTTPError(404, "not found")
@@ -484,6 +487,13 @@ class WebUI(Resource):
         # Always a download, never rendered: the bytes are the sender's.
         return Reply(payload, "application/octet-stream",
                      headers={"content-disposition": f"attachment; filename*=UTF-8''{quote(name, safe='')}"})
+
+    def _thumbnail(self, message_id: str, index: int) -> Reply:
+        """A raster image part, inline, for the attachment list (never SVG or anything with script)."""
+        found = part_of(self.mail.raw(message_id)[0], index)
+        if found is None or found[0].get_content_type() not in THUMBNAIL_TYPES:
+            raise HTTPError(404, "no such image part")
+        return Reply(found[1], found[0].get_content_type(), headers={"content-security-policy": "sandbox; default-src 'none'"})
 
     def _dev_ca(self) -> Reply:
         try:
