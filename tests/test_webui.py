@@ -155,7 +155,7 @@ def test_search_terms_are_substrings_of_their_fields() -> None:
     entry = {"envelope": {"from": "app@example.com", "to": ["bob@example.org"]}, "from": "Shop <shop@example.com>",
              "to": "Bob <bob@example.org>", "cc": "", "subject": "Your invoice", "received_ts": 100.0,
              "tags": ["billing"], "read": False}
-    words = search.search_text(entry, "Total due: 42 EUR\nPay by Friday")
+    words = search.searchable(entry, "Total due: 42 EUR\nPay by Friday")
     assert search.matches(entry, words, to="BOB@") and search.matches(entry, words, sender="shop@")
     assert search.matches(entry, words, subject="invoice", to="example.org")
     assert not search.matches(entry, words, subject="invoice", to="alice")
@@ -166,11 +166,23 @@ def test_search_terms_are_substrings_of_their_fields() -> None:
     assert search.matches(entry, words, unread=True) and not search.matches(entry, words, unread=False)
 
 
+def test_word_index_gives_the_candidates_of_a_query() -> None:
+    """A query's candidates: messages with a word containing each of its words; removal forgets."""
+    index = search.WordIndex()
+    index.add("a", "your invoice from shop@example.com")
+    index.add("b", "welcome aboard, bob@example.org")
+    assert index.candidates("VOICE") == {"a"} and index.candidates("example") == {"a", "b"}
+    assert index.candidates("shop@ example") == {"a"} and index.candidates("voice welcome") == set()
+    assert index.candidates("@") is None  # no word in it: every message may match
+    index.remove("a", "your invoice from shop@example.com")
+    assert index.candidates("example") == {"b"} and index.candidates("invoice") == set()
+
+
 def test_automatic_tags_by_plus_address_and_rule() -> None:
     """bob+signup@ is tagged signup; a (tag, field, text) rule tags when the field contains the text."""
     entry = {"envelope": {"from": "billing@shop.example", "to": ["bob+Signup@example.org", "eve+bad tag@example.org"]},
              "from": "Shop <billing@shop.example>", "to": "", "cc": "", "subject": "Your Invoice #7"}
-    words = search.search_text(entry, "see the attached PDF")
+    words = search.searchable(entry, "see the attached PDF")
     rules = [("invoice", "subject", "invoice"), ("shop", "from", "BILLING@"), ("pdf", "body", "pdf"), ("x", "to", "carol")]
     assert search.auto_tags(entry, words, rules) == ("invoice", "pdf", "shop", "signup")
 

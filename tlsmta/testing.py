@@ -291,13 +291,14 @@ class Relay:
     ``tls_lab``: serve a bad TLS peer (see :mod:`tlsmta.devrelay._tlslab`);
     ``tls=False``: no STARTTLS; ``http=True``: also serve the web page and
     API (``http_port``); ``tag_rules``: automatic tags as ``[http] tag_rules``
-    takes them (``"invoice=subject:Invoice"``), for ``wait_for(tag=...)``.
+    takes them (``"invoice=subject:Invoice"``), for ``wait_for(tag=...)``;
+    ``keep_messages``: prune to the newest N (default 0: a test's relay keeps all).
     """
 
     host = "127.0.0.1"
 
     def __init__(self, directory: Any, tls: bool = True, tls_lab: str | None = None, http: bool = False,
-                 hostname: str = "localhost", tag_rules: Sequence[str] = ()):
+                 hostname: str = "localhost", tag_rules: Sequence[str] = (), keep_messages: int = 0):
         import os
         import threading
 
@@ -316,7 +317,7 @@ class Relay:
             "control": {"shutdown_grace": 0},
         }
         # [http] maildir named: the relay keeps each message's facts of receipt (msg.tls).
-        raw["http"] = {"maildir": self.maildir, "tag_rules": list(tag_rules)}
+        raw["http"] = {"maildir": self.maildir, "tag_rules": list(tag_rules), "keep_messages": keep_messages}
         if http:
             raw["http"]["endpoint"] = "tcp:0:interface=127.0.0.1"
         self.config = build_config(raw, f"<tlsmta.testing.Relay {directory}>")

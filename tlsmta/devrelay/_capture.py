@@ -46,7 +46,7 @@ class _Indexed:
     name: str  # the Maildir file name without its info suffix
     path: str
     summary: dict[str, Any]
-    words: str  # lower-cased text a search looks through (see search.search_text)
+    fields: search.Searchable
     auto_tags: tuple[str, ...]
 
 
@@ -74,6 +74,7 @@ class CapturedMail:
         self._by_name: dict[str, _Indexed] = {}
         self._by_id: dict[str, _Indexed] = {}
         self._newest_first: list[_Indexed] = []
+        self._words = search.WordIndex()
         self._tags: dict[str, list[str]] | None = None
         self._lock = threading.RLock()  # the index is shared by the web's disk threads
 
@@ -104,18 +105,18 @@ class CapturedMail:
         message_id = receipt.message_id if receipt.message_id and receipt.message_id not in self._by_id else name
         message = mailview.parse_message(data)
         summary = mailview.summary_of(message_id, message, data, stored_at, receipt)
-        words = search.search_text(summary, mailview.body_text(message))
-        return _Indexed(name, path, summary, words, search.auto_tags(summary, words, self.tag_rules))
+        fields = search.searchable(summary, mailview.body_text(message))
+        return _Indexed(name, path, summary, fields, search.auto_tags(summary, fields, self.tag_rules))
 
     def refresh(self) -> None:
-        """Bring the index up to date with the directory."""
+        """Bring the index up to date with the directory (a listing; only new files are read)."""
         with self._lock:
             files = self._files()
-            tags = self._manual_tags()
             removed = [item for name, item in self._by_name.items() if name not in files]
             for item in removed:
                 del self._by_name[item.name]
                 self._by_id.pop(item.summary["id"], None)
+                self._words.remove(item.name, item.fields.words)
             added = False
             for name, (path, seen) in files.items():
                 item = self._by_name.get(name)
@@ -125,12 +126,17 @@ class CapturedMail:
                         continue
                     self._by_name[name] = item
                     self._by_id[item.summary["id"]] = item
+                    self._words.add(name, item.fields.words)
+                    self._retag(item)
                     added = True
-                item.path = path
-                item.summary["read"] = seen
-                item.summary["tags"] = sorted({*item.auto_tags, *tags.get(item.summary["id"], ())})
+                if item.path != path or "read" not in item.summary:  # moved by a flag change
+                    item.path = path
+                    item.summary["read"] = seen
             if added or removed:
                 self._newest_first = sorted(self._by_name.values(), key=_age, reverse=True)
+
+    def _retag(self, item: _Indexed) -> None:
+        item.summary["tags"] = sorted({*item.auto_tags, *self._manual_tags().get(item.summary["id"], ())})
 
     def _item(self, message_id: str) -> _Indexed:
         with self._lock:
@@ -149,7 +155,12 @@ class CapturedMail:
         ``terms`` as :func:`search.matches` takes them."""
         self.refresh()
         with self._lock:
-            found = [item.summary for item in self._newest_first if search.matches(item.summary, item.words, **terms)]
+            if not any(value is not None for value in terms.values()):
+                found = [item.summary for item in self._newest_first]
+            else:
+                candidates = self._words.candidates(terms["text"]) if terms.get("text") else None
+                items = self._newest_first if candidates is None else [i for i in self._newest_first if i.name in candidates]
+                found = [item.summary for item in items if search.matches(item.summary, item.fields, **terms)]
         end = None if limit is None else start + limit
         return len(found), found[start:end]
 
@@ -220,7 +231,7 @@ class CapturedMail:
             if not stored[message_id]:
                 del stored[message_id]
             self._write_tags(stored)
-            self.refresh()
+            self._retag(item)
             return item.summary
 
     def delete(self, message_id: str) -> None:

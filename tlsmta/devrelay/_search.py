@@ -1,29 +1,80 @@
 """Search, filters and automatic tags over the dev relay's list entries, sans I/O.
 
 The index (:mod:`tlsmta.devrelay._capture`) keeps, per message, its list
-entry and one lower-cased string of what a free-text search looks through
-(:func:`search_text`), made once when the message is first seen: a search
-is then substring tests over strings in memory, no file read or parse.
+entry and its :class:`Searchable` fields, lower-cased once when the message
+is first seen, and a :class:`WordIndex` of the words in them: a free-text
+search first takes the messages whose words contain the query's words (a
+scan of the vocabulary, not of every body), then checks the query's text
+as substrings of those few.
 """
 
 from __future__ import annotations
 
 import datetime
 import re
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+import attrs
 
 BODY_SEARCHED = 256 * 1024  # characters of body text a search looks through (a 10 MB log attached is not)
 TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 RULE_FIELDS = ("subject", "from", "to", "body")
 
 
-def search_text(entry: Mapping[str, Any], body: str) -> str:
-    """What ``q`` matches in: subject, From/To/Cc, the envelope and the body text."""
+WORD = re.compile(r"\w+")
+
+
+@attrs.frozen
+class Searchable:
+    """One message's fields as the filters compare them, lower-cased."""
+
+    to: str  # envelope recipients, To and Cc
+    sender: str  # envelope sender and From
+    subject: str
+    words: str  # what ``q`` looks through: all of the above and the body text
+
+
+def searchable(entry: Mapping[str, Any], body: str) -> Searchable:
     envelope = entry["envelope"]
-    fields = [entry["subject"], entry["from"], entry["to"], entry["cc"], envelope["from"], *envelope["to"],
-              body[:BODY_SEARCHED]]
-    return "\n".join(fields).lower()
+    to = "\n".join([*envelope["to"], entry["to"], entry["cc"]]).lower()
+    sender = f"{envelope['from']}\n{entry['from']}".lower()
+    subject = entry["subject"].lower()
+    return Searchable(to, sender, subject, "\n".join([subject, sender, to, body[:BODY_SEARCHED].lower()]))
+
+
+class WordIndex:
+    """Which messages (by key) have which words, for a free-text query's candidates."""
+
+    def __init__(self) -> None:
+        self._postings: dict[str, set[str]] = defaultdict(set)
+
+    def add(self, key: str, text: str) -> None:
+        for word in set(WORD.findall(text)):
+            self._postings[word].add(key)
+
+    def remove(self, key: str, text: str) -> None:
+        for word in set(WORD.findall(text)):
+            keys = self._postings.get(word)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._postings[word]
+
+    def candidates(self, query: str) -> set[str] | None:
+        """Keys of the messages that may match ``query`` (each of its words is part of one of
+        theirs); None when the query has no word characters (then every message may)."""
+        found: set[str] | None = None
+        for part in set(WORD.findall(query.lower())):
+            keys: set[str] = set()
+            for word, posting in self._postings.items():
+                if part in word:
+                    keys |= posting
+            found = keys if found is None else found & keys
+            if not found:
+                return set()
+        return found
 
 
 def _plus_tags(recipients: Sequence[str]) -> set[str]:
@@ -38,17 +89,12 @@ def _plus_tags(recipients: Sequence[str]) -> set[str]:
     return found
 
 
-def auto_tags(entry: Mapping[str, Any], words: str, rules: Sequence[tuple[str, str, str]]) -> tuple[str, ...]:
+def auto_tags(entry: Mapping[str, Any], fields: Searchable, rules: Sequence[tuple[str, str, str]]) -> tuple[str, ...]:
     """The automatic tags: plus-addresses of the envelope recipients, and each
     ``(tag, field, text)`` rule whose field contains text (case-insensitive)."""
     tags = _plus_tags(entry["envelope"]["to"])
-    fields = {
-        "subject": entry["subject"].lower(),
-        "from": f"{entry['from']}\n{entry['envelope']['from']}".lower(),
-        "to": "\n".join([entry["to"], entry["cc"], *entry["envelope"]["to"]]).lower(),
-        "body": words,
-    }
-    tags.update(tag for tag, field, text in rules if text.lower() in fields[field])
+    by_name = {"subject": fields.subject, "from": fields.sender, "to": fields.to, "body": fields.words}
+    tags.update(tag for tag, field, text in rules if text.lower() in by_name[field])
     return tuple(sorted(tags))
 
 
@@ -63,22 +109,21 @@ def parse_instant(text: str, end_of_day: bool = False) -> float:
     return when.timestamp()
 
 
-def matches(entry: Mapping[str, Any], words: str, to: str | None = None, sender: str | None = None,
+def matches(entry: Mapping[str, Any], fields: Searchable, to: str | None = None, sender: str | None = None,
             subject: str | None = None, text: str | None = None, tag: str | None = None,
             since: float | None = None, until: float | None = None, unread: bool | None = None) -> bool:
     """Every given term holds: ``to``, ``sender``, ``subject`` are case-insensitive
-    substrings of their fields; each word of ``text`` is somewhere in :func:`search_text`;
-    ``tag`` is one of the entry's tags; ``since`` <= received < ``until``."""
+    substrings of their fields; each space-separated part of ``text`` is somewhere in the
+    subject, addresses or body; ``tag`` is one of the entry's tags; ``since`` <= received < ``until``."""
 
-    def has(term: str | None, *fields: str) -> bool:
-        return term is None or any(term.lower() in field.lower() for field in fields)
+    def has(term: str | None, field: str) -> bool:
+        return term is None or term.lower() in field
 
-    envelope = entry["envelope"]
     return (
-        has(to, *envelope["to"], entry["to"], entry["cc"])
-        and has(sender, envelope["from"], entry["from"])
-        and has(subject, entry["subject"])
-        and (text is None or all(word in words for word in text.lower().split()))
+        has(to, fields.to)
+        and has(sender, fields.sender)
+        and has(subject, fields.subject)
+        and (text is None or all(part in fields.words for part in text.lower().split()))
         and (tag is None or tag.lower() in entry.get("tags", ()))
         and (since is None or entry["received_ts"] >= since)
         and (until is None or entry["received_ts"] < until)
