@@ -132,7 +132,8 @@ def test_no_stored_receipt_means_unknown_facts() -> None:
     """A message stored without a receipt has unknown facts: not 'plain text', and not guessed from its headers."""
     assert mailview.receipt_of(None) == mailview.Receipt()
     assert mailview.Receipt().as_json() == {"helo": None, "peer": None, "smtp": None, "queue_id": None,
-                                            "tls": {"used": None, "protocol": None, "cipher": None, "client_certificate": None}}
+                                            "tls": {"used": None, "protocol": None, "cipher": None, "client_certificate": None,
+                                                    "lab": None, "client_accepted_bad_certificate": None}}
 
 
 @pytest.mark.parametrize(
@@ -213,7 +214,8 @@ async def test_list_shows_envelope_headers_size_time_and_tls(relay: Any, tmp_pat
     assert entry["size"] == len(mailview.as_received(stored.read_bytes()))
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", entry["received_at"])
     assert entry["receipt"]["tls"] == {"used": True, "protocol": "TLSv1.3", "cipher": entry["receipt"]["tls"]["cipher"],
-                                       "client_certificate": "not requested"}
+                                       "client_certificate": "not requested", "lab": None,
+                                       "client_accepted_bad_certificate": False}
     assert entry["receipt"]["tls"]["cipher"].startswith("TLS_")
     assert entry["has_html"] and entry["attachments"] == 1
 

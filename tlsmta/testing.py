@@ -198,7 +198,9 @@ class CapturedMessage:
     sender: str  # MAIL FROM ("" for the null sender)
     recipients: tuple[str, ...]  # RCPT TO
     message: Any  # email.message.EmailMessage
-    tls: Mapping[str, Any]  # {"used": bool, "protocol", "cipher", "client_certificate"}
+    # {"used": bool, "protocol", "cipher", "client_certificate", "lab": the TLS lab's bad-certificate
+    #  mode the client went on with (None: none), "client_accepted_bad_certificate": bool}
+    tls: Mapping[str, Any]
     raw: bytes  # the Maildir file (the delivery's Return-Path and Delivered-To lines first)
     tags: tuple[str, ...] = ()  # automatic (plus-address, [http] tag_rules) and manual ones
 

@@ -14,6 +14,7 @@ This ``__init__`` is the part's API: other parts import only the names in
 """
 
 from tlsmta.config._loader import (
+    BAD_CERTIFICATE_LAB_MODES,
     CERTIFICATE_LAB_MODES,
     DELIVERY_OPTIONS,
     LAB_MODES,
@@ -32,6 +33,7 @@ from tlsmta.config._routes import Route, RouteError, parse_route
 from tlsmta.config._tls_modes import ListenerTLS, OutboundTLS
 
 __all__ = [
+    "BAD_CERTIFICATE_LAB_MODES",
     "CERTIFICATE_LAB_MODES",
     "Config",
     "ConfigError",

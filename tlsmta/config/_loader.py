@@ -299,6 +299,7 @@ SYNTAX_ONLY = SyntaxOnly()
 # The dev relay's TLS lab modes (tlsmta.devrelay makes their certificates).
 CERTIFICATE_LAB_MODES = ("good", "expired", "wrong-name", "untrusted", "self-signed")
 LAB_MODES = (*CERTIFICATE_LAB_MODES, "handshake-fail", "no-starttls")
+BAD_CERTIFICATE_LAB_MODES = CERTIFICATE_LAB_MODES[1:]  # a client that goes on with one of these did not verify
 
 
 def _endpoint(value: Any) -> str:

@@ -40,6 +40,7 @@ class Receipt:
     tls_cipher: str | None = None
     client_certificate: str | None = None  # "not requested", "none", "yes (CN=...)", ...
     when: datetime.datetime | None = None
+    lab: str | None = None  # the TLS lab's bad-certificate mode the client went on with
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -52,6 +53,9 @@ class Receipt:
                 "protocol": self.tls_protocol,
                 "cipher": self.tls_cipher,
                 "client_certificate": self.client_certificate,
+                "lab": self.lab,
+                # None: unknown (no receipt, or no TLS); False: a good certificate
+                "client_accepted_bad_certificate": None if not self.tls else self.lab is not None,
             },
         }
 
@@ -91,6 +95,7 @@ def receipt_of(record: Mapping[str, Any] | None) -> Receipt:
         tls_cipher=tls.get("cipher") if used else None,
         client_certificate=client_certificate_words(tls) if used else None,
         when=_instant(record.get("received_at")),
+        lab=tls.get("lab") if used else None,
     )
 
 

@@ -109,7 +109,8 @@ function listItem(m) {
     el("span", "subject", m.subject || "(no subject)"),
     el("span", "time", when(m.received_at)),
     el("span", "addr", `${m.envelope.from || "<>"} → ${m.envelope.to.join(", ")}`),
-    el("span", `badge ${m.receipt.tls.used === null ? "unknown" : m.receipt.tls.used ? "tls" : "plain"}`, tlsWords(m.receipt)),
+    m.receipt.tls.lab ? el("span", "badge plain", `${m.receipt.tls.protocol}: bad cert accepted`)
+      : el("span", `badge ${m.receipt.tls.used === null ? "unknown" : m.receipt.tls.used ? "tls" : "plain"}`, tlsWords(m.receipt)),
     tags,
   );
   item.addEventListener("click", () => open(m.id));
