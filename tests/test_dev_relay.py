@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -171,3 +173,17 @@ def test_dev_relay_listen_tcp_port_only_binds_loopback(tmp_path: Any) -> None:
     finally:
         relay.stop()
     assert found.group(1) == "127.0.0.1"
+
+
+def test_queue_commands_find_the_dev_relays_control_socket(tmp_path: Any) -> None:
+    """`tlsmta queue list` with no --config and no --socket, in the directory the dev relay runs in
+    (no /etc/tlsmta/tlsmta.toml here), asks that relay."""
+    assert not os.path.exists("/etc/tlsmta/tlsmta.toml")
+    relay = DevRelay(str(tmp_path))
+    try:
+        listed = subprocess.run([os.path.join(os.path.dirname(sys.executable), "tlsmta"), "queue", "--json", "list"],
+                                cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    finally:
+        relay.stop()
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout) == []
