@@ -15,10 +15,15 @@ out of it even so:
 
 Routes (all JSON unless said otherwise):
 
-``GET /api/messages[?to=&from=&subject=&q=]``, ``DELETE /api/messages``,
-``GET|DELETE /api/messages/ID``, ``GET /api/messages/ID/raw`` (text),
+``GET /api/messages[?to=&from=&subject=&q=&tag=&since=&until=&unread=&start=&limit=]``
+(newest first; ``count`` is every match), ``DELETE /api/messages``,
+``GET|DELETE /api/messages/ID`` (ID: the queue id of ``250 ... queued as ID``),
+``PATCH /api/messages/ID`` (``{"read": BOOL, "tags": [...]}``),
+``GET /api/messages/ID/raw`` (the bytes as received, ``message/rfc822``),
+``GET /api/messages/ID/source`` (those bytes as text, decoded with the message's charset),
+``GET /api/messages/ID/parts/N/thumbnail`` (an image part, inline),
 ``GET /api/messages/ID/html`` (sandboxed HTML), ``GET /api/messages/ID/parts/N``
-(download), ``GET /api/events`` (Server-Sent Events: ``changed``),
+(download), ``GET /api/events`` (Server-Sent Events: ``hello``, ``changes``, ``releases``),
 ``POST /api/messages/ID/release`` (JSON ``{"smarthost": "HOST[:PORT]", "to": [...]}``:
 queued for that smarthost under the configured TLS policy, see :mod:`tlsmta.devrelay._release`),
 ``GET /api/dev-ca.pem``, ``GET|PUT /api/tls-lab``, and the page at ``/``.
@@ -47,6 +52,7 @@ from tlsmta.devrelay._capture import CapturedMail, Changes, MessageNotFound, cap
 from tlsmta.devrelay._devcert import LAB_MODES, dev_ca_path
 from tlsmta.devrelay._mailview import THUMBNAIL_TYPES, envelope_of, html_of, part_of, raw_text
 from tlsmta.devrelay._release import ReleaseError, outgoing_body, release_message, smarthost_route
+from tlsmta.devrelay._releases import ReleaseLog
 from tlsmta.devrelay._search import TAG, parse_instant
 from tlsmta.devrelay._tlslab import LabError, LabListener, lab_applies
 from tlsmta.errors import TlsmtaError
@@ -216,8 +222,11 @@ class EventStream:
 
     def publish(self, changes: Changes) -> None:
         if changes.added or changes.removed or changes.updated:
-            data = json.dumps(attrs.asdict(changes), ensure_ascii=False)
-            self._send(f"event: changes\ndata: {data}\n\n".encode())
+            self.send_event("changes", json.dumps(attrs.asdict(changes), ensure_ascii=False))
+
+    def send_event(self, name: str, data: str) -> None:
+        """One named event to every page (``data``: one line of JSON)."""
+        self._send(f"event: {name}\ndata: {data}\n\n".encode())
 
     def _send(self, data: bytes) -> None:
         for request in list(self.requests):
@@ -263,6 +272,7 @@ class WebUI(Resource):
         self.allowed_hosts = tuple(allowed_hosts)
         self.host = host  # the running relay, for the TLS lab and Release; None: neither
         self.stream = EventStream(reactor, lambda: self._blocking(self._index))
+        self.releases = ReleaseLog()
         self.static = {name: resources.files("tlsmta.devrelay").joinpath("web", name).read_bytes() for name in STATIC}
 
     # -- plumbing -------------------------------------------------------------------------
@@ -394,7 +404,8 @@ class WebUI(Resource):
 
     def _message(self, request: Request, method: str, message_id: str, rest: list[str]) -> Deferred[Reply]:
         if rest == [] and method == "GET":
-            return self._blocking(self.mail.detail, message_id).addCallback(json_reply)
+            return self._blocking(self.mail.detail, message_id).addCallback(
+                lambda found: json_reply({**found, "releases": self.releases.of(message_id)}))
         if rest == [] and method == "DELETE":
             return self._blocking(self.mail.delete, message_id).addCallback(lambda _: self._cleared(1))
         if rest == ["raw"] and method == "GET":
@@ -465,12 +476,28 @@ class WebUI(Resource):
             message.smtputf8 = not all(a.isascii() for a in [sender, *(r.address for r in message.recipients)])
 
             def stored(_: Any) -> Reply:
-                return json_reply({"queued_as": message.id, "to": [r.address for r in message.recipients],
-                                   "route": str(route)}, 202)
+                addresses = [r.address for r in message.recipients]
+                self.releases.add(message_id, message.id, str(route), addresses)
+                self._releases_changed(message_id)
+                return json_reply({"queued_as": message.id, "to": addresses, "route": str(route), "state": "queued"}, 202)
 
             return host.release(message, payload).addCallback(stored)
 
         return self._blocking(self.mail.raw, message_id).addCallback(queue)
+
+    def on_delivery(self, event: str, fields: dict[str, Any]) -> None:
+        """An events sink: a delivery line of a release changes what the page shows of it."""
+        if event == "delivery":
+            self.reactor.callFromThread(self._delivered, dict(fields))
+
+    def _delivered(self, fields: dict[str, Any]) -> None:
+        message_id = self.releases.on_delivery(fields)
+        if message_id is not None:
+            self._releases_changed(message_id)
+
+    def _releases_changed(self, message_id: str) -> None:
+        data = json.dumps({"id": message_id, "releases": self.releases.of(message_id)}, ensure_ascii=False)
+        self.stream.send_event("releases", data)
 
     def _html(self, message_id: str) -> Reply:
         html = html_of(self.mail.raw(message_id)[0])
@@ -552,6 +579,7 @@ class WebService(PortService):
         self.web.mail.ensure()
         if self.web.host is not None:
             self.web.host.events.add_sink(self.web.stream.on_event)
+            self.web.host.events.add_sink(self.web.on_delivery)
         self.web.stream.start()
         self.web.stream.refresh()  # index what is there before the first arrival
         site = _QuietSite(self.web, reactor=self.reactor)
@@ -570,6 +598,7 @@ class WebService(PortService):
     def stopService(self) -> Deferred[None] | None:
         if self.web.host is not None:
             self.web.host.events.remove_sink(self.web.stream.on_event)
+            self.web.host.events.remove_sink(self.web.on_delivery)
         self.web.stream.stop()
         return super().stopService()
 

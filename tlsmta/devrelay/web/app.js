@@ -197,6 +197,14 @@ function renderAttachments(id, parts) {
   }
 }
 
+// Each release of the message shown, with what became of it (queued, deferred, delivered, bounced).
+function renderReleases(releases) {
+  const list = $("v-releases");
+  list.replaceChildren(...releases.map((r) => el("li", `release ${r.state}`,
+    `Released as ${r.queued_as} to ${r.smarthost}: ${r.state}${r.tls ? ` (TLS: ${r.tls === "tls" ? "yes" : "no"})` : ""}`
+    + `${r.last && r.state !== "delivered" ? ` — ${r.last}` : ""}`)));
+}
+
 function render(id, m, source) {
   state.shown = id;
   $("placeholder").hidden = true;
@@ -238,6 +246,7 @@ function render(id, m, source) {
   $("raw-download").setAttribute("download", `${id}.eml`);
   $("read").textContent = m.read ? "Mark unread" : "Mark read";
   renderAttachments(id, m.parts);
+  renderReleases(m.releases || []);
   setTab(state.tab === "html" && m.html_part === null ? "text" : state.tab);
   document.dispatchEvent(new CustomEvent("tlsmta:message-shown", { detail: { id, message: m } }));
 }
@@ -301,6 +310,10 @@ function live() {
   const source = new EventSource("/api/events");
   source.addEventListener("hello", () => { $("live").textContent = "live"; $("live").classList.add("on"); loadList(); });
   source.addEventListener("changes", (event) => applyChanges(JSON.parse(event.data)));
+  source.addEventListener("releases", (event) => {
+    const { id, releases } = JSON.parse(event.data);
+    if (state.shown === id) renderReleases(releases);
+  });
   source.onerror = () => { $("live").textContent = "reconnecting…"; $("live").classList.remove("on"); };
 }
 
@@ -368,7 +381,7 @@ document.addEventListener("DOMContentLoaded", () => {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ smarthost }),
     });
     const answer = await response.json();
-    alert(response.ok ? `Queued as ${answer.queued_as} for ${answer.route}` : `Not released: ${answer.error}`);
+    if (!response.ok) alert(`Not released: ${answer.error}`);  // on success the release shows under the summary
   });
   $("lab").addEventListener("change", async (event) => {
     const mode = event.target.value || null;
