@@ -113,17 +113,17 @@ class CapturedMail:
         with self._lock:
             files = self._files()
             removed = [item for name, item in self._by_name.items() if name not in files]
-            for item in removed:
-                del self._by_name[item.name]
-                self._by_id.pop(item.summary["id"], None)
-                self._words.remove(item.name, item.fields.words)
+            for gone in removed:
+                del self._by_name[gone.name]
+                self._by_id.pop(gone.summary["id"], None)
+                self._words.remove(gone.name, gone.fields.words)
             added = False
             for name, (path, seen) in files.items():
-                item = self._by_name.get(name)
+                known = self._by_name.get(name)
+                item = known if known is not None else self._index_one(name, path)
                 if item is None:
-                    item = self._index_one(name, path)
-                    if item is None:
-                        continue
+                    continue  # deleted meanwhile
+                if known is None:
                     self._by_name[name] = item
                     self._by_id[item.summary["id"]] = item
                     self._words.add(name, item.fields.words)

@@ -407,6 +407,7 @@ class WebUI(Resource):
             return self._blocking(self.mail.detail, message_id).addCallback(
                 lambda found: json_reply({**found, "releases": self.releases.of(message_id)}))
         if rest == [] and method == "DELETE":
+            self.releases.forget(message_id)  # the queue still delivers them; the page no longer shows them
             return self._blocking(self.mail.delete, message_id).addCallback(lambda _: self._cleared(1))
         if rest == ["raw"] and method == "GET":
             return self._blocking(self.mail.as_received, message_id).addCallback(
