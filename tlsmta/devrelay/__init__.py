@@ -1,7 +1,8 @@
 """The dev test relay: the web page and JSON API (``webui`` and ``web/``),
-captured messages read from the Maildir (``capture``, ``mailview``), the
-TLS lab (``tlslab``), the dev CA and its certificates (``devcert``) and
-"Release" to a smarthost (``release``).
+captured messages indexed from the Maildir (``capture``, ``mailview``),
+search, filters and automatic tags (``search``), the TLS lab (``tlslab``),
+the dev CA and its certificates (``devcert``) and "Release" to a smarthost
+(``release``, and each release's state: ``releases``).
 
 May import storage, smtp, tls, reporting and config.
 
