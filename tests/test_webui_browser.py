@@ -219,6 +219,11 @@ async def test_message_view_keys_links_thumbnails_sizes_and_a_phone_sized_screen
                 seen["link"] = browser.evaluate("document.querySelector('#v-text a').href")
                 seen["summary"] = browser.evaluate("document.querySelector('#v-summary').textContent")
                 seen["overflow"] = browser.evaluate("document.documentElement.scrollWidth")
+                browser.evaluate("(() => { const s = document.querySelector('#search'); s.value = 'is:read gallery';"
+                                 " s.dispatchEvent(new Event('input')); return true; })()")
+                seen["searched"] = browser.wait_for_text("#count", "1 message")
+                seen["search_request"] = browser.evaluate(
+                    "performance.getEntriesByType('resource').map(e => e.name).filter(n => n.includes('unread=')).pop()")
                 browser.screenshot(shot)
             return seen
 
@@ -231,4 +236,5 @@ async def test_message_view_keys_links_thumbnails_sizes_and_a_phone_sized_screen
     assert seen["link"] == "https://example.com/gallery?id=7"
     assert "kB" in seen["summary"]
     assert seen["overflow"] <= 390
+    assert "unread=false" in seen["search_request"] and "q=gallery" in seen["search_request"]  # read: shown by j/k
     assert png_size(shot) == (390, 844)

@@ -54,9 +54,21 @@ function tlsClass(tls) {
 
 // -- the list ------------------------------------------------------------------------------
 
+// The search box: words search everywhere (body too); from:, to:, subject:, tag:, since:, until:
+// (a date) and is:unread / is:read filter, as the list API's parameters of the same names.
+const FILTERS = ["from", "to", "subject", "tag", "since", "until"];
+
 function listQuery(start) {
   const params = new URLSearchParams({ limit: String(PAGE), start: String(start) });
-  if (state.query) params.set("q", state.query);
+  const words = [];
+  for (const token of state.query.split(/\s+/).filter(Boolean)) {
+    const [name, ...rest] = token.split(":");
+    const value = rest.join(":");
+    if (FILTERS.includes(name) && value) params.set(name, value);
+    else if (name === "is" && (value === "unread" || value === "read")) params.set("unread", String(value === "unread"));
+    else words.push(token);
+  }
+  if (words.length) params.set("q", words.join(" "));
   return `/api/messages?${params}`;
 }
 
