@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import time
 from email.message import EmailMessage
 from email.policy import SMTP
 from typing import Any
@@ -238,3 +239,51 @@ async def test_message_view_keys_links_thumbnails_sizes_and_a_phone_sized_screen
     assert seen["overflow"] <= 390
     assert "unread=false" in seen["search_request"] and "q=gallery" in seen["search_request"]  # read: shown by j/k
     assert png_size(shot) == (390, 844)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_link_in_the_html_view_opens_a_new_tab(tmp_path: Any) -> None:
+    """A click on a link in the mail's HTML (here to the relay's own page) opens it in a new tab:
+    it is followed, and the mail is not replaced in the frame."""
+    relay = await web_relay(tmp_path)
+    try:
+        target = f"http://127.0.0.1:{relay.http_port}/?from-mail"
+        message = EmailMessage()
+        message["Subject"] = "Linked"
+        message.set_content("see html")
+        message.add_alternative(f'<a href="{target}" style="display:block;height:200px">follow me</a>', subtype="html")
+        await in_thread(send_raw, relay.port, "app@example.com", ["bob@example.org"], message.as_bytes(policy=SMTP))
+
+        def browse() -> dict[str, Any]:
+            seen: dict[str, Any] = {}
+            with Chromium() as browser:
+                browser.open(f"http://127.0.0.1:{relay.http_port}/")
+                browser.wait_for_text("#messages", "Linked")
+                # The frame's document is opaque to the page: its load event (listened for before the
+                # click), then two painted frames, say the link is on screen.
+                browser.evaluate("(window.frameLoaded = new Promise(r => document.querySelector('#v-html')"
+                                 ".addEventListener('load', r, {once: true})), true)")
+                click(browser, "Linked")
+                rect = browser.evaluate(
+                    "window.frameLoaded.then(() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => {"
+                    " const b = document.querySelector('#v-html').getBoundingClientRect(); r({x: b.x + 30, y: b.y + 30}); }))))")
+                # A real click (user activation, so the popup is allowed); the frame's content may take a
+                # moment more to take clicks than to paint, so click again until the tab is there (bounded).
+                deadline = time.monotonic() + 20
+                pages: list[str] = []
+                while target not in pages and time.monotonic() < deadline:
+                    for kind in ("mousePressed", "mouseReleased"):
+                        browser.command("Input.dispatchMouseEvent", session=True, type=kind, x=rect["x"], y=rect["y"],
+                                        button="left", clickCount=1)
+                    settle = time.monotonic() + 2  # a new tab, if the click took, shows up within this
+                    while target not in pages and time.monotonic() < settle:
+                        pages = [t["url"] for t in browser.command("Target.getTargets")["targetInfos"] if t["type"] == "page"]
+                seen["pages"] = pages
+                seen["subject"] = browser.evaluate("document.querySelector('#v-subject').textContent")
+            return seen
+
+        seen = await in_thread(browse)
+    finally:
+        await relay.stop()
+    assert target in seen["pages"]  # a new tab with the link
+    assert seen["subject"] == "Linked"
