@@ -287,3 +287,32 @@ async def test_a_link_in_the_html_view_opens_a_new_tab(tmp_path: Any) -> None:
         await relay.stop()
     assert target in seen["pages"]  # a new tab with the link
     assert seen["subject"] == "Linked"
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_page_shows_what_became_of_a_release(tmp_path: Any) -> None:
+    """Released while shown: the message view lists the release, queued, then delivered (live)."""
+    from outbound_lab import start_receiver
+    from test_webui import web
+
+    receiver = await start_receiver(tmp_path)
+    relay = await web_relay(tmp_path)
+    try:
+        queue_id = await in_thread(send_raw, relay.port, "app@example.com", ["bob@example.org"],
+                                   b"Subject: Release me\r\n\r\nbody\r\n")
+
+        def browse() -> str:
+            with Chromium() as browser:
+                browser.open(f"http://127.0.0.1:{relay.http_port}/#/message/{queue_id}")
+                browser.wait_for_text("#v-subject", "Release me")
+                body = json.dumps({"smarthost": f"[127.0.0.1]:{receiver.port}"}).encode()
+                status, _, _ = web(relay.http_port, "POST", f"/api/messages/{queue_id}/release", body,
+                                   {"Content-Type": "application/json"})
+                assert status == 202
+                return browser.wait_for_text("#v-releases", ": delivered")
+
+        shown = await in_thread(browse)
+    finally:
+        await relay.stop()
+        await receiver.stop()
+    assert f"to smtp:127.0.0.1:{receiver.port}: delivered (TLS: no)" in shown
