@@ -475,3 +475,17 @@ def test_http_endpoint_needs_a_maildir() -> None:
     with pytest.raises(configuration.ConfigError) as caught:
         build_config({"http": {"endpoint": HTTP_ENDPOINT}}, "web.toml")
     assert "web.toml: [http] maildir: is required when the global route is not maildir:PATH" in str(caught.value)
+
+
+@pytest.mark.parametrize("headers", [
+    b"Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\nFrom: =?iso-8859-1?q?J=F6rg?= <j@example.com>\nTo: a@example.org,\n b@example.org\n",
+    b"Subject: Gr\xfc\xdfe raw 8-bit\nFrom: plain@example.com\nCc: c@example.org\n",
+    b"Subject: multipart\nContent-Type: multipart/alternative; boundary=b\n\n--b\nContent-Type: text/html\n\n<p>hi</p>\n--b--\n",
+])
+def test_the_index_parse_lists_what_the_full_parse_shows(headers: bytes) -> None:
+    """The index parses with compat32 for speed: its list entry and body text equal the full (policy.default) parse's."""
+    data = b"Return-Path: <a@example.com>\nDelivered-To: b@example.org\n" + headers + b"\nbody text\n"
+    fast, full = mailview.parse_for_index(data), mailview.parse_message(data)
+    receipt = mailview.Receipt()
+    assert mailview.summary_of("k", fast, data, 1.0, receipt) == mailview.summary_of("k", full, data, 1.0, receipt)
+    assert mailview.body_text(fast) == mailview.body_text(full)

@@ -103,7 +103,7 @@ class CapturedMail:
             return None  # deleted meanwhile
         receipt = mailview.receipt_of(read_receipt(self.path, name))
         message_id = receipt.message_id if receipt.message_id and receipt.message_id not in self._by_id else name
-        message = mailview.parse_message(data)
+        message = mailview.parse_for_index(data)
         summary = mailview.summary_of(message_id, message, data, stored_at, receipt)
         fields = search.searchable(summary, mailview.body_text(message))
         return _Indexed(name, path, summary, fields, search.auto_tags(summary, fields, self.tag_rules))

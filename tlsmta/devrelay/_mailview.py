@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import email.header
 import email.policy
 import re
 import urllib.parse
@@ -25,6 +26,9 @@ import attrs
 from tlsmta.inbound import with_keyword
 
 _PARSER = BytesParser(policy=email.policy.default)
+# The index parses every captured file once: compat32 keeps header values as strings (no header
+# objects built for every Content-Type looked at), and only the shown fields are decoded.
+_INDEX_PARSER = BytesParser(policy=email.policy.compat32)
 
 
 @attrs.frozen
@@ -99,6 +103,11 @@ def receipt_of(record: Mapping[str, Any] | None) -> Receipt:
     )
 
 
+def parse_for_index(data: bytes) -> Message:
+    """The message parsed for its list entry and search text (:func:`summary_of`, :func:`body_text`)."""
+    return _INDEX_PARSER.parsebytes(data)
+
+
 def parse_message(data: bytes) -> EmailMessage:
     """The message as the standard library's EmailMessage (policy.default)."""
     message = _PARSER.parsebytes(data)
@@ -163,6 +172,16 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def _field(message: Message, name: str) -> str:
+    """A header field's value as the page shows it (encoded words decoded), whichever policy parsed it."""
+    value = message.get(name)
+    if value is None:
+        return ""
+    if isinstance(value, email.header.Header):  # compat32's value for raw 8-bit bytes: shown as U+FFFD
+        return str(value)
+    return str(email.policy.default.header_fetch_parse(name, value))
+
+
 def _leaves(message: Message) -> Iterator[tuple[int, Message]]:
     for index, part in enumerate(message.walk()):
         if not part.is_multipart():
@@ -220,7 +239,7 @@ def summary(message_key: str, data: bytes, stored_at: float, receipt: Receipt) -
     return summary_of(message_key, parse_message(data), data, stored_at, receipt)
 
 
-def summary_of(key: str, message: EmailMessage, data: bytes, stored_at: float, receipt: Receipt) -> dict[str, Any]:
+def summary_of(key: str, message: Message, data: bytes, stored_at: float, receipt: Receipt) -> dict[str, Any]:
     """The list entry for one stored message (JSON-ready); ``data`` is the Maildir file,
     ``message`` it parsed."""
     sender, recipients = envelope_of(data)
@@ -230,12 +249,12 @@ def summary_of(key: str, message: EmailMessage, data: bytes, stored_at: float, r
     return {
         "id": key,
         "envelope": {"from": sender, "to": recipients},
-        "from": _text(message.get("From")),
-        "to": _text(message.get("To")),
-        "cc": _text(message.get("Cc")),
-        "subject": _text(message.get("Subject")),
-        "date": _text(message.get("Date")),
-        "message_id": _text(message.get("Message-ID")),
+        "from": _field(message, "From"),
+        "to": _field(message, "To"),
+        "cc": _field(message, "Cc"),
+        "subject": _field(message, "Subject"),
+        "date": _field(message, "Date"),
+        "message_id": _field(message, "Message-ID"),
         "size": size,
         "received_at": when.astimezone(datetime.timezone.utc).replace(microsecond=0).isoformat(),
         "received_ts": stored_at,
