@@ -231,6 +231,7 @@ function render(id, m, source) {
       : m.receipt.tls.used ? `${m.receipt.tls.protocol}, ${m.receipt.tls.cipher}` : "none: received in plain text",
       lab ? "bad" : tlsClass(m.receipt.tls)],
     ...(lab ? [["TLS lab", `your client accepted a bad certificate (lab mode: ${lab})`, "bad"]] : []),
+    ...(m.receipt.auth_user ? [["AUTH user", m.receipt.auth_user]] : []),  // main's dev-chaos AUTH (receipt.auth_user)
     ["Size", size(m.size)],
     ["Tags", (m.tags || []).join(", ")],
   ]);
