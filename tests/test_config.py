@@ -619,14 +619,14 @@ def test_bad_enum_tls_verify(tmp_path: Path, table_header: str, table: str) -> N
 
 
 def test_bad_listener_enums(tmp_path: Path) -> None:
-    """Listener tls and tls_verify take their own words: 'required' is not a listener tls value."""
-    path = write(tmp_path, '[[listener]]\nendpoint = "tcp:25"\ntls = "required"\ntls_verify = "maybe"\n')
+    """Listener tls and tls_verify take their own words: 'ifavailable' is not a listener tls value."""
+    path = write(tmp_path, '[[listener]]\nendpoint = "tcp:25"\ntls = "ifavailable"\ntls_verify = "maybe"\n')
     problems = problems_of(path)
     keys = {(p.table, p.key) for p in problems}
     assert ("listener.0", "tls") in keys
     assert ("listener.0", "tls_verify") in keys
     tls_problem = next(p for p in problems if p.key == "tls")
-    assert tls_problem.why == "must be one of no, starttls, implicit (got 'required')"
+    assert tls_problem.why == "must be one of no, starttls, required, implicit (got 'ifavailable')"
 
 
 @pytest.mark.parametrize(
@@ -776,7 +776,7 @@ def test_matching_keypair_loads(pki: Pki, tmp_path: Path) -> None:
     assert config.bindings["out1"].options["tls_certificate"] == pki.cert
 
 
-@pytest.mark.parametrize("tls", ["starttls", "implicit"])
+@pytest.mark.parametrize("tls", ["starttls", "required", "implicit"])
 def test_listener_tls_needs_certificate(tmp_path: Path, tls: str) -> None:
     """A listener offering TLS without tls_certificate is a problem naming the listener and tls_certificate."""
     path = write(tmp_path, f'[[listener]]\nendpoint = "tcp:25"\ntls = "{tls}"\n')

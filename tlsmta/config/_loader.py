@@ -872,7 +872,7 @@ def _listeners(v: _Validator, raw: Any) -> list[ListenerConfig]:
         lab = values["tls_lab"]
         if lab is not None and values["tls"] is ListenerTLS.NO:
             v.problem(label, "tls_lab", "needs tls = 'starttls' or 'implicit'")
-        if lab == "no-starttls" and values["tls"] is ListenerTLS.IMPLICIT:
+        if lab == "no-starttls" and values["tls"] in (ListenerTLS.IMPLICIT, ListenerTLS.REQUIRED):
             v.problem(label, "tls_lab", "'no-starttls' needs tls = 'starttls'")
         if lab is not None and cert is None:
             cert = values["tls_certificate"] = "auto"  # the lab serves dev CA certificates
