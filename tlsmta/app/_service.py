@@ -6,7 +6,7 @@ import functools
 import ipaddress
 import os
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
@@ -42,7 +42,7 @@ from tlsmta.inbound import AuthFileError, InboundFactory, Intake, ListenerRuntim
 from tlsmta.network import IServiceReactor, PortService
 from tlsmta.reporting import EventBus, Metrics, TLSRPTService, metrics_site
 from tlsmta.storage import DirectoryLock, DiskIO, LocalSink, MessageSink, QueuedMessage, Spool
-from tlsmta.tls import HookError, Hooks, KeyPairError, ServerTLS, load_hooks, server_context
+from tlsmta.tls import HookError, Hooks, KeyPairError, ServerTLS, load_hooks, serve_by_sni, server_context
 
 log = Logger(namespace="tlsmta.service")
 
@@ -85,23 +85,29 @@ def listener_tls(listener: ListenerConfig, config: Config, hostname: str, hooks:
         return None
     if listener.tls_lab is not None:
         return lab_server_tls(listener, config, hostname)
-    cert, key = listener.tls_certificate, listener.tls_key
-    if cert == "auto":
+    chains = listener.tls_chains
+    if listener.tls_certificate == "auto":
         generated = ensure_dev_certificate(config.state_dir, dev_names(hostname))
-        cert, key = generated.cert_path, generated.key_path
-        log.info("dev certificate {cert}, signed by the dev CA {ca}", cert=cert, ca=generated.ca_path)
+        chains = ((generated.cert_path, generated.key_path),)
+        log.info("dev certificate {cert}, signed by the dev CA {ca}", cert=generated.cert_path, ca=generated.ca_path)
         log_dev_ca(config.state_dir)
-    assert cert is not None and key is not None
-    ctx = server_context(
-        cert,
-        key,
-        listener.tls_protocols,
-        listener.tls_ciphers,
-        listener.tlsv13_ciphersuites,
-        listener.tls_client_ca,
-        session_id=f"tlsmta-{listener.name}".encode(),
-        resumption=listener.tls_verify == "no" and not (hooks and hooks.inbound_tls_verify_callback),
-    )
+
+    def context(chains: Sequence[tuple[str, str]]) -> SSL.Context:
+        (cert, key), *more = chains
+        return server_context(
+            cert,
+            key,
+            listener.tls_protocols,
+            listener.tls_ciphers,
+            listener.tlsv13_ciphersuites,
+            listener.tls_client_ca,
+            session_id=f"tlsmta-{listener.name}".encode(),
+            resumption=listener.tls_verify == "no" and not (hooks and hooks.inbound_tls_verify_callback),
+            more_chains=more,
+        )
+
+    ctx = context(chains)
+    serve_by_sni(ctx, [(sni_chains, context(sni_chains)) for sni_chains in listener.tls_sni])
     return ServerTLS(ctx)
 
 
