@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import datetime
 import smtplib
 import socket
 import ssl
@@ -204,18 +205,20 @@ async def test_received_and_disconnect_lines_name_the_certificate_served(tmp_pat
         assert fields["certificate"].startswith("CN=mail.example.net") and fields["certificate"].endswith("(ecdsa)")
 
 
-def _rewrite(chain: Chain, ca: trustme.CA, name: str, key_type: trustme.KeyType) -> bytes:
-    """Replace ``chain``'s files in place with a new certificate for ``name``; its DER."""
-    leaf = ca.issue_cert(name, common_name=name, key_type=key_type)
+def _rewrite(chain: Chain, ca: trustme.CA, name: str, key_type: trustme.KeyType, days: int = 365) -> bytes:
+    """Replace ``chain``'s files in place with a new certificate for ``name``, valid ``days``; its DER."""
+    not_after = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=days, hours=12)
+    leaf = ca.issue_cert(name, common_name=name, key_type=key_type, not_after=not_after)
     Path(chain.cert).write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
     leaf.private_key_pem.write_to_path(chain.key)
     return ssl.PEM_cert_to_DER_cert(leaf.cert_chain_pems[0].bytes().decode())
 
 
 @pytest_twisted.ensureDeferred
-async def test_reload_rereads_every_chain_and_sni_certificate(tmp_path: Any) -> None:
+async def test_reload_rereads_every_chain_and_sni_certificate(tmp_path: Any, certificate_warnings: list[dict[str, Any]]) -> None:
     """Files replaced on disk, then the reload SIGHUP runs: new handshakes get the new default RSA and
-    ECDSA chains and the new SNI certificate, with the configuration file unchanged."""
+    ECDSA chains and the new SNI certificate, with the configuration file unchanged; the expiry gauge
+    and the warnings follow (the new RSA chain has 10 days left)."""
     ca = trustme.CA()
     ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
     rsa = _issue(ca, tmp_path, "rsa", "mx.example.test", key_type=RSA)
@@ -242,13 +245,16 @@ tls_sni = [{{ certificate = "{org.cert}", key = "{org.key}" }}]
     try:
         before = [await in_thread(served, relay.port, ca_pem, name, kind)
                   for name, kind in ((None, "RSA"), (None, "ECDSA"), ("a.example.org", None))]
-        renewed = [_rewrite(rsa, ca, "mx.example.test", RSA), _rewrite(ecdsa, ca, "mx.example.test", ECDSA),
+        renewed = [_rewrite(rsa, ca, "mx.example.test", RSA, days=10), _rewrite(ecdsa, ca, "mx.example.test", ECDSA),
                    _rewrite(org, ca, "*.example.org", RSA)]
         assert relay.service.reload() == []
         await relay.service.reloaded()
         after = [await in_thread(served, relay.port, ca_pem, name, kind)
                  for name, kind in ((None, "RSA"), (None, "ECDSA"), ("a.example.org", None))]
+        gauge = {labels["path"]: seconds for labels, seconds in relay.service.certificates.samples()}
     finally:
         await relay.stop()
     assert before == [rsa.der, ecdsa.der, org.der]
     assert after == renewed
+    assert gauge[rsa.cert] == pytest.approx(10.5 * 24 * 3600, abs=60) and gauge[org.cert] > 300 * 24 * 3600
+    assert [(w["path"], w["threshold_days"]) for w in certificate_warnings] == [(rsa.cert, 14)]

@@ -12,6 +12,7 @@ from typing import Any
 
 import attrs
 from OpenSSL import SSL
+from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, maybeDeferred
 from twisted.internet.endpoints import UNIXServerEndpoint, serverFromString
@@ -22,6 +23,7 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from tlsmta.app import _preflight as preflight
+from tlsmta.app._certificate_expiry import CHECK_INTERVAL, CertificateWatch
 from tlsmta.app._control import ControlFactory, prepare_socket_path
 from tlsmta.app._endpoints import CannotListen, naming
 from tlsmta.app._reload_plan import Running, fixed_settings, keeping_fixed, plan, running_of, web_settings
@@ -292,7 +294,12 @@ class TlsmtaService(MultiService):
             service = self._listener_service(listener, self._runtime(listener, config, self.hooks, users or {}, tls))
             service.setServiceParent(self)
             self.listeners[listener.name] = service
-        self.prometheus_metrics = Metrics(self.queue.gauges)
+        self.certificates = CertificateWatch(reactor)  # expiry: warned at start, daily and at reload
+        self.certificates.load(config)
+        expiry_check = TimerService(CHECK_INTERVAL, self.certificates.check)
+        expiry_check.clock = reactor
+        expiry_check.setServiceParent(self)
+        self.prometheus_metrics = Metrics(self.queue.gauges, self.certificates.samples)
         self.metrics: MetricsService | None = None
         if config.metrics["endpoint"]:
             self.metrics = MetricsService(reactor, config.metrics["endpoint"], self.prometheus_metrics, self.events)
@@ -501,6 +508,8 @@ class TlsmtaService(MultiService):
     def _apply(self, new: Config, hooks: Hooks, prepared: dict[str, Any], users: Mapping[str, UserDB]) -> None:
         self.config = new
         self.hooks = hooks
+        self.certificates.load(new)
+        self.certificates.check()
         self.resolver.pinned = new.dns
         if new.dns_nameservers != (self.resolver.nameservers or ()):
             self.resolver.nameservers = new.dns_nameservers
