@@ -1263,3 +1263,17 @@ def test_sni_needs_tls(two_types: dict[str, str], tmp_path: Path) -> None:
     path = write(tmp_path, f'[[listener]]\nendpoint = "tcp:25"\ntls = "no"\n'
                            f'tls_sni = [{{ certificate = "{t["rsa"]}", key = "{t["rsa_key"]}" }}]\n')
     assert_names(only_problem(path), path, "listener.0", "tls_sni")
+
+
+def test_client_certificates_one_per_key_type(two_types: dict[str, str], tmp_path: Path) -> None:
+    """A delivery scope's tls_certificate/tls_key lists are kept in order; two ECDSA chains are a problem there too."""
+    t = two_types
+    table = f'[domain."partner.example"]\ntls_certificate = ["{t["rsa"]}", "{t["ecdsa"]}"]\n'
+    config = load(write(tmp_path, table + f'tls_key = ["{t["rsa_key"]}", "{t["ecdsa_key"]}"]\n'))
+    options = config.domains["partner.example"]
+    assert (options["tls_certificate"], options["tls_key"]) == ((t["rsa"], t["ecdsa"]), (t["rsa_key"], t["ecdsa_key"]))
+    path = write(tmp_path, f'[global]\ntls_certificate = ["{t["ecdsa"]}", "{t["ecdsa2"]}"]\n'
+                           f'tls_key = ["{t["ecdsa_key"]}", "{t["ecdsa2_key"]}"]\n')
+    problem = only_problem(path)
+    assert_names(problem, path, "global", "tls_certificate")
+    assert "both ecdsa certificates" in problem.why

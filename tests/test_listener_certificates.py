@@ -1,5 +1,6 @@
 """A listener's certificates and TLS requirement over real loopback sockets and real clients:
-``tls = required``, certificates chosen by SNI, RSA and ECDSA chains side by side, reload, expiry."""
+``tls = required``, certificates chosen by SNI, RSA and ECDSA chains side by side, reload, expiry;
+and the outbound client certificate of each key type, against openssl s_server."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import datetime
 import smtplib
 import socket
 import ssl
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +17,13 @@ import pytest
 import pytest_twisted
 import trustme
 from e2e import client_context, in_thread, maildir_messages, read_reply, run_process, start_relay
+from OpenSSL import SSL
 
 from tlsmta.app import _preflight as preflight
+from tlsmta.config import parse_protocols
 from tlsmta.testing import RunningRelay, dev_listener
+from tlsmta.tls import client_context as tlsmta_client_context
+from tlsmta.tls._contexts import served_certificate
 
 MUST_STARTTLS = b"5.7.0 Must issue a STARTTLS command first"
 
@@ -258,3 +264,48 @@ tls_sni = [{{ certificate = "{org.cert}", key = "{org.key}" }}]
     assert after == renewed
     assert gauge[rsa.cert] == pytest.approx(10.5 * 24 * 3600, abs=60) and gauge[org.cert] > 300 * 24 * 3600
     assert [(w["path"], w["threshold_days"]) for w in certificate_warnings] == [(rsa.cert, 14)]
+
+
+# -- the outbound client certificate, one per key type --------------------------------------
+
+
+def _present_client_certificate(certs: Certificates, client_sigalgs: str) -> tuple[str | None, str]:
+    """Handshake with openssl s_server asking for a client certificate with ``client_sigalgs``, from
+    tlsmta's client context holding an RSA and an ECDSA chain: what we presented, what s_server saw."""
+    argv = ["openssl", "s_server", "-accept", "127.0.0.1:0", "-naccept", "1", "-cert", certs.default_rsa.cert,
+            "-key", certs.default_rsa.key, "-Verify", "1", "-client_sigalgs", client_sigalgs, "-CAfile", certs.ca]
+    # stdin stays open: s_server ends the session at EOF on it
+    with subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as server:
+        try:
+            assert server.stdout is not None
+            line = b""
+            while not line.startswith(b"ACCEPT"):
+                line = server.stdout.readline()
+                assert line, "openssl s_server exited before listening"
+            port = int(line.rsplit(b":", 1)[1])
+            ctx = tlsmta_client_context(parse_protocols("+ALL"), ca=certs.ca,
+                                        cert_path=(certs.net_rsa.cert, certs.net_ecdsa.cert),
+                                        key_path=(certs.net_rsa.key, certs.net_ecdsa.key))
+            with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+                sock.settimeout(None)  # pyOpenSSL wants a blocking socket; s_server's exit bounds it
+                conn = SSL.Connection(ctx, sock)
+                conn.set_connect_state()
+                conn.do_handshake()
+                presented = served_certificate(conn)
+                conn.sendall(b"bye\n")
+                conn.shutdown()
+            return presented, server.communicate(timeout=20)[0].decode()
+        finally:
+            if server.poll() is None:
+                server.kill()
+
+
+@pytest.mark.parametrize("client_sigalgs, key_type", [("ECDSA+SHA256", "ecdsa"), ("rsa_pss_rsae_sha256:RSA+SHA256", "rsa")])
+def test_outbound_client_certificate_of_the_key_type_the_server_asks_for(
+    certs: Certificates, client_sigalgs: str, key_type: str
+) -> None:
+    """A delivery scope's tls_certificate/tls_key lists: the client presents the chain whose key type the
+    server's CertificateRequest allows (openssl s_server -client_sigalgs), and s_server received that one."""
+    presented, server_output = _present_client_certificate(certs, client_sigalgs)
+    assert presented is not None and presented.startswith("CN=mail.example.net") and presented.endswith(f"({key_type})")
+    assert "CN = mail.example.net" in server_output, server_output

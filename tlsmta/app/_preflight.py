@@ -23,7 +23,7 @@ from tlsmta.config import Config, Overrides
 from tlsmta.config import from_dict as config_from_dict
 from tlsmta.config import load as load_config
 from tlsmta.inbound import AuthFileError, UserDB
-from tlsmta.tls import HookError, KeyPairError, check_chains, load_hook, load_keypair
+from tlsmta.tls import HookError, KeyPairError, check_chains, load_hook
 
 
 def _scratch_context() -> SSL.Context:
@@ -71,13 +71,6 @@ class HostEnvironment:
             load_hook(spec)  # import now so a typo is a config error, not a runtime one
         except HookError as e:
             return str(e)
-        return None
-
-    def keypair(self, cert: str, key: str) -> tuple[str, str] | None:
-        try:
-            load_keypair(cert, key)
-        except KeyPairError as e:
-            return e.key, str(e)
         return None
 
     def chains(self, chains: tuple[tuple[str, str], ...]) -> tuple[str, str] | None:

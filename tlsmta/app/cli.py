@@ -112,6 +112,8 @@ def _show(value: object) -> str:
         return ":".join(sorted(value))
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, tuple):  # certificate and key files, one per key type
+        return ", ".join(map(str, value))
     return str(value)
 
 

@@ -149,11 +149,11 @@ def _readable_file(value: Any) -> str:
     return path
 
 
-def _file_or_none(value: Any) -> str | None:
-    """Certificate/key paths; the word ``none`` unsets an inherited one."""
+def _files_or_none(value: Any) -> str | tuple[str, ...] | None:
+    """Certificate/key paths: one, or a list (one chain per key type); ``none`` unsets an inherited one."""
     if value == "none":
         return None
-    return _readable_file(value)
+    return _readable_files(value) if isinstance(value, list) else _readable_file(value)
 
 
 def _readable_files(value: Any) -> tuple[str, ...]:
@@ -276,12 +276,9 @@ class Environment(Protocol):
 
     def hook(self, spec: str) -> str | None: ...
 
-    def keypair(self, cert: str, key: str) -> tuple[str, str] | None:
-        """None, or the config key at fault (tls_certificate / tls_key) and why."""
-        ...
-
     def chains(self, chains: tuple[tuple[str, str], ...]) -> tuple[str, str] | None:
-        """As :meth:`keypair` for chains served together: each pair, and one per key type."""
+        """None, or the config key at fault (tls_certificate / tls_key) and why: each (certificate, key)
+        pair loads and matches, and no two share a key type (OpenSSL holds one per type)."""
         ...
 
     def sni_certificates(self, entries: tuple[tuple[tuple[str, str], ...], ...]) -> str | None:
@@ -308,9 +305,6 @@ class SyntaxOnly:
         return None
 
     def hook(self, spec: str) -> str | None:
-        return None
-
-    def keypair(self, cert: str, key: str) -> tuple[str, str] | None:
         return None
 
     def chains(self, chains: tuple[tuple[str, str], ...]) -> tuple[str, str] | None:
@@ -368,8 +362,8 @@ DELIVERY_OPTIONS: dict[str, Option] = {
     "tls": Option(_enum_of(OutboundTLS), OutboundTLS.NO, "use STARTTLS when sending"),
     "tls_verify": Option(_enum("no", "ca", "host", "optional"), "no", "check the server certificate"),
     "tls_ca": Option(_ca_location, None, "trust anchors; default: system store", "ca_file"),
-    "tls_certificate": Option(_file_or_none, None, "client certificate"),
-    "tls_key": Option(_file_or_none, None, "client key"),
+    "tls_certificate": Option(_files_or_none, None, "client certificate, or a list (one per key type)"),
+    "tls_key": Option(_files_or_none, None, "client key, or a list in the certificates' order"),
     "tls_ifavailable_fallback": Option(_bool, True, "plain-text retry after a failed handshake"),
     "tls_protocols": Option(_protocols, parse_protocols("+ALL"), "allowed protocol versions"),
     "tls_ciphers": Option(_str, None, "OpenSSL cipher list (TLS 1.2 and below)", "cipher_list"),
@@ -866,32 +860,32 @@ def _check_pairs(v: _Validator, table: Mapping[str, Any], label: str) -> None:
         v.problem(label, missing, "must be set together with " + ({"tls_key", "tls_certificate"} - {missing}).pop())
         return
     if cert and key:
-        _check_keypair(v, label, cert, key)
+        _check_chains(v, label, cert, key)
 
 
-def _listener_chains(v: _Validator, label: str, values: dict[str, Any]) -> None:
-    """A listener's tls_certificate and tls_key lists as pairs in ``values["tls_chains"]``, checked."""
+def _check_chains(
+    v: _Validator, label: str, certificates: str | tuple[str, ...], keys: str | tuple[str, ...]
+) -> tuple[tuple[str, str], ...]:
+    """The (certificate, key) pairs of one table's tls_certificate and tls_key, checked; () when unusable."""
     try:
-        chains = _chains(values["tls_certificate"], values["tls_key"])
+        chains = _chains(_as_files(certificates), _as_files(keys))
     except ValueError as e:
         v.problem(label, "tls_key", str(e))
-        return
+        return ()
     fault = v.environment.chains(chains)
     if fault is not None:
         v.problem(label, *fault)
-    values["tls_chains"] = chains
+    return chains
+
+
+def _as_files(value: str | tuple[str, ...]) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else value
 
 
 def _first_chain(values: Mapping[str, Any]) -> tuple[str | None, str | None]:
     """tls_certificate and tls_key as ListenerConfig keeps them: the first pair, or 'auto'."""
     cert, keys = values["tls_certificate"], values["tls_key"]
     return (cert[0] if isinstance(cert, tuple) else cert), (keys[0] if keys else None)
-
-
-def _check_keypair(v: _Validator, label: str, cert: str, key: str) -> None:
-    fault = v.environment.keypair(cert, key)
-    if fault is not None:
-        v.problem(label, *fault)
 
 
 def listener_label(index: int, body: Any, names: set[str]) -> str:
@@ -956,7 +950,7 @@ def _listeners(v: _Validator, raw: Any) -> list[ListenerConfig]:
                     if "tls_key" not in body:
                         v.problem(label, "tls_key", "is required with tls_certificate")
                 else:
-                    _listener_chains(v, label, values)
+                    values["tls_chains"] = _check_chains(v, label, cert, values["tls_key"])
         elif values["tls_sni"]:
             v.problem(label, "tls_sni", "needs tls = 'starttls', 'required' or 'implicit'")
         values["tls_certificate"], values["tls_key"] = _first_chain(values)

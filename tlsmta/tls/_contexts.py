@@ -174,17 +174,21 @@ def client_context(
     ciphers: str | None = None,
     tls13: str | None = None,
     ca: str | None = None,
-    cert_path: str | None = None,
-    key_path: str | None = None,
+    cert_path: str | Sequence[str] | None = None,
+    key_path: str | Sequence[str] | None = None,
 ) -> SSL.Context:
-    """An SSL.Context for outbound STARTTLS with the resolved options."""
+    """An SSL.Context for outbound STARTTLS with the resolved options.
+
+    ``cert_path``/``key_path``: the client certificate, or one per key type (paired in order):
+    OpenSSL presents the one the server's CertificateRequest signature algorithms allow."""
     # Anonymous and null suites have no certificate to verify: never offer them.
     ciphers = f"{ciphers}:!aNULL:!eNULL" if ciphers else None
     ctx = _base_context(SSL.TLS_CLIENT_METHOD, protocols, ciphers, tls13)
     load_trust(ctx, ca)
     if cert_path and key_path:
-        ctx.use_certificate_chain_file(cert_path)
-        ctx.use_privatekey_file(key_path)
+        certs = [cert_path] if isinstance(cert_path, str) else cert_path
+        keys = [key_path] if isinstance(key_path, str) else key_path
+        use_chains(ctx, list(zip(certs, keys, strict=True)))
     return ctx
 
 
