@@ -309,3 +309,33 @@ def test_outbound_client_certificate_of_the_key_type_the_server_asks_for(
     presented, server_output = _present_client_certificate(certs, client_sigalgs)
     assert presented is not None and presented.startswith("CN=mail.example.net") and presented.endswith(f"({key_type})")
     assert "CN = mail.example.net" in server_output, server_output
+
+
+def _mail_reply(port: int, ca: str, server_name: str, client: Chain | None) -> int:
+    """STARTTLS with SNI ``server_name`` (and ``client``'s certificate, if any); the reply code to MAIL."""
+    ctx = client_context(ca, client)
+    ctx.check_hostname = False
+    with smtplib.SMTP("127.0.0.1", port, local_hostname="client.test", timeout=20) as smtp:
+        smtp.ehlo()
+        smtp.docmd("STARTTLS")
+        smtp.sock = ctx.wrap_socket(smtp.sock, server_hostname=server_name)
+        smtp.file = None
+        smtp.ehlo()
+        code, _ = smtp.mail("a@client.test")
+    return code
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_certificate_chosen_by_sni_still_asks_for_and_checks_client_certificates(
+    tmp_path: Any, certs: Certificates
+) -> None:
+    """The SNI context keeps the listener's client-certificate policy (tls_verify = ca): with a certificate
+    from tls_client_ca MAIL is accepted, without one it is 530, under the SNI name as under the default."""
+    relay = await start_relay(tmp_path, [sni_listener(certs, tls_verify="ca", tls_client_ca=certs.ca)])
+    try:
+        codes = {(name, bool(client)): await in_thread(_mail_reply, relay.port, certs.ca, name, client)
+                 for name in ("mail.example.net", "mx.example.test") for client in (certs.org, None)}
+    finally:
+        await relay.stop()
+    assert codes == {("mail.example.net", True): 250, ("mail.example.net", False): 530,
+                     ("mx.example.test", True): 250, ("mx.example.test", False): 530}
