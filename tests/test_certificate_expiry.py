@@ -86,14 +86,20 @@ def test_every_served_and_presented_certificate_is_watched(config_path: Any) -> 
     ]
 
 
-def test_warnings_come_once_per_threshold_per_certificate(config_path: Any, certificate_warnings: list[Any]) -> None:
-    """At start: the RSA chain (20 days) at 30, the client certificate (10 days) at 14, the SNI one as
-    expired; again the same day: nothing; a week later the RSA chain crosses 14 and the client one 7."""
-    path, files = config_path
+def watching(path: str) -> tuple[Clock, CertificateWatch]:
+    """A CertificateWatch over ``path``'s certificates on a clock that reads NOW."""
     clock = Clock()
     clock.advance(NOW.timestamp())
     watch = CertificateWatch(clock)
     watch.load(load(path))
+    return clock, watch
+
+
+def test_warnings_come_once_per_threshold_per_certificate(config_path: Any, certificate_warnings: list[Any]) -> None:
+    """At start: the RSA chain (20 days) at 30, the client certificate (10 days) at 14, the SNI one as
+    expired; again the same day: nothing; a week later the RSA chain crosses 14 and the client one 7."""
+    path, files = config_path
+    clock, watch = watching(path)
     watch.check()
     first = sorted((w["path"], w["threshold_days"]) for w in certificate_warnings)
     assert first == sorted([(files["rsa"][0], 30), (files["client"][0], 14), (files["sni"][0], 0)])
@@ -111,10 +117,7 @@ def test_warnings_come_once_per_threshold_per_certificate(config_path: Any, cert
 def test_a_renewed_certificate_is_a_new_one(config_path: Any, certificate_warnings: list[Any]) -> None:
     """After the RSA file is replaced by one that also expires within 30 days, the reload warns for it again."""
     path, files = config_path
-    clock = Clock()
-    clock.advance(NOW.timestamp())
-    watch = CertificateWatch(clock)
-    watch.load(load(path))
+    _, watch = watching(path)
     watch.check()
     renewed = trustme.CA().issue_cert("mx.example.test", key_type=trustme.KeyType.RSA,
                                       not_after=NOW + datetime.timedelta(days=25))
@@ -129,10 +132,7 @@ def test_a_renewed_certificate_is_a_new_one(config_path: Any, certificate_warnin
 def test_the_gauge_gives_seconds_until_not_after(config_path: Any) -> None:
     """tlsmta_certificate_expiry_seconds: one sample per certificate, negative once expired."""
     path, files = config_path
-    clock = Clock()
-    clock.advance(NOW.timestamp())
-    watch = CertificateWatch(clock)
-    watch.load(load(path))
+    _, watch = watching(path)
     text = generate_latest(Metrics(certificates=watch.samples).registry).decode()
     [family] = [f for f in text_string_to_metric_families(text) if f.name == "tlsmta_certificate_expiry_seconds"]
     samples = {(s.labels["role"], s.labels["path"]): s for s in family.samples}
