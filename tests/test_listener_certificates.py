@@ -107,16 +107,16 @@ def certs(tmp_path: Path) -> Certificates:
 
 def sni_listener(certs: Certificates, **overrides: Any) -> dict[str, Any]:
     """Default: RSA and ECDSA for mx.example.test; SNI: *.example.org (RSA), mail.example.net (both)."""
-    return dev_listener(
-        tls="starttls",
-        tls_certificate=[certs.default_rsa.cert, certs.default_ecdsa.cert],
-        tls_key=[certs.default_rsa.key, certs.default_ecdsa.key],
-        tls_sni=[
+    return dev_listener(**{
+        "tls": "starttls",
+        "tls_certificate": [certs.default_rsa.cert, certs.default_ecdsa.cert],
+        "tls_key": [certs.default_rsa.key, certs.default_ecdsa.key],
+        "tls_sni": [
             {"certificate": certs.org.cert, "key": certs.org.key},
             {"certificate": [certs.net_ecdsa.cert, certs.net_rsa.cert], "key": [certs.net_ecdsa.key, certs.net_rsa.key]},
         ],
         **overrides,
-    )
+    })
 
 
 def served(port: int, ca: str, server_name: str | None, key_type: str | None = None, message: bool = False) -> bytes:
@@ -339,3 +339,27 @@ async def test_a_certificate_chosen_by_sni_still_asks_for_and_checks_client_cert
         await relay.stop()
     assert codes == {("mail.example.net", True): 250, ("mail.example.net", False): 530,
                      ("mx.example.test", True): 250, ("mx.example.test", False): 530}
+
+
+def _implicit_tls_leaf(port: int, ca: str, server_name: str) -> bytes:
+    """The certificate an implicit-TLS listener serves to SNI ``server_name`` (its 220 greeting read inside TLS)."""
+    ctx = client_context(ca)
+    ctx.check_hostname = False
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        with ctx.wrap_socket(sock, server_hostname=server_name) as tls:
+            assert read_reply(tls.makefile("rb")).startswith(b"220 ")
+            der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return der
+
+
+@pytest_twisted.ensureDeferred
+async def test_implicit_tls_listener_chooses_by_sni_too(tmp_path: Any, certs: Certificates) -> None:
+    """tls = implicit: the servername callback runs on the first handshake as it does after STARTTLS."""
+    relay = await start_relay(tmp_path, [sni_listener(certs, tls="implicit")])
+    try:
+        seen = [await in_thread(_implicit_tls_leaf, relay.port, certs.ca, name)
+                for name in ("a.example.org", "mx.example.test")]
+    finally:
+        await relay.stop()
+    assert seen[0] == certs.org.der and seen[1] in (certs.default_rsa.der, certs.default_ecdsa.der)
