@@ -619,14 +619,14 @@ def test_bad_enum_tls_verify(tmp_path: Path, table_header: str, table: str) -> N
 
 
 def test_bad_listener_enums(tmp_path: Path) -> None:
-    """Listener tls and tls_verify take their own words: 'required' is not a listener tls value."""
-    path = write(tmp_path, '[[listener]]\nendpoint = "tcp:25"\ntls = "required"\ntls_verify = "maybe"\n')
+    """Listener tls and tls_verify take their own words: 'ifavailable' is not a listener tls value."""
+    path = write(tmp_path, '[[listener]]\nendpoint = "tcp:25"\ntls = "ifavailable"\ntls_verify = "maybe"\n')
     problems = problems_of(path)
     keys = {(p.table, p.key) for p in problems}
     assert ("listener.0", "tls") in keys
     assert ("listener.0", "tls_verify") in keys
     tls_problem = next(p for p in problems if p.key == "tls")
-    assert tls_problem.why == "must be one of no, starttls, implicit (got 'required')"
+    assert tls_problem.why == "must be one of no, starttls, required, implicit (got 'ifavailable')"
 
 
 @pytest.mark.parametrize(
@@ -776,7 +776,7 @@ def test_matching_keypair_loads(pki: Pki, tmp_path: Path) -> None:
     assert config.bindings["out1"].options["tls_certificate"] == pki.cert
 
 
-@pytest.mark.parametrize("tls", ["starttls", "implicit"])
+@pytest.mark.parametrize("tls", ["starttls", "required", "implicit"])
 def test_listener_tls_needs_certificate(tmp_path: Path, tls: str) -> None:
     """A listener offering TLS without tls_certificate is a problem naming the listener and tls_certificate."""
     path = write(tmp_path, f'[[listener]]\nendpoint = "tcp:25"\ntls = "{tls}"\n')
@@ -922,13 +922,13 @@ def test_dns_bad_owner_name(tmp_path: Path, name: str) -> None:
 
 
 def test_listener_missing_certificate_and_key(tmp_path: Path) -> None:
-    """A listener whose certificate and key files both do not exist gets one problem for each."""
+    """A listener whose certificate and key files both do not exist gets one problem for each, in file order."""
     cert, key = str(tmp_path / "no-cert.pem"), str(tmp_path / "no-key.pem")
     path = write(tmp_path, f'[[listener]]\nendpoint = "tcp:25"\ntls_certificate = {q(cert)}\ntls_key = {q(key)}\n')
     problems = problems_of(path)
-    assert [(p.table, p.key) for p in problems] == [("listener.0", "tls_key"), ("listener.0", "tls_certificate")]
-    assert cert in problems[1].why
-    assert key in problems[0].why
+    assert [(p.table, p.key) for p in problems] == [("listener.0", "tls_certificate"), ("listener.0", "tls_key")]
+    assert cert in problems[0].why
+    assert key in problems[1].why
 
 
 def test_every_problem_reported_at_once(pki: Pki, tmp_path: Path) -> None:
@@ -1176,3 +1176,104 @@ def test_syntax_only_loader_leaves_the_machine_checks_to_preflight(tmp_path: Pat
     problems = problems_of(path)
     assert [(p.table, p.key) for p in problems] == [
         ("global", "tls_ciphers"), ("hooks", "outbound_binding"), ("global", "tls_key")]
+
+
+# -- several chains and SNI certificates on a listener -------------------------------------
+
+
+@pytest.fixture
+def two_types(tmp_path: Path) -> dict[str, str]:
+    """RSA and ECDSA chains for mx.example, a second ECDSA one, and one for an IP address only."""
+    ca = trustme.CA()
+    leaves = {
+        "rsa": ca.issue_cert("mx.example", key_type=trustme.KeyType.RSA),
+        "ecdsa": ca.issue_cert("mx.example", key_type=trustme.KeyType.ECDSA),
+        "ecdsa2": ca.issue_cert("mx.example", key_type=trustme.KeyType.ECDSA),
+        "ip": ca.issue_cert("127.0.0.1"),
+    }
+    out = {}
+    for name, leaf in leaves.items():
+        out[name], out[name + "_key"] = str(tmp_path / f"{name}.pem"), str(tmp_path / f"{name}.key")
+        leaf.cert_chain_pems[0].write_to_path(out[name])
+        leaf.private_key_pem.write_to_path(out[name + "_key"])
+    return out
+
+
+def _tls_listener(certificates: list[str], keys: list[str], extra: str = "") -> str:
+    return (f'[[listener]]\nendpoint = "tcp:25"\ntls_certificate = {certificates!r}\ntls_key = {keys!r}\n{extra}')
+
+
+def test_listener_serves_one_chain_per_key_type(two_types: dict[str, str], tmp_path: Path) -> None:
+    """tls_certificate and tls_key as lists pair up in order; the first pair stays tls_certificate/tls_key."""
+    t = two_types
+    config = load(write(tmp_path, _tls_listener([t["rsa"], t["ecdsa"]], [t["rsa_key"], t["ecdsa_key"]])))
+    [listener] = config.listeners
+    assert listener.tls_chains == ((t["rsa"], t["rsa_key"]), (t["ecdsa"], t["ecdsa_key"]))
+    assert (listener.tls_certificate, listener.tls_key) == (t["rsa"], t["rsa_key"])
+
+
+@pytest.mark.parametrize(
+    "certificates, keys, key, why",
+    [
+        (["ecdsa", "ecdsa2"], ["ecdsa_key", "ecdsa2_key"], "tls_certificate", "both ecdsa certificates"),
+        (["rsa", "ecdsa"], ["rsa_key"], "tls_key", "1 key file(s) for 2 certificate file(s)"),
+        (["rsa", "ecdsa"], ["ecdsa_key", "rsa_key"], "tls_key", "does not match certificate"),
+    ],
+)
+def test_listener_chain_problems_name_the_key(
+    two_types: dict[str, str], tmp_path: Path, certificates: list[str], keys: list[str], key: str, why: str
+) -> None:
+    """Two chains of one key type (OpenSSL would keep only the last), a missing key, keys out of order."""
+    path = write(tmp_path, _tls_listener([two_types[c] for c in certificates], [two_types[k] for k in keys]))
+    problem = only_problem(path)
+    assert_names(problem, path, "listener.0", key)
+    assert why in problem.why
+
+
+def test_sni_certificates_load(two_types: dict[str, str], tmp_path: Path) -> None:
+    """tls_sni entries: a file or a list per entry, kept as chains in order."""
+    t = two_types
+    sni = (f'tls_sni = [{{ certificate = "{t["ecdsa"]}", key = "{t["ecdsa_key"]}" }},\n'
+           f'  {{ certificate = ["{t["rsa"]}", "{t["ecdsa2"]}"], key = ["{t["rsa_key"]}", "{t["ecdsa2_key"]}"] }}]\n')
+    [listener] = load(write(tmp_path, _tls_listener([t["rsa"]], [t["rsa_key"]], sni))).listeners
+    assert listener.tls_sni == (((t["ecdsa"], t["ecdsa_key"]),), ((t["rsa"], t["rsa_key"]), (t["ecdsa2"], t["ecdsa2_key"])))
+
+
+@pytest.mark.parametrize(
+    "entry, why",
+    [
+        ('{ certificate = "CERT" }', "must be a table with exactly certificate and key"),
+        ('{ certificate = "IP", key = "IP_KEY" }', "has no DNS subjectAltName for an SNI name to match"),
+        ('{ certificate = "CERT", key = "/nonexistent.key" }', "file '/nonexistent.key' does not exist"),
+    ],
+)
+def test_sni_problems_name_the_entry(two_types: dict[str, str], tmp_path: Path, entry: str, why: str) -> None:
+    """A tls_sni entry that cannot be served: the problem names tls_sni and the entry."""
+    t = two_types
+    entry = entry.replace("IP_KEY", t["ip_key"]).replace("IP", t["ip"]).replace("CERT", t["rsa"])
+    path = write(tmp_path, _tls_listener([t["rsa"]], [t["rsa_key"]], f"tls_sni = [{entry}]\n"))
+    problem = only_problem(path)
+    assert_names(problem, path, "listener.0", "tls_sni")
+    assert problem.why.startswith("entry 1: ") and why in problem.why
+
+
+def test_sni_needs_tls(two_types: dict[str, str], tmp_path: Path) -> None:
+    """tls_sni on a listener without TLS is a problem, not silently ignored."""
+    t = two_types
+    path = write(tmp_path, f'[[listener]]\nendpoint = "tcp:25"\ntls = "no"\n'
+                           f'tls_sni = [{{ certificate = "{t["rsa"]}", key = "{t["rsa_key"]}" }}]\n')
+    assert_names(only_problem(path), path, "listener.0", "tls_sni")
+
+
+def test_client_certificates_one_per_key_type(two_types: dict[str, str], tmp_path: Path) -> None:
+    """A delivery scope's tls_certificate/tls_key lists are kept in order; two ECDSA chains are a problem there too."""
+    t = two_types
+    table = f'[domain."partner.example"]\ntls_certificate = ["{t["rsa"]}", "{t["ecdsa"]}"]\n'
+    config = load(write(tmp_path, table + f'tls_key = ["{t["rsa_key"]}", "{t["ecdsa_key"]}"]\n'))
+    options = config.domains["partner.example"]
+    assert (options["tls_certificate"], options["tls_key"]) == ((t["rsa"], t["ecdsa"]), (t["rsa_key"], t["ecdsa_key"]))
+    path = write(tmp_path, f'[global]\ntls_certificate = ["{t["ecdsa"]}", "{t["ecdsa2"]}"]\n'
+                           f'tls_key = ["{t["ecdsa_key"]}", "{t["ecdsa2_key"]}"]\n')
+    problem = only_problem(path)
+    assert_names(problem, path, "global", "tls_certificate")
+    assert "both ecdsa certificates" in problem.why

@@ -6,12 +6,13 @@ import functools
 import ipaddress
 import os
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import attrs
 from OpenSSL import SSL
+from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, maybeDeferred
 from twisted.internet.endpoints import UNIXServerEndpoint, serverFromString
@@ -22,6 +23,7 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from tlsmta.app import _preflight as preflight
+from tlsmta.app._certificate_expiry import CHECK_INTERVAL, CertificateWatch
 from tlsmta.app._control import ControlFactory, prepare_socket_path
 from tlsmta.app._endpoints import CannotListen, naming
 from tlsmta.app._reload_plan import Running, fixed_settings, keeping_fixed, plan, running_of, web_settings
@@ -42,7 +44,7 @@ from tlsmta.inbound import AuthFileError, InboundFactory, Intake, ListenerRuntim
 from tlsmta.network import IServiceReactor, PortService
 from tlsmta.reporting import EventBus, Metrics, TLSRPTService, metrics_site
 from tlsmta.storage import DirectoryLock, DiskIO, LocalSink, MessageSink, QueuedMessage, Spool
-from tlsmta.tls import HookError, Hooks, KeyPairError, ServerTLS, load_hooks, server_context
+from tlsmta.tls import HookError, Hooks, KeyPairError, ServerTLS, load_hooks, serve_by_sni, server_context
 
 log = Logger(namespace="tlsmta.service")
 
@@ -85,23 +87,29 @@ def listener_tls(listener: ListenerConfig, config: Config, hostname: str, hooks:
         return None
     if listener.tls_lab is not None:
         return lab_server_tls(listener, config, hostname)
-    cert, key = listener.tls_certificate, listener.tls_key
-    if cert == "auto":
+    chains = listener.tls_chains
+    if listener.tls_certificate == "auto":
         generated = ensure_dev_certificate(config.state_dir, dev_names(hostname))
-        cert, key = generated.cert_path, generated.key_path
-        log.info("dev certificate {cert}, signed by the dev CA {ca}", cert=cert, ca=generated.ca_path)
+        chains = ((generated.cert_path, generated.key_path),)
+        log.info("dev certificate {cert}, signed by the dev CA {ca}", cert=generated.cert_path, ca=generated.ca_path)
         log_dev_ca(config.state_dir)
-    assert cert is not None and key is not None
-    ctx = server_context(
-        cert,
-        key,
-        listener.tls_protocols,
-        listener.tls_ciphers,
-        listener.tlsv13_ciphersuites,
-        listener.tls_client_ca,
-        session_id=f"tlsmta-{listener.name}".encode(),
-        resumption=listener.tls_verify == "no" and not (hooks and hooks.inbound_tls_verify_callback),
-    )
+
+    def context(chains: Sequence[tuple[str, str]]) -> SSL.Context:
+        (cert, key), *more = chains
+        return server_context(
+            cert,
+            key,
+            listener.tls_protocols,
+            listener.tls_ciphers,
+            listener.tlsv13_ciphersuites,
+            listener.tls_client_ca,
+            session_id=f"tlsmta-{listener.name}".encode(),
+            resumption=listener.tls_verify == "no" and not (hooks and hooks.inbound_tls_verify_callback),
+            more_chains=more,
+        )
+
+    ctx = context(chains)
+    serve_by_sni(ctx, [(sni_chains, context(sni_chains)) for sni_chains in listener.tls_sni])
     return ServerTLS(ctx)
 
 
@@ -286,7 +294,12 @@ class TlsmtaService(MultiService):
             service = self._listener_service(listener, self._runtime(listener, config, self.hooks, users or {}, tls))
             service.setServiceParent(self)
             self.listeners[listener.name] = service
-        self.prometheus_metrics = Metrics(self.queue.gauges)
+        self.certificates = CertificateWatch(reactor)  # expiry: warned at start, daily and at reload
+        self.certificates.load(config)
+        expiry_check = TimerService(CHECK_INTERVAL, self.certificates.check)
+        expiry_check.clock = reactor
+        expiry_check.setServiceParent(self)
+        self.prometheus_metrics = Metrics(self.queue.gauges, self.certificates.samples)
         self.metrics: MetricsService | None = None
         if config.metrics["endpoint"]:
             self.metrics = MetricsService(reactor, config.metrics["endpoint"], self.prometheus_metrics, self.events)
@@ -495,6 +508,8 @@ class TlsmtaService(MultiService):
     def _apply(self, new: Config, hooks: Hooks, prepared: dict[str, Any], users: Mapping[str, UserDB]) -> None:
         self.config = new
         self.hooks = hooks
+        self.certificates.load(new)
+        self.certificates.check()
         self.resolver.pinned = new.dns
         if new.dns_nameservers != (self.resolver.nameservers or ()):
             self.resolver.nameservers = new.dns_nameservers

@@ -76,6 +76,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     if config is None:
         return EX_CONFIG
     print(f"{args.file}: ok ({len(config.listeners)} listener(s), {len(config.domains)} domain scope(s))")
+    from tlsmta.app._certificate_expiry import expiry_warnings
+
+    for line in expiry_warnings(config, time.time()):  # warnings only: the exit status stays 0
+        print(f"warning: {printable(line)}", file=sys.stderr)
     if args.against_running:
         return against_running(config, args.socket or config.control["socket"])
     return EX_OK
@@ -108,6 +112,8 @@ def _show(value: object) -> str:
         return ":".join(sorted(value))
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, tuple):  # certificate and key files, one per key type
+        return ", ".join(map(str, value))
     return str(value)
 
 

@@ -149,11 +149,44 @@ def _readable_file(value: Any) -> str:
     return path
 
 
-def _file_or_none(value: Any) -> str | None:
-    """Certificate/key paths; the word ``none`` unsets an inherited one."""
+def _files_or_none(value: Any) -> str | tuple[str, ...] | None:
+    """Certificate/key paths: one, or a list (one chain per key type); ``none`` unsets an inherited one."""
     if value == "none":
         return None
-    return _readable_file(value)
+    return _readable_files(value) if isinstance(value, list) else _readable_file(value)
+
+
+def _readable_files(value: Any) -> tuple[str, ...]:
+    """One file, or a non-empty list of them (a chain per key type, Exim-style)."""
+    if isinstance(value, list) and value:
+        return tuple(_readable_file(item) for item in value)
+    return (_readable_file(value),)
+
+
+def _listener_certificates(value: Any) -> tuple[str, ...] | str:
+    """A listener's certificate chain files (one per key type), or the word ``auto``."""
+    return "auto" if value == "auto" else _readable_files(value)
+
+
+def _chains(certificates: tuple[str, ...], keys: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    if len(certificates) != len(keys):
+        raise ValueError(f"{len(keys)} key file(s) for {len(certificates)} certificate file(s): one key per certificate, in order")
+    return tuple(zip(certificates, keys))
+
+
+def _sni_certificates(value: Any) -> tuple[tuple[tuple[str, str], ...], ...]:
+    """``tls_sni``: a list of ``{certificate = ..., key = ...}`` tables, each a file or a list (one per key type)."""
+    if not isinstance(value, list):
+        raise ValueError("must be a list of tables: {certificate = \"...\", key = \"...\"}")
+    out = []
+    for number, entry in enumerate(value, 1):
+        if not isinstance(entry, dict) or set(entry) != {"certificate", "key"}:
+            raise ValueError(f"entry {number}: must be a table with exactly certificate and key (got {entry!r})")
+        try:
+            out.append(_chains(_readable_files(entry["certificate"]), _readable_files(entry["key"])))
+        except ValueError as e:
+            raise ValueError(f"entry {number}: {e}") from None
+    return tuple(out)
 
 
 def _ca_location(value: Any) -> str:
@@ -243,8 +276,13 @@ class Environment(Protocol):
 
     def hook(self, spec: str) -> str | None: ...
 
-    def keypair(self, cert: str, key: str) -> tuple[str, str] | None:
-        """None, or the config key at fault (tls_certificate / tls_key) and why."""
+    def chains(self, chains: tuple[tuple[str, str], ...]) -> tuple[str, str] | None:
+        """None, or the config key at fault (tls_certificate / tls_key) and why: each (certificate, key)
+        pair loads and matches, and no two share a key type (OpenSSL holds one per type)."""
+        ...
+
+    def sni_certificates(self, entries: tuple[tuple[tuple[str, str], ...], ...]) -> str | None:
+        """Why a ``tls_sni`` entry cannot be served (as :meth:`chains`, and a DNS name to match)."""
         ...
 
     def users_file(self, path: str) -> str | None: ...
@@ -269,7 +307,10 @@ class SyntaxOnly:
     def hook(self, spec: str) -> str | None:
         return None
 
-    def keypair(self, cert: str, key: str) -> tuple[str, str] | None:
+    def chains(self, chains: tuple[tuple[str, str], ...]) -> tuple[str, str] | None:
+        return None
+
+    def sni_certificates(self, entries: tuple[tuple[tuple[str, str], ...], ...]) -> str | None:
         return None
 
     def users_file(self, path: str) -> str | None:
@@ -321,8 +362,8 @@ DELIVERY_OPTIONS: dict[str, Option] = {
     "tls": Option(_enum_of(OutboundTLS), OutboundTLS.NO, "use STARTTLS when sending"),
     "tls_verify": Option(_enum("no", "ca", "host", "optional"), "no", "check the server certificate"),
     "tls_ca": Option(_ca_location, None, "trust anchors; default: system store", "ca_file"),
-    "tls_certificate": Option(_file_or_none, None, "client certificate"),
-    "tls_key": Option(_file_or_none, None, "client key"),
+    "tls_certificate": Option(_files_or_none, None, "client certificate, or a list (one per key type)"),
+    "tls_key": Option(_files_or_none, None, "client key, or a list in the certificates' order"),
     "tls_ifavailable_fallback": Option(_bool, True, "plain-text retry after a failed handshake"),
     "tls_protocols": Option(_protocols, parse_protocols("+ALL"), "allowed protocol versions"),
     "tls_ciphers": Option(_str, None, "OpenSSL cipher list (TLS 1.2 and below)", "cipher_list"),
@@ -370,8 +411,9 @@ LISTENER_OPTIONS: dict[str, Option] = {
     "name": Option(_str, None, "used by binding_rule matches and in logs"),
     "endpoint": Option(_endpoint, None, "Twisted server endpoint string", "endpoint"),
     "tls": Option(_enum_of(ListenerTLS), ListenerTLS.STARTTLS),
-    "tls_certificate": Option(_str, None, "PEM certificate chain, or 'auto'"),
-    "tls_key": Option(_readable_file, None),
+    "tls_certificate": Option(_listener_certificates, None, "PEM certificate chain, a list (one per key type), or 'auto'"),
+    "tls_key": Option(_readable_files, None, "the key of each tls_certificate, in order"),
+    "tls_sni": Option(_sni_certificates, (), "certificates chosen by the client's SNI name", "sni_certificates"),
     "tls_client_ca": Option(_ca_location, None, "CAs for client certificates", "ca_file"),
     "tls_verify": Option(_enum("no", "ca", "host", "optional"), "no", "client certificates"),
     "tls_protocols": Option(_protocols, parse_protocols("+ALL:-TLSv1.0:-TLSv1.1")),
@@ -477,6 +519,10 @@ class ListenerConfig:
     data_timeout: int
     session_timeout: int
     tls_lab: str | None = None
+    # Every (certificate, key) pair of tls_certificate/tls_key, one per key type; tls_certificate
+    # and tls_key themselves hold the first pair (or 'auto'), as logs and the TLS lab know them.
+    tls_chains: tuple[tuple[str, str], ...] = ()
+    tls_sni: tuple[tuple[tuple[str, str], ...], ...] = ()  # each entry's chains
 
 
 @attrs.frozen
@@ -814,13 +860,32 @@ def _check_pairs(v: _Validator, table: Mapping[str, Any], label: str) -> None:
         v.problem(label, missing, "must be set together with " + ({"tls_key", "tls_certificate"} - {missing}).pop())
         return
     if cert and key:
-        _check_keypair(v, label, cert, key)
+        _check_chains(v, label, cert, key)
 
 
-def _check_keypair(v: _Validator, label: str, cert: str, key: str) -> None:
-    fault = v.environment.keypair(cert, key)
+def _check_chains(
+    v: _Validator, label: str, certificates: str | tuple[str, ...], keys: str | tuple[str, ...]
+) -> tuple[tuple[str, str], ...]:
+    """The (certificate, key) pairs of one table's tls_certificate and tls_key, checked; () when unusable."""
+    try:
+        chains = _chains(_as_files(certificates), _as_files(keys))
+    except ValueError as e:
+        v.problem(label, "tls_key", str(e))
+        return ()
+    fault = v.environment.chains(chains)
     if fault is not None:
         v.problem(label, *fault)
+    return chains
+
+
+def _as_files(value: str | tuple[str, ...]) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else value
+
+
+def _first_chain(values: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """tls_certificate and tls_key as ListenerConfig keeps them: the first pair, or 'auto'."""
+    cert, keys = values["tls_certificate"], values["tls_key"]
+    return (cert[0] if isinstance(cert, tuple) else cert), (keys[0] if keys else None)
 
 
 def listener_label(index: int, body: Any, names: set[str]) -> str:
@@ -872,24 +937,23 @@ def _listeners(v: _Validator, raw: Any) -> list[ListenerConfig]:
         lab = values["tls_lab"]
         if lab is not None and values["tls"] is ListenerTLS.NO:
             v.problem(label, "tls_lab", "needs tls = 'starttls' or 'implicit'")
-        if lab == "no-starttls" and values["tls"] is ListenerTLS.IMPLICIT:
+        if lab == "no-starttls" and values["tls"] in (ListenerTLS.IMPLICIT, ListenerTLS.REQUIRED):
             v.problem(label, "tls_lab", "'no-starttls' needs tls = 'starttls'")
         if lab is not None and cert is None:
             cert = values["tls_certificate"] = "auto"  # the lab serves dev CA certificates
         if values["tls"] is not ListenerTLS.NO:
             if cert is None:
-                v.problem(label, "tls_certificate", f"is required when tls = {values['tls'].value!r} (or 'auto')")
+                if "tls_certificate" not in body:  # when set but unusable, that is reported already
+                    v.problem(label, "tls_certificate", f"is required when tls = {values['tls'].value!r} (or 'auto')")
             elif cert != "auto":
-                try:
-                    _readable_file(cert)
-                except ValueError as e:
-                    v.problem(label, "tls_certificate", str(e))
-                    cert = None
                 if values["tls_key"] is None:
-                    if "tls_key" not in body:  # when set but unusable, that is reported already
+                    if "tls_key" not in body:
                         v.problem(label, "tls_key", "is required with tls_certificate")
-                elif cert is not None:
-                    _check_keypair(v, label, cert, values["tls_key"])
+                else:
+                    values["tls_chains"] = _check_chains(v, label, cert, values["tls_key"])
+        elif values["tls_sni"]:
+            v.problem(label, "tls_sni", "needs tls = 'starttls', 'required' or 'implicit'")
+        values["tls_certificate"], values["tls_key"] = _first_chain(values)
         if values["auth_users_file"] is not None:
             why = v.environment.users_file(values["auth_users_file"])
             if why is not None:

@@ -19,8 +19,15 @@ class OutboundTLS(enum.StrEnum):
 
 
 class ListenerTLS(enum.StrEnum):
-    """``tls`` of a ``[[listener]]``: none, STARTTLS offered, or TLS from the first byte."""
+    """``tls`` of a ``[[listener]]``: none, STARTTLS offered, STARTTLS required before
+    MAIL, RCPT and AUTH, or TLS from the first byte."""
 
     NO = "no"
     STARTTLS = "starttls"
+    REQUIRED = "required"
     IMPLICIT = "implicit"
+
+    @property
+    def starttls(self) -> bool:
+        """The listener offers STARTTLS (``starttls`` and ``required``)."""
+        return self in (ListenerTLS.STARTTLS, ListenerTLS.REQUIRED)

@@ -148,8 +148,8 @@ class TLSOptions:
     tls: OutboundTLS
     verify: VerifyMode
     ca: str | None
-    certificate: str | None
-    key: str | None
+    certificate: str | tuple[str, ...] | None  # a tuple: one chain per key type
+    key: str | tuple[str, ...] | None
     fallback: bool
     protocols: frozenset[str]
     ciphers: str | None

@@ -125,7 +125,7 @@ class ListenerRuntime:
 
     @property
     def offers_starttls(self) -> bool:
-        return self.tls is not None and self.listener.tls is ListenerTLS.STARTTLS and self.listener.tls_lab != "no-starttls"
+        return self.tls is not None and self.listener.tls.starttls and self.listener.tls_lab != "no-starttls"
 
     def session_settings(self) -> ServerSettings:
         listener = self.listener
@@ -139,6 +139,7 @@ class ListenerRuntime:
             offers_starttls=self.offers_starttls,
             auth_available=self.users is not None,
             auth_requires_tls=listener.require_tls_for_auth,
+            tls_required=listener.tls is ListenerTLS.REQUIRED,
         )
 
 

@@ -31,7 +31,11 @@ def reason_class(code: Any, text: Any) -> str:
 class Metrics:
     """A registry of tlsmta's metrics and the event handler that updates them."""
 
-    def __init__(self, queue_gauges: Callable[[], tuple[int, float]] | None = None):
+    def __init__(
+        self,
+        queue_gauges: Callable[[], tuple[int, float]] | None = None,
+        certificates: Callable[[], Iterable[tuple[Mapping[str, str], float]]] | None = None,
+    ):
         self.registry = CollectorRegistry()
         r = self.registry
         self.connections = Counter("tlsmta_connections", "Inbound SMTP sessions admitted", ["listener"], registry=r)
@@ -57,6 +61,8 @@ class Metrics:
         )
         if queue_gauges is not None:
             r.register(_QueueCollector(queue_gauges))
+        if certificates is not None:
+            r.register(_CertificateCollector(certificates))
 
     def handle(self, event: str, fields: Mapping[str, Any]) -> None:
         """Update the metrics for one structured event."""
@@ -120,6 +126,26 @@ class _QueueCollector:
         size, age = self.gauges()
         yield GaugeMetricFamily("tlsmta_queue_messages", "Messages in the queue", value=size)
         yield GaugeMetricFamily("tlsmta_queue_oldest_age_seconds", "Age of the oldest queued message", value=age)
+
+
+class _CertificateCollector:
+    """Seconds until notAfter of each certificate served or presented, computed when Prometheus scrapes
+    (``certificates``: each one's labels and seconds left; negative once expired)."""
+
+    LABELS = ("role", "scope", "path", "subject", "key_type")
+
+    def __init__(self, certificates: Callable[[], Iterable[tuple[Mapping[str, str], float]]]):
+        self.certificates = certificates
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "tlsmta_certificate_expiry_seconds",
+            "Seconds until the certificate's notAfter, by role (listener, sni, client), scope and file",
+            labels=self.LABELS,
+        )
+        for labels, seconds in self.certificates():
+            family.add_metric([labels[name] for name in self.LABELS], seconds)
+        yield family
 
 
 def metrics_site(metrics: Metrics) -> Site:

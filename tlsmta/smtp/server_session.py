@@ -72,6 +72,7 @@ class ServerSettings:
     offers_starttls: bool = False
     auth_available: bool = False  # a users file is configured
     auth_requires_tls: bool = True
+    tls_required: bool = False  # listener tls = required: no MAIL, RCPT or AUTH before STARTTLS
 
 
 # -- events: things to do ---------------------------------------------------------------
@@ -451,7 +452,13 @@ class ServerSession:
         self.tls_active = True
         self._outbox.append(StartTLS())
 
+    def _require_tls(self) -> None:
+        """RFC 3207 4: a server that requires TLS answers 530 until STARTTLS, client certificate or not."""
+        if self.settings.tls_required and not self.tls_active:
+            raise Reject(530, "5.7.0 Must issue a STARTTLS command first")
+
     def do_AUTH(self, arg: bytes) -> None:
+        self._require_tls()
         if not self.auth_offered:
             if self.settings.auth_available:
                 raise Reject(538, "5.7.11 Encryption required for requested authentication mechanism")
@@ -508,6 +515,7 @@ class ServerSession:
         self._ask(CheckCredentials(user, password))
 
     def do_MAIL(self, arg: bytes) -> None:
+        self._require_tls()
         if self.helo is None:
             raise Reject(503, "5.5.1 Error: send HELO/EHLO first")
         if self.sender is not None:
@@ -532,6 +540,7 @@ class ServerSession:
         self._outbox.append(_MAIL_OK)
 
     def do_RCPT(self, arg: bytes) -> None:
+        self._require_tls()
         if self.sender is None:
             raise Reject(503, "5.5.1 Error: need MAIL command")
         if len(self.recipients) >= self.settings.max_recipients:

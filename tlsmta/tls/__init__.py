@@ -2,7 +2,8 @@
 names pyOpenSSL keeps private behind ``openssl_private``), the pure
 certificate verdicts and policy combination (``policy``), RFC 8460 result
 names (``rpt_types``), verify and parameter hooks (``hooks``), and a
-verified HTTPS client (``https``, for MTA-STS policies and TLS-RPT reports).
+verified HTTPS client (``https``, for MTA-STS policies and TLS-RPT reports), and
+the certificates served: chains per key type, SNI choice, expiry (``certificates``).
 
 May import ``tlsmta.config`` and ``tlsmta.smtp``; ``policy`` and
 ``rpt_types`` stay pure (no OpenSSL, no files, no reporting).
@@ -11,6 +12,7 @@ This ``__init__`` is the part's API: other parts import only the names in
 ``__all__``; the modules behind it are private (``_name.py``).
 """
 
+from tlsmta.tls._certificates import CertificateFacts, check_chains, read_certificate, serve_by_sni
 from tlsmta.tls._contexts import (
     CertificateCheck,
     ClientTLS,
@@ -80,6 +82,8 @@ __all__ = [
     "CERTIFICATE_NOT_TRUSTED",
     "certificate_result_type",
     "CertificateCheck",
+    "CertificateFacts",
+    "check_chains",
     "ChainResult",
     "client_context",
     "ClientTLS",
@@ -110,12 +114,14 @@ __all__ = [
     "PresentedNames",
     "https_request",
     "read_body",
+    "read_certificate",
     "Requirement",
     "requiretls_refused",
     "RESULT_TYPES",
     "RPT_DNSSEC_INVALID",
     "RPT_STARTTLS_NOT_SUPPORTED",
     "RPT_VALIDATION_FAILURE",
+    "serve_by_sni",
     "server_context",
     "ServerTLS",
     "SessionFacts",

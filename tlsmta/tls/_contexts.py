@@ -14,6 +14,7 @@ from typing import Any
 import attrs
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL, crypto
 from twisted.internet.interfaces import (
@@ -125,6 +126,16 @@ def load_trust(ctx: SSL.Context, ca: str | None) -> None:
         ctx.load_verify_locations(ca)
 
 
+def use_chains(ctx: SSL.Context, chains: Sequence[tuple[str, str]]) -> None:
+    """Load each (certificate chain, key) file pair into ``ctx``.  OpenSSL keeps one certificate
+    per key type (RSA, ECDSA, ...), each with its own intermediates, and the handshake serves
+    the one the client's signature algorithms allow (see :mod:`tlsmta.tls._certificates`)."""
+    for cert, key in chains:
+        ctx.use_certificate_chain_file(cert)
+        ctx.use_privatekey_file(key)
+        ctx.check_privatekey()  # the key just loaded against the certificate of its own type
+
+
 def server_context(
     cert_path: str,
     key_path: str,
@@ -134,17 +145,18 @@ def server_context(
     client_ca: str | None = None,
     session_id: bytes = b"tlsmta",
     resumption: bool = True,
+    more_chains: Sequence[tuple[str, str]] = (),
 ) -> SSL.Context:
     """An SSL.Context for a listener (STARTTLS or implicit TLS).
+
+    ``more_chains``: (certificate, key) files of other key types served beside the first.
 
     ``resumption=False`` for listeners that check client certificates: a
     resumed session shows no certificate, so the check would fail (530) for
     every client that caches sessions.
     """
     ctx = _base_context(SSL.TLS_SERVER_METHOD, protocols, ciphers, tls13)
-    ctx.use_certificate_chain_file(cert_path)
-    ctx.use_privatekey_file(key_path)
-    ctx.check_privatekey()
+    use_chains(ctx, [(cert_path, key_path), *more_chains])
     ctx.set_session_id(session_id[:32])
     if not resumption:
         ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
@@ -162,17 +174,21 @@ def client_context(
     ciphers: str | None = None,
     tls13: str | None = None,
     ca: str | None = None,
-    cert_path: str | None = None,
-    key_path: str | None = None,
+    cert_path: str | Sequence[str] | None = None,
+    key_path: str | Sequence[str] | None = None,
 ) -> SSL.Context:
-    """An SSL.Context for outbound STARTTLS with the resolved options."""
+    """An SSL.Context for outbound STARTTLS with the resolved options.
+
+    ``cert_path``/``key_path``: the client certificate, or one per key type (paired in order):
+    OpenSSL presents the one the server's CertificateRequest signature algorithms allow."""
     # Anonymous and null suites have no certificate to verify: never offer them.
     ciphers = f"{ciphers}:!aNULL:!eNULL" if ciphers else None
     ctx = _base_context(SSL.TLS_CLIENT_METHOD, protocols, ciphers, tls13)
     load_trust(ctx, ca)
     if cert_path and key_path:
-        ctx.use_certificate_chain_file(cert_path)
-        ctx.use_privatekey_file(key_path)
+        certs = [cert_path] if isinstance(cert_path, str) else cert_path
+        keys = [key_path] if isinstance(key_path, str) else key_path
+        use_chains(ctx, list(zip(certs, keys, strict=True)))
     return ctx
 
 
@@ -192,6 +208,22 @@ def presented_names(cert: x509.Certificate) -> PresentedNames:
     return PresentedNames(dns_names=dns_names, common_names=cns)
 
 
+def key_type(certificate: x509.Certificate) -> str:
+    """The public key's algorithm as logs and problems name it: rsa, ecdsa, ed25519, ed448, dsa."""
+    key = certificate.public_key()
+    for kind, name in ((rsa.RSAPublicKey, "rsa"), (ec.EllipticCurvePublicKey, "ecdsa"),
+                       (ed25519.Ed25519PublicKey, "ed25519"), (ed448.Ed448PublicKey, "ed448"), (dsa.DSAPublicKey, "dsa")):
+        if isinstance(key, kind):
+            return name
+    return type(key).__name__
+
+
+def served_certificate(conn: SSL.Connection) -> str | None:
+    """``CN=mx.example (ecdsa)``: the certificate this end presented (chosen by SNI and key type inbound)."""
+    cert = conn.get_certificate(as_cryptography=True)
+    return f"{describe_name(cert.subject)} ({key_type(cert)})" if cert is not None else None
+
+
 def describe_name(name: x509.Name) -> str:
     try:
         return name.rfc4514_string()
@@ -209,6 +241,7 @@ class SessionFacts:
     peer_issuer: str | None = None
     resumed: bool = False
     server_name: str | None = None  # SNI: what the client sent (inbound) or we sent (outbound)
+    certificate: str | None = None  # the one we presented (chosen by SNI and key type inbound), "CN=... (ecdsa)"
 
     @classmethod
     def from_connection(cls, conn: SSL.Connection) -> SessionFacts:
@@ -223,6 +256,7 @@ class SessionFacts:
             peer_issuer=issuer,
             resumed=openssl_private.session_reused(conn),
             server_name=server_name(conn),
+            certificate=served_certificate(conn),
         )
 
 
@@ -252,6 +286,7 @@ def tls_log_fields(facts: SessionFacts | None, tls_verify: str, verified: str, r
         "reason": reason,
         "subject": facts.peer_subject if facts else None,
         "issuer": facts.peer_issuer if facts else None,
+        "certificate": facts.certificate if facts else None,
     }
 
 
