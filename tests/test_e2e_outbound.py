@@ -129,6 +129,56 @@ async def test_454_to_starttls(tmp_path: Any, pki: Any, events: list, tls: str, 
         assert "4.7.5 TLS negotiation failed: STARTTLS refused: 454" in event["text"]
 
 
+@pytest.mark.parametrize("code", ["502", "530", "354", "250", "221"])
+@pytest_twisted.ensureDeferred
+async def test_only_454_to_starttls_allows_plain_text(tmp_path: Any, pki: Any, events: list, code: str) -> None:
+    """A server that advertises STARTTLS and answers it with anything but 454 gets no mail in plain text,
+    even under ifavailable with fallback: the delivery defers 4.7.5 (DESIGN.md, Outbound)."""
+    factory = await deliver_to_scripted(tmp_path, f"refuse-{code}", pki.ca_pem, tls="ifavailable", tls_ifavailable_fallback=True)
+    [event] = deliveries(events)
+    assert event["result"] == "deferred"
+    assert f"4.7.5 TLS negotiation failed: STARTTLS refused: {code} not now" in event["text"]
+    assert factory.messages == [] and not any(c.upper().startswith(b"MAIL") for c in factory.commands)
+
+
+@pytest_twisted.ensureDeferred
+async def test_454_fallback_says_why_in_the_delivery_line(tmp_path: Any, pki: Any, events: list) -> None:
+    """The plain-text delivery after a 454 carries tls_fallback=starttls-refused:454."""
+    await deliver_to_scripted(tmp_path, "454", pki.ca_pem, tls="ifavailable")
+    [event] = deliveries(events)
+    assert (event["result"], event["tls"], event["tls_fallback"]) == ("delivered", "none", "starttls-refused:454")
+
+
+@pytest_twisted.ensureDeferred
+async def test_handshake_fallback_says_why_in_the_delivery_line(tmp_path: Any, pki: Any, events: list) -> None:
+    """The plain-text retry after a broken handshake carries tls_fallback=handshake-failed:<reason>."""
+    await deliver_to_scripted(tmp_path, "broken", pki.ca_pem, tls="ifavailable", tls_verify="optional")
+    [event] = deliveries(events)
+    assert event["result"] == "delivered" and event["tls_fallback"].startswith("handshake-failed:")
+
+
+@pytest_twisted.ensureDeferred
+async def test_not_offered_says_why_in_the_delivery_line(tmp_path: Any, pki: Any, events: list) -> None:
+    """ifavailable to a server without STARTTLS: tls_fallback=not-offered; tls = no has no tls_fallback."""
+    await deliver_to_scripted(tmp_path, "none", pki.ca_pem, tls="ifavailable")
+    await deliver_to_scripted(tmp_path, "none", pki.ca_pem, tls="no")
+    first, second = deliveries(events)
+    assert first["tls_fallback"] == "not-offered" and "tls_fallback" not in second
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_plain_text_after_a_completed_handshake(tmp_path: Any, pki: Any, events: list) -> None:
+    """A verified handshake, then the server closes at the EHLO inside TLS: deferred 4.7.5, no second,
+    plain-text connection (the server can do TLS; a retry without it would be a downgrade)."""
+    from tlsmta.tls import ServerTLS, server_context
+
+    server_tls = ServerTLS(server_context(pki.good.cert, pki.good.key, frozenset({"TLSv1.2", "TLSv1.3"})))
+    factory = await deliver_to_scripted(tmp_path, "tls-then-close", pki.ca_pem, server_tls, tls="ifavailable", tls_verify="host")
+    [event] = deliveries(events)
+    assert event["result"] == "deferred" and "4.7.5 TLS session failed after the handshake" in event["text"]
+    assert factory.connections == 1 and factory.messages == []
+
+
 @pytest_twisted.ensureDeferred
 async def test_starttls_reply_injection_is_discarded(tmp_path: Any, pki: Any, events: list) -> None:
     """A server that pipelines a reply after its 220 does not get it read as the answer inside TLS."""

@@ -229,6 +229,8 @@ def _outcome(result: ProbeResult, req: Requirement, verdict: Verdict | None, fat
             return True, "deliver in plain text (tls = no)"
         if not result.starttls:
             return True, "deliver in plain text (STARTTLS not offered)"
+        if result.refused is not None:
+            return True, f"deliver in plain text after {result.refused.code} to STARTTLS (tls_ifavailable_fallback)"
         return True, "deliver in plain text after the failed handshake (if tls_ifavailable_fallback)"
     assert verdict is not None
     if verdict.outcome is Outcome.SOFTFAIL:

@@ -89,7 +89,7 @@ def session_outcome(
     if step is not TLSAction.STARTTLS:
         return _under(req, step)
     if refused is not None:
-        return _under(req, starttls_refused(req.tls, req.fallback, str(refused)))
+        return _under(req, starttls_refused(req.tls, req.fallback, refused))
     if handshake_error is not None:
         return _under(req, handshake_failed(req.tls, req.fallback, None, handshake_error))
     assert verdict is not None

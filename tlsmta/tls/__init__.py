@@ -30,6 +30,7 @@ from tlsmta.tls._contexts import (
 from tlsmta.tls._hooks import HookError, Hooks, load_hook, load_hooks
 from tlsmta.tls._https import HTTPSFailure, TooLarge, https_request, read_body
 from tlsmta.tls._policy import (
+    FALLBACK_NOT_OFFERED,
     POLICY_LOCAL,
     RPT_DNSSEC_INVALID,
     RPT_STARTTLS_NOT_SUPPORTED,
@@ -49,6 +50,8 @@ from tlsmta.tls._policy import (
     decide,
     describe_wanted,
     effective_requirement,
+    fallback_after_handshake,
+    fallback_after_refusal,
     handshake_failed,
     match_names,
     requiretls_refused,
@@ -90,6 +93,9 @@ __all__ = [
     "describe_wanted",
     "DNSSEC_INVALID",
     "effective_requirement",
+    "FALLBACK_NOT_OFFERED",
+    "fallback_after_handshake",
+    "fallback_after_refusal",
     "handshake_failed",
     "HookContext",
     "HookError",

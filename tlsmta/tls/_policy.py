@@ -279,25 +279,51 @@ def starttls_decision(tls: OutboundTLS, advertised: bool) -> TLSAction | TLSFail
     return TLSAction.PLAIN
 
 
-def starttls_refused(tls: OutboundTLS, fallback: bool, reply: str) -> TLSAction | TLSFailure:
-    """The server answered STARTTLS with an error (e.g. 454)."""
-    if tls == OutboundTLS.IFAVAILABLE and fallback:
+# The one refusal of STARTTLS that may be followed by plain text (DESIGN.md, Outbound): 454
+# "TLS not available due to temporary reason" says the server's TLS is broken for now.  Any
+# other answer (502, 530, 354, 250, 221, ...) is a server that advertised STARTTLS and then
+# did something else: continuing in clear text there is the STRIPTLS downgrade.
+FALLBACK_REFUSAL_CODE = 454
+
+
+def starttls_refused(tls: OutboundTLS, fallback: bool, reply: Reply) -> TLSAction | TLSFailure:
+    """The server answered STARTTLS with something other than 220."""
+    if tls == OutboundTLS.IFAVAILABLE and fallback and reply.code == FALLBACK_REFUSAL_CODE:
         return TLSAction.PLAIN
     return TLSFailure(TLS_ENHANCED_CODE, f"TLS negotiation failed: STARTTLS refused: {reply}")
 
 
-def handshake_failed(tls: OutboundTLS, fallback: bool, verdict: Verdict | None, reason: str) -> TLSAction | TLSFailure:
-    """The handshake did not complete.
+def handshake_failed(
+    tls: OutboundTLS, fallback: bool, verdict: Verdict | None, reason: str, completed: bool = False
+) -> TLSAction | TLSFailure:
+    """The TLS session did not get as far as the EHLO answer inside it.
 
     ``verdict`` is the certificate verdict when our verification aborted
     the handshake: that is never retried in plain text (anyone able to
     present a bad certificate could otherwise force clear text).
+    ``completed``: the handshake itself finished (the connection broke
+    afterwards, at the EHLO inside TLS); the server can do TLS, so plain
+    text is never the answer either.
     """
     if verdict is not None and verdict.fatal:
         return TLSFailure(TLS_ENHANCED_CODE, verdict.reason)
+    if completed:
+        return TLSFailure(TLS_ENHANCED_CODE, f"TLS session failed after the handshake: {reason}")
     if tls == OutboundTLS.IFAVAILABLE and fallback:
         return TLSAction.PLAIN
     return TLSFailure(TLS_ENHANCED_CODE, f"TLS negotiation failed: {reason}")
+
+
+# Why a session that wanted TLS went on in plain text: the delivery line's ``tls_fallback``.
+FALLBACK_NOT_OFFERED = "not-offered"
+
+
+def fallback_after_refusal(reply: Reply) -> str:
+    return f"starttls-refused:{reply.code}"
+
+
+def fallback_after_handshake(reason: str) -> str:
+    return f"handshake-failed:{reason}"
 
 
 # -- the strictest applicable policy for one MX ----------------------------------------------
