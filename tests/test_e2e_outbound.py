@@ -71,6 +71,53 @@ async def test_tls_verify_matrix(tmp_path: Any, pki: Any, events: list, cert: st
         assert receiver.service.listeners["receiver"].inbound.connections_total == 1
 
 
+def leaf_of(pair: Any) -> Any:
+    from cryptography import x509
+
+    with open(pair.cert, "rb") as f:
+        return x509.load_pem_x509_certificates(f.read())[0]
+
+
+@pytest.mark.parametrize(
+    "cert, verify, result",
+    [("wrong_name", "host", "deferred"), ("untrusted", "ca", "deferred"), ("expired", "host", "deferred"),
+     ("good", "host", "delivered"), ("good", "no", "delivered")],
+)
+@pytest_twisted.ensureDeferred
+async def test_presented_certificate_is_logged_whatever_the_verdict(
+    tmp_path: Any, pki: Any, events: list, cert: str, verify: str, result: str
+) -> None:
+    """Every TLS attempt's delivery line names the certificate the server presented (subject, SANs, issuer,
+    SPKI and certificate SHA-256), also when verification aborted the handshake (was subject=- issuer=-)."""
+    from cryptography.hazmat.primitives import hashes
+
+    from tlsmta.tls import spki_sha256
+
+    pair = getattr(pki, cert)
+    await deliver_once(tmp_path, pair, pki.ca_pem, tls="required", tls_verify=verify)
+    [event] = deliveries(events)
+    leaf = leaf_of(pair)
+    assert event["result"] == result
+    assert event["subject"] == leaf.subject.rfc4514_string() and event["issuer"] == leaf.issuer.rfc4514_string()
+    assert event["sans"] == ("other.example.net" if cert == "wrong_name" else "localhost, mx.example.test, IP:127.0.0.1")
+    assert event["spki_sha256"] == spki_sha256(leaf) and len(event["spki_sha256"]) == 64
+    assert event["cert_sha256"] == leaf.fingerprint(hashes.SHA256()).hex()
+
+
+@pytest.mark.parametrize("cert, result", [("good", "delivered"), ("wrong_name", "deferred")])
+@pytest_twisted.ensureDeferred
+async def test_host_check_on_an_ip_literal_next_hop(tmp_path: Any, pki: Any, events: list, cert: str, result: str) -> None:
+    """route smtp:127.0.0.1 with tls_verify = host: the certificate's IP address SAN decides (pki.good lists
+    127.0.0.1, pki.wrong_name does not), and no SNI is sent for an IP literal (RFC 6066 3)."""
+    await deliver_once(tmp_path, getattr(pki, cert), pki.ca_pem, route="smtp:127.0.0.1", tls="required", tls_verify="host")
+    [event] = deliveries(events)
+    assert (event["result"], event["mx"]) == (result, "127.0.0.1")
+    if result == "delivered":
+        assert event["verified"] == "yes" and event["sni"] is None
+    else:
+        assert f"{event['code']} {event['text']}" == f"451 4.7.5 certificate name does not match {DOMAIN} or 127.0.0.1"
+
+
 @pytest_twisted.ensureDeferred
 async def test_host_name_matched_via_recipient_domain(tmp_path: Any, pki: Any, events: list) -> None:
     """host: a certificate naming the recipient domain (not the MX) verifies."""

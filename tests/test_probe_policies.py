@@ -82,3 +82,14 @@ async def test_probe_command_judges_by_the_effective_policy(tmp_path: Any, pki: 
     assert "MTA-STS:  enforce; this MX is listed in the policy" in out
     assert "effective (mta-sts-enforce: tls=required, tls_verify=host): defer: 451 4.7.5 certificate name does not match mx.example.test" in out
     assert code == 75
+
+
+def test_probe_shows_ip_sans_and_fingerprints(pki: Any) -> None:
+    """Each certificate in the probe's chain lists its IP address SANs and its SPKI and certificate SHA-256."""
+    from cryptography.hazmat.primitives import hashes
+
+    cert = leaf(pki.good.cert)
+    lines = probe.format_certificate(0, cert)
+    assert "      SANs:    localhost, mx.example.test, IP:127.0.0.1" in lines
+    assert f"      SPKI:    sha256:{dane.record_for(cert).data.hex()}" in lines  # what a DANE-EE 3 1 1 record holds
+    assert f"      cert:    sha256:{cert.fingerprint(hashes.SHA256()).hex()}" in lines

@@ -62,10 +62,13 @@ from tlsmta.tls import (
     TLSFailure,
     Verdict,
     VerifyMode,
+    certificate_sha256,
     client_context,
     decide,
     describe_name,
+    describe_sans,
     presented_names,
+    spki_sha256,
     tls_connection,
 )
 
@@ -309,8 +312,10 @@ def format_certificate(depth: int, cert: x509.Certificate) -> list[str]:
     return [
         f"    {depth} subject: {describe_name(cert.subject)}",
         f"      issuer:  {describe_name(cert.issuer)}",
-        f"      SANs:    {', '.join(names.dns_names) or '(none)'}",
+        f"      SANs:    {describe_sans(names) or '(none)'}",
         f"      valid:   {cert.not_valid_before_utc:%Y-%m-%d %H:%M} to {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC",
+        f"      SPKI:    sha256:{spki_sha256(cert)}",
+        f"      cert:    sha256:{certificate_sha256(cert)}",
     ]
 
 

@@ -556,7 +556,8 @@ class Destination:
         verdict = check.verdict()
         req = attempt.req
         assert req is not None
-        fields = tls_log_fields(facts, "dane" if req.dane else req.verify.value, verdict.outcome.word, verdict.reason)
+        fields = tls_log_fields(facts, "dane" if req.dane else req.verify.value, verdict.outcome.word, verdict.reason,
+                                check.presented_certificate)
         fields["resumed"] = "yes" if check.resumed_verdict is not None else "no"
         if verdict.outcome is Outcome.SOFTFAIL:
             fields["softfail"] = verdict.reason

@@ -20,6 +20,7 @@ from tlsmta.tls._contexts import (
     SessionFacts,
     client_context,
     describe_name,
+    describe_sans,
     load_keypair,
     presented_names,
     server_context,
@@ -27,6 +28,7 @@ from tlsmta.tls._contexts import (
     tls_connection,
     tls_log_fields,
 )
+from tlsmta.tls._certificate_facts import certificate_sha256, spki_der, spki_sha256
 from tlsmta.tls._hooks import HookError, Hooks, load_hook, load_hooks
 from tlsmta.tls._https import HTTPSFailure, TooLarge, https_request, read_body
 from tlsmta.tls._policy import (
@@ -82,6 +84,7 @@ __all__ = [
     "CERTIFICATE_HOST_MISMATCH",
     "CERTIFICATE_NOT_TRUSTED",
     "certificate_result_type",
+    "certificate_sha256",
     "CertificateCheck",
     "ChainResult",
     "client_context",
@@ -90,6 +93,7 @@ __all__ = [
     "DANEStatus",
     "decide",
     "describe_name",
+    "describe_sans",
     "describe_wanted",
     "DNSSEC_INVALID",
     "effective_requirement",
@@ -125,6 +129,8 @@ __all__ = [
     "server_context",
     "ServerTLS",
     "SessionFacts",
+    "spki_der",
+    "spki_sha256",
     "ssl_error_text",
     "starttls_decision",
     "STARTTLS_NOT_SUPPORTED",

@@ -9,12 +9,15 @@ conclude is concluded here, so it is tested exhaustively without sockets.
 from __future__ import annotations
 
 import enum
+import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 
 import attrs
 from service_identity.hazmat import (
     DNS_ID,
     DNSPattern,
+    IPAddress_ID,
+    IPAddressPattern,
     VerificationError,
     verify_service_identity,
 )
@@ -127,10 +130,11 @@ class ChainResult:
 
 @attrs.frozen
 class PresentedNames:
-    """Names a certificate offers: subjectAltName dNSNames and subject CNs."""
+    """Names a certificate offers: subjectAltName dNSNames and iPAddresses, and subject CNs."""
 
     dns_names: tuple[str, ...] = ()
     common_names: tuple[str, ...] = ()
+    ip_addresses: tuple[str, ...] = ()
 
     @property
     def for_matching(self) -> tuple[str, ...]:
@@ -138,13 +142,27 @@ class PresentedNames:
         return self.dns_names if self.dns_names else self.common_names
 
 
-def match_names(presented: PresentedNames, wanted: Iterable[str]) -> str | None:
-    """The first wanted name the certificate is valid for, or None.
+def ip_literal(name: str) -> str | None:
+    """``name`` as a canonical IP address when it is one (``[::1]`` too), else None."""
+    try:
+        return str(ipaddress.ip_address(name.removeprefix("[").removesuffix("]")))
+    except ValueError:
+        return None
 
-    Matching follows RFC 6125 through service_identity: one leading
-    wildcard label, no partial-label wildcards, IDNA A-labels,
-    case-insensitive, trailing dots ignored.
-    """
+
+def _match_ip(presented: PresentedNames, ip: str) -> bool:
+    """RFC 6125 / RFC 5280: an IP reference identity matches only an iPAddress SAN, never a dNSName or CN."""
+    patterns = [IPAddressPattern(pattern=ipaddress.ip_address(a)) for a in presented.ip_addresses]
+    if not patterns:
+        return False
+    try:
+        verify_service_identity(patterns, obligatory_ids=[IPAddress_ID(ip)], optional_ids=[])
+    except VerificationError:
+        return False
+    return True
+
+
+def _dns_patterns(presented: PresentedNames) -> list[DNSPattern]:
     patterns = []
     for raw in presented.for_matching:
         try:
@@ -152,18 +170,38 @@ def match_names(presented: PresentedNames, wanted: Iterable[str]) -> str | None:
             patterns.append(DNSPattern.from_bytes(name.encode("ascii")))
         except Exception:  # no host name, or a pattern service_identity refuses: it matches nothing
             continue
-    if not patterns:
+    return patterns
+
+
+def _match_dns(patterns: list[DNSPattern], want: str) -> str | None:
+    try:
+        norm = normalize_domain(want, host=True)  # a reference name, never a pattern
+    except DomainNameError:
         return None
+    try:
+        verify_service_identity(patterns, obligatory_ids=[DNS_ID(norm)], optional_ids=[])
+    except (VerificationError, ValueError):
+        return None
+    return norm
+
+
+def match_names(presented: PresentedNames, wanted: Iterable[str]) -> str | None:
+    """The first wanted name the certificate is valid for, or None.
+
+    Matching follows RFC 6125 through service_identity: one leading
+    wildcard label, no partial-label wildcards, IDNA A-labels,
+    case-insensitive, trailing dots ignored.  A wanted IP address (the
+    next hop of an ``smtp:127.0.0.1`` route) matches the certificate's IP
+    address SANs only.
+    """
+    patterns = _dns_patterns(presented)
     for want in wanted:
-        try:
-            norm = normalize_domain(want, host=True)  # a reference name, never a pattern
-        except DomainNameError:
-            continue
-        try:
-            verify_service_identity(patterns, obligatory_ids=[DNS_ID(norm)], optional_ids=[])
-        except (VerificationError, ValueError):
-            continue
-        return norm
+        ip = ip_literal(want)
+        if ip is not None:
+            if _match_ip(presented, ip):
+                return ip
+        elif patterns and (matched := _match_dns(patterns, want)) is not None:
+            return matched
     return None
 
 
