@@ -1176,3 +1176,14 @@ def test_syntax_only_loader_leaves_the_machine_checks_to_preflight(tmp_path: Pat
     problems = problems_of(path)
     assert [(p.table, p.key) for p in problems] == [
         ("global", "tls_ciphers"), ("hooks", "outbound_binding"), ("global", "tls_key")]
+
+
+def test_dane_takes_true_false_or_required(tmp_path: Path) -> None:
+    """dane = "required" (any case) is a third value beside true and false; anything else names file, table and key."""
+    config = load(write(tmp_path, '[global]\ndane = false\n[domain."example.com"]\ndane = "Required"\n'))
+    assert config.global_options["dane"] is False
+    assert resolve(config, "example.com")["dane"].value == "required"
+    path = write(tmp_path, '[domain."example.com"]\ndane = "maybe"\n', name="bad.toml")
+    problem = only_problem(path)
+    assert_names(problem, path, 'domain."example.com"', "dane")
+    assert problem.why == "must be true, false or \"required\" (got 'maybe')"

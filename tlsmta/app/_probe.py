@@ -193,7 +193,7 @@ async def run_probe(reactor: IServiceReactor, resolver: Resolver, domain: str, o
 
 def requirement(options: Mapping[str, Any], facts: ExternalFacts, mx: str, tls_mode: OutboundTLS, verify: VerifyMode) -> Requirement:
     """The effective requirement for ``mx`` (an ordinary message: no REQUIRETLS)."""
-    return delivery_requirement(tls_mode, verify, options["tls_ifavailable_fallback"], facts, mx)
+    return delivery_requirement(tls_mode, verify, options["tls_ifavailable_fallback"], facts, mx, dane=options["dane"])
 
 
 def dane_verdict(result: ProbeResult, facts: ExternalFacts) -> Verdict | None:

@@ -20,7 +20,7 @@ from typing import Any
 
 from tlsmta.app import _preflight as preflight
 from tlsmta.app._pipe import carried_over_react, until_reader_leaves
-from tlsmta.config import Config, ConfigError, OutboundTLS, resolve
+from tlsmta.config import DANE_REQUIRED_WORD, Config, ConfigError, OutboundTLS, resolve
 from tlsmta.network import IServiceReactor
 from tlsmta.smtp import DomainNameError, normalize_domain
 
@@ -184,6 +184,8 @@ def describe_external(config: Config, options: Mapping[str, Any], domain: str, m
         else:
             lines.append("MTA-STS: unknown offline (no cached policy in state_dir); `tlsmta probe` looks it up.")
     dane_status = DANEStatus.NONE
+    if options["dane"] == DANE_REQUIRED_WORD:
+        lines.append("DANE: required (dane = required): an MX without usable TLSA records is not used (4.7.5).")
     if not options["dane"]:
         lines.append("DANE: opted out (dane = false).")
     elif mx is None:
@@ -209,7 +211,7 @@ def describe_external(config: Config, options: Mapping[str, Any], domain: str, m
     if mx:
         req = effective_requirement(
             options["tls"], VerifyMode(options["tls_verify"]), options["tls_ifavailable_fallback"],
-            sts=sts_state, dane=dane_status,
+            sts=sts_state, dane=dane_status, dane_required=options["dane"] == DANE_REQUIRED_WORD,
         )
         lines.append(f"For MX {mx}, as far as known: " + describe_requirement(req, domain, mx))
     return lines

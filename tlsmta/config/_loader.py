@@ -20,7 +20,7 @@ import attrs
 
 from tlsmta.config._endpoints import overlaps, port_problem, tcp_address
 from tlsmta.config._routes import Route, RouteError, parse_route
-from tlsmta.config._tls_modes import ListenerTLS, OutboundTLS
+from tlsmta.config._tls_modes import DANE_REQUIRED_WORD, ListenerTLS, OutboundTLS
 from tlsmta.errors import TlsmtaError
 from tlsmta.smtp import normalize_domain
 
@@ -81,6 +81,15 @@ def _enum_of(kind: type[StrEnumT]) -> Checker:
 def _bool(value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"must be true or false (got {value!r})")
+    return value
+
+
+def _dane(value: Any) -> bool | str:
+    """``dane``: true, false, or ``"required"`` (no usable TLSA records: the MX is not used)."""
+    if isinstance(value, str) and value.lower() == DANE_REQUIRED_WORD:
+        return DANE_REQUIRED_WORD
+    if not isinstance(value, bool):
+        raise ValueError(f'must be true, false or "{DANE_REQUIRED_WORD}" (got {value!r})')
     return value
 
 
@@ -334,7 +343,8 @@ DELIVERY_OPTIONS: dict[str, Option] = {
     "source_address": Option(_address, None, "local address to connect from"),
     "ehlo_hostname": Option(_str, None, "name sent in EHLO; default: global hostname"),
     "mta_sts": Option(_bool, True, "apply the recipient domain's MTA-STS policy (RFC 8461); false opts out"),
-    "dane": Option(_bool, True, "apply DANE TLSA records of DNSSEC-signed MX hosts (RFC 7672); false opts out"),
+    "dane": Option(_dane, True, 'apply DANE TLSA records of DNSSEC-signed MX hosts (RFC 7672); false opts out, '
+                                '"required" defers (4.7.5) an MX without usable TLSA records'),
     # Outbound timeouts (Postfix smtp_*_timeout; RFC 5321 4.5.3.2 minimums as defaults).
     "connect_timeout": Option(_duration(), 30.0, "TCP connect to a mail host"),
     "greeting_timeout": Option(_duration(), 300.0, "the server's 220 banner"),

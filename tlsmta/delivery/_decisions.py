@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 
 from cryptography import x509
 
-from tlsmta.config import OutboundTLS
+from tlsmta.config import DANE_REQUIRED_WORD, OutboundTLS
 from tlsmta.discovery import ExternalFacts, verify_chain
 from tlsmta.smtp import Reply
 from tlsmta.smtp.client_session import GreetingRefused, HelloRefused
@@ -50,8 +50,9 @@ def greeting_failure(refused: GreetingRefused | HelloRefused, mx: str) -> Reply:
 
 
 def requirement(tls: OutboundTLS, verify: VerifyMode, fallback: bool, facts: ExternalFacts, mx: str, *,
-                requiretls: bool = False, tls_required_no: bool = False) -> Requirement:
-    """The strictest of the local options and what MTA-STS, DANE and the message ask, for ``mx``."""
+                requiretls: bool = False, tls_required_no: bool = False, dane: bool | str = True) -> Requirement:
+    """The strictest of the local options and what MTA-STS, DANE and the message ask, for ``mx``
+    (``dane``: the option's value, true, false or "required")."""
     return effective_requirement(
         tls, verify, fallback,
         sts=facts.sts_state(mx),
@@ -59,6 +60,7 @@ def requirement(tls: OutboundTLS, verify: VerifyMode, fallback: bool, facts: Ext
         requiretls=requiretls,
         tls_required_no=tls_required_no,
         mx_secure=facts.mx_secure,
+        dane_required=dane == DANE_REQUIRED_WORD,
     )
 
 

@@ -66,6 +66,8 @@ from tlsmta.storage import (
     queued_receipt_record,
 )
 from tlsmta.tls import (
+    DANE_REQUIRED,
+    POLICY_DANE_REQUIRED,
     RPT_DNSSEC_INVALID,
     RPT_STARTTLS_NOT_SUPPORTED,
     RPT_VALIDATION_FAILURE,
@@ -314,6 +316,7 @@ class Destination:
         return decisions.requirement(
             opts.tls, opts.verify, opts.fallback, facts, mx,
             requiretls=self.message_tls.requiretls, tls_required_no=self.message_tls.tls_required_no,
+            dane=self.options["dane"],
         )
 
     def _policy_fields(self, attempt: Attempt) -> dict[str, Any]:
@@ -330,6 +333,8 @@ class Destination:
         assert attempt.req is not None and attempt.req.unusable is not None
         if attempt.facts.dane_for(attempt.mx).status is DANEStatus.FAILED:
             return False, RPT_DNSSEC_INVALID, attempt.facts.dane_for(attempt.mx).reason
+        if attempt.req.policy == POLICY_DANE_REQUIRED:
+            return False, DANE_REQUIRED, attempt.req.unusable.reason
         sts = attempt.facts.sts_state(attempt.mx)
         if sts is not None and not sts.mx_matches:
             return False, RPT_VALIDATION_FAILURE, attempt.req.unusable.reason

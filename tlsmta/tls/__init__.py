@@ -33,6 +33,7 @@ from tlsmta.tls._hooks import HookError, Hooks, load_hook, load_hooks
 from tlsmta.tls._https import HTTPSFailure, TooLarge, https_request, read_body
 from tlsmta.tls._policy import (
     FALLBACK_NOT_OFFERED,
+    POLICY_DANE_REQUIRED,
     POLICY_LOCAL,
     RPT_DNSSEC_INVALID,
     RPT_STARTTLS_NOT_SUPPORTED,
@@ -111,6 +112,7 @@ __all__ = [
     "load_keypair",
     "match_names",
     "Outcome",
+    "POLICY_DANE_REQUIRED",
     "POLICY_LOCAL",
     "POLICY_NONE",
     "POLICY_STS",

@@ -375,6 +375,7 @@ POLICY_LOCAL = "local"
 POLICY_STS_ENFORCE = "mta-sts-enforce"
 POLICY_STS_TESTING = "mta-sts-testing"
 POLICY_DANE = "dane"
+POLICY_DANE_REQUIRED = "dane-required"
 POLICY_REQUIRETLS = "requiretls"
 
 ENCRYPTION_NEEDED = "5.7.10"  # RFC 8689 4.2.1 / RFC 5248: TLS could not be had for a REQUIRETLS message
@@ -445,6 +446,7 @@ def effective_requirement(
     requiretls: bool = False,
     tls_required_no: bool = False,
     mx_secure: bool = False,
+    dane_required: bool = False,
 ) -> Requirement:
     """The strictest of the local options and the external policies, for one MX.
 
@@ -462,15 +464,21 @@ def effective_requirement(
       listed in an MTA-STS policy, and any failure bounces (5.7.x).
     - TLS-Required: No (without REQUIRETLS): MTA-STS and DANE are ignored,
       the local options apply.
+    - ``dane_required`` (local ``dane = "required"``, Postfix ``dane-only``):
+      an MX without usable TLSA records is not used (4.7.5), never reached
+      with PKIX checks or in plain text.  It is the operator's own policy,
+      so TLS-Required: No does not set it, or the records it needs, aside.
     """
     if requiretls:
         tls_required_no = False  # RFC 8689 5: the header is ignored when REQUIRETLS is set
     ignored: tuple[str, ...] = ()
     if tls_required_no:
         ignored = tuple(
-            name for name, present in (("mta-sts", sts is not None and sts.mode != "none"), ("dane", dane is not DANEStatus.NONE)) if present
+            name for name, present in (("mta-sts", sts is not None and sts.mode != "none"),
+                                       ("dane", dane is not DANEStatus.NONE and not dane_required)) if present
         )
-        sts, dane = None, DANEStatus.NONE
+        sts = None
+        dane = dane if dane_required else DANEStatus.NONE
     if sts is not None and sts.mode == "none":
         sts = None
 
@@ -479,6 +487,10 @@ def effective_requirement(
         return attrs.evolve(req, unusable=req.failure(TLS_ENHANCED_CODE, "dane: TLSA lookup failed; MX not usable"))
     if dane is DANEStatus.USABLE:
         return Requirement(POLICY_DANE, OutboundTLS.REQUIRED, VerifyMode.NO, dane=True, fallback=False, requiretls=requiretls)
+    if dane_required:
+        req = Requirement(POLICY_DANE_REQUIRED, OutboundTLS.REQUIRED, verify, fallback=False, requiretls=requiretls)
+        why = "no usable TLSA records" if dane is DANEStatus.UNUSABLE else "no DNSSEC-validated TLSA records"
+        return attrs.evolve(req, unusable=req.failure(TLS_ENHANCED_CODE, f"dane: DANE required (dane = required) but {why}; MX not used"))
 
     req = Requirement(POLICY_LOCAL, tls, verify, fallback=fallback, ignored=ignored)
     if dane is DANEStatus.UNUSABLE:
