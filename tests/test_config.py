@@ -1187,3 +1187,19 @@ def test_dane_takes_true_false_or_required(tmp_path: Path) -> None:
     problem = only_problem(path)
     assert_names(problem, path, 'domain."example.com"', "dane")
     assert problem.why == "must be true, false or \"required\" (got 'maybe')"
+
+
+def test_tls_pins_take_hex_or_base64_and_name_a_bad_one(tmp_path: Path) -> None:
+    """tls_pins: "sha256:" with 64 hex digits (colons allowed) or 44 base64 characters, kept as hex, duplicates
+    dropped; a malformed pin is a check-config error naming file, table and key."""
+    import base64
+    import hashlib
+
+    digest = hashlib.sha256(b"key").digest()
+    hex_pin, b64_pin = f"sha256:{digest.hex().upper()}", f"sha256:{base64.b64encode(digest).decode()}"
+    config = load(write(tmp_path, f'[domain."example.com"]\ntls_pins = ["{hex_pin}", "{b64_pin}"]\n'))
+    assert resolve(config, "example.com")["tls_pins"].value == (digest.hex(),)
+    assert resolve(config, "other.com")["tls_pins"].value == ()
+    for bad in ('["md5:abcd"]', '["sha256:abcd"]', '"sha256:x"'):
+        path = write(tmp_path, f'[domain."example.com"]\ntls_pins = {bad}\n', name="bad.toml")
+        assert_names(only_problem(path), path, 'domain."example.com"', "tls_pins")

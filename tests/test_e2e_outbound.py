@@ -798,3 +798,37 @@ async def test_dns_timeout_defers_transiently(tmp_path: Any, pki: Any, events: l
         await sender.stop()
     [event] = deliveries(events)
     assert event["result"] == "deferred" and event["text"].startswith("4.4.3")
+
+
+@pytest.mark.parametrize("cert", ["self_signed", "wrong_name", "expired", "good"])
+@pytest_twisted.ensureDeferred
+async def test_pinned_key_delivers_whatever_chain_and_name(tmp_path: Any, pki: Any, events: list, cert: str) -> None:
+    """tls_pins naming the server key (one of two, for rotation) decide: delivered verified although tls_verify = host
+    would refuse a self-signed, wrongly named or expired certificate (Postfix's fingerprint level)."""
+    from tlsmta.tls import spki_sha256
+
+    pins = ["sha256:" + "00" * 32, f"sha256:{spki_sha256(leaf_of(getattr(pki, cert)))}"]
+    await deliver_once(tmp_path, getattr(pki, cert), pki.ca_pem, tls="ifavailable", tls_verify="host", tls_pins=pins)
+    [event] = deliveries(events)
+    assert (event["result"], event["verified"], event["tls_verify"], event["tls_policy"]) == ("delivered", "yes", "pins", "pinned")
+    assert event["reason"].startswith("pin: SPKI sha256:") and event["tls"] == "tls"
+
+
+@pytest_twisted.ensureDeferred
+async def test_unpinned_key_defers_and_never_falls_back(tmp_path: Any, pki: Any, events: list) -> None:
+    """A CA-valid certificate for the MX whose key is not pinned: deferred 4.7.5, never in plain text."""
+    receiver = await deliver_once(tmp_path, pki.good, pki.ca_pem, tls="ifavailable", tls_verify="host",
+                                  tls_pins=["sha256:" + "00" * 32])
+    [event] = deliveries(events)
+    assert (event["result"], event["code"]) == ("deferred", 451)
+    assert event["text"].startswith("4.7.5 pin: SPKI sha256:") and event["text"].endswith("is not in tls_pins")
+    assert receiver.service.listeners["receiver"].inbound.connections_total == 1
+    assert maildir_messages(str(tmp_path / "receiver-maildir")) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_pins_require_starttls(tmp_path: Any, pki: Any, events: list) -> None:
+    """tls_pins and a server without STARTTLS: 4.7.6, no plain text although tls = ifavailable."""
+    await deliver_once(tmp_path, None, pki.ca_pem, tls="ifavailable", tls_pins=["sha256:" + "00" * 32])
+    [event] = deliveries(events)
+    assert (event["result"], event["text"][:5]) == ("deferred", "4.7.6")

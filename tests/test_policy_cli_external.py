@@ -68,3 +68,12 @@ def test_dane_required_is_shown(tmp_path: Path, capsys: Any) -> None:
     out = run(capsys, config, "example.test", "--mx", "mx2.example.test")
     assert ("as far as known: dane-required: this MX is not used (4.7.5 dane: DANE required (dane = required) "
             "but no DNSSEC-validated TLSA records; MX not used)") in out
+
+
+def test_tls_pins_are_shown(tmp_path: Path, capsys: Any) -> None:
+    """tls_pins for the domain: the pins decide, in words, even where a usable TLSA record is pinned."""
+    config = write(tmp_path, f'[dns.tlsa]\n"_25._tcp.mx.example.test" = ["{DANE_EE}"]\n',
+                   domain=f'[domain."example.test"]\ntls_pins = ["sha256:{"ab" * 32}"]\n')
+    out = run(capsys, config, "example.test", "--mx", "mx.example.test")
+    assert ("as far as known: pinned: STARTTLS required, the server key must match tls_pins (no CA or name check); "
+            "no plain-text fallback.") in out

@@ -177,3 +177,22 @@ def test_dane_required_with_usable_records_is_dane() -> None:
     assert req.unusable is not None and "TLSA lookup failed" in req.unusable.reason
     req = effective_requirement("no", VerifyMode.NO, True, dane=DANEStatus.NONE, dane_required=True, requiretls=True, mx_secure=True)
     assert req.unusable is not None and req.unusable.status == "5.7.10"  # REQUIRETLS: a bounce, not a wait
+
+
+PIN = "ab" * 32
+
+
+def test_pins_decide_and_require_tls() -> None:
+    """tls_pins set: STARTTLS required, no fallback, the pins judge the certificate (no CA, no names); published
+    policies (MTA-STS enforce for another MX, DANE) are not consulted."""
+    for tls, dane in itertools.product(TLS, DANE):
+        req = effective_requirement(tls, VerifyMode.HOST, True, sts=STSState("enforce", False), dane=dane, pins=(PIN,))
+        assert (req.policy, req.tls, req.verify, req.fallback, req.pinned, req.dane, req.unusable) == (
+            "pinned", "required", VerifyMode.NO, False, True, False, None)
+
+
+def test_pin_verdict() -> None:
+    """Any pin of several (rotation) matches; another key or no certificate fails."""
+    assert policy.pin_verdict((PIN, "cd" * 32), "cd" * 32).verified
+    assert policy.pin_verdict((PIN,), "cd" * 32).reason == f"pin: SPKI sha256:{'cd' * 32} is not in tls_pins"
+    assert policy.pin_verdict((PIN,), None).fatal

@@ -211,7 +211,7 @@ def describe_external(config: Config, options: Mapping[str, Any], domain: str, m
     if mx:
         req = effective_requirement(
             options["tls"], VerifyMode(options["tls_verify"]), options["tls_ifavailable_fallback"],
-            sts=sts_state, dane=dane_status, dane_required=options["dane"] == DANE_REQUIRED_WORD,
+            sts=sts_state, dane=dane_status, dane_required=options["dane"] == DANE_REQUIRED_WORD, pins=options["tls_pins"],
         )
         lines.append(f"For MX {mx}, as far as known: " + describe_requirement(req, domain, mx))
     return lines
@@ -221,6 +221,8 @@ def describe_requirement(req: Any, domain: str, mx: str) -> str:
     """An effective requirement (policy.Requirement) in one sentence."""
     if req.unusable is not None:
         return f"{req.policy}: this MX is not used ({req.unusable})."
+    if req.pinned:
+        return "pinned: STARTTLS required, the server key must match tls_pins (no CA or name check); no plain-text fallback."
     if req.dane:
         return "dane: STARTTLS required, the certificate must match a usable TLSA record (DANE-EE/DANE-TA); no plain-text fallback."
     if req.tls is OutboundTLS.NO:

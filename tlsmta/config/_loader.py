@@ -8,6 +8,8 @@ each problem names the file, the table and the key.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
 import ipaddress
 import os
@@ -142,6 +144,33 @@ def _str_list(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise ValueError(f"must be a list of non-empty strings (got {value!r})")
     return tuple(value)
+
+
+def _sha256_pin(text: str) -> str:
+    """``sha256:`` and 32 bytes in base64 (HPKP style) or hex (colons allowed, as Postfix logs them) -> hex."""
+    algorithm, _, data = text.partition(":")
+    if algorithm.lower() != "sha256" or not data:
+        raise ValueError(f"{text!r} is not a pin: expected 'sha256:' and the SHA-256 in base64 or hex")
+    digest = None
+    hexdigits = data.replace(":", "")
+    if len(hexdigits) == 64:
+        try:
+            digest = bytes.fromhex(hexdigits)
+        except ValueError:
+            pass
+    if digest is None and len(data) == 44:
+        try:
+            digest = base64.b64decode(data, validate=True)
+        except binascii.Error:
+            pass
+    if digest is None or len(digest) != 32:
+        raise ValueError(f"{text!r} is not a pin: the SHA-256 must be 64 hex digits or 44 base64 characters")
+    return digest.hex()
+
+
+def _pins(value: Any) -> tuple[str, ...]:
+    """A list of ``sha256:...`` pins (several, for key rotation), kept as lower-case hex."""
+    return tuple(dict.fromkeys(_sha256_pin(pin) for pin in _str_list(value)))
 
 
 def _path(value: Any) -> str:
@@ -333,6 +362,9 @@ DELIVERY_OPTIONS: dict[str, Option] = {
     "tls_certificate": Option(_file_or_none, None, "client certificate"),
     "tls_key": Option(_file_or_none, None, "client key"),
     "tls_ifavailable_fallback": Option(_bool, True, "plain-text retry after a failed handshake"),
+    # Postfix's "fingerprint" level: when set, the server key's SPKI SHA-256 must be one of these
+    # (STARTTLS required, no fallback); the CA chain and the names are not looked at.
+    "tls_pins": Option(_pins, (), 'SPKI pins, "sha256:BASE64" or "sha256:HEX"; set: they decide the certificate check'),
     "tls_protocols": Option(_protocols, parse_protocols("+ALL"), "allowed protocol versions"),
     "tls_ciphers": Option(_str, None, "OpenSSL cipher list (TLS 1.2 and below)", "cipher_list"),
     "tlsv13_ciphersuites": Option(_str, None, "OpenSSL TLS 1.3 ciphersuites", "tls13_suites"),

@@ -28,7 +28,9 @@ from tlsmta.tls import (
     VerifyMode,
     effective_requirement,
     handshake_failed,
+    pin_verdict,
     requiretls_refused,
+    spki_sha256,
     starttls_decision,
     starttls_refused,
 )
@@ -50,9 +52,10 @@ def greeting_failure(refused: GreetingRefused | HelloRefused, mx: str) -> Reply:
 
 
 def requirement(tls: OutboundTLS, verify: VerifyMode, fallback: bool, facts: ExternalFacts, mx: str, *,
-                requiretls: bool = False, tls_required_no: bool = False, dane: bool | str = True) -> Requirement:
+                requiretls: bool = False, tls_required_no: bool = False, dane: bool | str = True,
+                pins: Sequence[str] = ()) -> Requirement:
     """The strictest of the local options and what MTA-STS, DANE and the message ask, for ``mx``
-    (``dane``: the option's value, true, false or "required")."""
+    (``dane``: the option's value, true, false or "required"; ``pins``: ``tls_pins``)."""
     return effective_requirement(
         tls, verify, fallback,
         sts=facts.sts_state(mx),
@@ -61,6 +64,7 @@ def requirement(tls: OutboundTLS, verify: VerifyMode, fallback: bool, facts: Ext
         tls_required_no=tls_required_no,
         mx_secure=facts.mx_secure,
         dane_required=dane == DANE_REQUIRED_WORD,
+        pins=tuple(pins),
     )
 
 
@@ -70,6 +74,11 @@ def dane_verdict(facts: ExternalFacts, mx: str, chain: Sequence[x509.Certificate
     if tlsa.status is not DANEStatus.USABLE:
         return None
     return verify_chain(tlsa.records, list(chain), (mx,), now)
+
+
+def pinned_verdict(pins: Sequence[str], chain: Sequence[x509.Certificate]) -> Verdict:
+    """``tls_pins`` against the presented leaf's key (Postfix's fingerprint level: no CA, no names)."""
+    return pin_verdict(pins, spki_sha256(chain[0]) if chain else None)
 
 
 def certificate_failure(verdict: Verdict) -> TLSFailure | None:

@@ -161,6 +161,7 @@ class TLSOptions:
     protocols: frozenset[str]
     ciphers: str | None
     tls13: str | None
+    pins: tuple[str, ...] = ()
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> TLSOptions:
@@ -174,6 +175,7 @@ class TLSOptions:
             protocols=options["tls_protocols"],
             ciphers=options["tls_ciphers"],
             tls13=options["tlsv13_ciphersuites"],
+            pins=options["tls_pins"],
         )
 
     def describe(self) -> str:
@@ -316,7 +318,7 @@ class Destination:
         return decisions.requirement(
             opts.tls, opts.verify, opts.fallback, facts, mx,
             requiretls=self.message_tls.requiretls, tls_required_no=self.message_tls.tls_required_no,
-            dane=self.options["dane"],
+            dane=self.options["dane"], pins=opts.pins,
         )
 
     def _policy_fields(self, attempt: Attempt) -> dict[str, Any]:
@@ -513,6 +515,9 @@ class Destination:
             check.resumed_verdict = resumable[1]
         elif req.dane:
             check.external_verdict = self._dane_verdict(proto, attempt)
+        elif req.pinned:
+            chain = tls_connection(proto.transport).get_peer_cert_chain(as_cryptography=True) or []
+            check.external_verdict = decisions.pinned_verdict(req.pins, chain)
         attempt.tls = self._tls_fields(proto, check, attempt)
         verdict = check.verdict()
         failure = decisions.certificate_failure(verdict)
@@ -561,7 +566,8 @@ class Destination:
         verdict = check.verdict()
         req = attempt.req
         assert req is not None
-        fields = tls_log_fields(facts, "dane" if req.dane else req.verify.value, verdict.outcome.word, verdict.reason,
+        mode = "dane" if req.dane else "pins" if req.pinned else req.verify.value
+        fields = tls_log_fields(facts, mode, verdict.outcome.word, verdict.reason,
                                 check.presented_certificate)
         fields["resumed"] = "yes" if check.resumed_verdict is not None else "no"
         if verdict.outcome is Outcome.SOFTFAIL:
@@ -753,7 +759,7 @@ class OutboundPool:
             hook=hook,
             hook_context=HookContext("outbound", dest.domain, attempt.mx, dest.binding, attempt.message_id, attempt.ip),
             enforce_in_handshake=True,
-            record=req.dane or req.report_verify,
+            record=req.dane or req.pinned or req.report_verify,
         )
 
     def client_tls(self, opts: TLSOptions, server_name: str, check: CertificateCheck, session: Any = None) -> ClientTLS:

@@ -376,6 +376,7 @@ POLICY_STS_ENFORCE = "mta-sts-enforce"
 POLICY_STS_TESTING = "mta-sts-testing"
 POLICY_DANE = "dane"
 POLICY_DANE_REQUIRED = "dane-required"
+POLICY_PINNED = "pinned"
 POLICY_REQUIRETLS = "requiretls"
 
 ENCRYPTION_NEEDED = "5.7.10"  # RFC 8689 4.2.1 / RFC 5248: TLS could not be had for a REQUIRETLS message
@@ -415,11 +416,16 @@ class Requirement:
     verify: VerifyMode
     names: Names = Names.DOMAIN_OR_MX
     dane: bool = False  # the certificate is judged by the TLSA records, not by CA and names
+    pins: tuple[str, ...] = ()  # tls_pins (hex SPKI SHA-256): set, they judge the certificate, not CA and names
     fallback: bool = True  # plain text after a failed handshake (only with tls = ifavailable)
     requiretls: bool = False  # MAIL FROM ... REQUIRETLS; the next hop must offer REQUIRETLS
     report_verify: bool = False  # MTA-STS testing: evaluate the enforce checks for reports only
     unusable: TLSFailure | None = None  # this MX must not be used at all, and why
     ignored: tuple[str, ...] = ()  # recipient-side policies set aside by TLS-Required: No
+
+    @property
+    def pinned(self) -> bool:
+        return bool(self.pins)
 
     @property
     def permanent(self) -> bool:
@@ -447,6 +453,7 @@ def effective_requirement(
     tls_required_no: bool = False,
     mx_secure: bool = False,
     dane_required: bool = False,
+    pins: tuple[str, ...] = (),
 ) -> Requirement:
     """The strictest of the local options and the external policies, for one MX.
 
@@ -468,6 +475,10 @@ def effective_requirement(
       an MX without usable TLSA records is not used (4.7.5), never reached
       with PKIX checks or in plain text.  It is the operator's own policy,
       so TLS-Required: No does not set it, or the records it needs, aside.
+    - ``pins`` (local ``tls_pins``, Postfix ``fingerprint``): the operator
+      named the server's keys, which is more than any published policy can
+      say: STARTTLS required, no fallback, the pins judge the certificate
+      (no CA, no names), MTA-STS and DANE are not consulted.
     """
     if requiretls:
         tls_required_no = False  # RFC 8689 5: the header is ignored when REQUIRETLS is set
@@ -482,6 +493,9 @@ def effective_requirement(
     if sts is not None and sts.mode == "none":
         sts = None
 
+    if pins:
+        return Requirement(POLICY_PINNED, OutboundTLS.REQUIRED, VerifyMode.NO, pins=pins, fallback=False,
+                           requiretls=requiretls, ignored=ignored)
     if dane is DANEStatus.FAILED:
         req = Requirement(POLICY_DANE, OutboundTLS.REQUIRED, verify, fallback=False, requiretls=requiretls)
         return attrs.evolve(req, unusable=req.failure(TLS_ENHANCED_CODE, "dane: TLSA lookup failed; MX not usable"))
@@ -525,6 +539,15 @@ def effective_requirement(
         elif not (mx_secure or listed):
             req = attrs.evolve(req, unusable=req.failure(ENCRYPTION_NEEDED, "MX host neither DNSSEC-validated nor listed in an MTA-STS policy"))
     return req
+
+
+def pin_verdict(pins: Iterable[str], spki_sha256: str | None) -> Verdict:
+    """``tls_pins`` (hex SHA-256 of SubjectPublicKeyInfos) against the presented key's; ``None``: no certificate."""
+    if spki_sha256 is None:
+        return Verdict(Outcome.FAILED, "pin: no certificate presented")
+    if spki_sha256 in pins:
+        return Verdict(Outcome.VERIFIED, f"pin: SPKI sha256:{spki_sha256} matched tls_pins")
+    return Verdict(Outcome.FAILED, f"pin: SPKI sha256:{spki_sha256} is not in tls_pins")
 
 
 def requiretls_refused(req: Requirement, advertised: bool) -> TLSFailure | None:
