@@ -1203,3 +1203,14 @@ def test_tls_pins_take_hex_or_base64_and_name_a_bad_one(tmp_path: Path) -> None:
     for bad in ('["md5:abcd"]', '["sha256:abcd"]', '"sha256:x"'):
         path = write(tmp_path, f'[domain."example.com"]\ntls_pins = {bad}\n', name="bad.toml")
         assert_names(only_problem(path), path, 'domain."example.com"', "tls_pins")
+
+
+def test_relay_client_pins_need_tls_and_valid_pins(tmp_path: Path) -> None:
+    """A listener's relay_client_pins: parsed like tls_pins; without TLS on the listener, or malformed, a
+    problem naming the listener and the key."""
+    path = write(tmp_path, '[[listener]]\nendpoint = "tcp:2525"\ntls = "no"\nrelay_client_pins = ["sha256:' + "ab" * 32 + '"]\n')
+    problem = only_problem(path)
+    assert problem.key == "relay_client_pins" and problem.why == "needs tls = 'starttls' or 'implicit'"
+    path = write(tmp_path, '[[listener]]\nendpoint = "tcp:2525"\ntls = "no"\nrelay_client_pins = ["sha1:ab"]\n', name="bad.toml")
+    problem = only_problem(path)
+    assert problem.key == "relay_client_pins" and "is not a pin" in problem.why

@@ -425,6 +425,9 @@ LISTENER_OPTIONS: dict[str, Option] = {
         _networks, _networks(["127.0.0.0/8", "::1/128"]), "haproxy: endpoints: who may send the PROXY header"
     ),
     "tls_verified_peer_can_relay": Option(_bool, False),
+    # Postfix relay_clientcerts: a client whose certificate's SPKI or whole-certificate SHA-256 is
+    # listed may relay, whatever signed it (setting it makes the listener ask for a certificate).
+    "relay_client_pins": Option(_pins, (), 'client certificates that may relay: "sha256:..." of the SPKI or the certificate'),
     "require_tls_for_auth": Option(_bool, True),
     "auth_users_file": Option(_readable_file, None, "user:scrypt-hash lines"),
     "max_message_size": Option(_int(1024), 50 * 1024 * 1024),
@@ -519,6 +522,7 @@ class ListenerConfig:
     data_timeout: int
     session_timeout: int
     tls_lab: str | None = None
+    relay_client_pins: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -940,6 +944,8 @@ def _listeners(v: _Validator, raw: Any) -> list[ListenerConfig]:
             v.problem(label, "tls_client_ca", f"is required when tls_verify = {values['tls_verify']!r}")
         if values["tls_verify"] != "no" and values["tls"] is ListenerTLS.NO:
             v.problem(label, "tls_verify", "needs tls = 'starttls' or 'implicit'")
+        if values["relay_client_pins"] and values["tls"] is ListenerTLS.NO:
+            v.problem(label, "relay_client_pins", "needs tls = 'starttls' or 'implicit'")
         if duplicate:
             continue  # one problem for it: its endpoint is not compared with the others'
         try:
