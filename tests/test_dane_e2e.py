@@ -175,14 +175,8 @@ async def test_dane_sends_sni_for_the_mx_host(tmp_path: Any, pki: Any, events: l
 async def test_dane_required_without_tlsa_records_defers_and_never_connects(tmp_path: Any, pki: Any, events: list) -> None:
     """dane = "required" for the domain and no TLSA records for its MX: deferred 4.7.5 with the reason, the MX is
     not even connected to, although its certificate is CA-valid and tls = ifavailable would allow plain text."""
-    rx = await start_receiver(tmp_path, pki.good)
-    sender = await start_sender(tmp_path, rx.port, pki.ca_pem, domains={"example.test": {"dane": "required"}},
-                                tls="ifavailable", tls_verify="host")
-    try:
-        await submit_and_settle(sender)
-    finally:
-        await sender.stop()
-        await rx.stop()
+    rx = await run(tmp_path, pki.good, [], domains={"example.test": {"dane": "required"}},
+                   tls="ifavailable", tls_verify="host", tls_ca=pki.ca_pem)
     [event] = deliveries(events)
     assert (event["result"], event["code"], event["tls_policy"]) == ("deferred", 451, "dane-required")
     assert event["text"] == "4.7.5 dane: DANE required (dane = required) but no DNSSEC-validated TLSA records; MX not used"

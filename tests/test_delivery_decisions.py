@@ -8,19 +8,8 @@ from tlsmta.delivery import _decisions as decisions
 from tlsmta.discovery._published import MXTLSA, ExternalFacts
 from tlsmta.smtp._reply import Reply
 from tlsmta.smtp.client_session import GreetingRefused, HelloRefused
-from tlsmta.tls._policy import (
-    FALLBACK_NOT_OFFERED,
-    DANEStatus,
-    Outcome,
-    Requirement,
-    TLSAction,
-    TLSFailure,
-    Verdict,
-    VerifyMode,
-    fallback_after_handshake,
-    fallback_after_refusal,
-    handshake_failed,
-)
+from tlsmta.tls import _policy as policy
+from tlsmta.tls._policy import DANEStatus, Outcome, Requirement, TLSAction, TLSFailure, Verdict, VerifyMode
 
 
 def test_addresses_tried_per_host() -> None:
@@ -136,13 +125,13 @@ def test_only_454_to_starttls_falls_back_to_plain_text(code: int) -> None:
 
 def test_no_plain_text_after_a_completed_handshake() -> None:
     """The connection broke after the handshake finished (at the EHLO inside TLS): never plain text."""
-    assert handshake_failed("ifavailable", True, None, "connection lost") is TLSAction.PLAIN
-    outcome = handshake_failed("ifavailable", True, OK, "connection lost", completed=True)
+    assert policy.handshake_failed("ifavailable", True, None, "connection lost") is TLSAction.PLAIN
+    outcome = policy.handshake_failed("ifavailable", True, OK, "connection lost", completed=True)
     assert str(outcome) == "4.7.5 TLS session failed after the handshake: connection lost"
 
 
 def test_fallback_words() -> None:
     """The delivery line's tls_fallback says why plain text was used."""
-    assert fallback_after_refusal(Reply(454, ("4.7.0 later",))) == "starttls-refused:454"
-    assert fallback_after_handshake("no shared cipher") == "handshake-failed:no shared cipher"
-    assert FALLBACK_NOT_OFFERED == "not-offered"
+    assert policy.fallback_after_refusal(Reply(454, ("4.7.0 later",))) == "starttls-refused:454"
+    assert policy.fallback_after_handshake("no shared cipher") == "handshake-failed:no shared cipher"
+    assert policy.FALLBACK_NOT_OFFERED == "not-offered"

@@ -67,6 +67,7 @@ from tlsmta.storage import (
 )
 from tlsmta.tls import (
     DANE_REQUIRED,
+    FALLBACK_NOT_OFFERED,
     POLICY_DANE_REQUIRED,
     RPT_DNSSEC_INVALID,
     RPT_STARTTLS_NOT_SUPPORTED,
@@ -82,7 +83,6 @@ from tlsmta.tls import (
     TLSFailure,
     Verdict,
     VerifyMode,
-    FALLBACK_NOT_OFFERED,
     certificate_result_type,
     client_context,
     decide,

@@ -11,6 +11,7 @@ This ``__init__`` is the part's API: other parts import only the names in
 ``__all__``; the modules behind it are private (``_name.py``).
 """
 
+from tlsmta.tls._certificate_facts import certificate_sha256, spki_der, spki_sha256
 from tlsmta.tls._contexts import (
     CertificateCheck,
     ClientTLS,
@@ -28,7 +29,6 @@ from tlsmta.tls._contexts import (
     tls_connection,
     tls_log_fields,
 )
-from tlsmta.tls._certificate_facts import certificate_sha256, spki_der, spki_sha256
 from tlsmta.tls._hooks import HookError, Hooks, load_hook, load_hooks
 from tlsmta.tls._https import HTTPSFailure, TooLarge, https_request, read_body
 from tlsmta.tls._policy import (
