@@ -75,5 +75,7 @@ def test_tls_pins_are_shown(tmp_path: Path, capsys: Any) -> None:
     config = write(tmp_path, f'[dns.tlsa]\n"_25._tcp.mx.example.test" = ["{DANE_EE}"]\n',
                    domain=f'[domain."example.test"]\ntls_pins = ["sha256:{"ab" * 32}"]\n')
     out = run(capsys, config, "example.test", "--mx", "mx.example.test")
+    assert f"tls_pins                    = {'ab' * 32} # from domain.\"example.test\"" in out
+    assert "the server key's SPKI SHA-256 must be in tls_pins (1 listed), the CA and names are not checked" in out
     assert ("as far as known: pinned: STARTTLS required, the server key must match tls_pins (no CA or name check); "
             "no plain-text fallback.") in out

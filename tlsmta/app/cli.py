@@ -108,6 +108,8 @@ def _show(value: object) -> str:
         return ":".join(sorted(value))
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, tuple):
+        return ", ".join(map(str, value)) or "(none)"
     return str(value)
 
 
@@ -122,6 +124,11 @@ def describe_policy(options: Mapping[str, Any], domain: str, mx: str | None) -> 
     port = route.port if route.kind == "smtp" and route.port else options["smtp_port"]
     lines = [f"Sent over SMTP to {where}, port {port}."]
     tls_mode, verify = options["tls"], options["tls_verify"]
+    if options["tls_pins"]:
+        lines.append(f"tls_pins: STARTTLS required (4.7.6 when not advertised), never plain text; the server key's SPKI "
+                     f"SHA-256 must be in tls_pins ({len(options['tls_pins'])} listed), the CA and names are not checked "
+                     "(otherwise 4.7.5).")
+        return lines
     if tls_mode == OutboundTLS.NO:
         lines.append("No STARTTLS: the mail goes in plain text.")
         return lines
@@ -131,7 +138,8 @@ def describe_policy(options: Mapping[str, Any], domain: str, mx: str | None) -> 
         fallback = options["tls_ifavailable_fallback"]
         lines.append(
             "STARTTLS when advertised, plain text otherwise; "
-            + ("a handshake that fails for other reasons than the certificate is retried in plain text at once."
+            + ("a handshake that fails for other reasons than the certificate is retried in plain text at once, "
+               "and a 454 to STARTTLS goes on in plain text; any other answer to STARTTLS defers with 4.7.5."
                if fallback else "a failed handshake defers with 4.7.5.")
         )
     anchors = options["tls_ca"] or "the system trust store"
