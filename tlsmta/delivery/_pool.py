@@ -298,6 +298,7 @@ class Destination:
                 self.pool.report_attempt(self, attempt)
                 last = attempt
                 if step is _Step.RETRY_PLAIN and fallback is None:
+                    assert attempt.tls_fallback is not None  # set with RETRY_PLAIN: the retry is plain, once
                     fallback = attempt.tls_fallback
                     continue
                 if step is _Step.DONE:
@@ -470,8 +471,8 @@ class Destination:
         if decision is TLSAction.PLAIN:
             if req.tls is not OutboundTLS.NO:
                 self._plain_text(attempt, fallback or FALLBACK_NOT_OFFERED)
-            if req.tls is not OutboundTLS.NO and fallback is None:
-                attempt.rpt = (False, RPT_STARTTLS_NOT_SUPPORTED, "STARTTLS not advertised")
+                if fallback is None:
+                    attempt.rpt = (False, RPT_STARTTLS_NOT_SUPPORTED, "STARTTLS not advertised")
             return None, caps
         check = self.pool.certificate_check(self, attempt)
         resumable = self.pool.tls_session(self, attempt, check)

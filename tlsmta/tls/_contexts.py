@@ -186,7 +186,8 @@ def presented_names(cert: x509.Certificate) -> PresentedNames:
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         dns_names = tuple(san.get_values_for_type(x509.DNSName))
-        ips = tuple(str(ip) for ip in san.get_values_for_type(x509.IPAddress) if isinstance(ip, (ipaddress.IPv4Address, ipaddress.IPv6Address)))
+        addresses = san.get_values_for_type(x509.IPAddress)
+        ips = tuple(str(ip) for ip in addresses if isinstance(ip, (ipaddress.IPv4Address, ipaddress.IPv6Address)))
     except x509.ExtensionNotFound:
         dns_names, ips = (), ()
     cns = tuple(
