@@ -837,11 +837,9 @@ async def test_pins_require_starttls(tmp_path: Any, pki: Any, events: list) -> N
 @pytest_twisted.ensureDeferred
 async def test_host_check_on_an_ipv6_literal_next_hop(tmp_path: Any, pki: Any, events: list) -> None:
     """route smtp:[::1] with tls_verify = host: a certificate with the IP SAN ::1 verifies over IPv6 loopback."""
-    leaf = pki.ca.issue_cert("::1")
-    cert, key = tmp_path / "v6.pem", tmp_path / "v6.key"
-    cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
-    key.write_bytes(leaf.private_key_pem.bytes())
-    pair = type(pki.good)(str(cert), str(key))
+    from conftest import _write_leaf
+
+    pair = _write_leaf(tmp_path, "v6", pki.ca.issue_cert("::1"))
     await deliver_once(tmp_path, pair, pki.ca_pem, receiver={"endpoint": r"tcp6:0:interface=\:\:1"},
                        route="smtp:[::1]", tls="required", tls_verify="host")
     [event] = deliveries(events)
