@@ -96,6 +96,14 @@ def test_check_config_ok_with_certificates(tmp_path: Path, capsys: pytest.Captur
     assert ": ok (" in capsys.readouterr().out
 
 
+def test_check_config_names_a_bad_pin(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A malformed tls_pins entry: exit 78, the file, table, key and the pin on stderr."""
+    path = write(tmp_path, '[domain."example.com"]\ntls_pins = ["sha256:not-a-digest"]\n')
+    assert main(["check-config", path]) == EX_CONFIG
+    err = capsys.readouterr().err
+    assert err.startswith(f'{path}: [domain."example.com"] tls_pins: ') and "'sha256:not-a-digest' is not a pin" in err
+
+
 def test_check_config_bad(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """An invalid file: exit 78 (EX_CONFIG), every problem on stderr naming file, table and key, nothing on stdout."""
     path = write(

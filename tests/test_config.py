@@ -1277,3 +1277,41 @@ def test_client_certificates_one_per_key_type(two_types: dict[str, str], tmp_pat
     problem = only_problem(path)
     assert_names(problem, path, "global", "tls_certificate")
     assert "both ecdsa certificates" in problem.why
+
+
+def test_dane_takes_true_false_or_required(tmp_path: Path) -> None:
+    """dane = "required" (any case) is a third value beside true and false; anything else names file, table and key."""
+    config = load(write(tmp_path, '[global]\ndane = false\n[domain."example.com"]\ndane = "Required"\n'))
+    assert config.global_options["dane"] is False
+    assert resolve(config, "example.com")["dane"].value == "required"
+    path = write(tmp_path, '[domain."example.com"]\ndane = "maybe"\n', name="bad.toml")
+    problem = only_problem(path)
+    assert_names(problem, path, 'domain."example.com"', "dane")
+    assert problem.why == "must be true, false or \"required\" (got 'maybe')"
+
+
+def test_tls_pins_take_hex_or_base64_and_name_a_bad_one(tmp_path: Path) -> None:
+    """tls_pins: "sha256:" with 64 hex digits (colons allowed) or 44 base64 characters, kept as hex, duplicates
+    dropped; a malformed pin is a check-config error naming file, table and key."""
+    import base64
+    import hashlib
+
+    digest = hashlib.sha256(b"key").digest()
+    hex_pin, b64_pin = f"sha256:{digest.hex().upper()}", f"sha256:{base64.b64encode(digest).decode()}"
+    config = load(write(tmp_path, f'[domain."example.com"]\ntls_pins = ["{hex_pin}", "{b64_pin}"]\n'))
+    assert resolve(config, "example.com")["tls_pins"].value == (digest.hex(),)
+    assert resolve(config, "other.com")["tls_pins"].value == ()
+    for bad in ('["md5:abcd"]', '["sha256:abcd"]', '"sha256:x"'):
+        path = write(tmp_path, f'[domain."example.com"]\ntls_pins = {bad}\n', name="bad.toml")
+        assert_names(only_problem(path), path, 'domain."example.com"', "tls_pins")
+
+
+def test_relay_client_pins_need_tls_and_valid_pins(tmp_path: Path) -> None:
+    """A listener's relay_client_pins: parsed like tls_pins; without TLS on the listener, or malformed, a
+    problem naming the listener and the key."""
+    path = write(tmp_path, '[[listener]]\nendpoint = "tcp:2525"\ntls = "no"\nrelay_client_pins = ["sha256:' + "ab" * 32 + '"]\n')
+    problem = only_problem(path)
+    assert problem.key == "relay_client_pins" and problem.why == "needs tls = 'starttls', 'required' or 'implicit'"
+    path = write(tmp_path, '[[listener]]\nendpoint = "tcp:2525"\ntls = "no"\nrelay_client_pins = ["sha1:ab"]\n', name="bad.toml")
+    problem = only_problem(path)
+    assert problem.key == "relay_client_pins" and "is not a pin" in problem.why

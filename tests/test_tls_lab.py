@@ -163,7 +163,7 @@ def test_lab_certificates_are_broken_in_one_way_each(tmp_path: Any) -> None:
 @pytest.mark.parametrize(
     "listener, message",
     [
-        ({"tls": "no", "tls_lab": "good"}, "tls_lab: needs tls = 'starttls' or 'implicit'"),
+        ({"tls": "no", "tls_lab": "good"}, "tls_lab: needs tls = 'starttls', 'required' or 'implicit'"),
         ({"tls": "implicit", "tls_lab": "no-starttls"}, "tls_lab: 'no-starttls' needs tls = 'starttls'"),
         ({"tls": "starttls", "tls_lab": "broken"}, "tls_lab: must be one of " + ", ".join(LAB_MODES)),
     ],

@@ -29,6 +29,7 @@ from tlsmta.delivery import (
     addresses_to_try,
     connect,
     greeting_failure,
+    pinned_verdict,
     session_outcome,
     tcp_endpoints,
 )
@@ -62,10 +63,13 @@ from tlsmta.tls import (
     TLSFailure,
     Verdict,
     VerifyMode,
+    certificate_sha256,
     client_context,
     decide,
     describe_name,
+    describe_sans,
     presented_names,
+    spki_sha256,
     tls_connection,
 )
 
@@ -190,7 +194,8 @@ async def run_probe(reactor: IServiceReactor, resolver: Resolver, domain: str, o
 
 def requirement(options: Mapping[str, Any], facts: ExternalFacts, mx: str, tls_mode: OutboundTLS, verify: VerifyMode) -> Requirement:
     """The effective requirement for ``mx`` (an ordinary message: no REQUIRETLS)."""
-    return delivery_requirement(tls_mode, verify, options["tls_ifavailable_fallback"], facts, mx)
+    return delivery_requirement(tls_mode, verify, options["tls_ifavailable_fallback"], facts, mx, dane=options["dane"],
+                                pins=options["tls_pins"])
 
 
 def dane_verdict(result: ProbeResult, facts: ExternalFacts) -> Verdict | None:
@@ -205,11 +210,13 @@ def effective_outcome(result: ProbeResult, req: Requirement, domain: str, facts:
     if req.unusable is not None:
         return False, f"defer: 451 {req.unusable} (this MX is not used)"
     verdict = None
-    if result.facts is not None:
+    if result.facts is not None and req.pinned:
+        verdict = pinned_verdict(req.pins, result.chain)
+    elif result.facts is not None:
         verdict = dane_verdict(result, facts) if req.dane else decide(
             req.verify, result.chain_result or ChainResult(), result.presented, req.wanted(domain, result.mx)
         )
-    return _outcome(result, req, verdict, " (never in plain text)", " by DANE" if req.dane else "")
+    return _outcome(result, req, verdict, " (never in plain text)", " by DANE" if req.dane else " by tls_pins" if req.pinned else "")
 
 
 def _outcome(result: ProbeResult, req: Requirement, verdict: Verdict | None, fatal_note: str = "",
@@ -229,6 +236,8 @@ def _outcome(result: ProbeResult, req: Requirement, verdict: Verdict | None, fat
             return True, "deliver in plain text (tls = no)"
         if not result.starttls:
             return True, "deliver in plain text (STARTTLS not offered)"
+        if result.refused is not None:
+            return True, f"deliver in plain text after {result.refused.code} to STARTTLS (tls_ifavailable_fallback)"
         return True, "deliver in plain text after the failed handshake (if tls_ifavailable_fallback)"
     assert verdict is not None
     if verdict.outcome is Outcome.SOFTFAIL:
@@ -291,7 +300,7 @@ def format_policies(result: ProbeResult, facts: ExternalFacts, req: Requirement,
     if result.facts is not None:
         lines.append(f"  REQUIRETLS: {'offered' if result.requiretls else 'not offered'} after STARTTLS")
     ok, what = effective_outcome(result, req, domain, facts)
-    how = "DANE" if req.dane else f"tls={req.tls}, tls_verify={req.verify.value}"
+    how = "DANE" if req.dane else "tls_pins" if req.pinned else f"tls={req.tls}, tls_verify={req.verify.value}"
     lines.append(f"  effective ({req.policy}: {how}): {what}")
     return lines
 
@@ -307,8 +316,10 @@ def format_certificate(depth: int, cert: x509.Certificate) -> list[str]:
     return [
         f"    {depth} subject: {describe_name(cert.subject)}",
         f"      issuer:  {describe_name(cert.issuer)}",
-        f"      SANs:    {', '.join(names.dns_names) or '(none)'}",
+        f"      SANs:    {describe_sans(names) or '(none)'}",
         f"      valid:   {cert.not_valid_before_utc:%Y-%m-%d %H:%M} to {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC",
+        f"      SPKI:    sha256:{spki_sha256(cert)}",
+        f"      cert:    sha256:{certificate_sha256(cert)}",
     ]
 
 

@@ -104,7 +104,8 @@ def listener_tls(listener: ListenerConfig, config: Config, hostname: str, hooks:
             listener.tlsv13_ciphersuites,
             listener.tls_client_ca,
             session_id=f"tlsmta-{listener.name}".encode(),
-            resumption=listener.tls_verify == "no" and not (hooks and hooks.inbound_tls_verify_callback),
+            resumption=listener.tls_verify == "no" and not (hooks and hooks.inbound_tls_verify_callback)
+            and not listener.relay_client_pins,  # a resumed session shows no certificate to compare with the pins
             more_chains=more,
         )
 

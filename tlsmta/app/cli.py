@@ -20,7 +20,7 @@ from typing import Any
 
 from tlsmta.app import _preflight as preflight
 from tlsmta.app._pipe import carried_over_react, until_reader_leaves
-from tlsmta.config import Config, ConfigError, OutboundTLS, resolve
+from tlsmta.config import DANE_REQUIRED_WORD, Config, ConfigError, OutboundTLS, resolve
 from tlsmta.network import IServiceReactor
 from tlsmta.smtp import DomainNameError, normalize_domain
 
@@ -112,8 +112,8 @@ def _show(value: object) -> str:
         return ":".join(sorted(value))
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, tuple):  # certificate and key files, one per key type
-        return ", ".join(map(str, value))
+    if isinstance(value, tuple):  # files one per key type, pins
+        return ", ".join(map(str, value)) or "(none)"
     return str(value)
 
 
@@ -128,6 +128,11 @@ def describe_policy(options: Mapping[str, Any], domain: str, mx: str | None) -> 
     port = route.port if route.kind == "smtp" and route.port else options["smtp_port"]
     lines = [f"Sent over SMTP to {where}, port {port}."]
     tls_mode, verify = options["tls"], options["tls_verify"]
+    if options["tls_pins"]:
+        lines.append(f"tls_pins: STARTTLS required (4.7.6 when not advertised), never plain text; the server key's SPKI "
+                     f"SHA-256 must be in tls_pins ({len(options['tls_pins'])} listed), the CA and names are not checked "
+                     "(otherwise 4.7.5).")
+        return lines
     if tls_mode == OutboundTLS.NO:
         lines.append("No STARTTLS: the mail goes in plain text.")
         return lines
@@ -137,7 +142,8 @@ def describe_policy(options: Mapping[str, Any], domain: str, mx: str | None) -> 
         fallback = options["tls_ifavailable_fallback"]
         lines.append(
             "STARTTLS when advertised, plain text otherwise; "
-            + ("a handshake that fails for other reasons than the certificate is retried in plain text at once."
+            + ("a handshake that fails for other reasons than the certificate is retried in plain text at once, "
+               "and a 454 to STARTTLS goes on in plain text; any other answer to STARTTLS defers with 4.7.5."
                if fallback else "a failed handshake defers with 4.7.5.")
         )
     anchors = options["tls_ca"] or "the system trust store"
@@ -190,6 +196,8 @@ def describe_external(config: Config, options: Mapping[str, Any], domain: str, m
         else:
             lines.append("MTA-STS: unknown offline (no cached policy in state_dir); `tlsmta probe` looks it up.")
     dane_status = DANEStatus.NONE
+    if options["dane"] == DANE_REQUIRED_WORD:
+        lines.append("DANE: required (dane = required): an MX without usable TLSA records is not used (4.7.5).")
     if not options["dane"]:
         lines.append("DANE: opted out (dane = false).")
     elif mx is None:
@@ -215,7 +223,7 @@ def describe_external(config: Config, options: Mapping[str, Any], domain: str, m
     if mx:
         req = effective_requirement(
             options["tls"], VerifyMode(options["tls_verify"]), options["tls_ifavailable_fallback"],
-            sts=sts_state, dane=dane_status,
+            sts=sts_state, dane=dane_status, dane_required=options["dane"] == DANE_REQUIRED_WORD, pins=options["tls_pins"],
         )
         lines.append(f"For MX {mx}, as far as known: " + describe_requirement(req, domain, mx))
     return lines
@@ -225,6 +233,8 @@ def describe_requirement(req: Any, domain: str, mx: str) -> str:
     """An effective requirement (policy.Requirement) in one sentence."""
     if req.unusable is not None:
         return f"{req.policy}: this MX is not used ({req.unusable})."
+    if req.pinned:
+        return "pinned: STARTTLS required, the server key must match tls_pins (no CA or name check); no plain-text fallback."
     if req.dane:
         return "dane: STARTTLS required, the certificate must match a usable TLSA record (DANE-EE/DANE-TA); no plain-text fallback."
     if req.tls is OutboundTLS.NO:

@@ -29,12 +29,13 @@ from tlsmta.config._loader import (
     select_binding,
 )
 from tlsmta.config._routes import Route, RouteError, parse_route
-from tlsmta.config._tls_modes import ListenerTLS, OutboundTLS
+from tlsmta.config._tls_modes import DANE_REQUIRED_WORD, ListenerTLS, OutboundTLS
 
 __all__ = [
     "CERTIFICATE_LAB_MODES",
     "Config",
     "ConfigError",
+    "DANE_REQUIRED_WORD",
     "DELIVERY_OPTIONS",
     "from_dict",
     "LAB_MODES",

@@ -8,6 +8,8 @@ each problem names the file, the table and the key.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
 import ipaddress
 import os
@@ -20,7 +22,7 @@ import attrs
 
 from tlsmta.config._endpoints import overlaps, port_problem, tcp_address
 from tlsmta.config._routes import Route, RouteError, parse_route
-from tlsmta.config._tls_modes import ListenerTLS, OutboundTLS
+from tlsmta.config._tls_modes import DANE_REQUIRED_WORD, ListenerTLS, OutboundTLS
 from tlsmta.errors import TlsmtaError
 from tlsmta.smtp import normalize_domain
 
@@ -84,6 +86,15 @@ def _bool(value: Any) -> bool:
     return value
 
 
+def _dane(value: Any) -> bool | str:
+    """``dane``: true, false, or ``"required"`` (no usable TLSA records: the MX is not used)."""
+    if isinstance(value, str) and value.lower() == DANE_REQUIRED_WORD:
+        return DANE_REQUIRED_WORD
+    if not isinstance(value, bool):
+        raise ValueError(f'must be true, false or "{DANE_REQUIRED_WORD}" (got {value!r})')
+    return value
+
+
 def _int(minimum: int = 0, maximum: int | None = None) -> Checker:
     def check(value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -133,6 +144,33 @@ def _str_list(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise ValueError(f"must be a list of non-empty strings (got {value!r})")
     return tuple(value)
+
+
+def _sha256_pin(text: str) -> str:
+    """``sha256:`` and 32 bytes in base64 (HPKP style) or hex (colons allowed, as Postfix logs them) -> hex."""
+    algorithm, _, data = text.partition(":")
+    if algorithm.lower() != "sha256" or not data:
+        raise ValueError(f"{text!r} is not a pin: expected 'sha256:' and the SHA-256 in base64 or hex")
+    digest = None
+    hexdigits = data.replace(":", "")
+    if len(hexdigits) == 64:
+        try:
+            digest = bytes.fromhex(hexdigits)
+        except ValueError:
+            pass
+    if digest is None and len(data) == 44:
+        try:
+            digest = base64.b64decode(data, validate=True)
+        except binascii.Error:
+            pass
+    if digest is None or len(digest) != 32:
+        raise ValueError(f"{text!r} is not a pin: the SHA-256 must be 64 hex digits or 44 base64 characters")
+    return digest.hex()
+
+
+def _pins(value: Any) -> tuple[str, ...]:
+    """A list of ``sha256:...`` pins (several, for key rotation), kept as lower-case hex."""
+    return tuple(dict.fromkeys(_sha256_pin(pin) for pin in _str_list(value)))
 
 
 def _path(value: Any) -> str:
@@ -365,6 +403,9 @@ DELIVERY_OPTIONS: dict[str, Option] = {
     "tls_certificate": Option(_files_or_none, None, "client certificate, or a list (one per key type)"),
     "tls_key": Option(_files_or_none, None, "client key, or a list in the certificates' order"),
     "tls_ifavailable_fallback": Option(_bool, True, "plain-text retry after a failed handshake"),
+    # Postfix's "fingerprint" level: when set, the server key's SPKI SHA-256 must be one of these
+    # (STARTTLS required, no fallback); the CA chain and the names are not looked at.
+    "tls_pins": Option(_pins, (), 'SPKI pins, "sha256:BASE64" or "sha256:HEX"; set: they decide the certificate check'),
     "tls_protocols": Option(_protocols, parse_protocols("+ALL"), "allowed protocol versions"),
     "tls_ciphers": Option(_str, None, "OpenSSL cipher list (TLS 1.2 and below)", "cipher_list"),
     "tlsv13_ciphersuites": Option(_str, None, "OpenSSL TLS 1.3 ciphersuites", "tls13_suites"),
@@ -375,7 +416,8 @@ DELIVERY_OPTIONS: dict[str, Option] = {
     "source_address": Option(_address, None, "local address to connect from"),
     "ehlo_hostname": Option(_str, None, "name sent in EHLO; default: global hostname"),
     "mta_sts": Option(_bool, True, "apply the recipient domain's MTA-STS policy (RFC 8461); false opts out"),
-    "dane": Option(_bool, True, "apply DANE TLSA records of DNSSEC-signed MX hosts (RFC 7672); false opts out"),
+    "dane": Option(_dane, True, 'apply DANE TLSA records of DNSSEC-signed MX hosts (RFC 7672); false opts out, '
+                                '"required" defers (4.7.5) an MX without usable TLSA records'),
     # Outbound timeouts (Postfix smtp_*_timeout; RFC 5321 4.5.3.2 minimums as defaults).
     "connect_timeout": Option(_duration(), 30.0, "TCP connect to a mail host"),
     "greeting_timeout": Option(_duration(), 300.0, "the server's 220 banner"),
@@ -425,6 +467,9 @@ LISTENER_OPTIONS: dict[str, Option] = {
         _networks, _networks(["127.0.0.0/8", "::1/128"]), "haproxy: endpoints: who may send the PROXY header"
     ),
     "tls_verified_peer_can_relay": Option(_bool, False),
+    # Postfix relay_clientcerts: a client whose certificate's SPKI or whole-certificate SHA-256 is
+    # listed may relay, whatever signed it (setting it makes the listener ask for a certificate).
+    "relay_client_pins": Option(_pins, (), 'client certificates that may relay: "sha256:..." of the SPKI or the certificate'),
     "require_tls_for_auth": Option(_bool, True),
     "auth_users_file": Option(_readable_file, None, "user:scrypt-hash lines"),
     "max_message_size": Option(_int(1024), 50 * 1024 * 1024),
@@ -523,6 +568,7 @@ class ListenerConfig:
     # and tls_key themselves hold the first pair (or 'auto'), as logs and the TLS lab know them.
     tls_chains: tuple[tuple[str, str], ...] = ()
     tls_sni: tuple[tuple[tuple[str, str], ...], ...] = ()  # each entry's chains
+    relay_client_pins: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -913,6 +959,9 @@ def _one_socket_each(v: _Validator, listeners: list[ListenerConfig], metrics: st
         taken.append((address, who))
 
 
+NEEDS_TLS = "needs tls = 'starttls', 'required' or 'implicit'"
+
+
 def _listeners(v: _Validator, raw: Any) -> list[ListenerConfig]:
     if raw is None:
         return []
@@ -936,7 +985,7 @@ def _listeners(v: _Validator, raw: Any) -> list[ListenerConfig]:
         cert = values["tls_certificate"]
         lab = values["tls_lab"]
         if lab is not None and values["tls"] is ListenerTLS.NO:
-            v.problem(label, "tls_lab", "needs tls = 'starttls' or 'implicit'")
+            v.problem(label, "tls_lab", NEEDS_TLS)
         if lab == "no-starttls" and values["tls"] in (ListenerTLS.IMPLICIT, ListenerTLS.REQUIRED):
             v.problem(label, "tls_lab", "'no-starttls' needs tls = 'starttls'")
         if lab is not None and cert is None:
@@ -952,7 +1001,7 @@ def _listeners(v: _Validator, raw: Any) -> list[ListenerConfig]:
                 else:
                     values["tls_chains"] = _check_chains(v, label, cert, values["tls_key"])
         elif values["tls_sni"]:
-            v.problem(label, "tls_sni", "needs tls = 'starttls', 'required' or 'implicit'")
+            v.problem(label, "tls_sni", NEEDS_TLS)
         values["tls_certificate"], values["tls_key"] = _first_chain(values)
         if values["auth_users_file"] is not None:
             why = v.environment.users_file(values["auth_users_file"])
@@ -961,7 +1010,9 @@ def _listeners(v: _Validator, raw: Any) -> list[ListenerConfig]:
         if values["tls_verify"] != "no" and values["tls_client_ca"] is None:
             v.problem(label, "tls_client_ca", f"is required when tls_verify = {values['tls_verify']!r}")
         if values["tls_verify"] != "no" and values["tls"] is ListenerTLS.NO:
-            v.problem(label, "tls_verify", "needs tls = 'starttls' or 'implicit'")
+            v.problem(label, "tls_verify", NEEDS_TLS)
+        if values["relay_client_pins"] and values["tls"] is ListenerTLS.NO:
+            v.problem(label, "relay_client_pins", NEEDS_TLS)
         if duplicate:
             continue  # one problem for it: its endpoint is not compared with the others'
         try:

@@ -11,7 +11,14 @@ This ``__init__`` is the part's API: other parts import only the names in
 """
 
 from tlsmta.delivery._client import ConnectionBroken, EndpointFactory, connect, tcp_endpoints
-from tlsmta.delivery._decisions import addresses_to_try, dane_verdict, greeting_failure, requirement, session_outcome
+from tlsmta.delivery._decisions import (
+    addresses_to_try,
+    dane_verdict,
+    greeting_failure,
+    pinned_verdict,
+    requirement,
+    session_outcome,
+)
 from tlsmta.delivery._mailqueue import Queue, QueueError
 from tlsmta.delivery._pool import Deliverer, OutboundPool
 from tlsmta.delivery._routing import destination_of
@@ -26,6 +33,7 @@ __all__ = [
     "EndpointFactory",
     "greeting_failure",
     "OutboundPool",
+    "pinned_verdict",
     "Queue",
     "QueueError",
     "requirement",

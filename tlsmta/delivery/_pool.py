@@ -10,7 +10,9 @@ TLS policy is applied per session (docs/architecture.md, TLS decisions):
 - ``tls = required`` without STARTTLS is 4.7.6, a failed handshake 4.7.5;
 - ``ifavailable`` falls back to plain text after a failed handshake (a new
   connection) or a 454 (same connection) when ``tls_ifavailable_fallback``,
-  but never after a certificate that failed ``ca``/``host``;
+  but never after a certificate that failed ``ca``/``host``, another answer
+  to STARTTLS, or a handshake that completed; the delivery line's
+  ``tls_fallback`` says why plain text was used;
 - the certificate verdict comes from :mod:`tlsmta.tls._policy`.
 
 Every job produces one ``delivery`` log event with its TLS facts.
@@ -64,6 +66,9 @@ from tlsmta.storage import (
     queued_receipt_record,
 )
 from tlsmta.tls import (
+    DANE_REQUIRED,
+    FALLBACK_NOT_OFFERED,
+    POLICY_DANE_REQUIRED,
     RPT_DNSSEC_INVALID,
     RPT_STARTTLS_NOT_SUPPORTED,
     RPT_VALIDATION_FAILURE,
@@ -81,6 +86,8 @@ from tlsmta.tls import (
     certificate_result_type,
     client_context,
     decide,
+    fallback_after_handshake,
+    fallback_after_refusal,
     handshake_failed,
     requiretls_refused,
     starttls_decision,
@@ -154,6 +161,7 @@ class TLSOptions:
     protocols: frozenset[str]
     ciphers: str | None
     tls13: str | None
+    pins: tuple[str, ...] = ()
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> TLSOptions:
@@ -167,6 +175,7 @@ class TLSOptions:
             protocols=options["tls_protocols"],
             ciphers=options["tls_ciphers"],
             tls13=options["tlsv13_ciphersuites"],
+            pins=options["tls_pins"],
         )
 
     def describe(self) -> str:
@@ -198,6 +207,7 @@ class Attempt:
     # TLS-RPT: (success, RFC 8460 result type, reason); None when no TLS result to report.
     rpt: tuple[bool, str | None, str] | None = None
     message_id: str | None = None  # the first message this connection carries (the verify hook's ctx)
+    tls_fallback: str | None = None  # after a failed handshake: why the next connection may use plain text
 
 
 @attrs.frozen
@@ -273,7 +283,7 @@ class Destination:
         last: Attempt | None = None
         for mx, ip, port in hosts:
             req = self.requirement(mx, facts)
-            plain_only = False
+            fallback: str | None = None  # set once a handshake here failed and plain text is allowed
             while self.jobs:
                 attempt = Attempt(mx, ip, port, req=req, facts=facts)
                 attempt.tls = {"tls": "none", **self._policy_fields(attempt)}
@@ -284,11 +294,12 @@ class Destination:
                     self.pool.report_attempt(self, attempt)
                     last = attempt
                     break
-                step = await self._one_connection(attempt, plain_only)
+                step = await self._one_connection(attempt, fallback)
                 self.pool.report_attempt(self, attempt)
                 last = attempt
-                if step is _Step.RETRY_PLAIN and not plain_only:
-                    plain_only = True
+                if step is _Step.RETRY_PLAIN and fallback is None:
+                    assert attempt.tls_fallback is not None  # set with RETRY_PLAIN: the retry is plain, once
+                    fallback = attempt.tls_fallback
                     continue
                 if step is _Step.DONE:
                     if not self.jobs:
@@ -308,6 +319,7 @@ class Destination:
         return decisions.requirement(
             opts.tls, opts.verify, opts.fallback, facts, mx,
             requiretls=self.message_tls.requiretls, tls_required_no=self.message_tls.tls_required_no,
+            dane=self.options["dane"], pins=opts.pins,
         )
 
     def _policy_fields(self, attempt: Attempt) -> dict[str, Any]:
@@ -324,6 +336,8 @@ class Destination:
         assert attempt.req is not None and attempt.req.unusable is not None
         if attempt.facts.dane_for(attempt.mx).status is DANEStatus.FAILED:
             return False, RPT_DNSSEC_INVALID, attempt.facts.dane_for(attempt.mx).reason
+        if attempt.req.policy == POLICY_DANE_REQUIRED:
+            return False, DANE_REQUIRED, attempt.req.unusable.reason
         sts = attempt.facts.sts_state(attempt.mx)
         if sts is not None and not sts.mx_matches:
             return False, RPT_VALIDATION_FAILURE, attempt.req.unusable.reason
@@ -392,7 +406,7 @@ class Destination:
             self.pool.log_job(job, self, attempt, results)
             d.callback(results)
 
-    async def _one_connection(self, attempt: Attempt, plain_only: bool) -> _Step:
+    async def _one_connection(self, attempt: Attempt, fallback: str | None) -> _Step:
         # The first job is claimed before connecting, so that a session never pays for a
         # connection and a handshake only to find that the other sessions took every job.
         first = self.take()
@@ -408,7 +422,7 @@ class Destination:
             attempt.unreachable = True
             return _Step.NEXT_HOST
         try:
-            step, caps = await self._greet(proto, attempt, plain_only)
+            step, caps = await self._greet(proto, attempt, fallback)
             if step is not None:
                 self.jobs.appendleft(first)
                 proto.abort()
@@ -440,7 +454,7 @@ class Destination:
     def _ehlo_name(self) -> str:
         return self.options["ehlo_hostname"] or self.pool.hostname
 
-    async def _greet(self, proto: OutboundSMTP, attempt: Attempt, plain_only: bool) -> tuple[_Step | None, dict[str, str]]:
+    async def _greet(self, proto: OutboundSMTP, attempt: Attempt, fallback: str | None) -> tuple[_Step | None, dict[str, str]]:
         """Banner, EHLO and STARTTLS per policy; (a step to take instead, capabilities)."""
         greeting = await proto.greeting()
         if not isinstance(greeting, Greeted):
@@ -449,14 +463,16 @@ class Destination:
         caps = dict(greeting.capabilities)
         req = attempt.req
         assert req is not None
-        # plain_only: the handshake failed on this host a moment ago and fallback is allowed.
-        decision = starttls_decision(req.tls, "STARTTLS" in caps and not plain_only)
+        # fallback: the handshake failed on this host a moment ago and plain text is allowed.
+        decision = starttls_decision(req.tls, "STARTTLS" in caps and fallback is None)
         if isinstance(decision, TLSFailure):
             self._tls_failure(attempt, decision, RPT_STARTTLS_NOT_SUPPORTED)
             return _Step.NEXT_HOST, {}
         if decision is TLSAction.PLAIN:
-            if req.tls is not OutboundTLS.NO and not plain_only and "STARTTLS" not in caps:
-                attempt.rpt = (False, RPT_STARTTLS_NOT_SUPPORTED, "STARTTLS not advertised")
+            if req.tls is not OutboundTLS.NO:
+                self._plain_text(attempt, fallback or FALLBACK_NOT_OFFERED)
+                if fallback is None:
+                    attempt.rpt = (False, RPT_STARTTLS_NOT_SUPPORTED, "STARTTLS not advertised")
             return None, caps
         check = self.pool.certificate_check(self, attempt)
         resumable = self.pool.tls_session(self, attempt, check)
@@ -468,7 +484,7 @@ class Destination:
             if not proto.tls_started:
                 raise  # lost before the 220: not a handshake failure
             verdict = check.verdict() if check.seen_certificate else None
-            outcome = handshake_failed(req.tls, req.fallback, verdict, e.reason)
+            outcome = handshake_failed(req.tls, req.fallback, verdict, e.reason, completed=proto.tls_facts is not None)
             attempt.tls = self._tls_fields(proto, check, attempt)
             rpt_type = (
                 certificate_result_type(verdict, check.errors) if verdict is not None and verdict.fatal
@@ -478,13 +494,15 @@ class Destination:
                 self._tls_failure(attempt, outcome, rpt_type)
                 return _Step.NEXT_HOST, {}
             attempt.rpt = (False, rpt_type, e.reason)
+            attempt.tls_fallback = fallback_after_handshake(e.reason)
             return _Step.RETRY_PLAIN, {}
         if isinstance(secured, StartTLSRefused):
-            refused = starttls_refused(req.tls, req.fallback, str(secured.reply))
+            refused = starttls_refused(req.tls, req.fallback, secured.reply)
             if isinstance(refused, TLSFailure):
                 self._tls_failure(attempt, refused, RPT_STARTTLS_NOT_SUPPORTED)
                 return _Step.NEXT_HOST, {}
             attempt.rpt = (False, RPT_STARTTLS_NOT_SUPPORTED, f"STARTTLS refused: {secured.reply}")
+            self._plain_text(attempt, fallback_after_refusal(secured.reply))
             return None, caps  # carry on in plain text on this connection
         if not isinstance(secured, Greeted):
             assert isinstance(secured, HelloRefused)
@@ -498,6 +516,9 @@ class Destination:
             check.resumed_verdict = resumable[1]
         elif req.dane:
             check.external_verdict = self._dane_verdict(proto, attempt)
+        elif req.pinned:
+            chain = tls_connection(proto.transport).get_peer_cert_chain(as_cryptography=True) or []
+            check.external_verdict = decisions.pinned_verdict(req.pins, chain)
         attempt.tls = self._tls_fields(proto, check, attempt)
         verdict = check.verdict()
         failure = decisions.certificate_failure(verdict)
@@ -514,6 +535,11 @@ class Destination:
             return _Step.NEXT_HOST, {}
         attempt.check = check
         return None, caps
+
+    @staticmethod
+    def _plain_text(attempt: Attempt, why: str) -> None:
+        """This session wanted TLS and goes on without it: the delivery line says why."""
+        attempt.tls = {**attempt.tls, "tls_fallback": why}
 
     def _dane_verdict(self, proto: OutboundSMTP, attempt: Attempt) -> Verdict:
         """RFC 7672: the presented chain against the MX host's usable TLSA records."""
@@ -541,7 +567,9 @@ class Destination:
         verdict = check.verdict()
         req = attempt.req
         assert req is not None
-        fields = tls_log_fields(facts, "dane" if req.dane else req.verify.value, verdict.outcome.word, verdict.reason)
+        mode = "dane" if req.dane else "pins" if req.pinned else req.verify.value
+        fields = tls_log_fields(facts, mode, verdict.outcome.word, verdict.reason,
+                                check.presented_certificate)
         fields["resumed"] = "yes" if check.resumed_verdict is not None else "no"
         if verdict.outcome is Outcome.SOFTFAIL:
             fields["softfail"] = verdict.reason
@@ -732,7 +760,7 @@ class OutboundPool:
             hook=hook,
             hook_context=HookContext("outbound", dest.domain, attempt.mx, dest.binding, attempt.message_id, attempt.ip),
             enforce_in_handshake=True,
-            record=req.dane or req.report_verify,
+            record=req.dane or req.pinned or req.report_verify,
         )
 
     def client_tls(self, opts: TLSOptions, server_name: str, check: CertificateCheck, session: Any = None) -> ClientTLS:

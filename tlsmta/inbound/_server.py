@@ -49,7 +49,13 @@ from zope.interface import implementer
 
 from tlsmta.config import Config, ListenerConfig, ListenerTLS, resolve
 from tlsmta.discovery import Resolver
-from tlsmta.inbound._acceptance import ClientStanding, check_client_certificate, check_recipient, in_networks
+from tlsmta.inbound._acceptance import (
+    ClientStanding,
+    check_client_certificate,
+    check_recipient,
+    client_pinned,
+    in_networks,
+)
 from tlsmta.inbound._auth import UserDB
 from tlsmta.inbound._received import TraceFacts, received_header
 from tlsmta.inbound._session_log import SessionLog, port_of
@@ -91,6 +97,8 @@ from tlsmta.tls import (
     SessionFacts,
     Verdict,
     VerifyMode,
+    certificate_sha256,
+    spki_sha256,
     ssl_error_text,
     tls_connection,
     tls_log_fields,
@@ -199,6 +207,7 @@ class InboundSMTP(smtp.ESMTP):
             # The EHLO name is not known yet: the hook is shown the chain result
             # only, so its depth-0 answer cannot override the name check (policy.decide).
             names_in_handshake=False,
+            record=bool(listener.relay_client_pins),  # ask for a certificate to compare with the pins
         )
 
     def client_verdict(self) -> Verdict | None:
@@ -432,7 +441,13 @@ class InboundSMTP(smtp.ESMTP):
             address=self.peer_ip,
             authenticated=self.authenticated_as is not None,
             cert_verified=verdict is not None and verdict.verified,
+            cert_pinned=self._certificate_pinned(),
         )
+
+    def _certificate_pinned(self) -> bool:
+        pins = self.runtime.listener.relay_client_pins
+        leaf = self.certificate_check.leaf if self.certificate_check is not None and self.tls_active else None
+        return bool(pins) and leaf is not None and client_pinned(pins, spki_sha256(leaf), certificate_sha256(leaf))
 
     def _binding_for(self, address: str, domain: str) -> str:
         return self.runtime.hooks.choose_binding(self.runtime.config, self.sender or "", address, self.runtime.listener.name, domain)

@@ -12,6 +12,7 @@ This ``__init__`` is the part's API: other parts import only the names in
 ``__all__``; the modules behind it are private (``_name.py``).
 """
 
+from tlsmta.tls._certificate_facts import certificate_sha256, spki_der, spki_sha256
 from tlsmta.tls._certificates import CertificateFacts, check_chains, read_certificate, serve_by_sni
 from tlsmta.tls._contexts import (
     CertificateCheck,
@@ -22,6 +23,7 @@ from tlsmta.tls._contexts import (
     SessionFacts,
     client_context,
     describe_name,
+    describe_sans,
     load_keypair,
     presented_names,
     server_context,
@@ -32,7 +34,10 @@ from tlsmta.tls._contexts import (
 from tlsmta.tls._hooks import HookError, Hooks, load_hook, load_hooks
 from tlsmta.tls._https import HTTPSFailure, TooLarge, https_request, read_body
 from tlsmta.tls._policy import (
+    FALLBACK_NOT_OFFERED,
+    POLICY_DANE_REQUIRED,
     POLICY_LOCAL,
+    POLICY_PINNED,
     RPT_DNSSEC_INVALID,
     RPT_STARTTLS_NOT_SUPPORTED,
     RPT_VALIDATION_FAILURE,
@@ -51,8 +56,11 @@ from tlsmta.tls._policy import (
     decide,
     describe_wanted,
     effective_requirement,
+    fallback_after_handshake,
+    fallback_after_refusal,
     handshake_failed,
     match_names,
+    pin_verdict,
     requiretls_refused,
     starttls_decision,
     starttls_refused,
@@ -81,6 +89,7 @@ __all__ = [
     "CERTIFICATE_HOST_MISMATCH",
     "CERTIFICATE_NOT_TRUSTED",
     "certificate_result_type",
+    "certificate_sha256",
     "CertificateCheck",
     "CertificateFacts",
     "check_chains",
@@ -91,9 +100,13 @@ __all__ = [
     "DANEStatus",
     "decide",
     "describe_name",
+    "describe_sans",
     "describe_wanted",
     "DNSSEC_INVALID",
     "effective_requirement",
+    "FALLBACK_NOT_OFFERED",
+    "fallback_after_handshake",
+    "fallback_after_refusal",
     "handshake_failed",
     "HookContext",
     "HookError",
@@ -105,7 +118,10 @@ __all__ = [
     "load_keypair",
     "match_names",
     "Outcome",
+    "POLICY_DANE_REQUIRED",
     "POLICY_LOCAL",
+    "POLICY_PINNED",
+    "pin_verdict",
     "POLICY_NONE",
     "POLICY_STS",
     "POLICY_TLSA",
@@ -125,6 +141,8 @@ __all__ = [
     "server_context",
     "ServerTLS",
     "SessionFacts",
+    "spki_der",
+    "spki_sha256",
     "ssl_error_text",
     "starttls_decision",
     "STARTTLS_NOT_SUPPORTED",

@@ -7,6 +7,7 @@ verify hooks, and fails closed when anything inside a callback raises.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -29,6 +30,7 @@ from tlsmta.network import StreamTransport
 from tlsmta.smtp import DomainNameError, normalize_domain
 from tlsmta.tls import _openssl_private as openssl_private
 from tlsmta.tls import _policy as policy
+from tlsmta.tls._certificate_facts import certificate_sha256, spki_sha256
 from tlsmta.tls._policy import ChainError, ChainResult, PresentedNames, VerifyMode
 
 log = Logger(namespace="tlsmta.tls")
@@ -196,16 +198,34 @@ def client_context(
 
 
 def presented_names(cert: x509.Certificate) -> PresentedNames:
-    """The dNSNames and subject CNs of a certificate."""
+    """The dNSNames, iPAddresses and subject CNs of a certificate."""
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         dns_names = tuple(san.get_values_for_type(x509.DNSName))
+        addresses = san.get_values_for_type(x509.IPAddress)
+        ips = tuple(str(ip) for ip in addresses if isinstance(ip, (ipaddress.IPv4Address, ipaddress.IPv6Address)))
     except x509.ExtensionNotFound:
-        dns_names = ()
+        dns_names, ips = (), ()
     cns = tuple(
         str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     )
-    return PresentedNames(dns_names=dns_names, common_names=cns)
+    return PresentedNames(dns_names=dns_names, common_names=cns, ip_addresses=ips)
+
+
+def describe_sans(names: PresentedNames) -> str:
+    """``mx.example, IP:192.0.2.1``: the subjectAltNames a certificate lists."""
+    return ", ".join((*names.dns_names, *(f"IP:{ip}" for ip in names.ip_addresses)))
+
+
+def certificate_log_fields(cert: x509.Certificate) -> dict[str, Any]:
+    """What a presented certificate was: subject, SANs, issuer and fingerprints, for the log."""
+    return {
+        "subject": describe_name(cert.subject),
+        "issuer": describe_name(cert.issuer),
+        "sans": describe_sans(presented_names(cert)) or None,
+        "spki_sha256": spki_sha256(cert),
+        "cert_sha256": certificate_sha256(cert),
+    }
 
 
 def key_type(certificate: x509.Certificate) -> str:
@@ -242,6 +262,7 @@ class SessionFacts:
     resumed: bool = False
     server_name: str | None = None  # SNI: what the client sent (inbound) or we sent (outbound)
     certificate: str | None = None  # the one we presented (chosen by SNI and key type inbound), "CN=... (ecdsa)"
+    peer_certificate: x509.Certificate | None = attrs.field(default=None, eq=False, repr=False)
 
     @classmethod
     def from_connection(cls, conn: SSL.Connection) -> SessionFacts:
@@ -257,6 +278,7 @@ class SessionFacts:
             resumed=openssl_private.session_reused(conn),
             server_name=server_name(conn),
             certificate=served_certificate(conn),
+            peer_certificate=cert,
         )
 
 
@@ -274,8 +296,15 @@ def tls_connection(transport: StreamTransport) -> SSL.Connection:
     return handle
 
 
-def tls_log_fields(facts: SessionFacts | None, tls_verify: str, verified: str, reason: str) -> dict[str, Any]:
-    """The TLS facts every ``received`` and ``delivery`` event carries (None where no TLS ran)."""
+def tls_log_fields(facts: SessionFacts | None, tls_verify: str, verified: str, reason: str,
+                   certificate: x509.Certificate | None = None) -> dict[str, Any]:
+    """The TLS facts every ``received`` and ``delivery`` event carries (None where no TLS ran).
+
+    ``certificate``: the one the peer presented, when the handshake did not
+    complete (verification aborted it) and ``facts`` cannot say.
+    """
+    if certificate is None and facts is not None:
+        certificate = facts.peer_certificate
     return {
         "tls": "tls" if facts else "none",
         "protocol": facts.protocol if facts else None,
@@ -284,8 +313,12 @@ def tls_log_fields(facts: SessionFacts | None, tls_verify: str, verified: str, r
         "tls_verify": tls_verify,
         "verified": verified,
         "reason": reason,
-        "subject": facts.peer_subject if facts else None,
-        "issuer": facts.peer_issuer if facts else None,
+        "subject": None,
+        "issuer": None,
+        "sans": None,
+        "spki_sha256": None,
+        "cert_sha256": None,
+        **(certificate_log_fields(certificate) if certificate is not None else {}),
         "certificate": facts.certificate if facts else None,
     }
 
@@ -343,6 +376,10 @@ class CertificateCheck:
         self.hook_answers: dict[int, bool] = {}
         self.hook_error: str | None = None
         self.leaf: x509.Certificate | None = None
+        # The chain as the peer sent it, seen at the first callback: the leaf's facts are
+        # logged even when verification aborts the handshake before depth 0.  (A client's
+        # peer chain starts with the leaf; a server's leaves it out, and inbound never aborts.)
+        self.peer_chain: list[x509.Certificate] = []
         self.internal_error: str | None = None
         self.seen_certificate = False  # the callback ran: a certificate was received
         # A resumed session shows no certificate; it carries the verdict of the
@@ -375,6 +412,8 @@ class CertificateCheck:
             return False
 
     def _callback(self, conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: bool) -> bool:
+        if not self.peer_chain:
+            self.peer_chain = conn.get_peer_cert_chain(as_cryptography=True) or []
         if not ok:
             self.errors.append(ChainError(depth, errno, verify_error_text(errno)))
         presented = None
@@ -409,6 +448,11 @@ class CertificateCheck:
     def chain_result(self) -> ChainResult:
         """What the callback recorded, for verdicts under another mode (reports)."""
         return self._chain_result()
+
+    @property
+    def presented_certificate(self) -> x509.Certificate | None:
+        """The peer's certificate as far as the callback saw it (for the log)."""
+        return self.leaf or (self.peer_chain[0] if self.peer_chain else None)
 
     @property
     def presented(self) -> PresentedNames | None:
@@ -467,7 +511,8 @@ class ClientTLS:
         conn.set_app_data(tlsProtocol)
         if self.session is not None:
             conn.set_session(self.session)
-        if self.server_name:
+        # RFC 6066 3: SNI carries host names only, never an IP literal (an smtp:127.0.0.1 route).
+        if self.server_name and policy.ip_literal(self.server_name) is None:
             try:
                 sni = normalize_domain(self.server_name, host=True)
             except DomainNameError:  # no host name: nothing to ask for
