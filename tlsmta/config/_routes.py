@@ -1,7 +1,9 @@
 """Where accepted mail goes: the ``route`` option, parsed.
 
 ``mx`` (the default), ``smtp:HOST[:PORT]`` (a smarthost; ``[v6addr]:PORT``
-for IPv6), ``maildir:PATH`` and ``discard``.
+for IPv6), ``smtps:HOST[:PORT]`` (a smarthost spoken to over implicit TLS,
+RFC 8314 "submissions"; Postfix ``smtp_tls_wrappermode``: the handshake comes
+before the greeting, port 465 unless given), ``maildir:PATH`` and ``discard``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import idna
 
 from tlsmta.errors import TlsmtaError
 
+SMTPS_PORT = 465  # RFC 8314 7.3: the port an smtps: route connects to unless it names one
+
 
 class RouteError(TlsmtaError, ValueError):
     """A route string that does not parse."""
@@ -22,12 +26,15 @@ class RouteError(TlsmtaError, ValueError):
 
 @attrs.frozen
 class Route:
-    """A parsed route; ``kind`` is one of mx, smtp, maildir, discard."""
+    """A parsed route; ``kind`` is one of mx, smtp, maildir, discard.
+
+    An ``smtps:`` route is kind smtp with ``implicit_tls``: TLS from the first byte."""
 
     kind: str
     host: str | None = None
     port: int | None = None
     path: str | None = None
+    implicit_tls: bool = False
 
     @property
     def is_local(self) -> bool:
@@ -37,7 +44,8 @@ class Route:
     def __str__(self) -> str:
         if self.kind == "smtp":
             host = f"[{self.host}]" if self.host and ":" in self.host else self.host
-            return f"smtp:{host}" + (f":{self.port}" if self.port else "")
+            scheme = "smtps" if self.implicit_tls else "smtp"
+            return f"{scheme}:{host}" + (f":{self.port}" if self.port else "")
         if self.kind == "maildir":
             return f"maildir:{self.path}"
         return self.kind
@@ -55,10 +63,10 @@ def parse_route(spec: str) -> Route:
         if not rest:
             raise RouteError("maildir route needs a path: 'maildir:/var/mail/dev'")
         return Route("maildir", path=os.path.abspath(rest))
-    if kind == "smtp":
+    if kind in ("smtp", "smtps"):
         host, port = _host_port(rest, spec)
-        return Route("smtp", host=host, port=port)
-    raise RouteError(f"unknown route {spec!r} (expected mx, smtp:HOST[:PORT], maildir:PATH or discard)")
+        return Route("smtp", host=host, port=port, implicit_tls=kind == "smtps")
+    raise RouteError(f"unknown route {spec!r} (expected mx, smtp:HOST[:PORT], smtps:HOST[:PORT], maildir:PATH or discard)")
 
 
 def _host_port(rest: str, spec: str) -> tuple[str, int | None]:

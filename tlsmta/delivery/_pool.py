@@ -29,7 +29,7 @@ import attrs
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.logger import Logger
 
-from tlsmta.config import DELIVERY_OPTIONS, OutboundTLS, Resolved, Route
+from tlsmta.config import DELIVERY_OPTIONS, SMTPS_PORT, OutboundTLS, Resolved, Route
 from tlsmta.delivery import _decisions as decisions
 from tlsmta.delivery._backoff import BackedOff, Backoff, destination_key
 from tlsmta.delivery._client import ConnectionBroken, EndpointFactory, OutboundSMTP, Timeouts, connect, tcp_endpoints
@@ -50,7 +50,7 @@ from tlsmta.errors import TlsmtaError
 from tlsmta.network import IServiceReactor
 from tlsmta.reporting import EventBus
 from tlsmta.smtp import Reply
-from tlsmta.smtp.client_session import Greeted, HelloRefused, StartTLSRefused
+from tlsmta.smtp.client_session import Greeted, GreetingRefused, HelloRefused, StartTLSRefused
 from tlsmta.storage import (
     BOUNCED,
     DELIVERED,
@@ -305,8 +305,10 @@ class Destination:
     def requirement(self, mx: str, facts: ExternalFacts) -> Requirement:
         """The strictest of the local options and what MTA-STS, DANE and the message ask, for ``mx``."""
         opts = self.tls_options
+        # An smtps: hop has TLS or nothing (port 465 speaks no plain text): at least "required".
+        tls = OutboundTLS.REQUIRED if self.route.implicit_tls else opts.tls
         return decisions.requirement(
-            opts.tls, opts.verify, opts.fallback, facts, mx,
+            tls, opts.verify, opts.fallback, facts, mx,
             requiretls=self.message_tls.requiretls, tls_required_no=self.message_tls.tls_required_no,
         )
 
@@ -347,7 +349,7 @@ class Destination:
         if self.route.kind == "smtp":
             assert self.route.host is not None
             mxs = [MXHost(0, self.route.host)]
-            port = self.route.port or self.options["smtp_port"]
+            port = self.route.port or (SMTPS_PORT if self.route.implicit_tls else self.options["smtp_port"])
         else:
             mxs = await resolver.mx(self.domain)
             port = self.options["smtp_port"]
@@ -442,6 +444,8 @@ class Destination:
 
     async def _greet(self, proto: OutboundSMTP, attempt: Attempt, plain_only: bool) -> tuple[_Step | None, dict[str, str]]:
         """Banner, EHLO and STARTTLS per policy; (a step to take instead, capabilities)."""
+        if self.route.implicit_tls:
+            return await self._secure(proto, attempt, {}, proto.implicit_tls)
         greeting = await proto.greeting()
         if not isinstance(greeting, Greeted):
             attempt.failure, attempt.failure_ours = decisions.greeting_failure(greeting, attempt.mx), False
@@ -458,12 +462,20 @@ class Destination:
             if req.tls is not OutboundTLS.NO and not plain_only and "STARTTLS" not in caps:
                 attempt.rpt = (False, RPT_STARTTLS_NOT_SUPPORTED, "STARTTLS not advertised")
             return None, caps
+        return await self._secure(proto, attempt, caps, proto.starttls)
+
+    async def _secure(self, proto: OutboundSMTP, attempt: Attempt, caps: dict[str, str],
+                      start: Callable[[ClientTLS], Deferred[Any]]) -> tuple[_Step | None, dict[str, str]]:
+        """The handshake by ``start`` (STARTTLS, or implicit TLS before the greeting) and the EHLO
+        inside TLS, judged by the same policy; ``caps``: what plain-text EHLO offered."""
+        req = attempt.req
+        assert req is not None
         check = self.pool.certificate_check(self, attempt)
         resumable = self.pool.tls_session(self, attempt, check)
         creator = self.pool.client_tls(self.tls_options, attempt.mx, check, resumable[0] if resumable else None)
         try:
             # The handshake happens before the EHLO inside TLS is answered: a stalled one times out there.
-            secured = await proto.starttls(creator)
+            secured = await start(creator)
         except ConnectionBroken as e:
             if not proto.tls_started:
                 raise  # lost before the 220: not a handshake failure
@@ -487,7 +499,7 @@ class Destination:
             attempt.rpt = (False, RPT_STARTTLS_NOT_SUPPORTED, f"STARTTLS refused: {secured.reply}")
             return None, caps  # carry on in plain text on this connection
         if not isinstance(secured, Greeted):
-            assert isinstance(secured, HelloRefused)
+            assert isinstance(secured, (HelloRefused, GreetingRefused))  # GreetingRefused: implicit TLS only
             attempt.failure, attempt.failure_ours = decisions.greeting_failure(secured, attempt.mx), False
             return _Step.NEXT_HOST, {}
         caps = dict(secured.capabilities)
@@ -543,6 +555,8 @@ class Destination:
         assert req is not None
         fields = tls_log_fields(facts, "dane" if req.dane else req.verify.value, verdict.outcome.word, verdict.reason)
         fields["resumed"] = "yes" if check.resumed_verdict is not None else "no"
+        if self.route.implicit_tls:
+            fields["tls_mode"] = "implicit"
         if verdict.outcome is Outcome.SOFTFAIL:
             fields["softfail"] = verdict.reason
         fields.update(self._policy_fields(attempt))
