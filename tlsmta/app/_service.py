@@ -300,7 +300,8 @@ class TlsmtaService(MultiService):
         self._reloads: Deferred[None] = Deferred()  # reloads adopt one after the other
         self._reloads.callback(None)
         self.control = ControlService(
-            reactor, config.control["socket"], ControlFactory(self.queue, self.reload, running=lambda: self.what_runs().to_json())
+            reactor, config.control["socket"], ControlFactory(self.queue, self.reload, running=lambda: self.what_runs().to_json(),
+                                                         broken_tls=lambda key: self.pool.broken_tls.get(key, reactor.seconds()))
         )
         self.control.setServiceParent(self)
         self.tlsrpt = TLSRPTService(self)

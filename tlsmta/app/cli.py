@@ -155,9 +155,11 @@ def describe_policy(options: Mapping[str, Any], domain: str, mx: str | None) -> 
 
 def describe_external(config: Config, options: Mapping[str, Any], domain: str, mx: str | None) -> list[str]:
     """MTA-STS and DANE for ``domain`` (and ``mx``) from what is known offline: the policy
-    cache in state_dir and the [dns] pins; says so when only a live lookup could tell."""
+    cache in state_dir and the [dns] pins; says so when only a live lookup could tell.
+    With ``mx``, whether the running daemon remembers its TLS as broken (tls_remember_broken)."""
     import os.path
 
+    from tlsmta.app._broken_tls_status import remembered_broken_lines
     from tlsmta.discovery import STSCache, TLSARecord, tlsa_name
     from tlsmta.tls import DANEStatus, STSState, VerifyMode, effective_requirement
 
@@ -212,6 +214,7 @@ def describe_external(config: Config, options: Mapping[str, Any], domain: str, m
             sts=sts_state, dane=dane_status,
         )
         lines.append(f"For MX {mx}, as far as known: " + describe_requirement(req, domain, mx))
+        lines += remembered_broken_lines(config.control["socket"], mx, options["smtp_port"], options["tls_remember_broken"], req)
     return lines
 
 
@@ -262,6 +265,7 @@ def cmd_policy(args: argparse.Namespace) -> int:
 def cmd_probe(args: argparse.Namespace) -> int:
     from twisted.internet.task import react
 
+    from tlsmta.app._broken_tls_status import remembered_broken_lines
     from tlsmta.app._probe import (
         config_source,
         effective_outcome,
@@ -309,7 +313,9 @@ def cmd_probe(args: argparse.Namespace) -> int:
         for result in results:
             req = requirement(options, facts, result.mx, options["tls"], verify)
             tlsa_pinned_in = tlsa_source(resolver, result.mx, result.port)
-            out("\n".join(format_result(result, options["tls"], verify) + format_policies(result, facts, req, domain, tlsa_pinned_in)))
+            out("\n".join(format_result(result, options["tls"], verify) + format_policies(result, facts, req, domain, tlsa_pinned_in)
+                          + remembered_broken_lines(config.control["socket"], result.mx, result.port,
+                                                    options["tls_remember_broken"], req)))
             print()
             if result.banner or req.unusable is not None:
                 judged.append((result, req))

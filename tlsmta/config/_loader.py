@@ -324,6 +324,8 @@ DELIVERY_OPTIONS: dict[str, Option] = {
     "tls_certificate": Option(_file_or_none, None, "client certificate"),
     "tls_key": Option(_file_or_none, None, "client key"),
     "tls_ifavailable_fallback": Option(_bool, True, "plain-text retry after a failed handshake"),
+    "tls_remember_broken": Option(_duration(off=True), None,
+                                  "after a fallback, go straight to plain text to that MX host for this long; 0: off"),
     "tls_protocols": Option(_protocols, parse_protocols("+ALL"), "allowed protocol versions"),
     "tls_ciphers": Option(_str, None, "OpenSSL cipher list (TLS 1.2 and below)", "cipher_list"),
     "tlsv13_ciphersuites": Option(_str, None, "OpenSSL TLS 1.3 ciphersuites", "tls13_suites"),

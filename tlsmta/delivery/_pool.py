@@ -30,6 +30,7 @@ from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.logger import Logger
 
 from tlsmta.config import DELIVERY_OPTIONS, SMTPS_PORT, OutboundTLS, Resolved, Route
+from tlsmta.delivery import _broken_tls as broken_tls
 from tlsmta.delivery import _decisions as decisions
 from tlsmta.delivery._backoff import BackedOff, Backoff, destination_key
 from tlsmta.delivery._client import ConnectionBroken, EndpointFactory, OutboundSMTP, Timeouts, connect, tcp_endpoints
@@ -273,10 +274,14 @@ class Destination:
         last: Attempt | None = None
         for mx, ip, port in hosts:
             req = self.requirement(mx, facts)
-            plain_only = False
+            broken_key, remember_for = broken_tls.broken_tls_key(mx, port), self.options["tls_remember_broken"]
+            skip = broken_tls.remembered(self.pool.broken_tls, broken_key, req, remember_for, self.pool.reactor.seconds())
+            plain_only = skip is not None
             while self.jobs:
                 attempt = Attempt(mx, ip, port, req=req, facts=facts)
                 attempt.tls = {"tls": "none", **self._policy_fields(attempt)}
+                if skip is not None:
+                    attempt.tls["tls_fallback"] = broken_tls.REMEMBERED_BROKEN
                 if req.unusable is not None:
                     # Not this MX (MTA-STS does not list it, its TLSA lookup failed, ...): the next one.
                     attempt.failure = req.unusable.reply
@@ -288,6 +293,8 @@ class Destination:
                 self.pool.report_attempt(self, attempt)
                 last = attempt
                 if step is _Step.RETRY_PLAIN and not plain_only:
+                    assert attempt.rpt is not None  # the handshake failure's reason
+                    broken_tls.remember(self.pool.broken_tls, broken_key, attempt.rpt[2], remember_for, self.pool.reactor.seconds())
                     plain_only = True
                     continue
                 if step is _Step.DONE:
@@ -630,6 +637,7 @@ class OutboundPool:
         self.is_self: Callable[[str, int], bool] = lambda ip, port: False
         self._waiting: deque[Destination] = deque()
         self.backoff = Backoff()  # destinations that keep failing wait (destination_backoff_*)
+        self.broken_tls: broken_tls.BrokenTLSStore = broken_tls.MemoryBrokenTLS()  # tls_remember_broken
         self.sts: STSResolver | None = None  # MTA-STS discovery; the service sets it
         self.tlsrpt: Any = None  # a tlsrpt.TLSRPTStore recording each attempt's TLS result
 
