@@ -150,7 +150,7 @@ def test_bad_routes(spec: str, fragment: str) -> None:
 
 def test_unknown_route_lists_the_choices() -> None:
     """The error for an unknown kind says which kinds exist."""
-    with pytest.raises(RouteError, match=r"expected mx, smtp:HOST\[:PORT\], smtps:HOST\[:PORT\], maildir:PATH or discard"):
+    with pytest.raises(RouteError, match=r"expected mx, smtp:HOST\[:PORT\], smtps:HOST\[:PORT\], maildir:PATH, discard or tlsrpt"):
         parse_route("uucp:host")
 
 
@@ -167,6 +167,14 @@ def test_smtps_is_a_smarthost_over_implicit_tls(spec: str, host: str, port: int 
     assert parse_route(str(route)) == route
     assert str(route).startswith("smtps:")
     assert parse_route(f"smtp:{spec.partition(':')[2]}").implicit_tls is False
+
+
+def test_tlsrpt_route_is_spooled_not_local() -> None:
+    """'tlsrpt' (no argument) takes reports; it goes through the spool, so it is not is_local."""
+    route = parse_route("tlsrpt")
+    assert (route, str(route), route.is_local) == (Route("tlsrpt"), "tlsrpt", False)
+    with pytest.raises(RouteError, match="takes no argument"):
+        parse_route("tlsrpt:/tmp")
 
 
 def test_smtps_needs_a_host() -> None:

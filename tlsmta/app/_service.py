@@ -25,6 +25,7 @@ from tlsmta.app import _preflight as preflight
 from tlsmta.app._control import ControlFactory, prepare_socket_path
 from tlsmta.app._endpoints import CannotListen, naming
 from tlsmta.app._reload_plan import Running, fixed_settings, keeping_fixed, plan, running_of, web_settings
+from tlsmta.app._tlsrpt_inbox_service import TLSRPTInboxService
 from tlsmta.config import Config, ConfigError, ListenerConfig, ListenerTLS, resolve
 from tlsmta.delivery import Deliverer, OutboundPool, Queue, destination_of
 from tlsmta.devrelay import (
@@ -40,7 +41,15 @@ from tlsmta.devrelay import (
 from tlsmta.discovery import PolicyFetcher, Resolver, STSCache, STSResolver, canonical_ip
 from tlsmta.inbound import AuthFileError, InboundFactory, Intake, ListenerRuntime, UserDB, listen_smtp
 from tlsmta.network import IServiceReactor, PortService
-from tlsmta.reporting import EventBus, Metrics, TLSRPTService, metrics_site
+from tlsmta.reporting import (
+    EventBus,
+    Metrics,
+    ReceivedReports,
+    TLSRPTInbox,
+    TLSRPTService,
+    metrics_site,
+    received_directory,
+)
 from tlsmta.storage import DirectoryLock, DiskIO, LocalSink, MessageSink, QueuedMessage, Spool
 from tlsmta.tls import HookError, Hooks, KeyPairError, ServerTLS, load_hooks, server_context
 
@@ -259,8 +268,15 @@ class TlsmtaService(MultiService):
             reactor, self.resolver, self.spool, self.disk, self.hostname, self.hooks, config.queue["max_connections"],
             events=self.events,
         )
+        # Reports other senders send us: by mail to a ``tlsrpt`` route, or by HTTPS POST.
+        self.tlsrpt_inbox = TLSRPTInbox(ReceivedReports(received_directory(config.state_dir)), self.disk, self.events, reactor)
+        self.tlsrpt_https: TLSRPTInboxService | None = None
+        if config.tlsrpt_inbox["endpoint"]:
+            self.tlsrpt_https = TLSRPTInboxService(reactor, config.tlsrpt_inbox, self.tlsrpt_inbox)
+            self.tlsrpt_https.setServiceParent(self)
         # Lookups go through self.config at call time, so a reload takes effect at once.
-        deliverer = Deliverer(self.pool, local, self.spool, self.disk, lambda domain, binding: resolve(self.config, domain, binding))
+        deliverer = Deliverer(self.pool, local, self.spool, self.disk, lambda domain, binding: resolve(self.config, domain, binding),
+                              tlsrpt_inbox=self.tlsrpt_inbox)
         self.queue = Queue(
             self.spool,
             deliverer.deliver,

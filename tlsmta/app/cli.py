@@ -543,6 +543,8 @@ def cmd_tlsrpt(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return EX_CONFIG
+    if args.action == "received":
+        return _tlsrpt_received(config, args.domain, args.day)
     try:
         day = datetime.date.fromisoformat(args.day) if args.day else datetime.datetime.now(datetime.timezone.utc).date()
     except ValueError:
@@ -568,6 +570,23 @@ def cmd_tlsrpt(args: argparse.Namespace) -> int:
                     ("mx", key.mx_host), ("from", key.sending_ip), ("to", key.receiving_ip)) if value)
                 out(f"    {count:>5} x {printable(key.result_type)}" + (f"  ({printable(where)})" if where else "")
                     + (f": {printable(reason)}" if reason else ""))
+    return EX_OK
+
+
+def _tlsrpt_received(config: Config, domain: str | None, day_text: str | None) -> int:
+    """`tlsmta tlsrpt received`: what other senders reported about delivering to us."""
+    import datetime
+
+    from tlsmta.reporting import ReceivedReports, received_directory, summarize, summary_lines
+
+    try:
+        day = datetime.date.fromisoformat(day_text) if day_text else None
+        domain = normalize_domain(domain) if domain else None
+    except (ValueError, DomainNameError) as e:
+        return fail("tlsrpt", f"--day must be YYYY-MM-DD, --domain a domain name ({e})", EX_USAGE)
+    store = ReceivedReports(received_directory(config.state_dir))
+    for line in summary_lines(summarize(store.reports(), domain, day), store.malformed_count()):
+        print(printable(line))
     return EX_OK
 
 
@@ -679,11 +698,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pem", action="store_true", help="print the PEM instead of its path")
     p.set_defaults(func=cmd_dev_ca)
 
-    p = sub.add_parser("tlsrpt", help="TLS-RPT (RFC 8460): what has been recorded for the daily reports")
+    p = sub.add_parser("tlsrpt", help="TLS-RPT (RFC 8460): what has been recorded for the daily reports, and reports received")
     p.add_argument("--config", default=DEFAULT_CONFIG, help=f"where state_dir is (default {DEFAULT_CONFIG})")
     tsub = p.add_subparsers(dest="action", required=True)
     t = tsub.add_parser("show", help="a day's aggregate per domain and policy (default: today, UTC)")
     t.add_argument("--day", help="YYYY-MM-DD (UTC)")
+    t.add_argument("--config", default=argparse.SUPPRESS, help="as above")
+    t = tsub.add_parser("received", help="reports other senders sent us: sessions and failures per domain and MX")
+    t.add_argument("--domain", help="only this policy domain")
+    t.add_argument("--day", help="only reports covering this UTC day, YYYY-MM-DD (default: every day kept)")
     t.add_argument("--config", default=argparse.SUPPRESS, help="as above")
     p.set_defaults(func=cmd_tlsrpt)
 

@@ -3,7 +3,9 @@
 ``mx`` (the default), ``smtp:HOST[:PORT]`` (a smarthost; ``[v6addr]:PORT``
 for IPv6), ``smtps:HOST[:PORT]`` (a smarthost spoken to over implicit TLS,
 RFC 8314 "submissions"; Postfix ``smtp_tls_wrappermode``: the handshake comes
-before the greeting, port 465 unless given), ``maildir:PATH`` and ``discard``.
+before the greeting, port 465 unless given), ``maildir:PATH``, ``discard`` and
+``tlsrpt`` (the domain's mail is TLS-RPT reports other senders send us, RFC
+8460: parsed and kept under state_dir, never delivered on).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ class RouteError(TlsmtaError, ValueError):
 
 @attrs.frozen
 class Route:
-    """A parsed route; ``kind`` is one of mx, smtp, maildir, discard.
+    """A parsed route; ``kind`` is one of mx, smtp, maildir, discard, tlsrpt.
 
     An ``smtps:`` route is kind smtp with ``implicit_tls``: TLS from the first byte."""
 
@@ -38,7 +40,8 @@ class Route:
 
     @property
     def is_local(self) -> bool:
-        """Delivered inside this process, without an SMTP hop."""
+        """Written by the inbound side itself, without the spool or an SMTP hop (``tlsrpt`` mail is
+        spooled first: it is parsed after the 250, so that nothing answered 250 is lost)."""
         return self.kind in ("maildir", "discard")
 
     def __str__(self) -> str:
@@ -55,7 +58,7 @@ def parse_route(spec: str) -> Route:
     """Parse a route string; raise RouteError with an operator-facing reason."""
     kind, sep, rest = spec.partition(":")
     kind = kind.strip().lower()
-    if kind in ("mx", "discard"):
+    if kind in ("mx", "discard", "tlsrpt"):
         if sep:
             raise RouteError(f"route {kind!r} takes no argument (got {spec!r})")
         return Route(kind)
@@ -66,7 +69,7 @@ def parse_route(spec: str) -> Route:
     if kind in ("smtp", "smtps"):
         host, port = _host_port(rest, spec)
         return Route("smtp", host=host, port=port, implicit_tls=kind == "smtps")
-    raise RouteError(f"unknown route {spec!r} (expected mx, smtp:HOST[:PORT], smtps:HOST[:PORT], maildir:PATH or discard)")
+    raise RouteError(f"unknown route {spec!r} (expected mx, smtp:HOST[:PORT], smtps:HOST[:PORT], maildir:PATH, discard or tlsrpt)")
 
 
 def _host_port(rest: str, spec: str) -> tuple[str, int | None]:

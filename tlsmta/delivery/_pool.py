@@ -36,6 +36,7 @@ from tlsmta.delivery._backoff import BackedOff, Backoff, destination_key
 from tlsmta.delivery._client import ConnectionBroken, EndpointFactory, OutboundSMTP, Timeouts, connect, tcp_endpoints
 from tlsmta.delivery._delivery_log import attempt_summary, recipient_lines, relay_of
 from tlsmta.delivery._outbound_options import backoff_policy, timeouts_of
+from tlsmta.delivery._tlsrpt_route import take_reports
 from tlsmta.discovery import (
     DNSError,
     DNSPermanent,
@@ -49,7 +50,7 @@ from tlsmta.discovery import (
 )
 from tlsmta.errors import TlsmtaError
 from tlsmta.network import IServiceReactor
-from tlsmta.reporting import EventBus
+from tlsmta.reporting import EventBus, TLSRPTInbox
 from tlsmta.smtp import Reply
 from tlsmta.smtp.client_session import Greeted, GreetingRefused, HelloRefused, StartTLSRefused
 from tlsmta.storage import (
@@ -898,7 +899,9 @@ class OutboundPool:
 class Deliverer:
     """Delivers a job by its route: locally, or through the outbound pool."""
 
-    def __init__(self, pool: OutboundPool, local: LocalSink, spool: Spool, disk: DiskIO, options_for: Callable[[str, str], Mapping[str, Resolved]]):
+    def __init__(self, pool: OutboundPool, local: LocalSink, spool: Spool, disk: DiskIO, options_for: Callable[[str, str], Mapping[str, Resolved]],
+                 tlsrpt_inbox: TLSRPTInbox | None = None):
+        self.tlsrpt_inbox = tlsrpt_inbox  # where ``tlsrpt`` route mail goes
         self.pool = pool
         self.local = local
         self.spool = spool
@@ -910,12 +913,19 @@ class Deliverer:
             return succeed(self._logged(job, results_for(job, Reply.of(250, "2.0.0", "discarded"))))
         if job.route.kind == "maildir":
             return ensureDeferred(self._maildir(job)).addCallback(lambda results: self._logged(job, results))
+        if job.route.kind == "tlsrpt":
+            return ensureDeferred(self._tlsrpt(job)).addCallback(lambda results: self._logged(job, results))
         return self.pool.submit(job, self.options_for(job.domain, job.binding))
 
     def _logged(self, job: DeliveryJob, results: list[RecipientResult]) -> list[RecipientResult]:
         """A queued local delivery (a DSN, the local part of a mixed message) has its delivery lines too."""
         self.pool.log_job(job, None, None, results, remote=False)
         return results
+
+    async def _tlsrpt(self, job: DeliveryJob) -> list[RecipientResult]:
+        if self.tlsrpt_inbox is None:
+            return results_for(job, Reply.of(451, "4.3.0", "no TLS-RPT inbox in this process"), ours=True)
+        return results_for(job, await take_reports(self.tlsrpt_inbox, self.spool, self.disk, job.message))
 
     async def _maildir(self, job: DeliveryJob) -> list[RecipientResult]:
         files = self.local.with_receipts(
