@@ -177,6 +177,17 @@ def test_tlsrpt_route_is_spooled_not_local() -> None:
         parse_route("tlsrpt:/tmp")
 
 
+def test_smtps_port_and_tls() -> None:
+    """smtps: connects to 465 unless it names a port and always runs TLS; smtp: and mx keep the options."""
+    from tlsmta.config import OutboundTLS
+
+    assert parse_route("smtps:relay.example").port_for(25) == 465
+    assert parse_route("smtps:relay.example:4650").port_for(25) == 4650
+    assert parse_route("smtp:relay.example").port_for(2525) == 2525
+    assert parse_route("smtps:relay.example").tls_for(OutboundTLS.NO) is OutboundTLS.REQUIRED
+    assert parse_route("smtp:relay.example").tls_for(OutboundTLS.IFAVAILABLE) is OutboundTLS.IFAVAILABLE
+
+
 def test_smtps_needs_a_host() -> None:
     """smtps: takes the same HOST[:PORT] as smtp: and refuses a bad one."""
     with pytest.raises(RouteError, match="bad port"):

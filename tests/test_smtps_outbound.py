@@ -9,6 +9,8 @@ Postfix with ``smtpd_tls_wrappermode = yes``.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -16,6 +18,8 @@ import pytest_twisted
 from e2e import in_thread, maildir_messages
 from outbound_lab import DOMAIN, MX, deliveries, start_receiver, start_sender, submit_and_settle
 from postfix_lab import PrivatePostfix
+
+TLSMTA = [os.path.join(os.path.dirname(sys.executable), "tlsmta")]
 
 
 async def smtps_delivery(tmp_path: Any, pki: Any, pair: Any, ca: str, **sender_opts: Any) -> Any:
@@ -109,3 +113,27 @@ async def test_smtps_route_delivers_into_postfix_wrappermode(tmp_path: Any, pki:
         postfix.remove()
     [event] = deliveries(events)
     assert (event["result"], event["tls"], event["verified"], event["tls_mode"]) == ("delivered", "tls", "yes", "implicit")
+
+
+def tlsmta(*args: str) -> str:
+    done = subprocess.run([*TLSMTA, *args], capture_output=True, text=True, timeout=60)
+    return done.stdout + done.stderr
+
+
+@pytest_twisted.ensureDeferred
+async def test_policy_and_probe_speak_implicit_tls(tmp_path: Any, pki: Any) -> None:
+    """`tlsmta policy` says implicit TLS and the port; `tlsmta probe` does the handshake first, shows the
+    chain and judges it: delivered over TLS, verified (tls_verify = host)."""
+    rx = await start_receiver(tmp_path, None, tls="implicit", tls_certificate=pki.good.cert, tls_key=pki.good.key)
+    path = tmp_path / "sender.toml"
+    path.write_text(f'[global]\nstate_dir = "{tmp_path}/state"\ntls_verify = "host"\ntls_ca = "{pki.ca_pem}"\n'
+                    f'[domain."{DOMAIN}"]\nroute = "smtps:{MX}:{rx.port}"\n[dns.hosts]\n"{MX}" = ["127.0.0.1"]\n')
+    try:
+        policy = await in_thread(tlsmta, "policy", str(path), DOMAIN)
+        probe = await in_thread(tlsmta, "probe", "--config", str(path), DOMAIN)
+    finally:
+        await rx.stop()
+    assert f"Sent over SMTP to the smarthost {MX}, port {rx.port}." in policy and "Implicit TLS (smtps:)" in policy, policy
+    assert "No STARTTLS" not in policy
+    assert "TLS mode: implicit" in probe and "certificate chain:" in probe, probe
+    assert f"verdict for {DOMAIN} (tls=required, tls_verify=host, policy local): deliver over TLS, certificate verified" in probe

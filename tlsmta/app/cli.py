@@ -118,14 +118,18 @@ def describe_policy(options: Mapping[str, Any], domain: str, mx: str | None) -> 
         return [f"Delivered locally into the Maildir {route.path}; no SMTP, no TLS."]
     if route.kind == "discard":
         return ["Discarded (accepted and dropped)."]
+    if route.kind == "tlsrpt":
+        return ["Taken in as TLS-RPT reports (RFC 8460) and kept in state_dir/tlsrpt-received; see `tlsmta tlsrpt received`."]
     where = f"the smarthost {route.host}" if route.kind == "smtp" else f"the MX hosts of {domain}"
-    port = route.port if route.kind == "smtp" and route.port else options["smtp_port"]
-    lines = [f"Sent over SMTP to {where}, port {port}."]
-    tls_mode, verify = options["tls"], options["tls_verify"]
+    lines = [f"Sent over SMTP to {where}, port {route.port_for(options['smtp_port'])}."]
+    tls_mode, verify = route.tls_for(options["tls"]), options["tls_verify"]
+    if route.implicit_tls:
+        lines.append("Implicit TLS (smtps:): the handshake comes before the greeting; a failed one defers with 4.7.5, "
+                     "never plain text.")
     if tls_mode == OutboundTLS.NO:
         lines.append("No STARTTLS: the mail goes in plain text.")
         return lines
-    if tls_mode == OutboundTLS.REQUIRED:
+    if tls_mode == OutboundTLS.REQUIRED and not route.implicit_tls:
         lines.append("STARTTLS required: not advertised defers with 4.7.6; a failed handshake defers with 4.7.5.")
     else:
         fallback = options["tls_ifavailable_fallback"]
@@ -294,6 +298,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
         options["tls_verify"] = args.tls_verify
     if args.tls:
         options["tls"] = OutboundTLS(args.tls)
+    options["tls"] = options["route"].tls_for(options["tls"])  # smtps: TLS or nothing, as delivery does
     verify = VerifyMode(options["tls_verify"])
     outcome: dict[str, int] = {}
 

@@ -28,7 +28,7 @@ from tlsmta.config._loader import (
     resolve,
     select_binding,
 )
-from tlsmta.config._routes import SMTPS_PORT, Route, RouteError, parse_route
+from tlsmta.config._routes import Route, RouteError, parse_route
 from tlsmta.config._tls_modes import ListenerTLS, OutboundTLS
 
 __all__ = [
@@ -50,5 +50,4 @@ __all__ = [
     "Route",
     "RouteError",
     "select_binding",
-    "SMTPS_PORT",
 ]

@@ -17,6 +17,7 @@ import re
 import attrs
 import idna
 
+from tlsmta.config._tls_modes import OutboundTLS
 from tlsmta.errors import TlsmtaError
 
 SMTPS_PORT = 465  # RFC 8314 7.3: the port an smtps: route connects to unless it names one
@@ -43,6 +44,16 @@ class Route:
         """Written by the inbound side itself, without the spool or an SMTP hop (``tlsrpt`` mail is
         spooled first: it is parsed after the 250, so that nothing answered 250 is lost)."""
         return self.kind in ("maildir", "discard")
+
+    def port_for(self, smtp_port: int) -> int:
+        """The port an SMTP hop on this route connects to: the route's own, else 465 for smtps:,
+        else ``smtp_port`` (the option, for MX and smtp: routes alike)."""
+        return self.port or (SMTPS_PORT if self.implicit_tls else smtp_port)
+
+    def tls_for(self, tls: OutboundTLS) -> OutboundTLS:
+        """The ``tls`` a hop on this route runs with: an smtps: hop has TLS or nothing (port 465
+        speaks no plain text), so at least ``required``; any other route, the option as set."""
+        return OutboundTLS.REQUIRED if self.implicit_tls else tls
 
     def __str__(self) -> str:
         if self.kind == "smtp":

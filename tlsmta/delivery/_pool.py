@@ -29,7 +29,7 @@ import attrs
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.logger import Logger
 
-from tlsmta.config import DELIVERY_OPTIONS, SMTPS_PORT, OutboundTLS, Resolved, Route
+from tlsmta.config import DELIVERY_OPTIONS, OutboundTLS, Resolved, Route
 from tlsmta.delivery import _broken_tls as broken_tls
 from tlsmta.delivery import _decisions as decisions
 from tlsmta.delivery._backoff import BackedOff, Backoff, destination_key
@@ -313,10 +313,8 @@ class Destination:
     def requirement(self, mx: str, facts: ExternalFacts) -> Requirement:
         """The strictest of the local options and what MTA-STS, DANE and the message ask, for ``mx``."""
         opts = self.tls_options
-        # An smtps: hop has TLS or nothing (port 465 speaks no plain text): at least "required".
-        tls = OutboundTLS.REQUIRED if self.route.implicit_tls else opts.tls
         return decisions.requirement(
-            tls, opts.verify, opts.fallback, facts, mx,
+            self.route.tls_for(opts.tls), opts.verify, opts.fallback, facts, mx,
             requiretls=self.message_tls.requiretls, tls_required_no=self.message_tls.tls_required_no,
         )
 
@@ -357,7 +355,7 @@ class Destination:
         if self.route.kind == "smtp":
             assert self.route.host is not None
             mxs = [MXHost(0, self.route.host)]
-            port = self.route.port or (SMTPS_PORT if self.route.implicit_tls else self.options["smtp_port"])
+            port = self.route.port_for(self.options["smtp_port"])
         else:
             mxs = await resolver.mx(self.domain)
             port = self.options["smtp_port"]
