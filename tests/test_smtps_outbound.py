@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from e2e import in_thread, maildir_messages
-from outbound_lab import DOMAIN, MX, deliveries, start_receiver, start_sender, submit_and_settle
+from outbound_lab import DOMAIN, MX, deliveries, send_once, start_receiver, start_sender, submit_and_settle
 from postfix_lab import PrivatePostfix
 
 TLSMTA = [os.path.join(os.path.dirname(sys.executable), "tlsmta")]
@@ -27,12 +27,7 @@ async def smtps_delivery(tmp_path: Any, pki: Any, pair: Any, ca: str, **sender_o
     (``pair``: its certificate; None: a plain-text listener); returns the receiver, both stopped."""
     listener = {"tls": "implicit", "tls_certificate": pair.cert, "tls_key": pair.key} if pair else {}
     rx = await start_receiver(tmp_path, None, **listener)
-    sender = await start_sender(tmp_path, rx.port, ca, domains={DOMAIN: {"route": f"smtps:{MX}:{rx.port}"}}, **sender_opts)
-    try:
-        await submit_and_settle(sender)
-    finally:
-        await sender.stop()
-        await rx.stop()
+    await send_once(tmp_path, rx, ca, domains={DOMAIN: {"route": f"smtps:{MX}:{rx.port}"}}, **sender_opts)
     return rx
 
 
