@@ -90,6 +90,16 @@ class Received:
     problem: str | None = None
 
 
+def _mail_reports(message: bytes) -> list[tuple[Report, bytes]]:
+    bodies = [decode_report(content_type, body) for content_type, body in reports_in_mail(message)]
+    return [(parse_report(data), data) for data in bodies]
+
+
+def _posted_report(content_type: str, body: bytes) -> list[tuple[Report, bytes]]:
+    data = decode_report(content_type, body)
+    return [(parse_report(data), data)]
+
+
 class TLSRPTInbox:
     """Parses, stores and announces received reports; storing runs on ``disk``."""
 
@@ -102,8 +112,8 @@ class TLSRPTInbox:
     async def receive_mail(self, message: bytes, source: str) -> Received:
         """A report by mail: every report part is stored; a mail with none, or a bad one, is kept as malformed."""
         try:
-            bodies = [decode_report(content_type, body) for content_type, body in reports_in_mail(message)]
-            parsed = [(parse_report(data), data) for data in bodies]
+            # Gunzipping up to MAX_REPORT_BYTES is work for the disk thread, not the reactor.
+            parsed = await self.disk.run(_mail_reports, message)
         except ReportError as e:
             return await self._malformed(message, str(e), source)
         return await self._stored(parsed, source)
@@ -111,11 +121,10 @@ class TLSRPTInbox:
     async def receive_post(self, content_type: str, body: bytes, source: str) -> Received:
         """A report POSTed over HTTPS (RFC 8460 5.2); a bad one is kept as malformed and refused."""
         try:
-            data = decode_report(content_type, body)
-            report = parse_report(data)
+            parsed = await self.disk.run(_posted_report, content_type, body)
         except ReportError as e:
             return await self._malformed(body, str(e), source)
-        return await self._stored([(report, data)], source)
+        return await self._stored(parsed, source)
 
     async def _stored(self, parsed: list[tuple[Report, bytes]], source: str) -> Received:
         now = self.clock.seconds()
