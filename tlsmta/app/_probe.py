@@ -97,18 +97,22 @@ async def probe_address(reactor: IServiceReactor, mx: str, ip: str, port: int, d
                         endpoints: EndpointFactory | None = None) -> ProbeResult:
     """One connection: banner, EHLO, STARTTLS and a recorded handshake, through delivery's client session
     (for an smtps: route the handshake first, then banner and EHLO inside TLS)."""
-    result = ProbeResult(mx, ip, port, implicit=options["route"].implicit_tls)
+    route = options.get("route")
+    result = ProbeResult(mx, ip, port, implicit=route is not None and route.implicit_tls)
     # Record everything, decide nothing in the handshake: optional never aborts.
     check = CertificateCheck(VerifyMode.OPTIONAL, wanted=(domain, mx), enforce_in_handshake=False)
-    ctx = client_context(options["tls_protocols"], options["tls_ciphers"], options["tlsv13_ciphersuites"], options["tls_ca"])
-    creator = ClientTLS(ctx, mx, check)
+
+    def creator() -> ClientTLS:
+        ctx = client_context(options["tls_protocols"], options["tls_ciphers"], options["tlsv13_ciphersuites"], options["tls_ca"])
+        return ClientTLS(ctx, mx, check)
+
     try:
         proto = await connect(reactor, endpoints or tcp_endpoints(reactor), ip, port, ehlo, timeout=CONNECT_TIMEOUT)
     except Exception as e:
         result.error = f"connect failed: {str(e).strip() or type(e).__name__}"
         return result
     try:
-        greeting = await (proto.implicit_tls(creator) if result.implicit else proto.greeting())
+        greeting = await (proto.implicit_tls(creator()) if result.implicit else proto.greeting())
         if proto.session.banner is not None:
             result.banner = str(proto.session.banner)
         if not isinstance(greeting, session.Greeted):
@@ -119,7 +123,7 @@ async def probe_address(reactor: IServiceReactor, mx: str, ip: str, port: int, d
         if not result.starttls:
             proto.quit()
             return result
-        secured = greeting if result.implicit else await proto.starttls(creator)
+        secured = greeting if result.implicit else await proto.starttls(creator())
         if isinstance(secured, session.StartTLSRefused):
             result.refused = secured.reply
             result.error = f"STARTTLS refused: {secured.reply}"
