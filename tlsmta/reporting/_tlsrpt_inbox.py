@@ -28,6 +28,7 @@ from typing import Any
 
 import attrs
 
+from tlsmta.errors import TlsmtaError
 from tlsmta.tls import POLICY_TYPES
 
 GZIP_TYPE = "application/tlsrpt+gzip"
@@ -36,7 +37,7 @@ REPORT_TYPES = (GZIP_TYPE, JSON_TYPE)
 MAX_REPORT_BYTES = 8 * 1024 * 1024  # decompressed JSON; large providers' daily reports are a few kB
 
 
-class ReportError(ValueError):
+class ReportError(TlsmtaError, ValueError):
     """A report that is not an RFC 8460 report; the message says why, for the log."""
 
 
