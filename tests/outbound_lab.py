@@ -89,13 +89,19 @@ async def deliver_once(
     """A receiver with ``pair`` (None: no STARTTLS), a sender with ``sender_opts``, one message through;
     both stopped on return.  Returns the receiver (for its counters and Maildir)."""
     rx = await start_receiver(tmp_path, pair, **(receiver or {}))
+    await send_once(tmp_path, rx, ca, rcpts, body, **sender_opts)
+    return rx
+
+
+async def send_once(tmp_path: Any, rx: RunningRelay, ca: str | None, rcpts: tuple[str, ...] = (f"user@{DOMAIN}",),
+                    body: str | None = None, **sender_opts: Any) -> None:
+    """A sender with ``sender_opts`` whose smtp_port is ``rx``'s, one message through; both stopped on return."""
     sender = await start_sender(tmp_path, rx.port, ca, **sender_opts)
     try:
         await submit_and_settle(sender, rcpts=rcpts, **({"body": body} if body else {}))
     finally:
         await sender.stop()
         await rx.stop()
-    return rx
 
 
 def deliveries(events: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -150,8 +150,48 @@ def test_bad_routes(spec: str, fragment: str) -> None:
 
 def test_unknown_route_lists_the_choices() -> None:
     """The error for an unknown kind says which kinds exist."""
-    with pytest.raises(RouteError, match=r"expected mx, smtp:HOST\[:PORT\], maildir:PATH or discard"):
+    with pytest.raises(RouteError, match=r"expected mx, smtp:HOST\[:PORT\], smtps:HOST\[:PORT\], maildir:PATH, discard or tlsrpt"):
         parse_route("uucp:host")
+
+
+@pytest.mark.parametrize(
+    ("spec", "host", "port"),
+    [("smtps:relay.example.net", "relay.example.net", None), ("SMTPS:relay.example.net:4650", "relay.example.net", 4650),
+     ("smtps:[2001:db8::1]:465", "2001:db8::1", 465)],
+)
+def test_smtps_is_a_smarthost_over_implicit_tls(spec: str, host: str, port: int | None) -> None:
+    """smtps:HOST[:PORT] is an smtp route with implicit TLS, and survives the spool's round trip."""
+    route = parse_route(spec)
+    assert route == Route("smtp", host=host, port=port, implicit_tls=True)
+    assert not route.is_local
+    assert parse_route(str(route)) == route
+    assert str(route).startswith("smtps:")
+    assert parse_route(f"smtp:{spec.partition(':')[2]}").implicit_tls is False
+
+
+def test_tlsrpt_route_is_spooled_not_local() -> None:
+    """'tlsrpt' (no argument) takes reports; it goes through the spool, so it is not is_local."""
+    route = parse_route("tlsrpt")
+    assert (route, str(route), route.is_local) == (Route("tlsrpt"), "tlsrpt", False)
+    with pytest.raises(RouteError, match="takes no argument"):
+        parse_route("tlsrpt:/tmp")
+
+
+def test_smtps_port_and_tls() -> None:
+    """smtps: connects to 465 unless it names a port and always runs TLS; smtp: and mx keep the options."""
+    from tlsmta.config import OutboundTLS
+
+    assert parse_route("smtps:relay.example").port_for(25) == 465
+    assert parse_route("smtps:relay.example:4650").port_for(25) == 4650
+    assert parse_route("smtp:relay.example").port_for(2525) == 2525
+    assert parse_route("smtps:relay.example").tls_for(OutboundTLS.NO) is OutboundTLS.REQUIRED
+    assert parse_route("smtp:relay.example").tls_for(OutboundTLS.IFAVAILABLE) is OutboundTLS.IFAVAILABLE
+
+
+def test_smtps_needs_a_host() -> None:
+    """smtps: takes the same HOST[:PORT] as smtp: and refuses a bad one."""
+    with pytest.raises(RouteError, match="bad port"):
+        parse_route("smtps:relay.example.net:0")
 
 
 @pytest.mark.parametrize("spec", ["smtp:relay example", "smtp:bad..name", "smtp:-x.example", "smtp:a/b"])

@@ -86,7 +86,8 @@ class ProbeResult:
     port: int
     error: str | None = None
     banner: str = ""
-    starttls: bool = False
+    starttls: bool = False  # TLS offered: STARTTLS advertised, or implicit TLS (an smtps: route)
+    implicit: bool = False  # TLS from the first byte, before the banner
     refused: Reply | None = None  # the answer to STARTTLS, when it was not 220
     facts: SessionFacts | None = None
     chain: list[x509.Certificate] = attrs.field(factory=list)
@@ -98,29 +99,35 @@ class ProbeResult:
 
 async def probe_address(reactor: IServiceReactor, mx: str, ip: str, port: int, domain: str, options: Mapping[str, Any], ehlo: str,
                         endpoints: EndpointFactory | None = None) -> ProbeResult:
-    """One connection: banner, EHLO, STARTTLS and a recorded handshake, through delivery's client session."""
-    result = ProbeResult(mx, ip, port)
+    """One connection: banner, EHLO, STARTTLS and a recorded handshake, through delivery's client session
+    (for an smtps: route the handshake first, then banner and EHLO inside TLS)."""
+    route = options.get("route")
+    result = ProbeResult(mx, ip, port, implicit=route is not None and route.implicit_tls)
+    # Record everything, decide nothing in the handshake: optional never aborts.
+    check = CertificateCheck(VerifyMode.OPTIONAL, wanted=(domain, mx), enforce_in_handshake=False)
+
+    def creator() -> ClientTLS:
+        ctx = client_context(options["tls_protocols"], options["tls_ciphers"], options["tlsv13_ciphersuites"], options["tls_ca"])
+        return ClientTLS(ctx, mx, check)
+
     try:
         proto = await connect(reactor, endpoints or tcp_endpoints(reactor), ip, port, ehlo, timeout=CONNECT_TIMEOUT)
     except Exception as e:
         result.error = f"connect failed: {str(e).strip() or type(e).__name__}"
         return result
     try:
-        greeting = await proto.greeting()
+        greeting = await (proto.implicit_tls(creator()) if result.implicit else proto.greeting())
         if proto.session.banner is not None:
             result.banner = str(proto.session.banner)
         if not isinstance(greeting, session.Greeted):
             result.error = str(greeting_failure(greeting, mx))
             proto.quit()
             return result
-        result.starttls = "STARTTLS" in greeting.capabilities
+        result.starttls = result.implicit or "STARTTLS" in greeting.capabilities
         if not result.starttls:
             proto.quit()
             return result
-        # Record everything, decide nothing in the handshake: optional never aborts.
-        check = CertificateCheck(VerifyMode.OPTIONAL, wanted=(domain, mx), enforce_in_handshake=False)
-        ctx = client_context(options["tls_protocols"], options["tls_ciphers"], options["tlsv13_ciphersuites"], options["tls_ca"])
-        secured = await proto.starttls(ClientTLS(ctx, mx, check))
+        secured = greeting if result.implicit else await proto.starttls(creator())
         if isinstance(secured, session.StartTLSRefused):
             result.refused = secured.reply
             result.error = f"STARTTLS refused: {secured.reply}"
@@ -179,7 +186,7 @@ async def run_probe(reactor: IServiceReactor, resolver: Resolver, domain: str, o
     except DNSError as e:
         return [], str(e), ExternalFacts()
     results = []
-    target_port = port or (options["route"].port if options["route"].kind == "smtp" and options["route"].port else options["smtp_port"])
+    target_port = port or options["route"].port_for(options["smtp_port"])
     facts = await external_facts(reactor, resolver, domain, options, names, target_port, https_port)
     for name in names:
         try:
@@ -331,7 +338,8 @@ def format_result(result: ProbeResult, tls_mode: OutboundTLS, verify: VerifyMode
         lines.append(f"  error:    {result.error}")
         lines.append(f"  configured ({tls_mode}, tls_verify={verify.value}): {configured_outcome(result, tls_mode, verify)[1]}")
         return lines
-    lines.append(f"  STARTTLS: {'offered' if result.starttls else 'not offered'}")
+    lines.append("  TLS mode: implicit (smtps:, the handshake before the banner)" if result.implicit
+                 else f"  STARTTLS: {'offered' if result.starttls else 'not offered'}")
     if result.error:
         lines.append(f"  error:    {result.error}")
     if result.facts is not None:

@@ -18,7 +18,7 @@ from tlsmta.config import Config
 
 # Settings read once at start (the spool and state directories are locked and
 # opened, the hostname is in every session and delivery): a reload keeps the running value.
-FIXED_AT_START = ("[spool] path", "[global] state_dir", "[global] hostname", "[control] socket")
+FIXED_AT_START = ("[spool] path", "[global] state_dir", "[global] hostname", "[control] socket", "[tlsrpt_inbox] endpoint")
 
 
 def fixed_settings(config: Config) -> dict[str, str | None]:
@@ -27,6 +27,9 @@ def fixed_settings(config: Config) -> dict[str, str | None]:
         "[global] state_dir": config.state_dir,
         "[global] hostname": config.hostname,
         "[control] socket": config.control["socket"],
+        # The HTTPS endpoint with its certificate: listened on once, at start.
+        "[tlsrpt_inbox] endpoint": " ".join(str(config.tlsrpt_inbox[key]) for key in ("endpoint", "tls_certificate", "tls_key"))
+        if config.tlsrpt_inbox["endpoint"] else None,
     }
 
 
@@ -131,4 +134,5 @@ def keeping_fixed(new: Config, running: Config) -> Config:
         state_dir=running.state_dir,
         hostname=running.hostname,
         control={**new.control, "socket": running.control["socket"]},
+        tlsrpt_inbox=running.tlsrpt_inbox,
     )

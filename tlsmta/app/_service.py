@@ -27,6 +27,7 @@ from tlsmta.app._certificate_expiry import CHECK_INTERVAL, CertificateWatch
 from tlsmta.app._control import ControlFactory, prepare_socket_path
 from tlsmta.app._endpoints import CannotListen, naming
 from tlsmta.app._reload_plan import Running, fixed_settings, keeping_fixed, plan, running_of, web_settings
+from tlsmta.app._tlsrpt_inbox_service import TLSRPTInboxService
 from tlsmta.config import Config, ConfigError, ListenerConfig, ListenerTLS, resolve
 from tlsmta.delivery import Deliverer, OutboundPool, Queue, destination_of
 from tlsmta.devrelay import (
@@ -42,7 +43,15 @@ from tlsmta.devrelay import (
 from tlsmta.discovery import PolicyFetcher, Resolver, STSCache, STSResolver, canonical_ip
 from tlsmta.inbound import AuthFileError, InboundFactory, Intake, ListenerRuntime, UserDB, listen_smtp
 from tlsmta.network import IServiceReactor, PortService
-from tlsmta.reporting import EventBus, Metrics, TLSRPTService, metrics_site
+from tlsmta.reporting import (
+    EventBus,
+    Metrics,
+    ReceivedReports,
+    TLSRPTInbox,
+    TLSRPTService,
+    metrics_site,
+    received_directory,
+)
 from tlsmta.storage import DirectoryLock, DiskIO, LocalSink, MessageSink, QueuedMessage, Spool
 from tlsmta.tls import HookError, Hooks, KeyPairError, ServerTLS, load_hooks, serve_by_sni, server_context
 
@@ -268,8 +277,15 @@ class TlsmtaService(MultiService):
             reactor, self.resolver, self.spool, self.disk, self.hostname, self.hooks, config.queue["max_connections"],
             events=self.events,
         )
+        # Reports other senders send us: by mail to a ``tlsrpt`` route, or by HTTPS POST.
+        self.tlsrpt_inbox = TLSRPTInbox(ReceivedReports(received_directory(config.state_dir)), self.disk, self.events, reactor)
+        self.tlsrpt_https: TLSRPTInboxService | None = None
+        if config.tlsrpt_inbox["endpoint"]:
+            self.tlsrpt_https = TLSRPTInboxService(reactor, config.tlsrpt_inbox, self.tlsrpt_inbox)
+            self.tlsrpt_https.setServiceParent(self)
         # Lookups go through self.config at call time, so a reload takes effect at once.
-        deliverer = Deliverer(self.pool, local, self.spool, self.disk, lambda domain, binding: resolve(self.config, domain, binding))
+        deliverer = Deliverer(self.pool, local, self.spool, self.disk, lambda domain, binding: resolve(self.config, domain, binding),
+                              tlsrpt_inbox=self.tlsrpt_inbox)
         self.queue = Queue(
             self.spool,
             deliverer.deliver,
@@ -314,7 +330,8 @@ class TlsmtaService(MultiService):
         self._reloads: Deferred[None] = Deferred()  # reloads adopt one after the other
         self._reloads.callback(None)
         self.control = ControlService(
-            reactor, config.control["socket"], ControlFactory(self.queue, self.reload, running=lambda: self.what_runs().to_json())
+            reactor, config.control["socket"], ControlFactory(self.queue, self.reload, running=lambda: self.what_runs().to_json(),
+                                                         broken_tls=lambda key: self.pool.broken_tls.get(key, reactor.seconds()))
         )
         self.control.setServiceParent(self)
         self.tlsrpt = TLSRPTService(self)

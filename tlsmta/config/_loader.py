@@ -406,6 +406,8 @@ DELIVERY_OPTIONS: dict[str, Option] = {
     # Postfix's "fingerprint" level: when set, the server key's SPKI SHA-256 must be one of these
     # (STARTTLS required, no fallback); the CA chain and the names are not looked at.
     "tls_pins": Option(_pins, (), 'SPKI pins, "sha256:BASE64" or "sha256:HEX"; set: they decide the certificate check'),
+    "tls_remember_broken": Option(_duration(off=True), None,
+                                  "after a fallback, go straight to plain text to that MX host for this long; 0: off"),
     "tls_protocols": Option(_protocols, parse_protocols("+ALL"), "allowed protocol versions"),
     "tls_ciphers": Option(_str, None, "OpenSSL cipher list (TLS 1.2 and below)", "cipher_list"),
     "tlsv13_ciphersuites": Option(_str, None, "OpenSSL TLS 1.3 ciphersuites", "tls13_suites"),
@@ -520,6 +522,13 @@ HTTP_OPTIONS: dict[str, Option] = {
     "allowed_hosts": Option(_str_list, (), "Host header names accepted besides loopback ones (DNS rebinding guard)"),
 }
 
+# Receiving TLS-RPT reports by HTTPS (RFC 8460 3: "https:" rua); by mail they come to a ``tlsrpt`` route.
+TLSRPT_INBOX_OPTIONS: dict[str, Option] = {
+    "endpoint": Option(_endpoint, None, "Twisted endpoint serving HTTPS POST /tlsrpt, e.g. tcp:443", "endpoint"),
+    "tls_certificate": Option(_readable_file, None, "PEM certificate chain the endpoint presents"),
+    "tls_key": Option(_readable_file, None, "its private key"),
+}
+
 CONTROL_OPTIONS: dict[str, Option] = {
     "socket": Option(_path, None, "UNIX socket for `tlsmta queue`; default: state_dir/control.sock"),
     "shutdown_grace": Option(_int(0), 30, "seconds sessions and deliveries may finish after SIGTERM"),
@@ -619,6 +628,7 @@ class Config:
     metrics: Mapping[str, Any] = attrs.field(factory=lambda: {"endpoint": None})
     http: Mapping[str, Any] = attrs.field(factory=lambda: dict.fromkeys(HTTP_OPTIONS) | {"allowed_hosts": ()})
     control: Mapping[str, Any] = attrs.field(factory=lambda: {"socket": None, "shutdown_grace": 30})
+    tlsrpt_inbox: Mapping[str, Any] = attrs.field(factory=lambda: dict.fromkeys(TLSRPT_INBOX_OPTIONS))
     # [dns] nameservers: where every lookup goes; empty: the system's (/etc/resolv.conf).
     dns_nameservers: tuple[tuple[str, int], ...] = ()
     # resolve() results; not an init field, so attrs.evolve() starts a fresh one.
@@ -801,6 +811,7 @@ _TOP_LEVEL = {
     "metrics",
     "control",
     "http",
+    "tlsrpt_inbox",
 }
 
 
@@ -861,7 +872,8 @@ def from_dict(raw: Mapping[str, Any], path: str = "<config>", environment: Envir
     metrics = v.with_defaults(v.options(v.table(raw.get("metrics"), "metrics"), "metrics", METRICS_OPTIONS), METRICS_OPTIONS)
     control = v.with_defaults(v.options(v.table(raw.get("control"), "control"), "control", CONTROL_OPTIONS), CONTROL_OPTIONS)
     http = v.with_defaults(v.options(v.table(raw.get("http"), "http"), "http", HTTP_OPTIONS), HTTP_OPTIONS)
-    _one_socket_each(v, listeners, metrics["endpoint"], http["endpoint"])
+    tlsrpt_inbox = _tlsrpt_inbox(v, raw.get("tlsrpt_inbox"))
+    _one_socket_each(v, listeners, metrics["endpoint"], http["endpoint"], tlsrpt_inbox["endpoint"])
     route = global_options.get("route")
     if http["endpoint"] and http["maildir"] is None and (route is None or route.kind != "maildir"):
         v.problem("http", "maildir", "is required when the global route is not maildir:PATH")
@@ -895,7 +907,20 @@ def from_dict(raw: Mapping[str, Any], path: str = "<config>", environment: Envir
         metrics=metrics,
         control=control,
         http=http,
+        tlsrpt_inbox=tlsrpt_inbox,
     )
+
+
+def _tlsrpt_inbox(v: _Validator, raw: Any) -> dict[str, Any]:
+    """``[tlsrpt_inbox]``: an endpoint needs the certificate and key it serves HTTPS with."""
+    table = v.with_defaults(v.options(v.table(raw, "tlsrpt_inbox"), "tlsrpt_inbox", TLSRPT_INBOX_OPTIONS), TLSRPT_INBOX_OPTIONS)
+    if table["endpoint"]:
+        missing = [key for key in ("tls_certificate", "tls_key") if not table[key]]
+        for key in missing:
+            v.problem("tlsrpt_inbox", key, "is required with endpoint (reports are POSTed over HTTPS, RFC 8460 3)")
+        if not missing:
+            _check_chains(v, "tlsrpt_inbox", table["tls_certificate"], table["tls_key"])
+    return table
 
 
 def _check_pairs(v: _Validator, table: Mapping[str, Any], label: str) -> None:
@@ -941,13 +966,14 @@ def listener_label(index: int, body: Any, names: set[str]) -> str:
     return f'listener."{name}"' if isinstance(name, str) and name and name not in names else f"listener.{index}"
 
 
-def _one_socket_each(v: _Validator, listeners: list[ListenerConfig], metrics: str | None, http: str | None) -> None:
+def _one_socket_each(v: _Validator, listeners: list[ListenerConfig], metrics: str | None, http: str | None,
+                     tlsrpt_inbox: str | None = None) -> None:
     """Two endpoints on one TCP port: the second would fail to bind at start."""
     taken: list[tuple[tuple[int, str], str]] = []  # (address, who has it)
     endpoints: list[tuple[str, str | None, str]] = [
         (f'listener."{item.name}"', item.endpoint, f"listener {item.name!r}") for item in listeners
     ]
-    endpoints += [("metrics", metrics, "[metrics]"), ("http", http, "[http]")]
+    endpoints += [("metrics", metrics, "[metrics]"), ("http", http, "[http]"), ("tlsrpt_inbox", tlsrpt_inbox, "[tlsrpt_inbox]")]
     for table, endpoint, who in endpoints:
         address = tcp_address(endpoint) if endpoint else None
         if address is None:

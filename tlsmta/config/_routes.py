@@ -1,7 +1,11 @@
 """Where accepted mail goes: the ``route`` option, parsed.
 
 ``mx`` (the default), ``smtp:HOST[:PORT]`` (a smarthost; ``[v6addr]:PORT``
-for IPv6), ``maildir:PATH`` and ``discard``.
+for IPv6), ``smtps:HOST[:PORT]`` (a smarthost spoken to over implicit TLS,
+RFC 8314 "submissions"; Postfix ``smtp_tls_wrappermode``: the handshake comes
+before the greeting, port 465 unless given), ``maildir:PATH``, ``discard`` and
+``tlsrpt`` (the domain's mail is TLS-RPT reports other senders send us, RFC
+8460: parsed and kept under state_dir, never delivered on).
 """
 
 from __future__ import annotations
@@ -13,7 +17,10 @@ import re
 import attrs
 import idna
 
+from tlsmta.config._tls_modes import OutboundTLS
 from tlsmta.errors import TlsmtaError
+
+SMTPS_PORT = 465  # RFC 8314 7.3: the port an smtps: route connects to unless it names one
 
 
 class RouteError(TlsmtaError, ValueError):
@@ -22,22 +29,37 @@ class RouteError(TlsmtaError, ValueError):
 
 @attrs.frozen
 class Route:
-    """A parsed route; ``kind`` is one of mx, smtp, maildir, discard."""
+    """A parsed route; ``kind`` is one of mx, smtp, maildir, discard, tlsrpt.
+
+    An ``smtps:`` route is kind smtp with ``implicit_tls``: TLS from the first byte."""
 
     kind: str
     host: str | None = None
     port: int | None = None
     path: str | None = None
+    implicit_tls: bool = False
 
     @property
     def is_local(self) -> bool:
-        """Delivered inside this process, without an SMTP hop."""
+        """Written by the inbound side itself, without the spool or an SMTP hop (``tlsrpt`` mail is
+        spooled first: it is parsed after the 250, so that nothing answered 250 is lost)."""
         return self.kind in ("maildir", "discard")
+
+    def port_for(self, smtp_port: int) -> int:
+        """The port an SMTP hop on this route connects to: the route's own, else 465 for smtps:,
+        else ``smtp_port`` (the option, for MX and smtp: routes alike)."""
+        return self.port or (SMTPS_PORT if self.implicit_tls else smtp_port)
+
+    def tls_for(self, tls: OutboundTLS) -> OutboundTLS:
+        """The ``tls`` a hop on this route runs with: an smtps: hop has TLS or nothing (port 465
+        speaks no plain text), so at least ``required``; any other route, the option as set."""
+        return OutboundTLS.REQUIRED if self.implicit_tls else tls
 
     def __str__(self) -> str:
         if self.kind == "smtp":
             host = f"[{self.host}]" if self.host and ":" in self.host else self.host
-            return f"smtp:{host}" + (f":{self.port}" if self.port else "")
+            scheme = "smtps" if self.implicit_tls else "smtp"
+            return f"{scheme}:{host}" + (f":{self.port}" if self.port else "")
         if self.kind == "maildir":
             return f"maildir:{self.path}"
         return self.kind
@@ -47,7 +69,7 @@ def parse_route(spec: str) -> Route:
     """Parse a route string; raise RouteError with an operator-facing reason."""
     kind, sep, rest = spec.partition(":")
     kind = kind.strip().lower()
-    if kind in ("mx", "discard"):
+    if kind in ("mx", "discard", "tlsrpt"):
         if sep:
             raise RouteError(f"route {kind!r} takes no argument (got {spec!r})")
         return Route(kind)
@@ -55,10 +77,10 @@ def parse_route(spec: str) -> Route:
         if not rest:
             raise RouteError("maildir route needs a path: 'maildir:/var/mail/dev'")
         return Route("maildir", path=os.path.abspath(rest))
-    if kind == "smtp":
+    if kind in ("smtp", "smtps"):
         host, port = _host_port(rest, spec)
-        return Route("smtp", host=host, port=port)
-    raise RouteError(f"unknown route {spec!r} (expected mx, smtp:HOST[:PORT], maildir:PATH or discard)")
+        return Route("smtp", host=host, port=port, implicit_tls=kind == "smtps")
+    raise RouteError(f"unknown route {spec!r} (expected mx, smtp:HOST[:PORT], smtps:HOST[:PORT], maildir:PATH, discard or tlsrpt)")
 
 
 def _host_port(rest: str, spec: str) -> tuple[str, int | None]:

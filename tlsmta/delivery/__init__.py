@@ -1,6 +1,7 @@
 """Sending mail: the queue with its retry schedule (``mailqueue``), the
 per-destination pool and delivery jobs (``pool``), the choices about one MX
-that ``tlsmta probe`` shares with delivery (``decisions``), the
+that ``tlsmta probe`` shares with delivery (``decisions``), MX hosts whose
+TLS handshake failed, remembered (``broken_tls``), the
 ``ESMTPSender`` shell (``client``) and delivery status notifications (``dsn``).
 
 May import smtp, tls, discovery, storage, reporting and config; never
@@ -10,6 +11,7 @@ This ``__init__`` is the part's API: other parts import only the names in
 ``__all__``; the modules behind it are private (``_name.py``).
 """
 
+from tlsmta.delivery._broken_tls import BrokenTLS, BrokenTLSStore, MemoryBrokenTLS, broken_tls_key, may_skip_tls
 from tlsmta.delivery._client import ConnectionBroken, EndpointFactory, connect, tcp_endpoints
 from tlsmta.delivery._decisions import (
     addresses_to_try,
@@ -25,6 +27,9 @@ from tlsmta.delivery._routing import destination_of
 
 __all__ = [
     "addresses_to_try",
+    "BrokenTLS",
+    "broken_tls_key",
+    "BrokenTLSStore",
     "connect",
     "ConnectionBroken",
     "dane_verdict",
@@ -32,6 +37,8 @@ __all__ = [
     "destination_of",
     "EndpointFactory",
     "greeting_failure",
+    "may_skip_tls",
+    "MemoryBrokenTLS",
     "OutboundPool",
     "pinned_verdict",
     "Queue",

@@ -47,7 +47,7 @@ class BackedOff:
 
 def destination_key(route: Route, domain: str) -> Hashable:
     """What fails together: a smarthost whatever the domain, else the domain's MX set."""
-    return ("smtp", route.host, route.port) if route.kind == "smtp" else (route.kind, domain)
+    return ("smtp", route.host, route.port, route.implicit_tls) if route.kind == "smtp" else (route.kind, domain)
 
 
 class Backoff:

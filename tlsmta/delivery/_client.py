@@ -11,6 +11,8 @@ injection), owns the timeouts and offers :mod:`tlsmta.delivery._pool` and
 
 - :meth:`OutboundSMTP.greeting`: banner and EHLO (or HELO);
 - :meth:`starttls`: STARTTLS, the handshake and the EHLO inside TLS;
+- :meth:`implicit_tls`: instead of both, for smtps: routes: the handshake at
+  once, then banner and EHLO inside TLS;
 - :meth:`transaction`: MAIL, RCPT and DATA (pipelined when offered), the
   body streamed dot-stuffed with flow control, per-recipient replies;
 - :meth:`quit`, :meth:`abort`.
@@ -175,6 +177,15 @@ class OutboundSMTP(smtp.ESMTPSender):
         Greeted (tls), StartTLSRefused or HelloRefused; a failed handshake fails it."""
         self._tls_creator = creator
         return self._step(self.session.starttls)
+
+    def implicit_tls(self, creator: ClientTLS) -> Deferred[Greeting]:
+        """Implicit TLS (RFC 8314, Postfix smtp_tls_wrappermode): the handshake with ``creator``
+        right after connecting, then the greeting step inside TLS; a failed handshake fails it.
+
+        Called before any byte arrives: a TLS server waits for our ClientHello."""
+        self.tls_started = True
+        self.transport.startTLS(creator)
+        return self.greeting()
 
     async def transaction(self, sender: str, params: Sequence[str], recipients: Sequence[str],
                           body: Callable[[], AsyncIterator[bytes]]) -> session.TransactionDone:

@@ -32,11 +32,13 @@ from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.logger import Logger
 
 from tlsmta.config import DELIVERY_OPTIONS, OutboundTLS, Resolved, Route
+from tlsmta.delivery import _broken_tls as broken_tls
 from tlsmta.delivery import _decisions as decisions
 from tlsmta.delivery._backoff import BackedOff, Backoff, destination_key
 from tlsmta.delivery._client import ConnectionBroken, EndpointFactory, OutboundSMTP, Timeouts, connect, tcp_endpoints
 from tlsmta.delivery._delivery_log import attempt_summary, recipient_lines, relay_of
 from tlsmta.delivery._outbound_options import backoff_policy, timeouts_of
+from tlsmta.delivery._tlsrpt_route import take_reports
 from tlsmta.discovery import (
     DNSError,
     DNSPermanent,
@@ -50,9 +52,9 @@ from tlsmta.discovery import (
 )
 from tlsmta.errors import TlsmtaError
 from tlsmta.network import IServiceReactor
-from tlsmta.reporting import EventBus
+from tlsmta.reporting import EventBus, TLSRPTInbox
 from tlsmta.smtp import Reply
-from tlsmta.smtp.client_session import Greeted, HelloRefused, StartTLSRefused
+from tlsmta.smtp.client_session import Greeted, GreetingRefused, HelloRefused, StartTLSRefused
 from tlsmta.storage import (
     BOUNCED,
     DELIVERED,
@@ -284,6 +286,9 @@ class Destination:
         for mx, ip, port in hosts:
             req = self.requirement(mx, facts)
             fallback: str | None = None  # set once a handshake here failed and plain text is allowed
+            broken_key, remember_for = broken_tls.broken_tls_key(mx, port), self.options["tls_remember_broken"]
+            if broken_tls.remembered(self.pool.broken_tls, broken_key, req, remember_for, self.pool.reactor.seconds()):
+                fallback = broken_tls.REMEMBERED_BROKEN  # a handshake here failed recently: straight to plain text
             while self.jobs:
                 attempt = Attempt(mx, ip, port, req=req, facts=facts)
                 attempt.tls = {"tls": "none", **self._policy_fields(attempt)}
@@ -298,7 +303,9 @@ class Destination:
                 self.pool.report_attempt(self, attempt)
                 last = attempt
                 if step is _Step.RETRY_PLAIN and fallback is None:
-                    assert attempt.tls_fallback is not None  # set with RETRY_PLAIN: the retry is plain, once
+                    # set with RETRY_PLAIN, after a failed handshake: the retry is plain, once
+                    assert attempt.tls_fallback is not None and attempt.rpt is not None
+                    broken_tls.remember(self.pool.broken_tls, broken_key, attempt.rpt[2], remember_for, self.pool.reactor.seconds())
                     fallback = attempt.tls_fallback
                     continue
                 if step is _Step.DONE:
@@ -317,7 +324,7 @@ class Destination:
         """The strictest of the local options and what MTA-STS, DANE and the message ask, for ``mx``."""
         opts = self.tls_options
         return decisions.requirement(
-            opts.tls, opts.verify, opts.fallback, facts, mx,
+            self.route.tls_for(opts.tls), opts.verify, opts.fallback, facts, mx,
             requiretls=self.message_tls.requiretls, tls_required_no=self.message_tls.tls_required_no,
             dane=self.options["dane"], pins=opts.pins,
         )
@@ -361,7 +368,7 @@ class Destination:
         if self.route.kind == "smtp":
             assert self.route.host is not None
             mxs = [MXHost(0, self.route.host)]
-            port = self.route.port or self.options["smtp_port"]
+            port = self.route.port_for(self.options["smtp_port"])
         else:
             mxs = await resolver.mx(self.domain)
             port = self.options["smtp_port"]
@@ -456,6 +463,8 @@ class Destination:
 
     async def _greet(self, proto: OutboundSMTP, attempt: Attempt, fallback: str | None) -> tuple[_Step | None, dict[str, str]]:
         """Banner, EHLO and STARTTLS per policy; (a step to take instead, capabilities)."""
+        if self.route.implicit_tls:
+            return await self._secure(proto, attempt, {}, proto.implicit_tls)
         greeting = await proto.greeting()
         if not isinstance(greeting, Greeted):
             attempt.failure, attempt.failure_ours = decisions.greeting_failure(greeting, attempt.mx), False
@@ -474,12 +483,20 @@ class Destination:
                 if fallback is None:
                     attempt.rpt = (False, RPT_STARTTLS_NOT_SUPPORTED, "STARTTLS not advertised")
             return None, caps
+        return await self._secure(proto, attempt, caps, proto.starttls)
+
+    async def _secure(self, proto: OutboundSMTP, attempt: Attempt, caps: dict[str, str],
+                      start: Callable[[ClientTLS], Deferred[Any]]) -> tuple[_Step | None, dict[str, str]]:
+        """The handshake by ``start`` (STARTTLS, or implicit TLS before the greeting) and the EHLO
+        inside TLS, judged by the same policy; ``caps``: what plain-text EHLO offered."""
+        req = attempt.req
+        assert req is not None
         check = self.pool.certificate_check(self, attempt)
         resumable = self.pool.tls_session(self, attempt, check)
         creator = self.pool.client_tls(self.tls_options, attempt.mx, check, resumable[0] if resumable else None)
         try:
             # The handshake happens before the EHLO inside TLS is answered: a stalled one times out there.
-            secured = await proto.starttls(creator)
+            secured = await start(creator)
         except ConnectionBroken as e:
             if not proto.tls_started:
                 raise  # lost before the 220: not a handshake failure
@@ -505,7 +522,7 @@ class Destination:
             self._plain_text(attempt, fallback_after_refusal(secured.reply))
             return None, caps  # carry on in plain text on this connection
         if not isinstance(secured, Greeted):
-            assert isinstance(secured, HelloRefused)
+            assert isinstance(secured, (HelloRefused, GreetingRefused))  # GreetingRefused: implicit TLS only
             attempt.failure, attempt.failure_ours = decisions.greeting_failure(secured, attempt.mx), False
             return _Step.NEXT_HOST, {}
         caps = dict(secured.capabilities)
@@ -571,6 +588,8 @@ class Destination:
         fields = tls_log_fields(facts, mode, verdict.outcome.word, verdict.reason,
                                 check.presented_certificate)
         fields["resumed"] = "yes" if check.resumed_verdict is not None else "no"
+        if self.route.implicit_tls:
+            fields["tls_mode"] = "implicit"
         if verdict.outcome is Outcome.SOFTFAIL:
             fields["softfail"] = verdict.reason
         fields.update(self._policy_fields(attempt))
@@ -644,6 +663,7 @@ class OutboundPool:
         self.is_self: Callable[[str, int], bool] = lambda ip, port: False
         self._waiting: deque[Destination] = deque()
         self.backoff = Backoff()  # destinations that keep failing wait (destination_backoff_*)
+        self.broken_tls: broken_tls.BrokenTLSStore = broken_tls.MemoryBrokenTLS()  # tls_remember_broken
         self.sts: STSResolver | None = None  # MTA-STS discovery; the service sets it
         self.tlsrpt: Any = None  # a tlsrpt.TLSRPTStore recording each attempt's TLS result
 
@@ -904,7 +924,9 @@ class OutboundPool:
 class Deliverer:
     """Delivers a job by its route: locally, or through the outbound pool."""
 
-    def __init__(self, pool: OutboundPool, local: LocalSink, spool: Spool, disk: DiskIO, options_for: Callable[[str, str], Mapping[str, Resolved]]):
+    def __init__(self, pool: OutboundPool, local: LocalSink, spool: Spool, disk: DiskIO, options_for: Callable[[str, str], Mapping[str, Resolved]],
+                 tlsrpt_inbox: TLSRPTInbox | None = None):
+        self.tlsrpt_inbox = tlsrpt_inbox  # where ``tlsrpt`` route mail goes
         self.pool = pool
         self.local = local
         self.spool = spool
@@ -916,12 +938,19 @@ class Deliverer:
             return succeed(self._logged(job, results_for(job, Reply.of(250, "2.0.0", "discarded"))))
         if job.route.kind == "maildir":
             return ensureDeferred(self._maildir(job)).addCallback(lambda results: self._logged(job, results))
+        if job.route.kind == "tlsrpt":
+            return ensureDeferred(self._tlsrpt(job)).addCallback(lambda results: self._logged(job, results))
         return self.pool.submit(job, self.options_for(job.domain, job.binding))
 
     def _logged(self, job: DeliveryJob, results: list[RecipientResult]) -> list[RecipientResult]:
         """A queued local delivery (a DSN, the local part of a mixed message) has its delivery lines too."""
         self.pool.log_job(job, None, None, results, remote=False)
         return results
+
+    async def _tlsrpt(self, job: DeliveryJob) -> list[RecipientResult]:
+        if self.tlsrpt_inbox is None:
+            return results_for(job, Reply.of(451, "4.3.0", "no TLS-RPT inbox in this process"), ours=True)
+        return results_for(job, await take_reports(self.tlsrpt_inbox, self.spool, self.disk, job.message))
 
     async def _maildir(self, job: DeliveryJob) -> list[RecipientResult]:
         files = self.local.with_receipts(

@@ -17,6 +17,8 @@ from prometheus_client.twisted import MetricsResource
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from tlsmta.tls import RESULT_TYPES
+
 LATENCY_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 24 * 3600, 5 * 24 * 3600)
 
 
@@ -59,6 +61,12 @@ class Metrics:
         self.latency = Histogram(
             "tlsmta_delivery_latency_seconds", "From receipt to delivery", buckets=LATENCY_BUCKETS, registry=r
         )
+        # TLS-RPT reports other senders sent us: what they saw delivering here (labels bounded:
+        # result types outside RFC 8460's registry count as "other").
+        self.tlsrpt_reports = Counter("tlsmta_tlsrpt_reports_received", "TLS-RPT reports received, by outcome",
+                                      ["outcome"], registry=r)
+        self.tlsrpt_failures = Counter("tlsmta_tlsrpt_reported_failures", "Failed sessions other senders reported, by result type",
+                                       ["result_type"], registry=r)
         if queue_gauges is not None:
             r.register(_QueueCollector(queue_gauges))
         if certificates is not None:
@@ -97,6 +105,16 @@ class Metrics:
             self.verify.labels("outbound", mode, _verify_result(mode, f.get("verified"))).inc()
         if result == "delivered" and f.get("delay") is not None:
             self.latency.observe(float(f["delay"]))
+
+    def _on_tlsrpt_received(self, f: Mapping[str, Any]) -> None:
+        self.tlsrpt_reports.labels("stored").inc()
+
+    def _on_tlsrpt_malformed(self, f: Mapping[str, Any]) -> None:
+        self.tlsrpt_reports.labels("malformed").inc()
+
+    def _on_tlsrpt_reported_failure(self, f: Mapping[str, Any]) -> None:
+        result_type = f.get("result_type") if f.get("result_type") in RESULT_TYPES else "other"
+        self.tlsrpt_failures.labels(result_type).inc(int(f.get("sessions") or 0))
 
     def _on_tls_inbound(self, f: Mapping[str, Any]) -> None:
         self.handshakes.labels("inbound", f.get("protocol") or "-", "ok").inc()
