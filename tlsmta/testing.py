@@ -430,6 +430,31 @@ class Relay:
 
         CapturedMail(self.maildir).clear()
 
+    def fail(self, stage: str, code: int, text: str | None = None, status: str | None = None,
+             probability: float = 1.0, times: int | None = None, recipient: str | None = None) -> int:
+        """Answer ``stage`` (CONNECT, EHLO, MAIL, RCPT, DATA or END-OF-DATA) with ``code``
+        (4xx/5xx), ``status`` (default X.0.0) and ``text`` from now on: with ``probability``,
+        the next ``times`` times (None: until :meth:`remove_failure` or :meth:`clear_failures`),
+        for recipients matching the glob ``recipient``.  Returns the rule's id::
+
+            relay.fail(stage="RCPT", code=452, times=1)  # the next recipient gets 452 4.0.0
+        """
+        assert self._running is not None, "the relay is not started"
+        chaos = self._running.service.chaos
+        assert chaos is not None  # a Relay names [http] maildir: a dev relay
+        return chaos.add(stage, code, text, status, probability, times, recipient).id
+
+    def remove_failure(self, rule_id: int) -> None:
+        """Stop one failure rule :meth:`fail` made (KeyError when it is gone: used up or removed)."""
+        assert self._running is not None and self._running.service.chaos is not None, "the relay is not started"
+        if not self._running.service.chaos.remove(rule_id):
+            raise KeyError(rule_id)
+
+    def clear_failures(self) -> None:
+        """Stop every failure rule: the relay answers normally again."""
+        if self._running is not None and self._running.service.chaos is not None:
+            self._running.service.chaos.clear()
+
     def set_tls_lab(self, mode: str | None) -> None:
         """Switch the listener's TLS lab mode (None: the good dev certificate) for new sessions."""
         from twisted.internet.threads import blockingCallFromThread

@@ -28,6 +28,7 @@ from tlsmta.app._reload_plan import Running, fixed_settings, keeping_fixed, plan
 from tlsmta.config import Config, ConfigError, ListenerConfig, ListenerTLS, resolve
 from tlsmta.delivery import Deliverer, OutboundPool, Queue, destination_of
 from tlsmta.devrelay import (
+    ChaosRules,
     LabError,
     LabListener,
     captured_maildir,
@@ -279,6 +280,8 @@ class TlsmtaService(MultiService):
         self.pool.sts = self._sts_resolver()
         QueueService(self.spool, self.queue).setServiceParent(self)
         self.sink: MessageSink = Intake(local, self.spool, self.queue.add)
+        # The dev relay's SMTP failure rules (page, API, fixture); an MTA's listeners have none.
+        self.chaos = ChaosRules() if config.http["endpoint"] or config.http["maildir"] else None
         self.listeners: dict[str, ListenerService] = {}
         self.draining: list[InboundFactory] = []  # listeners a reload removed, whose sessions go on
         for listener in config.listeners:
@@ -362,6 +365,7 @@ class TlsmtaService(MultiService):
             resolver=self.resolver,
             run_in_thread=lambda fn, *a: deferToThreadPool(self.reactor, self.reactor.getThreadPool(), fn, *a),
             events=self.events,
+            reply_override=self.chaos,
         )
 
     def _listener_service(self, listener: ListenerConfig, runtime: ListenerRuntime) -> ListenerService:

@@ -67,6 +67,7 @@ from tlsmta.smtp.server_session import (
     OpenMessage,
     Phase,
     RcptTo,
+    ReplyOverride,
     Send,
     ServerSession,
     ServerSettings,
@@ -122,6 +123,7 @@ class ListenerRuntime:
     resolver: Resolver | None = None  # reverse DNS for client-certificate name checks
     run_in_thread: Callable[..., Deferred[Any]] | None = None  # for password checks
     events: EventBus = attrs.field(factory=EventBus)  # the service's
+    reply_override: ReplyOverride | None = None  # the dev relay's chaos rules, asked at each stage
 
     @property
     def offers_starttls(self) -> bool:
@@ -139,6 +141,7 @@ class ListenerRuntime:
             offers_starttls=self.offers_starttls,
             auth_available=self.users is not None,
             auth_requires_tls=listener.require_tls_for_auth,
+            reply_override=self.reply_override,
         )
 
 
@@ -233,6 +236,9 @@ class InboundSMTP(smtp.ESMTP):
         if refusal is not None:
             self.session_log.refused = refusal
             self.session.refuse_connection(refusal)
+            self._pump(closing=True)
+            return
+        if self.session.refused_at_connect():
             self._pump(closing=True)
             return
         # Stop reading commands while our replies pile up unread (a client that never reads).

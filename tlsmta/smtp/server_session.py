@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -59,6 +60,22 @@ class Phase(enum.Enum):
     CLOSED = "closed"
 
 
+class Stage(enum.Enum):
+    """Where in a session a reply override (the dev relay's chaos rules) is asked."""
+
+    CONNECT = "CONNECT"  # instead of the greeting; the connection is closed after the reply
+    EHLO = "EHLO"  # HELO too
+    MAIL = "MAIL"
+    RCPT = "RCPT"
+    DATA = "DATA"  # the DATA command, before 354
+    END_OF_DATA = "END-OF-DATA"  # after the final dot, instead of storing the message
+
+
+# Asked at each Stage with the recipients it concerns (RCPT: the one named; DATA and
+# END_OF_DATA: those accepted); a Reply (4xx/5xx) is sent instead of going on, None goes on.
+ReplyOverride = Callable[[Stage, tuple[str, ...]], Reply | None]
+
+
 @attrs.frozen
 class ServerSettings:
     """What one listener offers and enforces, as the session needs it."""
@@ -72,6 +89,7 @@ class ServerSettings:
     offers_starttls: bool = False
     auth_available: bool = False  # a users file is configured
     auth_requires_tls: bool = True
+    reply_override: ReplyOverride | None = attrs.field(default=None, eq=False)
 
 
 # -- events: things to do ---------------------------------------------------------------
@@ -205,6 +223,7 @@ class ServerSession:
         self.sender: str | None = None
         self.mail_params = MailParams()
         self.recipients: list[Any] = []  # the shell's records, from accept_recipient()
+        self.recipient_addresses: list[str] = []  # as the client named them, for reply overrides
         self._recipient_keys: set[tuple[str, str]] = set()
         self._reader: DataReader | None = None
         self._hops = HopCounter()
@@ -261,6 +280,15 @@ class ServerSession:
         self._buffer = b""
         self._outbox.clear()
 
+    def refused_at_connect(self) -> bool:
+        """Whether the reply override refuses the connection: its reply is queued, then Close."""
+        reply = self._override(Stage.CONNECT)
+        if reply is None:
+            return False
+        self._outbox.append(Send(reply))
+        self._close()
+        return True
+
     def refuse_connection(self, reason: str) -> None:
         """The shell's admission control said no (connection limits)."""
         self._send(421, "4.7.0", f"{self.settings.hostname} {reason}, try again later")
@@ -289,6 +317,7 @@ class ServerSession:
         if key not in self._recipient_keys:
             self._recipient_keys.add(key)
             self.recipients.append(record)
+            self.recipient_addresses.append(question.address)
         self._outbox.append(_RCPT_OK)
 
     def refuse(self, reply: Reply) -> None:
@@ -373,6 +402,25 @@ class ServerSession:
         self._close()
         return True
 
+    def _override(self, stage: Stage, recipients: tuple[str, ...] = ()) -> Reply | None:
+        hook = self.settings.reply_override
+        return hook(stage, recipients) if hook is not None else None
+
+    def _overridden(self, stage: Stage, recipients: tuple[str, ...] = ()) -> bool:
+        """Whether the reply override answered the command instead (its reply is sent)."""
+        reply = self._override(stage, recipients)
+        if reply is not None:
+            self._refuse_with(reply)
+        return reply is not None
+
+    def _refuse_with(self, reply: Reply) -> None:
+        """An error reply; 421 says the service is closing the channel (RFC 5321 3.8), so it does."""
+        if reply.code == 421:
+            self._outbox.append(Send(reply))
+            self._close()
+        else:
+            self._error(reply)
+
     def _send(self, code: int, status: str | None, text: str | list[str]) -> None:
         self._outbox.append(Send(Reply.of(code, status, text)))
 
@@ -424,6 +472,8 @@ class ServerSession:
 
     def _greet(self, arg: bytes, esmtp: bool) -> None:
         name = greeting_name(arg, "EHLO" if esmtp else "HELO")
+        if self._overridden(Stage.EHLO):
+            return
         self._reset_transaction()
         self.helo = name
         self.esmtp = esmtp
@@ -512,6 +562,8 @@ class ServerSession:
             raise Reject(503, "5.5.1 Error: send HELO/EHLO first")
         if self.sender is not None:
             raise Reject(503, "5.5.1 Error: nested MAIL command")
+        if self._overridden(Stage.MAIL):
+            return
         try:
             self._pending_mail = self._parse_mail(arg)
         except Reject as syntax_error:
@@ -538,6 +590,8 @@ class ServerSession:
             raise Reject(452, "4.5.3 Error: too many recipients")
         path = parse_path(arg, "TO", utf8=self.mail_params.smtputf8)
         rcpt_params(path.params)
+        if self._overridden(Stage.RCPT, (path.address,)):
+            return
         if path.address == "postmaster":
             hostname = self.settings.hostname
             self._ask(RcptTo(f"postmaster@{hostname}", hostname, local=True))
@@ -551,6 +605,8 @@ class ServerSession:
             raise Reject(503, "5.5.1 Error: need MAIL command")
         if not self.recipients:
             raise Reject(554, "5.5.1 Error: no valid recipients")
+        if self._overridden(Stage.DATA, tuple(self.recipient_addresses)):
+            return
         self._ask(OpenMessage())
 
     def do_RSET(self, arg: bytes) -> None:
@@ -611,9 +667,11 @@ class ServerSession:
         problem = reader.problem
         if problem is None and hops > self.settings.max_hops:
             problem = attrs.evolve(TOO_MANY_HOPS, text=TOO_MANY_HOPS.text.format(hops=hops))
+        override = self._override(Stage.END_OF_DATA, tuple(self.recipient_addresses)) if problem is None else None
         self._reset_transaction()
-        if problem is not None:
-            self._outbox.append(MessageRefused(problem.reply, reader.received))
-            self._error(problem.reply)
+        refusal = problem.reply if problem is not None else override
+        if refusal is not None:
+            self._outbox.append(MessageRefused(refusal, reader.received))
+            self._refuse_with(refusal)
             return
         self._ask(CommitMessage(reader.received, tls_required_no, message_id))
