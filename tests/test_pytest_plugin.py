@@ -84,6 +84,17 @@ def test_app_sees_the_failure_the_relay_was_told_to_give(tlsmta_relay):
     assert [m.recipients for m in tlsmta_relay.messages] == [("bob@example.org",), ("eve@blocked.test",)]
 
 
+def test_app_with_a_password_sends_and_the_user_is_recorded(tlsmta_relay):
+    import smtplib
+
+    with smtplib.SMTP(tlsmta_relay.host, tlsmta_relay.port, timeout=10) as client:
+        client.login("shop", "any password will do")
+        client.sendmail("shop@example.com", ["bob@example.org"], b"Subject: pw\\r\\n\\r\\nhi\\r\\n")
+    assert tlsmta_relay.wait_for(subject="pw").auth_user == "shop"
+    send_welcome(tlsmta_relay.host, tlsmta_relay.port, "bob@example.org")
+    assert tlsmta_relay.wait_for(subject="Welcome").auth_user is None
+
+
 @pytest.mark.tlsmta_relay(http=True)
 def test_web_page_is_there_when_asked_for(tlsmta_relay):
     import json
@@ -103,7 +114,7 @@ filterwarnings =
 
 def test_application_suite_uses_the_fixture(tmp_path: Any) -> None:
     """A synchronous application test suite passes using tlsmta_relay: wait_for, messages, clear,
-    TLS facts, a TLS lab marker, failures on purpose (fail), the web page; each test gets its own relay."""
+    TLS facts, a TLS lab marker, failures on purpose (fail), AUTH with any password, the web page; each test gets its own relay."""
     (tmp_path / "app.py").write_text(APP)
     (tmp_path / "test_app.py").write_text(APP_TESTS)
     (tmp_path / "pytest.ini").write_text(INI)
@@ -113,7 +124,7 @@ def test_application_suite_uses_the_fixture(tmp_path: Any) -> None:
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
-    assert "6 passed" in out, out
+    assert "7 passed" in out, out
 
 
 def test_a_failing_application_test_fails(tmp_path: Any) -> None:

@@ -200,6 +200,7 @@ class CapturedMessage:
     message: Any  # email.message.EmailMessage
     tls: Mapping[str, Any]  # {"used": bool, "protocol", "cipher", "client_certificate"}
     raw: bytes
+    auth_user: str | None = None  # the SMTP AUTH user name; None: the client did not AUTH
 
     def __getitem__(self, header: str) -> Any:
         return self.message[header]
@@ -219,12 +220,12 @@ class CapturedMessage:
         return None if body is None else str(body.get_content())
 
 
-def _captured(message_id: str, data: bytes, tls: Mapping[str, Any]) -> CapturedMessage:
+def _captured(message_id: str, data: bytes, receipt: Mapping[str, Any]) -> CapturedMessage:
     from tlsmta.devrelay import envelope_of, parse_message
 
     message = parse_message(data)
     sender, recipients = envelope_of(data)
-    return CapturedMessage(message_id, sender, tuple(recipients), message, tls, data)
+    return CapturedMessage(message_id, sender, tuple(recipients), message, receipt["tls"], data, receipt["auth_user"])
 
 
 class _ReactorThread:
@@ -301,7 +302,8 @@ class Relay:
         directory = str(directory)
         self.maildir = os.path.join(directory, "maildir")
         self.state_dir = os.path.join(directory, "state")
-        listener = dev_listener(name="dev", tls="starttls" if tls else "no")
+        # AUTH in plain text too: an application without TLS may still be configured with a password.
+        listener = dev_listener(name="dev", tls="starttls" if tls else "no", require_tls_for_auth=False)
         if tls:
             listener["tls_certificate"] = "auto"
         if tls_lab is not None:
@@ -311,6 +313,7 @@ class Relay:
             "listener": [listener],
             "spool": {"path": os.path.join(self.state_dir, "spool")},
             "control": {"shutdown_grace": 0},
+            "dev": {"auth": True},  # AUTH with any credentials: msg.auth_user
         }
         # [http] maildir named: the relay keeps each message's facts of receipt (msg.tls).
         raw["http"] = {"maildir": self.maildir}
@@ -395,7 +398,7 @@ class Relay:
         found = []
         for entry in reversed(mail.summaries()):
             try:
-                found.append(_captured(entry["id"], mail.raw(entry["id"])[0], entry["receipt"]["tls"]))
+                found.append(_captured(entry["id"], mail.raw(entry["id"])[0], entry["receipt"]))
             except MessageNotFound:
                 continue  # cleared meanwhile
         return found

@@ -39,7 +39,16 @@ from tlsmta.devrelay import (
     log_dev_ca,
 )
 from tlsmta.discovery import PolicyFetcher, Resolver, STSCache, STSResolver, canonical_ip
-from tlsmta.inbound import AuthFileError, InboundFactory, Intake, ListenerRuntime, UserDB, listen_smtp
+from tlsmta.inbound import (
+    AnyCredentials,
+    AuthFileError,
+    Credentials,
+    InboundFactory,
+    Intake,
+    ListenerRuntime,
+    UserDB,
+    listen_smtp,
+)
 from tlsmta.network import IServiceReactor, PortService
 from tlsmta.reporting import EventBus, Metrics, TLSRPTService, metrics_site
 from tlsmta.storage import DirectoryLock, DiskIO, LocalSink, MessageSink, QueuedMessage, Spool
@@ -117,13 +126,24 @@ def with_default_backlog(endpoint: str) -> str:
     return endpoint
 
 
-def _user_db(listener: ListenerConfig, checked: Mapping[str, UserDB]) -> UserDB | None:
-    """The listener's AUTH accounts: as checking the configuration read them, else read now."""
-    path = listener.auth_users_file
-    if path is None:
-        return None
+def _user_db(path: str, checked: Mapping[str, UserDB]) -> UserDB:
+    """The accounts of a users file: as checking the configuration read them, else read now."""
     found = checked.get(path)
     return found if found is not None else UserDB.load(path)
+
+
+def _credentials(listener: ListenerConfig, config: Config, checked: Mapping[str, UserDB]) -> Credentials | None:
+    """What checks the listener's AUTH: its users file; else, with ``[dev] auth``, the dev
+    users file or any credentials; else nothing (no AUTH)."""
+    if listener.auth_users_file is not None:
+        return _user_db(listener.auth_users_file, checked)
+    return dev_credentials(config, checked) if config.dev["auth"] else None
+
+
+def dev_credentials(config: Config, checked: Mapping[str, UserDB]) -> Credentials:
+    """The dev relay's logins (AUTH, POP3, IMAP): ``[dev] auth_users_file``, else any."""
+    path = config.dev["auth_users_file"]
+    return _user_db(path, checked) if path is not None else AnyCredentials()
 
 
 class ListenerService(PortService):
@@ -360,7 +380,7 @@ class TlsmtaService(MultiService):
             hostname=self.hostname,
             sink=self.sink,
             tls=server_tls,
-            users=_user_db(listener, users),
+            users=_credentials(listener, config, users),
             hooks=hooks,
             resolver=self.resolver,
             run_in_thread=lambda fn, *a: deferToThreadPool(self.reactor, self.reactor.getThreadPool(), fn, *a),
@@ -515,7 +535,7 @@ class TlsmtaService(MultiService):
                 listener=listener,
                 config=new,
                 tls=_keep_creator(old.tls, server_tls),
-                users=_user_db(listener, users),
+                users=_credentials(listener, new, users),
                 hooks=hooks,
             )
 

@@ -50,7 +50,7 @@ from zope.interface import implementer
 from tlsmta.config import Config, ListenerConfig, ListenerTLS, resolve
 from tlsmta.discovery import Resolver
 from tlsmta.inbound._acceptance import ClientStanding, check_client_certificate, check_recipient, in_networks
-from tlsmta.inbound._auth import UserDB
+from tlsmta.inbound._auth import Credentials
 from tlsmta.inbound._received import TraceFacts, received_header
 from tlsmta.inbound._session_log import SessionLog, port_of
 from tlsmta.network import StreamTransport, installed_reactor, set_no_delay
@@ -118,7 +118,7 @@ class ListenerRuntime:
     hostname: str
     sink: MessageSink
     tls: ServerTLS | None = None
-    users: UserDB | None = None
+    users: Credentials | None = None
     hooks: Hooks = attrs.field(factory=Hooks)
     resolver: Resolver | None = None  # reverse DNS for client-certificate name checks
     run_in_thread: Callable[..., Deferred[Any]] | None = None  # for password checks
@@ -141,6 +141,7 @@ class ListenerRuntime:
             offers_starttls=self.offers_starttls,
             auth_available=self.users is not None,
             auth_requires_tls=listener.require_tls_for_auth,
+            auth_mechanisms=self.users.mechanisms if self.users is not None else (),
             reply_override=self.reply_override,
         )
 
@@ -460,6 +461,7 @@ class InboundSMTP(smtp.ESMTP):
             body_type=self.mail_params.body,
             esmtp=self.esmtp,
             authenticated=self.authenticated_as is not None,
+            auth_user=self.authenticated_as,
             tls=self._receipt_fields(),
         )
         try:
@@ -499,7 +501,11 @@ class InboundSMTP(smtp.ESMTP):
         users = self.runtime.users
         assert users is not None
         run = self.runtime.run_in_thread
-        checking = run(users.check, question.user, question.password) if run else maybeDeferred(users.check, question.user, question.password)
+        if question.cram_md5 is not None:
+            check, args = users.check_cram_md5, (question.user, *question.cram_md5)
+        else:
+            check, args = users.check, (question.user, question.password)
+        checking = run(check, *args) if run else maybeDeferred(check, *args)
 
         def answer(ok: bool) -> None:
             # The payload is never logged; the user name is.

@@ -24,7 +24,9 @@ when a timeout or the session deadline passed.
 
 from __future__ import annotations
 
+import base64
 import enum
+import secrets
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -45,7 +47,7 @@ from tlsmta.smtp._commands import (
 )
 from tlsmta.smtp._data import TOO_MANY_HOPS, DataReader, HeaderScanner, HopCounter
 from tlsmta.smtp._reply import Reply
-from tlsmta.smtp._sasl import decode_b64_text, decode_plain
+from tlsmta.smtp._sasl import decode_b64_text, decode_cram_md5, decode_plain
 
 HARD_ERROR_LIMIT = 20  # like Postfix's smtpd_hard_error_limit
 LONGEST_COMMAND = COMMAND_LINE_LIMIT + PARAMETER_ALLOWANCE
@@ -89,6 +91,8 @@ class ServerSettings:
     offers_starttls: bool = False
     auth_available: bool = False  # a users file is configured
     auth_requires_tls: bool = True
+    # CRAM-MD5 needs the password in clear on the server: only the dev relay's any-credentials AUTH offers it.
+    auth_mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN")
     reply_override: ReplyOverride | None = attrs.field(default=None, eq=False)
 
 
@@ -183,10 +187,13 @@ class CommitMessage:
 
 @attrs.frozen
 class CheckCredentials:
-    """AUTH: check these; credentials_accepted() or credentials_refused()."""
+    """AUTH: check these; credentials_accepted() or credentials_refused().
+
+    ``cram_md5``: (challenge, hex digest) for AUTH CRAM-MD5 (RFC 2195); ``password`` is "" then."""
 
     user: str
     password: str
+    cram_md5: tuple[str, str] | None = None
 
 
 Event = Send | LineReceived | StartTLS | MessageData | MessageRefused | Close
@@ -467,7 +474,7 @@ class ServerSession:
         if self.tls_active:
             lines.append("REQUIRETLS")  # RFC 8689 2: offered only inside TLS
         if self.auth_offered:
-            lines.append("AUTH PLAIN LOGIN")
+            lines.append("AUTH " + " ".join(self.settings.auth_mechanisms))
         return lines
 
     def _greet(self, arg: bytes, esmtp: bool) -> None:
@@ -514,7 +521,14 @@ class ServerSession:
             raise Reject(503, "5.5.1 Error: MAIL transaction in progress")
         mechanism, _, initial = arg.partition(b" ")
         mechanism = mechanism.upper()
-        if mechanism == b"PLAIN":
+        if mechanism.decode("ascii", "replace") not in self.settings.auth_mechanisms:
+            raise Reject(504, "5.5.4 Error: unsupported authentication mechanism")
+        if mechanism == b"CRAM-MD5":
+            if initial:
+                raise Reject(501, "5.5.2 Error: CRAM-MD5 takes no initial response")
+            challenge = f"<{secrets.token_hex(8)}@{self.settings.hostname}>"
+            self._await_auth(lambda r: self._cram_md5(challenge, r), base64.b64encode(challenge.encode()).decode("ascii"))
+        elif mechanism == b"PLAIN":
             if initial:
                 self._auth_plain(initial.strip())
             else:
@@ -544,6 +558,12 @@ class ServerSession:
         if creds is None:
             raise Reject(501, "5.5.2 Error: malformed authentication response")
         self._ask(CheckCredentials(*creds))
+
+    def _cram_md5(self, challenge: str, response: bytes) -> None:
+        answer = decode_cram_md5(response)
+        if answer is None:
+            raise Reject(501, "5.5.2 Error: malformed authentication response")
+        self._ask(CheckCredentials(answer[0], "", (challenge, answer[1])))
 
     def _login_user(self, response: bytes) -> None:
         user = decode_b64_text(response)
