@@ -501,10 +501,10 @@ class InboundSMTP(smtp.ESMTP):
         users = self.runtime.users
         assert users is not None
         run = self.runtime.run_in_thread
+        check: Callable[..., bool] = users.check
+        args: tuple[str, ...] = (question.user, question.password)
         if question.cram_md5 is not None:
             check, args = users.check_cram_md5, (question.user, *question.cram_md5)
-        else:
-            check, args = users.check, (question.user, question.password)
         checking = run(check, *args) if run else maybeDeferred(check, *args)
 
         def answer(ok: bool) -> None:
