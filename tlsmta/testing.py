@@ -161,6 +161,7 @@ class RunningRelay:
         self.service = TlsmtaService(config, reactor, dns_backend or OfflineBackend())
         self.ports: dict[str, int] = {}
         self.http_port: int | None = None
+        self.mail_access_ports: dict[str, int] = {}  # "pop3", "imap" ([dev]) -> port
 
     @property
     def port(self) -> int:
@@ -173,6 +174,8 @@ class RunningRelay:
             self.ports[name] = _port_number(await listener.ready)
         if self.service.web is not None:
             self.http_port = _port_number(await self.service.web.ready)
+        for access in self.service.mail_access:
+            self.mail_access_ports[access.key] = _port_number(await access.ready)
         return self
 
     async def stop(self) -> None:

@@ -31,6 +31,7 @@ from tlsmta.devrelay import (
     ChaosRules,
     LabError,
     LabListener,
+    MailAccessService,
     captured_maildir,
     dev_names,
     ensure_dev_certificate,
@@ -320,6 +321,10 @@ class TlsmtaService(MultiService):
         if config.http["endpoint"]:
             self.web = self._web_service(config)
             self.web.setServiceParent(self)
+        # [dev] pop3 and imap over the captured mail (a restart applies changes to them).
+        self.mail_access = self._mail_access_services(config, users or {})
+        for access in self.mail_access:
+            access.setServiceParent(self)
         self._reloads: Deferred[None] = Deferred()  # reloads adopt one after the other
         self._reloads.callback(None)
         self.control = ControlService(
@@ -396,6 +401,12 @@ class TlsmtaService(MultiService):
             wrapped = TLSMemoryBIOFactory(runtime.tls, False, factory)
         return ListenerService(self.reactor, listener, wrapped, factory)
 
+    def _mail_access_services(self, config: Config, users: Mapping[str, UserDB]) -> list[MailAccessService]:
+        from tlsmta.devrelay import mail_access_services
+
+        return mail_access_services(self.reactor, config, self.hostname, dev_credentials(config, users), self.disk.run,
+                                    lambda fn, *a: deferToThreadPool(self.reactor, self.reactor.getThreadPool(), fn, *a))
+
     def _web_service(self, config: Config) -> Any:
         from tlsmta.devrelay import web_service
 
@@ -412,6 +423,8 @@ class TlsmtaService(MultiService):
             return naming(path, "metrics", "endpoint", service.endpoint)
         if isinstance(service, ControlService):
             return naming(path, "control", "socket", service.path)
+        if isinstance(service, MailAccessService):
+            return naming(path, "dev", service.key, service.endpoint)
         if web:
             return naming(path, "http", "endpoint", service.endpoint)
         return nullcontext()
