@@ -99,31 +99,42 @@ async def test_pop3_over_stls_reads_and_deletes_captured_mail(tmp_path: Any) -> 
         retrieved = b"\r\n".join(lines) + b"\r\n"
         assert retrieved.endswith(sent) and retrieved.startswith(b"Return-Path: <shop@example.com>\r\n")
         first_id = uidl[0].split()[1].decode()
-        assert sorted(captured_ids(tmp_path)) != [] and first_id not in captured_ids(tmp_path)
-        assert len(captured_ids(tmp_path)) == 1
+        remaining = captured_ids(tmp_path)
+        assert len(remaining) == 1 and first_id not in remaining
     finally:
         await relay.stop()
 
 
-def pipelined_behind_stls(port: int, context: ssl.SSLContext) -> bytes:
-    """Send 'STLS' and 'USER injected' in one write, then PASS inside TLS: the answer to PASS."""
+def pipelined_behind_starttls(port: int, context: ssl.SSLContext, in_clear: bytes, inside: bytes) -> bytes:
+    """Send ``in_clear`` (STARTTLS and a command behind it) in one write, then ``inside`` within
+    TLS: the first answer inside TLS."""
     with socket.create_connection(("127.0.0.1", port), timeout=CLIENT_TIMEOUT) as raw:
         reader = raw.makefile("rb")
         reader.readline()  # greeting
-        raw.sendall(b"STLS\r\nUSER injected\r\n")
-        assert reader.readline().startswith(b"+OK")
+        raw.sendall(in_clear)
+        assert b"OK Begin TLS" in reader.readline(), "STARTTLS refused"
         with context.wrap_socket(raw, server_hostname="localhost") as tls:
-            tls.sendall(b"PASS whatever\r\n")
+            tls.sendall(inside)
             return tls.makefile("rb").readline()
 
 
+@pytest.mark.parametrize(
+    "service, in_clear, inside, answer",
+    [
+        ("pop3", b"STLS\r\nUSER injected\r\n", b"PASS whatever\r\n", b"-ERR USER required before PASS"),
+        ("imap", b"a STARTTLS\r\nb LOGIN injected secret\r\n", b"c NOOP\r\n", b"c OK"),
+    ],
+)
 @pytest_twisted.ensureDeferred
-async def test_pop3_drops_commands_pipelined_behind_stls(tmp_path: Any) -> None:
-    """A USER sent in clear behind STLS is not acted on inside TLS (CVE-2011-0411 class)."""
+async def test_commands_pipelined_behind_starttls_are_dropped(tmp_path: Any, service: str, in_clear: bytes,
+                                                               inside: bytes, answer: bytes) -> None:
+    """A command sent in clear behind STLS/STARTTLS is not acted on inside TLS (CVE-2011-0411 class):
+    POP3's PASS finds no USER, IMAP's first answer inside TLS is our NOOP's."""
     relay = await access_relay(tmp_path)
     try:
-        answer = await in_thread(pipelined_behind_stls, relay.mail_access_ports["pop3"], trusting(tmp_path))
-        assert answer.startswith(b"-ERR USER required before PASS"), answer
+        got = await in_thread(pipelined_behind_starttls, relay.mail_access_ports[service], trusting(tmp_path),
+                              in_clear, inside)
+        assert got.startswith(answer), got
     finally:
         await relay.stop()
 
@@ -198,29 +209,6 @@ async def test_imap_over_starttls_reads_a_message_intact_and_expunges_it(tmp_pat
         assert b"\\Seen" not in result["flags_before"]  # PEEK leaves it unread
         assert result["expunged"] == [b"1"] and result["count_after"] == 0
         assert captured_ids(tmp_path) == []
-    finally:
-        await relay.stop()
-
-
-def imap_pipelined_behind_starttls(port: int, context: ssl.SSLContext) -> bytes:
-    """Send STARTTLS and a LOGIN in one write, then NOOP inside TLS: the first answer inside TLS."""
-    with socket.create_connection(("127.0.0.1", port), timeout=CLIENT_TIMEOUT) as raw:
-        reader = raw.makefile("rb")
-        reader.readline()  # greeting
-        raw.sendall(b"a STARTTLS\r\nb LOGIN injected secret\r\n")
-        assert reader.readline().startswith(b"a OK")
-        with context.wrap_socket(raw, server_hostname="localhost") as tls:
-            tls.sendall(b"c NOOP\r\n")
-            return tls.makefile("rb").readline()
-
-
-@pytest_twisted.ensureDeferred
-async def test_imap_drops_commands_pipelined_behind_starttls(tmp_path: Any) -> None:
-    """A LOGIN sent in clear behind STARTTLS is not run inside TLS: the first answer there is our NOOP's."""
-    relay = await access_relay(tmp_path)
-    try:
-        answer = await in_thread(imap_pipelined_behind_starttls, relay.mail_access_ports["imap"], trusting(tmp_path))
-        assert answer.startswith(b"c OK"), answer
     finally:
         await relay.stop()
 
