@@ -210,14 +210,17 @@ def swaks(port: int, *extra: str) -> subprocess.CompletedProcess[str]:
 @pytest_twisted.ensureDeferred
 async def test_swaks_sees_each_stage_fail(tmp_path: Any) -> None:
     """swaks over loopback: CONNECT 554 (then closed), end-of-data 451 (nothing stored), and the next try
-    is stored; the relay carries on."""
+    is stored; the relay carries on.  The disconnect line says why the first session was turned away."""
     relay = await web_relay(tmp_path)
     chaos = relay.service.chaos
     assert chaos is not None
+    disconnects: list[dict[str, Any]] = []
+    relay.service.events.add_sink(lambda event, fields: disconnects.append(fields) if event == "disconnect" else None)
     try:
         chaos.add("CONNECT", 554, "not now", "5.3.2", times=1)
         refused = await in_thread(swaks, relay.port)
         assert "<** 554 5.3.2 not now" in refused.stdout and "EHLO" not in refused.stdout.split("554 5.3.2")[1]
+        assert disconnects[0]["refused"] == "reply override (dev relay chaos)" and disconnects[0]["commands"] == 0
         chaos.add("END-OF-DATA", 451, "try later", "4.3.0", times=1)
         deferred = await in_thread(swaks, relay.port)
         assert "<** 451 4.3.0 try later" in deferred.stdout

@@ -240,6 +240,7 @@ class InboundSMTP(smtp.ESMTP):
             self._pump(closing=True)
             return
         if self.session.refused_at_connect():
+            self.session_log.refused = "reply override (dev relay chaos)"
             self._pump(closing=True)
             return
         # Stop reading commands while our replies pile up unread (a client that never reads).
