@@ -15,6 +15,7 @@ import pytest
 import pytest_twisted
 from e2e import CLIENT_TIMEOUT, in_thread
 
+from tlsmta.app._reload_plan import keeping_fixed, plan, running_of
 from tlsmta.config import ConfigError
 from tlsmta.devrelay import CapturedMail
 from tlsmta.devrelay._devcert import dev_ca_path
@@ -258,3 +259,16 @@ def test_bad_dev_options_name_their_key(tmp_path: Any) -> None:
         build_config(dev_config(tmp_path, pop3_tls="stls", auth="yes"), "dev.toml")
     text = str(caught.value)
     assert "[dev] pop3_tls: must be one of starttls, implicit" in text and "[dev] auth: must be true or false" in text
+
+
+def test_a_reload_keeps_the_running_dev_table_and_says_so(tmp_path: Any) -> None:
+    """[dev] is read at start: a reload that moves pop3 or turns auth off reports "restart required"
+    and keeps the running values (so SMTP AUTH and the POP3/IMAP logins stay alike)."""
+    running = build_config(dev_config(tmp_path, auth=True))
+    wanted = build_config(dev_config(tmp_path, pop3="tcp:1110:interface=127.0.0.1"))
+    changes = plan(running_of(running), running_of(wanted))
+    assert changes.restarts(running_of(running), running_of(wanted)) == [
+        "restart required: [dev] auth (true -> false)",
+        "restart required: [dev] pop3 (tcp:0:interface=127.0.0.1 -> tcp:1110:interface=127.0.0.1)",
+    ]
+    assert keeping_fixed(wanted, running).dev == running.dev
