@@ -92,7 +92,7 @@ class Access:
         self.logins = logins
         self.run_blocking = run_blocking  # file reads and deletes (the service's disk thread)
         self.run_in_thread = run_in_thread  # password checks (scrypt is slow)
-        self.seen: set[str] = set()  # ids a client retrieved or flagged \\Seen (kept while the relay runs)
+        self.seen: set[str] = set()  # ids a client retrieved or flagged \\Seen (while the relay runs)
 
     def load(self) -> Deferred[list[CapturedCopy]]:
         return self.run_blocking(snapshot, self.mail)
@@ -115,7 +115,7 @@ class LoginChecker:
         password = _text(credentials.password)
 
         def decided(ok: bool) -> bytes | tuple[()]:
-            log.info("{service} login {user}: {result}", service="mail access", user=user, result="ok" if ok else "refused")
+            log.info("POP3/IMAP login {user}: {result}", user=user, result="ok" if ok else "refused")
             if not ok:
                 raise UnauthorizedLogin("wrong user name or password")
             return user.encode("utf-8")
@@ -128,6 +128,7 @@ def _text(value: bytes | str) -> str:
 
 
 def login_portal(realm: IRealm, access: Access) -> Portal:
+    """A portal to ``realm`` whose logins ``access`` checks."""
     return Portal(realm, [LoginChecker(access)])
 
 
