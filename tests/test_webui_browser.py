@@ -122,3 +122,25 @@ async def test_break_menu_holds_the_tls_lab_and_adds_an_smtp_failure(tmp_path: A
     assert seen["refused"] == {"bob@example.org": (452, b"4.2.2 mailbox full")}
     assert "code must be an SMTP failure code" in seen["problem"]
     assert seen["cleared"] is True
+
+
+@pytest_twisted.ensureDeferred
+async def test_message_view_shows_the_auth_user(tmp_path: Any) -> None:
+    """chromium: a message sent after AUTH (any password, dev mode) shows who authenticated."""
+    from test_dev_auth import auth_relay, login
+
+    relay = await auth_relay(tmp_path)
+    try:
+        await in_thread(login, relay.port, "shop-app", "whatever", "LOGIN")
+
+        def browse() -> str:
+            with Chromium() as browser:
+                browser.open(f"http://127.0.0.1:{relay.http_port}/")
+                browser.wait_for_text("#messages", "via LOGIN")
+                browser.evaluate("document.querySelector('#messages li').click(), true")
+                return browser.wait_for_text("#v-summary", "AUTH user")
+
+        summary = await in_thread(browse)
+    finally:
+        await relay.stop()
+    assert "AUTH usershop-app" in summary
