@@ -66,6 +66,16 @@ def test_recipient_glob_matches_case_insensitively() -> None:
     assert rules(Stage.DATA, ("bob@example.org",)) is None
 
 
+def test_each_firing_is_reported_with_its_recipients() -> None:
+    """on_fire hears each time a rule answers (the service logs it), and only then."""
+    fired: list[tuple[int, tuple[str, ...]]] = []
+    rules = ChaosRules(on_fire=lambda rule, recipients: fired.append((rule.id, recipients)))
+    rule = rules.add("RCPT", 452, recipient="*@full.test")
+    rules(Stage.RCPT, ("bob@example.org",))
+    rules(Stage.RCPT, ("ann@full.test",))
+    assert fired == [(rule.id, ("ann@full.test",))]
+
+
 def test_first_rule_added_answers() -> None:
     """Two rules at one stage: the first added wins; removing it lets the second answer."""
     rules = ChaosRules()
@@ -210,20 +220,25 @@ def swaks(port: int, *extra: str) -> subprocess.CompletedProcess[str]:
 @pytest_twisted.ensureDeferred
 async def test_swaks_sees_each_stage_fail(tmp_path: Any) -> None:
     """swaks over loopback: CONNECT 554 (then closed), end-of-data 451 (nothing stored), and the next try
-    is stored; the relay carries on.  The disconnect line says why the first session was turned away."""
+    is stored; the relay carries on.  A chaos line is logged per failure, and the disconnect line says
+    why the first session was turned away."""
     relay = await web_relay(tmp_path)
     chaos = relay.service.chaos
     assert chaos is not None
-    disconnects: list[dict[str, Any]] = []
-    relay.service.events.add_sink(lambda event, fields: disconnects.append(fields) if event == "disconnect" else None)
+    events: list[tuple[str, dict[str, Any]]] = []
+    relay.service.events.add_sink(lambda event, fields: events.append((event, fields)))
     try:
         chaos.add("CONNECT", 554, "not now", "5.3.2", times=1)
         refused = await in_thread(swaks, relay.port)
         assert "<** 554 5.3.2 not now" in refused.stdout and "EHLO" not in refused.stdout.split("554 5.3.2")[1]
-        assert disconnects[0]["refused"] == "reply override (dev relay chaos)" and disconnects[0]["commands"] == 0
+        disconnect = next(fields for event, fields in events if event == "disconnect")
+        assert disconnect["refused"] == "reply override (dev relay chaos)" and disconnect["commands"] == 0
         chaos.add("END-OF-DATA", 451, "try later", "4.3.0", times=1)
         deferred = await in_thread(swaks, relay.port)
         assert "<** 451 4.3.0 try later" in deferred.stdout
+        fired = [fields for event, fields in events if event == "chaos"]
+        assert [(f["stage"], f["reply"], f["rcpts"]) for f in fired] == [
+            ("CONNECT", "554 5.3.2 not now", None), ("END-OF-DATA", "451 4.3.0 try later", "bob@example.org")]
         assert not any((tmp_path / "maildir" / "new").iterdir())
         accepted = await in_thread(swaks, relay.port)
         assert accepted.returncode == 0 and "250 2.0.0 Ok: queued as" in accepted.stdout

@@ -29,6 +29,7 @@ from tlsmta.config import Config, ConfigError, ListenerConfig, ListenerTLS, reso
 from tlsmta.delivery import Deliverer, OutboundPool, Queue, destination_of
 from tlsmta.devrelay import (
     ChaosRules,
+    FailureRule,
     LabError,
     LabListener,
     MailAccessService,
@@ -302,7 +303,7 @@ class TlsmtaService(MultiService):
         QueueService(self.spool, self.queue).setServiceParent(self)
         self.sink: MessageSink = Intake(local, self.spool, self.queue.add)
         # The dev relay's SMTP failure rules (page, API, fixture); an MTA's listeners have none.
-        self.chaos = ChaosRules() if config.http["endpoint"] or config.http["maildir"] else None
+        self.chaos = ChaosRules(on_fire=self._chaos_fired) if config.http["endpoint"] or config.http["maildir"] else None
         self.listeners: dict[str, ListenerService] = {}
         self.draining: list[InboundFactory] = []  # listeners a reload removed, whose sessions go on
         for listener in config.listeners:
@@ -400,6 +401,11 @@ class TlsmtaService(MultiService):
             assert runtime.tls is not None
             wrapped = TLSMemoryBIOFactory(runtime.tls, False, factory)
         return ListenerService(self.reactor, listener, wrapped, factory)
+
+    def _chaos_fired(self, rule: FailureRule, recipients: tuple[str, ...]) -> None:
+        """One log line per failure given on purpose, so the developer sees it beside the session's."""
+        self.events.emit("chaos", rule=rule.id, stage=rule.stage.value, reply=str(rule.reply),
+                         rcpts=",".join(recipients) or None)
 
     def _mail_access_services(self, config: Config, users: Mapping[str, UserDB]) -> list[MailAccessService]:
         from tlsmta.devrelay import mail_access_services

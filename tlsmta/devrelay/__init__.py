@@ -12,7 +12,7 @@ This ``__init__`` is the part's API: other parts import only the names in
 """
 
 from tlsmta.devrelay._capture import CapturedMail, MessageNotFound, captured_maildir
-from tlsmta.devrelay._chaos import ChaosError, ChaosRules
+from tlsmta.devrelay._chaos import ChaosError, ChaosRules, FailureRule
 from tlsmta.devrelay._devcert import LAB_MODES, dev_ca_path, ensure_dev_ca, ensure_dev_certificate
 from tlsmta.devrelay._mailaccess import MailAccessService
 from tlsmta.devrelay._mailservers import mail_access_services
@@ -38,6 +38,7 @@ __all__ = [
     "ensure_dev_ca",
     "ensure_dev_certificate",
     "envelope_of",
+    "FailureRule",
     "lab_listener",
     "LAB_MODES",
     "lab_server_tls",

@@ -120,8 +120,10 @@ def described(rule: FailureRule, times_left: int | None) -> dict[str, Any]:
 class ChaosRules:
     """The failure rules in force, in the order added; called as the session's reply override."""
 
-    def __init__(self, chance: Callable[[], float] = random.random):
+    def __init__(self, chance: Callable[[], float] = random.random,
+                 on_fire: Callable[[FailureRule, tuple[str, ...]], None] | None = None):
         self.chance = chance  # [0, 1): a rule with probability p fires when chance() < p
+        self.on_fire = on_fire  # told each time a rule answers (the service logs it), outside the lock
         self._lock = threading.Lock()
         self._rules: list[FailureRule] = []
         self._left: dict[int, int] = {}  # rule id -> times it still fires (rules with times only)
@@ -173,6 +175,14 @@ class ChaosRules:
 
     def __call__(self, stage: Stage, recipients: tuple[str, ...]) -> Reply | None:
         """The reply override: the reply of the first rule that fires at ``stage``, or None."""
+        fired = self._fire(stage, recipients)
+        if fired is None:
+            return None
+        if self.on_fire is not None:
+            self.on_fire(fired, recipients)
+        return fired.reply
+
+    def _fire(self, stage: Stage, recipients: tuple[str, ...]) -> FailureRule | None:
         with self._lock:
             for rule in self._rules:
                 if not rule.matches(stage, recipients):
@@ -184,5 +194,5 @@ class ChaosRules:
                     if not self._left[rule.id]:
                         del self._left[rule.id]
                         self._rules.remove(rule)
-                return rule.reply
+                return rule
         return None
