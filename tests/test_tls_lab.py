@@ -183,7 +183,8 @@ def test_tls_lab_needs_no_certificate_file() -> None:
 
 def test_twistd_tls_lab_option_applies_per_run(tmp_path: Any) -> None:
     """`twistd tlsmta --tls-lab wrong-name` serves the wrong-name certificate on the dev relay's listener."""
-    relay = TlsmtaProcess(str(tmp_path), "--listen", "tcp:0:interface=127.0.0.1", "--http", "tcp:0:interface=127.0.0.1",
+    free = "tcp:0:interface=127.0.0.1"
+    relay = TlsmtaProcess(str(tmp_path), "--listen", free, "--http", free, "--pop3", free, "--imap", free,
                           "--tls-lab", "wrong-name")
     try:
         code, out = s_client(relay.port, str(tmp_path / ".tlsmta" / "dev-ca.pem"))

@@ -31,8 +31,11 @@ from tlsmta.app._tlsrpt_inbox_service import TLSRPTInboxService
 from tlsmta.config import Config, ConfigError, ListenerConfig, ListenerTLS, resolve
 from tlsmta.delivery import Deliverer, OutboundPool, Queue, destination_of
 from tlsmta.devrelay import (
+    ChaosRules,
+    FailureRule,
     LabError,
     LabListener,
+    MailAccessService,
     captured_maildir,
     dev_names,
     ensure_dev_certificate,
@@ -41,7 +44,16 @@ from tlsmta.devrelay import (
     log_dev_ca,
 )
 from tlsmta.discovery import PolicyFetcher, Resolver, STSCache, STSResolver, canonical_ip
-from tlsmta.inbound import AuthFileError, InboundFactory, Intake, ListenerRuntime, UserDB, listen_smtp
+from tlsmta.inbound import (
+    AnyCredentials,
+    AuthFileError,
+    Credentials,
+    InboundFactory,
+    Intake,
+    ListenerRuntime,
+    UserDB,
+    listen_smtp,
+)
 from tlsmta.network import IServiceReactor, PortService
 from tlsmta.reporting import (
     EventBus,
@@ -134,13 +146,24 @@ def with_default_backlog(endpoint: str) -> str:
     return endpoint
 
 
-def _user_db(listener: ListenerConfig, checked: Mapping[str, UserDB]) -> UserDB | None:
-    """The listener's AUTH accounts: as checking the configuration read them, else read now."""
-    path = listener.auth_users_file
-    if path is None:
-        return None
+def _user_db(path: str, checked: Mapping[str, UserDB]) -> UserDB:
+    """The accounts of a users file: as checking the configuration read them, else read now."""
     found = checked.get(path)
     return found if found is not None else UserDB.load(path)
+
+
+def _credentials(listener: ListenerConfig, config: Config, checked: Mapping[str, UserDB]) -> Credentials | None:
+    """What checks the listener's AUTH: its users file; else, with ``[dev] auth``, the dev
+    users file or any credentials; else nothing (no AUTH)."""
+    if listener.auth_users_file is not None:
+        return _user_db(listener.auth_users_file, checked)
+    return dev_credentials(config, checked) if config.dev["auth"] else None
+
+
+def dev_credentials(config: Config, checked: Mapping[str, UserDB]) -> Credentials:
+    """The dev relay's logins (AUTH, POP3, IMAP): ``[dev] auth_users_file``, else any."""
+    path = config.dev["auth_users_file"]
+    return _user_db(path, checked) if path is not None else AnyCredentials()
 
 
 class ListenerService(PortService):
@@ -304,6 +327,8 @@ class TlsmtaService(MultiService):
         self.pool.sts = self._sts_resolver()
         QueueService(self.spool, self.queue).setServiceParent(self)
         self.sink: MessageSink = Intake(local, self.spool, self.queue.add)
+        # The dev relay's SMTP failure rules (page, API, fixture); an MTA's listeners have none.
+        self.chaos = ChaosRules(on_fire=self._chaos_fired) if config.http["endpoint"] or config.http["maildir"] else None
         self.listeners: dict[str, ListenerService] = {}
         self.draining: list[InboundFactory] = []  # listeners a reload removed, whose sessions go on
         for listener in config.listeners:
@@ -327,6 +352,10 @@ class TlsmtaService(MultiService):
         if config.http["endpoint"]:
             self.web = self._web_service(config)
             self.web.setServiceParent(self)
+        # [dev] pop3 and imap over the captured mail (a restart applies changes to them).
+        self.mail_access = self._mail_access_services(config, users or {})
+        for access in self.mail_access:
+            access.setServiceParent(self)
         self._reloads: Deferred[None] = Deferred()  # reloads adopt one after the other
         self._reloads.callback(None)
         self.control = ControlService(
@@ -388,11 +417,12 @@ class TlsmtaService(MultiService):
             hostname=self.hostname,
             sink=self.sink,
             tls=server_tls,
-            users=_user_db(listener, users),
+            users=_credentials(listener, config, users),
             hooks=hooks,
             resolver=self.resolver,
             run_in_thread=lambda fn, *a: deferToThreadPool(self.reactor, self.reactor.getThreadPool(), fn, *a),
             events=self.events,
+            reply_override=self.chaos,
         )
 
     def _listener_service(self, listener: ListenerConfig, runtime: ListenerRuntime) -> ListenerService:
@@ -402,6 +432,17 @@ class TlsmtaService(MultiService):
             assert runtime.tls is not None
             wrapped = TLSMemoryBIOFactory(runtime.tls, False, factory)
         return ListenerService(self.reactor, listener, wrapped, factory)
+
+    def _chaos_fired(self, rule: FailureRule, recipients: tuple[str, ...]) -> None:
+        """One log line per failure given on purpose, so the developer sees it beside the session's."""
+        self.events.emit("chaos", rule=rule.id, stage=rule.stage.value, reply=str(rule.reply),
+                         rcpts=",".join(recipients) or None)
+
+    def _mail_access_services(self, config: Config, users: Mapping[str, UserDB]) -> list[MailAccessService]:
+        from tlsmta.devrelay import mail_access_services
+
+        return mail_access_services(self.reactor, config, self.hostname, dev_credentials(config, users), self.disk.run,
+                                    lambda fn, *a: deferToThreadPool(self.reactor, self.reactor.getThreadPool(), fn, *a))
 
     def _web_service(self, config: Config) -> Any:
         from tlsmta.devrelay import web_service
@@ -419,6 +460,8 @@ class TlsmtaService(MultiService):
             return naming(path, "metrics", "endpoint", service.endpoint)
         if isinstance(service, ControlService):
             return naming(path, "control", "socket", service.path)
+        if isinstance(service, MailAccessService):
+            return naming(path, "dev", service.key, service.endpoint)
         if web:
             return naming(path, "http", "endpoint", service.endpoint)
         return nullcontext()
@@ -544,7 +587,7 @@ class TlsmtaService(MultiService):
                 listener=listener,
                 config=new,
                 tls=_keep_creator(old.tls, server_tls),
-                users=_user_db(listener, users),
+                users=_credentials(listener, new, users),
                 hooks=hooks,
             )
 

@@ -529,6 +529,20 @@ TLSRPT_INBOX_OPTIONS: dict[str, Option] = {
     "tls_key": Option(_readable_file, None, "its private key"),
 }
 
+# The dev relay's extras: AUTH with any credentials, POP3 and IMAP over the captured mail.
+DEV_OPTIONS: dict[str, Option] = {
+    "auth": Option(_bool, False, "offer AUTH PLAIN/LOGIN/CRAM-MD5 accepting any credentials on listeners without "
+                   "auth_users_file; the user is recorded with the message"),
+    "auth_users_file": Option(_readable_file, None, "real credentials (user:scrypt-hash lines) for [dev] auth, POP3 "
+                              "and IMAP instead of any; CRAM-MD5 is then not offered", "users_file"),
+    "pop3": Option(_endpoint, None, "Twisted endpoint for POP3 over the captured mail, e.g. tcp:1110:interface=127.0.0.1",
+                   "endpoint"),
+    "pop3_tls": Option(_enum("starttls", "implicit"), "starttls", "STLS with the dev certificate, or TLS from the first byte"),
+    "imap": Option(_endpoint, None, "Twisted endpoint for IMAP over the captured mail, e.g. tcp:1143:interface=127.0.0.1",
+                   "endpoint"),
+    "imap_tls": Option(_enum("starttls", "implicit"), "starttls", "STARTTLS with the dev certificate, or TLS from the first byte"),
+}
+
 CONTROL_OPTIONS: dict[str, Option] = {
     "socket": Option(_path, None, "UNIX socket for `tlsmta queue`; default: state_dir/control.sock"),
     "shutdown_grace": Option(_int(0), 30, "seconds sessions and deliveries may finish after SIGTERM"),
@@ -629,6 +643,7 @@ class Config:
     http: Mapping[str, Any] = attrs.field(factory=lambda: dict.fromkeys(HTTP_OPTIONS) | {"allowed_hosts": ()})
     control: Mapping[str, Any] = attrs.field(factory=lambda: {"socket": None, "shutdown_grace": 30})
     tlsrpt_inbox: Mapping[str, Any] = attrs.field(factory=lambda: dict.fromkeys(TLSRPT_INBOX_OPTIONS))
+    dev: Mapping[str, Any] = attrs.field(factory=lambda: {k: o.default for k, o in DEV_OPTIONS.items()})
     # [dns] nameservers: where every lookup goes; empty: the system's (/etc/resolv.conf).
     dns_nameservers: tuple[tuple[str, int], ...] = ()
     # resolve() results; not an init field, so attrs.evolve() starts a fresh one.
@@ -812,6 +827,7 @@ _TOP_LEVEL = {
     "control",
     "http",
     "tlsrpt_inbox",
+    "dev",
 }
 
 
@@ -872,11 +888,15 @@ def from_dict(raw: Mapping[str, Any], path: str = "<config>", environment: Envir
     metrics = v.with_defaults(v.options(v.table(raw.get("metrics"), "metrics"), "metrics", METRICS_OPTIONS), METRICS_OPTIONS)
     control = v.with_defaults(v.options(v.table(raw.get("control"), "control"), "control", CONTROL_OPTIONS), CONTROL_OPTIONS)
     http = v.with_defaults(v.options(v.table(raw.get("http"), "http"), "http", HTTP_OPTIONS), HTTP_OPTIONS)
+    dev = v.with_defaults(v.options(v.table(raw.get("dev"), "dev"), "dev", DEV_OPTIONS), DEV_OPTIONS)
     tlsrpt_inbox = _tlsrpt_inbox(v, raw.get("tlsrpt_inbox"))
     _one_socket_each(v, listeners, metrics["endpoint"], http["endpoint"], tlsrpt_inbox["endpoint"])
     route = global_options.get("route")
     if http["endpoint"] and http["maildir"] is None and (route is None or route.kind != "maildir"):
         v.problem("http", "maildir", "is required when the global route is not maildir:PATH")
+    for key in ("pop3", "imap"):
+        if dev[key] and http["maildir"] is None and (route is None or route.kind != "maildir"):
+            v.problem("dev", key, "serves the captured mail: needs [http] maildir or a global maildir: route")
     if control["socket"] is None:
         control["socket"] = os.path.join(state_dir, "control.sock")
     dns_table = v.table(raw.get("dns"), "dns")
@@ -908,6 +928,7 @@ def from_dict(raw: Mapping[str, Any], path: str = "<config>", environment: Envir
         control=control,
         http=http,
         tlsrpt_inbox=tlsrpt_inbox,
+        dev=dev,
     )
 
 

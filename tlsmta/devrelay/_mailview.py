@@ -37,11 +37,13 @@ class Receipt:
     tls_cipher: str | None = None
     client_certificate: str | None = None  # "not requested", "none", "yes (CN=...)", ...
     when: datetime.datetime | None = None
+    auth_user: str | None = None  # the AUTH user name, None: no AUTH (or unknown)
 
     def as_json(self) -> dict[str, Any]:
         return {
             "helo": self.helo,
             "peer": self.peer,
+            "auth_user": self.auth_user,
             "smtp": self.protocol,
             "queue_id": self.message_id,
             "tls": {
@@ -88,6 +90,7 @@ def receipt_of(record: Mapping[str, Any] | None) -> Receipt:
         tls_cipher=tls.get("cipher") if used else None,
         client_certificate=client_certificate_words(tls) if used else None,
         when=_instant(record.get("received_at")),
+        auth_user=record.get("auth_user") or None,
     )
 
 

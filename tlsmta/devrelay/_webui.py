@@ -21,7 +21,8 @@ Routes (all JSON unless said otherwise):
 (download), ``GET /api/events`` (Server-Sent Events: ``changed``),
 ``POST /api/messages/ID/release`` (JSON ``{"smarthost": "HOST[:PORT]", "to": [...]}``:
 queued for that smarthost under the configured TLS policy, see :mod:`tlsmta.devrelay._release`),
-``GET /api/dev-ca.pem``, ``GET|PUT /api/tls-lab``, and the page at ``/``.
+``GET /api/dev-ca.pem``, ``GET|PUT /api/tls-lab``, ``GET|POST|DELETE /api/chaos`` and
+``DELETE /api/chaos/ID`` (SMTP failure rules, see :mod:`tlsmta.devrelay._chaos`), and the page at ``/``.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from tlsmta.devrelay._capture import CapturedMail, MessageNotFound, captured_maildir
+from tlsmta.devrelay._chaos import STAGES, ChaosError, ChaosRules, described
 from tlsmta.devrelay._devcert import LAB_MODES, dev_ca_path
 from tlsmta.devrelay._mailview import envelope_of, html_of, part_of
 from tlsmta.devrelay._release import ReleaseError, outgoing_body, release_message, smarthost_route
@@ -61,6 +63,7 @@ MAX_BODY = 64 * 1024
 STATIC = {
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
+    "chaos.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
 }
 PAGE_CSP = (
@@ -177,6 +180,9 @@ class RelayHost(Protocol):
     @property
     def events(self) -> EventBus: ...  # the relay's events, for the page's live stream
 
+    @property
+    def chaos(self) -> ChaosRules | None: ...  # the SMTP failure rules its listeners ask
+
 
 class WebUI(Resource):
     """The whole site: the page, its static files and the API (one leaf resource)."""
@@ -278,6 +284,8 @@ class WebUI(Resource):
             return None
         elif api == ["dev-ca.pem"] and method == "GET":
             return self._blocking(self._dev_ca)
+        elif api and api[0] == "chaos":
+            return self._chaos(request, method, api[1:])
         elif api == ["tls-lab"]:
             if method == "GET":
                 return json_reply(self._lab_state())
@@ -377,6 +385,33 @@ class WebUI(Resource):
             raise HTTPError(404, "no dev CA yet: no listener uses tls_certificate = 'auto' or tls_lab") from None
         return Reply(pem, "application/x-pem-file",
                      headers={"content-disposition": 'attachment; filename="tlsmta-dev-ca.pem"'})
+
+    # -- chaos: SMTP failures on purpose ------------------------------------------------------
+
+    def _chaos(self, request: Request, method: str, rest: list[str]) -> Reply:
+        rules = self.host.chaos if self.host is not None else None
+        if rules is None:
+            raise HTTPError(404, "no SMTP chaos here")
+        if rest == [] and method == "GET":
+            return json_reply({"stages": list(STAGES), "rules": rules.listing()})
+        if rest == [] and method == "POST":
+            body = self._json_body(request)
+            if not isinstance(body, dict):
+                raise HTTPError(400, 'send {"stage": STAGE, "code": CODE, "text", "status", "probability", "times", '
+                                     '"recipient" (optional)}')
+            try:
+                rule = rules.add_from(body)
+            except (ChaosError, TypeError) as e:
+                raise HTTPError(400, str(e)) from None
+            log.info("chaos: {stage} answers {reply}", stage=rule.stage.value, reply=str(rule.reply))
+            return json_reply(described(rule, rule.times), 201)
+        if rest == [] and method == "DELETE":
+            return json_reply({"deleted": rules.clear()})
+        if len(rest) == 1 and rest[0].isdigit() and method == "DELETE":
+            if not rules.remove(int(rest[0])):
+                raise HTTPError(404, "no such rule")
+            return json_reply({"deleted": 1})
+        raise HTTPError(404 if rest else 405, "not found" if rest else f"{method} not allowed here")
 
     # -- TLS lab ----------------------------------------------------------------------------
 

@@ -56,7 +56,7 @@ from tlsmta.inbound._acceptance import (
     client_pinned,
     in_networks,
 )
-from tlsmta.inbound._auth import UserDB
+from tlsmta.inbound._auth import Credentials
 from tlsmta.inbound._received import TraceFacts, received_header
 from tlsmta.inbound._session_log import SessionLog, port_of
 from tlsmta.network import StreamTransport, installed_reactor, set_no_delay
@@ -73,6 +73,7 @@ from tlsmta.smtp.server_session import (
     OpenMessage,
     Phase,
     RcptTo,
+    ReplyOverride,
     Send,
     ServerSession,
     ServerSettings,
@@ -125,11 +126,12 @@ class ListenerRuntime:
     hostname: str
     sink: MessageSink
     tls: ServerTLS | None = None
-    users: UserDB | None = None
+    users: Credentials | None = None
     hooks: Hooks = attrs.field(factory=Hooks)
     resolver: Resolver | None = None  # reverse DNS for client-certificate name checks
     run_in_thread: Callable[..., Deferred[Any]] | None = None  # for password checks
     events: EventBus = attrs.field(factory=EventBus)  # the service's
+    reply_override: ReplyOverride | None = None  # the dev relay's chaos rules, asked at each stage
 
     @property
     def offers_starttls(self) -> bool:
@@ -148,6 +150,8 @@ class ListenerRuntime:
             auth_available=self.users is not None,
             auth_requires_tls=listener.require_tls_for_auth,
             tls_required=listener.tls is ListenerTLS.REQUIRED,
+            auth_mechanisms=self.users.mechanisms if self.users is not None else (),
+            reply_override=self.reply_override,
         )
 
 
@@ -243,6 +247,10 @@ class InboundSMTP(smtp.ESMTP):
         if refusal is not None:
             self.session_log.refused = refusal
             self.session.refuse_connection(refusal)
+            self._pump(closing=True)
+            return
+        if self.session.refused_at_connect():
+            self.session_log.refused = "reply override (dev relay chaos)"
             self._pump(closing=True)
             return
         # Stop reading commands while our replies pile up unread (a client that never reads).
@@ -470,6 +478,7 @@ class InboundSMTP(smtp.ESMTP):
             body_type=self.mail_params.body,
             esmtp=self.esmtp,
             authenticated=self.authenticated_as is not None,
+            auth_user=self.authenticated_as,
             tls=self._receipt_fields(),
         )
         try:
@@ -509,7 +518,11 @@ class InboundSMTP(smtp.ESMTP):
         users = self.runtime.users
         assert users is not None
         run = self.runtime.run_in_thread
-        checking = run(users.check, question.user, question.password) if run else maybeDeferred(users.check, question.user, question.password)
+        check: Callable[..., bool] = users.check
+        args: tuple[str, ...] = (question.user, question.password)
+        if question.cram_md5 is not None:
+            check, args = users.check_cram_md5, (question.user, *question.cram_md5)
+        checking = run(check, *args) if run else maybeDeferred(check, *args)
 
         def answer(ok: bool) -> None:
             # The payload is never logged; the user name is.

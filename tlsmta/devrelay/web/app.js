@@ -100,6 +100,7 @@ async function select(id) {
     ["TLS", m.receipt.tls.used === null ? "unknown: no receipt stored with this message"
       : m.receipt.tls.used ? `${m.receipt.tls.protocol}, ${m.receipt.tls.cipher}` : "none: received in plain text",
       tlsClass(m.receipt.tls)],
+    ...(m.receipt.auth_user ? [["AUTH user", m.receipt.auth_user]] : []),
     ["Size", `${m.size} bytes`],
   ]);
   const tls = m.receipt.tls;
