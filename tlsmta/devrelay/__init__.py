@@ -1,5 +1,7 @@
 """The dev test relay: the web page and JSON API (``webui`` and ``web/``),
-captured messages read from the Maildir (``capture``, ``mailview``), the
+captured messages read from the Maildir (``capture``, ``mailview``), checks
+per message (``checks``, ``checks_html``, ``checks_mime``, ``css``, ``linkcheck``),
+the send API and the webhook (``webui_tools``, ``send``, ``webhook``), the
 TLS lab (``tlslab``), the dev CA and its certificates (``devcert``) and
 "Release" to a smarthost (``release``).
 
@@ -10,6 +12,7 @@ This ``__init__`` is the part's API: other parts import only the names in
 """
 
 from tlsmta.devrelay._capture import CapturedMail, MessageNotFound, captured_maildir
+from tlsmta.devrelay._checks_html import html_problems, links_of
 from tlsmta.devrelay._devcert import LAB_MODES, dev_ca_path, ensure_dev_ca, ensure_dev_certificate
 from tlsmta.devrelay._mailview import envelope_of, parse_message
 from tlsmta.devrelay._tlslab import (
@@ -31,11 +34,13 @@ __all__ = [
     "ensure_dev_ca",
     "ensure_dev_certificate",
     "envelope_of",
+    "html_problems",
     "lab_listener",
     "LAB_MODES",
     "lab_server_tls",
     "LabError",
     "LabListener",
+    "links_of",
     "log_dev_ca",
     "MessageNotFound",
     "parse_message",
