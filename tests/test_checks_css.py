@@ -45,8 +45,8 @@ def test_stylesheet_rules_at_rules_and_nesting() -> None:
     """)
     assert sheet.at_rules == ("import", "media", "font-face")
     assert sheet.selectors == ("h1", ".a:hover", "td::before")
-    assert [d.property for d in sheet.declarations] == ["color", "content", "display", "font-family", "src"]
-    assert "position" not in {d.property for d in sheet.declarations}
+    assert [d.name for d in sheet.declarations] == ["color", "content", "display", "font-family", "src"]
+    assert "position" not in {d.name for d in sheet.declarations}
 
 
 def test_pseudo_classes_and_elements() -> None:

@@ -265,3 +265,49 @@ async def test_send_api_refuses_bad_requests(tmp_path: Any, body: dict[str, Any]
         await relay.stop()
     assert status == 400 and error in answer["error"], answer
     assert listing["count"] == 0
+
+
+def queue_done(relay: Any) -> Deferred[dict[str, Any]]:
+    """Fires with the fields of the relay's next queue_done event (times out after WAIT)."""
+    d: Deferred[dict[str, Any]] = Deferred()
+
+    def sink(event: str, fields: dict[str, Any]) -> None:
+        if event == "queue_done" and not d.called:
+            relay.service.events.remove_sink(sink)
+            reactor.callLater(0, d.callback, fields)
+
+    relay.service.events.add_sink(sink)
+    return d.addTimeout(WAIT, reactor)
+
+
+@pytest_twisted.ensureDeferred
+async def test_send_api_message_is_captured_like_smtp_mail(tmp_path: Any, target: Target) -> None:
+    """POST /api/send: 202 once spooled; the queue delivers it into the captured Maildir, where the list,
+    the detail (text, HTML, attachment, Bcc only in the envelope) and the webhook see it."""
+    import base64
+
+    relay = await web_relay(tmp_path, webhook_url=f"http://127.0.0.1:{target.port}/hook")
+    try:
+        delivered = queue_done(relay)
+        status, answer = await in_thread(post_json, relay.http_port, "/api/send", {
+            "from": "Shop <shop@example.com>", "to": ["bob@example.org"], "bcc": ["audit@example.org"],
+            "subject": "Your invoice", "text": "Invoice attached.", "html": "<p>Invoice <b>attached</b>.</p>",
+            "attachments": [{"filename": "invoice.pdf", "content_type": "application/pdf",
+                             "content": base64.b64encode(b"%PDF-1.4 invoice").decode()}],
+        })
+        assert status == 202, answer
+        assert answer["to"] == ["bob@example.org", "audit@example.org"]
+        assert (await delivered)["delivered"] == 2
+        await target.posted(1)
+        [entry] = (await in_thread(get_json, relay.http_port, "/api/messages"))["messages"]
+        detail = await in_thread(get_json, relay.http_port, f"/api/messages/{entry['id']}")
+        checks = await in_thread(get_json, relay.http_port, f"/api/messages/{entry['id']}/checks")
+    finally:
+        await relay.stop()
+    assert entry["envelope"] == {"from": "shop@example.com", "to": ["bob@example.org", "audit@example.org"]}
+    assert entry["subject"] == "Your invoice" and entry["attachments"] == 1 and entry["has_html"]
+    assert detail["text"] == "Invoice attached.\n"
+    assert "audit@example.org" not in dict(detail["headers"]).get("To", "") and "Bcc" not in dict(detail["headers"])
+    assert [p["filename"] for p in detail["parts"] if p["attachment"]] == ["invoice.pdf"]
+    assert [post["subject"] for post in target.posts] == ["Your invoice"]
+    assert checks["problems"] == []  # Date and Message-ID added, all declared 7bit/base64 correctly

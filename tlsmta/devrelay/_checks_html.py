@@ -102,8 +102,8 @@ def _css_markers(sheet: StyleSheet, declarations: Iterable[Declaration]) -> Coun
     found.update(f"pseudo_classes:{name}" for name in sheet.pseudo_classes)
     found.update(f"pseudo_elements:{name}" for name in sheet.pseudo_elements)
     for item in declarations:
-        found[f"properties:{item.property}"] += 1
-        found[f"property_value:{item.property}:{item.value.strip().lower()}"] += 1
+        found[f"properties:{item.name}"] += 1
+        found[f"property_value:{item.name}:{item.value.strip().lower()}"] += 1
         found.update(f"functions:{name}" for name in item.functions)
         found.update(f"units:{unit}" for unit in item.units)
         if item.important:

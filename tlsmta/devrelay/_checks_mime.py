@@ -131,7 +131,7 @@ def _structure(message: Message) -> dict[str, Any]:
         }
         if part.is_multipart():
             children = part.get_payload()
-            out["parts"] = [node(child) for child in children] if isinstance(children, list) else []
+            out["parts"] = [node(child) for child in children if isinstance(child, Message)] if isinstance(children, list) else []
         else:
             payload = part.get_payload(decode=True)
             out["size"] = len(payload) if isinstance(payload, bytes) else 0

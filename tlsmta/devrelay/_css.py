@@ -24,9 +24,9 @@ _LEGACY_PSEUDO_ELEMENTS = frozenset({"before", "after", "first-letter", "first-l
 
 @attrs.frozen
 class Declaration:
-    """``property: value [!important]``; the property lower-cased, the value as written."""
+    """``name: value [!important]``; the property name lower-cased, the value as written."""
 
-    property: str
+    name: str
     value: str
     important: bool = False
 

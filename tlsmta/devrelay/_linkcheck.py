@@ -16,8 +16,9 @@ from typing import Any
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, Response
+from twisted.web.client import Agent
 from twisted.web.http_headers import Headers
+from twisted.web.iweb import IResponse
 
 from tlsmta.network import IServiceReactor
 
@@ -30,22 +31,22 @@ class _Discard(Protocol):
 
     def connectionMade(self) -> None:
         assert self.transport is not None
-        self.transport.stopProducing()
+        self.transport.stopProducing()  # type: ignore[attr-defined]  # a response body's transport is its producer
 
 
-def discard_body(response: Response) -> None:
+def discard_body(response: IResponse) -> None:
     """Drop a response's body unread (a HEAD's is empty)."""
     if response.length:
         response.deliverBody(_Discard())
 
 
-def _request(agent: Agent, reactor: IServiceReactor, method: bytes, url: str) -> Deferred[Response]:
+def _request(agent: Agent, reactor: IServiceReactor, method: bytes, url: str) -> Deferred[IResponse]:
     d = agent.request(method, url.encode("ascii", "replace"), Headers({b"user-agent": [USER_AGENT]}))
     d.addTimeout(LINK_TIMEOUT, reactor)
     return d
 
 
-def _answer(response: Response) -> dict[str, Any]:
+def _answer(response: IResponse) -> dict[str, Any]:
     discard_body(response)
     location = response.headers.getRawHeaders(b"location")
     return {"status": response.code, "location": location[0].decode("latin-1") if location else None, "error": None}
@@ -58,7 +59,7 @@ def _failed(failure: Failure) -> dict[str, Any]:
 def check_link(agent: Agent, reactor: IServiceReactor, url: str) -> Deferred[dict[str, Any]]:
     """The status of one URL (HEAD, then GET if HEAD is refused); never fails."""
 
-    def head_refused(response: Response) -> Any:
+    def head_refused(response: IResponse) -> Any:
         if response.code in (405, 501):
             discard_body(response)
             return _request(agent, reactor, b"GET", url)

@@ -13,22 +13,22 @@ from __future__ import annotations
 
 import io
 import json
+from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
-from twisted.python.failure import Failure
-from twisted.web.client import Agent, FileBodyProducer, Response
+from twisted.web.client import Agent, FileBodyProducer
 from twisted.web.http_headers import Headers
 
 from tlsmta.devrelay._capture import CapturedMail
 from tlsmta.devrelay._linkcheck import discard_body
-from tlsmta.errors import TlsmtaError
 from tlsmta.network import IServiceReactor
 
 log = Logger(namespace="tlsmta.webhook")
+T = TypeVar("T")
 
 RETRY_DELAYS = (1.0, 5.0, 30.0)  # seconds before the 2nd, 3rd and 4th try
 ATTEMPTS = len(RETRY_DELAYS) + 1
@@ -57,8 +57,8 @@ class Webhook:
         self._again = False
         self._pending: set[Deferred[Any]] = set()  # requests and retry waits, cancelled by stop()
         self._stopped = False
-        self._queue: Deferred[None] = Deferred()
-        self._queue.callback(None)  # POSTs go one after another, in arrival order
+        self._outbox: deque[dict[str, Any]] = deque()  # summaries to POST, oldest first
+        self._draining = False
 
     def start(self) -> Deferred[None]:
         """Remember what is already captured: only mail arriving from now on is posted."""
@@ -94,7 +94,18 @@ class Webhook:
         for entry in reversed(entries):  # oldest first
             if entry["id"] not in self._seen:
                 self._seen.add(entry["id"])
-                self._queue.addCallback(lambda _, e=entry: self.post(e))
+                self._outbox.append(entry)
+        if self._outbox and not self._draining:
+            ensureDeferred(self._drain())
+
+    async def _drain(self) -> None:
+        """POST the waiting summaries one after another, in arrival order."""
+        self._draining = True
+        try:
+            while self._outbox and not self._stopped:
+                await self._post(self._outbox.popleft())
+        finally:
+            self._draining = False
 
     def stop(self) -> None:
         """Cancel the POST or wait in flight; nothing more is posted."""
@@ -102,40 +113,37 @@ class Webhook:
         for pending in list(self._pending):
             pending.cancel()
 
-    def _track(self, d: Deferred[Any]) -> Deferred[Any]:
+    async def _cancellable(self, d: Deferred[T]) -> T:
         self._pending.add(d)
-        return d.addBoth(lambda result: (self._pending.discard(d), result)[1])
+        try:
+            return await d
+        finally:
+            self._pending.discard(d)
 
-    def post(self, entry: dict[str, Any], attempt: int = 1) -> Deferred[None]:
-        """POST one summary, retrying; never fails (a failure is logged)."""
-        if self._stopped:
-            return succeed(None)
+    async def _post(self, entry: dict[str, Any]) -> None:
+        """POST one summary, retrying; never raises (a failure is logged)."""
         body = json.dumps(entry, ensure_ascii=False).encode("utf-8")
-        d = self.agent.request(b"POST", self.url.encode("ascii"), Headers(HEADERS), FileBodyProducer(io.BytesIO(body)))
-        d.addTimeout(POST_TIMEOUT, self.reactor)
-        d.addCallback(self._answered)
-
-        def failed(failure: Failure) -> Deferred[None] | None:
+        for attempt in range(1, ATTEMPTS + 1):
+            request = self.agent.request(b"POST", self.url.encode("ascii"), Headers(HEADERS),
+                                         FileBodyProducer(io.BytesIO(body)))
+            try:
+                response = await self._cancellable(request.addTimeout(POST_TIMEOUT, self.reactor))
+                discard_body(response)  # the status is the answer
+                if 200 <= response.code < 300:
+                    return
+                reason = f"HTTP {response.code}"
+            except Exception as e:  # refused, reset, timed out, cancelled by stop()
+                reason = str(e) or type(e).__name__
             if self._stopped:
-                return None
-            reason = failure.getErrorMessage() or failure.type.__name__
-            if attempt >= ATTEMPTS:
+                return
+            if attempt == ATTEMPTS:
                 log.warn("webhook POST of {id} to {url} failed ({reason}); gave up after {attempts} attempts",
                          id=entry["id"], url=self.url, reason=reason, attempts=attempt)
-                return None
+                return
             delay = RETRY_DELAYS[attempt - 1]
             log.warn("webhook POST of {id} to {url} failed ({reason}); retrying in {delay}s",
                      id=entry["id"], url=self.url, reason=reason, delay=delay)
-            wait = self._track(deferLater(self.reactor, delay, lambda: None))
-            return wait.addCallback(lambda _: self.post(entry, attempt + 1)).addErrback(lambda _: None)
-
-        return self._track(d).addErrback(failed)
-
-    def _answered(self, response: Response) -> None:
-        discard_body(response)  # the status is the answer
-        if not 200 <= response.code < 300:
-            raise WebhookRefused(f"HTTP {response.code}")
-
-
-class WebhookRefused(TlsmtaError):
-    """The receiver answered, but not with 2xx."""
+            try:
+                await self._cancellable(deferLater(self.reactor, delay, lambda: None))
+            except CancelledError:
+                return
