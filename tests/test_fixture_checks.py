@@ -3,9 +3,9 @@ synchronous test suite uses them: pytest in a separate process, no pytest-twiste
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from typing import Any
+
+from test_pytest_plugin import run_application_suite
 
 APP_TESTS = '''
 import json
@@ -49,21 +49,8 @@ def test_plain_smtp_mail_has_no_html_problems(tlsmta_relay):
     assert msg.html_problems == [] and msg.links == ["http://example.org/x"]
 '''
 
-INI = """[pytest]
-filterwarnings =
-    error
-"""
-
-
 def test_application_suite_sends_through_the_api_and_reads_the_checks(tmp_path: Any) -> None:
     """An application's suite posts a message to /api/send with urllib, waits for it with the fixture and
     reads ``msg.links`` and ``msg.html_problems``; plain SMTP mail has text links and no HTML problems."""
-    (tmp_path / "test_app.py").write_text(APP_TESTS)
-    (tmp_path / "pytest.ini").write_text(INI)
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:twisted", "-p", "no:cacheprovider", "-q", "-rA", "--timeout=60"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
-    )
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out
+    out = run_application_suite(tmp_path, {"test_app.py": APP_TESTS})
     assert "2 passed" in out, out

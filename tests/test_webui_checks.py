@@ -80,6 +80,20 @@ async def target() -> Any:
     await port.stopListening()
 
 
+@pytest.fixture
+def webhook_log() -> Any:
+    """The webhook's log lines, as text, while the test runs."""
+    lines: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_namespace") == "tlsmta.webhook":
+            lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    yield lines
+    globalLogPublisher.removeObserver(observe)
+
+
 def newsletter(target_port: int) -> EmailMessage:
     """An HTML mail with what some clients drop (<video>, display:flex, @media) and links to the target."""
     m = EmailMessage()
@@ -135,17 +149,23 @@ async def test_checks_list_size_structure_problems_html_support_and_links(tmp_pa
     assert target.requests == []  # the checks never click a link
 
 
-@pytest_twisted.ensureDeferred
-async def test_link_check_asks_allowed_hosts_only_when_asked(tmp_path: Any, target: Target) -> None:
-    """POST .../linkcheck: each allowed link's status (HEAD; GET after a 405; redirects reported, not followed);
-    other hosts are not requested."""
-    relay = await web_relay(tmp_path, link_check_hosts=["127.0.0.1"])
+async def link_check(tmp_path: Any, target: Target, **http: Any) -> tuple[int, Any]:
+    """The newsletter sent over SMTP to a relay with these [http] options, then POST .../linkcheck."""
+    relay = await web_relay(tmp_path, **http)
     try:
         await in_thread(send, relay.port, newsletter(target.port))
         message_id = await first_id(relay)
         status, answer = await in_thread(post_json, relay.http_port, f"/api/messages/{message_id}/linkcheck", {})
     finally:
         await relay.stop()
+    return status, answer
+
+
+@pytest_twisted.ensureDeferred
+async def test_link_check_asks_allowed_hosts_only_when_asked(tmp_path: Any, target: Target) -> None:
+    """POST .../linkcheck: each allowed link's status (HEAD; GET after a 405; redirects reported, not followed);
+    other hosts are not requested."""
+    status, answer = await link_check(tmp_path, target, link_check_hosts=["127.0.0.1"])
     assert status == 200
     base = f"http://127.0.0.1:{target.port}"
     found = {link["url"]: (link["status"], link["location"], link["error"]) for link in answer["links"]}
@@ -161,13 +181,7 @@ async def test_link_check_asks_allowed_hosts_only_when_asked(tmp_path: Any, targ
 @pytest_twisted.ensureDeferred
 async def test_link_check_requests_nothing_by_default(tmp_path: Any, target: Target) -> None:
     """With no [http] link_check_hosts every link is skipped and the target sees no request."""
-    relay = await web_relay(tmp_path)
-    try:
-        await in_thread(send, relay.port, newsletter(target.port))
-        message_id = await first_id(relay)
-        status, answer = await in_thread(post_json, relay.http_port, f"/api/messages/{message_id}/linkcheck", {})
-    finally:
-        await relay.stop()
+    status, answer = await link_check(tmp_path, target)
     assert status == 200 and answer["links"]
     assert all(link["skipped"] and link["status"] is None for link in answer["links"])
     assert target.requests == []
@@ -186,16 +200,10 @@ async def test_checks_of_an_unknown_message_is_404(tmp_path: Any) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_webhook_posts_each_arrival_and_retries_a_refusal(tmp_path: Any, target: Target) -> None:
+async def test_webhook_posts_each_arrival_and_retries_a_refusal(tmp_path: Any, target: Target,
+                                                                 webhook_log: list[str]) -> None:
     """Each message accepted over SMTP is POSTed once as its summary JSON; a 500 is logged and retried."""
     target.refuse = 1
-    lines: list[str] = []
-
-    def observe(event: dict[str, Any]) -> None:
-        if event.get("log_namespace") == "tlsmta.webhook":
-            lines.append(formatEvent(event))
-
-    globalLogPublisher.addObserver(observe)
     relay = await web_relay(tmp_path, webhook_url=f"http://127.0.0.1:{target.port}/hook")
     try:
         await in_thread(send, relay.port, newsletter(target.port))
@@ -207,40 +215,32 @@ async def test_webhook_posts_each_arrival_and_retries_a_refusal(tmp_path: Any, t
         listing = await in_thread(get_json, relay.http_port, "/api/messages")
     finally:
         await relay.stop()
-        globalLogPublisher.removeObserver(observe)
-    assert [post["subject"] for post in target.posts] == ["Newsletter", "Newsletter", "Second"], (lines, target.requests)
+    assert [post["subject"] for post in target.posts] == ["Newsletter", "Newsletter", "Second"], (webhook_log, target.requests)
     assert {post["id"] for post in target.posts} == {entry["id"] for entry in listing["messages"]}
     assert target.posts[0] == next(e for e in listing["messages"] if e["subject"] == "Newsletter")
-    assert any("failed (HTTP 500); retrying in 1.0s" in line for line in lines), lines
+    assert any("failed (HTTP 500); retrying in 1.0s" in line for line in webhook_log), webhook_log
 
 
 @pytest_twisted.ensureDeferred
-async def test_webhook_receiver_down_never_delays_smtp(tmp_path: Any) -> None:
+async def test_webhook_receiver_down_never_delays_smtp(tmp_path: Any, webhook_log: list[str]) -> None:
     """With nothing listening at the webhook URL, mail is still accepted at once and the failure is logged."""
     placeholder = reactor.listenTCP(0, Site(Resource()), interface="127.0.0.1")
     closed = placeholder.getHost().port
     await placeholder.stopListening()  # a port nobody listens on
-    lines: list[str] = []
-
-    def observe(event: dict[str, Any]) -> None:
-        if event.get("log_namespace") == "tlsmta.webhook":
-            lines.append(formatEvent(event))
-
-    globalLogPublisher.addObserver(observe)
     relay = await web_relay(tmp_path, webhook_url=f"http://127.0.0.1:{closed}/hook")
     try:
         for _ in range(3):
             await in_thread(send, relay.port, newsletter(1))
         for _ in range(int(WAIT / 0.05)):
-            if lines:
+            if webhook_log:
                 break
             await deferLater(reactor, 0.05, lambda: None)
         listing = await in_thread(get_json, relay.http_port, "/api/messages")
     finally:
         await relay.stop()
-        globalLogPublisher.removeObserver(observe)
     assert listing["count"] == 3
-    assert lines and "connection refused" in lines[0].lower() and "retrying in 1.0s" in lines[0], lines
+    assert webhook_log and "connection refused" in webhook_log[0].lower(), webhook_log
+    assert "retrying in 1.0s" in webhook_log[0]
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ selectors, property declarations, functions and units in values) in a
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 import attrs
 
@@ -73,16 +74,25 @@ def _without_urls(text: str) -> str:
     return re.sub(r"url\([^)]*\)?", "url()", text, flags=re.I)
 
 
-def _split_top(text: str, separator: str) -> list[str]:
-    """``text`` split at ``separator`` outside parentheses and strings."""
-    parts, depth, start, quote = [], 0, 0, ""
-    for i, char in enumerate(text):
+def _outside_strings(text: str, start: int = 0) -> Iterator[tuple[int, str]]:
+    """(index, character) of each character of ``text`` from ``start`` that is not inside a string."""
+    quote = ""
+    for i in range(start, len(text)):
+        char = text[i]
         if quote:
             if char == quote and text[i - 1] != "\\":
                 quote = ""
         elif char in "\"'":
             quote = char
-        elif char == "(":
+        else:
+            yield i, char
+
+
+def _split_top(text: str, separator: str) -> list[str]:
+    """``text`` split at ``separator`` outside parentheses and strings."""
+    parts, depth, start = [], 0, 0
+    for i, char in _outside_strings(text):
+        if char == "(":
             depth += 1
         elif char == ")":
             depth = max(0, depth - 1)
@@ -109,15 +119,9 @@ def parse_declarations(text: str) -> tuple[Declaration, ...]:
 
 def _block_end(text: str, start: int) -> int:
     """The index just past the ``}`` closing the block whose ``{`` is at ``start`` (or the end)."""
-    depth, quote = 0, ""
-    for i in range(start, len(text)):
-        char = text[i]
-        if quote:
-            if char == quote and text[i - 1] != "\\":
-                quote = ""
-        elif char in "\"'":
-            quote = char
-        elif char == "{":
+    depth = 0
+    for i, char in _outside_strings(text, start):
+        if char == "{":
             depth += 1
         elif char == "}":
             depth -= 1
