@@ -311,3 +311,24 @@ async def test_send_api_message_is_captured_like_smtp_mail(tmp_path: Any, target
     assert [p["filename"] for p in detail["parts"] if p["attachment"]] == ["invoice.pdf"]
     assert [post["subject"] for post in target.posts] == ["Your invoice"]
     assert checks["problems"] == []  # Date and Message-ID added, all declared 7bit/base64 correctly
+
+
+@pytest.mark.parametrize(
+    "http, expected",
+    [
+        ('endpoint = "tcp:0:interface=127.0.0.1"\nwebhook_url = "ftp://example.org/x"',
+         "[http] webhook_url: must be an http:// or https:// URL with a host, in ASCII (got 'ftp://example.org/x')"),
+        ('webhook_url = "http://127.0.0.1:9000/mail"',
+         "[http] webhook_url: needs [http] endpoint: the webhook runs with the dev relay's web page"),
+        ('endpoint = "tcp:0:interface=127.0.0.1"\nlink_check_hosts = "localhost"',
+         "[http] link_check_hosts: must be a list of non-empty strings (got 'localhost')"),
+    ],
+)
+def test_bad_check_options_name_file_table_and_key(tmp_path: Any, capsys: Any, http: str, expected: str) -> None:
+    """tlsmta check-config: exit 78 and the problem with file, table and key."""
+    from tlsmta.app.cli import main
+
+    path = tmp_path / "dev.toml"
+    path.write_text(f'[global]\nroute = "maildir:{tmp_path / "maildir"}"\n[http]\n{http}\n')
+    assert main(["check-config", str(path)]) == 78
+    assert f"{path}: {expected}" in capsys.readouterr().err
