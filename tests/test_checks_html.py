@@ -98,3 +98,13 @@ def test_data_set_is_the_derivation_of_its_source_format(tmp_path) -> None:
     assert feature["match"] == {"kind": "elements", "names": ["video"]}
     assert feature["unsupported"] == ["gmail.ios"]
     assert feature["partial"] == {"gmail.android": "Only with a poster."}
+
+
+def test_which_links_the_link_check_may_request() -> None:
+    """Only http(s) URLs on listed hosts (case and a final dot ignored); nothing with an empty list."""
+    from tlsmta.devrelay._checks import not_checkable
+
+    assert not_checkable("https://Staging.Example.com./x", ["staging.example.com"]) is None
+    assert not_checkable("https://staging.example.com/x", []) == "host not in [http] link_check_hosts"
+    assert not_checkable("mailto:bob@example.org", ["example.org"]) == "not an http(s) URL"
+    assert not_checkable("http://example.org:http/", ["example.org"]) == "not a valid URL"

@@ -90,3 +90,29 @@ def test_unknown_encoding_broken_multipart_and_html_only() -> None:
     assert "mime-defect" in _codes(broken)
     html_only = head + b"Content-Type: text/html; charset=utf-8\n\n<p>hi</p>\n"
     assert "html-only" in _codes(html_only)
+
+
+def test_send_api_messages_are_well_formed() -> None:
+    """The send API's message (HTML only, or text with HTML and an inline cid: image and an attachment)
+    has Date and Message-ID and no problems; Bcc stays out of the headers."""
+    import base64
+
+    from tlsmta.devrelay._send import build_message
+
+    html_only = build_message({"from": "a@example.org", "to": "b@example.org", "subject": "s", "html": "<p>x</p>"},
+                              "relay.test")
+    assert {p["code"] for p in mime_report(html_only.data)["problems"]} == {"html-only"}
+    full = build_message({
+        "from": "App <a@example.org>", "to": ["b@example.org"], "bcc": ["c@example.org"], "subject": "Grüße",
+        "text": "Grüße", "html": '<img src="cid:logo">',
+        "attachments": [{"filename": "logo.png", "content_type": "image/png", "inline": True, "content_id": "logo",
+                         "content": base64.b64encode(b"PNG").decode()},
+                        {"filename": "a.pdf", "content_type": "application/pdf", "content": "JVBERg=="}],
+    }, "relay.test")
+    assert full.sender == "a@example.org" and full.recipients == ("b@example.org", "c@example.org")
+    report = mime_report(full.data)
+    assert report["problems"] == []
+    assert b"Bcc" not in full.data and b"@relay.test>" in full.data
+    related = report["structure"]["parts"][0]["parts"][1]
+    assert related["content_type"] == "multipart/related"
+    assert [p["content_type"] for p in related["parts"]] == ["text/html", "image/png"]

@@ -38,8 +38,7 @@ def not_checkable(url: str, allowed_hosts: Iterable[str]) -> str | None:
     """Why the link check will not request ``url`` (None: it will)."""
     try:
         parts = urlsplit(url)
-        host = parts.hostname
-        parts.port  # noqa: B018 - raises ValueError on a bad port
+        host, _ = parts.hostname, parts.port  # .port raises ValueError for a port that is no number
     except ValueError:
         return "not a valid URL"
     if parts.scheme.lower() not in ("http", "https") or not host:

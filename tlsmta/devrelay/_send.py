@@ -115,14 +115,14 @@ def build_message(body: Any, hostname: str) -> Outgoing:
             raise SendError(f'"headers": {name!r} cannot be set there')
         message[name] = value
     if "Date" not in message:
-        message["Date"] = email.utils.formatdate(localtime=False)
+        message["Date"] = email.utils.formatdate(usegmt=True)
     if "Message-ID" not in message:
         message["Message-ID"] = email.utils.make_msgid(domain=hostname)
-    message.set_content(text if text is not None else ("" if html is not None else ""))
-    if html is not None:
-        if text is None:
-            message.set_content(html, subtype="html")
-        else:
+    if text is None and html is not None:  # HTML only
+        message.set_content(html, subtype="html")
+    else:
+        message.set_content(text or "")
+        if html is not None:
             message.add_alternative(html, subtype="html")
     attachments = body.get("attachments") or []
     if not isinstance(attachments, list):
