@@ -332,3 +332,24 @@ def test_bad_check_options_name_file_table_and_key(tmp_path: Any, capsys: Any, h
     path.write_text(f'[global]\nroute = "maildir:{tmp_path / "maildir"}"\n[http]\n{http}\n')
     assert main(["check-config", str(path)]) == 78
     assert f"{path}: {expected}" in capsys.readouterr().err
+
+
+@pytest_twisted.ensureDeferred
+async def test_webhook_posts_only_what_arrives_after_start(tmp_path: Any, target: Target) -> None:
+    """Mail already in the Maildir when the relay starts is not posted; the next arrival is, once."""
+    first = await web_relay(tmp_path)
+    try:
+        await in_thread(send, first.port, newsletter(target.port))
+    finally:
+        await first.stop()
+    relay = await web_relay(tmp_path, webhook_url=f"http://127.0.0.1:{target.port}/hook")
+    try:
+        m = newsletter(target.port)
+        m.replace_header("Subject", "After start")
+        await in_thread(send, relay.port, m)
+        await target.posted(1)
+        listing = await in_thread(get_json, relay.http_port, "/api/messages")
+    finally:
+        await relay.stop()
+    assert listing["count"] == 2
+    assert [post["subject"] for post in target.posts] == ["After start"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -61,11 +62,15 @@ class Webhook:
         self._draining = False
 
     def start(self) -> Deferred[None]:
-        """Remember what is already captured: only mail arriving from now on is posted."""
-        return self.run_blocking(self.mail.summaries).addCallback(self._started)
+        """Remember what was captured before now: only mail arriving from now on is posted
+        (also what arrives while the Maildir is being read)."""
+        since = time.time()
+        return self.run_blocking(self.mail.summaries).addCallback(self._started, since)
 
-    def _started(self, entries: list[dict[str, Any]]) -> None:
-        self._seen = {entry["id"] for entry in entries}
+    def _started(self, entries: list[dict[str, Any]], since: float) -> None:
+        self._seen = {entry["id"] for entry in entries if entry["received_ts"] < since}
+        if len(self._seen) < len(entries):
+            self._scan()
 
     def on_event(self, event: str, fields: dict[str, Any]) -> None:
         """An events sink (may be called off the reactor thread)."""
