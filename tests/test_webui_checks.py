@@ -94,12 +94,12 @@ def webhook_log() -> Any:
     globalLogPublisher.removeObserver(observe)
 
 
-def newsletter(target_port: int) -> EmailMessage:
+def newsletter(target_port: int, subject: str = "Newsletter") -> EmailMessage:
     """An HTML mail with what some clients drop (<video>, display:flex, @media) and links to the target."""
     m = EmailMessage()
     m["From"] = "news@example.com"
     m["To"] = "bob@example.org"
-    m["Subject"] = "Newsletter"
+    m["Subject"] = subject
     base = f"http://127.0.0.1:{target_port}"
     m.set_content(f"Read it online: {base}/moved\n")
     m.add_alternative(
@@ -208,9 +208,7 @@ async def test_webhook_posts_each_arrival_and_retries_a_refusal(tmp_path: Any, t
     try:
         await in_thread(send, relay.port, newsletter(target.port))
         await target.posted(2)  # refused, then retried
-        m = newsletter(target.port)
-        m.replace_header("Subject", "Second")
-        await in_thread(send, relay.port, m)
+        await in_thread(send, relay.port, newsletter(target.port, "Second"))
         await target.posted(3)
         listing = await in_thread(get_json, relay.http_port, "/api/messages")
     finally:
@@ -344,9 +342,7 @@ async def test_webhook_posts_only_what_arrives_after_start(tmp_path: Any, target
         await first.stop()
     relay = await web_relay(tmp_path, webhook_url=f"http://127.0.0.1:{target.port}/hook")
     try:
-        m = newsletter(target.port)
-        m.replace_header("Subject", "After start")
-        await in_thread(send, relay.port, m)
+        await in_thread(send, relay.port, newsletter(target.port, "After start"))
         await target.posted(1)
         listing = await in_thread(get_json, relay.http_port, "/api/messages")
     finally:
