@@ -112,11 +112,11 @@ filterwarnings =
 """
 
 
-def test_application_suite_uses_the_fixture(tmp_path: Any) -> None:
-    """A synchronous application test suite passes using tlsmta_relay: wait_for, messages, clear,
-    TLS facts, a TLS lab marker, failures on purpose (fail), AUTH with any password, the web page; each test gets its own relay."""
-    (tmp_path / "app.py").write_text(APP)
-    (tmp_path / "test_app.py").write_text(APP_TESTS)
+def run_application_suite(tmp_path: Any, files: dict[str, str]) -> str:
+    """Write an application's files and run its test suite in a separate pytest (no pytest-twisted);
+    its output, after checking that it passed."""
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
     (tmp_path / "pytest.ini").write_text(INI)
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:twisted", "-p", "no:cacheprovider", "-q", "-rA", "--timeout=60"],
@@ -124,6 +124,13 @@ def test_application_suite_uses_the_fixture(tmp_path: Any) -> None:
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
+    return out
+
+
+def test_application_suite_uses_the_fixture(tmp_path: Any) -> None:
+    """A synchronous application test suite passes using tlsmta_relay: wait_for, messages, clear,
+    TLS facts, a TLS lab marker, failures on purpose (fail), AUTH with any password, the web page; each test gets its own relay."""
+    out = run_application_suite(tmp_path, {"app.py": APP, "test_app.py": APP_TESTS})
     assert "7 passed" in out, out
 
 

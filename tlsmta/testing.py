@@ -222,6 +222,23 @@ class CapturedMessage:
         body = self.message.get_body(("html",))
         return None if body is None else str(body.get_content())
 
+    @property
+    def html_problems(self) -> list[dict[str, Any]]:
+        """What the major mail clients do not support in the HTML body (caniemail's data):
+        one dict per feature with ``feature``, ``title``, ``found``, ``unsupported`` and
+        ``partial`` clients; empty without an HTML body."""
+        from tlsmta.devrelay import html_problems
+
+        html = self.html
+        return [] if html is None else html_problems(html)
+
+    @property
+    def links(self) -> list[str]:
+        """Every link and image URL in the HTML body, then URLs written in the text body, each once."""
+        from tlsmta.devrelay import links_of
+
+        return [link.url for link in links_of(self.html, self.text)]
+
 
 def _captured(message_id: str, data: bytes, receipt: Mapping[str, Any]) -> CapturedMessage:
     from tlsmta.devrelay import envelope_of, parse_message
@@ -367,7 +384,7 @@ class Relay:
         self.stop()
 
     def _on_event(self, event: str, fields: dict[str, Any]) -> None:
-        if event == "received" and fields.get("code") == 250:
+        if (event == "received" and fields.get("code") == 250) or event == "queue_done":  # SMTP, or the queue
             with self._arrivals:
                 self._arrived += 1
                 self._arrivals.notify_all()

@@ -15,6 +15,7 @@ import ipaddress
 import os
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
@@ -374,6 +375,15 @@ def _endpoint(value: Any) -> str:
     return text
 
 
+def _http_url(value: Any) -> str:
+    """An absolute http:// or https:// URL with a host, as ASCII (Twisted's Agent takes bytes)."""
+    text = _str(value)
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname or not text.isascii():
+        raise ValueError(f"must be an http:// or https:// URL with a host, in ASCII (got {text!r})")
+    return text
+
+
 def _address(value: Any) -> str:
     try:
         return str(ipaddress.ip_address(_str(value)))
@@ -520,6 +530,9 @@ HTTP_OPTIONS: dict[str, Option] = {
     ),
     "maildir": Option(_path, None, "the Maildir the page shows; default: the global maildir: route"),
     "allowed_hosts": Option(_str_list, (), "Host header names accepted besides loopback ones (DNS rebinding guard)"),
+    # The dev relay's message checks and webhook (tlsmta.devrelay._linkcheck, _webhook).
+    "link_check_hosts": Option(_str_list, (), "hosts the link check may request (default none)"),
+    "webhook_url": Option(_http_url, None, "POST each captured message's summary here (needs [http] endpoint)"),
 }
 
 # Receiving TLS-RPT reports by HTTPS (RFC 8460 3: "https:" rua); by mail they come to a ``tlsrpt`` route.
@@ -897,6 +910,8 @@ def from_dict(raw: Mapping[str, Any], path: str = "<config>", environment: Envir
     for key in ("pop3", "imap"):
         if dev[key] and http["maildir"] is None and (route is None or route.kind != "maildir"):
             v.problem("dev", key, "serves the captured mail: needs [http] maildir or a global maildir: route")
+    if http["webhook_url"] and not http["endpoint"]:
+        v.problem("http", "webhook_url", "needs [http] endpoint: the webhook runs with the dev relay's web page")
     if control["socket"] is None:
         control["socket"] = os.path.join(state_dir, "control.sock")
     dns_table = v.table(raw.get("dns"), "dns")

@@ -2,8 +2,10 @@
 captured messages read from the Maildir (``capture``, ``mailview``), the
 TLS lab (``tlslab``), SMTP failures on purpose (``chaos``), POP3 and IMAP
 over the captured mail (``mailservers``, ``mailaccess``, ``pop3``, ``imap``),
-the dev CA and its certificates (``devcert``) and "Release" to a smarthost
-(``release``).
+checks per message (``checks``, ``checks_html``, ``checks_mime``, ``css``,
+``linkcheck``), the send API and the webhook (``webui_tools``, ``send``,
+``webhook``), the dev CA and its certificates (``devcert``) and "Release" to
+a smarthost (``release``).
 
 May import storage, smtp, tls, reporting and config.
 
@@ -13,6 +15,7 @@ This ``__init__`` is the part's API: other parts import only the names in
 
 from tlsmta.devrelay._capture import CapturedMail, MessageNotFound, captured_maildir
 from tlsmta.devrelay._chaos import ChaosError, ChaosRules, FailureRule
+from tlsmta.devrelay._checks_html import html_problems, links_of
 from tlsmta.devrelay._devcert import LAB_MODES, dev_ca_path, ensure_dev_ca, ensure_dev_certificate
 from tlsmta.devrelay._mailaccess import MailAccessService
 from tlsmta.devrelay._mailservers import mail_access_services
@@ -39,11 +42,13 @@ __all__ = [
     "ensure_dev_certificate",
     "envelope_of",
     "FailureRule",
+    "html_problems",
     "lab_listener",
     "LAB_MODES",
     "lab_server_tls",
     "LabError",
     "LabListener",
+    "links_of",
     "log_dev_ca",
     "mail_access_services",
     "MailAccessService",

@@ -23,6 +23,9 @@ Routes (all JSON unless said otherwise):
 queued for that smarthost under the configured TLS policy, see :mod:`tlsmta.devrelay._release`),
 ``GET /api/dev-ca.pem``, ``GET|PUT /api/tls-lab``, ``GET|POST|DELETE /api/chaos`` and
 ``DELETE /api/chaos/ID`` (SMTP failure rules, see :mod:`tlsmta.devrelay._chaos`), and the page at ``/``.
+The checks, link check and send API (``/api/messages/ID/checks``,
+``/api/messages/ID/linkcheck``, ``/api/send``) are :mod:`tlsmta.devrelay._webui_tools`;
+the webhook is :mod:`tlsmta.devrelay._webhook`.
 """
 
 from __future__ import annotations
@@ -49,7 +52,10 @@ from tlsmta.devrelay._chaos import STAGES, ChaosError, ChaosRules, described
 from tlsmta.devrelay._devcert import LAB_MODES, dev_ca_path
 from tlsmta.devrelay._mailview import envelope_of, html_of, part_of
 from tlsmta.devrelay._release import ReleaseError, outgoing_body, release_message, smarthost_route
+from tlsmta.devrelay._send import SendError
 from tlsmta.devrelay._tlslab import LabError, LabListener, lab_applies
+from tlsmta.devrelay._webhook import Webhook
+from tlsmta.devrelay._webui_tools import MessageTools
 from tlsmta.errors import TlsmtaError
 from tlsmta.network import IServiceReactor, PortService
 from tlsmta.reporting import EventBus
@@ -65,6 +71,7 @@ STATIC = {
     "app.js": "text/javascript; charset=utf-8",
     "chaos.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
+    "checks.js": "text/javascript; charset=utf-8",
 }
 PAGE_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
@@ -199,6 +206,7 @@ class WebUI(Resource):
         self.allowed_hosts = tuple(allowed_hosts)
         self.host = host  # the running relay, for the TLS lab and Release; None: neither
         self.stream = EventStream(reactor)
+        self.tools: MessageTools | None = None  # checks, link check, send API (web_service sets it)
         self.static = {name: resources.files("tlsmta.devrelay").joinpath("web", name).read_bytes() for name in STATIC}
 
     # -- plumbing -------------------------------------------------------------------------
@@ -226,7 +234,7 @@ class WebUI(Resource):
     def _failed(self, request: Request, failure: Failure) -> None:
         if failure.check(HTTPError):
             self._finish(request, json_reply({"error": failure.value.message}, failure.value.status))
-        elif failure.check(ReleaseError):
+        elif failure.check(ReleaseError, SendError):
             self._finish(request, json_reply({"error": str(failure.value)}, 400))
         elif failure.check(MessageNotFound):
             self._finish(request, json_reply({"error": "no such message"}, 404))
@@ -246,12 +254,12 @@ class WebUI(Resource):
             request.write(reply.body)
         request.finish()
 
-    def _json_body(self, request: Request) -> Any:
+    def _json_body(self, request: Request, limit: int = MAX_BODY) -> Any:
         ctype = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
         if ctype != b"application/json":
             raise HTTPError(415, "send Content-Type: application/json")
-        data = request.content.read(MAX_BODY + 1) if request.content else b""
-        if len(data) > MAX_BODY:
+        data = request.content.read(limit + 1) if request.content else b""
+        if len(data) > limit:
             raise HTTPError(413, "request body too large")
         try:
             return json.loads(data or b"{}")
@@ -272,6 +280,9 @@ class WebUI(Resource):
         if not path or path[0] != "api":
             raise HTTPError(404, "not found")
         api = path[1:]
+        tool = self.tools.route(method, api, lambda limit: self._json_body(request, limit)) if self.tools else None
+        if tool is not None:
+            return tool.addCallback(lambda answer: json_reply(*answer))
         if api == ["messages"]:
             if method == "GET":
                 return self._list(request)
@@ -450,10 +461,11 @@ class _QuietSite(Site):
 class WebService(PortService):
     """The web page and API on the opt-in ``[http] endpoint``."""
 
-    def __init__(self, reactor: IServiceReactor, endpoint: str, web: WebUI):
+    def __init__(self, reactor: IServiceReactor, endpoint: str, web: WebUI, webhook: Webhook | None = None):
         self.reactor = reactor
         self.endpoint = endpoint
         self.web = web
+        self.webhook = webhook
         self.ready: Deferred[IListeningPort] = Deferred()
 
     def startService(self) -> None:
@@ -461,6 +473,9 @@ class WebService(PortService):
         self.web.mail.ensure()
         if self.web.host is not None:
             self.web.host.events.add_sink(self.web.stream.on_event)
+        if self.webhook is not None and self.web.host is not None:
+            self.webhook.start()
+            self.web.host.events.add_sink(self.webhook.on_event)
         self.web.stream.start()
         site = _QuietSite(self.web, reactor=self.reactor)
         self.listen_on(serverFromString(self.reactor, self.endpoint).listen(site))
@@ -478,6 +493,9 @@ class WebService(PortService):
     def stopService(self) -> Deferred[None] | None:
         if self.web.host is not None:
             self.web.host.events.remove_sink(self.web.stream.on_event)
+        if self.webhook is not None and self.web.host is not None:
+            self.web.host.events.remove_sink(self.webhook.on_event)
+            self.webhook.stop()
         self.web.stream.stop()
         return super().stopService()
 
@@ -487,4 +505,8 @@ def web_service(reactor: IServiceReactor, config: Any, host: RelayHost, run_bloc
     maildir = captured_maildir(config)
     assert maildir is not None, "the loader refuses [http] endpoint without a Maildir to show"
     web = WebUI(reactor, CapturedMail(maildir), config.state_dir, run_blocking, config.http.get("allowed_hosts") or (), host)
-    return WebService(reactor, config.http["endpoint"], web)
+    web.tools = MessageTools(reactor, web.mail, run_blocking, host.release if host is not None else None,
+                             config.http.get("link_check_hosts") or (), config.hostname or "localhost")
+    url = config.http.get("webhook_url")
+    webhook = Webhook(reactor, url, web.mail, run_blocking) if url else None
+    return WebService(reactor, config.http["endpoint"], web, webhook)

@@ -133,6 +133,7 @@ async function select(id) {
     attachments.append(item);
   }
   setTab(state.tab === "html" && m.html_part === null ? "text" : state.tab);
+  document.dispatchEvent(new CustomEvent("tlsmta:message-shown", { detail: { id } }));  // extra tabs (checks.js)
 }
 
 async function loadLab() {
