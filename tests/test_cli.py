@@ -141,6 +141,15 @@ def test_check_config_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture
     assert err == f"{path}: (top level): file not found\n"
 
 
+def test_check_config_unsupported_group(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A key-exchange group this OpenSSL lacks exits 78, naming the key, the group and the OpenSSL version."""
+    path = write(tmp_path, '[binding."out1"]\ntls_groups = ["X25519", "X999MLKEM4096"]\n')
+    assert main(["check-config", path]) == EX_CONFIG
+    err = capsys.readouterr().err
+    assert err.startswith(f'{path}: [binding."out1"] tls_groups: ')
+    assert "'X999MLKEM4096' not supported by OpenSSL " in err and "(ML-KEM groups need OpenSSL 3.5 or later)" in err
+
+
 def test_check_config_invalid_toml(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A file that is not TOML exits 78 with one line naming the file."""
     path = write(tmp_path, "[global\n")

@@ -36,6 +36,7 @@ from tlsmta.config._loader import (
     select_binding,
 )
 from tlsmta.config._routes import Route, parse_route
+from tlsmta.tls import openssl_version
 
 CONFIG_NAME = "tlsmta.toml"
 DOMAIN = "example.com"
@@ -1142,6 +1143,42 @@ def test_openssl_strings_that_match_nothing_are_refused(tmp_path: Path, line: st
     problem = only_problem(path)
     assert_names(problem, path, 'domain."example.com"', key)
     assert why in problem.why
+
+
+@pytest.mark.parametrize("table", ['domain."example.com"', "global", "listener"])
+def test_unsupported_group_is_named_with_the_openssl_version(tmp_path: Path, table: str) -> None:
+    """check-config names file, table and key, the group OpenSSL lacks, and which OpenSSL that is."""
+    header = "[[listener]]\nendpoint = \"tcp:0\"\ntls = \"no\"" if table == "listener" else f"[{table}]"
+    path = write(tmp_path, f'{header}\ntls_groups = ["X25519", "brainpoolP999r1"]\n')
+    problem = only_problem(path)
+    assert_names(problem, path, "listener.0" if table == "listener" else table, "tls_groups")
+    assert "'brainpoolP999r1' not supported by OpenSSL " in problem.why
+    assert openssl_version() in problem.why and "'X25519'" not in problem.why
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ('"X25519:secp256r1"', "must be a list of non-empty strings"),
+        ('["X25519:secp256r1"]', "is not a group name"),
+        ("[]", "at least one key-exchange group"),
+    ],
+)
+def test_groups_must_be_a_list_of_names(tmp_path: Path, value: str, why: str) -> None:
+    path = write(tmp_path, f"[global]\ntls_groups = {value}\n")
+    problem = only_problem(path)
+    assert_names(problem, path, "global", "tls_groups")
+    assert why in problem.why
+
+
+def test_groups_resolve_by_scope(tmp_path: Path) -> None:
+    """tls_groups is a delivery option like the other tls ones: the nearest scope that sets it wins."""
+    path = write(tmp_path, '[global]\ntls_groups = ["X25519MLKEM768", "X25519"]\n'
+                           '[domain."example.com"]\ntls_groups = ["secp384r1"]\n')
+    config = load(path)
+    assert resolve(config, DOMAIN)["tls_groups"] == Resolved(("secp384r1",), 'domain."example.com"')
+    assert resolve(config, "example.org")["tls_groups"] == Resolved(("X25519MLKEM768", "X25519"), "global")
+    assert resolve(from_dict({}), DOMAIN)["tls_groups"] == Resolved(None, "default")  # tls.default_groups()
 
 
 def test_ca_file_without_certificates_is_refused(tmp_path: Path) -> None:

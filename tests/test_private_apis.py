@@ -32,7 +32,9 @@ TLS12 = frozenset({"TLSv1.2"})
 # -- OpenSSL -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["X509_verify_cert_error_string", "SSL_session_reused"])
+@pytest.mark.parametrize("name", [
+    "X509_verify_cert_error_string", "SSL_session_reused", "SSL_CTX_set1_curves_list", "SSL_get0_group_name",
+])
 def test_openssl_binding_has_the_functions_used(name: str) -> None:
     from OpenSSL._util import lib
 
@@ -76,6 +78,19 @@ def test_session_reused_tells_a_resumed_handshake_from_a_full_one(pki: Any) -> N
     _handshake(second_client, second_server)
     assert openssl_private.session_reused(second_client) is True, OPENSSL_MOVED
     assert openssl_private.session_reused(second_server) is True, OPENSSL_MOVED
+
+
+def test_groups_are_set_on_the_context_and_read_from_the_connection(pki: Any) -> None:
+    """SSL_CTX_set1_curves_list takes a group list (and refuses an unknown name); SSL_get0_group_name names the one agreed."""
+    server_ctx = contexts.server_context(pki.good.cert, pki.good.key, TLS12)
+    client_ctx = contexts.client_context(TLS12, ca=pki.ca_pem)
+    assert hasattr(server_ctx, "_context"), f"SSL.Context._context is gone. {OPENSSL_MOVED}"
+    assert openssl_private.set_groups(server_ctx, "secp384r1") is True, OPENSSL_MOVED
+    assert openssl_private.set_groups(server_ctx, "secp384r1:no-such-group") is False, OPENSSL_MOVED
+    client, server = SSL.Connection(client_ctx, None), SSL.Connection(server_ctx, None)
+    assert openssl_private.negotiated_group(client) is None  # before any handshake
+    _handshake(client, server)
+    assert openssl_private.negotiated_group(client) == openssl_private.negotiated_group(server) == "secp384r1", OPENSSL_MOVED
 
 
 # -- Twisted's PROXY header parsers --------------------------------------------------------------

@@ -115,7 +115,8 @@ async def probe_address(reactor: IServiceReactor, mx: str, ip: str, port: int, d
             return result
         # Record everything, decide nothing in the handshake: optional never aborts.
         check = CertificateCheck(VerifyMode.OPTIONAL, wanted=(domain, mx), enforce_in_handshake=False)
-        ctx = client_context(options["tls_protocols"], options["tls_ciphers"], options["tlsv13_ciphersuites"], options["tls_ca"])
+        ctx = client_context(options["tls_protocols"], options["tls_ciphers"], options["tlsv13_ciphersuites"], options["tls_ca"],
+                             groups=options["tls_groups"])
         secured = await proto.starttls(ClientTLS(ctx, mx, check))
         if isinstance(secured, session.StartTLSRefused):
             result.refused = secured.reply
@@ -325,6 +326,7 @@ def format_result(result: ProbeResult, tls_mode: OutboundTLS, verify: VerifyMode
         lines.append(f"  error:    {result.error}")
     if result.facts is not None:
         lines.append(f"  TLS:      {result.facts.protocol} {result.facts.cipher}")
+        lines.append(f"  group:    {result.facts.group or 'unknown'}")  # the key exchange's
         lines.append("  certificate chain:")
         for depth, cert in enumerate(result.chain):
             lines += format_certificate(depth, cert)

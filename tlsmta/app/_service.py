@@ -101,6 +101,7 @@ def listener_tls(listener: ListenerConfig, config: Config, hostname: str, hooks:
         listener.tls_client_ca,
         session_id=f"tlsmta-{listener.name}".encode(),
         resumption=listener.tls_verify == "no" and not (hooks and hooks.inbound_tls_verify_callback),
+        groups=listener.tls_groups,
     )
     return ServerTLS(ctx)
 

@@ -154,6 +154,7 @@ class TLSOptions:
     protocols: frozenset[str]
     ciphers: str | None
     tls13: str | None
+    groups: tuple[str, ...] | None
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> TLSOptions:
@@ -167,6 +168,7 @@ class TLSOptions:
             protocols=options["tls_protocols"],
             ciphers=options["tls_ciphers"],
             tls13=options["tlsv13_ciphersuites"],
+            groups=options["tls_groups"],
         )
 
     def describe(self) -> str:
@@ -736,11 +738,11 @@ class OutboundPool:
         )
 
     def client_tls(self, opts: TLSOptions, server_name: str, check: CertificateCheck, session: Any = None) -> ClientTLS:
-        key = (opts.protocols, opts.ciphers, opts.tls13, opts.ca, opts.certificate, opts.key)
+        key = (opts.protocols, opts.ciphers, opts.tls13, opts.ca, opts.certificate, opts.key, opts.groups)
         ctx = self._contexts.get(key)
         if ctx is None:
             ctx = self._contexts[key] = client_context(
-                opts.protocols, opts.ciphers, opts.tls13, opts.ca, opts.certificate, opts.key
+                opts.protocols, opts.ciphers, opts.tls13, opts.ca, opts.certificate, opts.key, groups=opts.groups
             )
         return ClientTLS(ctx, server_name, check, session)
 

@@ -21,11 +21,13 @@ from tlsmta.tls._contexts import (
     client_context,
     describe_name,
     load_keypair,
+    openssl_version,
     presented_names,
     server_context,
     ssl_error_text,
     tls_connection,
     tls_log_fields,
+    unsupported_groups,
 )
 from tlsmta.tls._hooks import HookError, Hooks, load_hook, load_hooks
 from tlsmta.tls._https import HTTPSFailure, TooLarge, https_request, read_body
@@ -100,6 +102,7 @@ __all__ = [
     "load_hooks",
     "load_keypair",
     "match_names",
+    "openssl_version",
     "Outcome",
     "POLICY_LOCAL",
     "POLICY_NONE",
@@ -134,6 +137,7 @@ __all__ = [
     "TLSAction",
     "TLSFailure",
     "TooLarge",
+    "unsupported_groups",
     "VALIDATION_FAILURE",
     "Verdict",
     "VerifyMode",

@@ -7,6 +7,7 @@ verify hooks, and fails closed when anything inside a callback raises.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -104,14 +105,64 @@ def apply_protocols(ctx: SSL.Context, allowed: frozenset[str]) -> None:
             ctx.set_options(_VERSION_CONSTANTS[version][1])
 
 
-def _base_context(method: int, protocols: frozenset[str], ciphers: str | None, tls13: str | None) -> SSL.Context:
+# The built-in defaults in both directions are Mozilla's "intermediate" profile
+# (https://ssl-config.mozilla.org/, 5.7): for TLS 1.2 only ECDHE with AEAD ciphers
+# (OpenSSL's own default adds CBC suites, which the profile rejects), and the
+# groups X25519, P-256 and P-384 (OpenSSL's default adds X448 and P-521), with the
+# hybrid post-quantum X25519MLKEM768 first where the linked OpenSSL has it
+# (3.5 and later).  OpenSSL's TLS 1.3 suites are the profile's already.
+INTERMEDIATE_CIPHERS = ":".join((
+    "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
+))
+PREFERRED_GROUPS = ("X25519MLKEM768", "X25519", "secp256r1", "secp384r1")
+
+
+# SSL_get0_group_name gives some groups in lower case (x25519); logs use the names configured.
+_GROUP_SPELLING = {name.lower(): name for name in (*PREFERRED_GROUPS, "X448")}
+
+
+def group_name(name: str | None) -> str | None:
+    """A negotiated group's name as ``tls_groups`` spells it."""
+    return _GROUP_SPELLING.get(name.lower(), name) if name else None
+
+
+def openssl_version() -> str:
+    """The OpenSSL that pyOpenSSL runs on (cryptography's, not the system's ``openssl``)."""
+    return SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode("ascii", "replace")
+
+
+def unsupported_groups(groups: Sequence[str]) -> tuple[str, ...]:
+    """The names in ``groups`` this OpenSSL does not offer as key-exchange groups."""
+    scratch = SSL.Context(SSL.TLS_METHOD)
+    return tuple(name for name in groups if not openssl_private.set_groups(scratch, name))
+
+
+@functools.cache
+def default_groups() -> tuple[str, ...]:
+    """:data:`PREFERRED_GROUPS` less those this OpenSSL lacks."""
+    missing = unsupported_groups(PREFERRED_GROUPS)
+    return tuple(name for name in PREFERRED_GROUPS if name not in missing)
+
+
+def apply_groups(ctx: SSL.Context, groups: Sequence[str] | None) -> None:
+    """Offer exactly ``groups`` for key exchange, most preferred first (None: :func:`default_groups`)."""
+    names = default_groups() if groups is None else tuple(groups)
+    if not openssl_private.set_groups(ctx, ":".join(names)):
+        raise ValueError(f"OpenSSL ({openssl_version()}) refuses the groups {':'.join(names)!r}")
+
+
+def _base_context(
+    method: int, protocols: frozenset[str], ciphers: str | None, tls13: str | None, groups: Sequence[str] | None
+) -> SSL.Context:
     ctx = SSL.Context(method)
     ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION)
     apply_protocols(ctx, protocols)
-    if ciphers:
-        ctx.set_cipher_list(ciphers.encode("ascii"))
+    ctx.set_cipher_list((ciphers or INTERMEDIATE_CIPHERS).encode("ascii"))
     if tls13:
         ctx.set_tls13_ciphersuites(tls13.encode("ascii"))
+    apply_groups(ctx, groups)
     return ctx
 
 
@@ -134,6 +185,7 @@ def server_context(
     client_ca: str | None = None,
     session_id: bytes = b"tlsmta",
     resumption: bool = True,
+    groups: Sequence[str] | None = None,
 ) -> SSL.Context:
     """An SSL.Context for a listener (STARTTLS or implicit TLS).
 
@@ -141,7 +193,10 @@ def server_context(
     resumed session shows no certificate, so the check would fail (530) for
     every client that caches sessions.
     """
-    ctx = _base_context(SSL.TLS_SERVER_METHOD, protocols, ciphers, tls13)
+    ctx = _base_context(SSL.TLS_SERVER_METHOD, protocols, ciphers, tls13, groups)
+    # Our order, not the client's: with tls_ciphers widened for old peers, the strongest
+    # shared suite still wins (testssl.sh rates a server without an order HIGH).
+    ctx.set_options(SSL.OP_CIPHER_SERVER_PREFERENCE)
     ctx.use_certificate_chain_file(cert_path)
     ctx.use_privatekey_file(key_path)
     ctx.check_privatekey()
@@ -164,11 +219,12 @@ def client_context(
     ca: str | None = None,
     cert_path: str | None = None,
     key_path: str | None = None,
+    groups: Sequence[str] | None = None,
 ) -> SSL.Context:
     """An SSL.Context for outbound STARTTLS with the resolved options."""
     # Anonymous and null suites have no certificate to verify: never offer them.
     ciphers = f"{ciphers}:!aNULL:!eNULL" if ciphers else None
-    ctx = _base_context(SSL.TLS_CLIENT_METHOD, protocols, ciphers, tls13)
+    ctx = _base_context(SSL.TLS_CLIENT_METHOD, protocols, ciphers, tls13, groups)
     load_trust(ctx, ca)
     if cert_path and key_path:
         ctx.use_certificate_chain_file(cert_path)
@@ -209,6 +265,7 @@ class SessionFacts:
     peer_issuer: str | None = None
     resumed: bool = False
     server_name: str | None = None  # SNI: what the client sent (inbound) or we sent (outbound)
+    group: str | None = None  # the key-exchange group (X25519MLKEM768, X25519, ...)
 
     @classmethod
     def from_connection(cls, conn: SSL.Connection) -> SessionFacts:
@@ -223,6 +280,7 @@ class SessionFacts:
             peer_issuer=issuer,
             resumed=openssl_private.session_reused(conn),
             server_name=server_name(conn),
+            group=group_name(openssl_private.negotiated_group(conn)),
         )
 
 
@@ -246,6 +304,7 @@ def tls_log_fields(facts: SessionFacts | None, tls_verify: str, verified: str, r
         "tls": "tls" if facts else "none",
         "protocol": facts.protocol if facts else None,
         "cipher": facts.cipher if facts else None,
+        "group": facts.group if facts else None,
         "sni": facts.server_name if facts else None,
         "tls_verify": tls_verify,
         "verified": verified,
