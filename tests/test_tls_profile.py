@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from e2e import in_thread, start_relay
+from memory_tls import connect
 from OpenSSL import SSL
 
 from tlsmta.testing import dev_listener
@@ -142,30 +143,9 @@ async def test_testssl_rates_nothing_worse_than_low(tmp_path: Any, short_lived: 
 # -- outbound: the client context's defaults, in memory ---------------------------------------------
 
 
-def handshake(client_ctx: SSL.Context, server_ctx: SSL.Context) -> tuple[SSL.Connection, SSL.Connection]:
-    """Both ends' handshakes over memory BIOs; raises SSL.Error when they find nothing in common."""
-    client, server = SSL.Connection(client_ctx, None), SSL.Connection(server_ctx, None)
-    client.set_connect_state()
-    server.set_accept_state()
-    for _ in range(10):
-        for conn in (client, server):
-            try:
-                conn.do_handshake()
-            except SSL.WantReadError:
-                pass
-        for src, dst in ((client, server), (server, client)):
-            try:
-                dst.bio_write(src.bio_read(65536))
-            except SSL.WantReadError:
-                pass
-    assert client.get_cipher_name() is not None, "handshake did not finish"
-    return client, server
-
-
 def server_offering(pki: Any, protocols: frozenset[str], ciphers: str | None = None,
                     groups: list[str] | None = None) -> SSL.Context:
-    ctx = contexts.server_context(pki.good.cert, pki.good.key, protocols, ciphers=ciphers, groups=groups)
-    return ctx
+    return contexts.server_context(pki.good.cert, pki.good.key, protocols, ciphers=ciphers, groups=groups)
 
 
 def test_client_defaults_offer_only_intermediate_suites() -> None:
@@ -179,7 +159,7 @@ def test_client_defaults_offer_only_intermediate_suites() -> None:
 def test_client_defaults_refuse_a_server_with_only_a_rejected_suite(pki: Any, cipher: str) -> None:
     """A TLS 1.2 server offering only a CBC or RSA key-exchange suite finds no shared cipher with us."""
     with pytest.raises(SSL.Error):
-        handshake(contexts.client_context(TLS12, ca=pki.ca_pem), server_offering(pki, TLS12, ciphers=cipher))
+        connect(contexts.client_context(TLS12, ca=pki.ca_pem), server_offering(pki, TLS12, ciphers=cipher))
 
 
 @pytest.mark.parametrize("group", ["X448", "secp521r1"])
@@ -187,13 +167,13 @@ def test_client_defaults_refuse_a_server_with_only_a_rejected_suite(pki: Any, ci
 def test_client_defaults_refuse_a_server_with_only_a_rejected_group(pki: Any, group: str, protocols: frozenset[str]) -> None:
     """A server whose only group is X448 or P-521 shares no group with tlsmta's default client."""
     with pytest.raises(SSL.Error):
-        handshake(contexts.client_context(protocols, ca=pki.ca_pem), server_offering(pki, protocols, groups=[group]))
+        connect(contexts.client_context(protocols, ca=pki.ca_pem), server_offering(pki, protocols, groups=[group]))
 
 
 @pytest.mark.parametrize("group", sorted(INTERMEDIATE_GROUPS))
 def test_client_defaults_agree_each_intermediate_group(pki: Any, group: str) -> None:
     """Each of the profile's groups is offered by default and negotiated when it is the server's only one."""
-    client, server = handshake(contexts.client_context(BOTH, ca=pki.ca_pem), server_offering(pki, BOTH, groups=[group]))
+    client, server = connect(contexts.client_context(BOTH, ca=pki.ca_pem), server_offering(pki, BOTH, groups=[group]))
     facts = contexts.SessionFacts.from_connection(client)
     assert facts.group == group and contexts.SessionFacts.from_connection(server).group == group
 
@@ -208,5 +188,16 @@ def test_default_groups_lead_with_post_quantum_where_openssl_has_it() -> None:
 
 def test_default_handshake_negotiates_the_first_default_group(pki: Any) -> None:
     """Two tlsmta ends left at their defaults agree on the first default group (X25519MLKEM768 on OpenSSL 3.5+)."""
-    client, server = handshake(contexts.client_context(BOTH, ca=pki.ca_pem), server_offering(pki, BOTH))
+    client, server = connect(contexts.client_context(BOTH, ca=pki.ca_pem), server_offering(pki, BOTH))
     assert contexts.SessionFacts.from_connection(client).group == contexts.default_groups()[0]
+
+
+def test_default_client_needs_no_retry_with_a_server_without_the_hybrid(pki: Any) -> None:
+    """With X25519MLKEM768 first, the default client also sends an X25519 key share: a server
+    without ML-KEM (most today) agrees at once, without a HelloRetryRequest (a second ClientHello)."""
+    server_ctx = server_offering(pki, TLS13, groups=["X25519", "secp256r1"])
+    hellos: list[bytes | None] = []
+    server_ctx.set_tlsext_servername_callback(lambda conn: hellos.append(conn.get_servername()))
+    client, _ = connect(contexts.client_context(TLS13, ca=pki.ca_pem), server_ctx, server_name=b"localhost")
+    assert contexts.SessionFacts.from_connection(client).group == "X25519"
+    assert hellos == [b"localhost"]

@@ -146,11 +146,26 @@ def default_groups() -> tuple[str, ...]:
     return tuple(name for name in PREFERRED_GROUPS if name not in missing)
 
 
+@functools.cache
+def default_group_list() -> str:
+    """:func:`default_groups` as OpenSSL's list, with key shares for the hybrid and for X25519.
+
+    A client sends a key share for the first group only, unless ``*`` marks
+    others (OpenSSL 3.5, which is also what has the hybrid): a server without
+    ML-KEM, most of them still, would otherwise answer with a HelloRetryRequest,
+    a round trip more on every session.  Browsers send both shares too.
+    """
+    names = default_groups()
+    if names[0] != "X25519MLKEM768":
+        return ":".join(names)
+    return ":".join([f"*{names[0]}", f"*{names[1]}", *names[2:]])
+
+
 def apply_groups(ctx: SSL.Context, groups: Sequence[str] | None) -> None:
-    """Offer exactly ``groups`` for key exchange, most preferred first (None: :func:`default_groups`)."""
-    names = default_groups() if groups is None else tuple(groups)
-    if not openssl_private.set_groups(ctx, ":".join(names)):
-        raise ValueError(f"OpenSSL ({openssl_version()}) refuses the groups {':'.join(names)!r}")
+    """Offer exactly ``groups`` for key exchange, most preferred first (None: :func:`default_group_list`)."""
+    text = default_group_list() if groups is None else ":".join(groups)
+    if not openssl_private.set_groups(ctx, text):
+        raise ValueError(f"OpenSSL ({openssl_version()}) refuses the groups {text!r}")
 
 
 def _base_context(
@@ -384,7 +399,7 @@ class CertificateCheck:
     def install(self, conn: SSL.Connection) -> None:
         """Set this session's verify callback on ``conn``."""
         if self.wants_certificate:
-            conn.set_verify(SSL.VERIFY_PEER, self.callback)
+            openssl_private.set_verify_with_reason(conn, SSL.VERIFY_PEER, self.callback, self.refusal_reason)
         else:
             conn.set_verify(SSL.VERIFY_NONE)
 
@@ -415,6 +430,21 @@ class CertificateCheck:
         if depth > 0:
             return policy.chain_failure(self._chain_result()) is None
         return not self.verdict().fatal
+
+    def refusal_reason(self) -> int:
+        """The X509_V_ERR code for a certificate this check refused though OpenSSL's chain check passed.
+
+        OpenSSL sends the alert of the verify error left in the store; with none
+        left it would send internal_error(80).  A hook's refusal is "certificate
+        rejected", a name check's "hostname mismatch" (both bad_certificate(42));
+        a chain error keeps its own code (unknown_ca(48), certificate_expired(45)).
+        An exception inside the callback stays internal_error: that one is ours.
+        """
+        if self.internal_error is not None:
+            return 0
+        if self.hook_error is not None or not all(self.hook_answers.values()):
+            return openssl_private.CERT_REJECTED
+        return openssl_private.HOSTNAME_MISMATCH
 
     def _call_hook(self, conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: bool) -> None:
         assert self.hook is not None
