@@ -30,6 +30,7 @@ route = "smtp:[::1]:2525"
 
 [binding."out1"]
 source_address = "192.0.2.10"
+tls_groups = ["X25519MLKEM768", "X25519"]
 
 [binding."out1".domain."example.com"]
 tls_verify = "ca"
@@ -193,6 +194,7 @@ def test_policy_binding_and_domain(tmp_path: Path, capsys: pytest.CaptureFixture
     assert table["route"] == ("mx", "default")
     assert table["tls_ifavailable_fallback"] == ("true", "default")
     assert table["tls_ca"] == ("(unset)", "default")
+    assert table["tls_groups"] == ("X25519MLKEM768:X25519", 'binding."out1"')  # in order
 
 
 def test_policy_default_binding(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

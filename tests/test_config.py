@@ -643,19 +643,23 @@ def test_bad_route(tmp_path: Path, route: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("spec", "fragment"),
+    ("key", "value", "fragment"),
     [
-        ("-ALL", "allows no protocol version"),
-        ("+ALL:-TLSv9", "unknown protocol 'TLSv9'"),
-        ("+SSLv2", "unknown protocol 'SSLv2'"),
-        ("", "must be a non-empty string"),
+        ("tls_protocols", '"-ALL"', "allows no protocol version"),
+        ("tls_protocols", '"+ALL:-TLSv9"', "unknown protocol 'TLSv9'"),
+        ("tls_protocols", '"+SSLv2"', "unknown protocol 'SSLv2'"),
+        ("tls_protocols", '""', "must be a non-empty string"),
+        ("tls_groups", '"X25519:secp256r1"', "must be a list of non-empty strings"),
+        ("tls_groups", '["X25519:secp256r1"]', "is not a group name"),
+        ("tls_groups", "[]", "at least one key-exchange group"),
     ],
 )
-def test_bad_protocols(tmp_path: Path, spec: str, fragment: str) -> None:
-    """A tls_protocols string that names an unknown protocol or allows nothing is a problem naming the key."""
-    path = write(tmp_path, f'[global]\ntls_protocols = "{spec}"\n')
+def test_bad_protocols_and_groups(tmp_path: Path, key: str, value: str, fragment: str) -> None:
+    """A tls_protocols string that names an unknown protocol or allows nothing, a tls_groups that is
+    not a list of names: a problem naming the key."""
+    path = write(tmp_path, f"[global]\n{key} = {value}\n")
     problem = only_problem(path)
-    assert_names(problem, path, "global", "tls_protocols")
+    assert_names(problem, path, "global", key)
     assert fragment in problem.why
 
 
@@ -1154,21 +1158,6 @@ def test_unsupported_group_is_named_with_the_openssl_version(tmp_path: Path, tab
     assert_names(problem, path, "listener.0" if table == "listener" else table, "tls_groups")
     assert "'brainpoolP999r1' not supported by OpenSSL " in problem.why
     assert openssl_version() in problem.why and "'X25519'" not in problem.why
-
-
-@pytest.mark.parametrize(
-    ("value", "why"),
-    [
-        ('"X25519:secp256r1"', "must be a list of non-empty strings"),
-        ('["X25519:secp256r1"]', "is not a group name"),
-        ("[]", "at least one key-exchange group"),
-    ],
-)
-def test_groups_must_be_a_list_of_names(tmp_path: Path, value: str, why: str) -> None:
-    path = write(tmp_path, f"[global]\ntls_groups = {value}\n")
-    problem = only_problem(path)
-    assert_names(problem, path, "global", "tls_groups")
-    assert why in problem.why
 
 
 def test_groups_resolve_by_scope(tmp_path: Path) -> None:
