@@ -11,12 +11,15 @@ from __future__ import annotations
 from typing import Any
 
 import pytest_twisted
+from e2e import client_context, in_thread, send_smtplib
 from outbound_lab import DOMAIN, MX, deliver_once, deliveries, start_receiver
 from twisted.internet import reactor
 
+from tlsmta.app import _preflight as preflight
 from tlsmta.app import _probe as probe
 from tlsmta.config import _loader as configuration
 from tlsmta.discovery._resolver import OfflineBackend, Resolver
+from tlsmta.testing import RunningRelay
 from tlsmta.tls import _contexts as contexts
 from tlsmta.tls import unsupported_groups
 from tlsmta.tls._policy import VerifyMode
@@ -79,3 +82,29 @@ async def test_probe_shows_the_agreed_group(tmp_path: Any, pki: Any) -> None:
     assert problem is None
     [result] = results
     assert "  group:    secp384r1" in probe.format_result(result, options["tls"], VerifyMode.HOST)
+
+
+@pytest_twisted.ensureDeferred
+async def test_sighup_applies_a_new_listener_group_list(tmp_path: Any, pki: Any, events: list) -> None:
+    """A listener's tls_groups changed in the file and reloaded: the next session agrees on the new group
+    (Python's ssl as the client, offering its own defaults)."""
+    path = tmp_path / "tlsmta.toml"
+    head = (f'[global]\nhostname = "{MX}"\nstate_dir = "{tmp_path}/state"\nroute = "maildir:{tmp_path}/maildir"\n'
+            f'[spool]\npath = "{tmp_path}/spool"\n'
+            '[[listener]]\nname = "mx"\nendpoint = "tcp:0:interface=127.0.0.1"\ntls = "starttls"\n'
+            f'tls_certificate = "{pki.good.cert}"\ntls_key = "{pki.good.key}"\nlocal_domains = ["example.com"]\n')
+
+    def write(group: str) -> None:
+        path.write_text(f'{head}tls_groups = ["{group}"]\n')
+
+    write("secp384r1")
+    relay = await RunningRelay(preflight.load(str(path))).start()
+    try:
+        for group in ("secp384r1", "X25519"):
+            write(group)
+            assert relay.service.reload() == []
+            await relay.service.reloaded()
+            await in_thread(send_smtplib, relay.port, starttls=client_context(pki.ca_pem))
+            assert [e["group"] for e in events if e["tlsmta_event"] == "received"][-1] == group
+    finally:
+        await relay.stop()
