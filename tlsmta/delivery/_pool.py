@@ -154,7 +154,7 @@ class TLSOptions:
     protocols: frozenset[str]
     ciphers: str | None
     tls13: str | None
-    groups: tuple[str, ...] | None
+    groups: tuple[str, ...] | None = None  # None: tls.default_groups()
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> TLSOptions:
