@@ -10,7 +10,7 @@ STAMP = $(VENV)/.installed-stamp
 # Debian packages the tests drive as real peers, each named (never via Recommends):
 # swaks needs libnet-ssleay-perl for TLS; chromium: the dev relay's web page;
 # unbound + ldnsutils: a DNSSEC-signed test zone.
-SYSTEM_PACKAGES = postfix swaks libnet-ssleay-perl openssl systemd haproxy chromium unbound ldnsutils
+SYSTEM_PACKAGES = postfix swaks libnet-ssleay-perl openssl systemd haproxy chromium unbound ldnsutils testssl.sh
 
 .PHONY: run test venv dist system-deps
 
@@ -20,6 +20,10 @@ $(STAMP): setup.cfg pyproject.toml
 	# A plain editable install: setup.cfg's package_dir puts the checkout on sys.path,
 	# so twistd finds twisted/plugins/ here (checked from another directory).
 	$(BIN)/pip install -q -e '.[test]'
+	# sslyze (tests/test_tls_profile.py runs it against a listener, as a peer process) pins
+	# cryptography<47, which pyOpenSSL 26 cannot use: it gets a venv of its own.
+	$(PYTHON) -m venv $(VENV)/sslyze
+	$(VENV)/sslyze/bin/pip install -q 'sslyze>=6.3'
 	cd / && $(abspath $(BIN))/twistd tlsmta --help >/dev/null
 	touch $@
 

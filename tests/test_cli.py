@@ -30,6 +30,7 @@ route = "smtp:[::1]:2525"
 
 [binding."out1"]
 source_address = "192.0.2.10"
+tls_groups = ["X25519MLKEM768", "X25519"]
 
 [binding."out1".domain."example.com"]
 tls_verify = "ca"
@@ -149,6 +150,15 @@ def test_check_config_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture
     assert err == f"{path}: (top level): file not found\n"
 
 
+def test_check_config_unsupported_group(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A key-exchange group this OpenSSL lacks exits 78, naming the key, the group and the OpenSSL version."""
+    path = write(tmp_path, '[binding."out1"]\ntls_groups = ["X25519", "X999MLKEM4096"]\n')
+    assert main(["check-config", path]) == EX_CONFIG
+    err = capsys.readouterr().err
+    assert err.startswith(f'{path}: [binding."out1"] tls_groups: ')
+    assert "'X999MLKEM4096' not supported by OpenSSL " in err and "(ML-KEM groups need OpenSSL 3.5 or later)" in err
+
+
 def test_check_config_invalid_toml(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A file that is not TOML exits 78 with one line naming the file."""
     path = write(tmp_path, "[global\n")
@@ -192,6 +202,7 @@ def test_policy_binding_and_domain(tmp_path: Path, capsys: pytest.CaptureFixture
     assert table["route"] == ("mx", "default")
     assert table["tls_ifavailable_fallback"] == ("true", "default")
     assert table["tls_ca"] == ("(unset)", "default")
+    assert table["tls_groups"] == ("X25519MLKEM768:X25519", 'binding."out1"')  # in order
 
 
 def test_policy_default_binding(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

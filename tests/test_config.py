@@ -36,6 +36,7 @@ from tlsmta.config._loader import (
     select_binding,
 )
 from tlsmta.config._routes import Route, parse_route
+from tlsmta.tls import openssl_version
 
 CONFIG_NAME = "tlsmta.toml"
 DOMAIN = "example.com"
@@ -642,19 +643,23 @@ def test_bad_route(tmp_path: Path, route: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("spec", "fragment"),
+    ("key", "value", "fragment"),
     [
-        ("-ALL", "allows no protocol version"),
-        ("+ALL:-TLSv9", "unknown protocol 'TLSv9'"),
-        ("+SSLv2", "unknown protocol 'SSLv2'"),
-        ("", "must be a non-empty string"),
+        ("tls_protocols", '"-ALL"', "allows no protocol version"),
+        ("tls_protocols", '"+ALL:-TLSv9"', "unknown protocol 'TLSv9'"),
+        ("tls_protocols", '"+SSLv2"', "unknown protocol 'SSLv2'"),
+        ("tls_protocols", '""', "must be a non-empty string"),
+        ("tls_groups", '"X25519:secp256r1"', "must be a list of non-empty strings"),
+        ("tls_groups", '["X25519:secp256r1"]', "is not a group name"),
+        ("tls_groups", "[]", "at least one key-exchange group"),
     ],
 )
-def test_bad_protocols(tmp_path: Path, spec: str, fragment: str) -> None:
-    """A tls_protocols string that names an unknown protocol or allows nothing is a problem naming the key."""
-    path = write(tmp_path, f'[global]\ntls_protocols = "{spec}"\n')
+def test_bad_protocols_and_groups(tmp_path: Path, key: str, value: str, fragment: str) -> None:
+    """A tls_protocols string that names an unknown protocol or allows nothing, a tls_groups that is
+    not a list of names: a problem naming the key."""
+    path = write(tmp_path, f"[global]\n{key} = {value}\n")
     problem = only_problem(path)
-    assert_names(problem, path, "global", "tls_protocols")
+    assert_names(problem, path, "global", key)
     assert fragment in problem.why
 
 
@@ -1142,6 +1147,27 @@ def test_openssl_strings_that_match_nothing_are_refused(tmp_path: Path, line: st
     problem = only_problem(path)
     assert_names(problem, path, 'domain."example.com"', key)
     assert why in problem.why
+
+
+@pytest.mark.parametrize("table", ['domain."example.com"', "global", "listener"])
+def test_unsupported_group_is_named_with_the_openssl_version(tmp_path: Path, table: str) -> None:
+    """check-config names file, table and key, the group OpenSSL lacks, and which OpenSSL that is."""
+    header = "[[listener]]\nendpoint = \"tcp:0\"\ntls = \"no\"" if table == "listener" else f"[{table}]"
+    path = write(tmp_path, f'{header}\ntls_groups = ["X25519", "brainpoolP999r1"]\n')
+    problem = only_problem(path)
+    assert_names(problem, path, "listener.0" if table == "listener" else table, "tls_groups")
+    assert "'brainpoolP999r1' not supported by OpenSSL " in problem.why
+    assert openssl_version() in problem.why and "'X25519'" not in problem.why
+
+
+def test_groups_resolve_by_scope(tmp_path: Path) -> None:
+    """tls_groups is a delivery option like the other tls ones: the nearest scope that sets it wins."""
+    path = write(tmp_path, '[global]\ntls_groups = ["X25519MLKEM768", "X25519"]\n'
+                           '[domain."example.com"]\ntls_groups = ["secp384r1"]\n')
+    config = load(path)
+    assert resolve(config, DOMAIN)["tls_groups"] == Resolved(("secp384r1",), 'domain."example.com"')
+    assert resolve(config, "example.org")["tls_groups"] == Resolved(("X25519MLKEM768", "X25519"), "global")
+    assert resolve(from_dict({}), DOMAIN)["tls_groups"] == Resolved(None, "default")  # tls.default_groups()
 
 
 def test_ca_file_without_certificates_is_refused(tmp_path: Path) -> None:

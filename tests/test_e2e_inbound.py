@@ -582,7 +582,7 @@ def _smuggle(port: int, fake_end: bytes, pipelined: bool) -> list[bytes]:
 
 
 @pytest.mark.parametrize("pipelined", [True, False])
-@pytest.mark.parametrize("fake_end", [b"\n.\n", b"\n.\r\n", b"\r\n.\n", b"\r.\r", b"\r.\r\n"])
+@pytest.mark.parametrize("fake_end", [b"\n.\n", b"\n.\r\n", b"\r\n.\n", b"\r.\r", b"\r.\r\n", b"\r\n\x00.\r\n"])
 @pytest_twisted.ensureDeferred
 async def test_smuggling_over_real_sockets(tmp_path: Any, fake_end: bytes, pipelined: bool) -> None:
     """Every fake end-of-data variant, pipelined or not: one 550 for the whole thing, no second message."""

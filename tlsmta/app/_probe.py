@@ -107,7 +107,8 @@ async def probe_address(reactor: IServiceReactor, mx: str, ip: str, port: int, d
     check = CertificateCheck(VerifyMode.OPTIONAL, wanted=(domain, mx), enforce_in_handshake=False)
 
     def creator() -> ClientTLS:
-        ctx = client_context(options["tls_protocols"], options["tls_ciphers"], options["tlsv13_ciphersuites"], options["tls_ca"])
+        ctx = client_context(options["tls_protocols"], options["tls_ciphers"], options["tlsv13_ciphersuites"], options["tls_ca"],
+                             groups=options["tls_groups"])
         return ClientTLS(ctx, mx, check)
 
     try:
@@ -344,6 +345,7 @@ def format_result(result: ProbeResult, tls_mode: OutboundTLS, verify: VerifyMode
         lines.append(f"  error:    {result.error}")
     if result.facts is not None:
         lines.append(f"  TLS:      {result.facts.protocol} {result.facts.cipher}")
+        lines.append(f"  group:    {result.facts.group or 'unknown'}")  # the key exchange's
         lines.append("  certificate chain:")
         for depth, cert in enumerate(result.chain):
             lines += format_certificate(depth, cert)

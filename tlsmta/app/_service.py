@@ -128,6 +128,7 @@ def listener_tls(listener: ListenerConfig, config: Config, hostname: str, hooks:
             resumption=listener.tls_verify == "no" and not (hooks and hooks.inbound_tls_verify_callback)
             and not listener.relay_client_pins,  # a resumed session shows no certificate to compare with the pins
             more_chains=more,
+            groups=listener.tls_groups,
         )
 
     ctx = context(chains)

@@ -110,6 +110,8 @@ def _show(value: object) -> str:
         return "(unset)"
     if isinstance(value, frozenset):
         return ":".join(sorted(value))
+    if isinstance(value, tuple):  # tls_groups: in order, as OpenSSL lists them
+        return ":".join(value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, tuple):  # files one per key type, pins

@@ -172,6 +172,15 @@ def _sha256_pin(text: str) -> str:
 def _pins(value: Any) -> tuple[str, ...]:
     """A list of ``sha256:...`` pins (several, for key rotation), kept as lower-case hex."""
     return tuple(dict.fromkeys(_sha256_pin(pin) for pin in _str_list(value)))
+def _groups(value: Any) -> tuple[str, ...]:
+    """Key-exchange group names, most preferred first (OpenSSL names: X25519MLKEM768, X25519, secp256r1)."""
+    names = _str_list(value)
+    if not names:
+        raise ValueError("must name at least one key-exchange group")
+    for name in names:
+        if not all(c.isalnum() or c in "-_" for c in name):
+            raise ValueError(f"{name!r} is not a group name (one name per list item)")
+    return names
 
 
 def _path(value: Any) -> str:
@@ -313,6 +322,10 @@ class Environment(Protocol):
 
     def tls13_suites(self, text: str) -> str | None: ...
 
+    def groups(self, names: tuple[str, ...]) -> str | None:
+        """Key-exchange group names: whether the OpenSSL tlsmta runs on offers each."""
+        ...
+
     def hook(self, spec: str) -> str | None: ...
 
     def chains(self, chains: tuple[tuple[str, str], ...]) -> tuple[str, str] | None:
@@ -341,6 +354,9 @@ class SyntaxOnly:
         return None
 
     def tls13_suites(self, text: str) -> str | None:
+        return None
+
+    def groups(self, names: tuple[str, ...]) -> str | None:
         return None
 
     def hook(self, spec: str) -> str | None:
@@ -421,6 +437,10 @@ DELIVERY_OPTIONS: dict[str, Option] = {
     "tls_protocols": Option(_protocols, parse_protocols("+ALL"), "allowed protocol versions"),
     "tls_ciphers": Option(_str, None, "OpenSSL cipher list (TLS 1.2 and below)", "cipher_list"),
     "tlsv13_ciphersuites": Option(_str, None, "OpenSSL TLS 1.3 ciphersuites", "tls13_suites"),
+    "tls_groups": Option(
+        _groups, None, "key-exchange groups, most preferred first; default: X25519MLKEM768 (if OpenSSL has it), "
+        "X25519, secp256r1, secp384r1", "groups"
+    ),
     "route": Option(_route, parse_route("mx"), "where mail for the domain goes"),
     "smtp_port": Option(_int(1, 65535), 25, "port for MX and smarthost routes"),
     "max_connections": Option(_int(1), 20, "connections per destination"),
@@ -473,6 +493,7 @@ LISTENER_OPTIONS: dict[str, Option] = {
     "tls_protocols": Option(_protocols, parse_protocols("+ALL:-TLSv1.0:-TLSv1.1")),
     "tls_ciphers": Option(_str, None, environment="cipher_list"),
     "tlsv13_ciphersuites": Option(_str, None, environment="tls13_suites"),
+    "tls_groups": Option(_groups, None, "key-exchange groups, as for delivery", "groups"),
     "local_domains": Option(_domains, frozenset()),
     "relay_networks": Option(_networks, ()),
     "proxy_networks": Option(
@@ -605,6 +626,7 @@ class ListenerConfig:
     tls_chains: tuple[tuple[str, str], ...] = ()
     tls_sni: tuple[tuple[tuple[str, str], ...], ...] = ()  # each entry's chains
     relay_client_pins: tuple[str, ...] = ()
+    tls_groups: tuple[str, ...] | None = None
 
 
 @attrs.frozen

@@ -164,6 +164,7 @@ class TLSOptions:
     ciphers: str | None
     tls13: str | None
     pins: tuple[str, ...] = ()
+    groups: tuple[str, ...] | None = None  # None: tls.default_groups()
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> TLSOptions:
@@ -178,6 +179,7 @@ class TLSOptions:
             ciphers=options["tls_ciphers"],
             tls13=options["tlsv13_ciphersuites"],
             pins=options["tls_pins"],
+            groups=options["tls_groups"],
         )
 
     def describe(self) -> str:
@@ -784,11 +786,11 @@ class OutboundPool:
         )
 
     def client_tls(self, opts: TLSOptions, server_name: str, check: CertificateCheck, session: Any = None) -> ClientTLS:
-        key = (opts.protocols, opts.ciphers, opts.tls13, opts.ca, opts.certificate, opts.key)
+        key = (opts.protocols, opts.ciphers, opts.tls13, opts.ca, opts.certificate, opts.key, opts.groups)
         ctx = self._contexts.get(key)
         if ctx is None:
             ctx = self._contexts[key] = client_context(
-                opts.protocols, opts.ciphers, opts.tls13, opts.ca, opts.certificate, opts.key
+                opts.protocols, opts.ciphers, opts.tls13, opts.ca, opts.certificate, opts.key, groups=opts.groups
             )
         return ClientTLS(ctx, server_name, check, session)
 

@@ -9,7 +9,7 @@ this shell, and proved by tests:
 - bytes pipelined after STARTTLS are discarded, never run inside TLS;
 - STARTTLS resets the whole session; the client must EHLO again;
 - MAIL before HELO/EHLO is 503;
-- DATA ends only at CRLF.CRLF; bare CR/LF, over-long lines and a first
+- DATA ends only at CRLF.CRLF; bare CR/LF, NUL, over-long lines and a first
   line starting with SP/HTAB (it would fold into our Received: header)
   reject the message at the end of DATA without leaving DATA mode or
   buffering lines (:mod:`tlsmta.smtp._data`);

@@ -25,11 +25,13 @@ from tlsmta.tls._contexts import (
     describe_name,
     describe_sans,
     load_keypair,
+    openssl_version,
     presented_names,
     server_context,
     ssl_error_text,
     tls_connection,
     tls_log_fields,
+    unsupported_groups,
 )
 from tlsmta.tls._hooks import HookError, Hooks, load_hook, load_hooks
 from tlsmta.tls._https import HTTPSFailure, TooLarge, https_request, read_body
@@ -117,6 +119,7 @@ __all__ = [
     "load_hooks",
     "load_keypair",
     "match_names",
+    "openssl_version",
     "Outcome",
     "POLICY_DANE_REQUIRED",
     "POLICY_LOCAL",
@@ -158,6 +161,7 @@ __all__ = [
     "TLSAction",
     "TLSFailure",
     "TooLarge",
+    "unsupported_groups",
     "VALIDATION_FAILURE",
     "Verdict",
     "VerifyMode",

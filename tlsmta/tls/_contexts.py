@@ -7,6 +7,7 @@ verify hooks, and fails closed when anything inside a callback raises.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 from collections.abc import Callable, Sequence
@@ -107,14 +108,79 @@ def apply_protocols(ctx: SSL.Context, allowed: frozenset[str]) -> None:
             ctx.set_options(_VERSION_CONSTANTS[version][1])
 
 
-def _base_context(method: int, protocols: frozenset[str], ciphers: str | None, tls13: str | None) -> SSL.Context:
+# The built-in defaults in both directions are Mozilla's "intermediate" profile
+# (https://ssl-config.mozilla.org/, 5.7): for TLS 1.2 only ECDHE with AEAD ciphers
+# (OpenSSL's own default adds CBC suites, which the profile rejects), and the
+# groups X25519, P-256 and P-384 (OpenSSL's default adds X448 and P-521), with the
+# hybrid post-quantum X25519MLKEM768 first where the linked OpenSSL has it
+# (3.5 and later).  OpenSSL's TLS 1.3 suites are the profile's already.
+INTERMEDIATE_CIPHERS = ":".join((
+    "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
+))
+PREFERRED_GROUPS = ("X25519MLKEM768", "X25519", "secp256r1", "secp384r1")
+
+
+# SSL_get0_group_name gives some groups in lower case (x25519); logs use the names configured.
+_GROUP_SPELLING = {name.lower(): name for name in (*PREFERRED_GROUPS, "X448")}
+
+
+def group_name(name: str | None) -> str | None:
+    """A negotiated group's name as ``tls_groups`` spells it."""
+    return _GROUP_SPELLING.get(name.lower(), name) if name else None
+
+
+def openssl_version() -> str:
+    """The OpenSSL that pyOpenSSL runs on (cryptography's, not the system's ``openssl``)."""
+    return SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode("ascii", "replace")
+
+
+def unsupported_groups(groups: Sequence[str]) -> tuple[str, ...]:
+    """The names in ``groups`` this OpenSSL does not offer as key-exchange groups."""
+    scratch = SSL.Context(SSL.TLS_METHOD)
+    return tuple(name for name in groups if not openssl_private.set_groups(scratch, name))
+
+
+@functools.cache
+def default_groups() -> tuple[str, ...]:
+    """:data:`PREFERRED_GROUPS` less those this OpenSSL lacks."""
+    missing = unsupported_groups(PREFERRED_GROUPS)
+    return tuple(name for name in PREFERRED_GROUPS if name not in missing)
+
+
+@functools.cache
+def default_group_list() -> str:
+    """:func:`default_groups` as OpenSSL's list, with key shares for the hybrid and for X25519.
+
+    A client sends a key share for the first group only, unless ``*`` marks
+    others (OpenSSL 3.5, which is also what has the hybrid): a server without
+    ML-KEM, most of them still, would otherwise answer with a HelloRetryRequest,
+    a round trip more on every session.  Browsers send both shares too.
+    """
+    names = default_groups()
+    if names[0] != "X25519MLKEM768":
+        return ":".join(names)
+    return ":".join([f"*{names[0]}", f"*{names[1]}", *names[2:]])
+
+
+def apply_groups(ctx: SSL.Context, groups: Sequence[str] | None) -> None:
+    """Offer exactly ``groups`` for key exchange, most preferred first (None: :func:`default_group_list`)."""
+    text = default_group_list() if groups is None else ":".join(groups)
+    if not openssl_private.set_groups(ctx, text):
+        raise ValueError(f"OpenSSL ({openssl_version()}) refuses the groups {text!r}")
+
+
+def _base_context(
+    method: int, protocols: frozenset[str], ciphers: str | None, tls13: str | None, groups: Sequence[str] | None
+) -> SSL.Context:
     ctx = SSL.Context(method)
     ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION)
     apply_protocols(ctx, protocols)
-    if ciphers:
-        ctx.set_cipher_list(ciphers.encode("ascii"))
+    ctx.set_cipher_list((ciphers or INTERMEDIATE_CIPHERS).encode("ascii"))
     if tls13:
         ctx.set_tls13_ciphersuites(tls13.encode("ascii"))
+    apply_groups(ctx, groups)
     return ctx
 
 
@@ -148,6 +214,7 @@ def server_context(
     session_id: bytes = b"tlsmta",
     resumption: bool = True,
     more_chains: Sequence[tuple[str, str]] = (),
+    groups: Sequence[str] | None = None,
 ) -> SSL.Context:
     """An SSL.Context for a listener (STARTTLS or implicit TLS).
 
@@ -157,7 +224,10 @@ def server_context(
     resumed session shows no certificate, so the check would fail (530) for
     every client that caches sessions.
     """
-    ctx = _base_context(SSL.TLS_SERVER_METHOD, protocols, ciphers, tls13)
+    ctx = _base_context(SSL.TLS_SERVER_METHOD, protocols, ciphers, tls13, groups)
+    # Our order, not the client's: with tls_ciphers widened for old peers, the strongest
+    # shared suite still wins (testssl.sh rates a server without an order HIGH).
+    ctx.set_options(SSL.OP_CIPHER_SERVER_PREFERENCE)
     use_chains(ctx, [(cert_path, key_path), *more_chains])
     ctx.set_session_id(session_id[:32])
     if not resumption:
@@ -178,6 +248,7 @@ def client_context(
     ca: str | None = None,
     cert_path: str | Sequence[str] | None = None,
     key_path: str | Sequence[str] | None = None,
+    groups: Sequence[str] | None = None,
 ) -> SSL.Context:
     """An SSL.Context for outbound STARTTLS with the resolved options.
 
@@ -185,7 +256,7 @@ def client_context(
     OpenSSL presents the one the server's CertificateRequest signature algorithms allow."""
     # Anonymous and null suites have no certificate to verify: never offer them.
     ciphers = f"{ciphers}:!aNULL:!eNULL" if ciphers else None
-    ctx = _base_context(SSL.TLS_CLIENT_METHOD, protocols, ciphers, tls13)
+    ctx = _base_context(SSL.TLS_CLIENT_METHOD, protocols, ciphers, tls13, groups)
     load_trust(ctx, ca)
     if cert_path and key_path:
         certs = [cert_path] if isinstance(cert_path, str) else cert_path
@@ -263,6 +334,7 @@ class SessionFacts:
     server_name: str | None = None  # SNI: what the client sent (inbound) or we sent (outbound)
     certificate: str | None = None  # the one we presented (chosen by SNI and key type inbound), "CN=... (ecdsa)"
     peer_certificate: x509.Certificate | None = attrs.field(default=None, eq=False, repr=False)
+    group: str | None = None  # the key-exchange group (X25519MLKEM768, X25519, ...)
 
     @classmethod
     def from_connection(cls, conn: SSL.Connection) -> SessionFacts:
@@ -279,6 +351,7 @@ class SessionFacts:
             server_name=server_name(conn),
             certificate=served_certificate(conn),
             peer_certificate=cert,
+            group=group_name(openssl_private.negotiated_group(conn)),
         )
 
 
@@ -309,6 +382,7 @@ def tls_log_fields(facts: SessionFacts | None, tls_verify: str, verified: str, r
         "tls": "tls" if facts else "none",
         "protocol": facts.protocol if facts else None,
         "cipher": facts.cipher if facts else None,
+        "group": facts.group if facts else None,
         "sni": facts.server_name if facts else None,
         "tls_verify": tls_verify,
         "verified": verified,
@@ -397,7 +471,7 @@ class CertificateCheck:
     def install(self, conn: SSL.Connection) -> None:
         """Set this session's verify callback on ``conn``."""
         if self.wants_certificate:
-            conn.set_verify(SSL.VERIFY_PEER, self.callback)
+            openssl_private.set_verify_with_reason(conn, SSL.VERIFY_PEER, self.callback, self.refusal_reason)
         else:
             conn.set_verify(SSL.VERIFY_NONE)
 
@@ -430,6 +504,21 @@ class CertificateCheck:
         if depth > 0:
             return policy.chain_failure(self._chain_result()) is None
         return not self.verdict().fatal
+
+    def refusal_reason(self) -> int:
+        """The X509_V_ERR code for a certificate this check refused though OpenSSL's chain check passed.
+
+        OpenSSL sends the alert of the verify error left in the store; with none
+        left it would send internal_error(80).  A hook's refusal is "certificate
+        rejected", a name check's "hostname mismatch" (both bad_certificate(42));
+        a chain error keeps its own code (unknown_ca(48), certificate_expired(45)).
+        An exception inside the callback stays internal_error: that one is ours.
+        """
+        if self.internal_error is not None:
+            return 0
+        if self.hook_error is not None or not all(self.hook_answers.values()):
+            return openssl_private.CERT_REJECTED
+        return openssl_private.HOSTNAME_MISMATCH
 
     def _call_hook(self, conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: bool) -> None:
         assert self.hook is not None
