@@ -1,7 +1,9 @@
 """Where accepted mail goes: the ``route`` option, parsed.
 
 ``mx`` (the default), ``smtp:HOST[:PORT]`` (a smarthost; ``[v6addr]:PORT``
-for IPv6), ``maildir:PATH`` and ``discard``.
+for IPv6), ``maildir:PATH`` and ``discard``.  A Maildir path may name each
+recipient's own mailbox: ``%d`` is its domain, ``%u`` its local part (both
+lower case), ``%%`` a ``%`` (``maildir:/var/mail/%d/%u/``).
 """
 
 from __future__ import annotations
@@ -34,6 +36,20 @@ class Route:
         """Delivered inside this process, without an SMTP hop."""
         return self.kind in ("maildir", "discard")
 
+    def maildir_for(self, local: str, domain: str) -> str:
+        """The Maildir of the recipient ``local@domain`` (%d, %u and %% expanded); RouteError when
+        the address cannot name a directory (a ``/``, ``..``, nothing)."""
+        assert self.path is not None
+        names = {"d": domain.lower(), "u": local.lower(), "%": "%"}
+
+        def expand(match: re.Match[str]) -> str:
+            part = names[match[1]]
+            if match[1] != "%" and ("/" in part or "\0" in part or part in ("", ".", "..")):
+                raise RouteError(f"{part!r} cannot name a mailbox directory")
+            return part
+
+        return _EXPANSIONS.sub(expand, self.path)
+
     def __str__(self) -> str:
         if self.kind == "smtp":
             host = f"[{self.host}]" if self.host and ":" in self.host else self.host
@@ -54,6 +70,8 @@ def parse_route(spec: str) -> Route:
     if kind == "maildir":
         if not rest:
             raise RouteError("maildir route needs a path: 'maildir:/var/mail/dev'")
+        if {m[1] for m in _EXPANSIONS.finditer(rest)} - {"d", "u", "%"} or "%" in _EXPANSIONS.sub("", rest):
+            raise RouteError(f"maildir route {spec!r}: only %d (domain), %u (local part) and %% may follow a '%'")
         return Route("maildir", path=os.path.abspath(rest))
     if kind == "smtp":
         host, port = _host_port(rest, spec)
@@ -85,6 +103,7 @@ def _host_port(rest: str, spec: str) -> tuple[str, int | None]:
     return host, int(port_text)
 
 
+_EXPANSIONS = re.compile(r"%(.)", re.DOTALL)
 _LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)\Z")
 
 

@@ -73,6 +73,7 @@ class ServerSettings:
     auth_available: bool = False  # a users file is configured
     auth_requires_tls: bool = True
     tls_required: bool = False  # listener tls = required: no MAIL, RCPT or AUTH before STARTTLS
+    auth_required: bool = False  # a submission listener: no MAIL before AUTH
 
 
 # -- events: things to do ---------------------------------------------------------------
@@ -135,10 +136,11 @@ _LINE = LineReceived()
 class MailAllowed:
     """May this client start a transaction (client certificate policy, free storage)? accept() or refuse().
 
-    ``size``: what ``SIZE=`` declared, when the MAIL command parsed (its syntax error, if any,
-    is answered only after the shell accepted)."""
+    ``size``: what ``SIZE=`` declared, and ``sender`` the reverse-path, when the MAIL command
+    parsed (its syntax error, if any, is answered only after the shell accepted)."""
 
     size: int | None = None
+    sender: str | None = None
 
 
 @attrs.frozen
@@ -284,12 +286,18 @@ class ServerSession:
 
         A repeated recipient is answered like the first and kept once (as Postfix does):
         two entries for one address would be delivered twice."""
-        question = self._answer((RcptTo,))
-        assert isinstance(question, RcptTo)
-        key = (question.address.rpartition("@")[0], domain)
-        if key not in self._recipient_keys:
-            self._recipient_keys.add(key)
-            self.recipients.append(record)
+        question = self.pending
+        local = question.address.rpartition("@")[0] if isinstance(question, RcptTo) else ""
+        self.accept_recipients([(record, (local, domain))])  # with no RcptTo open, RuntimeError there
+
+    def accept_recipients(self, records: list[tuple[Any, tuple[str, str]]]) -> None:
+        """Yes to RcptTo for the addresses it expanded to (aliases): (record, (local part, domain)) each,
+        every address kept once."""
+        self._answer((RcptTo,))
+        for record, key in records:
+            if key not in self._recipient_keys:
+                self._recipient_keys.add(key)
+                self.recipients.append(record)
         self._outbox.append(_RCPT_OK)
 
     def refuse(self, reply: Reply) -> None:
@@ -520,12 +528,16 @@ class ServerSession:
             raise Reject(503, "5.5.1 Error: send HELO/EHLO first")
         if self.sender is not None:
             raise Reject(503, "5.5.1 Error: nested MAIL command")
+        if self.settings.auth_required and self.authenticated_as is None:
+            raise Reject(530, "5.7.0 Authentication required")
         try:
             self._pending_mail = self._parse_mail(arg)
         except Reject as syntax_error:
             self._pending_mail = syntax_error
-        size = None if isinstance(self._pending_mail, Reject) else self._pending_mail[1].size
-        self._ask(MailAllowed(size))  # the client-certificate policy speaks before the syntax
+        if isinstance(self._pending_mail, Reject):
+            self._ask(MailAllowed())  # the client-certificate policy speaks before the syntax
+        else:
+            self._ask(MailAllowed(self._pending_mail[1].size, self._pending_mail[0]))
 
     def _parse_mail(self, arg: bytes) -> tuple[str, MailParams]:
         path = parse_path(arg, "FROM", allow_null=True)
