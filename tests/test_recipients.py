@@ -93,15 +93,20 @@ def test_two_files_merge_and_may_not_repeat_a_key(tmp_path: Path) -> None:
         load_address_maps((str(first), str(second)), address_value)
 
 
+def listener_config(tmp_path: Path, name: str, options: str) -> Path:
+    """A configuration file with one plain listener and these option lines."""
+    config = tmp_path / "tlsmta.toml"
+    config.write_text(
+        f'[global]\nstate_dir = "{tmp_path}"\n[[listener]]\nname = "{name}"\nendpoint = "tcp:2525"\ntls = "no"\n{options}'
+    )
+    return config
+
+
 def test_check_config_names_map_file_and_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """check-config: a malformed map line exits 78 naming the config, listener, option, map file and line."""
     virtual = tmp_path / "virtual"
     virtual.write_text("alice@example.test\nteam@example.test alice@example.test, ???\n")
-    config = tmp_path / "tlsmta.toml"
-    config.write_text(
-        f'[global]\nstate_dir = "{tmp_path}"\n[[listener]]\nname = "mx"\nendpoint = "tcp:2525"\ntls = "no"\n'
-        f'local_domains = ["example.test"]\nrecipient_maps = "{virtual}"\n'
-    )
+    config = listener_config(tmp_path, "mx", f'local_domains = ["example.test"]\nrecipient_maps = "{virtual}"\n')
     assert main(["check-config", str(config)]) == EX_CONFIG
     err = capsys.readouterr().err
     assert err.startswith(f'{config}: [listener."mx"] recipient_maps: {virtual}:2: ') and "'???' is not an address" in err
@@ -113,11 +118,7 @@ def test_listener_options_need_their_partners(tmp_path: Path) -> None:
 
     maps = tmp_path / "map"
     maps.write_text("alice@example.test alice\n")
-    config = tmp_path / "tlsmta.toml"
-    config.write_text(
-        f'[global]\nstate_dir = "{tmp_path}"\n[[listener]]\nname = "s"\nendpoint = "tcp:2525"\ntls = "no"\n'
-        f'recipient_maps = "{maps}"\nrole = "submission"\nsender_login_maps = "{maps}"\n'
-    )
+    config = listener_config(tmp_path, "s", f'recipient_maps = "{maps}"\nrole = "submission"\nsender_login_maps = "{maps}"\n')
     with pytest.raises(ConfigError) as info:
         load(str(config))
     assert [(p.table, p.key) for p in info.value.problems] == [
