@@ -139,9 +139,9 @@ def swaks(port: int, sender: str, *extra: str) -> list[str]:
 
 
 @pytest_twisted.ensureDeferred
-async def test_swaks_submits_with_auth_as_itself_only(tmp_path: Path, pki: Any) -> None:
+async def test_swaks_submits_with_auth_as_itself_only(tmp_path: Path, pki: Any, events: list) -> None:
     """swaks over STARTTLS: no AUTH is 530 5.7.0 at MAIL; alice as alice@ is accepted; alice as bob@ is
-    553 5.7.1 and nothing more is stored."""
+    553 5.7.1, logged with why, and nothing more is stored."""
     relay = await start_relay(tmp_path, [submission_listener(tmp_path, pki)])
     alice = ("--auth", "PLAIN", "--auth-user", "alice", "--auth-password", "s3cret")
     try:
@@ -156,6 +156,9 @@ async def test_swaks_submits_with_auth_as_itself_only(tmp_path: Path, pki: Any) 
     [message] = maildir_messages(str(tmp_path / "maildir"))
     assert message["From"] == "alice@example.test"  # swaks's own headers, Date and Message-ID included
     assert len(message.get_all("Date")) == 1 and len(message.get_all("Message-ID")) == 1
+    [refused] = [e for e in events if e["tlsmta_event"] == "mail_refused"]
+    assert (refused["sender"], refused["auth"], refused["code"], refused["reason"]) == (
+        "bob@example.test", "alice", 553, "listed for admin")
 
 
 @pytest_twisted.ensureDeferred
