@@ -113,7 +113,8 @@ def test_check_config_names_map_file_and_line(tmp_path: Path, capsys: pytest.Cap
 
 
 def test_listener_options_need_their_partners(tmp_path: Path) -> None:
-    """recipient_maps needs local_domains; role = submission and sender_login_maps need auth_users_file."""
+    """recipient_maps needs local_domains; role = submission and sender_login_maps need auth_users_file,
+    and a submission listener must be able to offer AUTH (TLS, or require_tls_for_auth = false)."""
     from tlsmta.app._preflight import load
 
     maps = tmp_path / "map"
@@ -126,6 +127,13 @@ def test_listener_options_need_their_partners(tmp_path: Path) -> None:
         ('listener."s"', "role"),
         ('listener."s"', "sender_login_maps"),
     ]
+    users = tmp_path / "users"
+    users.write_text("")
+    config = listener_config(tmp_path, "s", f'role = "submission"\nauth_users_file = "{users}"\n')
+    with pytest.raises(ConfigError) as info:
+        load(str(config))
+    [problem] = info.value.problems
+    assert problem.key == "role" and "never offers AUTH" in problem.why
 
 
 # -- expansion at RCPT ------------------------------------------------------------------------------

@@ -1046,6 +1046,9 @@ def _check_mx_options(v: _Validator, label: str, values: dict[str, Any]) -> None
         v.problem(label, "recipient_maps", "needs local_domains: the maps say who receives mail for them")
     if values["role"] == "submission" and values["auth_users_file"] is None:
         v.problem(label, "role", "'submission' needs auth_users_file: AUTH is required before MAIL")
+    elif values["role"] == "submission" and values["tls"] is ListenerTLS.NO and values["require_tls_for_auth"]:
+        v.problem(label, "role", "'submission' with tls = 'no' never offers AUTH (require_tls_for_auth), "
+                                 "so every MAIL would get 530")
     if values["sender_login_maps"] is not None and values["auth_users_file"] is None:
         v.problem(label, "sender_login_maps", "needs auth_users_file: the maps name AUTH logins")
 

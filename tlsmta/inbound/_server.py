@@ -447,7 +447,8 @@ class InboundSMTP(smtp.ESMTP):
         try:
             records = self._recipients_for(address, domain)
         except Refusal as refusal:
-            self.runtime.events.emit("rcpt_rejected", peer=self.peer_ip, sender=self.sender, rcpt=address, reason=refusal.reason)
+            self.runtime.events.emit("rcpt_rejected", peer=self.peer_ip, sender=self.sender, rcpt=address,
+                                     reason=refusal.reason)
             raise
         self.session.accept_recipients(records)
 
@@ -458,8 +459,8 @@ class InboundSMTP(smtp.ESMTP):
         maps = listener.recipient_maps
         if maps is None or domain not in listener.local_domains:
             return [(self._recipient(address, domain), (address.rpartition("@")[0], domain))]
-        targets = [(target, split_address(target)) for target in expand_recipient(address, maps, listener.local_domains)]
-        return [(self._recipient(target, key[1]), key) for target, key in targets]
+        targets = expand_recipient(address, maps, listener.local_domains)
+        return [(self._recipient(target, split_address(target)[1]), split_address(target)) for target in targets]
 
     def _recipient(self, address: str, domain: str) -> Recipient:
         """Where mail for ``address`` goes, as the queue will record it."""
@@ -514,7 +515,8 @@ class InboundSMTP(smtp.ESMTP):
             raise _refusal(StoreError.from_os_error(e)) from None
         writer.write(received_header(self._trace_facts(envelope)))
         if listener.role == "submission":
-            writer = CompletingWriter(writer, HeaderCompletion(format_datetime(now), f"<{envelope.message_id}@{self.hostname}>"))
+            completion = HeaderCompletion(format_datetime(now), f"<{envelope.message_id}@{self.hostname}>")
+            writer = CompletingWriter(writer, completion)
         self._envelope, self._writer = envelope, writer
         self.session.accept()
         self.setTimeout(listener.data_timeout)
