@@ -21,6 +21,7 @@ from typing import Any, Protocol, TypeVar
 
 import attrs
 
+from tlsmta.config._address_maps import AddressMap, address_value, load_address_maps, login_value
 from tlsmta.config._endpoints import overlaps, port_problem, tcp_address
 from tlsmta.config._routes import Route, RouteError, parse_route
 from tlsmta.config._tls_modes import DANE_REQUIRED_WORD, ListenerTLS, OutboundTLS
@@ -209,6 +210,15 @@ def _readable_files(value: Any) -> tuple[str, ...]:
     if isinstance(value, list) and value:
         return tuple(_readable_file(item) for item in value)
     return (_readable_file(value),)
+
+
+def _address_maps(value_check: Callable[[str], str]) -> Checker:
+    """One map file or a list of them (postmap text format, :mod:`tlsmta.config._address_maps`), read now."""
+
+    def check(value: Any) -> AddressMap:
+        return load_address_maps(_readable_files(value), value_check)
+
+    return check
 
 
 def _listener_certificates(value: Any) -> tuple[str, ...] | str:
@@ -516,6 +526,10 @@ LISTENER_OPTIONS: dict[str, Option] = {
         _int(1), 1800, "seconds a session may last; checked between commands, so a DATA transfer that keeps going finishes"
     ),
     "tls_lab": Option(_enum(*LAB_MODES), None, "dev relay: serve a good or deliberately bad TLS peer"),
+    # A domain's MX and its submission service (README, "Run a domain's MX").
+    "recipient_maps": Option(_address_maps(address_value), None, "who receives mail for local_domains; others 550 5.1.1"),
+    "role": Option(_enum("mx", "submission"), "mx", "submission: AUTH before MAIL, Message-ID/Date added"),
+    "sender_login_maps": Option(_address_maps(login_value), None, "sender address or @domain -> logins that may use it"),
 }
 
 SPOOL_OPTIONS: dict[str, Option] = {
@@ -627,6 +641,9 @@ class ListenerConfig:
     tls_sni: tuple[tuple[tuple[str, str], ...], ...] = ()  # each entry's chains
     relay_client_pins: tuple[str, ...] = ()
     tls_groups: tuple[str, ...] | None = None
+    recipient_maps: AddressMap | None = None
+    role: str = "mx"
+    sender_login_maps: AddressMap | None = None
 
 
 @attrs.frozen
@@ -1091,6 +1108,7 @@ def _listeners(v: _Validator, raw: Any) -> list[ListenerConfig]:
             why = v.environment.users_file(values["auth_users_file"])
             if why is not None:
                 v.problem(label, "auth_users_file", why)
+        _check_mx_options(v, label, values)
         if values["tls_verify"] != "no" and values["tls_client_ca"] is None:
             v.problem(label, "tls_client_ca", f"is required when tls_verify = {values['tls_verify']!r}")
         if values["tls_verify"] != "no" and values["tls"] is ListenerTLS.NO:
@@ -1104,6 +1122,19 @@ def _listeners(v: _Validator, raw: Any) -> list[ListenerConfig]:
         except TypeError as e:  # only reachable through a programming error
             v.problem(label, None, str(e))
     return out
+
+
+def _check_mx_options(v: _Validator, label: str, values: dict[str, Any]) -> None:
+    """What recipient_maps, role and sender_login_maps need of the rest of the listener."""
+    if values["recipient_maps"] is not None and not values["local_domains"]:
+        v.problem(label, "recipient_maps", "needs local_domains: the maps say who receives mail for them")
+    if values["role"] == "submission" and values["auth_users_file"] is None:
+        v.problem(label, "role", "'submission' needs auth_users_file: AUTH is required before MAIL")
+    elif values["role"] == "submission" and values["tls"] is ListenerTLS.NO and values["require_tls_for_auth"]:
+        v.problem(label, "role", "'submission' with tls = 'no' never offers AUTH (require_tls_for_auth), "
+                                 "so every MAIL would get 530")
+    if values["sender_login_maps"] is not None and values["auth_users_file"] is None:
+        v.problem(label, "sender_login_maps", "needs auth_users_file: the maps name AUTH logins")
 
 
 _DNS_TABLES = ("mx", "hosts", "txt", "tlsa", "ptr")

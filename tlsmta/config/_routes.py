@@ -5,7 +5,9 @@ for IPv6), ``smtps:HOST[:PORT]`` (a smarthost spoken to over implicit TLS,
 RFC 8314 "submissions"; Postfix ``smtp_tls_wrappermode``: the handshake comes
 before the greeting, port 465 unless given), ``maildir:PATH``, ``discard`` and
 ``tlsrpt`` (the domain's mail is TLS-RPT reports other senders send us, RFC
-8460: parsed and kept under state_dir, never delivered on).
+8460: parsed and kept under state_dir, never delivered on).  A Maildir path
+may name each recipient's own mailbox: ``%d`` is its domain, ``%u`` its local
+part (both lower case), ``%%`` a ``%`` (``maildir:/var/mail/%d/%u/``).
 """
 
 from __future__ import annotations
@@ -55,6 +57,20 @@ class Route:
         speaks no plain text), so at least ``required``; any other route, the option as set."""
         return OutboundTLS.REQUIRED if self.implicit_tls else tls
 
+    def maildir_for(self, local: str, domain: str) -> str:
+        """The Maildir of the recipient ``local@domain`` (%d, %u and %% expanded); RouteError when
+        the address cannot name a directory (a ``/``, ``..``, nothing)."""
+        assert self.path is not None
+        names = {"d": domain.lower(), "u": local.lower(), "%": "%"}
+
+        def expand(match: re.Match[str]) -> str:
+            part = names[match[1]]
+            if match[1] != "%" and ("/" in part or "\0" in part or part in ("", ".", "..")):
+                raise RouteError(f"{part!r} cannot name a mailbox directory")
+            return part
+
+        return _EXPANSIONS.sub(expand, self.path)
+
     def __str__(self) -> str:
         if self.kind == "smtp":
             host = f"[{self.host}]" if self.host and ":" in self.host else self.host
@@ -76,6 +92,8 @@ def parse_route(spec: str) -> Route:
     if kind == "maildir":
         if not rest:
             raise RouteError("maildir route needs a path: 'maildir:/var/mail/dev'")
+        if {m[1] for m in _EXPANSIONS.finditer(rest)} - {"d", "u", "%"} or "%" in _EXPANSIONS.sub("", rest):
+            raise RouteError(f"maildir route {spec!r}: only %d (domain), %u (local part) and %% may follow a '%'")
         return Route("maildir", path=os.path.abspath(rest))
     if kind in ("smtp", "smtps"):
         host, port = _host_port(rest, spec)
@@ -107,6 +125,7 @@ def _host_port(rest: str, spec: str) -> tuple[str, int | None]:
     return host, int(port_text)
 
 
+_EXPANSIONS = re.compile(r"%(.)", re.DOTALL)
 _LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)\Z")
 
 

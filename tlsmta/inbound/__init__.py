@@ -1,7 +1,9 @@
 """Receiving mail: the ESMTP server shell (``server``, a subclass of
 ``twisted.mail.smtp.ESMTP`` and its factory, around
 ``tlsmta.smtp.server_session``), relay control (``acceptance``), AUTH users
-(``auth``, and the dev relay's any-credentials AUTH), the PROXY header from trusted proxies (``proxyheader``, with
+(``auth``, and the dev relay's any-credentials AUTH), recipient maps and alias expansion (``recipients``), the
+sender-login check (``sender_login``), ``Date:``/``Message-ID:`` on
+submission (``submission``), the PROXY header from trusted proxies (``proxyheader``, with
 Twisted's private header parsers behind ``haproxy_private``), the
 ``reuseport:`` endpoint, the ``Received:`` header, and where an accepted
 message goes (``intake``).

@@ -14,6 +14,14 @@ from tlsmta.tls import Verdict, VerifyMode
 RELAY_DENIED = Reject(554, "5.7.1 relay access denied")
 
 
+class Refusal(Reject):
+    """A refusal by the listener's policy; ``reason`` says why, for the log (not for the client)."""
+
+    def __init__(self, code: int, text: str, reason: str):
+        super().__init__(code, text)
+        self.reason = reason
+
+
 @attrs.frozen
 class ClientStanding:
     """What the session knows about who the client is."""

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
+from email.utils import format_datetime
 from typing import Any
 
 import attrs
@@ -47,10 +48,11 @@ from twisted.mail import smtp
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from tlsmta.config import Config, ListenerConfig, ListenerTLS, resolve
+from tlsmta.config import Config, ListenerConfig, ListenerTLS, resolve, split_address
 from tlsmta.discovery import Resolver
 from tlsmta.inbound._acceptance import (
     ClientStanding,
+    Refusal,
     check_client_certificate,
     check_recipient,
     client_pinned,
@@ -58,7 +60,10 @@ from tlsmta.inbound._acceptance import (
 )
 from tlsmta.inbound._auth import Credentials
 from tlsmta.inbound._received import TraceFacts, received_header
+from tlsmta.inbound._recipients import check_mailbox_name, expand_recipient
+from tlsmta.inbound._sender_login import check_sender_login
 from tlsmta.inbound._session_log import SessionLog, port_of
+from tlsmta.inbound._submission import CompletingWriter, HeaderCompletion
 from tlsmta.network import StreamTransport, installed_reactor, set_no_delay
 from tlsmta.reporting import EventBus
 from tlsmta.smtp import DomainNameError, Reject, Reply, normalize_domain
@@ -152,6 +157,7 @@ class ListenerRuntime:
             tls_required=listener.tls is ListenerTLS.REQUIRED,
             auth_mechanisms=self.users.mechanisms if self.users is not None else (),
             reply_override=self.reply_override,
+            auth_required=listener.role == "submission",
         )
 
 
@@ -402,8 +408,17 @@ class InboundSMTP(smtp.ESMTP):
             self._client_verify_counted = True
             self.runtime.events.emit("client_verify", quiet=True, tls_verify=listener.tls_verify, verified=verdict.outcome.word)
         check_client_certificate(VerifyMode(listener.tls_verify), self.tls_active, verdict)
+        self._check_sender_login(question.sender)
         self._check_free_space(question.size)
         self.session.accept()
+
+    def _check_sender_login(self, sender: str | None) -> None:
+        try:
+            check_sender_login(self.runtime.listener.sender_login_maps, self.authenticated_as, sender)
+        except Refusal as refusal:
+            self.runtime.events.emit("mail_refused", peer=self.peer_ip, sender=sender, auth=self.authenticated_as,
+                                     code=refusal.code, text=refusal.text, reason=refusal.reason)
+            raise
 
     def _check_free_space(self, declared_size: int | None) -> None:
         """452 4.3.1 at MAIL when the spool's filesystem cannot take the message and keep [spool] min_free."""
@@ -437,11 +452,32 @@ class InboundSMTP(smtp.ESMTP):
             except Reject:
                 self.runtime.events.emit("rcpt_rejected", peer=self.peer_ip, sender=self.sender, rcpt=address, reason="relay denied")
                 raise
+        try:
+            records = self._recipients_for(address, domain)
+        except Refusal as refusal:
+            self.runtime.events.emit("rcpt_rejected", peer=self.peer_ip, sender=self.sender, rcpt=address,
+                                     reason=refusal.reason)
+            raise
+        self.session.accept_recipients(records)
+
+    def _recipients_for(self, address: str, domain: str) -> list[tuple[Recipient, tuple[str, str]]]:
+        """The recipients an accepted RCPT adds, each with the (local part, domain) it is kept once by:
+        the address itself, or what the listener's recipient_maps expand it to."""
+        listener = self.runtime.listener
+        maps = listener.recipient_maps
+        if maps is None or domain not in listener.local_domains:
+            return [(self._recipient(address, domain), (address.rpartition("@")[0], domain))]
+        targets = expand_recipient(address, maps, listener.local_domains)
+        return [(self._recipient(target, split_address(target)[1]), split_address(target)) for target in targets]
+
+    def _recipient(self, address: str, domain: str) -> Recipient:
+        """Where mail for ``address`` goes, as the queue will record it."""
         binding = self._binding_for(address, domain)
         route = resolve(self.runtime.config, domain, binding)["route"].value
         if not self.runtime.sink.accepts(route):
             raise Reject(451, f"4.3.2 Error: cannot deliver to route {route} yet")
-        self.session.accept_recipient(Recipient(address, route, binding), domain)
+        check_mailbox_name(address, route)
+        return Recipient(address, route, binding)
 
     def _standing(self) -> ClientStanding:
         verdict = self.client_verdict()
@@ -487,6 +523,9 @@ class InboundSMTP(smtp.ESMTP):
             log.error("cannot open a message for writing: {error}", error=e)
             raise _refusal(StoreError.from_os_error(e)) from None
         writer.write(received_header(self._trace_facts(envelope)))
+        if listener.role == "submission":
+            completion = HeaderCompletion(format_datetime(now), f"<{envelope.message_id}@{self.hostname}>")
+            writer = CompletingWriter(writer, completion)
         self._envelope, self._writer = envelope, writer
         self.session.accept()
         self.setTimeout(listener.data_timeout)

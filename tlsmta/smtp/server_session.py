@@ -95,6 +95,7 @@ class ServerSettings:
     # CRAM-MD5 needs the password in clear on the server: only the dev relay's any-credentials AUTH offers it.
     auth_mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN")
     reply_override: ReplyOverride | None = attrs.field(default=None, eq=False)
+    auth_required: bool = False  # a submission listener: no MAIL before AUTH
 
 
 # -- events: things to do ---------------------------------------------------------------
@@ -157,10 +158,11 @@ _LINE = LineReceived()
 class MailAllowed:
     """May this client start a transaction (client certificate policy, free storage)? accept() or refuse().
 
-    ``size``: what ``SIZE=`` declared, when the MAIL command parsed (its syntax error, if any,
-    is answered only after the shell accepted)."""
+    ``size``: what ``SIZE=`` declared, and ``sender`` the reverse-path, when the MAIL command
+    parsed (its syntax error, if any, is answered only after the shell accepted)."""
 
     size: int | None = None
+    sender: str | None = None
 
 
 @attrs.frozen
@@ -319,13 +321,20 @@ class ServerSession:
 
         A repeated recipient is answered like the first and kept once (as Postfix does):
         two entries for one address would be delivered twice."""
+        question = self.pending
+        local = question.address.rpartition("@")[0] if isinstance(question, RcptTo) else ""
+        self.accept_recipients([(record, (local, domain))])  # with no RcptTo open, RuntimeError there
+
+    def accept_recipients(self, records: list[tuple[Any, tuple[str, str]]]) -> None:
+        """Yes to RcptTo for the addresses it expanded to (aliases): (record, (local part, domain)) each,
+        every address kept once."""
         question = self._answer((RcptTo,))
         assert isinstance(question, RcptTo)
-        key = (question.address.rpartition("@")[0], domain)
-        if key not in self._recipient_keys:
-            self._recipient_keys.add(key)
-            self.recipients.append(record)
-            self.recipient_addresses.append(question.address)
+        self.recipient_addresses.append(question.address)  # as the client named it, for reply overrides
+        for record, key in records:
+            if key not in self._recipient_keys:
+                self._recipient_keys.add(key)
+                self.recipients.append(record)
         self._outbox.append(_RCPT_OK)
 
     def refuse(self, reply: Reply) -> None:
@@ -590,14 +599,18 @@ class ServerSession:
             raise Reject(503, "5.5.1 Error: send HELO/EHLO first")
         if self.sender is not None:
             raise Reject(503, "5.5.1 Error: nested MAIL command")
+        if self.settings.auth_required and self.authenticated_as is None:
+            raise Reject(530, "5.7.0 Authentication required")
         if self._overridden(Stage.MAIL):
             return
         try:
             self._pending_mail = self._parse_mail(arg)
         except Reject as syntax_error:
             self._pending_mail = syntax_error
-        size = None if isinstance(self._pending_mail, Reject) else self._pending_mail[1].size
-        self._ask(MailAllowed(size))  # the client-certificate policy speaks before the syntax
+        if isinstance(self._pending_mail, Reject):
+            self._ask(MailAllowed())  # the client-certificate policy speaks before the syntax
+        else:
+            self._ask(MailAllowed(self._pending_mail[1].size, self._pending_mail[0]))
 
     def _parse_mail(self, arg: bytes) -> tuple[str, MailParams]:
         path = parse_path(arg, "FROM", allow_null=True)
