@@ -10,6 +10,7 @@ unknown user, 452 4.2.2 after DATA for a user over quota.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import pytest
@@ -181,3 +182,54 @@ async def test_messages_queued_together_share_one_lmtp_connection(tmp_path: Any,
     # A session's connect line is logged before its deliveries: once all five are in, so is every connect.
     log = await in_thread(dovecot.wait_for_log, "saved mail to INBOX", count=5)
     assert log.count("Connect from local") == 1
+
+
+def lmtp_config(tmp_path: Any, pki: Any, route: str) -> str:
+    path = tmp_path / "lmtp.toml"
+    path.write_text(
+        f'[global]\nroute = "{route}"\ntls = "required"\ntls_verify = "host"\ntls_ca = "{pki.ca_pem}"\n'
+        f'[dns.hosts]\n"{LMTP_HOST}" = ["127.0.0.1"]\n'
+    )
+    return str(path)
+
+
+async def tlsmta(*args: str) -> tuple[int, str]:
+    from e2e import run_process
+
+    code, out, err = await run_process(os.path.join(os.path.dirname(sys.executable), "tlsmta"), *args)
+    return code, out + err
+
+
+@pytest_twisted.ensureDeferred
+async def test_policy_and_probe_over_the_unix_socket(tmp_path: Any, pki: Any, dovecot: PrivateDovecot) -> None:
+    """`tlsmta policy` says an lmtp:unix: route has no TLS whatever the tls options; `tlsmta probe`
+    connects to the socket, shows Dovecot's banner and judges plain text over it deliverable."""
+    config = lmtp_config(tmp_path, pki, f"lmtp:unix:{dovecot.socket_path}")
+    code, policy = await tlsmta("policy", config, DOMAIN)
+    assert code == 0
+    assert f"Delivered over LMTP (RFC 2033) to the unix socket {dovecot.socket_path}; no TLS on a local socket" in policy
+    assert "STARTTLS required" not in policy
+    code, probe = await tlsmta("probe", DOMAIN, "--config", config)
+    assert code == 0, probe
+    assert f"LMTP server on unix:{dovecot.socket_path} (a local socket: no STARTTLS)" in probe
+    assert "banner:   220 " in probe and "Dovecot" in probe
+    assert f"verdict for {DOMAIN} (tls=no, tls_verify=host, policy local): deliver in plain text (tls = no)" in probe
+
+
+@pytest_twisted.ensureDeferred
+async def test_policy_and_probe_over_tcp(tmp_path: Any, pki: Any, dovecot: PrivateDovecot) -> None:
+    """For lmtp:HOST:PORT `tlsmta policy` describes STARTTLS and the name check against the LMTP host;
+    `tlsmta probe` greets Dovecot with LHLO, does STARTTLS and verifies the certificate under host."""
+    route = f"lmtp:{LMTP_HOST}:{dovecot.port}"
+    config = lmtp_config(tmp_path, pki, route)
+    code, policy = await tlsmta("policy", config, DOMAIN)
+    assert code == 0
+    assert f"Sent over LMTP (RFC 2033) to {LMTP_HOST}, port {dovecot.port}" in policy
+    assert f"name {DOMAIN} or {LMTP_HOST}" in policy
+    code, probe = await tlsmta("probe", DOMAIN, "--config", config)
+    assert code == 0, probe
+    assert f"MX {LMTP_HOST} [127.0.0.1]:{dovecot.port}" in probe and "STARTTLS: offered" in probe
+    assert f"SANs:    {LMTP_HOST}" in probe and "    host      pass" in probe
+    assert f"verdict for {DOMAIN} (tls=required, tls_verify=host, policy local): deliver over TLS, certificate verified" in probe
+    # The probe spoke LMTP: Dovecot would have refused EHLO (it logs no failed greeting).
+    assert "state=GREETING" not in await in_thread(dovecot.wait_for_log, "Disconnect from 127.0.0.1")

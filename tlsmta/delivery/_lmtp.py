@@ -28,9 +28,9 @@ class OutboundLMTP(OutboundSMTP):
     lmtp = True
 
 
-def connection_class(route: Route) -> type[OutboundSMTP]:
-    """The connection a route's deliveries (and probes) use."""
-    return OutboundLMTP if route.kind == "lmtp" else OutboundSMTP
+def connection_class(route: Route | None) -> type[OutboundSMTP]:
+    """The connection a route's deliveries (and probes) use (None: no route given, SMTP)."""
+    return OutboundLMTP if route is not None and route.kind == "lmtp" else OutboundSMTP
 
 
 def unix_socket_host(route: Route) -> tuple[str, str, int]:
