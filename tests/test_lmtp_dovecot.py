@@ -26,7 +26,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="a private Dovecot swi
 
 LMTP_HOST = "lmtp.example.test"
 ALICE, BOB, FULL, NOBODY = (f"{user}@{DOMAIN}" for user in ("alice", "bob", "full", "nosuch"))
-USERS = {ALICE: None, BOB: None, FULL: "10B"}  # full@ has a 10-byte quota: every message is over it
+USERS = {ALICE: None, BOB: None, FULL: "10B", f"user@{DOMAIN}": None}  # full@: a 10-byte quota, always over it
 
 
 @pytest.fixture
@@ -233,3 +233,23 @@ async def test_policy_and_probe_over_tcp(tmp_path: Any, pki: Any, dovecot: Priva
     assert f"verdict for {DOMAIN} (tls=required, tls_verify=host, policy local): deliver over TLS, certificate verified" in probe
     # The probe spoke LMTP: Dovecot would have refused EHLO (it logs no failed greeting).
     assert "state=GREETING" not in await in_thread(dovecot.wait_for_log, "Disconnect from 127.0.0.1")
+
+
+@pytest_twisted.ensureDeferred
+async def test_requiretls_message_is_delivered_over_the_unix_socket(tmp_path: Any, pki: Any, events: list,
+                                                                   dovecot: PrivateDovecot) -> None:
+    """A unix socket is local delivery, as a Maildir is: a REQUIRETLS message has no further TLS hop
+    to insist on and is delivered (over TCP it would need verified TLS and the extension, as any hop)."""
+    from test_requiretls_outbound import send_requiretls
+
+    listener = {"tls": "starttls", "tls_certificate": pki.good.cert, "tls_key": pki.good.key}
+    sender = await start_sender(tmp_path, 25, pki.ca_pem, route=f"lmtp:unix:{dovecot.socket_path}", listener=listener)
+    try:
+        await in_thread(send_requiretls, sender.port, pki.ca_pem)
+        await sender.service.queue.wait_idle()
+    finally:
+        await sender.stop()
+    [line] = deliveries(events)
+    assert line["result"] == "delivered" and line["to"] == f"<user@{DOMAIN}>"
+    assert "requiretls" not in line
+    assert dovecot.mailbox(f"user@{DOMAIN}")[0]["Subject"] == "secret"
