@@ -24,7 +24,7 @@ import tempfile
 import time
 from collections.abc import Mapping
 
-from postfix_lab import free_port
+from postfix_lab import free_port, read_log, wait_for_text
 
 DOVECOT = "/usr/sbin/dovecot"
 START_TIMEOUT = 30
@@ -145,22 +145,12 @@ class PrivateDovecot:
 
     def log(self) -> str:
         """The log since start() returned (the readiness checks' connections left out)."""
-        try:
-            with open(f"{self.dir}/dovecot.log", errors="replace") as f:
-                return f.read()[self._probes_logged:]
-        except OSError:
-            return ""
+        return read_log(f"{self.dir}/dovecot.log")[self._probes_logged:]
 
     def wait_for_log(self, text: str, count: int = 1, timeout: float = START_TIMEOUT) -> str:
         """Wait (bounded) for ``text`` to be in the log ``count`` times; return the log.
         Dovecot's processes log through its log service, a moment after they answered."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            log = self.log()
-            if log.count(text) >= count:
-                return log
-            time.sleep(0.05)
-        raise AssertionError(f"{text!r} not {count} time(s) in the Dovecot log within {timeout}s:\n{self.log()}")
+        return wait_for_text(self.log, text, timeout, count, "Dovecot")
 
     def mailbox(self, address: str) -> list[email.message.Message]:
         """The messages in ``address``'s INBOX (new/ and cur/)."""
