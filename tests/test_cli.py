@@ -105,6 +105,14 @@ def test_check_config_names_a_bad_pin(tmp_path: Path, capsys: pytest.CaptureFixt
     assert err.startswith(f'{path}: [domain."example.com"] tls_pins: ') and "'sha256:not-a-digest' is not a pin" in err
 
 
+def test_check_config_names_an_lmtp_route_without_a_port(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """lmtp:HOST without a port: exit 78, the file, table and key, and why (LMTP has no well-known port)."""
+    path = write(tmp_path, '[domain."example.com"]\nroute = "lmtp:dovecot.example"\n')
+    assert main(["check-config", path]) == EX_CONFIG
+    err = capsys.readouterr().err
+    assert err.startswith(f'{path}: [domain."example.com"] route: ') and "lmtp route needs a port" in err
+
+
 def test_check_config_bad(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """An invalid file: exit 78 (EX_CONFIG), every problem on stderr naming file, table and key, nothing on stdout."""
     path = write(

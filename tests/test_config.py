@@ -632,7 +632,8 @@ def test_bad_listener_enums(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "route",
-    ["smtp:", "smtp:host:99999", "maildir:", "mx:foo", "lmtp:/var/run/sock", "smtp:[::1"],
+    ["smtp:", "smtp:host:99999", "maildir:", "mx:foo", "lmtp:/var/run/sock", "smtp:[::1", "lmtp:dovecot.example",
+     "lmtp:unix:"],
 )
 def test_bad_route(tmp_path: Path, route: str) -> None:
     """A route that does not parse is a problem naming the domain table and the route key."""

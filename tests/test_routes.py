@@ -135,7 +135,12 @@ def test_str_round_trips(spec: str) -> None:
         ("mx:foo", "route 'mx' takes no argument"),
         ("mx:", "route 'mx' takes no argument"),
         ("discard:all", "route 'discard' takes no argument"),
-        ("lmtp:/run/lmtp", "unknown route 'lmtp:/run/lmtp'"),
+        ("lmtp:/run/lmtp", "written 'lmtp:unix:/run/lmtp'"),
+        ("lmtp:", "lmtp route needs a unix socket or a host and port"),
+        ("lmtp:unix:", "lmtp unix route needs a socket path"),
+        ("lmtp:dovecot.example", "lmtp route needs a port"),
+        ("lmtp:dovecot.example:0", "bad port '0'"),
+        ("lmtp:bad..name:24", "is not a host name or IP address"),
         ("", "unknown route ''"),
         ("relay.example.net", "unknown route 'relay.example.net'"),
     ],
@@ -150,7 +155,8 @@ def test_bad_routes(spec: str, fragment: str) -> None:
 
 def test_unknown_route_lists_the_choices() -> None:
     """The error for an unknown kind says which kinds exist."""
-    with pytest.raises(RouteError, match=r"expected mx, smtp:HOST\[:PORT\], smtps:HOST\[:PORT\], maildir:PATH, discard or tlsrpt"):
+    with pytest.raises(RouteError, match=r"expected mx, smtp:HOST\[:PORT\], smtps:HOST\[:PORT\], maildir:PATH, discard, "
+                                         r"tlsrpt, lmtp:unix:PATH or lmtp:HOST:PORT"):
         parse_route("uucp:host")
 
 
@@ -199,3 +205,29 @@ def test_smarthost_must_be_a_host(spec):
     """A smarthost that is neither a host name nor an IP address is refused."""
     with pytest.raises(RouteError):
         parse_route(spec)
+
+
+@pytest.mark.parametrize(
+    "spec, route, text",
+    [
+        ("lmtp:unix:/run/dovecot/lmtp", Route("lmtp", path="/run/dovecot/lmtp"), "lmtp:unix:/run/dovecot/lmtp"),
+        ("LMTP:UNIX:/run/dovecot/lmtp", Route("lmtp", path="/run/dovecot/lmtp"), "lmtp:unix:/run/dovecot/lmtp"),
+        ("lmtp:127.0.0.1:24", Route("lmtp", host="127.0.0.1", port=24), "lmtp:127.0.0.1:24"),
+        ("lmtp:dovecot.example:2424", Route("lmtp", host="dovecot.example", port=2424), "lmtp:dovecot.example:2424"),
+        ("lmtp:[::1]:24", Route("lmtp", host="::1", port=24), "lmtp:[::1]:24"),
+    ],
+)
+def test_lmtp(spec: str, route: Route, text: str) -> None:
+    """lmtp:unix:PATH and lmtp:HOST:PORT are LMTP hops (not local), printed back in the same form."""
+    parsed = parse_route(spec)
+    assert parsed == route
+    assert not parsed.is_local
+    assert parsed.over_unix_socket is (route.path is not None)
+    assert str(parsed) == text
+    assert parse_route(text) == parsed
+
+
+def test_lmtp_relative_socket_path_is_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A relative socket path is taken from the working directory at load, as maildir: does."""
+    monkeypatch.chdir(tmp_path)
+    assert parse_route("lmtp:unix:run/lmtp") == Route("lmtp", path=os.path.join(str(tmp_path), "run/lmtp"))

@@ -24,14 +24,18 @@ from cryptography import x509
 
 from tlsmta.config import OutboundTLS, Route
 from tlsmta.delivery import (
+    UNIX_SOCKET_PORT,
     ConnectionBroken,
     EndpointFactory,
     addresses_to_try,
     connect,
+    connection_class,
     greeting_failure,
+    lmtp_endpoints,
     pinned_verdict,
     session_outcome,
     tcp_endpoints,
+    unix_socket_host,
 )
 from tlsmta.delivery import dane_verdict as delivery_dane_verdict
 from tlsmta.delivery import requirement as delivery_requirement
@@ -112,7 +116,8 @@ async def probe_address(reactor: IServiceReactor, mx: str, ip: str, port: int, d
         return ClientTLS(ctx, mx, check)
 
     try:
-        proto = await connect(reactor, endpoints or tcp_endpoints(reactor), ip, port, ehlo, timeout=CONNECT_TIMEOUT)
+        proto = await connect(reactor, endpoints or tcp_endpoints(reactor), ip, port, ehlo, timeout=CONNECT_TIMEOUT,
+                              protocol=connection_class(route))
     except Exception as e:
         result.error = f"connect failed: {str(e).strip() or type(e).__name__}"
         return result
@@ -124,7 +129,8 @@ async def probe_address(reactor: IServiceReactor, mx: str, ip: str, port: int, d
             result.error = str(greeting_failure(greeting, mx))
             proto.quit()
             return result
-        result.starttls = result.implicit or "STARTTLS" in greeting.capabilities
+        local = route is not None and route.over_unix_socket  # an lmtp:unix: socket: no TLS
+        result.starttls = result.implicit or ("STARTTLS" in greeting.capabilities and not local)
         if not result.starttls:
             proto.quit()
             return result
@@ -153,7 +159,7 @@ async def probe_address(reactor: IServiceReactor, mx: str, ip: str, port: int, d
 async def hosts_for(resolver: Resolver, domain: str, mx: str | None, route: Any) -> list[str]:
     if mx:
         return [mx]
-    if route is not None and route.kind == "smtp":
+    if route is not None and route.kind in ("smtp", "lmtp"):
         return [route.host]
     return [m.host for m in await resolver.mx(domain)]
 
@@ -182,6 +188,12 @@ async def external_facts(reactor: IServiceReactor, resolver: Resolver, domain: s
 async def run_probe(reactor: IServiceReactor, resolver: Resolver, domain: str, options: Mapping[str, Any], port: int | None, mx: str | None, ehlo: str,
                     https_port: int = 443, endpoints: EndpointFactory | None = None) -> tuple[list[ProbeResult], str | None, ExternalFacts]:
     """Probe every address of every MX; (results, DNS problem or None, recipient-side policies)."""
+    route = options["route"]
+    if route.over_unix_socket:
+        # A local socket: no DNS, MTA-STS, DANE or TLS; the banner and LHLO show whether the server is there.
+        name, path, socket_port = unix_socket_host(route)
+        socket_endpoints = lmtp_endpoints(reactor, endpoints or tcp_endpoints(reactor))
+        return [await probe_address(reactor, name, path, socket_port, domain, options, ehlo, socket_endpoints)], None, ExternalFacts()
     try:
         names = await hosts_for(resolver, domain, mx, options["route"])
     except DNSError as e:
@@ -256,7 +268,7 @@ def _outcome(result: ProbeResult, req: Requirement, verdict: Verdict | None, fat
 def config_source(resolver: Resolver, domain: str, route: Route) -> str | None:
     """Where the configuration decides the MX set, so DNSSEC did not: the ``smtp:`` route or a
     ``[dns.mx]`` pin (delivery treats both as validated); None when DNS answers."""
-    if route.kind == "smtp":
+    if route.kind in ("smtp", "lmtp"):
         return f"route {route}"
     return "[dns.mx]" if resolver.pinned_answer("mx", domain) is not None else None
 
@@ -332,15 +344,20 @@ def format_certificate(depth: int, cert: x509.Certificate) -> list[str]:
 
 
 def format_result(result: ProbeResult, tls_mode: OutboundTLS, verify: VerifyMode) -> list[str]:
-    lines = [f"MX {result.mx} [{result.ip}]:{result.port}"]
+    if result.port == UNIX_SOCKET_PORT:
+        lines = [f"LMTP server on unix:{result.ip} (a local socket: no STARTTLS)"]
+    else:
+        lines = [f"MX {result.mx} [{result.ip}]:{result.port}"]
     if result.banner:
         lines.append(f"  banner:   {result.banner}")
     if result.error and not result.banner:
         lines.append(f"  error:    {result.error}")
         lines.append(f"  configured ({tls_mode}, tls_verify={verify.value}): {configured_outcome(result, tls_mode, verify)[1]}")
         return lines
-    lines.append("  TLS mode: implicit (smtps:, the handshake before the banner)" if result.implicit
-                 else f"  STARTTLS: {'offered' if result.starttls else 'not offered'}")
+    if result.implicit:
+        lines.append("  TLS mode: implicit (smtps:, the handshake before the banner)")
+    elif result.port != UNIX_SOCKET_PORT:
+        lines.append(f"  STARTTLS: {'offered' if result.starttls else 'not offered'}")
     if result.error:
         lines.append(f"  error:    {result.error}")
     if result.facts is not None:

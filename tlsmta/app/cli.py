@@ -128,8 +128,15 @@ def describe_policy(options: Mapping[str, Any], domain: str, mx: str | None) -> 
         return ["Discarded (accepted and dropped)."]
     if route.kind == "tlsrpt":
         return ["Taken in as TLS-RPT reports (RFC 8460) and kept in state_dir/tlsrpt-received; see `tlsmta tlsrpt received`."]
-    where = f"the smarthost {route.host}" if route.kind == "smtp" else f"the MX hosts of {domain}"
-    lines = [f"Sent over SMTP to {where}, port {route.port_for(options['smtp_port'])}."]
+    if route.over_unix_socket:
+        return [f"Delivered over LMTP (RFC 2033) to the unix socket {route.path}; no TLS on a local socket "
+                "(the tls options do not apply), each recipient answered on its own."]
+    if route.kind == "lmtp":
+        lines = [f"Sent over LMTP (RFC 2033) to {route.host}, port {route.port}, each recipient answered on its own."]
+        mx = mx or route.host  # the host the certificate may name
+    else:
+        where = f"the smarthost {route.host}" if route.kind == "smtp" else f"the MX hosts of {domain}"
+        lines = [f"Sent over SMTP to {where}, port {route.port_for(options['smtp_port'])}."]
     tls_mode, verify = route.tls_for(options["tls"]), options["tls_verify"]
     if route.implicit_tls:
         lines.append("Implicit TLS (smtps:): the handshake comes before the greeting; a failed one defers with 4.7.5, "
@@ -317,7 +324,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
         options["tls_verify"] = args.tls_verify
     if args.tls:
         options["tls"] = OutboundTLS(args.tls)
-    options["tls"] = options["route"].tls_for(options["tls"])  # smtps: TLS or nothing, as delivery does
+    options["tls"] = options["route"].tls_for(options["tls"])  # smtps: TLS or nothing, lmtp:unix: none, as delivery does
     verify = VerifyMode(options["tls_verify"])
     outcome: dict[str, int] = {}
 

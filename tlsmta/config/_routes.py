@@ -3,11 +3,13 @@
 ``mx`` (the default), ``smtp:HOST[:PORT]`` (a smarthost; ``[v6addr]:PORT``
 for IPv6), ``smtps:HOST[:PORT]`` (a smarthost spoken to over implicit TLS,
 RFC 8314 "submissions"; Postfix ``smtp_tls_wrappermode``: the handshake comes
-before the greeting, port 465 unless given), ``maildir:PATH``, ``discard`` and
+before the greeting, port 465 unless given), ``maildir:PATH``, ``discard``,
 ``tlsrpt`` (the domain's mail is TLS-RPT reports other senders send us, RFC
-8460: parsed and kept under state_dir, never delivered on).  A Maildir path
-may name each recipient's own mailbox: ``%d`` is its domain, ``%u`` its local
-part (both lower case), ``%%`` a ``%`` (``maildir:/var/mail/%d/%u/``).
+8460: parsed and kept under state_dir, never delivered on), and
+``lmtp:unix:PATH`` or ``lmtp:HOST:PORT`` (RFC 2033, a mailbox server such as
+Dovecot; LMTP has no well-known port, so the port is required).  A Maildir
+path may name each recipient's own mailbox: ``%d`` is its domain, ``%u`` its
+local part (both lower case), ``%%`` a ``%`` (``maildir:/var/mail/%d/%u/``).
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ class RouteError(TlsmtaError, ValueError):
 
 @attrs.frozen
 class Route:
-    """A parsed route; ``kind`` is one of mx, smtp, maildir, discard, tlsrpt.
+    """A parsed route; ``kind`` is one of mx, smtp, maildir, discard, tlsrpt, lmtp.
 
-    An ``smtps:`` route is kind smtp with ``implicit_tls``: TLS from the first byte."""
+    An ``smtps:`` route is kind smtp with ``implicit_tls``: TLS from the first byte.
+    An ``lmtp:unix:`` route has the socket's ``path``, an ``lmtp:HOST:PORT`` one host and port."""
 
     kind: str
     host: str | None = None
@@ -54,7 +57,10 @@ class Route:
 
     def tls_for(self, tls: OutboundTLS) -> OutboundTLS:
         """The ``tls`` a hop on this route runs with: an smtps: hop has TLS or nothing (port 465
-        speaks no plain text), so at least ``required``; any other route, the option as set."""
+        speaks no plain text), so at least ``required``; an lmtp:unix: socket is local and has
+        no TLS (``no``); any other route, the option as set."""
+        if self.over_unix_socket:
+            return OutboundTLS.NO
         return OutboundTLS.REQUIRED if self.implicit_tls else tls
 
     def maildir_for(self, local: str, domain: str) -> str:
@@ -78,7 +84,14 @@ class Route:
             return f"{scheme}:{host}" + (f":{self.port}" if self.port else "")
         if self.kind == "maildir":
             return f"maildir:{self.path}"
+        if self.kind == "lmtp":
+            return _lmtp_text(self)
         return self.kind
+
+    @property
+    def over_unix_socket(self) -> bool:
+        """An ``lmtp:unix:`` route: a local socket, where TLS has no place."""
+        return self.kind == "lmtp" and self.path is not None
 
 
 def parse_route(spec: str) -> Route:
@@ -98,7 +111,34 @@ def parse_route(spec: str) -> Route:
     if kind in ("smtp", "smtps"):
         host, port = _host_port(rest, spec)
         return Route("smtp", host=host, port=port, implicit_tls=kind == "smtps")
-    raise RouteError(f"unknown route {spec!r} (expected mx, smtp:HOST[:PORT], smtps:HOST[:PORT], maildir:PATH, discard or tlsrpt)")
+    if kind == "lmtp":
+        return _lmtp_route(rest, spec)
+    raise RouteError(
+        f"unknown route {spec!r} (expected mx, smtp:HOST[:PORT], smtps:HOST[:PORT], maildir:PATH, discard, tlsrpt, "
+        "lmtp:unix:PATH or lmtp:HOST:PORT)"
+    )
+
+
+def _lmtp_route(rest: str, spec: str) -> Route:
+    if not rest:
+        raise RouteError("lmtp route needs a unix socket or a host and port: 'lmtp:unix:/run/dovecot/lmtp', 'lmtp:HOST:24'")
+    if rest[:5].lower() == "unix:":
+        if not rest[5:]:
+            raise RouteError(f"lmtp unix route needs a socket path: 'lmtp:unix:/run/dovecot/lmtp' (got {spec!r})")
+        return Route("lmtp", path=os.path.abspath(rest[5:]))
+    if rest.startswith("/"):
+        raise RouteError(f"an lmtp unix socket is written 'lmtp:unix:{rest}' (got {spec!r})")
+    host, port = _host_port(rest, spec)
+    if port is None:
+        raise RouteError(f"lmtp route needs a port (LMTP has no well-known one): 'lmtp:HOST:24' (got {spec!r})")
+    return Route("lmtp", host=host, port=port)
+
+
+def _lmtp_text(route: Route) -> str:
+    if route.path is not None:
+        return f"lmtp:unix:{route.path}"
+    host = f"[{route.host}]" if route.host and ":" in route.host else route.host
+    return f"lmtp:{host}:{route.port}"
 
 
 def _host_port(rest: str, spec: str) -> tuple[str, int | None]:

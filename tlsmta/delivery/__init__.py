@@ -2,7 +2,8 @@
 per-destination pool and delivery jobs (``pool``), the choices about one MX
 that ``tlsmta probe`` shares with delivery (``decisions``), MX hosts whose
 TLS handshake failed, remembered (``broken_tls``), the
-``ESMTPSender`` shell (``client``) and delivery status notifications (``dsn``).
+``ESMTPSender`` shell (``client``), its LMTP variant and unix sockets
+(``lmtp``) and delivery status notifications (``dsn``).
 
 May import smtp, tls, discovery, storage, reporting and config; never
 inbound, devrelay or app.
@@ -21,6 +22,7 @@ from tlsmta.delivery._decisions import (
     requirement,
     session_outcome,
 )
+from tlsmta.delivery._lmtp import UNIX_SOCKET_PORT, connection_class, lmtp_endpoints, unix_socket_host
 from tlsmta.delivery._mailqueue import Queue, QueueError
 from tlsmta.delivery._pool import Deliverer, OutboundPool
 from tlsmta.delivery._routing import destination_of
@@ -31,12 +33,14 @@ __all__ = [
     "broken_tls_key",
     "BrokenTLSStore",
     "connect",
+    "connection_class",
     "ConnectionBroken",
     "dane_verdict",
     "Deliverer",
     "destination_of",
     "EndpointFactory",
     "greeting_failure",
+    "lmtp_endpoints",
     "may_skip_tls",
     "MemoryBrokenTLS",
     "OutboundPool",
@@ -46,4 +50,6 @@ __all__ = [
     "requirement",
     "session_outcome",
     "tcp_endpoints",
+    "UNIX_SOCKET_PORT",
+    "unix_socket_host",
 ]

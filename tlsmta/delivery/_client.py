@@ -113,6 +113,7 @@ class OutboundSMTP(smtp.ESMTPSender):
 
     # Twisted's ITransport | None has neither the TCP/TLS/producer methods nor the connected state.
     transport: StreamTransport  # type: ignore[assignment]
+    lmtp = False  # the session speaks LMTP (delivery._lmtp.OutboundLMTP)
 
     def __init__(self, clock: IReactorTime, ehlo_name: str, timeouts: Timeouts = Timeouts()):
         # The stock constructor wants credentials and a context factory it would
@@ -120,7 +121,7 @@ class OutboundSMTP(smtp.ESMTPSender):
         smtp.ESMTPSender.__init__(self, None, None, object(), b"tlsmta")
         self.clock = clock
         self.timeouts = timeouts
-        self.session = ClientSession(ehlo_name)
+        self.session = ClientSession(ehlo_name, lmtp=self.lmtp)
         self._outcomes: deque[Outcome] = deque()
         self._waiter: Deferred[Outcome] | None = None
         self._timer: IDelayedCall | None = None
@@ -345,10 +346,11 @@ def tcp_endpoints(reactor: IReactorTCP) -> EndpointFactory:
 
 
 async def connect(reactor: IReactorTime, endpoints: EndpointFactory, ip: str, port: int, ehlo_name: str,
-                  source: str | None = None, timeout: float = 30, timeouts: Timeouts = Timeouts()) -> OutboundSMTP:
-    """An OutboundSMTP connected to ip:port through ``endpoints`` (``reactor`` is its clock) within
+                  source: str | None = None, timeout: float = 30, timeouts: Timeouts = Timeouts(),
+                  protocol: type[OutboundSMTP] = OutboundSMTP) -> OutboundSMTP:
+    """A ``protocol`` connected to ip:port through ``endpoints`` (``reactor`` is its clock) within
     ``timeout`` seconds; ``timeouts``: the waits after that."""
-    proto = OutboundSMTP(reactor, ehlo_name, timeouts)
+    proto = protocol(reactor, ehlo_name, timeouts)
     await endpoints(ip, port, source, timeout).connect(_OneConnection(proto))
     return proto
 

@@ -37,6 +37,7 @@ from tlsmta.delivery import _decisions as decisions
 from tlsmta.delivery._backoff import BackedOff, Backoff, destination_key
 from tlsmta.delivery._client import ConnectionBroken, EndpointFactory, OutboundSMTP, Timeouts, connect, tcp_endpoints
 from tlsmta.delivery._delivery_log import attempt_summary, recipient_lines, relay_of
+from tlsmta.delivery._lmtp import connection_class, lmtp_endpoints, unix_socket_host
 from tlsmta.delivery._outbound_options import backoff_policy, timeouts_of
 from tlsmta.delivery._tlsrpt_route import take_reports
 from tlsmta.discovery import (
@@ -185,6 +186,10 @@ class TLSOptions:
     def describe(self) -> str:
         return f"tls={self.tls} tls_verify={self.verify.value}"
 
+    def without_tls(self) -> TLSOptions:
+        """For a unix socket (``lmtp:unix:``): no STARTTLS, nothing to verify or pin."""
+        return attrs.evolve(self, tls=OutboundTLS.NO, verify=VerifyMode.NO, pins=())
+
 
 class _Step(enum.Enum):
     """How a session attempt ended, for the host loop."""
@@ -325,10 +330,11 @@ class Destination:
     def requirement(self, mx: str, facts: ExternalFacts) -> Requirement:
         """The strictest of the local options and what MTA-STS, DANE and the message ask, for ``mx``."""
         opts = self.tls_options
+        local = self.route.over_unix_socket  # a local socket: no TLS hop for REQUIRETLS or DANE to judge
         return decisions.requirement(
             self.route.tls_for(opts.tls), opts.verify, opts.fallback, facts, mx,
-            requiretls=self.message_tls.requiretls, tls_required_no=self.message_tls.tls_required_no,
-            dane=self.options["dane"], pins=opts.pins,
+            requiretls=self.message_tls.requiretls and not local, tls_required_no=self.message_tls.tls_required_no,
+            dane=False if local else self.options["dane"], pins=opts.pins,
         )
 
     def _policy_fields(self, attempt: Attempt) -> dict[str, Any]:
@@ -367,7 +373,9 @@ class Destination:
         preference is not better than ours is dropped, not only our own address
         (two backup MXes would otherwise hand a message back and forth)."""
         resolver = self.pool.resolver
-        if self.route.kind == "smtp":
+        if self.route.over_unix_socket:
+            return [unix_socket_host(self.route)]
+        if self.route.kind in ("smtp", "lmtp"):
             assert self.route.host is not None
             mxs = [MXHost(0, self.route.host)]
             port = self.route.port_for(self.options["smtp_port"])
@@ -386,7 +394,7 @@ class Destination:
             addresses = found[mx.host]
             return not isinstance(addresses, DNSError) and any(self.pool.is_self(ip, port) for ip in addresses)
 
-        if self.route.kind != "smtp":
+        if self.route.kind == "mx":
             mxs = below_self(mxs, ours)
             if not mxs:
                 raise DNSPermanent(f"mail for {self.domain} loops back to myself", status="5.4.6")
@@ -424,7 +432,8 @@ class Destination:
         attempt.message_id = first[0].message.id
         try:
             proto = await self.pool.connect(attempt.ip, attempt.port, self._ehlo_name(), self.options["source_address"],
-                                            self.options["connect_timeout"], timeouts_of(self.options))
+                                            self.options["connect_timeout"], timeouts_of(self.options),
+                                            connection_class(self.route))
         except Exception as e:
             self.jobs.appendleft(first)
             attempt.failure = Reply.of(451, "4.4.1", f"connect to {attempt.mx}[{attempt.ip}]:{attempt.port}: {_connect_error(e)}")
@@ -686,6 +695,8 @@ class OutboundPool:
             self.log_job(job, None, None, results)
             return succeed(results)
         tls_options = TLSOptions.from_options(values)
+        if job.route.over_unix_socket:
+            tls_options = tls_options.without_tls()
         # A REQUIRETLS message never shares a session with mail that may use weaker TLS.
         message_tls = MessageTLS.of(job.message)
         key = (job.route, job.domain, job.binding, tls_options, message_tls)
@@ -698,7 +709,7 @@ class OutboundPool:
     def _backed_off(self, job: DeliveryJob, backed_off: BackedOff) -> list[RecipientResult]:
         """Deferred without a connection: the destination failed too often just now."""
         when = datetime.datetime.fromtimestamp(backed_off.until, datetime.timezone.utc).strftime("%H:%M:%S UTC")
-        where = job.route.host if job.route.kind == "smtp" else job.domain
+        where = job.route.host if job.route.kind == "smtp" else str(job.route) if job.route.kind == "lmtp" else job.domain
         reply = Reply.of(451, "4.4.1", f"{where} backed off until {when} after {backed_off.failures} failed "
                                        f"connections; last: {backed_off.reason}")
         return [attrs.evolve(result, retry_after=backed_off.until) for result in results_for(job, reply, ours=True)]
@@ -752,8 +763,9 @@ class OutboundPool:
     # -- connections ----------------------------------------------------------------------
 
     async def connect(self, ip: str, port: int, ehlo_name: str, source: str | None, timeout: float = CONNECT_TIMEOUT,
-                      timeouts: Timeouts = Timeouts()) -> OutboundSMTP:
-        proto = await connect(self.reactor, self.endpoints, ip, port, ehlo_name, source, timeout, timeouts)
+                      timeouts: Timeouts = Timeouts(), protocol: type[OutboundSMTP] = OutboundSMTP) -> OutboundSMTP:
+        endpoints = lmtp_endpoints(self.reactor, self.endpoints) if protocol.lmtp else self.endpoints
+        proto = await connect(self.reactor, endpoints, ip, port, ehlo_name, source, timeout, timeouts, protocol)
         self.connections.add(proto)
         proto.closed.addBoth(lambda _: self.connections.discard(proto))
         return proto
@@ -835,12 +847,9 @@ class OutboundPool:
         )
         if not done.mail.positive:
             return results_for(job, done.mail, remote)
-        results = []
-        for recipient, rcpt in zip(job.recipients, done.recipients):
-            # An accepted recipient has the message's final answer; a refused one its RCPT answer.
-            answer = done.data if rcpt.positive and done.data is not None else rcpt
-            results.append(RecipientResult(recipient.address, outcome_of(answer), answer, remote))
-        return results
+        # An accepted recipient has the message's final answer (its own under LMTP); a refused one its RCPT answer.
+        return [RecipientResult(recipient.address, outcome_of(answer), answer, remote)
+                for recipient, answer in zip(job.recipients, done.final_replies())]
 
     async def _body_chunks(self, message_id: str) -> AsyncIterator[bytes]:
         path = self.spool.body_path(message_id)
