@@ -193,3 +193,19 @@ def events() -> Any:
     globalLogPublisher.addObserver(observer)
     yield captured
     globalLogPublisher.removeObserver(observer)
+
+
+@pytest.fixture
+def certificate_warnings() -> Any:
+    """The certificate-expiry warnings (``tlsmta.certificates``, level warn) logged during the test."""
+    from twisted.logger import LogLevel, globalLogPublisher
+
+    captured: list[dict[str, Any]] = []
+
+    def observer(event: dict[str, Any]) -> None:
+        if event.get("log_namespace") == "tlsmta.certificates" and event.get("log_level") is LogLevel.warn:
+            captured.append(event)
+
+    globalLogPublisher.addObserver(observer)
+    yield captured
+    globalLogPublisher.removeObserver(observer)

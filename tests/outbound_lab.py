@@ -89,13 +89,19 @@ async def deliver_once(
     """A receiver with ``pair`` (None: no STARTTLS), a sender with ``sender_opts``, one message through;
     both stopped on return.  Returns the receiver (for its counters and Maildir)."""
     rx = await start_receiver(tmp_path, pair, **(receiver or {}))
+    await send_once(tmp_path, rx, ca, rcpts, body, **sender_opts)
+    return rx
+
+
+async def send_once(tmp_path: Any, rx: RunningRelay, ca: str | None, rcpts: tuple[str, ...] = (f"user@{DOMAIN}",),
+                    body: str | None = None, **sender_opts: Any) -> None:
+    """A sender with ``sender_opts`` whose smtp_port is ``rx``'s, one message through; both stopped on return."""
     sender = await start_sender(tmp_path, rx.port, ca, **sender_opts)
     try:
         await submit_and_settle(sender, rcpts=rcpts, **({"body": body} if body else {}))
     finally:
         await sender.stop()
         await rx.stop()
-    return rx
 
 
 def deliveries(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -113,7 +119,10 @@ class ScriptedSMTP(LineReceiver):
     ``stall``: says 220 and then nothing (a handshake that never completes);
     ``none``: does not advertise STARTTLS; ``reset``: drops the connection in
     the middle of DATA; ``odd-size``: no STARTTLS, and a SIZE whose "digits"
-    are not ASCII (``²``, which str.isdigit() accepts and int() refuses).
+    are not ASCII (``²``, which str.isdigit() accepts and int() refuses);
+    ``refuse-NNN``: answers STARTTLS with code NNN and goes on in plain text;
+    ``tls-then-close``: a real handshake with ``factory.tls`` (a server
+    connection creator), then closes the connection at the EHLO inside TLS.
     """
 
     delimiter = b"\r\n"
@@ -137,7 +146,9 @@ class ScriptedSMTP(LineReceiver):
             return
         verb = line[:4].upper()
         self.factory.commands.append(line)
-        if verb == b"EHLO":
+        if verb == b"EHLO" and getattr(self, "secured", False):
+            self.transport.loseConnection()  # tls-then-close: the handshake is done, the session is not
+        elif verb == b"EHLO":
             starttls = [] if self.factory.mode in ("none", "odd-size") else [b"250-STARTTLS"]
             size = ["250-SIZE ²".encode()] if self.factory.mode == "odd-size" else []
             for reply in [b"250-scripted.test", b"250-PIPELINING", *size, *starttls, b"250 8BITMIME"]:
@@ -146,6 +157,12 @@ class ScriptedSMTP(LineReceiver):
             self.factory.starttls += 1
             if self.factory.mode == "454":
                 self.sendLine(b"454 4.7.0 TLS not available due to temporary reason")
+            elif self.factory.mode.startswith("refuse-"):
+                self.sendLine(self.factory.mode.removeprefix("refuse-").encode() + b" not now")
+            elif self.factory.mode == "tls-then-close":
+                self.sendLine(b"220 2.0.0 go ahead")
+                self.transport.startTLS(self.factory.tls)
+                self.secured = True
             elif self.factory.mode == "inject":
                 self.transport.write(b"220 2.0.0 go ahead\r\n250 injected\r\n")
                 self.setRawMode()  # what follows is the client's ClientHello
@@ -179,8 +196,9 @@ class ScriptedFactory(Factory):
     protocol = ScriptedSMTP
     noisy = False
 
-    def __init__(self, mode: str):
+    def __init__(self, mode: str, tls: Any = None):
         self.mode = mode
+        self.tls = tls
         self.connections = 0
         self.starttls = 0
         self.messages: list[bytes] = []
@@ -188,16 +206,16 @@ class ScriptedFactory(Factory):
         self.raw: list[bytes] = []
 
 
-async def start_scripted(mode: str) -> tuple[ScriptedFactory, Any]:
-    factory = ScriptedFactory(mode)
+async def start_scripted(mode: str, tls: Any = None) -> tuple[ScriptedFactory, Any]:
+    factory = ScriptedFactory(mode, tls)
     port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
     return factory, port
 
 
-async def deliver_to_scripted(tmp_path: Any, mode: str, ca: str | None, **sender_opts: Any) -> ScriptedFactory:
+async def deliver_to_scripted(tmp_path: Any, mode: str, ca: str | None, server_tls: Any = None, **sender_opts: Any) -> ScriptedFactory:
     """One message from a sender with ``sender_opts`` to a ScriptedSMTP in ``mode``;
     both stopped on return.  Returns the scripted server's factory (its counters)."""
-    factory, port = await start_scripted(mode)
+    factory, port = await start_scripted(mode, server_tls)
     sender = await start_sender(tmp_path, port.getHost().port, ca, **sender_opts)
     try:
         await submit_and_settle(sender)

@@ -14,7 +14,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 POSTFIX = "/usr/sbin/postfix"
 START_TIMEOUT = 30
@@ -72,6 +72,26 @@ anvil     unix  -       -       n       -       1       anvil
 scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
 """
+
+
+def read_log(path: str) -> str:
+    """A log file's text so far; empty before the daemon wrote it."""
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def wait_for_text(read: Callable[[], str], text: str, timeout: float, count: int, name: str) -> str:
+    """Wait (bounded) until ``read()`` holds ``text`` ``count`` times; return it (``name``: whose log, for the error)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        log = read()
+        if log.count(text) >= count:
+            return log
+        time.sleep(0.1)
+    raise AssertionError(f"{text!r} not {count} time(s) in the {name} log within {timeout}s:\n{read()}")
 
 
 def free_port() -> int:
@@ -159,11 +179,7 @@ class PrivatePostfix:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def log(self) -> str:
-        try:
-            with open(f"{self.dir}/maillog", errors="replace") as f:
-                return f.read()
-        except OSError:
-            return ""
+        return read_log(f"{self.dir}/maillog")
 
     def queue_files(self) -> list[str]:
         """Queue files in incoming/active/deferred/hold."""
@@ -178,10 +194,4 @@ class PrivatePostfix:
 
         Postfix's daemons log through postlogd (a datagram service), so a line can reach the
         file some time after the SMTP reply that followed it: never read the log without this."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            log = self.log()
-            if log.count(text) >= count:
-                return log
-            time.sleep(0.1)
-        raise AssertionError(f"{text!r} not {count} time(s) in the Postfix log within {timeout}s:\n{self.log()}")
+        return wait_for_text(self.log, text, timeout, count, "Postfix")

@@ -13,6 +13,7 @@ from tlsmta.inbound._acceptance import (
     ClientStanding,
     check_client_certificate,
     check_recipient,
+    client_pinned,
     in_networks,
     may_relay,
 )
@@ -88,6 +89,19 @@ def test_authenticated_may_relay():
     client = ClientStanding(STRANGER, authenticated=True)
     check_recipient("elsewhere.example", LOCAL, client, (), False)
     assert may_relay(client, (), False)
+
+
+def test_pinned_certificate_may_relay_without_the_listener_flag():
+    """relay_client_pins (Postfix relay_clientcerts): a pinned client certificate relays by itself."""
+    check_recipient("elsewhere.example", LOCAL, ClientStanding(STRANGER, cert_pinned=True), (), False)
+
+
+def test_client_pinned_by_spki_or_certificate_hash():
+    """A pin matches the certificate's SPKI SHA-256 or its whole-certificate SHA-256; nothing else."""
+    spki, cert = "aa" * 32, "bb" * 32
+    assert client_pinned([spki], spki, cert) and client_pinned(["cc" * 32, cert], spki, cert)
+    assert not client_pinned(["cc" * 32], spki, cert)
+    assert not client_pinned([], spki, cert) and not client_pinned([spki], None, None)
 
 
 def test_verified_certificate_relays_when_listener_allows():

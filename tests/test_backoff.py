@@ -54,6 +54,10 @@ def test_off_and_keys():
     smarthost = parse_route("smtp:relay.example.net:2525")
     assert destination_key(smarthost, "a.example") == destination_key(smarthost, "b.example")
     assert destination_key(parse_route("mx"), "a.example") != destination_key(parse_route("mx"), "b.example")
+    # One LMTP server is one destination, whatever the domains it holds mailboxes for.
+    lmtp = parse_route("lmtp:unix:/run/dovecot/lmtp")
+    assert destination_key(lmtp, "a.example") == destination_key(lmtp, "b.example")
+    assert destination_key(lmtp, "a.example") != destination_key(parse_route("lmtp:127.0.0.1:24"), "a.example")
     backoff = Backoff()
     for _ in range(3):
         backoff.failed(KEY, 0, POLICY, "refused")

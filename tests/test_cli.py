@@ -30,6 +30,7 @@ route = "smtp:[::1]:2525"
 
 [binding."out1"]
 source_address = "192.0.2.10"
+tls_groups = ["X25519MLKEM768", "X25519"]
 
 [binding."out1".domain."example.com"]
 tls_verify = "ca"
@@ -96,6 +97,22 @@ def test_check_config_ok_with_certificates(tmp_path: Path, capsys: pytest.Captur
     assert ": ok (" in capsys.readouterr().out
 
 
+def test_check_config_names_a_bad_pin(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A malformed tls_pins entry: exit 78, the file, table, key and the pin on stderr."""
+    path = write(tmp_path, '[domain."example.com"]\ntls_pins = ["sha256:not-a-digest"]\n')
+    assert main(["check-config", path]) == EX_CONFIG
+    err = capsys.readouterr().err
+    assert err.startswith(f'{path}: [domain."example.com"] tls_pins: ') and "'sha256:not-a-digest' is not a pin" in err
+
+
+def test_check_config_names_an_lmtp_route_without_a_port(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """lmtp:HOST without a port: exit 78, the file, table and key, and why (LMTP has no well-known port)."""
+    path = write(tmp_path, '[domain."example.com"]\nroute = "lmtp:dovecot.example"\n')
+    assert main(["check-config", path]) == EX_CONFIG
+    err = capsys.readouterr().err
+    assert err.startswith(f'{path}: [domain."example.com"] route: ') and "lmtp route needs a port" in err
+
+
 def test_check_config_bad(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """An invalid file: exit 78 (EX_CONFIG), every problem on stderr naming file, table and key, nothing on stdout."""
     path = write(
@@ -141,6 +158,15 @@ def test_check_config_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture
     assert err == f"{path}: (top level): file not found\n"
 
 
+def test_check_config_unsupported_group(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A key-exchange group this OpenSSL lacks exits 78, naming the key, the group and the OpenSSL version."""
+    path = write(tmp_path, '[binding."out1"]\ntls_groups = ["X25519", "X999MLKEM4096"]\n')
+    assert main(["check-config", path]) == EX_CONFIG
+    err = capsys.readouterr().err
+    assert err.startswith(f'{path}: [binding."out1"] tls_groups: ')
+    assert "'X999MLKEM4096' not supported by OpenSSL " in err and "(ML-KEM groups need OpenSSL 3.5 or later)" in err
+
+
 def test_check_config_invalid_toml(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A file that is not TOML exits 78 with one line naming the file."""
     path = write(tmp_path, "[global\n")
@@ -184,6 +210,7 @@ def test_policy_binding_and_domain(tmp_path: Path, capsys: pytest.CaptureFixture
     assert table["route"] == ("mx", "default")
     assert table["tls_ifavailable_fallback"] == ("true", "default")
     assert table["tls_ca"] == ("(unset)", "default")
+    assert table["tls_groups"] == ("X25519MLKEM768:X25519", 'binding."out1"')  # in order
 
 
 def test_policy_default_binding(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

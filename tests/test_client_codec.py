@@ -24,7 +24,7 @@ from tlsmta.smtp._client_codec import (
     ReplyParser,
     parse_ehlo,
 )
-from tlsmta.smtp._data import DataReader
+from tlsmta.smtp._data import NUL, DataReader
 
 # -- helpers --------------------------------------------------------------------------
 
@@ -329,9 +329,13 @@ def test_server_reads_back_the_body(body, cuts):
         body = b"X" + body
     wire = stuff(*split_at(body, cuts))
     reader, result = unstuff(wire)
-    assert reader.problem is None
     assert result.ended
     assert result.rest == b""
+    if b"\x00" in body:
+        # The server refuses NUL (a smuggling aid; see test_smtp_data), wherever DATA ends.
+        assert reader.problem == NUL
+        return
+    assert reader.problem is None
     assert result.body == normalised(body)
 
 

@@ -262,3 +262,102 @@ def test_steps_out_of_order_are_refused(step: str) -> None:
             "body": lambda: session.body(b"x"), "end_body": session.end_body}[step]
     with pytest.raises(SessionError):
         call()
+
+
+# -- LMTP (RFC 2033) ----------------------------------------------------------------------------
+
+LMTP_LHLO = b"250-mailbox.test\r\n250-PIPELINING\r\n250-ENHANCEDSTATUSCODES\r\n250 STARTTLS\r\n"
+
+
+def lmtp_greeted() -> ClientSession:
+    session = ClientSession("client.test", lmtp=True)
+    assert sent(session.receive_data(b"220 mailbox.test LMTP\r\n")) == b"LHLO client.test\r\n"
+    [event] = session.receive_data(LMTP_LHLO)
+    assert isinstance(event, Greeted) and "PIPELINING" in event.capabilities
+    return session
+
+
+def test_lmtp_greets_with_lhlo_and_never_falls_back_to_helo() -> None:
+    """LMTP has no HELO (RFC 2033 4.1): a refused LHLO ends the greeting, nothing more is sent."""
+    session = ClientSession("c", lmtp=True)
+    out, events = run(session, [b"220 mailbox\r\n", b"500 5.5.1 unknown command\r\n"])
+    assert out == b"LHLO c\r\n"
+    assert events == [HelloRefused(Reply(500, ("5.5.1 unknown command",)))]
+
+
+def test_lmtp_lhlo_again_inside_tls() -> None:
+    """After the 220 to STARTTLS the greeting inside TLS is LHLO too."""
+    session = lmtp_greeted()
+    assert sent(session.starttls()) == b"STARTTLS\r\n"
+    events = session.receive_data(b"220 2.0.0 go ahead\r\n")
+    assert events == [StartTLS(b""), Send(b"LHLO client.test\r\n")]
+    [event] = session.receive_data(LMTP_LHLO)
+    assert isinstance(event, Greeted) and event.tls
+
+
+def test_lmtp_end_of_data_is_answered_once_per_accepted_recipient() -> None:
+    """Three recipients, the second refused at RCPT: the end of the message waits for two
+    replies (RFC 2033 4.2), and each recipient ends with its own answer."""
+    session = lmtp_greeted()
+    session.mail("a@b", [], ["r1@d", "r2@d", "r3@d"])
+    events = session.receive_data(OK + OK + b"550 5.1.1 <r2@d> User doesn't exist\r\n" + OK + GO)
+    assert outcomes(events) == [BodyWanted()]
+    session.body(b"Subject: x\r\n\r\nhi\r\n")
+    session.end_body()
+    pending = session.awaiting
+    assert pending is not None and pending.wait is Wait.DATA_END
+    # The first recipient's reply alone does not end the transaction.
+    assert session.receive_data(b"250 2.0.0 <r1@d> Saved\r\n") == []
+    assert session.awaiting is not None and session.awaiting.wait is Wait.DATA_END
+    [done] = session.receive_data(b"452 4.2.2 <r3@d> Quota exceeded\r\n")
+    assert isinstance(done, TransactionDone)
+    assert [r.code for r in done.per_recipient] == [250, 452]
+    assert [r.code for r in done.final_replies()] == [250, 550, 452]
+    assert session.awaiting is None
+    assert sent(session.mail("a@b", [], ["again@d"])).startswith(b"MAIL FROM:<a@b>")  # ready for the next one
+
+
+def test_lmtp_replies_in_one_read() -> None:
+    """Both recipients' replies arriving in one read end the transaction once."""
+    session = lmtp_greeted()
+    session.mail("a@b", [], ["r1@d", "r2@d"])
+    session.receive_data(OK + OK + OK + GO)
+    session.end_body()
+    [done] = session.receive_data(b"250 2.0.0 ok 1\r\n550 5.2.0 rejected\r\n")
+    assert isinstance(done, TransactionDone)
+    assert [str(r) for r in done.final_replies()] == ["250 2.0.0 ok 1", "550 5.2.0 rejected"]
+
+
+def test_lmtp_refused_data_applies_to_every_accepted_recipient() -> None:
+    """A DATA answered with something other than 354 is one reply, every accepted recipient's answer."""
+    session = lmtp_greeted()
+    session.mail("a@b", [], ["r1@d", "r2@d"])
+    out, events = run(session, [OK + OK + b"450 4.4.1 rcpt later\r\n" + b"451 4.3.0 try later\r\n", OK])
+    assert out == b"RSET\r\n"
+    [done] = events
+    assert isinstance(done, TransactionDone)
+    assert [r.code for r in done.final_replies()] == [451, 450]
+
+
+def test_lmtp_an_extra_reply_after_the_last_recipient_closes_the_session() -> None:
+    """One reply more than there were accepted recipients is a reply to nothing: the session closes."""
+    session = lmtp_greeted()
+    session.mail("a@b", [], ["r1@d"])
+    session.receive_data(OK + OK + GO)
+    session.end_body()
+    events = session.receive_data(b"250 2.0.0 ok\r\n250 2.0.0 again\r\n")
+    assert isinstance(events[0], TransactionDone)
+    assert isinstance(events[-1], Closed) and "unexpected reply" in (events[-1].error or "")
+
+
+def test_final_replies_when_mail_is_refused() -> None:
+    """MAIL refused: no recipient has an answer of its own (the caller uses the MAIL reply)."""
+    done = TransactionDone(Reply(553, ("5.1.8 bad sender",)), (Reply(503, ("no",)),), None)
+    assert done.final_replies() == ()
+
+
+def test_smtp_final_reply_is_shared_by_the_accepted_recipients() -> None:
+    """SMTP: one answer to the message, given to each accepted recipient; a refused one keeps its RCPT reply."""
+    ok, refused, final = Reply(250, ("ok",)), Reply(550, ("no",)), Reply(452, ("full",))
+    done = TransactionDone(ok, (ok, refused, ok), final)
+    assert done.final_replies() == (final, refused, final)

@@ -36,6 +36,7 @@ from tlsmta.config._loader import (
     select_binding,
 )
 from tlsmta.config._routes import Route, parse_route
+from tlsmta.tls import openssl_version
 
 CONFIG_NAME = "tlsmta.toml"
 DOMAIN = "example.com"
@@ -619,19 +620,20 @@ def test_bad_enum_tls_verify(tmp_path: Path, table_header: str, table: str) -> N
 
 
 def test_bad_listener_enums(tmp_path: Path) -> None:
-    """Listener tls and tls_verify take their own words: 'required' is not a listener tls value."""
-    path = write(tmp_path, '[[listener]]\nendpoint = "tcp:25"\ntls = "required"\ntls_verify = "maybe"\n')
+    """Listener tls and tls_verify take their own words: 'ifavailable' is not a listener tls value."""
+    path = write(tmp_path, '[[listener]]\nendpoint = "tcp:25"\ntls = "ifavailable"\ntls_verify = "maybe"\n')
     problems = problems_of(path)
     keys = {(p.table, p.key) for p in problems}
     assert ("listener.0", "tls") in keys
     assert ("listener.0", "tls_verify") in keys
     tls_problem = next(p for p in problems if p.key == "tls")
-    assert tls_problem.why == "must be one of no, starttls, implicit (got 'required')"
+    assert tls_problem.why == "must be one of no, starttls, required, implicit (got 'ifavailable')"
 
 
 @pytest.mark.parametrize(
     "route",
-    ["smtp:", "smtp:host:99999", "maildir:", "mx:foo", "lmtp:/var/run/sock", "smtp:[::1"],
+    ["smtp:", "smtp:host:99999", "maildir:", "mx:foo", "lmtp:/var/run/sock", "smtp:[::1", "lmtp:dovecot.example",
+     "lmtp:unix:"],
 )
 def test_bad_route(tmp_path: Path, route: str) -> None:
     """A route that does not parse is a problem naming the domain table and the route key."""
@@ -642,19 +644,23 @@ def test_bad_route(tmp_path: Path, route: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("spec", "fragment"),
+    ("key", "value", "fragment"),
     [
-        ("-ALL", "allows no protocol version"),
-        ("+ALL:-TLSv9", "unknown protocol 'TLSv9'"),
-        ("+SSLv2", "unknown protocol 'SSLv2'"),
-        ("", "must be a non-empty string"),
+        ("tls_protocols", '"-ALL"', "allows no protocol version"),
+        ("tls_protocols", '"+ALL:-TLSv9"', "unknown protocol 'TLSv9'"),
+        ("tls_protocols", '"+SSLv2"', "unknown protocol 'SSLv2'"),
+        ("tls_protocols", '""', "must be a non-empty string"),
+        ("tls_groups", '"X25519:secp256r1"', "must be a list of non-empty strings"),
+        ("tls_groups", '["X25519:secp256r1"]', "is not a group name"),
+        ("tls_groups", "[]", "at least one key-exchange group"),
     ],
 )
-def test_bad_protocols(tmp_path: Path, spec: str, fragment: str) -> None:
-    """A tls_protocols string that names an unknown protocol or allows nothing is a problem naming the key."""
-    path = write(tmp_path, f'[global]\ntls_protocols = "{spec}"\n')
+def test_bad_protocols_and_groups(tmp_path: Path, key: str, value: str, fragment: str) -> None:
+    """A tls_protocols string that names an unknown protocol or allows nothing, a tls_groups that is
+    not a list of names: a problem naming the key."""
+    path = write(tmp_path, f"[global]\n{key} = {value}\n")
     problem = only_problem(path)
-    assert_names(problem, path, "global", "tls_protocols")
+    assert_names(problem, path, "global", key)
     assert fragment in problem.why
 
 
@@ -776,7 +782,7 @@ def test_matching_keypair_loads(pki: Pki, tmp_path: Path) -> None:
     assert config.bindings["out1"].options["tls_certificate"] == pki.cert
 
 
-@pytest.mark.parametrize("tls", ["starttls", "implicit"])
+@pytest.mark.parametrize("tls", ["starttls", "required", "implicit"])
 def test_listener_tls_needs_certificate(tmp_path: Path, tls: str) -> None:
     """A listener offering TLS without tls_certificate is a problem naming the listener and tls_certificate."""
     path = write(tmp_path, f'[[listener]]\nendpoint = "tcp:25"\ntls = "{tls}"\n')
@@ -922,13 +928,13 @@ def test_dns_bad_owner_name(tmp_path: Path, name: str) -> None:
 
 
 def test_listener_missing_certificate_and_key(tmp_path: Path) -> None:
-    """A listener whose certificate and key files both do not exist gets one problem for each."""
+    """A listener whose certificate and key files both do not exist gets one problem for each, in file order."""
     cert, key = str(tmp_path / "no-cert.pem"), str(tmp_path / "no-key.pem")
     path = write(tmp_path, f'[[listener]]\nendpoint = "tcp:25"\ntls_certificate = {q(cert)}\ntls_key = {q(key)}\n')
     problems = problems_of(path)
-    assert [(p.table, p.key) for p in problems] == [("listener.0", "tls_key"), ("listener.0", "tls_certificate")]
-    assert cert in problems[1].why
-    assert key in problems[0].why
+    assert [(p.table, p.key) for p in problems] == [("listener.0", "tls_certificate"), ("listener.0", "tls_key")]
+    assert cert in problems[0].why
+    assert key in problems[1].why
 
 
 def test_every_problem_reported_at_once(pki: Pki, tmp_path: Path) -> None:
@@ -1144,6 +1150,27 @@ def test_openssl_strings_that_match_nothing_are_refused(tmp_path: Path, line: st
     assert why in problem.why
 
 
+@pytest.mark.parametrize("table", ['domain."example.com"', "global", "listener"])
+def test_unsupported_group_is_named_with_the_openssl_version(tmp_path: Path, table: str) -> None:
+    """check-config names file, table and key, the group OpenSSL lacks, and which OpenSSL that is."""
+    header = "[[listener]]\nendpoint = \"tcp:0\"\ntls = \"no\"" if table == "listener" else f"[{table}]"
+    path = write(tmp_path, f'{header}\ntls_groups = ["X25519", "brainpoolP999r1"]\n')
+    problem = only_problem(path)
+    assert_names(problem, path, "listener.0" if table == "listener" else table, "tls_groups")
+    assert "'brainpoolP999r1' not supported by OpenSSL " in problem.why
+    assert openssl_version() in problem.why and "'X25519'" not in problem.why
+
+
+def test_groups_resolve_by_scope(tmp_path: Path) -> None:
+    """tls_groups is a delivery option like the other tls ones: the nearest scope that sets it wins."""
+    path = write(tmp_path, '[global]\ntls_groups = ["X25519MLKEM768", "X25519"]\n'
+                           '[domain."example.com"]\ntls_groups = ["secp384r1"]\n')
+    config = load(path)
+    assert resolve(config, DOMAIN)["tls_groups"] == Resolved(("secp384r1",), 'domain."example.com"')
+    assert resolve(config, "example.org")["tls_groups"] == Resolved(("X25519MLKEM768", "X25519"), "global")
+    assert resolve(from_dict({}), DOMAIN)["tls_groups"] == Resolved(None, "default")  # tls.default_groups()
+
+
 def test_ca_file_without_certificates_is_refused(tmp_path: Path) -> None:
     empty = tmp_path / "ca.pem"
     empty.write_text("not a certificate\n")
@@ -1176,3 +1203,142 @@ def test_syntax_only_loader_leaves_the_machine_checks_to_preflight(tmp_path: Pat
     problems = problems_of(path)
     assert [(p.table, p.key) for p in problems] == [
         ("global", "tls_ciphers"), ("hooks", "outbound_binding"), ("global", "tls_key")]
+
+
+# -- several chains and SNI certificates on a listener -------------------------------------
+
+
+@pytest.fixture
+def two_types(tmp_path: Path) -> dict[str, str]:
+    """RSA and ECDSA chains for mx.example, a second ECDSA one, and one for an IP address only."""
+    ca = trustme.CA()
+    leaves = {
+        "rsa": ca.issue_cert("mx.example", key_type=trustme.KeyType.RSA),
+        "ecdsa": ca.issue_cert("mx.example", key_type=trustme.KeyType.ECDSA),
+        "ecdsa2": ca.issue_cert("mx.example", key_type=trustme.KeyType.ECDSA),
+        "ip": ca.issue_cert("127.0.0.1"),
+    }
+    out = {}
+    for name, leaf in leaves.items():
+        out[name], out[name + "_key"] = str(tmp_path / f"{name}.pem"), str(tmp_path / f"{name}.key")
+        leaf.cert_chain_pems[0].write_to_path(out[name])
+        leaf.private_key_pem.write_to_path(out[name + "_key"])
+    return out
+
+
+def _tls_listener(certificates: list[str], keys: list[str], extra: str = "") -> str:
+    return (f'[[listener]]\nendpoint = "tcp:25"\ntls_certificate = {certificates!r}\ntls_key = {keys!r}\n{extra}')
+
+
+def test_listener_serves_one_chain_per_key_type(two_types: dict[str, str], tmp_path: Path) -> None:
+    """tls_certificate and tls_key as lists pair up in order; the first pair stays tls_certificate/tls_key."""
+    t = two_types
+    config = load(write(tmp_path, _tls_listener([t["rsa"], t["ecdsa"]], [t["rsa_key"], t["ecdsa_key"]])))
+    [listener] = config.listeners
+    assert listener.tls_chains == ((t["rsa"], t["rsa_key"]), (t["ecdsa"], t["ecdsa_key"]))
+    assert (listener.tls_certificate, listener.tls_key) == (t["rsa"], t["rsa_key"])
+
+
+@pytest.mark.parametrize(
+    "certificates, keys, key, why",
+    [
+        (["ecdsa", "ecdsa2"], ["ecdsa_key", "ecdsa2_key"], "tls_certificate", "both ecdsa certificates"),
+        (["rsa", "ecdsa"], ["rsa_key"], "tls_key", "1 key file(s) for 2 certificate file(s)"),
+        (["rsa", "ecdsa"], ["ecdsa_key", "rsa_key"], "tls_key", "does not match certificate"),
+    ],
+)
+def test_listener_chain_problems_name_the_key(
+    two_types: dict[str, str], tmp_path: Path, certificates: list[str], keys: list[str], key: str, why: str
+) -> None:
+    """Two chains of one key type (OpenSSL would keep only the last), a missing key, keys out of order."""
+    path = write(tmp_path, _tls_listener([two_types[c] for c in certificates], [two_types[k] for k in keys]))
+    problem = only_problem(path)
+    assert_names(problem, path, "listener.0", key)
+    assert why in problem.why
+
+
+def test_sni_certificates_load(two_types: dict[str, str], tmp_path: Path) -> None:
+    """tls_sni entries: a file or a list per entry, kept as chains in order."""
+    t = two_types
+    sni = (f'tls_sni = [{{ certificate = "{t["ecdsa"]}", key = "{t["ecdsa_key"]}" }},\n'
+           f'  {{ certificate = ["{t["rsa"]}", "{t["ecdsa2"]}"], key = ["{t["rsa_key"]}", "{t["ecdsa2_key"]}"] }}]\n')
+    [listener] = load(write(tmp_path, _tls_listener([t["rsa"]], [t["rsa_key"]], sni))).listeners
+    assert listener.tls_sni == (((t["ecdsa"], t["ecdsa_key"]),), ((t["rsa"], t["rsa_key"]), (t["ecdsa2"], t["ecdsa2_key"])))
+
+
+@pytest.mark.parametrize(
+    "entry, why",
+    [
+        ('{ certificate = "CERT" }', "must be a table with exactly certificate and key"),
+        ('{ certificate = "IP", key = "IP_KEY" }', "has no DNS subjectAltName for an SNI name to match"),
+        ('{ certificate = "CERT", key = "/nonexistent.key" }', "file '/nonexistent.key' does not exist"),
+    ],
+)
+def test_sni_problems_name_the_entry(two_types: dict[str, str], tmp_path: Path, entry: str, why: str) -> None:
+    """A tls_sni entry that cannot be served: the problem names tls_sni and the entry."""
+    t = two_types
+    entry = entry.replace("IP_KEY", t["ip_key"]).replace("IP", t["ip"]).replace("CERT", t["rsa"])
+    path = write(tmp_path, _tls_listener([t["rsa"]], [t["rsa_key"]], f"tls_sni = [{entry}]\n"))
+    problem = only_problem(path)
+    assert_names(problem, path, "listener.0", "tls_sni")
+    assert problem.why.startswith("entry 1: ") and why in problem.why
+
+
+def test_sni_needs_tls(two_types: dict[str, str], tmp_path: Path) -> None:
+    """tls_sni on a listener without TLS is a problem, not silently ignored."""
+    t = two_types
+    path = write(tmp_path, f'[[listener]]\nendpoint = "tcp:25"\ntls = "no"\n'
+                           f'tls_sni = [{{ certificate = "{t["rsa"]}", key = "{t["rsa_key"]}" }}]\n')
+    assert_names(only_problem(path), path, "listener.0", "tls_sni")
+
+
+def test_client_certificates_one_per_key_type(two_types: dict[str, str], tmp_path: Path) -> None:
+    """A delivery scope's tls_certificate/tls_key lists are kept in order; two ECDSA chains are a problem there too."""
+    t = two_types
+    table = f'[domain."partner.example"]\ntls_certificate = ["{t["rsa"]}", "{t["ecdsa"]}"]\n'
+    config = load(write(tmp_path, table + f'tls_key = ["{t["rsa_key"]}", "{t["ecdsa_key"]}"]\n'))
+    options = config.domains["partner.example"]
+    assert (options["tls_certificate"], options["tls_key"]) == ((t["rsa"], t["ecdsa"]), (t["rsa_key"], t["ecdsa_key"]))
+    path = write(tmp_path, f'[global]\ntls_certificate = ["{t["ecdsa"]}", "{t["ecdsa2"]}"]\n'
+                           f'tls_key = ["{t["ecdsa_key"]}", "{t["ecdsa2_key"]}"]\n')
+    problem = only_problem(path)
+    assert_names(problem, path, "global", "tls_certificate")
+    assert "both ecdsa certificates" in problem.why
+
+
+def test_dane_takes_true_false_or_required(tmp_path: Path) -> None:
+    """dane = "required" (any case) is a third value beside true and false; anything else names file, table and key."""
+    config = load(write(tmp_path, '[global]\ndane = false\n[domain."example.com"]\ndane = "Required"\n'))
+    assert config.global_options["dane"] is False
+    assert resolve(config, "example.com")["dane"].value == "required"
+    path = write(tmp_path, '[domain."example.com"]\ndane = "maybe"\n', name="bad.toml")
+    problem = only_problem(path)
+    assert_names(problem, path, 'domain."example.com"', "dane")
+    assert problem.why == "must be true, false or \"required\" (got 'maybe')"
+
+
+def test_tls_pins_take_hex_or_base64_and_name_a_bad_one(tmp_path: Path) -> None:
+    """tls_pins: "sha256:" with 64 hex digits (colons allowed) or 44 base64 characters, kept as hex, duplicates
+    dropped; a malformed pin is a check-config error naming file, table and key."""
+    import base64
+    import hashlib
+
+    digest = hashlib.sha256(b"key").digest()
+    hex_pin, b64_pin = f"sha256:{digest.hex().upper()}", f"sha256:{base64.b64encode(digest).decode()}"
+    config = load(write(tmp_path, f'[domain."example.com"]\ntls_pins = ["{hex_pin}", "{b64_pin}"]\n'))
+    assert resolve(config, "example.com")["tls_pins"].value == (digest.hex(),)
+    assert resolve(config, "other.com")["tls_pins"].value == ()
+    for bad in ('["md5:abcd"]', '["sha256:abcd"]', '"sha256:x"'):
+        path = write(tmp_path, f'[domain."example.com"]\ntls_pins = {bad}\n', name="bad.toml")
+        assert_names(only_problem(path), path, 'domain."example.com"', "tls_pins")
+
+
+def test_relay_client_pins_need_tls_and_valid_pins(tmp_path: Path) -> None:
+    """A listener's relay_client_pins: parsed like tls_pins; without TLS on the listener, or malformed, a
+    problem naming the listener and the key."""
+    path = write(tmp_path, '[[listener]]\nendpoint = "tcp:2525"\ntls = "no"\nrelay_client_pins = ["sha256:' + "ab" * 32 + '"]\n')
+    problem = only_problem(path)
+    assert problem.key == "relay_client_pins" and problem.why == "needs tls = 'starttls', 'required' or 'implicit'"
+    path = write(tmp_path, '[[listener]]\nendpoint = "tcp:2525"\ntls = "no"\nrelay_client_pins = ["sha1:ab"]\n', name="bad.toml")
+    problem = only_problem(path)
+    assert problem.key == "relay_client_pins" and "is not a pin" in problem.why

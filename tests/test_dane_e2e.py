@@ -169,3 +169,34 @@ async def test_dane_sends_sni_for_the_mx_host(tmp_path: Any, pki: Any, events: l
     [event] = deliveries(events)
     assert (event["result"], event["tls_policy"]) == ("delivered", "dane")
     assert seen == [MX]
+
+
+@pytest_twisted.ensureDeferred
+async def test_dane_required_without_tlsa_records_defers_and_never_connects(tmp_path: Any, pki: Any, events: list) -> None:
+    """dane = "required" for the domain and no TLSA records for its MX: deferred 4.7.5 with the reason, the MX is
+    not even connected to, although its certificate is CA-valid and tls = ifavailable would allow plain text."""
+    rx = await run(tmp_path, pki.good, [], domains={"example.test": {"dane": "required"}},
+                   tls="ifavailable", tls_verify="host", tls_ca=pki.ca_pem)
+    [event] = deliveries(events)
+    assert (event["result"], event["code"], event["tls_policy"]) == ("deferred", 451, "dane-required")
+    assert event["text"] == "4.7.5 dane: DANE required (dane = required) but no DNSSEC-validated TLSA records; MX not used"
+    assert rx.service.listeners["receiver"].inbound.connections_total == 0
+    assert stored(tmp_path) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_dane_required_with_unusable_records_defers(tmp_path: Any, pki: Any, events: list) -> None:
+    """Only PKIX-EE records (unusable for SMTP) under dane = "required": deferred, where dane = true would deliver."""
+    record = dane.record_for(leaf_of(pki.good), usage=dane.Usage.PKIX_EE)
+    await run(tmp_path, pki.good, [str(record)], tls="ifavailable", dane="required")
+    [event] = deliveries(events)
+    assert (event["result"], event["dane"]) == ("deferred", "unusable")
+    assert event["text"].startswith("4.7.5 dane: DANE required (dane = required) but no usable TLSA records")
+
+
+@pytest_twisted.ensureDeferred
+async def test_dane_required_with_a_matching_record_delivers(tmp_path: Any, pki: Any, events: list) -> None:
+    """dane = "required" and a matching DANE-EE record: delivered over DANE-verified TLS."""
+    await run(tmp_path, pki.good, [str(dane.record_for(leaf_of(pki.good)))], tls="no", dane="required")
+    [event] = deliveries(events)
+    assert (event["result"], event["tls_policy"], event["verified"]) == ("delivered", "dane", "yes")

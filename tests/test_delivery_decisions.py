@@ -8,6 +8,7 @@ from tlsmta.delivery import _decisions as decisions
 from tlsmta.discovery._published import MXTLSA, ExternalFacts
 from tlsmta.smtp._reply import Reply
 from tlsmta.smtp.client_session import GreetingRefused, HelloRefused
+from tlsmta.tls import _policy as policy
 from tlsmta.tls._policy import DANEStatus, Outcome, Requirement, TLSAction, TLSFailure, Verdict, VerifyMode
 
 
@@ -111,3 +112,26 @@ def local(tls: str, fallback: bool = True) -> Requirement:
 def test_session_outcome(req: Requirement, seen: dict, expected: TLSAction | str) -> None:
     outcome = decisions.session_outcome(req, **seen)
     assert (str(outcome.reply) if isinstance(outcome, TLSFailure) else outcome) == expected
+
+
+@pytest.mark.parametrize("code", [502, 530, 354, 250, 221, 500, 554, 421])
+def test_only_454_to_starttls_falls_back_to_plain_text(code: int) -> None:
+    """DESIGN.md: a 454 may be followed by plain text under ifavailable; any other answer to STARTTLS defers
+    4.7.5 (a server that advertises STARTTLS and then answers 502, 354 or 250 is the STRIPTLS downgrade)."""
+    refused = Reply(code, ("no",))
+    outcome = decisions.session_outcome(local("ifavailable"), starttls_offered=True, refused=refused)
+    assert str(outcome.reply) == f"451 4.7.5 TLS negotiation failed: STARTTLS refused: {code} no"
+
+
+def test_no_plain_text_after_a_completed_handshake() -> None:
+    """The connection broke after the handshake finished (at the EHLO inside TLS): never plain text."""
+    assert policy.handshake_failed("ifavailable", True, None, "connection lost") is TLSAction.PLAIN
+    outcome = policy.handshake_failed("ifavailable", True, OK, "connection lost", completed=True)
+    assert str(outcome) == "4.7.5 TLS session failed after the handshake: connection lost"
+
+
+def test_fallback_words() -> None:
+    """The delivery line's tls_fallback says why plain text was used."""
+    assert policy.fallback_after_refusal(Reply(454, ("4.7.0 later",))) == "starttls-refused:454"
+    assert policy.fallback_after_handshake("no shared cipher") == "handshake-failed:no shared cipher"
+    assert policy.FALLBACK_NOT_OFFERED == "not-offered"

@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from typing import Any
 
 import pytest
@@ -22,7 +23,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def DevRelay(cwd: str, *extra: str) -> TlsmtaProcess:
     """The embedded default config, on a free port."""
-    return TlsmtaProcess(cwd, "--listen", "tcp:0:interface=127.0.0.1", "--http", "tcp:0:interface=127.0.0.1", *extra)
+    free = "tcp:0:interface=127.0.0.1"
+    return TlsmtaProcess(cwd, "--listen", free, "--http", free, "--pop3", free, "--imap", free, *extra)
 
 
 def test_embedded_default_is_the_etc_file() -> None:
@@ -187,3 +189,37 @@ def test_queue_commands_find_the_dev_relays_control_socket(tmp_path: Any) -> Non
         relay.stop()
     assert listed.returncode == 0, listed.stderr
     assert json.loads(listed.stdout) == []
+def logged_port(relay: TlsmtaProcess, what: str) -> int:
+    """The port the log says ``what`` listens on (the line may follow the SMTP one by a moment)."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while (found := re.search(re.escape(what) + r" [\d.]+:(\d+)", relay.log())) is None:
+        assert time.monotonic() < deadline, relay.log()
+        time.sleep(0.05)
+    return int(found.group(1))
+
+
+def test_dev_relay_serves_its_mail_over_pop3_and_imap(tmp_path: Any) -> None:
+    """The embedded default has [dev] pop3 and imap (here on free ports): a message sent to it is in INBOX,
+    read with imaplib after STARTTLS with the dev CA, and POP3 answers with STLS offered."""
+    import imaplib
+    import poplib
+
+    relay = DevRelay(str(tmp_path))
+    try:
+        pop3_port, imap_port = (logged_port(relay, f"{name} over the captured mail on") for name in ("POP3", "IMAP"))
+        ca = str(tmp_path / ".tlsmta" / "dev-ca.pem")
+        send_smtplib(relay.port, rcpts=("bob@example.org",), starttls=client_context(ca))
+        imap = imaplib.IMAP4("localhost", imap_port, timeout=20)
+        try:
+            imap.starttls(client_context(ca))
+            imap.login("me", "anything")
+            assert imap.select("INBOX")[1] == [b"1"]
+        finally:
+            imap.logout()
+        pop = poplib.POP3("localhost", pop3_port, timeout=20)
+        try:
+            assert "STLS" in pop.capa()
+        finally:
+            pop.quit()
+    finally:
+        relay.stop()

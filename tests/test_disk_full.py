@@ -39,12 +39,12 @@ def test_without_size_only_the_reserve_counts() -> None:
 
 
 def test_the_session_asks_with_the_declared_size_and_keeps_syntax_errors_after_the_answer() -> None:
-    """MailAllowed carries SIZE=; a MAIL that does not parse asks with no size, and its syntax
+    """MailAllowed carries SIZE= and the sender; a MAIL that does not parse asks with neither, and its syntax
     error is the answer once the shell accepted (the client-certificate policy speaks first)."""
     session = server.ServerSession(server.ServerSettings(hostname="mx.test"))
     session.receive_data(b"EHLO c.test\r\nMAIL FROM:<a@b.test> SIZE=12345\r\n")
     events = _drain(session)
-    assert events[-1] == server.MailAllowed(12345)
+    assert events[-1] == server.MailAllowed(12345, "a@b.test")
     session.accept()
     assert b"250" in _drain(session)[-1].data
     session.receive_data(b"RSET\r\nMAIL FROM:<a@b.test> SIZE=x\r\n")

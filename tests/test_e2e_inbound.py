@@ -230,6 +230,35 @@ async def test_verified_client_certificate_may_relay(tmp_path: Any, pki: Any) ->
     assert not_enabled == (554, "rcpt")
 
 
+def _spki_and_cert_sha256(pair: Any) -> tuple[str, str]:
+    from cryptography import x509
+
+    from tlsmta.tls import certificate_sha256, spki_sha256
+
+    with open(pair.cert, "rb") as f:
+        leaf = x509.load_pem_x509_certificates(f.read())[0]
+    return spki_sha256(leaf), certificate_sha256(leaf)
+
+
+@pytest.mark.parametrize("by", ["spki", "certificate"])
+@pytest_twisted.ensureDeferred
+async def test_pinned_client_certificate_may_relay(tmp_path: Any, pki: Any, by: str) -> None:
+    """relay_client_pins (Postfix relay_clientcerts): a client certificate whose SPKI or certificate SHA-256 is
+    listed relays although no CA vouches for it and tls_verify = no; another certificate, even a CA-valid one,
+    and no certificate get 554 5.7.1."""
+    spki, cert = _spki_and_cert_sha256(pki.client_untrusted)
+    pin = f"sha256:{spki if by == 'spki' else cert}"
+    relay = await start_relay(tmp_path, [tls_listener(pki, relay_networks=[], relay_client_pins=[pin])])
+    try:
+        pinned = await _try_mail(relay.port, pki, pki.client_untrusted, rcpt="far@remote.test")
+        other = await _try_mail(relay.port, pki, pki.client, rcpt="far@remote.test")
+        none = await _try_mail(relay.port, pki, None, rcpt="far@remote.test")
+    finally:
+        await relay.stop()
+    assert pinned == {}
+    assert other == none == (554, "rcpt")
+
+
 @pytest.mark.parametrize("hook, expected", [("record_and_accept", "ok"), ("reject", 530), ("explode", 530)])
 @pytest_twisted.ensureDeferred
 async def test_inbound_verify_hook_decides(tmp_path: Any, pki: Any, hook: str, expected: Any) -> None:
@@ -553,7 +582,7 @@ def _smuggle(port: int, fake_end: bytes, pipelined: bool) -> list[bytes]:
 
 
 @pytest.mark.parametrize("pipelined", [True, False])
-@pytest.mark.parametrize("fake_end", [b"\n.\n", b"\n.\r\n", b"\r\n.\n", b"\r.\r", b"\r.\r\n"])
+@pytest.mark.parametrize("fake_end", [b"\n.\n", b"\n.\r\n", b"\r\n.\n", b"\r.\r", b"\r.\r\n", b"\r\n\x00.\r\n"])
 @pytest_twisted.ensureDeferred
 async def test_smuggling_over_real_sockets(tmp_path: Any, fake_end: bytes, pipelined: bool) -> None:
     """Every fake end-of-data variant, pipelined or not: one 550 for the whole thing, no second message."""

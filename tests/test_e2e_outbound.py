@@ -71,6 +71,53 @@ async def test_tls_verify_matrix(tmp_path: Any, pki: Any, events: list, cert: st
         assert receiver.service.listeners["receiver"].inbound.connections_total == 1
 
 
+def leaf_of(pair: Any) -> Any:
+    from cryptography import x509
+
+    with open(pair.cert, "rb") as f:
+        return x509.load_pem_x509_certificates(f.read())[0]
+
+
+@pytest.mark.parametrize(
+    "cert, verify, result",
+    [("wrong_name", "host", "deferred"), ("untrusted", "ca", "deferred"), ("expired", "host", "deferred"),
+     ("good", "host", "delivered"), ("good", "no", "delivered")],
+)
+@pytest_twisted.ensureDeferred
+async def test_presented_certificate_is_logged_whatever_the_verdict(
+    tmp_path: Any, pki: Any, events: list, cert: str, verify: str, result: str
+) -> None:
+    """Every TLS attempt's delivery line names the certificate the server presented (subject, SANs, issuer,
+    SPKI and certificate SHA-256), also when verification aborted the handshake (was subject=- issuer=-)."""
+    from cryptography.hazmat.primitives import hashes
+
+    from tlsmta.tls import spki_sha256
+
+    pair = getattr(pki, cert)
+    await deliver_once(tmp_path, pair, pki.ca_pem, tls="required", tls_verify=verify)
+    [event] = deliveries(events)
+    leaf = leaf_of(pair)
+    assert event["result"] == result
+    assert event["subject"] == leaf.subject.rfc4514_string() and event["issuer"] == leaf.issuer.rfc4514_string()
+    assert event["sans"] == ("other.example.net" if cert == "wrong_name" else "localhost, mx.example.test, IP:127.0.0.1")
+    assert event["spki_sha256"] == spki_sha256(leaf) and len(event["spki_sha256"]) == 64
+    assert event["cert_sha256"] == leaf.fingerprint(hashes.SHA256()).hex()
+
+
+@pytest.mark.parametrize("cert, result", [("good", "delivered"), ("wrong_name", "deferred")])
+@pytest_twisted.ensureDeferred
+async def test_host_check_on_an_ip_literal_next_hop(tmp_path: Any, pki: Any, events: list, cert: str, result: str) -> None:
+    """route smtp:127.0.0.1 with tls_verify = host: the certificate's IP address SAN decides (pki.good lists
+    127.0.0.1, pki.wrong_name does not), and no SNI is sent for an IP literal (RFC 6066 3)."""
+    await deliver_once(tmp_path, getattr(pki, cert), pki.ca_pem, route="smtp:127.0.0.1", tls="required", tls_verify="host")
+    [event] = deliveries(events)
+    assert (event["result"], event["mx"]) == (result, "127.0.0.1")
+    if result == "delivered":
+        assert event["verified"] == "yes" and event["sni"] is None
+    else:
+        assert f"{event['code']} {event['text']}" == f"451 4.7.5 certificate name does not match {DOMAIN} or 127.0.0.1"
+
+
 @pytest_twisted.ensureDeferred
 async def test_host_name_matched_via_recipient_domain(tmp_path: Any, pki: Any, events: list) -> None:
     """host: a certificate naming the recipient domain (not the MX) verifies."""
@@ -127,6 +174,56 @@ async def test_454_to_starttls(tmp_path: Any, pki: Any, events: list, tls: str, 
         assert factory.connections == 1 and len(factory.messages) == 1
     else:
         assert "4.7.5 TLS negotiation failed: STARTTLS refused: 454" in event["text"]
+
+
+@pytest.mark.parametrize("code", ["502", "530", "354", "250", "221"])
+@pytest_twisted.ensureDeferred
+async def test_only_454_to_starttls_allows_plain_text(tmp_path: Any, pki: Any, events: list, code: str) -> None:
+    """A server that advertises STARTTLS and answers it with anything but 454 gets no mail in plain text,
+    even under ifavailable with fallback: the delivery defers 4.7.5 (DESIGN.md, Outbound)."""
+    factory = await deliver_to_scripted(tmp_path, f"refuse-{code}", pki.ca_pem, tls="ifavailable", tls_ifavailable_fallback=True)
+    [event] = deliveries(events)
+    assert event["result"] == "deferred"
+    assert f"4.7.5 TLS negotiation failed: STARTTLS refused: {code} not now" in event["text"]
+    assert factory.messages == [] and not any(c.upper().startswith(b"MAIL") for c in factory.commands)
+
+
+@pytest_twisted.ensureDeferred
+async def test_454_fallback_says_why_in_the_delivery_line(tmp_path: Any, pki: Any, events: list) -> None:
+    """The plain-text delivery after a 454 carries tls_fallback=starttls-refused:454."""
+    await deliver_to_scripted(tmp_path, "454", pki.ca_pem, tls="ifavailable")
+    [event] = deliveries(events)
+    assert (event["result"], event["tls"], event["tls_fallback"]) == ("delivered", "none", "starttls-refused:454")
+
+
+@pytest_twisted.ensureDeferred
+async def test_handshake_fallback_says_why_in_the_delivery_line(tmp_path: Any, pki: Any, events: list) -> None:
+    """The plain-text retry after a broken handshake carries tls_fallback=handshake-failed:<reason>."""
+    await deliver_to_scripted(tmp_path, "broken", pki.ca_pem, tls="ifavailable", tls_verify="optional")
+    [event] = deliveries(events)
+    assert event["result"] == "delivered" and event["tls_fallback"].startswith("handshake-failed:")
+
+
+@pytest_twisted.ensureDeferred
+async def test_not_offered_says_why_in_the_delivery_line(tmp_path: Any, pki: Any, events: list) -> None:
+    """ifavailable to a server without STARTTLS: tls_fallback=not-offered; tls = no has no tls_fallback."""
+    await deliver_to_scripted(tmp_path, "none", pki.ca_pem, tls="ifavailable")
+    await deliver_to_scripted(tmp_path, "none", pki.ca_pem, tls="no")
+    first, second = deliveries(events)
+    assert first["tls_fallback"] == "not-offered" and "tls_fallback" not in second
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_plain_text_after_a_completed_handshake(tmp_path: Any, pki: Any, events: list) -> None:
+    """A verified handshake, then the server closes at the EHLO inside TLS: deferred 4.7.5, no second,
+    plain-text connection (the server can do TLS; a retry without it would be a downgrade)."""
+    from tlsmta.tls import ServerTLS, server_context
+
+    server_tls = ServerTLS(server_context(pki.good.cert, pki.good.key, frozenset({"TLSv1.2", "TLSv1.3"})))
+    factory = await deliver_to_scripted(tmp_path, "tls-then-close", pki.ca_pem, server_tls, tls="ifavailable", tls_verify="host")
+    [event] = deliveries(events)
+    assert event["result"] == "deferred" and "4.7.5 TLS session failed after the handshake" in event["text"]
+    assert factory.connections == 1 and factory.messages == []
 
 
 @pytest_twisted.ensureDeferred
@@ -701,3 +798,49 @@ async def test_dns_timeout_defers_transiently(tmp_path: Any, pki: Any, events: l
         await sender.stop()
     [event] = deliveries(events)
     assert event["result"] == "deferred" and event["text"].startswith("4.4.3")
+
+
+@pytest.mark.parametrize("cert", ["self_signed", "wrong_name", "expired", "good"])
+@pytest_twisted.ensureDeferred
+async def test_pinned_key_delivers_whatever_chain_and_name(tmp_path: Any, pki: Any, events: list, cert: str) -> None:
+    """tls_pins naming the server key (one of two, for rotation) decide: delivered verified although tls_verify = host
+    would refuse a self-signed, wrongly named or expired certificate (Postfix's fingerprint level)."""
+    from tlsmta.tls import spki_sha256
+
+    pins = ["sha256:" + "00" * 32, f"sha256:{spki_sha256(leaf_of(getattr(pki, cert)))}"]
+    await deliver_once(tmp_path, getattr(pki, cert), pki.ca_pem, tls="ifavailable", tls_verify="host", tls_pins=pins)
+    [event] = deliveries(events)
+    assert (event["result"], event["verified"], event["tls_verify"], event["tls_policy"]) == ("delivered", "yes", "pins", "pinned")
+    assert event["reason"].startswith("pin: SPKI sha256:") and event["tls"] == "tls"
+
+
+@pytest_twisted.ensureDeferred
+async def test_unpinned_key_defers_and_never_falls_back(tmp_path: Any, pki: Any, events: list) -> None:
+    """A CA-valid certificate for the MX whose key is not pinned: deferred 4.7.5, never in plain text."""
+    receiver = await deliver_once(tmp_path, pki.good, pki.ca_pem, tls="ifavailable", tls_verify="host",
+                                  tls_pins=["sha256:" + "00" * 32])
+    [event] = deliveries(events)
+    assert (event["result"], event["code"]) == ("deferred", 451)
+    assert event["text"].startswith("4.7.5 pin: SPKI sha256:") and event["text"].endswith("is not in tls_pins")
+    assert receiver.service.listeners["receiver"].inbound.connections_total == 1
+    assert maildir_messages(str(tmp_path / "receiver-maildir")) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_pins_require_starttls(tmp_path: Any, pki: Any, events: list) -> None:
+    """tls_pins and a server without STARTTLS: 4.7.6, no plain text although tls = ifavailable."""
+    await deliver_once(tmp_path, None, pki.ca_pem, tls="ifavailable", tls_pins=["sha256:" + "00" * 32])
+    [event] = deliveries(events)
+    assert (event["result"], event["text"][:5]) == ("deferred", "4.7.6")
+
+
+@pytest_twisted.ensureDeferred
+async def test_host_check_on_an_ipv6_literal_next_hop(tmp_path: Any, pki: Any, events: list) -> None:
+    """route smtp:[::1] with tls_verify = host: a certificate with the IP SAN ::1 verifies over IPv6 loopback."""
+    from conftest import _write_leaf
+
+    pair = _write_leaf(tmp_path, "v6", pki.ca.issue_cert("::1"))
+    await deliver_once(tmp_path, pair, pki.ca_pem, receiver={"endpoint": r"tcp6:0:interface=\:\:1"},
+                       route="smtp:[::1]", tls="required", tls_verify="host")
+    [event] = deliveries(events)
+    assert (event["result"], event["verified"], event["ip"], event["sans"]) == ("delivered", "yes", "::1", "IP:::1")

@@ -168,7 +168,7 @@ def test_message_over_size_rejected_at_end_of_data(session: Session) -> None:
     assert session.sink.stored == []
 
 
-@pytest.mark.parametrize("fake_end", [b"\n.\n", b"\n.\r\n", b"\r\n.\n", b"\r.\r", b"\r.\r\n", b"\r\n.\r"])
+@pytest.mark.parametrize("fake_end", [b"\n.\n", b"\n.\r\n", b"\r\n.\n", b"\r.\r", b"\r.\r\n", b"\r\n.\r", b"\r\n\x00.\r\n"])
 def test_smuggled_end_of_data_never_starts_a_second_message(session: Session, fake_end: bytes) -> None:
     """SMTP smuggling: a fake end-of-data followed by commands stays inside the (rejected) message."""
     session.new_replies()

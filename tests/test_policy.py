@@ -527,6 +527,29 @@ def test_match_names_first_wanted_that_matches() -> None:
     assert match_names(presented, ["nope.example", MX_HOST]) == MX_HOST
 
 
+@pytest.mark.parametrize(
+    ("presented", "wanted", "expected"),
+    [
+        (PresentedNames(ip_addresses=("127.0.0.1",)), "127.0.0.1", "127.0.0.1"),
+        (PresentedNames(ip_addresses=("::1",)), "[::1]", "::1"),  # an smtp:[::1] route's host
+        (PresentedNames(ip_addresses=("2001:db8::1",)), "2001:DB8:0::1", "2001:db8::1"),
+        (PresentedNames(ip_addresses=("127.0.0.1",)), "127.0.0.2", None),
+        (PresentedNames(dns_names=("127.0.0.1",)), "127.0.0.1", None),  # an IP in a dNSName is no IP SAN
+        (PresentedNames(common_names=("127.0.0.1",)), "127.0.0.1", None),  # nor in the CN
+        (PresentedNames(dns_names=("mx.example",), ip_addresses=("192.0.2.1",)), "mx.example", "mx.example"),
+    ],
+)
+def test_match_names_ip_literals(presented: PresentedNames, wanted: str, expected: str | None) -> None:
+    """An IP-literal next hop matches only an iPAddress SAN (RFC 6125 1.7.2, via service_identity's IPAddress_ID)."""
+    assert match_names(presented, [wanted]) == expected
+
+
+def test_host_mode_verifies_an_ip_next_hop() -> None:
+    """tls_verify = host toward 127.0.0.1 passes with a certificate listing that IP, whatever the domain."""
+    verdict = decide(VerifyMode.HOST, ChainResult(), PresentedNames(ip_addresses=("127.0.0.1",)), [DOMAIN, "127.0.0.1"])
+    assert verdict.verified and verdict.matched_name == "127.0.0.1"
+
+
 def test_match_names_nothing_presented() -> None:
     """A certificate with neither dNSName nor CN matches nothing."""
     assert match_names(PresentedNames(), [DOMAIN]) is None

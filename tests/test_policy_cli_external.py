@@ -56,3 +56,26 @@ def test_unknown_offline_and_opt_out(tmp_path: Path, capsys: Any) -> None:
     out = run(capsys, config, "other.test", "--mx", "mx.other.test")
     assert "MTA-STS: opted out (mta_sts = false)" in out and "DANE: opted out (dane = false)" in out
     assert "local: STARTTLS if offered, certificate not checked, plain-text fallback after a failed handshake." in out
+
+
+def test_dane_required_is_shown(tmp_path: Path, capsys: Any) -> None:
+    """dane = "required": said so; with a pinned usable record DANE applies, without one the MX is not used."""
+    config = write(tmp_path, f'[dns.tlsa]\n"_25._tcp.mx.example.test" = ["{DANE_EE}"]\n',
+                   domain='[domain."example.test"]\ndane = "required"\n')
+    out = run(capsys, config, "example.test", "--mx", "mx.example.test")
+    assert "DANE: required (dane = required)" in out
+    assert "as far as known: dane: STARTTLS required, the certificate must match a usable TLSA record" in out
+    out = run(capsys, config, "example.test", "--mx", "mx2.example.test")
+    assert ("as far as known: dane-required: this MX is not used (4.7.5 dane: DANE required (dane = required) "
+            "but no DNSSEC-validated TLSA records; MX not used)") in out
+
+
+def test_tls_pins_are_shown(tmp_path: Path, capsys: Any) -> None:
+    """tls_pins for the domain: the pins decide, in words, even where a usable TLSA record is pinned."""
+    config = write(tmp_path, f'[dns.tlsa]\n"_25._tcp.mx.example.test" = ["{DANE_EE}"]\n',
+                   domain=f'[domain."example.test"]\ntls_pins = ["sha256:{"ab" * 32}"]\n')
+    out = run(capsys, config, "example.test", "--mx", "mx.example.test")
+    assert f"tls_pins                    = {'ab' * 32} # from domain.\"example.test\"" in out
+    assert "the server key's SPKI SHA-256 must be in tls_pins (1 listed), the CA and names are not checked" in out
+    assert ("as far as known: pinned: STARTTLS required, the server key must match tls_pins (no CA or name check); "
+            "no plain-text fallback.") in out

@@ -155,3 +155,44 @@ def test_tlsrpt_result_types(reason: str, errnos: tuple[int, ...], expected: str
     verdict = policy.Verdict(policy.Outcome.FAILED, reason)
     errors = [policy.ChainError(0, e, "x") for e in errnos]
     assert policy.certificate_result_type(verdict, errors) == expected
+
+
+@pytest.mark.parametrize("dane, why", [(DANEStatus.NONE, "no DNSSEC-validated TLSA records"), (DANEStatus.UNUSABLE, "no usable TLSA records")])
+@pytest.mark.parametrize("tls", TLS)
+def test_dane_required_without_usable_records_makes_the_mx_unusable(dane: DANEStatus, why: str, tls: str) -> None:
+    """dane = "required" (Postfix dane-only): no usable TLSA records means this MX is not used (4.7.5), whatever
+    the local tls; never PKIX-only or plain text.  Also for a TLS-Required: No message (the sender's own policy)."""
+    for no in (False, True):
+        req = effective_requirement(tls, VerifyMode.HOST, True, dane=dane, dane_required=True, tls_required_no=no)
+        assert (req.policy, req.tls, req.fallback) == ("dane-required", "required", False)
+        assert str(req.unusable) == f"4.7.5 dane: DANE required (dane = required) but {why}; MX not used"
+
+
+def test_dane_required_with_usable_records_is_dane() -> None:
+    """Usable records: DANE decides as without the option, also under TLS-Required: No; a failed lookup stays unusable."""
+    for no in (False, True):
+        req = effective_requirement("no", VerifyMode.NO, True, dane=DANEStatus.USABLE, dane_required=True, tls_required_no=no)
+        assert (req.policy, req.dane, req.unusable, req.ignored) == ("dane", True, None, ())
+    req = effective_requirement("no", VerifyMode.NO, True, dane=DANEStatus.FAILED, dane_required=True)
+    assert req.unusable is not None and "TLSA lookup failed" in req.unusable.reason
+    req = effective_requirement("no", VerifyMode.NO, True, dane=DANEStatus.NONE, dane_required=True, requiretls=True, mx_secure=True)
+    assert req.unusable is not None and req.unusable.status == "5.7.10"  # REQUIRETLS: a bounce, not a wait
+
+
+PIN = "ab" * 32
+
+
+def test_pins_decide_and_require_tls() -> None:
+    """tls_pins set: STARTTLS required, no fallback, the pins judge the certificate (no CA, no names); published
+    policies (MTA-STS enforce for another MX, DANE) are not consulted."""
+    for tls, dane in itertools.product(TLS, DANE):
+        req = effective_requirement(tls, VerifyMode.HOST, True, sts=STSState("enforce", False), dane=dane, pins=(PIN,))
+        assert (req.policy, req.tls, req.verify, req.fallback, req.pinned, req.dane, req.unusable) == (
+            "pinned", "required", VerifyMode.NO, False, True, False, None)
+
+
+def test_pin_verdict() -> None:
+    """Any pin of several (rotation) matches; another key or no certificate fails."""
+    assert policy.pin_verdict((PIN, "cd" * 32), "cd" * 32).verified
+    assert policy.pin_verdict((PIN,), "cd" * 32).reason == f"pin: SPKI sha256:{'cd' * 32} is not in tls_pins"
+    assert policy.pin_verdict((PIN,), None).fatal

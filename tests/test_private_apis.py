@@ -14,6 +14,7 @@ import struct
 from typing import Any
 
 import pytest
+from memory_tls import handshake
 from OpenSSL import SSL
 
 import tlsmta
@@ -32,7 +33,11 @@ TLS12 = frozenset({"TLSv1.2"})
 # -- OpenSSL -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["X509_verify_cert_error_string", "SSL_session_reused"])
+@pytest.mark.parametrize("name", [
+    "X509_verify_cert_error_string", "SSL_session_reused", "SSL_CTX_set1_curves_list", "SSL_get0_group_name",
+    "SSL_set_verify", "X509_STORE_CTX_get_error", "X509_STORE_CTX_set_error", "X509_V_ERR_HOSTNAME_MISMATCH",
+    "X509_V_ERR_CERT_REJECTED",
+])
 def test_openssl_binding_has_the_functions_used(name: str) -> None:
     from OpenSSL._util import lib
 
@@ -46,20 +51,8 @@ def test_verify_error_string_is_openssls_text() -> None:
 
 
 def _handshake(client: SSL.Connection, server: SSL.Connection) -> None:
-    """Both ends' handshakes over memory BIOs."""
-    client.set_connect_state()
-    server.set_accept_state()
-    for _ in range(10):
-        for conn in (client, server):
-            try:
-                conn.do_handshake()
-            except SSL.WantReadError:
-                pass
-        for src, dst in ((client, server), (server, client)):
-            try:
-                dst.bio_write(src.bio_read(65536))
-            except SSL.WantReadError:
-                pass
+    """Both ends' TLS 1.2 handshakes over memory BIOs."""
+    handshake(client, server)
     assert client.get_protocol_version_name() == "TLSv1.2" and server.get_protocol_version_name() == "TLSv1.2"
 
 
@@ -76,6 +69,26 @@ def test_session_reused_tells_a_resumed_handshake_from_a_full_one(pki: Any) -> N
     _handshake(second_client, second_server)
     assert openssl_private.session_reused(second_client) is True, OPENSSL_MOVED
     assert openssl_private.session_reused(second_server) is True, OPENSSL_MOVED
+
+
+def test_groups_are_set_on_the_context_and_read_from_the_connection(pki: Any) -> None:
+    """SSL_CTX_set1_curves_list takes a group list (and refuses an unknown name); SSL_get0_group_name names the one agreed."""
+    server_ctx = contexts.server_context(pki.good.cert, pki.good.key, TLS12)
+    client_ctx = contexts.client_context(TLS12, ca=pki.ca_pem)
+    assert hasattr(server_ctx, "_context"), f"SSL.Context._context is gone. {OPENSSL_MOVED}"
+    assert openssl_private.set_groups(server_ctx, "secp384r1") is True, OPENSSL_MOVED
+    assert openssl_private.set_groups(server_ctx, "secp384r1:no-such-group") is False, OPENSSL_MOVED
+    client, server = SSL.Connection(client_ctx, None), SSL.Connection(server_ctx, None)
+    assert openssl_private.negotiated_group(client) is None  # before any handshake
+    _handshake(client, server)
+    assert openssl_private.negotiated_group(client) == openssl_private.negotiated_group(server) == "secp384r1", OPENSSL_MOVED
+
+
+def test_set_verify_keeps_its_cffi_callback_where_it_is_replaced() -> None:
+    """Connection.set_verify keeps the cffi callback it made in ``_verify_callback`` (set_verify_with_reason wraps it)."""
+    conn = SSL.Connection(SSL.Context(SSL.TLS_CLIENT_METHOD), None)
+    conn.set_verify(SSL.VERIFY_PEER, lambda *args: True)
+    assert callable(getattr(conn, "_verify_callback", None)), f"SSL.Connection._verify_callback is gone. {OPENSSL_MOVED}"
 
 
 # -- Twisted's PROXY header parsers --------------------------------------------------------------

@@ -82,3 +82,42 @@ async def test_probe_command_judges_by_the_effective_policy(tmp_path: Any, pki: 
     assert "MTA-STS:  enforce; this MX is listed in the policy" in out
     assert "effective (mta-sts-enforce: tls=required, tls_verify=host): defer: 451 4.7.5 certificate name does not match mx.example.test" in out
     assert code == 75
+
+
+def test_probe_shows_ip_sans_and_fingerprints(pki: Any) -> None:
+    """Each certificate in the probe's chain lists its IP address SANs and its SPKI and certificate SHA-256."""
+    from cryptography.hazmat.primitives import hashes
+
+    cert = leaf(pki.good.cert)
+    lines = probe.format_certificate(0, cert)
+    assert "      SANs:    localhost, mx.example.test, IP:127.0.0.1" in lines
+    assert f"      SPKI:    sha256:{dane.record_for(cert).data.hex()}" in lines  # what a DANE-EE 3 1 1 record holds
+    assert f"      cert:    sha256:{cert.fingerprint(hashes.SHA256()).hex()}" in lines
+
+
+@pytest_twisted.ensureDeferred
+async def test_probe_judges_by_tls_pins_and_dane_required(tmp_path: Any, pki: Any) -> None:
+    """tls_pins: the probe judges the MX by the pins (a wrong name does not matter, another key does);
+    dane = "required" without TLSA records: the MX would not be used."""
+    from tlsmta.tls import spki_sha256
+
+    rx = await start_receiver(tmp_path, pki.wrong_name)
+    dns = {"mx": {DOMAIN: [MX]}, "hosts": {MX: ["127.0.0.1"]}}
+    pin = f"sha256:{spki_sha256(leaf(pki.wrong_name.cert))}"
+    raw = {"global": {"tls_ca": pki.ca_pem, "smtp_port": rx.port, "mta_sts": False}, "dns": dns}
+    options = {k: v.value for k, v in configuration.resolve(configuration.from_dict(raw), DOMAIN).items()}
+    try:
+        results, _, facts = await probe.run_probe(reactor, Resolver(dns, OfflineBackend()), DOMAIN, options, None, None, "probe.test")
+    finally:
+        await rx.stop()
+    [result] = results
+
+    def outcome(**changes: Any) -> str:
+        req = probe.requirement({**options, **changes}, facts, MX, "ifavailable", VerifyMode.HOST)
+        return "\n".join(probe.format_policies(result, facts, req, DOMAIN))
+
+    assert "effective (pinned: tls_pins): deliver over TLS, certificate verified by tls_pins" in outcome(
+        tls_pins=(pin.removeprefix("sha256:"),))
+    assert "is not in tls_pins (never in plain text)" in outcome(tls_pins=("00" * 32,))
+    assert ("defer: 451 4.7.5 dane: DANE required (dane = required) but no DNSSEC-validated TLSA records; MX not used "
+            "(this MX is not used)") in outcome(dane="required")

@@ -78,6 +78,32 @@ def test_wait_for_a_tag(tlsmta_relay):
         tlsmta_relay.wait_for(tag="nothing", timeout=0.2)
 
 
+def test_app_sees_the_failure_the_relay_was_told_to_give(tlsmta_relay):
+    import smtplib
+
+    tlsmta_relay.fail(stage="RCPT", code=452, times=1)
+    with pytest.raises(smtplib.SMTPRecipientsRefused, match="452"):
+        send_welcome(tlsmta_relay.host, tlsmta_relay.port, "bob@example.org")
+    send_welcome(tlsmta_relay.host, tlsmta_relay.port, "bob@example.org")  # times=1: the next one goes through
+    rule = tlsmta_relay.fail(stage="DATA", code=554, text="spam", status="5.7.1", recipient="*@blocked.test")
+    with pytest.raises(smtplib.SMTPDataError, match="spam"):
+        send_welcome(tlsmta_relay.host, tlsmta_relay.port, "eve@blocked.test")
+    tlsmta_relay.remove_failure(rule)
+    send_welcome(tlsmta_relay.host, tlsmta_relay.port, "eve@blocked.test")
+    assert [m.recipients for m in tlsmta_relay.messages] == [("bob@example.org",), ("eve@blocked.test",)]
+
+
+def test_app_with_a_password_sends_and_the_user_is_recorded(tlsmta_relay):
+    import smtplib
+
+    with smtplib.SMTP(tlsmta_relay.host, tlsmta_relay.port, timeout=10) as client:
+        client.login("shop", "any password will do")
+        client.sendmail("shop@example.com", ["bob@example.org"], b"Subject: pw\\r\\n\\r\\nhi\\r\\n")
+    assert tlsmta_relay.wait_for(subject="pw").auth_user == "shop"
+    send_welcome(tlsmta_relay.host, tlsmta_relay.port, "bob@example.org")
+    assert tlsmta_relay.wait_for(subject="Welcome").auth_user is None
+
+
 @pytest.mark.tlsmta_relay(http=True)
 def test_web_page_is_there_when_asked_for(tlsmta_relay):
     import json
@@ -95,11 +121,11 @@ filterwarnings =
 """
 
 
-def test_application_suite_uses_the_fixture(tmp_path: Any) -> None:
-    """A synchronous application test suite passes using tlsmta_relay: wait_for, messages, clear,
-    TLS facts, a TLS lab marker, wait_for(tag=...), the web page; each test gets its own relay."""
-    (tmp_path / "app.py").write_text(APP)
-    (tmp_path / "test_app.py").write_text(APP_TESTS)
+def run_application_suite(tmp_path: Any, files: dict[str, str]) -> str:
+    """Write an application's files and run its test suite in a separate pytest (no pytest-twisted);
+    its output, after checking that it passed."""
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
     (tmp_path / "pytest.ini").write_text(INI)
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:twisted", "-p", "no:cacheprovider", "-q", "-rA", "--timeout=60"],
@@ -107,7 +133,15 @@ def test_application_suite_uses_the_fixture(tmp_path: Any) -> None:
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
-    assert "6 passed" in out, out
+    return out
+
+
+def test_application_suite_uses_the_fixture(tmp_path: Any) -> None:
+    """A synchronous application test suite passes using tlsmta_relay: wait_for, messages, clear,
+    TLS facts, a TLS lab marker, wait_for(tag=...), failures on purpose (fail), AUTH with any password,
+    the web page; each test gets its own relay."""
+    out = run_application_suite(tmp_path, {"app.py": APP, "test_app.py": APP_TESTS})
+    assert "8 passed" in out, out
 
 
 def test_a_failing_application_test_fails(tmp_path: Any) -> None:

@@ -209,8 +209,10 @@ def test_retry_delay_never_shrinks(schedule, attempts):
 
 def test_group_jobs_one_job_per_route_domain_binding():
     """Pending recipients are grouped by (route, recipient domain, binding); local routes
-    ignore the domain; delivered or bounced recipients are left out."""
+    ignore the domain (an LMTP route keeps it: its domain's options apply); delivered or
+    bounced recipients are left out."""
     mx, relay, maildir = parse_route("mx"), parse_route("smtp:relay.example.net"), parse_route("maildir:/tmp/md")
+    lmtp = parse_route("lmtp:unix:/run/lmtp")
     message = QueuedMessage(
         id="m", sender="a@example.org", received_at=T0,
         recipients=[
@@ -221,6 +223,9 @@ def test_group_jobs_one_job_per_route_domain_binding():
             RecipientState("frank@example.com", relay),
             RecipientState("gina@a.test", maildir),
             RecipientState("hal@b.test", maildir),
+            RecipientState("kim@a.test", lmtp),
+            RecipientState("lee@a.test", lmtp),
+            RecipientState("max@b.test", lmtp),
             RecipientState("ivan@example.com", mx, status=DELIVERED),
             RecipientState("judy@example.com", mx, status=BOUNCED),
         ],
@@ -233,6 +238,8 @@ def test_group_jobs_one_job_per_route_domain_binding():
         ("mx", "example.com", "out1", ("erin@example.com",)),
         ("smtp:relay.example.net", "example.com", "default", ("frank@example.com",)),
         ("maildir:/tmp/md", "", "default", ("gina@a.test", "hal@b.test")),
+        ("lmtp:unix:/run/lmtp", "a.test", "default", ("kim@a.test", "lee@a.test")),
+        ("lmtp:unix:/run/lmtp", "b.test", "default", ("max@b.test",)),
     ])
     assert all(j.message is message for j in jobs)
 

@@ -31,6 +31,15 @@ def test_bad_smarthost_is_refused(smarthost: Any) -> None:
         smarthost_route(smarthost)
 
 
+def test_smtps_smarthost_is_implicit_tls() -> None:
+    """"smtps:HOST[:PORT]" is a smarthost spoken to over implicit TLS; a plain HOST[:PORT] stays STARTTLS."""
+    assert smarthost_route("smtps:relay.example").implicit_tls
+    assert smarthost_route("SMTPS:relay.example:4650").port == 4650
+    assert not smarthost_route("relay.example:465").implicit_tls
+    with pytest.raises(ReleaseError):
+        smarthost_route("smtps:bad host")
+
+
 def test_release_needs_recipients() -> None:
     route = smarthost_route("relay.example:587")
     assert str(route) == "smtp:relay.example:587"
@@ -148,6 +157,24 @@ async def test_release_delivers_over_verified_tls(tmp_path: Any, pki: Any, event
     assert copy["Subject"] == "Welcome, Bob"
     assert len(copy.get_all("Received")) == 2  # the dev relay's and the smarthost's; no stale Delivered-To
     assert len(maildir_messages(str(tmp_path / "maildir"))) == 1  # the captured one stays
+
+
+@pytest_twisted.ensureDeferred
+async def test_release_to_an_smtps_smarthost(tmp_path: Any, pki: Any, events: list) -> None:
+    """POST release with "smtps:HOST:PORT": delivered over implicit TLS (handshake before the greeting), verified."""
+    receiver = await start_receiver(tmp_path, None, tls="implicit", tls_certificate=pki.good.cert, tls_key=pki.good.key)
+    relay = await dev_relay(tmp_path, pki.ca_pem)
+    try:
+        await in_thread(send, relay.port, welcome())
+        status, answer = await release(relay, {"smarthost": f"smtps:{SMARTHOST}:{receiver.port}"})
+        assert (status, answer["route"]) == (202, f"smtps:{SMARTHOST}:{receiver.port}")
+        await relay.service.queue.wait_idle()
+    finally:
+        await relay.stop()
+        await receiver.stop()
+    [event] = deliveries(events)
+    assert (event["result"], event["tls"], event["tls_mode"], event["verified"]) == ("delivered", "tls", "implicit", "yes")
+    assert len(maildir_messages(str(tmp_path / "receiver-maildir"))) == 1
 
 
 @pytest_twisted.ensureDeferred

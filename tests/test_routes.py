@@ -135,7 +135,12 @@ def test_str_round_trips(spec: str) -> None:
         ("mx:foo", "route 'mx' takes no argument"),
         ("mx:", "route 'mx' takes no argument"),
         ("discard:all", "route 'discard' takes no argument"),
-        ("lmtp:/run/lmtp", "unknown route 'lmtp:/run/lmtp'"),
+        ("lmtp:/run/lmtp", "written 'lmtp:unix:/run/lmtp'"),
+        ("lmtp:", "lmtp route needs a unix socket or a host and port"),
+        ("lmtp:unix:", "lmtp unix route needs a socket path"),
+        ("lmtp:dovecot.example", "lmtp route needs a port"),
+        ("lmtp:dovecot.example:0", "bad port '0'"),
+        ("lmtp:bad..name:24", "is not a host name or IP address"),
         ("", "unknown route ''"),
         ("relay.example.net", "unknown route 'relay.example.net'"),
     ],
@@ -150,8 +155,49 @@ def test_bad_routes(spec: str, fragment: str) -> None:
 
 def test_unknown_route_lists_the_choices() -> None:
     """The error for an unknown kind says which kinds exist."""
-    with pytest.raises(RouteError, match=r"expected mx, smtp:HOST\[:PORT\], maildir:PATH or discard"):
+    with pytest.raises(RouteError, match=r"expected mx, smtp:HOST\[:PORT\], smtps:HOST\[:PORT\], maildir:PATH, discard, "
+                                         r"tlsrpt, lmtp:unix:PATH or lmtp:HOST:PORT"):
         parse_route("uucp:host")
+
+
+@pytest.mark.parametrize(
+    ("spec", "host", "port"),
+    [("smtps:relay.example.net", "relay.example.net", None), ("SMTPS:relay.example.net:4650", "relay.example.net", 4650),
+     ("smtps:[2001:db8::1]:465", "2001:db8::1", 465)],
+)
+def test_smtps_is_a_smarthost_over_implicit_tls(spec: str, host: str, port: int | None) -> None:
+    """smtps:HOST[:PORT] is an smtp route with implicit TLS, and survives the spool's round trip."""
+    route = parse_route(spec)
+    assert route == Route("smtp", host=host, port=port, implicit_tls=True)
+    assert not route.is_local
+    assert parse_route(str(route)) == route
+    assert str(route).startswith("smtps:")
+    assert parse_route(f"smtp:{spec.partition(':')[2]}").implicit_tls is False
+
+
+def test_tlsrpt_route_is_spooled_not_local() -> None:
+    """'tlsrpt' (no argument) takes reports; it goes through the spool, so it is not is_local."""
+    route = parse_route("tlsrpt")
+    assert (route, str(route), route.is_local) == (Route("tlsrpt"), "tlsrpt", False)
+    with pytest.raises(RouteError, match="takes no argument"):
+        parse_route("tlsrpt:/tmp")
+
+
+def test_smtps_port_and_tls() -> None:
+    """smtps: connects to 465 unless it names a port and always runs TLS; smtp: and mx keep the options."""
+    from tlsmta.config import OutboundTLS
+
+    assert parse_route("smtps:relay.example").port_for(25) == 465
+    assert parse_route("smtps:relay.example:4650").port_for(25) == 4650
+    assert parse_route("smtp:relay.example").port_for(2525) == 2525
+    assert parse_route("smtps:relay.example").tls_for(OutboundTLS.NO) is OutboundTLS.REQUIRED
+    assert parse_route("smtp:relay.example").tls_for(OutboundTLS.IFAVAILABLE) is OutboundTLS.IFAVAILABLE
+
+
+def test_smtps_needs_a_host() -> None:
+    """smtps: takes the same HOST[:PORT] as smtp: and refuses a bad one."""
+    with pytest.raises(RouteError, match="bad port"):
+        parse_route("smtps:relay.example.net:0")
 
 
 @pytest.mark.parametrize("spec", ["smtp:relay example", "smtp:bad..name", "smtp:-x.example", "smtp:a/b"])
@@ -159,3 +205,29 @@ def test_smarthost_must_be_a_host(spec):
     """A smarthost that is neither a host name nor an IP address is refused."""
     with pytest.raises(RouteError):
         parse_route(spec)
+
+
+@pytest.mark.parametrize(
+    "spec, route, text",
+    [
+        ("lmtp:unix:/run/dovecot/lmtp", Route("lmtp", path="/run/dovecot/lmtp"), "lmtp:unix:/run/dovecot/lmtp"),
+        ("LMTP:UNIX:/run/dovecot/lmtp", Route("lmtp", path="/run/dovecot/lmtp"), "lmtp:unix:/run/dovecot/lmtp"),
+        ("lmtp:127.0.0.1:24", Route("lmtp", host="127.0.0.1", port=24), "lmtp:127.0.0.1:24"),
+        ("lmtp:dovecot.example:2424", Route("lmtp", host="dovecot.example", port=2424), "lmtp:dovecot.example:2424"),
+        ("lmtp:[::1]:24", Route("lmtp", host="::1", port=24), "lmtp:[::1]:24"),
+    ],
+)
+def test_lmtp(spec: str, route: Route, text: str) -> None:
+    """lmtp:unix:PATH and lmtp:HOST:PORT are LMTP hops (not local), printed back in the same form."""
+    parsed = parse_route(spec)
+    assert parsed == route
+    assert not parsed.is_local
+    assert parsed.over_unix_socket is (route.path is not None)
+    assert str(parsed) == text
+    assert parse_route(text) == parsed
+
+
+def test_lmtp_relative_socket_path_is_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A relative socket path is taken from the working directory at load, as maildir: does."""
+    monkeypatch.chdir(tmp_path)
+    assert parse_route("lmtp:unix:run/lmtp") == Route("lmtp", path=os.path.join(str(tmp_path), "run/lmtp"))

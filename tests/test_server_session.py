@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+import attrs
 import pytest
 
 from tlsmta.smtp import server_session
@@ -285,3 +286,24 @@ def test_replies_do_not_depend_on_how_the_network_split_the_input(split: int) ->
     for i in range(0, len(script), split):
         got += pieces.replies(script[i : i + split])
     assert got == expected and b"".join(pieces.stored) == b"".join(whole.stored)
+
+
+REQUIRED = ServerSettings(hostname="mx.test", offers_starttls=True, tls_required=True, auth_available=True,
+                          auth_requires_tls=False)
+MUST_STARTTLS = "530 5.7.0 Must issue a STARTTLS command first"
+
+
+def test_tls_required_refuses_mail_rcpt_and_auth_before_starttls_and_still_offers_it() -> None:
+    """Listener ``tls = required``: EHLO offers STARTTLS; MAIL, RCPT and AUTH get 530 5.7.0 until it ran
+    (even AUTH that the listener would allow in clear); inside TLS the transaction goes through."""
+    d = Driver(REQUIRED)
+    assert "STARTTLS" in d.feed(b"EHLO c\r\n")[0].reply.lines
+    for command in (b"MAIL FROM:<a@b.test>", b"RCPT TO:<x@y.test>", b"AUTH PLAIN " + b64("\0alice\0right")):
+        assert d.replies(command + b"\r\n") == [MUST_STARTTLS]
+    assert d.codes(b"NOOP\r\nRSET\r\nSTARTTLS\r\n") == [250, 250, 220]
+    assert d.codes(b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@y.test>\r\n") == [250, 250, 250]
+
+
+def test_without_tls_required_mail_in_clear_is_accepted() -> None:
+    """The default (``tls = starttls``) keeps plain-text mail working: the 530 comes only from the setting."""
+    assert Driver(attrs.evolve(REQUIRED, tls_required=False)).codes(b"EHLO c\r\nMAIL FROM:<a@b.test>\r\n") == [250, 250]

@@ -20,6 +20,7 @@ from tlsmta.smtp._data import (
     BARE_CR,
     BARE_LF,
     LINE_TOO_LONG,
+    NUL,
     STARTS_FOLDED,
     TOO_BIG,
     DataProblem,
@@ -84,7 +85,7 @@ def too_big(limit: int) -> DataProblem:
 
 # The order in which the reader ranks problems when a message has several:
 # the reply must not depend on how TCP happened to segment the message.
-RANK = (BARE_LF, BARE_CR, LINE_TOO_LONG, TOO_BIG, STARTS_FOLDED)
+RANK = (BARE_LF, BARE_CR, NUL, LINE_TOO_LONG, TOO_BIG, STARTS_FOLDED)
 
 
 def model(wire: bytes, max_line_length: int = 998, max_size: int = BIG) -> Outcome:
@@ -111,16 +112,18 @@ def model(wire: bytes, max_line_length: int = 998, max_size: int = BIG) -> Outco
             problems.add(0)
         if b"\r" in line:
             problems.add(1)
-        if len(line) > max_line_length:
+        if b"\x00" in line:
             problems.add(2)
+        if len(line) > max_line_length:
+            problems.add(3)
     if len(content) > max_size:
-        problems.add(3)
+        problems.add(4)
     first = lines[0][1:] if lines[0].startswith(b".") else lines[0]
     if first[:1] in (b" ", b"\t"):
-        problems.add(4)
+        problems.add(5)
     problem = None
     if problems:
-        problem = [BARE_LF, BARE_CR, too_long(max_line_length), too_big(max_size), STARTS_FOLDED][min(problems)]
+        problem = [BARE_LF, BARE_CR, NUL, too_long(max_line_length), too_big(max_size), STARTS_FOLDED][min(problems)]
     body = None
     if problem is None:
         body = b"\r\n".join(line[1:] if line.startswith(b".") else line for line in lines)
@@ -304,7 +307,7 @@ def test_byte_by_byte_equals_all_at_once(wire, max_line, max_size):
     assert one == model(wire, max_line, max_size)
 
 
-LINE = st.binary(max_size=30).filter(lambda b: b"\r" not in b and b"\n" not in b)
+LINE = st.binary(max_size=30).filter(lambda b: b"\r" not in b and b"\n" not in b and b"\x00" not in b)
 
 
 @given(lines=st.lists(LINE, max_size=20), tail=st.binary(max_size=20), data=st.data())
@@ -428,6 +431,30 @@ def test_bare_line_endings_are_flagged(wire, problem):
     reader = DataReader()
     result = reader.feed(wire)
     assert reader.problem == problem
+    assert result.body == b""
+
+
+def test_nul_smuggling_case_is_refused():
+    """``<CRLF><NUL>.<CRLF>`` does not end DATA and the message is refused with NUL's 550 5.5.2.
+
+    A next hop that drops NUL before looking for the end of data would see
+    ``<CRLF>.<CRLF>`` there and run the injected commands: we never accept it.
+    """
+    wire = b"Subject: hi\r\n\r\nhello\r\n\x00.\r\n" + INJECTED + b".\r\nQUIT\r\n"
+    for cut in range(len(wire)):
+        out = run([wire[:cut], wire[cut:]])
+        assert out.ended and out.rest == b"QUIT\r\n" and out.problem == NUL, cut
+        assert out.body is None  # nothing of the message is handed on
+    assert str(NUL.reply) == "550 5.5.2 message contains a NUL octet; SMTP data must not carry NUL"
+
+
+@pytest.mark.parametrize("wire", [b"\x00\r\n.\r\n", b"a\x00b\r\n.\r\n", b"ab\r\n.\x00\r\n.\r\n", b"..\x00\r\n.\r\n"])
+def test_nul_anywhere_is_flagged(wire):
+    """A NUL at a line start, inside a line, after a dot or in a stuffed line: the message is withheld."""
+    reader = DataReader()
+    result = reader.feed(wire)
+    assert result.ended
+    assert reader.problem == NUL
     assert result.body == b""
 
 

@@ -149,6 +149,28 @@ def test_bare_lf_passed_into_the_message() -> None:
     assert ours.sink.stored == []
 
 
+def test_nul_before_fake_end_of_data_passed_into_the_message() -> None:
+    """Stock stores ``<CRLF><NUL>.<CRLF>`` byte for byte; ours refuses the message with 550 5.5.2.
+
+    A next hop that strips NUL before looking for the end of data would read
+    the rest as commands (SMTP smuggling, outbound).
+    """
+    smuggled = b"hi\r\n\x00.\r\nMAIL FROM:<x@evil.test>\r\n"
+    payload = b"MAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\n" + smuggled + b".\r\n"
+    stock = Stock()
+    stock.send(b"HELO c.test\r\n")
+    assert stock.send(payload)[-1].startswith("250")
+    assert b"hi\n\x00.\nMAIL FROM" in stock.delivery.stored[0]
+    stock.close()
+
+    ours = _ours()
+    ours.ehlo()
+    replies = ours.send(payload)
+    assert replies[-1].startswith("550 5.5.2") and "NUL" in replies[-1]
+    assert ours.sink.stored == []
+    assert ours.codes(b"NOOP\r\n") == [250]  # the session carries on
+
+
 def test_noop_not_implemented() -> None:
     """Stock has no NOOP (500); ours answers 250."""
     stock = Stock()

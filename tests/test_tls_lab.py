@@ -164,7 +164,7 @@ def test_lab_certificates_are_broken_in_one_way_each(tmp_path: Any) -> None:
 @pytest.mark.parametrize(
     "listener, message",
     [
-        ({"tls": "no", "tls_lab": "good"}, "tls_lab: needs tls = 'starttls' or 'implicit'"),
+        ({"tls": "no", "tls_lab": "good"}, "tls_lab: needs tls = 'starttls', 'required' or 'implicit'"),
         ({"tls": "implicit", "tls_lab": "no-starttls"}, "tls_lab: 'no-starttls' needs tls = 'starttls'"),
         ({"tls": "starttls", "tls_lab": "broken"}, "tls_lab: must be one of " + ", ".join(LAB_MODES)),
     ],
@@ -184,7 +184,8 @@ def test_tls_lab_needs_no_certificate_file() -> None:
 
 def test_twistd_tls_lab_option_applies_per_run(tmp_path: Any) -> None:
     """`twistd tlsmta --tls-lab wrong-name` serves the wrong-name certificate on the dev relay's listener."""
-    relay = TlsmtaProcess(str(tmp_path), "--listen", "tcp:0:interface=127.0.0.1", "--http", "tcp:0:interface=127.0.0.1",
+    free = "tcp:0:interface=127.0.0.1"
+    relay = TlsmtaProcess(str(tmp_path), "--listen", free, "--http", free, "--pop3", free, "--imap", free,
                           "--tls-lab", "wrong-name")
     try:
         code, out = s_client(relay.port, str(tmp_path / ".tlsmta" / "dev-ca.pem"))

@@ -97,6 +97,15 @@ async def test_starttls_missing_is_recorded_without_policy(tmp_path: Any, pki: A
 
 
 @pytest_twisted.ensureDeferred
+async def test_dane_required_without_records_is_recorded(tmp_path: Any, pki: Any) -> None:
+    """dane = "required" and no TLSA records: dane-required (RFC 8460 4.3.1), the MX never connected to."""
+    await one(tmp_path, pki, pki.good, dane="required")
+    [stats] = store(tmp_path).aggregate(today())[DOMAIN]
+    assert (stats.policy_type, stats.successes, stats.failures) == ("no-policy-found", 0, 1)
+    assert [(k.result_type, k.mx_host) for k in stats.details] == [(tlsrpt.DANE_REQUIRED, MX)]
+
+
+@pytest_twisted.ensureDeferred
 async def test_the_service_records_in_its_disk_thread(tmp_path: Any, pki: Any, monkeypatch: Any) -> None:
     """A session's result is appended by the disk thread, never the reactor's, and is there after a clean stop."""
     opened_in: list[str] = []

@@ -131,7 +131,7 @@ def test_receipt_is_the_record_stored_with_the_message() -> None:
 def test_no_stored_receipt_means_unknown_facts() -> None:
     """A message stored without a receipt has unknown facts: not 'plain text', and not guessed from its headers."""
     assert mailview.receipt_of(None) == mailview.Receipt()
-    assert mailview.Receipt().as_json() == {"helo": None, "peer": None, "smtp": None, "queue_id": None,
+    assert mailview.Receipt().as_json() == {"helo": None, "peer": None, "auth_user": None, "smtp": None, "queue_id": None,
                                             "tls": {"used": None, "protocol": None, "cipher": None, "client_certificate": None,
                                                     "lab": None, "client_accepted_bad_certificate": None}}
 

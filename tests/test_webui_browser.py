@@ -316,3 +316,74 @@ async def test_the_page_shows_what_became_of_a_release(tmp_path: Any) -> None:
         await relay.stop()
         await receiver.stop()
     assert f"to smtp:127.0.0.1:{receiver.port}: delivered (TLS: no)" in shown
+
+
+@pytest_twisted.ensureDeferred
+async def test_break_menu_holds_the_tls_lab_and_adds_an_smtp_failure(tmp_path: Any) -> None:
+    """chromium: the "Break…" menu holds the TLS lab select and a form whose rule (RCPT 452, once)
+    the next smtplib send meets; a bad code is shown as the API's complaint; "Stop all" clears the rules."""
+    import smtplib
+
+    relay = await web_relay(tmp_path)
+    try:
+        def browse() -> dict[str, Any]:
+            seen: dict[str, Any] = {}
+            with Chromium() as browser:
+                browser.open(f"http://127.0.0.1:{relay.http_port}/")
+                browser.wait_for_text("#chaos-stage", "END-OF-DATA")  # the stages came from /api/chaos
+                seen["lab_inside"] = browser.evaluate("document.querySelector('#break .break-panel #lab') !== null")
+                browser.evaluate("document.querySelector('#break').open = true, true")
+                browser.evaluate("(() => { const v = (id, x) => { document.querySelector(id).value = x; };"
+                                 " v('#chaos-stage', 'RCPT'); v('#chaos-code', '452'); v('#chaos-status', '4.2.2');"
+                                 " v('#chaos-text', 'mailbox full'); v('#chaos-times', '1');"
+                                 " document.querySelector('#chaos-add').click(); return true; })()")
+                seen["rules"] = browser.wait_for_text("#chaos-rules", "RCPT: 452 4.2.2 mailbox full (1 more)")
+                try:
+                    send(relay.port, welcome())
+                except smtplib.SMTPRecipientsRefused as e:
+                    seen["refused"] = e.recipients
+                browser.evaluate("document.querySelector('#chaos-code').value = '470',"
+                                 " document.querySelector('#chaos-add').click(), true")
+                seen["problem"] = browser.wait_for_text("#chaos-problem", "code must be")
+                browser.evaluate("document.querySelector('#chaos-code').value = '451',"
+                                 " document.querySelector('#chaos-times').value = '',"
+                                 " document.querySelector('#chaos-add').click(), true")
+                browser.wait_for_text("#chaos-rules", "RCPT: 451")
+                browser.evaluate("document.querySelector('#chaos-clear').click(), true")
+                seen["cleared"] = browser.evaluate(
+                    "new Promise(r => { const list = document.querySelector('#chaos-rules');"
+                    " const done = () => list.children.length === 0 && r(true);"
+                    " new MutationObserver(done).observe(list, {childList: true}); done(); })")
+            return seen
+
+        seen = await in_thread(browse)
+        assert relay.service.chaos is not None and relay.service.chaos.listing() == []
+    finally:
+        await relay.stop()
+    assert seen["lab_inside"] is True
+    assert "RCPT: 452 4.2.2 mailbox full (1 more)" in seen["rules"]
+    assert seen["refused"] == {"bob@example.org": (452, b"4.2.2 mailbox full")}
+    assert "code must be an SMTP failure code" in seen["problem"]
+    assert seen["cleared"] is True
+
+
+@pytest_twisted.ensureDeferred
+async def test_message_view_shows_the_auth_user(tmp_path: Any) -> None:
+    """chromium: a message sent after AUTH (any password, dev mode) shows who authenticated."""
+    from test_dev_auth import auth_relay, login
+
+    relay = await auth_relay(tmp_path)
+    try:
+        await in_thread(login, relay.port, "shop-app", "whatever", "LOGIN")
+
+        def browse() -> str:
+            with Chromium() as browser:
+                browser.open(f"http://127.0.0.1:{relay.http_port}/")
+                browser.wait_for_text("#messages", "via LOGIN")
+                browser.evaluate("document.querySelector('#messages li').click(), true")
+                return browser.wait_for_text("#v-summary", "AUTH user")
+
+        summary = await in_thread(browse)
+    finally:
+        await relay.stop()
+    assert "AUTH usershop-app" in summary

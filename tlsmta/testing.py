@@ -161,6 +161,7 @@ class RunningRelay:
         self.service = TlsmtaService(config, reactor, dns_backend or OfflineBackend())
         self.ports: dict[str, int] = {}
         self.http_port: int | None = None
+        self.mail_access_ports: dict[str, int] = {}  # "pop3", "imap" ([dev]) -> port
 
     @property
     def port(self) -> int:
@@ -173,6 +174,8 @@ class RunningRelay:
             self.ports[name] = _port_number(await listener.ready)
         if self.service.web is not None:
             self.http_port = _port_number(await self.service.web.ready)
+        for access in self.service.mail_access:
+            self.mail_access_ports[access.key] = _port_number(await access.ready)
         return self
 
     async def stop(self) -> None:
@@ -203,6 +206,7 @@ class CapturedMessage:
     tls: Mapping[str, Any]
     raw: bytes  # the Maildir file (the delivery's Return-Path and Delivered-To lines first)
     tags: tuple[str, ...] = ()  # automatic (plus-address, [http] tag_rules) and manual ones
+    auth_user: str | None = None  # the SMTP AUTH user name; None: the client did not AUTH
 
     def __getitem__(self, header: str) -> Any:
         return self.message[header]
@@ -221,6 +225,23 @@ class CapturedMessage:
         body = self.message.get_body(("html",))
         return None if body is None else str(body.get_content())
 
+    @property
+    def html_problems(self) -> list[dict[str, Any]]:
+        """What the major mail clients do not support in the HTML body (caniemail's data):
+        one dict per feature with ``feature``, ``title``, ``found``, ``unsupported`` and
+        ``partial`` clients; empty without an HTML body."""
+        from tlsmta.devrelay import html_problems
+
+        html = self.html
+        return [] if html is None else html_problems(html)
+
+    @property
+    def links(self) -> list[str]:
+        """Every link and image URL in the HTML body, then URLs written in the text body, each once."""
+        from tlsmta.devrelay import links_of
+
+        return [link.url for link in links_of(self.html, self.text)]
+
 
 def _captured(entry: Mapping[str, Any], data: bytes) -> CapturedMessage:
     from tlsmta.devrelay import envelope_of, parse_message
@@ -228,7 +249,7 @@ def _captured(entry: Mapping[str, Any], data: bytes) -> CapturedMessage:
     message = parse_message(data)
     sender, recipients = envelope_of(data)
     return CapturedMessage(entry["id"], sender, tuple(recipients), message, entry["receipt"]["tls"], data,
-                           tuple(entry["tags"]))
+                           tuple(entry["tags"]), entry["receipt"]["auth_user"])
 
 
 class _ReactorThread:
@@ -307,7 +328,8 @@ class Relay:
         directory = str(directory)
         self.maildir = os.path.join(directory, "maildir")
         self.state_dir = os.path.join(directory, "state")
-        listener = dev_listener(name="dev", tls="starttls" if tls else "no")
+        # AUTH in plain text too: an application without TLS may still be configured with a password.
+        listener = dev_listener(name="dev", tls="starttls" if tls else "no", require_tls_for_auth=False)
         if tls:
             listener["tls_certificate"] = "auto"
         if tls_lab is not None:
@@ -317,6 +339,7 @@ class Relay:
             "listener": [listener],
             "spool": {"path": os.path.join(self.state_dir, "spool")},
             "control": {"shutdown_grace": 0},
+            "dev": {"auth": True},  # AUTH with any credentials: msg.auth_user
         }
         # [http] maildir named: the relay keeps each message's facts of receipt (msg.tls).
         raw["http"] = {"maildir": self.maildir, "tag_rules": list(tag_rules), "keep_messages": keep_messages}
@@ -368,7 +391,7 @@ class Relay:
         self.stop()
 
     def _on_event(self, event: str, fields: dict[str, Any]) -> None:
-        if event == "received" and fields.get("code") == 250:
+        if (event == "received" and fields.get("code") == 250) or event == "queue_done":  # SMTP, or the queue
             with self._arrivals:
                 self._arrived += 1
                 self._arrivals.notify_all()
@@ -443,6 +466,31 @@ class Relay:
     def clear(self) -> None:
         """Delete every captured message."""
         self._captured_mail().clear()
+
+    def fail(self, stage: str, code: int, text: str | None = None, status: str | None = None,
+             probability: float = 1.0, times: int | None = None, recipient: str | None = None) -> int:
+        """Answer ``stage`` (CONNECT, EHLO, MAIL, RCPT, DATA or END-OF-DATA) with ``code``
+        (4xx/5xx), ``status`` (default X.0.0) and ``text`` from now on: with ``probability``,
+        the next ``times`` times (None: until :meth:`remove_failure` or :meth:`clear_failures`),
+        for recipients matching the glob ``recipient``.  Returns the rule's id::
+
+            relay.fail(stage="RCPT", code=452, times=1)  # the next recipient gets 452 4.0.0
+        """
+        assert self._running is not None, "the relay is not started"
+        chaos = self._running.service.chaos
+        assert chaos is not None  # a Relay names [http] maildir: a dev relay
+        return chaos.add(stage, code, text, status, probability, times, recipient).id
+
+    def remove_failure(self, rule_id: int) -> None:
+        """Stop one failure rule :meth:`fail` made (KeyError when it is gone: used up or removed)."""
+        assert self._running is not None and self._running.service.chaos is not None, "the relay is not started"
+        if not self._running.service.chaos.remove(rule_id):
+            raise KeyError(rule_id)
+
+    def clear_failures(self) -> None:
+        """Stop every failure rule: the relay answers normally again."""
+        if self._running is not None and self._running.service.chaos is not None:
+            self._running.service.chaos.clear()
 
     def set_tls_lab(self, mode: str | None) -> None:
         """Switch the listener's TLS lab mode (None: the good dev certificate) for new sessions."""

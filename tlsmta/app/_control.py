@@ -20,7 +20,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 
-from tlsmta.delivery import Queue, QueueError
+from tlsmta.delivery import BrokenTLS, Queue, QueueError
 from tlsmta.errors import TlsmtaError
 from tlsmta.network import StreamTransport
 from tlsmta.storage import QueuedMessage
@@ -95,9 +95,12 @@ class ControlFactory(Factory):
     protocol = ControlProtocol
     noisy = False
 
-    def __init__(self, queue: Queue, reload: Callable[[], list[str]], running: Callable[[], dict[str, Any]] | None = None):
-        """``running``: what the daemon listens on and its start-time settings (``check-config --against-running``)."""
+    def __init__(self, queue: Queue, reload: Callable[[], list[str]], running: Callable[[], dict[str, Any]] | None = None,
+                 broken_tls: Callable[[str], BrokenTLS | None] | None = None):
+        """``running``: what the daemon listens on and its start-time settings (``check-config --against-running``);
+        ``broken_tls``: whether an MX host's TLS is remembered broken now, by its key (``policy --mx``, ``probe``)."""
         self.queue = queue
+        self._broken_tls = broken_tls
         self.commands: dict[str, Callable[..., Awaitable[Any]]] = {
             "queue.list": self.queue_list,
             "queue.show": self.queue_show,
@@ -113,6 +116,8 @@ class ControlFactory(Factory):
         self._reload = reload
         if running is not None:
             self.commands["running"] = self._running(running)
+        if broken_tls is not None:
+            self.commands["tls.broken"] = self.tls_broken
 
     async def queue_list(self, domain: str | None = None) -> list[dict[str, Any]]:
         messages = sorted(self.queue.messages.values(), key=lambda m: m.received_at)
@@ -170,6 +175,11 @@ class ControlFactory(Factory):
             return running()
 
         return command
+
+    async def tls_broken(self, key: str) -> dict[str, object] | None:
+        assert self._broken_tls is not None
+        broken = self._broken_tls(key)
+        return None if broken is None else broken.to_json()
 
     async def status(self) -> dict[str, Any]:
         size, oldest = self.queue.stats()

@@ -23,7 +23,7 @@ from tlsmta.config import Config, Overrides
 from tlsmta.config import from_dict as config_from_dict
 from tlsmta.config import load as load_config
 from tlsmta.inbound import AuthFileError, UserDB
-from tlsmta.tls import HookError, KeyPairError, load_hook, load_keypair
+from tlsmta.tls import HookError, KeyPairError, check_chains, load_hook, openssl_version, unsupported_groups
 
 
 def _scratch_context() -> SSL.Context:
@@ -66,6 +66,15 @@ class HostEnvironment:
     def tls13_suites(self, text: str) -> str | None:
         return _unless_openssl_takes("set_tls13_ciphersuites", text, "TLS 1.3 ciphersuite")
 
+    def groups(self, names: tuple[str, ...]) -> str | None:
+        missing = unsupported_groups(names)
+        if not missing:
+            return None
+        why = f"key-exchange group {', '.join(map(repr, missing))} not supported by {openssl_version()}"
+        if any("MLKEM" in name.upper() for name in missing):
+            why += " (ML-KEM groups need OpenSSL 3.5 or later)"
+        return why + " (the OpenSSL linked by pyOpenSSL/cryptography)"
+
     def hook(self, spec: str) -> str | None:
         try:
             load_hook(spec)  # import now so a typo is a config error, not a runtime one
@@ -73,11 +82,19 @@ class HostEnvironment:
             return str(e)
         return None
 
-    def keypair(self, cert: str, key: str) -> tuple[str, str] | None:
+    def chains(self, chains: tuple[tuple[str, str], ...]) -> tuple[str, str] | None:
         try:
-            load_keypair(cert, key)
+            check_chains(chains)
         except KeyPairError as e:
             return e.key, str(e)
+        return None
+
+    def sni_certificates(self, entries: tuple[tuple[tuple[str, str], ...], ...]) -> str | None:
+        for number, chains in enumerate(entries, 1):
+            try:
+                check_chains(chains, sni=True)
+            except KeyPairError as e:
+                return f"entry {number}: {e}"
         return None
 
     def endpoint(self, text: str) -> str | None:

@@ -24,13 +24,18 @@ from cryptography import x509
 
 from tlsmta.config import OutboundTLS, Route
 from tlsmta.delivery import (
+    UNIX_SOCKET_PORT,
     ConnectionBroken,
     EndpointFactory,
     addresses_to_try,
     connect,
+    connection_class,
     greeting_failure,
+    lmtp_endpoints,
+    pinned_verdict,
     session_outcome,
     tcp_endpoints,
+    unix_socket_host,
 )
 from tlsmta.delivery import dane_verdict as delivery_dane_verdict
 from tlsmta.delivery import requirement as delivery_requirement
@@ -62,10 +67,13 @@ from tlsmta.tls import (
     TLSFailure,
     Verdict,
     VerifyMode,
+    certificate_sha256,
     client_context,
     decide,
     describe_name,
+    describe_sans,
     presented_names,
+    spki_sha256,
     tls_connection,
 )
 
@@ -82,7 +90,8 @@ class ProbeResult:
     port: int
     error: str | None = None
     banner: str = ""
-    starttls: bool = False
+    starttls: bool = False  # TLS offered: STARTTLS advertised, or implicit TLS (an smtps: route)
+    implicit: bool = False  # TLS from the first byte, before the banner
     refused: Reply | None = None  # the answer to STARTTLS, when it was not 220
     facts: SessionFacts | None = None
     chain: list[x509.Certificate] = attrs.field(factory=list)
@@ -94,29 +103,38 @@ class ProbeResult:
 
 async def probe_address(reactor: IServiceReactor, mx: str, ip: str, port: int, domain: str, options: Mapping[str, Any], ehlo: str,
                         endpoints: EndpointFactory | None = None) -> ProbeResult:
-    """One connection: banner, EHLO, STARTTLS and a recorded handshake, through delivery's client session."""
-    result = ProbeResult(mx, ip, port)
+    """One connection: banner, EHLO, STARTTLS and a recorded handshake, through delivery's client session
+    (for an smtps: route the handshake first, then banner and EHLO inside TLS)."""
+    route = options.get("route")
+    result = ProbeResult(mx, ip, port, implicit=route is not None and route.implicit_tls)
+    # Record everything, decide nothing in the handshake: optional never aborts.
+    check = CertificateCheck(VerifyMode.OPTIONAL, wanted=(domain, mx), enforce_in_handshake=False)
+
+    def creator() -> ClientTLS:
+        ctx = client_context(options["tls_protocols"], options["tls_ciphers"], options["tlsv13_ciphersuites"], options["tls_ca"],
+                             groups=options["tls_groups"])
+        return ClientTLS(ctx, mx, check)
+
     try:
-        proto = await connect(reactor, endpoints or tcp_endpoints(reactor), ip, port, ehlo, timeout=CONNECT_TIMEOUT)
+        proto = await connect(reactor, endpoints or tcp_endpoints(reactor), ip, port, ehlo, timeout=CONNECT_TIMEOUT,
+                              protocol=connection_class(route))
     except Exception as e:
         result.error = f"connect failed: {str(e).strip() or type(e).__name__}"
         return result
     try:
-        greeting = await proto.greeting()
+        greeting = await (proto.implicit_tls(creator()) if result.implicit else proto.greeting())
         if proto.session.banner is not None:
             result.banner = str(proto.session.banner)
         if not isinstance(greeting, session.Greeted):
             result.error = str(greeting_failure(greeting, mx))
             proto.quit()
             return result
-        result.starttls = "STARTTLS" in greeting.capabilities
+        local = route is not None and route.over_unix_socket  # an lmtp:unix: socket: no TLS
+        result.starttls = result.implicit or ("STARTTLS" in greeting.capabilities and not local)
         if not result.starttls:
             proto.quit()
             return result
-        # Record everything, decide nothing in the handshake: optional never aborts.
-        check = CertificateCheck(VerifyMode.OPTIONAL, wanted=(domain, mx), enforce_in_handshake=False)
-        ctx = client_context(options["tls_protocols"], options["tls_ciphers"], options["tlsv13_ciphersuites"], options["tls_ca"])
-        secured = await proto.starttls(ClientTLS(ctx, mx, check))
+        secured = greeting if result.implicit else await proto.starttls(creator())
         if isinstance(secured, session.StartTLSRefused):
             result.refused = secured.reply
             result.error = f"STARTTLS refused: {secured.reply}"
@@ -141,7 +159,7 @@ async def probe_address(reactor: IServiceReactor, mx: str, ip: str, port: int, d
 async def hosts_for(resolver: Resolver, domain: str, mx: str | None, route: Any) -> list[str]:
     if mx:
         return [mx]
-    if route is not None and route.kind == "smtp":
+    if route is not None and route.kind in ("smtp", "lmtp"):
         return [route.host]
     return [m.host for m in await resolver.mx(domain)]
 
@@ -170,12 +188,18 @@ async def external_facts(reactor: IServiceReactor, resolver: Resolver, domain: s
 async def run_probe(reactor: IServiceReactor, resolver: Resolver, domain: str, options: Mapping[str, Any], port: int | None, mx: str | None, ehlo: str,
                     https_port: int = 443, endpoints: EndpointFactory | None = None) -> tuple[list[ProbeResult], str | None, ExternalFacts]:
     """Probe every address of every MX; (results, DNS problem or None, recipient-side policies)."""
+    route = options["route"]
+    if route.over_unix_socket:
+        # A local socket: no DNS, MTA-STS, DANE or TLS; the banner and LHLO show whether the server is there.
+        name, path, socket_port = unix_socket_host(route)
+        socket_endpoints = lmtp_endpoints(reactor, endpoints or tcp_endpoints(reactor))
+        return [await probe_address(reactor, name, path, socket_port, domain, options, ehlo, socket_endpoints)], None, ExternalFacts()
     try:
         names = await hosts_for(resolver, domain, mx, options["route"])
     except DNSError as e:
         return [], str(e), ExternalFacts()
     results = []
-    target_port = port or (options["route"].port if options["route"].kind == "smtp" and options["route"].port else options["smtp_port"])
+    target_port = port or options["route"].port_for(options["smtp_port"])
     facts = await external_facts(reactor, resolver, domain, options, names, target_port, https_port)
     for name in names:
         try:
@@ -190,7 +214,8 @@ async def run_probe(reactor: IServiceReactor, resolver: Resolver, domain: str, o
 
 def requirement(options: Mapping[str, Any], facts: ExternalFacts, mx: str, tls_mode: OutboundTLS, verify: VerifyMode) -> Requirement:
     """The effective requirement for ``mx`` (an ordinary message: no REQUIRETLS)."""
-    return delivery_requirement(tls_mode, verify, options["tls_ifavailable_fallback"], facts, mx)
+    return delivery_requirement(tls_mode, verify, options["tls_ifavailable_fallback"], facts, mx, dane=options["dane"],
+                                pins=options["tls_pins"])
 
 
 def dane_verdict(result: ProbeResult, facts: ExternalFacts) -> Verdict | None:
@@ -205,11 +230,13 @@ def effective_outcome(result: ProbeResult, req: Requirement, domain: str, facts:
     if req.unusable is not None:
         return False, f"defer: 451 {req.unusable} (this MX is not used)"
     verdict = None
-    if result.facts is not None:
+    if result.facts is not None and req.pinned:
+        verdict = pinned_verdict(req.pins, result.chain)
+    elif result.facts is not None:
         verdict = dane_verdict(result, facts) if req.dane else decide(
             req.verify, result.chain_result or ChainResult(), result.presented, req.wanted(domain, result.mx)
         )
-    return _outcome(result, req, verdict, " (never in plain text)", " by DANE" if req.dane else "")
+    return _outcome(result, req, verdict, " (never in plain text)", " by DANE" if req.dane else " by tls_pins" if req.pinned else "")
 
 
 def _outcome(result: ProbeResult, req: Requirement, verdict: Verdict | None, fatal_note: str = "",
@@ -229,6 +256,8 @@ def _outcome(result: ProbeResult, req: Requirement, verdict: Verdict | None, fat
             return True, "deliver in plain text (tls = no)"
         if not result.starttls:
             return True, "deliver in plain text (STARTTLS not offered)"
+        if result.refused is not None:
+            return True, f"deliver in plain text after {result.refused.code} to STARTTLS (tls_ifavailable_fallback)"
         return True, "deliver in plain text after the failed handshake (if tls_ifavailable_fallback)"
     assert verdict is not None
     if verdict.outcome is Outcome.SOFTFAIL:
@@ -239,7 +268,7 @@ def _outcome(result: ProbeResult, req: Requirement, verdict: Verdict | None, fat
 def config_source(resolver: Resolver, domain: str, route: Route) -> str | None:
     """Where the configuration decides the MX set, so DNSSEC did not: the ``smtp:`` route or a
     ``[dns.mx]`` pin (delivery treats both as validated); None when DNS answers."""
-    if route.kind == "smtp":
+    if route.kind in ("smtp", "lmtp"):
         return f"route {route}"
     return "[dns.mx]" if resolver.pinned_answer("mx", domain) is not None else None
 
@@ -291,7 +320,7 @@ def format_policies(result: ProbeResult, facts: ExternalFacts, req: Requirement,
     if result.facts is not None:
         lines.append(f"  REQUIRETLS: {'offered' if result.requiretls else 'not offered'} after STARTTLS")
     ok, what = effective_outcome(result, req, domain, facts)
-    how = "DANE" if req.dane else f"tls={req.tls}, tls_verify={req.verify.value}"
+    how = "DANE" if req.dane else "tls_pins" if req.pinned else f"tls={req.tls}, tls_verify={req.verify.value}"
     lines.append(f"  effective ({req.policy}: {how}): {what}")
     return lines
 
@@ -307,24 +336,33 @@ def format_certificate(depth: int, cert: x509.Certificate) -> list[str]:
     return [
         f"    {depth} subject: {describe_name(cert.subject)}",
         f"      issuer:  {describe_name(cert.issuer)}",
-        f"      SANs:    {', '.join(names.dns_names) or '(none)'}",
+        f"      SANs:    {describe_sans(names) or '(none)'}",
         f"      valid:   {cert.not_valid_before_utc:%Y-%m-%d %H:%M} to {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC",
+        f"      SPKI:    sha256:{spki_sha256(cert)}",
+        f"      cert:    sha256:{certificate_sha256(cert)}",
     ]
 
 
 def format_result(result: ProbeResult, tls_mode: OutboundTLS, verify: VerifyMode) -> list[str]:
-    lines = [f"MX {result.mx} [{result.ip}]:{result.port}"]
+    if result.port == UNIX_SOCKET_PORT:
+        lines = [f"LMTP server on unix:{result.ip} (a local socket: no STARTTLS)"]
+    else:
+        lines = [f"MX {result.mx} [{result.ip}]:{result.port}"]
     if result.banner:
         lines.append(f"  banner:   {result.banner}")
     if result.error and not result.banner:
         lines.append(f"  error:    {result.error}")
         lines.append(f"  configured ({tls_mode}, tls_verify={verify.value}): {configured_outcome(result, tls_mode, verify)[1]}")
         return lines
-    lines.append(f"  STARTTLS: {'offered' if result.starttls else 'not offered'}")
+    if result.implicit:
+        lines.append("  TLS mode: implicit (smtps:, the handshake before the banner)")
+    elif result.port != UNIX_SOCKET_PORT:
+        lines.append(f"  STARTTLS: {'offered' if result.starttls else 'not offered'}")
     if result.error:
         lines.append(f"  error:    {result.error}")
     if result.facts is not None:
         lines.append(f"  TLS:      {result.facts.protocol} {result.facts.cipher}")
+        lines.append(f"  group:    {result.facts.group or 'unknown'}")  # the key exchange's
         lines.append("  certificate chain:")
         for depth, cert in enumerate(result.chain):
             lines += format_certificate(depth, cert)

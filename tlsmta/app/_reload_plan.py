@@ -17,8 +17,12 @@ import attrs
 from tlsmta.config import Config
 
 # Settings read once at start (the spool and state directories are locked and
-# opened, the hostname is in every session and delivery): a reload keeps the running value.
-FIXED_AT_START = ("[spool] path", "[global] state_dir", "[global] hostname", "[control] socket")
+# opened, the hostname is in every session and delivery; the dev relay's POP3 and
+# IMAP servers and the logins they check): a reload keeps the running value.
+DEV_FIXED = ("auth", "auth_users_file", "pop3", "pop3_tls", "imap", "imap_tls")
+FIXED_AT_START = ("[spool] path", "[global] state_dir", "[global] hostname", "[control] socket",
+                  "[tlsrpt_inbox] endpoint",
+                  *(f"[dev] {key}" for key in DEV_FIXED))
 
 
 def fixed_settings(config: Config) -> dict[str, str | None]:
@@ -27,7 +31,17 @@ def fixed_settings(config: Config) -> dict[str, str | None]:
         "[global] state_dir": config.state_dir,
         "[global] hostname": config.hostname,
         "[control] socket": config.control["socket"],
-    }
+        # The HTTPS endpoint with its certificate: listened on once, at start.
+        "[tlsrpt_inbox] endpoint": " ".join(str(config.tlsrpt_inbox[key]) for key in ("endpoint", "tls_certificate", "tls_key"))
+        if config.tlsrpt_inbox["endpoint"] else None,
+    } | {f"[dev] {key}": _word(config.dev[key]) for key in DEV_FIXED}
+
+
+def _word(value: object) -> str | None:
+    """A [dev] value as the running daemon reports it (true/false as TOML writes them)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return None if value is None else str(value)
 
 
 def web_settings(config: Config) -> dict[str, Any]:
@@ -102,7 +116,7 @@ class Plan:
 
     def restarts(self, running: Running, wanted: Running) -> list[str]:
         """``restart required: [table] key (running -> in the file)`` for each setting a reload keeps."""
-        return [f"restart required: {key} ({running.fixed[key]} -> {wanted.fixed[key]})" for key in self.restart_required]
+        return [f"restart required: {key} ({running.fixed.get(key)} -> {wanted.fixed.get(key)})" for key in self.restart_required]
 
 
 def _listener(item: tuple[str, str]) -> str:
@@ -131,4 +145,6 @@ def keeping_fixed(new: Config, running: Config) -> Config:
         state_dir=running.state_dir,
         hostname=running.hostname,
         control={**new.control, "socket": running.control["socket"]},
+        tlsrpt_inbox=running.tlsrpt_inbox,
+        dev=running.dev,
     )

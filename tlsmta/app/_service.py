@@ -6,12 +6,13 @@ import functools
 import ipaddress
 import os
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import attrs
 from OpenSSL import SSL
+from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, maybeDeferred
 from twisted.internet.endpoints import UNIXServerEndpoint, serverFromString
@@ -22,14 +23,19 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from tlsmta.app import _preflight as preflight
+from tlsmta.app._certificate_expiry import CHECK_INTERVAL, CertificateWatch
 from tlsmta.app._control import ControlFactory, prepare_socket_path
 from tlsmta.app._endpoints import CannotListen, naming
 from tlsmta.app._reload_plan import Running, fixed_settings, keeping_fixed, plan, running_of, web_settings
+from tlsmta.app._tlsrpt_inbox_service import TLSRPTInboxService
 from tlsmta.config import Config, ConfigError, ListenerConfig, ListenerTLS, resolve
 from tlsmta.delivery import Deliverer, OutboundPool, Queue, destination_of
 from tlsmta.devrelay import (
+    ChaosRules,
+    FailureRule,
     LabError,
     LabListener,
+    MailAccessService,
     captured_maildir,
     dev_names,
     ensure_dev_certificate,
@@ -38,11 +44,28 @@ from tlsmta.devrelay import (
     log_dev_ca,
 )
 from tlsmta.discovery import PolicyFetcher, Resolver, STSCache, STSResolver, canonical_ip
-from tlsmta.inbound import AuthFileError, InboundFactory, Intake, ListenerRuntime, UserDB, listen_smtp
+from tlsmta.inbound import (
+    AnyCredentials,
+    AuthFileError,
+    Credentials,
+    InboundFactory,
+    Intake,
+    ListenerRuntime,
+    UserDB,
+    listen_smtp,
+)
 from tlsmta.network import IServiceReactor, PortService
-from tlsmta.reporting import EventBus, Metrics, TLSRPTService, metrics_site
+from tlsmta.reporting import (
+    EventBus,
+    Metrics,
+    ReceivedReports,
+    TLSRPTInbox,
+    TLSRPTService,
+    metrics_site,
+    received_directory,
+)
 from tlsmta.storage import DirectoryLock, DiskIO, LocalSink, MessageSink, QueuedMessage, Spool
-from tlsmta.tls import HookError, Hooks, KeyPairError, ServerTLS, load_hooks, server_context
+from tlsmta.tls import HookError, Hooks, KeyPairError, ServerTLS, load_hooks, serve_by_sni, server_context
 
 log = Logger(namespace="tlsmta.service")
 
@@ -85,23 +108,31 @@ def listener_tls(listener: ListenerConfig, config: Config, hostname: str, hooks:
         return None
     if listener.tls_lab is not None:
         return lab_server_tls(listener, config, hostname)
-    cert, key = listener.tls_certificate, listener.tls_key
-    if cert == "auto":
+    chains = listener.tls_chains
+    if listener.tls_certificate == "auto":
         generated = ensure_dev_certificate(config.state_dir, dev_names(hostname))
-        cert, key = generated.cert_path, generated.key_path
-        log.info("dev certificate {cert}, signed by the dev CA {ca}", cert=cert, ca=generated.ca_path)
+        chains = ((generated.cert_path, generated.key_path),)
+        log.info("dev certificate {cert}, signed by the dev CA {ca}", cert=generated.cert_path, ca=generated.ca_path)
         log_dev_ca(config.state_dir)
-    assert cert is not None and key is not None
-    ctx = server_context(
-        cert,
-        key,
-        listener.tls_protocols,
-        listener.tls_ciphers,
-        listener.tlsv13_ciphersuites,
-        listener.tls_client_ca,
-        session_id=f"tlsmta-{listener.name}".encode(),
-        resumption=listener.tls_verify == "no" and not (hooks and hooks.inbound_tls_verify_callback),
-    )
+
+    def context(chains: Sequence[tuple[str, str]]) -> SSL.Context:
+        (cert, key), *more = chains
+        return server_context(
+            cert,
+            key,
+            listener.tls_protocols,
+            listener.tls_ciphers,
+            listener.tlsv13_ciphersuites,
+            listener.tls_client_ca,
+            session_id=f"tlsmta-{listener.name}".encode(),
+            resumption=listener.tls_verify == "no" and not (hooks and hooks.inbound_tls_verify_callback)
+            and not listener.relay_client_pins,  # a resumed session shows no certificate to compare with the pins
+            more_chains=more,
+            groups=listener.tls_groups,
+        )
+
+    ctx = context(chains)
+    serve_by_sni(ctx, [(sni_chains, context(sni_chains)) for sni_chains in listener.tls_sni])
     return ServerTLS(ctx)
 
 
@@ -116,13 +147,24 @@ def with_default_backlog(endpoint: str) -> str:
     return endpoint
 
 
-def _user_db(listener: ListenerConfig, checked: Mapping[str, UserDB]) -> UserDB | None:
-    """The listener's AUTH accounts: as checking the configuration read them, else read now."""
-    path = listener.auth_users_file
-    if path is None:
-        return None
+def _user_db(path: str, checked: Mapping[str, UserDB]) -> UserDB:
+    """The accounts of a users file: as checking the configuration read them, else read now."""
     found = checked.get(path)
     return found if found is not None else UserDB.load(path)
+
+
+def _credentials(listener: ListenerConfig, config: Config, checked: Mapping[str, UserDB]) -> Credentials | None:
+    """What checks the listener's AUTH: its users file; else, with ``[dev] auth``, the dev
+    users file or any credentials; else nothing (no AUTH)."""
+    if listener.auth_users_file is not None:
+        return _user_db(listener.auth_users_file, checked)
+    return dev_credentials(config, checked) if config.dev["auth"] else None
+
+
+def dev_credentials(config: Config, checked: Mapping[str, UserDB]) -> Credentials:
+    """The dev relay's logins (AUTH, POP3, IMAP): ``[dev] auth_users_file``, else any."""
+    path = config.dev["auth_users_file"]
+    return _user_db(path, checked) if path is not None else AnyCredentials()
 
 
 class ListenerService(PortService):
@@ -259,8 +301,15 @@ class TlsmtaService(MultiService):
             reactor, self.resolver, self.spool, self.disk, self.hostname, self.hooks, config.queue["max_connections"],
             events=self.events,
         )
+        # Reports other senders send us: by mail to a ``tlsrpt`` route, or by HTTPS POST.
+        self.tlsrpt_inbox = TLSRPTInbox(ReceivedReports(received_directory(config.state_dir)), self.disk, self.events, reactor)
+        self.tlsrpt_https: TLSRPTInboxService | None = None
+        if config.tlsrpt_inbox["endpoint"]:
+            self.tlsrpt_https = TLSRPTInboxService(reactor, config.tlsrpt_inbox, self.tlsrpt_inbox)
+            self.tlsrpt_https.setServiceParent(self)
         # Lookups go through self.config at call time, so a reload takes effect at once.
-        deliverer = Deliverer(self.pool, local, self.spool, self.disk, lambda domain, binding: resolve(self.config, domain, binding))
+        deliverer = Deliverer(self.pool, local, self.spool, self.disk, lambda domain, binding: resolve(self.config, domain, binding),
+                              tlsrpt_inbox=self.tlsrpt_inbox)
         self.queue = Queue(
             self.spool,
             deliverer.deliver,
@@ -279,6 +328,8 @@ class TlsmtaService(MultiService):
         self.pool.sts = self._sts_resolver()
         QueueService(self.spool, self.queue).setServiceParent(self)
         self.sink: MessageSink = Intake(local, self.spool, self.queue.add)
+        # The dev relay's SMTP failure rules (page, API, fixture); an MTA's listeners have none.
+        self.chaos = ChaosRules(on_fire=self._chaos_fired) if config.http["endpoint"] or config.http["maildir"] else None
         self.listeners: dict[str, ListenerService] = {}
         self.draining: list[InboundFactory] = []  # listeners a reload removed, whose sessions go on
         for listener in config.listeners:
@@ -286,7 +337,12 @@ class TlsmtaService(MultiService):
             service = self._listener_service(listener, self._runtime(listener, config, self.hooks, users or {}, tls))
             service.setServiceParent(self)
             self.listeners[listener.name] = service
-        self.prometheus_metrics = Metrics(self.queue.gauges)
+        self.certificates = CertificateWatch(reactor)  # expiry: warned at start, daily and at reload
+        self.certificates.load(config)
+        expiry_check = TimerService(CHECK_INTERVAL, self.certificates.check)
+        expiry_check.clock = reactor
+        expiry_check.setServiceParent(self)
+        self.prometheus_metrics = Metrics(self.queue.gauges, self.certificates.samples)
         self.metrics: MetricsService | None = None
         if config.metrics["endpoint"]:
             self.metrics = MetricsService(reactor, config.metrics["endpoint"], self.prometheus_metrics, self.events)
@@ -297,10 +353,15 @@ class TlsmtaService(MultiService):
         if config.http["endpoint"]:
             self.web = self._web_service(config)
             self.web.setServiceParent(self)
+        # [dev] pop3 and imap over the captured mail (a restart applies changes to them).
+        self.mail_access = self._mail_access_services(config, users or {})
+        for access in self.mail_access:
+            access.setServiceParent(self)
         self._reloads: Deferred[None] = Deferred()  # reloads adopt one after the other
         self._reloads.callback(None)
         self.control = ControlService(
-            reactor, config.control["socket"], ControlFactory(self.queue, self.reload, running=lambda: self.what_runs().to_json())
+            reactor, config.control["socket"], ControlFactory(self.queue, self.reload, running=lambda: self.what_runs().to_json(),
+                                                         broken_tls=lambda key: self.pool.broken_tls.get(key, reactor.seconds()))
         )
         self.control.setServiceParent(self)
         self.tlsrpt = TLSRPTService(self)
@@ -357,11 +418,12 @@ class TlsmtaService(MultiService):
             hostname=self.hostname,
             sink=self.sink,
             tls=server_tls,
-            users=_user_db(listener, users),
+            users=_credentials(listener, config, users),
             hooks=hooks,
             resolver=self.resolver,
             run_in_thread=lambda fn, *a: deferToThreadPool(self.reactor, self.reactor.getThreadPool(), fn, *a),
             events=self.events,
+            reply_override=self.chaos,
         )
 
     def _listener_service(self, listener: ListenerConfig, runtime: ListenerRuntime) -> ListenerService:
@@ -371,6 +433,18 @@ class TlsmtaService(MultiService):
             assert runtime.tls is not None
             wrapped = TLSMemoryBIOFactory(runtime.tls, False, factory)
         return ListenerService(self.reactor, listener, wrapped, factory)
+
+    def _chaos_fired(self, rule: FailureRule, recipients: tuple[str, ...]) -> None:
+        """One log line per failure given on purpose, so the developer sees it beside the session's."""
+        self.events.emit("chaos", rule=rule.id, stage=rule.stage.value, reply=str(rule.reply),
+                         rcpts=",".join(recipients) or None)
+
+    def _mail_access_services(self, config: Config, users: Mapping[str, UserDB]) -> list[MailAccessService]:
+        from tlsmta.devrelay import mail_access_services
+
+        return mail_access_services(self.reactor, config, self.hostname, dev_credentials(config, users), self.disk.run,
+                                    lambda fn, *a: deferToThreadPool(self.reactor, self.reactor.getThreadPool(), fn, *a),
+                                    self.events)
 
     def _web_service(self, config: Config) -> Any:
         from tlsmta.devrelay import web_service
@@ -388,6 +462,8 @@ class TlsmtaService(MultiService):
             return naming(path, "metrics", "endpoint", service.endpoint)
         if isinstance(service, ControlService):
             return naming(path, "control", "socket", service.path)
+        if isinstance(service, MailAccessService):
+            return naming(path, "dev", service.key, service.endpoint)
         if web:
             return naming(path, "http", "endpoint", service.endpoint)
         return nullcontext()
@@ -495,6 +571,8 @@ class TlsmtaService(MultiService):
     def _apply(self, new: Config, hooks: Hooks, prepared: dict[str, Any], users: Mapping[str, UserDB]) -> None:
         self.config = new
         self.hooks = hooks
+        self.certificates.load(new)
+        self.certificates.check()
         self.resolver.pinned = new.dns
         if new.dns_nameservers != (self.resolver.nameservers or ()):
             self.resolver.nameservers = new.dns_nameservers
@@ -511,7 +589,7 @@ class TlsmtaService(MultiService):
                 listener=listener,
                 config=new,
                 tls=_keep_creator(old.tls, server_tls),
-                users=_user_db(listener, users),
+                users=_credentials(listener, new, users),
                 hooks=hooks,
             )
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from tlsmta.app import _preflight as preflight
 from tlsmta.app._pipe import carried_over_react, until_reader_leaves
-from tlsmta.config import Config, ConfigError, OutboundTLS, resolve
+from tlsmta.config import DANE_REQUIRED_WORD, Config, ConfigError, OutboundTLS, resolve
 from tlsmta.network import IServiceReactor
 from tlsmta.smtp import DomainNameError, normalize_domain
 
@@ -76,6 +76,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     if config is None:
         return EX_CONFIG
     print(f"{args.file}: ok ({len(config.listeners)} listener(s), {len(config.domains)} domain scope(s))")
+    from tlsmta.app._certificate_expiry import expiry_warnings
+
+    for line in expiry_warnings(config, time.time()):  # warnings only: the exit status stays 0
+        print(f"warning: {printable(line)}", file=sys.stderr)
     if args.against_running:
         return against_running(config, args.socket or config.control["socket"])
     return EX_OK
@@ -106,8 +110,12 @@ def _show(value: object) -> str:
         return "(unset)"
     if isinstance(value, frozenset):
         return ":".join(sorted(value))
+    if isinstance(value, tuple):  # tls_groups: in order, as OpenSSL lists them
+        return ":".join(value)
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, tuple):  # files one per key type, pins
+        return ", ".join(map(str, value)) or "(none)"
     return str(value)
 
 
@@ -118,20 +126,38 @@ def describe_policy(options: Mapping[str, Any], domain: str, mx: str | None) -> 
         return [f"Delivered locally into the Maildir {route.path}; no SMTP, no TLS."]
     if route.kind == "discard":
         return ["Discarded (accepted and dropped)."]
-    where = f"the smarthost {route.host}" if route.kind == "smtp" else f"the MX hosts of {domain}"
-    port = route.port if route.kind == "smtp" and route.port else options["smtp_port"]
-    lines = [f"Sent over SMTP to {where}, port {port}."]
-    tls_mode, verify = options["tls"], options["tls_verify"]
+    if route.kind == "tlsrpt":
+        return ["Taken in as TLS-RPT reports (RFC 8460) and kept in state_dir/tlsrpt-received; see `tlsmta tlsrpt received`."]
+    if route.over_unix_socket:
+        return [f"Delivered over LMTP (RFC 2033) to the unix socket {route.path}; no TLS on a local socket "
+                "(the tls options do not apply), each recipient answered on its own."]
+    if route.kind == "lmtp":
+        lines = [f"Sent over LMTP (RFC 2033) to {route.host}, port {route.port}, each recipient answered on its own."]
+        mx = mx or route.host  # the host the certificate may name
+    else:
+        where = f"the smarthost {route.host}" if route.kind == "smtp" else f"the MX hosts of {domain}"
+        lines = [f"Sent over SMTP to {where}, port {route.port_for(options['smtp_port'])}."]
+    tls_mode, verify = route.tls_for(options["tls"]), options["tls_verify"]
+    if route.implicit_tls:
+        lines.append("Implicit TLS (smtps:): the handshake comes before the greeting; a failed one defers with 4.7.5, "
+                     "never plain text.")
+    if options["tls_pins"]:
+        starttls = "TLS" if route.implicit_tls else "STARTTLS required (4.7.6 when not advertised)"
+        lines.append(f"tls_pins: {starttls}, never plain text; the server key's SPKI "
+                     f"SHA-256 must be in tls_pins ({len(options['tls_pins'])} listed), the CA and names are not checked "
+                     "(otherwise 4.7.5).")
+        return lines
     if tls_mode == OutboundTLS.NO:
         lines.append("No STARTTLS: the mail goes in plain text.")
         return lines
-    if tls_mode == OutboundTLS.REQUIRED:
+    if tls_mode == OutboundTLS.REQUIRED and not route.implicit_tls:
         lines.append("STARTTLS required: not advertised defers with 4.7.6; a failed handshake defers with 4.7.5.")
     else:
         fallback = options["tls_ifavailable_fallback"]
         lines.append(
             "STARTTLS when advertised, plain text otherwise; "
-            + ("a handshake that fails for other reasons than the certificate is retried in plain text at once."
+            + ("a handshake that fails for other reasons than the certificate is retried in plain text at once, "
+               "and a 454 to STARTTLS goes on in plain text; any other answer to STARTTLS defers with 4.7.5."
                if fallback else "a failed handshake defers with 4.7.5.")
         )
     anchors = options["tls_ca"] or "the system trust store"
@@ -155,9 +181,11 @@ def describe_policy(options: Mapping[str, Any], domain: str, mx: str | None) -> 
 
 def describe_external(config: Config, options: Mapping[str, Any], domain: str, mx: str | None) -> list[str]:
     """MTA-STS and DANE for ``domain`` (and ``mx``) from what is known offline: the policy
-    cache in state_dir and the [dns] pins; says so when only a live lookup could tell."""
+    cache in state_dir and the [dns] pins; says so when only a live lookup could tell.
+    With ``mx``, whether the running daemon remembers its TLS as broken (tls_remember_broken)."""
     import os.path
 
+    from tlsmta.app._broken_tls_status import remembered_broken_lines
     from tlsmta.discovery import STSCache, TLSARecord, tlsa_name
     from tlsmta.tls import DANEStatus, STSState, VerifyMode, effective_requirement
 
@@ -184,6 +212,8 @@ def describe_external(config: Config, options: Mapping[str, Any], domain: str, m
         else:
             lines.append("MTA-STS: unknown offline (no cached policy in state_dir); `tlsmta probe` looks it up.")
     dane_status = DANEStatus.NONE
+    if options["dane"] == DANE_REQUIRED_WORD:
+        lines.append("DANE: required (dane = required): an MX without usable TLSA records is not used (4.7.5).")
     if not options["dane"]:
         lines.append("DANE: opted out (dane = false).")
     elif mx is None:
@@ -209,9 +239,10 @@ def describe_external(config: Config, options: Mapping[str, Any], domain: str, m
     if mx:
         req = effective_requirement(
             options["tls"], VerifyMode(options["tls_verify"]), options["tls_ifavailable_fallback"],
-            sts=sts_state, dane=dane_status,
+            sts=sts_state, dane=dane_status, dane_required=options["dane"] == DANE_REQUIRED_WORD, pins=options["tls_pins"],
         )
         lines.append(f"For MX {mx}, as far as known: " + describe_requirement(req, domain, mx))
+        lines += remembered_broken_lines(config.control["socket"], mx, options["smtp_port"], options["tls_remember_broken"], req)
     return lines
 
 
@@ -219,6 +250,8 @@ def describe_requirement(req: Any, domain: str, mx: str) -> str:
     """An effective requirement (policy.Requirement) in one sentence."""
     if req.unusable is not None:
         return f"{req.policy}: this MX is not used ({req.unusable})."
+    if req.pinned:
+        return "pinned: STARTTLS required, the server key must match tls_pins (no CA or name check); no plain-text fallback."
     if req.dane:
         return "dane: STARTTLS required, the certificate must match a usable TLSA record (DANE-EE/DANE-TA); no plain-text fallback."
     if req.tls is OutboundTLS.NO:
@@ -262,6 +295,7 @@ def cmd_policy(args: argparse.Namespace) -> int:
 def cmd_probe(args: argparse.Namespace) -> int:
     from twisted.internet.task import react
 
+    from tlsmta.app._broken_tls_status import remembered_broken_lines
     from tlsmta.app._probe import (
         config_source,
         effective_outcome,
@@ -290,6 +324,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
         options["tls_verify"] = args.tls_verify
     if args.tls:
         options["tls"] = OutboundTLS(args.tls)
+    options["tls"] = options["route"].tls_for(options["tls"])  # smtps: TLS or nothing, lmtp:unix: none, as delivery does
     verify = VerifyMode(options["tls_verify"])
     outcome: dict[str, int] = {}
 
@@ -309,7 +344,9 @@ def cmd_probe(args: argparse.Namespace) -> int:
         for result in results:
             req = requirement(options, facts, result.mx, options["tls"], verify)
             tlsa_pinned_in = tlsa_source(resolver, result.mx, result.port)
-            out("\n".join(format_result(result, options["tls"], verify) + format_policies(result, facts, req, domain, tlsa_pinned_in)))
+            out("\n".join(format_result(result, options["tls"], verify) + format_policies(result, facts, req, domain, tlsa_pinned_in)
+                          + remembered_broken_lines(config.control["socket"], result.mx, result.port,
+                                                    options["tls_remember_broken"], req)))
             print()
             if result.banner or req.unusable is not None:
                 judged.append((result, req))
@@ -549,6 +586,8 @@ def cmd_tlsrpt(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return EX_CONFIG
+    if args.action == "received":
+        return _tlsrpt_received(config, args.domain, args.day)
     try:
         day = datetime.date.fromisoformat(args.day) if args.day else datetime.datetime.now(datetime.timezone.utc).date()
     except ValueError:
@@ -574,6 +613,23 @@ def cmd_tlsrpt(args: argparse.Namespace) -> int:
                     ("mx", key.mx_host), ("from", key.sending_ip), ("to", key.receiving_ip)) if value)
                 out(f"    {count:>5} x {printable(key.result_type)}" + (f"  ({printable(where)})" if where else "")
                     + (f": {printable(reason)}" if reason else ""))
+    return EX_OK
+
+
+def _tlsrpt_received(config: Config, domain: str | None, day_text: str | None) -> int:
+    """`tlsmta tlsrpt received`: what other senders reported about delivering to us."""
+    import datetime
+
+    from tlsmta.reporting import ReceivedReports, received_directory, summarize, summary_lines
+
+    try:
+        day = datetime.date.fromisoformat(day_text) if day_text else None
+        domain = normalize_domain(domain) if domain else None
+    except (ValueError, DomainNameError) as e:
+        return fail("tlsrpt", f"--day must be YYYY-MM-DD, --domain a domain name ({e})", EX_USAGE)
+    store = ReceivedReports(received_directory(config.state_dir))
+    for line in summary_lines(summarize(store.reports(), domain, day), store.malformed_count()):
+        print(printable(line))
     return EX_OK
 
 
@@ -686,11 +742,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pem", action="store_true", help="print the PEM instead of its path")
     p.set_defaults(func=cmd_dev_ca)
 
-    p = sub.add_parser("tlsrpt", help="TLS-RPT (RFC 8460): what has been recorded for the daily reports")
+    p = sub.add_parser("tlsrpt", help="TLS-RPT (RFC 8460): what has been recorded for the daily reports, and reports received")
     p.add_argument("--config", default=DEFAULT_CONFIG, help=f"where state_dir is (default {DEFAULT_CONFIG})")
     tsub = p.add_subparsers(dest="action", required=True)
     t = tsub.add_parser("show", help="a day's aggregate per domain and policy (default: today, UTC)")
     t.add_argument("--day", help="YYYY-MM-DD (UTC)")
+    t.add_argument("--config", default=argparse.SUPPRESS, help="as above")
+    t = tsub.add_parser("received", help="reports other senders sent us: sessions and failures per domain and MX")
+    t.add_argument("--domain", help="only this policy domain")
+    t.add_argument("--day", help="only reports covering this UTC day, YYYY-MM-DD (default: every day kept)")
     t.add_argument("--config", default=argparse.SUPPRESS, help="as above")
     p.set_defaults(func=cmd_tlsrpt)
 

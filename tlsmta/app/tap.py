@@ -33,7 +33,7 @@ def dev_relay_path() -> str:
 
 
 class Options(usage.Options):
-    synopsis = "[--config FILE] [--maildir PATH] [--listen ENDPOINT] [--log-format text|json] [--tls-lab MODE] [--http ENDPOINT]"
+    synopsis = "[--config FILE] [--maildir PATH] [--listen ENDPOINT] [--log-format text|json] [--tls-lab MODE] [--http ENDPOINT] [--pop3 ENDPOINT] [--imap ENDPOINT]"
     longdesc = (
         "Run tlsmta. With no --config it runs the embedded dev test relay: "
         "127.0.0.1:2525 with STARTTLS, storing every message in ./maildir. "
@@ -48,6 +48,8 @@ class Options(usage.Options):
         ["log-format", None, "text", "text (key=value lines) or json (one object per line on stdout)"],
         ["tls-lab", None, None, "TLS lab mode for every TLS listener: " + ", ".join(LAB_MODES)],
         ["http", None, None, "endpoint for the web page and JSON API, e.g. tcp:8026:interface=127.0.0.1"],
+        ["pop3", None, None, "dev relay: endpoint for POP3 over the captured mail ([dev] pop3)"],
+        ["imap", None, None, "dev relay: endpoint for IMAP over the captured mail ([dev] imap)"],
     ]
 
     def postOptions(self) -> None:
@@ -70,13 +72,16 @@ def _logs_to_stdout(twistd: Any) -> bool:
 
 
 def command_line_overrides(options: Options) -> Overrides:
-    """--maildir and --http as keys of the raw configuration, so the loader checks them
+    """--maildir, --http, --pop3 and --imap as keys of the raw configuration, so the loader checks them
     with the file (a bad one is refused like a bad file)."""
     overrides: dict[str, dict[str, Any]] = {}
     if options["maildir"]:
         overrides["global"] = {"route": f"maildir:{os.path.abspath(options['maildir'])}"}
     if options["http"]:
         overrides["http"] = {"endpoint": options["http"]}
+    dev = {key: options[key] for key in ("pop3", "imap") if options[key]}
+    if dev:
+        overrides["dev"] = dev
     return overrides
 
 

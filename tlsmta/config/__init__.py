@@ -1,6 +1,7 @@
 """Configuration as data and syntax: the TOML loader with its option tables,
 validation that names file, table and key, scope resolution per
-(binding, domain) (``loader``), route strings (``routes``) and the ``tls``
+(binding, domain) (``loader``), route strings (``routes``), the
+postmap-style address map files (``address_maps``) and the ``tls``
 option values as enums (``tls_modes``).
 
 The bottom of the house: imports nothing of tlsmta but itself, its errors
@@ -13,6 +14,7 @@ This ``__init__`` is the part's API: other parts import only the names in
 ``__all__``; the modules behind it are private (``_name.py``).
 """
 
+from tlsmta.config._address_maps import AddressMap, AddressMapError, split_address
 from tlsmta.config._loader import (
     BAD_CERTIFICATE_LAB_MODES,
     CERTIFICATE_LAB_MODES,
@@ -30,13 +32,16 @@ from tlsmta.config._loader import (
     select_binding,
 )
 from tlsmta.config._routes import Route, RouteError, parse_route
-from tlsmta.config._tls_modes import ListenerTLS, OutboundTLS
+from tlsmta.config._tls_modes import DANE_REQUIRED_WORD, ListenerTLS, OutboundTLS
 
 __all__ = [
     "BAD_CERTIFICATE_LAB_MODES",
+    "AddressMap",
+    "AddressMapError",
     "CERTIFICATE_LAB_MODES",
     "Config",
     "ConfigError",
+    "DANE_REQUIRED_WORD",
     "DELIVERY_OPTIONS",
     "from_dict",
     "LAB_MODES",
@@ -52,4 +57,5 @@ __all__ = [
     "Route",
     "RouteError",
     "select_binding",
+    "split_address",
 ]

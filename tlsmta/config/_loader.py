@@ -8,19 +8,23 @@ each problem names the file, the table and the key.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
 import ipaddress
 import os
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
 import attrs
 
+from tlsmta.config._address_maps import AddressMap, address_value, load_address_maps, login_value
 from tlsmta.config._endpoints import overlaps, port_problem, tcp_address
 from tlsmta.config._routes import Route, RouteError, parse_route
-from tlsmta.config._tls_modes import ListenerTLS, OutboundTLS
+from tlsmta.config._tls_modes import DANE_REQUIRED_WORD, ListenerTLS, OutboundTLS
 from tlsmta.errors import TlsmtaError
 from tlsmta.smtp import normalize_domain
 
@@ -81,6 +85,15 @@ def _enum_of(kind: type[StrEnumT]) -> Checker:
 def _bool(value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"must be true or false (got {value!r})")
+    return value
+
+
+def _dane(value: Any) -> bool | str:
+    """``dane``: true, false, or ``"required"`` (no usable TLSA records: the MX is not used)."""
+    if isinstance(value, str) and value.lower() == DANE_REQUIRED_WORD:
+        return DANE_REQUIRED_WORD
+    if not isinstance(value, bool):
+        raise ValueError(f'must be true, false or "{DANE_REQUIRED_WORD}" (got {value!r})')
     return value
 
 
@@ -150,6 +163,42 @@ def _tag_rules(value: Any) -> tuple[tuple[str, str, str], ...]:
     return tuple(rules)
 
 
+def _sha256_pin(text: str) -> str:
+    """``sha256:`` and 32 bytes in base64 (HPKP style) or hex (colons allowed, as Postfix logs them) -> hex."""
+    algorithm, _, data = text.partition(":")
+    if algorithm.lower() != "sha256" or not data:
+        raise ValueError(f"{text!r} is not a pin: expected 'sha256:' and the SHA-256 in base64 or hex")
+    digest = None
+    hexdigits = data.replace(":", "")
+    if len(hexdigits) == 64:
+        try:
+            digest = bytes.fromhex(hexdigits)
+        except ValueError:
+            pass
+    if digest is None and len(data) == 44:
+        try:
+            digest = base64.b64decode(data, validate=True)
+        except binascii.Error:
+            pass
+    if digest is None or len(digest) != 32:
+        raise ValueError(f"{text!r} is not a pin: the SHA-256 must be 64 hex digits or 44 base64 characters")
+    return digest.hex()
+
+
+def _pins(value: Any) -> tuple[str, ...]:
+    """A list of ``sha256:...`` pins (several, for key rotation), kept as lower-case hex."""
+    return tuple(dict.fromkeys(_sha256_pin(pin) for pin in _str_list(value)))
+def _groups(value: Any) -> tuple[str, ...]:
+    """Key-exchange group names, most preferred first (OpenSSL names: X25519MLKEM768, X25519, secp256r1)."""
+    names = _str_list(value)
+    if not names:
+        raise ValueError("must name at least one key-exchange group")
+    for name in names:
+        if not all(c.isalnum() or c in "-_" for c in name):
+            raise ValueError(f"{name!r} is not a group name (one name per list item)")
+    return names
+
+
 def _path(value: Any) -> str:
     """A directory path; relative paths are taken from the directory tlsmta starts in."""
     return os.path.abspath(_str(value))
@@ -164,11 +213,53 @@ def _readable_file(value: Any) -> str:
     return path
 
 
-def _file_or_none(value: Any) -> str | None:
-    """Certificate/key paths; the word ``none`` unsets an inherited one."""
+def _files_or_none(value: Any) -> str | tuple[str, ...] | None:
+    """Certificate/key paths: one, or a list (one chain per key type); ``none`` unsets an inherited one."""
     if value == "none":
         return None
-    return _readable_file(value)
+    return _readable_files(value) if isinstance(value, list) else _readable_file(value)
+
+
+def _readable_files(value: Any) -> tuple[str, ...]:
+    """One file, or a non-empty list of them (a chain per key type, Exim-style)."""
+    if isinstance(value, list) and value:
+        return tuple(_readable_file(item) for item in value)
+    return (_readable_file(value),)
+
+
+def _address_maps(value_check: Callable[[str], str]) -> Checker:
+    """One map file or a list of them (postmap text format, :mod:`tlsmta.config._address_maps`), read now."""
+
+    def check(value: Any) -> AddressMap:
+        return load_address_maps(_readable_files(value), value_check)
+
+    return check
+
+
+def _listener_certificates(value: Any) -> tuple[str, ...] | str:
+    """A listener's certificate chain files (one per key type), or the word ``auto``."""
+    return "auto" if value == "auto" else _readable_files(value)
+
+
+def _chains(certificates: tuple[str, ...], keys: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    if len(certificates) != len(keys):
+        raise ValueError(f"{len(keys)} key file(s) for {len(certificates)} certificate file(s): one key per certificate, in order")
+    return tuple(zip(certificates, keys))
+
+
+def _sni_certificates(value: Any) -> tuple[tuple[tuple[str, str], ...], ...]:
+    """``tls_sni``: a list of ``{certificate = ..., key = ...}`` tables, each a file or a list (one per key type)."""
+    if not isinstance(value, list):
+        raise ValueError("must be a list of tables: {certificate = \"...\", key = \"...\"}")
+    out = []
+    for number, entry in enumerate(value, 1):
+        if not isinstance(entry, dict) or set(entry) != {"certificate", "key"}:
+            raise ValueError(f"entry {number}: must be a table with exactly certificate and key (got {entry!r})")
+        try:
+            out.append(_chains(_readable_files(entry["certificate"]), _readable_files(entry["key"])))
+        except ValueError as e:
+            raise ValueError(f"entry {number}: {e}") from None
+    return tuple(out)
 
 
 def _ca_location(value: Any) -> str:
@@ -256,10 +347,19 @@ class Environment(Protocol):
 
     def tls13_suites(self, text: str) -> str | None: ...
 
+    def groups(self, names: tuple[str, ...]) -> str | None:
+        """Key-exchange group names: whether the OpenSSL tlsmta runs on offers each."""
+        ...
+
     def hook(self, spec: str) -> str | None: ...
 
-    def keypair(self, cert: str, key: str) -> tuple[str, str] | None:
-        """None, or the config key at fault (tls_certificate / tls_key) and why."""
+    def chains(self, chains: tuple[tuple[str, str], ...]) -> tuple[str, str] | None:
+        """None, or the config key at fault (tls_certificate / tls_key) and why: each (certificate, key)
+        pair loads and matches, and no two share a key type (OpenSSL holds one per type)."""
+        ...
+
+    def sni_certificates(self, entries: tuple[tuple[tuple[str, str], ...], ...]) -> str | None:
+        """Why a ``tls_sni`` entry cannot be served (as :meth:`chains`, and a DNS name to match)."""
         ...
 
     def users_file(self, path: str) -> str | None: ...
@@ -281,10 +381,16 @@ class SyntaxOnly:
     def tls13_suites(self, text: str) -> str | None:
         return None
 
+    def groups(self, names: tuple[str, ...]) -> str | None:
+        return None
+
     def hook(self, spec: str) -> str | None:
         return None
 
-    def keypair(self, cert: str, key: str) -> tuple[str, str] | None:
+    def chains(self, chains: tuple[tuple[str, str], ...]) -> tuple[str, str] | None:
+        return None
+
+    def sni_certificates(self, entries: tuple[tuple[tuple[str, str], ...], ...]) -> str | None:
         return None
 
     def users_file(self, path: str) -> str | None:
@@ -308,6 +414,15 @@ def _endpoint(value: Any) -> str:
     why = port_problem(text)
     if why is not None:
         raise ValueError(why)
+    return text
+
+
+def _http_url(value: Any) -> str:
+    """An absolute http:// or https:// URL with a host, as ASCII (Twisted's Agent takes bytes)."""
+    text = _str(value)
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname or not text.isascii():
+        raise ValueError(f"must be an http:// or https:// URL with a host, in ASCII (got {text!r})")
     return text
 
 
@@ -337,12 +452,21 @@ DELIVERY_OPTIONS: dict[str, Option] = {
     "tls": Option(_enum_of(OutboundTLS), OutboundTLS.NO, "use STARTTLS when sending"),
     "tls_verify": Option(_enum("no", "ca", "host", "optional"), "no", "check the server certificate"),
     "tls_ca": Option(_ca_location, None, "trust anchors; default: system store", "ca_file"),
-    "tls_certificate": Option(_file_or_none, None, "client certificate"),
-    "tls_key": Option(_file_or_none, None, "client key"),
+    "tls_certificate": Option(_files_or_none, None, "client certificate, or a list (one per key type)"),
+    "tls_key": Option(_files_or_none, None, "client key, or a list in the certificates' order"),
     "tls_ifavailable_fallback": Option(_bool, True, "plain-text retry after a failed handshake"),
+    # Postfix's "fingerprint" level: when set, the server key's SPKI SHA-256 must be one of these
+    # (STARTTLS required, no fallback); the CA chain and the names are not looked at.
+    "tls_pins": Option(_pins, (), 'SPKI pins, "sha256:BASE64" or "sha256:HEX"; set: they decide the certificate check'),
+    "tls_remember_broken": Option(_duration(off=True), None,
+                                  "after a fallback, go straight to plain text to that MX host for this long; 0: off"),
     "tls_protocols": Option(_protocols, parse_protocols("+ALL"), "allowed protocol versions"),
     "tls_ciphers": Option(_str, None, "OpenSSL cipher list (TLS 1.2 and below)", "cipher_list"),
     "tlsv13_ciphersuites": Option(_str, None, "OpenSSL TLS 1.3 ciphersuites", "tls13_suites"),
+    "tls_groups": Option(
+        _groups, None, "key-exchange groups, most preferred first; default: X25519MLKEM768 (if OpenSSL has it), "
+        "X25519, secp256r1, secp384r1", "groups"
+    ),
     "route": Option(_route, parse_route("mx"), "where mail for the domain goes"),
     "smtp_port": Option(_int(1, 65535), 25, "port for MX and smarthost routes"),
     "max_connections": Option(_int(1), 20, "connections per destination"),
@@ -350,7 +474,8 @@ DELIVERY_OPTIONS: dict[str, Option] = {
     "source_address": Option(_address, None, "local address to connect from"),
     "ehlo_hostname": Option(_str, None, "name sent in EHLO; default: global hostname"),
     "mta_sts": Option(_bool, True, "apply the recipient domain's MTA-STS policy (RFC 8461); false opts out"),
-    "dane": Option(_bool, True, "apply DANE TLSA records of DNSSEC-signed MX hosts (RFC 7672); false opts out"),
+    "dane": Option(_dane, True, 'apply DANE TLSA records of DNSSEC-signed MX hosts (RFC 7672); false opts out, '
+                                '"required" defers (4.7.5) an MX without usable TLSA records'),
     # Outbound timeouts (Postfix smtp_*_timeout; RFC 5321 4.5.3.2 minimums as defaults).
     "connect_timeout": Option(_duration(), 30.0, "TCP connect to a mail host"),
     "greeting_timeout": Option(_duration(), 300.0, "the server's 220 banner"),
@@ -386,19 +511,24 @@ LISTENER_OPTIONS: dict[str, Option] = {
     "name": Option(_str, None, "used by binding_rule matches and in logs"),
     "endpoint": Option(_endpoint, None, "Twisted server endpoint string", "endpoint"),
     "tls": Option(_enum_of(ListenerTLS), ListenerTLS.STARTTLS),
-    "tls_certificate": Option(_str, None, "PEM certificate chain, or 'auto'"),
-    "tls_key": Option(_readable_file, None),
+    "tls_certificate": Option(_listener_certificates, None, "PEM certificate chain, a list (one per key type), or 'auto'"),
+    "tls_key": Option(_readable_files, None, "the key of each tls_certificate, in order"),
+    "tls_sni": Option(_sni_certificates, (), "certificates chosen by the client's SNI name", "sni_certificates"),
     "tls_client_ca": Option(_ca_location, None, "CAs for client certificates", "ca_file"),
     "tls_verify": Option(_enum("no", "ca", "host", "optional"), "no", "client certificates"),
     "tls_protocols": Option(_protocols, parse_protocols("+ALL:-TLSv1.0:-TLSv1.1")),
     "tls_ciphers": Option(_str, None, environment="cipher_list"),
     "tlsv13_ciphersuites": Option(_str, None, environment="tls13_suites"),
+    "tls_groups": Option(_groups, None, "key-exchange groups, as for delivery", "groups"),
     "local_domains": Option(_domains, frozenset()),
     "relay_networks": Option(_networks, ()),
     "proxy_networks": Option(
         _networks, _networks(["127.0.0.0/8", "::1/128"]), "haproxy: endpoints: who may send the PROXY header"
     ),
     "tls_verified_peer_can_relay": Option(_bool, False),
+    # Postfix relay_clientcerts: a client whose certificate's SPKI or whole-certificate SHA-256 is
+    # listed may relay, whatever signed it (setting it makes the listener ask for a certificate).
+    "relay_client_pins": Option(_pins, (), 'client certificates that may relay: "sha256:..." of the SPKI or the certificate'),
     "require_tls_for_auth": Option(_bool, True),
     "auth_users_file": Option(_readable_file, None, "user:scrypt-hash lines"),
     "max_message_size": Option(_int(1024), 50 * 1024 * 1024),
@@ -412,6 +542,10 @@ LISTENER_OPTIONS: dict[str, Option] = {
         _int(1), 1800, "seconds a session may last; checked between commands, so a DATA transfer that keeps going finishes"
     ),
     "tls_lab": Option(_enum(*LAB_MODES), None, "dev relay: serve a good or deliberately bad TLS peer"),
+    # A domain's MX and its submission service (README, "Run a domain's MX").
+    "recipient_maps": Option(_address_maps(address_value), None, "who receives mail for local_domains; others 550 5.1.1"),
+    "role": Option(_enum("mx", "submission"), "mx", "submission: AUTH before MAIL, Message-ID/Date added"),
+    "sender_login_maps": Option(_address_maps(login_value), None, "sender address or @domain -> logins that may use it"),
 }
 
 SPOOL_OPTIONS: dict[str, Option] = {
@@ -449,6 +583,30 @@ HTTP_OPTIONS: dict[str, Option] = {
     "allowed_hosts": Option(_str_list, (), "Host header names accepted besides loopback ones (DNS rebinding guard)"),
     "keep_messages": Option(_int(0), 1000, "the page's Maildir keeps the newest N messages, older ones are deleted; 0: all"),
     "tag_rules": Option(_tag_rules, (), 'automatic tags, "TAG=FIELD:TEXT" (FIELD: subject, from, to or body)'),
+    # The dev relay's message checks and webhook (tlsmta.devrelay._linkcheck, _webhook).
+    "link_check_hosts": Option(_str_list, (), "hosts the link check may request (default none)"),
+    "webhook_url": Option(_http_url, None, "POST each captured message's summary here (needs [http] endpoint)"),
+}
+
+# Receiving TLS-RPT reports by HTTPS (RFC 8460 3: "https:" rua); by mail they come to a ``tlsrpt`` route.
+TLSRPT_INBOX_OPTIONS: dict[str, Option] = {
+    "endpoint": Option(_endpoint, None, "Twisted endpoint serving HTTPS POST /tlsrpt, e.g. tcp:443", "endpoint"),
+    "tls_certificate": Option(_readable_file, None, "PEM certificate chain the endpoint presents"),
+    "tls_key": Option(_readable_file, None, "its private key"),
+}
+
+# The dev relay's extras: AUTH with any credentials, POP3 and IMAP over the captured mail.
+DEV_OPTIONS: dict[str, Option] = {
+    "auth": Option(_bool, False, "offer AUTH PLAIN/LOGIN/CRAM-MD5 accepting any credentials on listeners without "
+                   "auth_users_file; the user is recorded with the message"),
+    "auth_users_file": Option(_readable_file, None, "real credentials (user:scrypt-hash lines) for [dev] auth, POP3 "
+                              "and IMAP instead of any; CRAM-MD5 is then not offered", "users_file"),
+    "pop3": Option(_endpoint, None, "Twisted endpoint for POP3 over the captured mail, e.g. tcp:1110:interface=127.0.0.1",
+                   "endpoint"),
+    "pop3_tls": Option(_enum("starttls", "implicit"), "starttls", "STLS with the dev certificate, or TLS from the first byte"),
+    "imap": Option(_endpoint, None, "Twisted endpoint for IMAP over the captured mail, e.g. tcp:1143:interface=127.0.0.1",
+                   "endpoint"),
+    "imap_tls": Option(_enum("starttls", "implicit"), "starttls", "STARTTLS with the dev certificate, or TLS from the first byte"),
 }
 
 CONTROL_OPTIONS: dict[str, Option] = {
@@ -495,6 +653,15 @@ class ListenerConfig:
     data_timeout: int
     session_timeout: int
     tls_lab: str | None = None
+    # Every (certificate, key) pair of tls_certificate/tls_key, one per key type; tls_certificate
+    # and tls_key themselves hold the first pair (or 'auto'), as logs and the TLS lab know them.
+    tls_chains: tuple[tuple[str, str], ...] = ()
+    tls_sni: tuple[tuple[tuple[str, str], ...], ...] = ()  # each entry's chains
+    relay_client_pins: tuple[str, ...] = ()
+    tls_groups: tuple[str, ...] | None = None
+    recipient_maps: AddressMap | None = None
+    role: str = "mx"
+    sender_login_maps: AddressMap | None = None
 
 
 @attrs.frozen
@@ -545,6 +712,8 @@ class Config:
     metrics: Mapping[str, Any] = attrs.field(factory=lambda: {"endpoint": None})
     http: Mapping[str, Any] = attrs.field(factory=lambda: dict.fromkeys(HTTP_OPTIONS) | {"allowed_hosts": ()})
     control: Mapping[str, Any] = attrs.field(factory=lambda: {"socket": None, "shutdown_grace": 30})
+    tlsrpt_inbox: Mapping[str, Any] = attrs.field(factory=lambda: dict.fromkeys(TLSRPT_INBOX_OPTIONS))
+    dev: Mapping[str, Any] = attrs.field(factory=lambda: {k: o.default for k, o in DEV_OPTIONS.items()})
     # [dns] nameservers: where every lookup goes; empty: the system's (/etc/resolv.conf).
     dns_nameservers: tuple[tuple[str, int], ...] = ()
     # resolve() results; not an init field, so attrs.evolve() starts a fresh one.
@@ -727,6 +896,8 @@ _TOP_LEVEL = {
     "metrics",
     "control",
     "http",
+    "tlsrpt_inbox",
+    "dev",
 }
 
 
@@ -787,10 +958,17 @@ def from_dict(raw: Mapping[str, Any], path: str = "<config>", environment: Envir
     metrics = v.with_defaults(v.options(v.table(raw.get("metrics"), "metrics"), "metrics", METRICS_OPTIONS), METRICS_OPTIONS)
     control = v.with_defaults(v.options(v.table(raw.get("control"), "control"), "control", CONTROL_OPTIONS), CONTROL_OPTIONS)
     http = v.with_defaults(v.options(v.table(raw.get("http"), "http"), "http", HTTP_OPTIONS), HTTP_OPTIONS)
-    _one_socket_each(v, listeners, metrics["endpoint"], http["endpoint"])
+    dev = v.with_defaults(v.options(v.table(raw.get("dev"), "dev"), "dev", DEV_OPTIONS), DEV_OPTIONS)
+    tlsrpt_inbox = _tlsrpt_inbox(v, raw.get("tlsrpt_inbox"))
+    _one_socket_each(v, listeners, metrics["endpoint"], http["endpoint"], tlsrpt_inbox["endpoint"])
     route = global_options.get("route")
     if http["endpoint"] and http["maildir"] is None and (route is None or route.kind != "maildir"):
         v.problem("http", "maildir", "is required when the global route is not maildir:PATH")
+    for key in ("pop3", "imap"):
+        if dev[key] and http["maildir"] is None and (route is None or route.kind != "maildir"):
+            v.problem("dev", key, "serves the captured mail: needs [http] maildir or a global maildir: route")
+    if http["webhook_url"] and not http["endpoint"]:
+        v.problem("http", "webhook_url", "needs [http] endpoint: the webhook runs with the dev relay's web page")
     if control["socket"] is None:
         control["socket"] = os.path.join(state_dir, "control.sock")
     dns_table = v.table(raw.get("dns"), "dns")
@@ -821,7 +999,21 @@ def from_dict(raw: Mapping[str, Any], path: str = "<config>", environment: Envir
         metrics=metrics,
         control=control,
         http=http,
+        tlsrpt_inbox=tlsrpt_inbox,
+        dev=dev,
     )
+
+
+def _tlsrpt_inbox(v: _Validator, raw: Any) -> dict[str, Any]:
+    """``[tlsrpt_inbox]``: an endpoint needs the certificate and key it serves HTTPS with."""
+    table = v.with_defaults(v.options(v.table(raw, "tlsrpt_inbox"), "tlsrpt_inbox", TLSRPT_INBOX_OPTIONS), TLSRPT_INBOX_OPTIONS)
+    if table["endpoint"]:
+        missing = [key for key in ("tls_certificate", "tls_key") if not table[key]]
+        for key in missing:
+            v.problem("tlsrpt_inbox", key, "is required with endpoint (reports are POSTed over HTTPS, RFC 8460 3)")
+        if not missing:
+            _check_chains(v, "tlsrpt_inbox", table["tls_certificate"], table["tls_key"])
+    return table
 
 
 def _check_pairs(v: _Validator, table: Mapping[str, Any], label: str) -> None:
@@ -832,13 +1024,32 @@ def _check_pairs(v: _Validator, table: Mapping[str, Any], label: str) -> None:
         v.problem(label, missing, "must be set together with " + ({"tls_key", "tls_certificate"} - {missing}).pop())
         return
     if cert and key:
-        _check_keypair(v, label, cert, key)
+        _check_chains(v, label, cert, key)
 
 
-def _check_keypair(v: _Validator, label: str, cert: str, key: str) -> None:
-    fault = v.environment.keypair(cert, key)
+def _check_chains(
+    v: _Validator, label: str, certificates: str | tuple[str, ...], keys: str | tuple[str, ...]
+) -> tuple[tuple[str, str], ...]:
+    """The (certificate, key) pairs of one table's tls_certificate and tls_key, checked; () when unusable."""
+    try:
+        chains = _chains(_as_files(certificates), _as_files(keys))
+    except ValueError as e:
+        v.problem(label, "tls_key", str(e))
+        return ()
+    fault = v.environment.chains(chains)
     if fault is not None:
         v.problem(label, *fault)
+    return chains
+
+
+def _as_files(value: str | tuple[str, ...]) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else value
+
+
+def _first_chain(values: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """tls_certificate and tls_key as ListenerConfig keeps them: the first pair, or 'auto'."""
+    cert, keys = values["tls_certificate"], values["tls_key"]
+    return (cert[0] if isinstance(cert, tuple) else cert), (keys[0] if keys else None)
 
 
 def listener_label(index: int, body: Any, names: set[str]) -> str:
@@ -848,13 +1059,14 @@ def listener_label(index: int, body: Any, names: set[str]) -> str:
     return f'listener."{name}"' if isinstance(name, str) and name and name not in names else f"listener.{index}"
 
 
-def _one_socket_each(v: _Validator, listeners: list[ListenerConfig], metrics: str | None, http: str | None) -> None:
+def _one_socket_each(v: _Validator, listeners: list[ListenerConfig], metrics: str | None, http: str | None,
+                     tlsrpt_inbox: str | None = None) -> None:
     """Two endpoints on one TCP port: the second would fail to bind at start."""
     taken: list[tuple[tuple[int, str], str]] = []  # (address, who has it)
     endpoints: list[tuple[str, str | None, str]] = [
         (f'listener."{item.name}"', item.endpoint, f"listener {item.name!r}") for item in listeners
     ]
-    endpoints += [("metrics", metrics, "[metrics]"), ("http", http, "[http]")]
+    endpoints += [("metrics", metrics, "[metrics]"), ("http", http, "[http]"), ("tlsrpt_inbox", tlsrpt_inbox, "[tlsrpt_inbox]")]
     for table, endpoint, who in endpoints:
         address = tcp_address(endpoint) if endpoint else None
         if address is None:
@@ -864,6 +1076,9 @@ def _one_socket_each(v: _Validator, listeners: list[ListenerConfig], metrics: st
             v.problem(table, "endpoint", f"{endpoint!r}: {holder} listens on port {address[0]} already")
             continue
         taken.append((address, who))
+
+
+NEEDS_TLS = "needs tls = 'starttls', 'required' or 'implicit'"
 
 
 def _listeners(v: _Validator, raw: Any) -> list[ListenerConfig]:
@@ -889,33 +1104,35 @@ def _listeners(v: _Validator, raw: Any) -> list[ListenerConfig]:
         cert = values["tls_certificate"]
         lab = values["tls_lab"]
         if lab is not None and values["tls"] is ListenerTLS.NO:
-            v.problem(label, "tls_lab", "needs tls = 'starttls' or 'implicit'")
-        if lab == "no-starttls" and values["tls"] is ListenerTLS.IMPLICIT:
+            v.problem(label, "tls_lab", NEEDS_TLS)
+        if lab == "no-starttls" and values["tls"] in (ListenerTLS.IMPLICIT, ListenerTLS.REQUIRED):
             v.problem(label, "tls_lab", "'no-starttls' needs tls = 'starttls'")
         if lab is not None and cert is None:
             cert = values["tls_certificate"] = "auto"  # the lab serves dev CA certificates
         if values["tls"] is not ListenerTLS.NO:
             if cert is None:
-                v.problem(label, "tls_certificate", f"is required when tls = {values['tls'].value!r} (or 'auto')")
+                if "tls_certificate" not in body:  # when set but unusable, that is reported already
+                    v.problem(label, "tls_certificate", f"is required when tls = {values['tls'].value!r} (or 'auto')")
             elif cert != "auto":
-                try:
-                    _readable_file(cert)
-                except ValueError as e:
-                    v.problem(label, "tls_certificate", str(e))
-                    cert = None
                 if values["tls_key"] is None:
-                    if "tls_key" not in body:  # when set but unusable, that is reported already
+                    if "tls_key" not in body:
                         v.problem(label, "tls_key", "is required with tls_certificate")
-                elif cert is not None:
-                    _check_keypair(v, label, cert, values["tls_key"])
+                else:
+                    values["tls_chains"] = _check_chains(v, label, cert, values["tls_key"])
+        elif values["tls_sni"]:
+            v.problem(label, "tls_sni", NEEDS_TLS)
+        values["tls_certificate"], values["tls_key"] = _first_chain(values)
         if values["auth_users_file"] is not None:
             why = v.environment.users_file(values["auth_users_file"])
             if why is not None:
                 v.problem(label, "auth_users_file", why)
+        _check_mx_options(v, label, values)
         if values["tls_verify"] != "no" and values["tls_client_ca"] is None:
             v.problem(label, "tls_client_ca", f"is required when tls_verify = {values['tls_verify']!r}")
         if values["tls_verify"] != "no" and values["tls"] is ListenerTLS.NO:
-            v.problem(label, "tls_verify", "needs tls = 'starttls' or 'implicit'")
+            v.problem(label, "tls_verify", NEEDS_TLS)
+        if values["relay_client_pins"] and values["tls"] is ListenerTLS.NO:
+            v.problem(label, "relay_client_pins", NEEDS_TLS)
         if duplicate:
             continue  # one problem for it: its endpoint is not compared with the others'
         try:
@@ -923,6 +1140,19 @@ def _listeners(v: _Validator, raw: Any) -> list[ListenerConfig]:
         except TypeError as e:  # only reachable through a programming error
             v.problem(label, None, str(e))
     return out
+
+
+def _check_mx_options(v: _Validator, label: str, values: dict[str, Any]) -> None:
+    """What recipient_maps, role and sender_login_maps need of the rest of the listener."""
+    if values["recipient_maps"] is not None and not values["local_domains"]:
+        v.problem(label, "recipient_maps", "needs local_domains: the maps say who receives mail for them")
+    if values["role"] == "submission" and values["auth_users_file"] is None:
+        v.problem(label, "role", "'submission' needs auth_users_file: AUTH is required before MAIL")
+    elif values["role"] == "submission" and values["tls"] is ListenerTLS.NO and values["require_tls_for_auth"]:
+        v.problem(label, "role", "'submission' with tls = 'no' never offers AUTH (require_tls_for_auth), "
+                                 "so every MAIL would get 530")
+    if values["sender_login_maps"] is not None and values["auth_users_file"] is None:
+        v.problem(label, "sender_login_maps", "needs auth_users_file: the maps name AUTH logins")
 
 
 _DNS_TABLES = ("mx", "hosts", "txt", "tlsa", "ptr")

@@ -18,9 +18,21 @@ class OutboundTLS(enum.StrEnum):
     REQUIRED = "required"
 
 
+# ``dane = "required"`` (Postfix ``dane-only``): besides true (apply TLSA records where
+# published) and false (ignore them), the word that makes usable TLSA records mandatory.
+DANE_REQUIRED_WORD = "required"
+
+
 class ListenerTLS(enum.StrEnum):
-    """``tls`` of a ``[[listener]]``: none, STARTTLS offered, or TLS from the first byte."""
+    """``tls`` of a ``[[listener]]``: none, STARTTLS offered, STARTTLS required before
+    MAIL, RCPT and AUTH, or TLS from the first byte."""
 
     NO = "no"
     STARTTLS = "starttls"
+    REQUIRED = "required"
     IMPLICIT = "implicit"
+
+    @property
+    def starttls(self) -> bool:
+        """The listener offers STARTTLS (``starttls`` and ``required``)."""
+        return self in (ListenerTLS.STARTTLS, ListenerTLS.REQUIRED)

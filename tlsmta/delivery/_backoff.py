@@ -46,8 +46,10 @@ class BackedOff:
 
 
 def destination_key(route: Route, domain: str) -> Hashable:
-    """What fails together: a smarthost whatever the domain, else the domain's MX set."""
-    return ("smtp", route.host, route.port) if route.kind == "smtp" else (route.kind, domain)
+    """What fails together: a smarthost or an LMTP server whatever the domain, else the domain's MX set."""
+    if route.kind == "lmtp":
+        return route
+    return ("smtp", route.host, route.port, route.implicit_tls) if route.kind == "smtp" else (route.kind, domain)
 
 
 class Backoff:

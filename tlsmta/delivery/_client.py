@@ -11,6 +11,8 @@ injection), owns the timeouts and offers :mod:`tlsmta.delivery._pool` and
 
 - :meth:`OutboundSMTP.greeting`: banner and EHLO (or HELO);
 - :meth:`starttls`: STARTTLS, the handshake and the EHLO inside TLS;
+- :meth:`implicit_tls`: instead of both, for smtps: routes: the handshake at
+  once, then banner and EHLO inside TLS;
 - :meth:`transaction`: MAIL, RCPT and DATA (pipelined when offered), the
   body streamed dot-stuffed with flow control, per-recipient replies;
 - :meth:`quit`, :meth:`abort`.
@@ -111,6 +113,7 @@ class OutboundSMTP(smtp.ESMTPSender):
 
     # Twisted's ITransport | None has neither the TCP/TLS/producer methods nor the connected state.
     transport: StreamTransport  # type: ignore[assignment]
+    lmtp = False  # the session speaks LMTP (delivery._lmtp.OutboundLMTP)
 
     def __init__(self, clock: IReactorTime, ehlo_name: str, timeouts: Timeouts = Timeouts()):
         # The stock constructor wants credentials and a context factory it would
@@ -118,7 +121,7 @@ class OutboundSMTP(smtp.ESMTPSender):
         smtp.ESMTPSender.__init__(self, None, None, object(), b"tlsmta")
         self.clock = clock
         self.timeouts = timeouts
-        self.session = ClientSession(ehlo_name)
+        self.session = ClientSession(ehlo_name, lmtp=self.lmtp)
         self._outcomes: deque[Outcome] = deque()
         self._waiter: Deferred[Outcome] | None = None
         self._timer: IDelayedCall | None = None
@@ -175,6 +178,15 @@ class OutboundSMTP(smtp.ESMTPSender):
         Greeted (tls), StartTLSRefused or HelloRefused; a failed handshake fails it."""
         self._tls_creator = creator
         return self._step(self.session.starttls)
+
+    def implicit_tls(self, creator: ClientTLS) -> Deferred[Greeting]:
+        """Implicit TLS (RFC 8314, Postfix smtp_tls_wrappermode): the handshake with ``creator``
+        right after connecting, then the greeting step inside TLS; a failed handshake fails it.
+
+        Called before any byte arrives: a TLS server waits for our ClientHello."""
+        self.tls_started = True
+        self.transport.startTLS(creator)
+        return self.greeting()
 
     async def transaction(self, sender: str, params: Sequence[str], recipients: Sequence[str],
                           body: Callable[[], AsyncIterator[bytes]]) -> session.TransactionDone:
@@ -334,10 +346,11 @@ def tcp_endpoints(reactor: IReactorTCP) -> EndpointFactory:
 
 
 async def connect(reactor: IReactorTime, endpoints: EndpointFactory, ip: str, port: int, ehlo_name: str,
-                  source: str | None = None, timeout: float = 30, timeouts: Timeouts = Timeouts()) -> OutboundSMTP:
-    """An OutboundSMTP connected to ip:port through ``endpoints`` (``reactor`` is its clock) within
+                  source: str | None = None, timeout: float = 30, timeouts: Timeouts = Timeouts(),
+                  protocol: type[OutboundSMTP] = OutboundSMTP) -> OutboundSMTP:
+    """A ``protocol`` connected to ip:port through ``endpoints`` (``reactor`` is its clock) within
     ``timeout`` seconds; ``timeouts``: the waits after that."""
-    proto = OutboundSMTP(reactor, ehlo_name, timeouts)
+    proto = protocol(reactor, ehlo_name, timeouts)
     await endpoints(ip, port, source, timeout).connect(_OneConnection(proto))
     return proto
 

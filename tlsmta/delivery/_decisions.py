@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 
 from cryptography import x509
 
-from tlsmta.config import OutboundTLS
+from tlsmta.config import DANE_REQUIRED_WORD, OutboundTLS
 from tlsmta.discovery import ExternalFacts, verify_chain
 from tlsmta.smtp import Reply
 from tlsmta.smtp.client_session import GreetingRefused, HelloRefused
@@ -28,7 +28,9 @@ from tlsmta.tls import (
     VerifyMode,
     effective_requirement,
     handshake_failed,
+    pin_verdict,
     requiretls_refused,
+    spki_sha256,
     starttls_decision,
     starttls_refused,
 )
@@ -50,8 +52,10 @@ def greeting_failure(refused: GreetingRefused | HelloRefused, mx: str) -> Reply:
 
 
 def requirement(tls: OutboundTLS, verify: VerifyMode, fallback: bool, facts: ExternalFacts, mx: str, *,
-                requiretls: bool = False, tls_required_no: bool = False) -> Requirement:
-    """The strictest of the local options and what MTA-STS, DANE and the message ask, for ``mx``."""
+                requiretls: bool = False, tls_required_no: bool = False, dane: bool | str = True,
+                pins: Sequence[str] = ()) -> Requirement:
+    """The strictest of the local options and what MTA-STS, DANE and the message ask, for ``mx``
+    (``dane``: the option's value, true, false or "required"; ``pins``: ``tls_pins``)."""
     return effective_requirement(
         tls, verify, fallback,
         sts=facts.sts_state(mx),
@@ -59,6 +63,8 @@ def requirement(tls: OutboundTLS, verify: VerifyMode, fallback: bool, facts: Ext
         requiretls=requiretls,
         tls_required_no=tls_required_no,
         mx_secure=facts.mx_secure,
+        dane_required=dane == DANE_REQUIRED_WORD,
+        pins=tuple(pins),
     )
 
 
@@ -68,6 +74,11 @@ def dane_verdict(facts: ExternalFacts, mx: str, chain: Sequence[x509.Certificate
     if tlsa.status is not DANEStatus.USABLE:
         return None
     return verify_chain(tlsa.records, list(chain), (mx,), now)
+
+
+def pinned_verdict(pins: Sequence[str], chain: Sequence[x509.Certificate]) -> Verdict:
+    """``tls_pins`` against the presented leaf's key (Postfix's fingerprint level: no CA, no names)."""
+    return pin_verdict(pins, spki_sha256(chain[0]) if chain else None)
 
 
 def certificate_failure(verdict: Verdict) -> TLSFailure | None:
@@ -89,7 +100,7 @@ def session_outcome(
     if step is not TLSAction.STARTTLS:
         return _under(req, step)
     if refused is not None:
-        return _under(req, starttls_refused(req.tls, req.fallback, str(refused)))
+        return _under(req, starttls_refused(req.tls, req.fallback, refused))
     if handshake_error is not None:
         return _under(req, handshake_failed(req.tls, req.fallback, None, handshake_error))
     assert verdict is not None

@@ -34,6 +34,8 @@ def relay_of(mx: str | None, ip: str | None, port: int | None) -> str | None:
     """``mx.example.com[192.0.2.1]:25``, Postfix's ``relay=``; None when no host was reached."""
     if mx is None:
         return None
+    if port == 0:  # a unix socket (an lmtp:unix: route): its path is the host
+        return f"unix:{mx}"
     return f"{mx}[{ip or '?'}]" + (f":{port}" if port is not None else "")
 
 

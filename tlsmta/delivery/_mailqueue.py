@@ -55,7 +55,7 @@ def group_jobs(message: QueuedMessage, destination_for: Destination = as_receive
     groups: dict[tuple[Any, ...], list[RecipientState]] = {}
     for rcpt in message.pending:
         route, binding = destination_for(message, rcpt)
-        domain = rcpt.domain if route.kind in ("mx", "smtp") else ""
+        domain = rcpt.domain if route.kind in ("mx", "smtp", "lmtp") else ""
         groups.setdefault((route, domain, binding), []).append(rcpt)
     return [DeliveryJob(message, tuple(rcpts), route, domain, binding) for (route, domain, binding), rcpts in groups.items()]
 

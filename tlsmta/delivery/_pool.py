@@ -10,7 +10,9 @@ TLS policy is applied per session (docs/architecture.md, TLS decisions):
 - ``tls = required`` without STARTTLS is 4.7.6, a failed handshake 4.7.5;
 - ``ifavailable`` falls back to plain text after a failed handshake (a new
   connection) or a 454 (same connection) when ``tls_ifavailable_fallback``,
-  but never after a certificate that failed ``ca``/``host``;
+  but never after a certificate that failed ``ca``/``host``, another answer
+  to STARTTLS, or a handshake that completed; the delivery line's
+  ``tls_fallback`` says why plain text was used;
 - the certificate verdict comes from :mod:`tlsmta.tls._policy`.
 
 Every job produces one ``delivery`` log event with its TLS facts.
@@ -30,11 +32,14 @@ from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.logger import Logger
 
 from tlsmta.config import DELIVERY_OPTIONS, OutboundTLS, Resolved, Route
+from tlsmta.delivery import _broken_tls as broken_tls
 from tlsmta.delivery import _decisions as decisions
 from tlsmta.delivery._backoff import BackedOff, Backoff, destination_key
 from tlsmta.delivery._client import ConnectionBroken, EndpointFactory, OutboundSMTP, Timeouts, connect, tcp_endpoints
 from tlsmta.delivery._delivery_log import attempt_summary, recipient_lines, relay_of
+from tlsmta.delivery._lmtp import connection_class, lmtp_endpoints, unix_socket_host
 from tlsmta.delivery._outbound_options import backoff_policy, timeouts_of
+from tlsmta.delivery._tlsrpt_route import take_reports
 from tlsmta.discovery import (
     DNSError,
     DNSPermanent,
@@ -48,9 +53,9 @@ from tlsmta.discovery import (
 )
 from tlsmta.errors import TlsmtaError
 from tlsmta.network import IServiceReactor
-from tlsmta.reporting import EventBus
+from tlsmta.reporting import EventBus, TLSRPTInbox
 from tlsmta.smtp import Reply
-from tlsmta.smtp.client_session import Greeted, HelloRefused, StartTLSRefused
+from tlsmta.smtp.client_session import Greeted, GreetingRefused, HelloRefused, StartTLSRefused
 from tlsmta.storage import (
     BOUNCED,
     DELIVERED,
@@ -64,6 +69,9 @@ from tlsmta.storage import (
     queued_receipt_record,
 )
 from tlsmta.tls import (
+    DANE_REQUIRED,
+    FALLBACK_NOT_OFFERED,
+    POLICY_DANE_REQUIRED,
     RPT_DNSSEC_INVALID,
     RPT_STARTTLS_NOT_SUPPORTED,
     RPT_VALIDATION_FAILURE,
@@ -81,6 +89,8 @@ from tlsmta.tls import (
     certificate_result_type,
     client_context,
     decide,
+    fallback_after_handshake,
+    fallback_after_refusal,
     handshake_failed,
     requiretls_refused,
     starttls_decision,
@@ -148,12 +158,14 @@ class TLSOptions:
     tls: OutboundTLS
     verify: VerifyMode
     ca: str | None
-    certificate: str | None
-    key: str | None
+    certificate: str | tuple[str, ...] | None  # a tuple: one chain per key type
+    key: str | tuple[str, ...] | None
     fallback: bool
     protocols: frozenset[str]
     ciphers: str | None
     tls13: str | None
+    pins: tuple[str, ...] = ()
+    groups: tuple[str, ...] | None = None  # None: tls.default_groups()
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> TLSOptions:
@@ -167,10 +179,16 @@ class TLSOptions:
             protocols=options["tls_protocols"],
             ciphers=options["tls_ciphers"],
             tls13=options["tlsv13_ciphersuites"],
+            pins=options["tls_pins"],
+            groups=options["tls_groups"],
         )
 
     def describe(self) -> str:
         return f"tls={self.tls} tls_verify={self.verify.value}"
+
+    def without_tls(self) -> TLSOptions:
+        """For a unix socket (``lmtp:unix:``): no STARTTLS, nothing to verify or pin."""
+        return attrs.evolve(self, tls=OutboundTLS.NO, verify=VerifyMode.NO, pins=())
 
 
 class _Step(enum.Enum):
@@ -198,6 +216,7 @@ class Attempt:
     # TLS-RPT: (success, RFC 8460 result type, reason); None when no TLS result to report.
     rpt: tuple[bool, str | None, str] | None = None
     message_id: str | None = None  # the first message this connection carries (the verify hook's ctx)
+    tls_fallback: str | None = None  # after a failed handshake: why the next connection may use plain text
 
 
 @attrs.frozen
@@ -273,7 +292,10 @@ class Destination:
         last: Attempt | None = None
         for mx, ip, port in hosts:
             req = self.requirement(mx, facts)
-            plain_only = False
+            fallback: str | None = None  # set once a handshake here failed and plain text is allowed
+            broken_key, remember_for = broken_tls.broken_tls_key(mx, port), self.options["tls_remember_broken"]
+            if broken_tls.remembered(self.pool.broken_tls, broken_key, req, remember_for, self.pool.reactor.seconds()):
+                fallback = broken_tls.REMEMBERED_BROKEN  # a handshake here failed recently: straight to plain text
             while self.jobs:
                 attempt = Attempt(mx, ip, port, req=req, facts=facts)
                 attempt.tls = {"tls": "none", **self._policy_fields(attempt)}
@@ -284,11 +306,14 @@ class Destination:
                     self.pool.report_attempt(self, attempt)
                     last = attempt
                     break
-                step = await self._one_connection(attempt, plain_only)
+                step = await self._one_connection(attempt, fallback)
                 self.pool.report_attempt(self, attempt)
                 last = attempt
-                if step is _Step.RETRY_PLAIN and not plain_only:
-                    plain_only = True
+                if step is _Step.RETRY_PLAIN and fallback is None:
+                    # set with RETRY_PLAIN, after a failed handshake: the retry is plain, once
+                    assert attempt.tls_fallback is not None and attempt.rpt is not None
+                    broken_tls.remember(self.pool.broken_tls, broken_key, attempt.rpt[2], remember_for, self.pool.reactor.seconds())
+                    fallback = attempt.tls_fallback
                     continue
                 if step is _Step.DONE:
                     if not self.jobs:
@@ -305,9 +330,11 @@ class Destination:
     def requirement(self, mx: str, facts: ExternalFacts) -> Requirement:
         """The strictest of the local options and what MTA-STS, DANE and the message ask, for ``mx``."""
         opts = self.tls_options
+        local = self.route.over_unix_socket  # a local socket: no TLS hop for REQUIRETLS or DANE to judge
         return decisions.requirement(
-            opts.tls, opts.verify, opts.fallback, facts, mx,
-            requiretls=self.message_tls.requiretls, tls_required_no=self.message_tls.tls_required_no,
+            self.route.tls_for(opts.tls), opts.verify, opts.fallback, facts, mx,
+            requiretls=self.message_tls.requiretls and not local, tls_required_no=self.message_tls.tls_required_no,
+            dane=False if local else self.options["dane"], pins=opts.pins,
         )
 
     def _policy_fields(self, attempt: Attempt) -> dict[str, Any]:
@@ -324,6 +351,8 @@ class Destination:
         assert attempt.req is not None and attempt.req.unusable is not None
         if attempt.facts.dane_for(attempt.mx).status is DANEStatus.FAILED:
             return False, RPT_DNSSEC_INVALID, attempt.facts.dane_for(attempt.mx).reason
+        if attempt.req.policy == POLICY_DANE_REQUIRED:
+            return False, DANE_REQUIRED, attempt.req.unusable.reason
         sts = attempt.facts.sts_state(attempt.mx)
         if sts is not None and not sts.mx_matches:
             return False, RPT_VALIDATION_FAILURE, attempt.req.unusable.reason
@@ -344,10 +373,12 @@ class Destination:
         preference is not better than ours is dropped, not only our own address
         (two backup MXes would otherwise hand a message back and forth)."""
         resolver = self.pool.resolver
-        if self.route.kind == "smtp":
+        if self.route.over_unix_socket:
+            return [unix_socket_host(self.route)]
+        if self.route.kind in ("smtp", "lmtp"):
             assert self.route.host is not None
             mxs = [MXHost(0, self.route.host)]
-            port = self.route.port or self.options["smtp_port"]
+            port = self.route.port_for(self.options["smtp_port"])
         else:
             mxs = await resolver.mx(self.domain)
             port = self.options["smtp_port"]
@@ -363,7 +394,7 @@ class Destination:
             addresses = found[mx.host]
             return not isinstance(addresses, DNSError) and any(self.pool.is_self(ip, port) for ip in addresses)
 
-        if self.route.kind != "smtp":
+        if self.route.kind == "mx":
             mxs = below_self(mxs, ours)
             if not mxs:
                 raise DNSPermanent(f"mail for {self.domain} loops back to myself", status="5.4.6")
@@ -392,7 +423,7 @@ class Destination:
             self.pool.log_job(job, self, attempt, results)
             d.callback(results)
 
-    async def _one_connection(self, attempt: Attempt, plain_only: bool) -> _Step:
+    async def _one_connection(self, attempt: Attempt, fallback: str | None) -> _Step:
         # The first job is claimed before connecting, so that a session never pays for a
         # connection and a handshake only to find that the other sessions took every job.
         first = self.take()
@@ -401,14 +432,15 @@ class Destination:
         attempt.message_id = first[0].message.id
         try:
             proto = await self.pool.connect(attempt.ip, attempt.port, self._ehlo_name(), self.options["source_address"],
-                                            self.options["connect_timeout"], timeouts_of(self.options))
+                                            self.options["connect_timeout"], timeouts_of(self.options),
+                                            connection_class(self.route))
         except Exception as e:
             self.jobs.appendleft(first)
             attempt.failure = Reply.of(451, "4.4.1", f"connect to {attempt.mx}[{attempt.ip}]:{attempt.port}: {_connect_error(e)}")
             attempt.unreachable = True
             return _Step.NEXT_HOST
         try:
-            step, caps = await self._greet(proto, attempt, plain_only)
+            step, caps = await self._greet(proto, attempt, fallback)
             if step is not None:
                 self.jobs.appendleft(first)
                 proto.abort()
@@ -440,8 +472,10 @@ class Destination:
     def _ehlo_name(self) -> str:
         return self.options["ehlo_hostname"] or self.pool.hostname
 
-    async def _greet(self, proto: OutboundSMTP, attempt: Attempt, plain_only: bool) -> tuple[_Step | None, dict[str, str]]:
+    async def _greet(self, proto: OutboundSMTP, attempt: Attempt, fallback: str | None) -> tuple[_Step | None, dict[str, str]]:
         """Banner, EHLO and STARTTLS per policy; (a step to take instead, capabilities)."""
+        if self.route.implicit_tls:
+            return await self._secure(proto, attempt, {}, proto.implicit_tls)
         greeting = await proto.greeting()
         if not isinstance(greeting, Greeted):
             attempt.failure, attempt.failure_ours = decisions.greeting_failure(greeting, attempt.mx), False
@@ -449,26 +483,36 @@ class Destination:
         caps = dict(greeting.capabilities)
         req = attempt.req
         assert req is not None
-        # plain_only: the handshake failed on this host a moment ago and fallback is allowed.
-        decision = starttls_decision(req.tls, "STARTTLS" in caps and not plain_only)
+        # fallback: the handshake failed on this host a moment ago and plain text is allowed.
+        decision = starttls_decision(req.tls, "STARTTLS" in caps and fallback is None)
         if isinstance(decision, TLSFailure):
             self._tls_failure(attempt, decision, RPT_STARTTLS_NOT_SUPPORTED)
             return _Step.NEXT_HOST, {}
         if decision is TLSAction.PLAIN:
-            if req.tls is not OutboundTLS.NO and not plain_only and "STARTTLS" not in caps:
-                attempt.rpt = (False, RPT_STARTTLS_NOT_SUPPORTED, "STARTTLS not advertised")
+            if req.tls is not OutboundTLS.NO:
+                self._plain_text(attempt, fallback or FALLBACK_NOT_OFFERED)
+                if fallback is None:
+                    attempt.rpt = (False, RPT_STARTTLS_NOT_SUPPORTED, "STARTTLS not advertised")
             return None, caps
+        return await self._secure(proto, attempt, caps, proto.starttls)
+
+    async def _secure(self, proto: OutboundSMTP, attempt: Attempt, caps: dict[str, str],
+                      start: Callable[[ClientTLS], Deferred[Any]]) -> tuple[_Step | None, dict[str, str]]:
+        """The handshake by ``start`` (STARTTLS, or implicit TLS before the greeting) and the EHLO
+        inside TLS, judged by the same policy; ``caps``: what plain-text EHLO offered."""
+        req = attempt.req
+        assert req is not None
         check = self.pool.certificate_check(self, attempt)
         resumable = self.pool.tls_session(self, attempt, check)
         creator = self.pool.client_tls(self.tls_options, attempt.mx, check, resumable[0] if resumable else None)
         try:
             # The handshake happens before the EHLO inside TLS is answered: a stalled one times out there.
-            secured = await proto.starttls(creator)
+            secured = await start(creator)
         except ConnectionBroken as e:
             if not proto.tls_started:
                 raise  # lost before the 220: not a handshake failure
             verdict = check.verdict() if check.seen_certificate else None
-            outcome = handshake_failed(req.tls, req.fallback, verdict, e.reason)
+            outcome = handshake_failed(req.tls, req.fallback, verdict, e.reason, completed=proto.tls_facts is not None)
             attempt.tls = self._tls_fields(proto, check, attempt)
             rpt_type = (
                 certificate_result_type(verdict, check.errors) if verdict is not None and verdict.fatal
@@ -478,16 +522,18 @@ class Destination:
                 self._tls_failure(attempt, outcome, rpt_type)
                 return _Step.NEXT_HOST, {}
             attempt.rpt = (False, rpt_type, e.reason)
+            attempt.tls_fallback = fallback_after_handshake(e.reason)
             return _Step.RETRY_PLAIN, {}
         if isinstance(secured, StartTLSRefused):
-            refused = starttls_refused(req.tls, req.fallback, str(secured.reply))
+            refused = starttls_refused(req.tls, req.fallback, secured.reply)
             if isinstance(refused, TLSFailure):
                 self._tls_failure(attempt, refused, RPT_STARTTLS_NOT_SUPPORTED)
                 return _Step.NEXT_HOST, {}
             attempt.rpt = (False, RPT_STARTTLS_NOT_SUPPORTED, f"STARTTLS refused: {secured.reply}")
+            self._plain_text(attempt, fallback_after_refusal(secured.reply))
             return None, caps  # carry on in plain text on this connection
         if not isinstance(secured, Greeted):
-            assert isinstance(secured, HelloRefused)
+            assert isinstance(secured, (HelloRefused, GreetingRefused))  # GreetingRefused: implicit TLS only
             attempt.failure, attempt.failure_ours = decisions.greeting_failure(secured, attempt.mx), False
             return _Step.NEXT_HOST, {}
         caps = dict(secured.capabilities)
@@ -498,6 +544,9 @@ class Destination:
             check.resumed_verdict = resumable[1]
         elif req.dane:
             check.external_verdict = self._dane_verdict(proto, attempt)
+        elif req.pinned:
+            chain = tls_connection(proto.transport).get_peer_cert_chain(as_cryptography=True) or []
+            check.external_verdict = decisions.pinned_verdict(req.pins, chain)
         attempt.tls = self._tls_fields(proto, check, attempt)
         verdict = check.verdict()
         failure = decisions.certificate_failure(verdict)
@@ -514,6 +563,11 @@ class Destination:
             return _Step.NEXT_HOST, {}
         attempt.check = check
         return None, caps
+
+    @staticmethod
+    def _plain_text(attempt: Attempt, why: str) -> None:
+        """This session wanted TLS and goes on without it: the delivery line says why."""
+        attempt.tls = {**attempt.tls, "tls_fallback": why}
 
     def _dane_verdict(self, proto: OutboundSMTP, attempt: Attempt) -> Verdict:
         """RFC 7672: the presented chain against the MX host's usable TLSA records."""
@@ -541,8 +595,12 @@ class Destination:
         verdict = check.verdict()
         req = attempt.req
         assert req is not None
-        fields = tls_log_fields(facts, "dane" if req.dane else req.verify.value, verdict.outcome.word, verdict.reason)
+        mode = "dane" if req.dane else "pins" if req.pinned else req.verify.value
+        fields = tls_log_fields(facts, mode, verdict.outcome.word, verdict.reason,
+                                check.presented_certificate)
         fields["resumed"] = "yes" if check.resumed_verdict is not None else "no"
+        if self.route.implicit_tls:
+            fields["tls_mode"] = "implicit"
         if verdict.outcome is Outcome.SOFTFAIL:
             fields["softfail"] = verdict.reason
         fields.update(self._policy_fields(attempt))
@@ -616,6 +674,7 @@ class OutboundPool:
         self.is_self: Callable[[str, int], bool] = lambda ip, port: False
         self._waiting: deque[Destination] = deque()
         self.backoff = Backoff()  # destinations that keep failing wait (destination_backoff_*)
+        self.broken_tls: broken_tls.BrokenTLSStore = broken_tls.MemoryBrokenTLS()  # tls_remember_broken
         self.sts: STSResolver | None = None  # MTA-STS discovery; the service sets it
         self.tlsrpt: Any = None  # a tlsrpt.TLSRPTStore recording each attempt's TLS result
 
@@ -636,6 +695,8 @@ class OutboundPool:
             self.log_job(job, None, None, results)
             return succeed(results)
         tls_options = TLSOptions.from_options(values)
+        if job.route.over_unix_socket:
+            tls_options = tls_options.without_tls()
         # A REQUIRETLS message never shares a session with mail that may use weaker TLS.
         message_tls = MessageTLS.of(job.message)
         key = (job.route, job.domain, job.binding, tls_options, message_tls)
@@ -648,7 +709,7 @@ class OutboundPool:
     def _backed_off(self, job: DeliveryJob, backed_off: BackedOff) -> list[RecipientResult]:
         """Deferred without a connection: the destination failed too often just now."""
         when = datetime.datetime.fromtimestamp(backed_off.until, datetime.timezone.utc).strftime("%H:%M:%S UTC")
-        where = job.route.host if job.route.kind == "smtp" else job.domain
+        where = job.route.host if job.route.kind == "smtp" else str(job.route) if job.route.kind == "lmtp" else job.domain
         reply = Reply.of(451, "4.4.1", f"{where} backed off until {when} after {backed_off.failures} failed "
                                        f"connections; last: {backed_off.reason}")
         return [attrs.evolve(result, retry_after=backed_off.until) for result in results_for(job, reply, ours=True)]
@@ -702,8 +763,9 @@ class OutboundPool:
     # -- connections ----------------------------------------------------------------------
 
     async def connect(self, ip: str, port: int, ehlo_name: str, source: str | None, timeout: float = CONNECT_TIMEOUT,
-                      timeouts: Timeouts = Timeouts()) -> OutboundSMTP:
-        proto = await connect(self.reactor, self.endpoints, ip, port, ehlo_name, source, timeout, timeouts)
+                      timeouts: Timeouts = Timeouts(), protocol: type[OutboundSMTP] = OutboundSMTP) -> OutboundSMTP:
+        endpoints = lmtp_endpoints(self.reactor, self.endpoints) if protocol.lmtp else self.endpoints
+        proto = await connect(self.reactor, endpoints, ip, port, ehlo_name, source, timeout, timeouts, protocol)
         self.connections.add(proto)
         proto.closed.addBoth(lambda _: self.connections.discard(proto))
         return proto
@@ -732,15 +794,15 @@ class OutboundPool:
             hook=hook,
             hook_context=HookContext("outbound", dest.domain, attempt.mx, dest.binding, attempt.message_id, attempt.ip),
             enforce_in_handshake=True,
-            record=req.dane or req.report_verify,
+            record=req.dane or req.pinned or req.report_verify,
         )
 
     def client_tls(self, opts: TLSOptions, server_name: str, check: CertificateCheck, session: Any = None) -> ClientTLS:
-        key = (opts.protocols, opts.ciphers, opts.tls13, opts.ca, opts.certificate, opts.key)
+        key = (opts.protocols, opts.ciphers, opts.tls13, opts.ca, opts.certificate, opts.key, opts.groups)
         ctx = self._contexts.get(key)
         if ctx is None:
             ctx = self._contexts[key] = client_context(
-                opts.protocols, opts.ciphers, opts.tls13, opts.ca, opts.certificate, opts.key
+                opts.protocols, opts.ciphers, opts.tls13, opts.ca, opts.certificate, opts.key, groups=opts.groups
             )
         return ClientTLS(ctx, server_name, check, session)
 
@@ -785,12 +847,9 @@ class OutboundPool:
         )
         if not done.mail.positive:
             return results_for(job, done.mail, remote)
-        results = []
-        for recipient, rcpt in zip(job.recipients, done.recipients):
-            # An accepted recipient has the message's final answer; a refused one its RCPT answer.
-            answer = done.data if rcpt.positive and done.data is not None else rcpt
-            results.append(RecipientResult(recipient.address, outcome_of(answer), answer, remote))
-        return results
+        # An accepted recipient has the message's final answer (its own under LMTP); a refused one its RCPT answer.
+        return [RecipientResult(recipient.address, outcome_of(answer), answer, remote)
+                for recipient, answer in zip(job.recipients, done.final_replies())]
 
     async def _body_chunks(self, message_id: str) -> AsyncIterator[bytes]:
         path = self.spool.body_path(message_id)
@@ -876,7 +935,9 @@ class OutboundPool:
 class Deliverer:
     """Delivers a job by its route: locally, or through the outbound pool."""
 
-    def __init__(self, pool: OutboundPool, local: LocalSink, spool: Spool, disk: DiskIO, options_for: Callable[[str, str], Mapping[str, Resolved]]):
+    def __init__(self, pool: OutboundPool, local: LocalSink, spool: Spool, disk: DiskIO, options_for: Callable[[str, str], Mapping[str, Resolved]],
+                 tlsrpt_inbox: TLSRPTInbox | None = None):
+        self.tlsrpt_inbox = tlsrpt_inbox  # where ``tlsrpt`` route mail goes
         self.pool = pool
         self.local = local
         self.spool = spool
@@ -888,12 +949,19 @@ class Deliverer:
             return succeed(self._logged(job, results_for(job, Reply.of(250, "2.0.0", "discarded"))))
         if job.route.kind == "maildir":
             return ensureDeferred(self._maildir(job)).addCallback(lambda results: self._logged(job, results))
+        if job.route.kind == "tlsrpt":
+            return ensureDeferred(self._tlsrpt(job)).addCallback(lambda results: self._logged(job, results))
         return self.pool.submit(job, self.options_for(job.domain, job.binding))
 
     def _logged(self, job: DeliveryJob, results: list[RecipientResult]) -> list[RecipientResult]:
         """A queued local delivery (a DSN, the local part of a mixed message) has its delivery lines too."""
         self.pool.log_job(job, None, None, results, remote=False)
         return results
+
+    async def _tlsrpt(self, job: DeliveryJob) -> list[RecipientResult]:
+        if self.tlsrpt_inbox is None:
+            return results_for(job, Reply.of(451, "4.3.0", "no TLS-RPT inbox in this process"), ours=True)
+        return results_for(job, await take_reports(self.tlsrpt_inbox, self.spool, self.disk, job.message))
 
     async def _maildir(self, job: DeliveryJob) -> list[RecipientResult]:
         files = self.local.with_receipts(

@@ -45,11 +45,13 @@ class Receipt:
     client_certificate: str | None = None  # "not requested", "none", "yes (CN=...)", ...
     when: datetime.datetime | None = None
     lab: str | None = None  # the TLS lab's bad-certificate mode the client went on with
+    auth_user: str | None = None  # the AUTH user name, None: no AUTH (or unknown)
 
     def as_json(self) -> dict[str, Any]:
         return {
             "helo": self.helo,
             "peer": self.peer,
+            "auth_user": self.auth_user,
             "smtp": self.protocol,
             "queue_id": self.message_id,
             "tls": {
@@ -100,6 +102,7 @@ def receipt_of(record: Mapping[str, Any] | None) -> Receipt:
         client_certificate=client_certificate_words(tls) if used else None,
         when=_instant(record.get("received_at")),
         lab=tls.get("lab") if used else None,
+        auth_user=record.get("auth_user") or None,
     )
 
 

@@ -1,6 +1,7 @@
 """Release a captured message: send it on to a real smarthost through the queue.
 
 ``POST /api/messages/ID/release {"smarthost": "HOST[:PORT]", "to": [...]}``
+(or ``"smtps:HOST[:PORT]"``: implicit TLS, port 465 by default)
 puts a copy into the spool with an ``smtp:HOST[:PORT]`` route for each
 recipient (default: the captured envelope's, i.e. the ``Delivered-To:``
 lines tlsmta's local delivery put in front of the message, never ones the
@@ -26,11 +27,13 @@ class ReleaseError(TlsmtaError, ValueError):
 
 
 def smarthost_route(smarthost: object) -> Route:
-    """``HOST[:PORT]`` or ``[IP]:PORT`` as an smtp route."""
+    """``HOST[:PORT]`` or ``[IP]:PORT`` as an smtp route (STARTTLS per policy); ``smtps:HOST[:PORT]``
+    for a smarthost that speaks implicit TLS (port 465 unless given)."""
     if not isinstance(smarthost, str) or not smarthost:
-        raise ReleaseError('"smarthost" must be "HOST[:PORT]"')
+        raise ReleaseError('"smarthost" must be "HOST[:PORT]" or "smtps:HOST[:PORT]"')
+    implicit = smarthost[:6].lower() == "smtps:"
     try:
-        return parse_route(f"smtp:{smarthost}")
+        return parse_route(smarthost if implicit else f"smtp:{smarthost}")
     except RouteError as e:
         raise ReleaseError(str(e)) from None
 

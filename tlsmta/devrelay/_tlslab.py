@@ -82,6 +82,7 @@ def lab_server_tls(listener: ListenerConfig, config: Config, hostname: str) -> S
             listener.tls_client_ca,
             session_id=f"tlsmta-{listener.name}-{mode}".encode(),
             resumption=False,  # a resumed session would skip the certificate being tested
+            groups=listener.tls_groups,
         )
         what = "does not offer STARTTLS" if mode == "no-starttls" else f"serves {paths.cert_path} ({mode})"
     log_dev_ca(config.state_dir)

@@ -26,13 +26,18 @@ Routes (all JSON unless said otherwise):
 (download), ``GET /api/events`` (Server-Sent Events: ``hello``, ``changes``, ``releases``),
 ``POST /api/messages/ID/release`` (JSON ``{"smarthost": "HOST[:PORT]", "to": [...]}``:
 queued for that smarthost under the configured TLS policy, see :mod:`tlsmta.devrelay._release`),
-``GET /api/dev-ca.pem``, ``GET|PUT /api/tls-lab``, and the page at ``/``.
+``GET /api/dev-ca.pem``, ``GET|PUT /api/tls-lab``, ``GET|POST|DELETE /api/chaos`` and
+``DELETE /api/chaos/ID`` (SMTP failure rules, see :mod:`tlsmta.devrelay._chaos`), and the page at ``/``.
+The checks, link check and send API (``/api/messages/ID/checks``,
+``/api/messages/ID/linkcheck``, ``/api/send``) are :mod:`tlsmta.devrelay._webui_tools`;
+the webhook is :mod:`tlsmta.devrelay._webhook`.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import time
 from collections.abc import Callable, Iterable, Mapping
 from importlib import resources
 from typing import Any, Protocol
@@ -49,12 +54,16 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from tlsmta.devrelay._capture import CapturedMail, Changes, MessageNotFound, captured_maildir
+from tlsmta.devrelay._chaos import STAGES, ChaosError, ChaosRules, described
 from tlsmta.devrelay._devcert import LAB_MODES, dev_ca_path
 from tlsmta.devrelay._mailview import THUMBNAIL_TYPES, envelope_of, html_of, part_of, raw_text
 from tlsmta.devrelay._release import ReleaseError, outgoing_body, release_message, smarthost_route
 from tlsmta.devrelay._releases import ReleaseLog
 from tlsmta.devrelay._search import TAG, parse_instant
+from tlsmta.devrelay._send import SendError
 from tlsmta.devrelay._tlslab import LabError, LabListener, lab_applies
+from tlsmta.devrelay._webhook import Webhook
+from tlsmta.devrelay._webui_tools import MessageTools
 from tlsmta.errors import TlsmtaError
 from tlsmta.network import IServiceReactor, PortService
 from tlsmta.reporting import EventBus
@@ -68,7 +77,9 @@ MAX_BODY = 64 * 1024
 STATIC = {
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
+    "chaos.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
+    "checks.js": "text/javascript; charset=utf-8",
 }
 PAGE_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
@@ -171,12 +182,14 @@ class EventStream:
     event ``{"added": [entry, ...], "removed": [id, ...]}`` per index run,
     so a page updates itself without refetching the list.  Runs of the index
     never overlap: arrivals during one make exactly one more, so a burst of
-    mail costs a few index runs, not one per message.
+    mail costs a few index runs, not one per message.  ``listeners`` (the
+    webhook) get the same :class:`Changes`, whether a page is open or not.
     """
 
     def __init__(self, reactor: IServiceReactor, sync: Callable[[], Deferred[Changes]]):
         self.reactor = reactor
         self.requests: set[Request] = set()
+        self.listeners: list[Callable[[Changes], None]] = []
         self._sync = sync
         self._syncing = False
         self._again = False
@@ -223,6 +236,8 @@ class EventStream:
     def publish(self, changes: Changes) -> None:
         if changes.added or changes.removed or changes.updated:
             self.send_event("changes", json.dumps(attrs.asdict(changes), ensure_ascii=False))
+            for listener in list(self.listeners):
+                listener(changes)
 
     def send_event(self, name: str, data: str) -> None:
         """One named event to every page (``data``: one line of JSON)."""
@@ -236,9 +251,10 @@ class EventStream:
                 self.requests.discard(request)
 
     def on_event(self, event: str, fields: dict[str, Any]) -> None:
-        """An events sink: a message stored, or one the queue finished (a bounce or a mixed
-        message may have gone into the Maildir), means the list may have changed."""
-        if (event == "received" and fields.get("code") == 250) or event == "queue_done":
+        """An events sink: a message stored, one the queue finished (a bounce, a mixed
+        message or the send API's may have gone into the Maildir), or messages a POP3/IMAP
+        client deleted, means the list may have changed."""
+        if (event == "received" and fields.get("code") == 250) or event in ("queue_done", "captured_deleted"):
             self.reactor.callFromThread(self.refresh)
 
 
@@ -254,6 +270,9 @@ class RelayHost(Protocol):
     @property
     def events(self) -> EventBus: ...  # the relay's events, for the page's live stream
 
+    @property
+    def chaos(self) -> ChaosRules | None: ...  # the SMTP failure rules its listeners ask
+
 
 class WebUI(Resource):
     """The whole site: the page, its static files and the API (one leaf resource)."""
@@ -265,6 +284,7 @@ class WebUI(Resource):
         super().__init__()
         self.keep_messages = keep_messages  # prune to the newest N after each arrival; 0: never
         self._published: set[str] | None = None  # the ids the event stream has told the pages about
+        self._since = time.time()  # mail stored from now on is news (to the pages and the webhook)
         self.reactor = reactor
         self.run_blocking = run_blocking  # file reads off the reactor thread (the service's DiskIO)
         self.mail = mail
@@ -273,6 +293,7 @@ class WebUI(Resource):
         self.host = host  # the running relay, for the TLS lab and Release; None: neither
         self.stream = EventStream(reactor, lambda: self._blocking(self._index))
         self.releases = ReleaseLog()
+        self.tools: MessageTools | None = None  # checks, link check, send API (web_service sets it)
         self.static = {name: resources.files("tlsmta.devrelay").joinpath("web", name).read_bytes() for name in STATIC}
 
     # -- plumbing -------------------------------------------------------------------------
@@ -287,11 +308,11 @@ class WebUI(Resource):
 
     def _index(self) -> Changes:
         """Index new mail and prune to ``keep_messages`` (in a disk thread); what the
-        pages have not been told yet.  The first run learns what is there."""
+        pages have not been told yet.  The first run learns what was there before
+        the relay started; what came since is news even if it came before that run."""
         self._prune()
         if self._published is None:
-            self._published = self.mail.ids()
-            return Changes([], [])
+            self._published = {entry["id"] for entry in self.mail.summaries() if entry["received_ts"] < self._since}
         changes = self.mail.changes_since(self._published)
         self._published = (self._published - set(changes.removed)) | {e["id"] for e in changes.added}
         return changes
@@ -316,7 +337,7 @@ class WebUI(Resource):
     def _failed(self, request: Request, failure: Failure) -> None:
         if failure.check(HTTPError):
             self._finish(request, json_reply({"error": failure.value.message}, failure.value.status))
-        elif failure.check(ReleaseError):
+        elif failure.check(ReleaseError, SendError):
             self._finish(request, json_reply({"error": str(failure.value)}, 400))
         elif failure.check(MessageNotFound):
             self._finish(request, json_reply({"error": "no such message"}, 404))
@@ -336,12 +357,12 @@ class WebUI(Resource):
             request.write(reply.body)
         request.finish()
 
-    def _json_body(self, request: Request) -> Any:
+    def _json_body(self, request: Request, limit: int = MAX_BODY) -> Any:
         ctype = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
         if ctype != b"application/json":
             raise HTTPError(415, "send Content-Type: application/json")
-        data = request.content.read(MAX_BODY + 1) if request.content else b""
-        if len(data) > MAX_BODY:
+        data = request.content.read(limit + 1) if request.content else b""
+        if len(data) > limit:
             raise HTTPError(413, "request body too large")
         try:
             return json.loads(data or b"{}")
@@ -362,6 +383,9 @@ class WebUI(Resource):
         if not path or path[0] != "api":
             raise HTTPError(404, "not found")
         api = path[1:]
+        tool = self.tools.route(method, api, lambda limit: self._json_body(request, limit)) if self.tools else None
+        if tool is not None:
+            return tool.addCallback(lambda answer: json_reply(*answer))
         if api == ["messages"]:
             if method == "GET":
                 return self._list(request)
@@ -374,6 +398,8 @@ class WebUI(Resource):
             return None
         elif api == ["dev-ca.pem"] and method == "GET":
             return self._blocking(self._dev_ca)
+        elif api and api[0] == "chaos":
+            return self._chaos(request, method, api[1:])
         elif api == ["tls-lab"]:
             if method == "GET":
                 return json_reply(self._lab_state())
@@ -532,6 +558,33 @@ class WebUI(Resource):
         return Reply(pem, "application/x-pem-file",
                      headers={"content-disposition": 'attachment; filename="tlsmta-dev-ca.pem"'})
 
+    # -- chaos: SMTP failures on purpose ------------------------------------------------------
+
+    def _chaos(self, request: Request, method: str, rest: list[str]) -> Reply:
+        rules = self.host.chaos if self.host is not None else None
+        if rules is None:
+            raise HTTPError(404, "no SMTP chaos here")
+        if rest == [] and method == "GET":
+            return json_reply({"stages": list(STAGES), "rules": rules.listing()})
+        if rest == [] and method == "POST":
+            body = self._json_body(request)
+            if not isinstance(body, dict):
+                raise HTTPError(400, 'send {"stage": STAGE, "code": CODE, "text", "status", "probability", "times", '
+                                     '"recipient" (optional)}')
+            try:
+                rule = rules.add_from(body)
+            except (ChaosError, TypeError) as e:
+                raise HTTPError(400, str(e)) from None
+            log.info("chaos: {stage} answers {reply}", stage=rule.stage.value, reply=str(rule.reply))
+            return json_reply(described(rule, rule.times), 201)
+        if rest == [] and method == "DELETE":
+            return json_reply({"deleted": rules.clear()})
+        if len(rest) == 1 and rest[0].isdigit() and method == "DELETE":
+            if not rules.remove(int(rest[0])):
+                raise HTTPError(404, "no such rule")
+            return json_reply({"deleted": 1})
+        raise HTTPError(404 if rest else 405, "not found" if rest else f"{method} not allowed here")
+
     # -- TLS lab ----------------------------------------------------------------------------
 
     def _lab_state(self) -> dict[str, Any]:
@@ -569,10 +622,11 @@ class _QuietSite(Site):
 class WebService(PortService):
     """The web page and API on the opt-in ``[http] endpoint``."""
 
-    def __init__(self, reactor: IServiceReactor, endpoint: str, web: WebUI):
+    def __init__(self, reactor: IServiceReactor, endpoint: str, web: WebUI, webhook: Webhook | None = None):
         self.reactor = reactor
         self.endpoint = endpoint
         self.web = web
+        self.webhook = webhook
         self.ready: Deferred[IListeningPort] = Deferred()
 
     def startService(self) -> None:
@@ -581,6 +635,8 @@ class WebService(PortService):
         if self.web.host is not None:
             self.web.host.events.add_sink(self.web.stream.on_event)
             self.web.host.events.add_sink(self.web.on_delivery)
+        if self.webhook is not None:
+            self.web.stream.listeners.append(self.webhook.on_changes)
         self.web.stream.start()
         self.web.stream.refresh()  # index what is there before the first arrival
         site = _QuietSite(self.web, reactor=self.reactor)
@@ -600,6 +656,9 @@ class WebService(PortService):
         if self.web.host is not None:
             self.web.host.events.remove_sink(self.web.stream.on_event)
             self.web.host.events.remove_sink(self.web.on_delivery)
+        if self.webhook is not None:
+            self.web.stream.listeners.remove(self.webhook.on_changes)
+            self.webhook.stop()
         self.web.stream.stop()
         return super().stopService()
 
@@ -611,4 +670,8 @@ def web_service(reactor: IServiceReactor, config: Any, host: RelayHost, run_bloc
     mail = CapturedMail(maildir, config.http.get("tag_rules") or ())
     web = WebUI(reactor, mail, config.state_dir, run_blocking, config.http.get("allowed_hosts") or (), host,
                 config.http.get("keep_messages") or 0)
-    return WebService(reactor, config.http["endpoint"], web)
+    web.tools = MessageTools(reactor, web.mail, run_blocking, host.release if host is not None else None,
+                             config.http.get("link_check_hosts") or (), config.hostname or "localhost")
+    url = config.http.get("webhook_url")
+    webhook = Webhook(reactor, url) if url else None
+    return WebService(reactor, config.http["endpoint"], web, webhook)

@@ -24,7 +24,7 @@ from cryptography.x509 import verification
 from twisted.internet.defer import Deferred, fail, succeed
 
 from tlsmta.discovery._resolver import DNSTransient, Resolver
-from tlsmta.tls import Outcome, Verdict, describe_wanted, match_names, presented_names
+from tlsmta.tls import Outcome, Verdict, describe_wanted, match_names, presented_names, spki_der
 
 
 class Usage(enum.IntEnum):
@@ -133,34 +133,6 @@ class TLSAAnswer:
 
 
 # -- selecting and hashing --------------------------------------------------------------
-
-
-def _der_element(data: bytes, offset: int) -> tuple[int, int]:
-    """(start of contents, end of element) of the DER TLV at ``offset``."""
-    length = data[offset + 1]
-    start = offset + 2
-    if length & 0x80:
-        count = length & 0x7F
-        length = int.from_bytes(data[start : start + count], "big")
-        start += count
-    return start, start + length
-
-
-def spki_der(cert: x509.Certificate) -> bytes:
-    """The SubjectPublicKeyInfo exactly as encoded in the certificate.
-
-    Re-encoding ``public_key()`` would normally give the same bytes, but not
-    for every key (e.g. compressed EC points), and TLSA data hashes the
-    certificate's own encoding; so walk the TBSCertificate's DER instead:
-    [0] version (optional), serial, signature, issuer, validity, subject, SPKI.
-    """
-    tbs = cert.tbs_certificate_bytes
-    offset, _ = _der_element(tbs, 0)  # inside the TBSCertificate SEQUENCE
-    if tbs[offset] == 0xA0:
-        offset = _der_element(tbs, offset)[1]
-    for _ in range(5):
-        offset = _der_element(tbs, offset)[1]
-    return tbs[offset : _der_element(tbs, offset)[1]]
 
 
 def _selected(cert: x509.Certificate, selector: int) -> bytes:

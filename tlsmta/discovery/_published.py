@@ -64,8 +64,8 @@ async def gather_facts(
 ) -> ExternalFacts:
     """MTA-STS for ``domain`` and DANE for each (MX host, port); the MX RRset's DNSSEC
     status also when ``need_mx_status`` (REQUIRETLS wants it, DANE or not)."""
-    if route_kind == "smtp":
-        # A smarthost's name comes from our own configuration, not from DNS: it
+    if route_kind in ("smtp", "lmtp"):
+        # A smarthost's (or LMTP server's) name comes from our own configuration, not from DNS: it
         # counts as a validated next hop for REQUIRETLS (RFC 8689 4.2.1 step 1).
         return ExternalFacts(mx_secure=True)
     if route_kind != "mx" or domain.startswith("["):

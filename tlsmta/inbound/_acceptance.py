@@ -14,6 +14,14 @@ from tlsmta.tls import Verdict, VerifyMode
 RELAY_DENIED = Reject(554, "5.7.1 relay access denied")
 
 
+class Refusal(Reject):
+    """A refusal by the listener's policy; ``reason`` says why, for the log (not for the client)."""
+
+    def __init__(self, code: int, text: str, reason: str):
+        super().__init__(code, text)
+        self.reason = reason
+
+
 @attrs.frozen
 class ClientStanding:
     """What the session knows about who the client is."""
@@ -21,6 +29,7 @@ class ClientStanding:
     address: str  # IP address text
     authenticated: bool = False
     cert_verified: bool = False
+    cert_pinned: bool = False  # the certificate is one of the listener's relay_client_pins
 
 
 @functools.lru_cache(maxsize=4096)
@@ -49,8 +58,9 @@ def may_relay(
     verified_peer_can_relay: bool,
 ) -> bool:
     """Relay (mail for non-local domains) is allowed from relay_networks,
-    after AUTH, or with a verified client certificate when the listener says so."""
-    if client.authenticated:
+    after AUTH, with a pinned client certificate (relay_client_pins), or with
+    a verified client certificate when the listener says so."""
+    if client.authenticated or client.cert_pinned:
         return True
     if verified_peer_can_relay and client.cert_verified:
         return True
@@ -69,6 +79,13 @@ def check_recipient(
         return
     if not may_relay(client, relay_networks, verified_peer_can_relay):
         raise RELAY_DENIED
+
+
+def client_pinned(pins: Iterable[str], spki_sha256: str | None, cert_sha256: str | None) -> bool:
+    """Postfix ``relay_clientcerts``: the client certificate's SPKI or whole-certificate SHA-256 (hex) is listed.
+    The handshake proved the client holds the key; who signed the certificate does not matter."""
+    listed = frozenset(pins)
+    return (spki_sha256 is not None and spki_sha256 in listed) or (cert_sha256 is not None and cert_sha256 in listed)
 
 
 def check_client_certificate(mode: VerifyMode, tls_active: bool, verdict: Verdict | None) -> None:

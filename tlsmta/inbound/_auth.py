@@ -1,4 +1,5 @@
-"""SMTP AUTH (PLAIN, LOGIN) against a file of scrypt password hashes.
+"""SMTP AUTH (PLAIN, LOGIN) against a file of scrypt password hashes, or, on the
+dev relay (``[dev] auth``), with any credentials (PLAIN, LOGIN, CRAM-MD5).
 
 The file has one ``user:hash`` line per account; ``tlsmta hash-password``
 makes the hash.  Hashing is deliberately slow, so checks run in a thread.
@@ -12,6 +13,7 @@ import functools
 import hashlib
 import hmac
 import os
+from typing import ClassVar, Protocol
 
 import attrs
 
@@ -68,9 +70,35 @@ def well_formed_hash(stored: str) -> bool:
         return False
 
 
+class Credentials(Protocol):
+    """What checks AUTH credentials (and the dev relay's POP3 and IMAP logins)."""
+
+    mechanisms: ClassVar[tuple[str, ...]]  # the SASL mechanisms it can check
+
+    def check(self, user: str, password: str) -> bool: ...
+
+    def check_cram_md5(self, user: str, challenge: str, digest: str) -> bool: ...
+
+
+class AnyCredentials:
+    """The dev relay's AUTH: every user name and password is accepted, so an application
+    configured with a password can send; the user name is recorded with the message."""
+
+    mechanisms: ClassVar[tuple[str, ...]] = ("PLAIN", "LOGIN", "CRAM-MD5")
+
+    def check(self, user: str, password: str) -> bool:
+        return True
+
+    def check_cram_md5(self, user: str, challenge: str, digest: str) -> bool:
+        return True
+
+
 @attrs.frozen
 class UserDB:
     """Accounts loaded from a users file."""
+
+    # Hashes only: CRAM-MD5 would need every password in clear on the server.
+    mechanisms: ClassVar[tuple[str, ...]] = ("PLAIN", "LOGIN")
 
     users: dict[str, str]
 
@@ -94,3 +122,6 @@ class UserDB:
             check_password(password, _decoy_hash())  # same cost for unknown users
             return False
         return check_password(password, stored)
+
+    def check_cram_md5(self, user: str, challenge: str, digest: str) -> bool:
+        return False  # not offered (see mechanisms)

@@ -9,7 +9,7 @@ this shell, and proved by tests:
 - bytes pipelined after STARTTLS are discarded, never run inside TLS;
 - STARTTLS resets the whole session; the client must EHLO again;
 - MAIL before HELO/EHLO is 503;
-- DATA ends only at CRLF.CRLF; bare CR/LF, over-long lines and a first
+- DATA ends only at CRLF.CRLF; bare CR/LF, NUL, over-long lines and a first
   line starting with SP/HTAB (it would fold into our Received: header)
   reject the message at the end of DATA without leaving DATA mode or
   buffering lines (:mod:`tlsmta.smtp._data`);
@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
+from email.utils import format_datetime
 from typing import Any
 
 import attrs
@@ -47,12 +48,22 @@ from twisted.mail import smtp
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from tlsmta.config import BAD_CERTIFICATE_LAB_MODES, Config, ListenerConfig, ListenerTLS, resolve
+from tlsmta.config import BAD_CERTIFICATE_LAB_MODES, Config, ListenerConfig, ListenerTLS, resolve, split_address
 from tlsmta.discovery import Resolver
-from tlsmta.inbound._acceptance import ClientStanding, check_client_certificate, check_recipient, in_networks
-from tlsmta.inbound._auth import UserDB
+from tlsmta.inbound._acceptance import (
+    ClientStanding,
+    Refusal,
+    check_client_certificate,
+    check_recipient,
+    client_pinned,
+    in_networks,
+)
+from tlsmta.inbound._auth import Credentials
 from tlsmta.inbound._received import TraceFacts, received_header
+from tlsmta.inbound._recipients import check_mailbox_name, expand_recipient
+from tlsmta.inbound._sender_login import check_sender_login
 from tlsmta.inbound._session_log import SessionLog, port_of
+from tlsmta.inbound._submission import CompletingWriter, HeaderCompletion
 from tlsmta.network import StreamTransport, installed_reactor, set_no_delay
 from tlsmta.reporting import EventBus
 from tlsmta.smtp import DomainNameError, Reject, Reply, normalize_domain
@@ -67,6 +78,7 @@ from tlsmta.smtp.server_session import (
     OpenMessage,
     Phase,
     RcptTo,
+    ReplyOverride,
     Send,
     ServerSession,
     ServerSettings,
@@ -91,6 +103,8 @@ from tlsmta.tls import (
     SessionFacts,
     Verdict,
     VerifyMode,
+    certificate_sha256,
+    spki_sha256,
     ssl_error_text,
     tls_connection,
     tls_log_fields,
@@ -117,15 +131,16 @@ class ListenerRuntime:
     hostname: str
     sink: MessageSink
     tls: ServerTLS | None = None
-    users: UserDB | None = None
+    users: Credentials | None = None
     hooks: Hooks = attrs.field(factory=Hooks)
     resolver: Resolver | None = None  # reverse DNS for client-certificate name checks
     run_in_thread: Callable[..., Deferred[Any]] | None = None  # for password checks
     events: EventBus = attrs.field(factory=EventBus)  # the service's
+    reply_override: ReplyOverride | None = None  # the dev relay's chaos rules, asked at each stage
 
     @property
     def offers_starttls(self) -> bool:
-        return self.tls is not None and self.listener.tls is ListenerTLS.STARTTLS and self.listener.tls_lab != "no-starttls"
+        return self.tls is not None and self.listener.tls.starttls and self.listener.tls_lab != "no-starttls"
 
     def session_settings(self) -> ServerSettings:
         listener = self.listener
@@ -139,6 +154,10 @@ class ListenerRuntime:
             offers_starttls=self.offers_starttls,
             auth_available=self.users is not None,
             auth_requires_tls=listener.require_tls_for_auth,
+            tls_required=listener.tls is ListenerTLS.REQUIRED,
+            auth_mechanisms=self.users.mechanisms if self.users is not None else (),
+            reply_override=self.reply_override,
+            auth_required=listener.role == "submission",
         )
 
 
@@ -198,6 +217,7 @@ class InboundSMTP(smtp.ESMTP):
             # The EHLO name is not known yet: the hook is shown the chain result
             # only, so its depth-0 answer cannot override the name check (policy.decide).
             names_in_handshake=False,
+            record=bool(listener.relay_client_pins),  # ask for a certificate to compare with the pins
         )
 
     def client_verdict(self) -> Verdict | None:
@@ -233,6 +253,10 @@ class InboundSMTP(smtp.ESMTP):
         if refusal is not None:
             self.session_log.refused = refusal
             self.session.refuse_connection(refusal)
+            self._pump(closing=True)
+            return
+        if self.session.refused_at_connect():
+            self.session_log.refused = "reply override (dev relay chaos)"
             self._pump(closing=True)
             return
         # Stop reading commands while our replies pile up unread (a client that never reads).
@@ -384,8 +408,17 @@ class InboundSMTP(smtp.ESMTP):
             self._client_verify_counted = True
             self.runtime.events.emit("client_verify", quiet=True, tls_verify=listener.tls_verify, verified=verdict.outcome.word)
         check_client_certificate(VerifyMode(listener.tls_verify), self.tls_active, verdict)
+        self._check_sender_login(question.sender)
         self._check_free_space(question.size)
         self.session.accept()
+
+    def _check_sender_login(self, sender: str | None) -> None:
+        try:
+            check_sender_login(self.runtime.listener.sender_login_maps, self.authenticated_as, sender)
+        except Refusal as refusal:
+            self.runtime.events.emit("mail_refused", peer=self.peer_ip, sender=sender, auth=self.authenticated_as,
+                                     code=refusal.code, text=refusal.text, reason=refusal.reason)
+            raise
 
     def _check_free_space(self, declared_size: int | None) -> None:
         """452 4.3.1 at MAIL when the spool's filesystem cannot take the message and keep [spool] min_free."""
@@ -419,11 +452,32 @@ class InboundSMTP(smtp.ESMTP):
             except Reject:
                 self.runtime.events.emit("rcpt_rejected", peer=self.peer_ip, sender=self.sender, rcpt=address, reason="relay denied")
                 raise
+        try:
+            records = self._recipients_for(address, domain)
+        except Refusal as refusal:
+            self.runtime.events.emit("rcpt_rejected", peer=self.peer_ip, sender=self.sender, rcpt=address,
+                                     reason=refusal.reason)
+            raise
+        self.session.accept_recipients(records)
+
+    def _recipients_for(self, address: str, domain: str) -> list[tuple[Recipient, tuple[str, str]]]:
+        """The recipients an accepted RCPT adds, each with the (local part, domain) it is kept once by:
+        the address itself, or what the listener's recipient_maps expand it to."""
+        listener = self.runtime.listener
+        maps = listener.recipient_maps
+        if maps is None or domain not in listener.local_domains:
+            return [(self._recipient(address, domain), (address.rpartition("@")[0], domain))]
+        targets = expand_recipient(address, maps, listener.local_domains)
+        return [(self._recipient(target, split_address(target)[1]), split_address(target)) for target in targets]
+
+    def _recipient(self, address: str, domain: str) -> Recipient:
+        """Where mail for ``address`` goes, as the queue will record it."""
         binding = self._binding_for(address, domain)
         route = resolve(self.runtime.config, domain, binding)["route"].value
         if not self.runtime.sink.accepts(route):
             raise Reject(451, f"4.3.2 Error: cannot deliver to route {route} yet")
-        self.session.accept_recipient(Recipient(address, route, binding), domain)
+        check_mailbox_name(address, route)
+        return Recipient(address, route, binding)
 
     def _standing(self) -> ClientStanding:
         verdict = self.client_verdict()
@@ -431,7 +485,13 @@ class InboundSMTP(smtp.ESMTP):
             address=self.peer_ip,
             authenticated=self.authenticated_as is not None,
             cert_verified=verdict is not None and verdict.verified,
+            cert_pinned=self._certificate_pinned(),
         )
+
+    def _certificate_pinned(self) -> bool:
+        pins = self.runtime.listener.relay_client_pins
+        leaf = self.certificate_check.leaf if self.certificate_check is not None and self.tls_active else None
+        return bool(pins) and leaf is not None and client_pinned(pins, spki_sha256(leaf), certificate_sha256(leaf))
 
     def _binding_for(self, address: str, domain: str) -> str:
         return self.runtime.hooks.choose_binding(self.runtime.config, self.sender or "", address, self.runtime.listener.name, domain)
@@ -454,6 +514,7 @@ class InboundSMTP(smtp.ESMTP):
             body_type=self.mail_params.body,
             esmtp=self.esmtp,
             authenticated=self.authenticated_as is not None,
+            auth_user=self.authenticated_as,
             tls=self._receipt_fields(),
         )
         try:
@@ -462,6 +523,9 @@ class InboundSMTP(smtp.ESMTP):
             log.error("cannot open a message for writing: {error}", error=e)
             raise _refusal(StoreError.from_os_error(e)) from None
         writer.write(received_header(self._trace_facts(envelope)))
+        if listener.role == "submission":
+            completion = HeaderCompletion(format_datetime(now), f"<{envelope.message_id}@{self.hostname}>")
+            writer = CompletingWriter(writer, completion)
         self._envelope, self._writer = envelope, writer
         self.session.accept()
         self.setTimeout(listener.data_timeout)
@@ -493,7 +557,11 @@ class InboundSMTP(smtp.ESMTP):
         users = self.runtime.users
         assert users is not None
         run = self.runtime.run_in_thread
-        checking = run(users.check, question.user, question.password) if run else maybeDeferred(users.check, question.user, question.password)
+        check: Callable[..., bool] = users.check
+        args: tuple[str, ...] = (question.user, question.password)
+        if question.cram_md5 is not None:
+            check, args = users.check_cram_md5, (question.user, *question.cram_md5)
+        checking = run(check, *args) if run else maybeDeferred(check, *args)
 
         def answer(ok: bool) -> None:
             # The payload is never logged; the user name is.

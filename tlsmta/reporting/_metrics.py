@@ -17,6 +17,8 @@ from prometheus_client.twisted import MetricsResource
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from tlsmta.tls import RESULT_TYPES
+
 LATENCY_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 24 * 3600, 5 * 24 * 3600)
 
 
@@ -31,7 +33,11 @@ def reason_class(code: Any, text: Any) -> str:
 class Metrics:
     """A registry of tlsmta's metrics and the event handler that updates them."""
 
-    def __init__(self, queue_gauges: Callable[[], tuple[int, float]] | None = None):
+    def __init__(
+        self,
+        queue_gauges: Callable[[], tuple[int, float]] | None = None,
+        certificates: Callable[[], Iterable[tuple[Mapping[str, str], float]]] | None = None,
+    ):
         self.registry = CollectorRegistry()
         r = self.registry
         self.connections = Counter("tlsmta_connections", "Inbound SMTP sessions admitted", ["listener"], registry=r)
@@ -55,8 +61,16 @@ class Metrics:
         self.latency = Histogram(
             "tlsmta_delivery_latency_seconds", "From receipt to delivery", buckets=LATENCY_BUCKETS, registry=r
         )
+        # TLS-RPT reports other senders sent us: what they saw delivering here (labels bounded:
+        # result types outside RFC 8460's registry count as "other").
+        self.tlsrpt_reports = Counter("tlsmta_tlsrpt_reports_received", "TLS-RPT reports received, by outcome",
+                                      ["outcome"], registry=r)
+        self.tlsrpt_failures = Counter("tlsmta_tlsrpt_reported_failures", "Failed sessions other senders reported, by result type",
+                                       ["result_type"], registry=r)
         if queue_gauges is not None:
             r.register(_QueueCollector(queue_gauges))
+        if certificates is not None:
+            r.register(_CertificateCollector(certificates))
 
     def handle(self, event: str, fields: Mapping[str, Any]) -> None:
         """Update the metrics for one structured event."""
@@ -92,6 +106,16 @@ class Metrics:
         if result == "delivered" and f.get("delay") is not None:
             self.latency.observe(float(f["delay"]))
 
+    def _on_tlsrpt_received(self, f: Mapping[str, Any]) -> None:
+        self.tlsrpt_reports.labels("stored").inc()
+
+    def _on_tlsrpt_malformed(self, f: Mapping[str, Any]) -> None:
+        self.tlsrpt_reports.labels("malformed").inc()
+
+    def _on_tlsrpt_reported_failure(self, f: Mapping[str, Any]) -> None:
+        result_type = f.get("result_type") if f.get("result_type") in RESULT_TYPES else "other"
+        self.tlsrpt_failures.labels(result_type).inc(int(f.get("sessions") or 0))
+
     def _on_tls_inbound(self, f: Mapping[str, Any]) -> None:
         self.handshakes.labels("inbound", f.get("protocol") or "-", "ok").inc()
 
@@ -120,6 +144,26 @@ class _QueueCollector:
         size, age = self.gauges()
         yield GaugeMetricFamily("tlsmta_queue_messages", "Messages in the queue", value=size)
         yield GaugeMetricFamily("tlsmta_queue_oldest_age_seconds", "Age of the oldest queued message", value=age)
+
+
+class _CertificateCollector:
+    """Seconds until notAfter of each certificate served or presented, computed when Prometheus scrapes
+    (``certificates``: each one's labels and seconds left; negative once expired)."""
+
+    LABELS = ("role", "scope", "path", "subject", "key_type")
+
+    def __init__(self, certificates: Callable[[], Iterable[tuple[Mapping[str, str], float]]]):
+        self.certificates = certificates
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "tlsmta_certificate_expiry_seconds",
+            "Seconds until the certificate's notAfter, by role (listener, sni, client), scope and file",
+            labels=self.LABELS,
+        )
+        for labels, seconds in self.certificates():
+            family.add_metric([labels[name] for name in self.LABELS], seconds)
+        yield family
 
 
 def metrics_site(metrics: Metrics) -> Site:

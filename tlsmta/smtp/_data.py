@@ -3,8 +3,9 @@
 :class:`DataReader` is fed the bytes received after ``354`` and hands back
 the message bytes to store, without ever buffering more than two bytes of
 a line: a 50 MiB line costs no memory.  DATA ends only at ``<CRLF>.<CRLF>``
-(RFC 5321 4.1.1.4).  A bare CR or bare LF anywhere, a line longer than the
-limit, or a message over the size limit makes the message unacceptable;
+(RFC 5321 4.1.1.4).  A bare CR or bare LF anywhere, a NUL octet anywhere, a
+line longer than the limit, or a message over the size limit makes the
+message unacceptable;
 the reader then keeps scanning for the real end of data, so the client's
 later bytes are never read as commands (SMTP smuggling, and the stock
 Twisted fault of leaving DATA mode on a long line).
@@ -42,6 +43,10 @@ class DataProblem:
 
 BARE_LF = DataProblem(550, "5.5.2", "message contains a bare <LF>; lines must end with <CR><LF>")
 BARE_CR = DataProblem(550, "5.5.2", "message contains a bare <CR>; lines must end with <CR><LF>")
+# RFC 5321 4.1.1.4 and RFC 5322 3.5 leave no place for NUL, and a receiver that
+# drops it before looking for the end of data turns <CRLF><NUL>.<CRLF> into
+# <CRLF>.<CRLF> (SEC Consult's outbound SMTP smuggling list): refused like bare CR/LF.
+NUL = DataProblem(550, "5.5.2", "message contains a NUL octet; SMTP data must not carry NUL")
 LINE_TOO_LONG = DataProblem(550, "5.5.6", "message contains a line longer than {limit} octets")
 TOO_BIG = DataProblem(552, "5.3.4", "message size exceeds fixed limit of {limit} octets")
 STARTS_FOLDED = DataProblem(
@@ -50,7 +55,7 @@ STARTS_FOLDED = DataProblem(
 
 # When a message has several problems the first in this order is reported,
 # so the reply does not depend on how the network split the message.
-_RANK = (BARE_LF, BARE_CR, LINE_TOO_LONG, TOO_BIG, STARTS_FOLDED)
+_RANK = (BARE_LF, BARE_CR, NUL, LINE_TOO_LONG, TOO_BIG, STARTS_FOLDED)
 
 
 @attrs.define
@@ -96,6 +101,8 @@ class DataReader:
             self._fail(BARE_LF)
         if region.count(b"\r") != crlf:
             self._fail(BARE_CR)
+        if b"\x00" in region:
+            self._fail(NUL)
         lines = region.split(b"\r\n")
         # The first line continues whatever partial line came before.
         longest = max(self._line_length + len(lines[0]), max(map(len, lines)))
@@ -108,6 +115,8 @@ class DataReader:
             self._fail(BARE_LF)
         if b"\r" in segment:
             self._fail(BARE_CR)
+        if b"\x00" in segment:
+            self._fail(NUL)
         self._line_length += len(segment)
         if self._line_length > self.max_line_length:
             self._fail(LINE_TOO_LONG, self.max_line_length)

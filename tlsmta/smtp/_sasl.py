@@ -23,3 +23,15 @@ def decode_b64_text(response: bytes) -> str | None:
         return base64.b64decode(response, validate=True).decode("utf-8")
     except (ValueError, binascii.Error, UnicodeDecodeError):
         return None
+
+
+def decode_cram_md5(response: bytes) -> tuple[str, str] | None:
+    """RFC 2195 ``user SP hex-digest`` -> (user, lower-case digest)."""
+    text = decode_b64_text(response)
+    if text is None:
+        return None
+    user, _, digest = text.rpartition(" ")
+    digest = digest.lower()
+    if not user or len(digest) != 32 or any(c not in "0123456789abcdef" for c in digest):
+        return None
+    return user, digest

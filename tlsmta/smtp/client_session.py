@@ -21,6 +21,12 @@ server sent before it could have read our command) and output that is not
 SMTP close the session with a reason.  Bytes that followed the 220 to
 STARTTLS are dropped (response injection).  Timeouts are the shell's:
 :attr:`ClientSession.awaiting` says which reply it waits for.
+
+In LMTP mode (RFC 2033, ``lmtp=True``) the greeting is LHLO, with no HELO to
+fall back to (4.1), and the end of the message is answered once per accepted
+RCPT, in RCPT order (4.2): :class:`TransactionDone` carries those replies, and
+:meth:`TransactionDone.final_replies` gives each recipient its own answer
+either way.
 """
 
 from __future__ import annotations
@@ -111,11 +117,25 @@ class BodyWanted:
 class TransactionDone:
     """One transaction's answers: MAIL, each RCPT in order (none when MAIL was refused
     without pipelining), and the final reply to the message (None when no recipient
-    was accepted; the DATA reply when that was not 354)."""
+    was accepted; the DATA reply when that was not 354).  Under LMTP ``per_recipient``
+    holds the replies to the end of the message, one per accepted RCPT in order,
+    and ``data`` is the first of them."""
 
     mail: Reply
     recipients: tuple[Reply, ...]
     data: Reply | None
+    per_recipient: tuple[Reply, ...] = ()
+
+    def final_replies(self) -> tuple[Reply, ...]:
+        """Each recipient's answer, in RCPT order: a refused one's RCPT reply, an accepted
+        one's reply to the message (its own under LMTP).  Empty when MAIL was refused."""
+        if not self.mail.positive:
+            return ()
+        finals = iter(self.per_recipient)
+        return tuple(
+            rcpt if not rcpt.positive or self.data is None else next(finals, self.data)
+            for rcpt in self.recipients
+        )
 
 
 @attrs.frozen
@@ -154,17 +174,23 @@ class _Transaction:
     mail: Reply | None = None
     replies: list[Reply] = attrs.field(factory=list)
     data: Reply | None = None
+    finals: list[Reply] = attrs.field(factory=list)  # LMTP: the replies to the end of the message
 
     def accepted(self) -> bool:
         assert self.mail is not None
         return self.mail.positive and any(r.positive for r in self.replies)
 
+    def accepted_recipients(self) -> int:
+        return sum(r.positive for r in self.replies)
+
 
 class ClientSession:
     """The client side of one SMTP connection, from the banner to QUIT."""
 
-    def __init__(self, ehlo_name: str):
+    def __init__(self, ehlo_name: str, lmtp: bool = False):
         self.ehlo_name = ehlo_name
+        self.lmtp = lmtp
+        self._hello_verb = "LHLO" if lmtp else "EHLO"
         self.capabilities: Mapping[str, str] = {}
         self.banner: Reply | None = None
         self._parser = ReplyParser()
@@ -254,7 +280,11 @@ class ClientSession:
         assert self._stuffer is not None
         end, self._stuffer = self._stuffer.finish(), None
         self._state = _State.BUSY
-        self._expect(Wait.DATA_END, self._on_final)
+        transaction = self._transaction
+        assert transaction is not None
+        # RFC 2033 4.2: one reply per accepted RCPT; SMTP: one for the message.
+        for _ in range(transaction.accepted_recipients() if self.lmtp else 1):
+            self._expect(Wait.DATA_END, self._on_final)
         return [Send(end)]
 
     def quit(self) -> list[Event]:
@@ -270,11 +300,16 @@ class ClientSession:
         self.banner = reply
         if reply.code != 220:
             return [GreetingRefused(reply)]
-        return self._command(f"EHLO {self.ehlo_name}".encode("utf-8"), Wait.COMMAND, self._on_ehlo)
+        return self._command(self._hello_line(), Wait.COMMAND, self._on_ehlo)
+
+    def _hello_line(self) -> bytes:
+        return f"{self._hello_verb} {self.ehlo_name}".encode("utf-8")
 
     def _on_ehlo(self, reply: Reply) -> list[Event]:
         if reply.code == 250:
             return self._greeted(reply, parse_ehlo(reply))
+        if self.lmtp:
+            return [HelloRefused(reply, self._tls)]  # LMTP has no HELO (RFC 2033 4.1)
         return self._command(f"HELO {self.ehlo_name}".encode("utf-8"), Wait.COMMAND, self._on_helo)
 
     def _on_helo(self, reply: Reply) -> list[Event]:
@@ -296,7 +331,7 @@ class ClientSession:
         self._tls = True
         self._state = _State.GREETING
         self.capabilities = {}
-        return [StartTLS(dropped), *self._command(f"EHLO {self.ehlo_name}".encode("utf-8"), Wait.TLS_HELLO, self._on_ehlo)]
+        return [StartTLS(dropped), *self._command(self._hello_line(), Wait.TLS_HELLO, self._on_ehlo)]
 
     def _on_mail(self, reply: Reply) -> list[Event]:
         transaction = self._transaction
@@ -336,8 +371,15 @@ class ClientSession:
         return self._reset()
 
     def _on_final(self, reply: Reply) -> list[Event]:
-        assert self._transaction is not None
-        self._transaction.data = reply
+        transaction = self._transaction
+        assert transaction is not None
+        if not self.lmtp:
+            transaction.data = reply
+            return self._done()
+        transaction.finals.append(reply)
+        transaction.data = transaction.finals[0]
+        if len(transaction.finals) < transaction.accepted_recipients():
+            return []  # more recipients' replies follow
         return self._done()
 
     def _reset(self) -> list[Event]:
@@ -348,7 +390,7 @@ class ClientSession:
         transaction, self._transaction = self._transaction, None
         assert transaction is not None and transaction.mail is not None
         self._state = _State.READY
-        return [TransactionDone(transaction.mail, tuple(transaction.replies), transaction.data)]
+        return [TransactionDone(transaction.mail, tuple(transaction.replies), transaction.data, tuple(transaction.finals))]
 
     # -- plumbing ---------------------------------------------------------------------------
 

@@ -24,8 +24,11 @@ when a timeout or the session deadline passed.
 
 from __future__ import annotations
 
+import base64
 import enum
+import secrets
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -44,7 +47,7 @@ from tlsmta.smtp._commands import (
 )
 from tlsmta.smtp._data import TOO_MANY_HOPS, DataReader, HeaderScanner, HopCounter
 from tlsmta.smtp._reply import Reply
-from tlsmta.smtp._sasl import decode_b64_text, decode_plain
+from tlsmta.smtp._sasl import decode_b64_text, decode_cram_md5, decode_plain
 
 HARD_ERROR_LIMIT = 20  # like Postfix's smtpd_hard_error_limit
 LONGEST_COMMAND = COMMAND_LINE_LIMIT + PARAMETER_ALLOWANCE
@@ -57,6 +60,22 @@ class Phase(enum.Enum):
     AUTH = "auth"  # waiting for a SASL response line
     DATA = "data"
     CLOSED = "closed"
+
+
+class Stage(enum.Enum):
+    """Where in a session a reply override (the dev relay's chaos rules) is asked."""
+
+    CONNECT = "CONNECT"  # instead of the greeting; the connection is closed after the reply
+    EHLO = "EHLO"  # HELO too
+    MAIL = "MAIL"
+    RCPT = "RCPT"
+    DATA = "DATA"  # the DATA command, before 354
+    END_OF_DATA = "END-OF-DATA"  # after the final dot, instead of storing the message
+
+
+# Asked at each Stage with the recipients it concerns (RCPT: the one named; DATA and
+# END_OF_DATA: those accepted); a Reply (4xx/5xx) is sent instead of going on, None goes on.
+ReplyOverride = Callable[[Stage, tuple[str, ...]], Reply | None]
 
 
 @attrs.frozen
@@ -72,6 +91,11 @@ class ServerSettings:
     offers_starttls: bool = False
     auth_available: bool = False  # a users file is configured
     auth_requires_tls: bool = True
+    tls_required: bool = False  # listener tls = required: no MAIL, RCPT or AUTH before STARTTLS
+    # CRAM-MD5 needs the password in clear on the server: only the dev relay's any-credentials AUTH offers it.
+    auth_mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN")
+    reply_override: ReplyOverride | None = attrs.field(default=None, eq=False)
+    auth_required: bool = False  # a submission listener: no MAIL before AUTH
 
 
 # -- events: things to do ---------------------------------------------------------------
@@ -134,10 +158,11 @@ _LINE = LineReceived()
 class MailAllowed:
     """May this client start a transaction (client certificate policy, free storage)? accept() or refuse().
 
-    ``size``: what ``SIZE=`` declared, when the MAIL command parsed (its syntax error, if any,
-    is answered only after the shell accepted)."""
+    ``size``: what ``SIZE=`` declared, and ``sender`` the reverse-path, when the MAIL command
+    parsed (its syntax error, if any, is answered only after the shell accepted)."""
 
     size: int | None = None
+    sender: str | None = None
 
 
 @attrs.frozen
@@ -165,10 +190,13 @@ class CommitMessage:
 
 @attrs.frozen
 class CheckCredentials:
-    """AUTH: check these; credentials_accepted() or credentials_refused()."""
+    """AUTH: check these; credentials_accepted() or credentials_refused().
+
+    ``cram_md5``: (challenge, hex digest) for AUTH CRAM-MD5 (RFC 2195); ``password`` is "" then."""
 
     user: str
     password: str
+    cram_md5: tuple[str, str] | None = None
 
 
 Event = Send | LineReceived | StartTLS | MessageData | MessageRefused | Close
@@ -205,6 +233,7 @@ class ServerSession:
         self.sender: str | None = None
         self.mail_params = MailParams()
         self.recipients: list[Any] = []  # the shell's records, from accept_recipient()
+        self.recipient_addresses: list[str] = []  # as the client named them, for reply overrides
         self._recipient_keys: set[tuple[str, str]] = set()
         self._reader: DataReader | None = None
         self._hops = HopCounter()
@@ -261,6 +290,15 @@ class ServerSession:
         self._buffer = b""
         self._outbox.clear()
 
+    def refused_at_connect(self) -> bool:
+        """Whether the reply override refuses the connection: its reply is queued, then Close."""
+        reply = self._override(Stage.CONNECT)
+        if reply is None:
+            return False
+        self._outbox.append(Send(reply))
+        self._close()
+        return True
+
     def refuse_connection(self, reason: str) -> None:
         """The shell's admission control said no (connection limits)."""
         self._send(421, "4.7.0", f"{self.settings.hostname} {reason}, try again later")
@@ -283,12 +321,20 @@ class ServerSession:
 
         A repeated recipient is answered like the first and kept once (as Postfix does):
         two entries for one address would be delivered twice."""
+        question = self.pending
+        local = question.address.rpartition("@")[0] if isinstance(question, RcptTo) else ""
+        self.accept_recipients([(record, (local, domain))])  # with no RcptTo open, RuntimeError there
+
+    def accept_recipients(self, records: list[tuple[Any, tuple[str, str]]]) -> None:
+        """Yes to RcptTo for the addresses it expanded to (aliases): (record, (local part, domain)) each,
+        every address kept once."""
         question = self._answer((RcptTo,))
         assert isinstance(question, RcptTo)
-        key = (question.address.rpartition("@")[0], domain)
-        if key not in self._recipient_keys:
-            self._recipient_keys.add(key)
-            self.recipients.append(record)
+        self.recipient_addresses.append(question.address)  # as the client named it, for reply overrides
+        for record, key in records:
+            if key not in self._recipient_keys:
+                self._recipient_keys.add(key)
+                self.recipients.append(record)
         self._outbox.append(_RCPT_OK)
 
     def refuse(self, reply: Reply) -> None:
@@ -373,6 +419,25 @@ class ServerSession:
         self._close()
         return True
 
+    def _override(self, stage: Stage, recipients: tuple[str, ...] = ()) -> Reply | None:
+        hook = self.settings.reply_override
+        return hook(stage, recipients) if hook is not None else None
+
+    def _overridden(self, stage: Stage, recipients: tuple[str, ...] = ()) -> bool:
+        """Whether the reply override answered the command instead (its reply is sent)."""
+        reply = self._override(stage, recipients)
+        if reply is not None:
+            self._refuse_with(reply)
+        return reply is not None
+
+    def _refuse_with(self, reply: Reply) -> None:
+        """An error reply; 421 says the service is closing the channel (RFC 5321 3.8), so it does."""
+        if reply.code == 421:
+            self._outbox.append(Send(reply))
+            self._close()
+        else:
+            self._error(reply)
+
     def _send(self, code: int, status: str | None, text: str | list[str]) -> None:
         self._outbox.append(Send(Reply.of(code, status, text)))
 
@@ -419,11 +484,13 @@ class ServerSession:
         if self.tls_active:
             lines.append("REQUIRETLS")  # RFC 8689 2: offered only inside TLS
         if self.auth_offered:
-            lines.append("AUTH PLAIN LOGIN")
+            lines.append("AUTH " + " ".join(self.settings.auth_mechanisms))
         return lines
 
     def _greet(self, arg: bytes, esmtp: bool) -> None:
         name = greeting_name(arg, "EHLO" if esmtp else "HELO")
+        if self._overridden(Stage.EHLO):
+            return
         self._reset_transaction()
         self.helo = name
         self.esmtp = esmtp
@@ -451,7 +518,13 @@ class ServerSession:
         self.tls_active = True
         self._outbox.append(StartTLS())
 
+    def _require_tls(self) -> None:
+        """RFC 3207 4: a server that requires TLS answers 530 until STARTTLS, client certificate or not."""
+        if self.settings.tls_required and not self.tls_active:
+            raise Reject(530, "5.7.0 Must issue a STARTTLS command first")
+
     def do_AUTH(self, arg: bytes) -> None:
+        self._require_tls()
         if not self.auth_offered:
             if self.settings.auth_available:
                 raise Reject(538, "5.7.11 Encryption required for requested authentication mechanism")
@@ -464,7 +537,14 @@ class ServerSession:
             raise Reject(503, "5.5.1 Error: MAIL transaction in progress")
         mechanism, _, initial = arg.partition(b" ")
         mechanism = mechanism.upper()
-        if mechanism == b"PLAIN":
+        if mechanism.decode("ascii", "replace") not in self.settings.auth_mechanisms:
+            raise Reject(504, "5.5.4 Error: unsupported authentication mechanism")
+        if mechanism == b"CRAM-MD5":
+            if initial:
+                raise Reject(501, "5.5.2 Error: CRAM-MD5 takes no initial response")
+            challenge = f"<{secrets.token_hex(8)}@{self.settings.hostname}>"
+            self._await_auth(lambda r: self._cram_md5(challenge, r), base64.b64encode(challenge.encode()).decode("ascii"))
+        elif mechanism == b"PLAIN":
             if initial:
                 self._auth_plain(initial.strip())
             else:
@@ -495,6 +575,12 @@ class ServerSession:
             raise Reject(501, "5.5.2 Error: malformed authentication response")
         self._ask(CheckCredentials(*creds))
 
+    def _cram_md5(self, challenge: str, response: bytes) -> None:
+        answer = decode_cram_md5(response)
+        if answer is None:
+            raise Reject(501, "5.5.2 Error: malformed authentication response")
+        self._ask(CheckCredentials(answer[0], "", (challenge, answer[1])))
+
     def _login_user(self, response: bytes) -> None:
         user = decode_b64_text(response)
         if user is None:
@@ -508,16 +594,23 @@ class ServerSession:
         self._ask(CheckCredentials(user, password))
 
     def do_MAIL(self, arg: bytes) -> None:
+        self._require_tls()
         if self.helo is None:
             raise Reject(503, "5.5.1 Error: send HELO/EHLO first")
         if self.sender is not None:
             raise Reject(503, "5.5.1 Error: nested MAIL command")
+        if self.settings.auth_required and self.authenticated_as is None:
+            raise Reject(530, "5.7.0 Authentication required")
+        if self._overridden(Stage.MAIL):
+            return
         try:
             self._pending_mail = self._parse_mail(arg)
         except Reject as syntax_error:
             self._pending_mail = syntax_error
-        size = None if isinstance(self._pending_mail, Reject) else self._pending_mail[1].size
-        self._ask(MailAllowed(size))  # the client-certificate policy speaks before the syntax
+        if isinstance(self._pending_mail, Reject):
+            self._ask(MailAllowed())  # the client-certificate policy speaks before the syntax
+        else:
+            self._ask(MailAllowed(self._pending_mail[1].size, self._pending_mail[0]))
 
     def _parse_mail(self, arg: bytes) -> tuple[str, MailParams]:
         path = parse_path(arg, "FROM", allow_null=True)
@@ -532,12 +625,15 @@ class ServerSession:
         self._outbox.append(_MAIL_OK)
 
     def do_RCPT(self, arg: bytes) -> None:
+        self._require_tls()
         if self.sender is None:
             raise Reject(503, "5.5.1 Error: need MAIL command")
         if len(self.recipients) >= self.settings.max_recipients:
             raise Reject(452, "4.5.3 Error: too many recipients")
         path = parse_path(arg, "TO", utf8=self.mail_params.smtputf8)
         rcpt_params(path.params)
+        if self._overridden(Stage.RCPT, (path.address,)):
+            return
         if path.address == "postmaster":
             hostname = self.settings.hostname
             self._ask(RcptTo(f"postmaster@{hostname}", hostname, local=True))
@@ -551,6 +647,8 @@ class ServerSession:
             raise Reject(503, "5.5.1 Error: need MAIL command")
         if not self.recipients:
             raise Reject(554, "5.5.1 Error: no valid recipients")
+        if self._overridden(Stage.DATA, tuple(self.recipient_addresses)):
+            return
         self._ask(OpenMessage())
 
     def do_RSET(self, arg: bytes) -> None:
@@ -611,9 +709,11 @@ class ServerSession:
         problem = reader.problem
         if problem is None and hops > self.settings.max_hops:
             problem = attrs.evolve(TOO_MANY_HOPS, text=TOO_MANY_HOPS.text.format(hops=hops))
+        override = self._override(Stage.END_OF_DATA, tuple(self.recipient_addresses)) if problem is None else None
         self._reset_transaction()
-        if problem is not None:
-            self._outbox.append(MessageRefused(problem.reply, reader.received))
-            self._error(problem.reply)
+        refusal = problem.reply if problem is not None else override
+        if refusal is not None:
+            self._outbox.append(MessageRefused(refusal, reader.received))
+            self._refuse_with(refusal)
             return
         self._ask(CommitMessage(reader.received, tls_required_no, message_id))

@@ -3,7 +3,8 @@ Maildir delivery, the streaming file writer with its fsync rules, the disk
 thread, ordered appends on it (``appender``), message ids, the
 message-store interfaces the inbound side writes to (``interfaces``), and
 the facts of receipt kept beside the dev relay's captured mail
-(``receipts``), and whether the spool's filesystem has room for a message
+(``receipts``), one small file written durably (``durable``), and whether
+the spool's filesystem has room for a message
 (``freespace``).
 
 May import config (routes) and smtp's values (replies, names); never SMTP
@@ -15,6 +16,7 @@ This ``__init__`` is the part's API: other parts import only the names in
 
 from tlsmta.storage._appender import LineAppender, Run
 from tlsmta.storage._diskio import DiskIO
+from tlsmta.storage._durable import write_durably
 from tlsmta.storage._filewriter import StreamingWriter, remove_if_present
 from tlsmta.storage._freespace import free_bytes, space_refusal
 from tlsmta.storage._ids import new_message_id
@@ -62,4 +64,5 @@ __all__ = [
     "StoreError",
     "StreamingWriter",
     "Throttle",
+    "write_durably",
 ]

@@ -47,6 +47,7 @@ class Envelope:
     body_type: str = "7BIT"
     esmtp: bool = True  # EHLO, not HELO
     authenticated: bool = False  # the client used AUTH
+    auth_user: str | None = None  # as whom (kept in the dev relay's receipts)
     tls: dict[str, Any] = attrs.field(factory=dict)  # facts of receipt, for the queue and logs
 
 

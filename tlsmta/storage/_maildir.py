@@ -16,7 +16,7 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from tlsmta.config import Route
+from tlsmta.config import Route, split_address
 from tlsmta.storage._diskio import DiskIO
 from tlsmta.storage._filewriter import FileTarget, StreamingWriter, TempFile, remove_if_present
 from tlsmta.storage._interfaces import NO_THROTTLE, Envelope, Throttle
@@ -46,6 +46,12 @@ def local_headers(sender: str, recipients: Sequence[str]) -> bytes:
     """Return-Path and Delivered-To, as a local delivery agent adds them."""
     lines = [f"Return-Path: <{sender}>"] + [f"Delivered-To: {r}" for r in recipients]
     return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+def maildir_of(address: str, route: Route) -> str:
+    """The Maildir a ``maildir:`` route puts ``address`` in: the route's path, the recipient's
+    own mailbox when the path has %d/%u (RouteError: the address cannot name one)."""
+    return route.maildir_for(*split_address(address))
 
 
 def crlf_to_lf(data: bytes) -> bytes:
@@ -114,8 +120,7 @@ class LocalSink:
         by_maildir: dict[str, list[str]] = defaultdict(list)
         for address, route in recipients:
             if route.kind == "maildir":
-                assert route.path is not None
-                by_maildir[route.path].append(address)
+                by_maildir[maildir_of(address, route)].append(address)
         return [MaildirFile(path, local_headers(sender, rcpts), self._prepare) for path, rcpts in by_maildir.items()]
 
     def _prepare(self, path: str) -> None:

@@ -48,6 +48,7 @@ def receipt_record(envelope: Envelope) -> dict[str, Any]:
         "peer": envelope.peer,
         "esmtp": envelope.esmtp,
         "authenticated": envelope.authenticated,
+        "auth_user": envelope.auth_user,
         "smtputf8": envelope.smtputf8,
         "tls": dict(envelope.tls),
     }

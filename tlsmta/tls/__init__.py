@@ -2,7 +2,8 @@
 names pyOpenSSL keeps private behind ``openssl_private``), the pure
 certificate verdicts and policy combination (``policy``), RFC 8460 result
 names (``rpt_types``), verify and parameter hooks (``hooks``), and a
-verified HTTPS client (``https``, for MTA-STS policies and TLS-RPT reports).
+verified HTTPS client (``https``, for MTA-STS policies and TLS-RPT reports), and
+the certificates served: chains per key type, SNI choice, expiry (``certificates``).
 
 May import ``tlsmta.config`` and ``tlsmta.smtp``; ``policy`` and
 ``rpt_types`` stay pure (no OpenSSL, no files, no reporting).
@@ -11,6 +12,8 @@ This ``__init__`` is the part's API: other parts import only the names in
 ``__all__``; the modules behind it are private (``_name.py``).
 """
 
+from tlsmta.tls._certificate_facts import certificate_sha256, spki_der, spki_sha256
+from tlsmta.tls._certificates import CertificateFacts, check_chains, read_certificate, serve_by_sni
 from tlsmta.tls._contexts import (
     CertificateCheck,
     ClientTLS,
@@ -20,17 +23,23 @@ from tlsmta.tls._contexts import (
     SessionFacts,
     client_context,
     describe_name,
+    describe_sans,
     load_keypair,
+    openssl_version,
     presented_names,
     server_context,
     ssl_error_text,
     tls_connection,
     tls_log_fields,
+    unsupported_groups,
 )
 from tlsmta.tls._hooks import HookError, Hooks, load_hook, load_hooks
 from tlsmta.tls._https import HTTPSFailure, TooLarge, https_request, read_body
 from tlsmta.tls._policy import (
+    FALLBACK_NOT_OFFERED,
+    POLICY_DANE_REQUIRED,
     POLICY_LOCAL,
+    POLICY_PINNED,
     RPT_DNSSEC_INVALID,
     RPT_STARTTLS_NOT_SUPPORTED,
     RPT_VALIDATION_FAILURE,
@@ -49,8 +58,11 @@ from tlsmta.tls._policy import (
     decide,
     describe_wanted,
     effective_requirement,
+    fallback_after_handshake,
+    fallback_after_refusal,
     handshake_failed,
     match_names,
+    pin_verdict,
     requiretls_refused,
     starttls_decision,
     starttls_refused,
@@ -79,7 +91,10 @@ __all__ = [
     "CERTIFICATE_HOST_MISMATCH",
     "CERTIFICATE_NOT_TRUSTED",
     "certificate_result_type",
+    "certificate_sha256",
     "CertificateCheck",
+    "CertificateFacts",
+    "check_chains",
     "ChainResult",
     "client_context",
     "ClientTLS",
@@ -87,9 +102,13 @@ __all__ = [
     "DANEStatus",
     "decide",
     "describe_name",
+    "describe_sans",
     "describe_wanted",
     "DNSSEC_INVALID",
     "effective_requirement",
+    "FALLBACK_NOT_OFFERED",
+    "fallback_after_handshake",
+    "fallback_after_refusal",
     "handshake_failed",
     "HookContext",
     "HookError",
@@ -100,8 +119,12 @@ __all__ = [
     "load_hooks",
     "load_keypair",
     "match_names",
+    "openssl_version",
     "Outcome",
+    "POLICY_DANE_REQUIRED",
     "POLICY_LOCAL",
+    "POLICY_PINNED",
+    "pin_verdict",
     "POLICY_NONE",
     "POLICY_STS",
     "POLICY_TLSA",
@@ -110,15 +133,19 @@ __all__ = [
     "PresentedNames",
     "https_request",
     "read_body",
+    "read_certificate",
     "Requirement",
     "requiretls_refused",
     "RESULT_TYPES",
     "RPT_DNSSEC_INVALID",
     "RPT_STARTTLS_NOT_SUPPORTED",
     "RPT_VALIDATION_FAILURE",
+    "serve_by_sni",
     "server_context",
     "ServerTLS",
     "SessionFacts",
+    "spki_der",
+    "spki_sha256",
     "ssl_error_text",
     "starttls_decision",
     "STARTTLS_NOT_SUPPORTED",
@@ -134,6 +161,7 @@ __all__ = [
     "TLSAction",
     "TLSFailure",
     "TooLarge",
+    "unsupported_groups",
     "VALIDATION_FAILURE",
     "Verdict",
     "VerifyMode",

@@ -7,6 +7,8 @@ verify hooks, and fails closed when anything inside a callback raises.
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -14,6 +16,7 @@ from typing import Any
 import attrs
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL, crypto
 from twisted.internet.interfaces import (
@@ -28,6 +31,7 @@ from tlsmta.network import StreamTransport
 from tlsmta.smtp import DomainNameError, normalize_domain
 from tlsmta.tls import _openssl_private as openssl_private
 from tlsmta.tls import _policy as policy
+from tlsmta.tls._certificate_facts import certificate_sha256, spki_sha256
 from tlsmta.tls._policy import ChainError, ChainResult, PresentedNames, VerifyMode
 
 log = Logger(namespace="tlsmta.tls")
@@ -104,14 +108,79 @@ def apply_protocols(ctx: SSL.Context, allowed: frozenset[str]) -> None:
             ctx.set_options(_VERSION_CONSTANTS[version][1])
 
 
-def _base_context(method: int, protocols: frozenset[str], ciphers: str | None, tls13: str | None) -> SSL.Context:
+# The built-in defaults in both directions are Mozilla's "intermediate" profile
+# (https://ssl-config.mozilla.org/, 5.7): for TLS 1.2 only ECDHE with AEAD ciphers
+# (OpenSSL's own default adds CBC suites, which the profile rejects), and the
+# groups X25519, P-256 and P-384 (OpenSSL's default adds X448 and P-521), with the
+# hybrid post-quantum X25519MLKEM768 first where the linked OpenSSL has it
+# (3.5 and later).  OpenSSL's TLS 1.3 suites are the profile's already.
+INTERMEDIATE_CIPHERS = ":".join((
+    "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
+))
+PREFERRED_GROUPS = ("X25519MLKEM768", "X25519", "secp256r1", "secp384r1")
+
+
+# SSL_get0_group_name gives some groups in lower case (x25519); logs use the names configured.
+_GROUP_SPELLING = {name.lower(): name for name in (*PREFERRED_GROUPS, "X448")}
+
+
+def group_name(name: str | None) -> str | None:
+    """A negotiated group's name as ``tls_groups`` spells it."""
+    return _GROUP_SPELLING.get(name.lower(), name) if name else None
+
+
+def openssl_version() -> str:
+    """The OpenSSL that pyOpenSSL runs on (cryptography's, not the system's ``openssl``)."""
+    return SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode("ascii", "replace")
+
+
+def unsupported_groups(groups: Sequence[str]) -> tuple[str, ...]:
+    """The names in ``groups`` this OpenSSL does not offer as key-exchange groups."""
+    scratch = SSL.Context(SSL.TLS_METHOD)
+    return tuple(name for name in groups if not openssl_private.set_groups(scratch, name))
+
+
+@functools.cache
+def default_groups() -> tuple[str, ...]:
+    """:data:`PREFERRED_GROUPS` less those this OpenSSL lacks."""
+    missing = unsupported_groups(PREFERRED_GROUPS)
+    return tuple(name for name in PREFERRED_GROUPS if name not in missing)
+
+
+@functools.cache
+def default_group_list() -> str:
+    """:func:`default_groups` as OpenSSL's list, with key shares for the hybrid and for X25519.
+
+    A client sends a key share for the first group only, unless ``*`` marks
+    others (OpenSSL 3.5, which is also what has the hybrid): a server without
+    ML-KEM, most of them still, would otherwise answer with a HelloRetryRequest,
+    a round trip more on every session.  Browsers send both shares too.
+    """
+    names = default_groups()
+    if names[0] != "X25519MLKEM768":
+        return ":".join(names)
+    return ":".join([f"*{names[0]}", f"*{names[1]}", *names[2:]])
+
+
+def apply_groups(ctx: SSL.Context, groups: Sequence[str] | None) -> None:
+    """Offer exactly ``groups`` for key exchange, most preferred first (None: :func:`default_group_list`)."""
+    text = default_group_list() if groups is None else ":".join(groups)
+    if not openssl_private.set_groups(ctx, text):
+        raise ValueError(f"OpenSSL ({openssl_version()}) refuses the groups {text!r}")
+
+
+def _base_context(
+    method: int, protocols: frozenset[str], ciphers: str | None, tls13: str | None, groups: Sequence[str] | None
+) -> SSL.Context:
     ctx = SSL.Context(method)
     ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION)
     apply_protocols(ctx, protocols)
-    if ciphers:
-        ctx.set_cipher_list(ciphers.encode("ascii"))
+    ctx.set_cipher_list((ciphers or INTERMEDIATE_CIPHERS).encode("ascii"))
     if tls13:
         ctx.set_tls13_ciphersuites(tls13.encode("ascii"))
+    apply_groups(ctx, groups)
     return ctx
 
 
@@ -125,6 +194,16 @@ def load_trust(ctx: SSL.Context, ca: str | None) -> None:
         ctx.load_verify_locations(ca)
 
 
+def use_chains(ctx: SSL.Context, chains: Sequence[tuple[str, str]]) -> None:
+    """Load each (certificate chain, key) file pair into ``ctx``.  OpenSSL keeps one certificate
+    per key type (RSA, ECDSA, ...), each with its own intermediates, and the handshake serves
+    the one the client's signature algorithms allow (see :mod:`tlsmta.tls._certificates`)."""
+    for cert, key in chains:
+        ctx.use_certificate_chain_file(cert)
+        ctx.use_privatekey_file(key)
+        ctx.check_privatekey()  # the key just loaded against the certificate of its own type
+
+
 def server_context(
     cert_path: str,
     key_path: str,
@@ -134,17 +213,22 @@ def server_context(
     client_ca: str | None = None,
     session_id: bytes = b"tlsmta",
     resumption: bool = True,
+    more_chains: Sequence[tuple[str, str]] = (),
+    groups: Sequence[str] | None = None,
 ) -> SSL.Context:
     """An SSL.Context for a listener (STARTTLS or implicit TLS).
+
+    ``more_chains``: (certificate, key) files of other key types served beside the first.
 
     ``resumption=False`` for listeners that check client certificates: a
     resumed session shows no certificate, so the check would fail (530) for
     every client that caches sessions.
     """
-    ctx = _base_context(SSL.TLS_SERVER_METHOD, protocols, ciphers, tls13)
-    ctx.use_certificate_chain_file(cert_path)
-    ctx.use_privatekey_file(key_path)
-    ctx.check_privatekey()
+    ctx = _base_context(SSL.TLS_SERVER_METHOD, protocols, ciphers, tls13, groups)
+    # Our order, not the client's: with tls_ciphers widened for old peers, the strongest
+    # shared suite still wins (testssl.sh rates a server without an order HIGH).
+    ctx.set_options(SSL.OP_CIPHER_SERVER_PREFERENCE)
+    use_chains(ctx, [(cert_path, key_path), *more_chains])
     ctx.set_session_id(session_id[:32])
     if not resumption:
         ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
@@ -162,17 +246,22 @@ def client_context(
     ciphers: str | None = None,
     tls13: str | None = None,
     ca: str | None = None,
-    cert_path: str | None = None,
-    key_path: str | None = None,
+    cert_path: str | Sequence[str] | None = None,
+    key_path: str | Sequence[str] | None = None,
+    groups: Sequence[str] | None = None,
 ) -> SSL.Context:
-    """An SSL.Context for outbound STARTTLS with the resolved options."""
+    """An SSL.Context for outbound STARTTLS with the resolved options.
+
+    ``cert_path``/``key_path``: the client certificate, or one per key type (paired in order):
+    OpenSSL presents the one the server's CertificateRequest signature algorithms allow."""
     # Anonymous and null suites have no certificate to verify: never offer them.
     ciphers = f"{ciphers}:!aNULL:!eNULL" if ciphers else None
-    ctx = _base_context(SSL.TLS_CLIENT_METHOD, protocols, ciphers, tls13)
+    ctx = _base_context(SSL.TLS_CLIENT_METHOD, protocols, ciphers, tls13, groups)
     load_trust(ctx, ca)
     if cert_path and key_path:
-        ctx.use_certificate_chain_file(cert_path)
-        ctx.use_privatekey_file(key_path)
+        certs = [cert_path] if isinstance(cert_path, str) else cert_path
+        keys = [key_path] if isinstance(key_path, str) else key_path
+        use_chains(ctx, list(zip(certs, keys, strict=True)))
     return ctx
 
 
@@ -180,16 +269,50 @@ def client_context(
 
 
 def presented_names(cert: x509.Certificate) -> PresentedNames:
-    """The dNSNames and subject CNs of a certificate."""
+    """The dNSNames, iPAddresses and subject CNs of a certificate."""
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         dns_names = tuple(san.get_values_for_type(x509.DNSName))
+        addresses = san.get_values_for_type(x509.IPAddress)
+        ips = tuple(str(ip) for ip in addresses if isinstance(ip, (ipaddress.IPv4Address, ipaddress.IPv6Address)))
     except x509.ExtensionNotFound:
-        dns_names = ()
+        dns_names, ips = (), ()
     cns = tuple(
         str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     )
-    return PresentedNames(dns_names=dns_names, common_names=cns)
+    return PresentedNames(dns_names=dns_names, common_names=cns, ip_addresses=ips)
+
+
+def describe_sans(names: PresentedNames) -> str:
+    """``mx.example, IP:192.0.2.1``: the subjectAltNames a certificate lists."""
+    return ", ".join((*names.dns_names, *(f"IP:{ip}" for ip in names.ip_addresses)))
+
+
+def certificate_log_fields(cert: x509.Certificate) -> dict[str, Any]:
+    """What a presented certificate was: subject, SANs, issuer and fingerprints, for the log."""
+    return {
+        "subject": describe_name(cert.subject),
+        "issuer": describe_name(cert.issuer),
+        "sans": describe_sans(presented_names(cert)) or None,
+        "spki_sha256": spki_sha256(cert),
+        "cert_sha256": certificate_sha256(cert),
+    }
+
+
+def key_type(certificate: x509.Certificate) -> str:
+    """The public key's algorithm as logs and problems name it: rsa, ecdsa, ed25519, ed448, dsa."""
+    key = certificate.public_key()
+    for kind, name in ((rsa.RSAPublicKey, "rsa"), (ec.EllipticCurvePublicKey, "ecdsa"),
+                       (ed25519.Ed25519PublicKey, "ed25519"), (ed448.Ed448PublicKey, "ed448"), (dsa.DSAPublicKey, "dsa")):
+        if isinstance(key, kind):
+            return name
+    return type(key).__name__
+
+
+def served_certificate(conn: SSL.Connection) -> str | None:
+    """``CN=mx.example (ecdsa)``: the certificate this end presented (chosen by SNI and key type inbound)."""
+    cert = conn.get_certificate(as_cryptography=True)
+    return f"{describe_name(cert.subject)} ({key_type(cert)})" if cert is not None else None
 
 
 def describe_name(name: x509.Name) -> str:
@@ -209,6 +332,9 @@ class SessionFacts:
     peer_issuer: str | None = None
     resumed: bool = False
     server_name: str | None = None  # SNI: what the client sent (inbound) or we sent (outbound)
+    certificate: str | None = None  # the one we presented (chosen by SNI and key type inbound), "CN=... (ecdsa)"
+    peer_certificate: x509.Certificate | None = attrs.field(default=None, eq=False, repr=False)
+    group: str | None = None  # the key-exchange group (X25519MLKEM768, X25519, ...)
 
     @classmethod
     def from_connection(cls, conn: SSL.Connection) -> SessionFacts:
@@ -223,6 +349,9 @@ class SessionFacts:
             peer_issuer=issuer,
             resumed=openssl_private.session_reused(conn),
             server_name=server_name(conn),
+            certificate=served_certificate(conn),
+            peer_certificate=cert,
+            group=group_name(openssl_private.negotiated_group(conn)),
         )
 
 
@@ -240,18 +369,31 @@ def tls_connection(transport: StreamTransport) -> SSL.Connection:
     return handle
 
 
-def tls_log_fields(facts: SessionFacts | None, tls_verify: str, verified: str, reason: str) -> dict[str, Any]:
-    """The TLS facts every ``received`` and ``delivery`` event carries (None where no TLS ran)."""
+def tls_log_fields(facts: SessionFacts | None, tls_verify: str, verified: str, reason: str,
+                   certificate: x509.Certificate | None = None) -> dict[str, Any]:
+    """The TLS facts every ``received`` and ``delivery`` event carries (None where no TLS ran).
+
+    ``certificate``: the one the peer presented, when the handshake did not
+    complete (verification aborted it) and ``facts`` cannot say.
+    """
+    if certificate is None and facts is not None:
+        certificate = facts.peer_certificate
     return {
         "tls": "tls" if facts else "none",
         "protocol": facts.protocol if facts else None,
         "cipher": facts.cipher if facts else None,
+        "group": facts.group if facts else None,
         "sni": facts.server_name if facts else None,
         "tls_verify": tls_verify,
         "verified": verified,
         "reason": reason,
-        "subject": facts.peer_subject if facts else None,
-        "issuer": facts.peer_issuer if facts else None,
+        "subject": None,
+        "issuer": None,
+        "sans": None,
+        "spki_sha256": None,
+        "cert_sha256": None,
+        **(certificate_log_fields(certificate) if certificate is not None else {}),
+        "certificate": facts.certificate if facts else None,
     }
 
 
@@ -308,6 +450,10 @@ class CertificateCheck:
         self.hook_answers: dict[int, bool] = {}
         self.hook_error: str | None = None
         self.leaf: x509.Certificate | None = None
+        # The chain as the peer sent it, seen at the first callback: the leaf's facts are
+        # logged even when verification aborts the handshake before depth 0.  (A client's
+        # peer chain starts with the leaf; a server's leaves it out, and inbound never aborts.)
+        self.peer_chain: list[x509.Certificate] = []
         self.internal_error: str | None = None
         self.seen_certificate = False  # the callback ran: a certificate was received
         # A resumed session shows no certificate; it carries the verdict of the
@@ -325,7 +471,7 @@ class CertificateCheck:
     def install(self, conn: SSL.Connection) -> None:
         """Set this session's verify callback on ``conn``."""
         if self.wants_certificate:
-            conn.set_verify(SSL.VERIFY_PEER, self.callback)
+            openssl_private.set_verify_with_reason(conn, SSL.VERIFY_PEER, self.callback, self.refusal_reason)
         else:
             conn.set_verify(SSL.VERIFY_NONE)
 
@@ -340,6 +486,8 @@ class CertificateCheck:
             return False
 
     def _callback(self, conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: bool) -> bool:
+        if not self.peer_chain:
+            self.peer_chain = conn.get_peer_cert_chain(as_cryptography=True) or []
         if not ok:
             self.errors.append(ChainError(depth, errno, verify_error_text(errno)))
         presented = None
@@ -356,6 +504,21 @@ class CertificateCheck:
         if depth > 0:
             return policy.chain_failure(self._chain_result()) is None
         return not self.verdict().fatal
+
+    def refusal_reason(self) -> int:
+        """The X509_V_ERR code for a certificate this check refused though OpenSSL's chain check passed.
+
+        OpenSSL sends the alert of the verify error left in the store; with none
+        left it would send internal_error(80).  A hook's refusal is "certificate
+        rejected", a name check's "hostname mismatch" (both bad_certificate(42));
+        a chain error keeps its own code (unknown_ca(48), certificate_expired(45)).
+        An exception inside the callback stays internal_error: that one is ours.
+        """
+        if self.internal_error is not None:
+            return 0
+        if self.hook_error is not None or not all(self.hook_answers.values()):
+            return openssl_private.CERT_REJECTED
+        return openssl_private.HOSTNAME_MISMATCH
 
     def _call_hook(self, conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: bool) -> None:
         assert self.hook is not None
@@ -374,6 +537,11 @@ class CertificateCheck:
     def chain_result(self) -> ChainResult:
         """What the callback recorded, for verdicts under another mode (reports)."""
         return self._chain_result()
+
+    @property
+    def presented_certificate(self) -> x509.Certificate | None:
+        """The peer's certificate as far as the callback saw it (for the log)."""
+        return self.leaf or (self.peer_chain[0] if self.peer_chain else None)
 
     @property
     def presented(self) -> PresentedNames | None:
@@ -432,7 +600,8 @@ class ClientTLS:
         conn.set_app_data(tlsProtocol)
         if self.session is not None:
             conn.set_session(self.session)
-        if self.server_name:
+        # RFC 6066 3: SNI carries host names only, never an IP literal (an smtp:127.0.0.1 route).
+        if self.server_name and policy.ip_literal(self.server_name) is None:
             try:
                 sni = normalize_domain(self.server_name, host=True)
             except DomainNameError:  # no host name: nothing to ask for

@@ -9,12 +9,15 @@ conclude is concluded here, so it is tested exhaustively without sockets.
 from __future__ import annotations
 
 import enum
+import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 
 import attrs
 from service_identity.hazmat import (
     DNS_ID,
     DNSPattern,
+    IPAddress_ID,
+    IPAddressPattern,
     VerificationError,
     verify_service_identity,
 )
@@ -127,10 +130,11 @@ class ChainResult:
 
 @attrs.frozen
 class PresentedNames:
-    """Names a certificate offers: subjectAltName dNSNames and subject CNs."""
+    """Names a certificate offers: subjectAltName dNSNames and iPAddresses, and subject CNs."""
 
     dns_names: tuple[str, ...] = ()
     common_names: tuple[str, ...] = ()
+    ip_addresses: tuple[str, ...] = ()
 
     @property
     def for_matching(self) -> tuple[str, ...]:
@@ -138,13 +142,27 @@ class PresentedNames:
         return self.dns_names if self.dns_names else self.common_names
 
 
-def match_names(presented: PresentedNames, wanted: Iterable[str]) -> str | None:
-    """The first wanted name the certificate is valid for, or None.
+def ip_literal(name: str) -> str | None:
+    """``name`` as a canonical IP address when it is one (``[::1]`` too), else None."""
+    try:
+        return str(ipaddress.ip_address(name.removeprefix("[").removesuffix("]")))
+    except ValueError:
+        return None
 
-    Matching follows RFC 6125 through service_identity: one leading
-    wildcard label, no partial-label wildcards, IDNA A-labels,
-    case-insensitive, trailing dots ignored.
-    """
+
+def _match_ip(presented: PresentedNames, ip: str) -> bool:
+    """RFC 6125 / RFC 5280: an IP reference identity matches only an iPAddress SAN, never a dNSName or CN."""
+    patterns = [IPAddressPattern(pattern=ipaddress.ip_address(a)) for a in presented.ip_addresses]
+    if not patterns:
+        return False
+    try:
+        verify_service_identity(patterns, obligatory_ids=[IPAddress_ID(ip)], optional_ids=[])
+    except VerificationError:
+        return False
+    return True
+
+
+def _dns_patterns(presented: PresentedNames) -> list[DNSPattern]:
     patterns = []
     for raw in presented.for_matching:
         try:
@@ -152,18 +170,38 @@ def match_names(presented: PresentedNames, wanted: Iterable[str]) -> str | None:
             patterns.append(DNSPattern.from_bytes(name.encode("ascii")))
         except Exception:  # no host name, or a pattern service_identity refuses: it matches nothing
             continue
-    if not patterns:
+    return patterns
+
+
+def _match_dns(patterns: list[DNSPattern], want: str) -> str | None:
+    try:
+        norm = normalize_domain(want, host=True)  # a reference name, never a pattern
+    except DomainNameError:
         return None
+    try:
+        verify_service_identity(patterns, obligatory_ids=[DNS_ID(norm)], optional_ids=[])
+    except (VerificationError, ValueError):
+        return None
+    return norm
+
+
+def match_names(presented: PresentedNames, wanted: Iterable[str]) -> str | None:
+    """The first wanted name the certificate is valid for, or None.
+
+    Matching follows RFC 6125 through service_identity: one leading
+    wildcard label, no partial-label wildcards, IDNA A-labels,
+    case-insensitive, trailing dots ignored.  A wanted IP address (the
+    next hop of an ``smtp:127.0.0.1`` route) matches the certificate's IP
+    address SANs only.
+    """
+    patterns = _dns_patterns(presented)
     for want in wanted:
-        try:
-            norm = normalize_domain(want, host=True)  # a reference name, never a pattern
-        except DomainNameError:
-            continue
-        try:
-            verify_service_identity(patterns, obligatory_ids=[DNS_ID(norm)], optional_ids=[])
-        except (VerificationError, ValueError):
-            continue
-        return norm
+        ip = ip_literal(want)
+        if ip is not None:
+            if _match_ip(presented, ip):
+                return ip
+        elif patterns and (matched := _match_dns(patterns, want)) is not None:
+            return matched
     return None
 
 
@@ -279,25 +317,51 @@ def starttls_decision(tls: OutboundTLS, advertised: bool) -> TLSAction | TLSFail
     return TLSAction.PLAIN
 
 
-def starttls_refused(tls: OutboundTLS, fallback: bool, reply: str) -> TLSAction | TLSFailure:
-    """The server answered STARTTLS with an error (e.g. 454)."""
-    if tls == OutboundTLS.IFAVAILABLE and fallback:
+# The one refusal of STARTTLS that may be followed by plain text (DESIGN.md, Outbound): 454
+# "TLS not available due to temporary reason" says the server's TLS is broken for now.  Any
+# other answer (502, 530, 354, 250, 221, ...) is a server that advertised STARTTLS and then
+# did something else: continuing in clear text there is the STRIPTLS downgrade.
+FALLBACK_REFUSAL_CODE = 454
+
+
+def starttls_refused(tls: OutboundTLS, fallback: bool, reply: Reply) -> TLSAction | TLSFailure:
+    """The server answered STARTTLS with something other than 220."""
+    if tls == OutboundTLS.IFAVAILABLE and fallback and reply.code == FALLBACK_REFUSAL_CODE:
         return TLSAction.PLAIN
     return TLSFailure(TLS_ENHANCED_CODE, f"TLS negotiation failed: STARTTLS refused: {reply}")
 
 
-def handshake_failed(tls: OutboundTLS, fallback: bool, verdict: Verdict | None, reason: str) -> TLSAction | TLSFailure:
-    """The handshake did not complete.
+def handshake_failed(
+    tls: OutboundTLS, fallback: bool, verdict: Verdict | None, reason: str, completed: bool = False
+) -> TLSAction | TLSFailure:
+    """The TLS session did not get as far as the EHLO answer inside it.
 
     ``verdict`` is the certificate verdict when our verification aborted
     the handshake: that is never retried in plain text (anyone able to
     present a bad certificate could otherwise force clear text).
+    ``completed``: the handshake itself finished (the connection broke
+    afterwards, at the EHLO inside TLS); the server can do TLS, so plain
+    text is never the answer either.
     """
     if verdict is not None and verdict.fatal:
         return TLSFailure(TLS_ENHANCED_CODE, verdict.reason)
+    if completed:
+        return TLSFailure(TLS_ENHANCED_CODE, f"TLS session failed after the handshake: {reason}")
     if tls == OutboundTLS.IFAVAILABLE and fallback:
         return TLSAction.PLAIN
     return TLSFailure(TLS_ENHANCED_CODE, f"TLS negotiation failed: {reason}")
+
+
+# Why a session that wanted TLS went on in plain text: the delivery line's ``tls_fallback``.
+FALLBACK_NOT_OFFERED = "not-offered"
+
+
+def fallback_after_refusal(reply: Reply) -> str:
+    return f"starttls-refused:{reply.code}"
+
+
+def fallback_after_handshake(reason: str) -> str:
+    return f"handshake-failed:{reason}"
 
 
 # -- the strictest applicable policy for one MX ----------------------------------------------
@@ -311,6 +375,8 @@ POLICY_LOCAL = "local"
 POLICY_STS_ENFORCE = "mta-sts-enforce"
 POLICY_STS_TESTING = "mta-sts-testing"
 POLICY_DANE = "dane"
+POLICY_DANE_REQUIRED = "dane-required"
+POLICY_PINNED = "pinned"
 POLICY_REQUIRETLS = "requiretls"
 
 ENCRYPTION_NEEDED = "5.7.10"  # RFC 8689 4.2.1 / RFC 5248: TLS could not be had for a REQUIRETLS message
@@ -350,11 +416,16 @@ class Requirement:
     verify: VerifyMode
     names: Names = Names.DOMAIN_OR_MX
     dane: bool = False  # the certificate is judged by the TLSA records, not by CA and names
+    pins: tuple[str, ...] = ()  # tls_pins (hex SPKI SHA-256): set, they judge the certificate, not CA and names
     fallback: bool = True  # plain text after a failed handshake (only with tls = ifavailable)
     requiretls: bool = False  # MAIL FROM ... REQUIRETLS; the next hop must offer REQUIRETLS
     report_verify: bool = False  # MTA-STS testing: evaluate the enforce checks for reports only
     unusable: TLSFailure | None = None  # this MX must not be used at all, and why
     ignored: tuple[str, ...] = ()  # recipient-side policies set aside by TLS-Required: No
+
+    @property
+    def pinned(self) -> bool:
+        return bool(self.pins)
 
     @property
     def permanent(self) -> bool:
@@ -381,6 +452,8 @@ def effective_requirement(
     requiretls: bool = False,
     tls_required_no: bool = False,
     mx_secure: bool = False,
+    dane_required: bool = False,
+    pins: tuple[str, ...] = (),
 ) -> Requirement:
     """The strictest of the local options and the external policies, for one MX.
 
@@ -398,23 +471,40 @@ def effective_requirement(
       listed in an MTA-STS policy, and any failure bounces (5.7.x).
     - TLS-Required: No (without REQUIRETLS): MTA-STS and DANE are ignored,
       the local options apply.
+    - ``dane_required`` (local ``dane = "required"``, Postfix ``dane-only``):
+      an MX without usable TLSA records is not used (4.7.5), never reached
+      with PKIX checks or in plain text.  It is the operator's own policy,
+      so TLS-Required: No does not set it, or the records it needs, aside.
+    - ``pins`` (local ``tls_pins``, Postfix ``fingerprint``): the operator
+      named the server's keys, which is more than any published policy can
+      say: STARTTLS required, no fallback, the pins judge the certificate
+      (no CA, no names), MTA-STS and DANE are not consulted.
     """
     if requiretls:
         tls_required_no = False  # RFC 8689 5: the header is ignored when REQUIRETLS is set
     ignored: tuple[str, ...] = ()
     if tls_required_no:
         ignored = tuple(
-            name for name, present in (("mta-sts", sts is not None and sts.mode != "none"), ("dane", dane is not DANEStatus.NONE)) if present
+            name for name, present in (("mta-sts", sts is not None and sts.mode != "none"),
+                                       ("dane", dane is not DANEStatus.NONE and not dane_required)) if present
         )
-        sts, dane = None, DANEStatus.NONE
+        sts = None
+        dane = dane if dane_required else DANEStatus.NONE
     if sts is not None and sts.mode == "none":
         sts = None
 
+    if pins:
+        return Requirement(POLICY_PINNED, OutboundTLS.REQUIRED, VerifyMode.NO, pins=pins, fallback=False,
+                           requiretls=requiretls, ignored=ignored)
     if dane is DANEStatus.FAILED:
         req = Requirement(POLICY_DANE, OutboundTLS.REQUIRED, verify, fallback=False, requiretls=requiretls)
         return attrs.evolve(req, unusable=req.failure(TLS_ENHANCED_CODE, "dane: TLSA lookup failed; MX not usable"))
     if dane is DANEStatus.USABLE:
         return Requirement(POLICY_DANE, OutboundTLS.REQUIRED, VerifyMode.NO, dane=True, fallback=False, requiretls=requiretls)
+    if dane_required:
+        req = Requirement(POLICY_DANE_REQUIRED, OutboundTLS.REQUIRED, verify, fallback=False, requiretls=requiretls)
+        why = "no usable TLSA records" if dane is DANEStatus.UNUSABLE else "no DNSSEC-validated TLSA records"
+        return attrs.evolve(req, unusable=req.failure(TLS_ENHANCED_CODE, f"dane: DANE required (dane = required) but {why}; MX not used"))
 
     req = Requirement(POLICY_LOCAL, tls, verify, fallback=fallback, ignored=ignored)
     if dane is DANEStatus.UNUSABLE:
@@ -449,6 +539,15 @@ def effective_requirement(
         elif not (mx_secure or listed):
             req = attrs.evolve(req, unusable=req.failure(ENCRYPTION_NEEDED, "MX host neither DNSSEC-validated nor listed in an MTA-STS policy"))
     return req
+
+
+def pin_verdict(pins: Iterable[str], spki_sha256: str | None) -> Verdict:
+    """``tls_pins`` (hex SHA-256 of SubjectPublicKeyInfos) against the presented key's; ``None``: no certificate."""
+    if spki_sha256 is None:
+        return Verdict(Outcome.FAILED, "pin: no certificate presented")
+    if spki_sha256 in pins:
+        return Verdict(Outcome.VERIFIED, f"pin: SPKI sha256:{spki_sha256} matched tls_pins")
+    return Verdict(Outcome.FAILED, f"pin: SPKI sha256:{spki_sha256} is not in tls_pins")
 
 
 def requiretls_refused(req: Requirement, advertised: bool) -> TLSFailure | None:

@@ -231,7 +231,7 @@ function render(id, m, source) {
       : m.receipt.tls.used ? `${m.receipt.tls.protocol}, ${m.receipt.tls.cipher}` : "none: received in plain text",
       lab ? "bad" : tlsClass(m.receipt.tls)],
     ...(lab ? [["TLS lab", `your client accepted a bad certificate (lab mode: ${lab})`, "bad"]] : []),
-    ...(m.receipt.auth_user ? [["AUTH user", m.receipt.auth_user]] : []),  // main's dev-chaos AUTH (receipt.auth_user)
+    ...(m.receipt.auth_user ? [["AUTH user", m.receipt.auth_user]] : []),
     ["Size", size(m.size)],
     ["Tags", (m.tags || []).join(", ")],
   ]);
@@ -261,7 +261,7 @@ function render(id, m, source) {
   renderAttachments(id, m.parts);
   renderReleases(m.releases || []);
   setTab(state.tab === "html" && m.html_part === null ? "text" : state.tab);
-  document.dispatchEvent(new CustomEvent("tlsmta:message-shown", { detail: { id, message: m } }));
+  document.dispatchEvent(new CustomEvent("tlsmta:message-shown", { detail: { id, message: m } }));  // extra tabs (checks.js)
 }
 
 // Answers can come back in any order: only the one for the message asked for last is shown.

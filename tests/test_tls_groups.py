@@ -1,0 +1,110 @@
+"""``tls_groups``: the key-exchange groups each side offers, and the one agreed in logs and probe.
+
+Both ends are tlsmta over loopback: the Debian ``openssl`` here is 3.0,
+which has no ML-KEM, while pyOpenSSL runs on cryptography's OpenSSL (3.5 or
+later has ``X25519MLKEM768``).  What check-config says of a group that
+OpenSSL lacks is asserted in tests/test_config.py and tests/test_cli.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest_twisted
+from e2e import client_context, in_thread, send_smtplib
+from outbound_lab import DOMAIN, MX, deliver_once, deliveries, start_receiver
+from twisted.internet import reactor
+
+from tlsmta.app import _preflight as preflight
+from tlsmta.app import _probe as probe
+from tlsmta.config import _loader as configuration
+from tlsmta.discovery._resolver import OfflineBackend, Resolver
+from tlsmta.testing import RunningRelay
+from tlsmta.tls import _contexts as contexts
+from tlsmta.tls import unsupported_groups
+from tlsmta.tls._policy import VerifyMode
+
+HYBRID = "X25519MLKEM768"
+
+
+def received_by_receiver(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The receiving tlsmta's received lines (not the sender's own, of the submission)."""
+    return [e for e in events if e["tlsmta_event"] == "received" and e["listener"] == "receiver"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_hybrid_post_quantum_group_is_agreed_and_logged_on_both_sides(tmp_path: Any, pki: Any, events: list) -> None:
+    """Sender and listener set tls_groups with X25519MLKEM768 first: the delivery line and the
+    received line both say group=X25519MLKEM768."""
+    # cryptography's wheels (>= 49, which pyOpenSSL 26 needs) bundle OpenSSL 3.5 or later.
+    assert not unsupported_groups([HYBRID]), f"{contexts.openssl_version()} has no {HYBRID}"
+    await deliver_once(tmp_path, pki.good, pki.ca_pem, receiver={"tls_groups": [HYBRID, "X25519"]},
+                       tls="required", tls_verify="host", tls_groups=[HYBRID, "secp256r1"])
+    [line] = deliveries(events)
+    assert (line["result"], line["tls"], line["group"]) == ("delivered", "tls", HYBRID), line
+    assert [(e["tls"], e["group"]) for e in received_by_receiver(events)] == [("tls", HYBRID)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_classical_group_list_is_honoured_in_both_directions(tmp_path: Any, pki: Any, events: list) -> None:
+    """A domain scope's tls_groups = ["secp384r1"] to a listener that also takes it: P-384 it is, logged."""
+    await deliver_once(tmp_path, pki.good, pki.ca_pem, receiver={"tls_groups": ["X25519", "secp384r1"]},
+                       tls="required", domains={DOMAIN: {"tls_groups": ["secp384r1"]}})
+    [line] = deliveries(events)
+    assert (line["result"], line["group"]) == ("delivered", "secp384r1"), line
+    assert [(e["tls"], e["group"]) for e in received_by_receiver(events)] == [("tls", "secp384r1")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_shared_group_is_a_failed_handshake(tmp_path: Any, pki: Any, events: list) -> None:
+    """Sender offers only secp384r1, the listener only X25519: the handshake fails and tls = required defers 4.7.5."""
+    await deliver_once(tmp_path, pki.good, pki.ca_pem, receiver={"tls_groups": ["X25519"]},
+                       tls="required", tls_groups=["secp384r1"])
+    [line] = deliveries(events)
+    assert (line["result"], line["status"], line["group"]) == ("deferred", "4.7.5", None), line
+    assert "handshake failure" in line["text"]  # the listener's alert: no group in common
+    assert received_by_receiver(events) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_probe_shows_the_agreed_group(tmp_path: Any, pki: Any) -> None:
+    """`tlsmta probe` prints the key-exchange group of its handshake with each MX, under the resolved tls_groups."""
+    rx = await start_receiver(tmp_path, pki.good)
+    dns = {"mx": {DOMAIN: [MX]}, "hosts": {MX: ["127.0.0.1"]}}
+    config = configuration.from_dict({"global": {"tls_ca": pki.ca_pem, "smtp_port": rx.port, "tls_groups": ["secp384r1"]},
+                                      "dns": dns})
+    options = {k: v.value for k, v in configuration.resolve(config, DOMAIN).items()}
+    try:
+        results, problem, _ = await probe.run_probe(reactor, Resolver(dns, OfflineBackend()), DOMAIN, options, None, None,
+                                                    "probe.test")
+    finally:
+        await rx.stop()
+    assert problem is None
+    [result] = results
+    assert "  group:    secp384r1" in probe.format_result(result, options["tls"], VerifyMode.HOST)
+
+
+@pytest_twisted.ensureDeferred
+async def test_sighup_applies_a_new_listener_group_list(tmp_path: Any, pki: Any, events: list) -> None:
+    """A listener's tls_groups changed in the file and reloaded: the next session agrees on the new group
+    (Python's ssl as the client, offering its own defaults)."""
+    path = tmp_path / "tlsmta.toml"
+    head = (f'[global]\nhostname = "{MX}"\nstate_dir = "{tmp_path}/state"\nroute = "maildir:{tmp_path}/maildir"\n'
+            f'[spool]\npath = "{tmp_path}/spool"\n'
+            '[[listener]]\nname = "mx"\nendpoint = "tcp:0:interface=127.0.0.1"\ntls = "starttls"\n'
+            f'tls_certificate = "{pki.good.cert}"\ntls_key = "{pki.good.key}"\nlocal_domains = ["example.com"]\n')
+
+    def write(group: str) -> None:
+        path.write_text(f'{head}tls_groups = ["{group}"]\n')
+
+    write("secp384r1")
+    relay = await RunningRelay(preflight.load(str(path))).start()
+    try:
+        for group in ("secp384r1", "X25519"):
+            write(group)
+            assert relay.service.reload() == []
+            await relay.service.reloaded()
+            await in_thread(send_smtplib, relay.port, starttls=client_context(pki.ca_pem))
+            assert [e["group"] for e in events if e["tlsmta_event"] == "received"][-1] == group
+    finally:
+        await relay.stop()

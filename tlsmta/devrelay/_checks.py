@@ -1,0 +1,62 @@
+"""One captured message's checks, as ``GET /api/messages/ID/checks`` answers them (sans I/O).
+
+The parts: :mod:`._checks_mime` (size, MIME tree, header problems),
+:mod:`._checks_html` (clients' HTML/CSS support, links) and, per link,
+whether ``[http] link_check_hosts`` lets :mod:`._linkcheck` request it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from email.message import EmailMessage
+from typing import Any
+from urllib.parse import urlsplit
+
+from tlsmta.devrelay._checks_html import Link, html_problems, links_of
+from tlsmta.devrelay._checks_mime import mime_report
+from tlsmta.devrelay._mailview import local_envelope, parse_message
+
+
+def _body(message: EmailMessage, subtype: str) -> str | None:
+    part = message.get_body((subtype,))
+    if part is None:
+        return None
+    try:
+        return str(part.get_content())
+    except (LookupError, ValueError):  # an unknown charset: read as UTF-8, as the page shows it
+        payload = part.get_payload(decode=True)
+        return payload.decode("utf-8", "replace") if isinstance(payload, bytes) else None
+
+
+def bodies(stored: bytes) -> tuple[str | None, str | None]:
+    """(text, html) bodies of a captured message, as a mail client would pick them."""
+    message = parse_message(stored[local_envelope(stored).end :])
+    return _body(message, "plain"), _body(message, "html")
+
+
+def not_checkable(url: str, allowed_hosts: Iterable[str]) -> str | None:
+    """Why the link check will not request ``url`` (None: it will)."""
+    try:
+        parts = urlsplit(url)
+        host, _ = parts.hostname, parts.port  # .port raises ValueError for a port that is no number
+    except ValueError:
+        return "not a valid URL"
+    if parts.scheme.lower() not in ("http", "https") or not host:
+        return "not an http(s) URL"
+    if host.lower().rstrip(".") not in {h.lower().rstrip(".") for h in allowed_hosts}:
+        return "host not in [http] link_check_hosts"
+    return None
+
+
+def link_entries(links: Iterable[Link], allowed_hosts: Iterable[str]) -> list[dict[str, Any]]:
+    allowed = tuple(allowed_hosts)
+    return [{"url": link.url, "kind": link.kind, "skipped": not_checkable(link.url, allowed)} for link in links]
+
+
+def message_checks(stored: bytes, allowed_hosts: Iterable[str] = ()) -> dict[str, Any]:
+    """Size, MIME structure, problems, HTML support problems (None: no HTML body) and links."""
+    text, html = bodies(stored)
+    report = mime_report(stored)
+    report["html"] = html_problems(html) if html is not None else None
+    report["links"] = link_entries(links_of(html, text), allowed_hosts)
+    return report
