@@ -7,10 +7,12 @@ and render its HTML in a sandbox where the mail's script cannot run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import struct
 import time
+from collections.abc import Iterator
 from email.message import EmailMessage
 from email.policy import SMTP
 from typing import Any
@@ -32,6 +34,14 @@ def png_size(path: str) -> tuple[int, int]:
     return width, height
 
 
+@contextlib.contextmanager
+def relay_page(relay: RunningRelay) -> Iterator[Chromium]:
+    """Headless chromium with the relay's page open."""
+    with Chromium() as browser:
+        browser.open(f"http://127.0.0.1:{relay.http_port}/")
+        yield browser
+
+
 @pytest_twisted.ensureDeferred
 async def test_page_lists_shows_and_updates_live(tmp_path: Any) -> None:
     """chromium: the list shows the message sent before; a second one appears live; the message view
@@ -44,8 +54,7 @@ async def test_page_lists_shows_and_updates_live(tmp_path: Any) -> None:
 
         def browse() -> dict[str, Any]:
             seen: dict[str, Any] = {}
-            with Chromium() as browser:
-                browser.open(f"http://127.0.0.1:{relay.http_port}/")
+            with relay_page(relay) as browser:
                 seen["list"] = browser.wait_for_text("#messages", "Welcome, Bob")
                 seen["live"] = browser.wait_for_text("#live", "live")  # the event stream is open
                 send(relay.port, welcome("alice@example.net", "Your invoice"), "billing@example.com")
@@ -118,8 +127,7 @@ async def test_the_message_shown_is_the_one_clicked_last_and_delete_acts_on_it(t
 
         def browse() -> dict[str, Any]:
             seen: dict[str, Any] = {}
-            with Chromium() as browser:
-                browser.open(f"http://127.0.0.1:{relay.http_port}/")
+            with relay_page(relay) as browser:
                 browser.wait_for_text("#messages", "Small note")
                 click(browser, "Big log")
                 click(browser, "Small note")
@@ -156,8 +164,7 @@ async def test_live_updates_are_incremental_and_catch_up_after_a_reconnect(tmp_p
 
         def browse() -> dict[str, Any]:
             seen: dict[str, Any] = {}
-            with Chromium() as browser:
-                browser.open(f"http://127.0.0.1:{relay.http_port}/")
+            with relay_page(relay) as browser:
                 browser.wait_for_text("#live", "live")
                 browser.wait_for_text("#count", "0 messages")
                 for n in range(20):
@@ -256,8 +263,7 @@ async def test_a_link_in_the_html_view_opens_a_new_tab(tmp_path: Any) -> None:
 
         def browse() -> dict[str, Any]:
             seen: dict[str, Any] = {}
-            with Chromium() as browser:
-                browser.open(f"http://127.0.0.1:{relay.http_port}/")
+            with relay_page(relay) as browser:
                 browser.wait_for_text("#messages", "Linked")
                 # The frame's document is opaque to the page: its load event (listened for before the
                 # click), then two painted frames, say the link is on screen.
@@ -328,8 +334,7 @@ async def test_break_menu_holds_the_tls_lab_and_adds_an_smtp_failure(tmp_path: A
     try:
         def browse() -> dict[str, Any]:
             seen: dict[str, Any] = {}
-            with Chromium() as browser:
-                browser.open(f"http://127.0.0.1:{relay.http_port}/")
+            with relay_page(relay) as browser:
                 browser.wait_for_text("#chaos-stage", "END-OF-DATA")  # the stages came from /api/chaos
                 seen["lab_inside"] = browser.evaluate("document.querySelector('#break .break-panel #lab') !== null")
                 browser.evaluate("document.querySelector('#break').open = true, true")
@@ -377,8 +382,7 @@ async def test_message_view_shows_the_auth_user(tmp_path: Any) -> None:
         await in_thread(login, relay.port, "shop-app", "whatever", "LOGIN")
 
         def browse() -> str:
-            with Chromium() as browser:
-                browser.open(f"http://127.0.0.1:{relay.http_port}/")
+            with relay_page(relay) as browser:
                 browser.wait_for_text("#messages", "via LOGIN")
                 browser.evaluate("document.querySelector('#messages li').click(), true")
                 return browser.wait_for_text("#v-summary", "AUTH user")
