@@ -155,3 +155,16 @@ async def test_html_view_inlines_cid_images_and_opens_links_in_a_new_tab(relay: 
     one = await in_thread(get_json, relay.http_port, f"/api/messages/{queue_id}")
     [gif] = [p for p in one["parts"] if p["content_type"] == "image/gif"]
     assert gif["content_id"] == "logo@shop" and gif["attachment"] is False
+
+
+def test_a_message_moved_to_cur_meanwhile_is_still_read(tmp_path: Any) -> None:
+    """A flag change (a mail client, or the page's PATCH read in another disk thread) renames the file
+    from new/ to cur/ after the index saw it: reading it finds it where it went, not a 404."""
+    maildir = tmp_path / "maildir"
+    mail = CapturedMail(str(maildir))
+    mail.ensure()
+    (maildir / "new" / "1700000000.M1P1Q1.host").write_bytes(b"Delivered-To: bob@example.org\nSubject: moved\n\nbody\n")
+    [entry] = mail.summaries()
+    (maildir / "new" / "1700000000.M1P1Q1.host").rename(maildir / "cur" / "1700000000.M1P1Q1.host:2,S")
+    assert mail.raw(entry["id"])[0].endswith(b"Subject: moved\n\nbody\n")
+    assert mail.summary(entry["id"])["read"] is True

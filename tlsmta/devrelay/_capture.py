@@ -188,13 +188,17 @@ class CapturedMail:
 
     def raw(self, message_id: str) -> tuple[bytes, float]:
         """The Maildir file's bytes (the delivery's Return-Path/Delivered-To lines first) and its mtime."""
-        path = self._item(message_id).path
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-            return data, os.stat(path).st_mtime
-        except FileNotFoundError:
-            raise MessageNotFound(message_id) from None
+        for moved in (False, True):
+            if moved:  # renamed by a flag change (new/ to cur/, by a PATCH or a mail client) since indexed
+                self.refresh()
+            path = self._item(message_id).path
+            try:
+                with open(path, "rb") as f:
+                    data = f.read()
+                return data, os.stat(path).st_mtime
+            except FileNotFoundError:
+                continue
+        raise MessageNotFound(message_id)
 
     def as_received(self, message_id: str) -> bytes:
         """The message as the client sent it (see :func:`mailview.as_received`)."""
