@@ -21,6 +21,7 @@ from typing import Any, Protocol, TypeVar
 import attrs
 
 from tlsmta.config._endpoints import overlaps, port_problem, tcp_address
+from tlsmta.config._milter_addresses import milter_addresses
 from tlsmta.config._routes import Route, RouteError, parse_route
 from tlsmta.config._tls_modes import DANE_REQUIRED_WORD, ListenerTLS, OutboundTLS
 from tlsmta.errors import TlsmtaError
@@ -483,6 +484,12 @@ LISTENER_OPTIONS: dict[str, Option] = {
         _int(1), 1800, "seconds a session may last; checked between commands, so a DATA transfer that keeps going finishes"
     ),
     "tls_lab": Option(_enum(*LAB_MODES), None, "dev relay: serve a good or deliberately bad TLS peer"),
+    # Milters (Sendmail/Postfix milter protocol 6), asked in order at MAIL, RCPT and end of message.
+    "milters": Option(milter_addresses, (), 'e.g. ["inet:127.0.0.1:8891", "unix:/run/opendkim/opendkim.sock"]'),
+    "milter_default_action": Option(_enum("tempfail", "accept"), "tempfail", "when a milter is down, stalls or sends garbage"),
+    "milter_connect_timeout": Option(_duration(), 30.0, "connecting to a milter and its option negotiation"),
+    "milter_command_timeout": Option(_duration(), 30.0, "a milter's answer to CONNECT, HELO, MAIL and RCPT"),
+    "milter_content_timeout": Option(_duration(), 300.0, "a milter's answer to each header, body chunk and end of message"),
 }
 
 SPOOL_OPTIONS: dict[str, Option] = {
@@ -569,6 +576,11 @@ class ListenerConfig:
     tls_chains: tuple[tuple[str, str], ...] = ()
     tls_sni: tuple[tuple[tuple[str, str], ...], ...] = ()  # each entry's chains
     relay_client_pins: tuple[str, ...] = ()
+    milters: tuple[str, ...] = ()
+    milter_default_action: str = "tempfail"
+    milter_connect_timeout: float = 30.0
+    milter_command_timeout: float = 30.0
+    milter_content_timeout: float = 300.0
 
 
 @attrs.frozen

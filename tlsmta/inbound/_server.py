@@ -57,6 +57,8 @@ from tlsmta.inbound._acceptance import (
     in_networks,
 )
 from tlsmta.inbound._auth import UserDB
+from tlsmta.inbound._milter import Outcome, SessionMilters, milters_for
+from tlsmta.inbound._milter_protocol import Rcpt
 from tlsmta.inbound._received import TraceFacts, received_header
 from tlsmta.inbound._session_log import SessionLog, port_of
 from tlsmta.network import StreamTransport, installed_reactor, set_no_delay
@@ -180,6 +182,7 @@ class InboundSMTP(smtp.ESMTP):
         self._reverse_lookup: Deferred[list[str]] | None = None
         self.reverse_names: list[str] | None = None
         self.session_log = SessionLog(runtime.events, runtime.listener.name, self.clock.seconds())
+        self.milters = milters_for(runtime.listener, runtime.events, lambda: self._envelope and self._envelope.message_id)
 
     def callLater(self, period: float, func: Callable[[], object]) -> IDelayedCall:
         """TimeoutMixin's scheduler (and ours), on this session's clock."""
@@ -270,6 +273,8 @@ class InboundSMTP(smtp.ESMTP):
             self._writer.abort()
             self._log_transaction(self._envelope, self.session.data_received, "connection lost during DATA")
         self.session.connection_lost()
+        if self.milters is not None:
+            self.milters.close()
         if self.factory is not None:
             self.factory.release(self)
         self.session_log.disconnected(self.clock.seconds(), self._tls_fields())
@@ -395,7 +400,10 @@ class InboundSMTP(smtp.ESMTP):
             self.runtime.events.emit("client_verify", quiet=True, tls_verify=listener.tls_verify, verified=verdict.outcome.word)
         check_client_certificate(VerifyMode(listener.tls_verify), self.tls_active, verdict)
         self._check_free_space(question.size)
-        self.session.accept()
+        if question.sender is None:  # the MAIL syntax error is answered now
+            self.session.accept()
+            return
+        self._ask_milters(question, lambda m: m.mail(self, question.sender or ""), self.session.accept)
 
     def _check_free_space(self, declared_size: int | None) -> None:
         """452 4.3.1 at MAIL when the spool's filesystem cannot take the message and keep [spool] min_free."""
@@ -433,7 +441,31 @@ class InboundSMTP(smtp.ESMTP):
         route = resolve(self.runtime.config, domain, binding)["route"].value
         if not self.runtime.sink.accepts(route):
             raise Reject(451, f"4.3.2 Error: cannot deliver to route {route} yet")
-        self.session.accept_recipient(Recipient(address, route, binding), domain)
+        record = Recipient(address, route, binding)
+        self._ask_milters(question, lambda m: m.rcpt(Rcpt(address, macros=m.macros(self, rcpt=address))),
+                          lambda: self.session.accept_recipient(record, domain))
+
+    def _ask_milters(self, question: object, ask: Callable[[SessionMilters], Any], go_on: Callable[[], None]) -> None:
+        """The milter hook (MAIL, RCPT): their refusal answers the question, else ``go_on``."""
+        if self.milters is None:
+            go_on()
+            return
+
+        def answered(outcome: Outcome) -> None:
+            refusal = outcome.refusal
+            self._settle(question, go_on if refusal is None else lambda: self.session.refuse(refusal))
+
+        def broken(failure: Failure) -> None:
+            log.failure("asking the milters failed", failure)
+            self._settle(question, self.session.fail)
+
+        Deferred.fromCoroutine(ask(self.milters)).addCallbacks(answered, broken)
+
+    def _recipient_for(self, address: str) -> Recipient:
+        """The record of a recipient a milter added (the milter is trusted: no relay check)."""
+        domain = _recipient_domain(address.rpartition("@")[2] or self.hostname)
+        binding = self._binding_for(address, domain)
+        return Recipient(address, resolve(self.runtime.config, domain, binding)["route"].value, binding)
 
     def _standing(self) -> ClientStanding:
         verdict = self.client_verdict()
@@ -473,7 +505,10 @@ class InboundSMTP(smtp.ESMTP):
             tls=self._receipt_fields(),
         )
         try:
-            writer = self.runtime.sink.open(envelope, Throttle(lambda: self._pause("disk"), lambda: self._resume("disk")))
+            if self.milters is not None:  # held until the milters answered its end
+                writer = self.milters.writer(self, self.runtime.sink, envelope)
+            else:
+                writer = self.runtime.sink.open(envelope, Throttle(lambda: self._pause("disk"), lambda: self._resume("disk")))
         except OSError as e:
             log.error("cannot open a message for writing: {error}", error=e)
             raise _refusal(StoreError.from_os_error(e)) from None

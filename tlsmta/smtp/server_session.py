@@ -139,6 +139,7 @@ class MailAllowed:
     is answered only after the shell accepted)."""
 
     size: int | None = None
+    sender: str | None = None  # the reverse-path, when the MAIL command parsed (for milters)
 
 
 @attrs.frozen
@@ -524,8 +525,8 @@ class ServerSession:
             self._pending_mail = self._parse_mail(arg)
         except Reject as syntax_error:
             self._pending_mail = syntax_error
-        size = None if isinstance(self._pending_mail, Reject) else self._pending_mail[1].size
-        self._ask(MailAllowed(size))  # the client-certificate policy speaks before the syntax
+        parsed = None if isinstance(self._pending_mail, Reject) else self._pending_mail
+        self._ask(MailAllowed(parsed[1].size, parsed[0]) if parsed else MailAllowed())  # the client-certificate policy speaks before the syntax
 
     def _parse_mail(self, arg: bytes) -> tuple[str, MailParams]:
         path = parse_path(arg, "FROM", allow_null=True)

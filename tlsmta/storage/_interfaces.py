@@ -48,6 +48,7 @@ class Envelope:
     esmtp: bool = True  # EHLO, not HELO
     authenticated: bool = False  # the client used AUTH
     tls: dict[str, Any] = attrs.field(factory=dict)  # facts of receipt, for the queue and logs
+    held: bool = False  # quarantined (by a milter): spooled and held until `tlsmta queue release`
 
 
 @attrs.frozen

@@ -236,6 +236,7 @@ class QueuedMessage:
             esmtp=envelope.esmtp,
             authenticated=envelope.authenticated,
             requiretls=requiretls,
+            held=envelope.held,
         )
 
 
