@@ -3,6 +3,8 @@ garbage; the SMTP session gets the milter's answer or the default action, and ca
 
 from __future__ import annotations
 
+import json
+import os
 import smtplib
 import struct
 from typing import Any
@@ -156,3 +158,19 @@ async def test_milter_down_with_default_accept_lets_mail_through(tmp_path: Any) 
         await relay.stop()
     assert len(maildir_messages(str(tmp_path / "maildir"))) == 1
     assert [(line["stage"], line["action"]) for line in lines] == [("connect", "accept")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_quarantine_spools_the_message_held(tmp_path: Any) -> None:
+    """SMFIR_QUARANTINE: 250, and the message waits in the spool, held (as `tlsmta queue hold`
+    leaves it, durably), not delivered to its Maildir."""
+    relay, port, _, lines = await relay_with_milter(tmp_path, Script(end_of_message=[frame(b"q", b"suspicious\0")]))
+    try:
+        assert await in_thread(send, relay.port) == {}
+    finally:
+        await relay.stop()
+        await port.stopListening()
+    assert maildir_messages(str(tmp_path / "maildir")) == []
+    [state] = [name for name in os.listdir(tmp_path / "spool" / "q") if name.endswith(".state")]
+    assert json.loads((tmp_path / "spool" / "q" / state).read_text())["held"] is True
+    assert [(line["result"], line["reason"]) for line in lines] == [("quarantined", "suspicious")]

@@ -50,7 +50,7 @@ from tlsmta.inbound._milter_protocol import (
     join_message,
     split_message,
 )
-from tlsmta.network import installed_reactor
+from tlsmta.network import StreamTransport, installed_reactor
 from tlsmta.reporting import EventBus
 from tlsmta.smtp import Reply
 from tlsmta.storage import Envelope, MessageSink, Recipient, StoreError
@@ -91,6 +91,8 @@ def milter_endpoint(reactor: Any, address: str, timeout: float) -> IStreamClient
 class MilterConnection(protocol.Protocol):
     """One connection to a milter; one stage at a time, each bounded by a timeout
     that restarts whenever the milter sends something (SMFIR_PROGRESS included)."""
+
+    transport: StreamTransport  # type: ignore[assignment]
 
     def __init__(self, clock: Any, negotiate_timeout: float):
         self.clock = clock
@@ -139,7 +141,7 @@ class MilterConnection(protocol.Protocol):
         waiting, self._waiting = self._waiting, None
         if not self._gone:
             self._gone = True
-            self.transport.abortConnection()  # type: ignore[attr-defined]
+            self.transport.abortConnection()
         if waiting is not None:
             waiting.errback(MilterFailure(why))
 
@@ -195,11 +197,11 @@ class Outcome:
 class SessionMilters:
     """The milters of one SMTP session."""
 
-    def __init__(self, settings: MilterSettings, reactor: Any, events: EventBus, msgid_for_log: Callable[[], str | None]):
+    def __init__(self, settings: MilterSettings, reactor: Any, events: EventBus):
         self.settings = settings
         self.reactor = reactor
         self.events = events
-        self._msgid = msgid_for_log
+        self.msgid: str | None = None  # the message's id once DATA opened it, for the log lines
         self.milters = [_Milter(address) for address in settings.addresses]
         self._refusal: Reply | None = None  # a milter refused the connection: every MAIL gets this
         self._discard = False  # a milter said discard for this transaction
@@ -222,6 +224,7 @@ class SessionMilters:
         return await self.transaction(connect, helo, Mail(sender, macros=macros))
 
     def writer(self, shell: Any, sink: MessageSink, envelope: Envelope) -> MilteredWriter:
+        self.msgid = envelope.message_id
         macros = self.macros(shell, sender=envelope.sender, msgid=envelope.message_id)
         return MilteredWriter(self, sink, envelope, macros, shell._recipient_for)
 
@@ -229,7 +232,7 @@ class SessionMilters:
 
     async def transaction(self, connect: Connect, helo: Helo, mail: Mail) -> Outcome:
         """MAIL: a new transaction (CONNECT and HELO first on a new milter connection)."""
-        self._discard = False
+        self._discard, self.msgid = False, None
         for milter in self.milters:
             milter.done_for_message = milter.failed = False
             if self._refusal is not None or milter.done_for_session:
@@ -328,14 +331,14 @@ class SessionMilters:
             milter.done_for_message = True
         elif verdict in (Verdict.REJECT, Verdict.TEMPFAIL):
             refusal = answer.reply or (REJECTED if verdict is Verdict.REJECT else TEMPFAILED)
-            self.events.emit("milter", milter=milter.address, stage=_stage_name(stage), msgid=self._msgid(),
+            self.events.emit("milter", milter=milter.address, stage=_stage_name(stage), msgid=self.msgid,
                              result=verdict.value, code=refusal.code, text=refusal.text)
             return refusal
         return None
 
     def _failed(self, milter: _Milter, stage: str, why: str) -> None:
         action = self.settings.default_action
-        self.events.emit("milter", milter=milter.address, stage=stage, msgid=self._msgid(), result="failed",
+        self.events.emit("milter", milter=milter.address, stage=stage, msgid=self.msgid, result="failed",
                          reason=why, action=action)
         if milter.connection is not None:
             milter.connection.fail(why)
@@ -346,13 +349,13 @@ class SessionMilters:
             milter.failed = True
 
 
-def milters_for(listener: Any, events: EventBus, msgid_for_log: Callable[[], str | None]) -> SessionMilters | None:
+def milters_for(listener: Any, events: EventBus) -> SessionMilters | None:
     """A session's milters, or None when its listener has none."""
     if not listener.milters:
         return None
     settings = MilterSettings(listener.milters, listener.milter_default_action, listener.milter_connect_timeout,
                               listener.milter_command_timeout, listener.milter_content_timeout)
-    return SessionMilters(settings, installed_reactor(), events, msgid_for_log)
+    return SessionMilters(settings, installed_reactor(), events)
 
 
 def _stage_name(stage: Stage) -> str:

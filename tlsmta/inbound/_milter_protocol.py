@@ -475,13 +475,13 @@ def split_message(message: bytes) -> tuple[list[tuple[str, str]], bytes]:
         if line == b"":
             return headers, message[end + 2 :]
         if line[:1] in (b" ", b"\t") and headers:
-            name, value = headers[-1]
-            headers[-1] = (name, value + "\r\n" + line.decode("utf-8", "surrogateescape"))
+            field, value = headers[-1]
+            headers[-1] = (field, value + "\r\n" + line.decode("utf-8", "surrogateescape"))
         else:
-            name, colon, value = line.partition(b":")
+            name, colon, raw = line.partition(b":")
             if not colon or not name or b" " in name or b"\t" in name:
                 return headers, message[position:]
-            headers.append((name.decode("ascii", "replace"), value.removeprefix(b" ").decode("utf-8", "surrogateescape")))
+            headers.append((name.decode("ascii", "replace"), raw.removeprefix(b" ").decode("utf-8", "surrogateescape")))
         position = end + 2
     return headers, b""
 

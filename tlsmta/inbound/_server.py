@@ -182,7 +182,7 @@ class InboundSMTP(smtp.ESMTP):
         self._reverse_lookup: Deferred[list[str]] | None = None
         self.reverse_names: list[str] | None = None
         self.session_log = SessionLog(runtime.events, runtime.listener.name, self.clock.seconds())
-        self.milters = milters_for(runtime.listener, runtime.events, lambda: self._envelope and self._envelope.message_id)
+        self.milters = milters_for(runtime.listener, runtime.events)
 
     def callLater(self, period: float, func: Callable[[], object]) -> IDelayedCall:
         """TimeoutMixin's scheduler (and ours), on this session's clock."""
@@ -504,6 +504,7 @@ class InboundSMTP(smtp.ESMTP):
             authenticated=self.authenticated_as is not None,
             tls=self._receipt_fields(),
         )
+        writer: MessageWriter
         try:
             if self.milters is not None:  # held until the milters answered its end
                 writer = self.milters.writer(self, self.runtime.sink, envelope)
