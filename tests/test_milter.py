@@ -105,9 +105,12 @@ async def test_discard_answers_250_and_stores_nothing(tmp_path: Any) -> None:
     assert [line["result"] for line in lines] == ["discarded"]
 
 
-@pytest.mark.parametrize("misbehave, at", [("crash", b"R"), ("garbage", b"M"), ("stall", b"E"), ("crash", b"O")])
+@pytest.mark.parametrize("misbehave, at, stage", [
+    ("crash", b"R", "rcpt"), ("garbage", b"M", "mail"), ("stall", b"E", "end-of-message"), ("crash", b"O", "connect"),
+])
 @pytest_twisted.ensureDeferred
-async def test_broken_milter_gets_tempfail_and_the_session_carries_on(tmp_path: Any, misbehave: str, at: bytes) -> None:
+async def test_broken_milter_gets_tempfail_and_the_session_carries_on(tmp_path: Any, misbehave: str, at: bytes,
+                                                                      stage: str) -> None:
     """Under the default action tempfail, a milter that crashes, sends garbage or stalls past its
     timeout makes that stage 451 4.7.1 with a log line; the session answers the next command, and
     once the milter behaves the next message (on a new milter connection) goes through."""
@@ -139,7 +142,9 @@ async def test_broken_milter_gets_tempfail_and_the_session_carries_on(tmp_path: 
     assert second == {}
     assert len(maildir_messages(str(tmp_path / "maildir"))) == 1
     [line] = [line for line in lines if line["result"] == "failed"]
-    assert line["action"] == "tempfail" and line["reason"]
+    assert (line["stage"], line["action"]) == (stage, "tempfail") and line["reason"]
+    expected = {"rcpt": smtplib.SMTPRecipientsRefused, "end-of-message": smtplib.SMTPDataError}
+    assert isinstance(first, expected.get(stage, smtplib.SMTPSenderRefused))
     assert milter.connections == 2
 
 

@@ -3,8 +3,9 @@
 ``tlsmta.smtp.server_session``), relay control (``acceptance``), AUTH users
 (``auth``), the PROXY header from trusted proxies (``proxyheader``, with
 Twisted's private header parsers behind ``haproxy_private``), the
-``reuseport:`` endpoint, the ``Received:`` header, and where an accepted
-message goes (``intake``).
+``reuseport:`` endpoint, the ``Received:`` header, where an accepted
+message goes (``intake``), and milters (``milter_protocol``, pure; ``milter``,
+the shell).
 
 May import smtp, tls, discovery (reverse names), storage, reporting and
 config; never delivery (the outbound stack).

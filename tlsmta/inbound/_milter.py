@@ -237,9 +237,10 @@ class SessionMilters:
             milter.done_for_message = milter.failed = False
             if self._refusal is not None or milter.done_for_session:
                 continue
-            if milter.connection is None:
-                if not await self._open(milter, connect, helo):
-                    continue
+            if milter.connection is None and not await self._open(milter, connect, helo):
+                if milter.failed:  # unreachable under tempfail: this MAIL is 451
+                    return Outcome(TEMPFAILED)
+                continue
             refusal = await self._stage(milter, mail)
             if refusal is not None:
                 return Outcome(refusal)
