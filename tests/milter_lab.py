@@ -7,12 +7,19 @@ so a test that passes through it checks the bytes on the wire, not the codec aga
 
 from __future__ import annotations
 
+import smtplib
 import struct
+import subprocess
+import time
+from collections.abc import Callable
 from typing import Any
 
 import attrs
+from e2e import in_thread, send_smtplib, start_relay
 from twisted.internet import protocol
 from twisted.internet.interfaces import IListeningPort
+
+from tlsmta.testing import dev_listener
 
 # libmilter's reply to OPTNEG: version 6, every modification, no protocol flags (every step, every reply).
 ALL_ACTIONS = 0x1FF
@@ -94,3 +101,42 @@ class ScriptedMilterFactory(protocol.Factory):
 def listen(reactor: Any, script: Script) -> tuple[IListeningPort, ScriptedMilterFactory]:
     factory = ScriptedMilterFactory(script)
     return reactor.listenTCP(0, factory, interface="127.0.0.1"), factory
+
+
+def terminate(process: subprocess.Popen[bytes] | None, timeout: float = 30) -> None:
+    """Stop a milter daemon the test started, by its PID: SIGTERM, then SIGKILL if it lingers."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout)
+
+
+def wait_started(process: subprocess.Popen[bytes], ready: Callable[[], bool], timeout: float, log: Callable[[], str]) -> None:
+    """Wait (bounded) until ``ready()``; a daemon that exits or never gets ready is stopped and its log shown."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if process.poll() is not None or time.monotonic() > deadline:
+            terminate(process)
+            raise AssertionError(f"{process.args[0]} did not start:\n{log()[-4000:]}")
+        time.sleep(0.05)
+
+
+async def through_milter(directory: Any, milter: str, *bodies: str, sender: str = "alice@example.test") -> list[Any]:
+    """Send each message through a relay (storing into ``directory``/maildir) whose listener asks
+    ``milter``; smtplib's answer to each (the refused dict, or the exception it raised)."""
+    relay = await start_relay(directory, [dev_listener(milters=[milter])])
+
+    def send(body: str) -> Any:
+        try:
+            return send_smtplib(relay.port, sender=sender, rcpts=("bob@example.com",), body=body)
+        except smtplib.SMTPException as e:
+            return e
+
+    try:
+        return [await in_thread(send, body) for body in bodies]
+    finally:
+        await relay.stop()

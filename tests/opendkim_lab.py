@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import time
+
+from milter_lab import terminate, wait_started
 
 START_TIMEOUT = 30
 
@@ -55,12 +56,7 @@ class OpenDKIM:
             f.writelines(f"{key} {value}\n" for key, value in self.settings.items())
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(["opendkim", "-f", "-x", self.conf], stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + START_TIMEOUT
-        while not os.path.exists(self.socket):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise AssertionError(f"opendkim did not start:\n{self.log()}")
-            time.sleep(0.05)
+        wait_started(self.process, lambda: os.path.exists(self.socket), START_TIMEOUT, self.log)
         return self
 
     def log(self) -> str:
@@ -68,10 +64,15 @@ class OpenDKIM:
             return f.read()
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=START_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=START_TIMEOUT)
+        terminate(self.process)
+
+
+def verifier(directory: str, selector: str, domain: str, record: str) -> OpenDKIM:
+    """OpenDKIM in Mode v with one public key from TestPublicKeys (no DNS), verifying mail from
+    loopback (InternalHosts elsewhere), its results in Authentication-Results."""
+    keys = os.path.join(directory, f"{selector}.public-keys")
+    with open(keys, "w") as f:
+        f.write(f"{selector}._domainkey.{domain} {record}\n")
+    return OpenDKIM(directory, f"verifier-{selector}", {
+        "Mode": "v", "TestPublicKeys": keys, "InternalHosts": "192.0.2.1", "AuthservID": "mx.example.test",
+    })

@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import time
 
+from milter_lab import terminate, wait_started
 from postfix_lab import free_port
 
 START_TIMEOUT = 120  # rspamd compiles its TLD list at start: seconds on a loaded machine
@@ -72,12 +72,7 @@ class Rspamd:
             ["rspamd", "-f", "-i", "-u", "root", "-g", "root", "-c", self.conf],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + START_TIMEOUT
-        while not self._listening():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise AssertionError(f"rspamd did not start:\n{self.log()[-4000:]}")
-            time.sleep(0.1)
+        wait_started(self.process, self._listening, START_TIMEOUT, self.log)
         return self
 
     def _listening(self) -> bool:
@@ -95,10 +90,4 @@ class Rspamd:
             return ""
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=30)
+        terminate(self.process)

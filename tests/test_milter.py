@@ -28,6 +28,18 @@ async def relay_with_milter(tmp_path: Any, script: Script, **listener: Any) -> t
     return relay, port, milter, lines
 
 
+async def one_message(tmp_path: Any, script: Script) -> tuple[Any, Any, list[dict[str, Any]]]:
+    """Send one message through a relay asking ``script``'s milter: smtplib's answer, the milter, the log lines."""
+    relay, port, milter, lines = await relay_with_milter(tmp_path, script)
+    try:
+        result = await in_thread(send, relay.port)
+        await eventually(lambda: milter.seen[-1][0] == b"Q")  # the SMTP session's end is the milter's
+    finally:
+        await relay.stop()
+        await port.stopListening()
+    return result, milter, lines
+
+
 def send(port: int, rcpts: tuple[str, ...] = ("someone@example.com",)) -> Any:
     """smtplib's answer: the refused dict, or the exception it raised."""
     try:
@@ -49,13 +61,8 @@ async def test_modifications_are_applied_before_the_message_is_stored(tmp_path: 
         frame(b"-", b"<someone@example.com>\0"),
         frame(b"b", b"Replaced body.\r\n"),
     ])
-    relay, port, milter, _ = await relay_with_milter(tmp_path, script)
-    try:
-        assert await in_thread(send, relay.port) == {}
-        await eventually(lambda: milter.seen[-1][0] == b"Q")  # the SMTP session's end is the milter's
-    finally:
-        await relay.stop()
-        await port.stopListening()
+    result, milter, _ = await one_message(tmp_path, script)
+    assert result == {}
     [msg] = maildir_messages(str(tmp_path / "maildir"))
     assert msg["Subject"] == "[tagged] hello"
     assert msg["X-Scanned"] == "yes"
@@ -95,12 +102,8 @@ async def test_reject_at_rcpt_and_at_end_of_message_use_the_milters_reply(tmp_pa
 @pytest_twisted.ensureDeferred
 async def test_discard_answers_250_and_stores_nothing(tmp_path: Any) -> None:
     """SMFIR_DISCARD: the client hears 250, the message is dropped, a log line says so."""
-    relay, port, _, lines = await relay_with_milter(tmp_path, Script(final=frame(b"d")))
-    try:
-        assert await in_thread(send, relay.port) == {}
-    finally:
-        await relay.stop()
-        await port.stopListening()
+    result, _, lines = await one_message(tmp_path, Script(final=frame(b"d")))
+    assert result == {}
     assert maildir_messages(str(tmp_path / "maildir")) == []
     assert [line["result"] for line in lines] == ["discarded"]
 
@@ -169,12 +172,8 @@ async def test_milter_down_with_default_accept_lets_mail_through(tmp_path: Any) 
 async def test_quarantine_spools_the_message_held(tmp_path: Any) -> None:
     """SMFIR_QUARANTINE: 250, and the message waits in the spool, held (as `tlsmta queue hold`
     leaves it, durably), not delivered to its Maildir."""
-    relay, port, _, lines = await relay_with_milter(tmp_path, Script(end_of_message=[frame(b"q", b"suspicious\0")]))
-    try:
-        assert await in_thread(send, relay.port) == {}
-    finally:
-        await relay.stop()
-        await port.stopListening()
+    result, _, lines = await one_message(tmp_path, Script(end_of_message=[frame(b"q", b"suspicious\0")]))
+    assert result == {}
     assert maildir_messages(str(tmp_path / "maildir")) == []
     [state] = [name for name in os.listdir(tmp_path / "spool" / "q") if name.endswith(".state")]
     assert json.loads((tmp_path / "spool" / "q" / state).read_text())["held"] is True

@@ -6,10 +6,9 @@ import os
 from typing import Any
 
 import pytest_twisted
-from e2e import in_thread, maildir_messages, send_smtplib, start_relay
-from opendkim_lab import OpenDKIM, generate_key
-
-from tlsmta.testing import dev_listener
+from e2e import maildir_messages
+from milter_lab import through_milter
+from opendkim_lab import OpenDKIM, generate_key, verifier
 
 MESSAGE = (
     "From: Alice <alice@example.test>\r\nTo: bob@example.com\r\nSubject: signed by OpenDKIM\r\n"
@@ -34,35 +33,21 @@ async def test_opendkim_signs_on_submission_and_verifies_on_the_mx(tmp_path: Any
     OpenDKIM (Mode v, the public key from TestPublicKeys) records dkim=pass for that message and
     dkim=fail for a copy whose body was changed after signing."""
     key, record = generate_key(str(tmp_path), "example.test", "sel1")
-    keys = tmp_path / "public-keys"
-    keys.write_text(f"sel1._domainkey.example.test {record}\n")
     signer = OpenDKIM(str(tmp_path), "signer", {
         "Mode": "s", "Domain": "example.test", "Selector": "sel1", "KeyFile": key,
         "Canonicalization": "relaxed/simple", "InternalHosts": "127.0.0.1",
     }).start()
-    verifier = OpenDKIM(str(tmp_path), "verifier", {
-        "Mode": "v", "TestPublicKeys": str(keys), "InternalHosts": "192.0.2.1", "AuthservID": "mx.example.test",
-    }).start()
+    checker = verifier(str(tmp_path), "sel1", "example.test", record).start()
     try:
-        submission = await start_relay(tmp_path / "submission", [dev_listener(milters=[signer.address])])
-        try:
-            assert await in_thread(send_smtplib, submission.port, sender="alice@example.test",
-                                   rcpts=("bob@example.com",), body=MESSAGE) == {}
-        finally:
-            await submission.stop()
+        assert await through_milter(tmp_path / "submission", signer.address, MESSAGE) == [{}]
         signed = raw_message(str(tmp_path / "submission" / "maildir"))
         assert b"DKIM-Signature:" in signed and b"d=example.test" in signed and b"s=sel1" in signed
 
-        mx = await start_relay(tmp_path / "mx", [dev_listener(milters=[verifier.address])])
-        try:
-            for body in (signed, signed.replace(b"this body is signed", b"this body was CHANGED")):
-                assert await in_thread(send_smtplib, mx.port, sender="alice@example.test", rcpts=("bob@example.com",),
-                                       body=body.decode()) == {}
-        finally:
-            await mx.stop()
+        tampered_copy = signed.replace(b"this body is signed", b"this body was CHANGED")
+        assert await through_milter(tmp_path / "mx", checker.address, signed.decode(), tampered_copy.decode()) == [{}, {}]
     finally:
         signer.stop()
-        verifier.stop()
+        checker.stop()
     good, tampered = sorted(maildir_messages(str(tmp_path / "mx" / "maildir")), key=lambda m: "CHANGED" in m.get_payload())
-    assert "dkim=pass" in " ".join(good["Authentication-Results"].split()), verifier.log()
-    assert "dkim=fail" in " ".join(tampered["Authentication-Results"].split()), verifier.log()
+    assert "dkim=pass" in " ".join(good["Authentication-Results"].split()), checker.log()
+    assert "dkim=fail" in " ".join(tampered["Authentication-Results"].split()), checker.log()

@@ -48,14 +48,19 @@ def negotiated(actions: int = mp.OFFERED_ACTIONS, protocol: int = 0) -> mp.Conve
     return conversation
 
 
+def ask(conversation: mp.Conversation, stage: mp.Stage) -> list[tuple[bytes, bytes]]:
+    """Ask a stage; the packets sent for it up to the first that waits for a reply."""
+    conversation.ask(stage)
+    return sent(drain(conversation))
+
+
 MESSAGE = mp.Message(headers=(("From", "a@example.test"), ("Subject", "hi")), body=b"body\r\n", macros={"i": "ID1"})
 
 
 def test_connect_sends_macros_then_command_and_waits_for_the_reply():
     """CONNECT goes after its SMFIC_MACRO packet; the answer comes only after the milter's reply."""
     conversation = negotiated()
-    conversation.ask(mp.Connect("client.test", "192.0.2.1", 2525, "4", {"j": "mx.test"}))
-    out = sent(drain(conversation))
+    out = ask(conversation, mp.Connect("client.test", "192.0.2.1", 2525, "4", {"j": "mx.test"}))
     assert out == [(b"D", b"Cj\0mx.test\0"), (b"C", b"client.test\0" + b"4" + struct.pack("!H", 2525) + b"192.0.2.1\0")]
     conversation.receive_data(reply(b"c"))
     assert drain(conversation) == [mp.Answer(mp.Verdict.CONTINUE)]
@@ -64,8 +69,7 @@ def test_connect_sends_macros_then_command_and_waits_for_the_reply():
 def test_a_reply_split_across_reads_is_put_together():
     """Packets arrive in pieces on a stream; the answer comes when the last byte is there."""
     conversation = negotiated()
-    conversation.ask(mp.Helo("client.test"))
-    drain(conversation)
+    ask(conversation, mp.Helo("client.test"))
     data = reply(b"r")
     conversation.receive_data(data[:3])
     assert drain(conversation) == []
@@ -77,8 +81,7 @@ def test_message_goes_command_by_command_and_collects_modifications():
     """DATA, each header, EOH, body chunk, end of body: one at a time; the modifications before
     the final reply come with the answer."""
     conversation = negotiated()
-    conversation.ask(mp.Mail("a@example.test", ("SIZE=10",)))
-    assert sent(drain(conversation)) == [(b"M", b"<a@example.test>\0SIZE=10\0")]
+    assert ask(conversation, mp.Mail("a@example.test", ("SIZE=10",))) == [(b"M", b"<a@example.test>\0SIZE=10\0")]
     conversation.receive_data(reply(b"c"))
     drain(conversation)
     conversation.ask(MESSAGE)
@@ -125,8 +128,7 @@ def test_message_goes_command_by_command_and_collects_modifications():
 def test_steps_the_milter_declined_are_not_sent_nor_answered():
     """NO* steps are not sent; NR_* steps are sent without waiting; a body chunk answered SKIP ends the body."""
     conversation = negotiated(protocol=mp.NODATA | mp.NR_HDR | mp.NOEOH | mp.SKIP)
-    conversation.ask(mp.Message(headers=(("A", "1"), ("B", "2")), body=b"x" * (mp.BODY_CHUNK + 10)))
-    out = sent(drain(conversation))
+    out = ask(conversation, mp.Message(headers=(("A", "1"), ("B", "2")), body=b"x" * (mp.BODY_CHUNK + 10)))
     assert [c for c, _ in out] == [b"L", b"L", b"B"]
     conversation.receive_data(reply(b"s"))
     assert sent(drain(conversation)) == [(b"E", b"")]
@@ -137,8 +139,7 @@ def test_steps_the_milter_declined_are_not_sent_nor_answered():
 def test_replycode_gives_the_milters_text():
     """SMFIR_REPLYCODE: a 5xx is a reject with the milter's words, a 4xx a tempfail."""
     conversation = negotiated()
-    conversation.ask(mp.Rcpt("b@example.test"))
-    drain(conversation)
+    ask(conversation, mp.Rcpt("b@example.test"))
     conversation.receive_data(reply(b"y", b"550 5.7.1 Gtube pattern\0"))
     (answer,) = drain(conversation)
     assert answer.verdict is mp.Verdict.REJECT

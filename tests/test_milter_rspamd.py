@@ -8,12 +8,11 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from e2e import in_thread, maildir_messages, send_smtplib, start_relay
-from opendkim_lab import OpenDKIM, generate_key
+from e2e import maildir_messages
+from milter_lab import through_milter
+from opendkim_lab import generate_key, verifier
 from rspamd_lab import Rspamd
 from test_milter_opendkim import raw_message
-
-from tlsmta.testing import dev_listener
 
 GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 GTUBE_ADD_HEADER = "YJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
@@ -39,18 +38,8 @@ def rspamd(tmp_path_factory: Any) -> Iterator[tuple[Rspamd, str]]:
 
 
 async def send_through(tmp_path: Any, server: Rspamd, body: str) -> Any:
-    relay = await start_relay(tmp_path, [dev_listener(milters=[server.address])])
-
-    def send() -> Any:
-        try:
-            return send_smtplib(relay.port, sender="alice@example.test", rcpts=("bob@example.com",), body=message(body))
-        except smtplib.SMTPException as e:
-            return e
-
-    try:
-        return await in_thread(send)
-    finally:
-        await relay.stop()
+    [result] = await through_milter(tmp_path, server.address, message(body))
+    return result
 
 
 @pytest_twisted.ensureDeferred
@@ -80,19 +69,10 @@ async def test_rspamd_dkim_signature_verifies_with_opendkim(tmp_path: Any, rspam
     assert await send_through(tmp_path / "submission", server, "An ordinary message.") == {}
     signed = raw_message(str(tmp_path / "submission" / "maildir"))
     assert b"DKIM-Signature:" in signed and b"s=rsel" in signed, signed[:2000]
-    keys = tmp_path / "public-keys"
-    keys.write_text(f"rsel._domainkey.example.test {record}\n")
-    verifier = OpenDKIM(str(tmp_path), "verifier", {
-        "Mode": "v", "TestPublicKeys": str(keys), "InternalHosts": "192.0.2.1", "AuthservID": "mx.example.test",
-    }).start()
+    checker = verifier(str(tmp_path), "rsel", "example.test", record).start()
     try:
-        mx = await start_relay(tmp_path / "mx", [dev_listener(milters=[verifier.address])])
-        try:
-            assert await in_thread(send_smtplib, mx.port, sender="alice@example.test", rcpts=("bob@example.com",),
-                                   body=signed.decode()) == {}
-        finally:
-            await mx.stop()
+        assert await through_milter(tmp_path / "mx", checker.address, signed.decode()) == [{}]
     finally:
-        verifier.stop()
+        checker.stop()
     [verified] = maildir_messages(str(tmp_path / "mx" / "maildir"))
-    assert "dkim=pass" in " ".join(verified["Authentication-Results"].split()), verifier.log()
+    assert "dkim=pass" in " ".join(verified["Authentication-Results"].split()), checker.log()

@@ -211,7 +211,8 @@ class SessionMilters:
     def macros(self, shell: Any, **envelope: str) -> dict[str, str]:
         """The macros for a stage, from the shell's facts (``sender``, ``rcpt``, ``msgid``)."""
         tls = shell.tls_facts if shell.tls_active else None
-        macros = session_macros(shell.hostname, shell.runtime.listener.name, shell.peer_ip,
+        names = shell.reverse_names or ["unknown"]  # forward-confirmed, when a client certificate asked for them
+        macros = session_macros(shell.hostname, shell.runtime.listener.name, shell.peer_ip, names[0],
                                 shell.session_log.peer_port, tls, shell.authenticated_as)
         names = {"sender": "{mail_addr}", "rcpt": "{rcpt_addr}", "msgid": "i"}
         macros.update({names[key]: value for key, value in envelope.items()})
@@ -435,6 +436,7 @@ def session_macros(
     hostname: str,
     listener: str,
     peer_ip: str,
+    client_name: str,
     peer_port: int | None,
     tls: SessionFacts | None,
     authenticated_as: str | None,
@@ -445,8 +447,8 @@ def session_macros(
         "j": hostname,
         "{daemon_name}": listener,
         "{client_addr}": peer_ip,
-        "{client_name}": "unknown",  # Postfix's word when there is no verified reverse name
-        "_": f"unknown [{peer_ip}]",
+        "{client_name}": client_name,  # "unknown" (Postfix's word) without a verified reverse name
+        "_": f"{client_name} [{peer_ip}]",
     }
     if peer_port is not None:
         macros["{client_port}"] = str(peer_port)
