@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from e2e import HOSTNAME, eventually, in_thread, maildir_messages, send_smtplib, start_relay
+from e2e import HOSTNAME, client_context, eventually, in_thread, maildir_messages, send_smtplib, start_relay
 from milter_lab import Script, frame, listen
 from twisted.internet import reactor
 
+from tlsmta.inbound import hash_password
 from tlsmta.testing import dev_listener
 
 MESSAGE = "From: app@client.test\r\nSubject: hello\r\n\r\nHello from smtplib.\r\n"
@@ -178,3 +179,21 @@ async def test_quarantine_spools_the_message_held(tmp_path: Any) -> None:
     [state] = [name for name in os.listdir(tmp_path / "spool" / "q") if name.endswith(".state")]
     assert json.loads((tmp_path / "spool" / "q" / state).read_text())["held"] is True
     assert [(line["result"], line["reason"]) for line in lines] == [("quarantined", "suspicious")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_and_auth_macros_reach_the_milter(tmp_path: Any, pki: Any) -> None:
+    """After STARTTLS and AUTH, the milter is told {tls_version}, {cipher} and {auth_authen}: CONNECT
+    and HELO go at MAIL, when these are known."""
+    users = tmp_path / "users"
+    users.write_text(f"alice:{hash_password('s3cret')}\n")
+    relay, port, milter, _ = await relay_with_milter(
+        tmp_path, Script(), tls="starttls", tls_certificate=pki.good.cert, tls_key=pki.good.key, auth_users_file=str(users))
+    try:
+        await in_thread(send_smtplib, relay.port, starttls=client_context(pki.ca_pem), login=("alice", "s3cret"), body=MESSAGE)
+    finally:
+        await relay.stop()
+        await port.stopListening()
+    macros = milter.macros()
+    assert macros["{tls_version}"].startswith("TLSv1.") and macros["{cipher}"]
+    assert macros["{auth_authen}"] == "alice"
