@@ -44,7 +44,7 @@ def test_the_session_asks_with_the_declared_size_and_keeps_syntax_errors_after_t
     session = server.ServerSession(server.ServerSettings(hostname="mx.test"))
     session.receive_data(b"EHLO c.test\r\nMAIL FROM:<a@b.test> SIZE=12345\r\n")
     events = _drain(session)
-    assert events[-1] == server.MailAllowed(12345)
+    assert events[-1] == server.MailAllowed(12345, "a@b.test")
     session.accept()
     assert b"250" in _drain(session)[-1].data
     session.receive_data(b"RSET\r\nMAIL FROM:<a@b.test> SIZE=x\r\n")

@@ -146,7 +146,10 @@ class MilterConnection(protocol.Protocol):
             waiting.errback(MilterFailure(why))
 
     def close(self) -> None:
-        """SMFIC_QUIT and close (the SMTP session ended)."""
+        """SMFIC_QUIT and close (the SMTP session ended); a stage in progress fails."""
+        if self._waiting is not None:
+            self.fail("the SMTP session ended")
+            return
         self._stop_timer()
         if not self._gone:
             self._gone = True
@@ -211,8 +214,8 @@ class SessionMilters:
     def macros(self, shell: Any, **envelope: str) -> dict[str, str]:
         """The macros for a stage, from the shell's facts (``sender``, ``rcpt``, ``msgid``)."""
         tls = shell.tls_facts if shell.tls_active else None
-        names = shell.reverse_names or ["unknown"]  # forward-confirmed, when a client certificate asked for them
-        macros = session_macros(shell.hostname, shell.runtime.listener.name, shell.peer_ip, names[0],
+        reverse = shell.reverse_names or ["unknown"]  # forward-confirmed, when a client certificate asked for them
+        macros = session_macros(shell.hostname, shell.runtime.listener.name, shell.peer_ip, reverse[0],
                                 shell.session_log.peer_port, tls, shell.authenticated_as)
         names = {"sender": "{mail_addr}", "rcpt": "{rcpt_addr}", "msgid": "i"}
         macros.update({names[key]: value for key, value in envelope.items()})
@@ -227,7 +230,7 @@ class SessionMilters:
     def writer(self, shell: Any, sink: MessageSink, envelope: Envelope) -> MilteredWriter:
         self.msgid = envelope.message_id
         macros = self.macros(shell, sender=envelope.sender, msgid=envelope.message_id)
-        return MilteredWriter(self, sink, envelope, macros, shell._recipient_for)
+        return MilteredWriter(self, sink, envelope, macros, shell.recipient_for_milter)
 
     # -- the stages ---------------------------------------------------------------------------
 

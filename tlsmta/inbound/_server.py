@@ -461,7 +461,7 @@ class InboundSMTP(smtp.ESMTP):
 
         Deferred.fromCoroutine(ask(self.milters)).addCallbacks(answered, broken)
 
-    def _recipient_for(self, address: str) -> Recipient:
+    def recipient_for_milter(self, address: str) -> Recipient:
         """The record of a recipient a milter added (the milter is trusted: no relay check)."""
         domain = _recipient_domain(address.rpartition("@")[2] or self.hostname)
         binding = self._binding_for(address, domain)
