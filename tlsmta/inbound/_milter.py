@@ -33,6 +33,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, U
 from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
 from twisted.python.failure import Failure
 
+from tlsmta.errors import TlsmtaError
 from tlsmta.inbound._milter_protocol import (
     Answer,
     Connect,
@@ -60,7 +61,7 @@ REJECTED = Reply.of(550, "5.7.1", "Command rejected")
 TEMPFAILED = Reply.of(451, "4.7.1", "Service unavailable - try again later")
 
 
-class MilterFailure(Exception):
+class MilterFailure(TlsmtaError):
     """The milter did not answer usefully (down, timed out, gone, garbage)."""
 
 

@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 
 import attrs
 
+from tlsmta.errors import TlsmtaError
 from tlsmta.smtp import Reply
 
 VERSION = 6
@@ -62,7 +63,7 @@ _NO_REPLY_FLAG = {CONNECT: NR_CONN, HELO: NR_HELO, MAIL: NR_MAIL, RCPT: NR_RCPT,
                   HEADER: NR_HDR, EOH: NR_EOH, BODY: NR_BODY}
 
 
-class MilterProtocolError(Exception):
+class MilterProtocolError(TlsmtaError):
     """The milter sent something the protocol does not allow at this point."""
 
 
