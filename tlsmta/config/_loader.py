@@ -23,6 +23,7 @@ import attrs
 
 from tlsmta.config._address_maps import AddressMap, address_value, load_address_maps, login_value
 from tlsmta.config._endpoints import overlaps, port_problem, tcp_address
+from tlsmta.config._milter_addresses import milter_addresses
 from tlsmta.config._routes import Route, RouteError, parse_route
 from tlsmta.config._tls_modes import DANE_REQUIRED_WORD, ListenerTLS, OutboundTLS
 from tlsmta.errors import TlsmtaError
@@ -530,6 +531,12 @@ LISTENER_OPTIONS: dict[str, Option] = {
     "recipient_maps": Option(_address_maps(address_value), None, "who receives mail for local_domains; others 550 5.1.1"),
     "role": Option(_enum("mx", "submission"), "mx", "submission: AUTH before MAIL, Message-ID/Date added"),
     "sender_login_maps": Option(_address_maps(login_value), None, "sender address or @domain -> logins that may use it"),
+    # Milters (Sendmail/Postfix milter protocol 6), asked in order at MAIL, RCPT and end of message.
+    "milters": Option(milter_addresses, (), 'e.g. ["inet:127.0.0.1:8891", "unix:/run/opendkim/opendkim.sock"]'),
+    "milter_default_action": Option(_enum("tempfail", "accept"), "tempfail", "when a milter is down, stalls or sends garbage"),
+    "milter_connect_timeout": Option(_duration(), 30.0, "connecting to a milter and its option negotiation"),
+    "milter_command_timeout": Option(_duration(), 30.0, "a milter's answer to CONNECT, HELO, MAIL and RCPT"),
+    "milter_content_timeout": Option(_duration(), 300.0, "a milter's answer to each header, body chunk and end of message"),
 }
 
 SPOOL_OPTIONS: dict[str, Option] = {
@@ -644,6 +651,11 @@ class ListenerConfig:
     recipient_maps: AddressMap | None = None
     role: str = "mx"
     sender_login_maps: AddressMap | None = None
+    milters: tuple[str, ...] = ()
+    milter_default_action: str = "tempfail"
+    milter_connect_timeout: float = 30.0
+    milter_command_timeout: float = 30.0
+    milter_content_timeout: float = 300.0
 
 
 @attrs.frozen

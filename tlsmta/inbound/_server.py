@@ -59,6 +59,8 @@ from tlsmta.inbound._acceptance import (
     in_networks,
 )
 from tlsmta.inbound._auth import Credentials
+from tlsmta.inbound._milter import Outcome, SessionMilters, milters_for
+from tlsmta.inbound._milter_protocol import Rcpt
 from tlsmta.inbound._received import TraceFacts, received_header
 from tlsmta.inbound._recipients import check_mailbox_name, expand_recipient
 from tlsmta.inbound._sender_login import check_sender_login
@@ -190,6 +192,7 @@ class InboundSMTP(smtp.ESMTP):
         self._reverse_lookup: Deferred[list[str]] | None = None
         self.reverse_names: list[str] | None = None
         self.session_log = SessionLog(runtime.events, runtime.listener.name, self.clock.seconds())
+        self.milters = milters_for(runtime.listener, runtime.events)
 
     def callLater(self, period: float, func: Callable[[], object]) -> IDelayedCall:
         """TimeoutMixin's scheduler (and ours), on this session's clock."""
@@ -284,6 +287,8 @@ class InboundSMTP(smtp.ESMTP):
             self._writer.abort()
             self._log_transaction(self._envelope, self.session.data_received, "connection lost during DATA")
         self.session.connection_lost()
+        if self.milters is not None:
+            self.milters.close()
         if self.factory is not None:
             self.factory.release(self)
         self.session_log.disconnected(self.clock.seconds(), self._tls_fields())
@@ -410,7 +415,10 @@ class InboundSMTP(smtp.ESMTP):
         check_client_certificate(VerifyMode(listener.tls_verify), self.tls_active, verdict)
         self._check_sender_login(question.sender)
         self._check_free_space(question.size)
-        self.session.accept()
+        if question.sender is None:  # the MAIL syntax error is answered now
+            self.session.accept()
+            return
+        self._ask_milters(question, lambda m: m.mail(self, question.sender or ""), self.session.accept)
 
     def _check_sender_login(self, sender: str | None) -> None:
         try:
@@ -458,7 +466,8 @@ class InboundSMTP(smtp.ESMTP):
             self.runtime.events.emit("rcpt_rejected", peer=self.peer_ip, sender=self.sender, rcpt=address,
                                      reason=refusal.reason)
             raise
-        self.session.accept_recipients(records)
+        self._ask_milters(question, lambda m: m.rcpt(Rcpt(address, macros=m.macros(self, rcpt=address))),
+                          lambda: self.session.accept_recipients(records))
 
     def _recipients_for(self, address: str, domain: str) -> list[tuple[Recipient, tuple[str, str]]]:
         """The recipients an accepted RCPT adds, each with the (local part, domain) it is kept once by:
@@ -478,6 +487,28 @@ class InboundSMTP(smtp.ESMTP):
             raise Reject(451, f"4.3.2 Error: cannot deliver to route {route} yet")
         check_mailbox_name(address, route)
         return Recipient(address, route, binding)
+
+    def _ask_milters(self, question: object, ask: Callable[[SessionMilters], Any], go_on: Callable[[], None]) -> None:
+        """The milter hook (MAIL, RCPT): their refusal answers the question, else ``go_on``."""
+        if self.milters is None:
+            go_on()
+            return
+
+        def answered(outcome: Outcome) -> None:
+            refusal = outcome.refusal
+            self._settle(question, go_on if refusal is None else lambda: self.session.refuse(refusal))
+
+        def broken(failure: Failure) -> None:
+            log.failure("asking the milters failed", failure)
+            self._settle(question, self.session.fail)
+
+        Deferred.fromCoroutine(ask(self.milters)).addCallbacks(answered, broken)
+
+    def recipient_for_milter(self, address: str) -> Recipient:
+        """The record of a recipient a milter added (the milter is trusted: no relay check)."""
+        domain = _recipient_domain(address.rpartition("@")[2] or self.hostname)
+        binding = self._binding_for(address, domain)
+        return Recipient(address, resolve(self.runtime.config, domain, binding)["route"].value, binding)
 
     def _standing(self) -> ClientStanding:
         verdict = self.client_verdict()
@@ -517,8 +548,12 @@ class InboundSMTP(smtp.ESMTP):
             auth_user=self.authenticated_as,
             tls=self._receipt_fields(),
         )
+        writer: MessageWriter
         try:
-            writer = self.runtime.sink.open(envelope, Throttle(lambda: self._pause("disk"), lambda: self._resume("disk")))
+            if self.milters is not None:  # held until the milters answered its end
+                writer = self.milters.writer(self, self.runtime.sink, envelope)
+            else:
+                writer = self.runtime.sink.open(envelope, Throttle(lambda: self._pause("disk"), lambda: self._resume("disk")))
         except OSError as e:
             log.error("cannot open a message for writing: {error}", error=e)
             raise _refusal(StoreError.from_os_error(e)) from None

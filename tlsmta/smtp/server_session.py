@@ -162,7 +162,7 @@ class MailAllowed:
     parsed (its syntax error, if any, is answered only after the shell accepted)."""
 
     size: int | None = None
-    sender: str | None = None
+    sender: str | None = None  # the reverse-path, when the MAIL command parsed (for milters)
 
 
 @attrs.frozen
@@ -607,10 +607,8 @@ class ServerSession:
             self._pending_mail = self._parse_mail(arg)
         except Reject as syntax_error:
             self._pending_mail = syntax_error
-        if isinstance(self._pending_mail, Reject):
-            self._ask(MailAllowed())  # the client-certificate policy speaks before the syntax
-        else:
-            self._ask(MailAllowed(self._pending_mail[1].size, self._pending_mail[0]))
+        parsed = None if isinstance(self._pending_mail, Reject) else self._pending_mail
+        self._ask(MailAllowed(parsed[1].size, parsed[0]) if parsed else MailAllowed())  # the client-certificate policy speaks before the syntax
 
     def _parse_mail(self, arg: bytes) -> tuple[str, MailParams]:
         path = parse_path(arg, "FROM", allow_null=True)
