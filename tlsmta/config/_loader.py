@@ -21,6 +21,7 @@ from typing import Any, Protocol, TypeVar
 
 import attrs
 
+from tlsmta.config._door import DnsblZone, Rate, parse_dnsbl, parse_rate
 from tlsmta.config._endpoints import overlaps, port_problem, tcp_address
 from tlsmta.config._routes import Route, RouteError, parse_route
 from tlsmta.config._tls_modes import DANE_REQUIRED_WORD, ListenerTLS, OutboundTLS
@@ -495,6 +496,13 @@ LISTENER_OPTIONS: dict[str, Option] = {
         _int(1), 1800, "seconds a session may last; checked between commands, so a DATA transfer that keeps going finishes"
     ),
     "tls_lab": Option(_enum(*LAB_MODES), None, "dev relay: serve a good or deliberately bad TLS peer"),
+    # At the door (tlsmta.inbound._door): postscreen's pregreet test and DNSBL score, anvil's rates.
+    "pregreet_wait": Option(_duration(off=True), None, "hold the greeting this long; a client that talks first gets 554 5.5.1"),
+    "dnsbl": Option(parse_dnsbl, (), 'blocklists: [{zone = "zen.example", weight = 2}, ...]'),
+    "dnsbl_threshold": Option(_int(1), 1, "a client whose listed weights add up to this gets 554 5.7.1"),
+    "dnsbl_timeout": Option(_duration(), 2.0, "the longest the greeting waits for the DNSBL answers"),
+    "max_connection_rate": Option(parse_rate, None, 'per client address, e.g. "30/1m": 421 4.7.0 above it'),
+    "max_message_rate": Option(parse_rate, None, 'MAIL commands per client address, e.g. "100/1h": 450 4.7.1 above it'),
 }
 
 SPOOL_OPTIONS: dict[str, Option] = {
@@ -605,6 +613,12 @@ class ListenerConfig:
     tls_chains: tuple[tuple[str, str], ...] = ()
     tls_sni: tuple[tuple[tuple[str, str], ...], ...] = ()  # each entry's chains
     relay_client_pins: tuple[str, ...] = ()
+    pregreet_wait: float | None = None
+    dnsbl: tuple[DnsblZone, ...] = ()
+    dnsbl_threshold: int = 1
+    dnsbl_timeout: float = 2.0
+    max_connection_rate: Rate | None = None
+    max_message_rate: Rate | None = None
 
 
 @attrs.frozen
