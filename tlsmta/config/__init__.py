@@ -13,6 +13,7 @@ This ``__init__`` is the part's API: other parts import only the names in
 ``__all__``; the modules behind it are private (``_name.py``).
 """
 
+from tlsmta.config._dkim import DkimDomain
 from tlsmta.config._door import DnsblZone, Rate
 from tlsmta.config._loader import (
     CERTIFICATE_LAB_MODES,
@@ -38,6 +39,7 @@ __all__ = [
     "ConfigError",
     "DANE_REQUIRED_WORD",
     "DELIVERY_OPTIONS",
+    "DkimDomain",
     "DnsblZone",
     "from_dict",
     "LAB_MODES",

@@ -21,6 +21,7 @@ from typing import Any, Protocol, TypeVar
 
 import attrs
 
+from tlsmta.config._dkim import DkimDomain, parse_selector
 from tlsmta.config._door import DnsblZone, Rate, parse_dnsbl, parse_rate
 from tlsmta.config._endpoints import overlaps, port_problem, tcp_address
 from tlsmta.config._routes import Route, RouteError, parse_route
@@ -331,6 +332,10 @@ class Environment(Protocol):
         """A server endpoint string: whether tlsmta could listen with it (not whether the port is free)."""
         ...
 
+    def dkim_key(self, path: str) -> str | None:
+        """Whether a DKIM key file holds an RSA or Ed25519 private key tlsmta can sign with."""
+        ...
+
 
 class SyntaxOnly:
     """An :class:`Environment` that finds nothing wrong: syntax and data checks only."""
@@ -357,6 +362,9 @@ class SyntaxOnly:
         return None
 
     def endpoint(self, text: str) -> str | None:
+        return None
+
+    def dkim_key(self, path: str) -> str | None:
         return None
 
 
@@ -564,6 +572,12 @@ DEV_OPTIONS: dict[str, Option] = {
     "imap_tls": Option(_enum("starttls", "implicit"), "starttls", "STARTTLS with the dev certificate, or TLS from the first byte"),
 }
 
+# [dkim."DOMAIN"]: signing mail that leaves tlsmta (tlsmta.delivery._dkim).
+DKIM_OPTIONS: dict[str, Option] = {
+    "selector": Option(parse_selector, None, "the s= tag: the public key is the TXT of SELECTOR._domainkey.DOMAIN"),
+    "key_file": Option(_readable_file, None, "PEM RSA (2048 bits or more advised) or Ed25519 private key", "dkim_key"),
+}
+
 CONTROL_OPTIONS: dict[str, Option] = {
     "socket": Option(_path, None, "UNIX socket for `tlsmta queue`; default: state_dir/control.sock"),
     "shutdown_grace": Option(_int(0), 30, "seconds sessions and deliveries may finish after SIGTERM"),
@@ -673,6 +687,7 @@ class Config:
     dev: Mapping[str, Any] = attrs.field(factory=lambda: {k: o.default for k, o in DEV_OPTIONS.items()})
     # [dns] nameservers: where every lookup goes; empty: the system's (/etc/resolv.conf).
     dns_nameservers: tuple[tuple[str, int], ...] = ()
+    dkim: Mapping[str, DkimDomain] = attrs.field(factory=dict)  # [dkim."DOMAIN"], by canonical domain
     # resolve() results; not an init field, so attrs.evolve() starts a fresh one.
     _resolved: dict[tuple[str, str], dict[str, Resolved]] = attrs.field(init=False, factory=dict, eq=False, repr=False)
 
@@ -855,6 +870,7 @@ _TOP_LEVEL = {
     "http",
     "tlsrpt_inbox",
     "dev",
+    "dkim",
 }
 
 
@@ -932,6 +948,7 @@ def from_dict(raw: Mapping[str, Any], path: str = "<config>", environment: Envir
     nameservers = _nameservers(v, dns_table.pop("nameservers", None))
     dns = _dns(v, dns_table)
     rules = _binding_rules(v, raw.get("binding_rule"), bindings)
+    dkim = _dkim(v, raw.get("dkim"))
 
     _check_pairs(v, global_options, "global")  # domain scopes: checked in domain_tables
 
@@ -958,7 +975,27 @@ def from_dict(raw: Mapping[str, Any], path: str = "<config>", environment: Envir
         http=http,
         tlsrpt_inbox=tlsrpt_inbox,
         dev=dev,
+        dkim=dkim,
     )
+
+
+def _dkim(v: _Validator, raw: Any) -> dict[str, DkimDomain]:
+    """``[dkim."DOMAIN"]`` tables, each with its selector and key file."""
+    out = {}
+    for name, body in v.table(raw, "dkim").items():
+        label = f'dkim."{name}"'
+        try:
+            domain = normalize_domain(name)
+        except ValueError as e:
+            v.problem(label, None, str(e))
+            continue
+        values = v.options(v.table(body, label), label, DKIM_OPTIONS)
+        missing = [key for key in DKIM_OPTIONS if key not in body]
+        for key in missing:
+            v.problem(label, key, "is required")
+        if len(values) == len(DKIM_OPTIONS):
+            out[domain] = DkimDomain(**values)
+    return out
 
 
 def _tlsrpt_inbox(v: _Validator, raw: Any) -> dict[str, Any]:

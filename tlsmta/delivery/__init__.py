@@ -21,6 +21,7 @@ from tlsmta.delivery._decisions import (
     requirement,
     session_outcome,
 )
+from tlsmta.delivery._dkim import DkimSigner, load_signing_key
 from tlsmta.delivery._mailqueue import Queue, QueueError
 from tlsmta.delivery._pool import Deliverer, OutboundPool
 from tlsmta.delivery._routing import destination_of
@@ -34,9 +35,11 @@ __all__ = [
     "ConnectionBroken",
     "dane_verdict",
     "Deliverer",
+    "DkimSigner",
     "destination_of",
     "EndpointFactory",
     "greeting_failure",
+    "load_signing_key",
     "may_skip_tls",
     "MemoryBrokenTLS",
     "OutboundPool",
