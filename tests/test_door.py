@@ -5,9 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import pytest_twisted
+from e2e import eventually, in_thread, maildir_messages, send_smtplib
 from inbound_harness import Session, runtime
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
+from twisted.names import client
+from unbound_lab import SignedZone
 
 from tlsmta.config import ConfigError, DnsblZone, Rate
 from tlsmta.config._door import parse_dnsbl, parse_rate
@@ -17,7 +21,7 @@ from tlsmta.inbound._ratelimit import PRUNE_EVERY, RateLimiter
 from tlsmta.inbound._server import InboundFactory
 from tlsmta.reporting import EventBus
 from tlsmta.smtp.server_session import Close, Send, ServerSession, ServerSettings
-from tlsmta.testing import build_config, dev_listener
+from tlsmta.testing import RunningRelay, build_config, dev_listener
 
 CLIENT = "192.0.2.7"
 
@@ -262,3 +266,92 @@ def test_message_rate_refuses_mail_with_450_and_logs_it() -> None:
     refused = [fields for event, fields in events if event == "refused"]
     assert len(refused) == 1 and refused[0]["reason"].startswith("message rate limit exceeded")
     assert refused[0]["code"] == 450 and refused[0]["peer"] == CLIENT
+
+
+# -- end to end: real sockets, a blocklist zone in a local unbound ---------------------------------
+
+
+def _talk(port: int, source: str, early: bytes = b"", script: bytes = b"QUIT\r\n") -> bytes:
+    """Connect from ``source`` (a loopback address) and talk at once (``early``), or after a 220 run ``script``:
+    the replies after the 220 (or the refusal given instead of it)."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=20, source_address=(source, 0)) as conn:
+        chunks = []
+        if early:
+            conn.sendall(early)
+        else:
+            chunks.append(conn.recv(4096))  # the greeting (or the refusal), when it comes
+            if chunks[0].startswith(b"220 "):
+                chunks = []
+                conn.sendall(script)
+        while chunk := conn.recv(4096):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+async def _relay(tmp_path: Any, listener: dict[str, Any], dns_backend: Any) -> RunningRelay:
+    """A relay into tmp_path/maildir whose lookups go to ``dns_backend`` (a resolver the test started or holds)."""
+    raw = {"global": {"hostname": "mx.example.test", "state_dir": str(tmp_path / "state"),
+                      "route": f"maildir:{tmp_path / 'maildir'}"},
+           "listener": [listener], "spool": {"path": str(tmp_path / "spool")}}
+    return await RunningRelay(build_config(raw), dns_backend=dns_backend).start()
+
+
+@pytest.mark.timeout(120)
+@pytest_twisted.ensureDeferred
+async def test_door_over_loopback_with_a_blocklist_served_by_unbound(tmp_path: Any) -> None:
+    """A listed client gets 554 5.7.1 naming the zone, an early talker 554 5.5.1, a patient unlisted one mail
+    through (smtplib), the third connection in a minute 421 4.7.0; each refusal in a disconnect line."""
+    zone = SignedZone(str(tmp_path / "zone"), "bl.example.test", ["2.0.0.127 IN A 127.0.0.2"]).start()
+    listener = dev_listener(relay_networks=[], local_domains=["example.org"], pregreet_wait="0.3s",
+                            dnsbl=[{"zone": "bl.example.test", "weight": 2}], dnsbl_threshold=2,
+                            max_connection_rate="3/1m")
+    relay = await _relay(tmp_path, listener, zone.twisted_backend())
+    events: list[tuple[str, dict[str, Any]]] = []
+    relay.service.events.add_sink(lambda event, fields: events.append((event, fields)))
+    try:
+        listed_reply = await in_thread(_talk, relay.port, "127.0.0.2")
+        assert listed_reply == b"554 5.7.1 Service unavailable; client [127.0.0.2] blocked using bl.example.test\r\n"
+        early_reply = await in_thread(_talk, relay.port, "127.0.0.3", early=b"EHLO bot.example\r\n")
+        assert early_reply == b"554 5.5.1 Error: you talked before the greeting\r\n"
+        refused = await in_thread(send_smtplib, relay.port, rcpts=("carol@example.org",))
+        assert refused == {}
+        await eventually(lambda: len(maildir_messages(str(tmp_path / "maildir"))) == 1)
+        over_rate = await in_thread(_talk, relay.port, "127.0.0.1")  # 127.0.0.1's second: under 3/1m
+        assert over_rate.startswith(b"221")
+        third = await in_thread(_talk, relay.port, "127.0.0.1")
+        fourth = await in_thread(_talk, relay.port, "127.0.0.1")
+        assert third.startswith(b"221") and fourth.startswith(b"421 4.7.0 ")
+        await eventually(lambda: len([e for e, _ in events if e == "disconnect"]) == 6)
+        reasons = [f.get("refused") for e, f in events if e == "disconnect"]
+        assert reasons[0] == "dnsbl bl.example.test (score 2 >= 2)"
+        assert reasons[1] == "pregreet: talked before the greeting"
+        assert reasons[2:5] == [None, None, None]
+        assert reasons[5].startswith("connection rate limit exceeded")
+    finally:
+        await relay.stop()
+        zone.stop()
+
+
+@pytest.mark.timeout(60)
+@pytest_twisted.ensureDeferred
+async def test_a_blocklist_that_does_not_answer_lets_mail_in_and_is_logged(tmp_path: Any) -> None:
+    """The DNSBL's server never answers (a UDP socket the test holds): after dnsbl_timeout the client is
+    greeted and its mail accepted, and a dnsbl_failed line names the zone."""
+    import socket
+
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    listener = dev_listener(relay_networks=[], local_domains=["example.org"], dnsbl=[{"zone": "down.example.test"}],
+                            dnsbl_timeout="0.5s")
+    relay = await _relay(tmp_path, listener, client.Resolver(servers=[silent.getsockname()]))
+    events: list[tuple[str, dict[str, Any]]] = []
+    relay.service.events.add_sink(lambda event, fields: events.append((event, fields)))
+    try:
+        assert await in_thread(send_smtplib, relay.port, rcpts=("carol@example.org",)) == {}
+        failed = [f for e, f in events if e == "dnsbl_failed"]
+        assert failed and failed[0]["zone"] == "down.example.test" and failed[0]["peer"] == "127.0.0.1"
+    finally:
+        await relay.stop()
+        silent.close()

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from email.utils import getaddresses
 
 import attrs
-import dkim
+import dkim  # type: ignore[import-untyped]  # dkimpy ships no type hints
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from twisted.logger import Logger
