@@ -120,6 +120,15 @@ def test_dnsbl_score_adds_the_weights_of_listing_zones() -> None:
     assert events == []
 
 
+def test_a_peer_without_an_ip_address_is_not_looked_up() -> None:
+    """A UNIX-socket peer ("unknown") is in no blocklist: no lookup, score 0."""
+    asked: list[str] = []
+    found: list[Any] = []
+    check("unknown", [DnsblZone("a.example")], lambda name: asked.append(name) or succeed([]), Clock(), 1.0,
+          EventBus(), "mx").addCallback(found.append)
+    assert asked == [] and found[0].score == 0
+
+
 def test_dnsbl_that_does_not_answer_counts_as_not_listed_and_is_logged() -> None:
     """A zone that stalls is given up after the timeout: not listed, one dnsbl_failed line."""
     events: list[tuple[str, dict[str, Any]]] = []

@@ -15,7 +15,7 @@ import ipaddress
 from collections.abc import Callable, Sequence
 
 import attrs
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
@@ -67,7 +67,13 @@ def check(
     events: EventBus,
     listener: str,
 ) -> Deferred[DnsblResult]:
-    """Look ``ip`` up in every zone at once; never fails, and fires within ``timeout``."""
+    """Look ``ip`` up in every zone at once; never fails, and fires within ``timeout``.
+
+    A peer that is no IP address (a UNIX socket's) is in no blocklist."""
+    try:
+        ipaddress.ip_address(ip)
+    except ValueError:
+        return succeed(DnsblResult((), 0))
 
     def one(zone: DnsblZone) -> Deferred[bool]:
         d = lookup(query_name(ip, zone.zone))
