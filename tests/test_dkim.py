@@ -183,3 +183,25 @@ async def test_mail_leaving_tlsmta_verifies_with_opendkim_and_a_reload_rotates_t
         await sender.stop()
         await receiver.stop()
         zone.stop()
+
+
+@pytest.mark.timeout(60)
+@pytest_twisted.ensureDeferred
+async def test_a_reload_with_a_key_that_does_not_parse_is_refused_and_the_old_key_signs_on(
+        tmp_path: Any, keys: dict[str, str]) -> None:
+    """SIGHUP's reload with a broken key file: refused naming the table and key_file; the running signer stays."""
+    path = tmp_path / "tlsmta.toml"
+    table = f'[global]\nhostname = "out.example.test"\nstate_dir = "{tmp_path}/state"\n[spool]\npath = "{tmp_path}/spool"\n'
+    path.write_text(table + f'[dkim."example.test"]\nselector = "r1"\nkey_file = "{keys["rsa"]}"\n')
+    relay = await RunningRelay(preflight.load(str(path))).start()
+    try:
+        running = relay.service.pool.dkim
+        assert running is not None and _tags(running.signature(MESSAGE))["s"] == "r1"
+        broken = tmp_path / "broken.key"
+        broken.write_text("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+        path.write_text(table + f'[dkim."example.test"]\nselector = "r2"\nkey_file = "{broken}"\n')
+        problems = relay.service.reload()
+        assert any('dkim."example.test"' in str(p) and "key_file" in str(p) for p in problems), problems
+        assert relay.service.pool.dkim is running
+    finally:
+        await relay.stop()

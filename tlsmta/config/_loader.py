@@ -16,7 +16,7 @@ import os
 import re
 import tomllib
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol, TypeVar
 
 import attrs
@@ -803,18 +803,26 @@ class _Validator:
     def with_defaults(self, values: Mapping[str, Any], allowed: Mapping[str, Option]) -> dict[str, Any]:
         return {k: values.get(k, o.default) for k, o in allowed.items()}
 
-    def domain_tables(self, raw: Any, parent: str) -> dict[str, dict[str, Any]]:
-        out = {}
-        for name, body in self.table(raw, parent + "domain").items():
-            label = f'{parent}domain."{name}"'
+    def domain_keyed(self, raw: Any, table: str) -> Iterator[tuple[str, str, Any]]:
+        """Each sub-table of ``table`` named by a domain: (canonical domain, its label, its body). A name
+        that is no domain, or names a domain another sub-table named already, is a problem and skipped."""
+        seen: set[str] = set()
+        for name, body in self.table(raw, table).items():
+            label = f'{table}."{name}"'
             try:
                 key = normalize_domain(name)
             except ValueError as e:
                 self.problem(label, None, str(e))
                 continue
-            if key in out:
+            if key in seen:
                 self.problem(label, None, f"names the same domain as another table: {key!r}")
                 continue
+            seen.add(key)
+            yield key, label, body
+
+    def domain_tables(self, raw: Any, parent: str) -> dict[str, dict[str, Any]]:
+        out = {}
+        for key, label, body in self.domain_keyed(raw, parent + "domain"):
             out[key] = self.options(self.table(body, label), label, DELIVERY_OPTIONS)
             _check_pairs(self, out[key], label)
         return out
@@ -982,13 +990,7 @@ def from_dict(raw: Mapping[str, Any], path: str = "<config>", environment: Envir
 def _dkim(v: _Validator, raw: Any) -> dict[str, DkimDomain]:
     """``[dkim."DOMAIN"]`` tables, each with its selector and key file."""
     out = {}
-    for name, body in v.table(raw, "dkim").items():
-        label = f'dkim."{name}"'
-        try:
-            domain = normalize_domain(name)
-        except ValueError as e:
-            v.problem(label, None, str(e))
-            continue
+    for domain, label, body in v.domain_keyed(raw, "dkim"):
         values = v.options(v.table(body, label), label, DKIM_OPTIONS)
         missing = [key for key in DKIM_OPTIONS if key not in body]
         for key in missing:

@@ -35,14 +35,7 @@ from tlsmta.config import DELIVERY_OPTIONS, OutboundTLS, Resolved, Route
 from tlsmta.delivery import _broken_tls as broken_tls
 from tlsmta.delivery import _decisions as decisions
 from tlsmta.delivery._backoff import BackedOff, Backoff, destination_key
-from tlsmta.delivery._client import (
-    ConnectionBroken,
-    EndpointFactory,
-    OutboundSMTP,
-    Timeouts,
-    connect,
-    tcp_endpoints,
-)
+from tlsmta.delivery._client import ConnectionBroken, EndpointFactory, OutboundSMTP, Timeouts, connect, tcp_endpoints
 from tlsmta.delivery._delivery_log import attempt_summary, recipient_lines, relay_of
 from tlsmta.delivery._dkim import DkimSigner
 from tlsmta.delivery._outbound_options import backoff_policy, timeouts_of
@@ -62,12 +55,7 @@ from tlsmta.errors import TlsmtaError
 from tlsmta.network import IServiceReactor
 from tlsmta.reporting import EventBus, TLSRPTInbox
 from tlsmta.smtp import Reply
-from tlsmta.smtp.client_session import (
-    Greeted,
-    GreetingRefused,
-    HelloRefused,
-    StartTLSRefused,
-)
+from tlsmta.smtp.client_session import Greeted, GreetingRefused, HelloRefused, StartTLSRefused
 from tlsmta.storage import (
     BOUNCED,
     DELIVERED,
