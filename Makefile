@@ -9,7 +9,7 @@ BIN = $(VENV)/bin
 STAMP = $(VENV)/.installed-stamp
 # Debian packages the tests drive as real peers, each named (never via Recommends):
 # swaks needs libnet-ssleay-perl for TLS; chromium: the dev relay's web page;
-# unbound + ldnsutils: a DNSSEC-signed test zone.
+# unbound + ldnsutils: a DNSSEC-signed test zone; opendkim: the independent DKIM verifier (opendkim -t).
 SYSTEM_PACKAGES = postfix swaks libnet-ssleay-perl openssl systemd haproxy chromium unbound ldnsutils opendkim
 
 .PHONY: run test venv dist system-deps
