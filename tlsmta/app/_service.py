@@ -29,7 +29,7 @@ from tlsmta.app._endpoints import CannotListen, naming
 from tlsmta.app._reload_plan import Running, fixed_settings, keeping_fixed, plan, running_of, web_settings
 from tlsmta.app._tlsrpt_inbox_service import TLSRPTInboxService
 from tlsmta.config import Config, ConfigError, ListenerConfig, ListenerTLS, resolve
-from tlsmta.delivery import Deliverer, OutboundPool, Queue, destination_of
+from tlsmta.delivery import Deliverer, DkimSigner, OutboundPool, Queue, destination_of
 from tlsmta.devrelay import (
     ChaosRules,
     FailureRule,
@@ -326,6 +326,7 @@ class TlsmtaService(MultiService):
         self.queue.on_flush = self.pool.backoff.forget
         self.pool.is_self = self.is_own_address
         self.pool.sts = self._sts_resolver()
+        self.pool.dkim = DkimSigner(config.dkim)
         QueueService(self.spool, self.queue).setServiceParent(self)
         self.sink: MessageSink = Intake(local, self.spool, self.queue.add)
         # The dev relay's SMTP failure rules (page, API, fixture); an MTA's listeners have none.
@@ -576,6 +577,7 @@ class TlsmtaService(MultiService):
         if new.dns_nameservers != (self.resolver.nameservers or ()):
             self.resolver.nameservers = new.dns_nameservers
         self.pool.reconfigure(hooks, new.queue["max_connections"])
+        self.pool.dkim = DkimSigner(new.dkim)  # keys re-read: a rotated key signs from now on
         self.queue.retry_schedule = tuple(new.queue["retry_schedule"])
         self.queue.max_lifetime = new.queue["max_queue_lifetime"]
         self.queue.soft_bounce, self.queue.delay_warning = new.queue["soft_bounce"], new.queue["delay_warning_time"]

@@ -15,6 +15,8 @@ This ``__init__`` is the part's API: other parts import only the names in
 """
 
 from tlsmta.config._address_maps import AddressMap, AddressMapError, split_address
+from tlsmta.config._dkim import DkimDomain
+from tlsmta.config._door import DnsblZone, Rate
 from tlsmta.config._loader import (
     CERTIFICATE_LAB_MODES,
     DELIVERY_OPTIONS,
@@ -41,6 +43,8 @@ __all__ = [
     "ConfigError",
     "DANE_REQUIRED_WORD",
     "DELIVERY_OPTIONS",
+    "DkimDomain",
+    "DnsblZone",
     "from_dict",
     "LAB_MODES",
     "ListenerConfig",
@@ -50,6 +54,7 @@ __all__ = [
     "Overrides",
     "parse_protocols",
     "parse_route",
+    "Rate",
     "resolve",
     "Resolved",
     "Route",

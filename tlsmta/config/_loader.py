@@ -16,12 +16,14 @@ import os
 import re
 import tomllib
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol, TypeVar
 
 import attrs
 
 from tlsmta.config._address_maps import AddressMap, address_value, load_address_maps, login_value
+from tlsmta.config._dkim import DkimDomain, parse_selector
+from tlsmta.config._door import DnsblZone, Rate, parse_dnsbl, parse_rate
 from tlsmta.config._endpoints import overlaps, port_problem, tcp_address
 from tlsmta.config._milter_addresses import milter_addresses
 from tlsmta.config._routes import Route, RouteError, parse_route
@@ -354,6 +356,10 @@ class Environment(Protocol):
         """A server endpoint string: whether tlsmta could listen with it (not whether the port is free)."""
         ...
 
+    def dkim_key(self, path: str) -> str | None:
+        """Whether a DKIM key file holds an RSA or Ed25519 private key tlsmta can sign with."""
+        ...
+
 
 class SyntaxOnly:
     """An :class:`Environment` that finds nothing wrong: syntax and data checks only."""
@@ -383,6 +389,9 @@ class SyntaxOnly:
         return None
 
     def endpoint(self, text: str) -> str | None:
+        return None
+
+    def dkim_key(self, path: str) -> str | None:
         return None
 
 
@@ -537,6 +546,13 @@ LISTENER_OPTIONS: dict[str, Option] = {
     "milter_connect_timeout": Option(_duration(), 30.0, "connecting to a milter and its option negotiation"),
     "milter_command_timeout": Option(_duration(), 30.0, "a milter's answer to CONNECT, HELO, MAIL and RCPT"),
     "milter_content_timeout": Option(_duration(), 300.0, "a milter's answer to each header, body chunk and end of message"),
+    # At the door (tlsmta.inbound._door): postscreen's pregreet test and DNSBL score, anvil's rates.
+    "pregreet_wait": Option(_duration(off=True), None, "hold the greeting this long; a client that talks first gets 554 5.5.1"),
+    "dnsbl": Option(parse_dnsbl, (), 'blocklists: [{zone = "zen.example", weight = 2}, ...]'),
+    "dnsbl_threshold": Option(_int(1), 1, "a client whose listed weights add up to this gets 554 5.7.1"),
+    "dnsbl_timeout": Option(_duration(), 2.0, "the longest the greeting waits for the DNSBL answers"),
+    "max_connection_rate": Option(parse_rate, None, 'per client address, e.g. "30/1m": 421 4.7.0 above it'),
+    "max_message_rate": Option(parse_rate, None, 'MAIL commands per client address, e.g. "100/1h": 450 4.7.1 above it'),
 }
 
 SPOOL_OPTIONS: dict[str, Option] = {
@@ -598,6 +614,12 @@ DEV_OPTIONS: dict[str, Option] = {
     "imap_tls": Option(_enum("starttls", "implicit"), "starttls", "STARTTLS with the dev certificate, or TLS from the first byte"),
 }
 
+# [dkim."DOMAIN"]: signing mail that leaves tlsmta (tlsmta.delivery._dkim).
+DKIM_OPTIONS: dict[str, Option] = {
+    "selector": Option(parse_selector, None, "the s= tag: the public key is the TXT of SELECTOR._domainkey.DOMAIN"),
+    "key_file": Option(_readable_file, None, "PEM RSA (2048 bits or more advised) or Ed25519 private key", "dkim_key"),
+}
+
 CONTROL_OPTIONS: dict[str, Option] = {
     "socket": Option(_path, None, "UNIX socket for `tlsmta queue`; default: state_dir/control.sock"),
     "shutdown_grace": Option(_int(0), 30, "seconds sessions and deliveries may finish after SIGTERM"),
@@ -656,6 +678,12 @@ class ListenerConfig:
     milter_connect_timeout: float = 30.0
     milter_command_timeout: float = 30.0
     milter_content_timeout: float = 300.0
+    pregreet_wait: float | None = None
+    dnsbl: tuple[DnsblZone, ...] = ()
+    dnsbl_threshold: int = 1
+    dnsbl_timeout: float = 2.0
+    max_connection_rate: Rate | None = None
+    max_message_rate: Rate | None = None
 
 
 @attrs.frozen
@@ -710,6 +738,7 @@ class Config:
     dev: Mapping[str, Any] = attrs.field(factory=lambda: {k: o.default for k, o in DEV_OPTIONS.items()})
     # [dns] nameservers: where every lookup goes; empty: the system's (/etc/resolv.conf).
     dns_nameservers: tuple[tuple[str, int], ...] = ()
+    dkim: Mapping[str, DkimDomain] = attrs.field(factory=dict)  # [dkim."DOMAIN"], by canonical domain
     # resolve() results; not an init field, so attrs.evolve() starts a fresh one.
     _resolved: dict[tuple[str, str], dict[str, Resolved]] = attrs.field(init=False, factory=dict, eq=False, repr=False)
 
@@ -825,18 +854,26 @@ class _Validator:
     def with_defaults(self, values: Mapping[str, Any], allowed: Mapping[str, Option]) -> dict[str, Any]:
         return {k: values.get(k, o.default) for k, o in allowed.items()}
 
-    def domain_tables(self, raw: Any, parent: str) -> dict[str, dict[str, Any]]:
-        out = {}
-        for name, body in self.table(raw, parent + "domain").items():
-            label = f'{parent}domain."{name}"'
+    def domain_keyed(self, raw: Any, table: str) -> Iterator[tuple[str, str, Any]]:
+        """Each sub-table of ``table`` named by a domain: (canonical domain, its label, its body). A name
+        that is no domain, or names a domain another sub-table named already, is a problem and skipped."""
+        seen: set[str] = set()
+        for name, body in self.table(raw, table).items():
+            label = f'{table}."{name}"'
             try:
                 key = normalize_domain(name)
             except ValueError as e:
                 self.problem(label, None, str(e))
                 continue
-            if key in out:
+            if key in seen:
                 self.problem(label, None, f"names the same domain as another table: {key!r}")
                 continue
+            seen.add(key)
+            yield key, label, body
+
+    def domain_tables(self, raw: Any, parent: str) -> dict[str, dict[str, Any]]:
+        out = {}
+        for key, label, body in self.domain_keyed(raw, parent + "domain"):
             out[key] = self.options(self.table(body, label), label, DELIVERY_OPTIONS)
             _check_pairs(self, out[key], label)
         return out
@@ -892,6 +929,7 @@ _TOP_LEVEL = {
     "http",
     "tlsrpt_inbox",
     "dev",
+    "dkim",
 }
 
 
@@ -969,6 +1007,7 @@ def from_dict(raw: Mapping[str, Any], path: str = "<config>", environment: Envir
     nameservers = _nameservers(v, dns_table.pop("nameservers", None))
     dns = _dns(v, dns_table)
     rules = _binding_rules(v, raw.get("binding_rule"), bindings)
+    dkim = _dkim(v, raw.get("dkim"))
 
     _check_pairs(v, global_options, "global")  # domain scopes: checked in domain_tables
 
@@ -995,7 +1034,21 @@ def from_dict(raw: Mapping[str, Any], path: str = "<config>", environment: Envir
         http=http,
         tlsrpt_inbox=tlsrpt_inbox,
         dev=dev,
+        dkim=dkim,
     )
+
+
+def _dkim(v: _Validator, raw: Any) -> dict[str, DkimDomain]:
+    """``[dkim."DOMAIN"]`` tables, each with its selector and key file."""
+    out = {}
+    for domain, label, body in v.domain_keyed(raw, "dkim"):
+        values = v.options(v.table(body, label), label, DKIM_OPTIONS)
+        missing = [key for key in DKIM_OPTIONS if key not in body]
+        for key in missing:
+            v.problem(label, key, "is required")
+        if len(values) == len(DKIM_OPTIONS):
+            out[domain] = DkimDomain(**values)
+    return out
 
 
 def _tlsrpt_inbox(v: _Validator, raw: Any) -> dict[str, Any]:

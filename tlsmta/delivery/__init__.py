@@ -22,6 +22,7 @@ from tlsmta.delivery._decisions import (
     requirement,
     session_outcome,
 )
+from tlsmta.delivery._dkim import DkimSigner, load_signing_key
 from tlsmta.delivery._lmtp import UNIX_SOCKET_PORT, connection_class, lmtp_endpoints, unix_socket_host
 from tlsmta.delivery._mailqueue import Queue, QueueError
 from tlsmta.delivery._pool import Deliverer, OutboundPool
@@ -37,10 +38,12 @@ __all__ = [
     "ConnectionBroken",
     "dane_verdict",
     "Deliverer",
+    "DkimSigner",
     "destination_of",
     "EndpointFactory",
     "greeting_failure",
     "lmtp_endpoints",
+    "load_signing_key",
     "may_skip_tls",
     "MemoryBrokenTLS",
     "OutboundPool",

@@ -37,6 +37,7 @@ from tlsmta.delivery import _decisions as decisions
 from tlsmta.delivery._backoff import BackedOff, Backoff, destination_key
 from tlsmta.delivery._client import ConnectionBroken, EndpointFactory, OutboundSMTP, Timeouts, connect, tcp_endpoints
 from tlsmta.delivery._delivery_log import attempt_summary, recipient_lines, relay_of
+from tlsmta.delivery._dkim import DkimSigner
 from tlsmta.delivery._lmtp import connection_class, lmtp_endpoints, unix_socket_host
 from tlsmta.delivery._outbound_options import backoff_policy, timeouts_of
 from tlsmta.delivery._tlsrpt_route import take_reports
@@ -676,6 +677,7 @@ class OutboundPool:
         self.backoff = Backoff()  # destinations that keep failing wait (destination_backoff_*)
         self.broken_tls: broken_tls.BrokenTLSStore = broken_tls.MemoryBrokenTLS()  # tls_remember_broken
         self.sts: STSResolver | None = None  # MTA-STS discovery; the service sets it
+        self.dkim: DkimSigner | None = None  # [dkim] keys; the service sets it, and again on reload
         self.tlsrpt: Any = None  # a tlsrpt.TLSRPTStore recording each attempt's TLS result
 
     # -- jobs ---------------------------------------------------------------------------
@@ -853,6 +855,10 @@ class OutboundPool:
 
     async def _body_chunks(self, message_id: str) -> AsyncIterator[bytes]:
         path = self.spool.body_path(message_id)
+        if self.dkim:  # signed as it leaves, after every header change (delivery._dkim)
+            signature = await self.disk.run(self.dkim.signature_of_file, path)
+            if signature:
+                yield signature
         fd = await self.disk.run(os.open, path, os.O_RDONLY)
         try:
             while True:

@@ -59,6 +59,7 @@ from tlsmta.inbound._acceptance import (
     in_networks,
 )
 from tlsmta.inbound._auth import Credentials
+from tlsmta.inbound._door import Door
 from tlsmta.inbound._milter import Outcome, SessionMilters, milters_for
 from tlsmta.inbound._milter_protocol import Rcpt
 from tlsmta.inbound._received import TraceFacts, received_header
@@ -187,6 +188,7 @@ class InboundSMTP(smtp.ESMTP):
         self._abort_timer: IDelayedCall | None = None
         self._session_timer: IDelayedCall | None = None
         self._auth_delay: IDelayedCall | None = None
+        self._pregreet_timer: IDelayedCall | None = None
         self._replies_blocked = False  # the transport holds too many unsent replies
         self._client_verify_counted = False
         self._reverse_lookup: Deferred[list[str]] | None = None
@@ -265,9 +267,39 @@ class InboundSMTP(smtp.ESMTP):
         # Stop reading commands while our replies pile up unread (a client that never reads).
         self.transport.registerProducer(_ReplyBackpressure(self), True)
         set_no_delay(self.transport)  # replies are small writes; never hold one for an ACK
-        self.transport.write(self.session.greeting().wire())
-        self.setTimeout(self.runtime.listener.idle_timeout)
         self._session_timer = self.callLater(self.runtime.listener.session_timeout, self._session_deadline)
+        self._screen_then_greet()
+
+    def _screen_then_greet(self) -> None:
+        """Greet now, or after ``pregreet_wait`` and the DNSBL answers, whichever comes later."""
+        listener, door = self.runtime.listener, self.factory.door if self.factory is not None else None
+        if door is None or in_networks(self.peer_ip, listener.relay_networks) or not (listener.pregreet_wait or listener.dnsbl):
+            self._greet()
+            return
+        self.session.hold_greeting()
+        waited = Deferred[None]()
+        if listener.pregreet_wait:
+            self._pregreet_timer = self.callLater(listener.pregreet_wait, lambda: waited.callback(None))
+        else:
+            waited.callback(None)
+        lookup = self.runtime.resolver.addresses if self.runtime.resolver is not None else None
+        verdict = door.screen(listener, self.peer_ip, lookup, self.runtime.events)
+        verdict.addCallback(lambda refusal: waited.addCallback(lambda _: refusal)).addCallback(self._screened)
+
+    def _screened(self, refusal: Refusal | None) -> None:
+        if self.state is Phase.CLOSED:
+            return  # an early talker, already answered, or gone
+        if refusal is not None:
+            self.session_log.refused = refusal.reason
+            self.session.turn_away(refusal.reply)
+            self._pump(closing=True)
+            return
+        self._greet()
+        self._pump()  # the session reads nothing before its greeting
+
+    def _greet(self) -> None:
+        self.transport.write(self.session.greet().wire())
+        self.setTimeout(self.runtime.listener.idle_timeout)
 
     def close(self) -> None:
         """Close after what was written is sent, but never wait for the peer forever:
@@ -278,7 +310,7 @@ class InboundSMTP(smtp.ESMTP):
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self.setTimeout(None)
-        for timer in (self._abort_timer, self._session_timer, self._auth_delay):
+        for timer in (self._abort_timer, self._session_timer, self._auth_delay, self._pregreet_timer):
             if timer is not None and timer.active():
                 timer.cancel()
         if self.tls_active and self.tls_facts is None and reason is not None and reason.check(SSL.Error):
@@ -393,6 +425,8 @@ class InboundSMTP(smtp.ESMTP):
         self.setTimeout(self.runtime.listener.idle_timeout)
 
     def _close(self, event: Close) -> None:
+        if self.session.talked_early:
+            self.session_log.refused = "pregreet: talked before the greeting"
         self.close()
 
     def _mail_allowed(self, question: MailAllowed) -> None:
@@ -414,6 +448,7 @@ class InboundSMTP(smtp.ESMTP):
             self.runtime.events.emit("client_verify", quiet=True, tls_verify=listener.tls_verify, verified=verdict.outcome.word)
         check_client_certificate(VerifyMode(listener.tls_verify), self.tls_active, verdict)
         self._check_sender_login(question.sender)
+        self._check_message_rate()
         self._check_free_space(question.size)
         if question.sender is None:  # the MAIL syntax error is answered now
             self.session.accept()
@@ -427,6 +462,17 @@ class InboundSMTP(smtp.ESMTP):
             self.runtime.events.emit("mail_refused", peer=self.peer_ip, sender=sender, auth=self.authenticated_as,
                                      code=refusal.code, text=refusal.text, reason=refusal.reason)
             raise
+
+    def _check_message_rate(self) -> None:
+        """450 4.7.1 at MAIL past the listener's max_message_rate for this client address."""
+        listener = self.runtime.listener
+        if self.factory is None or in_networks(self.peer_ip, listener.relay_networks):
+            return
+        refusal = self.factory.door.message_refusal(listener, self.peer_ip)
+        if refusal is not None:
+            self.runtime.events.emit("refused", listener=listener.name, peer=self.peer_ip, reason=refusal.reason,
+                                     code=refusal.reply.code, text=refusal.reply.text)
+            raise Reject(refusal.reply.code, refusal.reply.text)
 
     def _check_free_space(self, declared_size: int | None) -> None:
         """452 4.3.1 at MAIL when the spool's filesystem cannot take the message and keep [spool] min_free."""
@@ -748,6 +794,7 @@ class InboundFactory(protocol.ServerFactory):
         self.sessions: set[InboundSMTP] = set()
         self.connections_total = 0  # sessions admitted since start
         self.per_ip: dict[str, int] = {}
+        self.door = Door(clock if clock is not None else installed_reactor())
 
     def buildProtocol(self, addr: Any) -> InboundSMTP:
         return InboundSMTP(self.runtime, self, self.clock)
@@ -761,6 +808,9 @@ class InboundFactory(protocol.ServerFactory):
         exempt = in_networks(ip, listener.relay_networks)
         if not exempt and self.per_ip.get(ip, 0) >= listener.max_connections_per_ip:
             return "too many connections from your address"
+        rate_refusal = None if exempt else self.door.connection_refusal(listener, ip)
+        if rate_refusal is not None:
+            return rate_refusal
         self.sessions.add(session)
         self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
         self.connections_total += 1
