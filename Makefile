@@ -10,7 +10,7 @@ STAMP = $(VENV)/.installed-stamp
 # Debian packages the tests drive as real peers, each named (never via Recommends):
 # swaks needs libnet-ssleay-perl for TLS; chromium: the dev relay's web page;
 # unbound + ldnsutils: a DNSSEC-signed test zone.
-SYSTEM_PACKAGES = postfix swaks libnet-ssleay-perl openssl systemd haproxy chromium unbound ldnsutils
+SYSTEM_PACKAGES = postfix swaks libnet-ssleay-perl openssl systemd haproxy chromium unbound ldnsutils redis-server
 
 .PHONY: run test venv dist system-deps
 

@@ -28,6 +28,7 @@ from tlsmta.app._control import ControlFactory, prepare_socket_path
 from tlsmta.app._endpoints import CannotListen, naming
 from tlsmta.app._reload_plan import Running, fixed_settings, keeping_fixed, plan, running_of, web_settings
 from tlsmta.app._tlsrpt_inbox_service import TLSRPTInboxService
+from tlsmta.cluster import ClusterService
 from tlsmta.config import Config, ConfigError, ListenerConfig, ListenerTLS, resolve
 from tlsmta.delivery import Deliverer, OutboundPool, Queue, destination_of
 from tlsmta.devrelay import (
@@ -326,6 +327,12 @@ class TlsmtaService(MultiService):
         self.pool.is_self = self.is_own_address
         self.pool.sts = self._sts_resolver()
         QueueService(self.spool, self.queue).setServiceParent(self)
+        # [cluster]: connection leases and remembered broken TLS shared through Redis (tlsmta.cluster).
+        self.cluster: ClusterService | None = None
+        if config.cluster is not None:
+            self.cluster = ClusterService(reactor, config.cluster, self.events, self.hostname, lambda: self.queue.stats()[0])
+            self.pool.leases, self.pool.broken_tls = self.cluster.leases, self.cluster.broken_tls
+            self.cluster.setServiceParent(self)
         self.sink: MessageSink = Intake(local, self.spool, self.queue.add)
         # The dev relay's SMTP failure rules (page, API, fixture); an MTA's listeners have none.
         self.chaos = ChaosRules(on_fire=self._chaos_fired) if config.http["endpoint"] or config.http["maildir"] else None

@@ -1,7 +1,8 @@
 """Sending mail: the queue with its retry schedule (``mailqueue``), the
 per-destination pool and delivery jobs (``pool``), the choices about one MX
 that ``tlsmta probe`` shares with delivery (``decisions``), MX hosts whose
-TLS handshake failed, remembered (``broken_tls``), the
+TLS handshake failed, remembered (``broken_tls``), the fleet-wide
+connection cap's leases (``leases``), the
 ``ESMTPSender`` shell (``client``) and delivery status notifications (``dsn``).
 
 May import smtp, tls, discovery, storage, reporting and config; never
@@ -21,6 +22,7 @@ from tlsmta.delivery._decisions import (
     requirement,
     session_outcome,
 )
+from tlsmta.delivery._leases import NO_LEASE, ConnectionLeases, Lease, LocalLeases, lease_key
 from tlsmta.delivery._mailqueue import Queue, QueueError
 from tlsmta.delivery._pool import Deliverer, OutboundPool
 from tlsmta.delivery._routing import destination_of
@@ -31,14 +33,19 @@ __all__ = [
     "broken_tls_key",
     "BrokenTLSStore",
     "connect",
+    "ConnectionLeases",
     "ConnectionBroken",
     "dane_verdict",
     "Deliverer",
     "destination_of",
     "EndpointFactory",
     "greeting_failure",
+    "Lease",
+    "lease_key",
+    "LocalLeases",
     "may_skip_tls",
     "MemoryBrokenTLS",
+    "NO_LEASE",
     "OutboundPool",
     "pinned_verdict",
     "Queue",

@@ -1,0 +1,201 @@
+"""The fleet's pieces without a fleet (issue 18): the [cluster] options and the Redis URL, the
+local share of a cap, the local lease counter that is today's behaviour, and, on a real
+redis-server, broken TLS shared between two nodes and the fall back to local limits when Redis
+is gone, within the timeout."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+import pytest_twisted
+from redis_lab import RedisServer
+from twisted.internet import reactor
+from twisted.internet.defer import CancelledError
+
+from tlsmta.cluster import Keys, Redis, local_share
+from tlsmta.cluster._broken_tls import RedisBrokenTLS
+from tlsmta.cluster._health import RedisHealth
+from tlsmta.cluster._leases import RedisLeases
+from tlsmta.config import ConfigError, RedisAddress, RedisTransport, parse_route
+from tlsmta.config._redis_address import parse_redis_url
+from tlsmta.delivery import BrokenTLS, LocalLeases, lease_key
+from tlsmta.reporting import EventBus
+from tlsmta.testing import build_config
+
+
+@pytest.mark.parametrize("url, expected", [
+    ("redis://127.0.0.1:6379/0", RedisAddress(RedisTransport.TCP, host="127.0.0.1", port=6379, db=0)),
+    ("redis://redis.example.net", RedisAddress(RedisTransport.TCP, host="redis.example.net")),
+    ("rediss://:s3cret@redis.example.net:6380/2",
+     RedisAddress(RedisTransport.TLS, host="redis.example.net", port=6380, db=2, password="s3cret")),
+    ("redis://fleet:pw@[::1]:7000/1", RedisAddress(RedisTransport.TCP, host="::1", port=7000, db=1, username="fleet", password="pw")),
+    ("unix:/run/redis/redis.sock", RedisAddress(RedisTransport.UNIX, path="/run/redis/redis.sock")),
+    ("unix:///run/redis/redis.sock?db=3", RedisAddress(RedisTransport.UNIX, path="/run/redis/redis.sock", db=3)),
+])
+def test_redis_urls(url: str, expected: RedisAddress) -> None:
+    """The URL forms redis clients take, parsed into one value."""
+    assert parse_redis_url(url) == expected
+
+
+@pytest.mark.parametrize("url, why", [
+    ("http://127.0.0.1", "redis://, rediss:// or unix:"),
+    ("redis://", "names no Redis host"),
+    ("redis://h:99999/0", "bad port"),
+    ("redis://h/16", "0 to 15"),
+    ("unix:relative.sock", "absolute"),
+])
+def test_bad_redis_urls_say_why(url: str, why: str) -> None:
+    with pytest.raises(ValueError, match=why):
+        parse_redis_url(url)
+
+
+def test_describe_hides_the_password() -> None:
+    """Logs and `tlsmta cluster status` show where Redis is, never its password."""
+    address = parse_redis_url("rediss://:s3cret@redis.example.net:6380/2")
+    assert address.describe() == "rediss://redis.example.net:6380/2"
+    assert "s3cret" not in repr(address)
+
+
+def _raw(tmp_path: Any, **cluster: Any) -> dict[str, Any]:
+    return {"global": {"state_dir": str(tmp_path)}, "spool": {"path": str(tmp_path / "spool")}, "cluster": cluster}
+
+
+def test_cluster_defaults_and_single_node_without_it(tmp_path: Any) -> None:
+    """[cluster] with only redis gets the documented defaults; without [cluster] there is none."""
+    config = build_config(_raw(tmp_path, redis="unix:/run/redis.sock"))
+    assert config.cluster is not None
+    assert (config.cluster["key_prefix"], config.cluster["heartbeat"], config.cluster["node_ttl"],
+            config.cluster["lease_ttl"], config.cluster["redis_timeout"]) == ("tlsmta:", 5.0, 15.0, 30.0, 0.5)
+    raw = _raw(tmp_path)
+    del raw["cluster"]
+    assert build_config(raw).cluster is None
+
+
+@pytest.mark.parametrize("cluster, key, why", [
+    ({}, "redis", "is required"),
+    ({"redis": "http://x"}, "redis", "redis://"),
+    ({"redis": "unix:/r.sock", "heartbeat": "10s", "node_ttl": "5s"}, "node_ttl", "longer than heartbeat"),
+    ({"redis": "unix:/r.sock", "lease_ttl": 2}, "lease_ttl", "longer than heartbeat"),
+    ({"redis": "unix:/r.sock", "nodes": 3}, "nodes", "unknown"),
+])
+def test_cluster_problems_name_table_and_key(tmp_path: Any, cluster: dict[str, Any], key: str, why: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        build_config(_raw(tmp_path, **cluster))
+    (problem,) = e.value.problems
+    assert (problem.table, problem.key) == ("cluster", key)
+    assert why in str(problem)
+
+
+def test_cluster_max_connections_lives_in_the_delivery_scopes(tmp_path: Any) -> None:
+    """Like max_connections: global, binding and domain scopes; resolved per (binding, domain)."""
+    from tlsmta.config import resolve
+
+    raw = _raw(tmp_path, redis="unix:/r.sock")
+    raw["global"]["cluster_max_connections"] = 10
+    raw["domain"] = {"small.example": {"cluster_max_connections": 2}}
+    config = build_config(raw)
+    assert resolve(config, "small.example")["cluster_max_connections"].value == 2
+    assert resolve(config, "big.example")["cluster_max_connections"].value == 10
+    raw["global"]["cluster_max_connections"] = 0
+    with pytest.raises(ConfigError, match="at least 1"):
+        build_config(raw)
+
+
+def test_local_share_is_one_nth_and_never_zero() -> None:
+    assert [local_share(12, n) for n in (1, 2, 3, 20)] == [12, 6, 4, 1]
+    assert local_share(2, 3) == 1  # every node keeps delivering (docs/scaling.md: then the fleet may exceed it)
+    assert local_share(5, 0) == 5
+
+
+def test_fleet_size_is_the_largest_recent_membership() -> None:
+    """A Redis restarted empty lists one node at first: the share must not jump to the whole cap."""
+    health = RedisHealth(EventBus(), "n1", node_ttl=15)
+    assert health.fleet_size == 1
+    health.recovered(3, now=100)
+    health.recovered(1, now=101)
+    assert health.fleet_size == 3
+    health.recovered(1, now=116)
+    assert health.fleet_size == 1
+
+
+def test_lease_key_groups_a_smarthost_whatever_the_domain() -> None:
+    assert lease_key("b1", parse_route("mx"), "example.org") == "b1/example.org"
+    assert lease_key("b1", parse_route("smtp:relay.example.net:587"), "a.example") == "b1/smtp:relay.example.net:587"
+
+
+def test_local_leases_cap_and_serve_waiters_in_order() -> None:
+    """One node alone: at most cap leases per key; a released lease goes to the first waiter; an
+    uncapped acquire is granted at once and counts nothing (today's behaviour)."""
+    leases = LocalLeases()
+    first, second = leases.acquire("k", 2), leases.acquire("k", 2)
+    waiting, behind = leases.acquire("k", 2), leases.acquire("k", 2)
+    assert first.called and second.called and not waiting.called
+    assert leases.acquire("other", 2).called
+    first.result.release()
+    first.result.release()  # twice: no effect
+    assert waiting.called and not behind.called
+    assert leases.held["k"] == 2
+    behind.cancel()
+    behind.addErrback(lambda f: f.trap(CancelledError))
+    second.result.release()
+    waiting.result.release()
+    assert "k" not in leases.held
+    free = leases.acquire("k", None)
+    assert free.called and "k" not in leases.held
+
+
+@pytest.fixture
+def redis(tmp_path: Any) -> Any:
+    server = RedisServer(tmp_path / "redis")
+    yield server
+    server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_broken_tls_learnt_by_one_node_serves_the_others(redis: RedisServer) -> None:
+    """Node A remembers a host's failed handshake; node B knows it after its refresh, until it expires."""
+    client = Redis(reactor, parse_redis_url(redis.url), timeout=2)
+    keys = Keys("fleet-a:")
+    try:
+        a = RedisBrokenTLS(client, keys, RedisHealth(EventBus(), "a", 15))
+        b = RedisBrokenTLS(client, keys, RedisHealth(EventBus(), "b", 15))
+        now = time.time()
+        a.remember("mx.example.org:25", BrokenTLS("handshake failed: bad record mac", now, now + 600))
+        a.remember("gone.example.org:25", BrokenTLS("old", now - 700, now - 100))
+        assert b.get("mx.example.org:25", now) is None
+        await b.refresh()
+        assert b.get("mx.example.org:25", now) == BrokenTLS("handshake failed: bad record mac", now, now + 600)
+        assert b.get("gone.example.org:25", now) is None
+        assert b"gone.example.org:25" not in redis.command("HKEYS", "fleet-a:broken")
+    finally:
+        await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_down_falls_back_to_the_local_share_within_the_timeout(tmp_path: Any) -> None:
+    """No Redis at all: the first lease waits at most redis_timeout, then the node grants its share
+    (1/N of the cap) and says so once; past the share it waits."""
+    events: list[tuple[str, dict[str, Any]]] = []
+    bus = EventBus()
+    bus.add_sink(lambda event, fields: events.append((event, fields)))
+    health = RedisHealth(bus, "n1", 15)
+    health.recovered(3, reactor.seconds())  # the last membership: three nodes
+    client = Redis(reactor, RedisAddress(RedisTransport.UNIX, path=str(tmp_path / "absent.sock")), timeout=0.3)
+    leases = RedisLeases(reactor, client, Keys("t:"), health, lease_ttl=30)
+    try:
+        started = time.monotonic()
+        granted = [await leases.acquire("default/example.org", 6) for _ in range(2)]
+        assert time.monotonic() - started < 2  # one timeout, not one per lease
+        third = leases.acquire("default/example.org", 6)
+        assert not third.called
+        assert [fields["state"] for event, fields in events if event == "cluster_redis"] == ["down"]
+        assert [event for event, _ in events].count("cluster_local_lease") == 2
+        granted[0].release()
+        await third
+        third.result.release()
+        granted[1].release()
+        assert not leases.held
+    finally:
+        await client.close()

@@ -1,0 +1,219 @@
+"""A fleet of tlsmta nodes on one real redis-server (issue 18): three nodes delivering to one
+smarthost never hold more connections than its ``cluster_max_connections``, all together; a
+node killed with -9 frees its leases within ``lease_ttl``; Redis killed and restarted in the
+middle of the load loses no message; ``tlsmta cluster status`` lists the nodes."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+import pytest
+import pytest_twisted
+from e2e import eventually, in_thread, run_process, send_smtplib
+from processes import TlsmtaProcess
+from redis_lab import RedisServer, start_sink
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+
+from tlsmta.cluster import Keys, Redis, fleet_status
+from tlsmta.config import RedisAddress, RedisTransport
+from tlsmta.testing import RunningRelay, build_config, dev_listener
+
+CAP = 3  # one per node while Redis is away (1/3 each): a slow Redis reply cannot break the cap
+HEARTBEAT = 0.3
+LEASE_TTL = 2.0
+
+
+def node_raw(tmp_path: Any, name: str, redis_url: str, sink_port: int, cap: int | None = CAP, **cluster: Any) -> dict[str, Any]:
+    """One node's configuration: mail for anywhere to the sink, one message per connection."""
+    options: dict[str, Any] = {"cluster_max_connections": cap} if cap else {}
+    return {
+        "global": {"hostname": f"{name}.test", "state_dir": str(tmp_path / f"{name}-state"),
+                   "route": f"smtp:127.0.0.1:{sink_port}", "max_messages_per_connection": 1, **options},
+        "spool": {"path": str(tmp_path / f"{name}-spool")},
+        "queue": {"retry_schedule": [1]},
+        "listener": [dev_listener(name="submit")],
+        "cluster": {"redis": redis_url, "node_id": name, "heartbeat": HEARTBEAT, "node_ttl": 5,
+                    "lease_ttl": LEASE_TTL, "redis_timeout": 1.0, **cluster},
+    }
+
+
+async def start_fleet(tmp_path: Any, redis: RedisServer, sink_port: int, count: int = 3, cap: int | None = CAP) -> list[RunningRelay]:
+    return [await RunningRelay(build_config(node_raw(tmp_path, f"node{i}", redis.url, sink_port, cap))).start()
+            for i in range(1, count + 1)]
+
+
+async def submit(nodes: list[RunningRelay], per_node: int) -> list[str]:
+    """``per_node`` messages into each node (one subject each); returns the subjects."""
+    subjects = []
+    for n in range(per_node):
+        for i, node in enumerate(nodes):
+            subject = f"m{i}-{n}"
+            await in_thread(send_smtplib, node.port, rcpts=("user@dest.test",), body=f"Subject: {subject}\r\n\r\nhi\r\n")
+            subjects.append(subject)
+    return subjects
+
+
+def queued(nodes: list[RunningRelay]) -> int:
+    return sum(node.service.queue.stats()[0] for node in nodes)
+
+
+@pytest.fixture
+def redis(tmp_path: Any) -> Any:
+    server = RedisServer(tmp_path / "redis")
+    yield server
+    server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_fleet_never_exceeds_the_destination_cap(tmp_path: Any, redis: RedisServer) -> None:
+    """Three nodes, a slow receiver, 24 messages: the receiver never sees more than CAP connections
+    at once (each node alone would open up to max_connections), and takes every message."""
+    sink, port = await start_sink(delay=0.15)
+    nodes = await start_fleet(tmp_path, redis, port.getHost().port)
+    try:
+        subjects = await submit(nodes, per_node=8)
+        await eventually(lambda: len(sink.subjects) == len(subjects), timeout=60)
+        assert sink.peak == CAP
+        assert sorted(sink.subjects) == sorted(subjects)
+    finally:
+        for node in nodes:
+            await node.stop()
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_without_a_fleet_cap_the_nodes_add_up(tmp_path: Any, redis: RedisServer) -> None:
+    """The control for the test above: the same load without cluster_max_connections opens more
+    than CAP connections at once (so the cap is what held it down)."""
+    sink, port = await start_sink(delay=0.15)
+    nodes = await start_fleet(tmp_path, redis, port.getHost().port, cap=None)
+    try:
+        subjects = await submit(nodes, per_node=8)
+        await eventually(lambda: len(sink.subjects) == len(subjects), timeout=60)
+        assert sink.peak > CAP
+    finally:
+        for node in nodes:
+            await node.stop()
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_killed_and_restarted_mid_load_loses_nothing(tmp_path: Any, redis: RedisServer, events: Any) -> None:
+    """Redis dies with -9 while the fleet delivers and comes back empty: every message accepted
+    is delivered, the nodes said Redis was down (local limits) and up again."""
+    sink, port = await start_sink(delay=0.05)
+    nodes = await start_fleet(tmp_path, redis, port.getHost().port)
+    try:
+        subjects = await submit(nodes, per_node=4)
+        await eventually(lambda: len(sink.subjects) >= 2, timeout=30)
+        await eventually(lambda: all(node.service.cluster.health.fleet_size == 3 for node in nodes))  # the last known membership
+        redis.kill9()
+        more = [f"late-{i}" for i in range(6)]
+        for i, subject in enumerate(more):
+            await in_thread(send_smtplib, nodes[i % 3].port, rcpts=("user@dest.test",), body=f"Subject: {subject}\r\n\r\nhi\r\n")
+        await eventually(lambda: {e["node"] for e in events if e["tlsmta_event"] == "cluster_redis" and e.get("state") == "down"}
+                         == {"node1", "node2", "node3"})
+        redis.restart()
+        await eventually(lambda: len(sink.subjects) >= len(subjects) + len(more) and queued(nodes) == 0, timeout=60)
+        assert sorted(set(sink.subjects)) == sorted(subjects + more)
+        await eventually(lambda: sum(1 for e in events if e["tlsmta_event"] == "cluster_redis" and e.get("state") == "up") == 3,
+                         timeout=30)
+        down = [e for e in events if e["tlsmta_event"] == "cluster_redis" and e.get("state") == "down"]
+        assert {e["node"] for e in down} == {"node1", "node2", "node3"}
+        assert all(e["nodes"] == 3 for e in down)  # 1/3 of the cap each, from the last membership
+    finally:
+        for node in nodes:
+            await node.stop()
+        await port.stopListening()
+
+
+def _write_toml(path: Any, raw: dict[str, Any]) -> str:
+    """The few shapes node_raw produces, as TOML (tables of scalars and lists of strings)."""
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return json.dumps(v)
+
+    lines = []
+    for table, body in raw.items():
+        for entry in body if isinstance(body, list) else [body]:
+            lines.append(f"[[{table}]]" if isinstance(body, list) else f"[{table}]")
+            lines += [f"{k} = {value(v)}" for k, v in entry.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_node_killed_with_9_frees_its_leases_within_the_ttl(tmp_path: Any, redis: RedisServer) -> None:
+    """A twistd node holds CAP connections to a receiver that never answers; killed with -9 it
+    renews nothing, and its leases are gone from Redis within lease_ttl; a live node then delivers."""
+    sink, port = await start_sink()
+    sink.hold = True
+    raw = node_raw(tmp_path, "doomed", redis.url, port.getHost().port) | {"control": {"shutdown_grace": 0}}
+    proc = TlsmtaProcess(str(tmp_path), "--config", _write_toml(tmp_path / "doomed.toml", raw))
+    client = Redis(reactor, RedisAddress(RedisTransport.UNIX, path=redis.socket), timeout=2)
+    keys = Keys("tlsmta:")
+    try:
+        for n in range(3 * CAP):  # enough waiting jobs for a second session (Destination.wants_session)
+            await in_thread(send_smtplib, proc.port, rcpts=("user@dest.test",), body=f"Subject: held-{n}\r\n\r\nhi\r\n")
+        await eventually(lambda: sink.current == CAP, timeout=30)
+        status = await fleet_status(client, keys)
+        assert [node.node_id for node in status.nodes] == ["doomed"]
+        (held,) = status.leases.values()
+        assert len(held) == CAP and all(member.startswith("doomed#") for member in held)
+        proc.kill9()
+        killed_at = time.monotonic()
+        sink.close_all()
+
+        async def leases_left() -> int:
+            return sum(len(v) for v in (await fleet_status(client, keys)).leases.values())
+
+        while await leases_left():
+            assert time.monotonic() - killed_at < LEASE_TTL + 1, "leases outlived lease_ttl"
+            await deferLater(reactor, 0.1, lambda: None)
+        assert time.monotonic() - killed_at <= LEASE_TTL + 1
+
+        sink.hold = False
+        live = await RunningRelay(build_config(node_raw(tmp_path, "live", redis.url, port.getHost().port))).start()
+        try:
+            await in_thread(send_smtplib, live.port, rcpts=("user@dest.test",), body="Subject: after\r\n\r\nhi\r\n")
+            await eventually(lambda: "after" in sink.subjects, timeout=30)
+        finally:
+            await live.stop()
+    finally:
+        proc.stop()
+        await client.close()
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_cluster_status_lists_the_nodes_and_their_queues(tmp_path: Any, redis: RedisServer) -> None:
+    """`tlsmta cluster status` reads Redis (not the nodes): each live node with its queue size."""
+    sink, port = await start_sink()
+    sink.hold = True
+    nodes = await start_fleet(tmp_path, redis, port.getHost().port, count=2)
+    config = _write_toml(tmp_path / "any.toml", node_raw(tmp_path, "node1", redis.url, port.getHost().port))
+    try:
+        await in_thread(send_smtplib, nodes[1].port, rcpts=("user@dest.test",), body="Subject: waits\r\n\r\nhi\r\n")
+        await eventually(lambda: sink.current == 1, timeout=30)
+        await nodes[1].service.cluster.heartbeat()
+        code, stdout, stderr = await run_process(sys.executable, "-m", "tlsmta.app.cli", "cluster", "status", "--config", config, "--json")
+        assert code == 0, stderr
+        status = json.loads(stdout)
+        assert {n["node_id"]: n["queue"] for n in status["nodes"]} == {"node1": 0, "node2": 1}
+        assert [m.split("#")[0] for m in status["leases"]["default/smtp:127.0.0.1:%d" % port.getHost().port]] == ["node2"]
+        code, stdout, _ = await run_process(sys.executable, "-m", "tlsmta.app.cli", "cluster", "status", "--config", config)
+        assert code == 0 and "node1" in stdout and "node2" in stdout
+    finally:
+        sink.close_all()
+        for node in nodes:
+            await node.stop()
+        await port.stopListening()

@@ -1,0 +1,47 @@
+"""The names of the fleet's Redis keys, all under ``[cluster] key_prefix``.
+
+| key | type | holds |
+|---|---|---|
+| ``node:ID`` | hash, TTL ``node_ttl`` | one node: queue size, leases held, pid, start and last heartbeat (ms) |
+| ``nodes`` | sorted set | node ids by last heartbeat; members older than ``node_ttl`` are dropped |
+| ``lease:BINDING/DEST`` | sorted set, TTL ``lease_ttl`` | one member per open session, scored by its expiry (ms) |
+| ``broken`` | hash | remembered broken TLS: ``MX:PORT`` to its entry as JSON (reason, since, until) |
+| ``broken:expiry`` | sorted set | the same hosts by expiry (ms), to drop them when it passes |
+"""
+
+from __future__ import annotations
+
+import attrs
+
+
+@attrs.frozen
+class Keys:
+    """One fleet's key names."""
+
+    prefix: str
+
+    def node(self, node_id: str) -> str:
+        return f"{self.prefix}node:{node_id}"
+
+    @property
+    def nodes(self) -> str:
+        return f"{self.prefix}nodes"
+
+    def lease(self, key: str) -> str:
+        return f"{self.prefix}lease:{key}"
+
+    @property
+    def lease_pattern(self) -> str:
+        return f"{self.prefix}lease:*"
+
+    def lease_name(self, redis_key: str) -> str:
+        """The ``BINDING/DEST`` a lease key counts."""
+        return redis_key[len(self.lease("")):]
+
+    @property
+    def broken(self) -> str:
+        return f"{self.prefix}broken"
+
+    @property
+    def broken_expiry(self) -> str:
+        return f"{self.prefix}broken:expiry"

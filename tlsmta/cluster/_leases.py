@@ -1,0 +1,94 @@
+"""Connection leases counted in Redis: ``cluster_max_connections`` for the whole fleet.
+
+Each lease is a member of the destination's sorted set, scored by when it
+expires (``lease_ttl``); the heartbeat pushes the expiry of every lease
+this node holds, so a node killed with -9 stops renewing and its leases
+free themselves within ``lease_ttl``.  A denied session asks again every
+:data:`RETRY` seconds.  While Redis is away each node grants up to its
+share, :func:`~tlsmta.cluster._health.local_share`, counted here.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from typing import Any
+
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+
+from tlsmta.cluster._health import RedisHealth, local_share
+from tlsmta.cluster._keys import Keys
+from tlsmta.cluster._redis import Redis, RedisUnavailable
+from tlsmta.cluster._scripts import ACQUIRE_LEASE, RENEW_LEASES
+from tlsmta.delivery import NO_LEASE, Lease
+
+RETRY = 0.2  # seconds between asks for a lease the fleet has none of
+
+
+class _RedisLease:
+    def __init__(self, leases: RedisLeases, key: str, member: str):
+        self._leases: RedisLeases | None = leases
+        self.key = key
+        self.member = member
+
+    def release(self) -> None:
+        if self._leases is not None:
+            self._leases.give_back(self)
+            self._leases = None
+
+
+class RedisLeases:
+    """:class:`tlsmta.delivery.ConnectionLeases` over Redis, with the local fallback."""
+
+    def __init__(self, reactor: IReactorTime, redis: Redis, keys: Keys, health: RedisHealth, lease_ttl: float):
+        self.reactor = reactor
+        self.redis = redis
+        self.keys = keys
+        self.health = health
+        self.ttl_ms = int(lease_ttl * 1000)
+        self.held: dict[str, _RedisLease] = {}  # member: lease, every lease this node holds
+        self.per_key: Counter[str] = Counter()
+        self._serial = itertools.count(1)
+
+    def acquire(self, key: str, cap: int | None) -> Deferred[Lease]:
+        if cap is None:
+            return succeed(NO_LEASE)
+        return ensureDeferred(self._acquire(key, cap))
+
+    async def _acquire(self, key: str, cap: int) -> Lease:
+        member = f"{self.health.node_id}#{next(self._serial)}"
+        while True:
+            if self.health.available:
+                try:
+                    if await self.redis.eval(ACQUIRE_LEASE, [self.keys.lease(key)], [member, self.ttl_ms, cap]):
+                        return self._hold(key, member)
+                except RedisUnavailable as e:
+                    self.health.failed(str(e))
+            if not self.health.available and self.per_key[key] < local_share(cap, self.health.fleet_size):
+                self.health.events.emit("cluster_local_lease", quiet=True, key=key)
+                return self._hold(key, member)
+            await deferLater(self.reactor, RETRY, lambda: None)
+
+    def _hold(self, key: str, member: str) -> Lease:
+        lease = self.held[member] = _RedisLease(self, key, member)
+        self.per_key[key] += 1
+        return lease
+
+    def give_back(self, lease: _RedisLease) -> None:
+        del self.held[lease.member]
+        self.per_key[lease.key] -= 1
+        if not self.per_key[lease.key]:
+            del self.per_key[lease.key]
+        if self.health.available:
+            # Not waited for: if it fails, the lease expires by itself within lease_ttl.
+            self.redis.call("zrem", self.keys.lease(lease.key), lease.member).addErrback(lambda f: None)
+
+    def renew(self) -> Deferred[Any]:
+        """Push the expiry of every lease held (and re-add any Redis lost); the heartbeat calls it."""
+        leases = list(self.held.values())
+        if not leases:
+            return succeed(0)
+        return self.redis.eval(RENEW_LEASES, [self.keys.lease(lease.key) for lease in leases],
+                               [self.ttl_ms, *(lease.member for lease in leases)])
