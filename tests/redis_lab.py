@@ -115,6 +115,9 @@ class CountingSMTP(LineReceiver):
         if verb == b"EHLO":
             self.sendLine(b"250-sink.test")
             self.sendLine(b"250 PIPELINING")
+        elif verb == b"MAIL":
+            self.factory.mail_times.append(reactor.seconds())
+            self.sendLine(b"250 ok")
         elif verb == b"DATA":
             self.in_data = True
             self.sendLine(b"354 go on")
@@ -141,6 +144,7 @@ class CountingSink(Factory):
         self.current = 0
         self.peak = 0
         self.subjects: list[str] = []  # of the messages answered 250
+        self.mail_times: list[float] = []  # when each MAIL FROM came
         self.connections: set[CountingSMTP] = set()
 
     def opened(self, proto: CountingSMTP) -> None:

@@ -13,6 +13,7 @@ import pytest_twisted
 from redis_lab import RedisServer
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError
+from twisted.internet.task import Clock
 
 from tlsmta.cluster import Keys, Redis, local_share
 from tlsmta.cluster._broken_tls import RedisBrokenTLS
@@ -20,7 +21,7 @@ from tlsmta.cluster._health import RedisHealth
 from tlsmta.cluster._leases import RedisLeases
 from tlsmta.config import ConfigError, RedisAddress, RedisTransport, parse_route
 from tlsmta.config._redis_address import parse_redis_url
-from tlsmta.delivery import BrokenTLS, LocalLeases, lease_key
+from tlsmta.delivery import BrokenTLS, Gcra, LocalLeases, Rate, lease_key
 from tlsmta.reporting import EventBus
 from tlsmta.testing import build_config
 
@@ -128,7 +129,7 @@ def test_lease_key_groups_a_smarthost_whatever_the_domain() -> None:
 def test_local_leases_cap_and_serve_waiters_in_order() -> None:
     """One node alone: at most cap leases per key; a released lease goes to the first waiter; an
     uncapped acquire is granted at once and counts nothing (today's behaviour)."""
-    leases = LocalLeases()
+    leases = LocalLeases(Clock())
     first, second = leases.acquire("k", 2), leases.acquire("k", 2)
     waiting, behind = leases.acquire("k", 2), leases.acquire("k", 2)
     assert first.called and second.called and not waiting.called
@@ -144,6 +145,46 @@ def test_local_leases_cap_and_serve_waiters_in_order() -> None:
     assert "k" not in leases.held
     free = leases.acquire("k", None)
     assert free.called and "k" not in leases.held
+
+
+def test_gcra_lets_a_burst_go_then_one_per_interval() -> None:
+    """600/1h: 600 at once, then one every 6 s; waiting out the period refills the burst."""
+    rate, gcra = Rate(600, 3600), Gcra()
+    assert [gcra.wait(rate, 1000.0) for _ in range(600)] == [0.0] * 600
+    assert gcra.wait(rate, 1000.0) == pytest.approx(6.0)
+    assert gcra.wait(rate, 1006.0) == 0.0
+    assert gcra.wait(rate, 1006.0) == pytest.approx(6.0)
+    assert [gcra.wait(rate, 5000.0) for _ in range(600)] == [0.0] * 600
+
+
+def test_a_rate_share_is_one_nth() -> None:
+    assert Rate(600, 3600).share(3) == Rate(200, 3600)
+    assert Rate(2, 60).share(3) == Rate(1, 60)
+
+
+def test_cluster_message_rate_is_n_per_period(tmp_path: Any) -> None:
+    from tlsmta.config import resolve
+
+    raw = _raw(tmp_path, redis="unix:/r.sock")
+    raw["global"]["cluster_message_rate"] = "600/1h"
+    assert resolve(build_config(raw), "x.example")["cluster_message_rate"].value == (600, 3600.0)
+    for bad in ("600", "0/1h", "x/1h", "6/never"):
+        raw["global"]["cluster_message_rate"] = bad
+        with pytest.raises(ConfigError, match="cluster_message_rate"):
+            build_config(raw)
+
+
+def test_local_pacing_waits_on_the_clock() -> None:
+    """One node alone: past the burst, the next message fires after the interval, not before."""
+    clock = Clock()
+    leases = LocalLeases(clock)
+    assert leases.pace("k", (2, 10.0)).called and leases.pace("k", (2, 10.0)).called
+    third = leases.pace("k", (2, 10.0))
+    clock.advance(4.9)
+    assert not third.called
+    clock.advance(0.1)
+    assert third.called
+    assert leases.pace("k", None).called
 
 
 @pytest.fixture

@@ -27,9 +27,12 @@ HEARTBEAT = 0.3
 LEASE_TTL = 2.0
 
 
-def node_raw(tmp_path: Any, name: str, redis_url: str, sink_port: int, cap: int | None = CAP, **cluster: Any) -> dict[str, Any]:
+def node_raw(tmp_path: Any, name: str, redis_url: str, sink_port: int, cap: int | None = CAP, rate: str | None = None,
+             **cluster: Any) -> dict[str, Any]:
     """One node's configuration: mail for anywhere to the sink, one message per connection."""
     options: dict[str, Any] = {"cluster_max_connections": cap} if cap else {}
+    if rate:
+        options["cluster_message_rate"] = rate
     return {
         "global": {"hostname": f"{name}.test", "state_dir": str(tmp_path / f"{name}-state"),
                    "route": f"smtp:127.0.0.1:{sink_port}", "max_messages_per_connection": 1, **options},
@@ -41,8 +44,9 @@ def node_raw(tmp_path: Any, name: str, redis_url: str, sink_port: int, cap: int 
     }
 
 
-async def start_fleet(tmp_path: Any, redis: RedisServer, sink_port: int, count: int = 3, cap: int | None = CAP) -> list[RunningRelay]:
-    return [await RunningRelay(build_config(node_raw(tmp_path, f"node{i}", redis.url, sink_port, cap))).start()
+async def start_fleet(tmp_path: Any, redis: RedisServer, sink_port: int, count: int = 3, cap: int | None = CAP,
+                      rate: str | None = None) -> list[RunningRelay]:
+    return [await RunningRelay(build_config(node_raw(tmp_path, f"node{i}", redis.url, sink_port, cap, rate))).start()
             for i in range(1, count + 1)]
 
 
@@ -95,6 +99,25 @@ async def test_without_a_fleet_cap_the_nodes_add_up(tmp_path: Any, redis: RedisS
         subjects = await submit(nodes, per_node=8)
         await eventually(lambda: len(sink.subjects) == len(subjects), timeout=60)
         assert sink.peak > CAP
+    finally:
+        for node in nodes:
+            await node.stop()
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_fleet_keeps_the_destination_rate(tmp_path: Any, redis: RedisServer) -> None:
+    """cluster_message_rate "4/1s" over three nodes: a burst of 4, then one message (MAIL FROM)
+    every 0.25 s at most, whichever node sends it: 12 messages take at least 2 s."""
+    sink, port = await start_sink()
+    nodes = await start_fleet(tmp_path, redis, port.getHost().port, rate="4/1s")
+    try:
+        subjects = await submit(nodes, per_node=4)
+        await eventually(lambda: len(sink.subjects) == len(subjects), timeout=60)
+        times = sorted(sink.mail_times)
+        interval, burst = 0.25, 4
+        for i in range(burst, len(times)):  # past the burst, message i goes (i - burst + 1) intervals after the first
+            assert times[i] - times[0] >= (i - burst + 1) * interval * 0.95
     finally:
         for node in nodes:
             await node.stop()

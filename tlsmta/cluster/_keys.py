@@ -5,6 +5,7 @@
 | ``node:ID`` | hash, TTL ``node_ttl`` | one node: queue size, leases held, pid, start and last heartbeat (ms) |
 | ``nodes`` | sorted set | node ids by last heartbeat; members older than ``node_ttl`` are dropped |
 | ``lease:BINDING/DEST`` | sorted set, TTL ``lease_ttl`` | one member per open session, scored by its expiry (ms) |
+| ``rate:BINDING/DEST`` | string, TTL past its value | ``cluster_message_rate``: the GCRA's theoretical arrival time (ms) |
 | ``broken`` | hash | remembered broken TLS: ``MX:PORT`` to its entry as JSON (reason, since, until) |
 | ``broken:expiry`` | sorted set | the same hosts by expiry (ms), to drop them when it passes |
 """
@@ -37,6 +38,9 @@ class Keys:
     def lease_name(self, redis_key: str) -> str:
         """The ``BINDING/DEST`` a lease key counts."""
         return redis_key[len(self.lease("")):]
+
+    def rate(self, key: str) -> str:
+        return f"{self.prefix}rate:{key}"
 
     @property
     def broken(self) -> str:

@@ -1,11 +1,13 @@
-"""Connection leases counted in Redis: ``cluster_max_connections`` for the whole fleet.
+"""Connection leases and message pacing counted in Redis: ``cluster_max_connections`` and
+``cluster_message_rate`` for the whole fleet.
 
 Each lease is a member of the destination's sorted set, scored by when it
 expires (``lease_ttl``); the heartbeat pushes the expiry of every lease
 this node holds, so a node killed with -9 stops renewing and its leases
 free themselves within ``lease_ttl``.  A denied session asks again every
 :data:`RETRY` seconds.  While Redis is away each node grants up to its
-share, :func:`~tlsmta.cluster._health.local_share`, counted here.
+share, :func:`~tlsmta.cluster._health.local_share`, counted here, and paces
+messages at 1/N of the rate.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from twisted.internet.task import deferLater
 from tlsmta.cluster._health import RedisHealth, local_share
 from tlsmta.cluster._keys import Keys
 from tlsmta.cluster._redis import Redis, RedisUnavailable
-from tlsmta.cluster._scripts import ACQUIRE_LEASE, RENEW_LEASES
-from tlsmta.delivery import NO_LEASE, Lease
+from tlsmta.cluster._scripts import ACQUIRE_LEASE, PACE, RENEW_LEASES
+from tlsmta.delivery import NO_LEASE, Lease, Pacers, Rate
 
 RETRY = 0.2  # seconds between asks for a lease the fleet has none of
 
@@ -51,6 +53,7 @@ class RedisLeases:
         self.held: dict[str, _RedisLease] = {}  # member: lease, every lease this node holds
         self.per_key: Counter[str] = Counter()
         self._serial = itertools.count(1)
+        self.local_pacers = Pacers()  # cluster_message_rate while Redis is away
 
     def acquire(self, key: str, cap: int | None) -> Deferred[Lease]:
         if cap is None:
@@ -70,6 +73,26 @@ class RedisLeases:
                 self.health.events.emit("cluster_local_lease", quiet=True, key=key)
                 return self._hold(key, member)
             await deferLater(self.reactor, RETRY, lambda: None)
+
+    def pace(self, key: str, rate: tuple[int, float] | None) -> Deferred[None]:
+        if rate is None:
+            return succeed(None)
+        return ensureDeferred(self._pace(key, Rate(*rate)))
+
+    async def _pace(self, key: str, rate: Rate) -> None:
+        while True:
+            delay: float | None = None
+            if self.health.available:
+                try:
+                    delay = await self.redis.eval(PACE, [self.keys.rate(key)],
+                                                  [int(rate.interval * 1000), int(rate.tolerance * 1000)]) / 1000
+                except RedisUnavailable as e:
+                    self.health.failed(str(e))
+            if delay is None:
+                delay = self.local_pacers.wait(key, rate.share(self.health.fleet_size), self.reactor.seconds())
+            if not delay:
+                return
+            await deferLater(self.reactor, delay, lambda: None)
 
     def _hold(self, key: str, member: str) -> Lease:
         lease = self.held[member] = _RedisLease(self, key, member)

@@ -61,3 +61,15 @@ LIVE_LEASES = _NOW + """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 return redis.call('ZRANGE', KEYS[1], 0, -1)
 """
+
+# GCRA (tlsmta.delivery._pace). KEYS[1] the destination's TAT (ms); ARGV interval, tolerance (ms).
+# 0 when the message is counted, else the milliseconds to wait.
+PACE = _NOW + """
+local interval, tolerance = tonumber(ARGV[1]), tonumber(ARGV[2])
+local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or now), now)
+if tat - tolerance > now then
+  return tat - tolerance - now
+end
+redis.call('SET', KEYS[1], tat + interval, 'PX', tat + interval - now + 1000)
+return 0
+"""

@@ -236,6 +236,16 @@ def _ca_location(value: Any) -> str:
     return path
 
 
+def _rate(value: Any) -> tuple[int, float]:
+    """``"N/PERIOD"``: N messages per PERIOD (a duration), as (N, seconds)."""
+    count, slash, period = _str(value).partition("/")
+    if not slash or not count.strip().isdigit() or int(count) < 1:
+        raise ValueError(f'must be "N/PERIOD" with N at least 1, like "600/1h" (got {value!r})')
+    seconds = _duration()(period.strip())
+    assert seconds is not None
+    return int(count), seconds
+
+
 def _redis_url(value: Any) -> RedisAddress:
     return parse_redis_url(_str(value))
 
@@ -449,6 +459,8 @@ DELIVERY_OPTIONS: dict[str, Option] = {
     # A fleet sharing one Redis ([cluster]): connections to the destination from all nodes together.
     "cluster_max_connections": Option(_int(1), None, "fleet-wide concurrent connections per destination and binding; "
                                       "default: no fleet cap"),
+    "cluster_message_rate": Option(_rate, None, 'fleet-wide messages per destination and binding, "N/PERIOD" '
+                                   '(e.g. "600/1h": a burst of up to N, then one every PERIOD/N); default: no limit'),
 }
 
 GLOBAL_ONLY_OPTIONS: dict[str, Option] = {

@@ -2,7 +2,7 @@
 per-destination pool and delivery jobs (``pool``), the choices about one MX
 that ``tlsmta probe`` shares with delivery (``decisions``), MX hosts whose
 TLS handshake failed, remembered (``broken_tls``), the fleet-wide
-connection cap's leases (``leases``), the
+connection cap's leases (``leases``) and message rate (``pace``), the
 ``ESMTPSender`` shell (``client``) and delivery status notifications (``dsn``).
 
 May import smtp, tls, discovery, storage, reporting and config; never
@@ -22,8 +22,9 @@ from tlsmta.delivery._decisions import (
     requirement,
     session_outcome,
 )
-from tlsmta.delivery._leases import NO_LEASE, ConnectionLeases, Lease, LocalLeases, lease_key
+from tlsmta.delivery._leases import NO_LEASE, ConnectionLeases, Lease, LocalLeases, Pacers, lease_key
 from tlsmta.delivery._mailqueue import Queue, QueueError
+from tlsmta.delivery._pace import Gcra, Rate
 from tlsmta.delivery._pool import Deliverer, OutboundPool
 from tlsmta.delivery._routing import destination_of
 
@@ -39,6 +40,7 @@ __all__ = [
     "Deliverer",
     "destination_of",
     "EndpointFactory",
+    "Gcra",
     "greeting_failure",
     "Lease",
     "lease_key",
@@ -47,9 +49,11 @@ __all__ = [
     "MemoryBrokenTLS",
     "NO_LEASE",
     "OutboundPool",
+    "Pacers",
     "pinned_verdict",
     "Queue",
     "QueueError",
+    "Rate",
     "requirement",
     "session_outcome",
     "tcp_endpoints",

@@ -15,10 +15,12 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
 
 from tlsmta.config import Route
+from tlsmta.delivery._pace import Gcra, Rate
 
 
 class Lease(Protocol):
@@ -28,11 +30,14 @@ class Lease(Protocol):
 
 
 class ConnectionLeases(Protocol):
-    """Where the fleet-wide cap per (binding, destination) is counted."""
+    """Where the fleet-wide cap and rate per (binding, destination) are counted."""
 
     def acquire(self, key: str, cap: int | None) -> Deferred[Lease]:
         """Fires with a lease once fewer than ``cap`` are held for ``key`` (None: no cap, at once).
         Cancelling the Deferred gives up the wait."""
+
+    def pace(self, key: str, rate: tuple[int, float] | None) -> Deferred[None]:
+        """Fires when one more message to ``key`` keeps within ``rate`` (N per seconds; None: at once)."""
 
 
 def lease_key(binding: str, route: Route, domain: str) -> str:
@@ -64,9 +69,12 @@ class _LocalLease:
 
 
 class LocalLeases:
-    """The cap counted in this process: waiters are served in order as leases come back."""
+    """The cap counted in this process: waiters are served in order as leases come back; the
+    rate paced by one :class:`~tlsmta.delivery._pace.Gcra` per key."""
 
-    def __init__(self) -> None:
+    def __init__(self, reactor: IReactorTime) -> None:
+        self.reactor = reactor
+        self.pacers = Pacers()
         self.held: dict[str, int] = {}
         self._caps: dict[str, int] = {}
         self._waiting: dict[str, deque[Deferred[Lease]]] = {}
@@ -80,6 +88,11 @@ class LocalLeases:
         d: Deferred[Lease] = Deferred(lambda d: self._waiting[key].remove(d))
         self._waiting.setdefault(key, deque()).append(d)
         return d
+
+    def pace(self, key: str, rate: tuple[int, float] | None) -> Deferred[None]:
+        if rate is None:
+            return succeed(None)
+        return ensureDeferred(self.pacers.pace(self.reactor, key, Rate(*rate)))
 
     def _grant(self, key: str) -> Lease:
         self.held[key] = self.held.get(key, 0) + 1
@@ -115,3 +128,23 @@ async def wait_closed(reactor: IReactorTime, proto: Any) -> None:
     proto.closed.addBoth(closed)
     gone.addTimeout(CLOSE_WAIT, reactor, onTimeoutCancel=lambda *_: None)
     await gone
+
+
+MAX_PACED = 10_000  # destinations whose rate is remembered; idle ones (TAT passed) go first
+
+
+class Pacers:
+    """One GCRA per key, in this process."""
+
+    def __init__(self) -> None:
+        self._gcra: dict[str, Gcra] = {}
+
+    def wait(self, key: str, rate: Rate, now: float) -> float:
+        """0 (counted) or the seconds to wait before asking again."""
+        if len(self._gcra) >= MAX_PACED:
+            self._gcra = {k: g for k, g in self._gcra.items() if g.tat > now}
+        return self._gcra.setdefault(key, Gcra()).wait(rate, now)
+
+    async def pace(self, reactor: IReactorTime, key: str, rate: Rate) -> None:
+        while (delay := self.wait(key, rate, reactor.seconds())) > 0:
+            await deferLater(reactor, delay, lambda: None)

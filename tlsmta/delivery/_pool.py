@@ -244,6 +244,7 @@ class Destination:
         self.sessions = 0
         self.key: Any = None  # the pool's key for this destination
         self.backoff_key = destination_key(route, domain)
+        self.lease_key = lease_key(binding, route, domain)  # cluster_max_connections, cluster_message_rate
 
     def submit(self, job: DeliveryJob) -> Deferred[list[RecipientResult]]:
         d: Deferred[list[RecipientResult]] = Deferred()
@@ -266,8 +267,7 @@ class Destination:
     async def run_session(self) -> None:
         try:
             # cluster_max_connections: wait for a fleet-wide slot (delivery._leases)
-            lease = await self.pool.leases.acquire(lease_key(self.binding, self.route, self.domain),
-                                                   self.options["cluster_max_connections"])
+            lease = await self.pool.leases.acquire(self.lease_key, self.options["cluster_max_connections"])
             try:
                 if self.jobs:  # other sessions may have taken them all during the wait
                     await self._run_session()
@@ -625,6 +625,7 @@ class Destination:
             job, d = item
             item = None
             try:
+                await self.pool.leases.pace(self.lease_key, self.options["cluster_message_rate"])
                 results = await self.pool.transaction(proto, job, caps, attempt)
             except ConnectionBroken as e:
                 results = results_for(job, Reply.of(451, "4.4.2", f"{attempt.mx}[{attempt.ip}]: {e.reason}"), attempt.mx, True)
@@ -681,7 +682,7 @@ class OutboundPool:
         self._waiting: deque[Destination] = deque()
         self.backoff = Backoff()  # destinations that keep failing wait (destination_backoff_*)
         self.broken_tls: broken_tls.BrokenTLSStore = broken_tls.MemoryBrokenTLS()  # tls_remember_broken
-        self.leases: ConnectionLeases = LocalLeases()  # cluster_max_connections; a fleet's are in Redis
+        self.leases: ConnectionLeases = LocalLeases(reactor)  # cluster_* limits; a fleet's are in Redis
         self.sts: STSResolver | None = None  # MTA-STS discovery; the service sets it
         self.tlsrpt: Any = None  # a tlsrpt.TLSRPTStore recording each attempt's TLS result
 
