@@ -240,3 +240,18 @@ async def test_redis_down_falls_back_to_the_local_share_within_the_timeout(tmp_p
         assert not leases.held
     finally:
         await client.close()
+
+
+def test_fleet_aggregates_add_up_per_domain_and_policy() -> None:
+    """Two nodes' days summed: sessions per policy, failure details per key (first reason kept)."""
+    from tlsmta.reporting import aggregate_to_json, merge_aggregates
+    from tlsmta.reporting._tlsrpt import FailureKey, PolicyStats
+
+    key = FailureKey("certificate-expired", "mx.example.org", None, "192.0.2.1")
+    a = {"example.org": [PolicyStats("sts", ("mode: enforce",), ("mx.example.org",), 5, 1, {key: [1, "expired"]})]}
+    b = {"example.org": [PolicyStats("sts", ("mode: enforce",), ("mx.example.org",), 2, 2, {key: [2, "later"]})],
+         "other.example": [PolicyStats("no-policy-found", (), (), 1)]}
+    merged = merge_aggregates([aggregate_to_json(a), aggregate_to_json(b)])
+    [sts] = merged["example.org"]
+    assert (sts.successes, sts.failures, sts.details) == (7, 3, {key: [3, "expired"]})
+    assert merged["other.example"][0].successes == 1

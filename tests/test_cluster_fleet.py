@@ -5,6 +5,8 @@ middle of the load loses no message; ``tlsmta cluster status`` lists the nodes."
 
 from __future__ import annotations
 
+import datetime
+import gzip
 import json
 import sys
 import time
@@ -12,7 +14,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from e2e import eventually, in_thread, run_process, send_smtplib
+from e2e import eventually, in_thread, maildir_messages, run_process, send_smtplib
 from processes import TlsmtaProcess
 from redis_lab import RedisServer, start_sink
 from twisted.internet import reactor
@@ -240,3 +242,43 @@ async def test_cluster_status_lists_the_nodes_and_their_queues(tmp_path: Any, re
         for node in nodes:
             await node.stop()
         await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_tlsrpt_report_per_domain_per_day_with_the_fleets_sessions(tmp_path: Any, redis: RedisServer,
+                                                                             events: Any) -> None:
+    """Three nodes each saw yesterday's sessions to one domain; all three run their daily reports at
+    once: exactly one report goes out, and it counts every node's sessions."""
+    from twisted.internet.defer import ensureDeferred, gatherResults
+
+    from tlsmta.reporting import TLSRPTStore, store_directory
+
+    yesterday = datetime.datetime.now(datetime.timezone.utc).date() - datetime.timedelta(days=1)
+    reports = tmp_path / "reports"
+    nodes = []
+    for i in range(1, 4):
+        raw = node_raw(tmp_path, f"node{i}", redis.url, 9)
+        raw["dns"] = {"txt": {"_smtp._tls.example.test": ["v=TLSRPTv1; rua=mailto:tls-reports@reports.test"]}}
+        raw["domain"] = {"reports.test": {"route": f"maildir:{reports}"}}
+        store = TLSRPTStore(store_directory(raw["global"]["state_dir"]))
+        store.record("example.test", yesterday, "no-policy-found", [], "mx.example.test", True)
+        if i == 3:
+            store.record("example.test", yesterday, "no-policy-found", [], "mx.example.test", False,
+                         result_type="certificate-expired", receiving_ip="192.0.2.25", reason="certificate has expired")
+        nodes.append(await RunningRelay(build_config(raw)).start())
+    try:
+        await eventually(lambda: all(node.service.cluster.health.fleet_size == 3 for node in nodes))
+        sent = await gatherResults([ensureDeferred(node.service.tlsrpt.send_due()) for node in nodes])
+        assert sorted(sent) == [0, 0, 1]
+        assert [await node.service.tlsrpt.send_due() for node in nodes] == [0, 0, 0]  # and never again
+        for node in nodes:
+            await node.service.queue.wait_idle()
+        assert [e["domain"] for e in events if e["tlsmta_event"] == "tlsrpt_report"] == ["example.test"]
+        [mail] = maildir_messages(str(reports))
+        [attachment] = [p for p in mail.walk() if p.get_content_type() == "application/tlsrpt+gzip"]
+        [policy] = json.loads(gzip.decompress(attachment.get_payload(decode=True)))["policies"]
+        assert policy["summary"] == {"total-successful-session-count": 3, "total-failure-session-count": 1}
+        assert policy["failure-details"][0]["result-type"] == "certificate-expired"
+    finally:
+        for node in nodes:
+            await node.stop()

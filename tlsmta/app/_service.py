@@ -371,6 +371,8 @@ class TlsmtaService(MultiService):
         )
         self.control.setServiceParent(self)
         self.tlsrpt = TLSRPTService(self)
+        if self.cluster is not None:
+            self.tlsrpt.fleet = self.cluster.reports  # one report per domain and day from the fleet
         self.tlsrpt.setServiceParent(self)
 
     def _sts_resolver(self) -> STSResolver:

@@ -73,3 +73,24 @@ end
 redis.call('SET', KEYS[1], tat + interval, 'PX', tat + interval - now + 1000)
 return 0
 """
+
+# KEYS[1] the day's report lock for a domain; ARGV node id, lifetime (ms). 1 when this node holds it.
+CLAIM_REPORT = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then return 1 end
+return 0
+"""
+
+# KEYS[1] the day's aggregates, KEYS[2] when the first node shared it, KEYS[3] the node set; ARGV node
+# id, its aggregate (JSON), lifetime (ms). Returns ms since the first share, the live node ids, an empty
+# string, then node id, aggregate pairs.
+SHARE_REPORTS = _NOW + """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('SET', KEYS[2], now, 'NX', 'PX', ARGV[3])
+local out = {now - tonumber(redis.call('GET', KEYS[2]))}
+for _, v in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do out[#out + 1] = v end
+out[#out + 1] = ''
+for _, v in ipairs(redis.call('HGETALL', KEYS[1])) do out[#out + 1] = v end
+return out
+"""

@@ -2,7 +2,8 @@
 
 :class:`ClusterService` is the one object ``app.service`` builds for
 ``[cluster]``: it hands the pool its :class:`RedisLeases` and
-:class:`RedisBrokenTLS`, and every ``heartbeat`` registers the node
+:class:`RedisBrokenTLS` and the TLS-RPT sender its :class:`RedisReports`;
+every ``heartbeat`` registers the node
 (``node_ttl``), renews its leases (``lease_ttl``) and takes the broken
 TLS hosts others learnt.  A heartbeat that fails marks Redis down; the
 next one that succeeds marks it up.  Stopping removes the node at once.
@@ -26,6 +27,7 @@ from tlsmta.cluster._keys import Keys
 from tlsmta.cluster._leases import RedisLeases
 from tlsmta.cluster._redis import Redis, RedisUnavailable
 from tlsmta.cluster._scripts import HEARTBEAT
+from tlsmta.cluster._tlsrpt import RedisReports
 from tlsmta.reporting import EventBus
 
 log = Logger()
@@ -45,6 +47,7 @@ class ClusterService(Service):
         self.health = RedisHealth(events, self.node_id, settings["node_ttl"])
         self.leases = RedisLeases(reactor, self.redis, self.keys, self.health, settings["lease_ttl"])
         self.broken_tls = RedisBrokenTLS(self.redis, self.keys, self.health)
+        self.reports = RedisReports(self.redis, self.keys, self.health)
         self.started = int(reactor.seconds())
         self._beat = LoopingCall(lambda: ensureDeferred(self.heartbeat()))
         self._beat.clock = reactor
