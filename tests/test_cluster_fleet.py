@@ -282,3 +282,32 @@ async def test_one_tlsrpt_report_per_domain_per_day_with_the_fleets_sessions(tmp
     finally:
         for node in nodes:
             await node.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_mta_sts_policy_one_node_fetched_serves_the_others(tmp_path: Any, redis: RedisServer, pki: Any) -> None:
+    """Two nodes deliver to an MTA-STS enforce domain one after the other: the policy is fetched
+    once (by the first), the second applies it from the fleet's cache and delivers verified."""
+    from outbound_lab import DOMAIN, MX, start_receiver, submit_and_settle
+    from sts_lab import POLICY_HOST, policy_text, start_policy_server, sts_dns
+
+    server = start_policy_server(pki.ca, policy_text("enforce"))
+    rx = await start_receiver(tmp_path, pki.good)
+    dns = sts_dns()
+    dns.update(mx={DOMAIN: [MX]}, hosts={MX: ["127.0.0.1"], POLICY_HOST: ["127.0.0.1"]})
+    nodes = []
+    try:
+        for i in (1, 2):
+            raw = node_raw(tmp_path, f"node{i}", redis.url, 9, cap=None)
+            raw["global"].update(route="mx", smtp_port=rx.port, tls_ca=pki.ca_pem, mta_sts_https_port=server.port)
+            raw["dns"] = dns
+            nodes.append(await RunningRelay(build_config(raw)).start())
+        for node in nodes:
+            await submit_and_settle(node, rcpts=(f"user@{DOMAIN}",))
+        assert len(server.resource.requests) == 1
+        assert len(maildir_messages(str(tmp_path / "receiver-maildir"))) == 2
+    finally:
+        for node in nodes:
+            await node.stop()
+        await rx.stop()
+        await server.stop()

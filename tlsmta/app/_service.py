@@ -332,6 +332,8 @@ class TlsmtaService(MultiService):
         if config.cluster is not None:
             self.cluster = ClusterService(reactor, config.cluster, self.events, self.hostname, lambda: self.queue.stats()[0])
             self.pool.leases, self.pool.broken_tls = self.cluster.leases, self.cluster.broken_tls
+            if self.pool.sts is not None:  # an MTA-STS policy any node fetched serves all
+                self.pool.sts.cache = self.cluster.shared_sts_cache(self.pool.sts.cache)
             self.cluster.setServiceParent(self)
         self.sink: MessageSink = Intake(local, self.spool, self.queue.add)
         # The dev relay's SMTP failure rules (page, API, fixture); an MTA's listeners have none.

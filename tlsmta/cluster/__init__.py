@@ -2,10 +2,11 @@
 docs/scaling.md): the connection with its timeouts (``redis``), the key names
 (``keys``), the Lua scripts (``scripts``), up/down and the local share of a
 fleet cap (``health``), connection leases for ``cluster_max_connections``
-(``leases``), remembered broken TLS shared (``broken_tls``), the heartbeat and
+(``leases``), remembered broken TLS shared (``broken_tls``), MTA-STS policies
+shared (``sts_cache``), one TLS-RPT report per domain and day (``tlsrpt``), the heartbeat and
 wiring (``service``) and what ``tlsmta cluster status`` reads (``status``).
 
-May import delivery, reporting, config and below; never inbound, devrelay or
+May import delivery, reporting, discovery, config and below; never inbound, devrelay or
 app.
 
 This ``__init__`` is the part's API: other parts import only the names in

@@ -9,6 +9,7 @@
 | ``tlsrpt:DAY`` | hash, 3 days | each node's TLS-RPT aggregate of that UTC day, as JSON |
 | ``tlsrpt:DAY:first`` | string, 3 days | when the first node shared the day (ms): the wait for the others starts |
 | ``tlsrpt:DAY:DOMAIN`` | string, 3 days | the node that sends that domain's report for the day |
+| ``sts:DOMAIN`` | string, TTL ``max_age`` | the newest MTA-STS policy any node fetched: id, text, fetch time |
 | ``broken`` | hash | remembered broken TLS: ``MX:PORT`` to its entry as JSON (reason, since, until) |
 | ``broken:expiry`` | sorted set | the same hosts by expiry (ms), to drop them when it passes |
 """
@@ -50,6 +51,9 @@ class Keys:
 
     def report_claim(self, day: str, domain: str) -> str:
         return f"{self.prefix}tlsrpt:{day}:{domain}"
+
+    def sts(self, domain: str) -> str:
+        return f"{self.prefix}sts:{domain}"
 
     def rate(self, key: str) -> str:
         return f"{self.prefix}rate:{key}"

@@ -2,7 +2,8 @@
 
 :class:`ClusterService` is the one object ``app.service`` builds for
 ``[cluster]``: it hands the pool its :class:`RedisLeases` and
-:class:`RedisBrokenTLS` and the TLS-RPT sender its :class:`RedisReports`;
+:class:`RedisBrokenTLS`, the MTA-STS resolver a :class:`RedisSTSCache` and
+the TLS-RPT sender its :class:`RedisReports`;
 every ``heartbeat`` registers the node
 (``node_ttl``), renews its leases (``lease_ttl``) and takes the broken
 TLS hosts others learnt.  A heartbeat that fails marks Redis down; the
@@ -27,7 +28,9 @@ from tlsmta.cluster._keys import Keys
 from tlsmta.cluster._leases import RedisLeases
 from tlsmta.cluster._redis import Redis, RedisUnavailable
 from tlsmta.cluster._scripts import HEARTBEAT
+from tlsmta.cluster._sts_cache import RedisSTSCache
 from tlsmta.cluster._tlsrpt import RedisReports
+from tlsmta.discovery import STSCache
 from tlsmta.reporting import EventBus
 
 log = Logger()
@@ -51,6 +54,10 @@ class ClusterService(Service):
         self.started = int(reactor.seconds())
         self._beat = LoopingCall(lambda: ensureDeferred(self.heartbeat()))
         self._beat.clock = reactor
+
+    def shared_sts_cache(self, local: STSCache) -> RedisSTSCache:
+        """``local`` (the node's MTA-STS cache) with the fleet's fetches beside it."""
+        return RedisSTSCache(local.directory, local.run, self.redis, self.keys, self.health)
 
     def startService(self) -> None:
         super().startService()
