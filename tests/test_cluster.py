@@ -255,3 +255,33 @@ def test_fleet_aggregates_add_up_per_domain_and_policy() -> None:
     [sts] = merged["example.org"]
     assert (sts.successes, sts.failures, sts.details) == (7, 3, {key: [3, "expired"]})
     assert merged["other.example"][0].successes == 1
+
+
+def test_a_reload_names_cluster_changes_as_needing_a_restart(tmp_path: Any) -> None:
+    """A fleet is joined at start: SIGHUP keeps the running [cluster] and says a restart applies it,
+    without showing the Redis password."""
+    from tlsmta.app._reload_plan import keeping_fixed, plan, running_of
+
+    alone = build_config(_raw(tmp_path, redis="unix:/r.sock"))
+    raw = _raw(tmp_path, redis="redis://:s3cret@10.0.0.5:6379/1", node_id="mx2")
+    joined = build_config(raw)
+    steps = plan(running_of(alone), running_of(joined))
+    assert steps.restart_required == ("[cluster]",)
+    [line] = steps.restarts(running_of(alone), running_of(joined))
+    assert "redis=redis://10.0.0.5:6379/1" in line and "node_id=mx2" in line and "s3cret" not in line
+    assert keeping_fixed(joined, alone).cluster == alone.cluster
+
+
+def test_redis_down_and_local_leases_show_in_the_metrics() -> None:
+    """The cluster_redis events set tlsmta_cluster_redis_up per node; each local lease counts."""
+    from tlsmta.reporting import Metrics
+
+    metrics = Metrics()
+    metrics.handle("cluster_redis", {"node": "mx1", "state": "down", "nodes": 3})
+    metrics.handle("cluster_local_lease", {"key": "default/example.org"})
+    metrics.handle("cluster_local_lease", {"key": "default/example.org"})
+    sample = metrics.registry.get_sample_value
+    assert sample("tlsmta_cluster_redis_up", {"node": "mx1"}) == 0
+    assert sample("tlsmta_cluster_local_leases_total") == 2
+    metrics.handle("cluster_redis", {"node": "mx1", "state": "up", "nodes": 3})
+    assert sample("tlsmta_cluster_redis_up", {"node": "mx1"}) == 1
