@@ -187,13 +187,6 @@ def test_local_pacing_waits_on_the_clock() -> None:
     assert leases.pace("k", None).called
 
 
-@pytest.fixture
-def redis(tmp_path: Any) -> Any:
-    server = RedisServer(tmp_path / "redis")
-    yield server
-    server.stop()
-
-
 @pytest_twisted.ensureDeferred
 async def test_broken_tls_learnt_by_one_node_serves_the_others(redis: RedisServer) -> None:
     """Node A remembers a host's failed handshake; node B knows it after its refresh, until it expires."""

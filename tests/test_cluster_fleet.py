@@ -12,11 +12,10 @@ import sys
 import time
 from typing import Any
 
-import pytest
 import pytest_twisted
 from e2e import eventually, in_thread, maildir_messages, run_process, send_smtplib
 from processes import TlsmtaProcess
-from redis_lab import RedisServer, start_sink
+from redis_lab import CountingSink, RedisServer, start_sink
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
@@ -67,63 +66,47 @@ def queued(nodes: list[RunningRelay]) -> int:
     return sum(node.service.queue.stats()[0] for node in nodes)
 
 
-@pytest.fixture
-def redis(tmp_path: Any) -> Any:
-    server = RedisServer(tmp_path / "redis")
-    yield server
-    server.stop()
+async def deliver_through_fleet(tmp_path: Any, redis: RedisServer, per_node: int, delay: float = 0.0,
+                                cap: int | None = CAP, rate: str | None = None) -> CountingSink:
+    """Three nodes, each given ``per_node`` messages for the sink; returns the sink once it took them all."""
+    sink, port = await start_sink(delay)
+    nodes = await start_fleet(tmp_path, redis, port.getHost().port, cap=cap, rate=rate)
+    try:
+        subjects = await submit(nodes, per_node)
+        await eventually(lambda: len(sink.subjects) == len(subjects), timeout=60)
+        assert sorted(sink.subjects) == sorted(subjects)
+        return sink
+    finally:
+        for node in nodes:
+            await node.stop()
+        await port.stopListening()
 
 
 @pytest_twisted.ensureDeferred
 async def test_fleet_never_exceeds_the_destination_cap(tmp_path: Any, redis: RedisServer) -> None:
     """Three nodes, a slow receiver, 24 messages: the receiver never sees more than CAP connections
     at once (each node alone would open up to max_connections), and takes every message."""
-    sink, port = await start_sink(delay=0.15)
-    nodes = await start_fleet(tmp_path, redis, port.getHost().port)
-    try:
-        subjects = await submit(nodes, per_node=8)
-        await eventually(lambda: len(sink.subjects) == len(subjects), timeout=60)
-        assert sink.peak == CAP
-        assert sorted(sink.subjects) == sorted(subjects)
-    finally:
-        for node in nodes:
-            await node.stop()
-        await port.stopListening()
+    sink = await deliver_through_fleet(tmp_path, redis, per_node=8, delay=0.15)
+    assert sink.peak == CAP
 
 
 @pytest_twisted.ensureDeferred
 async def test_without_a_fleet_cap_the_nodes_add_up(tmp_path: Any, redis: RedisServer) -> None:
     """The control for the test above: the same load without cluster_max_connections opens more
     than CAP connections at once (so the cap is what held it down)."""
-    sink, port = await start_sink(delay=0.15)
-    nodes = await start_fleet(tmp_path, redis, port.getHost().port, cap=None)
-    try:
-        subjects = await submit(nodes, per_node=8)
-        await eventually(lambda: len(sink.subjects) == len(subjects), timeout=60)
-        assert sink.peak > CAP
-    finally:
-        for node in nodes:
-            await node.stop()
-        await port.stopListening()
+    sink = await deliver_through_fleet(tmp_path, redis, per_node=8, delay=0.15, cap=None)
+    assert sink.peak > CAP
 
 
 @pytest_twisted.ensureDeferred
 async def test_the_fleet_keeps_the_destination_rate(tmp_path: Any, redis: RedisServer) -> None:
     """cluster_message_rate "4/1s" over three nodes: a burst of 4, then one message (MAIL FROM)
     every 0.25 s at most, whichever node sends it: 12 messages take at least 2 s."""
-    sink, port = await start_sink()
-    nodes = await start_fleet(tmp_path, redis, port.getHost().port, rate="4/1s")
-    try:
-        subjects = await submit(nodes, per_node=4)
-        await eventually(lambda: len(sink.subjects) == len(subjects), timeout=60)
-        times = sorted(sink.mail_times)
-        interval, burst = 0.25, 4
-        for i in range(burst, len(times)):  # past the burst, message i goes (i - burst + 1) intervals after the first
-            assert times[i] - times[0] >= (i - burst + 1) * interval * 0.95
-    finally:
-        for node in nodes:
-            await node.stop()
-        await port.stopListening()
+    sink = await deliver_through_fleet(tmp_path, redis, per_node=4, rate="4/1s")
+    times = sorted(sink.mail_times)
+    interval, burst = 0.25, 4
+    for i in range(burst, len(times)):  # past the burst, message i goes (i - burst + 1) intervals after the first
+        assert times[i] - times[0] >= (i - burst + 1) * interval * 0.95
 
 
 @pytest_twisted.ensureDeferred
@@ -156,23 +139,34 @@ async def test_redis_killed_and_restarted_mid_load_loses_nothing(tmp_path: Any, 
         await port.stopListening()
 
 
-def _write_toml(path: Any, raw: dict[str, Any]) -> str:
-    """The few shapes node_raw produces, as TOML (tables of scalars and lists of strings)."""
-    def value(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)
-        if isinstance(v, (list, tuple)):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        return json.dumps(v)
-
-    lines = []
-    for table, body in raw.items():
-        for entry in body if isinstance(body, list) else [body]:
-            lines.append(f"[[{table}]]" if isinstance(body, list) else f"[{table}]")
-            lines += [f"{k} = {value(v)}" for k, v in entry.items()]
-    path.write_text("\n".join(lines) + "\n")
+def node_toml(tmp_path: Any, name: str, redis_url: str, sink_port: int) -> str:
+    """node_raw's node as a file, for a twistd node and the command line; shutdown_grace 0, so a
+    stop does not wait for the sessions a test's receiver holds."""
+    path = tmp_path / f"{name}.toml"
+    path.write_text(f"""
+[global]
+hostname = "{name}.test"
+state_dir = "{tmp_path}/{name}-state"
+route = "smtp:127.0.0.1:{sink_port}"
+max_messages_per_connection = 1
+cluster_max_connections = {CAP}
+[spool]
+path = "{tmp_path}/{name}-spool"
+[control]
+shutdown_grace = 0
+[[listener]]
+name = "submit"
+endpoint = "tcp:0:interface=127.0.0.1"
+tls = "no"
+relay_networks = ["127.0.0.0/8"]
+[cluster]
+redis = "{redis_url}"
+node_id = "{name}"
+heartbeat = {HEARTBEAT}
+node_ttl = 5
+lease_ttl = {LEASE_TTL}
+redis_timeout = 1.0
+""")
     return str(path)
 
 
@@ -182,8 +176,7 @@ async def test_a_node_killed_with_9_frees_its_leases_within_the_ttl(tmp_path: An
     renews nothing, and its leases are gone from Redis within lease_ttl; a live node then delivers."""
     sink, port = await start_sink()
     sink.hold = True
-    raw = node_raw(tmp_path, "doomed", redis.url, port.getHost().port) | {"control": {"shutdown_grace": 0}}
-    proc = TlsmtaProcess(str(tmp_path), "--config", _write_toml(tmp_path / "doomed.toml", raw))
+    proc = TlsmtaProcess(str(tmp_path), "--config", node_toml(tmp_path, "doomed", redis.url, port.getHost().port))
     client = Redis(reactor, RedisAddress(RedisTransport.UNIX, path=redis.socket), timeout=2)
     keys = Keys("tlsmta:")
     try:
@@ -225,7 +218,7 @@ async def test_cluster_status_lists_the_nodes_and_their_queues(tmp_path: Any, re
     sink, port = await start_sink()
     sink.hold = True
     nodes = await start_fleet(tmp_path, redis, port.getHost().port, count=2)
-    config = _write_toml(tmp_path / "any.toml", node_raw(tmp_path, "node1", redis.url, port.getHost().port))
+    config = node_toml(tmp_path, "node1", redis.url, port.getHost().port)
     try:
         await in_thread(send_smtplib, nodes[1].port, rcpts=("user@dest.test",), body="Subject: waits\r\n\r\nhi\r\n")
         await eventually(lambda: sink.current == 1, timeout=30)
