@@ -15,8 +15,8 @@ import time
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.protocol import Factory
+from twisted.internet.endpoints import TCP4ServerEndpoint, UNIXClientEndpoint, connectProtocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols.basic import LineReceiver
 
 REDIS_SERVER = "/usr/bin/redis-server"
@@ -177,3 +177,55 @@ async def start_sink(delay: float = 0.0) -> tuple[CountingSink, Any]:
     sink = CountingSink(delay)
     port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(sink)
     return sink, port
+
+
+class _ToRedis(Protocol):
+    """The Redis side of one forwarded connection."""
+
+    def __init__(self, client: _FromClient):
+        self.client = client
+
+    def dataReceived(self, data: bytes) -> None:
+        self.client.transport.write(data)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.client.transport.loseConnection()
+
+
+class _FromClient(Protocol):
+    """A TLS client's connection, its bytes passed on to Redis's UNIX socket (held until connected)."""
+
+    def connectionMade(self) -> None:
+        self.redis: _ToRedis | None = None
+        self.pending: list[bytes] = []
+        endpoint = UNIXClientEndpoint(reactor, self.factory.socket)
+        connectProtocol(endpoint, _ToRedis(self)).addCallbacks(self._connected, lambda f: self.transport.loseConnection())
+
+    def _connected(self, redis: _ToRedis) -> None:
+        self.redis = redis
+        redis.transport.write(b"".join(self.pending))
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.redis is None:
+            self.pending.append(data)
+        else:
+            self.redis.transport.write(data)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self.redis is not None:
+            self.redis.transport.loseConnection()
+
+
+async def start_tls_front(redis: RedisServer, pair: Any) -> Any:
+    """TLS on a free loopback port (``pair``'s certificate) in front of ``redis``'s socket, as a
+    TLS-terminating proxy in front of Redis does; returns the listening port."""
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+
+    from tlsmta.config import parse_protocols
+    from tlsmta.tls import _contexts as tls
+
+    factory = Factory.forProtocol(_FromClient)
+    factory.socket = redis.socket
+    context = tls.server_context(pair.cert, pair.key, parse_protocols("+TLSv1.2:+TLSv1.3"))
+    wrapped = TLSMemoryBIOFactory(tls.ServerTLS(context), False, factory)
+    return await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(wrapped)

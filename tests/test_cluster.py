@@ -278,3 +278,26 @@ def test_redis_down_and_local_leases_show_in_the_metrics() -> None:
     assert sample("tlsmta_cluster_local_leases_total") == 2
     metrics.handle("cluster_redis", {"node": "mx1", "state": "up", "nodes": 3})
     assert sample("tlsmta_cluster_redis_up", {"node": "mx1"}) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_rediss_checks_the_servers_certificate(redis: RedisServer, pki: Any) -> None:
+    """rediss:// to a TLS front of the real Redis: with redis_ca the certificate's CA, commands
+    work; with another CA the handshake fails and the call is RedisUnavailable within the timeout."""
+    from redis_lab import start_tls_front
+
+    from tlsmta.cluster import RedisUnavailable
+
+    front = await start_tls_front(redis, pki.good)
+    address = parse_redis_url(f"rediss://127.0.0.1:{front.getHost().port}/0")
+    trusted = Redis(reactor, address, timeout=5, ca_file=pki.ca_pem)
+    untrusted = Redis(reactor, address, timeout=1, ca_file=pki.other_ca_pem)
+    try:
+        assert await trusted.call("set", "tls-key", "over tls") == "OK"
+        assert await trusted.call("get", "tls-key") == "over tls"
+        with pytest.raises(RedisUnavailable):
+            await untrusted.call("get", "tls-key")
+    finally:
+        await trusted.close()
+        await untrusted.close()
+        await front.stopListening()

@@ -47,7 +47,8 @@ class Redis:
         self.reactor = reactor
         self.address = address
         self.timeout = timeout
-        common: dict[str, Any] = dict(dbid=address.db, reconnect=True, password=address.password, connectTimeout=timeout,
+        # db 0 is Redis's default: no SELECT (txredisapi logs a SELECT lost with its connection as unhandled)
+        common: dict[str, Any] = dict(dbid=address.db or None, reconnect=True, password=address.password, connectTimeout=timeout,
                                       replyTimeout=timeout, convertNumbers=True)
         if address.username:
             common["username"] = address.username
