@@ -50,6 +50,14 @@ def wait_for(check, timeout: float = 20.0) -> None:
         time.sleep(0.05)
 
 
+def accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
 def redis_calls(sock: str) -> int:
     """All commands Redis has run (EVAL counted once, its redis.call()s too)."""
     out = subprocess.run(["redis-cli", "-s", sock, "INFO", "commandstats"], capture_output=True, text=True, check=True).stdout
@@ -91,7 +99,7 @@ def run_fleet(top: Path, nodes: int, messages: int, cap: int, per_conn: int, siz
     runs: list[subprocess.Popen[str]] = []
     try:
         wait_for(lambda: os.path.exists(sock))
-        wait_for(lambda: socket.create_connection(("127.0.0.1", sink_port), timeout=1).close() is None)
+        wait_for(lambda: accepts(sink_port))
         share = messages // nodes
         for i in range(1, nodes + 1):
             d = top / f"node{i}"

@@ -301,3 +301,26 @@ async def test_rediss_checks_the_servers_certificate(redis: RedisServer, pki: An
         await trusted.close()
         await untrusted.close()
         await front.stopListening()
+
+
+def test_cluster_commands_exit_codes(tmp_path: Any) -> None:
+    """check-config names file, table and key of a bad [cluster] (78); `cluster status` with no
+    Redis answering says so (69); without [cluster] it is a configuration error (78)."""
+    import subprocess
+    import sys
+
+    def tlsmta(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "tlsmta.app.cli", *args], capture_output=True, text=True, timeout=60)
+
+    base = f'[global]\nstate_dir = "{tmp_path}"\n[spool]\npath = "{tmp_path}/spool"\n'
+    bad = tmp_path / "bad.toml"
+    bad.write_text(base + "[cluster]\nnode_id = \"mx1\"\n")
+    result = tlsmta("check-config", str(bad))
+    assert result.returncode == 78 and f"{bad}: [cluster] redis: is required" in result.stderr
+    down = tmp_path / "down.toml"
+    down.write_text(base + f'[cluster]\nredis = "unix:{tmp_path}/none.sock"\nredis_timeout = "0.2s"\n')
+    result = tlsmta("cluster", "status", "--config", str(down))
+    assert result.returncode == 69 and f"unix:{tmp_path}/none.sock?db=0" in result.stdout
+    alone = tmp_path / "alone.toml"
+    alone.write_text(base)
+    assert tlsmta("cluster", "status", "--config", str(alone)).returncode == 78

@@ -16,7 +16,7 @@ from tlsmta.cluster import FleetStatus, Keys, Redis, RedisUnavailable, fleet_sta
 from tlsmta.config import Config
 from tlsmta.network import IServiceReactor
 
-STATUS_TIMEOUT = 5.0  # seconds per Redis call: an operator's command may wait longer than a delivery
+MIN_STATUS_TIMEOUT = 1.0  # seconds per Redis call at least: an operator's command may wait longer than a delivery
 
 
 def status_lines(status: FleetStatus, now_ms: int) -> list[str]:
@@ -43,7 +43,7 @@ def run_status(config: Config, as_json: bool, write: Callable[[str], None], reac
     outcome: dict[str, int] = {"code": 70}
 
     async def main(reactor: IServiceReactor) -> None:
-        redis = Redis(reactor, settings["redis"], STATUS_TIMEOUT, settings["redis_ca"])
+        redis = Redis(reactor, settings["redis"], max(settings["redis_timeout"], MIN_STATUS_TIMEOUT), settings["redis_ca"])
         try:
             status = await fleet_status(redis, Keys(settings["key_prefix"]))
         except RedisUnavailable as e:
