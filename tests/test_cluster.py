@@ -324,3 +324,28 @@ def test_cluster_commands_exit_codes(tmp_path: Any) -> None:
     alone = tmp_path / "alone.toml"
     alone.write_text(base)
     assert tlsmta("cluster", "status", "--config", str(alone)).returncode == 78
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stopping_node_starts_no_waiting_session(redis: RedisServer) -> None:
+    """A session waiting for the fleet's last lease never starts once the node is stopping, even
+    when the lease comes free (its jobs stay queued on disk)."""
+    from twisted.internet.task import deferLater
+
+    from tlsmta.cluster._leases import RETRY
+
+    client = Redis(reactor, parse_redis_url(redis.url), timeout=2)
+    leases = RedisLeases(reactor, client, Keys("stop:"), RedisHealth(EventBus(), "n1", 15), lease_ttl=30)
+    try:
+        held = await leases.acquire("default/example.org", 1)
+        waiting = leases.acquire("default/example.org", 1)
+        await deferLater(reactor, RETRY * 2, lambda: None)
+        assert not waiting.called
+        leases.closed = True
+        held.release()
+        await deferLater(reactor, RETRY * 3, lambda: None)
+        assert not waiting.called
+    finally:
+        waiting.cancel()
+        waiting.addErrback(lambda f: f.trap(CancelledError))
+        await client.close()

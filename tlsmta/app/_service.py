@@ -326,8 +326,8 @@ class TlsmtaService(MultiService):
         self.queue.on_flush = self.pool.backoff.forget
         self.pool.is_self = self.is_own_address
         self.pool.sts = self._sts_resolver()
-        QueueService(self.spool, self.queue).setServiceParent(self)
-        # [cluster]: connection leases and remembered broken TLS shared through Redis (tlsmta.cluster).
+        # [cluster]: leases, rates, broken TLS and MTA-STS shared through Redis (tlsmta.cluster); started
+        # before the queue, so the node has registered (or tried) before its first delivery.
         self.cluster: ClusterService | None = None
         if config.cluster is not None:
             self.cluster = ClusterService(reactor, config.cluster, self.events, self.hostname, lambda: self.queue.stats()[0])
@@ -335,6 +335,7 @@ class TlsmtaService(MultiService):
             if self.pool.sts is not None:  # an MTA-STS policy any node fetched serves all
                 self.pool.sts.cache = self.cluster.shared_sts_cache(self.pool.sts.cache)
             self.cluster.setServiceParent(self)
+        QueueService(self.spool, self.queue).setServiceParent(self)
         self.sink: MessageSink = Intake(local, self.spool, self.queue.add)
         # The dev relay's SMTP failure rules (page, API, fixture); an MTA's listeners have none.
         self.chaos = ChaosRules(on_fire=self._chaos_fired) if config.http["endpoint"] or config.http["maildir"] else None

@@ -54,6 +54,7 @@ class RedisLeases:
         self.per_key: Counter[str] = Counter()
         self._serial = itertools.count(1)
         self.local_pacers = Pacers()  # cluster_message_rate while Redis is away
+        self.closed = False  # the node is stopping: no session waiting for a lease starts any more
 
     def acquire(self, key: str, cap: int | None) -> Deferred[Lease]:
         if cap is None:
@@ -72,7 +73,14 @@ class RedisLeases:
             if not self.health.available and self.per_key[key] < local_share(cap, self.health.fleet_size):
                 self.health.events.emit("cluster_local_lease", quiet=True, key=key)
                 return self._hold(key, member)
-            await deferLater(self.reactor, RETRY, lambda: None)
+            await self._retry_in(RETRY)
+
+    async def _retry_in(self, seconds: float) -> None:
+        """Wait before asking again; once stopping, for ever (the jobs stay queued on disk, and
+        nothing starts after the node left the fleet)."""
+        await deferLater(self.reactor, seconds, lambda: None)
+        if self.closed:
+            await Deferred()
 
     def pace(self, key: str, rate: tuple[int, float] | None) -> Deferred[None]:
         if rate is None:
@@ -92,7 +100,7 @@ class RedisLeases:
                 delay = self.local_pacers.wait(key, rate.share(self.health.fleet_size), self.reactor.seconds())
             if not delay:
                 return
-            await deferLater(self.reactor, delay, lambda: None)
+            await self._retry_in(delay)
 
     def _hold(self, key: str, member: str) -> Lease:
         lease = self.held[member] = _RedisLease(self, key, member)

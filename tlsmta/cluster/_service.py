@@ -83,6 +83,7 @@ class ClusterService(Service):
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
+        self.leases.closed = True
         if self._beat.running:
             self._beat.stop()
         return ensureDeferred(self._leave())
