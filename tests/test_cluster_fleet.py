@@ -304,3 +304,34 @@ async def test_an_mta_sts_policy_one_node_fetched_serves_the_others(tmp_path: An
             await node.stop()
         await rx.stop()
         await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_broken_tls_one_node_learnt_is_skipped_by_the_others(tmp_path: Any, redis: RedisServer, events: Any) -> None:
+    """tls_remember_broken: node1's handshake with a broken STARTTLS fails (plain-text retry);
+    after its next heartbeat node2 goes straight to plain text there (tls_fallback=remembered-broken)."""
+    from outbound_lab import DOMAIN, MX, deliveries, start_scripted, submit_and_settle
+
+    from tlsmta.delivery._broken_tls import REMEMBERED_BROKEN
+
+    factory, port = await start_scripted("broken")
+    nodes = []
+    try:
+        for i in (1, 2):
+            raw = node_raw(tmp_path, f"node{i}", redis.url, 9, cap=None)
+            raw["global"].update(route="mx", smtp_port=port.getHost().port, tls="ifavailable", tls_remember_broken="1h",
+                                 mta_sts=False, dane=False)
+            raw["dns"] = {"mx": {DOMAIN: [MX]}, "hosts": {MX: ["127.0.0.1"]}}
+            nodes.append(await RunningRelay(build_config(raw)).start())
+        await submit_and_settle(nodes[0], rcpts=(f"user@{DOMAIN}",))
+        assert (factory.starttls, len(factory.messages)) == (1, 1)
+        await nodes[1].service.cluster.heartbeat()
+        await submit_and_settle(nodes[1], rcpts=(f"user@{DOMAIN}",))
+        assert (factory.starttls, len(factory.messages)) == (1, 2)
+        first, second = deliveries(events)
+        assert first["result"] == second["result"] == "delivered"
+        assert (second["tls"], second["tls_fallback"]) == ("none", REMEMBERED_BROKEN)
+    finally:
+        for node in nodes:
+            await node.stop()
+        await port.stopListening()
