@@ -13,6 +13,7 @@ messages at 1/N of the rate.
 from __future__ import annotations
 
 import itertools
+import os
 from collections import Counter
 from typing import Any
 
@@ -62,7 +63,8 @@ class RedisLeases:
         return ensureDeferred(self._acquire(key, cap))
 
     async def _acquire(self, key: str, cap: int) -> Lease:
-        member = f"{self.health.node_id}#{next(self._serial)}"
+        # the pid too: two processes sharing a node_id (one host, node_id unset) never share a member
+        member = f"{self.health.node_id}#{os.getpid()}.{next(self._serial)}"
         while True:
             if self.health.available:
                 try:

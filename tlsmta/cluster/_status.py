@@ -29,7 +29,7 @@ class NodeStatus:
 
 @attrs.frozen
 class FleetStatus:
-    """The nodes, and per ``BINDING/DEST`` the lease members (``NODE#N``) that have not expired."""
+    """The nodes, and per ``BINDING/DEST`` the lease members (``NODE#PID.N``) that have not expired."""
 
     nodes: tuple[NodeStatus, ...]
     leases: dict[str, tuple[str, ...]]
