@@ -31,6 +31,7 @@ def test_example_mentions_every_option() -> None:
         configuration.CONTROL_OPTIONS,
         configuration.HTTP_OPTIONS,
         configuration.TLSRPT_INBOX_OPTIONS,
+        configuration.CLUSTER_OPTIONS,
         configuration.DEV_OPTIONS,
         configuration.DKIM_OPTIONS,
     ]

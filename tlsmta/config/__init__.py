@@ -1,8 +1,9 @@
 """Configuration as data and syntax: the TOML loader with its option tables,
 validation that names file, table and key, scope resolution per
 (binding, domain) (``loader``), route strings (``routes``), the
-postmap-style address map files (``address_maps``) and the ``tls``
-option values as enums (``tls_modes``).
+postmap-style address map files (``address_maps``), the ``tls``
+option values as enums (``tls_modes``) and the ``[cluster] redis`` URL
+(``redis_address``).
 
 The bottom of the house: imports nothing of tlsmta but itself, its errors
 and the domain names of ``tlsmta.smtp``, and no OpenSSL.  The checks
@@ -32,6 +33,7 @@ from tlsmta.config._loader import (
     resolve,
     select_binding,
 )
+from tlsmta.config._redis_address import RedisAddress, RedisTransport
 from tlsmta.config._routes import Route, RouteError, parse_route
 from tlsmta.config._tls_modes import DANE_REQUIRED_WORD, ListenerTLS, OutboundTLS
 
@@ -56,6 +58,8 @@ __all__ = [
     "parse_route",
     "Rate",
     "resolve",
+    "RedisAddress",
+    "RedisTransport",
     "Resolved",
     "Route",
     "RouteError",

@@ -26,6 +26,7 @@ from tlsmta.config._dkim import DkimDomain, parse_selector
 from tlsmta.config._door import DnsblZone, Rate, parse_dnsbl, parse_rate
 from tlsmta.config._endpoints import overlaps, port_problem, tcp_address
 from tlsmta.config._milter_addresses import milter_addresses
+from tlsmta.config._redis_address import RedisAddress, parse_redis_url
 from tlsmta.config._routes import Route, RouteError, parse_route
 from tlsmta.config._tls_modes import DANE_REQUIRED_WORD, ListenerTLS, OutboundTLS
 from tlsmta.errors import TlsmtaError
@@ -257,6 +258,20 @@ def _ca_location(value: Any) -> str:
     return path
 
 
+def _rate(value: Any) -> tuple[int, float]:
+    """``"N/PERIOD"``: N messages per PERIOD (a duration), as (N, seconds)."""
+    count, slash, period = _str(value).partition("/")
+    if not slash or not count.strip().isdigit() or int(count) < 1:
+        raise ValueError(f'must be "N/PERIOD" with N at least 1, like "600/1h" (got {value!r})')
+    seconds = _duration()(period.strip())
+    assert seconds is not None
+    return int(count), seconds
+
+
+def _redis_url(value: Any) -> RedisAddress:
+    return parse_redis_url(_str(value))
+
+
 def _route(value: Any) -> Route:
     try:
         return parse_route(_str(value))
@@ -481,6 +496,11 @@ DELIVERY_OPTIONS: dict[str, Option] = {
     "destination_backoff_after": Option(_int(0), 5, "consecutive connection failures before back-off; 0: never"),
     "destination_backoff_min": Option(_duration(), 300.0, "first back-off delay"),
     "destination_backoff_max": Option(_duration(), 3600.0, "longest back-off delay"),
+    # A fleet sharing one Redis ([cluster]): connections to the destination from all nodes together.
+    "cluster_max_connections": Option(_int(1), None, "fleet-wide concurrent connections per destination and binding; "
+                                      "default: no fleet cap"),
+    "cluster_message_rate": Option(_rate, None, 'fleet-wide messages per destination and binding, "N/PERIOD" '
+                                   '(e.g. "600/1h": a burst of up to N, then one every PERIOD/N); default: no limit'),
 }
 
 GLOBAL_ONLY_OPTIONS: dict[str, Option] = {
@@ -625,6 +645,18 @@ CONTROL_OPTIONS: dict[str, Option] = {
     "shutdown_grace": Option(_int(0), 30, "seconds sessions and deliveries may finish after SIGTERM"),
 }
 
+# A fleet of nodes sharing leases, membership and TLS knowledge through Redis (tlsmta.cluster).
+CLUSTER_OPTIONS: dict[str, Option] = {
+    "redis": Option(_redis_url, None, 'redis://HOST[:PORT][/DB], rediss://... (TLS) or unix:/PATH[?db=N]'),
+    "redis_ca": Option(_readable_file, None, "trust anchors for a rediss:// server; default: the system store"),
+    "redis_timeout": Option(_duration(), 0.5, "longest wait for one Redis reply before local limits apply"),
+    "key_prefix": Option(_str, "tlsmta:", "prefix of every key, one per fleet sharing a Redis"),
+    "node_id": Option(_str, None, "this node's name in the fleet; default: the hostname"),
+    "heartbeat": Option(_duration(), 5.0, "how often the node renews its membership and leases"),
+    "node_ttl": Option(_duration(), 15.0, "a node missing heartbeats this long is out of the fleet"),
+    "lease_ttl": Option(_duration(), 30.0, "a crashed node's connection leases free themselves after this"),
+}
+
 BINDING_RULE_OPTIONS: dict[str, Option] = {
     "binding": Option(_str),
     "listener": Option(_str),
@@ -739,6 +771,8 @@ class Config:
     # [dns] nameservers: where every lookup goes; empty: the system's (/etc/resolv.conf).
     dns_nameservers: tuple[tuple[str, int], ...] = ()
     dkim: Mapping[str, DkimDomain] = attrs.field(factory=dict)  # [dkim."DOMAIN"], by canonical domain
+    # [cluster]: None without it (a single node, today's behaviour).
+    cluster: Mapping[str, Any] | None = None
     # resolve() results; not an init field, so attrs.evolve() starts a fresh one.
     _resolved: dict[tuple[str, str], dict[str, Resolved]] = attrs.field(init=False, factory=dict, eq=False, repr=False)
 
@@ -928,6 +962,7 @@ _TOP_LEVEL = {
     "control",
     "http",
     "tlsrpt_inbox",
+    "cluster",
     "dev",
     "dkim",
 }
@@ -992,6 +1027,7 @@ def from_dict(raw: Mapping[str, Any], path: str = "<config>", environment: Envir
     http = v.with_defaults(v.options(v.table(raw.get("http"), "http"), "http", HTTP_OPTIONS), HTTP_OPTIONS)
     dev = v.with_defaults(v.options(v.table(raw.get("dev"), "dev"), "dev", DEV_OPTIONS), DEV_OPTIONS)
     tlsrpt_inbox = _tlsrpt_inbox(v, raw.get("tlsrpt_inbox"))
+    cluster = _cluster(v, raw.get("cluster"))
     _one_socket_each(v, listeners, metrics["endpoint"], http["endpoint"], tlsrpt_inbox["endpoint"])
     route = global_options.get("route")
     if http["endpoint"] and http["maildir"] is None and (route is None or route.kind != "maildir"):
@@ -1035,6 +1071,7 @@ def from_dict(raw: Mapping[str, Any], path: str = "<config>", environment: Envir
         tlsrpt_inbox=tlsrpt_inbox,
         dev=dev,
         dkim=dkim,
+        cluster=cluster,
     )
 
 
@@ -1049,6 +1086,20 @@ def _dkim(v: _Validator, raw: Any) -> dict[str, DkimDomain]:
         if len(values) == len(DKIM_OPTIONS):
             out[domain] = DkimDomain(**values)
     return out
+
+
+def _cluster(v: _Validator, raw: Any) -> dict[str, Any] | None:
+    """``[cluster]``: absent, None; present, it needs ``redis``, and heartbeats more often than the TTLs."""
+    if raw is None:
+        return None
+    given = v.table(raw, "cluster")
+    table = v.with_defaults(v.options(given, "cluster", CLUSTER_OPTIONS), CLUSTER_OPTIONS)
+    if "redis" not in given:
+        v.problem("cluster", "redis", "is required in [cluster]")
+    for key in ("node_ttl", "lease_ttl"):
+        if table[key] <= table["heartbeat"]:
+            v.problem("cluster", key, f"must be longer than heartbeat ({table['heartbeat']:g}s), or live nodes expire")
+    return table
 
 
 def _tlsrpt_inbox(v: _Validator, raw: Any) -> dict[str, Any]:
