@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from importlib import resources
 
+import pytest
+
 from tlsmta.devrelay._checks_html import Link, caniemail, html_problems, links_of
 
 
@@ -108,3 +110,16 @@ def test_which_links_the_link_check_may_request() -> None:
     assert not_checkable("https://staging.example.com/x", []) == "host not in [http] link_check_hosts"
     assert not_checkable("mailto:bob@example.org", ["example.org"]) == "not an http(s) URL"
     assert not_checkable("http://example.org:http/", ["example.org"]) == "not a valid URL"
+
+
+@pytest.mark.parametrize("url", [
+    "http://internal.test\u00e9@staging.example.com/",  # sent as http://internal.test?@...: Agent asks internal.test
+    "http://internal.test\t@staging.example.com/",  # Agent drops the tab: user@host as the host
+    "http://internal.test\\@staging.example.com/",
+    "http://user:pw@staging.example.com/",
+])
+def test_the_link_check_never_requests_a_url_agent_could_read_as_another_host(url: str) -> None:
+    """The allowed host is what urlsplit reads; a URL Twisted's Agent would send elsewhere is skipped."""
+    from tlsmta.devrelay._checks import not_checkable
+
+    assert not_checkable(url, ["staging.example.com"]) is not None

@@ -36,6 +36,10 @@ def bodies(stored: bytes) -> tuple[str | None, str | None]:
 
 def not_checkable(url: str, allowed_hosts: Iterable[str]) -> str | None:
     """Why the link check will not request ``url`` (None: it will)."""
+    # Twisted's Agent parses URLs its own way (no userinfo, and the link is sent as ASCII): a URL
+    # that urlsplit and Agent could read as two different hosts is never requested.
+    if not url.isascii() or not url.isprintable() or " " in url:
+        return "not a plain ASCII URL (write an IDN host in its xn-- form)"
     try:
         parts = urlsplit(url)
         host, _ = parts.hostname, parts.port  # .port raises ValueError for a port that is no number
@@ -43,6 +47,8 @@ def not_checkable(url: str, allowed_hosts: Iterable[str]) -> str | None:
         return "not a valid URL"
     if parts.scheme.lower() not in ("http", "https") or not host:
         return "not an http(s) URL"
+    if "@" in parts.netloc:
+        return "has a user name in it"
     if host.lower().rstrip(".") not in {h.lower().rstrip(".") for h in allowed_hosts}:
         return "host not in [http] link_check_hosts"
     return None
