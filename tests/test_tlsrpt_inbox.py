@@ -15,6 +15,7 @@ import gzip
 import json
 import os
 import shutil
+import socket
 import ssl
 import subprocess
 import sys
@@ -305,3 +306,49 @@ def test_check_config_names_the_tlsrpt_inbox_key(tmp_path: Any, pki: Any, table:
     done = subprocess.run([*TLSMTA, "check-config", str(path)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 78
     assert f"{path}: {problem}" in done.stderr, done.stderr
+
+
+def post_raw(port: int, head: bytes, body_chunks: list[bytes]) -> bytes:
+    """Send a request head and some of its body, never the rest; what the server answers (bounded wait)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as conn:
+        conn.sendall(head)
+        for chunk in body_chunks:
+            conn.sendall(chunk)
+        answer = b""
+        while not answer.endswith(b"\n") or b"\r\n\r\n" not in answer:
+            data = conn.recv(65536)
+            if not data:
+                break
+            answer += data
+        return answer
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+@pytest_twisted.ensureDeferred
+async def test_a_body_over_the_limit_is_refused_as_it_arrives(tmp_path: Any, chunked: bool) -> None:
+    """413 before the rest of the body is sent (a Content-Length over the limit, or that many bytes of a
+    chunked body), and nothing is kept: twisted.web must not spool an unbounded body to a temp file."""
+    from twisted.internet import reactor
+
+    from tlsmta.reporting import EventBus, TLSRPTInbox, tlsrpt_site
+    from tlsmta.reporting._tlsrpt_received import ReceivedReports
+    from tlsmta.storage import DiskIO
+
+    disk = DiskIO(reactor, threads=1)
+    inbox = TLSRPTInbox(ReceivedReports(str(tmp_path / "received")), disk, EventBus(), reactor)
+    port = reactor.listenTCP(0, tlsrpt_site(inbox), interface="127.0.0.1")
+    head = f"POST /tlsrpt HTTP/1.1\r\nHost: localhost\r\nContent-Type: {JSON_TYPE}\r\n".encode()
+    if chunked:
+        head += b"Transfer-Encoding: chunked\r\n\r\n"
+        chunk = b"{" * 65536
+        chunks = [b"%x\r\n%s\r\n" % (len(chunk), chunk)] * (MAX_REPORT_BYTES // len(chunk) + 1)
+    else:
+        head += f"Content-Length: {1 << 40}\r\n\r\n".encode()
+        chunks = [b"{" * 1024]
+    try:
+        answer = await in_thread(post_raw, port.getHost().port, head, chunks)
+    finally:
+        await port.stopListening()
+        disk.stop()
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+    assert not (tmp_path / "received").exists()

@@ -4,11 +4,14 @@ The body is ``application/tlsrpt+gzip`` or ``application/tlsrpt+json``; a
 stored report is ``201 Created``, one that does not parse ``400`` with the
 reason (and is kept under malformed/, as a mailed one is), another content
 type ``415``, a body over the limit ``413``.  Anyone may POST (the RFC has
-no authentication); the TLS around it is the listening service's.
+no authentication); the TLS around it is the listening service's.  A body
+over the limit is refused as it arrives (:class:`BoundedRequest`): twisted.web
+would otherwise keep any amount a peer sends in a temporary file first.
 """
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 from twisted.internet.defer import ensureDeferred
@@ -20,6 +23,46 @@ from tlsmta.reporting._tlsrpt_inbox import MAX_REPORT_BYTES, REPORT_TYPES
 from tlsmta.reporting._tlsrpt_received import Received, TLSRPTInbox
 
 log = Logger(namespace="tlsmta.tlsrpt")
+
+
+_TOO_LARGE = f"a report is at most {MAX_REPORT_BYTES} bytes\n".encode()
+
+
+class BoundedRequest(Request):
+    """A request whose body may be at most MAX_REPORT_BYTES: past that (a Content-Length over it,
+    or that many bytes of a chunked body) the peer gets 413 at once and the connection closes."""
+
+    too_large = False
+    _received = 0
+
+    def gotLength(self, length: int | None) -> None:
+        super().gotLength(length if length is None or length <= MAX_REPORT_BYTES else 0)
+        if length is not None and length > MAX_REPORT_BYTES:
+            self._refuse()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        self._received += len(data)
+        if self._received > MAX_REPORT_BYTES:
+            self._refuse()
+        elif not self.too_large:
+            super().handleContentChunk(data)
+
+    def process(self) -> None:
+        if not self.too_large:  # a refused body is never rendered, not even the part that came
+            super().process()
+
+    def _refuse(self) -> None:
+        if self.too_large:
+            return
+        self.too_large = True
+        if self.content is not None:
+            self.content.close()  # a chunked body's temporary file: gone at once
+        self.content = io.BytesIO()
+        # The request is not complete, so Request's own response machinery cannot answer yet.
+        transport = self.channel.transport
+        transport.write(b"HTTP/1.1 413 Content Too Large\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                        b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(_TOO_LARGE), _TOO_LARGE))
+        transport.loseConnection()
 
 
 class TLSRPTResource(Resource):
@@ -36,9 +79,7 @@ class TLSRPTResource(Resource):
         if content_type not in REPORT_TYPES:
             return _answer(request, 415, f"send {' or '.join(REPORT_TYPES)}")
         assert request.content is not None
-        body = request.content.read(MAX_REPORT_BYTES + 1)
-        if len(body) > MAX_REPORT_BYTES:
-            return _answer(request, 413, f"a report is at most {MAX_REPORT_BYTES} bytes")
+        body = request.content.read()  # at most MAX_REPORT_BYTES: BoundedRequest refused more
         peer = request.getClientAddress()
         source = f"https from {getattr(peer, 'host', peer)}"
 
@@ -77,6 +118,6 @@ def tlsrpt_site(inbox: TLSRPTInbox) -> Site:
     """A twisted.web site with ``/tlsrpt``."""
     root = Resource()
     root.putChild(b"tlsrpt", TLSRPTResource(inbox))
-    site = Site(root)
+    site = Site(root, requestFactory=BoundedRequest)
     site.noisy = False
     return site
