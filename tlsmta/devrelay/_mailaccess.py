@@ -115,7 +115,8 @@ class LoginChecker:
         password = _text(credentials.password)
 
         def decided(ok: bool) -> bytes | tuple[()]:
-            log.info("POP3/IMAP login {user}: {result}", user=user, result="ok" if ok else "refused")
+            # !r: the name is the peer's, and a CR or an escape sequence in it must not reach the log raw.
+            log.info("POP3/IMAP login {user!r}: {result}", user=user, result="ok" if ok else "refused")
             if not ok:
                 raise UnauthorizedLogin("wrong user name or password")
             return user.encode("utf-8")
