@@ -346,6 +346,31 @@ async def test_foreign_host_header_is_refused(relay: Any) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_page_of_another_origin_cannot_change_anything(relay: Any) -> None:
+    """CSRF: a cross-site form POST (text/plain) cannot start the link check, and no request with a foreign
+    Origin may change the relay, even one a browser would let through; the page's own origin may."""
+    await in_thread(send, relay.port, welcome())
+    message_id = (await in_thread(get_json, relay.http_port, "/api/messages"))["messages"][0]["id"]
+    linkcheck = f"/api/messages/{message_id}/linkcheck"
+    form = {"Content-Type": "text/plain"}
+    status, _, _ = await in_thread(web, relay.http_port, "POST", linkcheck, b"x=1", form)
+    assert status == 415
+    host = f"127.0.0.1:{relay.http_port}"
+    for origin in ("http://evil.example", "null", "http://localhost:3000", f"http://{host}.evil.example"):
+        foreign = {"Content-Type": "application/json", "Origin": origin}
+        status, _, _ = await in_thread(web, relay.http_port, "POST", linkcheck, b"{}", foreign)
+        assert status == 403, origin
+        status, _, _ = await in_thread(web, relay.http_port, "DELETE", "/api/messages", None, foreign)
+        assert status == 403, origin
+    assert (await in_thread(get_json, relay.http_port, "/api/messages"))["count"] == 1
+    status, _, _ = await in_thread(web, relay.http_port, "GET", "/api/messages", None, {"Origin": "http://evil.example"})
+    assert status == 200  # reading is the browser's to refuse (no CORS header is ever sent)
+    own = {"Content-Type": "application/json", "Origin": f"http://{host}"}
+    status, _, answer = await in_thread(web, relay.http_port, "POST", linkcheck, b"{}", own)
+    assert status == 200 and "links" in json.loads(answer)
+
+
+@pytest_twisted.ensureDeferred
 async def test_allowed_hosts_admits_a_configured_name(tmp_path: Any) -> None:
     """[http] allowed_hosts lets a named host through."""
     running = await web_relay(tmp_path, allowed_hosts=["devbox.internal"])

@@ -8,6 +8,9 @@ out of it even so:
 - PUT and POST need ``Content-Type: application/json`` and DELETE is not a
   "simple" method, so a cross-site form or fetch cannot change anything
   without a CORS preflight, which is never answered;
+- and whatever a browser lets through, a request that would change something
+  (any method but GET and HEAD) with an ``Origin:`` other than the page's own
+  gets 403 (:func:`same_origin`);
 - mail is untrusted: the page inserts every string with ``textContent``,
   and a message's HTML is served with ``Content-Security-Policy: sandbox``
   into an ``<iframe sandbox>`` (no scripts, an opaque origin, no remote
@@ -35,7 +38,7 @@ import json
 from collections.abc import Callable, Iterable
 from importlib import resources
 from typing import Any, Protocol
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import attrs
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -103,6 +106,13 @@ def host_allowed(host: str | None, allowed: Iterable[str] = ()) -> bool:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False
+
+
+def same_origin(origin: str, host: str) -> bool:
+    """Whether a browser's ``Origin:`` is the page at ``Host:`` itself (``null``, another port or
+    another loopback name is another origin)."""
+    parts = urlsplit(origin.strip())
+    return parts.scheme in ("http", "https") and parts.netloc.lower() == host.strip().lower()
 
 
 class HTTPError(TlsmtaError):
@@ -224,6 +234,11 @@ class WebUI(Resource):
             return NOT_DONE_YET
         request.notifyFinish().addErrback(lambda _: setattr(request, "tlsmta_gone", True))  # the client left
         method = request.method.decode("ascii", "replace")
+        origin = request.getHeader(b"origin")
+        if method not in ("GET", "HEAD") and origin is not None and not same_origin(origin.decode("latin-1"),
+                                                                                     (host or b"").decode("latin-1")):
+            self._finish(request, json_reply({"error": "a page of another origin may not change the dev relay"}, 403))
+            return NOT_DONE_YET
         path = [segment.decode("utf-8", "replace") for segment in request.postpath or []]
         if path and path[-1] == "" and len(path) > 1:
             path = path[:-1]
