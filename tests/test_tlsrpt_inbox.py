@@ -145,6 +145,13 @@ def test_malformed_reports_are_refused_with_the_field(data: bytes, reason: str) 
     assert reason in str(info.value)
 
 
+def test_deeply_nested_json_is_a_malformed_report() -> None:
+    """A small body of nested arrays is refused like any bad report (RecursionError made the POST a 500 and a
+    mailed one an internal error retried until it expired)."""
+    with pytest.raises(ReportError, match="nested too deeply"):
+        parse_report(b"[" * 100_000)
+
+
 def test_failure_detail_needs_its_count() -> None:
     """failure-details entries need result-type and failed-session-count."""
     doc = example()

@@ -132,6 +132,8 @@ def parse_report(data: bytes) -> Report:
         doc = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
         raise ReportError(f"not UTF-8 JSON: {e}") from None
+    except RecursionError:  # a few kB of "[[[[..." is enough; the schema nests four levels
+        raise ReportError("not a report: JSON nested too deeply") from None
     top = _object(doc, "the report")
     dates = _object(top.get("date-range"), "date-range")
     start, end = _datetime(dates, "start-datetime"), _datetime(dates, "end-datetime")
