@@ -371,6 +371,14 @@ async def test_a_page_of_another_origin_cannot_change_anything(relay: Any) -> No
 
 
 @pytest_twisted.ensureDeferred
+async def test_deeply_nested_json_is_a_bad_request(relay: Any) -> None:
+    """A body of nested arrays gets 400 like any bad JSON, not a 500 with a traceback in the log."""
+    status, _, answer = await in_thread(web, relay.http_port, "PUT", "/api/tls-lab", b"[" * 60_000,
+                                        {"Content-Type": "application/json"})
+    assert (status, json.loads(answer)) == (400, {"error": "body is not valid JSON"})
+
+
+@pytest_twisted.ensureDeferred
 async def test_allowed_hosts_admits_a_configured_name(tmp_path: Any) -> None:
     """[http] allowed_hosts lets a named host through."""
     running = await web_relay(tmp_path, allowed_hosts=["devbox.internal"])

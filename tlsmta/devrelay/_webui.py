@@ -278,7 +278,7 @@ class WebUI(Resource):
             raise HTTPError(413, "request body too large")
         try:
             return json.loads(data or b"{}")
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested past Python's stack
             raise HTTPError(400, "body is not valid JSON") from None
 
     # -- routes ---------------------------------------------------------------------------
