@@ -294,3 +294,15 @@ def test_a_login_name_cannot_write_its_own_log_line(user: bytes | str) -> None:
     assert len(lines) == 1
     assert lines[0].rstrip("\n").isprintable(), repr(lines[0])
     assert "mall" in lines[0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_pop3_or_imap_off_loopback_is_warned_about(tmp_path: Any) -> None:
+    """Any login reads the whole capture: a listener on every interface says so in the log, one on loopback does not."""
+    from twisted.logger import LogLevel, capturedLogs
+
+    with capturedLogs() as events:
+        relay = await access_relay(tmp_path, pop3="tcp:0:interface=0.0.0.0")
+        await relay.stop()
+    warnings = [e for e in events if e.get("log_level") == LogLevel.warn and "not loopback" in (e.get("log_format") or "")]
+    assert [(e["name"], e["host"]) for e in warnings] == [("POP3", "0.0.0.0")]

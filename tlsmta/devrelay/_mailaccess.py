@@ -32,6 +32,7 @@ from tlsmta.config import Config, parse_protocols
 from tlsmta.devrelay._capture import CapturedMail, MessageNotFound
 from tlsmta.devrelay._devcert import ensure_dev_certificate
 from tlsmta.devrelay._tlslab import dev_names
+from tlsmta.devrelay._webui import host_allowed
 from tlsmta.network import IServiceReactor, PortService
 from tlsmta.tls import ServerTLS, server_context
 
@@ -161,6 +162,10 @@ class MailAccessService(PortService):
     def listening(self, port: IListeningPort) -> None:
         super().listening(port)
         address = port.getHost()
+        if not host_allowed(str(getattr(address, "host", ""))):
+            log.warn("{name} listens on {host}, not loopback: whoever logs in reads every captured message "
+                     "(without [dev] auth_users_file any user name and password log in)",
+                     name=self.key.upper(), host=getattr(address, "host", address))
         log.info("{name} over the captured mail on {host}:{port} ({tls})", name=self.key.upper(),
                  host=getattr(address, "host", address), port=getattr(address, "port", ""),
                  tls="implicit TLS" if self.tls is not None else "STARTTLS offered")
