@@ -11,8 +11,7 @@ would otherwise keep any amount a peer sends in a temporary file first.
 
 from __future__ import annotations
 
-import io
-from typing import Any
+from typing import IO, Any
 
 from twisted.internet.defer import ensureDeferred
 from twisted.logger import Logger
@@ -55,11 +54,13 @@ class BoundedRequest(Request):
         if self.too_large:
             return
         self.too_large = True
-        if self.content is not None:
-            self.content.close()  # a chunked body's temporary file: gone at once
-        self.content = io.BytesIO()
+        content: IO[bytes] | None = self.content  # Twisted types it None until gotLength
+        if content is not None:  # a chunked body's temporary file: emptied now, closed with the connection
+            content.seek(0)
+            content.truncate()
         # The request is not complete, so Request's own response machinery cannot answer yet.
         transport = self.channel.transport
+        assert transport is not None
         transport.write(b"HTTP/1.1 413 Content Too Large\r\ncontent-type: text/plain; charset=utf-8\r\n"
                         b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(_TOO_LARGE), _TOO_LARGE))
         transport.loseConnection()
