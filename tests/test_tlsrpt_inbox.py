@@ -15,7 +15,6 @@ import gzip
 import json
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from e2e import in_thread
+from e2e import in_thread, partial_request
 
 from tlsmta.app import _preflight as preflight
 from tlsmta.reporting import Metrics
@@ -315,21 +314,6 @@ def test_check_config_names_the_tlsrpt_inbox_key(tmp_path: Any, pki: Any, table:
     assert f"{path}: {problem}" in done.stderr, done.stderr
 
 
-def post_raw(port: int, head: bytes, body_chunks: list[bytes]) -> bytes:
-    """Send a request head and some of its body, never the rest; what the server answers (bounded wait)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=20) as conn:
-        conn.sendall(head)
-        for chunk in body_chunks:
-            conn.sendall(chunk)
-        answer = b""
-        while not answer.endswith(b"\n") or b"\r\n\r\n" not in answer:
-            data = conn.recv(65536)
-            if not data:
-                break
-            answer += data
-        return answer
-
-
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
 @pytest_twisted.ensureDeferred
 async def test_a_body_over_the_limit_is_refused_as_it_arrives(tmp_path: Any, chunked: bool) -> None:
@@ -353,7 +337,7 @@ async def test_a_body_over_the_limit_is_refused_as_it_arrives(tmp_path: Any, chu
         head += f"Content-Length: {1 << 40}\r\n\r\n".encode()
         chunks = [b"{" * 1024]
     try:
-        answer = await in_thread(post_raw, port.getHost().port, head, chunks)
+        answer = await in_thread(partial_request, port.getHost().port, head, chunks)
     finally:
         await port.stopListening()
         disk.stop()

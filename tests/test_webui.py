@@ -15,7 +15,7 @@ from typing import Any
 import attrs
 import pytest
 import pytest_twisted
-from e2e import CLIENT_TIMEOUT, in_thread, start_relay
+from e2e import CLIENT_TIMEOUT, in_thread, partial_request, start_relay
 
 from tlsmta.devrelay import _mailview as mailview
 from tlsmta.devrelay._devcert import dev_ca_path
@@ -376,6 +376,15 @@ async def test_deeply_nested_json_is_a_bad_request(relay: Any) -> None:
     status, _, answer = await in_thread(web, relay.http_port, "PUT", "/api/tls-lab", b"[" * 60_000,
                                         {"Content-Type": "application/json"})
     assert (status, json.loads(answer)) == (400, {"error": "body is not valid JSON"})
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_body_over_the_largest_a_route_takes_is_refused_as_it_arrives(relay: Any) -> None:
+    """413 as soon as Content-Length says more than the send API takes, before the body is read."""
+    head = (f"POST /api/send HTTP/1.1\r\nHost: 127.0.0.1:{relay.http_port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {1 << 40}\r\n\r\n").encode()
+    answer = await in_thread(partial_request, relay.http_port, head, [b"{" * 1024])
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
 
 
 @pytest_twisted.ensureDeferred

@@ -58,9 +58,9 @@ from tlsmta.devrelay._release import ReleaseError, outgoing_body, release_messag
 from tlsmta.devrelay._send import SendError
 from tlsmta.devrelay._tlslab import LabError, LabListener, lab_applies
 from tlsmta.devrelay._webhook import Webhook
-from tlsmta.devrelay._webui_tools import MessageTools
+from tlsmta.devrelay._webui_tools import SEND_MAX_BODY, MessageTools
 from tlsmta.errors import TlsmtaError
-from tlsmta.network import IServiceReactor, PortService
+from tlsmta.network import BoundedRequest, IServiceReactor, PortService
 from tlsmta.reporting import EventBus
 from tlsmta.smtp import says_tls_required_no
 from tlsmta.storage import QueuedMessage
@@ -464,6 +464,12 @@ class WebUI(Resource):
         return json_reply(self._lab_state())
 
 
+class _APIRequest(BoundedRequest):
+    """No body larger than the largest a route takes (the send API's) is read at all."""
+
+    max_body = SEND_MAX_BODY
+
+
 class _QuietSite(Site):
     """A Site without the access log: the page polls nothing, but streams and refetches."""
 
@@ -492,7 +498,7 @@ class WebService(PortService):
             self.webhook.start()
             self.web.host.events.add_sink(self.webhook.on_event)
         self.web.stream.start()
-        site = _QuietSite(self.web, reactor=self.reactor)
+        site = _QuietSite(self.web, reactor=self.reactor, requestFactory=_APIRequest)
         self.listen_on(serverFromString(self.reactor, self.endpoint).listen(site))
 
     def listening(self, port: IListeningPort) -> None:

@@ -5,65 +5,30 @@ stored report is ``201 Created``, one that does not parse ``400`` with the
 reason (and is kept under malformed/, as a mailed one is), another content
 type ``415``, a body over the limit ``413``.  Anyone may POST (the RFC has
 no authentication); the TLS around it is the listening service's.  A body
-over the limit is refused as it arrives (:class:`BoundedRequest`): twisted.web
+over the limit is refused as it arrives (:class:`tlsmta.network.BoundedRequest`): twisted.web
 would otherwise keep any amount a peer sends in a temporary file first.
 """
 
 from __future__ import annotations
 
-from typing import IO, Any
+from typing import Any
 
 from twisted.internet.defer import ensureDeferred
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from tlsmta.network import BoundedRequest
 from tlsmta.reporting._tlsrpt_inbox import MAX_REPORT_BYTES, REPORT_TYPES
 from tlsmta.reporting._tlsrpt_received import Received, TLSRPTInbox
 
 log = Logger(namespace="tlsmta.tlsrpt")
 
 
-_TOO_LARGE = f"a report is at most {MAX_REPORT_BYTES} bytes\n".encode()
+class ReportRequest(BoundedRequest):
+    """A POSTed report's request: at most MAX_REPORT_BYTES of body."""
 
-
-class BoundedRequest(Request):
-    """A request whose body may be at most MAX_REPORT_BYTES: past that (a Content-Length over it,
-    or that many bytes of a chunked body) the peer gets 413 at once and the connection closes."""
-
-    too_large = False
-    _received = 0
-
-    def gotLength(self, length: int | None) -> None:
-        super().gotLength(length if length is None or length <= MAX_REPORT_BYTES else 0)
-        if length is not None and length > MAX_REPORT_BYTES:
-            self._refuse()
-
-    def handleContentChunk(self, data: bytes) -> None:
-        self._received += len(data)
-        if self._received > MAX_REPORT_BYTES:
-            self._refuse()
-        elif not self.too_large:
-            super().handleContentChunk(data)
-
-    def process(self) -> None:
-        if not self.too_large:  # a refused body is never rendered, not even the part that came
-            super().process()
-
-    def _refuse(self) -> None:
-        if self.too_large:
-            return
-        self.too_large = True
-        content: IO[bytes] | None = self.content  # Twisted types it None until gotLength
-        if content is not None:  # a chunked body's temporary file: emptied now, closed with the connection
-            content.seek(0)
-            content.truncate()
-        # The request is not complete, so Request's own response machinery cannot answer yet.
-        transport = self.channel.transport
-        assert transport is not None
-        transport.write(b"HTTP/1.1 413 Content Too Large\r\ncontent-type: text/plain; charset=utf-8\r\n"
-                        b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(_TOO_LARGE), _TOO_LARGE))
-        transport.loseConnection()
+    max_body = MAX_REPORT_BYTES
 
 
 class TLSRPTResource(Resource):
@@ -80,7 +45,7 @@ class TLSRPTResource(Resource):
         if content_type not in REPORT_TYPES:
             return _answer(request, 415, f"send {' or '.join(REPORT_TYPES)}")
         assert request.content is not None
-        body = request.content.read()  # at most MAX_REPORT_BYTES: BoundedRequest refused more
+        body = request.content.read()  # at most MAX_REPORT_BYTES: ReportRequest refused more
         peer = request.getClientAddress()
         source = f"https from {getattr(peer, 'host', peer)}"
 
@@ -119,6 +84,6 @@ def tlsrpt_site(inbox: TLSRPTInbox) -> Site:
     """A twisted.web site with ``/tlsrpt``."""
     root = Resource()
     root.putChild(b"tlsrpt", TLSRPTResource(inbox))
-    site = Site(root, requestFactory=BoundedRequest)
+    site = Site(root, requestFactory=ReportRequest)
     site.noisy = False
     return site
