@@ -171,6 +171,25 @@ def test_gzip_bodies_are_gunzipped_within_the_limit() -> None:
         decode_report("application/json", as_bytes(EXAMPLE))
 
 
+def test_the_report_parts_of_one_mail_share_the_limit() -> None:
+    """Each part within MAX_REPORT_BYTES is not enough: a mail of many small gzip bombs would gunzip
+    to gigabytes at once, so its parts have MAX_REPORT_BYTES between them."""
+    from email.message import EmailMessage
+
+    from tlsmta.reporting._tlsrpt_received import _mail_reports
+
+    padded = gzip.compress(as_bytes(EXAMPLE) + b" " * (MAX_REPORT_BYTES // 4))  # a few kB each
+    mail = EmailMessage()
+    mail["Subject"] = "Report Domain: company-y.example"
+    mail.set_content("four reports")
+    for _ in range(4):
+        mail.add_attachment(padded, maintype="application", subtype="tlsrpt+gzip", filename="r.json.gz")
+    with pytest.raises(ReportError, match="one mail's reports"):
+        _mail_reports(mail.as_bytes())
+    mail.get_payload().pop()  # three fit
+    assert len(_mail_reports(mail.as_bytes())) == 3
+
+
 def test_tlsmtas_own_report_mail_is_read_back() -> None:
     """The inbox reads the RFC 8460 5.3 mail tlsmta's own daily sender writes (multipart/report, +gzip)."""
     mail = report_email(EXAMPLE, "noreply@x.example", f"reports@{INBOX_DOMAIN}", OUR_DOMAIN, "x.example",
