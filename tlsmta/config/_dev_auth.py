@@ -21,9 +21,16 @@ SENDS_OUT = ("mx", "smtp")  # route kinds whose mail leaves the machine
 
 
 class _Listener(Protocol):
-    name: str
-    endpoint: str
-    auth_users_file: str | None
+    """What is asked of a ``[[listener]]`` (the loader's ListenerConfig)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def endpoint(self) -> str: ...
+
+    @property
+    def auth_users_file(self) -> str | None: ...
 
 
 def on_loopback(endpoint: str) -> bool:
