@@ -123,3 +123,14 @@ def test_the_link_check_never_requests_a_url_agent_could_read_as_another_host(ur
     from tlsmta.devrelay._checks import not_checkable
 
     assert not_checkable(url, ["staging.example.com"]) is not None
+
+
+def test_one_link_check_requests_at_most_max_checked_links() -> None:
+    """A mail with thousands of allowed links makes one click request the first MAX_CHECKED_LINKS only."""
+    from tlsmta.devrelay._checks import MAX_CHECKED_LINKS, link_entries
+
+    links = [Link(f"https://staging.example.com/{i}", "link") for i in range(MAX_CHECKED_LINKS + 5)]
+    entries = link_entries([Link("mailto:x@example.com", "link"), *links], ["staging.example.com"])
+    assert sum(entry["skipped"] is None for entry in entries) == MAX_CHECKED_LINKS
+    assert entries[-1]["skipped"] == f"only the first {MAX_CHECKED_LINKS} checkable links are requested"
+    assert entries[0]["skipped"] == "not an http(s) URL"
