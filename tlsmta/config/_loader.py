@@ -24,6 +24,7 @@ import attrs
 from tlsmta.config._address_maps import AddressMap, address_value, load_address_maps, login_value
 from tlsmta.config._dkim import DkimDomain, parse_selector
 from tlsmta.config._door import DnsblZone, Rate, parse_dnsbl, parse_rate
+from tlsmta.config._dev_auth import open_relays
 from tlsmta.config._endpoints import overlaps, port_problem, tcp_address
 from tlsmta.config._milter_addresses import milter_addresses
 from tlsmta.config._redis_address import RedisAddress, parse_redis_url
@@ -433,6 +434,14 @@ def _http_url(value: Any) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname or not text.isascii():
         raise ValueError(f"must be an http:// or https:// URL with a host, in ASCII (got {text!r})")
     return text
+
+
+def _every_route(global_options: Mapping[str, Any], domains: Mapping[str, Mapping[str, Any]],
+                 scopes: list[ScopeTable]) -> list[Route | None]:
+    """Each route the configuration sets (None: the global one is not set, so mx)."""
+    tables = [domains, *(scope.domains for scope in scopes)]
+    return [global_options.get("route"), *(scope.options.get("route") for scope in scopes),
+            *(options.get("route") for table in tables for options in table.values())]
 
 
 def _address(value: Any) -> str:
@@ -1035,6 +1044,9 @@ def from_dict(raw: Mapping[str, Any], path: str = "<config>", environment: Envir
     for key in ("pop3", "imap"):
         if dev[key] and http["maildir"] is None and (route is None or route.kind != "maildir"):
             v.problem("dev", key, "serves the captured mail: needs [http] maildir or a global maildir: route")
+    for name in open_relays(listeners, dev, _every_route(global_options, domains, [*bindings.values(), *groups.values()])):
+        v.problem("dev", "auth", f"accepts any user and password, and listener {name!r} is not on loopback while "
+                  "mail may be routed out (mx, smtp:): anyone could relay; set [dev] auth_users_file")
     if http["webhook_url"] and not http["endpoint"]:
         v.problem("http", "webhook_url", "needs [http] endpoint: the webhook runs with the dev relay's web page")
     if control["socket"] is None:

@@ -17,6 +17,7 @@ from prometheus_client.twisted import MetricsResource
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from tlsmta.network import BoundedRequest
 from tlsmta.tls import RESULT_TYPES
 
 LATENCY_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 24 * 3600, 5 * 24 * 3600)
@@ -181,6 +182,6 @@ def metrics_site(metrics: Metrics) -> Site:
     """A twisted.web site serving /metrics."""
     root = Resource()
     root.putChild(b"metrics", MetricsResource(registry=metrics.registry))
-    site = Site(root)
+    site = Site(root, requestFactory=BoundedRequest)  # max_body 0: a scrape is a GET, no body is read
     site.noisy = False
     return site
