@@ -9,8 +9,10 @@ BIN = $(VENV)/bin
 STAMP = $(VENV)/.installed-stamp
 # Debian packages the tests drive as real peers, each named (never via Recommends):
 # swaks needs libnet-ssleay-perl for TLS; chromium: the dev relay's web page;
-# unbound + ldnsutils: a DNSSEC-signed test zone; dovecot-core + dovecot-lmtpd: the LMTP mailbox server.
-SYSTEM_PACKAGES = postfix swaks libnet-ssleay-perl openssl systemd haproxy chromium unbound ldnsutils testssl.sh dovecot-core dovecot-lmtpd
+# unbound + ldnsutils: a DNSSEC-signed test zone; dovecot-core + dovecot-lmtpd: the LMTP mailbox server;
+# opendkim, opendkim-tools, rspamd: milters, and opendkim -t the independent verifier of our DKIM signatures;
+# redis-server: the fleet's shared state ([cluster]).
+SYSTEM_PACKAGES = postfix swaks libnet-ssleay-perl openssl systemd haproxy chromium unbound ldnsutils testssl.sh dovecot-core dovecot-lmtpd opendkim opendkim-tools rspamd redis-server
 
 .PHONY: run test venv dist system-deps
 

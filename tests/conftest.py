@@ -209,3 +209,13 @@ def certificate_warnings() -> Any:
     globalLogPublisher.addObserver(observer)
     yield captured
     globalLogPublisher.removeObserver(observer)
+
+
+@pytest.fixture
+def redis(tmp_path: Any) -> Any:
+    """A private redis-server for the test (tests/redis_lab.py), stopped by its PID after it."""
+    from redis_lab import RedisServer
+
+    server = RedisServer(tmp_path / "redis")
+    yield server
+    server.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import mailbox
 import os
 import smtplib
+import socket
 import ssl
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -133,3 +134,16 @@ async def run_process(
 
     return await in_thread(run)
 
+
+
+def partial_request(port: int, head: bytes, body_chunks: list[bytes]) -> bytes:
+    """An HTTP request head and only part of its body: all the server answers before it closes
+    the connection (a socket timeout, in a thread, when it waits for the rest instead)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as conn:
+        conn.sendall(head)
+        for chunk in body_chunks:
+            conn.sendall(chunk)
+        answer = b""
+        while data := conn.recv(65536):
+            answer += data
+        return answer

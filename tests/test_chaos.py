@@ -101,6 +101,7 @@ def test_first_rule_added_answers() -> None:
         ({"stage": "MAIL", "code": 452, "recipient": "*@x"}, "recipient applies only at RCPT, DATA, END-OF-DATA"),
         ({"stage": "RCPT", "code": 452, "color": "red"}, "unknown field 'color'"),
         ({"code": 452}, "stage and code are required"),
+        ({"stage": "RCPT", "code": 452, "recipient": "*" * 321}, "at most 320 characters"),
     ],
 )
 def test_bad_rules_are_refused_naming_the_field(fields: dict[str, Any], complaint: str) -> None:
@@ -108,6 +109,20 @@ def test_bad_rules_are_refused_naming_the_field(fields: dict[str, Any], complain
     with pytest.raises(ChaosError) as caught:
         ChaosRules().add_from(fields)
     assert complaint in str(caught.value)
+
+
+def test_the_rules_are_bounded() -> None:
+    """The API is unauthenticated (loopback only): it cannot grow the list every session stage walks without end."""
+    from tlsmta.devrelay._chaos import MAX_RULES
+
+    rules = ChaosRules()
+    for _ in range(MAX_RULES):
+        rules.add("RCPT", 452)
+    with pytest.raises(ChaosError, match=f"at most {MAX_RULES} rules"):
+        rules.add("RCPT", 452)
+    assert len(rules.listing()) == MAX_RULES
+    rules.clear()
+    rules.add("RCPT", 452)
 
 
 def test_default_reply_is_valid_smtp_with_an_enhanced_code() -> None:

@@ -61,3 +61,14 @@ def test_broken_css_never_raises() -> None:
     sheet = parse_stylesheet("p { color: red; @media { a { b: 'c } /* never closed")
     assert sheet.selectors == ("p",)
     assert parse_declarations("color") == ()
+
+
+def test_a_long_run_of_digits_is_read_in_linear_time() -> None:
+    """A mail's style="width: 1111...1" (300k digits) is read at once; the old pattern split the run every way
+    (about half an hour here). A child process with a generous bound: a regression is a timeout, not a hang."""
+    import subprocess
+    import sys
+
+    code = ("from tlsmta.devrelay._css import Declaration\n"
+            "assert Declaration('width', '1' * 300_000 + ' 2px').units == frozenset({'px'})\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

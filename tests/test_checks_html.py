@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from importlib import resources
 
+import pytest
+
 from tlsmta.devrelay._checks_html import Link, caniemail, html_problems, links_of
 
 
@@ -108,3 +110,27 @@ def test_which_links_the_link_check_may_request() -> None:
     assert not_checkable("https://staging.example.com/x", []) == "host not in [http] link_check_hosts"
     assert not_checkable("mailto:bob@example.org", ["example.org"]) == "not an http(s) URL"
     assert not_checkable("http://example.org:http/", ["example.org"]) == "not a valid URL"
+
+
+@pytest.mark.parametrize("url", [
+    "http://internal.test\u00e9@staging.example.com/",  # sent as http://internal.test?@...: Agent asks internal.test
+    "http://internal.test\t@staging.example.com/",  # Agent drops the tab: user@host as the host
+    "http://internal.test\\@staging.example.com/",
+    "http://user:pw@staging.example.com/",
+])
+def test_the_link_check_never_requests_a_url_agent_could_read_as_another_host(url: str) -> None:
+    """The allowed host is what urlsplit reads; a URL Twisted's Agent would send elsewhere is skipped."""
+    from tlsmta.devrelay._checks import not_checkable
+
+    assert not_checkable(url, ["staging.example.com"]) is not None
+
+
+def test_one_link_check_requests_at_most_max_checked_links() -> None:
+    """A mail with thousands of allowed links makes one click request the first MAX_CHECKED_LINKS only."""
+    from tlsmta.devrelay._checks import MAX_CHECKED_LINKS, link_entries
+
+    links = [Link(f"https://staging.example.com/{i}", "link") for i in range(MAX_CHECKED_LINKS + 5)]
+    entries = link_entries([Link("mailto:x@example.com", "link"), *links], ["staging.example.com"])
+    assert sum(entry["skipped"] is None for entry in entries) == MAX_CHECKED_LINKS
+    assert entries[-1]["skipped"] == f"only the first {MAX_CHECKED_LINKS} checkable links are requested"
+    assert entries[0]["skipped"] == "not an http(s) URL"

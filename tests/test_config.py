@@ -1342,3 +1342,30 @@ def test_relay_client_pins_need_tls_and_valid_pins(tmp_path: Path) -> None:
     path = write(tmp_path, '[[listener]]\nendpoint = "tcp:2525"\ntls = "no"\nrelay_client_pins = ["sha1:ab"]\n', name="bad.toml")
     problem = only_problem(path)
     assert problem.key == "relay_client_pins" and "is not a pin" in problem.why
+
+
+@pytest.mark.parametrize("bad, why", [
+    ('["inet:localhost:8891"]', "is not an IP address"),
+    ('["inet:127.0.0.1"]', "needs a port"),
+    ('["unix:relative.sock"]', "must be absolute"),
+    ('["tcp:127.0.0.1:8891"]', "expected inet:HOST:PORT"),
+    ('"inet:127.0.0.1:8891"', "must be a list"),
+])
+def test_milter_addresses_are_checked(tmp_path: Path, bad: str, why: str) -> None:
+    """A listener's milters: inet:IP:PORT, inet6:[IP]:PORT or unix:/PATH; anything else is a problem
+    naming the file, the listener and the key."""
+    path = write(tmp_path, f'[[listener]]\nendpoint = "tcp:2525"\ntls = "no"\nmilters = {bad}\n')
+    problem = only_problem(path)
+    assert_names(problem, path, "listener.0", "milters")
+    assert why in problem.why
+
+
+def test_milter_options_load(tmp_path: Path) -> None:
+    """The milter options reach the listener: addresses in order, default action, timeouts as seconds."""
+    path = write(tmp_path, '[[listener]]\nendpoint = "tcp:2525"\ntls = "no"\n'
+                 'milters = ["inet:127.0.0.1:11332", "inet6:[::1]:8891", "unix:/run/opendkim.sock"]\n'
+                 'milter_default_action = "accept"\nmilter_command_timeout = "10s"\nmilter_content_timeout = "2m"\n')
+    [listener] = load(path).listeners
+    assert listener.milters == ("inet:127.0.0.1:11332", "inet6:[::1]:8891", "unix:/run/opendkim.sock")
+    assert (listener.milter_default_action, listener.milter_connect_timeout) == ("accept", 30.0)
+    assert (listener.milter_command_timeout, listener.milter_content_timeout) == (10.0, 120.0)

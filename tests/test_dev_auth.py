@@ -127,3 +127,42 @@ async def test_dev_users_file_means_real_credentials(tmp_path: Any) -> None:
         assert refused.value.smtp_code == 504
     finally:
         await relay.stop()
+
+
+def open_relay_config(tmp_path: Any, endpoint: str, route: str, **dev: Any) -> dict[str, Any]:
+    return {
+        "global": {"hostname": "localhost", "state_dir": str(tmp_path / "state"), "route": route},
+        "listener": [dev_listener(name="public", endpoint=endpoint)],
+        "spool": {"path": str(tmp_path / "spool")},
+        "dev": {"auth": True, **dev},
+    }
+
+
+@pytest.mark.parametrize("endpoint", ["tcp:0", "tcp:0:interface=0.0.0.0", "haproxy:tcp:0:interface=192.0.2.1"])
+def test_any_credentials_auth_off_loopback_with_mail_routed_out_is_refused(tmp_path: Any, endpoint: str) -> None:
+    """[dev] auth accepts any password and AUTH may relay: on a public address with an mx route that is an
+    open relay, so check-config names [dev] auth and the listener."""
+    from tlsmta.config import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        build_config(open_relay_config(tmp_path, endpoint, "mx"), "dev.toml")
+    assert "dev.toml: [dev] auth: accepts any user and password, and listener 'public' is not on loopback" in str(caught.value)
+    raw = open_relay_config(tmp_path, endpoint, f"maildir:{tmp_path / 'maildir'}")
+    raw["domain"] = {"example.org": {"route": "smtp:[192.0.2.7]:25"}}
+    with pytest.raises(ConfigError, match=r"\[dev\] auth: accepts any user"):
+        build_config(raw, "dev.toml")
+
+
+@pytest.mark.parametrize(("endpoint", "route", "dev"), [
+    ("tcp:0:interface=127.0.0.1", "mx", {}),  # loopback only
+    ("tcp6:0:interface=\\:\\:1", "mx", {}),
+    ("tcp:0", "maildir:{tmp}/maildir", {}),  # a capture: nothing leaves (a dev relay in a container)
+    ("tcp:0", "discard", {}),
+    ("tcp:0", "mx", {"auth_users_file": "{users}"}),  # real passwords
+])
+def test_any_credentials_auth_that_cannot_relay_out_is_allowed(tmp_path: Any, endpoint: str, route: str,
+                                                                dev: dict[str, str]) -> None:
+    users = tmp_path / "users"
+    users.write_text(f"app:{hash_password('pw')}\n")
+    dev = {key: value.format(users=users) for key, value in dev.items()}
+    build_config(open_relay_config(tmp_path, endpoint, route.format(tmp=tmp_path), **dev))

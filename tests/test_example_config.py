@@ -31,7 +31,9 @@ def test_example_mentions_every_option() -> None:
         configuration.CONTROL_OPTIONS,
         configuration.HTTP_OPTIONS,
         configuration.TLSRPT_INBOX_OPTIONS,
+        configuration.CLUSTER_OPTIONS,
         configuration.DEV_OPTIONS,
+        configuration.DKIM_OPTIONS,
     ]
     missing = [name for table in tables for name in table if not re.search(rf"^#? ?{name} =", text, re.M)]
     assert missing == []

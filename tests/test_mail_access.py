@@ -313,3 +313,37 @@ def test_a_reload_keeps_the_running_dev_table_and_says_so(tmp_path: Any) -> None
         "restart required: [dev] pop3 (tcp:0:interface=127.0.0.1 -> tcp:1110:interface=127.0.0.1)",
     ]
     assert keeping_fixed(wanted, running).dev == running.dev
+
+
+@pytest.mark.parametrize("user", [b"mallory\r2026-12-03T12:00:00+0000 [tlsmta#info] forged", b"mallory\x1b[2J", "mall\u202eory"])
+def test_a_login_name_cannot_write_its_own_log_line(user: bytes | str) -> None:
+    """A POP3/IMAP user name is the peer's: CR, escape sequences and bidi controls are escaped in the log."""
+    from twisted.cred.credentials import UsernamePassword
+    from twisted.internet.defer import succeed
+    from twisted.logger import capturedLogs, formatEventAsClassicLogText
+
+    from tlsmta.devrelay._mailaccess import Access, LoginChecker
+
+    class AnyLogin:
+        def check(self, user: str, password: str) -> bool:
+            return True
+
+    access = Access(CapturedMail("/nonexistent"), AnyLogin(), succeed, lambda fn, *args: succeed(fn(*args)))
+    with capturedLogs() as events:
+        LoginChecker(access).requestAvatarId(UsernamePassword(user, b"pw"))
+    lines = [formatEventAsClassicLogText(e) or "" for e in events if "login" in (e.get("log_format") or "")]
+    assert len(lines) == 1
+    assert lines[0].rstrip("\n").isprintable(), repr(lines[0])
+    assert "mall" in lines[0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_pop3_or_imap_off_loopback_is_warned_about(tmp_path: Any) -> None:
+    """Any login reads the whole capture: a listener on every interface says so in the log, one on loopback does not."""
+    from twisted.logger import LogLevel, capturedLogs
+
+    with capturedLogs() as events:
+        relay = await access_relay(tmp_path, pop3="tcp:0:interface=0.0.0.0")
+        await relay.stop()
+    warnings = [e for e in events if e.get("log_level") == LogLevel.warn and "not loopback" in (e.get("log_format") or "")]
+    assert [(e["name"], e["host"]) for e in warnings] == [("POP3", "0.0.0.0")]

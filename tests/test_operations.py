@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from e2e import in_thread, maildir_messages, send_smtplib
+from e2e import in_thread, maildir_messages, partial_request, send_smtplib
 from outbound_lab import DOMAIN, start_receiver
 
 from tlsmta.app.cli import EX_DATAERR, EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE, main
@@ -270,3 +270,19 @@ async def test_reload_swaps_policy_and_refuses_a_bad_file(tmp_path: Any) -> None
     assert len(maildir_messages(str(tmp_path / "a"))) == 1
     assert len(maildir_messages(str(tmp_path / "b"))) == 2  # the bad file changed nothing
     assert problems == [f'{path}: [domain."x.test"] tls_verify: must be one of no, ca, host, optional (got \'maybe\')']
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_metrics_site_reads_no_body() -> None:
+    """/metrics is a GET: a POST with a body is 413 at once, not a body kept in a temporary file."""
+    from twisted.internet import reactor
+
+    from tlsmta.reporting import Metrics, metrics_site
+
+    port = reactor.listenTCP(0, metrics_site(Metrics()), interface="127.0.0.1")
+    head = f"POST /metrics HTTP/1.1\r\nHost: localhost\r\nContent-Length: {1 << 40}\r\n\r\n".encode()
+    try:
+        answer = await in_thread(partial_request, port.getHost().port, head, [b"x" * 1024])
+    finally:
+        await port.stopListening()
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from e2e import in_thread
+from e2e import in_thread, partial_request
 
 from tlsmta.app import _preflight as preflight
 from tlsmta.reporting import Metrics
@@ -144,6 +144,13 @@ def test_malformed_reports_are_refused_with_the_field(data: bytes, reason: str) 
     assert reason in str(info.value)
 
 
+def test_deeply_nested_json_is_a_malformed_report() -> None:
+    """A small body of nested arrays is refused like any bad report (RecursionError made the POST a 500 and a
+    mailed one an internal error retried until it expired)."""
+    with pytest.raises(ReportError, match="nested too deeply"):
+        parse_report(b"[" * 100_000)
+
+
 def test_failure_detail_needs_its_count() -> None:
     """failure-details entries need result-type and failed-session-count."""
     doc = example()
@@ -162,6 +169,25 @@ def test_gzip_bodies_are_gunzipped_within_the_limit() -> None:
         decode_report(GZIP_TYPE, b"not gzip")
     with pytest.raises(ReportError, match="neither"):
         decode_report("application/json", as_bytes(EXAMPLE))
+
+
+def test_the_report_parts_of_one_mail_share_the_limit() -> None:
+    """Each part within MAX_REPORT_BYTES is not enough: a mail of many small gzip bombs would gunzip
+    to gigabytes at once, so its parts have MAX_REPORT_BYTES between them."""
+    from email.message import EmailMessage
+
+    from tlsmta.reporting._tlsrpt_received import _mail_reports
+
+    padded = gzip.compress(as_bytes(EXAMPLE) + b" " * (MAX_REPORT_BYTES // 4))  # a few kB each
+    mail = EmailMessage()
+    mail["Subject"] = "Report Domain: company-y.example"
+    mail.set_content("four reports")
+    for _ in range(4):
+        mail.add_attachment(padded, maintype="application", subtype="tlsrpt+gzip", filename="r.json.gz")
+    with pytest.raises(ReportError, match="one mail's reports"):
+        _mail_reports(mail.as_bytes())
+    mail.get_payload().pop()  # three fit
+    assert len(_mail_reports(mail.as_bytes())) == 3
 
 
 def test_tlsmtas_own_report_mail_is_read_back() -> None:
@@ -305,3 +331,34 @@ def test_check_config_names_the_tlsrpt_inbox_key(tmp_path: Any, pki: Any, table:
     done = subprocess.run([*TLSMTA, "check-config", str(path)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 78
     assert f"{path}: {problem}" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+@pytest_twisted.ensureDeferred
+async def test_a_body_over_the_limit_is_refused_as_it_arrives(tmp_path: Any, chunked: bool) -> None:
+    """413 before the rest of the body is sent (a Content-Length over the limit, or that many bytes of a
+    chunked body), and nothing is kept: twisted.web must not spool an unbounded body to a temp file."""
+    from twisted.internet import reactor
+
+    from tlsmta.reporting import EventBus, TLSRPTInbox, tlsrpt_site
+    from tlsmta.reporting._tlsrpt_received import ReceivedReports
+    from tlsmta.storage import DiskIO
+
+    disk = DiskIO(reactor, threads=1)
+    inbox = TLSRPTInbox(ReceivedReports(str(tmp_path / "received")), disk, EventBus(), reactor)
+    port = reactor.listenTCP(0, tlsrpt_site(inbox), interface="127.0.0.1")
+    head = f"POST /tlsrpt HTTP/1.1\r\nHost: localhost\r\nContent-Type: {JSON_TYPE}\r\n".encode()
+    if chunked:
+        head += b"Transfer-Encoding: chunked\r\n\r\n"
+        chunk = b"{" * 65536
+        chunks = [b"%x\r\n%s\r\n" % (len(chunk), chunk)] * (MAX_REPORT_BYTES // len(chunk) + 1)
+    else:
+        head += f"Content-Length: {1 << 40}\r\n\r\n".encode()
+        chunks = [b"{" * 1024]
+    try:
+        answer = await in_thread(partial_request, port.getHost().port, head, chunks)
+    finally:
+        await port.stopListening()
+        disk.stop()
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+    assert not (tmp_path / "received").exists()

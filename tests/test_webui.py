@@ -15,7 +15,7 @@ from typing import Any
 import attrs
 import pytest
 import pytest_twisted
-from e2e import CLIENT_TIMEOUT, in_thread, start_relay
+from e2e import CLIENT_TIMEOUT, in_thread, partial_request, start_relay
 
 from tlsmta.devrelay import _mailview as mailview
 from tlsmta.devrelay import _search as search
@@ -384,6 +384,48 @@ async def test_foreign_host_header_is_refused(relay: Any) -> None:
     assert (await in_thread(get_json, relay.http_port, "/api/messages"))["count"] == 1
     status, _, _ = await in_thread(web, relay.http_port, "GET", "/api/messages", None, {"Host": "localhost:8025"})
     assert status == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_page_of_another_origin_cannot_change_anything(relay: Any) -> None:
+    """CSRF: a cross-site form POST (text/plain) cannot start the link check, and no request with a foreign
+    Origin may change the relay, even one a browser would let through; the page's own origin may."""
+    await in_thread(send, relay.port, welcome())
+    message_id = (await in_thread(get_json, relay.http_port, "/api/messages"))["messages"][0]["id"]
+    linkcheck = f"/api/messages/{message_id}/linkcheck"
+    form = {"Content-Type": "text/plain"}
+    status, _, _ = await in_thread(web, relay.http_port, "POST", linkcheck, b"x=1", form)
+    assert status == 415
+    host = f"127.0.0.1:{relay.http_port}"
+    for origin in ("http://evil.example", "null", "http://localhost:3000", f"http://{host}.evil.example"):
+        foreign = {"Content-Type": "application/json", "Origin": origin}
+        status, _, _ = await in_thread(web, relay.http_port, "POST", linkcheck, b"{}", foreign)
+        assert status == 403, origin
+        status, _, _ = await in_thread(web, relay.http_port, "DELETE", "/api/messages", None, foreign)
+        assert status == 403, origin
+    assert (await in_thread(get_json, relay.http_port, "/api/messages"))["count"] == 1
+    status, _, _ = await in_thread(web, relay.http_port, "GET", "/api/messages", None, {"Origin": "http://evil.example"})
+    assert status == 200  # reading is the browser's to refuse (no CORS header is ever sent)
+    own = {"Content-Type": "application/json", "Origin": f"http://{host}"}
+    status, _, answer = await in_thread(web, relay.http_port, "POST", linkcheck, b"{}", own)
+    assert status == 200 and "links" in json.loads(answer)
+
+
+@pytest_twisted.ensureDeferred
+async def test_deeply_nested_json_is_a_bad_request(relay: Any) -> None:
+    """A body of nested arrays gets 400 like any bad JSON, not a 500 with a traceback in the log."""
+    status, _, answer = await in_thread(web, relay.http_port, "PUT", "/api/tls-lab", b"[" * 60_000,
+                                        {"Content-Type": "application/json"})
+    assert (status, json.loads(answer)) == (400, {"error": "body is not valid JSON"})
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_body_over_the_largest_a_route_takes_is_refused_as_it_arrives(relay: Any) -> None:
+    """413 as soon as Content-Length says more than the send API takes, before the body is read."""
+    head = (f"POST /api/send HTTP/1.1\r\nHost: 127.0.0.1:{relay.http_port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {1 << 40}\r\n\r\n").encode()
+    answer = await in_thread(partial_request, relay.http_port, head, [b"{" * 1024])
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
 
 
 @pytest_twisted.ensureDeferred

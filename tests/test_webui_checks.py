@@ -250,6 +250,9 @@ async def test_webhook_receiver_down_never_delays_smtp(tmp_path: Any, webhook_lo
          "attachments[0].content is not base64"),
         ({"from": "app@example.com", "to": ["not an address"]}, "not a valid recipient address"),
         ({"from": "app@example.com", "to": ["bob@example.org"], "headers": {"From": "x@y"}}, "cannot be set there"),
+        ({"from": "app@example.com", "to": ["bob@example.org"], "headers": {"X-A\r\nBcc": "x@y"}}, "cannot be set there"),
+        ({"from": "app@example.com", "to": ["bob@example.org"], "headers": {"X A": "v"}}, "cannot be set there"),
+        ({"from": "app@example.com", "to": ["bob@example.org"], "subject": "hi\r\nBcc: x@y"}, "linefeed or carriage return"),
     ],
 )
 @pytest_twisted.ensureDeferred

@@ -1,14 +1,14 @@
 """Twisted network plumbing every shell shares: a Service that owns one
 listening port (SMTP listeners, control socket, metrics, web page),
-TCP_NODELAY for SMTP's small writes, and the types of a connected transport
-and of the reactor.
+TCP_NODELAY for SMTP's small writes, the types of a connected transport
+and of the reactor, and a twisted.web request with a bounded body.
 
 Imports nothing of tlsmta.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import IO, Protocol
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
@@ -27,6 +27,7 @@ from twisted.internet.interfaces import (
     IReactorUNIX,
 )
 from twisted.python.failure import Failure
+from twisted.web.server import Request
 
 
 class IServiceReactor(IReactorCore, IReactorTime, IReactorTCP, IReactorUDP, IReactorUNIX, IReactorSocket, IReactorThreads):
@@ -108,3 +109,46 @@ def set_no_delay(transport: object) -> None:
             set_it(True)
         except OSError:
             pass  # the socket is already gone (the peer left); nothing left to tune
+
+
+class BoundedRequest(Request):
+    """A twisted.web request whose body may be at most ``max_body`` bytes (subclasses set it): past
+    that (a Content-Length over it, or that many bytes of a chunked body) the peer gets 413 at
+    once and the connection closes.  twisted.web itself keeps any body a peer sends in a
+    temporary file before a resource sees it."""
+
+    max_body = 0
+    too_large = False
+    _received = 0
+
+    def gotLength(self, length: int | None) -> None:
+        super().gotLength(length if length is None or length <= self.max_body else 0)
+        if length is not None and length > self.max_body:
+            self._refuse()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        self._received += len(data)
+        if self._received > self.max_body:
+            self._refuse()
+        elif not self.too_large:
+            super().handleContentChunk(data)
+
+    def process(self) -> None:
+        if not self.too_large:  # a refused body is never rendered, not even the part that came
+            super().process()
+
+    def _refuse(self) -> None:
+        if self.too_large:
+            return
+        self.too_large = True
+        content: IO[bytes] | None = self.content  # Twisted types it None until gotLength
+        if content is not None:  # a chunked body's temporary file: emptied now, closed with the connection
+            content.seek(0)
+            content.truncate()
+        # The request is not complete, so Request's own response machinery cannot answer yet.
+        transport = self.channel.transport
+        assert transport is not None
+        text = f"a request body is at most {self.max_body} bytes here\n".encode()
+        transport.write(b"HTTP/1.1 413 Content Too Large\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                        b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(text), text))
+        transport.loseConnection()

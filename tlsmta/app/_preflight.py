@@ -22,6 +22,7 @@ from tlsmta.app._endpoints import endpoint_problem
 from tlsmta.config import Config, Overrides
 from tlsmta.config import from_dict as config_from_dict
 from tlsmta.config import load as load_config
+from tlsmta.delivery import load_signing_key
 from tlsmta.inbound import AuthFileError, UserDB
 from tlsmta.tls import HookError, KeyPairError, check_chains, load_hook, openssl_version, unsupported_groups
 
@@ -99,6 +100,13 @@ class HostEnvironment:
 
     def endpoint(self, text: str) -> str | None:
         return endpoint_problem(text)
+
+    def dkim_key(self, path: str) -> str | None:
+        try:
+            load_signing_key(path)
+        except (ValueError, OSError) as e:
+            return f"DKIM key file {path!r} {e}" if isinstance(e, ValueError) else f"DKIM key file {path!r}: {e.strerror}"
+        return None
 
     def users_file(self, path: str) -> str | None:
         try:

@@ -21,7 +21,7 @@ from tlsmta.config import Config
 # IMAP servers and the logins they check): a reload keeps the running value.
 DEV_FIXED = ("auth", "auth_users_file", "pop3", "pop3_tls", "imap", "imap_tls")
 FIXED_AT_START = ("[spool] path", "[global] state_dir", "[global] hostname", "[control] socket",
-                  "[tlsrpt_inbox] endpoint",
+                  "[tlsrpt_inbox] endpoint", "[cluster]",
                   *(f"[dev] {key}" for key in DEV_FIXED))
 
 
@@ -34,7 +34,15 @@ def fixed_settings(config: Config) -> dict[str, str | None]:
         # The HTTPS endpoint with its certificate: listened on once, at start.
         "[tlsrpt_inbox] endpoint": " ".join(str(config.tlsrpt_inbox[key]) for key in ("endpoint", "tls_certificate", "tls_key"))
         if config.tlsrpt_inbox["endpoint"] else None,
+        "[cluster]": _cluster_words(config.cluster),
     } | {f"[dev] {key}": _word(config.dev[key]) for key in DEV_FIXED}
+
+
+def _cluster_words(cluster: Mapping[str, Any] | None) -> str | None:
+    """The [cluster] table in words (the Redis address without its password): a fleet is joined at start."""
+    if cluster is None:
+        return None
+    return " ".join(f"{key}={value.describe() if key == 'redis' else value}" for key, value in cluster.items())
 
 
 def _word(value: object) -> str | None:
@@ -147,4 +155,5 @@ def keeping_fixed(new: Config, running: Config) -> Config:
         control={**new.control, "socket": running.control["socket"]},
         tlsrpt_inbox=running.tlsrpt_inbox,
         dev=running.dev,
+        cluster=running.cluster,
     )

@@ -28,8 +28,9 @@ from tlsmta.app._control import ControlFactory, prepare_socket_path
 from tlsmta.app._endpoints import CannotListen, naming
 from tlsmta.app._reload_plan import Running, fixed_settings, keeping_fixed, plan, running_of, web_settings
 from tlsmta.app._tlsrpt_inbox_service import TLSRPTInboxService
+from tlsmta.cluster import ClusterService
 from tlsmta.config import Config, ConfigError, ListenerConfig, ListenerTLS, resolve
-from tlsmta.delivery import Deliverer, OutboundPool, Queue, destination_of
+from tlsmta.delivery import Deliverer, DkimSigner, OutboundPool, Queue, destination_of
 from tlsmta.devrelay import (
     ChaosRules,
     FailureRule,
@@ -326,6 +327,16 @@ class TlsmtaService(MultiService):
         self.queue.on_flush = self.pool.backoff.forget
         self.pool.is_self = self.is_own_address
         self.pool.sts = self._sts_resolver()
+        self.pool.dkim = DkimSigner(config.dkim)
+        # [cluster]: leases, rates, broken TLS and MTA-STS shared through Redis (tlsmta.cluster); started
+        # before the queue, so the node has registered (or tried) before its first delivery.
+        self.cluster: ClusterService | None = None
+        if config.cluster is not None:
+            self.cluster = ClusterService(reactor, config.cluster, self.events, self.hostname, lambda: self.queue.stats()[0])
+            self.pool.leases, self.pool.broken_tls = self.cluster.leases, self.cluster.broken_tls
+            if self.pool.sts is not None:  # an MTA-STS policy any node fetched serves all
+                self.pool.sts.cache = self.cluster.shared_sts_cache(self.pool.sts.cache)
+            self.cluster.setServiceParent(self)
         QueueService(self.spool, self.queue).setServiceParent(self)
         self.sink: MessageSink = Intake(local, self.spool, self.queue.add)
         # The dev relay's SMTP failure rules (page, API, fixture); an MTA's listeners have none.
@@ -365,6 +376,8 @@ class TlsmtaService(MultiService):
         )
         self.control.setServiceParent(self)
         self.tlsrpt = TLSRPTService(self)
+        if self.cluster is not None:
+            self.tlsrpt.fleet = self.cluster.reports  # one report per domain and day from the fleet
         self.tlsrpt.setServiceParent(self)
 
     def _sts_resolver(self) -> STSResolver:
@@ -577,6 +590,7 @@ class TlsmtaService(MultiService):
         if new.dns_nameservers != (self.resolver.nameservers or ()):
             self.resolver.nameservers = new.dns_nameservers
         self.pool.reconfigure(hooks, new.queue["max_connections"])
+        self.pool.dkim = DkimSigner(new.dkim)  # keys re-read: a rotated key signs from now on
         self.queue.retry_schedule = tuple(new.queue["retry_schedule"])
         self.queue.max_lifetime = new.queue["max_queue_lifetime"]
         self.queue.soft_bounce, self.queue.delay_warning = new.queue["soft_bounce"], new.queue["delay_warning_time"]

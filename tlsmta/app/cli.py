@@ -633,6 +633,21 @@ def _tlsrpt_received(config: Config, domain: str | None, day_text: str | None) -
     return EX_OK
 
 
+# -- cluster --------------------------------------------------------------------------------
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    """`tlsmta cluster status`: the fleet's nodes and leases, from its Redis."""
+    from twisted.internet.task import react
+
+    from tlsmta.app._cluster_status import run_status
+
+    config = _load(args.config)
+    if config is None:
+        return EX_CONFIG
+    return run_status(config, args.json, out, react)
+
+
 # -- hash-password --------------------------------------------------------------------------
 
 
@@ -753,6 +768,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--day", help="only reports covering this UTC day, YYYY-MM-DD (default: every day kept)")
     t.add_argument("--config", default=argparse.SUPPRESS, help="as above")
     p.set_defaults(func=cmd_tlsrpt)
+
+    p = sub.add_parser("cluster", help="a fleet sharing Redis ([cluster]): its nodes, their queues and leases")
+    csub = p.add_subparsers(dest="action", required=True)
+    c = csub.add_parser("status", help="the live nodes, their queues, and connections held per destination")
+    c.add_argument("--config", default=DEFAULT_CONFIG, help=f"any node's configuration (default {DEFAULT_CONFIG})")
+    c.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_cluster)
 
     p = sub.add_parser("log", help="read tlsmta's logs (text or JSON lines)")
     lsub = p.add_subparsers(dest="action", required=True)

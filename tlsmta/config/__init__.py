@@ -1,8 +1,9 @@
 """Configuration as data and syntax: the TOML loader with its option tables,
 validation that names file, table and key, scope resolution per
 (binding, domain) (``loader``), route strings (``routes``), the
-postmap-style address map files (``address_maps``) and the ``tls``
-option values as enums (``tls_modes``).
+postmap-style address map files (``address_maps``), the ``tls``
+option values as enums (``tls_modes``) and the ``[cluster] redis`` URL
+(``redis_address``).
 
 The bottom of the house: imports nothing of tlsmta but itself, its errors
 and the domain names of ``tlsmta.smtp``, and no OpenSSL.  The checks
@@ -15,6 +16,8 @@ This ``__init__`` is the part's API: other parts import only the names in
 """
 
 from tlsmta.config._address_maps import AddressMap, AddressMapError, split_address
+from tlsmta.config._dkim import DkimDomain
+from tlsmta.config._door import DnsblZone, Rate
 from tlsmta.config._loader import (
     BAD_CERTIFICATE_LAB_MODES,
     CERTIFICATE_LAB_MODES,
@@ -31,6 +34,7 @@ from tlsmta.config._loader import (
     resolve,
     select_binding,
 )
+from tlsmta.config._redis_address import RedisAddress, RedisTransport
 from tlsmta.config._routes import Route, RouteError, parse_route
 from tlsmta.config._tls_modes import DANE_REQUIRED_WORD, ListenerTLS, OutboundTLS
 
@@ -43,6 +47,8 @@ __all__ = [
     "ConfigError",
     "DANE_REQUIRED_WORD",
     "DELIVERY_OPTIONS",
+    "DkimDomain",
+    "DnsblZone",
     "from_dict",
     "LAB_MODES",
     "ListenerConfig",
@@ -52,7 +58,10 @@ __all__ = [
     "Overrides",
     "parse_protocols",
     "parse_route",
+    "Rate",
     "resolve",
+    "RedisAddress",
+    "RedisTransport",
     "Resolved",
     "Route",
     "RouteError",

@@ -33,7 +33,7 @@ def _fields(text: str) -> list[str]:
     return fields
 
 
-def _tcp_parts(endpoint: str) -> tuple[str, dict[str, str]] | None:
+def tcp_parts(endpoint: str) -> tuple[str, dict[str, str]] | None:
     """The port as written and the keyword arguments of a TCP endpoint; None for other kinds."""
     fields = _fields(endpoint)
     while fields and fields[0] in WRAPPERS:
@@ -47,7 +47,7 @@ def _tcp_parts(endpoint: str) -> tuple[str, dict[str, str]] | None:
 
 def port_problem(endpoint: str) -> str | None:
     """Why a TCP endpoint's port is not one, or None (other kinds are checked by Twisted)."""
-    parts = _tcp_parts(endpoint)
+    parts = tcp_parts(endpoint)
     if parts is None:
         return None
     port = parts[0]
@@ -59,7 +59,7 @@ def port_problem(endpoint: str) -> str | None:
 def tcp_address(endpoint: str) -> tuple[int, str] | None:
     """(port, interface) a TCP endpoint binds, "" for every interface; None for other kinds,
     for port 0 (the kernel picks a free one) and for what does not parse (reported elsewhere)."""
-    parts = _tcp_parts(endpoint)
+    parts = tcp_parts(endpoint)
     if parts is None or port_problem(endpoint) is not None or int(parts[0]) == 0:
         return None
     return int(parts[0]), parts[1].get("interface", "")

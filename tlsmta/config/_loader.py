@@ -16,13 +16,18 @@ import os
 import re
 import tomllib
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol, TypeVar
 
 import attrs
 
 from tlsmta.config._address_maps import AddressMap, address_value, load_address_maps, login_value
+from tlsmta.config._dev_auth import open_relays
+from tlsmta.config._dkim import DkimDomain, parse_selector
+from tlsmta.config._door import DnsblZone, Rate, parse_dnsbl, parse_rate
 from tlsmta.config._endpoints import overlaps, port_problem, tcp_address
+from tlsmta.config._milter_addresses import milter_addresses
+from tlsmta.config._redis_address import RedisAddress, parse_redis_url
 from tlsmta.config._routes import Route, RouteError, parse_route
 from tlsmta.config._tls_modes import DANE_REQUIRED_WORD, ListenerTLS, OutboundTLS
 from tlsmta.errors import TlsmtaError
@@ -269,6 +274,20 @@ def _ca_location(value: Any) -> str:
     return path
 
 
+def _rate(value: Any) -> tuple[int, float]:
+    """``"N/PERIOD"``: N messages per PERIOD (a duration), as (N, seconds)."""
+    count, slash, period = _str(value).partition("/")
+    if not slash or not count.strip().isdigit() or int(count) < 1:
+        raise ValueError(f'must be "N/PERIOD" with N at least 1, like "600/1h" (got {value!r})')
+    seconds = _duration()(period.strip())
+    assert seconds is not None
+    return int(count), seconds
+
+
+def _redis_url(value: Any) -> RedisAddress:
+    return parse_redis_url(_str(value))
+
+
 def _route(value: Any) -> Route:
     try:
         return parse_route(_str(value))
@@ -368,6 +387,10 @@ class Environment(Protocol):
         """A server endpoint string: whether tlsmta could listen with it (not whether the port is free)."""
         ...
 
+    def dkim_key(self, path: str) -> str | None:
+        """Whether a DKIM key file holds an RSA or Ed25519 private key tlsmta can sign with."""
+        ...
+
 
 class SyntaxOnly:
     """An :class:`Environment` that finds nothing wrong: syntax and data checks only."""
@@ -399,6 +422,9 @@ class SyntaxOnly:
     def endpoint(self, text: str) -> str | None:
         return None
 
+    def dkim_key(self, path: str) -> str | None:
+        return None
+
 
 SYNTAX_ONLY = SyntaxOnly()
 
@@ -424,6 +450,14 @@ def _http_url(value: Any) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname or not text.isascii():
         raise ValueError(f"must be an http:// or https:// URL with a host, in ASCII (got {text!r})")
     return text
+
+
+def _every_route(global_options: Mapping[str, Any], domains: Mapping[str, Mapping[str, Any]],
+                 scopes: list[ScopeTable]) -> list[Route | None]:
+    """Each route the configuration sets (None: the global one is not set, so mx)."""
+    tables = [domains, *(scope.domains for scope in scopes)]
+    return [global_options.get("route"), *(scope.options.get("route") for scope in scopes),
+            *(options.get("route") for table in tables for options in table.values())]
 
 
 def _address(value: Any) -> str:
@@ -487,6 +521,11 @@ DELIVERY_OPTIONS: dict[str, Option] = {
     "destination_backoff_after": Option(_int(0), 5, "consecutive connection failures before back-off; 0: never"),
     "destination_backoff_min": Option(_duration(), 300.0, "first back-off delay"),
     "destination_backoff_max": Option(_duration(), 3600.0, "longest back-off delay"),
+    # A fleet sharing one Redis ([cluster]): connections to the destination from all nodes together.
+    "cluster_max_connections": Option(_int(1), None, "fleet-wide concurrent connections per destination and binding; "
+                                      "default: no fleet cap"),
+    "cluster_message_rate": Option(_rate, None, 'fleet-wide messages per destination and binding, "N/PERIOD" '
+                                   '(e.g. "600/1h": a burst of up to N, then one every PERIOD/N); default: no limit'),
 }
 
 GLOBAL_ONLY_OPTIONS: dict[str, Option] = {
@@ -546,6 +585,19 @@ LISTENER_OPTIONS: dict[str, Option] = {
     "recipient_maps": Option(_address_maps(address_value), None, "who receives mail for local_domains; others 550 5.1.1"),
     "role": Option(_enum("mx", "submission"), "mx", "submission: AUTH before MAIL, Message-ID/Date added"),
     "sender_login_maps": Option(_address_maps(login_value), None, "sender address or @domain -> logins that may use it"),
+    # Milters (Sendmail/Postfix milter protocol 6), asked in order at MAIL, RCPT and end of message.
+    "milters": Option(milter_addresses, (), 'e.g. ["inet:127.0.0.1:8891", "unix:/run/opendkim/opendkim.sock"]'),
+    "milter_default_action": Option(_enum("tempfail", "accept"), "tempfail", "when a milter is down, stalls or sends garbage"),
+    "milter_connect_timeout": Option(_duration(), 30.0, "connecting to a milter and its option negotiation"),
+    "milter_command_timeout": Option(_duration(), 30.0, "a milter's answer to CONNECT, HELO, MAIL and RCPT"),
+    "milter_content_timeout": Option(_duration(), 300.0, "a milter's answer to each header, body chunk and end of message"),
+    # At the door (tlsmta.inbound._door): postscreen's pregreet test and DNSBL score, anvil's rates.
+    "pregreet_wait": Option(_duration(off=True), None, "hold the greeting this long; a client that talks first gets 554 5.5.1"),
+    "dnsbl": Option(parse_dnsbl, (), 'blocklists: [{zone = "zen.example", weight = 2}, ...]'),
+    "dnsbl_threshold": Option(_int(1), 1, "a client whose listed weights add up to this gets 554 5.7.1"),
+    "dnsbl_timeout": Option(_duration(), 2.0, "the longest the greeting waits for the DNSBL answers"),
+    "max_connection_rate": Option(parse_rate, None, 'per client address, e.g. "30/1m": 421 4.7.0 above it'),
+    "max_message_rate": Option(parse_rate, None, 'MAIL commands per client address, e.g. "100/1h": 450 4.7.1 above it'),
 }
 
 SPOOL_OPTIONS: dict[str, Option] = {
@@ -609,9 +661,27 @@ DEV_OPTIONS: dict[str, Option] = {
     "imap_tls": Option(_enum("starttls", "implicit"), "starttls", "STARTTLS with the dev certificate, or TLS from the first byte"),
 }
 
+# [dkim."DOMAIN"]: signing mail that leaves tlsmta (tlsmta.delivery._dkim).
+DKIM_OPTIONS: dict[str, Option] = {
+    "selector": Option(parse_selector, None, "the s= tag: the public key is the TXT of SELECTOR._domainkey.DOMAIN"),
+    "key_file": Option(_readable_file, None, "PEM RSA (2048 bits or more advised) or Ed25519 private key", "dkim_key"),
+}
+
 CONTROL_OPTIONS: dict[str, Option] = {
     "socket": Option(_path, None, "UNIX socket for `tlsmta queue`; default: state_dir/control.sock"),
     "shutdown_grace": Option(_int(0), 30, "seconds sessions and deliveries may finish after SIGTERM"),
+}
+
+# A fleet of nodes sharing leases, membership and TLS knowledge through Redis (tlsmta.cluster).
+CLUSTER_OPTIONS: dict[str, Option] = {
+    "redis": Option(_redis_url, None, 'redis://HOST[:PORT][/DB], rediss://... (TLS) or unix:/PATH[?db=N]'),
+    "redis_ca": Option(_readable_file, None, "trust anchors for a rediss:// server; default: the system store"),
+    "redis_timeout": Option(_duration(), 0.5, "longest wait for one Redis reply before local limits apply"),
+    "key_prefix": Option(_str, "tlsmta:", "prefix of every key, one per fleet sharing a Redis"),
+    "node_id": Option(_str, None, "this node's name in the fleet; default: the hostname"),
+    "heartbeat": Option(_duration(), 5.0, "how often the node renews its membership and leases"),
+    "node_ttl": Option(_duration(), 15.0, "a node missing heartbeats this long is out of the fleet"),
+    "lease_ttl": Option(_duration(), 30.0, "a crashed node's connection leases free themselves after this"),
 }
 
 BINDING_RULE_OPTIONS: dict[str, Option] = {
@@ -662,6 +732,17 @@ class ListenerConfig:
     recipient_maps: AddressMap | None = None
     role: str = "mx"
     sender_login_maps: AddressMap | None = None
+    milters: tuple[str, ...] = ()
+    milter_default_action: str = "tempfail"
+    milter_connect_timeout: float = 30.0
+    milter_command_timeout: float = 30.0
+    milter_content_timeout: float = 300.0
+    pregreet_wait: float | None = None
+    dnsbl: tuple[DnsblZone, ...] = ()
+    dnsbl_threshold: int = 1
+    dnsbl_timeout: float = 2.0
+    max_connection_rate: Rate | None = None
+    max_message_rate: Rate | None = None
 
 
 @attrs.frozen
@@ -716,6 +797,9 @@ class Config:
     dev: Mapping[str, Any] = attrs.field(factory=lambda: {k: o.default for k, o in DEV_OPTIONS.items()})
     # [dns] nameservers: where every lookup goes; empty: the system's (/etc/resolv.conf).
     dns_nameservers: tuple[tuple[str, int], ...] = ()
+    dkim: Mapping[str, DkimDomain] = attrs.field(factory=dict)  # [dkim."DOMAIN"], by canonical domain
+    # [cluster]: None without it (a single node, today's behaviour).
+    cluster: Mapping[str, Any] | None = None
     # resolve() results; not an init field, so attrs.evolve() starts a fresh one.
     _resolved: dict[tuple[str, str], dict[str, Resolved]] = attrs.field(init=False, factory=dict, eq=False, repr=False)
 
@@ -831,18 +915,26 @@ class _Validator:
     def with_defaults(self, values: Mapping[str, Any], allowed: Mapping[str, Option]) -> dict[str, Any]:
         return {k: values.get(k, o.default) for k, o in allowed.items()}
 
-    def domain_tables(self, raw: Any, parent: str) -> dict[str, dict[str, Any]]:
-        out = {}
-        for name, body in self.table(raw, parent + "domain").items():
-            label = f'{parent}domain."{name}"'
+    def domain_keyed(self, raw: Any, table: str) -> Iterator[tuple[str, str, Any]]:
+        """Each sub-table of ``table`` named by a domain: (canonical domain, its label, its body). A name
+        that is no domain, or names a domain another sub-table named already, is a problem and skipped."""
+        seen: set[str] = set()
+        for name, body in self.table(raw, table).items():
+            label = f'{table}."{name}"'
             try:
                 key = normalize_domain(name)
             except ValueError as e:
                 self.problem(label, None, str(e))
                 continue
-            if key in out:
+            if key in seen:
                 self.problem(label, None, f"names the same domain as another table: {key!r}")
                 continue
+            seen.add(key)
+            yield key, label, body
+
+    def domain_tables(self, raw: Any, parent: str) -> dict[str, dict[str, Any]]:
+        out = {}
+        for key, label, body in self.domain_keyed(raw, parent + "domain"):
             out[key] = self.options(self.table(body, label), label, DELIVERY_OPTIONS)
             _check_pairs(self, out[key], label)
         return out
@@ -897,7 +989,9 @@ _TOP_LEVEL = {
     "control",
     "http",
     "tlsrpt_inbox",
+    "cluster",
     "dev",
+    "dkim",
 }
 
 
@@ -960,6 +1054,7 @@ def from_dict(raw: Mapping[str, Any], path: str = "<config>", environment: Envir
     http = v.with_defaults(v.options(v.table(raw.get("http"), "http"), "http", HTTP_OPTIONS), HTTP_OPTIONS)
     dev = v.with_defaults(v.options(v.table(raw.get("dev"), "dev"), "dev", DEV_OPTIONS), DEV_OPTIONS)
     tlsrpt_inbox = _tlsrpt_inbox(v, raw.get("tlsrpt_inbox"))
+    cluster = _cluster(v, raw.get("cluster"))
     _one_socket_each(v, listeners, metrics["endpoint"], http["endpoint"], tlsrpt_inbox["endpoint"])
     route = global_options.get("route")
     if http["endpoint"] and http["maildir"] is None and (route is None or route.kind != "maildir"):
@@ -967,6 +1062,9 @@ def from_dict(raw: Mapping[str, Any], path: str = "<config>", environment: Envir
     for key in ("pop3", "imap"):
         if dev[key] and http["maildir"] is None and (route is None or route.kind != "maildir"):
             v.problem("dev", key, "serves the captured mail: needs [http] maildir or a global maildir: route")
+    for name in open_relays(listeners, dev, _every_route(global_options, domains, [*bindings.values(), *groups.values()])):
+        v.problem("dev", "auth", f"accepts any user and password, and listener {name!r} is not on loopback while "
+                  "mail may be routed out (mx, smtp:): anyone could relay; set [dev] auth_users_file")
     if http["webhook_url"] and not http["endpoint"]:
         v.problem("http", "webhook_url", "needs [http] endpoint: the webhook runs with the dev relay's web page")
     if control["socket"] is None:
@@ -975,6 +1073,7 @@ def from_dict(raw: Mapping[str, Any], path: str = "<config>", environment: Envir
     nameservers = _nameservers(v, dns_table.pop("nameservers", None))
     dns = _dns(v, dns_table)
     rules = _binding_rules(v, raw.get("binding_rule"), bindings)
+    dkim = _dkim(v, raw.get("dkim"))
 
     _check_pairs(v, global_options, "global")  # domain scopes: checked in domain_tables
 
@@ -1001,7 +1100,36 @@ def from_dict(raw: Mapping[str, Any], path: str = "<config>", environment: Envir
         http=http,
         tlsrpt_inbox=tlsrpt_inbox,
         dev=dev,
+        dkim=dkim,
+        cluster=cluster,
     )
+
+
+def _dkim(v: _Validator, raw: Any) -> dict[str, DkimDomain]:
+    """``[dkim."DOMAIN"]`` tables, each with its selector and key file."""
+    out = {}
+    for domain, label, body in v.domain_keyed(raw, "dkim"):
+        values = v.options(v.table(body, label), label, DKIM_OPTIONS)
+        missing = [key for key in DKIM_OPTIONS if key not in body]
+        for key in missing:
+            v.problem(label, key, "is required")
+        if len(values) == len(DKIM_OPTIONS):
+            out[domain] = DkimDomain(**values)
+    return out
+
+
+def _cluster(v: _Validator, raw: Any) -> dict[str, Any] | None:
+    """``[cluster]``: absent, None; present, it needs ``redis``, and heartbeats more often than the TTLs."""
+    if raw is None:
+        return None
+    given = v.table(raw, "cluster")
+    table = v.with_defaults(v.options(given, "cluster", CLUSTER_OPTIONS), CLUSTER_OPTIONS)
+    if "redis" not in given:
+        v.problem("cluster", "redis", "is required in [cluster]")
+    for key in ("node_ttl", "lease_ttl"):
+        if table[key] <= table["heartbeat"]:
+            v.problem("cluster", key, f"must be longer than heartbeat ({table['heartbeat']:g}s), or live nodes expire")
+    return table
 
 
 def _tlsrpt_inbox(v: _Validator, raw: Any) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Sending mail: the queue with its retry schedule (``mailqueue``), the
 per-destination pool and delivery jobs (``pool``), the choices about one MX
 that ``tlsmta probe`` shares with delivery (``decisions``), MX hosts whose
-TLS handshake failed, remembered (``broken_tls``), the
+TLS handshake failed, remembered (``broken_tls``), the fleet-wide
+connection cap's leases (``leases``) and message rate (``pace``), the
 ``ESMTPSender`` shell (``client``), its LMTP variant and unix sockets
 (``lmtp``) and delivery status notifications (``dsn``).
 
@@ -22,8 +23,11 @@ from tlsmta.delivery._decisions import (
     requirement,
     session_outcome,
 )
+from tlsmta.delivery._dkim import DkimSigner, load_signing_key
+from tlsmta.delivery._leases import NO_LEASE, ConnectionLeases, Lease, LocalLeases, Pacers, lease_key
 from tlsmta.delivery._lmtp import UNIX_SOCKET_PORT, connection_class, lmtp_endpoints, unix_socket_host
 from tlsmta.delivery._mailqueue import Queue, QueueError
+from tlsmta.delivery._pace import Gcra, Rate
 from tlsmta.delivery._pool import Deliverer, OutboundPool
 from tlsmta.delivery._routing import destination_of
 
@@ -34,19 +38,29 @@ __all__ = [
     "BrokenTLSStore",
     "connect",
     "connection_class",
+    "ConnectionLeases",
     "ConnectionBroken",
     "dane_verdict",
     "Deliverer",
+    "DkimSigner",
     "destination_of",
     "EndpointFactory",
+    "Gcra",
     "greeting_failure",
     "lmtp_endpoints",
+    "load_signing_key",
+    "Lease",
+    "lease_key",
+    "LocalLeases",
     "may_skip_tls",
     "MemoryBrokenTLS",
+    "NO_LEASE",
     "OutboundPool",
+    "Pacers",
     "pinned_verdict",
     "Queue",
     "QueueError",
+    "Rate",
     "requirement",
     "session_outcome",
     "tcp_endpoints",

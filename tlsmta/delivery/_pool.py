@@ -37,6 +37,8 @@ from tlsmta.delivery import _decisions as decisions
 from tlsmta.delivery._backoff import BackedOff, Backoff, destination_key
 from tlsmta.delivery._client import ConnectionBroken, EndpointFactory, OutboundSMTP, Timeouts, connect, tcp_endpoints
 from tlsmta.delivery._delivery_log import attempt_summary, recipient_lines, relay_of
+from tlsmta.delivery._dkim import DkimSigner
+from tlsmta.delivery._leases import ConnectionLeases, LocalLeases, lease_key, wait_closed
 from tlsmta.delivery._lmtp import connection_class, lmtp_endpoints, unix_socket_host
 from tlsmta.delivery._outbound_options import backoff_policy, timeouts_of
 from tlsmta.delivery._tlsrpt_route import take_reports
@@ -217,6 +219,7 @@ class Attempt:
     rpt: tuple[bool, str | None, str] | None = None
     message_id: str | None = None  # the first message this connection carries (the verify hook's ctx)
     tls_fallback: str | None = None  # after a failed handshake: why the next connection may use plain text
+    connection: OutboundSMTP | None = None  # once connected; under a fleet cap the next one waits for its close
 
 
 @attrs.frozen
@@ -249,6 +252,7 @@ class Destination:
         self.sessions = 0
         self.key: Any = None  # the pool's key for this destination
         self.backoff_key = destination_key(route, domain)
+        self.lease_key = lease_key(binding, route, domain)  # cluster_max_connections, cluster_message_rate
 
     def submit(self, job: DeliveryJob) -> Deferred[list[RecipientResult]]:
         d: Deferred[list[RecipientResult]] = Deferred()
@@ -270,7 +274,13 @@ class Destination:
 
     async def run_session(self) -> None:
         try:
-            await self._run_session()
+            # cluster_max_connections: wait for a fleet-wide slot (delivery._leases)
+            lease = await self.pool.leases.acquire(self.lease_key, self.options["cluster_max_connections"])
+            try:
+                if self.jobs:  # other sessions may have taken them all during the wait
+                    await self._run_session()
+            finally:
+                lease.release()
         except Exception:
             log.failure("delivery session failed")
             self._fail_queued(Reply.of(451, "4.3.0", "internal error during delivery"))
@@ -307,6 +317,7 @@ class Destination:
                     last = attempt
                     break
                 step = await self._one_connection(attempt, fallback)
+                await self._closed_under_cap(attempt)
                 self.pool.report_attempt(self, attempt)
                 last = attempt
                 if step is _Step.RETRY_PLAIN and fallback is None:
@@ -326,6 +337,12 @@ class Destination:
         if last is not None and last.unreachable and failure.code < 500:
             self.pool.backoff.failed(self.backoff_key, self.pool.reactor.seconds(), backoff_policy(self.options), failure.text)
         self._fail_queued(failure, last)
+
+    async def _closed_under_cap(self, attempt: Attempt) -> None:
+        """Under a fleet cap, the next connection (or the lease's release) waits until this one is
+        gone (QUIT answered, or aborted): the receiver never counts one more than the cap."""
+        if attempt.connection is not None and self.options["cluster_max_connections"] is not None:
+            await wait_closed(self.pool.reactor, attempt.connection)
 
     def requirement(self, mx: str, facts: ExternalFacts) -> Requirement:
         """The strictest of the local options and what MTA-STS, DANE and the message ask, for ``mx``."""
@@ -439,6 +456,7 @@ class Destination:
             attempt.failure = Reply.of(451, "4.4.1", f"connect to {attempt.mx}[{attempt.ip}]:{attempt.port}: {_connect_error(e)}")
             attempt.unreachable = True
             return _Step.NEXT_HOST
+        attempt.connection = proto
         try:
             step, caps = await self._greet(proto, attempt, fallback)
             if step is not None:
@@ -619,6 +637,7 @@ class Destination:
             job, d = item
             item = None
             try:
+                await self.pool.leases.pace(self.lease_key, self.options["cluster_message_rate"])
                 results = await self.pool.transaction(proto, job, caps, attempt)
             except ConnectionBroken as e:
                 results = results_for(job, Reply.of(451, "4.4.2", f"{attempt.mx}[{attempt.ip}]: {e.reason}"), attempt.mx, True)
@@ -675,7 +694,9 @@ class OutboundPool:
         self._waiting: deque[Destination] = deque()
         self.backoff = Backoff()  # destinations that keep failing wait (destination_backoff_*)
         self.broken_tls: broken_tls.BrokenTLSStore = broken_tls.MemoryBrokenTLS()  # tls_remember_broken
+        self.leases: ConnectionLeases = LocalLeases(reactor)  # cluster_* limits; a fleet's are in Redis
         self.sts: STSResolver | None = None  # MTA-STS discovery; the service sets it
+        self.dkim: DkimSigner | None = None  # [dkim] keys; the service sets it, and again on reload
         self.tlsrpt: Any = None  # a tlsrpt.TLSRPTStore recording each attempt's TLS result
 
     # -- jobs ---------------------------------------------------------------------------
@@ -853,6 +874,10 @@ class OutboundPool:
 
     async def _body_chunks(self, message_id: str) -> AsyncIterator[bytes]:
         path = self.spool.body_path(message_id)
+        if self.dkim:  # signed as it leaves, after every header change (delivery._dkim)
+            signature = await self.disk.run(self.dkim.signature_of_file, path)
+            if signature:
+                yield signature
         fd = await self.disk.run(os.open, path, os.O_RDONLY)
         try:
             while True:

@@ -32,6 +32,8 @@ STAGES = tuple(stage.value for stage in Stage)
 _RECIPIENT_STAGES = (Stage.RCPT, Stage.DATA, Stage.END_OF_DATA)
 _STATUS = re.compile(r"([45])\.\d{1,3}\.\d{1,3}")
 _TEXT_LIMIT = 400  # leaves room for code and status in RFC 5321's 512-octet reply line
+_RECIPIENT_LIMIT = 320  # a glob over one address (RFC 5321 4.5.3.1: 64 + 1 + 255)
+MAX_RULES = 100  # every session stage walks the list, and the page shows it whole
 
 
 class ChaosError(TlsmtaError, ValueError):
@@ -102,8 +104,9 @@ def _times(value: Any) -> int | None:
 def _recipient(value: Any, stage: Stage) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or not value.strip():
-        raise ChaosError(f"recipient must be an address or a glob such as '*@example.test' (got {value!r})")
+    if not isinstance(value, str) or not value.strip() or len(value) > _RECIPIENT_LIMIT:
+        raise ChaosError(f"recipient must be an address or a glob such as '*@example.test', at most "
+                         f"{_RECIPIENT_LIMIT} characters (got {value[:40] if isinstance(value, str) else value!r})")
     if stage not in _RECIPIENT_STAGES:
         raise ChaosError(f"recipient applies only at {', '.join(s.value for s in _RECIPIENT_STAGES)}")
     return value.strip()
@@ -136,6 +139,8 @@ class ChaosRules:
         reply = failure_reply(code, text, status, stage)
         chance, count, pattern = _probability(probability), _times(times), _recipient(recipient, stage)
         with self._lock:
+            if len(self._rules) >= MAX_RULES:
+                raise ChaosError(f"at most {MAX_RULES} rules at once: remove some first")
             rule = FailureRule(self._next_id, stage, reply, chance, count, pattern)
             self._next_id += 1
             self._rules.append(rule)

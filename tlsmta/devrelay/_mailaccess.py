@@ -33,6 +33,7 @@ from tlsmta.config import Config, parse_protocols
 from tlsmta.devrelay._capture import CapturedMail, MessageNotFound
 from tlsmta.devrelay._devcert import ensure_dev_certificate
 from tlsmta.devrelay._tlslab import dev_names
+from tlsmta.devrelay._webui import host_allowed
 from tlsmta.network import IServiceReactor, PortService
 from tlsmta.reporting import EventBus
 from tlsmta.tls import ServerTLS, server_context
@@ -124,7 +125,8 @@ class LoginChecker:
         password = _text(credentials.password)
 
         def decided(ok: bool) -> bytes | tuple[()]:
-            log.info("POP3/IMAP login {user}: {result}", user=user, result="ok" if ok else "refused")
+            # !r: the name is the peer's, and a CR or an escape sequence in it must not reach the log raw.
+            log.info("POP3/IMAP login {user!r}: {result}", user=user, result="ok" if ok else "refused")
             if not ok:
                 raise UnauthorizedLogin("wrong user name or password")
             return user.encode("utf-8")
@@ -169,6 +171,10 @@ class MailAccessService(PortService):
     def listening(self, port: IListeningPort) -> None:
         super().listening(port)
         address = port.getHost()
+        if not host_allowed(str(getattr(address, "host", ""))):
+            log.warn("{name} listens on {host}, not loopback: whoever logs in reads every captured message "
+                     "(without [dev] auth_users_file any user name and password log in)",
+                     name=self.key.upper(), host=getattr(address, "host", address))
         log.info("{name} over the captured mail on {host}:{port} ({tls})", name=self.key.upper(),
                  host=getattr(address, "host", address), port=getattr(address, "port", ""),
                  tls="implicit TLS" if self.tls is not None else "STARTTLS offered")

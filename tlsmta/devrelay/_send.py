@@ -17,6 +17,7 @@ import base64
 import binascii
 import email.policy
 import email.utils
+import re
 from email.message import EmailMessage
 from typing import Any
 
@@ -24,6 +25,7 @@ import attrs
 
 from tlsmta.errors import TlsmtaError
 
+_FIELD_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]+")  # RFC 5322 3.6.8 ftext: no space, colon or control
 # Headers the API writes from its own fields; "headers" may not set them twice.
 OWN_HEADERS = frozenset({"from", "to", "cc", "bcc", "subject", "content-type", "content-transfer-encoding",
                          "mime-version"})
@@ -91,6 +93,15 @@ def _attach(message: EmailMessage, index: int, item: Any) -> None:
 
 def build_message(body: Any, hostname: str) -> Outgoing:
     """The message a send request describes; :class:`SendError` for a bad field."""
+    try:
+        return _build(body, hostname)
+    except SendError:
+        raise
+    except ValueError as e:  # what the email package refuses in a header (a CR or LF in a value)
+        raise SendError(f"cannot make a message of it: {e}") from None
+
+
+def _build(body: Any, hostname: str) -> Outgoing:
     if not isinstance(body, dict):
         raise SendError('send a JSON object: {"from": ..., "to": [...], "subject": ..., "text": ...}')
     sender = _text(body, "from")
@@ -111,7 +122,7 @@ def build_message(body: Any, hostname: str) -> Outgoing:
     if not isinstance(extra, dict) or not all(isinstance(v, str) for v in extra.values()):
         raise SendError('"headers" must be an object of strings')
     for name, value in extra.items():
-        if name.lower() in OWN_HEADERS or not name.isascii() or ":" in name or not name.strip():
+        if name.lower() in OWN_HEADERS or not _FIELD_NAME.fullmatch(name):
             raise SendError(f'"headers": {name!r} cannot be set there')
         message[name] = value
     if "Date" not in message:

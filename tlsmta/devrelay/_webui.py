@@ -8,6 +8,9 @@ out of it even so:
 - PUT and POST need ``Content-Type: application/json`` and DELETE is not a
   "simple" method, so a cross-site form or fetch cannot change anything
   without a CORS preflight, which is never answered;
+- and whatever a browser lets through, a request that would change something
+  (any method but GET and HEAD) with an ``Origin:`` other than the page's own
+  gets 403 (:func:`same_origin`);
 - mail is untrusted: the page inserts every string with ``textContent``,
   and a message's HTML is served with ``Content-Security-Policy: sandbox``
   into an ``<iframe sandbox>`` (no scripts, an opaque origin, no remote
@@ -41,7 +44,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from importlib import resources
 from typing import Any, Protocol
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import attrs
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -63,9 +66,9 @@ from tlsmta.devrelay._search import TAG, parse_instant
 from tlsmta.devrelay._send import SendError
 from tlsmta.devrelay._tlslab import LabError, LabListener, lab_applies
 from tlsmta.devrelay._webhook import Webhook
-from tlsmta.devrelay._webui_tools import MessageTools
+from tlsmta.devrelay._webui_tools import SEND_MAX_BODY, MessageTools
 from tlsmta.errors import TlsmtaError
-from tlsmta.network import IServiceReactor, PortService
+from tlsmta.network import BoundedRequest, IServiceReactor, PortService
 from tlsmta.reporting import EventBus
 from tlsmta.smtp import says_tls_required_no
 from tlsmta.storage import QueuedMessage
@@ -112,6 +115,13 @@ def host_allowed(host: str | None, allowed: Iterable[str] = ()) -> bool:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False
+
+
+def same_origin(origin: str, host: str) -> bool:
+    """Whether a browser's ``Origin:`` is the page at ``Host:`` itself (``null``, another port or
+    another loopback name is another origin)."""
+    parts = urlsplit(origin.strip())
+    return parts.scheme in ("http", "https") and parts.netloc.lower() == host.strip().lower()
 
 
 class HTTPError(TlsmtaError):
@@ -327,6 +337,11 @@ class WebUI(Resource):
             return NOT_DONE_YET
         request.notifyFinish().addErrback(lambda _: setattr(request, "tlsmta_gone", True))  # the client left
         method = request.method.decode("ascii", "replace")
+        origin = request.getHeader(b"origin")
+        if method not in ("GET", "HEAD") and origin is not None and not same_origin(origin.decode("latin-1"),
+                                                                                     (host or b"").decode("latin-1")):
+            self._finish(request, json_reply({"error": "a page of another origin may not change the dev relay"}, 403))
+            return NOT_DONE_YET
         path = [segment.decode("utf-8", "replace") for segment in request.postpath or []]
         if path and path[-1] == "" and len(path) > 1:
             path = path[:-1]
@@ -366,7 +381,7 @@ class WebUI(Resource):
             raise HTTPError(413, "request body too large")
         try:
             return json.loads(data or b"{}")
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested past Python's stack
             raise HTTPError(400, "body is not valid JSON") from None
 
     # -- routes ---------------------------------------------------------------------------
@@ -610,6 +625,12 @@ class WebUI(Resource):
         return json_reply(self._lab_state())
 
 
+class _APIRequest(BoundedRequest):
+    """No body larger than the largest a route takes (the send API's) is read at all."""
+
+    max_body = SEND_MAX_BODY
+
+
 class _QuietSite(Site):
     """A Site without the access log: the page polls nothing, but streams and refetches."""
 
@@ -639,7 +660,7 @@ class WebService(PortService):
             self.web.stream.listeners.append(self.webhook.on_changes)
         self.web.stream.start()
         self.web.stream.refresh()  # index what is there before the first arrival
-        site = _QuietSite(self.web, reactor=self.reactor)
+        site = _QuietSite(self.web, reactor=self.reactor, requestFactory=_APIRequest)
         self.listen_on(serverFromString(self.reactor, self.endpoint).listen(site))
 
     def listening(self, port: IListeningPort) -> None:

@@ -29,6 +29,7 @@ from tlsmta.smtp import says_tls_required_no
 from tlsmta.storage import QueuedMessage
 
 SEND_MAX_BODY = 25 * 1024 * 1024  # a JSON message with base64 attachments
+LINKCHECK_MAX_BODY = 1024  # "{}"
 
 Answer = tuple[Any, int]  # a JSON value and the HTTP status to send it with
 
@@ -54,6 +55,7 @@ class MessageTools:
         if len(api) == 3 and api[0] == "messages" and api[2] == "checks" and method == "GET":
             return self.run_blocking(self._checks, api[1])
         if len(api) == 3 and api[0] == "messages" and api[2] == "linkcheck" and method == "POST":
+            json_body(LINKCHECK_MAX_BODY)  # no fields, but a JSON POST: no cross-site form can start it
             return self.run_blocking(self._links, api[1]).addCallback(self._checked)
         return None
 

@@ -10,7 +10,7 @@ This ``__init__`` is the part's API: other parts import only the names in
 """
 
 from tlsmta.discovery._dane import TLSARecord, tlsa_name, verify_chain
-from tlsmta.discovery._mtasts import CachedPolicy, PolicyFetcher, STSCache, STSResolver
+from tlsmta.discovery._mtasts import CachedPolicy, PolicyFetcher, STSCache, STSError, STSResolver, parse_policy
 from tlsmta.discovery._published import ExternalFacts, describe_facts, gather_facts
 from tlsmta.discovery._resolver import (
     DNSError,
@@ -33,9 +33,11 @@ __all__ = [
     "gather_facts",
     "MXHost",
     "OfflineBackend",
+    "parse_policy",
     "PolicyFetcher",
     "Resolver",
     "STSCache",
+    "STSError",
     "STSResolver",
     "tlsa_name",
     "TLSARecord",

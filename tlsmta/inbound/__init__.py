@@ -5,8 +5,9 @@
 sender-login check (``sender_login``), ``Date:``/``Message-ID:`` on
 submission (``submission``), the PROXY header from trusted proxies (``proxyheader``, with
 Twisted's private header parsers behind ``haproxy_private``), the
-``reuseport:`` endpoint, the ``Received:`` header, and where an accepted
-message goes (``intake``).
+``reuseport:`` endpoint, the ``Received:`` header, where an accepted
+message goes (``intake``), and milters (``milter_protocol``, pure; ``milter``,
+the shell).
 
 May import smtp, tls, discovery (reverse names), storage, reporting and
 config; never delivery (the outbound stack).

@@ -55,7 +55,7 @@ class Intake:
         return True
 
     def open(self, envelope: Envelope, throttle: Throttle = NO_THROTTLE) -> Any:
-        if all(r.route.is_local for r in envelope.recipients):
+        if all(r.route.is_local for r in envelope.recipients) and not envelope.held:  # a Maildir cannot hold
             return self.local.open(envelope, throttle)
         message = QueuedMessage.from_envelope(envelope)
         writer, _ = self.spool.writer(message, throttle)

@@ -59,6 +59,9 @@ from tlsmta.inbound._acceptance import (
     in_networks,
 )
 from tlsmta.inbound._auth import Credentials
+from tlsmta.inbound._door import Door
+from tlsmta.inbound._milter import Outcome, SessionMilters, milters_for
+from tlsmta.inbound._milter_protocol import Rcpt
 from tlsmta.inbound._received import TraceFacts, received_header
 from tlsmta.inbound._recipients import check_mailbox_name, expand_recipient
 from tlsmta.inbound._sender_login import check_sender_login
@@ -185,11 +188,13 @@ class InboundSMTP(smtp.ESMTP):
         self._abort_timer: IDelayedCall | None = None
         self._session_timer: IDelayedCall | None = None
         self._auth_delay: IDelayedCall | None = None
+        self._pregreet_timer: IDelayedCall | None = None
         self._replies_blocked = False  # the transport holds too many unsent replies
         self._client_verify_counted = False
         self._reverse_lookup: Deferred[list[str]] | None = None
         self.reverse_names: list[str] | None = None
         self.session_log = SessionLog(runtime.events, runtime.listener.name, self.clock.seconds())
+        self.milters = milters_for(runtime.listener, runtime.events)
 
     def callLater(self, period: float, func: Callable[[], object]) -> IDelayedCall:
         """TimeoutMixin's scheduler (and ours), on this session's clock."""
@@ -262,9 +267,39 @@ class InboundSMTP(smtp.ESMTP):
         # Stop reading commands while our replies pile up unread (a client that never reads).
         self.transport.registerProducer(_ReplyBackpressure(self), True)
         set_no_delay(self.transport)  # replies are small writes; never hold one for an ACK
-        self.transport.write(self.session.greeting().wire())
-        self.setTimeout(self.runtime.listener.idle_timeout)
         self._session_timer = self.callLater(self.runtime.listener.session_timeout, self._session_deadline)
+        self._screen_then_greet()
+
+    def _screen_then_greet(self) -> None:
+        """Greet now, or after ``pregreet_wait`` and the DNSBL answers, whichever comes later."""
+        listener, door = self.runtime.listener, self.factory.door if self.factory is not None else None
+        if door is None or in_networks(self.peer_ip, listener.relay_networks) or not (listener.pregreet_wait or listener.dnsbl):
+            self._greet()
+            return
+        self.session.hold_greeting()
+        waited = Deferred[None]()
+        if listener.pregreet_wait:
+            self._pregreet_timer = self.callLater(listener.pregreet_wait, lambda: waited.callback(None))
+        else:
+            waited.callback(None)
+        lookup = self.runtime.resolver.addresses if self.runtime.resolver is not None else None
+        verdict = door.screen(listener, self.peer_ip, lookup, self.runtime.events)
+        verdict.addCallback(lambda refusal: waited.addCallback(lambda _: refusal)).addCallback(self._screened)
+
+    def _screened(self, refusal: Refusal | None) -> None:
+        if self.state is Phase.CLOSED:
+            return  # an early talker, already answered, or gone
+        if refusal is not None:
+            self.session_log.refused = refusal.reason
+            self.session.turn_away(refusal.reply)
+            self._pump(closing=True)
+            return
+        self._greet()
+        self._pump()  # the session reads nothing before its greeting
+
+    def _greet(self) -> None:
+        self.transport.write(self.session.greet().wire())
+        self.setTimeout(self.runtime.listener.idle_timeout)
 
     def close(self) -> None:
         """Close after what was written is sent, but never wait for the peer forever:
@@ -275,7 +310,7 @@ class InboundSMTP(smtp.ESMTP):
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self.setTimeout(None)
-        for timer in (self._abort_timer, self._session_timer, self._auth_delay):
+        for timer in (self._abort_timer, self._session_timer, self._auth_delay, self._pregreet_timer):
             if timer is not None and timer.active():
                 timer.cancel()
         if self.tls_active and self.tls_facts is None and reason is not None and reason.check(SSL.Error):
@@ -284,6 +319,8 @@ class InboundSMTP(smtp.ESMTP):
             self._writer.abort()
             self._log_transaction(self._envelope, self.session.data_received, "connection lost during DATA")
         self.session.connection_lost()
+        if self.milters is not None:
+            self.milters.close()
         if self.factory is not None:
             self.factory.release(self)
         self.session_log.disconnected(self.clock.seconds(), self._tls_fields())
@@ -388,6 +425,8 @@ class InboundSMTP(smtp.ESMTP):
         self.setTimeout(self.runtime.listener.idle_timeout)
 
     def _close(self, event: Close) -> None:
+        if self.session.talked_early:
+            self.session_log.refused = "pregreet: talked before the greeting"
         self.close()
 
     def _mail_allowed(self, question: MailAllowed) -> None:
@@ -409,8 +448,12 @@ class InboundSMTP(smtp.ESMTP):
             self.runtime.events.emit("client_verify", quiet=True, tls_verify=listener.tls_verify, verified=verdict.outcome.word)
         check_client_certificate(VerifyMode(listener.tls_verify), self.tls_active, verdict)
         self._check_sender_login(question.sender)
+        self._check_message_rate()
         self._check_free_space(question.size)
-        self.session.accept()
+        if question.sender is None:  # the MAIL syntax error is answered now
+            self.session.accept()
+            return
+        self._ask_milters(question, lambda m: m.mail(self, question.sender or ""), self.session.accept)
 
     def _check_sender_login(self, sender: str | None) -> None:
         try:
@@ -419,6 +462,17 @@ class InboundSMTP(smtp.ESMTP):
             self.runtime.events.emit("mail_refused", peer=self.peer_ip, sender=sender, auth=self.authenticated_as,
                                      code=refusal.code, text=refusal.text, reason=refusal.reason)
             raise
+
+    def _check_message_rate(self) -> None:
+        """450 4.7.1 at MAIL past the listener's max_message_rate for this client address."""
+        listener = self.runtime.listener
+        if self.factory is None or in_networks(self.peer_ip, listener.relay_networks):
+            return
+        refusal = self.factory.door.message_refusal(listener, self.peer_ip)
+        if refusal is not None:
+            self.runtime.events.emit("refused", listener=listener.name, peer=self.peer_ip, reason=refusal.reason,
+                                     code=refusal.reply.code, text=refusal.reply.text)
+            raise Reject(refusal.reply.code, refusal.reply.text)
 
     def _check_free_space(self, declared_size: int | None) -> None:
         """452 4.3.1 at MAIL when the spool's filesystem cannot take the message and keep [spool] min_free."""
@@ -458,7 +512,8 @@ class InboundSMTP(smtp.ESMTP):
             self.runtime.events.emit("rcpt_rejected", peer=self.peer_ip, sender=self.sender, rcpt=address,
                                      reason=refusal.reason)
             raise
-        self.session.accept_recipients(records)
+        self._ask_milters(question, lambda m: m.rcpt(Rcpt(address, macros=m.macros(self, rcpt=address))),
+                          lambda: self.session.accept_recipients(records))
 
     def _recipients_for(self, address: str, domain: str) -> list[tuple[Recipient, tuple[str, str]]]:
         """The recipients an accepted RCPT adds, each with the (local part, domain) it is kept once by:
@@ -478,6 +533,28 @@ class InboundSMTP(smtp.ESMTP):
             raise Reject(451, f"4.3.2 Error: cannot deliver to route {route} yet")
         check_mailbox_name(address, route)
         return Recipient(address, route, binding)
+
+    def _ask_milters(self, question: object, ask: Callable[[SessionMilters], Any], go_on: Callable[[], None]) -> None:
+        """The milter hook (MAIL, RCPT): their refusal answers the question, else ``go_on``."""
+        if self.milters is None:
+            go_on()
+            return
+
+        def answered(outcome: Outcome) -> None:
+            refusal = outcome.refusal
+            self._settle(question, go_on if refusal is None else lambda: self.session.refuse(refusal))
+
+        def broken(failure: Failure) -> None:
+            log.failure("asking the milters failed", failure)
+            self._settle(question, self.session.fail)
+
+        Deferred.fromCoroutine(ask(self.milters)).addCallbacks(answered, broken)
+
+    def recipient_for_milter(self, address: str) -> Recipient:
+        """The record of a recipient a milter added (the milter is trusted: no relay check)."""
+        domain = _recipient_domain(address.rpartition("@")[2] or self.hostname)
+        binding = self._binding_for(address, domain)
+        return Recipient(address, resolve(self.runtime.config, domain, binding)["route"].value, binding)
 
     def _standing(self) -> ClientStanding:
         verdict = self.client_verdict()
@@ -517,8 +594,12 @@ class InboundSMTP(smtp.ESMTP):
             auth_user=self.authenticated_as,
             tls=self._receipt_fields(),
         )
+        writer: MessageWriter
         try:
-            writer = self.runtime.sink.open(envelope, Throttle(lambda: self._pause("disk"), lambda: self._resume("disk")))
+            if self.milters is not None:  # held until the milters answered its end
+                writer = self.milters.writer(self, self.runtime.sink, envelope)
+            else:
+                writer = self.runtime.sink.open(envelope, Throttle(lambda: self._pause("disk"), lambda: self._resume("disk")))
         except OSError as e:
             log.error("cannot open a message for writing: {error}", error=e)
             raise _refusal(StoreError.from_os_error(e)) from None
@@ -716,6 +797,7 @@ class InboundFactory(protocol.ServerFactory):
         self.sessions: set[InboundSMTP] = set()
         self.connections_total = 0  # sessions admitted since start
         self.per_ip: dict[str, int] = {}
+        self.door = Door(clock if clock is not None else installed_reactor())
 
     def buildProtocol(self, addr: Any) -> InboundSMTP:
         return InboundSMTP(self.runtime, self, self.clock)
@@ -729,6 +811,9 @@ class InboundFactory(protocol.ServerFactory):
         exempt = in_networks(ip, listener.relay_networks)
         if not exempt and self.per_ip.get(ip, 0) >= listener.max_connections_per_ip:
             return "too many connections from your address"
+        rate_refusal = None if exempt else self.door.connection_refusal(listener, ip)
+        if rate_refusal is not None:
+            return rate_refusal
         self.sessions.add(session)
         self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
         self.connections_total += 1

@@ -11,12 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.twisted import MetricsResource
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from tlsmta.network import BoundedRequest
 from tlsmta.tls import RESULT_TYPES
 
 LATENCY_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 24 * 3600, 5 * 24 * 3600)
@@ -67,6 +68,11 @@ class Metrics:
                                       ["outcome"], registry=r)
         self.tlsrpt_failures = Counter("tlsmta_tlsrpt_reported_failures", "Failed sessions other senders reported, by result type",
                                        ["result_type"], registry=r)
+        # A fleet ([cluster]): whether Redis answers, and sessions let through on local limits meanwhile.
+        self.cluster_redis_up = Gauge("tlsmta_cluster_redis_up", "1 while the fleet's Redis answers, 0 on local limits",
+                                      ["node"], registry=r)
+        self.cluster_local_leases = Counter("tlsmta_cluster_local_leases", "Connection leases granted on local limits "
+                                            "(1/N of the fleet cap) while Redis was away", registry=r)
         if queue_gauges is not None:
             r.register(_QueueCollector(queue_gauges))
         if certificates is not None:
@@ -115,6 +121,12 @@ class Metrics:
     def _on_tlsrpt_reported_failure(self, f: Mapping[str, Any]) -> None:
         result_type = f.get("result_type") if f.get("result_type") in RESULT_TYPES else "other"
         self.tlsrpt_failures.labels(result_type).inc(int(f.get("sessions") or 0))
+
+    def _on_cluster_redis(self, f: Mapping[str, Any]) -> None:
+        self.cluster_redis_up.labels(f.get("node") or "-").set(1 if f.get("state") == "up" else 0)
+
+    def _on_cluster_local_lease(self, f: Mapping[str, Any]) -> None:
+        self.cluster_local_leases.inc()
 
     def _on_tls_inbound(self, f: Mapping[str, Any]) -> None:
         self.handshakes.labels("inbound", f.get("protocol") or "-", "ok").inc()
@@ -170,6 +182,6 @@ def metrics_site(metrics: Metrics) -> Site:
     """A twisted.web site serving /metrics."""
     root = Resource()
     root.putChild(b"metrics", MetricsResource(registry=metrics.registry))
-    site = Site(root)
+    site = Site(root, requestFactory=BoundedRequest)  # max_body 0: a scrape is a GET, no body is read
     site.noisy = False
     return site

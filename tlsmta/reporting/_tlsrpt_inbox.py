@@ -6,7 +6,8 @@ Pure: bytes in, frozen values or a :class:`ReportError` with the reason out.
   multipart/report whose part is ``application/tlsrpt+gzip`` or
   ``application/tlsrpt+json``);
 - :func:`decode_report`: one part's or one HTTPS POST's body (section 5.2),
-  gunzipped within :data:`MAX_REPORT_BYTES` (a gzip bomb stops there);
+  gunzipped within :data:`MAX_REPORT_BYTES` (a gzip bomb stops there; the
+  report parts of one mail share that limit);
 - :func:`parse_report`: the section 4 JSON, checked field by field against
   the schema (section 4.4); unknown result types are kept (the registry
   grows, section 6.4);
@@ -105,21 +106,22 @@ def reports_in_mail(message: bytes) -> list[tuple[str, bytes]]:
     return found
 
 
-def decode_report(content_type: str, body: bytes) -> bytes:
-    """The JSON bytes of a report body of ``content_type`` (gunzipped for +gzip), at most MAX_REPORT_BYTES."""
+def decode_report(content_type: str, body: bytes, limit: int = MAX_REPORT_BYTES) -> bytes:
+    """The JSON bytes of a report body of ``content_type`` (gunzipped for +gzip), at most ``limit``."""
     content_type = content_type.split(";", 1)[0].strip().lower()
     if content_type == JSON_TYPE:
         data = body
     elif content_type == GZIP_TYPE:
         try:
             with gzip.GzipFile(fileobj=io.BytesIO(body)) as unzipped:
-                data = unzipped.read(MAX_REPORT_BYTES + 1)
+                data = unzipped.read(limit + 1)
         except (OSError, EOFError, zlib.error) as e:
             raise ReportError(f"{GZIP_TYPE} body does not gunzip: {e}") from None
     else:
         raise ReportError(f"content type {content_type or '(none)'!r} is neither {GZIP_TYPE} nor {JSON_TYPE}")
-    if len(data) > MAX_REPORT_BYTES:
-        raise ReportError(f"report larger than {MAX_REPORT_BYTES} bytes")
+    if len(data) > limit:
+        raise ReportError(f"report larger than {limit} bytes" + ("" if limit == MAX_REPORT_BYTES else
+                          f" (what is left of the {MAX_REPORT_BYTES} bytes one mail's reports may take)"))
     return data
 
 
@@ -132,6 +134,8 @@ def parse_report(data: bytes) -> Report:
         doc = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
         raise ReportError(f"not UTF-8 JSON: {e}") from None
+    except RecursionError:  # a few kB of "[[[[..." is enough; the schema nests four levels
+        raise ReportError("not a report: JSON nested too deeply") from None
     top = _object(doc, "the report")
     dates = _object(top.get("date-range"), "date-range")
     start, end = _datetime(dates, "start-datetime"), _datetime(dates, "end-datetime")

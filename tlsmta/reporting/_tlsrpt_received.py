@@ -26,7 +26,14 @@ import attrs
 from twisted.internet.interfaces import IReactorTime
 
 from tlsmta.reporting._events import EventBus
-from tlsmta.reporting._tlsrpt_inbox import Report, ReportError, decode_report, parse_report, reports_in_mail
+from tlsmta.reporting._tlsrpt_inbox import (
+    MAX_REPORT_BYTES,
+    Report,
+    ReportError,
+    decode_report,
+    parse_report,
+    reports_in_mail,
+)
 from tlsmta.storage import DiskIO, write_durably
 
 MALFORMED = "malformed"
@@ -91,8 +98,13 @@ class Received:
 
 
 def _mail_reports(message: bytes) -> list[tuple[Report, bytes]]:
-    bodies = [decode_report(content_type, body) for content_type, body in reports_in_mail(message)]
-    return [(parse_report(data), data) for data in bodies]
+    # One budget for all the parts: a mail of many small gzip bombs must not gunzip to gigabytes.
+    budget, found = MAX_REPORT_BYTES, []
+    for content_type, body in reports_in_mail(message):
+        data = decode_report(content_type, body, budget)
+        budget -= len(data)
+        found.append((parse_report(data), data))
+    return found
 
 
 def _posted_report(content_type: str, body: bytes) -> list[tuple[Report, bytes]]:

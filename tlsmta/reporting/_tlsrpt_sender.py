@@ -30,6 +30,7 @@ from tlsmta.config import Route
 from tlsmta.discovery import DNSError
 from tlsmta.errors import TlsmtaError
 from tlsmta.reporting import _tlsrpt as tlsrpt
+from tlsmta.reporting._tlsrpt_fleet import FleetReports, LocalReports
 from tlsmta.smtp import domain_of
 from tlsmta.storage import QueuedMessage, RecipientState, new_message_id
 
@@ -59,6 +60,7 @@ class TLSRPTService(Service):
         self._loop: LoopingCall | None = None
         self._running: Deferred[int] | None = None
         self._lock = DeferredLock()  # one report run at a time (timer and callers)
+        self.fleet: FleetReports = LocalReports()  # a fleet's nodes send one report per domain and day
 
     def startService(self) -> None:
         super().startService()
@@ -103,9 +105,16 @@ class TLSRPTService(Service):
         today = self.today()
         queued = 0
         for day in await disk.run(store.days_pending, today):
-            aggregate = await disk.run(store.aggregate, day)
+            aggregate = await self.fleet.aggregate(day, await disk.run(store.aggregate, day))
+            if aggregate is None:
+                continue  # the fleet's other nodes have not shared this day yet
             done = await disk.run(store.sent, day)
             for domain in sorted(set(aggregate) - done):
+                claimed = await self.fleet.claim(day, domain)
+                if not claimed:
+                    if claimed is False:
+                        await disk.run(store.mark_sent, day, domain)  # another node of the fleet reports it
+                    continue
                 try:
                     uris = tlsrpt.parse_tlsrpt_txt(await self.owner.resolver.txt(tlsrpt.TXT_PREFIX + domain))
                 except DNSError as e:

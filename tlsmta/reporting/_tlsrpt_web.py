@@ -4,7 +4,9 @@ The body is ``application/tlsrpt+gzip`` or ``application/tlsrpt+json``; a
 stored report is ``201 Created``, one that does not parse ``400`` with the
 reason (and is kept under malformed/, as a mailed one is), another content
 type ``415``, a body over the limit ``413``.  Anyone may POST (the RFC has
-no authentication); the TLS around it is the listening service's.
+no authentication); the TLS around it is the listening service's.  A body
+over the limit is refused as it arrives (:class:`tlsmta.network.BoundedRequest`): twisted.web
+would otherwise keep any amount a peer sends in a temporary file first.
 """
 
 from __future__ import annotations
@@ -16,10 +18,17 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from tlsmta.network import BoundedRequest
 from tlsmta.reporting._tlsrpt_inbox import MAX_REPORT_BYTES, REPORT_TYPES
 from tlsmta.reporting._tlsrpt_received import Received, TLSRPTInbox
 
 log = Logger(namespace="tlsmta.tlsrpt")
+
+
+class ReportRequest(BoundedRequest):
+    """A POSTed report's request: at most MAX_REPORT_BYTES of body."""
+
+    max_body = MAX_REPORT_BYTES
 
 
 class TLSRPTResource(Resource):
@@ -36,9 +45,7 @@ class TLSRPTResource(Resource):
         if content_type not in REPORT_TYPES:
             return _answer(request, 415, f"send {' or '.join(REPORT_TYPES)}")
         assert request.content is not None
-        body = request.content.read(MAX_REPORT_BYTES + 1)
-        if len(body) > MAX_REPORT_BYTES:
-            return _answer(request, 413, f"a report is at most {MAX_REPORT_BYTES} bytes")
+        body = request.content.read()  # at most MAX_REPORT_BYTES: ReportRequest refused more
         peer = request.getClientAddress()
         source = f"https from {getattr(peer, 'host', peer)}"
 
@@ -77,6 +84,6 @@ def tlsrpt_site(inbox: TLSRPTInbox) -> Site:
     """A twisted.web site with ``/tlsrpt``."""
     root = Resource()
     root.putChild(b"tlsrpt", TLSRPTResource(inbox))
-    site = Site(root)
+    site = Site(root, requestFactory=ReportRequest)
     site.noisy = False
     return site

@@ -162,7 +162,7 @@ class MailAllowed:
     parsed (its syntax error, if any, is answered only after the shell accepted)."""
 
     size: int | None = None
-    sender: str | None = None
+    sender: str | None = None  # the reverse-path, when the MAIL command parsed (for milters)
 
 
 @attrs.frozen
@@ -219,6 +219,8 @@ class ServerSession:
         self._discarding_line = False
         self._deadline_passed = False
         self._auth_step: Any = None
+        self._greeting_held = False
+        self.talked_early = False  # sent bytes while the greeting was held (postscreen's pregreet test)
         self._reset_session()
 
     # -- state ---------------------------------------------------------------------------
@@ -256,6 +258,21 @@ class ServerSession:
 
     def greeting(self) -> Reply:
         return Reply(220, (f"{self.settings.hostname} ESMTP tlsmta",))
+
+    def hold_greeting(self) -> None:
+        """The shell waits before greeting: a client that sends anything meanwhile
+        is an early talker (a spambot not waiting for the 220, RFC 5321 3.1), refused with 554 5.5.1."""
+        self._greeting_held = True
+
+    def greet(self) -> Reply:
+        """The held greeting is due: input from now on is SMTP."""
+        self._greeting_held = False
+        return self.greeting()
+
+    def turn_away(self, reply: Reply) -> None:
+        """Instead of the greeting (a DNSBL listing): this reply, then close (RFC 5321 3.1 allows a 554 greeting)."""
+        self._outbox.append(Send(reply))
+        self._close()
 
     # -- the shell's side -------------------------------------------------------------------
 
@@ -379,6 +396,11 @@ class ServerSession:
 
     def _step(self) -> bool:
         """Handle one unit of input; False when the buffer holds no complete unit."""
+        if self._greeting_held:
+            self.talked_early = True
+            self._send(554, "5.5.1", "Error: you talked before the greeting")
+            self._close()
+            return True
         if self.phase is Phase.DATA:
             self._data_input()
             return True
@@ -607,10 +629,8 @@ class ServerSession:
             self._pending_mail = self._parse_mail(arg)
         except Reject as syntax_error:
             self._pending_mail = syntax_error
-        if isinstance(self._pending_mail, Reject):
-            self._ask(MailAllowed())  # the client-certificate policy speaks before the syntax
-        else:
-            self._ask(MailAllowed(self._pending_mail[1].size, self._pending_mail[0]))
+        parsed = None if isinstance(self._pending_mail, Reject) else self._pending_mail
+        self._ask(MailAllowed(parsed[1].size, parsed[0]) if parsed else MailAllowed())  # the client-certificate policy speaks before the syntax
 
     def _parse_mail(self, arg: bytes) -> tuple[str, MailParams]:
         path = parse_path(arg, "FROM", allow_null=True)

@@ -49,6 +49,7 @@ class Envelope:
     authenticated: bool = False  # the client used AUTH
     auth_user: str | None = None  # as whom (kept in the dev relay's receipts)
     tls: dict[str, Any] = attrs.field(factory=dict)  # facts of receipt, for the queue and logs
+    held: bool = False  # quarantined (by a milter): spooled and held until `tlsmta queue release`
 
 
 @attrs.frozen

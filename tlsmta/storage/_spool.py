@@ -236,6 +236,7 @@ class QueuedMessage:
             esmtp=envelope.esmtp,
             authenticated=envelope.authenticated,
             requiretls=requiretls,
+            held=envelope.held,
         )
 
 
@@ -273,6 +274,10 @@ class SpoolFile:
         self.body.sync_and_close()
         _write_file(self.tmp_meta, self.message.to_json())
         os.rename(self.body.path, self.spool.body_path(self.message.id))
+        if self.message.held:  # quarantined at receipt (a milter): the hold survives a restart
+            tmp_state = os.path.join(self.spool.tmp_dir, self.message.id + ".state")
+            _write_file(tmp_state, self.message.state_json())
+            os.rename(tmp_state, self.spool.state_path(self.message.id))
         os.rename(self.tmp_meta, self.spool.meta_path(self.message.id))
 
     def discard(self) -> None:
