@@ -23,6 +23,7 @@ from tlsmta.config import ConfigError
 from tlsmta.devrelay import CapturedMail
 from tlsmta.devrelay._devcert import dev_ca_path
 from tlsmta.inbound import hash_password
+from tlsmta.reporting import EventBus
 from tlsmta.testing import RunningRelay, build_config, dev_listener
 
 LOOPBACK = "tcp:0:interface=127.0.0.1"
@@ -328,7 +329,7 @@ def test_a_login_name_cannot_write_its_own_log_line(user: bytes | str) -> None:
         def check(self, user: str, password: str) -> bool:
             return True
 
-    access = Access(CapturedMail("/nonexistent"), AnyLogin(), succeed, lambda fn, *args: succeed(fn(*args)))
+    access = Access(CapturedMail("/nonexistent"), AnyLogin(), succeed, lambda fn, *args: succeed(fn(*args)), EventBus())
     with capturedLogs() as events:
         LoginChecker(access).requestAvatarId(UsernamePassword(user, b"pw"))
     lines = [formatEventAsClassicLogText(e) or "" for e in events if "login" in (e.get("log_format") or "")]

@@ -58,6 +58,13 @@ def welcome(to: str = "bob@example.org", subject: str = "Welcome, Bob") -> Email
     return m
 
 
+def store_in_maildir(maildir: Any, name: str, data: bytes) -> None:
+    """A message put into ``maildir/new`` as Maildir delivery does it (written in tmp/, then renamed),
+    so the running relay's index never reads it half written."""
+    (maildir / "tmp" / name).write_bytes(data)
+    (maildir / "tmp" / name).rename(maildir / "new" / name)
+
+
 def send(port: int, message: EmailMessage, sender: str = "app@example.com", ca: str | None = None) -> None:
     client = smtplib.SMTP("localhost", port, timeout=CLIENT_TIMEOUT)
     try:
@@ -236,7 +243,7 @@ async def test_message_stored_without_a_receipt_shows_unknown_facts(relay: Any, 
            b"Received: from app.test ([127.0.0.1])\n\t(using TLSv1.3 with cipher TLS_AES_128_GCM_SHA256;\n"
            b"\tclient certificate: not requested)\n\tby localhost (tlsmta) with ESMTPS id Q1; Wed, 25 Nov 2026 21:00:00 +0000\n"
            b"Subject: from before\n\nbody\n")
-    (tmp_path / "maildir" / "new" / "1700000000.M1P1Q1.host").write_bytes(old)
+    store_in_maildir(tmp_path / "maildir", "1700000000.M1P1Q1.host", old)
     [entry] = (await in_thread(get_json, relay.http_port, "/api/messages"))["messages"]
     assert entry["subject"] == "from before" and entry["envelope"] == {"from": "app@example.com", "to": ["bob@example.org"]}
     assert entry["receipt"] == mailview.Receipt().as_json()

@@ -21,7 +21,7 @@ import pytest_twisted
 from browser import Chromium
 from e2e import in_thread
 from test_capture_store import send_raw
-from test_webui import get_json, send, web_relay, welcome
+from test_webui import get_json, send, store_in_maildir, web_relay, welcome
 
 from tlsmta.testing import RunningRelay
 
@@ -174,8 +174,8 @@ async def test_live_updates_are_incremental_and_catch_up_after_a_reconnect(tmp_p
                 seen["first"] = browser.evaluate("document.querySelector('#messages li .subject').textContent")
                 seen["list_requests"] = list_requests(browser)
                 # Stored with no event (as if it came while the stream was down), then the stream drops.
-                (tmp_path / "maildir" / "new" / "1700000000.M1P1Q1.host").write_bytes(
-                    b"Return-Path: <app@example.com>\nDelivered-To: bob@example.org\nSubject: while away\n\nbody\n")
+                store_in_maildir(tmp_path / "maildir", "1700000000.M1P1Q1.host",
+                                 b"Return-Path: <app@example.com>\nDelivered-To: bob@example.org\nSubject: while away\n\nbody\n")
                 browser.wait_for_text("#live", "live")
                 relay.service.web.web.reactor.callFromThread(drop_event_streams, relay)
                 seen["caught_up"] = browser.wait_for_text("#messages", "while away")
