@@ -2,8 +2,11 @@
 
     .venv/bin/python docs/screenshot.py
 
-A Relay with the web page, four messages sent over SMTP (three with
-STARTTLS), and headless chromium (tests/browser.py) showing one of them.
+A Relay with the web page and a tag rule, four messages sent over SMTP
+(three with STARTTLS, one of them by a client that accepted the TLS lab's
+expired certificate), and headless chromium (tests/browser.py) showing one of
+them: the list with tags, unread marks and TLS badges, the "Break…" menu and
+the message view's tabs (Checks among them).
 """
 
 from __future__ import annotations
@@ -40,20 +43,30 @@ def message(to: str, subject: str, text: str, html: str | None = None, attachmen
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory() as directory, Relay(directory, http=True) as relay:
+    with tempfile.TemporaryDirectory() as directory, \
+            Relay(directory, http=True, tag_rules=["invoice=subject:Invoice"]) as relay:
+        trusting = ssl.create_default_context(cafile=relay.ca_pem)
+        careless = ssl.create_default_context()  # an application that does not verify
+        careless.check_hostname = False
+        careless.verify_mode = ssl.CERT_NONE
 
-        def send(m: EmailMessage, tls: bool = True, sender: str = "noreply@acme.example") -> None:
+        def send(m: EmailMessage, tls: bool = True, sender: str = "noreply@acme.example",
+                 context: ssl.SSLContext = trusting) -> None:
             with smtplib.SMTP("localhost", relay.port) as client:
                 if tls:
-                    client.starttls(context=ssl.create_default_context(cafile=relay.ca_pem))
+                    client.starttls(context=context)
                 client.send_message(m, from_addr=sender)
 
         send(message("carol@example.net", "Your order #1042 has shipped", "Your order is on its way."), tls=False)
         send(message("dave@example.org", "Invoice INV-2026-0117", "Your invoice is attached.",
                      attachment=("INV-2026-0117.pdf", b"%PDF-1.4 ...")), sender="billing@acme.example")
-        send(message("alice@example.com", "Reset your password", "Reset it here: https://acme.example/reset/abc"))
-        send(message("bob@example.org", "Welcome to Acme, Bob!", "Hello Bob,\nthanks for signing up.", html=WELCOME_HTML))
-        with Chromium(1200, 720) as browser:
+        relay.set_tls_lab("expired")
+        send(message("alice@example.com", "Reset your password", "Reset it here: https://acme.example/reset/abc"),
+             context=careless)
+        relay.set_tls_lab(None)
+        send(message("bob+signup@example.org", "Welcome to Acme, Bob!", "Hello Bob,\nthanks for signing up.",
+                     html=WELCOME_HTML))
+        with Chromium(1366, 768) as browser:
             browser.open(f"http://127.0.0.1:{relay.http_port}/")
             browser.wait_for_text("#messages", "Welcome to Acme")
             browser.wait_for_text("#live", "live")

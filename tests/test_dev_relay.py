@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from typing import Any
 
@@ -13,7 +15,7 @@ import pytest
 from e2e import client_context, maildir_messages, send_smtplib
 from processes import START_TIMEOUT, TWISTD, TlsmtaProcess
 
-from tlsmta.app.tap import dev_relay_path
+from tlsmta.app.tap import dev_relay_path, loopback_unless_named
 from tlsmta.config import _loader as configuration
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -153,6 +155,40 @@ def test_http_option_without_a_maildir_refuses_to_start(tmp_path: Any) -> None:
     assert "Traceback" not in proc.stderr + proc.stdout
 
 
+@pytest.mark.parametrize("given, listened", [
+    ("tcp:2526", "tcp:2526:interface=127.0.0.1"),
+    ("tcp:port=2526", "tcp:port=2526:interface=127.0.0.1"),
+    ("tcp6:2526", "tcp6:2526:interface=\\:\\:1"),
+    ("tcp:2526:interface=0.0.0.0", "tcp:2526:interface=0.0.0.0"),
+    ("unix:/tmp/relay.sock", "unix:/tmp/relay.sock"),
+])
+def test_dev_listen_without_an_interface_is_loopback(given: str, listened: str) -> None:
+    """The README's `--listen tcp:2526` for the dev relay listens on loopback; naming an interface still works."""
+    assert loopback_unless_named(given) == listened
+
+
+def test_dev_relay_listen_tcp_port_only_binds_loopback(tmp_path: Any) -> None:
+    """`--listen tcp:0` (no --config, no interface): the relay's listener is on 127.0.0.1."""
+    relay = TlsmtaProcess(str(tmp_path), "--listen", "tcp:0")
+    try:
+        found = relay.wait_for_log(r"listening on ([\d.:\[\]a-f]+?):\d+ ")
+    finally:
+        relay.stop()
+    assert found.group(1) == "127.0.0.1"
+
+
+def test_queue_commands_find_the_dev_relays_control_socket(tmp_path: Any) -> None:
+    """`tlsmta queue list` with no --config and no --socket, in the directory the dev relay runs in
+    (no /etc/tlsmta/tlsmta.toml here), asks that relay."""
+    assert not os.path.exists("/etc/tlsmta/tlsmta.toml")
+    relay = DevRelay(str(tmp_path))
+    try:
+        listed = subprocess.run([os.path.join(os.path.dirname(sys.executable), "tlsmta"), "queue", "--json", "list"],
+                                cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    finally:
+        relay.stop()
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout) == []
 def logged_port(relay: TlsmtaProcess, what: str) -> int:
     """The port the log says ``what`` listens on (the line may follow the SMTP one by a moment)."""
     deadline = time.monotonic() + START_TIMEOUT

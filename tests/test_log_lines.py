@@ -207,3 +207,30 @@ def test_twistd_json_log_and_trace_command(tmp_path: Any) -> None:
     missing = subprocess.run([TLSMTA, "log", "trace", "<nothing@here>", str(log_file)],
                                             capture_output=True, text=True, timeout=60)
     assert (missing.returncode, missing.stdout) == (1, "")
+
+
+def test_kv_line_writes_utf8_as_utf8_and_escapes_controls() -> None:
+    """An SMTPUTF8 address is logged as it is; line breaks, terminal escapes and the Unicode line
+    separators are still escaped, and quotes still quoted."""
+    line = _events.kv_line("received", {"sender": "jörg@bücher.example", "text": 'a "b"\r\n\x1b[31m\u2028ü'})
+    assert line == 'received sender=jörg@bücher.example text="a \\"b\\"\\x0d\\x0a\\x1b[31m\\xe2\\x80\\xa8ü"'
+
+
+def test_twistd_text_log_has_the_utf8_sender(tmp_path: Any) -> None:
+    """twistd's text log file: the received line names an SMTPUTF8 sender in UTF-8, not \\xc3\\xb6."""
+    config = tmp_path / "tlsmta.toml"
+    config.write_text(
+        f'[global]\nhostname = "utf8.test"\nstate_dir = "{tmp_path}/state"\nroute = "maildir:{tmp_path}/maildir"\n'
+        f'[spool]\npath = "{tmp_path}/spool"\n'
+        f'[[listener]]\nname = "in"\nendpoint = "tcp:0:interface=127.0.0.1"\ntls = "no"\n'
+        'relay_networks = ["127.0.0.0/8"]\n'
+    )
+    daemon = TlsmtaProcess(str(tmp_path), "--config", str(config))
+    try:
+        with smtplib.SMTP("127.0.0.1", daemon.port, local_hostname="client.test", timeout=CLIENT_TIMEOUT) as client:
+            client.sendmail("jörg@client.test", ["to@utf8.test"], BODY.encode(), mail_options=["SMTPUTF8"])
+        daemon.wait_for_log(r"received .*code=250")
+    finally:
+        log = daemon.stop()
+    [received] = [line for line in log.splitlines() if " received " in line]
+    assert "sender=jörg@client.test" in received, received

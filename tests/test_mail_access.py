@@ -3,11 +3,14 @@ imaplib) over TLS trusting the dev CA, on loopback, after real SMTP."""
 
 from __future__ import annotations
 
+import http.client
 import imaplib
+import json
 import poplib
 import smtplib
 import socket
 import ssl
+import time
 from email.message import EmailMessage
 from typing import Any
 
@@ -20,6 +23,7 @@ from tlsmta.config import ConfigError
 from tlsmta.devrelay import CapturedMail
 from tlsmta.devrelay._devcert import dev_ca_path
 from tlsmta.inbound import hash_password
+from tlsmta.reporting import EventBus
 from tlsmta.testing import RunningRelay, build_config, dev_listener
 
 LOOPBACK = "tcp:0:interface=127.0.0.1"
@@ -104,6 +108,44 @@ async def test_pop3_over_stls_reads_and_deletes_captured_mail(tmp_path: Any) -> 
         assert len(remaining) == 1 and first_id not in remaining
     finally:
         await relay.stop()
+
+
+def removed_on_the_page(http_port: int, pop3_port: int, context: ssl.SSLContext) -> list[str]:
+    """With the page's event stream open, DELE 1 + QUIT over POP3; the ids the next ``changes``
+    event that removes anything names (the arrival's own ``changes`` may come first)."""
+    conn = http.client.HTTPConnection("127.0.0.1", http_port, timeout=CLIENT_TIMEOUT)
+    try:
+        conn.request("GET", "/api/events")
+        response = conn.getresponse()
+        while response.fp.readline().strip() != b"event: hello":
+            pass
+        pop3_session(pop3_port, context, True)
+        deadline = time.monotonic() + CLIENT_TIMEOUT  # the stream's heartbeat keeps the socket timeout from firing
+        while time.monotonic() < deadline:
+            if response.fp.readline().strip() == b"event: changes":
+                removed = json.loads(response.fp.readline().decode().removeprefix("data: "))["removed"]
+                if removed:
+                    return list(removed)
+        return []
+    finally:
+        conn.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_pop3_delete_reaches_the_open_page_at_once(tmp_path: Any) -> None:
+    """The page's event stream tells of a message a POP3 client deleted (a ``changes`` event with its
+    id removed), so the list drops it without a reload."""
+    config = dev_config(tmp_path)
+    config["http"]["endpoint"] = LOOPBACK
+    relay = await RunningRelay(build_config(config)).start()
+    try:
+        await in_thread(send, relay.port, message_bytes("read over pop3"))
+        [stored_id] = captured_ids(tmp_path)
+        assert relay.http_port is not None
+        removed = await in_thread(removed_on_the_page, relay.http_port, relay.mail_access_ports["pop3"], trusting(tmp_path))
+    finally:
+        await relay.stop()
+    assert removed == [stored_id] and captured_ids(tmp_path) == []
 
 
 def pipelined_behind_starttls(port: int, context: ssl.SSLContext, in_clear: bytes, inside: bytes) -> bytes:
@@ -287,7 +329,7 @@ def test_a_login_name_cannot_write_its_own_log_line(user: bytes | str) -> None:
         def check(self, user: str, password: str) -> bool:
             return True
 
-    access = Access(CapturedMail("/nonexistent"), AnyLogin(), succeed, lambda fn, *args: succeed(fn(*args)))
+    access = Access(CapturedMail("/nonexistent"), AnyLogin(), succeed, lambda fn, *args: succeed(fn(*args)), EventBus())
     with capturedLogs() as events:
         LoginChecker(access).requestAvatarId(UsernamePassword(user, b"pw"))
     lines = [formatEventAsClassicLogText(e) or "" for e in events if "login" in (e.get("log_format") or "")]

@@ -69,6 +69,15 @@ def test_app_refuses_an_expired_certificate(tlsmta_relay):
     assert tlsmta_relay.messages == []
 
 
+@pytest.mark.tlsmta_relay(tag_rules=["welcome=subject:welcome"])
+def test_wait_for_a_tag(tlsmta_relay):
+    send_welcome(tlsmta_relay.host, tlsmta_relay.port, "bob+signup@example.org")
+    msg = tlsmta_relay.wait_for(tag="signup", timeout=5)
+    assert msg.tags == ("signup", "welcome") and tlsmta_relay.wait_for(tag="welcome").id == msg.id
+    with pytest.raises(AssertionError, match="tag='nothing' within"):
+        tlsmta_relay.wait_for(tag="nothing", timeout=0.2)
+
+
 def test_app_sees_the_failure_the_relay_was_told_to_give(tlsmta_relay):
     import smtplib
 
@@ -129,9 +138,10 @@ def run_application_suite(tmp_path: Any, files: dict[str, str]) -> str:
 
 def test_application_suite_uses_the_fixture(tmp_path: Any) -> None:
     """A synchronous application test suite passes using tlsmta_relay: wait_for, messages, clear,
-    TLS facts, a TLS lab marker, failures on purpose (fail), AUTH with any password, the web page; each test gets its own relay."""
+    TLS facts, a TLS lab marker, wait_for(tag=...), failures on purpose (fail), AUTH with any password,
+    the web page; each test gets its own relay."""
     out = run_application_suite(tmp_path, {"app.py": APP, "test_app.py": APP_TESTS})
-    assert "7 passed" in out, out
+    assert "8 passed" in out, out
 
 
 def test_a_failing_application_test_fails(tmp_path: Any) -> None:

@@ -274,3 +274,65 @@ async def test_release_default_is_the_real_envelope_not_author_headers(tmp_path:
         await receiver.stop()
     [copy] = maildir_messages(str(tmp_path / "receiver-maildir"))
     assert copy.get_all("Delivered-To")[0] == "bob@example.org"  # the receiver's own local delivery line
+
+
+@pytest_twisted.ensureDeferred
+async def test_release_state_is_shown_per_release(tmp_path: Any, pki: Any) -> None:
+    """GET one message lists its releases: queued at once, then deferred (with the reply) when the
+    smarthost's certificate fails the policy; delivered when it verifies."""
+    receiver = await start_receiver(tmp_path, pki.good)
+    relay = await dev_relay(tmp_path, pki.other_ca_pem)
+    try:
+        await in_thread(send, relay.port, welcome())
+        status, answer = await release(relay, {"smarthost": f"{SMARTHOST}:{receiver.port}"})
+        assert status == 202 and answer["state"] == "queued"
+        await relay.service.queue.wait_idle()
+        [entry] = (await in_thread(get_json, relay.http_port, "/api/messages"))["messages"]
+        [deferred] = (await in_thread(get_json, relay.http_port, f"/api/messages/{entry['id']}"))["releases"]
+    finally:
+        await relay.stop()
+        await receiver.stop()
+    assert deferred["queued_as"] == answer["queued_as"] and deferred["smarthost"] == f"smtp:{SMARTHOST}:{receiver.port}"
+    assert deferred["state"] == "deferred" and deferred["recipients"] == {"bob@example.org": "deferred"}
+    assert deferred["last"].startswith("451 4.7.5")
+
+
+def embedded_dev_relay(tmp_path: Any) -> dict[str, Any]:
+    """The dev relay's own configuration file (what `twistd -n tlsmta` runs), on free ports in tmp_path."""
+    import tomllib
+
+    from tlsmta.app.tap import dev_relay_path
+
+    with open(dev_relay_path(), "rb") as f:
+        raw = tomllib.load(f)
+    raw["global"].update(state_dir=str(tmp_path / "state"), route=f"maildir:{tmp_path / 'maildir'}")
+    raw["spool"]["path"] = str(tmp_path / "spool")
+    raw["listener"][0]["endpoint"] = raw["http"]["endpoint"] = "tcp:0:interface=127.0.0.1"
+    raw["dns"] = {"hosts": {SMARTHOST: ["127.0.0.1"]}}
+    return raw
+
+
+@pytest_twisted.ensureDeferred
+async def test_dev_relay_releases_over_starttls_when_offered_without_verifying(tmp_path: Any, pki: Any, events: list) -> None:
+    """The embedded dev relay: Release uses STARTTLS when the smarthost offers it (its certificate
+    from a CA the relay does not know: not verified, delivered) and plain text when it does not."""
+    tls_receiver = await start_receiver(tmp_path, pki.good, name="tls")
+    plain_receiver = await start_receiver(tmp_path, name="plain")
+    relay = await RunningRelay(build_config(embedded_dev_relay(tmp_path))).start()
+    try:
+        await in_thread(send, relay.port, welcome())
+        for receiver in (tls_receiver, plain_receiver):
+            status, _ = await release(relay, {"smarthost": f"{SMARTHOST}:{receiver.port}"})
+            assert status == 202
+        await relay.service.queue.wait_idle()
+        [entry] = (await in_thread(get_json, relay.http_port, "/api/messages"))["messages"]
+        releases = (await in_thread(get_json, relay.http_port, f"/api/messages/{entry['id']}"))["releases"]
+    finally:
+        await relay.stop()
+        await tls_receiver.stop()
+        await plain_receiver.stop()
+    by_port = {event["port"]: event for event in deliveries(events)}
+    assert (by_port[tls_receiver.port]["result"], by_port[tls_receiver.port]["tls"]) == ("delivered", "tls")
+    assert by_port[tls_receiver.port]["tls_verify"] == "no"
+    assert (by_port[plain_receiver.port]["result"], by_port[plain_receiver.port]["tls"]) == ("delivered", "none")
+    assert [(r["state"], r["tls"]) for r in releases] == [("delivered", "tls"), ("delivered", "none")]

@@ -25,6 +25,7 @@ from processes import TlsmtaProcess
 from tlsmta.config import _loader as configuration
 from tlsmta.devrelay._devcert import CERTIFICATE_LAB_MODES, LAB_MODES, WRONG_NAME, dev_ca_path, lab_certificate
 from tlsmta.devrelay._tlslab import LabError
+from tlsmta.reporting import _events
 from tlsmta.testing import build_config, dev_listener
 
 # mode -> (what openssl s_client reports, what smtplib raises: class and message part)
@@ -206,3 +207,57 @@ async def test_dev_ca_command_prints_path_and_pem(tmp_path: Any) -> None:
     code, pem, err = await run_process(tlsmta, "dev-ca", "--config", str(config), "--pem")
     assert code == 0 and pem == (tmp_path / "state" / "dev-ca.pem").read_text()
     assert x509.load_pem_x509_certificate(pem.encode()).subject.rfc4514_string() == "CN=tlsmta dev CA,O=tlsmta dev"
+
+
+def send_unverified(port: int, subject: str) -> None:
+    """What a careless application does: STARTTLS without verifying, then sends."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    client = smtplib.SMTP("localhost", port, timeout=CLIENT_TIMEOUT)
+    try:
+        client.starttls(context=context)
+        client.sendmail("app@example.com", ["bob@example.org"], f"Subject: {subject}\r\n\r\nbody\r\n")
+        client.quit()
+    finally:
+        client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_accepts_the_bad_certificate_is_recorded(tmp_path: Any) -> None:
+    """In expired mode an unverifying client delivers: the received line, the API and the receipt
+    say lab=expired and that the client accepted a bad certificate; with the good certificate it did not."""
+    from test_webui import get_json, web_relay
+
+    relay = await web_relay(tmp_path)
+    received: list[dict[str, Any]] = []
+    relay.service.events.add_sink(lambda event, fields: received.append(fields) if event == "received" else None)
+    try:
+        await in_thread(send_unverified, relay.port, "before")
+        relay.service.switch_tls_lab("dev", "expired")
+        await in_thread(send_unverified, relay.port, "careless")
+        listing = await in_thread(get_json, relay.http_port, "/api/messages")
+    finally:
+        await relay.stop()
+    by_subject = {m["subject"]: m["receipt"]["tls"] for m in listing["messages"]}
+    assert by_subject["careless"]["lab"] == "expired" and by_subject["careless"]["client_accepted_bad_certificate"] is True
+    assert by_subject["before"]["lab"] is None and by_subject["before"]["client_accepted_bad_certificate"] is False
+    assert "lab=expired" in _events.kv_line("received", received[-1]) and "lab" not in received[0]
+
+
+def test_fixture_tells_the_test_its_client_accepted_a_bad_certificate(tmp_path: Any) -> None:
+    """msg.tls["lab"] and msg.tls["client_accepted_bad_certificate"] in tlsmta.testing (in a subprocess:
+    the synchronous Relay runs its own reactor thread)."""
+    script = (
+        "import sys; sys.path.insert(0, %r)\n"
+        "from test_tls_lab import send_unverified\n"
+        "from tlsmta.testing import Relay, stop_reactor_thread\n"
+        "with Relay(%r, tls_lab='self-signed') as relay:\n"
+        "    send_unverified(relay.port, 'hi')\n"
+        "    msg = relay.wait_for(subject='hi')\n"
+        "    print(msg.tls['lab'], msg.tls['client_accepted_bad_certificate'])\n"
+        "stop_reactor_thread()\n"
+    ) % (os.path.dirname(__file__), str(tmp_path))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["self-signed", "True"]

@@ -18,6 +18,7 @@ import pytest_twisted
 from e2e import CLIENT_TIMEOUT, in_thread, partial_request, start_relay
 
 from tlsmta.devrelay import _mailview as mailview
+from tlsmta.devrelay import _search as search
 from tlsmta.devrelay._devcert import dev_ca_path
 from tlsmta.devrelay._webui import host_allowed
 from tlsmta.storage._interfaces import Envelope
@@ -55,6 +56,13 @@ def welcome(to: str = "bob@example.org", subject: str = "Welcome, Bob") -> Email
     m.add_alternative("<h1>Hello</h1><script>parent.document.title = 'pwned'</script>", subtype="html")
     m.add_attachment(b"%PDF-1.4 invoice", maintype="application", subtype="pdf", filename="invoice.pdf")
     return m
+
+
+def store_in_maildir(maildir: Any, name: str, data: bytes) -> None:
+    """A message put into ``maildir/new`` as Maildir delivery does it (written in tmp/, then renamed),
+    so the running relay's index never reads it half written."""
+    (maildir / "tmp" / name).write_bytes(data)
+    (maildir / "tmp" / name).rename(maildir / "new" / name)
 
 
 def send(port: int, message: EmailMessage, sender: str = "app@example.com", ca: str | None = None) -> None:
@@ -131,7 +139,8 @@ def test_no_stored_receipt_means_unknown_facts() -> None:
     """A message stored without a receipt has unknown facts: not 'plain text', and not guessed from its headers."""
     assert mailview.receipt_of(None) == mailview.Receipt()
     assert mailview.Receipt().as_json() == {"helo": None, "peer": None, "auth_user": None, "smtp": None, "queue_id": None,
-                                            "tls": {"used": None, "protocol": None, "cipher": None, "client_certificate": None}}
+                                            "tls": {"used": None, "protocol": None, "cipher": None, "client_certificate": None,
+                                                    "lab": None, "client_accepted_bad_certificate": None}}
 
 
 @pytest.mark.parametrize(
@@ -149,13 +158,51 @@ def test_client_certificate_words_from_the_tls_fields(fields: dict[str, Any], wo
 
 
 def test_search_terms_are_substrings_of_their_fields() -> None:
-    """Search by recipient (envelope or header), sender, subject; every given term must match."""
+    """Search by recipient (envelope or header), sender, subject; every given term must match; the
+    free text (q) looks through the body too, each word anywhere."""
     entry = {"envelope": {"from": "app@example.com", "to": ["bob@example.org"]}, "from": "Shop <shop@example.com>",
-             "to": "Bob <bob@example.org>", "cc": "", "subject": "Your invoice"}
-    assert mailview.matches(entry, to="BOB@") and mailview.matches(entry, sender="shop@")
-    assert mailview.matches(entry, subject="invoice", to="example.org")
-    assert not mailview.matches(entry, subject="invoice", to="alice")
-    assert mailview.matches(entry, text="app@") and not mailview.matches(entry, text="nothing")
+             "to": "Bob <bob@example.org>", "cc": "", "subject": "Your invoice", "received_ts": 100.0,
+             "tags": ["billing"], "read": False}
+    words = search.searchable(entry, "Total due: 42 EUR\nPay by Friday")
+    assert search.matches(entry, words, to="BOB@") and search.matches(entry, words, sender="shop@")
+    assert search.matches(entry, words, subject="invoice", to="example.org")
+    assert not search.matches(entry, words, subject="invoice", to="alice")
+    assert search.matches(entry, words, text="app@") and not search.matches(entry, words, text="nothing")
+    assert search.matches(entry, words, text="friday  TOTAL") and not search.matches(entry, words, text="friday monday")
+    assert search.matches(entry, words, tag="Billing") and not search.matches(entry, words, tag="news")
+    assert search.matches(entry, words, since=100.0, until=101.0) and not search.matches(entry, words, since=100.5)
+    assert search.matches(entry, words, unread=True) and not search.matches(entry, words, unread=False)
+
+
+def test_word_index_gives_the_candidates_of_a_query() -> None:
+    """A query's candidates: messages with a word containing each of its words; removal forgets."""
+    index = search.WordIndex()
+    index.add("a", "your invoice from shop@example.com")
+    index.add("b", "welcome aboard, bob@example.org")
+    assert index.candidates("VOICE") == {"a"} and index.candidates("example") == {"a", "b"}
+    assert index.candidates("shop@ example") == {"a"} and index.candidates("voice welcome") == set()
+    assert index.candidates("@") is None  # no word in it: every message may match
+    index.remove("a", "your invoice from shop@example.com")
+    assert index.candidates("example") == {"b"} and index.candidates("invoice") == set()
+
+
+def test_automatic_tags_by_plus_address_and_rule() -> None:
+    """bob+signup@ is tagged signup; a (tag, field, text) rule tags when the field contains the text."""
+    entry = {"envelope": {"from": "billing@shop.example", "to": ["bob+Signup@example.org", "eve+bad tag@example.org"]},
+             "from": "Shop <billing@shop.example>", "to": "", "cc": "", "subject": "Your Invoice #7"}
+    words = search.searchable(entry, "see the attached PDF")
+    rules = [("invoice", "subject", "invoice"), ("shop", "from", "BILLING@"), ("pdf", "body", "pdf"), ("x", "to", "carol")]
+    assert search.auto_tags(entry, words, rules) == ("invoice", "pdf", "shop", "signup")
+
+
+def test_dates_in_list_filters() -> None:
+    """since/until take a day (until: through its end) or an ISO time, UTC unless said."""
+    day = datetime.datetime(2026, 12, 3, tzinfo=datetime.timezone.utc).timestamp()
+    assert search.parse_instant("2026-12-03") == day
+    assert search.parse_instant("2026-12-03", end_of_day=True) == day + 86400
+    assert search.parse_instant("2026-12-03T01:00:00+01:00") == day
+    with pytest.raises(ValueError):
+        search.parse_instant("yesterday")
 
 
 # -- the API over HTTP ----------------------------------------------------------------------------
@@ -170,10 +217,12 @@ async def test_list_shows_envelope_headers_size_time_and_tls(relay: Any, tmp_pat
     [entry] = listing["messages"]
     assert entry["envelope"] == {"from": "app@example.com", "to": ["bob@example.org"]}
     assert entry["subject"] == "Welcome, Bob" and entry["from"] == "Shop <shop@example.com>"
-    assert entry["size"] == len((tmp_path / "maildir" / "new" / entry["id"]).read_bytes())
+    [stored] = (tmp_path / "maildir" / "new").iterdir()
+    assert entry["size"] == len(mailview.as_received(stored.read_bytes()))
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", entry["received_at"])
     assert entry["receipt"]["tls"] == {"used": True, "protocol": "TLSv1.3", "cipher": entry["receipt"]["tls"]["cipher"],
-                                       "client_certificate": "not requested"}
+                                       "client_certificate": "not requested", "lab": None,
+                                       "client_accepted_bad_certificate": False}
     assert entry["receipt"]["tls"]["cipher"].startswith("TLS_")
     assert entry["has_html"] and entry["attachments"] == 1
 
@@ -194,7 +243,7 @@ async def test_message_stored_without_a_receipt_shows_unknown_facts(relay: Any, 
            b"Received: from app.test ([127.0.0.1])\n\t(using TLSv1.3 with cipher TLS_AES_128_GCM_SHA256;\n"
            b"\tclient certificate: not requested)\n\tby localhost (tlsmta) with ESMTPS id Q1; Wed, 25 Nov 2026 21:00:00 +0000\n"
            b"Subject: from before\n\nbody\n")
-    (tmp_path / "maildir" / "new" / "1700000000.M1P1Q1.host").write_bytes(old)
+    store_in_maildir(tmp_path / "maildir", "1700000000.M1P1Q1.host", old)
     [entry] = (await in_thread(get_json, relay.http_port, "/api/messages"))["messages"]
     assert entry["subject"] == "from before" and entry["envelope"] == {"from": "app@example.com", "to": ["bob@example.org"]}
     assert entry["receipt"] == mailview.Receipt().as_json()
@@ -251,9 +300,6 @@ async def test_one_message_raw_parsed_parts_and_attachment(relay: Any) -> None:
     assert one["text"] == "Hello Bob,\nwelcome aboard.\n"
     types = [(p["content_type"], p["filename"], p["attachment"]) for p in one["parts"]]
     assert types == [("text/plain", None, False), ("text/html", None, False), ("application/pdf", "invoice.pdf", True)]
-    status, headers, raw = await in_thread(web, relay.http_port, "GET", f"/api/messages/{entry['id']}/raw")
-    assert status == 200 and headers["content-type"] == "text/plain; charset=utf-8"
-    assert raw.startswith(b"Return-Path: <app@example.com>\n") and b"Subject: Welcome, Bob" in raw
     pdf = next(p for p in one["parts"] if p["attachment"])
     status, headers, data = await in_thread(web, relay.http_port, "GET", f"/api/messages/{entry['id']}/parts/{pdf['index']}")
     assert status == 200 and data == b"%PDF-1.4 invoice"
@@ -270,25 +316,26 @@ async def test_html_part_is_served_sandboxed(relay: Any) -> None:
     assert status == 200 and b"<h1>Hello</h1>" in body
     assert headers["content-type"] == "text/html; charset=utf-8"
     policy = [d.strip() for d in headers["content-security-policy"].split(";")]
-    assert policy[0] == "sandbox" and "default-src 'none'" in policy
+    assert policy[0] == "sandbox allow-popups allow-popups-to-escape-sandbox" and "default-src 'none'" in policy
     assert "allow-scripts" not in headers["content-security-policy"]
     assert headers["x-content-type-options"] == "nosniff"
 
 
 @pytest_twisted.ensureDeferred
 async def test_page_uses_a_sandboxed_iframe_and_no_innerhtml(relay: Any) -> None:
-    """The page: <iframe sandbox> with no allow-scripts/allow-same-origin, a strict CSP, and its
+    """The page: <iframe sandbox> with no allow-scripts/allow-same-origin (only popups, for links), a strict CSP, and its
     script never assigns innerHTML/outerHTML or calls insertAdjacentHTML/document.write."""
     status, headers, page = await in_thread(web, relay.http_port, "GET", "/")
     assert status == 200 and headers["content-type"] == "text/html; charset=utf-8"
     [iframe] = re.findall(rb"<iframe[^>]*>", page)
-    assert re.search(rb'\ssandbox[\s>]', iframe) and b"allow-" not in iframe
+    [tokens] = re.findall(rb'\ssandbox="([^"]*)"', iframe)
+    assert tokens.split() == [b"allow-popups", b"allow-popups-to-escape-sandbox"]
     assert "script-src 'self'" in headers["content-security-policy"]
     assert "frame-ancestors 'none'" in headers["content-security-policy"]
     status, headers, script = await in_thread(web, relay.http_port, "GET", "/static/app.js")
     assert status == 200 and headers["content-type"] == "text/javascript; charset=utf-8"
     assert not re.search(rb"innerHTML|outerHTML|insertAdjacentHTML|document\.write", script)
-    assert b'setAttribute("sandbox", "")' in script
+    assert b'setAttribute("sandbox", "allow-popups allow-popups-to-escape-sandbox")' in script
 
 
 @pytest_twisted.ensureDeferred
@@ -315,10 +362,11 @@ async def test_delete_one_and_all(relay: Any, tmp_path: Any) -> None:
     for n in range(3):
         await in_thread(send, relay.port, welcome(subject=f"n{n}"))
     first, *_ = (await in_thread(get_json, relay.http_port, "/api/messages"))["messages"]
+    [first_file] = [p for p in (tmp_path / "maildir" / "new").iterdir() if first["id"].encode() in p.read_bytes()]
     status, _, body = await in_thread(web, relay.http_port, "DELETE", f"/api/messages/{first['id']}")
     assert status == 200 and json.loads(body) == {"deleted": 1}
-    assert not (tmp_path / "maildir" / "new" / first["id"]).exists()
-    assert not os.path.exists(receipt_path(str(tmp_path / "maildir"), first["id"]))  # its receipt went with it
+    assert not first_file.exists()
+    assert not os.path.exists(receipt_path(str(tmp_path / "maildir"), first_file.name))  # its receipt went with it
     assert (await in_thread(get_json, relay.http_port, "/api/messages"))["count"] == 2
     status, _, body = await in_thread(web, relay.http_port, "GET", f"/api/messages/{first['id']}")
     assert status == 404 and json.loads(body) == {"error": "no such message"}
@@ -431,7 +479,8 @@ async def test_tls_lab_switch_over_the_api(relay: Any, tmp_path: Any) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_events_stream_announces_new_mail(relay: Any) -> None:
-    """GET /api/events is a Server-Sent Events stream; a message received sends `event: changed`."""
+    """GET /api/events is a Server-Sent Events stream; a message received sends `event: changes` with
+    its list entry, so the page need not refetch the list."""
 
     def listen_then_send() -> list[str]:
         conn = http.client.HTTPConnection("127.0.0.1", relay.http_port, timeout=CLIENT_TIMEOUT)
@@ -444,7 +493,7 @@ async def test_events_stream_announces_new_mail(relay: Any) -> None:
             while (line := response.fp.readline().decode().strip()) != "event: hello":
                 lines.append(line)
             send(relay.port, welcome())
-            while (line := response.fp.readline().decode().strip()) != "event: changed":
+            while (line := response.fp.readline().decode().strip()) != "event: changes":
                 lines.append(line)
             lines.append(response.fp.readline().decode().strip())
             return lines
@@ -452,7 +501,11 @@ async def test_events_stream_announces_new_mail(relay: Any) -> None:
             conn.close()
 
     lines = await in_thread(listen_then_send)
-    assert lines[-1] == 'data: {"why": "received"}'
+    assert lines[-1].startswith("data: ")
+    changes = json.loads(lines[-1].removeprefix("data: "))
+    [entry] = changes["added"]
+    assert entry["subject"] == "Welcome, Bob" and entry["envelope"]["to"] == ["bob@example.org"]
+    assert changes["removed"] == [] and entry == (await in_thread(get_json, relay.http_port, "/api/messages"))["messages"][0]
 
 
 @pytest_twisted.ensureDeferred
@@ -471,3 +524,17 @@ def test_http_endpoint_needs_a_maildir() -> None:
     with pytest.raises(configuration.ConfigError) as caught:
         build_config({"http": {"endpoint": HTTP_ENDPOINT}}, "web.toml")
     assert "web.toml: [http] maildir: is required when the global route is not maildir:PATH" in str(caught.value)
+
+
+@pytest.mark.parametrize("headers", [
+    b"Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\nFrom: =?iso-8859-1?q?J=F6rg?= <j@example.com>\nTo: a@example.org,\n b@example.org\n",
+    b"Subject: Gr\xfc\xdfe raw 8-bit\nFrom: plain@example.com\nCc: c@example.org\n",
+    b"Subject: multipart\nContent-Type: multipart/alternative; boundary=b\n\n--b\nContent-Type: text/html\n\n<p>hi</p>\n--b--\n",
+])
+def test_the_index_parse_lists_what_the_full_parse_shows(headers: bytes) -> None:
+    """The index parses with compat32 for speed: its list entry and body text equal the full (policy.default) parse's."""
+    data = b"Return-Path: <a@example.com>\nDelivered-To: b@example.org\n" + headers + b"\nbody text\n"
+    fast, full = mailview.parse_for_index(data), mailview.parse_message(data)
+    receipt = mailview.Receipt()
+    assert mailview.summary_of("k", fast, data, 1.0, receipt) == mailview.summary_of("k", full, data, 1.0, receipt)
+    assert mailview.body_text(fast) == mailview.body_text(full)

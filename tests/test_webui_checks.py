@@ -305,6 +305,7 @@ async def test_send_api_message_is_captured_like_smtp_mail(tmp_path: Any, target
         checks = await in_thread(get_json, relay.http_port, f"/api/messages/{entry['id']}/checks")
     finally:
         await relay.stop()
+    assert entry["id"] == answer["queued_as"]  # the list's ids are queue ids, the send API's too
     assert entry["envelope"] == {"from": "shop@example.com", "to": ["bob@example.org", "audit@example.org"]}
     assert entry["subject"] == "Your invoice" and entry["attachments"] == 1 and entry["has_html"]
     assert detail["text"] == "Invoice attached.\n"

@@ -22,7 +22,7 @@ import pytest
 
 def pytest_configure(config: Any) -> None:
     config.addinivalue_line(
-        "markers", "tlsmta_relay(tls=True, tls_lab=None, http=False, hostname='localhost'): options for the tlsmta_relay fixture"
+        "markers", "tlsmta_relay(tls=True, tls_lab=None, http=False, hostname='localhost', tag_rules=(), keep_messages=0): options for the tlsmta_relay fixture"
     )
 
 

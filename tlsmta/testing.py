@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -201,8 +201,11 @@ class CapturedMessage:
     sender: str  # MAIL FROM ("" for the null sender)
     recipients: tuple[str, ...]  # RCPT TO
     message: Any  # email.message.EmailMessage
-    tls: Mapping[str, Any]  # {"used": bool, "protocol", "cipher", "client_certificate"}
-    raw: bytes
+    # {"used": bool, "protocol", "cipher", "client_certificate", "lab": the TLS lab's bad-certificate
+    #  mode the client went on with (None: none), "client_accepted_bad_certificate": bool}
+    tls: Mapping[str, Any]
+    raw: bytes  # the Maildir file (the delivery's Return-Path and Delivered-To lines first)
+    tags: tuple[str, ...] = ()  # automatic (plus-address, [http] tag_rules) and manual ones
     auth_user: str | None = None  # the SMTP AUTH user name; None: the client did not AUTH
 
     def __getitem__(self, header: str) -> Any:
@@ -240,12 +243,13 @@ class CapturedMessage:
         return [link.url for link in links_of(self.html, self.text)]
 
 
-def _captured(message_id: str, data: bytes, receipt: Mapping[str, Any]) -> CapturedMessage:
+def _captured(entry: Mapping[str, Any], data: bytes) -> CapturedMessage:
     from tlsmta.devrelay import envelope_of, parse_message
 
     message = parse_message(data)
     sender, recipients = envelope_of(data)
-    return CapturedMessage(message_id, sender, tuple(recipients), message, receipt["tls"], data, receipt["auth_user"])
+    return CapturedMessage(entry["id"], sender, tuple(recipients), message, entry["receipt"]["tls"], data,
+                           tuple(entry["tags"]), entry["receipt"]["auth_user"])
 
 
 class _ReactorThread:
@@ -309,13 +313,15 @@ class Relay:
 
     ``tls_lab``: serve a bad TLS peer (see :mod:`tlsmta.devrelay._tlslab`);
     ``tls=False``: no STARTTLS; ``http=True``: also serve the web page and
-    API (``http_port``).
+    API (``http_port``); ``tag_rules``: automatic tags as ``[http] tag_rules``
+    takes them (``"invoice=subject:Invoice"``), for ``wait_for(tag=...)``;
+    ``keep_messages``: prune to the newest N (default 0: a test's relay keeps all).
     """
 
     host = "127.0.0.1"
 
     def __init__(self, directory: Any, tls: bool = True, tls_lab: str | None = None, http: bool = False,
-                 hostname: str = "localhost"):
+                 hostname: str = "localhost", tag_rules: Sequence[str] = (), keep_messages: int = 0):
         import os
         import threading
 
@@ -336,11 +342,12 @@ class Relay:
             "dev": {"auth": True},  # AUTH with any credentials: msg.auth_user
         }
         # [http] maildir named: the relay keeps each message's facts of receipt (msg.tls).
-        raw["http"] = {"maildir": self.maildir}
+        raw["http"] = {"maildir": self.maildir, "tag_rules": list(tag_rules), "keep_messages": keep_messages}
         if http:
             raw["http"]["endpoint"] = "tcp:0:interface=127.0.0.1"
         self.config = build_config(raw, f"<tlsmta.testing.Relay {directory}>")
         self._running: RunningRelay | None = None
+        self._mail: Any = None  # the CapturedMail index, made on first read
         self._arrivals = threading.Condition()
         self._arrived = 0
 
@@ -412,21 +419,28 @@ class Relay:
     @property
     def messages(self) -> list[CapturedMessage]:
         """Every message received so far, oldest first."""
-        from tlsmta.devrelay import CapturedMail, MessageNotFound
+        from tlsmta.devrelay import MessageNotFound
 
-        mail = CapturedMail(self.maildir)
+        mail = self._captured_mail()
         found = []
         for entry in reversed(mail.summaries()):
             try:
-                found.append(_captured(entry["id"], mail.raw(entry["id"])[0], entry["receipt"]))
+                found.append(_captured(entry, mail.raw(entry["id"])[0]))
             except MessageNotFound:
                 continue  # cleared meanwhile
         return found
 
+    def _captured_mail(self) -> Any:
+        from tlsmta.devrelay import CapturedMail
+
+        if self._mail is None:
+            self._mail = CapturedMail(self.maildir, self.config.http["tag_rules"])
+        return self._mail
+
     def wait_for(self, to: str | None = None, sender: str | None = None, subject: str | None = None,
-                 timeout: float = 5.0) -> CapturedMessage:
+                 timeout: float = 5.0, tag: str | None = None) -> CapturedMessage:
         """The first message matching every given term (envelope recipient ``to``,
-        envelope ``sender``, substring of the Subject), waiting up to ``timeout``
+        envelope ``sender``, substring of the Subject, one of its ``tags``), waiting up to ``timeout``
         seconds for it to arrive; AssertionError naming what did arrive otherwise."""
         import time
 
@@ -436,22 +450,22 @@ class Relay:
                 seen = self._arrived
             messages = self.messages
             for message in messages:
-                if _matches(message, to, sender, subject):
+                if _matches(message, to, sender, subject) and (tag is None or tag.lower() in message.tags):
                     return message
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 got = [(m.sender, m.recipients, m.subject) for m in messages] or "nothing"
+                tagged = "" if tag is None else f" tag={tag!r}"
                 raise AssertionError(
-                    f"no message to={to!r} sender={sender!r} subject={subject!r} within {timeout}s; received: {got}"
+                    f"no message to={to!r} sender={sender!r} subject={subject!r}{tagged} within {timeout}s; "
+                    f"received: {got}"
                 )
             with self._arrivals:
                 self._arrivals.wait_for(lambda: self._arrived != seen, remaining)
 
     def clear(self) -> None:
         """Delete every captured message."""
-        from tlsmta.devrelay import CapturedMail
-
-        CapturedMail(self.maildir).clear()
+        self._captured_mail().clear()
 
     def fail(self, stage: str, code: int, text: str | None = None, status: str | None = None,
              probability: float = 1.0, times: int | None = None, recipient: str | None = None) -> int:

@@ -456,7 +456,8 @@ class TlsmtaService(MultiService):
         from tlsmta.devrelay import mail_access_services
 
         return mail_access_services(self.reactor, config, self.hostname, dev_credentials(config, users), self.disk.run,
-                                    lambda fn, *a: deferToThreadPool(self.reactor, self.reactor.getThreadPool(), fn, *a))
+                                    lambda fn, *a: deferToThreadPool(self.reactor, self.reactor.getThreadPool(), fn, *a),
+                                    self.events)
 
     def _web_service(self, config: Config) -> Any:
         from tlsmta.devrelay import web_service

@@ -405,9 +405,21 @@ def print_queue(messages: list[dict[str, Any]]) -> None:
     print(f"-- {len(messages)} message(s); * = delivery in progress, ! = held")
 
 
+def _queue_config(path: str | None) -> str:
+    """--config, else /etc/tlsmta/tlsmta.toml, else (no such file: a developer's machine) the dev
+    relay's embedded configuration, whose control socket is ./.tlsmta/control.sock: that of the
+    ``twistd -n tlsmta`` run in this directory."""
+    if path is not None or os.path.exists(DEFAULT_CONFIG):
+        return path or DEFAULT_CONFIG
+    from tlsmta.app.tap import dev_relay_path
+
+    return dev_relay_path()
+
+
 def cmd_queue(args: argparse.Namespace) -> int:
     from tlsmta.app._control import ControlClient, ControlError, DaemonUnavailable
 
+    args.config = _queue_config(args.config)
     path = _socket_path(args)
     if path is None:
         return EX_CONFIG
@@ -712,7 +724,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("queue", help="look at and act on a running instance's queue")
-    p.add_argument("--config", default=DEFAULT_CONFIG, help=f"where the control socket and spool are (default {DEFAULT_CONFIG})")
+    p.add_argument("--config", help=f"where the control socket and spool are (default {DEFAULT_CONFIG}, "
+                                     "or the dev relay's ./.tlsmta when that file does not exist)")
     p.add_argument("--socket", help="the control socket, overriding the configuration")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     qsub = p.add_subparsers(dest="action", required=True)

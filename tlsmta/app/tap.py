@@ -43,7 +43,8 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "configuration file (TOML); default: the dev relay"],
         ["maildir", "m", None, "deliver everything into this Maildir (overrides route)"],
-        ["listen", "l", None, "endpoint for the only listener, e.g. tcp:2526 (tcp:0 picks a free port)"],
+        ["listen", "l", None, "endpoint for the only listener, e.g. tcp:2526 (tcp:0 picks a free port; "
+                              "without --config: on 127.0.0.1 unless it names an interface)"],
         ["log-format", None, "text", "text (key=value lines) or json (one object per line on stdout)"],
         ["tls-lab", None, None, "TLS lab mode for every TLS listener: " + ", ".join(LAB_MODES)],
         ["http", None, None, "endpoint for the web page and JSON API, e.g. tcp:8026:interface=127.0.0.1"],
@@ -84,6 +85,19 @@ def command_line_overrides(options: Options) -> Overrides:
     return overrides
 
 
+def loopback_unless_named(endpoint: str) -> str:
+    """The dev relay's ``--listen tcp:2526``: a TCP endpoint naming no interface listens on
+    127.0.0.1 (the relay accepts mail for anyone and its page has no authentication);
+    ``interface=0.0.0.0`` or ``::`` still opens it to the network, on purpose."""
+    kind, _, rest = endpoint.partition(":")
+    params = [p.partition("=")[0].strip() for p in rest.split(":")]
+    if "interface" in params:
+        return endpoint
+    if kind.lower() in ("tcp", "reuseport"):
+        return f"{endpoint}:interface=127.0.0.1"
+    return f"{endpoint}:interface=\\:\\:1" if kind.lower() == "tcp6" else endpoint
+
+
 def command_line_adjust(options: Options, path: str) -> Any:
     """The overrides --listen and --tls-lab make on a loaded configuration, as a function."""
     from tlsmta.devrelay import with_tls_lab
@@ -93,7 +107,8 @@ def command_line_adjust(options: Options, path: str) -> Any:
             if len(config.listeners) != 1:
                 sys.stderr.write(f"tlsmta: --listen needs exactly one [[listener]] in {path}\n")
                 raise SystemExit(EX_USAGE)
-            listener = attrs.evolve(config.listeners[0], endpoint=options["listen"])
+            endpoint = options["listen"] if options["config"] else loopback_unless_named(options["listen"])
+            listener = attrs.evolve(config.listeners[0], endpoint=endpoint)
             config = attrs.evolve(config, listeners=(listener,))
         if options["tls-lab"]:
             config = with_tls_lab(config, options["tls-lab"])

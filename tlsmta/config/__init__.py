@@ -19,6 +19,7 @@ from tlsmta.config._address_maps import AddressMap, AddressMapError, split_addre
 from tlsmta.config._dkim import DkimDomain
 from tlsmta.config._door import DnsblZone, Rate
 from tlsmta.config._loader import (
+    BAD_CERTIFICATE_LAB_MODES,
     CERTIFICATE_LAB_MODES,
     DELIVERY_OPTIONS,
     LAB_MODES,
@@ -38,6 +39,7 @@ from tlsmta.config._routes import Route, RouteError, parse_route
 from tlsmta.config._tls_modes import DANE_REQUIRED_WORD, ListenerTLS, OutboundTLS
 
 __all__ = [
+    "BAD_CERTIFICATE_LAB_MODES",
     "AddressMap",
     "AddressMapError",
     "CERTIFICATE_LAB_MODES",

@@ -22,9 +22,9 @@ from typing import Any, Protocol, TypeVar
 import attrs
 
 from tlsmta.config._address_maps import AddressMap, address_value, load_address_maps, login_value
+from tlsmta.config._dev_auth import open_relays
 from tlsmta.config._dkim import DkimDomain, parse_selector
 from tlsmta.config._door import DnsblZone, Rate, parse_dnsbl, parse_rate
-from tlsmta.config._dev_auth import open_relays
 from tlsmta.config._endpoints import overlaps, port_problem, tcp_address
 from tlsmta.config._milter_addresses import milter_addresses
 from tlsmta.config._redis_address import RedisAddress, parse_redis_url
@@ -151,6 +151,21 @@ def _str_list(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise ValueError(f"must be a list of non-empty strings (got {value!r})")
     return tuple(value)
+
+
+_TAG_RULE = re.compile(r"([A-Za-z0-9][A-Za-z0-9._-]{0,63})=(subject|from|to|body):(.+)", re.S)
+
+
+def _tag_rules(value: Any) -> tuple[tuple[str, str, str], ...]:
+    """The dev relay's automatic tags: ``"invoice=subject:Invoice"`` tags a message
+    whose Subject contains "Invoice" (any case); as (tag, field, text) triples."""
+    rules = []
+    for rule in _str_list(value):
+        match = _TAG_RULE.fullmatch(rule)
+        if match is None:
+            raise ValueError(f'each rule must be "TAG=FIELD:TEXT", FIELD one of subject, from, to, body (got {rule!r})')
+        rules.append((match.group(1).lower(), match.group(2), match.group(3)))
+    return tuple(rules)
 
 
 def _sha256_pin(text: str) -> str:
@@ -416,6 +431,7 @@ SYNTAX_ONLY = SyntaxOnly()
 # The dev relay's TLS lab modes (tlsmta.devrelay makes their certificates).
 CERTIFICATE_LAB_MODES = ("good", "expired", "wrong-name", "untrusted", "self-signed")
 LAB_MODES = (*CERTIFICATE_LAB_MODES, "handshake-fail", "no-starttls")
+BAD_CERTIFICATE_LAB_MODES = CERTIFICATE_LAB_MODES[1:]  # a client that goes on with one of these did not verify
 
 
 def _endpoint(value: Any) -> str:
@@ -617,6 +633,8 @@ HTTP_OPTIONS: dict[str, Option] = {
     ),
     "maildir": Option(_path, None, "the Maildir the page shows; default: the global maildir: route"),
     "allowed_hosts": Option(_str_list, (), "Host header names accepted besides loopback ones (DNS rebinding guard)"),
+    "keep_messages": Option(_int(0), 1000, "the page's Maildir keeps the newest N messages, older ones are deleted; 0: all"),
+    "tag_rules": Option(_tag_rules, (), 'automatic tags, "TAG=FIELD:TEXT" (FIELD: subject, from, to or body)'),
     # The dev relay's message checks and webhook (tlsmta.devrelay._linkcheck, _webhook).
     "link_check_hosts": Option(_str_list, (), "hosts the link check may request (default none)"),
     "webhook_url": Option(_http_url, None, "POST each captured message's summary here (needs [http] endpoint)"),

@@ -1,11 +1,12 @@
 """The dev test relay: the web page and JSON API (``webui`` and ``web/``),
-captured messages read from the Maildir (``capture``, ``mailview``), the
-TLS lab (``tlslab``), SMTP failures on purpose (``chaos``), POP3 and IMAP
-over the captured mail (``mailservers``, ``mailaccess``, ``pop3``, ``imap``),
-checks per message (``checks``, ``checks_html``, ``checks_mime``, ``css``,
-``linkcheck``), the send API and the webhook (``webui_tools``, ``send``,
-``webhook``), the dev CA and its certificates (``devcert``) and "Release" to
-a smarthost (``release``).
+captured messages indexed from the Maildir (``capture``, ``mailview``),
+search, filters and automatic tags (``search``), the TLS lab (``tlslab``),
+SMTP failures on purpose (``chaos``), POP3 and IMAP over the captured mail
+(``mailservers``, ``mailaccess``, ``pop3``, ``imap``), checks per message
+(``checks``, ``checks_html``, ``checks_mime``, ``css``, ``linkcheck``), the
+send API and the webhook (``webui_tools``, ``send``, ``webhook``), the dev CA
+and its certificates (``devcert``) and "Release" to a smarthost (``release``,
+and each release's state: ``releases``).
 
 May import storage, smtp, tls, reporting and config.
 

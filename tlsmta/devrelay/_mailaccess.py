@@ -6,7 +6,8 @@ A client gets each captured message as the Maildir holds it (with the
 server such as Dovecot would serve it) in wire form, CRLF line ends.  Logins
 are checked by what checks the dev relay's SMTP AUTH (``[dev] auth_users_file``,
 else any user and password), in a thread.  Deleting a message (POP3 ``DELE``
-then ``QUIT``, IMAP ``\\Deleted`` then ``EXPUNGE``) deletes it from the capture.
+then ``QUIT``, IMAP ``\\Deleted`` then ``EXPUNGE``) deletes it from the capture and
+emits a quiet ``captured_deleted`` event, so the web page's list drops it at once.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from tlsmta.devrelay._devcert import ensure_dev_certificate
 from tlsmta.devrelay._tlslab import dev_names
 from tlsmta.devrelay._webui import host_allowed
 from tlsmta.network import IServiceReactor, PortService
+from tlsmta.reporting import EventBus
 from tlsmta.tls import ServerTLS, server_context
 
 log = Logger(namespace="tlsmta.devrelay.mailaccess")
@@ -51,7 +53,7 @@ class LoginCheck(Protocol):
 class CapturedCopy:
     """One captured message as a mail client gets it."""
 
-    id: str  # its Maildir name: the POP3 UIDL, and what the IMAP UID is mapped from
+    id: str  # its capture id (the queue id): the POP3 UIDL, and what the IMAP UID is mapped from
     data: bytes  # the stored bytes with CRLF line ends
     received_ts: float
 
@@ -88,8 +90,10 @@ def delete_all(mail: CapturedMail, ids: list[str]) -> list[str]:
 class Access:
     """The captured mail, the login check and the threads both servers use."""
 
-    def __init__(self, mail: CapturedMail, logins: LoginCheck, run_blocking: RunBlocking, run_in_thread: RunBlocking):
+    def __init__(self, mail: CapturedMail, logins: LoginCheck, run_blocking: RunBlocking, run_in_thread: RunBlocking,
+                 events: EventBus):
         self.mail = mail
+        self.events = events  # the relay's: the web page's event stream learns of deletes from it
         self.logins = logins
         self.run_blocking = run_blocking  # file reads and deletes (the service's disk thread)
         self.run_in_thread = run_in_thread  # password checks (scrypt is slow)
@@ -99,7 +103,12 @@ class Access:
         return self.run_blocking(snapshot, self.mail)
 
     def delete(self, ids: list[str]) -> Deferred[list[str]]:
-        return self.run_blocking(delete_all, self.mail, ids)
+        return self.run_blocking(delete_all, self.mail, ids).addCallback(self._deleted)
+
+    def _deleted(self, gone: list[str]) -> list[str]:
+        if gone:
+            self.events.emit("captured_deleted", quiet=True, ids=gone)
+        return gone
 
 
 @implementer(ICredentialsChecker)

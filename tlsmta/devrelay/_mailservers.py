@@ -17,17 +17,18 @@ from tlsmta.devrelay._mailaccess import (
 )
 from tlsmta.devrelay._pop3 import POP3Factory, POP3Realm
 from tlsmta.network import IServiceReactor
+from tlsmta.reporting import EventBus
 
 
 def mail_access_services(reactor: IServiceReactor, config: Config, hostname: str, logins: LoginCheck,
-                         run_blocking: RunBlocking, run_in_thread: RunBlocking) -> list[MailAccessService]:
-    """One service per ``[dev]`` endpoint that is set (none: an empty list)."""
+                         run_blocking: RunBlocking, run_in_thread: RunBlocking, events: EventBus) -> list[MailAccessService]:
+    """One service per ``[dev]`` endpoint that is set (none: an empty list); deletes are told to ``events``."""
     dev = config.dev
     if not (dev["pop3"] or dev["imap"]):
         return []
     maildir = captured_maildir(config)
     assert maildir is not None, "the loader refuses [dev] pop3/imap without a Maildir to serve"
-    access = Access(CapturedMail(maildir), logins, run_blocking, run_in_thread)
+    access = Access(CapturedMail(maildir), logins, run_blocking, run_in_thread, events)
     context = dev_tls_context(config, hostname)
     services = []
     if dev["pop3"]:

@@ -10,8 +10,12 @@ unknown.
 
 from __future__ import annotations
 
+import base64
 import datetime
+import email.header
 import email.policy
+import re
+import urllib.parse
 from collections.abc import Iterator, Mapping
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
@@ -22,6 +26,9 @@ import attrs
 from tlsmta.inbound import with_keyword
 
 _PARSER = BytesParser(policy=email.policy.default)
+# The index parses every captured file once: compat32 keeps header values as strings (no header
+# objects built for every Content-Type looked at), and only the shown fields are decoded.
+_INDEX_PARSER = BytesParser(policy=email.policy.compat32)
 
 
 @attrs.frozen
@@ -37,6 +44,7 @@ class Receipt:
     tls_cipher: str | None = None
     client_certificate: str | None = None  # "not requested", "none", "yes (CN=...)", ...
     when: datetime.datetime | None = None
+    lab: str | None = None  # the TLS lab's bad-certificate mode the client went on with
     auth_user: str | None = None  # the AUTH user name, None: no AUTH (or unknown)
 
     def as_json(self) -> dict[str, Any]:
@@ -51,6 +59,9 @@ class Receipt:
                 "protocol": self.tls_protocol,
                 "cipher": self.tls_cipher,
                 "client_certificate": self.client_certificate,
+                "lab": self.lab,
+                # None: unknown (no receipt, or no TLS); False: a good certificate
+                "client_accepted_bad_certificate": None if not self.tls else self.lab is not None,
             },
         }
 
@@ -90,8 +101,14 @@ def receipt_of(record: Mapping[str, Any] | None) -> Receipt:
         tls_cipher=tls.get("cipher") if used else None,
         client_certificate=client_certificate_words(tls) if used else None,
         when=_instant(record.get("received_at")),
+        lab=tls.get("lab") if used else None,
         auth_user=record.get("auth_user") or None,
     )
+
+
+def parse_for_index(data: bytes) -> Message:
+    """The message parsed for its list entry and search text (:func:`summary_of`, :func:`body_text`)."""
+    return _INDEX_PARSER.parsebytes(data)
 
 
 def parse_message(data: bytes) -> EmailMessage:
@@ -158,6 +175,16 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def _field(message: Message, name: str) -> str:
+    """A header field's value as the page shows it (encoded words decoded), whichever policy parsed it."""
+    value = message.get(name)
+    if value is None:
+        return ""
+    if isinstance(value, email.header.Header):  # compat32's value for raw 8-bit bytes: shown as U+FFFD
+        return str(value)
+    return str(email.policy.default.header_fetch_parse(name, value))
+
+
 def _leaves(message: Message) -> Iterator[tuple[int, Message]]:
     for index, part in enumerate(message.walk()):
         if not part.is_multipart():
@@ -171,10 +198,22 @@ def _filename(part: Message) -> str | None:
         return None
 
 
+def _content_id(part: Message) -> str | None:
+    value = part.get("Content-ID")
+    if value is None:
+        return None
+    return str(value).strip().removeprefix("<").removesuffix(">") or None
+
+
 def _is_attachment(part: Message) -> bool:
-    return part.get_content_disposition() == "attachment" or (
-        _filename(part) is not None and part.get_content_maintype() not in ("text", "multipart")
-    )
+    """A download: disposition attachment, or a named non-text part that is not an inline
+    part the HTML shows by its Content-ID (``<img src="cid:...">``)."""
+    disposition = part.get_content_disposition()
+    if disposition == "attachment":
+        return True
+    if _content_id(part) is not None:
+        return False
+    return _filename(part) is not None and part.get_content_maintype() not in ("text", "multipart")
 
 
 def _decoded(part: Message) -> bytes:
@@ -200,24 +239,25 @@ def first_part(message: Message, content_type: str) -> tuple[int, Message] | Non
 
 def summary(message_key: str, data: bytes, stored_at: float, receipt: Receipt) -> dict[str, Any]:
     """The list entry for one stored message (JSON-ready)."""
-    message = parse_message(data)
-    return _summary(message_key, message, data, stored_at, receipt)
+    return summary_of(message_key, parse_message(data), data, stored_at, receipt)
 
 
-def _summary(key: str, message: EmailMessage, data: bytes, stored_at: float, receipt: Receipt) -> dict[str, Any]:
+def summary_of(key: str, message: Message, data: bytes, stored_at: float, receipt: Receipt) -> dict[str, Any]:
+    """The list entry for one stored message (JSON-ready); ``data`` is the Maildir file,
+    ``message`` it parsed."""
     sender, recipients = envelope_of(data)
-    size = len(data)
+    size = len(as_received(data))
     when = receipt.when or datetime.datetime.fromtimestamp(stored_at, datetime.timezone.utc)
     attachments = [index for index, part in _leaves(message) if _is_attachment(part)]
     return {
         "id": key,
         "envelope": {"from": sender, "to": recipients},
-        "from": _text(message.get("From")),
-        "to": _text(message.get("To")),
-        "cc": _text(message.get("Cc")),
-        "subject": _text(message.get("Subject")),
-        "date": _text(message.get("Date")),
-        "message_id": _text(message.get("Message-ID")),
+        "from": _field(message, "From"),
+        "to": _field(message, "To"),
+        "cc": _field(message, "Cc"),
+        "subject": _field(message, "Subject"),
+        "date": _field(message, "Date"),
+        "message_id": _field(message, "Message-ID"),
         "size": size,
         "received_at": when.astimezone(datetime.timezone.utc).replace(microsecond=0).isoformat(),
         "received_ts": stored_at,
@@ -230,7 +270,7 @@ def _summary(key: str, message: EmailMessage, data: bytes, stored_at: float, rec
 def detail(message_key: str, data: bytes, stored_at: float, receipt: Receipt) -> dict[str, Any]:
     """One message parsed: summary, every header, text, parts and attachments."""
     message = parse_message(data)
-    out = _summary(message_key, message, data, stored_at, receipt)
+    out = summary_of(message_key, message, data, stored_at, receipt)
     out["headers"] = [[name, _text(value)] for name, value in message.items()]
     plain = first_part(message, "text/plain")
     out["text"] = _as_text(plain[1]) if plain else None
@@ -246,6 +286,8 @@ def detail(message_key: str, data: bytes, stored_at: float, receipt: Receipt) ->
                 "disposition": part.get_content_disposition(),
                 "size": len(_decoded(part)),
                 "attachment": _is_attachment(part),
+                "content_id": _content_id(part),
+                "thumbnail": part.get_content_type() in THUMBNAIL_TYPES,
             }
         )
     out["parts"] = parts
@@ -260,23 +302,70 @@ def part_of(data: bytes, index: int) -> tuple[Message, bytes] | None:
     return None
 
 
+THUMBNAIL_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})  # raster: no script, unlike SVG
+_CID = re.compile(r"""cid:([^"'\s)>]+)""", re.I)
+# Links open in a new tab (the frame's sandbox allows popups): the mail never replaces itself in the frame.
+_BASE = "<base target=\"_blank\">"
+
+
 def html_of(data: bytes) -> str | None:
-    """The message's HTML body as text, if it has one."""
-    found = first_part(parse_message(data), "text/html")
-    return _as_text(found[1]) if found else None
+    """The message's HTML body for the sandboxed view, if it has one: ``cid:`` references to its
+    own inline parts become ``data:`` URLs (the frame may load nothing else) and links open a new tab."""
+    message = parse_message(data)
+    found = first_part(message, "text/html")
+    if found is None:
+        return None
+    inline = {cid: part for _, part in _leaves(message) if (cid := _content_id(part)) is not None}
+
+    def data_url(match: re.Match[str]) -> str:
+        part = inline.get(urllib.parse.unquote(match.group(1)))
+        if part is None:
+            return match.group(0)
+        return f"data:{part.get_content_type()};base64,{base64.b64encode(_decoded(part)).decode('ascii')}"
+
+    return _BASE + _CID.sub(data_url, _as_text(found[1]))
 
 
-def matches(entry: Mapping[str, Any], to: str | None = None, sender: str | None = None, subject: str | None = None,
-            text: str | None = None) -> bool:
-    """Search: each given term is a case-insensitive substring of its field(s)."""
+def body_text(message: Message) -> str:
+    """The text a search looks through: the text/plain body, else the HTML's text without its tags."""
+    plain = first_part(message, "text/plain")
+    if plain is not None:
+        return _as_text(plain[1])
+    html = first_part(message, "text/html")
+    return _TAG.sub(" ", _as_text(html[1])) if html is not None else ""
 
-    def has(term: str | None, *fields: str) -> bool:
-        return term is None or any(term.lower() in field.lower() for field in fields)
 
-    envelope = entry["envelope"]
-    return (
-        has(to, *envelope["to"], entry["to"], entry["cc"])
-        and has(sender, envelope["from"], entry["from"])
-        and has(subject, entry["subject"])
-        and has(text, entry["subject"], entry["from"], entry["to"], envelope["from"], *envelope["to"])
-    )
+_TAG = re.compile(r"<[^>]*>")
+
+
+def _own_received_end(data: bytes, start: int) -> int:
+    """Where the ``Received:`` field tlsmta's inbound side wrote at ``start`` ends (``start``: none there)."""
+    if not data[start:start + 9].lower() == b"received:":
+        return start
+    end = start
+    while True:
+        newline = data.find(b"\n", end)
+        if newline < 0:
+            return start
+        end = newline + 1
+        if data[end:end + 1] not in (b" ", b"\t"):
+            break
+    return end if b"(tlsmta)" in data[start:end] else start
+
+
+def as_received(data: bytes) -> bytes:
+    """The message as the client sent it, from its Maildir file: without the delivery's
+    Return-Path/Delivered-To lines and tlsmta's own ``Received:`` field, with CRLF line
+    ends again (the Maildir keeps LF; the DATA reader refused bare CR and LF)."""
+    body = data[_own_received_end(data, local_envelope(data).end):]
+    return body.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+def raw_text(received: bytes) -> str:
+    """The bytes as received, decoded for reading with the message's top-level charset
+    (UTF-8 when it names none or one Python does not know)."""
+    charset = parse_message(received).get_content_charset() or "utf-8"
+    try:
+        return received.decode(charset, "replace")
+    except LookupError:
+        return received.decode("utf-8", "replace")

@@ -1,21 +1,21 @@
 """The webhook: POST each newly captured message's summary to ``[http] webhook_url``.
 
-Runs beside SMTP, never in its way: arrivals are noticed from the relay's
-events after the 250 was sent, the summary is read on the disk thread and
-the POST goes out on its own; a slow or failing receiver only delays the
-next POSTs.  Each message is posted once (the ids already seen are kept),
-with up to ``ATTEMPTS`` tries ``RETRY_DELAYS`` apart, each bounded by
-``POST_TIMEOUT``; a failed try is logged, the last one says it gave up.
-The body is the message's list entry (``GET /api/messages``) as JSON.
+Runs beside SMTP, never in its way: arrivals are the ``added`` entries of
+the web page's event stream (:class:`._webui.EventStream`: one ``changes``
+per run of the capture index, after the 250 was sent), and the POST goes out
+on its own; a slow or failing receiver only delays the next POSTs.  Mail
+already there when the relay starts is not posted (the stream's first index
+run only learns it); each new message is posted once, with up to
+``ATTEMPTS`` tries ``RETRY_DELAYS`` apart, each bounded by ``POST_TIMEOUT``;
+a failed try is logged, the last one says it gave up.  The body is the
+message's list entry (``GET /api/messages``) as JSON.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import time
 from collections import deque
-from collections.abc import Callable
 from typing import Any, TypeVar
 
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from twisted.web.client import Agent, FileBodyProducer
 from twisted.web.http_headers import Headers
 
-from tlsmta.devrelay._capture import CapturedMail
+from tlsmta.devrelay._capture import Changes
 from tlsmta.devrelay._linkcheck import discard_body
 from tlsmta.network import IServiceReactor
 
@@ -37,69 +37,23 @@ POST_TIMEOUT = 10.0
 HEADERS = {b"content-type": [b"application/json; charset=utf-8"], b"user-agent": [b"tlsmta-dev-relay-webhook"]}
 
 
-def is_arrival(event: str, fields: dict[str, Any]) -> bool:
-    """Whether an event may mean new captured mail: a message accepted over SMTP, or one
-    the queue finished (the send API's, a bounce, a release that stayed local)."""
-    return (event == "received" and fields.get("code") == 250) or event == "queue_done"
-
-
 class Webhook:
-    """Posts new captured messages' summaries to one URL (start/stop with the web service)."""
+    """Posts new captured messages' summaries to one URL (the web service stops it)."""
 
-    def __init__(self, reactor: IServiceReactor, url: str, mail: CapturedMail,
-                 run_blocking: Callable[..., Deferred[Any]]):
+    def __init__(self, reactor: IServiceReactor, url: str):
         self.reactor = reactor
         self.url = url
-        self.mail = mail
-        self.run_blocking = run_blocking
         self.agent = Agent(reactor, connectTimeout=POST_TIMEOUT)
-        self._seen: set[str] | None = None  # ids posted or there at start; None until read
-        self._scanning = False
-        self._again = False
         self._pending: set[Deferred[Any]] = set()  # requests and retry waits, cancelled by stop()
         self._stopped = False
         self._outbox: deque[dict[str, Any]] = deque()  # summaries to POST, oldest first
         self._draining = False
 
-    def start(self) -> Deferred[None]:
-        """Remember what was captured before now: only mail arriving from now on is posted
-        (also what arrives while the Maildir is being read)."""
-        since = time.time()
-        return self.run_blocking(self.mail.summaries).addCallback(self._started, since)
-
-    def _started(self, entries: list[dict[str, Any]], since: float) -> None:
-        self._seen = {entry["id"] for entry in entries if entry["received_ts"] < since}
-        if len(self._seen) < len(entries):
-            self._scan()
-
-    def on_event(self, event: str, fields: dict[str, Any]) -> None:
-        """An events sink (may be called off the reactor thread)."""
-        if is_arrival(event, fields):
-            self.reactor.callFromThread(self._scan)
-
-    def _scan(self) -> None:
-        if self._seen is None or self._stopped:
+    def on_changes(self, changes: Changes) -> None:
+        """A listener of the event stream: post what came (oldest first, as the stream gives it)."""
+        if self._stopped:
             return
-        if self._scanning:  # one scan at a time; a second arrival meanwhile rescans after it
-            self._again = True
-            return
-        self._scanning = True
-        self.run_blocking(self.mail.summaries).addCallback(self._new).addErrback(
-            lambda f: log.failure("webhook: reading the captured mail failed", f)
-        ).addBoth(self._scanned)
-
-    def _scanned(self, _: object) -> None:
-        self._scanning = False
-        if self._again:
-            self._again = False
-            self._scan()
-
-    def _new(self, entries: list[dict[str, Any]]) -> None:
-        assert self._seen is not None
-        for entry in reversed(entries):  # oldest first
-            if entry["id"] not in self._seen:
-                self._seen.add(entry["id"])
-                self._outbox.append(entry)
+        self._outbox.extend(changes.added)
         if self._outbox and not self._draining:
             ensureDeferred(self._drain())
 

@@ -18,10 +18,15 @@ out of it even so:
 
 Routes (all JSON unless said otherwise):
 
-``GET /api/messages[?to=&from=&subject=&q=]``, ``DELETE /api/messages``,
-``GET|DELETE /api/messages/ID``, ``GET /api/messages/ID/raw`` (text),
+``GET /api/messages[?to=&from=&subject=&q=&tag=&since=&until=&unread=&start=&limit=]``
+(newest first; ``count`` is every match), ``DELETE /api/messages``,
+``GET|DELETE /api/messages/ID`` (ID: the queue id of ``250 ... queued as ID``),
+``PATCH /api/messages/ID`` (``{"read": BOOL, "tags": [...]}``),
+``GET /api/messages/ID/raw`` (the bytes as received, ``message/rfc822``),
+``GET /api/messages/ID/source`` (those bytes as text, decoded with the message's charset),
+``GET /api/messages/ID/parts/N/thumbnail`` (an image part, inline),
 ``GET /api/messages/ID/html`` (sandboxed HTML), ``GET /api/messages/ID/parts/N``
-(download), ``GET /api/events`` (Server-Sent Events: ``changed``),
+(download), ``GET /api/events`` (Server-Sent Events: ``hello``, ``changes``, ``releases``),
 ``POST /api/messages/ID/release`` (JSON ``{"smarthost": "HOST[:PORT]", "to": [...]}``:
 queued for that smarthost under the configured TLS policy, see :mod:`tlsmta.devrelay._release`),
 ``GET /api/dev-ca.pem``, ``GET|PUT /api/tls-lab``, ``GET|POST|DELETE /api/chaos`` and
@@ -35,7 +40,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Mapping
 from importlib import resources
 from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
@@ -50,11 +56,13 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from tlsmta.devrelay._capture import CapturedMail, MessageNotFound, captured_maildir
+from tlsmta.devrelay._capture import CapturedMail, Changes, MessageNotFound, captured_maildir
 from tlsmta.devrelay._chaos import STAGES, ChaosError, ChaosRules, described
 from tlsmta.devrelay._devcert import LAB_MODES, dev_ca_path
-from tlsmta.devrelay._mailview import envelope_of, html_of, part_of
+from tlsmta.devrelay._mailview import THUMBNAIL_TYPES, envelope_of, html_of, part_of, raw_text
 from tlsmta.devrelay._release import ReleaseError, outgoing_body, release_message, smarthost_route
+from tlsmta.devrelay._releases import ReleaseLog
+from tlsmta.devrelay._search import TAG, parse_instant
 from tlsmta.devrelay._send import SendError
 from tlsmta.devrelay._tlslab import LabError, LabListener, lab_applies
 from tlsmta.devrelay._webhook import Webhook
@@ -81,7 +89,8 @@ PAGE_CSP = (
     "frame-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 # Mail HTML: no scripts, opaque origin, nothing fetched from the network (tracking pixels).
-MAIL_CSP = "sandbox; default-src 'none'; img-src data:; style-src 'unsafe-inline'; font-src data:"
+MAIL_CSP = ("sandbox allow-popups allow-popups-to-escape-sandbox; default-src 'none'; img-src data:; "
+            "style-src 'unsafe-inline'; font-src data:")
 
 
 def host_allowed(host: str | None, allowed: Iterable[str] = ()) -> bool:
@@ -124,6 +133,43 @@ class HTTPError(TlsmtaError):
         self.message = message
 
 
+MAX_PAGE = 1000  # the most entries one list request returns
+
+
+def list_query(args: Mapping[bytes, list[bytes]]) -> dict[str, Any]:
+    """``GET /api/messages``' query string as :meth:`CapturedMail.page` arguments; HTTPError 400
+    for a bad one.  ``start``/``limit`` page (no ``limit``: every match)."""
+
+    def arg(name: str) -> str | None:
+        values = args.get(name.encode())
+        return values[0].decode("utf-8", "replace") if values and values[0] else None
+
+    def number(name: str, low: int, high: int | None) -> int | None:
+        text = arg(name)
+        if text is None:
+            return None
+        if not text.isdigit() or int(text) < low or (high is not None and int(text) > high):
+            raise HTTPError(400, f"{name} must be a whole number from {low}{f' to {high}' if high else ''}")
+        return int(text)
+
+    def instant(name: str, end_of_day: bool) -> float | None:
+        text = arg(name)
+        try:
+            return None if text is None else parse_instant(text, end_of_day)
+        except ValueError:
+            raise HTTPError(400, f"{name} must be a date (2026-12-03) or an ISO 8601 time") from None
+
+    unread = arg("unread")
+    if unread not in (None, "true", "false"):
+        raise HTTPError(400, "unread must be true or false")
+    return {
+        "to": arg("to"), "sender": arg("from"), "subject": arg("subject"), "text": arg("q"), "tag": arg("tag"),
+        "since": instant("since", False), "until": instant("until", True),
+        "unread": None if unread is None else unread == "true",
+        "start": number("start", 0, None) or 0, "limit": number("limit", 1, MAX_PAGE),
+    }
+
+
 class Reply:
     """A response body with its content type and extra headers."""
 
@@ -139,11 +185,24 @@ def json_reply(value: Any, status: int = 200) -> Reply:
 
 
 class EventStream:
-    """Open Server-Sent Events responses; ``changed()`` tells every page to refetch."""
+    """Open Server-Sent Events responses, told what changed in the captured mail.
 
-    def __init__(self, reactor: IServiceReactor):
+    Every (re)connection starts with ``hello`` (the page fetches its first
+    page then, so it catches up after a reconnect); then one ``changes``
+    event ``{"added": [entry, ...], "removed": [id, ...]}`` per index run,
+    so a page updates itself without refetching the list.  Runs of the index
+    never overlap: arrivals during one make exactly one more, so a burst of
+    mail costs a few index runs, not one per message.  ``listeners`` (the
+    webhook) get the same :class:`Changes`, whether a page is open or not.
+    """
+
+    def __init__(self, reactor: IServiceReactor, sync: Callable[[], Deferred[Changes]]):
         self.reactor = reactor
         self.requests: set[Request] = set()
+        self.listeners: list[Callable[[Changes], None]] = []
+        self._sync = sync
+        self._syncing = False
+        self._again = False
         self._heartbeat = LoopingCall(self._send, b": ping\n\n")
         self._heartbeat.clock = reactor
 
@@ -168,8 +227,31 @@ class EventStream:
         self.requests.add(request)
         request.notifyFinish().addBoth(lambda _: self.requests.discard(request))
 
-    def changed(self, why: str) -> None:
-        self._send(f"event: changed\ndata: {json.dumps({'why': why})}\n\n".encode())
+    def refresh(self) -> None:
+        """The Maildir may have changed: index it and tell every page what changed."""
+        if self._syncing:
+            self._again = True
+            return
+        self._syncing = True
+        d = self._sync()
+        d.addCallbacks(self.publish, lambda f: log.failure("indexing the captured mail failed", f))
+        d.addBoth(self._synced)
+
+    def _synced(self, _: Any) -> None:
+        self._syncing = False
+        if self._again:
+            self._again = False
+            self.refresh()
+
+    def publish(self, changes: Changes) -> None:
+        if changes.added or changes.removed or changes.updated:
+            self.send_event("changes", json.dumps(attrs.asdict(changes), ensure_ascii=False))
+            for listener in list(self.listeners):
+                listener(changes)
+
+    def send_event(self, name: str, data: str) -> None:
+        """One named event to every page (``data``: one line of JSON)."""
+        self._send(f"event: {name}\ndata: {data}\n\n".encode())
 
     def _send(self, data: bytes) -> None:
         for request in list(self.requests):
@@ -179,10 +261,11 @@ class EventStream:
                 self.requests.discard(request)
 
     def on_event(self, event: str, fields: dict[str, Any]) -> None:
-        """An events sink: a message stored, or one the queue finished (a bounce or a mixed
-        message may have gone into the Maildir), means the list may have changed."""
-        if (event == "received" and fields.get("code") == 250) or event == "queue_done":
-            self.reactor.callFromThread(self.changed, "received" if event == "received" else "queued")
+        """An events sink: a message stored, one the queue finished (a bounce, a mixed
+        message or the send API's may have gone into the Maildir), or messages a POP3/IMAP
+        client deleted, means the list may have changed."""
+        if (event == "received" and fields.get("code") == 250) or event in ("queue_done", "captured_deleted"):
+            self.reactor.callFromThread(self.refresh)
 
 
 class RelayHost(Protocol):
@@ -207,15 +290,19 @@ class WebUI(Resource):
     isLeaf = True
 
     def __init__(self, reactor: IServiceReactor, mail: CapturedMail, state_dir: str, run_blocking: Callable[..., Deferred[Any]],
-                 allowed_hosts: Iterable[str] = (), host: RelayHost | None = None):
+                 allowed_hosts: Iterable[str] = (), host: RelayHost | None = None, keep_messages: int = 0):
         super().__init__()
+        self.keep_messages = keep_messages  # prune to the newest N after each arrival; 0: never
+        self._published: set[str] | None = None  # the ids the event stream has told the pages about
+        self._since = time.time()  # mail stored from now on is news (to the pages and the webhook)
         self.reactor = reactor
         self.run_blocking = run_blocking  # file reads off the reactor thread (the service's DiskIO)
         self.mail = mail
         self.state_dir = state_dir
         self.allowed_hosts = tuple(allowed_hosts)
         self.host = host  # the running relay, for the TLS lab and Release; None: neither
-        self.stream = EventStream(reactor)
+        self.stream = EventStream(reactor, lambda: self._blocking(self._index))
+        self.releases = ReleaseLog()
         self.tools: MessageTools | None = None  # checks, link check, send API (web_service sets it)
         self.static = {name: resources.files("tlsmta.devrelay").joinpath("web", name).read_bytes() for name in STATIC}
 
@@ -223,6 +310,22 @@ class WebUI(Resource):
 
     def _blocking(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
         return self.run_blocking(fn, *args)
+
+    def _prune(self) -> None:
+        pruned = self.mail.prune(self.keep_messages)
+        if pruned:
+            log.info("pruned {count} captured messages (keep_messages = {keep})", count=len(pruned), keep=self.keep_messages)
+
+    def _index(self) -> Changes:
+        """Index new mail and prune to ``keep_messages`` (in a disk thread); what the
+        pages have not been told yet.  The first run learns what was there before
+        the relay started; what came since is news even if it came before that run."""
+        self._prune()
+        if self._published is None:
+            self._published = {entry["id"] for entry in self.mail.summaries() if entry["received_ts"] < self._since}
+        changes = self.mail.changes_since(self._published)
+        self._published = (self._published - set(changes.removed)) | {e["id"] for e in changes.added}
+        return changes
 
     def render(self, request: Request) -> Any:
         request.setHeader(b"x-content-type-options", b"nosniff")
@@ -326,35 +429,71 @@ class WebUI(Resource):
         return Reply(self.static[name], STATIC[name], headers=headers)
 
     def _list(self, request: Request) -> Deferred[Reply]:
-        def arg(name: str) -> str | None:
-            values = request.args.get(name.encode()) if request.args else None
-            return values[0].decode("utf-8", "replace") if values and values[0] else None
+        query = list_query(request.args or {})
 
-        terms = {"to": arg("to"), "sender": arg("from"), "subject": arg("subject"), "text": arg("q")}
-        return self._blocking(lambda: self.mail.search(**terms)).addCallback(
-            lambda found: json_reply({"count": len(found), "messages": found})
+        def pruned_page() -> tuple[int, list[dict[str, Any]]]:
+            self._prune()  # the list never shows more than keep_messages, even before the stream's index run
+            return self.mail.page(**query)
+
+        return self._blocking(pruned_page).addCallback(
+            lambda found: json_reply({"count": found[0], "start": query["start"], "messages": found[1]})
         )
 
     def _cleared(self, count: int) -> Reply:
-        self.stream.changed("deleted")
+        self.stream.refresh()
         return json_reply({"deleted": count})
 
     def _message(self, request: Request, method: str, message_id: str, rest: list[str]) -> Deferred[Reply]:
         if rest == [] and method == "GET":
-            return self._blocking(self.mail.detail, message_id).addCallback(json_reply)
+            return self._blocking(self.mail.detail, message_id).addCallback(
+                lambda found: json_reply({**found, "releases": self.releases.of(message_id)}))
         if rest == [] and method == "DELETE":
+            self.releases.forget(message_id)  # the queue still delivers them; the page no longer shows them
             return self._blocking(self.mail.delete, message_id).addCallback(lambda _: self._cleared(1))
         if rest == ["raw"] and method == "GET":
-            return self._blocking(self.mail.raw, message_id).addCallback(
-                lambda found: Reply(found[0], "text/plain; charset=utf-8")
+            return self._blocking(self.mail.as_received, message_id).addCallback(
+                lambda data: Reply(data, "message/rfc822", headers={
+                    "content-disposition": f"attachment; filename*=UTF-8''{quote(message_id, safe='')}.eml"})
             )
+        if rest == ["source"] and method == "GET":
+            return self._blocking(self.mail.as_received, message_id).addCallback(
+                lambda data: Reply(raw_text(data).encode("utf-8"), "text/plain; charset=utf-8")
+            )
+        if rest == [] and method == "PATCH":
+            return self._change(message_id, self._json_body(request))
         if rest == ["html"] and method == "GET":
             return self._blocking(self._html, message_id)
         if len(rest) == 2 and rest[0] == "parts" and rest[1].isdigit() and method == "GET":
             return self._blocking(self._part, message_id, int(rest[1]))
+        if rest[2:] == ["thumbnail"] and rest[0] == "parts" and rest[1].isdigit() and method == "GET":
+            return self._blocking(self._thumbnail, message_id, int(rest[1]))
         if rest == ["release"] and method == "POST":
             return self._release(message_id, self._json_body(request))
         raise HTTPError(404, "not found")
+
+    def _change(self, message_id: str, body: Any) -> Deferred[Reply]:
+        """PATCH ``{"read": BOOL, "tags": [TAG, ...]}`` (either or both): the new list entry."""
+        if not isinstance(body, dict) or not body or set(body) - {"read", "tags"}:
+            raise HTTPError(400, 'send {"read": true|false, "tags": [TAG, ...]}')
+        read, tags = body.get("read"), body.get("tags")
+        if read is not None and not isinstance(read, bool):
+            raise HTTPError(400, '"read" must be true or false')
+        if tags is not None and not (isinstance(tags, list) and all(isinstance(t, str) and TAG.fullmatch(t) for t in tags)):
+            raise HTTPError(400, '"tags" must be a list of tags: letters, digits, ".", "_", "-" (at most 64)')
+
+        def change() -> dict[str, Any]:
+            entry = self.mail.summary(message_id)
+            if read is not None:
+                entry = self.mail.mark_read(message_id, read)
+            if tags is not None:
+                entry = self.mail.set_tags(message_id, [t.lower() for t in tags])
+            return entry
+
+        return self._blocking(change).addCallback(self._changed_entry)
+
+    def _changed_entry(self, entry: dict[str, Any]) -> Reply:
+        self.stream.publish(Changes([], [], [entry]))
+        return json_reply(entry)
 
     def _release(self, message_id: str, body: Any) -> Deferred[Reply]:
         """Queue a copy for a smarthost; delivered under the configured TLS policy."""
@@ -379,13 +518,28 @@ class WebUI(Resource):
             message.smtputf8 = not all(a.isascii() for a in [sender, *(r.address for r in message.recipients)])
 
             def stored(_: Any) -> Reply:
-                self.stream.changed("released")
-                return json_reply({"queued_as": message.id, "to": [r.address for r in message.recipients],
-                                   "route": str(route)}, 202)
+                addresses = [r.address for r in message.recipients]
+                self.releases.add(message_id, message.id, str(route), addresses)
+                self._releases_changed(message_id)
+                return json_reply({"queued_as": message.id, "to": addresses, "route": str(route), "state": "queued"}, 202)
 
             return host.release(message, payload).addCallback(stored)
 
         return self._blocking(self.mail.raw, message_id).addCallback(queue)
+
+    def on_delivery(self, event: str, fields: dict[str, Any]) -> None:
+        """An events sink: a delivery line of a release changes what the page shows of it."""
+        if event == "delivery":
+            self.reactor.callFromThread(self._delivered, dict(fields))
+
+    def _delivered(self, fields: dict[str, Any]) -> None:
+        message_id = self.releases.on_delivery(fields)
+        if message_id is not None:
+            self._releases_changed(message_id)
+
+    def _releases_changed(self, message_id: str) -> None:
+        data = json.dumps({"id": message_id, "releases": self.releases.of(message_id)}, ensure_ascii=False)
+        self.stream.send_event("releases", data)
 
     def _html(self, message_id: str) -> Reply:
         html = html_of(self.mail.raw(message_id)[0])
@@ -402,6 +556,13 @@ class WebUI(Resource):
         # Always a download, never rendered: the bytes are the sender's.
         return Reply(payload, "application/octet-stream",
                      headers={"content-disposition": f"attachment; filename*=UTF-8''{quote(name, safe='')}"})
+
+    def _thumbnail(self, message_id: str, index: int) -> Reply:
+        """A raster image part, inline, for the attachment list (never SVG or anything with script)."""
+        found = part_of(self.mail.raw(message_id)[0], index)
+        if found is None or found[0].get_content_type() not in THUMBNAIL_TYPES:
+            raise HTTPError(404, "no such image part")
+        return Reply(found[1], found[0].get_content_type(), headers={"content-security-policy": "sandbox; default-src 'none'"})
 
     def _dev_ca(self) -> Reply:
         try:
@@ -494,10 +655,11 @@ class WebService(PortService):
         self.web.mail.ensure()
         if self.web.host is not None:
             self.web.host.events.add_sink(self.web.stream.on_event)
-        if self.webhook is not None and self.web.host is not None:
-            self.webhook.start()
-            self.web.host.events.add_sink(self.webhook.on_event)
+            self.web.host.events.add_sink(self.web.on_delivery)
+        if self.webhook is not None:
+            self.web.stream.listeners.append(self.webhook.on_changes)
         self.web.stream.start()
+        self.web.stream.refresh()  # index what is there before the first arrival
         site = _QuietSite(self.web, reactor=self.reactor, requestFactory=_APIRequest)
         self.listen_on(serverFromString(self.reactor, self.endpoint).listen(site))
 
@@ -514,8 +676,9 @@ class WebService(PortService):
     def stopService(self) -> Deferred[None] | None:
         if self.web.host is not None:
             self.web.host.events.remove_sink(self.web.stream.on_event)
-        if self.webhook is not None and self.web.host is not None:
-            self.web.host.events.remove_sink(self.webhook.on_event)
+            self.web.host.events.remove_sink(self.web.on_delivery)
+        if self.webhook is not None:
+            self.web.stream.listeners.remove(self.webhook.on_changes)
             self.webhook.stop()
         self.web.stream.stop()
         return super().stopService()
@@ -525,9 +688,11 @@ def web_service(reactor: IServiceReactor, config: Any, host: RelayHost, run_bloc
     """The WebService for ``config``'s ``[http]`` table (its endpoint must be set)."""
     maildir = captured_maildir(config)
     assert maildir is not None, "the loader refuses [http] endpoint without a Maildir to show"
-    web = WebUI(reactor, CapturedMail(maildir), config.state_dir, run_blocking, config.http.get("allowed_hosts") or (), host)
+    mail = CapturedMail(maildir, config.http.get("tag_rules") or ())
+    web = WebUI(reactor, mail, config.state_dir, run_blocking, config.http.get("allowed_hosts") or (), host,
+                config.http.get("keep_messages") or 0)
     web.tools = MessageTools(reactor, web.mail, run_blocking, host.release if host is not None else None,
                              config.http.get("link_check_hosts") or (), config.hostname or "localhost")
     url = config.http.get("webhook_url")
-    webhook = Webhook(reactor, url, web.mail, run_blocking) if url else None
+    webhook = Webhook(reactor, url) if url else None
     return WebService(reactor, config.http["endpoint"], web, webhook)

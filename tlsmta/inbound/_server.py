@@ -48,7 +48,7 @@ from twisted.mail import smtp
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from tlsmta.config import Config, ListenerConfig, ListenerTLS, resolve, split_address
+from tlsmta.config import BAD_CERTIFICATE_LAB_MODES, Config, ListenerConfig, ListenerTLS, resolve, split_address
 from tlsmta.discovery import Resolver
 from tlsmta.inbound._acceptance import (
     ClientStanding,
@@ -696,8 +696,11 @@ class InboundSMTP(smtp.ESMTP):
         if not self.tls_active or self.tls_facts is None:
             return {"tls": "none"}
         verdict = self.client_verdict()
-        return tls_log_fields(self.tls_facts, self.runtime.listener.tls_verify,
-                              verdict.outcome.word if verdict else "no", verdict.reason if verdict else "")
+        fields = tls_log_fields(self.tls_facts, self.runtime.listener.tls_verify,
+                                verdict.outcome.word if verdict else "no", verdict.reason if verdict else "")
+        if self.runtime.listener.tls_lab in BAD_CERTIFICATE_LAB_MODES:
+            fields["lab"] = self.runtime.listener.tls_lab  # the client went on with the lab's bad certificate
+        return fields
 
     def _receipt_fields(self) -> dict[str, Any]:
         """The TLS facts of receipt plus ``requiretls`` (RFC 8689) when the client asked for it;

@@ -17,8 +17,12 @@ from twisted.logger import Logger
 _log = Logger(namespace="tlsmta")
 
 
-_NEEDS_QUOTES = re.compile(r'[\s"=\\]|[^\x20-\x7e]')
-_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
+# UTF-8 is written as UTF-8 (sender="jörg@..."); control characters (C0, DEL, C1) and the
+# Unicode line and paragraph separators are escaped as \xNN bytes, so a value can never
+# start a new line or move the cursor in a terminal.
+_UNPRINTABLE_CHARS = "\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029"
+_NEEDS_QUOTES = re.compile(rf'[\s"=\\{_UNPRINTABLE_CHARS}]')
+_UNPRINTABLE = re.compile(rf"[{_UNPRINTABLE_CHARS}]")
 
 
 def _quote(value: Any) -> str:

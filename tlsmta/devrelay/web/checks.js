@@ -2,10 +2,8 @@
 // CSS the major mail clients do not support (caniemail's data), and the links, whose HTTP
 // status is asked only on a click ("Check links") and only for [http] link_check_hosts.
 //
-// Assumption about the page core (app.js): after it shows a message it dispatches
-//   document.dispatchEvent(new CustomEvent("tlsmta:message-shown", { detail: { id } }))
-// and its tab switcher handles every "#tabs button[data-tab]" with a "#tab-NAME" panel,
-// so the button and panel added here, before app.js's DOMContentLoaded, are ordinary tabs.
+// The tab comes from app.js's window.tlsmtaPage.addTab; app.js dispatches
+// "tlsmta:message-shown" (detail: {id, message}) after it shows a message.
 // Mail is untrusted: every string goes in with textContent.
 "use strict";
 
@@ -28,14 +26,8 @@
     return `${value.toFixed(value < 10 ? 1 : 0)} ${units[unit]} (${bytes} bytes)`;
   }
 
-  const button = make("button", null, "Checks");
-  button.type = "button";
-  button.dataset.tab = "checks";
-  const panel = make("div", "tab");
-  panel.id = "tab-checks";
-  const tabs = document.getElementById("tabs");
-  tabs.insertBefore(button, document.getElementById("release"));
-  document.getElementById("view").append(panel);
+  const panel = window.tlsmtaPage.addTab("checks", "Checks");
+  const button = document.querySelector('#tabs button[data-tab="checks"]');
 
   function tree(node) {
     const item = make("li");
