@@ -14,7 +14,6 @@ import datetime
 import gzip
 import json
 import os
-import shutil
 import ssl
 import subprocess
 import sys
@@ -273,7 +272,6 @@ def tlsmta(*args: str) -> str:
     return done.stdout
 
 
-@pytest.mark.skipif(shutil.which("swaks") is None, reason="swaks is a Debian package (SYSTEM_PACKAGES)")
 @pytest_twisted.ensureDeferred
 async def test_reports_by_mail_and_https_are_kept_and_summarised(tmp_path: Any, pki: Any, events: list) -> None:
     """A gzipped report mailed with swaks and a JSON one POSTed over HTTPS (trustme certificate) are stored,
