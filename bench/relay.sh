@@ -28,8 +28,11 @@
 #   MESSAGES=2000 SIZE=4096 SESSIONS=20 ROUNDS=3 MODES="plain starttls"
 #   INSTANCES=1      tlsmta processes sharing the port (reuseport:)
 #   PF_TLS_REUSE=1   Postfix reuses TLS connections (tlsproxy)
-#   PROFILE=py-spy   run every tlsmta under `py-spy record` (raw text
-#                    folded stacks in $TMP, KEEP=1 to keep them)
+#   PROFILE=py-spy   attach `py-spy record` to every tlsmta for the measured
+#                    run (folded stacks, $TMP/tlsmta-MODE-ROUND/N/profile.txt;
+#                    KEEP=1 keeps them; lib/profile_summary.py sums them up);
+#                    PROFILE=strace: `strace -c -f` instead (syscall counts,
+#                    .../strace.txt)
 #   RUN_TIMEOUT=600  seconds per measured run
 #   VENV=<repo>/.venv   KEEP=1 (keep the temp dir)
 #
@@ -73,6 +76,7 @@ done
 TMP=$(mktemp -d /tmp/tlsmta-bench-relay.XXXXXX)
 chmod 0755 "$TMP"
 TLSMTA_PIDS=()
+PROFILER_PIDS=()
 SINK_PID=
 LOAD_PID=
 PF_DIRS=()
@@ -93,6 +97,7 @@ cleanup() {
     local rc=$?
     set +e
     [[ -n $LOAD_PID ]] && stop_pid "$LOAD_PID"
+    stop_profilers
     stop_tlsmta
     for d in "${PF_DIRS[@]}"; do pf_stop "$d"; done
     [[ -n $SINK_PID ]] && stop_pid "$SINK_PID"
@@ -115,10 +120,10 @@ kv() { sed -n "s/.*[ ^]$1=\([^ ]*\).*/\1/p" <<<" $2"; }
 machine_jiffies() {
     awk '/^cpu / { idle = $5 + $6; total = 0; for (i = 2; i <= NF; i++) total += $i; print total - idle, total }' /proc/stat
 }
-cpu_seconds() { # user+system of the given PIDs (all threads)
+cpu_seconds() { # "user system" seconds of the given PIDs (all threads)
     local files=() pid
     for pid in "$@"; do files+=("/proc/$pid/stat"); done
-    awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); s += $12 + $13 } END { print s / hz }' "${files[@]}"
+    awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); u += $12; s += $13 } END { print u / hz, s / hz }' "${files[@]}"
 }
 
 # ---------------------------------------------------------------- certificates, sink
@@ -231,12 +236,7 @@ relay_networks = ["127.0.0.0/8"]
 max_connections = 20000
 EOF
         log=$dir/tlsmta.log
-        local cmd=("$VENV/bin/twistd" -n --pidfile= tlsmta --config "$dir/relay.toml")
-        if [[ ${PROFILE:-} == py-spy ]]; then
-            cmd=("$VENV/bin/py-spy" record --format raw --rate 250 --threads --idle --nonblocking
-                -o "$dir/profile.txt" -- "${cmd[@]}")
-        fi
-        "${cmd[@]}" >"$log" 2>&1 &
+        "$VENV/bin/twistd" -n --pidfile= tlsmta --config "$dir/relay.toml" >"$log" 2>&1 &
         pid=$!
         TLSMTA_PIDS+=("$pid")
         for _ in $(seq 200); do
@@ -245,7 +245,27 @@ EOF
             sleep 0.1
         done
         grep -q "listening on" "$log" || die "tlsmta did not start: $(cat "$log")"
+        case ${PROFILE:-} in
+        py-spy)
+            "$VENV/bin/py-spy" record --format raw --rate 250 --threads --idle --nonblocking \
+                --pid "$pid" -o "$dir/profile.txt" >"$dir/py-spy.out" 2>&1 &
+            PROFILER_PIDS+=("$!")
+            ;;
+        strace)
+            strace -c -f -p "$pid" -o "$dir/strace.txt" 2>"$dir/strace.err" &
+            PROFILER_PIDS+=("$!")
+            ;;
+        esac
     done
+}
+# stop_profilers: SIGINT makes py-spy and strace write their files and exit
+stop_profilers() {
+    local pid
+    for pid in "${PROFILER_PIDS[@]}"; do
+        kill -INT "$pid" 2>/dev/null
+        wait "$pid" 2>/dev/null || true
+    done
+    PROFILER_PIDS=()
 }
 
 # ---------------------------------------------------------------- one run
@@ -295,18 +315,20 @@ for mode in $MODES; do
             read -r secs_p rate_p busy_p <<<"$RUN"
         fi
         start_tlsmta "$mode" "$round"
-        c0=$(cpu_seconds "${TLSMTA_PIDS[@]}")
+        read -r u0 k0 <<<"$(cpu_seconds "${TLSMTA_PIDS[@]}")"
         run_relay "$TPORT" "$mode" "tlsmta-$mode-$round"
         read -r secs_t rate_t busy_t <<<"$RUN"
-        c1=$(cpu_seconds "${TLSMTA_PIDS[@]}")
+        read -r u1 k1 <<<"$(cpu_seconds "${TLSMTA_PIDS[@]}")"
+        stop_profilers
         bad=$(cat "$TMP/tlsmta-$mode-$round"/*/tlsmta.log | grep -Eic 'traceback|unhandled|#critical|#error' || true)
         stop_tlsmta
         if ((round % 2 == 1)); then
             run_relay "$PPORT" "$mode" "postfix-$mode-$round"
             read -r secs_p rate_p busy_p <<<"$RUN"
         fi
-        printf 'round %d %-9s tlsmta %7.1f msg/s (%.2f s; %.2f ms CPU/msg; machine %s%% busy; suspicious log lines %d)' \
-            "$round" "$mode:" "$rate_t" "$secs_t" "$(calc "($c1 - $c0) / $MESSAGES * 1000")" "$busy_t" "$bad"
+        printf 'round %d %-9s tlsmta %7.1f msg/s (%.2f s; CPU/msg %.2f ms user + %.2f ms kernel; machine %s%% busy; suspicious log lines %d)' \
+            "$round" "$mode:" "$rate_t" "$secs_t" "$(calc "($u1 - $u0) / $MESSAGES * 1000")" \
+            "$(calc "($k1 - $k0) / $MESSAGES * 1000")" "$busy_t" "$bad"
         printf '  postfix %7.1f msg/s (%.2f s; machine %s%% busy)  ratio %.2f\n' \
             "$rate_p" "$secs_p" "$busy_p" "$(calc "$rate_t / $rate_p")"
         rates_t+=("$rate_t") rates_p+=("$rate_p")
