@@ -32,7 +32,8 @@
 #                    run (folded stacks, $TMP/tlsmta-MODE-ROUND/N/profile.txt;
 #                    KEEP=1 keeps them; lib/profile_summary.py sums them up);
 #                    PROFILE=strace: `strace -c -f` instead (syscall counts,
-#                    .../strace.txt)
+#                    .../strace.txt); PROFILE=perf: `perf record -g` (.../perf.data,
+#                    kernel and C frames: `perf report -i FILE --no-children`)
 #   RUN_TIMEOUT=600  seconds per measured run
 #   VENV=<repo>/.venv   KEEP=1 (keep the temp dir)
 #
@@ -255,10 +256,14 @@ EOF
             strace -c -f -p "$pid" -o "$dir/strace.txt" 2>"$dir/strace.err" &
             PROFILER_PIDS+=("$!")
             ;;
+        perf)
+            perf record -q -F 999 -g -p "$pid" -o "$dir/perf.data" >"$dir/perf.out" 2>&1 &
+            PROFILER_PIDS+=("$!")
+            ;;
         esac
     done
 }
-# stop_profilers: SIGINT makes py-spy and strace write their files and exit
+# stop_profilers: SIGINT makes py-spy, strace and perf write their files and exit
 stop_profilers() {
     local pid
     for pid in "${PROFILER_PIDS[@]}"; do
