@@ -61,6 +61,8 @@ IN_NAME=mx.inbound.bench
 
 # shellcheck source=lib/postfix.sh
 source "$HERE/lib/postfix.sh"
+# shellcheck source=lib/common.sh
+source "$HERE/lib/common.sh"
 
 die() {
     echo "$*" >&2
@@ -112,15 +114,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-now() { date +%s.%N; }
-calc() { awk "BEGIN { printf \"%.6f\", $1 }"; }
-kv() { sed -n "s/.*[ ^]$1=\([^ ]*\).*/\1/p" <<<" $2"; }
-machine_jiffies() {
-    awk '/^cpu / { idle = $5 + $6; total = 0; for (i = 2; i <= NF; i++) total += $i; print total - idle, total }' /proc/stat
-}
 cpu_seconds() { # "user system" seconds of the given PIDs (all threads)
     local files=() pid
     for pid in "$@"; do files+=("/proc/$pid/stat"); done
@@ -302,7 +295,7 @@ run_relay() {
     t1=$(now)
     j1=$(machine_jiffies)
     ((s1 - s0 == MESSAGES)) || die "$label: the sink got $((s1 - s0)) messages, expected $MESSAGES"
-    RUN="$(calc "$t1 - $t0") $(calc "$MESSAGES / ($t1 - $t0)") $(echo "$j0 $j1" | awk '{ printf "%.0f", ($3 - $1) / ($4 - $2) * 100 }')"
+    RUN="$(calc "$t1 - $t0") $(calc "$MESSAGES / ($t1 - $t0)") $(busy_percent "$j0" "$j1")"
 }
 
 echo "tlsmta-bench relay: $MESSAGES messages x $SIZE bytes, $SESSIONS sessions, a new connection per message," \
