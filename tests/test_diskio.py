@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -64,16 +63,4 @@ def test_jobs_finished_while_the_reactor_is_busy_come_back_with_one_wake_up() ->
         assert later.result == "later"
     finally:
         release.set()
-        disk.stop()
-
-
-def test_disk_threads_leave_the_cpu_to_the_reactor() -> None:
-    """On Linux the disk threads are SCHED_BATCH: a woken one does not preempt the reactor."""
-    disk = DiskIO(HeldCalls(), threads=2)
-    try:
-        disk.start()
-        policies = {os.sched_getscheduler(t.native_id) for t in disk._threads if t.native_id is not None}
-        assert policies == {os.SCHED_BATCH}
-        assert os.sched_getscheduler(0) != os.SCHED_BATCH  # the calling thread is left alone
-    finally:
         disk.stop()
