@@ -59,7 +59,6 @@ class DiskIO:
             thread.join()
 
     def _work(self) -> None:
-        _yield_to_the_reactor()
         while (task := self._tasks.get()) is not None:
             fn, args, d = task
             try:
@@ -98,17 +97,6 @@ class DiskIO:
         if syncer is None:
             syncer = self._dir_syncs[path] = DirectorySync(path, self.run)
         return syncer.sync()
-
-
-def _yield_to_the_reactor() -> None:
-    """Make this (disk) thread SCHED_BATCH where Linux has it: woken by a new job, it waits
-    for a free CPU instead of preempting the reactor thread that handed the job over (which
-    holds the GIL it needs anyway). Measured with bench/disk_jobs_micro.py."""
-    if hasattr(os, "SCHED_BATCH"):
-        try:
-            os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
-        except OSError:  # not allowed here (a sandbox): the default policy still works
-            pass
 
 
 def fsync_directory(path: str) -> None:
