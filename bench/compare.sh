@@ -46,7 +46,7 @@
 #   OUTBOUND_ROUNDS=2  REUSE=100  SINK_MESSAGES (outbound_tls.sh's, 10000)
 #   IDLE_CONNECTIONS=10000  TLS_SESSIONS=2000  BIG_MIB=50
 #   RESTART_MESSAGES=100000  RESTART_RUNS=1
-#   RELAY_ROUNDS=3  RELAY_INSTANCES="1 2"  (relay.sh once per process count)
+#   RELAY_MESSAGES=4000 RELAY_ROUNDS=3  RELAY_INSTANCES="1 2"  (relay.sh once per process count)
 #   PART_TIMEOUT=1800  seconds per part (SIGTERM to the part; every part
 #                      also bounds its own loads)
 #   LOG_DIR=DIR        keep every part's full output in DIR (default: a
@@ -83,6 +83,7 @@ RESTART_MESSAGES=${RESTART_MESSAGES:-100000}
 RESTART_RUNS=${RESTART_RUNS:-1}
 PART_TIMEOUT=${PART_TIMEOUT:-1800}
 RELAY_ROUNDS=${RELAY_ROUNDS:-3}
+RELAY_MESSAGES=${RELAY_MESSAGES:-4000}
 RELAY_INSTANCES=${RELAY_INSTANCES:-1 2}
 
 die() {
@@ -188,7 +189,7 @@ if [[ -z ${SUMMARY_FROM:-} ]]; then
     echo "full output of every part: $LOGS$( ((OWN_LOGS)) && [[ ${KEEP:-} != 1 ]] && echo ' (removed at the end; LOG_DIR=... or KEEP=1 keeps it)')"
     : >"$LOGS/status.txt"
     declare -p PARTS MESSAGES SIZE SESSIONS INBOUND_ROUNDS INBOUND_LOADS INBOUND_INSTANCES OUTBOUND_INSTANCES OUTBOUND_ROUNDS REUSE IDLE_CONNECTIONS \
-        TLS_SESSIONS BIG_MIB RESTART_MESSAGES RESTART_RUNS RELAY_ROUNDS RELAY_INSTANCES | sed 's/^declare -- //' >"$LOGS/settings.env"
+        TLS_SESSIONS BIG_MIB RESTART_MESSAGES RESTART_RUNS RELAY_MESSAGES RELAY_ROUNDS RELAY_INSTANCES | sed 's/^declare -- //' >"$LOGS/settings.env"
 
     T_START=$(now)
     for part in $PARTS; do
@@ -214,7 +215,7 @@ if [[ -z ${SUMMARY_FROM:-} ]]; then
             run_part restart python3 "$HERE/queue_restart.py" -n "$RESTART_MESSAGES" --runs "$RESTART_RUNS"
             ;;
         relay)
-            run_part relay env MESSAGES="$MESSAGES" SIZE="$SIZE" SESSIONS="$SESSIONS" ROUNDS="$RELAY_ROUNDS" \
+            run_part relay env MESSAGES="$RELAY_MESSAGES" SIZE="$SIZE" SESSIONS="$SESSIONS" ROUNDS="$RELAY_ROUNDS" \
                 bash -c 'for n in $0; do INSTANCES=$n bash "$1/relay.sh" || exit; done' "$RELAY_INSTANCES" "$HERE"
             ;;
         esac

@@ -25,7 +25,7 @@
 #   INSTANCES=2 MODES=starttls bash bench/relay.sh
 #
 # Environment (all optional):
-#   MESSAGES=2000 SIZE=4096 SESSIONS=20 ROUNDS=3 MODES="plain starttls"
+#   MESSAGES=4000 SIZE=4096 SESSIONS=20 ROUNDS=3 MODES="plain starttls"
 #   INSTANCES=1      tlsmta processes sharing the port (reuseport:)
 #   PF_TLS_REUSE=1   Postfix reuses TLS connections (tlsproxy)
 #   PROFILE=py-spy   attach `py-spy record` to every tlsmta for the measured
@@ -47,7 +47,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
 VENV=${VENV:-$ROOT/.venv}
-MESSAGES=${MESSAGES:-2000}
+MESSAGES=${MESSAGES:-4000}
 SIZE=${SIZE:-4096}
 SESSIONS=${SESSIONS:-20}
 ROUNDS=${ROUNDS:-3}
