@@ -72,6 +72,8 @@ done
 
 # shellcheck source=lib/postfix.sh
 source "$HERE/lib/postfix.sh"
+# shellcheck source=lib/common.sh
+source "$HERE/lib/common.sh"
 
 [[ $(id -u) == 0 ]] || {
     echo "run as root (a private Postfix instance needs it)" >&2
@@ -121,16 +123,6 @@ trap 'exit 130' INT TERM
 # (without CAP_SYS_RESOURCE root cannot raise the hard limit either)
 RAISE_NOFILE='h=$(ulimit -Hn); if [ "$h" = unlimited ] || [ "$h" -gt 65536 ]; then h=65536; fi; ulimit -Sn "$h";'
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-now() { date +%s.%N; }
-calc() { awk "BEGIN { printf \"%.6f\", $1 }"; }
-kv() { # kv KEY LINE: the value of key=value in LINE
-    sed -n "s/.*[ ^]$1=\([^ ]*\).*/\1/p" <<<" $2"
-}
-
 # cpu seconds (user+system) of the tlsmta processes (all threads), and of
 # their main threads (the reactors) alone
 cpu_seconds() {
@@ -147,11 +139,6 @@ main_thread_cpu_seconds() {
 # TcpExt ListenOverflows (whole machine): connections dropped on a full accept queue
 listen_overflows() {
     awk '/^TcpExt:/ { if (!n) { n = split($0, k) } else { split($0, v); for (i = 1; i <= n; i++) if (k[i] == "ListenOverflows") print v[i] } }' /proc/net/netstat
-}
-
-# busy and total jiffies of the whole machine (all CPUs), from /proc/stat
-machine_jiffies() {
-    awk '/^cpu / { idle = $5 + $6; total = 0; for (i = 2; i <= NF; i++) total += $i; print total - idle, total }' /proc/stat
 }
 
 # run_load PORT LABEL LOAD ROUND: sets LOAD_RESULT to "elapsed_seconds

@@ -69,6 +69,8 @@ SINK_NAME=mx.sink.bench
 
 # shellcheck source=lib/postfix.sh
 source "$HERE/lib/postfix.sh"
+# shellcheck source=lib/common.sh
+source "$HERE/lib/common.sh"
 
 die() {
     echo "$*" >&2
@@ -109,19 +111,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-now() { date +%s.%N; }
-calc() { awk "BEGIN { printf \"%.6f\", $1 }"; }
 cpu_seconds() { # user+system of a process (all its threads, live and exited)
     awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); print ($12 + $13) / hz }' "/proc/$1/stat"
-}
-machine_jiffies() { # busy and total jiffies, all CPUs
-    awk '/^cpu / { idle = $5 + $6; total = 0; for (i = 2; i <= NF; i++) total += $i; print total - idle, total }' /proc/stat
-}
-busy_percent() { # busy% of the machine between two machine_jiffies samples
-    echo "$1 $2" | awk '{ printf "%.0f", ($3 - $1) / ($4 - $2) * 100 }'
 }
 # run a command in the background and wait for it, so a signal is handled at
 # once (the EXIT trap stops it by its PID)
@@ -132,10 +123,6 @@ run_child() {
     wait "$CHILD_PID" || rc=$?
     CHILD_PID=
     return $rc
-}
-kv() { # kv KEY LINE: the value of key=value in LINE
-    local key=$1 line=$2
-    sed -n "s/.*[ ^]$key=\([^ ]*\).*/\1/p" <<<" $line"
 }
 
 # ---------------------------------------------------------------- sink

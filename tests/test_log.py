@@ -35,6 +35,30 @@ def test_text_observer_writes_what_twisteds_formatter_would() -> None:
     assert "delivery msgid=m1 rcpt=a@b.test" in out.getvalue()
 
 
+class _CountsItsText:
+    """A field value that counts how often it is turned into text."""
+
+    def __init__(self) -> None:
+        self.formatted = 0
+
+    def __str__(self) -> str:
+        self.formatted += 1
+        return "counted"
+
+
+def test_an_event_line_is_formatted_when_written_and_only_once() -> None:
+    value = _CountsItsText()
+    [event] = _events_from_emit(msgid="m1", reason=value)
+    assert value.formatted == 0  # emitted, handed to observers, not yet written
+    out = io.StringIO()
+    observe = log.text_observer(out)
+    observe(event)
+    observe(event)
+    assert value.formatted == 1
+    assert out.getvalue().splitlines()[0].endswith("delivery msgid=m1 reason=counted")
+    assert formatEventAsClassicLogText(event) == out.getvalue().splitlines(keepends=True)[1]
+
+
 def test_text_observer_reuses_the_timestamp_within_a_second_only() -> None:
     out = io.StringIO()
     observe = log.text_observer(out)

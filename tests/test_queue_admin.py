@@ -122,7 +122,7 @@ async def test_bounce_on_a_full_disk_changes_nothing_and_says_why(
     before = [(r.status, r.last, r.remote) for r in message.recipients]
     spool_before = sorted(p.name for p in (tmp_path / "spool" / "q").iterdir())
 
-    def disk_full(path: str, data: bytes) -> None:
+    def disk_full(path: str, data: bytes, create: Any) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
 
     try:

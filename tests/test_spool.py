@@ -527,3 +527,47 @@ def test_old_record_without_remote_host_loads():
         del rcpt["f"]
     loaded = QueuedMessage.from_json(json.dumps(data).encode())
     assert loaded == message()
+
+
+# -- the pool of emptied files --------------------------------------------------------------
+
+
+def test_a_finished_messages_files_are_emptied_and_reused_for_the_next(spool):
+    """remove_blocking moves the files into free/, emptied; a new message is written into them
+    (the same inodes, no inode created), holding exactly its own bytes."""
+    first = message("m1")
+    spool.store_blocking(first, BODY * 50)
+    inodes = {os.stat(spool.body_path("m1")).st_ino, os.stat(spool.meta_path("m1")).st_ino}
+    spool.remove_blocking("m1")
+    assert listing(spool.queue_dir) == set()
+    free = [os.path.join(spool.files.directory, n) for n in os.listdir(spool.files.directory)]
+    assert {os.stat(p).st_ino for p in free} == inodes and all(os.path.getsize(p) == 0 for p in free)
+
+    spool.store_blocking(message("m2"), BODY)
+    assert {os.stat(spool.body_path("m2")).st_ino, os.stat(spool.meta_path("m2")).st_ino} == inodes
+    assert os.listdir(spool.files.directory) == []
+    assert body_of(spool, "m2") == BODY
+    assert os.stat(spool.body_path("m2")).st_mode & 0o777 == 0o600
+    assert spool.load_blocking(["m2"])[0][0].id == "m2"
+
+
+def test_the_pool_keeps_at_most_its_limit_and_a_start_empties_it(spool):
+    spool.files.limit = 2
+    for n in range(3):
+        spool.store_blocking(message(f"m{n}"), BODY)
+        spool.remove_blocking(f"m{n}")
+    assert len(os.listdir(spool.files.directory)) == 2  # the rest was unlinked
+    assert spool.prepare_blocking() == []
+    assert os.listdir(spool.files.directory) == []
+    spool.store_blocking(message("m9"), BODY)  # created afresh
+    assert body_of(spool, "m9") == BODY
+
+
+def test_removing_from_a_spool_never_prepared_still_removes(tmp_path):
+    """Offline tools remove messages from a spool whose free/ may not exist yet."""
+    s = Spool(str(tmp_path / "spool"), UnusedDisk())
+    s.ensure()
+    s.store_blocking(message("m1"), BODY)
+    os.rmdir(s.files.directory)
+    s.remove_blocking("m1")
+    assert listing(s.queue_dir) == set()

@@ -6,10 +6,12 @@ from typing import Any
 
 import pytest
 import verify_hooks
+from cryptography.hazmat.primitives import hashes
 from OpenSSL import SSL
 
 from tlsmta.config._loader import parse_protocols
 from tlsmta.tls import _contexts as tls
+from tlsmta.tls._certificate_facts import spki_sha256
 from tlsmta.tls._policy import Outcome, VerifyMode
 
 ALL = parse_protocols("+ALL")
@@ -176,6 +178,28 @@ def test_session_facts_after_handshake(pki: Any) -> None:
     assert facts.protocol == "TLSv1.3"
     assert facts.cipher.startswith("TLS_")
     assert facts.peer_issuer and "trustme" in facts.peer_issuer
+
+
+def _facts_of_one_handshake(pki: Any) -> tls.SessionFacts:
+    server = SSL.Connection(tls.server_context(pki.good.cert, pki.good.key, ALL), None)
+    server.set_accept_state()
+    client = tls.ClientTLS(tls.client_context(ALL, ca=pki.ca_pem), MX, outbound_check("host")).clientConnectionForTLS(
+        _TLSProtocolStub())
+    _handshake_in_memory(client, server)
+    return tls.SessionFacts.from_connection(client)
+
+
+def test_certificate_facts_are_worked_out_once_per_certificate(pki: Any) -> None:
+    """Two sessions with one server certificate share its log fields (fingerprints
+    hashed once), each session still logging them in full."""
+    first, second = _facts_of_one_handshake(pki), _facts_of_one_handshake(pki)
+    assert first.peer_certificate is not second.peer_certificate
+    assert tls.certificate_log_fields(first.peer_certificate) is tls.certificate_log_fields(second.peer_certificate)
+    fields = tls.tls_log_fields(second, "host", "yes", "")
+    assert fields == tls.tls_log_fields(first, "host", "yes", "")
+    assert fields["spki_sha256"] == spki_sha256(second.peer_certificate)
+    assert fields["cert_sha256"] == second.peer_certificate.fingerprint(hashes.SHA256()).hex()
+    assert fields["subject"] == first.peer_subject and "trustme" in fields["issuer"]
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,8 @@ message-store interfaces the inbound side writes to (``interfaces``), and
 the facts of receipt kept beside the dev relay's captured mail
 (``receipts``), one small file written durably (``durable``), and whether
 the spool's filesystem has room for a message
-(``freespace``).
+(``freespace``), and the finished messages' emptied files the spool reuses
+(``filepool``).
 
 May import config (routes) and smtp's values (replies, names); never SMTP
 parsing, inbound or delivery.

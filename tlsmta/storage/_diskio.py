@@ -4,6 +4,8 @@ File fsyncs run concurrently in a few worker threads (the filesystem's
 journal merges concurrent commits).  A directory fsync that makes renames
 durable is shared: while one runs, new requests wait and then share the
 next one, so N messages finishing together cost one directory flush.
+Results come back in batches: the jobs that finish while the reactor is
+busy are handed over with one wake-up.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorFromThreads
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 T = TypeVar("T")
+log = Logger()
 
 
 class DiskIO:
@@ -35,6 +39,10 @@ class DiskIO:
         self._tasks: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any]] | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._dir_syncs: dict[str, DirectorySync] = {}
+        # finished jobs not yet handed to the reactor, and whether a hand-over is on its way
+        self._done_lock = threading.Lock()
+        self._done: list[tuple[Callable[[Any], Any], Any]] = []
+        self._handover_pending = False
 
     def start(self) -> None:
         while len(self._threads) < self.size:
@@ -54,11 +62,26 @@ class DiskIO:
         while (task := self._tasks.get()) is not None:
             fn, args, d = task
             try:
-                result = fn(*args)
+                outcome: tuple[Callable[[Any], Any], Any] = (d.callback, fn(*args))
             except BaseException:
-                self.reactor.callFromThread(d.errback, Failure())
-            else:
-                self.reactor.callFromThread(d.callback, result)
+                outcome = (d.errback, Failure())
+            with self._done_lock:
+                self._done.append(outcome)
+                if self._handover_pending:
+                    continue  # the hand-over already asked for takes this one too
+                self._handover_pending = True
+            self.reactor.callFromThread(self._hand_over)
+
+    def _hand_over(self) -> None:
+        """In the reactor: fire the Deferreds of every job finished so far."""
+        with self._done_lock:
+            done, self._done = self._done, []
+            self._handover_pending = False
+        for fire, value in done:
+            try:
+                fire(value)
+            except Exception:  # as Twisted does for a failing callFromThread: log it, go on
+                log.failure("firing a disk job's result failed")
 
     def run(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
         """Run ``fn(*args)`` in a disk thread; the Deferred fires in the reactor."""

@@ -60,20 +60,27 @@ def remove_if_present(path: str) -> bool:
     return True
 
 
+def create_exclusive(path: str) -> int:
+    """A new file at ``path``, mode 0600, open for writing; an existing one is an error."""
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+
+
 class TempFile:
     """A file written in a temporary place, then fsynced and closed (disk thread).
 
-    Created on the first append (with ``prefix`` first), exclusively, mode 0600.
+    Created on the first append (with ``prefix`` first) by ``create``:
+    exclusively, mode 0600 (the spool passes its pool of emptied files).
     """
 
-    def __init__(self, path: str, prefix: bytes = b""):
+    def __init__(self, path: str, prefix: bytes = b"", create: Callable[[str], int] = create_exclusive):
         self.path = path
         self.prefix = prefix
         self.fd: int | None = None
+        self._create = create
 
     def append(self, data: bytes) -> None:
         if self.fd is None:
-            self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            self.fd = self._create(self.path)
             write_all(self.fd, self.prefix)
         write_all(self.fd, data)
 

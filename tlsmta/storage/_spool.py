@@ -6,6 +6,8 @@ Layout under ``[spool] path``::
     q/ID.eml                   the message as received (CRLF, Received: first)
     q/ID.json                  envelope and recipients as received: written once
     q/ID.state                 progress since (attempts, next attempt, per-recipient results)
+    free/N                     emptied files of finished messages, reused for new ones
+                               (``filepool``: no inode created or deleted per message)
 
 A message exists once ``q/ID.json`` does.  Commit order: body fsync,
 metadata fsync, rename body, rename metadata, fsync ``q/`` (shared between
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -30,6 +32,7 @@ import attrs
 from tlsmta.config import Route, parse_route
 from tlsmta.smtp import Reply, domain_of
 from tlsmta.storage._diskio import DiskIO
+from tlsmta.storage._filepool import FilePool
 from tlsmta.storage._filewriter import StreamingWriter, TempFile, remove_if_present, write_all
 from tlsmta.storage._interfaces import NO_THROTTLE, Envelope, Throttle
 
@@ -240,8 +243,8 @@ class QueuedMessage:
         )
 
 
-def _write_file(path: str, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+def _write_file(path: str, data: bytes, create: Callable[[str], int]) -> None:
+    fd = create(path)
     try:
         write_all(fd, data)
         os.fsync(fd)
@@ -259,7 +262,7 @@ class SpoolFile:
     def __init__(self, spool: Spool, message: QueuedMessage):
         self.spool = spool
         self.message = message
-        self.body = TempFile(os.path.join(spool.tmp_dir, message.id + ".eml"))
+        self.body = TempFile(os.path.join(spool.tmp_dir, message.id + ".eml"), create=spool.files.create)
         self.tmp_meta = os.path.join(spool.tmp_dir, message.id + ".json")
 
     @property
@@ -272,11 +275,11 @@ class SpoolFile:
 
     def finish(self) -> None:
         self.body.sync_and_close()
-        _write_file(self.tmp_meta, self.message.to_json())
+        _write_file(self.tmp_meta, self.message.to_json(), self.spool.files.create)
         os.rename(self.body.path, self.spool.body_path(self.message.id))
         if self.message.held:  # quarantined at receipt (a milter): the hold survives a restart
             tmp_state = os.path.join(self.spool.tmp_dir, self.message.id + ".state")
-            _write_file(tmp_state, self.message.state_json())
+            _write_file(tmp_state, self.message.state_json(), self.spool.files.create)
             os.rename(tmp_state, self.spool.state_path(self.message.id))
         os.rename(self.tmp_meta, self.spool.meta_path(self.message.id))
 
@@ -293,9 +296,10 @@ class Spool:
         self.disk = disk
         self.tmp_dir = os.path.join(path, "tmp")
         self.queue_dir = os.path.join(path, "q")
+        self.files = FilePool(os.path.join(path, "free"))
 
     def ensure(self) -> None:
-        for d in (self.tmp_dir, self.queue_dir):
+        for d in (self.tmp_dir, self.queue_dir, self.files.directory):
             os.makedirs(d, mode=0o700, exist_ok=True)
 
     def body_path(self, message_id: str) -> str:
@@ -344,13 +348,14 @@ class Spool:
     def remove_blocking(self, message_id: str) -> None:
         """Forget a finished message: metadata first, so a crash leaves files the scan removes."""
         for path in (self.meta_path(message_id), self.state_path(message_id), self.body_path(message_id)):
-            remove_if_present(path)
+            self.files.retire(path)
 
     def prepare_blocking(self) -> list[str]:
         """At start, before any listener accepts mail: create the directories,
         clear tmp/ (nothing there was acknowledged), remove bodies without
         metadata (never acknowledged either), and list the queued ids."""
         self.ensure()
+        self.files.clear()
         for name in os.listdir(self.tmp_dir):
             path = os.path.join(self.tmp_dir, name)
             if os.path.isfile(path):

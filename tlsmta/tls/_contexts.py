@@ -10,7 +10,8 @@ from __future__ import annotations
 import functools
 import ipaddress
 import os
-from collections.abc import Callable, Sequence
+import types
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -288,15 +289,25 @@ def describe_sans(names: PresentedNames) -> str:
     return ", ".join((*names.dns_names, *(f"IP:{ip}" for ip in names.ip_addresses)))
 
 
-def certificate_log_fields(cert: x509.Certificate) -> dict[str, Any]:
+# A relay sees the same few certificates over and over (every connection to one MX,
+# its own served chain on every inbound session): their texts and hashes are worked
+# out once. cryptography's Certificate hashes and compares by its DER encoding, so
+# the objects of two handshakes with one certificate are one key.
+@functools.lru_cache(maxsize=512)
+def certificate_log_fields(cert: x509.Certificate) -> Mapping[str, Any]:
     """What a presented certificate was: subject, SANs, issuer and fingerprints, for the log."""
-    return {
+    return types.MappingProxyType({
         "subject": describe_name(cert.subject),
         "issuer": describe_name(cert.issuer),
         "sans": describe_sans(presented_names(cert)) or None,
         "spki_sha256": spki_sha256(cert),
         "cert_sha256": certificate_sha256(cert),
-    }
+    })
+
+
+@functools.lru_cache(maxsize=64)
+def _served_description(cert: x509.Certificate) -> str:
+    return f"{describe_name(cert.subject)} ({key_type(cert)})"
 
 
 def key_type(certificate: x509.Certificate) -> str:
@@ -312,7 +323,7 @@ def key_type(certificate: x509.Certificate) -> str:
 def served_certificate(conn: SSL.Connection) -> str | None:
     """``CN=mx.example (ecdsa)``: the certificate this end presented (chosen by SNI and key type inbound)."""
     cert = conn.get_certificate(as_cryptography=True)
-    return f"{describe_name(cert.subject)} ({key_type(cert)})" if cert is not None else None
+    return _served_description(cert) if cert is not None else None
 
 
 def describe_name(name: x509.Name) -> str:
@@ -341,7 +352,8 @@ class SessionFacts:
         cert = conn.get_peer_certificate(as_cryptography=True)
         subject = issuer = None
         if cert is not None:
-            subject, issuer = describe_name(cert.subject), describe_name(cert.issuer)
+            described = certificate_log_fields(cert)
+            subject, issuer = described["subject"], described["issuer"]
         return cls(
             protocol=conn.get_protocol_version_name() or "unknown",
             cipher=conn.get_cipher_name() or "unknown",
