@@ -59,7 +59,7 @@ from tlsmta.inbound._acceptance import (
     in_networks,
 )
 from tlsmta.inbound._auth import Credentials
-from tlsmta.inbound._door import Door
+from tlsmta.inbound._door import Door, TurnedAway
 from tlsmta.inbound._milter import Outcome, SessionMilters, milters_for
 from tlsmta.inbound._milter_protocol import Rcpt
 from tlsmta.inbound._received import TraceFacts, received_header
@@ -286,7 +286,7 @@ class InboundSMTP(smtp.ESMTP):
         verdict = door.screen(listener, self.peer_ip, lookup, self.runtime.events)
         verdict.addCallback(lambda refusal: waited.addCallback(lambda _: refusal)).addCallback(self._screened)
 
-    def _screened(self, refusal: Refusal | None) -> None:
+    def _screened(self, refusal: TurnedAway | None) -> None:
         if self.state is Phase.CLOSED:
             return  # an early talker, already answered, or gone
         if refusal is not None:
