@@ -12,10 +12,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from tlsmta.app._pipe import carried_over_react
 from tlsmta.cluster import FleetStatus, Keys, Redis, RedisUnavailable, fleet_status
 from tlsmta.config import Config
 from tlsmta.network import IServiceReactor
 
+EX_OK, EX_UNAVAILABLE, EX_SOFTWARE, EX_CONFIG = 0, 69, 70, 78  # sysexits.h
 MIN_STATUS_TIMEOUT = 1.0  # seconds per Redis call at least: an operator's command may wait longer than a delivery
 
 
@@ -38,9 +40,9 @@ def run_status(config: Config, as_json: bool, write: Callable[[str], None], reac
     """Print the fleet's status; 0, or 69 (EX_UNAVAILABLE) when Redis does not answer, 78 without [cluster]."""
     if config.cluster is None:
         write(f"tlsmta cluster: {config.path} has no [cluster] table")
-        return 78
+        return EX_CONFIG
     settings = config.cluster
-    outcome: dict[str, int] = {"code": 70}
+    outcome: dict[str, int] = {"code": EX_SOFTWARE}
 
     async def main(reactor: IServiceReactor) -> None:
         redis = Redis(reactor, settings["redis"], max(settings["redis_timeout"], MIN_STATUS_TIMEOUT), settings["redis_ca"])
@@ -48,7 +50,7 @@ def run_status(config: Config, as_json: bool, write: Callable[[str], None], reac
             status = await fleet_status(redis, Keys(settings["key_prefix"]))
         except RedisUnavailable as e:
             write(f"tlsmta cluster: {settings['redis'].describe()}: {e}")
-            outcome["code"] = 69
+            outcome["code"] = EX_UNAVAILABLE
             return
         finally:
             await redis.close()
@@ -57,10 +59,11 @@ def run_status(config: Config, as_json: bool, write: Callable[[str], None], reac
         else:
             write(f"fleet at {settings['redis'].describe()}, prefix {settings['key_prefix']!r}")
             write("\n".join(status_lines(status, int(time.time() * 1000))))
-        outcome["code"] = 0
+        outcome["code"] = EX_OK
 
+    guarded, raise_if_reader_left = carried_over_react(main)  # a closed stdout: exit 141, as policy and probe
     try:
-        react(main)
+        react(guarded)
     except SystemExit:
-        pass
+        raise_if_reader_left()
     return outcome["code"]
