@@ -153,7 +153,10 @@ def _str_list(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
-_TAG_RULE = re.compile(r"([A-Za-z0-9][A-Za-z0-9._-]{0,63})=(subject|from|to|body):(.+)", re.S)
+# A dev relay tag: what [http] tag_rules may name and the page and API accept.
+TAG_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+TAG_RULE_FIELDS = ("subject", "from", "to", "body")
+_TAG_RULE = re.compile(rf"({TAG_PATTERN})=({'|'.join(TAG_RULE_FIELDS)}):(.+)", re.S)
 
 
 def _tag_rules(value: Any) -> tuple[tuple[str, str, str], ...]:

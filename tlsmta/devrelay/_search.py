@@ -18,9 +18,10 @@ from typing import Any
 
 import attrs
 
+from tlsmta.config import TAG_PATTERN
+
 BODY_SEARCHED = 256 * 1024  # characters of body text a search looks through (a 10 MB log attached is not)
-TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-RULE_FIELDS = ("subject", "from", "to", "body")
+TAG = re.compile(TAG_PATTERN)  # as [http] tag_rules names them (config)
 
 
 WORD = re.compile(r"\w+")
