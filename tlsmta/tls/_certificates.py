@@ -24,21 +24,12 @@ from cryptography import x509
 from OpenSSL import SSL
 from twisted.logger import Logger
 
-from tlsmta.tls._contexts import KeyPairError, describe_name, key_type, load_keypair, server_name
+from tlsmta.tls._contexts import KeyPairError, describe_name, key_type, load_keypair, presented_names, server_name
 from tlsmta.tls._policy import PresentedNames, match_names
 
 log = Logger(namespace="tlsmta.tls")
 
 Chain = tuple[str, str]  # (certificate chain file, key file)
-
-
-def dns_names(certificate: x509.Certificate) -> tuple[str, ...]:
-    """The dNSName subjectAltNames (the subject CN is not an SNI name: RFC 6125 6.4.4 applies to clients)."""
-    try:
-        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return ()
-    return tuple(san.get_values_for_type(x509.DNSName))
 
 
 @attrs.frozen
@@ -53,7 +44,9 @@ class CertificateFacts:
 
     @classmethod
     def of(cls, certificate: x509.Certificate, path: str = "") -> CertificateFacts:
-        return cls(path, describe_name(certificate.subject), key_type(certificate), dns_names(certificate),
+        return cls(path, describe_name(certificate.subject), key_type(certificate),
+                   # only dNSName SANs: the subject CN is not an SNI name (RFC 6125 6.4.4 applies to clients)
+                   presented_names(certificate).dns_names,
                    certificate.not_valid_after_utc)
 
 
