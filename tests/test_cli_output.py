@@ -59,6 +59,15 @@ def test_a_reader_that_left_is_exit_141_without_a_traceback(tmp_path: Any, dead_
     assert (proc.returncode, proc.stderr.decode()) == (EX_SIGPIPE, "")
 
 
+def test_cluster_status_into_a_closed_pipe_is_exit_141_without_a_traceback(tmp_path: Any, redis: Any) -> None:
+    """`tlsmta cluster status` runs under react as probe does, and ends the same way when its reader left."""
+    config = tmp_path / "fleet.toml"
+    config.write_text(f'[global]\nstate_dir = "{tmp_path}"\n[spool]\npath = "{tmp_path}/spool"\n'
+                      f'[cluster]\nredis = "{redis.url}"\n')
+    proc = _run_into_closed_pipe("cluster", "status", "--config", str(config))
+    assert (proc.returncode, proc.stderr.decode()) == (EX_SIGPIPE, "")
+
+
 def test_probe_names_a_pinned_mx_set_as_pinned_not_dnssec_secure(tmp_path: Any, dead_port: int) -> None:
     proc = subprocess.run([TLSMTA, "probe", DOMAIN, "--config", _config(tmp_path, dead_port)],
                           capture_output=True, text=True, timeout=60)
