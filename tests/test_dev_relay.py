@@ -178,13 +178,15 @@ def test_dev_relay_listen_tcp_port_only_binds_loopback(tmp_path: Any) -> None:
 
 
 def test_queue_commands_find_the_dev_relays_control_socket(tmp_path: Any) -> None:
-    """`tlsmta queue list` with no --config and no --socket, in the directory the dev relay runs in
-    (no /etc/tlsmta/tlsmta.toml here), asks that relay."""
-    assert not os.path.exists("/etc/tlsmta/tlsmta.toml")
+    """`tlsmta queue list` with no --config and no --socket, in the directory the dev relay runs in,
+    on a machine without the system configuration, asks that relay. The system path is pointed at a
+    file that does not exist: CI's machine keeps the /etc/tlsmta/tlsmta.toml .ci/check-service installs."""
+    without_system_config = ("import sys; from tlsmta.app import cli; cli.DEFAULT_CONFIG = sys.argv[1]; "
+                             "sys.exit(cli.main(sys.argv[2:]))")
     relay = DevRelay(str(tmp_path))
     try:
-        listed = subprocess.run([os.path.join(os.path.dirname(sys.executable), "tlsmta"), "queue", "--json", "list"],
-                                cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        listed = subprocess.run([sys.executable, "-c", without_system_config, str(tmp_path / "no-system.toml"),
+                                 "queue", "--json", "list"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     finally:
         relay.stop()
     assert listed.returncode == 0, listed.stderr
