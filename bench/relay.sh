@@ -117,6 +117,14 @@ trap 'exit 130' INT TERM
 cpu_seconds() { # "user system" seconds of the given PIDs (all threads)
     local files=() pid
     for pid in "$@"; do files+=("/proc/$pid/stat"); done
+    stat_seconds "${files[@]}"
+}
+reactor_seconds() { # user + system seconds of the given PIDs' main threads (their reactors)
+    local files=() pid
+    for pid in "$@"; do files+=("/proc/$pid/task/$pid/stat"); done
+    stat_seconds "${files[@]}" | awk '{ print $1 + $2 }'
+}
+stat_seconds() {
     awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); u += $12; s += $13 } END { print u / hz, s / hz }' "${files[@]}"
 }
 
@@ -314,9 +322,11 @@ for mode in $MODES; do
         fi
         start_tlsmta "$mode" "$round"
         read -r u0 k0 <<<"$(cpu_seconds "${TLSMTA_PIDS[@]}")"
+        r0=$(reactor_seconds "${TLSMTA_PIDS[@]}")
         run_relay "$TPORT" "$mode" "tlsmta-$mode-$round"
         read -r secs_t rate_t busy_t <<<"$RUN"
         read -r u1 k1 <<<"$(cpu_seconds "${TLSMTA_PIDS[@]}")"
+        r1=$(reactor_seconds "${TLSMTA_PIDS[@]}")
         stop_profilers
         bad=$(cat "$TMP/tlsmta-$mode-$round"/*/tlsmta.log | grep -Eic 'traceback|unhandled|#critical|#error' || true)
         stop_tlsmta
@@ -324,9 +334,10 @@ for mode in $MODES; do
             run_relay "$PPORT" "$mode" "postfix-$mode-$round"
             read -r secs_p rate_p busy_p <<<"$RUN"
         fi
-        printf 'round %d %-9s tlsmta %7.1f msg/s (%.2f s; CPU/msg %.2f ms user + %.2f ms kernel; machine %s%% busy; suspicious log lines %d)' \
+        printf 'round %d %-9s tlsmta %7.1f msg/s (%.2f s; CPU/msg %.2f ms user + %.2f ms kernel, reactor threads %.2f ms, %.0f%% of a core each; machine %s%% busy; suspicious log lines %d)' \
             "$round" "$mode:" "$rate_t" "$secs_t" "$(calc "($u1 - $u0) / $MESSAGES * 1000")" \
-            "$(calc "($k1 - $k0) / $MESSAGES * 1000")" "$busy_t" "$bad"
+            "$(calc "($k1 - $k0) / $MESSAGES * 1000")" "$(calc "($r1 - $r0) / $MESSAGES * 1000")" \
+            "$(calc "($r1 - $r0) / $secs_t / ${#TLSMTA_PIDS[@]} * 100")" "$busy_t" "$bad"
         printf '  postfix %7.1f msg/s (%.2f s; machine %s%% busy)  ratio %.2f\n' \
             "$rate_p" "$secs_p" "$busy_p" "$(calc "$rate_t / $rate_p")"
         rates_t+=("$rate_t") rates_p+=("$rate_p")

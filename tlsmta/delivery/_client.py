@@ -48,7 +48,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from tlsmta.errors import TlsmtaError
-from tlsmta.network import StreamTransport, set_no_delay
+from tlsmta.network import ImmediateWriter, StreamTransport, set_no_delay
 from tlsmta.smtp import client_session as session
 from tlsmta.smtp.client_session import ClientSession, Event, Wait
 from tlsmta.tls import ClientTLS, SessionFacts, ssl_error_text, tls_connection
@@ -139,6 +139,7 @@ class OutboundSMTP(smtp.ESMTPSender):
         # Small writes (the final dot after a body record) must not wait for the
         # peer's delayed ACK: Nagle cost ~40 ms per message (measured).
         set_no_delay(self.transport)
+        self._out = ImmediateWriter(self.transport)
         self._arm()
 
     def dataReceived(self, data: bytes) -> None:
@@ -185,6 +186,7 @@ class OutboundSMTP(smtp.ESMTPSender):
 
         Called before any byte arrives: a TLS server waits for our ClientHello."""
         self.tls_started = True
+        self._out.stop()
         self.transport.startTLS(creator)
         return self.greeting()
 
@@ -230,10 +232,11 @@ class OutboundSMTP(smtp.ESMTPSender):
     def _carry_out(self, events: list[Event]) -> None:
         for event in events:
             if isinstance(event, session.Send):
-                self.transport.write(event.data)
+                self._out.write(event.data)
             elif isinstance(event, session.StartTLS):
                 assert self._tls_creator is not None
                 self.tls_started = True
+                self._out.stop()
                 self.transport.startTLS(self._tls_creator)
             elif isinstance(event, session.Closed):
                 if event.error is not None:
@@ -269,7 +272,7 @@ class OutboundSMTP(smtp.ESMTPSender):
             async for chunk in chunks:
                 if self._closed is not None:
                     raise ConnectionBroken(self._closed)
-                self.transport.write(self.session.body(chunk))
+                self._out.write(self.session.body(chunk))
                 if self._writable is not None:
                     await self._wait_writable()
         finally:

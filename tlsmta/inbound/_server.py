@@ -67,7 +67,7 @@ from tlsmta.inbound._recipients import check_mailbox_name, expand_recipient
 from tlsmta.inbound._sender_login import check_sender_login
 from tlsmta.inbound._session_log import SessionLog, port_of
 from tlsmta.inbound._submission import CompletingWriter, HeaderCompletion
-from tlsmta.network import StreamTransport, installed_reactor, set_no_delay
+from tlsmta.network import ImmediateWriter, StreamTransport, installed_reactor, set_no_delay
 from tlsmta.reporting import EventBus
 from tlsmta.smtp import DomainNameError, Reject, Reply, normalize_domain
 from tlsmta.smtp.server_session import (
@@ -249,6 +249,7 @@ class InboundSMTP(smtp.ESMTP):
     # -- connection ------------------------------------------------------------
 
     def connectionMade(self) -> None:
+        self._out = ImmediateWriter(self.transport)
         peer = self.transport.getPeer()
         self.peer_ip = self.session.peer = getattr(peer, "host", str(peer))
         self.session_log.connected(self.peer_ip, port_of(peer), port_of(self.transport.getHost()))
@@ -298,7 +299,7 @@ class InboundSMTP(smtp.ESMTP):
         self._pump()  # the session reads nothing before its greeting
 
     def _greet(self) -> None:
-        self.transport.write(self.session.greet().wire())
+        self._out.write(self.session.greet().wire())
         self.setTimeout(self.runtime.listener.idle_timeout)
 
     def close(self) -> None:
@@ -403,7 +404,7 @@ class InboundSMTP(smtp.ESMTP):
     # -- events ------------------------------------------------------------------------
 
     def _send(self, event: Send) -> None:
-        self.transport.write(event.data)
+        self._out.write(event.data)
 
     def _line_received(self, event: LineReceived) -> None:
         self.resetTimeout()  # a complete line: the client gets idle_timeout for the next one
@@ -411,6 +412,7 @@ class InboundSMTP(smtp.ESMTP):
 
     def _start_tls(self, event: StartTLS) -> None:
         assert self.runtime.tls is not None
+        self._out.stop()
         self.transport.startTLS(self.runtime.tls.bound_to(self.certificate_check))
 
     def _message_data(self, event: MessageData) -> None:
