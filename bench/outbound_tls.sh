@@ -325,6 +325,14 @@ path = "$dir/spool"
 [dns.hosts]
 "$SINK_NAME" = ["127.0.0.1"]
 
+# No MTA-STS record and no TLSA records, answered here: the policy lookups
+# still run, but no query leaves the machine (nor waits for its resolver).
+[dns.txt]
+"_mta-sts.sink.bench" = []
+
+[dns.tlsa]
+"_25._tcp.$SINK_NAME" = []
+
 [[listener]]
 endpoint = "tcp:$(free_port):interface=127.0.0.1"
 tls = "no"

@@ -230,6 +230,14 @@ path = "$dir/spool"
 [dns.hosts]
 "$SINK_NAME" = ["127.0.0.1"]
 
+# No MTA-STS record and no TLSA records, answered here: the policy lookups
+# still run, but no query leaves the machine (nor waits for its resolver).
+[dns.txt]
+"_mta-sts.sink.bench" = []
+
+[dns.tlsa]
+"_25._tcp.$SINK_NAME" = []
+
 [[listener]]
 name = "relay"
 endpoint = "$kind:$TPORT:interface=127.0.0.1:backlog=1024"
@@ -326,7 +334,7 @@ for mode in $MODES; do
         run_relay "$TPORT" "$mode" "tlsmta-$mode-$round"
         read -r secs_t rate_t busy_t <<<"$RUN"
         read -r u1 k1 <<<"$(cpu_seconds "${TLSMTA_PIDS[@]}")"
-        r1=$(reactor_seconds "${TLSMTA_PIDS[@]}")
+        r1=$(reactor_seconds "${TLSMTA_PIDS[@]}") procs=${#TLSMTA_PIDS[@]}
         stop_profilers
         bad=$(cat "$TMP/tlsmta-$mode-$round"/*/tlsmta.log | grep -Eic 'traceback|unhandled|#critical|#error' || true)
         stop_tlsmta
@@ -337,7 +345,7 @@ for mode in $MODES; do
         printf 'round %d %-9s tlsmta %7.1f msg/s (%.2f s; CPU/msg %.2f ms user + %.2f ms kernel, reactor threads %.2f ms, %.0f%% of a core each; machine %s%% busy; suspicious log lines %d)' \
             "$round" "$mode:" "$rate_t" "$secs_t" "$(calc "($u1 - $u0) / $MESSAGES * 1000")" \
             "$(calc "($k1 - $k0) / $MESSAGES * 1000")" "$(calc "($r1 - $r0) / $MESSAGES * 1000")" \
-            "$(calc "($r1 - $r0) / $secs_t / ${#TLSMTA_PIDS[@]} * 100")" "$busy_t" "$bad"
+            "$(calc "($r1 - $r0) / $secs_t / $procs * 100")" "$busy_t" "$bad"
         printf '  postfix %7.1f msg/s (%.2f s; machine %s%% busy)  ratio %.2f\n' \
             "$rate_p" "$secs_p" "$busy_p" "$(calc "$rate_t / $rate_p")"
         rates_t+=("$rate_t") rates_p+=("$rate_p")
