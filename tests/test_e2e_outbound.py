@@ -844,3 +844,17 @@ async def test_host_check_on_an_ipv6_literal_next_hop(tmp_path: Any, pki: Any, e
                        route="smtp:[::1]", tls="required", tls_verify="host")
     [event] = deliveries(events)
     assert (event["result"], event["verified"], event["ip"], event["sans"]) == ("delivered", "yes", "::1", "IP:::1")
+
+
+@pytest.mark.parametrize("lines", [10, 12_000, 25_000])  # 260 bytes, 312 KB, 650 KB: one read, two, three
+async def test_a_body_of_any_length_leaves_whole(tmp_path: Any, lines: int) -> None:
+    """The spooled body goes out as read, in however many BODY_CHUNK reads it takes."""
+    from tlsmta.delivery._pool import BODY_CHUNK
+
+    text = "".join(f"line {i:06d} of the body\r\n" for i in range(lines))
+    rx = await deliver_once(tmp_path, None, None, body="Subject: long\r\n\r\n" + text)
+    [message] = maildir_messages(str(tmp_path / "receiver-maildir"))
+    received = message.get_payload().replace("\n", "\r\n")
+    assert received == text
+    assert rx.service.listeners["receiver"].inbound.connections_total == 1
+    assert (len(text) > 2 * BODY_CHUNK) == (lines == 25_000)

@@ -50,6 +50,9 @@ class SyncDisk:
     def sync_directory(self, path):
         return succeed(None)
 
+    def sync_directory_blocking(self, path):
+        pass
+
 
 class GatedDisk(SyncDisk):
     """A DiskIO that holds every call while ``held`` (a slow disk thread), until release()."""

@@ -105,6 +105,27 @@ log = Logger(namespace="tlsmta.delivery")
 
 CONNECT_TIMEOUT = 30
 BODY_CHUNK = 256 * 1024
+
+
+# A body is read in as few disk jobs as it takes: most mail is one chunk, so one job
+# opens, reads and closes it (each job is a trip to a disk thread and back).
+def _open_and_read(path: str) -> tuple[int | None, bytes]:
+    """The first chunk of the file at ``path``, and its descriptor if more may follow."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return _read_on(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _read_on(fd: int) -> tuple[int | None, bytes]:
+    """The next chunk from ``fd``, and ``fd``, or None once the end is read (then it is closed)."""
+    chunk = os.read(fd, BODY_CHUNK)
+    if len(chunk) < BODY_CHUNK:  # a regular file reads short only at its end
+        os.close(fd)
+        return None, chunk
+    return fd, chunk
 MAX_TLS_SESSIONS = 10_000
 
 
@@ -878,15 +899,17 @@ class OutboundPool:
             signature = await self.disk.run(self.dkim.signature_of_file, path)
             if signature:
                 yield signature
-        fd = await self.disk.run(os.open, path, os.O_RDONLY)
+        fd, chunk = await self.disk.run(_open_and_read, path)
         try:
             while True:
-                chunk = await self.disk.run(os.read, fd, BODY_CHUNK)
-                if not chunk:
+                if chunk:
+                    yield chunk
+                if fd is None:
                     return
-                yield chunk
+                fd, chunk = await self.disk.run(_read_on, fd)
         finally:
-            self.disk.run(os.close, fd)
+            if fd is not None:
+                self.disk.run(os.close, fd)
 
     # -- TLS-RPT ----------------------------------------------------------------------------
 

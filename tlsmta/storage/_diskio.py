@@ -3,9 +3,12 @@
 File fsyncs run concurrently in a few worker threads (the filesystem's
 journal merges concurrent commits).  A directory fsync that makes renames
 durable is shared: while one runs, new requests wait and then share the
-next one, so N messages finishing together cost one directory flush.
-Results come back in batches: the jobs that finish while the reactor is
-busy are handed over with one wake-up.
+next one, so N messages finishing together cost one directory flush.  The
+sharing happens among the disk threads themselves, so a message's files
+and its directory are made durable in one job, with no trip through the
+reactor between them (under load that trip was a reactor iteration on
+every message's way to its 250).  Results come back in batches: the jobs
+that finish while the reactor is busy are handed over with one wake-up.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ class DiskIO:
         self.size = threads
         self._tasks: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any]] | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
-        self._dir_syncs: dict[str, DirectorySync] = {}
+        self._dir_syncs: dict[str, DirectorySync] = {}  # added to by disk threads
         # finished jobs not yet handed to the reactor, and whether a hand-over is on its way
         self._done_lock = threading.Lock()
         self._done: list[tuple[Callable[[Any], Any], Any]] = []
@@ -92,11 +95,15 @@ class DiskIO:
         return d
 
     def sync_directory(self, path: str) -> Deferred[None]:
-        """fsync ``path`` (a directory), sharing the flush with concurrent callers."""
+        """fsync ``path`` (a directory) in a disk thread, sharing the flush with concurrent callers."""
+        return self.run(self.sync_directory_blocking, path)
+
+    def sync_directory_blocking(self, path: str) -> None:
+        """In a disk thread: fsync ``path``, sharing the flush with concurrent callers."""
         syncer = self._dir_syncs.get(path)
         if syncer is None:
-            syncer = self._dir_syncs[path] = DirectorySync(path, self.run)
-        return syncer.sync()
+            syncer = self._dir_syncs.setdefault(path, DirectorySync(path))
+        syncer.sync()
 
 
 def fsync_directory(path: str) -> None:
@@ -108,34 +115,48 @@ def fsync_directory(path: str) -> None:
 
 
 class DirectorySync:
-    """Group commit for one directory's fsync."""
+    """Group commit for one directory's fsync, among threads.
 
-    def __init__(self, path: str, run: Callable[..., Deferred[Any]]):
+    A caller needs a flush that starts after it asked (its renames are done
+    by then).  Flushes run one at a time, each by one of the callers
+    waiting for it; whoever asks while one runs waits for the next, which
+    covers everyone who asked meanwhile.
+    """
+
+    def __init__(self, path: str):
         self.path = path
-        self._run = run
-        self._waiting: list[Deferred[None]] = []
+        self._changed = threading.Condition()
+        self._started = 0  # flushes started so far (the running one included)
+        self._completed = 0  # the last flush finished
         self._running = False
+        self._failures: dict[int, BaseException] = {}  # flush number -> its error (rare; kept small)
         self.flushes = 0  # how many fsyncs actually ran; for tests and benchmarks
 
-    def sync(self) -> Deferred[None]:
-        d: Deferred[None] = Deferred()
-        self._waiting.append(d)
-        if not self._running:
-            self._start()
-        return d
-
-    def _start(self) -> None:
-        batch, self._waiting = self._waiting, []
-        self._running = True
-        self.flushes += 1
-        self._run(fsync_directory, self.path).addBoth(self._finished, batch)
-
-    def _finished(self, result: Any, batch: list[Deferred[None]]) -> None:
-        self._running = False
-        if self._waiting:
-            self._start()
-        for d in batch:
-            if isinstance(result, Failure):
-                d.errback(result)
-            else:
-                d.callback(None)
+    def sync(self) -> None:
+        with self._changed:
+            needed = self._started + 1  # the next flush to start covers this caller
+            while self._completed < needed:
+                if self._running:
+                    self._changed.wait()
+                    continue
+                self._running = True
+                self._started += 1
+                self.flushes += 1
+                number = self._started
+                self._changed.release()
+                error: BaseException | None = None
+                try:
+                    fsync_directory(self.path)
+                except BaseException as e:  # whatever ends this flush ends it for all it covers
+                    error = e
+                self._changed.acquire()
+                if error is not None:
+                    self._failures[number] = error
+                    for old in [n for n in self._failures if n < number - 1000]:
+                        del self._failures[old]
+                self._running = False
+                self._completed = number
+                self._changed.notify_all()
+            failure = self._failures.get(needed)
+        if failure is not None:
+            raise failure

@@ -5,7 +5,7 @@ until it passes SPILL_BYTES, then written out as it arrives, with
 back-pressure on the connection when the disk falls behind, so memory
 stays flat whatever the size.  ``commit`` writes what is left, lets each
 target fsync and rename its files, then fsyncs the target directories
-(shared between concurrent messages: group commit).
+(shared between concurrent messages: group commit), all in one disk job.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -187,6 +187,8 @@ class StreamingWriter:
         for target in self._targets:
             target.append(data)
             target.finish()
+        for directory in sorted({d for t in self._targets for d in t.directories}):
+            self._disk.sync_directory_blocking(directory)
 
     def _discard_all(self) -> None:
         for target in self._targets:
@@ -197,21 +199,14 @@ class StreamingWriter:
         if not self._targets:
             return succeed(None)
         self._then(self._finish_all, self._take_buffer())
-        self._chain.addCallback(self._sync_directories)
+        self._chain.addCallback(self._settled)
         return self._chain
 
-    def _sync_directories(self, _: Any) -> Deferred[None]:
+    def _settled(self, _: Any) -> None:
         if self._error is not None:
             error = self._error
             self._disk.run(self._discard_all).addErrback(lambda f: log.failure("cleaning up failed", f))
             raise translate(error)
-        dirs = sorted({d for t in self._targets for d in t.directories})
-        d = DeferredList([self._disk.sync_directory(p) for p in dirs], fireOnOneErrback=True, consumeErrors=True)
-
-        def unwrap(failure: Failure) -> None:
-            raise translate(failure.value.subFailure.value)
-
-        return d.addCallbacks(lambda _: None, unwrap)
 
     def abort(self) -> None:
         if self._closed:
