@@ -109,3 +109,31 @@ async def test_two_relays_in_one_process_do_not_see_each_others_events(tmp_path)
         await second.stop()
     assert "received" in heard["one"]
     assert heard["two"] == []
+
+
+class _CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_reactors_lines_are_written_together_at_the_end_of_its_iteration() -> None:
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    stream = _CountingStream()
+    lines = log.BatchedLines(stream)
+    for n in range(3):
+        lines.write(f"line {n}\n")
+    assert stream.getvalue() == ""  # kept while this iteration runs
+    await deferLater(reactor, 0, lambda: None)
+    assert stream.getvalue() == "line 0\nline 1\nline 2\n"
+    assert stream.writes == 1
+    lines.write("kept\n")
+    await in_thread(lines.write, "from a disk thread\n")  # another thread's line: at once, after the kept ones
+    assert stream.getvalue().endswith("line 2\nkept\nfrom a disk thread\n")

@@ -532,16 +532,17 @@ def test_old_record_without_remote_host_loads():
 # -- the pool of emptied files --------------------------------------------------------------
 
 
-def test_a_finished_messages_files_are_emptied_and_reused_for_the_next(spool):
-    """remove_blocking moves the files into free/, emptied; a new message is written into them
-    (the same inodes, no inode created), holding exactly its own bytes."""
+def test_a_finished_messages_files_are_reused_for_the_next(spool):
+    """remove_blocking moves the files into free/ as they are; a new, shorter message is written
+    into them (the same inodes, no inode created), holding exactly its own bytes."""
     first = message("m1")
     spool.store_blocking(first, BODY * 50)
     inodes = {os.stat(spool.body_path("m1")).st_ino, os.stat(spool.meta_path("m1")).st_ino}
+    sizes = {os.path.getsize(spool.body_path("m1")), os.path.getsize(spool.meta_path("m1"))}
     spool.remove_blocking("m1")
     assert listing(spool.queue_dir) == set()
     free = [os.path.join(spool.files.directory, n) for n in os.listdir(spool.files.directory)]
-    assert {os.stat(p).st_ino for p in free} == inodes and all(os.path.getsize(p) == 0 for p in free)
+    assert {os.stat(p).st_ino for p in free} == inodes and {os.path.getsize(p) for p in free} == sizes
 
     spool.store_blocking(message("m2"), BODY)
     assert {os.stat(spool.body_path("m2")).st_ino, os.stat(spool.meta_path("m2")).st_ino} == inodes
@@ -549,6 +550,17 @@ def test_a_finished_messages_files_are_emptied_and_reused_for_the_next(spool):
     assert body_of(spool, "m2") == BODY
     assert os.stat(spool.body_path("m2")).st_mode & 0o777 == 0o600
     assert spool.load_blocking(["m2"])[0][0].id == "m2"
+
+
+def test_a_large_finished_file_is_emptied_when_retired(spool):
+    from tlsmta.storage._filepool import KEEP_BYTES
+
+    spool.store_blocking(message("big"), BODY * (KEEP_BYTES // len(BODY) + 1))
+    spool.remove_blocking("big")
+    sizes = sorted(os.path.getsize(os.path.join(spool.files.directory, n)) for n in os.listdir(spool.files.directory))
+    assert len(sizes) == 2 and sizes[0] == 0 and 0 < sizes[1] <= KEEP_BYTES  # the big body emptied, the metadata kept
+    spool.store_blocking(message("small"), BODY)
+    assert body_of(spool, "small") == BODY
 
 
 def test_the_pool_keeps_at_most_its_limit_and_a_start_empties_it(spool):

@@ -7,12 +7,17 @@ text format is a grep-friendly line.
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import re
+import threading
 from collections.abc import Callable
 from typing import Any
 
 from twisted.logger import Logger
+from twisted.python import threadable
+
+from tlsmta.network import installed_reactor
 
 _log = Logger(namespace="tlsmta")
 
@@ -105,14 +110,15 @@ def text_observer(out: Any = None) -> Callable[[dict[str, Any]], None]:
     more on the timestamp and the format-string machinery than on the
     line, so the timestamp is formatted once a second and an event's
     pre-formatted line is written as it is.  Other events go through
-    Twisted's formatter unchanged.
+    Twisted's formatter unchanged.  On stdout (what twistd asks for) the
+    lines are :class:`BatchedLines`; to ``out``, each is written at once.
     """
     import sys
 
     from twisted.logger import formatEventAsClassicLogText, formatTime
 
-    stream = out if out is not None else sys.stdout
     stamp: list[Any] = [None, ""]  # [second, formatted]
+    lines = BatchedLines(sys.stdout) if out is None else _Unbatched(out)
 
     def observe(event: dict[str, Any]) -> None:
         line = event.get("tlsmta_line")
@@ -127,8 +133,7 @@ def text_observer(out: Any = None) -> Callable[[dict[str, Any]], None]:
                 stamp[0], stamp[1] = second, formatTime(second)
             level = getattr(event.get("log_level"), "name", "-")
             text = f"{stamp[1]} [{event.get('log_namespace', '-')}#{level}] {line}\n"
-        stream.write(text)
-        stream.flush()
+        lines.write(text)
 
     return observe
 
@@ -172,14 +177,70 @@ def json_record(event: dict[str, Any]) -> dict[str, Any]:
 
 def json_observer(out: Any = None) -> Callable[[dict[str, Any]], None]:
     """A twisted.logger observer writing one JSON object per line (``--log-format json``):
-    :func:`json_record` of each event."""
+    :func:`json_record` of each event; batched on stdout, as :func:`text_observer`."""
     import json
     import sys
 
-    stream = out if out is not None else sys.stdout
+    lines = BatchedLines(sys.stdout) if out is None else _Unbatched(out)
 
     def observe(event: dict[str, Any]) -> None:
-        stream.write(json.dumps(json_record(event), default=_json_default) + "\n")
-        stream.flush()
+        lines.write(json.dumps(json_record(event), default=_json_default) + "\n")
 
     return observe
+
+
+class _Unbatched:
+    def __init__(self, stream: Any):
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        self.stream.write(text)
+        self.stream.flush()
+
+
+class BatchedLines:
+    """Log lines to ``stream``, written together once per reactor iteration.
+
+    A relay logs about five lines per message; a write and a flush each
+    was a system call per line on the reactor thread (and a chance for a
+    disk thread to take the GIL).  A line logged in the running reactor's
+    thread is kept until the end of the iteration that logged it (a
+    ``callLater(0)`` that runs before the reactor next waits); any other
+    line (another thread, no reactor running) is written at once, after
+    the kept ones, and so is everything kept when the reactor shuts down
+    or the process exits.
+    """
+
+    def __init__(self, stream: Any):
+        self.stream = stream
+        self._kept: list[str] = []
+        self._lock = threading.Lock()  # a disk thread may log while the reactor's lines are kept
+        self._hooked = False
+
+    def write(self, text: str) -> None:
+        if threadable.isInIOThread():
+            reactor = installed_reactor()
+            if reactor.running:
+                with self._lock:
+                    self._kept.append(text)
+                    if len(self._kept) > 1:
+                        return
+                if not self._hooked:
+                    self._hooked = True
+                    reactor.addSystemEventTrigger("after", "shutdown", self.flush)
+                    atexit.register(self.flush)
+                reactor.callLater(0, self.flush)
+                return
+        with self._lock:
+            self._kept.append(text)
+            self._write_kept()
+
+    def flush(self) -> None:
+        with self._lock:
+            self._write_kept()
+
+    def _write_kept(self) -> None:
+        kept, self._kept = self._kept, []
+        if kept:
+            self.stream.write("".join(kept))
+            self.stream.flush()

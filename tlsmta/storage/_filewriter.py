@@ -69,26 +69,32 @@ class TempFile:
     """A file written in a temporary place, then fsynced and closed (disk thread).
 
     Created on the first append (with ``prefix`` first) by ``create``:
-    exclusively, mode 0600 (the spool passes its pool of emptied files).
+    exclusively, mode 0600; or the spool's pool of used files, whose old
+    bytes past what is written here are cut off before the fsync.
     """
 
     def __init__(self, path: str, prefix: bytes = b"", create: Callable[[str], int] = create_exclusive):
         self.path = path
         self.prefix = prefix
         self.fd: int | None = None
+        self.written = 0
         self._create = create
 
     def append(self, data: bytes) -> None:
         if self.fd is None:
             self.fd = self._create(self.path)
             write_all(self.fd, self.prefix)
+            self.written = len(self.prefix)
         write_all(self.fd, data)
+        self.written += len(data)
 
     def sync_and_close(self) -> None:
         """Make the content durable (the caller renames it into place afterwards)."""
         if self.fd is None:
             self.append(b"")
         assert self.fd is not None
+        if self._create is not create_exclusive:  # a reused file (storage.filepool) may be longer
+            os.ftruncate(self.fd, self.written)
         os.fsync(self.fd)
         os.close(self.fd)
         self.fd = None

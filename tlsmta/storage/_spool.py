@@ -6,7 +6,7 @@ Layout under ``[spool] path``::
     q/ID.eml                   the message as received (CRLF, Received: first)
     q/ID.json                  envelope and recipients as received: written once
     q/ID.state                 progress since (attempts, next attempt, per-recipient results)
-    free/N                     emptied files of finished messages, reused for new ones
+    free/N                     files of finished messages, reused for new ones
                                (``filepool``: no inode created or deleted per message)
 
 A message exists once ``q/ID.json`` does.  Commit order: body fsync,
@@ -247,6 +247,7 @@ def _write_file(path: str, data: bytes, create: Callable[[str], int]) -> None:
     fd = create(path)
     try:
         write_all(fd, data)
+        os.ftruncate(fd, len(data))  # a reused file (storage.filepool) may be longer
         os.fsync(fd)
     finally:
         os.close(fd)
