@@ -454,7 +454,7 @@ async def test_full_spool_disk_gives_452_and_recovers(tmp_path: Any, pki: Any, s
         await eventually(lambda: os.listdir(spool / "tmp") == [])
         filler.unlink()
         await in_thread(send_smtplib, relay.port)  # room again: accepted
-        assert len([n for n in os.listdir(spool / "q") if n.endswith(".json")]) == 1
+        assert len([n for n in os.listdir(spool / "q") if n.endswith(".msg")]) == 1
     finally:
         await relay.stop()
 

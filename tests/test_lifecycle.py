@@ -155,7 +155,7 @@ def test_sigterm_lets_sessions_finish_and_exits_0(tmp_path: Any, dead_port: int)
     assert code == 250, text
     session.quit()
     assert proc.proc.wait(timeout=START_TIMEOUT) == 0, proc.log()
-    queued = [n for n in os.listdir(tmp_path / "spool" / "q") if n.endswith(".json")]
+    queued = [n for n in os.listdir(tmp_path / "spool" / "q") if n.endswith(".msg")]
     assert len(queued) == 1
 
 

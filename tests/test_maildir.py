@@ -116,8 +116,7 @@ async def test_queue_delivery_to_a_maildir_runs_in_the_disk_thread(
     spool.ensure()
     box = tmp_path / "box"
     job = job_for(tmp_path, box)
-    with open(spool.body_path(job.message.id), "wb") as f:
-        f.write(b"Subject: queued\r\n\r\nbody\r\n")
+    spool.store_blocking(job.message, b"Subject: queued\r\n\r\nbody\r\n")
     deliverer = Deliverer(LinesOnly(), LocalSink(disk), spool, disk, lambda domain, binding: {})  # type: ignore[arg-type]
     [result] = await deliverer.deliver(job)
     assert (result.status, str(result.reply)) == (DELIVERED, "250 2.0.0 delivered to Maildir")
@@ -152,8 +151,7 @@ async def test_a_queued_copy_into_the_captured_maildir_gets_its_receipt(tmp_path
     job = job_for(tmp_path, box)
     job.message.tls = {"tls": "TLSv1.3", "cipher": "TLS_AES_256_GCM_SHA384"}
     job.message.authenticated = True
-    with open(spool.body_path(job.message.id), "wb") as f:
-        f.write(b"Subject: queued\r\n\r\nbody\r\n")
+    spool.store_blocking(job.message, b"Subject: queued\r\n\r\nbody\r\n")
     local = LocalSink(disk, keeps_receipts=lambda path: path == str(box))
     [result] = await Deliverer(LinesOnly(), local, spool, disk, lambda domain, binding: {}).deliver(job)  # type: ignore[arg-type]
     [name] = os.listdir(box / "new")

@@ -24,7 +24,7 @@ from tlsmta.config._routes import parse_route
 from tlsmta.delivery._mailqueue import Queue, group_jobs, retry_delay
 from tlsmta.delivery._pool import RecipientResult
 from tlsmta.smtp._reply import Reply
-from tlsmta.storage._spool import BOUNCED, DELIVERED, PENDING, QueuedMessage, RecipientState, Spool
+from tlsmta.storage._spool import BOUNCED, DELIVERED, PENDING, QueuedMessage, RecipientState, Spool, read_record
 
 T0 = 1_700_000_000.0
 SCHEDULE = (60, 300, 900)
@@ -144,8 +144,7 @@ class Harness:
 
     def on_disk(self):
         """The queued messages as a restart would load them (record plus state), by id."""
-        ids = [name[:-5] for name in os.listdir(self.spool.queue_dir) if name.endswith(".json")]
-        messages, _ = self.spool.load_blocking(ids)
+        messages, _ = self.spool.load_blocking(self.spool.list_blocking())
         return {m.id: m for m in messages}
 
     def files(self):
@@ -157,8 +156,7 @@ class Harness:
 
 def body_of(spool: Spool, message_id: str) -> bytes:
     """A spooled message's body, as the disk thread reads it for delivery."""
-    with open(spool.body_path(message_id), "rb") as f:
-        return f.read()
+    return spool.read_body_blocking(read_record(spool.message_path(message_id)))
 
 
 def new_message(message_id, recipients, sender="alice@example.org", received_at=T0, **fields):
@@ -271,7 +269,7 @@ def test_new_message_attempted_at_once(h):
 def test_delivered_message_leaves_memory_and_disk(h):
     """When every recipient is delivered, the message is gone from the queue and the spool."""
     h.submit(new_message("m1", ["bob@example.com"]))
-    assert h.files() == {"m1.eml", "m1.json"}
+    assert h.files() == {"m1.msg"}
     h.clock.advance(0)
     assert h.queue.messages == {}
     assert h.files() == set()
@@ -392,7 +390,7 @@ def test_5xx_sends_dsn_to_sender(tmp_path):
     assert [(r.address, r.route, r.status) for r in dsn.recipients] == [("alice@Example.ORG", relay, PENDING)]
     assert domains == ["example.org"]
     assert h.on_disk()[dsn.id] == dsn
-    assert h.files() - {f"{dsn.id}.state"} == {f"{dsn.id}.eml", f"{dsn.id}.json"}
+    assert h.files() - {f"{dsn.id}.state"} == {f"{dsn.id}.msg"}
 
     report = parse(body_of(h.spool, dsn.id))
     assert report.get_content_type() == "multipart/report"
@@ -587,8 +585,8 @@ def test_restart_resumes_from_spool(tmp_path):
     later = new_message("later", ["dave@example.com"])
     later.next_attempt = T0 + 500
     first.spool.store_blocking(later, BODY)
-    with open(first.spool.meta_path("corrupt"), "wb") as f:
-        f.write(b"{garbage")
+    with open(first.spool.message_path("corrupt"), "wb") as f:
+        f.write(b"{garbage")  # no trailer: a torn file
     assert len(first.deliver.jobs) == 1
 
     clock = Clock()
@@ -609,7 +607,7 @@ def test_restart_resumes_from_spool(tmp_path):
     assert [j.message.id for j in second.deliver.jobs] == ["overdue", "deferred", "later"]
     assert second.queue.messages == {}
     assert second.files() == set()  # the unreadable record was moved aside, not left in q/
-    assert os.listdir(os.path.join(second.spool.path, "corrupt")) == ["corrupt.json"]
+    assert os.listdir(os.path.join(second.spool.path, "corrupt")) == ["corrupt.msg"]
 
 
 def test_stopped_queue_attempts_nothing(h):

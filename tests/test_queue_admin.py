@@ -122,11 +122,11 @@ async def test_bounce_on_a_full_disk_changes_nothing_and_says_why(
     before = [(r.status, r.last, r.remote) for r in message.recipients]
     spool_before = sorted(p.name for p in (tmp_path / "spool" / "q").iterdir())
 
-    def disk_full(path: str, data: bytes, create: Any) -> None:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+    def disk_full(message: Any) -> bytes:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     try:
-        monkeypatch.setattr(spool_module, "_write_file", disk_full)
+        monkeypatch.setattr(spool_module, "record_and_trailer", disk_full)
         code, out, err = await in_thread(cli, capsys, "queue", "--socket", sock, "bounce", message_id)
         assert code == EX_TEMPFAIL and out == ""
         assert f"{message_id}: cannot store the DSN: No space left on device; the message stays queued" in err

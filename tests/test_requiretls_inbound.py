@@ -18,6 +18,7 @@ import pytest_twisted
 from e2e import CLIENT_TIMEOUT, client_context, in_thread, start_relay
 from inbound_harness import Session, runtime
 
+from tlsmta.storage._spool import read_record
 from tlsmta.testing import dev_listener
 
 
@@ -129,9 +130,8 @@ def send(port: int, ca: str, body: bytes, options: list[str]) -> list[str]:
 
 def spooled(tmp_path: Any) -> list[dict[str, Any]]:
     records = []
-    for path in sorted(glob.glob(os.path.join(tmp_path, "spool", "q", "*.json"))):
-        with open(path, "rb") as f:
-            records.append(json.loads(f.read()))
+    for path in sorted(glob.glob(os.path.join(tmp_path, "spool", "q", "*.msg"))):
+        records.append(json.loads(read_record(path).to_json()))
     return records
 
 

@@ -11,13 +11,25 @@ import json
 import os
 from datetime import datetime, timezone
 
+import attrs
 import pytest
 
 from tlsmta.config._routes import parse_route
 from tlsmta.smtp._reply import Reply
+from tlsmta.storage import _filewriter as filewriter_module
 from tlsmta.storage import _spool as spool_module
 from tlsmta.storage._interfaces import Envelope, Recipient
-from tlsmta.storage._spool import BOUNCED, DELIVERED, FORMAT, PENDING, QueuedMessage, RecipientState, Spool
+from tlsmta.storage._spool import (
+    BOUNCED,
+    DELIVERED,
+    FORMAT,
+    PENDING,
+    TRAILER_LENGTH,
+    QueuedMessage,
+    RecipientState,
+    Spool,
+    read_record,
+)
 
 BODY = b"Received: from a by b\r\nSubject: hi\r\n\r\nhello\r\n"
 
@@ -31,8 +43,15 @@ class UnusedDisk:
 
 def body_of(spool: Spool, message_id: str) -> bytes:
     """A spooled message's body, as the disk thread reads it for delivery."""
-    with open(spool.body_path(message_id), "rb") as f:
-        return f.read()
+    return spool.read_body_blocking(read_record(spool.message_path(message_id)))
+
+
+def spool_two_files(spool: Spool, m: QueuedMessage, body: bytes) -> None:
+    """A message as a version before the one-file layout spooled it: q/ID.eml and q/ID.json."""
+    with open(os.path.join(spool.queue_dir, m.id + ".eml"), "wb") as f:
+        f.write(body)
+    with open(os.path.join(spool.queue_dir, m.id + ".json"), "wb") as f:
+        f.write(attrs.evolve(m, size=len(body)).to_json())
 
 
 @pytest.fixture
@@ -161,41 +180,63 @@ def test_spool_file_appears_in_queue_only_after_finish(spool):
     target.append(BODY[:10])
     target.append(BODY[10:])
     assert listing(spool.queue_dir) == set()
-    assert "m1.eml" in listing(spool.tmp_dir)
+    assert "m1.msg" in listing(spool.tmp_dir)
     target.finish()
-    assert listing(spool.queue_dir) == {"m1.eml", "m1.json"}
+    assert listing(spool.queue_dir) == {"m1.msg"}
     assert listing(spool.tmp_dir) == set()
     assert body_of(spool, "m1") == BODY
     assert m.size == len(BODY)
-    with open(spool.meta_path("m1"), "rb") as f:
-        assert QueuedMessage.from_json(f.read()) == m
+    assert read_record(spool.message_path("m1")) == m
 
 
-def test_finish_never_shows_metadata_without_body(spool, monkeypatch):
-    """At every rename during finish(), each q/ID.json has its q/ID.eml (meta implies body)."""
-    real_rename = os.rename
-    renames = []
+def test_a_message_file_is_the_body_then_the_record_then_the_trailer(spool):
+    m = message(size=0)
+    spool.store_blocking(m, BODY)
+    with open(spool.message_path("m1"), "rb") as f:
+        raw = f.read()
+    record = m.to_json()
+    assert raw == BODY + record + b"\n%010d tlsmta-spool\n" % len(record)
+    assert len(raw) == len(BODY) + len(record) + TRAILER_LENGTH
 
-    def checked_rename(src, dst):
+
+def test_a_record_longer_than_one_read_of_the_tail_loads(spool):
+    m = message(size=0, recipients=[RecipientState(f"r{i}@example.com", parse_route("mx")) for i in range(300)])
+    spool.store_blocking(m, BODY * 1000)
+    assert len(m.to_json()) > 4096
+    assert read_record(spool.message_path("m1")) == m
+
+
+def test_finish_renames_a_message_into_the_queue_once_and_its_hold_first(spool, monkeypatch):
+    """A message's file enters q/ with one rename, after its fsync; a hold's state before it."""
+    real_rename, real_fsync = os.rename, os.fsync
+    steps = []
+
+    def rename(src, dst):
         real_rename(src, dst)
-        renames.append(os.path.basename(dst))
-        for name in os.listdir(spool.queue_dir):
-            if name.endswith(".json"):
-                assert os.path.exists(os.path.join(spool.queue_dir, name[:-5] + ".eml")), renames
+        steps.append(os.path.basename(dst))
 
-    monkeypatch.setattr(spool_module.os, "rename", checked_rename)
+    def fsync(fd):
+        real_fsync(fd)
+        steps.append("fsync")
+
+    monkeypatch.setattr(spool_module.os, "rename", rename)
+    monkeypatch.setattr(filewriter_module.os, "fsync", fsync)
+    monkeypatch.setattr(spool_module.os, "fsync", fsync)
     target = spool.writer(message())[1]
     target.append(BODY)
     target.finish()
-    assert renames == ["m1.eml", "m1.json"]
+    held = spool.writer(message("m2", held=True))[1]
+    held.append(BODY)
+    held.finish()
+    assert steps == ["fsync", "m1.msg", "fsync", "fsync", "m2.state", "m2.msg"]
 
 
-def test_failed_metadata_rename_leaves_no_queued_message(spool, monkeypatch):
-    """If finish() dies before the metadata is in q/, the message is not queued: a scan drops the body."""
+def test_failed_rename_into_the_queue_leaves_no_queued_message(spool, monkeypatch):
+    """If finish() dies before the message is in q/, the message is not queued."""
     real_rename = os.rename
 
     def failing_rename(src, dst):
-        if dst.endswith(".json"):
+        if dst.endswith(".msg"):
             raise OSError(28, "No space left on device")
         real_rename(src, dst)
 
@@ -235,7 +276,7 @@ def test_store_blocking_is_complete_on_return(spool):
     """store_blocking writes body and metadata into q/ and leaves tmp/ empty."""
     m = message("dsn1", size=0)
     spool.store_blocking(m, BODY)
-    assert listing(spool.queue_dir) == {"dsn1.eml", "dsn1.json"}
+    assert listing(spool.queue_dir) == {"dsn1.msg"}
     assert listing(spool.tmp_dir) == set()
     assert body_of(spool, "dsn1") == BODY
     assert m.size == len(BODY)
@@ -256,16 +297,16 @@ def test_store_blocking_failure_cleans_up(spool, monkeypatch):
 
 
 def test_save_blocking_records_state_and_leaves_the_record(spool):
-    """save_blocking writes ID.state (what a restart loads over the record); ID.json stays as received."""
+    """save_blocking writes ID.state (what a restart loads over the record); ID.msg stays as received."""
     m = message(attempts=0)
     spool.store_blocking(m, BODY)
-    with open(spool.meta_path(m.id), "rb") as f:
+    with open(spool.message_path(m.id), "rb") as f:
         received = f.read()
     m.attempts = 1
     m.next_attempt = 1_700_000_060.0
     m.recipients[0].last = "451 4.7.5 certificate name does not match mx.example.com"
     spool.save_blocking(m)
-    with open(spool.meta_path(m.id), "rb") as f:
+    with open(spool.message_path(m.id), "rb") as f:
         assert f.read() == received
     [loaded], problems = spool.load_blocking([m.id])
     assert loaded == m and problems == []
@@ -275,14 +316,16 @@ def test_save_blocking_records_state_and_leaves_the_record(spool):
 
 
 def test_remove_blocking(spool):
-    """remove_blocking deletes body and metadata and tolerates files already gone."""
-    spool.store_blocking(message(), BODY)
-    spool.store_blocking(message("m2"), BODY)
-    spool.remove_blocking("m1")
-    assert listing(spool.queue_dir) == {"m2.eml", "m2.json"}
-    spool.remove_blocking("m1")
-    os.unlink(spool.body_path("m2"))
-    spool.remove_blocking("m2")
+    """remove_blocking takes a message's file and state away and tolerates files already gone."""
+    first, second = message(), message("m2")
+    spool.store_blocking(first, BODY)
+    spool.store_blocking(second, BODY)
+    spool.save_blocking(first)
+    spool.remove_blocking(first)
+    assert listing(spool.queue_dir) == {"m2.msg"}
+    spool.remove_blocking(first)
+    os.unlink(spool.message_path("m2"))
+    spool.remove_blocking(second)
     assert listing(spool.queue_dir) == set()
 
 
@@ -310,18 +353,19 @@ def test_scan_clears_tmp_and_orphan_bodies(spool):
     """tmp/ (never acknowledged) is emptied and a body without metadata is removed; queued messages stay."""
     spool.store_blocking(message("kept"), BODY)
     half = spool.writer(message("half"))[1]
-    half.append(BODY)  # a crash while receiving: only tmp/half.eml exists
-    os.close(half.body.fd)
-    half.body.fd = None
+    half.append(BODY)  # a crash while receiving: only tmp/half.msg exists
+    os.close(half.file.fd)
+    half.file.fd = None
     with open(os.path.join(spool.tmp_dir, "kept.json.upd"), "wb") as f:
         f.write(b"{")
-    with open(spool.body_path("orphan"), "wb") as f:
-        f.write(BODY)
+    for orphan in ("orphan.eml", "orphan.state"):  # a former version's body, a state: no message
+        with open(os.path.join(spool.queue_dir, orphan), "wb") as f:
+            f.write(BODY)
     messages, bad, _ = scan_all(spool)
     assert set(messages) == {"kept"}
     assert bad == []
     assert listing(spool.tmp_dir) == set()
-    assert listing(spool.queue_dir) == {"kept.eml", "kept.json"}
+    assert listing(spool.queue_dir) == {"kept.msg"}
 
 
 def test_scan_yields_batches(spool):
@@ -340,19 +384,56 @@ def test_scan_yields_batches(spool):
      b' "received_at": 0, "size": 0, "attempts": 0, "next_attempt": 0, "smtputf8": false, "body": "7BIT",'
      b' "helo": "", "peer": "", "listener": "", "tls": {}}'],
 )
-def test_scan_reports_corrupt_records_and_continues(spool, raw):
-    """An unreadable record is reported as (path, reason) and the other messages still load."""
+@pytest.mark.parametrize("two_files", [False, True])
+def test_scan_reports_corrupt_records_and_continues(spool, raw, two_files):
+    """An unreadable record is reported as (path, reason), its files go to corrupt/, and the
+    other messages still load (either layout)."""
     spool.store_blocking(message("good"), BODY)
-    with open(spool.meta_path("bad"), "wb") as f:
-        f.write(raw)
-    with open(spool.body_path("bad"), "wb") as f:
-        f.write(BODY)
+    if two_files:
+        path = os.path.join(spool.queue_dir, "bad.json")
+        with open(path, "wb") as f:
+            f.write(raw)
+        with open(os.path.join(spool.queue_dir, "bad.eml"), "wb") as f:
+            f.write(BODY)
+    else:
+        path = spool.message_path("bad")
+        with open(path, "wb") as f:
+            f.write(BODY + raw + b"\n%010d tlsmta-spool\n" % len(raw))
     messages, bad, _ = scan_all(spool)
     assert set(messages) == {"good"}
     assert len(bad) == 1
-    path, reason = bad[0]
-    assert path == spool.meta_path("bad")
-    assert isinstance(reason, str)
+    assert bad[0][0] == path and isinstance(bad[0][1], str)
+    assert listing(spool.queue_dir) == {"good.msg"}
+    assert listing(os.path.join(spool.path, "corrupt")) == ({"bad.json", "bad.eml"} if two_files else {"bad.msg"})
+
+
+@pytest.mark.parametrize("cut", [1, TRAILER_LENGTH, TRAILER_LENGTH + 5, 200])
+def test_a_message_file_cut_short_is_reported_not_misread(spool, cut):
+    """A file without its whole trailer, or whose body is not the record's size, is corrupt."""
+    spool.store_blocking(message("bad"), BODY)
+    path = spool.message_path("bad")
+    with open(path, "rb") as f:
+        raw = f.read()
+    with open(path, "wb") as f:
+        f.write(raw[:-cut] if cut != 200 else BODY[:-1] + raw[len(BODY):])  # 200: a body one byte short
+    messages, bad, _ = scan_all(spool)
+    assert messages == {} and [p for p, _ in bad] == [path]
+
+
+def test_a_message_spooled_as_two_files_loads_delivers_and_goes(spool):
+    """A queue spooled by a version before the one-file layout is read and emptied as before."""
+    old = message("old", size=0)
+    spool_two_files(spool, old, BODY)
+    spool.store_blocking(message("new"), BODY * 2)
+    messages, bad, _ = scan_all(spool)
+    assert bad == [] and set(messages) == {"old", "new"}
+    assert messages["old"].two_files and not messages["new"].two_files
+    assert spool.read_body_blocking(messages["old"]) == BODY
+    assert spool.read_body_blocking(messages["new"]) == BODY * 2
+    assert spool.read_body_blocking(messages["new"], 10) == BODY[:10]
+    spool.save_blocking(messages["old"])
+    spool.remove_blocking(messages["old"])
+    assert listing(spool.queue_dir) == {"new.msg"}
 
 
 def test_prepare_leaves_directories_in_tmp_alone(spool):
@@ -435,8 +516,9 @@ def stored_record(spool: Spool, chunks: list[bytes], **overrides) -> dict:
     for chunk in chunks:
         target.append(chunk)
     target.finish()
-    with open(spool.meta_path(m.id), "rb") as f:
-        return json.loads(f.read())
+    with open(spool.message_path(m.id), "rb") as f:
+        raw = f.read()
+    return json.loads(raw[m.size:-TRAILER_LENGTH])
 
 
 @pytest.mark.parametrize("flag", [False, True])
@@ -533,32 +615,34 @@ def test_old_record_without_remote_host_loads():
 
 
 def test_a_finished_messages_files_are_reused_for_the_next(spool):
-    """remove_blocking moves the files into free/ as they are; a new, shorter message is written
-    into them (the same inodes, no inode created), holding exactly its own bytes."""
+    """remove_blocking moves the files (message, state) into free/ as they are; new, shorter
+    content is written into them (the same inodes, no inode created), exactly its own bytes."""
     first = message("m1")
     spool.store_blocking(first, BODY * 50)
-    inodes = {os.stat(spool.body_path("m1")).st_ino, os.stat(spool.meta_path("m1")).st_ino}
-    sizes = {os.path.getsize(spool.body_path("m1")), os.path.getsize(spool.meta_path("m1"))}
-    spool.remove_blocking("m1")
+    spool.save_blocking(first)
+    paths = (spool.message_path("m1"), spool.state_path("m1"))
+    inodes, sizes = {os.stat(p).st_ino for p in paths}, {os.path.getsize(p) for p in paths}
+    spool.remove_blocking(first)
     assert listing(spool.queue_dir) == set()
     free = [os.path.join(spool.files.directory, n) for n in os.listdir(spool.files.directory)]
     assert {os.stat(p).st_ino for p in free} == inodes and {os.path.getsize(p) for p in free} == sizes
 
     spool.store_blocking(message("m2"), BODY)
-    assert {os.stat(spool.body_path("m2")).st_ino, os.stat(spool.meta_path("m2")).st_ino} == inodes
-    assert os.listdir(spool.files.directory) == []
+    assert os.stat(spool.message_path("m2")).st_ino in inodes
+    assert len(os.listdir(spool.files.directory)) == 1
     assert body_of(spool, "m2") == BODY
-    assert os.stat(spool.body_path("m2")).st_mode & 0o777 == 0o600
+    assert os.stat(spool.message_path("m2")).st_mode & 0o777 == 0o600
     assert spool.load_blocking(["m2"])[0][0].id == "m2"
 
 
 def test_a_large_finished_file_is_emptied_when_retired(spool):
     from tlsmta.storage._filepool import KEEP_BYTES
 
-    spool.store_blocking(message("big"), BODY * (KEEP_BYTES // len(BODY) + 1))
-    spool.remove_blocking("big")
-    sizes = sorted(os.path.getsize(os.path.join(spool.files.directory, n)) for n in os.listdir(spool.files.directory))
-    assert len(sizes) == 2 and sizes[0] == 0 and 0 < sizes[1] <= KEEP_BYTES  # the big body emptied, the metadata kept
+    big = message("big")
+    spool.store_blocking(big, BODY * (KEEP_BYTES // len(BODY) + 1))
+    spool.remove_blocking(big)
+    [kept] = os.listdir(spool.files.directory)
+    assert os.path.getsize(os.path.join(spool.files.directory, kept)) == 0
     spool.store_blocking(message("small"), BODY)
     assert body_of(spool, "small") == BODY
 
@@ -566,8 +650,10 @@ def test_a_large_finished_file_is_emptied_when_retired(spool):
 def test_the_pool_keeps_at_most_its_limit_and_a_start_empties_it(spool):
     spool.files.limit = 2
     for n in range(3):
-        spool.store_blocking(message(f"m{n}"), BODY)
-        spool.remove_blocking(f"m{n}")
+        m = message(f"m{n}")
+        spool.store_blocking(m, BODY)
+        spool.save_blocking(m)
+        spool.remove_blocking(m)
     assert len(os.listdir(spool.files.directory)) == 2  # the rest was unlinked
     assert spool.prepare_blocking() == []
     assert os.listdir(spool.files.directory) == []
@@ -579,7 +665,8 @@ def test_removing_from_a_spool_never_prepared_still_removes(tmp_path):
     """Offline tools remove messages from a spool whose free/ may not exist yet."""
     s = Spool(str(tmp_path / "spool"), UnusedDisk())
     s.ensure()
-    s.store_blocking(message("m1"), BODY)
+    m = message("m1")
+    s.store_blocking(m, BODY)
     os.rmdir(s.files.directory)
-    s.remove_blocking("m1")
+    s.remove_blocking(m)
     assert listing(s.queue_dir) == set()

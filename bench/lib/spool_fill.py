@@ -9,17 +9,17 @@ Each message is a ``QueuedMessage`` with one ``RecipientState`` (route
 ``mx`` by default, binding ``default``), due now (``next_attempt = 0``),
 and a body of exactly ``--size`` bytes (CRLF lines, headers first).
 
-The records are the spool's own format (``QueuedMessage.to_json()`` into
-``q/ID.json``, the body into ``q/ID.eml``, ids from
+The files are the spool's own format (``q/ID.msg``: the body, then
+``tlsmta.storage._spool.record_and_trailer()``; ids from
 ``tlsmta.storage._ids.new_message_id()``), but written without the per-message
-fsync + directory fsync of ``Spool.store_blocking()``: that costs three
+fsync + directory fsync of ``Spool.store_blocking()``: that costs two
 disk flushes per message (minutes for 100,000) and buys nothing offline.
 One ``sync()`` at the end makes the whole spool durable before tlsmta
 starts, so the page cache state is the same as after store_blocking.
 ``--store-blocking`` uses the spool API call instead (slow, for checking
 that both produce the same thing).
 
-``--reset`` rewrites every ``q/*.json`` already there as never
+``--reset`` rewrites every ``q/*.msg`` already there as never
 tried and due now (attempts 0, next_attempt 0, recipients pending), e.g.
 to start the same 100,000-message spool a second time; ``--due-in S``
 makes them due S seconds from now instead (a queue that only loads).
@@ -34,7 +34,7 @@ import time
 
 from tlsmta.config._routes import parse_route
 from tlsmta.storage._ids import new_message_id
-from tlsmta.storage._spool import QueuedMessage, RecipientState, Spool
+from tlsmta.storage._spool import QueuedMessage, RecipientState, Spool, read_record, record_and_trailer
 
 
 def make_body(size: int, sender: str, rcpt: str, n: int) -> bytes:
@@ -72,10 +72,8 @@ def fill(path: str, count: int, size: int, rcpt: str, sender: str, route: str, s
         if store_blocking:
             spool.store_blocking(message, body)
         else:
-            with open(spool.body_path(message.id), "wb") as f:
-                f.write(body)
-            with open(spool.meta_path(message.id), "wb") as f:
-                f.write(message.to_json())
+            with open(spool.message_path(message.id), "wb") as f:
+                f.write(body + record_and_trailer(message))
         ids.append(message.id)
     if len(set(ids)) != len(ids):
         raise SystemExit("duplicate message ids")
@@ -88,18 +86,16 @@ def reset(path: str, due_in: float = 0.0) -> int:
     ``due_in`` seconds); the count."""
     spool = Spool(path, disk=None)  # type: ignore[arg-type]
     count = 0
-    for name in os.listdir(spool.queue_dir):
-        if not name.endswith(".json"):
-            continue
-        meta = os.path.join(spool.queue_dir, name)
-        with open(meta, "rb") as f:
-            message = QueuedMessage.from_json(f.read())
+    for message_id in spool.list_blocking():
+        path = spool.message_path(message_id)
+        message = read_record(path)
+        body = spool.read_body_blocking(message)
         message.attempts = 0
         message.next_attempt = time.time() + due_in if due_in else 0.0
         for rcpt in message.recipients:
             rcpt.status, rcpt.last = "pending", ""
-        with open(meta, "wb") as f:
-            f.write(message.to_json())
+        with open(path, "wb") as f:
+            f.write(body + record_and_trailer(message))
         count += 1
     os.sync()
     return count

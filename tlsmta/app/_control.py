@@ -130,8 +130,8 @@ class ControlFactory(Factory):
         if message is None:
             raise QueueError(f"no queued message {id}")
         info = describe(message, id in self.queue.in_flight)
-        head = await self.queue.spool.disk.run(read_headers, self.queue.spool.body_path(id))
-        info["headers"] = head
+        head = await self.queue.spool.disk.run(self.queue.spool.read_body_blocking, message, HEADERS_SHOWN)
+        info["headers"] = read_headers(head)
         return info
 
     async def queue_flush(self, id: str | None = None, domain: str | None = None) -> int:
@@ -186,10 +186,11 @@ class ControlFactory(Factory):
         return {"queued": size, "in_flight": len(self.queue.in_flight), "oldest_received_at": oldest}
 
 
-def read_headers(path: str, limit: int = 64 * 1024) -> str:
-    """The header section of a spooled message (as text, for display)."""
-    with open(path, "rb") as f:
-        head = f.read(limit)
+HEADERS_SHOWN = 64 * 1024  # `queue show` reads this much of a message for its header section
+
+
+def read_headers(head: bytes) -> str:
+    """The header section of the start of a spooled message (as text, for display)."""
     end = head.find(b"\r\n\r\n")
     return head[: end if end >= 0 else len(head)].decode("utf-8", "replace")
 

@@ -8,7 +8,6 @@ requeue, bounce: a DSN is mail to send) stays with the running daemon.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 from tlsmta.delivery import QueueError
@@ -24,12 +23,12 @@ def change_offline(spool_path: str, action: str, ids: Sequence[str], domain: str
     lock = DirectoryLock.acquire(spool_path)
     try:
         spool = Spool(spool_path, disk=None)  # type: ignore[arg-type]  # blocking calls only, no disk thread
-        queued = sorted(n[:-5] for n in os.listdir(spool.queue_dir) if n.endswith(".json"))
+        queued = spool.list_blocking()
         messages = {m.id: m for m in spool.load_blocking(queued)[0]}
         chosen = _choose(messages, ids, domain, everything)
         for message in chosen:
             if action == "delete":
-                spool.remove_blocking(message.id)
+                spool.remove_blocking(message)
             else:
                 message.held = action == "hold"
                 spool.save_blocking(message, durable=True)

@@ -540,7 +540,7 @@ def _change_offline(args: argparse.Namespace, action: str) -> int:
 
 def _offline(args: argparse.Namespace, action: str) -> int:
     """The daemon is not running: read the spool directly (read-only)."""
-    from tlsmta.app._control import describe, read_headers
+    from tlsmta.app._control import HEADERS_SHOWN, describe, read_headers
     from tlsmta.storage import Spool
 
     config = _load(args.config)
@@ -548,7 +548,7 @@ def _offline(args: argparse.Namespace, action: str) -> int:
         return EX_CONFIG
     spool = Spool(config.spool["path"], disk=None)  # type: ignore[arg-type]
     try:
-        ids = [n[:-5] for n in os.listdir(spool.queue_dir) if n.endswith(".json")]
+        ids = spool.list_blocking()
     except OSError as e:
         return fail("queue", f"cannot read the spool {spool.queue_dir}: {e.strerror}", EX_UNAVAILABLE)
     messages, _ = spool.load_blocking(ids)
@@ -566,7 +566,7 @@ def _offline(args: argparse.Namespace, action: str) -> int:
     if not match:
         return fail("queue", f"no queued message {args.id}", EX_DATAERR)
     info = describe(match[0])
-    info["headers"] = read_headers(spool.body_path(args.id))
+    info["headers"] = read_headers(spool.read_body_blocking(match[0], HEADERS_SHOWN))
     if args.json:
         print(json.dumps(info, indent=2))
     else:

@@ -100,11 +100,6 @@ class DkimSigner:
             log.warn("dkim: not signed for {domain}: {reason}", domain=domain, reason=str(e))
             return b""
 
-    def signature_of_file(self, path: str) -> bytes:
-        """:meth:`signature` of a spooled message (on the disk thread: it reads the whole file)."""
-        with open(path, "rb") as f:
-            return self.signature(f.read())
-
     def _signing_domain(self, message: bytes) -> str | None:
         """The From: domain, or its nearest parent, that has a key."""
         head = message[:HEADER_LIMIT].split(b"\r\n\r\n", 1)[0]

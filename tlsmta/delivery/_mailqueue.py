@@ -162,9 +162,9 @@ class Queue:
 
     async def delete(self, message_id: str) -> None:
         """Remove a message without telling anyone (the operator's call)."""
-        self._idle_message(message_id)
+        message = self._idle_message(message_id)
         del self.messages[message_id]
-        await self.spool.disk.run(self.spool.remove_blocking, message_id)
+        await self.spool.disk.run(self.spool.remove_blocking, message)
         self.events.emit("queue_deleted", msgid=message_id)
 
     async def bounce(self, message_id: str) -> None:
@@ -192,7 +192,7 @@ class Queue:
         finally:
             self.in_flight.discard(message_id)
         del self.messages[message_id]
-        await self.spool.disk.run(self.spool.remove_blocking, message_id)
+        await self.spool.disk.run(self.spool.remove_blocking, message)
         self.events.emit("queue_bounced", msgid=message_id, rcpts=len(failed))
 
     def select(self, ids: Sequence[str] = (), domain: str | None = None, everything: bool = False) -> list[str]:
@@ -334,7 +334,7 @@ class Queue:
                     rcpt.status = PENDING
                 log.failure("could not store the DSN for {msgid}; will try again", msgid=message.id)
         if not message.pending:
-            await self.spool.disk.run(self.spool.remove_blocking, message.id)
+            await self.spool.disk.run(self.spool.remove_blocking, message)
             del self.messages[message.id]
             self.events.emit("queue_done", msgid=message.id, attempts=message.attempts,
                         delivered=sum(r.status == DELIVERED for r in message.recipients),
@@ -378,7 +378,7 @@ class Queue:
         if message.is_bounce:
             self.events.emit("bounce_dropped", msgid=message.id, rcpts=len(failed), reason="null sender")
         else:
-            head = await self.spool.disk.run(self._read_head, message.id)
+            head = await self.spool.disk.run(self.spool.read_body_blocking, message, 128 * 1024)
             dsn_id = new_message_id()
             now = datetime.fromtimestamp(self.now(), timezone.utc)  # the queue's clock, as expiry uses
             data = build_dsn(
@@ -414,10 +414,6 @@ class Queue:
             self.add(dsn)
             self.events.emit("delay_warning" if delayed else "bounce", msgid=message.id, dsn=dsn_id, to=message.sender,
                              rcpts=len(failed))
-
-    def _read_head(self, message_id: str) -> bytes:
-        with open(self.spool.body_path(message_id), "rb") as f:
-            return f.read(128 * 1024)
 
     def wait_idle(self) -> Deferred[None]:
         """Fires when nothing is due now and no attempt is running."""

@@ -109,23 +109,26 @@ BODY_CHUNK = 256 * 1024
 
 # A body is read in as few disk jobs as it takes: most mail is one chunk, so one job
 # opens, reads and closes it (each job is a trip to a disk thread and back).
-def _open_and_read(path: str) -> tuple[int | None, bytes]:
-    """The first chunk of the file at ``path``, and its descriptor if more may follow."""
+def _open_and_read(path: str, size: int) -> tuple[int | None, bytes, int]:
+    """The first chunk of the ``size``-byte body at the start of the file at ``path``:
+    see :func:`_read_on`."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        return _read_on(fd)
+        return _read_on(fd, size)
     except BaseException:
         os.close(fd)
         raise
 
 
-def _read_on(fd: int) -> tuple[int | None, bytes]:
-    """The next chunk from ``fd``, and ``fd``, or None once the end is read (then it is closed)."""
-    chunk = os.read(fd, BODY_CHUNK)
-    if len(chunk) < BODY_CHUNK:  # a regular file reads short only at its end
+def _read_on(fd: int, left: int) -> tuple[int | None, bytes, int]:
+    """The next chunk of the ``left`` bytes still to read from ``fd``: the chunk, ``fd`` (None
+    once the body is read: then it is closed) and what is left after the chunk."""
+    chunk = os.read(fd, min(BODY_CHUNK, left))
+    left -= len(chunk)
+    if left <= 0 or not chunk:  # the body read (or a file cut short: the server sees the dot early)
         os.close(fd)
-        return None, chunk
-    return fd, chunk
+        return None, chunk, 0
+    return fd, chunk, left
 MAX_TLS_SESSIONS = 10_000
 
 
@@ -885,7 +888,7 @@ class OutboundPool:
         requiretls = attempt.req is not None and attempt.req.requiretls
         params = decisions.mail_parameters(caps, message.size, message.body_type, message.smtputf8, requiretls)
         done = await proto.transaction(
-            message.sender, params, [r.address for r in job.recipients], lambda: self._body_chunks(message.id)
+            message.sender, params, [r.address for r in job.recipients], lambda: self._body_chunks(message)
         )
         if not done.mail.positive:
             return results_for(job, done.mail, remote)
@@ -893,23 +896,27 @@ class OutboundPool:
         return [RecipientResult(recipient.address, outcome_of(answer), answer, remote)
                 for recipient, answer in zip(job.recipients, done.final_replies())]
 
-    async def _body_chunks(self, message_id: str) -> AsyncIterator[bytes]:
-        path = self.spool.body_path(message_id)
+    async def _body_chunks(self, message: QueuedMessage) -> AsyncIterator[bytes]:
         if self.dkim:  # signed as it leaves, after every header change (delivery._dkim)
-            signature = await self.disk.run(self.dkim.signature_of_file, path)
+            signature = await self.disk.run(self._dkim_signature, message)
             if signature:
                 yield signature
-        fd, chunk = await self.disk.run(_open_and_read, path)
+        fd, chunk, left = await self.disk.run(_open_and_read, self.spool.body_path(message), message.size)
         try:
             while True:
                 if chunk:
                     yield chunk
                 if fd is None:
                     return
-                fd, chunk = await self.disk.run(_read_on, fd)
+                fd, chunk, left = await self.disk.run(_read_on, fd, left)
         finally:
             if fd is not None:
                 self.disk.run(os.close, fd)
+
+    def _dkim_signature(self, message: QueuedMessage) -> bytes:
+        """In a disk thread: the body read whole, and signed."""
+        assert self.dkim is not None
+        return self.dkim.signature(self.spool.read_body_blocking(message))
 
     # -- TLS-RPT ----------------------------------------------------------------------------
 
@@ -1016,12 +1023,14 @@ class Deliverer:
             self.local.maildir_files(job.message.sender, [(r.address, job.route) for r in job.recipients]),
             lambda: queued_receipt_record(job.message),
         )
-        body = self.spool.body_path(job.message.id)
+        body, left = self.spool.body_path(job.message), job.message.size
 
         def copy() -> None:
+            nonlocal left
             carry = b""
             with open(body, "rb") as f:
-                while chunk := f.read(BODY_CHUNK):
+                while left > 0 and (chunk := f.read(min(BODY_CHUNK, left))):
+                    left -= len(chunk)
                     chunk = carry + chunk
                     carry = b"\r" if chunk.endswith(b"\r") else b""  # a CRLF split between reads
                     for target in files:

@@ -15,14 +15,9 @@ from tlsmta.smtp import Reply
 from tlsmta.storage import DiskIO, QueuedMessage, Spool
 
 
-def _read(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
-
-
 async def take_reports(inbox: TLSRPTInbox, spool: Spool, disk: DiskIO, message: QueuedMessage) -> Reply:
     """The delivery reply for a queued report mail, once what it held is stored."""
-    body = await disk.run(_read, spool.body_path(message.id))
+    body = await disk.run(spool.read_body_blocking, message)
     received = await inbox.receive_mail(body, f"mail {message.id} from <{message.sender}>")
     if received.problem is not None:
         return Reply.of(250, "2.0.0", f"not an RFC 8460 report, kept as malformed: {received.problem}")

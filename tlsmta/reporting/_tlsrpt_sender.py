@@ -201,7 +201,6 @@ class TLSRPTService(Service):
             sender=sender,
             recipients=[RecipientState(address, route, "default")],
             received_at=now,
-            size=len(data),
             listener="tlsrpt",
         )
         await owner.disk.run(owner.spool.store_blocking, message, data)

@@ -1,23 +1,36 @@
-"""The durable spool: one body file and one metadata record per message.
+"""The durable spool: one file per message, and its progress beside it.
 
 Layout under ``[spool] path``::
 
-    tmp/ID.eml, tmp/ID.json    being written
-    q/ID.eml                   the message as received (CRLF, Received: first)
-    q/ID.json                  envelope and recipients as received: written once
+    tmp/ID.msg                 being written
+    q/ID.msg                   the message as received (CRLF, Received: first), then its
+                               envelope record (JSON, written once) and a trailer
     q/ID.state                 progress since (attempts, next attempt, per-recipient results)
     free/N                     files of finished messages, reused for new ones
                                (``filepool``: no inode created or deleted per message)
+    q/ID.eml, q/ID.json        a message spooled by a version before the one-file layout:
+                               its body and its envelope record (read, delivered and
+                               removed as before; nothing new is written this way)
 
-A message exists once ``q/ID.json`` does.  Commit order: body fsync,
-metadata fsync, rename body, rename metadata, fsync ``q/`` (shared between
-concurrent messages); only then is 250 sent.  ``ID.json`` is never
-rewritten, so nothing acknowledged can be lost to a torn update.
-``ID.state`` is rewritten after each attempt through ``tmp/`` and a rename
-without fsync: after a crash it may be older than the truth (or unreadable,
-then ignored), which costs at most a duplicate delivery, never a loss, and
-spares a disk flush per deferral.  At start, ``q/*.json`` is the queue; a
-body or state without metadata was never acknowledged and is removed.
+``ID.msg`` is the body's ``size`` bytes, the record, and the 25-byte trailer
+``\n`` + the record's length in ten digits + `` tlsmta-spool\n``: the body
+streams to disk as it arrives, and the record, known only at the end of
+DATA, goes after it.  One file costs one fsync and one rename per message
+where a body and a record cost two of each (and the disk threads' system
+calls, each a trip for the GIL, were the relay's dearest part:
+bench/profile-issue13.md).  A reader of the body reads ``size`` bytes
+(:meth:`Spool.read_body_blocking`, :meth:`Spool.body_path`).
+
+A message exists once ``q/ID.msg`` does.  Commit order: the file's fsync,
+its rename into ``q/``, fsync ``q/`` (shared between concurrent messages);
+only then is 250 sent.  The record is never rewritten, so nothing
+acknowledged can be lost to a torn update.  ``ID.state`` is rewritten
+after each attempt through ``tmp/`` and a rename without fsync: after a
+crash it may be older than the truth (or unreadable, then ignored), which
+costs at most a duplicate delivery, never a loss, and spares a disk flush
+per deferral.  At start, ``q/*.msg`` (and a former version's ``q/*.json``)
+is the queue; a state or body without its message was never acknowledged
+and is removed.
 """
 
 from __future__ import annotations
@@ -33,10 +46,12 @@ from tlsmta.config import Route, parse_route
 from tlsmta.smtp import Reply, domain_of
 from tlsmta.storage._diskio import DiskIO
 from tlsmta.storage._filepool import FilePool
-from tlsmta.storage._filewriter import StreamingWriter, TempFile, remove_if_present, write_all
+from tlsmta.storage._filewriter import StreamingWriter, TempFile, write_all
 from tlsmta.storage._interfaces import NO_THROTTLE, Envelope, Throttle
 
-FORMAT = 1
+FORMAT = 1  # the envelope record's version (the "v" key)
+TRAILER_LENGTH = 25  # b"\n" + ten digits + b" tlsmta-spool\n"
+_TRAILER_END = b" tlsmta-spool\n"
 
 PENDING, DELIVERED, BOUNCED = "pending", "delivered", "bounced"
 
@@ -86,6 +101,39 @@ class RecipientState:
         return cls(data["a"], parse_route(data["r"]), data["b"], data["s"], data["l"], data.get("f", ""))
 
 
+def record_and_trailer(message: QueuedMessage) -> bytes:
+    """What follows the body in ``ID.msg``: the envelope record and the trailer that finds it."""
+    record = message.to_json()
+    return b"%s\n%010d%s" % (record, len(record), _TRAILER_END)
+
+
+def read_record(path: str) -> QueuedMessage:
+    """The message in the ``ID.msg`` file at ``path``, from its record; ValueError if the
+    file has no well-formed trailer or its body is not the record's ``size`` bytes."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        end = os.fstat(fd).st_size
+        tail = os.pread(fd, min(end, 4096), max(0, end - 4096))
+        trailer = tail[-TRAILER_LENGTH:]
+        if len(trailer) < TRAILER_LENGTH or trailer[:1] != b"\n" or not trailer.endswith(_TRAILER_END) \
+                or not trailer[1:11].isdigit():
+            raise ValueError("no spool trailer: a torn or foreign file")
+        length = int(trailer[1:11])
+        body_size = end - TRAILER_LENGTH - length
+        if body_size < 0:
+            raise ValueError("the trailer names a record longer than the file")
+        if length + TRAILER_LENGTH <= len(tail):
+            record = tail[len(tail) - TRAILER_LENGTH - length:len(tail) - TRAILER_LENGTH]
+        else:
+            record = os.pread(fd, length, body_size)
+    finally:
+        os.close(fd)
+    message = QueuedMessage.from_json(record)
+    if message.size != body_size:
+        raise ValueError(f"the body is {body_size} bytes, the record says {message.size}")
+    return message
+
+
 @attrs.define(slots=True)
 class QueuedMessage:
     """A message in the spool, as the queue tracks it."""
@@ -113,6 +161,8 @@ class QueuedMessage:
     held: bool = False  # `tlsmta queue hold`: never attempted until released (kept in ID.state)
     last_attempt: float = 0.0  # when the latest attempt ended (a DSN's Last-Attempt-Date); 0: never tried
     delay_warned: bool = False  # the delay warning DSN went out ([queue] delay_warning_time): never again
+    # Spooled by a version before the one-file layout: q/ID.eml and q/ID.json (never in the record).
+    two_files: bool = False
 
     @property
     def pending(self) -> list[RecipientState]:
@@ -254,39 +304,36 @@ def _write_file(path: str, data: bytes, create: Callable[[str], int]) -> None:
 
 
 class SpoolFile:
-    """The body and metadata of one new message (a FileTarget; disk thread).
+    """The file of one new message (a FileTarget; disk thread).
 
-    The metadata written at :meth:`finish` is the message's as it stands
+    The record written at :meth:`finish` is the message's as it stands
     then (the inbound side sets ``tls_required_no`` before committing).
     """
 
     def __init__(self, spool: Spool, message: QueuedMessage):
         self.spool = spool
         self.message = message
-        self.body = TempFile(os.path.join(spool.tmp_dir, message.id + ".eml"), create=spool.files.create)
-        self.tmp_meta = os.path.join(spool.tmp_dir, message.id + ".json")
+        self.file = TempFile(os.path.join(spool.tmp_dir, message.id + ".msg"), create=spool.files.create)
 
     @property
     def directories(self) -> Sequence[str]:
         return (self.spool.queue_dir,)
 
     def append(self, data: bytes) -> None:
-        self.body.append(data)
+        self.file.append(data)
         self.message.size += len(data)
 
     def finish(self) -> None:
-        self.body.sync_and_close()
-        _write_file(self.tmp_meta, self.message.to_json(), self.spool.files.create)
-        os.rename(self.body.path, self.spool.body_path(self.message.id))
+        self.file.append(record_and_trailer(self.message))
+        self.file.sync_and_close()
         if self.message.held:  # quarantined at receipt (a milter): the hold survives a restart
             tmp_state = os.path.join(self.spool.tmp_dir, self.message.id + ".state")
             _write_file(tmp_state, self.message.state_json(), self.spool.files.create)
             os.rename(tmp_state, self.spool.state_path(self.message.id))
-        os.rename(self.tmp_meta, self.spool.meta_path(self.message.id))
+        os.rename(self.file.path, self.spool.message_path(self.message.id))
 
     def discard(self) -> None:
-        self.body.discard()
-        remove_if_present(self.tmp_meta)
+        self.file.discard()
 
 
 class Spool:
@@ -303,11 +350,18 @@ class Spool:
         for d in (self.tmp_dir, self.queue_dir, self.files.directory):
             os.makedirs(d, mode=0o700, exist_ok=True)
 
-    def body_path(self, message_id: str) -> str:
-        return os.path.join(self.queue_dir, message_id + ".eml")
+    def message_path(self, message_id: str) -> str:
+        return os.path.join(self.queue_dir, message_id + ".msg")
 
-    def meta_path(self, message_id: str) -> str:
-        return os.path.join(self.queue_dir, message_id + ".json")
+    def body_path(self, message: QueuedMessage) -> str:
+        """The file whose first ``message.size`` bytes are the body (more may follow)."""
+        if message.two_files:
+            return os.path.join(self.queue_dir, message.id + ".eml")
+        return self.message_path(message.id)
+
+    def _two_file_paths(self, message_id: str) -> tuple[str, str]:
+        """A former version's record and body."""
+        return os.path.join(self.queue_dir, message_id + ".json"), os.path.join(self.queue_dir, message_id + ".eml")
 
     def writer(self, message: QueuedMessage, throttle: Throttle = NO_THROTTLE) -> tuple[StreamingWriter, SpoolFile]:
         """A writer for a new message; ``message.size`` is filled in as it is written."""
@@ -317,7 +371,9 @@ class Spool:
     # -- blocking operations (disk thread) -----------------------------------------
 
     def store_blocking(self, message: QueuedMessage, data: bytes) -> None:
-        """Write a whole message at once (DSNs); durable on return, directory included."""
+        """Write a whole message at once (DSNs); durable on return, directory included.
+        ``message.size`` becomes the length of ``data``."""
+        message.size = 0  # counted as written: the record's size is the body's length
         target = SpoolFile(self, message)
         try:
             target.append(data)
@@ -336,7 +392,8 @@ class Spool:
         """Record progress after a delivery attempt (best effort: see the module docstring);
         ``durable`` for an operator's hold or release, which a crash must not undo."""
         tmp = os.path.join(self.tmp_dir, message.id + ".state")
-        with open(tmp, "wb") as f:
+        # 0600 as every spool file: a retired state file may become a message's (filepool).
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
             f.write(message.state_json())
             if durable:
                 os.fsync(f.fileno())
@@ -346,38 +403,59 @@ class Spool:
 
             fsync_directory(self.queue_dir)
 
-    def remove_blocking(self, message_id: str) -> None:
-        """Forget a finished message: metadata first, so a crash leaves files the scan removes."""
-        for path in (self.meta_path(message_id), self.state_path(message_id), self.body_path(message_id)):
+    def read_body_blocking(self, message: QueuedMessage, limit: int | None = None) -> bytes:
+        """The body (its first ``limit`` bytes, if given)."""
+        size = message.size if limit is None else min(limit, message.size)
+        with open(self.body_path(message), "rb") as f:
+            return f.read(size)
+
+    def remove_blocking(self, message: QueuedMessage) -> None:
+        """Forget a finished message: the message first, so a crash leaves a state the scan removes."""
+        if message.two_files:
+            record, body = self._two_file_paths(message.id)
+            paths: tuple[str, ...] = (record, self.state_path(message.id), body)
+        else:
+            paths = (self.message_path(message.id), self.state_path(message.id))
+        for path in paths:
             self.files.retire(path)
+
+    def list_blocking(self) -> list[str]:
+        """The ids of the queued messages (either layout)."""
+        names = os.listdir(self.queue_dir)
+        ids = {n[:-4] for n in names if n.endswith(".msg")}
+        return sorted(ids) + sorted(n[:-5] for n in names if n.endswith(".json") and n[:-5] not in ids)
 
     def prepare_blocking(self) -> list[str]:
         """At start, before any listener accepts mail: create the directories,
-        clear tmp/ (nothing there was acknowledged), remove bodies without
-        metadata (never acknowledged either), and list the queued ids."""
+        clear tmp/ (nothing there was acknowledged), remove states and bodies
+        without their message (never acknowledged either), and list the queued ids."""
         self.ensure()
         self.files.clear()
         for name in os.listdir(self.tmp_dir):
             path = os.path.join(self.tmp_dir, name)
             if os.path.isfile(path):
                 os.unlink(path)
-        names = os.listdir(self.queue_dir)
-        metas = [n[:-5] for n in names if n.endswith(".json")]
-        known = set(metas)
-        for name in names:
+        queued = self.list_blocking()
+        known = set(queued)
+        for name in os.listdir(self.queue_dir):
             stem, dot, ext = name.rpartition(".")
             if dot and ext in ("eml", "state") and stem not in known:
                 os.unlink(os.path.join(self.queue_dir, name))
-        return metas
+        return queued
 
     def load_blocking(self, message_ids: Sequence[str]) -> tuple[list[QueuedMessage], list[tuple[str, str]]]:
-        """Read metadata records; unreadable ones are moved to corrupt/ and reported."""
+        """Read the messages' records; unreadable ones are moved to corrupt/ and reported."""
         messages, problems = [], []
         for message_id in message_ids:
-            path = self.meta_path(message_id)
+            path = self.message_path(message_id)
             try:
-                with open(path, "rb") as f:
-                    message = QueuedMessage.from_json(f.read())
+                try:
+                    message = read_record(path)
+                except FileNotFoundError:
+                    path = self._two_file_paths(message_id)[0]
+                    with open(path, "rb") as f:
+                        message = QueuedMessage.from_json(f.read())
+                    message.two_files = True
             except FileNotFoundError:
                 continue
             except (OSError, ValueError, KeyError, TypeError) as e:
@@ -398,6 +476,6 @@ class Spool:
     def _quarantine(self, message_id: str) -> None:
         corrupt = os.path.join(self.path, "corrupt")
         os.makedirs(corrupt, mode=0o700, exist_ok=True)
-        for path in (self.meta_path(message_id), self.state_path(message_id), self.body_path(message_id)):
+        for path in (self.message_path(message_id), *self._two_file_paths(message_id), self.state_path(message_id)):
             if os.path.exists(path):
                 os.replace(path, os.path.join(corrupt, os.path.basename(path)))
