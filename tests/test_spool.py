@@ -16,6 +16,7 @@ import pytest
 
 from tlsmta.config._routes import parse_route
 from tlsmta.smtp._reply import Reply
+from tlsmta.storage import _filepool as filepool_module
 from tlsmta.storage import _filewriter as filewriter_module
 from tlsmta.storage import _spool as spool_module
 from tlsmta.storage._interfaces import Envelope, Recipient
@@ -327,6 +328,25 @@ def test_remove_blocking(spool):
     os.unlink(spool.message_path("m2"))
     spool.remove_blocking(second)
     assert listing(spool.queue_dir) == set()
+
+
+def test_removing_a_message_never_saved_touches_only_its_file(spool, monkeypatch):
+    """No attempt at an ID.state that was never written: one rename into free/, nothing else."""
+    m = message()
+    spool.store_blocking(m, BODY)
+    calls = []
+    for name in ("rename", "unlink"):  # the os module every spool file operation goes through
+        real = getattr(os, name)
+        monkeypatch.setattr(filepool_module.os, name, lambda *a, real=real, name=name: calls.append(name) or real(*a))
+    spool.remove_blocking(m)
+    assert calls == ["rename"] and listing(spool.queue_dir) == set()
+    reloaded = message("m2")
+    spool.store_blocking(reloaded, BODY)
+    spool.save_blocking(reloaded)
+    [reloaded] = spool.load_blocking(["m2"])[0]  # a restart finds the state file
+    calls.clear()
+    spool.remove_blocking(reloaded)
+    assert calls == ["rename", "rename"] and listing(spool.queue_dir) == set()
 
 
 # -- scan -------------------------------------------------------------------------------------------

@@ -161,8 +161,10 @@ class QueuedMessage:
     held: bool = False  # `tlsmta queue hold`: never attempted until released (kept in ID.state)
     last_attempt: float = 0.0  # when the latest attempt ended (a DSN's Last-Attempt-Date); 0: never tried
     delay_warned: bool = False  # the delay warning DSN went out ([queue] delay_warning_time): never again
-    # Spooled by a version before the one-file layout: q/ID.eml and q/ID.json (never in the record).
-    two_files: bool = False
+    # Never in the record: spooled by a version before the one-file layout (q/ID.eml and
+    # q/ID.json); whether an ID.state may exist (removing one that never did costs two calls).
+    two_files: bool = attrs.field(default=False, eq=False)
+    state_saved: bool = attrs.field(default=False, eq=False)
 
     @property
     def pending(self) -> list[RecipientState]:
@@ -330,6 +332,7 @@ class SpoolFile:
             tmp_state = os.path.join(self.spool.tmp_dir, self.message.id + ".state")
             _write_file(tmp_state, self.message.state_json(), self.spool.files.create)
             os.rename(tmp_state, self.spool.state_path(self.message.id))
+            self.message.state_saved = True
         os.rename(self.file.path, self.spool.message_path(self.message.id))
 
     def discard(self) -> None:
@@ -398,6 +401,7 @@ class Spool:
             if durable:
                 os.fsync(f.fileno())
         os.replace(tmp, self.state_path(message.id))
+        message.state_saved = True
         if durable:
             from tlsmta.storage._diskio import fsync_directory
 
@@ -411,11 +415,12 @@ class Spool:
 
     def remove_blocking(self, message: QueuedMessage) -> None:
         """Forget a finished message: the message first, so a crash leaves a state the scan removes."""
+        state = (self.state_path(message.id),) if message.state_saved else ()
         if message.two_files:
             record, body = self._two_file_paths(message.id)
-            paths: tuple[str, ...] = (record, self.state_path(message.id), body)
+            paths: tuple[str, ...] = (record, *state, body)
         else:
-            paths = (self.message_path(message.id), self.state_path(message.id))
+            paths = (self.message_path(message.id), *state)
         for path in paths:
             self.files.retire(path)
 
@@ -464,6 +469,7 @@ class Spool:
                 continue
             try:
                 with open(self.state_path(message_id), "rb") as f:
+                    message.state_saved = True
                     message.apply_state(f.read())
             except FileNotFoundError:
                 pass
