@@ -5,6 +5,7 @@ buffer is full the rest goes through the transport, in order."""
 from __future__ import annotations
 
 import socket
+from typing import Any
 
 import pytest_twisted
 from twisted.internet import protocol, reactor
@@ -32,7 +33,9 @@ class _Collecting(protocol.Protocol):
         return d.addTimeout(10, reactor)
 
 
-async def _connected_pair() -> tuple[protocol.Protocol, _Collecting, object]:
+@pytest_twisted.async_yield_fixture
+async def pair() -> Any:
+    """(server protocol, client protocol) over one loopback TCP connection, closed afterwards."""
     accepted: Deferred[protocol.Protocol] = Deferred()
 
     class Server(protocol.Protocol):
@@ -43,55 +46,43 @@ async def _connected_pair() -> tuple[protocol.Protocol, _Collecting, object]:
     client = await TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port).connect(
         protocol.Factory.forProtocol(_Collecting))
     server = await accepted.addTimeout(10, reactor)
-    return server, client, port
-
-
-async def _close(server: protocol.Protocol, client: _Collecting, port: object) -> None:
+    yield server, client
     client.transport.loseConnection()
     server.transport.loseConnection()
-    await port.stopListening()  # type: ignore[attr-defined]
+    await port.stopListening()
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_write_is_sent_without_the_transport_waiting_to_write() -> None:
-    server, client, port = await _connected_pair()
-    try:
-        writer = ImmediateWriter(server.transport)
-        writer.write(b"220 ready\r\n")
-        assert server.transport not in reactor.getWriters()  # nothing queued for a later iteration
-        writer.write(b"250 ok\r\n")
-        assert await client.wait_for(19) == b"220 ready\r\n250 ok\r\n"
-    finally:
-        await _close(server, client, port)
+async def test_a_write_is_sent_without_the_transport_waiting_to_write(pair: Any) -> None:
+    server, client = pair
+    writer = ImmediateWriter(server.transport)
+    writer.write(b"220 ready\r\n")
+    assert server.transport not in reactor.getWriters()  # nothing queued for a later iteration
+    writer.write(b"250 ok\r\n")
+    assert await client.wait_for(19) == b"220 ready\r\n250 ok\r\n"
 
 
 @pytest_twisted.ensureDeferred
-async def test_what_the_socket_does_not_take_goes_through_the_transport_in_order() -> None:
-    server, client, port = await _connected_pair()
-    try:
-        server.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-        client.transport.pauseProducing()  # the peer stops reading: the send buffer fills
-        writer = ImmediateWriter(server.transport)
-        chunks = [(b"%06d" % i) * 1000 for i in range(400)]  # 2.4 MB, more than loopback buffers hold
-        for chunk in chunks:
-            writer.write(chunk)
-        assert server.transport in reactor.getWriters()  # the transport holds the rest
-        client.transport.resumeProducing()
-        expected = b"".join(chunks)
-        assert await client.wait_for(len(expected)) == expected
-    finally:
-        await _close(server, client, port)
+async def test_what_the_socket_does_not_take_goes_through_the_transport_in_order(pair: Any) -> None:
+    server, client = pair
+    server.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    client.transport.pauseProducing()  # the peer stops reading: the send buffer fills
+    writer = ImmediateWriter(server.transport)
+    chunks = [(b"%06d" % i) * 1000 for i in range(400)]  # 2.4 MB, more than loopback buffers hold
+    for chunk in chunks:
+        writer.write(chunk)
+    assert server.transport in reactor.getWriters()  # the transport holds the rest
+    client.transport.resumeProducing()
+    expected = b"".join(chunks)
+    assert await client.wait_for(len(expected)) == expected
 
 
 @pytest_twisted.ensureDeferred
-async def test_after_stop_every_write_goes_through_the_transport() -> None:
-    server, client, port = await _connected_pair()
-    try:
-        writer = ImmediateWriter(server.transport)
-        writer.write(b"220 ready\r\n")
-        writer.stop()  # as before startTLS
-        writer.write(b"220 go ahead\r\n")
-        assert server.transport in reactor.getWriters()
-        assert await client.wait_for(25) == b"220 ready\r\n220 go ahead\r\n"
-    finally:
-        await _close(server, client, port)
+async def test_after_stop_every_write_goes_through_the_transport(pair: Any) -> None:
+    server, client = pair
+    writer = ImmediateWriter(server.transport)
+    writer.write(b"220 ready\r\n")
+    writer.stop()  # as before startTLS
+    writer.write(b"220 go ahead\r\n")
+    assert server.transport in reactor.getWriters()
+    assert await client.wait_for(25) == b"220 ready\r\n220 go ahead\r\n"
