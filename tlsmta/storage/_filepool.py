@@ -1,13 +1,14 @@
 """Finished messages' files, reused for new ones (disk threads).
 
-Every message creates two files and deletes them once delivered. Creating
+Every message creates a file (and a state file if it is retried or held)
+and deletes them once delivered. Creating
 an inode is the filesystem's dearest step on a busy spool: on ext4 without
 a journal it scans past every inode deleted in the last seconds (about a
 fifth of a relay's CPU measured in bench/relay.sh). So a finished
 message's files are renamed into ``free/``, and a new file is such a file
 renamed into place; only when ``free/`` is empty is one created. A reused
 file keeps its old bytes until the new content is written over them, and
-the writer cuts it to the new length before its fsync (``reused_length``):
+the writer cuts it to the new length before its fsync (``TempFile``):
 freeing a small file's blocks on retire and allocating them again on the
 next write cost more than the rename (truncate was ~0.1 ms a file). Files
 over KEEP_BYTES are emptied when retired, so ``free/`` never holds much.

@@ -339,6 +339,12 @@ class SpoolFile:
         self.file.discard()
 
 
+def _queued_ids(names: Sequence[str]) -> list[str]:
+    """The ids of the messages among the names in ``q/``: ``ID.msg``, or a former version's ``ID.json``."""
+    ids = {n[:-4] for n in names if n.endswith(".msg")}
+    return sorted(ids) + sorted(n[:-5] for n in names if n.endswith(".json") and n[:-5] not in ids)
+
+
 class Spool:
     """The spool directory; blocking methods are meant for the disk thread."""
 
@@ -426,9 +432,7 @@ class Spool:
 
     def list_blocking(self) -> list[str]:
         """The ids of the queued messages (either layout)."""
-        names = os.listdir(self.queue_dir)
-        ids = {n[:-4] for n in names if n.endswith(".msg")}
-        return sorted(ids) + sorted(n[:-5] for n in names if n.endswith(".json") and n[:-5] not in ids)
+        return _queued_ids(os.listdir(self.queue_dir))
 
     def prepare_blocking(self) -> list[str]:
         """At start, before any listener accepts mail: create the directories,
@@ -440,9 +444,10 @@ class Spool:
             path = os.path.join(self.tmp_dir, name)
             if os.path.isfile(path):
                 os.unlink(path)
-        queued = self.list_blocking()
+        names = os.listdir(self.queue_dir)  # once: a queue at start may be 100,000 messages
+        queued = _queued_ids(names)
         known = set(queued)
-        for name in os.listdir(self.queue_dir):
+        for name in names:
             stem, dot, ext = name.rpartition(".")
             if dot and ext in ("eml", "state") and stem not in known:
                 os.unlink(os.path.join(self.queue_dir, name))
