@@ -61,6 +61,18 @@ def test_full_transaction_is_stored_with_received_header(session: Session) -> No
     assert stored.data.endswith(b"Subject: t\r\n\r\nhello\r\n")
 
 
+def test_the_replies_to_a_pipelined_flight_leave_in_one_write(session: Session) -> None:
+    """RFC 2920: MAIL, RCPT and DATA sent together are answered with one write, not three."""
+    session.new_replies()
+    session.ehlo()
+    writes: list[bytes] = []
+    write = session.transport.write
+    session.transport.write = lambda data: (writes.append(data), write(data))  # type: ignore[method-assign]
+    session.send("MAIL FROM:<sender@client.test>\r\nRCPT TO:<user@example.com>\r\nDATA\r\n")
+    assert len(writes) == 1
+    assert [line[:3] for line in writes[0].decode().splitlines()] == ["250", "250", "354"]
+
+
 def test_250_only_after_commit() -> None:
     """The final 250 waits for the store; pipelined commands after it wait too."""
     sink = MemorySink(hold=True)

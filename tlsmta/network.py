@@ -1,8 +1,8 @@
 """Twisted network plumbing every shell shares: a Service that owns one
 listening port (SMTP listeners, control socket, metrics, web page),
 TCP_NODELAY and immediate sends for SMTP's small writes, the types of a
-connected transport and of the reactor, and a twisted.web request with a
-bounded body.
+connected transport and of the reactor, unbuffered TLS writes, and a
+twisted.web request with a bounded body.
 
 Imports nothing of tlsmta.
 """
@@ -26,10 +26,18 @@ from twisted.internet.interfaces import (
     IReactorTime,
     IReactorUDP,
     IReactorUNIX,
+    ITransport,
 )
 from twisted.internet.tcp import Connection
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from twisted.web.server import Request
+
+# Every TLS layer in the process (startTLS, TLS listeners) is made by TLSMemoryBIOFactory,
+# whose default BufferingTLSTransport holds each write back for a callLater(0) to join
+# small writes.  SMTP writes whole replies and commands, and the peer waits for each:
+# the hold cost a reactor iteration per reply and a timer per write (bench/profile-issue13.md).
+TLSMemoryBIOFactory.protocol = TLSMemoryBIOProtocol
 
 
 class IServiceReactor(IReactorCore, IReactorTime, IReactorTCP, IReactorUDP, IReactorUNIX, IReactorSocket, IReactorThreads):
@@ -124,34 +132,88 @@ class ImmediateWriter:
     send buffer, so it is sent at once.  The first write that does not go
     out whole (a full send buffer, a failing socket) hands its rest to the
     transport, and so does every later one: order is kept, and the
-    transport's flow control and error handling take over as before.  Not
-    for TLS: :meth:`stop` before ``startTLS``; a transport that is not a
-    plain TCP connection (TLS-wrapped, PROXY-wrapped, a test's) gets every
-    write as before.
+    transport's flow control and error handling take over as before.
+    :meth:`start_tls` starts TLS and gives the TLS records the same
+    treatment.  A transport that is not a plain TCP connection
+    (TLS-wrapped, PROXY-wrapped, a test's) gets every write as before.
     """
 
     def __init__(self, transport: StreamTransport):
         self.transport = transport
         self._connection = transport if isinstance(transport, Connection) else None
+        self._socket = self._connection.getHandle() if self._connection is not None else None
+
+    def write(self, data: bytes) -> None:
+        if self._connection is not None:
+            rest = _send_now(self._connection, self._socket, data)
+            if not rest:
+                return
+            self._connection, data = None, rest
+        self.transport.write(data)
+
+    def start_tls(self, creator: IOpenSSLClientConnectionCreator | IOpenSSLServerConnectionCreator) -> None:
+        """``transport.startTLS(creator)``; from now on every write goes through TLS.
+
+        On a plain TCP connection the records TLS makes are sent at once as well
+        (:class:`_ImmediateRecords`, in place of the transport the TLS layer writes to).
+        """
+        connection, self._connection = self._connection, None
+        self.transport.startTLS(creator)
+        if connection is not None:
+            tls_layer = connection.protocol  # what startTLS put between the connection and us
+            assert isinstance(tls_layer, TLSMemoryBIOProtocol)
+            queued = tls_layer.transport
+            assert queued is not None
+            # a proxy of the ITransport it had (zope declarations are not what mypy reads)
+            tls_layer.transport = _ImmediateRecords(queued, connection, self._socket)  # type: ignore[assignment]
+
+
+def _send_now(connection: Connection, sock: object, data: bytes) -> bytes:
+    """Send ``data`` on the connection's socket now; what is left of it (b"": all went)."""
+    if connection.disconnecting or not connection.connected:
+        return data  # closing: the rest is the transport's to flush or drop
+    try:
+        sent: int = sock.send(data)  # type: ignore[attr-defined]
+    except OSError:  # would block, or the connection failed: the transport finds out which
+        sent = 0
+    return data[sent:]
+
+
+class _ImmediateRecords:
+    """The transport of a TLS layer started on a TCP connection: its records are sent at once.
+
+    ``transport.startTLS`` gives the TLS layer a transport that queues every
+    record for the next reactor iteration; this one sends a record in
+    ``write``, as :class:`ImmediateWriter` does, and forwards everything
+    else.  startTLS may already have queued a record (a client's
+    ClientHello), so the first record checks that nothing is waiting to be
+    written; after one not sent whole, every record goes through the queue.
+    """
+
+    def __init__(self, queued: ITransport, connection: Connection, sock: object):
+        self._queued = queued
+        self._connection: Connection | None = connection
+        self._socket = sock
+        self._checked = False
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._queued, name)
 
     def write(self, data: bytes) -> None:
         connection = self._connection
+        if connection is not None and not self._checked:
+            self._checked = True
+            if connection in connection.reactor.getWriters():
+                connection = self._connection = None  # a record waits in the queue: keep the order
         if connection is not None:
-            if connection.disconnecting or not connection.connected:
-                self._connection = None  # closing: the rest is the transport's to flush or drop
-            else:
-                try:
-                    sent = connection.getHandle().send(data)
-                except OSError:  # would block, or the connection failed: the transport finds out which
-                    sent = 0
-                if sent == len(data):
-                    return
-                self._connection, data = None, data[sent:]
-        self.transport.write(data)
+            rest = _send_now(connection, self._socket, data)
+            if not rest:
+                return
+            self._connection, data = None, rest
+        self._queued.write(data)
 
-    def stop(self) -> None:
-        """Every write through the transport from now on (before starting TLS)."""
-        self._connection = None
+    def writeSequence(self, data: list[bytes]) -> None:
+        self.write(b"".join(data))
 
 
 class BoundedRequest(Request):

@@ -186,8 +186,7 @@ class OutboundSMTP(smtp.ESMTPSender):
 
         Called before any byte arrives: a TLS server waits for our ClientHello."""
         self.tls_started = True
-        self._out.stop()
-        self.transport.startTLS(creator)
+        self._out.start_tls(creator)
         return self.greeting()
 
     async def transaction(self, sender: str, params: Sequence[str], recipients: Sequence[str],
@@ -236,8 +235,7 @@ class OutboundSMTP(smtp.ESMTPSender):
             elif isinstance(event, session.StartTLS):
                 assert self._tls_creator is not None
                 self.tls_started = True
-                self._out.stop()
-                self.transport.startTLS(self._tls_creator)
+                self._out.start_tls(self._tls_creator)
             elif isinstance(event, session.Closed):
                 if event.error is not None:
                     self._break(event.error)

@@ -184,6 +184,7 @@ class InboundSMTP(smtp.ESMTP):
         self._writer: MessageWriter | None = None
         self._envelope: Envelope | None = None
         self._pumping = False
+        self._replies: list[bytes] = []  # written while pumping, sent together when it stops
         self._paused_for: set[str] = set()
         self._abort_timer: IDelayedCall | None = None
         self._session_timer: IDelayedCall | None = None
@@ -305,6 +306,7 @@ class InboundSMTP(smtp.ESMTP):
     def close(self) -> None:
         """Close after what was written is sent, but never wait for the peer forever:
         a client that stops reading, or stalls a TLS handshake, is cut off after CLOSE_GRACE."""
+        self._send_replies()
         self.transport.loseConnection()
         if self._abort_timer is None:
             self._abort_timer = self.callLater(CLOSE_GRACE, self.transport.abortConnection)
@@ -374,6 +376,7 @@ class InboundSMTP(smtp.ESMTP):
                 self._HANDLERS[type(event)](self, event)
         finally:
             self._pumping = False
+            self._send_replies()
         if self.session.pending is None and not self._replies_blocked:
             self._resume("backlog")
 
@@ -404,7 +407,14 @@ class InboundSMTP(smtp.ESMTP):
     # -- events ------------------------------------------------------------------------
 
     def _send(self, event: Send) -> None:
-        self._out.write(event.data)
+        # The replies to a pipelined flight (RFC 2920) leave in one write when the loop stops.
+        self._replies.append(event.data)
+
+    def _send_replies(self) -> None:
+        if self._replies:
+            data = b"".join(self._replies)
+            self._replies.clear()
+            self._out.write(data)
 
     def _line_received(self, event: LineReceived) -> None:
         self.resetTimeout()  # a complete line: the client gets idle_timeout for the next one
@@ -412,8 +422,8 @@ class InboundSMTP(smtp.ESMTP):
 
     def _start_tls(self, event: StartTLS) -> None:
         assert self.runtime.tls is not None
-        self._out.stop()
-        self.transport.startTLS(self.runtime.tls.bound_to(self.certificate_check))
+        self._send_replies()  # the 220 before the handshake
+        self._out.start_tls(self.runtime.tls.bound_to(self.certificate_check))
 
     def _message_data(self, event: MessageData) -> None:
         assert self._writer is not None
