@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # tlsmta vs Postfix, in one run on one machine with the same load, and a
-# summary table with the ratios tlsmta/Postfix and the targets of issue 6
-# (which repeats those of issues 3 and 4).  It runs the existing benchmarks
+# summary table with the ratios tlsmta/Postfix and issue 13's musts (its
+# goal is 2x wherever it names no must; memory and restart keep issue 6's
+# limits).  It runs the existing benchmarks
 # one after the other, each with its own temp dir and its own clean-up, and
 # reads the `RESULT ...` line(s) each prints at its end:
 #
@@ -247,6 +248,9 @@ ratio_of() { # ratio A B, or "-"
 ge() { # ge VALUE LIMIT -> yes/NO/-
     if [[ -z $1 || $1 == - ]]; then echo "-"; else awk -v a="$1" -v b="$2" 'BEGIN { print (a + 0 >= b + 0) ? "yes" : "NO" }'; fi
 }
+le() { # le VALUE LIMIT -> yes/NO/-
+    if [[ -z $1 || $1 == - ]]; then echo "-"; else awk -v a="$1" -v b="$2" 'BEGIN { print (a + 0 <= b + 0) ? "yes" : "NO" }'; fi
+}
 lt() { # lt VALUE LIMIT -> yes/NO/-
     if [[ -z $1 || $1 == - ]]; then echo "-"; else awk -v a="$1" -v b="$2" 'BEGIN { print (a + 0 < b + 0) ? "yes" : "NO" }'; fi
 }
@@ -267,8 +271,12 @@ for part in $PARTS; do
             esac
             t=$(kv tlsmta "$line")
             p=$(kv postfix "$line")
+            case $load in # issue 13: the plain loads must reach 1x; no must with STARTTLS, the goal
+            smtp-source | plain) must=1 ;;
+            *) must=2 ;;
+            esac
             row "inbound accept, msg/s: $what$(failed_note inbound)" "$(fmt %.0f "$t")" "$(fmt %.0f "$p")" \
-                "$(ratio_of "$t" "$p")" "≥ 2×" "$(ge "$(ratio_of "$t" "$p")" 2)"
+                "$(ratio_of "$t" "$p")" "≥ $must×" "$(ge "$(ratio_of "$t" "$p")" "$must")"
         done
         ;;
     outbound)
@@ -278,9 +286,9 @@ for part in $PARTS; do
             ts=$(kv tlsmta_from_start "$line")
             p=$(kv postfix "$line")
             if [[ $mode == reuse ]]; then
-                what="with connection reuse (≤ $REUSE per connection)" target=2
+                what="with connection reuse (≤ $REUSE per connection)" target=2.5
             else
-                what="connection + handshake per message (resumed)" target=1.5
+                what="connection + handshake per message (resumed)" target=1
             fi
             row "outbound verified TLS, msg/s: $what$(failed_note outbound)" "$(fmt %.0f "$t")" "$(fmt %.0f "$p")" \
                 "$(ratio_of "$t" "$p")" "≥ $target×" "$(ge "$(ratio_of "$t" "$p")" "$target")"
@@ -316,8 +324,13 @@ if [[ " $PARTS " == *" inbound "* ]]; then
         for q in p50 p99; do
             t=$(kv "tlsmta_$q" "$line")
             p=$(kv "postfix_$q" "$line")
-            row "end of DATA → 250, $q, ms: $load (20 sessions)" "$(fmt %.1f "$t")" "$(fmt %.1f "$p")" \
-                "$(ratio_of "$t" "$p")" "(none; lower is better)" "-"
+            if [[ $load == starttls && $q == p50 ]]; then # issue 13: at most 1.5x Postfix's
+                row "end of DATA → 250, $q, ms: $load (20 sessions)" "$(fmt %.1f "$t")" "$(fmt %.1f "$p")" \
+                    "$(ratio_of "$t" "$p")" "≤ 1.5×" "$(le "$(ratio_of "$t" "$p")" 1.5)"
+            else
+                row "end of DATA → 250, $q, ms: $load (20 sessions)" "$(fmt %.1f "$t")" "$(fmt %.1f "$p")" \
+                    "$(ratio_of "$t" "$p")" "(none; lower is better)" "-"
+            fi
         done
     done
 fi
