@@ -9,6 +9,7 @@ Imports nothing of tlsmta.
 
 from __future__ import annotations
 
+import socket
 from typing import IO, Protocol
 
 from twisted.application.service import Service
@@ -141,10 +142,11 @@ class ImmediateWriter:
     def __init__(self, transport: StreamTransport):
         self.transport = transport
         self._connection = transport if isinstance(transport, Connection) else None
-        self._socket = self._connection.getHandle() if self._connection is not None else None
+        self._socket: socket.socket | None = self._connection.getHandle() if self._connection is not None else None
 
     def write(self, data: bytes) -> None:
         if self._connection is not None:
+            assert self._socket is not None
             rest = _send_now(self._connection, self._socket, data)
             if not rest:
                 return
@@ -160,6 +162,7 @@ class ImmediateWriter:
         connection, self._connection = self._connection, None
         self.transport.startTLS(creator)
         if connection is not None:
+            assert self._socket is not None
             tls_layer = connection.protocol  # what startTLS put between the connection and us
             assert isinstance(tls_layer, TLSMemoryBIOProtocol)
             queued = tls_layer.transport
@@ -168,12 +171,12 @@ class ImmediateWriter:
             tls_layer.transport = _ImmediateRecords(queued, connection, self._socket)  # type: ignore[assignment]
 
 
-def _send_now(connection: Connection, sock: object, data: bytes) -> bytes:
+def _send_now(connection: Connection, sock: socket.socket, data: bytes) -> bytes:
     """Send ``data`` on the connection's socket now; what is left of it (b"": all went)."""
     if connection.disconnecting or not connection.connected:
         return data  # closing: the rest is the transport's to flush or drop
     try:
-        sent: int = sock.send(data)  # type: ignore[attr-defined]
+        sent = sock.send(data)
     except OSError:  # would block, or the connection failed: the transport finds out which
         sent = 0
     return data[sent:]
@@ -190,7 +193,7 @@ class _ImmediateRecords:
     written; after one not sent whole, every record goes through the queue.
     """
 
-    def __init__(self, queued: ITransport, connection: Connection, sock: object):
+    def __init__(self, queued: ITransport, connection: Connection, sock: socket.socket):
         self._queued = queued
         self._connection: Connection | None = connection
         self._socket = sock
