@@ -93,6 +93,21 @@ def test_discarding_a_file_never_written_touches_nothing(tmp_path: Any) -> None:
     MaildirFile(str(blocker / "box"), b"", maildir.ensure_maildir).discard()  # tmp/ cannot even exist: still no error
 
 
+def test_a_message_and_its_delivery_headers_go_to_the_file_in_one_write(tmp_path: Any, monkeypatch: Any) -> None:
+    """Return-Path/Delivered-To and the message are one write system call (each costs a GIL hand-over)."""
+    writes: list[bytes] = []
+    real_write = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: (writes.append(bytes(data)), real_write(fd, data))[1])
+    box = str(tmp_path / "box")
+    target = MaildirFile(box, maildir.local_headers("a@x.test", ["b@y.test"]), maildir.ensure_maildir)
+    target.append(b"Subject: s\n\nbody\n")
+    target.finish()
+    assert writes == [b"Return-Path: <a@x.test>\nDelivered-To: b@y.test\nSubject: s\n\nbody\n"]
+    [name] = os.listdir(os.path.join(box, "new"))
+    with open(os.path.join(box, "new", name), "rb") as f:
+        assert f.read() == writes[0]
+
+
 class LinesOnly:
     """The pool as a Maildir delivery uses it: only for its delivery lines."""
 

@@ -83,8 +83,7 @@ class TempFile:
     def append(self, data: bytes) -> None:
         if self.fd is None:
             self.fd = self._create(self.path)
-            write_all(self.fd, self.prefix)
-            self.written = len(self.prefix)
+            data = self.prefix + data  # one write system call, not two (a Maildir's headers)
         write_all(self.fd, data)
         self.written += len(data)
 
