@@ -9,7 +9,7 @@ from inbound_harness import HOSTNAME, Session, runtime
 from twisted.internet.defer import succeed
 
 from tlsmta.inbound._auth import UserDB, hash_password
-from tlsmta.inbound._server import AUTH_FAILURE_DELAY, AUTH_FAILURE_DELAY_CAP, InboundFactory
+from tlsmta.inbound._server import AUTH_FAILURE_DELAY, AUTH_FAILURE_DELAY_CAP, REPLY_BATCH, InboundFactory
 from tlsmta.smtp import server_session
 from tlsmta.smtp._commands import COMMAND_LINE_LIMIT
 from tlsmta.smtp.server_session import HARD_ERROR_LIMIT, Phase
@@ -71,6 +71,28 @@ def test_the_replies_to_a_pipelined_flight_leave_in_one_write(session: Session) 
     session.send("MAIL FROM:<sender@client.test>\r\nRCPT TO:<user@example.com>\r\nDATA\r\n")
     assert len(writes) == 1
     assert [line[:3] for line in writes[0].decode().splitlines()] == ["250", "250", "354"]
+
+
+def test_a_long_pipelined_flight_is_answered_in_batches_the_transport_can_stop() -> None:
+    """Replies held for one write are bounded: 4,000 NOOPs in one read are answered as they pile up,
+    and once the transport says its buffer is full the rest of the flight waits."""
+    s = Session(runtime())
+    s.new_replies()
+    writes: list[bytes] = []
+    write = s.transport.write
+
+    def writing(data: bytes) -> None:
+        writes.append(data)
+        write(data)
+        if len(writes) == 2:
+            s.transport.producer.pauseProducing()  # as a TCP transport does past its buffer size
+
+    s.transport.write = writing  # type: ignore[method-assign]
+    s.send(b"NOOP\r\n" * 4000)
+    assert len(writes) == 2 and all(len(w) < REPLY_BATCH + 64 for w in writes)
+    assert s.proto.session.buffered > 0  # the rest of the flight waits for the transport
+    s.transport.producer.resumeProducing()
+    assert sum(w.count(b"\r\n") for w in writes) == 4000
 
 
 def test_250_only_after_commit() -> None:

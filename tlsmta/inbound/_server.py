@@ -117,6 +117,7 @@ log = Logger(namespace="tlsmta.inbound")
 
 CLOSE_GRACE = 10  # seconds a closing connection may take to flush before it is aborted
 BACKLOG_LIMIT = 64 * 1024  # pipelined bytes held while a command is in progress
+REPLY_BATCH = 16 * 1024  # replies to a pipelined flight held for one write at most
 # AUTH brute force: a failed AUTH is answered 535 only after a delay that doubles with
 # each failure on the connection (1, 2, 4 s ..., capped); the session counts the
 # failures and ends itself at its AUTH_FAILURE_LIMIT.
@@ -185,6 +186,7 @@ class InboundSMTP(smtp.ESMTP):
         self._envelope: Envelope | None = None
         self._pumping = False
         self._replies: list[bytes] = []  # written while pumping, sent together when it stops
+        self._replies_size = 0
         self._paused_for: set[str] = set()
         self._abort_timer: IDelayedCall | None = None
         self._session_timer: IDelayedCall | None = None
@@ -407,13 +409,18 @@ class InboundSMTP(smtp.ESMTP):
     # -- events ------------------------------------------------------------------------
 
     def _send(self, event: Send) -> None:
-        # The replies to a pipelined flight (RFC 2920) leave in one write when the loop stops.
+        # The replies to a pipelined flight (RFC 2920) leave in one write when the loop stops;
+        # a long flight's go out as they pile up, so the transport's flow control can stop it.
         self._replies.append(event.data)
+        self._replies_size += len(event.data)
+        if self._replies_size >= REPLY_BATCH:
+            self._send_replies()
 
     def _send_replies(self) -> None:
         if self._replies:
             data = b"".join(self._replies)
             self._replies.clear()
+            self._replies_size = 0
             self._out.write(data)
 
     def _line_received(self, event: LineReceived) -> None:
