@@ -44,7 +44,7 @@ import attrs
 
 from tlsmta.config import Route, parse_route
 from tlsmta.smtp import Reply, domain_of
-from tlsmta.storage._diskio import DiskIO
+from tlsmta.storage._diskio import DiskIO, fsync_directory
 from tlsmta.storage._filepool import FilePool
 from tlsmta.storage._filewriter import StreamingWriter, TempFile, write_all
 from tlsmta.storage._interfaces import NO_THROTTLE, Envelope, Throttle
@@ -390,8 +390,6 @@ class Spool:
         except BaseException:
             target.discard()
             raise
-        from tlsmta.storage._diskio import fsync_directory
-
         fsync_directory(self.queue_dir)
 
     def state_path(self, message_id: str) -> str:
@@ -409,8 +407,6 @@ class Spool:
         os.replace(tmp, self.state_path(message.id))
         message.state_saved = True
         if durable:
-            from tlsmta.storage._diskio import fsync_directory
-
             fsync_directory(self.queue_dir)
 
     def read_body_blocking(self, message: QueuedMessage, limit: int | None = None) -> bytes:
