@@ -47,9 +47,6 @@ class SyncDisk:
     def run(self, fn, *args):
         return maybeDeferred(fn, *args)
 
-    def sync_directory(self, path):
-        return succeed(None)
-
     def sync_directory_blocking(self, path):
         pass
 

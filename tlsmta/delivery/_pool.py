@@ -68,6 +68,7 @@ from tlsmta.storage import (
     RecipientState,
     Spool,
     crlf_to_lf,
+    finish_blocking,
     queued_receipt_record,
 )
 from tlsmta.tls import (
@@ -1035,14 +1036,10 @@ class Deliverer:
                     carry = b"\r" if chunk.endswith(b"\r") else b""  # a CRLF split between reads
                     for target in files:
                         target.append(crlf_to_lf(chunk[: len(chunk) - len(carry)]))
-            for target in files:
-                target.append(carry)
-                target.finish()
+            finish_blocking(self.disk, files, carry)  # the copies and their directories durable, in this job
 
         try:
             await self.disk.run(copy)
-            for target in files:
-                await self.disk.sync_directory(target.directories[0])
         except OSError as e:
             for target in files:
                 await self.disk.run(target.discard)

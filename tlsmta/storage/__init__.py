@@ -18,7 +18,7 @@ This ``__init__`` is the part's API: other parts import only the names in
 from tlsmta.storage._appender import LineAppender, Run
 from tlsmta.storage._diskio import DiskIO
 from tlsmta.storage._durable import write_durably
-from tlsmta.storage._filewriter import StreamingWriter, remove_if_present
+from tlsmta.storage._filewriter import StreamingWriter, finish_blocking, remove_if_present
 from tlsmta.storage._freespace import free_bytes, space_refusal
 from tlsmta.storage._ids import new_message_id
 from tlsmta.storage._interfaces import (
@@ -44,6 +44,7 @@ __all__ = [
     "DELIVERED",
     "DiskIO",
     "ensure_maildir",
+    "finish_blocking",
     "free_bytes",
     "Envelope",
     "LineAppender",

@@ -94,10 +94,6 @@ class DiskIO:
         self._tasks.put((fn, args, d))
         return d
 
-    def sync_directory(self, path: str) -> Deferred[None]:
-        """fsync ``path`` (a directory) in a disk thread, sharing the flush with concurrent callers."""
-        return self.run(self.sync_directory_blocking, path)
-
     def sync_directory_blocking(self, path: str) -> None:
         """In a disk thread: fsync ``path``, sharing the flush with concurrent callers."""
         syncer = self._dir_syncs.get(path)

@@ -114,6 +114,16 @@ def translate(error: BaseException) -> StoreError:
     return StoreError(451, "4.3.0", "temporary failure storing the message")
 
 
+def finish_blocking(disk: DiskIO, targets: Sequence[FileTarget], last: bytes = b"") -> None:
+    """In a disk thread: ``last`` appended to every target, each finished, then their
+    directories fsynced (each flush shared with concurrent callers): durable on return."""
+    for target in targets:
+        target.append(last)
+        target.finish()
+    for directory in sorted({d for t in targets for d in t.directories}):
+        disk.sync_directory_blocking(directory)
+
+
 class StreamingWriter:
     """A MessageWriter over one or more FileTargets."""
 
@@ -189,11 +199,7 @@ class StreamingWriter:
             target.append(data)
 
     def _finish_all(self, data: bytes) -> None:
-        for target in self._targets:
-            target.append(data)
-            target.finish()
-        for directory in sorted({d for t in self._targets for d in t.directories}):
-            self._disk.sync_directory_blocking(directory)
+        finish_blocking(self._disk, self._targets, data)
 
     def _discard_all(self) -> None:
         for target in self._targets:
