@@ -106,6 +106,7 @@ log = Logger(namespace="tlsmta.delivery")
 
 CONNECT_TIMEOUT = 30
 BODY_CHUNK = 256 * 1024
+MAX_TLS_SESSIONS = 10_000
 
 
 # A body is read in as few disk jobs as it takes: most mail is one chunk, so one job
@@ -130,7 +131,6 @@ def _read_on(fd: int, left: int) -> tuple[int | None, bytes, int]:
         os.close(fd)
         return None, chunk, 0
     return fd, chunk, left
-MAX_TLS_SESSIONS = 10_000
 
 
 class HookFailure(TlsmtaError):
