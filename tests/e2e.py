@@ -25,6 +25,21 @@ CLIENT_TIMEOUT = 20
 AIOSMTPD_READY_TIMEOUT = 30
 
 
+def open_names_under(directory: Any) -> list[str]:
+    """What this process's open descriptors point to inside ``directory`` (an unnamed file,
+    O_TMPFILE, shows as ``<dir>/#<inode> (deleted)``)."""
+    prefix = str(directory) + os.sep
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # closed meanwhile (the listing's own descriptor)
+            continue
+        if target.startswith(prefix):
+            found.append(target)
+    return found
+
+
 async def start_relay(
     tmp_path: Any,
     listeners: list[dict[str, Any]] | None = None,

@@ -17,6 +17,7 @@ from e2e import (
     eventually,
     in_thread,
     maildir_messages,
+    open_names_under,
     read_reply,
     run_process,
     send_smtplib,
@@ -349,13 +350,16 @@ def _send_then_vanish(port: int, size: int) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_client_vanishing_mid_data_leaves_nothing(tmp_path: Any) -> None:
-    """A client that disconnects in the middle of a 2 MB DATA leaves no file in new/ or tmp/."""
+    """A client that disconnects in the middle of a 2 MB DATA leaves no file in new/ or tmp/, named or not."""
     relay = await start_relay(tmp_path)
     try:
         await in_thread(_send_then_vanish, relay.port, 2 * 1024 * 1024)
         tmp_dir = tmp_path / "maildir" / "tmp"
         await eventually(lambda: not relay.service.listeners["test"].inbound.sessions)
         await eventually(lambda: os.listdir(tmp_dir) == [])
+        # and no unnamed file of its left open (the spares made ahead are the only ones)
+        spares = relay.service.disk.spares
+        await eventually(lambda: len(open_names_under(tmp_dir)) == spares.ready(str(tmp_dir)))
         # The server still serves others.
         await in_thread(send_smtplib, relay.port)
     finally:

@@ -5,8 +5,9 @@ message-store interfaces the inbound side writes to (``interfaces``), and
 the facts of receipt kept beside the dev relay's captured mail
 (``receipts``), one small file written durably (``durable``), and whether
 the spool's filesystem has room for a message
-(``freespace``), and the finished messages' emptied files the spool reuses
-(``filepool``).
+(``freespace``), the finished messages' emptied files the spool reuses
+(``filepool``), and the unnamed files made ahead for Maildir deliveries
+(``spares``).
 
 May import config (routes) and smtp's values (replies, names); never SMTP
 parsing, inbound or delivery.

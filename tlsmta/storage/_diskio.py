@@ -24,6 +24,8 @@ from twisted.internet.interfaces import IReactorFromThreads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from tlsmta.storage._spares import SpareFiles
+
 T = TypeVar("T")
 log = Logger()
 
@@ -46,6 +48,7 @@ class DiskIO:
         self._done_lock = threading.Lock()
         self._done: list[tuple[Callable[[Any], Any], Any]] = []
         self._handover_pending = False
+        self.spares = SpareFiles()  # unnamed files made ahead for Maildir deliveries, by their own thread
 
     def start(self) -> None:
         while len(self._threads) < self.size:
@@ -60,6 +63,7 @@ class DiskIO:
             self._tasks.put(None)
         for thread in threads:
             thread.join()
+        self.spares.stop()
 
     def _work(self) -> None:
         while (task := self._tasks.get()) is not None:

@@ -1,7 +1,9 @@
 """Local delivery: Maildir (and discard), durable before 250.
 
-Each target Maildir gets the message in ``tmp/``, fsynced and renamed into
-``new/``, and ``new/`` is fsynced (shared between concurrent messages).
+Each target Maildir gets the message as an unnamed file in ``tmp/``'s
+filesystem (or a named one in ``tmp/`` where it has none), fsynced and
+linked into ``new/`` (storage._filewriter.NewFile), and ``new/`` is fsynced
+(shared between concurrent messages).
 Lines are stored with LF endings, as Maildir readers expect.
 """
 
@@ -18,7 +20,7 @@ from typing import Any
 
 from tlsmta.config import Route, split_address
 from tlsmta.storage._diskio import DiskIO
-from tlsmta.storage._filewriter import FileTarget, StreamingWriter, TempFile, remove_if_present
+from tlsmta.storage._filewriter import FileTarget, NewFile, StreamingWriter
 from tlsmta.storage._interfaces import NO_THROTTLE, Envelope, Throttle
 from tlsmta.storage._receipts import ReceiptFile, receipt_record
 
@@ -65,11 +67,12 @@ class MaildirFile:
     thread too: making one is filesystem work the reactor must not wait for.
     """
 
-    def __init__(self, maildir: str, prefix: bytes, prepare: Callable[[str], None]):
+    def __init__(self, maildir: str, prefix: bytes, prepare: Callable[[str], None],
+                 take_spare: Callable[[str], int | None] = lambda directory: None):
         self.maildir = maildir
         self.name = unique_name()
-        self.file = TempFile(os.path.join(maildir, "tmp", self.name), prefix)
         self.new_path = os.path.join(maildir, "new", self.name)
+        self.file = NewFile(self.new_path, os.path.join(maildir, "tmp"), prefix, take_spare)
         self._prepare = prepare
         self._prepared = False
 
@@ -88,15 +91,13 @@ class MaildirFile:
 
     def finish(self) -> None:
         self._ready()
-        self.file.sync_and_close()
-        os.rename(self.file.path, self.new_path)
+        self.file.publish()
 
     def discard(self) -> None:
         if self._prepared:  # otherwise nothing was written (and tmp/ may not even be there)
+            # Another target of the message may have failed after this one was in new/: the
+            # client is told 4xx and sends again, so this copy must go (a duplicate otherwise).
             self.file.discard()
-            # Another target of the message failed after this one was renamed: the client is
-            # told 4xx and sends again, so this copy must go (a duplicate otherwise).
-            remove_if_present(self.new_path)
 
 
 class LocalSink:
@@ -121,7 +122,11 @@ class LocalSink:
         for address, route in recipients:
             if route.kind == "maildir":
                 by_maildir[maildir_of(address, route)].append(address)
-        return [MaildirFile(path, local_headers(sender, rcpts), self._prepare) for path, rcpts in by_maildir.items()]
+        return [MaildirFile(path, local_headers(sender, rcpts), self._prepare, self._take_spare)
+                for path, rcpts in by_maildir.items()]
+
+    def _take_spare(self, directory: str) -> int | None:
+        return self.disk.spares.take(directory)
 
     def _prepare(self, path: str) -> None:
         """ensure_maildir once per path per process (disk threads: two racing both make it, harmlessly)."""
