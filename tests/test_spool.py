@@ -190,6 +190,24 @@ def test_spool_file_appears_in_queue_only_after_finish(spool):
     assert read_record(spool.message_path("m1")) == m
 
 
+def test_a_reused_longer_file_is_cut_to_the_new_message(spool):
+    """A finished message's file is reused for the next one (storage.filepool): whatever of the
+    old content lies past the new message's end must not stay in the file."""
+    long = message("m1", size=0)
+    target = spool.writer(long)[1]
+    target.append(BODY * 50)
+    target.finish()
+    spool.remove_blocking(long)  # its file goes to free/, bytes and all
+    short = message("m2", size=0)
+    target = spool.writer(short)[1]
+    target.append(BODY[:10])
+    target.finish()
+    with open(spool.message_path("m2"), "rb") as f:
+        raw = f.read()
+    record = short.to_json()
+    assert raw == BODY[:10] + record + b"\n%010d tlsmta-spool\n" % len(record)
+
+
 def test_a_message_file_is_the_body_then_the_record_then_the_trailer(spool):
     m = message(size=0)
     spool.store_blocking(m, BODY)

@@ -70,16 +70,18 @@ class TempFile:
     """A file written in a temporary place, then fsynced and closed (disk thread).
 
     Created on the first append (with ``prefix`` first) by ``create``:
-    exclusively, mode 0600; or the spool's pool of used files, whose old
-    bytes past what is written here are cut off before the fsync.
+    exclusively, mode 0600; or (``reused``) the spool's pool of used files,
+    whose old bytes past what is written here are cut off before the fsync.
     """
 
-    def __init__(self, path: str, prefix: bytes = b"", create: Callable[[str], int] = create_exclusive):
+    def __init__(self, path: str, prefix: bytes = b"", create: Callable[[str], int] = create_exclusive,
+                 reused: bool = False):
         self.path = path
         self.prefix = prefix
         self.fd: int | None = None
         self.written = 0
         self._create = create
+        self._reused = reused
 
     def append(self, data: bytes) -> None:
         if self.fd is None:
@@ -93,7 +95,7 @@ class TempFile:
         if self.fd is None:
             self.append(b"")
         assert self.fd is not None
-        if self._create is not create_exclusive:  # a reused file (storage.filepool) may be longer
+        if self._reused:  # a file from storage.filepool may be longer
             os.ftruncate(self.fd, self.written)
         os.fsync(self.fd)
         os.close(self.fd)
@@ -123,14 +125,16 @@ class NewFile:
                  take_spare: Callable[[str], int | None] = lambda directory: None):
         self.path = path
         self.scratch_dir = scratch_dir
-        self.scratch_path = os.path.join(scratch_dir, os.path.basename(path))
-        self.prefix = prefix
         self._take_spare = take_spare
-        self.fd: int | None = None
         self.unnamed = False
         self.linked = False
+        self._file = TempFile(os.path.join(scratch_dir, os.path.basename(path)), prefix, create=self._open)
 
-    def _open(self) -> int:
+    @property
+    def prefix(self) -> bytes:
+        return self._file.prefix
+
+    def _open(self, scratch_path: str) -> int:
         if can_link_descriptors():
             try:
                 fd = self._take_spare(self.scratch_dir)
@@ -142,45 +146,38 @@ class NewFile:
             else:
                 self.unnamed = True
                 return fd
-        return create_exclusive(self.scratch_path)
+        return create_exclusive(scratch_path)
 
     def append(self, data: bytes) -> None:
-        if self.fd is None:
-            self.fd = self._open()
-            data = self.prefix + data  # one write system call, not two (a Maildir's headers)
-        write_all(self.fd, data)
+        self._file.append(data)
 
     def publish(self) -> None:
         """Durable content, then the name at ``path`` (the caller fsyncs its directory)."""
-        if self.fd is None:
-            self.append(b"")
-        assert self.fd is not None
-        os.fsync(self.fd)
-        if self.unnamed:
-            directory = os.open(os.path.dirname(self.path), os.O_RDONLY | os.O_DIRECTORY)
-            try:  # a dst_dir_fd makes os.link call linkat() with AT_SYMLINK_FOLLOW (link() would not follow)
-                os.link(f"/proc/self/fd/{self.fd}", os.path.basename(self.path), dst_dir_fd=directory)
-            finally:
-                os.close(directory)
+        if self._file.fd is None:
+            self._file.append(b"")
+        if not self.unnamed:
+            self._file.sync_and_close()
+            os.rename(self._file.path, self.path)
             self.linked = True
-            # The link count: without a journal (ext4 -O ^has_journal) the directory's fsync
-            # writes only the directory, and a name for an inode still counted unlinked is
-            # removed by fsck after a crash. With a journal this commits what that fsync would.
-            os.fsync(self.fd)
-        else:
-            os.rename(self.scratch_path, self.path)
-            self.linked = True
-        os.close(self.fd)
-        self.fd = None
+            return
+        fd = self._file.fd
+        assert fd is not None
+        os.fsync(fd)
+        directory = os.open(os.path.dirname(self.path), os.O_RDONLY | os.O_DIRECTORY)
+        try:  # a dst_dir_fd makes os.link call linkat() with AT_SYMLINK_FOLLOW (link() would not follow)
+            os.link(f"/proc/self/fd/{fd}", os.path.basename(self.path), dst_dir_fd=directory)
+        finally:
+            os.close(directory)
+        self.linked = True
+        # Then the link count: without a journal (ext4 -O ^has_journal) the directory's fsync
+        # writes only the directory, and fsck removes a name whose inode still counts no links.
+        # With a journal this commits what that fsync would.
+        self._file.sync_and_close()
 
     def discard(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+        self._file.discard()  # closes it; a named one in scratch_dir goes too
         if self.linked:
             remove_if_present(self.path)
-        elif not self.unnamed:
-            remove_if_present(self.scratch_path)
 
 
 def translate(error: BaseException) -> StoreError:

@@ -315,7 +315,7 @@ class SpoolFile:
     def __init__(self, spool: Spool, message: QueuedMessage):
         self.spool = spool
         self.message = message
-        self.file = TempFile(os.path.join(spool.tmp_dir, message.id + ".msg"), create=spool.files.create)
+        self.file = TempFile(os.path.join(spool.tmp_dir, message.id + ".msg"), create=spool.files.create, reused=True)
 
     @property
     def directories(self) -> Sequence[str]:
