@@ -163,11 +163,10 @@ class NewFile:
         fd = self._file.fd
         assert fd is not None
         os.fsync(fd)
-        directory = os.open(os.path.dirname(self.path), os.O_RDONLY | os.O_DIRECTORY)
-        try:  # a dst_dir_fd makes os.link call linkat() with AT_SYMLINK_FOLLOW (link() would not follow)
-            os.link(f"/proc/self/fd/{fd}", os.path.basename(self.path), dst_dir_fd=directory)
-        finally:
-            os.close(directory)
+        # linkat(AT_SYMLINK_FOLLOW) on the descriptor's /proc name. os.link calls linkat only
+        # when given a dir_fd (plain link() would link the /proc symlink itself: EXDEV), and an
+        # absolute path ignores the one given: no directory to open and close for it.
+        os.link(f"/proc/self/fd/{fd}", self.path, src_dir_fd=fd)
         self.linked = True
         # Then the link count: without a journal (ext4 -O ^has_journal) the directory's fsync
         # writes only the directory, and fsck removes a name whose inode still counts no links.
