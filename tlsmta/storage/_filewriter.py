@@ -4,8 +4,9 @@ Shared by the Maildir store and the spool.  A message is kept in memory
 until it passes SPILL_BYTES, then written out as it arrives, with
 back-pressure on the connection when the disk falls behind, so memory
 stays flat whatever the size.  ``commit`` writes what is left, lets each
-target fsync and rename its files, then fsyncs the target directories
-(shared between concurrent messages: group commit), all in one disk job.
+target fsync its files and put them in place (a rename, or the link of an
+unnamed file: ``NewFile``), then fsyncs the target directories (shared
+between concurrent messages: group commit), all in one disk job.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ minute to find one (~0.4-1 ms of kernel CPU measured in bench/inbound.sh,
 and more per file when eight disk threads allocate at once, spinning on
 the same block group). So one thread makes them ahead, one at a time, and
 a message takes one that is ready: its disk job is left with write, fsync,
-link.
+link, fsync.
 
 Demand decides how many: each file taken (or asked for when none was
 ready) orders one replacement, up to ``per_directory`` kept for one
