@@ -115,7 +115,7 @@ class NewFile:
     Written as an unnamed file (O_TMPFILE) in ``scratch_dir`` and linked in at ``path`` once
     fsynced. Creating a named file holds its directory's lock while the filesystem allocates the
     inode, so concurrent messages queue there (on ext4 without a journal that allocation scans
-    recently freed inodes: ~1 ms a file measured in bench/inbound.sh); an unnamed one takes no
+    recently freed inodes: ~1 ms a file under bench/inbound.sh's load); an unnamed one takes no
     directory lock, makes no entry to rename away, and leaves nothing behind if the process dies.
     ``take_spare(scratch_dir)`` may give one made ahead (storage.spares), which takes the
     allocation off the message's way. Where there are no unnamed files: a named one in

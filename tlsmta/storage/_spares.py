@@ -4,9 +4,10 @@ A Maildir message is written into an unnamed file (O_TMPFILE) and linked
 into new/ once fsynced (``filewriter.NewFile``). Making that file is the
 dearest step of a local delivery: the filesystem allocates an inode, and
 on ext4 without a journal it scans past every inode freed in the last
-minute to find one (~0.4-1 ms of kernel CPU measured in bench/inbound.sh,
-and more per file when eight disk threads allocate at once, spinning on
-the same block group). So one thread makes them ahead, one at a time, and
+minute to find one (0.3-0.5 ms a file in one thread here,
+bench/maildir_files_micro.py; three times the CPU per disk job when eight
+disk threads allocate at once, spinning on the same block group:
+bench/profile-issue13.md). So one thread makes them ahead, one at a time, and
 a message takes one that is ready: its disk job is left with write, fsync,
 link, fsync.
 
@@ -70,8 +71,6 @@ class SpareFiles:
     def take(self, directory: str) -> int | None:
         """A spare for ``directory`` if one is ready (None otherwise: make one inline), and the
         order for its replacement."""
-        if not can_link_descriptors():
-            return None
         with self._lock:
             if directory in self.unsupported or self._stopping:  # (stopping: while stop() runs)
                 return None
@@ -132,9 +131,6 @@ class SpareFiles:
                     del self._ordered[directory]
                 if unsupported:
                     self.unsupported.add(directory)
-                    for spare in self._ready.pop(directory, ()):
-                        os.close(spare)
-                        self._count -= 1
                 if fd is None:
                     self.failed += 1
                     continue
