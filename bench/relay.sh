@@ -30,7 +30,8 @@
 #   PF_TLS_REUSE=1   Postfix reuses TLS connections (tlsproxy)
 #   PROFILE=py-spy   attach `py-spy record` to every tlsmta for the measured
 #                    run (folded stacks, $TMP/tlsmta-MODE-ROUND/N/profile.txt;
-#                    KEEP=1 keeps them; lib/profile_summary.py sums them up);
+#                    KEEP=1 keeps them; lib/profile_summary.py sums them up;
+#                    PYSPY_IDLE= samples only threads on a CPU, not wall clock);
 #                    PROFILE=strace: `strace -c -f` instead (syscall counts,
 #                    .../strace.txt); PROFILE=perf: `perf record -g` (.../perf.data,
 #                    kernel and C frames: `perf report -i FILE --no-children`)
@@ -123,6 +124,11 @@ reactor_seconds() { # user + system seconds of the given PIDs' main threads (the
     local files=() pid
     for pid in "$@"; do files+=("/proc/$pid/task/$pid/stat"); done
     stat_seconds "${files[@]}" | awk '{ print $1 + $2 }'
+}
+ctx_switches() { # "voluntary involuntary" context switches of all the given PIDs' threads
+    local files=() pid
+    for pid in "$@"; do files+=("/proc/$pid/task/"*/status); done
+    awk '/^voluntary_ctxt_switches/ { v += $2 } /^nonvoluntary_ctxt_switches/ { n += $2 } END { print v, n }' "${files[@]}"
 }
 stat_seconds() {
     awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); u += $12; s += $13 } END { print u / hz, s / hz }' "${files[@]}"
@@ -257,7 +263,7 @@ EOF
         grep -q "listening on" "$log" || die "tlsmta did not start: $(cat "$log")"
         case ${PROFILE:-} in
         py-spy)
-            "$VENV/bin/py-spy" record --format raw --rate 250 --threads --idle --nonblocking \
+            "$VENV/bin/py-spy" record --format raw --rate 250 --threads ${PYSPY_IDLE---idle} --nonblocking \
                 --pid "$pid" -o "$dir/profile.txt" >"$dir/py-spy.out" 2>&1 &
             PROFILER_PIDS+=("$!")
             ;;
@@ -331,10 +337,12 @@ for mode in $MODES; do
         start_tlsmta "$mode" "$round"
         read -r u0 k0 <<<"$(cpu_seconds "${TLSMTA_PIDS[@]}")"
         r0=$(reactor_seconds "${TLSMTA_PIDS[@]}")
+        read -r v0 n0 <<<"$(ctx_switches "${TLSMTA_PIDS[@]}")"
         run_relay "$TPORT" "$mode" "tlsmta-$mode-$round"
         read -r secs_t rate_t busy_t <<<"$RUN"
         read -r u1 k1 <<<"$(cpu_seconds "${TLSMTA_PIDS[@]}")"
         r1=$(reactor_seconds "${TLSMTA_PIDS[@]}") procs=${#TLSMTA_PIDS[@]}
+        read -r v1 n1 <<<"$(ctx_switches "${TLSMTA_PIDS[@]}")"
         stop_profilers
         bad=$(cat "$TMP/tlsmta-$mode-$round"/*/tlsmta.log | grep -Eic 'traceback|unhandled|#critical|#error' || true)
         stop_tlsmta
@@ -342,10 +350,11 @@ for mode in $MODES; do
             run_relay "$PPORT" "$mode" "postfix-$mode-$round"
             read -r secs_p rate_p busy_p <<<"$RUN"
         fi
-        printf 'round %d %-9s tlsmta %7.1f msg/s (%.2f s; CPU/msg %.2f ms user + %.2f ms kernel, reactor threads %.2f ms, %.0f%% of a core each; machine %s%% busy; suspicious log lines %d)' \
+        printf 'round %d %-9s tlsmta %7.1f msg/s (%.2f s; CPU/msg %.2f ms user + %.2f ms kernel, reactor threads %.2f ms, %.0f%% of a core each; context switches/msg %.1f + %.1f involuntary; machine %s%% busy; suspicious log lines %d)' \
             "$round" "$mode:" "$rate_t" "$secs_t" "$(calc "($u1 - $u0) / $MESSAGES * 1000")" \
             "$(calc "($k1 - $k0) / $MESSAGES * 1000")" "$(calc "($r1 - $r0) / $MESSAGES * 1000")" \
-            "$(calc "($r1 - $r0) / $secs_t / $procs * 100")" "$busy_t" "$bad"
+            "$(calc "($r1 - $r0) / $secs_t / $procs * 100")" \
+            "$(calc "($v1 - $v0) / $MESSAGES")" "$(calc "($n1 - $n0) / $MESSAGES")" "$busy_t" "$bad"
         printf '  postfix %7.1f msg/s (%.2f s; machine %s%% busy)  ratio %.2f\n' \
             "$rate_p" "$secs_p" "$busy_p" "$(calc "$rate_t / $rate_p")"
         rates_t+=("$rate_t") rates_p+=("$rate_p")
