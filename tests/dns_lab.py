@@ -12,6 +12,7 @@ from typing import Any
 
 import attrs
 from twisted.internet import reactor
+from twisted.internet.error import CannotListenError
 from twisted.names import authority, dns, server
 
 
@@ -51,11 +52,22 @@ class LoopbackDNS:
             port.stopListening()
 
 
-def start_dns(origin: str, records: Mapping[str, Sequence[Any]] | None = None) -> LoopbackDNS:
-    """Serve ``origin`` on UDP and TCP on one free loopback port."""
+def start_dns(origin: str, records: Mapping[str, Sequence[Any]] | None = None, attempts: int = 20) -> LoopbackDNS:
+    """Serve ``origin`` on UDP and TCP on one free loopback port.
+
+    The kernel picks a free TCP port; the same number may still be taken for
+    UDP (or, the other way round, by one of the suite's many TCP connections),
+    so a collision picks again instead of failing the test.
+    """
     queries: list[tuple[str, str]] = []
     factory = server.DNSServerFactory(authorities=[_ZoneAuthority(origin, records or {}, queries)])
-    udp = reactor.listenUDP(0, dns.DNSDatagramProtocol(factory), interface="127.0.0.1")
-    port = udp.getHost().port
-    tcp = reactor.listenTCP(port, factory, interface="127.0.0.1")
-    return LoopbackDNS(port, queries, [udp, tcp])
+    for _ in range(attempts):
+        tcp = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        port = tcp.getHost().port
+        try:
+            udp = reactor.listenUDP(port, dns.DNSDatagramProtocol(factory), interface="127.0.0.1")
+        except CannotListenError:
+            tcp.stopListening()
+            continue
+        return LoopbackDNS(port, queries, [udp, tcp])
+    raise RuntimeError(f"no loopback port free for both TCP and UDP in {attempts} attempts")

@@ -505,11 +505,11 @@ async def test_lookups_do_not_depend_on_a_random_port_being_free(monkeypatch: py
     from twisted.internet import reactor
     from twisted.names import dns as names_dns
 
-    taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    taken.bind(("0.0.0.0", 0))
-    monkeypatch.setattr(names_dns, "randomSource", lambda: taken.getsockname()[1])  # every pick collides
     zone = start_dns("example.test", {"mx1.example.test": [dns.Record_A("127.0.0.9", ttl=60)]})
+    taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
+        taken.bind(("0.0.0.0", 0))
+        monkeypatch.setattr(names_dns, "randomSource", lambda: taken.getsockname()[1])  # every pick collides
         resolver = Resolver({}, nameservers=[("127.0.0.1", zone.port)], reactor=reactor)
         assert await resolver.addresses("mx1.example.test") == ["127.0.0.9"]
     finally:
