@@ -708,3 +708,57 @@ def test_removing_from_a_spool_never_prepared_still_removes(tmp_path):
     os.rmdir(s.files.directory)
     s.remove_blocking(m)
     assert listing(s.queue_dir) == set()
+
+
+# -- bodies kept for the first delivery (storage._fresh) ------------------------------------
+
+
+def written(spool: Spool, m: QueuedMessage, chunks: list[bytes]) -> None:
+    target = spool.writer(m)[1]
+    for chunk in chunks:
+        target.append(chunk)
+    target.finish()
+
+
+def test_a_small_body_is_kept_once_and_is_the_files_body(spool):
+    """The copy a delivery takes instead of a read is the body as stored, and only one reader gets it."""
+    m = message(size=0)
+    written(spool, m, [BODY[:7], b"", BODY[7:]])
+    assert spool.take_fresh_body(m) == body_of(spool, "m1") == BODY
+    assert spool.take_fresh_body(m) is None  # a retry reads the file
+    assert spool.fresh.held == 0
+
+
+def test_a_body_larger_than_the_limit_is_read_from_disk(spool):
+    big = message("big", size=0)
+    written(spool, big, [b"x" * spool.fresh.max_body, b"y"])
+    exact = message("exact", size=0)
+    written(spool, exact, [b"x" * (spool.fresh.max_body - 1), b"y"])
+    assert spool.take_fresh_body(big) is None
+    assert spool.take_fresh_body(exact) == b"x" * (spool.fresh.max_body - 1) + b"y"
+
+
+def test_bodies_past_the_budget_are_not_kept_and_a_removal_frees_room(spool):
+    spool.fresh.budget = 2 * len(BODY)
+    first, second, third = (message(i, size=0) for i in ("m1", "m2", "m3"))
+    for m in (first, second, third):
+        written(spool, m, [BODY])
+    assert spool.fresh.held == 2 * len(BODY)
+    assert spool.take_fresh_body(third) is None
+    spool.remove_blocking(first)  # delivered elsewhere (a local route): its copy goes with it
+    assert spool.fresh.held == len(BODY)
+    fourth = message("m4", size=0)
+    written(spool, fourth, [BODY])
+    assert spool.take_fresh_body(fourth) == BODY
+
+
+def test_a_held_message_or_a_discarded_one_keeps_nothing(spool):
+    """A hold waits for an operator, maybe for days: its body is not kept in memory."""
+    written(spool, message("held", size=0, held=True), [BODY])
+    assert spool.fresh.held == 0
+    m = message("m2", size=0)
+    target = spool.writer(m)[1]
+    target.append(BODY)
+    target.finish()
+    target.discard()  # as the writer does when the directory's fsync after finish fails
+    assert spool.fresh.held == 0 and spool.take_fresh_body(m) is None

@@ -290,6 +290,7 @@ class Queue:
     # -- after an attempt ------------------------------------------------------------------
 
     async def _attempt_done(self, message: QueuedMessage, jobs: list[DeliveryJob], outcomes: list[tuple[bool, Any]]) -> None:
+        self.spool.take_fresh_body(message)  # kept for the first attempt only: a retry reads the file
         # Every record of an address gets its result: spool records written before RCPT
         # deduplication may hold one address twice, and a record left pending would be
         # delivered again at every retry.

@@ -898,10 +898,14 @@ class OutboundPool:
                 for recipient, answer in zip(job.recipients, done.final_replies())]
 
     async def _body_chunks(self, message: QueuedMessage) -> AsyncIterator[bytes]:
+        fresh = self.spool.take_fresh_body(message)  # received a moment ago: no disk job to read it back
         if self.dkim:  # signed as it leaves, after every header change (delivery._dkim)
-            signature = await self.disk.run(self._dkim_signature, message)
+            signature = await self.disk.run(self._dkim_signature, message, fresh)
             if signature:
                 yield signature
+        if fresh is not None:
+            yield fresh
+            return
         fd, chunk, left = await self.disk.run(_open_and_read, self.spool.body_path(message), message.size)
         try:
             while True:
@@ -914,10 +918,10 @@ class OutboundPool:
             if fd is not None:
                 self.disk.run(os.close, fd)
 
-    def _dkim_signature(self, message: QueuedMessage) -> bytes:
-        """In a disk thread: the body read whole, and signed."""
+    def _dkim_signature(self, message: QueuedMessage, body: bytes | None = None) -> bytes:
+        """In a disk thread: the body (read whole unless given), signed."""
         assert self.dkim is not None
-        return self.dkim.signature(self.spool.read_body_blocking(message))
+        return self.dkim.signature(self.spool.read_body_blocking(message) if body is None else body)
 
     # -- TLS-RPT ----------------------------------------------------------------------------
 

@@ -47,6 +47,7 @@ from tlsmta.smtp import Reply, domain_of
 from tlsmta.storage._diskio import DiskIO, fsync_directory
 from tlsmta.storage._filepool import FilePool
 from tlsmta.storage._filewriter import StreamingWriter, TempFile, write_all
+from tlsmta.storage._fresh import FreshBodies
 from tlsmta.storage._interfaces import NO_THROTTLE, Envelope, Throttle
 
 FORMAT = 1  # the envelope record's version (the "v" key)
@@ -316,6 +317,7 @@ class SpoolFile:
         self.spool = spool
         self.message = message
         self.file = TempFile(os.path.join(spool.tmp_dir, message.id + ".msg"), create=spool.files.create, reused=True)
+        self._pieces: list[bytes] | None = []  # the body while it is small enough to keep (storage._fresh)
 
     @property
     def directories(self) -> Sequence[str]:
@@ -324,6 +326,11 @@ class SpoolFile:
     def append(self, data: bytes) -> None:
         self.file.append(data)
         self.message.size += len(data)
+        if self._pieces is not None and data:
+            if self.message.size <= self.spool.fresh.max_body:
+                self._pieces.append(data)
+            else:
+                self._pieces = None
 
     def finish(self) -> None:
         self.file.append(record_and_trailer(self.message))
@@ -334,8 +341,11 @@ class SpoolFile:
             os.rename(tmp_state, self.spool.state_path(self.message.id))
             self.message.state_saved = True
         os.rename(self.file.path, self.spool.message_path(self.message.id))
+        if self._pieces is not None and not self.message.held:
+            self.spool.fresh.keep(self.message.id, b"".join(self._pieces))
 
     def discard(self) -> None:
+        self.spool.fresh.take(self.message.id)  # kept before a failed directory fsync
         self.file.discard()
 
 
@@ -354,6 +364,7 @@ class Spool:
         self.tmp_dir = os.path.join(path, "tmp")
         self.queue_dir = os.path.join(path, "q")
         self.files = FilePool(os.path.join(path, "free"))
+        self.fresh = FreshBodies()
 
     def ensure(self) -> None:
         for d in (self.tmp_dir, self.queue_dir, self.files.directory):
@@ -409,6 +420,11 @@ class Spool:
         if durable:
             fsync_directory(self.queue_dir)
 
+    def take_fresh_body(self, message: QueuedMessage) -> bytes | None:
+        """The body as this process received it a moment ago, if it was kept (storage._fresh);
+        given up, so the next reader reads the file."""
+        return self.fresh.take(message.id)
+
     def read_body_blocking(self, message: QueuedMessage, limit: int | None = None) -> bytes:
         """The body (its first ``limit`` bytes, if given)."""
         size = message.size if limit is None else min(limit, message.size)
@@ -417,6 +433,7 @@ class Spool:
 
     def remove_blocking(self, message: QueuedMessage) -> None:
         """Forget a finished message: the message first, so a crash leaves a state the scan removes."""
+        self.fresh.take(message.id)
         state = (self.state_path(message.id),) if message.state_saved else ()
         if message.two_files:
             record, body = self._two_file_paths(message.id)
