@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 
 from tlsmta.config._routes import parse_route
 from tlsmta.storage._batched import Batched
@@ -39,19 +39,33 @@ def outcomes(deferreds: list[Deferred[None]]) -> list[Any]:
     return seen
 
 
-def test_items_submitted_while_a_job_runs_share_the_next_job():
+def test_items_submitted_before_the_job_starts_share_it():
     disk, done = HeldDisk(), []
     batched = Batched(disk, done.append)
     seen = outcomes([batched.submit(x) for x in "abc"])
-    assert len(disk.jobs) == 1 and done == []
+    assert len(disk.jobs) == 1 and done == [] and seen == ["pending"] * 3
     disk.run_next()
-    assert done == ["a"] and seen == [None, "pending", "pending"]
-    assert len(disk.jobs) == 1  # b and c, together
-    later = outcomes([batched.submit("d")])  # while b and c's job waits: it goes with the job after
+    assert done == ["a", "b", "c"] and seen == [None] * 3 and disk.jobs == []
+
+
+def test_an_item_submitted_while_a_job_runs_gets_a_job_of_its_own():
+    """The running job took its list when it started: a later item must not wait on nothing."""
+    disk, done = HeldDisk(), []
+    later: list[Deferred[None]] = []
+
+    def each(item: str) -> None:
+        done.append(item)
+        if item == "a":  # the reactor submits while the disk thread is in this job
+            later.append(batched.submit("late"))
+
+    batched = Batched(disk, each)
+    seen = outcomes([batched.submit(x) for x in "ab"])
     disk.run_next()
-    assert done == ["a", "b", "c"] and seen == [None] * 3 and later == ["pending"]
+    assert done == ["a", "b"] and seen == [None, None]
+    late = outcomes(later)
+    assert late == ["pending"] and len(disk.jobs) == 1
     disk.run_next()
-    assert done == ["a", "b", "c", "d"] and later == [None] and disk.jobs == []
+    assert done == ["a", "b", "late"] and late == [None] and disk.jobs == []
 
 
 def test_one_items_failure_is_its_own():
@@ -62,32 +76,32 @@ def test_one_items_failure_is_its_own():
             raise OSError(5, "Input/output error")
 
     batched = Batched(disk, each)
-    first = outcomes([batched.submit("first")])
     seen = outcomes([batched.submit(x) for x in ("ok", "bad", "ok too")])
     disk.run_next()
-    disk.run_next()
-    assert first == [None]
     assert seen[0] is None and seen[2] is None
     assert isinstance(seen[1], OSError) and seen[1].errno == 5
 
 
-class BrokenDisk:
-    """A DiskIO.run whose job never ran (the thread pool was stopped, say)."""
+def stored_messages(spool: Spool, count: int) -> list[QueuedMessage]:
+    messages = []
+    for n in range(count):
+        m = QueuedMessage(id=f"m{n}", sender="a@example.org",
+                          recipients=[RecipientState("b@example.com", parse_route("mx"))], received_at=0.0)
+        spool.store_blocking(m, b"Subject: x\r\n\r\nbody\r\n")
+        messages.append(m)
+    return messages
 
-    def __init__(self) -> None:
-        self.calls = 0
 
-    def run(self, fn: Any, *args: Any) -> Deferred[Any]:
-        self.calls += 1
-        return fail(RuntimeError("disk threads stopped"))
-
-
-def test_a_job_that_fails_whole_fails_its_items_and_the_next_batch_still_starts():
-    disk = BrokenDisk()
-    batched = Batched(disk, lambda item: None)
-    seen = outcomes([batched.submit("a")]) + outcomes([batched.submit("b")])
-    assert [type(x) for x in seen] == [RuntimeError, RuntimeError]
-    assert disk.calls == 2
+def test_removals_asked_for_just_before_a_stop_are_done(tmp_path: Any):
+    """A stop lets queued disk work finish; a removal must be queued work, or a delivered
+    message would stay in q/ and go out again after the restart."""
+    disk = DiskIO(reactor, threads=8)
+    spool = Spool(str(tmp_path / "spool"), disk)
+    spool.ensure()
+    for m in stored_messages(spool, 50):
+        spool.remove(m)
+    disk.stop()  # what DiskService does at shutdown, before any result came back
+    assert os.listdir(spool.queue_dir) == []
 
 
 @pytest_twisted.ensureDeferred
@@ -96,12 +110,7 @@ async def test_a_spool_removes_many_messages_in_few_disk_jobs(tmp_path: Any):
     disk = DiskIO(reactor, threads=8)
     spool = Spool(str(tmp_path / "spool"), disk)
     spool.ensure()
-    messages = []
-    for n in range(200):
-        m = QueuedMessage(id=f"m{n}", sender="a@example.org",
-                          recipients=[RecipientState("b@example.com", parse_route("mx"))], received_at=0.0)
-        spool.store_blocking(m, b"Subject: x\r\n\r\nbody\r\n")
-        messages.append(m)
+    messages = stored_messages(spool, 200)
     jobs = []
     real_run = disk.run
 
@@ -115,4 +124,5 @@ async def test_a_spool_removes_many_messages_in_few_disk_jobs(tmp_path: Any):
     finally:
         disk.stop()
     assert os.listdir(spool.queue_dir) == []
-    assert 1 <= len(jobs) <= 2  # the first alone, the other 199 together
+    # Far fewer jobs than messages; how many depends on when a disk thread gets the GIL.
+    assert 1 <= len(jobs) <= 20, len(jobs)

@@ -3,64 +3,68 @@
 Every disk job costs a trip to a disk thread and back: a wake-up each way
 and a hand-over of the GIL, more than a rename takes.  Removing a finished
 message is such a job, and nobody waits for it but the queue's own
-bookkeeping.  So while one batch runs, the next collects: under load one
-job removes many messages, and with one message at a time nothing waits
-longer than before.
+bookkeeping.  So one job is queued for whatever is waiting when it starts:
+what is submitted while it waits for a disk thread goes with it, and what
+comes after it started queues the next.  Every item is in a queued disk
+job from the moment it is submitted, so a stop of the disk threads (which
+lets queued work finish) still does it.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from tlsmta.storage._diskio import DiskIO
 
 T = TypeVar("T")
+log = Logger()
 
 
 class Batched(Generic[T]):
-    """``submit(item)`` runs ``each(item)`` in a disk thread, together with the items submitted
-    while the previous batch ran; each item's Deferred gets its own outcome."""
+    """``submit(item)`` runs ``each(item)`` in a disk thread, in one job with the items
+    submitted before that job started; each item's Deferred gets its own outcome."""
 
     def __init__(self, disk: DiskIO, each: Callable[[T], object]):
         self._disk = disk
         self._each = each
+        self._lock = threading.Lock()  # the waiting list is taken by a disk thread
         self._waiting: list[tuple[T, Deferred[None]]] = []
-        self._running = False
+        self._queued = False  # a job that has not started yet will take what is waiting
 
     def submit(self, item: T) -> Deferred[None]:
         d: Deferred[None] = Deferred()
-        self._waiting.append((item, d))
-        if not self._running:
-            self._start()
+        with self._lock:
+            self._waiting.append((item, d))
+            queue_one = not self._queued
+            self._queued = True
+        if queue_one:
+            self._disk.run(self._run_waiting).addCallbacks(
+                self._fire, lambda f: log.failure("a batch of disk jobs failed", f))
         return d
 
-    def _start(self) -> None:
-        batch, self._waiting = self._waiting, []
-        self._running = True
-        self._disk.run(self._run_all, [item for item, _ in batch]).addBoth(self._finished, batch)
-
-    def _run_all(self, items: list[T]) -> list[Failure | None]:
-        """In a disk thread: every item, whatever the others did."""
-        outcomes: list[Failure | None] = []
-        for item in items:
+    def _run_waiting(self) -> list[tuple[Deferred[None], Failure | None]]:
+        """In a disk thread: every item waiting now, whatever the others did."""
+        with self._lock:
+            batch, self._waiting = self._waiting, []
+            self._queued = False
+        outcomes: list[tuple[Deferred[None], Failure | None]] = []
+        for item, d in batch:
             try:
                 self._each(item)
-                outcomes.append(None)
+                outcomes.append((d, None))
             except Exception:
-                outcomes.append(Failure())
+                outcomes.append((d, Failure()))
         return outcomes
 
-    def _finished(self, outcomes: list[Failure | None] | Failure, batch: list[tuple[T, Deferred[None]]]) -> None:
-        self._running = False
-        if self._waiting:
-            self._start()
-        for index, (_, d) in enumerate(batch):
-            outcome = outcomes if isinstance(outcomes, Failure) else outcomes[index]
-            if outcome is None:
+    def _fire(self, outcomes: list[tuple[Deferred[None], Failure | None]]) -> None:
+        for d, failure in outcomes:
+            if failure is None:
                 d.callback(None)
             else:
-                d.errback(outcome)
+                d.errback(failure)
