@@ -164,7 +164,7 @@ class Queue:
         """Remove a message without telling anyone (the operator's call)."""
         message = self._idle_message(message_id)
         del self.messages[message_id]
-        await self.spool.remove(message)
+        await self.spool.disk.run(self.spool.remove_blocking, message)
         self.events.emit("queue_deleted", msgid=message_id)
 
     async def bounce(self, message_id: str) -> None:
@@ -192,7 +192,7 @@ class Queue:
         finally:
             self.in_flight.discard(message_id)
         del self.messages[message_id]
-        await self.spool.remove(message)
+        await self.spool.disk.run(self.spool.remove_blocking, message)
         self.events.emit("queue_bounced", msgid=message_id, rcpts=len(failed))
 
     def select(self, ids: Sequence[str] = (), domain: str | None = None, everything: bool = False) -> list[str]:
@@ -335,7 +335,7 @@ class Queue:
                     rcpt.status = PENDING
                 log.failure("could not store the DSN for {msgid}; will try again", msgid=message.id)
         if not message.pending:
-            await self.spool.remove(message)
+            await self.spool.disk.run(self.spool.remove_blocking, message)
             del self.messages[message.id]
             self.events.emit("queue_done", msgid=message.id, attempts=message.attempts,
                         delivered=sum(r.status == DELIVERED for r in message.recipients),

@@ -41,11 +41,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred
 
 from tlsmta.config import Route, parse_route
 from tlsmta.smtp import Reply, domain_of
-from tlsmta.storage._batched import Batched
 from tlsmta.storage._diskio import DiskIO, fsync_directory
 from tlsmta.storage._filepool import FilePool
 from tlsmta.storage._filewriter import StreamingWriter, TempFile, write_all
@@ -367,7 +365,6 @@ class Spool:
         self.queue_dir = os.path.join(path, "q")
         self.files = FilePool(os.path.join(path, "free"))
         self.fresh = FreshBodies()
-        self._removals = Batched(disk, self.remove_blocking)
 
     def ensure(self) -> None:
         for d in (self.tmp_dir, self.queue_dir, self.files.directory):
@@ -433,10 +430,6 @@ class Spool:
         size = message.size if limit is None else min(limit, message.size)
         with open(self.body_path(message), "rb") as f:
             return f.read(size)
-
-    def remove(self, message: QueuedMessage) -> Deferred[None]:
-        """remove_blocking in a disk thread, in one job with the other removals waiting (storage._batched)."""
-        return self._removals.submit(message)
 
     def remove_blocking(self, message: QueuedMessage) -> None:
         """Forget a finished message: the message first, so a crash leaves a state the scan removes."""
