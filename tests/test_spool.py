@@ -547,13 +547,18 @@ def test_from_envelope_lifts_requiretls_out_of_the_tls_facts():
     assert plain.requiretls is False and plain.tls_required_no is False
 
 
-def stored_record(spool: Spool, chunks: list[bytes], **overrides) -> dict:
-    """Write a message in the given chunks through a SpoolFile; return its metadata as stored."""
-    m = message(size=0, **overrides)
+def written(spool: Spool, m: QueuedMessage, chunks: list[bytes]) -> None:
+    """Write ``m`` in the given chunks through a SpoolFile."""
     target = spool.writer(m)[1]
     for chunk in chunks:
         target.append(chunk)
     target.finish()
+
+
+def stored_record(spool: Spool, chunks: list[bytes], **overrides) -> dict:
+    """Write a message in the given chunks through a SpoolFile; return its metadata as stored."""
+    m = message(size=0, **overrides)
+    written(spool, m, chunks)
     with open(spool.message_path(m.id), "rb") as f:
         raw = f.read()
     return json.loads(raw[m.size:-TRAILER_LENGTH])
@@ -711,13 +716,6 @@ def test_removing_from_a_spool_never_prepared_still_removes(tmp_path):
 
 
 # -- bodies kept for the first delivery (storage._fresh) ------------------------------------
-
-
-def written(spool: Spool, m: QueuedMessage, chunks: list[bytes]) -> None:
-    target = spool.writer(m)[1]
-    for chunk in chunks:
-        target.append(chunk)
-    target.finish()
 
 
 def test_a_small_body_is_kept_once_and_is_the_files_body(spool):
