@@ -1,11 +1,10 @@
-"""tls.handshakes: an outbound handshake's dear step runs in the handshake threads,
-and nothing on the reactor thread touches the SSL connection while it runs.
+"""tls.handshakes: a handshake's steps run in the handshake threads, and nothing on the
+reactor thread touches the SSL connection while one runs.
 
-The first tests drive a client-side TLS layer by hand (a StringTransport, a
-pyOpenSSL server over memory BIOs, and a stepper that runs each queued step when
-the test says), so the moment a byte, a write or the connection's loss arrives is
-chosen, not raced.  The last one runs a real handshake over loopback with the
-threads running."""
+The first tests drive the TLS layer by hand (a StringTransport, a pyOpenSSL client
+over memory BIOs, and a stepper that runs each queued step when the test says), so
+the moment a byte, a write or the connection's loss arrives is chosen, not raced.
+The last ones run real handshakes over loopback with the threads running."""
 
 from __future__ import annotations
 
@@ -73,96 +72,102 @@ class _ByHand:
 
 
 class _Lab:
-    """A client-side OffloadedHandshakeTLS (tlsmta's ClientTLS) on a StringTransport, and a memory-BIO server."""
+    """A server-side OffloadedHandshakeTLS on a StringTransport, and a memory-BIO client."""
 
-    def __init__(self, pki: Any, hook: Any = None):
-        self.check = CertificateCheck(VerifyMode.HOST, wanted=("localhost",), hook=hook, enforce_in_handshake=True)
-        creator = ClientTLS(client_context(PROTOCOLS, ca=pki.ca_pem), "localhost", self.check)
-        factory = TLSMemoryBIOFactory(creator, True, protocol.Factory.forProtocol(_Recording))
-        self.tls = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 25))
+    def __init__(self, pki: Any):
+        factory = TLSMemoryBIOFactory(ServerTLS(server_context(pki.good.cert, pki.good.key, PROTOCOLS)), False,
+                                      protocol.Factory.forProtocol(_Recording))
+        self.tls = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 2525))
         assert isinstance(self.tls, OffloadedHandshakeTLS)
         self.stepper = _ByHand()
         self.tls.threads = self.stepper
         self.wire = StringTransport()
-        self.tls.makeConnection(self.wire)  # the ClientHello, on the spot
+        self.tls.makeConnection(self.wire)
         self.app: _Recording = self.tls.wrappedProtocol
-        self.server = SSL.Connection(server_context(pki.good.cert, pki.good.key, PROTOCOLS), None)
-        self.server.set_accept_state()
+        self.client = SSL.Connection(client_context(PROTOCOLS, ca=pki.ca_pem), None)
+        self.client.set_connect_state()
+        self.client.set_tlsext_host_name(b"localhost")
 
-    def server_speaks(self) -> bytes:
-        """Run the server as far as it goes on what the client sent; what it sends back."""
-        if self.wire.value():
-            self.server.bio_write(self.wire.value())
-            self.wire.clear()
+    def client_speaks(self) -> bytes:
+        """Run the client as far as it goes on what the server sent; what it sends back."""
+        sent = self.wire.value()
+        self.wire.clear()
+        if sent:
+            self.client.bio_write(sent)
         try:
-            self.server.do_handshake()
+            self.client.do_handshake()
         except SSL.WantReadError:
             pass
-        return self.server.bio_read(65536)
+        return self.client.bio_read(65536)
 
-    def server_sends(self, data: bytes) -> bytes:
-        self.server.send(data)
-        return self.server.bio_read(65536)
+    def to_server(self, data: bytes) -> None:
+        self.tls.dataReceived(data)
 
-    def server_reads(self) -> bytes:
-        if self.wire.value():
-            self.server.bio_write(self.wire.value())
-            self.wire.clear()
+    def client_sends(self, data: bytes) -> bytes:
+        self.client.send(data)
+        return self.client.bio_read(65536)
+
+    def client_reads(self) -> bytes:
+        self.client.bio_write(self.wire.value())
+        self.wire.clear()
         try:
-            return self.server.recv(65536)
+            return self.client.recv(65536)
         except SSL.WantReadError:
             return b""
 
 
-def test_the_step_on_the_servers_flight_is_handed_to_the_threads_and_later_ones_are_not(pki: Any) -> None:
+def test_the_step_after_the_client_hello_is_handed_to_the_threads(pki: Any) -> None:
     lab = _Lab(pki)
-    assert lab.wire.value() != b""  # the ClientHello went out without a thread
-    flight = lab.server_speaks()
-    lab.tls.dataReceived(flight)
+    lab.to_server(lab.client_speaks())  # ClientHello
     assert len(lab.stepper.steps) == 1
-    assert lab.wire.value() == b""  # no Finished before the step has run
+    assert lab.wire.value() == b""  # no ServerHello before the step has run
+    lab.stepper.run()
+    assert lab.wire.value() != b""  # the server's flight, sent when the step's outcome came back
+    finished = lab.client_speaks()
+    lab.to_server(finished + lab.client_sends(b"EHLO client\r\n"))
     lab.stepper.run()
     assert lab.app.handshakes == 1
-    assert not lab.check.verdict().fatal  # the certificate was checked in the step
-    lab.tls.dataReceived(lab.server_speaks() + lab.server_sends(b"220 ready\r\n"))
-    assert lab.stepper.steps == []  # a ticket and application bytes: read on the spot
-    assert bytes(lab.app.received) == b"220 ready\r\n"
+    assert bytes(lab.app.received) == b"EHLO client\r\n"  # application bytes behind the Finished
 
 
 def test_bytes_that_arrive_during_a_step_are_fed_after_it(pki: Any) -> None:
     lab = _Lab(pki)
-    flight = lab.server_speaks()
-    lab.tls.dataReceived(flight[:10])  # the server's flight in two segments
+    lab.to_server(lab.client_speaks())
+    lab.stepper.run()
+    finished = lab.client_speaks()
+    lab.to_server(finished)
     assert len(lab.stepper.steps) == 1
-    lab.tls.dataReceived(flight[10:])  # while the thread has the SSL connection
-    assert len(lab.stepper.steps) == 1
-    assert lab.app.handshakes == 0
-    lab.stepper.run()  # not enough for the handshake; then the rest is fed, and finishes it
+    lab.to_server(lab.client_sends(b"EHLO client\r\n"))  # while the Finished is being checked
+    assert lab.app.received == b""
+    lab.stepper.run()
     assert lab.app.handshakes == 1
+    assert bytes(lab.app.received) == b"EHLO client\r\n"
     assert lab.stepper.steps == []
 
 
 def test_a_write_during_a_step_is_sent_after_the_handshake(pki: Any) -> None:
     lab = _Lab(pki)
-    lab.tls.dataReceived(lab.server_speaks())
-    lab.tls.write(b"EHLO client\r\n")  # the SSL connection is the thread's: the write waits
+    lab.to_server(lab.client_speaks())
     lab.stepper.run()
-    lab.server_speaks()  # the client's Finished
-    assert lab.server_reads() == b"EHLO client\r\n"
+    lab.to_server(lab.client_speaks())  # the client's Finished
+    lab.tls.write(b"220 ready\r\n")  # the SSL connection is the thread's: the write waits
+    lab.stepper.run()
+    assert lab.client_reads() == b"220 ready\r\n"
 
 
 def test_the_connection_lost_during_a_step_reaches_the_application_once_after_it(pki: Any) -> None:
     lab = _Lab(pki)
-    lab.tls.dataReceived(lab.server_speaks())
+    lab.to_server(lab.client_speaks())
     lab.tls.connectionLost(Exception("gone"))
     assert lab.app.losses == []  # the thread still has the SSL connection
     lab.stepper.run()
     assert len(lab.app.losses) == 1
+    assert lab.app.handshakes == 0
 
 
 def test_a_failed_step_names_the_reason_even_when_the_connection_was_lost_meanwhile(pki: Any) -> None:
     lab = _Lab(pki)
-    lab.tls.dataReceived(b"\x16\x03\x03\x00\x05hello")  # a handshake record no TLS stack can parse
+    lab.to_server(b"\x16\x03\x01\x00\x05hello")  # a handshake record no TLS stack can parse
     lab.tls.connectionLost(Exception("gone"))  # the peer closed while the step ran
     lab.stepper.run()
     assert len(lab.app.losses) == 1
@@ -171,21 +176,22 @@ def test_a_failed_step_names_the_reason_even_when_the_connection_was_lost_meanwh
 
 def test_an_abort_during_a_step_drops_the_connection_and_the_late_outcome(pki: Any) -> None:
     lab = _Lab(pki)
-    lab.tls.dataReceived(lab.server_speaks())
+    lab.to_server(lab.client_speaks())
     lab.tls.loseConnection()  # mid-handshake: an abort, as in the stock layer
     assert lab.wire.disconnecting
     lab.stepper.run()
-    assert lab.wire.value() == b""  # the step's Finished is not sent to an aborted connection
+    assert lab.wire.value() == b""  # the step's flight is not sent to an aborted connection
     assert lab.app.handshakes == 0
 
 
 def test_a_verify_hook_keeps_the_handshake_on_the_reactor_thread(pki: Any) -> None:
-    seen: list[str] = []
-    lab = _Lab(pki, hook=lambda *args: seen.append(threading.current_thread().name) or True)
-    lab.tls.dataReceived(lab.server_speaks())
-    assert lab.stepper.steps == []
-    assert lab.app.handshakes == 1
-    assert seen and set(seen) == {threading.current_thread().name}
+    check = CertificateCheck(VerifyMode.OPTIONAL, hook=lambda *args: True)
+    factory = TLSMemoryBIOFactory(ServerTLS(server_context(pki.good.cert, pki.good.key, PROTOCOLS), check), False,
+                                  protocol.Factory.forProtocol(_Recording))
+    tls = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 2525))
+    tls.threads = _ByHand()
+    tls.makeConnection(StringTransport())
+    assert tls.handshake_in_thread is False
 
 
 @implementer(IHandshakeListener)
@@ -207,7 +213,7 @@ def _threads_of_handshake_work(context: SSL.Context) -> list[str]:
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_real_outbound_handshake_over_loopback_runs_in_the_handshake_threads(pki: Any) -> None:
+async def test_real_handshakes_over_loopback_run_in_the_handshake_threads(pki: Any) -> None:
     server_ctx = server_context(pki.good.cert, pki.good.key, PROTOCOLS)
     client_ctx = client_context(PROTOCOLS, ca=pki.ca_pem)
     server_threads, client_threads = _threads_of_handshake_work(server_ctx), _threads_of_handshake_work(client_ctx)
@@ -230,11 +236,11 @@ async def test_a_real_outbound_handshake_over_loopback_runs_in_the_handshake_thr
         await client.done.addTimeout(10, reactor)
         assert not check.verdict().fatal
         main = threading.current_thread().name
-        # The client's work on the server's flight (its certificate check included) ran in a
-        # thread; its ClientHello, and the whole server side, on the reactor.
+        # The server's work on the ClientHello and the client's on the server's flight
+        # (its certificate check included) ran in the threads; the ClientHello itself on the reactor.
+        assert any(name.startswith("tlsmta-tls-") for name in server_threads)
         assert any(name.startswith("tlsmta-tls-") for name in client_threads)
         assert client_threads[0] == main
-        assert set(server_threads) == {main}
         client.transport.write(b"QUIT\r\n")
         client.transport.loseConnection()
         server.transport.loseConnection()

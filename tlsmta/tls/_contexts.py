@@ -594,6 +594,7 @@ class ServerTLS:
             check = getattr(tlsProtocol.wrappedProtocol, "certificate_check", None)
         if check is not None:
             check.install(conn)
+        tlsProtocol.handshake_in_thread = check is None or check.hook is None  # tls._handshakes
         return conn
 
 

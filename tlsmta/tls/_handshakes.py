@@ -1,23 +1,19 @@
-"""Outbound TLS handshakes computed off the reactor thread.
+"""TLS handshakes computed off the reactor thread.
 
-A client's handshake work on the server's flight (the key exchange, the
-signature and chain checks) is C, and pyOpenSSL releases the GIL around
-``do_handshake``: a thread computes it while the reactor serves the other
-sessions (two threads ran 1.75 times the handshakes of one here).
+A handshake's key exchange and signatures are most of a TLS session's CPU
+and all of it is C: pyOpenSSL releases the GIL around ``do_handshake``, so
+a thread computes it while the reactor serves the other sessions (two
+threads ran 1.75 times the handshakes of one here: bench/profile-issue13.md).
 
 :class:`OffloadedHandshakeTLS` is the TLS layer of every ``startTLS`` and
-TLS listener in the process.  The first step of a handshake that follows
-the peer's bytes runs in a :class:`HandshakeThreads` thread when the
-connection's creator asked for it (``handshake_in_thread``) and the service
-runs the threads; every other step runs on the reactor, as stock Twisted's.
-Only :class:`~tlsmta.tls.ClientTLS` asks, and not when a verify hook is
-configured (a hook is promised the reactor thread).  Twisted's own TLS
-options (HTTPS, Redis) call the transport from their callbacks, and stay
-on the reactor.  Server handshakes stay there too: with the disk threads
-and the reactor already taking turns at the GIL, a third thread on the
-inbound side cost a relaying process 10-20% of its throughput
-(bench/profile-issue13.md, seventh round), where outbound with a handshake
-per message gained 18%.
+TLS listener in the process.  A step of the handshake that follows received
+bytes runs in a :class:`HandshakeThreads` thread when the connection's
+creator asked for it (``handshake_in_thread``: tlsmta's own
+:class:`~tlsmta.tls.ServerTLS` and :class:`~tlsmta.tls.ClientTLS`, unless a
+verify hook is configured, since a hook is promised the reactor thread) and
+the service runs the threads.  Anything else (Twisted's own TLS options,
+whose callbacks call into the transport, or no threads running) steps on
+the reactor as stock Twisted does.
 
 While a step runs, nothing on the reactor thread touches the
 ``SSL.Connection``: bytes received are held and fed after it, writes are
@@ -112,7 +108,6 @@ class OffloadedHandshakeTLS(TLSMemoryBIOProtocol):
     _shutdown_after_step = False
 
     _received = False  # bytes from the peer have arrived: a step has work to do
-    _offloaded = False  # a step went to the threads already
 
     def makeConnection(self, transport: Any) -> None:
         self._held_data: list[bytes] = []
@@ -126,12 +121,8 @@ class OffloadedHandshakeTLS(TLSMemoryBIOProtocol):
         super().dataReceived(data)
 
     def _checkHandshakeStatus(self) -> None:
-        # Only the first step on the peer's bytes: it holds the dear part (the key exchange and
-        # the certificate checks); the steps after it are cheap, and each trip through a thread
-        # costs context switches and GIL hand-overs (bench/profile-issue13.md, seventh round).
-        if self.handshake_in_thread and self._received and not self._offloaded and self.threads.running \
-                and not self._aborted:
-            self._stepping = self._offloaded = True
+        if self.handshake_in_thread and self._received and self.threads.running and not self._aborted:
+            self._stepping = True
             self.threads.step(self)
             return
         super()._checkHandshakeStatus()
