@@ -66,16 +66,7 @@ from tlsmta.reporting import (
     received_directory,
 )
 from tlsmta.storage import DirectoryLock, DiskIO, LocalSink, MessageSink, QueuedMessage, Spool
-from tlsmta.tls import (
-    HANDSHAKE_THREADS,
-    HookError,
-    Hooks,
-    KeyPairError,
-    ServerTLS,
-    load_hooks,
-    serve_by_sni,
-    server_context,
-)
+from tlsmta.tls import HookError, Hooks, KeyPairError, ServerTLS, load_hooks, serve_by_sni, server_context
 
 log = Logger(namespace="tlsmta.service")
 
@@ -223,21 +214,6 @@ class DiskService(Service):
         self.disk.stop()
 
 
-class HandshakeService(Service):
-    """Keeps the TLS handshake threads (tls.handshakes) running while this service runs."""
-
-    def __init__(self, reactor: IServiceReactor):
-        self.reactor = reactor
-
-    def startService(self) -> None:
-        super().startService()
-        HANDSHAKE_THREADS.start(self.reactor)
-
-    def stopService(self) -> None:
-        super().stopService()
-        HANDSHAKE_THREADS.stop()
-
-
 class QueueService(Service):
     """Creates the spool, loads the queue at start, stops scheduling at stop."""
 
@@ -319,7 +295,6 @@ class TlsmtaService(MultiService):
         self.hostname = effective_hostname(config)
         self.disk = DiskIO(reactor)
         DiskService(self.disk).setServiceParent(self)
-        HandshakeService(reactor).setServiceParent(self)
         self.hooks: Hooks = load_hooks(config.hooks)
         local = LocalSink(self.disk, keeps_receipts=self.captures_into)
         self.spool = Spool(config.spool["path"], self.disk)

@@ -3,8 +3,7 @@ names pyOpenSSL keeps private behind ``openssl_private``), the pure
 certificate verdicts and policy combination (``policy``), RFC 8460 result
 names (``rpt_types``), verify and parameter hooks (``hooks``), and a
 verified HTTPS client (``https``, for MTA-STS policies and TLS-RPT reports), and
-the certificates served: chains per key type, SNI choice, expiry (``certificates``),
-and the TLS layer whose handshakes are computed in threads (``handshakes``).
+the certificates served: chains per key type, SNI choice, expiry (``certificates``).
 
 May import ``tlsmta.config`` and ``tlsmta.smtp``; ``policy`` and
 ``rpt_types`` stay pure (no OpenSSL, no files, no reporting).
@@ -34,8 +33,6 @@ from tlsmta.tls._contexts import (
     tls_log_fields,
     unsupported_groups,
 )
-from tlsmta.tls._handshakes import THREADS as HANDSHAKE_THREADS
-from tlsmta.tls._handshakes import HandshakeThreads, OffloadedHandshakeTLS
 from tlsmta.tls._hooks import HookError, Hooks, load_hook, load_hooks
 from tlsmta.tls._https import HTTPSFailure, TooLarge, https_request, read_body
 from tlsmta.tls._policy import (
@@ -90,9 +87,6 @@ from tlsmta.tls._rpt_types import (
 )
 
 __all__ = [
-    "HANDSHAKE_THREADS",
-    "HandshakeThreads",
-    "OffloadedHandshakeTLS",
     "CERTIFICATE_EXPIRED",
     "CERTIFICATE_HOST_MISMATCH",
     "CERTIFICATE_NOT_TRUSTED",

@@ -594,7 +594,6 @@ class ServerTLS:
             check = getattr(tlsProtocol.wrappedProtocol, "certificate_check", None)
         if check is not None:
             check.install(conn)
-        tlsProtocol.handshake_in_thread = check is None or check.hook is None  # tls._handshakes
         return conn
 
 
@@ -623,5 +622,4 @@ class ClientTLS:
                 conn.set_tlsext_host_name(sni.encode("ascii"))
         self.check.install(conn)
         conn.set_connect_state()
-        tlsProtocol.handshake_in_thread = self.check.hook is None  # tls._handshakes: a hook gets the reactor thread
         return conn
