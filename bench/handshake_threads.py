@@ -23,8 +23,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-import trustme  # noqa: E402
-from memory_tls import connect  # noqa: E402
+from memory_tls import connect, write_pki  # noqa: E402
 from OpenSSL import SSL  # noqa: E402
 
 from tlsmta.tls import _contexts as contexts  # noqa: E402
@@ -46,15 +45,10 @@ def rate(client: SSL.Context, server: SSL.Context, count: int, threads: int) -> 
 
 def main() -> None:
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 400
-    ca = trustme.CA()
-    leaf = ca.issue_cert("mx.bench.test")
     with tempfile.TemporaryDirectory() as tmp:
-        cert, key, ca_pem = (pathlib.Path(tmp) / name for name in ("cert.pem", "key.pem", "ca.pem"))
-        cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
-        key.write_bytes(leaf.private_key_pem.bytes())
-        ca.cert_pem.write_to_path(str(ca_pem))
-        server = contexts.server_context(str(cert), str(key), TLS13, resumption=False)
-        client = contexts.client_context(TLS13, ca=str(ca_pem))
+        cert, key, ca_pem = write_pki(tmp, "mx.bench.test")
+        server = contexts.server_context(cert, key, TLS13, resumption=False)
+        client = contexts.client_context(TLS13, ca=ca_pem)
         client.set_session_cache_mode(SSL.SESS_CACHE_OFF)
         connect(client, server)
         print(f"{contexts.openssl_version()}, {count} full TLS 1.3 handshakes per run")

@@ -21,8 +21,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-import trustme  # noqa: E402
-from memory_tls import connect  # noqa: E402
+from memory_tls import connect, write_pki  # noqa: E402
 from OpenSSL import SSL  # noqa: E402
 
 from tlsmta.tls import _contexts as contexts  # noqa: E402
@@ -49,17 +48,12 @@ def rate(client: SSL.Context, server: SSL.Context, count: int) -> tuple[str | No
 
 def main() -> None:
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 500
-    ca = trustme.CA()
-    leaf = ca.issue_cert("mx.bench.test")
     with tempfile.TemporaryDirectory() as tmp:
-        cert, key, ca_pem = (pathlib.Path(tmp) / name for name in ("cert.pem", "key.pem", "ca.pem"))
-        cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
-        key.write_bytes(leaf.private_key_pem.bytes())
-        ca.cert_pem.write_to_path(str(ca_pem))
+        cert, key, ca_pem = write_pki(tmp, "mx.bench.test")
         print(f"{contexts.openssl_version()}, {count} full TLS 1.3 handshakes each")
         choices: list[list[str] | None] = [None, *([name] for name in contexts.default_groups())]
         for groups in choices:
-            group, seconds = rate(*contexts_for(groups, str(cert), str(key), str(ca_pem)), count)
+            group, seconds = rate(*contexts_for(groups, cert, key, ca_pem), count)
             label = "default " + contexts.default_group_list() if groups is None else groups[0]
             print(f"{label:<58} agreed {group:<15} {1 / seconds:8.0f}/s {seconds * 1e6:8.0f} us")
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pathlib
+
+import trustme
 from OpenSSL import SSL
 
 ROUNDS = 10  # a TLS 1.2 or 1.3 handshake, with a HelloRetryRequest, takes fewer flights
@@ -33,3 +36,14 @@ def connect(client_ctx: SSL.Context, server_ctx: SSL.Context, server_name: bytes
         client.set_tlsext_host_name(server_name)
     handshake(client, server)
     return client, server
+
+
+def write_pki(directory: str, name: str) -> tuple[str, str, str]:
+    """A new trustme CA and a leaf for ``name`` in ``directory``: the chain, key and CA PEM files."""
+    ca = trustme.CA()
+    leaf = ca.issue_cert(name)
+    cert, key, ca_pem = (pathlib.Path(directory) / file for file in ("cert.pem", "key.pem", "ca.pem"))
+    cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+    key.write_bytes(leaf.private_key_pem.bytes())
+    ca.cert_pem.write_to_path(str(ca_pem))
+    return str(cert), str(key), str(ca_pem)
