@@ -1,4 +1,5 @@
-"""Real TLS handshakes between two pyOpenSSL connections over memory BIOs (no sockets, no reactor)."""
+"""Real TLS handshakes between two pyOpenSSL connections over memory BIOs (no sockets, no reactor),
+and a trustme CA and leaf written as PEM files for them (`write_pki`, used by bench/ too)."""
 
 from __future__ import annotations
 
