@@ -29,16 +29,14 @@ class FreshBodies:
         self._bodies: dict[str, bytes] = {}
         self._lock = threading.Lock()
 
-    def keep(self, message_id: str, body: bytes) -> bool:
-        """Keep ``body`` for ``message_id`` if it is small and fits; whether it was kept."""
+    def keep(self, message_id: str, body: bytes) -> None:
+        """Keep ``body`` for ``message_id`` if it is small and fits (else it is read from disk)."""
         if len(body) > self.max_body:
-            return False
+            return
         with self._lock:
-            if self.held + len(body) > self.budget or message_id in self._bodies:
-                return False
-            self._bodies[message_id] = body
-            self.held += len(body)
-        return True
+            if self.held + len(body) <= self.budget and message_id not in self._bodies:
+                self._bodies[message_id] = body
+                self.held += len(body)
 
     def take(self, message_id: str) -> bytes | None:
         """The kept body, given up: the next reader reads the file."""
