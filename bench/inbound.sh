@@ -37,6 +37,7 @@
 #   ENDPOINT_OPTIONS=backlog=1024   appended to tlsmta's listener endpoint
 #                   (Twisted's default listen backlog is 50)
 #   KEEP=1          keep the temp dir (logs, maildir) for inspection
+#   COMMIT=fsync    tlsmta's [spool] commit: fsync, or syncfs (storage.groupcommit)
 #   INSTANCES=1     tlsmta processes sharing the port (endpoint reuseport:,
 #                   each with its own state dir, one Maildir): docs/architecture.md's
 #                   scaling by processes; rates, CPU and RSS are their sums
@@ -56,6 +57,7 @@ ROUNDS=${ROUNDS:-3}
 SMTP_SOURCE=${SMTP_SOURCE:-/usr/sbin/smtp-source}
 LOAD_TIMEOUT=${LOAD_TIMEOUT:-900}
 LOADS=${LOADS:-smtp-source}
+COMMIT=${COMMIT:-fsync}
 PER_CONN=${PER_CONN:-1}
 CERT_NAME=mx.inbound.bench
 C_LOADS=0
@@ -243,6 +245,9 @@ tls = "starttls"
 $TLS_LISTENER
 relay_networks = ["127.0.0.0/8"]
 max_connections = 20000
+
+[spool]
+commit = "$COMMIT"
 EOF
     log=$TMP/tlsmta/tlsmta$i.log
     bash -c "$RAISE_NOFILE"' exec "$@"' _ "$VENV/bin/twistd" -n --pidfile= tlsmta \

@@ -27,6 +27,7 @@
 # Environment (all optional):
 #   MESSAGES=4000 SIZE=4096 SESSIONS=20 ROUNDS=3 MODES="plain starttls"
 #   INSTANCES=1      tlsmta processes sharing the port (reuseport:)
+#   COMMIT=fsync     tlsmta's [spool] commit: fsync, or syncfs (storage.groupcommit)
 #   PF_TLS_REUSE=1   Postfix reuses TLS connections (tlsproxy)
 #   PROFILE=py-spy   attach `py-spy record` to every tlsmta for the measured
 #                    run (folded stacks, $TMP/tlsmta-MODE-ROUND/N/profile.txt;
@@ -54,6 +55,7 @@ SESSIONS=${SESSIONS:-20}
 ROUNDS=${ROUNDS:-3}
 MODES=${MODES:-plain starttls}
 INSTANCES=${INSTANCES:-1}
+COMMIT=${COMMIT:-fsync}
 PF_TLS_REUSE=${PF_TLS_REUSE:-1}
 RUN_TIMEOUT=${RUN_TIMEOUT:-600}
 SMTP_SOURCE=${SMTP_SOURCE:-/usr/sbin/smtp-source}
@@ -229,6 +231,7 @@ max_connections = $(((SESSIONS + INSTANCES - 1) / INSTANCES))
 
 [spool]
 path = "$dir/spool"
+commit = "$COMMIT"
 
 [dns.mx]
 "sink.bench" = ["$SINK_NAME"]

@@ -260,7 +260,7 @@ def test_complete_config_loads(pki: Pki, tmp_path: Path) -> None:
     assert config.group_of("out2") == "grp"
     assert config.group_of("default") is None
 
-    assert config.spool == {"path": str(tmp_path / "spool"), "min_free": 64 * 1024 * 1024}
+    assert config.spool == {"path": str(tmp_path / "spool"), "min_free": 64 * 1024 * 1024, "commit": "fsync"}
     assert config.queue == {"retry_schedule": (60, 300, 900, 1800, 3600), "max_queue_lifetime": 432000, "max_connections": 200,
                             "delay_warning_time": None, "soft_bounce": False}
     assert config.hooks == {name: IMPORTABLE_HOOK for name in configuration.HOOK_OPTIONS}

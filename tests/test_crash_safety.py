@@ -15,6 +15,7 @@ import threading
 import time
 from typing import Any
 
+import pytest
 import pytest_twisted
 from e2e import eventually, in_thread, maildir_messages
 from processes import TlsmtaProcess
@@ -25,7 +26,7 @@ CLIENTS = 6
 LOAD_SECONDS = 1.5  # how long the clients run before the kill (bounded load)
 
 
-def config_text(tmp_path: Any, smarthost_port: int) -> str:
+def config_text(tmp_path: Any, smarthost_port: int, commit: str = "fsync") -> str:
     return f"""
 [global]
 hostname = "crash.test"
@@ -33,6 +34,7 @@ state_dir = "{tmp_path}/state"
 route = "smtp:127.0.0.1:{smarthost_port}"
 [spool]
 path = "{tmp_path}/spool"
+commit = "{commit}"
 [queue]
 retry_schedule = [1]
 [[listener]]
@@ -74,11 +76,12 @@ class Load:
             t.join(timeout=60)
 
 
+@pytest.mark.parametrize("commit", ["fsync", "syncfs"])
 @pytest_twisted.ensureDeferred
-async def test_kill_9_under_load_loses_nothing_acknowledged(tmp_path: Any, reserved_port: int) -> None:
+async def test_kill_9_under_load_loses_nothing_acknowledged(tmp_path: Any, reserved_port: int, commit: str) -> None:
     smarthost_port = reserved_port  # refuses connections (down) until the receiver listens on it
     config = tmp_path / "tlsmta.toml"
-    config.write_text(config_text(tmp_path, smarthost_port))
+    config.write_text(config_text(tmp_path, smarthost_port, commit))
     first = await in_thread(TlsmtaProcess, str(tmp_path), "--config", str(config))
     load = Load(first.port)
     runner = in_thread(load.run)

@@ -437,7 +437,7 @@ async def test_full_spool_disk_gives_452_and_recovers(tmp_path: Any, pki: Any, s
 
     config = sender_config(tmp_path, 25, pki.ca_pem)
     # min_free 0: no reserve on this 512 KiB disk, or the message sent once there is room is refused too
-    config = attrs.evolve(config, spool={"path": str(small_tmpfs / "spool"), "min_free": 0})
+    config = attrs.evolve(config, spool={**config.spool, "path": str(small_tmpfs / "spool"), "min_free": 0})
     relay = await RunningRelay(config).start()
     relay.service.queue.stop()  # keep what is accepted in the spool
     filler = small_tmpfs / "filler"

@@ -108,12 +108,29 @@ class HostEnvironment:
             return f"DKIM key file {path!r} {e}" if isinstance(e, ValueError) else f"DKIM key file {path!r}: {e.strerror}"
         return None
 
+    def commit(self, way: str) -> str | None:
+        return syncfs_problem(os.uname()) if way == "syncfs" else None
+
     def users_file(self, path: str) -> str | None:
         try:
             self.users[path] = UserDB.load(path)
         except (AuthFileError, OSError, UnicodeDecodeError) as e:
             return str(e)
         return None
+
+
+def syncfs_problem(uname: os.uname_result) -> str | None:
+    """Why ``commit = "syncfs"`` cannot keep the durability promise here: before Linux 5.8,
+    syncfs(2) returned 0 whatever failed to reach the disk."""
+    if uname.sysname != "Linux":
+        return f"syncfs needs Linux 5.8 or later; this is {uname.sysname}"
+    try:
+        version = tuple(int(part) for part in uname.release.split("-")[0].split(".")[:2])
+    except ValueError:
+        return f"syncfs needs Linux 5.8 or later; cannot read the kernel version {uname.release!r}"
+    if version < (5, 8):
+        return f"syncfs needs Linux 5.8 or later (it reports write errors from then); this is {uname.release}"
+    return None
 
 
 @attrs.frozen

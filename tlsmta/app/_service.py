@@ -65,7 +65,7 @@ from tlsmta.reporting import (
     metrics_site,
     received_directory,
 )
-from tlsmta.storage import DirectoryLock, DiskIO, LocalSink, MessageSink, QueuedMessage, Spool
+from tlsmta.storage import DirectoryLock, DiskIO, GroupCommit, LocalSink, MessageSink, QueuedMessage, Spool
 from tlsmta.tls import HookError, Hooks, KeyPairError, ServerTLS, load_hooks, serve_by_sni, server_context
 
 log = Logger(namespace="tlsmta.service")
@@ -200,10 +200,13 @@ class ListenerService(PortService):
 
 
 class DiskService(Service):
-    """Owns the disk thread pool's lifetime."""
+    """Owns the disk thread pool's lifetime, and the group commit's (``[spool] commit = "syncfs"``)."""
 
-    def __init__(self, disk: DiskIO):
+    def __init__(self, disk: DiskIO, group_commit: GroupCommit | None = None):
         self.disk = disk
+        self.group_commit = group_commit
+        if group_commit is not None:
+            disk.group_commit = group_commit.commit
 
     def startService(self) -> None:
         super().startService()
@@ -212,6 +215,8 @@ class DiskService(Service):
     def stopService(self) -> None:
         super().stopService()
         self.disk.stop()
+        if self.group_commit is not None:
+            self.group_commit.close()
 
 
 class QueueService(Service):
@@ -294,7 +299,8 @@ class TlsmtaService(MultiService):
         self.resolver = Resolver(config.dns, dns_backend, nameservers=config.dns_nameservers, reactor=reactor)
         self.hostname = effective_hostname(config)
         self.disk = DiskIO(reactor)
-        DiskService(self.disk).setServiceParent(self)
+        group_commit = GroupCommit(reactor) if config.spool["commit"] == "syncfs" else None
+        DiskService(self.disk, group_commit).setServiceParent(self)
         self.hooks: Hooks = load_hooks(config.hooks)
         local = LocalSink(self.disk, keeps_receipts=self.captures_into)
         self.spool = Spool(config.spool["path"], self.disk)

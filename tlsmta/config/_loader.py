@@ -394,6 +394,10 @@ class Environment(Protocol):
         """Whether a DKIM key file holds an RSA or Ed25519 private key tlsmta can sign with."""
         ...
 
+    def commit(self, way: str) -> str | None:
+        """Whether this kernel can commit received messages ``way`` (syncfs reports write errors from Linux 5.8)."""
+        ...
+
 
 class SyntaxOnly:
     """An :class:`Environment` that finds nothing wrong: syntax and data checks only."""
@@ -426,6 +430,9 @@ class SyntaxOnly:
         return None
 
     def dkim_key(self, path: str) -> str | None:
+        return None
+
+    def commit(self, way: str) -> str | None:
         return None
 
 
@@ -607,6 +614,12 @@ SPOOL_OPTIONS: dict[str, Option] = {
     "path": Option(_path, "/var/spool/tlsmta"),
     "min_free": Option(
         _int(0), 64 * 1024 * 1024, "bytes the spool's filesystem keeps free: MAIL is 452 4.3.1 when SIZE plus this is not free"
+    ),
+    "commit": Option(
+        _enum("fsync", "syncfs"), "fsync",
+        "how a received message is made durable before its 250: an fsync per file in disk threads, or"
+        " the messages that finish together with two syncfs(2) of their filesystem (storage.groupcommit)",
+        "commit",
     ),
 }
 

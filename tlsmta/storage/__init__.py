@@ -3,7 +3,8 @@ Maildir delivery, the streaming file writer with its fsync rules, the disk
 thread, ordered appends on it (``appender``), message ids, the
 message-store interfaces the inbound side writes to (``interfaces``), and
 the facts of receipt kept beside the dev relay's captured mail
-(``receipts``), one small file written durably (``durable``), and whether
+(``receipts``), one small file written durably (``durable``), received
+messages committed in batches with one filesystem sync (``groupcommit``), and whether
 the spool's filesystem has room for a message
 (``freespace``), the finished messages' emptied files the spool reuses
 (``filepool``), and the unnamed files made ahead for Maildir deliveries
@@ -21,6 +22,7 @@ from tlsmta.storage._diskio import DiskIO
 from tlsmta.storage._durable import write_durably
 from tlsmta.storage._filewriter import StreamingWriter, finish_blocking, remove_if_present
 from tlsmta.storage._freespace import free_bytes, space_refusal
+from tlsmta.storage._groupcommit import GroupCommit
 from tlsmta.storage._ids import new_message_id
 from tlsmta.storage._interfaces import (
     NO_THROTTLE,
@@ -47,6 +49,7 @@ __all__ = [
     "ensure_maildir",
     "finish_blocking",
     "free_bytes",
+    "GroupCommit",
     "Envelope",
     "LineAppender",
     "LocalSink",

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred
@@ -49,6 +49,9 @@ class DiskIO:
         self._done: list[tuple[Callable[[Any], Any], Any]] = []
         self._handover_pending = False
         self.spares = SpareFiles()  # unnamed files made ahead for Maildir deliveries, by their own thread
+        # ``[spool] commit = "syncfs"``: storage.groupcommit's commit(targets, last), which received
+        # messages use instead of a disk job of their own to be made durable
+        self.group_commit: Callable[[Sequence[Any], bytes], Deferred[None]] | None = None
 
     def start(self) -> None:
         while len(self._threads) < self.size:

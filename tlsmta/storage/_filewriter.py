@@ -36,7 +36,14 @@ class FileTarget(Protocol):
     def append(self, data: bytes) -> None: ...
 
     def finish(self) -> None:
-        """Make the content durable and visible (fsync, rename)."""
+        """Make the content durable and visible: ``seal(os.fsync)``, then ``place(os.fsync)``."""
+
+    def seal(self, sync: Callable[[int], None]) -> None:
+        """Complete the content and close it; ``sync`` each file written (an fsync, or nothing
+        when the caller syncs the whole filesystem afterwards: storage.groupcommit)."""
+
+    def place(self, sync: Callable[[int], None]) -> None:
+        """Give the sealed content its name (rename, link); ``sync`` as for ``seal``."""
 
     def discard(self) -> None:
         """Remove whatever was written; nothing half-written may stay visible."""
@@ -91,14 +98,14 @@ class TempFile:
         write_all(self.fd, data)
         self.written += len(data)
 
-    def sync_and_close(self) -> None:
+    def sync_and_close(self, sync: Callable[[int], None] = os.fsync) -> None:
         """Make the content durable (the caller renames it into place afterwards)."""
         if self.fd is None:
             self.append(b"")
         assert self.fd is not None
         if self._reused:  # a file from storage.filepool may be longer
             os.ftruncate(self.fd, self.written)
-        os.fsync(self.fd)
+        sync(self.fd)
         os.close(self.fd)
         self.fd = None
 
@@ -154,16 +161,27 @@ class NewFile:
 
     def publish(self) -> None:
         """Durable content, then the name at ``path`` (the caller fsyncs its directory)."""
+        self.seal(os.fsync)
+        self.place(os.fsync)
+
+    def seal(self, sync: Callable[[int], None]) -> None:
+        """The content complete and synced; an unnamed file stays open for its link."""
         if self._file.fd is None:
             self._file.append(b"")
         if not self.unnamed:
-            self._file.sync_and_close()
+            self._file.sync_and_close(sync)
+            return
+        assert self._file.fd is not None
+        sync(self._file.fd)
+
+    def place(self, sync: Callable[[int], None]) -> None:
+        """The name at ``path`` for the sealed content (the caller syncs its directory)."""
+        if not self.unnamed:
             os.rename(self._file.path, self.path)
             self.linked = True
             return
         fd = self._file.fd
         assert fd is not None
-        os.fsync(fd)
         # linkat(AT_SYMLINK_FOLLOW) on the descriptor's /proc name. os.link calls linkat only
         # when given a dir_fd (plain link() would link the /proc symlink itself: EXDEV), and an
         # absolute path ignores the one given: no directory to open and close for it.
@@ -172,7 +190,7 @@ class NewFile:
         # Then the link count: without a journal (ext4 -O ^has_journal) the directory's fsync
         # writes only the directory, and fsck removes a name whose inode still counts no links.
         # With a journal this commits what that fsync would.
-        self._file.sync_and_close()
+        self._file.sync_and_close(sync)
 
     def discard(self) -> None:
         self._file.discard()  # closes it; a named one in scratch_dir goes too
@@ -284,9 +302,20 @@ class StreamingWriter:
         self._closed = True  # the header facts: a file written here (a Maildir) has no use for them
         if not self._targets:
             return succeed(None)
-        self._then(self._finish_all, self._take_buffer())
+        last = self._take_buffer()
+        group_commit = self._disk.group_commit
+        if group_commit is None:
+            self._then(self._finish_all, last)
+        else:
+            self._chain.addCallback(self._group_committed, group_commit, last)
         self._chain.addCallback(self._settled)
         return self._chain
+
+    def _group_committed(self, _: Any, group_commit: Callable[[Sequence[Any], bytes], Deferred[None]],
+                         last: bytes) -> Deferred[None] | None:
+        if self._error is not None:
+            return None
+        return group_commit(self._targets, last).addErrback(self._failed)
 
     def _settled(self, _: Any) -> None:
         if self._error is not None:

@@ -93,6 +93,13 @@ class MaildirFile:
         self._ready()
         self.file.publish()
 
+    def seal(self, sync: Callable[[int], None]) -> None:
+        self._ready()
+        self.file.seal(sync)
+
+    def place(self, sync: Callable[[int], None]) -> None:
+        self.file.place(sync)
+
     def discard(self) -> None:
         if self._prepared:  # otherwise nothing was written (and tmp/ may not even be there)
             # Another target of the message may have failed after this one was in new/: the

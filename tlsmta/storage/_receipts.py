@@ -113,9 +113,15 @@ class ReceiptFile:
         pass
 
     def finish(self) -> None:
+        self.seal(os.fsync)
+        self.place(os.fsync)
+
+    def seal(self, sync: Callable[[int], None]) -> None:
         self._prepare(self.maildir)
         _ensure_directory(self.directory)
-        self.file.sync_and_close()
+        self.file.sync_and_close(sync)
+
+    def place(self, sync: Callable[[int], None]) -> None:
         os.rename(self.file.path, self.path)
 
     def discard(self) -> None:

@@ -296,12 +296,13 @@ class QueuedMessage:
         )
 
 
-def _write_file(path: str, data: bytes, create: Callable[[str], int]) -> None:
+def _write_file(path: str, data: bytes, create: Callable[[str], int],
+                sync: Callable[[int], None] = os.fsync) -> None:
     fd = create(path)
     try:
         write_all(fd, data)
         os.ftruncate(fd, len(data))  # a reused file (storage.filepool) may be longer
-        os.fsync(fd)
+        sync(fd)
     finally:
         os.close(fd)
 
@@ -333,12 +334,22 @@ class SpoolFile:
                 self._pieces = None
 
     def finish(self) -> None:
+        self.seal(os.fsync)
+        self.place(os.fsync)
+
+    def seal(self, sync: Callable[[int], None]) -> None:
         self.file.append(record_and_trailer(self.message))
-        self.file.sync_and_close()
+        self.file.sync_and_close(sync)
         if self.message.held:  # quarantined at receipt (a milter): the hold survives a restart
-            tmp_state = os.path.join(self.spool.tmp_dir, self.message.id + ".state")
-            _write_file(tmp_state, self.message.state_json(), self.spool.files.create)
-            os.rename(tmp_state, self.spool.state_path(self.message.id))
+            _write_file(self._tmp_state_path, self.message.state_json(), self.spool.files.create, sync)
+
+    @property
+    def _tmp_state_path(self) -> str:
+        return os.path.join(self.spool.tmp_dir, self.message.id + ".state")
+
+    def place(self, sync: Callable[[int], None]) -> None:
+        if self.message.held:
+            os.rename(self._tmp_state_path, self.spool.state_path(self.message.id))
             self.message.state_saved = True
         os.rename(self.file.path, self.spool.message_path(self.message.id))
         if self._pieces is not None and not self.message.held:

@@ -1,0 +1,155 @@
+"""Group commit by filesystem: the messages that finish together, made durable together.
+
+The ``[spool] commit = "syncfs"`` way of committing a received message (the
+default, ``"fsync"``, is storage.filewriter's ``finish_blocking`` in a disk
+thread). Every message whose end of DATA arrives in one reactor iteration
+joins one batch, committed at the start of the next, on the reactor thread:
+
+1. each message's last bytes written, its files sealed (no fsync);
+2. one ``syncfs(2)`` of each filesystem the batch writes to: every sealed
+   file is durable before any of it has a name;
+3. each message's files put in place (rename, link);
+4. one ``syncfs`` again: the names durable, and only then the 250s.
+
+Why on the reactor thread: in disk threads each of a message's system
+calls hands the GIL back and forth with the reactor, and under load that,
+not the disk, was most of the time between the "." and the 250
+(bench/profile-issue13.md, eighth round). Two flushes per batch replace
+three fsyncs per message.
+
+What it costs: the reactor waits for the flushes, and ``syncfs`` writes out
+everything dirty on the filesystem, other programs' files included. So it
+suits a spool (and Maildirs) on a filesystem of their own. It needs Linux
+5.8 or later, where ``syncfs`` reports write errors (config checks). A
+message's last bytes are written, and a Maildir it is the first message for
+is made, on the reactor thread too (earlier bytes of a large one still go
+through the disk threads). A receipt is renamed before its Maildir message
+is linked, and both become durable in the same flush.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
+
+from tlsmta.storage._filewriter import FileTarget
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+Batch = list[tuple[Sequence[FileTarget], bytes, "Deferred[None]"]]
+
+
+def syncfs(fd: int) -> None:
+    """syncfs(2): the filesystem holding ``fd`` written out, and its write errors raised."""
+    if _libc.syncfs(fd) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"syncfs: {os.strerror(error)}")
+
+
+def _no_sync(fd: int) -> None:
+    """The files' own fsync, left to the batch's syncfs."""
+
+
+class GroupCommit:
+    """Commits the messages that finish in one reactor iteration with two syncfs calls."""
+
+    def __init__(self, reactor: IReactorTime, sync_filesystem: Callable[[int], None] = syncfs):
+        self.reactor = reactor
+        self._sync_filesystem = sync_filesystem
+        self._pending: Batch = []
+        self._scheduled = False
+        self._directories: dict[str, tuple[int, int]] = {}  # path -> (its open descriptor, st_dev)
+        self.batches = 0  # committed so far; for tests and benchmarks
+
+    def commit(self, targets: Sequence[FileTarget], last: bytes) -> Deferred[None]:
+        """``last`` appended to each target, all durable and in place when this fires."""
+        d: Deferred[None] = Deferred()
+        self._pending.append((targets, last, d))
+        if not self._scheduled:
+            self._scheduled = True
+            self.reactor.callLater(0, self._flush)
+        return d
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        batch, self._pending = self._pending, []
+        self.batches += 1
+        batch = self._each(batch, self._seal)
+        batch = self._synced(batch)
+        batch = self._each(batch, self._place)
+        for _, _, d in self._synced(batch):
+            d.callback(None)
+
+    @staticmethod
+    def _seal(targets: Sequence[FileTarget], last: bytes) -> None:
+        for target in targets:
+            target.append(last)
+            target.seal(_no_sync)
+
+    @staticmethod
+    def _place(targets: Sequence[FileTarget], last: bytes) -> None:
+        for target in targets:
+            target.place(_no_sync)
+
+    @staticmethod
+    def _each(batch: Batch, step: Callable[[Sequence[FileTarget], bytes], Any]) -> Batch:
+        """The messages for which ``step`` worked; the others fail (their writer discards them)."""
+        survivors: Batch = []
+        for targets, last, d in batch:
+            try:
+                step(targets, last)
+            except BaseException:
+                d.errback(Failure())
+            else:
+                survivors.append((targets, last, d))
+        return survivors
+
+    def _synced(self, batch: Batch) -> Batch:
+        """One syncfs per filesystem the batch writes to; a failed one fails its messages."""
+        placed: list[tuple[tuple[Sequence[FileTarget], bytes, Deferred[None]], set[tuple[int, int]]]] = []
+        for entry in batch:
+            try:
+                directories = {self._directory(path) for target in entry[0] for path in target.directories}
+            except BaseException:
+                entry[2].errback(Failure())
+            else:
+                placed.append((entry, directories))
+        synced: set[int] = set()
+        failed: dict[int, Failure] = {}
+        for _, directories in placed:
+            for fd, device in directories:
+                if device in synced or device in failed:
+                    continue
+                try:
+                    self._sync_filesystem(fd)
+                except BaseException:
+                    failed[device] = Failure()
+                else:
+                    synced.add(device)
+        survivors: Batch = []
+        for entry, directories in placed:
+            failure = next((failed[device] for _, device in directories if device in failed), None)
+            if failure is None:
+                survivors.append(entry)
+            else:
+                entry[2].errback(failure)
+        return survivors
+
+    def _directory(self, path: str) -> tuple[int, int]:
+        """An open descriptor on ``path`` (kept: opened once) and its filesystem's st_dev."""
+        known = self._directories.get(path)
+        if known is None:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+            known = self._directories[path] = (fd, os.fstat(fd).st_dev)
+        return known
+
+    def close(self) -> None:
+        directories, self._directories = self._directories, {}
+        for fd, _ in directories.values():
+            os.close(fd)
