@@ -48,6 +48,7 @@
 #   IDLE_CONNECTIONS=10000  TLS_SESSIONS=2000  BIG_MIB=50
 #   RESTART_MESSAGES=100000  RESTART_RUNS=1
 #   RELAY_MESSAGES=4000 RELAY_ROUNDS=3  RELAY_INSTANCES="1 2"  (relay.sh once per process count)
+#   COMMIT=fsync       tlsmta's [spool] commit in the inbound and relay parts (or syncfs)
 #   PART_TIMEOUT=1800  seconds per part (SIGTERM to the part; every part
 #                      also bounds its own loads)
 #   LOG_DIR=DIR        keep every part's full output in DIR (default: a
@@ -86,6 +87,7 @@ PART_TIMEOUT=${PART_TIMEOUT:-1800}
 RELAY_ROUNDS=${RELAY_ROUNDS:-3}
 RELAY_MESSAGES=${RELAY_MESSAGES:-4000}
 RELAY_INSTANCES=${RELAY_INSTANCES:-1 2}
+export COMMIT=${COMMIT:-fsync}
 
 die() {
     echo "$*" >&2
@@ -190,7 +192,7 @@ if [[ -z ${SUMMARY_FROM:-} ]]; then
     echo "full output of every part: $LOGS$( ((OWN_LOGS)) && [[ ${KEEP:-} != 1 ]] && echo ' (removed at the end; LOG_DIR=... or KEEP=1 keeps it)')"
     : >"$LOGS/status.txt"
     declare -p PARTS MESSAGES SIZE SESSIONS INBOUND_ROUNDS INBOUND_LOADS INBOUND_INSTANCES OUTBOUND_INSTANCES OUTBOUND_ROUNDS REUSE IDLE_CONNECTIONS \
-        TLS_SESSIONS BIG_MIB RESTART_MESSAGES RESTART_RUNS RELAY_MESSAGES RELAY_ROUNDS RELAY_INSTANCES | sed 's/^declare -- //' >"$LOGS/settings.env"
+        TLS_SESSIONS BIG_MIB RESTART_MESSAGES RESTART_RUNS RELAY_MESSAGES RELAY_ROUNDS RELAY_INSTANCES COMMIT | sed 's/^declare -- //' >"$LOGS/settings.env"
 
     T_START=$(now)
     for part in $PARTS; do
