@@ -99,6 +99,22 @@ def test_a_message_that_cannot_be_sealed_fails_alone(tmp_path: Any) -> None:
     group.close()
 
 
+def test_many_maildirs_on_one_filesystem_keep_one_descriptor_open(tmp_path: Any) -> None:
+    """A descriptor per filesystem, not per Maildir: a host with thousands of mailboxes keeps one."""
+    clock = Clock()
+    group = GroupCommit(clock, syncfs)
+    before = len(os.listdir("/proc/self/fd"))
+    boxes = [tmp_path / f"box{n}" for n in range(30)]
+    for box in boxes:
+        ensure_maildir(str(box))
+        group.commit([maildir_file(box)], b"hello\n")
+    clock.advance(0)
+    assert all(len(os.listdir(box / "new")) == 1 for box in boxes)
+    assert len(os.listdir("/proc/self/fd")) - before == 1
+    group.close()
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
 def envelope(box: Any, message_id: str) -> Envelope:
     return Envelope(message_id=message_id, sender="a@example.org",
                     recipients=(Recipient("b@local.test", parse_route(f"maildir:{box}")),),

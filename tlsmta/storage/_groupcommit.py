@@ -64,7 +64,8 @@ class GroupCommit:
         self._sync_filesystem = sync_filesystem
         self._pending: Batch = []
         self._scheduled = False
-        self._directories: dict[str, tuple[int, int]] = {}  # path -> (its open descriptor, st_dev)
+        # st_dev -> an open descriptor on that filesystem: one per filesystem, not per Maildir
+        self._filesystems: dict[int, int] = {}
         self.batches = 0  # committed so far; for tests and benchmarks
 
     def commit(self, targets: Sequence[FileTarget], last: bytes) -> Deferred[None]:
@@ -115,7 +116,7 @@ class GroupCommit:
         placed: list[tuple[tuple[Sequence[FileTarget], bytes, Deferred[None]], set[tuple[int, int]]]] = []
         for entry in batch:
             try:
-                directories = {self._directory(path) for target in entry[0] for path in target.directories}
+                directories = {self._filesystem(path) for target in entry[0] for path in target.directories}
             except BaseException:
                 entry[2].errback(Failure())
             else:
@@ -141,15 +142,15 @@ class GroupCommit:
                 entry[2].errback(failure)
         return survivors
 
-    def _directory(self, path: str) -> tuple[int, int]:
-        """An open descriptor on ``path`` (kept: opened once) and its filesystem's st_dev."""
-        known = self._directories.get(path)
-        if known is None:
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-            known = self._directories[path] = (fd, os.fstat(fd).st_dev)
-        return known
+    def _filesystem(self, path: str) -> tuple[int, int]:
+        """A kept descriptor on the filesystem holding ``path``, and that filesystem's st_dev."""
+        device = os.stat(path).st_dev
+        fd = self._filesystems.get(device)
+        if fd is None:
+            fd = self._filesystems[device] = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        return fd, device
 
     def close(self) -> None:
-        directories, self._directories = self._directories, {}
-        for fd, _ in directories.values():
+        filesystems, self._filesystems = self._filesystems, {}
+        for fd in filesystems.values():
             os.close(fd)
