@@ -43,7 +43,8 @@
 #   INBOUND_ROUNDS=3   INBOUND_LOADS="smtp-source plain starttls"
 #                      (also starttls-resumed, see bench/inbound.sh)
 #   INBOUND_INSTANCES=1  tlsmta processes sharing the port (reuseport:)
-#   OUTBOUND_INSTANCES=1 tlsmta processes, each with its share of the queue
+#   OUTBOUND_INSTANCES="1 2"  tlsmta processes, each with its share of the queue
+#                      (outbound_tls.sh once per process count)
 #   OUTBOUND_ROUNDS=2  REUSE=100  SINK_MESSAGES (outbound_tls.sh's, 10000)
 #   IDLE_CONNECTIONS=10000  TLS_SESSIONS=2000  BIG_MIB=50
 #   RESTART_MESSAGES=100000  RESTART_RUNS=1
@@ -75,7 +76,7 @@ SESSIONS=${SESSIONS:-20}
 INBOUND_ROUNDS=${INBOUND_ROUNDS:-3}
 INBOUND_LOADS=${INBOUND_LOADS:-smtp-source plain starttls}
 INBOUND_INSTANCES=${INBOUND_INSTANCES:-1}
-OUTBOUND_INSTANCES=${OUTBOUND_INSTANCES:-1}
+OUTBOUND_INSTANCES=${OUTBOUND_INSTANCES:-1 2}
 OUTBOUND_ROUNDS=${OUTBOUND_ROUNDS:-2}
 REUSE=${REUSE:-100}
 IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-10000}
@@ -203,7 +204,8 @@ if [[ -z ${SUMMARY_FROM:-} ]]; then
             ;;
         outbound)
             run_part outbound env MESSAGES="$MESSAGES" SIZE="$SIZE" SESSIONS="$SESSIONS" ROUNDS="$OUTBOUND_ROUNDS" \
-                REUSE="$REUSE" MODES="reuse conn" INSTANCES="$OUTBOUND_INSTANCES" bash "$HERE/outbound_tls.sh"
+                REUSE="$REUSE" MODES="reuse conn" \
+                bash -c 'for n in $0; do INSTANCES=$n bash "$1/outbound_tls.sh" || exit; done' "$OUTBOUND_INSTANCES" "$HERE"
             ;;
         idle)
             run_part idle python3 "$HERE/idle_connections.py" -n "$IDLE_CONNECTIONS"
@@ -282,20 +284,22 @@ for part in $PARTS; do
         done
         ;;
     outbound)
-        for mode in reuse conn; do
-            line=$(result outbound outbound "mode=$mode ")
-            t=$(kv tlsmta "$line")
-            ts=$(kv tlsmta_from_start "$line")
-            p=$(kv postfix "$line")
-            if [[ $mode == reuse ]]; then
-                what="with connection reuse (≤ $REUSE per connection)" target=2.5
-            else
-                what="connection + handshake per message (resumed)" target=1
-            fi
-            row "outbound verified TLS, msg/s: $what$(failed_note outbound)" "$(fmt %.0f "$t")" "$(fmt %.0f "$p")" \
-                "$(ratio_of "$t" "$p")" "≥ $target×" "$(ge "$(ratio_of "$t" "$p")" "$target")"
-            row "  the same, tlsmta timed from process start" "$(fmt %.0f "$ts")" "$(fmt %.0f "$p")" \
-                "$(ratio_of "$ts" "$p")" "≥ $target×" "$(ge "$(ratio_of "$ts" "$p")" "$target")"
+        for n in $OUTBOUND_INSTANCES; do
+            for mode in reuse conn; do
+                line=$(result outbound outbound "mode=$mode instances=$n ")
+                t=$(kv tlsmta "$line")
+                ts=$(kv tlsmta_from_start "$line")
+                p=$(kv postfix "$line")
+                if [[ $mode == reuse ]]; then
+                    what="with connection reuse (≤ $REUSE per connection)" target=2.5
+                else
+                    what="connection + handshake per message (resumed)" target=1
+                fi
+                row "outbound verified TLS, msg/s: $what, $n process(es)$(failed_note outbound)" "$(fmt %.0f "$t")" \
+                    "$(fmt %.0f "$p")" "$(ratio_of "$t" "$p")" "≥ $target×" "$(ge "$(ratio_of "$t" "$p")" "$target")"
+                row "  the same, tlsmta timed from process start" "$(fmt %.0f "$ts")" "$(fmt %.0f "$p")" \
+                    "$(ratio_of "$ts" "$p")" "≥ $target×" "$(ge "$(ratio_of "$ts" "$p")" "$target")"
+            done
         done
         ;;
     relay)
