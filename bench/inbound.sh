@@ -247,6 +247,7 @@ relay_networks = ["127.0.0.0/8"]
 max_connections = 20000
 
 [spool]
+path = "$TMP/tlsmta/spool$i"
 commit = "$COMMIT"
 EOF
     log=$TMP/tlsmta/tlsmta$i.log
