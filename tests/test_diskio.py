@@ -139,3 +139,22 @@ def test_a_failed_directory_flush_fails_everyone_it_covers_and_the_next_caller_g
     fsync.go.release()  # the next flush runs for real
     disk.sync_directory_blocking(str(tmp_path))
     assert fsync.runs == 2
+
+
+def test_quick_work_is_a_disk_job_unless_the_reactor_does_the_spools_file_work() -> None:
+    reactor = HeldCalls()
+    disk = DiskIO(reactor, threads=1)
+    try:
+        job = disk.run_quick(lambda: threading.current_thread().name)
+        _wait_until(lambda: len(reactor.calls) == 1)
+        reactor.run_all()
+        assert job.result == "tlsmta-disk-0"
+        disk.quick_on_reactor = True  # [spool] commit = "syncfs"
+        inline = disk.run_quick(lambda: threading.current_thread().name)
+        assert inline.called and inline.result == threading.current_thread().name and reactor.calls == []
+        failed = disk.run_quick(_fail)
+        errors: list[Any] = []
+        failed.addErrback(lambda f: errors.append(f.value))
+        assert [str(e) for e in errors] == ["[Errno 28] No space left on device"]
+    finally:
+        disk.stop()

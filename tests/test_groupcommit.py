@@ -7,13 +7,15 @@ from __future__ import annotations
 import errno
 import os
 import re
+import threading
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
 import pytest
 import pytest_twisted
-from e2e import in_thread, maildir_messages, send_smtplib
+from e2e import eventually, in_thread, maildir_messages, send_smtplib
+from outbound_lab import start_receiver
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
 from twisted.internet.task import Clock
@@ -208,3 +210,36 @@ async def test_a_relay_with_commit_syncfs_stores_what_it_answers_250_for(tmp_pat
         assert sorted(re.findall(r"message \d", "".join(stored))) == [f"message {n}" for n in range(4)]
     finally:
         await relay.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_relay_with_commit_syncfs_removes_what_it_delivered_on_the_reactor_thread(tmp_path: Any) -> None:
+    receiver = await start_receiver(tmp_path)
+    relay = await RunningRelay(build_config({
+        "global": {"hostname": "relay.test", "state_dir": str(tmp_path / "state"),
+                   "route": f"smtp:[127.0.0.1]:{receiver.port}"},
+        "listener": [dev_listener()],
+        "spool": {"path": str(tmp_path / "spool"), "commit": "syncfs"},
+        "dns": {},
+    })).start()
+    try:
+        disk = relay.service.disk
+        assert disk.quick_on_reactor
+        removed_in: list[str] = []
+        remove = relay.service.spool.remove_blocking
+
+        def noting_thread(message: Any) -> None:
+            removed_in.append(threading.current_thread().name)
+            remove(message)
+
+        relay.service.spool.remove_blocking = noting_thread  # type: ignore[method-assign]
+        refused = await gatherResults([in_thread(send_smtplib, relay.port, body=f"Subject: n{n}\r\n\r\nm{n}\r\n")
+                                       for n in range(3)])
+        assert refused == [{}] * 3
+        await eventually(lambda: len(removed_in) == 3)
+        assert removed_in == [threading.main_thread().name] * 3
+        assert len(maildir_messages(str(tmp_path / "receiver-maildir"))) == 3
+        assert [name for name in os.listdir(tmp_path / "spool" / "q") if name.endswith(".msg")] == []
+    finally:
+        await relay.stop()
+        await receiver.stop()

@@ -47,6 +47,9 @@ class SyncDisk:
     def run(self, fn, *args):
         return maybeDeferred(fn, *args)
 
+    def run_quick(self, fn, *args):  # a disk job, as with [spool] commit = "fsync"
+        return self.run(fn, *args)
+
     def sync_directory_blocking(self, path):
         pass
 

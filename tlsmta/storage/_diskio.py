@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -52,6 +52,8 @@ class DiskIO:
         # ``[spool] commit = "syncfs"``: storage.groupcommit's commit(targets, last), which received
         # messages use instead of a disk job of their own to be made durable
         self.group_commit: Callable[[Sequence[Any], bytes], Deferred[None]] | None = None
+        # with it, the reactor thread does the spool's quick file work itself (run_quick)
+        self.quick_on_reactor = False
 
     def start(self) -> None:
         while len(self._threads) < self.size:
@@ -100,6 +102,18 @@ class DiskIO:
         d: Deferred[T] = Deferred()
         self._tasks.put((fn, args, d))
         return d
+
+    def run_quick(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
+        """``fn(*args)``, work of a few renames or unlinks and no fsync (a delivered message's
+        removal): on the reactor thread when ``quick_on_reactor`` (``[spool] commit =
+        "syncfs"``, where the reactor does received messages' file work too), else a disk job.
+
+        Inline because a disk job's hand-over to a thread and back costs more than such work,
+        and was a relayed message's last one (bench/profile-issue13.md, ninth round).
+        """
+        if self.quick_on_reactor:
+            return maybeDeferred(fn, *args)
+        return self.run(fn, *args)
 
     def sync_directory_blocking(self, path: str) -> None:
         """In a disk thread: fsync ``path``, sharing the flush with concurrent callers."""

@@ -24,7 +24,9 @@ suits a spool (and Maildirs) on a filesystem of their own. It needs Linux
 message's last bytes are written, and a Maildir it is the first message for
 is made, on the reactor thread too (earlier bytes of a large one still go
 through the disk threads). A receipt is renamed before its Maildir message
-is linked, and both become durable in the same flush.
+is linked, and both become durable in the same flush. In this mode a
+delivered message's removal runs on the reactor thread too
+(``DiskIO.run_quick``).
 """
 
 from __future__ import annotations
