@@ -115,42 +115,39 @@ class GroupCommit:
 
     def _synced(self, batch: Batch) -> Batch:
         """One syncfs per filesystem the batch writes to; a failed one fails its messages."""
-        placed: list[tuple[tuple[Sequence[FileTarget], bytes, Deferred[None]], set[tuple[int, int]]]] = []
+        devices_of: dict[str, int] = {}  # each directory stat'ed once, not once per message
+        placed: list[tuple[tuple[Sequence[FileTarget], bytes, Deferred[None]], set[int]]] = []
         for entry in batch:
             try:
-                directories = {self._filesystem(path) for target in entry[0] for path in target.directories}
+                devices = {self._device(path, devices_of) for target in entry[0] for path in target.directories}
             except BaseException:
                 entry[2].errback(Failure())
             else:
-                placed.append((entry, directories))
-        synced: set[int] = set()
+                placed.append((entry, devices))
         failed: dict[int, Failure] = {}
-        for _, directories in placed:
-            for fd, device in directories:
-                if device in synced or device in failed:
-                    continue
-                try:
-                    self._sync_filesystem(fd)
-                except BaseException:
-                    failed[device] = Failure()
-                else:
-                    synced.add(device)
+        for device in dict.fromkeys(device for _, devices in placed for device in devices):
+            try:
+                self._sync_filesystem(self._filesystems[device])
+            except BaseException:
+                failed[device] = Failure()
         survivors: Batch = []
-        for entry, directories in placed:
-            failure = next((failed[device] for _, device in directories if device in failed), None)
+        for entry, devices in placed:
+            failure = next((failed[device] for device in devices if device in failed), None)
             if failure is None:
                 survivors.append(entry)
             else:
                 entry[2].errback(failure)
         return survivors
 
-    def _filesystem(self, path: str) -> tuple[int, int]:
-        """A kept descriptor on the filesystem holding ``path``, and that filesystem's st_dev."""
-        device = os.stat(path).st_dev
-        fd = self._filesystems.get(device)
-        if fd is None:
-            fd = self._filesystems[device] = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        return fd, device
+    def _device(self, path: str, devices_of: dict[str, int]) -> int:
+        """The st_dev of the filesystem holding ``path``, a descriptor on it kept in ``_filesystems``."""
+        device = devices_of.get(path)
+        if device is None:
+            device = os.stat(path).st_dev
+            if device not in self._filesystems:
+                self._filesystems[device] = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+            devices_of[path] = device
+        return device
 
     def close(self) -> None:
         filesystems, self._filesystems = self._filesystems, {}
