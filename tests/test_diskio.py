@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet.defer import succeed
+
 from tlsmta.storage._diskio import DiskIO
 
 
@@ -149,7 +151,7 @@ def test_quick_work_is_a_disk_job_unless_the_reactor_does_the_spools_file_work()
         _wait_until(lambda: len(reactor.calls) == 1)
         reactor.run_all()
         assert job.result == "tlsmta-disk-0"
-        disk.quick_on_reactor = True  # [spool] commit = "syncfs"
+        disk.group_commit = lambda targets, last: succeed(None)  # [spool] commit = "syncfs"
         inline = disk.run_quick(lambda: threading.current_thread().name)
         assert inline.called and inline.result == threading.current_thread().name and reactor.calls == []
         failed = disk.run_quick(_fail)

@@ -224,7 +224,7 @@ async def test_a_relay_with_commit_syncfs_removes_what_it_delivered_on_the_react
     })).start()
     try:
         disk = relay.service.disk
-        assert disk.quick_on_reactor
+        assert disk.group_commit is not None
         removed_in: list[str] = []
         remove = relay.service.spool.remove_blocking
 

@@ -207,7 +207,6 @@ class DiskService(Service):
         self.group_commit = group_commit
         if group_commit is not None:
             disk.group_commit = group_commit.commit
-            disk.quick_on_reactor = True
 
     def startService(self) -> None:
         super().startService()

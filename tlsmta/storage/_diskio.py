@@ -50,10 +50,9 @@ class DiskIO:
         self._handover_pending = False
         self.spares = SpareFiles()  # unnamed files made ahead for Maildir deliveries, by their own thread
         # ``[spool] commit = "syncfs"``: storage.groupcommit's commit(targets, last), which received
-        # messages use instead of a disk job of their own to be made durable
+        # messages use instead of a disk job of their own to be made durable; with it the reactor
+        # thread does the spool's quick file work itself too (run_quick)
         self.group_commit: Callable[[Sequence[Any], bytes], Deferred[None]] | None = None
-        # with it, the reactor thread does the spool's quick file work itself (run_quick)
-        self.quick_on_reactor = False
 
     def start(self) -> None:
         while len(self._threads) < self.size:
@@ -105,13 +104,13 @@ class DiskIO:
 
     def run_quick(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
         """``fn(*args)``, work of a few renames or unlinks and no fsync (a delivered message's
-        removal): on the reactor thread when ``quick_on_reactor`` (``[spool] commit =
+        removal): on the reactor thread with a ``group_commit`` (``[spool] commit =
         "syncfs"``, where the reactor does received messages' file work too), else a disk job.
 
         Inline because a disk job's hand-over to a thread and back costs more than such work,
         and was a relayed message's last one (bench/profile-issue13.md, ninth round).
         """
-        if self.quick_on_reactor:
+        if self.group_commit is not None:
             return maybeDeferred(fn, *args)
         return self.run(fn, *args)
 
