@@ -24,6 +24,7 @@ from tlsmta.app._preflight import syncfs_problem
 from tlsmta.config import ConfigError, from_dict
 from tlsmta.config._routes import parse_route
 from tlsmta.storage._diskio import DiskIO
+from tlsmta.storage._filepool import KEEP_BYTES
 from tlsmta.storage._groupcommit import GroupCommit, syncfs
 from tlsmta.storage._interfaces import Envelope, Recipient, StoreError
 from tlsmta.storage._maildir import LocalSink, MaildirFile, ensure_maildir
@@ -213,7 +214,8 @@ async def test_a_relay_with_commit_syncfs_stores_what_it_answers_250_for(tmp_pat
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_relay_with_commit_syncfs_removes_what_it_delivered_on_the_reactor_thread(tmp_path: Any) -> None:
+async def test_a_relay_with_commit_syncfs_removes_small_messages_on_the_reactor_and_large_ones_in_a_disk_thread(
+        tmp_path: Any) -> None:
     receiver = await start_receiver(tmp_path)
     relay = await RunningRelay(build_config({
         "global": {"hostname": "relay.test", "state_dir": str(tmp_path / "state"),
@@ -225,20 +227,27 @@ async def test_a_relay_with_commit_syncfs_removes_what_it_delivered_on_the_react
     try:
         disk = relay.service.disk
         assert disk.group_commit is not None
-        removed_in: list[str] = []
+        removed_in: dict[str, str] = {}  # subject -> the thread that removed it
         remove = relay.service.spool.remove_blocking
 
         def noting_thread(message: Any) -> None:
-            removed_in.append(threading.current_thread().name)
+            subject = re.search(rb"Subject: (\w+)", relay.service.spool.read_body_blocking(message, 4096))
+            assert subject is not None
+            removed_in[subject.group(1).decode()] = threading.current_thread().name
             remove(message)
 
         relay.service.spool.remove_blocking = noting_thread  # type: ignore[method-assign]
-        refused = await gatherResults([in_thread(send_smtplib, relay.port, body=f"Subject: n{n}\r\n\r\nm{n}\r\n")
-                                       for n in range(3)])
-        assert refused == [{}] * 3
-        await eventually(lambda: len(removed_in) == 3)
-        assert removed_in == [threading.main_thread().name] * 3
-        assert len(maildir_messages(str(tmp_path / "receiver-maildir"))) == 3
+        # "large": its file is emptied when retired (filepool.KEEP_BYTES), milliseconds of work
+        bodies = {f"small{n}": f"m{n}\r\n" for n in range(3)}
+        bodies["large"] = ("x" * 78 + "\r\n") * (KEEP_BYTES // 80 + 10)
+        refused = await gatherResults([in_thread(send_smtplib, relay.port, body=f"Subject: {subject}\r\n\r\n{text}")
+                                       for subject, text in bodies.items()])
+        assert refused == [{}] * 4
+        await eventually(lambda: len(removed_in) == 4)
+        assert {subject: removed_in[subject] for subject in bodies if subject != "large"} == {
+            f"small{n}": threading.main_thread().name for n in range(3)}
+        assert removed_in["large"].startswith("tlsmta-disk-")
+        assert len(maildir_messages(str(tmp_path / "receiver-maildir"))) == 4
         assert [name for name in os.listdir(tmp_path / "spool" / "q") if name.endswith(".msg")] == []
     finally:
         await relay.stop()

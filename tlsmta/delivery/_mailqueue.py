@@ -335,7 +335,7 @@ class Queue:
                     rcpt.status = PENDING
                 log.failure("could not store the DSN for {msgid}; will try again", msgid=message.id)
         if not message.pending:
-            await self.spool.disk.run_quick(self.spool.remove_blocking, message)
+            await self.spool.remove(message)
             del self.messages[message.id]
             self.events.emit("queue_done", msgid=message.id, attempts=message.attempts,
                         delivered=sum(r.status == DELIVERED for r in message.recipients),

@@ -104,7 +104,7 @@ class DiskIO:
 
     def run_quick(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
         """``fn(*args)``, work of a few renames or unlinks and no fsync (a delivered message's
-        removal): on the reactor thread with a ``group_commit`` (``[spool] commit =
+        removal, ``Spool.remove``): on the reactor thread with a ``group_commit`` (``[spool] commit =
         "syncfs"``, where the reactor does received messages' file work too), else a disk job.
 
         Inline because a disk job's hand-over to a thread and back costs more than such work,

@@ -26,7 +26,7 @@ is made, on the reactor thread too (earlier bytes of a large one still go
 through the disk threads). A receipt is renamed before its Maildir message
 is linked, and both become durable in the same flush. In this mode a
 delivered message's removal runs on the reactor thread too
-(``DiskIO.run_quick``).
+(``DiskIO.run_quick``), unless it is large (``Spool.remove``).
 """
 
 from __future__ import annotations

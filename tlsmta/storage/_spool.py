@@ -41,11 +41,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
+from twisted.internet.defer import Deferred
 
 from tlsmta.config import Route, parse_route
 from tlsmta.smtp import Reply, domain_of
 from tlsmta.storage._diskio import DiskIO, fsync_directory
-from tlsmta.storage._filepool import FilePool
+from tlsmta.storage._filepool import KEEP_BYTES, FilePool
 from tlsmta.storage._filewriter import StreamingWriter, TempFile, write_all
 from tlsmta.storage._fresh import FreshBodies
 from tlsmta.storage._interfaces import NO_THROTTLE, Envelope, Throttle
@@ -441,6 +442,13 @@ class Spool:
         size = message.size if limit is None else min(limit, message.size)
         with open(self.body_path(message), "rb") as f:
             return f.read(size)
+
+    def remove(self, message: QueuedMessage) -> Deferred[None]:
+        """Forget a delivered message (:meth:`remove_blocking`) as quick work, unless its file is
+        large enough to be emptied when retired: that takes milliseconds (17 ms for 50 MiB),
+        too long for the reactor thread, so it stays a disk job."""
+        run = self.disk.run_quick if message.size <= KEEP_BYTES else self.disk.run
+        return run(self.remove_blocking, message)
 
     def remove_blocking(self, message: QueuedMessage) -> None:
         """Forget a finished message: the message first, so a crash leaves a state the scan removes."""
