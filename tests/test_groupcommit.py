@@ -82,6 +82,46 @@ def test_a_message_after_the_batch_ran_makes_a_batch_of_its_own(tmp_path: Any) -
     group.close()
 
 
+class Turns:
+    """The reactor's timed calls one turn at a time: a callLater(0) made in a turn runs in the next."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+
+    def callLater(self, delay: float, fn: Callable[..., Any], *args: Any) -> None:
+        assert delay == 0
+        self.calls.append((fn, args))
+
+    def turn(self) -> None:
+        calls, self.calls = self.calls, []
+        for fn, args in calls:
+            fn(*args)
+
+
+def test_a_batch_takes_in_the_messages_of_the_next_two_turns_then_commits(tmp_path: Any) -> None:
+    box = tmp_path / "box"
+    ensure_maildir(str(box))
+    turns = Turns()
+    sync = RecordingSync(box / "new")
+    group = GroupCommit(turns, sync)  # type: ignore[arg-type]
+    opening = group.commit([maildir_file(box)], b"one\n")
+    turns.turn()
+    second = group.commit([maildir_file(box)], b"two\n")
+    turns.turn()
+    third = group.commit([maildir_file(box)], b"three\n")
+    assert not any(d.called for d in (opening, second, third)) and sync.seen == []
+    turns.turn()
+    assert all(d.called for d in (opening, second, third)) and group.batches == 1 and len(sync.seen) == 2
+    assert len(os.listdir(box / "new")) == 3
+    later = group.commit([maildir_file(box)], b"four\n")
+    turns.turn()
+    turns.turn()
+    assert not later.called
+    turns.turn()
+    assert later.called and group.batches == 2 and len(os.listdir(box / "new")) == 4
+    group.close()
+
+
 def test_a_message_that_cannot_be_sealed_fails_alone(tmp_path: Any) -> None:
     box = tmp_path / "box"
     ensure_maildir(str(box))
