@@ -63,7 +63,7 @@ def syncfs(fd: int) -> None:
         raise OSError(error, f"syncfs: {os.strerror(error)}")
 
 
-TURNS_OPEN = 2  # reactor turns a batch goes on taking messages in after its first one's (see above)
+TURNS_OPEN = 2  # reactor turns a batch stays open after the turn of its first message (see above)
 
 
 def _no_sync(fd: int) -> None:
