@@ -73,11 +73,9 @@ def _no_sync(fd: int) -> None:
 class GroupCommit:
     """Commits the messages that finish within a few reactor turns with two syncfs calls."""
 
-    def __init__(self, reactor: IReactorTime, sync_filesystem: Callable[[int], None] = syncfs,
-                 turns_open: int = TURNS_OPEN):
+    def __init__(self, reactor: IReactorTime, sync_filesystem: Callable[[int], None] = syncfs):
         self.reactor = reactor
         self._sync_filesystem = sync_filesystem
-        self._turns_open = turns_open
         self._pending: Batch = []
         self._scheduled = False
         self._turns_left = 0
@@ -91,7 +89,7 @@ class GroupCommit:
         self._pending.append((targets, last, d))
         if not self._scheduled:
             self._scheduled = True
-            self._turns_left = self._turns_open
+            self._turns_left = TURNS_OPEN
             self.reactor.callLater(0, self._next_turn)
         return d
 
