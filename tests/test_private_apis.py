@@ -34,7 +34,8 @@ TLS12 = frozenset({"TLSv1.2"})
 
 
 @pytest.mark.parametrize("name", [
-    "X509_verify_cert_error_string", "SSL_session_reused", "SSL_CTX_set1_curves_list", "SSL_get0_group_name",
+    "X509_verify_cert_error_string", "SSL_session_reused", "SSL_CTX_set1_curves_list", "SSL_set1_curves_list",
+    "SSL_get0_group_name",
     "SSL_set_verify", "X509_STORE_CTX_get_error", "X509_STORE_CTX_set_error", "X509_V_ERR_HOSTNAME_MISMATCH",
     "X509_V_ERR_CERT_REJECTED",
 ])

@@ -8,20 +8,25 @@ OpenSSL lacks is asserted in tests/test_config.py and tests/test_cli.py.
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
+import pytest
 import pytest_twisted
 from e2e import client_context, in_thread, send_smtplib
-from outbound_lab import DOMAIN, MX, deliver_once, deliveries, start_receiver
+from OpenSSL import SSL
+from outbound_lab import DOMAIN, MX, deliver_once, deliveries, start_receiver, start_sender, submit_and_settle
 from twisted.internet import reactor
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.protocols.portforward import ProxyFactory, ProxyServer
 
 from tlsmta.app import _preflight as preflight
 from tlsmta.app import _probe as probe
 from tlsmta.config import _loader as configuration
 from tlsmta.discovery._resolver import OfflineBackend, Resolver
 from tlsmta.testing import RunningRelay
+from tlsmta.tls import CertificateCheck, ClientTLS, unsupported_groups
 from tlsmta.tls import _contexts as contexts
-from tlsmta.tls import unsupported_groups
 from tlsmta.tls._policy import VerifyMode
 
 HYBRID = "X25519MLKEM768"
@@ -108,3 +113,99 @@ async def test_sighup_applies_a_new_listener_group_list(tmp_path: Any, pki: Any,
             assert [e["group"] for e in events if e["tlsmta_event"] == "received"][-1] == group
     finally:
         await relay.stop()
+
+
+# -- the key share sent: for the group the server chose last time -----------------------------
+
+# The TLS code points of the groups (RFC 8446 4.2.7, draft-ietf-tls-ecdhe-mlkem).
+GROUP_CODES = {0x11EC: HYBRID, 0x001D: "X25519", 0x0017: "secp256r1", 0x0018: "secp384r1"}
+
+
+def client_hellos(stream: bytes) -> list[list[str]]:
+    """The groups of each ClientHello's key shares in a client's TLS bytes (plain-text records only)."""
+    hellos, offset = [], 0
+    while offset + 5 <= len(stream):
+        kind, _, length = struct.unpack_from("!BHH", stream, offset)
+        record = stream[offset + 5:offset + 5 + length]
+        offset += 5 + length
+        if kind != 22 or record[0] != 1:  # a handshake record holding a ClientHello
+            continue
+        at = 4 + 2 + 32
+        at += 1 + record[at]  # session id
+        at += 2 + struct.unpack_from("!H", record, at)[0]  # cipher suites
+        at += 1 + record[at]  # compression methods
+        end = at + 2 + struct.unpack_from("!H", record, at)[0]
+        at += 2
+        shares: list[str] = []
+        while at < end:
+            ext, size = struct.unpack_from("!HH", record, at)
+            if ext == 51:  # key_share: a length, then (group, key length, key) each
+                inner, inner_end = at + 6, at + 4 + size
+                while inner < inner_end:
+                    group, key_length = struct.unpack_from("!HH", record, inner)
+                    shares.append(GROUP_CODES.get(group, hex(group)))
+                    inner += 4 + key_length
+            at += 4 + size
+        hellos.append(shares)
+    return hellos
+
+
+def first_client_hello(creator: ClientTLS) -> list[str]:
+    conn = creator.clientConnectionForTLS(None)
+    with pytest.raises(SSL.WantReadError):
+        conn.do_handshake()
+    [shares] = client_hellos(conn.bio_read(65536))
+    return shares
+
+
+def test_a_predicted_key_share_marks_that_group_alone_and_keeps_the_order() -> None:
+    groups = (HYBRID, "X25519", "secp256r1", "secp384r1")
+    assert contexts.predicted_key_share(groups, "X25519") == f"{HYBRID}:*X25519:secp256r1:secp384r1"
+    assert contexts.predicted_key_share(["*X25519", "secp384r1"], "secp384r1") == "X25519:*secp384r1"
+    assert contexts.predicted_key_share(groups, "X448") is None  # not offered any more (tls_groups changed)
+
+
+def test_a_client_hello_carries_a_key_share_for_the_predicted_group_only() -> None:
+    """Without a prediction, the hybrid and X25519 shares; with one, that group's share alone."""
+    ctx = contexts.client_context(frozenset({"TLSv1.2", "TLSv1.3"}))
+    check = CertificateCheck(VerifyMode.NO)
+    assert first_client_hello(ClientTLS(ctx, MX, check)) == [HYBRID, "X25519"]
+    assert first_client_hello(ClientTLS(ctx, MX, check, key_share="X25519")) == ["X25519"]
+    assert first_client_hello(ClientTLS(ctx, MX, check, key_share="secp256r1")) == ["secp256r1"]
+    assert first_client_hello(ClientTLS(ctx, MX, check, key_share="X448")) == [HYBRID, "X25519"]
+
+
+class RecordingProxy(ProxyServer):
+    """Forwards a connection to the receiver and keeps what the client sent on it."""
+
+    def connectionMade(self) -> None:
+        self.sent = bytearray()
+        self.factory.streams.append(self.sent)  # type: ignore[attr-defined]
+        super().connectionMade()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.sent += data
+        super().dataReceived(data)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_next_session_sends_a_key_share_for_the_group_the_server_chose(tmp_path: Any, pki: Any, events: list) -> None:
+    """A listener that takes secp256r1 only: the first session's ClientHello has no share for it, so the
+    listener asks again (a second ClientHello); the next session's one ClientHello carries that share."""
+    rx = await start_receiver(tmp_path, pki.good, tls_groups=["secp256r1"])
+    proxy = ProxyFactory("127.0.0.1", rx.port)
+    proxy.protocol = RecordingProxy
+    proxy.streams = []  # type: ignore[attr-defined]
+    listening = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(proxy)
+    sender = await start_sender(tmp_path, listening.getHost().port, pki.ca_pem, tls="required", tls_verify="host")
+    try:
+        await submit_and_settle(sender)
+        await submit_and_settle(sender)
+    finally:
+        await sender.stop()
+        await rx.stop()
+        await listening.stopListening()
+    assert [(e["result"], e["group"]) for e in deliveries(events)] == [("delivered", "secp256r1")] * 2
+    first, second = (client_hellos(bytes(stream).partition(b"STARTTLS\r\n")[2]) for stream in proxy.streams)
+    assert first == [[HYBRID, "X25519"], ["secp256r1"]]
+    assert second == [["secp256r1"]]

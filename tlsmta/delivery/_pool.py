@@ -547,7 +547,8 @@ class Destination:
         assert req is not None
         check = self.pool.certificate_check(self, attempt)
         resumable = self.pool.tls_session(self, attempt, check)
-        creator = self.pool.client_tls(self.tls_options, attempt.mx, check, resumable[0] if resumable else None)
+        creator = self.pool.client_tls(self.tls_options, attempt.mx, check, resumable[0] if resumable else None,
+                                       self.pool.key_share(attempt.ip, attempt.port))
         try:
             # The handshake happens before the EHLO inside TLS is answered: a stalled one times out there.
             secured = await start(creator)
@@ -580,6 +581,8 @@ class Destination:
             attempt.failure, attempt.failure_ours = decisions.greeting_failure(secured, attempt.mx), False
             return _Step.NEXT_HOST, {}
         caps = dict(secured.capabilities)
+        if proto.tls_facts is not None:
+            self.pool.remember_key_share(attempt.ip, attempt.port, proto.tls_facts.group)
         if resumable is not None and proto.tls_facts is not None and proto.tls_facts.resumed:
             # OpenSSL resumed the one session we offered: the peer proved it holds
             # that session's secret, so the full handshake's verdict carries over.
@@ -713,6 +716,7 @@ class OutboundPool:
         self.destinations: dict[Any, Destination] = {}
         self._contexts: dict[Any, Any] = {}
         self._tls_sessions: dict[tuple[Any, ...], tuple[Any, Verdict]] = {}
+        self._key_shares: dict[tuple[str, int], str] = {}
         self.connections: set[OutboundSMTP] = set()
         # Whether (ip, port) is one of our own listeners: the service sets it.
         self.is_self: Callable[[str, int], bool] = lambda ip, port: False
@@ -843,14 +847,29 @@ class OutboundPool:
             record=req.dane or req.pinned or req.report_verify,
         )
 
-    def client_tls(self, opts: TLSOptions, server_name: str, check: CertificateCheck, session: Any = None) -> ClientTLS:
+    def client_tls(self, opts: TLSOptions, server_name: str, check: CertificateCheck, session: Any = None,
+                   key_share: str | None = None) -> ClientTLS:
         key = (opts.protocols, opts.ciphers, opts.tls13, opts.ca, opts.certificate, opts.key, opts.groups)
         ctx = self._contexts.get(key)
         if ctx is None:
             ctx = self._contexts[key] = client_context(
                 opts.protocols, opts.ciphers, opts.tls13, opts.ca, opts.certificate, opts.key, groups=opts.groups
             )
-        return ClientTLS(ctx, server_name, check, session)
+        return ClientTLS(ctx, server_name, check, session, opts.groups, key_share)
+
+    # The key-exchange group each server chose last, so that the next ClientHello carries
+    # a key share for it alone (tls.predicted_key_share).  Not a verdict of anything: the
+    # groups offered are the same, and a server that wants another asks for it.
+
+    def key_share(self, ip: str, port: int) -> str | None:
+        return self._key_shares.get((ip, port))
+
+    def remember_key_share(self, ip: str, port: int, group: str | None) -> None:
+        if group is None:
+            return
+        if len(self._key_shares) >= MAX_TLS_SESSIONS and (ip, port) not in self._key_shares:
+            self._key_shares.pop(next(iter(self._key_shares)))
+        self._key_shares[(ip, port)] = group
 
     # TLS session resumption: a session is reused only for the same address, names
     # and TLS options (so under the same verification policy), and never when a

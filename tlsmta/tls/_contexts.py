@@ -165,6 +165,23 @@ def default_group_list() -> str:
     return ":".join([f"*{names[0]}", f"*{names[1]}", *names[2:]])
 
 
+def predicted_key_share(groups: Sequence[str], chosen: str) -> str | None:
+    """``groups`` as OpenSSL's list with one key share, for ``chosen``: the group this server chose last time.
+
+    A ClientHello with :func:`default_group_list`'s two key shares costs 130 us of
+    key generation and 1.2 KB more than one with an X25519 share alone (60 us);
+    a server takes one of them and the other was wasted (bench/profile-issue13.md,
+    eleventh round).  The groups offered, and their order, stay as they are: a
+    server that now prefers another of them asks for it (a HelloRetryRequest) and
+    the handshake settles on what it would have anyway.  None when ``chosen`` is not
+    among ``groups`` (tls_groups changed since): the list as configured then.
+    """
+    names = [name.lstrip("*") for name in groups]
+    if chosen not in names:
+        return None
+    return ":".join(f"*{name}" if name == chosen else name for name in names)
+
+
 def apply_groups(ctx: SSL.Context, groups: Sequence[str] | None) -> None:
     """Offer exactly ``groups`` for key exchange, most preferred first (None: :func:`default_group_list`)."""
     text = default_group_list() if groups is None else ":".join(groups)
@@ -606,6 +623,9 @@ class ClientTLS:
     server_name: str | None
     check: CertificateCheck
     session: SSL.Session | None = None  # offered for resumption
+    # The context's groups (None: default_groups()) and the one to send a key share for.
+    groups: Sequence[str] | None = None
+    key_share: str | None = None
 
     def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         conn = SSL.Connection(self.context, None)
@@ -620,6 +640,11 @@ class ClientTLS:
                 pass
             else:
                 conn.set_tlsext_host_name(sni.encode("ascii"))
+        if self.key_share is not None:
+            shares = predicted_key_share(self.groups or default_groups(), self.key_share)
+            # An OpenSSL before 3.5 knows no "*" (and sends one share anyway): the context's list stays.
+            if shares is not None:
+                openssl_private.set_connection_groups(conn, shares)
         self.check.install(conn)
         conn.set_connect_state()
         return conn

@@ -4,7 +4,8 @@ pyOpenSSL has no public call for OpenSSL's text of an ``X509_V_ERR_*`` code
 (``crypto.X509StoreContextError`` carries that text only for errors found by
 its own ``X509StoreContext.verify_certificate``, not for the code a verify
 callback is given), for whether a handshake resumed a session, for the list
-of key-exchange groups (``SSL_CTX_set1_groups_list``) or the group a
+of key-exchange groups (``SSL_CTX_set1_groups_list``, and ``SSL_set1_groups_list``
+for one connection) or the group a
 handshake negotiated (``SSL_get0_group_name``), nor a way for a verify
 callback to say why it refused a certificate (so OpenSSL sends the matching
 alert instead of ``internal_error``); neither has cryptography or the
@@ -17,7 +18,8 @@ Private names used:
 - ``OpenSSL._util.ffi`` and ``OpenSSL._util.lib``: the cffi objects of the
   cryptography binding pyOpenSSL itself uses;
 - ``lib.X509_verify_cert_error_string``, ``lib.SSL_session_reused``,
-  ``lib.SSL_CTX_set1_curves_list`` (the older name of the groups list call),
+  ``lib.SSL_CTX_set1_curves_list`` and ``lib.SSL_set1_curves_list`` (the older names of
+  the groups list calls),
   ``lib.SSL_get0_group_name``, ``lib.SSL_set_verify``,
   ``lib.X509_STORE_CTX_get_error`` and ``lib.X509_STORE_CTX_set_error``;
 - ``OpenSSL.SSL.Connection._ssl``: the connection's ``SSL *``;
@@ -56,6 +58,11 @@ def session_reused(conn: SSL.Connection) -> bool:
 def set_groups(ctx: SSL.Context, groups: str) -> bool:
     """Set the key-exchange groups (colon-separated OpenSSL names); False when OpenSSL refuses the list."""
     return bool(lib.SSL_CTX_set1_curves_list(ctx._context, groups.encode("ascii")) == 1)
+
+
+def set_connection_groups(conn: SSL.Connection, groups: str) -> bool:
+    """Set one connection's key-exchange groups, as :func:`set_groups` does a context's; False when refused."""
+    return bool(lib.SSL_set1_curves_list(conn._ssl, groups.encode("ascii")) == 1)
 
 
 def negotiated_group(conn: SSL.Connection) -> str | None:
