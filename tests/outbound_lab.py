@@ -4,6 +4,7 @@ The sender routes ``example.test`` (MX ``mx.example.test``) to 127.0.0.1 on
 the receiver's port through pinned DNS.  Receivers are real tlsmta
 inbound listeners with the certificate under test, or a scripted server
 for misbehaviour tlsmta itself would never show (454, a broken handshake).
+A recording proxy in between keeps what the sender wrote, read by read.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from e2e import in_thread, send_smtplib
 from OpenSSL import SSL
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.internet.interfaces import IListeningPort, IOpenSSLServerConnectionCreator
 from twisted.internet.protocol import Factory
 from twisted.protocols.basic import LineReceiver
+from twisted.protocols.portforward import ProxyFactory, ProxyServer
 from zope.interface import implementer
 
 from tlsmta.testing import RunningRelay, build_config, dev_listener
@@ -106,6 +108,28 @@ async def send_once(tmp_path: Any, rx: RunningRelay, ca: str | None, rcpts: tupl
 
 def deliveries(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [e for e in events if e["tlsmta_event"] == "delivery"]
+
+
+class RecordingProxy(ProxyServer):
+    """Forwards one connection to the receiver; keeps each read of what the client sent."""
+
+    def connectionMade(self) -> None:
+        self.reads: list[bytes] = []
+        self.factory.connections.append(self.reads)  # type: ignore[attr-defined]
+        super().connectionMade()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.reads.append(data)
+        super().dataReceived(data)
+
+
+async def start_recording_proxy(port: int) -> tuple[IListeningPort, list[list[bytes]]]:
+    """A loopback proxy to ``port``; its listening port, and per connection the client's reads."""
+    factory = ProxyFactory("127.0.0.1", port)
+    factory.protocol = RecordingProxy
+    factory.connections = []  # type: ignore[attr-defined]
+    listening = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+    return listening, factory.connections  # type: ignore[attr-defined]
 
 
 # -- a scripted receiver for behaviour a correct server never shows ---------------------------

@@ -107,6 +107,7 @@ class CountingSMTP(LineReceiver):
         if self.in_data:
             if line == b".":
                 self.in_data = False
+                self.pauseProducing()  # what was pipelined after the dot (QUIT) waits for its reply
                 self.factory.finish(self)
             elif line.lower().startswith(b"subject:"):
                 self.subject = line.split(b":", 1)[1].strip().decode()
@@ -166,6 +167,7 @@ class CountingSink(Factory):
         if proto.transport.connected:
             self.subjects.append(proto.subject)
             proto.sendLine(b"250 2.0.0 queued")
+            proto.resumeProducing()
 
     def close_all(self) -> None:
         for proto in list(self.connections):

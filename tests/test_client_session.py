@@ -361,3 +361,59 @@ def test_smtp_final_reply_is_shared_by_the_accepted_recipients() -> None:
     ok, refused, final = Reply(250, ("ok",)), Reply(550, ("no",)), Reply(452, ("full",))
     done = TransactionDone(ok, (ok, refused, ok), final)
     assert done.final_replies() == (final, refused, final)
+
+
+# -- QUIT with the last message ---------------------------------------------------------------
+
+BYE = b"221 2.0.0 bye\r\n"
+
+
+def in_body(session: ClientSession, recipients: int = 1) -> None:
+    session.mail("a@b", [], [f"r{i}@d" for i in range(recipients)])
+    assert outcomes(session.receive_data(b"250 ok\r\n" * (1 + recipients) + GO)) == [BodyWanted()]
+    session.body(b"Subject: x\r\n\r\nhi\r\n")
+
+
+def test_quit_goes_with_the_final_dot_when_the_server_pipelines() -> None:
+    """The connection's last message: ".", then QUIT in the same write; the message's reply ends the
+    transaction, the 221 closes the session, and the session takes no other transaction."""
+    session = greeted(PIPELINING_EHLO)
+    in_body(session)
+    assert sent(session.end_body(quit=True)) == b".\r\nQUIT\r\n"
+    [done] = session.receive_data(b"250 2.0.0 queued\r\n")
+    assert isinstance(done, TransactionDone) and done.data == Reply(250, ("2.0.0 queued",))
+    assert session.quitting and session.quit() == []  # nothing more to send
+    assert session.awaiting is not None and session.awaiting.wait is Wait.QUIT
+    assert session.receive_data(BYE) == [Closed(None)]
+    with pytest.raises(SessionError):
+        session.mail("a@b", [], ["again@d"])
+
+
+def test_a_refused_message_with_quit_in_its_flight_still_reports_its_reply() -> None:
+    """Both replies in one read: the 451 is the transaction's answer, then the session closes."""
+    session = greeted(PIPELINING_EHLO)
+    in_body(session)
+    session.end_body(quit=True)
+    done, closed = session.receive_data(b"451 4.3.0 try later\r\n" + BYE)
+    assert isinstance(done, TransactionDone) and done.data == Reply(451, ("4.3.0 try later",))
+    assert closed == Closed(None)
+
+
+def test_without_pipelining_quit_waits_for_the_messages_reply() -> None:
+    """RFC 2920 is the server's to offer: without it the dot goes alone and the session stays ready."""
+    session = greeted()
+    session.mail("a@b", [], ["r@d"])
+    run(session, [b"250 ok\r\n", b"250 ok\r\n", GO])
+    assert sent(session.end_body(quit=True)) == b".\r\n"
+    [done] = session.receive_data(b"250 ok\r\n")
+    assert isinstance(done, TransactionDone) and not session.quitting
+    assert sent(session.quit()) == b"QUIT\r\n"
+
+
+def test_lmtp_quit_follows_every_recipients_reply() -> None:
+    session = lmtp_greeted()
+    in_body(session, recipients=2)
+    assert sent(session.end_body(quit=True)) == b".\r\nQUIT\r\n"
+    done, closed = session.receive_data(b"250 2.0.0 ok 1\r\n250 2.0.0 ok 2\r\n" + BYE)
+    assert isinstance(done, TransactionDone) and [r.code for r in done.final_replies()] == [250, 250]
+    assert closed == Closed(None)

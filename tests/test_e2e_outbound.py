@@ -858,3 +858,24 @@ async def test_a_body_of_any_length_leaves_whole(tmp_path: Any, lines: int) -> N
     assert received == text
     assert rx.service.listeners["receiver"].inbound.connections_total == 1
     assert (len(text) > 2 * BODY_CHUNK) == (lines == 25_000)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_connections_last_message_sends_quit_with_its_final_dot(tmp_path: Any, events: list) -> None:
+    """One message, nothing else queued: QUIT goes in the same write as the final dot (RFC 2920),
+    reaching the receiver in the same read, and the message is delivered."""
+    from outbound_lab import start_recording_proxy
+
+    receiver = await start_receiver(tmp_path, None)  # plain text, so the proxy reads the commands
+    listening, connections = await start_recording_proxy(receiver.port)
+    sender = await start_sender(tmp_path, listening.getHost().port, None, tls="ifavailable")
+    try:
+        await submit_and_settle(sender)
+    finally:
+        await sender.stop()
+        await receiver.stop()
+        await listening.stopListening()
+    [event] = deliveries(events)
+    assert event["result"] == "delivered"
+    [reads] = connections
+    assert any(read.endswith(b"\r\n.\r\nQUIT\r\n") for read in reads), reads

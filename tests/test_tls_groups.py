@@ -15,10 +15,17 @@ import pytest
 import pytest_twisted
 from e2e import client_context, in_thread, send_smtplib
 from OpenSSL import SSL
-from outbound_lab import DOMAIN, MX, deliver_once, deliveries, start_receiver, start_sender, submit_and_settle
+from outbound_lab import (
+    DOMAIN,
+    MX,
+    deliver_once,
+    deliveries,
+    start_receiver,
+    start_recording_proxy,
+    start_sender,
+    submit_and_settle,
+)
 from twisted.internet import reactor
-from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.protocols.portforward import ProxyFactory, ProxyServer
 
 from tlsmta.app import _preflight as preflight
 from tlsmta.app import _probe as probe
@@ -175,28 +182,12 @@ def test_a_client_hello_carries_a_key_share_for_the_predicted_group_only() -> No
     assert first_client_hello(ClientTLS(ctx, MX, check, key_share="X448")) == [HYBRID, "X25519"]
 
 
-class RecordingProxy(ProxyServer):
-    """Forwards a connection to the receiver and keeps what the client sent on it."""
-
-    def connectionMade(self) -> None:
-        self.sent = bytearray()
-        self.factory.streams.append(self.sent)  # type: ignore[attr-defined]
-        super().connectionMade()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.sent += data
-        super().dataReceived(data)
-
-
 @pytest_twisted.ensureDeferred
 async def test_the_next_session_sends_a_key_share_for_the_group_the_server_chose(tmp_path: Any, pki: Any, events: list) -> None:
     """A listener that takes secp256r1 only: the first session's ClientHello has no share for it, so the
     listener asks again (a second ClientHello); the next session's one ClientHello carries that share."""
     rx = await start_receiver(tmp_path, pki.good, tls_groups=["secp256r1"])
-    proxy = ProxyFactory("127.0.0.1", rx.port)
-    proxy.protocol = RecordingProxy
-    proxy.streams = []  # type: ignore[attr-defined]
-    listening = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(proxy)
+    listening, connections = await start_recording_proxy(rx.port)
     sender = await start_sender(tmp_path, listening.getHost().port, pki.ca_pem, tls="required", tls_verify="host")
     try:
         await submit_and_settle(sender)
@@ -206,6 +197,6 @@ async def test_the_next_session_sends_a_key_share_for_the_group_the_server_chose
         await rx.stop()
         await listening.stopListening()
     assert [(e["result"], e["group"]) for e in deliveries(events)] == [("delivered", "secp256r1")] * 2
-    first, second = (client_hellos(bytes(stream).partition(b"STARTTLS\r\n")[2]) for stream in proxy.streams)
+    first, second = (client_hellos(b"".join(reads).partition(b"STARTTLS\r\n")[2]) for reads in connections)
     assert first == [[HYBRID, "X25519"], ["secp256r1"]]
     assert second == [["secp256r1"]]

@@ -190,12 +190,14 @@ class OutboundSMTP(smtp.ESMTPSender):
         return self.greeting()
 
     async def transaction(self, sender: str, params: Sequence[str], recipients: Sequence[str],
-                          body: Callable[[], AsyncIterator[bytes]]) -> session.TransactionDone:
-        """One message; ``body`` is opened only when the server wants it."""
+                          body: Callable[[], AsyncIterator[bytes]],
+                          last: Callable[[], bool] = lambda: False) -> session.TransactionDone:
+        """One message; ``body`` is opened only when the server wants it.  ``last()``, asked at the
+        end of the body: nothing follows on this connection (QUIT goes with the final dot)."""
         outcome = await self._step(lambda: self.session.mail(sender, params, recipients))
         if isinstance(outcome, session.BodyWanted):
             await self._send_body(body())
-            outcome = await self._step(self.session.end_body)
+            outcome = await self._step(lambda: self.session.end_body(quit=last()))
         assert isinstance(outcome, session.TransactionDone)
         return outcome
 

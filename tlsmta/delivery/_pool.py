@@ -658,6 +658,8 @@ class Destination:
         sent = 0
         item: tuple[DeliveryJob, Deferred[list[RecipientResult]]] | None = first
         while sent < self.options["max_messages_per_connection"]:
+            if proto.session.quitting:
+                return  # QUIT went with the last message (a job that came meanwhile waits for another session)
             if item is None:
                 item = self.take()
             if item is None:
@@ -666,7 +668,7 @@ class Destination:
             item = None
             try:
                 await self.pool.leases.pace(self.lease_key, self.options["cluster_message_rate"])
-                results = await self.pool.transaction(proto, job, caps, attempt)
+                results = await self.pool.transaction(proto, job, caps, attempt, self._last_on_connection(sent))
             except ConnectionBroken as e:
                 results = results_for(job, Reply.of(451, "4.4.2", f"{attempt.mx}[{attempt.ip}]: {e.reason}"), attempt.mx, True)
                 self.pool.log_job(job, self, attempt, results)
@@ -682,6 +684,12 @@ class Destination:
             self.pool.log_job(job, self, attempt, results)
             d.callback(results)
             sent += 1
+
+
+    def _last_on_connection(self, sent: int) -> Callable[[], bool]:
+        """Whether the message after ``sent`` others is the connection's last, asked as its body
+        ends: the limit is reached, or no job waits (the session would QUIT after the reply)."""
+        return lambda: sent + 1 >= self.options["max_messages_per_connection"] or not self.jobs
 
 
 def _connect_error(e: BaseException) -> str:
@@ -899,7 +907,8 @@ class OutboundPool:
 
     # -- one transaction ------------------------------------------------------------------
 
-    async def transaction(self, proto: OutboundSMTP, job: DeliveryJob, caps: dict[str, str], attempt: Attempt) -> list[RecipientResult]:
+    async def transaction(self, proto: OutboundSMTP, job: DeliveryJob, caps: dict[str, str], attempt: Attempt,
+                          last: Callable[[], bool] = lambda: False) -> list[RecipientResult]:
         message = job.message
         remote = attempt.mx
         refusal = decisions.envelope_refusal(caps, message.size, message.smtputf8, remote)
@@ -908,7 +917,7 @@ class OutboundPool:
         requiretls = attempt.req is not None and attempt.req.requiretls
         params = decisions.mail_parameters(caps, message.size, message.body_type, message.smtputf8, requiretls)
         done = await proto.transaction(
-            message.sender, params, [r.address for r in job.recipients], lambda: self._body_chunks(message)
+            message.sender, params, [r.address for r in job.recipients], lambda: self._body_chunks(message), last
         )
         if not done.mail.positive:
             return results_for(job, done.mail, remote)

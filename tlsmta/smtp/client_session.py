@@ -14,7 +14,8 @@ for each step it wants (:meth:`starttls`, :meth:`mail`, :meth:`body`,
 
 What it decides: EHLO after a 220 banner, HELO when EHLO is refused, EHLO
 again inside TLS; MAIL, RCPT and DATA in one flight when the server offers
-PIPELINING (RFC 2920), one at a time otherwise; RSET after a transaction
+PIPELINING (RFC 2920), one at a time otherwise, and QUIT in the flight of
+the final dot when the shell says the message is the connection's last; RSET after a transaction
 that delivered nothing; ending an empty DATA a server accepted anyway.  A
 reply that cannot answer anything we sent (an unsolicited reply, or one the
 server sent before it could have read our command) and output that is not
@@ -200,6 +201,7 @@ class ClientSession:
         self._tls = False
         self._stuffer: DotStuffer | None = None
         self._transaction: _Transaction | None = None
+        self._quit_sent = False  # QUIT went out with the final dot (end_body(quit=True))
         self._expect(Wait.GREETING, self._on_banner)
 
     # -- what the shell asks ------------------------------------------------------------
@@ -212,6 +214,11 @@ class ClientSession:
     @property
     def closed(self) -> bool:
         return self._state is _State.CLOSED
+
+    @property
+    def quitting(self) -> bool:
+        """QUIT has been sent: the session takes no more transactions."""
+        return self._state is _State.QUITTING
 
     def receive_data(self, data: bytes) -> list[Event]:
         """Bytes from the server; the events they lead to."""
@@ -274,8 +281,14 @@ class ClientSession:
         assert self._stuffer is not None
         return self._stuffer.feed(chunk)
 
-    def end_body(self) -> list[Event]:
-        """The end of the message: the final dot; its reply ends the transaction."""
+    def end_body(self, quit: bool = False) -> list[Event]:
+        """The end of the message: the final dot; its reply ends the transaction.
+
+        ``quit``: the connection carries nothing more, so QUIT goes in the same
+        flight when the server offers PIPELINING (RFC 2920 3.1: the message
+        content may be followed by commands), a round trip and a write fewer
+        per connection; :class:`Closed` follows the TransactionDone.
+        """
         self._require(_State.BODY)
         assert self._stuffer is not None
         end, self._stuffer = self._stuffer.finish(), None
@@ -285,7 +298,11 @@ class ClientSession:
         # RFC 2033 4.2: one reply per accepted RCPT; SMTP: one for the message.
         for _ in range(transaction.accepted_recipients() if self.lmtp else 1):
             self._expect(Wait.DATA_END, self._on_final)
-        return [Send(end)]
+        if not (quit and "PIPELINING" in self.capabilities):
+            return [Send(end)]
+        self._quit_sent = True
+        self._expect(Wait.QUIT, lambda reply: self._close(None))
+        return [Send(end + b"QUIT\r\n")]
 
     def quit(self) -> list[Event]:
         """QUIT, whatever the session was doing; :class:`Closed` follows its reply."""
@@ -389,7 +406,7 @@ class ClientSession:
     def _done(self) -> list[Event]:
         transaction, self._transaction = self._transaction, None
         assert transaction is not None and transaction.mail is not None
-        self._state = _State.READY
+        self._state = _State.QUITTING if self._quit_sent else _State.READY
         return [TransactionDone(transaction.mail, tuple(transaction.replies), transaction.data, tuple(transaction.finals))]
 
     # -- plumbing ---------------------------------------------------------------------------
