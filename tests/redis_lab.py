@@ -146,6 +146,7 @@ class CountingSink(Factory):
         self.peak = 0
         self.subjects: list[str] = []  # of the messages answered 250
         self.mail_times: list[float] = []  # when each MAIL FROM came
+        self.final_dots = 0  # messages whose final dot has come (answered or not yet)
         self.connections: set[CountingSMTP] = set()
 
     def opened(self, proto: CountingSMTP) -> None:
@@ -159,6 +160,7 @@ class CountingSink(Factory):
             self.current -= 1
 
     def finish(self, proto: CountingSMTP) -> None:
+        self.final_dots += 1
         if self.hold:
             return
         reactor.callLater(self.delay, self._accept, proto)

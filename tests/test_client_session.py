@@ -382,9 +382,10 @@ def test_quit_goes_with_the_final_dot_when_the_server_pipelines() -> None:
     assert sent(session.end_body(quit=True)) == b".\r\nQUIT\r\n"
     [done] = session.receive_data(b"250 2.0.0 queued\r\n")
     assert isinstance(done, TransactionDone) and done.data == Reply(250, ("2.0.0 queued",))
-    assert session.quitting and session.quit() == []  # nothing more to send
+    assert session.ended and session.quit() == []  # nothing more to send
     assert session.awaiting is not None and session.awaiting.wait is Wait.QUIT
     assert session.receive_data(BYE) == [Closed(None)]
+    assert session.ended
     with pytest.raises(SessionError):
         session.mail("a@b", [], ["again@d"])
 
@@ -396,7 +397,7 @@ def test_a_refused_message_with_quit_in_its_flight_still_reports_its_reply() -> 
     session.end_body(quit=True)
     done, closed = session.receive_data(b"451 4.3.0 try later\r\n" + BYE)
     assert isinstance(done, TransactionDone) and done.data == Reply(451, ("4.3.0 try later",))
-    assert closed == Closed(None)
+    assert closed == Closed(None) and session.ended
 
 
 def test_without_pipelining_quit_waits_for_the_messages_reply() -> None:
@@ -406,7 +407,7 @@ def test_without_pipelining_quit_waits_for_the_messages_reply() -> None:
     run(session, [b"250 ok\r\n", b"250 ok\r\n", GO])
     assert sent(session.end_body(quit=True)) == b".\r\n"
     [done] = session.receive_data(b"250 ok\r\n")
-    assert isinstance(done, TransactionDone) and not session.quitting
+    assert isinstance(done, TransactionDone) and not session.ended
     assert sent(session.quit()) == b"QUIT\r\n"
 
 

@@ -879,3 +879,27 @@ async def test_the_connections_last_message_sends_quit_with_its_final_dot(tmp_pa
     assert event["result"] == "delivered"
     [reads] = connections
     assert any(read.endswith(b"\r\n.\r\nQUIT\r\n") for read in reads), reads
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_job_that_comes_after_quit_went_with_the_dot_takes_a_new_connection(tmp_path: Any, events: list) -> None:
+    """The first message's body ends with nothing queued, so QUIT goes with its dot; a second message
+    for the same MX is queued before the (slow) reply, and the 250 and 221 come in one read.  The second
+    message waits for a new connection instead of being tried on the closed session (it was: 451
+    "internal error"), and both are delivered."""
+    from e2e import eventually, in_thread, send_smtplib
+    from redis_lab import start_sink
+
+    sink, port = await start_sink(delay=0.3)
+    sender = await start_sender(tmp_path, port.getHost().port, None, tls="ifavailable", max_connections=1)
+    try:
+        first = in_thread(send_smtplib, sender.port, rcpts=(f"user@{DOMAIN}",), body="Subject: first\r\n\r\nhi\r\n")
+        await eventually(lambda: sink.final_dots == 1, timeout=10)
+        await first
+        await in_thread(send_smtplib, sender.port, rcpts=(f"user@{DOMAIN}",), body="Subject: second\r\n\r\nhi\r\n")
+        await eventually(lambda: len(sink.subjects) == 2, timeout=10)
+    finally:
+        await sender.stop()
+        await port.stopListening()
+    assert sorted(sink.subjects) == ["first", "second"]
+    assert [e["result"] for e in deliveries(events)] == ["delivered", "delivered"]

@@ -658,7 +658,7 @@ class Destination:
         sent = 0
         item: tuple[DeliveryJob, Deferred[list[RecipientResult]]] | None = first
         while sent < self.options["max_messages_per_connection"]:
-            if proto.session.quitting:
+            if proto.session.ended:
                 return  # QUIT went with the last message (a job that came meanwhile waits for another session)
             if item is None:
                 item = self.take()

@@ -216,9 +216,9 @@ class ClientSession:
         return self._state is _State.CLOSED
 
     @property
-    def quitting(self) -> bool:
-        """QUIT has been sent: the session takes no more transactions."""
-        return self._state is _State.QUITTING
+    def ended(self) -> bool:
+        """QUIT has been sent (its reply may have come too) or the session is closed: no more transactions."""
+        return self._state in (_State.QUITTING, _State.CLOSED)
 
     def receive_data(self, data: bytes) -> list[Event]:
         """Bytes from the server; the events they lead to."""
