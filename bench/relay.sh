@@ -161,15 +161,17 @@ for _ in $(seq 100); do
     kill -0 "$SINK_PID" 2>/dev/null || die "sink exited: $(cat "$TMP/sink.out")"
     sleep 0.05
 done
-sink_messages() { # the sink's message counter
+sink_stats() { # the sink's counters line (messages=N connections=N ...); asking is a connection too
     local line
     exec 3<>"/dev/tcp/127.0.0.1/$SPORT"
     read -r line <&3
     printf 'XSTATS\r\nQUIT\r\n' >&3
     read -r line <&3
     exec 3<&- 3>&-
-    kv messages "${line%$'\r'}"
+    printf '%s\n' "${line%$'\r'}"
 }
+sink_messages() { kv messages "$(sink_stats)"; }
+sink_connections() { kv connections "$(sink_stats)"; }
 
 # ---------------------------------------------------------------- Postfix
 # pf_relay DIR PORT MODE: accepts from 127.0.0.0/8 and relays all to the sink
@@ -292,9 +294,9 @@ stop_profilers() {
 }
 
 # ---------------------------------------------------------------- one run
-# run_relay PORT MODE LABEL: sets RUN="seconds rate machine_busy%"
+# run_relay PORT MODE LABEL: sets RUN="seconds rate machine_busy% sink_connections_per_message"
 run_relay() {
-    local port=$1 mode=$2 label=$3 s0 s1 t0 t1 j0 j1 deadline cmd
+    local port=$1 mode=$2 label=$3 s0 s1 t0 t1 j0 j1 c0 c1 polls=0 deadline cmd
     if [[ $mode == plain ]]; then
         cmd=("$SMTP_SOURCE" -4 -s "$SESSIONS" -m "$MESSAGES" -l "$SIZE"
             -M bench-client.local -f sender@bench-client.local -t user@sink.bench "127.0.0.1:$port")
@@ -302,6 +304,7 @@ run_relay() {
         cmd=("$TMP/tls_smtp" load -t "127.0.0.1:$port" -s "$SESSIONS" -m "$MESSAGES" -r 1 -z "$SIZE"
             -H bench-client.local -F sender@bench-client.local -T user@sink.bench -C "$TMP/ca.pem" -N "$IN_NAME")
     fi
+    c0=$(sink_connections)
     s0=$(sink_messages)
     j0=$(machine_jiffies)
     t0=$(now)
@@ -312,6 +315,7 @@ run_relay() {
     deadline=$(calc "$t0 + $RUN_TIMEOUT")
     while :; do
         s1=$(sink_messages)
+        polls=$((polls + 1))
         ((s1 - s0 >= MESSAGES)) && break
         awk -v a="$(now)" -v b="$deadline" 'BEGIN { exit !(a > b) }' &&
             die "$label: the sink got $((s1 - s0)) of $MESSAGES within $RUN_TIMEOUT s"
@@ -320,7 +324,9 @@ run_relay() {
     t1=$(now)
     j1=$(machine_jiffies)
     ((s1 - s0 == MESSAGES)) || die "$label: the sink got $((s1 - s0)) messages, expected $MESSAGES"
-    RUN="$(calc "$t1 - $t0") $(calc "$MESSAGES / ($t1 - $t0)") $(busy_percent "$j0" "$j1")"
+    c1=$(sink_connections)
+    # the MTA's connections: less this function's own (the s0 read, every poll, the c1 read)
+    RUN="$(calc "$t1 - $t0") $(calc "$MESSAGES / ($t1 - $t0)") $(busy_percent "$j0" "$j1") $(calc "($c1 - $c0 - 2 - $polls) / $MESSAGES")"
 }
 
 echo "tlsmta-bench relay: $MESSAGES messages x $SIZE bytes, $SESSIONS sessions, a new connection per message," \
@@ -335,14 +341,14 @@ for mode in $MODES; do
         # alternate who goes first
         if ((round % 2 == 0)); then
             run_relay "$PPORT" "$mode" "postfix-$mode-$round"
-            read -r secs_p rate_p busy_p <<<"$RUN"
+            read -r secs_p rate_p busy_p conns_p <<<"$RUN"
         fi
         start_tlsmta "$mode" "$round"
         read -r u0 k0 <<<"$(cpu_seconds "${TLSMTA_PIDS[@]}")"
         r0=$(reactor_seconds "${TLSMTA_PIDS[@]}")
         read -r v0 n0 <<<"$(ctx_switches "${TLSMTA_PIDS[@]}")"
         run_relay "$TPORT" "$mode" "tlsmta-$mode-$round"
-        read -r secs_t rate_t busy_t <<<"$RUN"
+        read -r secs_t rate_t busy_t conns_t <<<"$RUN"
         read -r u1 k1 <<<"$(cpu_seconds "${TLSMTA_PIDS[@]}")"
         r1=$(reactor_seconds "${TLSMTA_PIDS[@]}") procs=${#TLSMTA_PIDS[@]}
         read -r v1 n1 <<<"$(ctx_switches "${TLSMTA_PIDS[@]}")"
@@ -351,15 +357,15 @@ for mode in $MODES; do
         stop_tlsmta
         if ((round % 2 == 1)); then
             run_relay "$PPORT" "$mode" "postfix-$mode-$round"
-            read -r secs_p rate_p busy_p <<<"$RUN"
+            read -r secs_p rate_p busy_p conns_p <<<"$RUN"
         fi
-        printf 'round %d %-9s tlsmta %7.1f msg/s (%.2f s; CPU/msg %.2f ms user + %.2f ms kernel, reactor threads %.2f ms, %.0f%% of a core each; context switches/msg %.1f + %.1f involuntary; machine %s%% busy; suspicious log lines %d)' \
+        printf 'round %d %-9s tlsmta %7.1f msg/s (%.2f s; CPU/msg %.2f ms user + %.2f ms kernel, reactor threads %.2f ms, %.0f%% of a core each; context switches/msg %.1f + %.1f involuntary; machine %s%% busy; sink connections/msg %.3f; suspicious log lines %d)' \
             "$round" "$mode:" "$rate_t" "$secs_t" "$(calc "($u1 - $u0) / $MESSAGES * 1000")" \
             "$(calc "($k1 - $k0) / $MESSAGES * 1000")" "$(calc "($r1 - $r0) / $MESSAGES * 1000")" \
             "$(calc "($r1 - $r0) / $secs_t / $procs * 100")" \
-            "$(calc "($v1 - $v0) / $MESSAGES")" "$(calc "($n1 - $n0) / $MESSAGES")" "$busy_t" "$bad"
-        printf '  postfix %7.1f msg/s (%.2f s; machine %s%% busy)  ratio %.2f\n' \
-            "$rate_p" "$secs_p" "$busy_p" "$(calc "$rate_t / $rate_p")"
+            "$(calc "($v1 - $v0) / $MESSAGES")" "$(calc "($n1 - $n0) / $MESSAGES")" "$busy_t" "$conns_t" "$bad"
+        printf '  postfix %7.1f msg/s (%.2f s; machine %s%% busy; sink connections/msg %.3f)  ratio %.2f\n' \
+            "$rate_p" "$secs_p" "$busy_p" "$conns_p" "$(calc "$rate_t / $rate_p")"
         rates_t+=("$rate_t") rates_p+=("$rate_p")
     done
     pf_stop "$TMP/postfix-$mode"

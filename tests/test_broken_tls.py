@@ -106,6 +106,7 @@ def sender_toml(tmp_path: Any, port: int, remember_for: str) -> str:
     path.write_text(
         f'[global]\nhostname = "sender.test"\nstate_dir = "{tmp_path}/state"\nroute = "mx"\nsmtp_port = {port}\n'
         f'tls = "ifavailable"\ntls_remember_broken = "{remember_for}"\nmta_sts = false\ndane = false\n'
+        'connection_cache_time = 0\n'  # each message on a connection of its own: what a new one does is the point
         f'[spool]\npath = "{tmp_path}/spool"\n[queue]\nretry_schedule = [3600]\n'
         f'[dns.mx]\n"{DOMAIN}" = ["{MX}"]\n"{STRICT}" = ["{MX}"]\n[dns.hosts]\n"{MX}" = ["127.0.0.1"]\n'
         f'[domain."{STRICT}"]\ntls = "required"\n'

@@ -18,6 +18,7 @@ from outbound_lab import (
     start_sender,
     submit_and_settle,
 )
+from twisted.internet import reactor
 
 BAD = ("expired", "untrusted", "self_signed")
 
@@ -528,7 +529,8 @@ async def test_next_mx_when_the_first_is_down(tmp_path: Any, pki: Any, events: l
 async def test_tls_session_resumed_with_its_verdict(tmp_path: Any, pki: Any, events: list) -> None:
     """A second session to the same MX resumes the first TLS session and keeps its host verdict."""
     receiver = await start_receiver(tmp_path, pki.good)
-    sender = await start_sender(tmp_path, receiver.port, pki.ca_pem, tls="required", tls_verify="host")
+    sender = await start_sender(tmp_path, receiver.port, pki.ca_pem, tls="required", tls_verify="host",
+                                connection_cache_time=0)  # the second message on a connection of its own
     try:
         await submit_and_settle(sender)
         await submit_and_settle(sender)
@@ -718,7 +720,8 @@ async def test_bad_tls_parameters_hook_defers(tmp_path: Any, pki: Any, events: l
 async def test_idle_destinations_are_forgotten(tmp_path: Any, pki: Any, events: list) -> None:
     """Once a destination has no jobs and no sessions, the pool no longer keeps it."""
     receiver = await start_receiver(tmp_path, pki.good)
-    sender = await start_sender(tmp_path, receiver.port, pki.ca_pem, tls="required", tls_verify="host")
+    sender = await start_sender(tmp_path, receiver.port, pki.ca_pem, tls="required", tls_verify="host",
+                                connection_cache_time=0)
     try:
         await submit_and_settle(sender)
         destinations = dict(sender.service.pool.destinations)
@@ -862,13 +865,13 @@ async def test_a_body_of_any_length_leaves_whole(tmp_path: Any, lines: int) -> N
 
 @pytest_twisted.ensureDeferred
 async def test_the_connections_last_message_sends_quit_with_its_final_dot(tmp_path: Any, events: list) -> None:
-    """One message, nothing else queued: QUIT goes in the same write as the final dot (RFC 2920),
+    """One message, nothing else queued, no connection kept for more: QUIT goes in the same write as the final dot (RFC 2920),
     reaching the receiver in the same read, and the message is delivered."""
     from outbound_lab import start_recording_proxy
 
     receiver = await start_receiver(tmp_path, None)  # plain text, so the proxy reads the commands
     listening, connections = await start_recording_proxy(receiver.port)
-    sender = await start_sender(tmp_path, listening.getHost().port, None, tls="ifavailable")
+    sender = await start_sender(tmp_path, listening.getHost().port, None, tls="ifavailable", connection_cache_time=0)
     try:
         await submit_and_settle(sender)
     finally:
@@ -891,7 +894,8 @@ async def test_a_job_that_comes_after_quit_went_with_the_dot_takes_a_new_connect
     from redis_lab import start_sink
 
     sink, port = await start_sink(delay=0.3)
-    sender = await start_sender(tmp_path, port.getHost().port, None, tls="ifavailable", max_connections=1)
+    sender = await start_sender(tmp_path, port.getHost().port, None, tls="ifavailable", max_connections=1,
+                                connection_cache_time=0)
     try:
         first = in_thread(send_smtplib, sender.port, rcpts=(f"user@{DOMAIN}",), body="Subject: first\r\n\r\nhi\r\n")
         await eventually(lambda: sink.final_dots == 1, timeout=10)
@@ -903,3 +907,48 @@ async def test_a_job_that_comes_after_quit_went_with_the_dot_takes_a_new_connect
         await port.stopListening()
     assert sorted(sink.subjects) == ["first", "second"]
     assert [e["result"] for e in deliveries(events)] == ["delivered", "delivered"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connection_waits_for_more_mail_to_its_destination_and_quits_at_shutdown(tmp_path: Any, events: list) -> None:
+    """connection_cache_time: the second message, submitted after the first was delivered, goes on the
+    same connection (one TCP connection, one greeting); stopping the sender QUITs it at once."""
+    from outbound_lab import start_recording_proxy
+
+    receiver = await start_receiver(tmp_path, None)
+    listening, connections = await start_recording_proxy(receiver.port)
+    sender = await start_sender(tmp_path, listening.getHost().port, None, tls="ifavailable", connection_cache_time=30)
+    try:
+        await submit_and_settle(sender)
+        await submit_and_settle(sender)
+        started = reactor.seconds()
+        await sender.stop()
+        stopped_in = reactor.seconds() - started
+    finally:
+        await receiver.stop()
+        await listening.stopListening()
+    assert [e["result"] for e in deliveries(events)] == ["delivered", "delivered"]
+    [reads] = connections
+    sent = b"".join(reads)
+    assert sent.count(b"MAIL FROM:") == 2 and sent.endswith(b"QUIT\r\n")
+    assert stopped_in < 10  # not the 30 s the connection would have waited
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_waiting_connection_gives_its_slot_to_another_destination(tmp_path: Any, events: list) -> None:
+    """[queue] max_connections = 1: the connection kept open for example.test QUITs as soon as mail for
+    another destination needs the only slot, long before its connection_cache_time."""
+    receiver = await start_receiver(tmp_path, None)
+    sender = await start_sender(tmp_path, receiver.port, None, tls="ifavailable", connection_cache_time=30)
+    sender.service.pool.max_connections = 1
+    try:
+        await submit_and_settle(sender)
+        started = reactor.seconds()
+        await submit_and_settle(sender, rcpts=("user@other.example.net",))
+        waited = reactor.seconds() - started
+    finally:
+        await sender.stop()
+        await receiver.stop()
+    assert [(e["domain"], e["result"]) for e in deliveries(events)] == [
+        (DOMAIN, "delivered"), ("other.example.net", "delivered")]
+    assert waited < 10

@@ -188,7 +188,8 @@ async def test_the_next_session_sends_a_key_share_for_the_group_the_server_chose
     listener asks again (a second ClientHello); the next session's one ClientHello carries that share."""
     rx = await start_receiver(tmp_path, pki.good, tls_groups=["secp256r1"])
     listening, connections = await start_recording_proxy(rx.port)
-    sender = await start_sender(tmp_path, listening.getHost().port, pki.ca_pem, tls="required", tls_verify="host")
+    sender = await start_sender(tmp_path, listening.getHost().port, pki.ca_pem, tls="required", tls_verify="host",
+                                connection_cache_time=0)  # two sessions, two ClientHellos
     try:
         await submit_and_settle(sender)
         await submit_and_settle(sender)

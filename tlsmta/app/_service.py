@@ -728,6 +728,7 @@ class TlsmtaService(MultiService):
         grace = self.config.control["shutdown_grace"]
         await DeferredList([maybeDeferred(s.stopService) for s in self.listeners.values()])
         self.queue.stop()
+        self.pool.release_idle()  # connections kept open for more mail QUIT now: none is coming
         deadline = self.reactor.seconds() + grace
         while self._busy() and self.reactor.seconds() < deadline:
             await deferLater(self.reactor, 0.05, lambda: None)

@@ -515,6 +515,10 @@ DELIVERY_OPTIONS: dict[str, Option] = {
     "smtp_port": Option(_int(1, 65535), 25, "port for MX and smarthost routes"),
     "max_connections": Option(_int(1), 20, "connections per destination"),
     "max_messages_per_connection": Option(_int(1), 100, "messages per SMTP session"),
+    # Postfix's smtp_connection_cache_time_limit: mail that trickles in (a relay's) finds the
+    # connection, and its TLS session, still open instead of paying for new ones.
+    "connection_cache_time": Option(_duration(off=True), 2.0, "how long a connection with nothing left to "
+                                    "send waits for more mail to the same destination before QUIT; 0: QUIT at once"),
     "source_address": Option(_address, None, "local address to connect from"),
     "ehlo_hostname": Option(_str, None, "name sent in EHLO; default: global hostname"),
     "mta_sts": Option(_bool, True, "apply the recipient domain's MTA-STS policy (RFC 8461); false opts out"),

@@ -30,6 +30,7 @@ from typing import Any
 import attrs
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from tlsmta.config import DELIVERY_OPTIONS, OutboundTLS, Resolved, Route
 from tlsmta.delivery import _broken_tls as broken_tls
@@ -274,6 +275,8 @@ class Destination:
         self.options = options
         self.tls_options = tls_options
         self.jobs: deque[tuple[DeliveryJob, Deferred[list[RecipientResult]]]] = deque()
+        # Sessions with nothing to send, each waiting (connection_cache_time) for the next job.
+        self._idle: deque[Deferred[tuple[DeliveryJob, Deferred[list[RecipientResult]]] | None]] = deque()
         self.sessions = 0
         self.key: Any = None  # the pool's key for this destination
         self.backoff_key = destination_key(route, domain)
@@ -281,9 +284,47 @@ class Destination:
 
     def submit(self, job: DeliveryJob) -> Deferred[list[RecipientResult]]:
         d: Deferred[list[RecipientResult]] = Deferred()
+        if self._idle:  # an open connection waits for it
+            self._idle.popleft().callback((job, d))
+            return d
         self.jobs.append((job, d))
         self.pool.wake(self)
         return d
+
+    async def _next_job_on(self, proto: OutboundSMTP) -> tuple[DeliveryJob, Deferred[list[RecipientResult]]] | None:
+        """Nothing queued: the connection stays open up to connection_cache_time for the next job
+        submitted here, unless another destination waits for a connection slot; None: QUIT now."""
+        wait = self.options["connection_cache_time"]
+        if wait is None or proto.session.ended or self.pool.slot_wanted():
+            return None
+        idle: Deferred[tuple[DeliveryJob, Deferred[list[RecipientResult]]] | None] = Deferred()
+
+        def give_up() -> None:
+            if not idle.called:
+                idle.callback(None)
+
+        def gone(result: Failure | None) -> Failure | None:  # the server (or a shutdown) closed it
+            give_up()
+            return result
+
+        self._idle.append(idle)
+        self.pool.idle.add(self)
+        timer = self.pool.reactor.callLater(wait, give_up)
+        proto.closed.addBoth(gone)
+        try:
+            return await idle
+        finally:
+            if timer.active():
+                timer.cancel()
+            if idle in self._idle:
+                self._idle.remove(idle)
+            if not self._idle:
+                self.pool.idle.discard(self)
+
+    def release_idle(self) -> None:
+        """Every session waiting for a job here QUITs now."""
+        while self._idle:
+            self._idle.popleft().callback(None)
 
     def wants_session(self) -> bool:
         """Another session pays off when jobs outnumber what the open ones will soon take
@@ -661,7 +702,7 @@ class Destination:
             if proto.session.ended:
                 return  # QUIT went with the last message (a job that came meanwhile waits for another session)
             if item is None:
-                item = self.take()
+                item = self.take() or await self._next_job_on(proto)
             if item is None:
                 return
             job, d = item
@@ -688,8 +729,13 @@ class Destination:
 
     def _last_on_connection(self, sent: int) -> Callable[[], bool]:
         """Whether the message after ``sent`` others is the connection's last, asked as its body
-        ends: the limit is reached, or no job waits (the session would QUIT after the reply)."""
-        return lambda: sent + 1 >= self.options["max_messages_per_connection"] or not self.jobs
+        ends: the limit is reached, or no job waits and the connection is not kept for one."""
+        def last() -> bool:
+            if sent + 1 >= self.options["max_messages_per_connection"]:
+                return True
+            return not self.jobs and self.options["connection_cache_time"] is None
+
+        return last
 
 
 def _connect_error(e: BaseException) -> str:
@@ -729,6 +775,7 @@ class OutboundPool:
         # Whether (ip, port) is one of our own listeners: the service sets it.
         self.is_self: Callable[[str, int], bool] = lambda ip, port: False
         self._waiting: deque[Destination] = deque()
+        self.idle: set[Destination] = set()  # destinations with a connection waiting for a job
         self.backoff = Backoff()  # destinations that keep failing wait (destination_backoff_*)
         self.broken_tls: broken_tls.BrokenTLSStore = broken_tls.MemoryBrokenTLS()  # tls_remember_broken
         self.leases: ConnectionLeases = LocalLeases(reactor)  # cluster_* limits; a fleet's are in Redis
@@ -800,8 +847,18 @@ class OutboundPool:
             if self.active >= self.max_connections:
                 if dest not in self._waiting:
                     self._waiting.append(dest)
+                self.release_idle()  # a connection kept open for nothing gives its slot up
                 return
             self._start(dest)
+
+    def slot_wanted(self) -> bool:
+        """Whether a destination waits for a connection slot (max_connections in all)."""
+        return bool(self._waiting)
+
+    def release_idle(self) -> None:
+        """Connections kept open for more mail QUIT now (a slot is wanted, or shutdown)."""
+        for dest in list(self.idle):
+            dest.release_idle()
 
     def _start(self, dest: Destination) -> None:
         self.active += 1
