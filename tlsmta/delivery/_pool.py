@@ -726,7 +726,6 @@ class Destination:
             d.callback(results)
             sent += 1
 
-
     def _last_on_connection(self, sent: int) -> Callable[[], bool]:
         """Whether the message after ``sent`` others is the connection's last, asked as its body
         ends: the limit is reached, or no job waits and the connection is not kept for one."""
