@@ -954,7 +954,10 @@ class OutboundPool:
         check = attempt.check
         if check is None or check.hook is not None or proto.tls_facts is None:
             return
-        session = tls_connection(proto.transport).get_session()
+        try:
+            session = tls_connection(proto.transport).get_session()
+        except TypeError:  # the TLS layer is gone (the server closed a connection waiting for mail)
+            return
         if session is None:
             return
         if len(self._tls_sessions) >= MAX_TLS_SESSIONS:
