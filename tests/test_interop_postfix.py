@@ -179,6 +179,34 @@ SMUGGLING = [b"\n.\n", b"\n.\r\n", b"\r\n.\n", b"\r.\r", b"\r.\r\n", b"\r\n.\r"]
 
 
 @pytest_twisted.ensureDeferred
+async def test_quit_with_the_final_dot_and_kept_connections_suit_postfix(tmp_path: Any, pki: Any, events: list,
+                                                                        postfix_receiver: PrivatePostfix) -> None:
+    """Against real smtpd over verified TLS: with one message per connection, QUIT goes with each final
+    dot and every session ends with a QUIT Postfix counted, no pipelining complaint; then with the
+    connection kept for more mail, two messages submitted one after the other share one session."""
+    one_each = await start_sender(tmp_path / "one", postfix_receiver.port, pki.ca_pem, tls="required",
+                                  tls_verify="host", max_messages_per_connection=1)
+    try:
+        for _ in range(3):
+            await submit_and_settle(one_each)
+    finally:
+        await one_each.stop()
+    log = await in_thread(postfix_receiver.wait_for_log, " quit=1 ", 60, 3)
+    assert log.count("mail=1 rcpt=1 data=1 quit=1") == 3, log
+    kept = await start_sender(tmp_path / "kept", postfix_receiver.port, pki.ca_pem, tls="required",
+                              tls_verify="host", connection_cache_time=30)
+    try:
+        await submit_and_settle(kept)
+        await submit_and_settle(kept)
+    finally:
+        await kept.stop()  # the waiting connection QUITs at shutdown
+    log = await in_thread(postfix_receiver.wait_for_log, "mail=2 rcpt=2 data=2 quit=1", 60)
+    assert "pipelining" not in log, log
+    assert [e["result"] for e in deliveries(events)] == ["delivered"] * 5
+    assert len(postfix_receiver.queue_files()) == 5
+
+
+@pytest_twisted.ensureDeferred
 async def test_smuggling_bodies_reach_postfix_as_one_message_each(tmp_path: Any, pki: Any, events: list, postfix_receiver: PrivatePostfix) -> None:
     """Bodies holding every fake end-of-data variant followed by a smuggled transaction (as a local
     injection could produce) each arrive at Postfix as exactly one message: no second message appears."""
