@@ -212,6 +212,22 @@ def certificate_warnings() -> Any:
 
 
 @pytest.fixture
+def logged_failures() -> Any:
+    """The failures (``log.failure``: a traceback in the log) logged during the test."""
+    from twisted.logger import globalLogPublisher
+
+    captured: list[dict[str, Any]] = []
+
+    def observer(event: dict[str, Any]) -> None:
+        if "log_failure" in event:
+            captured.append(event)
+
+    globalLogPublisher.addObserver(observer)
+    yield captured
+    globalLogPublisher.removeObserver(observer)
+
+
+@pytest.fixture
 def redis(tmp_path: Any) -> Any:
     """A private redis-server for the test (tests/redis_lab.py), stopped by its PID after it."""
     from redis_lab import RedisServer

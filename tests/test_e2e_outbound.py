@@ -955,18 +955,10 @@ async def test_a_waiting_connection_gives_its_slot_to_another_destination(tmp_pa
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_waiting_tls_connection_the_server_closes_ends_quietly(tmp_path: Any, pki: Any, events: list) -> None:
+async def test_a_waiting_tls_connection_the_server_closes_ends_quietly(tmp_path: Any, pki: Any, events: list,
+                                                                      logged_failures: list) -> None:
     """The receiver goes away while the TLS connection waits for more mail: the session ends at once
     and without an error logged, and the pool has no connection left."""
-    from twisted.logger import globalLogPublisher
-
-    failures: list[dict[str, Any]] = []
-
-    def observer(event: dict[str, Any]) -> None:
-        if "log_failure" in event:
-            failures.append(event)
-
-    globalLogPublisher.addObserver(observer)
     receiver = await start_receiver(tmp_path, pki.good)
     sender = await start_sender(tmp_path, receiver.port, pki.ca_pem, tls="required", tls_verify="host",
                                 connection_cache_time=30)
@@ -975,9 +967,8 @@ async def test_a_waiting_tls_connection_the_server_closes_ends_quietly(tmp_path:
         await receiver.stop()
         await eventually(lambda: not sender.service.pool.active, timeout=10)
     finally:
-        globalLogPublisher.removeObserver(observer)
         await sender.stop()
         await receiver.stop()
-    assert [str(f["log_failure"].value) for f in failures] == []
+    assert [str(f["log_failure"].value) for f in logged_failures] == []
     [line] = deliveries(events)
     assert line["result"] == "delivered"

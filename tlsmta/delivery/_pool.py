@@ -295,7 +295,7 @@ class Destination:
         """Nothing queued: the connection stays open up to connection_cache_time for the next job
         submitted here, unless another destination waits for a connection slot; None: QUIT now."""
         wait = self.options["connection_cache_time"]
-        if wait is None or proto.session.ended or self.pool.slot_wanted():
+        if wait is None or self.pool.slot_wanted():
             return None
         idle: Deferred[tuple[DeliveryJob, Deferred[list[RecipientResult]]] | None] = Deferred()
 
@@ -967,7 +967,7 @@ class OutboundPool:
     # -- one transaction ------------------------------------------------------------------
 
     async def transaction(self, proto: OutboundSMTP, job: DeliveryJob, caps: dict[str, str], attempt: Attempt,
-                          last: Callable[[], bool] = lambda: False) -> list[RecipientResult]:
+                          last: Callable[[], bool]) -> list[RecipientResult]:
         message = job.message
         remote = attempt.mx
         refusal = decisions.envelope_refusal(caps, message.size, message.smtputf8, remote)
